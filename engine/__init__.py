@@ -1,0 +1,10 @@
+"""dbrt engine: runners (ONNX Runtime, TensorRT) behind one interface, engine build and cache.
+
+Importing this package imports neither tensorrt nor cupy; backends load them on first use.
+"""
+from .base import Runner, TensorInfo
+from .errors import DbrtError, ModelError, ShapeError, SourceError
+from .modelspec import ModelSpec, PRESETS, preset
+
+__all__ = ["Runner", "TensorInfo", "DbrtError", "ModelError", "ShapeError", "SourceError",
+           "ModelSpec", "PRESETS", "preset"]

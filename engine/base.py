@@ -1,0 +1,129 @@
+"""The runner interface every backend implements (ONNX Runtime, TensorRT, PyTorch stand-ins).
+
+A runner is loaded once, activated once, asked to `infer` many times and released explicitly:
+
+    with OnnxRuntimeRunner("model.onnx") as runner:
+        outputs = runner.infer({"images": batch})     # name -> array
+
+Inputs are NCHW float32 arrays (NumPy, or CuPy for GPU runners that accept them); outputs are a
+dict name -> array of the same kind the runner produces (NumPy for CPU runners, CuPy for GPU
+runners that keep outputs on the device).
+"""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Dict, Mapping, Optional, Tuple, Union
+
+from .errors import DbrtError, ShapeError
+from .modelspec import ModelSpec
+
+Dim = Union[int, str, None]  # a fixed size, or a symbolic / unknown one
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    shape: Tuple[Dim, ...]
+    dtype: str  # numpy dtype name, e.g. "float32"
+
+
+class Runner(abc.ABC):
+    """Base class: activate / infer / deactivate, usable as a context manager."""
+
+    name = "runner"
+
+    def __init__(self):
+        self._active = False
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def activate(self) -> "Runner":
+        if not self._active:
+            self._activate()
+            self._active = True
+        return self
+
+    def deactivate(self) -> None:
+        if self._active:
+            self._active = False
+            self._deactivate()
+
+    def __enter__(self) -> "Runner":
+        return self.activate()
+
+    def __exit__(self, *exc) -> None:
+        self.deactivate()
+
+    @property
+    def is_active(self) -> bool:
+        return self._active
+
+    # -- inference ------------------------------------------------------------------------
+    def infer(self, feed) -> Dict[str, object]:
+        """Run one batch. `feed` is a dict name -> array, or a single array for the only input."""
+        if not self._active:
+            raise DbrtError(f"{self.name} runner used before activate()")
+        if not isinstance(feed, Mapping):
+            if len(self.inputs) != 1:
+                raise ShapeError(f"model has {len(self.inputs)} inputs; pass a dict")
+            feed = {self.inputs[0].name: feed}
+        self._check_feed(feed)
+        return self._infer(feed)
+
+    def _check_feed(self, feed: Mapping[str, object]) -> None:
+        expected = {t.name: t for t in self.inputs}
+        missing = set(expected) - set(feed)
+        unknown = set(feed) - set(expected)
+        if missing or unknown:
+            raise ShapeError(f"inputs do not match the model: missing {sorted(missing)}, "
+                             f"unexpected {sorted(unknown)}")
+        for name, array in feed.items():
+            spec = expected[name]
+            shape = tuple(getattr(array, "shape", ()))
+            if len(shape) != len(spec.shape):
+                raise ShapeError(f"input {name!r} has rank {len(shape)}, model expects {spec.shape}")
+            for got, want in zip(shape, spec.shape):
+                if isinstance(want, int) and want >= 0 and got != want:
+                    raise ShapeError(f"input {name!r} has shape {shape}, model expects {spec.shape}")
+
+    # -- description ----------------------------------------------------------------------
+    @property
+    @abc.abstractmethod
+    def inputs(self) -> Tuple[TensorInfo, ...]:
+        """Input tensors (name, shape with symbolic dims, dtype)."""
+
+    @property
+    @abc.abstractmethod
+    def outputs(self) -> Tuple[TensorInfo, ...]:
+        """Output tensors."""
+
+    @property
+    def input_names(self) -> Tuple[str, ...]:
+        return tuple(t.name for t in self.inputs)
+
+    @property
+    def output_names(self) -> Tuple[str, ...]:
+        return tuple(t.name for t in self.outputs)
+
+    @property
+    def metadata(self) -> Dict[str, str]:
+        """Model metadata (ONNX metadata_props or the engine's record)."""
+        return {}
+
+    @property
+    def spec(self) -> Optional[ModelSpec]:
+        """The dbrt ModelSpec stored with the model, or None for foreign models."""
+        return ModelSpec.from_metadata(self.metadata)
+
+    # Where outputs live: "cpu" (NumPy) or "cuda" (CuPy).
+    output_device = "cpu"
+
+    # -- backend hooks --------------------------------------------------------------------
+    @abc.abstractmethod
+    def _activate(self) -> None: ...
+
+    @abc.abstractmethod
+    def _deactivate(self) -> None: ...
+
+    @abc.abstractmethod
+    def _infer(self, feed: Mapping[str, object]) -> Dict[str, object]: ...

@@ -1,0 +1,17 @@
+"""Errors that describe a user mistake: the CLI prints them as one line, without a traceback."""
+
+
+class DbrtError(Exception):
+    """Base class of errors that are reported to the user as one clear line."""
+
+
+class ModelError(DbrtError):
+    """The model file is missing, unreadable, or not a DBNet-like detector."""
+
+
+class ShapeError(DbrtError):
+    """An input shape is outside what the model or engine accepts."""
+
+
+class SourceError(DbrtError):
+    """A video / image / stream source cannot be opened or read."""

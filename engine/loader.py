@@ -1,0 +1,51 @@
+"""Pick and load a runner for a model file: .onnx -> ONNX Runtime (or TensorRT via the engine
+cache when a GPU and TensorRT are present), .engine / .plan -> TensorRT."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+from .base import Runner
+from .errors import ModelError
+
+BACKENDS = ("auto", "onnxruntime", "tensorrt")
+# Shipped model and demo video live with the runtime package.
+ASSETS = Path(__file__).resolve().parent.parent / "pipeline" / "assets"
+
+
+def default_model_path() -> Path:
+    """The detector shipped with dbrt (pipeline/assets/dbnet_default.onnx)."""
+    path = ASSETS / "dbnet_default.onnx"
+    if not path.is_file():
+        raise ModelError(f"the shipped default model is missing ({path}); pass --model")
+    return path
+
+
+def load_runner(model: Optional[os.PathLike] = None, backend: str = "auto", device: str = "auto",
+                **options) -> Runner:
+    """A (not yet activated) runner for `model` (default: the shipped model)."""
+    if backend not in BACKENDS:
+        raise ModelError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    path = Path(model) if model is not None else default_model_path()
+    if not path.exists():
+        raise ModelError(f"model file not found: {path}")
+    if path.is_dir():
+        raise ModelError(f"model path is a directory, expected an .onnx or .engine file: {path}")
+    suffix = path.suffix.lower()
+    if suffix in (".engine", ".plan", ".trt"):
+        if backend == "onnxruntime":
+            raise ModelError(f"{path} is a TensorRT engine; onnxruntime cannot run it")
+        from .tensorrt_runner import TensorRTRunner  # noqa: WPS433 - lazy: imports tensorrt
+
+        return TensorRTRunner(path, **options)
+    if suffix != ".onnx":
+        raise ModelError(f"unsupported model file {path.name}: expected .onnx, .engine or .plan")
+    if backend == "tensorrt":
+        from .cache import cached_engine_runner  # builds once, then reuses the cached engine
+
+        return cached_engine_runner(path, **options)
+    from .onnxruntime_runner import OnnxRuntimeRunner
+
+    ort_device = device if device in ("cpu", "cuda", "tensorrt", "auto") else "auto"
+    return OnnxRuntimeRunner(path, device=ort_device, threads=options.get("threads", 0))

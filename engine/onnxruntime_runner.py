@@ -1,0 +1,121 @@
+"""ONNX Runtime backend: CPU everywhere, CUDA / TensorRT execution providers when present."""
+from __future__ import annotations
+
+import os
+from typing import Dict, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .base import Runner, TensorInfo
+from .errors import ModelError, ShapeError
+from .lazy import require
+
+_ORT_DTYPES = {
+    "tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
+    "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(uint8)": "uint8",
+    "tensor(int8)": "int8", "tensor(bool)": "bool",
+}
+
+
+def available_providers() -> Tuple[str, ...]:
+    return tuple(require("onnxruntime").get_available_providers())
+
+
+def default_providers(device: str = "auto") -> Tuple[str, ...]:
+    """Execution providers for a device: 'cpu', 'cuda', 'tensorrt' or 'auto' (best available)."""
+    have = available_providers()
+    wanted = {
+        "cpu": ("CPUExecutionProvider",),
+        "cuda": ("CUDAExecutionProvider", "CPUExecutionProvider"),
+        "tensorrt": ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"),
+        "auto": ("CUDAExecutionProvider", "CPUExecutionProvider"),
+    }.get(device)
+    if wanted is None:
+        raise ModelError(f"unknown onnxruntime device {device!r} (cpu, cuda, tensorrt, auto)")
+    chosen = tuple(p for p in wanted if p in have)
+    if device in ("cuda", "tensorrt") and chosen[0] == "CPUExecutionProvider":
+        raise ModelError(f"onnxruntime has no {device} execution provider here "
+                         f"(available: {', '.join(have)}); install onnxruntime-gpu")
+    return chosen
+
+
+class OnnxRuntimeRunner(Runner):
+    """Runs an ONNX model with ONNX Runtime.
+
+    `model` is a path or serialized bytes. `threads` sets intra-op threads (0: ORT default).
+    """
+
+    name = "onnxruntime"
+
+    def __init__(self, model, device: str = "auto", providers: Optional[Sequence[str]] = None,
+                 threads: int = 0):
+        super().__init__()
+        if isinstance(model, (str, os.PathLike)) and not os.path.isfile(model):
+            raise ModelError(f"model file not found: {model}")
+        self._model = model
+        self._providers = tuple(providers) if providers else None
+        self._device = device
+        self._threads = threads
+        self._session = None
+        self._inputs: Tuple[TensorInfo, ...] = ()
+        self._outputs: Tuple[TensorInfo, ...] = ()
+        self._meta: Dict[str, str] = {}
+
+    def _activate(self) -> None:
+        ort = require("onnxruntime")
+        opts = ort.SessionOptions()
+        if self._threads:
+            opts.intra_op_num_threads = self._threads
+        opts.log_severity_level = 3
+        providers = self._providers or default_providers(self._device)
+        model = os.fspath(self._model) if not isinstance(self._model, bytes) else self._model
+        try:
+            self._session = ort.InferenceSession(model, sess_options=opts, providers=list(providers))
+        except Exception as exc:  # ORT raises its own exception types for bad files
+            raise ModelError(f"cannot load ONNX model {self._describe()}: {str(exc).splitlines()[0]}") from exc
+        self._inputs = tuple(self._info(t) for t in self._session.get_inputs())
+        self._outputs = tuple(self._info(t) for t in self._session.get_outputs())
+        self._meta = dict(self._session.get_modelmeta().custom_metadata_map)
+        if len(self._inputs) != 1:
+            raise ModelError(f"expected a detector with one image input, model has {len(self._inputs)}")
+
+    def _describe(self) -> str:
+        return "<bytes>" if isinstance(self._model, bytes) else str(self._model)
+
+    @staticmethod
+    def _info(t) -> TensorInfo:
+        shape = tuple(d if isinstance(d, int) else (d if isinstance(d, str) else None) for d in t.shape)
+        return TensorInfo(t.name, shape, _ORT_DTYPES.get(t.type, t.type))
+
+    def _deactivate(self) -> None:
+        self._session = None
+
+    def _infer(self, feed: Mapping[str, object]) -> Dict[str, np.ndarray]:
+        cast = {}
+        for t in self._inputs:
+            arr = feed[t.name]
+            if not isinstance(arr, np.ndarray):  # e.g. a CuPy array: ORT CPU needs host memory
+                arr = arr.get() if hasattr(arr, "get") else np.asarray(arr)
+            cast[t.name] = np.ascontiguousarray(arr, dtype=t.dtype)
+        try:
+            values = self._session.run(None, cast)
+        except Exception as exc:
+            raise ShapeError(f"onnxruntime rejected the input "
+                             f"{[a.shape for a in cast.values()]}: {str(exc).splitlines()[0]}") from exc
+        return {t.name: v for t, v in zip(self._outputs, values)}
+
+    @property
+    def inputs(self) -> Tuple[TensorInfo, ...]:
+        return self._inputs
+
+    @property
+    def outputs(self) -> Tuple[TensorInfo, ...]:
+        return self._outputs
+
+    @property
+    def metadata(self) -> Dict[str, str]:
+        return dict(self._meta)
+
+    @property
+    def providers(self) -> Tuple[str, ...]:
+        return tuple(self._session.get_providers()) if self._session else ()

@@ -1,0 +1,67 @@
+"""`dbrt` command line: a thin shell over the library.
+
+Subcommands live one per module in `pipeline/commands/`; each module defines
+`NAME`, `HELP`, `add_arguments(parser)` and `run(args) -> int`, and imports heavy packages only
+inside `run`, so `dbrt --help` works on a machine without torch, cupy, av or tensorrt.
+User mistakes (DbrtError, missing optional packages, missing files) end with one line on stderr
+and a non-zero exit; Ctrl-C exits with 130.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+from typing import List, Optional
+
+from engine.errors import DbrtError
+from engine.lazy import MissingDependency
+
+from . import commands as _commands_pkg
+
+
+def _command_modules():
+    mods = []
+    for info in pkgutil.iter_modules(_commands_pkg.__path__):
+        if info.name.startswith("_"):
+            continue
+        mod = importlib.import_module(f"{_commands_pkg.__name__}.{info.name}")
+        if hasattr(mod, "NAME") and hasattr(mod, "run"):
+            mods.append(mod)
+    return sorted(mods, key=lambda m: (getattr(m, "ORDER", 50), m.NAME))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dbrt", description="Real-time scene-text detection on video with DBNet and TensorRT.")
+    parser.add_argument("--version", action="version", version="dbrt 0.1.0")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for mod in _command_modules():
+        p = sub.add_parser(mod.NAME, help=mod.HELP, description=getattr(mod, "DESCRIPTION", mod.HELP),
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        print("dbrt: interrupted", file=sys.stderr)
+        return 130
+    except (DbrtError, MissingDependency) as exc:
+        print(f"dbrt {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+        print(f"dbrt {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per `dbrt` subcommand (see pipeline.cli)."""

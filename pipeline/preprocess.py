@@ -1,0 +1,114 @@
+"""CPU preprocessing (NumPy / OpenCV): resize to multiples of the stride, normalise, NCHW.
+
+This is also the oracle of the GPU preprocessing kernel (pipeline.gpu_preprocess).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence, Tuple
+
+import cv2
+import numpy as np
+
+from engine.errors import ShapeError
+from engine.modelspec import ModelSpec
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """How a frame maps onto the network input: input = frame * scale, top-left aligned.
+
+    scale_x / scale_y are input pixels per frame pixel; (content_h, content_w) is the part of the
+    input covered by the frame (the rest is padding when letterboxing).
+    """
+
+    frame_h: int
+    frame_w: int
+    input_h: int
+    input_w: int
+    scale_x: float
+    scale_y: float
+    content_h: int
+    content_w: int
+
+    def to_frame(self, points: np.ndarray) -> np.ndarray:
+        """Map (..., 2) input-pixel points back to frame pixels (clipped to the frame)."""
+        out = np.asarray(points, np.float32) / np.array([self.scale_x, self.scale_y], np.float32)
+        out[..., 0] = np.clip(out[..., 0], 0, self.frame_w)
+        out[..., 1] = np.clip(out[..., 1], 0, self.frame_h)
+        return out
+
+
+def _round_to(value: float, multiple: int) -> int:
+    return max(multiple, int(round(value / multiple)) * multiple)
+
+
+def target_size(frame_h: int, frame_w: int, limit_side: int, limit_type: str = "min",
+                stride: int = 32) -> Tuple[int, int]:
+    """Network input (H, W), multiples of `stride`, following the DB / PaddleOCR resize rule.
+
+    limit_type "min": the short side becomes `limit_side` (MhLiao's 736);
+    limit_type "max": the long side is capped at `limit_side` (never upscaled).
+    """
+    if frame_h <= 0 or frame_w <= 0:
+        raise ShapeError(f"empty frame {frame_h}x{frame_w}")
+    if limit_type == "min":
+        ratio = limit_side / min(frame_h, frame_w)
+    elif limit_type == "max":
+        ratio = min(1.0, limit_side / max(frame_h, frame_w))
+    else:
+        raise ShapeError(f"limit_type must be 'min' or 'max', got {limit_type!r}")
+    return _round_to(frame_h * ratio, stride), _round_to(frame_w * ratio, stride)
+
+
+def make_letterbox(frame_h: int, frame_w: int, input_h: int, input_w: int,
+                   keep_aspect: bool = False) -> Letterbox:
+    """Stretch the frame onto the input (DB reference), or keep its aspect ratio and pad."""
+    if keep_aspect:
+        s = min(input_h / frame_h, input_w / frame_w)
+        ch, cw = max(1, int(round(frame_h * s))), max(1, int(round(frame_w * s)))
+        return Letterbox(frame_h, frame_w, input_h, input_w, cw / frame_w, ch / frame_h, ch, cw)
+    return Letterbox(frame_h, frame_w, input_h, input_w, input_w / frame_w, input_h / frame_h,
+                     input_h, input_w)
+
+
+def normalise(image: np.ndarray, spec: ModelSpec) -> np.ndarray:
+    """uint8 HWC BGR -> float32 CHW, in the model's colour order and normalisation."""
+    img = image if spec.color == "BGR" else image[..., ::-1]
+    mean = np.asarray(spec.mean, np.float32)
+    inv_std = 1.0 / np.asarray(spec.std, np.float32)
+    chw = (img.astype(np.float32) - mean) * inv_std
+    return np.ascontiguousarray(chw.transpose(2, 0, 1))
+
+
+def preprocess(frame: np.ndarray, spec: ModelSpec, size: Tuple[int, int] = None,
+               keep_aspect: bool = False) -> Tuple[np.ndarray, Letterbox]:
+    """One BGR uint8 frame -> (3, H, W) float32 input and its Letterbox.
+
+    `size` is the network (H, W); by default the spec's resize rule picks it.
+    """
+    if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+        raise ShapeError(f"expected an HxWx3 uint8 BGR frame, got {frame.shape} {frame.dtype}")
+    fh, fw = frame.shape[:2]
+    ih, iw = size or target_size(fh, fw, spec.limit_side, spec.limit_type, spec.stride)
+    if ih % spec.stride or iw % spec.stride:
+        raise ShapeError(f"input size {ih}x{iw} is not a multiple of {spec.stride}")
+    box = make_letterbox(fh, fw, ih, iw, keep_aspect)
+    resized = cv2.resize(frame, (box.content_w, box.content_h), interpolation=cv2.INTER_LINEAR)
+    chw = normalise(resized, spec)
+    if (box.content_h, box.content_w) != (ih, iw):
+        padded = np.zeros((3, ih, iw), np.float32)  # zero = the mean colour after normalising
+        padded[:, :box.content_h, :box.content_w] = chw
+        chw = padded
+    return chw, box
+
+
+def preprocess_batch(frames: Sequence[np.ndarray], spec: ModelSpec, size: Tuple[int, int],
+                     keep_aspect: bool = False) -> Tuple[np.ndarray, list]:
+    """Frames (any sizes) -> one (N, 3, H, W) batch at `size`, and their Letterboxes."""
+    batch = np.empty((len(frames), 3, size[0], size[1]), np.float32)
+    boxes = []
+    for i, frame in enumerate(frames):
+        batch[i], box = preprocess(frame, spec, size, keep_aspect)
+        boxes.append(box)
+    return batch, boxes
