@@ -1,0 +1,55 @@
+"""Shared fixtures: the shared real data (skipped when absent) and tiny ONNX models."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("DBRT_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data (real videos, realdev); skips with a message when it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data not found at {SHARED_DATA} (only CI and dev machines have it)")
+    return SHARED_DATA
+
+
+def export_tiny_onnx(path: Path, width: float = 0.25, seed: int = 0) -> Path:
+    """A randomly initialised, compact DBNet exported to ONNX with dbrt metadata.
+
+    Kept independent of export.onnx_export so runtime tests do not depend on the exporter.
+    """
+    torch = pytest.importorskip("torch")
+    import onnx
+
+    from engine.modelspec import ModelSpec
+    from export.model import DBNet
+
+    torch.manual_seed(seed)
+    model = DBNet("resnet18", width=width).eval()
+    x = torch.randn(1, 3, 64, 96)
+    torch.onnx.export(model, x, str(path), input_names=["images"], output_names=["prob"],
+                      dynamic_axes={"images": {0: "batch", 2: "height", 3: "width"},
+                                    "prob": {0: "batch", 2: "height", 3: "width"}},
+                      opset_version=17, dynamo=False)
+    proto = onnx.load(str(path))
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = "dbrt", ModelSpec(arch=model.arch_name, limit_side=256).to_json()
+    onnx.save(proto, str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tmp_path_factory) -> Path:
+    """Path of a tiny random DBNet ONNX (dynamic batch / H / W, dbrt metadata)."""
+    return export_tiny_onnx(tmp_path_factory.mktemp("models") / "tiny.onnx")
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)

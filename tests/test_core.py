@@ -1,0 +1,91 @@
+"""The core result type, the model spec and CPU preprocessing."""
+import json
+
+import numpy as np
+import pytest
+
+from engine.errors import ModelError, ShapeError
+from engine.modelspec import ModelSpec, preset
+from pipeline.detections import Detections, concat
+from pipeline.preprocess import make_letterbox, preprocess, target_size
+
+
+def _dets():
+    quads = np.array([[[0, 0], [10, 0], [10, 5], [0, 5]], [[20, 20], [30, 20], [30, 28], [20, 28]],
+                      [[1, 1], [4, 1], [4, 4], [1, 4]]], np.float32)
+    return Detections.from_quads(quads, [0.9, 0.5, 0.7], frame_index=3, timestamp=0.12,
+                                 source="cam0", frame_size=(40, 50))
+
+
+def test_detections_validate_and_slice():
+    d = _dets()
+    assert len(d) == 3 and d.is_quads
+    kept = d[d.scores > 0.6]
+    assert len(kept) == 2 and kept.frame_index == 3 and kept.source == "cam0"
+    np.testing.assert_allclose(kept.scores, [0.9, 0.7])
+    assert len(d[1:]) == 2 and len(d[0]) == 1
+    np.testing.assert_allclose(d.boxes_xyxy[1], [20, 20, 30, 28])
+    with pytest.raises(ValueError):
+        Detections((np.zeros((4, 2)),), [0.1, 0.2])
+    with pytest.raises(ValueError):
+        Detections((np.full((4, 2), np.nan),), [0.1])
+    with pytest.raises(IndexError):
+        d[np.array([True, False])]
+
+
+def test_detections_json_round_trip():
+    d = _dets()
+    back = Detections.from_json(d.to_json())
+    assert len(back) == 3 and back.frame_index == 3 and back.timestamp == pytest.approx(0.12)
+    assert back.source == "cam0" and back.frame_size == (40, 50)
+    for a, b in zip(d.polygons, back.polygons):
+        np.testing.assert_allclose(a, b, atol=0.01)
+    assert json.loads(Detections.empty(source="x").to_json())["detections"] == []
+    poly = Detections((np.array([[0, 0], [5, 0], [6, 3], [5, 6], [0, 6]]),), [0.8])
+    assert not poly.is_quads and len(Detections.from_json(poly.to_json()).polygons[0]) == 5
+    assert len(concat([d, d])) == 6
+
+
+def test_modelspec_round_trip_and_presets():
+    spec = ModelSpec(arch="dbnet_resnet18", thresh=0.25)
+    assert ModelSpec.from_json(spec.to_json()) == spec
+    assert ModelSpec.from_metadata({"dbrt": spec.to_json()}) == spec
+    assert ModelSpec.from_metadata({}) is None
+    assert preset("mmocr").color == "RGB"
+    with pytest.raises(ModelError):
+        preset("nope")
+    with pytest.raises(ModelError):
+        ModelSpec(color="XYZ")
+
+
+@pytest.mark.parametrize("h,w,limit,kind,expected", [
+    (720, 1280, 736, "min", (736, 1312)),
+    (506, 960, 736, "min", (736, 1408)),
+    (506, 960, 960, "max", (512, 960)),
+    (100, 100, 960, "max", (96, 96)),
+    (10, 10, 960, "max", (32, 32)),
+])
+def test_target_size(h, w, limit, kind, expected):
+    assert target_size(h, w, limit, kind) == expected
+
+
+def test_preprocess_normalises_like_db():
+    spec = ModelSpec()
+    frame = np.full((50, 70, 3), 200, np.uint8)
+    chw, box = preprocess(frame, spec, size=(64, 96))
+    assert chw.shape == (3, 64, 96) and chw.dtype == np.float32
+    np.testing.assert_allclose(chw[:, 10, 10], (200 - np.array(spec.mean)) / 255, atol=1e-5)
+    pts = box.to_frame(np.array([[96, 64]], np.float32))
+    np.testing.assert_allclose(pts, [[70, 50]])
+    with pytest.raises(ShapeError):
+        preprocess(frame, spec, size=(60, 96))
+    with pytest.raises(ShapeError):
+        preprocess(frame[..., 0], spec)
+
+
+def test_letterbox_keeps_aspect_and_pads():
+    box = make_letterbox(100, 200, 64, 64, keep_aspect=True)
+    assert (box.content_h, box.content_w) == (32, 64)
+    frame = np.zeros((100, 200, 3), np.uint8)
+    chw, _ = preprocess(frame, ModelSpec(), size=(64, 64), keep_aspect=True)
+    assert np.all(chw[:, 40:, :] == 0)
