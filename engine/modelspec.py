@@ -100,3 +100,18 @@ def preset(name: str) -> ModelSpec:
         return PRESETS[name]
     except KeyError:
         raise ModelError(f"unknown preset {name!r}; choose one of {', '.join(sorted(PRESETS))}") from None
+
+
+def resolve_spec(metadata: Optional[dict] = None, preset_name: Optional[str] = None,
+                 **overrides) -> ModelSpec:
+    """The ONE place that decides a model's ModelSpec: an explicit preset wins, then the model's
+    own dbrt metadata, then the DB defaults; `overrides` (non-None values only) apply last."""
+    if preset_name:
+        spec = preset(preset_name)
+    else:
+        spec = ModelSpec.from_metadata(metadata or {}) or PRESETS["db"]
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    unknown = set(changes) - set(ModelSpec.__dataclass_fields__)
+    if unknown:
+        raise ModelError(f"unknown model option(s): {', '.join(sorted(unknown))}")
+    return spec.replace(**changes) if changes else spec
