@@ -16,6 +16,12 @@ METADATA_KEY = "dbrt"
 
 # MhLiao/DB: BGR minus this mean, divided by 255 (no per-channel std).
 DB_MEAN_BGR = (122.67891434, 116.66876762, 104.00698793)
+# torchvision / MMOCR ImageNet statistics in 0..255 pixel units, RGB order.
+IMAGENET_MEAN_RGB = (123.675, 116.28, 103.53)
+IMAGENET_STD_RGB = (58.395, 57.12, 57.375)
+# Resize rules (pipeline.preprocess.target_size): "min" short side = limit_side (MhLiao/DB),
+# "max" long side <= limit_side, "min_at_least" short side >= limit_side (PaddleOCR's "min").
+LIMIT_TYPES = ("min", "max", "min_at_least")
 
 
 @dataclass(frozen=True)
@@ -32,7 +38,7 @@ class ModelSpec:
     std: Tuple[float, float, float] = (255.0, 255.0, 255.0)
     stride: int = 32                        # H and W must be multiples of this
     limit_side: int = 736                   # resize rule: see pipeline.preprocess.target_size
-    limit_type: str = "min"                 # "min": short side -> limit_side; "max": cap long side
+    limit_type: str = "min"                 # one of LIMIT_TYPES
     output: Optional[str] = None            # name of the probability output (None: the first)
     output_is_prob: bool = True             # False: apply a sigmoid to the output
     thresh: float = 0.3
@@ -44,8 +50,9 @@ class ModelSpec:
     def __post_init__(self):
         if self.color not in ("BGR", "RGB"):
             raise ModelError(f"color must be BGR or RGB, got {self.color!r}")
-        if self.limit_type not in ("min", "max"):
-            raise ModelError(f"limit_type must be 'min' or 'max', got {self.limit_type!r}")
+        if self.limit_type not in LIMIT_TYPES:
+            raise ModelError(f"limit_type must be one of {', '.join(LIMIT_TYPES)}, "
+                             f"got {self.limit_type!r}")
         if len(self.mean) != 3 or len(self.std) != 3 or any(s == 0 for s in self.std):
             raise ModelError("mean and std need three values each and std must be non-zero")
         if self.stride <= 0 or self.limit_side < self.stride:
@@ -83,15 +90,20 @@ class ModelSpec:
 PRESETS = {
     # MhLiao/DB and our own models.
     "db": ModelSpec(arch="dbnet"),
-    # PaddleOCR PP-OCR det as run by RapidOCR: RGB? no - BGR input scaled to 0..1 then
-    # ImageNet mean/std (Paddle's NormalizeImage on a BGR cv2 image), limit_side 736 'min'.
-    "ppocr": ModelSpec(arch="ppocr-det", color="BGR", mean=(123.675, 116.28, 103.53),
-                       std=(58.395, 57.12, 57.375), limit_side=736, limit_type="min",
-                       thresh=0.3, box_thresh=0.5, unclip_ratio=1.6),
-    # MMOCR DBNet: RGB, ImageNet mean / std.
-    "mmocr": ModelSpec(arch="mmocr-dbnet", color="RGB", mean=(123.675, 116.28, 103.53),
-                       std=(58.395, 57.12, 57.375), limit_side=736, limit_type="min",
-                       thresh=0.3, box_thresh=0.3, unclip_ratio=1.5),
+    # PaddleOCR PP-OCR det (v3..v6) as RapidOCR runs it (rapidocr 3.x config.yaml, section Det):
+    # BGR, pixel/255 then (x - 0.5) / 0.5; the short side is raised to 736 but never reduced;
+    # the network ends in a sigmoid; DB post-processing with a 2x2 dilation of the bitmap.
+    "ppocr": ModelSpec(arch="ppocr-det", color="BGR", mean=(127.5, 127.5, 127.5),
+                       std=(127.5, 127.5, 127.5), limit_side=736, limit_type="min_at_least",
+                       thresh=0.3, box_thresh=0.5, unclip_ratio=1.6,
+                       extra={"use_dilation": True, "max_candidates": 1000, "score_mode": "fast"}),
+    # MMOCR 1.x DBNet (dbnet_resnet18_fpnc, TextDetDataPreprocessor + DBPostprocessor): RGB,
+    # ImageNet mean / std, short side 736 keeping the aspect ratio and padding to 32; the
+    # exported head returns the (N, H, W) probability map.
+    "mmocr": ModelSpec(arch="mmocr-dbnet", color="RGB", mean=IMAGENET_MEAN_RGB,
+                       std=IMAGENET_STD_RGB, limit_side=736, limit_type="min",
+                       thresh=0.3, box_thresh=0.3, unclip_ratio=1.5,
+                       extra={"keep_aspect": True, "max_candidates": 3000}),
 }
 
 

@@ -48,7 +48,8 @@ def target_size(frame_h: int, frame_w: int, limit_side: int, limit_type: str = "
     """Network input (H, W), multiples of `stride`, following the DB / PaddleOCR resize rule.
 
     limit_type "min": the short side becomes `limit_side` (MhLiao's 736);
-    limit_type "max": the long side is capped at `limit_side` (never upscaled).
+    limit_type "max": the long side is capped at `limit_side` (never upscaled);
+    limit_type "min_at_least": the short side is raised to `limit_side` when shorter (PP-OCR).
     """
     if frame_h <= 0 or frame_w <= 0:
         raise ShapeError(f"empty frame {frame_h}x{frame_w}")
@@ -56,8 +57,13 @@ def target_size(frame_h: int, frame_w: int, limit_side: int, limit_type: str = "
         ratio = limit_side / min(frame_h, frame_w)
     elif limit_type == "max":
         ratio = min(1.0, limit_side / max(frame_h, frame_w))
+    elif limit_type == "min_at_least":
+        # PaddleOCR / RapidOCR "min": raise a short side below limit_side, never reduce; they
+        # truncate the scaled size before rounding, which matters on x.5 multiples of stride.
+        ratio = max(1.0, limit_side / min(frame_h, frame_w))
+        return (_round_to(int(frame_h * ratio), stride), _round_to(int(frame_w * ratio), stride))
     else:
-        raise ShapeError(f"limit_type must be 'min' or 'max', got {limit_type!r}")
+        raise ShapeError(f"limit_type must be 'min', 'max' or 'min_at_least', got {limit_type!r}")
     return _round_to(frame_h * ratio, stride), _round_to(frame_w * ratio, stride)
 
 
