@@ -1,0 +1,120 @@
+"""`DBPostprocessor`: probability maps -> `Detections` in frame pixels, on the CPU or the GPU.
+
+The path follows the map: a CuPy map stays on its GPU (only the surviving candidates are copied
+to the host), a NumPy map is processed with NumPy / OpenCV. Both return the reference's boxes.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence
+
+import numpy as np
+
+from engine.errors import ShapeError
+from engine.lazy import array_module, require
+from pipeline.detections import Detections
+from pipeline.preprocess import Letterbox
+
+from . import cpu
+from .config import PostprocessConfig, PostprocessError
+from .geometry import to_frame
+
+DEVICES = ("auto", "cpu", "gpu")
+_META_KEYS = ("frame_index", "timestamp", "source")
+
+
+def _as_batch(prob, xp):
+    """(N, 1, H, W), (N, H, W) or (H, W) -> (N, H, W) float32 of the same array module."""
+    if prob.ndim == 4 and prob.shape[1] == 1:
+        prob = prob[:, 0]
+    elif prob.ndim == 2:
+        prob = prob[None]
+    if prob.ndim != 3:
+        raise ShapeError(f"expected probability maps of shape (N, 1, H, W) or (N, H, W), "
+                         f"got {tuple(prob.shape)}")
+    if prob.dtype.kind != "f":
+        raise ShapeError(f"probability maps must be floating point, got {prob.dtype}")
+    return xp.ascontiguousarray(prob, dtype=xp.float32)
+
+
+def _check_letterboxes(letterboxes, n: int, h: int, w: int) -> List[Letterbox]:
+    if isinstance(letterboxes, Letterbox):
+        letterboxes = [letterboxes]
+    boxes = list(letterboxes)
+    if len(boxes) != n:
+        raise ShapeError(f"{n} probability maps but {len(boxes)} letterboxes")
+    for box in boxes:
+        if (box.input_h, box.input_w) != (h, w):
+            raise ShapeError(f"a letterbox for a {box.input_h}x{box.input_w} input was given "
+                             f"with a {h}x{w} probability map")
+    return boxes
+
+
+def _check_metas(metas, n: int) -> List[dict]:
+    if metas is None:
+        return [{} for _ in range(n)]
+    metas = list(metas)
+    if len(metas) != n:
+        raise ShapeError(f"{n} probability maps but {len(metas)} metas")
+    for meta in metas:
+        unknown = set(meta) - set(_META_KEYS)
+        if unknown:
+            raise PostprocessError(f"unknown meta key(s) {sorted(unknown)}; allowed: {_META_KEYS}")
+    return metas
+
+
+def check_finite(prob, xp) -> None:
+    """NaN / inf in a map means a broken model or engine: say so instead of returning junk."""
+    if not bool(xp.isfinite(prob.sum(dtype=xp.float64))):
+        raise PostprocessError("the probability map contains NaN or infinite values "
+                               "(broken model, engine or input)")
+
+
+class DBPostprocessor:
+    """The DB post-processing of a batch of maps at network-input resolution.
+
+    config: `PostprocessConfig`; device: "auto" (where the map lives), "cpu" or "gpu".
+    """
+
+    def __init__(self, config: Optional[PostprocessConfig] = None, device: str = "auto"):
+        if device not in DEVICES:
+            raise PostprocessError(f"device must be one of {DEVICES}, got {device!r}")
+        self.config = config or PostprocessConfig()
+        self.device = device
+
+    def __repr__(self) -> str:
+        return f"DBPostprocessor({self.config}, device={self.device!r})"
+
+    def _module_for(self, prob):
+        xp = array_module(prob)
+        if self.device == "gpu" and xp is np:
+            return require("cupy")
+        if self.device == "cpu":
+            return np
+        return xp
+
+    def __call__(self, prob, letterboxes: Sequence[Letterbox],
+                 metas: Optional[Sequence[dict]] = None) -> List[Detections]:
+        xp = self._module_for(prob)
+        if xp is np:
+            prob = prob.get() if hasattr(prob, "get") else prob  # a CuPy map with device="cpu"
+            prob = np.asarray(prob)
+        else:
+            prob = xp.asarray(prob)
+        batch = _as_batch(prob, xp)
+        n, h, w = batch.shape
+        boxes = _check_letterboxes(letterboxes, n, h, w)
+        metas = _check_metas(metas, n)
+        check_finite(batch, xp)
+        if xp is not np:  # the GPU path lands next; until then the map is copied to the host
+            batch = batch.get()
+        results = [cpu.postprocess_map(batch[i, :b.content_h, :b.content_w], self.config)
+                   for i, b in enumerate(boxes)]
+        return [self._detections(polys, scores, box, meta)
+                for (polys, scores), box, meta in zip(results, boxes, metas)]
+
+    @staticmethod
+    def _detections(polys, scores, box: Letterbox, meta: dict) -> Detections:
+        frame_polys = tuple(to_frame(p, box.scale_x, box.scale_y, box.frame_w, box.frame_h)
+                            for p in polys)
+        return Detections(frame_polys, np.asarray(scores, np.float32),
+                          frame_size=(box.frame_h, box.frame_w), **meta)

@@ -1,0 +1,86 @@
+"""DBPostprocessor interface: options, shapes, scaling to the frame, metas, errors."""
+import numpy as np
+import pytest
+
+from engine.errors import DbrtError, ShapeError
+from engine.modelspec import ModelSpec
+from pipeline.postprocess import DBPostprocessor, PostprocessConfig, PostprocessError
+from pipeline.preprocess import Letterbox, make_letterbox
+
+
+def _map_with_rect(h=64, w=96, box=(10, 20, 40, 32), value=0.9):
+    prob = np.zeros((1, 1, h, w), np.float32)
+    x0, y0, x1, y1 = box
+    prob[0, 0, y0:y1, x0:x1] = value
+    return prob
+
+
+@pytest.mark.parametrize("options", [
+    dict(thresh=1.5), dict(thresh=-0.1), dict(box_thresh="0.5"), dict(max_candidates=0),
+    dict(max_candidates=2.5), dict(unclip_ratio=-1), dict(unclip_ratio=float("nan")),
+    dict(min_size=0), dict(use_dilation=1), dict(score_mode="mean"), dict(box_type="rect"),
+])
+def test_bad_options_raise_one_clear_error(options):
+    with pytest.raises(PostprocessError) as info:
+        PostprocessConfig(**options)
+    assert isinstance(info.value, DbrtError)
+    assert next(iter(options)) in str(info.value)
+
+
+def test_from_spec_takes_thresholds_and_overrides():
+    spec = ModelSpec(thresh=0.25, box_thresh=0.55, unclip_ratio=1.8)
+    cfg = PostprocessConfig.from_spec(spec, box_type="poly", score_mode=None)
+    assert (cfg.thresh, cfg.box_thresh, cfg.unclip_ratio) == (0.25, 0.55, 1.8)
+    assert cfg.box_type == "poly" and cfg.score_mode == "fast"
+    with pytest.raises(PostprocessError, match="unknown"):
+        PostprocessConfig.from_spec(spec, threshold=0.2)
+    with pytest.raises(PostprocessError):
+        DBPostprocessor(cfg, device="tpu")
+
+
+def test_one_rectangle_maps_back_to_the_frame():
+    prob = _map_with_rect()
+    box = make_letterbox(128, 192, 64, 96)  # frame is twice the input
+    dets = DBPostprocessor()(prob, [box], [dict(frame_index=7, timestamp=0.5, source="cam")])
+    assert len(dets) == 1 and len(dets[0]) == 1
+    det = dets[0]
+    assert det.frame_index == 7 and det.timestamp == 0.5 and det.source == "cam"
+    assert det.frame_size == (128, 192)
+    assert det.scores[0] == pytest.approx(0.9, abs=1e-6)
+    x0, y0, x1, y1 = det.boxes_xyxy[0]
+    # contour rectangle 29x11, unclipped by 319 * 1.5 / 80 = 5.98 px each side, then doubled
+    assert x0 < 20 < 78 < x1 and y0 < 40 < 62 < y1
+    assert x1 - x0 == pytest.approx(2 * (29 + 2 * 5.98), abs=2)
+    assert y1 - y0 == pytest.approx(2 * (11 + 2 * 5.98), abs=2)
+
+
+def test_shapes_batch_and_letterbox_content_only():
+    prob = np.concatenate([_map_with_rect(), _map_with_rect(value=0.1)])[:, 0]  # (2, H, W)
+    padded = Letterbox(32, 32, 64, 96, 1.0, 1.0, 32, 32)  # content is the top-left 32x32
+    full = make_letterbox(64, 96, 64, 96)
+    dets = DBPostprocessor()(prob, [padded, full])
+    assert [len(d) for d in dets] == [1, 0]
+    assert dets[0].boxes_xyxy[0, 2] <= 32  # clipped to the frame, not the padded input
+    poly = DBPostprocessor(PostprocessConfig(box_type="poly"))(prob[:1], [full])[0]
+    assert len(poly) == 1 and len(poly.polygons[0]) >= 4
+
+
+@pytest.mark.parametrize("prob, boxes, error", [
+    (np.zeros((1, 2, 64, 96), np.float32), 1, ShapeError),
+    (np.zeros((1, 1, 64, 96), np.uint8), 1, ShapeError),
+    (np.zeros((2, 64, 96), np.float32), 1, ShapeError),
+    (np.zeros((1, 64, 32), np.float32), 1, ShapeError),
+    (np.full((1, 64, 96), np.nan, np.float32), 1, PostprocessError),
+])
+def test_bad_maps_raise(prob, boxes, error):
+    with pytest.raises(error):
+        DBPostprocessor()(prob, [make_letterbox(64, 96, 64, 96)] * boxes)
+
+
+def test_metas_are_checked_and_empty_maps_give_empty_detections():
+    post = DBPostprocessor()
+    box = make_letterbox(64, 96, 64, 96)
+    with pytest.raises(PostprocessError, match="unknown meta"):
+        post(np.zeros((1, 64, 96), np.float32), [box], [dict(frame=1)])
+    (det,) = post(np.zeros((1, 64, 96), np.float16), [box])
+    assert len(det) == 0 and det.frame_size == (64, 96)
