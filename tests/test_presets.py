@@ -228,3 +228,13 @@ def test_rapidocr_det_model_passes_the_checks_with_the_ppocr_preset():
     frame[40:56, 20:108] = 0  # a black bar: text-like stroke
     prob = _run(path, preset("ppocr").replace(limit_side=128), frame)
     assert prob.shape == (1, 128, 160) and 0.0 <= prob.min() and prob.max() <= 1.0
+
+
+def test_preset_post_processing_options_reach_the_postprocessor():
+    from pipeline.postprocess import PostprocessConfig
+
+    config = PostprocessConfig.from_spec(preset("ppocr"))
+    assert (config.use_dilation, config.max_candidates, config.score_mode) == (True, 1000, "fast")
+    assert (config.thresh, config.box_thresh, config.unclip_ratio) == (0.3, 0.5, 1.6)
+    assert PostprocessConfig.from_spec(preset("ppocr"), use_dilation=False).use_dilation is False
+    assert PostprocessConfig.from_spec(preset("db")).use_dilation is False

@@ -71,6 +71,8 @@ class PostprocessConfig:
     def from_spec(cls, spec, **overrides) -> "PostprocessConfig":
         """thresh / box_thresh / unclip_ratio from a ModelSpec, then `overrides` (None = keep)."""
         base = dict(thresh=spec.thresh, box_thresh=spec.box_thresh, unclip_ratio=spec.unclip_ratio)
+        # presets of foreign models carry further options in spec.extra (e.g. PP-OCR's dilation)
+        base.update({k: v for k, v in spec.extra.items() if k in cls.__dataclass_fields__})
         unknown = set(overrides) - set(cls.__dataclass_fields__)
         if unknown:
             raise PostprocessError(f"unknown post-processing option(s): {', '.join(sorted(unknown))}")
