@@ -1,0 +1,286 @@
+"""Text-detection datasets for evaluation: images plus ground-truth polygons and "do not care" flags.
+
+Three layouts are read:
+
+* ICDAR 2015 folders: `img_N.jpg` + `gt_img_N.txt` (lines `x1,y1,...,x4,y4,transcription`, UTF-8
+  with a BOM; transcription `###` = do not care). MhLiao/DB's copies (`img_N.jpg.txt`, also used
+  for its Total-Text conversion with any even number of coordinates) are read the same way.
+* Total-Text text files (`poly_gt_imgN.txt`: `x: [[...]], y: [[...]], ornt: [u'c'],
+  transcriptions: [u'...']`; orientation or transcription `#` = do not care).
+* The JSON list of `../shared/data/realdev/gt.json`:
+  `[{"image": "a.jpg", "polygons": [[[x, y], ...], ...], "ignore": [bool, ...]}]`.
+
+`open_dataset(path)` picks the layout; images are read lazily (`Sample.read_image()`).
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from engine.errors import SourceError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+DONT_CARE_TEXTS = ("###", "#")
+FORMATS = ("auto", "json", "icdar2015", "totaltext")
+
+
+class DatasetError(SourceError):
+    """A dataset folder or ground-truth file cannot be read."""
+
+
+@dataclass(frozen=True)
+class GroundTruth:
+    """The text instances annotated in one image (frame pixel coordinates)."""
+
+    polygons: Tuple[np.ndarray, ...] = ()
+    ignore: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    texts: Tuple[str, ...] = ()
+
+    def __post_init__(self):
+        polys = tuple(np.asarray(p, np.float32).reshape(-1, 2) for p in self.polygons)
+        ignore = np.asarray(self.ignore, bool).reshape(-1)
+        texts = tuple(self.texts) or ("",) * len(polys)
+        if not len(polys) == len(ignore) == len(texts):
+            raise DatasetError(f"ground truth has {len(polys)} polygons, {len(ignore)} ignore flags "
+                               f"and {len(texts)} texts")
+        object.__setattr__(self, "polygons", polys)
+        object.__setattr__(self, "ignore", ignore)
+        object.__setattr__(self, "texts", texts)
+
+    def __len__(self) -> int:
+        return len(self.polygons)
+
+    @property
+    def care_count(self) -> int:
+        return int((~self.ignore).sum())
+
+
+@dataclass(frozen=True)
+class Sample:
+    name: str
+    image_path: Path
+    gt: GroundTruth
+
+    def read_image(self) -> np.ndarray:
+        """The image as HxWx3 uint8 BGR."""
+        import cv2
+
+        image = cv2.imread(str(self.image_path), cv2.IMREAD_COLOR)
+        if image is None:
+            raise DatasetError(f"cannot read image {self.image_path}")
+        return image
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    format: str
+    samples: Tuple[Sample, ...]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __iter__(self) -> Iterator[Sample]:
+        return iter(self.samples)
+
+    def __getitem__(self, index: int) -> Sample:
+        return self.samples[index]
+
+    def head(self, n: Optional[int]) -> "Dataset":
+        """The first `n` samples (all when n is None)."""
+        return self if n is None else Dataset(self.name, self.format, self.samples[:n])
+
+    @property
+    def polygon_count(self) -> int:
+        return sum(len(s.gt) for s in self.samples)
+
+
+# -- ground-truth file parsers --------------------------------------------------------------
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def parse_icdar_line(line: str, n_coords: Optional[int] = 8) -> Tuple[np.ndarray, str]:
+    """One `x1,y1,...,xn,yn,transcription` line -> ((n, 2) points, transcription).
+
+    The transcription may itself contain commas. With `n_coords=None` (MhLiao's Total-Text
+    conversion) the coordinates are the longest even run of leading numbers that leaves a
+    transcription field.
+    """
+    fields = line.strip().lstrip("\ufeff").split(",")
+    if n_coords is None:
+        numeric = 0
+        while numeric < len(fields) - 1 and _is_number(fields[numeric].strip()):
+            numeric += 1
+        n_coords = numeric - numeric % 2
+    if n_coords < 6 or len(fields) < n_coords or not all(_is_number(f) for f in fields[:n_coords]):
+        raise DatasetError(f"expected {n_coords or 'at least 6'} coordinates and a transcription, "
+                           f"got {line.strip()[:80]!r}")
+    points = np.asarray([float(f) for f in fields[:n_coords]], np.float32).reshape(-1, 2)
+    return points, ",".join(fields[n_coords:]).strip()
+
+
+def parse_icdar_gt(text: str, n_coords: Optional[int] = 8) -> GroundTruth:
+    polys, texts = [], []
+    for line in text.lstrip("\ufeff").splitlines():
+        if line.strip():
+            points, transcription = parse_icdar_line(line, n_coords)
+            polys.append(points)
+            texts.append(transcription)
+    return GroundTruth(tuple(polys), [t in DONT_CARE_TEXTS for t in texts], tuple(texts))
+
+
+_TOTALTEXT_RECORD = re.compile(
+    r"x:\s*\[\[([^\]]*)\]\],\s*y:\s*\[\[([^\]]*)\]\],\s*ornt:\s*\[u?(['\"])(.*?)\3\],"
+    r"\s*transcriptions:\s*\[u?(['\"])(.*?)\5\]", re.DOTALL)
+
+
+def parse_totaltext_gt(text: str) -> GroundTruth:
+    """Total-Text's text format; records may wrap over several lines."""
+    polys, texts, ignore = [], [], []
+    for match in _TOTALTEXT_RECORD.finditer(text.lstrip("\ufeff")):
+        xs = np.array(match.group(1).replace(",", " ").split(), np.float32)
+        ys = np.array(match.group(2).replace(",", " ").split(), np.float32)
+        if len(xs) != len(ys) or len(xs) < 3:
+            raise DatasetError(f"Total-Text record with {len(xs)} x and {len(ys)} y values")
+        transcription = match.group(6)
+        polys.append(np.stack([xs, ys], axis=1))
+        texts.append(transcription)
+        ignore.append(match.group(4) == "#" or transcription in DONT_CARE_TEXTS)
+    if not polys and text.strip():
+        raise DatasetError("no Total-Text records (x: [[...]], y: [[...]], ornt, transcriptions) found")
+    return GroundTruth(tuple(polys), ignore, tuple(texts))
+
+
+def read_gt_file(path: Path, fmt: str = "auto") -> GroundTruth:
+    """Parse one ground-truth text file (ICDAR 2015, MhLiao's copies, or Total-Text)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig", errors="replace")
+    except OSError as exc:
+        raise DatasetError(f"cannot read ground truth {path}: {exc.strerror}") from exc
+    try:
+        if fmt == "totaltext" or (fmt == "auto" and "x: [[" in text):
+            return parse_totaltext_gt(text)
+        official_icdar = fmt == "icdar2015" or Path(path).name.startswith("gt_")
+        return parse_icdar_gt(text, 8 if official_icdar else None)
+    except DatasetError as exc:
+        raise DatasetError(f"{path}: {exc}") from None
+
+
+# -- folder layouts -------------------------------------------------------------------------
+
+def _natural_key(path: Path):
+    return [int(tok) if tok.isdigit() else tok.lower() for tok in re.split(r"(\d+)", path.name)]
+
+
+def _images_in(folder: Path) -> List[Path]:
+    return sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()),
+                  key=_natural_key)
+
+
+def _gt_candidates(image: Path) -> Tuple[str, ...]:
+    return (f"gt_{image.stem}.txt", f"{image.name}.txt", f"poly_gt_{image.stem}.txt", f"{image.stem}.txt")
+
+
+def _find_gt(image: Path, gt_dirs: Sequence[Path]) -> Optional[Path]:
+    for folder in gt_dirs:
+        for name in _gt_candidates(image):
+            if (folder / name).is_file():
+                return folder / name
+    return None
+
+
+def _split_folders(root: Path) -> Tuple[Path, List[Path]]:
+    """(image folder, ground-truth folders) of a dataset root: images either in the root or in
+    a sub-folder named like *img*/*image*; ground truth in the root or a *gt*/*groundtruth* one."""
+    subdirs = sorted(p for p in root.iterdir() if p.is_dir())
+    image_dir = root
+    if not _images_in(root):
+        image_dirs = [d for d in subdirs if ("img" in d.name.lower() or "image" in d.name.lower())
+                      and _images_in(d)]
+        if not image_dirs:
+            raise DatasetError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {root} or an images sub-folder")
+        image_dir = image_dirs[0]
+    gt_dirs = [d for d in subdirs if "gt" in d.name.lower() or "groundtruth" in d.name.lower()]
+    return image_dir, [root, image_dir, *gt_dirs]
+
+
+def read_folder_dataset(root: Path, gt_dir: Optional[Path] = None, fmt: str = "auto") -> Dataset:
+    """ICDAR 2015 / Total-Text style folder: every image needs a ground-truth text file."""
+    root = Path(root)
+    image_dir, gt_dirs = _split_folders(root)
+    if gt_dir is not None:
+        gt_dirs = [Path(gt_dir)]
+    samples, missing = [], []
+    for image in _images_in(image_dir):
+        gt_path = _find_gt(image, gt_dirs)
+        if gt_path is None:
+            missing.append(image.name)
+            continue
+        samples.append(Sample(image.name, image, read_gt_file(gt_path, fmt)))
+    if missing:
+        raise DatasetError(f"{len(missing)} image(s) in {image_dir} have no ground-truth file "
+                           f"(e.g. {missing[0]}: looked for {', '.join(_gt_candidates(Path(missing[0])))})")
+    kind = fmt if fmt != "auto" else _guess_kind(samples)
+    return Dataset(root.name, kind, tuple(samples))
+
+
+def _guess_kind(samples: Sequence[Sample]) -> str:
+    quads = all(len(p) == 4 for s in samples for p in s.gt.polygons)
+    return "icdar2015" if quads else "totaltext"
+
+
+def read_json_dataset(path: Path, images_dir: Optional[Path] = None) -> Dataset:
+    """The realdev JSON list; images next to the JSON or in its `images/` folder."""
+    path = Path(path)
+    try:
+        records = json.loads(path.read_text(encoding="utf-8-sig"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DatasetError(f"cannot read dataset JSON {path}: {exc}") from exc
+    if not isinstance(records, list):
+        raise DatasetError(f"{path}: expected a JSON list of {{image, polygons, ignore}} records")
+    folders = [Path(images_dir)] if images_dir else [path.parent / "images", path.parent]
+    samples = []
+    for i, rec in enumerate(records):
+        try:
+            name, polys = rec["image"], rec["polygons"]
+            ignore = rec.get("ignore", [False] * len(polys))
+            gt = GroundTruth(tuple(polys), ignore, tuple(rec.get("texts", ())))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DatasetError(f"{path}: record {i} is not {{image, polygons, ignore}}: {exc}") from exc
+        image = next((f / name for f in folders if (f / name).is_file()), folders[0] / name)
+        if not image.is_file():
+            raise DatasetError(f"{path}: image {name} not found in {', '.join(map(str, folders))}")
+        samples.append(Sample(name, image, gt))
+    return Dataset(path.parent.name, "json", tuple(samples))
+
+
+def open_dataset(path, gt_dir: Optional[Path] = None, fmt: str = "auto") -> Dataset:
+    """A dataset from a gt.json file, a folder holding gt.json, or an ICDAR / Total-Text folder."""
+    if fmt not in FORMATS:
+        raise DatasetError(f"unknown dataset format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    path = Path(path)
+    if not path.exists():
+        raise DatasetError(f"dataset not found: {path}")
+    if path.is_file():
+        if path.suffix.lower() != ".json":
+            raise DatasetError(f"{path} is a file; pass a dataset folder or a gt.json")
+        return read_json_dataset(path)
+    if fmt in ("auto", "json") and (path / "gt.json").is_file():
+        return read_json_dataset(path / "gt.json")
+    if fmt == "json":
+        raise DatasetError(f"no gt.json in {path}")
+    dataset = read_folder_dataset(path, gt_dir, fmt)
+    if not len(dataset):
+        raise DatasetError(f"no images found in {path}")
+    return dataset

@@ -1,0 +1,331 @@
+"""The ICDAR 2015 detection protocol on arbitrary polygons, as MhLiao/DB's evaluator applies it.
+
+Per image:
+1. Polygons that are not simple (self-intersecting, fewer than 3 distinct points, zero area)
+   are dropped, ground truth and detections alike.
+2. A detection whose area lies mostly inside one "do not care" ground-truth polygon
+   (intersection / detection area > `area_precision`, 0.5) is ignored: neither a hit nor a
+   false alarm.
+3. One-to-one matching: ground truth in order, then detections in order, the first pair of
+   unmatched, cared-for polygons with IoU > `iou` (0.5) is a match. Like the reference this is
+   greedy, not an optimal assignment, and the comparisons are strict (IoU exactly 0.5 misses).
+
+Recall = matches / cared-for ground truth, precision = matches / cared-for detections, summed
+over all images for the overall numbers; hmean is their harmonic mean. An image with no cared-for
+ground truth has recall 1 and precision 1 (0 when it has cared-for detections), as in the reference.
+
+Polygon areas and intersections use pyclipper on coordinates scaled to 1/65536 pixel, so no
+shapely is needed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .detections import Detections
+
+IOU_THRESHOLD = 0.5
+AREA_PRECISION_THRESHOLD = 0.5
+_SCALE = 65536.0  # pyclipper works on integers: keep 1/65536 px
+
+
+# -- polygon geometry -------------------------------------------------------------------------
+
+def polygon_area(points: np.ndarray) -> float:
+    """Unsigned shoelace area."""
+    p = np.asarray(points, np.float64).reshape(-1, 2)
+    x, y = p[:, 0], p[:, 1]
+    return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
+
+
+def _dedupe(points: np.ndarray) -> np.ndarray:
+    """Drop repeated consecutive vertices (and a closing vertex equal to the first)."""
+    p = np.asarray(points, np.float64).reshape(-1, 2)
+    keep = np.any(p != np.roll(p, 1, axis=0), axis=1)
+    return p[keep] if keep.any() else p[:1]
+
+
+def _segments_cross(a: np.ndarray, b: np.ndarray, c: np.ndarray, d: np.ndarray) -> bool:
+    """Do closed segments ab and cd share a point?"""
+    def orient(p, q, r):
+        return np.sign((q[0] - p[0]) * (r[1] - p[1]) - (q[1] - p[1]) * (r[0] - p[0]))
+
+    def on_segment(p, q, r):  # r collinear with pq: is it within pq's box?
+        return min(p[0], q[0]) <= r[0] <= max(p[0], q[0]) and min(p[1], q[1]) <= r[1] <= max(p[1], q[1])
+
+    o1, o2, o3, o4 = orient(a, b, c), orient(a, b, d), orient(c, d, a), orient(c, d, b)
+    if o1 != o2 and o3 != o4:
+        return True
+    return ((o1 == 0 and on_segment(a, b, c)) or (o2 == 0 and on_segment(a, b, d))
+            or (o3 == 0 and on_segment(c, d, a)) or (o4 == 0 and on_segment(c, d, b)))
+
+
+def is_simple_polygon(points: np.ndarray) -> bool:
+    """True for a polygon that shapely would call valid and simple: >= 3 distinct vertices,
+    non-zero area, and no two non-adjacent edges touching."""
+    p = _dedupe(points)
+    n = len(p)
+    if n < 3 or not np.all(np.isfinite(p)) or polygon_area(p) <= 0:
+        return False
+    edges = [(p[i], p[(i + 1) % n]) for i in range(n)]
+    for i in range(n):
+        for j in range(i + 2, n):
+            if i == 0 and j == n - 1:
+                continue  # first and last edge share vertex 0
+            if _segments_cross(*edges[i], *edges[j]):
+                return False
+    return True
+
+
+def _to_clipper(points: np.ndarray) -> List[Tuple[int, int]]:
+    scaled = np.round(np.asarray(points, np.float64).reshape(-1, 2) * _SCALE).astype(np.int64)
+    return [tuple(pt) for pt in scaled.tolist()]
+
+
+def intersection_area(a: np.ndarray, b: np.ndarray) -> float:
+    """Area of the intersection of two simple polygons."""
+    import pyclipper
+
+    if not _boxes_overlap(a, b):
+        return 0.0
+    clipper = pyclipper.Pyclipper()
+    clipper.AddPath(_to_clipper(a), pyclipper.PT_SUBJECT, True)
+    clipper.AddPath(_to_clipper(b), pyclipper.PT_CLIP, True)
+    parts = clipper.Execute(pyclipper.CT_INTERSECTION, pyclipper.PFT_NONZERO, pyclipper.PFT_NONZERO)
+    return abs(sum(pyclipper.Area(part) for part in parts)) / (_SCALE * _SCALE)
+
+
+def _boxes_overlap(a: np.ndarray, b: np.ndarray) -> bool:
+    a, b = np.asarray(a).reshape(-1, 2), np.asarray(b).reshape(-1, 2)
+    return bool(np.all(a.min(0) < b.max(0)) and np.all(b.min(0) < a.max(0)))
+
+
+def polygon_iou(a: np.ndarray, b: np.ndarray) -> float:
+    inter = intersection_area(a, b)
+    union = polygon_area(a) + polygon_area(b) - inter
+    return 0.0 if union <= 0 else inter / union
+
+
+# -- results ------------------------------------------------------------------------------------
+
+def _hmean(precision: float, recall: float) -> float:
+    return 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
+
+
+@dataclass(frozen=True)
+class ImageEval:
+    """Protocol outcome of one image. Indices refer to the caller's gt / detection order."""
+
+    name: str
+    gt_count: int
+    det_count: int
+    pairs: Tuple[Tuple[int, int, float], ...]   # (gt index, det index, IoU)
+    gt_dont_care: Tuple[int, ...]
+    det_dont_care: Tuple[int, ...]
+    gt_invalid: Tuple[int, ...]
+    det_invalid: Tuple[int, ...]
+
+    @property
+    def matched(self) -> int:
+        return len(self.pairs)
+
+    @property
+    def gt_care(self) -> int:
+        return self.gt_count - len(self.gt_invalid) - len(self.gt_dont_care)
+
+    @property
+    def det_care(self) -> int:
+        return self.det_count - len(self.det_invalid) - len(self.det_dont_care)
+
+    @property
+    def recall(self) -> float:
+        return 1.0 if self.gt_care == 0 else self.matched / self.gt_care
+
+    @property
+    def precision(self) -> float:
+        if self.gt_care == 0:
+            return 0.0 if self.det_care > 0 else 1.0
+        return 0.0 if self.det_care == 0 else self.matched / self.det_care
+
+    @property
+    def hmean(self) -> float:
+        return _hmean(self.precision, self.recall)
+
+    @property
+    def missed(self) -> Tuple[int, ...]:
+        """Cared-for ground truth without a match."""
+        skip = {p[0] for p in self.pairs} | set(self.gt_dont_care) | set(self.gt_invalid)
+        return tuple(i for i in range(self.gt_count) if i not in skip)
+
+    @property
+    def false_alarms(self) -> Tuple[int, ...]:
+        """Cared-for detections without a match."""
+        skip = {p[1] for p in self.pairs} | set(self.det_dont_care) | set(self.det_invalid)
+        return tuple(i for i in range(self.det_count) if i not in skip)
+
+    def to_dict(self) -> dict:
+        return {"image": self.name, "precision": self.precision, "recall": self.recall,
+                "hmean": self.hmean, "gt_care": self.gt_care, "det_care": self.det_care,
+                "matched": self.matched,
+                "pairs": [{"gt": g, "det": d, "iou": round(iou, 4)} for g, d, iou in self.pairs],
+                "missed": list(self.missed), "false_alarms": list(self.false_alarms),
+                "gt_dont_care": list(self.gt_dont_care), "det_dont_care": list(self.det_dont_care),
+                "gt_invalid": list(self.gt_invalid), "det_invalid": list(self.det_invalid)}
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Overall protocol numbers (matches summed over images) and the per-image outcomes."""
+
+    images: Tuple[ImageEval, ...]
+
+    @property
+    def matched(self) -> int:
+        return sum(im.matched for im in self.images)
+
+    @property
+    def gt_care(self) -> int:
+        return sum(im.gt_care for im in self.images)
+
+    @property
+    def det_care(self) -> int:
+        return sum(im.det_care for im in self.images)
+
+    @property
+    def recall(self) -> float:
+        return 0.0 if self.gt_care == 0 else self.matched / self.gt_care
+
+    @property
+    def precision(self) -> float:
+        return 0.0 if self.det_care == 0 else self.matched / self.det_care
+
+    @property
+    def hmean(self) -> float:
+        return _hmean(self.precision, self.recall)
+
+    def summary(self) -> str:
+        return (f"precision {self.precision:.4f}  recall {self.recall:.4f}  hmean {self.hmean:.4f}  "
+                f"({self.matched} matched, {self.gt_care} ground truth, {self.det_care} detections, "
+                f"{len(self.images)} images)")
+
+    def to_dict(self, per_image: bool = True) -> dict:
+        out = {"precision": self.precision, "recall": self.recall, "hmean": self.hmean,
+               "matched": self.matched, "gt_care": self.gt_care, "det_care": self.det_care,
+               "images": len(self.images)}
+        if per_image:
+            out["per_image"] = [im.to_dict() for im in self.images]
+        return out
+
+
+# -- the protocol -------------------------------------------------------------------------------
+
+def _det_polygons(dets) -> Sequence[np.ndarray]:
+    return dets.polygons if isinstance(dets, Detections) else list(dets)
+
+
+def evaluate_image(gt_polygons: Sequence[np.ndarray], gt_ignore: Sequence[bool], detections,
+                   name: str = "", iou: float = IOU_THRESHOLD,
+                   area_precision: float = AREA_PRECISION_THRESHOLD) -> ImageEval:
+    """Score one image. `detections` is a Detections or a sequence of (n, 2) polygons."""
+    gts = [np.asarray(p, np.float64).reshape(-1, 2) for p in gt_polygons]
+    dets = [np.asarray(p, np.float64).reshape(-1, 2) for p in _det_polygons(detections)]
+    ignore = [bool(f) for f in gt_ignore]
+    if len(ignore) != len(gts):
+        raise ValueError(f"{len(gts)} ground-truth polygons but {len(ignore)} ignore flags")
+    gt_invalid = tuple(i for i, p in enumerate(gts) if not is_simple_polygon(p))
+    det_invalid = tuple(i for i, p in enumerate(dets) if not is_simple_polygon(p))
+    gt_ok = [i for i in range(len(gts)) if i not in gt_invalid]
+    det_ok = [i for i in range(len(dets)) if i not in det_invalid]
+    gt_dont_care = tuple(i for i in gt_ok if ignore[i])
+    det_dont_care = tuple(d for d in det_ok if any(
+        _inside_fraction(dets[d], gts[g]) > area_precision for g in gt_dont_care))
+    pairs = _greedy_match([g for g in gt_ok if g not in gt_dont_care],
+                          [d for d in det_ok if d not in det_dont_care], gts, dets, iou)
+    return ImageEval(name, len(gts), len(dets), pairs, gt_dont_care, det_dont_care,
+                     gt_invalid, det_invalid)
+
+
+def _inside_fraction(det: np.ndarray, region: np.ndarray) -> float:
+    """Share of the detection's area inside `region` (the protocol's "area precision")."""
+    area = polygon_area(det)
+    return 0.0 if area == 0 else intersection_area(det, region) / area
+
+
+def _greedy_match(gt_idx: List[int], det_idx: List[int], gts, dets, iou: float):
+    pairs, used = [], set()
+    for g in gt_idx:
+        for d in det_idx:
+            if d in used:
+                continue
+            value = polygon_iou(gts[g], dets[d])
+            if value > iou:
+                pairs.append((g, d, value))
+                used.add(d)
+                break
+    return tuple(pairs)
+
+
+def evaluate(ground_truths: Iterable, detections: Iterable, names: Optional[Sequence[str]] = None,
+             iou: float = IOU_THRESHOLD, area_precision: float = AREA_PRECISION_THRESHOLD) -> EvalResult:
+    """Score a dataset. `ground_truths` yields objects with `.polygons` and `.ignore`
+    (pipeline.datasets.GroundTruth); `detections` yields Detections or polygon lists."""
+    ground_truths, detections = list(ground_truths), list(detections)
+    if len(ground_truths) != len(detections):
+        raise ValueError(f"{len(ground_truths)} ground truths but {len(detections)} detection sets")
+    results = []
+    for i, (gt, dets) in enumerate(zip(ground_truths, detections)):
+        name = names[i] if names is not None else getattr(dets, "source", "") or str(i)
+        results.append(evaluate_image(gt.polygons, gt.ignore, dets, name, iou, area_precision))
+    return EvalResult(tuple(results))
+
+
+def evaluate_detector(detect: Callable[[np.ndarray], Detections], dataset,
+                      on_image: Optional[Callable] = None, iou: float = IOU_THRESHOLD,
+                      area_precision: float = AREA_PRECISION_THRESHOLD) -> EvalResult:
+    """Run `detect(image) -> Detections` over a pipeline.datasets.Dataset and score it.
+
+    `on_image(sample, image, detections, image_eval)` is called after each image (progress,
+    visualisation, saving detections).
+    """
+    results = []
+    for sample in dataset:
+        image = sample.read_image()
+        dets = detect(image)
+        result = evaluate_image(sample.gt.polygons, sample.gt.ignore, dets, sample.name,
+                                iou, area_precision)
+        results.append(result)
+        if on_image is not None:
+            on_image(sample, image, dets, result)
+    return EvalResult(tuple(results))
+
+
+# -- visualisation ------------------------------------------------------------------------------
+
+COLOURS = {  # BGR
+    "hit": (0, 200, 0), "missed": (0, 0, 255), "false_alarm": (0, 165, 255),
+    "dont_care": (160, 160, 160), "detection": (255, 128, 0),
+}
+
+
+def draw_errors(image: np.ndarray, gt_polygons: Sequence[np.ndarray], detections,
+                result: ImageEval, thickness: int = 2) -> np.ndarray:
+    """A copy of `image` with matched ground truth green, misses red, false alarms orange,
+    matched detections blue and "do not care" regions grey."""
+    import cv2
+
+    out = image.copy()
+    dets = _det_polygons(detections)
+
+    def draw(polys, indices, colour):
+        pts = [np.round(np.asarray(polys[i])).astype(np.int32).reshape(-1, 1, 2) for i in indices]
+        if pts:
+            cv2.polylines(out, pts, True, colour, thickness, cv2.LINE_AA)
+
+    draw(gt_polygons, result.gt_dont_care, COLOURS["dont_care"])
+    draw(gt_polygons, [p[0] for p in result.pairs], COLOURS["hit"])
+    draw(dets, [p[1] for p in result.pairs], COLOURS["detection"])
+    draw(gt_polygons, result.missed, COLOURS["missed"])
+    draw(dets, result.false_alarms, COLOURS["false_alarm"])
+    return out

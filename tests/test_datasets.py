@@ -1,0 +1,149 @@
+"""Dataset readers (pipeline.datasets): ICDAR 2015 folders, Total-Text files, realdev JSON."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from engine.errors import DbrtError
+from pipeline.datasets import (
+    DatasetError, GroundTruth, open_dataset, parse_icdar_gt, parse_icdar_line, parse_totaltext_gt,
+    read_gt_file)
+
+ICDAR_GT = ("\ufeff377,117,463,117,465,130,378,130,Genaxis Theatre\r\n"
+            "493,115,519,115,519,131,493,131,[06]\r\n"
+            "374,155,409,155,409,170,374,170,###\r\n"
+            "492,151,551,151,551,170,492,170,62,03\r\n"
+            "10,10,20,10,20,20,10,20,2008\r\n")
+
+TOTALTEXT_GT = (
+    "x: [[115 503 494 115]], y: [[322 346 426 404]], ornt: [u'h'], transcriptions: [u'nauGHTY']\n"
+    "x: [[734 1058 1061 744]], y: [[360 369 449 430]], ornt: [u'#'], transcriptions: [u'#']\n"
+    "x: [[10 20 30 40 50 50 40 30 20 10]], y: [[5 0 0 0 5 15 10 10\n 10 15]], ornt: [u'c'],"
+    " transcriptions: [u\"don't\"]\n")
+
+
+def test_icdar_lines_bom_crlf_commas_in_text_and_numeric_text():
+    gt = parse_icdar_gt(ICDAR_GT)
+    assert len(gt) == 5
+    assert gt.texts == ("Genaxis Theatre", "[06]", "###", "62,03", "2008")
+    assert gt.ignore.tolist() == [False, False, True, False, False]
+    assert gt.care_count == 4
+    np.testing.assert_array_equal(gt.polygons[0], [[377, 117], [463, 117], [465, 130], [378, 130]])
+    assert all(p.dtype == np.float32 and p.shape == (4, 2) for p in gt.polygons)
+
+
+def test_mhliao_variable_length_lines():
+    points, text = parse_icdar_line("0,0,10,0,20,5,10,10,0,10,word", n_coords=None)
+    assert points.shape == (5, 2) and text == "word"
+    points, text = parse_icdar_line("0,0,10,0,10,10,0,10,2008", n_coords=None)  # numeric text
+    assert points.shape == (4, 2) and text == "2008"
+
+
+@pytest.mark.parametrize("line", ["1,2,3,word", "a,b,c,d,e,f,g,h,text", ""])
+def test_bad_icdar_lines_raise(line):
+    with pytest.raises(DatasetError):
+        parse_icdar_line(line)
+
+
+def test_totaltext_records_including_wrapped_lines():
+    gt = parse_totaltext_gt(TOTALTEXT_GT)
+    assert len(gt) == 3
+    assert gt.ignore.tolist() == [False, True, False]
+    assert gt.texts[2] == "don't"
+    assert gt.polygons[2].shape == (10, 2)
+    np.testing.assert_array_equal(gt.polygons[0][:, 0], [115, 503, 494, 115])
+    with pytest.raises(DatasetError):
+        parse_totaltext_gt("not a total-text file")
+
+
+def test_ground_truth_checks_lengths():
+    with pytest.raises(DatasetError):
+        GroundTruth((np.zeros((4, 2)),), [False, True])
+    assert issubclass(DatasetError, DbrtError)
+
+
+def write_icdar_folder(root, n=3, layout="flat"):
+    cv2 = pytest.importorskip("cv2")
+    images = root / ("ch4_test_images" if layout == "split" else "")
+    gts = root / ("Challenge4_Test_Task1_GT" if layout == "split" else "")
+    images.mkdir(parents=True, exist_ok=True)
+    gts.mkdir(parents=True, exist_ok=True)
+    for i in range(1, n + 1):
+        cv2.imwrite(str(images / f"img_{i}.jpg"), np.full((20, 30, 3), i, np.uint8))
+        name = f"gt_img_{i}.txt" if layout != "mhliao" else f"img_{i}.jpg.txt"
+        (gts / name).write_text(ICDAR_GT, encoding="utf-8")
+    return root
+
+
+@pytest.mark.parametrize("layout", ["flat", "split", "mhliao"])
+def test_icdar_folder_layouts(tmp_path, layout):
+    root = write_icdar_folder(tmp_path / "ic15", n=11, layout=layout)
+    ds = open_dataset(root)
+    assert len(ds) == 11 and ds.format == "icdar2015"
+    assert [s.name for s in ds][:3] == ["img_1.jpg", "img_2.jpg", "img_3.jpg"]  # natural order
+    assert ds[9].name == "img_10.jpg"
+    assert ds.polygon_count == 55
+    image = ds[1].read_image()
+    assert image.shape == (20, 30, 3) and image.dtype == np.uint8 and image[0, 0, 0] == 2
+    assert len(ds.head(2)) == 2 and len(ds.head(None)) == 11
+
+
+def test_totaltext_folder(tmp_path):
+    cv2 = pytest.importorskip("cv2")
+    (tmp_path / "Images").mkdir()
+    (tmp_path / "Groundtruth").mkdir()
+    cv2.imwrite(str(tmp_path / "Images" / "img11.jpg"), np.zeros((8, 8, 3), np.uint8))
+    (tmp_path / "Groundtruth" / "poly_gt_img11.txt").write_text(TOTALTEXT_GT)
+    ds = open_dataset(tmp_path)
+    assert ds.format == "totaltext" and len(ds[0].gt) == 3
+
+
+def test_missing_ground_truth_is_one_clear_error(tmp_path):
+    root = write_icdar_folder(tmp_path, n=2)
+    (root / "gt_img_2.txt").unlink()
+    with pytest.raises(DatasetError, match="1 image.*img_2.jpg"):
+        open_dataset(root)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: p / "nope", "not found"),
+    (lambda p: (p / "x.txt").write_text("") * 0 or p / "x.txt", "is a file"),
+    (lambda p: p, "no images"),
+])
+def test_bad_dataset_paths(tmp_path, make, message):
+    with pytest.raises(DatasetError, match=message):
+        open_dataset(make(tmp_path))
+
+
+def test_json_dataset(tmp_path):
+    cv2 = pytest.importorskip("cv2")
+    (tmp_path / "images").mkdir()
+    cv2.imwrite(str(tmp_path / "images" / "a.jpg"), np.zeros((8, 8, 3), np.uint8))
+    records = [{"image": "a.jpg", "polygons": [[[0, 0], [4, 0], [4, 4], [0, 4]]], "ignore": [True]}]
+    (tmp_path / "gt.json").write_text(json.dumps(records))
+    ds = open_dataset(tmp_path)
+    assert ds.format == "json" and ds[0].gt.ignore.tolist() == [True]
+    (tmp_path / "gt.json").write_text(json.dumps([{"image": "missing.jpg", "polygons": []}]))
+    with pytest.raises(DatasetError, match="missing.jpg"):
+        open_dataset(tmp_path / "gt.json")
+    (tmp_path / "gt.json").write_text("{broken")
+    with pytest.raises(DatasetError):
+        open_dataset(tmp_path)
+
+
+def test_read_gt_file_reports_the_file(tmp_path):
+    bad = tmp_path / "gt_img_1.txt"
+    bad.write_text("1,2,3\n")
+    with pytest.raises(DatasetError, match="gt_img_1.txt"):
+        read_gt_file(bad)
+
+
+def test_realdev(shared_data):
+    ds = open_dataset(shared_data / "realdev")
+    assert len(ds) == 13 and ds.polygon_count == 103
+    assert sum(int(s.gt.ignore.sum()) for s in ds) == 65
+    curved = [p for s in ds if s.name.startswith("totaltext") for p in s.gt.polygons]
+    assert max(len(p) for p in curved) > 4
+    assert ds[0].read_image().shape == (720, 1280, 3)
