@@ -1,0 +1,171 @@
+"""Load DBNet checkpoints strictly, whatever wrapper or prefix they come with.
+
+    from export.checkpoint import load_checkpoint, model_from_checkpoint
+    report = load_checkpoint(model, "db_r18.pth")             # ModelError listing bad keys
+    model, report = model_from_checkpoint("db_r18.pth")       # architecture inferred from keys
+
+Accepted layouts: MhLiao/DB files (keys `model.module.backbone...` from DataParallel), plain
+state dicts, and `{"state_dict": ...}` / `{"model": ...}` wrappers (extra entries such as
+`optimizer` or `epoch` are ignored). Files are read with `torch.load(weights_only=True)`: a
+checkpoint is untrusted input. MhLiao's ResNet keeps an unused ImageNet classifier
+(`backbone.fc.*`); those keys are dropped and reported, never silently.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Dict, List, Mapping, Optional, Tuple
+
+from engine.errors import ModelError
+
+WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "net")
+PREFIXES = ("model.module.", "module.", "model.")  # longest first
+DROPPABLE = re.compile(r"^backbone\.fc\.")          # MhLiao ResNet's classifier, unused
+BN_COUNTER = ".num_batches_tracked"                 # absent from old (pre-1.0) checkpoints
+_LIST_LIMIT = 12
+
+
+@dataclass
+class LoadReport:
+    """What load_checkpoint did: prefix stripped, keys dropped / missing / unexpected."""
+
+    loaded: int = 0
+    prefix: str = ""
+    dropped: List[str] = field(default_factory=list)
+    missing: List[str] = field(default_factory=list)
+    unexpected: List[str] = field(default_factory=list)
+
+    def notes(self) -> List[str]:
+        out = [f"loaded {self.loaded} tensors" + (f" (stripped prefix '{self.prefix}')" if self.prefix else "")]
+        if self.dropped:
+            out.append(f"dropped {len(self.dropped)} unused classifier keys: {_names(self.dropped)}")
+        if self.missing:
+            out.append(f"missing (left at initial values): {_names(self.missing)}")
+        if self.unexpected:
+            out.append(f"unexpected (ignored): {_names(self.unexpected)}")
+        return out
+
+    def __str__(self) -> str:
+        return "; ".join(self.notes())
+
+
+def _names(keys: List[str]) -> str:
+    shown = ", ".join(keys[:_LIST_LIMIT])
+    return shown + (f" ... (+{len(keys) - _LIST_LIMIT} more)" if len(keys) > _LIST_LIMIT else "")
+
+
+def read_state_dict(path) -> Dict[str, "torch.Tensor"]:
+    """The tensors of a checkpoint file, unwrapped (prefixes are still on the keys)."""
+    import pickle
+
+    import torch
+
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ModelError(f"checkpoint not found: {path}") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"cannot read checkpoint {path} with torch.load(weights_only=True): {first}. "
+                         "Only tensors and plain containers are accepted; re-save the state_dict "
+                         "from trusted code") from exc
+    return unwrap(obj, str(path))
+
+
+def unwrap(obj, where: str = "checkpoint") -> Dict[str, "torch.Tensor"]:
+    import torch
+
+    for _ in range(3):  # e.g. {"model": {"state_dict": {...}}}
+        if isinstance(obj, Mapping) and not _is_tensor_dict(obj):
+            inner = next((obj[k] for k in WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)
+            if inner is None:
+                break
+            obj = inner
+    if not isinstance(obj, Mapping) or not _is_tensor_dict(obj):
+        keys = ", ".join(map(str, list(obj)[:8])) if isinstance(obj, Mapping) else type(obj).__name__
+        raise ModelError(f"{where} holds no state dict (found: {keys}); expected tensors or a "
+                         f"{' / '.join(WRAPPER_KEYS)} entry")
+    return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+
+
+def _is_tensor_dict(obj: Mapping) -> bool:
+    import torch
+
+    return bool(obj) and sum(isinstance(v, torch.Tensor) for v in obj.values()) >= len(obj) / 2
+
+
+def strip_prefix(state: Mapping[str, object]) -> Tuple[Dict[str, object], str]:
+    """Remove the DataParallel / wrapper prefix that every key shares."""
+    for prefix in PREFIXES:
+        if all(k.startswith(prefix) for k in state):
+            return {k[len(prefix):]: v for k, v in state.items()}, prefix
+    return dict(state), ""
+
+
+def normalise_keys(state: Mapping[str, object]) -> Tuple[Dict[str, object], str, List[str]]:
+    """(state with our key names, stripped prefix, dropped classifier keys)."""
+    state, prefix = strip_prefix(state)
+    dropped = sorted(k for k in state if DROPPABLE.match(k))
+    return {k: v for k, v in state.items() if k not in dropped}, prefix, dropped
+
+
+def load_checkpoint(model, source, strict: bool = True) -> LoadReport:
+    """Load `source` (a path or a state dict) into `model`; strict: any key problem is an error."""
+    raw = unwrap(source) if isinstance(source, Mapping) else read_state_dict(source)
+    state, prefix, dropped = normalise_keys(raw)
+    own = model.state_dict()
+    missing = sorted(k for k in own if k not in state and not k.endswith(BN_COUNTER))
+    unexpected = sorted(k for k in state if k not in own)
+    shapes = sorted(f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+                    for k in state if k in own and state[k].shape != own[k].shape)
+    if shapes:
+        raise ModelError(f"checkpoint does not fit this architecture; shape mismatch: {_names(shapes)}")
+    if strict and (missing or unexpected):
+        parts = [f"missing keys: {_names(missing)}" if missing else "",
+                 f"unexpected keys: {_names(unexpected)}" if unexpected else ""]
+        raise ModelError("checkpoint keys do not match the model (strict); "
+                         + "; ".join(p for p in parts if p))
+    usable = {k: v for k, v in state.items() if k in own}
+    model.load_state_dict(usable, strict=False)
+    return LoadReport(len(usable), prefix, dropped, missing, unexpected)
+
+
+def infer_architecture(state: Mapping[str, object]) -> Dict[str, object]:
+    """arch (resnet18/34/50), dcn, width and decoder inner channels from key names and shapes."""
+    state, _, _ = normalise_keys(state)
+    if "backbone.conv1.weight" not in state or "decoder.in5.weight" not in state:
+        raise ModelError("not a DBNet checkpoint: backbone.conv1.weight / decoder.in5.weight missing "
+                         f"(first keys: {_names(sorted(state)[:5])})")
+    bottleneck = any(k.startswith("backbone.layer1.0.conv3.") for k in state)
+    blocks = {int(m.group(1)) for k in state if (m := re.match(r"backbone\.layer3\.(\d+)\.", k))}
+    if bottleneck:
+        arch = "resnet50"
+    elif len(blocks) == 2:
+        arch = "resnet18"
+    elif len(blocks) == 6:
+        arch = "resnet34"
+    else:
+        raise ModelError(f"unrecognised ResNet depth ({len(blocks)} blocks in layer3, "
+                         f"{'bottleneck' if bottleneck else 'basic'} blocks)")
+    width = state["backbone.conv1.weight"].shape[0] / 64.0
+    return {"arch": arch, "dcn": any(".conv2_offset." in k for k in state),
+            "width": width, "inner_channels": int(state["decoder.in5.weight"].shape[0])}
+
+
+def model_from_checkpoint(source, arch: Optional[str] = None, dcn: Optional[bool] = None,
+                          width: Optional[float] = None, strict: bool = True):
+    """Build the DBNet a checkpoint describes (explicit arguments win) and load it: (model, report)."""
+    from .model import DBNet
+
+    raw = unwrap(source) if isinstance(source, Mapping) else read_state_dict(source)
+    found = infer_architecture(raw)
+    chosen = {"arch": arch or found["arch"], "dcn": found["dcn"] if dcn is None else dcn,
+              "width": found["width"] if width is None else width}
+    conflicts = [f"{k}={chosen[k]} but the checkpoint has {k}={found[k]}"
+                 for k in ("arch", "dcn", "width") if chosen[k] != found[k]]
+    if conflicts and strict:
+        raise ModelError("checkpoint does not match the requested model: " + "; ".join(conflicts))
+    model = DBNet(chosen["arch"], dcn=chosen["dcn"], width=chosen["width"],
+                  inner_channels=found["inner_channels"])
+    report = load_checkpoint(model, raw, strict=strict)
+    return model.eval(), report
