@@ -170,8 +170,8 @@ def export_onnx(model, path, opset: int = 17, spec: Optional[ModelSpec] = None,
     spec = (spec or default_spec(model)).replace(precision="fp32")
     example = torch.from_numpy(sample_inputs(spec, [example_shape], seed=1)[0])
     proto = _trace_to_proto(model, opset, example)
+    bypass_constant_identities(proto)  # before folding: BN parameters may be such aliases
     folded = fold_batchnorm(proto) if fold_bn else 0
-    bypass_constant_identities(proto)
     set_metadata(proto, METADATA_KEY, spec.to_json())
     proto.doc_string = f"dbrt {spec.arch} probability map; preprocessing in metadata '{METADATA_KEY}'"
     onnx.checker.check_model(proto)

@@ -1,0 +1,126 @@
+"""Checkpoint loading: MhLiao layouts, wrappers, strictness, architecture inference."""
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from engine.errors import ModelError  # noqa: E402
+from export.checkpoint import (infer_architecture, load_checkpoint,  # noqa: E402
+                               model_from_checkpoint, read_state_dict)
+from export.model import DBNet  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+def _model(arch="resnet18", dcn=False, seed=0):
+    torch.manual_seed(seed)
+    model = DBNet(arch, dcn=dcn, width=0.25)
+    for m in model.modules():  # non-trivial BN statistics and offsets, so a bad load shows
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+        if isinstance(m, torch.nn.Conv2d) and m.out_channels == 27:
+            torch.nn.init.normal_(m.weight, std=0.05)
+    return model.eval()
+
+
+def _mhliao(model, classifier=True):
+    """A state dict as MhLiao/DB saves it: DataParallel prefix, ResNet classifier kept."""
+    state = {f"model.module.{k}": v for k, v in model.state_dict().items()}
+    if classifier:
+        state["model.module.backbone.fc.weight"] = torch.zeros(10, 128)
+        state["model.module.backbone.fc.bias"] = torch.zeros(10)
+    return state
+
+
+@pytest.mark.parametrize("wrap", [
+    lambda s: s,
+    lambda s: {"state_dict": s, "epoch": 7},
+    lambda s: {"model": s, "optimizer": {"lr": 0.1}},
+    lambda s: {"model": {"state_dict": s}},
+])
+def test_mhliao_dcn_checkpoint_loads_strictly_and_matches(tmp_path, wrap):
+    src = _model("resnet18", dcn=True)
+    path = tmp_path / "db.pth"
+    torch.save(wrap(_mhliao(src)), path)
+    model, report = model_from_checkpoint(path)
+    assert (model.arch, model.dcn, model.width) == ("resnet18", True, 0.25)
+    assert report.prefix == "model.module."
+    assert report.dropped == ["backbone.fc.bias", "backbone.fc.weight"]
+    assert "classifier" in str(report) and not report.missing and not report.unexpected
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        assert torch.equal(model(x), src(x))
+
+
+@pytest.mark.parametrize("prefix", ["", "module.", "model."])
+def test_plain_and_prefixed_state_dicts(prefix):
+    src = _model()
+    state = {prefix + k: v for k, v in src.state_dict().items()}
+    dst = DBNet("resnet18", width=0.25)
+    report = load_checkpoint(dst, state)
+    assert report.prefix == prefix
+    assert report.loaded == len(src.state_dict())
+    assert torch.equal(dst.state_dict()["backbone.bn1.running_var"], src.state_dict()["backbone.bn1.running_var"])
+
+
+def test_missing_and_unexpected_keys_are_listed():
+    state = _mhliao(_model(), classifier=False)
+    del state["model.module.decoder.in5.weight"]
+    state["model.module.decoder.extra.weight"] = torch.zeros(3)
+    with pytest.raises(ModelError, match=r"missing keys: decoder\.in5\.weight.*unexpected keys: decoder\.extra\.weight"):
+        load_checkpoint(DBNet("resnet18", width=0.25), state)
+
+
+def test_non_strict_reports_instead_of_failing():
+    state = _model().state_dict()
+    del state["decoder.out2.weight"]
+    report = load_checkpoint(DBNet("resnet18", width=0.25), state, strict=False)
+    assert report.missing == ["decoder.out2.weight"]
+
+
+def test_shape_mismatch_names_the_key():
+    state = _model().state_dict()
+    with pytest.raises(ModelError, match=r"shape mismatch: .*backbone\.conv1\.weight \(16, 3, 7, 7\) vs model \(32, 3, 7, 7\)"):
+        load_checkpoint(DBNet("resnet18", width=0.5), state)
+
+
+def test_old_checkpoint_without_bn_counters_loads():
+    state = {k: v for k, v in _model().state_dict().items() if not k.endswith("num_batches_tracked")}
+    assert load_checkpoint(DBNet("resnet18", width=0.25), state).loaded == len(state)
+
+
+@pytest.mark.parametrize("arch,dcn", [("resnet18", False), ("resnet34", True), ("resnet50", False),
+                                      ("resnet50", True)])
+def test_architecture_inferred_from_keys(arch, dcn):
+    state = _mhliao(DBNet(arch, dcn=dcn, width=0.25))
+    found = infer_architecture(state)
+    assert (found["arch"], found["dcn"], found["width"]) == (arch, dcn, 0.25)
+
+
+def test_requested_architecture_conflict_is_explained(tmp_path):
+    path = tmp_path / "r18.pth"
+    torch.save(_model().state_dict(), path)
+    with pytest.raises(ModelError, match="arch=resnet34 but the checkpoint has arch=resnet18"):
+        model_from_checkpoint(path, arch="resnet34")
+
+
+def test_pickled_objects_are_refused(tmp_path):
+    path = tmp_path / "evil.pth"
+    torch.save({"state_dict": _model().state_dict(), "cfg": _Unsafe()}, path)
+    with pytest.raises(ModelError, match="weights_only=True"):
+        read_state_dict(path)
+
+
+def test_not_a_checkpoint(tmp_path):
+    path = tmp_path / "other.pth"
+    torch.save({"epoch": 3, "lr": 0.1}, path)
+    with pytest.raises(ModelError, match="no state dict"):
+        read_state_dict(path)
+    with pytest.raises(ModelError, match="not found"):
+        read_state_dict(tmp_path / "absent.pth")
+
+
+class _Unsafe:
+    """Any custom class: weights_only loading must refuse to unpickle it."""
