@@ -1,0 +1,190 @@
+"""`dbrt run`: detect text in videos, streams, cameras or images; write JSON lines, an annotated
+video and a report; print live progress and a FPS / latency summary."""
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+NAME = "run"
+ORDER = 10
+HELP = "detect text in videos, streams, cameras or images (default: the bundled demo video)"
+DESCRIPTION = (
+    "Run the threaded detection pipeline. SOURCE may be a video file, an rtsp:// http(s):// "
+    "(MPEG-TS, HLS) rtmp:// udp:// URL, a camera index (0) or device (/dev/video0), an image, a "
+    "folder of images or a glob. Several sources are batched together. Writes "
+    "OUTPUT/detections.jsonl (one line per frame, flushed as it goes), annotated video(s) or "
+    "images, and OUTPUT/report.json (FPS, per-stage p50/p95/p99, drops, reconnects).")
+
+
+def _size(text: str):
+    match = re.fullmatch(r"(\d+)[x,](\d+)", text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"expected HxW, e.g. 736x1280, got {text!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("sources", nargs="*", metavar="SOURCE",
+                   help="inputs (default: pipeline/assets/demo.mp4)")
+    p.add_argument("-o", "--output", default="out/run", help="output folder")
+    m = p.add_argument_group("model")
+    m.add_argument("--model", help=".onnx or TensorRT .engine (default: the shipped model)")
+    m.add_argument("--backend", default="auto", choices=("auto", "tensorrt", "onnxruntime"))
+    m.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    m.add_argument("--preset", help="pre/post-processing preset for foreign models (db, ppocr, mmocr)")
+    m.add_argument("--threads", type=int, default=0, help="CPU inference threads (0: backend default)")
+    r = p.add_argument_group("input size and thresholds (default: from the model)")
+    r.add_argument("--max-side", type=int, help="cap the long side at N pixels (limit_type max)")
+    r.add_argument("--limit-side", type=int, help="the resize rule's side length")
+    r.add_argument("--input-size", type=_size, help="fixed network input HxW for every frame")
+    r.add_argument("--keep-aspect", action="store_true", help="letterbox instead of stretching")
+    r.add_argument("--thresh", type=float, help="binarisation threshold of the probability map")
+    r.add_argument("--box-thresh", type=float, help="minimum mean probability of a box")
+    r.add_argument("--unclip-ratio", type=float, help="box expansion ratio")
+    q = p.add_argument_group("pipeline")
+    q.add_argument("--batch", type=int, default=0, help="max frames per engine call (0: number of sources)")
+    q.add_argument("--batch-timeout-ms", type=float, default=10.0,
+                   help="wait this long for more frames once a batch has its first")
+    q.add_argument("--queue-size", type=int, default=4, help="capacity of each stage queue, in batches")
+    q.add_argument("--max-frames", type=int, help="stop each source after N frames")
+    q.add_argument("--decode-threads", type=int, default=0, help="FFmpeg decoding threads (0: auto)")
+    q.add_argument("--reconnect", type=int, default=10,
+                   help="network streams: reconnect attempts per outage (-1: forever, 0: none)")
+    q.add_argument("--reconnect-delay", type=float, default=0.5,
+                   help="first back-off delay in seconds (doubles up to 8 s)")
+    o = p.add_argument_group("outputs")
+    o.add_argument("--no-video", action="store_true", help="do not write annotated video / images")
+    o.add_argument("--show", action="store_true", help="show annotated frames in a window (q quits)")
+    o.add_argument("--show-scores", action="store_true", help="write each box's score")
+    o.add_argument("--quiet", action="store_true", help="no progress line")
+
+
+def run(args) -> int:
+    pipe, progress, out = build_pipeline(args)
+    try:
+        pipe.run()
+    finally:  # also after Ctrl-C: every frame that reached the sinks is in the report
+        finish(pipe, progress, out, args)
+    return 0
+
+
+def build_pipeline(args):
+    """Sources are opened first (a bad path fails before the model loads), then the model."""
+    from engine.errors import DbrtError
+    from engine.loader import ASSETS
+    from pipeline.metrics import Progress
+    from pipeline.runner import Pipeline
+    from pipeline.sources import Reconnect
+
+    if args.batch < 0 or args.queue_size < 1 or (args.max_frames is not None and args.max_frames < 1):
+        raise DbrtError("--batch must be >= 0, --queue-size and --max-frames >= 1")
+    retries = None if args.reconnect < 0 else args.reconnect
+    reconnect = Reconnect(retries=retries, delay=args.reconnect_delay) if retries != 0 else None
+    pipe = Pipeline(
+        args.sources or [str(ASSETS / "demo.mp4")], model=args.model, batch=args.batch,
+        batch_timeout=args.batch_timeout_ms / 1e3, queue_size=args.queue_size,
+        max_frames=args.max_frames,
+        source_options=dict(reconnect=reconnect, decode_threads=args.decode_threads),
+        backend=args.backend, device=args.device, preset=args.preset,
+        keep_aspect=args.keep_aspect or None, input_size=args.input_size, threads=args.threads,
+        **_spec_options(args))
+    out = Path(args.output)
+    try:
+        pipe.sinks.extend(_sinks(pipe, out, args))
+    except BaseException:
+        pipe.close()
+        raise
+    progress = None
+    if not args.quiet:
+        progress = Progress(pipe.metrics, pipe.total_frames)
+        pipe.callbacks.append(lambda frame, dets: progress.update(pipe.dropped))
+    _print_header(pipe, out)
+    return pipe, progress, out
+
+
+def _spec_options(args) -> dict:
+    options = dict(thresh=args.thresh, box_thresh=args.box_thresh, unclip_ratio=args.unclip_ratio,
+                   limit_side=args.limit_side)
+    if args.max_side:
+        options.update(limit_side=args.max_side, limit_type="max")
+    return options
+
+
+def _sinks(pipe, out: Path, args) -> list:
+    from pipeline.draw import BannerAnnotator, PolygonAnnotator
+    from pipeline.sinks import ImageSink, JsonlSink, VideoSink, WindowSink
+
+    annotators = [PolygonAnnotator(show_score=args.show_scores)]
+    if pipe.detector.untrained:
+        annotators.append(BannerAnnotator("UNTRAINED MODEL: boxes are meaningless"))
+    sinks = [JsonlSink(out / "detections.jsonl")]
+    if not args.no_video:
+        sinks.extend(_visual_sinks(pipe, out, annotators, ImageSink, VideoSink))
+    if args.show:
+        sinks.append(WindowSink(on_quit=pipe.stop, annotators=annotators))
+    return sinks
+
+
+def _visual_sinks(pipe, out: Path, annotators, ImageSink, VideoSink) -> list:
+    images = {s.stream for s in pipe.sources if s.kind == "images"}
+    videos = [s for s in pipe.sources if s.kind != "images"]
+    single = len(pipe.sources) == 1
+    names = {s.stream: ("annotated.mp4" if single else f"annotated_{s.stream}_{_slug(s.name)}.mp4")
+             for s in videos}
+    sinks = []
+    if videos:
+        video = VideoSink(lambda f: out / names[f.stream],
+                          fps_by_stream={s.stream: s.fps for s in videos if s.fps},
+                          annotators=annotators)
+        sinks.append(_only(video, set(names)))
+    if images:
+        folder = out / "annotated"
+        sinks.append(_only(ImageSink(lambda f: folder / f"{f.stream}_{Path(f.source).name}",
+                                     annotators), images))
+    return sinks
+
+
+def _only(sink, streams: set):
+    """Wrap a sink so that it sees only the frames of `streams`."""
+    from pipeline.sinks import FilteredSink
+
+    return FilteredSink(sink, lambda frame: frame.stream in streams)
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", Path(name).stem or name)[-40:]
+
+
+def _print_header(pipe, out: Path) -> None:
+    det = pipe.detector
+    spec = det.spec
+    rule = (f"{det.input_size[0]}x{det.input_size[1]}" if det.input_size
+            else f"{spec.limit_type} side {spec.limit_side}")
+    names = ", ".join(s.name for s in pipe.sources)
+    print(f"dbrt run: {names} -> {out}/  [{det.runner.name}, {spec.arch}, input {rule}, "
+          f"batch {pipe.batch}]", file=sys.stderr)
+    if det.untrained:
+        print("dbrt run: WARNING: this model is UNTRAINED (random weights, a demo of the pipeline "
+              "only): its detections are meaningless", file=sys.stderr)
+
+
+def finish(pipe, progress, out: Path, args) -> None:
+    """Write report.json and print the summary."""
+    from pipeline.metrics import format_summary, write_report
+
+    if progress is not None:
+        progress.finish(pipe.dropped)
+    report = pipe.report(outputs=_outputs(pipe, out))
+    out.mkdir(parents=True, exist_ok=True)
+    write_report(report, out / "report.json")
+    print(format_summary(report))
+    if pipe.detector.untrained:
+        print("note: the model is untrained; train one with `dbrt train` or pass --model")
+    print(f"wrote {out / 'detections.jsonl'}, {out / 'report.json'}"
+          + ("" if args.no_video else f" and annotated output under {out}/"))
+
+
+def _outputs(pipe, out: Path) -> dict:
+    return dict(jsonl=str(out / "detections.jsonl"), report=str(out / "report.json"))

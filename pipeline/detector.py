@@ -1,0 +1,182 @@
+"""`Detector`: the single-image API, and the three steps the threaded pipeline runs in turn.
+
+    with Detector() as det:                    # the shipped model, best backend available
+        dets = det.detect("photo.jpg")         # -> Detections in image pixels
+
+`prepare` (resize + normalise + batch, on the GPU when CuPy and a GPU runner are there),
+`infer` (one engine call) and `postprocess` (DB boxes in frame pixels) are public so that
+`pipeline.runner.Pipeline` can run them in separate threads.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import fields
+from typing import List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from engine.errors import ShapeError
+from engine.lazy import array_module, cupy_or_none
+from engine.loader import load_runner
+from engine.modelspec import ModelSpec, resolve_spec
+
+from .detections import Detections
+from .postprocess import DBPostprocessor, PostprocessConfig
+from .preprocess import Letterbox, preprocess_batch, target_size
+
+_SPEC_OPTIONS = {f.name for f in fields(ModelSpec)} - {"extra"}
+_POST_OPTIONS = {f.name for f in fields(PostprocessConfig)}
+
+
+def _split_options(options: dict) -> Tuple[dict, dict]:
+    """Options -> (ModelSpec overrides, PostprocessConfig overrides); None means 'keep'."""
+    unknown = set(options) - _SPEC_OPTIONS - _POST_OPTIONS
+    if unknown:
+        raise TypeError(f"unknown Detector option(s): {', '.join(sorted(unknown))}")
+    spec = {k: v for k, v in options.items() if k in _SPEC_OPTIONS}
+    post = {k: v for k, v in options.items() if k in _POST_OPTIONS and k not in _SPEC_OPTIONS}
+    return spec, post
+
+
+class Detector:
+    """A DBNet text detector: model + its ModelSpec + DB post-processing.
+
+    model:       .onnx / .engine path (default: the shipped model), or an activated-or-not Runner
+    backend:     "auto", "onnxruntime" or "tensorrt";  device: "auto", "cpu", "cuda"
+    preset:      a named ModelSpec for foreign models ("db", "ppocr", "mmocr")
+    keep_aspect: letterbox (pad) instead of stretching onto the input size
+    input_size:  fixed network (H, W) for every frame (default: the spec's resize rule)
+    threads:     intra-op threads of CPU backends (0: backend default)
+    options:     ModelSpec fields (limit_side, limit_type, thresh, box_thresh, unclip_ratio, ...)
+                 and PostprocessConfig fields (max_candidates, score_mode, box_type, ...)
+    """
+
+    def __init__(self, model=None, backend: str = "auto", device: str = "auto",
+                 preset: Optional[str] = None, keep_aspect: Optional[bool] = None,
+                 input_size: Optional[Tuple[int, int]] = None, threads: int = 0, **options):
+        spec_options, post_options = _split_options(options)
+        if hasattr(model, "infer"):
+            self.runner = model
+        else:
+            self.runner = load_runner(model, backend=backend, device=device, threads=threads)
+        self.runner.activate()
+        self.spec = resolve_spec(self.runner.metadata, preset, **spec_options)
+        extra_post = {k: v for k, v in self.spec.extra.items() if k in _POST_OPTIONS}
+        self.post = DBPostprocessor(PostprocessConfig.from_spec(self.spec, **{**extra_post, **post_options}))
+        self.keep_aspect = bool(self.spec.extra.get("keep_aspect", False) if keep_aspect is None
+                                else keep_aspect)
+        self.input_size = tuple(input_size) if input_size else self._fixed_engine_size()
+        self.output_name = self.spec.output or self.runner.output_names[0]
+        if self.output_name not in self.runner.output_names:
+            raise ShapeError(f"model has no output {self.output_name!r} "
+                             f"(outputs: {', '.join(self.runner.output_names)})")
+        self._gpu = self._gpu_preprocessor()
+
+    # -- description ----------------------------------------------------------------------------
+    @property
+    def untrained(self) -> bool:
+        """True when the model's metadata says its weights are random (demo before training)."""
+        return bool(self.spec.extra.get("untrained"))
+
+    @property
+    def uses_gpu_preprocess(self) -> bool:
+        return self._gpu is not None
+
+    def describe(self) -> dict:
+        return dict(runner=self.runner.name, spec=json.loads(self.spec.to_json()), untrained=self.untrained,
+                    keep_aspect=self.keep_aspect, input_size=self.input_size,
+                    gpu_preprocess=self.uses_gpu_preprocess, post=self.post.config.to_dict())
+
+    def _fixed_engine_size(self) -> Optional[Tuple[int, int]]:
+        """An engine built for one input size must be fed that size."""
+        dims = self.runner.inputs[0].shape[2:]
+        if len(dims) == 2 and all(isinstance(d, int) and d > 0 for d in dims):
+            return int(dims[0]), int(dims[1])
+        return None
+
+    def _gpu_preprocessor(self):
+        if self.runner.output_device != "cuda" or cupy_or_none() is None:
+            return None
+        from .gpu_preprocess import GpuPreprocessor
+
+        return GpuPreprocessor(self.spec, keep_aspect=self.keep_aspect)
+
+    # -- the three steps -------------------------------------------------------------------------
+    def input_size_for(self, frame_h: int, frame_w: int) -> Tuple[int, int]:
+        """Network (H, W) for a frame of this size; frames of equal input size can share a batch."""
+        if self.input_size:
+            return self.input_size
+        return target_size(frame_h, frame_w, self.spec.limit_side, self.spec.limit_type,
+                           self.spec.stride)
+
+    def prepare(self, images: Sequence[np.ndarray]) -> Tuple[object, List[Letterbox]]:
+        """BGR uint8 frames -> (N, 3, H, W) float32 batch (NumPy, or CuPy on the GPU path)."""
+        if not images:
+            raise ShapeError("prepare() needs at least one image")
+        size = self.input_size_for(*images[0].shape[:2])
+        if self._gpu is not None:
+            return self._gpu(images, size)
+        return preprocess_batch(images, self.spec, size, self.keep_aspect)
+
+    def infer(self, batch) -> object:
+        """One engine call; returns the (N, 1, H, W) probability maps."""
+        prob = self.runner.infer(batch)[self.output_name]
+        if not self.spec.output_is_prob:  # logits: the DB threshold applies to probabilities
+            prob = 1.0 / (1.0 + array_module(prob).exp(-prob))
+        return prob
+
+    def postprocess(self, prob, letterboxes: Sequence[Letterbox],
+                    metas: Optional[Sequence[dict]] = None) -> List[Detections]:
+        return self.post(prob, letterboxes, metas)
+
+    # -- single-image API ---------------------------------------------------------------------
+    def detect(self, image: Union[np.ndarray, str, os.PathLike]) -> Detections:
+        """Text in one BGR uint8 image (or an image file)."""
+        return self.detect_batch([image])[0]
+
+    def detect_batch(self, images: Sequence[Union[np.ndarray, str, os.PathLike]]) -> List[Detections]:
+        """Text in several images; images of different sizes are run in separate batches."""
+        from .sources.images import read_image
+
+        loaded, metas = [], []
+        for i, image in enumerate(images):
+            if isinstance(image, (str, os.PathLike)):
+                metas.append(dict(frame_index=i, source=os.fspath(image)))
+                image = read_image(os.fspath(image))
+            else:
+                metas.append(dict(frame_index=i))
+            loaded.append(_check_image(image))
+        results: List[Optional[Detections]] = [None] * len(loaded)
+        for size, members in _group_by(loaded, self.input_size_for).items():
+            batch, boxes = self.prepare([loaded[i] for i in members])
+            dets = self.postprocess(self.infer(batch), boxes, [metas[i] for i in members])
+            for i, det in zip(members, dets):
+                results[i] = det
+        return results
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def close(self) -> None:
+        self.runner.deactivate()
+
+    def __enter__(self) -> "Detector":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _check_image(image) -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim == 2:  # greyscale: the network wants three channels
+        image = np.repeat(image[..., None], 3, axis=2)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ShapeError(f"expected an HxWx3 uint8 BGR image, got {image.shape} {image.dtype}")
+    return image
+
+
+def _group_by(images, size_of) -> dict:
+    groups: dict = {}
+    for i, image in enumerate(images):
+        groups.setdefault(size_of(*image.shape[:2]), []).append(i)
+    return groups

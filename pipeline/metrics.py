@@ -1,0 +1,183 @@
+"""Pipeline metrics: throughput, per-stage latency percentiles, end-to-end latency, queue depths,
+drops; a live progress line and a JSON report.
+
+FPS is what users expect: frames that came out of the pipeline divided by wall time since the
+first frame was requested (model loading and warm-up excluded, decoding included).
+"""
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from collections import deque
+from typing import Dict, Iterable, Optional, TextIO
+
+import numpy as np
+
+STAGES = ("decode", "preprocess", "infer", "postprocess", "sink")
+PERCENTILES = (50, 95, 99)
+
+
+class LatencyWindow:
+    """Latencies in milliseconds: exact count and mean, percentiles over the last `window`."""
+
+    def __init__(self, window: int = 100_000):
+        self._lock = threading.Lock()
+        self._samples = deque(maxlen=window)
+        self.count = 0
+        self.total_ms = 0.0
+
+    def add(self, ms: float) -> None:
+        with self._lock:
+            self._samples.append(ms)
+            self.count += 1
+            self.total_ms += ms
+
+    def summary(self) -> dict:
+        with self._lock:
+            samples = np.fromiter(self._samples, np.float64, len(self._samples))
+            count, total = self.count, self.total_ms
+        if count == 0:
+            return dict(count=0)
+        p = np.percentile(samples, PERCENTILES)
+        out = dict(count=count, mean_ms=round(total / count, 3), max_ms=round(float(samples.max()), 3))
+        out.update({f"p{q}_ms": round(float(v), 3) for q, v in zip(PERCENTILES, p)})
+        return out
+
+
+class DepthGauge:
+    """Queue depth samples: mean and max (taken whenever a stage pulls from the queue)."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.samples = 0
+        self.total = 0
+        self.max = 0
+
+    def add(self, depth: int) -> None:
+        self.samples += 1
+        self.total += depth
+        self.max = max(self.max, depth)
+
+    def summary(self) -> dict:
+        mean = self.total / self.samples if self.samples else 0.0
+        return dict(capacity=self.capacity, mean=round(mean, 2), max=self.max)
+
+
+class Metrics:
+    """Collected by the pipeline's stage threads; read at any time (progress) and at the end."""
+
+    def __init__(self, window: int = 100_000):
+        self.stages: Dict[str, LatencyWindow] = {s: LatencyWindow(window) for s in STAGES}
+        self.end_to_end = LatencyWindow(window)
+        self.queues: Dict[str, DepthGauge] = {}
+        self.batch_sizes = LatencyWindow(window)
+        self.frames_out = 0
+        self.t_start: Optional[float] = None
+        self.t_last: Optional[float] = None
+        self._recent = deque(maxlen=64)  # (time, frames_out) for the current FPS
+
+    def start(self) -> None:
+        self.t_start = time.perf_counter()
+
+    def stage(self, name: str, seconds: float) -> None:
+        self.stages[name].add(seconds * 1e3)
+
+    def queue(self, name: str, capacity: int) -> DepthGauge:
+        return self.queues.setdefault(name, DepthGauge(capacity))
+
+    def frame_done(self, t_read: float) -> None:
+        now = time.perf_counter()
+        self.end_to_end.add((now - t_read) * 1e3)
+        self.frames_out += 1
+        self.t_last = now
+        self._recent.append((now, self.frames_out))
+
+    @property
+    def elapsed(self) -> float:
+        if self.t_start is None:
+            return 0.0
+        return (self.t_last or time.perf_counter()) - self.t_start
+
+    @property
+    def fps(self) -> float:
+        """Overall throughput: frames out / wall time."""
+        return self.frames_out / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def current_fps(self) -> float:
+        """Throughput over the last few dozen frames (for the progress line)."""
+        if len(self._recent) < 2:
+            return self.fps
+        (t0, n0), (t1, n1) = self._recent[0], self._recent[-1]
+        return (n1 - n0) / (t1 - t0) if t1 > t0 else self.fps
+
+    def report(self, sources: Iterable[dict] = (), **extra) -> dict:
+        sources = list(sources)
+        return dict(
+            frames=self.frames_out,
+            wall_s=round(self.elapsed, 4),
+            fps=round(self.fps, 3),
+            dropped=sum(s.get("dropped", 0) for s in sources),
+            stages={name: w.summary() for name, w in self.stages.items()},
+            end_to_end=self.end_to_end.summary(),
+            batch_size=self.batch_sizes.summary(),
+            queues={name: g.summary() for name, g in self.queues.items()},
+            sources=sources,
+            **extra)
+
+
+def format_summary(report: dict) -> str:
+    """Human-readable end-of-run summary of a `Metrics.report()`."""
+    lines = [f"{report['frames']} frames in {report['wall_s']:.2f} s: {report['fps']:.2f} FPS"
+             f"  (dropped {report['dropped']})"]
+    rows = list(report["stages"].items()) + [("end-to-end", report["end_to_end"])]
+    lines.append(f"  {'stage':<12}{'calls':>7}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}")
+    for name, s in rows:
+        if s.get("count"):
+            lines.append(f"  {name:<12}{s['count']:>7}{s['p50_ms']:>9.2f}{s['p95_ms']:>9.2f}"
+                         f"{s['p99_ms']:>9.2f}")
+    for src in report.get("sources", []):
+        if src.get("reconnects") or src.get("dropped"):
+            lines.append(f"  {src['name']}: {src['dropped']} dropped, {src['reconnects']} reconnects")
+    return "\n".join(lines)
+
+
+class Progress:
+    """A live one-line progress display: rewritten in place on a terminal, one line every
+    `every_s` seconds otherwise (logs, CI)."""
+
+    def __init__(self, metrics: Metrics, total: Optional[int] = None, stream: TextIO = None,
+                 every_s: float = 0.5):
+        self.metrics = metrics
+        self.total = total
+        self.stream = stream or sys.stderr
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.every_s = every_s if self.tty else max(every_s, 5.0)
+        self._next = 0.0
+
+    def line(self, dropped: int = 0) -> str:
+        m = self.metrics
+        done = f"{m.frames_out}/{self.total}" if self.total else f"{m.frames_out}"
+        return f"frames {done} | {m.current_fps:6.2f} FPS | {m.elapsed:7.1f} s | dropped {dropped}"
+
+    def update(self, dropped: int = 0, force: bool = False) -> None:
+        now = time.perf_counter()
+        if not force and now < self._next:
+            return
+        self._next = now + self.every_s
+        end = "\r" if self.tty else "\n"
+        self.stream.write(self.line(dropped) + end)
+        self.stream.flush()
+
+    def finish(self, dropped: int = 0) -> None:
+        if self.tty:
+            self.stream.write(self.line(dropped) + "\n")
+            self.stream.flush()
+
+
+def write_report(report: dict, path) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(report, fh, indent=2)
+        fh.write("\n")

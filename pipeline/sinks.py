@@ -1,0 +1,198 @@
+"""Where results go: JSON lines, annotated video (PyAV), annotated images, a window, callbacks.
+
+A sink has `write(frame, detections)` and `close()`, and is a context manager. The pipeline
+calls every sink from its sink thread, in order per source, and closes them at the end.
+"""
+from __future__ import annotations
+
+import abc
+import os
+from fractions import Fraction
+from pathlib import Path
+from typing import Callable, Dict, Optional, Sequence, Union
+
+import cv2
+
+from engine.errors import DbrtError
+from engine.lazy import require
+
+from .detections import Detections
+from .draw import annotate
+from .sources import Frame
+
+PathFor = Callable[[Frame], Union[str, os.PathLike]]
+
+
+class Sink(abc.ABC):
+    @abc.abstractmethod
+    def write(self, frame: Frame, detections: Detections) -> None: ...
+
+    def close(self) -> None:
+        """Finish writing (idempotent)."""
+
+    def __enter__(self) -> "Sink":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class JsonlSink(Sink):
+    """One JSON object per frame (`Detections.to_json`), flushed per frame so that a reader
+    (or a run killed with Ctrl-C) always sees complete lines."""
+
+    def __init__(self, path: Union[str, os.PathLike], decimals: int = 2):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.decimals = decimals
+        self._fh = open(self.path, "w", encoding="utf-8")
+        self.lines = 0
+
+    def write(self, frame: Frame, detections: Detections) -> None:
+        self._fh.write(detections.to_json(self.decimals) + "\n")
+        self._fh.flush()
+        self.lines += 1
+
+    def close(self) -> None:
+        if not self._fh.closed:
+            self._fh.close()
+
+
+class _Encoder:
+    """One PyAV output file; sizes are cropped to even numbers (yuv420p needs them)."""
+
+    def __init__(self, path: Path, width: int, height: int, fps: float, codec: str, crf: int):
+        av = require("av")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.container = av.open(str(path), mode="w")
+        rate = Fraction(fps).limit_denominator(1001) if fps else Fraction(25)
+        self.stream = self.container.add_stream(codec, rate=rate)
+        self.stream.width, self.stream.height = width - width % 2, height - height % 2
+        self.stream.pix_fmt = "yuv420p"
+        if codec == "libx264":
+            self.stream.options = {"crf": str(crf), "preset": "veryfast"}
+        self.count = 0
+        self._av = av
+
+    def encode(self, image) -> None:
+        image = image[:self.stream.height, :self.stream.width]
+        vframe = self._av.VideoFrame.from_ndarray(image, format="bgr24")
+        vframe.pts = self.count
+        self.count += 1
+        self.container.mux(self.stream.encode(vframe))
+
+    def close(self) -> None:
+        self.container.mux(self.stream.encode(None))  # flush delayed frames
+        self.container.close()
+
+
+class VideoSink(Sink):
+    """Annotated video, one file per source; `path` is a file name, or fn(frame) -> file name.
+
+    fps: output frame rate (default: the frame's source rate given in `fps_by_stream`, else 25).
+    """
+
+    def __init__(self, path: Union[str, os.PathLike, PathFor], fps: Optional[float] = None,
+                 fps_by_stream: Optional[Dict[int, float]] = None, codec: str = "libx264",
+                 crf: int = 23, annotators: Optional[Sequence] = None):
+        self.path_for = path if callable(path) else (lambda frame, p=path: p)
+        self.fps = fps
+        self.fps_by_stream = dict(fps_by_stream or {})
+        self.codec = codec
+        self.crf = crf
+        self.annotators = annotators
+        self.encoders: Dict[int, _Encoder] = {}
+        self.paths: Dict[int, Path] = {}
+
+    def write(self, frame: Frame, detections: Detections) -> None:
+        encoder = self.encoders.get(frame.stream)
+        if encoder is None:
+            encoder = self._open(frame)
+        encoder.encode(annotate(frame.image, detections, self.annotators))
+
+    def _open(self, frame: Frame) -> _Encoder:
+        path = Path(self.path_for(frame))
+        h, w = frame.size
+        if h < 2 or w < 2:
+            raise DbrtError(f"cannot encode a {w}x{h} frame as video")
+        fps = self.fps or self.fps_by_stream.get(frame.stream) or 25.0
+        encoder = _Encoder(path, w, h, fps, self.codec, self.crf)
+        self.encoders[frame.stream], self.paths[frame.stream] = encoder, path
+        return encoder
+
+    def close(self) -> None:
+        encoders, self.encoders = self.encoders, {}
+        for encoder in encoders.values():
+            encoder.close()
+
+
+class ImageSink(Sink):
+    """Annotated images: fn(frame) -> file name (the format follows the suffix)."""
+
+    def __init__(self, path_for: PathFor, annotators: Optional[Sequence] = None):
+        self.path_for = path_for
+        self.annotators = annotators
+        self.written = 0
+
+    def write(self, frame: Frame, detections: Detections) -> None:
+        path = Path(self.path_for(frame))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not cv2.imwrite(str(path), annotate(frame.image, detections, self.annotators)):
+            raise DbrtError(f"cannot write image {path}")
+        self.written += 1
+
+
+class WindowSink(Sink):
+    """Shows annotated frames in a window per source; pressing q or Esc calls `on_quit`."""
+
+    def __init__(self, on_quit: Optional[Callable[[], None]] = None, annotators=None,
+                 title: str = "dbrt"):
+        self.on_quit = on_quit
+        self.annotators = annotators
+        self.title = title
+        try:
+            cv2.namedWindow(title, cv2.WINDOW_NORMAL)
+        except cv2.error as exc:
+            raise DbrtError("--show needs OpenCV with GUI support (pip install opencv-python, "
+                            "not opencv-python-headless) and a display") from exc
+        self._windows = {title}
+
+    def write(self, frame: Frame, detections: Detections) -> None:
+        name = self.title if frame.stream == 0 else f"{self.title} [{frame.stream}]"
+        self._windows.add(name)
+        cv2.imshow(name, annotate(frame.image, detections, self.annotators))
+        if cv2.waitKey(1) & 0xFF in (ord("q"), 27) and self.on_quit is not None:
+            self.on_quit()
+
+    def close(self) -> None:
+        for name in self._windows:
+            try:
+                cv2.destroyWindow(name)
+            except cv2.error:
+                pass
+        self._windows = set()
+
+
+class CallbackSink(Sink):
+    """Calls fn(frame, detections) for every result."""
+
+    def __init__(self, fn: Callable[[Frame, Detections], None]):
+        self.fn = fn
+
+    def write(self, frame: Frame, detections: Detections) -> None:
+        self.fn(frame, detections)
+
+
+class FilteredSink(Sink):
+    """Passes to `sink` only the frames for which `keep(frame)` is true."""
+
+    def __init__(self, sink: Sink, keep: Callable[[Frame], bool]):
+        self.sink = sink
+        self.keep = keep
+
+    def write(self, frame: Frame, detections: Detections) -> None:
+        if self.keep(frame):
+            self.sink.write(frame, detections)
+
+    def close(self) -> None:
+        self.sink.close()

@@ -1,0 +1,72 @@
+"""Frame sources: video files, network streams, cameras, images; `open_source` picks one.
+
+    for frame in open_source("video.mp4"):
+        frame.image, frame.index, frame.timestamp, frame.source
+"""
+from __future__ import annotations
+
+import os
+import re
+from typing import Iterable, List, Optional, Union
+
+from engine.errors import SourceError
+
+from .base import Frame, Source, SourceStats
+from .camera import CameraSource
+from .images import ImageSource, has_glob, is_image_path
+from .live import LatestSlot, LiveSource, Reconnect
+from .network import NetworkSource, is_url
+from .video import VideoFileSource
+
+__all__ = ["Frame", "Source", "SourceStats", "VideoFileSource", "NetworkSource", "CameraSource",
+           "ImageSource", "LiveSource", "LatestSlot", "Reconnect", "open_source", "open_sources",
+           "parse_source"]
+
+_CAMERA_PATH = re.compile(r"^/dev/video\d+$")
+
+
+def parse_source(spec: Union[str, int, os.PathLike, Source], reconnect: Optional[Reconnect] = Reconnect(),
+                 decode_threads: int = 0) -> Source:
+    """A Source for a command-line style spec (not yet opened):
+
+    an int or digits -> camera index; /dev/videoN -> camera; rtsp:// http:// ... -> network
+    stream; a folder, a glob or an image file -> images; anything else -> video file.
+    """
+    if isinstance(spec, Source):
+        return spec
+    if isinstance(spec, int):
+        return CameraSource(spec)
+    text = os.fspath(spec)
+    if not text:
+        raise SourceError("empty source")
+    if text.isdigit():
+        return CameraSource(int(text))
+    if _CAMERA_PATH.match(text):
+        return CameraSource(text)
+    if is_url(text):
+        return NetworkSource(text, reconnect=reconnect)
+    if has_glob(text) or os.path.isdir(text) or is_image_path(text):
+        return ImageSource(text)
+    return VideoFileSource(text, threads=decode_threads)
+
+
+def open_source(spec, **options) -> Source:
+    """`parse_source` and `open()`: fails now, with one SourceError line, if it cannot be read."""
+    return parse_source(spec, **options).open()
+
+
+def open_sources(specs: Iterable, **options) -> List[Source]:
+    """Open several sources; on failure, close those already opened and re-raise."""
+    opened: List[Source] = []
+    try:
+        for stream, spec in enumerate(specs):
+            source = open_source(spec, **options)
+            source.stream = stream
+            opened.append(source)
+    except BaseException:
+        for source in opened:
+            source.close()
+        raise
+    if not opened:
+        raise SourceError("no source given")
+    return opened

@@ -1,0 +1,103 @@
+"""What every source yields (`Frame`) and the interface every source implements (`Source`)."""
+from __future__ import annotations
+
+import abc
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Iterator, Optional
+
+import numpy as np
+
+
+@dataclass
+class Frame:
+    """One decoded frame and where it came from.
+
+    image:     HxWx3 uint8 BGR
+    index:     position in its source (0-based; live sources skip the indices they dropped)
+    timestamp: presentation time in seconds, or None (images)
+    source:    identifier of the source (path, URL, camera id)
+    stream:    position of the source in the pipeline's source list
+    t_read:    time.perf_counter() when the frame was read (start of its end-to-end latency)
+    """
+
+    image: np.ndarray
+    index: int
+    timestamp: Optional[float]
+    source: str
+    stream: int = 0
+    t_read: float = field(default_factory=time.perf_counter)
+
+    @property
+    def size(self):
+        """(height, width)."""
+        return self.image.shape[:2]
+
+
+class SourceStats:
+    """Thread-safe counters a source reports: frames read / delivered / dropped, reconnects."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.read = 0
+        self.delivered = 0
+        self.dropped = 0
+        self.reconnects = 0
+        self.events = []  # short human-readable notes (reconnect attempts, errors)
+
+    def add(self, **counts) -> None:
+        with self._lock:
+            for key, value in counts.items():
+                setattr(self, key, getattr(self, key) + value)
+
+    def note(self, message: str, keep: int = 50) -> None:
+        with self._lock:
+            self.events.append(message)
+            del self.events[:-keep]
+
+    def as_dict(self) -> dict:
+        with self._lock:
+            return dict(read=self.read, delivered=self.delivered, dropped=self.dropped,
+                        reconnects=self.reconnects, events=list(self.events))
+
+
+class Source(abc.ABC):
+    """A sequence of frames. `open()` checks the source and fails with a SourceError; iterating
+    yields Frames until the source ends; `close()` (safe from another thread) stops it early."""
+
+    kind = "source"
+    live = False  # live sources keep the newest frame when the consumer is slow, and count drops
+
+    def __init__(self, name: str):
+        self.name = name
+        self.stats = SourceStats()
+        self.stream = 0  # set by the pipeline
+
+    def open(self) -> "Source":
+        return self
+
+    @abc.abstractmethod
+    def __iter__(self) -> Iterator[Frame]: ...
+
+    def close(self) -> None:
+        """Stop producing frames; iteration ends soon after."""
+
+    @property
+    def total_frames(self) -> Optional[int]:
+        """Number of frames when known in advance (files, image lists), else None."""
+        return None
+
+    @property
+    def fps(self) -> Optional[float]:
+        return None
+
+    def describe(self) -> dict:
+        return dict(name=self.name, kind=self.kind, live=self.live, total_frames=self.total_frames,
+                    fps=self.fps, **self.stats.as_dict())
+
+    def __enter__(self) -> "Source":
+        return self.open()
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,83 @@
+"""Still images: one file, a folder (sorted), or a glob pattern."""
+from __future__ import annotations
+
+import glob
+import os
+import threading
+from pathlib import Path
+from typing import Iterator, List, Optional
+
+import cv2
+
+from engine.errors import SourceError
+
+from .base import Frame, Source
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def is_image_path(text: str) -> bool:
+    return text.lower().endswith(IMAGE_SUFFIXES)
+
+
+def has_glob(text: str) -> bool:
+    return any(ch in text for ch in "*?[")
+
+
+def list_images(spec: str) -> List[str]:
+    """The image files named by a path, a folder or a glob, sorted; SourceError when none."""
+    if has_glob(spec):
+        paths = sorted(p for p in glob.glob(spec, recursive=True) if is_image_path(p))
+        if not paths:
+            raise SourceError(f"no images match {spec}")
+        return paths
+    path = Path(spec)
+    if path.is_dir():
+        paths = sorted(str(p) for p in path.iterdir() if p.is_file() and is_image_path(p.name))
+        if not paths:
+            raise SourceError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {spec}")
+        return paths
+    if not path.exists():
+        raise SourceError(f"no such file: {spec}")
+    return [str(path)]
+
+
+def read_image(path: str):
+    """BGR uint8 image, or SourceError naming the file."""
+    image = cv2.imread(path, cv2.IMREAD_COLOR)
+    if image is None:
+        raise SourceError(f"cannot read image {path} (not an image, or unsupported format)")
+    return image
+
+
+class ImageSource(Source):
+    """Images one after another; each frame's `source` is the image path."""
+
+    kind = "images"
+
+    def __init__(self, spec: str):
+        super().__init__(spec)
+        self.spec = spec
+        self._paths: Optional[List[str]] = None
+        self._closed = threading.Event()
+
+    def open(self) -> "ImageSource":
+        if self._paths is None:
+            self._paths = list_images(self.spec)
+        return self
+
+    @property
+    def total_frames(self) -> Optional[int]:
+        return len(self._paths) if self._paths is not None else None
+
+    def __iter__(self) -> Iterator[Frame]:
+        self.open()
+        for index, path in enumerate(self._paths):
+            if self._closed.is_set():
+                break
+            image = read_image(path)
+            self.stats.add(read=1, delivered=1)
+            yield Frame(image, index, None, os.path.normpath(path), self.stream)
+
+    def close(self) -> None:
+        self._closed.set()

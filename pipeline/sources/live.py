@@ -1,0 +1,194 @@
+"""Live sources (network streams, cameras): a reader thread keeps only the newest frame.
+
+When the consumer falls behind, older frames are overwritten and counted as dropped, so memory
+stays at one frame whatever the rates. A lost connection is retried with exponential back-off.
+"""
+from __future__ import annotations
+
+import abc
+import threading
+from dataclasses import dataclass
+from typing import Iterator, Optional, Tuple
+
+import numpy as np
+
+from engine.errors import SourceError
+
+from .base import Frame, Source
+
+
+@dataclass(frozen=True)
+class Reconnect:
+    """Back-off policy after a live source fails: wait `delay`, then `delay * factor`, ...
+    capped at `max_delay`; give up after `retries` failed attempts in a row (None: never)."""
+
+    retries: Optional[int] = 10
+    delay: float = 0.5
+    factor: float = 2.0
+    max_delay: float = 8.0
+
+    def delays(self):
+        """The successive waits of one outage."""
+        wait, attempt = self.delay, 0
+        while self.retries is None or attempt < self.retries:
+            yield wait
+            wait, attempt = min(self.max_delay, wait * self.factor), attempt + 1
+
+
+class LatestSlot:
+    """A one-frame mailbox: `put` overwrites (returning True when it dropped an unread frame),
+    or with `overwrite=False` waits until the last frame was taken; `get` waits for a frame or
+    for the producer to finish."""
+
+    def __init__(self, overwrite: bool = True):
+        self._cond = threading.Condition()
+        self._item = None
+        self._done = False
+        self.overwrite = overwrite
+
+    def put(self, item) -> bool:
+        with self._cond:
+            while not self.overwrite and self._item is not None and not self._done:
+                self._cond.wait(0.1)
+            dropped = self._item is not None
+            self._item = item
+            self._cond.notify()
+            return dropped
+
+    def finish(self) -> None:
+        with self._cond:
+            self._done = True
+            self._cond.notify_all()
+
+    def get(self, timeout: float = 0.1):
+        """The newest item, or None when finished and empty; waits while empty and running."""
+        with self._cond:
+            while self._item is None and not self._done:
+                self._cond.wait(timeout)
+            item, self._item = self._item, None
+            self._cond.notify_all()
+            return item
+
+    def __len__(self) -> int:
+        return int(self._item is not None)
+
+
+class LiveSource(Source):
+    """Base of live sources. Subclasses implement `_connect`, `_read` and `_disconnect`.
+
+    `_read()` returns (image, timestamp) or None when the stream ended; any exception or end
+    counts as a lost connection and triggers the reconnect policy (if `reconnect` is set).
+    """
+
+    live = True
+
+    def __init__(self, name: str, reconnect: Optional[Reconnect] = Reconnect()):
+        super().__init__(name)
+        self.reconnect = reconnect
+        self._slot = LatestSlot(overwrite=self.live)
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self._error: Optional[BaseException] = None
+        self._connected = False
+
+    # -- subclass hooks ---------------------------------------------------------------------
+    @abc.abstractmethod
+    def _connect(self) -> None: ...
+
+    @abc.abstractmethod
+    def _read(self) -> Optional[Tuple[np.ndarray, Optional[float]]]: ...
+
+    @abc.abstractmethod
+    def _disconnect(self) -> None: ...
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def open(self) -> "LiveSource":
+        """Connect once, synchronously, so an unreachable source fails here with one line."""
+        if not self._connected and self._thread is None:
+            self._connect()
+            self._connected = True
+        return self
+
+    def start(self) -> None:
+        if self._thread is None:
+            self.open()
+            self._thread = threading.Thread(target=self._reader, name=f"read:{self.name}", daemon=True)
+            self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._slot.finish()
+
+    def join(self, timeout: Optional[float] = None) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def __iter__(self) -> Iterator[Frame]:
+        self.start()
+        try:
+            while True:
+                frame = self._slot.get()
+                if frame is None:
+                    break
+                self.stats.add(delivered=1)
+                yield frame
+            if self._error is not None:
+                raise self._error
+        finally:
+            self.close()
+
+    # -- reader thread ----------------------------------------------------------------------
+    def _reader(self) -> None:
+        index = 0
+        try:
+            while not self._stop.is_set():
+                item = self._read_or_none()
+                if item is None:
+                    if self._stop.is_set() or not self._recover():
+                        break
+                    continue
+                image, timestamp = item
+                self.stats.add(read=1)
+                if self._slot.put(Frame(image, index, timestamp, self.name, self.stream)):
+                    self.stats.add(dropped=1)
+                index += 1
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer thread
+            self._error = exc
+        finally:
+            self._disconnect_quietly()
+            self._slot.finish()
+
+    def _read_or_none(self):
+        try:
+            return self._read()
+        except Exception as exc:  # noqa: BLE001 - a read failure is a lost connection
+            self.stats.note(f"read failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+            return None
+
+    def _recover(self) -> bool:
+        """Reconnect with back-off; False when the stream ended and no reconnect is configured."""
+        self._disconnect_quietly()
+        if self.reconnect is None:
+            return False
+        last = "stream ended"
+        for attempt, wait in enumerate(self.reconnect.delays(), 1):
+            if self._stop.wait(wait):
+                return False
+            try:
+                self._connect()
+            except SourceError as exc:
+                last = str(exc)
+                self.stats.note(f"reconnect attempt {attempt} failed: {last}")
+                continue
+            self.stats.add(reconnects=1)
+            self.stats.note(f"reconnected after {attempt} attempt(s)")
+            return True
+        raise SourceError(f"lost {self.name}: gave up after {self.reconnect.retries} reconnect "
+                          f"attempts ({last})")
+
+    def _disconnect_quietly(self) -> None:
+        try:
+            self._disconnect()
+        except Exception:  # noqa: BLE001 - closing a broken connection may fail again
+            pass
+

@@ -1,0 +1,112 @@
+"""Threading building blocks of the pipeline: bounded channels that never block forever, a
+shared `Control` that carries the first failure and the stop requests, and `Worker` threads.
+
+Every blocking put / get polls `Control.aborted`, so when any worker fails, every other worker
+and the consumer wake up within one poll interval, the threads end, and the consumer re-raises
+the worker's exception (supervision's reader thread, by contrast, leaves its consumer waiting).
+"""
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from typing import Callable, Optional
+
+POLL_S = 0.05
+
+
+class Aborted(Exception):
+    """Raised inside workers (and the consumer) once the pipeline is aborting."""
+
+
+class _Sentinel:
+    def __repr__(self) -> str:
+        return "END"
+
+
+END = _Sentinel()  # end of stream: flows through every channel once, then the stage exits
+
+
+class Control:
+    """Shared state of one pipeline run.
+
+    draining: stop taking new frames from the sources, finish what is in flight (Ctrl-C, stop())
+    aborted:  stop now (a worker failed, or the consumer went away)
+    """
+
+    def __init__(self):
+        self.draining = threading.Event()
+        self.aborted = threading.Event()
+        self._lock = threading.Lock()
+        self.error: Optional[BaseException] = None
+
+    def fail(self, exc: BaseException) -> None:
+        with self._lock:
+            if self.error is None:
+                self.error = exc
+        self.aborted.set()
+        self.draining.set()
+
+    def abort(self) -> None:
+        self.aborted.set()
+        self.draining.set()
+
+    def check(self) -> None:
+        if self.aborted.is_set():
+            raise Aborted()
+
+
+class Channel:
+    """A bounded FIFO between two stages whose put / get give up when the run aborts."""
+
+    def __init__(self, name: str, capacity: int, control: Control, gauge=None):
+        self.name = name
+        self.capacity = capacity
+        self._queue: queue.Queue = queue.Queue(maxsize=capacity)
+        self._control = control
+        self._gauge = gauge
+
+    def put(self, item) -> None:
+        while True:
+            self._control.check()
+            try:
+                self._queue.put(item, timeout=POLL_S)
+                return
+            except queue.Full:
+                continue
+
+    def get(self, timeout: Optional[float] = None):
+        """The next item; with `timeout`, raises queue.Empty when none arrived in time."""
+        deadline = None if timeout is None else time.perf_counter() + timeout
+        if self._gauge is not None:
+            self._gauge.add(self._queue.qsize())
+        while True:
+            self._control.check()
+            remaining = None if deadline is None else deadline - time.perf_counter()
+            try:
+                if remaining is not None and remaining <= 0:
+                    return self._queue.get_nowait()
+                return self._queue.get(timeout=POLL_S if remaining is None else min(POLL_S, remaining))
+            except queue.Empty:
+                if remaining is not None and remaining <= 0:
+                    raise
+
+    def __len__(self) -> int:
+        return self._queue.qsize()
+
+
+class Worker(threading.Thread):
+    """Runs `body()` once; an exception other than Aborted is handed to the Control."""
+
+    def __init__(self, name: str, body: Callable[[], None], control: Control):
+        super().__init__(name=name, daemon=True)
+        self._body = body
+        self._control = control
+
+    def run(self) -> None:
+        try:
+            self._body()
+        except Aborted:
+            pass
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer's thread
+            self._control.fail(exc)
