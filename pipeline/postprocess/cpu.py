@@ -1,4 +1,10 @@
-"""CPU post-processing of one probability map (NumPy / OpenCV), box for box the reference."""
+"""CPU post-processing of one probability map (NumPy / OpenCV), box for box the reference.
+
+What the reference does per contour in Python is done here on arrays where it can be: contour
+bounding boxes and the exact min-size pre-filter, crop bounds, corner ordering, unclip distances.
+What must stay per candidate is a single OpenCV / pyclipper call each (minAreaRect, fillPoly,
+offset), which is what makes the result identical to the reference.
+"""
 from __future__ import annotations
 
 from typing import List, Tuple
@@ -7,7 +13,7 @@ import cv2
 import numpy as np
 
 from .config import PostprocessConfig
-from .geometry import expand_polygon, expand_quad, mini_box
+from .geometry import (expand_polygon, expand_quads, order_quads, unclip_distances)
 
 _DILATE_KERNEL = np.ones((2, 2), np.uint8)
 
@@ -24,65 +30,117 @@ def find_contours(bitmap: np.ndarray, max_candidates: int) -> list:
     return list(contours[:max_candidates])
 
 
-def _crop_mean(prob: np.ndarray, poly: np.ndarray, x0: int, y0: int, x1: int, y1: int) -> float:
-    mask = np.zeros((y1 - y0 + 1, x1 - x0 + 1), np.uint8)
-    shifted = (poly.astype(np.float64) - (x0, y0)).astype(np.int32)  # truncation, as the reference
-    cv2.fillPoly(mask, shifted.reshape(1, -1, 2), 1)
-    return cv2.mean(prob[y0:y1 + 1, x0:x1 + 1], mask)[0]
+def contour_extents(contours: list) -> Tuple[np.ndarray, np.ndarray]:
+    """Per-contour (x, y) minimum and maximum, (n, 2) int each, without a Python loop."""
+    sizes = np.fromiter((len(c) for c in contours), np.intp, len(contours))
+    points = np.concatenate(contours).reshape(-1, 2)
+    starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
+    return np.minimum.reduceat(points, starts), np.maximum.reduceat(points, starts)
 
 
-def score_fast(prob: np.ndarray, poly: np.ndarray) -> float:
-    """Mean probability inside the filled polygon, on its (floor/ceil) bounding crop."""
+def may_reach_min_size(lo: np.ndarray, hi: np.ndarray, min_size: int) -> np.ndarray:
+    """Exact pre-filter: the minimum-area rectangle is no larger than the axis-aligned one, so
+    short_side**2 <= short * long <= extent_x * extent_y; below min_size**2 it cannot pass."""
+    ext = (hi - lo).astype(np.int64)
+    return ext[:, 0] * ext[:, 1] >= min_size * min_size
+
+
+def score_crops(points: np.ndarray, h: int, w: int, rounding) -> Tuple[np.ndarray, np.ndarray]:
+    """Inclusive crop bounds (n, 2) lo / hi of the reference's score masks, clipped to the map."""
+    lo = np.clip(rounding[0](points.min(axis=1)), 0, (w - 1, h - 1)).astype(np.int64)
+    hi = np.clip(rounding[1](points.max(axis=1)), 0, (w - 1, h - 1)).astype(np.int64)
+    return lo, hi
+
+
+def masked_means(prob: np.ndarray, polys, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Mean of `prob` under each filled polygon, drawn on its own crop as the reference does
+    (vertices truncated toward zero after shifting to the crop origin)."""
+    out = np.empty(len(polys), np.float64)
+    for i, poly in enumerate(polys):
+        (x0, y0), (x1, y1) = lo[i], hi[i]
+        mask = np.zeros((y1 - y0 + 1, x1 - x0 + 1), np.uint8)
+        local = (poly.astype(np.float64) - lo[i]).astype(np.int32)
+        cv2.fillPoly(mask, local[None], 1)
+        out[i] = cv2.mean(prob[y0:y1 + 1, x0:x1 + 1], mask)[0]
+    return out
+
+
+def score_fast(prob: np.ndarray, polys: list) -> np.ndarray:
+    """Mean inside each filled polygon (quad), on its floor / ceil bounding crop."""
+    if not polys:
+        return np.zeros(0)
     h, w = prob.shape
-    x0, y0 = np.clip(np.floor(poly.min(0)).astype(int), 0, (w - 1, h - 1))
-    x1, y1 = np.clip(np.ceil(poly.max(0)).astype(int), 0, (w - 1, h - 1))
-    return _crop_mean(prob, poly, x0, y0, x1, y1)
+    if all(len(p) == len(polys[0]) for p in polys):
+        lo, hi = score_crops(np.stack(polys), h, w, (np.floor, np.ceil))
+    else:
+        bounds = [score_crops(p[None], h, w, (np.floor, np.ceil)) for p in polys]
+        lo, hi = np.concatenate([b[0] for b in bounds]), np.concatenate([b[1] for b in bounds])
+    return masked_means(prob, polys, lo, hi)
 
 
-def score_slow(prob: np.ndarray, contour: np.ndarray) -> float:
-    """Mean probability inside the filled contour."""
+def score_slow(prob: np.ndarray, contours: list) -> np.ndarray:
+    """Mean inside each filled contour, on its bounding crop."""
+    if not contours:
+        return np.zeros(0)
     h, w = prob.shape
-    pts = contour.reshape(-1, 2)
-    x0, y0 = np.clip(pts.min(0), 0, (w - 1, h - 1))
-    x1, y1 = np.clip(pts.max(0), 0, (w - 1, h - 1))
-    return _crop_mean(prob, pts, x0, y0, x1, y1)
+    pts = [c.reshape(-1, 2) for c in contours]
+    lo, hi = contour_extents(pts)
+    lo, hi = np.clip(lo, 0, (w - 1, h - 1)), np.clip(hi, 0, (w - 1, h - 1))
+    return masked_means(prob, pts, lo, hi)
 
 
-def _quads(prob, contours, config) -> Tuple[List[np.ndarray], List[float]]:
-    polys, scores = [], []
-    for contour in contours:
-        quad, short = mini_box(contour)
-        if short < config.min_size:
-            continue
-        score = score_fast(prob, quad) if config.score_mode == "fast" else score_slow(prob, contour)
+def candidate_quads(contours: list, min_size: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Ordered minAreaRect corners of the contours whose short side reaches min_size.
+
+    Returns (indices into contours, (k, 4, 2) float32 corners)."""
+    if not contours:
+        return np.zeros(0, np.intp), np.zeros((0, 4, 2), np.float32)
+    lo, hi = contour_extents(contours)
+    idx = np.flatnonzero(may_reach_min_size(lo, hi, min_size))
+    rects = [cv2.minAreaRect(contours[i]) for i in idx]
+    big = np.fromiter((min(r[1]) >= min_size for r in rects), bool, len(rects))
+    corners = [cv2.boxPoints(r) for r, ok in zip(rects, big) if ok]
+    if not corners:
+        return np.zeros(0, np.intp), np.zeros((0, 4, 2), np.float32)
+    return idx[big], order_quads(np.stack(corners))
+
+
+def quads_from_contours(prob, contours, config) -> Tuple[List[np.ndarray], List[float]]:
+    idx, quads = candidate_quads(contours, config.min_size)
+    if config.score_mode == "fast":
+        scores = score_fast(prob, list(quads))
+    else:
+        scores = score_slow(prob, [contours[i] for i in idx])
+    passed = scores >= config.box_thresh
+    quads, scores = quads[passed], scores[passed]
+    boxes = expand_quads(quads, unclip_distances(quads, config.unclip_ratio), config.min_size + 2)
+    return ([b for b in boxes if b is not None],
+            [float(s) for b, s in zip(boxes, scores) if b is not None])
+
+
+def polygons_from_contours(prob, contours, config) -> Tuple[List[np.ndarray], List[float]]:
+    contours = [c for c in contours if len(c) >= 4]  # fewer points cannot approximate to 4
+    approx = [cv2.approxPolyDP(c, 0.002 * cv2.arcLength(c, True), True).reshape(-1, 2)
+              for c in contours]
+    keep = [i for i, a in enumerate(approx) if len(a) >= 4]
+    if config.score_mode == "fast":
+        scores = score_fast(prob, [approx[i] for i in keep])
+    else:
+        scores = score_slow(prob, [contours[i] for i in keep])
+    polys, kept_scores = [], []
+    for i, score in zip(keep, scores):
         if score < config.box_thresh:
             continue
-        box = expand_quad(quad, config.unclip_ratio, config.min_size + 2)
-        if box is not None:
-            polys.append(box)
-            scores.append(score)
-    return polys, scores
-
-
-def _polygons(prob, contours, config) -> Tuple[List[np.ndarray], List[float]]:
-    polys, scores = [], []
-    for contour in contours:
-        approx = cv2.approxPolyDP(contour, 0.002 * cv2.arcLength(contour, True), True).reshape(-1, 2)
-        if len(approx) < 4:
-            continue
-        score = score_fast(prob, approx) if config.score_mode == "fast" else score_slow(prob, contour)
-        if score < config.box_thresh:
-            continue
-        poly = expand_polygon(approx, config.unclip_ratio, config.min_size + 2)
+        poly = expand_polygon(approx[i], config.unclip_ratio, config.min_size + 2)
         if poly is not None:
             polys.append(poly)
-            scores.append(score)
-    return polys, scores
+            kept_scores.append(float(score))
+    return polys, kept_scores
 
 
 def postprocess_map(prob: np.ndarray, config: PostprocessConfig) -> Tuple[List[np.ndarray], List[float]]:
     """One (H, W) float32 map -> (polygons in map pixels, scores), in the reference's order."""
     contours = find_contours(binarize(prob, config), config.max_candidates)
     if config.box_type == "quad":
-        return _quads(prob, contours, config)
-    return _polygons(prob, contours, config)
+        return quads_from_contours(prob, contours, config)
+    return polygons_from_contours(prob, contours, config)

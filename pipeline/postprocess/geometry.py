@@ -12,17 +12,10 @@ import numpy as np
 import pyclipper
 
 
-def order_quad(corners: np.ndarray) -> np.ndarray:
-    """The reference's corner order (`get_mini_boxes`): of the two left-most corners the upper
-    one first, then the upper right, the lower right and the lower left. corners: (4, 2)."""
-    pts = corners[np.argsort(corners[:, 0], kind="stable")]
-    left = (0, 1) if pts[1, 1] > pts[0, 1] else (1, 0)
-    right = (2, 3) if pts[3, 1] > pts[2, 1] else (3, 2)
-    return pts[[left[0], right[0], right[1], left[1]]]
-
-
 def order_quads(corners: np.ndarray) -> np.ndarray:
-    """`order_quad` for an (n, 4, 2) batch."""
+    """The reference's corner order (`get_mini_boxes`) of (n, 4, 2) corners: corners sorted by
+    x (stable); of the two left-most the upper one first, then the upper right, the lower right
+    and the lower left ("upper" = strictly smaller y, else the second in x order)."""
     idx = np.argsort(corners[:, :, 0], axis=1, kind="stable")
     pts = np.take_along_axis(corners, idx[:, :, None], axis=1)
     swap_left = ~(pts[:, 1, 1] > pts[:, 0, 1])
@@ -34,41 +27,43 @@ def order_quads(corners: np.ndarray) -> np.ndarray:
                      pts[rows, 1 - first]], axis=1)
 
 
-def mini_box(points: np.ndarray) -> Tuple[np.ndarray, float]:
-    """minAreaRect of a point set -> (ordered float32 (4, 2) corners, short side)."""
-    rect = cv2.minAreaRect(points)
-    return order_quad(cv2.boxPoints(rect)), min(rect[1])
+def unclip_distances(polys: np.ndarray, ratio: float) -> np.ndarray:
+    """area * ratio / perimeter of (n, k, 2) polygons (shoelace area, as shapely), float64;
+    0 for degenerate polygons."""
+    p = np.asarray(polys, np.float64)
+    q = np.roll(p, -1, axis=1)
+    area = np.abs(np.sum(p[..., 0] * q[..., 1] - q[..., 0] * p[..., 1], axis=-1)) / 2.0
+    perimeter = np.sum(np.sqrt(((q - p) ** 2).sum(axis=-1)), axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(perimeter > 0, area * ratio / perimeter, 0.0)
 
 
-def area_and_perimeter(poly: np.ndarray) -> Tuple[float, float]:
-    """Shoelace area (absolute, as shapely's Polygon.area) and perimeter, in float64."""
-    p = np.asarray(poly, np.float64).reshape(-1, 2)
-    q = np.roll(p, -1, axis=0)
-    area = 0.5 * abs(float(np.sum(p[:, 0] * q[:, 1] - q[:, 0] * p[:, 1])))
-    return area, float(np.sum(np.hypot(q[:, 0] - p[:, 0], q[:, 1] - p[:, 1])))
+def offset_polygon(poly: np.ndarray, distance: float) -> List[np.ndarray]:
+    """pyclipper round-join offset; pyclipper truncates the float input to integers, exactly
+    as in the reference. Returns the resulting integer polygons (usually one)."""
+    offset = pyclipper.PyclipperOffset()
+    offset.AddPath(poly, pyclipper.JT_ROUND, pyclipper.ET_CLOSEDPOLYGON)
+    return [np.asarray(p, np.int32) for p in offset.Execute(float(distance))]
 
 
 def unclip(poly: np.ndarray, ratio: float) -> List[np.ndarray]:
-    """Expand a polygon by area * ratio / perimeter with pyclipper (round joins).
-
-    pyclipper truncates the float input to integers, exactly as in the reference. Returns the
-    resulting integer polygons (usually one).
-    """
-    area, perimeter = area_and_perimeter(poly)
-    if perimeter == 0.0:
-        return []
-    offset = pyclipper.PyclipperOffset()
-    offset.AddPath(poly, pyclipper.JT_ROUND, pyclipper.ET_CLOSEDPOLYGON)
-    return [np.asarray(p, np.int32) for p in offset.Execute(area * ratio / perimeter)]
+    """Expand a polygon by area * ratio / perimeter (the reference's unclip)."""
+    return offset_polygon(poly, unclip_distances(poly[None], ratio)[0])
 
 
-def expand_quad(quad: np.ndarray, ratio: float, min_side: float) -> Optional[np.ndarray]:
-    """Unclip a quad and take the rectangle around it; None when it is too small."""
-    expanded = unclip(quad, ratio)
-    if not expanded:
-        return None
-    box, short = mini_box(np.concatenate(expanded).reshape(-1, 1, 2))
-    return None if short < min_side else box
+def expand_quads(quads: np.ndarray, distances: np.ndarray, min_side: float) -> list:
+    """Offset each quad, take the minimum-area rectangle around the result; per quad the
+    ordered (4, 2) float32 corners, or None when the rectangle's short side < min_side."""
+    rects = []
+    for quad, distance in zip(quads, distances):
+        expanded = offset_polygon(quad, distance)
+        rect = cv2.minAreaRect(np.concatenate(expanded).reshape(-1, 1, 2)) if expanded else None
+        rects.append(rect if rect is not None and min(rect[1]) >= min_side else None)
+    found = [r for r in rects if r is not None]
+    if not found:
+        return [None] * len(rects)
+    boxes = iter(order_quads(np.stack([cv2.boxPoints(r) for r in found])))
+    return [None if r is None else next(boxes) for r in rects]
 
 
 def expand_polygon(poly: np.ndarray, ratio: float, min_side: float) -> Optional[np.ndarray]:
@@ -76,7 +71,7 @@ def expand_polygon(poly: np.ndarray, ratio: float, min_side: float) -> Optional[
     expanded = unclip(poly, ratio)
     if len(expanded) != 1:
         return None
-    _, short = mini_box(expanded[0].reshape(-1, 1, 2))
+    short = min(cv2.minAreaRect(expanded[0].reshape(-1, 1, 2))[1])
     return None if short < min_side else expanded[0].astype(np.float32)
 
 
