@@ -273,3 +273,36 @@ def test_agrees_with_shapely_reference_on_random_scenes(rng):
                 if is_simple_polygon(g) and is_simple_polygon(d):
                     ref = shapely.geometry.Polygon(g).intersection(shapely.geometry.Polygon(d)).area
                     assert intersection_area(g, d) == pytest.approx(ref, abs=1e-2)
+
+
+# -- dbrt eval -----------------------------------------------------------------------------------
+
+def test_cli_eval_writes_json_and_visualisation(tmp_path, tiny_onnx, capsys):
+    cv2 = pytest.importorskip("cv2")
+    from pipeline.cli import main
+
+    data = tmp_path / "ic15"
+    data.mkdir()
+    image = np.full((64, 96, 3), 255, np.uint8)
+    cv2.putText(image, "TEXT", (8, 40), cv2.FONT_HERSHEY_SIMPLEX, 1.0, (0, 0, 0), 3)
+    cv2.imwrite(str(data / "img_1.jpg"), image)
+    (data / "gt_img_1.txt").write_text("\ufeff8,15,80,15,80,45,8,45,TEXT\n2,2,6,2,6,6,2,6,###\n")
+    out = tmp_path / "eval.json"
+    rc = main(["eval", "--model", str(tiny_onnx), "--dataset", str(data), "--json", str(out),
+               "--vis", str(tmp_path / "vis"), "--box-thresh", "0.0", "--threads", "1"])
+    assert rc == 0
+    result = json.loads(out.read_text())
+    assert result["images"] == 1 and result["gt_care"] == 1
+    assert result["format"] == "icdar2015" and 0.0 <= result["hmean"] <= 1.0
+    assert result["per_image"][0]["image"] == "img_1.jpg"
+    assert "hmean" in capsys.readouterr().out
+    missed_or_false = result["per_image"][0]["missed"] or result["per_image"][0]["false_alarms"]
+    assert (tmp_path / "vis" / "img_1.jpg").is_file() == bool(missed_or_false)
+
+
+def test_cli_eval_bad_dataset_is_one_line_exit_2(tmp_path, tiny_onnx, capsys):
+    from pipeline.cli import main
+
+    assert main(["eval", "--model", str(tiny_onnx), "--dataset", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "dataset not found" in err[0]

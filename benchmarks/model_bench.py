@@ -1,0 +1,335 @@
+"""Model-only benchmark: backend x device x precision x batch x input size.
+
+The timed region is ONE network forward on an input that is already preprocessed and already on
+the backend's device, with the output left where the backend produces it, synchronised (CUDA) so
+asynchronous work is counted. Decoding, preprocessing, post-processing and host copies are NOT in
+it: that is the number papers and MMDeploy / PaddleOCR tables publish ("model only"). The full
+pipeline number is benchmarks/pipeline_overlap.py's.
+
+The PyTorch model itself ("what you had before") runs side by side with ONNX Runtime (and CUDA /
+fp16 when a GPU is present), and every row carries the max abs difference of its probability map
+from PyTorch fp32 on CPU on the same real frame, so speed is never shown without correctness.
+
+    python -m benchmarks.model_bench [--model M.onnx --weights W.pt] [--sizes 320 640] [--batches 1 4]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from engine.lazy import optional
+
+from . import common
+
+SHIPPED_ONNX = common.REPO / "pipeline" / "assets" / "dbnet_default.onnx"
+SHIPPED_WEIGHTS = common.REPO / "export" / "assets" / "dbnet_default.pt"
+VIDEO = common.SHARED_DATA / "video" / "pexels_lightbox_text_960x506.mp4"
+
+
+@dataclass
+class ModelUnderTest:
+    """The ONNX file every backend runs and, when known, the same weights as a PyTorch module."""
+
+    onnx: Path
+    label: str
+    torch_model: object = None          # fp32 CPU eval-mode DBNet, or None
+    trained: bool = True
+    notes: List[str] = field(default_factory=list)
+
+    def describe(self) -> dict:
+        return {"onnx": str(self.onnx.relative_to(common.REPO) if self.onnx.is_relative_to(common.REPO)
+                            else self.onnx.name),
+                "sha256": common.file_sha256(self.onnx), "size_mb": round(self.onnx.stat().st_size / 1e6, 2),
+                "label": self.label, "trained": self.trained, "notes": self.notes}
+
+
+def load_model(model: Optional[Path] = None, weights: Optional[Path] = None,
+               workdir: Optional[Path] = None) -> ModelUnderTest:
+    """The shipped model (+ its PyTorch weights) by default; a random-init DBNet-R18 width 0.5
+    (the shipped architecture, untrained: speed only) when nothing has been shipped yet."""
+    torch = optional("torch")
+    if model is None and SHIPPED_ONNX.is_file():
+        model, weights = SHIPPED_ONNX, weights or (SHIPPED_WEIGHTS if SHIPPED_WEIGHTS.is_file() else None)
+    if model is not None:
+        mut = ModelUnderTest(Path(model), Path(model).stem)
+        if weights is not None and torch is not None:
+            from export.checkpoint import model_from_checkpoint
+
+            mut.torch_model = model_from_checkpoint(str(weights))[0].float().eval()
+        else:
+            mut.notes.append("no PyTorch weights given: the PyTorch baseline is not run")
+        return mut
+    if torch is None:
+        raise SystemExit("no shipped model and no torch to make one; pass --model")
+    return _random_model(Path(workdir or tempfile.mkdtemp(prefix="dbrt-bench-")), torch)
+
+
+def _random_model(workdir: Path, torch) -> ModelUnderTest:
+    from export.model import DBNet
+    from export.onnx_export import default_spec, export_onnx
+
+    torch.manual_seed(0)
+    net = DBNet("resnet18", width=0.5).eval()
+    path = workdir / "dbnet_r18_w0.5_random.onnx"
+    export_onnx(net, path, spec=default_spec(net, extra={"untrained": True}), parity_shapes=None)
+    return ModelUnderTest(path, "DBNet-R18 width 0.5, random init (untrained: speed only)", net,
+                          trained=False, notes=["shipped model not found; random weights, same architecture"])
+
+
+# -- inputs ------------------------------------------------------------------------------------
+
+def sample_frame() -> np.ndarray:
+    """A real frame (frame 100 of the lightbox video) or, without shared data, a synthetic one."""
+    import cv2
+
+    if VIDEO.is_file():
+        cap = cv2.VideoCapture(str(VIDEO))
+        cap.set(cv2.CAP_PROP_POS_FRAMES, 100)
+        ok, frame = cap.read()
+        cap.release()
+        if ok:
+            return frame
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 255, (506, 960, 3), dtype=np.uint8)
+    cv2.putText(frame, "DBRT BENCH", (60, 280), cv2.FONT_HERSHEY_SIMPLEX, 4, (0, 0, 0), 12)
+    return frame
+
+
+def make_batch(frame: np.ndarray, spec, size: Tuple[int, int], batch: int) -> np.ndarray:
+    from pipeline.preprocess import preprocess
+
+    chw, _ = preprocess(frame, spec, size)
+    return np.ascontiguousarray(np.repeat(chw[None], batch, axis=0))
+
+
+# -- targets: one (backend, device, precision) each ---------------------------------------------
+
+@dataclass
+class Target:
+    backend: str
+    device: str
+    precision: str
+    # prepare(batch_np) -> (run, fetch): run() is timed, fetch() -> NumPy prob map of the last run
+    prepare: Callable[[np.ndarray], Tuple[Callable[[], object], Callable[[], np.ndarray]]]
+    sync: Optional[Callable[[], None]] = None
+    close: Optional[Callable[[], None]] = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.backend}/{self.device}/{self.precision}"
+
+
+def onnxruntime_target(path: Path, device: str = "cpu", precision: str = "fp32", threads: int = 0) -> Target:
+    from engine.onnxruntime_runner import OnnxRuntimeRunner
+
+    runner = OnnxRuntimeRunner(path, device=device, threads=threads).activate()
+    holder = {}
+
+    def prepare(batch):
+        feed = {runner.input_names[0]: batch}
+
+        def run():
+            holder["out"] = runner.infer(feed)
+        return run, lambda: np.asarray(holder["out"][runner.output_names[0]], np.float32)
+
+    return Target("onnxruntime", device, precision, prepare, close=runner.deactivate)
+
+
+def pytorch_target(net, device: str = "cpu", precision: str = "fp32") -> Target:
+    import torch
+
+    dtype = torch.float16 if precision == "fp16" else torch.float32
+    module = net.to(device=device, dtype=dtype).eval()
+    holder = {}
+
+    def prepare(batch):
+        x = torch.from_numpy(batch).to(device=device, dtype=dtype)
+
+        def run():
+            with torch.inference_mode():
+                holder["out"] = module(x)
+        return run, lambda: holder["out"].float().cpu().numpy()
+
+    sync = torch.cuda.synchronize if device == "cuda" else None
+    return Target("pytorch", device, precision, prepare, sync=sync,
+                  close=lambda: module.to(device="cpu", dtype=torch.float32))
+
+
+def default_targets(mut: ModelUnderTest, threads: int = 0,
+                    variants: Optional[Dict[str, Path]] = None) -> List[Target]:
+    """Everything this machine can run: PyTorch CPU fp32 (the baseline), ORT CPU fp32 and any
+    extra ORT precision variants (fp16 / int8 ONNX files); on CUDA also PyTorch fp32 / fp16 and
+    ORT's CUDA provider when onnxruntime-gpu is installed."""
+    from engine.onnxruntime_runner import available_providers
+
+    torch = optional("torch")
+    targets = []
+    if mut.torch_model is not None:
+        if threads:
+            torch.set_num_threads(threads)
+        targets.append(pytorch_target(mut.torch_model, "cpu", "fp32"))
+    targets.append(onnxruntime_target(mut.onnx, "cpu", "fp32", threads))
+    for precision, path in (variants or {}).items():
+        targets.append(onnxruntime_target(Path(path), "cpu", precision, threads))
+    if torch is not None and mut.torch_model is not None and torch.cuda.is_available():
+        import copy
+
+        for precision in ("fp32", "fp16"):
+            targets.append(pytorch_target(copy.deepcopy(mut.torch_model), "cuda", precision))
+    if "CUDAExecutionProvider" in available_providers():
+        targets.append(onnxruntime_target(mut.onnx, "cuda", "fp32"))
+    return targets
+
+
+# -- the sweep ---------------------------------------------------------------------------------
+
+def reference_outputs(targets: Sequence[Target], frame, spec, sizes) -> Dict[Tuple[int, int], np.ndarray]:
+    """Prob maps of the first target (PyTorch fp32 CPU when present) at batch 1, per size."""
+    refs = {}
+    for size in sizes:
+        run, fetch = targets[0].prepare(make_batch(frame, spec, size, 1))
+        run()
+        refs[size] = fetch()[:1]
+    return refs
+
+
+def sweep(targets: Sequence[Target], spec, sizes: Sequence[Tuple[int, int]], batches: Sequence[int],
+          warmup: int = 2, repeats: int = 5, frame: Optional[np.ndarray] = None,
+          log: Callable[[str], None] = print) -> List[dict]:
+    """One row per (target, size, batch): latency stats, throughput, max abs diff vs reference."""
+    frame = sample_frame() if frame is None else frame
+    refs = reference_outputs(targets, frame, spec, sizes)
+    rows = []
+    for target in targets:
+        for size in sizes:
+            for batch in batches:
+                try:
+                    run, fetch = target.prepare(make_batch(frame, spec, size, batch))
+                    stats = common.measure(run, warmup, repeats, target.sync)
+                    diff = float(np.abs(fetch()[:1] - refs[size]).max())
+                except Exception as exc:  # noqa: BLE001 - a failing config is a result row, not a crash
+                    rows.append(_row(target, size, batch, None, None, error=str(exc).splitlines()[0]))
+                    log(f"  {target.name} {size[0]}x{size[1]} b{batch}: FAILED {rows[-1]['error']}")
+                    continue
+                rows.append(_row(target, size, batch, stats, diff))
+                log(f"  {target.name} {size[0]}x{size[1]} b{batch}: {stats.median_ms:.2f} ms "
+                    f"({rows[-1]['images_per_s']:.1f} img/s, max|diff| {diff:.1e})")
+    return rows
+
+
+def _row(target: Target, size, batch, stats, diff, error: Optional[str] = None) -> dict:
+    row = {"backend": target.backend, "device": target.device, "precision": target.precision,
+           "batch": batch, "input": f"{size[0]}x{size[1]}", "height": size[0], "width": size[1]}
+    if stats is not None:
+        row.update({"median_ms": stats.median_ms, "p10_ms": stats.p10_ms, "p90_ms": stats.p90_ms,
+                    "spread_pct": round(stats.spread_pct, 1), "n": stats.n,
+                    "images_per_s": round(1e3 * batch / stats.median_ms, 2),
+                    "max_abs_diff": diff})
+    if error:
+        row["error"] = error
+    return row
+
+
+# -- reporting ---------------------------------------------------------------------------------
+
+COLUMNS = ("backend", "device", "precision", "batch", "input", "median_ms", "p10_ms", "p90_ms",
+           "images_per_s", "max_abs_diff")
+
+
+def speedup_rows(rows: Sequence[dict]) -> List[dict]:
+    """Each configuration's throughput relative to PyTorch fp32 on CPU at the same size / batch."""
+    base = {(r["input"], r["batch"]): r["images_per_s"] for r in rows
+            if r["backend"] == "pytorch" and r["device"] == "cpu" and "images_per_s" in r}
+    out = []
+    for r in rows:
+        ref = base.get((r["input"], r["batch"]))
+        if ref and "images_per_s" in r and not (r["backend"] == "pytorch" and r["device"] == "cpu"):
+            out.append({"config": f"{r['backend']}/{r['device']}/{r['precision']}", "input": r["input"],
+                        "batch": r["batch"], "x_vs_pytorch_cpu": round(r["images_per_s"] / ref, 2)})
+    return out
+
+
+def write_results(rows: List[dict], mut: ModelUnderTest, settings: dict, out_dir: Path,
+                  name: str = "model_bench") -> Dict[str, Path]:
+    info = common.machine_info()
+    payload = {"benchmark": "model-only", "model": mut.describe(), "settings": settings,
+               "machine": info, "rows": rows}
+    paths = {"json": common.write_json(out_dir / f"{name}.json", payload)}
+    series: Dict[str, list] = {}
+    for r in rows:
+        if "images_per_s" in r and r["batch"] == min(settings["batches"]):
+            series.setdefault(f"{r['backend']}/{r['device']}/{r['precision']}", []).append(
+                (r["height"] * r["width"] / 1e6, r["images_per_s"]))
+    paths["png"] = common.plot_lines(
+        series, out_dir / f"{name}_fps.png", f"Model-only FPS, batch {min(settings['batches'])} ({mut.label})",
+        "input size (megapixels)", "images / s")
+    failed = [r for r in rows if "error" in r]
+    sections = [
+        ("What is timed", "One forward pass on a preprocessed input already on the backend's device "
+         "(no decode, pre/post-processing or host copies); CUDA synchronised. "
+         f"Warm-up {settings['warmup']}, {settings['repeats']} repetitions, median and p10/p90. "
+         "max_abs_diff: probability map vs PyTorch fp32 CPU on the same real frame.\n"),
+        ("Model", f"`{mut.describe()['onnx']}` sha256 `{mut.describe()['sha256']}`: {mut.label}. "
+         + " ".join(mut.notes) + "\n"),
+        ("Results", common.markdown_table([r for r in rows if "error" not in r], COLUMNS)),
+        ("Speed-up vs PyTorch (CPU, fp32)", common.markdown_table(speedup_rows(rows))),
+        ("Plot", f"![FPS vs input size]({name}_fps.png)\n"),
+    ]
+    if failed:
+        sections.append(("Failed configurations", common.markdown_table(
+            failed, ("backend", "device", "precision", "batch", "input", "error"))))
+    paths["md"] = common.write_markdown(out_dir / f"{name}.md", "Model-only latency and throughput",
+                                        sections, info)
+    return paths
+
+
+def run(model=None, weights=None, sizes=(320, 480, 640, 736), batches=(1, 4), warmup=2, repeats=5,
+        threads=0, variants=None, out_dir=None, log=print) -> Dict[str, Path]:
+    """Sweep and write `model_bench.{json,md}` + `model_bench_fps.png`; returns their paths."""
+    mut = load_model(model, weights)
+    from engine.modelspec import resolve_spec
+    from engine.onnxruntime_runner import OnnxRuntimeRunner
+
+    with OnnxRuntimeRunner(mut.onnx, device="cpu") as probe:
+        spec = resolve_spec(probe.metadata)
+    targets = default_targets(mut, threads, variants)
+    sizes2 = [(s, s) for s in sizes]
+    log(f"model-only sweep: {mut.label}; {len(targets)} targets x {len(sizes2)} sizes x {len(batches)} batches")
+    try:
+        rows = sweep(targets, spec, sizes2, batches, warmup, repeats, log=log)
+    finally:
+        for t in targets:
+            if t.close:
+                t.close()
+    settings = {"sizes": list(sizes), "batches": list(batches), "warmup": warmup, "repeats": repeats,
+                "threads": threads or "backend default", "targets": [t.name for t in targets]}
+    return write_results(rows, mut, settings, Path(out_dir) if out_dir else common.results_dir())
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", type=Path, help="ONNX model (default: the shipped one)")
+    p.add_argument("--weights", type=Path, help="the same model's PyTorch weights (for the baseline)")
+    p.add_argument("--sizes", type=int, nargs="+", default=[320, 480, 640, 736], help="square input sides")
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 4])
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for every backend (0: default)")
+    p.add_argument("--variant", action="append", default=[], metavar="PRECISION=PATH",
+                   help="another ONNX of the same model, e.g. int8=model_int8.onnx")
+    p.add_argument("--out", type=Path, help="results folder (default: benchmarks/results/<machine>)")
+    a = p.parse_args(argv)
+    variants = dict(v.split("=", 1) for v in a.variant)
+    paths = run(a.model, a.weights, a.sizes, a.batches, a.warmup, a.repeats, a.threads, variants, a.out)
+    print("\n".join(f"wrote {p}" for p in paths.values()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,113 @@
+"""`dbrt eval`: precision / recall / hmean of a model on a dataset (ICDAR 2015 protocol)."""
+from __future__ import annotations
+
+NAME = "eval"
+HELP = "score a model on an ICDAR2015 / Total-Text / gt.json dataset (precision, recall, hmean)"
+ORDER = 30
+DESCRIPTION = """Run the detector on every image of a dataset and score it with the ICDAR 2015
+protocol as MhLiao/DB applies it to polygons: one-to-one matching at IoU > 0.5, detections lying
+mostly (> 0.5 of their area) inside a "do not care" region ('###') ignored. DATASET is a gt.json
+(or a folder holding one, like ../shared/data/realdev), an ICDAR 2015 folder (img_N.jpg +
+gt_img_N.txt) or a Total-Text folder. Prints per-image and overall numbers; --json writes them,
+--vis draws misses (red) and false alarms (orange) for every image that has any."""
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--model", help="ONNX model or TensorRT engine (default: the shipped model)")
+    parser.add_argument("--dataset", required=True, help="gt.json, or an ICDAR2015 / Total-Text folder")
+    parser.add_argument("--gt", help="folder of ground-truth files, when not found next to the images")
+    parser.add_argument("--format", default="auto", choices=("auto", "json", "icdar2015", "totaltext"))
+    parser.add_argument("--preset", help="ModelSpec preset for models without dbrt metadata (db, ppocr, mmocr)")
+    parser.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "tensorrt"))
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--threads", type=int, default=0, help="CPU inference threads (0: backend default)")
+    model = parser.add_argument_group("pre- and post-processing (default: the model's own settings)")
+    model.add_argument("--limit-side", type=int, help="resize: short side (min) / long-side cap (max)")
+    model.add_argument("--limit-type", choices=("min", "max"))
+    model.add_argument("--thresh", type=float, help="binarisation threshold")
+    model.add_argument("--box-thresh", type=float, help="minimum mean score of a box")
+    model.add_argument("--unclip-ratio", type=float)
+    model.add_argument("--box-type", choices=("quad", "poly"), help="poly for curved text (Total-Text)")
+    proto = parser.add_argument_group("protocol")
+    proto.add_argument("--iou", type=float, default=0.5, help="a match needs IoU above this")
+    proto.add_argument("--area-precision", type=float, default=0.5,
+                       help="a detection this much inside a do-not-care region is ignored")
+    parser.add_argument("--max-images", type=int, help="score only the first N images")
+    parser.add_argument("--json", metavar="OUT", help="write overall and per-image results here")
+    parser.add_argument("--vis", metavar="DIR", help="write images with misses / false alarms drawn")
+    parser.add_argument("--quiet", action="store_true", help="print only the overall line")
+
+
+def _check_args(args) -> None:
+    from engine.errors import DbrtError
+
+    if not 0 < args.iou < 1 or not 0 < args.area_precision < 1:
+        raise DbrtError("--iou and --area-precision must be between 0 and 1")
+    if args.max_images is not None and args.max_images < 1:
+        raise DbrtError("--max-images must be at least 1")
+
+
+def _detector(args):
+    from pipeline.detector import Detector
+
+    return Detector(args.model, backend=args.backend, device=args.device, preset=args.preset,
+                    threads=args.threads, limit_side=args.limit_side, limit_type=args.limit_type,
+                    thresh=args.thresh, box_thresh=args.box_thresh, unclip_ratio=args.unclip_ratio,
+                    box_type=args.box_type)
+
+
+def _image_callback(args, total: int, timings: list):
+    """Per-image progress line and visualisation."""
+    import time
+    from pathlib import Path
+
+    from pipeline.evaluate import draw_errors
+
+    vis = Path(args.vis) if args.vis else None
+    if vis:
+        vis.mkdir(parents=True, exist_ok=True)
+    last = [time.perf_counter()]
+
+    def on_image(sample, image, dets, result):
+        import cv2
+
+        now = time.perf_counter()
+        timings.append(now - last[0])
+        if not args.quiet:
+            print(f"[{len(timings)}/{total}] {sample.name}: P {result.precision:.3f} R {result.recall:.3f} "
+                  f"H {result.hmean:.3f} ({result.matched} matched, {len(result.missed)} missed, "
+                  f"{len(result.false_alarms)} false alarms)", flush=True)
+        if vis and (result.missed or result.false_alarms):
+            drawn = draw_errors(image, sample.gt.polygons, dets, result)
+            cv2.imwrite(str(vis / (Path(sample.name).stem + ".jpg")), drawn)
+        last[0] = time.perf_counter()
+
+    return on_image
+
+
+def run(args) -> int:
+    import json
+    from pathlib import Path
+
+    from pipeline.datasets import open_dataset
+    from pipeline.evaluate import evaluate_detector
+
+    _check_args(args)
+    dataset = open_dataset(args.dataset, args.gt, args.format).head(args.max_images)
+    timings: list = []
+    with _detector(args) as detector:
+        if detector.untrained:
+            print("dbrt eval: note: the model's metadata says its weights are untrained")
+        result = evaluate_detector(detector.detect, dataset, _image_callback(args, len(dataset), timings),
+                                   iou=args.iou, area_precision=args.area_precision)
+        described = detector.describe()
+    ms = 1e3 * sum(timings) / max(1, len(timings))
+    print(f"{dataset.name} ({dataset.format}, {len(dataset)} images): {result.summary()}; "
+          f"{ms:.1f} ms/image incl. reading")
+    if args.json:
+        payload = {"dataset": str(args.dataset), "format": dataset.format, "model": args.model,
+                   "detector": described, "protocol": {"iou": args.iou, "area_precision": args.area_precision},
+                   "ms_per_image": round(ms, 2), **result.to_dict()}
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(payload, indent=1) + "\n")
+    return 0
