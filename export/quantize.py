@@ -1,0 +1,237 @@
+"""FP16 and INT8 ONNX from an FP32 dbrt ONNX, for TensorRT's strongly typed path (10.x / 11.x).
+
+    from export.quantize import to_fp16, to_int8, calibration_inputs
+    to_fp16("m.onnx", "m_fp16.onnx")                               # FP32 inputs / outputs kept
+    data = calibration_inputs("frames/", spec, count=64)           # or a video file
+    to_int8("m.onnx", "m_int8.onnx", data, method="entropy", keep_fp32_head=True)
+
+FP16: NVIDIA ModelOpt AutoCast when `modelopt` is installed, else onnxconverter-common's
+float16 converter (keep_io_types). INT8: ONNX Runtime `quantize_static`, QDQ format, symmetric
+(zero point 0) activations and per-channel weights - what TensorRT's explicit quantization
+needs - calibrated with the runtime preprocessing (`pipeline.preprocess.preprocess`). The input
+opset is kept, so an opset-17 model stays usable on TensorRT 8.6. Both outputs are single files
+carrying the source's dbrt metadata with `precision` updated.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Iterable, List, Optional, Sequence
+
+import numpy as np
+
+from engine.errors import ModelError, SourceError
+from engine.lazy import optional, require
+from engine.modelspec import METADATA_KEY, ModelSpec, resolve_spec
+
+CALIB_METHODS = ("entropy", "minmax", "percentile")
+FP16_BACKENDS = ("auto", "modelopt", "onnxconverter")
+# Ops whose inputs get Q/DQ (tensorrt.md): TensorRT fuses Q/DQ around these; DeformConv stays FP.
+INT8_OPS = ("Conv", "ConvTranspose", "Add")
+_HEAD_OPS = {"ConvTranspose", "Sigmoid", "Relu", "BatchNormalization"}
+
+
+def _load(model):
+    onnx = require("onnx")
+    if isinstance(model, onnx.ModelProto):
+        return model
+    if not os.path.isfile(model):
+        raise ModelError(f"model file not found: {model}")
+    return onnx.load(str(model))
+
+
+def model_spec(model) -> ModelSpec:
+    from .onnx_graph import get_metadata
+
+    return resolve_spec(get_metadata(_load(model)))
+
+
+@contextlib.contextmanager
+def _quiet():
+    """ORT's quantizer prints progress and logs pre-processing advice on the root logger, and the
+    FP16 converter warns per clamped weight: noise for our users, so we hold it back."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        root.setLevel(level)
+
+
+def _finish(proto, out_path, spec: ModelSpec, precision: str) -> Path:
+    """Carry the dbrt metadata over, mark the precision, save as one file."""
+    onnx = require("onnx")
+    from .onnx_graph import set_metadata
+
+    set_metadata(proto, METADATA_KEY, spec.replace(precision=precision).to_json())
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(proto, str(out_path), save_as_external_data=False)
+    return out_path
+
+
+# ----------------------------------------------------------------------------------- FP16
+
+def fp16_backend(requested: str = "auto") -> str:
+    if requested not in FP16_BACKENDS:
+        raise ModelError(f"unknown FP16 converter {requested!r}; choose {', '.join(FP16_BACKENDS)}")
+    if requested == "auto":
+        return "modelopt" if optional("modelopt.onnx.autocast") is not None else "onnxconverter"
+    return requested
+
+
+def to_fp16(model, out_path, backend: str = "auto") -> Path:
+    """FP16 weights and compute, FP32 graph inputs and outputs."""
+    spec = model_spec(model)
+    backend = fp16_backend(backend)
+    if backend == "modelopt":
+        proto = _fp16_modelopt(model)
+    else:
+        proto = _fp16_onnxconverter(_load(model))
+    return _finish(proto, out_path, spec, "fp16")
+
+
+def _fp16_onnxconverter(proto):
+    """onnxconverter-common float16, with Resize converted too (its default keeps Resize in FP32
+    between two Casts per Resize); Resize's roi / scales inputs must stay float32, so we restore them."""
+    converter = require("onnxconverter_common.float16")
+    blocked = [op for op in converter.DEFAULT_OP_BLOCK_LIST if op != "Resize"]
+    with _quiet():
+        proto = converter.convert_float_to_float16(proto, keep_io_types=True, op_block_list=blocked)
+    _resize_params_to_fp32(proto)
+    return proto
+
+
+def _resize_params_to_fp32(proto) -> None:
+    from onnx import TensorProto, numpy_helper
+
+    wanted = {name for n in proto.graph.node if n.op_type == "Resize" for name in n.input[1:3] if name}
+
+    def fix(tensor):
+        if tensor.data_type == TensorProto.FLOAT16:
+            value = numpy_helper.to_array(tensor).astype(np.float32)
+            tensor.CopyFrom(numpy_helper.from_array(value, tensor.name))
+
+    for init in proto.graph.initializer:
+        if init.name in wanted:
+            fix(init)
+    for node in proto.graph.node:
+        if node.op_type == "Constant" and node.output[0] in wanted:
+            fix(node.attribute[0].t)
+
+
+def _fp16_modelopt(model):
+    autocast = require("modelopt.onnx.autocast")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = model
+        if not isinstance(model, (str, os.PathLike)):
+            path = os.path.join(tmp, "fp32.onnx")
+            require("onnx").save_model(model, path)
+        return autocast.convert_to_mixed_precision(onnx_path=str(path), low_precision_type="fp16",
+                                                   keep_io_types=True, providers=["cpu"])
+
+
+# ----------------------------------------------------------------------------------- INT8
+
+def calibration_inputs(source, spec: ModelSpec, count: int = 32, limit_side: Optional[int] = None,
+                       exclude: Sequence[str] = ()) -> List[np.ndarray]:
+    """`count` (1, 3, H, W) inputs from an image folder / glob / file or frames spread evenly over a
+    video, preprocessed exactly as at runtime (spec's colour order, normalisation, resize rule).
+
+    `limit_side` overrides the spec's resize target (smaller is faster to calibrate on a CPU);
+    `exclude` names image files to skip (e.g. those used for the accuracy report).
+    """
+    from pipeline.preprocess import preprocess
+    from pipeline.sources import open_source
+
+    if count < 1:
+        raise SourceError("calibration needs at least one image")
+    if limit_side:
+        spec = spec.replace(limit_side=limit_side)
+    skip = {os.path.basename(str(e)) for e in exclude}
+    inputs = []
+    with open_source(str(source)) as src:
+        total = src.total_frames
+        step = max(1, (total or count) // count)
+        for frame in src:
+            if frame.index % step or os.path.basename(str(frame.source)) in skip:
+                continue
+            inputs.append(preprocess(frame.image, spec)[0][None])
+            if len(inputs) == count:
+                break
+    if not inputs:
+        raise SourceError(f"no calibration frames read from {source}")
+    return inputs
+
+
+def head_nodes(proto) -> List[str]:
+    """Names of the output head's last layers (ConvTranspose / Relu / Sigmoid chain back from the
+    probability output, up to the first ordinary Conv): the layers INT8 hurts most."""
+    producers = {out: node for node in proto.graph.node for out in node.output}
+    names = []
+    node = producers.get(proto.graph.output[0].name)
+    while node is not None and node.op_type in _HEAD_OPS:
+        names.append(node.name)
+        node = producers.get(node.input[0])
+    return names
+
+
+class _Reader:
+    """ONNX Runtime CalibrationDataReader over a list of input arrays."""
+
+    def __init__(self, name: str, inputs: Iterable[np.ndarray]):
+        self._name = name
+        self._inputs = list(inputs)
+        self._it = iter(self._inputs)
+
+    def get_next(self):
+        batch = next(self._it, None)
+        return None if batch is None else {self._name: np.ascontiguousarray(batch, np.float32)}
+
+    def rewind(self):
+        self._it = iter(self._inputs)
+
+
+def int8_options(method: str = "entropy", exclude: Sequence[str] = ()) -> dict:
+    """quantize_static keyword arguments for TensorRT explicit quantization (tensorrt.md)."""
+    q = require("onnxruntime.quantization")
+    if method not in CALIB_METHODS:
+        raise ModelError(f"unknown calibration method {method!r}; choose {', '.join(CALIB_METHODS)}")
+    calib = {"entropy": q.CalibrationMethod.Entropy, "minmax": q.CalibrationMethod.MinMax,
+             "percentile": q.CalibrationMethod.Percentile}[method]
+    return dict(quant_format=q.QuantFormat.QDQ, activation_type=q.QuantType.QInt8,
+                weight_type=q.QuantType.QInt8, per_channel=True, reduce_range=False,
+                calibrate_method=calib, op_types_to_quantize=list(INT8_OPS),
+                nodes_to_exclude=list(exclude), use_external_data_format=False,
+                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
+                               "QuantizeBias": False, "AddQDQPairToWeight": True,
+                               "DedicatedQDQPair": False,
+                               "QDQOpTypePerChannelSupportToAxis": {"Conv": 0, "ConvTranspose": 1}})
+
+
+def to_int8(model, out_path, calibration: Sequence[np.ndarray], method: str = "entropy",
+            keep_fp32_head: bool = False) -> Path:
+    """Explicitly quantized (Q/DQ) INT8 ONNX calibrated on `calibration` inputs."""
+    q = require("onnxruntime.quantization")
+    proto = _load(model)
+    spec = model_spec(proto)
+    if not calibration:
+        raise SourceError("INT8 quantization needs calibration inputs")
+    exclude = head_nodes(proto) if keep_fp32_head else []
+    options = int8_options(method, exclude)
+    reader = _Reader(proto.graph.input[0].name, calibration)
+    with tempfile.TemporaryDirectory() as tmp:  # ORT writes its own files; keep only ours
+        src, dst = os.path.join(tmp, "fp32.onnx"), os.path.join(tmp, "int8.onnx")
+        require("onnx").save_model(proto, src)
+        with _quiet():
+            q.quantize_static(src, dst, reader, **options)
+        result = require("onnx").load(dst)
+    return _finish(result, out_path, spec, "int8")
