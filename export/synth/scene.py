@@ -112,9 +112,9 @@ def make_scene(seed, height: int, width: int, config: Optional[SceneConfig] = No
     scene = Scene(img)
     if rng.random() >= config.negative_prob:
         occupied = np.zeros((height, width), bool)
-        if rng.random() < config.panel_prob:
-            for _ in range(int(rng.integers(1, 3))):
-                box = _panel(rng, img)
+        if rng.random() < config.panel_prob:  # all panels first: none may cover earlier text
+            boxes = [_panel(rng, img) for _ in range(int(rng.integers(1, 3)))]
+            for box in boxes:
                 _place_lines(rng, img, occupied, box, config, int(rng.integers(1, 4)), scene)
         free = int(rng.integers(1, config.max_lines + 1))
         _place_lines(rng, img, occupied, (0, 0, width, height), config, free, scene)

@@ -1,0 +1,30 @@
+"""Training settings (torch-free, so the CLI can show defaults without importing torch)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+
+@dataclass
+class TrainConfig:
+    out_dir: str
+    data: str = "synth"            # "synth" or an ICDAR2015-format folder
+    arch: str = "resnet18"
+    width: float = 0.5
+    steps: int = 8000
+    batch: int = 8
+    crop: int = 320
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup: int = 300
+    power: float = 0.9
+    ema: float = 0.999
+    seed: int = 0
+    workers: int = 1
+    threads: int = 2
+    init: Optional[str] = None      # start from these weights (fine-tuning)
+    resume: bool = False            # continue out_dir/last.pt (weights, optimiser, step)
+    save_every: int = 500
+    keep_every: int = 2000          # also keep step_NNNNNN.pt snapshots this often
+    log_every: int = 20
+    time_limit: float = 0.0         # seconds; stop early (and save) when exceeded, 0 = none
