@@ -1,0 +1,85 @@
+"""Engine cache: running an .onnx on a GPU builds a TensorRT engine once and reuses it.
+
+Engines are keyed by everything that makes a plan valid: the ONNX content (sha256), precision,
+profile, TensorRT version and GPU (name + compute capability). They live in
+`$DBRT_ENGINE_CACHE` (default `~/.cache/dbrt/engines`) with their JSON records, next to one
+timing cache per TensorRT version and GPU, which makes rebuilds after a model change faster.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import replace
+from pathlib import Path
+from typing import Optional
+
+from . import cuda as _cuda
+from .cuda import DeviceInfo
+from .lazy import require
+from .onnx_info import summarize_onnx
+from .shapes import ShapeProfile
+from .tensorrt_build import (BuildOptions, build_engine_file, has_strongly_typed_flag,
+                             has_weak_typing, plan_precision)
+from .tensorrt_runner import TensorRTRunner
+
+ENV = "DBRT_ENGINE_CACHE"
+
+
+def cache_dir() -> Path:
+    """Where cached engines live: $DBRT_ENGINE_CACHE, else ~/.cache/dbrt/engines."""
+    override = os.environ.get(ENV)
+    if override:
+        return Path(override).expanduser()
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "dbrt" / "engines"
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-").lower()
+
+
+def timing_cache_path(tensorrt_version: str, device: DeviceInfo) -> Path:
+    """The shared timing cache for one TensorRT version on one GPU model."""
+    return cache_dir() / f"timing-trt{_slug(tensorrt_version)}-{device.sm}-{_slug(device.name)}.cache"
+
+
+def cache_key(onnx_sha256: str, precision: str, profile: Optional[ShapeProfile],
+              tensorrt_version: str, device: DeviceInfo, strongly_typed: bool = False) -> str:
+    fields = {"onnx": onnx_sha256, "precision": precision, "strongly_typed": strongly_typed,
+              "profile": profile.to_dict() if profile else None, "tensorrt": tensorrt_version,
+              "gpu": device.name, "cc": device.compute_capability}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def cached_engine_path(onnx_path: os.PathLike, options: BuildOptions = BuildOptions(),
+                       backend=None) -> Path:
+    """Where the engine for (onnx, options, this TensorRT, this GPU) is or will be cached."""
+    trt = require("tensorrt")
+    backend = backend or _cuda.require_backend("the TensorRT engine cache")
+    summary = summarize_onnx(onnx_path)
+    plan = plan_precision(has_weak_typing(trt), options.precision, summary.precision,
+                          options.strongly_typed, has_strongly_typed_flag(trt), trt.__version__)
+    key = cache_key(summary.sha256, plan.precision, options.profile, trt.__version__,
+                    backend.device_info(), plan.strongly_typed)
+    return cache_dir() / f"{_slug(Path(onnx_path).stem)}-{plan.precision}-{key}.engine"
+
+
+def cached_engine_runner(onnx_path: os.PathLike, precision: str = "auto",
+                         profile: Optional[ShapeProfile] = None, cuda_graph: bool = False,
+                         progress=None, backend=None, **build_options) -> TensorRTRunner:
+    """A TensorRT runner for `onnx_path`, building and caching the engine on first use.
+
+    `build_options` are further `BuildOptions` fields (workspace, opt_level, calibration...).
+    """
+    backend = backend or _cuda.require_backend("the TensorRT engine cache")
+    options = BuildOptions(precision=precision, profile=profile, **build_options)
+    path = cached_engine_path(onnx_path, options, backend)
+    if not path.is_file() or not Path(f"{path}.json").is_file():
+        trt = require("tensorrt")
+        if options.timing_cache is None:
+            device = backend.device_info()
+            options = replace(options, timing_cache=timing_cache_path(trt.__version__, device))
+        build_engine_file(onnx_path, path, options, progress, backend)
+    return TensorRTRunner(path, cuda_graph=cuda_graph, backend=backend)

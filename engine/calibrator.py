@@ -1,0 +1,63 @@
+"""Legacy INT8 calibration for weakly typed TensorRT (8.6, 10.x): an entropy calibrator that
+feeds preprocessed NCHW batches from CuPy device buffers.
+
+TensorRT 11.x removed calibrators; there INT8 means a Q/DQ ONNX from `dbrt export`.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable, Optional
+
+import numpy as np
+
+from .errors import ModelError
+
+
+def entropy_calibrator(trt, batches: Iterable[np.ndarray], backend,
+                       cache_path: Optional[os.PathLike] = None):
+    """A `trt.IInt8EntropyCalibrator2` over `batches` (same-shape float32 NCHW arrays).
+
+    The calibration cache, when `cache_path` exists, lets TensorRT skip calibration entirely.
+    """
+    base = getattr(trt, "IInt8EntropyCalibrator2", None)
+    if base is None:
+        raise ModelError(f"TensorRT {trt.__version__} has no INT8 calibrator (strongly typed "
+                         "builds only); export a Q/DQ INT8 ONNX instead")
+
+    class _EntropyCalibrator(base):
+        def __init__(self):
+            base.__init__(self)
+            self._batches = iter(batches)
+            self._first = next(self._batches, None)
+            self._device = None
+            self._stream = backend.stream()
+            self.cache_path = Path(cache_path) if cache_path else None
+            self.batches_used = 0
+
+        def get_batch_size(self):
+            return 0 if self._first is None else int(self._first.shape[0])
+
+        def get_batch(self, names):
+            batch, self._first = self._first, None
+            if batch is None:
+                batch = next(self._batches, None)
+            if batch is None:
+                return None                      # tells TensorRT calibration is over
+            if self._device is None or self._device.shape != batch.shape:
+                self._device = backend.empty(batch.shape, np.float32)
+            backend.copy_into(self._device, batch, self._stream)
+            backend.synchronize(self._stream)
+            self.batches_used += 1
+            return [backend.pointer(self._device)] * len(names)
+
+        def read_calibration_cache(self):
+            if self.cache_path is not None and self.cache_path.is_file():
+                return self.cache_path.read_bytes()
+            return None
+
+        def write_calibration_cache(self, cache):
+            if self.cache_path is not None:
+                self.cache_path.write_bytes(bytes(cache))
+
+    return _EntropyCalibrator()

@@ -1,0 +1,90 @@
+"""What the engine builder and `dbrt info` need to know about an ONNX file, read with `onnx`
+(no weights are loaded from external data files)."""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Tuple
+
+from .base import TensorInfo
+from .errors import ModelError
+from .lazy import require
+
+_QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
+
+
+def sha256_file(path: os.PathLike, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class OnnxSummary:
+    path: Path
+    sha256: str
+    opset: int
+    producer: str
+    inputs: Tuple[TensorInfo, ...]
+    outputs: Tuple[TensorInfo, ...]
+    precision: str                      # "fp32", "fp16" (FP16 weights / casts) or "int8" (Q/DQ)
+    metadata: Dict[str, str] = field(default_factory=dict)
+    node_names: Tuple[str, ...] = ()
+    node_ops: Tuple[str, ...] = ()
+
+    def node_label(self, index: int) -> str:
+        """'name (OpType)' of node `index`, for error messages."""
+        if 0 <= index < len(self.node_names):
+            name = self.node_names[index] or f"#{index}"
+            return f"{name} ({self.node_ops[index]})"
+        return f"#{index}"
+
+
+def _tensor_info(onnx, value_info) -> TensorInfo:
+    ttype = value_info.type.tensor_type
+    dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                 for d in ttype.shape.dim)
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(ttype.elem_type).name
+    return TensorInfo(value_info.name, dims, dtype)
+
+
+def _precision(onnx, graph) -> str:
+    ops = {n.op_type for n in graph.node}
+    if ops & _QDQ_OPS:
+        return "int8"
+    fp16 = onnx.TensorProto.FLOAT16
+    if any(t.data_type == fp16 for t in graph.initializer):
+        return "fp16"
+    for node in graph.node:
+        if node.op_type == "Cast" and any(a.name == "to" and a.i == fp16 for a in node.attribute):
+            return "fp16"
+    return "fp32"
+
+
+def summarize_onnx(path: os.PathLike) -> OnnxSummary:
+    """Inputs, outputs, opset, precision and metadata of an ONNX file (ModelError if unreadable)."""
+    onnx = require("onnx")
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"ONNX file not found: {path}")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError and friends for non-ONNX files
+        raise ModelError(f"{path} is not a readable ONNX model: {str(exc).splitlines()[0]}") from exc
+    graph = proto.graph
+    weights = {t.name for t in graph.initializer}
+    opset = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    return OnnxSummary(
+        path=path, sha256=sha256_file(path), opset=opset,
+        producer=f"{proto.producer_name} {proto.producer_version}".strip(),
+        inputs=tuple(_tensor_info(onnx, v) for v in graph.input if v.name not in weights),
+        outputs=tuple(_tensor_info(onnx, v) for v in graph.output),
+        precision=_precision(onnx, graph),
+        metadata={p.key: p.value for p in proto.metadata_props},
+        node_names=tuple(n.name for n in graph.node),
+        node_ops=tuple(n.op_type for n in graph.node),
+    )

@@ -1,0 +1,116 @@
+"""Optimisation profiles: the NCHW input range an engine accepts (min <= opt <= max)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence, Tuple
+
+from .errors import ShapeError
+
+Shape = Tuple[int, ...]
+
+
+def parse_shape(text: str) -> Shape:
+    """'1x3x736x1280' (NCHW) or '736x1280' (HxW) -> tuple of ints."""
+    try:
+        dims = tuple(int(d) for d in str(text).lower().replace(",", "x").split("x"))
+    except ValueError:
+        raise ShapeError(f"bad shape {text!r}: expected NxCxHxW or HxW, e.g. 1x3x736x1280") from None
+    if len(dims) not in (2, 4) or any(d <= 0 for d in dims):
+        raise ShapeError(f"bad shape {text!r}: expected NxCxHxW or HxW with positive sizes")
+    return dims
+
+
+def parse_batch(text: str) -> Tuple[int, int, int]:
+    """'4' -> a fixed batch (4, 4, 4); '1:8' -> (1, 1, 8); '1:2:8' -> (1, 2, 8) as min:opt:max."""
+    try:
+        parts = [int(p) for p in str(text).split(":")]
+    except ValueError:
+        raise ShapeError(f"bad batch range {text!r}: expected N, MIN:MAX or MIN:OPT:MAX") from None
+    if len(parts) == 1:
+        parts = parts * 3
+    elif len(parts) == 2:
+        parts = [parts[0], parts[0], parts[1]]
+    if len(parts) != 3 or not 0 < parts[0] <= parts[1] <= parts[2]:
+        raise ShapeError(f"bad batch range {text!r}: need 0 < MIN <= OPT <= MAX")
+    return tuple(parts)
+
+
+def _fmt(shape: Sequence[int]) -> str:
+    return "x".join(str(int(d)) for d in shape)
+
+
+@dataclass(frozen=True)
+class ShapeProfile:
+    """min / opt / max NCHW shapes of the image input. TensorRT tunes kernels for `opt`."""
+
+    min: Shape
+    opt: Shape
+    max: Shape
+
+    def __post_init__(self):
+        for field in ("min", "opt", "max"):
+            object.__setattr__(self, field, tuple(int(d) for d in getattr(self, field)))
+
+    @classmethod
+    def from_hw(cls, min_hw: Sequence[int], opt_hw: Sequence[int], max_hw: Sequence[int],
+                batch: Sequence[int] = (1, 1, 1), channels: int = 3) -> "ShapeProfile":
+        return cls((batch[0], channels, *min_hw), (batch[1], channels, *opt_hw),
+                   (batch[2], channels, *max_hw))
+
+    @classmethod
+    def static(cls, shape: Sequence[int]) -> "ShapeProfile":
+        return cls(tuple(shape), tuple(shape), tuple(shape))
+
+    def validate(self, stride: int = 32) -> "ShapeProfile":
+        """Raise ShapeError unless this is a usable NCHW profile with H, W multiples of stride."""
+        if not len(self.min) == len(self.opt) == len(self.max) == 4:
+            raise ShapeError(f"profile {self} must have NCHW shapes")
+        if not all(a <= b <= c for a, b, c in zip(self.min, self.opt, self.max)):
+            raise ShapeError(f"profile {self} needs min <= opt <= max in every dimension")
+        if not self.min[1] == self.opt[1] == self.max[1]:
+            raise ShapeError(f"profile {self}: the channel count must not vary")
+        for shape in (self.min, self.opt, self.max):
+            if shape[2] % stride or shape[3] % stride:
+                raise ShapeError(f"profile {self}: H and W must be multiples of {stride} "
+                                 f"(DBNet downsamples by {stride})")
+        return self
+
+    def contains(self, shape: Sequence[int]) -> bool:
+        return len(shape) == len(self.min) and all(
+            lo <= d <= hi for lo, d, hi in zip(self.min, shape, self.max))
+
+    def describe(self) -> str:
+        return f"min {_fmt(self.min)}, opt {_fmt(self.opt)}, max {_fmt(self.max)}"
+
+    def __str__(self) -> str:
+        return f"{_fmt(self.min)}:{_fmt(self.opt)}:{_fmt(self.max)}"
+
+    def to_dict(self) -> dict:
+        return {"min": list(self.min), "opt": list(self.opt), "max": list(self.max)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ShapeProfile":
+        return cls(tuple(data["min"]), tuple(data["opt"]), tuple(data["max"]))
+
+
+def _round_up(value: float, multiple: int) -> int:
+    return max(multiple, -(-int(value) // multiple) * multiple)
+
+
+def default_profile(limit_side: int = 736, stride: int = 32, max_batch: int = 1,
+                    max_side: Optional[int] = None) -> ShapeProfile:
+    """A profile for video: opt is a 16:9 frame resized to `limit_side` on its short side,
+    max covers both orientations up to `max_side` (default 2 x limit_side, at least 1280)."""
+    short = _round_up(limit_side, stride)
+    long = _round_up(limit_side * 16 / 9, stride)
+    top = _round_up(max(max_side or 2 * limit_side, 1280, long), stride)
+    return ShapeProfile.from_hw((stride, stride), (short, long), (top, top),
+                                batch=(1, 1, max_batch)).validate(stride)
+
+
+def check_in_profile(name: str, shape: Sequence[int], profile: ShapeProfile) -> None:
+    """Raise ShapeError naming the accepted range when `shape` is outside `profile`."""
+    if not profile.contains(shape):
+        raise ShapeError(f"input {name!r} shape {_fmt(shape)} is outside the engine's profile "
+                         f"({profile.describe()}); resize the input, or rebuild the engine with "
+                         "dbrt build --min/--opt/--max covering it")

@@ -1,0 +1,265 @@
+"""Build a TensorRT engine from an ONNX file: ONNX -> network -> serialized plan + record.
+
+Works with TensorRT 8.6 / 10.x (weak typing: FP16 / INT8 builder flags, entropy calibrator) and
+11.x (strongly typed only: the precision is whatever the FP16 or Q/DQ ONNX says). Which world we
+are in is detected from the API (`hasattr(trt.BuilderFlag, "FP16")`), never from version strings.
+
+    record = build_engine_file("model.onnx", "model.engine", BuildOptions(precision="fp16"))
+"""
+from __future__ import annotations
+
+import os
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Optional, Tuple
+
+import numpy as np
+
+from . import cuda as _cuda
+from .errors import DbrtError, ModelError, ShapeError
+from .lazy import require
+from .onnx_info import OnnxSummary, summarize_onnx
+from .progress import BuildProgress, Heartbeat, progress_monitor
+from .record import EngineRecord
+from .shapes import Shape, ShapeProfile, default_profile
+from .trt_logger import capturing_logger, log
+
+PRECISIONS = ("auto", "fp32", "fp16", "int8")
+# Calibration data: given the calibration NCHW shape, yields float32 batches of that shape.
+CalibrationSource = Callable[[Shape], Iterable[np.ndarray]]
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    precision: str = "auto"                 # auto: the ONNX's own, FP16 for FP32 ONNX on weak typing
+    profile: Optional[ShapeProfile] = None  # None: dbrt's video default from the model spec
+    workspace: Optional[int] = None         # bytes of scratch memory; None: TensorRT's default
+    opt_level: Optional[int] = None         # builder optimisation level 0..5; None: default (3)
+    timing_cache: Optional[Path] = None     # read before and written after the build
+    calibration: Optional[CalibrationSource] = None
+    calibration_cache: Optional[Path] = None
+    strongly_typed: Optional[bool] = None   # None: strongly typed when the ONNX carries precision
+
+
+@dataclass(frozen=True)
+class PrecisionPlan:
+    precision: str                          # what the engine computes in
+    strongly_typed: bool
+    flags: Tuple[str, ...] = ()             # BuilderFlag names to set (weak typing only)
+    calibrate: bool = False                 # legacy INT8 entropy calibration
+
+
+def has_weak_typing(trt) -> bool:
+    """TensorRT 8.6 / 10.x: precision builder flags exist. 11.x removed them."""
+    return hasattr(trt.BuilderFlag, "FP16")
+
+
+def has_strongly_typed_flag(trt) -> bool:
+    return hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")
+
+
+_EXPORT_HINT = {"fp16": "export an FP16 ONNX first (dbrt export --precision fp16)",
+                "int8": "export a Q/DQ INT8 ONNX first (dbrt export --precision int8)",
+                "fp32": "use the FP32 ONNX"}
+
+
+def plan_precision(weak_typing: bool, requested: str, onnx_precision: str,
+                   strongly_typed: Optional[bool] = None, strong_flag: bool = True,
+                   version: str = "") -> PrecisionPlan:
+    """Decide flags / typing for `requested` precision given the TensorRT and the ONNX."""
+    if requested not in PRECISIONS:
+        raise ModelError(f"unknown precision {requested!r}; choose one of {', '.join(PRECISIONS)}")
+    target = requested
+    if requested == "auto":
+        target = "fp16" if weak_typing and onnx_precision == "fp32" else onnx_precision
+    strong = (not weak_typing) or bool(strongly_typed) or (
+        strongly_typed is None and strong_flag and onnx_precision != "fp32"
+        and target == onnx_precision)
+    if strong:
+        if weak_typing and not strong_flag:
+            raise ModelError(f"TensorRT {version} cannot build strongly typed networks; "
+                             "drop --strongly-typed")
+        if target != onnx_precision:
+            why = (f"TensorRT {version} builds strongly typed networks only" if not weak_typing
+                   else "a strongly typed build")
+            raise ModelError(f"{why}: the precision comes from the ONNX, which is "
+                             f"{onnx_precision}, not {target}; {_EXPORT_HINT[target]}")
+        return PrecisionPlan(target, True)
+    flags = {"fp32": (), "fp16": ("FP16",), "int8": ("INT8", "FP16")}[target]
+    return PrecisionPlan(target, False, flags, calibrate=target == "int8" and onnx_precision != "int8")
+
+
+# -- the build steps -----------------------------------------------------------------------
+def _network_flags(trt, strongly_typed: bool) -> int:
+    kinds = trt.NetworkDefinitionCreationFlag
+    flags = 0
+    if hasattr(kinds, "EXPLICIT_BATCH"):          # required by 8.x, ignored by 10.x, gone in 11.x
+        flags |= 1 << int(kinds.EXPLICIT_BATCH)
+    if strongly_typed and hasattr(kinds, "STRONGLY_TYPED"):
+        flags |= 1 << int(kinds.STRONGLY_TYPED)
+    return flags
+
+
+def _parser_error_text(error, summary: OnnxSummary) -> str:
+    node = int(error.node())
+    if node < 0:
+        return error.desc()
+    # node_name / node_operator exist from TensorRT 10.0; older ones give only the index.
+    name = error.node_name() if hasattr(error, "node_name") else ""
+    op = error.node_operator() if hasattr(error, "node_operator") else ""
+    label = f"{name} ({op})" if name and op else summary.node_label(node)
+    return f"node {label}: {error.desc()}"
+
+
+def parse_onnx(trt, network, logger, summary: OnnxSummary):
+    """Parse into `network`; ModelError listing the failing nodes by name. Returns the parser,
+    which must stay alive until the build (it owns the weights)."""
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(summary.path)):
+        errors = [_parser_error_text(parser.get_error(i), summary) for i in range(parser.num_errors)]
+        raise ModelError(f"TensorRT {trt.__version__} cannot parse {summary.path.name}: "
+                         + "; ".join(errors or [logger.last_errors()]))
+    return parser
+
+
+def _input_profile(network, requested: Optional[ShapeProfile], summary: OnnxSummary) -> ShapeProfile:
+    if network.num_inputs != 1:
+        raise ModelError(f"expected a detector with one image input, {summary.path.name} has "
+                         f"{network.num_inputs}")
+    dims = tuple(int(d) for d in network.get_input(0).shape)
+    if all(d >= 0 for d in dims):
+        if requested is not None and (requested.min != dims or requested.max != dims):
+            raise ShapeError(f"{summary.path.name} has a static input {dims}; it cannot take "
+                             f"the profile {requested.describe()}")
+        return ShapeProfile.static(dims)
+    if requested is None:
+        from .modelspec import resolve_spec
+
+        spec = resolve_spec(summary.metadata)
+        requested = default_profile(spec.limit_side, spec.stride)
+    requested.validate()
+    for axis, (dim, lo, hi) in enumerate(zip(dims, requested.min, requested.max)):
+        if dim >= 0 and not lo == hi == dim:
+            raise ShapeError(f"profile {requested.describe()} disagrees with the model input "
+                             f"{dims} in axis {axis}")
+    return requested
+
+
+def _add_profile(builder, config, name: str, profile: ShapeProfile) -> None:
+    trt_profile = builder.create_optimization_profile()
+    trt_profile.set_shape(name, profile.min, profile.opt, profile.max)
+    config.add_optimization_profile(trt_profile)
+    if hasattr(config, "set_calibration_profile"):  # weak typing: calibrate at the opt shape
+        config.set_calibration_profile(trt_profile)
+
+
+def _use_timing_cache(config, path: Optional[Path]):
+    if path is None:
+        return None
+    blob = path.read_bytes() if path.is_file() else b""
+    cache = config.create_timing_cache(blob)
+    if cache is None or not config.set_timing_cache(cache, False):
+        log.warning("timing cache %s is from another TensorRT or GPU; starting a new one", path)
+        cache = config.create_timing_cache(b"")
+        config.set_timing_cache(cache, False)
+    return cache
+
+
+def _save_timing_cache(config, path: Optional[Path]) -> None:
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(path, bytes(config.get_timing_cache().serialize()))
+
+
+def _configure(trt, config, options: BuildOptions, plan: PrecisionPlan) -> None:
+    if options.workspace:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace))
+    if options.opt_level is not None:
+        if not 0 <= options.opt_level <= 5:
+            raise ModelError(f"builder optimisation level must be 0..5, got {options.opt_level}")
+        config.builder_optimization_level = int(options.opt_level)
+    for flag in plan.flags:
+        config.set_flag(getattr(trt.BuilderFlag, flag))
+
+
+def _attach_calibrator(trt, config, options: BuildOptions, profile: ShapeProfile, backend):
+    if options.calibration is None:
+        raise ModelError(f"INT8 from an FP32 ONNX on TensorRT {trt.__version__} needs calibration "
+                         "images (dbrt build --calib DIR) or a Q/DQ ONNX (dbrt export --precision int8)")
+    from .calibrator import entropy_calibrator
+
+    calibrator = entropy_calibrator(trt, options.calibration(profile.opt), backend,
+                                    options.calibration_cache)
+    config.int8_calibrator = calibrator
+    return calibrator
+
+
+def _run_build(trt, builder, network, config, progress: Optional[BuildProgress], logger, name):
+    monitor = progress_monitor(trt, progress) if progress is not None else None
+    if monitor is not None:
+        config.progress_monitor = monitor
+    quiet = progress is not None and monitor is None
+    with Heartbeat(progress) if quiet else nullcontext():
+        serialized = builder.build_serialized_network(network, config)
+    if progress is not None:
+        progress.done(serialized is not None)
+    if serialized is None:
+        if progress is not None and progress.cancelled:
+            raise DbrtError("engine build cancelled")
+        raise ModelError(f"TensorRT {trt.__version__} could not build an engine from {name}: "
+                         f"{logger.last_errors()}")
+    return bytes(serialized)
+
+
+def build_engine(onnx_path: os.PathLike, options: BuildOptions = BuildOptions(),
+                 progress: Optional[BuildProgress] = None, backend=None) -> Tuple[bytes, EngineRecord]:
+    """Build a serialized engine and its record (nothing is written except the timing cache)."""
+    trt = require("tensorrt")
+    backend = backend or _cuda.require_backend("building a TensorRT engine")
+    summary = summarize_onnx(onnx_path)
+    plan = plan_precision(has_weak_typing(trt), options.precision, summary.precision,
+                          options.strongly_typed, has_strongly_typed_flag(trt), trt.__version__)
+    logger = capturing_logger(trt)
+    builder = trt.Builder(logger)
+    network = builder.create_network(_network_flags(trt, plan.strongly_typed))
+    parser = parse_onnx(trt, network, logger, summary)  # noqa: F841 - owns the weights
+    profile = _input_profile(network, options.profile, summary)
+    config = builder.create_builder_config()
+    _configure(trt, config, options, plan)
+    input_name = network.get_input(0).name
+    if profile.min != profile.max:
+        _add_profile(builder, config, input_name, profile)
+    calibrator = _attach_calibrator(trt, config, options, profile, backend) if plan.calibrate else None
+    _use_timing_cache(config, options.timing_cache)
+    data = _run_build(trt, builder, network, config, progress, logger, summary.path.name)
+    _save_timing_cache(config, options.timing_cache)
+    device = backend.device_info()
+    record = EngineRecord(
+        onnx_sha256=summary.sha256, onnx_name=summary.path.name, precision=plan.precision,
+        strongly_typed=plan.strongly_typed, input_name=input_name, profile=profile,
+        tensorrt_version=trt.__version__, gpu_name=device.name,
+        compute_capability=device.compute_capability, metadata=dict(summary.metadata),
+        builder={"workspace": options.workspace, "opt_level": options.opt_level,
+                 "flags": list(plan.flags), "timing_cache": options.timing_cache is not None,
+                 "calibration_batches": getattr(calibrator, "batches_used", None)})
+    return data, record
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def build_engine_file(onnx_path: os.PathLike, engine_path: os.PathLike,
+                      options: BuildOptions = BuildOptions(), progress: Optional[BuildProgress] = None,
+                      backend=None) -> EngineRecord:
+    """Build and write `engine_path` plus its `.json` record; returns the record."""
+    data, record = build_engine(onnx_path, options, progress, backend)
+    engine_path = Path(engine_path)
+    engine_path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(engine_path, data)
+    record.save(engine_path)
+    return EngineRecord.load(engine_path)

@@ -1,0 +1,230 @@
+"""TensorRT backend: runs a serialized engine with CuPy device buffers and streams.
+
+    with TensorRTRunner("model.engine") as runner:
+        prob = runner.infer(cupy_batch)["prob"]       # stays on the GPU (CuPy)
+
+- inputs may be CuPy arrays already on the GPU (used in place, no copy) or NumPy arrays;
+- outputs are CuPy arrays (`output_device == "cuda"`) for the GPU post-processor;
+- the engine is shared, and each calling thread gets its own execution context, stream and
+  CUDA graphs, so worker threads can infer concurrently (`execute_async_v3` releases the GIL);
+- `cuda_graph=True` captures one CUDA graph per input shape and replays it afterwards.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Mapping, Optional, Tuple
+
+import numpy as np
+
+from . import cuda as _cuda
+from .base import Runner, TensorInfo
+from .errors import DbrtError, ModelError, ShapeError
+from .lazy import require
+from .record import EngineRecord
+from .shapes import ShapeProfile, check_in_profile
+from .trt_logger import capturing_logger, log
+
+
+@dataclass
+class _Graph:
+    graph: object
+    inputs: Dict[str, object]     # fixed device buffers the graph reads
+    outputs: Dict[str, object]    # fixed device buffers the graph writes
+
+
+@dataclass
+class _ThreadState:
+    """What one thread needs to run the shared engine: TensorRT contexts are not thread-safe."""
+
+    context: object
+    stream: object
+    shapes: Dict[str, Tuple[int, ...]] = field(default_factory=dict)
+    graphs: Dict[Tuple, _Graph] = field(default_factory=dict)
+
+
+class TensorRTRunner(Runner):
+    """Runs a TensorRT engine (path or serialized bytes) behind the Runner interface."""
+
+    name = "tensorrt"
+    output_device = "cuda"
+
+    def __init__(self, engine, record: Optional[EngineRecord] = None, cuda_graph: bool = False,
+                 backend=None):
+        super().__init__()
+        if isinstance(engine, (str, os.PathLike)):
+            if not os.path.isfile(engine):
+                raise ModelError(f"engine file not found: {engine}")
+            record = record or EngineRecord.load(engine)
+        self._source = engine
+        self.record = record
+        self.cuda_graph = cuda_graph
+        self._backend = backend
+        self._engine = None
+        self._runtime = None
+        self._local = threading.local()
+        self._states = []
+        self._lock = threading.Lock()
+        self._inputs: Tuple[TensorInfo, ...] = ()
+        self._outputs: Tuple[TensorInfo, ...] = ()
+        self._profiles: Dict[str, ShapeProfile] = {}
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def _describe(self) -> str:
+        return "<bytes>" if isinstance(self._source, (bytes, bytearray)) else Path(self._source).name
+
+    def _activate(self) -> None:
+        trt = require("tensorrt")
+        self.backend = self._backend or _cuda.require_backend("the TensorRT runner")
+        if self.record is not None:  # refuse early, with a useful message, instead of a None engine
+            self.record.check_runtime(self._describe(), trt.__version__, self.backend.device_info())
+        self._logger = capturing_logger(trt)
+        if hasattr(trt, "init_libnvinfer_plugins"):  # DeformConv and other plugin layers
+            trt.init_libnvinfer_plugins(self._logger, "")
+        self._runtime = trt.Runtime(self._logger)
+        data = self._source if isinstance(self._source, (bytes, bytearray)) else Path(self._source).read_bytes()
+        self._engine = self._runtime.deserialize_cuda_engine(bytes(data))
+        if self._engine is None:
+            raise ModelError(f"TensorRT {trt.__version__} cannot load engine {self._describe()}: "
+                             f"{self._logger.last_errors()} (engines only run on the TensorRT "
+                             "version and GPU that built them; rebuild with dbrt build)")
+        self._read_io(trt)
+
+    def _read_io(self, trt) -> None:
+        engine = self._engine
+        inputs, outputs = [], []
+        for i in range(engine.num_io_tensors):
+            name = engine.get_tensor_name(i)
+            dims = tuple(None if int(d) < 0 else int(d) for d in engine.get_tensor_shape(name))
+            info = TensorInfo(name, dims, np.dtype(trt.nptype(engine.get_tensor_dtype(name))).name)
+            if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
+                inputs.append(info)
+                lo, opt, hi = engine.get_tensor_profile_shape(name, 0)
+                self._profiles[name] = ShapeProfile(tuple(lo), tuple(opt), tuple(hi))
+            else:
+                outputs.append(info)
+        self._inputs, self._outputs = tuple(inputs), tuple(outputs)
+
+    def _deactivate(self) -> None:
+        with self._lock:
+            self._states.clear()
+        self._local = threading.local()
+        self._engine = None
+        self._runtime = None
+
+    def _thread_state(self) -> _ThreadState:
+        state = getattr(self._local, "state", None)
+        if state is None:
+            state = _ThreadState(self._engine.create_execution_context(), self.backend.stream())
+            self._local.state = state
+            with self._lock:
+                self._states.append(state)  # released together on deactivate()
+        return state
+
+    # -- inference ------------------------------------------------------------------------
+    def _check_feed(self, feed: Mapping[str, object]) -> None:
+        super()._check_feed(feed)
+        for name, array in feed.items():
+            check_in_profile(name, tuple(array.shape), self._profiles[name])
+
+    def _infer(self, feed: Mapping[str, object]) -> Dict[str, object]:
+        state = self._thread_state()
+        backend = self.backend
+        backend.wait_for_caller(state.stream)  # inputs may come from the caller's stream
+        shapes = {t.name: tuple(int(d) for d in feed[t.name].shape) for t in self._inputs}
+        self._set_shapes(state, shapes)
+        if self.cuda_graph:
+            outputs = self._infer_graph(state, feed, shapes)
+        else:
+            inputs = {t.name: self._device_input(t, feed[t.name], state.stream) for t in self._inputs}
+            outputs = self._new_outputs(state)
+            self._bind(state, inputs, outputs)
+            self._execute(state)
+        backend.synchronize(state.stream)  # outputs are complete when returned
+        return outputs
+
+    def _set_shapes(self, state: _ThreadState, shapes: Dict[str, Tuple[int, ...]]) -> None:
+        for name, shape in shapes.items():
+            if state.shapes.get(name) != shape:
+                if not state.context.set_input_shape(name, shape):
+                    raise ShapeError(f"TensorRT rejected input {name!r} shape {shape}: "
+                                     f"{self._logger.last_errors()}")
+                state.shapes[name] = shape
+
+    def _device_input(self, info: TensorInfo, array, stream):
+        """The device buffer TensorRT reads: the caller's CuPy array itself when it already has
+        the right dtype and layout (zero copy), else a copy made on our stream."""
+        backend = self.backend
+        if (backend.is_device_array(array) and array.dtype == np.dtype(info.dtype)
+                and array.flags.c_contiguous):
+            return array
+        buffer = backend.empty(array.shape, info.dtype)
+        backend.copy_into(buffer, array, stream)
+        return buffer
+
+    def _new_outputs(self, state: _ThreadState) -> Dict[str, object]:
+        return {t.name: self.backend.empty(tuple(state.context.get_tensor_shape(t.name)), t.dtype)
+                for t in self._outputs}
+
+    def _bind(self, state: _ThreadState, inputs: Mapping, outputs: Mapping) -> None:
+        for name, array in list(inputs.items()) + list(outputs.items()):
+            state.context.set_tensor_address(name, self.backend.pointer(array))
+
+    def _execute(self, state: _ThreadState) -> bool:
+        ok = state.context.execute_async_v3(self.backend.stream_handle(state.stream))
+        if not ok:
+            raise DbrtError(f"TensorRT execution failed: {self._logger.last_errors()}")
+        return ok
+
+    # -- CUDA graphs ----------------------------------------------------------------------
+    def _infer_graph(self, state: _ThreadState, feed: Mapping, shapes) -> Dict[str, object]:
+        key = tuple(sorted(shapes.items()))
+        entry = state.graphs.get(key)
+        if entry is None:
+            entry = self._capture(state, shapes)
+            state.graphs[key] = entry
+        for name, buffer in entry.inputs.items():
+            self.backend.copy_into(buffer, feed[name], state.stream)
+        if entry.graph is not None:
+            self.backend.launch(entry.graph, state.stream)
+        else:  # capture failed once for this shape: plain enqueue on the fixed buffers
+            self._bind(state, entry.inputs, entry.outputs)
+            self._execute(state)
+        return {name: self.backend.copy(buf, state.stream) for name, buf in entry.outputs.items()}
+
+    def _capture(self, state: _ThreadState, shapes) -> _Graph:
+        """trtexec's recipe: bind fixed buffers, enqueue once (lets TensorRT finish lazy setup),
+        then capture one enqueue into a graph. Falls back to plain enqueue if capture fails."""
+        backend = self.backend
+        inputs = {t.name: backend.empty(shapes[t.name], t.dtype) for t in self._inputs}
+        outputs = self._new_outputs(state)
+        self._bind(state, inputs, outputs)
+        self._execute(state)
+        backend.synchronize(state.stream)
+        backend.begin_capture(state.stream)
+        ok = state.context.execute_async_v3(backend.stream_handle(state.stream))
+        graph = backend.end_capture(state.stream)
+        if not ok:
+            log.warning("CUDA graph capture failed for shapes %s; running without a graph", shapes)
+            graph = None
+        return _Graph(graph, inputs, outputs)
+
+    # -- description ----------------------------------------------------------------------
+    @property
+    def inputs(self) -> Tuple[TensorInfo, ...]:
+        return self._inputs
+
+    @property
+    def outputs(self) -> Tuple[TensorInfo, ...]:
+        return self._outputs
+
+    @property
+    def profiles(self) -> Dict[str, ShapeProfile]:
+        """Input name -> the shape range of optimisation profile 0."""
+        return dict(self._profiles)
+
+    @property
+    def metadata(self) -> Dict[str, str]:
+        return dict(self.record.metadata) if self.record is not None else {}
