@@ -1,0 +1,125 @@
+"""How much do FP16 / INT8 change what the detector finds? Low precision vs FP32, per image.
+
+    from export.accuracy import compare_models, synthetic_images
+    result = compare_models("m.onnx", "m_int8.onnx", synthetic_images(8))
+    result.max_abs, result.mean_abs      # probability-map difference
+    result.hmean                         # box agreement: INT8 boxes scored against FP32 boxes
+
+Box agreement uses the ICDAR 2015 protocol of `pipeline.evaluate` (IoU > 0.5, one-to-one) with
+the FP32 detections as ground truth, after the same `DBPostprocessor` on both maps. Images come
+from `export.synth` (deterministic), a folder / video (`pipeline.sources`), or any BGR arrays;
+use images the INT8 model was not calibrated on. ONNX Runtime on the CPU runs both models (it
+upcasts FP16 internally, so the FP16 figures check the graph, not GPU FP16 arithmetic).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Iterable, List, Optional, Sequence
+
+import numpy as np
+
+from engine.errors import SourceError
+
+
+@dataclass
+class PrecisionComparison:
+    candidate: str
+    precision: str
+    images: int
+    max_abs: float
+    mean_abs: float
+    reference_boxes: int
+    candidate_boxes: int
+    matched: int
+    per_image: List[dict] = field(default_factory=list)
+
+    @property
+    def precision_score(self) -> float:
+        return 1.0 if self.candidate_boxes == 0 and self.reference_boxes == 0 else (
+            self.matched / self.candidate_boxes if self.candidate_boxes else 0.0)
+
+    @property
+    def recall(self) -> float:
+        return 1.0 if self.reference_boxes == 0 else self.matched / self.reference_boxes
+
+    @property
+    def hmean(self) -> float:
+        p, r = self.precision_score, self.recall
+        return 0.0 if p + r == 0 else 2 * p * r / (p + r)
+
+    def to_dict(self, per_image: bool = False) -> dict:
+        out = asdict(self)
+        if not per_image:
+            out.pop("per_image")
+        out.update(box_precision=self.precision_score, box_recall=self.recall, box_hmean=self.hmean)
+        return out
+
+    def __str__(self) -> str:
+        return (f"{self.precision} vs fp32 on {self.images} images: prob max abs {self.max_abs:.4f}, "
+                f"mean abs {self.mean_abs:.5f}; boxes {self.candidate_boxes} vs {self.reference_boxes}, "
+                f"P {self.precision_score:.4f} R {self.recall:.4f} hmean {self.hmean:.4f}")
+
+
+def synthetic_images(count: int, height: int = 480, width: int = 640, first_seed: int = 10_000) -> List[np.ndarray]:
+    """Deterministic synthetic scene-text images (seeds far from the training range)."""
+    from .synth import make_scene
+
+    return [make_scene(first_seed + i, height, width).image for i in range(count)]
+
+
+def read_images(source, count: Optional[int] = None, exclude: Sequence[str] = ()) -> List[np.ndarray]:
+    """Up to `count` BGR images from a folder / glob / image / video, skipping `exclude` names."""
+    from pipeline.sources import open_source
+
+    skip = {os.path.basename(str(e)) for e in exclude}
+    images = []
+    with open_source(str(source)) as src:
+        for frame in src:
+            if os.path.basename(str(frame.source)) in skip:
+                continue
+            images.append(frame.image)
+            if count and len(images) == count:
+                break
+    if not images:
+        raise SourceError(f"no images read from {source}")
+    return images
+
+
+def _run(runner, chw: np.ndarray) -> np.ndarray:
+    name = runner.inputs[0].name
+    return next(iter(runner.infer({name: chw[None]}).values())).astype(np.float32)
+
+
+def compare_models(reference, candidate, images: Iterable[np.ndarray], spec=None,
+                   limit_side: Optional[int] = None, threads: int = 1) -> PrecisionComparison:
+    """Run both ONNX models on every image and compare maps and boxes (see module docstring)."""
+    from engine.onnxruntime_runner import OnnxRuntimeRunner
+    from pipeline.evaluate import evaluate_image
+    from pipeline.postprocess import DBPostprocessor, PostprocessConfig
+    from pipeline.preprocess import preprocess
+
+    from .quantize import model_spec
+
+    spec = spec or model_spec(reference)
+    if limit_side:
+        spec = spec.replace(limit_side=limit_side)
+    post = DBPostprocessor(PostprocessConfig.from_spec(spec), device="cpu")
+    precision = model_spec(candidate).precision
+    worst, total_abs, pixels, ref_n, cand_n, matched, rows = 0.0, 0.0, 0, 0, 0, 0, []
+    with OnnxRuntimeRunner(reference, "cpu", threads=threads) as ref, \
+            OnnxRuntimeRunner(candidate, "cpu", threads=threads) as cand:
+        for index, image in enumerate(images):
+            chw, box = preprocess(image, spec)
+            ref_map, cand_map = _run(ref, chw), _run(cand, chw)
+            diff = np.abs(ref_map - cand_map)
+            worst, total_abs, pixels = max(worst, float(diff.max())), total_abs + float(diff.sum()), pixels + diff.size
+            ref_dets, cand_dets = post(ref_map, [box])[0], post(cand_map, [box])[0]
+            result = evaluate_image(ref_dets.polygons, [False] * len(ref_dets), cand_dets, str(index))
+            ref_n, cand_n, matched = ref_n + result.gt_care, cand_n + result.det_care, matched + result.matched
+            rows.append(dict(image=index, max_abs=float(diff.max()), fp32_boxes=len(ref_dets),
+                             boxes=len(cand_dets), matched=result.matched))
+    if not rows:
+        raise SourceError("no images to compare on")
+    return PrecisionComparison(str(candidate), precision, len(rows), worst, total_abs / pixels,
+                               ref_n, cand_n, matched, rows)
