@@ -6,10 +6,15 @@ import os
 from pathlib import Path
 from typing import Optional
 
+from . import cuda as _cuda
 from .base import Runner
 from .errors import ModelError
+from .lazy import optional
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt")
+# load_runner options understood by the TensorRT path (engine cache / TensorRTRunner).
+TENSORRT_OPTIONS = ("precision", "profile", "cuda_graph", "progress", "workspace", "opt_level",
+                    "calibration", "strongly_typed")
 # Shipped model and demo video live with the runtime package.
 ASSETS = Path(__file__).resolve().parent.parent / "pipeline" / "assets"
 
@@ -22,9 +27,18 @@ def default_model_path() -> Path:
     return path
 
 
+def tensorrt_usable() -> bool:
+    """TensorRT is importable and a CUDA GPU is usable through CuPy."""
+    return optional("tensorrt") is not None and _cuda.default_backend() is not None
+
+
 def load_runner(model: Optional[os.PathLike] = None, backend: str = "auto", device: str = "auto",
                 **options) -> Runner:
-    """A (not yet activated) runner for `model` (default: the shipped model)."""
+    """A (not yet activated) runner for `model` (default: the shipped model).
+
+    backend "auto" runs an .onnx with TensorRT through the engine cache when TensorRT and a GPU
+    are usable (and device is not "cpu"), else with ONNX Runtime.
+    """
     if backend not in BACKENDS:
         raise ModelError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     path = Path(model) if model is not None else default_model_path()
@@ -38,13 +52,14 @@ def load_runner(model: Optional[os.PathLike] = None, backend: str = "auto", devi
             raise ModelError(f"{path} is a TensorRT engine; onnxruntime cannot run it")
         from .tensorrt_runner import TensorRTRunner  # noqa: WPS433 - lazy: imports tensorrt
 
-        return TensorRTRunner(path, **options)
+        return TensorRTRunner(path, cuda_graph=bool(options.get("cuda_graph", False)))
     if suffix != ".onnx":
         raise ModelError(f"unsupported model file {path.name}: expected .onnx, .engine or .plan")
-    if backend == "tensorrt":
+    if backend == "tensorrt" or (backend == "auto" and device != "cpu" and tensorrt_usable()):
         from .cache import cached_engine_runner  # builds once, then reuses the cached engine
 
-        return cached_engine_runner(path, **options)
+        trt_options = {k: v for k, v in options.items() if k in TENSORRT_OPTIONS and v is not None}
+        return cached_engine_runner(path, **trt_options)
     from .onnxruntime_runner import OnnxRuntimeRunner
 
     ort_device = device if device in ("cpu", "cuda", "tensorrt", "auto") else "auto"
