@@ -3,7 +3,8 @@ how a timing is taken (warm-up, repetitions, median and spread), and the JSON / 
 writers.
 
 Results live in `benchmarks/results/<machine>/<name>.{json,md,png}`; `<machine>` is the GPU model
-when one is present (e.g. `nvidia-h200`), else `cpu-<cpu model>-<cores>c`, or `$DBRT_MACHINE`.
+when one is present (e.g. `nvidia-h200`), else `cpu-<cpu model>-<cores>c`, or `$DBRT_MACHINE`;
+`$DBRT_RESULTS_DIR` redirects everything (scratch runs, tests).
 """
 from __future__ import annotations
 
@@ -68,7 +69,9 @@ def machine_name() -> str:
 
 
 def results_dir(machine: Optional[str] = None) -> Path:
-    path = RESULTS_ROOT / (machine or machine_name())
+    """benchmarks/results/<machine>/ (created), or $DBRT_RESULTS_DIR when set (tests, scratch runs)."""
+    override = os.environ.get("DBRT_RESULTS_DIR")
+    path = Path(override) if override and machine is None else RESULTS_ROOT / (machine or machine_name())
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -232,7 +235,8 @@ def plot_lines(series: Dict[str, Sequence[tuple]], path: Path, title: str, xlabe
     for label, points in series.items():
         xs, ys = zip(*sorted(points)) if points else ((), ())
         ax.plot(xs, ys, marker="o", label=label)
-    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.set(xlabel=xlabel, ylabel=ylabel)
+    ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -251,7 +255,8 @@ def plot_stacked_bars(bars: Dict[str, Dict[str, float]], path: Path, title: str,
         values = np.array([bar.get(seg, 0.0) for bar in bars.values()])
         ax.bar(list(bars), values, bottom=bottom, label=seg)
         bottom += values
-    ax.set(title=title, ylabel=ylabel)
+    ax.set(ylabel=ylabel)
+    ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()

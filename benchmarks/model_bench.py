@@ -265,10 +265,10 @@ def write_results(rows: List[dict], mut: ModelUnderTest, settings: dict, out_dir
     for r in rows:
         if "images_per_s" in r and r["batch"] == min(settings["batches"]):
             series.setdefault(f"{r['backend']}/{r['device']}/{r['precision']}", []).append(
-                (r["height"] * r["width"] / 1e6, r["images_per_s"]))
+                (r["height"], r["images_per_s"]))
     paths["png"] = common.plot_lines(
-        series, out_dir / f"{name}_fps.png", f"Model-only FPS, batch {min(settings['batches'])} ({mut.label})",
-        "input size (megapixels)", "images / s")
+        series, out_dir / f"{name}_fps.png", f"Model-only FPS, batch {min(settings['batches'])}\n{mut.label}",
+        "input side, square H = W (px)", "images / s")
     failed = [r for r in rows if "error" in r]
     sections = [
         ("What is timed", "One forward pass on a preprocessed input already on the backend's device "
@@ -313,7 +313,7 @@ def run(model=None, weights=None, sizes=(320, 480, 640, 736), batches=(1, 4), wa
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m benchmarks.model_bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, help="ONNX model (default: the shipped one)")
     p.add_argument("--weights", type=Path, help="the same model's PyTorch weights (for the baseline)")
     p.add_argument("--sizes", type=int, nargs="+", default=[320, 480, 640, 736], help="square input sides")

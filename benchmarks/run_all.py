@@ -1,0 +1,116 @@
+"""Run the three benchmarks of issue 8 in one go and index what they wrote.
+
+1. model only   (benchmarks.model_bench): backend x precision x batch x input size, PyTorch beside ORT
+2. pipeline     (benchmarks.pipeline_overlap): the threaded pipeline on a real video, per-stage
+                times, and its throughput relative to inference alone on the same frames
+3. postprocess  (benchmarks.postprocess_bench): our DB post-processing vs the reference on the
+                same maps
+
+Each runs in its own process (one failing benchmark does not stop the others, and one's threads
+or memory do not disturb the next one's timings). `benchmarks/results/<machine>/index.md` lists
+every result file with the command that made it.
+
+    python -m benchmarks.run_all [--quick] [--only model pipeline] [--model M.onnx --weights W.pt]
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+from . import common
+
+BENCHMARKS = {  # name -> (module, what it measures)
+    "model": ("benchmarks.model_bench", "model-only latency / throughput sweep, PyTorch vs ONNX Runtime"),
+    "pipeline": ("benchmarks.pipeline_overlap", "full threaded pipeline on a video vs inference alone"),
+    "postprocess": ("benchmarks.postprocess_bench", "DB post-processing vs the reference implementation"),
+}
+# Short CPU runs (shared machines); a GPU gets wider sweeps.
+CPU_ARGS = {"model": ["--sizes", "320", "480", "640", "736", "--batches", "1", "4", "--repeats", "5"]}
+GPU_ARGS = {"model": ["--sizes", "320", "480", "640", "736", "960", "1280", "--batches", "1", "4", "8", "16",
+                      "--warmup", "5", "--repeats", "20"]}
+QUICK_ARGS = {"model": ["--sizes", "256", "512", "--batches", "1", "2", "--warmup", "1", "--repeats", "3"]}
+
+
+def available(name: str) -> bool:
+    return importlib.util.find_spec(BENCHMARKS[name][0]) is not None
+
+
+def default_args(name: str, quick: bool) -> List[str]:
+    table = QUICK_ARGS if quick else (GPU_ARGS if common.gpu_names() else CPU_ARGS)
+    return list(table.get(name, []))
+
+
+def run_one(name: str, args: Sequence[str], timeout_s: float, log=print) -> dict:
+    """Run one benchmark module as `python -m MODULE ARGS`; returns its status record."""
+    module = BENCHMARKS[name][0]
+    cmd = [sys.executable, "-m", module, *args]
+    record = {"benchmark": name, "module": module, "command": "python -m " + " ".join([module, *map(shlex.quote, args)])}
+    if not available(name):
+        log(f"[{name}] {module} is not present: skipped")
+        return {**record, "status": "missing"}
+    log(f"[{name}] {record['command']}")
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, cwd=common.REPO, capture_output=True, text=True, timeout=timeout_s,
+                              env=os.environ.copy())
+    except subprocess.TimeoutExpired:
+        return {**record, "status": "timeout", "seconds": round(time.perf_counter() - start, 1)}
+    record.update(seconds=round(time.perf_counter() - start, 1),
+                  status="ok" if proc.returncode == 0 else f"failed (exit {proc.returncode})",
+                  output_tail=(proc.stdout + proc.stderr)[-2000:])
+    log(f"[{name}] {record['status']} in {record['seconds']} s")
+    if proc.returncode != 0:
+        log(record["output_tail"])
+    return record
+
+
+def write_index(out_dir: Path, records: List[dict], started: float) -> Path:
+    """index.md: what ran, how, and every result file of this machine with its age."""
+    files = sorted(p for p in out_dir.iterdir() if p.is_file() and p.name not in ("index.md", "run_all.json"))
+    runs = [{"benchmark": r["benchmark"], "status": r["status"], "seconds": r.get("seconds"),
+             "command": f"`{r['command']}`"} for r in records]
+    listing = [{"file": f"[{p.name}]({p.name})",
+                "updated": "this run" if p.stat().st_mtime >= started else "earlier run"} for p in files]
+    sections = [("Runs", common.markdown_table(runs)), ("Files", common.markdown_table(listing))]
+    sections += [(f"{r['benchmark']}: output tail", f"```\n{r['output_tail']}\n```\n")
+                 for r in records if r["status"] != "ok" and r.get("output_tail")]
+    common.write_json(out_dir / "run_all.json", {"machine": common.machine_info(), "runs": records})
+    return common.write_markdown(out_dir / "index.md", f"Benchmark results: {out_dir.name}", sections,
+                                 common.machine_info())
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.run_all", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", nargs="+", choices=list(BENCHMARKS), default=list(BENCHMARKS))
+    p.add_argument("--quick", action="store_true", help="tiny sweeps (smoke test, not for publishing)")
+    p.add_argument("--model", help="ONNX model for the model-only sweep (default: the shipped one)")
+    p.add_argument("--weights", help="its PyTorch weights (the PyTorch baseline)")
+    p.add_argument("--timeout", type=float, default=1800, help="seconds per benchmark")
+    p.add_argument("--out", help="results folder (default: benchmarks/results/<machine>)")
+    for name in BENCHMARKS:
+        p.add_argument(f"--{name}-args", default="", help=f"extra arguments for {BENCHMARKS[name][0]}")
+    a = p.parse_args(argv)
+    if a.out:  # the benchmarks write through common.results_dir(), which honours this
+        os.environ["DBRT_RESULTS_DIR"] = str(Path(a.out).resolve())
+    out_dir = common.results_dir()
+    started = time.time()
+    records = []
+    for name in a.only:
+        args = default_args(name, a.quick) + shlex.split(getattr(a, f"{name}_args"))
+        if name == "model":
+            args += (["--model", a.model] if a.model else []) + (["--weights", a.weights] if a.weights else [])
+        records.append(run_one(name, args, a.timeout))
+    index = write_index(out_dir, records, started)
+    print(f"wrote {index}")
+    return 0 if all(r["status"] in ("ok", "missing") for r in records) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

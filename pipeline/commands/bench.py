@@ -1,0 +1,46 @@
+"""`dbrt bench`: the benchmarks of benchmarks/ (model-only, pipeline, post-processing, all)."""
+from __future__ import annotations
+
+import argparse
+
+NAME = "bench"
+HELP = "benchmark the model alone, the full pipeline, or the post-processing (results/<machine>/)"
+ORDER = 40
+DESCRIPTION = """Run a benchmark and write JSON + markdown + PNG plots under
+benchmarks/results/<machine>/ (benchmarks/README.md says what each timed region contains).
+'model' sweeps backend x precision x batch x input size with PyTorch beside ONNX Runtime;
+'pipeline' runs the threaded pipeline on a video (per-stage times, ratio to inference alone);
+'postprocess' compares the DB post-processing with the reference on the same maps; 'all' runs the
+three, each in its own process, and writes an index.md. Arguments after WHICH go to the benchmark
+itself, e.g. `dbrt bench model --sizes 320 640 --batches 1 8` or `dbrt bench all --quick`;
+`dbrt bench model --help` lists them."""
+
+MODULES = {
+    "model": "benchmarks.model_bench",
+    "pipeline": "benchmarks.pipeline_overlap",
+    "postprocess": "benchmarks.postprocess_bench",
+    "all": "benchmarks.run_all",
+}
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("which", choices=list(MODULES), help="which benchmark")
+    parser.add_argument("args", nargs=argparse.REMAINDER, help="arguments for that benchmark")
+
+
+def run(args) -> int:
+    import importlib
+
+    from engine.errors import DbrtError
+
+    name = MODULES[args.which]
+    try:
+        module = importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name == "benchmarks":
+            raise DbrtError("`dbrt bench` runs from a dbrt source checkout: the benchmarks/ folder "
+                            "is not part of the installed package") from None
+        if exc.name == name:
+            raise DbrtError(f"{name.replace('.', '/')}.py is not in this checkout") from None
+        raise
+    return int(module.main(list(args.args)) or 0)

@@ -1,0 +1,137 @@
+"""Smoke runs of the benchmark code on tiny models: timing stats, writers, the model sweep,
+run_all's index and `dbrt bench`."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from benchmarks import common
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_stats_from_known_samples():
+    stats = common.Stats.from_seconds([0.001, 0.002, 0.003, 0.004, 0.100])
+    assert stats.n == 5 and stats.median_ms == pytest.approx(3.0)
+    assert stats.min_ms == pytest.approx(1.0) and stats.max_ms == pytest.approx(100.0)
+    assert stats.p10_ms < stats.median_ms < stats.p90_ms
+    assert stats.to_dict()["spread_pct"] == pytest.approx(100 * (stats.p90_ms - stats.p10_ms) / 3.0, abs=0.01)
+    with pytest.raises(ValueError):
+        common.Stats.from_seconds([])
+
+
+def test_measure_runs_warmup_and_repeats_with_sync():
+    calls, syncs = [], []
+    stats = common.measure(lambda: calls.append(1), warmup=2, repeats=5, sync=lambda: syncs.append(1))
+    assert len(calls) == 7 and len(syncs) == 7 and stats.n == 5
+
+
+def test_machine_record_and_results_dir(tmp_path, monkeypatch):
+    name = common.machine_name()
+    assert name and name == name.lower() and " " not in name
+    info = common.machine_info()
+    assert info["machine"] == name and "numpy" in info["libraries"]
+    monkeypatch.setenv("DBRT_RESULTS_DIR", str(tmp_path / "r"))
+    assert common.results_dir() == tmp_path / "r" and (tmp_path / "r").is_dir()
+    (tmp_path / "f.bin").write_bytes(b"abc")
+    assert common.file_sha256(tmp_path / "f.bin") == "ba7816bf8f01cfea"  # sha256("abc")
+
+
+def test_writers(tmp_path):
+    rows = [{"name": "a", "ms": 1.23456, "tiny": 0.000123, "n": np.int64(3)}, {"name": "b", "ms": 2.0}]
+    table = common.markdown_table(rows, ("name", "ms", "tiny"))
+    assert table.splitlines()[0] == "| name | ms | tiny |"
+    assert "| a | 1.23 | 0.000123 |" in table and "| b | 2.00 |  |" in table
+    payload = json.loads(common.write_json(tmp_path / "x.json", {"rows": rows, "arr": np.arange(2)}).read_text())
+    assert payload["rows"][0]["n"] == 3 and payload["arr"] == [0, 1]
+    md = common.write_markdown(tmp_path / "x.md", "Title", [("Table", table)], common.machine_info())
+    assert md.read_text().startswith("# Title") and "Machine `" in md.read_text()
+    line = common.plot_lines({"s": [(1, 2), (2, 3)]}, tmp_path / "l.png", "t", "x", "y")
+    bars = common.plot_stacked_bars({"a": {"decode": 1.0, "infer": 2.0}, "b": {"infer": 1.5}},
+                                    tmp_path / "b.png", "t", "ms")
+    assert line.read_bytes()[:8] == PNG_MAGIC and bars.read_bytes()[:8] == PNG_MAGIC
+
+
+@pytest.fixture(scope="module")
+def tiny_pair(tmp_path_factory):
+    """A tiny DBNet and its ONNX export (same weights): the PyTorch baseline and ORT side by side."""
+    torch = pytest.importorskip("torch")
+    from export.model import DBNet
+    from export.onnx_export import export_onnx
+
+    from benchmarks.model_bench import ModelUnderTest
+
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    net = DBNet("resnet18", width=0.25).eval()
+    path = tmp_path_factory.mktemp("bench") / "tiny.onnx"
+    export_onnx(net, path, parity_shapes=None)
+    return ModelUnderTest(path, "tiny test model", net, trained=False)
+
+
+def test_model_sweep_rows_agree_and_files_are_written(tiny_pair, tmp_path):
+    from benchmarks import model_bench
+    from engine.modelspec import ModelSpec
+
+    targets = model_bench.default_targets(tiny_pair, threads=1)
+    assert [t.name for t in targets][:2] == ["pytorch/cpu/fp32", "onnxruntime/cpu/fp32"]
+    frame = np.random.default_rng(0).integers(0, 255, (48, 80, 3), dtype=np.uint8)
+    rows = model_bench.sweep(targets, ModelSpec(), [(64, 64), (64, 96)], [1, 2], warmup=1, repeats=2,
+                             frame=frame, log=lambda msg: None)
+    for t in targets:
+        t.close()
+    assert len(rows) == 2 * 2 * 2 and not any("error" in r for r in rows)
+    assert all(r["max_abs_diff"] < 1e-4 and r["images_per_s"] > 0 for r in rows)
+    speedups = model_bench.speedup_rows(rows)
+    assert len(speedups) == 4 and all(s["config"] == "onnxruntime/cpu/fp32" for s in speedups)
+    settings = {"sizes": [64], "batches": [1, 2], "warmup": 1, "repeats": 2, "threads": 1}
+    paths = model_bench.write_results(rows, tiny_pair, settings, tmp_path)
+    data = json.loads(paths["json"].read_text())
+    assert data["model"]["sha256"] == common.file_sha256(tiny_pair.onnx) and len(data["rows"]) == 8
+    assert "| pytorch | cpu | fp32 | 1 | 64x64 |" in paths["md"].read_text()
+    assert paths["png"].read_bytes()[:8] == PNG_MAGIC
+
+
+def test_failing_configuration_is_a_row_not_a_crash(tiny_pair):
+    from benchmarks import model_bench
+    from engine.modelspec import ModelSpec
+
+    good = model_bench.onnxruntime_target(tiny_pair.onnx, threads=1)
+
+    def broken(batch):
+        raise RuntimeError("out of memory\nsecond line")
+
+    bad = model_bench.Target("fake", "cpu", "fp32", broken)
+    frame = np.zeros((32, 32, 3), np.uint8)
+    rows = model_bench.sweep([good, bad], ModelSpec(), [(32, 32)], [1], 0, 1, frame, log=lambda m: None)
+    good.close()
+    assert "error" not in rows[0] and rows[1]["error"] == "out of memory"
+
+
+def test_run_all_index_and_dbrt_bench(tiny_pair, tmp_path, monkeypatch):
+    from benchmarks import run_all
+    from pipeline.cli import main
+
+    out = tmp_path / "results"
+    monkeypatch.setenv("DBRT_RESULTS_DIR", str(out))  # run_all --out sets it too; undone after the test
+    rc = run_all.main(["--only", "model", "--quick", "--out", str(out), "--model", str(tiny_pair.onnx),
+                       "--model-args", "--sizes 64 --batches 1 --warmup 0 --repeats 1 --threads 1"])
+    assert rc == 0
+    index = (out / "index.md").read_text()
+    assert "| model | ok |" in index and "[model_bench.json](model_bench.json)" in index
+    assert json.loads((out / "run_all.json").read_text())["runs"][0]["status"] == "ok"
+    rows = json.loads((out / "model_bench.json").read_text())["rows"]
+    assert [r["backend"] for r in rows] == ["onnxruntime"]  # no weights given: no PyTorch row
+    assert main(["bench", "model", "--model", str(tiny_pair.onnx), "--sizes", "32", "--batches", "1",
+                 "--warmup", "0", "--repeats", "1", "--threads", "1", "--out", str(tmp_path / "cli")]) == 0
+    assert (tmp_path / "cli" / "model_bench.md").is_file()
+
+
+def test_run_all_reports_missing_benchmarks(monkeypatch):
+    from benchmarks import run_all
+
+    monkeypatch.setitem(run_all.BENCHMARKS, "pipeline", ("benchmarks.no_such_module", "absent"))
+    record = run_all.run_one("pipeline", [], timeout_s=5, log=lambda m: None)
+    assert record["status"] == "missing"
