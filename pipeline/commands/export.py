@@ -1,0 +1,139 @@
+"""`dbrt export`: a DBNet checkpoint -> verified FP32 (and FP16 / INT8) ONNX files."""
+from __future__ import annotations
+
+from pathlib import Path
+
+NAME = "export"
+HELP = "export a DBNet checkpoint to ONNX (FP32 / FP16 / INT8), with parity and TensorRT checks"
+ORDER = 20
+DESCRIPTION = """Load a checkpoint strictly (MhLiao/DB, plain or wrapped state dicts; architecture
+inferred from its keys), export it to one self-contained ONNX with dynamic batch / height / width,
+BatchNorm folded and the model's preprocessing + thresholds in its metadata, and check the ONNX
+against PyTorch (max abs <= 1e-4 on the probability map). The FP32 model goes to -o; --precision
+fp16 / int8 add NAME_fp16.onnx / NAME_int8.onnx beside it (INT8 needs --calib images or a video).
+Every file is checked against TensorRT's ONNX support for --target-trt. Without a checkpoint the
+shipped weights (export/assets/dbnet_default.pt) are used."""
+
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("checkpoint", nargs="?", help="checkpoint (.pth / .pt); default: shipped weights")
+    parser.add_argument("-o", "--output", default="dbnet.onnx", help="FP32 ONNX path")
+    model = parser.add_argument_group("model")
+    model.add_argument("--arch", choices=("resnet18", "resnet34", "resnet50"),
+                       help="backbone; inferred from the checkpoint when omitted")
+    model.add_argument("--dcn", action="store_true", default=None,
+                       help="deformable convolution in stages 2-4; inferred when omitted")
+    model.add_argument("--width", type=float, help="channel width multiplier; inferred when omitted")
+    model.add_argument("--random-init", action="store_true",
+                       help="export UNTRAINED random weights (tests, benchmarks); needs --arch")
+    model.add_argument("--limit-side", type=int, help="resize target stored in the metadata")
+    model.add_argument("--thresh", type=float, help="binarisation threshold stored in the metadata")
+    model.add_argument("--box-thresh", type=float, help="box score threshold stored in the metadata")
+    model.add_argument("--unclip-ratio", type=float, help="unclip ratio stored in the metadata")
+    onnx = parser.add_argument_group("ONNX")
+    onnx.add_argument("--opset", type=int, help="ONNX opset; when omitted 17, or 19 for DCN models")
+    onnx.add_argument("--precision", nargs="+", choices=PRECISIONS, default=["fp32"])
+    onnx.add_argument("--fp16-converter", choices=("auto", "modelopt", "onnxconverter"), default="auto")
+    onnx.add_argument("--calib", help="image folder / glob or video for INT8 calibration")
+    onnx.add_argument("--calib-count", type=int, default=32, help="calibration images / frames")
+    onnx.add_argument("--calib-method", choices=("entropy", "minmax", "percentile"), default="entropy")
+    onnx.add_argument("--calib-side", type=int, help="short side for calibration inputs "
+                      "(default: the model's limit_side)")
+    onnx.add_argument("--keep-fp32-head", action="store_true",
+                      help="leave the head's last layers (ConvTranspose / Sigmoid) unquantized")
+    onnx.add_argument("--target-trt", default="auto",
+                      help="TensorRT to check against: 8.6, 10, 10.3, 11 ... (auto: 8.6 for opset "
+                           "<= 17, else 10.1)")
+    onnx.add_argument("--no-parity", action="store_true", help="skip the PyTorch parity check")
+    onnx.add_argument("--accuracy", metavar="IMAGES",
+                      help="compare FP16 / INT8 with FP32 on these images (not the calibration set)")
+    onnx.add_argument("--accuracy-count", type=int, default=16)
+
+
+def _load_model(args):
+    from engine.errors import ModelError
+    from export.checkpoint import model_from_checkpoint
+    from export.model import DBNet
+
+    if args.random_init:
+        if args.checkpoint:
+            raise ModelError("give either a checkpoint or --random-init, not both")
+        if not args.arch:
+            raise ModelError("--random-init needs --arch")
+        print("WARNING: exporting UNTRAINED random weights (--random-init); detections are meaningless")
+        return DBNet(args.arch, dcn=bool(args.dcn), width=args.width or 1.0).eval()
+    path = args.checkpoint or _shipped_checkpoint()
+    model, report = model_from_checkpoint(path, arch=args.arch, dcn=args.dcn, width=args.width)
+    print(f"checkpoint {path}: {report}")
+    return model
+
+
+def _shipped_checkpoint() -> Path:
+    from engine.errors import ModelError
+
+    path = Path(__file__).resolve().parents[2] / "export" / "assets" / "dbnet_default.pt"
+    if not path.is_file():
+        raise ModelError(f"no checkpoint given and the shipped weights are missing ({path}); pass a "
+                         "checkpoint, or --random-init --arch resnet18 for an untrained model")
+    return path
+
+
+def _spec(args, model):
+    from export.onnx_export import default_spec
+
+    changes = {k: v for k, v in dict(limit_side=args.limit_side, thresh=args.thresh,
+                                     box_thresh=args.box_thresh,
+                                     unclip_ratio=args.unclip_ratio).items() if v is not None}
+    if args.random_init:
+        changes["extra"] = {"untrained": True}
+    return default_spec(model, **changes)
+
+
+def _variants(args, fp32_path: Path, spec) -> list:
+    from engine.errors import DbrtError
+    from export import quantize
+
+    out = [fp32_path]
+    if "fp16" in args.precision:
+        out.append(quantize.to_fp16(fp32_path, fp32_path.with_name(f"{fp32_path.stem}_fp16.onnx"),
+                                    backend=args.fp16_converter))
+        print(f"wrote {out[-1]} (FP16, converter: {quantize.fp16_backend(args.fp16_converter)})")
+    if "int8" in args.precision:
+        if not args.calib:
+            raise DbrtError("--precision int8 needs --calib IMAGES_OR_VIDEO")
+        data = quantize.calibration_inputs(args.calib, spec, args.calib_count, args.calib_side)
+        out.append(quantize.to_int8(fp32_path, fp32_path.with_name(f"{fp32_path.stem}_int8.onnx"),
+                                    data, args.calib_method, args.keep_fp32_head))
+        print(f"wrote {out[-1]} (INT8 Q/DQ, {args.calib_method} calibration on {len(data)} inputs"
+              f"{', FP32 head' if args.keep_fp32_head else ''})")
+    return out
+
+
+def run(args) -> int:
+    from export.accuracy import compare_models, read_images
+    from export.onnx_export import export_onnx, has_deform_conv
+    from export.trt_compat import check_onnx
+
+    model = _load_model(args)
+    opset = args.opset or (19 if has_deform_conv(model) else 17)
+    spec = _spec(args, model)
+    report = export_onnx(model, args.output, opset=opset, spec=spec,
+                         parity_shapes=None if args.no_parity else ((1, 3, 256, 320), (2, 3, 320, 192)))
+    print(report)
+    paths = _variants(args, Path(args.output), spec)
+    target = args.target_trt if args.target_trt != "auto" else ("8.6" if opset <= 17 else "10.1")
+    status = 0
+    for path in paths:
+        compat = check_onnx(path, target)
+        print(compat)
+        status |= 0 if compat.ok else 1
+    if args.accuracy and len(paths) > 1:
+        if args.calib and Path(args.accuracy).resolve() == Path(args.calib).resolve():
+            print("WARNING: --accuracy uses the calibration images; INT8 agreement will look better "
+                  "than on unseen images")
+        images = read_images(args.accuracy, args.accuracy_count)
+        for path in paths[1:]:
+            print(compare_models(paths[0], path, images, limit_side=args.calib_side))
+    return status
