@@ -1,0 +1,108 @@
+"""What `dbrt info` shows: inputs, outputs, profiles, precision and metadata of an ONNX model
+or a TensorRT engine, as a plain dict (JSON-ready) and as text.
+
+ONNX files are read with `onnx` on any machine. Engines are described from their record
+(works without a GPU) and, where TensorRT and a GPU are usable, from the deserialized engine.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import List
+
+from . import cuda as _cuda
+from .errors import ModelError
+from .lazy import optional
+from .record import EngineRecord
+
+ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+
+
+def _tensors(infos) -> List[dict]:
+    return [{"name": t.name, "shape": list(t.shape), "dtype": t.dtype} for t in infos]
+
+
+def describe_onnx(path: os.PathLike) -> dict:
+    from .onnx_info import summarize_onnx
+
+    s = summarize_onnx(path)
+    spec = s.metadata.get("dbrt")
+    return {"kind": "onnx", "file": str(s.path), "sha256": s.sha256, "opset": s.opset,
+            "producer": s.producer, "precision": s.precision, "nodes": len(s.node_names),
+            "inputs": _tensors(s.inputs), "outputs": _tensors(s.outputs),
+            "spec": json.loads(spec) if spec else None,
+            "metadata": {k: v for k, v in s.metadata.items() if k != "dbrt"}}
+
+
+def describe_engine(path: os.PathLike) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"engine file not found: {path}")
+    record = EngineRecord.load(path)
+    info = {"kind": "engine", "file": str(path), "bytes": path.stat().st_size,
+            "record": json.loads(record.to_json()) if record else None}
+    if optional("tensorrt") is None or _cuda.default_backend() is None:
+        info["note"] = "TensorRT or a GPU is not usable here: showing the build record only"
+        return info
+    from .tensorrt_runner import TensorRTRunner
+
+    runner = TensorRTRunner(path, record=record)
+    try:
+        with runner:
+            info["inputs"] = _tensors(runner.inputs)
+            info["outputs"] = _tensors(runner.outputs)
+            info["profiles"] = {n: p.to_dict() for n, p in runner.profiles.items()}
+    except ModelError as exc:
+        info["note"] = str(exc)
+    return info
+
+
+def describe(path: os.PathLike) -> dict:
+    suffix = Path(path).suffix.lower()
+    if suffix == ".onnx":
+        return describe_onnx(path)
+    if suffix in ENGINE_SUFFIXES:
+        return describe_engine(path)
+    raise ModelError(f"cannot describe {Path(path).name}: expected .onnx, .engine or .plan")
+
+
+def _shape(shape) -> str:
+    return "x".join("?" if d is None else str(d) for d in shape)
+
+
+def format_description(info: dict) -> str:
+    """Human-readable text of `describe()`'s dict."""
+    lines = [f"{info['kind']}: {info['file']}"]
+    record = info.get("record")
+    if info["kind"] == "onnx":
+        lines.append(f"  opset {info['opset']}, {info['nodes']} nodes, precision {info['precision']}, "
+                     f"producer {info['producer'] or '?'}")
+        lines.append(f"  sha256 {info['sha256']}")
+    elif record:
+        lines.append(f"  precision {record['precision']}"
+                     f"{' (strongly typed)' if record['strongly_typed'] else ''}, built with "
+                     f"TensorRT {record['tensorrt_version']} for {record['gpu_name']} "
+                     f"(sm_{record['compute_capability'].replace('.', '')}) {record['created']}")
+        lines.append(f"  from {record['onnx_name']} sha256 {record['onnx_sha256']}")
+        profile = record["profile"]
+        lines.append(f"  profile {record['input_name']}: min {_shape(profile['min'])}, "
+                     f"opt {_shape(profile['opt'])}, max {_shape(profile['max'])}")
+    else:
+        lines.append("  no dbrt record (.json sidecar): engine built outside dbrt")
+    for key in ("inputs", "outputs"):
+        for t in info.get(key, []):
+            lines.append(f"  {key[:-1]:6} {t['name']}: {_shape(t['shape'])} {t['dtype']}")
+    for name, p in (info.get("profiles") or {}).items():
+        lines.append(f"  engine profile {name}: min {_shape(p['min'])}, opt {_shape(p['opt'])}, "
+                     f"max {_shape(p['max'])}")
+    spec = info.get("spec") or (json.loads(record["metadata"]["dbrt"])
+                                if record and "dbrt" in record.get("metadata", {}) else None)
+    if spec:
+        lines.append(f"  spec: {spec.get('arch')}, {spec.get('color')}, mean {spec.get('mean')}, "
+                     f"std {spec.get('std')}, limit_side {spec.get('limit_side')} "
+                     f"({spec.get('limit_type')}), thresh {spec.get('thresh')}, "
+                     f"box_thresh {spec.get('box_thresh')}, unclip {spec.get('unclip_ratio')}")
+    if info.get("note"):
+        lines.append(f"  note: {info['note']}")
+    return "\n".join(lines)

@@ -1,0 +1,137 @@
+"""`dbrt build`: ONNX -> TensorRT engine (+ its .json record)."""
+from __future__ import annotations
+
+NAME = "build"
+HELP = "build a TensorRT engine from an ONNX model (FP32 / FP16 / INT8, dynamic shapes)"
+ORDER = 40
+DESCRIPTION = """Build a TensorRT engine on this GPU. Precision: on TensorRT 8.6 / 10.x the FP16 /
+INT8 builder flags are used (INT8 from an FP32 ONNX calibrates on --calib images); TensorRT 11.x
+builds strongly typed networks only, so the precision is the ONNX's own (dbrt export --precision
+fp16 / int8 first). Shapes: --min / --opt / --max as NxCxHxW or HxW (with --batch MIN:OPT:MAX);
+H and W must be multiples of 32; by default opt is a 16:9 frame at the model's limit_side. The
+engine only runs on this TensorRT version and GPU model; a .json record next to it says so."""
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("model", help="ONNX model")
+    parser.add_argument("-o", "--output", help="engine path (default: MODEL with .engine)")
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "int8"),
+                        help="auto: the ONNX's precision, FP16 for an FP32 ONNX where TensorRT "
+                             "has precision flags")
+    parser.add_argument("--strongly-typed", action="store_true", default=None,
+                        help="TensorRT 10.x: build the FP16 / Q/DQ ONNX strongly typed")
+    shapes = parser.add_argument_group("optimisation profile")
+    shapes.add_argument("--min", help="smallest input, NxCxHxW or HxW (default 32x32)")
+    shapes.add_argument("--opt", help="the shape TensorRT tunes for")
+    shapes.add_argument("--max", help="largest input (default: --opt)")
+    shapes.add_argument("--batch", help="batch range for HxW shapes: N, MIN:MAX or MIN:OPT:MAX")
+    tuning = parser.add_argument_group("builder")
+    tuning.add_argument("--workspace", type=int, metavar="MiB", help="scratch memory limit")
+    tuning.add_argument("--opt-level", type=int, choices=range(6), metavar="0-5",
+                        help="builder optimisation level (TensorRT default 3; higher builds longer)")
+    tuning.add_argument("--timing-cache", help="timing cache file (default: one per TensorRT "
+                                               "version and GPU in the engine cache folder)")
+    tuning.add_argument("--no-timing-cache", action="store_true", help="do not use a timing cache")
+    calib = parser.add_argument_group("INT8 calibration (TensorRT 8.6 / 10.x, FP32 ONNX)")
+    calib.add_argument("--calib", metavar="DIR", help="folder of representative images")
+    calib.add_argument("--calib-count", type=int, default=64, help="use at most this many images")
+    calib.add_argument("--calib-cache", help="calibration cache file (reused when it exists)")
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def profile_from_args(args):
+    """ShapeProfile from --min/--opt/--max/--batch, or None for the model's default."""
+    from engine.errors import ShapeError
+    from engine.shapes import ShapeProfile, parse_batch, parse_shape
+
+    if not any((args.min, args.opt, args.max)):
+        if args.batch:
+            raise ShapeError("--batch needs --opt (and optionally --min / --max)")
+        return None
+    if not args.opt:
+        raise ShapeError("give --opt with --min / --max")
+    opt = parse_shape(args.opt)
+    low = parse_shape(args.min) if args.min else (32, 32) if len(opt) == 2 else (opt[0], opt[1], 32, 32)
+    high = parse_shape(args.max) if args.max else opt
+    if len({len(low), len(opt), len(high)}) != 1:
+        raise ShapeError("--min, --opt and --max must all be NxCxHxW or all HxW")
+    if len(opt) == 4:
+        if args.batch:
+            raise ShapeError("--batch applies to HxW shapes; NxCxHxW shapes carry their batch")
+        return ShapeProfile(low, opt, high).validate()
+    return ShapeProfile.from_hw(low, opt, high, parse_batch(args.batch or "1")).validate()
+
+
+def calibration_source(folder, spec, count: int):
+    """Images in `folder` -> preprocessed NCHW batches of the calibration shape."""
+    from pathlib import Path
+
+    from engine.errors import DbrtError
+
+    images = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:count]
+    if not images:
+        raise DbrtError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in calibration folder {folder}")
+
+    def batches(shape):
+        import cv2
+
+        from pipeline.preprocess import preprocess_batch
+
+        n, _, h, w = shape
+        if len(images) < n:
+            raise DbrtError(f"calibration needs at least {n} images (the opt batch), found {len(images)}")
+        for start in range(0, len(images) - n + 1, n):
+            frames = [cv2.imread(str(p), cv2.IMREAD_COLOR) for p in images[start:start + n]]
+            if any(f is None for f in frames):
+                raise DbrtError(f"unreadable image among {[p.name for p in images[start:start + n]]}")
+            yield preprocess_batch(frames, spec, (h, w))[0]
+
+    return batches
+
+
+def _options(args, spec, backend, trt):
+    from pathlib import Path
+
+    from engine.cache import timing_cache_path
+    from engine.tensorrt_build import BuildOptions
+
+    if args.no_timing_cache:
+        timing = None
+    elif args.timing_cache:
+        timing = Path(args.timing_cache)
+    else:
+        timing = timing_cache_path(trt.__version__, backend.device_info())
+    return BuildOptions(
+        precision=args.precision, profile=profile_from_args(args),
+        workspace=args.workspace * (1 << 20) if args.workspace else None, opt_level=args.opt_level,
+        timing_cache=timing, strongly_typed=args.strongly_typed,
+        calibration=calibration_source(args.calib, spec, args.calib_count) if args.calib else None,
+        calibration_cache=Path(args.calib_cache) if args.calib_cache else None)
+
+
+def run(args) -> int:
+    import time
+    from pathlib import Path
+
+    from engine import cuda
+    from engine.lazy import require
+    from engine.modelspec import resolve_spec
+    from engine.onnx_info import summarize_onnx
+    from engine.progress import BuildProgress
+    from engine.tensorrt_build import build_engine_file
+
+    summary = summarize_onnx(args.model)          # clear error for a bad ONNX before TensorRT
+    trt = require("tensorrt")
+    backend = cuda.require_backend("dbrt build")
+    options = _options(args, resolve_spec(summary.metadata), backend, trt)
+    output = Path(args.output) if args.output else Path(args.model).with_suffix(".engine")
+    started = time.monotonic()
+    progress = None if args.quiet else BuildProgress(label=f"building {output.name}")
+    record = build_engine_file(args.model, output, options, progress, backend)
+    size = output.stat().st_size / 1e6
+    print(f"wrote {output} ({record.precision}{', strongly typed' if record.strongly_typed else ''}, "
+          f"{size:.1f} MB, TensorRT {record.tensorrt_version}, {record.gpu_name}, "
+          f"profile {record.profile.describe()}) in {time.monotonic() - started:.1f}s")
+    return 0

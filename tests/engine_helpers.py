@@ -1,0 +1,47 @@
+"""Helpers shared by the TensorRT tests (double fixtures, small ONNX variants)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+import trt_double
+from engine.onnxruntime_runner import OnnxRuntimeRunner
+from engine.shapes import ShapeProfile
+
+# A small profile keeps the double's ONNX Runtime runs cheap.
+SMALL = ShapeProfile.from_hw((32, 32), (64, 64), (128, 128), batch=(1, 1, 2))
+
+
+@pytest.fixture(params=trt_double.FLAVOURS)
+def trt(request, monkeypatch):
+    """Each test runs once per TensorRT flavour (8.6, 10.x, 11.x)."""
+    return trt_double.install(monkeypatch, request.param)
+
+
+def ort_prob(onnx_path: Path, batch: np.ndarray) -> np.ndarray:
+    with OnnxRuntimeRunner(onnx_path, device="cpu", threads=1) as runner:
+        return runner.infer(batch)["prob"]
+
+
+def fp16_copy(onnx_path: Path, out: Path) -> Path:
+    """An FP16 ONNX (FP32 inputs / outputs), as `dbrt export --precision fp16` makes."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = convert_float_to_float16(onnx.load(str(onnx_path)), keep_io_types=True)
+    onnx.save(model, str(out))
+    return out
+
+
+def with_unsupported_node(onnx_path: Path, out: Path, name: str = "weird_op_17") -> Path:
+    """The model with one extra node of an operator TensorRT has no importer for."""
+    model = onnx.load(str(onnx_path))
+    graph = model.graph
+    last = graph.output[0].name
+    node = onnx.helper.make_node("Einsum", [last], [f"{last}_e"], name=name, equation="nchw->nchw")
+    graph.node.append(node)
+    graph.output[0].name = f"{last}_e"
+    onnx.save(model, str(out))
+    return out

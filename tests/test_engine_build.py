@@ -1,0 +1,169 @@
+"""Engine builds through the TensorRT double: build -> serialize -> load -> infer == ONNX Runtime,
+precision per TensorRT flavour, calibration, profiles, parser errors, progress, timing cache."""
+import io
+
+import numpy as np
+import pytest
+from engine_helpers import SMALL, fp16_copy, ort_prob, trt, with_unsupported_node  # noqa: F401
+
+from engine.errors import DbrtError, ModelError, ShapeError
+from engine.progress import BuildProgress
+from engine.record import EngineRecord
+from engine.shapes import ShapeProfile
+from engine.tensorrt_build import BuildOptions, build_engine, build_engine_file, plan_precision
+from engine.tensorrt_runner import TensorRTRunner
+from trt_double import fake_cuda
+
+
+@pytest.mark.parametrize("precision", ["fp32", "auto"])
+def test_build_serialize_load_infer_matches_onnxruntime(trt, tiny_onnx, tmp_path, rng, precision):
+    engine = tmp_path / "tiny.engine"
+    record = build_engine_file(tiny_onnx, engine, BuildOptions(precision=precision, profile=SMALL))
+    weak = hasattr(trt.BuilderFlag, "FP16")
+    assert record.precision == ("fp16" if weak and precision == "auto" else "fp32")
+    assert record.strongly_typed == (not weak)
+    assert record.tensorrt_version == trt.__version__ and record.profile == SMALL
+    assert record.compute_capability == fake_cuda.DEVICE.compute_capability
+    with TensorRTRunner(engine) as runner:
+        assert runner.output_device == "cuda" and runner.input_names == ("images",)
+        assert runner.spec.limit_side == 256                 # the ONNX metadata travelled along
+        for shape in [(1, 3, 64, 64), (2, 3, 96, 128)]:
+            batch = rng.random(shape, dtype=np.float32)
+            out = runner.infer(batch)["prob"]
+            assert isinstance(out, fake_cuda.DeviceArray) and out.shape == (shape[0], 1) + shape[2:]
+            np.testing.assert_allclose(out, ort_prob(tiny_onnx, batch), atol=1e-5)
+
+
+def test_engine_bytes_runner(trt, tiny_onnx, rng):
+    data, record = build_engine(tiny_onnx, BuildOptions(precision="fp32", profile=SMALL))
+    batch = rng.random((1, 3, 32, 64), dtype=np.float32)
+    with TensorRTRunner(data, record=record) as runner:
+        np.testing.assert_allclose(runner.infer(batch)["prob"], ort_prob(tiny_onnx, batch), atol=1e-5)
+
+
+@pytest.mark.parametrize("weak, requested, onnx_precision, strong_flag, expected", [
+    (True, "auto", "fp32", True, ("fp16", False, ("FP16",), False)),
+    (True, "fp32", "fp32", True, ("fp32", False, (), False)),
+    (True, "int8", "fp32", True, ("int8", False, ("INT8", "FP16"), True)),
+    (True, "int8", "int8", False, ("int8", False, ("INT8", "FP16"), False)),   # 8.6 Q/DQ
+    (True, "auto", "fp16", True, ("fp16", True, (), False)),                  # 10.x FP16 ONNX
+    (False, "auto", "fp32", False, ("fp32", True, (), False)),
+    (False, "fp16", "fp16", False, ("fp16", True, (), False)),
+    (False, "int8", "int8", False, ("int8", True, (), False)),
+])
+def test_precision_plan(weak, requested, onnx_precision, strong_flag, expected):
+    plan = plan_precision(weak, requested, onnx_precision, None, strong_flag, "x")
+    assert (plan.precision, plan.strongly_typed, plan.flags, plan.calibrate) == expected
+
+
+@pytest.mark.parametrize("requested", ["fp16", "int8"])
+def test_strongly_typed_tensorrt_needs_a_low_precision_onnx(monkeypatch, tiny_onnx, requested):
+    import trt_double
+
+    trt_double.install(monkeypatch, "11.x")
+    with pytest.raises(ModelError, match=r"strongly typed.*dbrt export --precision " + requested):
+        build_engine(tiny_onnx, BuildOptions(precision=requested, profile=SMALL))
+
+
+def test_fp16_onnx_builds_strongly_typed(trt, tiny_onnx, tmp_path, rng):
+    half = fp16_copy(tiny_onnx, tmp_path / "half.onnx")
+    record = build_engine_file(half, tmp_path / "half.engine", BuildOptions(profile=SMALL))
+    assert record.precision == "fp16"
+    weak = hasattr(trt.BuilderFlag, "FP16")
+    # strongly typed where TensorRT can (10.x opt-in, 11.x always); 8.6 builds it weakly typed
+    assert record.strongly_typed == (not weak or hasattr(trt.NetworkDefinitionCreationFlag,
+                                                         "STRONGLY_TYPED"))
+    batch = rng.random((1, 3, 64, 64), dtype=np.float32)
+    with TensorRTRunner(tmp_path / "half.engine") as runner:
+        np.testing.assert_allclose(runner.infer(batch)["prob"], ort_prob(tiny_onnx, batch), atol=2e-2)
+
+
+def test_int8_calibration_on_weak_typing(monkeypatch, tiny_onnx, tmp_path, rng):
+    import trt_double
+
+    trt_double.install(monkeypatch, "10.x")
+    shapes = []
+
+    def batches(shape):
+        shapes.append(shape)
+        return (rng.random(shape, dtype=np.float32) for _ in range(3))
+
+    cache = tmp_path / "calib.cache"
+    options = BuildOptions(precision="int8", profile=SMALL, calibration=batches, calibration_cache=cache)
+    record = build_engine_file(tiny_onnx, tmp_path / "int8.engine", options)
+    assert record.precision == "int8" and record.builder["flags"] == ["INT8", "FP16"]
+    assert record.builder["calibration_batches"] == 3 and shapes == [SMALL.opt]
+    assert cache.read_bytes().startswith(b"TRT-FAKE-CALIBRATION")
+    again = build_engine_file(tiny_onnx, tmp_path / "int8b.engine", options)
+    assert again.builder["calibration_batches"] == 0          # the cache skipped calibration
+    with pytest.raises(ModelError, match="calibration images"):
+        build_engine(tiny_onnx, BuildOptions(precision="int8", profile=SMALL))
+
+
+def test_int8_calibrator_is_absent_on_strongly_typed(monkeypatch, tiny_onnx):
+    import trt_double
+
+    trt = trt_double.install(monkeypatch, "11.x")
+    assert not hasattr(trt, "IInt8EntropyCalibrator2")
+    with pytest.raises(ModelError, match="strongly typed"):
+        build_engine(tiny_onnx, BuildOptions(precision="int8", profile=SMALL,
+                                             calibration=lambda shape: iter(())))
+
+
+def test_parser_errors_name_the_node(trt, tiny_onnx, tmp_path):
+    bad = with_unsupported_node(tiny_onnx, tmp_path / "bad.onnx", name="weird_op_17")
+    with pytest.raises(ModelError, match=r"cannot parse bad\.onnx: node weird_op_17 \(Einsum\): "
+                                         r"No importer registered for op: Einsum"):
+        build_engine(bad, BuildOptions(profile=SMALL))
+
+
+@pytest.mark.parametrize("profile, message", [
+    (ShapeProfile.from_hw((32, 32), (64, 60), (128, 128)), "multiples of 32"),
+    (ShapeProfile.from_hw((64, 64), (32, 32), (128, 128)), "min <= opt <= max"),
+    (ShapeProfile((1, 4, 32, 32), (1, 4, 64, 64), (1, 4, 64, 64)), "disagrees with the model"),
+])
+def test_bad_profiles(trt, tiny_onnx, profile, message):
+    with pytest.raises(ShapeError, match=message):
+        build_engine(tiny_onnx, BuildOptions(profile=profile))
+
+
+def test_default_profile_follows_the_model_spec(trt, tiny_onnx):
+    _, record = build_engine(tiny_onnx, BuildOptions(precision="fp32"))
+    assert record.profile.opt == (1, 3, 256, 480)             # limit_side 256, 16:9
+    assert record.profile.min == (1, 3, 32, 32) and record.profile.max[2] >= 512
+
+
+def test_progress_bar_and_cancel(trt, tiny_onnx):
+    out = io.StringIO()
+    build_engine(tiny_onnx, BuildOptions(profile=SMALL), progress=BuildProgress(out))
+    text = out.getvalue()
+    assert "done in" in text
+    has_monitor = hasattr(trt, "IProgressMonitor")
+    assert ("Building engine (2 steps)" in text) == has_monitor
+    if has_monitor:
+        cancelled = BuildProgress(io.StringIO())
+        cancelled.cancelled = True
+        with pytest.raises(DbrtError, match="cancelled"):
+            build_engine(tiny_onnx, BuildOptions(profile=SMALL), progress=cancelled)
+
+
+def test_timing_cache_is_written_and_reused(trt, tiny_onnx, tmp_path):
+    cache = tmp_path / "timing.cache"
+    build_engine(tiny_onnx, BuildOptions(profile=SMALL, timing_cache=cache))
+    first = cache.read_bytes()
+    assert trt.__version__.encode() in first
+    build_engine(tiny_onnx, BuildOptions(profile=SMALL, timing_cache=cache))
+    assert cache.read_bytes() == first
+    cache.write_bytes(first.replace(trt.__version__.encode(), b"7.0.0"))   # another TensorRT
+    build_engine(tiny_onnx, BuildOptions(profile=SMALL, timing_cache=cache))
+    assert trt.__version__.encode() in cache.read_bytes()
+
+
+def test_record_round_trip(trt, tiny_onnx, tmp_path):
+    engine = tmp_path / "m.engine"
+    record = build_engine_file(tiny_onnx, engine, BuildOptions(profile=SMALL, opt_level=2,
+                                                               workspace=1 << 26))
+    assert EngineRecord.load(engine) == record and record.created
+    assert record.builder["opt_level"] == 2 and record.builder["workspace"] == 1 << 26
+    assert record.onnx_name == "tiny.onnx" and len(record.onnx_sha256) == 64
+    assert "dbrt" in record.metadata
