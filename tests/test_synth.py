@@ -1,0 +1,112 @@
+"""Synthetic scene text: determinism, polygons that match the ink, dataset and demo video files."""
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from export.synth import SceneConfig, make_scene
+from export.synth.fonts import PILLOW_DEFAULT, font_paths, load_font
+from export.synth.render import LineStyle, render_line
+
+
+def test_same_seed_same_scene_and_different_seed_differs():
+    a, b, c = make_scene(3, 160, 224), make_scene(3, 160, 224), make_scene(4, 160, 224)
+    assert np.array_equal(a.image, b.image)
+    assert a.texts == b.texts and len(a.polygons) == len(b.polygons)
+    assert all(np.array_equal(p, q) for p, q in zip(a.polygons, b.polygons))
+    assert not np.array_equal(a.image, c.image)
+
+
+def test_scene_shapes_and_polygons_inside_image():
+    for seed in range(6):
+        scene = make_scene(seed, 192, 256)
+        assert scene.image.shape == (192, 256, 3) and scene.image.dtype == np.uint8
+        assert len(scene.polygons) == len(scene.texts)
+        for poly in scene.polygons:
+            assert poly.ndim == 2 and poly.shape[1] == 2 and len(poly) in (4, 12)
+            assert poly.min() >= -1 and poly[:, 0].max() <= 257 and poly[:, 1].max() <= 193
+
+
+def test_negative_scenes_have_no_text():
+    scene = make_scene(1, 128, 128, SceneConfig(negative_prob=1.0))
+    assert scene.polygons == [] and scene.texts == []
+
+
+@pytest.mark.parametrize("angle,curve", [(0.0, 0.0), (25.0, 0.0), (0.0, 0.06)])
+def test_word_polygon_covers_the_ink(angle, curve):
+    canvas = np.zeros((300, 500, 3), np.uint8)
+    style = LineStyle(height=40, angle=angle, curve=curve, color=(255, 255, 255))
+    polys = render_line(np.random.default_rng(0), canvas, ["HELLO", "World"], (250, 150), style,
+                        fonts=(font_paths()[0],))
+    assert polys is not None and len(polys) == 2
+    ink = canvas[..., 0] > 128
+    inside = np.zeros(ink.shape, np.uint8)
+    for p in polys:
+        cv2.fillPoly(inside, [np.round(p).astype(np.int32)], 1)
+    grown = cv2.dilate(inside, np.ones((5, 5), np.uint8)) > 0
+    assert ink.sum() > 200
+    assert (ink & grown).sum() / ink.sum() > 0.97   # nearly all ink lies in the word polygons
+    assert (inside > 0).sum() < 4 * ink.sum()       # and the polygons are not loose
+
+
+def test_line_that_would_leave_the_image_is_refused():
+    canvas = np.zeros((60, 60, 3), np.uint8)
+    out = render_line(np.random.default_rng(0), canvas, ["FARAWAY"], (5, 5), LineStyle(height=30))
+    assert out is None and not canvas.any()
+
+
+def test_occupied_text_is_not_overdrawn():
+    canvas = np.zeros((120, 300, 3), np.uint8)
+    occupied = np.zeros((120, 300), bool)
+    style = LineStyle(height=30, color=(255, 255, 255))
+    assert render_line(np.random.default_rng(0), canvas, ["FIRST"], (150, 60), style, occupied)
+    before = canvas.copy()
+    assert render_line(np.random.default_rng(1), canvas, ["SECOND"], (150, 60), style, occupied) is None
+    assert np.array_equal(before, canvas)
+
+
+def test_pillow_default_font_is_always_available():
+    assert font_paths()[-1] == PILLOW_DEFAULT
+    assert load_font(PILLOW_DEFAULT, 20).getbbox("A")[2] > 0
+
+
+def test_write_dataset_is_readable_by_the_evaluator(tmp_path):
+    from export.synth.dataset import write_dataset
+    from pipeline.datasets import open_dataset
+
+    gt = write_dataset(tmp_path / "set", 3, seed=5, height=96, width=128)
+    records = json.loads(gt.read_text())
+    assert [r["image"] for r in records] == ["000000.jpg", "000001.jpg", "000002.jpg"]
+    assert all(len(r["polygons"]) == len(r["ignore"]) for r in records)
+    dataset = open_dataset(tmp_path / "set")
+    assert len(dataset) == 3
+
+
+def test_demo_video_is_deterministic_and_decodes(tmp_path):
+    pytest.importorskip("av")
+    from export.synth.video import demo_frames, write_demo_video
+
+    a = write_demo_video(tmp_path / "a.mp4", seconds=0.4, width=160, height=96)
+    again = list(demo_frames(seconds=0.4, width=160, height=96))
+    assert all(np.array_equal(x, y) for x, y in zip(again, demo_frames(seconds=0.4, width=160, height=96)))
+    import av
+
+    with av.open(str(a)) as container:
+        frames = [f.to_ndarray(format="bgr24") for f in container.decode(video=0)]
+    assert len(frames) == 10 and frames[0].shape == (96, 160, 3)
+    assert np.abs(frames[0].astype(int) - again[0].astype(int)).mean() < 12  # lossy, but the same picture
+
+
+def test_shipped_demo_video(shared_data):
+    pytest.importorskip("av")
+    from pathlib import Path
+
+    import av
+
+    path = Path(__file__).resolve().parents[1] / "pipeline" / "assets" / "demo.mp4"
+    assert path.stat().st_size < 2_000_000
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        assert (stream.codec_context.name, stream.width, stream.height) == ("h264", 640, 360)
+        assert sum(1 for _ in container.decode(video=0)) == 250
