@@ -45,48 +45,57 @@ def may_reach_min_size(lo: np.ndarray, hi: np.ndarray, min_size: int) -> np.ndar
     return ext[:, 0] * ext[:, 1] >= min_size * min_size
 
 
-def score_crops(points: np.ndarray, h: int, w: int, rounding) -> Tuple[np.ndarray, np.ndarray]:
-    """Inclusive crop bounds (n, 2) lo / hi of the reference's score masks, clipped to the map."""
-    lo = np.clip(rounding[0](points.min(axis=1)), 0, (w - 1, h - 1)).astype(np.int64)
-    hi = np.clip(rounding[1](points.max(axis=1)), 0, (w - 1, h - 1)).astype(np.int64)
-    return lo, hi
+def fast_crops(polys: list, h: int, w: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Inclusive (n, 2) lo / hi corners of the "fast" score crops: floor / ceil of each
+    polygon's extent, clipped to the (h, w) map."""
+    if polys and all(len(p) == len(polys[0]) for p in polys):
+        pts = np.stack(polys)
+        lo, hi = np.floor(pts.min(axis=1)), np.ceil(pts.max(axis=1))
+    else:
+        lo = np.array([np.floor(p.min(axis=0)) for p in polys]).reshape(-1, 2)
+        hi = np.array([np.ceil(p.max(axis=0)) for p in polys]).reshape(-1, 2)
+    top = (w - 1, h - 1)
+    return np.clip(lo, 0, top).astype(np.int64), np.clip(hi, 0, top).astype(np.int64)
+
+
+def slow_crops(contours: list, h: int, w: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Crops of the "slow" score: each contour's extent, clipped to the map."""
+    lo, hi = contour_extents(contours)
+    top = (w - 1, h - 1)
+    return np.clip(lo, 0, top).astype(np.int64), np.clip(hi, 0, top).astype(np.int64)
+
+
+def fill_mask(poly: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """The reference's score mask: the polygon filled on its crop, vertices shifted to the
+    crop origin and truncated toward zero."""
+    mask = np.zeros((hi[1] - lo[1] + 1, hi[0] - lo[0] + 1), np.uint8)
+    local = (poly.reshape(-1, 2).astype(np.float64) - lo).astype(np.int32)
+    cv2.fillPoly(mask, local[None], 1)
+    return mask
 
 
 def masked_means(prob: np.ndarray, polys, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """Mean of `prob` under each filled polygon, drawn on its own crop as the reference does
-    (vertices truncated toward zero after shifting to the crop origin)."""
+    """Mean of `prob` under each polygon's score mask (cv2.mean, as the reference)."""
     out = np.empty(len(polys), np.float64)
     for i, poly in enumerate(polys):
         (x0, y0), (x1, y1) = lo[i], hi[i]
-        mask = np.zeros((y1 - y0 + 1, x1 - x0 + 1), np.uint8)
-        local = (poly.astype(np.float64) - lo[i]).astype(np.int32)
-        cv2.fillPoly(mask, local[None], 1)
-        out[i] = cv2.mean(prob[y0:y1 + 1, x0:x1 + 1], mask)[0]
+        out[i] = cv2.mean(prob[y0:y1 + 1, x0:x1 + 1], fill_mask(poly, lo[i], hi[i]))[0]
     return out
 
 
 def score_fast(prob: np.ndarray, polys: list) -> np.ndarray:
     """Mean inside each filled polygon (quad), on its floor / ceil bounding crop."""
-    if not polys:
+    if not len(polys):
         return np.zeros(0)
-    h, w = prob.shape
-    if all(len(p) == len(polys[0]) for p in polys):
-        lo, hi = score_crops(np.stack(polys), h, w, (np.floor, np.ceil))
-    else:
-        bounds = [score_crops(p[None], h, w, (np.floor, np.ceil)) for p in polys]
-        lo, hi = np.concatenate([b[0] for b in bounds]), np.concatenate([b[1] for b in bounds])
-    return masked_means(prob, polys, lo, hi)
+    return masked_means(prob, polys, *fast_crops(list(polys), *prob.shape))
 
 
 def score_slow(prob: np.ndarray, contours: list) -> np.ndarray:
     """Mean inside each filled contour, on its bounding crop."""
     if not contours:
         return np.zeros(0)
-    h, w = prob.shape
     pts = [c.reshape(-1, 2) for c in contours]
-    lo, hi = contour_extents(pts)
-    lo, hi = np.clip(lo, 0, (w - 1, h - 1)), np.clip(hi, 0, (w - 1, h - 1))
-    return masked_means(prob, pts, lo, hi)
+    return masked_means(prob, pts, *slow_crops(pts, *prob.shape))
 
 
 def candidate_quads(contours: list, min_size: int) -> Tuple[np.ndarray, np.ndarray]:

@@ -105,10 +105,14 @@ class DBPostprocessor:
         boxes = _check_letterboxes(letterboxes, n, h, w)
         metas = _check_metas(metas, n)
         check_finite(batch, xp)
-        if xp is not np:  # the GPU path lands next; until then the map is copied to the host
-            batch = batch.get()
-        results = [cpu.postprocess_map(batch[i, :b.content_h, :b.content_w], self.config)
-                   for i, b in enumerate(boxes)]
+        if xp is np:
+            results = [cpu.postprocess_map(batch[i, :b.content_h, :b.content_w], self.config)
+                       for i, b in enumerate(boxes)]
+        else:
+            from . import gpu
+
+            sizes = [(b.content_h, b.content_w) for b in boxes]
+            results = gpu.postprocess_batch(batch, sizes, self.config)
         return [self._detections(polys, scores, box, meta)
                 for (polys, scores), box, meta in zip(results, boxes, metas)]
 

@@ -1,0 +1,66 @@
+"""The few array operations whose NumPy and CuPy spellings differ, behind one name each.
+
+Everything else in the component path is written once against `xp` (numpy or cupy).
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from engine.lazy import require
+
+# 8-connected foreground, 4-connected background (the pairing findContours assumes).
+_PLANE_8 = np.ones((3, 3), bool)
+_PLANE_4 = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], bool)
+
+
+def is_numpy(xp) -> bool:
+    return xp is np
+
+
+def to_host(array) -> np.ndarray:
+    return array if isinstance(array, np.ndarray) else array.get()
+
+
+def scatter_min(xp, target, index, values) -> None:
+    """target[index] = min(target[index], values), repeated indices allowed."""
+    if is_numpy(xp):
+        np.minimum.at(target, index, values)
+    else:
+        require("cupyx").scatter_min(target, index, values)
+
+
+def scatter_max(xp, target, index, values) -> None:
+    if is_numpy(xp):
+        np.maximum.at(target, index, values)
+    else:
+        require("cupyx").scatter_max(target, index, values)
+
+
+def label_batch(xp, mask, connectivity: int):
+    """Connected components of each (H, W) plane of an (N, H, W) bool mask, labels unique over
+    the batch (0 = not in the mask). Returns (int32 labels, number of labels)."""
+    if is_numpy(xp):
+        labels = np.zeros(mask.shape, np.int32)
+        total = 0
+        for i, plane in enumerate(mask):
+            count, lab = cv2.connectedComponents(plane.view(np.uint8), connectivity=connectivity,
+                                                 ltype=cv2.CV_32S)
+            labels[i] = np.where(lab > 0, lab + total, 0)
+            total += count - 1
+        return labels, total
+    ndimage = require("cupyx.scipy.ndimage")
+    structure = np.zeros((3, 3, 3), bool)
+    structure[1] = _PLANE_8 if connectivity == 8 else _PLANE_4
+    labels, total = ndimage.label(mask, structure=structure, output=xp.int32)
+    return labels, int(total)
+
+
+def dilate_2x2(xp, mask):
+    """cv2.dilate with a 2x2 kernel (anchor at its centre): a pixel is set when it or its left,
+    upper or upper-left neighbour is set. mask: (N, H, W) bool."""
+    out = mask.copy()
+    out[:, 1:, :] |= mask[:, :-1, :]
+    out[:, :, 1:] |= mask[:, :, :-1]
+    out[:, 1:, 1:] |= mask[:, :-1, :-1]
+    return out
