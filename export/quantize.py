@@ -159,8 +159,8 @@ def calibration_inputs(source, spec: ModelSpec, count: int = 32, limit_side: Opt
     skip = {os.path.basename(str(e)) for e in exclude}
     inputs = []
     with open_source(str(source)) as src:
-        total = src.total_frames
-        step = max(1, (total or count) // count)
+        # video: frames spread over the whole clip; images: the first `count` not excluded
+        step = 1 if src.kind == "images" else max(1, (src.total_frames or count) // count)
         for frame in src:
             if frame.index % step or os.path.basename(str(frame.source)) in skip:
                 continue

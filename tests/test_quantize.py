@@ -1,0 +1,152 @@
+"""FP16 / INT8 ONNX: TensorRT-ready structure, metadata, calibration inputs, accuracy report."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxconverter_common")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from engine.errors import ModelError, SourceError  # noqa: E402
+from engine.modelspec import METADATA_KEY, ModelSpec  # noqa: E402
+from export import quantize  # noqa: E402
+from export.accuracy import compare_models, synthetic_images  # noqa: E402
+from export.onnx_graph import get_metadata, set_metadata  # noqa: E402
+from export.trt_compat import check_onnx  # noqa: E402
+from pipeline.preprocess import preprocess  # noqa: E402
+
+SPEC = ModelSpec(arch="test", limit_side=64)
+
+
+@pytest.fixture(scope="module")
+def fp32_model(tmp_path_factory):
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)
+    from export.model import DBNet
+    from export.onnx_export import export_onnx
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("q") / "m.onnx"
+    export_onnx(DBNet("resnet18", width=0.25).eval(), path, opset=17, spec=SPEC,
+                example_shape=(1, 3, 64, 64), parity_shapes=None)
+    return path
+
+
+@pytest.fixture(scope="module")
+def image_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("images")
+    for i, image in enumerate(synthetic_images(4, 96, 128, first_seed=0)):
+        cv2.imwrite(str(folder / f"img{i}.png"), image)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def calibration(image_dir):
+    return quantize.calibration_inputs(image_dir, SPEC, count=3)
+
+
+def _run(path, x):
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"images": x})[0]
+
+
+def _consts(proto):
+    return {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+
+
+def test_calibration_inputs_match_runtime_preprocessing(image_dir):
+    inputs = quantize.calibration_inputs(image_dir, SPEC, count=2, exclude=["img0.png"])
+    assert len(inputs) == 2 and inputs[0].shape == (1, 3, 64, 96)
+    expected, _ = preprocess(cv2.imread(str(image_dir / "img1.png")), SPEC)
+    np.testing.assert_array_equal(inputs[0][0], expected)
+    with pytest.raises(SourceError):
+        quantize.calibration_inputs(image_dir / "absent", SPEC)
+
+
+def test_calibration_from_video_frames(shared_data):
+    video = shared_data / "video" / "pexels_lightbox_text_960x506.mp4"
+    inputs = quantize.calibration_inputs(video, SPEC, count=2, limit_side=64)
+    assert len(inputs) == 2 and inputs[0].shape == (1, 3, 64, 128)
+    assert not np.array_equal(inputs[0], inputs[1])  # frames spread over the video
+
+
+def test_fp16_keeps_fp32_io_and_metadata(fp32_model, tmp_path, calibration):
+    out = quantize.to_fp16(fp32_model, tmp_path / "m16.onnx", backend="onnxconverter")
+    proto = onnx.load(str(out))
+    assert proto.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    assert proto.graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    conv_weights = [proto.graph.initializer[i] for i, t in enumerate(proto.graph.initializer)
+                    if t.name.endswith("weight")]
+    assert conv_weights and all(t.data_type == TensorProto.FLOAT16 for t in conv_weights)
+    assert sum(n.op_type == "Cast" for n in proto.graph.node) == 2  # only at the I/O
+    assert ModelSpec.from_metadata(get_metadata(proto)) == SPEC.replace(precision="fp16")
+    x = calibration[0]
+    assert np.abs(_run(out, x) - _run(fp32_model, x)).max() < 1e-2
+    assert check_onnx(out, "8.6").ok
+
+
+@pytest.mark.parametrize("method,head", [("entropy", False), ("minmax", True)])
+def test_int8_is_symmetric_per_channel_qdq(fp32_model, tmp_path, calibration, method, head):
+    out = quantize.to_int8(fp32_model, tmp_path / "m8.onnx", calibration, method, keep_fp32_head=head)
+    proto = onnx.load(str(out))
+    consts = _consts(proto)
+    qdq = [n for n in proto.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert qdq and proto.opset_import[0].version == 17
+    for node in qdq:
+        zero = consts[node.input[2]]
+        assert zero.dtype == np.int8 and not zero.any()
+    producers = {o: n for n in proto.graph.node for o in n.output}
+    convs = [n for n in proto.graph.node if n.op_type == "Conv"]
+    weight_dq = producers[convs[0].input[1]]
+    assert weight_dq.op_type == "DequantizeLinear"
+    assert consts[weight_dq.input[1]].shape == (consts[producers[weight_dq.input[0]].input[0]].shape[0],)
+    head_nodes = [n for n in proto.graph.node if n.op_type == "ConvTranspose"]
+    head_quantized = [producers.get(n.input[0]) is not None and producers[n.input[0]].op_type ==
+                      "DequantizeLinear" for n in head_nodes]
+    assert head_quantized == [not head] * len(head_nodes)
+    assert ModelSpec.from_metadata(get_metadata(proto)).precision == "int8"
+    x = calibration[1]
+    assert np.abs(_run(out, x) - _run(fp32_model, x)).max() < 0.5
+    assert check_onnx(out, "8.6").ok and check_onnx(out, "11").ok
+
+
+def test_int8_input_errors(fp32_model, tmp_path, calibration):
+    with pytest.raises(SourceError):
+        quantize.to_int8(fp32_model, tmp_path / "x.onnx", [])
+    with pytest.raises(ModelError, match="calibration method"):
+        quantize.to_int8(fp32_model, tmp_path / "x.onnx", calibration, method="kl")
+    with pytest.raises(ModelError, match="FP16 converter"):
+        quantize.to_fp16(fp32_model, tmp_path / "x.onnx", backend="tensorrt")
+
+
+def _dark_text_model(path, bias=12.0):
+    """A one-Conv 'detector' (probability = sigmoid(bias - k * grey)): real boxes on scene text
+    without training, so box agreement is measured on something non-empty."""
+    w = np.full((1, 3, 3, 3), -60.0 / 27, np.float32)  # inputs are DB-normalised (about +-0.5)
+    nodes = [helper.make_node("Conv", ["images", "w", "b"], ["logit"], pads=[1, 1, 1, 1], name="conv"),
+             helper.make_node("Sigmoid", ["logit"], ["prob"], name="sigmoid")]
+    graph = helper.make_graph(
+        nodes, "dark", [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["n", 3, "h", "w"])],
+        [helper.make_tensor_value_info("prob", TensorProto.FLOAT, ["n", 1, "h", "w"])],
+        initializer=[numpy_helper.from_array(w, "w"),
+                     numpy_helper.from_array(np.array([bias - 12.0], np.float32), "b")])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    set_metadata(proto, METADATA_KEY, SPEC.replace(limit_side=256, box_thresh=0.5).to_json())
+    onnx.save(proto, str(path))
+    return path
+
+
+def test_accuracy_report_measures_box_agreement(tmp_path):
+    ref = _dark_text_model(tmp_path / "ref.onnx")
+    images = synthetic_images(3, 192, 256, first_seed=5)
+    fp16 = quantize.to_fp16(ref, tmp_path / "ref16.onnx")
+    same = compare_models(ref, fp16, images)
+    assert same.reference_boxes > 0 and same.precision == "fp16"
+    assert same.hmean >= 0.99 and same.max_abs < 1e-2
+    shifted = _dark_text_model(tmp_path / "shifted.onnx", bias=9.0)  # a visibly different model
+    worse = compare_models(ref, shifted, images)
+    assert worse.hmean < same.hmean and worse.mean_abs > same.mean_abs
+    row = worse.to_dict()
+    assert {"box_precision", "box_recall", "box_hmean", "max_abs"} <= set(row)
