@@ -1,0 +1,180 @@
+"""Engine cache, engine record checks, loader selection and the TensorRT runner's runtime
+behaviour (zero copy, CUDA graphs, per-thread contexts, profile errors) on the double."""
+import json
+import threading
+
+import numpy as np
+import pytest
+from engine_helpers import SMALL, ort_prob, trt  # noqa: F401
+
+import trt_double
+from engine.cache import cache_dir, cached_engine_runner
+from engine.errors import ModelError, ShapeError
+from engine.loader import load_runner
+from engine.onnxruntime_runner import OnnxRuntimeRunner
+from engine.record import sidecar_path
+from engine.tensorrt_build import BuildOptions, build_engine_file
+from engine.tensorrt_runner import TensorRTRunner
+from trt_double import fake_cuda
+
+
+@pytest.fixture(autouse=True)
+def engine_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("DBRT_ENGINE_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_cache_builds_once_and_keys_on_precision_and_profile(trt, tiny_onnx, engine_cache, rng):
+    assert cache_dir() == engine_cache
+    batch = rng.random((1, 3, 64, 64), dtype=np.float32)
+    with cached_engine_runner(tiny_onnx, precision="fp32", profile=SMALL) as runner:
+        first = runner.infer(batch)["prob"]
+    assert trt._double.builds == 1
+    with cached_engine_runner(tiny_onnx, precision="fp32", profile=SMALL) as runner:
+        np.testing.assert_array_equal(runner.infer(batch)["prob"], first)
+    assert trt._double.builds == 1                       # second start: cache hit, no build
+    engines = sorted(engine_cache.glob("*.engine"))
+    assert len(engines) == 1 and sidecar_path(engines[0]).is_file()
+    assert list(engine_cache.glob("timing-*.cache"))     # shared timing cache for rebuilds
+    cached_engine_runner(tiny_onnx, precision="fp32", profile=SMALL.__class__.from_hw(
+        (32, 32), (96, 96), (128, 128)))
+    assert trt._double.builds == 2                       # another profile, another engine
+    np.testing.assert_allclose(first, ort_prob(tiny_onnx, batch), atol=1e-5)
+
+
+def test_cache_key_follows_the_onnx_content(trt, tiny_onnx, tmp_path):
+    import onnx
+
+    cached_engine_runner(tiny_onnx, precision="fp32", profile=SMALL)
+    changed = onnx.load(str(tiny_onnx))
+    changed.doc_string = "retrained"
+    onnx.save(changed, str(tmp_path / "tiny.onnx"))
+    cached_engine_runner(tmp_path / "tiny.onnx", precision="fp32", profile=SMALL)
+    assert trt._double.builds == 2
+
+
+def test_engine_from_another_tensorrt_is_refused_with_a_clear_message(monkeypatch, tiny_onnx, tmp_path):
+    trt_double.install(monkeypatch, "10.x")
+    engine = tmp_path / "m.engine"
+    build_engine_file(tiny_onnx, engine, BuildOptions(precision="fp16", profile=SMALL))
+    trt_double.install(monkeypatch, "11.x")            # the user upgraded TensorRT
+    with pytest.raises(ModelError, match=r"m\.engine cannot run here: it was built with TensorRT "
+                                         r"10\.3\.0, this machine has TensorRT 11\.4\.0\. Rebuild "
+                                         r"it from tiny\.onnx"):
+        TensorRTRunner(engine).activate()
+    sidecar_path(engine).unlink()                       # no record: TensorRT's own refusal
+    with pytest.raises(ModelError, match="expecting library version 11.4.0 got 10.3.0"):
+        TensorRTRunner(engine).activate()
+
+
+def test_engine_for_another_gpu_is_refused(trt, tiny_onnx, tmp_path):
+    engine = tmp_path / "m.engine"
+    build_engine_file(tiny_onnx, engine, BuildOptions(profile=SMALL))
+    data = json.loads(sidecar_path(engine).read_text())
+    data.update(gpu_name="NVIDIA Jetson AGX Orin", compute_capability="8.7")
+    sidecar_path(engine).write_text(json.dumps(data))
+    with pytest.raises(ModelError, match=r"built for NVIDIA Jetson AGX Orin \(sm_87\), this GPU is "
+                                         r"Fake GPU .* \(sm_89\)"):
+        TensorRTRunner(engine).activate()
+    sidecar_path(engine).write_text("{broken")
+    with pytest.raises(ModelError, match="record is damaged"):
+        TensorRTRunner(engine)
+
+
+def test_shapes_outside_the_profile(trt, tiny_onnx, tmp_path):
+    engine = tmp_path / "m.engine"
+    build_engine_file(tiny_onnx, engine, BuildOptions(profile=SMALL))
+    with TensorRTRunner(engine) as runner:
+        assert runner.profiles["images"] == SMALL
+        for shape in [(1, 3, 256, 64), (3, 3, 64, 64), (1, 3, 16, 64)]:
+            with pytest.raises(ShapeError, match=r"outside the engine's profile \(min 1x3x32x32, "
+                                                 r"opt 1x3x64x64, max 2x3x128x128\)"):
+                runner.infer(np.zeros(shape, np.float32))
+
+
+class CountingBackend(fake_cuda.HostBackend):
+    def __init__(self):
+        super().__init__()
+        self.copies = 0
+        self.launches = 0
+
+    def copy_into(self, dst, src, stream):
+        self.copies += 1
+        super().copy_into(dst, src, stream)
+
+    def launch(self, graph, stream):
+        self.launches += 1
+        super().launch(graph, stream)
+
+
+def test_device_inputs_are_used_in_place(trt, tiny_onnx, tmp_path, rng):
+    engine = tmp_path / "m.engine"
+    build_engine_file(tiny_onnx, engine, BuildOptions(profile=SMALL))
+    backend = CountingBackend()
+    batch = rng.random((1, 3, 64, 96), dtype=np.float32)
+    with TensorRTRunner(engine, backend=backend) as runner:
+        runner.infer(fake_cuda.to_device(batch))
+        assert backend.copies == 0                         # zero copy from the GPU
+        runner.infer(batch)
+        assert backend.copies == 1                         # NumPy is uploaded once
+        runner.infer(fake_cuda.to_device(batch.astype(np.float64)))
+        assert backend.copies == 2                         # wrong dtype: converted on the device
+    assert backend.waits == 3                              # ordered after the caller's stream
+
+
+def test_cuda_graph_replay_per_shape(trt, tiny_onnx, tmp_path, rng):
+    engine = tmp_path / "m.engine"
+    build_engine_file(tiny_onnx, engine, BuildOptions(profile=SMALL))
+    backend = CountingBackend()
+    with TensorRTRunner(engine, cuda_graph=True, backend=backend) as runner:
+        for shape in [(1, 3, 64, 64), (1, 3, 64, 64), (2, 3, 32, 96), (1, 3, 64, 64)]:
+            batch = rng.random(shape, dtype=np.float32)
+            out = runner.infer(batch)["prob"]
+            np.testing.assert_allclose(out, ort_prob(tiny_onnx, batch), atol=1e-5)
+        previous = out
+        runner.infer(rng.random((1, 3, 64, 64), dtype=np.float32))
+        assert not np.array_equal(previous, runner.infer(np.zeros((1, 3, 64, 64), np.float32))["prob"])
+    assert backend.launches == 6                           # every call replays a graph
+
+
+def test_threads_get_their_own_context(trt, tiny_onnx, tmp_path, rng):
+    engine = tmp_path / "m.engine"
+    build_engine_file(tiny_onnx, engine, BuildOptions(profile=SMALL))
+    batches = [rng.random((1, 3, 32 * (i + 1), 64), dtype=np.float32) for i in range(3)]
+    results, errors = {}, []
+    with TensorRTRunner(engine) as runner:
+        def work(i):
+            try:
+                for _ in range(2):
+                    results[i] = runner.infer(batches[i])["prob"]
+            except Exception as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(runner._states) == 3                    # one context + stream per thread
+    assert not errors
+    for i, batch in enumerate(batches):
+        np.testing.assert_allclose(results[i], ort_prob(tiny_onnx, batch), atol=1e-5)
+
+
+def test_loader_picks_tensorrt_when_usable(trt, tiny_onnx, tmp_path, monkeypatch):
+    auto = load_runner(tiny_onnx, precision="fp32", profile=SMALL, threads=2)
+    assert isinstance(auto, TensorRTRunner) and trt._double.builds == 1
+    assert isinstance(load_runner(tiny_onnx, device="cpu"), OnnxRuntimeRunner)
+    assert isinstance(load_runner(tiny_onnx, backend="onnxruntime"), OnnxRuntimeRunner)
+    engine = tmp_path / "m.engine"
+    build_engine_file(tiny_onnx, engine, BuildOptions(profile=SMALL))
+    assert isinstance(load_runner(engine, threads=2), TensorRTRunner)
+    with pytest.raises(ModelError, match="onnxruntime cannot run it"):
+        load_runner(engine, backend="onnxruntime")
+
+
+def test_loader_falls_back_to_onnxruntime_without_tensorrt(tiny_onnx, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)     # import tensorrt fails
+    assert isinstance(load_runner(tiny_onnx), OnnxRuntimeRunner)
