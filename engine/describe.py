@@ -71,6 +71,11 @@ def _shape(shape) -> str:
     return "x".join("?" if d is None else str(d) for d in shape)
 
 
+def _dims(shape) -> str:
+    """(batch, 3, height, width): symbolic names kept, unknown sizes as '?'."""
+    return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
+
+
 def format_description(info: dict) -> str:
     """Human-readable text of `describe()`'s dict."""
     lines = [f"{info['kind']}: {info['file']}"]
@@ -92,7 +97,7 @@ def format_description(info: dict) -> str:
         lines.append("  no dbrt record (.json sidecar): engine built outside dbrt")
     for key in ("inputs", "outputs"):
         for t in info.get(key, []):
-            lines.append(f"  {key[:-1]:6} {t['name']}: {_shape(t['shape'])} {t['dtype']}")
+            lines.append(f"  {key[:-1]:6} {t['name']}: {_dims(t['shape'])} {t['dtype']}")
     for name, p in (info.get("profiles") or {}).items():
         lines.append(f"  engine profile {name}: min {_shape(p['min'])}, opt {_shape(p['opt'])}, "
                      f"max {_shape(p['max'])}")

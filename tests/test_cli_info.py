@@ -1,0 +1,103 @@
+"""`dbrt info` and `dbrt build` end to end (TensorRT parts through the double)."""
+import json
+import sys
+
+import pytest
+from engine_helpers import trt  # noqa: F401
+
+import trt_double
+from pipeline.cli import main
+
+
+def test_info_onnx_text_and_json(tiny_onnx, capsys):
+    assert main(["info", str(tiny_onnx)]) == 0
+    text = capsys.readouterr().out
+    assert "opset 17" in text and "precision fp32" in text
+    assert "input  images: (batch, 3, height, width) float32" in text and "limit_side 256" in text
+    assert main(["info", str(tiny_onnx), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["inputs"][0]["shape"] == ["batch", 3, "height", "width"]
+    assert info["spec"]["limit_side"] == 256 and len(info["sha256"]) == 64
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("missing.onnx", None, "ONNX file not found"),
+    ("bad.onnx", b"not onnx", "not a readable ONNX model"),
+    ("model.txt", b"x", "expected .onnx, .engine or .plan"),
+    ("missing.engine", None, "engine file not found"),
+])
+def test_info_errors_are_one_line(tmp_path, capsys, name, content, message):
+    path = tmp_path / name
+    if content is not None:
+        path.write_bytes(content)
+    assert main(["info", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_build_then_info(trt, tiny_onnx, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("DBRT_ENGINE_CACHE", str(tmp_path / "cache"))
+    engine = tmp_path / "tiny.engine"
+    code = main(["build", str(tiny_onnx), "-o", str(engine), "--precision", "fp32", "--opt", "64x64",
+                 "--max", "128x128", "--batch", "1:2", "--opt-level", "1", "--workspace", "64"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert f"wrote {engine} (fp32" in out and "max 2x3x128x128" in out
+    assert "done in" in err                                   # the progress output
+    assert list((tmp_path / "cache").glob("timing-*.cache"))
+    assert main(["info", str(engine)]) == 0
+    text = capsys.readouterr().out
+    assert f"built with TensorRT {trt.__version__}" in text
+    assert "profile images: min 1x3x32x32, opt 1x3x64x64, max 2x3x128x128" in text
+    assert "engine profile images" in text and "output prob: (?, 1, ?, ?) float32" in text
+
+
+def test_info_engine_without_tensorrt_shows_the_record(monkeypatch, tiny_onnx, tmp_path, capsys):
+    trt_double.install(monkeypatch, "10.x")
+    engine = tmp_path / "tiny.engine"
+    assert main(["build", str(tiny_onnx), "-o", str(engine), "--opt", "64x64", "--quiet",
+                 "--no-timing-cache"]) == 0
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    capsys.readouterr()
+    assert main(["info", str(engine)]) == 0
+    text = capsys.readouterr().out
+    assert "precision fp16, built with TensorRT 10.3.0" in text
+    assert "showing the build record only" in text
+
+
+@pytest.mark.parametrize("flavour, extra, message", [
+    ("11.x", ["--precision", "fp16"], "strongly typed networks only"),
+    ("10.x", ["--precision", "int8"], "needs calibration images"),
+    ("10.x", ["--opt", "64x60"], "multiples of 32"),
+    ("10.x", ["--min", "32x32"], "give --opt"),
+    ("10.x", ["--opt", "1x3x64x64", "--batch", "2"], "carry their batch"),
+])
+def test_build_errors_are_one_line(monkeypatch, tiny_onnx, tmp_path, capsys, flavour, extra, message):
+    trt_double.install(monkeypatch, flavour)
+    code = main(["build", str(tiny_onnx), "-o", str(tmp_path / "x.engine"), "--quiet",
+                 "--no-timing-cache"] + extra)
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.count("\n") == 1
+
+
+def test_build_int8_with_calibration_images(monkeypatch, tiny_onnx, tmp_path, capsys, rng):
+    import cv2
+
+    trt_double.install(monkeypatch, "10.x")
+    images = tmp_path / "calib"
+    images.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(images / f"{i}.png"), rng.integers(0, 255, (48, 80, 3), dtype="uint8"))
+    engine = tmp_path / "int8.engine"
+    assert main(["build", str(tiny_onnx), "-o", str(engine), "--precision", "int8", "--quiet",
+                 "--opt", "64x64", "--calib", str(images), "--calib-cache",
+                 str(tmp_path / "calib.cache"), "--no-timing-cache"]) == 0
+    assert "(int8" in capsys.readouterr().out
+    record = json.loads((tmp_path / "int8.engine.json").read_text())
+    assert record["builder"]["calibration_batches"] == 3
+
+
+def test_build_without_tensorrt(monkeypatch, tiny_onnx, capsys):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    assert main(["build", str(tiny_onnx)]) == 2
+    assert "pip install tensorrt" in capsys.readouterr().err
