@@ -64,7 +64,7 @@ def _check_metas(metas, n: int) -> List[dict]:
 
 def check_finite(prob, xp) -> None:
     """NaN / inf in a map means a broken model or engine: say so instead of returning junk."""
-    if not bool(xp.isfinite(prob.sum(dtype=xp.float64))):
+    if not bool(xp.isfinite(prob).all()):
         raise PostprocessError("the probability map contains NaN or infinite values "
                                "(broken model, engine or input)")
 
@@ -113,12 +113,18 @@ class DBPostprocessor:
 
             sizes = [(b.content_h, b.content_w) for b in boxes]
             results = gpu.postprocess_batch(batch, sizes, self.config)
-        return [self._detections(polys, scores, box, meta)
+        return [to_detections(polys, scores, box, meta)
                 for (polys, scores), box, meta in zip(results, boxes, metas)]
 
-    @staticmethod
-    def _detections(polys, scores, box: Letterbox, meta: dict) -> Detections:
-        frame_polys = tuple(to_frame(p, box.scale_x, box.scale_y, box.frame_w, box.frame_h)
-                            for p in polys)
-        return Detections(frame_polys, np.asarray(scores, np.float32),
-                          frame_size=(box.frame_h, box.frame_w), **meta)
+
+def to_detections(polys, scores, box: Letterbox, meta: Optional[dict] = None) -> Detections:
+    """Polygons in map pixels -> Detections in frame pixels (rounded and clipped as the reference)."""
+    def mapped(points):
+        return to_frame(points, box.scale_x, box.scale_y, box.frame_w, box.frame_h)
+
+    if polys and all(len(p) == len(polys[0]) for p in polys):  # quads: one vectorised call
+        frame_polys = tuple(mapped(np.stack(polys)))
+    else:
+        frame_polys = tuple(mapped(p) for p in polys)
+    return Detections(frame_polys, np.asarray(scores, np.float32),
+                      frame_size=(box.frame_h, box.frame_w), **(meta or {}))

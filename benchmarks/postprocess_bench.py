@@ -1,0 +1,251 @@
+"""DB post-processing micro-benchmark: ours vs the reference on identical probability maps.
+
+Implementations (each takes one (H, W) map and returns boxes in map pixels):
+- reference: tests/reference_db.py, PaddleOCR's DBPostProcess re-implemented contour by contour;
+- rapidocr:  RapidOCR's own copy of DBPostProcess (peer; `pip install rapidocr`, optional);
+- cpu:       pipeline.postprocess, NumPy / OpenCV path (DBPostprocessor(device="cpu"));
+- twin:      the GPU path's array code run with NumPy (with --twin; checks it on real maps);
+- gpu:       the CuPy path on maps already on the GPU, compact copies included (GPU only).
+
+Maps: dense synthetic DB-like maps (736x1280 ~ 1 MP and 1472x2560 ~ 4 MP, 10..1000 text bars)
+and, when a trained model is available, real maps: the PP-OCR det model shipped with rapidocr
+and pipeline/assets/dbnet_default.onnx run on ../shared/data realdev images.
+
+Reported per map set and implementation: median time per frame, boxes, whether the boxes are
+identical to the reference's (count, max vertex difference in px, max score difference) and the
+speed-up over the reference. Results: benchmarks/results/<machine>/postprocess.{json,md}.
+
+    python -m benchmarks.postprocess_bench [--quick] [--repeats 5] [--no-real]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
+
+from benchmarks import common  # noqa: E402
+from engine.lazy import cupy_or_none, optional  # noqa: E402
+from pipeline.postprocess import DBPostprocessor, PostprocessConfig, gpu  # noqa: E402
+from pipeline.postprocess.postprocessor import to_detections  # noqa: E402
+from pipeline.preprocess import make_letterbox  # noqa: E402
+from postprocess_maps import dense_map  # noqa: E402  (tests/)
+from reference_db import ReferenceDB  # noqa: E402  (tests/)
+
+CONFIG = PostprocessConfig(thresh=0.3, box_thresh=0.6, unclip_ratio=1.5)
+SIZES = {"1MP": (736, 1280), "4MP": (1472, 2560)}
+COUNTS = (10, 100, 300, 1000)
+
+Impl = Callable[[np.ndarray], tuple]
+
+
+# -- implementations --------------------------------------------------------------------------
+def reference_impl() -> Impl:
+    ref = ReferenceDB(thresh=CONFIG.thresh, box_thresh=CONFIG.box_thresh,
+                      max_candidates=CONFIG.max_candidates, unclip_ratio=CONFIG.unclip_ratio)
+    return lambda prob: ref(prob)
+
+
+def rapidocr_impl() -> Optional[Impl]:
+    if optional("rapidocr.ch_ppocr_det.utils") is None:
+        return None
+    from rapidocr.ch_ppocr_det.utils import DBPostProcess
+
+    peer = DBPostProcess(thresh=CONFIG.thresh, box_thresh=CONFIG.box_thresh,
+                         max_candidates=CONFIG.max_candidates, unclip_ratio=CONFIG.unclip_ratio)
+
+    def run(prob):  # its __call__ minus the extra clockwise re-ordering / 3-px filter
+        h, w = prob.shape
+        boxes, scores = peer.boxes_from_bitmap(prob, prob > CONFIG.thresh, w, h)
+        return [b.astype(np.float32) for b in boxes], scores
+    return run
+
+
+def ours_impl(device: str) -> Impl:
+    post = DBPostprocessor(CONFIG, device=device)
+
+    def run(prob):
+        h, w = prob.shape
+        det = post(prob[None], [make_letterbox(h, w, h, w)])[0]
+        return list(det.polygons), list(det.scores)
+    return run
+
+
+def twin_impl() -> Impl:
+    def run(prob):
+        (polys, scores), = gpu.postprocess_batch(prob[None], [prob.shape], CONFIG)
+        det = to_detections(polys, scores, make_letterbox(*prob.shape, *prob.shape))
+        return list(det.polygons), list(det.scores)
+    return run
+
+
+# -- maps ---------------------------------------------------------------------------------------
+def synthetic_sets(quick: bool) -> Dict[str, List[np.ndarray]]:
+    rng = np.random.default_rng(0)
+    frames = 2 if quick else 3
+    sizes = {"1MP": SIZES["1MP"]} if quick else SIZES
+    counts = (10, 300) if quick else COUNTS
+    return {f"synthetic {name} x{n}": [dense_map(rng, h, w, n) for _ in range(frames)]
+            for name, (h, w) in sizes.items() for n in counts}
+
+
+def _model_maps(model: Path, preset: Optional[str], images: List[np.ndarray]) -> List[np.ndarray]:
+    from pipeline.detector import Detector
+
+    detector = Detector(str(model), backend="onnxruntime", device="cpu", preset=preset)
+    try:
+        maps = []
+        for image in images:
+            batch, _ = detector.prepare([image])
+            maps.append(np.ascontiguousarray(np.asarray(detector.infer(batch))[0, 0], np.float32))
+        return maps
+    finally:
+        detector.close()
+
+
+def real_sets(quick: bool, log=print) -> Dict[str, List[np.ndarray]]:
+    """Maps of trained models on the realdev photographs (skipped when either is absent)."""
+    import cv2
+
+    realdev = common.SHARED_DATA / "realdev"
+    if not realdev.is_dir():
+        log(f"no real maps: {realdev} is absent")
+        return {}
+    paths = sorted(p for p in realdev.iterdir() if p.suffix.lower() in (".jpg", ".png"))
+    images = [cv2.imread(str(p)) for p in paths[: 4 if quick else len(paths)]]
+    models = []
+    rapidocr = optional("rapidocr")
+    if rapidocr is not None:
+        models.append(("PP-OCRv6 det", Path(rapidocr.__file__).parent / "models" / "PP-OCRv6_det_small.onnx",
+                       "ppocr"))
+    models.append(("dbrt default", REPO / "pipeline" / "assets" / "dbnet_default.onnx", None))
+    sets = {}
+    for name, path, preset in models:
+        if not path.is_file():
+            log(f"no real maps from {name}: {path} is absent")
+            continue
+        maps = _model_maps(path, preset, images)
+        sets[f"real {name} ({len(maps)} realdev images, {maps[0].shape[0]}x{maps[0].shape[1]}...)"] = maps
+    return sets
+
+
+# -- comparison ---------------------------------------------------------------------------------
+def compare(ref_out: list, out: list) -> dict:
+    """Boxes of one implementation against the reference's, over all frames of a set."""
+    same_count, vertex, score = True, 0.0, 0.0
+    for (rb, rs), (ob, os_) in zip(ref_out, out):
+        if len(rb) != len(ob) or any(np.shape(a) != np.shape(b) for a, b in zip(rb, ob)):
+            same_count = False
+            continue
+        for a, b in zip(rb, ob):
+            vertex = max(vertex, float(np.abs(np.asarray(a, np.float64) - np.asarray(b)).max()))
+        if len(rs):
+            score = max(score, float(np.abs(np.asarray(rs, np.float64) - np.asarray(os_)).max()))
+    return dict(same_count=same_count, max_vertex_diff_px=round(vertex, 4),
+                max_score_diff=float(f"{score:.3g}"))
+
+
+def run_set(name: str, maps: List[np.ndarray], impls: Dict[str, Impl], repeats: int,
+            gpu_impl: Optional[tuple] = None) -> List[dict]:
+    rows, ref_ms, ref_out = [], None, None
+    all_impls = dict(impls)
+    for label, impl in all_impls.items():
+        outputs = [impl(m) for m in maps]
+        it = iter(range(10**9))
+        stats = common.measure(lambda: impl(maps[next(it) % len(maps)]), warmup=1,
+                               repeats=repeats * len(maps))
+        if label == "reference":
+            ref_ms, ref_out = stats.median_ms, outputs
+        rows.append(_row(name, label, maps, stats, outputs, ref_out, ref_ms))
+    if gpu_impl is not None:
+        label, impl, to_device, sync = gpu_impl
+        device_maps = [to_device(m) for m in maps]
+        outputs = [impl(m) for m in device_maps]
+        it = iter(range(10**9))
+        stats = common.measure(lambda: impl(device_maps[next(it) % len(maps)]), warmup=3,
+                               repeats=repeats * 4 * len(maps), sync=sync)
+        rows.append(_row(name, label, maps, stats, outputs, ref_out, ref_ms))
+    return rows
+
+
+def _row(name, label, maps, stats, outputs, ref_out, ref_ms) -> dict:
+    row = dict(maps=name, impl=label, frames=len(maps), ms_per_frame=stats.median_ms,
+               spread_pct=round(stats.spread_pct, 1),
+               boxes=int(sum(len(o[0]) for o in outputs)))
+    row.update(compare(ref_out, outputs))
+    row["speedup_vs_reference"] = round(ref_ms / stats.median_ms, 2) if stats.median_ms else None
+    return row
+
+
+def gpu_impl_or_none():
+    cp = cupy_or_none()
+    if cp is None:
+        return None
+    post = DBPostprocessor(CONFIG)
+
+    def run(prob):
+        h, w = prob.shape
+        det = post(prob[None], [make_letterbox(h, w, h, w)])[0]
+        return list(det.polygons), list(det.scores)
+    return ("gpu (cupy)", run, cp.asarray, cp.cuda.get_current_stream().synchronize)
+
+
+# -- main -------------------------------------------------------------------------------------
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer, smaller map sets")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per map")
+    parser.add_argument("--no-real", action="store_true", help="skip the model-generated maps")
+    parser.add_argument("--twin", action="store_true",
+                        help="also time the GPU path's array code run with NumPy (slow on a CPU)")
+    args = parser.parse_args(argv)
+
+    impls = {"reference": reference_impl()}
+    peer = rapidocr_impl()
+    if peer is not None:
+        impls["rapidocr"] = peer
+    impls["cpu"] = ours_impl("cpu")
+    if args.twin:
+        impls["twin"] = twin_impl()
+    gpu_impl = gpu_impl_or_none()
+
+    sets = synthetic_sets(args.quick)
+    if not args.no_real:
+        sets.update(real_sets(args.quick))
+    rows = []
+    for name, maps in sets.items():
+        print(f"[postprocess] {name}", flush=True)
+        rows.extend(run_set(name, maps, impls, args.repeats, gpu_impl))
+        for row in rows[-len(impls) - (gpu_impl is not None):]:
+            print(f"  {row['impl']:>10}: {row['ms_per_frame']:8.3f} ms/frame  {row['boxes']:5d} boxes  "
+                  f"same={row['same_count']} dv={row['max_vertex_diff_px']} ds={row['max_score_diff']} "
+                  f"x{row['speedup_vs_reference']}", flush=True)
+    write(rows, args)
+    return 0
+
+
+def write(rows: List[dict], args) -> None:
+    info = common.machine_info()
+    out = common.results_dir()
+    config = CONFIG.to_dict()
+    common.write_json(out / "postprocess.json", dict(config=config, rows=rows, machine=info,
+                                                     command="python -m benchmarks.postprocess_bench"
+                                                     + (" --quick" if args.quick else "")))
+    note = ("Time per frame is the median over repeated calls on the same maps (one CPU thread "
+            "for OpenCV is not forced; the machine may be shared). `same_count`: every frame has "
+            "the reference's number of boxes; `max_vertex_diff_px` / `max_score_diff`: the largest "
+            "difference to the reference's boxes (in map pixels) and scores. GPU times include "
+            "the compact device-to-host copies; the map is already on the GPU.\n\n"
+            f"Options: {config}.\n")
+    common.write_markdown(out / "postprocess.md", "DB post-processing vs the reference",
+                          [("Method", note), ("Results", common.markdown_table(rows))], info)
+    print(f"wrote {out / 'postprocess.md'}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
