@@ -108,6 +108,44 @@ def make_batch(frame: np.ndarray, spec, size: Tuple[int, int], batch: int) -> np
     return np.ascontiguousarray(np.repeat(chw[None], batch, axis=0))
 
 
+def make_variants(mut: ModelUnderTest, precisions: Sequence[str], spec, workdir: Path,
+                  log: Callable[[str], None] = print) -> Dict[str, Path]:
+    """FP16 / INT8 ONNX files of the model (export.quantize), for the ORT precision rows. INT8 is
+    calibrated on 8 frames of the video (or the synthetic sample frame) at limit side 320."""
+    from export import quantize
+
+    variants = {}
+    for precision in precisions:
+        if precision == "fp32":
+            continue
+        path = workdir / f"{mut.onnx.stem}_{precision}.onnx"
+        try:
+            if precision == "fp16":
+                quantize.to_fp16(mut.onnx, path)
+            elif precision == "int8":
+                quantize.to_int8(mut.onnx, path, _calibration(spec, workdir))
+            else:
+                raise ValueError(f"unknown precision {precision!r}")
+        except Exception as exc:  # noqa: BLE001 - a precision that cannot be made is noted, not fatal
+            mut.notes.append(f"{precision} variant not made: {str(exc).splitlines()[0]}")
+            log(f"  {precision} variant not made: {exc}")
+            continue
+        variants[precision] = path
+    return variants
+
+
+def _calibration(spec, workdir: Path):
+    from export.quantize import calibration_inputs
+
+    source = VIDEO
+    if not VIDEO.is_file():
+        import cv2
+
+        source = workdir / "calibration_frame.png"
+        cv2.imwrite(str(source), sample_frame())
+    return calibration_inputs(source, spec, count=8, limit_side=320)
+
+
 # -- targets: one (backend, device, precision) each ---------------------------------------------
 
 @dataclass
@@ -201,14 +239,15 @@ def reference_outputs(targets: Sequence[Target], frame, spec, sizes) -> Dict[Tup
 
 def sweep(targets: Sequence[Target], spec, sizes: Sequence[Tuple[int, int]], batches: Sequence[int],
           warmup: int = 2, repeats: int = 5, frame: Optional[np.ndarray] = None,
-          log: Callable[[str], None] = print) -> List[dict]:
-    """One row per (target, size, batch): latency stats, throughput, max abs diff vs reference."""
+          log: Callable[[str], None] = print, cpu_batches: Optional[Sequence[int]] = None) -> List[dict]:
+    """One row per (target, size, batch): latency stats, throughput, max abs diff vs reference.
+    `cpu_batches` limits CPU targets (beside a GPU, big CPU batches only cost time)."""
     frame = sample_frame() if frame is None else frame
     refs = reference_outputs(targets, frame, spec, sizes)
     rows = []
     for target in targets:
         for size in sizes:
-            for batch in batches:
+            for batch in (cpu_batches or batches) if target.device == "cpu" else batches:
                 try:
                     run, fetch = target.prepare(make_batch(frame, spec, size, batch))
                     stats = common.measure(run, warmup, repeats, target.sync)
@@ -290,24 +329,28 @@ def write_results(rows: List[dict], mut: ModelUnderTest, settings: dict, out_dir
 
 
 def run(model=None, weights=None, sizes=(320, 480, 640, 736), batches=(1, 4), warmup=2, repeats=5,
-        threads=0, variants=None, out_dir=None, log=print) -> Dict[str, Path]:
+        threads=0, variants=None, out_dir=None, log=print, cpu_batches=None,
+        precisions=("fp32",)) -> Dict[str, Path]:
     """Sweep and write `model_bench.{json,md}` + `model_bench_fps.png`; returns their paths."""
-    mut = load_model(model, weights)
+    workdir = Path(tempfile.mkdtemp(prefix="dbrt-bench-"))
+    mut = load_model(model, weights, workdir)
     from engine.modelspec import resolve_spec
     from engine.onnxruntime_runner import OnnxRuntimeRunner
 
     with OnnxRuntimeRunner(mut.onnx, device="cpu") as probe:
         spec = resolve_spec(probe.metadata)
+    variants = {**make_variants(mut, precisions, spec, workdir, log), **(variants or {})}
     targets = default_targets(mut, threads, variants)
     sizes2 = [(s, s) for s in sizes]
     log(f"model-only sweep: {mut.label}; {len(targets)} targets x {len(sizes2)} sizes x {len(batches)} batches")
     try:
-        rows = sweep(targets, spec, sizes2, batches, warmup, repeats, log=log)
+        rows = sweep(targets, spec, sizes2, batches, warmup, repeats, log=log, cpu_batches=cpu_batches)
     finally:
         for t in targets:
             if t.close:
                 t.close()
-    settings = {"sizes": list(sizes), "batches": list(batches), "warmup": warmup, "repeats": repeats,
+    settings = {"sizes": list(sizes), "batches": list(batches), "cpu_batches": list(cpu_batches or batches),
+                "precisions": sorted({"fp32", *variants}), "warmup": warmup, "repeats": repeats,
                 "threads": threads or "backend default", "targets": [t.name for t in targets]}
     return write_results(rows, mut, settings, Path(out_dir) if out_dir else common.results_dir())
 
@@ -318,15 +361,19 @@ def main(argv=None) -> int:
     p.add_argument("--weights", type=Path, help="the same model's PyTorch weights (for the baseline)")
     p.add_argument("--sizes", type=int, nargs="+", default=[320, 480, 640, 736], help="square input sides")
     p.add_argument("--batches", type=int, nargs="+", default=[1, 4])
+    p.add_argument("--cpu-batches", type=int, nargs="+", help="batches for CPU targets (default: --batches)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=0, help="CPU threads for every backend (0: default)")
+    p.add_argument("--precisions", nargs="+", default=["fp32"], choices=["fp32", "fp16", "int8"],
+                   help="ONNX Runtime precisions (fp16 / int8 files made with export.quantize)")
     p.add_argument("--variant", action="append", default=[], metavar="PRECISION=PATH",
                    help="another ONNX of the same model, e.g. int8=model_int8.onnx")
     p.add_argument("--out", type=Path, help="results folder (default: benchmarks/results/<machine>)")
     a = p.parse_args(argv)
     variants = dict(v.split("=", 1) for v in a.variant)
-    paths = run(a.model, a.weights, a.sizes, a.batches, a.warmup, a.repeats, a.threads, variants, a.out)
+    paths = run(a.model, a.weights, a.sizes, a.batches, a.warmup, a.repeats, a.threads, variants, a.out,
+                cpu_batches=a.cpu_batches, precisions=a.precisions)
     print("\n".join(f"wrote {p}" for p in paths.values()))
     return 0
 

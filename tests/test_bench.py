@@ -135,3 +135,64 @@ def test_run_all_reports_missing_benchmarks(monkeypatch):
     monkeypatch.setitem(run_all.BENCHMARKS, "pipeline", ("benchmarks.no_such_module", "absent"))
     record = run_all.run_one("pipeline", [], timeout_s=5, log=lambda m: None)
     assert record["status"] == "missing"
+
+
+# -- GPU proof machinery (the CPU-side parts here; the GPU parts under -m gpu) -------------------
+
+def test_dense_map_and_box_comparison():
+    from benchmarks import gpu_checks
+    from pipeline.detections import Detections
+
+    prob = gpu_checks.dense_map(128, 192, 12, seed=3)
+    assert prob.shape == (128, 192) and prob.dtype == np.float32
+    assert 0.0 <= prob.min() and prob.max() <= 0.98 and (prob > 0.6).any()
+    quad = np.array([[0, 0], [10, 0], [10, 5], [0, 5]], np.float32)
+    a = [Detections.from_quads(quad[None], [0.9])]
+    same = gpu_checks.compare_detections(a, [Detections.from_quads(quad[None], [0.9])])
+    assert same == {"boxes": 1, "same_count": True, "max_vertex_diff": 0.0, "max_score_diff": 0.0}
+    moved = gpu_checks.compare_detections(a, [Detections.from_quads(quad[None] + 2, [0.8])])
+    assert moved["max_vertex_diff"] == 2.0 and moved["max_score_diff"] == pytest.approx(0.1)
+    assert not gpu_checks.compare_detections(a, [Detections.empty()])["same_count"]
+
+
+def test_gpu_proof_report_from_recorded_steps(tmp_path, monkeypatch):
+    from benchmarks import gpu_proof
+
+    monkeypatch.setenv("DBRT_RESULTS_DIR", str(tmp_path / "res"))
+    stage = {"count": 10, "mean_ms": 2.0, "p50_ms": 1.9, "p95_ms": 2.5, "p99_ms": 3.0}
+    pipe = {"batch": 1, "frames": 10, "pipeline_fps": 95.0, "model_alone_fps": 100.0, "ratio": 0.95,
+            "gpu_in_model_share": 0.9, "gpu_idle_share": 0.1, "end_to_end": stage,
+            "stages": {name: stage for name in ("decode", "preprocess", "infer", "postprocess", "sink")}}
+    proof = gpu_proof.Proof(log=lambda m: None)
+    proof.step("environment", lambda: {"gpus": ["NVIDIA H200"]})
+    proof.step("preprocess", lambda: [{"batch": 1, "gpu_ms_per_frame": 0.1, "max_abs_diff": 1e-6}])
+    proof.step("pipeline batch 1", lambda: pipe)
+    proof.step("postprocess", lambda: (_ for _ in ()).throw(RuntimeError("boxes differ")))
+
+    def skipped():
+        raise gpu_proof.Skip("no GPU")
+    proof.step("pipeline batch 4", skipped)
+    assert [s["status"] for s in proof.steps] == ["ok", "ok", "ok", "failed: RuntimeError: boxes differ",
+                                                  "skipped: no GPU"]
+    md = gpu_proof.write_report(proof.steps, tmp_path / "out").read_text()
+    assert "| 1 | 10 | 95.00 | 100.00 | 0.95 | 0.90 | 0.10 |" in md
+    assert "| 1 | infer | 10 | 2.00 | 1.90 | 2.50 | 3.00 |" in md
+    assert "postprocess: failure" in md and "boxes differ" in md
+    assert (tmp_path / "out" / "results_res.tar.gz").is_file()
+    assert (tmp_path / "res" / "gpu_proof_stages.png").read_bytes()[:8] == PNG_MAGIC
+
+
+@pytest.mark.gpu
+def test_gpu_checks_on_the_gpu():
+    from engine.lazy import cupy_or_none
+
+    if cupy_or_none() is None:
+        pytest.skip("needs CuPy and a CUDA device")
+    from benchmarks import gpu_checks
+    from engine.modelspec import ModelSpec
+
+    frames = [np.random.default_rng(i).integers(0, 255, (90, 160, 3), dtype=np.uint8) for i in range(2)]
+    pre = gpu_checks.check_preprocess(frames, ModelSpec(limit_side=96), batches=(1, 2), repeats=3)
+    assert len(pre) == 2 and all(r["max_abs_diff"] < 1e-2 for r in pre)
+    post = gpu_checks.time_postprocess(gpu_checks.dense_map(256, 256, 20)[None], "tiny", repeats=3)
+    assert post["same_count"] and post["max_vertex_diff"] <= 1.0

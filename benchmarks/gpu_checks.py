@@ -1,0 +1,212 @@
+"""The GPU measurements of issue 9, each comparing the GPU path with its CPU twin on the same data:
+
+* preprocess:  pipeline.gpu_preprocess (one CuPy kernel) vs pipeline.preprocess (OpenCV / NumPy):
+               max abs difference of the network input, ms per frame.
+* postprocess: DBPostprocessor on CuPy maps vs NumPy maps (dense synthetic 1 MP / 4 MP maps, and
+               real maps of the model on video frames): identical boxes (count, max vertex
+               difference, max score difference), ms per map including the compact copy, ratio.
+* pipeline:    the threaded Pipeline on a video with a GPU runner vs that runner alone on the same
+               frames (already preprocessed on the GPU): FPS ratio (target >= 0.9), per-stage
+               latencies, and the share of wall time the GPU spent outside the model's calls.
+
+Every function returns plain dicts (rows for a table); benchmarks.gpu_proof runs them in order.
+"""
+from __future__ import annotations
+
+import time
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
+
+from . import common
+
+
+def read_frames(video, count: int) -> List[np.ndarray]:
+    """The first `count` frames of a video as BGR uint8 arrays (OpenCV; no PyAV needed)."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(video))
+    frames = []
+    while len(frames) < count:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        frames.append(frame)
+    cap.release()
+    if not frames:
+        raise RuntimeError(f"no frames could be read from {video}")
+    return frames
+
+
+def _cuda_sync():
+    """Wait for all GPU work (whatever stream the runner or kernel used)."""
+    import cupy
+
+    cupy.cuda.runtime.deviceSynchronize()
+
+
+# -- preprocessing -----------------------------------------------------------------------------
+
+def check_preprocess(frames: Sequence[np.ndarray], spec, batches=(1, 8), repeats: int = 20) -> List[dict]:
+    from pipeline.gpu_preprocess import GpuPreprocessor
+    from pipeline.preprocess import preprocess_batch, target_size
+
+    gpu = GpuPreprocessor(spec)
+    h, w = frames[0].shape[:2]
+    size = target_size(h, w, spec.limit_side, spec.limit_type, spec.stride)
+    rows = []
+    for batch in batches:
+        group = list(frames[:batch])
+        cpu_batch, _ = preprocess_batch(group, spec, size)
+        gpu_batch, _ = gpu(group, size)
+        diff = float(np.abs(gpu_batch.get() - cpu_batch).max())
+        g = common.measure(lambda: gpu(group, size), 3, repeats, _cuda_sync)
+        c = common.measure(lambda: preprocess_batch(group, spec, size), 2, max(3, repeats // 4))
+        rows.append({"frame": f"{h}x{w}", "input": f"{size[0]}x{size[1]}", "batch": batch,
+                     "gpu_ms_per_frame": round(g.median_ms / batch, 3),
+                     "cpu_ms_per_frame": round(c.median_ms / batch, 3),
+                     "speedup": round(c.median_ms / g.median_ms, 1), "max_abs_diff": diff})
+    return rows
+
+
+# -- post-processing ---------------------------------------------------------------------------
+
+def dense_map(h: int, w: int, components: int, seed: int = 0) -> np.ndarray:
+    """A synthetic probability map: `components` rotated text-like boxes on a low background."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    prob = rng.uniform(0.0, 0.1, (h, w)).astype(np.float32)
+    for _ in range(components):
+        cx, cy = rng.uniform(0, w), rng.uniform(0, h)
+        bw, bh = rng.uniform(8, max(12, w / 12)), rng.uniform(5, max(8, h / 40))
+        angle = rng.uniform(-30, 30)
+        box = cv2.boxPoints(((cx, cy), (bw, bh), angle)).astype(np.int32)
+        cv2.fillPoly(prob, [box], float(rng.uniform(0.65, 0.98)))
+    return prob
+
+
+def compare_detections(a, b) -> dict:
+    """Box agreement of two Detections lists (same order expected from the same maps)."""
+    count_equal, vertex, score = True, 0.0, 0.0
+    for da, db in zip(a, b):
+        if len(da) != len(db):
+            count_equal = False
+            continue
+        for pa, pb in zip(da.polygons, db.polygons):
+            vertex = max(vertex, float(np.abs(pa - pb).max()) if pa.shape == pb.shape else np.inf)
+        if len(da):
+            score = max(score, float(np.abs(da.scores - db.scores).max()))
+    return {"boxes": sum(len(d) for d in a), "same_count": count_equal,
+            "max_vertex_diff": vertex, "max_score_diff": score}
+
+
+def time_postprocess(maps: np.ndarray, label: str, repeats: int = 10) -> dict:
+    """GPU vs CPU DBPostprocessor on (N, H, W) maps at input resolution."""
+    import cupy
+
+    from pipeline.postprocess import DBPostprocessor, PostprocessConfig
+    from pipeline.preprocess import make_letterbox
+
+    n, h, w = maps.shape
+    boxes = [make_letterbox(h, w, h, w)] * n
+    post_cpu = DBPostprocessor(PostprocessConfig(), device="cpu")
+    post_gpu = DBPostprocessor(PostprocessConfig(), device="gpu")
+    on_gpu = cupy.asarray(maps)
+    agreement = compare_detections(post_cpu(maps, boxes), post_gpu(on_gpu, boxes))
+    g = common.measure(lambda: post_gpu(on_gpu, boxes), 3, repeats, _cuda_sync)
+    c = common.measure(lambda: post_cpu(maps, boxes), 1, max(3, repeats // 3))
+    return {"maps": label, "size": f"{h}x{w}", "mpix": round(h * w / 1e6, 2),
+            "gpu_ms_per_map": round(g.median_ms / n, 3), "cpu_ms_per_map": round(c.median_ms / n, 3),
+            "speedup": round(c.median_ms / g.median_ms, 1), **agreement}
+
+
+def check_postprocess(real_maps: Dict[str, np.ndarray] = None, components=(10, 100, 1000)) -> List[dict]:
+    rows = []
+    for h, w in ((1024, 1024), (2048, 2048)):
+        for n in components:
+            rows.append(time_postprocess(dense_map(h, w, n, seed=n)[None], f"synthetic, {n} boxes"))
+    for label, maps in (real_maps or {}).items():
+        rows.append(time_postprocess(maps, label))
+    return rows
+
+
+def model_maps(runner, frames: Sequence[np.ndarray], spec, sizes: Sequence[Tuple[int, int]]) -> Dict[str, np.ndarray]:
+    """Real probability maps: the model on video frames, at each network input size."""
+    from pipeline.preprocess import preprocess_batch
+
+    out = {}
+    for size in sizes:
+        batch, _ = preprocess_batch(list(frames[:2]), spec, size)
+        prob = runner.infer(batch)[runner.output_names[0]]
+        prob = prob.get() if hasattr(prob, "get") else np.asarray(prob)
+        out[f"model on video frames, {size[0]}x{size[1]}"] = prob[:, 0].astype(np.float32)
+    return out
+
+
+# -- the full pipeline -------------------------------------------------------------------------
+
+class GpuSpanRecorder:
+    """Wraps a runner's `infer` with CUDA events on the current stream: the GPU time spanned by
+    the model's calls, without synchronising inside the pipeline."""
+
+    def __init__(self, runner):
+        import cupy
+
+        self.cp = cupy
+        self.runner = runner
+        self.events: List[tuple] = []
+        self._infer = runner.infer
+        runner.infer = self._timed
+
+    def _timed(self, feed):
+        start, end = self.cp.cuda.Event(), self.cp.cuda.Event()
+        start.record()
+        out = self._infer(feed)
+        end.record()
+        self.events.append((start, end))
+        return out
+
+    def busy_ms(self) -> float:
+        if not self.events:
+            return 0.0
+        self.events[-1][1].synchronize()
+        return float(sum(self.cp.cuda.get_elapsed_time(s, e) for s, e in self.events))
+
+    def restore(self) -> None:
+        self.runner.infer = self._infer
+
+
+def check_pipeline(video, detector, frames: int, batch: int = 1) -> dict:
+    """Pipeline FPS vs the same runner alone on the same frames (preprocessed on the GPU first)."""
+    from pipeline.runner import Pipeline
+
+    images = read_frames(video, frames)
+    prepared = [detector.prepare(images[i:i + batch]) for i in range(0, len(images) - batch + 1, batch)]
+    alone = _model_alone_fps(detector, prepared, batch)
+    recorder = GpuSpanRecorder(detector.runner)
+    try:
+        pipe = Pipeline([str(video)], detector, batch=batch, max_frames=frames)
+        report = pipe.run()
+        busy = recorder.busy_ms()
+    finally:
+        recorder.restore()
+    wall_ms = report["wall_s"] * 1e3
+    return {"video": str(getattr(video, "name", video)), "frames": report["frames"], "batch": batch,
+            "pipeline_fps": report["fps"], "model_alone_fps": round(alone, 2),
+            "ratio": round(report["fps"] / alone, 3) if alone else None,
+            "gpu_in_model_share": round(busy / wall_ms, 3) if wall_ms else None,
+            "gpu_idle_share": round(1 - busy / wall_ms, 3) if wall_ms else None,
+            "stages": report["stages"], "end_to_end": report["end_to_end"],
+            "queues": report.get("queues"), "model": report.get("model")}
+
+
+def _model_alone_fps(detector, prepared, batch: int) -> float:
+    for array, _ in prepared[:3]:
+        detector.infer(array)
+    _cuda_sync()
+    start = time.perf_counter()
+    for array, _ in prepared:
+        detector.infer(array)
+    _cuda_sync()
+    return len(prepared) * batch / (time.perf_counter() - start)

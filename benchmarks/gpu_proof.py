@@ -1,0 +1,271 @@
+"""GPU proof (issue 9): on a machine with an NVIDIA GPU, run the GPU-marked tests and the GPU
+benchmarks in one go and publish everything.
+
+    python -m benchmarks.gpu_proof --out DIR      (benchmarks/gpu_proof.sh wraps it for the device tool)
+
+Steps (each recorded as ok / failed / skipped with its error, none stops the others):
+  environment   nvidia-smi, torch / CuPy / ONNX Runtime versions
+  gpu tests     pytest -m gpu (junit XML + counts)
+  model only    benchmarks.model_bench: PyTorch CUDA fp32 / fp16 beside CPU PyTorch and ORT
+  preprocess    CuPy kernel vs OpenCV on video frames
+  postprocess   CuPy vs NumPy DB post-processing: synthetic 1 MP / 4 MP maps and real model maps
+  pipeline      threaded pipeline with the PyTorch-CUDA fp16 stand-in for TensorRT on the video,
+                vs the stand-in alone; per-stage latencies; GPU time outside the model
+  peers         benchmarks.postprocess_bench and benchmarks.pipeline_overlap, when present
+
+Results: benchmarks/results/<machine>/gpu_proof.{json,md} (+ the benchmarks' own files); DIR gets
+gpu_proof.md, gpu_tests.xml and results_<machine>.tar.gz (the whole results folder).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tarfile
+import time
+import traceback
+from pathlib import Path
+from typing import Callable, List, Optional
+
+from . import common, gpu_checks, model_bench, run_all
+
+VIDEO = common.SHARED_DATA / "video" / "pexels_lightbox_text_960x506.mp4"
+
+
+class Proof:
+    """Runs named steps, keeping each one's outcome and result."""
+
+    def __init__(self, log=print):
+        self.steps: List[dict] = []
+        self.log = log
+
+    def step(self, name: str, fn: Callable[[], object]) -> Optional[object]:
+        self.log(f"== {name}")
+        start = time.perf_counter()
+        record = {"step": name}
+        try:
+            record["result"] = fn()
+            record["status"] = "ok"
+        except Skip as exc:
+            record["status"] = f"skipped: {exc}"
+        except Exception as exc:  # noqa: BLE001 - a failed step is a published result
+            record["status"] = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            record["traceback"] = traceback.format_exc()[-3000:]
+        record["seconds"] = round(time.perf_counter() - start, 1)
+        self.log(f"   {record['status']} ({record['seconds']} s)")
+        self.steps.append(record)
+        return record.get("result")
+
+
+class Skip(Exception):
+    """A step that cannot run here (no GPU, no data, a module not written yet)."""
+
+
+# -- steps -------------------------------------------------------------------------------------
+
+def environment() -> dict:
+    info = common.machine_info()
+    torch = _optional("torch")
+    cupy = _optional("cupy")
+    info["torch_cuda"] = bool(torch and torch.cuda.is_available())
+    info["torch_version"] = getattr(torch, "__version__", None)
+    info["cupy_version"] = getattr(cupy, "__version__", None)
+    try:
+        info["nvidia_smi"] = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=30).stdout
+    except OSError:
+        info["nvidia_smi"] = None
+    if not info["gpus"]:
+        raise Skip("no NVIDIA GPU visible (nvidia-smi)")
+    return info
+
+
+def _optional(name):
+    from engine.lazy import optional
+
+    return optional(name)
+
+
+def gpu_tests(out: Path, timeout: float) -> dict:
+    xml = out / "gpu_tests.xml"
+    cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-rs", "-p", "no:cacheprovider",
+           "tests", f"--junitxml={xml}"]
+    proc = subprocess.run(cmd, cwd=common.REPO, capture_output=True, text=True, timeout=timeout)
+    counts = _junit_counts(xml) if xml.is_file() else {}
+    result = {"command": " ".join(cmd[1:]), "exit": proc.returncode, **counts,
+              "output_tail": (proc.stdout + proc.stderr)[-4000:]}
+    if proc.returncode not in (0, 5):  # 5: no tests collected
+        raise RuntimeError(f"pytest -m gpu exit {proc.returncode}: {counts}\n{result['output_tail'][-1500:]}")
+    return result
+
+
+def _junit_counts(path: Path) -> dict:
+    import xml.etree.ElementTree as ET
+
+    root = ET.parse(path).getroot()
+    suite = root if root.tag == "testsuite" else root.find("testsuite")
+    keys = ("tests", "failures", "errors", "skipped")
+    return {k: int(suite.get(k, 0)) for k in keys}
+
+
+def standin_runner(torch_model, spec):
+    """The PyTorch-CUDA fp16 model behind the Runner interface (CuPy in / out via DLPack), on a
+    copy of the model (the runner moves and halves the module it is given)."""
+    import copy
+
+    try:
+        from export.torch_runner import TorchRunner
+    except ImportError as exc:
+        raise Skip(f"export/torch_runner.py (the stand-in runner) is not available: {exc}") from None
+    return TorchRunner(copy.deepcopy(torch_model), device="cuda", half=True, spec=spec).activate()
+
+
+def need_gpu():
+    from engine.lazy import cupy_or_none
+
+    if cupy_or_none() is None:
+        raise Skip("CuPy with a usable CUDA device is needed")
+
+
+# -- orchestration -----------------------------------------------------------------------------
+
+def run_proof(out: Path, frames: int, test_timeout: float, quick: bool = False, log=print) -> List[dict]:
+    proof = Proof(log)
+    proof.step("environment", environment)
+    proof.step("gpu tests", lambda: gpu_tests(out, test_timeout))
+    args = run_all.QUICK_ARGS["model"] if quick else run_all.GPU_ARGS["model"]
+    proof.step("model only", lambda: _ok(run_all.run_one("model", args, timeout_s=900, log=log)))
+    mut = model_bench.load_model()
+    if mut.torch_model is None:
+        log("   no PyTorch weights for the model: the stand-in steps are skipped")
+    spec = _spec(mut)
+    video_frames = gpu_checks.read_frames(VIDEO, 16) if VIDEO.is_file() else None
+
+    def preprocess():
+        need_gpu()
+        if video_frames is None:
+            raise Skip(f"video not found: {VIDEO}")
+        return gpu_checks.check_preprocess(video_frames, spec)
+
+    def postprocess():
+        need_gpu()
+        real = {}
+        if mut.torch_model is not None and video_frames is not None:
+            runner = standin_runner(mut.torch_model, spec)
+            real = gpu_checks.model_maps(runner, video_frames, spec, [(736, 1376), (1472, 2784)])
+        return gpu_checks.check_postprocess(real)
+
+    def pipeline(batch: int):
+        need_gpu()
+        if video_frames is None or mut.torch_model is None:
+            raise Skip("needs the video and the model's PyTorch weights")
+        from pipeline.detector import Detector
+
+        with Detector(standin_runner(mut.torch_model, spec)) as detector:
+            return gpu_checks.check_pipeline(VIDEO, detector, frames, batch)
+
+    proof.step("preprocess", preprocess)
+    proof.step("postprocess", postprocess)
+    for batch in (1, 4):
+        proof.step(f"pipeline batch {batch}", lambda b=batch: pipeline(b))
+    for name in ("postprocess", "pipeline"):
+        proof.step(f"{run_all.BENCHMARKS[name][0]}", lambda n=name: _ok(run_all.run_one(n, [], 900, log)))
+    return proof.steps
+
+
+def _ok(record: dict) -> dict:
+    if record["status"] == "missing":
+        raise Skip(f"{record['module']} is not in this checkout")
+    if record["status"] != "ok":
+        raise RuntimeError(f"{record['command']}: {record['status']}\n{record.get('output_tail', '')[-1500:]}")
+    return record
+
+
+def _spec(mut):
+    from engine.modelspec import resolve_spec
+    from engine.onnxruntime_runner import OnnxRuntimeRunner
+
+    with OnnxRuntimeRunner(mut.onnx, device="cpu") as probe:
+        return resolve_spec(probe.metadata)
+
+
+# -- report ------------------------------------------------------------------------------------
+
+PIPELINE_COLUMNS = ("batch", "frames", "pipeline_fps", "model_alone_fps", "ratio", "gpu_in_model_share",
+                    "gpu_idle_share")
+
+
+def _stage_rows(result: dict) -> List[dict]:
+    rows = []
+    for name, s in {**result["stages"], "end-to-end": result["end_to_end"]}.items():
+        rows.append({"batch": result["batch"], "stage": name, **{k: s.get(k) for k in (
+            "count", "mean_ms", "p50_ms", "p95_ms", "p99_ms")}})
+    return rows
+
+
+def report_sections(steps: List[dict]) -> list:
+    by_name = {s["step"]: s for s in steps}
+    sections = [("Steps", common.markdown_table(
+        [{"step": s["step"], "status": s["status"], "seconds": s["seconds"]} for s in steps]))]
+    tests = by_name.get("gpu tests", {}).get("result")
+    if tests:
+        sections.append(("GPU-marked tests", common.markdown_table([{k: tests.get(k) for k in (
+            "tests", "failures", "errors", "skipped", "exit")}]) + f"\n`{tests['command']}`\n"))
+    if by_name.get("model only", {}).get("status") == "ok":
+        sections.append(("Model only", "See [model_bench.md](model_bench.md) and "
+                         "[model_bench_fps.png](model_bench_fps.png).\n"))
+    for name, title in (("preprocess", "Preprocessing: CuPy kernel vs OpenCV (per frame)"),
+                        ("postprocess", "Post-processing: GPU vs CPU on the same maps (per map)")):
+        if by_name.get(name, {}).get("result"):
+            sections.append((title, common.markdown_table(by_name[name]["result"])))
+    pipes = [s["result"] for s in steps if s["step"].startswith("pipeline batch") and s.get("result")]
+    if pipes:
+        text = ("Threaded pipeline (decode -> preprocess -> infer -> postprocess -> sink) on the video "
+                "with the PyTorch-CUDA fp16 stand-in, vs the stand-in alone on the same frames "
+                "(already preprocessed on the GPU). gpu_idle_share = 1 - (GPU time spanned by the "
+                "model's calls, CUDA events) / wall time.\n\n" + common.markdown_table(pipes, PIPELINE_COLUMNS))
+        sections.append(("Pipeline with the GPU stand-in", text))
+        sections.append(("Pipeline per-stage latency (ms)",
+                         common.markdown_table([r for p in pipes for r in _stage_rows(p)])))
+    failed = [s for s in steps if s["status"].startswith("failed")]
+    for s in failed:
+        sections.append((f"{s['step']}: failure", f"```\n{s.get('traceback', s['status'])}\n```\n"))
+    return sections
+
+
+def write_report(steps: List[dict], out: Path) -> Path:
+    results = common.results_dir()
+    info = common.machine_info()
+    common.write_json(results / "gpu_proof.json", {"machine": info, "steps": steps})
+    md = common.write_markdown(results / "gpu_proof.md", f"GPU proof: {results.name}", report_sections(steps), info)
+    stages = {f"batch {s['result']['batch']}": {k: v.get("mean_ms", 0.0) for k, v in s["result"]["stages"].items()}
+              for s in steps if s["step"].startswith("pipeline batch") and s.get("result")}
+    if stages:
+        common.plot_stacked_bars(stages, results / "gpu_proof_stages.png",
+                                 "Pipeline per-stage mean latency (GPU stand-in)", "ms per batch")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gpu_proof.md").write_text(md.read_text())
+    with tarfile.open(out / f"results_{results.name}.tar.gz", "w:gz") as tar:
+        tar.add(results, arcname=results.name)
+    return md
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_proof", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=common.REPO / "out" / "gpu_proof",
+                   help="where the files to take home go (the device tool's $OUT)")
+    p.add_argument("--frames", type=int, default=935, help="video frames for the pipeline step")
+    p.add_argument("--test-timeout", type=float, default=300, help="seconds for pytest -m gpu")
+    p.add_argument("--quick", action="store_true", help="small model sweep (smoke run)")
+    a = p.parse_args(argv)
+    a.out.mkdir(parents=True, exist_ok=True)
+    steps = run_proof(a.out, a.frames, a.test_timeout, a.quick)
+    md = write_report(steps, a.out)
+    print(f"wrote {md} and {a.out}")
+    print(json.dumps([{k: s[k] for k in ("step", "status", "seconds")} for s in steps], indent=1))
+    return 0 if not any(s["status"].startswith("failed") for s in steps) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

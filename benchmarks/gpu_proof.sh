@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# GPU proof (issue 9) in one go: GPU-marked tests + GPU benchmarks, results under $OUT and
+# benchmarks/results/<machine>/.  Two modes:
+#
+#   bash benchmarks/gpu_proof.sh prepare   # HERE (no GPU): wheels the GPU machine lacks -> .whl/,
+#                                          # the shared video + realdev -> .cache/shared_data/ (both git-ignored)
+#   bash benchmarks/gpu_proof.sh           # THERE, e.g. through the device tool:
+#       run(command="bash benchmarks/gpu_proof.sh", carry=[".whl", ".cache/shared_data"], timeout_s=600)
+#
+# Afterwards, here: tar -xzf <files_at>/results_<machine>.tar.gz -C benchmarks/results/
+set -uo pipefail
+cd "$(dirname "$0")/.."
+REPO=$PWD
+SHARED=${DBRT_SHARED_DATA:-$REPO/../shared/data}
+WHEELS="av==18.1.0 pyclipper==1.4.0"   # not on the GPU image (torch, cupy, onnxruntime, cv2 are)
+
+if [ "${1:-run}" = "prepare" ]; then
+    PY=${PY:-$REPO/.venv/bin/python}
+    mkdir -p .whl .cache/shared_data/video
+    "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+        --platform manylinux2014_x86_64 -d .whl $WHEELS || exit 1
+    cp "$SHARED/video/pexels_lightbox_text_960x506.mp4" .cache/shared_data/video/ || exit 1
+    cp -r "$SHARED/realdev" .cache/shared_data/ || exit 1
+    du -sh .whl .cache/shared_data
+    exit 0
+fi
+
+OUT=${OUT:-$REPO/out/gpu_proof}
+mkdir -p "$OUT"
+if ls .whl/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+[ -d .cache/shared_data ] && export DBRT_SHARED_DATA=$REPO/.cache/shared_data
+export PYTHONPATH=$REPO${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 | tee "$OUT/nvidia_smi.txt"
+python3 -m benchmarks.gpu_proof --out "$OUT" "${@:2}" 2>&1 | tee "$OUT/gpu_proof.log"
+exit "${PIPESTATUS[0]}"
