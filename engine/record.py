@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Dict, Optional
 
@@ -18,6 +19,11 @@ from .errors import ModelError
 from .shapes import ShapeProfile
 
 FORMAT = 1
+
+
+def _release(version: str) -> tuple:
+    """'10.3.0.26' -> (10, 3, 0, 26), for ordering versions (never for feature checks)."""
+    return tuple(int(p) for p in re.findall(r"\d+", version))
 
 
 def sidecar_path(engine_path: os.PathLike) -> Path:
@@ -67,8 +73,6 @@ class EngineRecord:
         return path
 
     def _stamped(self) -> "EngineRecord":
-        from dataclasses import replace
-
         return replace(self, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
 
     @classmethod
@@ -79,13 +83,19 @@ class EngineRecord:
 
     # -- compatibility --------------------------------------------------------------------
     def mismatches(self, tensorrt_version: str, device: DeviceInfo) -> list:
-        """Human-readable reasons this engine cannot run here (empty when it can)."""
+        """Human-readable reasons this engine cannot run here (empty when it can).
+
+        Version-compatible engines run on the same or a later TensorRT; hardware-compatible
+        ones on any Ampere or newer GPU (TensorRT's own rules).
+        """
         reasons = []
-        if self.tensorrt_version != tensorrt_version and not self.builder.get("version_compatible"):
+        if self.tensorrt_version != tensorrt_version and not (
+                self.builder.get("version_compatible")
+                and _release(tensorrt_version) >= _release(self.tensorrt_version)):
             reasons.append(f"it was built with TensorRT {self.tensorrt_version}, "
                            f"this machine has TensorRT {tensorrt_version}")
-        if (self.compute_capability != device.compute_capability
-                and not self.builder.get("hardware_compatible")):
+        if self.compute_capability != device.compute_capability and not (
+                self.builder.get("hardware_compatible") and _release(device.compute_capability) >= (8,)):
             reasons.append(f"it was built for {self.device}, this GPU is {device}")
         return reasons
 

@@ -40,6 +40,8 @@ class BuildOptions:
     calibration: Optional[CalibrationSource] = None
     calibration_cache: Optional[Path] = None
     strongly_typed: Optional[bool] = None   # None: strongly typed when the ONNX carries precision
+    version_compatible: bool = False        # also runs on later TensorRT versions (slower)
+    hardware_compatible: bool = False       # runs on any Ampere or newer GPU (slower)
 
 
 @dataclass(frozen=True)
@@ -182,6 +184,17 @@ def _configure(trt, config, options: BuildOptions, plan: PrecisionPlan) -> None:
         config.builder_optimization_level = int(options.opt_level)
     for flag in plan.flags:
         config.set_flag(getattr(trt.BuilderFlag, flag))
+    if options.version_compatible:
+        config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+    if options.hardware_compatible:
+        config.hardware_compatibility_level = _ampere_plus(trt)
+
+
+def _ampere_plus(trt):
+    level = getattr(getattr(trt, "HardwareCompatibilityLevel", None), "AMPERE_PLUS", None)
+    if level is None:
+        raise ModelError(f"TensorRT {trt.__version__} cannot build hardware-compatible engines")
+    return level
 
 
 def _attach_calibrator(trt, config, options: BuildOptions, profile: ShapeProfile, backend):
@@ -236,6 +249,9 @@ def build_engine(onnx_path: os.PathLike, options: BuildOptions = BuildOptions(),
     data = _run_build(trt, builder, network, config, progress, logger, summary.path.name)
     _save_timing_cache(config, options.timing_cache)
     device = backend.device_info()
+    if options.hardware_compatible and float(device.compute_capability) < 8.0:
+        raise ModelError(f"hardware-compatible engines need an Ampere or newer GPU to build on; "
+                         f"this one is {device}")
     record = EngineRecord(
         onnx_sha256=summary.sha256, onnx_name=summary.path.name, precision=plan.precision,
         strongly_typed=plan.strongly_typed, input_name=input_name, profile=profile,
@@ -243,7 +259,9 @@ def build_engine(onnx_path: os.PathLike, options: BuildOptions = BuildOptions(),
         compute_capability=device.compute_capability, metadata=dict(summary.metadata),
         builder={"workspace": options.workspace, "opt_level": options.opt_level,
                  "flags": list(plan.flags), "timing_cache": options.timing_cache is not None,
-                 "calibration_batches": getattr(calibrator, "batches_used", None)})
+                 "calibration_batches": getattr(calibrator, "batches_used", None),
+                 "version_compatible": options.version_compatible,
+                 "hardware_compatible": options.hardware_compatible})
     return data, record
 
 

@@ -84,6 +84,9 @@ class TensorRTRunner(Runner):
         if hasattr(trt, "init_libnvinfer_plugins"):  # DeformConv and other plugin layers
             trt.init_libnvinfer_plugins(self._logger, "")
         self._runtime = trt.Runtime(self._logger)
+        if self.record is not None and self.record.builder.get("version_compatible"):
+            # version-compatible plans carry their own lean runtime (host code)
+            self._runtime.engine_host_code_allowed = True
         data = self._source if isinstance(self._source, (bytes, bytearray)) else Path(self._source).read_bytes()
         self._engine = self._runtime.deserialize_cuda_engine(bytes(data))
         if self._engine is None:

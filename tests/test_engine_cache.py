@@ -178,3 +178,31 @@ def test_loader_falls_back_to_onnxruntime_without_tensorrt(tiny_onnx, monkeypatc
 
     monkeypatch.setitem(sys.modules, "tensorrt", None)     # import tensorrt fails
     assert isinstance(load_runner(tiny_onnx), OnnxRuntimeRunner)
+
+
+def test_version_compatible_engine_runs_on_a_later_tensorrt(monkeypatch, tiny_onnx, tmp_path, rng):
+    trt_double.install(monkeypatch, "10.x")
+    engine = tmp_path / "vc.engine"
+    build_engine_file(tiny_onnx, engine, BuildOptions(precision="fp32", profile=SMALL,
+                                                      version_compatible=True))
+    trt_double.install(monkeypatch, "11.x")
+    batch = rng.random((1, 3, 64, 64), dtype=np.float32)
+    with TensorRTRunner(engine) as runner:                   # allowed: host code enabled
+        np.testing.assert_allclose(runner.infer(batch)["prob"], ort_prob(tiny_onnx, batch), atol=1e-5)
+    trt_double.install(monkeypatch, "8.6")                   # never backwards
+    with pytest.raises(ModelError, match="built with TensorRT 10.3.0"):
+        TensorRTRunner(engine).activate()
+
+
+def test_hardware_compatible_engine_runs_on_another_ampere_plus_gpu(trt, tiny_onnx, tmp_path,
+                                                                     monkeypatch):
+    from engine.cuda import DeviceInfo
+
+    plain, portable = tmp_path / "plain.engine", tmp_path / "portable.engine"
+    build_engine_file(tiny_onnx, plain, BuildOptions(profile=SMALL))
+    build_engine_file(tiny_onnx, portable, BuildOptions(profile=SMALL, hardware_compatible=True))
+    monkeypatch.setattr(fake_cuda, "DEVICE", DeviceInfo("Fake H200", "9.0"))
+    with pytest.raises(ModelError, match=r"this GPU is Fake H200 \(sm_90\)"):
+        TensorRTRunner(plain).activate()
+    with TensorRTRunner(portable) as runner:
+        assert runner.infer(np.zeros((1, 3, 32, 32), np.float32))["prob"].shape == (1, 1, 32, 32)

@@ -34,6 +34,10 @@ def add_arguments(parser) -> None:
     tuning.add_argument("--timing-cache", help="timing cache file (default: one per TensorRT "
                                                "version and GPU in the engine cache folder)")
     tuning.add_argument("--no-timing-cache", action="store_true", help="do not use a timing cache")
+    tuning.add_argument("--version-compatible", action="store_true",
+                        help="the engine also runs on later TensorRT versions (somewhat slower)")
+    tuning.add_argument("--hardware-compatible", action="store_true",
+                        help="the engine runs on any Ampere or newer GPU (somewhat slower)")
     calib = parser.add_argument_group("INT8 calibration (TensorRT 8.6 / 10.x, FP32 ONNX)")
     calib.add_argument("--calib", metavar="DIR", help="folder of representative images")
     calib.add_argument("--calib-count", type=int, default=64, help="use at most this many images")
@@ -107,6 +111,7 @@ def _options(args, spec, backend, trt):
         precision=args.precision, profile=profile_from_args(args),
         workspace=args.workspace * (1 << 20) if args.workspace else None, opt_level=args.opt_level,
         timing_cache=timing, strongly_typed=args.strongly_typed,
+        version_compatible=args.version_compatible, hardware_compatible=args.hardware_compatible,
         calibration=calibration_source(args.calib, spec, args.calib_count) if args.calib else None,
         calibration_cache=Path(args.calib_cache) if args.calib_cache else None)
 

@@ -132,6 +132,8 @@ def make_tensorrt(flavour: str) -> types.ModuleType:
     network_flags = (["EXPLICIT_BATCH"] if features.explicit_batch_flag else [])
     network_flags += ["STRONGLY_TYPED"] if features.strongly_typed_flag else []
     mod.NetworkDefinitionCreationFlag = _enum("NetworkDefinitionCreationFlag", network_flags or ["PREFER_JIT_PYTHON_PLUGINS"])
+    mod.HardwareCompatibilityLevel = _enum("HardwareCompatibilityLevel",
+                                           ["NONE", "AMPERE_PLUS", "SAME_COMPUTE_CAPABILITY"])
     mod.nptype = _nptype
     mod.init_libnvinfer_plugins = lambda logger, namespace: True
     mod.Builder = type("Builder", (_builder.Builder,), {"__slots__": (), "trt": mod})

@@ -209,10 +209,11 @@ class BuilderConfig:
     """IBuilderConfig; flavour mixins add progress_monitor / int8_calibrator."""
 
     __slots__ = ("trt", "flags", "pools", "_opt_level", "profiles", "timing_cache",
-                 "_monitor", "_calibrator", "calibration_profile")
+                 "_monitor", "_calibrator", "calibration_profile", "hardware_compatibility_level")
 
     def __init__(self, trt):
         self.trt, self.flags, self.pools, self._opt_level = trt, set(), {}, 3
+        self.hardware_compatibility_level = trt.HardwareCompatibilityLevel.NONE
         self.profiles: List[OptimizationProfile] = []
         self.timing_cache = None
         self._monitor = self._calibrator = self.calibration_profile = None
@@ -333,7 +334,8 @@ class Builder:
                     [PlanTensor(t.name, "INPUT", t.dtype.name, t.shape) for t in network._inputs]
                     + [PlanTensor(t.name, "OUTPUT", t.dtype.name, t.shape) for t in network._outputs],
                     _profiles(network, config), sorted(f.name for f in config.flags),
-                    network.strongly_typed, network.onnx_bytes)
+                    network.strongly_typed, network.onnx_bytes,
+                    config.hardware_compatibility_level.name)
         return HostMemory(plan.to_bytes())
 
 

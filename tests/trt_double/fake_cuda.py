@@ -101,8 +101,8 @@ class HostBackend:
 
     name = "fake-cuda"
 
-    def __init__(self, device: DeviceInfo = DEVICE):
-        self.device = device
+    def __init__(self, device: Optional[DeviceInfo] = None):
+        self.device = device       # None: the module's DEVICE at call time (tests patch it)
         self.waits = 0
 
     def is_device_array(self, array) -> bool:
@@ -150,4 +150,4 @@ class HostBackend:
         graph.launch(stream)
 
     def device_info(self) -> DeviceInfo:
-        return self.device
+        return self.device or DEVICE

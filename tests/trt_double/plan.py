@@ -38,6 +38,7 @@ class Plan:
     flags: List[str]
     strongly_typed: bool
     onnx_bytes: bytes
+    hardware_level: str = "NONE"       # trt.HardwareCompatibilityLevel member name
 
     def to_bytes(self) -> bytes:
         header = asdict(self)

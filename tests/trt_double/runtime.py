@@ -17,29 +17,41 @@ from .plan import Plan, ort_session
 class Runtime:
     """The module assembly subclasses it with `trt` bound to the fake module."""
 
-    __slots__ = ("logger",)
+    __slots__ = ("logger", "engine_host_code_allowed")
 
     def __init__(self, logger):
         self.logger = logger
+        self.engine_host_code_allowed = False
 
     def deserialize_cuda_engine(self, serialized_engine) -> Optional["CudaEngine"]:
         trt = self.trt
         try:
             plan = Plan.from_bytes(bytes(serialized_engine))
         except Exception as exc:  # noqa: BLE001 - TensorRT logs and returns None
-            self.logger.log(trt.ILogger.Severity.ERROR, str(exc))
-            return None
-        if plan.version != trt.__version__:
-            self.logger.log(trt.ILogger.Severity.ERROR, (
+            return self._refuse(str(exc))
+        version_compatible = "VERSION_COMPATIBLE" in plan.flags
+        if plan.version != trt.__version__ and not (
+                version_compatible and _release(trt.__version__) >= _release(plan.version)):
+            return self._refuse(
                 "The engine plan file is not compatible with this version of TensorRT, expecting "
-                f"library version {trt.__version__} got {plan.version}, please rebuild."))
-            return None
-        if plan.compute_capability != fake_cuda.DEVICE.compute_capability:
-            self.logger.log(trt.ILogger.Severity.ERROR, (
-                "The engine plan file is generated on an incompatible device, expecting compute "
-                f"{fake_cuda.DEVICE.compute_capability} got compute {plan.compute_capability}"))
-            return None
+                f"library version {trt.__version__} got {plan.version}, please rebuild.")
+        if version_compatible and not self.engine_host_code_allowed:
+            return self._refuse("Cannot deserialize engine with lean runtime since "
+                                "IRuntime::getEngineHostCodeAllowed() is false.")
+        here = fake_cuda.DEVICE.compute_capability
+        if plan.compute_capability != here and not (
+                plan.hardware_level == "AMPERE_PLUS" and _release(here) >= (8,)):
+            return self._refuse("The engine plan file is generated on an incompatible device, "
+                                f"expecting compute {here} got compute {plan.compute_capability}")
         return trt._double.engine_class(trt, plan, self.logger)
+
+    def _refuse(self, message: str) -> None:
+        self.logger.log(self.trt.ILogger.Severity.ERROR, message)
+        return None
+
+
+def _release(version: str) -> tuple:
+    return tuple(int(p) for p in version.split(".") if p.isdigit())
 
 
 class CudaEngine:
