@@ -35,7 +35,8 @@ BENCHMARKS = {  # name -> (module, what it measures)
 CPU_ARGS = {"model": ["--sizes", "320", "480", "640", "736", "--batches", "1", "4", "--repeats", "5"]}
 GPU_ARGS = {"model": ["--sizes", "320", "480", "640", "736", "960", "1280", "--batches", "1", "4", "8", "16",
                       "--cpu-batches", "1", "--warmup", "5", "--repeats", "20"]}
-QUICK_ARGS = {"model": ["--sizes", "256", "512", "--batches", "1", "2", "--warmup", "1", "--repeats", "3"]}
+QUICK_ARGS = {"model": ["--sizes", "256", "512", "--batches", "1", "2", "--warmup", "1", "--repeats", "3"],
+              "postprocess": ["--quick"]}
 
 
 def available(name: str) -> bool:
