@@ -232,6 +232,29 @@ def to_int8(model, out_path, calibration: Sequence[np.ndarray], method: str = "e
         src, dst = os.path.join(tmp, "fp32.onnx"), os.path.join(tmp, "int8.onnx")
         require("onnx").save_model(proto, src)
         with _quiet():
-            q.quantize_static(src, dst, reader, **options)
+            if hasattr(require("onnxruntime.quantization.calibrate"), "save_tensors_data"):
+                cache = os.path.join(tmp, "ranges.json")
+                _calibrate(src, reader, options["calibrate_method"], cache, tmp)
+                q.quantize_static(src, dst, None, calibration_cache_path=cache, **options)
+            else:  # older ORT: its own calibration (entropy then uses 128 bins, like min-max)
+                q.quantize_static(src, dst, reader, **options)
         result = require("onnx").load(dst)
     return _finish(result, out_path, spec, "int8")
+
+
+def _calibrate(src: str, reader, method, cache: str, tmp: str) -> None:
+    """Activation ranges with TensorRT-like histogram settings, saved as an ORT calibration cache.
+
+    quantize_static cannot pass histogram sizes to its calibrator, and its default (128 bins for
+    128 quantized bins) leaves entropy no threshold to choose, i.e. plain min-max. TensorRT's
+    entropy calibrator uses 2048 bins folded into 128, so we calibrate ourselves the same way.
+    """
+    cal = require("onnxruntime.quantization.calibrate")
+    extra = {"symmetric": True}
+    if method != cal.CalibrationMethod.MinMax:
+        extra.update(num_bins=2048, num_quantized_bins=128, percentile=99.999)
+    calibrator = cal.create_calibrator(Path(src), list(INT8_OPS),
+                                       augmented_model_path=os.path.join(tmp, "augmented.onnx"),
+                                       calibrate_method=method, extra_options=extra)
+    calibrator.collect_data(reader)
+    cal.save_tensors_data(calibrator.compute_data(), cache)

@@ -1,0 +1,150 @@
+"""FP16 / INT8 ONNX against FP32: probability-map differences and box agreement (issue 3).
+
+    python -m benchmarks.precision_accuracy [--checkpoint W.pt | --random-init] [--side 736]
+
+Exports the checkpoint (default: the shipped export/assets/dbnet_default.pt) to FP32 ONNX with
+the parity check, makes FP16 and INT8 variants (entropy and min-max calibration, with and without
+an FP32 head), checks each against TensorRT 8.6 / 10.3 / 11, and compares each with FP32 on
+images never used for calibration: deterministic synthetic scenes (`export.synth`, seeds from
+10000) and ../shared/data/realdev (when present). Calibration uses frames of the lightbox video
+from ../shared/data (or synthetic scenes with other seeds when it is absent).
+Writes benchmarks/results/<machine>/precision_accuracy.{json,md}. ONNX Runtime CPU runs every
+model: it upcasts FP16, so FP16 rows validate the converted graph, not GPU FP16 arithmetic.
+Targets: INT8 box hmean >= 0.97, FP16 >= 0.995 against FP32.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import List, Optional
+
+from . import common
+
+TARGETS = {"fp16": 0.995, "int8": 0.97}
+TRT_TARGETS = ("8.6", "10.3", "11")
+VIDEO = "video/pexels_lightbox_text_960x506.mp4"
+
+
+def _model(args):
+    from export.checkpoint import model_from_checkpoint
+    from export.model import DBNet
+
+    if args.random_init:
+        import torch
+
+        torch.manual_seed(0)
+        return DBNet("resnet18", width=args.width).eval(), "UNTRAINED random init (resnet18 w%g)" % args.width
+    path = Path(args.checkpoint or common.REPO / "export" / "assets" / "dbnet_default.pt")
+    model, _ = model_from_checkpoint(path)
+    return model, f"{path.name} (sha256 {common.file_sha256(path)})"
+
+
+def _calibration(spec, count: int, side: int):
+    from export.accuracy import synthetic_images
+    from export.quantize import calibration_inputs
+    from pipeline.preprocess import preprocess
+
+    video = common.SHARED_DATA / VIDEO
+    if video.is_file():
+        return calibration_inputs(video, spec, count, limit_side=side), f"{count} frames of {VIDEO}"
+    spec = spec.replace(limit_side=side)
+    images = synthetic_images(count, first_seed=50_000)
+    return [preprocess(im, spec)[0][None] for im in images], f"{count} synthetic scenes (seeds 50000+)"
+
+
+def _eval_sets(n_synth: int) -> dict:
+    from export.accuracy import read_images, synthetic_images
+
+    sets = {"synthetic": synthetic_images(n_synth)}
+    realdev = common.SHARED_DATA / "realdev" / "images"
+    if realdev.is_dir():
+        sets["realdev"] = read_images(realdev)
+    else:
+        print(f"realdev not found at {realdev}: synthetic images only", file=sys.stderr)
+    return sets
+
+
+def _variants(fp32: Path, calib, out_dir: Path) -> dict:
+    from export import quantize
+
+    variants = {"fp16": quantize.to_fp16(fp32, out_dir / "fp16.onnx")}
+    for method in ("entropy", "minmax"):
+        variants[f"int8-{method}"] = quantize.to_int8(fp32, out_dir / f"int8_{method}.onnx", calib, method)
+    variants["int8-entropy-fp32head"] = quantize.to_int8(fp32, out_dir / "int8_head.onnx", calib,
+                                                         "entropy", keep_fp32_head=True)
+    return variants
+
+
+def run(args) -> dict:
+    from export.accuracy import compare_models
+    from export.onnx_export import export_onnx
+    from export.trt_compat import check_onnx
+
+    model, described = _model(args)
+    work = Path(tempfile.mkdtemp(prefix="dbrt_precision_"))
+    started = time.perf_counter()
+    export = export_onnx(model, work / "fp32.onnx", opset=args.opset)
+    print(export)
+    calib, calib_text = _calibration(export.spec, args.calib_count, args.side)
+    variants = _variants(export.path, calib, work)
+    sets = _eval_sets(args.synthetic)
+    rows = []
+    for name, path in variants.items():
+        compat = {t: check_onnx(path, t).ok for t in TRT_TARGETS}
+        for set_name, images in sets.items():
+            result = compare_models(export.path, path, images, limit_side=args.side)
+            print(f"{name:24s} {set_name:9s} {result}")
+            target = TARGETS[result.precision]
+            rows.append(dict(variant=name, images=set_name, n=result.images, max_abs=result.max_abs,
+                             mean_abs=result.mean_abs, fp32_boxes=result.reference_boxes,
+                             boxes=result.candidate_boxes, P=result.precision_score, R=result.recall,
+                             hmean=result.hmean, target=f">= {target}", meets=result.hmean >= target,
+                             **{f"trt{t}": ok for t, ok in compat.items()}))
+    return dict(model=described, opset=args.opset, side=args.side, calibration=calib_text,
+                parity=[vars(p) for p in export.parity], parity_passed=export.passed,
+                fp32_sha256=common.file_sha256(export.path), rows=rows,
+                seconds=round(time.perf_counter() - started, 1))
+
+
+def _markdown(payload: dict) -> list:
+    parity = ", ".join(f"{'x'.join(map(str, p['shape']))}: max {p['max_abs']:.1e}" for p in payload["parity"])
+    intro = (f"Model: {payload['model']}; FP32 ONNX opset {payload['opset']}, parity vs PyTorch "
+             f"{'passed' if payload['parity_passed'] else 'FAILED'} ({parity}).\n\n"
+             f"Inputs resized to short side {payload['side']}; calibration: {payload['calibration']}; "
+             "evaluation images are disjoint from calibration. Box agreement = ICDAR 2015 protocol "
+             "(IoU > 0.5) of each variant's boxes against the FP32 boxes. ONNX Runtime CPU "
+             "(FP16 is upcast there: FP16 rows check the converted graph). `trtX`: "
+             "export.trt_compat verdict for that TensorRT version.\n\n"
+             f"Command: `python -m benchmarks.precision_accuracy {' '.join(sys.argv[1:])}`\n")
+    return [("Setup", intro), ("FP16 / INT8 vs FP32", common.markdown_table(payload["rows"]))]
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", help="default: export/assets/dbnet_default.pt")
+    parser.add_argument("--random-init", action="store_true", help="UNTRAINED model (labelled as such)")
+    parser.add_argument("--width", type=float, default=0.5, help="width of the --random-init model")
+    parser.add_argument("--opset", type=int, default=17)
+    parser.add_argument("--side", type=int, default=736, help="short side of every input")
+    parser.add_argument("--synthetic", type=int, default=24, help="synthetic evaluation images")
+    parser.add_argument("--calib-count", type=int, default=32)
+    parser.add_argument("--name", default="precision_accuracy", help="result file name")
+    args = parser.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(2)
+    payload = run(args)
+    info = common.machine_info()
+    out = common.results_dir()
+    common.write_json(out / f"{args.name}.json", dict(payload, machine=info))
+    common.write_markdown(out / f"{args.name}.md", "FP16 / INT8 ONNX accuracy against FP32",
+                          _markdown(payload), info)
+    print(f"wrote {out / args.name}.json / .md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
