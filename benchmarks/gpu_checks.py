@@ -14,6 +14,7 @@ Every function returns plain dicts (rows for a table); benchmarks.gpu_proof runs
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
@@ -146,53 +147,68 @@ def model_maps(runner, frames: Sequence[np.ndarray], spec, sizes: Sequence[Tuple
 
 # -- the full pipeline -------------------------------------------------------------------------
 
-class GpuSpanRecorder:
-    """Wraps a runner's `infer` with CUDA events on the current stream: the GPU time spanned by
-    the model's calls, without synchronising inside the pipeline."""
+class InferSpanRecorder:
+    """Wraps a runner's `infer` to add up the time spanned by the model's calls: CUDA events on the
+    current stream for a GPU runner (no synchronisation inside the pipeline), the host clock
+    otherwise. The PyTorch stand-in synchronises its stream before returning, so a span covers
+    its GPU work."""
 
-    def __init__(self, runner):
-        import cupy
-
-        self.cp = cupy
-        self.runner = runner
-        self.events: List[tuple] = []
+    def __init__(self, runner, gpu: bool):
+        self.runner, self.gpu = runner, gpu
+        self.spans: List[tuple] = []
+        self._own_attr = "infer" in vars(runner)  # usually the class's method
         self._infer = runner.infer
         runner.infer = self._timed
 
+    def _mark(self):
+        if not self.gpu:
+            return time.perf_counter()
+        import cupy
+
+        event = cupy.cuda.Event()
+        event.record()
+        return event
+
     def _timed(self, feed):
-        start, end = self.cp.cuda.Event(), self.cp.cuda.Event()
-        start.record()
+        start = self._mark()
         out = self._infer(feed)
-        end.record()
-        self.events.append((start, end))
+        self.spans.append((start, self._mark()))
         return out
 
     def busy_ms(self) -> float:
-        if not self.events:
+        if not self.spans:
             return 0.0
-        self.events[-1][1].synchronize()
-        return float(sum(self.cp.cuda.get_elapsed_time(s, e) for s, e in self.events))
+        if not self.gpu:
+            return 1e3 * sum(end - start for start, end in self.spans)
+        import cupy
+
+        self.spans[-1][1].synchronize()
+        return float(sum(cupy.cuda.get_elapsed_time(start, end) for start, end in self.spans))
 
     def restore(self) -> None:
-        self.runner.infer = self._infer
+        if self._own_attr:
+            self.runner.infer = self._infer
+        else:
+            del self.runner.infer
 
 
 def check_pipeline(video, detector, frames: int, batch: int = 1) -> dict:
-    """Pipeline FPS vs the same runner alone on the same frames (preprocessed on the GPU first)."""
+    """Pipeline FPS vs the same runner alone on the same frames (already preprocessed, on the
+    GPU for a GPU runner); per-stage latencies; share of wall time outside the model's calls."""
     from pipeline.runner import Pipeline
 
+    gpu = detector.runner.output_device == "cuda"
     images = read_frames(video, frames)
     prepared = [detector.prepare(images[i:i + batch]) for i in range(0, len(images) - batch + 1, batch)]
-    alone = _model_alone_fps(detector, prepared, batch)
-    recorder = GpuSpanRecorder(detector.runner)
+    alone = _model_alone_fps(detector, prepared, batch, gpu)
+    recorder = InferSpanRecorder(detector.runner, gpu)
     try:
-        pipe = Pipeline([str(video)], detector, batch=batch, max_frames=frames)
-        report = pipe.run()
+        report = Pipeline([str(video)], detector, batch=batch, max_frames=frames).run()
         busy = recorder.busy_ms()
     finally:
         recorder.restore()
     wall_ms = report["wall_s"] * 1e3
-    return {"video": str(getattr(video, "name", video)), "frames": report["frames"], "batch": batch,
+    return {"video": Path(str(video)).name, "frames": report["frames"], "batch": batch,
             "pipeline_fps": report["fps"], "model_alone_fps": round(alone, 2),
             "ratio": round(report["fps"] / alone, 3) if alone else None,
             "gpu_in_model_share": round(busy / wall_ms, 3) if wall_ms else None,
@@ -201,12 +217,13 @@ def check_pipeline(video, detector, frames: int, batch: int = 1) -> dict:
             "queues": report.get("queues"), "model": report.get("model")}
 
 
-def _model_alone_fps(detector, prepared, batch: int) -> float:
+def _model_alone_fps(detector, prepared, batch: int, gpu: bool) -> float:
+    sync = _cuda_sync if gpu else (lambda: None)
     for array, _ in prepared[:3]:
         detector.infer(array)
-    _cuda_sync()
+    sync()
     start = time.perf_counter()
     for array, _ in prepared:
         detector.infer(array)
-    _cuda_sync()
+    sync()
     return len(prepared) * batch / (time.perf_counter() - start)

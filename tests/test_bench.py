@@ -196,3 +196,22 @@ def test_gpu_checks_on_the_gpu():
     assert len(pre) == 2 and all(r["max_abs_diff"] < 1e-2 for r in pre)
     post = gpu_checks.time_postprocess(gpu_checks.dense_map(256, 256, 20)[None], "tiny", repeats=3)
     assert post["same_count"] and post["max_vertex_diff"] <= 1.0
+
+
+def test_pipeline_check_runs_on_cpu(tmp_path, tiny_onnx):
+    """The pipeline measurement of the GPU proof, exercised with a CPU runner on a tiny video."""
+    pytest.importorskip("av")
+    from media import write_video
+
+    from benchmarks import gpu_checks
+    from pipeline.detector import Detector
+
+    video = write_video(tmp_path / "clip.mp4", frames=12, height=48, width=64)
+    with Detector(tiny_onnx, backend="onnxruntime", device="cpu", threads=1) as detector:
+        result = gpu_checks.check_pipeline(video, detector, frames=12, batch=2)
+        assert "infer" not in vars(detector.runner)  # the timing wrapper is gone again
+    assert result["frames"] == 12 and result["batch"] == 2
+    assert result["pipeline_fps"] > 0 and result["model_alone_fps"] > 0
+    assert 0 < result["gpu_in_model_share"] <= 1 and result["gpu_idle_share"] == pytest.approx(
+        1 - result["gpu_in_model_share"], abs=1e-3)
+    assert {"decode", "preprocess", "infer", "postprocess"} <= set(result["stages"])
