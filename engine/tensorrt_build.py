@@ -160,9 +160,12 @@ def _use_timing_cache(config, path: Optional[Path]):
     if path is None:
         return None
     blob = path.read_bytes() if path.is_file() else b""
-    cache = config.create_timing_cache(blob)
+    try:
+        cache = config.create_timing_cache(blob)
+    except (RuntimeError, TypeError, ValueError):  # a damaged file: TensorRT refuses to read it
+        cache = None
     if cache is None or not config.set_timing_cache(cache, False):
-        log.warning("timing cache %s is from another TensorRT or GPU; starting a new one", path)
+        log.warning("timing cache %s is damaged or from another TensorRT / GPU; starting a new one", path)
         cache = config.create_timing_cache(b"")
         config.set_timing_cache(cache, False)
     return cache

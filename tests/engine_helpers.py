@@ -45,3 +45,26 @@ def with_unsupported_node(onnx_path: Path, out: Path, name: str = "weird_op_17")
     graph.output[0].name = f"{last}_e"
     onnx.save(model, str(out))
     return out
+
+
+def qdq_copy(onnx_path: Path, out: Path, seed: int = 0) -> Path:
+    """A Q/DQ INT8 ONNX (symmetric, per-channel), as `dbrt export --precision int8` makes."""
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
+                                          QuantType, quantize_static)
+
+    class Batches(CalibrationDataReader):
+        def __init__(self):
+            rng = np.random.default_rng(seed)
+            self.batches = iter([{"images": rng.random((1, 3, 64, 64), dtype=np.float32)}] * 2)
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    quantize_static(str(onnx_path), str(out), Batches(), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
+                    calibrate_method=CalibrationMethod.MinMax,
+                    op_types_to_quantize=["Conv", "ConvTranspose", "Add"],
+                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
+                                   "QuantizeBias": False, "AddQDQPairToWeight": True,
+                                   "DedicatedQDQPair": False})
+    return out

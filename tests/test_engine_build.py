@@ -4,7 +4,8 @@ import io
 
 import numpy as np
 import pytest
-from engine_helpers import SMALL, fp16_copy, ort_prob, trt, with_unsupported_node  # noqa: F401
+from engine_helpers import (SMALL, fp16_copy, ort_prob, qdq_copy, trt,  # noqa: F401
+                            with_unsupported_node)
 
 from engine.errors import DbrtError, ModelError, ShapeError
 from engine.progress import BuildProgress
@@ -76,6 +77,19 @@ def test_fp16_onnx_builds_strongly_typed(trt, tiny_onnx, tmp_path, rng):
     batch = rng.random((1, 3, 64, 64), dtype=np.float32)
     with TensorRTRunner(tmp_path / "half.engine") as runner:
         np.testing.assert_allclose(runner.infer(batch)["prob"], ort_prob(tiny_onnx, batch), atol=2e-2)
+
+
+def test_qdq_onnx_builds_int8_without_calibration(trt, tiny_onnx, tmp_path, rng):
+    qdq = qdq_copy(tiny_onnx, tmp_path / "qdq.onnx")
+    record = build_engine_file(qdq, tmp_path / "qdq.engine", BuildOptions(profile=SMALL))
+    assert record.precision == "int8" and record.builder["calibration_batches"] is None
+    weak = hasattr(trt.BuilderFlag, "FP16")
+    strong_flag = hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")
+    assert record.strongly_typed == (not weak or strong_flag)
+    assert record.builder["flags"] == ([] if record.strongly_typed else ["INT8", "FP16"])
+    batch = rng.random((1, 3, 64, 64), dtype=np.float32)
+    with TensorRTRunner(tmp_path / "qdq.engine") as runner:
+        np.testing.assert_allclose(runner.infer(batch)["prob"], ort_prob(qdq, batch), atol=1e-5)
 
 
 def test_int8_calibration_on_weak_typing(monkeypatch, tiny_onnx, tmp_path, rng):
@@ -154,9 +168,10 @@ def test_timing_cache_is_written_and_reused(trt, tiny_onnx, tmp_path):
     assert trt.__version__.encode() in first
     build_engine(tiny_onnx, BuildOptions(profile=SMALL, timing_cache=cache))
     assert cache.read_bytes() == first
-    cache.write_bytes(first.replace(trt.__version__.encode(), b"7.0.0"))   # another TensorRT
-    build_engine(tiny_onnx, BuildOptions(profile=SMALL, timing_cache=cache))
-    assert trt.__version__.encode() in cache.read_bytes()
+    for stale in (first.replace(trt.__version__.encode(), b"7.0.0"), b"garbage"):
+        cache.write_bytes(stale)               # from another TensorRT, or damaged: start anew
+        build_engine(tiny_onnx, BuildOptions(profile=SMALL, timing_cache=cache))
+        assert trt.__version__.encode() in cache.read_bytes()
 
 
 def test_record_round_trip(trt, tiny_onnx, tmp_path):
