@@ -20,8 +20,8 @@ if [ "${1:-run}" = "prepare" ]; then
     "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
         --platform manylinux2014_x86_64 -d .whl $WHEELS || exit 1
-    cp "$SHARED/video/pexels_lightbox_text_960x506.mp4" .cache/shared_data/video/ || exit 1
-    cp -r "$SHARED/realdev" .cache/shared_data/ || exit 1
+    cp --no-preserve=mode "$SHARED/video/pexels_lightbox_text_960x506.mp4" .cache/shared_data/video/ || exit 1
+    cp -r --no-preserve=mode "$SHARED/realdev" .cache/shared_data/ || exit 1
     du -sh .whl .cache/shared_data
     exit 0
 fi
