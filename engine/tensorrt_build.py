@@ -139,7 +139,7 @@ def _input_profile(network, requested: Optional[ShapeProfile], summary: OnnxSumm
         from .modelspec import resolve_spec
 
         spec = resolve_spec(summary.metadata)
-        requested = default_profile(spec.limit_side, spec.stride)
+        requested = default_profile(spec.limit_side, spec.limit_type, spec.stride)
     requested.validate()
     for axis, (dim, lo, hi) in enumerate(zip(dims, requested.min, requested.max)):
         if dim >= 0 and not lo == hi == dim:
@@ -237,6 +237,10 @@ def build_engine(onnx_path: os.PathLike, options: BuildOptions = BuildOptions(),
     summary = summarize_onnx(onnx_path)
     plan = plan_precision(has_weak_typing(trt), options.precision, summary.precision,
                           options.strongly_typed, has_strongly_typed_flag(trt), trt.__version__)
+    device = backend.device_info()
+    if options.hardware_compatible and float(device.compute_capability) < 8.0:
+        raise ModelError(f"hardware-compatible engines must be built on an Ampere or newer GPU; "
+                         f"this one is {device}")
     logger = capturing_logger(trt)
     builder = trt.Builder(logger)
     network = builder.create_network(_network_flags(trt, plan.strongly_typed))
@@ -244,27 +248,23 @@ def build_engine(onnx_path: os.PathLike, options: BuildOptions = BuildOptions(),
     profile = _input_profile(network, options.profile, summary)
     config = builder.create_builder_config()
     _configure(trt, config, options, plan)
-    input_name = network.get_input(0).name
     if profile.min != profile.max:
-        _add_profile(builder, config, input_name, profile)
+        _add_profile(builder, config, network.get_input(0).name, profile)
     calibrator = _attach_calibrator(trt, config, options, profile, backend) if plan.calibrate else None
     _use_timing_cache(config, options.timing_cache)
     data = _run_build(trt, builder, network, config, progress, logger, summary.path.name)
     _save_timing_cache(config, options.timing_cache)
-    device = backend.device_info()
-    if options.hardware_compatible and float(device.compute_capability) < 8.0:
-        raise ModelError(f"hardware-compatible engines need an Ampere or newer GPU to build on; "
-                         f"this one is {device}")
+    builder_info = {"workspace": options.workspace, "opt_level": options.opt_level,
+                    "flags": list(plan.flags), "timing_cache": options.timing_cache is not None,
+                    "calibration_batches": getattr(calibrator, "batches_used", None),
+                    "version_compatible": options.version_compatible,
+                    "hardware_compatible": options.hardware_compatible}
     record = EngineRecord(
         onnx_sha256=summary.sha256, onnx_name=summary.path.name, precision=plan.precision,
-        strongly_typed=plan.strongly_typed, input_name=input_name, profile=profile,
+        strongly_typed=plan.strongly_typed, input_name=network.get_input(0).name, profile=profile,
         tensorrt_version=trt.__version__, gpu_name=device.name,
         compute_capability=device.compute_capability, metadata=dict(summary.metadata),
-        builder={"workspace": options.workspace, "opt_level": options.opt_level,
-                 "flags": list(plan.flags), "timing_cache": options.timing_cache is not None,
-                 "calibration_batches": getattr(calibrator, "batches_used", None),
-                 "version_compatible": options.version_compatible,
-                 "hardware_compatible": options.hardware_compatible})
+        builder=builder_info)
     return data, record
 
 

@@ -34,13 +34,15 @@ def test_parse_batch(text, expected):
 
 
 def test_profiles():
-    profile = default_profile(736, max_batch=4)
-    assert profile.opt == (1, 3, 736, 1312) and profile.max == (4, 3, 1472, 1472)
+    profile = default_profile(736)
+    assert profile.opt == (1, 3, 736, 1312) and profile.max == (4, 3, 2208, 2208)
+    assert default_profile(960, "max", max_batch=1).opt == (1, 3, 544, 960)
+    assert default_profile(960, "max", max_batch=1).max == (1, 3, 960, 960)
     assert ShapeProfile.from_dict(profile.to_dict()) == profile
     assert profile.contains((2, 3, 736, 1280)) and not profile.contains((5, 3, 736, 1280))
     check_in_profile("images", (1, 3, 64, 64), profile)
-    with pytest.raises(ShapeError, match="min 1x3x32x32, opt 1x3x736x1312, max 4x3x1472x1472"):
-        check_in_profile("images", (1, 3, 2048, 64), profile)
+    with pytest.raises(ShapeError, match="min 1x3x32x32, opt 1x3x736x1312, max 4x3x2208x2208"):
+        check_in_profile("images", (1, 3, 2240, 64), profile)
 
 
 def test_progress_lines_and_cancel():
