@@ -8,8 +8,10 @@ DESCRIPTION = """Build a TensorRT engine on this GPU. Precision: on TensorRT 8.6
 INT8 builder flags are used (INT8 from an FP32 ONNX calibrates on --calib images); TensorRT 11.x
 builds strongly typed networks only, so the precision is the ONNX's own (dbrt export --precision
 fp16 / int8 first). Shapes: --min / --opt / --max as NxCxHxW or HxW (with --batch MIN:OPT:MAX);
-H and W must be multiples of 32; by default opt is a 16:9 frame at the model's limit_side. The
-engine only runs on this TensorRT version and GPU model; a .json record next to it says so."""
+H and W must be multiples of 32; by default opt is a 16:9 frame under the model's resize rule,
+batch 1..4, and max leaves room for other aspect ratios. The engine only runs on this TensorRT
+version and GPU model (unless --version-compatible / --hardware-compatible); a .json record
+next to it says so, and `dbrt info` shows it."""
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
