@@ -215,3 +215,13 @@ def test_pipeline_check_runs_on_cpu(tmp_path, tiny_onnx):
     assert 0 < result["gpu_in_model_share"] <= 1 and result["gpu_idle_share"] == pytest.approx(
         1 - result["gpu_in_model_share"], abs=1e-3)
     assert {"decode", "preprocess", "infer", "postprocess"} <= set(result["stages"])
+
+
+def test_dbrt_bench_missing_module_is_one_line(monkeypatch, capsys):
+    from pipeline.cli import main
+    from pipeline.commands import bench
+
+    monkeypatch.setitem(bench.MODULES, "pipeline", "benchmarks.no_such_benchmark")
+    assert main(["bench", "pipeline"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["dbrt bench: error: benchmarks/no_such_benchmark.py is not in this checkout"]
