@@ -17,6 +17,7 @@ from trt_double import fake_cuda
     ("10.x", "NetworkDefinitionCreationFlag.EXPLICIT_BATCH", True),
     ("11.x", "NetworkDefinitionCreationFlag.EXPLICIT_BATCH", False),
     ("10.x", "NetworkDefinitionCreationFlag.STRONGLY_TYPED", True),
+    ("11.x", "NetworkDefinitionCreationFlag.STRONGLY_TYPED", True),    # kept, always on
     ("8.6", "NetworkDefinitionCreationFlag.STRONGLY_TYPED", False),
     ("8.6", "IProgressMonitor", False), ("10.x", "IProgressMonitor", True),
     ("11.x", "IProgressMonitor", True), ("11.x", "BuilderFlag.VERSION_COMPATIBLE", True),

@@ -5,9 +5,13 @@ flavours, computing real outputs with ONNX Runtime on the memory behind the give
           node names, ONNX opset <= 17 (JetPack 5).
 - "10.x": weak typing (FP16 / INT8 flags, IInt8EntropyCalibrator2), EXPLICIT_BATCH accepted and
           ignored, opt-in STRONGLY_TYPED, IProgressMonitor, named parser errors.
-- "11.x": strongly typed only. The names TensorRT 11 removed (BuilderFlag.FP16 / INT8 / ...,
-          calibrators, config.int8_calibrator, EXPLICIT_BATCH, device_memory_size) are absent,
-          so using them fails with AttributeError as it would on the real package.
+- "11.x": strongly typed only (STRONGLY_TYPED still accepted). The names TensorRT 11 removed
+          (BuilderFlag.FP16 / INT8 / ..., calibrators, config.int8_calibrator,
+          set_calibration_profile, EXPLICIT_BATCH, device_memory_size) are absent, so using them
+          fails with AttributeError as it would on the real package.
+
+The names of the 10.x and 11.x flavours were checked against the strings of the real binding
+libraries (tensorrt_cu12_bindings 10.3.0 and 11.4.0.106 wheels: `strings tensorrt.so`).
 
     trt = install(monkeypatch, "11.x")   # sys.modules["tensorrt"] + fake device memory
 """
@@ -47,13 +51,13 @@ def _features(flavour: str) -> Features:
     return {
         "8.6": Features("8.6.1", True, True, True, False, False, False, 17),
         "10.x": Features("10.3.0", True, False, True, True, True, True, 20, deform),
-        "11.x": Features("11.4.0", False, False, False, False, True, True, 25, deform),
+        "11.x": Features("11.4.0", False, False, False, True, True, True, 25, deform),
     }[flavour]
 
 
-_COMMON_FLAGS = ["DEBUG", "GPU_FALLBACK", "REFIT", "DISABLE_TIMING_CACHE", "SPARSE_WEIGHTS",
+_COMMON_FLAGS = ["DEBUG", "GPU_FALLBACK", "DISABLE_TIMING_CACHE", "SPARSE_WEIGHTS", "TF32",
                  "VERSION_COMPATIBLE", "EXCLUDE_LEAN_RUNTIME"]
-_WEAK_FLAGS = ["FP16", "INT8", "TF32", "FP8", "OBEY_PRECISION_CONSTRAINTS",
+_WEAK_FLAGS = ["FP16", "INT8", "FP8", "REFIT", "OBEY_PRECISION_CONSTRAINTS",
                "PREFER_PRECISION_CONSTRAINTS"]
 
 
