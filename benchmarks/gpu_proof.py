@@ -3,14 +3,16 @@ benchmarks in one go and publish everything.
 
     python -m benchmarks.gpu_proof --out DIR      (benchmarks/gpu_proof.sh wraps it for the device tool)
 
-Steps (each recorded as ok / failed / skipped with its error, none stops the others):
+Steps, most important first (each recorded as ok / failed / skipped with its error; none stops
+the others; a step that would start after the time budget is skipped, and the report is
+rewritten after every step, so a run cut short keeps what it measured):
   environment   nvidia-smi, torch / CuPy / ONNX Runtime versions
   gpu tests     pytest -m gpu (junit XML + counts)
-  model only    benchmarks.model_bench: PyTorch CUDA fp32 / fp16 beside CPU PyTorch and ORT
   preprocess    CuPy kernel vs OpenCV on video frames
   postprocess   CuPy vs NumPy DB post-processing: synthetic 1 MP / 4 MP maps and real model maps
   pipeline      threaded pipeline with the PyTorch-CUDA fp16 stand-in for TensorRT on the video,
-                vs the stand-in alone; per-stage latencies; GPU time outside the model
+                vs the stand-in alone; per-stage latencies; GPU time outside the model (batch 1, 4)
+  model only    benchmarks.model_bench: PyTorch CUDA fp32 / fp16 beside CPU PyTorch and ORT
   peers         benchmarks.postprocess_bench and benchmarks.pipeline_overlap, when present
 
 Results: benchmarks/results/<machine>/gpu_proof.{json,md} (+ the benchmarks' own files); DIR gets
@@ -34,17 +36,27 @@ VIDEO = common.SHARED_DATA / "video" / "pexels_lightbox_text_960x506.mp4"
 
 
 class Proof:
-    """Runs named steps, keeping each one's outcome and result."""
+    """Runs named steps, keeping each one's outcome and result. With a time budget, a step that
+    would start too late is skipped, so a run killed at its limit never loses what it measured;
+    `on_step(steps)` runs after every step (the report is rewritten each time)."""
 
-    def __init__(self, log=print):
+    def __init__(self, log=print, budget_s: Optional[float] = None,
+                 on_step: Optional[Callable[[List[dict]], None]] = None):
         self.steps: List[dict] = []
         self.log = log
+        self.on_step = on_step
+        self.deadline = None if budget_s is None else time.perf_counter() + budget_s
 
-    def step(self, name: str, fn: Callable[[], object]) -> Optional[object]:
+    def remaining(self) -> float:
+        return float("inf") if self.deadline is None else self.deadline - time.perf_counter()
+
+    def step(self, name: str, fn: Callable[[], object], min_s: float = 10) -> Optional[object]:
         self.log(f"== {name}")
         start = time.perf_counter()
         record = {"step": name}
         try:
+            if self.remaining() < min_s:
+                raise Skip(f"out of time ({max(0.0, self.remaining()):.0f} s of the budget left)")
             record["result"] = fn()
             record["status"] = "ok"
         except Skip as exc:
@@ -55,6 +67,8 @@ class Proof:
         record["seconds"] = round(time.perf_counter() - start, 1)
         self.log(f"   {record['status']} ({record['seconds']} s)")
         self.steps.append(record)
+        if self.on_step:
+            self.on_step(self.steps)
         return record.get("result")
 
 
@@ -87,6 +101,8 @@ def _optional(name):
 
 
 def gpu_tests(out: Path, timeout: float) -> dict:
+    if not gpu_checks_possible():
+        raise Skip("no usable GPU: the GPU-marked tests would all skip")
     xml = out / "gpu_tests.xml"
     cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-rs", "-p", "no:cacheprovider",
            "tests", f"--junitxml={xml}"]
@@ -120,24 +136,32 @@ def standin_runner(torch_model, spec):
     return TorchRunner(copy.deepcopy(torch_model), device="cuda", half=True, spec=spec).activate()
 
 
-def need_gpu():
+def gpu_checks_possible() -> bool:
     from engine.lazy import cupy_or_none
 
-    if cupy_or_none() is None:
+    return cupy_or_none() is not None
+
+
+def need_gpu():
+    if not gpu_checks_possible():
         raise Skip("CuPy with a usable CUDA device is needed")
 
 
 # -- orchestration -----------------------------------------------------------------------------
 
-def run_proof(out: Path, frames: int, test_timeout: float, quick: bool = False, log=print) -> List[dict]:
-    proof = Proof(log)
+def run_proof(proof: Proof, out: Path, frames: int, quick: bool = False) -> List[dict]:
+    """The steps in order of importance: correctness first, then the GPU paths' speed, then the
+    wide sweeps (the first to be cut when the time budget runs out)."""
+    log = proof.log
+
+    def timeout(cap: float) -> float:
+        return max(10.0, min(cap, proof.remaining() - 15))
+
     proof.step("environment", environment)
-    proof.step("gpu tests", lambda: gpu_tests(out, test_timeout))
-    args = run_all.QUICK_ARGS["model"] if quick else run_all.GPU_ARGS["model"]
-    proof.step("model only", lambda: _ok(run_all.run_one("model", args, timeout_s=900, log=log)))
+    proof.step("gpu tests", lambda: gpu_tests(out, timeout(240)))
     mut = model_bench.load_model()
-    if mut.torch_model is None:
-        log("   no PyTorch weights for the model: the stand-in steps are skipped")
+    log(f"   model: {mut.label}" + ("" if mut.torch_model is not None else
+                                     " (no PyTorch weights: the stand-in steps are skipped)"))
     spec = _spec(mut)
     video_frames = gpu_checks.read_frames(VIDEO, 16) if VIDEO.is_file() else None
 
@@ -162,14 +186,17 @@ def run_proof(out: Path, frames: int, test_timeout: float, quick: bool = False, 
         from pipeline.detector import Detector
 
         with Detector(standin_runner(mut.torch_model, spec)) as detector:
-            return gpu_checks.check_pipeline(VIDEO, detector, frames, batch)
+            return {"model": mut.label, **gpu_checks.check_pipeline(VIDEO, detector, frames, batch)}
 
     proof.step("preprocess", preprocess)
     proof.step("postprocess", postprocess)
     for batch in (1, 4):
         proof.step(f"pipeline batch {batch}", lambda b=batch: pipeline(b))
+    args = run_all.QUICK_ARGS["model"] if quick else run_all.GPU_ARGS["model"]
+    proof.step("model only", lambda: _ok(run_all.run_one("model", args, timeout(240), log)), min_s=60)
     for name in ("postprocess", "pipeline"):
-        proof.step(f"{run_all.BENCHMARKS[name][0]}", lambda n=name: _ok(run_all.run_one(n, [], 900, log)))
+        proof.step(run_all.BENCHMARKS[name][0],
+                   lambda n=name: _ok(run_all.run_one(n, [], timeout(150), log)), min_s=30)
     return proof.steps
 
 
@@ -256,11 +283,13 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=common.REPO / "out" / "gpu_proof",
                    help="where the files to take home go (the device tool's $OUT)")
     p.add_argument("--frames", type=int, default=935, help="video frames for the pipeline step")
-    p.add_argument("--test-timeout", type=float, default=300, help="seconds for pytest -m gpu")
+    p.add_argument("--budget", type=float, default=540,
+                   help="seconds for the whole proof (the device tool stops a command at 600)")
     p.add_argument("--quick", action="store_true", help="small model sweep (smoke run)")
     a = p.parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)
-    steps = run_proof(a.out, a.frames, a.test_timeout, a.quick)
+    proof = Proof(budget_s=a.budget, on_step=lambda steps: write_report(steps, a.out))
+    steps = run_proof(proof, a.out, a.frames, a.quick)
     md = write_report(steps, a.out)
     print(f"wrote {md} and {a.out}")
     print(json.dumps([{k: s[k] for k in ("step", "status", "seconds")} for s in steps], indent=1))

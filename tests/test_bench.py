@@ -225,3 +225,13 @@ def test_dbrt_bench_missing_module_is_one_line(monkeypatch, capsys):
     assert main(["bench", "pipeline"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["dbrt bench: error: benchmarks/no_such_benchmark.py is not in this checkout"]
+
+
+def test_gpu_proof_skips_steps_past_its_budget():
+    from benchmarks import gpu_proof
+
+    written = []
+    proof = gpu_proof.Proof(log=lambda m: None, budget_s=0.0, on_step=lambda steps: written.append(len(steps)))
+    proof.step("late", lambda: "never runs")
+    assert proof.steps[0]["status"].startswith("skipped: out of time") and "result" not in proof.steps[0]
+    assert written == [1]
