@@ -235,3 +235,16 @@ def test_gpu_proof_skips_steps_past_its_budget():
     proof.step("late", lambda: "never runs")
     assert proof.steps[0]["status"].startswith("skipped: out of time") and "result" not in proof.steps[0]
     assert written == [1]
+
+
+def test_model_maps_from_any_runner(tiny_onnx):
+    from benchmarks import gpu_checks
+    from engine.modelspec import ModelSpec
+    from engine.onnxruntime_runner import OnnxRuntimeRunner
+
+    frames = [np.full((40, 60, 3), 200, np.uint8), np.zeros((40, 60, 3), np.uint8)]
+    with OnnxRuntimeRunner(tiny_onnx, device="cpu", threads=1) as runner:
+        maps = gpu_checks.model_maps(runner, frames, ModelSpec(), [(32, 64), (64, 96)])
+    assert list(maps) == ["model on video frames, 32x64", "model on video frames, 64x96"]
+    assert maps["model on video frames, 64x96"].shape == (2, 64, 96)
+    assert all(m.dtype == np.float32 and 0 <= m.min() and m.max() <= 1 for m in maps.values())
