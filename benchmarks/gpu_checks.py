@@ -49,6 +49,7 @@ def _cuda_sync():
 # -- preprocessing -----------------------------------------------------------------------------
 
 def check_preprocess(frames: Sequence[np.ndarray], spec, batches=(1, 8), repeats: int = 20) -> List[dict]:
+    """GPU time includes the pinned copy and upload of the uint8 frames (what the pipeline pays)."""
     from pipeline.gpu_preprocess import GpuPreprocessor
     from pipeline.preprocess import preprocess_batch, target_size
 

@@ -169,7 +169,10 @@ def run_proof(proof: Proof, out: Path, frames: int, quick: bool = False) -> List
         need_gpu()
         if video_frames is None:
             raise Skip(f"video not found: {VIDEO}")
-        return gpu_checks.check_preprocess(video_frames, spec)
+        import cv2
+
+        full_hd = [cv2.resize(f, (1920, 1080), interpolation=cv2.INTER_LINEAR) for f in video_frames[:8]]
+        return gpu_checks.check_preprocess(video_frames, spec) + gpu_checks.check_preprocess(full_hd, spec)
 
     def postprocess():
         need_gpu()
