@@ -256,16 +256,28 @@ def _random_quad(rng):
     return (pts + [cx, cy] + rng.normal(0, 1.5, (4, 2))).astype(np.float32)
 
 
-def test_agrees_with_shapely_reference_on_random_scenes(rng):
+def _random_band(rng):
+    """A curved text band (Total-Text style): 5 points along an arc on each side."""
+    cx, cy, radius = rng.uniform(30, 70), rng.uniform(60, 90), rng.uniform(30, 60)
+    start, span, thick = rng.uniform(-2.6, -1.8), rng.uniform(0.5, 1.2), rng.uniform(5, 15)
+    angles = start + span * np.linspace(0, 1, 5)
+    outer = np.stack([cx + (radius + thick) * np.cos(angles), cy + (radius + thick) * np.sin(angles)], 1)
+    inner = np.stack([cx + radius * np.cos(angles), cy + radius * np.sin(angles)], 1)[::-1]
+    return np.concatenate([outer, inner]).astype(np.float32)
+
+
+@pytest.mark.parametrize("shape", ["quads", "curved bands"])
+def test_agrees_with_shapely_reference_on_random_scenes(rng, shape):
     pytest.importorskip("shapely", reason="shapely (dev extra) is the reference's geometry library")
     import shapely
     import shapely.geometry  # noqa: F401 - loads the submodule used below
 
+    make = _random_quad if shape == "quads" else _random_band
     for _ in range(60):
-        gts = [_random_quad(rng) for _ in range(rng.integers(0, 6))]
+        gts = [make(rng) for _ in range(rng.integers(0, 6))]
         ignore = list(rng.random(len(gts)) < 0.3)
         dets = [g + rng.normal(0, 3, g.shape).astype(np.float32) for g in gts if rng.random() < 0.8]
-        dets += [_random_quad(rng) for _ in range(rng.integers(0, 3))]
+        dets += [make(rng) for _ in range(rng.integers(0, 3))]
         res = evaluate_image(gts, ignore, dets)
         assert (res.gt_care, res.det_care, res.matched) == _reference(gts, ignore, dets, shapely)
         for g in gts:
