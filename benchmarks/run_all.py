@@ -1,5 +1,6 @@
-"""Run the three benchmarks of issue 8 in one go and index what they wrote.
+"""Run the benchmarks of issue 8 in one go and index what they wrote.
 
+0. accuracy     (benchmarks.accuracy): ICDAR 2015 protocol on realdev, so speed is never alone
 1. model only   (benchmarks.model_bench): backend x precision x batch x input size, PyTorch beside ORT
 2. pipeline     (benchmarks.pipeline_overlap): the threaded pipeline on a real video, per-stage
                 times, and its throughput relative to inference alone on the same frames
@@ -27,12 +28,14 @@ from typing import List, Optional, Sequence
 from . import common
 
 BENCHMARKS = {  # name -> (module, what it measures)
+    "accuracy": ("benchmarks.accuracy", "ICDAR 2015 protocol on ../shared/data/realdev (the shipped model)"),
     "model": ("benchmarks.model_bench", "model-only latency / throughput sweep, PyTorch vs ONNX Runtime"),
     "pipeline": ("benchmarks.pipeline_overlap", "full threaded pipeline on a video vs inference alone"),
     "postprocess": ("benchmarks.postprocess_bench", "DB post-processing vs the reference implementation"),
 }
 # Short CPU runs (shared machines); a GPU gets wider sweeps.
-CPU_ARGS = {"model": ["--sizes", "320", "480", "640", "736", "--batches", "1", "4", "--repeats", "5"]}
+CPU_ARGS = {"model": ["--sizes", "320", "480", "640", "736", "--batches", "1", "4", "--repeats", "5",
+                      "--precisions", "fp32", "fp16", "int8"]}
 GPU_ARGS = {"model": ["--sizes", "320", "480", "640", "736", "960", "1280", "--batches", "1", "4", "8", "16",
                       "--cpu-batches", "1", "--warmup", "5", "--repeats", "20"]}
 QUICK_ARGS = {"model": ["--sizes", "256", "512", "--batches", "1", "2", "--warmup", "1", "--repeats", "3"],
@@ -105,8 +108,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     records = []
     for name in a.only:
         args = default_args(name, a.quick) + shlex.split(getattr(a, f"{name}_args"))
+        if name in ("model", "accuracy"):
+            args += ["--model", a.model] if a.model else []
         if name == "model":
-            args += (["--model", a.model] if a.model else []) + (["--weights", a.weights] if a.weights else [])
+            args += ["--weights", a.weights] if a.weights else []
         records.append(run_one(name, args, a.timeout))
     index = write_index(out_dir, records, started)
     print(f"wrote {index}")

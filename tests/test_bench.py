@@ -248,3 +248,19 @@ def test_model_maps_from_any_runner(tiny_onnx):
     assert list(maps) == ["model on video frames, 32x64", "model on video frames, 64x96"]
     assert maps["model on video frames, 64x96"].shape == (2, 64, 96)
     assert all(m.dtype == np.float32 and 0 <= m.min() and m.max() <= 1 for m in maps.values())
+
+
+def test_accuracy_benchmark_writes_protocol_tables(tmp_path, tiny_onnx, monkeypatch):
+    cv2 = pytest.importorskip("cv2")
+    from benchmarks import accuracy
+
+    data = tmp_path / "set"
+    data.mkdir()
+    cv2.imwrite(str(data / "img_1.jpg"), np.full((48, 64, 3), 255, np.uint8))
+    (data / "gt_img_1.txt").write_text("4,4,40,4,40,20,4,20,word\n")
+    monkeypatch.setenv("DBRT_RESULTS_DIR", str(tmp_path / "res"))
+    assert accuracy.main(["--model", str(tiny_onnx), "--dataset", str(data), "--threads", "1"]) == 0
+    payload = json.loads((tmp_path / "res" / "accuracy_set.json").read_text())
+    assert payload["gt_care"] == 1 and payload["images"] == 1 and payload["model"]["file"] == tiny_onnx.name
+    assert "| img_1.jpg |" in (tmp_path / "res" / "accuracy_set.md").read_text()
+    assert accuracy.main(["--model", str(tmp_path / "none.onnx")]) == 0  # nothing shipped: a note, no files
