@@ -4,18 +4,20 @@ from __future__ import annotations
 import argparse
 
 NAME = "bench"
-HELP = "benchmark the model alone, the full pipeline, or the post-processing (results/<machine>/)"
+HELP = "benchmark the model alone, the full pipeline, the post-processing or accuracy (results/<machine>/)"
 ORDER = 40
 DESCRIPTION = """Run a benchmark and write JSON + markdown + PNG plots under
 benchmarks/results/<machine>/ (benchmarks/README.md says what each timed region contains).
 'model' sweeps backend x precision x batch x input size with PyTorch beside ONNX Runtime;
 'pipeline' runs the threaded pipeline on a video (per-stage times, ratio to inference alone);
-'postprocess' compares the DB post-processing with the reference on the same maps; 'all' runs the
-three, each in its own process, and writes an index.md. Arguments after WHICH go to the benchmark
+'postprocess' compares the DB post-processing with the reference on the same maps; 'accuracy'
+scores the shipped model on ../shared/data/realdev; 'all' runs them all, each in its own process,
+and writes an index.md. Arguments after WHICH go to the benchmark
 itself, e.g. `dbrt bench model --sizes 320 640 --batches 1 8` or `dbrt bench all --quick`;
 `dbrt bench model --help` lists them."""
 
 MODULES = {
+    "accuracy": "benchmarks.accuracy",
     "model": "benchmarks.model_bench",
     "pipeline": "benchmarks.pipeline_overlap",
     "postprocess": "benchmarks.postprocess_bench",
