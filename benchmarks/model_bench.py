@@ -15,7 +15,6 @@ from PyTorch fp32 on CPU on the same real frame, so speed is never shown without
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
