@@ -102,7 +102,8 @@ def _model_maps(model: Path, preset: Optional[str], images: List[np.ndarray]) ->
         maps = []
         for image in images:
             batch, _ = detector.prepare([image])
-            maps.append(np.ascontiguousarray(np.asarray(detector.infer(batch))[0, 0], np.float32))
+            prob = np.asarray(detector.infer(batch))  # (1, 1, H, W) or (1, H, W)
+            maps.append(np.ascontiguousarray(prob.reshape(prob.shape[-2:]), np.float32))
         return maps
     finally:
         detector.close()
@@ -112,7 +113,7 @@ def real_sets(quick: bool, log=print) -> Dict[str, List[np.ndarray]]:
     """Maps of trained models on the realdev photographs (skipped when either is absent)."""
     import cv2
 
-    realdev = common.SHARED_DATA / "realdev"
+    realdev = common.SHARED_DATA / "realdev" / "images"
     if not realdev.is_dir():
         log(f"no real maps: {realdev} is absent")
         return {}
@@ -130,7 +131,8 @@ def real_sets(quick: bool, log=print) -> Dict[str, List[np.ndarray]]:
             log(f"no real maps from {name}: {path} is absent")
             continue
         maps = _model_maps(path, preset, images)
-        sets[f"real {name} ({len(maps)} realdev images, {maps[0].shape[0]}x{maps[0].shape[1]}...)"] = maps
+        sizes = sorted({f"{m.shape[0]}x{m.shape[1]}" for m in maps})
+        sets[f"real {name} ({len(maps)} realdev images, maps {', '.join(sizes)})"] = maps
     return sets
 
 

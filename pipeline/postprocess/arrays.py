@@ -23,18 +23,24 @@ def to_host(array) -> np.ndarray:
 
 
 def scatter_min(xp, target, index, values) -> None:
-    """target[index] = min(target[index], values), repeated indices allowed."""
+    """target[index] = min(target[index], values), repeated indices allowed. target is int32
+    (CuPy's atomic min / max exist for 32-bit signed integers, not for int64)."""
+    if target.dtype != np.int32:
+        raise TypeError(f"scatter targets are int32, got {target.dtype}")
     if is_numpy(xp):
         np.minimum.at(target, index, values)
     else:
-        require("cupyx").scatter_min(target, index, values)
+        require("cupyx").scatter_min(target, index, values.astype(np.int32, copy=False))
 
 
 def scatter_max(xp, target, index, values) -> None:
+    """target[index] = max(target[index], values); see scatter_min."""
+    if target.dtype != np.int32:
+        raise TypeError(f"scatter targets are int32, got {target.dtype}")
     if is_numpy(xp):
         np.maximum.at(target, index, values)
     else:
-        require("cupyx").scatter_max(target, index, values)
+        require("cupyx").scatter_max(target, index, values.astype(np.int32, copy=False))
 
 
 def label_batch(xp, mask, connectivity: int):
@@ -52,7 +58,7 @@ def label_batch(xp, mask, connectivity: int):
     ndimage = require("cupyx.scipy.ndimage")
     structure = np.zeros((3, 3, 3), bool)
     structure[1] = _PLANE_8 if connectivity == 8 else _PLANE_4
-    labels, total = ndimage.label(mask, structure=structure, output=xp.int32)
+    labels, total = ndimage.label(mask.view(xp.uint8), structure=structure, output=xp.int32)
     return labels, int(total)
 
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from engine.errors import ShapeError
+
 from .arrays import dilate_2x2, label_batch, scatter_max, scatter_min, to_host
 from .config import PostprocessConfig
 
@@ -38,18 +40,21 @@ def bitmaps(xp, prob, sizes, config: PostprocessConfig):
 
 
 def _pixel_stats(xp, labels, count: int):
-    """Per label (index 0 unused): first flat index, bbox; and the labelled pixels' positions."""
+    """Per label (index 0 unused): first flat index, bbox; and the labelled pixels' positions.
+    All int32 (the GPU's atomics); flat indices of the batch must fit."""
     n, h, w = labels.shape
+    if n * h * w >= 2**31 - 1:
+        raise ShapeError(f"a batch of {n} maps of {h}x{w} is too large for one pass; split it")
     flat = labels.ravel()
-    pos = xp.flatnonzero(flat)
+    pos = xp.flatnonzero(flat).astype(xp.int32)
     lab = flat[pos]
     x = pos % w
     y = (pos // w) % h
-    first = xp.full(count + 1, n * h * w, xp.int64)
+    first = xp.full(count + 1, n * h * w, xp.int32)
     scatter_min(xp, first, lab, pos)
-    x0 = xp.full(count + 1, w, xp.int64)
-    x1 = xp.full(count + 1, -1, xp.int64)
-    y1 = xp.full(count + 1, -1, xp.int64)
+    x0 = xp.full(count + 1, w, xp.int32)
+    x1 = xp.full(count + 1, -1, xp.int32)
+    y1 = xp.full(count + 1, -1, xp.int32)
     scatter_min(xp, x0, lab, x)
     scatter_max(xp, x1, lab, x)
     scatter_max(xp, y1, lab, y)
@@ -100,7 +105,7 @@ def _hole_table(xp, mask, labels):
 
 def _reference_order(xp, cols, n_maps: int, plane: int, max_candidates: int):
     """Indices of the first max_candidates candidates per map, by descending key."""
-    order = xp.argsort(cols["map"] * plane + (plane - 1 - cols["key"]))  # keys are unique
+    order = xp.argsort(cols["map"].astype(xp.int64) * plane + (plane - 1 - cols["key"]))  # unique
     maps = cols["map"][order]
     starts = xp.searchsorted(maps, xp.arange(n_maps))
     rank = xp.arange(len(order)) - starts[maps]
@@ -114,21 +119,21 @@ def column(name: str) -> int:
 def _row_extremes(xp, st, table, n_labels: int):
     """Per-row leftmost / rightmost x of the selected components, concatenated row by row."""
     outer = table[:, column("kind")] == OUTER
-    refs = table[outer, column("ref")]
-    heights = table[outer, column("y1")] - table[outer, column("y0")] + 1
+    refs = table[:, column("ref")][outer]
+    heights = (table[:, column("y1")] - table[:, column("y0")])[outer] + 1
     starts = xp.full(n_labels + 1, -1, xp.int64)
     offsets = xp.cumsum(heights) - heights
     starts[refs] = offsets
     total = int(heights.sum()) if len(refs) else 0
-    left = xp.full(total, np.iinfo(np.int64).max, xp.int64)
-    right = xp.full(total, -1, xp.int64)
+    left = xp.full(total, np.iinfo(np.int32).max, xp.int32)
+    right = xp.full(total, -1, xp.int32)
     chosen = starts[st["lab"]] >= 0
     lab = st["lab"][chosen]
     row = starts[lab] + st["y"][chosen] - st["y0"][lab]
     scatter_min(xp, left, row, st["x"][chosen])
     scatter_max(xp, right, row, st["x"][chosen])
     rows = xp.zeros(len(table), xp.int64)
-    rows[outer] = heights
+    rows[xp.flatnonzero(outer)] = heights
     return left, right, rows
 
 
@@ -148,7 +153,8 @@ def find_candidates(xp, prob, sizes, config: PostprocessConfig) -> DeviceCandida
     if config.box_type == "quad":  # exact pre-filter: (bbox_w - 1) * (bbox_h - 1) < min_size**2
         area = (cols["x1"][keep] - cols["x0"][keep]) * (cols["y1"][keep] - cols["y0"][keep])
         keep = keep[area >= config.min_size ** 2]
-    table = xp.stack([cols[f][keep] for f in FIELDS[:-1]] + [xp.zeros(len(keep), xp.int64)], axis=1)
+    table = xp.stack([cols[f][keep].astype(xp.int64) for f in FIELDS[:-1]]
+                     + [xp.zeros(len(keep), xp.int64)], axis=1)
     if config.box_type == "quad":
         left, right, rows = _row_extremes(xp, st, table, count)
         table[:, column("rows")] = rows
@@ -159,7 +165,8 @@ def find_candidates(xp, prob, sizes, config: PostprocessConfig) -> DeviceCandida
 
 def to_host_compact(xp, cand: DeviceCandidates):
     """ONE device-to-host copy of everything the host needs: table, row extremes, sums."""
-    parts = [cand.table.ravel(), cand.left, cand.right, cand.sums.view(xp.int64)]
+    parts = [cand.table.ravel(), cand.left.astype(xp.int64), cand.right.astype(xp.int64),
+             cand.sums.view(xp.int64)]
     sizes = [int(p.size) for p in parts]
     host = to_host(xp.concatenate(parts))
     table, left, right, sums = np.split(host, np.cumsum(sizes)[:-1])

@@ -130,7 +130,7 @@ def masked_sums(xp, prob, maps, origins, masks) -> Tuple[np.ndarray, np.ndarray]
     dev_meta = xp.asarray(meta.astype(np.int64))
     dev_masks = xp.asarray(np.concatenate([m.ravel() for m in masks]))
     pixel = xp.arange(int(sizes.sum()))
-    owner = xp.searchsorted(dev_meta[:, 4], pixel, side="right") - 1
+    owner = xp.searchsorted(xp.ascontiguousarray(dev_meta[:, 4]), pixel, side="right") - 1
     local = pixel - dev_meta[owner, 4]
     row, col = local // dev_meta[owner, 3], local % dev_meta[owner, 3]
     flat = dev_meta[owner, 0] * (h * w) + (dev_meta[owner, 2] + row) * w + dev_meta[owner, 1] + col
