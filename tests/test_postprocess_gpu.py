@@ -8,7 +8,8 @@ import pytest
 from engine.lazy import cupy_or_none
 from pipeline.postprocess import DBPostprocessor, PostprocessConfig, cpu, gpu
 from pipeline.postprocess.arrays import dilate_2x2, label_batch, scatter_max, scatter_min
-from pipeline.postprocess.components import HOLE, column, find_candidates, to_host_compact
+from pipeline.postprocess.components import (HOLE, column, euler_number, find_candidates,
+                                             to_host_compact)
 from pipeline.preprocess import Letterbox
 
 from postprocess_maps import random_map
@@ -70,6 +71,21 @@ def test_dilation_and_labelling_twins_match_opencv(rng):
     assert len(np.unique(labels)) == count + 1 and (labels[~mask] == 0).all()
 
 
+def _components_minus_holes(plane):
+    count = cv2.connectedComponents(plane.view(np.uint8), connectivity=8)[0] - 1
+    n_bg, bg = cv2.connectedComponents((~plane).view(np.uint8), connectivity=4)
+    border = np.unique(np.concatenate([bg[0], bg[-1], bg[:, 0], bg[:, -1]]))
+    return count - len(np.setdiff1d(np.arange(1, n_bg), border))
+
+
+def test_euler_number_counts_components_minus_holes():
+    rng = np.random.default_rng(2)
+    for _ in range(40):
+        h, w = int(rng.integers(3, 60)), int(rng.integers(3, 60))
+        mask = np.stack([random_map(rng, h, w, 15) > 0.3 for _ in range(2)])
+        assert euler_number(np, mask) == sum(_components_minus_holes(m) for m in mask)
+
+
 def test_postprocessor_routes_numpy_to_cpu_and_validates_the_device():
     post = DBPostprocessor(device="cpu")
     maps = random_map(np.random.default_rng(0), 64, 96, 10)[None]
@@ -109,6 +125,7 @@ def test_cupy_building_blocks_match_their_numpy_oracles(rng):
         assert count == expected
         pairs = np.unique(np.stack([dev.get().ravel(), host.ravel()]), axis=1)
         assert pairs.shape[1] == count + 1  # the same partition, only the numbering may differ
+    assert euler_number(cp, cp.asarray(mask)) == euler_number(np, mask)
     index = rng.integers(0, 10, 500)
     values = rng.integers(0, 1000, 500)
     for op, ref in ((scatter_min, np.full(10, 10**6)), (scatter_max, np.full(10, -1))):

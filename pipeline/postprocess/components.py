@@ -86,6 +86,18 @@ def _outer_table(xp, prob, labels, count):
     return cols, sums[1:], st
 
 
+def euler_number(xp, mask) -> int:
+    """Components minus holes of all planes of an (N, H, W) bool mask, 8-connected foreground
+    (Gray's 2x2 pattern count): a cheap way to know whether any hole exists."""
+    padded = xp.pad(mask.view(xp.uint8), ((0, 0), (1, 1), (1, 1)))
+    a, b = padded[:, :-1, :-1], padded[:, :-1, 1:]
+    c, d = padded[:, 1:, :-1], padded[:, 1:, 1:]
+    s = a + b + c + d
+    counts = xp.stack([(s == 1).sum(), (s == 3).sum(), ((s == 2) & (a == d)).sum()])
+    q1, q3, diagonal = (int(v) for v in to_host(counts))
+    return (q1 - q3 - 2 * diagonal) // 4
+
+
 def _hole_table(xp, mask, labels):
     """Background regions (4-connected) that do not touch the border: RETR_LIST hole contours.
     Their contour is the ring of foreground pixels around them, one pixel beyond their bbox."""
@@ -143,7 +155,10 @@ def find_candidates(xp, prob, sizes, config: PostprocessConfig) -> DeviceCandida
     mask = bitmaps(xp, prob, sizes, config)
     labels, count = label_batch(xp, mask, 8)
     outer, sums, st = _outer_table(xp, prob, labels, count)
-    holes, parent = _hole_table(xp, mask, labels)
+    if euler_number(xp, mask) == count:  # no hole anywhere: skip labelling the background
+        holes, parent = {k: v[:0] for k, v in outer.items()}, xp.zeros(0, xp.int64)
+    else:
+        holes, parent = _hole_table(xp, mask, labels)
     cols = {k: xp.concatenate([outer[k], holes[k]]) for k in outer}
     has_holes = xp.zeros(count + 1, bool)
     has_holes[parent] = True
