@@ -131,6 +131,6 @@ def train(cfg: TrainConfig) -> Path:
             _log(f"time limit reached at step {step}; saving and stopping")
             _save(out / "last.pt", ema, model, opt, step, cfg)
             break
-    if not math.isfinite(float(terms["loss"])):
+    if not math.isfinite(float(terms["loss"].detach())):
         print("warning: final loss is not finite", file=sys.stderr)
     return out / "last.pt"

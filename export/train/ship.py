@@ -1,0 +1,145 @@
+"""Turn a training checkpoint into the shipped default: fp16 weights + a compact ONNX + a record.
+
+    python -m export.train.ship /work/train_runs/default/last.pt
+
+- `export/assets/dbnet_default.pt`: the EMA state dict in fp16 (about 6 MB for R18 width 0.5);
+  `export.checkpoint.load_checkpoint` reads it (values are cast to the model's fp32).
+- `pipeline/assets/dbnet_default.onnx`: exported from those fp16 weights (BN folded), then every
+  large float initializer stored as fp16 followed by a Cast to float, so the file is half the
+  size but the graph still computes in fp32 (ONNX Runtime folds the casts at load time).
+- `export/assets/dbnet_default.json`: how it was made (training config, steps, sizes, parity).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from engine.modelspec import ModelSpec
+
+REPO = Path(__file__).resolve().parents[2]
+WEIGHTS = REPO / "export" / "assets" / "dbnet_default.pt"
+RECORD = REPO / "export" / "assets" / "dbnet_default.json"
+ONNX = REPO / "pipeline" / "assets" / "dbnet_default.onnx"
+MIN_FP16_ELEMENTS = 16  # tiny tensors (scalars, shapes) stay fp32: no gain, more casts
+
+
+def store_initializers_fp16(proto) -> int:
+    """Replace float32 initializers by fp16 ones + Cast(to=FLOAT) nodes; returns how many."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    used_as_graph_input = {i.name for i in proto.graph.input}
+    casts, kept, count = [], [], 0
+    for init in proto.graph.initializer:
+        if (init.data_type != TensorProto.FLOAT or init.name in used_as_graph_input
+                or int(np.prod(init.dims)) < MIN_FP16_ELEMENTS):
+            kept.append(init)
+            continue
+        half = numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16),
+                                       init.name + "_fp16")
+        kept.append(half)
+        casts.append(helper.make_node("Cast", [half.name], [init.name], to=TensorProto.FLOAT,
+                                      name=init.name + "_cast"))
+        count += 1
+    del proto.graph.initializer[:]
+    proto.graph.initializer.extend(kept)
+    nodes = casts + list(proto.graph.node)
+    del proto.graph.node[:]
+    proto.graph.node.extend(nodes)
+    return count
+
+
+def fp16_state(model) -> dict:
+    return {k: (v.detach().half() if v.is_floating_point() else v.detach())
+            for k, v in model.state_dict().items()}
+
+
+def _rel(path) -> str:
+    path = Path(path).resolve()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _ort_parity(model, onnx_path: Path, shapes=((1, 3, 256, 320), (2, 3, 160, 224))) -> float:
+    import onnxruntime as ort
+    import torch
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 2
+    sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    worst = 0.0
+    for shape in shapes:
+        x = rng.uniform(-0.5, 0.5, size=shape).astype(np.float32)
+        with torch.no_grad():
+            ref = model(torch.from_numpy(x)).numpy()
+        got = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+        worst = max(worst, float(np.abs(ref - got).max()))
+    return worst
+
+
+def ship(checkpoint, spec_changes: Optional[dict] = None, weights: Path = WEIGHTS,
+         onnx_path: Path = ONNX, record: Path = RECORD, metrics: Optional[dict] = None) -> dict:
+    """Write the fp16 weights, the ONNX and the record; returns the record."""
+    import onnx
+    import torch
+
+    from ..model import DBNet
+    from ..onnx_export import export_onnx
+    from .loop import load_weights
+
+    ck = torch.load(str(checkpoint), map_location="cpu", weights_only=False)
+    cfg = ck.get("config", {})
+    model = DBNet(cfg.get("arch", "resnet18"), width=cfg.get("width", 0.5)).eval()
+    load_weights(model, checkpoint)
+    Path(weights).parent.mkdir(parents=True, exist_ok=True)
+    torch.save(fp16_state(model), str(weights))
+    load_weights(model, weights)  # the ONNX is made from exactly the shipped (fp16) values
+    spec = ModelSpec(arch=model.arch_name, **(spec_changes or {}))
+    tmp = Path(onnx_path).with_suffix(".fp32.onnx")
+    report = export_onnx(model, tmp, opset=17, spec=spec)
+    proto = onnx.load(str(tmp))
+    converted = store_initializers_fp16(proto)
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(onnx_path))
+    tmp.unlink()
+    max_abs = _ort_parity(model, Path(onnx_path))
+    rec = {"checkpoint_step": int(ck.get("step", 0)), "train_config": cfg,
+           "spec": json.loads(spec.to_json()),
+           "weights": {"path": _rel(weights), "dtype": "float16",
+                       "bytes": Path(weights).stat().st_size, "sha256": _sha256(weights)},
+           "onnx": {"path": _rel(onnx_path), "opset": report.opset,
+                    "fp16_initializers": converted, "bytes": Path(onnx_path).stat().st_size,
+                    "sha256": _sha256(onnx_path), "ort_vs_torch_max_abs": max_abs},
+           "metrics": metrics or {}}
+    Path(record).write_text(json.dumps(rec, indent=2) + "\n")
+    return rec
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint")
+    p.add_argument("--limit-side", type=int, default=736)
+    p.add_argument("--limit-type", default="min", choices=("min", "max"))
+    p.add_argument("--thresh", type=float, default=0.3)
+    p.add_argument("--box-thresh", type=float, default=0.6)
+    p.add_argument("--unclip-ratio", type=float, default=1.5)
+    p.add_argument("--metrics", help="JSON file of evaluation results to put in the record")
+    args = p.parse_args(argv)
+    metrics = json.loads(Path(args.metrics).read_text()) if args.metrics else None
+    rec = ship(args.checkpoint, dict(limit_side=args.limit_side, limit_type=args.limit_type,
+                                     thresh=args.thresh, box_thresh=args.box_thresh,
+                                     unclip_ratio=args.unclip_ratio), metrics=metrics)
+    print(json.dumps({k: rec[k] for k in ("checkpoint_step", "weights", "onnx")}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,142 @@
+"""DB training: targets on hand-made polygons, losses, augmentation, ICDAR folders, a smoke run,
+fine-tuning from its checkpoint and the fp16 shipping path."""
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from export.train.augment import AugmentConfig, augment
+from export.train.data import SynthDataset, read_icdar_folder
+from export.train.labels import THRESH_MAX, THRESH_MIN, make_targets, offset_distance
+
+RECT = np.float32([[20, 30], [120, 30], [120, 50], [20, 50]])  # 100 x 20
+
+
+def test_offset_distance_is_the_paper_formula():
+    # D = A (1 - r^2) / L = 2000 * 0.84 / 240
+    assert offset_distance(RECT) == pytest.approx(7.0)
+
+
+def test_shrink_map_of_a_rectangle():
+    t = make_targets([RECT], [False], 80, 160)
+    ys, xs = np.nonzero(t["gt"])
+    # shrunk by 7 px on every side: x 27..113, y 37..43
+    assert xs.min() == 27 and xs.max() == 113 and ys.min() == 37 and ys.max() == 43
+    assert t["mask"].min() == 1.0
+
+
+def test_threshold_map_peaks_on_the_border_and_stays_in_range():
+    t = make_targets([RECT], [False], 80, 160)
+    tm, tmask = t["thresh_map"], t["thresh_mask"]
+    assert tm.min() >= THRESH_MIN - 1e-6 and tm.max() <= THRESH_MAX + 1e-6
+    assert tm[30, 70] == pytest.approx(THRESH_MAX, abs=1e-3)       # on the top edge
+    assert tm[40, 70] == pytest.approx(THRESH_MIN, abs=1e-3)       # centre: > D from any edge
+    assert tm[5, 5] == pytest.approx(THRESH_MIN)                   # far away
+    assert tmask[40, 70] == 1 and tmask[24, 70] == 1 and tmask[5, 5] == 0  # expanded by 7 px
+    assert tm[33, 70] > tm[35, 70] > tm[36, 70]                    # decays inwards
+
+
+def test_ignored_and_tiny_polygons_are_masked_not_targets():
+    tiny = np.float32([[5, 5], [40, 5], [40, 9], [5, 9]])          # 4 px high < min size 8
+    t = make_targets([RECT, tiny], [True, False], 80, 160)
+    assert t["gt"].sum() == 0
+    assert t["mask"][40, 70] == 0 and t["mask"][7, 20] == 0 and t["mask"][70, 150] == 1
+    assert t["thresh_mask"].sum() == 0
+
+
+def test_losses_prefer_the_right_answer():
+    torch = pytest.importorskip("torch")
+    from export.train.losses import balanced_bce, db_loss
+
+    t = make_targets([RECT], [False], 80, 160)
+    batch = {k: torch.from_numpy(v)[None] for k, v in t.items()}
+    gt = batch["gt"][:, None]
+    good = {"binary": gt * 0.98 + 0.01, "thresh_binary": gt * 0.98 + 0.01,
+            "thresh": batch["thresh_map"][:, None]}
+    bad = {k: 1 - v for k, v in good.items()}
+    g, b = db_loss(good, batch), db_loss(bad, batch)
+    assert g["loss"] < 0.2 and b["loss"] > 10 * g["loss"] and g["l1"] < 1e-6
+    # text-free image: negatives still learn (minimum number of mined negatives)
+    empty = torch.zeros(1, 16, 16)
+    assert balanced_bce(torch.full((1, 16, 16), 0.9), empty, torch.ones(1, 16, 16)) > 1.0
+
+
+def test_augment_keeps_polygons_on_their_text():
+    rng = np.random.default_rng(0)
+    img = np.zeros((200, 300, 3), np.uint8)
+    cv2.fillPoly(img, [RECT.astype(np.int32) * 2], (255, 255, 255))
+    out, polys, ignore = augment(rng, img, [RECT * 2], [False], 160, AugmentConfig(text_crop_prob=1.0))
+    assert out.shape == (160, 160, 3) and len(polys) == 1
+    mask = np.zeros((160, 160), np.uint8)
+    cv2.fillPoly(mask, [np.round(polys[0]).astype(np.int32)], 1)
+    white = out[..., 0] > 128
+    assert (white & (mask > 0)).sum() >= 0.8 * min(white.sum(), mask.sum())
+
+
+def test_synth_dataset_samples_are_deterministic():
+    ds = SynthDataset(4, crop=96, seed=3)
+    a, b = ds[2], ds[2]
+    assert a["image"].shape == (3, 96, 96) and a["gt"].shape == (96, 96)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def _icdar_folder(root):
+    root.mkdir()
+    for i in (1, 2):
+        img = np.full((120, 160, 3), 200, np.uint8)
+        cv2.putText(img, "TEXT", (20, 70), cv2.FONT_HERSHEY_SIMPLEX, 1.2, (0, 0, 0), 3)
+        cv2.imwrite(str(root / f"img_{i}.jpg"), img)
+        (root / f"gt_img_{i}.txt").write_text(
+            "\ufeff18,40,110,40,110,78,18,78,TEXT\n5,5,15,5,15,15,5,15,###\n", encoding="utf-8")
+    return root
+
+
+def test_read_icdar_folder(tmp_path):
+    items = read_icdar_folder(_icdar_folder(tmp_path / "icdar"))
+    assert [p.name for p, _, _ in items] == ["img_1.jpg", "img_2.jpg"]
+    assert items[0][2] == [False, True] and items[0][1][0].shape == (4, 2)
+
+
+@pytest.mark.slow
+def test_smoke_training_then_fine_tune_then_ship(tmp_path):
+    torch = pytest.importorskip("torch")
+    from export.checkpoint import load_checkpoint
+    from export.model import DBNet
+    from export.train.config import TrainConfig
+    from export.train.loop import train
+    from export.train.ship import ship
+
+    torch.set_num_threads(1)
+    cfg = TrainConfig(out_dir=str(tmp_path / "run"), width=0.25, steps=3, batch=2, crop=64,
+                      warmup=1, workers=0, threads=1, save_every=2, log_every=1)
+    last = train(cfg)
+    ck = torch.load(str(last), weights_only=False)
+    assert ck["step"] == 3 and ck["config"]["crop"] == 64
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["steps"] == 3
+
+    ft = TrainConfig(out_dir=str(tmp_path / "ft"), data=str(_icdar_folder(tmp_path / "icdar")),
+                     width=0.25, steps=2, batch=2, crop=64, warmup=1, workers=0, threads=1,
+                     init=str(last), lr=1e-4, log_every=1)
+    tuned = train(ft)
+    assert torch.load(str(tuned), weights_only=False)["step"] == 2
+
+    rec = ship(tuned, {"limit_side": 64}, weights=tmp_path / "w.pt",
+               onnx_path=tmp_path / "m.onnx", record=tmp_path / "r.json")
+    assert rec["weights"]["dtype"] == "float16" and rec["onnx"]["fp16_initializers"] > 10
+    assert rec["onnx"]["ort_vs_torch_max_abs"] < 1e-3
+    model = DBNet("resnet18", width=0.25)
+    load_checkpoint(model, tmp_path / "w.pt")           # the export helper's strict loader reads it
+    import onnx
+
+    proto = onnx.load(str(tmp_path / "m.onnx"))
+    assert any(n.op_type == "Cast" for n in proto.graph.node)
+    assert json.loads({p.key: p.value for p in proto.metadata_props}["dbrt"])["limit_side"] == 64
+
+
+def test_dbrt_train_rejects_bad_data(tmp_path, capsys):
+    pytest.importorskip("torch")
+    from pipeline.cli import main
+
+    assert main(["train", "--out", str(tmp_path / "x"), "--data", str(tmp_path / "missing")]) == 2
+    assert "--data" in capsys.readouterr().err
