@@ -45,12 +45,11 @@ def may_reach_min_size(lo: np.ndarray, hi: np.ndarray, min_size: int) -> np.ndar
     return ext[:, 0] * ext[:, 1] >= min_size * min_size
 
 
-def fast_crops(polys: list, h: int, w: int) -> Tuple[np.ndarray, np.ndarray]:
+def fast_crops(polys, h: int, w: int) -> Tuple[np.ndarray, np.ndarray]:
     """Inclusive (n, 2) lo / hi corners of the "fast" score crops: floor / ceil of each
-    polygon's extent, clipped to the (h, w) map."""
-    if polys and all(len(p) == len(polys[0]) for p in polys):
-        pts = np.stack(polys)
-        lo, hi = np.floor(pts.min(axis=1)), np.ceil(pts.max(axis=1))
+    polygon's extent, clipped to the (h, w) map. polys: (n, k, 2) array or list of (k_i, 2)."""
+    if isinstance(polys, np.ndarray):
+        lo, hi = np.floor(polys.min(axis=1)), np.ceil(polys.max(axis=1))
     else:
         lo = np.array([np.floor(p.min(axis=0)) for p in polys]).reshape(-1, 2)
         hi = np.array([np.ceil(p.max(axis=0)) for p in polys]).reshape(-1, 2)
@@ -76,10 +75,15 @@ def fill_mask(poly: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
 
 def masked_means(prob: np.ndarray, polys, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """Mean of `prob` under each polygon's score mask (cv2.mean, as the reference)."""
+    if isinstance(polys, np.ndarray):  # quads: shift and truncate all vertices at once
+        local = (polys.astype(np.float64) - lo[:, None, :]).astype(np.int32)
+    else:
+        local = [(p.reshape(-1, 2).astype(np.float64) - o).astype(np.int32) for p, o in zip(polys, lo)]
     out = np.empty(len(polys), np.float64)
-    for i, poly in enumerate(polys):
-        (x0, y0), (x1, y1) = lo[i], hi[i]
-        out[i] = cv2.mean(prob[y0:y1 + 1, x0:x1 + 1], fill_mask(poly, lo[i], hi[i]))[0]
+    for i, ((x0, y0), (x1, y1)) in enumerate(zip(lo.tolist(), hi.tolist())):
+        mask = np.zeros((y1 - y0 + 1, x1 - x0 + 1), np.uint8)
+        cv2.fillPoly(mask, local[i][None], 1)
+        out[i] = cv2.mean(prob[y0:y1 + 1, x0:x1 + 1], mask)[0]
     return out
 
 
@@ -87,7 +91,7 @@ def score_fast(prob: np.ndarray, polys: list) -> np.ndarray:
     """Mean inside each filled polygon (quad), on its floor / ceil bounding crop."""
     if not len(polys):
         return np.zeros(0)
-    return masked_means(prob, polys, *fast_crops(list(polys), *prob.shape))
+    return masked_means(prob, polys, *fast_crops(polys, *prob.shape))
 
 
 def score_slow(prob: np.ndarray, contours: list) -> np.ndarray:
@@ -117,7 +121,7 @@ def candidate_quads(contours: list, min_size: int) -> Tuple[np.ndarray, np.ndarr
 def quads_from_contours(prob, contours, config) -> Tuple[List[np.ndarray], List[float]]:
     idx, quads = candidate_quads(contours, config.min_size)
     if config.score_mode == "fast":
-        scores = score_fast(prob, list(quads))
+        scores = score_fast(prob, quads)
     else:
         scores = score_slow(prob, [contours[i] for i in idx])
     passed = scores >= config.box_thresh

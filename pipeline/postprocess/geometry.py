@@ -41,7 +41,7 @@ def unclip_distances(polys: np.ndarray, ratio: float) -> np.ndarray:
 def offset_polygon(poly: np.ndarray, distance: float) -> List[np.ndarray]:
     """pyclipper round-join offset; pyclipper truncates the float input to integers, exactly
     as in the reference. Returns the resulting integer polygons (usually one)."""
-    offset = pyclipper.PyclipperOffset()
+    offset = pyclipper.PyclipperOffset()  # default miter limit / arc tolerance, as the reference
     offset.AddPath(poly, pyclipper.JT_ROUND, pyclipper.ET_CLOSEDPOLYGON)
     return [np.asarray(p, np.int32) for p in offset.Execute(float(distance))]
 
