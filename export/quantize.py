@@ -21,13 +21,15 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Iterable, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 
 from engine.errors import ModelError, SourceError
 from engine.lazy import optional, require
 from engine.modelspec import METADATA_KEY, ModelSpec, resolve_spec
+
+from .calibration import ArrayReader, write_cache
 
 CALIB_METHODS = ("entropy", "minmax", "percentile")
 FP16_BACKENDS = ("auto", "modelopt", "onnxconverter")
@@ -184,22 +186,6 @@ def head_nodes(proto) -> List[str]:
     return names
 
 
-class _Reader:
-    """ONNX Runtime CalibrationDataReader over a list of input arrays."""
-
-    def __init__(self, name: str, inputs: Iterable[np.ndarray]):
-        self._name = name
-        self._inputs = list(inputs)
-        self._it = iter(self._inputs)
-
-    def get_next(self):
-        batch = next(self._it, None)
-        return None if batch is None else {self._name: np.ascontiguousarray(batch, np.float32)}
-
-    def rewind(self):
-        self._it = iter(self._inputs)
-
-
 def int8_options(method: str = "entropy", exclude: Sequence[str] = ()) -> dict:
     """quantize_static keyword arguments for TensorRT explicit quantization (tensorrt.md)."""
     q = require("onnxruntime.quantization")
@@ -227,34 +213,16 @@ def to_int8(model, out_path, calibration: Sequence[np.ndarray], method: str = "e
         raise SourceError("INT8 quantization needs calibration inputs")
     exclude = head_nodes(proto) if keep_fp32_head else []
     options = int8_options(method, exclude)
-    reader = _Reader(proto.graph.input[0].name, calibration)
+    reader = ArrayReader(proto.graph.input[0].name, calibration)
     with tempfile.TemporaryDirectory() as tmp:  # ORT writes its own files; keep only ours
         src, dst = os.path.join(tmp, "fp32.onnx"), os.path.join(tmp, "int8.onnx")
         require("onnx").save_model(proto, src)
         with _quiet():
             if hasattr(require("onnxruntime.quantization.calibrate"), "save_tensors_data"):
-                cache = os.path.join(tmp, "ranges.json")
-                _calibrate(src, reader, options["calibrate_method"], cache, tmp)
+                cache = write_cache(src, reader, method, INT8_OPS, tmp)  # TensorRT-style ranges
                 q.quantize_static(src, dst, None, calibration_cache_path=cache, **options)
-            else:  # older ORT: its own calibration (entropy then uses 128 bins, like min-max)
+            else:  # older ORT, no calibration cache: its own search (entropy then equals min-max)
                 q.quantize_static(src, dst, reader, **options)
         result = require("onnx").load(dst)
     return _finish(result, out_path, spec, "int8")
 
-
-def _calibrate(src: str, reader, method, cache: str, tmp: str) -> None:
-    """Activation ranges with TensorRT-like histogram settings, saved as an ORT calibration cache.
-
-    quantize_static cannot pass histogram sizes to its calibrator, and its default (128 bins for
-    128 quantized bins) leaves entropy no threshold to choose, i.e. plain min-max. TensorRT's
-    entropy calibrator uses 2048 bins folded into 128, so we calibrate ourselves the same way.
-    """
-    cal = require("onnxruntime.quantization.calibrate")
-    extra = {"symmetric": True}
-    if method != cal.CalibrationMethod.MinMax:
-        extra.update(num_bins=2048, num_quantized_bins=128, percentile=99.999)
-    calibrator = cal.create_calibrator(Path(src), list(INT8_OPS),
-                                       augmented_model_path=os.path.join(tmp, "augmented.onnx"),
-                                       calibrate_method=method, extra_options=extra)
-    calibrator.collect_data(reader)
-    cal.save_tensors_data(calibrator.compute_data(), cache)

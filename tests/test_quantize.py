@@ -150,3 +150,56 @@ def test_accuracy_report_measures_box_agreement(tmp_path):
     assert worse.hmean < same.hmean and worse.mean_abs > same.mean_abs
     row = worse.to_dict()
     assert {"box_precision", "box_recall", "box_hmean", "max_abs"} <= set(row)
+
+
+def test_entropy_calibration_clips_where_minmax_does_not(fp32_model, tmp_path, calibration):
+    scales = {}
+    for method in ("minmax", "entropy"):
+        proto = onnx.load(str(quantize.to_int8(fp32_model, tmp_path / f"{method}.onnx", calibration, method)))
+        consts = _consts(proto)
+        scales[method] = {n.input[1]: float(consts[n.input[1]]) for n in proto.graph.node
+                          if n.op_type == "QuantizeLinear" and consts[n.input[1]].ndim == 0}
+    shared = set(scales["minmax"]) & set(scales["entropy"])
+    assert len(shared) > 10
+    clipped = [k for k in shared if scales["entropy"][k] < 0.99 * scales["minmax"][k]]
+    assert clipped  # entropy chose thresholds below the observed maxima for some tensors
+
+
+def test_cli_export_all_precisions(image_dir, tmp_path, capsys):
+    from pipeline.cli import main
+
+    out = tmp_path / "cli" / "m.onnx"
+    code = main(["export", "--random-init", "--arch", "resnet18", "--width", "0.25", "-o", str(out),
+                 "--precision", "fp16", "int8", "--calib", str(image_dir), "--calib-count", "2",
+                 "--calib-side", "64", "--keep-fp32-head", "--accuracy", str(image_dir),
+                 "--accuracy-count", "2"])
+    text = capsys.readouterr().out
+    assert code == 0, text
+    assert sorted(p.name for p in out.parent.iterdir()) == ["m.onnx", "m_fp16.onnx", "m_int8.onnx"]
+    assert "UNTRAINED" in text and "parity PASSED" in text and text.count("compatible") == 3
+    assert "int8 vs fp32 on 2 images" in text
+    meta = ModelSpec.from_metadata(get_metadata(onnx.load(str(out))))
+    assert meta.extra == {"untrained": True}
+
+
+def test_cli_export_errors(tmp_path, capsys):
+    from pipeline.cli import main
+
+    assert main(["export", "--random-init", "--arch", "resnet18", "--width", "0.25", "-o",
+                 str(tmp_path / "m.onnx"), "--precision", "int8", "--no-parity"]) == 2
+    assert "--calib" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "absent.pth"), "-o", str(tmp_path / "x.onnx")]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+
+
+def test_entropy_threshold_like_tensorrt(rng):
+    from export.calibration import entropy_threshold
+
+    gauss = np.abs(np.concatenate([rng.normal(size=200_000), [40.0]]))  # one far outlier
+    hist, edges = np.histogram(gauss, 1024, range=(0, 40))
+    assert 3.0 < entropy_threshold(hist, edges[1] - edges[0]) < 6.0  # clips the outlier
+    flat, edges = np.histogram(rng.uniform(0, 3, 200_000), 1024, range=(0, 3))
+    assert entropy_threshold(flat, edges[1] - edges[0]) == pytest.approx(3.0)  # nothing to clip
+    relu = np.concatenate([np.zeros(500_000), rng.uniform(0, 2, 100_000)])  # ReLU's zero spike
+    hist, edges = np.histogram(relu, 1024, range=(0, 2))
+    assert entropy_threshold(hist, edges[1] - edges[0]) > 1.9
