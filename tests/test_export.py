@@ -140,3 +140,34 @@ def test_parity_detects_a_wrong_graph(tmp_path):
     with pytest.raises(ModelError, match="differs from PyTorch"):
         export_onnx(model, tmp_path / "b.onnx", opset=17, example_shape=SMALL,
                     parity_shapes=[SMALL], atol=0.0)
+
+
+def test_deform_conv_gradients(rng):
+    """Training DCN models needs gradients w.r.t. input, offsets, mask and weight."""
+    t = lambda a: torch.tensor(a, dtype=torch.float64, requires_grad=True)  # noqa: E731
+    x, w = t(rng.normal(size=(1, 2, 5, 5))), t(rng.normal(size=(3, 2, 3, 3)))
+    off = t(rng.uniform(-1.3, 1.3, size=(1, 18, 5, 5)) + 0.37)  # away from integer kinks
+    mask = t(rng.uniform(size=(1, 9, 5, 5)))
+    assert torch.autograd.gradcheck(lambda *a: deform_conv2d(a[0], a[1], a[2], a[3], None, 1, 1),
+                                    (x, off, mask, w), eps=1e-6, atol=1e-5)
+
+
+def test_mhliao_dcn_checkpoint_exports_from_cli(tmp_path, capsys):
+    """A MhLiao-layout DCN checkpoint (DataParallel prefix, classifier keys) -> dbrt export:
+    strict load, opset 19 chosen for DeformConv, parity, TensorRT 10.1 check."""
+    from pipeline.cli import main
+
+    src = tiny_dbnet(dcn=True)
+    state = {f"model.module.{k}": v for k, v in src.state_dict().items()}
+    state["model.module.backbone.fc.weight"] = torch.zeros(10, 128)
+    torch.save(state, tmp_path / "db_dcn.pth")
+    out = tmp_path / "dcn.onnx"
+    assert main(["export", str(tmp_path / "db_dcn.pth"), "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "stripped prefix 'model.module.'" in text and "backbone.fc.weight" in text
+    assert "opset 19" in text and "parity PASSED" in text and "TensorRT 10.1: compatible" in text
+    assert sum(n.op_type == "DeformConv" for n in onnx.load(str(out)).graph.node) == 6
+    del state["model.module.decoder.in2.weight"]
+    torch.save(state, tmp_path / "broken.pth")
+    assert main(["export", str(tmp_path / "broken.pth"), "-o", str(tmp_path / "b.onnx")]) == 2
+    assert "missing keys: decoder.in2.weight" in capsys.readouterr().err
