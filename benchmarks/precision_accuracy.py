@@ -123,7 +123,8 @@ def _markdown(payload: dict) -> list:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", help="default: export/assets/dbnet_default.pt")
     parser.add_argument("--random-init", action="store_true", help="UNTRAINED model (labelled as such)")
     parser.add_argument("--width", type=float, default=0.5, help="width of the --random-init model")

@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Tuple
 
 from engine.errors import ModelError
+
+if TYPE_CHECKING:
+    import torch
 
 WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "net")
 PREFIXES = ("model.module.", "module.", "model.")  # longest first
@@ -36,7 +39,8 @@ class LoadReport:
     unexpected: List[str] = field(default_factory=list)
 
     def notes(self) -> List[str]:
-        out = [f"loaded {self.loaded} tensors" + (f" (stripped prefix '{self.prefix}')" if self.prefix else "")]
+        stripped = f" (stripped prefix '{self.prefix}')" if self.prefix else ""
+        out = [f"loaded {self.loaded} tensors{stripped}"]
         if self.dropped:
             out.append(f"dropped {len(self.dropped)} unused classifier keys: {_names(self.dropped)}")
         if self.missing:

@@ -19,12 +19,15 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from engine.errors import ModelError
 from engine.modelspec import METADATA_KEY, ModelSpec
+
+if TYPE_CHECKING:
+    import torch
 
 INPUT_NAME, OUTPUT_NAME = "images", "prob"
 EXPORTER_OPSETS = range(13, 21)  # what torch's TorchScript exporter can write

@@ -83,7 +83,9 @@ def _foldable(conv, bn, users, inits) -> bool:
     if len(bn.output) != 1 or not all(n in inits for n in bn.input[1:5]):
         return False
     w_idx, b_idx, _ = _FOLDABLE[conv.op_type]
-    params = [conv.input[w_idx]] + ([conv.input[b_idx]] if len(conv.input) > b_idx and conv.input[b_idx] else [])
+    params = [conv.input[w_idx]]
+    if len(conv.input) > b_idx and conv.input[b_idx]:
+        params.append(conv.input[b_idx])
     # Weights must be constants used by this node only (we rewrite them in place).
     return all(p in inits and len(users[p]) == 1 for p in params)
 

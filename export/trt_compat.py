@@ -118,8 +118,9 @@ class CompatReport:
         return not self.issues
 
     def __str__(self) -> str:
+        verdict = "compatible" if self.ok else f"{len(self.issues)} problem(s)"
         head = (f"{self.source}: opset {self.opset}, {sum(self.op_counts.values())} nodes, "
-                f"TensorRT {self.target.name}: {'compatible' if self.ok else f'{len(self.issues)} problem(s)'}")
+                f"TensorRT {self.target.name}: {verdict}")
         return "\n".join([head] + [f"  {issue}" for issue in self.issues])
 
     def raise_for_issues(self) -> "CompatReport":
@@ -228,7 +229,8 @@ def _check_qdq(node, g, target) -> List[str]:
             problems.append("zero point must be a constant")
         else:
             if np.any(zero != 0):
-                problems.append(f"zero point must be 0 (symmetric quantization), found {zero.ravel()[:4].tolist()}")
+                problems.append("zero point must be 0 (symmetric quantization), found "
+                                f"{zero.ravel()[:4].tolist()}")
             dtype = g.consts[node.input[2]].data_type
             if dtype not in target.quantized_types:
                 problems.append(f"quantized type {_type_name(dtype)} is unsupported on {target.name}")
@@ -258,15 +260,20 @@ def check_onnx(model, target="10") -> CompatReport:
     report = CompatReport(target, opset, dict(Counter(n.op_type for n in graph.node)), source=source)
     low, high = target.opsets
     if not low <= opset <= high:
+        advice = f"re-export with --opset {min(max(opset, low), high)}"
         report.issues.append(Issue("<model>", "opset", f"opset {opset} is outside TensorRT "
-                                   f"{target.name}'s range {low}-{high}; re-export with --opset {min(max(opset, low), high)}"))
+                                   f"{target.name}'s range {low}-{high}; {advice}"))
     g = _Graph(graph)
     for index, node in enumerate(graph.node):
         name = node.name or f"node_{index}"
-        if node.domain not in ("", "ai.onnx"):
-            report.issues.append(Issue(name, node.op_type, f"custom-domain op ({node.domain}) needs a plugin"))
-        elif node.op_type not in target.ops and node.op_type != "DeformConv":  # DeformConv: own message
-            report.issues.append(Issue(name, node.op_type, f"{node.op_type} is not supported by TensorRT {target.name}'s ONNX parser"))
-        elif node.op_type in _NODE_CHECKS:
-            report.issues += [Issue(name, node.op_type, m) for m in _NODE_CHECKS[node.op_type](node, g, target)]
+        report.issues += [Issue(name, node.op_type, m) for m in _node_problems(node, g, target)]
     return report
+
+
+def _node_problems(node, g: _Graph, target: TrtTarget) -> List[str]:
+    if node.domain not in ("", "ai.onnx"):
+        return [f"custom-domain op ({node.domain}) needs a plugin"]
+    if node.op_type not in target.ops and node.op_type != "DeformConv":  # DeformConv: own message
+        return [f"{node.op_type} is not supported by TensorRT {target.name}'s ONNX parser"]
+    check = _NODE_CHECKS.get(node.op_type)
+    return check(node, g, target) if check else []

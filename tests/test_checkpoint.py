@@ -62,14 +62,16 @@ def test_plain_and_prefixed_state_dicts(prefix):
     report = load_checkpoint(dst, state)
     assert report.prefix == prefix
     assert report.loaded == len(src.state_dict())
-    assert torch.equal(dst.state_dict()["backbone.bn1.running_var"], src.state_dict()["backbone.bn1.running_var"])
+    key = "backbone.bn1.running_var"
+    assert torch.equal(dst.state_dict()[key], src.state_dict()[key])
 
 
 def test_missing_and_unexpected_keys_are_listed():
     state = _mhliao(_model(), classifier=False)
     del state["model.module.decoder.in5.weight"]
     state["model.module.decoder.extra.weight"] = torch.zeros(3)
-    with pytest.raises(ModelError, match=r"missing keys: decoder\.in5\.weight.*unexpected keys: decoder\.extra\.weight"):
+    pattern = r"missing keys: decoder\.in5\.weight.*unexpected keys: decoder\.extra\.weight"
+    with pytest.raises(ModelError, match=pattern):
         load_checkpoint(DBNet("resnet18", width=0.25), state)
 
 
@@ -82,7 +84,8 @@ def test_non_strict_reports_instead_of_failing():
 
 def test_shape_mismatch_names_the_key():
     state = _model().state_dict()
-    with pytest.raises(ModelError, match=r"shape mismatch: .*backbone\.conv1\.weight \(16, 3, 7, 7\) vs model \(32, 3, 7, 7\)"):
+    pattern = r"shape mismatch: .*backbone\.conv1\.weight \(16, 3, 7, 7\) vs model \(32, 3, 7, 7\)"
+    with pytest.raises(ModelError, match=pattern):
         load_checkpoint(DBNet("resnet18", width=0.5), state)
 
 
