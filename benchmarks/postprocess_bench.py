@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
@@ -109,16 +110,45 @@ def _model_maps(model: Path, preset: Optional[str], images: List[np.ndarray]) ->
         detector.close()
 
 
-def real_sets(quick: bool, log=print) -> Dict[str, List[np.ndarray]]:
-    """Maps of trained models on the realdev photographs (skipped when either is absent)."""
+def _video_frames(path: Path, count: int) -> List[np.ndarray]:
+    """`count` frames spread over a video (OpenCV's decoder; empty when it cannot be read)."""
     import cv2
 
+    capture = cv2.VideoCapture(str(path))
+    total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+    frames = []
+    for index in np.linspace(0, max(total - 1, 0), count).astype(int):
+        capture.set(cv2.CAP_PROP_POS_FRAMES, int(index))
+        ok, frame = capture.read()
+        if ok:
+            frames.append(frame)
+    capture.release()
+    return frames
+
+
+def real_images(quick: bool, log=print) -> Dict[str, List[np.ndarray]]:
+    """realdev photographs and frames of the two shared videos (absent ones are skipped)."""
+    import cv2
+
+    sources = {}
     realdev = common.SHARED_DATA / "realdev" / "images"
-    if not realdev.is_dir():
-        log(f"no real maps: {realdev} is absent")
+    if realdev.is_dir():
+        paths = sorted(p for p in realdev.iterdir() if p.suffix.lower() in (".jpg", ".png"))
+        sources["realdev images"] = [cv2.imread(str(p)) for p in paths[: 4 if quick else None]]
+    else:
+        log(f"no realdev maps: {realdev} is absent")
+    for video in sorted((common.SHARED_DATA / "video").glob("*.mp4")):
+        frames = _video_frames(video, 3 if quick else 8)
+        if frames:
+            sources[f"{video.stem} frames"] = frames
+    return sources
+
+
+def real_sets(quick: bool, log=print) -> Dict[str, List[np.ndarray]]:
+    """Maps of trained models on real images and video frames (skipped when absent)."""
+    sources = real_images(quick, log)
+    if not sources:
         return {}
-    paths = sorted(p for p in realdev.iterdir() if p.suffix.lower() in (".jpg", ".png"))
-    images = [cv2.imread(str(p)) for p in paths[: 4 if quick else len(paths)]]
     models = []
     rapidocr = optional("rapidocr")
     if rapidocr is not None:
@@ -130,9 +160,10 @@ def real_sets(quick: bool, log=print) -> Dict[str, List[np.ndarray]]:
         if not path.is_file():
             log(f"no real maps from {name}: {path} is absent")
             continue
-        maps = _model_maps(path, preset, images)
-        sizes = sorted({f"{m.shape[0]}x{m.shape[1]}" for m in maps})
-        sets[f"real {name} ({len(maps)} realdev images, maps {', '.join(sizes)})"] = maps
+        for source, images in sources.items():
+            maps = _model_maps(path, preset, images)
+            sizes = sorted({f"{m.shape[0]}x{m.shape[1]}" for m in maps})
+            sets[f"real: {name} on {len(maps)} {source} (maps {', '.join(sizes)})"] = maps
     return sets
 
 
@@ -152,33 +183,39 @@ def compare(ref_out: list, out: list) -> dict:
                 max_score_diff=float(f"{score:.3g}"))
 
 
+def _interleaved_times(impls: Dict[str, Impl], maps: list, repeats: int,
+                       sync: Optional[Callable[[], None]] = None) -> Dict[str, list]:
+    """Per implementation, one time per (repeat, map); the implementations take turns on each
+    map, so a load change on a shared machine hits all of them alike."""
+    times = {label: [] for label in impls}
+    for _ in range(repeats):
+        for prob in maps:
+            for label, impl in impls.items():
+                start = time.perf_counter()
+                impl(prob)
+                if sync:
+                    sync()
+                times[label].append(time.perf_counter() - start)
+    return times
+
+
 def run_set(name: str, maps: List[np.ndarray], impls: Dict[str, Impl], repeats: int,
             gpu_impl: Optional[tuple] = None) -> List[dict]:
-    rows, ref_ms, ref_out = [], None, None
-    all_impls = dict(impls)
-    for label, impl in all_impls.items():
-        outputs = [impl(m) for m in maps]
-        it = iter(range(10**9))
-        stats = common.measure(lambda: impl(maps[next(it) % len(maps)]), warmup=1,
-                               repeats=repeats * len(maps))
-        if label == "reference":
-            ref_ms, ref_out = stats.median_ms, outputs
-        rows.append(_row(name, label, maps, stats, outputs, ref_out, ref_ms))
+    outputs = {label: [impl(m) for m in maps] for label, impl in impls.items()}  # + warm-up
+    times = _interleaved_times(impls, maps, repeats)
     if gpu_impl is not None:
         label, impl, to_device, sync = gpu_impl
         device_maps = [to_device(m) for m in maps]
-        outputs = [impl(m) for m in device_maps]
-        it = iter(range(10**9))
-        stats = common.measure(lambda: impl(device_maps[next(it) % len(maps)]), warmup=3,
-                               repeats=repeats * 4 * len(maps), sync=sync)
-        rows.append(_row(name, label, maps, stats, outputs, ref_out, ref_ms))
-    return rows
+        outputs[label] = [impl(m) for m in device_maps]
+        times[label] = _interleaved_times({label: impl}, device_maps, 4 * repeats, sync)[label]
+    ref_ms = common.Stats.from_seconds(times["reference"]).median_ms
+    return [_row(name, label, maps, common.Stats.from_seconds(times[label]), outputs[label],
+                 outputs["reference"], ref_ms) for label in outputs]
 
 
 def _row(name, label, maps, stats, outputs, ref_out, ref_ms) -> dict:
     row = dict(maps=name, impl=label, frames=len(maps), ms_per_frame=stats.median_ms,
-               spread_pct=round(stats.spread_pct, 1),
-               boxes=int(sum(len(o[0]) for o in outputs)))
+               best_ms=stats.min_ms, boxes=int(sum(len(o[0]) for o in outputs)))
     row.update(compare(ref_out, outputs))
     row["speedup_vs_reference"] = round(ref_ms / stats.median_ms, 2) if stats.median_ms else None
     return row
@@ -238,8 +275,9 @@ def write(rows: List[dict], args) -> None:
     common.write_json(out / "postprocess.json", dict(config=config, rows=rows, machine=info,
                                                      command="python -m benchmarks.postprocess_bench"
                                                      + (" --quick" if args.quick else "")))
-    note = ("Time per frame is the median over repeated calls on the same maps (one CPU thread "
-            "for OpenCV is not forced; the machine may be shared). `same_count`: every frame has "
+    note = ("Time per frame: median (and best) over repeated calls on the same maps; the "
+            "implementations take turns map by map, so load changes on a shared machine hit all "
+            "alike. `same_count`: every frame has "
             "the reference's number of boxes; `max_vertex_diff_px` / `max_score_diff`: the largest "
             "difference to the reference's boxes (in map pixels) and scores. GPU times include "
             "the compact device-to-host copies; the map is already on the GPU.\n\n"
