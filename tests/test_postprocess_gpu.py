@@ -86,6 +86,28 @@ def test_euler_number_counts_components_minus_holes():
         assert euler_number(np, mask) == sum(_components_minus_holes(m) for m in mask)
 
 
+def _random_masks(rng, maps, count=20):
+    n, h, w = maps.shape
+    masks, origins, owners = [], [], []
+    for _ in range(count):
+        x0, y0 = int(rng.integers(0, w - 2)), int(rng.integers(0, h - 2))
+        x1, y1 = int(rng.integers(x0, w)), int(rng.integers(y0, h))
+        masks.append((rng.random((y1 - y0 + 1, x1 - x0 + 1)) > 0.3).astype(np.uint8))
+        origins.append((x0, y0))
+        owners.append(int(rng.integers(0, n)))
+    return owners, np.array(origins), masks
+
+
+def test_masked_sums_match_cv2_mean(rng):
+    maps = rng.random((3, 30, 40)).astype(np.float32)
+    owners, origins, masks = _random_masks(rng, maps)
+    sums, counts = gpu.masked_sums(np, maps, owners, origins, masks)
+    for m, (x0, y0), mask, s, c in zip(owners, origins, masks, sums, counts):
+        crop = maps[m, y0:y0 + mask.shape[0], x0:x0 + mask.shape[1]]
+        assert c == mask.sum()
+        assert s / max(c, 1) == pytest.approx(cv2.mean(crop, mask)[0], abs=1e-9)
+
+
 def test_postprocessor_routes_numpy_to_cpu_and_validates_the_device():
     post = DBPostprocessor(device="cpu")
     maps = random_map(np.random.default_rng(0), 64, 96, 10)[None]
@@ -126,6 +148,11 @@ def test_cupy_building_blocks_match_their_numpy_oracles(rng):
         pairs = np.unique(np.stack([dev.get().ravel(), host.ravel()]), axis=1)
         assert pairs.shape[1] == count + 1  # the same partition, only the numbering may differ
     assert euler_number(cp, cp.asarray(mask)) == euler_number(np, mask)
+    maps = rng.random((3, 30, 40)).astype(np.float32)
+    owners, origins, masks = _random_masks(rng, maps)
+    for dev, host in zip(gpu.masked_sums(cp, cp.asarray(maps), owners, origins, masks),
+                         gpu.masked_sums(np, maps, owners, origins, masks)):
+        np.testing.assert_allclose(dev, host, rtol=1e-12)
     index = rng.integers(0, 10, 500)
     values = rng.integers(0, 1000, 500)
     for op, ref in ((scatter_min, np.full(10, 10**6)), (scatter_max, np.full(10, -1))):

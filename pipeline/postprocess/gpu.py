@@ -44,7 +44,8 @@ def _fetch_crops(xp, mask, maps, boxes) -> List[np.ndarray]:
     """Copy the bitmap crops to the host in one transfer."""
     if not len(boxes):
         return []
-    flat = xp.concatenate([mask[m, y0:y1, x0:x1].ravel() for m, (x0, y0, x1, y1) in zip(maps, boxes)])
+    flat = xp.concatenate([mask[m, y0:y1, x0:x1].ravel()
+                           for m, (x0, y0, x1, y1) in zip(maps.tolist(), boxes.tolist())])
     host = to_host(flat).view(np.uint8)
     sizes = (boxes[:, 3] - boxes[:, 1]) * (boxes[:, 2] - boxes[:, 0])
     parts = np.split(host, np.cumsum(sizes)[:-1])
