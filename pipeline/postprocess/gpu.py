@@ -103,7 +103,7 @@ def _rings(table, left, right) -> dict:
     outer = np.flatnonzero(table[:, _C["kind"]] == OUTER)
     heights = table[outer, _C["rows"]]
     ends = np.cumsum(heights)
-    ys = np.repeat(table[outer, _C["y0"]] - (ends - heights), heights) + np.arange(ends[-1] if len(ends) else 0)
+    ys = np.repeat(table[outer, _C["y0"]] - (ends - heights), heights) + np.arange(heights.sum())
     lpts = np.stack([left, ys], axis=1).astype(np.int32)
     rpts = np.stack([right, ys], axis=1).astype(np.int32)
     return {int(i): np.concatenate([lpts[e - n:e], rpts[e - n:e][::-1]]).reshape(-1, 1, 2)
@@ -127,7 +127,8 @@ def masked_sums(xp, prob, maps, origins, masks) -> Tuple[np.ndarray, np.ndarray]
     n, h, w = prob.shape
     sizes = np.array([m.size for m in masks])
     widths = np.array([m.shape[1] for m in masks])
-    meta = np.stack([np.asarray(maps), origins[:, 0], origins[:, 1], widths, np.cumsum(sizes) - sizes], 1)
+    offsets = np.cumsum(sizes) - sizes
+    meta = np.stack([np.asarray(maps), origins[:, 0], origins[:, 1], widths, offsets], axis=1)
     dev_meta = xp.asarray(meta.astype(np.int64))
     dev_masks = xp.asarray(np.concatenate([m.ravel() for m in masks]))
     pixel = xp.arange(int(sizes.sum()))
