@@ -84,22 +84,20 @@ class DBPostprocessor:
     def __repr__(self) -> str:
         return f"DBPostprocessor({self.config}, device={self.device!r})"
 
-    def _module_for(self, prob):
+    def _place(self, prob):
+        """(array module, map on it): where the map lives, unless `device` says otherwise."""
         xp = array_module(prob)
+        if self.device == "cpu" and xp is not np:
+            return np, prob.get()
         if self.device == "gpu" and xp is np:
-            return require("cupy")
-        if self.device == "cpu":
-            return np
-        return xp
+            xp = require("cupy")
+        return xp, xp.asarray(prob)
 
     def __call__(self, prob, letterboxes: Sequence[Letterbox],
                  metas: Optional[Sequence[dict]] = None) -> List[Detections]:
-        xp = self._module_for(prob)
-        if xp is np:
-            prob = prob.get() if hasattr(prob, "get") else prob  # a CuPy map with device="cpu"
-            prob = np.asarray(prob)
-        else:
-            prob = xp.asarray(prob)
+        """prob: (N, 1, H, W) or (N, H, W) maps at network-input resolution; one Letterbox per
+        map; metas: optional per-map dicts of frame_index / timestamp / source."""
+        xp, prob = self._place(prob)
         batch = _as_batch(prob, xp)
         n, h, w = batch.shape
         boxes = _check_letterboxes(letterboxes, n, h, w)
