@@ -110,3 +110,13 @@ def test_shipped_demo_video(shared_data):
         stream = container.streams.video[0]
         assert (stream.codec_context.name, stream.width, stream.height) == ("h264", 640, 360)
         assert sum(1 for _ in container.decode(video=0)) == 250
+
+
+def test_street_scene_preset_is_deterministic_and_differs_from_default():
+    from export.synth.scene import SCENE_PRESETS
+
+    a = make_scene(11, 128, 160, SCENE_PRESETS["street"])
+    b = make_scene(11, 128, 160, SCENE_PRESETS["street"])
+    assert np.array_equal(a.image, b.image)
+    assert SCENE_PRESETS["default"] == SceneConfig()
+    assert SCENE_PRESETS["street"].backgrounds[-1] > 0 == SceneConfig().backgrounds[-1]

@@ -119,13 +119,70 @@ def photo_like(rng, h: int, w: int) -> np.ndarray:
     return cv2.GaussianBlur(img, (k, k), 0)
 
 
-_KINDS = (gradient, texture, wood, pattern, photo_like)
-_WEIGHTS = np.array([0.15, 0.25, 0.1, 0.15, 0.35])
+def _light(rng, img: np.ndarray) -> None:
+    """A bright, soft light source (ceiling lamp, window glare)."""
+    h, w = img.shape[:2]
+    spot = np.zeros((h, w), np.float32)
+    center = (int(rng.integers(w)), int(rng.integers(h)))
+    axes = (int(rng.integers(4, max(5, w // 6))), int(rng.integers(2, max(3, h // 12))))
+    cv2.ellipse(spot, center, axes, float(rng.uniform(0, 180)), 0, 360, 1.0, -1)
+    spot = cv2.GaussianBlur(spot, (0, 0), float(rng.uniform(2, 12)))[..., None]
+    img[:] = np.clip(img + spot * rng.uniform(80, 255), 0, 255).astype(np.uint8)
 
 
-def background(rng, h: int, w: int) -> np.ndarray:
+def street(rng, h: int, w: int) -> np.ndarray:
+    """A photo-like built scene: shaded planes with a vanishing point, facades and windows,
+    poles, railings, lamps and people-like blobs, partly out of focus."""
+    img = gradient(rng, h, w)
+    vx, vy = rng.uniform(0.2, 0.8) * w, rng.uniform(0.2, 0.7) * h
+    for _ in range(int(rng.integers(2, 6))):  # planes converging to the vanishing point
+        a, b = rng.uniform(0, 2 * np.pi, size=2)
+        far = 2 * max(h, w)
+        pts = np.float32([[vx, vy], [vx + far * np.cos(a), vy + far * np.sin(a)],
+                          [vx + far * np.cos(b), vy + far * np.sin(b)]])
+        cv2.fillPoly(img, [pts.astype(np.int32)], random_color(rng))
+    for _ in range(int(rng.integers(2, 8))):  # facades / doors / screens with window grids
+        x, y = int(rng.integers(w)), int(rng.integers(h))
+        bw, bh = int(rng.integers(w // 10, w // 2)), int(rng.integers(h // 10, h // 2))
+        cv2.rectangle(img, (x, y), (x + bw, y + bh), random_color(rng), -1)
+        if rng.random() < 0.5:
+            step = int(rng.integers(6, 30))
+            color = random_color(rng)
+            for gx in range(x, x + bw, step):
+                cv2.line(img, (gx, y), (gx, y + bh), color, 1)
+    for _ in range(int(rng.integers(0, 5))):  # poles
+        x = int(rng.integers(w))
+        cv2.line(img, (x, 0), (x + int(rng.integers(-20, 20)), h), random_color(rng, 0, 120),
+                 int(rng.integers(2, 12)))
+    if rng.random() < 0.5:  # railing
+        y, color = int(rng.integers(h)), random_color(rng)
+        for k in range(int(rng.integers(2, 5))):
+            cv2.line(img, (0, y + 8 * k), (w, y + 8 * k + int(rng.integers(-30, 30))), color, 2)
+    for _ in range(int(rng.integers(0, 6))):  # people-like blobs
+        x, y = int(rng.integers(w)), int(rng.integers(h))
+        s = int(rng.integers(8, max(9, h // 4)))
+        color = random_color(rng, 0, 140)
+        cv2.ellipse(img, (x, y + s), (s // 2, s), 0, 0, 360, color, -1)
+        cv2.circle(img, (x, y - s // 8), max(2, s // 3), color, -1)
+    shade = 0.75 + 0.5 * fractal_noise(rng, h, w, 4)[..., None]  # surface texture and dirt
+    img = np.clip(img * shade, 0, 255).astype(np.uint8)
+    for _ in range(int(rng.integers(0, 4))):
+        _light(rng, img)
+    if rng.random() < 0.6:
+        img = cv2.GaussianBlur(img, (0, 0), float(rng.uniform(0.6, 3.0)))
+    return img
+
+
+# Scene presets choose background mixes by these weights (street last so that the original
+# mix draws exactly the same backgrounds as before it was added).
+_KINDS = (gradient, texture, wood, pattern, photo_like, street)
+DEFAULT_WEIGHTS = (0.15, 0.25, 0.1, 0.15, 0.35, 0.0)
+
+
+def background(rng, h: int, w: int, weights=DEFAULT_WEIGHTS) -> np.ndarray:
     """A random background with some sharp clutter on top (hard negatives)."""
-    kind = _KINDS[int(rng.choice(len(_KINDS), p=_WEIGHTS / _WEIGHTS.sum()))]
+    p = np.asarray(weights, np.float64)
+    kind = _KINDS[int(rng.choice(len(_KINDS), p=p / p.sum()))]
     img = np.ascontiguousarray(kind(rng, h, w))
     if rng.random() < 0.7:
         clutter(rng, img, int(rng.integers(1, 15)))

@@ -14,7 +14,7 @@ from typing import List, Optional
 import cv2
 import numpy as np
 
-from .background import background, random_color
+from .background import DEFAULT_WEIGHTS, background, random_color
 from .effects import degrade
 from .render import LineStyle, render_line
 from .words import random_line
@@ -29,6 +29,15 @@ class SceneConfig:
     panel_prob: float = 0.6        # chance of signs / boards / screens carrying text
     curve_prob: float = 0.1
     degrade: float = 1.0           # strength of camera effects (0: clean)
+    backgrounds: tuple = DEFAULT_WEIGHTS  # gradient, texture, wood, pattern, photo_like, street
+
+
+# Named scene mixes for training: "default" made the first stage of the shipped model,
+# "street" adds photo-like built scenes (fine-tuning stage).
+SCENE_PRESETS = {
+    "default": SceneConfig(),
+    "street": SceneConfig(backgrounds=(0.1, 0.15, 0.05, 0.1, 0.25, 0.35)),
+}
 
 
 @dataclass
@@ -108,7 +117,7 @@ def make_scene(seed, height: int, width: int, config: Optional[SceneConfig] = No
     """A deterministic synthetic scene for `seed` (an int or a NumPy Generator)."""
     config = config or SceneConfig()
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-    img = background(rng, height, width)
+    img = background(rng, height, width, config.backgrounds)
     scene = Scene(img)
     if rng.random() >= config.negative_prob:
         occupied = np.zeros((height, width), bool)

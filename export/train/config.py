@@ -9,6 +9,7 @@ from typing import Optional
 class TrainConfig:
     out_dir: str
     data: str = "synth"            # "synth" or an ICDAR2015-format folder
+    scene: str = "default"         # synthetic scene mix (export.synth.scene.SCENE_PRESETS)
     arch: str = "resnet18"
     width: float = 0.5
     steps: int = 8000

@@ -16,6 +16,8 @@ def add_arguments(parser) -> None:
     d = TrainConfig(out_dir="")
     parser.add_argument("--out", required=True, help="folder for checkpoints and config.json")
     parser.add_argument("--data", default=d.data, help="'synth' or an ICDAR2015-format folder")
+    parser.add_argument("--scene", default=d.scene, choices=("default", "street"),
+                        help="synthetic scene mix (street adds photo-like built scenes)")
     parser.add_argument("--arch", default=d.arch, choices=("resnet18", "resnet34", "resnet50"))
     parser.add_argument("--width", type=float, default=d.width, help="backbone width multiplier")
     parser.add_argument("--steps", type=int, default=d.steps)
@@ -50,7 +52,7 @@ def run(args) -> int:
         raise DbrtError(f"--init checkpoint not found: {args.init}")
     if args.steps <= 0 or args.batch <= 0 or args.crop % 32:
         raise DbrtError("--steps and --batch must be positive and --crop a multiple of 32")
-    cfg = TrainConfig(out_dir=args.out, data=args.data, arch=args.arch, width=args.width,
+    cfg = TrainConfig(out_dir=args.out, data=args.data, scene=args.scene, arch=args.arch, width=args.width,
                       steps=args.steps, batch=args.batch, crop=args.crop, lr=args.lr,
                       warmup=min(args.warmup, args.steps), seed=args.seed, workers=args.workers,
                       threads=args.threads, init=args.init, resume=args.resume,
