@@ -33,11 +33,12 @@ def test_negative_scenes_have_no_text():
     assert scene.polygons == [] and scene.texts == []
 
 
-@pytest.mark.parametrize("angle,curve", [(0.0, 0.0), (25.0, 0.0), (0.0, 0.06)])
-def test_word_polygon_covers_the_ink(angle, curve):
-    canvas = np.zeros((300, 500, 3), np.uint8)
-    style = LineStyle(height=40, angle=angle, curve=curve, color=(255, 255, 255))
-    polys = render_line(np.random.default_rng(0), canvas, ["HELLO", "World"], (250, 150), style,
+@pytest.mark.parametrize("angle,curve,tracking", [(0.0, 0.0, 0.0), (25.0, 0.0, 0.0),
+                                                  (0.0, 0.06, 0.0), (0.0, 0.0, 0.5)])
+def test_word_polygon_covers_the_ink(angle, curve, tracking):
+    canvas = np.zeros((300, 700, 3), np.uint8)
+    style = LineStyle(height=40, angle=angle, curve=curve, tracking=tracking, color=(255, 255, 255))
+    polys = render_line(np.random.default_rng(0), canvas, ["HELLO", "World"], (350, 150), style,
                         fonts=(font_paths()[0],))
     assert polys is not None and len(polys) == 2
     ink = canvas[..., 0] > 128

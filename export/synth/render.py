@@ -26,18 +26,35 @@ class LineStyle:
     outline: Optional[Tuple[int, int, int]] = None
     shadow: bool = False
     stroke: int = 0
+    tracking: float = 0.0        # extra letter spacing as a fraction of the height
 
 
-def _draw_patch(words: List[str], font, stroke: int):
-    """Mask of the words on one line and each word's ink box (x0, y0, x1, y1) in the patch."""
+def _pieces(word: str, font, tracking: float):
+    """[(text, x offset)] drawing `word`: one piece, or one per letter when letter-spaced."""
+    if tracking <= 0:
+        return [(word, 0.0)], font.getlength(word)
+    pieces, x = [], 0.0
+    for ch in word:
+        pieces.append((ch, x))
+        x += font.getlength(ch) + tracking
+    return pieces, x - tracking
+
+
+def _draw_patch(words: List[str], font, stroke: int, tracking: float = 0.0):
+    """Mask of the words on one line and each word's ink box (x0, y0, x1, y1) in the patch.
+
+    `tracking` is extra space between letters in pixels (lightbox / shop-sign lettering)."""
     from PIL import Image, ImageDraw
 
-    space = font.getlength(" ") * 1.0
-    boxes, x = [], 0.0
+    space = font.getlength(" ") * 1.0 + 2 * tracking
+    layout, boxes, x = [], [], 0.0
     for word in words:
-        x0, y0, x1, y1 = font.getbbox(word, stroke_width=stroke)
-        boxes.append((x + x0, y0, x + x1, y1))
-        x += font.getlength(word) + space + 2 * stroke
+        pieces, advance = _pieces(word, font, tracking)
+        ink = [font.getbbox(t, stroke_width=stroke) for t, _ in pieces]
+        boxes.append((x + min(b[0] + o for b, (_, o) in zip(ink, pieces)), min(b[1] for b in ink),
+                      x + max(b[2] + o for b, (_, o) in zip(ink, pieces)), max(b[3] for b in ink)))
+        layout += [(t, x + o) for t, o in pieces]
+        x += advance + space + 2 * stroke
     left = min(b[0] for b in boxes)
     top = min(b[1] for b in boxes)
     pad = 4 + stroke
@@ -45,12 +62,10 @@ def _draw_patch(words: List[str], font, stroke: int):
     height = int(np.ceil(max(b[3] for b in boxes) - top)) + 2 * pad
     img = Image.new("L", (width, height), 0)
     draw = ImageDraw.Draw(img)
-    x = 0.0
     shift = (pad - left, pad - top)
-    for word in words:
-        draw.text((x + shift[0], shift[1]), word, font=font, fill=255, stroke_width=stroke,
+    for text, x in layout:
+        draw.text((x + shift[0], shift[1]), text, font=font, fill=255, stroke_width=stroke,
                   stroke_fill=255)
-        x += font.getlength(word) + space + 2 * stroke
     boxes = [(b[0] + shift[0], b[1] + shift[1], b[2] + shift[0], b[3] + shift[1]) for b in boxes]
     return np.asarray(img), boxes
 
@@ -107,7 +122,7 @@ def render_line(rng, scene: np.ndarray, words: List[str], center, style: LineSty
     already marked in the boolean `occupied` map, which is updated otherwise.
     """
     font = pick_font(rng, int(round(style.height * 1.25)), fonts)
-    mask, boxes = _draw_patch(words, font, style.stroke)
+    mask, boxes = _draw_patch(words, font, style.stroke, style.tracking * style.height)
     samples = 2
     if style.curve:
         mask, dy = _bend(mask, style.curve)

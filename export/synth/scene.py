@@ -29,6 +29,7 @@ class SceneConfig:
     panel_prob: float = 0.6        # chance of signs / boards / screens carrying text
     curve_prob: float = 0.1
     degrade: float = 1.0           # strength of camera effects (0: clean)
+    tracking_prob: float = 0.0     # chance of widely letter-spaced lines (lightbox, shop signs)
     backgrounds: tuple = DEFAULT_WEIGHTS  # gradient, texture, wood, pattern, photo_like, street
 
 
@@ -36,7 +37,8 @@ class SceneConfig:
 # "street" adds photo-like built scenes (fine-tuning stage).
 SCENE_PRESETS = {
     "default": SceneConfig(),
-    "street": SceneConfig(backgrounds=(0.1, 0.15, 0.05, 0.1, 0.25, 0.35)),
+    "street": SceneConfig(max_height=110.0, tracking_prob=0.15,
+                          backgrounds=(0.1, 0.15, 0.05, 0.1, 0.25, 0.35)),
 }
 
 
@@ -72,7 +74,9 @@ def _style(rng, config: SceneConfig, height: float) -> LineStyle:
         perspective=float(rng.uniform(0, 0.5)) if rng.random() < 0.5 else 0.0,
         curve=float(rng.uniform(-0.08, 0.08)) if rng.random() < config.curve_prob else 0.0,
         stroke=int(rng.integers(0, 3)) if rng.random() < 0.2 else 0,
-        shadow=bool(rng.random() < 0.1))
+        shadow=bool(rng.random() < 0.1),
+        tracking=float(rng.uniform(0.1, 0.8)) if config.tracking_prob
+        and rng.random() < config.tracking_prob else 0.0)
 
 
 def _panel(rng, img: np.ndarray):
