@@ -17,8 +17,9 @@ from typing import List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from engine.errors import ShapeError
-from engine.lazy import array_module, cupy_or_none
+from engine.lazy import cupy_or_none
 from engine.loader import load_runner
+from engine.model_check import check_io, check_spec_source, probability_map
 from engine.modelspec import ModelSpec, resolve_spec
 
 from .detections import Detections
@@ -62,6 +63,10 @@ class Detector:
             self.runner = load_runner(model, backend=backend, device=device, threads=threads)
         self.runner.activate()
         self.spec = resolve_spec(self.runner.metadata, preset, **spec_options)
+        # a foreign model with a wrong or missing preset fails here, not as silent junk boxes
+        check_spec_source(self.runner.metadata, preset, self.runner.inputs, self.runner.outputs)
+        check_io(self.runner.inputs, self.runner.outputs, self.spec)
+        self._range_checked = False
         extra_post = {k: v for k, v in self.spec.extra.items() if k in _POST_OPTIONS}
         self.post = DBPostprocessor(PostprocessConfig.from_spec(self.spec, **{**extra_post, **post_options}))
         self.keep_aspect = bool(self.spec.extra.get("keep_aspect", False) if keep_aspect is None
@@ -120,10 +125,12 @@ class Detector:
         return preprocess_batch(images, self.spec, size, self.keep_aspect)
 
     def infer(self, batch) -> object:
-        """One engine call; returns the (N, 1, H, W) probability maps."""
+        """One engine call; returns the (N, H, W) probability maps (sigmoid applied to logits)."""
         prob = self.runner.infer(batch)[self.output_name]
-        if not self.spec.output_is_prob:  # logits: the DB threshold applies to probabilities
-            prob = 1.0 / (1.0 + array_module(prob).exp(-prob))
+        # layout checked every batch; the value range (a device sync) on the first only
+        prob = probability_map(prob, self.spec, tuple(batch.shape[2:]),
+                               check_range=not self._range_checked)
+        self._range_checked = True
         return prob
 
     def postprocess(self, prob, letterboxes: Sequence[Letterbox],

@@ -238,3 +238,50 @@ def test_preset_post_processing_options_reach_the_postprocessor():
     assert (config.thresh, config.box_thresh, config.unclip_ratio) == (0.3, 0.5, 1.6)
     assert PostprocessConfig.from_spec(preset("ppocr"), use_dilation=False).use_dilation is False
     assert PostprocessConfig.from_spec(preset("db")).use_dilation is False
+
+
+# -- through the Detector --------------------------------------------------------------------
+def test_detector_refuses_a_ppocr_model_without_preset_and_runs_it_with_one():
+    from pipeline.detector import Detector
+
+    path = _rapidocr_det_model()
+    with pytest.raises(ModelError, match="pass --preset ppocr"):
+        Detector(path, backend="onnxruntime", device="cpu", threads=1)
+    frame = np.full((96, 128, 3), 255, np.uint8)
+    with Detector(path, backend="onnxruntime", device="cpu", threads=1, preset="ppocr",
+                  limit_side=128) as det:
+        assert det.post.config.use_dilation and det.spec.arch == "ppocr-det"
+        assert det.infer(det.prepare([frame])[0]).shape == (1, 128, 160)
+
+
+def test_detector_catches_a_logit_model_run_as_probabilities(tmp_path):
+    from pipeline.detector import Detector
+
+    path = _logit_onnx(tmp_path / "logits.onnx")
+    frame = np.full((40, 60, 3), 250, np.uint8)
+    with Detector(path, backend="onnxruntime", device="cpu", threads=1, preset="mmocr",
+                  limit_side=64) as det:
+        with pytest.raises(ModelError, match="returns logits"):
+            det.detect(frame)
+    with Detector(path, backend="onnxruntime", device="cpu", threads=1, preset="mmocr",
+                  limit_side=64, output_is_prob=False) as det:
+        dets = det.detect(frame)  # the uniform bright frame is all "text" for this toy model
+        assert len(dets) == 1 and dets.frame_size == (40, 60)
+
+
+def test_detector_agrees_with_rapidocr_on_a_real_image(shared_data):
+    """Same model, same settings: dbrt's boxes match RapidOCR's own (the benchmark's claim)."""
+    import cv2
+
+    from benchmarks.peer_rapidocr import RapidOcrDetector
+    from pipeline.detector import Detector
+    from pipeline.evaluate import evaluate_image
+
+    path = _rapidocr_det_model()
+    image = cv2.imread(str(shared_data / "realdev" / "images" / "ic15_train_img_1.jpg"))
+
+    theirs = RapidOcrDetector(path, threads=1)(image)
+    with Detector(path, backend="onnxruntime", device="cpu", threads=1, preset="ppocr") as det:
+        ours = det.detect(image)
+    result = evaluate_image(theirs, [False] * len(theirs), ours)
+    assert len(theirs) >= 3 and result.hmean == 1.0
