@@ -1,0 +1,245 @@
+"""Side by side: the PP-OCR det ONNX model shipped in the `rapidocr` wheel, run by RapidOCR's
+own detector (its preprocessing, ONNX Runtime session and DB post-processing) and by dbrt
+(`pipeline.detector.Detector` / the threaded `Pipeline` with `--preset ppocr`).
+
+Reported, with speed never shown without correctness:
+- boxes agreement: ICDAR 2015 matching of dbrt's boxes against RapidOCR's (theirs as ground
+  truth), on realdev and on the video frames both sides processed;
+- accuracy of both on ../shared/data/realdev (ICDAR 2015 protocol);
+- per-image latency on realdev, and video throughput (decode included, same decoder) with the
+  ratio dbrt / RapidOCR; both sides must process exactly the requested number of frames.
+
+    .venv/bin/python benchmarks/peer_rapidocr.py [--frames 100] [--threads 0] [--device cpu]
+
+rapidocr is a benchmark-only dependency (pip install rapidocr); without it, or without the
+shared data, the script says so and exits 0 without writing results.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.peer_report import machine_name, write_reports  # noqa: E402
+from engine.lazy import optional  # noqa: E402
+from pipeline.datasets import GroundTruth, open_dataset  # noqa: E402
+from pipeline.evaluate import evaluate  # noqa: E402
+
+SHARED = REPO.parent / "shared" / "data"
+VIDEOS = ("pexels_lightbox_text_960x506.mp4", "pexels_street_captions_1080x1920.mp4")
+MODEL_NAME = "PP-OCRv6_det_small.onnx"
+
+
+# -- the two detectors ---------------------------------------------------------------------------
+
+def locate_model() -> Optional[Path]:
+    """The PP-OCR det ONNX inside the installed rapidocr package (None when absent)."""
+    rapidocr = optional("rapidocr")
+    if rapidocr is None:
+        return None
+    models = Path(rapidocr.__file__).parent / "models"
+    preferred = models / MODEL_NAME
+    found = [preferred] if preferred.is_file() else sorted(models.glob("*det*.onnx"))
+    return found[0] if found else None
+
+
+class RapidOcrDetector:
+    """RapidOCR's TextDetector with its packaged Det settings, pointed at `model`."""
+
+    def __init__(self, model: Path, threads: int = 0):
+        import rapidocr
+        from rapidocr.ch_ppocr_det import TextDetector
+        from rapidocr.utils.log import logger
+        from rapidocr.utils.parse_parameters import ParseParams
+
+        logger.setLevel("WARNING")
+        cfg = ParseParams.load(Path(rapidocr.__file__).parent / "config.yaml")
+        cfg.Det.engine_cfg = cfg.EngineConfig.onnxruntime
+        cfg.Det.engine_cfg.intra_op_num_threads = threads or -1
+        cfg.Det.model_path = str(model)
+        self.settings = {k: cfg.Det[k] for k in ("limit_side_len", "limit_type", "mean", "std",
+                                                 "thresh", "box_thresh", "unclip_ratio",
+                                                 "use_dilation", "max_candidates", "score_mode")}
+        self.settings = json.loads(json.dumps(self.settings, default=list))
+        self._det = TextDetector(cfg.Det)
+        self.version = rapidocr.__version__ if hasattr(rapidocr, "__version__") else "?"
+
+    def __call__(self, image: np.ndarray) -> List[np.ndarray]:
+        out = self._det(image)
+        return [] if out.boxes is None else [np.asarray(b, np.float32) for b in out.boxes]
+
+
+def dbrt_detector(model: Path, threads: int = 0, device: str = "cpu"):
+    from pipeline.detector import Detector
+
+    backend = "onnxruntime" if device == "cpu" else "auto"
+    return Detector(model, backend=backend, device=device, preset="ppocr", threads=threads)
+
+
+# -- measures ------------------------------------------------------------------------------------
+
+def agreement(theirs: Sequence[Sequence[np.ndarray]], ours: Sequence) -> dict:
+    """ICDAR 2015 matching of our boxes against theirs (their boxes as ground truth)."""
+    gts = [GroundTruth(tuple(t), np.zeros(len(t), bool)) for t in theirs]
+    result = evaluate(gts, [o.polygons for o in ours], names=[str(i) for i in range(len(gts))])
+    return {"hmean": result.hmean, "precision": result.precision, "recall": result.recall,
+            "matched": result.matched, "theirs": result.gt_care, "ours": result.det_care,
+            "images": len(gts)}
+
+
+def _accuracy(dataset, detections) -> dict:
+    result = evaluate([s.gt for s in dataset], detections, names=[s.name for s in dataset])
+    return {k: v for k, v in result.to_dict(per_image=False).items()}
+
+
+def _time_call(fn: Callable, *args):
+    start = time.perf_counter()
+    out = fn(*args)
+    return out, time.perf_counter() - start
+
+
+def bench_images(dataset, theirs: RapidOcrDetector, ours, repeats: int = 3) -> dict:
+    """Per-image latency (median of `repeats`, the two sides alternating) and boxes."""
+    images = [s.read_image() for s in dataset]
+    theirs(images[0]), ours.detect(images[0])  # warm-up: session arenas, lazy imports
+    their_boxes, our_dets, their_t, our_t = [], [], [], []
+    for image in images:
+        runs_theirs, runs_ours = [], []
+        for _ in range(repeats):
+            boxes, t = _time_call(theirs, image)
+            runs_theirs.append(t)
+            dets, t = _time_call(ours.detect, image)
+            runs_ours.append(t)
+        their_boxes.append(boxes)
+        our_dets.append(dets)
+        their_t.append(float(np.median(runs_theirs)))
+        our_t.append(float(np.median(runs_ours)))
+    return {
+        "images": len(images),
+        "latency_ms": {"rapidocr": 1000 * float(np.mean(their_t)),
+                       "dbrt": 1000 * float(np.mean(our_t))},
+        "speedup": float(np.sum(their_t) / np.sum(our_t)),
+        "agreement": agreement(their_boxes, our_dets),
+        "accuracy": {"rapidocr": _accuracy(dataset, their_boxes),
+                     "dbrt": _accuracy(dataset, our_dets)},
+    }
+
+
+def _read_frames(path: Path, frames: Optional[int] = None, every: int = 1):
+    """Decoded BGR frames through dbrt's video source (one decoder for both sides): the first
+    `frames` (all when None), keeping every `every`-th."""
+    from pipeline.sources.video import VideoFileSource
+
+    with VideoFileSource(path) as source:
+        for frame in source:
+            if frames is not None and frame.index >= frames:
+                break
+            if frame.index % every == 0:
+                yield frame.image
+
+
+def run_theirs_on_video(path: Path, frames: int, theirs: RapidOcrDetector):
+    """RapidOCR's way: decode a frame, detect, repeat. Returns (boxes per frame, seconds)."""
+    start = time.perf_counter()
+    boxes = [theirs(image) for image in _read_frames(path, frames)]
+    return boxes, time.perf_counter() - start
+
+
+def run_ours_on_video(path: Path, frames: int, ours, batch: int):
+    """dbrt's threaded pipeline over the same frames. Returns (Detections per frame, seconds)."""
+    from pipeline.runner import Pipeline
+
+    start = time.perf_counter()
+    with Pipeline(str(path), detector=ours, max_frames=frames, batch=batch) as pipe:
+        dets = [detections for _frame, detections in pipe]
+    return dets, time.perf_counter() - start
+
+
+def sampled_agreement(path: Path, every: int, theirs, ours) -> dict:
+    """Agreement on every `every`-th frame of the whole video (cuts, lighting changes)."""
+    frames = list(_read_frames(path, every=every))
+    return agreement([theirs(f) for f in frames], [ours.detect(f) for f in frames])
+
+
+def bench_video(path: Path, frames: int, theirs, ours, batch: int = 1, rounds: int = 2,
+                every: int = 25) -> dict:
+    """Throughput of both over the first `frames` frames: `rounds` alternating runs, median."""
+    first = next(_read_frames(path, 1))
+    theirs(first), ours.detect(first)  # warm-up both sessions on this frame size
+    their_s, our_s = [], []
+    for _ in range(rounds):
+        their_boxes, seconds = run_theirs_on_video(path, frames, theirs)
+        their_s.append(seconds)
+        our_dets, seconds = run_ours_on_video(path, frames, ours, batch)
+        our_s.append(seconds)
+        if not len(their_boxes) == len(our_dets) == frames:
+            raise RuntimeError(f"{path.name}: asked for {frames} frames, RapidOCR processed "
+                               f"{len(their_boxes)}, dbrt {len(our_dets)}: a speed figure "
+                               f"would be meaningless")
+    their_t, our_t = float(np.median(their_s)), float(np.median(our_s))
+    return {
+        "video": path.name, "frames": frames, "rounds": rounds, "batch": batch,
+        "seconds": {"rapidocr": their_s, "dbrt": our_s},
+        "fps": {"rapidocr": frames / their_t, "dbrt": frames / our_t},
+        "speedup": their_t / our_t,
+        "agreement": agreement(their_boxes, our_dets),
+        "sampled_every": every,
+        "sampled_agreement": sampled_agreement(path, every, theirs, ours),
+    }
+
+
+# -- command line --------------------------------------------------------------------------------
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--frames", type=int, default=100, help="frames per video (default 100)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="ONNX Runtime intra-op threads for both sides (0: ORT default)")
+    parser.add_argument("--device", default="cpu", help="dbrt device (default cpu, as RapidOCR)")
+    parser.add_argument("--repeats", type=int, default=3, help="timing repeats per image")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating video runs per side")
+    parser.add_argument("--batch", type=int, default=1, help="dbrt pipeline batch (frames/call)")
+    parser.add_argument("--every", type=int, default=25,
+                        help="agreement also on every N-th frame of each whole video")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results",
+                        help="results root; files go to <out>/<machine>/peer_rapidocr.*")
+    parser.add_argument("--data", type=Path, default=SHARED, help="the shared data folder")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    model = locate_model()
+    if model is None:
+        print("skipped: rapidocr (with its packaged PP-OCR det ONNX) is not installed; "
+              "pip install rapidocr")
+        return 0
+    if not (args.data / "realdev" / "gt.json").is_file():
+        print(f"skipped: shared data not found at {args.data}")
+        return 0
+    theirs = RapidOcrDetector(model, args.threads)
+    report = {"model": model.name, "machine": machine_name(), "threads": args.threads,
+              "command": " ".join(["python", "benchmarks/peer_rapidocr.py", *sys.argv[1:]]),
+              "rapidocr": {"version": theirs.version, "settings": theirs.settings}}
+    with dbrt_detector(model, args.threads, args.device) as ours:
+        report["dbrt"] = ours.describe()
+        report["realdev"] = bench_images(open_dataset(args.data / "realdev"), theirs, ours,
+                                         args.repeats)
+        report["videos"] = [bench_video(args.data / "video" / name, args.frames, theirs, ours,
+                                        args.batch, args.rounds, args.every)
+                            for name in VIDEOS]
+    paths = write_reports(report, args.out / report["machine"], "peer_rapidocr")
+    print("\n".join(str(p) for p in paths))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

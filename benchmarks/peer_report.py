@@ -1,0 +1,84 @@
+"""Machine naming and the JSON + markdown report of benchmarks/peer_rapidocr.py."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+from pathlib import Path
+from typing import List
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_name() -> str:
+    """A stable, readable folder name: CPU model and usable core count, e.g. amd-epyc-2c."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    slug = re.sub(r"[^a-z0-9]+", "-", _cpu_model().lower()).strip("-")
+    return f"{slug}-{cores}c"
+
+
+def _agreement_row(name: str, a: dict) -> str:
+    return (f"| {name} | {a['images']} | {a['theirs']} | {a['ours']} | {a['matched']} | "
+            f"{a['precision']:.4f} | {a['recall']:.4f} | **{a['hmean']:.4f}** |")
+
+
+def to_markdown(report: dict) -> str:
+    real = report["realdev"]
+    lines = [
+        f"# dbrt vs RapidOCR {report['rapidocr']['version']}: {report['model']}",
+        "",
+        f"Machine `{report['machine']}`, ONNX Runtime on the CPU for both, intra-op threads "
+        f"{report['threads'] or 'ORT default'}. Same model file, RapidOCR's packaged Det "
+        f"settings on both sides (dbrt: `--preset ppocr`).",
+        "",
+        "## Boxes agreement (ours matched against theirs, ICDAR 2015 IoU > 0.5)",
+        "",
+        "| input | frames | their boxes | our boxes | matched | precision | recall | hmean |",
+        "|---|---|---|---|---|---|---|---|",
+        _agreement_row("realdev", real["agreement"]),
+    ]
+    lines += [_agreement_row(v["video"], v["agreement"]) for v in report["videos"]]
+    lines += [
+        "",
+        "## Accuracy on realdev (ICDAR 2015 protocol)",
+        "",
+        "| detector | precision | recall | hmean |",
+        "|---|---|---|---|",
+    ]
+    for side in ("rapidocr", "dbrt"):
+        acc = real["accuracy"][side]
+        lines.append(f"| {side} | {acc['precision']:.4f} | {acc['recall']:.4f} | "
+                     f"{acc['hmean']:.4f} |")
+    lines += [
+        "",
+        "## Speed",
+        "",
+        "| input | RapidOCR | dbrt | dbrt / RapidOCR |",
+        "|---|---|---|---|",
+        f"| realdev, per image (median of repeats, mean over {real['images']} images) | "
+        f"{real['latency_ms']['rapidocr']:.1f} ms | {real['latency_ms']['dbrt']:.1f} ms | "
+        f"{real['speedup']:.2f}x |",
+    ]
+    for v in report["videos"]:
+        lines.append(f"| {v['video']}, {v['frames']} frames, decode included | "
+                     f"{v['fps']['rapidocr']:.2f} fps | {v['fps']['dbrt']:.2f} fps | "
+                     f"**{v['speedup']:.2f}x** |")
+    lines += ["", "Command: `" + report.get("command", "") + "`", ""]
+    return "\n".join(lines)
+
+
+def write_reports(report: dict, folder: Path, stem: str) -> List[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = folder / f"{stem}.json", folder / f"{stem}.md"
+    json_path.write_text(json.dumps(report, indent=1, default=str) + "\n")
+    md_path.write_text(to_markdown(report))
+    return [json_path, md_path]
