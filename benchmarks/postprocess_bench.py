@@ -20,6 +20,7 @@ speed-up over the reference. Results: benchmarks/results/<machine>/postprocess.{
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -265,7 +266,7 @@ def main(argv=None) -> int:
     sets = synthetic_sets(args.quick)
     if not args.no_real:
         sets.update(real_sets(args.quick))
-    rows = []
+    rows, load_before = [], os.getloadavg()
     for name, maps in sets.items():
         print(f"[postprocess] {name}", flush=True)
         rows.extend(run_set(name, maps, impls, args.repeats, gpu_impl))
@@ -274,12 +275,13 @@ def main(argv=None) -> int:
                   f"{row['ms_per_frame']:8.3f} median  {row['boxes']:5d} boxes  "
                   f"same={row['same_count']} dv={row['max_vertex_diff_px']} "
                   f"ds={row['max_score_diff']} x{row['speedup_best']}", flush=True)
-    write(rows, args)
+    write(rows, args, dict(before=load_before, after=os.getloadavg()))
     return 0
 
 
-def write(rows: List[dict], args) -> None:
+def write(rows: List[dict], args, load: dict) -> None:
     info = common.machine_info()
+    info["load_average_1_5_15min"] = {k: [round(v, 2) for v in vals] for k, vals in load.items()}
     out = common.results_dir()
     config = CONFIG.to_dict()
     common.write_json(out / "postprocess.json", dict(config=config, rows=rows, machine=info,
@@ -292,7 +294,9 @@ def write(rows: List[dict], args) -> None:
             "the reference's number of boxes; `max_vertex_diff_px` / `max_score_diff`: the largest "
             "difference to the reference's boxes (in map pixels) and scores. GPU times include "
             "the compact device-to-host copies; the map is already on the GPU.\n\n"
-            f"Options: {config}.\n")
+            f"Options: {config}.\n\nLoad average (1, 5, 15 min) before / after the run: "
+            f"{info['load_average_1_5_15min']['before']} / {info['load_average_1_5_15min']['after']} "
+            f"on {info['cpu_count']} cores.\n")
     common.write_markdown(out / "postprocess.md", "DB post-processing vs the reference",
                           [("Method", note), ("Results", common.markdown_table(rows))], info)
     print(f"wrote {out / 'postprocess.md'}")
