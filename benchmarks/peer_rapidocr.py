@@ -28,12 +28,13 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.peer_report import machine_name, write_reports  # noqa: E402
+from benchmarks import common  # noqa: E402
+from benchmarks.peer_report import write_reports  # noqa: E402
 from engine.lazy import optional  # noqa: E402
 from pipeline.datasets import GroundTruth, open_dataset  # noqa: E402
 from pipeline.evaluate import evaluate  # noqa: E402
 
-SHARED = REPO.parent / "shared" / "data"
+SHARED = common.SHARED_DATA
 VIDEOS = ("pexels_lightbox_text_960x506.mp4", "pexels_street_captions_1080x1920.mp4")
 MODEL_NAME = "PP-OCRv6_det_small.onnx"
 
@@ -70,7 +71,7 @@ class RapidOcrDetector:
                                                  "use_dilation", "max_candidates", "score_mode")}
         self.settings = json.loads(json.dumps(self.settings, default=list))
         self._det = TextDetector(cfg.Det)
-        self.version = rapidocr.__version__ if hasattr(rapidocr, "__version__") else "?"
+        self.version = common.library_versions(["rapidocr"]).get("rapidocr", "unknown")
 
     def __call__(self, image: np.ndarray) -> List[np.ndarray]:
         out = self._det(image)
@@ -87,10 +88,16 @@ def dbrt_detector(model: Path, threads: int = 0, device: str = "cpu"):
 # -- measures ------------------------------------------------------------------------------------
 
 def agreement(theirs: Sequence[Sequence[np.ndarray]], ours: Sequence) -> dict:
-    """ICDAR 2015 matching of our boxes against theirs (their boxes as ground truth)."""
+    """ICDAR 2015 matching of our boxes against theirs (their boxes as ground truth).
+
+    Frames where neither finds text agree fully; they add nothing to the counts.
+    """
     gts = [GroundTruth(tuple(t), np.zeros(len(t), bool)) for t in theirs]
     result = evaluate(gts, [o.polygons for o in ours], names=[str(i) for i in range(len(gts))])
-    return {"hmean": result.hmean, "precision": result.precision, "recall": result.recall,
+    both_empty = result.gt_care == result.det_care == 0
+    return {"hmean": 1.0 if both_empty else result.hmean,
+            "precision": 1.0 if both_empty else result.precision,
+            "recall": 1.0 if both_empty else result.recall,
             "matched": result.matched, "theirs": result.gt_care, "ours": result.det_care,
             "images": len(gts)}
 
@@ -209,8 +216,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=1, help="dbrt pipeline batch (frames/call)")
     parser.add_argument("--every", type=int, default=25,
                         help="agreement also on every N-th frame of each whole video")
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results",
-                        help="results root; files go to <out>/<machine>/peer_rapidocr.*")
+    parser.add_argument("--out", type=Path,
+                        help="results folder (default: benchmarks/results/<machine>/)")
     parser.add_argument("--data", type=Path, default=SHARED, help="the shared data folder")
     return parser.parse_args(argv)
 
@@ -226,7 +233,8 @@ def main(argv=None) -> int:
         print(f"skipped: shared data not found at {args.data}")
         return 0
     theirs = RapidOcrDetector(model, args.threads)
-    report = {"model": model.name, "machine": machine_name(), "threads": args.threads,
+    report = {"model": model.name, "model_sha256": common.file_sha256(model),
+              "machine": common.machine_info(), "threads": args.threads,
               "command": " ".join(["python", "benchmarks/peer_rapidocr.py", *sys.argv[1:]]),
               "rapidocr": {"version": theirs.version, "settings": theirs.settings}}
     with dbrt_detector(model, args.threads, args.device) as ours:
@@ -236,7 +244,7 @@ def main(argv=None) -> int:
         report["videos"] = [bench_video(args.data / "video" / name, args.frames, theirs, ours,
                                         args.batch, args.rounds, args.every)
                             for name in VIDEOS]
-    paths = write_reports(report, args.out / report["machine"], "peer_rapidocr")
+    paths = write_reports(report, args.out or common.results_dir(), "peer_rapidocr")
     print("\n".join(str(p) for p in paths))
     return 0
 

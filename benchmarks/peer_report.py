@@ -1,29 +1,9 @@
-"""Machine naming and the JSON + markdown report of benchmarks/peer_rapidocr.py."""
+"""The JSON + markdown report of benchmarks/peer_rapidocr.py."""
 from __future__ import annotations
 
 import json
-import os
-import platform
-import re
 from pathlib import Path
 from typing import List
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine_name() -> str:
-    """A stable, readable folder name: CPU model and usable core count, e.g. amd-epyc-2c."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    slug = re.sub(r"[^a-z0-9]+", "-", _cpu_model().lower()).strip("-")
-    return f"{slug}-{cores}c"
 
 
 def _agreement_row(name: str, a: dict) -> str:
@@ -36,7 +16,8 @@ def to_markdown(report: dict) -> str:
     lines = [
         f"# dbrt vs RapidOCR {report['rapidocr']['version']}: {report['model']}",
         "",
-        f"Machine `{report['machine']}`, ONNX Runtime on the CPU for both, intra-op threads "
+        f"Machine `{report['machine']['machine']}` ({report['machine']['cpu']}, "
+        f"{report['machine']['cpu_count']} cores), ONNX Runtime on the CPU for both, intra-op threads "
         f"{report['threads'] or 'ORT default'}. Same model file, RapidOCR's packaged Det "
         f"settings on both sides (dbrt: `--preset ppocr`).",
         "",
@@ -46,7 +27,10 @@ def to_markdown(report: dict) -> str:
         "|---|---|---|---|---|---|---|---|",
         _agreement_row("realdev", real["agreement"]),
     ]
-    lines += [_agreement_row(v["video"], v["agreement"]) for v in report["videos"]]
+    for v in report["videos"]:
+        lines.append(_agreement_row(f"{v['video']}, first {v['frames']} frames", v["agreement"]))
+        lines.append(_agreement_row(f"{v['video']}, every {v['sampled_every']}th frame",
+                                    v["sampled_agreement"]))
     lines += [
         "",
         "## Accuracy on realdev (ICDAR 2015 protocol)",
@@ -69,7 +53,8 @@ def to_markdown(report: dict) -> str:
         f"{real['speedup']:.2f}x |",
     ]
     for v in report["videos"]:
-        lines.append(f"| {v['video']}, {v['frames']} frames, decode included | "
+        lines.append(f"| {v['video']}, {v['frames']} frames, decode included, median of "
+                     f"{v['rounds']} alternating runs, dbrt batch {v['batch']} | "
                      f"{v['fps']['rapidocr']:.2f} fps | {v['fps']['dbrt']:.2f} fps | "
                      f"**{v['speedup']:.2f}x** |")
     lines += ["", "Command: `" + report.get("command", "") + "`", ""]

@@ -11,9 +11,10 @@ benchmarks/results/<machine>/ (benchmarks/README.md says what each timed region 
 'model' sweeps backend x precision x batch x input size with PyTorch beside ONNX Runtime;
 'pipeline' runs the threaded pipeline on a video (per-stage times, ratio to inference alone);
 'postprocess' compares the DB post-processing with the reference on the same maps; 'accuracy'
-scores the shipped model on ../shared/data/realdev; 'all' runs them all, each in its own process,
-and writes an index.md. Arguments after WHICH go to the benchmark
-itself, e.g. `dbrt bench model --sizes 320 640 --batches 1 8` or `dbrt bench all --quick`;
+scores the shipped model on ../shared/data/realdev; 'peer' runs the PP-OCR det model of the
+rapidocr package by RapidOCR and by dbrt side by side (needs `pip install rapidocr`); 'all'
+runs all but 'peer', each in its own process, and writes an index.md. Arguments after WHICH go to
+the benchmark itself, e.g. `dbrt bench model --sizes 320 640 --batches 1 8` or `dbrt bench all --quick`;
 `dbrt bench model --help` lists them."""
 
 MODULES = {
@@ -21,6 +22,7 @@ MODULES = {
     "model": "benchmarks.model_bench",
     "pipeline": "benchmarks.pipeline_overlap",
     "postprocess": "benchmarks.postprocess_bench",
+    "peer": "benchmarks.peer_rapidocr",
     "all": "benchmarks.run_all",
 }
 

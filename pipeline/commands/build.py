@@ -44,6 +44,8 @@ def add_arguments(parser) -> None:
     calib.add_argument("--calib", metavar="DIR", help="folder of representative images")
     calib.add_argument("--calib-count", type=int, default=64, help="use at most this many images")
     calib.add_argument("--calib-cache", help="calibration cache file (reused when it exists)")
+    parser.add_argument("--preset", help="preprocessing preset for models without dbrt metadata "
+                        "(db, ppocr, mmocr): INT8 calibration normalises images with it")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
 
 
@@ -132,7 +134,7 @@ def run(args) -> int:
     summary = summarize_onnx(args.model)          # clear error for a bad ONNX before TensorRT
     trt = require("tensorrt")
     backend = cuda.require_backend("dbrt build")
-    options = _options(args, resolve_spec(summary.metadata), backend, trt)
+    options = _options(args, resolve_spec(summary.metadata, args.preset), backend, trt)
     output = Path(args.output) if args.output else Path(args.model).with_suffix(".engine")
     started = time.monotonic()
     progress = None if args.quiet else BuildProgress(label=f"building {output.name}")

@@ -23,7 +23,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--threads", type=int, default=0, help="CPU inference threads (0: backend default)")
     model = parser.add_argument_group("pre- and post-processing (default: the model's own settings)")
     model.add_argument("--limit-side", type=int, help="resize: short side (min) / long-side cap (max)")
-    model.add_argument("--limit-type", choices=("min", "max"))
+    model.add_argument("--limit-type", choices=("min", "max", "min_at_least"))
     model.add_argument("--thresh", type=float, help="binarisation threshold")
     model.add_argument("--box-thresh", type=float, help="minimum mean score of a box")
     model.add_argument("--unclip-ratio", type=float)
