@@ -1,0 +1,110 @@
+"""Tiny media made on the fly for the pipeline tests (PyAV): videos whose frames say their
+own index, MPEG-TS bytes for the loopback stream server, and a stand-in detector."""
+from __future__ import annotations
+
+import io
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.detections import Detections
+from pipeline.preprocess import make_letterbox
+
+
+def frame_image(index: int, height: int = 48, width: int = 64) -> np.ndarray:
+    """A frame whose left half has grey level 16 * (index % 16) + 8: readable after lossy coding."""
+    image = np.full((height, width, 3), 200, np.uint8)
+    image[:, : width // 2] = 16 * (index % 16) + 8
+    return image
+
+
+def index_of(image: np.ndarray) -> int:
+    """Recover `index % 16` from a decoded `frame_image`."""
+    level = float(np.median(image[:, : image.shape[1] // 4]))
+    return int(round((level - 8) / 16))
+
+
+def _encode(target, frames: int, height: int, width: int, fps: int, fmt=None, codec="mpeg4"):
+    import av
+
+    with av.open(target, mode="w", format=fmt) as container:
+        stream = container.add_stream(codec, rate=Fraction(fps))
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"qscale": "2"} if codec == "mpeg4" else {}
+        for i in range(frames):
+            vframe = av.VideoFrame.from_ndarray(frame_image(i, height, width), format="bgr24")
+            vframe.pts = i
+            container.mux(stream.encode(vframe))
+        container.mux(stream.encode(None))
+
+
+def write_video(path: Path, frames: int = 12, height: int = 48, width: int = 64, fps: int = 10) -> Path:
+    """An MP4 (MPEG-4 part 2) with `frames` frames."""
+    _encode(str(path), frames, height, width, fps)
+    return path
+
+
+def mpegts_bytes(frames: int = 50, height: int = 48, width: int = 64, fps: int = 25) -> bytes:
+    """An MPEG-TS stream in memory (what a live HTTP TS server sends)."""
+    buffer = io.BytesIO()
+    _encode(buffer, frames, height, width, fps, fmt="mpegts", codec="mpeg2video")
+    return buffer.getvalue()
+
+
+class FakeDetector:
+    """Duck-typed Detector for pipeline tests: no model; one box per frame whose score encodes
+    the frame's stream and index, so routing and order can be checked. `fail_in` names a step
+    that raises RuntimeError("boom in <step>")."""
+
+    untrained = False
+
+    def __init__(self, fail_in: str = None, fail_after: int = 0, delay_s: float = 0.0,
+                 input_size=(32, 32)):
+        self.fail_in = fail_in
+        self.fail_after = fail_after
+        self.delay_s = delay_s
+        self.size = input_size
+        self.calls = {"prepare": 0, "infer": 0, "postprocess": 0}
+        self.batch_sizes = []
+        self.closed = False
+
+    def _step(self, name: str) -> None:
+        self.calls[name] += 1
+        if self.fail_in == name and self.calls[name] > self.fail_after:
+            raise RuntimeError(f"boom in {name}")
+
+    def input_size_for(self, h, w):
+        return self.size if self.size else (h, w)
+
+    def prepare(self, images):
+        self._step("prepare")
+        sizes = {im.shape[:2] if not self.size else self.size for im in images}
+        assert len({self.input_size_for(*im.shape[:2]) for im in images}) == 1, sizes
+        self.batch_sizes.append(len(images))
+        boxes = [make_letterbox(im.shape[0], im.shape[1], *self.input_size_for(*im.shape[:2]))
+                 for im in images]
+        return np.zeros((len(images), 1)), boxes
+
+    def infer(self, batch):
+        self._step("infer")
+        if self.delay_s:
+            import time
+
+            time.sleep(self.delay_s)
+        return batch
+
+    def postprocess(self, prob, boxes, metas):
+        self._step("postprocess")
+        out = []
+        for box, meta in zip(boxes, metas):
+            quad = np.array([[0, 0], [4, 0], [4, 2], [0, 2]], np.float32)
+            out.append(Detections.from_quads(quad[None], [0.5], frame_size=(box.frame_h, box.frame_w),
+                                             **meta))
+        return out
+
+    def describe(self):
+        return {"runner": "fake"}
+
+    def close(self):
+        self.closed = True

@@ -1,0 +1,206 @@
+"""Sources: PyAV files, images, spec parsing, the live newest-frame policy and reconnects."""
+from __future__ import annotations
+
+import threading
+import time
+import tracemalloc
+
+import cv2
+import numpy as np
+import pytest
+
+from engine.errors import SourceError
+from pipeline.sources import (CameraSource, ImageSource, LatestSlot, LiveSource, NetworkSource,
+                              Reconnect, VideoFileSource, open_source, open_sources, parse_source)
+
+from media import frame_image, index_of, write_video
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory):
+    return write_video(tmp_path_factory.mktemp("vid") / "clip.mp4", frames=20, fps=10)
+
+
+def test_video_file_yields_every_frame_in_order(video):
+    source = open_source(video)
+    assert isinstance(source, VideoFileSource)
+    assert source.total_frames == 20 and source.fps == pytest.approx(10)
+    frames = list(source)
+    assert [f.index for f in frames] == list(range(20))
+    assert [index_of(f.image) for f in frames] == [i % 16 for i in range(20)]
+    assert frames[0].image.shape == (48, 64, 3) and frames[0].image.dtype == np.uint8
+    times = [f.timestamp for f in frames]
+    assert times[0] == pytest.approx(0.0) and times[-1] == pytest.approx(1.9)
+    assert source.stats.as_dict()["dropped"] == 0 and source.stats.read == 20
+
+
+def test_video_close_stops_early(video):
+    source = open_source(video)
+    got = []
+    for frame in source:
+        got.append(frame)
+        if len(got) == 3:
+            source.close()
+    assert len(got) == 3
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda d: d / "missing.mp4", "no such file"),
+    (lambda d: (d / "notes.mp4").write_text("hello") and d / "notes.mp4", "cannot open"),
+    (lambda d: (d / "sub").mkdir() or d / "sub", "no images"),
+    (lambda d: str(d / "*.png"), "no images match"),
+    (lambda d: d / "missing.jpg", "no such file"),
+    (lambda d: (d / "bad.jpg").write_bytes(b"xx") and d / "bad.jpg", "cannot read image"),
+])
+def test_bad_sources_raise_one_line_source_error(tmp_path, make, message):
+    spec = make(tmp_path)
+    with pytest.raises(SourceError, match=message) as info:
+        list(open_source(spec))
+    assert "\n" not in str(info.value)
+
+
+def test_unopenable_camera_and_stream_fail_at_open():
+    with pytest.raises(SourceError, match="cannot open camera"):
+        open_source("/dev/video97")
+    with pytest.raises(SourceError, match="cannot open rtsp://127.0.0.1:9"):
+        open_source("rtsp://127.0.0.1:9/live", )
+
+
+@pytest.mark.parametrize("spec, kind", [
+    ("0", CameraSource), (3, CameraSource), ("/dev/video1", CameraSource),
+    ("rtsp://cam.local/stream", NetworkSource), ("http://host/live.ts", NetworkSource),
+    ("https://host/index.m3u8", NetworkSource), ("udp://0.0.0.0:5000", NetworkSource),
+    ("shots/*.png", ImageSource), ("photo.JPG", ImageSource), ("movie.mkv", VideoFileSource),
+])
+def test_parse_source_picks_the_kind(spec, kind):
+    assert isinstance(parse_source(spec), kind)
+
+
+def test_http_file_is_not_live_but_ts_is():
+    assert NetworkSource("http://h/video.mp4").live is False
+    assert NetworkSource("http://h/live.ts").live is True
+    assert NetworkSource("rtsp://h/x").reconnect is not None
+
+
+def test_images_folder_and_glob_sorted(tmp_path):
+    for name, index in (("b.png", 1), ("a.png", 0), ("c.jpg", 2)):
+        cv2.imwrite(str(tmp_path / name), frame_image(index))
+    (tmp_path / "readme.txt").write_text("not an image")
+    frames = list(open_source(tmp_path))
+    assert [f.source.split("/")[-1] for f in frames] == ["a.png", "b.png", "c.jpg"]
+    assert [f.index for f in frames] == [0, 1, 2] and frames[0].timestamp is None
+    assert [index_of(f.image) for f in frames] == [0, 1, 2]
+    assert len(list(open_source(str(tmp_path / "*.png")))) == 2
+
+
+def test_open_sources_numbers_streams_and_closes_on_failure(video, tmp_path):
+    sources = open_sources([video, video])
+    assert [s.stream for s in sources] == [0, 1]
+    assert all(f.stream == 1 for f in sources[1])
+    with pytest.raises(SourceError, match="no such file"):
+        open_sources([video, tmp_path / "nope.mp4"])
+    with pytest.raises(SourceError, match="no source"):
+        open_sources([])
+
+
+def test_latest_slot_overwrites_and_counts():
+    slot = LatestSlot()
+    assert slot.put(1) is False and slot.put(2) is True and len(slot) == 1
+    assert slot.get() == 2
+    slot.finish()
+    assert slot.get() is None
+
+
+def test_latest_slot_without_overwrite_waits_for_the_reader():
+    slot = LatestSlot(overwrite=False)
+    slot.put("a")
+    done = threading.Event()
+    threading.Thread(target=lambda: (slot.put("b"), done.set()), daemon=True).start()
+    assert not done.wait(0.2)  # blocked: "a" not read yet
+    assert slot.get() == "a"
+    assert done.wait(2) and slot.get() == "b"
+
+
+def test_reconnect_delays_back_off_and_cap():
+    assert list(Reconnect(retries=5, delay=0.5, factor=2, max_delay=3).delays()) == [0.5, 1, 2, 3, 3]
+    assert list(Reconnect(retries=0).delays()) == []
+
+
+class SimulatedCamera(LiveSource):
+    """A live source producing frames as fast as it can (or at `fps`); `fail_at` frame numbers
+    break the connection, `refuse` connection attempts are refused after each break."""
+
+    kind = "simulated"
+
+    def __init__(self, total=200, fps=None, fail_at=(), refuse=0, reconnect=Reconnect(retries=3, delay=0.01)):
+        super().__init__("sim", reconnect)
+        self.total, self.rate, self.fail_at, self.refuse = total, fps, set(fail_at), refuse
+        self.produced = 0
+        self.connects = 0
+        self._refused = 0
+
+    def _connect(self):
+        if self.connects and self._refused < self.refuse:
+            self._refused += 1
+            raise SourceError("connection refused")
+        self.connects += 1
+        self._refused = 0
+
+    def _read(self):
+        if self.produced >= self.total:
+            return None
+        if self.rate:
+            time.sleep(1 / self.rate)
+        self.produced += 1
+        if self.produced in self.fail_at:
+            self.fail_at.discard(self.produced)
+            raise ConnectionError("link down")
+        return frame_image(self.produced, 240, 320), self.produced / 100
+
+    def _disconnect(self):
+        pass
+
+
+def test_live_source_outpacing_consumer_drops_newest_wins_and_memory_stays_flat():
+    source = SimulatedCamera(total=400, reconnect=None).open()
+    tracemalloc.start()
+    got, peak_slot = [], 0
+    try:
+        for frame in source:
+            got.append(frame.index)
+            peak_slot = max(peak_slot, len(source._slot))
+            time.sleep(0.01)  # a slow consumer
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    stats = source.stats.as_dict()
+    assert stats["dropped"] > 0
+    assert stats["read"] == 400 and stats["delivered"] == len(got)
+    assert stats["delivered"] + stats["dropped"] == stats["read"]
+    assert got == sorted(got) and len(set(got)) == len(got)  # newest first is never re-ordered
+    assert peak_slot <= 1
+    frame_bytes = 240 * 320 * 3
+    assert peak < 20 * frame_bytes  # a backlog of 400 frames would be 400 frames
+
+
+def test_live_source_reconnects_after_a_failure():
+    source = SimulatedCamera(total=10_000, fps=500, fail_at={10}, refuse=2).open()
+    frames = []
+    for frame in source:
+        frames.append(frame)
+        if frame.index >= 25:
+            source.close()
+    stats = source.stats.as_dict()
+    assert stats["reconnects"] == 1 and source.connects == 2
+    assert any("attempt 1 failed" in e for e in stats["events"])
+    assert any("reconnected after 3 attempt" in e for e in stats["events"])
+    assert frames[-1].index >= 25
+    source.join(5)
+    assert not source._thread.is_alive()
+
+
+def test_live_source_gives_up_after_retries():
+    source = SimulatedCamera(total=30, fps=500, fail_at={5}, refuse=10,
+                             reconnect=Reconnect(retries=2, delay=0.01)).open()
+    with pytest.raises(SourceError, match="gave up after 2 reconnect attempts"):
+        list(source)
