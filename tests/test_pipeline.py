@@ -1,0 +1,183 @@
+"""The threaded pipeline: order, routing across batched sources, errors from every stage,
+clean stop, live drops, and the real model end to end on a generated video."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+
+from pipeline.runner import Pipeline
+from pipeline.sinks import CallbackSink, JsonlSink
+from pipeline.sources import Reconnect, VideoFileSource
+
+from media import FakeDetector, frame_image, index_of, write_video
+from test_sources import SimulatedCamera
+
+STAGE_THREADS = ("decode:", "preprocess", "infer", "postprocess", "sink", "read:")
+
+
+def pipeline_threads():
+    return [t.name for t in threading.enumerate() if t.name.startswith(STAGE_THREADS)]
+
+
+@pytest.fixture(autouse=True)
+def no_threads_left():
+    yield
+    deadline = time.time() + 5
+    while pipeline_threads() and time.time() < deadline:
+        time.sleep(0.02)
+    assert pipeline_threads() == []
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("videos")
+    return [write_video(folder / f"v{n}.mp4", frames=n) for n in (7, 12, 5)]
+
+
+def test_single_video_every_frame_in_order(videos):
+    seen = []
+    pipe = Pipeline([videos[1]], FakeDetector(), callbacks=[lambda f, d: seen.append(f.index)])
+    results = list(pipe)
+    assert [f.index for f, _ in results] == list(range(12)) == seen
+    assert [index_of(f.image) for f, _ in results] == list(range(12))
+    assert all(d.frame_index == f.index and d.source == str(videos[1]) for f, d in results)
+    report = pipe.report()
+    assert report["frames"] == 12 and report["dropped"] == 0 and report["fps"] > 0
+    assert all(report["stages"][s]["count"] > 0 for s in ("decode", "preprocess", "infer", "postprocess", "sink"))
+    assert report["end_to_end"]["count"] == 12 and "p99_ms" in report["end_to_end"]
+
+
+def test_several_sources_batched_route_results_in_order(videos):
+    detector = FakeDetector()
+    pipe = Pipeline(videos, detector, batch=3, batch_timeout=0.2)
+    by_stream = {0: [], 1: [], 2: []}
+    for frame, dets in pipe:
+        by_stream[frame.stream].append((frame.index, dets.frame_index, dets.source))
+    for stream, path in enumerate(videos):
+        n = (7, 12, 5)[stream]
+        assert [i for i, _, _ in by_stream[stream]] == list(range(n))
+        assert all(i == j and src == str(path) for i, j, src in by_stream[stream])
+    assert max(detector.batch_sizes) > 1 and sum(detector.batch_sizes) == 24
+    assert pipe.report()["batch_size"]["count"] == len(detector.batch_sizes)
+
+
+def test_batches_never_mix_input_sizes(tmp_path):
+    small = write_video(tmp_path / "small.mp4", frames=6, height=48, width=64)
+    large = write_video(tmp_path / "large.mp4", frames=6, height=64, width=96)
+    detector = FakeDetector(input_size=None)  # input size follows the frame size
+    results = list(Pipeline([small, large], detector, batch=4, batch_timeout=0.2))
+    assert len(results) == 12  # FakeDetector.prepare asserts one size per batch
+    for stream in (0, 1):
+        assert [f.index for f, _ in results if f.stream == stream] == list(range(6))
+
+
+@pytest.mark.parametrize("stage", ["prepare", "infer", "postprocess"])
+def test_detector_failure_reaches_the_caller(videos, stage):
+    pipe = Pipeline([videos[1]], FakeDetector(fail_in=stage, fail_after=2))
+    with pytest.raises(RuntimeError, match=f"boom in {stage}"):
+        list(pipe)
+
+
+def test_sink_and_callback_failures_reach_the_caller(videos):
+    def bad_callback(frame, dets):
+        if frame.index == 3:
+            raise ValueError("callback broke")
+
+    with pytest.raises(ValueError, match="callback broke"):
+        Pipeline([videos[1]], FakeDetector(), callbacks=[bad_callback]).run()
+    bad_sink = CallbackSink(lambda f, d: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        Pipeline([videos[1]], FakeDetector(), sinks=[bad_sink]).run()
+
+
+def test_decode_failure_reaches_the_caller(videos):
+    class BrokenVideo(VideoFileSource):
+        def __iter__(self):
+            for frame in super().__iter__():
+                if frame.index == 4:
+                    raise OSError("disk vanished")
+                yield frame
+
+    with pytest.raises(OSError, match="disk vanished"):
+        Pipeline([BrokenVideo(videos[1]), videos[0]], FakeDetector(), batch=2).run()
+
+
+def test_live_source_failure_reaches_the_caller():
+    camera = SimulatedCamera(total=10_000, fps=200, fail_at={5}, refuse=10,
+                             reconnect=Reconnect(retries=1, delay=0.01))
+    from engine.errors import SourceError
+
+    with pytest.raises(SourceError, match="gave up"):
+        Pipeline([camera], FakeDetector()).run()
+
+
+def test_stop_drains_every_frame_already_read(videos, tmp_path):
+    out = tmp_path / "d.jsonl"
+    pipe = Pipeline([videos[1]], FakeDetector(delay_s=0.01), sinks=[JsonlSink(out)], queue_size=2)
+    results = []
+    for frame, _ in pipe:
+        results.append(frame.index)
+        if frame.index == 2:
+            pipe.stop()
+    read = pipe.sources[0].stats.read
+    assert results == list(range(len(results))) and len(results) == read < 12
+    lines = out.read_text().splitlines()
+    assert [json.loads(line)["frame_index"] for line in lines] == results
+
+
+def test_breaking_out_of_the_loop_stops_the_threads(videos):
+    detector = FakeDetector()
+    pipe = Pipeline([videos[1]], detector)
+    for frame, _ in pipe:
+        if frame.index == 1:
+            break
+    del pipe  # the generator's cleanup aborts and joins (checked by the autouse fixture)
+
+
+def test_slow_pipeline_drops_live_frames_and_reports_them():
+    camera = SimulatedCamera(total=10_000, fps=1000, reconnect=None)
+    pipe = Pipeline([camera], FakeDetector(delay_s=0.02), max_frames=15)
+    report = pipe.run()
+    assert report["frames"] == 15
+    assert report["dropped"] > 0 and report["sources"][0]["dropped"] == report["dropped"]
+
+
+def test_max_frames_and_total(videos):
+    pipe = Pipeline(videos, FakeDetector(), max_frames=6)
+    assert pipe.total_frames == 6 + 6 + 5
+    assert len(list(pipe)) == 17
+
+
+def test_pipeline_runs_once_and_closes_its_sinks(videos, tmp_path):
+    sink = JsonlSink(tmp_path / "x.jsonl")
+    pipe = Pipeline([videos[2]], FakeDetector(), sinks=[sink])
+    pipe.run()
+    assert sink._fh.closed
+    with pytest.raises(RuntimeError, match="runs once"):
+        pipe.run()
+
+
+def test_real_model_end_to_end_on_generated_video(tmp_path, tiny_onnx):
+    video = write_video(tmp_path / "clip.mp4", frames=6, height=90, width=160)
+    out = tmp_path / "dets.jsonl"
+    pipe = Pipeline([video], model=tiny_onnx, threads=1, sinks=[JsonlSink(out)], batch=2,
+                    box_thresh=0.0, thresh=0.5)
+    report = pipe.run()
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert report["frames"] == 6 == len(lines)
+    assert [line["frame_index"] for line in lines] == list(range(6))
+    assert all(line["frame_size"] == [90, 160] for line in lines)
+    assert report["model"]["runner"] == "onnxruntime" and not pipe.detector.runner.is_active
+
+
+def test_image_folder_through_the_pipeline(tmp_path, tiny_onnx):
+    import cv2
+
+    for i, (h, w) in enumerate([(40, 60), (64, 64), (40, 60)]):
+        cv2.imwrite(str(tmp_path / f"{i}.png"), frame_image(i, h, w))
+    results = list(Pipeline([tmp_path], model=tiny_onnx, threads=1, batch=3))
+    assert [d.source.split("/")[-1] for _, d in results] == ["0.png", "1.png", "2.png"]
+    assert [d.frame_size for _, d in results] == [(40, 60), (64, 64), (40, 60)]
