@@ -120,10 +120,10 @@ class TensorRTRunner(Runner):
     def _thread_state(self) -> _ThreadState:
         state = getattr(self._local, "state", None)
         if state is None:
-            state = _ThreadState(self._engine.create_execution_context(), self.backend.stream())
-            self._local.state = state
-            with self._lock:
+            with self._lock:  # contexts are created one at a time, then used without the lock
+                state = _ThreadState(self._engine.create_execution_context(), self.backend.stream())
                 self._states.append(state)  # released together on deactivate()
+            self._local.state = state
         return state
 
     # -- inference ------------------------------------------------------------------------
