@@ -1,0 +1,127 @@
+"""Detector: the single-image API, option routing, and frame-pixel boxes from a known map."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+from engine.base import Runner, TensorInfo
+from engine.errors import ModelError, ShapeError
+from engine.modelspec import ModelSpec
+from pipeline.detections import Detections
+from pipeline.detector import Detector
+
+
+class BrightPixelRunner(Runner):
+    """A stand-in network: probability 1 where the (normalised) input is bright, else 0."""
+
+    name = "bright"
+
+    def __init__(self, spec: ModelSpec = ModelSpec(limit_side=64), logits=False):
+        super().__init__()
+        self._spec = spec.replace(output_is_prob=not logits)
+        self.logits = logits
+        self.batches = []
+
+    inputs = (TensorInfo("images", (None, 3, None, None), "float32"),)
+    outputs = (TensorInfo("prob", (None, 1, None, None), "float32"),)
+
+    @property
+    def metadata(self):
+        return {"dbrt": self._spec.to_json()}
+
+    def _activate(self):
+        pass
+
+    def _deactivate(self):
+        pass
+
+    def _infer(self, feed):
+        x = feed["images"]
+        self.batches.append(x.shape)
+        prob = (x[:, :1] > 0.2).astype(np.float32)
+        return {"prob": prob * 20 - 10 if self.logits else prob}
+
+
+def scene(h=100, w=200, box=(20, 40, 60, 160)):
+    image = np.zeros((h, w, 3), np.uint8)
+    y0, x0, y1, x1 = box
+    image[y0:y1, x0:x1] = 255
+    return image
+
+
+@pytest.mark.parametrize("logits", [False, True])
+def test_detect_finds_the_bright_box_in_frame_pixels(logits):
+    with Detector(BrightPixelRunner(logits=logits)) as det:
+        found = det.detect(scene())
+    assert isinstance(found, Detections) and len(found) == 1
+    assert found.frame_size == (100, 200)
+    x0, y0, x1, y1 = found.boxes_xyxy[0]
+    # the unclipped box surrounds the bright block (rows 20..60, columns 40..160) by < 30 px
+    assert 10 <= x0 <= 40 and 0 <= y0 <= 20 and 160 <= x1 <= 190 and 60 <= y1 <= 80
+    assert found.scores[0] > 0.9
+
+
+def test_keep_aspect_and_fixed_input_size_map_back_to_the_same_place():
+    runner = BrightPixelRunner()
+    det = Detector(runner, input_size=(96, 96), keep_aspect=True)
+    found = det.detect(scene())
+    assert runner.batches[-1] == (1, 3, 96, 96)
+    x0, y0, x1, y1 = found.boxes_xyxy[0]
+    assert 10 <= x0 <= 40 and 160 <= x1 <= 190 and 0 <= y0 <= 20 and 60 <= y1 <= 80
+
+
+def test_detect_batch_keeps_order_and_groups_sizes(tmp_path):
+    import cv2
+
+    runner = BrightPixelRunner()
+    det = Detector(runner)
+    path = tmp_path / "img.png"
+    cv2.imwrite(str(path), scene(64, 64, (10, 10, 30, 50)))
+    results = det.detect_batch([scene(), path, scene(), np.zeros((64, 64), np.uint8)])
+    assert [r.frame_size for r in results] == [(100, 200), (64, 64), (100, 200), (64, 64)]
+    assert [len(r) for r in results] == [1, 1, 1, 0]
+    assert results[1].source == str(path) and results[2].frame_index == 2
+    assert sorted(b[0] for b in runner.batches) == [2, 2]  # two sizes -> two engine calls
+
+
+def test_options_reach_spec_and_postprocessing():
+    det = Detector(BrightPixelRunner(), thresh=0.5, box_thresh=0.2, unclip_ratio=2.0,
+                   limit_side=128, max_candidates=7, score_mode="slow")
+    assert det.spec.thresh == 0.5 and det.spec.limit_side == 128
+    cfg = det.post.config
+    assert (cfg.thresh, cfg.box_thresh, cfg.unclip_ratio, cfg.max_candidates, cfg.score_mode) == \
+        (0.5, 0.2, 2.0, 7, "slow")
+    assert det.input_size_for(100, 200) == (128, 256)
+    with pytest.raises(TypeError, match="unknown Detector option"):
+        Detector(BrightPixelRunner(), colour="BGR")
+
+
+def test_preset_extra_options_are_applied():
+    det = Detector(BrightPixelRunner(), preset="ppocr")
+    assert det.post.config.use_dilation is True and det.spec.arch == "ppocr-det"
+
+
+def test_bad_images_and_missing_model():
+    det = Detector(BrightPixelRunner())
+    with pytest.raises(ShapeError):
+        det.detect(np.zeros((10, 10, 4), np.uint8))
+    with pytest.raises(ShapeError):
+        det.detect(np.zeros((10, 10, 3), np.float32))
+    with pytest.raises(ModelError, match="not found"):
+        Detector("/nonexistent/model.onnx")
+
+
+def test_tiny_onnx_and_untrained_flag(tmp_path, tiny_onnx):
+    with Detector(tiny_onnx, threads=1) as det:
+        assert det.untrained is False and det.runner.name == "onnxruntime"
+        out = det.detect(scene(64, 96))
+        assert out.frame_size == (64, 96) and all(len(p) == 4 for p in out.polygons)
+    proto = onnx.load(str(tiny_onnx))
+    entry = next(p for p in proto.metadata_props if p.key == "dbrt")
+    spec = ModelSpec.from_json(entry.value)
+    entry.value = spec.replace(extra={"untrained": True}).to_json()
+    flagged = tmp_path / "untrained.onnx"
+    onnx.save(proto, str(flagged))
+    with Detector(flagged, threads=1) as det:
+        assert det.untrained is True and det.describe()["untrained"] is True
