@@ -68,3 +68,14 @@ def qdq_copy(onnx_path: Path, out: Path, seed: int = 0) -> Path:
                                    "QuantizeBias": False, "AddQDQPairToWeight": True,
                                    "DedicatedQDQPair": False})
     return out
+
+
+def with_static_input(onnx_path: Path, out: Path, shape=(1, 3, 64, 64)) -> Path:
+    """The model with a fixed input shape (as exported without dynamic axes)."""
+    model = onnx.load(str(onnx_path))
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    for dim, size in zip(dims, shape):
+        dim.Clear()
+        dim.dim_value = size
+    onnx.save(model, str(out))
+    return out

@@ -5,7 +5,7 @@ import io
 import numpy as np
 import pytest
 from engine_helpers import (SMALL, fp16_copy, ort_prob, qdq_copy, trt,  # noqa: F401
-                            with_unsupported_node)
+                            with_static_input, with_unsupported_node)
 
 from engine.errors import DbrtError, ModelError, ShapeError
 from engine.progress import BuildProgress
@@ -139,6 +139,19 @@ def test_parser_errors_name_the_node(trt, tiny_onnx, tmp_path):
 def test_bad_profiles(trt, tiny_onnx, profile, message):
     with pytest.raises(ShapeError, match=message):
         build_engine(tiny_onnx, BuildOptions(profile=profile))
+
+
+def test_static_input_needs_no_profile(trt, tiny_onnx, tmp_path, rng):
+    static = with_static_input(tiny_onnx, tmp_path / "static.onnx", (1, 3, 64, 96))
+    record = build_engine_file(static, tmp_path / "static.engine", BuildOptions(precision="fp32"))
+    assert record.profile.min == record.profile.max == (1, 3, 64, 96)
+    batch = rng.random((1, 3, 64, 96), dtype=np.float32)
+    with TensorRTRunner(tmp_path / "static.engine") as runner:
+        np.testing.assert_allclose(runner.infer(batch)["prob"], ort_prob(tiny_onnx, batch), atol=1e-5)
+        with pytest.raises(ShapeError):
+            runner.infer(np.zeros((1, 3, 64, 64), np.float32))
+    with pytest.raises(ShapeError, match="static input"):
+        build_engine(static, BuildOptions(profile=SMALL))
 
 
 def test_default_profile_follows_the_model_spec(trt, tiny_onnx):

@@ -99,3 +99,16 @@ def test_cupy_backend_buffers_streams_and_graphs():
     backend.launch(graph, stream)
     backend.synchronize(stream)
     assert np.array_equal(backend.to_host(out), np.full_like(host, 3))   # replay reads new input
+
+
+def test_engine_modules_import_nothing_heavy():
+    import subprocess
+    import sys
+
+    code = ("import sys, engine.cache, engine.tensorrt_build, engine.tensorrt_runner, "
+            "engine.describe, engine.calibrator, engine.loader, pipeline.commands.build, "
+            "pipeline.commands.info, export.torch_runner; "
+            "print(sorted(m for m in ('tensorrt', 'cupy', 'torch', 'onnx', 'onnxruntime') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
