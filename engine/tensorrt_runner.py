@@ -64,6 +64,7 @@ class TensorRTRunner(Runner):
         self._backend = backend
         self._engine = None
         self._runtime = None
+        self._logger = None
         self._local = threading.local()
         self._states = []
         self._lock = threading.Lock()
@@ -81,19 +82,24 @@ class TensorRTRunner(Runner):
         if self.record is not None:  # refuse early, with a useful message, instead of a None engine
             self.record.check_runtime(self._describe(), trt.__version__, self.backend.device_info())
         self._logger = capturing_logger(trt)
+        self._engine = self._deserialize(trt)
+        self._read_io(trt)
+
+    def _deserialize(self, trt):
         if hasattr(trt, "init_libnvinfer_plugins"):  # DeformConv and other plugin layers
             trt.init_libnvinfer_plugins(self._logger, "")
         self._runtime = trt.Runtime(self._logger)
         if self.record is not None and self.record.builder.get("version_compatible"):
             # version-compatible plans carry their own lean runtime (host code)
             self._runtime.engine_host_code_allowed = True
-        data = self._source if isinstance(self._source, (bytes, bytearray)) else Path(self._source).read_bytes()
-        self._engine = self._runtime.deserialize_cuda_engine(bytes(data))
-        if self._engine is None:
+        source = self._source
+        data = bytes(source) if isinstance(source, (bytes, bytearray)) else Path(source).read_bytes()
+        engine = self._runtime.deserialize_cuda_engine(data)
+        if engine is None:
             raise ModelError(f"TensorRT {trt.__version__} cannot load engine {self._describe()}: "
                              f"{self._logger.last_errors()} (engines only run on the TensorRT "
                              "version and GPU that built them; rebuild with dbrt build)")
-        self._read_io(trt)
+        return engine
 
     def _read_io(self, trt) -> None:
         engine = self._engine
