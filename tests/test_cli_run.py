@@ -1,0 +1,125 @@
+"""`dbrt run`: outputs, the summary, one-line errors for bad input, and Ctrl-C mid-run."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.cli import main
+
+from media import write_video
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    return write_video(tmp_path_factory.mktemp("cli") / "clip.mp4", frames=8, height=72, width=128)
+
+
+def test_run_writes_jsonl_video_and_report(tmp_path, clip, tiny_onnx, capsys):
+    out = tmp_path / "out"
+    rc = main(["run", str(clip), "--model", str(tiny_onnx), "--output", str(out), "--threads", "1",
+               "--batch", "2", "--box-thresh", "0.1", "--max-side", "128"])
+    assert rc == 0
+    lines = [json.loads(x) for x in (out / "detections.jsonl").read_text().splitlines()]
+    assert [x["frame_index"] for x in lines] == list(range(8))
+    report = json.loads((out / "report.json").read_text())
+    assert report["frames"] == 8 and report["batch"] == 2
+    assert set(report["stages"]) == {"decode", "preprocess", "infer", "postprocess", "sink"}
+    assert report["model"]["spec"]["limit_type"] == "max" and report["model"]["post"]["box_thresh"] == 0.1
+    import av
+
+    with av.open(str(out / "annotated.mp4")) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 8
+    printed = capsys.readouterr()
+    assert "8 frames in" in printed.out and "FPS" in printed.out and "p99" in printed.out
+    assert "onnxruntime" in printed.err
+
+
+def test_images_and_several_sources(tmp_path, clip, tiny_onnx):
+    import cv2
+    import numpy as np
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a.png"), np.full((40, 60, 3), 128, np.uint8))
+    out = tmp_path / "out"
+    assert main(["run", str(clip), str(folder), "--model", str(tiny_onnx), "-o", str(out),
+                 "--threads", "1", "--quiet", "--max-frames", "3"]) == 0
+    lines = (out / "detections.jsonl").read_text().splitlines()
+    assert len(lines) == 4
+    assert (out / "annotated" / "1_a.png").is_file()
+    assert len(list(out.glob("annotated_0_clip.mp4"))) == 1
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("make_args, message", [
+    (lambda d, m: [str(d / "missing.mp4"), "--model", m], "no such file"),
+    (lambda d, m: [str(d / "notes.txt"), "--model", m], "cannot open"),
+    (lambda d, m: [str(d / "clip.mp4"), "--model", str(d / "missing.onnx")], "model file not found"),
+    (lambda d, m: [str(d / "clip.mp4"), "--model", str(d / "notes.txt")], "unsupported model file"),
+    (lambda d, m: [f"http://127.0.0.1:{_free_port()}/live.ts", "--model", m], "cannot open http"),
+    (lambda d, m: [str(d / "clip.mp4"), "--model", m, "--thresh", "3"], "thresh must be"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, clip, tiny_onnx, capsys, make_args, message):
+    (tmp_path / "notes.txt").write_text("not a video")
+    (tmp_path / "clip.mp4").write_bytes(clip.read_bytes())
+    rc = main(["run", *make_args(tmp_path, str(tiny_onnx)), "-o", str(tmp_path / "o"), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert len([line for line in err if "error" in line]) == 1 and message in err[-1]
+    assert "Traceback" not in "\n".join(err)
+
+
+def _dbrt(*args, **kwargs):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.Popen([sys.executable, "-m", "pipeline", *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def test_missing_file_in_a_subprocess_prints_one_line(tmp_path):
+    proc = _dbrt("run", str(tmp_path / "nope.mp4"), "-o", str(tmp_path / "o"))
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2
+    assert err.strip() == f"dbrt run: error: no such file: {tmp_path / 'nope.mp4'}"
+
+
+@pytest.mark.slow
+def test_sigint_mid_run_leaves_complete_jsonl_video_and_report(tmp_path, tiny_onnx):
+    video = write_video(tmp_path / "long.mp4", frames=400, height=72, width=128)
+    out = tmp_path / "out"
+    jsonl = out / "detections.jsonl"
+    proc = _dbrt("run", str(video), "--model", str(tiny_onnx), "-o", str(out), "--threads", "1",
+                 "--limit-side", "256")
+    deadline = time.time() + 60
+    while time.time() < deadline and proc.poll() is None:
+        if jsonl.is_file() and len(jsonl.read_text().splitlines()) >= 5:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    lines = [json.loads(line) for line in jsonl.read_text().splitlines()]  # every line is valid
+    assert 5 <= len(lines) < 400
+    assert [x["frame_index"] for x in lines] == list(range(len(lines)))
+    report = json.loads((out / "report.json").read_text())
+    assert report["interrupted"] is True and report["frames"] == len(lines)
+    import av
+
+    with av.open(str(out / "annotated.mp4")) as container:  # finalised: readable to the end
+        assert sum(1 for _ in container.decode(video=0)) == len(lines)
