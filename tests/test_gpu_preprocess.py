@@ -1,0 +1,94 @@
+"""GPU preprocessing: the kernel's arithmetic (emulated with NumPy) against the CPU oracle, and
+on a GPU the CuPy kernel itself against both."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engine.lazy import cupy_or_none
+from engine.modelspec import ModelSpec, preset
+from pipeline.gpu_preprocess import axis_table, emulate
+from pipeline.preprocess import preprocess
+
+CASES = [  # (frame h, w), network (H, W), keep_aspect
+    ((506, 960), (256, 480), False),     # downscale, the shared video's size
+    ((506, 960), (736, 1408), False),    # upscale (DB's default rule on that video)
+    ((720, 1280), (352, 640), True),     # letterbox with padding
+    ((37, 53), (96, 64), False),         # odd sizes, upscale both ways
+    ((1, 1), (32, 32), False),           # degenerate frame
+    ((2, 300), (32, 64), True),          # extreme aspect ratio
+]
+
+
+def frame(rng, h, w):
+    return rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("shape, size, keep_aspect", CASES)
+@pytest.mark.parametrize("spec", [ModelSpec(), preset("mmocr")], ids=["db", "mmocr-rgb"])
+def test_emulated_kernel_matches_cpu_path(rng, shape, size, keep_aspect, spec):
+    image = frame(rng, *shape)
+    got, box = emulate(image, spec, size, keep_aspect)
+    want, want_box = preprocess(image, spec, size, keep_aspect)
+    assert box == want_box and got.shape == want.shape == (3, *size)
+    diff = np.abs(got - want)
+    # identical except OpenCV's border rounding when upscaling: at most one grey level
+    assert diff.max() <= 1.0001 / min(spec.std)
+    assert (diff > 0).mean() < 0.01
+    if spec.std == (255.0, 255.0, 255.0):
+        assert diff.max() < 1e-2
+    if box.content_w < size[1] or box.content_h < size[0]:
+        assert not got[:, box.content_h:, :].any() and not got[:, :, box.content_w:].any()
+
+
+def test_downscaling_is_bit_exact(rng):
+    image = frame(rng, 506, 960)
+    got, _ = emulate(image, ModelSpec(), (256, 480))
+    want, _ = preprocess(image, ModelSpec(), (256, 480))
+    np.testing.assert_array_equal(got, want)
+
+
+def test_axis_table_clamps_and_weights():
+    i0, i1, w0 = axis_table(4, 8)  # 2x upscale
+    assert i0.dtype == np.int32 and (i0 >= 0).all() and (i1 <= 3).all()
+    assert w0[0] == 2048 and i0[0] == 0       # left edge clamps with full weight
+    assert w0[-1] == 2048 and i0[-1] == 3     # right edge too
+    assert set(w0[1:-1]) == {512, 1536}       # quarter / three-quarter taps
+    same = axis_table(5, 5)
+    assert (same[0] == np.arange(5)).all() and (same[2] == 2048).all()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape, size, keep_aspect", CASES)
+def test_cuda_kernel_matches_emulation_and_cpu(rng, shape, size, keep_aspect):
+    cp = cupy_or_none()
+    if cp is None:
+        pytest.skip("no CUDA device with CuPy")
+    from pipeline.gpu_preprocess import GpuPreprocessor
+
+    spec = ModelSpec()
+    images = [frame(rng, *shape), frame(rng, *shape)]
+    batch, boxes = GpuPreprocessor(spec, keep_aspect)(images, size)
+    assert isinstance(batch, cp.ndarray) and batch.shape == (2, 3, *size)
+    host = batch.get()
+    for i, image in enumerate(images):
+        emulated, box = emulate(image, spec, size, keep_aspect)
+        cpu, _ = preprocess(image, spec, size, keep_aspect)
+        assert boxes[i] == box
+        np.testing.assert_array_equal(host[i], emulated)
+        assert np.abs(host[i] - cpu).max() < 1e-2
+
+
+@pytest.mark.gpu
+def test_cuda_kernel_rgb_model_and_buffer_reuse(rng):
+    cp = cupy_or_none()
+    if cp is None:
+        pytest.skip("no CUDA device with CuPy")
+    from pipeline.gpu_preprocess import GpuPreprocessor
+
+    spec = preset("mmocr")
+    pre = GpuPreprocessor(spec, keep_aspect=True)
+    for shape in ((90, 160), (480, 640), (90, 160)):  # buffers grow, then are reused
+        image = frame(rng, *shape)
+        batch, _ = pre([image], (256, 256))
+        np.testing.assert_array_equal(batch.get()[0], emulate(image, spec, (256, 256), True)[0])
