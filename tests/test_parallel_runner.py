@@ -1,0 +1,73 @@
+"""ParallelRunner: a batch split across several ONNX Runtime sessions gives the same outputs,
+in order, as one session; mismatched runners and bad inputs fail clearly."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine.errors import ModelError, ShapeError
+from engine.onnxruntime_runner import OnnxRuntimeRunner
+from engine.parallel_runner import ParallelRunner
+
+
+def _onnx(path: Path, scale: float = 3.0, channels: int = 3) -> Path:
+    """A detector-shaped toy: sigmoid(scale * channel mean), (N, C, H, W) -> (N, 1, H, W)."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("ReduceMean", ["images"], ["m"], axes=[1], keepdims=1),
+             helper.make_node("Mul", ["m", "k"], ["logit"]),
+             helper.make_node("Sigmoid", ["logit"], ["prob"])]
+    graph = helper.make_graph(
+        nodes, "toy",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["n", channels, "h", "w"])],
+        [helper.make_tensor_value_info("prob", TensorProto.FLOAT, ["n", 1, "h", "w"])],
+        [helper.make_tensor("k", TensorProto.FLOAT, [], [scale])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8),
+              str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory) -> Path:
+    return _onnx(tmp_path_factory.mktemp("parallel") / "toy.onnx")
+
+
+@pytest.mark.parametrize("batch", [1, 2, 3, 5])
+def test_split_batch_matches_one_session(toy, rng, batch):
+    x = rng.standard_normal((batch, 3, 32, 64)).astype(np.float32)
+    with OnnxRuntimeRunner(toy, device="cpu", threads=1) as single:
+        expected = single.infer(x)["prob"]
+    with ParallelRunner.onnxruntime(toy, sessions=3, threads=1) as runner:
+        assert runner.input_names == ("images",) and runner.output_names == ("prob",)
+        np.testing.assert_array_equal(runner.infer({"images": x})["prob"], expected)
+
+
+def test_runners_of_different_models_are_refused(toy, tmp_path):
+    other = _onnx(tmp_path / "other.onnx", channels=1)
+    runner = ParallelRunner([OnnxRuntimeRunner(toy, device="cpu", threads=1),
+                             OnnxRuntimeRunner(other, device="cpu", threads=1)])
+    with pytest.raises(ModelError, match="do not serve the same model"):
+        runner.activate()
+    with pytest.raises(ModelError, match=">= 1"):
+        ParallelRunner.onnxruntime(toy, sessions=0)
+
+
+def test_bad_input_fails_with_the_runner_error(toy):
+    with ParallelRunner.onnxruntime(toy, sessions=2) as runner:
+        with pytest.raises(ShapeError, match="rank 3"):
+            runner.infer(np.zeros((2, 32, 32), np.float32))
+
+
+def test_detector_runs_on_a_parallel_runner(toy, rng):
+    from engine.modelspec import PRESETS
+    from pipeline.detector import Detector
+
+    frames = [np.full((40, 60, 3), 255, np.uint8)] * 3
+    with Detector(ParallelRunner.onnxruntime(toy, sessions=2), limit_side=64) as det:
+        assert det.spec == PRESETS["db"].replace(limit_side=64)  # no metadata: DB defaults
+        results = det.detect_batch(frames)
+    assert [r.frame_size for r in results] == [(40, 60)] * 3
+    assert len({len(r) for r in results}) == 1  # identical frames, identical boxes
