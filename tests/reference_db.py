@@ -7,7 +7,8 @@ step by step, one contour at a time, as the reference does: findContours(RETR_LI
 bounding crop, pyclipper unclip of the float box (truncated to integers by pyclipper), a second
 minAreaRect, rounding to the destination size. It deliberately shares no code with
 `pipeline.postprocess`. shapely's Polygon area / length is replaced by the shoelace formula and
-the edge-length sum (identical for these simple rings).
+the edge-length sum (identical for these simple rings). One documented difference from PaddleOCR:
+polygon mode honours score_mode="slow" (PaddleOCR always uses the fast score there).
 """
 from __future__ import annotations
 

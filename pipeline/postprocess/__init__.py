@@ -1,9 +1,19 @@
-"""DB post-processing: probability maps -> text polygons, reference-exact on CPU and GPU.
+"""DB post-processing: probability maps -> text polygons, box for box the reference
+(PaddleOCR `DBPostProcess`, MhLiao `SegDetectorRepresenter`), on the CPU or the GPU.
 
     from pipeline.postprocess import DBPostprocessor, PostprocessConfig
     post = DBPostprocessor(PostprocessConfig.from_spec(spec))
     detections = post(prob, letterboxes, metas)   # one Detections per map
 
+- cpu.py: NumPy / OpenCV, the reference's steps with the per-contour Python work vectorised;
+- gpu.py + components.py: CuPy maps stay on the GPU (labelling instead of contour tracing, one
+  compact copy of the candidates); the same array code runs with NumPy for the tests;
+- geometry.py: the host steps both share (corner order, unclip, frame mapping).
+
+Quirks kept on purpose: hole contours are candidates, truncation at max_candidates keeps the
+bottom-most contours, pyclipper truncates to integers, the "fast" score uses OpenCV's fillPoly
+rule, output coordinates are rounded to whole frame pixels. One deliberate difference: in
+polygon mode score_mode="slow" scores the filled contour (PaddleOCR ignores score_mode there).
 CuPy is imported only when a CuPy map is processed.
 """
 from .config import BOX_TYPES, SCORE_MODES, PostprocessConfig, PostprocessError
