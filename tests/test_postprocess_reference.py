@@ -80,3 +80,21 @@ def test_rotated_boxes_crossing_the_border():
             cv2.fillPoly(prob, [np.round(corners).astype(np.int32)], float(rng.uniform(0.4, 1)))
         _compare(prob, dict(box_thresh=0.4))
         _compare(prob, dict(box_thresh=0.4, unclip_ratio=3.0), frame=(100, 90))
+
+
+def test_letterboxed_maps_use_only_the_content_region():
+    """keep_aspect letterboxing: the padding (here full of junk text) must not count, and boxes
+    scale by the letterbox's own factor."""
+    from pipeline.preprocess import Letterbox
+
+    rng = np.random.default_rng(21)
+    for _ in range(10):
+        prob = random_map(rng, 96, 128, 25)
+        ch, cw = int(rng.integers(40, 96)), int(rng.integers(40, 128))
+        box = Letterbox(ch * 2, cw * 2, 96, 128, 0.5, 0.5, ch, cw)
+        (det,) = DBPostprocessor(device="cpu")(prob[None], [box])
+        ref_boxes, ref_scores = ReferenceDB()(np.ascontiguousarray(prob[:ch, :cw]), cw * 2, ch * 2)
+        assert len(det) == len(ref_boxes)
+        for ours, ref in zip(det.polygons, ref_boxes):
+            assert np.abs(ours - ref).max() <= 1.0
+        np.testing.assert_allclose(det.scores, np.float32(ref_scores), atol=1e-5)
