@@ -69,7 +69,8 @@ class PostprocessConfig:
 
     @classmethod
     def from_spec(cls, spec, **overrides) -> "PostprocessConfig":
-        """thresh / box_thresh / unclip_ratio from a ModelSpec, then `overrides` (None = keep)."""
+        """thresh / box_thresh / unclip_ratio from a ModelSpec, then any option named in its
+        `extra`, then `overrides` (None = keep)."""
         base = dict(thresh=spec.thresh, box_thresh=spec.box_thresh, unclip_ratio=spec.unclip_ratio)
         # presets of foreign models carry further options in spec.extra (e.g. PP-OCR's dilation)
         base.update({k: v for k, v in spec.extra.items() if k in cls.__dataclass_fields__})
