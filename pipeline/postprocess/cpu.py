@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 
 from .config import PostprocessConfig
-from .geometry import (expand_polygon, expand_quads, order_quads, unclip_distances)
+from .geometry import expand_polygons, expand_quads, order_quads, unclip_distances
 
 _DILATE_KERNEL = np.ones((2, 2), np.uint8)
 
@@ -140,15 +140,10 @@ def polygons_from_contours(prob, contours, config) -> Tuple[List[np.ndarray], Li
         scores = score_fast(prob, [approx[i] for i in keep])
     else:
         scores = score_slow(prob, [contours[i] for i in keep])
-    polys, kept_scores = [], []
-    for i, score in zip(keep, scores):
-        if score < config.box_thresh:
-            continue
-        poly = expand_polygon(approx[i], config.unclip_ratio, config.min_size + 2)
-        if poly is not None:
-            polys.append(poly)
-            kept_scores.append(float(score))
-    return polys, kept_scores
+    passed = [(approx[i], float(s)) for i, s in zip(keep, scores) if s >= config.box_thresh]
+    expanded = expand_polygons([p for p, _ in passed], config.unclip_ratio, config.min_size + 2)
+    kept = [(poly, s) for poly, (_, s) in zip(expanded, passed) if poly is not None]
+    return [p for p, _ in kept], [s for _, s in kept]
 
 
 def postprocess_map(prob: np.ndarray, config: PostprocessConfig) -> Tuple[List[np.ndarray], List[float]]:

@@ -38,17 +38,28 @@ def unclip_distances(polys: np.ndarray, ratio: float) -> np.ndarray:
         return np.where(perimeter > 0, area * ratio / perimeter, 0.0)
 
 
+def ragged_unclip_distances(polys: list, ratio: float) -> np.ndarray:
+    """`unclip_distances` of polygons with different numbers of points, in one pass."""
+    if not polys:
+        return np.zeros(0)
+    sizes = np.fromiter((len(p) for p in polys), np.intp, len(polys))
+    p = np.concatenate(polys).reshape(-1, 2).astype(np.float64)
+    starts = np.cumsum(sizes) - sizes
+    following = np.arange(len(p)) + 1
+    following[starts + sizes - 1] = starts  # each ring closes on its first point
+    q = p[following]
+    area = np.abs(np.add.reduceat(p[:, 0] * q[:, 1] - q[:, 0] * p[:, 1], starts)) / 2.0
+    perimeter = np.add.reduceat(np.sqrt(((q - p) ** 2).sum(axis=1)), starts)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(perimeter > 0, area * ratio / perimeter, 0.0)
+
+
 def offset_polygon(poly: np.ndarray, distance: float) -> List[np.ndarray]:
     """pyclipper round-join offset; pyclipper truncates the float input to integers, exactly
     as in the reference. Returns the resulting integer polygons (usually one)."""
     offset = pyclipper.PyclipperOffset()  # default miter limit / arc tolerance, as the reference
     offset.AddPath(poly, pyclipper.JT_ROUND, pyclipper.ET_CLOSEDPOLYGON)
     return [np.asarray(p, np.int32) for p in offset.Execute(float(distance))]
-
-
-def unclip(poly: np.ndarray, ratio: float) -> List[np.ndarray]:
-    """Expand a polygon by area * ratio / perimeter (the reference's unclip)."""
-    return offset_polygon(poly, unclip_distances(poly[None], ratio)[0])
 
 
 def expand_quads(quads: np.ndarray, distances: np.ndarray, min_side: float) -> list:
@@ -66,13 +77,14 @@ def expand_quads(quads: np.ndarray, distances: np.ndarray, min_side: float) -> l
     return [None if r is None else next(boxes) for r in rects]
 
 
-def expand_polygon(poly: np.ndarray, ratio: float, min_side: float) -> Optional[np.ndarray]:
-    """Unclip a polygon; None when it splits into several or its rectangle is too small."""
-    expanded = unclip(poly, ratio)
-    if len(expanded) != 1:
-        return None
-    short = min(cv2.minAreaRect(expanded[0].reshape(-1, 1, 2))[1])
-    return None if short < min_side else expanded[0].astype(np.float32)
+def expand_polygons(polys: list, ratio: float, min_side: float) -> List[Optional[np.ndarray]]:
+    """Unclip each polygon; None where it splits into several or its rectangle is too small."""
+    out = []
+    for poly, distance in zip(polys, ragged_unclip_distances(polys, ratio)):
+        expanded = offset_polygon(poly, distance)
+        ok = len(expanded) == 1 and min(cv2.minAreaRect(expanded[0].reshape(-1, 1, 2))[1]) >= min_side
+        out.append(expanded[0].astype(np.float32) if ok else None)
+    return out
 
 
 def to_frame(points: np.ndarray, scale_x: float, scale_y: float, frame_w: int,

@@ -25,7 +25,7 @@ from .arrays import to_host
 from .components import HOLE, OUTER, column, find_candidates, to_host_compact
 from .config import PostprocessConfig
 from .cpu import fast_crops, fill_mask, slow_crops
-from .geometry import expand_polygon, expand_quads, order_quads, unclip_distances
+from .geometry import expand_polygons, expand_quads, order_quads, unclip_distances
 
 _C = {name: column(name) for name in ("map", "kind", "key", "x0", "y0", "x1", "y1", "count",
                                       "has_holes", "rows")}
@@ -188,13 +188,10 @@ def _polygon_results(xp, prob, cand, host, sizes, config):
               for i, c in contours.items()}
     approx = {i: a for i, a in sorted(approx.items()) if len(a) >= 4}
     scores = _scores(xp, prob, table, sums, approx, contours, sizes, config)
-    out = []
-    for i, poly in approx.items():
-        if scores[i] >= config.box_thresh:
-            expanded = expand_polygon(poly, config.unclip_ratio, config.min_size + 2)
-            if expanded is not None:
-                out.append((table[i, _C["map"]], expanded, scores[i]))
-    return out
+    passed = [i for i in approx if scores[i] >= config.box_thresh]
+    expanded = expand_polygons([approx[i] for i in passed], config.unclip_ratio, config.min_size + 2)
+    return [(table[i, _C["map"]], poly, scores[i])
+            for i, poly in zip(passed, expanded) if poly is not None]
 
 
 def postprocess_batch(prob, sizes, config: PostprocessConfig) -> List[Tuple[list, list]]:
