@@ -119,6 +119,7 @@ def candidate_quads(contours: list, min_size: int) -> Tuple[np.ndarray, np.ndarr
 
 
 def quads_from_contours(prob, contours, config) -> Tuple[List[np.ndarray], List[float]]:
+    """Box mode: rectangle, score, box_thresh, unclip, rectangle again, min_size + 2."""
     idx, quads = candidate_quads(contours, config.min_size)
     if config.score_mode == "fast":
         scores = score_fast(prob, quads)
@@ -132,6 +133,7 @@ def quads_from_contours(prob, contours, config) -> Tuple[List[np.ndarray], List[
 
 
 def polygons_from_contours(prob, contours, config) -> Tuple[List[np.ndarray], List[float]]:
+    """Polygon mode: approxPolyDP (>= 4 points), score, box_thresh, unclip into one polygon."""
     contours = [c for c in contours if len(c) >= 4]  # fewer points cannot approximate to 4
     approx = [cv2.approxPolyDP(c, 0.002 * cv2.arcLength(c, True), True).reshape(-1, 2)
               for c in contours]
