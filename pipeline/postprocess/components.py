@@ -74,6 +74,7 @@ class DeviceCandidates:
 
 
 def _outer_table(xp, prob, labels, count):
+    """8-connected components = outer contours; key: raster index of the first pixel."""
     n, h, w = labels.shape
     st = _pixel_stats(xp, labels, count)
     ids = xp.arange(1, count + 1)
