@@ -17,7 +17,9 @@ shared data, the script says so and exits 0 without writing results.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -78,9 +80,15 @@ class RapidOcrDetector:
         return [] if out.boxes is None else [np.asarray(b, np.float32) for b in out.boxes]
 
 
-def dbrt_detector(model: Path, threads: int = 0, device: str = "cpu"):
+def dbrt_detector(model: Path, threads: int = 0, device: str = "cpu", sessions: int = 1):
+    """dbrt with the ppocr preset: one session (`threads` intra-op threads), or on the CPU
+    `sessions` single-thread sessions sharing each batch (engine.parallel_runner)."""
+    from engine.parallel_runner import ParallelRunner
     from pipeline.detector import Detector
 
+    if sessions > 1 and device == "cpu":
+        runner = ParallelRunner.onnxruntime(model, sessions, threads=max(1, threads))
+        return Detector(runner, preset="ppocr")
     backend = "onnxruntime" if device == "cpu" else "auto"
     return Detector(model, backend=backend, device=device, preset="ppocr", threads=threads)
 
@@ -176,30 +184,37 @@ def sampled_agreement(path: Path, every: int, theirs, ours) -> dict:
     return agreement([theirs(f) for f in frames], [ours.detect(f) for f in frames])
 
 
-def bench_video(path: Path, frames: int, theirs, ours, batch: int = 1, rounds: int = 2,
+def bench_video(path: Path, frames: int, theirs, variants: dict, rounds: int = 2,
                 every: int = 25) -> dict:
-    """Throughput of both over the first `frames` frames: `rounds` alternating runs, median."""
+    """Throughput over the first `frames` frames: RapidOCR, then each dbrt variant
+    (name -> (Detector, pipeline batch)), `rounds` times alternating; medians are reported."""
     first = next(_read_frames(path, 1))
-    theirs(first), ours.detect(first)  # warm-up both sessions on this frame size
-    their_s, our_s = [], []
+    theirs(first)  # warm-up every session on this frame size
+    for detector, batch in variants.values():
+        detector.detect_batch([first] * batch)
+    seconds = {name: [] for name in ("rapidocr", *variants)}
+    agreements = {}
     for _ in range(rounds):
-        their_boxes, seconds = run_theirs_on_video(path, frames, theirs)
-        their_s.append(seconds)
-        our_dets, seconds = run_ours_on_video(path, frames, ours, batch)
-        our_s.append(seconds)
-        if not len(their_boxes) == len(our_dets) == frames:
-            raise RuntimeError(f"{path.name}: asked for {frames} frames, RapidOCR processed "
-                               f"{len(their_boxes)}, dbrt {len(our_dets)}: a speed figure "
-                               f"would be meaningless")
-    their_t, our_t = float(np.median(their_s)), float(np.median(our_s))
+        their_boxes, elapsed = run_theirs_on_video(path, frames, theirs)
+        seconds["rapidocr"].append(elapsed)
+        for name, (detector, batch) in variants.items():
+            our_dets, elapsed = run_ours_on_video(path, frames, detector, batch)
+            seconds[name].append(elapsed)
+            if not len(their_boxes) == len(our_dets) == frames:
+                raise RuntimeError(f"{path.name}: asked for {frames} frames, RapidOCR processed "
+                                   f"{len(their_boxes)}, dbrt ({name}) {len(our_dets)}: a speed "
+                                   f"figure would be meaningless")
+            agreements[name] = agreement(their_boxes, our_dets)
+    fps = {name: frames / float(np.median(s)) for name, s in seconds.items()}
+    single = next(iter(variants.values()))[0]
     return {
-        "video": path.name, "frames": frames, "rounds": rounds, "batch": batch,
-        "seconds": {"rapidocr": their_s, "dbrt": our_s},
-        "fps": {"rapidocr": frames / their_t, "dbrt": frames / our_t},
-        "speedup": their_t / our_t,
-        "agreement": agreement(their_boxes, our_dets),
+        "video": path.name, "frames": frames, "rounds": rounds,
+        "batch": {name: batch for name, (_d, batch) in variants.items()},
+        "seconds": seconds, "fps": fps,
+        "speedup": {name: fps[name] / fps["rapidocr"] for name in variants},
+        "agreement": agreements,
         "sampled_every": every,
-        "sampled_agreement": sampled_agreement(path, every, theirs, ours),
+        "sampled_agreement": sampled_agreement(path, every, theirs, single),
     }
 
 
@@ -213,7 +228,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu", help="dbrt device (default cpu, as RapidOCR)")
     parser.add_argument("--repeats", type=int, default=3, help="timing repeats per image")
     parser.add_argument("--rounds", type=int, default=2, help="alternating video runs per side")
-    parser.add_argument("--batch", type=int, default=1, help="dbrt pipeline batch (frames/call)")
+    parser.add_argument("--sessions", type=int, default=2,
+                        help="CPU sessions of the parallel dbrt variant (its pipeline batch)")
     parser.add_argument("--every", type=int, default=25,
                         help="agreement also on every N-th frame of each whole video")
     parser.add_argument("--out", type=Path,
@@ -236,14 +252,22 @@ def main(argv=None) -> int:
     report = {"model": model.name, "model_sha256": common.file_sha256(model),
               "machine": common.machine_info(), "threads": args.threads,
               "command": " ".join(["python", "benchmarks/peer_rapidocr.py", *sys.argv[1:]]),
-              "rapidocr": {"version": theirs.version, "settings": theirs.settings}}
-    with dbrt_detector(model, args.threads, args.device) as ours:
-        report["dbrt"] = ours.describe()
+              "rapidocr": {"version": theirs.version, "settings": theirs.settings},
+              "load_average": {"before": round(os.getloadavg()[0], 2)}}
+    with contextlib.ExitStack() as stack:
+        ours = stack.enter_context(dbrt_detector(model, args.threads, args.device))
+        variants = {"pipeline": (ours, 1)}
+        if args.sessions > 1 and args.device == "cpu":
+            parallel = stack.enter_context(dbrt_detector(model, args.threads, args.device,
+                                                         args.sessions))
+            variants[f"pipeline, {args.sessions} sessions"] = (parallel, args.sessions)
+        report["dbrt"] = {name: dict(d.describe(), batch=b) for name, (d, b) in variants.items()}
         report["realdev"] = bench_images(open_dataset(args.data / "realdev"), theirs, ours,
                                          args.repeats)
-        report["videos"] = [bench_video(args.data / "video" / name, args.frames, theirs, ours,
-                                        args.batch, args.rounds, args.every)
+        report["videos"] = [bench_video(args.data / "video" / name, args.frames, theirs,
+                                        variants, args.rounds, args.every)
                             for name in VIDEOS]
+    report["load_average"]["after"] = round(os.getloadavg()[0], 2)
     paths = write_reports(report, args.out or common.results_dir(), "peer_rapidocr")
     print("\n".join(str(p) for p in paths))
     return 0

@@ -28,7 +28,9 @@ def to_markdown(report: dict) -> str:
         _agreement_row("realdev", real["agreement"]),
     ]
     for v in report["videos"]:
-        lines.append(_agreement_row(f"{v['video']}, first {v['frames']} frames", v["agreement"]))
+        for name, agreed in v["agreement"].items():
+            lines.append(_agreement_row(f"{v['video']}, first {v['frames']} frames, dbrt {name}",
+                                        agreed))
         lines.append(_agreement_row(f"{v['video']}, every {v['sampled_every']}th frame",
                                     v["sampled_agreement"]))
     lines += [
@@ -53,11 +55,28 @@ def to_markdown(report: dict) -> str:
         f"{real['speedup']:.2f}x |",
     ]
     for v in report["videos"]:
-        lines.append(f"| {v['video']}, {v['frames']} frames, decode included, median of "
-                     f"{v['rounds']} alternating runs, dbrt batch {v['batch']} | "
-                     f"{v['fps']['rapidocr']:.2f} fps | {v['fps']['dbrt']:.2f} fps | "
-                     f"**{v['speedup']:.2f}x** |")
-    lines += ["", "Command: `" + report.get("command", "") + "`", ""]
+        for name, speedup in v["speedup"].items():
+            lines.append(f"| {v['video']}, {v['frames']} frames, decode included, dbrt {name} "
+                         f"(batch {v['batch'][name]}), median of {v['rounds']} alternating runs | "
+                         f"{v['fps']['rapidocr']:.2f} fps | {v['fps'][name]:.2f} fps | "
+                         f"**{speedup:.2f}x** |")
+    load = report.get("load_average", {})
+    lines += [
+        "",
+        "RapidOCR: its `TextDetector` as packaged (one ORT session, ORT default threads, its own "
+        "pre- and post-processing), frame after frame. dbrt `pipeline`: the threaded `Pipeline` "
+        "(decode, preprocess, inference and DB post-processing overlap) on one ORT session; "
+        "dbrt `pipeline, N sessions`: the same with batches of N frames split across N "
+        "single-thread sessions (`engine.parallel_runner`). Sampled-frame agreement uses "
+        "`Detector.detect` on single frames.",
+        "",
+        f"Load average (1 min) before / after the run: {load.get('before', '?')} / "
+        f"{load.get('after', '?')} (other jobs shared this machine: compare the ratio, "
+        f"not the absolute speed).",
+        "",
+        "Command: `" + report.get("command", "") + "`",
+        "",
+    ]
     return "\n".join(lines)
 
 
