@@ -75,6 +75,25 @@ def run_one(name: str, args: Sequence[str], timeout_s: float, log=print) -> dict
     return record
 
 
+STAGES = ("decode", "preprocess", "infer", "postprocess", "sink")
+
+
+def plot_pipeline_stages(out_dir: Path) -> Optional[Path]:
+    """Stacked per-stage p50 latency of each pipeline pass in pipeline_overlap.json (the stages
+    overlap in threads, so a bar's height is the work per frame, not the wall time per frame)."""
+    source = out_dir / "pipeline_overlap.json"
+    if not source.is_file():
+        return None
+    import json
+
+    rows = [r for r in json.loads(source.read_text()).get("rows", []) if "decode_p50_ms" in r]
+    if not rows:
+        return None
+    bars = {f"{r['mode']}\n{r['fps']:.1f} FPS": {s: r.get(f"{s}_p50_ms") or 0.0 for s in STAGES} for r in rows}
+    return common.plot_stacked_bars(bars, out_dir / "pipeline_stages.png",
+                                    "Pipeline per-stage latency, p50 per batch (stages overlap)", "ms")
+
+
 def write_index(out_dir: Path, records: List[dict], started: float) -> Path:
     """index.md: what ran, how, and every result file of this machine with its age."""
     files = sorted(p for p in out_dir.iterdir() if p.is_file() and p.name not in ("index.md", "run_all.json"))
@@ -113,6 +132,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if name == "model":
             args += ["--weights", a.weights] if a.weights else []
         records.append(run_one(name, args, a.timeout))
+    plot_pipeline_stages(out_dir)
     index = write_index(out_dir, records, started)
     print(f"wrote {index}")
     return 0 if all(r["status"] in ("ok", "missing") for r in records) else 1

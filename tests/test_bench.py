@@ -264,3 +264,15 @@ def test_accuracy_benchmark_writes_protocol_tables(tmp_path, tiny_onnx, monkeypa
     assert payload["gt_care"] == 1 and payload["images"] == 1 and payload["model"]["file"] == tiny_onnx.name
     assert "| img_1.jpg |" in (tmp_path / "res" / "accuracy_set.md").read_text()
     assert accuracy.main(["--model", str(tmp_path / "none.onnx")]) == 0  # nothing shipped: a note, no files
+
+
+def test_pipeline_stage_bars_from_overlap_results(tmp_path):
+    from benchmarks import run_all
+
+    assert run_all.plot_pipeline_stages(tmp_path) is None
+    row = {"mode": "pipeline (JSON lines)", "fps": 30.0, "decode_p50_ms": 2.0, "preprocess_p50_ms": 3.0,
+           "infer_p50_ms": 20.0, "postprocess_p50_ms": 4.0, "sink_p50_ms": 0.5}
+    common.write_json(tmp_path / "pipeline_overlap.json",
+                      {"rows": [{"mode": "inference only", "fps": 40.0, "infer_p50_ms": 20.0}, row]})
+    path = run_all.plot_pipeline_stages(tmp_path)
+    assert path.name == "pipeline_stages.png" and path.read_bytes()[:8] == PNG_MAGIC
