@@ -71,10 +71,12 @@ def _variants(fp32: Path, calib, out_dir: Path) -> dict:
     from export import quantize
 
     variants = {"fp16": quantize.to_fp16(fp32, out_dir / "fp16.onnx")}
-    for method in ("entropy", "minmax"):
+    for method in ("entropy", "minmax", "percentile"):
         variants[f"int8-{method}"] = quantize.to_int8(fp32, out_dir / f"int8_{method}.onnx", calib, method)
-    variants["int8-entropy-fp32head"] = quantize.to_int8(fp32, out_dir / "int8_head.onnx", calib,
-                                                         "entropy", keep_fp32_head=True)
+    for method in ("entropy", "percentile"):  # head and stem left in FP32
+        variants[f"int8-{method}-ends-fp32"] = quantize.to_int8(
+            fp32, out_dir / f"int8_{method}_ends.onnx", calib, method, keep_fp32_head=True,
+            keep_fp32_stem=True)
     return variants
 
 
@@ -88,6 +90,7 @@ def run(args) -> dict:
     started = time.perf_counter()
     export = export_onnx(model, work / "fp32.onnx", opset=args.opset)
     print(export)
+    args.side = args.side or export.spec.limit_side
     calib, calib_text = _calibration(export.spec, args.calib_count, args.side)
     variants = _variants(export.path, calib, work)
     sets = _eval_sets(args.synthetic)
@@ -132,7 +135,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--random-init", action="store_true", help="UNTRAINED model (labelled as such)")
     parser.add_argument("--width", type=float, default=0.5, help="width of the --random-init model")
     parser.add_argument("--opset", type=int, default=17)
-    parser.add_argument("--side", type=int, default=736, help="short side of every input")
+    parser.add_argument("--side", type=int, help="short side of every input (default: the model's)")
     parser.add_argument("--synthetic", type=int, default=24, help="synthetic evaluation images")
     parser.add_argument("--calib-count", type=int, default=32)
     parser.add_argument("--name", default="precision_accuracy", help="result file name")

@@ -3,7 +3,7 @@
     from export.quantize import to_fp16, to_int8, calibration_inputs
     to_fp16("m.onnx", "m_fp16.onnx")                               # FP32 inputs / outputs kept
     data = calibration_inputs("frames/", spec, count=64)           # or a video file
-    to_int8("m.onnx", "m_int8.onnx", data, method="entropy", keep_fp32_head=True)
+    to_int8("m.onnx", "m_int8.onnx", data, method="entropy", keep_fp32_head=True, keep_fp32_stem=True)
 
 FP16: NVIDIA ModelOpt AutoCast when `modelopt` is installed, else onnxconverter-common's
 float16 converter (keep_io_types). INT8: ONNX Runtime `quantize_static`, QDQ format, symmetric
@@ -175,15 +175,23 @@ def calibration_inputs(source, spec: ModelSpec, count: int = 32, limit_side: Opt
 
 
 def head_nodes(proto) -> List[str]:
-    """Names of the output head's last layers (ConvTranspose / Relu / Sigmoid chain back from the
-    probability output, up to the first ordinary Conv): the layers INT8 hurts most."""
+    """Names of the output head: the ConvTranspose / Relu / Sigmoid chain back from the
+    probability output and the convolution that feeds it (DB's 3x3 conv after the concat)."""
     producers = {out: node for node in proto.graph.node for out in node.output}
     names = []
     node = producers.get(proto.graph.output[0].name)
     while node is not None and node.op_type in _HEAD_OPS:
         names.append(node.name)
         node = producers.get(node.input[0])
+    if node is not None and node.op_type == "Conv":
+        names.append(node.name)
     return names
+
+
+def stem_nodes(proto) -> List[str]:
+    """The first convolution (reads the image itself)."""
+    source = proto.graph.input[0].name
+    return [n.name for n in proto.graph.node if n.op_type == "Conv" and n.input[0] == source][:1]
 
 
 def int8_options(method: str = "entropy", exclude: Sequence[str] = ()) -> dict:
@@ -204,14 +212,16 @@ def int8_options(method: str = "entropy", exclude: Sequence[str] = ()) -> dict:
 
 
 def to_int8(model, out_path, calibration: Sequence[np.ndarray], method: str = "entropy",
-            keep_fp32_head: bool = False) -> Path:
+            keep_fp32_head: bool = False, keep_fp32_stem: bool = False) -> Path:
     """Explicitly quantized (Q/DQ) INT8 ONNX calibrated on `calibration` inputs."""
     q = require("onnxruntime.quantization")
     proto = _load(model)
     spec = model_spec(proto)
     if not calibration:
         raise SourceError("INT8 quantization needs calibration inputs")
-    exclude = head_nodes(proto) if keep_fp32_head else []
+    # INT8 hurts most at both ends of the network: optionally leave them in FP32 / FP16
+    exclude = ((head_nodes(proto) if keep_fp32_head else [])
+               + (stem_nodes(proto) if keep_fp32_stem else []))
     options = int8_options(method, exclude)
     reader = ArrayReader(proto.graph.input[0].name, calibration)
     with tempfile.TemporaryDirectory() as tmp:  # ORT writes its own files; keep only ours

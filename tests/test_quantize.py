@@ -203,3 +203,18 @@ def test_entropy_threshold_like_tensorrt(rng):
     relu = np.concatenate([np.zeros(500_000), rng.uniform(0, 2, 100_000)])  # ReLU's zero spike
     hist, edges = np.histogram(relu, 1024, range=(0, 2))
     assert entropy_threshold(hist, edges[1] - edges[0]) > 1.9
+
+
+def test_keep_fp32_ends_leaves_stem_and_head_unquantized(fp32_model, tmp_path, calibration):
+    out = quantize.to_int8(fp32_model, tmp_path / "ends.onnx", calibration, "minmax",
+                           keep_fp32_head=True, keep_fp32_stem=True)
+    proto = onnx.load(str(out))
+    producers = {o: n for n in proto.graph.node for o in n.output}
+    by_name = {n.name: n for n in proto.graph.node}
+    kept = quantize.stem_nodes(proto) + quantize.head_nodes(proto)
+    assert kept[0] == "/backbone/conv1/Conv" and "/decoder/binarize/binarize.0/Conv" in kept
+    for name in kept:
+        node = by_name[name]
+        assert all(producers.get(i) is None or producers[i].op_type != "DequantizeLinear"
+                   for i in node.input), name
+    assert sum(n.op_type == "DequantizeLinear" for n in proto.graph.node) > 20  # the rest is INT8
