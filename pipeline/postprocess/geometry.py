@@ -83,14 +83,15 @@ def expand_polygons(polys: list, ratio: float, min_side: float) -> List[Optional
     for poly, distance in zip(polys, ragged_unclip_distances(polys, ratio)):
         expanded = offset_polygon(poly, distance)
         ok = len(expanded) == 1 and min(cv2.minAreaRect(expanded[0].reshape(-1, 1, 2))[1]) >= min_side
-        out.append(expanded[0].astype(np.float32) if ok else None)
+        out.append(expanded[0] if ok else None)  # int32, as pyclipper returns it
     return out
 
 
-def to_frame(points: np.ndarray, scale_x: float, scale_y: float, frame_w: int,
-             frame_h: int) -> np.ndarray:
-    """Map-pixel points -> frame pixels, rounded and clipped like the reference."""
+def to_frame(points: np.ndarray, map_w: int, map_h: int, frame_w: int, frame_h: int) -> np.ndarray:
+    """Map-pixel points -> frame pixels exactly as the reference: x / map_w * frame_w, rounded
+    (half to even) and clipped, in the points' own precision (float32 quads, float64 for the
+    integer polygons), so even ties at .5 round the same way."""
     out = np.empty(points.shape, np.float32)
-    out[..., 0] = np.clip(np.round(points[..., 0] / scale_x), 0, frame_w)
-    out[..., 1] = np.clip(np.round(points[..., 1] / scale_y), 0, frame_h)
+    out[..., 0] = np.clip(np.round(points[..., 0] / map_w * frame_w), 0, frame_w)
+    out[..., 1] = np.clip(np.round(points[..., 1] / map_h * frame_h), 0, frame_h)
     return out

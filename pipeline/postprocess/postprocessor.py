@@ -117,8 +117,8 @@ class DBPostprocessor:
 
 def to_detections(polys, scores, box: Letterbox, meta: Optional[dict] = None) -> Detections:
     """Polygons in map pixels -> Detections in frame pixels (rounded and clipped as the reference)."""
-    def mapped(points):
-        return to_frame(points, box.scale_x, box.scale_y, box.frame_w, box.frame_h)
+    def mapped(points):  # the content region of the map is the whole frame
+        return to_frame(points, box.content_w, box.content_h, box.frame_w, box.frame_h)
 
     if polys and all(len(p) == len(polys[0]) for p in polys):  # quads: one vectorised call
         frame_polys = tuple(mapped(np.stack(polys)))
