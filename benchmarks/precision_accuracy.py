@@ -81,7 +81,7 @@ def _variants(fp32: Path, calib, out_dir: Path) -> dict:
 
 
 def run(args) -> dict:
-    from export.accuracy import compare_models
+    from export.accuracy import compare_many
     from export.onnx_export import export_onnx
     from export.trt_compat import check_onnx
 
@@ -95,11 +95,11 @@ def run(args) -> dict:
     variants = _variants(export.path, calib, work)
     sets = _eval_sets(args.synthetic)
     rows = []
-    for name, path in variants.items():
-        compat = {t: check_onnx(path, t).ok for t in TRT_TARGETS}
-        for set_name, images in sets.items():
-            result = compare_models(export.path, path, images, limit_side=args.side)
-            print(f"{name:24s} {set_name:9s} {result}")
+    compat = {name: {t: check_onnx(path, t).ok for t in TRT_TARGETS} for name, path in variants.items()}
+    for set_name, images in sets.items():
+        results = compare_many(export.path, list(variants.values()), images, limit_side=args.side)
+        for name, result in zip(variants, results):
+            print(f"{name:28s} {set_name:9s} {result}")
             target = TARGETS[result.precision]
             # without FP32 boxes there is nothing to agree on: say so instead of a vacuous 1.0
             measured = result.reference_boxes > 0
@@ -108,7 +108,7 @@ def run(args) -> dict:
                              boxes=result.candidate_boxes, P=result.precision_score, R=result.recall,
                              hmean=result.hmean if measured else None, target=f">= {target}",
                              meets=(result.hmean >= target) if measured else "n/a (no boxes)",
-                             **{f"trt{t}": ok for t, ok in compat.items()}))
+                             **{f"trt{t}": ok for t, ok in compat[name].items()}))
     return dict(model=described, opset=args.opset, side=args.side, calibration=calib_text,
                 parity=[vars(p) for p in export.parity], parity_passed=export.passed,
                 fp32_sha256=common.file_sha256(export.path), rows=rows,

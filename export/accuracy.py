@@ -95,8 +95,15 @@ def _run(runner, chw: np.ndarray) -> np.ndarray:
 def compare_models(reference, candidate, images: Iterable[np.ndarray], spec=None,
                    limit_side: Optional[int] = None, threads: int = 1) -> PrecisionComparison:
     """Run both ONNX models on every image and compare maps and boxes (see module docstring)."""
+    return compare_many(reference, [candidate], images, spec, limit_side, threads)[0]
+
+
+def compare_many(reference, candidates: Sequence, images: Iterable[np.ndarray], spec=None,
+                 limit_side: Optional[int] = None, threads: int = 1) -> List[PrecisionComparison]:
+    """`compare_models` for several candidates at once: the reference runs once per image."""
+    from contextlib import ExitStack
+
     from engine.onnxruntime_runner import OnnxRuntimeRunner
-    from pipeline.evaluate import evaluate_image
     from pipeline.postprocess import DBPostprocessor, PostprocessConfig
     from pipeline.preprocess import preprocess
 
@@ -106,21 +113,39 @@ def compare_models(reference, candidate, images: Iterable[np.ndarray], spec=None
     if limit_side:
         spec = spec.replace(limit_side=limit_side)
     post = DBPostprocessor(PostprocessConfig.from_spec(spec), device="cpu")
-    rows, abs_sum, pixels = [], 0.0, 0
-    with OnnxRuntimeRunner(reference, "cpu", threads=threads) as ref, \
-            OnnxRuntimeRunner(candidate, "cpu", threads=threads) as cand:
-        for index, image in enumerate(images):
+    tallies = [_Tally() for _ in candidates]
+    with ExitStack() as stack:
+        ref = stack.enter_context(OnnxRuntimeRunner(reference, "cpu", threads=threads))
+        runners = [stack.enter_context(OnnxRuntimeRunner(c, "cpu", threads=threads)) for c in candidates]
+        for image in images:
             chw, box = preprocess(image, spec)
-            ref_map, cand_map = _run(ref, chw), _run(cand, chw)
-            diff = np.abs(ref_map - cand_map)
-            abs_sum, pixels = abs_sum + float(diff.sum()), pixels + diff.size
+            ref_map = _run(ref, chw)
             ref_dets = post(ref_map, [box])[0]  # FP32 boxes play the ground truth
-            result = evaluate_image(ref_dets.polygons, [False] * len(ref_dets), post(cand_map, [box])[0])
-            rows.append(dict(image=index, max_abs=float(diff.max()), fp32_boxes=result.gt_care,
-                             boxes=result.det_care, matched=result.matched))
-    if not rows:
+            for runner, tally in zip(runners, tallies):
+                cand_map = _run(runner, chw)
+                tally.add(ref_map, cand_map, ref_dets, post(cand_map, [box])[0])
+    if not tallies or not tallies[0].rows:
         raise SourceError("no images to compare on")
-    total = {k: sum(r[k] for r in rows) for k in ("fp32_boxes", "boxes", "matched")}
-    return PrecisionComparison(str(candidate), model_spec(candidate).precision, len(rows),
-                               max(r["max_abs"] for r in rows), abs_sum / pixels,
-                               total["fp32_boxes"], total["boxes"], total["matched"], rows)
+    return [t.result(str(c), model_spec(c).precision) for c, t in zip(candidates, tallies)]
+
+
+class _Tally:
+    """Per-candidate running sums over the images."""
+
+    def __init__(self):
+        self.rows, self.abs_sum, self.pixels = [], 0.0, 0
+
+    def add(self, ref_map, cand_map, ref_dets, cand_dets) -> None:
+        from pipeline.evaluate import evaluate_image
+
+        diff = np.abs(ref_map - cand_map)
+        self.abs_sum, self.pixels = self.abs_sum + float(diff.sum()), self.pixels + diff.size
+        result = evaluate_image(ref_dets.polygons, [False] * len(ref_dets), cand_dets)
+        self.rows.append(dict(image=len(self.rows), max_abs=float(diff.max()), fp32_boxes=result.gt_care,
+                              boxes=result.det_care, matched=result.matched))
+
+    def result(self, name: str, precision: str) -> PrecisionComparison:
+        total = {k: sum(r[k] for r in self.rows) for k in ("fp32_boxes", "boxes", "matched")}
+        return PrecisionComparison(name, precision, len(self.rows), max(r["max_abs"] for r in self.rows),
+                                   self.abs_sum / self.pixels, total["fp32_boxes"], total["boxes"],
+                                   total["matched"], self.rows)

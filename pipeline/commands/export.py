@@ -115,7 +115,7 @@ def _variants(args, fp32_path: Path, spec) -> list:
 
 
 def run(args) -> int:
-    from export.accuracy import compare_models, read_images
+    from export.accuracy import compare_many, read_images
     from export.onnx_export import export_onnx, has_deform_conv
     from export.trt_compat import check_onnx
 
@@ -137,6 +137,6 @@ def run(args) -> int:
             print("WARNING: --accuracy uses the calibration images; INT8 agreement will look better "
                   "than on unseen images")
         images = read_images(args.accuracy, args.accuracy_count)
-        for path in paths[1:]:
-            print(compare_models(paths[0], path, images, limit_side=args.calib_side))
+        for result in compare_many(paths[0], paths[1:], images, limit_side=args.calib_side):
+            print(result)
     return status
