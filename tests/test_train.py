@@ -140,3 +140,17 @@ def test_dbrt_train_rejects_bad_data(tmp_path, capsys):
 
     assert main(["train", "--out", str(tmp_path / "x"), "--data", str(tmp_path / "missing")]) == 2
     assert "--data" in capsys.readouterr().err
+
+
+def test_fp16_storage_keeps_out_of_range_tensors_fp32():
+    torch = pytest.importorskip("torch")
+    from export.model import DBNet
+    from export.train.ship import fits_fp16, fp16_state
+
+    assert fits_fp16(np.array([1.0, -2.5, 1e-3], np.float32))
+    assert not fits_fp16(np.array([1.0, 2e5], np.float32))       # overflows fp16
+    model = DBNet("resnet18", width=0.25)
+    model.decoder.binarize[1].running_var.fill_(2e5)              # as trained DB heads have
+    state = fp16_state(model)
+    assert state["decoder.binarize.1.running_var"].dtype == torch.float32
+    assert state["decoder.binarize.0.weight"].dtype == torch.float16
