@@ -181,3 +181,14 @@ def test_image_folder_through_the_pipeline(tmp_path, tiny_onnx):
     results = list(Pipeline([tmp_path], model=tiny_onnx, threads=1, batch=3))
     assert [d.source.split("/")[-1] for _, d in results] == ["0.png", "1.png", "2.png"]
     assert [d.frame_size for _, d in results] == [(40, 60), (64, 64), (40, 60)]
+
+
+def test_switch_interval_applies_during_the_run_and_is_restored(videos):
+    import sys
+
+    before = sys.getswitchinterval()
+    during = []
+    Pipeline([videos[2]], FakeDetector(), switch_interval=0.001,
+             callbacks=[lambda f, d: during.append(sys.getswitchinterval())]).run()
+    assert during and all(abs(v - 0.001) < 1e-9 for v in during)
+    assert sys.getswitchinterval() == before

@@ -1,7 +1,6 @@
 """Sinks and annotators: JSON lines flushed per frame, PyAV video, images, filtering, window."""
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest

@@ -1,0 +1,181 @@
+"""Does the threaded pipeline keep up with its own inference stage?
+
+On the same video, with the same detector and batch size:
+  1. inference only: frames are decoded and preprocessed outside the clock; only
+     `detector.infer` is timed; FPS = frames / summed inference time (the ceiling);
+  2. the full pipeline (decode -> preprocess -> infer -> postprocess -> JSON lines, in threads);
+     FPS = frames / wall time from the first frame requested to the last result written;
+  3. the same with the annotated video sink as well (what `dbrt run` does by default);
+  4. inference only again (the machine may be shared: the ratio uses the mean of 1 and 4).
+`infer_busy` (pipeline passes) is the inference stage's summed time / wall time: near 1.0 means
+the other stages are fully hidden behind it, and any remaining gap to inference-only comes from
+each engine call being slower while the other stages share the CPU.
+Every pass must process every frame of the video (checked), so a speed can never come from
+dropped frames. Target on CPU: pipeline >= 0.9 x inference only.
+
+    python -m benchmarks.pipeline_overlap [--video V] [--model M.onnx] [--max-side 512] [--threads 1]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import numpy as np
+
+from benchmarks import common
+
+VIDEO = common.SHARED_DATA / "video" / "pexels_lightbox_text_960x506.mp4"
+TARGET = 0.9
+
+
+def pick_model(path: Optional[str], workdir: Path):
+    """(model path, description): --model, else the shipped model, else random weights."""
+    from engine.loader import ASSETS
+
+    if path:
+        return Path(path), f"{Path(path).name} (given)"
+    shipped = ASSETS / "dbnet_default.onnx"
+    if shipped.is_file():
+        return shipped, "shipped pipeline/assets/dbnet_default.onnx"
+    from export.model import DBNet
+    from export.onnx_export import export_onnx
+
+    model = DBNet("resnet18", width=0.5).eval()
+    out = workdir / "random_resnet18_w0.5.onnx"
+    export_onnx(model, out, parity_shapes=None)
+    return out, "half-width ResNet-18 DBNet with RANDOM weights (no shipped model in this checkout)"
+
+
+def inference_only(video: Path, detector, batch: int) -> dict:
+    from pipeline.sources import VideoFileSource
+
+    times: List[float] = []
+    frames = 0
+    pending: List[np.ndarray] = []
+
+    def flush():
+        array, _ = detector.prepare(pending)
+        start = time.perf_counter()
+        detector.infer(array)
+        times.append(time.perf_counter() - start)
+
+    for frame in VideoFileSource(video).open():
+        pending.append(frame.image)
+        frames += 1
+        if len(pending) == batch:
+            flush()
+            pending = []
+    if pending:
+        flush()
+    total = sum(times)
+    stats = common.Stats.from_seconds(times)
+    return dict(mode="inference only", frames=frames, seconds=round(total, 3),
+                fps=round(frames / total, 3), infer_p50_ms=stats.median_ms, infer_mean_ms=stats.mean_ms)
+
+
+def full_pipeline(video: Path, detector, batch: int, workdir: Path, with_video: bool) -> dict:
+    from pipeline.runner import Pipeline
+    from pipeline.sinks import JsonlSink, VideoSink
+
+    sinks = [JsonlSink(workdir / "detections.jsonl")]
+    if with_video:
+        sinks.append(VideoSink(workdir / "annotated.mp4", fps=25))
+    report = Pipeline([video], detector, batch=batch, sinks=sinks).run()
+    stages = report["stages"]
+    mode = "pipeline + annotated video" if with_video else "pipeline (JSON lines)"
+    row = dict(mode=mode, frames=report["frames"], seconds=report["wall_s"], fps=report["fps"],
+               infer_p50_ms=stages["infer"]["p50_ms"])
+    row.update({f"{s}_p50_ms": stages[s]["p50_ms"] for s in ("decode", "preprocess", "postprocess", "sink")})
+    # how busy the pipeline kept its inference stage: 1.0 = it never waited for the other stages
+    infer = stages["infer"]
+    row["infer_busy"] = round(infer["mean_ms"] * infer["count"] / 1e3 / report["wall_s"], 3)
+    row["infer_mean_ms"] = infer["mean_ms"]
+    row["prepared_queue_mean"] = report["queues"]["prepared"]["mean"]
+    row["e2e_p50_ms"] = report["end_to_end"]["p50_ms"]
+    row["e2e_p99_ms"] = report["end_to_end"]["p99_ms"]
+    return row
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="python -m benchmarks.pipeline_overlap", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--video", default=str(VIDEO))
+    p.add_argument("--model", help="ONNX model (default: shipped, else random weights)")
+    p.add_argument("--max-side", type=int, default=512, help="cap the long side (CPU-friendly)")
+    p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--no-video-sink", action="store_true", help="skip pass 3")
+    return p.parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    video = Path(args.video)
+    if not video.is_file():
+        print(f"pipeline_overlap: skipped: {video} not found (only dev machines have ../shared/data)")
+        return 0
+    from pipeline.detector import Detector
+    from pipeline.sources import VideoFileSource
+
+    expected = VideoFileSource(video).open().total_frames
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        model, described = pick_model(args.model, workdir)
+        described = f"{described}, sha256 {common.file_sha256(model)}"
+        detector = Detector(model, device="cpu", threads=args.threads, limit_side=args.max_side,
+                            limit_type="max")
+        warm, _ = detector.prepare([next(iter(VideoFileSource(video).open())).image])
+        for _ in range(3):
+            detector.infer(warm)
+        load_before = os.getloadavg()
+        passes = [lambda: inference_only(video, detector, args.batch),
+                  lambda: full_pipeline(video, detector, args.batch, workdir, with_video=False)]
+        if not args.no_video_sink:
+            passes.append(lambda: full_pipeline(video, detector, args.batch, workdir, with_video=True))
+        passes.append(passes[0])
+        rows = []
+        for run_pass in passes:
+            rows.append(run_pass())
+            print(f"  {rows[-1]['mode']}: {rows[-1]['frames']} frames, {rows[-1]['fps']:.2f} FPS", flush=True)
+        load_after = os.getloadavg()
+        size = tuple(warm.shape[2:])
+        detector.close()
+    return write_results(args, rows, expected, described, size, load_before, load_after)
+
+
+def write_results(args, rows, expected, described, size, load_before, load_after) -> int:
+    ceiling = float(np.mean([r["fps"] for r in rows if r["mode"] == "inference only"]))
+    for row in rows:
+        row["ratio_to_inference"] = round(row["fps"] / ceiling, 3)
+    complete = all(r["frames"] == expected for r in rows)
+    pipeline_row = next(r for r in rows if r["mode"] == "pipeline (JSON lines)")
+    verdict = pipeline_row["ratio_to_inference"] >= TARGET
+    info = common.machine_info()
+    payload = dict(benchmark="pipeline_overlap", video=str(args.video), frames_expected=expected,
+                   every_frame_processed=complete, model=described,
+                   input_size=list(size), threads=args.threads, batch=args.batch, target_ratio=TARGET,
+                   meets_target=verdict, inference_only_fps_mean=round(ceiling, 3),
+                   load_average_before=load_before, load_average_after=load_after, rows=rows, machine=info)
+    out = common.results_dir()
+    common.write_json(out / "pipeline_overlap.json", payload)
+    summary = (f"Video `{Path(args.video).name}` ({expected} frames), model: {described}, input "
+               f"{size[0]}x{size[1]}, ONNX Runtime CPU with {args.threads} intra-op thread(s), batch "
+               f"{args.batch}. Every pass processed every frame: **{complete}**. Pipeline / inference "
+               f"only = **{pipeline_row['ratio_to_inference']:.3f}** (target {TARGET}: "
+               f"{'met' if verdict else 'NOT met'}); the inference stage was busy "
+               f"{pipeline_row['infer_busy']:.1%} of the pipeline's wall time. 1-minute load average {load_before[0]:.1f} before, "
+               f"{load_after[0]:.1f} after (the machine is shared; inference-only ran first and last).")
+    common.write_markdown(out / "pipeline_overlap.md", "Pipeline overlap: full pipeline vs inference alone",
+                          [("Result", summary), ("Passes (in the order run)", common.markdown_table(rows))], info)
+    print(summary)
+    print(common.markdown_table(rows))
+    return 0 if complete else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
