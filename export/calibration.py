@@ -84,7 +84,8 @@ def _fold(hist: np.ndarray, edges: np.ndarray):
     return folded, float(edges[1] - edges[0])
 
 
-def compute_ranges(src: str, reader, method: str, op_types: Sequence[str], tmp: str):
+def compute_ranges(src: str, input_name: str, inputs: Sequence[np.ndarray], method: str,
+                   op_types: Sequence[str], tmp: str):
     """Symmetric activation ranges (ORT TensorsData) for 'entropy', 'percentile' or 'minmax'.
 
     Entropy thresholds come from `entropy_threshold`; the others from ORT's calibrator."""
@@ -96,7 +97,8 @@ def compute_ranges(src: str, reader, method: str, op_types: Sequence[str], tmp: 
     calibrator = cal.create_calibrator(Path(src), list(op_types), calibrate_method=ort_method,
                                        augmented_model_path=os.path.join(tmp, "augmented.onnx"),
                                        extra_options=extra)
-    calibrator.collect_data(reader)
+    for batch in inputs:  # one at a time: ORT stacks what one call collects, so sizes must match
+        calibrator.collect_data(ArrayReader(input_name, [batch]))
     histograms = getattr(getattr(calibrator, "collector", None), "histogram_dict", None)
     if method != "entropy" or not histograms:
         return calibrator.compute_data()  # min-max / percentile are quick in ORT itself
@@ -108,9 +110,10 @@ def compute_ranges(src: str, reader, method: str, op_types: Sequence[str], tmp: 
     return cal.TensorsData(ort_method, ranges)
 
 
-def write_cache(src: str, reader, method: str, op_types: Sequence[str], tmp: str) -> str:
+def write_cache(src: str, input_name: str, inputs: Sequence[np.ndarray], method: str,
+                op_types: Sequence[str], tmp: str) -> str:
     """Compute the ranges and save them where `quantize_static(calibration_cache_path=...)` reads."""
     cal = require("onnxruntime.quantization.calibrate")
     path = os.path.join(tmp, "ranges.json")
-    cal.save_tensors_data(compute_ranges(src, reader, method, op_types, tmp), path)
+    cal.save_tensors_data(compute_ranges(src, input_name, inputs, method, op_types, tmp), path)
     return path

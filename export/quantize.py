@@ -223,16 +223,16 @@ def to_int8(model, out_path, calibration: Sequence[np.ndarray], method: str = "e
     exclude = ((head_nodes(proto) if keep_fp32_head else [])
                + (stem_nodes(proto) if keep_fp32_stem else []))
     options = int8_options(method, exclude)
-    reader = ArrayReader(proto.graph.input[0].name, calibration)
+    name = proto.graph.input[0].name
     with tempfile.TemporaryDirectory() as tmp:  # ORT writes its own files; keep only ours
         src, dst = os.path.join(tmp, "fp32.onnx"), os.path.join(tmp, "int8.onnx")
         require("onnx").save_model(proto, src)
         with _quiet():
             if hasattr(require("onnxruntime.quantization.calibrate"), "save_tensors_data"):
-                cache = write_cache(src, reader, method, INT8_OPS, tmp)  # TensorRT-style ranges
+                cache = write_cache(src, name, calibration, method, INT8_OPS, tmp)  # TensorRT-like
                 q.quantize_static(src, dst, None, calibration_cache_path=cache, **options)
             else:  # older ORT, no calibration cache: its own search (entropy then equals min-max)
-                q.quantize_static(src, dst, reader, **options)
+                q.quantize_static(src, dst, ArrayReader(name, calibration), **options)
         result = require("onnx").load(dst)
     return _finish(result, out_path, spec, "int8")
 

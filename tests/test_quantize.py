@@ -218,3 +218,13 @@ def test_keep_fp32_ends_leaves_stem_and_head_unquantized(fp32_model, tmp_path, c
         assert all(producers.get(i) is None or producers[i].op_type != "DequantizeLinear"
                    for i in node.input), name
     assert sum(n.op_type == "DequantizeLinear" for n in proto.graph.node) > 20  # the rest is INT8
+
+
+@pytest.mark.parametrize("method", ["entropy", "percentile", "minmax"])
+def test_calibration_on_images_of_different_sizes(fp32_model, tmp_path, image_dir, method):
+    """A user's folder holds images of many sizes: every method must cope (ORT alone cannot)."""
+    mixed = [np.concatenate([c, c], axis=3) for c in quantize.calibration_inputs(image_dir, SPEC, 1)]
+    mixed += quantize.calibration_inputs(image_dir, SPEC.replace(limit_side=96), 1)
+    assert len({m.shape for m in mixed}) == 2
+    out = quantize.to_int8(fp32_model, tmp_path / f"mixed_{method}.onnx", mixed, method)
+    assert ModelSpec.from_metadata(get_metadata(onnx.load(str(out)))).precision == "int8"
