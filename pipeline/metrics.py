@@ -3,6 +3,9 @@ drops; a live progress line and a JSON report.
 
 FPS is what users expect: frames that came out of the pipeline divided by wall time since the
 first frame was requested (model loading and warm-up excluded, decoding included).
+Stage latencies are per call: "decode" is the wait for the source's next frame (for live sources
+this includes waiting for the camera or stream), "preprocess" / "infer" / "postprocess" are per
+batch, "sink" per frame; end-to-end runs from a frame being read to its results being written.
 """
 from __future__ import annotations
 

@@ -192,3 +192,31 @@ def test_switch_interval_applies_during_the_run_and_is_restored(videos):
              callbacks=[lambda f, d: during.append(sys.getswitchinterval())]).run()
     assert during and all(abs(v - 0.001) < 1e-9 for v in during)
     assert sys.getswitchinterval() == before
+
+
+def test_metrics_percentiles_summary_and_progress_line():
+    import io
+
+    from pipeline.metrics import LatencyWindow, Metrics, Progress, format_summary
+
+    window = LatencyWindow(window=50)
+    for ms in range(1, 101):
+        window.add(float(ms))
+    summary = window.summary()
+    assert summary["count"] == 100 and summary["mean_ms"] == 50.5  # exact over all samples
+    assert summary["p50_ms"] == pytest.approx(75.5)  # percentiles over the last 50 (51..100)
+    metrics = Metrics()
+    metrics.start()
+    for _ in range(3):
+        metrics.stage("infer", 0.01)
+        metrics.frame_done(time.perf_counter() - 0.02)
+    report = metrics.report([{"name": "cam", "dropped": 4, "reconnects": 1}])
+    assert report["frames"] == 3 and report["dropped"] == 4 and report["fps"] > 0
+    assert report["end_to_end"]["p50_ms"] >= 20
+    text = format_summary(report)
+    assert "3 frames" in text and "infer" in text and "cam: 4 dropped, 1 reconnects" in text
+    stream = io.StringIO()
+    progress = Progress(metrics, total=10, stream=stream)
+    progress.update(dropped=4)
+    progress.update(dropped=4)  # throttled: not a TTY, so at most one line every 5 s
+    assert stream.getvalue().count("\n") == 1 and "frames 3/10" in stream.getvalue()
