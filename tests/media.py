@@ -1,15 +1,19 @@
 """Tiny media made on the fly for the pipeline tests (PyAV): videos whose frames say their
-own index, MPEG-TS bytes for the loopback stream server, and a stand-in detector."""
+own index, MPEG-TS bytes for the loopback stream server, a stand-in detector and a simulated
+live camera."""
 from __future__ import annotations
 
 import io
+import time
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
+from engine.errors import SourceError
 from pipeline.detections import Detections
 from pipeline.preprocess import make_letterbox
+from pipeline.sources import LiveSource, Reconnect
 
 
 def frame_image(index: int, height: int = 48, width: int = 64) -> np.ndarray:
@@ -108,3 +112,38 @@ class FakeDetector:
 
     def close(self):
         self.closed = True
+
+
+class SimulatedCamera(LiveSource):
+    """A live source producing frames as fast as it can (or at `fps`); `fail_at` frame numbers
+    break the connection, `refuse` connection attempts are refused after each break."""
+
+    kind = "simulated"
+
+    def __init__(self, total=200, fps=None, fail_at=(), refuse=0, reconnect=Reconnect(retries=3, delay=0.01)):
+        super().__init__("sim", reconnect)
+        self.total, self.rate, self.fail_at, self.refuse = total, fps, set(fail_at), refuse
+        self.produced = 0
+        self.connects = 0
+        self._refused = 0
+
+    def _connect(self):
+        if self.connects and self._refused < self.refuse:
+            self._refused += 1
+            raise SourceError("connection refused")
+        self.connects += 1
+        self._refused = 0
+
+    def _read(self):
+        if self.produced >= self.total:
+            return None
+        if self.rate:
+            time.sleep(1 / self.rate)
+        self.produced += 1
+        if self.produced in self.fail_at:
+            self.fail_at.discard(self.produced)
+            raise ConnectionError("link down")
+        return frame_image(self.produced, 240, 320), self.produced / 100
+
+    def _disconnect(self):
+        pass

@@ -12,8 +12,7 @@ from pipeline.runner import Pipeline
 from pipeline.sinks import CallbackSink, JsonlSink
 from pipeline.sources import Reconnect, VideoFileSource
 
-from media import FakeDetector, frame_image, index_of, write_video
-from test_sources import SimulatedCamera
+from media import FakeDetector, SimulatedCamera, frame_image, index_of, write_video
 
 STAGE_THREADS = ("decode:", "preprocess", "infer", "postprocess", "sink", "read:")
 

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from engine.errors import SourceError
-from pipeline.sources import (CameraSource, ImageSource, LatestSlot, LiveSource, NetworkSource,
+from pipeline.sources import (CameraSource, ImageSource, LatestSlot, NetworkSource,
                               Reconnect, VideoFileSource, open_source, open_sources, parse_source)
 
-from media import frame_image, index_of, write_video
+from media import SimulatedCamera, frame_image, index_of, write_video
 
 
 @pytest.fixture(scope="module")
@@ -124,41 +124,6 @@ def test_latest_slot_without_overwrite_waits_for_the_reader():
 def test_reconnect_delays_back_off_and_cap():
     assert list(Reconnect(retries=5, delay=0.5, factor=2, max_delay=3).delays()) == [0.5, 1, 2, 3, 3]
     assert list(Reconnect(retries=0).delays()) == []
-
-
-class SimulatedCamera(LiveSource):
-    """A live source producing frames as fast as it can (or at `fps`); `fail_at` frame numbers
-    break the connection, `refuse` connection attempts are refused after each break."""
-
-    kind = "simulated"
-
-    def __init__(self, total=200, fps=None, fail_at=(), refuse=0, reconnect=Reconnect(retries=3, delay=0.01)):
-        super().__init__("sim", reconnect)
-        self.total, self.rate, self.fail_at, self.refuse = total, fps, set(fail_at), refuse
-        self.produced = 0
-        self.connects = 0
-        self._refused = 0
-
-    def _connect(self):
-        if self.connects and self._refused < self.refuse:
-            self._refused += 1
-            raise SourceError("connection refused")
-        self.connects += 1
-        self._refused = 0
-
-    def _read(self):
-        if self.produced >= self.total:
-            return None
-        if self.rate:
-            time.sleep(1 / self.rate)
-        self.produced += 1
-        if self.produced in self.fail_at:
-            self.fail_at.discard(self.produced)
-            raise ConnectionError("link down")
-        return frame_image(self.produced, 240, 320), self.produced / 100
-
-    def _disconnect(self):
-        pass
 
 
 def test_live_source_outpacing_consumer_drops_newest_wins_and_memory_stays_flat():
