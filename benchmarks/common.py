@@ -94,6 +94,8 @@ def machine_info() -> dict:
             "platform": platform.platform(), "python": platform.python_version(),
             "gpus": gpu_names(), "libraries": library_versions(),
             "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+    if hasattr(os, "getloadavg"):  # a shared machine's load explains noisy timings
+        info["load_average"] = [round(x, 2) for x in os.getloadavg()]
     try:
         pages, page_size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
         info["memory_gib"] = round(pages * page_size / 2**30, 1)
@@ -208,8 +210,10 @@ def write_markdown(path: Path, title: str, sections: Sequence[tuple], info: Opti
     if info:
         libs = ", ".join(f"{k} {v}" for k, v in sorted(info.get("libraries", {}).items()))
         gpus = ", ".join(info.get("gpus") or []) or "none"
+        load = info.get("load_average")
+        load_text = f" 1/5/15-min load average at the end: {', '.join(map(str, load))}." if load else ""
         parts.append(f"---\nMachine `{info['machine']}`: {info['cpu']} ({info['cpu_count']} cores), "
-                     f"GPU: {gpus}; Python {info['python']}; {libs}. Measured {info['date_utc']}.\n")
+                     f"GPU: {gpus}; Python {info['python']}; {libs}. Measured {info['date_utc']}.{load_text}\n")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(parts))
