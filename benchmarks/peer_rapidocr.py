@@ -9,7 +9,8 @@ Reported, with speed never shown without correctness:
 - per-image latency on realdev, and video throughput (decode included, same decoder) with the
   ratio dbrt / RapidOCR; both sides must process exactly the requested number of frames.
 
-    .venv/bin/python benchmarks/peer_rapidocr.py [--frames 100] [--threads 0] [--device cpu]
+    dbrt bench peer [--frames 40] [--rounds 2] [--sessions 2] [--every 50] [--threads 0]
+    (or .venv/bin/python benchmarks/peer_rapidocr.py with the same options)
 
 rapidocr is a benchmark-only dependency (pip install rapidocr); without it, or without the
 shared data, the script says so and exits 0 without writing results.

@@ -271,6 +271,7 @@ def test_detector_catches_a_logit_model_run_as_probabilities(tmp_path):
         assert len(dets) == 1 and dets.frame_size == (40, 60)
 
 
+@pytest.mark.slow
 def test_detector_agrees_with_rapidocr_on_a_real_image(shared_data):
     """Same model, same settings: dbrt's boxes match RapidOCR's own (the benchmark's claim)."""
     import cv2
