@@ -186,7 +186,7 @@ def sampled_agreement(path: Path, every: int, theirs, ours) -> dict:
 
 
 def bench_video(path: Path, frames: int, theirs, variants: dict, rounds: int = 2,
-                every: int = 25) -> dict:
+                every: int = 50) -> dict:
     """Throughput over the first `frames` frames: RapidOCR, then each dbrt variant
     (name -> (Detector, pipeline batch)), `rounds` times alternating; medians are reported."""
     first = next(_read_frames(path, 1))
@@ -223,7 +223,7 @@ def bench_video(path: Path, frames: int, theirs, variants: dict, rounds: int = 2
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--frames", type=int, default=100, help="frames per video (default 100)")
+    parser.add_argument("--frames", type=int, default=40, help="frames per video (default 40)")
     parser.add_argument("--threads", type=int, default=0,
                         help="ONNX Runtime intra-op threads for both sides (0: ORT default)")
     parser.add_argument("--device", default="cpu", help="dbrt device (default cpu, as RapidOCR)")
@@ -231,7 +231,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=2, help="alternating video runs per side")
     parser.add_argument("--sessions", type=int, default=2,
                         help="CPU sessions of the parallel dbrt variant (its pipeline batch)")
-    parser.add_argument("--every", type=int, default=25,
+    parser.add_argument("--every", type=int, default=50,
                         help="agreement also on every N-th frame of each whole video")
     parser.add_argument("--out", type=Path,
                         help="results folder (default: benchmarks/results/<machine>/)")
