@@ -6,8 +6,8 @@ Exports the checkpoint (default: the shipped export/assets/dbnet_default.pt) to 
 the parity check, makes FP16 and INT8 variants (entropy and min-max calibration, with and without
 an FP32 head), checks each against TensorRT 8.6 / 10.3 / 11, and compares each with FP32 on
 images never used for calibration: deterministic synthetic scenes (`export.synth`, seeds from
-10000) and ../shared/data/realdev (when present). Calibration uses frames of the lightbox video
-from ../shared/data (or synthetic scenes with other seeds when it is absent).
+10000) and ../shared/data/realdev (when present). Calibration uses synthetic scenes with other
+seeds (50000+) and, when ../shared/data is present, as many frames of its lightbox video.
 Writes benchmarks/results/<machine>/precision_accuracy.{json,md}. ONNX Runtime CPU runs every
 model: it upcasts FP16, so FP16 rows validate the converted graph, not GPU FP16 arithmetic.
 Targets: INT8 box hmean >= 0.97, FP16 >= 0.995 against FP32.
@@ -29,17 +29,18 @@ VIDEO = "video/pexels_lightbox_text_960x506.mp4"
 
 
 def _model(args):
-    from export.checkpoint import model_from_checkpoint
+    from export.checkpoint import model_from_checkpoint, sidecar_spec
     from export.model import DBNet
 
     if args.random_init:
         import torch
 
         torch.manual_seed(0)
-        return DBNet("resnet18", width=args.width).eval(), "UNTRAINED random init (resnet18 w%g)" % args.width
+        described = f"UNTRAINED random init (resnet18 w{args.width:g})"
+        return DBNet("resnet18", width=args.width).eval(), described, None
     path = Path(args.checkpoint or common.REPO / "export" / "assets" / "dbnet_default.pt")
     model, _ = model_from_checkpoint(path)
-    return model, f"{path.name} (sha256 {common.file_sha256(path)})"
+    return model, f"{path.name} (sha256 {common.file_sha256(path)})", sidecar_spec(path)
 
 
 def _calibration(spec, count: int, side: int):
@@ -48,11 +49,15 @@ def _calibration(spec, count: int, side: int):
     from pipeline.preprocess import preprocess
 
     video = common.SHARED_DATA / VIDEO
-    if video.is_file():
-        return calibration_inputs(video, spec, count, limit_side=side), f"{count} frames of {VIDEO}"
+    n_video = count // 2 if video.is_file() else 0  # half real frames, half synthetic scenes
     spec = spec.replace(limit_side=side)
-    images = synthetic_images(count, first_seed=50_000)
-    return [preprocess(im, spec)[0][None] for im in images], f"{count} synthetic scenes (seeds 50000+)"
+    images = synthetic_images(count - n_video, first_seed=50_000)
+    inputs = [preprocess(im, spec)[0][None] for im in images]
+    text = f"{len(images)} synthetic scenes (seeds 50000+)"
+    if n_video:
+        inputs += calibration_inputs(video, spec, n_video)
+        text += f" + {n_video} frames of {VIDEO}"
+    return inputs, text
 
 
 def _eval_sets(n_synth: int) -> dict:
@@ -85,10 +90,10 @@ def run(args) -> dict:
     from export.onnx_export import export_onnx
     from export.trt_compat import check_onnx
 
-    model, described = _model(args)
+    model, described, spec = _model(args)
     work = Path(tempfile.mkdtemp(prefix="dbrt_precision_"))
     started = time.perf_counter()
-    export = export_onnx(model, work / "fp32.onnx", opset=args.opset)
+    export = export_onnx(model, work / "fp32.onnx", opset=args.opset, spec=spec)
     print(export)
     args.side = args.side or export.spec.limit_side
     calib, calib_text = _calibration(export.spec, args.calib_count, args.side)

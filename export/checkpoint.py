@@ -21,6 +21,8 @@ from engine.errors import ModelError
 if TYPE_CHECKING:
     import torch
 
+    from engine.modelspec import ModelSpec
+
 WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "net")
 PREFIXES = ("model.module.", "module.", "model.")  # longest first
 DROPPABLE = re.compile(r"^backbone\.fc\.")          # MhLiao ResNet's classifier, unused
@@ -154,6 +156,24 @@ def infer_architecture(state: Mapping[str, object]) -> Dict[str, object]:
     width = state["backbone.conv1.weight"].shape[0] / 64.0
     return {"arch": arch, "dcn": any(".conv2_offset." in k for k in state),
             "width": width, "inner_channels": int(state["decoder.in5.weight"].shape[0])}
+
+
+def sidecar_spec(path) -> Optional["ModelSpec"]:
+    """The ModelSpec saved next to a checkpoint (`NAME.json` with a "spec" object, as the shipped
+    export/assets/dbnet_default.json), so an export keeps the thresholds the model was tuned with."""
+    import json
+    from pathlib import Path
+
+    from engine.modelspec import ModelSpec
+
+    side = Path(path).with_suffix(".json")
+    if not side.is_file():
+        return None
+    try:
+        data = json.loads(side.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelError(f"cannot read the checkpoint's metadata {side}: {exc}") from exc
+    return ModelSpec.from_json(json.dumps(data["spec"])) if isinstance(data.get("spec"), dict) else None
 
 
 def model_from_checkpoint(source, arch: Optional[str] = None, dcn: Optional[bool] = None,

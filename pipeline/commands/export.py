@@ -55,6 +55,7 @@ def add_arguments(parser) -> None:
 
 
 def _load_model(args):
+    """(model, checkpoint path or None)."""
     from engine.errors import ModelError
     from export.checkpoint import model_from_checkpoint
     from export.model import DBNet
@@ -65,11 +66,11 @@ def _load_model(args):
         if not args.arch:
             raise ModelError("--random-init needs --arch")
         print("WARNING: exporting UNTRAINED random weights (--random-init); detections are meaningless")
-        return DBNet(args.arch, dcn=bool(args.dcn), width=args.width or 1.0).eval()
+        return DBNet(args.arch, dcn=bool(args.dcn), width=args.width or 1.0).eval(), None
     path = args.checkpoint or _shipped_checkpoint()
     model, report = model_from_checkpoint(path, arch=args.arch, dcn=args.dcn, width=args.width)
     print(f"checkpoint {path}: {report}")
-    return model
+    return model, path
 
 
 def _shipped_checkpoint() -> Path:
@@ -82,7 +83,9 @@ def _shipped_checkpoint() -> Path:
     return path
 
 
-def _spec(args, model):
+def _spec(args, model, checkpoint):
+    """The checkpoint's own spec (sidecar NAME.json) or DB defaults, then the command's options."""
+    from export.checkpoint import sidecar_spec
     from export.onnx_export import default_spec
 
     changes = {k: v for k, v in dict(limit_side=args.limit_side, thresh=args.thresh,
@@ -90,6 +93,10 @@ def _spec(args, model):
                                      unclip_ratio=args.unclip_ratio).items() if v is not None}
     if args.random_init:
         changes["extra"] = {"untrained": True}
+    base = sidecar_spec(checkpoint) if checkpoint else None
+    if base is not None:
+        print(f"model settings from {Path(checkpoint).with_suffix('.json')}")
+        return base.replace(**changes)
     return default_spec(model, **changes)
 
 
@@ -119,9 +126,9 @@ def run(args) -> int:
     from export.onnx_export import export_onnx, has_deform_conv
     from export.trt_compat import check_onnx
 
-    model = _load_model(args)
+    model, checkpoint = _load_model(args)
     opset = args.opset or (19 if has_deform_conv(model) else 17)
-    spec = _spec(args, model)
+    spec = _spec(args, model, checkpoint)
     report = export_onnx(model, args.output, opset=opset, spec=spec,
                          parity_shapes=None if args.no_parity else ((1, 3, 256, 320), (2, 3, 320, 192)))
     print(report)
