@@ -56,7 +56,8 @@ def load_model(model: Optional[Path] = None, weights: Optional[Path] = None,
     if model is None and SHIPPED_ONNX.is_file():
         model, weights = SHIPPED_ONNX, weights or (SHIPPED_WEIGHTS if SHIPPED_WEIGHTS.is_file() else None)
     if model is not None:
-        mut = ModelUnderTest(Path(model), Path(model).stem)
+        shipped = Path(model).resolve() == SHIPPED_ONNX
+        mut = ModelUnderTest(Path(model), f"shipped model, {_arch(model)}" if shipped else Path(model).stem)
         if weights is not None and torch is not None:
             from export.checkpoint import model_from_checkpoint
 
@@ -67,6 +68,15 @@ def load_model(model: Optional[Path] = None, weights: Optional[Path] = None,
     if torch is None:
         raise SystemExit("no shipped model and no torch to make one; pass --model")
     return _random_model(Path(workdir or tempfile.mkdtemp(prefix="dbrt-bench-")), torch)
+
+
+def _arch(path) -> str:
+    from engine.modelspec import ModelSpec
+    from engine.onnxruntime_runner import OnnxRuntimeRunner
+
+    with OnnxRuntimeRunner(path, device="cpu") as runner:
+        spec = runner.spec or ModelSpec()
+    return spec.arch + (" (untrained)" if spec.extra.get("untrained") else "")
 
 
 def _random_model(workdir: Path, torch) -> ModelUnderTest:
@@ -111,18 +121,27 @@ def make_variants(mut: ModelUnderTest, precisions: Sequence[str], spec, workdir:
                   log: Callable[[str], None] = print) -> Dict[str, Path]:
     """FP16 / INT8 ONNX files of the model (export.quantize), for the ORT precision rows. INT8 is
     calibrated on 8 frames of the video (or the synthetic sample frame) at limit side 320."""
+    precisions = list(precisions)
     from export import quantize
 
     variants = {}
+    source = mut.onnx
+    if mut.torch_model is not None and set(precisions) - {"fp32"}:
+        # convert from a plain fp32 export of the same weights: the shipped file stores fp16
+        # initializers behind Cast nodes, which the fp16 converter refuses to convert again
+        from export.onnx_export import export_onnx
+
+        source = workdir / f"{mut.onnx.stem}_fp32_export.onnx"
+        export_onnx(mut.torch_model, source, spec=spec, parity_shapes=None)
     for precision in precisions:
         if precision == "fp32":
             continue
         path = workdir / f"{mut.onnx.stem}_{precision}.onnx"
         try:
             if precision == "fp16":
-                quantize.to_fp16(mut.onnx, path)
+                quantize.to_fp16(source, path)
             elif precision == "int8":
-                quantize.to_int8(mut.onnx, path, _calibration(spec, workdir))
+                quantize.to_int8(source, path, _calibration(spec, workdir))
             else:
                 raise ValueError(f"unknown precision {precision!r}")
         except Exception as exc:  # noqa: BLE001 - a precision that cannot be made is noted, not fatal

@@ -35,7 +35,7 @@ BENCHMARKS = {  # name -> (module, what it measures)
 }
 # Short CPU runs (shared machines); a GPU gets wider sweeps.
 CPU_ARGS = {"model": ["--sizes", "320", "480", "640", "736", "--batches", "1", "4", "--repeats", "5",
-                      "--precisions", "fp32", "fp16", "int8"]}
+                      "--precisions", "fp32", "fp16", "int8", "--threads", "1"]}
 GPU_ARGS = {"model": ["--sizes", "320", "480", "640", "736", "960", "1280", "--batches", "1", "4", "8", "16",
                       "--cpu-batches", "1", "--warmup", "5", "--repeats", "20"]}
 QUICK_ARGS = {"model": ["--sizes", "256", "512", "--batches", "1", "2", "--warmup", "1", "--repeats", "3"],
@@ -94,17 +94,37 @@ def plot_pipeline_stages(out_dir: Path) -> Optional[Path]:
                                     "Pipeline per-stage latency, p50 per batch (stages overlap)", "ms")
 
 
+FILE_KINDS = (  # file name prefix -> what it holds
+    ("accuracy_", "accuracy (ICDAR 2015 protocol)"), ("model_bench", "model only"),
+    ("pipeline_", "full pipeline vs inference alone"), ("postprocess", "post-processing vs reference"),
+    ("peer_", "RapidOCR side by side"), ("precision_accuracy", "FP16 / INT8 vs FP32 accuracy"),
+    ("gpu_proof", "GPU proof"),
+)
+
+
+def _kind(name: str) -> str:
+    return next((kind for prefix, kind in FILE_KINDS if name.startswith(prefix)), "")
+
+
 def write_index(out_dir: Path, records: List[dict], started: float) -> Path:
-    """index.md: what ran, how, and every result file of this machine with its age."""
-    files = sorted(p for p in out_dir.iterdir() if p.is_file() and p.name not in ("index.md", "run_all.json"))
-    runs = [{"benchmark": r["benchmark"], "status": r["status"], "seconds": r.get("seconds"),
-             "command": f"`{r['command']}`"} for r in records]
-    listing = [{"file": f"[{p.name}]({p.name})",
-                "updated": "this run" if p.stat().st_mtime >= started else "earlier run"} for p in files]
-    sections = [("Runs", common.markdown_table(runs)), ("Files", common.markdown_table(listing))]
+    """index.md: the latest run of each benchmark (this one's merged with earlier run_all
+    records of this machine), how it was run, and every result file of the folder."""
+    previous = out_dir / "run_all.json"
+    runs = {}
+    if previous.is_file():
+        import json
+
+        runs = {r["benchmark"]: r for r in json.loads(previous.read_text()).get("runs", [])}
+    stamp = time.strftime("%Y-%m-%d %H:%M", time.gmtime(started))
+    runs.update({r["benchmark"]: {**r, "date_utc": stamp} for r in records})
+    table = [{"benchmark": r["benchmark"], "status": r["status"], "seconds": r.get("seconds"),
+              "date (UTC)": r.get("date_utc"), "command": f"`{r['command']}`"} for r in runs.values()]
+    files = sorted(p.name for p in out_dir.iterdir() if p.is_file() and p.name not in ("index.md", "run_all.json"))
+    listing = [{"file": f"[{name}]({name})", "what": _kind(name)} for name in files]
+    sections = [("Latest runs", common.markdown_table(table)), ("Files", common.markdown_table(listing))]
     sections += [(f"{r['benchmark']}: output tail", f"```\n{r['output_tail']}\n```\n")
                  for r in records if r["status"] != "ok" and r.get("output_tail")]
-    common.write_json(out_dir / "run_all.json", {"machine": common.machine_info(), "runs": records})
+    common.write_json(previous, {"machine": common.machine_info(), "runs": list(runs.values())})
     return common.write_markdown(out_dir / "index.md", f"Benchmark results: {out_dir.name}", sections,
                                  common.machine_info())
 

@@ -120,7 +120,7 @@ def test_run_all_index_and_dbrt_bench(tiny_pair, tmp_path, monkeypatch):
                        "--model-args", "--sizes 64 --batches 1 --warmup 0 --repeats 1 --threads 1"])
     assert rc == 0
     index = (out / "index.md").read_text()
-    assert "| model | ok |" in index and "[model_bench.json](model_bench.json)" in index
+    assert "| model | ok |" in index and "| [model_bench.json](model_bench.json) | model only |" in index
     assert json.loads((out / "run_all.json").read_text())["runs"][0]["status"] == "ok"
     rows = json.loads((out / "model_bench.json").read_text())["rows"]
     assert [r["backend"] for r in rows] == ["onnxruntime"]  # no weights given: no PyTorch row
