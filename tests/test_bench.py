@@ -276,3 +276,22 @@ def test_pipeline_stage_bars_from_overlap_results(tmp_path):
                       {"rows": [{"mode": "inference only", "fps": 40.0, "infer_p50_ms": 20.0}, row]})
     path = run_all.plot_pipeline_stages(tmp_path)
     assert path.name == "pipeline_stages.png" and path.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_fold_batchnorm_keeps_the_output_and_removes_bn():
+    torch = pytest.importorskip("torch")
+    from benchmarks.model_bench import fold_batchnorm
+    from export.model import DBNet
+
+    torch.manual_seed(0)
+    net = DBNet("resnet18", width=0.25).eval()
+    bn = net.decoder.binarize[1]
+    bn.running_var.fill_(2.5e5)  # like the shipped model's head: inf in fp16
+    folded = fold_batchnorm(net)
+    left = [m for m in folded.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(left) < sum(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+    assert all(float(m.running_var.max()) < 6e4 for m in left)  # the overflowing one is folded
+    x = torch.rand(1, 3, 64, 64)
+    with torch.inference_mode():
+        assert torch.allclose(folded(x), net(x), atol=1e-5)
+    assert torch.isfinite(torch.cat([p.half().flatten() for p in folded.parameters()])).all()
