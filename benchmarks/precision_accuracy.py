@@ -114,7 +114,8 @@ def run(args) -> dict:
                              hmean=result.hmean if measured else None, target=f">= {target}",
                              meets=(result.hmean >= target) if measured else "n/a (no boxes)",
                              **{f"trt{t}": ok for t, ok in compat[name].items()}))
-    return dict(model=described, opset=args.opset, side=args.side, calibration=calib_text,
+    command = " ".join(["python -m benchmarks.precision_accuracy"] + sys.argv[1:])
+    return dict(command=command, model=described, opset=args.opset, side=args.side, calibration=calib_text,
                 parity=[vars(p) for p in export.parity], parity_passed=export.passed,
                 fp32_sha256=common.file_sha256(export.path), rows=rows,
                 seconds=round(time.perf_counter() - started, 1))
@@ -129,8 +130,28 @@ def _markdown(payload: dict) -> list:
              "(IoU > 0.5) of each variant's boxes against the FP32 boxes. ONNX Runtime CPU "
              "(FP16 is upcast there: FP16 rows check the converted graph). `trtX`: "
              "export.trt_compat verdict for that TensorRT version.\n\n"
-             f"Command: `python -m benchmarks.precision_accuracy {' '.join(sys.argv[1:])}`\n")
-    return [("Setup", intro), ("FP16 / INT8 vs FP32", common.markdown_table(payload["rows"]))]
+             f"Command: `{payload['command']}`\n")
+    shown = [dict(r, **{k: f"{r[k]:.4f}" for k in ("P", "R", "hmean") if r[k] is not None})
+             for r in payload["rows"]]
+    return [("Setup", intro), ("Summary", _summary(payload["rows"])),
+            ("FP16 / INT8 vs FP32", common.markdown_table(shown))]
+
+
+def _summary(rows) -> str:
+    """Per image set: does FP16 meet its target, and the best INT8 variant."""
+    lines = []
+    for images in dict.fromkeys(r["images"] for r in rows):
+        here = [r for r in rows if r["images"] == images and r["hmean"] is not None]
+        fp16 = [r for r in here if r["variant"] == "fp16"]
+        int8 = sorted((r for r in here if r["variant"].startswith("int8")), key=lambda r: -r["hmean"])
+        if fp16:
+            lines.append(f"- {images}: FP16 box hmean {fp16[0]['hmean']:.4f} (target {TARGETS['fp16']})")
+        if int8:
+            met = sum(r["hmean"] >= TARGETS["int8"] for r in int8)
+            lines.append(f"- {images}: best INT8 {int8[0]['variant']} hmean {int8[0]['hmean']:.4f} "
+                         f"(target {TARGETS['int8']}; {met}/{len(int8)} INT8 variants meet it; "
+                         f"{int8[0]['fp32_boxes']} FP32 boxes)")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: Optional[List[str]] = None) -> int:
