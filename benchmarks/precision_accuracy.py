@@ -86,12 +86,16 @@ def _variants(fp32: Path, calib, out_dir: Path) -> dict:
 
 
 def run(args) -> dict:
+    with tempfile.TemporaryDirectory(prefix="dbrt_precision_") as work:  # the ONNX files go away
+        return _run_in(args, Path(work))
+
+
+def _run_in(args, work: Path) -> dict:
     from export.accuracy import compare_many
     from export.onnx_export import export_onnx
     from export.trt_compat import check_onnx
 
     model, described, spec = _model(args)
-    work = Path(tempfile.mkdtemp(prefix="dbrt_precision_"))
     started = time.perf_counter()
     export = export_onnx(model, work / "fp32.onnx", opset=args.opset, spec=spec)
     print(export)

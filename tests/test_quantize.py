@@ -228,3 +228,22 @@ def test_calibration_on_images_of_different_sizes(fp32_model, tmp_path, image_di
     assert len({m.shape for m in mixed}) == 2
     out = quantize.to_int8(fp32_model, tmp_path / f"mixed_{method}.onnx", mixed, method)
     assert ModelSpec.from_metadata(get_metadata(onnx.load(str(out)))).precision == "int8"
+
+
+@pytest.mark.slow
+def test_precision_benchmark_writes_results(tmp_path, monkeypatch):
+    pytest.importorskip("torch")
+    import json
+
+    from benchmarks import precision_accuracy
+
+    monkeypatch.setenv("DBRT_RESULTS_DIR", str(tmp_path))
+    assert precision_accuracy.main(["--random-init", "--width", "0.25", "--side", "64",
+                                    "--synthetic", "1", "--calib-count", "2", "--name", "p"]) == 0
+    payload = json.loads((tmp_path / "p.json").read_text())
+    assert payload["parity_passed"] and "UNTRAINED" in payload["model"]
+    variants = {r["variant"] for r in payload["rows"]}
+    assert variants == {"fp16", "int8-entropy", "int8-minmax", "int8-percentile",
+                        "int8-entropy-ends-fp32", "int8-percentile-ends-fp32"}
+    assert all(r["trt8.6"] for r in payload["rows"])
+    assert "## Summary" in (tmp_path / "p.md").read_text()
