@@ -125,16 +125,15 @@ def _junit_counts(path: Path) -> dict:
 
 
 def standin_runner(torch_model, spec):
-    """The PyTorch-CUDA fp16 model behind the Runner interface (CuPy in / out via DLPack), on a
-    BN-folded copy of the model (the runner moves and halves the module it is given)."""
+    """The PyTorch-CUDA fp16 model behind the Runner interface (CuPy in / out via DLPack); the
+    runner folds BatchNorm before halving (the module it is given is moved, so pass a copy)."""
     import copy
 
     try:
         from export.torch_runner import TorchRunner
     except ImportError as exc:
         raise Skip(f"export/torch_runner.py (the stand-in runner) is not available: {exc}") from None
-    net = model_bench.fold_batchnorm(torch_model)  # BN variances overflow fp16 otherwise
-    return TorchRunner(copy.deepcopy(net), device="cuda", half=True, spec=spec).activate()
+    return TorchRunner(copy.deepcopy(torch_model), device="cuda", half=True, spec=spec).activate()
 
 
 def gpu_checks_possible() -> bool:

@@ -197,26 +197,13 @@ def onnxruntime_target(path: Path, device: str = "cpu", precision: str = "fp32",
     return Target("onnxruntime", device, precision, prepare, close=runner.deactivate)
 
 
-def fold_batchnorm(net):
-    """A copy of `net` with each BatchNorm that follows a Conv2d folded into it (torch.fx; those
-    after a ConvTranspose stay). Needed before
-    fp16: the DB head's BN running variances (~1e5 in the shipped model) overflow fp16 to inf and
-    the map becomes garbage. Returns `net` itself when it cannot be traced (e.g. DCN)."""
-    import copy
-
-    from torch.fx.experimental.optimization import fuse
-
-    try:
-        return fuse(copy.deepcopy(net).eval())
-    except Exception:  # noqa: BLE001 - untraceable graphs keep their BN layers
-        return net
-
-
 def pytorch_target(net, device: str = "cpu", precision: str = "fp32") -> Target:
     import torch
 
     dtype = torch.float16 if precision == "fp16" else torch.float32
     if precision == "fp16":
+        from export.torch_runner import fold_batchnorm
+
         net = fold_batchnorm(net)
     module = net.to(device=device, dtype=dtype).eval()
     holder = {}

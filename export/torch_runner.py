@@ -20,6 +20,21 @@ from engine.lazy import require
 from engine.modelspec import METADATA_KEY, ModelSpec
 
 
+def fold_batchnorm(net):
+    """A copy of `net` with each BatchNorm that follows a Conv2d folded into it (torch.fx), as
+    TensorRT does before choosing precisions. Needed before FP16: the DB head's BN running
+    variances (~1e5 in the shipped model) overflow FP16 to inf and the map becomes garbage.
+    Returns `net` itself when it cannot be traced (e.g. DCN)."""
+    import copy
+
+    from torch.fx.experimental.optimization import fuse
+
+    try:
+        return fuse(copy.deepcopy(net).eval())
+    except Exception:  # noqa: BLE001 - untraceable graphs keep their BN layers
+        return net
+
+
 class TorchRunner(Runner):
     name = "torch"
 
@@ -52,7 +67,7 @@ class TorchRunner(Runner):
             self._torch_stream = torch.cuda.ExternalStream(self._backend.stream_handle(self._stream))
         self.model = self.model.to(self.device).eval()
         if self.half:
-            self.model = self.model.half()
+            self.model = fold_batchnorm(self.model).half()
 
     def _deactivate(self) -> None:
         self._stream = self._torch_stream = None

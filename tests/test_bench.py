@@ -280,7 +280,7 @@ def test_pipeline_stage_bars_from_overlap_results(tmp_path):
 
 def test_fold_batchnorm_keeps_the_output_and_removes_bn():
     torch = pytest.importorskip("torch")
-    from benchmarks.model_bench import fold_batchnorm
+    from export.torch_runner import fold_batchnorm
     from export.model import DBNet
 
     torch.manual_seed(0)

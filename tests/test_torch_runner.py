@@ -58,3 +58,4 @@ def test_cuda_runner_keeps_cupy_on_the_gpu(tiny_model, rng):
         assert isinstance(out, cp.ndarray) and out.dtype == np.float32
         np.testing.assert_allclose(cp.asnumpy(out), expected, atol=2e-2)   # FP16 on the GPU
         np.testing.assert_allclose(cp.asnumpy(runner.infer(batch)["prob"]), expected, atol=2e-2)
+
