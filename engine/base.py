@@ -87,15 +87,19 @@ class Runner(abc.ABC):
                     raise ShapeError(f"input {name!r} has shape {shape}, model expects {spec.shape}")
 
     # -- description ----------------------------------------------------------------------
-    @property
-    @abc.abstractmethod
-    def inputs(self) -> Tuple[TensorInfo, ...]:
-        """Input tensors (name, shape with symbolic dims, dtype)."""
+    # Backends fill these when they activate (or load); subclasses may override the properties.
+    _inputs: Tuple[TensorInfo, ...] = ()
+    _outputs: Tuple[TensorInfo, ...] = ()
 
     @property
-    @abc.abstractmethod
+    def inputs(self) -> Tuple[TensorInfo, ...]:
+        """Input tensors (name, shape with symbolic dims, dtype)."""
+        return self._inputs
+
+    @property
     def outputs(self) -> Tuple[TensorInfo, ...]:
         """Output tensors."""
+        return self._outputs
 
     @property
     def input_names(self) -> Tuple[str, ...]:

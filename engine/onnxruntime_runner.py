@@ -151,14 +151,6 @@ class OnnxRuntimeRunner(Runner):
                 for t, value in zip(self._outputs, binding.get_outputs())}
 
     @property
-    def inputs(self) -> Tuple[TensorInfo, ...]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> Tuple[TensorInfo, ...]:
-        return self._outputs
-
-    @property
     def metadata(self) -> Dict[str, str]:
         return dict(self._meta)
 

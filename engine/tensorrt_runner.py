@@ -222,14 +222,6 @@ class TensorRTRunner(Runner):
 
     # -- description ----------------------------------------------------------------------
     @property
-    def inputs(self) -> Tuple[TensorInfo, ...]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> Tuple[TensorInfo, ...]:
-        return self._outputs
-
-    @property
     def profiles(self) -> Dict[str, ShapeProfile]:
         """Input name -> the shape range of optimisation profile 0."""
         return dict(self._profiles)
