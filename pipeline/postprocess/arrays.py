@@ -22,25 +22,25 @@ def to_host(array) -> np.ndarray:
     return array if isinstance(array, np.ndarray) else array.get()
 
 
-def scatter_min(xp, target, index, values) -> None:
-    """target[index] = min(target[index], values), repeated indices allowed. target is int32
+def _scatter(xp, target, index, values, op: str) -> None:
+    """target[index] = op(target[index], values), repeated indices allowed. target is int32
     (CuPy's atomic min / max exist for 32-bit signed integers, not for int64)."""
     if target.dtype != np.int32:
         raise TypeError(f"scatter targets are int32, got {target.dtype}")
     if is_numpy(xp):
-        np.minimum.at(target, index, values)
+        getattr(np, {"min": "minimum", "max": "maximum"}[op]).at(target, index, values)
     else:
-        require("cupyx").scatter_min(target, index, values.astype(np.int32, copy=False))
+        getattr(require("cupyx"), f"scatter_{op}")(target, index, values.astype(np.int32, copy=False))
+
+
+def scatter_min(xp, target, index, values) -> None:
+    """target[index] = min(target[index], values); see _scatter."""
+    _scatter(xp, target, index, values, "min")
 
 
 def scatter_max(xp, target, index, values) -> None:
-    """target[index] = max(target[index], values); see scatter_min."""
-    if target.dtype != np.int32:
-        raise TypeError(f"scatter targets are int32, got {target.dtype}")
-    if is_numpy(xp):
-        np.maximum.at(target, index, values)
-    else:
-        require("cupyx").scatter_max(target, index, values.astype(np.int32, copy=False))
+    """target[index] = max(target[index], values); see _scatter."""
+    _scatter(xp, target, index, values, "max")
 
 
 def label_batch(xp, mask, connectivity: int):
