@@ -37,10 +37,15 @@ def load_runner(model: Optional[os.PathLike] = None, backend: str = "auto", devi
     """A (not yet activated) runner for `model` (default: the shipped model).
 
     backend "auto" runs an .onnx with TensorRT through the engine cache when TensorRT and a GPU
-    are usable (and device is not "cpu"), else with ONNX Runtime.
+    are usable (and device is not "cpu"), else with ONNX Runtime. ONNX Runtime options:
+    `threads` (intra-op threads, 0: default), `spin` (busy-waiting threads, None: default) and
+    `sessions` (> 1: that many sessions share each batch, `engine.parallel_runner`).
     """
     if backend not in BACKENDS:
         raise ModelError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    sessions = int(options.get("sessions") or 1)
+    if sessions < 1:
+        raise ModelError(f"sessions must be >= 1, got {sessions}")
     path = Path(model) if model is not None else default_model_path()
     if not path.exists():
         raise ModelError(f"model file not found: {path}")
@@ -56,6 +61,9 @@ def load_runner(model: Optional[os.PathLike] = None, backend: str = "auto", devi
     if suffix != ".onnx":
         raise ModelError(f"unsupported model file {path.name}: expected .onnx, .engine or .plan")
     if backend == "tensorrt" or (backend == "auto" and device != "cpu" and tensorrt_usable()):
+        if sessions > 1:
+            raise ModelError("sessions > 1 is for ONNX Runtime on the CPU; a TensorRT engine "
+                             "takes whole batches (use --batch)")
         from .cache import cached_engine_runner  # builds once, then reuses the cached engine
 
         trt_options = {k: v for k, v in options.items() if k in TENSORRT_OPTIONS and v is not None}
@@ -63,4 +71,10 @@ def load_runner(model: Optional[os.PathLike] = None, backend: str = "auto", devi
     from .onnxruntime_runner import OnnxRuntimeRunner
 
     ort_device = device if device in ("cpu", "cuda", "tensorrt", "auto") else "auto"
-    return OnnxRuntimeRunner(path, device=ort_device, threads=options.get("threads", 0))
+    threads, spin = options.get("threads") or 0, options.get("spin")
+    if sessions > 1:
+        from .parallel_runner import ParallelRunner
+
+        return ParallelRunner.onnxruntime(path, sessions, threads=threads or 1,
+                                          device=ort_device, spin=spin)
+    return OnnxRuntimeRunner(path, device=ort_device, threads=threads, spin=spin)

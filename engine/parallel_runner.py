@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import Dict, Mapping, Sequence, Tuple
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -33,17 +33,18 @@ class ParallelRunner(Runner):
         if not runners:
             raise ModelError("ParallelRunner needs at least one runner")
         self.runners = tuple(runners)
+        self.parallelism = len(self.runners)  # frames per batch that keep every runner busy
         self._pool = None
 
     @classmethod
     def onnxruntime(cls, model: os.PathLike, sessions: int = 2, threads: int = 1,
-                    device: str = "cpu") -> "ParallelRunner":
+                    device: str = "cpu", spin: Optional[bool] = None) -> "ParallelRunner":
         """`sessions` ONNX Runtime sessions of `threads` intra-op threads each."""
         from .onnxruntime_runner import OnnxRuntimeRunner
 
         if sessions < 1 or threads < 1:
             raise ModelError(f"sessions and threads must be >= 1, got {sessions} and {threads}")
-        return cls([OnnxRuntimeRunner(model, device=device, threads=threads)
+        return cls([OnnxRuntimeRunner(model, device=device, threads=threads, spin=spin)
                     for _ in range(sessions)])
 
     def _activate(self) -> None:

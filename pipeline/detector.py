@@ -49,18 +49,22 @@ class Detector:
     keep_aspect: letterbox (pad) instead of stretching onto the input size
     input_size:  fixed network (H, W) for every frame (default: the spec's resize rule)
     threads:     intra-op threads of CPU backends (0: backend default)
+    sessions:    ONNX Runtime on the CPU: that many sessions share each batch (pipeline batch >= it)
+    spin:        ONNX Runtime: whether idle intra-op threads busy-wait (None: ORT default)
     options:     ModelSpec fields (limit_side, limit_type, thresh, box_thresh, unclip_ratio, ...)
                  and PostprocessConfig fields (max_candidates, score_mode, box_type, ...)
     """
 
     def __init__(self, model=None, backend: str = "auto", device: str = "auto",
                  preset: Optional[str] = None, keep_aspect: Optional[bool] = None,
-                 input_size: Optional[Tuple[int, int]] = None, threads: int = 0, **options):
+                 input_size: Optional[Tuple[int, int]] = None, threads: int = 0,
+                 sessions: int = 1, spin: Optional[bool] = None, **options):
         spec_options, post_options = _split_options(options)
         if hasattr(model, "infer"):
             self.runner = model
         else:
-            self.runner = load_runner(model, backend=backend, device=device, threads=threads)
+            self.runner = load_runner(model, backend=backend, device=device, threads=threads,
+                                      sessions=sessions, spin=spin)
         self.runner.activate()
         self.spec = resolve_spec(self.runner.metadata, preset, **spec_options)
         # a foreign model with a wrong or missing preset fails here, not as silent junk boxes

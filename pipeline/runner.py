@@ -74,7 +74,8 @@ class Pipeline:
         except BaseException:
             self._close_sources()
             raise
-        self.batch = batch or len(self.sources)
+        # default: one frame per source, at least one per parallel session
+        self.batch = batch or max(len(self.sources), getattr(self.detector.runner, "parallelism", 1))
         self.batch_timeout = batch_timeout
         self.max_frames = max_frames
         self.switch_interval = switch_interval

@@ -60,6 +60,22 @@ def test_images_and_several_sources(tmp_path, clip, tiny_onnx):
     assert len(list(out.glob("annotated_0_clip.mp4"))) == 1
 
 
+def test_sessions_and_spin_give_the_same_detections(tmp_path, clip, tiny_onnx, capsys):
+    """--sessions 2 (two single-thread sessions per batch) and --ort-spin off change speed only."""
+    def boxes(out, *extra):
+        assert main(["run", str(clip), "--model", str(tiny_onnx), "-o", str(out), "--no-video",
+                     "--quiet", "--box-thresh", "0.1", "--max-side", "128", *extra]) == 0
+        lines = [json.loads(x) for x in (out / "detections.jsonl").read_text().splitlines()]
+        return [(x["frame_index"], x["detections"]) for x in lines]
+
+    expected = boxes(tmp_path / "one", "--threads", "1")
+    assert len(expected) == 8
+    assert boxes(tmp_path / "two", "--sessions", "2", "--ort-spin", "off") == expected
+    report = json.loads((tmp_path / "two" / "report.json").read_text())
+    assert report["batch"] == 2  # the default batch keeps both sessions busy
+    assert "parallel" in capsys.readouterr().err
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -73,6 +89,7 @@ def _free_port():
     (lambda d, m: [str(d / "clip.mp4"), "--model", str(d / "notes.txt")], "unsupported model file"),
     (lambda d, m: [f"http://127.0.0.1:{_free_port()}/live.ts", "--model", m], "cannot open http"),
     (lambda d, m: [str(d / "clip.mp4"), "--model", m, "--thresh", "3"], "thresh must be"),
+    (lambda d, m: [str(d / "clip.mp4"), "--model", m, "--sessions", "0"], "--sessions must be"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, clip, tiny_onnx, capsys, make_args, message):
     (tmp_path / "notes.txt").write_text("not a video")

@@ -71,3 +71,37 @@ def test_detector_runs_on_a_parallel_runner(toy, rng):
         results = det.detect_batch(frames)
     assert [r.frame_size for r in results] == [(40, 60)] * 3
     assert len({len(r) for r in results}) == 1  # identical frames, identical boxes
+
+
+def test_load_runner_sessions_and_spin(toy, rng):
+    from engine.loader import load_runner
+
+    x = rng.standard_normal((4, 3, 16, 16)).astype(np.float32)
+    with OnnxRuntimeRunner(toy, device="cpu", threads=1) as single:
+        expected = single.infer(x)["prob"]
+    runner = load_runner(toy, backend="onnxruntime", device="cpu", sessions=2, spin=False)
+    assert isinstance(runner, ParallelRunner) and runner.parallelism == 2
+    with runner:
+        np.testing.assert_array_equal(runner.infer(x)["prob"], expected)
+    with pytest.raises(ModelError, match="sessions must be >= 1"):
+        load_runner(toy, sessions=-1)
+    with pytest.raises(ModelError, match="for ONNX Runtime on the CPU"):
+        load_runner(toy, backend="tensorrt", sessions=2)
+
+
+@pytest.mark.parametrize("spin, entry", [(None, ""), (True, "1"), (False, "0")])
+def test_spin_reaches_the_session_options(toy, monkeypatch, spin, entry):
+    import onnxruntime as ort
+
+    seen = {}
+    real = ort.InferenceSession
+
+    def spy(model, sess_options=None, **kwargs):
+        seen["entry"] = sess_options.get_session_config_entry("session.intra_op.allow_spinning") \
+            if spin is not None else ""
+        return real(model, sess_options=sess_options, **kwargs)
+
+    monkeypatch.setattr(ort, "InferenceSession", spy)
+    with OnnxRuntimeRunner(toy, device="cpu", threads=1, spin=spin):
+        pass
+    assert seen["entry"] == entry
