@@ -7,7 +7,8 @@ the parity check, makes FP16 and INT8 variants (entropy and min-max calibration,
 an FP32 head), checks each against TensorRT 8.6 / 10.3 / 11, and compares each with FP32 on
 images never used for calibration: deterministic synthetic scenes (`export.synth`, seeds from
 10000) and ../shared/data/realdev (when present). Calibration uses synthetic scenes with other
-seeds (50000+) and, when ../shared/data is present, as many frames of its lightbox video.
+seeds (50000+) and, when ../shared/data is present, as many real frames from its two videos
+(a sign-board close-up and street scenes with captions; the realdev photos are never used).
 Writes benchmarks/results/<machine>/precision_accuracy.{json,md}. ONNX Runtime CPU runs every
 model: it upcasts FP16, so FP16 rows validate the converted graph, not GPU FP16 arithmetic.
 Targets: INT8 box hmean >= 0.97, FP16 >= 0.995 against FP32.
@@ -25,7 +26,7 @@ from . import common
 
 TARGETS = {"fp16": 0.995, "int8": 0.97}
 TRT_TARGETS = ("8.6", "10.3", "11")
-VIDEO = "video/pexels_lightbox_text_960x506.mp4"
+VIDEOS = ("video/pexels_lightbox_text_960x506.mp4", "video/pexels_street_captions_1080x1920.mp4")
 
 
 def _model(args):
@@ -48,15 +49,16 @@ def _calibration(spec, count: int, side: int):
     from export.quantize import calibration_inputs
     from pipeline.preprocess import preprocess
 
-    video = common.SHARED_DATA / VIDEO
-    n_video = count // 2 if video.is_file() else 0  # half real frames, half synthetic scenes
+    videos = [v for v in VIDEOS if (common.SHARED_DATA / v).is_file()]
+    # half real frames (spread over the videos present), half synthetic scenes
+    per_video = [(count // 2) // len(videos)] * len(videos) if videos else []
     spec = spec.replace(limit_side=side)
-    images = synthetic_images(count - n_video, first_seed=50_000)
+    images = synthetic_images(count - sum(per_video), first_seed=50_000)
     inputs = [preprocess(im, spec)[0][None] for im in images]
     text = f"{len(images)} synthetic scenes (seeds 50000+)"
-    if n_video:
-        inputs += calibration_inputs(video, spec, n_video)
-        text += f" + {n_video} frames of {VIDEO}"
+    for video, n in zip(videos, per_video):
+        inputs += calibration_inputs(common.SHARED_DATA / video, spec, n)
+        text += f" + {n} frames of {video}"
     return inputs, text
 
 

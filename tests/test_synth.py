@@ -113,11 +113,14 @@ def test_shipped_demo_video(shared_data):
         assert sum(1 for _ in container.decode(video=0)) == 250
 
 
-def test_street_scene_preset_is_deterministic_and_differs_from_default():
+@pytest.mark.parametrize("preset", ["street", "signs"])
+def test_scene_presets_are_deterministic_and_differ_from_default(preset):
     from export.synth.scene import SCENE_PRESETS
 
-    a = make_scene(11, 128, 160, SCENE_PRESETS["street"])
-    b = make_scene(11, 128, 160, SCENE_PRESETS["street"])
+    a = make_scene(11, 128, 160, SCENE_PRESETS[preset])
+    b = make_scene(11, 128, 160, SCENE_PRESETS[preset])
     assert np.array_equal(a.image, b.image)
+    assert SCENE_PRESETS[preset] != SceneConfig()
+    assert SCENE_PRESETS[preset].tracking_prob > 0 == SceneConfig().tracking_prob
     assert SCENE_PRESETS["default"] == SceneConfig()
     assert SCENE_PRESETS["street"].backgrounds[-1] > 0 == SceneConfig().backgrounds[-1]

@@ -34,11 +34,13 @@ class SceneConfig:
 
 
 # Named scene mixes for training: "default" made the first stage of the shipped model,
-# "street" adds photo-like built scenes (fine-tuning stage).
+# "street" adds photo-like built scenes, "signs" the default backgrounds with more large,
+# letter-spaced lettering (lightboxes, shop signs) for a fine-tuning stage.
 SCENE_PRESETS = {
     "default": SceneConfig(),
     "street": SceneConfig(max_height=110.0, tracking_prob=0.15,
                           backgrounds=(0.1, 0.15, 0.05, 0.1, 0.25, 0.35)),
+    "signs": SceneConfig(max_height=96.0, tracking_prob=0.3, panel_prob=0.7),
 }
 
 
