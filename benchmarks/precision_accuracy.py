@@ -51,12 +51,15 @@ def _calibration(spec, count: int, side: int):
 
     videos = [v for v in VIDEOS if (common.SHARED_DATA / v).is_file()]
     # half real frames (spread over the videos present), half synthetic scenes
-    per_video = [(count // 2) // len(videos)] * len(videos) if videos else []
+    real = count // 2
+    per_video = [real // len(videos) + (i < real % len(videos)) for i in range(len(videos))]
     spec = spec.replace(limit_side=side)
     images = synthetic_images(count - sum(per_video), first_seed=50_000)
     inputs = [preprocess(im, spec)[0][None] for im in images]
     text = f"{len(images)} synthetic scenes (seeds 50000+)"
     for video, n in zip(videos, per_video):
+        if not n:
+            continue
         inputs += calibration_inputs(common.SHARED_DATA / video, spec, n)
         text += f" + {n} frames of {video}"
     return inputs, text

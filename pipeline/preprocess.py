@@ -5,7 +5,7 @@ This is also the oracle of the GPU preprocessing kernel (pipeline.gpu_preprocess
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -78,20 +78,36 @@ def make_letterbox(frame_h: int, frame_w: int, input_h: int, input_w: int,
                      input_h, input_w)
 
 
-def normalise(image: np.ndarray, spec: ModelSpec) -> np.ndarray:
-    """uint8 HWC BGR -> float32 CHW, in the model's colour order and normalisation."""
-    img = image if spec.color == "BGR" else image[..., ::-1]
-    mean = np.asarray(spec.mean, np.float32)
-    inv_std = 1.0 / np.asarray(spec.std, np.float32)
-    chw = (img.astype(np.float32) - mean) * inv_std
-    return np.ascontiguousarray(chw.transpose(2, 0, 1))
+def normalise(image: np.ndarray, spec: ModelSpec, out: Optional[np.ndarray] = None) -> np.ndarray:
+    """uint8 HWC BGR -> float32 CHW, in the model's colour order and normalisation.
+
+    Written per channel straight into `out` ((3, H, W) float32, e.g. a slot of the batch) as
+    x * (1/std) - mean/std: on a 2 MP frame ~10x faster than NumPy's astype / subtract /
+    multiply / transpose chain, which matters on a CPU where this shares cores with inference.
+    """
+    h, w = image.shape[:2]
+    if out is None:
+        out = np.empty((3, h, w), np.float32)
+    planes = cv2.split(image)
+    if spec.color != "BGR":
+        planes = planes[::-1]
+    for c, plane in enumerate(planes):
+        scale = 1.0 / float(spec.std[c])
+        view = out[c]
+        res = cv2.addWeighted(plane, scale, plane, 0.0, -float(spec.mean[c]) * scale, dst=view,
+                              dtype=cv2.CV_32F)
+        if not np.shares_memory(res, view):  # OpenCV could not write in place (odd strides)
+            view[...] = res
+    return out
 
 
 def preprocess(frame: np.ndarray, spec: ModelSpec, size: Tuple[int, int] = None,
-               keep_aspect: bool = False) -> Tuple[np.ndarray, Letterbox]:
+               keep_aspect: bool = False, out: Optional[np.ndarray] = None
+               ) -> Tuple[np.ndarray, Letterbox]:
     """One BGR uint8 frame -> (3, H, W) float32 input and its Letterbox.
 
-    `size` is the network (H, W); by default the spec's resize rule picks it.
+    `size` is the network (H, W); by default the spec's resize rule picks it. `out`: write the
+    input there (a (3, H, W) float32 array, e.g. a batch slot) instead of a new array.
     """
     if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
         raise ShapeError(f"expected an HxWx3 uint8 BGR frame, got {frame.shape} {frame.dtype}")
@@ -101,11 +117,11 @@ def preprocess(frame: np.ndarray, spec: ModelSpec, size: Tuple[int, int] = None,
         raise ShapeError(f"input size {ih}x{iw} is not a multiple of {spec.stride}")
     box = make_letterbox(fh, fw, ih, iw, keep_aspect)
     resized = cv2.resize(frame, (box.content_w, box.content_h), interpolation=cv2.INTER_LINEAR)
-    chw = normalise(resized, spec)
+    chw = np.empty((3, ih, iw), np.float32) if out is None else out
     if (box.content_h, box.content_w) != (ih, iw):
-        padded = np.zeros((3, ih, iw), np.float32)  # zero = the mean colour after normalising
-        padded[:, :box.content_h, :box.content_w] = chw
-        chw = padded
+        chw[:, box.content_h:, :] = 0.0  # zero = the mean colour after normalising
+        chw[:, :box.content_h, box.content_w:] = 0.0
+    normalise(resized, spec, chw[:, :box.content_h, :box.content_w])
     return chw, box
 
 
@@ -115,6 +131,5 @@ def preprocess_batch(frames: Sequence[np.ndarray], spec: ModelSpec, size: Tuple[
     batch = np.empty((len(frames), 3, size[0], size[1]), np.float32)
     boxes = []
     for i, frame in enumerate(frames):
-        batch[i], box = preprocess(frame, spec, size, keep_aspect)
-        boxes.append(box)
+        boxes.append(preprocess(frame, spec, size, keep_aspect, out=batch[i])[1])
     return batch, boxes

@@ -75,7 +75,8 @@ class Pipeline:
             self._close_sources()
             raise
         # default: one frame per source, at least one per parallel session
-        self.batch = batch or max(len(self.sources), getattr(self.detector.runner, "parallelism", 1))
+        parallelism = getattr(getattr(self.detector, "runner", None), "parallelism", 1)
+        self.batch = batch or max(len(self.sources), parallelism)
         self.batch_timeout = batch_timeout
         self.max_frames = max_frames
         self.switch_interval = switch_interval

@@ -24,6 +24,9 @@ def frame(rng, h, w):
     return rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
 
 
+FLOAT_ROUNDING = 1e-6  # a grey level is >= 1/255 after normalising; rounding is ~1e-7
+
+
 @pytest.mark.parametrize("shape, size, keep_aspect", CASES)
 @pytest.mark.parametrize("spec", [ModelSpec(), preset("mmocr")], ids=["db", "mmocr-rgb"])
 def test_emulated_kernel_matches_cpu_path(rng, shape, size, keep_aspect, spec):
@@ -32,20 +35,21 @@ def test_emulated_kernel_matches_cpu_path(rng, shape, size, keep_aspect, spec):
     want, want_box = preprocess(image, spec, size, keep_aspect)
     assert box == want_box and got.shape == want.shape == (3, *size)
     diff = np.abs(got - want)
-    # identical except OpenCV's border rounding when upscaling: at most one grey level
+    # identical (to float rounding: the CPU path computes x/std - mean/std, the kernel
+    # (x - mean)/std) except OpenCV's border rounding when upscaling: at most one grey level
     assert diff.max() <= 1.0001 / min(spec.std)
-    assert (diff > 0).mean() < 0.01
+    assert (diff > FLOAT_ROUNDING).mean() < 0.01
     if spec.std == (255.0, 255.0, 255.0):
         assert diff.max() < 1e-2
     if box.content_w < size[1] or box.content_h < size[0]:
         assert not got[:, box.content_h:, :].any() and not got[:, :, box.content_w:].any()
 
 
-def test_downscaling_is_bit_exact(rng):
+def test_downscaling_matches_to_float_rounding(rng):
     image = frame(rng, 506, 960)
     got, _ = emulate(image, ModelSpec(), (256, 480))
     want, _ = preprocess(image, ModelSpec(), (256, 480))
-    np.testing.assert_array_equal(got, want)
+    np.testing.assert_allclose(got, want, rtol=0, atol=FLOAT_ROUNDING)  # same resized pixels
 
 
 def test_axis_table_clamps_and_weights():
