@@ -124,3 +124,20 @@ def test_scene_presets_are_deterministic_and_differ_from_default(preset):
     assert SCENE_PRESETS[preset].tracking_prob > 0 == SceneConfig().tracking_prob
     assert SCENE_PRESETS["default"] == SceneConfig()
     assert SCENE_PRESETS["street"].backgrounds[-1] > 0 == SceneConfig().backgrounds[-1]
+
+
+def test_mixed_scenes_draw_from_their_presets_deterministically():
+    from export.synth.scene import SCENE_CHOICES, SCENE_PRESETS, scene_sampler
+
+    pick = scene_sampler("mixed")
+    drawn = [pick(np.random.default_rng(i)) for i in range(200)]
+    assert {id(c) for c in drawn} == {id(SCENE_PRESETS["default"]), id(SCENE_PRESETS["signs"])}
+    signs = sum(c is SCENE_PRESETS["signs"] for c in drawn) / len(drawn)
+    assert 0.25 < signs < 0.55  # 40 % by design
+    assert pick(np.random.default_rng(3)) is pick(np.random.default_rng(3))
+    assert scene_sampler("street")(np.random.default_rng(0)) is SCENE_PRESETS["street"]
+    from pipeline.cli import build_parser
+
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    scene = next(a for a in train._actions if a.dest == "scene")
+    assert tuple(scene.choices) == SCENE_CHOICES

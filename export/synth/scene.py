@@ -42,6 +42,22 @@ SCENE_PRESETS = {
                           backgrounds=(0.1, 0.15, 0.05, 0.1, 0.25, 0.35)),
     "signs": SceneConfig(max_height=96.0, tracking_prob=0.3, panel_prob=0.7),
 }
+# Mixes: each training scene is drawn from one of the presets, with these probabilities.
+SCENE_MIXES = {
+    "mixed": (("default", 0.6), ("signs", 0.4)),
+}
+SCENE_CHOICES = (*SCENE_PRESETS, *SCENE_MIXES)
+
+
+def scene_sampler(name: str):
+    """A function rng -> SceneConfig for a preset or a mix name."""
+    if name in SCENE_PRESETS:
+        config = SCENE_PRESETS[name]
+        return lambda rng: config
+    names, weights = zip(*SCENE_MIXES[name])
+    configs = [SCENE_PRESETS[n] for n in names]
+    p = np.asarray(weights, np.float64) / sum(weights)
+    return lambda rng: configs[int(rng.choice(len(configs), p=p))]
 
 
 @dataclass

@@ -43,10 +43,12 @@ def make_sample(rng, image, polygons, ignore, crop: int, aug: AugmentConfig) -> 
 
 
 class SynthDataset:
-    """`length` synthetic training samples; sample i is made from seed (seed, i)."""
+    """`length` synthetic training samples; sample i is made from seed (seed, i).
+
+    `scene` is a SceneConfig or a function rng -> SceneConfig (a mix, `scene_sampler`)."""
 
     def __init__(self, length: int, crop: int = 320, seed: int = 0, scene_size: int = 0,
-                 scene: SceneConfig = SceneConfig(), aug: AugmentConfig = AugmentConfig()):
+                 scene=SceneConfig(), aug: AugmentConfig = AugmentConfig()):
         self.length, self.crop, self.seed = length, crop, seed
         self.scene_size = scene_size or int(crop * 1.25)
         self.scene, self.aug = scene, aug
@@ -56,7 +58,8 @@ class SynthDataset:
 
     def __getitem__(self, i: int) -> dict:
         rng = np.random.default_rng((self.seed, i))
-        scene = make_scene(rng, self.scene_size, self.scene_size, self.scene)
+        config = self.scene(rng) if callable(self.scene) else self.scene
+        scene = make_scene(rng, self.scene_size, self.scene_size, config)
         return make_sample(rng, scene.image, scene.polygons, [False] * len(scene.polygons),
                            self.crop, self.aug)
 

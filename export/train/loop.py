@@ -19,7 +19,7 @@ from dataclasses import asdict
 from pathlib import Path
 import torch
 
-from ..synth.scene import SCENE_PRESETS
+from ..synth.scene import scene_sampler
 from .config import TrainConfig
 from .data import IcdarDataset, SynthDataset
 from .losses import db_loss
@@ -35,7 +35,7 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
 def _dataset(cfg: TrainConfig):
     n = cfg.steps * cfg.batch
     if cfg.data == "synth":
-        return SynthDataset(n, crop=cfg.crop, seed=cfg.seed, scene=SCENE_PRESETS[cfg.scene])
+        return SynthDataset(n, crop=cfg.crop, seed=cfg.seed, scene=scene_sampler(cfg.scene))
     return IcdarDataset(cfg.data, n, crop=cfg.crop, seed=cfg.seed)
 
 

@@ -16,9 +16,9 @@ def add_arguments(parser) -> None:
     d = TrainConfig(out_dir="")
     parser.add_argument("--out", required=True, help="folder for checkpoints and config.json")
     parser.add_argument("--data", default=d.data, help="'synth' or an ICDAR2015-format folder")
-    parser.add_argument("--scene", default=d.scene, choices=("default", "street", "signs"),
+    parser.add_argument("--scene", default=d.scene, choices=("default", "street", "signs", "mixed"),
                         help="synthetic scene mix (street adds photo-like built scenes, signs "
-                             "more large letter-spaced lettering)")
+                             "more large letter-spaced lettering, mixed 60%% default + 40%% signs)")
     parser.add_argument("--arch", default=d.arch, choices=("resnet18", "resnet34", "resnet50"))
     parser.add_argument("--width", type=float, default=d.width, help="backbone width multiplier")
     parser.add_argument("--steps", type=int, default=d.steps)
