@@ -60,6 +60,18 @@ def to_markdown(report: dict) -> str:
                          f"(batch {v['batch'][name]}), median of {v['rounds']} alternating runs | "
                          f"{v['fps']['rapidocr']:.2f} fps | {v['fps'][name]:.2f} fps | "
                          f"**{speedup:.2f}x** |")
+    lines += ["", "Every timed round (fps, in order; one untimed warm-up pass per side before them):", ""]
+    for v in report["videos"]:
+        rounds = "; ".join(f"{name} " + ", ".join(f"{v['frames'] / t:.2f}" for t in ts)
+                           for name, ts in v["seconds"].items())
+        lines.append(f"- {v['video']}: {rounds}")
+        if "inference_alone_ms" in v:
+            ceiling = 1000 / v["inference_alone_ms"]
+            lines.append(f"  - the model call alone (dbrt's session, batch 1, same input size): "
+                         f"{v['inference_alone_ms']:.0f} ms = {ceiling:.2f} fps, so "
+                         f"{ceiling / v['fps']['rapidocr']:.2f}x is the most any pipeline of "
+                         f"this session can reach here; dbrt's batch-1 pipeline runs at "
+                         f"{v['fps'][next(iter(v['speedup']))] / ceiling:.0%} of it")
     load = report.get("load_average", {})
     lines += [
         "",

@@ -61,13 +61,15 @@ class OnnxRuntimeRunner(Runner):
 
     `model` is a path or serialized bytes. `threads` sets intra-op threads (0: ORT default).
     `spin` sets whether idle intra-op threads busy-wait for work (None: ORT default, on): off
-    leaves the cores to the other pipeline stages between operators.
+    leaves the cores to the other pipeline stages between operators. `config`: further ONNX
+    Runtime session config entries (e.g. {"session.set_denormal_as_zero": "1"}).
     """
 
     name = "onnxruntime"
 
     def __init__(self, model, device: str = "auto", providers: Optional[Sequence[str]] = None,
-                 threads: int = 0, spin: Optional[bool] = None):
+                 threads: int = 0, spin: Optional[bool] = None,
+                 config: Optional[Mapping[str, str]] = None):
         super().__init__()
         if isinstance(model, (str, os.PathLike)) and not os.path.isfile(model):
             raise ModelError(f"model file not found: {model}")
@@ -75,7 +77,9 @@ class OnnxRuntimeRunner(Runner):
         self._providers = tuple(providers) if providers else None
         self._device = device
         self._threads = threads
-        self._spin = spin
+        self._config = dict(config or {})
+        if spin is not None:
+            self._config["session.intra_op.allow_spinning"] = "1" if spin else "0"
         self._session = None
         self._cupy = None
         self._inputs: Tuple[TensorInfo, ...] = ()
@@ -87,8 +91,8 @@ class OnnxRuntimeRunner(Runner):
         opts = ort.SessionOptions()
         if self._threads:
             opts.intra_op_num_threads = self._threads
-        if self._spin is not None:
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if self._spin else "0")
+        for key, value in self._config.items():
+            opts.add_session_config_entry(key, str(value))
         opts.log_severity_level = 3
         providers = _with_provider_options(self._providers or default_providers(self._device))
         model = os.fspath(self._model) if not isinstance(self._model, bytes) else self._model

@@ -295,3 +295,28 @@ def test_fold_batchnorm_keeps_the_output_and_removes_bn():
     with torch.inference_mode():
         assert torch.allclose(folded(x), net(x), atol=1e-5)
     assert torch.isfinite(torch.cat([p.half().flatten() for p in folded.parameters()])).all()
+
+
+def test_peer_report_lists_rounds_and_the_inference_ceiling(tmp_path):
+    from benchmarks.peer_report import to_markdown, write_reports
+
+    agree = dict(images=2, theirs=3, ours=3, matched=3, precision=1.0, recall=1.0, hmean=1.0)
+    acc = dict(precision=0.5, recall=0.5, hmean=0.5)
+    report = {
+        "model": "m.onnx", "threads": 0, "command": "python benchmarks/peer_rapidocr.py",
+        "rapidocr": {"version": "3.10.0"},
+        "machine": {"machine": "cpu-x", "cpu": "X", "cpu_count": 2},
+        "realdev": {"agreement": agree, "accuracy": {"rapidocr": acc, "dbrt": acc}, "images": 2,
+                    "latency_ms": {"rapidocr": 200.0, "dbrt": 100.0}, "speedup": 2.0},
+        "videos": [{"video": "v.mp4", "frames": 40, "rounds": 2, "batch": {"pipeline": 1},
+                    "seconds": {"rapidocr": [16.0, 20.0], "pipeline": [10.0, 10.0]},
+                    "fps": {"rapidocr": 2.25, "pipeline": 4.0}, "speedup": {"pipeline": 1.78},
+                    "agreement": {"pipeline": agree}, "sampled_every": 50,
+                    "sampled_agreement": agree, "inference_alone_ms": 200.0}],
+        "load_average": {"before": 0.1, "after": 1.0},
+    }
+    text = to_markdown(report)
+    assert "v.mp4: rapidocr 2.50, 2.00; pipeline 4.00, 4.00" in text
+    assert "200 ms = 5.00 fps" in text and "2.22x is the most" in text and "80% of it" in text
+    paths = write_reports(report, tmp_path, "peer")
+    assert [p.name for p in paths] == ["peer.json", "peer.md"]
