@@ -87,6 +87,9 @@ def _variants(fp32: Path, calib, out_dir: Path) -> dict:
         variants[f"int8-{method}-ends-fp32"] = quantize.to_int8(
             fp32, out_dir / f"int8_{method}_ends.onnx", calib, method, keep_fp32_head=True,
             keep_fp32_stem=True)
+    for method in ("entropy", "percentile"):  # INT8 backbone, FP32 FPN + head
+        variants[f"int8-{method}-decoder-fp32"] = quantize.to_int8(
+            fp32, out_dir / f"int8_{method}_decoder.onnx", calib, method, keep_fp32_decoder=True)
     return variants
 
 

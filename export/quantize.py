@@ -188,6 +188,17 @@ def head_nodes(proto) -> List[str]:
     return names
 
 
+def decoder_nodes(proto) -> List[str]:
+    """The FPN neck and the head (dbrt's exported module names, `/decoder/...`): everything after
+    the backbone. Kept in FP32 the INT8 gain stays where the compute is (the ResNet)."""
+    names = [n.name for n in proto.graph.node
+             if n.op_type in INT8_OPS and n.name.startswith("/decoder/")]
+    if not names:
+        raise ModelError("no '/decoder/' nodes in this ONNX: keeping the decoder in FP32 needs a "
+                         "model exported by dbrt (use keep_fp32_head for other models)")
+    return names + [n for n in head_nodes(proto) if n not in names]
+
+
 def stem_nodes(proto) -> List[str]:
     """The first convolution (reads the image itself)."""
     source = proto.graph.input[0].name
@@ -212,8 +223,11 @@ def int8_options(method: str = "entropy", exclude: Sequence[str] = ()) -> dict:
 
 
 def to_int8(model, out_path, calibration: Sequence[np.ndarray], method: str = "entropy",
-            keep_fp32_head: bool = False, keep_fp32_stem: bool = False) -> Path:
-    """Explicitly quantized (Q/DQ) INT8 ONNX calibrated on `calibration` inputs."""
+            keep_fp32_head: bool = False, keep_fp32_stem: bool = False,
+            keep_fp32_decoder: bool = False) -> Path:
+    """Explicitly quantized (Q/DQ) INT8 ONNX calibrated on `calibration` inputs.
+
+    keep_fp32_head / _stem / _decoder leave those layers unquantized (the decoder: FPN + head)."""
     q = require("onnxruntime.quantization")
     proto = _load(model)
     spec = model_spec(proto)
@@ -221,7 +235,9 @@ def to_int8(model, out_path, calibration: Sequence[np.ndarray], method: str = "e
         raise SourceError("INT8 quantization needs calibration inputs")
     # INT8 hurts most at both ends of the network: optionally leave them in FP32 / FP16
     exclude = ((head_nodes(proto) if keep_fp32_head else [])
-               + (stem_nodes(proto) if keep_fp32_stem else []))
+               + (stem_nodes(proto) if keep_fp32_stem else [])
+               + (decoder_nodes(proto) if keep_fp32_decoder else []))
+    exclude = list(dict.fromkeys(exclude))
     options = int8_options(method, exclude)
     name = proto.graph.input[0].name
     with tempfile.TemporaryDirectory() as tmp:  # ORT writes its own files; keep only ours

@@ -220,6 +220,26 @@ def test_keep_fp32_ends_leaves_stem_and_head_unquantized(fp32_model, tmp_path, c
     assert sum(n.op_type == "DequantizeLinear" for n in proto.graph.node) > 20  # the rest is INT8
 
 
+def test_keep_fp32_decoder_quantizes_the_backbone_only(fp32_model, tmp_path, calibration):
+    out = quantize.to_int8(fp32_model, tmp_path / "dec.onnx", calibration, "minmax",
+                           keep_fp32_decoder=True)
+    proto = onnx.load(str(out))
+    producers = {o: n for n in proto.graph.node for o in n.output}
+
+    def quantized(node):  # INT8 weights (its input may still come through a backbone DQ)
+        weight = producers.get(node.input[1])
+        return weight is not None and weight.op_type == "DequantizeLinear"
+
+    convs = [n for n in proto.graph.node if n.op_type in ("Conv", "ConvTranspose")]
+    assert not any(quantized(n) for n in convs if n.name.startswith("/decoder/"))
+    assert all(quantized(n) for n in convs if n.name.startswith("/backbone/"))
+    plain = onnx.load(str(fp32_model))
+    for node in plain.graph.node:
+        node.name = node.name.replace("/decoder/", "/neck/")
+    with pytest.raises(ModelError, match="no '/decoder/' nodes"):
+        quantize.to_int8(plain, tmp_path / "x.onnx", calibration, keep_fp32_decoder=True)
+
+
 @pytest.mark.parametrize("method", ["entropy", "percentile", "minmax"])
 def test_calibration_on_images_of_different_sizes(fp32_model, tmp_path, image_dir, method):
     """A user's folder holds images of many sizes: every method must cope (ORT alone cannot)."""
@@ -244,6 +264,7 @@ def test_precision_benchmark_writes_results(tmp_path, monkeypatch):
     assert payload["parity_passed"] and "UNTRAINED" in payload["model"]
     variants = {r["variant"] for r in payload["rows"]}
     assert variants == {"fp16", "int8-entropy", "int8-minmax", "int8-percentile",
-                        "int8-entropy-ends-fp32", "int8-percentile-ends-fp32"}
+                        "int8-entropy-ends-fp32", "int8-percentile-ends-fp32",
+                        "int8-entropy-decoder-fp32", "int8-percentile-decoder-fp32"}
     assert all(r["trt8.6"] for r in payload["rows"])
     assert "## Summary" in (tmp_path / "p.md").read_text()

@@ -45,6 +45,8 @@ def add_arguments(parser) -> None:
                       help="leave the head (last conv, ConvTranspose, Sigmoid) unquantized")
     onnx.add_argument("--keep-fp32-stem", action="store_true",
                       help="leave the first convolution (on the image) unquantized")
+    onnx.add_argument("--keep-fp32-decoder", action="store_true",
+                      help="leave the FPN neck and the head unquantized (INT8 backbone only)")
     onnx.add_argument("--target-trt", default="auto",
                       help="TensorRT to check against: 8.6, 10, 10.3, 11 ... (auto: 8.6 for opset "
                            "<= 17, else 10.1)")
@@ -114,8 +116,10 @@ def _variants(args, fp32_path: Path, spec) -> list:
             raise DbrtError("--precision int8 needs --calib IMAGES_OR_VIDEO")
         data = quantize.calibration_inputs(args.calib, spec, args.calib_count, args.calib_side)
         out.append(quantize.to_int8(fp32_path, fp32_path.with_name(f"{fp32_path.stem}_int8.onnx"),
-                                    data, args.calib_method, args.keep_fp32_head, args.keep_fp32_stem))
-        kept = [name for name, on in (("head", args.keep_fp32_head), ("stem", args.keep_fp32_stem)) if on]
+                                    data, args.calib_method, args.keep_fp32_head, args.keep_fp32_stem,
+                                    args.keep_fp32_decoder))
+        kept = [name for name, on in (("head", args.keep_fp32_head), ("stem", args.keep_fp32_stem),
+                                      ("decoder", args.keep_fp32_decoder)) if on]
         print(f"wrote {out[-1]} (INT8 Q/DQ, {args.calib_method} calibration on {len(data)} inputs"
               f"{', FP32 ' + ' + '.join(kept) if kept else ''})")
     return out
