@@ -67,10 +67,11 @@ def to_markdown(report: dict) -> str:
         lines.append(f"- {v['video']}: {rounds}")
         if "inference_alone_ms" in v:
             ceiling = 1000 / v["inference_alone_ms"]
-            lines.append(f"  - the model call alone (dbrt's session, batch 1, same input size): "
-                         f"{v['inference_alone_ms']:.0f} ms = {ceiling:.2f} fps, so "
-                         f"{ceiling / v['fps']['rapidocr']:.2f}x is the most any pipeline of "
-                         f"this session can reach here; dbrt's batch-1 pipeline runs at "
+            lines.append(f"  - the model call alone (one {report['threads'] or 'default'}-thread "
+                         f"session, batch 1, same input size, fastest of 7): "
+                         f"{v['inference_alone_ms']:.0f} ms = {ceiling:.2f} fps, i.e. "
+                         f"{ceiling / v['fps']['rapidocr']:.2f}x RapidOCR: the bound for any "
+                         f"pipeline on one such session; dbrt's batch-1 pipeline reaches "
                          f"{v['fps'][next(iter(v['speedup']))] / ceiling:.0%} of it")
     load = report.get("load_average", {})
     lines += [

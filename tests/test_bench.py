@@ -317,6 +317,6 @@ def test_peer_report_lists_rounds_and_the_inference_ceiling(tmp_path):
     }
     text = to_markdown(report)
     assert "v.mp4: rapidocr 2.50, 2.00; pipeline 4.00, 4.00" in text
-    assert "200 ms = 5.00 fps" in text and "2.22x is the most" in text and "80% of it" in text
+    assert "200 ms = 5.00 fps, i.e. 2.22x RapidOCR" in text and "reaches 80% of it" in text
     paths = write_reports(report, tmp_path, "peer")
     assert [p.name for p in paths] == ["peer.json", "peer.md"]
