@@ -83,15 +83,12 @@ class RapidOcrDetector:
 
 def dbrt_detector(model: Path, threads: int = 0, device: str = "cpu", sessions: int = 1):
     """dbrt with the ppocr preset: one session (`threads` intra-op threads), or on the CPU
-    `sessions` single-thread sessions sharing each batch (engine.parallel_runner)."""
-    from engine.parallel_runner import ParallelRunner
+    `sessions` single-thread sessions sharing each batch (what `dbrt run --sessions` does)."""
     from pipeline.detector import Detector
 
-    if sessions > 1 and device == "cpu":
-        runner = ParallelRunner.onnxruntime(model, sessions, threads=max(1, threads))
-        return Detector(runner, preset="ppocr")
     backend = "onnxruntime" if device == "cpu" else "auto"
-    return Detector(model, backend=backend, device=device, preset="ppocr", threads=threads)
+    return Detector(model, backend=backend, device=device, preset="ppocr", threads=threads,
+                    sessions=sessions if device == "cpu" else 1)
 
 
 # -- measures ------------------------------------------------------------------------------------
