@@ -4,6 +4,7 @@
     to_fp16("m.onnx", "m_fp16.onnx")                               # FP32 inputs / outputs kept
     data = calibration_inputs("frames/", spec, count=64)           # or a video file
     to_int8("m.onnx", "m_int8.onnx", data, method="entropy", keep_fp32_head=True, keep_fp32_stem=True)
+    to_int8("m.onnx", "m_int8.onnx", data, keep_fp32_sensitive=20)   # most sensitive layers FP32
 
 FP16: NVIDIA ModelOpt AutoCast when `modelopt` is installed, else onnxconverter-common's
 float16 converter (keep_io_types). INT8: ONNX Runtime `quantize_static`, QDQ format, symmetric
@@ -222,23 +223,45 @@ def int8_options(method: str = "entropy", exclude: Sequence[str] = ()) -> dict:
                                "QDQOpTypePerChannelSupportToAxis": {"Conv": 0, "ConvTranspose": 1}})
 
 
+def int8_layer_ranking(model, calibration: Sequence[np.ndarray], method: str = "entropy") -> list:
+    """`export.sensitivity.LayerSensitivity` of every quantizable layer, most sensitive first
+    (to choose `keep_fp32_nodes` once for several variants)."""
+    from .sensitivity import int8_sensitivity
+
+    proto = _load(model)
+    with tempfile.TemporaryDirectory() as tmp, _quiet():
+        src = os.path.join(tmp, "fp32.onnx")
+        require("onnx").save_model(proto, src)
+        cache = write_cache(src, proto.graph.input[0].name, calibration, method, INT8_OPS, tmp)
+        return int8_sensitivity(src, calibration, cache, int8_options(method), tmp)
+
+
 def to_int8(model, out_path, calibration: Sequence[np.ndarray], method: str = "entropy",
             keep_fp32_head: bool = False, keep_fp32_stem: bool = False,
-            keep_fp32_decoder: bool = False) -> Path:
+            keep_fp32_decoder: bool = False, keep_fp32_sensitive: int = 0,
+            keep_fp32_nodes: Sequence[str] = ()) -> Path:
     """Explicitly quantized (Q/DQ) INT8 ONNX calibrated on `calibration` inputs.
 
-    keep_fp32_head / _stem / _decoder leave those layers unquantized (the decoder: FPN + head)."""
+    keep_fp32_head / _stem / _decoder leave those layers unquantized (the decoder: FPN + head);
+    keep_fp32_sensitive=K the K layers INT8 hurts most (`export.sensitivity`, measured on the
+    calibration inputs); keep_fp32_nodes names nodes directly. What was left out and the share of
+    convolution MACs still INT8 are recorded in the model's dbrt metadata (`extra`)."""
     q = require("onnxruntime.quantization")
     proto = _load(model)
     spec = model_spec(proto)
     if not calibration:
         raise SourceError("INT8 quantization needs calibration inputs")
+    if keep_fp32_sensitive < 0:
+        raise ModelError("keep_fp32_sensitive must be >= 0")
+    int8_options(method)  # an unknown method fails here, before any calibration work
     # INT8 hurts most at both ends of the network: optionally leave them in FP32 / FP16
     exclude = ((head_nodes(proto) if keep_fp32_head else [])
                + (stem_nodes(proto) if keep_fp32_stem else [])
-               + (decoder_nodes(proto) if keep_fp32_decoder else []))
-    exclude = list(dict.fromkeys(exclude))
-    options = int8_options(method, exclude)
+               + (decoder_nodes(proto) if keep_fp32_decoder else []) + list(keep_fp32_nodes))
+    known = {n.name for n in proto.graph.node}
+    unknown = [n for n in keep_fp32_nodes if n not in known]
+    if unknown:
+        raise ModelError(f"no such nodes in the model: {', '.join(unknown)}")
     name = proto.graph.input[0].name
     with tempfile.TemporaryDirectory() as tmp:  # ORT writes its own files; keep only ours
         src, dst = os.path.join(tmp, "fp32.onnx"), os.path.join(tmp, "int8.onnx")
@@ -246,9 +269,24 @@ def to_int8(model, out_path, calibration: Sequence[np.ndarray], method: str = "e
         with _quiet():
             if hasattr(require("onnxruntime.quantization.calibrate"), "save_tensors_data"):
                 cache = write_cache(src, name, calibration, method, INT8_OPS, tmp)  # TensorRT-like
-                q.quantize_static(src, dst, None, calibration_cache_path=cache, **options)
-            else:  # older ORT, no calibration cache: its own search (entropy then equals min-max)
-                q.quantize_static(src, dst, ArrayReader(name, calibration), **options)
-        result = require("onnx").load(dst)
-    return _finish(result, out_path, spec, "int8")
+                ranked = []
+                if keep_fp32_sensitive:
+                    from .sensitivity import int8_sensitivity
 
+                    ranked = int8_sensitivity(src, calibration, cache, int8_options(method), tmp)
+                    exclude += [s.name for s in ranked[:keep_fp32_sensitive]]
+                exclude = list(dict.fromkeys(exclude))
+                q.quantize_static(src, dst, None, calibration_cache_path=cache,
+                                  **int8_options(method, exclude))
+            else:  # older ORT, no calibration cache: its own search (entropy then equals min-max)
+                if keep_fp32_sensitive:
+                    raise ModelError("keep_fp32_sensitive needs onnxruntime >= 1.19 (calibration caches)")
+                exclude = list(dict.fromkeys(exclude))
+                q.quantize_static(src, dst, ArrayReader(name, calibration), **int8_options(method, exclude))
+        result = require("onnx").load(dst)
+    if exclude:
+        from .sensitivity import int8_mac_share
+
+        share = int8_mac_share(proto, calibration[0].shape, exclude)
+        spec = spec.replace(extra=dict(spec.extra, int8_fp32_layers=exclude, int8_mac_share=round(share, 4)))
+    return _finish(result, out_path, spec, "int8")

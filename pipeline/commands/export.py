@@ -47,6 +47,9 @@ def add_arguments(parser) -> None:
                       help="leave the first convolution (on the image) unquantized")
     onnx.add_argument("--keep-fp32-decoder", action="store_true",
                       help="leave the FPN neck and the head unquantized (INT8 backbone only)")
+    onnx.add_argument("--keep-fp32-sensitive", type=int, default=0, metavar="K",
+                      help="leave the K layers INT8 hurts most unquantized (ranked on the calibration "
+                           "inputs; prints them and the share of MACs still INT8)")
     onnx.add_argument("--target-trt", default="auto",
                       help="TensorRT to check against: 8.6, 10, 10.3, 11 ... (auto: 8.6 for opset "
                            "<= 17, else 10.1)")
@@ -117,11 +120,17 @@ def _variants(args, fp32_path: Path, spec) -> list:
         data = quantize.calibration_inputs(args.calib, spec, args.calib_count, args.calib_side)
         out.append(quantize.to_int8(fp32_path, fp32_path.with_name(f"{fp32_path.stem}_int8.onnx"),
                                     data, args.calib_method, args.keep_fp32_head, args.keep_fp32_stem,
-                                    args.keep_fp32_decoder))
+                                    args.keep_fp32_decoder, args.keep_fp32_sensitive))
         kept = [name for name, on in (("head", args.keep_fp32_head), ("stem", args.keep_fp32_stem),
-                                      ("decoder", args.keep_fp32_decoder)) if on]
+                                      ("decoder", args.keep_fp32_decoder),
+                                      (f"{args.keep_fp32_sensitive} most sensitive layers",
+                                       args.keep_fp32_sensitive)) if on]
+        extra = quantize.model_spec(out[-1]).extra
+        share = f"; {extra['int8_mac_share']:.0%} of conv MACs INT8" if "int8_mac_share" in extra else ""
         print(f"wrote {out[-1]} (INT8 Q/DQ, {args.calib_method} calibration on {len(data)} inputs"
-              f"{', FP32 ' + ' + '.join(kept) if kept else ''})")
+              f"{', FP32 ' + ' + '.join(kept) if kept else ''}{share})")
+        if args.keep_fp32_sensitive:
+            print("  FP32 layers: " + ", ".join(extra.get("int8_fp32_layers", [])))
     return out
 
 
