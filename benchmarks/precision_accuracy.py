@@ -26,6 +26,7 @@ from . import common
 
 TARGETS = {"fp16": 0.995, "int8": 0.97}
 TRT_TARGETS = ("8.6", "10.3", "11")
+SENSITIVE_K = (10, 20, 30)
 VIDEOS = ("video/pexels_lightbox_text_960x506.mp4", "video/pexels_street_captions_1080x1920.mp4")
 
 
@@ -90,7 +91,13 @@ def _variants(fp32: Path, calib, out_dir: Path) -> dict:
     for method in ("entropy", "percentile"):  # INT8 backbone, FP32 FPN + head
         variants[f"int8-{method}-decoder-fp32"] = quantize.to_int8(
             fp32, out_dir / f"int8_{method}_decoder.onnx", calib, method, keep_fp32_decoder=True)
-    return variants
+    # the K layers INT8 hurts most (ranked on the calibration inputs only) left in FP32
+    ranked = quantize.int8_layer_ranking(fp32, calib, "entropy")
+    for k in SENSITIVE_K:
+        variants[f"int8-entropy-sensitive-{k}-fp32"] = quantize.to_int8(
+            fp32, out_dir / f"int8_entropy_sens{k}.onnx", calib, "entropy",
+            keep_fp32_nodes=[r.name for r in ranked[:k]])
+    return variants, ranked
 
 
 def run(args) -> dict:
@@ -99,7 +106,7 @@ def run(args) -> dict:
 
 
 def _run_in(args, work: Path) -> dict:
-    from export.accuracy import compare_many
+    from export.accuracy import compare_many, int8_noise_floor
     from export.onnx_export import export_onnx
     from export.trt_compat import check_onnx
 
@@ -109,28 +116,41 @@ def _run_in(args, work: Path) -> dict:
     print(export)
     args.side = args.side or export.spec.limit_side
     calib, calib_text = _calibration(export.spec, args.calib_count, args.side)
-    variants = _variants(export.path, calib, work)
+    variants, ranked = _variants(export.path, calib, work)
     sets = _eval_sets(args.synthetic)
     rows = []
     compat = {name: {t: check_onnx(path, t).ok for t in TRT_TARGETS} for name, path in variants.items()}
+    share = {name: _mac_share(path) for name, path in variants.items()}
     for set_name, images in sets.items():
         results = compare_many(export.path, list(variants.values()), images, limit_side=args.side)
+        floor = {name: int8_noise_floor(path, images, limit_side=args.side).hmean
+                 for name, path in variants.items() if name.startswith("int8")}
         for name, result in zip(variants, results):
             print(f"{name:28s} {set_name:9s} {result}")
             target = TARGETS[result.precision]
             # without FP32 boxes there is nothing to agree on: say so instead of a vacuous 1.0
             measured = result.reference_boxes > 0
             rows.append(dict(variant=name, images=set_name, n=result.images, max_abs=result.max_abs,
-                             mean_abs=result.mean_abs, fp32_boxes=result.reference_boxes,
+                             mean_abs=result.mean_abs, int8_macs=share[name], fp32_boxes=result.reference_boxes,
                              boxes=result.candidate_boxes, P=result.precision_score, R=result.recall,
-                             hmean=result.hmean if measured else None, target=f">= {target}",
+                             hmean=result.hmean if measured else None, int8_self=floor.get(name),
+                             target=f">= {target}",
                              meets=(result.hmean >= target) if measured else "n/a (no boxes)",
                              **{f"trt{t}": ok for t, ok in compat[name].items()}))
     command = " ".join(["python -m benchmarks.precision_accuracy"] + sys.argv[1:])
     return dict(command=command, model=described, opset=args.opset, side=args.side, calibration=calib_text,
                 parity=[vars(p) for p in export.parity], parity_passed=export.passed,
                 fp32_sha256=common.file_sha256(export.path), rows=rows,
+                sensitivity=[r.to_dict() for r in ranked],
                 seconds=round(time.perf_counter() - started, 1))
+
+
+def _mac_share(path):
+    """Share of conv MACs in INT8 (None for FP16)."""
+    from export.quantize import model_spec
+
+    spec = model_spec(path)
+    return None if spec.precision != "int8" else spec.extra.get("int8_mac_share", 1.0)
 
 
 def _markdown(payload: dict) -> list:
@@ -141,12 +161,21 @@ def _markdown(payload: dict) -> list:
              "evaluation images are disjoint from calibration. Box agreement = ICDAR 2015 protocol "
              "(IoU > 0.5) of each variant's boxes against the FP32 boxes. ONNX Runtime CPU "
              "(FP16 is upcast there: FP16 rows check the converted graph). `trtX`: "
-             "export.trt_compat verdict for that TensorRT version.\n\n"
+             "export.trt_compat verdict for that TensorRT version. `int8_macs`: share of the "
+             "convolution MACs that run in INT8 (the rest stays FP32 / FP16). `int8_self`: box "
+             "agreement of the INT8 model with itself executed another valid way (ORT's fused "
+             "integer kernels vs the same Q/DQ graph as float ops, `session.disable_quant_qdq`): "
+             "the noise floor of INT8 execution, which TensorRT's kernels have too.\n\n"
              f"Command: `{payload['command']}`\n")
-    shown = [dict(r, **{k: f"{r[k]:.4f}" for k in ("P", "R", "hmean") if r[k] is not None})
+    shown = [dict(r, **{k: f"{r[k]:.4f}" for k in ("P", "R", "hmean", "int8_self") if r[k] is not None})
              for r in payload["rows"]]
+    sensitivity = [dict(rank=i + 1, layer=r["name"], op=r["op"], mse=f"{r['mse']:.2e}",
+                        mmacs=round(r["macs"] / 1e6, 1)) for i, r in enumerate(payload["sensitivity"])]
     return [("Setup", intro), ("Summary", _summary(payload["rows"])),
-            ("FP16 / INT8 vs FP32", common.markdown_table(shown))]
+            ("FP16 / INT8 vs FP32", common.markdown_table(shown)),
+            ("INT8 layer sensitivity", "Probability-map MSE against FP32 when only that layer is INT8 "
+             "(entropy ranges), on the calibration inputs; MMACs for one calibration input. The "
+             "`sensitive-K` variants leave the first K in FP32.\n\n" + common.markdown_table(sensitivity))]
 
 
 def _summary(rows) -> str:
@@ -163,6 +192,10 @@ def _summary(rows) -> str:
             lines.append(f"- {images}: best INT8 {int8[0]['variant']} hmean {int8[0]['hmean']:.4f} "
                          f"(target {TARGETS['int8']}; {met}/{len(int8)} INT8 variants meet it; "
                          f"{int8[0]['fp32_boxes']} FP32 boxes)")
+            full = [r for r in int8 if r["variant"] == "int8-entropy" and r.get("int8_self") is not None]
+            if full:
+                lines.append(f"- {images}: int8-entropy agrees with itself run another way at "
+                             f"{full[0]['int8_self']:.4f} (INT8 execution noise floor)")
     return "\n".join(lines) + "\n"
 
 

@@ -99,8 +99,13 @@ def compare_models(reference, candidate, images: Iterable[np.ndarray], spec=None
 
 
 def compare_many(reference, candidates: Sequence, images: Iterable[np.ndarray], spec=None,
-                 limit_side: Optional[int] = None, threads: int = 1) -> List[PrecisionComparison]:
-    """`compare_models` for several candidates at once: the reference runs once per image."""
+                 limit_side: Optional[int] = None, threads: int = 1,
+                 candidate_config: Optional[dict] = None) -> List[PrecisionComparison]:
+    """`compare_models` for several candidates at once: the reference runs once per image.
+
+    `candidate_config`: ONNX Runtime session config entries for the candidates only, e.g.
+    {"session.disable_quant_qdq": "1"} runs a Q/DQ model as float ops on dequantized values
+    (see `int8_noise_floor`)."""
     from contextlib import ExitStack
 
     from engine.onnxruntime_runner import OnnxRuntimeRunner
@@ -116,7 +121,8 @@ def compare_many(reference, candidates: Sequence, images: Iterable[np.ndarray], 
     tallies = [_Tally() for _ in candidates]
     with ExitStack() as stack:
         ref = stack.enter_context(OnnxRuntimeRunner(reference, "cpu", threads=threads))
-        runners = [stack.enter_context(OnnxRuntimeRunner(c, "cpu", threads=threads)) for c in candidates]
+        runners = [stack.enter_context(OnnxRuntimeRunner(c, "cpu", threads=threads, config=candidate_config))
+                   for c in candidates]
         for image in images:
             chw, box = preprocess(image, spec)
             ref_map = _run(ref, chw)
@@ -127,6 +133,17 @@ def compare_many(reference, candidates: Sequence, images: Iterable[np.ndarray], 
     if not tallies or not tallies[0].rows:
         raise SourceError("no images to compare on")
     return [t.result(str(c), model_spec(c).precision) for c, t in zip(candidates, tallies)]
+
+
+def int8_noise_floor(model, images: Iterable[np.ndarray], spec=None,
+                     limit_side: Optional[int] = None) -> PrecisionComparison:
+    """Box agreement of an INT8 Q/DQ model with itself run another valid way: ONNX Runtime's fused
+    integer kernels against the same graph as float ops on dequantized values. Both compute the
+    model's INT8 arithmetic; they differ only in accumulation order and rounding ties, as any two
+    INT8 engines (ORT, TensorRT, another GPU) do. INT8-vs-FP32 agreement cannot be expected above
+    this on the same images."""
+    return compare_many(model, [model], images, spec, limit_side,
+                        candidate_config={"session.disable_quant_qdq": "1"})[0]
 
 
 class _Tally:

@@ -265,6 +265,92 @@ def test_precision_benchmark_writes_results(tmp_path, monkeypatch):
     variants = {r["variant"] for r in payload["rows"]}
     assert variants == {"fp16", "int8-entropy", "int8-minmax", "int8-percentile",
                         "int8-entropy-ends-fp32", "int8-percentile-ends-fp32",
-                        "int8-entropy-decoder-fp32", "int8-percentile-decoder-fp32"}
+                        "int8-entropy-decoder-fp32", "int8-percentile-decoder-fp32",
+                        *(f"int8-entropy-sensitive-{k}-fp32" for k in precision_accuracy.SENSITIVE_K)}
     assert all(r["trt8.6"] for r in payload["rows"])
-    assert "## Summary" in (tmp_path / "p.md").read_text()
+    shares = {r["variant"]: r["int8_macs"] for r in payload["rows"]}
+    assert shares["fp16"] is None and shares["int8-entropy"] == 1.0
+    assert shares["int8-entropy-sensitive-30-fp32"] < shares["int8-entropy-sensitive-10-fp32"] < 1.0
+    assert len(payload["sensitivity"]) > 30
+    assert all(r["int8_self"] is None for r in payload["rows"] if r["variant"] == "fp16")
+    assert all(0 <= r["int8_self"] <= 1 for r in payload["rows"] if r["variant"] != "fp16")
+    text = (tmp_path / "p.md").read_text()
+    assert "## Summary" in text and "## INT8 layer sensitivity" in text
+
+
+def _weight_quantized(proto, node):
+    producers = {o: n for n in proto.graph.node for o in n.output}
+    weight = producers.get(node.input[1]) if len(node.input) > 1 else None
+    return weight is not None and weight.op_type == "DequantizeLinear"
+
+
+def test_keep_fp32_sensitive_leaves_the_top_ranked_layers_unquantized(fp32_model, tmp_path, calibration):
+    ranked = quantize.int8_layer_ranking(fp32_model, calibration, "minmax")
+    proto = onnx.load(str(fp32_model))
+    quantizable = [n.name for n in proto.graph.node if n.op_type in quantize.INT8_OPS]
+    assert sorted(r.name for r in ranked) == sorted(quantizable)
+    assert [r.mse for r in ranked] == sorted((r.mse for r in ranked), reverse=True)
+    assert ranked[0].mse > 0 and all(r.macs > 0 for r in ranked if r.op_type != "Add")
+
+    out = quantize.to_int8(fp32_model, tmp_path / "sens.onnx", calibration, "minmax", keep_fp32_sensitive=3)
+    extra = quantize.model_spec(out).extra
+    assert extra["int8_fp32_layers"] == [r.name for r in ranked[:3]]  # deterministic ranking
+    assert 0.0 < extra["int8_mac_share"] < 1.0 or all(r.op_type == "Add" for r in ranked[:3])
+    int8 = onnx.load(str(out))
+    by_name = {n.name: n for n in int8.graph.node}
+    for layer in ranked:
+        if layer.op_type in ("Conv", "ConvTranspose"):
+            assert _weight_quantized(int8, by_name[layer.name]) == (layer.name not in extra["int8_fp32_layers"])
+
+
+def test_conv_macs_count_output_elements_times_kernel(fp32_model):
+    from export.sensitivity import conv_macs, int8_mac_share
+
+    proto = onnx.load(str(fp32_model))
+    macs = conv_macs(proto, (1, 3, 64, 96))
+    stem = [n for n in proto.graph.node if n.name == "/backbone/conv1/Conv"][0]
+    weight = _consts(proto)[stem.input[1]]  # 7x7 stride-2 conv: output 32x48
+    assert macs[stem.name] == weight.shape[0] * 32 * 48 * int(np.prod(weight.shape[1:]))
+    assert set(macs) == {n.name for n in proto.graph.node if n.op_type in ("Conv", "ConvTranspose")}
+    assert int8_mac_share(proto, (1, 3, 64, 96), []) == 1.0
+    assert int8_mac_share(proto, (1, 3, 64, 96), [stem.name]) == pytest.approx(
+        1 - macs[stem.name] / sum(macs.values()))
+
+
+def test_keep_fp32_nodes_are_checked(fp32_model, tmp_path, calibration):
+    with pytest.raises(ModelError, match="no such nodes in the model: /nope"):
+        quantize.to_int8(fp32_model, tmp_path / "x.onnx", calibration, keep_fp32_nodes=["/nope"])
+    with pytest.raises(ModelError, match=">= 0"):
+        quantize.to_int8(fp32_model, tmp_path / "x.onnx", calibration, keep_fp32_sensitive=-1)
+    out = quantize.to_int8(fp32_model, tmp_path / "n.onnx", calibration, "minmax",
+                           keep_fp32_nodes=["/backbone/conv1/Conv"])
+    stem = [n for n in onnx.load(str(out)).graph.node if n.name == "/backbone/conv1/Conv"][0]
+    assert not _weight_quantized(onnx.load(str(out)), stem)
+    assert quantize.model_spec(out).extra["int8_fp32_layers"] == ["/backbone/conv1/Conv"]
+
+
+def test_cli_export_keep_fp32_sensitive(image_dir, tmp_path, capsys):
+    from pipeline.cli import main
+
+    out = tmp_path / "cli" / "m.onnx"
+    code = main(["export", "--random-init", "--arch", "resnet18", "--width", "0.25", "-o", str(out),
+                 "--precision", "int8", "--calib", str(image_dir), "--calib-count", "2",
+                 "--calib-side", "64", "--keep-fp32-sensitive", "2", "--no-parity"])
+    text = capsys.readouterr().out
+    assert code == 0, text
+    assert "FP32 2 most sensitive layers" in text and "of conv MACs INT8" in text
+    assert text.count("FP32 layers: ") == 1
+
+
+def test_int8_noise_floor_runs_the_same_graph_two_ways(tmp_path):
+    from export.accuracy import int8_noise_floor
+
+    ref = _dark_text_model(tmp_path / "ref.onnx")
+    images = synthetic_images(3, 192, 256, first_seed=5)
+    calib = [preprocess(im, SPEC.replace(limit_side=256))[0][None] for im in synthetic_images(2, 192, 256, 70)]
+    int8 = quantize.to_int8(ref, tmp_path / "ref8.onnx", calib, "minmax")
+    floor = int8_noise_floor(int8, images)
+    assert floor.reference_boxes > 0 and floor.precision == "int8"
+    assert floor.hmean >= 0.9 and floor.max_abs < 0.05  # a one-conv model: only rounding ties differ
+    plain = int8_noise_floor(ref, images)  # no Q/DQ: both runs are the same FP32 arithmetic
+    assert plain.hmean == 1.0 and plain.max_abs < 1e-6
