@@ -131,7 +131,8 @@ def _run_in(args, work: Path) -> dict:
             # without FP32 boxes there is nothing to agree on: say so instead of a vacuous 1.0
             measured = result.reference_boxes > 0
             rows.append(dict(variant=name, images=set_name, n=result.images, max_abs=result.max_abs,
-                             mean_abs=result.mean_abs, int8_macs=share[name], fp32_boxes=result.reference_boxes,
+                             mean_abs=result.mean_abs, int8_macs=share[name],
+                             fp32_boxes=result.reference_boxes,
                              boxes=result.candidate_boxes, P=result.precision_score, R=result.recall,
                              hmean=result.hmean if measured else None, int8_self=floor.get(name),
                              target=f">= {target}",
@@ -189,8 +190,13 @@ def _summary(rows) -> str:
             lines.append(f"- {images}: FP16 box hmean {fp16[0]['hmean']:.4f} (target {TARGETS['fp16']})")
         if int8:
             met = sum(r["hmean"] >= TARGETS["int8"] for r in int8)
-            lines.append(f"- {images}: best INT8 {int8[0]['variant']} hmean {int8[0]['hmean']:.4f} "
-                         f"(target {TARGETS['int8']}; {met}/{len(int8)} INT8 variants meet it; "
+            share = int8[0].get("int8_macs")
+            meeting = [r["variant"] for r in int8 if r["hmean"] >= TARGETS["int8"]]
+            which = f": {', '.join(meeting)}" if 0 < met < len(int8) else ""
+            lines.append(f"- {images}: best INT8 {int8[0]['variant']} hmean {int8[0]['hmean']:.4f}"
+                         f"{f' ({share:.0%} of conv MACs INT8)' if share is not None else ''} "
+                         f"(target {TARGETS['int8']}; {met}/{len(int8)} INT8 variants meet it"
+                         f"{which}; "
                          f"{int8[0]['fp32_boxes']} FP32 boxes)")
             full = [r for r in int8 if r["variant"] == "int8-entropy" and r.get("int8_self") is not None]
             if full:
