@@ -274,7 +274,7 @@ def to_int8(model, out_path, calibration: Sequence[np.ndarray], method: str = "e
                     from .sensitivity import int8_sensitivity
 
                     ranked = int8_sensitivity(src, calibration, cache, int8_options(method), tmp)
-                    exclude += [s.name for s in ranked[:keep_fp32_sensitive]]
+                    exclude += [s.name for s in ranked if s.name not in exclude][:keep_fp32_sensitive]
                 exclude = list(dict.fromkeys(exclude))
                 q.quantize_static(src, dst, None, calibration_cache_path=cache,
                                   **int8_options(method, exclude))

@@ -1,7 +1,8 @@
 """Which layers INT8 hurts: per-layer quantization sensitivity and the compute each one costs.
 
-    ranked = int8_sensitivity("m.onnx", inputs, ranges_cache)     # most sensitive first
+    ranked = quantize.int8_layer_ranking("m.onnx", inputs)         # most sensitive first
     keep = [layer.name for layer in ranked[:20]]                    # leave these in FP32 / FP16
+    quantize.to_int8("m.onnx", "m_int8.onnx", inputs, keep_fp32_nodes=keep)  # = keep_fp32_sensitive=20
 
 A layer's sensitivity is the mean squared difference between the FP32 probability map and the
 map of a model in which only that layer is quantized (same calibrated ranges as the full INT8

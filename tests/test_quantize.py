@@ -354,3 +354,12 @@ def test_int8_noise_floor_runs_the_same_graph_two_ways(tmp_path):
     assert floor.hmean >= 0.9 and floor.max_abs < 0.05  # a one-conv model: only rounding ties differ
     plain = int8_noise_floor(ref, images)  # no Q/DQ: both runs are the same FP32 arithmetic
     assert plain.hmean == 1.0 and plain.max_abs < 1e-6
+
+
+def test_keep_fp32_sensitive_counts_layers_beyond_the_other_exclusions(fp32_model, tmp_path, calibration):
+    ranked = quantize.int8_layer_ranking(fp32_model, calibration, "minmax")
+    stem = quantize.stem_nodes(onnx.load(str(fp32_model)))
+    out = quantize.to_int8(fp32_model, tmp_path / "both.onnx", calibration, "minmax",
+                           keep_fp32_stem=True, keep_fp32_sensitive=2)
+    kept = quantize.model_spec(out).extra["int8_fp32_layers"]
+    assert kept == stem + [r.name for r in ranked if r.name not in stem][:2]
