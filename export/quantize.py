@@ -267,22 +267,21 @@ def to_int8(model, out_path, calibration: Sequence[np.ndarray], method: str = "e
         src, dst = os.path.join(tmp, "fp32.onnx"), os.path.join(tmp, "int8.onnx")
         require("onnx").save_model(proto, src)
         with _quiet():
-            if hasattr(require("onnxruntime.quantization.calibrate"), "save_tensors_data"):
-                cache = write_cache(src, name, calibration, method, INT8_OPS, tmp)  # TensorRT-like
-                ranked = []
-                if keep_fp32_sensitive:
-                    from .sensitivity import int8_sensitivity
+            # older ORT has no calibration caches: its own search (entropy then equals min-max)
+            cached = hasattr(require("onnxruntime.quantization.calibrate"), "save_tensors_data")
+            if keep_fp32_sensitive and not cached:
+                raise ModelError("keep_fp32_sensitive needs onnxruntime >= 1.19 (calibration caches)")
+            reader, cache, source = ArrayReader(name, calibration), None, {}
+            if cached:  # TensorRT-like ranges, computed once, handed over as a cache
+                cache = write_cache(src, name, calibration, method, INT8_OPS, tmp)
+                reader, source = None, {"calibration_cache_path": cache}
+            if keep_fp32_sensitive:
+                from .sensitivity import int8_sensitivity
 
-                    ranked = int8_sensitivity(src, calibration, cache, int8_options(method), tmp)
-                    exclude += [s.name for s in ranked if s.name not in exclude][:keep_fp32_sensitive]
-                exclude = list(dict.fromkeys(exclude))
-                q.quantize_static(src, dst, None, calibration_cache_path=cache,
-                                  **int8_options(method, exclude))
-            else:  # older ORT, no calibration cache: its own search (entropy then equals min-max)
-                if keep_fp32_sensitive:
-                    raise ModelError("keep_fp32_sensitive needs onnxruntime >= 1.19 (calibration caches)")
-                exclude = list(dict.fromkeys(exclude))
-                q.quantize_static(src, dst, ArrayReader(name, calibration), **int8_options(method, exclude))
+                ranked = int8_sensitivity(src, calibration, cache, int8_options(method), tmp)
+                exclude += [s.name for s in ranked if s.name not in exclude][:keep_fp32_sensitive]
+            exclude = list(dict.fromkeys(exclude))
+            q.quantize_static(src, dst, reader, **source, **int8_options(method, exclude))
         result = require("onnx").load(dst)
     if exclude:
         from .sensitivity import int8_mac_share
