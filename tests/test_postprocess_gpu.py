@@ -155,7 +155,7 @@ def test_cupy_building_blocks_match_their_numpy_oracles(rng):
         np.testing.assert_allclose(dev, host, rtol=1e-12)
     index = rng.integers(0, 10, 500)
     values = rng.integers(0, 1000, 500)
-    for op, ref in ((scatter_min, np.full(10, 10**6)), (scatter_max, np.full(10, -1))):
+    for op, ref in ((scatter_min, np.full(10, 10**6, np.int32)), (scatter_max, np.full(10, -1, np.int32))):
         dev = cp.asarray(ref)
         op(cp, dev, cp.asarray(index), cp.asarray(values))
         op(np, ref, index, values)
