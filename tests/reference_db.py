@@ -6,8 +6,8 @@ step by step, one contour at a time, as the reference does: findContours(RETR_LI
 `max_candidates` contours, minAreaRect + corner ordering, fillPoly-mask mean score on the integer
 bounding crop, pyclipper unclip of the float box (truncated to integers by pyclipper), a second
 minAreaRect, rounding to the destination size. It deliberately shares no code with
-`pipeline.postprocess`. shapely's Polygon area / length is replaced by the shoelace formula and
-the edge-length sum (identical for these simple rings). One documented difference from PaddleOCR:
+`pipeline.postprocess`. The unclip distance uses shapely's Polygon area / length, as PaddleOCR
+does (a plain shoelace sum rounds differently on some boxes). One documented difference from PaddleOCR:
 polygon mode honours score_mode="slow" (PaddleOCR always uses the fast score there).
 """
 from __future__ import annotations
@@ -17,6 +17,7 @@ import math
 import cv2
 import numpy as np
 import pyclipper
+from shapely.geometry import Polygon
 
 
 class ReferenceDB:
@@ -61,13 +62,11 @@ class ReferenceDB:
         return self.mean_in_polygon(pred, pts, x_lo, x_hi, y_lo, y_hi)
 
     def unclip(self, box):
-        ring = np.asarray(box, dtype=np.float64).reshape(-1, 2)
-        nxt = np.roll(ring, -1, axis=0)
-        area = abs(float(np.sum(ring[:, 0] * nxt[:, 1] - nxt[:, 0] * ring[:, 1]))) / 2.0
-        length = float(np.sum(np.sqrt(((nxt - ring) ** 2).sum(axis=1))))
+        poly = Polygon(box)
+        distance = poly.area * self.unclip_ratio / poly.length
         offset = pyclipper.PyclipperOffset()
         offset.AddPath(box, pyclipper.JT_ROUND, pyclipper.ET_CLOSEDPOLYGON)
-        return offset.Execute(area * self.unclip_ratio / length)
+        return offset.Execute(distance)
 
     # -- the two modes ----------------------------------------------------------------------
     def quads(self, pred, contours, dest_w, dest_h):

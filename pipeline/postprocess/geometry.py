@@ -27,31 +27,45 @@ def order_quads(corners: np.ndarray) -> np.ndarray:
                      pts[rows, 1 - first]], axis=1)
 
 
-def unclip_distances(polys: np.ndarray, ratio: float) -> np.ndarray:
-    """area * ratio / perimeter of (n, k, 2) polygons (shoelace area, as shapely), float64;
-    0 for degenerate polygons."""
-    p = np.asarray(polys, np.float64)
-    q = np.roll(p, -1, axis=1)
-    area = np.abs(np.sum(p[..., 0] * q[..., 1] - q[..., 0] * p[..., 1], axis=-1)) / 2.0
-    perimeter = np.sum(np.sqrt(((q - p) ** 2).sum(axis=-1)), axis=-1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(perimeter > 0, area * ratio / perimeter, 0.0)
-
-
-def ragged_unclip_distances(polys: list, ratio: float) -> np.ndarray:
-    """`unclip_distances` of polygons with different numbers of points, in one pass."""
-    if not polys:
-        return np.zeros(0)
+def _closed_rings(polys) -> tuple:
+    """(n, k + 1, 2) float64 rings closed on their first point, and the ring sizes; ragged
+    polygons are padded with further copies of the first point (zero-length edges, terms of 0)."""
+    if isinstance(polys, np.ndarray):
+        p = polys.reshape(len(polys), -1, 2).astype(np.float64)
+        return np.concatenate([p, p[:, :1]], axis=1)
     sizes = np.fromiter((len(p) for p in polys), np.intp, len(polys))
-    p = np.concatenate(polys).reshape(-1, 2).astype(np.float64)
+    points = np.concatenate([np.asarray(p).reshape(-1, 2) for p in polys]).astype(np.float64)
     starts = np.cumsum(sizes) - sizes
-    following = np.arange(len(p)) + 1
-    following[starts + sizes - 1] = starts  # each ring closes on its first point
-    q = p[following]
-    area = np.abs(np.add.reduceat(p[:, 0] * q[:, 1] - q[:, 0] * p[:, 1], starts)) / 2.0
-    perimeter = np.add.reduceat(np.sqrt(((q - p) ** 2).sum(axis=1)), starts)
+    step = np.arange(sizes.max() + 1)
+    index = starts[:, None] + np.where(step < sizes[:, None], step, 0)
+    return points[index]
+
+
+def ring_areas_lengths(polys) -> tuple:
+    """Area and perimeter of each polygon, bit for bit as shapely (GEOS `Area::ofRing`,
+    `Length::ofLine`) computes them: area = |sum over i of (x_i - x_0) * (y_{i-1} - y_{i+1})| / 2
+    and the edge lengths, each summed in vertex order. A plain shoelace sum rounds differently
+    (e.g. 8.999999999999993 instead of 9.0), which moves pyclipper's integer result.
+    polys: (n, k, 2) array or a list of (k_i, 2) arrays."""
+    if not len(polys):
+        return np.zeros(0), np.zeros(0)
+    ring = _closed_rings(polys)
+    x, y = ring[..., 0], ring[..., 1]
+    area, length = np.zeros(len(ring)), np.zeros(len(ring))
+    for i in range(1, ring.shape[1] - 1):  # column by column: the reference's summation order
+        area += (x[:, i] - x[:, 0]) * (y[:, i - 1] - y[:, i + 1])
+    for i in range(1, ring.shape[1]):
+        dx, dy = x[:, i] - x[:, i - 1], y[:, i] - y[:, i - 1]
+        length += np.sqrt(dx * dx + dy * dy)
+    return np.abs(area / 2.0), length
+
+
+def unclip_distances(polys, ratio: float) -> np.ndarray:
+    """area * ratio / perimeter of each polygon ((n, k, 2) array or list of (k_i, 2)), float64,
+    as the reference computes it with shapely; 0 for degenerate polygons."""
+    area, length = ring_areas_lengths(polys)
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(perimeter > 0, area * ratio / perimeter, 0.0)
+        return np.where(length > 0, area * ratio / length, 0.0)
 
 
 def offset_polygon(poly: np.ndarray, distance: float) -> List[np.ndarray]:
@@ -80,7 +94,7 @@ def expand_quads(quads: np.ndarray, distances: np.ndarray, min_side: float) -> l
 def expand_polygons(polys: list, ratio: float, min_side: float) -> List[Optional[np.ndarray]]:
     """Unclip each polygon; None where it splits into several or its rectangle is too small."""
     out = []
-    for poly, distance in zip(polys, ragged_unclip_distances(polys, ratio)):
+    for poly, distance in zip(polys, unclip_distances(polys, ratio)):
         expanded = offset_polygon(poly, distance)
         ok = len(expanded) == 1 and min(cv2.minAreaRect(expanded[0].reshape(-1, 1, 2))[1]) >= min_side
         out.append(expanded[0] if ok else None)  # int32, as pyclipper returns it
