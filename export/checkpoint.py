@@ -7,8 +7,10 @@
 Accepted layouts: MhLiao/DB files (keys `model.module.backbone...` from DataParallel), plain
 state dicts, and `{"state_dict": ...}` / `{"model": ...}` wrappers (extra entries such as
 `optimizer` or `epoch` are ignored). Files are read with `torch.load(weights_only=True)`: a
-checkpoint is untrusted input. MhLiao's ResNet keeps an unused ImageNet classifier
-(`backbone.fc.*`); those keys are dropped and reported, never silently.
+checkpoint is untrusted input. MhLiao's ResNet creates two modules its forward never calls (the
+ImageNet classifier `fc` and a 2048->256 `smooth` conv), so every checkpoint its trainer writes,
+the released ones included, carries their four tensors: those names exactly are dropped and
+reported in one line; any other unexpected key is still an error.
 """
 from __future__ import annotations
 
@@ -25,7 +27,8 @@ if TYPE_CHECKING:
 
 WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "net")
 PREFIXES = ("model.module.", "module.", "model.")  # longest first
-DROPPABLE = re.compile(r"^backbone\.fc\.")          # MhLiao ResNet's classifier, unused
+SOURCE_UNUSED = frozenset({"backbone.fc.weight", "backbone.fc.bias",          # MhLiao/DB ResNet:
+                           "backbone.smooth.weight", "backbone.smooth.bias"})  # built, never called
 BN_COUNTER = ".num_batches_tracked"                 # absent from old (pre-1.0) checkpoints
 _LIST_LIMIT = 12
 
@@ -44,7 +47,8 @@ class LoadReport:
         stripped = f" (stripped prefix '{self.prefix}')" if self.prefix else ""
         out = [f"loaded {self.loaded} tensors{stripped}"]
         if self.dropped:
-            out.append(f"dropped {len(self.dropped)} unused classifier keys: {_names(self.dropped)}")
+            out.append(f"dropped {len(self.dropped)} keys MhLiao/DB's ResNet creates but never uses: "
+                       f"{_names(self.dropped)}")
         if self.missing:
             out.append(f"missing (left at initial values): {_names(self.missing)}")
         if self.unexpected:
@@ -109,9 +113,9 @@ def strip_prefix(state: Mapping[str, object]) -> Tuple[Dict[str, object], str]:
 
 
 def normalise_keys(state: Mapping[str, object]) -> Tuple[Dict[str, object], str, List[str]]:
-    """(state with our key names, stripped prefix, dropped classifier keys)."""
+    """(state with our key names, stripped prefix, dropped source-unused keys)."""
     state, prefix = strip_prefix(state)
-    dropped = sorted(k for k in state if DROPPABLE.match(k))
+    dropped = sorted(k for k in state if k in SOURCE_UNUSED)
     return {k: v for k, v in state.items() if k not in dropped}, prefix, dropped
 
 

@@ -10,7 +10,7 @@ deformable convolution in stages 2-4 as in every released MhLiao/DB checkpoint (
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import List, Optional
+from typing import List
 
 import torch
 from torch import nn
@@ -220,12 +220,3 @@ class DBNet(nn.Module):
         width = "" if self.width == 1.0 else f"_w{self.width:g}"
         return f"dbnet_{self.arch}{width}{'_dcn' if self.dcn else ''}"
 
-
-def build_model(arch: str = "resnet18", dcn: bool = False, width: float = 1.0,
-                weights: Optional[str] = None) -> DBNet:
-    model = DBNet(arch, dcn=dcn, width=width)
-    if weights is not None:
-        from .checkpoint import load_checkpoint
-
-        load_checkpoint(model, weights)
-    return model.eval()

@@ -5,7 +5,8 @@ NumPy inputs (CuPy via DLPack, no copy) and returns CuPy outputs that stay on th
 `engine.tensorrt_runner.TensorRTRunner` does; on CPU it takes and returns NumPy. torch is an
 export-time dependency, so this lives in `export/`.
 
-    with TorchRunner(build_model("resnet18", width=0.5, weights="db.pth"), device="cuda") as r:
+    model, _ = model_from_checkpoint("db.pth")          # export.checkpoint
+    with TorchRunner(model, device="cuda") as r:
         prob = r.infer(cupy_batch)["prob"]
 """
 from __future__ import annotations

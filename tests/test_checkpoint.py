@@ -25,12 +25,15 @@ def _model(arch="resnet18", dcn=False, seed=0):
     return model.eval()
 
 
-def _mhliao(model, classifier=True):
-    """A state dict as MhLiao/DB saves it: DataParallel prefix, ResNet classifier kept."""
+def _mhliao(model, unused=True):
+    """A state dict as MhLiao/DB's trainer saves it: DataParallel prefix, and the modules their
+    ResNet creates but never calls (ImageNet classifier `fc`, 2048->256 `smooth` conv)."""
     state = {f"model.module.{k}": v for k, v in model.state_dict().items()}
-    if classifier:
-        state["model.module.backbone.fc.weight"] = torch.zeros(10, 128)
-        state["model.module.backbone.fc.bias"] = torch.zeros(10)
+    if unused:
+        state["model.module.backbone.fc.weight"] = torch.zeros(1000, 128)
+        state["model.module.backbone.fc.bias"] = torch.zeros(1000)
+        state["model.module.backbone.smooth.weight"] = torch.zeros(256, 2048, 1, 1)
+        state["model.module.backbone.smooth.bias"] = torch.zeros(256)
     return state
 
 
@@ -47,8 +50,9 @@ def test_mhliao_dcn_checkpoint_loads_strictly_and_matches(tmp_path, wrap):
     model, report = model_from_checkpoint(path)
     assert (model.arch, model.dcn, model.width) == ("resnet18", True, 0.25)
     assert report.prefix == "model.module."
-    assert report.dropped == ["backbone.fc.bias", "backbone.fc.weight"]
-    assert "classifier" in str(report) and not report.missing and not report.unexpected
+    assert report.dropped == ["backbone.fc.bias", "backbone.fc.weight", "backbone.smooth.bias",
+                              "backbone.smooth.weight"]
+    assert not report.missing and not report.unexpected
     x = torch.randn(1, 3, 64, 96)
     with torch.no_grad():
         assert torch.equal(model(x), src(x))
@@ -67,11 +71,29 @@ def test_plain_and_prefixed_state_dicts(prefix):
 
 
 def test_missing_and_unexpected_keys_are_listed():
-    state = _mhliao(_model(), classifier=False)
+    state = _mhliao(_model(), unused=False)
     del state["model.module.decoder.in5.weight"]
     state["model.module.decoder.extra.weight"] = torch.zeros(3)
     pattern = r"missing keys: decoder\.in5\.weight.*unexpected keys: decoder\.extra\.weight"
     with pytest.raises(ModelError, match=pattern):
+        load_checkpoint(DBNet("resnet18", width=0.25), state)
+
+
+def test_source_unused_keys_are_reported_in_one_line(tmp_path):
+    path = tmp_path / "ic15_resnet18"
+    torch.save(_mhliao(_model()), path)
+    _, report = model_from_checkpoint(path)
+    line = [note for note in report.notes() if "smooth" in note]
+    assert len(line) == 1 and "backbone.fc.weight" in line[0] and "never uses" in line[0]
+    assert "\n" not in str(report)
+
+
+@pytest.mark.parametrize("extra", ["backbone.smooth.running_mean", "backbone.fc.extra",
+                                   "backbone.smooth2.weight", "decoder.smooth.weight"])
+def test_only_the_named_unused_keys_are_accepted(extra):
+    state = _mhliao(_model())
+    state[f"model.module.{extra}"] = torch.zeros(3)
+    with pytest.raises(ModelError, match=f"unexpected keys: {extra}"):
         load_checkpoint(DBNet("resnet18", width=0.25), state)
 
 
