@@ -111,7 +111,7 @@ def test_smoke_training_then_fine_tune_then_ship(tmp_path):
     cfg = TrainConfig(out_dir=str(tmp_path / "run"), width=0.25, steps=3, batch=2, crop=64,
                       warmup=1, workers=0, threads=1, save_every=2, log_every=1)
     last = train(cfg)
-    ck = torch.load(str(last), weights_only=False)
+    ck = torch.load(str(last), weights_only=True)  # plain tensors and values only
     assert ck["step"] == 3 and ck["config"]["crop"] == 64
     assert json.loads((tmp_path / "run" / "config.json").read_text())["steps"] == 3
 
@@ -119,7 +119,7 @@ def test_smoke_training_then_fine_tune_then_ship(tmp_path):
                      width=0.25, steps=2, batch=2, crop=64, warmup=1, workers=0, threads=1,
                      init=str(last), lr=1e-4, log_every=1)
     tuned = train(ft)
-    assert torch.load(str(tuned), weights_only=False)["step"] == 2
+    assert torch.load(str(tuned), weights_only=True)["step"] == 2
 
     rec = ship(tuned, {"limit_side": 64}, weights=tmp_path / "w.pt",
                onnx_path=tmp_path / "m.onnx", record=tmp_path / "r.json")
@@ -154,3 +154,150 @@ def test_fp16_storage_keeps_out_of_range_tensors_fp32():
     state = fp16_state(model)
     assert state["decoder.binarize.1.running_var"].dtype == torch.float32
     assert state["decoder.binarize.0.weight"].dtype == torch.float16
+
+
+# -- real-data sources, the mix, validation, safe loading ----------------------------------------
+
+def _mask_folder(root, n=3):
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        image = np.full((120, 160, 3), 200, np.uint8)
+        cv2.putText(image, "SHOP", (20, 70), cv2.FONT_HERSHEY_SIMPLEX, 1.5, (20, 20, 20), 4)
+        mask = np.zeros((120, 160), np.uint8)
+        mask[50:64, 28:120] = 255
+        cv2.imwrite(str(root / f"img_{i}.jpg"), image)
+        cv2.imwrite(str(root / f"img_{i}_mask.png"), mask)
+    return root
+
+
+def test_mask_samples_train_the_probability_map_only(tmp_path):
+    from export.train.augment import AugmentConfig
+    from export.train.data import MaskDataset, is_mask_folder
+
+    root = _mask_folder(tmp_path / "m")
+    assert is_mask_folder(root) and not is_mask_folder(_icdar_folder(tmp_path / "icdar"))
+    still = AugmentConfig(scale=(1.0, 1.0), max_angle=0.0, text_crop_prob=0.0, brightness=0, contrast=0)
+    s = MaskDataset(root, 4, crop=160, aug=still)[0]
+    assert s["image"].shape == (3, 160, 160)
+    assert set(np.unique(s["gt"])) == {0.0, 1.0}
+    ys, xs = np.nonzero(s["gt"])
+    assert (ys.min(), ys.max(), xs.min(), xs.max()) == (50, 63, 28, 119)  # the mask, unmoved
+    assert s["mask"].min() == 1.0 and s["thresh_mask"].max() == 0.0        # no threshold target
+
+
+def test_flip_mirrors_image_and_polygons_together():
+    image = np.zeros((100, 200, 3), np.uint8)
+    image[40:60, 10:50] = 255                        # a bright word on the left
+    poly = np.float32([[10, 40], [50, 40], [50, 60], [10, 60]])
+    cfg = AugmentConfig(scale=(1.0, 1.0), max_angle=0.0, text_crop_prob=0.0, brightness=0,
+                        contrast=0, flip=1.0)
+    out, polys, _ = augment(np.random.default_rng(0), image, [poly], [False], 200, cfg)
+    assert out[50, 150:190].mean() > 200 and out[50, 10:50].mean() < 50  # now on the right
+    assert polys[0][:, 0].min() == pytest.approx(150, abs=1) and polys[0][:, 0].max() == pytest.approx(190, abs=1)
+
+
+def test_mixed_dataset_follows_the_weights_reproducibly(tmp_path):
+    from export.train.data import MixedDataset, parse_source
+
+    class Source:
+        def __init__(self, tag):
+            self.tag = tag
+
+        def __getitem__(self, i):
+            return self.tag
+
+    mix = MixedDataset([Source("a"), Source("b")], [3, 1], 4000, seed=1)
+    picks = [mix[i] for i in range(4000)]
+    assert 0.72 < picks.count("a") / 4000 < 0.78
+    assert picks == [MixedDataset([Source("a"), Source("b")], [3, 1], 4000, seed=1)[i] for i in range(4000)]
+    assert parse_source("synth") == ("synth", 1.0) and parse_source("/d/x=0.25") == ("/d/x", 0.25)
+    from engine.errors import DbrtError
+
+    for bad in ("synth=0", "synth=abc"):
+        with pytest.raises(DbrtError, match="weight"):
+            parse_source(bad)
+
+
+@pytest.mark.slow
+def test_mixed_training_validates_and_keeps_the_best(tmp_path):
+    torch = pytest.importorskip("torch")
+    from export.train.config import TrainConfig
+    from export.train.loop import train
+
+    torch.set_num_threads(1)
+    icdar = _icdar_folder(tmp_path / "icdar")
+    masks = _mask_folder(tmp_path / "masks")
+    scores = iter([0.2, 0.5, 0.4])
+    seen = []
+
+    def validate(model):
+        seen.append(model.training)
+        return {"hmean": next(scores)}
+
+    cfg = TrainConfig(out_dir=str(tmp_path / "run"), data=[f"{icdar}=1", f"{masks}=1", "synth=1"],
+                      width=0.25, steps=3, batch=2, crop=64, warmup=1, workers=0, threads=1,
+                      log_every=1, val_every=1)
+    train(cfg, validate=validate)
+    lines = [json.loads(x) for x in (tmp_path / "run" / "val.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [1, 2, 3] and seen == [False, False, False]
+    best = torch.load(str(tmp_path / "run" / "best.pt"), weights_only=True)
+    assert best["step"] == 2 and best["validation"]["hmean"] == 0.5
+
+
+class _Boom:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch /tmp/dbrt_pwned_by_checkpoint",))
+
+
+@pytest.mark.parametrize("where", ["init", "resume", "ship"])
+def test_a_checkpoint_cannot_run_code(tmp_path, where):
+    torch = pytest.importorskip("torch")
+    import os
+
+    from engine.errors import ModelError
+    from export.train.config import TrainConfig
+    from export.train.loop import train
+    from export.train.ship import main as ship_main
+
+    marker = "/tmp/dbrt_pwned_by_checkpoint"
+    if os.path.exists(marker):
+        os.remove(marker)
+    evil = tmp_path / "run" / "last.pt"
+    evil.parent.mkdir()
+    torch.save({"model": _Boom(), "step": 1}, str(evil))
+    cfg = TrainConfig(out_dir=str(tmp_path / "run"), width=0.25, steps=2, batch=1, crop=64,
+                      workers=0, threads=1, init=str(evil) if where == "init" else None,
+                      resume=where == "resume")
+    if where == "ship":
+        with pytest.raises(SystemExit, match="not a loadable weights file"):
+            ship_main([str(evil), "--out", str(tmp_path / "shipped")])
+    else:
+        with pytest.raises(ModelError, match="not a loadable weights file"):
+            train(cfg)
+    assert not os.path.exists(marker)
+
+
+def test_init_of_another_architecture_is_one_clear_error(tmp_path):
+    torch = pytest.importorskip("torch")
+    from engine.errors import ModelError
+    from export.model import DBNet
+    from export.train.loop import load_weights
+
+    path = tmp_path / "r18w025.pt"
+    torch.save(DBNet("resnet18", width=0.25).state_dict(), str(path))
+    with pytest.raises(ModelError, match="do not fit .*--arch / --width"):
+        load_weights(DBNet("resnet18", width=0.5), path)
+
+
+def test_ship_never_replaces_the_shipped_model_unless_asked(tmp_path, capsys):
+    from export.train import ship
+
+    before = ship.WEIGHTS.read_bytes(), ship.ONNX.read_bytes()
+    with pytest.raises(SystemExit):
+        ship.main([str(tmp_path / "any.pt")])              # neither --out nor --replace-shipped
+    assert "--out" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="checkpoint not found"):
+        ship.main([str(tmp_path / "missing.pt"), "--out", str(tmp_path / "o")])
+    assert (ship.WEIGHTS.read_bytes(), ship.ONNX.read_bytes()) == before

@@ -1,9 +1,10 @@
 """Geometric and photometric augmentation of (image, polygons) pairs for DB training.
 
 `augment(rng, image, polygons, ignore, crop)` scales and rotates the image about its centre
-(one affine warp), then takes a `crop` x `crop` window that prefers text (padding with the mean
-colour when the image is smaller). Polygons follow the same transform; ones that leave the
-window are dropped.
+(one affine warp, mirrored left-right with probability `flip`), then takes a `crop` x `crop`
+window that prefers text (padding with the mean colour when the image is smaller). Polygons
+follow the same transform; ones that leave the window are dropped. `masks` (uint8 maps the size
+of the image, e.g. a text mask) follow the same warp and crop with nearest-neighbour sampling.
 """
 from __future__ import annotations
 
@@ -21,12 +22,19 @@ class AugmentConfig:
     text_crop_prob: float = 0.8                # crop around a random word this often
     brightness: float = 0.25                   # +- relative gain
     contrast: float = 0.25
+    flip: float = 0.0                          # probability of a left-right mirror
+
+
+# The DB paper's recipe for real images: rotation +-10 deg, random crop, flip, scale 0.5-3.
+DB_PAPER = AugmentConfig(scale=(0.5, 3.0), max_angle=10.0, flip=0.5)
 
 
 def _affine(rng, h: int, w: int, cfg: AugmentConfig):
     s = float(np.exp(rng.uniform(np.log(cfg.scale[0]), np.log(cfg.scale[1]))))
     angle = float(rng.uniform(-cfg.max_angle, cfg.max_angle))
     m = cv2.getRotationMatrix2D((w / 2, h / 2), angle, s)
+    if cfg.flip and rng.random() < cfg.flip:
+        m[0] = -m[0]  # mirror x; the shift below brings the image back into view
     corners = np.float32([[0, 0], [w, 0], [w, h], [0, h]]) @ m[:, :2].T + m[:, 2]
     lo = corners.min(0)
     m[:, 2] -= lo  # keep the whole rotated image in view
@@ -56,20 +64,27 @@ def photometric(rng, image: np.ndarray, cfg: AugmentConfig) -> np.ndarray:
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
+def _warp_crop(image: np.ndarray, m, size, x: int, y: int, crop: int, fill, interpolation):
+    warped = cv2.warpAffine(image, m, size, flags=interpolation, borderValue=fill)
+    out = np.empty((crop, crop) + image.shape[2:], image.dtype)
+    out[:] = np.array(fill, image.dtype)[:image.shape[2]] if image.ndim == 3 else fill[0]
+    piece = warped[y:y + crop, x:x + crop]
+    out[:piece.shape[0], :piece.shape[1]] = piece
+    return out
+
+
 def augment(rng, image: np.ndarray, polygons: Sequence[np.ndarray], ignore: Sequence[bool],
-            crop: int, cfg: AugmentConfig = AugmentConfig()):
-    """Returns (crop x crop image, polygons, ignore) after scale / rotate / crop / colour."""
+            crop: int, cfg: AugmentConfig = AugmentConfig(), masks: Sequence[np.ndarray] = ()):
+    """Returns (crop x crop image, polygons, ignore) after scale / rotate / flip / crop / colour;
+    with `masks`, a fourth item: the masks warped and cropped the same way."""
     h, w = image.shape[:2]
     m, size = _affine(rng, h, w, cfg)
     fill = tuple(float(c) for c in image.reshape(-1, 3).mean(0))
-    warped = cv2.warpAffine(image, m, size, flags=cv2.INTER_LINEAR, borderValue=fill)
     polys = [np.asarray(p, np.float32) @ m[:, :2].T.astype(np.float32) + m[:, 2].astype(np.float32)
              for p in polygons]
     x, y = _crop_origin(rng, size, crop, [p for p, i in zip(polys, ignore) if not i], cfg)
-    out = np.empty((crop, crop, 3), np.uint8)
-    out[:] = np.array(fill, np.uint8)
-    piece = warped[y:y + crop, x:x + crop]
-    out[:piece.shape[0], :piece.shape[1]] = piece
+    out = _warp_crop(image, m, size, x, y, crop, fill, cv2.INTER_LINEAR)
+    warped_masks = [_warp_crop(k, m, size, x, y, crop, (0.0,), cv2.INTER_NEAREST) for k in masks]
     kept_polys: List[np.ndarray] = []
     kept_ignore: List[bool] = []
     for p, ign in zip(polys, ignore):
@@ -81,4 +96,6 @@ def augment(rng, image: np.ndarray, polygons: Sequence[np.ndarray], ignore: Sequ
         cut = (np.ptp(inside[:, 0]) * np.ptp(inside[:, 1])) < 0.5 * np.ptp(p[:, 0]) * np.ptp(p[:, 1])
         kept_polys.append(p)
         kept_ignore.append(bool(ign or cut))  # a word mostly cut off is "do not care"
+    if masks:
+        return photometric(rng, out, cfg), kept_polys, kept_ignore, warped_masks
     return photometric(rng, out, cfg), kept_polys, kept_ignore

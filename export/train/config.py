@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import List, Optional, Union
 
 
 @dataclass
 class TrainConfig:
     out_dir: str
-    data: str = "synth"            # "synth" or an ICDAR2015-format folder
+    # "synth", an ICDAR2015-format folder or a mask folder, each optionally "=WEIGHT"; a list
+    # mixes them with those sampling weights (export.train.data.MixedDataset)
+    data: Union[str, List[str]] = "synth"
     scene: str = "default"         # synthetic scene mix (export.synth.scene.SCENE_PRESETS)
     arch: str = "resnet18"
     width: float = 0.5
@@ -29,3 +31,9 @@ class TrainConfig:
     keep_every: int = 2000          # also keep step_NNNNNN.pt snapshots this often
     log_every: int = 20
     time_limit: float = 0.0         # seconds; stop early (and save) when exceeded, 0 = none
+    device: str = "cpu"             # "cpu", "cuda" or "auto" (cuda when torch sees a GPU)
+    val_every: int = 0              # run the validation callback every N steps (0 = only at the end)
+
+    @property
+    def sources(self) -> List[str]:
+        return [self.data] if isinstance(self.data, str) else list(self.data)

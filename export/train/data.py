@@ -1,6 +1,7 @@
-"""Training datasets: synthetic scenes made on the fly, and ICDAR2015-format folders.
+"""Training datasets: synthetic scenes made on the fly, ICDAR2015-format folders, text-mask
+folders, and a weighted mix of them.
 
-Both yield dicts of NumPy arrays: `image` (3, S, S) float32 normalised as the model expects
+All yield dicts of NumPy arrays: `image` (3, S, S) float32 normalised as the model expects
 (BGR minus the DB mean, / 255) and the DB targets `gt`, `mask`, `thresh_map`, `thresh_mask`.
 Sample i of a SynthDataset depends only on (seed, i): runs are reproducible whatever the
 number of DataLoader workers.
@@ -9,6 +10,12 @@ ICDAR2015 folder layout (either works): `DIR/img_1.jpg` + `DIR/gt_img_1.txt`, or
 `DIR/images/img_1.jpg` + `DIR/gts/gt_img_1.txt` (also `DIR/gt/`). Each gt line is
 `x1,y1,x2,y2,x3,y3,x4,y4,transcription`; transcription `###` marks a "do not care" word.
 A `gt.json` (`[{"image", "polygons", "ignore"}]`) in DIR is read instead when present.
+
+Mask folder layout: `DIR/NAME.jpg` + `DIR/NAME_mask.png`, a binary mask of the SHRUNK word
+regions (DB's probability target already; no polygons, no do-not-care marks). Those samples
+train the probability and binary maps only: the threshold map's target is defined on the
+border band of each word's full polygon, which a shrunk mask does not give, so their
+`thresh_mask` is zero and the threshold branch learns from the polygon sources of the mix.
 """
 from __future__ import annotations
 
@@ -23,8 +30,8 @@ from engine.errors import DbrtError
 from engine.modelspec import DB_MEAN_BGR
 
 from ..synth.scene import SceneConfig, make_scene
-from .augment import AugmentConfig, augment
-from .labels import make_targets
+from .augment import DB_PAPER, AugmentConfig, augment
+from .labels import THRESH_MIN, make_targets
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
 
@@ -108,7 +115,7 @@ class IcdarDataset:
     """Random crops of an ICDAR2015-format folder; `length` samples per epoch, cycling images."""
 
     def __init__(self, root, length: int, crop: int = 640, seed: int = 0,
-                 aug: AugmentConfig = AugmentConfig(scale=(0.5, 2.0))):
+                 aug: AugmentConfig = DB_PAPER):
         self.items = read_icdar_folder(root)
         self.length, self.crop, self.seed, self.aug = length, crop, seed, aug
 
@@ -122,3 +129,123 @@ class IcdarDataset:
             raise DbrtError(f"cannot read image {path}")
         rng = np.random.default_rng((self.seed, i))
         return make_sample(rng, image, polys, ignore, self.crop, self.aug)
+
+
+MASK_SUFFIX = "_mask.png"
+
+
+def is_mask_folder(root) -> bool:
+    return any(Path(root).glob(f"*{MASK_SUFFIX}"))
+
+
+def read_mask_folder(root) -> List[Tuple[Path, Path]]:
+    """[(image path, mask path)] of a mask folder (every image needs its NAME_mask.png)."""
+    root = Path(root)
+    masks = sorted(root.glob(f"*{MASK_SUFFIX}"))
+    pairs = []
+    for mask in masks:
+        stem = mask.name[:-len(MASK_SUFFIX)]
+        image = next((root / f"{stem}{ext}" for ext in IMAGE_EXTS if (root / f"{stem}{ext}").exists()), None)
+        if image is None:
+            raise DbrtError(f"mask {mask} has no image {stem}.jpg/.png next to it")
+        pairs.append((image, mask))
+    if not pairs:
+        raise DbrtError(f"no *{MASK_SUFFIX} files in {root}")
+    return pairs
+
+
+def _mask_boxes(mask: np.ndarray) -> List[np.ndarray]:
+    """Bounding quads of the mask's components: where the crop should look for text."""
+    n, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    boxes = []
+    for x, y, w, h, _ in stats[1:n]:
+        boxes.append(np.float32([[x, y], [x + w, y], [x + w, y + h], [x, y + h]]))
+    return boxes
+
+
+def mask_targets(mask: np.ndarray) -> dict:
+    """DB targets from a shrunk-text mask: probability target = the mask, no threshold target."""
+    gt = (mask > 0).astype(np.float32)
+    shape = gt.shape
+    return {"gt": gt, "mask": np.ones(shape, np.float32),
+            "thresh_map": np.full(shape, THRESH_MIN, np.float32),
+            "thresh_mask": np.zeros(shape, np.float32)}
+
+
+class MaskDataset:
+    """Random crops of a mask folder (see the module docstring); cycles the images."""
+
+    def __init__(self, root, length: int, crop: int = 640, seed: int = 0,
+                 aug: AugmentConfig = DB_PAPER):
+        self.items = read_mask_folder(root)
+        self.length, self.crop, self.seed, self.aug = length, crop, seed, aug
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> dict:
+        image_path, mask_path = self.items[i % len(self.items)]
+        image = cv2.imread(str(image_path), cv2.IMREAD_COLOR)
+        mask = cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE)
+        if image is None or mask is None:
+            raise DbrtError(f"cannot read {image_path if image is None else mask_path}")
+        if mask.shape != image.shape[:2]:
+            mask = cv2.resize(mask, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_NEAREST)
+        mask = (mask > 127).astype(np.uint8)
+        boxes = _mask_boxes(mask)
+        rng = np.random.default_rng((self.seed, i))
+        image, _, _, (mask,) = augment(rng, image, boxes, [False] * len(boxes), self.crop, self.aug,
+                                       masks=[mask])
+        sample = mask_targets(mask)
+        sample["image"] = normalise(image)
+        return sample
+
+
+def parse_source(spec: str) -> Tuple[str, float]:
+    """'synth', 'FOLDER' or either with '=WEIGHT' -> (source, weight)."""
+    name, sep, weight = spec.rpartition("=") if "=" in spec else (spec, "", "1")
+    try:
+        value = float(weight)
+    except ValueError:
+        raise DbrtError(f"--data {spec!r}: the weight after '=' must be a number") from None
+    if not value > 0:
+        raise DbrtError(f"--data {spec!r}: the weight must be positive")
+    return name, value
+
+
+def open_source(name: str, length: int, crop: int, seed: int, scene="default"):
+    """One training source by name: 'synth', a mask folder or an ICDAR2015-format folder."""
+    if name == "synth":
+        from ..synth.scene import scene_sampler
+
+        return SynthDataset(length, crop=crop, seed=seed, scene=scene_sampler(scene))
+    if not Path(name).is_dir():
+        raise DbrtError(f"--data {name!r}: not 'synth' and not a folder")
+    if is_mask_folder(name):
+        return MaskDataset(name, length, crop=crop, seed=seed)
+    return IcdarDataset(name, length, crop=crop, seed=seed)
+
+
+class MixedDataset:
+    """Sample i comes from source k with probability weight_k / sum(weights); which source and
+    which of its samples depend only on (seed, i), so a run is reproducible and resumable."""
+
+    def __init__(self, sources: Sequence, weights: Sequence[float], length: int, seed: int = 0):
+        if len(sources) != len(weights) or not sources:
+            raise DbrtError("a mixed dataset needs one weight per source")
+        self.sources = list(sources)
+        p = np.asarray(weights, np.float64)
+        self.cumulative = np.cumsum(p / p.sum())
+        self.length, self.seed = length, seed
+
+    def __len__(self) -> int:
+        return self.length
+
+    def pick(self, i: int) -> Tuple[int, int]:
+        rng = np.random.default_rng((self.seed, i, 7))
+        k = int(min(np.searchsorted(self.cumulative, rng.random(), side="right"), len(self.sources) - 1))
+        return k, int(rng.integers(0, 2 ** 31 - 1))
+
+    def __getitem__(self, i: int) -> dict:
+        k, j = self.pick(i)
+        return self.sources[k][j]

@@ -1,12 +1,17 @@
-"""The DB training loop: AdamW, linear warm-up then poly decay, weight EMA, checkpoints, progress.
+"""The DB training loop: AdamW, linear warm-up then poly decay, weight EMA, checkpoints, progress,
+validation.
 
     from export.train.loop import TrainConfig, train
     train(TrainConfig(out_dir="runs/db", steps=8000))              # synthetic data
-    train(TrainConfig(out_dir="runs/ft", data="my_icdar_folder",    # fine-tune
-                      init="runs/db/last.pt", lr=5e-4, steps=2000, crop=640))
+    train(TrainConfig(out_dir="runs/ft", init="runs/db/last.pt",    # real + synthetic mix
+                      data=["ic15_train=0.5", "masks/train=0.3", "synth=0.2"],
+                      lr=1e-3, steps=4000, crop=640, device="auto"),
+          validate=my_callback)                                     # model -> {"hmean": ...}
 
-Checkpoints (`last.pt`, `step_NNNNNN.pt`) hold the EMA weights under "model", the raw weights,
-the optimiser, the step and the config; `load_checkpoint`-style loaders read "model".
+Checkpoints (`last.pt`, `step_NNNNNN.pt`, `best.pt` = best validation hmean) hold the EMA
+weights under "model", the raw weights, the optimiser state, the step and the config, all as
+tensors and plain values, so every load is `torch.load(weights_only=True)`. Validation results
+go to `val.jsonl`, one line per validation.
 """
 from __future__ import annotations
 
@@ -17,12 +22,16 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Callable, Optional
+
 import torch
 
-from ..synth.scene import scene_sampler
+from engine.errors import ModelError
 from .config import TrainConfig
-from .data import IcdarDataset, SynthDataset
+from .data import MixedDataset, open_source, parse_source
 from .losses import db_loss
+
+Validate = Callable[[torch.nn.Module], dict]
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
@@ -32,11 +41,13 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
     return cfg.lr * (1 - min(frac, 1.0)) ** cfg.power
 
 
-def _dataset(cfg: TrainConfig):
+def make_dataset(cfg: TrainConfig):
     n = cfg.steps * cfg.batch
-    if cfg.data == "synth":
-        return SynthDataset(n, crop=cfg.crop, seed=cfg.seed, scene=scene_sampler(cfg.scene))
-    return IcdarDataset(cfg.data, n, crop=cfg.crop, seed=cfg.seed)
+    parsed = [parse_source(s) for s in cfg.sources]
+    sources = [open_source(name, n, cfg.crop, cfg.seed, cfg.scene) for name, _ in parsed]
+    if len(sources) == 1:
+        return sources[0]
+    return MixedDataset(sources, [w for _, w in parsed], n, seed=cfg.seed)
 
 
 def _worker_init(_):
@@ -46,21 +57,38 @@ def _worker_init(_):
     cv2.setNumThreads(1)
 
 
-def _state(model):
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+def read_checkpoint(path) -> dict:
+    """A checkpoint or bare state dict, loaded without running code from the file."""
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - pickle / zip / unpickler errors all mean "not ours"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"{path}: not a loadable weights file ({first[:200]})") from None
 
 
 def load_weights(model, path) -> None:
     """Load "model" (EMA) weights of one of our checkpoints, or a bare state dict."""
-    data = torch.load(str(path), map_location="cpu", weights_only=False)
+    data = read_checkpoint(path)
     state = data.get("model", data) if isinstance(data, dict) else data
-    model.load_state_dict({k: v.float() for k, v in state.items()})
+    if not isinstance(state, dict):
+        raise ModelError(f"{path}: holds no state dict")
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or wrong:
+        detail = (f"{len(missing)} missing, {len(unexpected)} unexpected, {len(wrong)} of another shape"
+                  f" (e.g. {(missing + unexpected + wrong)[0]})")
+        raise ModelError(f"{path}: weights do not fit {getattr(model, 'arch_name', 'the model')}: "
+                         f"{detail}; pass --arch / --width of the run that wrote them")
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
 
 
-def _save(path: Path, ema, model, opt, step: int, cfg: TrainConfig) -> None:
+def _save(path: Path, ema, model, opt, step: int, cfg: TrainConfig, extra: Optional[dict] = None) -> None:
     tmp = path.with_suffix(".tmp")
-    torch.save({"model": ema.state_dict(), "raw": model.state_dict(), "optimizer": opt.state_dict(),
-                "step": step, "config": asdict(cfg)}, str(tmp))
+    cpu = lambda m: {k: v.detach().cpu() for k, v in m.state_dict().items()}  # noqa: E731
+    torch.save({"model": cpu(ema), "raw": cpu(model), "optimizer": opt.state_dict(),
+                "step": step, "config": asdict(cfg), **(extra or {})}, str(tmp))
     tmp.replace(path)
 
 
@@ -77,36 +105,79 @@ def _log(msg: str) -> None:
     print(msg, flush=True)
 
 
-def train(cfg: TrainConfig) -> Path:
-    """Train; returns the path of the final checkpoint (out_dir/last.pt)."""
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ModelError("--device cuda: torch sees no CUDA GPU")
+    if name == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return torch.device(name)
+
+
+class _Validator:
+    """Runs the callback on the EMA model, logs to val.jsonl, keeps best.pt."""
+
+    def __init__(self, out: Path, validate: Optional[Validate]):
+        self.out, self.validate, self.best = out, validate, -1.0
+        for line in (out / "val.jsonl").read_text().splitlines() if (out / "val.jsonl").exists() else []:
+            self.best = max(self.best, float(json.loads(line).get("hmean", -1)))
+
+    def __call__(self, step: int, ema, save_best: Callable[[dict], None]) -> None:
+        if self.validate is None:
+            return
+        t = time.time()
+        result = dict(self.validate(ema.eval()), step=step)
+        result["seconds"] = round(time.time() - t, 1)
+        with open(self.out / "val.jsonl", "a") as f:
+            f.write(json.dumps(result) + "\n")
+        hmean = float(result.get("hmean", -1))
+        _log("validation step {step}: ".format(step=step) + " ".join(
+            f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items() if k != "step"))
+        if hmean > self.best:
+            self.best = hmean
+            save_best(result)
+
+
+def train(cfg: TrainConfig, validate: Optional[Validate] = None) -> Path:
+    """Train; returns the path of the final checkpoint (out_dir/last.pt). `validate(model)` ->
+    {"hmean": ...} runs every `cfg.val_every` steps and at the end; the best goes to best.pt."""
     from ..model import DBNet
 
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
+    device = pick_device(cfg.device)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     model = DBNet(cfg.arch, width=cfg.width)
     if cfg.init:
         load_weights(model, cfg.init)
+    model.to(device)
     ema = copy.deepcopy(model).eval()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start = 0
     if cfg.resume and (out / "last.pt").exists():
-        ck = torch.load(str(out / "last.pt"), map_location="cpu", weights_only=False)
+        ck = read_checkpoint(out / "last.pt")
         model.load_state_dict(ck["raw"])
         ema.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         start = int(ck["step"])
         _log(f"resumed from step {start}")
     loader = torch.utils.data.DataLoader(
-        _dataset(cfg), batch_size=cfg.batch, sampler=range(start * cfg.batch, cfg.steps * cfg.batch),
+        make_dataset(cfg), batch_size=cfg.batch, sampler=range(start * cfg.batch, cfg.steps * cfg.batch),
         num_workers=cfg.workers, worker_init_fn=_worker_init if cfg.workers else None,
-        persistent_workers=False, prefetch_factor=4 if cfg.workers else None)
+        persistent_workers=False, prefetch_factor=4 if cfg.workers else None,
+        pin_memory=device.type == "cuda")
+    validator = _Validator(out, validate)
+    save_best = lambda result: _save(out / "best.pt", ema, model, opt, step, cfg, {"validation": result})  # noqa: E731
     model.train()
     t0, tick, step = time.time(), time.time(), start
-    sums = {}
+    sums, terms = {}, None
     for batch in loader:
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         for group in opt.param_groups:
             group["lr"] = lr_at(cfg, step)
         terms = db_loss(model(batch["image"]), batch)
@@ -116,11 +187,11 @@ def train(cfg: TrainConfig) -> Path:
         _ema_update(ema, model, min(cfg.ema, (1 + step) / (10 + step)))
         step += 1
         for k, v in terms.items():
-            sums[k] = sums.get(k, 0.0) + float(v.detach())
+            sums[k] = sums.get(k, 0.0) + v.detach()
         if step % cfg.log_every == 0 or step == cfg.steps:
             n = cfg.log_every if step % cfg.log_every == 0 else step % cfg.log_every
             per = (time.time() - tick) / n
-            parts = " ".join(f"{k} {v / n:.4f}" for k, v in sums.items())
+            parts = " ".join(f"{k} {float(v) / n:.4f}" for k, v in sums.items())
             _log(f"step {step}/{cfg.steps} {parts} lr {lr_at(cfg, step - 1):.2e} "
                  f"{per:.2f} s/it eta {per * (cfg.steps - step) / 60:.1f} min")
             sums, tick = {}, time.time()
@@ -128,10 +199,13 @@ def train(cfg: TrainConfig) -> Path:
             _save(out / "last.pt", ema, model, opt, step, cfg)
             if step % cfg.keep_every == 0:
                 _save(out / f"step_{step:06d}.pt", ema, model, opt, step, cfg)
+        if cfg.val_every and step % cfg.val_every == 0 and step != cfg.steps:
+            validator(step, ema, save_best)
         if cfg.time_limit and time.time() - t0 > cfg.time_limit:
             _log(f"time limit reached at step {step}; saving and stopping")
             _save(out / "last.pt", ema, model, opt, step, cfg)
             break
-    if not math.isfinite(float(terms["loss"].detach())):
+    validator(step, ema, save_best)
+    if terms is not None and not math.isfinite(float(terms["loss"].detach())):
         print("warning: final loss is not finite", file=sys.stderr)
     return out / "last.pt"

@@ -1,6 +1,7 @@
 """Turn a training checkpoint into the shipped default: fp16 weights + a compact ONNX + a record.
 
-    python -m export.train.ship /work/train_runs/default/last.pt
+    python -m export.train.ship runs/x/best.pt --out my_model/     # my_model/dbnet.{pt,onnx,json}
+    python -m export.train.ship runs/x/best.pt --replace-shipped   # the files below (maintainers)
 
 - `export/assets/dbnet_default.pt`: the EMA state dict in fp16 (about 6 MB for R18 width 0.5);
   `export.checkpoint.load_checkpoint` reads it (values are cast to the model's fp32).
@@ -122,9 +123,9 @@ def ship(checkpoint, spec_changes: Optional[dict] = None, weights: Path = WEIGHT
 
     from ..model import DBNet
     from ..onnx_export import export_onnx
-    from .loop import load_weights
+    from .loop import load_weights, read_checkpoint
 
-    ck = torch.load(str(checkpoint), map_location="cpu", weights_only=False)
+    ck = read_checkpoint(checkpoint)
     cfg = ck.get("config", {})
     model = DBNet(cfg.get("arch", "resnet18"), width=cfg.get("width", 0.5)).eval()
     load_weights(model, checkpoint)
@@ -160,9 +161,24 @@ def ship(checkpoint, spec_changes: Optional[dict] = None, weights: Path = WEIGHT
     return rec
 
 
+def _targets(args) -> dict:
+    """Where the files go: a folder the user names, or (explicitly) the shipped assets."""
+    if args.replace_shipped:
+        return dict(weights=WEIGHTS, onnx_path=ONNX, record=RECORD)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise SystemExit(f"error: --out {out} is a file, not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    return dict(weights=out / "dbnet.pt", onnx_path=out / "dbnet.onnx", record=out / "dbnet.json")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--out", help="folder for dbnet.pt, dbnet.onnx and dbnet.json")
+    where.add_argument("--replace-shipped", action="store_true",
+                       help="overwrite the model shipped in this repository (export/assets, pipeline/assets)")
     p.add_argument("--limit-side", type=int, default=736)
     p.add_argument("--limit-type", default="min", choices=("min", "max"))
     p.add_argument("--thresh", type=float, default=0.3)
@@ -170,10 +186,15 @@ def main(argv=None) -> int:
     p.add_argument("--unclip-ratio", type=float, default=1.5)
     p.add_argument("--metrics", help="JSON file of evaluation results to put in the record")
     args = p.parse_args(argv)
+    if not Path(args.checkpoint).is_file():
+        raise SystemExit(f"error: checkpoint not found: {args.checkpoint}")
     metrics = json.loads(Path(args.metrics).read_text()) if args.metrics else None
-    rec = ship(args.checkpoint, dict(limit_side=args.limit_side, limit_type=args.limit_type,
-                                     thresh=args.thresh, box_thresh=args.box_thresh,
-                                     unclip_ratio=args.unclip_ratio), metrics=metrics)
+    try:
+        rec = ship(args.checkpoint, dict(limit_side=args.limit_side, limit_type=args.limit_type,
+                                         thresh=args.thresh, box_thresh=args.box_thresh,
+                                         unclip_ratio=args.unclip_ratio), metrics=metrics, **_targets(args))
+    except ModelError as exc:
+        raise SystemExit(f"error: {exc}") from None
     print(json.dumps({k: rec[k] for k in ("checkpoint_step", "weights", "onnx")}, indent=2))
     return 0
 
