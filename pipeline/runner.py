@@ -13,8 +13,8 @@ the first frame). A failure in any thread stops the run and is re-raised by the 
 """
 from __future__ import annotations
 
+import contextlib
 import queue
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
@@ -24,7 +24,8 @@ from .detector import Detector
 from .metrics import Metrics
 from .sinks import Sink
 from .sources import Frame, Source, open_sources
-from .stages import END, Aborted, Channel, Control, Worker
+from .stages import (END, Aborted, Channel, Control, Worker, hold_switch_interval,
+                     release_switch_interval)
 
 Callback = Callable[[Frame, Detections], None]
 
@@ -80,7 +81,7 @@ class Pipeline:
         self.batch_timeout = batch_timeout
         self.max_frames = max_frames
         self.switch_interval = switch_interval
-        self._saved_interval: Optional[float] = None
+        self._holds_interval = False
         self.metrics = Metrics()
         self.control = Control()
         self.interrupted = False
@@ -178,26 +179,36 @@ class Pipeline:
         bodies += [("preprocess", self._prepare), ("infer", self._infer),
                    ("postprocess", self._postprocess), ("sink", self._sink)]
         if self.switch_interval:
-            self._saved_interval = sys.getswitchinterval()
-            sys.setswitchinterval(self.switch_interval)
+            hold_switch_interval(self.switch_interval)
+            self._holds_interval = True
         self.metrics.start()
         self._workers = [Worker(name, body, self.control) for name, body in bodies]
         for worker in self._workers:
             worker.start()
 
     def _shutdown(self) -> None:
-        self._close_sources()
+        """Stop the threads, then close sinks and detector: every step runs even when an
+        earlier one raises (the first error propagates)."""
+        with contextlib.ExitStack() as steps:  # callbacks run last-pushed first
+            if self._own_detector:
+                steps.callback(self.detector.close)
+            for sink in reversed(self.sinks):
+                steps.callback(sink.close)
+            steps.callback(self._release_switch_interval)
+            steps.callback(self._join_threads)
+            steps.callback(self._close_sources)
+
+    def _join_threads(self) -> None:
         for worker in self._workers:
             worker.join()
         for source in self.sources:
             if hasattr(source, "join"):
                 source.join(timeout=30)
-        if self._saved_interval is not None:
-            sys.setswitchinterval(self._saved_interval)
-        for sink in self.sinks:
-            sink.close()
-        if self._own_detector:
-            self.detector.close()
+
+    def _release_switch_interval(self) -> None:
+        if self._holds_interval:
+            self._holds_interval = False
+            release_switch_interval()
 
     def _close_sources(self) -> None:
         for source in self.sources:

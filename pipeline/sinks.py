@@ -6,6 +6,7 @@ calls every sink from its sink thread, in order per source, and closes them at t
 from __future__ import annotations
 
 import abc
+import contextlib
 import os
 from fractions import Fraction
 from pathlib import Path
@@ -122,8 +123,9 @@ class VideoSink(Sink):
 
     def close(self) -> None:
         encoders, self.encoders = self.encoders, {}
-        for encoder in encoders.values():
-            encoder.close()
+        with contextlib.ExitStack() as steps:  # one file failing to finish leaves the others whole
+            for encoder in encoders.values():
+                steps.callback(encoder.close)
 
 
 class ImageSink(Sink):

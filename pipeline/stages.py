@@ -8,11 +8,36 @@ the worker's exception (supervision's reader thread, by contrast, leaves its con
 from __future__ import annotations
 
 import queue
+import sys
 import threading
 import time
 from typing import Callable, Optional
 
 POLL_S = 0.05
+
+
+_interval_lock = threading.Lock()
+_interval_users = 0
+_interval_saved: Optional[float] = None
+
+
+def hold_switch_interval(seconds: float) -> None:
+    """Set the interpreter-wide GIL switch interval for a run. Runs overlap, so the first to
+    start saves Python's value and the last to end (`release_switch_interval`) puts it back."""
+    global _interval_users, _interval_saved
+    with _interval_lock:
+        if _interval_users == 0:
+            _interval_saved = sys.getswitchinterval()
+        _interval_users += 1
+        sys.setswitchinterval(seconds)
+
+
+def release_switch_interval() -> None:
+    global _interval_users
+    with _interval_lock:
+        _interval_users -= 1
+        if _interval_users == 0:
+            sys.setswitchinterval(_interval_saved)
 
 
 class Aborted(Exception):

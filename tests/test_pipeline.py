@@ -219,3 +219,34 @@ def test_metrics_percentiles_summary_and_progress_line():
     progress.update(dropped=4)
     progress.update(dropped=4)  # throttled: not a TTY, so at most one line every 5 s
     assert stream.getvalue().count("\n") == 1 and "frames 3/10" in stream.getvalue()
+
+
+class _BrokenCloseSink(JsonlSink):
+    def close(self):
+        super().close()
+        raise OSError("disk full while closing")
+
+
+def test_a_sink_failing_to_close_still_closes_the_others_and_the_detector(tmp_path, tiny_onnx):
+    video = write_video(tmp_path / "clip.mp4", frames=5)
+    first, broken, last = (JsonlSink(tmp_path / "a.jsonl"), _BrokenCloseSink(tmp_path / "b.jsonl"),
+                           JsonlSink(tmp_path / "c.jsonl"))
+    pipe = Pipeline([video], model=tiny_onnx, threads=1, sinks=[first, broken, last])
+    with pytest.raises(OSError, match="disk full while closing"):
+        pipe.run()
+    assert first._fh.closed and last._fh.closed
+    assert not pipe.detector.runner.is_active  # the detector the pipeline made is released
+    assert len((tmp_path / "c.jsonl").read_text().splitlines()) == 5
+
+
+def test_two_pipelines_at_once_restore_the_switch_interval(videos):
+    import sys
+
+    before = sys.getswitchinterval()
+    first = iter(Pipeline([videos[1]], FakeDetector(), switch_interval=0.001))
+    next(first)  # first running
+    second = iter(Pipeline([videos[1]], FakeDetector(), switch_interval=0.002))
+    next(second)  # both running
+    assert len(list(first)) == 11  # first ends while second still runs
+    assert len(list(second)) == 11
+    assert sys.getswitchinterval() == before
