@@ -64,13 +64,13 @@ def photometric(rng, image: np.ndarray, cfg: AugmentConfig) -> np.ndarray:
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
-def _warp_crop(image: np.ndarray, m, size, x: int, y: int, crop: int, fill, interpolation):
-    warped = cv2.warpAffine(image, m, size, flags=interpolation, borderValue=fill)
-    out = np.empty((crop, crop) + image.shape[2:], image.dtype)
-    out[:] = np.array(fill, image.dtype)[:image.shape[2]] if image.ndim == 3 else fill[0]
-    piece = warped[y:y + crop, x:x + crop]
-    out[:piece.shape[0], :piece.shape[1]] = piece
-    return out
+def _warp_crop(image: np.ndarray, m, x: int, y: int, crop: int, fill, interpolation):
+    """The crop x crop window at (x, y) of the warped image, warped directly (the whole warped
+    image at scale 3 is ~9x the pixels); outside the image is `fill`."""
+    shifted = m.copy()
+    shifted[:, 2] -= (x, y)
+    return cv2.warpAffine(image, shifted, (crop, crop), flags=interpolation,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=fill)
 
 
 def augment(rng, image: np.ndarray, polygons: Sequence[np.ndarray], ignore: Sequence[bool],
@@ -83,8 +83,8 @@ def augment(rng, image: np.ndarray, polygons: Sequence[np.ndarray], ignore: Sequ
     polys = [np.asarray(p, np.float32) @ m[:, :2].T.astype(np.float32) + m[:, 2].astype(np.float32)
              for p in polygons]
     x, y = _crop_origin(rng, size, crop, [p for p, i in zip(polys, ignore) if not i], cfg)
-    out = _warp_crop(image, m, size, x, y, crop, fill, cv2.INTER_LINEAR)
-    warped_masks = [_warp_crop(k, m, size, x, y, crop, (0.0,), cv2.INTER_NEAREST) for k in masks]
+    out = _warp_crop(image, m, x, y, crop, fill, cv2.INTER_LINEAR)
+    warped_masks = [_warp_crop(k, m, x, y, crop, 0, cv2.INTER_NEAREST) for k in masks]
     kept_polys: List[np.ndarray] = []
     kept_ignore: List[bool] = []
     for p, ign in zip(polys, ignore):
