@@ -4,13 +4,14 @@ Subcommands live one per module in `pipeline/commands/`; each module defines
 `NAME`, `HELP`, `add_arguments(parser)` and `run(args) -> int`, and imports heavy packages only
 inside `run`, so `dbrt --help` works on a machine without torch, cupy, av or tensorrt.
 User mistakes (DbrtError, missing optional packages, missing files) end with one line on stderr
-and a non-zero exit; Ctrl-C exits with 130.
+and a non-zero exit; Ctrl-C exits with 130, SIGTERM (where a command handles it) with 143.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import pkgutil
+import signal
 import sys
 from typing import List, Optional
 
@@ -31,8 +32,15 @@ def _command_modules():
     return sorted(mods, key=lambda m: (getattr(m, "ORDER", 50), m.NAME))
 
 
+class _Parser(argparse.ArgumentParser):
+    """A usage mistake is one line naming the flag and the value (no usage block), exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="dbrt", description="Real-time scene-text detection on video with DBNet and TensorRT.")
     parser.add_argument("--version", action="version", version="dbrt 0.1.0")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -46,19 +54,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error already printed
+        return exc.code if isinstance(exc.code, int) else 2
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
     try:
         return int(args._run(args) or 0)
-    except KeyboardInterrupt:
-        print("dbrt: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", signal.SIGINT)
+        print(f"dbrt: {'terminated' if signum == signal.SIGTERM else 'interrupted'}", file=sys.stderr)
+        return 128 + signum
     except (DbrtError, MissingDependency) as exc:
         print(f"dbrt {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+    except OSError as exc:  # a file or folder the user named (missing, a folder, unwritable)
         print(f"dbrt {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -9,18 +9,20 @@ stage in its own thread, joined by bounded channels.
 One thread per stage keeps results in order per source; frames of several sources share a
 batch when they need the same input size (up to `batch`, waiting at most `batch_timeout` after
 the first frame). A failure in any thread stops the run and is re-raised by the consumer; Ctrl-C
-(or `stop()`) stops reading and lets every frame already read reach the sinks.
+(or `stop()`) stops reading and lets every frame already read reach the sinks (see interrupts.py).
 """
 from __future__ import annotations
 
 import contextlib
 import queue
+import signal
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from .detections import Detections
 from .detector import Detector
+from .interrupts import Interrupted, StopSignals
 from .metrics import Metrics
 from .sinks import Sink
 from .sources import Frame, Source, open_sources
@@ -57,13 +59,18 @@ class Pipeline:
                    back sooner after each engine call while other stages run Python code
                    (about 5 % more throughput on a 2-core CPU); restored when the run ends.
     sinks:         Sink objects (closed by the pipeline at the end); callbacks: fn(frame, dets)
+    stop_signals:  signals that stop a run iterated in the main thread: the first drains (like
+                   `stop()`), the second stops at once (`report()["lost"]` counts the frames
+                   read but never written); the run then raises `Interrupted` (a
+                   KeyboardInterrupt) with the signal's number. `dbrt run` adds SIGTERM.
     """
 
     def __init__(self, sources: Sequence, detector: Optional[Detector] = None, *, model=None,
                  batch: int = 0, batch_timeout: float = 0.01, queue_size: int = 4,
                  max_frames: Optional[int] = None, sinks: Iterable[Sink] = (),
                  callbacks: Iterable[Callback] = (), source_options: Optional[dict] = None,
-                 switch_interval: Optional[float] = 0.0005, **detector_options):
+                 switch_interval: Optional[float] = 0.0005,
+                 stop_signals: Sequence[int] = (signal.SIGINT,), **detector_options):
         if isinstance(sources, (str, Source)):
             sources = [sources]
         self.sources: List[Source] = open_sources(sources, **(source_options or {}))
@@ -85,6 +92,7 @@ class Pipeline:
         self.metrics = Metrics()
         self.control = Control()
         self.interrupted = False
+        self._signals = StopSignals(stop_signals, drain=self._interrupt, abort=self.control.abort)
         cap = max(1, queue_size)
         self._decoded = self._channel("decoded", cap * self.batch + len(self.sources))
         self._prepared = self._channel("prepared", cap)
@@ -112,6 +120,11 @@ class Pipeline:
     def dropped(self) -> int:
         return sum(s.stats.dropped for s in self.sources)
 
+    @property
+    def lost(self) -> int:
+        """Frames read from the sources but never written (a run stopped at once, or failed)."""
+        return sum(s.stats.delivered for s in self.sources) - self.metrics.frames_out
+
     def stop(self) -> None:
         """Stop reading new frames; frames already read still reach the sinks."""
         self.control.draining.set()
@@ -127,11 +140,10 @@ class Pipeline:
             while True:
                 try:
                     item = self._out.get()
-                except KeyboardInterrupt:
+                except KeyboardInterrupt:  # Ctrl-C without our handler (stop_signals=())
                     if self.interrupted:  # second Ctrl-C: stop now
                         raise
-                    self.interrupted = True
-                    self.stop()
+                    self._interrupt()
                     continue
                 if item is END:
                     finished = True
@@ -142,11 +154,14 @@ class Pipeline:
         finally:
             if not finished:
                 self.control.abort()
-            self._shutdown()
+            try:
+                self._shutdown()
+            finally:
+                self._signals.restore()
         if self.control.error is not None:
             raise self.control.error
         if self.interrupted:
-            raise KeyboardInterrupt
+            raise Interrupted(self._signals.first or signal.SIGINT)
 
     def close(self) -> None:
         """Release sources, sinks and the detector of a pipeline that will not run (a run
@@ -169,8 +184,8 @@ class Pipeline:
 
     def report(self, **extra) -> dict:
         return self.metrics.report(
-            [s.describe() for s in self.sources], batch=self.batch,
-            interrupted=self.interrupted, model=self.detector.describe(), **extra)
+            [s.describe() for s in self.sources], batch=self.batch, interrupted=self.interrupted,
+            lost=self.lost, model=self.detector.describe(), **extra)
 
     # -- threads ----------------------------------------------------------------------------
     def _start(self) -> None:
@@ -182,6 +197,7 @@ class Pipeline:
             hold_switch_interval(self.switch_interval)
             self._holds_interval = True
         self.metrics.start()
+        self._signals.install()
         self._workers = [Worker(name, body, self.control) for name, body in bodies]
         for worker in self._workers:
             worker.start()
@@ -209,6 +225,10 @@ class Pipeline:
         if self._holds_interval:
             self._holds_interval = False
             release_switch_interval()
+
+    def _interrupt(self) -> None:
+        self.interrupted = True
+        self.stop()
 
     def _close_sources(self) -> None:
         for source in self.sources:

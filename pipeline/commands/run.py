@@ -7,6 +7,8 @@ import re
 import sys
 from pathlib import Path
 
+from ._validate import DEVICES, at_least, input_size, output_folder, side_length
+
 NAME = "run"
 ORDER = 10
 HELP = "detect text in videos, streams, cameras or images (default: the bundled demo video)"
@@ -18,47 +20,41 @@ DESCRIPTION = (
     "images, and OUTPUT/report.json (FPS, per-stage p50/p95/p99, drops, reconnects).")
 
 
-def _size(text: str):
-    match = re.fullmatch(r"(\d+)[x,](\d+)", text)
-    if not match:
-        raise argparse.ArgumentTypeError(f"expected HxW, e.g. 736x1280, got {text!r}")
-    return int(match.group(1)), int(match.group(2))
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("sources", nargs="*", metavar="SOURCE",
                    help="inputs (default: pipeline/assets/demo.mp4)")
-    p.add_argument("-o", "--output", default="out/run", help="output folder")
+    p.add_argument("-o", "--output", default="out/run", type=output_folder, help="output folder")
     m = p.add_argument_group("model")
     m.add_argument("--model", help=".onnx or TensorRT .engine (default: the shipped model)")
     m.add_argument("--backend", default="auto", choices=("auto", "tensorrt", "onnxruntime"))
-    m.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    m.add_argument("--device", default="auto", choices=DEVICES, help="where the model runs")
     m.add_argument("--preset", help="pre/post-processing preset for foreign models (db, ppocr, mmocr)")
-    m.add_argument("--threads", type=int, default=0, help="CPU inference threads (0: backend default)")
-    m.add_argument("--sessions", type=int, default=1,
+    m.add_argument("--threads", type=at_least(0), default=0,
+                   help="CPU inference threads (0: backend default)")
+    m.add_argument("--sessions", type=at_least(1), default=1,
                    help="ONNX Runtime on the CPU: N sessions (of --threads threads, default 1) "
                         "share each batch of >= N frames; often faster than one N-thread session")
     m.add_argument("--ort-spin", choices=("on", "off"),
                    help="ONNX Runtime: idle inference threads busy-wait (on) or sleep (off); "
                         "default: ONNX Runtime's (on)")
     r = p.add_argument_group("input size and thresholds (default: from the model)")
-    r.add_argument("--max-side", type=int, help="cap the long side at N pixels (limit_type max)")
-    r.add_argument("--limit-side", type=int, help="the resize rule's side length")
-    r.add_argument("--input-size", type=_size, help="fixed network input HxW for every frame")
+    r.add_argument("--max-side", type=side_length, help="cap the long side at N pixels (limit_type max)")
+    r.add_argument("--limit-side", type=side_length, help="the resize rule's side length")
+    r.add_argument("--input-size", type=input_size, help="fixed network input HxW for every frame")
     r.add_argument("--keep-aspect", action="store_true", help="letterbox instead of stretching")
     r.add_argument("--thresh", type=float, help="binarisation threshold of the probability map")
     r.add_argument("--box-thresh", type=float, help="minimum mean probability of a box")
     r.add_argument("--unclip-ratio", type=float, help="box expansion ratio")
     q = p.add_argument_group("pipeline")
-    q.add_argument("--batch", type=int, default=0, help="max frames per engine call (0: number of sources)")
-    q.add_argument("--batch-timeout-ms", type=float, default=10.0,
+    q.add_argument("--batch", type=at_least(0), default=0, help="max frames per engine call (0: number of sources)")
+    q.add_argument("--batch-timeout-ms", type=at_least(0.0, float), default=10.0,
                    help="wait this long for more frames once a batch has its first")
-    q.add_argument("--queue-size", type=int, default=4, help="capacity of each stage queue, in batches")
-    q.add_argument("--max-frames", type=int, help="stop each source after N frames")
-    q.add_argument("--decode-threads", type=int, default=0, help="FFmpeg decoding threads (0: auto)")
-    q.add_argument("--reconnect", type=int, default=10,
+    q.add_argument("--queue-size", type=at_least(1), default=4, help="capacity of each stage queue, in batches")
+    q.add_argument("--max-frames", type=at_least(1), help="stop each source after N frames")
+    q.add_argument("--decode-threads", type=at_least(0), default=0, help="FFmpeg decoding threads (0: auto)")
+    q.add_argument("--reconnect", type=at_least(-1), default=10,
                    help="network streams: reconnect attempts per outage (-1: forever, 0: none)")
-    q.add_argument("--reconnect-delay", type=float, default=0.5,
+    q.add_argument("--reconnect-delay", type=at_least(0.0, float), default=0.5,
                    help="first back-off delay in seconds (doubles up to 8 s)")
     o = p.add_argument_group("outputs")
     o.add_argument("--no-video", action="store_true", help="do not write annotated video / images")
@@ -78,6 +74,8 @@ def run(args) -> int:
 
 def build_pipeline(args):
     """Sources are opened first (a bad path fails before the model loads), then the model."""
+    import signal
+
     from engine.errors import DbrtError
     from engine.loader import ASSETS
     from pipeline.metrics import Progress
@@ -93,7 +91,7 @@ def build_pipeline(args):
     pipe = Pipeline(
         args.sources or [str(ASSETS / "demo.mp4")], model=args.model, batch=args.batch,
         batch_timeout=args.batch_timeout_ms / 1e3, queue_size=args.queue_size,
-        max_frames=args.max_frames,
+        max_frames=args.max_frames, stop_signals=(signal.SIGINT, signal.SIGTERM),
         source_options=dict(reconnect=reconnect, decode_threads=args.decode_threads),
         backend=args.backend, device=args.device, preset=args.preset,
         keep_aspect=args.keep_aspect or None, input_size=args.input_size, threads=args.threads,
@@ -189,6 +187,9 @@ def finish(pipe, progress, out: Path, args) -> None:
     out.mkdir(parents=True, exist_ok=True)
     write_report(report, out / "report.json")
     print(format_summary(report))
+    if report["lost"]:
+        print(f"dbrt run: stopped at once: {report['lost']} frames read were never written",
+              file=sys.stderr)
     if pipe.detector.untrained:
         print("note: the model is untrained; train one with `dbrt train` or pass --model")
     print(f"wrote {out / 'detections.jsonl'}, {out / 'report.json'}"

@@ -1,0 +1,75 @@
+"""Stop signals for a running pipeline: the first SIGINT (Ctrl-C) or SIGTERM (docker stop,
+systemd, Kubernetes) drains -- no new frames are read, every frame already read reaches the
+sinks --, the second stops at once (the frames in flight are lost, and counted), a third
+raises at once (a run stuck in a sink or a decoder).
+
+The handlers only set flags. A KeyboardInterrupt raised wherever the main thread happens to
+be cannot be caught reliably: landing in the caller's loop body or between two statements of
+the pipeline's own loop, it aborted the run and lost the frames in flight.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from typing import Callable, Dict, List, Optional, Sequence
+
+
+class Interrupted(KeyboardInterrupt):
+    """A run stopped by a signal; `signum` is which (exit status 128 + signum by convention)."""
+
+    def __init__(self, signum: int = signal.SIGINT):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class StopSignals:
+    """Handlers for `signals` while a run lasts (installed only from the main thread, where
+    Python runs signal handlers); `restore()` puts the previous handlers back. Runs may
+    overlap: a handler left behind by a finished run passes signals on to its predecessor."""
+
+    def __init__(self, signals: Sequence[int], drain: Callable[[], None],
+                 abort: Callable[[], None]):
+        self.signals = tuple(signals)
+        self._drain, self._abort = drain, abort
+        self._previous: Dict[int, object] = {}
+        self._active = False
+        self.received: List[int] = []
+
+    @property
+    def first(self) -> Optional[int]:
+        return self.received[0] if self.received else None
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        self._active = True
+        for signum in self.signals:
+            previous = signal.signal(signum, self._handle)
+            self._previous[signum] = signal.SIG_DFL if previous is None else previous
+
+    def restore(self) -> None:
+        self._active = False
+        for signum, handler in self._previous.items():
+            if signal.getsignal(signum) == self._handle:  # else a later run's handler is there
+                signal.signal(signum, handler)
+
+    def _handle(self, signum, frame) -> None:
+        if not self._active:
+            self._forward(signum, frame)
+            return
+        self.received.append(signum)
+        if len(self.received) == 1:
+            self._drain()
+        elif len(self.received) == 2:
+            self._abort()
+        else:
+            raise Interrupted(signum)
+
+    def _forward(self, signum, frame) -> None:
+        previous = self._previous[signum]
+        if callable(previous):
+            previous(signum, frame)
+        elif previous == signal.SIG_DFL:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
