@@ -22,6 +22,9 @@ IMAGENET_STD_RGB = (58.395, 57.12, 57.375)
 # Resize rules (pipeline.preprocess.target_size): "min" short side = limit_side (MhLiao/DB),
 # "max" long side <= limit_side, "min_at_least" short side >= limit_side (PaddleOCR's "min").
 LIMIT_TYPES = ("min", "max", "min_at_least")
+# Largest network input side (PaddleOCR's max_side_limit): the resize rule is capped here, so a
+# 2x4000 strip under "min side 736" gets a 32x4000 input instead of 736x1,472,000 (12 GiB).
+MAX_INPUT_SIDE = 4000
 
 
 @dataclass(frozen=True)
@@ -55,8 +58,9 @@ class ModelSpec:
                              f"got {self.limit_type!r}")
         if len(self.mean) != 3 or len(self.std) != 3 or any(s == 0 for s in self.std):
             raise ModelError("mean and std need three values each and std must be non-zero")
-        if self.stride <= 0 or self.limit_side < self.stride:
-            raise ModelError(f"bad stride {self.stride} / limit_side {self.limit_side}")
+        if self.stride <= 0 or not self.stride <= self.limit_side <= MAX_INPUT_SIDE:
+            raise ModelError(f"bad stride {self.stride} / limit_side {self.limit_side} "
+                             f"(limit_side must be from the stride to {MAX_INPUT_SIDE})")
         object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
         object.__setattr__(self, "std", tuple(float(s) for s in self.std))
 

@@ -89,7 +89,7 @@ def _free_port():
     (lambda d, m: [str(d / "clip.mp4"), "--model", str(d / "notes.txt")], "unsupported model file"),
     (lambda d, m: [f"http://127.0.0.1:{_free_port()}/live.ts", "--model", m], "cannot open http"),
     (lambda d, m: [str(d / "clip.mp4"), "--model", m, "--thresh", "3"], "thresh must be"),
-    (lambda d, m: [str(d / "clip.mp4"), "--model", m, "--sessions", "0"], "--sessions must be"),
+    (lambda d, m: [str(d / "clip.mp4"), "--model", m, "--sessions", "0"], "--sessions: must be"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, clip, tiny_onnx, capsys, make_args, message):
     (tmp_path / "notes.txt").write_text("not a video")

@@ -38,7 +38,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="ONNX Runtime: idle inference threads busy-wait (on) or sleep (off); "
                         "default: ONNX Runtime's (on)")
     r = p.add_argument_group("input size and thresholds (default: from the model)")
-    r.add_argument("--max-side", type=side_length, help="cap the long side at N pixels (limit_type max)")
+    r.add_argument("--max-side", type=side_length,
+                   help="cap the long side at N pixels (limit_type max)")
     r.add_argument("--limit-side", type=side_length, help="the resize rule's side length")
     r.add_argument("--input-size", type=input_size, help="fixed network input HxW for every frame")
     r.add_argument("--keep-aspect", action="store_true", help="letterbox instead of stretching")
@@ -46,12 +47,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--box-thresh", type=float, help="minimum mean probability of a box")
     r.add_argument("--unclip-ratio", type=float, help="box expansion ratio")
     q = p.add_argument_group("pipeline")
-    q.add_argument("--batch", type=at_least(0), default=0, help="max frames per engine call (0: number of sources)")
+    q.add_argument("--batch", type=at_least(0), default=0,
+                   help="max frames per engine call (0: number of sources)")
     q.add_argument("--batch-timeout-ms", type=at_least(0.0, float), default=10.0,
                    help="wait this long for more frames once a batch has its first")
-    q.add_argument("--queue-size", type=at_least(1), default=4, help="capacity of each stage queue, in batches")
+    q.add_argument("--queue-size", type=at_least(1), default=4,
+                   help="capacity of each stage queue, in batches")
     q.add_argument("--max-frames", type=at_least(1), help="stop each source after N frames")
-    q.add_argument("--decode-threads", type=at_least(0), default=0, help="FFmpeg decoding threads (0: auto)")
+    q.add_argument("--decode-threads", type=at_least(0), default=0,
+                   help="FFmpeg decoding threads (0: auto)")
     q.add_argument("--reconnect", type=at_least(-1), default=10,
                    help="network streams: reconnect attempts per outage (-1: forever, 0: none)")
     q.add_argument("--reconnect-delay", type=at_least(0.0, float), default=0.5,

@@ -1,0 +1,116 @@
+"""argparse `type=` checks shared by the subcommands: numbers in range, HxW sizes, and output
+locations that can really be written.
+
+argparse calls these while parsing (also on string defaults), so a bad value stops the command
+before any work starts, with one line naming the flag and the value:
+`dbrt run: error: argument --max-side: must be an integer from 32 to 4000, got '0'`.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from pathlib import Path
+from typing import Callable, Optional
+
+from engine.modelspec import MAX_INPUT_SIDE
+
+MIN_INPUT_SIDE = 32  # the network stride of every DB-family model
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def _parse(text: str, kind: type, what: str):
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+
+
+def at_least(low, kind: type = int, strict: bool = False) -> Callable[[str], object]:
+    """A number >= low (> low when strict)."""
+    noun = "an integer" if kind is int else "a number"
+    what = f"{noun} {'>' if strict else '>='} {low:g}"
+
+    def check(text: str):
+        value = _parse(text, kind, what)
+        if value < low or (strict and value == low) or value != value:  # NaN fails too
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+        return value
+
+    check.__name__ = f"{kind.__name__}_at_least_{low}"
+    return check
+
+
+def between(low, high, kind: type = int, open_ends: bool = False) -> Callable[[str], object]:
+    """A number in [low, high] (in (low, high) when open_ends)."""
+    noun = "an integer" if kind is int else "a number"
+    what = f"{noun} {'between' if open_ends else 'from'} {low:g} {'and' if open_ends else 'to'} {high:g}"
+
+    def check(text: str):
+        value = _parse(text, kind, what)
+        inside = low < value < high if open_ends else low <= value <= high
+        if not inside:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+        return value
+
+    check.__name__ = f"{kind.__name__}_between_{low}_{high}"
+    return check
+
+
+def side_length(text: str) -> int:
+    """A resize side (--limit-side, --max-side): the stride up to the maximum input side."""
+    return between(MIN_INPUT_SIDE, MAX_INPUT_SIDE)(text)
+
+
+def input_size(text: str):
+    """HxW (or H,W), each side from 32 to the maximum input side."""
+    match = re.fullmatch(r"\s*(\d+)\s*[x,]\s*(\d+)\s*", text)
+    sides = (int(match.group(1)), int(match.group(2))) if match else None
+    if sides is None or not all(MIN_INPUT_SIDE <= s <= MAX_INPUT_SIDE for s in sides):
+        raise argparse.ArgumentTypeError(
+            f"expected HxW with sides from {MIN_INPUT_SIDE} to {MAX_INPUT_SIDE}, e.g. 736x1280, "
+            f"got {text!r}")
+    return sides
+
+
+def _folder_problem(path: Path) -> Optional[str]:
+    """Why files cannot be written in folder `path` (created if missing), or None."""
+    if path.exists():
+        if not path.is_dir():
+            return f"{str(path)!r} is a file, not a folder"
+        if not os.access(path, os.W_OK | os.X_OK):
+            return f"folder {str(path)!r} is not writable"
+        return None
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                return f"cannot create folder {str(path)!r}: {str(parent)!r} is a file"
+            if not os.access(parent, os.W_OK | os.X_OK):
+                return f"cannot create folder {str(path)!r}: {str(parent)!r} is not writable"
+            return None
+    return None
+
+
+def _file_problem(path: Path) -> Optional[str]:
+    """Why file `path` cannot be written (its folder created if missing), or None."""
+    if path.is_dir():
+        return f"{str(path)!r} is a folder, expected a file name"
+    if path.exists() and not os.access(path, os.W_OK):
+        return f"{str(path)!r} is not writable"
+    return _folder_problem(path.parent)
+
+
+def output_folder(text: str) -> str:
+    """A folder the command will write into: it exists and is writable, or can be created."""
+    problem = _folder_problem(Path(text))
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return text
+
+
+def output_file(text: str) -> str:
+    """A file the command will write: not a folder, in a folder that is or can be made writable."""
+    problem = _file_problem(Path(text))
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return text
