@@ -100,6 +100,7 @@ class Pipeline:
         self._results = self._channel("results", cap * self.batch)
         self._out = self._channel("out", cap * self.batch)
         self._workers: List[Worker] = []
+        self._source_errors: List[Exception] = []
         self._started = False
 
     def _channel(self, name: str, capacity: int) -> Channel:
@@ -162,6 +163,8 @@ class Pipeline:
             raise self.control.error
         if self.interrupted:
             raise Interrupted(self._signals.first or signal.SIGINT)
+        if self._source_errors:
+            raise self._source_errors[0]
 
     def close(self) -> None:
         """Release sources, sinks and the detector of a pipeline that will not run (a run
@@ -235,6 +238,19 @@ class Pipeline:
             source.close()
 
     def _read(self, source: Source) -> None:
+        """Decode one source. A source that fails (a truncated file, a lost stream) ends like
+        one that finished: the frames it gave still reach the sinks, the other sources go on,
+        and the run raises its error at the end."""
+        try:
+            self._read_frames(source)
+        except Aborted:
+            raise
+        except Exception as exc:  # noqa: BLE001 - raised by the consumer once the run drained
+            self._source_errors.append(exc)
+            source.stats.note(f"error: {exc}")
+        self._decoded.put(_EndOfSource(source.stream))
+
+    def _read_frames(self, source: Source) -> None:
         frames = iter(source)
         count = 0
         try:
@@ -252,7 +268,6 @@ class Pipeline:
         finally:
             if hasattr(frames, "close"):
                 frames.close()
-        self._decoded.put(_EndOfSource(source.stream))
 
     def _prepare(self) -> None:
         live, carry = len(self.sources), None

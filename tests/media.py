@@ -29,13 +29,16 @@ def index_of(image: np.ndarray) -> int:
     return int(round((level - 8) / 16))
 
 
-def _encode(target, frames: int, height: int, width: int, fps: int, fmt=None, codec="mpeg4"):
+def _encode(target, frames: int, height: int, width: int, fps: int, fmt=None, codec="mpeg4",
+            options=None, rotation=None):
     import av
 
-    with av.open(target, mode="w", format=fmt) as container:
+    with av.open(target, mode="w", format=fmt, options=options or {}) as container:
         stream = container.add_stream(codec, rate=Fraction(fps))
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.options = {"qscale": "2"} if codec == "mpeg4" else {}
+        if rotation is not None:
+            stream.set_display_rotation(rotation)  # the display matrix phones write
         for i in range(frames):
             vframe = av.VideoFrame.from_ndarray(frame_image(i, height, width), format="bgr24")
             vframe.pts = i
@@ -43,9 +46,21 @@ def _encode(target, frames: int, height: int, width: int, fps: int, fmt=None, co
         container.mux(stream.encode(None))
 
 
-def write_video(path: Path, frames: int = 12, height: int = 48, width: int = 64, fps: int = 10) -> Path:
-    """An MP4 (MPEG-4 part 2) with `frames` frames."""
-    _encode(str(path), frames, height, width, fps)
+def write_video(path: Path, frames: int = 12, height: int = 48, width: int = 64, fps: int = 10,
+                rotation=None) -> Path:
+    """An MP4 (MPEG-4 part 2) with `frames` frames; `rotation`: display rotation tag (degrees
+    counter-clockwise, as PyAV's `VideoFrame.rotation` reports it)."""
+    _encode(str(path), frames, height, width, fps, rotation=rotation)
+    return path
+
+
+def write_truncated_video(path: Path, frames: int = 200, keep: float = 0.5, codec="libx264",
+                          height: int = 72, width: int = 128) -> Path:
+    """An MP4 cut after `keep` of its bytes (an interrupted download or copy). The index sits
+    at the front (faststart), so the file opens and still says it has `frames` frames."""
+    _encode(str(path), frames, height, width, 10, codec=codec, options={"movflags": "faststart"})
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
     return path
 
 

@@ -50,7 +50,7 @@ def test_video_close_stops_early(video):
     (lambda d: (d / "sub").mkdir() or d / "sub", "no images"),
     (lambda d: str(d / "*.png"), "no images match"),
     (lambda d: d / "missing.jpg", "no such file"),
-    (lambda d: (d / "bad.jpg").write_bytes(b"xx") and d / "bad.jpg", "cannot read image"),
+    (lambda d: (d / "bad.jpg").write_bytes(b"xx") and d / "bad.jpg", "1 of 1 images could not be read"),
 ])
 def test_bad_sources_raise_one_line_source_error(tmp_path, make, message):
     spec = make(tmp_path)

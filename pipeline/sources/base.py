@@ -36,13 +36,15 @@ class Frame:
 
 
 class SourceStats:
-    """Thread-safe counters a source reports: frames read / delivered / dropped, reconnects."""
+    """Thread-safe counters a source reports: frames read / delivered / dropped, inputs
+    skipped (unreadable images), reconnects."""
 
     def __init__(self):
         self._lock = threading.Lock()
         self.read = 0
         self.delivered = 0
         self.dropped = 0
+        self.skipped = 0
         self.reconnects = 0
         self.events = []  # short human-readable notes (reconnect attempts, errors)
 
@@ -59,7 +61,7 @@ class SourceStats:
     def as_dict(self) -> dict:
         with self._lock:
             return dict(read=self.read, delivered=self.delivered, dropped=self.dropped,
-                        reconnects=self.reconnects, events=list(self.events))
+                        skipped=self.skipped, reconnects=self.reconnects, events=list(self.events))
 
 
 class Source(abc.ABC):

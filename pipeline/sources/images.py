@@ -71,13 +71,26 @@ class ImageSource(Source):
         return len(self._paths) if self._paths is not None else None
 
     def __iter__(self) -> Iterator[Frame]:
+        """Unreadable files are skipped (and counted) so the others' results are kept; the
+        iteration then ends with a SourceError naming them."""
         self.open()
+        unreadable = []
         for index, path in enumerate(self._paths):
             if self._closed.is_set():
                 break
-            image = read_image(path)
+            try:
+                image = read_image(path)
+            except SourceError as exc:
+                unreadable.append(path)
+                self.stats.add(skipped=1)
+                self.stats.note(str(exc))
+                continue
             self.stats.add(read=1, delivered=1)
             yield Frame(image, index, None, os.path.normpath(path), self.stream)
+        if unreadable:
+            names = ", ".join(unreadable[:3]) + (", ..." if len(unreadable) > 3 else "")
+            raise SourceError(f"{len(unreadable)} of {len(self._paths)} images could not be read "
+                              f"(not an image, or unsupported format; skipped): {names}")
 
     def close(self) -> None:
         self._closed.set()

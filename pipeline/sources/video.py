@@ -29,6 +29,13 @@ def first_video_stream(container, url: str):
     return stream
 
 
+def _end_time(stream) -> Optional[float]:
+    """Where the stream's index says it ends, in seconds, or None."""
+    if not stream.duration or stream.time_base is None:
+        return None
+    return float((stream.duration + (stream.start_time or 0)) * stream.time_base)
+
+
 def _reason(exc: Exception) -> str:
     text = getattr(exc, "strerror", None) or str(exc)
     return text.splitlines()[0] if text else type(exc).__name__
@@ -47,6 +54,7 @@ class VideoFileSource(Source):
         self._stream = None
         self._total: Optional[int] = None
         self._fps: Optional[float] = None
+        self._end_s: Optional[float] = None
         self._closed = threading.Event()
 
     def open(self) -> "VideoFileSource":
@@ -61,6 +69,7 @@ class VideoFileSource(Source):
                 self._stream.codec_context.thread_count = self.threads
             self._total = self._stream.frames or None
             self._fps = float(self._stream.average_rate) if self._stream.average_rate else None
+            self._end_s = _end_time(self._stream)
         return self
 
     @property
@@ -74,7 +83,7 @@ class VideoFileSource(Source):
     def __iter__(self) -> Iterator[Frame]:
         self.open()
         av = require("av")
-        index = 0
+        index, last_time = 0, None
         try:
             for vframe in self._container.decode(self._stream):
                 if self._closed.is_set():
@@ -82,11 +91,28 @@ class VideoFileSource(Source):
                 image = vframe.to_ndarray(format="bgr24")
                 self.stats.add(read=1, delivered=1)
                 yield Frame(image, index, vframe.time, self.name, self.stream)
-                index += 1
+                index, last_time = index + 1, vframe.time
         except av.FFmpegError as exc:
-            raise SourceError(f"decoding {self.path} failed at frame {index}: {_reason(exc)}") from exc
+            raise SourceError(f"{self.path} ended early: decoding failed after {self._of(index)} "
+                              f"frames ({_reason(exc)})") from exc
         finally:
             self._release()
+        if not self._closed.is_set() and self._ended_early(index, last_time):
+            raise SourceError(f"{self.path} ended early: {self._of(index)} frames decoded (the "
+                              "file is truncated or damaged)")
+
+    def _of(self, count: int) -> str:
+        return f"{count} of {self._total}" if self._total else str(count)
+
+    def _ended_early(self, decoded: int, last_time: Optional[float]) -> bool:
+        """Fewer frames than the index promises, and the last one well before the end.
+        (FFmpeg's threaded decoder ends quietly where the data stops; the time check keeps
+        a file whose edit list trims a few frames from being called truncated.)"""
+        if not self._total or decoded >= self._total:
+            return False
+        if last_time is None or self._end_s is None or not self._fps:
+            return True
+        return last_time < self._end_s - 2 / self._fps
 
     def close(self) -> None:
         self._closed.set()
