@@ -4,7 +4,8 @@ import numpy as np
 import pyclipper
 import pytest
 
-from pipeline.postprocess.geometry import expand_quads, offset_polygon, ring_areas_lengths, unclip_distances
+from pipeline.postprocess.geometry import (box_points, expand_quads, offset_polygon, rect_array,
+                                            ring_areas_lengths, unclip_distances)
 
 shapely = pytest.importorskip("shapely", reason="shapely (a dev dependency) is the reference here")
 
@@ -27,7 +28,7 @@ def test_the_near_square_quad_has_area_9_and_distance_1_5():
     expected = pyclipper.PyclipperOffset()
     expected.AddPath(QUAD, pyclipper.JT_ROUND, pyclipper.ET_CLOSEDPOLYGON)
     (ours,) = offset_polygon(QUAD, unclip_distances(QUAD[None], 2.0)[0])
-    assert ours.tolist() == expected.Execute(1.5)[0]
+    assert ours == expected.Execute(1.5)[0]
 
 
 def test_expand_quads_uses_the_reference_distance():
@@ -80,3 +81,17 @@ def test_degenerate_and_empty_inputs():
     assert unclip_distances(np.zeros((0, 4, 2)), 1.5).shape == (0,)
     assert unclip_distances([], 1.5).shape == (0,)
     assert unclip_distances(np.zeros((1, 4, 2)), 1.5)[0] == 0.0
+
+
+def test_box_points_match_opencv_bit_for_bit():
+    rng = np.random.default_rng(2)
+    rects = [cv2.minAreaRect(rng.normal(500, 200, (int(rng.integers(1, 30)), 2)).astype(np.float32))
+             for _ in range(3000)]
+    rects += [((float(x), float(y)), (float(w), float(h)), float(a)) for x, y, w, h, a in
+              zip(*rng.uniform(-10, 3000, (2, 3000)), *rng.uniform(0, 500, (2, 3000)),
+                  rng.choice([90.0, -90.0, 0.0, 45.0], 3000) + rng.uniform(-180, 180, 3000)
+                  * rng.integers(0, 2, 3000))]
+    array = rect_array(rects)
+    expected = np.stack([cv2.boxPoints(((float(r[0]), float(r[1])), (float(r[2]), float(r[3])),
+                                        float(r[4]))) for r in array])
+    np.testing.assert_array_equal(box_points(array).view(np.int32), expected.view(np.int32))

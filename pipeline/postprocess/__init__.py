@@ -6,9 +6,10 @@
     detections = post(prob, letterboxes, metas)   # one Detections per map
 
 - cpu.py: NumPy / OpenCV, the reference's steps with the per-contour Python work vectorised;
-- gpu.py + components.py: CuPy maps stay on the GPU (labelling instead of contour tracing, one
-  compact copy of the candidates); the same array code runs with NumPy for the tests;
-- geometry.py: the host steps both share (corner order, unclip, frame mapping).
+- gpu.py: CuPy maps stay on the GPU: threshold / dilation there and one bit-packed copy of the
+  bitmaps, contours and geometry on the host as cpu.py, the score crops gathered in one copy;
+  the same array code runs with NumPy for the tests;
+- geometry.py: the host steps both share (rectangle corners and order, unclip, frame mapping).
 
 Quirks kept on purpose: hole contours are candidates, truncation at max_candidates keeps the
 bottom-most contours, pyclipper truncates to integers, the "fast" score uses OpenCV's fillPoly

@@ -1,19 +1,26 @@
 """CPU post-processing of one probability map (NumPy / OpenCV), box for box the reference.
 
-What the reference does per contour in Python is done here on arrays where it can be: contour
-bounding boxes and the exact min-size pre-filter, crop bounds, corner ordering, unclip distances.
-What must stay per candidate is a single OpenCV / pyclipper call each (minAreaRect, fillPoly,
-offset), which is what makes the result identical to the reference.
+Three host stages, shared with the GPU path (which only replaces where the bitmap and the
+score crops come from):
+1. `find_candidates(bitmap)`: contours -> the boxes (or polygons) to score, each with the
+   polygon its score fills and the map crop that score reads;
+2. `masked_means(crops, fills)`: the reference's score, cv2.mean under the filled polygon;
+3. `finish`: box_thresh, unclip, final rectangle.
+What the reference does per contour in Python is done on arrays where it can be (rectangle
+corners, corner order, crops, unclip distances); what stays per candidate is one OpenCV or
+pyclipper call each (minAreaRect, fillPoly + mean, offset), which keeps the result identical.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import List, Tuple
 
 import cv2
 import numpy as np
 
 from .config import PostprocessConfig
-from .geometry import expand_polygons, expand_quads, order_quads, unclip_distances
+from .geometry import (box_points, expand_polygons, expand_quads, order_quads, rect_array,
+                       unclip_distances)
 
 _DILATE_KERNEL = np.ones((2, 2), np.uint8)
 
@@ -24,133 +31,104 @@ def binarize(prob: np.ndarray, config: PostprocessConfig) -> np.ndarray:
     return cv2.dilate(bitmap, _DILATE_KERNEL) if config.use_dilation else bitmap
 
 
-def find_contours(bitmap: np.ndarray, max_candidates: int) -> list:
+def find_contours(bitmap: np.ndarray, max_candidates: int) -> tuple:
     """All contours, holes included (RETR_LIST), in OpenCV's order, first `max_candidates`."""
     contours, _ = cv2.findContours(bitmap, cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
-    return list(contours[:max_candidates])
+    return contours[:max_candidates]
 
 
-def contour_extents(contours: list) -> Tuple[np.ndarray, np.ndarray]:
-    """Per-contour (x, y) minimum and maximum, (n, 2) int each, without a Python loop."""
-    sizes = np.fromiter((len(c) for c in contours), np.intp, len(contours))
-    points = np.concatenate(contours).reshape(-1, 2)
-    starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
-    return np.minimum.reduceat(points, starts), np.maximum.reduceat(points, starts)
+@dataclass
+class Candidates:
+    """The candidates of one map that reach scoring, in the reference's order."""
+
+    shapes: object  # (n, 4, 2) float32 ordered quads, or a list of (k, 2) int32 polygons
+    fills: object   # per candidate the int32 polygon its score fills, in crop coordinates
+    crops: np.ndarray  # (n, 4) int64 x0, y0, x1, y1 (inclusive) of the score crop in the map
+
+    def __len__(self) -> int:
+        return len(self.crops)
 
 
-def may_reach_min_size(lo: np.ndarray, hi: np.ndarray, min_size: int) -> np.ndarray:
-    """Exact pre-filter: the minimum-area rectangle is no larger than the axis-aligned one, so
-    short_side**2 <= short * long <= extent_x * extent_y; below min_size**2 it cannot pass."""
-    ext = (hi - lo).astype(np.int64)
-    return ext[:, 0] * ext[:, 1] >= min_size * min_size
-
-
-def fast_crops(polys, h: int, w: int) -> Tuple[np.ndarray, np.ndarray]:
-    """Inclusive (n, 2) lo / hi corners of the "fast" score crops: floor / ceil of each
-    polygon's extent, clipped to the (h, w) map. polys: (n, k, 2) array or list of (k_i, 2)."""
-    if isinstance(polys, np.ndarray):
-        lo, hi = np.floor(polys.min(axis=1)), np.ceil(polys.max(axis=1))
-    else:
-        lo = np.array([np.floor(p.min(axis=0)) for p in polys]).reshape(-1, 2)
-        hi = np.array([np.ceil(p.max(axis=0)) for p in polys]).reshape(-1, 2)
+def _clipped(lo: np.ndarray, hi: np.ndarray, h: int, w: int) -> np.ndarray:
     top = (w - 1, h - 1)
-    return np.clip(lo, 0, top).astype(np.int64), np.clip(hi, 0, top).astype(np.int64)
+    return np.concatenate([np.clip(lo, 0, top), np.clip(hi, 0, top)], axis=1).astype(np.int64)
 
 
-def slow_crops(contours: list, h: int, w: int) -> Tuple[np.ndarray, np.ndarray]:
-    """Crops of the "slow" score: each contour's extent, clipped to the map."""
-    lo, hi = contour_extents(contours)
-    top = (w - 1, h - 1)
-    return np.clip(lo, 0, top).astype(np.int64), np.clip(hi, 0, top).astype(np.int64)
+def _point_fills(points: list, h: int, w: int) -> Tuple[list, np.ndarray]:
+    """Integer polygons (contours, approximated contours): crop = their extent, clipped."""
+    if not points:
+        return [], np.zeros((0, 4), np.int64)
+    boxes = np.array([cv2.boundingRect(p) for p in points], np.int64).reshape(-1, 4)
+    crops = _clipped(boxes[:, :2], boxes[:, :2] + boxes[:, 2:] - 1, h, w)
+    return [(p.reshape(-1, 2) - o).astype(np.int32) for p, o in zip(points, crops[:, :2])], crops
 
 
-def fill_mask(poly: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """The reference's score mask: the polygon filled on its crop, vertices shifted to the
-    crop origin and truncated toward zero."""
-    mask = np.zeros((hi[1] - lo[1] + 1, hi[0] - lo[0] + 1), np.uint8)
-    local = (poly.reshape(-1, 2).astype(np.float64) - lo).astype(np.int32)
-    cv2.fillPoly(mask, local[None], 1)
-    return mask
+def _quad_fills(quads: np.ndarray, h: int, w: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Float quads: crop = floor / ceil of the extent, clipped; vertices shifted to the crop
+    and truncated toward zero, as the reference (the float subtraction is exact)."""
+    crops = _clipped(np.floor(quads.min(axis=1)), np.ceil(quads.max(axis=1)), h, w)
+    return (quads - crops[:, None, :2]).astype(np.int32), crops
 
 
-def masked_means(prob: np.ndarray, polys, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """Mean of `prob` under each polygon's score mask (cv2.mean, as the reference)."""
-    if isinstance(polys, np.ndarray):  # quads: shift and truncate all vertices at once
-        local = (polys.astype(np.float64) - lo[:, None, :]).astype(np.int32)
+def quad_candidates(contours, config: PostprocessConfig, h: int, w: int) -> Candidates:
+    """minAreaRect of every contour, short side >= min_size, corners in the reference's order."""
+    rects = rect_array([cv2.minAreaRect(c) for c in contours])
+    keep = np.flatnonzero(np.minimum(rects[:, 2], rects[:, 3]) >= config.min_size)
+    quads = order_quads(box_points(rects[keep]))
+    if config.score_mode == "fast":
+        fills, crops = _quad_fills(quads, h, w)
     else:
-        local = [(p.reshape(-1, 2).astype(np.float64) - o).astype(np.int32) for p, o in zip(polys, lo)]
-    out = np.empty(len(polys), np.float64)
-    for i, ((x0, y0), (x1, y1)) in enumerate(zip(lo.tolist(), hi.tolist())):
-        mask = np.zeros((y1 - y0 + 1, x1 - x0 + 1), np.uint8)
-        cv2.fillPoly(mask, local[i][None], 1)
-        out[i] = cv2.mean(prob[y0:y1 + 1, x0:x1 + 1], mask)[0]
+        fills, crops = _point_fills([contours[i] for i in keep.tolist()], h, w)
+    return Candidates(quads, fills, crops)
+
+
+def polygon_candidates(contours, config: PostprocessConfig, h: int, w: int) -> Candidates:
+    """approxPolyDP(0.002 * arcLength) of the contours with >= 4 points; keep >= 4 vertices."""
+    contours = [c for c in contours if len(c) >= 4]  # fewer points cannot approximate to 4
+    approx = [cv2.approxPolyDP(c, 0.002 * cv2.arcLength(c, True), True) for c in contours]
+    keep = [i for i, a in enumerate(approx) if len(a) >= 4]
+    polys = [approx[i].reshape(-1, 2) for i in keep]
+    scored = polys if config.score_mode == "fast" else [contours[i] for i in keep]
+    return Candidates(polys, *_point_fills(scored, h, w))
+
+
+def find_candidates(bitmap: np.ndarray, config: PostprocessConfig) -> Candidates:
+    """Contours of one bitmap -> the candidates to score."""
+    contours = find_contours(bitmap, config.max_candidates)
+    make = quad_candidates if config.box_type == "quad" else polygon_candidates
+    return make(contours, config, *bitmap.shape)
+
+
+def map_crops(prob: np.ndarray, crops: np.ndarray) -> List[np.ndarray]:
+    """The score crops of one map (views)."""
+    return [prob[y0:y1 + 1, x0:x1 + 1] for x0, y0, x1, y1 in crops.tolist()]
+
+
+def masked_means(crops: list, fills) -> np.ndarray:
+    """Mean of each crop under its filled polygon (fillPoly + cv2.mean, as the reference)."""
+    out = np.empty(len(crops), np.float64)
+    for i, (crop, fill) in enumerate(zip(crops, fills)):
+        mask = np.zeros(crop.shape, np.uint8)
+        cv2.fillPoly(mask, [fill], 1)
+        out[i] = cv2.mean(crop, mask)[0]
     return out
 
 
-def score_fast(prob: np.ndarray, polys: list) -> np.ndarray:
-    """Mean inside each filled polygon (quad), on its floor / ceil bounding crop."""
-    if not len(polys):
-        return np.zeros(0)
-    return masked_means(prob, polys, *fast_crops(polys, *prob.shape))
-
-
-def score_slow(prob: np.ndarray, contours: list) -> np.ndarray:
-    """Mean inside each filled contour, on its bounding crop."""
-    if not contours:
-        return np.zeros(0)
-    pts = [c.reshape(-1, 2) for c in contours]
-    return masked_means(prob, pts, *slow_crops(pts, *prob.shape))
-
-
-def candidate_quads(contours: list, min_size: int) -> Tuple[np.ndarray, np.ndarray]:
-    """Ordered minAreaRect corners of the contours whose short side reaches min_size.
-
-    Returns (indices into contours, (k, 4, 2) float32 corners)."""
-    if not contours:
-        return np.zeros(0, np.intp), np.zeros((0, 4, 2), np.float32)
-    lo, hi = contour_extents(contours)
-    idx = np.flatnonzero(may_reach_min_size(lo, hi, min_size))
-    rects = [cv2.minAreaRect(contours[i]) for i in idx]
-    big = np.fromiter((min(r[1]) >= min_size for r in rects), bool, len(rects))
-    corners = [cv2.boxPoints(r) for r, ok in zip(rects, big) if ok]
-    if not corners:
-        return np.zeros(0, np.intp), np.zeros((0, 4, 2), np.float32)
-    return idx[big], order_quads(np.stack(corners))
-
-
-def quads_from_contours(prob, contours, config) -> Tuple[List[np.ndarray], List[float]]:
-    """Box mode: rectangle, score, box_thresh, unclip, rectangle again, min_size + 2."""
-    idx, quads = candidate_quads(contours, config.min_size)
-    if config.score_mode == "fast":
-        scores = score_fast(prob, quads)
+def finish(cand: Candidates, scores: np.ndarray, config: PostprocessConfig
+           ) -> Tuple[List[np.ndarray], List[float]]:
+    """box_thresh, unclip, the rectangle (or single polygon) of the result, min_size + 2."""
+    passed = np.flatnonzero(scores >= config.box_thresh)
+    if config.box_type == "quad":
+        quads = cand.shapes[passed]
+        out = expand_quads(quads, unclip_distances(quads, config.unclip_ratio), config.min_size + 2)
     else:
-        scores = score_slow(prob, [contours[i] for i in idx])
-    passed = scores >= config.box_thresh
-    quads, scores = quads[passed], scores[passed]
-    boxes = expand_quads(quads, unclip_distances(quads, config.unclip_ratio), config.min_size + 2)
-    return ([b for b in boxes if b is not None],
-            [float(s) for b, s in zip(boxes, scores) if b is not None])
-
-
-def polygons_from_contours(prob, contours, config) -> Tuple[List[np.ndarray], List[float]]:
-    """Polygon mode: approxPolyDP (>= 4 points), score, box_thresh, unclip into one polygon."""
-    contours = [c for c in contours if len(c) >= 4]  # fewer points cannot approximate to 4
-    approx = [cv2.approxPolyDP(c, 0.002 * cv2.arcLength(c, True), True).reshape(-1, 2)
-              for c in contours]
-    keep = [i for i, a in enumerate(approx) if len(a) >= 4]
-    if config.score_mode == "fast":
-        scores = score_fast(prob, [approx[i] for i in keep])
-    else:
-        scores = score_slow(prob, [contours[i] for i in keep])
-    passed = [(approx[i], float(s)) for i, s in zip(keep, scores) if s >= config.box_thresh]
-    expanded = expand_polygons([p for p, _ in passed], config.unclip_ratio, config.min_size + 2)
-    kept = [(poly, s) for poly, (_, s) in zip(expanded, passed) if poly is not None]
-    return [p for p, _ in kept], [s for _, s in kept]
+        out = expand_polygons([cand.shapes[i] for i in passed.tolist()], config.unclip_ratio,
+                              config.min_size + 2)
+    return ([p for p in out if p is not None],
+            [s for p, s in zip(out, scores[passed].tolist()) if p is not None])
 
 
 def postprocess_map(prob: np.ndarray, config: PostprocessConfig) -> Tuple[List[np.ndarray], List[float]]:
     """One (H, W) float32 map -> (polygons in map pixels, scores), in the reference's order."""
-    contours = find_contours(binarize(prob, config), config.max_candidates)
-    if config.box_type == "quad":
-        return quads_from_contours(prob, contours, config)
-    return polygons_from_contours(prob, contours, config)
+    cand = find_candidates(binarize(prob, config), config)
+    return finish(cand, masked_means(map_crops(prob, cand.crops), cand.fills), config)

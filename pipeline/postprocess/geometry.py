@@ -5,7 +5,10 @@ including its integer quirks, so both paths produce the reference's boxes.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+import math
+from functools import lru_cache
+from itertools import chain
+from typing import List, Optional
 
 import cv2
 import numpy as np
@@ -25,6 +28,59 @@ def order_quads(corners: np.ndarray) -> np.ndarray:
     second = np.where(swap_right, 3, 2)
     return np.stack([pts[rows, first], pts[rows, second], pts[rows, 5 - second],
                      pts[rows, 1 - first]], axis=1)
+
+
+def rect_array(rects: list) -> np.ndarray:
+    """cv2.minAreaRect results -> (n, 5) float32 rows of centre x, y, width, height, angle
+    (the float32 values OpenCV computed)."""
+    return np.array([(c[0], c[1], s[0], s[1], a) for c, s, a in rects], np.float32).reshape(-1, 5)
+
+
+def _corners(rects: np.ndarray, opencv5: bool) -> np.ndarray:
+    """RotatedRect::points in float32 arithmetic, term for term; OpenCV 5 computes the last two
+    corners from the centre, OpenCV 4 mirrors the first two through it."""
+    cx, cy, w, h = (rects[:, i] for i in range(4))
+    radians = (rects[:, 4].astype(np.float64) * np.pi / 180.0).tolist()
+    half = np.float32(0.5)  # libm's cos / sin as OpenCV calls them (math.* = the same libm)
+    b = np.array([math.cos(r) for r in radians], np.float64).astype(np.float32) * half
+    a = np.array([math.sin(r) for r in radians], np.float64).astype(np.float32) * half
+    p0 = (cx - a * h - b * w, cy + b * h - a * w)
+    p1 = (cx + a * h - b * w, cy - b * h - a * w)
+    if opencv5:
+        p2 = (cx + a * h + b * w, cy - b * h + a * w)
+        p3 = (cx - a * h + b * w, cy + b * h + a * w)
+    else:
+        two = np.float32(2)
+        p2 = (two * cx - p0[0], two * cy - p0[1])
+        p3 = (two * cx - p1[0], two * cy - p1[1])
+    return np.stack([np.stack(p, axis=-1) for p in (p0, p1, p2, p3)], axis=1)
+
+
+@lru_cache(maxsize=1)
+def _corner_formula() -> Optional[bool]:
+    """Which OpenCV arithmetic cv2.boxPoints uses here (checked once on awkward rectangles);
+    None when neither matches bit for bit, then every rectangle goes through cv2.boxPoints."""
+    rng = np.random.default_rng(0)
+    rects = np.concatenate([rng.uniform(-10, 3000, (256, 2)), rng.uniform(0, 500, (256, 2)),
+                            rng.choice([90.0, -90.0, 45.0, 0.0, 30.0], (256, 1))
+                            + rng.uniform(-1, 1, (256, 1)) * rng.choice([0, 1], (256, 1))],
+                           axis=1).astype(np.float32)
+    expected = np.stack([cv2.boxPoints(((float(r[0]), float(r[1])), (float(r[2]), float(r[3])),
+                                        float(r[4]))) for r in rects])
+    for opencv5 in (True, False):
+        if np.array_equal(_corners(rects, opencv5).view(np.int32), expected.view(np.int32)):
+            return opencv5
+    return None
+
+
+def box_points(rects: np.ndarray) -> np.ndarray:
+    """cv2.boxPoints of (n, 5) float32 rectangles at once, bit for bit: (n, 4, 2) float32."""
+    rects = np.asarray(rects, np.float32).reshape(-1, 5)
+    formula = _corner_formula()
+    if formula is None:
+        return np.stack([cv2.boxPoints(((float(r[0]), float(r[1])), (float(r[2]), float(r[3])),
+                                        float(r[4]))) for r in rects]).reshape(-1, 4, 2)
+    return _corners(rects, formula)
 
 
 def _closed_rings(polys) -> tuple:
@@ -68,36 +124,43 @@ def unclip_distances(polys, ratio: float) -> np.ndarray:
         return np.where(length > 0, area * ratio / length, 0.0)
 
 
-def offset_polygon(poly: np.ndarray, distance: float) -> List[np.ndarray]:
-    """pyclipper round-join offset; pyclipper truncates the float input to integers, exactly
-    as in the reference. Returns the resulting integer polygons (usually one)."""
+def offset_polygon(poly, distance: float) -> list:
+    """pyclipper round-join offset of one polygon (nested lists of x, y are the fastest input);
+    pyclipper truncates the float input to integers, exactly as in the reference. Returns its
+    output: a list of polygons (usually one), each a list of [x, y] integers."""
     offset = pyclipper.PyclipperOffset()  # default miter limit / arc tolerance, as the reference
     offset.AddPath(poly, pyclipper.JT_ROUND, pyclipper.ET_CLOSEDPOLYGON)
-    return [np.asarray(p, np.int32) for p in offset.Execute(float(distance))]
+    return offset.Execute(float(distance))
+
+
+def _points(polygons: list) -> np.ndarray:
+    """pyclipper polygons -> one (k, 1, 2) int32 array of all their points."""
+    flat = np.fromiter(chain.from_iterable(chain.from_iterable(polygons)), np.int32)
+    return flat.reshape(-1, 1, 2)
 
 
 def expand_quads(quads: np.ndarray, distances: np.ndarray, min_side: float) -> list:
     """Offset each quad, take the minimum-area rectangle around the result; per quad the
     ordered (4, 2) float32 corners, or None when the rectangle's short side < min_side."""
     rects = []
-    for quad, distance in zip(quads, distances):
+    for quad, distance in zip(quads.tolist(), distances.tolist()):
         expanded = offset_polygon(quad, distance)
-        rect = cv2.minAreaRect(np.concatenate(expanded).reshape(-1, 1, 2)) if expanded else None
-        rects.append(rect if rect is not None and min(rect[1]) >= min_side else None)
-    found = [r for r in rects if r is not None]
-    if not found:
+        rects.append(cv2.minAreaRect(_points(expanded)) if expanded else None)
+    ok = [r is not None and min(r[1]) >= min_side for r in rects]
+    if not any(ok):
         return [None] * len(rects)
-    boxes = iter(order_quads(np.stack([cv2.boxPoints(r) for r in found])))
-    return [None if r is None else next(boxes) for r in rects]
+    boxes = iter(order_quads(box_points(rect_array([r for r, keep in zip(rects, ok) if keep]))))
+    return [next(boxes) if keep else None for keep in ok]
 
 
 def expand_polygons(polys: list, ratio: float, min_side: float) -> List[Optional[np.ndarray]]:
     """Unclip each polygon; None where it splits into several or its rectangle is too small."""
     out = []
-    for poly, distance in zip(polys, unclip_distances(polys, ratio)):
-        expanded = offset_polygon(poly, distance)
-        ok = len(expanded) == 1 and min(cv2.minAreaRect(expanded[0].reshape(-1, 1, 2))[1]) >= min_side
-        out.append(expanded[0] if ok else None)  # int32, as pyclipper returns it
+    for poly, distance in zip(polys, unclip_distances(polys, ratio).tolist()):
+        expanded = offset_polygon(poly.reshape(-1, 2).tolist(), distance)
+        points = _points(expanded) if len(expanded) == 1 else None
+        ok = points is not None and min(cv2.minAreaRect(points)[1]) >= min_side
+        out.append(points.reshape(-1, 2) if ok else None)  # int32, as pyclipper returns it
     return out
 
 
