@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable, Dict, Optional, Sequence, Union
 
 import cv2
+import numpy as np
 
 from engine.errors import DbrtError
 from engine.lazy import require
@@ -60,7 +61,9 @@ class JsonlSink(Sink):
 
 
 class _Encoder:
-    """One PyAV output file; sizes are cropped to even numbers (yuv420p needs them)."""
+    """One PyAV output file of the first frame's size, cropped to even numbers (yuv420p needs
+    them). A frame of another size (a live stream that reconnected at another resolution) is
+    scaled to fit, letterboxed, so the whole picture stays in the one file."""
 
     def __init__(self, path: Path, width: int, height: int, fps: float, codec: str, crf: int):
         av = require("av")
@@ -76,11 +79,24 @@ class _Encoder:
         self._av = av
 
     def encode(self, image) -> None:
-        image = image[:self.stream.height, :self.stream.width]
+        image = self._fit(image)
         vframe = self._av.VideoFrame.from_ndarray(image, format="bgr24")
         vframe.pts = self.count
         self.count += 1
         self.container.mux(self.stream.encode(vframe))
+
+    def _fit(self, image):
+        height, width = self.stream.height, self.stream.width
+        h, w = image.shape[:2]
+        if (h - h % 2, w - w % 2) == (height, width):
+            return image[:height, :width]
+        scale = min(width / w, height / h)
+        new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
+        canvas = np.zeros((height, width, 3), np.uint8)
+        top, left = (height - new_h) // 2, (width - new_w) // 2
+        canvas[top:top + new_h, left:left + new_w] = cv2.resize(
+            image, (new_w, new_h), interpolation=cv2.INTER_AREA)
+        return canvas
 
     def close(self) -> None:
         self.container.mux(self.stream.encode(None))  # flush delayed frames
@@ -89,6 +105,8 @@ class _Encoder:
 
 class VideoSink(Sink):
     """Annotated video, one file per source; `path` is a file name, or fn(frame) -> file name.
+    The file keeps the size of the source's first frame: later frames of another size are
+    scaled into it (letterboxed).
 
     fps: output frame rate (default: the frame's source rate given in `fps_by_stream`, else 25).
     """

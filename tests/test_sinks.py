@@ -88,3 +88,27 @@ def test_window_sink_on_headless_opencv_says_what_to_install():
     else:  # a GUI build with a display: the window works
         sink.close()
         assert hasattr(cv2, "imshow")
+
+
+def test_video_sink_scales_frames_of_a_new_size_into_the_file(tmp_path):
+    """A live stream that reconnects at another resolution: the whole picture stays in
+    annotated.mp4 (scaled to the file's size, letterboxed), not just its top-left corner."""
+    av = pytest.importorskip("av")
+    empty = Detections.from_quads(np.zeros((0, 4, 2), np.float32), [], frame_size=(48, 64))
+
+    def frame(i, h, w):
+        image = np.zeros((h, w, 3), np.uint8)
+        image[h // 2:, w // 2:] = 255  # bright bottom-right quadrant
+        return Frame(image, i, i / 10, "live", 0)
+
+    with VideoSink(tmp_path / "a.mp4", fps=10) as sink:
+        for i, (h, w) in enumerate([(48, 64)] * 3 + [(96, 128)] * 3 + [(48, 160)] * 3):
+            sink.write(frame(i, h, w), empty)
+    with av.open(str(tmp_path / "a.mp4")) as container:
+        out = [f.to_ndarray(format="bgr24").astype(float) for f in container.decode(video=0)]
+    assert len(out) == 9 and all(o.shape == (48, 64, 3) for o in out)
+    for o in out[:6]:  # same aspect ratio: fills the frame
+        assert o[30:, 40:].mean() > 200 and o[:18, :26].mean() < 40
+    for o in out[6:]:  # 48x160 into 48x64: 20 px high band in the middle, black above / below
+        assert o[:12].mean() < 40 and o[36:].mean() < 40
+        assert o[26:33, 40:].mean() > 200 and o[15:22, :26].mean() < 40
