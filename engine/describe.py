@@ -43,6 +43,9 @@ def describe_engine(path: os.PathLike) -> dict:
     info = {"kind": "engine", "file": str(path), "bytes": path.stat().st_size,
             "record": json.loads(record.to_json()) if record else None}
     if optional("tensorrt") is None or _cuda.default_backend() is None:
+        if record is None:  # nothing here can tell an engine from any other bytes
+            raise ModelError(f"cannot describe {path}: it has no dbrt build record "
+                             f"({path.name}.json) and TensorRT or a GPU is not usable here")
         info["note"] = "TensorRT or a GPU is not usable here: showing the build record only"
         return info
     from .tensorrt_runner import TensorRTRunner
@@ -54,7 +57,9 @@ def describe_engine(path: os.PathLike) -> dict:
             info["outputs"] = _tensors(runner.outputs)
             info["profiles"] = {n: p.to_dict() for n, p in runner.profiles.items()}
     except ModelError as exc:
-        info["note"] = str(exc)
+        if record is None:  # not a TensorRT engine, or one this TensorRT cannot read
+            raise
+        info["note"] = str(exc)  # the record still says what the engine is and what it needs
     return info
 
 

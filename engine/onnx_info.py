@@ -65,16 +65,32 @@ def _precision(onnx, graph) -> str:
     return "fp32"
 
 
-def summarize_onnx(path: os.PathLike) -> OnnxSummary:
-    """Inputs, outputs, opset, precision and metadata of an ONNX file (ModelError if unreadable)."""
+def load_onnx(path: os.PathLike, load_external_data: bool = True):
+    """The ModelProto of an ONNX file; ModelError when it is missing, unreadable or empty.
+
+    Protobuf parses an empty file (and some garbage) as an empty model, so a model without an
+    IR version, an opset or a graph output is refused too.
+    """
     onnx = require("onnx")
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"ONNX file not found: {path}")
     try:
-        proto = onnx.load(str(path), load_external_data=False)
+        proto = onnx.load(str(path), load_external_data=load_external_data)
     except Exception as exc:  # onnx raises DecodeError and friends for non-ONNX files
-        raise ModelError(f"{path} is not a readable ONNX model: {str(exc).splitlines()[0]}") from exc
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ModelError(f"{path} is not a readable ONNX model: {first}") from exc
+    if proto.ir_version <= 0 or not proto.opset_import or not proto.graph.output:
+        raise ModelError(f"{path} is not a readable ONNX model: no graph "
+                         f"({path.stat().st_size} bytes)")
+    return proto
+
+
+def summarize_onnx(path: os.PathLike) -> OnnxSummary:
+    """Inputs, outputs, opset, precision and metadata of an ONNX file (ModelError if unreadable)."""
+    onnx = require("onnx")
+    path = Path(path)
+    proto = load_onnx(path, load_external_data=False)
     graph = proto.graph
     weights = {t.name for t in graph.initializer}
     opset = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=0)

@@ -70,16 +70,34 @@ def read_state_dict(path) -> Dict[str, "torch.Tensor"]:
 
     import torch
 
+    _check_checkpoint_file(path)
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise ModelError(f"checkpoint not found: {path}") from None
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"cannot read checkpoint {path} with torch.load(weights_only=True): {first}. "
                          "Only tensors and plain containers are accepted; re-save the state_dict "
                          "from trusted code") from exc
     return unwrap(obj, str(path))
+
+
+def _check_checkpoint_file(path) -> None:
+    """A clear error for a file torch.save cannot have written (an image, a text file, nothing):
+    torch.load would try to unpickle it and fail with anything up to a KeyError."""
+    from pathlib import Path
+
+    path = Path(path)
+    if path.is_dir():
+        raise ModelError(f"checkpoint {path} is a folder, expected a .pt / .pth file")
+    if not path.is_file():
+        raise ModelError(f"checkpoint not found: {path}")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head.startswith((b"PK\x03\x04", b"\x80")):  # torch.save's zip, or a legacy pickle
+        raise ModelError(f"{path} is not a PyTorch checkpoint (expected a file written by "
+                         "torch.save: a zip archive or a pickle)")
 
 
 def unwrap(obj, where: str = "checkpoint") -> Dict[str, "torch.Tensor"]:

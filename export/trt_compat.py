@@ -23,6 +23,7 @@ import numpy as np
 
 from engine.errors import ModelError
 from engine.lazy import require
+from engine.onnx_info import load_onnx
 
 # Operators every target from 8.5 on parses (onnx-tensorrt operators.md, 8.x tables).
 _BASE_OPS = frozenset("""
@@ -252,9 +253,7 @@ def check_onnx(model, target="10") -> CompatReport:
     target = target if isinstance(target, TrtTarget) else TrtTarget.parse(target)
     source = "<model>"
     if not isinstance(model, onnx.ModelProto):
-        if not os.path.isfile(model):
-            raise ModelError(f"model file not found: {model}")
-        source, model = os.fspath(model), onnx.load(os.fspath(model))
+        source, model = os.fspath(model), load_onnx(model)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     graph = model.graph
     report = CompatReport(target, opset, dict(Counter(n.op_type for n in graph.node)), source=source)

@@ -81,3 +81,83 @@ def test_read_only_output_folder(place, capsys):
     finally:
         ro.chmod(0o755)
     assert "cannot create folder 'ro/out': 'ro' is not writable" in line
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["export", "-o", "afile/x.onnx"], "-o/--output: 'afile' is a file, not a folder"),
+    (["export", "-o", "."], "-o/--output: '.' is a folder, expected a file name"),
+    (["export", "--calib-count", "0"], "--calib-count: must be an integer >= 1, got '0'"),
+    (["export", "--width", "0"], "--width: must be a number > 0, got '0'"),
+    (["eval", "--dataset", "d", "--json", "afile/x.json"], "--json: 'afile' is a file, not a folder"),
+    (["eval", "--dataset", "d", "--vis", "afile"], "--vis: 'afile' is a file, not a folder"),
+    (["eval", "--dataset", "d", "--iou", "1.5"], "--iou: must be a number between 0 and 1, got '1.5'"),
+    (["eval", "--dataset", "d", "--device", "gpu0"], "--device: invalid choice: 'gpu0'"),
+    (["build", "m.onnx", "-o", "afile/m.engine"], "-o/--output: 'afile' is a file, not a folder"),
+    (["synth", "--dataset", "afile"], "--dataset: 'afile' is a file, not a folder"),
+    (["synth", "--video", "afile/v.mp4"], "--video: 'afile' is a file, not a folder"),
+    (["synth", "--count", "-3"], "--count: must be an integer >= 1, got '-3'"),
+    (["train", "--out", "afile"], "--out: 'afile' is a file, not a folder"),
+    (["train", "--out", "afile/run"], "--out: cannot create folder 'afile/run': 'afile' is a file"),
+    (["train", "--out", "r", "--lr", "-1"], "--lr: must be a number > 0, got '-1'"),
+    (["train", "--out", "r", "--log-every", "0"], "--log-every: must be an integer >= 1, got '0'"),
+    (["train", "--out", "r", "--threads", "0"], "--threads: must be an integer >= 1, got '0'"),
+])
+def test_other_commands_check_flags_and_output_paths_first(place, capsys, argv, fragment):
+    assert fragment in one_error_line(capsys, argv)
+
+
+def test_eval_json_into_a_bad_place_fails_before_scoring(place, capsys, shared_data):
+    rc = main(["eval", "--dataset", str(shared_data / "realdev"), "--json", "afile/r.json"])
+    captured = capsys.readouterr()
+    assert rc == 2 and "--json: 'afile' is a file" in captured.err
+    assert captured.out == ""  # no image was scored
+
+
+@pytest.mark.parametrize("name, content, fragment", [
+    ("empty.onnx", b"", "empty.onnx is not a readable ONNX model: no graph (0 bytes)"),
+    ("random.engine", bytes(range(256)) * 8, "cannot describe random.engine"),
+    ("empty.engine", b"", "cannot describe empty.engine"),
+])
+def test_info_refuses_files_that_are_not_models(place, capsys, monkeypatch, name, content, fragment):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # as on any machine without TensorRT
+    (place / name).write_bytes(content)
+    assert fragment in one_error_line(capsys, ["info", name])
+
+
+def test_info_refuses_random_bytes_even_where_tensorrt_runs(place, capsys, monkeypatch):
+    import trt_double
+
+    trt_double.install(monkeypatch, "10.x")
+    (place / "random.engine").write_bytes(bytes(range(256)) * 8)
+    assert "cannot load engine" in one_error_line(capsys, ["info", "random.engine"])
+
+
+@pytest.mark.parametrize("name, content, fragment", [
+    ("garbage.onnx", b"\x00garbage\xff" * 50, "garbage.onnx is not a readable ONNX model"),
+    ("empty.onnx", b"", "empty.onnx is not a readable ONNX model: no graph"),
+])
+def test_check_refuses_files_that_are_not_onnx(place, capsys, name, content, fragment):
+    (place / name).write_bytes(content)
+    assert fragment in one_error_line(capsys, ["check", name])
+
+
+@pytest.mark.parametrize("name", ["photo.jpg", "notes.pt", "empty.pth"])
+def test_export_of_a_file_that_is_not_a_checkpoint(place, capsys, name):
+    pytest.importorskip("torch")
+    (place / "notes.pt").write_text("hello, not a checkpoint\n")  # legacy unpickling: KeyError
+    (place / "empty.pth").write_bytes(b"")
+    line = one_error_line(capsys, ["export", name, "-o", "x.onnx"])
+    assert f"{name} is not a PyTorch checkpoint" in line
+    assert not (place / "x.onnx").exists()
+
+
+def test_train_init_of_another_architecture(place, capsys):
+    torch = pytest.importorskip("torch")
+    from export.model import DBNet
+
+    torch.save(DBNet("resnet50", width=0.25).state_dict(), str(place / "r50.pt"))
+    line = one_error_line(capsys, ["train", "--out", "run", "--init", "r50.pt", "--steps", "1",
+                                   "--batch", "1", "--crop", "64", "--workers", "0"])
+    assert "r50.pt" in line and "do not fit" in line and "--arch / --width" in line

@@ -1,6 +1,8 @@
 """`dbrt build`: ONNX -> TensorRT engine (+ its .json record)."""
 from __future__ import annotations
 
+from ._validate import at_least, output_file
+
 NAME = "build"
 HELP = "build a TensorRT engine from an ONNX model (FP32 / FP16 / INT8, dynamic shapes)"
 ORDER = 40
@@ -18,7 +20,8 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
 def add_arguments(parser) -> None:
     parser.add_argument("model", help="ONNX model")
-    parser.add_argument("-o", "--output", help="engine path (default: MODEL with .engine)")
+    parser.add_argument("-o", "--output", type=output_file,
+                        help="engine path (default: MODEL with .engine)")
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "int8"),
                         help="auto: the ONNX's precision, FP16 for an FP32 ONNX where TensorRT "
                              "has precision flags")
@@ -30,7 +33,7 @@ def add_arguments(parser) -> None:
     shapes.add_argument("--max", help="largest input (default: --opt)")
     shapes.add_argument("--batch", help="batch range for HxW shapes: N, MIN:MAX or MIN:OPT:MAX")
     tuning = parser.add_argument_group("builder")
-    tuning.add_argument("--workspace", type=int, metavar="MiB", help="scratch memory limit")
+    tuning.add_argument("--workspace", type=at_least(1), metavar="MiB", help="scratch memory limit")
     tuning.add_argument("--opt-level", type=int, choices=range(6), metavar="0-5",
                         help="builder optimisation level (TensorRT default 3; higher builds longer)")
     tuning.add_argument("--timing-cache", help="timing cache file (default: one per TensorRT "
@@ -42,7 +45,8 @@ def add_arguments(parser) -> None:
                         help="the engine runs on any Ampere or newer GPU (somewhat slower)")
     calib = parser.add_argument_group("INT8 calibration (TensorRT 8.6 / 10.x, FP32 ONNX)")
     calib.add_argument("--calib", metavar="DIR", help="folder of representative images")
-    calib.add_argument("--calib-count", type=int, default=64, help="use at most this many images")
+    calib.add_argument("--calib-count", type=at_least(1), default=64,
+                       help="use at most this many images")
     calib.add_argument("--calib-cache", help="calibration cache file (reused when it exists)")
     parser.add_argument("--preset", help="preprocessing preset for models without dbrt metadata "
                         "(db, ppocr, mmocr): INT8 calibration normalises images with it")

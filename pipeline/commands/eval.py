@@ -1,6 +1,8 @@
 """`dbrt eval`: precision / recall / hmean of a model on a dataset (ICDAR 2015 protocol)."""
 from __future__ import annotations
 
+from ._validate import DEVICES, at_least, between, output_file, output_folder, side_length
+
 NAME = "eval"
 HELP = "score a model on an ICDAR2015 / Total-Text / gt.json dataset (precision, recall, hmean)"
 ORDER = 30
@@ -19,32 +21,28 @@ def add_arguments(parser) -> None:
     parser.add_argument("--format", default="auto", choices=("auto", "json", "icdar2015", "totaltext"))
     parser.add_argument("--preset", help="ModelSpec preset for models without dbrt metadata (db, ppocr, mmocr)")
     parser.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "tensorrt"))
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--threads", type=int, default=0, help="CPU inference threads (0: backend default)")
+    parser.add_argument("--device", default="auto", choices=DEVICES, help="where the model runs")
+    parser.add_argument("--threads", type=at_least(0), default=0,
+                        help="CPU inference threads (0: backend default)")
     model = parser.add_argument_group("pre- and post-processing (default: the model's own settings)")
-    model.add_argument("--limit-side", type=int, help="resize: short side (min) / long-side cap (max)")
+    model.add_argument("--limit-side", type=side_length,
+                       help="resize: short side (min) / long-side cap (max)")
     model.add_argument("--limit-type", choices=("min", "max", "min_at_least"))
     model.add_argument("--thresh", type=float, help="binarisation threshold")
     model.add_argument("--box-thresh", type=float, help="minimum mean score of a box")
     model.add_argument("--unclip-ratio", type=float)
     model.add_argument("--box-type", choices=("quad", "poly"), help="poly for curved text (Total-Text)")
     proto = parser.add_argument_group("protocol")
-    proto.add_argument("--iou", type=float, default=0.5, help="a match needs IoU above this")
-    proto.add_argument("--area-precision", type=float, default=0.5,
+    fraction = between(0.0, 1.0, float, open_ends=True)
+    proto.add_argument("--iou", type=fraction, default=0.5, help="a match needs IoU above this")
+    proto.add_argument("--area-precision", type=fraction, default=0.5,
                        help="a detection this much inside a do-not-care region is ignored")
-    parser.add_argument("--max-images", type=int, help="score only the first N images")
-    parser.add_argument("--json", metavar="OUT", help="write overall and per-image results here")
-    parser.add_argument("--vis", metavar="DIR", help="write images with misses / false alarms drawn")
+    parser.add_argument("--max-images", type=at_least(1), help="score only the first N images")
+    parser.add_argument("--json", metavar="OUT", type=output_file,
+                        help="write overall and per-image results here")
+    parser.add_argument("--vis", metavar="DIR", type=output_folder,
+                        help="write images with misses / false alarms drawn")
     parser.add_argument("--quiet", action="store_true", help="print only the overall line")
-
-
-def _check_args(args) -> None:
-    from engine.errors import DbrtError
-
-    if not 0 < args.iou < 1 or not 0 < args.area_precision < 1:
-        raise DbrtError("--iou and --area-precision must be between 0 and 1")
-    if args.max_images is not None and args.max_images < 1:
-        raise DbrtError("--max-images must be at least 1")
 
 
 def _detector(args):
@@ -92,7 +90,6 @@ def run(args) -> int:
     from pipeline.datasets import open_dataset
     from pipeline.evaluate import evaluate_detector
 
-    _check_args(args)
     dataset = open_dataset(args.dataset, args.gt, args.format).head(args.max_images)
     timings: list = []
     with _detector(args) as detector:

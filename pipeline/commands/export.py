@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ._validate import at_least, output_file, side_length
+
 NAME = "export"
 HELP = "export a DBNet checkpoint to ONNX (FP32 / FP16 / INT8), with parity and TensorRT checks"
 ORDER = 20
@@ -19,16 +21,18 @@ PRECISIONS = ("fp32", "fp16", "int8")
 
 def add_arguments(parser) -> None:
     parser.add_argument("checkpoint", nargs="?", help="checkpoint (.pth / .pt); default: shipped weights")
-    parser.add_argument("-o", "--output", default="dbnet.onnx", help="FP32 ONNX path")
+    parser.add_argument("-o", "--output", default="dbnet.onnx", type=output_file,
+                        help="FP32 ONNX path")
     model = parser.add_argument_group("model")
     model.add_argument("--arch", choices=("resnet18", "resnet34", "resnet50"),
                        help="backbone; inferred from the checkpoint when omitted")
     model.add_argument("--dcn", action="store_true", default=None,
                        help="deformable convolution in stages 2-4; inferred when omitted")
-    model.add_argument("--width", type=float, help="channel width multiplier; inferred when omitted")
+    model.add_argument("--width", type=at_least(0.0, float, strict=True),
+                       help="channel width multiplier; inferred when omitted")
     model.add_argument("--random-init", action="store_true",
                        help="export UNTRAINED random weights (tests, benchmarks); needs --arch")
-    model.add_argument("--limit-side", type=int, help="resize target stored in the metadata")
+    model.add_argument("--limit-side", type=side_length, help="resize target stored in the metadata")
     model.add_argument("--thresh", type=float, help="binarisation threshold stored in the metadata")
     model.add_argument("--box-thresh", type=float, help="box score threshold stored in the metadata")
     model.add_argument("--unclip-ratio", type=float, help="unclip ratio stored in the metadata")
@@ -37,9 +41,10 @@ def add_arguments(parser) -> None:
     onnx.add_argument("--precision", nargs="+", choices=PRECISIONS, default=["fp32"])
     onnx.add_argument("--fp16-converter", choices=("auto", "modelopt", "onnxconverter"), default="auto")
     onnx.add_argument("--calib", help="image folder / glob or video for INT8 calibration")
-    onnx.add_argument("--calib-count", type=int, default=32, help="calibration images / frames")
+    onnx.add_argument("--calib-count", type=at_least(1), default=32,
+                      help="calibration images / frames")
     onnx.add_argument("--calib-method", choices=("entropy", "minmax", "percentile"), default="entropy")
-    onnx.add_argument("--calib-side", type=int, help="short side for calibration inputs "
+    onnx.add_argument("--calib-side", type=side_length, help="short side for calibration inputs "
                       "(default: the model's limit_side)")
     onnx.add_argument("--keep-fp32-head", action="store_true",
                       help="leave the head (last conv, ConvTranspose, Sigmoid) unquantized")
@@ -47,7 +52,7 @@ def add_arguments(parser) -> None:
                       help="leave the first convolution (on the image) unquantized")
     onnx.add_argument("--keep-fp32-decoder", action="store_true",
                       help="leave the FPN neck and the head unquantized (INT8 backbone only)")
-    onnx.add_argument("--keep-fp32-sensitive", type=int, default=0, metavar="K",
+    onnx.add_argument("--keep-fp32-sensitive", type=at_least(0), default=0, metavar="K",
                       help="leave the K layers INT8 hurts most unquantized (ranked on the calibration "
                            "inputs; prints them and the share of MACs still INT8)")
     onnx.add_argument("--target-trt", default="auto",
@@ -56,7 +61,7 @@ def add_arguments(parser) -> None:
     onnx.add_argument("--no-parity", action="store_true", help="skip the PyTorch parity check")
     onnx.add_argument("--accuracy", metavar="IMAGES",
                       help="compare FP16 / INT8 with FP32 on these images (not the calibration set)")
-    onnx.add_argument("--accuracy-count", type=int, default=16)
+    onnx.add_argument("--accuracy-count", type=at_least(1), default=16)
 
 
 def _load_model(args):

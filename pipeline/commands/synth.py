@@ -1,6 +1,8 @@
 """`dbrt synth`: write a synthetic scene-text dataset and/or the demo video."""
 from __future__ import annotations
 
+from ._validate import at_least, output_file, output_folder
+
 NAME = "synth"
 HELP = "write a synthetic scene-text dataset (images + gt.json) and/or the demo video"
 ORDER = 65
@@ -10,14 +12,17 @@ writes DIR/images/*.jpg and DIR/gt.json (realdev layout, readable by `dbrt eval`
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--dataset", metavar="DIR", help="write a dataset of --count images here")
-    parser.add_argument("--count", type=int, default=100, help="number of dataset images")
+    parser.add_argument("--dataset", metavar="DIR", type=output_folder,
+                        help="write a dataset of --count images here")
+    parser.add_argument("--count", type=at_least(1), default=100, help="number of dataset images")
     parser.add_argument("--size", default="1280x720", help="dataset image size WxH")
     parser.add_argument("--seed", type=int, default=10_000,
                         help="dataset seed (training uses seed 0; keep evaluation sets apart)")
-    parser.add_argument("--video", metavar="PATH", help="write the demo video here (.mp4)")
+    parser.add_argument("--video", metavar="PATH", type=output_file,
+                        help="write the demo video here (.mp4)")
     parser.add_argument("--video-seed", type=int, default=2024)
-    parser.add_argument("--seconds", type=float, default=10.0, help="demo video length")
+    parser.add_argument("--seconds", type=at_least(0.0, float, strict=True), default=10.0,
+                        help="demo video length")
 
 
 def _parse_size(text: str):
@@ -40,16 +45,12 @@ def run(args) -> int:
     if args.dataset:
         from export.synth.dataset import write_dataset
 
-        if args.count <= 0:
-            raise DbrtError("--count must be positive")
         w, h = _parse_size(args.size)
         gt = write_dataset(args.dataset, args.count, seed=args.seed, height=h, width=w)
         print(f"dataset: {args.count} images, ground truth {gt}")
     if args.video:
         from export.synth.video import write_demo_video
 
-        if args.seconds <= 0:
-            raise DbrtError("--seconds must be positive")
         path = write_demo_video(args.video, seed=args.video_seed, seconds=args.seconds)
         print(f"video: {path} ({path.stat().st_size / 1e6:.2f} MB)")
     return 0

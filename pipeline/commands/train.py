@@ -2,6 +2,8 @@
 with validation hmean on a held-out dataset and resumable checkpoints."""
 from __future__ import annotations
 
+from ._validate import at_least, output_folder
+
 NAME = "train"
 HELP = "train DBNet on synthetic text, real ICDAR2015 / mask folders or a mix (needs torch)"
 ORDER = 60
@@ -19,7 +21,8 @@ def add_arguments(parser) -> None:
     from export.train.config import TrainConfig
 
     d = TrainConfig(out_dir="")
-    parser.add_argument("--out", required=True, help="folder for checkpoints, config.json, val.jsonl")
+    parser.add_argument("--out", required=True, type=output_folder,
+                        help="folder for checkpoints, config.json, val.jsonl")
     parser.add_argument("--data", action="append", metavar="SOURCE[=WEIGHT]",
                         help="'synth', an ICDAR2015-format folder or a mask folder; repeat to mix "
                              "(default: synth)")
@@ -27,27 +30,30 @@ def add_arguments(parser) -> None:
                         help="synthetic scene mix (street adds photo-like built scenes, signs "
                              "more large letter-spaced lettering, mixed 60%% default + 40%% signs)")
     parser.add_argument("--arch", default=d.arch, choices=("resnet18", "resnet34", "resnet50"))
-    parser.add_argument("--width", type=float, default=d.width, help="backbone width multiplier")
-    parser.add_argument("--steps", type=int, default=d.steps)
-    parser.add_argument("--batch", type=int, default=d.batch)
+    parser.add_argument("--width", type=at_least(0.0, float, strict=True), default=d.width,
+                        help="backbone width multiplier")
+    parser.add_argument("--steps", type=at_least(1), default=d.steps)
+    parser.add_argument("--batch", type=at_least(1), default=d.batch)
     parser.add_argument("--crop", type=int, default=d.crop, help="square training crop, pixels")
-    parser.add_argument("--lr", type=float, default=d.lr, help="peak AdamW learning rate")
-    parser.add_argument("--warmup", type=int, default=d.warmup)
+    parser.add_argument("--lr", type=at_least(0.0, float, strict=True), default=d.lr,
+                        help="peak AdamW learning rate")
+    parser.add_argument("--warmup", type=at_least(0), default=d.warmup)
     parser.add_argument("--seed", type=int, default=d.seed)
-    parser.add_argument("--workers", type=int, default=d.workers, help="data-loader processes")
-    parser.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads")
+    parser.add_argument("--workers", type=at_least(0), default=d.workers, help="data-loader processes")
+    parser.add_argument("--threads", type=at_least(1), default=d.threads, help="torch CPU threads")
     parser.add_argument("--device", default=d.device, choices=("cpu", "cuda", "auto"),
                         help="where to train (auto: a CUDA GPU when torch sees one)")
     parser.add_argument("--init", help="start from these weights (fine-tuning)")
     parser.add_argument("--resume", action="store_true", help="continue OUT/last.pt")
     parser.add_argument("--val", metavar="DATASET",
                         help="validation dataset (ICDAR / Total-Text folder or gt.json), never the test set")
-    parser.add_argument("--val-every", type=int, default=d.val_every,
+    parser.add_argument("--val-every", type=at_least(0), default=d.val_every,
                         help="validate every N steps (0: only at the end)")
-    parser.add_argument("--val-images", type=int, default=0, help="validate on the first N images (0: all)")
-    parser.add_argument("--save-every", type=int, default=d.save_every)
-    parser.add_argument("--log-every", type=int, default=d.log_every)
-    parser.add_argument("--time-limit", type=float, default=0.0,
+    parser.add_argument("--val-images", type=at_least(0), default=0,
+                        help="validate on the first N images (0: all)")
+    parser.add_argument("--save-every", type=at_least(1), default=d.save_every)
+    parser.add_argument("--log-every", type=at_least(1), default=d.log_every)
+    parser.add_argument("--time-limit", type=at_least(0.0, float), default=0.0,
                         help="stop (and save) after this many seconds; 0 = run all steps")
 
 
@@ -81,10 +87,8 @@ def _check(args) -> None:
             raise DbrtError(f"--data must be 'synth' or an existing folder, got {name!r}")
     if args.init and not Path(args.init).is_file():
         raise DbrtError(f"--init checkpoint not found: {args.init}")
-    if args.steps <= 0 or args.batch <= 0 or args.crop <= 0 or args.crop % 32:
-        raise DbrtError("--steps and --batch must be positive and --crop a positive multiple of 32")
-    if args.val_every < 0 or args.val_images < 0:
-        raise DbrtError("--val-every and --val-images must be >= 0")
+    if args.crop <= 0 or args.crop % 32:
+        raise DbrtError(f"--crop must be a positive multiple of 32, got {args.crop}")
 
 
 def run(args) -> int:
