@@ -120,3 +120,4 @@ def test_a_failing_source_does_not_stop_the_others(tmp_path):
         pipe.run()
     assert [i for s, i in seen if s == 0] == list(range(4))
     assert [i for s, i in seen if s == 1] == list(range(7))
+

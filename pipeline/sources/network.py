@@ -10,7 +10,7 @@ from typing import Optional
 from urllib.parse import urlparse
 
 from .live import LiveSource, Reconnect
-from .video import first_video_stream, open_container
+from .video import first_video_stream, open_container, upright_bgr
 
 SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "tcp", "srt", "rtp")
 _FILE_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi", ".webm")
@@ -58,7 +58,7 @@ class NetworkSource(LiveSource):
         vframe = next(self._frames, None)
         if vframe is None:
             return None
-        return vframe.to_ndarray(format="bgr24"), vframe.time
+        return upright_bgr(vframe), vframe.time
 
     def _disconnect(self) -> None:
         container, self._container, self._frames = self._container, None, None

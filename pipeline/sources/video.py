@@ -1,9 +1,13 @@
-"""Video files through PyAV, decoded with FFmpeg's own threads; never drops a frame."""
+"""Video files through PyAV, decoded with FFmpeg's own threads; never drops a frame. Frames come
+upright (the display rotation tag of phone videos is applied)."""
 from __future__ import annotations
 
 import os
 import threading
 from typing import Iterator, Optional
+
+import cv2
+import numpy as np
 
 from engine.errors import SourceError
 from engine.lazy import require
@@ -27,6 +31,18 @@ def first_video_stream(container, url: str):
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"  # frame + slice threads inside FFmpeg, outside the GIL
     return stream
+
+
+_ROTATE = {90: cv2.ROTATE_90_COUNTERCLOCKWISE, 180: cv2.ROTATE_180,
+           270: cv2.ROTATE_90_CLOCKWISE}
+
+
+def upright_bgr(vframe) -> np.ndarray:
+    """The frame as BGR uint8, turned as its display rotation tag says (phones store portrait
+    video as landscape frames plus the tag; PyAV reports it counter-clockwise, in degrees)."""
+    image = vframe.to_ndarray(format="bgr24")
+    turn = _ROTATE.get(round(vframe.rotation / 90) * 90 % 360)
+    return image if turn is None else cv2.rotate(image, turn)
 
 
 def _end_time(stream) -> Optional[float]:
@@ -88,7 +104,7 @@ class VideoFileSource(Source):
             for vframe in self._container.decode(self._stream):
                 if self._closed.is_set():
                     break
-                image = vframe.to_ndarray(format="bgr24")
+                image = upright_bgr(vframe)
                 self.stats.add(read=1, delivered=1)
                 yield Frame(image, index, vframe.time, self.name, self.stream)
                 index, last_time = index + 1, vframe.time
