@@ -9,6 +9,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -25,12 +26,16 @@ def long_video(tmp_path_factory):
     return write_video(tmp_path_factory.mktemp("signals") / "long.mp4", frames=200)
 
 
+def _signal_main_thread(signum=signal.SIGINT):
+    """Like a terminal's Ctrl-C: the main thread gets the signal wherever it happens to be."""
+    signal.pthread_kill(threading.main_thread().ident, signum)
+
+
 def _signal_at(index: int, signum=signal.SIGINT):
-    """A callback (sink thread) that signals this process once frame `index` is written: the
-    signal reaches the main thread wherever it happens to be."""
+    """A callback (sink thread) that signals the main thread once frame `index` is written."""
     def callback(frame, dets):
         if frame.index == index:
-            os.kill(os.getpid(), signum)
+            _signal_main_thread(signum)
     return callback
 
 
@@ -54,7 +59,7 @@ def test_ctrl_c_at_random_moments_writes_every_frame_read(tmp_path, long_video, 
     loop body, between the two. Before, landing outside the wait aborted the run and lost the
     frames in flight (58 read, 46 written)."""
     rng = random.Random(16)
-    for trial in range(12):
+    for trial in range(25):
         out = tmp_path / f"{consumer_works}_{trial}.jsonl"
         pipe = Pipeline([long_video], FakeDetector(delay_s=0.001), sinks=[JsonlSink(out)],
                         callbacks=[_signal_at(rng.randrange(0, 60))])
@@ -86,8 +91,8 @@ class _SignalsTwice(FakeDetector):
 
     def infer(self, batch):
         if self.calls["infer"] in (3, 4):
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.05)  # the handler runs before the next frame
+            _signal_main_thread()
+            time.sleep(0.2)  # the handler has run before the next signal
         return super().infer(batch)
 
 
@@ -159,8 +164,8 @@ def test_dbrt_run_second_ctrl_c_says_how_many_frames_were_lost(tmp_path, tiny_on
     def infer_signalling_twice(self, batch):
         calls.append(1)
         if len(calls) in (3, 4):
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.05)
+            _signal_main_thread()
+            time.sleep(0.2)
         return infer(self, batch)
 
     monkeypatch.setattr(Detector, "infer", infer_signalling_twice)
