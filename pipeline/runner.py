@@ -8,8 +8,10 @@ stage in its own thread, joined by bounded channels.
 
 One thread per stage keeps results in order per source; frames of several sources share a
 batch when they need the same input size (up to `batch`, waiting at most `batch_timeout` after
-the first frame). A failure in any thread stops the run and is re-raised by the consumer; Ctrl-C
-(or `stop()`) stops reading and lets every frame already read reach the sinks (see interrupts.py).
+the first frame). A failure in a stage thread stops the run and is re-raised by the consumer; a
+source that fails (a truncated file, an unreadable image, a stream that never came back) only ends
+its own frames, and its error is raised once everything read has reached the sinks. Ctrl-C (or
+`stop()`) stops reading and lets every frame already read reach the sinks (see interrupts.py).
 """
 from __future__ import annotations
 
