@@ -15,3 +15,7 @@ class ShapeError(DbrtError):
 
 class SourceError(DbrtError):
     """A video / image / stream source cannot be opened or read."""
+
+
+class DbrtWarning(UserWarning):
+    """Something the user should know that does not stop the work (the CLI prints one line)."""

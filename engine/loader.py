@@ -12,6 +12,7 @@ from .errors import ModelError
 from .lazy import optional
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt")
+DEVICES = ("auto", "cpu", "cuda", "tensorrt")  # tensorrt: ONNX Runtime's TensorRT provider
 # load_runner options understood by the TensorRT path (engine cache / TensorRTRunner).
 TENSORRT_OPTIONS = ("precision", "profile", "cuda_graph", "progress", "workspace", "opt_level",
                     "calibration", "strongly_typed")
@@ -43,6 +44,8 @@ def load_runner(model: Optional[os.PathLike] = None, backend: str = "auto", devi
     """
     if backend not in BACKENDS:
         raise ModelError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if device not in DEVICES:  # never fall back silently: 'gpu0' must not run on the CPU
+        raise ModelError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
     sessions = int(options.get("sessions") or 1)
     if sessions < 1:
         raise ModelError(f"sessions must be >= 1, got {sessions}")
@@ -70,11 +73,10 @@ def load_runner(model: Optional[os.PathLike] = None, backend: str = "auto", devi
         return cached_engine_runner(path, **trt_options)
     from .onnxruntime_runner import OnnxRuntimeRunner
 
-    ort_device = device if device in ("cpu", "cuda", "tensorrt", "auto") else "auto"
     threads, spin = options.get("threads") or 0, options.get("spin")
     if sessions > 1:
         from .parallel_runner import ParallelRunner
 
         return ParallelRunner.onnxruntime(path, sessions, threads=threads or 1,
-                                          device=ort_device, spin=spin)
-    return OnnxRuntimeRunner(path, device=ort_device, threads=threads, spin=spin)
+                                          device=device, spin=spin)
+    return OnnxRuntimeRunner(path, device=device, threads=threads, spin=spin)

@@ -13,9 +13,10 @@ import importlib
 import pkgutil
 import signal
 import sys
+import warnings
 from typing import List, Optional
 
-from engine.errors import DbrtError
+from engine.errors import DbrtError, DbrtWarning
 from engine.lazy import MissingDependency
 
 from . import commands as _commands_pkg
@@ -52,6 +53,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warnings(command: str, show_other):
+    """dbrt's own warnings (DbrtWarning) as one 'dbrt COMMAND: warning: ...' line on stderr."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, DbrtWarning):
+            print(f"dbrt {command}: warning: {message}", file=sys.stderr)
+        else:
+            show_other(message, category, filename, lineno, file, line)
+
+    return show
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     try:
@@ -62,7 +74,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args._run(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warnings(args.command, warnings.showwarning)
+            return int(args._run(args) or 0)
     except KeyboardInterrupt as exc:
         signum = getattr(exc, "signum", signal.SIGINT)
         print(f"dbrt: {'terminated' if signum == signal.SIGTERM else 'interrupted'}", file=sys.stderr)

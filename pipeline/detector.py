@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import fields
 from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from engine.errors import ShapeError
+from engine.errors import DbrtWarning, ShapeError
 from engine.lazy import cupy_or_none
 from engine.loader import load_runner
 from engine.model_check import check_io, check_spec_source, probability_map
-from engine.modelspec import ModelSpec, resolve_spec
+from engine.modelspec import MAX_INPUT_SIDE, ModelSpec, resolve_spec
 
 from .detections import Detections
 from .postprocess import DBPostprocessor, PostprocessConfig
@@ -75,7 +76,9 @@ class Detector:
         self.post = DBPostprocessor(PostprocessConfig.from_spec(self.spec, **{**extra_post, **post_options}))
         self.keep_aspect = bool(self.spec.extra.get("keep_aspect", False) if keep_aspect is None
                                 else keep_aspect)
-        self.input_size = tuple(input_size) if input_size else self._fixed_engine_size()
+        self.input_size = (self._checked_size(input_size) if input_size
+                           else self._fixed_engine_size())
+        self._cap_reported = False
         self.output_name = self.spec.output or self.runner.output_names[0]
         if self.output_name not in self.runner.output_names:
             raise ShapeError(f"model has no output {self.output_name!r} "
@@ -97,6 +100,13 @@ class Detector:
                     keep_aspect=self.keep_aspect, input_size=self.input_size,
                     gpu_preprocess=self.uses_gpu_preprocess, post=self.post.config.to_dict())
 
+    def _checked_size(self, size) -> Tuple[int, int]:
+        h, w = (int(v) for v in size)
+        if not all(0 < v <= MAX_INPUT_SIDE and v % self.spec.stride == 0 for v in (h, w)):
+            raise ShapeError(f"input size {h}x{w}: each side must be a multiple of "
+                             f"{self.spec.stride} from {self.spec.stride} to {MAX_INPUT_SIDE}")
+        return h, w
+
     def _fixed_engine_size(self) -> Optional[Tuple[int, int]]:
         """An engine built for one input size must be fed that size."""
         dims = self.runner.inputs[0].shape[2:]
@@ -116,8 +126,19 @@ class Detector:
         """Network (H, W) for a frame of this size; frames of equal input size can share a batch."""
         if self.input_size:
             return self.input_size
-        return target_size(frame_h, frame_w, self.spec.limit_side, self.spec.limit_type,
-                           self.spec.stride)
+        spec = self.spec
+        size = target_size(frame_h, frame_w, spec.limit_side, spec.limit_type, spec.stride)
+        if max(size) > MAX_INPUT_SIDE - spec.stride and not self._cap_reported:
+            wanted = target_size(frame_h, frame_w, spec.limit_side, spec.limit_type, spec.stride,
+                                 max_side=1 << 62)
+            if wanted != size:
+                self._cap_reported = True
+                warnings.warn(
+                    f"a {frame_h}x{frame_w} frame would need a {wanted[0]}x{wanted[1]} input "
+                    f"({spec.limit_type} side {spec.limit_side}); inputs are capped at "
+                    f"{MAX_INPUT_SIDE} pixels a side, so it runs at {size[0]}x{size[1]} (further "
+                    "frames are capped without a message)", DbrtWarning, stacklevel=2)
+        return size
 
     def prepare(self, images: Sequence[np.ndarray]) -> Tuple[object, List[Letterbox]]:
         """BGR uint8 frames -> (N, 3, H, W) float32 batch (NumPy, or CuPy on the GPU path)."""

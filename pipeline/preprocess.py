@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 
 from engine.errors import ShapeError
-from engine.modelspec import ModelSpec
+from engine.modelspec import MAX_INPUT_SIDE, ModelSpec
 
 
 @dataclass(frozen=True)
@@ -44,27 +44,34 @@ def _round_to(value: float, multiple: int) -> int:
 
 
 def target_size(frame_h: int, frame_w: int, limit_side: int, limit_type: str = "min",
-                stride: int = 32) -> Tuple[int, int]:
+                stride: int = 32, max_side: int = MAX_INPUT_SIDE) -> Tuple[int, int]:
     """Network input (H, W), multiples of `stride`, following the DB / PaddleOCR resize rule.
 
     limit_type "min": the short side becomes `limit_side` (MhLiao's 736);
     limit_type "max": the long side is capped at `limit_side` (never upscaled);
     limit_type "min_at_least": the short side is raised to `limit_side` when shorter (PP-OCR).
+    Whatever the rule asks, no side exceeds `max_side` (the aspect ratio is kept), so a 2x4000
+    strip under "min side 736" gets a 32x4000 input, not 736x1,472,000.
     """
     if frame_h <= 0 or frame_w <= 0:
         raise ShapeError(f"empty frame {frame_h}x{frame_w}")
     if limit_type == "min":
         ratio = limit_side / min(frame_h, frame_w)
+        size = _round_to(frame_h * ratio, stride), _round_to(frame_w * ratio, stride)
     elif limit_type == "max":
         ratio = min(1.0, limit_side / max(frame_h, frame_w))
+        size = _round_to(frame_h * ratio, stride), _round_to(frame_w * ratio, stride)
     elif limit_type == "min_at_least":
         # PaddleOCR / RapidOCR "min": raise a short side below limit_side, never reduce; they
         # truncate the scaled size before rounding, which matters on x.5 multiples of stride.
         ratio = max(1.0, limit_side / min(frame_h, frame_w))
-        return (_round_to(int(frame_h * ratio), stride), _round_to(int(frame_w * ratio), stride))
+        size = _round_to(int(frame_h * ratio), stride), _round_to(int(frame_w * ratio), stride)
     else:
         raise ShapeError(f"limit_type must be 'min', 'max' or 'min_at_least', got {limit_type!r}")
-    return _round_to(frame_h * ratio, stride), _round_to(frame_w * ratio, stride)
+    if max(size) <= max_side:
+        return size
+    ratio = max_side / max(frame_h, frame_w)  # rounded down, so the cap holds
+    return tuple(max(stride, int(side * ratio) // stride * stride) for side in (frame_h, frame_w))
 
 
 def make_letterbox(frame_h: int, frame_w: int, input_h: int, input_w: int,

@@ -161,3 +161,49 @@ def test_train_init_of_another_architecture(place, capsys):
     line = one_error_line(capsys, ["train", "--out", "run", "--init", "r50.pt", "--steps", "1",
                                    "--batch", "1", "--crop", "64", "--workers", "0"])
     assert "r50.pt" in line and "do not fit" in line and "--arch / --width" in line
+
+
+@pytest.mark.parametrize("h, w, limit, kind, expected", [
+    (2, 4000, 736, "min", (32, 4000)),            # min side 736 would ask for 736 x 1,472,000
+    (4000, 2, 736, "min", (4000, 32)),
+    (5, 3000, 736, "min_at_least", (32, 4000)),
+    (3000, 5000, 4000, "min", (2400, 4000)),
+    (720, 1280, 736, "min", (736, 1312)),          # ordinary frames are untouched
+])
+def test_the_resize_rule_is_capped_at_the_maximum_input_side(h, w, limit, kind, expected):
+    from pipeline.preprocess import target_size
+
+    assert target_size(h, w, limit, kind) == expected
+
+
+def test_a_long_thin_image_runs_capped_with_one_warning(place, capsys, tiny_onnx):
+    import json
+
+    import cv2
+    import numpy as np
+
+    cv2.imwrite("strip.png", np.full((2, 4000, 3), 200, np.uint8))
+    rc = main(["run", "strip.png", "strip.png", "--model", str(tiny_onnx), "-o", "out", "--quiet",
+               "--no-video", "--limit-side", "736"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    warned = [line for line in err.splitlines() if "warning" in line]
+    assert warned == ["dbrt run: warning: a 2x4000 frame would need a 736x1472000 input (min side "
+                      "736); inputs are capped at 4000 pixels a side, so it runs at 32x4000 "
+                      "(further frames are capped without a message)"]
+    lines = (place / "out" / "detections.jsonl").read_text().splitlines()
+    assert [json.loads(x)["frame_size"] for x in lines] == [[2, 4000], [2, 4000]]
+
+
+def test_a_fixed_input_size_must_fit_the_model_stride(place, capsys, tiny_onnx):
+    line = one_error_line(capsys, ["run", "photo.jpg", "--model", str(tiny_onnx), "-o", "o",
+                                   "--input-size", "100x100", "--quiet"])
+    assert "input size 100x100: each side must be a multiple of 32" in line
+
+
+def test_an_unknown_device_is_refused_not_replaced_by_auto(tiny_onnx):
+    from engine.errors import ModelError
+    from pipeline.detector import Detector
+
+    with pytest.raises(ModelError, match="unknown device 'gpu0'"):
+        Detector(tiny_onnx, device="gpu0")
