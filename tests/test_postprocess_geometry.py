@@ -4,8 +4,9 @@ import numpy as np
 import pyclipper
 import pytest
 
-from pipeline.postprocess.geometry import (box_points, expand_quads, offset_polygon, rect_array,
-                                            ring_areas_lengths, unclip_distances)
+from pipeline.postprocess.geometry import (_corner_formula, _corners, box_points, expand_quads,
+                                            offset_polygon, rect_array, ring_areas_lengths,
+                                            unclip_distances)
 
 shapely = pytest.importorskip("shapely", reason="shapely (a dev dependency) is the reference here")
 
@@ -91,7 +92,17 @@ def test_box_points_match_opencv_bit_for_bit():
               zip(*rng.uniform(-10, 3000, (2, 3000)), *rng.uniform(0, 500, (2, 3000)),
                   rng.choice([90.0, -90.0, 0.0, 45.0], 3000) + rng.uniform(-180, 180, 3000)
                   * rng.integers(0, 2, 3000))]
-    array = rect_array(rects)
-    expected = np.stack([cv2.boxPoints(((float(r[0]), float(r[1])), (float(r[2]), float(r[3])),
-                                        float(r[4]))) for r in array])
-    np.testing.assert_array_equal(box_points(array).view(np.int32), expected.view(np.int32))
+    rects = [((float(r[0]), float(r[1])), (float(r[2]), float(r[3])), float(r[4]))
+             for r in rect_array(rects)]  # float32 values, as minAreaRect returns them
+    expected = np.stack([cv2.boxPoints(r) for r in rects])
+    assert _corner_formula() is not None  # this OpenCV's arithmetic is known: vectorised
+    for part in (rects, rects[:5], rects[:1], []):  # vectorised, and one call per rectangle
+        np.testing.assert_array_equal(box_points(part).view(np.int32),
+                                      expected[:len(part)].reshape(-1, 4, 2).view(np.int32))
+
+
+def test_opencv4_corners_mirror_the_first_two_through_the_centre():
+    array = rect_array([((10.5, 20.25), (7.0, 3.5), 30.0), ((0.1, 3.3), (1.0, 9.0), 90.0)])
+    four, five = _corners(array, opencv5=False), _corners(array, opencv5=True)
+    np.testing.assert_array_equal(four[:, :2], five[:, :2])
+    np.testing.assert_array_equal(four[:, 2:], np.float32(2) * array[:, None, :2] - four[:, :2])

@@ -12,6 +12,7 @@ pyclipper call each (minAreaRect, fillPoly + mean, offset), which keeps the resu
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import List, Tuple
 
@@ -19,16 +20,31 @@ import cv2
 import numpy as np
 
 from .config import PostprocessConfig
-from .geometry import (box_points, expand_polygons, expand_quads, order_quads, rect_array,
-                       unclip_distances)
+from .geometry import box_points, expand_polygons, expand_quads, order_quads, unclip_distances
 
 _DILATE_KERNEL = np.ones((2, 2), np.uint8)
+_SCRATCH = threading.local()
+
+
+def scratch(name: str, shape: tuple, dtype) -> np.ndarray:
+    """A per-thread array reused from call to call. A fresh megabyte-sized array comes from the
+    OS page by page (hundreds of page faults, about as long as thresholding and tracing the map)."""
+    size = int(np.prod(shape))
+    flat = getattr(_SCRATCH, name, None)
+    if flat is None or flat.dtype != dtype or flat.size < size:
+        flat = np.empty(size, dtype)
+        setattr(_SCRATCH, name, flat)
+    return flat[:size].reshape(shape)
 
 
 def binarize(prob: np.ndarray, config: PostprocessConfig) -> np.ndarray:
-    """prob > thresh as uint8 0/1, dilated by 2x2 when asked (anchor at the kernel centre)."""
-    bitmap = (prob > config.thresh).view(np.uint8)
-    return cv2.dilate(bitmap, _DILATE_KERNEL) if config.use_dilation else bitmap
+    """prob > thresh as uint8 0/1, dilated by 2x2 when asked (anchor at the kernel centre).
+    The result lives in this thread's scratch memory: valid until the next call."""
+    bitmap = np.greater(prob, config.thresh, out=scratch("bitmap", prob.shape, np.bool_))
+    bitmap = bitmap.view(np.uint8)
+    if not config.use_dilation:
+        return bitmap
+    return cv2.dilate(bitmap, _DILATE_KERNEL, dst=scratch("dilated", prob.shape, np.uint8))
 
 
 def find_contours(bitmap: np.ndarray, max_candidates: int) -> tuple:
@@ -50,8 +66,9 @@ class Candidates:
 
 
 def _clipped(lo: np.ndarray, hi: np.ndarray, h: int, w: int) -> np.ndarray:
-    top = (w - 1, h - 1)
-    return np.concatenate([np.clip(lo, 0, top), np.clip(hi, 0, top)], axis=1).astype(np.int64)
+    """(n, 4) x0, y0, x1, y1 with every corner clipped into the (h, w) map."""
+    top = np.array([w - 1, h - 1, w - 1, h - 1])
+    return np.minimum(np.maximum(np.concatenate([lo, hi], axis=1), 0), top).astype(np.int64)
 
 
 def _point_fills(points: list, h: int, w: int) -> Tuple[list, np.ndarray]:
@@ -72,13 +89,13 @@ def _quad_fills(quads: np.ndarray, h: int, w: int) -> Tuple[np.ndarray, np.ndarr
 
 def quad_candidates(contours, config: PostprocessConfig, h: int, w: int) -> Candidates:
     """minAreaRect of every contour, short side >= min_size, corners in the reference's order."""
-    rects = rect_array([cv2.minAreaRect(c) for c in contours])
-    keep = np.flatnonzero(np.minimum(rects[:, 2], rects[:, 3]) >= config.min_size)
-    quads = order_quads(box_points(rects[keep]))
+    rects = [cv2.minAreaRect(c) for c in contours]
+    keep = [i for i, r in enumerate(rects) if min(r[1]) >= config.min_size]
+    quads = order_quads(box_points([rects[i] for i in keep]))
     if config.score_mode == "fast":
         fills, crops = _quad_fills(quads, h, w)
     else:
-        fills, crops = _point_fills([contours[i] for i in keep.tolist()], h, w)
+        fills, crops = _point_fills([contours[i] for i in keep], h, w)
     return Candidates(quads, fills, crops)
 
 

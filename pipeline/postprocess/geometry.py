@@ -19,15 +19,15 @@ def order_quads(corners: np.ndarray) -> np.ndarray:
     """The reference's corner order (`get_mini_boxes`) of (n, 4, 2) corners: corners sorted by
     x (stable); of the two left-most the upper one first, then the upper right, the lower right
     and the lower left ("upper" = strictly smaller y, else the second in x order)."""
-    idx = np.argsort(corners[:, :, 0], axis=1, kind="stable")
-    pts = np.take_along_axis(corners, idx[:, :, None], axis=1)
-    swap_left = ~(pts[:, 1, 1] > pts[:, 0, 1])
-    swap_right = ~(pts[:, 3, 1] > pts[:, 2, 1])
-    rows = np.arange(len(pts))
-    first = np.where(swap_left, 1, 0)
-    second = np.where(swap_right, 3, 2)
-    return np.stack([pts[rows, first], pts[rows, second], pts[rows, 5 - second],
-                     pts[rows, 1 - first]], axis=1)
+    by_x = np.argsort(corners[:, :, 0], axis=1, kind="stable")
+    rows = np.arange(len(corners))[:, None]
+    ys = corners[rows, by_x, 1]
+    pick = np.empty(by_x.shape, np.intp)  # positions in x order: left-upper, right-upper, ...
+    pick[:, 0] = ys[:, 1] <= ys[:, 0]
+    pick[:, 1] = 2 + (ys[:, 3] <= ys[:, 2])
+    pick[:, 2] = 5 - pick[:, 1]
+    pick[:, 3] = 1 - pick[:, 0]
+    return corners[rows, by_x[rows, pick]]
 
 
 def rect_array(rects: list) -> np.ndarray:
@@ -36,24 +36,26 @@ def rect_array(rects: list) -> np.ndarray:
     return np.array([(c[0], c[1], s[0], s[1], a) for c, s, a in rects], np.float32).reshape(-1, 5)
 
 
+_FEW = 24  # rectangles: fewer go through cv2.boxPoints one by one
+# corner = centre + sign * (a * h) + sign * (b * w) (x), centre + sign * (b * h) + sign * (a * w) (y)
+_SIGNS = np.array([[-1, 1, 1, -1], [-1, -1, 1, 1], [1, -1, -1, 1], [-1, -1, 1, 1]], np.float32)
+
+
 def _corners(rects: np.ndarray, opencv5: bool) -> np.ndarray:
-    """RotatedRect::points in float32 arithmetic, term for term; OpenCV 5 computes the last two
-    corners from the centre, OpenCV 4 mirrors the first two through it."""
-    cx, cy, w, h = (rects[:, i] for i in range(4))
+    """RotatedRect::points in float32 arithmetic, term for term (a sign flip is exact); OpenCV 5
+    computes the last two corners from the centre, OpenCV 4 mirrors the first two through it."""
+    cx, cy, w, h = (rects[:, i, None] for i in range(4))
     radians = (rects[:, 4].astype(np.float64) * np.pi / 180.0).tolist()
-    half = np.float32(0.5)  # libm's cos / sin as OpenCV calls them (math.* = the same libm)
-    b = np.array([math.cos(r) for r in radians], np.float64).astype(np.float32) * half
-    a = np.array([math.sin(r) for r in radians], np.float64).astype(np.float32) * half
-    p0 = (cx - a * h - b * w, cy + b * h - a * w)
-    p1 = (cx + a * h - b * w, cy - b * h - a * w)
-    if opencv5:
-        p2 = (cx + a * h + b * w, cy - b * h + a * w)
-        p3 = (cx - a * h + b * w, cy + b * h + a * w)
-    else:
-        two = np.float32(2)
-        p2 = (two * cx - p0[0], two * cy - p0[1])
-        p3 = (two * cx - p1[0], two * cy - p1[1])
-    return np.stack([np.stack(p, axis=-1) for p in (p0, p1, p2, p3)], axis=1)
+    # libm's cos / sin as OpenCV calls them (math.* = the same libm), rounded to float32, halved
+    cos_sin = np.array([(math.cos(r), math.sin(r)) for r in radians], np.float64).reshape(-1, 2)
+    half = cos_sin.astype(np.float32) * np.float32(0.5)
+    b, a = half[:, :1], half[:, 1:]
+    out = np.empty((len(rects), 4, 2), np.float32)
+    out[:, :, 0] = cx + _SIGNS[0] * (a * h) + _SIGNS[1] * (b * w)
+    out[:, :, 1] = cy + _SIGNS[2] * (b * h) + _SIGNS[3] * (a * w)
+    if not opencv5:
+        out[:, 2:] = np.float32(2) * np.stack([cx, cy], axis=-1) - out[:, :2]
+    return out
 
 
 @lru_cache(maxsize=1)
@@ -73,19 +75,18 @@ def _corner_formula() -> Optional[bool]:
     return None
 
 
-def box_points(rects: np.ndarray) -> np.ndarray:
-    """cv2.boxPoints of (n, 5) float32 rectangles at once, bit for bit: (n, 4, 2) float32."""
-    rects = np.asarray(rects, np.float32).reshape(-1, 5)
-    formula = _corner_formula()
+def box_points(rects: list) -> np.ndarray:
+    """cv2.boxPoints of a list of cv2.minAreaRect results, bit for bit: (n, 4, 2) float32.
+    Below a few dozen rectangles OpenCV's own call per rectangle is the quicker way."""
+    formula = _corner_formula() if len(rects) > _FEW else None
     if formula is None:
-        return np.stack([cv2.boxPoints(((float(r[0]), float(r[1])), (float(r[2]), float(r[3])),
-                                        float(r[4]))) for r in rects]).reshape(-1, 4, 2)
-    return _corners(rects, formula)
+        return np.array([cv2.boxPoints(r) for r in rects], np.float32).reshape(-1, 4, 2)
+    return _corners(rect_array(rects), formula)
 
 
-def _closed_rings(polys) -> tuple:
-    """(n, k + 1, 2) float64 rings closed on their first point, and the ring sizes; ragged
-    polygons are padded with further copies of the first point (zero-length edges, terms of 0)."""
+def _closed_rings(polys) -> np.ndarray:
+    """(n, k + 1, 2) float64 rings closed on their first point; ragged polygons are padded with
+    further copies of the first point (zero-length edges, terms of 0)."""
     if isinstance(polys, np.ndarray):
         p = polys.reshape(len(polys), -1, 2).astype(np.float64)
         return np.concatenate([p, p[:, :1]], axis=1)
@@ -100,28 +101,25 @@ def _closed_rings(polys) -> tuple:
 def ring_areas_lengths(polys) -> tuple:
     """Area and perimeter of each polygon, bit for bit as shapely (GEOS `Area::ofRing`,
     `Length::ofLine`) computes them: area = |sum over i of (x_i - x_0) * (y_{i-1} - y_{i+1})| / 2
-    and the edge lengths, each summed in vertex order. A plain shoelace sum rounds differently
-    (e.g. 8.999999999999993 instead of 9.0), which moves pyclipper's integer result.
-    polys: (n, k, 2) array or a list of (k_i, 2) arrays."""
+    and the edge lengths, each summed in vertex order (a running sum: np.add.accumulate). A
+    plain shoelace sum rounds differently (8.999999999999993 instead of 9.0), which moves
+    pyclipper's integer result. polys: (n, k, 2) array or a list of (k_i, 2) arrays."""
     if not len(polys):
         return np.zeros(0), np.zeros(0)
     ring = _closed_rings(polys)
     x, y = ring[..., 0], ring[..., 1]
-    area, length = np.zeros(len(ring)), np.zeros(len(ring))
-    for i in range(1, ring.shape[1] - 1):  # column by column: the reference's summation order
-        area += (x[:, i] - x[:, 0]) * (y[:, i - 1] - y[:, i + 1])
-    for i in range(1, ring.shape[1]):
-        dx, dy = x[:, i] - x[:, i - 1], y[:, i] - y[:, i - 1]
-        length += np.sqrt(dx * dx + dy * dy)
-    return np.abs(area / 2.0), length
+    terms = (x[:, 1:-1] - x[:, :1]) * (y[:, :-2] - y[:, 2:])
+    dx, dy = x[:, 1:] - x[:, :-1], y[:, 1:] - y[:, :-1]
+    edges = np.sqrt(dx * dx + dy * dy)
+    area = np.add.accumulate(terms, axis=1)[:, -1] if terms.shape[1] else np.zeros(len(ring))
+    return np.abs(area / 2.0), np.add.accumulate(edges, axis=1)[:, -1]
 
 
 def unclip_distances(polys, ratio: float) -> np.ndarray:
     """area * ratio / perimeter of each polygon ((n, k, 2) array or list of (k_i, 2)), float64,
     as the reference computes it with shapely; 0 for degenerate polygons."""
     area, length = ring_areas_lengths(polys)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(length > 0, area * ratio / length, 0.0)
+    return np.divide(area * ratio, length, out=np.zeros(len(area)), where=length > 0)
 
 
 def offset_polygon(poly, distance: float) -> list:
@@ -134,9 +132,9 @@ def offset_polygon(poly, distance: float) -> list:
 
 
 def _points(polygons: list) -> np.ndarray:
-    """pyclipper polygons -> one (k, 1, 2) int32 array of all their points."""
-    flat = np.fromiter(chain.from_iterable(chain.from_iterable(polygons)), np.int32)
-    return flat.reshape(-1, 1, 2)
+    """pyclipper polygons -> one (k, 2) int32 array of all their points."""
+    return np.array(polygons[0] if len(polygons) == 1 else list(chain.from_iterable(polygons)),
+                    np.int32).reshape(-1, 2)
 
 
 def expand_quads(quads: np.ndarray, distances: np.ndarray, min_side: float) -> list:
@@ -145,12 +143,13 @@ def expand_quads(quads: np.ndarray, distances: np.ndarray, min_side: float) -> l
     rects = []
     for quad, distance in zip(quads.tolist(), distances.tolist()):
         expanded = offset_polygon(quad, distance)
-        rects.append(cv2.minAreaRect(_points(expanded)) if expanded else None)
-    ok = [r is not None and min(r[1]) >= min_side for r in rects]
-    if not any(ok):
+        rect = cv2.minAreaRect(_points(expanded)) if expanded else None
+        rects.append(rect if rect is not None and min(rect[1]) >= min_side else None)
+    found = [r for r in rects if r is not None]
+    if not found:
         return [None] * len(rects)
-    boxes = iter(order_quads(box_points(rect_array([r for r, keep in zip(rects, ok) if keep]))))
-    return [next(boxes) if keep else None for keep in ok]
+    boxes = iter(order_quads(box_points(found)))
+    return [None if r is None else next(boxes) for r in rects]
 
 
 def expand_polygons(polys: list, ratio: float, min_side: float) -> List[Optional[np.ndarray]]:
@@ -160,7 +159,7 @@ def expand_polygons(polys: list, ratio: float, min_side: float) -> List[Optional
         expanded = offset_polygon(poly.reshape(-1, 2).tolist(), distance)
         points = _points(expanded) if len(expanded) == 1 else None
         ok = points is not None and min(cv2.minAreaRect(points)[1]) >= min_side
-        out.append(points.reshape(-1, 2) if ok else None)  # int32, as pyclipper returns it
+        out.append(points if ok else None)  # int32, as pyclipper returns it
     return out
 
 

@@ -5,8 +5,10 @@ to the host), a NumPy map is processed with NumPy / OpenCV. Both return the refe
 """
 from __future__ import annotations
 
+import math
 from typing import List, Optional, Sequence
 
+import cv2
 import numpy as np
 
 from engine.errors import ShapeError
@@ -62,9 +64,11 @@ def _check_metas(metas, n: int) -> List[dict]:
     return metas
 
 
-def check_finite(prob, xp) -> None:
-    """NaN / inf in a map means a broken model or engine: say so instead of returning junk."""
-    if not bool(xp.isfinite(prob).all()):
+def check_finite(prob: np.ndarray) -> None:
+    """NaN / inf in a map means a broken model or engine: say so instead of returning junk.
+    The float64 sum of float32 values is finite exactly when every value is (it cannot
+    overflow), and cv2.sumElems needs no temporary the size of the map."""
+    if not math.isfinite(cv2.sumElems(prob.reshape(-1, prob.shape[-1]))[0]):
         raise PostprocessError("the probability map contains NaN or infinite values "
                                "(broken model, engine or input)")
 
@@ -103,7 +107,7 @@ class DBPostprocessor:
         boxes = _check_letterboxes(letterboxes, n, h, w)
         metas = _check_metas(metas, n)
         if xp is np:
-            check_finite(batch, xp)  # the GPU path checks on the device, with its bitmap copy
+            check_finite(batch)  # the GPU path checks on the device, with its bitmap copy
             results = [cpu.postprocess_map(batch[i, :b.content_h, :b.content_w], self.config)
                        for i, b in enumerate(boxes)]
         else:
