@@ -2,7 +2,9 @@
 
 Every released MhLiao/DB checkpoint uses it in ResNet stages 2-4. MhLiao's block computes a
 27-channel `conv2_offset(x)`: 18 offsets (a (dy, dx) pair per kernel tap, tap-major, the layout
-of mmcv, torchvision and ONNX) followed by 9 mask logits; the mask is their sigmoid.
+of mmcv, torchvision and ONNX) followed by 9 mask logits; the mask is their sigmoid. In their
+stride-2 Bottleneck the offset map has the input's size and is read as their CUDA kernel reads
+it (`as_kernel_reads`).
 
     conv = ModulatedDeformConv2d(64, 64, 3, padding=1, bias=False)   # key names: weight (, bias)
     y = conv(x, offset_mask)                                         # offset_mask: (N, 27, Ho, Wo)
@@ -102,6 +104,23 @@ def register_onnx_symbolic(opset: int) -> None:
     torch.onnx.register_custom_op_symbolic("dbrt::deform_conv2d", _deform_conv_symbolic, opset)
 
 
+def as_kernel_reads(offset_mask: torch.Tensor, out_h, out_w) -> torch.Tensor:
+    """`offset_mask` (N, 3 * taps, H, W) as MhLiao/DB's compiled kernel reads it for a smaller
+    (Ho, Wo) output: per sample, the first 2 * taps * Ho * Wo values of the offset planes taken
+    as contiguous (2 * taps, Ho, Wo), likewise the first taps * Ho * Wo mask values.
+
+    Their deformable Bottleneck computes the offsets with a stride-1 conv but convolves with
+    stride 2 (first block of stages 2-4), and the kernel indexes `offset[b]` / `mask[b]` by raw
+    pointer without a shape check, so this, not a strided offset map, is what the released
+    ResNet-50 DCN checkpoints were trained with.
+    """
+    taps = offset_mask.shape[1] // 3
+    n = offset_mask.shape[0]
+    offset = offset_mask[:, :2 * taps].flatten(1)[:, :2 * taps * out_h * out_w]
+    mask = offset_mask[:, 2 * taps:].flatten(1)[:, :taps * out_h * out_w]
+    return torch.cat((offset, mask), 1).reshape(n, 3 * taps, out_h, out_w)
+
+
 class ModulatedDeformConv2d(nn.Module):
     """MhLiao/mmcv `ModulatedDeformConv` with the same parameter names (`weight`, `bias`)."""
 
@@ -118,6 +137,12 @@ class ModulatedDeformConv2d(nn.Module):
     @property
     def taps(self) -> int:
         return self.kernel_size[0] * self.kernel_size[1]
+
+    def output_size(self, x: torch.Tensor) -> Tuple[int, int]:
+        """(Ho, Wo) of this convolution on `x` (traced as shape arithmetic during ONNX export)."""
+        k, s, p, d = self.kernel_size, self.stride, self.padding, self.dilation
+        return tuple((x.shape[2 + i] + 2 * p[i] - (d[i] * (k[i] - 1) + 1)) // s[i] + 1
+                     for i in range(2))
 
     def forward(self, x: torch.Tensor, offset_mask: torch.Tensor) -> torch.Tensor:
         taps = self.taps

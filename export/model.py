@@ -67,8 +67,8 @@ class Bottleneck(nn.Module):
         self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
         self.with_dcn = dcn
-        if dcn:
-            self.conv2_offset = nn.Conv2d(planes, 27, 3, stride=stride, padding=1)
+        if dcn:  # MhLiao: the offset conv has stride 1 even where conv2 has stride 2
+            self.conv2_offset = nn.Conv2d(planes, 27, 3, padding=1)
             self.conv2 = _deform_conv(planes, planes, stride)
         else:
             self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
@@ -78,11 +78,20 @@ class Bottleneck(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
 
+    def _conv2(self, x):
+        if not self.with_dcn:
+            return self.conv2(x)
+        offset_mask = self.conv2_offset(x)
+        if self.conv2.stride != (1, 1):  # a full-resolution map read as the CUDA kernel reads it
+            from .dcn import as_kernel_reads
+
+            offset_mask = as_kernel_reads(offset_mask, *self.conv2.output_size(x))
+        return self.conv2(x, offset_mask)
+
     def forward(self, x):
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
-        conv2 = self.conv2(out, self.conv2_offset(out)) if self.with_dcn else self.conv2(out)
-        out = self.relu(self.bn2(conv2))
+        out = self.relu(self.bn2(self._conv2(out)))
         out = self.bn3(self.conv3(out))
         return self.relu(out + identity)
 
