@@ -129,3 +129,37 @@ def test_stream_that_never_comes_back_gives_up(server):
         for frame in source:
             if frame.index == 5:
                 server.stop()
+
+
+def test_stream_back_at_a_larger_resolution_stays_whole_in_the_annotated_video(server, tmp_path):
+    """The annotated video keeps its first size; frames after the reconnect are scaled into it
+    (they were cropped to their top-left corner)."""
+    import av
+    import numpy as np
+
+    from pipeline.sinks import VideoSink
+
+    sizes = []
+    restart = threading.Timer(0.5, server.start)
+
+    def watch(frame, dets):
+        sizes.append(frame.size)
+        if len(sizes) == 10:
+            server.stop()
+            server.payload = mpegts_bytes(frames=60, height=96, width=128)
+            restart.start()
+
+    source = NetworkSource(server.url, reconnect=Reconnect(retries=40, delay=0.1, max_delay=0.4),
+                           timeout=3)
+    video = tmp_path / "annotated.mp4"
+    Pipeline([source], FakeDetector(), sinks=[VideoSink(video, fps=25)], callbacks=[watch],
+             max_frames=80).run()
+    restart.join()
+    assert sizes[0] == (48, 64) and sizes[-1] == (96, 128)
+    with av.open(str(video)) as container:
+        out = [f.to_ndarray(format="bgr24") for f in container.decode(video=0)]
+    assert len(out) == len(sizes) and all(o.shape == (48, 64, 3) for o in out)
+    after = [o for o, size in zip(out, sizes) if size == (96, 128)]
+    assert len(after) >= 10, (len(sizes), source.stats.as_dict())
+    for image in after:  # the frame's right half (grey 200) is there, not only its left half
+        assert abs(float(np.median(image[8:, 40:])) - 200) < 15
