@@ -43,6 +43,28 @@ def add_arguments(parser) -> None:
     parser.add_argument("--vis", metavar="DIR", type=output_folder,
                         help="write images with misses / false alarms drawn")
     parser.add_argument("--quiet", action="store_true", help="print only the overall line")
+    parser.add_argument("--tune", action="store_true",
+                        help="grid-search thresh / box_thresh / unclip_ratio on this dataset (a "
+                             "validation split, never the data you report) and print the best settings")
+
+
+def _tune(args, dataset) -> int:
+    import json
+    from pathlib import Path
+
+    from pipeline.tune import tune_postprocess
+
+    with _detector(args) as detector:
+        rows = tune_postprocess(detector, dataset)
+    for row in rows[:10]:
+        print("thresh {thresh:.2f} box_thresh {box_thresh:.2f} unclip_ratio {unclip_ratio:.1f}: "
+              "P {precision:.4f} R {recall:.4f} hmean {hmean:.4f}".format(**row))
+    best = rows[0]
+    print(f"best on {dataset.name} ({len(dataset)} images): --thresh {best['thresh']} "
+          f"--box-thresh {best['box_thresh']} --unclip-ratio {best['unclip_ratio']} (hmean {best['hmean']:.4f})")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"dataset": str(args.dataset), "grid": rows}, indent=1) + "\n")
+    return 0
 
 
 def _detector(args):
@@ -91,6 +113,8 @@ def run(args) -> int:
     from pipeline.evaluate import evaluate_detector
 
     dataset = open_dataset(args.dataset, args.gt, args.format).head(args.max_images)
+    if args.tune:
+        return _tune(args, dataset)
     timings: list = []
     with _detector(args) as detector:
         if detector.untrained:

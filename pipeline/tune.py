@@ -1,0 +1,58 @@
+"""Choose the post-processing thresholds on a validation set (never on the data you report).
+
+    from pipeline.tune import tune_postprocess
+    with Detector("model.onnx") as det:
+        rows = tune_postprocess(det, open_dataset("val/"))
+    rows[0]   # {"thresh": .., "box_thresh": .., "unclip_ratio": .., "precision", "recall", "hmean"}
+
+The network runs once per image; every setting of the grid re-runs only the DB
+post-processing and the ICDAR 2015 scoring on the kept probability maps.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import replace
+from typing import Dict, List, Sequence
+
+from .evaluate import EvalResult, evaluate_image
+from .postprocess import DBPostprocessor
+
+THRESH = (0.2, 0.25, 0.3)
+BOX_THRESH = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6)
+UNCLIP_RATIO = (1.3, 1.5, 1.7, 2.0)
+
+
+def _maps(detector, dataset) -> list:
+    """(sample, host probability map batch, letterboxes) per image."""
+    kept = []
+    for sample in dataset:
+        batch, boxes = detector.prepare([sample.read_image()])
+        prob = detector.infer(batch)
+        kept.append((sample, prob.get() if hasattr(prob, "get") else prob, boxes))
+    return kept
+
+
+def score(maps: list, post: DBPostprocessor) -> EvalResult:
+    results = []
+    for sample, prob, boxes in maps:
+        dets = post(prob, boxes)[0]
+        results.append(evaluate_image(sample.gt.polygons, sample.gt.ignore, dets, sample.name))
+    return EvalResult(tuple(results))
+
+
+def tune_postprocess(detector, dataset, thresh: Sequence[float] = THRESH,
+                     box_thresh: Sequence[float] = BOX_THRESH,
+                     unclip_ratio: Sequence[float] = UNCLIP_RATIO) -> List[Dict[str, float]]:
+    """Every (thresh, box_thresh, unclip_ratio) of the grid scored on `dataset`, best first
+    (ties: the higher box_thresh, then the smaller unclip_ratio)."""
+    maps = _maps(detector, dataset)
+    base = detector.post.config
+    rows = []
+    for t, b, u in itertools.product(thresh, box_thresh, unclip_ratio):
+        if b < t:
+            continue  # a box's mean score is above thresh anyway
+        result = score(maps, DBPostprocessor(replace(base, thresh=t, box_thresh=b, unclip_ratio=u), "cpu"))
+        rows.append({"thresh": t, "box_thresh": b, "unclip_ratio": u, "precision": result.precision,
+                     "recall": result.recall, "hmean": result.hmean})
+    rows.sort(key=lambda r: (-r["hmean"], -r["box_thresh"], r["unclip_ratio"]))
+    return rows
