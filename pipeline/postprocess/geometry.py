@@ -122,27 +122,31 @@ def unclip_distances(polys, ratio: float) -> np.ndarray:
     return np.divide(area * ratio, length, out=np.zeros(len(area)), where=length > 0)
 
 
-def offset_polygon(poly, distance: float) -> list:
+def offset_polygon(poly, distance: float, offset: Optional[pyclipper.PyclipperOffset] = None) -> list:
     """pyclipper round-join offset of one polygon (nested lists of x, y are the fastest input);
     pyclipper truncates the float input to integers, exactly as in the reference. Returns its
-    output: a list of polygons (usually one), each a list of [x, y] integers."""
-    offset = pyclipper.PyclipperOffset()  # default miter limit / arc tolerance, as the reference
+    output: a list of polygons (usually one), each a list of [x, y] integers. `offset`: an
+    offsetter to reuse (cleared here), else a new one."""
+    if offset is None:
+        offset = pyclipper.PyclipperOffset()  # default miter limit / arc tolerance, as the reference
+    else:
+        offset.Clear()
     offset.AddPath(poly, pyclipper.JT_ROUND, pyclipper.ET_CLOSEDPOLYGON)
     return offset.Execute(float(distance))
 
 
 def _points(polygons: list) -> np.ndarray:
     """pyclipper polygons -> one (k, 2) int32 array of all their points."""
-    return np.array(polygons[0] if len(polygons) == 1 else list(chain.from_iterable(polygons)),
-                    np.int32).reshape(-1, 2)
+    rows = polygons[0] if len(polygons) == 1 else list(chain.from_iterable(polygons))
+    return np.fromiter(chain.from_iterable(rows), np.int32, 2 * len(rows)).reshape(-1, 2)
 
 
 def expand_quads(quads: np.ndarray, distances: np.ndarray, min_side: float) -> list:
     """Offset each quad, take the minimum-area rectangle around the result; per quad the
     ordered (4, 2) float32 corners, or None when the rectangle's short side < min_side."""
-    rects = []
+    rects, offset = [], pyclipper.PyclipperOffset()
     for quad, distance in zip(quads.tolist(), distances.tolist()):
-        expanded = offset_polygon(quad, distance)
+        expanded = offset_polygon(quad, distance, offset)
         rect = cv2.minAreaRect(_points(expanded)) if expanded else None
         rects.append(rect if rect is not None and min(rect[1]) >= min_side else None)
     found = [r for r in rects if r is not None]
@@ -154,9 +158,9 @@ def expand_quads(quads: np.ndarray, distances: np.ndarray, min_side: float) -> l
 
 def expand_polygons(polys: list, ratio: float, min_side: float) -> List[Optional[np.ndarray]]:
     """Unclip each polygon; None where it splits into several or its rectangle is too small."""
-    out = []
+    out, offset = [], pyclipper.PyclipperOffset()
     for poly, distance in zip(polys, unclip_distances(polys, ratio).tolist()):
-        expanded = offset_polygon(poly.reshape(-1, 2).tolist(), distance)
+        expanded = offset_polygon(poly.reshape(-1, 2).tolist(), distance, offset)
         points = _points(expanded) if len(expanded) == 1 else None
         ok = points is not None and min(cv2.minAreaRect(points)[1]) >= min_side
         out.append(points if ok else None)  # int32, as pyclipper returns it
