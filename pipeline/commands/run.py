@@ -80,16 +80,11 @@ def build_pipeline(args):
     """Sources are opened first (a bad path fails before the model loads), then the model."""
     import signal
 
-    from engine.errors import DbrtError
     from engine.loader import ASSETS
     from pipeline.metrics import Progress
     from pipeline.runner import Pipeline
     from pipeline.sources import Reconnect
 
-    if args.batch < 0 or args.queue_size < 1 or (args.max_frames is not None and args.max_frames < 1):
-        raise DbrtError("--batch must be >= 0, --queue-size and --max-frames >= 1")
-    if args.sessions < 1 or args.threads < 0:
-        raise DbrtError("--sessions must be >= 1 and --threads >= 0")
     retries = None if args.reconnect < 0 else args.reconnect
     reconnect = Reconnect(retries=retries, delay=args.reconnect_delay) if retries != 0 else None
     pipe = Pipeline(
