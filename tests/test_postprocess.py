@@ -1,10 +1,11 @@
 """DBPostprocessor interface: options, shapes, scaling to the frame, metas, errors."""
+import cv2
 import numpy as np
 import pytest
 
 from engine.errors import DbrtError, ShapeError
 from engine.modelspec import ModelSpec
-from pipeline.postprocess import DBPostprocessor, PostprocessConfig, PostprocessError
+from pipeline.postprocess import DBPostprocessor, PostprocessConfig, PostprocessError, cpu
 from pipeline.preprocess import Letterbox, make_letterbox
 
 
@@ -84,3 +85,12 @@ def test_metas_are_checked_and_empty_maps_give_empty_detections():
         post(np.zeros((1, 64, 96), np.float32), [box], [dict(frame=1)])
     (det,) = post(np.zeros((1, 64, 96), np.float16), [box])
     assert len(det) == 0 and det.frame_size == (64, 96)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 9), (9, 1), (2, 2), (37, 53)])
+def test_binarize_dilation_equals_opencv(shape):
+    prob = np.random.default_rng(sum(shape)).random(shape).astype(np.float32)
+    for thresh in (0.3, 0.9):
+        config = PostprocessConfig(thresh=thresh, use_dilation=True)
+        expected = cv2.dilate((prob > thresh).astype(np.uint8), np.ones((2, 2), np.uint8))
+        np.testing.assert_array_equal(cpu.binarize(prob, config), expected)

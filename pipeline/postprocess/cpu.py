@@ -22,7 +22,6 @@ import numpy as np
 from .config import PostprocessConfig
 from .geometry import box_points, expand_polygons, expand_quads, order_quads, unclip_distances
 
-_DILATE_KERNEL = np.ones((2, 2), np.uint8)
 _SCRATCH = threading.local()
 _FEW_CONTOURS = 32  # below this, a minAreaRect each is quicker than the array pre-filter
 
@@ -45,7 +44,15 @@ def binarize(prob: np.ndarray, config: PostprocessConfig) -> np.ndarray:
     bitmap = bitmap.view(np.uint8)
     if not config.use_dilation:
         return bitmap
-    return cv2.dilate(bitmap, _DILATE_KERNEL, dst=scratch("dilated", prob.shape, np.uint8))
+    # cv2.dilate's result, as two single-threaded ORs (OpenCV's threaded dilate spends about 4x
+    # the CPU time of this on a busy 2-core machine): with the row above, then the column left
+    rows = scratch("dilated_rows", prob.shape, np.uint8)
+    rows[:1] = bitmap[:1]
+    np.bitwise_or(bitmap[1:], bitmap[:-1], out=rows[1:])
+    out = scratch("dilated", prob.shape, np.uint8)
+    out[:, :1] = rows[:, :1]
+    np.bitwise_or(rows[:, 1:], rows[:, :-1], out=out[:, 1:])
+    return out
 
 
 def find_contours(bitmap: np.ndarray, max_candidates: int) -> tuple:
