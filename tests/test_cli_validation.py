@@ -93,6 +93,7 @@ def test_read_only_output_folder(place, capsys):
     (["eval", "--dataset", "d", "--iou", "1.5"], "--iou: must be a number between 0 and 1, got '1.5'"),
     (["eval", "--dataset", "d", "--device", "gpu0"], "--device: invalid choice: 'gpu0'"),
     (["build", "m.onnx", "-o", "afile/m.engine"], "-o/--output: 'afile' is a file, not a folder"),
+    (["build", "m.onnx", "--timing-cache", "."], "--timing-cache: '.' is a folder, expected a file"),
     (["synth", "--dataset", "afile"], "--dataset: 'afile' is a file, not a folder"),
     (["synth", "--video", "afile/v.mp4"], "--video: 'afile' is a file, not a folder"),
     (["synth", "--count", "-3"], "--count: must be an integer >= 1, got '-3'"),

@@ -36,7 +36,7 @@ def add_arguments(parser) -> None:
     tuning.add_argument("--workspace", type=at_least(1), metavar="MiB", help="scratch memory limit")
     tuning.add_argument("--opt-level", type=int, choices=range(6), metavar="0-5",
                         help="builder optimisation level (TensorRT default 3; higher builds longer)")
-    tuning.add_argument("--timing-cache", help="timing cache file (default: one per TensorRT "
+    tuning.add_argument("--timing-cache", type=output_file, help="timing cache file (default: one per TensorRT "
                                                "version and GPU in the engine cache folder)")
     tuning.add_argument("--no-timing-cache", action="store_true", help="do not use a timing cache")
     tuning.add_argument("--version-compatible", action="store_true",
@@ -47,7 +47,7 @@ def add_arguments(parser) -> None:
     calib.add_argument("--calib", metavar="DIR", help="folder of representative images")
     calib.add_argument("--calib-count", type=at_least(1), default=64,
                        help="use at most this many images")
-    calib.add_argument("--calib-cache", help="calibration cache file (reused when it exists)")
+    calib.add_argument("--calib-cache", type=output_file, help="calibration cache file (reused when it exists)")
     parser.add_argument("--preset", help="preprocessing preset for models without dbrt metadata "
                         "(db, ppocr, mmocr): INT8 calibration normalises images with it")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
