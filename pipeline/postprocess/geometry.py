@@ -84,18 +84,27 @@ def box_points(rects: list) -> np.ndarray:
     return _corners(rect_array(rects), formula)
 
 
-def _closed_rings(polys) -> np.ndarray:
-    """(n, k + 1, 2) float64 rings closed on their first point; ragged polygons are padded with
-    further copies of the first point (zero-length edges, terms of 0)."""
+def _closed_rings(polys, width: int = 0) -> np.ndarray:
+    """(n, k + 1, 2) float64 rings closed on their first point; ragged polygons (a list) are
+    padded to `width` points with further copies of the first one (zero-length edges, terms 0)."""
     if isinstance(polys, np.ndarray):
         p = polys.reshape(len(polys), -1, 2).astype(np.float64)
         return np.concatenate([p, p[:, :1]], axis=1)
     sizes = np.fromiter((len(p) for p in polys), np.intp, len(polys))
     points = np.concatenate([np.asarray(p).reshape(-1, 2) for p in polys]).astype(np.float64)
     starts = np.cumsum(sizes) - sizes
-    step = np.arange(sizes.max() + 1)
-    index = starts[:, None] + np.where(step < sizes[:, None], step, 0)
-    return points[index]
+    step = np.arange(width)
+    return points[starts[:, None] + np.where(step < sizes[:, None], step, 0)]
+
+
+def _ring_sums(ring: np.ndarray) -> tuple:
+    """Area and perimeter of closed (n, m, 2) rings, each summed in vertex order."""
+    x, y = ring[..., 0], ring[..., 1]
+    terms = (x[:, 1:-1] - x[:, :1]) * (y[:, :-2] - y[:, 2:])
+    dx, dy = x[:, 1:] - x[:, :-1], y[:, 1:] - y[:, :-1]
+    edges = np.sqrt(dx * dx + dy * dy)
+    area = np.add.accumulate(terms, axis=1)[:, -1] if terms.shape[1] else np.zeros(len(ring))
+    return np.abs(area / 2.0), np.add.accumulate(edges, axis=1)[:, -1]
 
 
 def ring_areas_lengths(polys) -> tuple:
@@ -103,16 +112,19 @@ def ring_areas_lengths(polys) -> tuple:
     `Length::ofLine`) computes them: area = |sum over i of (x_i - x_0) * (y_{i-1} - y_{i+1})| / 2
     and the edge lengths, each summed in vertex order (a running sum: np.add.accumulate). A
     plain shoelace sum rounds differently (8.999999999999993 instead of 9.0), which moves
-    pyclipper's integer result. polys: (n, k, 2) array or a list of (k_i, 2) arrays."""
+    pyclipper's integer result. polys: (n, k, 2) array or a list of (k_i, 2) arrays; a list is
+    padded per power-of-two size class, so one long polygon does not pad all the others."""
     if not len(polys):
         return np.zeros(0), np.zeros(0)
-    ring = _closed_rings(polys)
-    x, y = ring[..., 0], ring[..., 1]
-    terms = (x[:, 1:-1] - x[:, :1]) * (y[:, :-2] - y[:, 2:])
-    dx, dy = x[:, 1:] - x[:, :-1], y[:, 1:] - y[:, :-1]
-    edges = np.sqrt(dx * dx + dy * dy)
-    area = np.add.accumulate(terms, axis=1)[:, -1] if terms.shape[1] else np.zeros(len(ring))
-    return np.abs(area / 2.0), np.add.accumulate(edges, axis=1)[:, -1]
+    if isinstance(polys, np.ndarray):
+        return _ring_sums(_closed_rings(polys))
+    sizes = np.fromiter((len(p) for p in polys), np.intp, len(polys))
+    width = 1 << np.ceil(np.log2(sizes + 1)).astype(np.intp)  # ring points incl. the closing one
+    area, length = np.empty(len(polys)), np.empty(len(polys))
+    for w in np.unique(width).tolist():
+        idx = np.flatnonzero(width == w)
+        area[idx], length[idx] = _ring_sums(_closed_rings([polys[i] for i in idx.tolist()], w))
+    return area, length
 
 
 def unclip_distances(polys, ratio: float) -> np.ndarray:
