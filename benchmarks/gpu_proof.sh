@@ -2,12 +2,12 @@
 # GPU proof (issue 9) in one go: GPU-marked tests + GPU benchmarks, results under $OUT and
 # benchmarks/results/<machine>/.  Two modes:
 #
-#   bash benchmarks/gpu_proof.sh prepare   # HERE (no GPU): wheels the GPU machine lacks -> .whl/,
-#                                          # the shared video + realdev -> .cache/shared_data/ (both git-ignored)
-#   bash benchmarks/gpu_proof.sh           # THERE, e.g. through the device tool:
-#       run(command="bash benchmarks/gpu_proof.sh", carry=[".whl", ".cache/shared_data"], timeout_s=600)
+#   bash benchmarks/gpu_proof.sh prepare   # on a connected machine: wheels an offline GPU machine lacks
+#                                          # -> .whl/, the shared video + realdev -> .cache/shared_data/
+#                                          # (both git-ignored); copy the tree with them to the GPU machine
+#   bash benchmarks/gpu_proof.sh [run --budget S]   # on the GPU machine
 #
-# Afterwards, here: tar -xzf <files_at>/results_<machine>.tar.gz -C benchmarks/results/
+# The results land in benchmarks/results/<machine>/ and, as results_<machine>.tar.gz, under $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
