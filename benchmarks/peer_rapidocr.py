@@ -146,7 +146,7 @@ def bench_images(dataset, theirs: RapidOcrDetector, ours, repeats: int = 3) -> d
     }
 
 
-def _read_frames(path: Path, frames: Optional[int] = None, every: int = 1):
+def read_frames(path: Path, frames: Optional[int] = None, every: int = 1):
     """Decoded BGR frames through dbrt's video source (one decoder for both sides): the first
     `frames` (all when None), keeping every `every`-th."""
     from pipeline.sources.video import VideoFileSource
@@ -162,7 +162,7 @@ def _read_frames(path: Path, frames: Optional[int] = None, every: int = 1):
 def run_theirs_on_video(path: Path, frames: int, theirs: RapidOcrDetector):
     """RapidOCR's way: decode a frame, detect, repeat. Returns (boxes per frame, seconds)."""
     start = time.perf_counter()
-    boxes = [theirs(image) for image in _read_frames(path, frames)]
+    boxes = [theirs(image) for image in read_frames(path, frames)]
     return boxes, time.perf_counter() - start
 
 
@@ -191,7 +191,7 @@ def inference_alone_ms(detector, frame, repeats: int = 7) -> float:
 
 def sampled_agreement(path: Path, every: int, theirs, ours) -> dict:
     """Agreement on every `every`-th frame of the whole video (cuts, lighting changes)."""
-    frames = list(_read_frames(path, every=every))
+    frames = list(read_frames(path, every=every))
     return agreement([theirs(f) for f in frames], [ours.detect(f) for f in frames])
 
 
@@ -208,7 +208,7 @@ def bench_video(path: Path, frames: int, theirs, variants: dict, rounds: int = 2
     for detector, batch in variants.values():
         run_ours_on_video(path, frames, detector, batch)
     single = next(iter(variants.values()))[0]
-    infer_ms = inference_alone_ms(single, next(_read_frames(path, 1)))
+    infer_ms = inference_alone_ms(single, next(read_frames(path, 1)))
     seconds = {name: [] for name in ("rapidocr", *variants)}
     agreements = {}
     for _ in range(rounds):

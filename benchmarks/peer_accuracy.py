@@ -1,0 +1,327 @@
+"""dbrt's shipped detector against the detector a CPU user would pick instead: RapidOCR's own
+text detector with its default det model (PP-OCRv6 det small in rapidocr 3.x), each at its own
+default settings, side by side in one run.
+
+Both run ONNX Runtime on the CPU with the same intra-op thread count. Per set, both score the
+ICDAR 2015 protocol (`pipeline.evaluate`) and are timed per image (the image already decoded;
+the timed call is the detector's whole pre-processing, model and post-processing): one untimed
+warm-up each, then the two sides alternate image by image (the order swapping every image), and
+the median per-image latency of each side and their ratio are reported.
+
+Sets: (a) ../shared/data/realdev; (b) a validation split given by `--val DIR` (an ICDAR 2015
+folder; skipped without it); (c) held-out synthetic scenes (`export.synth.dataset.write_dataset`,
+seed 10000, deterministic, written to a temporary folder); (d) the lightbox video of the shared
+data at each detector's default input size: the share of sampled frames on which the sign's
+three words are boxed (see `words_boxed`).
+
+    python -m benchmarks.peer_accuracy [--val DIR] [--synth 100] [--max-images N]
+                                       [--every 10] [--frames N] [--threads 0] [--model M.onnx]
+
+rapidocr is a benchmark-only dependency (the `bench` extra); without it the script says so and
+exits 0 without writing results.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from . import common
+from .peer_rapidocr import RapidOcrDetector, locate_model, read_frames
+
+SHIPPED = common.REPO / "pipeline" / "assets" / "dbnet_default.onnx"
+LIGHTBOX = Path("video") / "pexels_lightbox_text_960x506.mp4"
+SIDES = ("rapidocr", "dbrt")
+# The lightbox sign in every shot of the video (x0, y0, x1, y1 as fractions of the frame): its
+# three lines of letters (#BLACK / LIVES / MATTER) fall one in each third of this region's height.
+SIGN_REGION = (0.04, 0.0, 0.70, 0.92)
+WORD_ASPECT = 2.0  # a word-sized box is at least this many times as wide as it is tall
+WORDS_CRITERION = (
+    "a box is word-sized when its axis-aligned extent is at least 2x as wide as it is tall; a "
+    "frame has the three words boxed when each third (by height) of the sign's region "
+    f"(x {SIGN_REGION[0]:.2f}-{SIGN_REGION[2]:.2f}, y {SIGN_REGION[1]:.2f}-{SIGN_REGION[3]:.2f} of "
+    "the frame) holds the centre of a word-sized box: one per line of the sign (single letters "
+    "are taller than wide, so they never count)")
+
+
+# -- the lightbox criterion ----------------------------------------------------------------------
+
+def word_boxes_in_sign(polygons: Sequence[np.ndarray], frame_hw: Tuple[int, int]) -> List[int]:
+    """For each word-sized box centred in the sign's region, the line (0, 1, 2) it lies on."""
+    h, w = frame_hw
+    x0, y0, x1, y1 = (SIGN_REGION[0] * w, SIGN_REGION[1] * h, SIGN_REGION[2] * w, SIGN_REGION[3] * h)
+    lines = []
+    for poly in polygons:
+        pts = np.asarray(poly, np.float32).reshape(-1, 2)
+        width, height = np.ptp(pts[:, 0]), np.ptp(pts[:, 1])
+        cx, cy = (pts[:, 0].min() + pts[:, 0].max()) / 2, (pts[:, 1].min() + pts[:, 1].max()) / 2
+        if height > 0 and width >= WORD_ASPECT * height and x0 <= cx <= x1 and y0 <= cy <= y1:
+            lines.append(min(2, int(3 * (cy - y0) / (y1 - y0))))
+    return lines
+
+
+def words_boxed(polygons: Sequence[np.ndarray], frame_hw: Tuple[int, int]) -> bool:
+    """Whether all three lines of the sign hold a word-sized box (WORDS_CRITERION)."""
+    return len(set(word_boxes_in_sign(polygons, frame_hw))) == 3
+
+
+# -- running both sides --------------------------------------------------------------------------
+
+def _polygons(out) -> List[np.ndarray]:
+    return list(out.polygons) if hasattr(out, "polygons") else list(out)
+
+
+def run_alternating(images: Sequence[np.ndarray], sides: dict) -> dict:
+    """Every side on every image, timed: one untimed warm-up call each on the first image, then
+    the sides alternate image by image, the order reversed on every other image.
+    Returns {side: (outputs, seconds)}."""
+    names = list(sides)
+    for name in names:
+        sides[name](images[0])
+    outputs = {name: [] for name in names}
+    seconds = {name: [] for name in names}
+    for i, image in enumerate(images):
+        for name in (names if i % 2 == 0 else names[::-1]):
+            start = time.perf_counter()
+            out = sides[name](image)
+            seconds[name].append(time.perf_counter() - start)
+            outputs[name].append(out)
+    return {name: (outputs[name], seconds[name]) for name in names}
+
+
+def _latency(seconds: Sequence[float]) -> dict:
+    stats = common.Stats.from_seconds(seconds)
+    return {"median_ms": stats.median_ms, "p10_ms": stats.p10_ms, "p90_ms": stats.p90_ms}
+
+
+def _speed(runs: dict) -> dict:
+    latency = {name: _latency(seconds) for name, (_out, seconds) in runs.items()}
+    ratio = latency["rapidocr"]["median_ms"] / latency["dbrt"]["median_ms"]
+    return {"latency_ms": latency, "dbrt_speedup": round(ratio, 3)}
+
+
+def score_set(name: str, dataset, sides: dict, log=print) -> dict:
+    """ICDAR 2015 accuracy and per-image latency of every side on one dataset."""
+    from pipeline.evaluate import evaluate
+
+    log(f"{name}: {len(dataset)} images")
+    images = [s.read_image() for s in dataset]
+    runs = run_alternating(images, sides)
+    row = {"set": name, "status": "ok", "images": len(images), **_speed(runs)}
+    for side, (outputs, _seconds) in runs.items():
+        result = evaluate([s.gt for s in dataset], [_polygons(o) for o in outputs],
+                          names=[s.name for s in dataset])
+        row[side] = {k: v for k, v in result.to_dict(per_image=False).items()
+                     if k in ("precision", "recall", "hmean", "gt_care", "det_care", "matched")}
+    return row
+
+
+def sample_frames(video: Path, every: int, frames: Optional[int]) -> Tuple[List[int], list]:
+    """Every `every`-th frame of the video; with `frames`, that many of them evenly spread over it."""
+    images = list(read_frames(video, every=every))
+    indices = list(range(0, every * len(images), every))
+    if frames and frames < len(images):
+        keep = np.linspace(0, len(images) - 1, frames).round().astype(int)
+        indices, images = [indices[k] for k in keep], [images[k] for k in keep]
+    return indices, images
+
+
+def score_video(video: Path, sides: dict, every: int, frames: Optional[int], log=print) -> dict:
+    """Share of sampled frames with the sign's three words boxed, per side, at default sizes."""
+    indices, images = sample_frames(video, every, frames)
+    log(f"{video.name}: {len(images)} sampled frames")
+    runs = run_alternating(images, sides)
+    row = {"video": video.name, "status": "ok", "every": every, "frames": len(images),
+           "frame_indices": indices, "criterion": WORDS_CRITERION, **_speed(runs)}
+    for side, (outputs, _seconds) in runs.items():
+        hw = images[0].shape[:2]
+        lines = [word_boxes_in_sign(_polygons(o), hw) for o in outputs]
+        boxed = [len(set(frame_lines)) == 3 for frame_lines in lines]
+        row[side] = {"frames_words_boxed": int(sum(boxed)), "share": round(float(np.mean(boxed)), 4),
+                     "word_boxes_per_frame": round(float(np.mean([len(x) for x in lines])), 3),
+                     "frames_missed": [i for i, ok in zip(indices, boxed) if not ok]}
+    return row
+
+
+# -- sets ----------------------------------------------------------------------------------------
+
+def _skipped(name: str, reason: str, log=print) -> dict:
+    log(f"{name}: skipped ({reason})")
+    return {"set": name, "status": "skipped", "reason": reason}
+
+
+def image_sets(args, workdir: Path, log=print):
+    """(name, Dataset or skip reason) for realdev, the validation split and the synthetic set."""
+    from pipeline.datasets import open_dataset
+
+    realdev = args.data / "realdev"
+    yield ("realdev", open_dataset(realdev).head(args.max_images or None) if realdev.is_dir()
+           else f"shared data not found at {args.data}")
+    if args.val is None:
+        yield "validation", "no --val DIR given"
+    elif not args.val.is_dir():
+        yield "validation", f"--val {args.val}: no such folder"
+    else:
+        val = open_dataset(args.val, fmt="icdar2015")
+        yield f"validation ({args.val.name})", val.head(args.max_images or None)
+    count = min(args.synth, args.max_images or args.synth)
+    if count <= 0:
+        yield "synthetic", "--synth 0"
+    else:
+        from export.synth.dataset import write_dataset
+
+        log(f"synthetic: writing {count} scenes (seed {args.synth_seed})")
+        yield (f"synthetic (seed {args.synth_seed})",
+               open_dataset(write_dataset(workdir / "synth", count, seed=args.synth_seed)))
+
+
+def run(args, log=print) -> dict:
+    """The whole comparison; returns the report."""
+    from pipeline.detector import Detector
+
+    model = args.model or SHIPPED
+    theirs = RapidOcrDetector(args.rapidocr_model, args.threads)
+    report = {"command": " ".join(["python -m benchmarks.peer_accuracy", *sys.argv[1:]]),
+              "threads": args.threads, "load_average": {"before": round(os.getloadavg()[0], 2)},
+              "rapidocr": {"version": theirs.version, "model": args.rapidocr_model.name,
+                           "model_sha256": common.file_sha256(args.rapidocr_model),
+                           "settings": theirs.settings}}
+    with Detector(args.model, backend="onnxruntime", device="cpu", threads=args.threads) as ours, \
+            tempfile.TemporaryDirectory(prefix="dbrt_peer_accuracy_") as tmp:
+        report["dbrt"] = {"model": model.name, "model_sha256": common.file_sha256(model),
+                          "settings": ours.describe()}
+        sides = {"rapidocr": theirs, "dbrt": ours.detect}
+        report["sets"] = [score_set(name, data, sides, log) if not isinstance(data, str)
+                          else _skipped(name, data, log)
+                          for name, data in image_sets(args, Path(tmp), log)]
+        video = args.data / LIGHTBOX
+        report["lightbox"] = (score_video(video, sides, args.every, args.frames, log)
+                              if video.is_file() else _skipped(LIGHTBOX.name, f"{video} not found", log))
+    report["load_average"]["after"] = round(os.getloadavg()[0], 2)
+    return report
+
+
+# -- report --------------------------------------------------------------------------------------
+
+def _set_row(row: dict) -> dict:
+    if row["status"] != "ok":
+        return {"set": row["set"], "images": f"skipped: {row['reason']}"}
+    out = {"set": row["set"], "images": row["images"]}
+    for side, label in zip(SIDES, ("RapidOCR", "dbrt")):
+        out.update({f"{label} {short}": row[side][k]
+                    for k, short in (("precision", "P"), ("recall", "R"), ("hmean", "hmean"))})
+    lat = row["latency_ms"]
+    out.update({"RapidOCR ms": lat["rapidocr"]["median_ms"], "dbrt ms": lat["dbrt"]["median_ms"],
+                "dbrt speed-up": f"{row['dbrt_speedup']:.2f}x"})
+    return out
+
+
+def _video_rows(video: dict) -> List[dict]:
+    return [{"detector": side, "sampled frames": video["frames"],
+             "three words boxed": video[side]["frames_words_boxed"],
+             "share": f"{video[side]['share']:.0%}",
+             "word-sized boxes per frame": video[side]["word_boxes_per_frame"],
+             "median ms per frame": video["latency_ms"][side]["median_ms"]} for side in SIDES]
+
+
+def to_sections(report: dict) -> List[tuple]:
+    rapid, ours = report["rapidocr"], report["dbrt"]
+    threads = report["threads"] or "ONNX Runtime's default"
+    setup = (f"RapidOCR {rapid['version']}: its `TextDetector` with its packaged Det settings and "
+             f"default det model `{rapid['model']}` (sha256 `{rapid['model_sha256']}`). dbrt: "
+             f"`Detector()` with `{ours['model']}` (sha256 `{ours['model_sha256']}`) at its own "
+             f"defaults. Both ONNX Runtime on the CPU, intra-op threads: {threads}.\n")
+    sets = ("ICDAR 2015 protocol (`pipeline.evaluate`). Latency: median per image of the detector "
+            "call on a decoded image (pre-processing, model, post-processing), one untimed warm-up "
+            "per side, the sides alternating image by image; speed-up = RapidOCR ms / dbrt ms.\n\n"
+            + common.markdown_table([_set_row(r) for r in report["sets"]]))
+    video = report["lightbox"]
+    if video["status"] == "ok":
+        words = (f"Every {video['every']}th frame ({video['frames']} frames), each detector at "
+                 f"its default input size. Criterion: {video['criterion']}.\n\n"
+                 + common.markdown_table(_video_rows(video)))
+    else:
+        words = f"skipped: {video['reason']}\n"
+    load = report["load_average"]
+    footer = (f"Load average (1 min) before / after: {load['before']} / {load['after']}.\n\n"
+              f"Command: `{report['command']}`\n")
+    return [("Setup", setup), ("Accuracy and speed per image", sets),
+            ("Lightbox video: the three words boxed", words), ("Run", footer)]
+
+
+def write(report: dict, folder: Path, name: str) -> List[Path]:
+    info = common.machine_info()
+    json_path = common.write_json(folder / f"{name}.json", {**report, "machine": info})
+    md_path = common.write_markdown(folder / f"{name}.md", "dbrt vs RapidOCR's own detector",
+                                    to_sections(report), info)
+    return [json_path, md_path]
+
+
+# -- command line --------------------------------------------------------------------------------
+
+def _count(text: str, least: int = 0) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < least:
+        raise argparse.ArgumentTypeError(f"must be {least} or more, not {value}")
+    return value
+
+
+def _positive(text: str) -> int:
+    return _count(text, least=1)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.peer_accuracy",
+                                description=__doc__.split("\n\n")[0])
+    p.add_argument("--val", type=Path, help="validation split: an ICDAR 2015 folder "
+                   "(img_N.jpg + gt_img_N.txt); the row is skipped without it")
+    p.add_argument("--synth", type=_count, default=100, help="held-out synthetic scenes (0: none)")
+    p.add_argument("--synth-seed", type=int, default=10_000)
+    p.add_argument("--max-images", type=_count, default=0,
+                   help="at most this many images per set (0: all)")
+    p.add_argument("--every", type=_positive, default=10, metavar="K",
+                   help="lightbox video: every K-th frame (default 10)")
+    p.add_argument("--frames", type=_count, default=0,
+                   help="lightbox video: at most this many of those frames, spread over it (0: all)")
+    p.add_argument("--threads", type=_count, default=0,
+                   help="ONNX Runtime intra-op threads of both sides (0: ORT default)")
+    p.add_argument("--model", type=Path, help="dbrt's ONNX model (default: the shipped one)")
+    p.add_argument("--data", type=Path, default=common.SHARED_DATA, help="the shared data folder")
+    p.add_argument("--name", default="peer_accuracy", help="result file name")
+    p.add_argument("--out", type=Path, help="results folder (default: benchmarks/results/<machine>/)")
+    return p.parse_args(argv)
+
+
+def main(argv=None, log=print) -> int:
+    from pipeline.datasets import DatasetError
+
+    args = parse_args(argv)
+    args.rapidocr_model = locate_model()
+    if args.rapidocr_model is None:
+        log("peer_accuracy: skipped: rapidocr (with its packaged det model) is not installed; "
+            "pip install -e '.[bench]'")
+        return 0
+    if args.model is not None and not args.model.is_file():
+        log(f"peer_accuracy: --model {args.model}: no such file")
+        return 2
+    try:
+        report = run(args, log)
+    except DatasetError as exc:
+        log(f"peer_accuracy: {exc}")
+        return 2
+    for path in write(report, args.out or common.results_dir(), args.name):
+        log(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
