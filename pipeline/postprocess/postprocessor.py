@@ -120,13 +120,16 @@ class DBPostprocessor:
 
 
 def to_detections(polys, scores, box: Letterbox, meta: Optional[dict] = None) -> Detections:
-    """Polygons in map pixels -> Detections in frame pixels (rounded and clipped as the reference)."""
-    def mapped(points):  # the content region of the map is the whole frame
-        return to_frame(points, box.content_w, box.content_h, box.frame_w, box.frame_h)
-
-    if polys and all(len(p) == len(polys[0]) for p in polys):  # quads: one vectorised call
-        frame_polys = tuple(mapped(np.stack(polys)))
+    """Polygons in map pixels -> Detections in frame pixels (rounded and clipped as the reference).
+    All polygons are mapped in one vectorised call (each keeps its own precision: float32 quads,
+    int32 polygons divide in float64)."""
+    if not polys:
+        frame_polys = ()
+    elif all(len(p) == len(polys[0]) for p in polys):  # quads
+        frame_polys = tuple(to_frame(np.stack(polys), box.content_w, box.content_h, box.frame_w,
+                                     box.frame_h))
     else:
-        frame_polys = tuple(mapped(p) for p in polys)
+        flat = to_frame(np.concatenate(polys), box.content_w, box.content_h, box.frame_w, box.frame_h)
+        frame_polys = tuple(np.split(flat, np.cumsum([len(p) for p in polys])[:-1]))
     return Detections(frame_polys, np.asarray(scores, np.float32),
                       frame_size=(box.frame_h, box.frame_w), **(meta or {}))
