@@ -6,6 +6,9 @@
                 times, and its throughput relative to inference alone on the same frames
 3. postprocess  (benchmarks.postprocess_bench): our DB post-processing vs the reference on the
                 same maps
+4. peer-accuracy (benchmarks.peer_accuracy): the shipped model vs RapidOCR's own default det
+                model, accuracy and per-image latency side by side, and the lightbox video
+                (needs the bench extra; a validation split through --peer-accuracy-args "--val DIR")
 
 Each runs in its own process (one failing benchmark does not stop the others, and one's threads
 or memory do not disturb the next one's timings). `benchmarks/results/<machine>/index.md` lists
@@ -32,6 +35,7 @@ BENCHMARKS = {  # name -> (module, what it measures)
     "model": ("benchmarks.model_bench", "model-only latency / throughput sweep, PyTorch vs ONNX Runtime"),
     "pipeline": ("benchmarks.pipeline_overlap", "full threaded pipeline on a video vs inference alone"),
     "postprocess": ("benchmarks.postprocess_bench", "DB post-processing vs the reference implementation"),
+    "peer-accuracy": ("benchmarks.peer_accuracy", "shipped model vs RapidOCR's own detector, side by side"),
 }
 # Short CPU runs (shared machines); a GPU gets wider sweeps.
 CPU_ARGS = {"model": ["--sizes", "320", "480", "640", "736", "--batches", "1", "4", "--repeats", "5",
@@ -39,7 +43,8 @@ CPU_ARGS = {"model": ["--sizes", "320", "480", "640", "736", "--batches", "1", "
 GPU_ARGS = {"model": ["--sizes", "320", "480", "640", "736", "960", "1280", "--batches", "1", "4", "8", "16",
                       "--cpu-batches", "1", "--warmup", "5", "--repeats", "20"]}
 QUICK_ARGS = {"model": ["--sizes", "256", "512", "--batches", "1", "2", "--warmup", "1", "--repeats", "3"],
-              "postprocess": ["--quick"]}
+              "postprocess": ["--quick"],
+              "peer-accuracy": ["--max-images", "2", "--synth", "2", "--frames", "4"]}
 
 
 def available(name: str) -> bool:
@@ -96,6 +101,7 @@ def plot_pipeline_stages(out_dir: Path) -> Optional[Path]:
 
 FILE_KINDS = (  # file name prefix -> what it holds
     ("accuracy_", "accuracy (ICDAR 2015 protocol)"), ("model_bench", "model only"),
+    ("peer_accuracy", "dbrt vs RapidOCR's own detector: accuracy, latency, lightbox words"),
     ("pipeline_", "full pipeline vs inference alone"), ("postprocess", "post-processing vs reference"),
     ("peer_", "RapidOCR side by side"), ("precision_accuracy", "FP16 / INT8 vs FP32 accuracy"),
     ("gpu_proof", "GPU proof"),
@@ -133,7 +139,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.run_all", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", nargs="+", choices=list(BENCHMARKS), default=list(BENCHMARKS))
     p.add_argument("--quick", action="store_true", help="tiny sweeps (smoke test, not for publishing)")
-    p.add_argument("--model", help="ONNX model for the model-only sweep (default: the shipped one)")
+    p.add_argument("--model", help="ONNX model of the model sweep, accuracy and peer-accuracy (default: shipped)")
     p.add_argument("--weights", help="its PyTorch weights (the PyTorch baseline)")
     p.add_argument("--timeout", type=float, default=1800, help="seconds per benchmark")
     p.add_argument("--out", help="results folder (default: benchmarks/results/<machine>)")
@@ -146,8 +152,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     started = time.time()
     records = []
     for name in a.only:
-        args = default_args(name, a.quick) + shlex.split(getattr(a, f"{name}_args"))
-        if name in ("model", "accuracy"):
+        args = default_args(name, a.quick) + shlex.split(getattr(a, f"{name.replace('-', '_')}_args"))
+        if name in ("model", "accuracy", "peer-accuracy"):
             args += ["--model", a.model] if a.model else []
         if name == "model":
             args += ["--weights", a.weights] if a.weights else []

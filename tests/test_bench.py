@@ -320,3 +320,76 @@ def test_peer_report_lists_rounds_and_the_inference_ceiling(tmp_path):
     assert "200 ms = 5.00 fps, i.e. 2.22x RapidOCR" in text and "reaches 80% of it" in text
     paths = write_reports(report, tmp_path, "peer")
     assert [p.name for p in paths] == ["peer.json", "peer.md"]
+
+
+def test_lightbox_words_need_a_word_sized_box_on_each_line_of_the_sign():
+    from benchmarks.peer_accuracy import word_boxes_in_sign, words_boxed
+
+    def box(x, y, w, h):
+        return np.array([[x, y], [x + w, y], [x + w, y + h], [x, y + h]], np.float32)
+
+    hw = (506, 960)  # the sign: x 38-672, y 0-466; its lines centred near y 93, 235, 375
+    words = [box(116, 22, 440, 142), box(172, 168, 352, 134), box(73, 304, 454, 142)]
+    assert word_boxes_in_sign(words, hw) == [0, 1, 2] and words_boxed(words, hw)
+    letters = [box(120 + 70 * i, y, 50, 100) for i in range(6) for y in (40, 185, 325)]
+    assert word_boxes_in_sign(letters, hw) == [] and not words_boxed(letters, hw)
+    assert not words_boxed(words[:2] + [box(116, 40, 200, 90)], hw)  # two on the first line
+    assert not words_boxed(words[:2] + [box(700, 304, 200, 90)], hw)  # third outside the sign
+
+
+def test_peer_accuracy_scores_both_detectors_on_tiny_sets(tmp_path, tiny_onnx, monkeypatch):
+    """Every row of the comparison on tiny inputs: a one-image realdev, validation split and
+    synthetic set, and a tiny clip standing in for the lightbox video."""
+    cv2 = pytest.importorskip("cv2")
+    pytest.importorskip("av")
+    from media import write_video
+
+    from benchmarks import peer_accuracy
+
+    if peer_accuracy.locate_model() is None:
+        pytest.skip("rapidocr is not installed (pip install -e '.[bench]')")
+    image = np.full((96, 160, 3), 255, np.uint8)
+    cv2.putText(image, "TEXT", (20, 60), cv2.FONT_HERSHEY_SIMPLEX, 1.2, (0, 0, 0), 3)
+    data, val = tmp_path / "data", tmp_path / "val"
+    for folder in (data / "realdev", data / "video", val):
+        folder.mkdir(parents=True)
+    cv2.imwrite(str(data / "realdev" / "a.jpg"), image)
+    (data / "realdev" / "gt.json").write_text(json.dumps(
+        [{"image": "a.jpg", "polygons": [[[18, 30], [130, 30], [130, 66], [18, 66]]], "ignore": [False]}]))
+    cv2.imwrite(str(val / "img_1.jpg"), image)
+    (val / "gt_img_1.txt").write_text("18,30,130,30,130,66,18,66,TEXT\n")
+    write_video(data / peer_accuracy.LIGHTBOX, frames=12, height=48, width=64)
+    monkeypatch.setenv("DBRT_RESULTS_DIR", str(tmp_path / "res"))
+    lines = []
+    rc = peer_accuracy.main(["--data", str(data), "--val", str(val), "--synth", "1", "--every", "5",
+                             "--frames", "2", "--threads", "1", "--model", str(tiny_onnx)], log=lines.append)
+    assert rc == 0, lines
+    report = json.loads((tmp_path / "res" / "peer_accuracy.json").read_text())
+    sets = {row["set"].split(" ")[0]: row for row in report["sets"]}
+    assert set(sets) == {"realdev", "validation", "synthetic"}
+    for row in sets.values():
+        assert row["status"] == "ok" and row["images"] == 1
+        assert row["dbrt_speedup"] > 0 and 0 <= row["rapidocr"]["hmean"] <= 1
+        assert row["rapidocr"]["gt_care"] == row["dbrt"]["gt_care"] >= 1
+    video = report["lightbox"]
+    assert video["frames"] == 2 and video["frame_indices"] == [0, 10]
+    assert video["rapidocr"]["share"] == video["dbrt"]["share"] == 0  # no sign in the clip
+    text = (tmp_path / "res" / "peer_accuracy.md").read_text()
+    assert "| realdev | 1 |" in text and "three words boxed" in text
+
+
+def test_peer_accuracy_skips_what_is_absent(tmp_path, tiny_onnx, monkeypatch):
+    from benchmarks import peer_accuracy
+
+    if peer_accuracy.locate_model() is None:
+        pytest.skip("rapidocr is not installed (pip install -e '.[bench]')")
+    monkeypatch.setenv("DBRT_RESULTS_DIR", str(tmp_path / "res"))
+    lines = []
+    assert peer_accuracy.main(["--data", str(tmp_path / "none"), "--synth", "0",
+                               "--model", str(tiny_onnx)], log=lines.append) == 0
+    report = json.loads((tmp_path / "res" / "peer_accuracy.json").read_text())
+    assert [r["status"] for r in report["sets"]] == ["skipped"] * 3
+    assert report["lightbox"]["status"] == "skipped"
+    assert any("no --val DIR given" in line for line in lines)
+    assert peer_accuracy.main(["--model", str(tmp_path / "none.onnx")], log=lines.append) == 2
+    assert lines[-1].startswith("peer_accuracy: --model")
