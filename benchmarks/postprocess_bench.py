@@ -286,8 +286,16 @@ def summary(rows: List[dict], impl: str = "cpu") -> List[dict]:
                         speedup_cpu=ratio["cpu_ms_per_frame"],
                         min_set_speedup_best=min(r["speedup_best"] for r in mine),
                         min_set_speedup_cpu=min(r["speedup_cpu"] for r in mine),
+                        speedup_cpu_vs_rapidocr=_ratio(rows, setting, "rapidocr", impl),
                         identical=all(r["identical"] for r in mine)))
     return out
+
+
+def _ratio(rows: List[dict], setting: str, slow: str, fast: str) -> Optional[float]:
+    """Total CPU time of `slow` over `fast` on the setting's maps (None without `slow` rows)."""
+    total = {label: sum(r["cpu_ms_per_frame"] * r["frames"] for r in rows
+                        if r["setting"] == setting and r["impl"] == label) for label in (slow, fast)}
+    return round(total[slow] / total[fast], 2) if total[slow] and total[fast] else None
 
 
 def gpu_impl_or_none(config: PostprocessConfig):
@@ -350,7 +358,7 @@ def main(argv=None) -> int:
         print(f"{row['setting']:>20} {row['impl']}: x{row['speedup_best']} best, "
               f"x{row['speedup_median']} median, x{row['speedup_cpu']} CPU; worst set "
               f"x{row['min_set_speedup_best']} best, x{row['min_set_speedup_cpu']} CPU; "
-              f"identical={row['identical']}")
+              f"vs RapidOCR x{row['speedup_cpu_vs_rapidocr']} CPU; identical={row['identical']}")
     write(rows, totals, args, dict(before=load_before, after=os.getloadavg()))
     return 0
 
@@ -371,7 +379,9 @@ def write(rows: List[dict], totals: List[dict], args, load: dict) -> None:
             "The process CPU time (`cpu_ms_per_frame`, best over the repeats) leaves out the time "
             "other processes held the core. Summary: `reference_ms` / `ours_ms` = total best wall "
             "time over all the setting's frames, `speedup_best` their ratio (`speedup_median` with "
-            "medians, `speedup_cpu` with CPU times), `min_set_speedup_*` the worst single map set. "
+            "medians, `speedup_cpu` with CPU times), `min_set_speedup_*` the worst single map set, "
+            "`speedup_cpu_vs_rapidocr` the CPU-time ratio against RapidOCR's shipped copy of "
+            "DBPostProcess (quad settings; it allocates more than the reference re-implementation). "
             "`identical`: every frame has the "
             "reference's boxes, every vertex equal and every score equal in float32; "
             "`max_vertex_diff_px` / `max_score_diff`: the largest differences (map pixels). GPU "

@@ -12,6 +12,7 @@ pyclipper call each (minAreaRect, fillPoly + mean, offset), which keeps the resu
 """
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass
 from typing import List, Tuple
@@ -29,7 +30,7 @@ _FEW_CONTOURS = 32  # below this, a minAreaRect each is quicker than the array p
 def scratch(name: str, shape: tuple, dtype) -> np.ndarray:
     """A per-thread array reused from call to call. A fresh megabyte-sized array comes from the
     OS page by page (hundreds of page faults, about as long as thresholding and tracing the map)."""
-    size = int(np.prod(shape))
+    size = math.prod(shape)
     flat = getattr(_SCRATCH, name, None)
     if flat is None or flat.dtype != dtype or flat.size < size:
         flat = np.empty(size, dtype)

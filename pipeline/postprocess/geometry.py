@@ -184,6 +184,6 @@ def to_frame(points: np.ndarray, map_w: int, map_h: int, frame_w: int, frame_h: 
     (half to even) and clipped, in the points' own precision (float32 quads, float64 for the
     integer polygons), so even ties at .5 round the same way."""
     out = np.empty(points.shape, np.float32)
-    out[..., 0] = np.clip(np.round(points[..., 0] / map_w * frame_w), 0, frame_w)
-    out[..., 1] = np.clip(np.round(points[..., 1] / map_h * frame_h), 0, frame_h)
+    out[..., 0] = np.minimum(np.maximum(np.round(points[..., 0] / map_w * frame_w), 0), frame_w)
+    out[..., 1] = np.minimum(np.maximum(np.round(points[..., 1] / map_h * frame_h), 0), frame_h)
     return out
