@@ -393,3 +393,7 @@ def test_peer_accuracy_skips_what_is_absent(tmp_path, tiny_onnx, monkeypatch):
     assert any("no --val DIR given" in line for line in lines)
     assert peer_accuracy.main(["--model", str(tmp_path / "none.onnx")], log=lines.append) == 2
     assert lines[-1].startswith("peer_accuracy: --model")
+    (tmp_path / "empty").mkdir()
+    assert peer_accuracy.main(["--data", str(tmp_path / "none"), "--val", str(tmp_path / "empty"),
+                               "--model", str(tiny_onnx)], log=lines.append) == 2
+    assert lines[-1].startswith("peer_accuracy: ") and "empty" in lines[-1]
