@@ -94,3 +94,21 @@ def test_binarize_dilation_equals_opencv(shape):
         config = PostprocessConfig(thresh=thresh, use_dilation=True)
         expected = cv2.dilate((prob > thresh).astype(np.uint8), np.ones((2, 2), np.uint8))
         np.testing.assert_array_equal(cpu.binarize(prob, config), expected)
+
+
+def test_threads_and_changing_map_sizes_do_not_share_scratch_memory():
+    """Bitmaps live in per-thread scratch memory reused from call to call: results must not
+    depend on what ran before or next to them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from postprocess_maps import random_map
+
+    rng = np.random.default_rng(4)
+    maps = [random_map(rng, int(rng.integers(20, 90)), int(rng.integers(20, 120)), 15) for _ in range(24)]
+    config = PostprocessConfig(use_dilation=True, box_thresh=0.4)
+    expected = [cpu.postprocess_map(m, config) for m in maps]
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(3):
+            got = list(pool.map(lambda m: cpu.postprocess_map(m, config), maps[::-1]))[::-1]
+            for (ep, es), (gp, gs) in zip(expected, got):
+                assert es == gs and all(np.array_equal(a, b) for a, b in zip(ep, gp))
