@@ -84,6 +84,14 @@ def _polygons(out) -> List[np.ndarray]:
     return list(out.polygons) if hasattr(out, "polygons") else list(out)
 
 
+def _detections(out):
+    """Either side's output as Detections (RapidOCR gives polygons; their scores are not used)."""
+    from pipeline.detections import Detections
+
+    polygons = _polygons(out)
+    return Detections(tuple(polygons), np.ones(len(polygons), np.float32))
+
+
 def run_alternating(images: Sequence[np.ndarray], sides: dict) -> dict:
     """Every side on every image, timed: one untimed warm-up call each on the first image, then
     the sides alternate image by image, the order reversed on every other image.
@@ -122,7 +130,7 @@ def score_set(name: str, dataset, sides: dict, log=print) -> dict:
     runs = run_alternating(images, sides)
     row = {"set": name, "status": "ok", "images": len(images), **_speed(runs)}
     for side, (outputs, _seconds) in runs.items():
-        result = evaluate([s.gt for s in dataset], [_polygons(o) for o in outputs],
+        result = evaluate([s.gt for s in dataset], [_detections(o) for o in outputs],
                           names=[s.name for s in dataset])
         row[side] = {k: v for k, v in result.to_dict(per_image=False).items()
                      if k in ("precision", "recall", "hmean", "gt_care", "det_care", "matched")}

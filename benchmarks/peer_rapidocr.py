@@ -99,7 +99,7 @@ def agreement(theirs: Sequence[Sequence[np.ndarray]], ours: Sequence) -> dict:
     Frames where neither finds text agree fully; they add nothing to the counts.
     """
     gts = [GroundTruth(tuple(t), np.zeros(len(t), bool)) for t in theirs]
-    result = evaluate(gts, [o.polygons for o in ours], names=[str(i) for i in range(len(gts))])
+    result = evaluate(gts, list(ours), names=[str(i) for i in range(len(gts))])
     both_empty = result.gt_care == result.det_care == 0
     return {"hmean": 1.0 if both_empty else result.hmean,
             "precision": 1.0 if both_empty else result.precision,

@@ -157,7 +157,7 @@ class _Tally:
 
         diff = np.abs(ref_map - cand_map)
         self.abs_sum, self.pixels = self.abs_sum + float(diff.sum()), self.pixels + diff.size
-        result = evaluate_image(ref_dets.polygons, [False] * len(ref_dets), cand_dets)
+        result = evaluate_image(ref_dets.polygons, [False] * len(ref_dets), cand_dets.polygons)
         self.rows.append(dict(image=len(self.rows), max_abs=float(diff.max()), fp32_boxes=result.gt_care,
                               boxes=result.det_care, matched=result.matched))
 

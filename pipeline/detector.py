@@ -158,9 +158,9 @@ class Detector:
         self._range_checked = True
         return prob
 
-    def postprocess(self, prob, letterboxes: Sequence[Letterbox],
-                    metas: Optional[Sequence[dict]] = None) -> List[Detections]:
-        return self.post(prob, letterboxes, metas)
+    def postprocess(self, prob, letterboxes: Sequence[Letterbox]) -> List[Detections]:
+        """Probability maps -> one Detections per frame, in frame pixels."""
+        return self.post(prob, letterboxes)
 
     # -- single-image API ---------------------------------------------------------------------
     def detect(self, image: Union[np.ndarray, str, os.PathLike]) -> Detections:
@@ -171,18 +171,12 @@ class Detector:
         """Text in several images; images of different sizes are run in separate batches."""
         from .sources.images import read_image
 
-        loaded, metas = [], []
-        for i, image in enumerate(images):
-            if isinstance(image, (str, os.PathLike)):
-                metas.append(dict(frame_index=i, source=os.fspath(image)))
-                image = read_image(os.fspath(image))
-            else:
-                metas.append(dict(frame_index=i))
-            loaded.append(_check_image(image))
+        loaded = [_check_image(read_image(os.fspath(image)) if isinstance(image, (str, os.PathLike))
+                               else image) for image in images]
         results: List[Optional[Detections]] = [None] * len(loaded)
         for size, members in _group_by(loaded, self.input_size_for).items():
-            batch, boxes = self.prepare([loaded[i] for i in members])
-            dets = self.postprocess(self.infer(batch), boxes, [metas[i] for i in members])
+            batch, letterboxes = self.prepare([loaded[i] for i in members])
+            dets = self.postprocess(self.infer(batch), letterboxes)
             for i, det in zip(members, dets):
                 results[i] = det
         return results

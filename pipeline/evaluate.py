@@ -221,16 +221,13 @@ class EvalResult:
 
 # -- the protocol -------------------------------------------------------------------------------
 
-def _det_polygons(dets) -> Sequence[np.ndarray]:
-    return dets.polygons if isinstance(dets, Detections) else list(dets)
-
-
-def evaluate_image(gt_polygons: Sequence[np.ndarray], gt_ignore: Sequence[bool], detections,
-                   name: str = "", iou: float = IOU_THRESHOLD,
+def evaluate_image(gt_polygons: Sequence[np.ndarray], gt_ignore: Sequence[bool],
+                   det_polygons: Sequence[np.ndarray], name: str = "", iou: float = IOU_THRESHOLD,
                    area_precision: float = AREA_PRECISION_THRESHOLD) -> ImageEval:
-    """Score one image. `detections` is a Detections or a sequence of (n, 2) polygons."""
+    """Score one image: ground-truth polygons with their "do not care" flags against detected
+    polygons (e.g. `Detections.polygons`), each an (n, 2) array in frame pixels."""
     gts = [np.asarray(p, np.float64).reshape(-1, 2) for p in gt_polygons]
-    dets = [np.asarray(p, np.float64).reshape(-1, 2) for p in _det_polygons(detections)]
+    dets = [np.asarray(p, np.float64).reshape(-1, 2) for p in det_polygons]
     ignore = [bool(f) for f in gt_ignore]
     if len(ignore) != len(gts):
         raise ValueError(f"{len(gts)} ground-truth polygons but {len(ignore)} ignore flags")
@@ -267,17 +264,18 @@ def _greedy_match(gt_idx: List[int], det_idx: List[int], gts, dets, iou: float):
     return tuple(pairs)
 
 
-def evaluate(ground_truths: Iterable, detections: Iterable, names: Optional[Sequence[str]] = None,
-             iou: float = IOU_THRESHOLD, area_precision: float = AREA_PRECISION_THRESHOLD) -> EvalResult:
+def evaluate(ground_truths: Iterable, detections: Iterable[Detections],
+             names: Optional[Sequence[str]] = None, iou: float = IOU_THRESHOLD,
+             area_precision: float = AREA_PRECISION_THRESHOLD) -> EvalResult:
     """Score a dataset. `ground_truths` yields objects with `.polygons` and `.ignore`
-    (pipeline.datasets.GroundTruth); `detections` yields Detections or polygon lists."""
+    (pipeline.datasets.GroundTruth); `detections` yields one Detections per image."""
     ground_truths, detections = list(ground_truths), list(detections)
     if len(ground_truths) != len(detections):
         raise ValueError(f"{len(ground_truths)} ground truths but {len(detections)} detection sets")
     results = []
     for i, (gt, dets) in enumerate(zip(ground_truths, detections)):
-        name = names[i] if names is not None else getattr(dets, "source", "") or str(i)
-        results.append(evaluate_image(gt.polygons, gt.ignore, dets, name, iou, area_precision))
+        name = names[i] if names is not None else str(i)
+        results.append(evaluate_image(gt.polygons, gt.ignore, dets.polygons, name, iou, area_precision))
     return EvalResult(tuple(results))
 
 
@@ -293,7 +291,7 @@ def evaluate_detector(detect: Callable[[np.ndarray], Detections], dataset,
     for sample in dataset:
         image = sample.read_image()
         dets = detect(image)
-        result = evaluate_image(sample.gt.polygons, sample.gt.ignore, dets, sample.name,
+        result = evaluate_image(sample.gt.polygons, sample.gt.ignore, dets.polygons, sample.name,
                                 iou, area_precision)
         results.append(result)
         if on_image is not None:
@@ -309,14 +307,14 @@ COLOURS = {  # BGR
 }
 
 
-def draw_errors(image: np.ndarray, gt_polygons: Sequence[np.ndarray], detections,
-                result: ImageEval, thickness: int = 2) -> np.ndarray:
+def draw_errors(image: np.ndarray, gt_polygons: Sequence[np.ndarray],
+                det_polygons: Sequence[np.ndarray], result: ImageEval, thickness: int = 2) -> np.ndarray:
     """A copy of `image` with matched ground truth green, misses red, false alarms orange,
     matched detections blue and "do not care" regions grey."""
     import cv2
 
     out = image.copy()
-    dets = _det_polygons(detections)
+    dets = list(det_polygons)
 
     def draw(polys, indices, colour):
         pts = [np.round(np.asarray(polys[i])).astype(np.int32).reshape(-1, 1, 2) for i in indices]

@@ -6,6 +6,7 @@ first frame was requested (model loading and warm-up excluded, decoding included
 Stage latencies are per call: "decode" is the wait for the source's next frame (for live sources
 this includes waiting for the camera or stream), "preprocess" / "infer" / "postprocess" are per
 batch, "sink" per frame; end-to-end runs from a frame being read to its results being written.
+Batch sizes are counts, not times: a histogram {frames per engine call: calls}.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import json
 import sys
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from typing import Dict, Iterable, Optional, TextIO
 
 import numpy as np
@@ -75,7 +76,7 @@ class Metrics:
         self.stages: Dict[str, LatencyWindow] = {s: LatencyWindow(window) for s in STAGES}
         self.end_to_end = LatencyWindow(window)
         self.queues: Dict[str, DepthGauge] = {}
-        self.batch_sizes = LatencyWindow(window)
+        self.batch_sizes: Counter = Counter()  # frames per engine call -> number of calls
         self.frames_out = 0
         self.t_start: Optional[float] = None
         self.t_last: Optional[float] = None
@@ -86,6 +87,16 @@ class Metrics:
 
     def stage(self, name: str, seconds: float) -> None:
         self.stages[name].add(seconds * 1e3)
+
+    def batch_done(self, size: int) -> None:
+        self.batch_sizes[size] += 1
+
+    def batch_summary(self) -> dict:
+        """Engine calls, mean frames per call and the histogram {frames per call: calls}."""
+        calls = sum(self.batch_sizes.values())
+        frames = sum(size * n for size, n in self.batch_sizes.items())
+        return dict(count=calls, mean=round(frames / calls, 3) if calls else 0.0,
+                    histogram={str(size): n for size, n in sorted(self.batch_sizes.items())})
 
     def queue(self, name: str, capacity: int) -> DepthGauge:
         return self.queues.setdefault(name, DepthGauge(capacity))
@@ -125,7 +136,7 @@ class Metrics:
             dropped=sum(s.get("dropped", 0) for s in sources),
             stages={name: w.summary() for name, w in self.stages.items()},
             end_to_end=self.end_to_end.summary(),
-            batch_size=self.batch_sizes.summary(),
+            batch_size=self.batch_summary(),
             queues={name: g.summary() for name, g in self.queues.items()},
             sources=sources,
             **extra)

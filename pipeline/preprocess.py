@@ -31,13 +31,6 @@ class Letterbox:
     content_h: int
     content_w: int
 
-    def to_frame(self, points: np.ndarray) -> np.ndarray:
-        """Map (..., 2) input-pixel points back to frame pixels (clipped to the frame)."""
-        out = np.asarray(points, np.float32) / np.array([self.scale_x, self.scale_y], np.float32)
-        out[..., 0] = np.clip(out[..., 0], 0, self.frame_w)
-        out[..., 1] = np.clip(out[..., 1], 0, self.frame_h)
-        return out
-
 
 def _round_to(value: float, multiple: int) -> int:
     return max(multiple, int(round(value / multiple)) * multiple)

@@ -2,33 +2,35 @@
 stage in its own thread, joined by bounded channels.
 
     pipe = Pipeline(["cam.mp4", "rtsp://..."], model="dbnet.onnx", sinks=[JsonlSink("out.jsonl")])
-    for frame, detections in pipe:       # in order per source
+    for frame, detections in pipe:       # FrameResults, in order per source
         ...
     print(pipe.report())
 
-One thread per stage keeps results in order per source; frames of several sources share a
-batch when they need the same input size (up to `batch`, waiting at most `batch_timeout` after
-the first frame). A failure in a stage thread stops the run and is re-raised by the consumer; a
-source that fails (a truncated file, an unreadable image, a stream that never came back) only ends
-its own frames, and its error is raised once everything read has reached the sinks. Ctrl-C (or
-`stop()`) stops reading and lets every frame already read reach the sinks (see interrupts.py).
+Each step is one `Stage` (pipeline.stages: a thread that owns the end sentinel, timing, error
+propagation and the put loop) between two bounded channels, so results stay in order per source;
+`Pipeline._stages` lists them. Frames of several sources share a batch when they need the same
+input size (pipeline.batcher). A failure in a stage stops the run and is re-raised by the
+consumer; a source that fails (a truncated file, an unreadable image, a stream that never came
+back) only ends its own frames, and its error is raised once everything read has reached the
+sinks. Ctrl-C (or `stop()`) stops reading and lets every frame already read reach the sinks (see
+interrupts.py).
 """
 from __future__ import annotations
 
 import contextlib
-import queue
+import itertools
 import signal
-import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Iterable, Iterator, List, Optional, Sequence
 
-from .detections import Detections
+from .batcher import Batcher
+from .detections import Detections, FrameResult
 from .detector import Detector
 from .interrupts import Interrupted, StopSignals
 from .metrics import Metrics
 from .sinks import Sink
 from .sources import Frame, Source, open_sources
-from .stages import (END, Aborted, Channel, Control, Worker, hold_switch_interval,
+from .stages import (END, Aborted, Channel, Control, Stage, hold_switch_interval,
                      release_switch_interval)
 
 Callback = Callable[[Frame, Detections], None]
@@ -40,11 +42,6 @@ class _Batch:
     array: object = None
     letterboxes: list = field(default_factory=list)
     prob: object = None
-
-
-@dataclass(frozen=True)
-class _EndOfSource:
-    stream: int
 
 
 class Pipeline:
@@ -60,7 +57,7 @@ class Pipeline:
                    it). Shorter than Python's 5 ms default, the inference thread gets the GIL
                    back sooner after each engine call while other stages run Python code
                    (about 5 % more throughput on a 2-core CPU); restored when the run ends.
-    sinks:         Sink objects (closed by the pipeline at the end); callbacks: fn(frame, dets)
+    sinks:         Sink objects (closed by the pipeline at the end); callbacks: fn(frame, detections)
     stop_signals:  signals that stop a run iterated in the main thread: the first drains (like
                    `stop()`), the second stops at once (`report()["lost"]` counts the frames
                    read but never written); the run then raises `Interrupted` (a
@@ -101,7 +98,7 @@ class Pipeline:
         self._inferred = self._channel("inferred", cap)
         self._results = self._channel("results", cap * self.batch)
         self._out = self._channel("out", cap * self.batch)
-        self._workers: List[Worker] = []
+        self._threads: List[Stage] = []
         self._source_errors: List[Exception] = []
         self._started = False
 
@@ -134,7 +131,7 @@ class Pipeline:
         for source in self.sources:
             source.close()
 
-    def __iter__(self) -> Iterator[Tuple[Frame, Detections]]:
+    def __iter__(self) -> Iterator[FrameResult]:
         if self._started:
             raise RuntimeError("a Pipeline runs once; make a new one")
         self._start()
@@ -195,17 +192,14 @@ class Pipeline:
     # -- threads ----------------------------------------------------------------------------
     def _start(self) -> None:
         self._started = True
-        bodies = [(f"decode:{s.stream}", lambda s=s: self._read(s)) for s in self.sources]
-        bodies += [("preprocess", self._prepare), ("infer", self._infer),
-                   ("postprocess", self._postprocess), ("sink", self._sink)]
         if self.switch_interval:
             hold_switch_interval(self.switch_interval)
             self._holds_interval = True
         self.metrics.start()
         self._signals.install()
-        self._workers = [Worker(name, body, self.control) for name, body in bodies]
-        for worker in self._workers:
-            worker.start()
+        self._threads = self._stages()
+        for stage in self._threads:
+            stage.start()
 
     def _shutdown(self) -> None:
         """Stop the threads, then close sinks and detector: every step runs even when an
@@ -220,11 +214,10 @@ class Pipeline:
             steps.callback(self._close_sources)
 
     def _join_threads(self) -> None:
-        for worker in self._workers:
-            worker.join()
+        for stage in self._threads:
+            stage.join()
         for source in self.sources:
-            if hasattr(source, "join"):
-                source.join(timeout=30)
+            source.join(timeout=30)
 
     def _release_switch_interval(self) -> None:
         if self._holds_interval:
@@ -239,117 +232,67 @@ class Pipeline:
         for source in self.sources:
             source.close()
 
-    def _read(self, source: Source) -> None:
-        """Decode one source. A source that fails (a truncated file, a lost stream) ends like
-        one that finished: the frames it gave still reach the sinks, the other sources go on,
-        and the run raises its error at the end."""
+    def _stages(self) -> List[Stage]:
+        """The run, one Stage per step; adding a step is one line here plus its function."""
+        def stage(name, fn, inbox, outbox, **kw):
+            return Stage(name, fn, inbox, outbox, self.control, self.metrics, **kw)
+
+        batches = Batcher(self._decoded, len(self.sources), self.batch, self.batch_timeout,
+                          self.detector.input_size_for)
+        decoders = [stage(f"decode:{s.stream}", _stamp(s.stream), self._frames_of(s),
+                          self._decoded, metric="decode") for s in self.sources]
+        return decoders + [
+            stage("preprocess", self._prepare, batches, self._prepared),
+            stage("infer", self._infer, self._prepared, self._inferred),
+            stage("postprocess", self._postprocess, self._inferred, self._results, many=True),
+            stage("sink", self._sink, self._results, self._out),
+        ]
+
+    def _frames_of(self, source: Source) -> Iterator[Frame]:
+        """The decode stage's inbox: up to `max_frames` frames of one source. A source that
+        fails (a truncated file, a lost stream) ends like one that finished: the frames it gave
+        still reach the sinks, the other sources go on, and the run raises its error at the end."""
+        frames = iter(source)
         try:
-            self._read_frames(source)
+            yield from (frames if self.max_frames is None else itertools.islice(frames, self.max_frames))
         except Aborted:
             raise
         except Exception as exc:  # noqa: BLE001 - raised by the consumer once the run drained
             self._source_errors.append(exc)
             source.stats.note(f"error: {exc}")
-        self._decoded.put(_EndOfSource(source.stream))
-
-    def _read_frames(self, source: Source) -> None:
-        frames = iter(source)
-        count = 0
-        try:
-            while not self.control.draining.is_set():
-                if self.max_frames is not None and count >= self.max_frames:
-                    break
-                t0 = time.perf_counter()
-                frame = next(frames, None)
-                if frame is None:
-                    break
-                self.metrics.stage("decode", time.perf_counter() - t0)
-                frame.stream = source.stream
-                self._decoded.put(frame)
-                count += 1
         finally:
-            if hasattr(frames, "close"):
-                frames.close()
+            close = getattr(frames, "close", None)
+            if close is not None:
+                close()
 
-    def _prepare(self) -> None:
-        live, carry = len(self.sources), None
-        while live or carry is not None:
-            frames, live, carry = self._collect(live, carry)
-            if not frames:
-                continue
-            t0 = time.perf_counter()
-            array, boxes = self.detector.prepare([f.image for f in frames])
-            self.metrics.stage("preprocess", time.perf_counter() - t0)
-            self._prepared.put(_Batch(frames, array, boxes))
-        self._prepared.put(END)
+    def _prepare(self, frames: List[Frame]) -> _Batch:
+        array, letterboxes = self.detector.prepare([f.image for f in frames])
+        return _Batch(frames, array, letterboxes)
 
-    def _collect(self, live: int, carry: Optional[Frame]):
-        """Up to `batch` frames of one input size, in arrival order; a frame that needs another
-        size is carried over to start the next batch."""
-        frames: List[Frame] = []
-        size = deadline = None
-        pending = [carry] if carry is not None else []
-        carry = None
-        while len(frames) < self.batch and (pending or live):
-            if pending:
-                item = pending.pop()
-            else:
-                wait = None if not frames else max(0.0, deadline - time.perf_counter())
-                try:
-                    item = self._decoded.get(timeout=wait)
-                except queue.Empty:
-                    break
-            if isinstance(item, _EndOfSource):
-                live -= 1
-                continue
-            item_size = self.detector.input_size_for(*item.size)
-            if frames and item_size != size:
-                carry = item
-                break
-            if not frames:
-                size, deadline = item_size, time.perf_counter() + self.batch_timeout
-            frames.append(item)
-        return frames, live, carry
+    def _infer(self, batch: _Batch) -> _Batch:
+        batch.prob = self.detector.infer(batch.array)
+        batch.array = None
+        self.metrics.batch_done(len(batch.frames))
+        return batch
 
-    def _infer(self) -> None:
-        while True:
-            batch = self._prepared.get()
-            if batch is END:
-                break
-            t0 = time.perf_counter()
-            batch.prob = self.detector.infer(batch.array)
-            self.metrics.stage("infer", time.perf_counter() - t0)
-            self.metrics.batch_sizes.add(len(batch.frames))
-            batch.array = None
-            self._inferred.put(batch)
-        self._inferred.put(END)
+    def _postprocess(self, batch: _Batch) -> List[FrameResult]:
+        results = self.detector.postprocess(batch.prob, batch.letterboxes)
+        return [FrameResult(frame, dets) for frame, dets in zip(batch.frames, results)]
 
-    def _postprocess(self) -> None:
-        while True:
-            batch = self._inferred.get()
-            if batch is END:
-                break
-            metas = [dict(frame_index=f.index, timestamp=f.timestamp, source=f.source)
-                     for f in batch.frames]
-            t0 = time.perf_counter()
-            results = self.detector.postprocess(batch.prob, batch.letterboxes, metas)
-            self.metrics.stage("postprocess", time.perf_counter() - t0)
-            for frame, dets in zip(batch.frames, results):
-                self._results.put((frame, dets))
-        self._results.put(END)
+    def _sink(self, result: FrameResult) -> FrameResult:
+        frame, detections = result
+        for sink in self.sinks:
+            sink.write(frame, detections)
+        self.metrics.frame_done(frame.t_read)
+        for callback in self.callbacks:
+            callback(frame, detections)
+        return result
 
-    def _sink(self) -> None:
-        while True:
-            item = self._results.get()
-            if item is END:
-                break
-            frame, dets = item
-            t0 = time.perf_counter()
-            for sink in self.sinks:
-                sink.write(frame, dets)
-            self.metrics.stage("sink", time.perf_counter() - t0)
-            self.metrics.frame_done(frame.t_read)
-            for callback in self.callbacks:
-                callback(frame, dets)
-            self._out.put(item)
-        self._out.put(END)
+
+def _stamp(stream: int) -> Callable[[Frame], Frame]:
+    """The decode stage's step: a frame learns its source's position in the run (one place)."""
+    def stamp(frame: Frame) -> Frame:
+        frame.stream = stream
+        return frame
+    return stamp
+

@@ -1,7 +1,8 @@
 """Where results go: JSON lines, annotated video (PyAV), annotated images, a window, callbacks.
 
-A sink has `write(frame, detections)` and `close()`, and is a context manager. The pipeline
-calls every sink from its sink thread, in order per source, and closes them at the end.
+A sink has `write(frame, detections)` (frame facts are read from the frame) and `close()`, and
+is a context manager. The pipeline calls every sink from its sink thread, in order per source, and
+closes them all at the end (even when one of them fails to close).
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import numpy as np
 from engine.errors import DbrtError
 from engine.lazy import require
 
-from .detections import Detections
+from .detections import Detections, FrameResult
 from .draw import annotate
 from .sources import Frame
 
@@ -40,7 +41,7 @@ class Sink(abc.ABC):
 
 
 class JsonlSink(Sink):
-    """One JSON object per frame (`Detections.to_json`), flushed per frame so that a reader
+    """One JSON object per frame (`FrameResult.to_json`), flushed per frame so that a reader
     (or a run killed with Ctrl-C) always sees complete lines."""
 
     def __init__(self, path: Union[str, os.PathLike], decimals: int = 2):
@@ -51,7 +52,7 @@ class JsonlSink(Sink):
         self.lines = 0
 
     def write(self, frame: Frame, detections: Detections) -> None:
-        self._fh.write(detections.to_json(self.decimals) + "\n")
+        self._fh.write(FrameResult(frame, detections).to_json(self.decimals) + "\n")
         self._fh.flush()
         self.lines += 1
 

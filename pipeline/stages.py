@@ -1,9 +1,10 @@
 """Threading building blocks of the pipeline: bounded channels that never block forever, a
-shared `Control` that carries the first failure and the stop requests, and `Worker` threads.
+shared `Control` that carries the first failure and the stop requests, and `Stage`, the one
+thread primitive every step runs in (decode, preprocess, infer, post-process, sink, live readers).
 
-Every blocking put / get polls `Control.aborted`, so when any worker fails, every other worker
+Every blocking put / get polls `Control.aborted`, so when any stage fails, every other stage
 and the consumer wake up within one poll interval, the threads end, and the consumer re-raises
-the worker's exception (supervision's reader thread, by contrast, leaves its consumer waiting).
+the stage's exception (supervision's reader thread, by contrast, leaves its consumer waiting).
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import queue
 import sys
 import threading
 import time
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 POLL_S = 0.05
 
@@ -120,18 +121,73 @@ class Channel:
         return self._queue.qsize()
 
 
-class Worker(threading.Thread):
-    """Runs `body()` once; an exception other than Aborted is handed to the Control."""
+class Stage(threading.Thread):
+    """One step of a run in its own thread: `fn` applied to every item of `inbox`, the results
+    put on `outbox`, then END.
 
-    def __init__(self, name: str, body: Callable[[], None], control: Control):
+    inbox:  a channel (anything with `get()`, END ends the stage), or an iterable such as a
+            Source; reading an iterable is part of the stage's work (decoding), so it is timed,
+            the run's drain request stops it, and it is closed when the stage ends
+    fn:     item -> one output (None: nothing to pass on); with `many=True`, an iterable of outputs
+    outbox: anything with `put()`; it always receives END last, also when the stage fails
+    timing: seconds per item go to `metrics.stage(metric or name, ...)` when `metrics` is given
+    errors: any exception other than Aborted is handed to the Control, which stops the run
+    """
+
+    def __init__(self, name: str, fn: Callable[[Any], Any], inbox, outbox, control: Control,
+                 metrics=None, metric: Optional[str] = None, many: bool = False):
         super().__init__(name=name, daemon=True)
-        self._body = body
+        self.fn, self.inbox, self.outbox = fn, inbox, outbox
         self._control = control
+        self._metrics = metrics
+        self._metric = metric or name
+        self._many = many
 
     def run(self) -> None:
         try:
-            self._body()
+            if hasattr(self.inbox, "get"):
+                self._drain_channel()
+            else:
+                self._read_iterable()
         except Aborted:
             pass
         except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer's thread
             self._control.fail(exc)
+        finally:
+            self._put_end()
+
+    def _drain_channel(self) -> None:
+        while True:
+            item = self.inbox.get()
+            if item is END:
+                return
+            t0 = time.perf_counter()
+            out = self.fn(item)
+            self._emit(out, t0)
+
+    def _read_iterable(self) -> None:
+        items = iter(self.inbox)
+        try:
+            while not self._control.draining.is_set():
+                t0 = time.perf_counter()
+                item = next(items, END)
+                if item is END:
+                    return
+                self._emit(self.fn(item), t0)
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+
+    def _emit(self, out, t0: float) -> None:
+        if self._metrics is not None:
+            self._metrics.stage(self._metric, time.perf_counter() - t0)
+        for item in (out if self._many else (out,)):
+            if item is not None:
+                self.outbox.put(item)
+
+    def _put_end(self) -> None:
+        try:
+            self.outbox.put(END)
+        except Aborted:  # the run is stopping anyway; every reader wakes up on its own
+            pass

@@ -36,7 +36,7 @@ def score(maps: list, post: DBPostprocessor) -> EvalResult:
     results = []
     for sample, prob, boxes in maps:
         dets = post(prob, boxes)[0]
-        results.append(evaluate_image(sample.gt.polygons, sample.gt.ignore, dets, sample.name))
+        results.append(evaluate_image(sample.gt.polygons, sample.gt.ignore, dets.polygons, sample.name))
     return EvalResult(tuple(results))
 
 

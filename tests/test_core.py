@@ -6,22 +6,22 @@ import pytest
 
 from engine.errors import ModelError, ShapeError
 from engine.modelspec import ModelSpec, preset
-from pipeline.detections import Detections, concat
+from pipeline.detections import Detections, FrameResult
 from pipeline.preprocess import make_letterbox, preprocess, target_size
+from pipeline.sources import Frame
 
 
 def _dets():
     quads = np.array([[[0, 0], [10, 0], [10, 5], [0, 5]], [[20, 20], [30, 20], [30, 28], [20, 28]],
                       [[1, 1], [4, 1], [4, 4], [1, 4]]], np.float32)
-    return Detections.from_quads(quads, [0.9, 0.5, 0.7], frame_index=3, timestamp=0.12,
-                                 source="cam0", frame_size=(40, 50))
+    return Detections.from_quads(quads, [0.9, 0.5, 0.7], data={"text": np.array(["a", "b", "c"])})
 
 
 def test_detections_validate_and_slice():
     d = _dets()
     assert len(d) == 3 and d.is_quads
     kept = d[d.scores > 0.6]
-    assert len(kept) == 2 and kept.frame_index == 3 and kept.source == "cam0"
+    assert len(kept) == 2 and list(kept.data["text"]) == ["a", "c"]
     np.testing.assert_allclose(kept.scores, [0.9, 0.7])
     assert len(d[1:]) == 2 and len(d[0]) == 1
     np.testing.assert_allclose(d.boxes_xyxy[1], [20, 20, 30, 28])
@@ -33,17 +33,25 @@ def test_detections_validate_and_slice():
         d[np.array([True, False])]
 
 
-def test_detections_json_round_trip():
+def _result(dets):
+    return FrameResult(Frame(np.zeros((40, 50, 3), np.uint8), 3, 0.12, "cam0"), dets)
+
+
+def test_frame_result_json_takes_frame_facts_from_the_frame():
     d = _dets()
-    back = Detections.from_json(d.to_json())
-    assert len(back) == 3 and back.frame_index == 3 and back.timestamp == pytest.approx(0.12)
-    assert back.source == "cam0" and back.frame_size == (40, 50)
+    line = _result(d).to_json()
+    record = json.loads(line)
+    assert record["frame_index"] == 3 and record["timestamp"] == pytest.approx(0.12)
+    assert record["source"] == "cam0" and record["frame_size"] == [40, 50]
+    back = Detections.from_json(line)
+    assert len(back) == 3 and list(back.data["text"]) == ["a", "b", "c"]
     for a, b in zip(d.polygons, back.polygons):
         np.testing.assert_allclose(a, b, atol=0.01)
-    assert json.loads(Detections.empty(source="x").to_json())["detections"] == []
+    assert json.loads(_result(Detections.empty()).to_json())["detections"] == []
     poly = Detections((np.array([[0, 0], [5, 0], [6, 3], [5, 6], [0, 6]]),), [0.8])
-    assert not poly.is_quads and len(Detections.from_json(poly.to_json()).polygons[0]) == 5
-    assert len(concat([d, d])) == 6
+    assert not poly.is_quads and len(Detections.from_json(_result(poly).to_json()).polygons[0]) == 5
+    frame, dets = _result(d)  # unpacks like the pipeline's (frame, detections) pairs
+    assert frame.index == 3 and dets is d
 
 
 def test_modelspec_round_trip_and_presets():
@@ -75,8 +83,7 @@ def test_preprocess_normalises_like_db():
     chw, box = preprocess(frame, spec, size=(64, 96))
     assert chw.shape == (3, 64, 96) and chw.dtype == np.float32
     np.testing.assert_allclose(chw[:, 10, 10], (200 - np.array(spec.mean)) / 255, atol=1e-5)
-    pts = box.to_frame(np.array([[96, 64]], np.float32))
-    np.testing.assert_allclose(pts, [[70, 50]])
+    assert (box.frame_h, box.frame_w, box.content_h, box.content_w) == (50, 70, 64, 96)
     with pytest.raises(ShapeError):
         preprocess(frame, spec, size=(60, 96))
     with pytest.raises(ShapeError):

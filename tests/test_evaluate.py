@@ -177,9 +177,8 @@ def test_overall_numbers_sum_matches_over_images():
 
 def test_evaluate_accepts_detections_and_ground_truth_objects():
     gt = GroundTruth((rect(0, 0, 10, 10), rect(20, 0, 30, 10)), [False, True], ("a", "###"))
-    dets = Detections.from_quads(np.stack([rect(0, 0, 10, 10), rect(20, 0, 30, 10)]), [0.9, 0.8],
-                                 source="img_1.jpg")
-    res = evaluate([gt], [dets])
+    dets = Detections.from_quads(np.stack([rect(0, 0, 10, 10), rect(20, 0, 30, 10)]), [0.9, 0.8])
+    res = evaluate([gt], [dets], names=["img_1.jpg"])
     assert res.images[0].name == "img_1.jpg"
     assert (res.precision, res.recall, res.matched) == (1.0, 1.0, 1)
     with pytest.raises(ValueError):
@@ -217,7 +216,8 @@ def test_evaluate_detector_runs_a_detect_function_over_a_dataset(tmp_path):
 
 def test_realdev_ground_truth_scores_perfectly_against_itself(shared_data):
     dataset = open_dataset(shared_data / "realdev" / "gt.json")
-    res = evaluate([s.gt for s in dataset], [s.gt.polygons for s in dataset],
+    res = evaluate([s.gt for s in dataset],
+                   [Detections(s.gt.polygons, np.ones(len(s.gt))) for s in dataset],
                    names=[s.name for s in dataset])
     assert res.gt_care == 103 - 65
     assert (res.precision, res.recall, res.hmean) == (1.0, 1.0, 1.0)

@@ -42,7 +42,7 @@ def test_single_video_every_frame_in_order(videos):
     results = list(pipe)
     assert [f.index for f, _ in results] == list(range(12)) == seen
     assert [index_of(f.image) for f, _ in results] == list(range(12))
-    assert all(d.frame_index == f.index and d.source == str(videos[1]) for f, d in results)
+    assert all(f.source == str(videos[1]) and len(d) == 1 for f, d in results)
     report = pipe.report()
     assert report["frames"] == 12 and report["dropped"] == 0 and report["fps"] > 0
     assert all(report["stages"][s]["count"] > 0 for s in ("decode", "preprocess", "infer", "postprocess", "sink"))
@@ -54,13 +54,15 @@ def test_several_sources_batched_route_results_in_order(videos):
     pipe = Pipeline(videos, detector, batch=3, batch_timeout=0.2)
     by_stream = {0: [], 1: [], 2: []}
     for frame, dets in pipe:
-        by_stream[frame.stream].append((frame.index, dets.frame_index, dets.source))
+        by_stream[frame.stream].append((frame.index, index_of(frame.image), frame.source))
     for stream, path in enumerate(videos):
         n = (7, 12, 5)[stream]
         assert [i for i, _, _ in by_stream[stream]] == list(range(n))
         assert all(i == j and src == str(path) for i, j, src in by_stream[stream])
     assert max(detector.batch_sizes) > 1 and sum(detector.batch_sizes) == 24
-    assert pipe.report()["batch_size"]["count"] == len(detector.batch_sizes)
+    report = pipe.report()["batch_size"]
+    assert report["count"] == len(detector.batch_sizes)
+    assert report["histogram"] == {str(n): detector.batch_sizes.count(n) for n in set(detector.batch_sizes)}
 
 
 def test_batches_never_mix_input_sizes(tmp_path):
@@ -178,8 +180,8 @@ def test_image_folder_through_the_pipeline(tmp_path, tiny_onnx):
     for i, (h, w) in enumerate([(40, 60), (64, 64), (40, 60)]):
         cv2.imwrite(str(tmp_path / f"{i}.png"), frame_image(i, h, w))
     results = list(Pipeline([tmp_path], model=tiny_onnx, threads=1, batch=3))
-    assert [d.source.split("/")[-1] for _, d in results] == ["0.png", "1.png", "2.png"]
-    assert [d.frame_size for _, d in results] == [(40, 60), (64, 64), (40, 60)]
+    assert [f.source.split("/")[-1] for f, _ in results] == ["0.png", "1.png", "2.png"]
+    assert [tuple(f.size) for f, _ in results] == [(40, 60), (64, 64), (40, 60)]
 
 
 def test_switch_interval_applies_during_the_run_and_is_restored(videos):

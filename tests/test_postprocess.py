@@ -1,4 +1,4 @@
-"""DBPostprocessor interface: options, shapes, scaling to the frame, metas, errors."""
+"""DBPostprocessor interface: options, shapes, scaling to the frame, errors."""
 import cv2
 import numpy as np
 import pytest
@@ -42,11 +42,9 @@ def test_from_spec_takes_thresholds_and_overrides():
 def test_one_rectangle_maps_back_to_the_frame():
     prob = _map_with_rect()
     box = make_letterbox(128, 192, 64, 96)  # frame is twice the input
-    dets = DBPostprocessor()(prob, [box], [dict(frame_index=7, timestamp=0.5, source="cam")])
+    dets = DBPostprocessor()(prob, [box])
     assert len(dets) == 1 and len(dets[0]) == 1
     det = dets[0]
-    assert det.frame_index == 7 and det.timestamp == 0.5 and det.source == "cam"
-    assert det.frame_size == (128, 192)
     assert det.scores[0] == pytest.approx(0.9, abs=1e-6)
     x0, y0, x1, y1 = det.boxes_xyxy[0]
     # contour rectangle 29x11, unclipped by 319 * 1.5 / 80 = 5.98 px each side, then doubled
@@ -78,13 +76,9 @@ def test_bad_maps_raise(prob, boxes, error):
         DBPostprocessor()(prob, [make_letterbox(64, 96, 64, 96)] * boxes)
 
 
-def test_metas_are_checked_and_empty_maps_give_empty_detections():
-    post = DBPostprocessor()
-    box = make_letterbox(64, 96, 64, 96)
-    with pytest.raises(PostprocessError, match="unknown meta"):
-        post(np.zeros((1, 64, 96), np.float32), [box], [dict(frame=1)])
-    (det,) = post(np.zeros((1, 64, 96), np.float16), [box])
-    assert len(det) == 0 and det.frame_size == (64, 96)
+def test_empty_maps_give_empty_detections():
+    (det,) = DBPostprocessor()(np.zeros((1, 64, 96), np.float16), [make_letterbox(64, 96, 64, 96)])
+    assert len(det) == 0
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (1, 9), (9, 1), (2, 2), (37, 53)])

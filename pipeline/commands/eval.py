@@ -98,7 +98,7 @@ def _image_callback(args, total: int, timings: list):
                   f"H {result.hmean:.3f} ({result.matched} matched, {len(result.missed)} missed, "
                   f"{len(result.false_alarms)} false alarms)", flush=True)
         if vis and (result.missed or result.false_alarms):
-            drawn = draw_errors(image, sample.gt.polygons, dets, result)
+            drawn = draw_errors(image, sample.gt.polygons, dets.polygons, result)
             cv2.imwrite(str(vis / (Path(sample.name).stem + ".jpg")), drawn)
         last[0] = time.perf_counter()
 

@@ -21,7 +21,6 @@ from .config import PostprocessConfig, PostprocessError
 from .geometry import to_frame
 
 DEVICES = ("auto", "cpu", "gpu")
-_META_KEYS = ("frame_index", "timestamp", "source")
 
 
 def _as_batch(prob, xp):
@@ -49,19 +48,6 @@ def _check_letterboxes(letterboxes, n: int, h: int, w: int) -> List[Letterbox]:
             raise ShapeError(f"a letterbox for a {box.input_h}x{box.input_w} input was given "
                              f"with a {h}x{w} probability map")
     return boxes
-
-
-def _check_metas(metas, n: int) -> List[dict]:
-    if metas is None:
-        return [{} for _ in range(n)]
-    metas = list(metas)
-    if len(metas) != n:
-        raise ShapeError(f"{n} probability maps but {len(metas)} metas")
-    for meta in metas:
-        unknown = set(meta) - set(_META_KEYS)
-        if unknown:
-            raise PostprocessError(f"unknown meta key(s) {sorted(unknown)}; allowed: {_META_KEYS}")
-    return metas
 
 
 def check_finite(prob: np.ndarray) -> None:
@@ -97,15 +83,13 @@ class DBPostprocessor:
             xp = require("cupy")
         return xp, xp.asarray(prob)
 
-    def __call__(self, prob, letterboxes: Sequence[Letterbox],
-                 metas: Optional[Sequence[dict]] = None) -> List[Detections]:
+    def __call__(self, prob, letterboxes: Sequence[Letterbox]) -> List[Detections]:
         """prob: (N, 1, H, W) or (N, H, W) maps at network-input resolution; one Letterbox per
-        map; metas: optional per-map dicts of frame_index / timestamp / source."""
+        map (how its frame was resized onto the input)."""
         xp, prob = self._place(prob)
         batch = _as_batch(prob, xp)
         n, h, w = batch.shape
         boxes = _check_letterboxes(letterboxes, n, h, w)
-        metas = _check_metas(metas, n)
         if xp is np:
             check_finite(batch)  # the GPU path checks on the device, with its bitmap copy
             results = [cpu.postprocess_map(batch[i, :b.content_h, :b.content_w], self.config)
@@ -115,11 +99,10 @@ class DBPostprocessor:
 
             sizes = [(b.content_h, b.content_w) for b in boxes]
             results = gpu.postprocess_batch(batch, sizes, self.config)
-        return [to_detections(polys, scores, box, meta)
-                for (polys, scores), box, meta in zip(results, boxes, metas)]
+        return [to_detections(polys, scores, box) for (polys, scores), box in zip(results, boxes)]
 
 
-def to_detections(polys, scores, box: Letterbox, meta: Optional[dict] = None) -> Detections:
+def to_detections(polys, scores, box: Letterbox) -> Detections:
     """Polygons in map pixels -> Detections in frame pixels (rounded and clipped as the reference).
     All polygons are mapped in one vectorised call (each keeps its own precision: float32 quads,
     int32 polygons divide in float64)."""
@@ -131,5 +114,4 @@ def to_detections(polys, scores, box: Letterbox, meta: Optional[dict] = None) ->
     else:
         flat = to_frame(np.concatenate(polys), box.content_w, box.content_h, box.frame_w, box.frame_h)
         frame_polys = tuple(np.split(flat, np.cumsum([len(p) for p in polys])[:-1]))
-    return Detections(frame_polys, np.asarray(scores, np.float32),
-                      frame_size=(box.frame_h, box.frame_w), **(meta or {}))
+    return Detections(frame_polys, np.asarray(scores, np.float32))

@@ -85,6 +85,9 @@ class Source(abc.ABC):
     def close(self) -> None:
         """Stop producing frames; iteration ends soon after."""
 
+    def join(self, timeout: Optional[float] = None) -> None:
+        """Wait for any thread of the source's own to end (after `close()`)."""
+
     @property
     def total_frames(self) -> Optional[int]:
         """Number of frames when known in advance (files, image lists), else None."""

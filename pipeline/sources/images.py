@@ -86,7 +86,7 @@ class ImageSource(Source):
                 self.stats.note(str(exc))
                 continue
             self.stats.add(read=1, delivered=1)
-            yield Frame(image, index, None, os.path.normpath(path), self.stream)
+            yield Frame(image, index, None, os.path.normpath(path))
         if unreadable:
             names = ", ".join(unreadable[:3]) + (", ..." if len(unreadable) > 3 else "")
             raise SourceError(f"{len(unreadable)} of {len(self._paths)} images could not be read "

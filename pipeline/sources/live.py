@@ -14,6 +14,7 @@ import numpy as np
 
 from engine.errors import SourceError
 
+from ..stages import END, Control, Stage
 from .base import Frame, Source
 
 
@@ -36,17 +37,27 @@ class Reconnect:
 
 
 class LatestSlot:
-    """A one-frame mailbox: `put` overwrites (returning True when it dropped an unread frame),
-    or with `overwrite=False` waits until the last frame was taken; `get` waits for a frame or
-    for the producer to finish."""
+    """A one-frame mailbox: `put` overwrites (returning True when it dropped an unread frame,
+    and calling `on_drop`), or with `overwrite=False` waits until the last frame was taken;
+    `put(END)` finishes it; `get` waits for a frame or for the producer to finish."""
 
-    def __init__(self, overwrite: bool = True):
+    def __init__(self, overwrite: bool = True, on_drop=None):
         self._cond = threading.Condition()
         self._item = None
         self._done = False
         self.overwrite = overwrite
+        self._on_drop = on_drop
 
     def put(self, item) -> bool:
+        if item is END:
+            self.finish()
+            return False
+        dropped = self._replace(item)
+        if dropped and self._on_drop is not None:
+            self._on_drop()
+        return dropped
+
+    def _replace(self, item) -> bool:
         with self._cond:
             while not self.overwrite and self._item is not None and not self._done:
                 self._cond.wait(0.1)
@@ -85,10 +96,10 @@ class LiveSource(Source):
     def __init__(self, name: str, reconnect: Optional[Reconnect] = Reconnect()):
         super().__init__(name)
         self.reconnect = reconnect
-        self._slot = LatestSlot(overwrite=self.live)
+        self._slot = LatestSlot(overwrite=self.live, on_drop=lambda: self.stats.add(dropped=1))
         self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
-        self._error: Optional[BaseException] = None
+        self._control = Control()  # carries the reader's failure to the consuming thread
+        self._thread: Optional[Stage] = None
         self._connected = False
 
     # -- subclass hooks ---------------------------------------------------------------------
@@ -112,7 +123,8 @@ class LiveSource(Source):
     def start(self) -> None:
         if self._thread is None:
             self.open()
-            self._thread = threading.Thread(target=self._reader, name=f"read:{self.name}", daemon=True)
+            self._thread = Stage(f"read:{self.name}", self._frame, self._images(), self._slot,
+                                 self._control)
             self._thread.start()
 
     def close(self) -> None:
@@ -132,31 +144,31 @@ class LiveSource(Source):
                     break
                 self.stats.add(delivered=1)
                 yield frame
-            if self._error is not None:
-                raise self._error
+            if self._control.error is not None:
+                raise self._control.error
         finally:
             self.close()
 
-    # -- reader thread ----------------------------------------------------------------------
-    def _reader(self) -> None:
+    # -- reader stage -----------------------------------------------------------------------
+    def _images(self) -> Iterator[Tuple[int, np.ndarray, Optional[float]]]:
+        """(index, image, timestamp) as read, across reconnects, until stopped or given up."""
         index = 0
         try:
             while not self._stop.is_set():
                 item = self._read_or_none()
                 if item is None:
                     if self._stop.is_set() or not self._recover():
-                        break
+                        return
                     continue
-                image, timestamp = item
                 self.stats.add(read=1)
-                if self._slot.put(Frame(image, index, timestamp, self.name, self.stream)):
-                    self.stats.add(dropped=1)
+                yield (index,) + tuple(item)
                 index += 1
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer thread
-            self._error = exc
         finally:
             self._disconnect_quietly()
-            self._slot.finish()
+
+    def _frame(self, item) -> Frame:
+        index, image, timestamp = item
+        return Frame(image, index, timestamp, self.name)
 
     def _read_or_none(self):
         try:

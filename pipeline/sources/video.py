@@ -106,7 +106,7 @@ class VideoFileSource(Source):
                     break
                 image = upright_bgr(vframe)
                 self.stats.add(read=1, delivered=1)
-                yield Frame(image, index, vframe.time, self.name, self.stream)
+                yield Frame(image, index, vframe.time, self.name)
                 index, last_time = index + 1, vframe.time
         except av.FFmpegError as exc:
             raise SourceError(f"{self.path} ended early: decoding failed after {self._of(index)} "

@@ -1,0 +1,79 @@
+"""The Stage primitive: end sentinel, timing, error propagation and the put loop in one place."""
+import pytest
+
+from pipeline.metrics import Metrics
+from pipeline.stages import END, Channel, Control, Stage
+
+
+class ListBox:
+    def __init__(self):
+        self.items = []
+
+    def put(self, item):
+        self.items.append(item)
+
+
+def _run(stage):
+    stage.start()
+    stage.join(timeout=10)
+    assert not stage.is_alive()
+
+
+def test_a_channel_stage_maps_every_item_then_passes_the_end_on():
+    control, out = Control(), ListBox()
+    inbox = Channel("in", 8, control)
+    for item in (1, 2, 3, END):
+        inbox.put(item)
+    metrics = Metrics()
+    _run(Stage("double", lambda x: None if x == 2 else 2 * x, inbox, out, control, metrics,
+               metric="infer"))
+    assert out.items == [2, 6, END]  # None passes nothing on
+    assert metrics.stages["infer"].count == 3
+
+
+def test_an_iterable_inbox_is_read_timed_closed_and_stops_on_drain():
+    control, out, closed = Control(), ListBox(), []
+
+    def frames():
+        try:
+            for i in range(100):
+                if i == 3:
+                    control.draining.set()  # e.g. Ctrl-C while reading
+                yield i
+        finally:
+            closed.append(True)
+
+    metrics = Metrics()
+    _run(Stage("decode:0", lambda x: [x, x], frames(), out, control, metrics, metric="decode",
+               many=True))
+    assert out.items == [0, 0, 1, 1, 2, 2, 3, 3, END] and closed == [True]
+    assert metrics.stages["decode"].count == 4
+
+
+def test_a_failing_step_stops_the_run_and_still_ends_its_outbox():
+    control, out = Control(), ListBox()
+
+    def broken(item):
+        raise ValueError(f"bad item {item}")
+
+    _run(Stage("post", broken, iter([7]), out, control))
+    assert isinstance(control.error, ValueError) and "bad item 7" in str(control.error)
+    assert control.aborted.is_set() and out.items == [END]
+
+
+def test_an_aborted_run_ends_a_stage_blocked_on_a_full_channel():
+    control = Control()
+    full = Channel("out", 1, control)
+    stage = Stage("infer", lambda x: x, iter(range(10)), full, control)
+    stage.start()
+    control.abort()
+    stage.join(timeout=10)
+    assert not stage.is_alive() and control.error is None
+
+
+def test_batch_sizes_are_reported_as_a_count_histogram():
+    metrics = Metrics()
+    for size in (1, 4, 4, 2):
+        metrics.batch_done(size)
+    report = metrics.report()["batch_size"]
+    assert report == {"count": 4, "mean": pytest.approx(11 / 4), "histogram": {"1": 1, "2": 1, "4": 2}}
