@@ -21,12 +21,14 @@ COLUMNS = ("image", "precision", "recall", "hmean", "gt_care", "det_care", "matc
 
 def evaluate(model: Path, dataset: Path, box_type: str = "quad", threads: int = 0) -> dict:
     from pipeline.datasets import open_dataset
+    from engine.loader import RunnerOptions
     from pipeline.detector import Detector
     from pipeline.evaluate import evaluate_detector
 
     data = open_dataset(dataset)
     times = []
-    with Detector(model, backend="onnxruntime", device="cpu", threads=threads, box_type=box_type) as det:
+    with Detector(model, lambda spec: spec.replace(box_type=box_type), backend="onnxruntime",
+                  device="cpu", options=RunnerOptions(threads=threads)) as det:
         def detect(image):
             start = time.perf_counter()
             out = det.detect(image)

@@ -51,11 +51,11 @@ def _cuda_sync():
 def check_preprocess(frames: Sequence[np.ndarray], spec, batches=(1, 8), repeats: int = 20) -> List[dict]:
     """GPU time includes the pinned copy and upload of the uint8 frames (what the pipeline pays)."""
     from pipeline.gpu_preprocess import GpuPreprocessor
-    from pipeline.preprocess import preprocess_batch, target_size
+    from pipeline.preprocess import preprocess_batch
 
     gpu = GpuPreprocessor(spec)
     h, w = frames[0].shape[:2]
-    size = target_size(h, w, spec.limit_side, spec.limit_type, spec.stride)
+    size = spec.resize.input_size(h, w)
     rows = []
     for batch in batches:
         group = list(frames[:batch])

@@ -213,7 +213,7 @@ def _ok(record: dict) -> dict:
 
 
 def _spec(mut):
-    from engine.modelspec import resolve_spec
+    from dbnet.spec import resolve_spec
     from engine.onnxruntime_runner import OnnxRuntimeRunner
 
     with OnnxRuntimeRunner(mut.onnx, device="cpu") as probe:

@@ -261,7 +261,7 @@ def strided_offsets_prob(checkpoint: Path, batch: np.ndarray) -> Optional[np.nda
 def run_config(model_class, backbone: str, seed: int, workdir: Path) -> dict:
     import torch
 
-    from engine.modelspec import ModelSpec
+    from dbnet.spec import ModelSpec
     from export.onnx_export import sample_inputs
 
     torch.manual_seed(seed)

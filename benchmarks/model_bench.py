@@ -71,12 +71,12 @@ def load_model(model: Optional[Path] = None, weights: Optional[Path] = None,
 
 
 def _arch(path) -> str:
-    from engine.modelspec import ModelSpec
+    from dbnet.spec import ModelSpec
     from engine.onnxruntime_runner import OnnxRuntimeRunner
 
     with OnnxRuntimeRunner(path, device="cpu") as runner:
-        spec = runner.spec or ModelSpec()
-    return spec.arch + (" (untrained)" if spec.extra.get("untrained") else "")
+        spec = ModelSpec.from_metadata(runner.metadata) or ModelSpec()
+    return spec.arch + (" (untrained)" if spec.untrained else "")
 
 
 def _random_model(workdir: Path, torch) -> ModelUnderTest:
@@ -86,7 +86,7 @@ def _random_model(workdir: Path, torch) -> ModelUnderTest:
     torch.manual_seed(0)
     net = DBNet("resnet18", width=0.5).eval()
     path = workdir / "dbnet_r18_w0.5_random.onnx"
-    export_onnx(net, path, spec=default_spec(net, extra={"untrained": True}), parity_shapes=None)
+    export_onnx(net, path, spec=default_spec(net, untrained=True), parity_shapes=None)
     return ModelUnderTest(path, "DBNet-R18 width 0.5, random init (untrained: speed only)", net,
                           trained=False, notes=["shipped model not found; random weights, same architecture"])
 
@@ -356,7 +356,7 @@ def run(model=None, weights=None, sizes=(320, 480, 640, 736), batches=(1, 4), wa
     """Sweep and write `model_bench.{json,md}` + `model_bench_fps.png`; returns their paths."""
     workdir = Path(tempfile.mkdtemp(prefix="dbrt-bench-"))
     mut = load_model(model, weights, workdir)
-    from engine.modelspec import resolve_spec
+    from dbnet.spec import resolve_spec
     from engine.onnxruntime_runner import OnnxRuntimeRunner
 
     with OnnxRuntimeRunner(mut.onnx, device="cpu") as probe:

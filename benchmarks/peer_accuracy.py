@@ -201,6 +201,7 @@ def image_sets(args, workdir: Path, log=print):
 
 def run(args, log=print) -> dict:
     """The whole comparison; returns the report."""
+    from engine.loader import RunnerOptions
     from pipeline.detector import Detector
 
     model = args.model or SHIPPED
@@ -210,7 +211,8 @@ def run(args, log=print) -> dict:
               "rapidocr": {"version": theirs.version, "model": args.rapidocr_model.name,
                            "model_sha256": common.file_sha256(args.rapidocr_model),
                            "settings": theirs.settings}}
-    with Detector(args.model, backend="onnxruntime", device="cpu", threads=args.threads) as ours, \
+    with Detector(args.model, backend="onnxruntime", device="cpu",
+                  options=RunnerOptions(threads=args.threads)) as ours, \
             tempfile.TemporaryDirectory(prefix="dbrt_peer_accuracy_") as tmp:
         report["dbrt"] = {"model": model.name, "model_sha256": common.file_sha256(model),
                           "settings": ours.describe()}

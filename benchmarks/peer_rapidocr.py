@@ -84,11 +84,12 @@ class RapidOcrDetector:
 def dbrt_detector(model: Path, threads: int = 0, device: str = "cpu", sessions: int = 1):
     """dbrt with the ppocr preset: one session (`threads` intra-op threads), or on the CPU
     `sessions` single-thread sessions sharing each batch (what `dbrt run --sessions` does)."""
+    from engine.loader import RunnerOptions
     from pipeline.detector import Detector
 
     backend = "onnxruntime" if device == "cpu" else "auto"
-    return Detector(model, backend=backend, device=device, preset="ppocr", threads=threads,
-                    sessions=sessions if device == "cpu" else 1)
+    options = RunnerOptions(threads=threads, sessions=sessions) if device == "cpu" else None
+    return Detector(model, preset="ppocr", backend=backend, device=device, options=options)
 
 
 # -- measures ------------------------------------------------------------------------------------

@@ -122,6 +122,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not video.is_file():
         print(f"pipeline_overlap: skipped: {video} not found (only dev machines have ../shared/data)")
         return 0
+    from engine.loader import RunnerOptions
     from pipeline.detector import Detector
     from pipeline.sources import VideoFileSource
 
@@ -130,8 +131,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         workdir = Path(tmp)
         model, described = pick_model(args.model, workdir)
         described = f"{described}, sha256 {common.file_sha256(model)}"
-        detector = Detector(model, device="cpu", threads=args.threads, limit_side=args.max_side,
-                            limit_type="max")
+        detector = Detector(model, lambda spec: spec.replace(limit_side=args.max_side, limit_type="max"),
+                            device="cpu", options=RunnerOptions(threads=args.threads))
         warm, _ = detector.prepare([next(iter(VideoFileSource(video).open())).image])
         for _ in range(3):
             detector.infer(warm)

@@ -114,7 +114,7 @@ def _run_in(args, work: Path) -> dict:
     started = time.perf_counter()
     export = export_onnx(model, work / "fp32.onnx", opset=args.opset, spec=spec)
     print(export)
-    args.side = args.side or export.spec.limit_side
+    args.side = args.side or export.spec.resize.limit_side
     calib, calib_text = _calibration(export.spec, args.calib_count, args.side)
     variants, ranked = _variants(export.path, calib, work)
     sets = _eval_sets(args.synthetic)
@@ -151,7 +151,7 @@ def _mac_share(path):
     from export.quantize import model_spec
 
     spec = model_spec(path)
-    return None if spec.precision != "int8" else spec.extra.get("int8_mac_share", 1.0)
+    return None if spec.precision != "int8" else (spec.int8.mac_share if spec.int8 else 1.0)
 
 
 def _markdown(payload: dict) -> list:

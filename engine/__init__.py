@@ -4,7 +4,5 @@ Importing this package imports neither tensorrt nor cupy; backends load them on 
 """
 from .base import Runner, TensorInfo
 from .errors import DbrtError, ModelError, ShapeError, SourceError
-from .modelspec import ModelSpec, PRESETS, preset, resolve_spec
 
-__all__ = ["Runner", "TensorInfo", "DbrtError", "ModelError", "ShapeError", "SourceError",
-           "ModelSpec", "PRESETS", "preset", "resolve_spec"]
+__all__ = ["Runner", "TensorInfo", "DbrtError", "ModelError", "ShapeError", "SourceError"]

@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import Dict, Mapping, Optional, Tuple, Union
+from typing import Dict, Mapping, Tuple, Union
 
 from .errors import DbrtError, ShapeError
-from .modelspec import ModelSpec
 
 Dim = Union[int, str, None]  # a fixed size, or a symbolic / unknown one
 
@@ -113,11 +112,6 @@ class Runner(abc.ABC):
     def metadata(self) -> Dict[str, str]:
         """Model metadata (ONNX metadata_props or the engine's record)."""
         return {}
-
-    @property
-    def spec(self) -> Optional[ModelSpec]:
-        """The dbrt ModelSpec stored with the model, or None for foreign models."""
-        return ModelSpec.from_metadata(self.metadata)
 
     # Where outputs live: "cpu" (NumPy) or "cuda" (CuPy).
     output_device = "cpu"

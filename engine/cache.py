@@ -59,6 +59,8 @@ def cached_engine_path(onnx_path: os.PathLike, options: BuildOptions = BuildOpti
     trt = require("tensorrt")
     backend = backend or _cuda.require_backend("the TensorRT engine cache")
     summary = summarize_onnx(onnx_path)
+    if callable(options.profile):  # a loader: the same profile a build would use
+        options = replace(options, profile=options.profile(summary.metadata))
     plan = plan_precision(has_weak_typing(trt), options.precision, summary.precision,
                           options.strongly_typed, has_strongly_typed_flag(trt), trt.__version__)
     key = cache_key(summary.sha256, plan.precision, options.profile, trt.__version__,

@@ -27,12 +27,10 @@ def describe_onnx(path: os.PathLike) -> dict:
     from .onnx_info import summarize_onnx
 
     s = summarize_onnx(path)
-    spec = s.metadata.get("dbrt")
     return {"kind": "onnx", "file": str(s.path), "sha256": s.sha256, "opset": s.opset,
             "producer": s.producer, "precision": s.precision, "nodes": len(s.node_names),
             "inputs": _tensors(s.inputs), "outputs": _tensors(s.outputs),
-            "spec": json.loads(spec) if spec else None,
-            "metadata": {k: v for k, v in s.metadata.items() if k != "dbrt"}}
+            "metadata": dict(s.metadata)}
 
 
 def describe_engine(path: os.PathLike) -> dict:
@@ -106,13 +104,8 @@ def format_description(info: dict) -> str:
     for name, p in (info.get("profiles") or {}).items():
         lines.append(f"  engine profile {name}: min {_shape(p['min'])}, opt {_shape(p['opt'])}, "
                      f"max {_shape(p['max'])}")
-    spec = info.get("spec") or (json.loads(record["metadata"]["dbrt"])
-                                if record and "dbrt" in record.get("metadata", {}) else None)
-    if spec:
-        lines.append(f"  spec: {spec.get('arch')}, {spec.get('color')}, mean {spec.get('mean')}, "
-                     f"std {spec.get('std')}, limit_side {spec.get('limit_side')} "
-                     f"({spec.get('limit_type')}), thresh {spec.get('thresh')}, "
-                     f"box_thresh {spec.get('box_thresh')}, unclip {spec.get('unclip_ratio')}")
+    for line in info.get("extra_lines", ()):  # added by the caller (dbrt info: the model spec)
+        lines.append(f"  {line}")
     if info.get("note"):
         lines.append(f"  note: {info['note']}")
     return "\n".join(lines)

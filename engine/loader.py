@@ -3,6 +3,7 @@ cache when a GPU and TensorRT are present), .engine / .plan -> TensorRT."""
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Optional
 
@@ -13,9 +14,48 @@ from .lazy import optional
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt")
 DEVICES = ("auto", "cpu", "cuda", "tensorrt")  # tensorrt: ONNX Runtime's TensorRT provider
-# load_runner options understood by the TensorRT path (engine cache / TensorRTRunner).
-TENSORRT_OPTIONS = ("precision", "profile", "cuda_graph", "progress", "workspace", "opt_level",
-                    "calibration", "strongly_typed")
+
+
+@dataclass(frozen=True)
+class RunnerOptions:
+    """How to run a model. The first three are ONNX Runtime's, the rest TensorRT's (building an
+    engine from an .onnx through the engine cache); a value left at its default is not asked
+    for, and asking a backend for an option it cannot honour is an error, never ignored.
+
+    threads:  ONNX Runtime intra-op threads (0: ONNX Runtime's default)
+    sessions: ONNX Runtime on the CPU: that many sessions share each batch (engine.parallel_runner)
+    spin:     ONNX Runtime: whether idle intra-op threads busy-wait (None: ONNX Runtime's default)
+    precision, profile, cuda_graph, workspace, opt_level, calibration, strongly_typed, progress:
+              TensorRT build / run options (engine.tensorrt_build.BuildOptions, TensorRTRunner);
+              a `profile` function (model metadata -> profile) is the default used only when
+              an engine is built
+    """
+
+    threads: int = 0
+    sessions: int = 1
+    spin: Optional[bool] = None
+    precision: Optional[str] = None
+    profile: object = None
+    cuda_graph: bool = False
+    workspace: Optional[int] = None
+    opt_level: Optional[int] = None
+    calibration: object = None
+    strongly_typed: Optional[bool] = None
+    progress: object = None
+
+    def __post_init__(self):
+        if self.sessions < 1 or self.threads < 0:
+            raise ModelError(f"sessions must be >= 1 and threads >= 0, got {self.sessions} / {self.threads}")
+
+    def asked(self, names) -> dict:
+        """The options among `names` set to something other than their default."""
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if f.name in names and getattr(self, f.name) != f.default}
+
+
+ALL_OPTIONS = tuple(f.name for f in fields(RunnerOptions))
+ORT_OPTIONS = ("threads", "sessions", "spin")
+ENGINE_OPTIONS = ("cuda_graph",)  # a prebuilt .engine takes only these
 # Shipped model and demo video live with the runtime package.
 ASSETS = Path(__file__).resolve().parent.parent / "pipeline" / "assets"
 
@@ -33,22 +73,28 @@ def tensorrt_usable() -> bool:
     return optional("tensorrt") is not None and _cuda.default_backend() is not None
 
 
+def _refuse(options: RunnerOptions, allowed, backend: str) -> None:
+    """An option the chosen backend cannot honour is an error naming it."""
+    refused = {k: v for k, v in options.asked(ALL_OPTIONS).items() if k not in allowed
+               and not (k == "profile" and callable(v))}  # a default profile is no request
+    if refused:
+        names = ", ".join(f"{k}={v!r}" for k, v in sorted(refused.items()))
+        raise ModelError(f"{backend} cannot honour the option(s) {names}")
+
+
 def load_runner(model: Optional[os.PathLike] = None, backend: str = "auto", device: str = "auto",
-                **options) -> Runner:
+                options: Optional[RunnerOptions] = None) -> Runner:
     """A (not yet activated) runner for `model` (default: the shipped model).
 
     backend "auto" runs an .onnx with TensorRT through the engine cache when TensorRT and a GPU
-    are usable (and device is not "cpu"), else with ONNX Runtime. ONNX Runtime options:
-    `threads` (intra-op threads, 0: default), `spin` (busy-waiting threads, None: default) and
-    `sessions` (> 1: that many sessions share each batch, `engine.parallel_runner`).
+    are usable (and device is not "cpu"), else with ONNX Runtime; `options` (RunnerOptions) must
+    suit the backend chosen.
     """
+    options = options or RunnerOptions()
     if backend not in BACKENDS:
         raise ModelError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if device not in DEVICES:  # never fall back silently: 'gpu0' must not run on the CPU
         raise ModelError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
-    sessions = int(options.get("sessions") or 1)
-    if sessions < 1:
-        raise ModelError(f"sessions must be >= 1, got {sessions}")
     path = Path(model) if model is not None else default_model_path()
     if not path.exists():
         raise ModelError(f"model file not found: {path}")
@@ -60,20 +106,22 @@ def load_runner(model: Optional[os.PathLike] = None, backend: str = "auto", devi
             raise ModelError(f"{path} is a TensorRT engine; onnxruntime cannot run it")
         from .tensorrt_runner import TensorRTRunner  # noqa: WPS433 - lazy: imports tensorrt
 
-        return TensorRTRunner(path, cuda_graph=bool(options.get("cuda_graph", False)))
+        _refuse(options, ENGINE_OPTIONS, f"the prebuilt engine {path.name}")
+        return TensorRTRunner(path, cuda_graph=options.cuda_graph)
     if suffix != ".onnx":
         raise ModelError(f"unsupported model file {path.name}: expected .onnx, .engine or .plan")
     if backend == "tensorrt" or (backend == "auto" and device != "cpu" and tensorrt_usable()):
-        if sessions > 1:
+        if options.sessions > 1:
             raise ModelError("sessions > 1 is for ONNX Runtime on the CPU; a TensorRT engine "
                              "takes whole batches (use --batch)")
+        _refuse(options, set(ALL_OPTIONS) - set(ORT_OPTIONS), "TensorRT")
         from .cache import cached_engine_runner  # builds once, then reuses the cached engine
 
-        trt_options = {k: v for k, v in options.items() if k in TENSORRT_OPTIONS and v is not None}
-        return cached_engine_runner(path, **trt_options)
+        return cached_engine_runner(path, **options.asked(ALL_OPTIONS))
     from .onnxruntime_runner import OnnxRuntimeRunner
 
-    threads, spin = options.get("threads") or 0, options.get("spin")
+    _refuse(options, ORT_OPTIONS, "ONNX Runtime")
+    threads, spin, sessions = options.threads, options.spin, options.sessions
     if sessions > 1:
         from .parallel_runner import ParallelRunner
 

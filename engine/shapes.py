@@ -93,28 +93,6 @@ class ShapeProfile:
         return cls(tuple(data["min"]), tuple(data["opt"]), tuple(data["max"]))
 
 
-def _round_up(value: float, multiple: int) -> int:
-    return max(multiple, -(-int(value) // multiple) * multiple)
-
-
-def default_profile(limit_side: int = 736, limit_type: str = "min", stride: int = 32,
-                    max_batch: int = 4) -> ShapeProfile:
-    """A profile for video under the model's resize rule (see pipeline.preprocess.target_size).
-
-    "min" (short side -> limit_side): opt is a 16:9 frame, max allows either orientation up to
-    3 x limit_side (21:9 and portrait video). "max" (long side capped): opt is a 16:9 frame with
-    its long side at limit_side, max is limit_side square. Batches 1..max_batch, tuned for 1.
-    """
-    if limit_type == "max":
-        opt = (_round_up(limit_side * 9 / 16, stride), _round_up(limit_side, stride))
-        top = _round_up(limit_side, stride)
-    else:
-        opt = (_round_up(limit_side, stride), _round_up(limit_side * 16 / 9, stride))
-        top = min(_round_up(3 * limit_side, stride), 4096)
-    return ShapeProfile.from_hw((stride, stride), opt, (top, top),
-                                batch=(1, 1, max_batch)).validate(stride)
-
-
 def check_in_profile(name: str, shape: Sequence[int], profile: ShapeProfile) -> None:
     """Raise ShapeError naming the accepted range when `shape` is outside `profile`."""
     if not profile.contains(shape):

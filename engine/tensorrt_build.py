@@ -22,7 +22,7 @@ from .lazy import require
 from .onnx_info import OnnxSummary, summarize_onnx
 from .progress import BuildProgress, Heartbeat, progress_monitor
 from .record import EngineRecord
-from .shapes import Shape, ShapeProfile, default_profile
+from .shapes import Shape, ShapeProfile
 from .trt_logger import capturing_logger, log
 
 PRECISIONS = ("auto", "fp32", "fp16", "int8")
@@ -33,7 +33,7 @@ CalibrationSource = Callable[[Shape], Iterable[np.ndarray]]
 @dataclass(frozen=True)
 class BuildOptions:
     precision: str = "auto"                 # auto: the ONNX's own, FP16 for FP32 ONNX on weak typing
-    profile: Optional[ShapeProfile] = None  # None: dbrt's video default from the model spec
+    profile: object = None  # a ShapeProfile, or fn(model metadata) -> ShapeProfile (dynamic inputs)
     workspace: Optional[int] = None         # bytes of scratch memory; None: TensorRT's default
     opt_level: Optional[int] = None         # builder optimisation level 0..5; None: default (3)
     timing_cache: Optional[Path] = None     # read before and written after the build
@@ -135,11 +135,11 @@ def _input_profile(network, requested: Optional[ShapeProfile], summary: OnnxSumm
             raise ShapeError(f"{summary.path.name} has a static input {dims}; it cannot take "
                              f"the profile {requested.describe()}")
         return ShapeProfile.static(dims)
+    if callable(requested):  # a loader: the profile follows from the model's metadata
+        requested = requested(summary.metadata)
     if requested is None:
-        from .modelspec import resolve_spec
-
-        spec = resolve_spec(summary.metadata)
-        requested = default_profile(spec.limit_side, spec.limit_type, spec.stride)
+        raise ShapeError(f"{summary.path.name} has a dynamic input {dims}: give an optimisation "
+                         "profile (min / opt / max shapes)")
     requested.validate()
     for axis, (dim, lo, hi) in enumerate(zip(dims, requested.min, requested.max)):
         if dim >= 0 and not lo == hi == dim:

@@ -109,7 +109,7 @@ def compare_many(reference, candidates: Sequence, images: Iterable[np.ndarray], 
     from contextlib import ExitStack
 
     from engine.onnxruntime_runner import OnnxRuntimeRunner
-    from pipeline.postprocess import DBPostprocessor, PostprocessConfig
+    from pipeline.postprocess import DBPostprocessor
     from pipeline.preprocess import preprocess
 
     from .quantize import model_spec
@@ -117,7 +117,7 @@ def compare_many(reference, candidates: Sequence, images: Iterable[np.ndarray], 
     spec = spec or model_spec(reference)
     if limit_side:
         spec = spec.replace(limit_side=limit_side)
-    post = DBPostprocessor(PostprocessConfig.from_spec(spec), device="cpu")
+    post = DBPostprocessor(spec.post, device="cpu")
     tallies = [_Tally() for _ in candidates]
     with ExitStack() as stack:
         ref = stack.enter_context(OnnxRuntimeRunner(reference, "cpu", threads=threads))

@@ -23,7 +23,7 @@ from engine.errors import ModelError
 if TYPE_CHECKING:
     import torch
 
-    from engine.modelspec import ModelSpec
+    from dbnet.spec import ModelSpec
 
 WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "net")
 PREFIXES = ("model.module.", "module.", "model.")  # longest first
@@ -186,7 +186,7 @@ def sidecar_spec(path) -> Optional["ModelSpec"]:
     import json
     from pathlib import Path
 
-    from engine.modelspec import ModelSpec
+    from dbnet.spec import ModelSpec
 
     side = Path(path).with_suffix(".json")
     if not side.is_file():

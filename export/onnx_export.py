@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple
 import numpy as np
 
 from engine.errors import ModelError
-from engine.modelspec import METADATA_KEY, ModelSpec
+from dbnet.spec import METADATA_KEY, ModelSpec
 
 if TYPE_CHECKING:
     import torch
@@ -92,7 +92,7 @@ def check_opset(model, opset: int) -> None:
 
 def default_spec(model, **changes) -> ModelSpec:
     """DB normalisation and thresholds, named after the model's architecture."""
-    return ModelSpec(arch=getattr(model, "arch_name", "dbnet"), **changes)
+    return ModelSpec(arch=getattr(model, "arch_name", "dbnet")).replace(**changes)
 
 
 def sample_inputs(spec: ModelSpec, shapes: Sequence[Tuple[int, ...]], seed: int = 0) -> List[np.ndarray]:

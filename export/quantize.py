@@ -28,7 +28,7 @@ import numpy as np
 
 from engine.errors import ModelError, SourceError
 from engine.lazy import optional, require
-from engine.modelspec import METADATA_KEY, ModelSpec, resolve_spec
+from dbnet.spec import METADATA_KEY, Int8Notes, ModelSpec, resolve_spec
 
 from .calibration import ArrayReader, write_cache
 
@@ -245,7 +245,7 @@ def to_int8(model, out_path, calibration: Sequence[np.ndarray], method: str = "e
     keep_fp32_head / _stem / _decoder leave those layers unquantized (the decoder: FPN + head);
     keep_fp32_sensitive=K the K layers INT8 hurts most (`export.sensitivity`, measured on the
     calibration inputs); keep_fp32_nodes names nodes directly. What was left out and the share of
-    convolution MACs still INT8 are recorded in the model's dbrt metadata (`extra`)."""
+    convolution MACs still INT8 are recorded in the model's dbrt metadata (`ModelSpec.int8`)."""
     q = require("onnxruntime.quantization")
     proto = _load(model)
     spec = model_spec(proto)
@@ -287,5 +287,5 @@ def to_int8(model, out_path, calibration: Sequence[np.ndarray], method: str = "e
         from .sensitivity import int8_mac_share
 
         share = int8_mac_share(proto, calibration[0].shape, exclude)
-        spec = spec.replace(extra=dict(spec.extra, int8_fp32_layers=exclude, int8_mac_share=round(share, 4)))
+        spec = spec.replace(int8=Int8Notes(tuple(exclude), round(share, 4)))
     return _finish(result, out_path, spec, "int8")

@@ -18,7 +18,7 @@ import numpy as np
 from engine.base import Runner, TensorInfo
 from engine.errors import DbrtError
 from engine.lazy import require
-from engine.modelspec import METADATA_KEY, ModelSpec
+from dbnet.spec import METADATA_KEY, ModelSpec
 
 
 def fold_batchnorm(net):

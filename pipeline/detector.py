@@ -9,75 +9,62 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import warnings
-from dataclasses import fields
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from engine.errors import DbrtWarning, ShapeError
+from dbnet.model_check import check_io, check_spec_source, probability_map
+from dbnet.spec import MAX_INPUT_SIDE, ModelSpec, profile_for, resolve_spec
+from engine.errors import DbrtWarning, ModelError, ShapeError
 from engine.lazy import cupy_or_none
-from engine.loader import load_runner
-from engine.model_check import check_io, check_spec_source, probability_map
-from engine.modelspec import MAX_INPUT_SIDE, ModelSpec, resolve_spec
+from engine.loader import RunnerOptions, load_runner
 
 from .detections import Detections
-from .postprocess import DBPostprocessor, PostprocessConfig
-from .preprocess import Letterbox, preprocess_batch, target_size
-
-_SPEC_OPTIONS = {f.name for f in fields(ModelSpec)} - {"extra"}
-_POST_OPTIONS = {f.name for f in fields(PostprocessConfig)}
-
-
-def _split_options(options: dict) -> Tuple[dict, dict]:
-    """Options -> (ModelSpec overrides, PostprocessConfig overrides); None means 'keep'."""
-    unknown = set(options) - _SPEC_OPTIONS - _POST_OPTIONS
-    if unknown:
-        raise TypeError(f"unknown Detector option(s): {', '.join(sorted(unknown))}")
-    spec = {k: v for k, v in options.items() if k in _SPEC_OPTIONS}
-    post = {k: v for k, v in options.items() if k in _POST_OPTIONS and k not in _SPEC_OPTIONS}
-    return spec, post
-
+from .postprocess import DBPostprocessor
+from .preprocess import Letterbox, preprocess_batch
 
 class Detector:
     """A DBNet text detector: model + its ModelSpec + DB post-processing.
 
-    model:       .onnx / .engine path (default: the shipped model), or an activated-or-not Runner
-    backend:     "auto", "onnxruntime" or "tensorrt";  device: "auto", "cpu", "cuda"
-    preset:      a named ModelSpec for foreign models ("db", "ppocr", "mmocr")
-    keep_aspect: letterbox (pad) instead of stretching onto the input size
-    input_size:  fixed network (H, W) for every frame (default: the spec's resize rule)
-    threads:     intra-op threads of CPU backends (0: backend default)
-    sessions:    ONNX Runtime on the CPU: that many sessions share each batch (pipeline batch >= it)
-    spin:        ONNX Runtime: whether idle intra-op threads busy-wait (None: ORT default)
-    options:     ModelSpec fields (limit_side, limit_type, thresh, box_thresh, unclip_ratio, ...)
-                 and PostprocessConfig fields (max_candidates, score_mode, box_type, ...)
+    model:      .onnx / .engine path (default: the shipped model), or an activated-or-not Runner
+    spec:       the ModelSpec (normalisation, resize rule, post-processing), or a function that
+                changes the model's own (`lambda spec: spec.replace(box_thresh=0.5)`); default:
+                the model's own (its dbrt metadata), else `preset`'s
+    preset:     a named ModelSpec for foreign models ("db", "ppocr", "mmocr")
+    input_size: fixed network (H, W) for every frame (default: the spec's resize rule)
+    backend:    "auto", "onnxruntime" or "tensorrt";  device: "auto", "cpu", "cuda"
+    options:    engine.loader.RunnerOptions (threads, sessions, TensorRT build options, ...)
     """
 
-    def __init__(self, model=None, backend: str = "auto", device: str = "auto",
-                 preset: Optional[str] = None, keep_aspect: Optional[bool] = None,
-                 input_size: Optional[Tuple[int, int]] = None, threads: int = 0,
-                 sessions: int = 1, spin: Optional[bool] = None, **options):
-        spec_options, post_options = _split_options(options)
+    def __init__(self, model=None, spec: Union[ModelSpec, Callable[[ModelSpec], ModelSpec], None] = None,
+                 *, preset: Optional[str] = None,
+                 input_size: Optional[Tuple[int, int]] = None, backend: str = "auto",
+                 device: str = "auto", options: Optional[RunnerOptions] = None):
         if hasattr(model, "infer"):
+            if options is not None:
+                raise ModelError("runner options apply when the Detector loads the model; "
+                                 "this runner is already made")
             self.runner = model
         else:
-            self.runner = load_runner(model, backend=backend, device=device, threads=threads,
-                                      sessions=sessions, spin=spin)
+            options = options or RunnerOptions()
+            if options.profile is None:  # an engine built from an .onnx follows the resize rule
+                options = dataclasses.replace(options, profile=lambda meta: profile_for(meta, preset))
+            self.runner = load_runner(model, backend=backend, device=device, options=options)
         self.runner.activate()
-        self.spec = resolve_spec(self.runner.metadata, preset, **spec_options)
-        # a foreign model with a wrong or missing preset fails here, not as silent junk boxes
-        check_spec_source(self.runner.metadata, preset, self.runner.inputs, self.runner.outputs)
+        if isinstance(spec, ModelSpec):
+            self.spec = spec
+        else:  # a foreign model with a wrong or missing preset fails here, not as junk boxes
+            check_spec_source(self.runner.metadata, preset, self.runner.inputs, self.runner.outputs)
+            self.spec = resolve_spec(self.runner.metadata, preset)
+            self.spec = spec(self.spec) if spec is not None else self.spec
         check_io(self.runner.inputs, self.runner.outputs, self.spec)
         self._range_checked = False
-        extra_post = {k: v for k, v in self.spec.extra.items() if k in _POST_OPTIONS}
-        self.post = DBPostprocessor(PostprocessConfig.from_spec(self.spec, **{**extra_post, **post_options}))
-        self.keep_aspect = bool(self.spec.extra.get("keep_aspect", False) if keep_aspect is None
-                                else keep_aspect)
-        self.input_size = (self._checked_size(input_size) if input_size
-                           else self._fixed_engine_size())
+        self.post = DBPostprocessor(self.spec.post)
+        self.input_size = self._checked_size(input_size) if input_size else self._fixed_engine_size()
         self._cap_reported = False
         self.output_name = self.spec.output or self.runner.output_names[0]
         if self.output_name not in self.runner.output_names:
@@ -89,7 +76,11 @@ class Detector:
     @property
     def untrained(self) -> bool:
         """True when the model's metadata says its weights are random (demo before training)."""
-        return bool(self.spec.extra.get("untrained"))
+        return self.spec.untrained
+
+    @property
+    def keep_aspect(self) -> bool:
+        return self.spec.resize.keep_aspect
 
     @property
     def uses_gpu_preprocess(self) -> bool:
@@ -102,9 +93,10 @@ class Detector:
 
     def _checked_size(self, size) -> Tuple[int, int]:
         h, w = (int(v) for v in size)
-        if not all(0 < v <= MAX_INPUT_SIDE and v % self.spec.stride == 0 for v in (h, w)):
+        stride = self.spec.resize.stride
+        if not all(0 < v <= MAX_INPUT_SIDE and v % stride == 0 for v in (h, w)):
             raise ShapeError(f"input size {h}x{w}: each side must be a multiple of "
-                             f"{self.spec.stride} from {self.spec.stride} to {MAX_INPUT_SIDE}")
+                             f"{stride} from {stride} to {MAX_INPUT_SIDE}")
         return h, w
 
     def _fixed_engine_size(self) -> Optional[Tuple[int, int]]:
@@ -126,16 +118,15 @@ class Detector:
         """Network (H, W) for a frame of this size; frames of equal input size can share a batch."""
         if self.input_size:
             return self.input_size
-        spec = self.spec
-        size = target_size(frame_h, frame_w, spec.limit_side, spec.limit_type, spec.stride)
-        if max(size) > MAX_INPUT_SIDE - spec.stride and not self._cap_reported:
-            wanted = target_size(frame_h, frame_w, spec.limit_side, spec.limit_type, spec.stride,
-                                 max_side=1 << 62)
+        resize = self.spec.resize
+        size = resize.input_size(frame_h, frame_w)
+        if max(size) > MAX_INPUT_SIDE - resize.stride and not self._cap_reported:
+            wanted = resize.input_size(frame_h, frame_w, max_side=1 << 62)
             if wanted != size:
                 self._cap_reported = True
                 warnings.warn(
                     f"a {frame_h}x{frame_w} frame would need a {wanted[0]}x{wanted[1]} input "
-                    f"({spec.limit_type} side {spec.limit_side}); inputs are capped at "
+                    f"({resize.limit_type} side {resize.limit_side}); inputs are capped at "
                     f"{MAX_INPUT_SIDE} pixels a side, so it runs at {size[0]}x{size[1]} (further "
                     "frames are capped without a message)", DbrtWarning, stacklevel=2)
         return size

@@ -20,7 +20,7 @@ import numpy as np
 
 from engine.errors import ShapeError
 from engine.lazy import require
-from engine.modelspec import ModelSpec
+from dbnet.spec import ModelSpec
 
 from .preprocess import Letterbox, make_letterbox
 

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 
 from engine.errors import ShapeError
-from engine.modelspec import MAX_INPUT_SIDE, ModelSpec
+from dbnet.spec import ModelSpec
 
 
 @dataclass(frozen=True)
@@ -30,41 +30,6 @@ class Letterbox:
     scale_y: float
     content_h: int
     content_w: int
-
-
-def _round_to(value: float, multiple: int) -> int:
-    return max(multiple, int(round(value / multiple)) * multiple)
-
-
-def target_size(frame_h: int, frame_w: int, limit_side: int, limit_type: str = "min",
-                stride: int = 32, max_side: int = MAX_INPUT_SIDE) -> Tuple[int, int]:
-    """Network input (H, W), multiples of `stride`, following the DB / PaddleOCR resize rule.
-
-    limit_type "min": the short side becomes `limit_side` (MhLiao's 736);
-    limit_type "max": the long side is capped at `limit_side` (never upscaled);
-    limit_type "min_at_least": the short side is raised to `limit_side` when shorter (PP-OCR).
-    Whatever the rule asks, no side exceeds `max_side` (the aspect ratio is kept), so a 2x4000
-    strip under "min side 736" gets a 32x4000 input, not 736x1,472,000.
-    """
-    if frame_h <= 0 or frame_w <= 0:
-        raise ShapeError(f"empty frame {frame_h}x{frame_w}")
-    if limit_type == "min":
-        ratio = limit_side / min(frame_h, frame_w)
-        size = _round_to(frame_h * ratio, stride), _round_to(frame_w * ratio, stride)
-    elif limit_type == "max":
-        ratio = min(1.0, limit_side / max(frame_h, frame_w))
-        size = _round_to(frame_h * ratio, stride), _round_to(frame_w * ratio, stride)
-    elif limit_type == "min_at_least":
-        # PaddleOCR / RapidOCR "min": raise a short side below limit_side, never reduce; they
-        # truncate the scaled size before rounding, which matters on x.5 multiples of stride.
-        ratio = max(1.0, limit_side / min(frame_h, frame_w))
-        size = _round_to(int(frame_h * ratio), stride), _round_to(int(frame_w * ratio), stride)
-    else:
-        raise ShapeError(f"limit_type must be 'min', 'max' or 'min_at_least', got {limit_type!r}")
-    if max(size) <= max_side:
-        return size
-    ratio = max_side / max(frame_h, frame_w)  # rounded down, so the cap holds
-    return tuple(max(stride, int(side * ratio) // stride * stride) for side in (frame_h, frame_w))
 
 
 def make_letterbox(frame_h: int, frame_w: int, input_h: int, input_w: int,
@@ -112,9 +77,9 @@ def preprocess(frame: np.ndarray, spec: ModelSpec, size: Tuple[int, int] = None,
     if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
         raise ShapeError(f"expected an HxWx3 uint8 BGR frame, got {frame.shape} {frame.dtype}")
     fh, fw = frame.shape[:2]
-    ih, iw = size or target_size(fh, fw, spec.limit_side, spec.limit_type, spec.stride)
-    if ih % spec.stride or iw % spec.stride:
-        raise ShapeError(f"input size {ih}x{iw} is not a multiple of {spec.stride}")
+    ih, iw = size or spec.resize.input_size(fh, fw)
+    if ih % spec.resize.stride or iw % spec.resize.stride:
+        raise ShapeError(f"input size {ih}x{iw} is not a multiple of {spec.resize.stride}")
     box = make_letterbox(fh, fw, ih, iw, keep_aspect)
     resized = cv2.resize(frame, (box.content_w, box.content_h), interpolation=cv2.INTER_LINEAR)
     chw = np.empty((3, ih, iw), np.float32) if out is None else out

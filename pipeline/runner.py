@@ -1,7 +1,7 @@
 """`Pipeline`: sources -> decode -> batch + preprocess -> infer -> postprocess -> sinks, each
 stage in its own thread, joined by bounded channels.
 
-    pipe = Pipeline(["cam.mp4", "rtsp://..."], model="dbnet.onnx", sinks=[JsonlSink("out.jsonl")])
+    pipe = Pipeline(["cam.mp4", "rtsp://..."], Detector("dbnet.onnx"), sinks=[JsonlSink("out.jsonl")])
     for frame, detections in pipe:       # FrameResults, in order per source
         ...
     print(pipe.report())
@@ -48,7 +48,8 @@ class Pipeline:
     """A threaded detection run over one or more sources.
 
     sources:       specs ("video.mp4", "rtsp://...", "0", "images/*.jpg") or Source objects
-    detector:      a Detector; by default one is made from `model` and `detector_options`
+    detector:      the Detector (pipeline.detector) that prepares, infers and post-processes
+    close_detector: close the detector when the run ends (it then belongs to the pipeline)
     batch:         max frames per engine call (0: the number of sources)
     batch_timeout: seconds to wait for more frames once a batch has its first
     queue_size:    capacity of each inter-stage channel, in batches
@@ -64,23 +65,19 @@ class Pipeline:
                    KeyboardInterrupt) with the signal's number. `dbrt run` adds SIGTERM.
     """
 
-    def __init__(self, sources: Sequence, detector: Optional[Detector] = None, *, model=None,
+    def __init__(self, sources: Sequence, detector: Detector, *, close_detector: bool = False,
                  batch: int = 0, batch_timeout: float = 0.01, queue_size: int = 4,
                  max_frames: Optional[int] = None, sinks: Iterable[Sink] = (),
                  callbacks: Iterable[Callback] = (), source_options: Optional[dict] = None,
                  switch_interval: Optional[float] = 0.0005,
-                 stop_signals: Sequence[int] = (signal.SIGINT,), **detector_options):
+                 stop_signals: Sequence[int] = (signal.SIGINT,)):
         if isinstance(sources, (str, Source)):
             sources = [sources]
         self.sources: List[Source] = open_sources(sources, **(source_options or {}))
         self.sinks = list(sinks)
         self.callbacks = list(callbacks)
-        self._own_detector = detector is None
-        try:
-            self.detector = detector or Detector(model, **detector_options)
-        except BaseException:
-            self._close_sources()
-            raise
+        self._own_detector = close_detector
+        self.detector = detector
         # default: one frame per source, at least one per parallel session
         parallelism = getattr(getattr(self.detector, "runner", None), "parallelism", 1)
         self.batch = batch or max(len(self.sources), parallelism)

@@ -27,7 +27,7 @@ def export_tiny_onnx(path: Path, width: float = 0.25, seed: int = 0) -> Path:
     torch = pytest.importorskip("torch")
     import onnx
 
-    from engine.modelspec import ModelSpec
+    from dbnet.spec import ModelSpec
     from export.model import DBNet
 
     torch.manual_seed(seed)
@@ -39,7 +39,7 @@ def export_tiny_onnx(path: Path, width: float = 0.25, seed: int = 0) -> Path:
                       opset_version=17, dynamo=False)
     proto = onnx.load(str(path))
     entry = proto.metadata_props.add()
-    entry.key, entry.value = "dbrt", ModelSpec(arch=model.arch_name, limit_side=256).to_json()
+    entry.key, entry.value = "dbrt", ModelSpec(arch=model.arch_name).replace(limit_side=256).to_json()
     onnx.save(proto, str(path))
     return path
 

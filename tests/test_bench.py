@@ -73,7 +73,7 @@ def tiny_pair(tmp_path_factory):
 
 def test_model_sweep_rows_agree_and_files_are_written(tiny_pair, tmp_path):
     from benchmarks import model_bench
-    from engine.modelspec import ModelSpec
+    from dbnet.spec import ModelSpec
 
     targets = model_bench.default_targets(tiny_pair, threads=1)
     assert [t.name for t in targets][:2] == ["pytorch/cpu/fp32", "onnxruntime/cpu/fp32"]
@@ -96,7 +96,7 @@ def test_model_sweep_rows_agree_and_files_are_written(tiny_pair, tmp_path):
 
 def test_failing_configuration_is_a_row_not_a_crash(tiny_pair):
     from benchmarks import model_bench
-    from engine.modelspec import ModelSpec
+    from dbnet.spec import ModelSpec
 
     good = model_bench.onnxruntime_target(tiny_pair.onnx, threads=1)
 
@@ -189,10 +189,10 @@ def test_gpu_checks_on_the_gpu():
     if cupy_or_none() is None:
         pytest.skip("needs CuPy and a CUDA device")
     from benchmarks import gpu_checks
-    from engine.modelspec import ModelSpec
+    from dbnet.spec import ModelSpec
 
     frames = [np.random.default_rng(i).integers(0, 255, (90, 160, 3), dtype=np.uint8) for i in range(2)]
-    pre = gpu_checks.check_preprocess(frames, ModelSpec(limit_side=96), batches=(1, 2), repeats=3)
+    pre = gpu_checks.check_preprocess(frames, ModelSpec().replace(limit_side=96), batches=(1, 2), repeats=3)
     assert len(pre) == 2 and all(r["max_abs_diff"] < 1e-2 for r in pre)
     post = gpu_checks.time_postprocess(gpu_checks.dense_map(256, 256, 20)[None], "tiny", repeats=3)
     assert post["same_count"] and post["max_vertex_diff"] <= 1.0
@@ -204,10 +204,12 @@ def test_pipeline_check_runs_on_cpu(tmp_path, tiny_onnx):
     from media import write_video
 
     from benchmarks import gpu_checks
+    from engine.loader import RunnerOptions
     from pipeline.detector import Detector
 
     video = write_video(tmp_path / "clip.mp4", frames=12, height=48, width=64)
-    with Detector(tiny_onnx, backend="onnxruntime", device="cpu", threads=1) as detector:
+    with Detector(tiny_onnx, backend="onnxruntime", device="cpu",
+                  options=RunnerOptions(threads=1)) as detector:
         result = gpu_checks.check_pipeline(video, detector, frames=12, batch=2)
         assert "infer" not in vars(detector.runner)  # the timing wrapper is gone again
     assert result["frames"] == 12 and result["batch"] == 2
@@ -239,7 +241,7 @@ def test_gpu_proof_skips_steps_past_its_budget():
 
 def test_model_maps_from_any_runner(tiny_onnx):
     from benchmarks import gpu_checks
-    from engine.modelspec import ModelSpec
+    from dbnet.spec import ModelSpec
     from engine.onnxruntime_runner import OnnxRuntimeRunner
 
     frames = [np.full((40, 60, 3), 200, np.uint8), np.zeros((40, 60, 3), np.uint8)]

@@ -154,13 +154,13 @@ class _Unsafe:
 def test_sidecar_spec_next_to_checkpoint(tmp_path):
     import json
 
-    from engine.modelspec import ModelSpec
+    from dbnet.spec import ModelSpec
     from export.checkpoint import sidecar_spec
 
     path = tmp_path / "db.pt"
     torch.save(_model().state_dict(), path)
     assert sidecar_spec(path) is None
-    spec = ModelSpec(arch="dbnet_resnet18_w0.25", box_thresh=0.5, limit_side=640)
+    spec = ModelSpec(arch="dbnet_resnet18_w0.25").replace(box_thresh=0.5, limit_side=640)
     (tmp_path / "db.json").write_text(json.dumps({"checkpoint_step": 9, "spec": json.loads(spec.to_json())}))
     assert sidecar_spec(path) == spec
     (tmp_path / "db.json").write_text("{not json")

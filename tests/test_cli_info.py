@@ -17,7 +17,7 @@ def test_info_onnx_text_and_json(tiny_onnx, capsys):
     assert main(["info", str(tiny_onnx), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["inputs"][0]["shape"] == ["batch", 3, "height", "width"]
-    assert info["spec"]["limit_side"] == 256 and len(info["sha256"]) == 64
+    assert info["spec"]["resize"]["limit_side"] == 256 and len(info["sha256"]) == 64
 
 
 @pytest.mark.parametrize("name, content, message", [

@@ -34,7 +34,8 @@ def test_run_writes_jsonl_video_and_report(tmp_path, clip, tiny_onnx, capsys):
     report = json.loads((out / "report.json").read_text())
     assert report["frames"] == 8 and report["batch"] == 2
     assert set(report["stages"]) == {"decode", "preprocess", "infer", "postprocess", "sink"}
-    assert report["model"]["spec"]["limit_type"] == "max" and report["model"]["post"]["box_thresh"] == 0.1
+    spec = report["model"]["spec"]
+    assert spec["resize"]["limit_type"] == "max" and report["model"]["post"]["box_thresh"] == 0.1
     import av
 
     with av.open(str(out / "annotated.mp4")) as container:

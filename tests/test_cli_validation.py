@@ -172,7 +172,7 @@ def test_train_init_of_another_architecture(place, capsys):
     (720, 1280, 736, "min", (736, 1312)),          # ordinary frames are untouched
 ])
 def test_the_resize_rule_is_capped_at_the_maximum_input_side(h, w, limit, kind, expected):
-    from pipeline.preprocess import target_size
+    from dbnet.spec import target_size
 
     assert target_size(h, w, limit, kind) == expected
 

@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 
 from engine.errors import ModelError, ShapeError
-from engine.modelspec import ModelSpec, preset
+from dbnet.spec import ModelSpec, preset
 from pipeline.detections import Detections, FrameResult
-from pipeline.preprocess import make_letterbox, preprocess, target_size
+from dbnet.spec import target_size
+from pipeline.preprocess import make_letterbox, preprocess
 from pipeline.sources import Frame
 
 
@@ -55,7 +56,7 @@ def test_frame_result_json_takes_frame_facts_from_the_frame():
 
 
 def test_modelspec_round_trip_and_presets():
-    spec = ModelSpec(arch="dbnet_resnet18", thresh=0.25)
+    spec = ModelSpec(arch="dbnet_resnet18").replace(thresh=0.25)
     assert ModelSpec.from_json(spec.to_json()) == spec
     assert ModelSpec.from_metadata({"dbrt": spec.to_json()}) == spec
     assert ModelSpec.from_metadata({}) is None

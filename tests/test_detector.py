@@ -7,7 +7,8 @@ import pytest
 
 from engine.base import Runner, TensorInfo
 from engine.errors import ModelError, ShapeError
-from engine.modelspec import ModelSpec
+from engine.loader import RunnerOptions
+from dbnet.spec import ModelSpec
 from pipeline.detections import Detections
 from pipeline.detector import Detector
 
@@ -17,7 +18,7 @@ class BrightPixelRunner(Runner):
 
     name = "bright"
 
-    def __init__(self, spec: ModelSpec = ModelSpec(limit_side=64), logits=False):
+    def __init__(self, spec: ModelSpec = ModelSpec().replace(limit_side=64), logits=False):
         super().__init__()
         self._spec = spec.replace(output_is_prob=not logits)
         self.logits = logits
@@ -63,7 +64,7 @@ def test_detect_finds_the_bright_box_in_frame_pixels(logits):
 
 def test_keep_aspect_and_fixed_input_size_map_back_to_the_same_place():
     runner = BrightPixelRunner()
-    det = Detector(runner, input_size=(96, 96), keep_aspect=True)
+    det = Detector(runner, lambda spec: spec.replace(keep_aspect=True), input_size=(96, 96))
     found = det.detect(scene())
     assert runner.batches[-1] == (1, 3, 96, 96)
     x0, y0, x1, y1 = found.boxes_xyxy[0]
@@ -83,16 +84,19 @@ def test_detect_batch_keeps_order_and_groups_sizes(tmp_path):
     assert sorted(b[0] for b in runner.batches) == [2, 2]  # two sizes -> two engine calls
 
 
-def test_options_reach_spec_and_postprocessing():
-    det = Detector(BrightPixelRunner(), thresh=0.5, box_thresh=0.2, unclip_ratio=2.0,
-                   limit_side=128, max_candidates=7, score_mode="slow")
-    assert det.spec.thresh == 0.5 and det.spec.limit_side == 128
+def test_spec_changes_reach_resize_and_postprocessing():
+    det = Detector(BrightPixelRunner(), lambda spec: spec.replace(
+        thresh=0.5, box_thresh=0.2, unclip_ratio=2.0, limit_side=128, max_candidates=7,
+        score_mode="slow"))
+    assert det.spec.post.thresh == 0.5 and det.spec.resize.limit_side == 128
     cfg = det.post.config
     assert (cfg.thresh, cfg.box_thresh, cfg.unclip_ratio, cfg.max_candidates, cfg.score_mode) == \
         (0.5, 0.2, 2.0, 7, "slow")
     assert det.input_size_for(100, 200) == (128, 256)
-    with pytest.raises(TypeError, match="unknown Detector option"):
-        Detector(BrightPixelRunner(), colour="BGR")
+    with pytest.raises(ModelError, match="unknown model option"):
+        Detector(BrightPixelRunner(), lambda spec: spec.replace(colour="BGR"))
+    with pytest.raises(ModelError, match="already made"):
+        Detector(BrightPixelRunner(), options=RunnerOptions(threads=2))
 
 
 def test_preset_extra_options_are_applied():
@@ -111,7 +115,7 @@ def test_bad_images_and_missing_model():
 
 
 def test_tiny_onnx_and_untrained_flag(tmp_path, tiny_onnx):
-    with Detector(tiny_onnx, threads=1) as det:
+    with Detector(tiny_onnx, options=RunnerOptions(threads=1)) as det:
         assert det.untrained is False and det.runner.name == "onnxruntime"
         out = det.detect(scene(64, 96))
         assert all(len(p) == 4 for p in out.polygons)
@@ -119,8 +123,8 @@ def test_tiny_onnx_and_untrained_flag(tmp_path, tiny_onnx):
     proto = onnx.load(str(tiny_onnx))
     entry = next(p for p in proto.metadata_props if p.key == "dbrt")
     spec = ModelSpec.from_json(entry.value)
-    entry.value = spec.replace(extra={"untrained": True}).to_json()
+    entry.value = spec.replace(untrained=True).to_json()
     flagged = tmp_path / "untrained.onnx"
     onnx.save(proto, str(flagged))
-    with Detector(flagged, threads=1) as det:
+    with Detector(flagged, options=RunnerOptions(threads=1)) as det:
         assert det.untrained is True and det.describe()["untrained"] is True

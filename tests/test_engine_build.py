@@ -7,6 +7,7 @@ import pytest
 from engine_helpers import (SMALL, fp16_copy, ort_prob, qdq_copy, trt,  # noqa: F401
                             with_static_input, with_unsupported_node)
 
+from dbnet.spec import ModelSpec, profile_for
 from engine.errors import DbrtError, ModelError, ShapeError
 from engine.progress import BuildProgress
 from engine.record import EngineRecord
@@ -27,7 +28,7 @@ def test_build_serialize_load_infer_matches_onnxruntime(trt, tiny_onnx, tmp_path
     assert record.compute_capability == fake_cuda.DEVICE.compute_capability
     with TensorRTRunner(engine) as runner:
         assert runner.output_device == "cuda" and runner.input_names == ("images",)
-        assert runner.spec.limit_side == 256                 # the ONNX metadata travelled along
+        assert ModelSpec.from_metadata(runner.metadata).resize.limit_side == 256                # the ONNX metadata travelled along
         for shape in [(1, 3, 64, 64), (2, 3, 96, 128)]:
             batch = rng.random(shape, dtype=np.float32)
             out = runner.infer(batch)["prob"]
@@ -155,9 +156,11 @@ def test_static_input_needs_no_profile(trt, tiny_onnx, tmp_path, rng):
 
 
 def test_default_profile_follows_the_model_spec(trt, tiny_onnx):
-    _, record = build_engine(tiny_onnx, BuildOptions(precision="fp32"))
+    _, record = build_engine(tiny_onnx, BuildOptions(precision="fp32", profile=profile_for))
     assert record.profile.opt == (1, 3, 256, 480)             # limit_side 256, 16:9
     assert record.profile.min == (1, 3, 32, 32) and record.profile.max == (4, 3, 768, 768)
+    with pytest.raises(ShapeError, match="dynamic input .* give an optimisation profile"):
+        build_engine(tiny_onnx, BuildOptions(precision="fp32"))  # the engine knows no DBNet
 
 
 def test_progress_bar_and_cancel(trt, tiny_onnx):

@@ -10,7 +10,7 @@ from engine_helpers import SMALL, ort_prob, trt  # noqa: F401
 import trt_double
 from engine.cache import cache_dir, cached_engine_runner
 from engine.errors import ModelError, ShapeError
-from engine.loader import load_runner
+from engine.loader import RunnerOptions, load_runner
 from engine.onnxruntime_runner import OnnxRuntimeRunner
 from engine.record import sidecar_path
 from engine.tensorrt_build import BuildOptions, build_engine_file
@@ -162,15 +162,29 @@ def test_threads_get_their_own_context(trt, tiny_onnx, tmp_path, rng):
 
 
 def test_loader_picks_tensorrt_when_usable(trt, tiny_onnx, tmp_path, monkeypatch):
-    auto = load_runner(tiny_onnx, precision="fp32", profile=SMALL, threads=2)
+    auto = load_runner(tiny_onnx, options=RunnerOptions(precision="fp32", profile=SMALL))
     assert isinstance(auto, TensorRTRunner) and trt._double.builds == 1
     assert isinstance(load_runner(tiny_onnx, device="cpu"), OnnxRuntimeRunner)
     assert isinstance(load_runner(tiny_onnx, backend="onnxruntime"), OnnxRuntimeRunner)
     engine = tmp_path / "m.engine"
     build_engine_file(tiny_onnx, engine, BuildOptions(profile=SMALL))
-    assert isinstance(load_runner(engine, threads=2), TensorRTRunner)
+    assert isinstance(load_runner(engine), TensorRTRunner)
     with pytest.raises(ModelError, match="onnxruntime cannot run it"):
         load_runner(engine, backend="onnxruntime")
+
+
+def test_an_option_the_chosen_backend_cannot_honour_is_an_error(trt, tiny_onnx, tmp_path):
+    with pytest.raises(ModelError, match=r"TensorRT cannot honour the option\(s\) threads=2"):
+        load_runner(tiny_onnx, options=RunnerOptions(threads=2, profile=SMALL))
+    with pytest.raises(ModelError, match=r"ONNX Runtime cannot honour the option\(s\) precision='fp16'"):
+        load_runner(tiny_onnx, device="cpu", options=RunnerOptions(precision="fp16"))
+    engine = tmp_path / "m.engine"
+    build_engine_file(tiny_onnx, engine, BuildOptions(profile=SMALL))
+    with pytest.raises(ModelError, match="prebuilt engine m.engine cannot honour .*opt_level=2"):
+        load_runner(engine, options=RunnerOptions(opt_level=2))
+    # a profile *function* is the default for a build, not a request: ONNX Runtime ignores it
+    assert isinstance(load_runner(tiny_onnx, device="cpu", options=RunnerOptions(
+        profile=lambda metadata: SMALL)), OnnxRuntimeRunner)
 
 
 def test_loader_falls_back_to_onnxruntime_without_tensorrt(tiny_onnx, monkeypatch):

@@ -7,7 +7,8 @@ import pytest
 from engine.errors import ShapeError
 from engine.lazy import cupy_or_none
 from engine.progress import BuildProgress, progress_monitor
-from engine.shapes import ShapeProfile, check_in_profile, default_profile, parse_batch, parse_shape
+from dbnet.spec import default_profile
+from engine.shapes import ShapeProfile, check_in_profile, parse_batch, parse_shape
 
 
 @pytest.mark.parametrize("text, expected", [

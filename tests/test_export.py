@@ -8,7 +8,7 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 
 from engine.errors import ModelError  # noqa: E402
-from engine.modelspec import ModelSpec  # noqa: E402
+from dbnet.spec import ModelSpec  # noqa: E402
 from export.dcn import ModulatedDeformConv2d, deform_conv2d  # noqa: E402
 from export.model import DBNet  # noqa: E402
 from export.onnx_export import export_onnx, parity, sample_inputs  # noqa: E402
@@ -81,7 +81,7 @@ def test_deform_conv_zero_offsets_is_plain_conv():
 
 def test_fp32_export_opset17_single_file_metadata_and_parity(tmp_path):
     path = tmp_path / "out" / "dbnet.onnx"
-    spec = ModelSpec(arch="custom", limit_side=640, thresh=0.25)
+    spec = ModelSpec(arch="custom").replace(limit_side=640, thresh=0.25)
     report = export_onnx(tiny_dbnet(), path, opset=17, spec=spec, example_shape=SMALL,
                          parity_shapes=PARITY)
     assert report.passed and report.max_abs <= 1e-4

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from engine.lazy import cupy_or_none
-from engine.modelspec import ModelSpec, preset
+from dbnet.spec import ModelSpec, preset
 from pipeline.gpu_preprocess import axis_table, emulate
 from pipeline.preprocess import preprocess
 

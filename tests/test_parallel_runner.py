@@ -62,11 +62,12 @@ def test_bad_input_fails_with_the_runner_error(toy):
 
 
 def test_detector_runs_on_a_parallel_runner(toy, rng):
-    from engine.modelspec import PRESETS
+    from dbnet.spec import PRESETS
     from pipeline.detector import Detector
 
     frames = [np.full((40, 60, 3), 255, np.uint8)] * 3
-    with Detector(ParallelRunner.onnxruntime(toy, sessions=2), limit_side=64) as det:
+    with Detector(ParallelRunner.onnxruntime(toy, sessions=2),
+                  lambda spec: spec.replace(limit_side=64)) as det:
         assert det.spec == PRESETS["db"].replace(limit_side=64)  # no metadata: DB defaults
         results = det.detect_batch(frames)
     assert all((r.boxes_xyxy[:, 2:] <= [60, 40]).all() for r in results)
@@ -74,19 +75,20 @@ def test_detector_runs_on_a_parallel_runner(toy, rng):
 
 
 def test_load_runner_sessions_and_spin(toy, rng):
-    from engine.loader import load_runner
+    from engine.loader import RunnerOptions, load_runner
 
     x = rng.standard_normal((4, 3, 16, 16)).astype(np.float32)
     with OnnxRuntimeRunner(toy, device="cpu", threads=1) as single:
         expected = single.infer(x)["prob"]
-    runner = load_runner(toy, backend="onnxruntime", device="cpu", sessions=2, spin=False)
+    runner = load_runner(toy, backend="onnxruntime", device="cpu",
+                         options=RunnerOptions(sessions=2, spin=False))
     assert isinstance(runner, ParallelRunner) and runner.parallelism == 2
     with runner:
         np.testing.assert_array_equal(runner.infer(x)["prob"], expected)
     with pytest.raises(ModelError, match="sessions must be >= 1"):
-        load_runner(toy, sessions=-1)
+        load_runner(toy, options=RunnerOptions(sessions=-1))
     with pytest.raises(ModelError, match="for ONNX Runtime on the CPU"):
-        load_runner(toy, backend="tensorrt", sessions=2)
+        load_runner(toy, backend="tensorrt", options=RunnerOptions(sessions=2))
 
 
 @pytest.mark.parametrize("spin, entry", [(None, ""), (True, "1"), (False, "0")])

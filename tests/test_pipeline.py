@@ -8,6 +8,8 @@ import time
 
 import pytest
 
+from engine.loader import RunnerOptions
+from pipeline.detector import Detector
 from pipeline.runner import Pipeline
 from pipeline.sinks import CallbackSink, JsonlSink
 from pipeline.sources import Reconnect, VideoFileSource
@@ -15,6 +17,10 @@ from pipeline.sources import Reconnect, VideoFileSource
 from media import FakeDetector, SimulatedCamera, frame_image, index_of, write_video
 
 STAGE_THREADS = ("decode:", "preprocess", "infer", "postprocess", "sink", "read:")
+
+
+def _detector(model):
+    return Detector(model, options=RunnerOptions(threads=1))
 
 
 def pipeline_threads():
@@ -164,8 +170,9 @@ def test_pipeline_runs_once_and_closes_its_sinks(videos, tmp_path):
 def test_real_model_end_to_end_on_generated_video(tmp_path, tiny_onnx):
     video = write_video(tmp_path / "clip.mp4", frames=6, height=90, width=160)
     out = tmp_path / "dets.jsonl"
-    pipe = Pipeline([video], model=tiny_onnx, threads=1, sinks=[JsonlSink(out)], batch=2,
-                    box_thresh=0.0, thresh=0.5)
+    detector = Detector(tiny_onnx, lambda spec: spec.replace(box_thresh=0.0, thresh=0.5),
+                        options=RunnerOptions(threads=1))
+    pipe = Pipeline([video], detector, close_detector=True, sinks=[JsonlSink(out)], batch=2)
     report = pipe.run()
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert report["frames"] == 6 == len(lines)
@@ -179,7 +186,7 @@ def test_image_folder_through_the_pipeline(tmp_path, tiny_onnx):
 
     for i, (h, w) in enumerate([(40, 60), (64, 64), (40, 60)]):
         cv2.imwrite(str(tmp_path / f"{i}.png"), frame_image(i, h, w))
-    results = list(Pipeline([tmp_path], model=tiny_onnx, threads=1, batch=3))
+    results = list(Pipeline([tmp_path], _detector(tiny_onnx), close_detector=True, batch=3))
     assert [f.source.split("/")[-1] for f, _ in results] == ["0.png", "1.png", "2.png"]
     assert [tuple(f.size) for f, _ in results] == [(40, 60), (64, 64), (40, 60)]
 
@@ -233,7 +240,7 @@ def test_a_sink_failing_to_close_still_closes_the_others_and_the_detector(tmp_pa
     video = write_video(tmp_path / "clip.mp4", frames=5)
     first, broken, last = (JsonlSink(tmp_path / "a.jsonl"), _BrokenCloseSink(tmp_path / "b.jsonl"),
                            JsonlSink(tmp_path / "c.jsonl"))
-    pipe = Pipeline([video], model=tiny_onnx, threads=1, sinks=[first, broken, last])
+    pipe = Pipeline([video], _detector(tiny_onnx), close_detector=True, sinks=[first, broken, last])
     with pytest.raises(OSError, match="disk full while closing"):
         pipe.run()
     assert first._fh.closed and last._fh.closed

@@ -3,8 +3,8 @@ import cv2
 import numpy as np
 import pytest
 
-from engine.errors import DbrtError, ShapeError
-from engine.modelspec import ModelSpec
+from dbnet.spec import ModelSpec
+from engine.errors import DbrtError, ModelError, ShapeError
 from pipeline.postprocess import DBPostprocessor, PostprocessConfig, PostprocessError, cpu
 from pipeline.preprocess import Letterbox, make_letterbox
 
@@ -28,13 +28,15 @@ def test_bad_options_raise_one_clear_error(options):
     assert next(iter(options)) in str(info.value)
 
 
-def test_from_spec_takes_thresholds_and_overrides():
-    spec = ModelSpec(thresh=0.25, box_thresh=0.55, unclip_ratio=1.8)
-    cfg = PostprocessConfig.from_spec(spec, box_type="poly", score_mode=None)
+def test_the_spec_carries_the_post_processing_settings():
+    spec = ModelSpec().replace(thresh=0.25, box_thresh=0.55, unclip_ratio=1.8, box_type="poly")
+    cfg = spec.post
     assert (cfg.thresh, cfg.box_thresh, cfg.unclip_ratio) == (0.25, 0.55, 1.8)
     assert cfg.box_type == "poly" and cfg.score_mode == "fast"
-    with pytest.raises(PostprocessError, match="unknown"):
-        PostprocessConfig.from_spec(spec, threshold=0.2)
+    with pytest.raises(ModelError, match="unknown"):
+        spec.replace(threshold=0.2)
+    with pytest.raises(PostprocessError, match="box_thresh"):
+        spec.replace(box_thresh=1.5)
     with pytest.raises(PostprocessError):
         DBPostprocessor(cfg, device="tpu")
 

@@ -7,11 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dbnet.model_check import check_io, check_spec_source, probability_map, suggest_preset
+from dbnet.spec import MAX_INPUT_SIDE, PRESETS, ModelSpec, preset, resolve_spec, target_size
 from engine.base import TensorInfo
 from engine.errors import ModelError, ShapeError
-from engine.model_check import check_io, check_spec_source, probability_map, suggest_preset
-from engine.modelspec import MAX_INPUT_SIDE, PRESETS, ModelSpec, preset, resolve_spec
-from pipeline.preprocess import preprocess, target_size
+from engine.loader import RunnerOptions
+from pipeline.preprocess import preprocess
+
+ONE_THREAD = RunnerOptions(threads=1)
 
 
 def _rapidocr():
@@ -41,31 +44,34 @@ def test_ppocr_preset_matches_rapidocr_config():
     assert spec.color == "BGR"  # RapidOCR's LoadImage hands the detector BGR images
     np.testing.assert_allclose(spec.mean, np.array(det["mean"]) * 255.0)
     np.testing.assert_allclose(spec.std, np.array(det["std"]) * 255.0)
-    assert spec.limit_side == det["limit_side_len"]
-    assert (det["limit_type"], spec.limit_type) == ("min", "min_at_least")
-    assert (spec.thresh, spec.box_thresh, spec.unclip_ratio) == (
+    assert spec.resize.limit_side == det["limit_side_len"]
+    assert (det["limit_type"], spec.resize.limit_type) == ("min", "min_at_least")
+    assert (spec.post.thresh, spec.post.box_thresh, spec.post.unclip_ratio) == (
         det["thresh"], det["box_thresh"], det["unclip_ratio"])
     for key in ("use_dilation", "max_candidates", "score_mode"):
-        assert spec.extra[key] == det[key]
+        assert getattr(spec.post, key) == det[key]
 
 
 def test_mmocr_preset_is_imagenet_rgb_with_aspect_kept():
     spec = preset("mmocr")
     assert spec.color == "RGB" and spec.mean == (123.675, 116.28, 103.53)
     assert spec.std == (58.395, 57.12, 57.375)
-    assert (spec.thresh, spec.box_thresh, spec.unclip_ratio) == (0.3, 0.3, 1.5)
-    assert spec.extra["keep_aspect"] is True
+    assert (spec.post.thresh, spec.post.box_thresh, spec.post.unclip_ratio) == (0.3, 0.3, 1.5)
+    assert spec.resize.keep_aspect is True and spec.post.max_candidates == 3000
 
 
-def test_preset_wins_over_metadata_and_overrides_apply_last():
-    ours = ModelSpec(arch="dbnet_resnet18", thresh=0.2).to_json()
-    spec = resolve_spec({"dbrt": ours}, "ppocr", box_thresh=0.7, thresh=None)
-    assert spec.arch == "ppocr-det" and spec.box_thresh == 0.7 and spec.thresh == 0.3
+def test_preset_wins_over_metadata_and_changes_are_typed():
+    ours = ModelSpec(arch="dbnet_resnet18").replace(thresh=0.2).to_json()
+    spec = resolve_spec({"dbrt": ours}, "ppocr").replace(box_thresh=0.7)
+    assert spec.arch == "ppocr-det" and spec.post.box_thresh == 0.7 and spec.post.thresh == 0.3
+    assert spec.post.use_dilation is True  # the rest of the preset's post-processing is kept
+    with pytest.raises(ModelError, match="unknown model option.*threshold"):
+        spec.replace(threshold=0.2)
     assert resolve_spec({}, None) == PRESETS["db"]
     with pytest.raises(ModelError, match="unknown preset 'paddle'.*mmocr, ppocr"):
         resolve_spec({}, "paddle")
     with pytest.raises(ModelError, match="limit_type must be one of min, max, min_at_least"):
-        ModelSpec(limit_type="short")
+        ModelSpec().replace(limit_type="short")
 
 
 @pytest.mark.parametrize("h,w,expected", [
@@ -106,7 +112,7 @@ def test_ppocr_normalisation_matches_rapidocr(rng):
     spec = preset("ppocr")
     ours, _ = preprocess(frame, spec)
     det = _rapidocr_det_config()
-    theirs = DetPreProcess(spec.limit_side, det["limit_type"], det["mean"], det["std"])(frame)
+    theirs = DetPreProcess(spec.resize.limit_side, det["limit_type"], det["mean"], det["std"])(frame)
     assert theirs.shape[1:] == ours.shape
     np.testing.assert_allclose(ours, theirs[0], atol=1e-5)
 
@@ -242,11 +248,12 @@ def test_rapidocr_det_model_passes_the_checks_with_the_ppocr_preset():
 def test_preset_post_processing_options_reach_the_postprocessor():
     from pipeline.postprocess import PostprocessConfig
 
-    config = PostprocessConfig.from_spec(preset("ppocr"))
+    config = preset("ppocr").post
+    assert isinstance(config, PostprocessConfig)
     assert (config.use_dilation, config.max_candidates, config.score_mode) == (True, 1000, "fast")
     assert (config.thresh, config.box_thresh, config.unclip_ratio) == (0.3, 0.5, 1.6)
-    assert PostprocessConfig.from_spec(preset("ppocr"), use_dilation=False).use_dilation is False
-    assert PostprocessConfig.from_spec(preset("db")).use_dilation is False
+    assert preset("ppocr").replace(use_dilation=False).post.use_dilation is False
+    assert preset("db").post.use_dilation is False
 
 
 # -- through the Detector --------------------------------------------------------------------
@@ -255,10 +262,10 @@ def test_detector_refuses_a_ppocr_model_without_preset_and_runs_it_with_one():
 
     path = _rapidocr_det_model()
     with pytest.raises(ModelError, match="pass --preset ppocr"):
-        Detector(path, backend="onnxruntime", device="cpu", threads=1)
+        Detector(path, backend="onnxruntime", device="cpu", options=ONE_THREAD)
     frame = np.full((96, 128, 3), 255, np.uint8)
-    with Detector(path, backend="onnxruntime", device="cpu", threads=1, preset="ppocr",
-                  limit_side=128) as det:
+    with Detector(path, lambda spec: spec.replace(limit_side=128), preset="ppocr",
+                  backend="onnxruntime", device="cpu", options=ONE_THREAD) as det:
         assert det.post.config.use_dilation and det.spec.arch == "ppocr-det"
         assert det.infer(det.prepare([frame])[0]).shape == (1, 128, 160)
 
@@ -268,12 +275,12 @@ def test_detector_catches_a_logit_model_run_as_probabilities(tmp_path):
 
     path = _logit_onnx(tmp_path / "logits.onnx")
     frame = np.full((40, 60, 3), 250, np.uint8)
-    with Detector(path, backend="onnxruntime", device="cpu", threads=1, preset="mmocr",
-                  limit_side=64) as det:
+    with Detector(path, lambda spec: spec.replace(limit_side=64), preset="mmocr",
+                  backend="onnxruntime", device="cpu", options=ONE_THREAD) as det:
         with pytest.raises(ModelError, match="returns logits"):
             det.detect(frame)
-    with Detector(path, backend="onnxruntime", device="cpu", threads=1, preset="mmocr",
-                  limit_side=64, output_is_prob=False) as det:
+    with Detector(path, lambda spec: spec.replace(limit_side=64, output_is_prob=False),
+                  preset="mmocr", backend="onnxruntime", device="cpu", options=ONE_THREAD) as det:
         dets = det.detect(frame)  # the uniform bright frame is all "text" for this toy model
         assert len(dets) == 1 and (dets.boxes_xyxy[0, 2:] <= [60, 40]).all()
 
@@ -291,7 +298,7 @@ def test_detector_agrees_with_rapidocr_on_a_real_image(shared_data):
     image = cv2.imread(str(shared_data / "realdev" / "images" / "ic15_train_img_1.jpg"))
 
     theirs = RapidOcrDetector(path, threads=1)(image)
-    with Detector(path, backend="onnxruntime", device="cpu", threads=1, preset="ppocr") as det:
+    with Detector(path, preset="ppocr", backend="onnxruntime", device="cpu", options=ONE_THREAD) as det:
         ours = det.detect(image)
     result = evaluate_image(theirs, [False] * len(theirs), ours.polygons)
     assert len(theirs) >= 3 and result.hmean == 1.0

@@ -11,14 +11,14 @@ pytest.importorskip("onnxconverter_common")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from engine.errors import ModelError, SourceError  # noqa: E402
-from engine.modelspec import METADATA_KEY, ModelSpec  # noqa: E402
+from dbnet.spec import METADATA_KEY, ModelSpec  # noqa: E402
 from export import quantize  # noqa: E402
 from export.accuracy import compare_models, synthetic_images  # noqa: E402
 from export.onnx_graph import get_metadata, set_metadata  # noqa: E402
 from export.trt_compat import check_onnx  # noqa: E402
 from pipeline.preprocess import preprocess  # noqa: E402
 
-SPEC = ModelSpec(arch="test", limit_side=64)
+SPEC = ModelSpec(arch="test").replace(limit_side=64)
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +179,7 @@ def test_cli_export_all_precisions(image_dir, tmp_path, capsys):
     assert "UNTRAINED" in text and "parity PASSED" in text and text.count("compatible") == 3
     assert "int8 vs fp32 on 2 images" in text
     meta = ModelSpec.from_metadata(get_metadata(onnx.load(str(out))))
-    assert meta.extra == {"untrained": True}
+    assert meta.untrained is True and meta.int8 is None
 
 
 def test_cli_export_errors(tmp_path, capsys):
@@ -293,14 +293,14 @@ def test_keep_fp32_sensitive_leaves_the_top_ranked_layers_unquantized(fp32_model
     assert ranked[0].mse > 0 and all(r.macs > 0 for r in ranked if r.op_type != "Add")
 
     out = quantize.to_int8(fp32_model, tmp_path / "sens.onnx", calibration, "minmax", keep_fp32_sensitive=3)
-    extra = quantize.model_spec(out).extra
-    assert extra["int8_fp32_layers"] == [r.name for r in ranked[:3]]  # deterministic ranking
-    assert 0.0 < extra["int8_mac_share"] < 1.0 or all(r.op_type == "Add" for r in ranked[:3])
+    notes = quantize.model_spec(out).int8
+    assert list(notes.fp32_layers) == [r.name for r in ranked[:3]]  # deterministic ranking
+    assert 0.0 < notes.mac_share < 1.0 or all(r.op_type == "Add" for r in ranked[:3])
     int8 = onnx.load(str(out))
     by_name = {n.name: n for n in int8.graph.node}
     for layer in ranked:
         if layer.op_type in ("Conv", "ConvTranspose"):
-            assert _weight_quantized(int8, by_name[layer.name]) == (layer.name not in extra["int8_fp32_layers"])
+            assert _weight_quantized(int8, by_name[layer.name]) == (layer.name not in notes.fp32_layers)
 
 
 def test_conv_macs_count_output_elements_times_kernel(fp32_model):
@@ -326,7 +326,7 @@ def test_keep_fp32_nodes_are_checked(fp32_model, tmp_path, calibration):
                            keep_fp32_nodes=["/backbone/conv1/Conv"])
     stem = [n for n in onnx.load(str(out)).graph.node if n.name == "/backbone/conv1/Conv"][0]
     assert not _weight_quantized(onnx.load(str(out)), stem)
-    assert quantize.model_spec(out).extra["int8_fp32_layers"] == ["/backbone/conv1/Conv"]
+    assert quantize.model_spec(out).int8.fp32_layers == ("/backbone/conv1/Conv",)
 
 
 def test_cli_export_keep_fp32_sensitive(image_dir, tmp_path, capsys):
@@ -361,5 +361,5 @@ def test_keep_fp32_sensitive_counts_layers_beyond_the_other_exclusions(fp32_mode
     stem = quantize.stem_nodes(onnx.load(str(fp32_model)))
     out = quantize.to_int8(fp32_model, tmp_path / "both.onnx", calibration, "minmax",
                            keep_fp32_stem=True, keep_fp32_sensitive=2)
-    kept = quantize.model_spec(out).extra["int8_fp32_layers"]
+    kept = list(quantize.model_spec(out).int8.fp32_layers)
     assert kept == stem + [r.name for r in ranked if r.name not in stem][:2]

@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from dbnet.spec import ModelSpec
 from engine.errors import DbrtError, ModelError, ShapeError
 from engine.loader import load_runner
 from engine.onnxruntime_runner import OnnxRuntimeRunner
@@ -11,7 +12,7 @@ def test_runner_infers_dynamic_shapes(tiny_onnx):
     with OnnxRuntimeRunner(tiny_onnx, device="cpu") as runner:
         assert runner.input_names == ("images",) and runner.output_names == ("prob",)
         assert runner.inputs[0].shape[1] == 3
-        assert runner.spec is not None and runner.spec.limit_side == 256
+        assert ModelSpec.from_metadata(runner.metadata).resize.limit_side == 256
         for shape in [(1, 3, 64, 64), (2, 3, 96, 128)]:
             out = runner.infer(np.zeros(shape, np.float32))["prob"]
             assert out.shape == (shape[0], 1) + shape[2:]

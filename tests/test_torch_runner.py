@@ -3,6 +3,7 @@ Runtime on CPU; on a GPU (marked gpu) CuPy in, CuPy out on its own stream."""
 import numpy as np
 import pytest
 
+from dbnet.spec import ModelSpec
 from engine.errors import DbrtError, ShapeError
 from engine.lazy import cupy_or_none
 
@@ -25,7 +26,7 @@ def test_cpu_runner_matches_the_onnx_export(tiny_model, tiny_onnx, rng):
     batch = rng.random((2, 3, 64, 96), dtype=np.float32)
     with TorchRunner(tiny_model) as runner:
         assert runner.output_device == "cpu" and runner.output_names == ("prob",)
-        assert runner.spec.arch == "dbnet_resnet18_w0.25"
+        assert ModelSpec.from_metadata(runner.metadata).arch == "dbnet_resnet18_w0.25"
         out = runner.infer(batch)["prob"]
         with pytest.raises(ShapeError):
             runner.infer(np.zeros((1, 4, 64, 64), np.float32))

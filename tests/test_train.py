@@ -131,7 +131,7 @@ def test_smoke_training_then_fine_tune_then_ship(tmp_path):
 
     proto = onnx.load(str(tmp_path / "m.onnx"))
     assert any(n.op_type == "Cast" for n in proto.graph.node)
-    assert json.loads({p.key: p.value for p in proto.metadata_props}["dbrt"])["limit_side"] == 64
+    assert json.loads({p.key: p.value for p in proto.metadata_props}["dbrt"])["resize"]["limit_side"] == 64
 
 
 def test_dbrt_train_rejects_bad_data(tmp_path, capsys):

@@ -3,6 +3,7 @@ from dataclasses import replace
 
 import pytest
 
+from engine.loader import RunnerOptions
 from export.synth.dataset import write_dataset
 from pipeline.datasets import open_dataset
 from pipeline.detector import Detector
@@ -19,7 +20,7 @@ def synthetic_val(tmp_path_factory):
 
 
 def test_grid_is_sorted_and_its_best_row_is_what_a_plain_run_scores(synthetic_val):
-    with Detector(threads=1) as det:
+    with Detector(options=RunnerOptions(threads=1)) as det:
         rows = tune_postprocess(det, synthetic_val, thresh=(0.2, 0.3), box_thresh=(0.25, 0.5),
                                 unclip_ratio=(1.3, 1.5))
         assert len(rows) == 6  # box_thresh 0.25 < thresh 0.3 is skipped

@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 
 from engine.errors import DbrtError
-from engine.modelspec import DB_MEAN_BGR
+from dbnet.spec import DB_MEAN_BGR
 
 from ..synth.scene import SceneConfig, make_scene
 from .augment import DB_PAPER, AugmentConfig, augment

@@ -22,7 +22,7 @@ from typing import Optional
 import numpy as np
 
 from engine.errors import ModelError
-from engine.modelspec import ModelSpec
+from dbnet.spec import ModelSpec
 
 REPO = Path(__file__).resolve().parents[2]
 WEIGHTS = REPO / "export" / "assets" / "dbnet_default.pt"
@@ -134,7 +134,7 @@ def ship(checkpoint, spec_changes: Optional[dict] = None, weights: Path = WEIGHT
     state = fp16_state(model)
     torch.save(state, str(weights))
     load_weights(model, weights)  # the ONNX is made from exactly the shipped (fp16) values
-    spec = ModelSpec(arch=model.arch_name, **(spec_changes or {}))
+    spec = ModelSpec(arch=model.arch_name).replace(**(spec_changes or {}))
     tmp = Path(onnx_path).with_suffix(".fp32.onnx")
     report = export_onnx(model, tmp, opset=17, spec=spec)
     proto = onnx.load(str(tmp))

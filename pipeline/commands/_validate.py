@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Callable, Optional
 
-from engine.modelspec import MAX_INPUT_SIDE
+from dbnet.spec import MAX_INPUT_SIDE
 
 MIN_INPUT_SIDE = 32  # the network stride of every DB-family model
 DEVICES = ("auto", "cpu", "cuda")

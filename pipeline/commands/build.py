@@ -116,12 +116,19 @@ def _options(args, spec, backend, trt):
     else:
         timing = timing_cache_path(trt.__version__, backend.device_info())
     return BuildOptions(
-        precision=args.precision, profile=profile_from_args(args),
+        precision=args.precision, profile=profile_from_args(args) or _resize_profile(spec),
         workspace=args.workspace * (1 << 20) if args.workspace else None, opt_level=args.opt_level,
         timing_cache=timing, strongly_typed=args.strongly_typed,
         version_compatible=args.version_compatible, hardware_compatible=args.hardware_compatible,
         calibration=calibration_source(args.calib, spec, args.calib_count) if args.calib else None,
         calibration_cache=Path(args.calib_cache) if args.calib_cache else None)
+
+
+def _resize_profile(spec):
+    """The video profile of the model's resize rule (dbnet.spec.default_profile)."""
+    from dbnet.spec import default_profile
+
+    return default_profile(spec.resize.limit_side, spec.resize.limit_type, spec.resize.stride)
 
 
 def run(args) -> int:
@@ -130,7 +137,7 @@ def run(args) -> int:
 
     from engine import cuda
     from engine.lazy import require
-    from engine.modelspec import resolve_spec
+    from dbnet.spec import resolve_spec
     from engine.onnx_info import summarize_onnx
     from engine.progress import BuildProgress
     from engine.tensorrt_build import build_engine_file

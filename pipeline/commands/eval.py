@@ -68,12 +68,9 @@ def _tune(args, dataset) -> int:
 
 
 def _detector(args):
-    from pipeline.detector import Detector
+    from ._model import build_detector
 
-    return Detector(args.model, backend=args.backend, device=args.device, preset=args.preset,
-                    threads=args.threads, limit_side=args.limit_side, limit_type=args.limit_type,
-                    thresh=args.thresh, box_thresh=args.box_thresh, unclip_ratio=args.unclip_ratio,
-                    box_type=args.box_type)
+    return build_detector(args)
 
 
 def _image_callback(args, total: int, timings: list):

@@ -102,7 +102,7 @@ def _spec(args, model, checkpoint):
                                      box_thresh=args.box_thresh,
                                      unclip_ratio=args.unclip_ratio).items() if v is not None}
     if args.random_init:
-        changes["extra"] = {"untrained": True}
+        changes["untrained"] = True
     base = sidecar_spec(checkpoint) if checkpoint else None
     if base is not None:
         print(f"model settings from {Path(checkpoint).with_suffix('.json')}")
@@ -130,12 +130,12 @@ def _variants(args, fp32_path: Path, spec) -> list:
                                       ("decoder", args.keep_fp32_decoder),
                                       (f"{args.keep_fp32_sensitive} most sensitive layers",
                                        args.keep_fp32_sensitive)) if on]
-        extra = quantize.model_spec(out[-1]).extra
-        share = f"; {extra['int8_mac_share']:.0%} of conv MACs INT8" if "int8_mac_share" in extra else ""
+        notes = quantize.model_spec(out[-1]).int8
+        share = f"; {notes.mac_share:.0%} of conv MACs INT8" if notes else ""
         print(f"wrote {out[-1]} (INT8 Q/DQ, {args.calib_method} calibration on {len(data)} inputs"
               f"{', FP32 ' + ' + '.join(kept) if kept else ''}{share})")
         if args.keep_fp32_sensitive:
-            print("  FP32 layers: " + ", ".join(extra.get("int8_fp32_layers", [])))
+            print("  FP32 layers: " + ", ".join(notes.fp32_layers if notes else ()))
     return out
 
 

@@ -21,5 +21,26 @@ def run(args) -> int:
     from engine.describe import describe, format_description
 
     info = describe(args.model)
-    print(json.dumps(info, indent=2) if args.json else format_description(info))
+    spec = _model_spec(info)
+    if args.json:
+        info["spec"] = None if spec is None else json.loads(spec.to_json())
+        print(json.dumps(info, indent=2))
+    else:
+        info["extra_lines"] = [] if spec is None else [_spec_line(spec)]
+        print(format_description(info))
     return 0
+
+
+def _model_spec(info: dict):
+    """The dbrt ModelSpec in the model's (or the engine record's) metadata, or None."""
+    from dbnet.spec import ModelSpec
+
+    record = info.get("record") or {}
+    return ModelSpec.from_metadata(info.get("metadata") or record.get("metadata") or {})
+
+
+def _spec_line(spec) -> str:
+    r, p = spec.resize, spec.post
+    return (f"spec: {spec.arch}, {spec.color}, mean {list(spec.mean)}, std {list(spec.std)}, "
+            f"limit_side {r.limit_side} ({r.limit_type}), thresh {p.thresh}, "
+            f"box_thresh {p.box_thresh}, unclip {p.unclip_ratio}")

@@ -83,19 +83,24 @@ def build_pipeline(args):
     from engine.loader import ASSETS
     from pipeline.metrics import Progress
     from pipeline.runner import Pipeline
-    from pipeline.sources import Reconnect
+    from pipeline.sources import Reconnect, open_sources
+
+    from ._model import build_detector
 
     retries = None if args.reconnect < 0 else args.reconnect
     reconnect = Reconnect(retries=retries, delay=args.reconnect_delay) if retries != 0 else None
+    sources = open_sources(args.sources or [str(ASSETS / "demo.mp4")], reconnect=reconnect,
+                           decode_threads=args.decode_threads)
+    try:
+        detector = build_detector(args)
+    except BaseException:
+        for source in sources:
+            source.close()
+        raise
     pipe = Pipeline(
-        args.sources or [str(ASSETS / "demo.mp4")], model=args.model, batch=args.batch,
+        sources, detector, close_detector=True, batch=args.batch,
         batch_timeout=args.batch_timeout_ms / 1e3, queue_size=args.queue_size,
-        max_frames=args.max_frames, stop_signals=(signal.SIGINT, signal.SIGTERM),
-        source_options=dict(reconnect=reconnect, decode_threads=args.decode_threads),
-        backend=args.backend, device=args.device, preset=args.preset,
-        keep_aspect=args.keep_aspect or None, input_size=args.input_size, threads=args.threads,
-        sessions=args.sessions, spin=None if args.ort_spin is None else args.ort_spin == "on",
-        **_spec_options(args))
+        max_frames=args.max_frames, stop_signals=(signal.SIGINT, signal.SIGTERM))
     out = Path(args.output)
     try:
         pipe.sinks.extend(_sinks(pipe, out, args))
@@ -108,14 +113,6 @@ def build_pipeline(args):
         pipe.callbacks.append(lambda frame, dets: progress.update(pipe.dropped))
     _print_header(pipe, out)
     return pipe, progress, out
-
-
-def _spec_options(args) -> dict:
-    options = dict(thresh=args.thresh, box_thresh=args.box_thresh, unclip_ratio=args.unclip_ratio,
-                   limit_side=args.limit_side)
-    if args.max_side:
-        options.update(limit_side=args.max_side, limit_type="max")
-    return options
 
 
 def _sinks(pipe, out: Path, args) -> list:
@@ -167,7 +164,7 @@ def _print_header(pipe, out: Path) -> None:
     det = pipe.detector
     spec = det.spec
     rule = (f"{det.input_size[0]}x{det.input_size[1]}" if det.input_size
-            else f"{spec.limit_type} side {spec.limit_side}")
+            else f"{spec.resize.limit_type} side {spec.resize.limit_side}")
     names = ", ".join(s.name for s in pipe.sources)
     print(f"dbrt run: {names} -> {out}/  [{det.runner.name}, {spec.arch}, input {rule}, "
           f"batch {pipe.batch}]", file=sys.stderr)

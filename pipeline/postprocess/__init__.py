@@ -2,7 +2,7 @@
 (PaddleOCR `DBPostProcess`, MhLiao `SegDetectorRepresenter`), on the CPU or the GPU.
 
     from pipeline.postprocess import DBPostprocessor, PostprocessConfig
-    post = DBPostprocessor(PostprocessConfig.from_spec(spec))
+    post = DBPostprocessor(spec.post)
     detections = post(prob, letterboxes, metas)   # one Detections per map
 
 - cpu.py: NumPy / OpenCV, the reference's steps with the per-contour Python work vectorised;
@@ -17,7 +17,7 @@ rule, output coordinates are rounded to whole frame pixels. One deliberate diffe
 polygon mode score_mode="slow" scores the filled contour (PaddleOCR ignores score_mode there).
 CuPy is imported only when a CuPy map is processed.
 """
-from .config import BOX_TYPES, SCORE_MODES, PostprocessConfig, PostprocessError
+from dbnet.postprocess_config import BOX_TYPES, SCORE_MODES, PostprocessConfig, PostprocessError
 from .postprocessor import DBPostprocessor
 
 __all__ = ["DBPostprocessor", "PostprocessConfig", "PostprocessError", "BOX_TYPES", "SCORE_MODES"]

@@ -20,7 +20,8 @@ from typing import List, Tuple
 import cv2
 import numpy as np
 
-from .config import PostprocessConfig
+from dbnet.postprocess_config import PostprocessConfig
+
 from .geometry import box_points, expand_polygons, expand_quads, order_quads, unclip_distances
 
 _SCRATCH = threading.local()

@@ -21,7 +21,7 @@ import numpy as np
 from engine.lazy import array_module
 
 from .arrays import dilate_2x2, to_host
-from .config import PostprocessConfig, PostprocessError
+from dbnet.postprocess_config import PostprocessConfig, PostprocessError
 from .cpu import Candidates, find_candidates, finish, masked_means
 
 

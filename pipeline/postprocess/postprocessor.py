@@ -17,7 +17,7 @@ from pipeline.detections import Detections
 from pipeline.preprocess import Letterbox
 
 from . import cpu
-from .config import PostprocessConfig, PostprocessError
+from dbnet.postprocess_config import PostprocessConfig, PostprocessError
 from .geometry import to_frame
 
 DEVICES = ("auto", "cpu", "gpu")

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from typing import Optional, Sequence, Tuple
 
-from .errors import ModelError, ShapeError
-from .lazy import array_module
-from .modelspec import PRESETS, ModelSpec
+from engine.errors import ModelError, ShapeError
+from engine.lazy import array_module
+from .spec import PRESETS, ModelSpec
 
 # Paddle2ONNX names a PP-OCR det graph's image input "x"; its output names vary by version.
 _PADDLE_INPUT = "x"
@@ -74,9 +74,9 @@ def check_io(inputs: Sequence, outputs: Sequence, spec: ModelSpec) -> str:
                          f"takes (N, 3, H, W) images{hint}")
     for dim in image.shape[2:]:
         size = _fixed(dim)
-        if size is not None and size % spec.stride:
+        if size is not None and size % spec.resize.stride:
             raise ModelError(f"input {image.name!r} has fixed size {image.shape[2:]}, not a "
-                             f"multiple of the stride {spec.stride}{hint}")
+                             f"multiple of the stride {spec.resize.stride}{hint}")
     output = _pick_output(outputs, spec)
     _check_output_layout(output, hint)
     return output.name

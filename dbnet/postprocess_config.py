@@ -67,19 +67,6 @@ class PostprocessConfig:
         if self.box_type not in BOX_TYPES:
             raise PostprocessError(f"box_type must be one of {BOX_TYPES}, got {self.box_type!r}")
 
-    @classmethod
-    def from_spec(cls, spec, **overrides) -> "PostprocessConfig":
-        """thresh / box_thresh / unclip_ratio from a ModelSpec, then any option named in its
-        `extra`, then `overrides` (None = keep)."""
-        base = dict(thresh=spec.thresh, box_thresh=spec.box_thresh, unclip_ratio=spec.unclip_ratio)
-        # presets of foreign models carry further options in spec.extra (e.g. PP-OCR's dilation)
-        base.update({k: v for k, v in spec.extra.items() if k in cls.__dataclass_fields__})
-        unknown = set(overrides) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise PostprocessError(f"unknown post-processing option(s): {', '.join(sorted(unknown))}")
-        base.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**base)
-
     def replace(self, **changes) -> "PostprocessConfig":
         return replace(self, **changes)
 

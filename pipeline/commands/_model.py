@@ -1,0 +1,35 @@
+"""The model flags shared by `dbrt run` and `dbrt eval`, turned into typed settings once: runner
+options (engine.loader.RunnerOptions), the changes to the model's ModelSpec, and the Detector."""
+from __future__ import annotations
+
+
+def runner_options(args):
+    """RunnerOptions from --threads / --sessions / --ort-spin (flags a command lacks stay default)."""
+    from engine.loader import RunnerOptions
+
+    spin = getattr(args, "ort_spin", None)
+    return RunnerOptions(threads=getattr(args, "threads", 0) or 0,
+                         sessions=getattr(args, "sessions", 1) or 1,
+                         spin=None if spin is None else spin == "on")
+
+
+def spec_changes(args) -> dict:
+    """The ModelSpec fields the flags set: resize rule and post-processing (None: keep)."""
+    names = ("limit_side", "limit_type", "thresh", "box_thresh", "unclip_ratio", "box_type")
+    changes = {name: getattr(args, name, None) for name in names}
+    if getattr(args, "max_side", None):
+        changes.update(limit_side=args.max_side, limit_type="max")
+    if getattr(args, "keep_aspect", False):
+        changes["keep_aspect"] = True
+    return {k: v for k, v in changes.items() if v is not None}
+
+
+def build_detector(args):
+    """The Detector the flags describe: --model / --backend / --device / --preset / --input-size,
+    runner options and the changes to the model's own ModelSpec."""
+    from pipeline.detector import Detector
+
+    changes = spec_changes(args)
+    return Detector(args.model, (lambda spec: spec.replace(**changes)) if changes else None,
+                    preset=args.preset, input_size=getattr(args, "input_size", None),
+                    backend=args.backend, device=args.device, options=runner_options(args))
