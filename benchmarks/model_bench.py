@@ -22,7 +22,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from engine.lazy import optional
+from engine.lazy import optional, require
 
 from . import common
 
@@ -42,8 +42,8 @@ class ModelUnderTest:
     notes: List[str] = field(default_factory=list)
 
     def describe(self) -> dict:
-        return {"onnx": str(self.onnx.relative_to(common.REPO) if self.onnx.is_relative_to(common.REPO)
-                            else self.onnx.name),
+        inside = self.onnx.is_relative_to(common.REPO)
+        return {"onnx": str(self.onnx.relative_to(common.REPO) if inside else self.onnx.name),
                 "sha256": common.file_sha256(self.onnx), "size_mb": round(self.onnx.stat().st_size / 1e6, 2),
                 "label": self.label, "trained": self.trained, "notes": self.notes}
 
@@ -72,10 +72,9 @@ def load_model(model: Optional[Path] = None, weights: Optional[Path] = None,
 
 def _arch(path) -> str:
     from dbnet.spec import ModelSpec
-    from engine.onnxruntime_runner import OnnxRuntimeRunner
+    from engine.onnx_info import summarize_onnx
 
-    with OnnxRuntimeRunner(path, device="cpu") as runner:
-        spec = ModelSpec.from_metadata(runner.metadata) or ModelSpec()
+    spec = ModelSpec.from_metadata(summarize_onnx(path).metadata) or ModelSpec()
     return spec.arch + (" (untrained)" if spec.untrained else "")
 
 
@@ -153,14 +152,11 @@ def make_variants(mut: ModelUnderTest, precisions: Sequence[str], spec, workdir:
 
 
 def _calibration(spec, workdir: Path):
-    from export.quantize import calibration_inputs
+    from pipeline.sampling import calibration_inputs
 
-    source = VIDEO
+    source = VIDEO if VIDEO.is_file() else workdir / "calibration_frame.png"
     if not VIDEO.is_file():
-        import cv2
-
-        source = workdir / "calibration_frame.png"
-        cv2.imwrite(str(source), sample_frame())
+        require("cv2").imwrite(str(source), sample_frame())
     return calibration_inputs(source, spec, count=8, limit_side=320)
 
 

@@ -37,7 +37,7 @@ TARGET = 0.9
 
 def pick_model(path: Optional[str], workdir: Path):
     """(model path, description): --model, else the shipped model, else random weights."""
-    from engine.loader import ASSETS
+    from pipeline.shipped import ASSETS
 
     if path:
         return Path(path), f"{Path(path).name} (given)"

@@ -46,8 +46,8 @@ def _model(args):
 
 
 def _calibration(spec, count: int, side: int):
-    from export.accuracy import synthetic_images
-    from export.quantize import calibration_inputs
+    from export.synth import synthetic_images
+    from pipeline.sampling import calibration_inputs
     from pipeline.preprocess import preprocess
 
     videos = [v for v in VIDEOS if (common.SHARED_DATA / v).is_file()]
@@ -67,7 +67,8 @@ def _calibration(spec, count: int, side: int):
 
 
 def _eval_sets(n_synth: int) -> dict:
-    from export.accuracy import read_images, synthetic_images
+    from export.synth import synthetic_images
+    from pipeline.sampling import read_images
 
     sets = {"synthetic": synthetic_images(n_synth)}
     realdev = common.SHARED_DATA / "realdev" / "images"
@@ -106,7 +107,7 @@ def run(args) -> dict:
 
 
 def _run_in(args, work: Path) -> dict:
-    from export.accuracy import compare_many, int8_noise_floor
+    from pipeline.accuracy import compare_many, int8_noise_floor
     from export.onnx_export import export_onnx
     from export.trt_compat import check_onnx
 

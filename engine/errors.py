@@ -6,7 +6,7 @@ class DbrtError(Exception):
 
 
 class ModelError(DbrtError):
-    """The model file is missing, unreadable, or not a DBNet-like detector."""
+    """The model file is missing or unreadable, or does not fit what it is used for."""
 
 
 class ShapeError(DbrtError):

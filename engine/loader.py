@@ -56,18 +56,6 @@ class RunnerOptions:
 ALL_OPTIONS = tuple(f.name for f in fields(RunnerOptions))
 ORT_OPTIONS = ("threads", "sessions", "spin")
 ENGINE_OPTIONS = ("cuda_graph",)  # a prebuilt .engine takes only these
-# Shipped model and demo video live with the runtime package.
-ASSETS = Path(__file__).resolve().parent.parent / "pipeline" / "assets"
-
-
-def default_model_path() -> Path:
-    """The detector shipped with dbrt (pipeline/assets/dbnet_default.onnx)."""
-    path = ASSETS / "dbnet_default.onnx"
-    if not path.is_file():
-        raise ModelError(f"the shipped default model is missing ({path}); pass --model")
-    return path
-
-
 def tensorrt_usable() -> bool:
     """TensorRT is importable and a CUDA GPU is usable through CuPy."""
     return optional("tensorrt") is not None and _cuda.default_backend() is not None
@@ -82,9 +70,9 @@ def _refuse(options: RunnerOptions, allowed, backend: str) -> None:
         raise ModelError(f"{backend} cannot honour the option(s) {names}")
 
 
-def load_runner(model: Optional[os.PathLike] = None, backend: str = "auto", device: str = "auto",
+def load_runner(model: os.PathLike, backend: str = "auto", device: str = "auto",
                 options: Optional[RunnerOptions] = None) -> Runner:
-    """A (not yet activated) runner for `model` (default: the shipped model).
+    """A (not yet activated) runner for the model file `model` (.onnx, .engine, .plan).
 
     backend "auto" runs an .onnx with TensorRT through the engine cache when TensorRT and a GPU
     are usable (and device is not "cpu"), else with ONNX Runtime; `options` (RunnerOptions) must
@@ -95,7 +83,7 @@ def load_runner(model: Optional[os.PathLike] = None, backend: str = "auto", devi
         raise ModelError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if device not in DEVICES:  # never fall back silently: 'gpu0' must not run on the CPU
         raise ModelError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
-    path = Path(model) if model is not None else default_model_path()
+    path = Path(model)
     if not path.exists():
         raise ModelError(f"model file not found: {path}")
     if path.is_dir():

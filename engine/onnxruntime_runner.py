@@ -103,8 +103,6 @@ class OnnxRuntimeRunner(Runner):
         self._inputs = tuple(self._info(t) for t in self._session.get_inputs())
         self._outputs = tuple(self._info(t) for t in self._session.get_outputs())
         self._meta = dict(self._session.get_modelmeta().custom_metadata_map)
-        if len(self._inputs) != 1:
-            raise ModelError(f"expected a detector with one image input, model has {len(self._inputs)}")
         # On the CUDA provider with CuPy present, inputs and outputs stay on the GPU (I/O binding).
         gpu = "CUDAExecutionProvider" in self._session.get_providers()
         self._cupy = cupy_or_none() if gpu else None

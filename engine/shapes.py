@@ -72,7 +72,7 @@ class ShapeProfile:
         for shape in (self.min, self.opt, self.max):
             if shape[2] % stride or shape[3] % stride:
                 raise ShapeError(f"profile {self}: H and W must be multiples of {stride} "
-                                 f"(DBNet downsamples by {stride})")
+                                 f"(the model downsamples by {stride})")
         return self
 
     def contains(self, shape: Sequence[int]) -> bool:

@@ -127,7 +127,7 @@ def parse_onnx(trt, network, logger, summary: OnnxSummary):
 
 def _input_profile(network, requested: Optional[ShapeProfile], summary: OnnxSummary) -> ShapeProfile:
     if network.num_inputs != 1:
-        raise ModelError(f"expected a detector with one image input, {summary.path.name} has "
+        raise ModelError(f"dbrt builds engines with one input (one optimisation profile); {summary.path.name} has "
                          f"{network.num_inputs}")
     dims = tuple(int(d) for d in network.get_input(0).shape)
     if all(d >= 0 for d in dims):

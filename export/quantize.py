@@ -1,15 +1,15 @@
 """FP16 and INT8 ONNX from an FP32 dbrt ONNX, for TensorRT's strongly typed path (10.x / 11.x).
 
-    from export.quantize import to_fp16, to_int8, calibration_inputs
+    from export.quantize import to_fp16, to_int8
     to_fp16("m.onnx", "m_fp16.onnx")                               # FP32 inputs / outputs kept
-    data = calibration_inputs("frames/", spec, count=64)           # or a video file
+    data = calibration_inputs("frames/", spec, count=64)  # from pipeline.sampling; or a video
     to_int8("m.onnx", "m_int8.onnx", data, method="entropy", keep_fp32_head=True, keep_fp32_stem=True)
     to_int8("m.onnx", "m_int8.onnx", data, keep_fp32_sensitive=20)   # most sensitive layers FP32
 
 FP16: NVIDIA ModelOpt AutoCast when `modelopt` is installed, else onnxconverter-common's
 float16 converter (keep_io_types). INT8: ONNX Runtime `quantize_static`, QDQ format, symmetric
 (zero point 0) activations and per-channel weights - what TensorRT's explicit quantization
-needs - calibrated with the runtime preprocessing (`pipeline.preprocess.preprocess`). The input
+needs - calibrated on inputs made by the runtime preprocessing (pipeline.sampling). The input
 opset is kept, so an opset-17 model stays usable on TensorRT 8.6. Both outputs are single files
 carrying the source's dbrt metadata with `precision` updated.
 """
@@ -22,7 +22,7 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import List, Sequence
 
 import numpy as np
 
@@ -143,37 +143,6 @@ def _fp16_modelopt(model):
 
 
 # ----------------------------------------------------------------------------------- INT8
-
-def calibration_inputs(source, spec: ModelSpec, count: int = 32, limit_side: Optional[int] = None,
-                       exclude: Sequence[str] = ()) -> List[np.ndarray]:
-    """`count` (1, 3, H, W) inputs from an image folder / glob / file or frames spread evenly over a
-    video, preprocessed exactly as at runtime (spec's colour order, normalisation, resize rule).
-
-    `limit_side` overrides the spec's resize target (smaller is faster to calibrate on a CPU);
-    `exclude` names image files to skip (e.g. those used for the accuracy report).
-    """
-    from pipeline.preprocess import preprocess
-    from pipeline.sources import open_source
-
-    if count < 1:
-        raise SourceError("calibration needs at least one image")
-    if limit_side:
-        spec = spec.replace(limit_side=limit_side)
-    skip = {os.path.basename(str(e)) for e in exclude}
-    inputs = []
-    with open_source(str(source)) as src:
-        # video: frames spread over the whole clip; images: the first `count` not excluded
-        step = 1 if src.kind == "images" else max(1, (src.total_frames or count) // count)
-        for frame in src:
-            if frame.index % step or os.path.basename(str(frame.source)) in skip:
-                continue
-            inputs.append(preprocess(frame.image, spec)[0][None])
-            if len(inputs) == count:
-                break
-    if not inputs:
-        raise SourceError(f"no calibration frames read from {source}")
-    return inputs
-
 
 def head_nodes(proto) -> List[str]:
     """Names of the output head: the ConvTranspose / Relu / Sigmoid chain back from the

@@ -26,6 +26,7 @@ from engine.loader import RunnerOptions, load_runner
 from .detections import Detections
 from .postprocess import DBPostprocessor
 from .preprocess import Letterbox, preprocess_batch
+from .shipped import default_model_path
 
 class Detector:
     """A DBNet text detector: model + its ModelSpec + DB post-processing.
@@ -53,7 +54,8 @@ class Detector:
             options = options or RunnerOptions()
             if options.profile is None:  # an engine built from an .onnx follows the resize rule
                 options = dataclasses.replace(options, profile=lambda meta: profile_for(meta, preset))
-            self.runner = load_runner(model, backend=backend, device=device, options=options)
+            self.runner = load_runner(default_model_path() if model is None else model,
+                                      backend=backend, device=device, options=options)
         self.runner.activate()
         if isinstance(spec, ModelSpec):
             self.spec = spec

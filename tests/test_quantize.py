@@ -13,7 +13,9 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from engine.errors import ModelError, SourceError  # noqa: E402
 from dbnet.spec import METADATA_KEY, ModelSpec  # noqa: E402
 from export import quantize  # noqa: E402
-from export.accuracy import compare_models, synthetic_images  # noqa: E402
+from export.synth import synthetic_images  # noqa: E402
+from pipeline.accuracy import compare_models  # noqa: E402
+from pipeline.sampling import calibration_inputs  # noqa: E402
 from export.onnx_graph import get_metadata, set_metadata  # noqa: E402
 from export.trt_compat import check_onnx  # noqa: E402
 from pipeline.preprocess import preprocess  # noqa: E402
@@ -45,7 +47,7 @@ def image_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def calibration(image_dir):
-    return quantize.calibration_inputs(image_dir, SPEC, count=3)
+    return calibration_inputs(image_dir, SPEC, count=3)
 
 
 def _run(path, x):
@@ -57,17 +59,17 @@ def _consts(proto):
 
 
 def test_calibration_inputs_match_runtime_preprocessing(image_dir):
-    inputs = quantize.calibration_inputs(image_dir, SPEC, count=2, exclude=["img0.png"])
+    inputs = calibration_inputs(image_dir, SPEC, count=2, exclude=["img0.png"])
     assert len(inputs) == 2 and inputs[0].shape == (1, 3, 64, 96)
     expected, _ = preprocess(cv2.imread(str(image_dir / "img1.png")), SPEC)
     np.testing.assert_array_equal(inputs[0][0], expected)
     with pytest.raises(SourceError):
-        quantize.calibration_inputs(image_dir / "absent", SPEC)
+        calibration_inputs(image_dir / "absent", SPEC)
 
 
 def test_calibration_from_video_frames(shared_data):
     video = shared_data / "video" / "pexels_lightbox_text_960x506.mp4"
-    inputs = quantize.calibration_inputs(video, SPEC, count=2, limit_side=64)
+    inputs = calibration_inputs(video, SPEC, count=2, limit_side=64)
     assert len(inputs) == 2 and inputs[0].shape == (1, 3, 64, 128)
     assert not np.array_equal(inputs[0], inputs[1])  # frames spread over the video
 
@@ -243,8 +245,8 @@ def test_keep_fp32_decoder_quantizes_the_backbone_only(fp32_model, tmp_path, cal
 @pytest.mark.parametrize("method", ["entropy", "percentile", "minmax"])
 def test_calibration_on_images_of_different_sizes(fp32_model, tmp_path, image_dir, method):
     """A user's folder holds images of many sizes: every method must cope (ORT alone cannot)."""
-    mixed = [np.concatenate([c, c], axis=3) for c in quantize.calibration_inputs(image_dir, SPEC, 1)]
-    mixed += quantize.calibration_inputs(image_dir, SPEC.replace(limit_side=96), 1)
+    mixed = [np.concatenate([c, c], axis=3) for c in calibration_inputs(image_dir, SPEC, 1)]
+    mixed += calibration_inputs(image_dir, SPEC.replace(limit_side=96), 1)
     assert len({m.shape for m in mixed}) == 2
     out = quantize.to_int8(fp32_model, tmp_path / f"mixed_{method}.onnx", mixed, method)
     assert ModelSpec.from_metadata(get_metadata(onnx.load(str(out)))).precision == "int8"
@@ -343,7 +345,7 @@ def test_cli_export_keep_fp32_sensitive(image_dir, tmp_path, capsys):
 
 
 def test_int8_noise_floor_runs_the_same_graph_two_ways(tmp_path):
-    from export.accuracy import int8_noise_floor
+    from pipeline.accuracy import int8_noise_floor
 
     ref = _dark_text_model(tmp_path / "ref.onnx")
     images = synthetic_images(3, 192, 256, first_seed=5)

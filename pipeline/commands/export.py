@@ -113,6 +113,7 @@ def _spec(args, model, checkpoint):
 def _variants(args, fp32_path: Path, spec) -> list:
     from engine.errors import DbrtError
     from export import quantize
+    from pipeline.sampling import calibration_inputs
 
     out = [fp32_path]
     if "fp16" in args.precision:
@@ -122,7 +123,7 @@ def _variants(args, fp32_path: Path, spec) -> list:
     if "int8" in args.precision:
         if not args.calib:
             raise DbrtError("--precision int8 needs --calib IMAGES_OR_VIDEO")
-        data = quantize.calibration_inputs(args.calib, spec, args.calib_count, args.calib_side)
+        data = calibration_inputs(args.calib, spec, args.calib_count, args.calib_side)
         out.append(quantize.to_int8(fp32_path, fp32_path.with_name(f"{fp32_path.stem}_int8.onnx"),
                                     data, args.calib_method, args.keep_fp32_head, args.keep_fp32_stem,
                                     args.keep_fp32_decoder, args.keep_fp32_sensitive))
@@ -140,7 +141,8 @@ def _variants(args, fp32_path: Path, spec) -> list:
 
 
 def run(args) -> int:
-    from export.accuracy import compare_many, read_images
+    from pipeline.accuracy import compare_many
+    from pipeline.sampling import read_images
     from export.onnx_export import export_onnx, has_deform_conv
     from export.trt_compat import check_onnx
 

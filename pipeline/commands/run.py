@@ -80,7 +80,7 @@ def build_pipeline(args):
     """Sources are opened first (a bad path fails before the model loads), then the model."""
     import signal
 
-    from engine.loader import ASSETS
+    from pipeline.shipped import DEMO_VIDEO
     from pipeline.metrics import Progress
     from pipeline.runner import Pipeline
     from pipeline.sources import Reconnect, open_sources
@@ -89,7 +89,7 @@ def build_pipeline(args):
 
     retries = None if args.reconnect < 0 else args.reconnect
     reconnect = Reconnect(retries=retries, delay=args.reconnect_delay) if retries != 0 else None
-    sources = open_sources(args.sources or [str(ASSETS / "demo.mp4")], reconnect=reconnect,
+    sources = open_sources(args.sources or [str(DEMO_VIDEO)], reconnect=reconnect,
                            decode_threads=args.decode_threads)
     try:
         detector = build_detector(args)

@@ -1,25 +1,32 @@
 """How much do FP16 / INT8 change what the detector finds? Low precision vs FP32, per image.
 
-    from export.accuracy import compare_models, synthetic_images
-    result = compare_models("m.onnx", "m_int8.onnx", synthetic_images(8))
+    from pipeline.accuracy import compare_models
+    result = compare_models("m.onnx", "m_int8.onnx", images)    # BGR uint8 arrays
     result.max_abs, result.mean_abs      # probability-map difference
     result.hmean                         # box agreement: INT8 boxes scored against FP32 boxes
 
 Box agreement uses the ICDAR 2015 protocol of `pipeline.evaluate` (IoU > 0.5, one-to-one) with
 the FP32 detections as ground truth, after the same `DBPostprocessor` on both maps. Images come
-from `export.synth` (deterministic), a folder / video (`pipeline.sources`), or any BGR arrays;
-use images the INT8 model was not calibrated on. ONNX Runtime on the CPU runs both models (it
+from `export.synth.synthetic_images` (deterministic), a folder / video
+(`pipeline.sampling.read_images`), or any BGR arrays; use images the INT8 model was not
+calibrated on. ONNX Runtime on the CPU runs both models (it
 upcasts FP16 internally, so the FP16 figures check the graph, not GPU FP16 arithmetic).
 """
 from __future__ import annotations
 
-import os
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from typing import Iterable, List, Optional, Sequence
 
 import numpy as np
 
+from dbnet.spec import resolve_spec
 from engine.errors import SourceError
+from engine.onnxruntime_runner import OnnxRuntimeRunner
+
+from .evaluate import evaluate_image
+from .postprocess import DBPostprocessor
+from .preprocess import preprocess
 
 
 @dataclass
@@ -61,32 +68,6 @@ class PrecisionComparison:
                 f"P {self.precision_score:.4f} R {self.recall:.4f} hmean {self.hmean:.4f}")
 
 
-def synthetic_images(count: int, height: int = 480, width: int = 640,
-                     first_seed: int = 10_000) -> List[np.ndarray]:
-    """Deterministic synthetic scene-text images (seeds far from the training range)."""
-    from .synth import make_scene
-
-    return [make_scene(first_seed + i, height, width).image for i in range(count)]
-
-
-def read_images(source, count: Optional[int] = None, exclude: Sequence[str] = ()) -> List[np.ndarray]:
-    """Up to `count` BGR images from a folder / glob / image / video, skipping `exclude` names."""
-    from pipeline.sources import open_source
-
-    skip = {os.path.basename(str(e)) for e in exclude}
-    images = []
-    with open_source(str(source)) as src:
-        for frame in src:
-            if os.path.basename(str(frame.source)) in skip:
-                continue
-            images.append(frame.image)
-            if count and len(images) == count:
-                break
-    if not images:
-        raise SourceError(f"no images read from {source}")
-    return images
-
-
 def _run(runner, chw: np.ndarray) -> np.ndarray:
     name = runner.inputs[0].name
     return next(iter(runner.infer({name: chw[None]}).values())).astype(np.float32)
@@ -106,23 +87,16 @@ def compare_many(reference, candidates: Sequence, images: Iterable[np.ndarray], 
     `candidate_config`: ONNX Runtime session config entries for the candidates only, e.g.
     {"session.disable_quant_qdq": "1"} runs a Q/DQ model as float ops on dequantized values
     (see `int8_noise_floor`)."""
-    from contextlib import ExitStack
-
-    from engine.onnxruntime_runner import OnnxRuntimeRunner
-    from pipeline.postprocess import DBPostprocessor
-    from pipeline.preprocess import preprocess
-
-    from .quantize import model_spec
-
-    spec = spec or model_spec(reference)
-    if limit_side:
-        spec = spec.replace(limit_side=limit_side)
-    post = DBPostprocessor(spec.post, device="cpu")
     tallies = [_Tally() for _ in candidates]
     with ExitStack() as stack:
         ref = stack.enter_context(OnnxRuntimeRunner(reference, "cpu", threads=threads))
         runners = [stack.enter_context(OnnxRuntimeRunner(c, "cpu", threads=threads, config=candidate_config))
                    for c in candidates]
+        precisions = [resolve_spec(r.metadata).precision for r in runners]
+        spec = spec or resolve_spec(ref.metadata)
+        if limit_side:
+            spec = spec.replace(limit_side=limit_side)
+        post = DBPostprocessor(spec.post, device="cpu")
         for image in images:
             chw, box = preprocess(image, spec)
             ref_map = _run(ref, chw)
@@ -132,7 +106,7 @@ def compare_many(reference, candidates: Sequence, images: Iterable[np.ndarray], 
                 tally.add(ref_map, cand_map, ref_dets, post(cand_map, [box])[0])
     if not tallies or not tallies[0].rows:
         raise SourceError("no images to compare on")
-    return [t.result(str(c), model_spec(c).precision) for c, t in zip(candidates, tallies)]
+    return [t.result(str(c), p) for c, t, p in zip(candidates, tallies, precisions)]
 
 
 def int8_noise_floor(model, images: Iterable[np.ndarray], spec=None,
@@ -153,8 +127,6 @@ class _Tally:
         self.rows, self.abs_sum, self.pixels = [], 0.0, 0
 
     def add(self, ref_map, cand_map, ref_dets, cand_dets) -> None:
-        from pipeline.evaluate import evaluate_image
-
         diff = np.abs(ref_map - cand_map)
         self.abs_sum, self.pixels = self.abs_sum + float(diff.sum()), self.pixels + diff.size
         result = evaluate_image(ref_dets.polygons, [False] * len(ref_dets), cand_dets.polygons)

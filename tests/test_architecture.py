@@ -1,0 +1,114 @@
+"""The architecture rules that keep the code navigable (docs/architecture.md):
+
+* layers point one way: engine/ <- dbnet/ <- export/ and engine/ <- dbnet/ <- pipeline/; only
+  the command line (pipeline/cli.py, pipeline/commands/) sees export/ too; imports inside
+  functions count like any other;
+* no import cycle between modules;
+* no module over 400 lines.
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+from typing import Dict, Set
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("engine", "dbnet", "export", "pipeline", "benchmarks")
+MAX_LINES = 400
+
+# what each layer may import (the command line sits on top of everything but benchmarks)
+ALLOWED = {
+    "engine": {"engine"},
+    "dbnet": {"engine", "dbnet"},
+    "export": {"engine", "dbnet", "export"},
+    "pipeline": {"engine", "dbnet", "pipeline"},
+    "cli": {"engine", "dbnet", "export", "pipeline"},
+}
+
+
+def _modules() -> Dict[str, Path]:
+    out = {}
+    for package in PACKAGES:
+        for path in (ROOT / package).rglob("*.py"):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+            out[name] = path
+    return out
+
+
+MODULES = _modules()
+
+
+def _layer(module: str) -> str:
+    if module in ("pipeline.cli", "pipeline.__main__") or module.startswith("pipeline.commands"):
+        return "cli"
+    return module.split(".")[0]
+
+
+def _imports(module: str, path: Path) -> Set[str]:
+    """Every dbrt module `module` imports, at the top or inside functions."""
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            names = [f"{base}.{alias.name}" for alias in node.names] + [base]
+        else:
+            continue
+        for name in names:
+            while name and name not in MODULES:  # `from x import function` -> module x
+                name = name.rpartition(".")[0]
+            if name and name != module:
+                found.add(name)
+    return found
+
+
+GRAPH = {module: _imports(module, path) for module, path in MODULES.items()}
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if _layer(m) in ALLOWED))
+def test_no_module_imports_a_higher_layer(module):
+    layer = _layer(module)
+    wrong = sorted(target for target in GRAPH[module] if target.split(".")[0] not in ALLOWED[layer])
+    assert not wrong, f"{module} ({layer}) imports {wrong}; it may import only {sorted(ALLOWED[layer])}"
+
+
+def test_no_import_cycles():
+    """Module-level cycles through package __init__ files are not counted (a package importing
+    its own submodules is not a cycle); every other chain must end."""
+    graph = {m: {t for t in targets if not (MODULES[t].name == "__init__.py" and m.startswith(t + "."))}
+             for m, targets in GRAPH.items()}
+    state: Dict[str, int] = {}
+
+    def visit(node, stack):
+        state[node] = 1
+        for target in sorted(graph[node]):
+            if state.get(target) == 1:
+                cycle = stack[stack.index(target):] + [target]
+                pytest.fail("import cycle: " + " -> ".join(cycle))
+            if target not in state:
+                visit(target, stack + [target])
+        state[node] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_no_module_is_over_400_lines(module):
+    lines = MODULES[module].read_text(encoding="utf-8").count("\n")
+    assert lines <= MAX_LINES, f"{MODULES[module].relative_to(ROOT)} has {lines} lines"
+
+
+def test_the_rules_see_imports_inside_functions():
+    """The checker itself: a function-level import is found like a module-level one."""
+    assert "pipeline.preprocess" in GRAPH["pipeline.sampling"]
+    assert "pipeline.sources.images" in GRAPH["pipeline.detector"]  # imported inside detect_batch
