@@ -145,7 +145,3 @@ def set_metadata(model, key: str, value: str) -> None:
 
 def get_metadata(model) -> Dict[str, str]:
     return {p.key: p.value for p in model.metadata_props}
-
-
-def opset_of(model) -> int:
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)

@@ -8,7 +8,7 @@ Shrink / expand offset D = A (1 - r^2) / L with r = 0.4 (A area, L perimeter).
 """
 from __future__ import annotations
 
-from typing import Dict, List, Sequence
+from typing import Dict, Sequence
 
 import cv2
 import numpy as np
@@ -94,7 +94,3 @@ def make_targets(polygons: Sequence[np.ndarray], ignore: Sequence[bool], height:
     thresh_map = canvas * (THRESH_MAX - THRESH_MIN) + THRESH_MIN
     return {"gt": gt, "mask": mask, "thresh_map": thresh_map.astype(np.float32),
             "thresh_mask": thresh_mask}
-
-
-def stack_targets(items: List[Dict[str, np.ndarray]]) -> Dict[str, np.ndarray]:
-    return {k: np.stack([it[k] for it in items]) for k in items[0]}
