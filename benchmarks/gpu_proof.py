@@ -214,7 +214,7 @@ def _ok(record: dict) -> dict:
 
 def _spec(mut):
     from dbnet.spec import resolve_spec
-    from engine.onnxruntime_runner import OnnxRuntimeRunner
+    from engine.onnxruntime.runner import OnnxRuntimeRunner
 
     with OnnxRuntimeRunner(mut.onnx, device="cpu") as probe:
         return resolve_spec(probe.metadata)

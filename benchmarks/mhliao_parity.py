@@ -223,7 +223,7 @@ def dbrt_export(checkpoint: Path, onnx_path: Path) -> List[str]:
 
 
 def onnx_prob(onnx_path: Path, batch: np.ndarray) -> np.ndarray:
-    from engine.onnxruntime_runner import OnnxRuntimeRunner
+    from engine.onnxruntime.runner import OnnxRuntimeRunner
 
     with OnnxRuntimeRunner(str(onnx_path), device="cpu", threads=1) as runner:
         return next(iter(runner.infer({"images": batch}).values()))

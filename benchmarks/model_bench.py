@@ -178,7 +178,7 @@ class Target:
 
 
 def onnxruntime_target(path: Path, device: str = "cpu", precision: str = "fp32", threads: int = 0) -> Target:
-    from engine.onnxruntime_runner import OnnxRuntimeRunner
+    from engine.onnxruntime.runner import OnnxRuntimeRunner
 
     runner = OnnxRuntimeRunner(path, device=device, threads=threads).activate()
     holder = {}
@@ -222,7 +222,7 @@ def default_targets(mut: ModelUnderTest, threads: int = 0,
     """Everything this machine can run: PyTorch CPU fp32 (the baseline), ORT CPU fp32 and any
     extra ORT precision variants (fp16 / int8 ONNX files); on CUDA also PyTorch fp32 / fp16 and
     ORT's CUDA provider when onnxruntime-gpu is installed."""
-    from engine.onnxruntime_runner import available_providers
+    from engine.onnxruntime.runner import available_providers
 
     torch = optional("torch")
     targets = []
@@ -353,7 +353,7 @@ def run(model=None, weights=None, sizes=(320, 480, 640, 736), batches=(1, 4), wa
     workdir = Path(tempfile.mkdtemp(prefix="dbrt-bench-"))
     mut = load_model(model, weights, workdir)
     from dbnet.spec import resolve_spec
-    from engine.onnxruntime_runner import OnnxRuntimeRunner
+    from engine.onnxruntime.runner import OnnxRuntimeRunner
 
     with OnnxRuntimeRunner(mut.onnx, device="cpu") as probe:
         spec = resolve_spec(probe.metadata)

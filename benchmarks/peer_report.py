@@ -80,7 +80,7 @@ def to_markdown(report: dict) -> str:
         "pre- and post-processing), frame after frame. dbrt `pipeline`: the threaded `Pipeline` "
         "(decode, preprocess, inference and DB post-processing overlap) on one ORT session; "
         "dbrt `pipeline, N sessions`: the same with batches of N frames split across N "
-        "single-thread sessions (`engine.parallel_runner`). Sampled-frame agreement uses "
+        "single-thread sessions (`engine.onnxruntime.parallel`). Sampled-frame agreement uses "
         "`Detector.detect` on single frames.",
         "",
         f"Load average (1 min) before / after the run: {load.get('before', '?')} / "

@@ -260,6 +260,6 @@ def default_profile(limit_side: int = 736, limit_type: str = "min", stride: int 
 
 def profile_for(metadata: dict, preset_name: Optional[str] = None) -> ShapeProfile:
     """The engine profile of a model from its metadata (or preset): what `dbrt build` and the
-    engine cache use when no profile is given (engine.tensorrt_build calls it for dynamic inputs)."""
+    engine cache use when no profile is given (engine.tensorrt.build calls it for dynamic inputs)."""
     resize = resolve_spec(metadata, preset_name).resize
     return default_profile(resize.limit_side, resize.limit_type, resize.stride)

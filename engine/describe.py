@@ -14,7 +14,7 @@ from typing import List
 from . import cuda as _cuda
 from .errors import ModelError
 from .lazy import optional
-from .record import EngineRecord
+from .tensorrt.record import EngineRecord
 
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 
@@ -46,7 +46,7 @@ def describe_engine(path: os.PathLike) -> dict:
                              f"({path.name}.json) and TensorRT or a GPU is not usable here")
         info["note"] = "TensorRT or a GPU is not usable here: showing the build record only"
         return info
-    from .tensorrt_runner import TensorRTRunner
+    from .tensorrt.runner import TensorRTRunner
 
     runner = TensorRTRunner(path, record=record)
     try:

@@ -23,10 +23,10 @@ class RunnerOptions:
     for, and asking a backend for an option it cannot honour is an error, never ignored.
 
     threads:  ONNX Runtime intra-op threads (0: ONNX Runtime's default)
-    sessions: ONNX Runtime on the CPU: that many sessions share each batch (engine.parallel_runner)
+    sessions: ONNX Runtime on the CPU: that many sessions share each batch (engine.onnxruntime.parallel)
     spin:     ONNX Runtime: whether idle intra-op threads busy-wait (None: ONNX Runtime's default)
     precision, profile, cuda_graph, workspace, opt_level, calibration, strongly_typed, progress:
-              TensorRT build / run options (engine.tensorrt_build.BuildOptions, TensorRTRunner);
+              TensorRT build / run options (engine.tensorrt.build.BuildOptions, TensorRTRunner);
               a `profile` function (model metadata -> profile) is the default used only when
               an engine is built
     """
@@ -92,7 +92,7 @@ def load_runner(model: os.PathLike, backend: str = "auto", device: str = "auto",
     if suffix in (".engine", ".plan", ".trt"):
         if backend == "onnxruntime":
             raise ModelError(f"{path} is a TensorRT engine; onnxruntime cannot run it")
-        from .tensorrt_runner import TensorRTRunner  # noqa: WPS433 - lazy: imports tensorrt
+        from .tensorrt.runner import TensorRTRunner  # noqa: WPS433 - lazy: imports tensorrt
 
         _refuse(options, ENGINE_OPTIONS, f"the prebuilt engine {path.name}")
         return TensorRTRunner(path, cuda_graph=options.cuda_graph)
@@ -103,15 +103,15 @@ def load_runner(model: os.PathLike, backend: str = "auto", device: str = "auto",
             raise ModelError("sessions > 1 is for ONNX Runtime on the CPU; a TensorRT engine "
                              "takes whole batches (use --batch)")
         _refuse(options, set(ALL_OPTIONS) - set(ORT_OPTIONS), "TensorRT")
-        from .cache import cached_engine_runner  # builds once, then reuses the cached engine
+        from .tensorrt.cache import cached_engine_runner  # builds once, then reuses the cached engine
 
         return cached_engine_runner(path, **options.asked(ALL_OPTIONS))
-    from .onnxruntime_runner import OnnxRuntimeRunner
+    from .onnxruntime.runner import OnnxRuntimeRunner
 
     _refuse(options, ORT_OPTIONS, "ONNX Runtime")
     threads, spin, sessions = options.threads, options.spin, options.sessions
     if sessions > 1:
-        from .parallel_runner import ParallelRunner
+        from .onnxruntime.parallel import ParallelRunner
 
         return ParallelRunner.onnxruntime(path, sessions, threads=threads or 1,
                                           device=device, spin=spin)

@@ -139,7 +139,7 @@ def parity(model, onnx_model, inputs: Sequence[np.ndarray], threads: int = 1) ->
     """Max / mean abs difference of the ONNX Runtime CPU output vs PyTorch for each input."""
     import torch
 
-    from engine.onnxruntime_runner import OnnxRuntimeRunner
+    from engine.onnxruntime.runner import OnnxRuntimeRunner
 
     data = onnx_model if isinstance(onnx_model, (str, os.PathLike)) else onnx_model.SerializeToString()
     results = []

@@ -2,7 +2,7 @@
 
 On CUDA it runs in FP16 on its own CuPy stream (`torch.cuda.ExternalStream`), takes CuPy or
 NumPy inputs (CuPy via DLPack, no copy) and returns CuPy outputs that stay on the GPU, exactly as
-`engine.tensorrt_runner.TensorRTRunner` does; on CPU it takes and returns NumPy. torch is an
+`engine.tensorrt.runner.TensorRTRunner` does; on CPU it takes and returns NumPy. torch is an
 export-time dependency, so this lives in `export/`.
 
     model, _ = model_from_checkpoint("db.pth")          # export.checkpoint

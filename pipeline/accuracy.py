@@ -22,7 +22,7 @@ import numpy as np
 
 from dbnet.spec import resolve_spec
 from engine.errors import SourceError
-from engine.onnxruntime_runner import OnnxRuntimeRunner
+from engine.onnxruntime.runner import OnnxRuntimeRunner
 
 from .evaluate import evaluate_image
 from .postprocess import DBPostprocessor

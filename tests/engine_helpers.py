@@ -8,7 +8,7 @@ import onnx
 import pytest
 
 import trt_double
-from engine.onnxruntime_runner import OnnxRuntimeRunner
+from engine.onnxruntime.runner import OnnxRuntimeRunner
 from engine.shapes import ShapeProfile
 
 # A small profile keeps the double's ONNX Runtime runs cheap.

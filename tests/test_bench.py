@@ -242,7 +242,7 @@ def test_gpu_proof_skips_steps_past_its_budget():
 def test_model_maps_from_any_runner(tiny_onnx):
     from benchmarks import gpu_checks
     from dbnet.spec import ModelSpec
-    from engine.onnxruntime_runner import OnnxRuntimeRunner
+    from engine.onnxruntime.runner import OnnxRuntimeRunner
 
     frames = [np.full((40, 60, 3), 200, np.uint8), np.zeros((40, 60, 3), np.uint8)]
     with OnnxRuntimeRunner(tiny_onnx, device="cpu", threads=1) as runner:

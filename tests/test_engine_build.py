@@ -9,11 +9,11 @@ from engine_helpers import (SMALL, fp16_copy, ort_prob, qdq_copy, trt,  # noqa: 
 
 from dbnet.spec import ModelSpec, profile_for
 from engine.errors import DbrtError, ModelError, ShapeError
-from engine.progress import BuildProgress
-from engine.record import EngineRecord
+from engine.tensorrt.progress import BuildProgress
+from engine.tensorrt.record import EngineRecord
 from engine.shapes import ShapeProfile
-from engine.tensorrt_build import BuildOptions, build_engine, build_engine_file, plan_precision
-from engine.tensorrt_runner import TensorRTRunner
+from engine.tensorrt.build import BuildOptions, build_engine, build_engine_file, plan_precision
+from engine.tensorrt.runner import TensorRTRunner
 from trt_double import fake_cuda
 
 

@@ -8,13 +8,13 @@ import pytest
 from engine_helpers import SMALL, ort_prob, trt  # noqa: F401
 
 import trt_double
-from engine.cache import cache_dir, cached_engine_runner
+from engine.tensorrt.cache import cache_dir, cached_engine_runner
 from engine.errors import ModelError, ShapeError
 from engine.loader import RunnerOptions, load_runner
-from engine.onnxruntime_runner import OnnxRuntimeRunner
-from engine.record import sidecar_path
-from engine.tensorrt_build import BuildOptions, build_engine_file
-from engine.tensorrt_runner import TensorRTRunner
+from engine.onnxruntime.runner import OnnxRuntimeRunner
+from engine.tensorrt.record import sidecar_path
+from engine.tensorrt.build import BuildOptions, build_engine_file
+from engine.tensorrt.runner import TensorRTRunner
 from trt_double import fake_cuda
 
 
@@ -90,6 +90,18 @@ def test_shapes_outside_the_profile(trt, tiny_onnx, tmp_path):
             with pytest.raises(ShapeError, match=r"outside the engine's profile \(min 1x3x32x32, "
                                                  r"opt 1x3x64x64, max 2x3x128x128\)"):
                 runner.infer(np.zeros(shape, np.float32))
+
+
+def test_runner_takes_bytes_an_engine_or_a_loader(trt, tiny_onnx, tmp_path):
+    engine = tmp_path / "m.engine"
+    build_engine_file(tiny_onnx, engine, BuildOptions(profile=SMALL))
+    x = np.zeros((1, 3, 64, 64), np.float32)
+    with TensorRTRunner(engine) as by_path:
+        expected = by_path.infer(x)["prob"]
+        made = by_path._engine  # an engine deserialized elsewhere
+    for source in (engine.read_bytes(), lambda: engine.read_bytes(), made, lambda: made):
+        with TensorRTRunner(source) as runner:
+            np.testing.assert_array_equal(np.asarray(runner.infer(x)["prob"]), np.asarray(expected))
 
 
 class CountingBackend(fake_cuda.HostBackend):

@@ -6,7 +6,7 @@ import pytest
 
 from engine.errors import ShapeError
 from engine.lazy import cupy_or_none
-from engine.progress import BuildProgress, progress_monitor
+from engine.tensorrt.progress import BuildProgress, progress_monitor
 from dbnet.spec import default_profile
 from engine.shapes import ShapeProfile, check_in_profile, parse_batch, parse_shape
 
@@ -106,8 +106,8 @@ def test_engine_modules_import_nothing_heavy():
     import subprocess
     import sys
 
-    code = ("import sys, engine.cache, engine.tensorrt_build, engine.tensorrt_runner, "
-            "engine.describe, engine.calibrator, engine.loader, pipeline.commands.build, "
+    code = ("import sys, engine.tensorrt.cache, engine.tensorrt.build, engine.tensorrt.runner, "
+            "engine.describe, engine.tensorrt.calibrator, engine.loader, pipeline.commands.build, "
             "pipeline.commands.info, export.torch_runner; "
             "print(sorted(m for m in ('tensorrt', 'cupy', 'torch', 'onnx', 'onnxruntime') "
             "if m in sys.modules))")

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from engine.errors import ModelError, ShapeError
-from engine.onnxruntime_runner import OnnxRuntimeRunner
-from engine.parallel_runner import ParallelRunner
+from engine.onnxruntime.runner import OnnxRuntimeRunner
+from engine.onnxruntime.parallel import ParallelRunner
 
 
 def _onnx(path: Path, scale: float = 3.0, channels: int = 3) -> Path:

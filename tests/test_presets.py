@@ -205,7 +205,7 @@ def _logit_onnx(path: Path, pool: int = 1) -> Path:
 
 
 def _run(path: Path, spec: ModelSpec, frame: np.ndarray):
-    from engine.onnxruntime_runner import OnnxRuntimeRunner
+    from engine.onnxruntime.runner import OnnxRuntimeRunner
 
     chw, _ = preprocess(frame, spec)
     with OnnxRuntimeRunner(path, device="cpu", threads=1) as runner:
@@ -233,7 +233,7 @@ def test_quarter_resolution_model_fails_clearly(tmp_path):
 
 def test_rapidocr_det_model_passes_the_checks_with_the_ppocr_preset():
     path = _rapidocr_det_model()
-    from engine.onnxruntime_runner import OnnxRuntimeRunner
+    from engine.onnxruntime.runner import OnnxRuntimeRunner
 
     with OnnxRuntimeRunner(path, device="cpu", threads=1) as runner:
         with pytest.raises(ModelError, match="--preset ppocr"):

@@ -5,7 +5,7 @@ import pytest
 from dbnet.spec import ModelSpec
 from engine.errors import DbrtError, ModelError, ShapeError
 from engine.loader import load_runner
-from engine.onnxruntime_runner import OnnxRuntimeRunner
+from engine.onnxruntime.runner import OnnxRuntimeRunner
 
 
 def test_runner_infers_dynamic_shapes(tiny_onnx):
@@ -41,3 +41,24 @@ def test_bad_model_files(tmp_path):
     other.write_text("x")
     with pytest.raises(ModelError):
         load_runner(other)
+
+
+def test_runner_takes_a_session_or_a_loader(tiny_onnx):
+    import onnxruntime as ort
+
+    x = np.random.default_rng(0).random((1, 3, 64, 64), np.float32)
+    with OnnxRuntimeRunner(tiny_onnx, device="cpu") as plain:
+        expected = plain.infer(x)["prob"]
+    session = ort.InferenceSession(str(tiny_onnx), providers=["CPUExecutionProvider"])
+    calls = []
+
+    def loader():  # called on activation, not before
+        calls.append(1)
+        return tiny_onnx.read_bytes()
+
+    lazy = OnnxRuntimeRunner(loader, device="cpu")
+    assert calls == []
+    for runner in (OnnxRuntimeRunner(session), lazy):
+        with runner:
+            np.testing.assert_array_equal(runner.infer(x)["prob"], expected)
+    assert calls == [1]

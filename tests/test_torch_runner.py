@@ -19,7 +19,7 @@ def tiny_model():
 
 
 def test_cpu_runner_matches_the_onnx_export(tiny_model, tiny_onnx, rng):
-    from engine.onnxruntime_runner import OnnxRuntimeRunner
+    from engine.onnxruntime.runner import OnnxRuntimeRunner
     from export.torch_runner import TorchRunner
 
     torch.set_num_threads(1)

@@ -106,8 +106,8 @@ def calibration_source(folder, spec, count: int):
 def _options(args, spec, backend, trt):
     from pathlib import Path
 
-    from engine.cache import timing_cache_path
-    from engine.tensorrt_build import BuildOptions
+    from engine.tensorrt.cache import timing_cache_path
+    from engine.tensorrt.build import BuildOptions
 
     if args.no_timing_cache:
         timing = None
@@ -139,8 +139,8 @@ def run(args) -> int:
     from engine.lazy import require
     from dbnet.spec import resolve_spec
     from engine.onnx_info import summarize_onnx
-    from engine.progress import BuildProgress
-    from engine.tensorrt_build import build_engine_file
+    from engine.tensorrt.progress import BuildProgress
+    from engine.tensorrt.build import build_engine_file
 
     summary = summarize_onnx(args.model)          # clear error for a bad ONNX before TensorRT
     trt = require("tensorrt")

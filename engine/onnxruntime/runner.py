@@ -6,9 +6,9 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .base import Runner, TensorInfo
-from .errors import ModelError, ShapeError
-from .lazy import cupy_or_none, require
+from ..base import Runner, TensorInfo
+from ..errors import ModelError, ShapeError
+from ..lazy import cupy_or_none, require
 
 _ORT_DTYPES = {
     "tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
@@ -45,7 +45,7 @@ def _with_provider_options(providers: Sequence[str]) -> list:
     out = []
     for name in providers:
         if name == "TensorrtExecutionProvider":
-            from .cache import cache_dir
+            from ..tensorrt.cache import cache_dir
 
             path = cache_dir() / "onnxruntime"
             path.mkdir(parents=True, exist_ok=True)
@@ -59,7 +59,10 @@ def _with_provider_options(providers: Sequence[str]) -> list:
 class OnnxRuntimeRunner(Runner):
     """Runs an ONNX model with ONNX Runtime.
 
-    `model` is a path or serialized bytes. `threads` sets intra-op threads (0: ORT default).
+    `model` is a path, serialized bytes, an `onnxruntime.InferenceSession`, or a loader: a
+    function returning any of these, called on activation (Polygraphy style). `threads` sets
+    intra-op threads (0: ORT default); like `spin`, `providers` and `config` it applies when this
+    runner makes the session.
     `spin` sets whether idle intra-op threads busy-wait for work (None: ORT default, on): off
     leaves the cores to the other pipeline stages between operators. `config`: further ONNX
     Runtime session config entries (e.g. {"session.set_denormal_as_zero": "1"}).
@@ -87,19 +90,8 @@ class OnnxRuntimeRunner(Runner):
         self._meta: Dict[str, str] = {}
 
     def _activate(self) -> None:
-        ort = require("onnxruntime")
-        opts = ort.SessionOptions()
-        if self._threads:
-            opts.intra_op_num_threads = self._threads
-        for key, value in self._config.items():
-            opts.add_session_config_entry(key, str(value))
-        opts.log_severity_level = 3
-        providers = _with_provider_options(self._providers or default_providers(self._device))
-        model = os.fspath(self._model) if not isinstance(self._model, bytes) else self._model
-        try:
-            self._session = ort.InferenceSession(model, sess_options=opts, providers=list(providers))
-        except Exception as exc:  # ORT raises its own exception types for bad files
-            raise ModelError(f"cannot load ONNX model {self._describe()}: {str(exc).splitlines()[0]}") from exc
+        source = self._model() if callable(self._model) else self._model
+        self._session = source if hasattr(source, "get_inputs") else self._make_session(source)
         self._inputs = tuple(self._info(t) for t in self._session.get_inputs())
         self._outputs = tuple(self._info(t) for t in self._session.get_outputs())
         self._meta = dict(self._session.get_modelmeta().custom_metadata_map)
@@ -108,8 +100,25 @@ class OnnxRuntimeRunner(Runner):
         self._cupy = cupy_or_none() if gpu else None
         self.output_device = "cuda" if self._cupy is not None else "cpu"
 
+    def _make_session(self, model):
+        ort = require("onnxruntime")
+        opts = ort.SessionOptions()
+        if self._threads:
+            opts.intra_op_num_threads = self._threads
+        for key, value in self._config.items():
+            opts.add_session_config_entry(key, str(value))
+        opts.log_severity_level = 3
+        providers = _with_provider_options(self._providers or default_providers(self._device))
+        model = os.fspath(model) if not isinstance(model, bytes) else model
+        try:
+            return ort.InferenceSession(model, sess_options=opts, providers=list(providers))
+        except Exception as exc:  # ORT raises its own exception types for bad files
+            raise ModelError(f"cannot load ONNX model {self._describe()}: {str(exc).splitlines()[0]}") from exc
+
     def _describe(self) -> str:
-        return "<bytes>" if isinstance(self._model, bytes) else str(self._model)
+        if isinstance(self._model, (str, os.PathLike)):
+            return str(self._model)
+        return "<bytes>" if isinstance(self._model, bytes) else f"<{type(self._model).__name__}>"
 
     @staticmethod
     def _info(t) -> TensorInfo:

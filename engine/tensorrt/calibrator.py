@@ -11,7 +11,7 @@ from typing import Iterable, Optional
 
 import numpy as np
 
-from .errors import ModelError
+from ..errors import ModelError
 
 
 def entropy_calibrator(trt, batches: Iterable[np.ndarray], backend,

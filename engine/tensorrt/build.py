@@ -16,14 +16,14 @@ from typing import Callable, Iterable, Optional, Tuple
 
 import numpy as np
 
-from . import cuda as _cuda
-from .errors import DbrtError, ModelError, ShapeError
-from .lazy import require
-from .onnx_info import OnnxSummary, summarize_onnx
+from .. import cuda as _cuda
+from ..errors import DbrtError, ModelError, ShapeError
+from ..lazy import require
+from ..onnx_info import OnnxSummary, summarize_onnx
 from .progress import BuildProgress, Heartbeat, progress_monitor
 from .record import EngineRecord
-from .shapes import Shape, ShapeProfile
-from .trt_logger import capturing_logger, log
+from ..shapes import Shape, ShapeProfile
+from .logger import capturing_logger, log
 
 PRECISIONS = ("auto", "fp32", "fp16", "int8")
 # Calibration data: given the calibration NCHW shape, yields float32 batches of that shape.

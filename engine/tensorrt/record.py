@@ -14,9 +14,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Dict, Optional
 
-from .cuda import DeviceInfo
-from .errors import ModelError
-from .shapes import ShapeProfile
+from ..cuda import DeviceInfo
+from ..errors import ModelError
+from ..shapes import ShapeProfile
 
 FORMAT = 1
 

@@ -19,13 +19,13 @@ from typing import Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
-from . import cuda as _cuda
-from .base import Runner, TensorInfo
-from .errors import DbrtError, ModelError, ShapeError
-from .lazy import require
+from .. import cuda as _cuda
+from ..base import Runner, TensorInfo
+from ..errors import DbrtError, ModelError, ShapeError
+from ..lazy import require
 from .record import EngineRecord
-from .shapes import ShapeProfile, check_in_profile
-from .trt_logger import capturing_logger, log
+from ..shapes import ShapeProfile, check_in_profile
+from .logger import capturing_logger, log
 
 
 @dataclass
@@ -46,7 +46,8 @@ class _ThreadState:
 
 
 class TensorRTRunner(Runner):
-    """Runs a TensorRT engine (path or serialized bytes) behind the Runner interface."""
+    """Runs a TensorRT engine behind the Runner interface: `engine` is a path, serialized bytes,
+    a deserialized engine, or a loader (a function returning any of these, called on activation)."""
 
     name = "tensorrt"
     output_device = "cuda"
@@ -74,7 +75,9 @@ class TensorRTRunner(Runner):
 
     # -- lifecycle ------------------------------------------------------------------------
     def _describe(self) -> str:
-        return "<bytes>" if isinstance(self._source, (bytes, bytearray)) else Path(self._source).name
+        if isinstance(self._source, (str, os.PathLike)):
+            return Path(self._source).name
+        return "<bytes>" if isinstance(self._source, (bytes, bytearray)) else f"<{type(self._source).__name__}>"
 
     def _activate(self) -> None:
         trt = require("tensorrt")
@@ -92,7 +95,9 @@ class TensorRTRunner(Runner):
         if self.record is not None and self.record.builder.get("version_compatible"):
             # version-compatible plans carry their own lean runtime (host code)
             self._runtime.engine_host_code_allowed = True
-        source = self._source
+        source = self._source() if callable(self._source) else self._source
+        if hasattr(source, "num_io_tensors"):  # deserialized elsewhere
+            return source
         data = bytes(source) if isinstance(source, (bytes, bytearray)) else Path(source).read_bytes()
         engine = self._runtime.deserialize_cuda_engine(data)
         if engine is None:

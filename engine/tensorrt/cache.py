@@ -15,14 +15,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
-from . import cuda as _cuda
-from .cuda import DeviceInfo
-from .lazy import require
-from .onnx_info import summarize_onnx
-from .shapes import ShapeProfile
-from .tensorrt_build import (BuildOptions, build_engine_file, has_strongly_typed_flag,
+from .. import cuda as _cuda
+from ..cuda import DeviceInfo
+from ..lazy import require
+from ..onnx_info import summarize_onnx
+from ..shapes import ShapeProfile
+from .build import (BuildOptions, build_engine_file, has_strongly_typed_flag,
                              has_weak_typing, plan_precision)
-from .tensorrt_runner import TensorRTRunner
+from .runner import TensorRTRunner
 
 ENV = "DBRT_ENGINE_CACHE"
 

@@ -15,8 +15,8 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .base import Runner, TensorInfo
-from .errors import ModelError
+from ..base import Runner, TensorInfo
+from ..errors import ModelError
 
 
 class ParallelRunner(Runner):
@@ -40,7 +40,7 @@ class ParallelRunner(Runner):
     def onnxruntime(cls, model: os.PathLike, sessions: int = 2, threads: int = 1,
                     device: str = "cpu", spin: Optional[bool] = None) -> "ParallelRunner":
         """`sessions` ONNX Runtime sessions of `threads` intra-op threads each."""
-        from .onnxruntime_runner import OnnxRuntimeRunner
+        from .runner import OnnxRuntimeRunner
 
         if sessions < 1 or threads < 1:
             raise ModelError(f"sessions and threads must be >= 1, got {sessions} and {threads}")
