@@ -19,19 +19,26 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+def tiny_torch_model(width: float = 0.25, seed: int = 0):
+    """The randomly initialised, compact PyTorch DBNet behind `tiny_onnx` (eval mode)."""
+    torch = pytest.importorskip("torch")
+    from export.model import DBNet
+
+    torch.manual_seed(seed)
+    return DBNet("resnet18", width=width).eval()
+
+
 def export_tiny_onnx(path: Path, width: float = 0.25, seed: int = 0) -> Path:
     """A randomly initialised, compact DBNet exported to ONNX with dbrt metadata.
 
     Kept independent of export.onnx_export so runtime tests do not depend on the exporter.
     """
-    torch = pytest.importorskip("torch")
     import onnx
+    import torch
 
     from dbnet.spec import ModelSpec
-    from export.model import DBNet
 
-    torch.manual_seed(seed)
-    model = DBNet("resnet18", width=width).eval()
+    model = tiny_torch_model(width, seed)
     x = torch.randn(1, 3, 64, 96)
     torch.onnx.export(model, x, str(path), input_names=["images"], output_names=["prob"],
                       dynamic_axes={"images": {0: "batch", 2: "height", 3: "width"},

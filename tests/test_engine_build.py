@@ -21,9 +21,10 @@ from trt_double import fake_cuda
 def test_build_serialize_load_infer_matches_onnxruntime(trt, tiny_onnx, tmp_path, rng, precision):
     engine = tmp_path / "tiny.engine"
     record = build_engine_file(tiny_onnx, engine, BuildOptions(precision=precision, profile=SMALL))
-    weak = hasattr(trt.BuilderFlag, "FP16")
-    assert record.precision == ("fp16" if weak and precision == "auto" else "fp32")
-    assert record.strongly_typed == (not weak)
+    # 8.6 / 10.x build an FP32 ONNX in FP16 by default; 11.x computes what the ONNX says
+    auto = {"8.6.1": "fp16", "10.3.0": "fp16", "11.4.0": "fp32"}[trt.__version__]
+    assert record.precision == (auto if precision == "auto" else "fp32")
+    assert record.strongly_typed == ASKED[(trt.__version__, "fp32", precision)][1]
     assert record.tensorrt_version == trt.__version__ and record.profile == SMALL
     assert record.compute_capability == fake_cuda.DEVICE.compute_capability
     with TensorRTRunner(engine) as runner:
@@ -71,10 +72,8 @@ def test_fp16_onnx_builds_strongly_typed(trt, tiny_onnx, tmp_path, rng):
     half = fp16_copy(tiny_onnx, tmp_path / "half.onnx")
     record = build_engine_file(half, tmp_path / "half.engine", BuildOptions(profile=SMALL))
     assert record.precision == "fp16"
-    weak = hasattr(trt.BuilderFlag, "FP16")
     # strongly typed where TensorRT can (10.x opt-in, 11.x always); 8.6 builds it weakly typed
-    assert record.strongly_typed == (not weak or hasattr(trt.NetworkDefinitionCreationFlag,
-                                                         "STRONGLY_TYPED"))
+    assert record.strongly_typed == {"8.6.1": False, "10.3.0": True, "11.4.0": True}[trt.__version__]
     batch = rng.random((1, 3, 64, 64), dtype=np.float32)
     with TensorRTRunner(tmp_path / "half.engine") as runner:
         np.testing.assert_allclose(runner.infer(batch)["prob"], ort_prob(tiny_onnx, batch), atol=2e-2)
@@ -84,10 +83,8 @@ def test_qdq_onnx_builds_int8_without_calibration(trt, tiny_onnx, tmp_path, rng)
     qdq = qdq_copy(tiny_onnx, tmp_path / "qdq.onnx")
     record = build_engine_file(qdq, tmp_path / "qdq.engine", BuildOptions(profile=SMALL))
     assert record.precision == "int8" and record.builder["calibration_batches"] is None
-    weak = hasattr(trt.BuilderFlag, "FP16")
-    strong_flag = hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")
-    assert record.strongly_typed == (not weak or strong_flag)
-    assert record.builder["flags"] == ([] if record.strongly_typed else ["INT8", "FP16"])
+    flags, strongly_typed = ASKED[(trt.__version__, "qdq", "auto")]
+    assert record.strongly_typed == strongly_typed and sorted(record.builder["flags"]) == flags
     batch = rng.random((1, 3, 64, 64), dtype=np.float32)
     with TensorRTRunner(tmp_path / "qdq.engine") as runner:
         np.testing.assert_allclose(runner.infer(batch)["prob"], ort_prob(qdq, batch), atol=1e-5)
@@ -198,3 +195,55 @@ def test_record_round_trip(trt, tiny_onnx, tmp_path):
     assert record.builder["opt_level"] == 2 and record.builder["workspace"] == 1 << 26
     assert record.onnx_name == "tiny.onnx" and len(record.onnx_sha256) == 64
     assert "dbrt" in record.metadata
+
+
+# What TensorRT is asked to do, written out per version (not derived from the flags dbrt reads):
+# builder flags, strongly typed network, and the optimisation profile, as the double's plan
+# recorded them from the builder config and the network definition.
+ASKED = {
+    # (TensorRT, ONNX, requested precision): (builder flags, strongly typed network)
+    ("8.6.1", "fp32", "auto"): (["FP16"], False),
+    ("8.6.1", "fp32", "fp32"): ([], False),
+    ("8.6.1", "fp16", "auto"): (["FP16"], False),        # 8.6 has no strongly typed networks
+    ("8.6.1", "qdq", "auto"): (["FP16", "INT8"], False),
+    ("10.3.0", "fp32", "auto"): (["FP16"], False),
+    ("10.3.0", "fp32", "fp32"): ([], False),
+    ("10.3.0", "fp16", "auto"): ([], True),               # opt-in strongly typed for typed ONNX
+    ("10.3.0", "qdq", "auto"): ([], True),
+    ("11.4.0", "fp32", "auto"): ([], True),               # 11.x: strongly typed only, no flags
+    ("11.4.0", "fp32", "fp32"): ([], True),
+    ("11.4.0", "fp16", "auto"): ([], True),
+    ("11.4.0", "qdq", "auto"): ([], True),
+}
+SMALL_WRITTEN_OUT = {"images": [[1, 3, 32, 32], [1, 3, 64, 64], [2, 3, 128, 128]]}
+
+
+@pytest.mark.parametrize("onnx_kind, requested", [("fp32", "auto"), ("fp32", "fp32"),
+                                                  ("fp16", "auto"), ("qdq", "auto")])
+def test_what_tensorrt_is_asked_for(trt, tiny_onnx, tmp_path, onnx_kind, requested):
+    from trt_double.plan import Plan
+
+    model = {"fp32": lambda: tiny_onnx, "fp16": lambda: fp16_copy(tiny_onnx, tmp_path / "h.onnx"),
+             "qdq": lambda: qdq_copy(tiny_onnx, tmp_path / "q.onnx")}[onnx_kind]()
+    data, _ = build_engine(model, BuildOptions(precision=requested, profile=SMALL))
+    plan = Plan.from_bytes(bytes(data))
+    flags, strongly_typed = ASKED[(trt.__version__, onnx_kind, requested)]
+    assert sorted(plan.flags) == flags and plan.strongly_typed == strongly_typed
+    assert plan.profiles == [SMALL_WRITTEN_OUT]
+
+
+def test_the_double_computes_what_pytorch_computes(trt, tiny_onnx, tmp_path, rng):
+    """The double runs the ONNX with ONNX Runtime; an independent computation (the PyTorch
+    module the ONNX was exported from) must agree, so the double is not its own oracle."""
+    torch = pytest.importorskip("torch")
+    from conftest import tiny_torch_model
+
+    engine = tmp_path / "tiny.engine"
+    build_engine_file(tiny_onnx, engine, BuildOptions(precision="fp32", profile=SMALL))
+    batch = rng.random((2, 3, 96, 128), dtype=np.float32)
+    with torch.no_grad():
+        expected = tiny_torch_model()(torch.from_numpy(batch)).numpy()
+    with TensorRTRunner(engine) as runner:
+        got = np.asarray(runner.infer(batch)["prob"])
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, atol=1e-4)
