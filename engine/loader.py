@@ -45,7 +45,8 @@ class RunnerOptions:
 
     def __post_init__(self):
         if self.sessions < 1 or self.threads < 0:
-            raise ModelError(f"sessions must be >= 1 and threads >= 0, got {self.sessions} / {self.threads}")
+            raise ModelError(f"sessions must be >= 1 and threads >= 0, "
+                             f"got {self.sessions} / {self.threads}")
 
     def asked(self, names) -> dict:
         """The options among `names` set to something other than their default."""

@@ -29,7 +29,8 @@ def test_build_serialize_load_infer_matches_onnxruntime(trt, tiny_onnx, tmp_path
     assert record.compute_capability == fake_cuda.DEVICE.compute_capability
     with TensorRTRunner(engine) as runner:
         assert runner.output_device == "cuda" and runner.input_names == ("images",)
-        assert ModelSpec.from_metadata(runner.metadata).resize.limit_side == 256                # the ONNX metadata travelled along
+        # the ONNX metadata travelled along
+        assert ModelSpec.from_metadata(runner.metadata).resize.limit_side == 256
         for shape in [(1, 3, 64, 64), (2, 3, 96, 128)]:
             batch = rng.random(shape, dtype=np.float32)
             out = runner.infer(batch)["prob"]

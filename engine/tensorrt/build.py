@@ -125,10 +125,11 @@ def parse_onnx(trt, network, logger, summary: OnnxSummary):
     return parser
 
 
-def _input_profile(network, requested: Optional[ShapeProfile], summary: OnnxSummary) -> ShapeProfile:
+def _input_profile(network, requested, summary: OnnxSummary) -> ShapeProfile:
+    """`requested`: a ShapeProfile, a function of the model metadata giving one, or None."""
     if network.num_inputs != 1:
-        raise ModelError(f"dbrt builds engines with one input (one optimisation profile); {summary.path.name} has "
-                         f"{network.num_inputs}")
+        raise ModelError("dbrt builds engines with one input (one optimisation profile); "
+                         f"{summary.path.name} has {network.num_inputs}")
     dims = tuple(int(d) for d in network.get_input(0).shape)
     if all(d >= 0 for d in dims):
         if requested is not None and (requested.min != dims or requested.max != dims):

@@ -77,7 +77,9 @@ class TensorRTRunner(Runner):
     def _describe(self) -> str:
         if isinstance(self._source, (str, os.PathLike)):
             return Path(self._source).name
-        return "<bytes>" if isinstance(self._source, (bytes, bytearray)) else f"<{type(self._source).__name__}>"
+        if isinstance(self._source, (bytes, bytearray)):
+            return "<bytes>"
+        return f"<{type(self._source).__name__}>"
 
     def _activate(self) -> None:
         trt = require("tensorrt")
