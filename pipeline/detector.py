@@ -63,15 +63,11 @@ class Detector:
             check_spec_source(self.runner.metadata, preset, self.runner.inputs, self.runner.outputs)
             self.spec = resolve_spec(self.runner.metadata, preset)
             self.spec = spec(self.spec) if spec is not None else self.spec
-        check_io(self.runner.inputs, self.runner.outputs, self.spec)
+        self.output_name = check_io(self.runner.inputs, self.runner.outputs, self.spec)
         self._range_checked = False
         self.post = DBPostprocessor(self.spec.post)
         self.input_size = self._checked_size(input_size) if input_size else self._fixed_engine_size()
         self._cap_reported = False
-        self.output_name = self.spec.output or self.runner.output_names[0]
-        if self.output_name not in self.runner.output_names:
-            raise ShapeError(f"model has no output {self.output_name!r} "
-                             f"(outputs: {', '.join(self.runner.output_names)})")
         self._gpu = self._gpu_preprocessor()
 
     # -- description ----------------------------------------------------------------------------

@@ -15,8 +15,6 @@ batch 1..4, and max leaves room for other aspect ratios. The engine only runs on
 version and GPU model (unless --version-compatible / --hardware-compatible); a .json record
 next to it says so, and `dbrt info` shows it."""
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
-
 
 def add_arguments(parser) -> None:
     parser.add_argument("model", help="ONNX model")
@@ -78,27 +76,18 @@ def profile_from_args(args):
 
 def calibration_source(folder, spec, count: int):
     """Images in `folder` -> preprocessed NCHW batches of the calibration shape."""
-    from pathlib import Path
-
     from engine.errors import DbrtError
+    from pipeline.preprocess import preprocess_batch
+    from pipeline.sampling import read_images
 
-    images = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:count]
-    if not images:
-        raise DbrtError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in calibration folder {folder}")
+    images = read_images(folder, count)  # the same frame reading as `dbrt export --calib`
 
     def batches(shape):
-        import cv2
-
-        from pipeline.preprocess import preprocess_batch
-
         n, _, h, w = shape
         if len(images) < n:
             raise DbrtError(f"calibration needs at least {n} images (the opt batch), found {len(images)}")
         for start in range(0, len(images) - n + 1, n):
-            frames = [cv2.imread(str(p), cv2.IMREAD_COLOR) for p in images[start:start + n]]
-            if any(f is None for f in frames):
-                raise DbrtError(f"unreadable image among {[p.name for p in images[start:start + n]]}")
-            yield preprocess_batch(frames, spec, (h, w))[0]
+            yield preprocess_batch(images[start:start + n], spec, (h, w))[0]
 
     return batches
 
