@@ -259,3 +259,16 @@ def test_two_pipelines_at_once_restore_the_switch_interval(videos):
     assert len(list(first)) == 11  # first ends while second still runs
     assert len(list(second)) == 11
     assert sys.getswitchinterval() == before
+
+
+def test_shutdown_closes_every_sink_and_the_detector_when_several_fail(videos, tmp_path):
+    class BrokenClose(FakeDetector):
+        def close(self):
+            super().close()
+            raise OSError("device lost while closing")
+
+    sinks = [_BrokenCloseSink(tmp_path / "a.jsonl"), JsonlSink(tmp_path / "b.jsonl")]
+    detector = BrokenClose()
+    with pytest.raises(OSError):  # the first error propagates, after every close ran
+        Pipeline([videos[2]], detector, close_detector=True, sinks=sinks).run()
+    assert detector.closed and all(sink._fh.closed for sink in sinks)
