@@ -144,7 +144,7 @@ class GpuPreprocessor:
         cp = self.cp
         stream = cp.cuda.get_current_stream()
         batch = cp.empty((len(frames), 3, size[0], size[1]), cp.float32)
-        boxes = []
+        letterboxes = []
         for slot, frame in enumerate(frames):
             _check_frame(frame)
             box = make_letterbox(frame.shape[0], frame.shape[1], size[0], size[1], self.keep_aspect)
@@ -152,9 +152,9 @@ class GpuPreprocessor:
             np.copyto(host, np.ascontiguousarray(frame).reshape(-1))
             device.set(host, stream=stream)
             self._launch(device, box, batch[slot])
-            boxes.append(box)
+            letterboxes.append(box)
         stream.synchronize()
-        return batch, boxes
+        return batch, letterboxes
 
     def _table(self, n_src: int, n_out: int):
         key = (n_src, n_out)

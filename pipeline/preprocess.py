@@ -94,7 +94,7 @@ def preprocess_batch(frames: Sequence[np.ndarray], spec: ModelSpec, size: Tuple[
                      keep_aspect: bool = False) -> Tuple[np.ndarray, list]:
     """Frames (any sizes) -> one (N, 3, H, W) batch at `size`, and their Letterboxes."""
     batch = np.empty((len(frames), 3, size[0], size[1]), np.float32)
-    boxes = []
+    letterboxes = []
     for i, frame in enumerate(frames):
-        boxes.append(preprocess(frame, spec, size, keep_aspect, out=batch[i])[1])
-    return batch, boxes
+        letterboxes.append(preprocess(frame, spec, size, keep_aspect, out=batch[i])[1])
+    return batch, letterboxes

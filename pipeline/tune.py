@@ -26,16 +26,16 @@ def _maps(detector, dataset) -> list:
     """(sample, host probability map batch, letterboxes) per image."""
     kept = []
     for sample in dataset:
-        batch, boxes = detector.prepare([sample.read_image()])
+        batch, letterboxes = detector.prepare([sample.read_image()])
         prob = detector.infer(batch)
-        kept.append((sample, prob.get() if hasattr(prob, "get") else prob, boxes))
+        kept.append((sample, prob.get() if hasattr(prob, "get") else prob, letterboxes))
     return kept
 
 
 def score(maps: list, post: DBPostprocessor) -> EvalResult:
     results = []
-    for sample, prob, boxes in maps:
-        dets = post(prob, boxes)[0]
+    for sample, prob, letterboxes in maps:
+        dets = post(prob, letterboxes)[0]
         results.append(evaluate_image(sample.gt.polygons, sample.gt.ignore, dets.polygons, sample.name))
     return EvalResult(tuple(results))
 
