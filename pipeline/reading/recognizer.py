@@ -1,0 +1,177 @@
+"""`Recognizer`: reads the text inside detected polygons with a CTC recognizer ONNX.
+
+    with Recognizer() as rec:                          # PP-OCRv6 rec as the rapidocr wheel ships it
+        dets = rec.read(image, detector.detect(image)) # detections with "text" / "text_score"
+
+Any CTC model with one (N, 3, H, W) input and one (N, T, classes) output runs through the same
+runners as the detector; its dictionary comes from `charset` (a file, one character per line) or
+from the model's own `character` metadata (RapidOCR's PP-OCR ONNX files carry it).
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from engine.errors import ModelError
+from engine.loader import RunnerOptions, load_runner
+
+from ..detections import Detections
+from .crops import crop_batches, cut_crop, plan_crops, reading_quads
+from .ctc import Charset, characters_from_metadata, ctc_greedy_decode
+from .spec import RecSpec, preset as named_preset
+
+TEXT, TEXT_SCORE = "text", "text_score"
+RAPIDOCR_REC = "PP-OCRv6_rec_small.onnx"
+
+
+def default_rec_model_path() -> Path:
+    """PP-OCRv6 rec small as the `rapidocr` wheel ships it (pip install dbrt[read])."""
+    spec = importlib.util.find_spec("rapidocr")
+    path = Path(spec.origin).parent / "models" / RAPIDOCR_REC if spec and spec.origin else None
+    if path is None or not path.is_file():
+        raise ModelError("reading text needs a recognizer: pip install 'dbrt[read]' (the rapidocr "
+                         f"wheel ships {RAPIDOCR_REC}) or pass --rec-model")
+    return path
+
+
+class Recognizer:
+    """A CTC text recognizer: crops, one engine call per batch of crops, greedy decoding.
+
+    model:   .onnx path (default: RapidOCR's PP-OCRv6 rec small), or a Runner
+    charset: a dictionary file, a Charset, or None for the model's own `character` metadata
+    spec:    a RecSpec (crop height, widths, normalisation, batch size); default: `preset`'s
+    device:  "auto", "cpu" or "cuda" (ONNX Runtime); options: engine.loader.RunnerOptions
+    """
+
+    def __init__(self, model=None, charset: Union[str, os.PathLike, Charset, None] = None, *,
+                 spec: Optional[RecSpec] = None, preset: str = "ppocr", device: str = "auto",
+                 options: Optional[RunnerOptions] = None):
+        self.spec = spec or named_preset(preset)
+        self.model_name = getattr(model, "name", None) or str(model or default_rec_model_path())
+        if hasattr(model, "infer"):
+            self.runner = model
+        else:
+            path = default_rec_model_path() if model is None else Path(model)
+            # TensorRT would need a profile of the crop widths; ONNX Runtime takes any width
+            self.runner = load_runner(path, backend="onnxruntime", device=device, options=options)
+        self.runner.activate()
+        self.output_name, num_classes = _check_ctc_io(self.runner, self.spec, self.model_name)
+        self.charset = self._charset(charset, num_classes)
+        self.skipped = 0  # polygons that rectified to nothing (too thin to read)
+        self.crops_read = 0
+
+    def _charset(self, charset, num_classes: Optional[int]) -> Charset:
+        if isinstance(charset, Charset):
+            if num_classes is not None and len(charset) != num_classes:
+                raise ModelError(f"the charset has {len(charset)} classes, the recognizer "
+                                 f"{self.model_name} has {num_classes}")
+            return charset
+        if num_classes is None:
+            raise ModelError(f"recognizer {self.model_name}: its output's class count is not fixed; "
+                             "dbrt cannot check a dictionary against it")
+        if charset is not None:
+            return Charset.from_file(charset, num_classes)
+        chars = characters_from_metadata(self.runner.metadata)
+        if not chars:
+            raise ModelError(f"recognizer {self.model_name} carries no dictionary; pass "
+                             "--rec-dict FILE (one character per line)")
+        return Charset.from_characters(chars, num_classes, f"the dictionary in {self.model_name}")
+
+    # -- reading ------------------------------------------------------------------------------
+    def read(self, image: np.ndarray, detections: Detections) -> Detections:
+        """`detections` with two more columns: "text" (str) and "text_score" (float32, the mean
+        probability of the characters read; 0 with an empty text for a polygon too thin to read)."""
+        n = len(detections)
+        texts, scores = [""] * n, np.zeros(n, np.float32)
+        if n:
+            spec = self.spec
+            plan = plan_crops(reading_quads(detections.polygons), spec.height, spec.min_width,
+                              spec.max_width)
+            self.skipped += int(n - plan.valid.sum())
+            for members in crop_batches(plan, spec.batch_size):
+                crops = [cut_crop(image, plan.corners[i], int(plan.widths[i]), spec.height)
+                         for i in members]
+                batch_texts, batch_scores = self._recognize(crops)
+                for i, text, score in zip(members, batch_texts, batch_scores):
+                    texts[i], scores[i] = text, score
+        data = dict(detections.data)
+        data[TEXT], data[TEXT_SCORE] = np.asarray(texts, dtype=str), scores
+        return Detections(detections.polygons, detections.scores, data)
+
+    def recognize(self, crops: Sequence[np.ndarray]) -> Tuple[List[str], np.ndarray]:
+        """Texts and confidences of upright BGR uint8 crops of any size (each is resized to the
+        recognizer's height), batched by width."""
+        spec = self.spec
+        sized = []
+        for crop in crops:
+            h, w = crop.shape[:2]
+            width = int(np.clip(np.ceil(spec.height * w / max(h, 1)), spec.min_width, spec.max_width))
+            sized.append(cut_crop(crop, np.float32([[0, 0], [w, 0], [w, h], [0, h]]), width,
+                                  spec.height))
+        texts, scores = [""] * len(sized), np.zeros(len(sized), np.float32)
+        order = np.argsort([c.shape[1] for c in sized], kind="stable")
+        for start in range(0, len(order), spec.batch_size):
+            members = order[start:start + spec.batch_size]
+            got_texts, got_scores = self._recognize([sized[i] for i in members])
+            for i, text, score in zip(members, got_texts, got_scores):
+                texts[i], scores[i] = text, score
+        return texts, scores
+
+    def _recognize(self, crops: Sequence[np.ndarray]) -> Tuple[List[str], np.ndarray]:
+        batch = _normalise(crops, self.spec)
+        out = self.runner.infer(batch)[self.output_name]
+        out = out.get() if hasattr(out, "get") else np.asarray(out)
+        if out.ndim != 3 or out.shape[0] != len(crops):
+            raise ModelError(f"recognizer {self.model_name} returned shape {out.shape} for "
+                             f"{len(crops)} crops; a CTC recognizer returns (N, T, classes)")
+        self.crops_read += len(crops)
+        return ctc_greedy_decode(out, self.charset)
+
+    def describe(self) -> dict:
+        return dict(model=self.model_name, runner=self.runner.name, classes=len(self.charset),
+                    height=self.spec.height, batch_size=self.spec.batch_size)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def close(self) -> None:
+        self.runner.deactivate()
+
+    def __enter__(self) -> "Recognizer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _normalise(crops: Sequence[np.ndarray], spec: RecSpec) -> np.ndarray:
+    """(N, 3, height, W) float32: crops normalised, left-aligned, padded with zeros (the
+    normalised mid-grey PaddleOCR pads with) to the batch's bucketed width."""
+    width = spec.batch_width(max(c.shape[1] for c in crops))
+    batch = np.zeros((len(crops), 3, spec.height, width), np.float32)
+    scale = 1.0 / (255.0 * np.asarray(spec.std, np.float32))
+    shift = np.asarray(spec.mean, np.float32) / np.asarray(spec.std, np.float32)
+    for k, crop in enumerate(crops):
+        pixels = crop[:, :width] if spec.bgr else crop[:, :width, ::-1]
+        batch[k, :, :, :pixels.shape[1]] = (pixels * scale - shift).transpose(2, 0, 1)
+    return batch
+
+
+def _check_ctc_io(runner, spec: RecSpec, name: str) -> Tuple[str, Optional[int]]:
+    """One NCHW image input of the spec's height and one (N, T, classes) output, else an error
+    naming what the model has instead."""
+    inputs, outputs = runner.inputs, runner.outputs
+    if len(inputs) != 1 or len(inputs[0].shape) != 4:
+        raise ModelError(f"recognizer {name} is not CTC-shaped: expected one (N, 3, H, W) input, "
+                         f"got {[(t.name, t.shape) for t in inputs]}")
+    channels, height = inputs[0].shape[1:3]
+    if (isinstance(channels, int) and channels != 3) or (isinstance(height, int) and height != spec.height):
+        raise ModelError(f"recognizer {name} takes {inputs[0].shape}; expected (N, 3, "
+                         f"{spec.height}, W) (the preset's height is {spec.height})")
+    if len(outputs) != 1 or len(outputs[0].shape) != 3:
+        raise ModelError(f"recognizer {name} is not CTC-shaped: expected one (N, T, classes) "
+                         f"output, got {[(t.name, t.shape) for t in outputs]}")
+    classes = outputs[0].shape[2]
+    return outputs[0].name, classes if isinstance(classes, int) and classes > 0 else None

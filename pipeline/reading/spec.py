@@ -1,0 +1,57 @@
+"""`RecSpec`: how a CTC recognizer wants its crops (height, widths, normalisation, channel
+order), and the named presets for models made elsewhere."""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Tuple
+
+from engine.errors import ModelError
+
+
+@dataclass(frozen=True)
+class RecSpec:
+    """height:      crop height the model takes (pixels)
+    min_width / max_width: crop widths are clamped to this range (a longer line is squeezed)
+    width_step:  batch widths are rounded up to a multiple of this (fewer shapes, little padding)
+    mean / std:  per-channel normalisation of x / 255, in the model's channel order
+    bgr:         the model takes BGR (OpenCV order, PaddleOCR's) rather than RGB
+    batch_size:  crops per engine call (bounds memory on a frame with many texts)
+    """
+
+    height: int = 48
+    min_width: int = 16
+    max_width: int = 1600
+    width_step: int = 32
+    mean: Tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: Tuple[float, float, float] = (0.5, 0.5, 0.5)
+    bgr: bool = True
+    batch_size: int = 32
+
+    def __post_init__(self):
+        if not (8 <= self.height <= 256 and 1 <= self.min_width <= self.max_width
+                and self.width_step >= 1 and self.batch_size >= 1):
+            raise ModelError(f"invalid recognizer settings {self}")
+
+    def replace(self, **changes) -> "RecSpec":
+        return replace(self, **changes)
+
+    def batch_width(self, width: int) -> int:
+        """The padded width of a batch whose widest crop is `width` pixels."""
+        step = self.width_step
+        return min(max(-(-int(width) // step) * step, self.min_width), _round_up(self.max_width, step))
+
+
+def _round_up(value: int, step: int) -> int:
+    return -(-value // step) * step
+
+
+# PaddleOCR's PP-OCR rec as RapidOCR runs it: height 48, (x/255 - 0.5) / 0.5, BGR, dynamic width.
+PRESETS = {"ppocr": RecSpec()}
+
+
+def preset(name: str) -> RecSpec:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ModelError(f"unknown recognizer preset {name!r}; choose one of "
+                         f"{', '.join(sorted(PRESETS))}") from None

@@ -1,0 +1,189 @@
+"""Reading text: CTC decoding on hand-made scores, crops, the recognizer's errors, and the
+PP-OCR rec model (as the rapidocr wheel ships it) reading words drawn on a synthetic image."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engine.errors import ModelError
+from pipeline.detections import Detections
+from pipeline.reading import Charset, Recognizer, RecSpec, ctc_greedy_decode
+from pipeline.reading.crops import crop_batches, cut_crop, plan_crops, reading_quads
+from pipeline.shipped import default_model_path
+
+CHARS = Charset(("", "a", "b", " "))
+
+
+def _onehot(rows, probs=None, classes=4):
+    """(N, T, C) scores with class rows[n][t] at probability probs (default 0.9)."""
+    rows = np.asarray(rows)
+    out = np.full(rows.shape + (classes,), 0.1 / (classes - 1), np.float32)
+    p = np.full(rows.shape, 0.9, np.float32) if probs is None else np.asarray(probs, np.float32)
+    np.put_along_axis(out, rows[..., None], p[..., None], axis=2)
+    return out
+
+
+# -- decoding ---------------------------------------------------------------------------------
+def test_greedy_decoding_merges_repeats_and_drops_blanks_per_row():
+    scores = _onehot([[1, 1, 0, 1, 2, 2, 3, 2],     # a a _ a b b ' ' b -> "aab b"
+                      [0, 0, 0, 0, 0, 0, 0, 0],     # all blank -> ""
+                      [2, 0, 2, 0, 0, 1, 1, 1]])    # b _ b _ _ a a a -> "bba"
+    texts, conf = ctc_greedy_decode(scores, CHARS)
+    assert texts == ["aab b", "", "bba"]
+    assert conf[1] == 0.0 and conf[0] == pytest.approx(0.9) and conf[2] == pytest.approx(0.9)
+
+
+def test_confidence_is_the_mean_of_the_kept_characters():
+    scores = _onehot([[1, 0, 2, 2]], probs=[[0.6, 0.9, 0.8, 0.3]])
+    texts, conf = ctc_greedy_decode(scores, CHARS)
+    assert texts == ["ab"]
+    assert conf[0] == pytest.approx((0.6 + 0.8) / 2)  # a repeat's later steps do not count
+
+
+def test_logits_are_turned_into_probabilities():
+    logits = np.log(_onehot([[1, 2]])) * 3.0 - 7.0  # not probabilities any more
+    texts, conf = ctc_greedy_decode(logits, CHARS)
+    assert texts == ["ab"] and 0 < conf[0] <= 1
+
+
+def test_decoding_refuses_scores_of_another_class_count():
+    with pytest.raises(ModelError, match="CTC scores"):
+        ctc_greedy_decode(np.zeros((1, 5, 7), np.float32), CHARS)
+
+
+def test_a_dictionary_is_matched_to_the_class_count():
+    assert Charset.from_characters("ab", 4).classes == ("", "a", "b", " ")
+    assert Charset.from_characters("ab", 3).classes == ("", "a", "b")
+    with pytest.raises(ModelError, match="2 characters but the recognizer has 9 classes"):
+        Charset.from_characters("ab", 9)
+
+
+# -- crops ------------------------------------------------------------------------------------
+def test_a_rotated_quad_is_rectified_upright():
+    image = np.zeros((200, 200, 3), np.uint8)
+    image[90:110, 40:160] = 255  # a white bar 120 x 20
+    import cv2
+
+    m = cv2.getRotationMatrix2D((100, 100), 30, 1.0)
+    rotated = cv2.warpAffine(image, m, (200, 200))
+    corners = np.float32([[40, 90], [160, 90], [160, 110], [40, 110]])
+    quad = cv2.transform(corners[None], m)[0]
+    plan = plan_crops(reading_quads([quad]), 48, 16, 1600)
+    assert plan.widths[0] == 48 * 6  # 120 / 20, at height 48
+    crop = cut_crop(rotated, plan.corners[0], int(plan.widths[0]), 48)
+    assert crop.shape == (48, 288, 3)
+    assert crop[4:-4, 8:-8].mean() > 240  # the whole bar, nothing of the black around it
+
+
+def test_tall_crops_are_turned_and_degenerate_ones_skipped():
+    tall = np.float32([[10, 10], [30, 10], [30, 110], [10, 110]])   # 20 wide, 100 high
+    flat = np.float32([[0, 0], [50, 0], [50, 0.2], [0, 0.2]])        # rectifies to nothing
+    plan = plan_crops(reading_quads([tall, flat]), 48, 16, 1600)
+    assert plan.valid.tolist() == [True, False]
+    assert plan.widths[0] == 48 * 5  # the long side runs along the crop
+
+
+def test_polygons_become_their_minimum_area_rectangle():
+    octagon = np.float32([[10, 0], [90, 0], [100, 10], [100, 30], [90, 40], [10, 40], [0, 30],
+                          [0, 10]])
+    quad = reading_quads([octagon])[0]
+    np.testing.assert_allclose(quad, [[0, 0], [100, 0], [100, 40], [0, 40]], atol=1e-4)
+
+
+def test_batches_group_similar_widths_and_stay_bounded():
+    widths = np.array([300, 40, 900, 50, 310, 45])
+    plan = type("Plan", (), {"valid": np.ones(6, bool), "widths": widths})
+    batches = crop_batches(plan, 2)
+    assert [sorted(widths[b].tolist()) for b in batches] == [[40, 45], [50, 300], [310, 900]]
+
+
+# -- the recognizer's errors ------------------------------------------------------------------
+def _tiny_ctc_model(path, classes=4, metadata=None):
+    """A CTC-shaped ONNX: (N, 3, 48, W) -> mean over H -> (N, W, 3) -> first `classes` channels."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["x", "axes"], ["m"], keepdims=0),
+         helper.make_node("Transpose", ["m"], ["y"], perm=[0, 2, 1])],
+        "tiny_ctc", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 48, "W"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "W", classes])],
+        [helper.make_tensor("axes", TensorProto.INT64, [1], [2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    for key, value in (metadata or {}).items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, path)
+    return path
+
+
+def test_a_detector_is_refused_as_a_recognizer():
+    with pytest.raises(ModelError, match="not CTC-shaped"):
+        Recognizer(default_model_path(), device="cpu")
+
+
+def test_a_dictionary_that_does_not_match_the_classes_is_refused(tmp_path):
+    model = _tiny_ctc_model(tmp_path / "tiny.onnx", classes=3)
+    words = tmp_path / "dict.txt"
+    words.write_text("a\nb\nc\nd\n", encoding="utf-8")
+    with pytest.raises(ModelError, match="4 characters but the recognizer has 3 classes"):
+        Recognizer(model, words, device="cpu")
+    with pytest.raises(ModelError, match="no dictionary; pass --rec-dict"):
+        Recognizer(model, device="cpu")
+
+
+def test_the_runner_output_is_decoded_per_crop(tmp_path):
+    """Crops whose channels spell blank / 'a' / space run through ONNX Runtime and decode."""
+    model = _tiny_ctc_model(tmp_path / "tiny.onnx", classes=3, metadata={"character": "a"})
+    spec = RecSpec(bgr=True, mean=(0, 0, 0), std=(1, 1, 1), min_width=4, width_step=4)
+    with Recognizer(model, spec=spec, device="cpu") as rec:
+        steps = [0, 1, 1, 0, 1, 2, 1, 0]  # blank a a blank a space a blank -> "aa a"
+        crop = np.zeros((48, 8, 3), np.uint8)
+        crop[:, np.arange(8), steps] = 255
+        texts, conf = rec.recognize([crop, np.zeros((48, 4, 3), np.uint8)])
+    assert texts[0] == "aa a" and conf[0] == 1.0
+    assert texts[1] == ""  # all channels equal: the first (blank) wins
+
+
+# -- the PP-OCR rec model on a synthetic image ------------------------------------------------
+def _words_image():
+    from PIL import Image, ImageDraw, ImageFont
+
+    from export.synth.fonts import font_paths, load_font
+
+    fonts = [p for p in font_paths() if "DejaVuSans.ttf" in p] or [font_paths()[-1]]
+    canvas = Image.new("RGB", (640, 240), (235, 235, 235))
+    draw = ImageDraw.Draw(canvas)
+    words = {"Hello": (20, 20), "WORLD": (320, 30), "Exit 24": (40, 140), "café": (380, 150)}
+    quads = []
+    for word, (x, y) in words.items():
+        x0, y0, x1, y1 = draw.textbbox((x, y), word, font=load_font(fonts[0], 44))
+        draw.text((x, y), word, font=load_font(fonts[0], 44), fill=(20, 20, 60))
+        quads.append([[x0 - 6, y0 - 6], [x1 + 6, y0 - 6], [x1 + 6, y1 + 6], [x0 - 6, y1 + 6]])
+    image = np.ascontiguousarray(np.asarray(canvas)[:, :, ::-1])
+    return image, Detections.from_quads(np.float32(quads), np.ones(len(quads))), list(words)
+
+
+def test_the_ppocr_recognizer_reads_the_words_of_a_synthetic_image():
+    pytest.importorskip("rapidocr", reason="the PP-OCR rec model comes with the rapidocr wheel")
+    image, detections, words = _words_image()
+    with Recognizer(device="cpu") as rec:
+        read = rec.read(image, detections)
+    assert read.data["text"].tolist() == words
+    assert np.all(read.data["text_score"] > 0.8)
+    assert read.scores.tolist() == detections.scores.tolist()  # the rest is untouched
+
+
+def test_a_frame_with_a_thousand_texts_is_read_in_bounded_batches(tmp_path):
+    model = _tiny_ctc_model(tmp_path / "tiny.onnx", classes=3, metadata={"character": "a"})
+    rng = np.random.default_rng(0)
+    corners = rng.uniform(0, 600, (1000, 1, 2)) + np.float32([[0, 0], [1, 0], [1, 1], [0, 1]]) * (
+        rng.uniform(8, 40, (1000, 1, 1)) * np.float32([rng.uniform(1, 8), 1]))
+    seen = []
+    with Recognizer(model, device="cpu", spec=RecSpec(batch_size=64)) as rec:
+        infer = rec.runner.infer
+        rec.runner.infer = lambda batch: seen.append(batch.shape) or infer(batch)
+        read = rec.read(rng.integers(0, 255, (640, 640, 3), dtype=np.uint8),
+                        Detections.from_quads(corners, np.ones(1000)))
+    assert len(read.data["text"]) == 1000 and len(seen) == 16
+    assert max(s[0] for s in seen) == 64
