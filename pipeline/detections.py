@@ -99,6 +99,18 @@ class Detections:
             return np.zeros((0, 4), np.float32)
         return np.stack([np.concatenate([p.min(0), p.max(0)]) for p in self.polygons])
 
+    @property
+    def texts(self) -> List[str]:
+        """What the recognizer read in each polygon (`data["text"]`); empty when reading is off."""
+        return [str(t) for t in self.data["text"]] if "text" in self.data else []
+
+    @property
+    def text_scores(self) -> np.ndarray:
+        """Confidence of each text (`data["text_score"]`); empty when reading is off."""
+        if "text_score" not in self.data:
+            return np.zeros(0, np.float32)
+        return self.data["text_score"].astype(np.float32)
+
     def quads(self) -> np.ndarray:
         """(n, 4, 2) array; only valid when every polygon is a quad."""
         if not self.is_quads:
@@ -111,6 +123,8 @@ class Detections:
         out = [{"polygon": np.round(p.astype(np.float64), decimals).tolist(), "score": round(float(s), 5)}
                for p, s in zip(self.polygons, self.scores)]
         for key, value in self.data.items():
+            if value.dtype.kind == "f":  # confidences: no float32 noise in the JSON
+                value = np.round(value.astype(np.float64), 5)
             for det, item in zip(out, value.tolist()):
                 det[key] = item
         return out

@@ -39,12 +39,15 @@ class Detector:
     input_size: fixed network (H, W) for every frame (default: the spec's resize rule)
     backend:    "auto", "onnxruntime" or "tensorrt";  device: "auto", "cpu", "cuda"
     options:    engine.loader.RunnerOptions (threads, sessions, TensorRT build options, ...)
+    read:       also read the text in every polygon: True (the default recognizer, PP-OCR rec
+                from the rapidocr wheel), a recognizer .onnx path, or a pipeline.reading.Recognizer;
+                the detections then carry `texts` and `text_scores`
     """
 
     def __init__(self, model=None, spec: Union[ModelSpec, Callable[[ModelSpec], ModelSpec], None] = None,
                  *, preset: Optional[str] = None,
                  input_size: Optional[Tuple[int, int]] = None, backend: str = "auto",
-                 device: str = "auto", options: Optional[RunnerOptions] = None):
+                 device: str = "auto", options: Optional[RunnerOptions] = None, read=None):
         if hasattr(model, "infer"):
             if options is not None:
                 raise ModelError("runner options apply when the Detector loads the model; "
@@ -69,6 +72,11 @@ class Detector:
         self.input_size = self._checked_size(input_size) if input_size else self._fixed_engine_size()
         self._cap_reported = False
         self._gpu = self._gpu_preprocessor()
+        try:
+            self.recognizer = _recognizer(read, device)
+        except BaseException:
+            self.runner.deactivate()
+            raise
 
     # -- description ----------------------------------------------------------------------------
     @property
@@ -87,7 +95,8 @@ class Detector:
     def describe(self) -> dict:
         return dict(runner=self.runner.name, spec=json.loads(self.spec.to_json()), untrained=self.untrained,
                     keep_aspect=self.keep_aspect, input_size=self.input_size,
-                    gpu_preprocess=self.uses_gpu_preprocess, post=self.post.config.to_dict())
+                    gpu_preprocess=self.uses_gpu_preprocess, post=self.post.config.to_dict(),
+                    reader=None if self.recognizer is None else self.recognizer.describe())
 
     def _checked_size(self, size) -> Tuple[int, int]:
         h, w = (int(v) for v in size)
@@ -151,6 +160,12 @@ class Detector:
         """Probability maps -> one Detections per frame, in frame pixels."""
         return self.post(prob, letterboxes)
 
+    def read(self, image: np.ndarray, detections: Detections) -> Detections:
+        """The texts of `detections` in `image` when this detector reads (else them unchanged)."""
+        if self.recognizer is None:
+            return detections
+        return self.recognizer.read(image, detections)
+
     # -- single-image API ---------------------------------------------------------------------
     def detect(self, image: Union[np.ndarray, str, os.PathLike]) -> Detections:
         """Text in one BGR uint8 image (or an image file)."""
@@ -167,18 +182,34 @@ class Detector:
             batch, letterboxes = self.prepare([loaded[i] for i in members])
             dets = self.postprocess(self.infer(batch), letterboxes)
             for i, det in zip(members, dets):
-                results[i] = det
+                results[i] = self.read(loaded[i], det)
         return results
 
     # -- lifecycle ---------------------------------------------------------------------------
     def close(self) -> None:
-        self.runner.deactivate()
+        try:
+            self.runner.deactivate()
+        finally:
+            if self.recognizer is not None:
+                self.recognizer.close()
 
     def __enter__(self) -> "Detector":
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _recognizer(read, device: str):
+    """The Recognizer that `read` asks for (None: no reading)."""
+    if read is None or read is False:
+        return None
+    from .reading import Recognizer
+
+    if isinstance(read, Recognizer):
+        return read
+    rec_device = device if device in ("cpu", "cuda") else "auto"
+    return Recognizer(None if read is True else read, device=rec_device)
 
 
 def _check_image(image) -> np.ndarray:

@@ -72,8 +72,8 @@ class DepthGauge:
 class Metrics:
     """Collected by the pipeline's stage threads; read at any time (progress) and at the end."""
 
-    def __init__(self, window: int = 100_000):
-        self.stages: Dict[str, LatencyWindow] = {s: LatencyWindow(window) for s in STAGES}
+    def __init__(self, window: int = 100_000, stages=STAGES):
+        self.stages: Dict[str, LatencyWindow] = {s: LatencyWindow(window) for s in stages}
         self.end_to_end = LatencyWindow(window)
         self.queues: Dict[str, DepthGauge] = {}
         self.batch_sizes: Counter = Counter()  # frames per engine call -> number of calls

@@ -1,5 +1,5 @@
-"""`Pipeline`: sources -> decode -> batch + preprocess -> infer -> postprocess -> sinks, each
-stage in its own thread, joined by bounded channels.
+"""`Pipeline`: sources -> decode -> batch + preprocess -> infer -> postprocess [-> read] -> sinks,
+each stage in its own thread, joined by bounded channels (read: when the Detector reads text).
 
     pipe = Pipeline(["cam.mp4", "rtsp://..."], Detector("dbnet.onnx"), sinks=[JsonlSink("out.jsonl")])
     for frame, detections in pipe:       # FrameResults, in order per source
@@ -27,7 +27,7 @@ from .batcher import Batcher
 from .detections import Detections, FrameResult
 from .detector import Detector
 from .interrupts import Interrupted, StopSignals
-from .metrics import Metrics
+from .metrics import STAGES, Metrics
 from .sinks import Sink
 from .sources import Frame, Source, open_sources
 from .stages import (END, Aborted, Channel, Control, Stage, hold_switch_interval,
@@ -85,7 +85,8 @@ class Pipeline:
         self.max_frames = max_frames
         self.switch_interval = switch_interval
         self._holds_interval = False
-        self.metrics = Metrics()
+        reads = getattr(detector, "recognizer", None) is not None  # a read stage before the sink
+        self.metrics = Metrics(stages=STAGES[:-1] + ("read",) * reads + STAGES[-1:])
         self.control = Control()
         self.interrupted = False
         self._signals = StopSignals(stop_signals, drain=self._interrupt, abort=self.control.abort)
@@ -94,6 +95,7 @@ class Pipeline:
         self._prepared = self._channel("prepared", cap)
         self._inferred = self._channel("inferred", cap)
         self._results = self._channel("results", cap * self.batch)
+        self._read = self._channel("read", cap * self.batch)
         self._out = self._channel("out", cap * self.batch)
         self._threads: List[Stage] = []
         self._source_errors: List[Exception] = []
@@ -238,11 +240,13 @@ class Pipeline:
                           self.detector.input_size_for)
         decoders = [stage(f"decode:{s.stream}", _stamp(s.stream), self._frames_of(s),
                           self._decoded, metric="decode") for s in self.sources]
+        reads = getattr(self.detector, "recognizer", None) is not None
         return decoders + [
             stage("preprocess", self._prepare, batches, self._prepared),
             stage("infer", self._infer, self._prepared, self._inferred),
             stage("postprocess", self._postprocess, self._inferred, self._results, many=True),
-            stage("sink", self._sink, self._results, self._out),
+            *([stage("read", self._read_texts, self._results, self._read)] if reads else []),
+            stage("sink", self._sink, self._read if reads else self._results, self._out),
         ]
 
     def _frames_of(self, source: Source) -> Iterator[Frame]:
@@ -275,6 +279,10 @@ class Pipeline:
     def _postprocess(self, batch: _Batch) -> List[FrameResult]:
         results = self.detector.postprocess(batch.prob, batch.letterboxes)
         return [FrameResult(frame, dets) for frame, dets in zip(batch.frames, results)]
+
+    def _read_texts(self, result: FrameResult) -> FrameResult:
+        frame, detections = result
+        return FrameResult(frame, self.detector.read(frame.image, detections))
 
     def _sink(self, result: FrameResult) -> FrameResult:
         frame, detections = result

@@ -187,3 +187,102 @@ def test_a_frame_with_a_thousand_texts_is_read_in_bounded_batches(tmp_path):
                         Detections.from_quads(corners, np.ones(1000)))
     assert len(read.data["text"]) == 1000 and len(seen) == 16
     assert max(s[0] for s in seen) == 64
+
+
+# -- the pipeline, the Python API, the outputs ----------------------------------------------
+needs_rapidocr = pytest.mark.skipif(
+    __import__("importlib").util.find_spec("rapidocr") is None,
+    reason="the PP-OCR rec model comes with the rapidocr wheel")
+
+
+def _fixed_quads_detector(detections, **kw):
+    """A Detector (the shipped model) whose post-processing returns `detections`, so that the
+    reading stage is tested apart from what the detector finds."""
+    from pipeline.detector import Detector
+
+    class FixedQuads(Detector):
+        def postprocess(self, prob, letterboxes):
+            return [detections for _ in letterboxes]
+
+    return FixedQuads(device="cpu", **kw)
+
+
+@needs_rapidocr
+def test_the_pipeline_reads_in_its_own_stage_and_the_jsonl_carries_the_texts(tmp_path):
+    import cv2
+
+    from pipeline.runner import Pipeline
+    from pipeline.sinks import JsonlSink
+
+    image, detections, words = _words_image()
+    cv2.imwrite(str(tmp_path / "words.png"), image)
+    detector = _fixed_quads_detector(detections, read=True)
+    pipe = Pipeline([str(tmp_path / "words.png")], detector, close_detector=True,
+                    sinks=[JsonlSink(tmp_path / "out.jsonl")])
+    results = list(pipe)
+    assert results[0].detections.texts == words
+    assert "read" in pipe.report()["stages"]
+    back = Detections.from_json((tmp_path / "out.jsonl").read_text().splitlines()[0])
+    assert back.texts == words
+    np.testing.assert_allclose(back.text_scores, results[0].detections.text_scores, atol=1e-5)
+
+
+def test_texts_are_empty_when_reading_is_off_and_survive_the_json_round_trip():
+    from pipeline.detections import FrameResult
+    from pipeline.sources import Frame
+
+    plain = Detections.from_quads(np.float32([[[0, 0], [9, 0], [9, 5], [0, 5]]]), [0.5])
+    assert plain.texts == [] and plain.text_scores.shape == (0,)
+    read = Detections(plain.polygons, plain.scores, {"text": ["東京 café"], "text_score": [0.25]})
+    line = FrameResult(Frame(np.zeros((8, 8, 3), np.uint8), 0, 0.0, "x"), read).to_json()
+    back = Detections.from_json(line)
+    assert back.texts == ["東京 café"] and back.text_scores.tolist() == [0.25]
+    assert back[0].texts == ["東京 café"]  # a column slices with the rest
+
+
+def test_text_is_drawn_with_a_real_font_only_where_there_is_text():
+    pytest.importorskip("PIL")
+    from pipeline.text_draw import TextAnnotator
+
+    polys = np.float32([[[20, 60], [200, 60], [200, 100], [20, 100]],
+                        [[20, 150], [200, 150], [200, 190], [20, 190]]])
+    dets = Detections.from_quads(polys, [1, 1], {"text": ["Ünïcode 東京", ""],
+                                                 "text_score": [0.9, 0.0]})
+    scene = TextAnnotator().annotate(np.zeros((240, 320, 3), np.uint8), dets)
+    assert scene[:60].any()           # a label above the first polygon
+    assert not scene[110:].any()      # none for the polygon that has no text
+    plain = np.zeros((240, 320, 3), np.uint8)
+    assert not TextAnnotator().annotate(plain, dets[1:]).any()
+
+
+@needs_rapidocr
+def test_detector_read_reads_in_the_single_image_api():
+    image, detections, words = _words_image()
+    with _fixed_quads_detector(detections, read=True) as detector:
+        assert detector.detect(image).texts == words
+        assert detector.describe()["reader"]["classes"] > 1000
+
+
+@needs_rapidocr
+def test_dbrt_run_read_writes_texts_and_bad_reader_files_are_one_line(tmp_path, capsys):
+    import cv2
+
+    from pipeline.cli import main
+
+    image, _, words = _words_image()
+    cv2.imwrite(str(tmp_path / "words.png"), image)
+    out = tmp_path / "out"
+    assert main(["run", str(tmp_path / "words.png"), "--read", "--device", "cpu", "--quiet",
+                 "--output", str(out)]) == 0
+    import json
+
+    line = json.loads((out / "detections.jsonl").read_text().splitlines()[0])
+    assert all("text" in det and "text_score" in det for det in line["detections"])
+    assert (out / "annotated").is_dir()
+    capsys.readouterr()
+    assert main(["run", str(tmp_path / "words.png"), "--rec-model", str(default_model_path()),
+                 "--output", str(out)]) == 2
+    assert "not CTC-shaped" in capsys.readouterr().err
+    assert main(["run", str(tmp_path / "words.png"), "--rec-dict", str(tmp_path / "none.txt"),
+                 "--output", str(out)]) == 2
+    assert "dictionary not found" in capsys.readouterr().err

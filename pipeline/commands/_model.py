@@ -32,4 +32,17 @@ def build_detector(args):
     changes = spec_changes(args)
     return Detector(args.model, (lambda spec: spec.replace(**changes)) if changes else None,
                     preset=args.preset, input_size=getattr(args, "input_size", None),
-                    backend=args.backend, device=args.device, options=runner_options(args))
+                    backend=args.backend, device=args.device, options=runner_options(args),
+                    read=build_recognizer(args))
+
+
+def build_recognizer(args):
+    """The Recognizer of --read / --rec-model / --rec-dict (either file implies --read); None
+    when the command does not read."""
+    model, charset = getattr(args, "rec_model", None), getattr(args, "rec_dict", None)
+    if not (getattr(args, "read", False) or model or charset):
+        return None
+    from pipeline.reading import Recognizer
+
+    device = args.device if args.device in ("cpu", "cuda") else "auto"
+    return Recognizer(model, charset, device=device)

@@ -37,6 +37,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--ort-spin", choices=("on", "off"),
                    help="ONNX Runtime: idle inference threads busy-wait (on) or sleep (off); "
                         "default: ONNX Runtime's (on)")
+    t = p.add_argument_group("reading text")
+    t.add_argument("--read", action="store_true",
+                   help="read the text in every polygon (PP-OCR rec from the rapidocr wheel: "
+                        "pip install 'dbrt[read]')")
+    t.add_argument("--rec-model",
+                   help="a CTC recognizer .onnx, (N,3,48,W) -> (N,T,classes) (implies --read)")
+    t.add_argument("--rec-dict",
+                   help="its dictionary, one character per line (default: the model's own "
+                        "'character' metadata; implies --read)")
     r = p.add_argument_group("input size and thresholds (default: from the model)")
     r.add_argument("--max-side", type=side_length,
                    help="cap the long side at N pixels (limit_type max)")
@@ -120,6 +129,10 @@ def _sinks(pipe, out: Path, args) -> list:
     from pipeline.sinks import ImageSink, JsonlSink, VideoSink, WindowSink
 
     annotators = [PolygonAnnotator(show_score=args.show_scores)]
+    if pipe.detector.recognizer is not None:
+        from pipeline.text_draw import TextAnnotator
+
+        annotators.append(TextAnnotator(show_score=args.show_scores))
     if pipe.detector.untrained:
         annotators.append(BannerAnnotator("UNTRAINED MODEL: boxes are meaningless"))
     sinks = [JsonlSink(out / "detections.jsonl")]
@@ -166,8 +179,9 @@ def _print_header(pipe, out: Path) -> None:
     rule = (f"{det.input_size[0]}x{det.input_size[1]}" if det.input_size
             else f"{spec.resize.limit_type} side {spec.resize.limit_side}")
     names = ", ".join(s.name for s in pipe.sources)
+    reading = "" if det.recognizer is None else f", reading with {Path(det.recognizer.model_name).name}"
     print(f"dbrt run: {names} -> {out}/  [{det.runner.name}, {spec.arch}, input {rule}, "
-          f"batch {pipe.batch}]", file=sys.stderr)
+          f"batch {pipe.batch}{reading}]", file=sys.stderr)
     if det.untrained:
         print("dbrt run: WARNING: this model is UNTRAINED (random weights, a demo of the pipeline "
               "only): its detections are meaningless", file=sys.stderr)
