@@ -19,6 +19,7 @@ _INSTALL_HINT = {
     "pyclipper": "pip install pyclipper",
     "cv2": "pip install opencv-python-headless",
     "PIL": "pip install pillow",
+    "supervision": "pip install 'dbrt[track]'",
     "matplotlib": "pip install matplotlib",
 }
 

@@ -59,6 +59,9 @@ class Pipeline:
                    back sooner after each engine call while other stages run Python code
                    (about 5 % more throughput on a 2-core CPU); restored when the run ends.
     sinks:         Sink objects (closed by the pipeline at the end); callbacks: fn(frame, detections)
+    track:         follow text instances across frames (pipeline.reading.tracking.TextTracker,
+                   ByteTrack per stream): detections gain `track_id` (and, when the detector
+                   reads, the voted `track_text` / `track_text_score`); or a TextTracker
     stop_signals:  signals that stop a run iterated in the main thread: the first drains (like
                    `stop()`), the second stops at once (`report()["lost"]` counts the frames
                    read but never written); the run then raises `Interrupted` (a
@@ -69,10 +72,11 @@ class Pipeline:
                  batch: int = 0, batch_timeout: float = 0.01, queue_size: int = 4,
                  max_frames: Optional[int] = None, sinks: Iterable[Sink] = (),
                  callbacks: Iterable[Callback] = (), source_options: Optional[dict] = None,
-                 switch_interval: Optional[float] = 0.0005,
+                 switch_interval: Optional[float] = 0.0005, track=False,
                  stop_signals: Sequence[int] = (signal.SIGINT,)):
         if isinstance(sources, (str, Source)):
             sources = [sources]
+        self.tracker = _tracker(track)  # before the sources open: a missing package fails first
         self.sources: List[Source] = open_sources(sources, **(source_options or {}))
         self.sinks = list(sinks)
         self.callbacks = list(callbacks)
@@ -85,8 +89,7 @@ class Pipeline:
         self.max_frames = max_frames
         self.switch_interval = switch_interval
         self._holds_interval = False
-        reads = getattr(detector, "recognizer", None) is not None  # a read stage before the sink
-        self.metrics = Metrics(stages=STAGES[:-1] + ("read",) * reads + STAGES[-1:])
+        self.metrics = Metrics(stages=STAGES[:-1] + self._extra_stages() + STAGES[-1:])
         self.control = Control()
         self.interrupted = False
         self._signals = StopSignals(stop_signals, drain=self._interrupt, abort=self.control.abort)
@@ -96,6 +99,7 @@ class Pipeline:
         self._inferred = self._channel("inferred", cap)
         self._results = self._channel("results", cap * self.batch)
         self._read = self._channel("read", cap * self.batch)
+        self._tracked = self._channel("tracked", cap * self.batch)
         self._out = self._channel("out", cap * self.batch)
         self._threads: List[Stage] = []
         self._source_errors: List[Exception] = []
@@ -240,14 +244,21 @@ class Pipeline:
                           self.detector.input_size_for)
         decoders = [stage(f"decode:{s.stream}", _stamp(s.stream), self._frames_of(s),
                           self._decoded, metric="decode") for s in self.sources]
+        steps = [stage("preprocess", self._prepare, batches, self._prepared),
+                 stage("infer", self._infer, self._prepared, self._inferred),
+                 stage("postprocess", self._postprocess, self._inferred, self._results, many=True)]
+        results = self._results
+        for name in self._extra_stages():  # read, track: FrameResult -> FrameResult
+            fn, outbox = {"read": (self._read_texts, self._read),
+                          "track": (self._track, self._tracked)}[name]
+            steps.append(stage(name, fn, results, outbox))
+            results = outbox
+        return decoders + steps + [stage("sink", self._sink, results, self._out)]
+
+    def _extra_stages(self) -> tuple:
+        """The optional steps between post-processing and the sinks, in order."""
         reads = getattr(self.detector, "recognizer", None) is not None
-        return decoders + [
-            stage("preprocess", self._prepare, batches, self._prepared),
-            stage("infer", self._infer, self._prepared, self._inferred),
-            stage("postprocess", self._postprocess, self._inferred, self._results, many=True),
-            *([stage("read", self._read_texts, self._results, self._read)] if reads else []),
-            stage("sink", self._sink, self._read if reads else self._results, self._out),
-        ]
+        return ("read",) * reads + ("track",) * (self.tracker is not None)
 
     def _frames_of(self, source: Source) -> Iterator[Frame]:
         """The decode stage's inbox: up to `max_frames` frames of one source. A source that
@@ -284,6 +295,10 @@ class Pipeline:
         frame, detections = result
         return FrameResult(frame, self.detector.read(frame.image, detections))
 
+    def _track(self, result: FrameResult) -> FrameResult:
+        frame, detections = result
+        return FrameResult(frame, self.tracker(frame, detections))
+
     def _sink(self, result: FrameResult) -> FrameResult:
         frame, detections = result
         for sink in self.sinks:
@@ -292,6 +307,15 @@ class Pipeline:
         for callback in self.callbacks:
             callback(frame, detections)
         return result
+
+
+def _tracker(track):
+    """The TextTracker `track` asks for (None: no tracking)."""
+    if track is None or track is False:
+        return None
+    from .reading.tracking import TextTracker
+
+    return track if isinstance(track, TextTracker) else TextTracker()
 
 
 def _stamp(stream: int) -> Callable[[Frame], Frame]:

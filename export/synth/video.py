@@ -24,31 +24,40 @@ DEMO_SCENE = SceneConfig(min_height=22, max_height=70, max_lines=7, negative_pro
                          panel_prob=0.9, curve_prob=0.0, degrade=0.3)
 
 
-def _ticker(rng, width: int, height: int) -> np.ndarray:
-    """A long strip of text on a dark band, wider than the frame, scrolled right to left."""
+def _ticker(rng, width: int, height: int):
+    """A long strip of text on a dark band, wider than the frame, scrolled right to left, and
+    the words on it."""
     strip = np.zeros((height, width * 3, 3), np.uint8)
     strip[:] = (40, 30, 20)
     words = ["BREAKING", "NEWS", "OPEN", "24H", "SALE", "50%", "OFF", "WELCOME", "CITY", "CENTER",
              "METRO", "LINE", "2", "PARKING", "EXIT"]
     x, style = height * 2, LineStyle(height=height * 0.55, color=(240, 240, 240))
+    written = []
     while x < strip.shape[1] - height * 6:
         n = int(rng.integers(1, 3))
         chosen = [words[int(i)] for i in rng.integers(len(words), size=n)]
         if render_line(rng, strip, chosen, (x + height * 2.5, height / 2), style) is not None:
             x += int(height * 7)
+            written += chosen
         else:
             break
-    return strip
+    return strip, written
 
 
-def _shot(rng, seed: int, w: int, h: int, frames: int, ticker: bool) -> Iterator[np.ndarray]:
+def _shot_setup(rng, seed: int, w: int, h: int, ticker: bool):
+    """A shot's scene, camera path (start, end, zoom), ticker strip and the words of both."""
     big_w, big_h = int(w * 1.5), int(h * 1.5)
-    scene = make_scene(np.random.default_rng(seed), big_h, big_w, DEMO_SCENE).image
+    scene = make_scene(np.random.default_rng(seed), big_h, big_w, DEMO_SCENE)
     start = np.array([rng.uniform(0, big_w - w), rng.uniform(0, big_h - h)])
     end = np.array([rng.uniform(0, big_w - w), rng.uniform(0, big_h - h)])
     zoom = rng.uniform(1.0, 1.15)
+    strip, ticker_words = _ticker(rng, w, h // 9) if ticker else (None, [])
+    return scene.image, (start, end, zoom), strip, list(scene.texts) + ticker_words
+
+
+def _shot(rng, seed: int, w: int, h: int, frames: int, ticker: bool) -> Iterator[np.ndarray]:
+    scene, (start, end, zoom), strip, _ = _shot_setup(rng, seed, w, h, ticker)
     band_h = h // 9
-    strip = _ticker(rng, w, band_h) if ticker else None
     for i in range(frames):
         t = i / max(1, frames - 1)
         cx, cy = start * (1 - t) + end * t + np.array([w, h]) / 2
@@ -70,6 +79,16 @@ def demo_frames(seed: int = 2024, width: int = 640, height: int = 360, fps: int 
     per = [total // shots + (1 if i < total % shots else 0) for i in range(shots)]
     for k, n in enumerate(per):
         yield from _shot(rng, seed * 100 + k, width, height, n, ticker=k % 2 == 1)
+
+
+def demo_words(seed: int = 2024, width: int = 640, height: int = 360, shots: int = 4) -> set:
+    """Every word drawn in the demo video's scenes and tickers (the camera shows a part of
+    each scene, so a run reads a subset)."""
+    rng = np.random.default_rng(seed)
+    words = set()
+    for k in range(shots):
+        words.update(_shot_setup(rng, seed * 100 + k, width, height, ticker=k % 2 == 1)[3])
+    return words
 
 
 def write_demo_video(path, seed: int = 2024, width: int = 640, height: int = 360, fps: int = 25,

@@ -46,6 +46,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--rec-dict",
                    help="its dictionary, one character per line (default: the model's own "
                         "'character' metadata; implies --read)")
+    t.add_argument("--track", action="store_true",
+                   help="follow texts across frames (ByteTrack, pip install 'dbrt[track]'): "
+                        "track ids per detection and OUTPUT/events.jsonl, one line per track "
+                        "when it ends (with --read: its voted text)")
     r = p.add_argument_group("input size and thresholds (default: from the model)")
     r.add_argument("--max-side", type=side_length,
                    help="cap the long side at N pixels (limit_type max)")
@@ -109,7 +113,8 @@ def build_pipeline(args):
     pipe = Pipeline(
         sources, detector, close_detector=True, batch=args.batch,
         batch_timeout=args.batch_timeout_ms / 1e3, queue_size=args.queue_size,
-        max_frames=args.max_frames, stop_signals=(signal.SIGINT, signal.SIGTERM))
+        max_frames=args.max_frames, stop_signals=(signal.SIGINT, signal.SIGTERM),
+        track=args.track)
     out = Path(args.output)
     try:
         pipe.sinks.extend(_sinks(pipe, out, args))
@@ -136,6 +141,10 @@ def _sinks(pipe, out: Path, args) -> list:
     if pipe.detector.untrained:
         annotators.append(BannerAnnotator("UNTRAINED MODEL: boxes are meaningless"))
     sinks = [JsonlSink(out / "detections.jsonl")]
+    if pipe.tracker is not None:
+        from pipeline.reading.events import TextEventSink
+
+        sinks.append(TextEventSink(out / "events.jsonl", lost_frames=pipe.tracker.lost_frames + 1))
     if not args.no_video:
         sinks.extend(_visual_sinks(pipe, out, annotators, ImageSink, VideoSink))
     if args.show:
@@ -202,9 +211,13 @@ def finish(pipe, progress, out: Path, args) -> None:
               file=sys.stderr)
     if pipe.detector.untrained:
         print("note: the model is untrained; train one with `dbrt train` or pass --model")
-    print(f"wrote {out / 'detections.jsonl'}, {out / 'report.json'}"
+    events = f", {out / 'events.jsonl'}" if pipe.tracker is not None else ""
+    print(f"wrote {out / 'detections.jsonl'}{events}, {out / 'report.json'}"
           + ("" if args.no_video else f" and annotated output under {out}/"))
 
 
 def _outputs(pipe, out: Path) -> dict:
-    return dict(jsonl=str(out / "detections.jsonl"), report=str(out / "report.json"))
+    outputs = dict(jsonl=str(out / "detections.jsonl"), report=str(out / "report.json"))
+    if pipe.tracker is not None:
+        outputs["events"] = str(out / "events.jsonl")
+    return outputs

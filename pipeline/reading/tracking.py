@@ -1,0 +1,76 @@
+"""`TextTracker`: follows text instances across the frames of each stream with supervision's
+ByteTrack on the polygons' axis-aligned boxes, and adds per-instance columns:
+
+    track_id          int, -1 for an instance no track took (yet)
+    track_text        the track's voted reading so far (when the frame was read; see tracks.py)
+    track_text_score  its confidence
+
+ByteTrack is supervision's (0.30.x): its successor, the `trackers` package, requires
+opencv-python, which cannot be installed next to the opencv-python-headless dbrt uses. A stream
+whose frame size changes starts with a fresh tracker (its old tracks end).
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Dict
+
+import numpy as np
+
+from engine.lazy import require
+
+from ..detections import Detections
+from ..sources import Frame
+from .tracks import TRACK_ID, TrackBook
+
+
+class TextTracker:
+    """One ByteTrack per stream; call it with each frame's detections, in order per stream.
+
+    lost_frames: frames a track may go unseen and still be picked up again
+    activation:  ByteTrack's track_activation_threshold (detection score to start a track)
+    match:       ByteTrack's minimum_matching_threshold (1 - IoU cost to match)
+    """
+
+    def __init__(self, lost_frames: int = 30, activation: float = 0.25, match: float = 0.8):
+        self.sv = require("supervision")
+        self.lost_frames, self.activation, self.match = lost_frames, activation, match
+        self._trackers: Dict[int, object] = {}
+        self._sizes: Dict[int, tuple] = {}
+        self.book = TrackBook(lost_frames + 1)
+        self.restarts = 0  # streams that changed frame size mid-run
+
+    def _tracker_for(self, frame: Frame):
+        size = self._sizes.get(frame.stream)
+        if size is not None and size != frame.size:
+            self._trackers.pop(frame.stream, None)
+            self.restarts += 1
+        self._sizes[frame.stream] = frame.size
+        tracker = self._trackers.get(frame.stream)
+        if tracker is None:
+            with warnings.catch_warnings():  # deprecated in supervision in favour of `trackers`
+                warnings.simplefilter("ignore", FutureWarning)
+                tracker = self.sv.ByteTrack(track_activation_threshold=self.activation,
+                                            lost_track_buffer=self.lost_frames,
+                                            minimum_matching_threshold=self.match, frame_rate=30)
+            self._trackers[frame.stream] = tracker
+        return tracker
+
+    def __call__(self, frame: Frame, detections: Detections) -> Detections:
+        tracker = self._tracker_for(frame)
+        ids = np.full(len(detections), -1, np.int64)
+        boxes = self.sv.Detections(xyxy=detections.boxes_xyxy.astype(np.float32).reshape(-1, 4),
+                                   confidence=detections.scores.copy(),
+                                   data={"index": np.arange(len(detections))})
+        tracked = tracker.update_with_detections(boxes)
+        if len(tracked):
+            ids[tracked.data["index"]] = tracked.tracker_id
+        data = dict(detections.data)
+        data[TRACK_ID] = ids
+        out = Detections(detections.polygons, detections.scores, data)
+        self.book.update(frame, out)
+        if out.texts:
+            votes = [self.book.reading(frame.stream, int(t)) for t in ids]
+            data["track_text"] = np.asarray([text or "" for text, _ in votes], dtype=str)
+            data["track_text_score"] = np.asarray([c for _, c in votes], np.float32)
+            out = Detections(detections.polygons, detections.scores, data)
+        return out

@@ -1,0 +1,120 @@
+"""`TrackBook`: what is known about each text track of each stream, from the per-frame
+detections that carry a `track_id` column: first / last frame and time, frame count, the best
+polygon, and a reading that improves over frames.
+
+The reading is a confidence-weighted vote: every frame's reading of a track adds its
+`text_score` to that text's weight, and the text with the largest weight wins, so one blurred
+frame cannot overturn twenty sharp ones. Its confidence is the winner's weight divided by the
+number of frames read: the mean confidence of the agreeing readings times the share of frames
+that agree.
+
+A track ends when its stream has gone `lost_frames` frames without it, when the stream's frame
+size changes (a reconnect at another resolution starts afresh), or at `finish()`.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+from ..detections import Detections
+from ..sources import Frame
+
+TRACK_ID = "track_id"
+
+
+@dataclass
+class Track:
+    """One text instance followed across the frames of one stream."""
+
+    stream: int
+    source: str
+    track_id: int
+    first_frame: int
+    first_timestamp: Optional[float]
+    last_frame: int = 0
+    last_timestamp: Optional[float] = None
+    frames: int = 0
+    readings: int = 0
+    best_polygon: Optional[np.ndarray] = None
+    best_score: float = -1.0
+    votes: Dict[str, float] = field(default_factory=lambda: defaultdict(float))
+
+    def add(self, frame: Frame, polygon: np.ndarray, score: float, text: Optional[str],
+            text_score: float) -> None:
+        self.last_frame, self.last_timestamp = frame.index, frame.timestamp
+        self.frames += 1
+        quality = text_score if text is not None else score
+        if quality > self.best_score:  # the polygon of the clearest sighting
+            self.best_score, self.best_polygon = quality, polygon
+        if text:
+            self.readings += 1
+            self.votes[text] += float(text_score)
+
+    @property
+    def reading(self) -> Tuple[Optional[str], float]:
+        """(text, confidence) of the vote so far; (None, 0) before any reading."""
+        if not self.votes:
+            return None, 0.0
+        text = max(self.votes, key=self.votes.get)
+        return text, self.votes[text] / max(self.readings, 1)
+
+    def to_dict(self, decimals: int = 2) -> dict:
+        text, confidence = self.reading
+        stamp = (lambda t: None if t is None else round(float(t), 6))
+        return {"stream": self.stream, "source": self.source, "track_id": self.track_id,
+                "text": text, "confidence": round(confidence, 5),
+                "first_timestamp": stamp(self.first_timestamp),
+                "last_timestamp": stamp(self.last_timestamp),
+                "first_frame": self.first_frame, "last_frame": self.last_frame,
+                "frames": self.frames, "readings": self.readings,
+                "polygon": np.round(self.best_polygon.astype(np.float64), decimals).tolist()}
+
+
+class TrackBook:
+    """Per stream, the live tracks; `update` returns the tracks that ended."""
+
+    def __init__(self, lost_frames: int = 31):
+        self.lost_frames = lost_frames
+        self._live: Dict[int, Dict[int, Track]] = defaultdict(dict)
+        self._sizes: Dict[int, tuple] = {}
+
+    def update(self, frame: Frame, detections: Detections) -> List[Track]:
+        ended = []
+        if self._sizes.get(frame.stream, frame.size) != frame.size:
+            ended += self._end_stream(frame.stream)
+        self._sizes[frame.stream] = frame.size
+        live = self._live[frame.stream]
+        ids = detections.data.get(TRACK_ID)
+        if ids is not None:
+            texts, text_scores = detections.texts, detections.text_scores
+            for k, track_id in enumerate(ids.tolist()):
+                if track_id < 0:
+                    continue
+                track = live.get(track_id)
+                if track is None:
+                    track = live[track_id] = Track(frame.stream, frame.source, track_id,
+                                                   frame.index, frame.timestamp)
+                track.add(frame, detections.polygons[k], float(detections.scores[k]),
+                          texts[k] if texts else None,
+                          float(text_scores[k]) if texts else 0.0)
+        gone = [t for t, track in live.items() if frame.index - track.last_frame >= self.lost_frames]
+        ended += [live.pop(t) for t in gone]
+        return ended
+
+    def reading(self, stream: int, track_id: int) -> Tuple[Optional[str], float]:
+        track = self._live.get(stream, {}).get(track_id)
+        return (None, 0.0) if track is None else track.reading
+
+    def _end_stream(self, stream: int) -> List[Track]:
+        live = self._live.pop(stream, {})
+        return sorted(live.values(), key=lambda t: t.track_id)
+
+    def finish(self) -> List[Track]:
+        """Every live track, ended (the run is over)."""
+        ended = []
+        for stream in sorted(self._live):
+            ended += self._end_stream(stream)
+        return ended

@@ -1,0 +1,107 @@
+"""Tracking texts across frames: ids that follow moving boxes, the confidence-weighted vote of
+the readings, track ends, and the text-events sink (one JSON line per track)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from pipeline.detections import Detections
+from pipeline.reading.tracks import TrackBook
+from pipeline.sources import Frame
+
+pytest.importorskip("supervision")
+
+
+def _frame(index, size=(120, 200), stream=0):
+    frame = Frame(np.zeros(size + (3,), np.uint8), index, index / 25, "cam")
+    frame.stream = stream
+    return frame
+
+
+def _box(x, y, w=40, h=16):
+    return [[x, y], [x + w, y], [x + w, y + h], [x, y + h]]
+
+
+def _dets(boxes, track_ids=None, texts=None, text_scores=None):
+    data = {}
+    if track_ids is not None:
+        data["track_id"] = np.asarray(track_ids)
+    if texts is not None:
+        data["text"], data["text_score"] = np.asarray(texts, str), np.asarray(text_scores)
+    return Detections.from_quads(np.float32(boxes), np.full(len(boxes), 0.8), data)
+
+
+def test_the_vote_is_weighted_by_confidence_not_the_last_reading():
+    book = TrackBook(lost_frames=3)
+    readings = [("EXIT", 0.9), ("EXIT", 0.8), ("FXIT", 0.95), ("EXIT", 0.85), ("EX1T", 0.4)]
+    for i, (text, score) in enumerate(readings):
+        assert book.update(_frame(i), _dets([_box(10 + i, 10)], [7], [text], [score])) == []
+    assert book.reading(0, 7)[0] == "EXIT"
+    ended = book.finish()
+    assert [t.track_id for t in ended] == [7]
+    event = ended[0].to_dict()
+    assert event["text"] == "EXIT" and event["confidence"] == pytest.approx((0.9 + 0.8 + 0.85) / 5)
+    assert (event["first_frame"], event["last_frame"], event["frames"]) == (0, 4, 5)
+    assert event["polygon"] == _box(12, 10)  # the sighting read with the highest confidence
+
+
+def test_a_track_ends_after_lost_frames_or_when_the_frame_size_changes():
+    book = TrackBook(lost_frames=3)
+    book.update(_frame(0), _dets([_box(10, 10), _box(100, 50)], [1, 2]))
+    assert book.update(_frame(1), _dets([_box(11, 10)], [1])) == []
+    assert book.update(_frame(2), _dets([_box(12, 10)], [1])) == []
+    # frames 1, 2 and 3 without track 2: it ends
+    assert [t.track_id for t in book.update(_frame(3), _dets([_box(13, 10)], [1]))] == [2]
+    resized = book.update(_frame(4, size=(240, 400)), _dets([_box(13, 10)], [1]))
+    assert [t.track_id for t in resized] == [1]  # the old track 1 ended; a new one began
+    assert [t.frames for t in book.finish()] == [1]
+
+
+def test_bytetrack_keeps_ids_on_moving_texts_and_votes_their_readings():
+    from pipeline.reading.tracking import TextTracker
+
+    tracker = TextTracker(lost_frames=5)
+    ids, voted = [], []
+    for i in range(12):
+        boxes = [_box(10 + 3 * i, 10), _box(150 - 2 * i, 80)]
+        texts = ["OPEN" if i != 4 else "0PEN", "CAFE"]
+        out = tracker(_frame(i), _dets(boxes, texts=texts, text_scores=[0.9, 0.8]))
+        ids.append(out.data["track_id"].tolist())
+        voted.append(out.data["track_text"].tolist())
+    assert len({tuple(row) for row in ids[1:]}) == 1  # the same two ids from the second frame
+    first, second = ids[-1]
+    assert first != second and first > 0 and second > 0
+    assert voted[-1] == ["OPEN", "CAFE"]  # one misreading does not win
+
+
+def test_the_events_sink_writes_one_line_per_track(tmp_path):
+    from pipeline.reading.events import TextEventSink
+
+    with TextEventSink(tmp_path / "events.jsonl", lost_frames=2) as sink:
+        sink.write(_frame(0), _dets([_box(0, 0), _box(50, 50)], [1, 2], ["A", "B"], [0.9, 0.9]))
+        sink.write(_frame(1), _dets([_box(0, 0)], [1], ["A"], [0.9]))
+        sink.write(_frame(2), _dets([_box(0, 0)], [1], ["A"], [0.9]))  # track 2 ends here
+        assert sink.lines == 1
+    events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    assert [(e["track_id"], e["text"], e["frames"]) for e in events] == [(2, "B", 1), (1, "A", 3)]
+    assert set(events[0]) == {"stream", "source", "track_id", "text", "confidence",
+                              "first_timestamp", "last_timestamp", "first_frame", "last_frame",
+                              "frames", "readings", "polygon"}
+
+
+def test_dbrt_run_track_writes_track_ids_and_an_events_file(tmp_path):
+    from pipeline.cli import main
+
+    from media import write_video
+
+    clip = write_video(tmp_path / "clip.mp4", frames=6, height=72, width=128)
+    out = tmp_path / "out"
+    assert main(["run", str(clip), "--track", "--quiet", "--no-video", "--box-thresh", "0.0",
+                 "--thresh", "0.0", "--max-side", "128", "--device", "cpu", "--output", str(out)]) == 0
+    lines = [json.loads(x) for x in (out / "detections.jsonl").read_text().splitlines()]
+    assert all("track_id" in det for line in lines for det in line["detections"])
+    report = json.loads((out / "report.json").read_text())
+    assert "track" in report["stages"] and report["outputs"]["events"].endswith("events.jsonl")
+    assert (out / "events.jsonl").exists()
