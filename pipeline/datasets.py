@@ -250,12 +250,15 @@ def read_json_dataset(path: Path, images_dir: Optional[Path] = None) -> Dataset:
     if not isinstance(records, list):
         raise DatasetError(f"{path}: expected a JSON list of {{image, polygons, ignore}} records")
     folders = [Path(images_dir)] if images_dir else [path.parent / "images", path.parent]
+    transcriptions = _sources_texts(path.parent / "SOURCES.json")
     samples = []
     for i, rec in enumerate(records):
         try:
             name, polys = rec["image"], rec["polygons"]
             ignore = rec.get("ignore", [False] * len(polys))
-            gt = GroundTruth(tuple(polys), ignore, tuple(rec.get("texts", ())))
+            texts = rec.get("texts") or transcriptions.get(name, ())
+            gt = GroundTruth(tuple(polys), ignore,
+                             tuple(texts) if len(texts) == len(polys) else ())
         except (KeyError, TypeError, ValueError) as exc:
             raise DatasetError(f"{path}: record {i} is not {{image, polygons, ignore}}: {exc}") from exc
         image = next((f / name for f in folders if (f / name).is_file()), folders[0] / name)
@@ -263,6 +266,19 @@ def read_json_dataset(path: Path, images_dir: Optional[Path] = None) -> Dataset:
             raise DatasetError(f"{path}: image {name} not found in {', '.join(map(str, folders))}")
         samples.append(Sample(name, image, gt))
     return Dataset(path.parent.name, "json", tuple(samples))
+
+
+def _sources_texts(path: Path) -> dict:
+    """image -> transcriptions from a SOURCES.json next to the gt.json (realdev keeps them
+    there, in the order of its polygons); {} when there is none."""
+    try:
+        records = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(records, list):
+        return {}
+    return {r["image"]: list(r["texts"]) for r in records
+            if isinstance(r, dict) and "image" in r and isinstance(r.get("texts"), list)}
 
 
 def open_dataset(path, gt_dir: Optional[Path] = None, fmt: str = "auto") -> Dataset:

@@ -43,6 +43,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--vis", metavar="DIR", type=output_folder,
                         help="write images with misses / false alarms drawn")
     parser.add_argument("--quiet", action="store_true", help="print only the overall line")
+    e2e = parser.add_argument_group("end to end (detection + recognition)")
+    e2e.add_argument("--e2e", action="store_true",
+                     help="read the texts too and score end to end (ICDAR 2015: a match also needs "
+                          "the transcription, equal after stripping and case folding; '###' ignored)")
+    e2e.add_argument("--rec-model", help="CTC recognizer .onnx (default: PP-OCRv6 rec from rapidocr)")
+    e2e.add_argument("--rec-dict", help="its dictionary, one character per line")
     parser.add_argument("--tune", action="store_true",
                         help="grid-search thresh / box_thresh / unclip_ratio on this dataset (a "
                              "validation split, never the data you report) and print the best settings")
@@ -64,6 +70,37 @@ def _tune(args, dataset) -> int:
           f"--box-thresh {best['box_thresh']} --unclip-ratio {best['unclip_ratio']} (hmean {best['hmean']:.4f})")
     if args.json:
         Path(args.json).write_text(json.dumps({"dataset": str(args.dataset), "grid": rows}, indent=1) + "\n")
+    return 0
+
+
+def _e2e(args, dataset) -> int:
+    import json
+    from pathlib import Path
+
+    from engine.errors import DbrtError
+    from pipeline.e2e import evaluate_e2e
+
+    if not any(t and t not in ("###", "#") for s in dataset for t in s.gt.texts):
+        raise DbrtError(f"--e2e needs transcriptions; the ground truth of {args.dataset} has none")
+    args.read = True
+
+    def on_image(sample, image, dets, scored):
+        if not args.quiet:
+            wrong = "; ".join(f"{g!r} read {r!r}" for g, r in scored.wrong)
+            print(f"{sample.name}: {scored.correct}/{scored.detection.gt_care} read correctly"
+                  + (f" ({wrong})" if wrong else ""), flush=True)
+
+    with _detector(args) as detector:
+        result = evaluate_e2e(detector.detect, dataset, on_image, iou=args.iou,
+                              area_precision=args.area_precision)
+        described = detector.describe()
+    print(f"{dataset.name} ({dataset.format}, {len(dataset)} images): {result.summary()}")
+    if args.json:
+        payload = {"dataset": str(args.dataset), "detector": described,
+                   "protocol": {"iou": args.iou, "area_precision": args.area_precision,
+                                "normalisation": "strip + casefold"}, **result.to_dict()}
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(payload, indent=1, ensure_ascii=False) + "\n")
     return 0
 
 
@@ -112,6 +149,9 @@ def run(args) -> int:
     dataset = open_dataset(args.dataset, args.gt, args.format).head(args.max_images)
     if args.tune:
         return _tune(args, dataset)
+    if args.e2e:
+        return _e2e(args, dataset)
+    args.rec_model = args.rec_dict = None  # reading is for --e2e only
     timings: list = []
     with _detector(args) as detector:
         if detector.untrained:

@@ -1,0 +1,59 @@
+"""End-to-end scoring: IoU matching as for detection, then equal transcriptions (stripped,
+case folded); '###' ground truth ignored; detections without text dropped."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from pipeline.datasets import open_dataset
+from pipeline.detections import Detections
+from pipeline.e2e import e2e_image
+
+A = [[0, 0], [100, 0], [100, 30], [0, 30]]
+B = [[0, 50], [100, 50], [100, 80], [0, 80]]
+C = [[200, 0], [300, 0], [300, 30], [200, 30]]
+
+
+def _read(polys, texts):
+    return Detections.from_quads(np.float32(polys), np.ones(len(polys)),
+                                 {"text": texts, "text_score": np.ones(len(polys))})
+
+
+def test_a_match_needs_the_transcription_equal_up_to_case_and_surrounding_space():
+    scored = e2e_image([A, B, C], [False, False, True], ["Exit", "CAFÉ", "###"],
+                       _read([A, B, C], [" EXIT", "CAFE", "whatever"]))
+    assert scored.correct == 1 and scored.wrong == (("CAFÉ", "CAFE"),)
+    assert scored.detection.gt_care == 2 and scored.detection.det_care == 2  # C: don't care
+
+
+def test_detections_without_text_are_dropped_before_matching():
+    scored = e2e_image([A], [False], ["open"], _read([A, B], ["", "OPEN"]))
+    assert scored.correct == 0 and scored.detection.det_care == 1  # B is read but misplaced
+
+
+def test_detections_must_carry_texts():
+    with pytest.raises(ValueError, match="texts"):
+        e2e_image([A], [False], ["x"], Detections.from_quads(np.float32([A]), [1.0]))
+
+
+def test_a_gt_json_takes_its_transcriptions_from_sources_json(tmp_path):
+    import cv2
+
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((90, 310, 3), np.uint8))
+    (tmp_path / "gt.json").write_text(json.dumps(
+        [{"image": "a.png", "polygons": [A, B], "ignore": [False, True]}]))
+    (tmp_path / "SOURCES.json").write_text(json.dumps(
+        [{"image": "a.png", "texts": ["Exit", "###"]}]))
+    assert open_dataset(tmp_path)[0].gt.texts == ("Exit", "###")
+
+
+def test_dbrt_eval_e2e_on_realdev(shared_data, capsys):
+    pytest.importorskip("rapidocr", reason="the PP-OCR rec model comes with the rapidocr wheel")
+    from pipeline.cli import main
+
+    assert main(["eval", "--dataset", str(shared_data / "realdev"), "--e2e", "--device", "cpu",
+                 "--max-images", "2", "--quiet"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "end-to-end precision" in line and "6 ground truth" in line
