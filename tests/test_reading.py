@@ -286,3 +286,22 @@ def test_dbrt_run_read_writes_texts_and_bad_reader_files_are_one_line(tmp_path, 
     assert main(["run", str(tmp_path / "words.png"), "--rec-dict", str(tmp_path / "none.txt"),
                  "--output", str(out)]) == 2
     assert "dictionary not found" in capsys.readouterr().err
+
+
+@needs_rapidocr
+@pytest.mark.slow
+def test_the_shipped_detector_and_ppocr_read_the_demo_videos_words():
+    """Frames of the demo video (export.synth) read with the shipped detector: every confident
+    reading is made of the demo's words (whole, or cut where the frame edge cuts the word), and
+    most of the words in view are read whole."""
+    from export.synth.video import demo_frames, demo_words
+
+    words = demo_words()
+    frames = list(demo_frames(seconds=2.0))[::6]  # all four shots, 9 frames
+    from pipeline.detector import Detector
+
+    with Detector(read=True, device="cpu") as detector:
+        results = detector.detect_batch(frames)
+    read = [t for d in results for t, s in zip(d.texts, d.text_scores) if s >= 0.9]
+    assert all(any(token in word for word in words) for text in read for token in text.split())
+    assert len(set(read) & words) >= 15
