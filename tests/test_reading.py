@@ -145,6 +145,16 @@ def test_the_runner_output_is_decoded_per_crop(tmp_path):
     assert texts[1] == ""  # all channels equal: the first (blank) wins
 
 
+def test_a_polygon_that_rectifies_to_nothing_is_a_counted_skip(tmp_path):
+    model = _tiny_ctc_model(tmp_path / "tiny.onnx", classes=3, metadata={"character": "a"})
+    dets = Detections.from_quads(np.float32([[[0, 0], [50, 0], [50, 0.1], [0, 0.1]],
+                                             [[0, 0], [40, 0], [40, 20], [0, 20]]]), [1, 1])
+    with Recognizer(model, device="cpu") as rec:
+        read = rec.read(np.zeros((30, 60, 3), np.uint8), dets)
+        assert rec.describe()["skipped_unreadable"] == 1 and rec.crops_read == 1
+    assert read.texts[0] == "" and read.text_scores[0] == 0
+
+
 # -- the PP-OCR rec model on a synthetic image ------------------------------------------------
 def _words_image():
     from PIL import Image, ImageDraw, ImageFont
