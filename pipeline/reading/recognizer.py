@@ -45,6 +45,8 @@ class Recognizer:
     charset: a dictionary file, a Charset, or None for the model's own `character` metadata
     spec:    a RecSpec (crop height, widths, normalisation, batch size); default: `preset`'s
     device:  "auto", "cpu" or "cuda" (ONNX Runtime); options: engine.loader.RunnerOptions
+             (default: idle threads sleep, spin=False: in a run the recognizer works beside the
+             detector's session, whose cores busy-waiting threads would take)
     """
 
     def __init__(self, model=None, charset: Union[str, os.PathLike, Charset, None] = None, *,
@@ -57,6 +59,7 @@ class Recognizer:
         else:
             path = default_rec_model_path() if model is None else Path(model)
             # TensorRT would need a profile of the crop widths; ONNX Runtime takes any width
+            options = options or RunnerOptions(spin=False)
             self.runner = load_runner(path, backend="onnxruntime", device=device, options=options)
         self.runner.activate()
         self.output_name, num_classes = _check_ctc_io(self.runner, self.spec, self.model_name)
