@@ -12,7 +12,7 @@ $(BIN)/.installed: setup.cfg pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e ".[export,dev,bench]"
+	$(BIN)/pip install -q -e ".[export,dev,bench,serve]"
 	touch $@
 
 install: $(BIN)/.installed

@@ -21,6 +21,8 @@ _INSTALL_HINT = {
     "PIL": "pip install pillow",
     "supervision": "pip install 'dbrt[track]'",
     "matplotlib": "pip install matplotlib",
+    "prometheus_client": "pip install 'dbrt[serve]'",
+    "paho": "pip install 'dbrt[serve]'",
 }
 
 

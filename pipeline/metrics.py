@@ -10,6 +10,7 @@ Batch sizes are counts, not times: a histogram {frames per engine call: calls}.
 """
 from __future__ import annotations
 
+import bisect
 import json
 import sys
 import threading
@@ -21,22 +22,37 @@ import numpy as np
 
 STAGES = ("decode", "preprocess", "infer", "postprocess", "sink")
 PERCENTILES = (50, 95, 99)
+# upper bounds (ms) of the cumulative latency histograms that /metrics exposes (--serve)
+BUCKETS_MS = (0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 
 
 class LatencyWindow:
-    """Latencies in milliseconds: exact count and mean, percentiles over the last `window`."""
+    """Latencies in milliseconds: exact count, mean and histogram (`BUCKETS_MS`), percentiles
+    over the last `window`."""
 
     def __init__(self, window: int = 100_000):
         self._lock = threading.Lock()
         self._samples = deque(maxlen=window)
         self.count = 0
         self.total_ms = 0.0
+        self._buckets = [0] * (len(BUCKETS_MS) + 1)  # the last one: above every bound
 
     def add(self, ms: float) -> None:
         with self._lock:
             self._samples.append(ms)
             self.count += 1
             self.total_ms += ms
+            self._buckets[bisect.bisect_left(BUCKETS_MS, ms)] += 1
+
+    def histogram(self):
+        """([(upper bound ms, cumulative count)...], count, sum ms) over the whole run."""
+        with self._lock:
+            counts, count, total = list(self._buckets), self.count, self.total_ms
+        cumulative, running = [], 0
+        for bound, n in zip(BUCKETS_MS, counts):
+            running += n
+            cumulative.append((bound, running))
+        return cumulative, count, total
 
     def summary(self) -> dict:
         with self._lock:
@@ -51,15 +67,17 @@ class LatencyWindow:
 
 
 class DepthGauge:
-    """Queue depth samples: mean and max (taken whenever a stage pulls from the queue)."""
+    """Queue depth samples: mean, max and the last (taken whenever a stage pulls from the queue)."""
 
     def __init__(self, capacity: int):
         self.capacity = capacity
         self.samples = 0
         self.total = 0
         self.max = 0
+        self.last = 0
 
     def add(self, depth: int) -> None:
+        self.last = depth
         self.samples += 1
         self.total += depth
         self.max = max(self.max, depth)

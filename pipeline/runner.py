@@ -267,9 +267,11 @@ class Pipeline:
         frames = iter(source)
         try:
             yield from (frames if self.max_frames is None else itertools.islice(frames, self.max_frames))
+            source.state = "ended"
         except Aborted:
             raise
         except Exception as exc:  # noqa: BLE001 - raised by the consumer once the run drained
+            source.state = "failed"
             self._source_errors.append(exc)
             source.stats.note(f"error: {exc}")
         finally:

@@ -114,3 +114,13 @@ def output_file(text: str) -> str:
     if problem:
         raise argparse.ArgumentTypeError(problem)
     return text
+
+
+def listen_address(text: str):
+    """[HOST:]PORT (HOST defaults to 127.0.0.1; [::1]:PORT for IPv6) -> (host, port)."""
+    match = re.fullmatch(r"(?:\[([0-9A-Fa-f:.]+)\]:|([A-Za-z0-9.-]*):)?(\d{1,5})", text.strip())
+    port = int(match.group(3)) if match else -1
+    if not match or not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(
+            f"expected [HOST:]PORT with a port from 0 to 65535, e.g. 8080 or 0.0.0.0:8080, got {text!r}")
+    return (match.group(1) or match.group(2) or "127.0.0.1"), port

@@ -7,7 +7,7 @@ import re
 import sys
 from pathlib import Path
 
-from ._validate import DEVICES, at_least, input_size, output_folder, side_length
+from ._validate import DEVICES, at_least, input_size, listen_address, output_folder, side_length
 
 NAME = "run"
 ORDER = 10
@@ -78,6 +78,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     o.add_argument("--show", action="store_true", help="show annotated frames in a window (q quits)")
     o.add_argument("--show-scores", action="store_true", help="write each box's score")
     o.add_argument("--quiet", action="store_true", help="no progress line")
+    w = p.add_argument_group("live view and events")
+    w.add_argument("--serve", type=listen_address, metavar="[HOST:]PORT",
+                   help="serve a live web view, /metrics (Prometheus), /healthz and /api/status "
+                        "(HOST defaults to 127.0.0.1; 0.0.0.0 listens on every interface)")
+    w.add_argument("--serve-token", metavar="TOKEN",
+                   help="require this token from every request (Bearer header or ?token=); "
+                        "default: the DBRT_SERVE_TOKEN environment variable, else none")
+    w.add_argument("--serve-fps", type=at_least(0.1, float), default=10.0,
+                   help="most pictures per second and stream sent to viewers")
 
 
 def run(args) -> int:
@@ -149,7 +158,22 @@ def _sinks(pipe, out: Path, args) -> list:
         sinks.extend(_visual_sinks(pipe, out, annotators, ImageSink, VideoSink))
     if args.show:
         sinks.append(WindowSink(on_quit=pipe.stop, annotators=annotators))
+    if args.serve:
+        sinks.append(_serve_sink(pipe, args, annotators))
     return sinks
+
+
+def _serve_sink(pipe, args, annotators):
+    import os
+
+    from pipeline.serve import ServeSink
+
+    host, port = args.serve
+    token = args.serve_token or os.environ.get("DBRT_SERVE_TOKEN") or None
+    sink = ServeSink(pipe, host, port, token=token, max_fps=args.serve_fps, annotators=annotators)
+    print(f"dbrt run: live view on {sink.url}" + (" (token required)" if token else ""),
+          file=sys.stderr, flush=True)
+    return sink
 
 
 def _visual_sinks(pipe, out: Path, annotators, ImageSink, VideoSink) -> list:

@@ -75,6 +75,7 @@ class Source(abc.ABC):
         self.name = name
         self.stats = SourceStats()
         self.stream = 0  # set by the pipeline
+        self.state = "up"  # "reconnecting" (live sources), then "ended" or "failed" (the pipeline)
 
     def open(self) -> "Source":
         return self
@@ -99,7 +100,7 @@ class Source(abc.ABC):
 
     def describe(self) -> dict:
         return dict(name=self.name, kind=self.kind, live=self.live, total_frames=self.total_frames,
-                    fps=self.fps, **self.stats.as_dict())
+                    fps=self.fps, state=self.state, **self.stats.as_dict())
 
     def __enter__(self) -> "Source":
         return self.open()

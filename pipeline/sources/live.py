@@ -182,6 +182,7 @@ class LiveSource(Source):
         self._disconnect_quietly()
         if self.reconnect is None:
             return False
+        self.state = "reconnecting"
         last = "stream ended"
         for attempt, wait in enumerate(self.reconnect.delays(), 1):
             if self._stop.wait(wait):
@@ -193,6 +194,7 @@ class LiveSource(Source):
                 self.stats.note(f"reconnect attempt {attempt} failed: {last}")
                 continue
             self.stats.add(reconnects=1)
+            self.state = "up"
             self.stats.note(f"reconnected after {attempt} attempt(s)")
             return True
         raise SourceError(f"lost {self.name}: gave up after {self.reconnect.retries} reconnect "

@@ -1,0 +1,180 @@
+"""The HTTP side of `--serve`: a WSGI application (routing only; the stdlib's wsgiref parses
+HTTP and prometheus_client writes /metrics) on a threading server with a bounded number of
+connections.
+
+Safe by default: binds loopback unless told otherwise, GET / HEAD only, no request path ever
+reaches the file system, an optional access token (`Authorization: Bearer TOKEN` or
+`?token=TOKEN`), at most `max_connections` open connections (more are closed at once), and a
+socket timeout that frees the thread of a viewer that stopped reading.
+"""
+from __future__ import annotations
+
+import hmac
+import json
+import re
+import socket
+import threading
+import time
+from socketserver import ThreadingMixIn
+from typing import Optional
+from urllib.parse import parse_qs
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from engine.errors import DbrtError
+
+from .page import PAGE
+from .status import RunStatus
+from .view import LiveFrames
+
+BOUNDARY = "dbrtframe"
+_STREAM = re.compile(r"/stream/(\d{1,4})\.mjpg")
+
+
+class ServeApp:
+    """Routes: / (the page), /stream/<id>.mjpg, /metrics, /healthz, /api/status."""
+
+    def __init__(self, status: RunStatus, registry, token: Optional[str] = None,
+                 keepalive_s: float = 5.0):
+        from prometheus_client import make_wsgi_app
+
+        self.status = status
+        self.view: LiveFrames = status.view
+        self.token = token or None
+        self.keepalive_s = keepalive_s
+        self._metrics_app = make_wsgi_app(registry)
+
+    def __call__(self, environ, start_response):
+        method, path = environ.get("REQUEST_METHOD", "GET"), environ.get("PATH_INFO", "/")
+        if method not in ("GET", "HEAD"):
+            return _text(start_response, "405 Method Not Allowed", "read-only: GET only\n",
+                         [("Allow", "GET, HEAD")])
+        if not self._authorised(environ):
+            return _text(start_response, "401 Unauthorized", "missing or wrong token\n",
+                         [("WWW-Authenticate", 'Bearer realm="dbrt"')])
+        if path == "/":
+            return _send(start_response, "200 OK", "text/html; charset=utf-8", PAGE.encode())
+        if path == "/metrics":
+            return self._metrics_app(environ, start_response)
+        if path == "/healthz":
+            ok, reason = self.status.health()
+            return _text(start_response, "200 OK" if ok else "503 Service Unavailable", reason + "\n")
+        if path == "/api/status":
+            body = json.dumps(self.status.snapshot(), separators=(",", ":")).encode()
+            return _send(start_response, "200 OK", "application/json", body)
+        match = _STREAM.fullmatch(path)
+        if match and int(match.group(1)) in {s.stream for s in self.status.pipeline.sources}:
+            start_response("200 OK", [
+                ("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}"),
+                ("Cache-Control", "no-store")])
+            return self._mjpeg(int(match.group(1)))
+        return _text(start_response, "404 Not Found", "not found\n")
+
+    def _authorised(self, environ) -> bool:
+        if self.token is None:
+            return True
+        header = environ.get("HTTP_AUTHORIZATION", "")
+        given = header[7:] if header.startswith("Bearer ") else ""
+        if not given:
+            given = (parse_qs(environ.get("QUERY_STRING", "")).get("token") or [""])[0]
+        return hmac.compare_digest(given.encode(), self.token.encode())
+
+    def _mjpeg(self, stream: int):
+        """One JPEG part per new picture, at most the view's rate; a part is re-sent every
+        `keepalive_s` while the stream stalls so that the viewer sees the connection is alive."""
+        sent = 0
+        while not self.view.closed:
+            newer = self.view.wait_newer(stream, sent, self.keepalive_s)
+            if self.view.closed:
+                return
+            encoded = self.view.jpeg(stream)
+            if not encoded.jpeg:
+                continue
+            if newer and encoded.seq <= sent:  # rate cap: the newest frame is not encoded yet
+                time.sleep(self.view.min_interval)
+                continue
+            sent = encoded.seq
+            yield (f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\n"
+                   f"Content-Length: {len(encoded.jpeg)}\r\n\r\n").encode() + encoded.jpeg + b"\r\n"
+
+
+def _send(start_response, status: str, content_type: str, body: bytes, headers=()):
+    start_response(status, [("Content-Type", content_type), ("Content-Length", str(len(body))),
+                            ("Cache-Control", "no-store"), *headers])
+    return [body]
+
+
+def _text(start_response, status: str, text: str, headers=()):
+    return _send(start_response, status, "text/plain; charset=utf-8", text.encode(), headers)
+
+
+class _Discard:
+    """Where wsgiref's error output goes (a viewer that vanished is not worth a traceback)."""
+
+    def write(self, text) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+
+class _Handler(WSGIRequestHandler):
+    timeout = 10.0  # seconds a blocked read or write may take before the connection is dropped
+
+    def log_message(self, *args) -> None:  # no access log on stderr
+        pass
+
+    def get_stderr(self):
+        return _Discard()
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+    max_connections = 32
+
+    def server_bind(self):
+        self._slots = threading.BoundedSemaphore(self.max_connections)
+        super().server_bind()
+
+    def process_request(self, request, client_address):
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)  # over the limit: closed at once
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
+class HttpServer:
+    """The server thread; binds at construction so that a busy port fails at once."""
+
+    def __init__(self, app: ServeApp, host: str = "127.0.0.1", port: int = 8080,
+                 max_connections: int = 32):
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        server_class = type("Server", (_Server,), {"max_connections": max_connections,
+                                                   "address_family": family})
+        try:
+            self.server = make_server(host, port, app, server_class=server_class,
+                                      handler_class=_Handler)
+        except OSError as exc:
+            raise DbrtError(f"--serve {host}:{port}: cannot listen there "
+                            f"({exc.strerror or exc})") from None
+        self.host, self.port = self.server.server_address[:2]
+        self._thread = threading.Thread(target=self.server.serve_forever, name="serve",
+                                        kwargs=dict(poll_interval=0.2), daemon=True)
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/"
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self.server.shutdown()
+        self.server.server_close()

@@ -1,0 +1,68 @@
+"""The one page of the web view: a tile per stream with its live picture (MJPEG), state, FPS,
+drops / reconnects and newest detections, refreshed from /api/status once a second. Static
+text: no request ever reads a file. The token the page was opened with is passed on."""
+
+PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>dbrt live</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>
+body{font:14px system-ui,sans-serif;margin:0;background:#111;color:#ddd}
+header{padding:8px 12px;background:#222;display:flex;gap:24px;flex-wrap:wrap}
+#tiles{display:grid;grid-template-columns:repeat(auto-fill,minmax(420px,1fr));gap:10px;padding:10px}
+.tile{background:#1b1b1b;border:2px solid #2a2a2a;border-radius:6px;overflow:hidden}
+.tile.down{border-color:#c33}.tile.reconnecting{border-color:#d90}
+.tile img{width:100%;display:block;background:#000;min-height:120px}
+.info{padding:6px 10px;font-size:13px;line-height:1.5}
+.state{font-weight:bold}.up{color:#5c5}.bad{color:#f66}.warn{color:#fb3}
+.texts{color:#9cf;word-break:break-all}
+table{border-collapse:collapse;font-size:12px}td{padding:0 10px 0 0}
+</style></head><body>
+<header><b>dbrt live</b><span id="summary">connecting...</span><span id="stages"></span>
+<span id="outputs"></span></header>
+<div id="tiles"></div>
+<script>
+const token = new URLSearchParams(location.search).get("token");
+const q = token ? "?token=" + encodeURIComponent(token) : "";
+const tiles = {};
+function esc(s){return String(s).replace(/[&<>"']/g,c=>"&#"+c.charCodeAt(0)+";");}
+function tile(s){
+  if (tiles[s.id]) return tiles[s.id];
+  const div = document.createElement("div");
+  div.className = "tile";
+  div.innerHTML = '<img alt="stream ' + s.id + '" src="stream/' + s.id + '.mjpg' + q + '">' +
+                  '<div class="info"></div>';
+  document.getElementById("tiles").appendChild(div);
+  return tiles[s.id] = div;
+}
+function render(st){
+  document.getElementById("summary").textContent =
+    st.frames + " frames | " + st.current_fps.toFixed(1) + " FPS | " + st.elapsed_s.toFixed(0) + " s";
+  document.getElementById("stages").textContent = Object.entries(st.stages)
+    .filter(([n, s]) => s.count).map(([n, s]) => n + " " + s.p50_ms.toFixed(1) + " ms").join(" | ");
+  document.getElementById("outputs").textContent = Object.entries(st.outputs)
+    .map(([n, o]) => n + ": " + Object.entries(o).map(([k, v]) => k + " " + v).join(", ")).join(" | ");
+  for (const s of st.streams){
+    const div = tile(s);
+    const cls = s.state === "up" ? "up" : (s.state === "reconnecting" ? "warn" : "bad");
+    div.className = "tile " + (s.state === "up" ? "" : (s.state === "reconnecting" ? "reconnecting" : "down"));
+    const note = s.state === "up" ? "" : " (" + esc(s.events.slice(-1)[0] || "no frames") + ")";
+    div.querySelector(".info").innerHTML =
+      "<b>" + s.id + "</b> " + esc(s.name) + " <span class='state " + cls + "'>" + esc(s.state) +
+      "</span>" + note + "<br>frames " + s.frames + " | dropped " + s.dropped + " | reconnects " +
+      s.reconnects + " | detections " + s.detections +
+      (s.texts.length ? "<div class='texts'>" + s.texts.map(esc).join(" &middot; ") + "</div>" : "");
+  }
+}
+async function poll(){
+  try {
+    const r = await fetch("api/status" + q, {cache: "no-store"});
+    if (r.ok) render(await r.json());
+    else document.getElementById("summary").textContent = "status: HTTP " + r.status;
+  } catch (e) {
+    document.getElementById("summary").textContent = "the run has ended or is unreachable";
+  }
+  setTimeout(poll, 1000);
+}
+poll();
+</script></body></html>
+"""

@@ -1,0 +1,109 @@
+"""/metrics: a prometheus_client collector that reads the run's counters when scraped, so the
+pipeline's threads never call into prometheus_client (no cost between scrapes).
+
+Names (all prefixed dbrt_): frames_total, source_frames_read_total, source_dropped_frames_total,
+source_reconnects_total and source_up per stream; stage_latency_seconds (per stage) and
+end_to_end_latency_seconds histograms; queue_depth / queue_capacity per queue; batch_size
+histogram (frames per engine call); fps; and the counters of other outputs (mqtt_*).
+"""
+from __future__ import annotations
+
+from engine.lazy import require
+
+from .status import RunStatus, redact
+
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+def registry_for(status: RunStatus):
+    """A fresh CollectorRegistry holding only this run's collector."""
+    core = require("prometheus_client.core")
+    registry = core.CollectorRegistry(auto_describe=False)
+    registry.register(_RunCollector(status, core))
+    return registry
+
+
+class _RunCollector:
+    def __init__(self, status: RunStatus, core):
+        self.status = status
+        self.core = core
+
+    def collect(self):
+        yield from self._streams()
+        yield from self._latencies()
+        yield from self._queues_and_batches()
+        yield from self._outputs()
+
+    def _streams(self):
+        core, view = self.core, self.status.view
+        labels = ["stream", "source"]
+        frames = core.CounterMetricFamily("dbrt_frames", "frames out of the pipeline", labels=labels)
+        read = core.CounterMetricFamily("dbrt_source_frames_read", "frames read from the source",
+                                        labels=labels)
+        dropped = core.CounterMetricFamily("dbrt_source_dropped_frames",
+                                           "frames a live source dropped (consumer too slow)",
+                                           labels=labels)
+        reconnects = core.CounterMetricFamily("dbrt_source_reconnects", "reconnects of the source",
+                                              labels=labels)
+        up = core.GaugeMetricFamily("dbrt_source_up", "1 while the source is up", labels=labels)
+        for source in self.status.pipeline.sources:
+            stats = source.stats.as_dict()
+            key = [str(source.stream), redact(source.name)]
+            frames.add_metric(key, view.frames.get(source.stream, 0))
+            read.add_metric(key, stats["read"])
+            dropped.add_metric(key, stats["dropped"])
+            reconnects.add_metric(key, stats["reconnects"])
+            up.add_metric(key, 1.0 if source.state == "up" else 0.0)
+        yield from (frames, read, dropped, reconnects, up)
+        yield core.GaugeMetricFamily("dbrt_fps", "frames per second over the last few dozen frames",
+                                     value=self.status.pipeline.metrics.current_fps)
+
+    def _latencies(self):
+        metrics = self.status.pipeline.metrics
+        stages = self.core.HistogramMetricFamily(
+            "dbrt_stage_latency_seconds", "seconds per call of each stage (batch or frame)",
+            labels=["stage"])
+        for name, window in metrics.stages.items():
+            buckets, _, total_ms = _seconds(window.histogram())
+            stages.add_metric([name], buckets, total_ms)
+        yield stages
+        buckets, _, total = _seconds(metrics.end_to_end.histogram())
+        e2e = self.core.HistogramMetricFamily(
+            "dbrt_end_to_end_latency_seconds", "seconds from a frame read to its results written")
+        e2e.add_metric([], buckets, total)
+        yield e2e
+
+    def _queues_and_batches(self):
+        core, metrics = self.core, self.status.pipeline.metrics
+        depth = core.GaugeMetricFamily("dbrt_queue_depth", "items waiting in a stage queue",
+                                       labels=["queue"])
+        capacity = core.GaugeMetricFamily("dbrt_queue_capacity", "capacity of a stage queue",
+                                          labels=["queue"])
+        for name, gauge in metrics.queues.items():
+            depth.add_metric([name], gauge.last)
+            capacity.add_metric([name], gauge.capacity)
+        yield from (depth, capacity)
+        sizes = dict(metrics.batch_sizes)
+        cumulative = [(str(b), sum(n for s, n in sizes.items() if s <= b)) for b in BATCH_BUCKETS]
+        cumulative.append(("+Inf", sum(sizes.values())))
+        batch = core.HistogramMetricFamily("dbrt_batch_size", "frames per engine call")
+        batch.add_metric([], cumulative, sum(s * n for s, n in sizes.items()))
+        yield batch
+
+    def _outputs(self):
+        for name, extra in self.status.extras.items():
+            for key, value in extra.counters().items():
+                if not isinstance(value, (int, float)):  # bools count as 0 / 1
+                    continue
+                metric = f"dbrt_{name}_{key}"
+                if key.endswith("_total"):
+                    yield self.core.CounterMetricFamily(metric[:-6], f"{name} {key}", value=value)
+                else:
+                    yield self.core.GaugeMetricFamily(metric, f"{name} {key}", value=float(value))
+
+
+def _seconds(histogram):
+    """A LatencyWindow histogram in prometheus_client's form: [(le, cumulative)], sum seconds."""
+    cumulative, count, total_ms = histogram
+    buckets = [(repr(bound / 1e3), n) for bound, n in cumulative] + [("+Inf", count)]
+    return buckets, count, total_ms / 1e3

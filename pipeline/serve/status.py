@@ -1,0 +1,75 @@
+"""The run's state as the web view, /api/status and /healthz see it: one entry per stream
+(state, frames, drops, reconnects, the newest detections), the stage latencies and the
+counters of any other outputs (MQTT). Source names lose any user:password part."""
+from __future__ import annotations
+
+import time
+from typing import Dict, List, Optional, Tuple
+from urllib.parse import urlsplit, urlunsplit
+
+from .view import LiveFrames
+
+MAX_TEXTS = 20  # newest texts / detections listed per stream
+
+
+def redact(name: str) -> str:
+    """`rtsp://user:secret@cam/1` -> `rtsp://cam/1`: credentials never reach a viewer."""
+    try:
+        parts = urlsplit(name)
+    except ValueError:
+        return name
+    if not parts.scheme or "@" not in parts.netloc:
+        return name
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
+class RunStatus:
+    """Reads a running Pipeline (its sources and Metrics) and the LiveFrames; `extras` maps a
+    name to an object with `counters() -> dict` (e.g. the MQTT sink)."""
+
+    def __init__(self, pipeline, view: LiveFrames, extras: Optional[Dict[str, object]] = None):
+        self.pipeline = pipeline
+        self.view = view
+        self.extras = dict(extras or {})
+
+    def streams(self) -> List[dict]:
+        out = []
+        for source in self.pipeline.sources:
+            stats = source.stats.as_dict()
+            latest = self.view.latest(source.stream)
+            entry = dict(id=source.stream, name=redact(source.name), kind=source.kind,
+                         live=source.live, state=source.state,
+                         frames=self.view.frames.get(source.stream, 0), read=stats["read"],
+                         dropped=stats["dropped"], reconnects=stats["reconnects"],
+                         events=[redact(e) for e in stats["events"][-5:]])
+            entry.update(self._newest(latest))
+            out.append(entry)
+        return out
+
+    @staticmethod
+    def _newest(latest) -> dict:
+        if latest is None:
+            return dict(frame_index=None, last_frame_age_s=None, detections=0, texts=[])
+        dets = latest.detections
+        texts = dets.data.get("text")
+        return dict(frame_index=int(latest.frame.index),
+                    last_frame_age_s=round(time.time() - latest.wall_time, 3),
+                    detections=len(dets),
+                    texts=[] if texts is None else [str(t) for t in texts[:MAX_TEXTS]])
+
+    def snapshot(self) -> dict:
+        metrics = self.pipeline.metrics
+        return dict(
+            frames=metrics.frames_out, fps=round(metrics.fps, 3),
+            current_fps=round(metrics.current_fps, 3), elapsed_s=round(metrics.elapsed, 3),
+            stages={name: w.summary() for name, w in metrics.stages.items()},
+            end_to_end=metrics.end_to_end.summary(), batch_size=metrics.batch_summary(),
+            queues={name: dict(g.summary(), depth=g.last) for name, g in metrics.queues.items()},
+            streams=self.streams(),
+            outputs={name: extra.counters() for name, extra in self.extras.items()})
+
+    def health(self) -> Tuple[bool, str]:
+        """(True, "ok") while every stream is up, else (False, the reasons)."""
+        down = [f"stream {s.stream} ({redact(s.name)}) {s.state}"
+                for s in self.pipeline.sources if s.state != "up"]
+        return (not down, "; ".join(down) or "ok")
