@@ -76,3 +76,72 @@ def mjpeg_parts(port: int, stream: int, count: int, query: str = "") -> Iterator
             yield response.fp.read(int(headers["content-length"]))
     finally:
         conn.close()
+
+
+class Mosquitto:
+    """A real Mosquitto broker on a free loopback port, with persistence so that a durable
+    subscriber keeps its subscription and its queued messages across `restart()`."""
+
+    def __init__(self, binary: str, folder: Path):
+        self.binary = binary
+        self.port = free_port()
+        self.config = folder / "mosquitto.conf"
+        self.config.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
+                               f"persistence true\npersistence_location {folder}/\n")
+        self.proc = None
+
+    def start(self) -> "Mosquitto":
+        self.proc = subprocess.Popen([self.binary, "-c", str(self.config)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return self
+            except OSError:
+                if self.proc.poll() is not None:
+                    raise AssertionError(f"mosquitto did not start: {self.proc.stderr.read()}")
+                time.sleep(0.05)
+        raise AssertionError("mosquitto did not accept connections")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()  # saves the persistence file
+            self.proc.wait(timeout=30)
+        self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+class Subscriber:
+    """A durable (clean_session=False) QoS 1 subscriber that collects JSON payloads."""
+
+    def __init__(self, port: int, topic: str):
+        import json
+        import threading
+
+        import paho.mqtt.client as mqtt
+
+        self.events, self._lock = [], threading.Lock()
+        self._json = json
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="dbrt-test-sub",
+                                  clean_session=False)
+        self.client.reconnect_delay_set(1, 1)
+        self.client.on_connect = lambda c, u, f, rc, p=None: c.subscribe(topic, qos=1)
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+
+    def _on_message(self, client, userdata, message) -> None:
+        with self._lock:
+            self.events.append(self._json.loads(message.payload))
+
+    def received(self) -> list:
+        with self._lock:
+            return list(self.events)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()

@@ -32,7 +32,7 @@ def frames_out(samples: dict) -> float:
 
 def test_demo_run_serves_metrics_status_health_and_mjpeg(tmp_path):
     port = free_port()
-    proc = dbrt("run", "--serve", str(port), "--max-side", "320", "--no-video", "--quiet",
+    proc = dbrt("run", "--serve", str(port), "--no-video", "--quiet",
                 "-o", str(tmp_path / "out"))
     try:
         first = wait_until(lambda: frames_out(scrape(port)) >= 1 and scrape(port), proc,

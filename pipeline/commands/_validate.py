@@ -124,3 +124,14 @@ def listen_address(text: str):
         raise argparse.ArgumentTypeError(
             f"expected [HOST:]PORT with a port from 0 to 65535, e.g. 8080 or 0.0.0.0:8080, got {text!r}")
     return (match.group(1) or match.group(2) or "127.0.0.1"), port
+
+
+def broker_url(text: str) -> str:
+    """mqtt[s]://[user:pass@]HOST[:PORT]/TOPIC, checked now (pipeline.mqtt.parse_broker_url)."""
+    from pipeline.mqtt import parse_broker_url
+
+    try:
+        parse_broker_url(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{exc}, got {text!r}") from None
+    return text

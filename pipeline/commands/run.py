@@ -7,7 +7,8 @@ import re
 import sys
 from pathlib import Path
 
-from ._validate import DEVICES, at_least, input_size, listen_address, output_folder, side_length
+from ._validate import (DEVICES, at_least, broker_url, input_size, listen_address, output_folder,
+                        side_length)
 
 NAME = "run"
 ORDER = 10
@@ -87,6 +88,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "default: the DBRT_SERVE_TOKEN environment variable, else none")
     w.add_argument("--serve-fps", type=at_least(0.1, float), default=10.0,
                    help="most pictures per second and stream sent to viewers")
+    w.add_argument("--mqtt", type=broker_url, metavar="mqtt[s]://[USER:PASS@]HOST[:PORT]/TOPIC",
+                   help="publish one JSON event per frame (QoS 1) to this broker and topic")
+    w.add_argument("--mqtt-queue", type=at_least(1), default=1000,
+                   help="events kept while the broker is away; more are dropped and counted")
 
 
 def run(args) -> int:
@@ -158,8 +163,16 @@ def _sinks(pipe, out: Path, args) -> list:
         sinks.extend(_visual_sinks(pipe, out, annotators, ImageSink, VideoSink))
     if args.show:
         sinks.append(WindowSink(on_quit=pipe.stop, annotators=annotators))
+    mqtt = None
+    if args.mqtt:
+        from pipeline.mqtt import MqttSink
+
+        mqtt = MqttSink(args.mqtt, max_queued=args.mqtt_queue)
+        sinks.append(mqtt)
     if args.serve:
         sinks.append(_serve_sink(pipe, args, annotators))
+        if mqtt is not None:
+            sinks[-1].add_output("mqtt", mqtt)
     return sinks
 
 
@@ -226,10 +239,16 @@ def finish(pipe, progress, out: Path, args) -> None:
 
     if progress is not None:
         progress.finish(pipe.dropped)
-    report = pipe.report(outputs=_outputs(pipe, out))
+    mqtt = [s for s in pipe.sinks if hasattr(s, "counters")]
+    extra = dict(mqtt=mqtt[0].counters()) if mqtt else {}
+    report = pipe.report(outputs=_outputs(pipe, out), **extra)
     out.mkdir(parents=True, exist_ok=True)
     write_report(report, out / "report.json")
     print(format_summary(report))
+    if mqtt:
+        m = report["mqtt"]
+        print(f"mqtt: {m['acked_total']} events acknowledged, {m['dropped_total']} dropped "
+              f"(outbox full), {m['reconnects_total']} reconnects")
     if report["lost"]:
         print(f"dbrt run: stopped at once: {report['lost']} frames read were never written",
               file=sys.stderr)

@@ -16,10 +16,10 @@ from ..sinks import Sink
 from ..sources import Frame
 from .http import HttpServer, ServeApp
 from .prometheus import registry_for
-from .status import RunStatus, redact
+from .status import RunStatus
 from .view import LiveFrames
 
-__all__ = ["ServeSink", "LiveFrames", "RunStatus", "redact"]
+__all__ = ["ServeSink", "LiveFrames", "RunStatus"]
 
 
 class ServeSink(Sink):

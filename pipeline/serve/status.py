@@ -5,22 +5,11 @@ from __future__ import annotations
 
 import time
 from typing import Dict, List, Optional, Tuple
-from urllib.parse import urlsplit, urlunsplit
 
+from ..sources.network import without_credentials as redact
 from .view import LiveFrames
 
 MAX_TEXTS = 20  # newest texts / detections listed per stream
-
-
-def redact(name: str) -> str:
-    """`rtsp://user:secret@cam/1` -> `rtsp://cam/1`: credentials never reach a viewer."""
-    try:
-        parts = urlsplit(name)
-    except ValueError:
-        return name
-    if not parts.scheme or "@" not in parts.netloc:
-        return name
-    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 class RunStatus:

@@ -1,0 +1,167 @@
+"""`--mqtt`: per-frame detection events as JSON to an MQTT broker (paho-mqtt).
+
+    sink = MqttSink("mqtt://user:pass@broker:1883/dbrt/events")
+    pipe.sinks.append(sink)
+
+QoS 1 (the broker acknowledges every event). paho's network thread connects in the background
+and reconnects with back-off (`min_delay` doubling up to `max_delay` seconds) while the run goes
+on; events published meanwhile wait in a bounded outbox (`max_queued`) and are sent after the
+reconnect; when it is full, new events are dropped and counted (`counters()["dropped_total"]`).
+`write` never blocks the pipeline.
+
+Payload (one JSON object per frame, the JSONL line plus `type`, `stream` and `time`):
+    {"type": "detections", "source": "rtsp://cam1/stream", "stream": 0, "frame_index": 412,
+     "timestamp": 16.48, "time": 1764467200.123, "frame_size": [720, 1280],
+     "detections": [{"polygon": [[x, y], ...], "score": 0.91}, ...]}
+Per-detection columns of `Detections.data` (recognised `text`, track ids) appear in each
+detection object; other event types (text events) carry their own `type`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Optional
+from urllib.parse import unquote, urlsplit
+
+from engine.errors import DbrtError
+from engine.lazy import require
+
+from .detections import Detections, FrameResult
+from .sinks import Sink
+from .sources import Frame
+from .sources.network import without_credentials
+
+
+@dataclass(frozen=True)
+class BrokerUrl:
+    tls: bool
+    host: str
+    port: int
+    topic: str
+    username: Optional[str] = None
+    password: Optional[str] = None
+
+    @property
+    def safe(self) -> str:
+        """The URL without the password (for messages)."""
+        user = f"{self.username}@" if self.username else ""
+        return f"{'mqtts' if self.tls else 'mqtt'}://{user}{self.host}:{self.port}/{self.topic}"
+
+
+def parse_broker_url(text: str) -> BrokerUrl:
+    """mqtt[s]://[user[:password]@]HOST[:PORT]/TOPIC; ValueError says what is wrong."""
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError as exc:  # a port that is not a number or out of range
+        raise ValueError(f"bad port ({exc})") from None
+    if parts.scheme not in ("mqtt", "mqtts"):
+        raise ValueError("the scheme must be mqtt:// or mqtts://")
+    if not parts.hostname:
+        raise ValueError("no broker host")
+    topic = unquote(parts.path.lstrip("/"))
+    if not topic or "+" in topic or "#" in text or "?" in text:
+        raise ValueError("expected one topic after the host, without + or # wildcards, "
+                         "e.g. mqtt://broker/dbrt/events")
+    tls = parts.scheme == "mqtts"
+    return BrokerUrl(tls, parts.hostname, port or (8883 if tls else 1883), topic,
+                     unquote(parts.username) if parts.username else None,
+                     unquote(parts.password) if parts.password else None)
+
+
+def event(frame: Frame, detections: Detections, source_name: str, decimals: int = 2) -> dict:
+    """The JSON object of one frame's detections (see the module docstring)."""
+    body = FrameResult(frame, detections).to_dict(decimals)
+    body["source"] = source_name
+    return {"type": "detections", "stream": int(frame.stream), "time": round(time.time(), 3),
+            **body}
+
+
+class MqttSink(Sink):
+    """Publishes one event per frame to `url`'s topic (QoS 1) from paho's own thread.
+
+    max_queued: events waiting for the broker at most (in flight included); more are dropped
+    min_delay, max_delay: reconnect back-off in whole seconds (doubling from min to max)
+    Source names lose any user:password part.
+    """
+
+    def __init__(self, url: str, max_queued: int = 1000, min_delay: int = 1, max_delay: int = 16,
+                 keepalive: int = 30, flush_s: float = 2.0):
+        try:
+            self.broker = parse_broker_url(url)
+        except ValueError as exc:
+            raise DbrtError(f"--mqtt {url!r}: {exc}") from None
+        mqtt = require("paho.mqtt.client")
+        self._ok = {mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN}  # NO_CONN: queued until back
+        self._queue_full = mqtt.MQTT_ERR_QUEUE_SIZE
+        self.flush_s = flush_s
+        self._lock = threading.Lock()
+        self._counts = dict(published=0, acked=0, dropped=0, connects=0)
+        self.connected = False
+        self.client = self._client(mqtt, max_queued, min_delay, max_delay)
+        self.client.connect_async(self.broker.host, self.broker.port, keepalive)
+        self.client.loop_start()
+
+    def _client(self, mqtt, max_queued: int, min_delay: float, max_delay: float):
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
+                             client_id=f"dbrt-{os.getpid()}-{os.urandom(3).hex()}")
+        if self.broker.username:
+            client.username_pw_set(self.broker.username, self.broker.password)
+        if self.broker.tls:
+            client.tls_set()
+        client.max_queued_messages_set(max_queued)
+        client.reconnect_delay_set(min_delay=min_delay, max_delay=max_delay)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        return client
+
+    # -- paho's thread ------------------------------------------------------------------------
+    def _on_connect(self, client, userdata, flags, reason_code, properties=None) -> None:
+        if not reason_code.is_failure:
+            with self._lock:
+                self._counts["connects"] += 1
+            self.connected = True
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties=None) -> None:
+        self.connected = False
+
+    def _on_publish(self, client, userdata, mid, reason_code=None, properties=None) -> None:
+        with self._lock:
+            self._counts["acked"] += 1
+
+    # -- the pipeline's sink thread -------------------------------------------------------------
+    def write(self, frame: Frame, detections: Detections) -> None:
+        payload = json.dumps(event(frame, detections, without_credentials(frame.source)),
+                             separators=(",", ":"))
+        info = self.client.publish(self.broker.topic, payload, qos=1)
+        with self._lock:
+            if info.rc == self._queue_full:
+                self._counts["dropped"] += 1
+            elif info.rc in self._ok:
+                self._counts["published"] += 1
+            else:
+                self._counts["dropped"] += 1
+
+    def counters(self) -> dict:
+        """published_total (handed to the client), acked_total (confirmed by the broker),
+        dropped_total (outbox full), queued (waiting), connected, reconnects_total."""
+        with self._lock:
+            c = dict(self._counts)
+        return dict(published_total=c["published"], acked_total=c["acked"],
+                    dropped_total=c["dropped"], queued=c["published"] - c["acked"],
+                    connected=self.connected, reconnects_total=max(0, c["connects"] - 1))
+
+    def close(self) -> None:
+        """Wait up to `flush_s` for queued events while connected, then disconnect."""
+        if self.client is None:
+            return
+        deadline = time.monotonic() + self.flush_s
+        while self.connected and self.counters()["queued"] > 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        client, self.client = self.client, None
+        client.disconnect()
+        client.loop_stop()
