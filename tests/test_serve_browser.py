@@ -1,0 +1,55 @@
+"""A real browser on the live page: headless Chromium (Debian's `chromium`) opens `dbrt run
+--serve`'s page; the screenshot shows the live picture (not a blank tile) and the page's text
+shows the metrics it fetched. Skips where Chromium is absent (.ci/run installs it)."""
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+
+import numpy as np
+import pytest
+
+from serve_helpers import dbrt, free_port, get, wait_until
+
+pytest.importorskip("prometheus_client", reason="prometheus-client is not installed")
+
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--window-size=900,700", "--virtual-time-budget=3000"]
+
+
+def chromium(tmp_path, *args) -> subprocess.CompletedProcess:
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    profile = tmp_path / f"profile{len(list(tmp_path.glob('profile*')))}"  # a fresh one per call
+    return subprocess.run([binary, *FLAGS, f"--user-data-dir={profile}", *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.slow
+def test_headless_chromium_shows_the_live_picture_and_metrics(tmp_path):
+    if not (shutil.which("chromium") or shutil.which("chromium-browser")):
+        pytest.skip("chromium is not installed (apt-get install chromium; .ci/run does)")
+    import cv2
+
+    port = free_port()
+    proc = dbrt("run", "--serve", str(port), "--no-video", "--quiet", "-o", str(tmp_path / "out"),
+                env={"DBRT_SERVE_TOKEN": "t0ken"})
+    url = f"http://127.0.0.1:{port}/?token=t0ken"
+    try:
+        wait_until(lambda: json.loads(get(port, "/api/status?token=t0ken")[1])["frames"] >= 2,
+                   proc, "frames to show")
+        shot = tmp_path / "page.png"
+        chromium(tmp_path, f"--screenshot={shot}", url)
+        dom = chromium(tmp_path, "--dump-dom", url).stdout
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+    image = cv2.imread(str(shot))
+    assert image is not None, "no screenshot"
+    spread = image.max(axis=2).astype(int) - image.min(axis=2)
+    # the page is grey on black; only the camera picture (and its green boxes) is colourful
+    assert (spread > 40).mean() > 0.05, "the tile shows no picture"
+    assert "FPS" in dom and "infer" in dom and "detections" in dom and ">up<" in dom
+    assert 'src="stream/0.mjpg?token=t0ken"' in dom
