@@ -2,6 +2,7 @@
 gets with retries while the server starts, and an MJPEG part reader."""
 from __future__ import annotations
 
+import getpass
 import http.client
 import os
 import socket
@@ -86,8 +87,10 @@ class Mosquitto:
         self.binary = binary
         self.port = free_port()
         self.config = folder / "mosquitto.conf"
+        # as root, mosquitto would switch to its own user, which cannot write the test's folder
         self.config.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
-                               f"persistence true\npersistence_location {folder}/\n")
+                               f"persistence true\npersistence_location {folder}/\n"
+                               f"user {getpass.getuser()}\n")
         self.proc = None
 
     def start(self) -> "Mosquitto":

@@ -155,14 +155,25 @@ def _sinks(pipe, out: Path, args) -> list:
     if pipe.detector.untrained:
         annotators.append(BannerAnnotator("UNTRAINED MODEL: boxes are meaningless"))
     sinks = [JsonlSink(out / "detections.jsonl")]
-    if pipe.tracker is not None:
-        from pipeline.reading.events import TextEventSink
+    try:  # a sink that cannot start (a busy port) closes those made before it
+        if pipe.tracker is not None:
+            from pipeline.reading.events import TextEventSink
 
-        sinks.append(TextEventSink(out / "events.jsonl", lost_frames=pipe.tracker.lost_frames + 1))
-    if not args.no_video:
-        sinks.extend(_visual_sinks(pipe, out, annotators, ImageSink, VideoSink))
-    if args.show:
-        sinks.append(WindowSink(on_quit=pipe.stop, annotators=annotators))
+            sinks.append(TextEventSink(out / "events.jsonl", lost_frames=pipe.tracker.lost_frames + 1))
+        if not args.no_video:
+            sinks.extend(_visual_sinks(pipe, out, annotators, ImageSink, VideoSink))
+        if args.show:
+            sinks.append(WindowSink(on_quit=pipe.stop, annotators=annotators))
+        _wire_sinks(sinks, pipe, args, annotators)
+    except BaseException:
+        for sink in sinks:
+            sink.close()
+        raise
+    return sinks
+
+
+def _wire_sinks(sinks: list, pipe, args, annotators) -> None:
+    """--mqtt and --serve (the web view also shows the MQTT counters)."""
     mqtt = None
     if args.mqtt:
         from pipeline.mqtt import MqttSink
@@ -173,7 +184,6 @@ def _sinks(pipe, out: Path, args) -> list:
         sinks.append(_serve_sink(pipe, args, annotators))
         if mqtt is not None:
             sinks[-1].add_output("mqtt", mqtt)
-    return sinks
 
 
 def _serve_sink(pipe, args, annotators):

@@ -66,7 +66,7 @@ class ServeApp:
             start_response("200 OK", [
                 ("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}"),
                 ("Cache-Control", "no-store")])
-            return self._mjpeg(int(match.group(1)))
+            return [] if method == "HEAD" else self._mjpeg(int(match.group(1)))
         return _text(start_response, "404 Not Found", "not found\n")
 
     def _authorised(self, environ) -> bool:
