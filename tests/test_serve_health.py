@@ -84,3 +84,31 @@ def test_healthz_flips_while_a_live_source_reconnects():
         pipe.stop()
         runner.join(timeout=30)
     assert not runner.is_alive() and camera.state == "ended"
+
+
+def test_eight_streams_each_have_a_status_entry_and_a_picture():
+    import cv2
+    import numpy as np
+
+    from pipeline.serve import ServeSink
+
+    cameras = [GatedCamera() for _ in range(8)]
+    pipe = Pipeline(cameras, FakeDetector())
+    sink = ServeSink(pipe, port=0)
+    pipe.sinks.append(sink)
+    runner = threading.Thread(target=pipe.run, daemon=True)
+    runner.start()
+    try:
+        until(lambda: all(sink.view.frames.get(i, 0) >= 1 for i in range(8)), "frames of all 8")
+        import json
+
+        streams = json.loads(get(sink.server.port, "/api/status")[1])["streams"]
+        assert [s["id"] for s in streams] == list(range(8))
+        assert all(s["state"] == "up" and s["frames"] >= 1 for s in streams)
+        for stream in (0, 7):
+            part = next(mjpeg_parts(sink.server.port, stream, 1))
+            assert cv2.imdecode(np.frombuffer(part, np.uint8), cv2.IMREAD_COLOR).shape == (48, 64, 3)
+    finally:
+        pipe.stop()
+        runner.join(timeout=30)
+    assert not runner.is_alive()
