@@ -111,16 +111,23 @@ def read_icdar_folder(root) -> List[Tuple[Path, List[np.ndarray], List[bool]]]:
     return [(img, *_read_icdar_txt(_gt_file(root, img))) for img in images]
 
 
-class IcdarDataset:
-    """Random crops of an ICDAR2015-format folder; `length` samples per epoch, cycling images."""
+class _FolderDataset:
+    """`length` random crops of a folder's items, cycling through them; a subclass names the
+    folder reader as `read`."""
 
     def __init__(self, root, length: int, crop: int = 640, seed: int = 0,
                  aug: AugmentConfig = DB_PAPER):
-        self.items = read_icdar_folder(root)
+        self.items = self.read(root)
         self.length, self.crop, self.seed, self.aug = length, crop, seed, aug
 
     def __len__(self) -> int:
         return self.length
+
+
+class IcdarDataset(_FolderDataset):
+    """Random crops of an ICDAR2015-format folder."""
+
+    read = staticmethod(read_icdar_folder)
 
     def __getitem__(self, i: int) -> dict:
         path, polys, ignore = self.items[i % len(self.items)]
@@ -172,16 +179,10 @@ def mask_targets(mask: np.ndarray) -> dict:
             "thresh_mask": np.zeros(shape, np.float32)}
 
 
-class MaskDataset:
-    """Random crops of a mask folder (see the module docstring); cycles the images."""
+class MaskDataset(_FolderDataset):
+    """Random crops of a mask folder (see the module docstring)."""
 
-    def __init__(self, root, length: int, crop: int = 640, seed: int = 0,
-                 aug: AugmentConfig = DB_PAPER):
-        self.items = read_mask_folder(root)
-        self.length, self.crop, self.seed, self.aug = length, crop, seed, aug
-
-    def __len__(self) -> int:
-        return self.length
+    read = staticmethod(read_mask_folder)
 
     def __getitem__(self, i: int) -> dict:
         image_path, mask_path = self.items[i % len(self.items)]
