@@ -17,15 +17,11 @@ from typing import Callable, Optional, Sequence, Tuple
 import numpy as np
 
 from .detections import Detections
-from .evaluate import AREA_PRECISION_THRESHOLD, IOU_THRESHOLD, ImageEval, evaluate_image
+from .evaluate import AREA_PRECISION_THRESHOLD, IOU_THRESHOLD, ImageEval, SummedScores, evaluate_image
 
 
 def normalise(text: str) -> str:
     return text.strip().casefold()
-
-
-def _hmean(p: float, r: float) -> float:
-    return 0.0 if p + r == 0 else 2 * p * r / (p + r)
 
 
 @dataclass(frozen=True)
@@ -36,7 +32,7 @@ class E2EImage:
 
 
 @dataclass(frozen=True)
-class E2EResult:
+class E2EResult(SummedScores):
     images: Tuple[E2EImage, ...]
 
     @property
@@ -51,17 +47,7 @@ class E2EResult:
     def det_care(self) -> int:
         return sum(im.detection.det_care for im in self.images)
 
-    @property
-    def precision(self) -> float:
-        return 0.0 if self.det_care == 0 else self.correct / self.det_care
-
-    @property
-    def recall(self) -> float:
-        return 0.0 if self.gt_care == 0 else self.correct / self.gt_care
-
-    @property
-    def hmean(self) -> float:
-        return _hmean(self.precision, self.recall)
+    hits = correct
 
     def summary(self) -> str:
         return (f"end-to-end precision {self.precision:.4f}  recall {self.recall:.4f}  hmean "

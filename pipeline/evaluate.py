@@ -175,8 +175,29 @@ class ImageEval:
                 "gt_invalid": list(self.gt_invalid), "det_invalid": list(self.det_invalid)}
 
 
+class SummedScores:
+    """Precision / recall / hmean of counts summed over images: `hits` (matches, or correct
+    readings end to end) over cared-for detections and cared-for ground truth."""
+
+    hits: int
+    gt_care: int
+    det_care: int
+
+    @property
+    def recall(self) -> float:
+        return 0.0 if self.gt_care == 0 else self.hits / self.gt_care
+
+    @property
+    def precision(self) -> float:
+        return 0.0 if self.det_care == 0 else self.hits / self.det_care
+
+    @property
+    def hmean(self) -> float:
+        return _hmean(self.precision, self.recall)
+
+
 @dataclass(frozen=True)
-class EvalResult:
+class EvalResult(SummedScores):
     """Overall protocol numbers (matches summed over images) and the per-image outcomes."""
 
     images: Tuple[ImageEval, ...]
@@ -193,17 +214,7 @@ class EvalResult:
     def det_care(self) -> int:
         return sum(im.det_care for im in self.images)
 
-    @property
-    def recall(self) -> float:
-        return 0.0 if self.gt_care == 0 else self.matched / self.gt_care
-
-    @property
-    def precision(self) -> float:
-        return 0.0 if self.det_care == 0 else self.matched / self.det_care
-
-    @property
-    def hmean(self) -> float:
-        return _hmean(self.precision, self.recall)
+    hits = matched
 
     def summary(self) -> str:
         return (f"precision {self.precision:.4f}  recall {self.recall:.4f}  hmean {self.hmean:.4f}  "
