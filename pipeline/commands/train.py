@@ -57,7 +57,7 @@ def add_arguments(parser) -> None:
                         help="stop (and save) after this many seconds; 0 = run all steps")
 
 
-def make_validator(dataset, device: str):
+def make_validator(dataset):
     """model -> {"precision", "recall", "hmean", "images"} on `dataset` through the same
     Detector (preprocessing, DB post-processing, frame mapping) that `dbrt run` uses."""
     from export.torch_runner import TorchRunner
@@ -68,7 +68,6 @@ def make_validator(dataset, device: str):
         runner_device = "cuda" if next(model.parameters()).is_cuda else "cpu"
         with Detector(model=TorchRunner(model, device=runner_device, half=False)) as detector:
             result = evaluate_detector(detector.detect, dataset)
-        model.train(False)
         return {"precision": result.precision, "recall": result.recall, "hmean": result.hmean,
                 "images": len(dataset)}
 
@@ -105,7 +104,7 @@ def run(args) -> int:
         from pipeline.datasets import open_dataset
 
         dataset = open_dataset(args.val).head(args.val_images or None)
-        validate = make_validator(dataset, args.device)
+        validate = make_validator(dataset)
     cfg = TrainConfig(out_dir=args.out, data=args.data if len(args.data) > 1 else args.data[0],
                       scene=args.scene, arch=args.arch, width=args.width,
                       steps=args.steps, batch=args.batch, crop=args.crop, lr=args.lr,
