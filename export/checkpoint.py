@@ -64,15 +64,16 @@ def _names(keys: List[str]) -> str:
     return shown + (f" ... (+{len(keys) - _LIST_LIMIT} more)" if len(keys) > _LIST_LIMIT else "")
 
 
-def read_state_dict(path) -> Dict[str, "torch.Tensor"]:
-    """The tensors of a checkpoint file, unwrapped (prefixes are still on the keys)."""
+def load_file(path):
+    """Whatever a checkpoint file holds (tensors, plain containers), loaded with
+    `torch.load(weights_only=True)` so nothing in the file runs; one ModelError otherwise."""
     import pickle
 
     import torch
 
     _check_checkpoint_file(path)
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        return torch.load(str(path), map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise ModelError(f"checkpoint not found: {path}") from None
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, KeyError) as exc:
@@ -80,7 +81,11 @@ def read_state_dict(path) -> Dict[str, "torch.Tensor"]:
         raise ModelError(f"cannot read checkpoint {path} with torch.load(weights_only=True): {first}. "
                          "Only tensors and plain containers are accepted; re-save the state_dict "
                          "from trusted code") from exc
-    return unwrap(obj, str(path))
+
+
+def read_state_dict(path) -> Dict[str, "torch.Tensor"]:
+    """The tensors of a checkpoint file, unwrapped (prefixes are still on the keys)."""
+    return unwrap(load_file(path), str(path))
 
 
 def _check_checkpoint_file(path) -> None:

@@ -27,6 +27,8 @@ from typing import Callable, Optional
 import torch
 
 from engine.errors import ModelError
+
+from ..checkpoint import load_file
 from .config import TrainConfig
 from .data import MixedDataset, open_source, parse_source
 from .losses import db_loss
@@ -59,11 +61,7 @@ def _worker_init(_):
 
 def read_checkpoint(path) -> dict:
     """A checkpoint or bare state dict, loaded without running code from the file."""
-    try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - pickle / zip / unpickler errors all mean "not ours"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"{path}: not a loadable weights file ({first[:200]})") from None
+    return load_file(path)
 
 
 def load_weights(model, path) -> None:
