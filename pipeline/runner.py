@@ -271,6 +271,7 @@ class Pipeline:
         except Aborted:
             raise
         except Exception as exc:  # noqa: BLE001 - raised by the consumer once the run drained
+            source.error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             source.state = "failed"
             self._source_errors.append(exc)
             source.stats.note(f"error: {exc}")

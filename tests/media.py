@@ -1,11 +1,14 @@
 """Tiny media made on the fly for the pipeline tests (PyAV): videos whose frames say their
-own index, MPEG-TS bytes for the loopback stream server, a stand-in detector and a simulated
+own index, MPEG-TS bytes and a loopback HTTP stream server, a stand-in detector and a simulated
 live camera."""
 from __future__ import annotations
 
 import io
+import socket
+import threading
 import time
 from fractions import Fraction
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +72,70 @@ def mpegts_bytes(frames: int = 50, height: int = 48, width: int = 64, fps: int =
     buffer = io.BytesIO()
     _encode(buffer, frames, height, width, fps, fmt="mpegts", codec="mpeg2video")
     return buffer.getvalue()
+
+
+CHUNK = 188 * 20  # whole TS packets of the loopback stream server
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class TsServer:
+    """A loopback HTTP MPEG-TS server: streams a clip in a loop to every GET, paced at about
+    `rate` bytes/second. `stop()` kills the listener and every open connection; `start()` brings
+    it back on the same port."""
+
+    def __init__(self, payload: bytes, rate: float = 400_000):
+        self.payload, self.rate = payload, rate
+        self.port = free_port()
+        self.connections = 0
+        self._server = None
+        self._alive = threading.Event()
+
+    def _handler(self):
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                owner.connections += 1
+                self.send_response(200)
+                self.send_header("Content-Type", "video/mp2t")
+                self.end_headers()
+                offset = 0
+                while owner._alive.is_set():
+                    chunk = owner.payload[offset:offset + CHUNK] or owner.payload[:CHUNK]
+                    offset = (offset + CHUNK) % len(owner.payload)
+                    try:
+                        self.wfile.write(chunk)
+                    except OSError:
+                        return
+                    time.sleep(CHUNK / owner.rate)
+
+        return Handler
+
+    def start(self) -> "TsServer":
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler())
+        self._server.daemon_threads = True
+        self._alive.set()
+        threading.Thread(target=self._server.serve_forever, name="ts-server", daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self._alive.clear()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/live.ts"
 
 
 class FakeDetector:

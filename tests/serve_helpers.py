@@ -12,13 +12,9 @@ import time
 from pathlib import Path
 from typing import Iterator, Tuple
 
+from media import free_port  # noqa: F401 - the tests import it from here
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def dbrt(*args, env=None) -> subprocess.Popen:

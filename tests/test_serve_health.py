@@ -1,8 +1,12 @@
 """/healthz and /metrics follow a live source through an outage: up (200), reconnecting (503
 with the reason, credentials left out), up again (200, one reconnect counted). Pictures are
-encoded only once someone watches."""
+encoded only once someone watches. A source that fails for good (a stream that gives up
+reconnecting, a truncated file) makes /healthz 503 with the stream and its error, in a real
+`dbrt run` whose other stream goes on."""
 from __future__ import annotations
 
+import json
+import signal
 import threading
 import time
 
@@ -12,8 +16,8 @@ from engine.errors import SourceError
 from pipeline.runner import Pipeline
 from pipeline.sources import LiveSource, Reconnect
 
-from media import FakeDetector, frame_image
-from serve_helpers import get, mjpeg_parts
+from media import FakeDetector, TsServer, frame_image, mpegts_bytes, write_truncated_video
+from serve_helpers import dbrt, free_port, get, mjpeg_parts, wait_until
 
 pytest.importorskip("prometheus_client", reason="prometheus-client is not installed")
 
@@ -112,3 +116,36 @@ def test_eight_streams_each_have_a_status_entry_and_a_picture():
         pipe.stop()
         runner.join(timeout=30)
     assert not runner.is_alive()
+
+
+def test_sources_that_fail_for_good_make_healthz_503_with_their_errors(tmp_path, tiny_onnx):
+    """Stream 0 gives up reconnecting after its server dies, stream 1 is a truncated file;
+    stream 2 goes on, so the run (and its server) outlive both failures."""
+    dying, alive = TsServer(mpegts_bytes(frames=60)).start(), TsServer(mpegts_bytes(frames=60)).start()
+    cut = write_truncated_video(tmp_path / "cut.mp4", frames=60)
+    port = free_port()
+    proc = dbrt("run", dying.url, str(cut), alive.url, "--model", str(tiny_onnx), "--serve",
+                str(port), "--reconnect", "1", "--reconnect-delay", "0.1", "--no-video", "--quiet",
+                "-o", str(tmp_path / "out"))
+    try:
+        wait_until(lambda: json.loads(get(port, "/api/status")[1])["streams"][0]["frames"] >= 3,
+                   proc, "frames of stream 0")
+        dying.stop()
+        status, body, _ = wait_until(
+            lambda: (r := get(port, "/healthz"))[1].count(b") failed: ") == 2 and r, proc,
+            "both failures")
+        snapshot = json.loads(get(port, "/api/status")[1])
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        alive.stop()
+    reasons = body.decode().strip().split("; ")
+    assert status == 503 and len(reasons) == 2, body
+    assert reasons[0].startswith(f"stream 0 ({dying.url}) failed: lost {dying.url}: gave up after 1 "
+                                 "reconnect attempts"), reasons
+    assert reasons[1].startswith(f"stream 1 ({cut}) failed: ") and "ended early" in reasons[1]
+    assert snapshot["health"] == {"ok": False, "reason": body.decode().strip()}
+    states = [(s["state"], s["error"]) for s in snapshot["streams"]]
+    assert states[2] == ("up", None) and [s for s, _ in states[:2]] == ["failed", "failed"]
+    assert reasons[0].endswith(states[0][1]) and reasons[1].endswith(states[1][1])
+    assert "Traceback" not in err

@@ -28,6 +28,7 @@ class RunStatus:
             latest = self.view.latest(source.stream)
             entry = dict(id=source.stream, name=redact(source.name), kind=source.kind,
                          live=source.live, state=source.state,
+                         error=redact(source.error) if source.error else None,
                          frames=self.view.frames.get(source.stream, 0), read=stats["read"],
                          dropped=stats["dropped"], reconnects=stats["reconnects"],
                          events=[redact(e) for e in stats["events"][-5:]])
@@ -54,11 +55,17 @@ class RunStatus:
             stages={name: w.summary() for name, w in metrics.stages.items()},
             end_to_end=metrics.end_to_end.summary(), batch_size=metrics.batch_summary(),
             queues={name: dict(g.summary(), depth=g.last) for name, g in metrics.queues.items()},
-            streams=self.streams(),
+            streams=self.streams(), health=dict(zip(("ok", "reason"), self.health())),
             outputs={name: extra.counters() for name, extra in self.extras.items()})
 
     def health(self) -> Tuple[bool, str]:
-        """(True, "ok") while every stream is up, else (False, the reasons)."""
-        down = [f"stream {s.stream} ({redact(s.name)}) {s.state}"
-                for s in self.pipeline.sources if s.state != "up"]
+        """(True, "ok") while every stream is up, else (False, the reasons): `stream 1
+        (rtsp://cam2/s) reconnecting`, or for a source that gave up or broke, `stream 0 (cut.mp4)
+        failed: cut.mp4 ended early: 63 of 935 frames decoded`."""
+        down = [_reason(s) for s in self.pipeline.sources if s.state != "up"]
         return (not down, "; ".join(down) or "ok")
+
+
+def _reason(source) -> str:
+    why = f"failed: {source.error}" if source.state == "failed" and source.error else source.state
+    return redact(f"stream {source.stream} ({source.name}) {why}")

@@ -76,6 +76,7 @@ class Source(abc.ABC):
         self.stats = SourceStats()
         self.stream = 0  # set by the pipeline
         self.state = "up"  # "reconnecting" (live sources), then "ended" or "failed" (the pipeline)
+        self.error: Optional[str] = None  # why it failed (set with state "failed")
 
     def open(self) -> "Source":
         return self
