@@ -86,7 +86,8 @@ def test_the_events_sink_writes_one_line_per_track(tmp_path):
         assert sink.lines == 1
     events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
     assert [(e["track_id"], e["text"], e["frames"]) for e in events] == [(2, "B", 1), (1, "A", 3)]
-    assert set(events[0]) == {"stream", "source", "track_id", "text", "confidence",
+    assert {e["event"] for e in events} == {"end"}
+    assert set(events[0]) == {"event", "stream", "source", "track_id", "text", "confidence",
                               "first_timestamp", "last_timestamp", "first_frame", "last_frame",
                               "frames", "readings", "polygon"}
 
@@ -105,3 +106,59 @@ def test_dbrt_run_track_writes_track_ids_and_an_events_file(tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert "track" in report["stages"] and report["outputs"]["events"].endswith("events.jsonl")
     assert (out / "events.jsonl").exists()
+
+
+def test_events_every_n_seconds_of_stream_time_then_one_end_line(tmp_path):
+    from pipeline.reading.events import TextEventSink
+
+    path = tmp_path / "events.jsonl"
+    with TextEventSink(path, lost_frames=3, every=0.2) as sink:  # frames are 1/25 s apart
+        for i in range(12):  # track 1 lives on frames 0..11, reading "A" then "B" more often
+            text = "A" if i < 2 else "B"
+            boxes, ids, texts = [_box(0, 0)], [1], [text]
+            if 2 <= i < 4:  # track 2 lives two frames only: no update, one end line
+                boxes, ids, texts = boxes + [_box(60, 60)], ids + [2], texts + ["C"]
+            sink.write(_frame(i), _dets(boxes, ids, texts, [0.9] * len(ids)))
+        assert sink.updates == 2
+    events = [json.loads(line) for line in path.read_text().splitlines()]
+    got = [(e["event"], e["track_id"], e["last_frame"], e["text"]) for e in events]
+    # updates at 0.2 s and 0.4 s of stream time (frames 5 and 10); track 2 ends at frame 6
+    assert got == [("update", 1, 5, "B"), ("end", 2, 3, "C"), ("update", 1, 10, "B"),
+                   ("end", 1, 11, "B")]
+    assert set(events[0]) == set(events[-1])  # an update carries the same fields as the end
+
+
+def test_an_update_is_written_once_after_a_gap_and_never_for_images(tmp_path):
+    from pipeline.reading.events import TextEventSink
+
+    path = tmp_path / "events.jsonl"
+    with TextEventSink(path, lost_frames=100, every=0.1) as sink:
+        sink.write(_frame(0), _dets([_box(0, 0)], [1], ["A"], [0.9]))
+        sink.write(_frame(50), _dets([_box(0, 0)], [1], ["A"], [0.9]))  # 2 s later: one line
+        image = Frame(np.zeros((120, 200, 3), np.uint8), 0, None, "shot.jpg")
+        image.stream = 1
+        sink.write(image, _dets([_box(0, 0)], [4], ["B"], [0.9]))
+        assert sink.updates == 1
+    kinds = [json.loads(line)["event"] for line in path.read_text().splitlines()]
+    assert kinds == ["update", "end", "end"]
+    with pytest.raises(ValueError, match="every"):
+        TextEventSink(tmp_path / "bad.jsonl", every=0)
+
+
+def test_dbrt_run_events_every_writes_update_lines(tmp_path, capsys):
+    from pipeline.cli import main
+
+    out = tmp_path / "out"  # the demo video's first 15 frames (0.6 s) at a small size
+    args = ["run", "--events-every", "0.2", "--max-frames", "15", "--max-side", "320", "--quiet",
+            "--no-video", "--device", "cpu", "--output", str(out)]
+    assert main(args) == 0  # --events-every implies --track
+    events = [json.loads(x) for x in (out / "events.jsonl").read_text().splitlines()]
+    assert {e["event"] for e in events} == {"update", "end"}
+    assert all(e["last_frame"] <= 14 for e in events)
+    ends = [e["track_id"] for e in events if e["event"] == "end"]
+    assert len(ends) == len(set(ends))
+    for track in ends:  # the end line is each track's last
+        assert [e["event"] for e in events if e["track_id"] == track][-1] == "end"
+    capsys.readouterr()
+    assert main(["run", "--events-every", "0"]) == 2
+    assert "argument --events-every: must be a number > 0, got '0'" in capsys.readouterr().err

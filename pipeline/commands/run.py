@@ -51,6 +51,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="follow texts across frames (ByteTrack, pip install 'dbrt[track]'): "
                         "track ids per detection and OUTPUT/events.jsonl, one line per track "
                         "when it ends (with --read: its voted text)")
+    t.add_argument("--events-every", type=at_least(0.0, float, strict=True), metavar="SECONDS",
+                   help="also write an 'update' line to events.jsonl every SECONDS of stream "
+                        "time while a track lives (the last line of a track is its 'end' line; "
+                        "implies --track)")
     r = p.add_argument_group("input size and thresholds (default: from the model)")
     r.add_argument("--max-side", type=side_length,
                    help="cap the long side at N pixels (limit_type max)")
@@ -128,7 +132,7 @@ def build_pipeline(args):
         sources, detector, close_detector=True, batch=args.batch,
         batch_timeout=args.batch_timeout_ms / 1e3, queue_size=args.queue_size,
         max_frames=args.max_frames, stop_signals=(signal.SIGINT, signal.SIGTERM),
-        track=args.track)
+        track=args.track or args.events_every is not None)
     out = Path(args.output)
     try:
         pipe.sinks.extend(_sinks(pipe, out, args))
@@ -159,7 +163,8 @@ def _sinks(pipe, out: Path, args) -> list:
         if pipe.tracker is not None:
             from pipeline.reading.events import TextEventSink
 
-            sinks.append(TextEventSink(out / "events.jsonl", lost_frames=pipe.tracker.lost_frames + 1))
+            sinks.append(TextEventSink(out / "events.jsonl", lost_frames=pipe.tracker.lost_frames + 1,
+                                       every=args.events_every))
         if not args.no_video:
             sinks.extend(_visual_sinks(pipe, out, annotators, ImageSink, VideoSink))
         if args.show:

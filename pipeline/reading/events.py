@@ -1,9 +1,14 @@
 """`TextEventSink`: one JSON line per text track when it ends, the line an edge analytics
 system stores (far fewer than one line per frame):
 
-    {"stream": 0, "source": "demo.mp4", "track_id": 3, "text": "VALLEY", "confidence": 0.99,
-     "first_timestamp": 0.0, "last_timestamp": 2.4, "first_frame": 0, "last_frame": 60,
-     "frames": 61, "readings": 61, "polygon": [[94.0, 74.0], ...]}
+    {"event": "end", "stream": 0, "source": "demo.mp4", "track_id": 3, "text": "VALLEY",
+     "confidence": 0.99, "first_timestamp": 0.0, "last_timestamp": 2.4, "first_frame": 0,
+     "last_frame": 60, "frames": 61, "readings": 61, "polygon": [[94.0, 74.0], ...]}
+
+With `every=N` a live track also gets an `"event": "update"` line every N seconds of stream time
+(the frames' timestamps, not the wall clock) from its first sighting: the same fields, the vote
+and counts so far. A consumer keeps the newest line per (stream, track_id); the `"end"` line is
+the last one a track gets. Frames without a timestamp (images) bring no updates.
 
 It reads the `track_id` column the tracking stage adds (and the texts, when the run reads); a
 track ends after `lost_frames` frames of its stream without it, when the stream's frame size
@@ -12,39 +17,72 @@ changes, or when the sink closes (the run is over).
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
-from typing import Union
+from typing import Dict, Iterable, Optional, Tuple, Union
 
 from ..detections import Detections
 from ..sinks import Sink
 from ..sources import Frame
-from .tracks import TrackBook
+from .tracks import Track, TrackBook
+
+UPDATE, END = "update", "end"
 
 
 class TextEventSink(Sink):
-    def __init__(self, path: Union[str, os.PathLike], lost_frames: int = 31, decimals: int = 2):
+    """path: the JSON-lines file; lost_frames: frames unseen before a track ends;
+    every: seconds of stream time between a live track's update lines (None: end lines only)."""
+
+    def __init__(self, path: Union[str, os.PathLike], lost_frames: int = 31, decimals: int = 2,
+                 every: Optional[float] = None):
+        if every is not None and not every > 0:
+            raise ValueError(f"TextEventSink every= must be a number of seconds > 0, got {every!r}")
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.decimals = decimals
+        self.decimals, self.every = decimals, every
         self.book = TrackBook(lost_frames)
+        self._due: Dict[Tuple[int, int], float] = {}  # (stream, track id) -> next update time
         self._fh = open(self.path, "w", encoding="utf-8")
-        self.lines = 0
+        self.lines = self.updates = 0
 
     def write(self, frame: Frame, detections: Detections) -> None:
-        self._write(self.book.update(frame, detections))
+        ended = self.book.update(frame, detections)
+        for track in ended:
+            self._due.pop((track.stream, track.track_id), None)
+        self._write(self._updates_due(frame), UPDATE)
+        self._write(ended, END)
 
-    def _write(self, tracks) -> None:
+    def _updates_due(self, frame: Frame) -> list:
+        """The stream's live tracks whose next update time the frame's timestamp has reached."""
+        if self.every is None or frame.timestamp is None:
+            return []
+        now, due = float(frame.timestamp), []
+        for track in self.book.live(frame.stream):
+            key = (track.stream, track.track_id)
+            start = track.first_timestamp if track.first_timestamp is not None else now
+            if now >= self._due.setdefault(key, start + self.every):
+                due.append(track)
+                # the next point of the track's N-second grid after now: a gap in the stream
+                # skips the points it missed rather than writing them all at once
+                missed = math.floor((now - self._due[key]) / self.every)
+                self._due[key] += (missed + 1) * self.every
+        return due
+
+    def _write(self, tracks: Iterable[Track], kind: str) -> None:
+        wrote = 0
         for track in tracks:
-            self._fh.write(json.dumps(track.to_dict(self.decimals), ensure_ascii=False,
-                                      separators=(",", ":")) + "\n")
-            self.lines += 1
-        if tracks:
+            line = {"event": kind, **track.to_dict(self.decimals)}
+            self._fh.write(json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n")
+            wrote += 1
+        if wrote:
+            self.lines += wrote
+            self.updates += wrote if kind == UPDATE else 0
             self._fh.flush()
 
     def close(self) -> None:
         if not self._fh.closed:
             try:
-                self._write(self.book.finish())
+                self._write(self.book.finish(), END)
             finally:
                 self._fh.close()

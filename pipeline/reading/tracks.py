@@ -108,6 +108,10 @@ class TrackBook:
         track = self._live.get(stream, {}).get(track_id)
         return (None, 0.0) if track is None else track.reading
 
+    def live(self, stream: int) -> List[Track]:
+        """The stream's live tracks, oldest first."""
+        return list(self._live.get(stream, {}).values())
+
     def _end_stream(self, stream: int) -> List[Track]:
         live = self._live.pop(stream, {})
         return sorted(live.values(), key=lambda t: t.track_id)
