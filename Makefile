@@ -5,26 +5,42 @@ PY ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 TORCH ?= torch==2.13.0
+# Triton Inference Server for CPU trials and the tests: the nvidia-pytriton wheel's tritonserver
+# (Python backend) pins numpy < 2, so it gets a virtual environment of its own; its Python-backend
+# models need ONNX Runtime and what dbrt's post-processing imports.
+TRITON_VENV ?= .venv-triton
+TRITON_PACKAGES ?= nvidia-pytriton "numpy<2" onnxruntime opencv-python-headless pyclipper shapely
 
-.PHONY: install demo test bench clean
+.PHONY: install triton-venv demo test bench clean
 
 $(BIN)/.installed: setup.cfg pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e ".[export,dev,bench,serve]"
+	$(BIN)/pip install -q -e ".[export,dev,bench,serve,triton]"
 	touch $@
 
 install: $(BIN)/.installed
 
+$(TRITON_VENV)/.installed: Makefile
+	$(PY) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/pip install -q --upgrade pip
+	$(TRITON_VENV)/bin/pip install -q $(TRITON_PACKAGES)
+	touch $@
+
+triton-venv: $(TRITON_VENV)/.installed
+
 demo: install
 	$(BIN)/dbrt run --output out/demo
 
+# A server that cannot be installed (no wheel for this platform, offline) skips the Triton tests.
 test: install
+	@$(MAKE) --no-print-directory triton-venv \
+		|| echo "make test: could not build $(TRITON_VENV); the Triton server tests will skip" >&2
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 bench: install
 	$(BIN)/python -m benchmarks.run_all
 
 clean:
-	rm -rf $(VENV) out *.egg-info
+	rm -rf $(VENV) $(TRITON_VENV) out *.egg-info

@@ -23,6 +23,7 @@ _INSTALL_HINT = {
     "matplotlib": "pip install matplotlib",
     "prometheus_client": "pip install 'dbrt[serve]'",
     "paho": "pip install 'dbrt[serve]'",
+    "tritonclient": "pip install 'dbrt[triton]'",
 }
 
 

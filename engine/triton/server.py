@@ -1,0 +1,278 @@
+"""Start and stop a local Triton Inference Server (the `tritonserver` of the nvidia-pytriton wheel).
+
+The wheel ships `tritonserver` with the Python backend only, so it runs Python-backend models (an
+ONNX model through ONNX Runtime, post-processing) on any Linux machine: a CPU trial of a model
+repository and the real server of the tests. It pins numpy < 2, so it lives in a virtual
+environment of its own (`make triton-venv` makes `.venv-triton`). What it needs to start:
+
+* the Python backend's stub built for that environment's Python, copied into a `python` folder of
+  a backends directory (`--backend-directory`);
+* `LD_LIBRARY_PATH` with that Python's LIBDIR (else the stub links another libpython and crashes)
+  and the wheel's own libraries;
+* the environment's site-packages as the FIRST `PYTHONPATH` entry: only that one reaches the stub,
+  so models get further paths as config parameters;
+* explicit loopback ports (HTTP, gRPC, metrics), so tests and trials never collide or listen
+  outside.
+
+`TritonServer` is a context manager: it waits until `/v2/health/ready` answers 200 and always stops
+the server (SIGTERM, then SIGKILL).
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+from ..errors import DbrtError
+
+DEFAULT_VENV = ".venv-triton"
+VENV_HINT = "make triton-venv (or: python3 -m venv .venv-triton && .venv-triton/bin/pip install " \
+            "nvidia-pytriton 'numpy<2' onnxruntime opencv-python-headless pyclipper shapely)"
+
+
+class TritonServerError(DbrtError):
+    """The server cannot be found, does not start, or a repository it was given is unusable."""
+
+
+@dataclass(frozen=True)
+class TritonInstall:
+    """Where the pieces of a pytriton wheel's server are, inside one virtual environment."""
+
+    python: Path           # the environment's interpreter
+    python_version: str    # "3.11": picks the stub
+    libdir: Path           # that Python's LIBDIR (libpython)
+    site_packages: Path
+    server_dir: Path       # .../pytriton/tritonserver (bin/, backends/, python_backend_stubs/)
+    libs: Path             # .../nvidia_pytriton.libs
+
+    @property
+    def executable(self) -> Path:
+        return self.server_dir / "bin" / "tritonserver"
+
+    @property
+    def stub(self) -> Path:
+        return self.server_dir / "python_backend_stubs" / self.python_version / "triton_python_backend_stub"
+
+    @classmethod
+    def find(cls, venv: str = DEFAULT_VENV) -> "TritonInstall":
+        """The server in virtual environment `venv`; TritonServerError saying how to make it."""
+        python = Path(venv) / "bin" / "python"
+        if not python.is_file():
+            raise TritonServerError(f"no virtual environment with Triton at {venv}: {VENV_HINT}")
+        query = ("import sys, sysconfig, site; print(f'{sys.version_info[0]}.{sys.version_info[1]}');"
+                 "print(sysconfig.get_config_var('LIBDIR')); print(sysconfig.get_paths()['purelib'])")
+        try:
+            out = subprocess.run([str(python), "-c", query], check=True, capture_output=True,
+                                 text=True, timeout=60).stdout.split("\n")
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise TritonServerError(f"cannot run {python}: {exc}") from exc
+        version, libdir, site = out[0], Path(out[1]), Path(out[2])
+        install = cls(python, version, libdir, site, site / "pytriton" / "tritonserver",
+                      site / "nvidia_pytriton.libs")
+        missing = [p for p in (install.executable, install.stub) if not p.is_file()]
+        if missing:
+            raise TritonServerError(f"{venv} has no tritonserver for Python {version} "
+                                    f"({missing[0]} is missing): {VENV_HINT}")
+        return install
+
+    def environment(self, base: Optional[dict] = None) -> dict:
+        """The server's environment (see the module docstring for why each entry)."""
+        env = dict(os.environ if base is None else base)
+        libs = [str(self.libdir), str(self.libs)]
+        if env.get("LD_LIBRARY_PATH"):
+            libs.append(env["LD_LIBRARY_PATH"])
+        env["LD_LIBRARY_PATH"] = ":".join(libs)
+        env["PYTHONPATH"] = str(self.site_packages)
+        env["PATH"] = f"{self.python.parent}:{env.get('PATH', '')}"
+        env.pop("PYTHONHOME", None)
+        return env
+
+    def backends_dir(self, where: Path) -> Path:
+        """A backends directory under `where` whose python/ holds the stub for this Python."""
+        backends = where / "backends"
+        shutil.copytree(self.server_dir / "backends", backends, dirs_exist_ok=True)
+        shutil.copy2(self.stub, backends / "python" / "triton_python_backend_stub")
+        return backends
+
+
+# Messages of a CPU-only start (no CUDA driver, NVML or DCGM), not the reason anything failed.
+_NOISE = re.compile(r"CudaDriverHelper|NVML|DCGM|pinned|CUDA driver", re.I)
+_GLOG = re.compile(r"^[EW]\d{4} [\d:.]+ +\d+ [\w.]+:\d+\] ")
+
+
+def _error_message(line: str) -> Optional[str]:
+    """The message of an error line of tritonserver's output, else None."""
+    line = line.strip().strip("|").strip()
+    if _NOISE.search(line):
+        return None
+    if line.startswith("E") and _GLOG.match(line):
+        return _GLOG.sub("", line).strip('"')
+    if "UNAVAILABLE:" in line or line.startswith("error:") or "libprotobuf ERROR" in line:
+        return re.sub(r"^\[libprotobuf ERROR [^\]]*\] ", "", re.sub(r"\s*\|\s*", " ", line))
+    return None
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on now (the kernel's pick)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+class TritonServer:
+    """`tritonserver` on `repository`, bound to `host` with free (or given) ports.
+
+    with TritonServer("repo") as server:
+        server.grpc_url   # "127.0.0.1:PORT" for tritonclient.grpc
+        server.http_url   # "http://127.0.0.1:PORT"
+
+    `models`: load only these (explicit model control) instead of every model in the repository.
+    `ready_timeout`: seconds to wait for /v2/health/ready. The server's output goes to `log`
+    (a file under the server's work folder unless given); its tail is in every start error.
+    """
+
+    def __init__(self, repository, venv: str = DEFAULT_VENV, host: str = "127.0.0.1",
+                 http_port: int = 0, grpc_port: int = 0, metrics_port: int = 0,
+                 models: Optional[Sequence[str]] = None, ready_timeout: float = 120.0,
+                 log: Optional[Path] = None, verbose: int = 0, extra_args: Sequence[str] = ()):
+        self.repository = Path(repository)
+        if not self.repository.is_dir():
+            raise TritonServerError(f"model repository {repository} is not a folder")
+        self.install = TritonInstall.find(venv)
+        self.host = host
+        self.http_port = http_port or free_port(host)
+        self.grpc_port = grpc_port or free_port(host)
+        self.metrics_port = metrics_port or free_port(host)
+        self.models = list(models or [])
+        self.ready_timeout = ready_timeout
+        self.verbose = verbose
+        self.extra_args = list(extra_args)
+        self._workdir: Optional[Path] = None
+        self.log_path = Path(log) if log else None
+        self._log_file = None
+        self.process: Optional[subprocess.Popen] = None
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.host}:{self.http_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.host}:{self.metrics_port}/metrics"
+
+    def command(self, backends: Path) -> list:
+        cmd = [str(self.install.executable), f"--model-repository={self.repository.resolve()}",
+               f"--backend-directory={backends}", f"--http-address={self.host}",
+               f"--http-port={self.http_port}", f"--grpc-address={self.host}",
+               f"--grpc-port={self.grpc_port}", f"--metrics-address={self.host}",
+               f"--metrics-port={self.metrics_port}", "--allow-metrics=true",
+               f"--log-verbose={self.verbose}", "--exit-on-error=true", "--strict-readiness=true"]
+        if self.models:
+            cmd.append("--model-control-mode=explicit")
+            cmd += [f"--load-model={name}" for name in self.models]
+        return cmd + self.extra_args
+
+    def start(self) -> "TritonServer":
+        """Start the server and wait until it is ready; on failure stop it and raise."""
+        self._workdir = Path(tempfile.mkdtemp(prefix="dbrt-triton-"))
+        backends = self.install.backends_dir(self._workdir)
+        self.log_path = self.log_path or self._workdir / "tritonserver.log"
+        self._log_file = open(self.log_path, "wb")
+        self.process = subprocess.Popen(self.command(backends), stdout=self._log_file,
+                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                        env=self.install.environment(), start_new_session=True)
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.ready_timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise TritonServerError(f"tritonserver exited with code {self.process.returncode} "
+                                        f"before it was ready: {self.log_tail()}")
+            if self.is_ready():
+                return
+            time.sleep(0.2)
+        raise TritonServerError(f"tritonserver was not ready after {self.ready_timeout:g} s: "
+                                f"{self.log_tail()}")
+
+    def is_ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.http_url}/v2/health/ready", timeout=2) as resp:
+                return resp.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def log_text(self) -> str:
+        if self._log_file is not None:
+            self._log_file.flush()
+        try:
+            return self.log_path.read_text(encoding="utf-8", errors="replace") if self.log_path else ""
+        except OSError:
+            return ""
+
+    def log_tail(self) -> str:
+        """The server's first and last error messages (the cause and the outcome) as one line."""
+        found = []
+        for line in self.log_text().splitlines():
+            message = _error_message(line)
+            if message and message not in found:
+                found.append(message)
+        picked = found[:1] + found[-1:] if len(found) > 1 else found
+        return " | ".join(picked) if picked else "(no error in its output)"
+
+    def stop(self, timeout: float = 15.0) -> Optional[int]:
+        """SIGTERM, then SIGKILL after `timeout` s; the server's exit code (None if never started)."""
+        code = None
+        if self.process is not None:
+            if self.process.poll() is None:
+                self._signal(signal.SIGTERM)
+                try:
+                    self.process.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    self._signal(signal.SIGKILL)
+                    self.process.wait()
+            code = self.process.returncode
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+        if self._workdir is not None:
+            shutil.rmtree(self._workdir / "backends", ignore_errors=True)
+        return code
+
+    def _signal(self, signum: int) -> None:
+        try:  # the server's own process group: Python-backend stubs go with it
+            os.killpg(self.process.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    def close(self) -> None:
+        """Stop the server and remove its work folder (the log too, unless it was given)."""
+        self.stop()
+        if self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
+
+    def __enter__(self) -> "TritonServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()

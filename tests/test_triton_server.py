@@ -1,0 +1,94 @@
+"""The Triton server launcher (engine.triton.server) and `dbrt triton serve` against the real
+tritonserver of the nvidia-pytriton wheel (skipped where .venv-triton cannot be built)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import urllib.request
+
+import numpy as np
+import pytest
+
+from engine.triton.server import TritonServer, TritonServerError, free_port
+from pipeline.cli import main
+
+DOUBLER = '''
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.Tensor(
+            "y", pb_utils.get_input_tensor_by_name(r, "x").as_numpy() * 2)]) for r in requests]
+'''
+DOUBLER_CONFIG = '''backend: "python"
+max_batch_size: 8
+input [ { name: "x" data_type: TYPE_FP32 dims: [ -1 ] } ]
+output [ { name: "y" data_type: TYPE_FP32 dims: [ -1 ] } ]
+instance_group [ { kind: KIND_CPU count: 1 } ]
+'''
+
+
+def python_model_repository(root, name="double", code=DOUBLER, config=DOUBLER_CONFIG):
+    (root / name / "1").mkdir(parents=True)
+    (root / name / "1" / "model.py").write_text(code)
+    (root / name / "config.pbtxt").write_text(config)
+    return root
+
+
+def test_a_python_model_answers_and_the_server_stops(triton_venv, tmp_path):
+    grpc = pytest.importorskip("tritonclient.grpc")
+    server = TritonServer(python_model_repository(tmp_path), venv=str(triton_venv))
+    with server:
+        assert server.host == "127.0.0.1" and server.is_ready()
+        client = grpc.InferenceServerClient(server.grpc_url)
+        x = grpc.InferInput("x", [1, 3], "FP32")
+        x.set_data_from_numpy(np.array([[1, 2, 3]], np.float32))
+        assert client.infer("double", [x]).as_numpy("y").tolist() == [[2, 4, 6]]
+        with urllib.request.urlopen(server.metrics_url) as resp:
+            assert b"nv_inference_count" in resp.read()
+    assert server.process.returncode is not None and not server.is_ready()
+
+
+def test_a_broken_config_is_one_clear_error(triton_venv, tmp_path):
+    python_model_repository(tmp_path, config="backend: \"python\"\nmax_batch_size: foo\n")
+    with pytest.raises(TritonServerError, match="Expected integer, got: foo"):
+        TritonServer(tmp_path, venv=str(triton_venv)).start()
+
+
+def test_a_model_that_fails_to_load_names_its_error(triton_venv, tmp_path):
+    python_model_repository(tmp_path, code="import no_such_module_here\n")
+    with pytest.raises(TritonServerError, match="no_such_module_here"):
+        TritonServer(tmp_path, venv=str(triton_venv)).start()
+
+
+def test_missing_venv_or_repository_is_one_line(tmp_path, capsys):
+    assert main(["triton", "serve", str(tmp_path / "nope")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"dbrt triton: error: model repository {tmp_path / 'nope'} is not a folder")
+    assert main(["triton", "serve", str(tmp_path), "--venv", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no virtual environment with Triton" in err and "make triton-venv" in err
+
+
+def test_dbrt_triton_serve_until_sigterm(triton_venv, tmp_path):
+    python_model_repository(tmp_path)
+    http = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "triton", "serve", str(tmp_path), "--venv", str(triton_venv),
+         "--http-port", str(http), "--grpc-port", "0", "--metrics-port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("tritonserver ready: gRPC 127.0.0.1:"), line + proc.stderr.read()
+        with urllib.request.urlopen(f"http://127.0.0.1:{http}/v2/models/double/ready") as resp:
+            assert resp.status == 200
+        proc.terminate()
+        assert proc.wait(60) == 143
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://127.0.0.1:{http}/v2/health/live", timeout=2)
