@@ -7,7 +7,8 @@ QoS 1 (the broker acknowledges every event). paho's network thread connects in t
 and reconnects with back-off (`min_delay` doubling up to `max_delay` seconds) while the run goes
 on; events published meanwhile wait in a bounded outbox (`max_queued`) and are sent after the
 reconnect; when it is full, new events are dropped and counted (`counters()["dropped_total"]`).
-`write` never blocks the pipeline.
+`write` never blocks the pipeline. mqtts:// verifies the broker's certificate against the
+system's CAs, or against the CA in `?ca=FILE`; a certificate refused ends the run with one line.
 
 Payload (one JSON object per frame, the JSONL line plus `type`, `stream` and `time`):
     {"type": "detections", "source": "rtsp://cam1/stream", "stream": 0, "frame_index": 412,
@@ -20,11 +21,14 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
+import sys
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from engine.errors import DbrtError
 from engine.lazy import require
@@ -43,6 +47,7 @@ class BrokerUrl:
     topic: str
     username: Optional[str] = None
     password: Optional[str] = None
+    ca: Optional[str] = None  # mqtts: the CA certificate (PEM) that signed the broker's
 
     @property
     def safe(self) -> str:
@@ -52,7 +57,9 @@ class BrokerUrl:
 
 
 def parse_broker_url(text: str) -> BrokerUrl:
-    """mqtt[s]://[user[:password]@]HOST[:PORT]/TOPIC; ValueError says what is wrong."""
+    """mqtt[s]://[user[:password]@]HOST[:PORT]/TOPIC[?ca=FILE]; ValueError says what is wrong.
+    ca=FILE (mqtts only): trust the broker's certificate when this CA (PEM) signed it, instead
+    of the system's CAs (a private CA, a self-signed broker)."""
     try:
         parts = urlsplit(text)
         port = parts.port
@@ -63,13 +70,31 @@ def parse_broker_url(text: str) -> BrokerUrl:
     if not parts.hostname:
         raise ValueError("no broker host")
     topic = unquote(parts.path.lstrip("/"))
-    if not topic or "+" in topic or "#" in text or "?" in text:
+    if not topic or "+" in topic or "#" in text:
         raise ValueError("expected one topic after the host, without + or # wildcards, "
                          "e.g. mqtt://broker/dbrt/events")
     tls = parts.scheme == "mqtts"
     return BrokerUrl(tls, parts.hostname, port or (8883 if tls else 1883), topic,
                      unquote(parts.username) if parts.username else None,
-                     unquote(parts.password) if parts.password else None)
+                     unquote(parts.password) if parts.password else None,
+                     _ca_option(parts.query, tls))
+
+
+def _ca_option(query: str, tls: bool) -> Optional[str]:
+    """The one query option, ?ca=FILE (mqtts only), checked to be a file."""
+    options = parse_qs(query, keep_blank_values=True)
+    unknown = sorted(set(options) - {"ca"})
+    if unknown or (query and not options):
+        raise ValueError(f"unknown option {(unknown or [query])[0]!r}; the one option is "
+                         "?ca=FILE (mqtts://)")
+    if "ca" not in options:
+        return None
+    ca = options["ca"][-1]
+    if not tls:
+        raise ValueError("?ca=FILE is for TLS: use mqtts://")
+    if not Path(ca).is_file():
+        raise ValueError(f"ca={ca}: no such file")
+    return ca
 
 
 def event(frame: Frame, detections: Detections, source_name: str, decimals: int = 2) -> dict:
@@ -101,6 +126,8 @@ class MqttSink(Sink):
         self._lock = threading.Lock()
         self._counts = dict(published=0, acked=0, dropped=0, connects=0)
         self.connected = False
+        self.fatal: Optional[str] = None  # a refused TLS certificate: the run stops with it
+        self._fatal_raised = False
         self.client = self._client(mqtt, max_queued, min_delay, max_delay)
         self.client.connect_async(self.broker.host, self.broker.port, keepalive)
         self.client.loop_start()
@@ -111,11 +138,16 @@ class MqttSink(Sink):
         if self.broker.username:
             client.username_pw_set(self.broker.username, self.broker.password)
         if self.broker.tls:
-            client.tls_set()
+            try:
+                client.tls_set(ca_certs=self.broker.ca)
+            except ssl.SSLError as exc:
+                raise DbrtError(f"--mqtt {self.broker.safe}: ca={self.broker.ca}: not a PEM CA "
+                                f"certificate ({exc.reason or exc})") from None
         client.max_queued_messages_set(max_queued)
         client.reconnect_delay_set(min_delay=min_delay, max_delay=max_delay)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
+        client.on_connect_fail = self._on_connect_fail
         client.on_publish = self._on_publish
         return client
 
@@ -126,6 +158,18 @@ class MqttSink(Sink):
                 self._counts["connects"] += 1
             self.connected = True
 
+    def _on_connect_fail(self, client, userdata) -> None:
+        """A refused broker certificate does not heal by retrying: stop the client and let the
+        next write end the run with one line. (paho calls this inside its `except OSError`.)"""
+        exc = sys.exc_info()[1]
+        if not isinstance(exc, ssl.SSLCertVerificationError):
+            return  # broker down or unreachable: paho retries with back-off
+        hint = ("is ca= the CA that signed it?" if self.broker.ca else
+                "for a private CA, add ?ca=FILE")
+        self.fatal = (f"--mqtt {self.broker.safe}: the broker's TLS certificate was refused "
+                      f"({exc.verify_message or exc.reason}); {hint}")
+        client.disconnect()
+
     def _on_disconnect(self, client, userdata, flags, reason_code, properties=None) -> None:
         self.connected = False
 
@@ -135,6 +179,7 @@ class MqttSink(Sink):
 
     # -- the pipeline's sink thread -------------------------------------------------------------
     def write(self, frame: Frame, detections: Detections) -> None:
+        self._raise_fatal()
         payload = json.dumps(event(frame, detections, without_credentials(frame.source)),
                              separators=(",", ":"))
         info = self.client.publish(self.broker.topic, payload, qos=1)
@@ -155,6 +200,11 @@ class MqttSink(Sink):
                     dropped_total=c["dropped"], queued=c["published"] - c["acked"],
                     connected=self.connected, reconnects_total=max(0, c["connects"] - 1))
 
+    def _raise_fatal(self) -> None:
+        if self.fatal and not self._fatal_raised:
+            self._fatal_raised = True
+            raise DbrtError(self.fatal)
+
     def close(self) -> None:
         """Wait up to `flush_s` for queued events while connected, then disconnect."""
         if self.client is None:
@@ -165,3 +215,4 @@ class MqttSink(Sink):
         client, self.client = self.client, None
         client.disconnect()
         client.loop_stop()
+        self._raise_fatal()

@@ -1,16 +1,18 @@
 """Helpers of the --serve / --mqtt tests: free loopback ports, a `dbrt run` subprocess, HTTP
-gets with retries while the server starts, and an MJPEG part reader."""
+gets with retries while the server starts, an MJPEG part reader, a real Mosquitto broker (plain
+and TLS listeners), a durable subscriber and throwaway TLS certificates (openssl)."""
 from __future__ import annotations
 
 import getpass
 import http.client
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterator, Tuple
+from typing import Iterator, Optional, Tuple
 
 from media import free_port  # noqa: F401 - the tests import it from here
 
@@ -79,14 +81,22 @@ class Mosquitto:
     """A real Mosquitto broker on a free loopback port, with persistence so that a durable
     subscriber keeps its subscription and its queued messages across `restart()`."""
 
-    def __init__(self, binary: str, folder: Path):
+    def __init__(self, binary: str, folder: Path, tls: Optional[Tuple[Path, Path, Path]] = None):
+        """tls: (CA, server certificate, server key) PEM files: a second listener, on
+        `tls_port`, speaks TLS with them (`port` stays plain)."""
         self.binary = binary
         self.port = free_port()
         self.config = folder / "mosquitto.conf"
         # as root, mosquitto would switch to its own user, which cannot write the test's folder
-        self.config.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
-                               f"persistence true\npersistence_location {folder}/\n"
-                               f"user {getpass.getuser()}\n")
+        text = (f"allow_anonymous true\npersistence true\npersistence_location {folder}/\n"
+                f"user {getpass.getuser()}\nlistener {self.port} 127.0.0.1\n")
+        self.tls_port = None
+        if tls is not None:
+            self.tls_port = free_port()
+            ca, cert, key = tls
+            text += (f"listener {self.tls_port} 127.0.0.1\ncafile {ca}\ncertfile {cert}\n"
+                     f"keyfile {key}\n")
+        self.config.write_text(text)
         self.proc = None
 
     def start(self) -> "Mosquitto":
@@ -144,3 +154,39 @@ class Subscriber:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+
+def find_mosquitto() -> Optional[str]:
+    return shutil.which("mosquitto") or next(
+        (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if Path(p).is_file()), None)
+
+
+def throwaway_ca(folder: Path, name: str) -> Tuple[Path, Path]:
+    """A fresh self-signed CA (certificate, key) made with the openssl command."""
+    cert, key = folder / f"{name}.pem", folder / f"{name}.key"
+    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+             "-nodes", "-keyout", key, "-out", cert, "-days", "2", "-subj", f"/CN={name}",
+             "-addext", "basicConstraints=critical,CA:TRUE",
+             "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    return cert, key
+
+
+def server_certificate(folder: Path, ca: Tuple[Path, Path]) -> Tuple[Path, Path]:
+    """A certificate for 127.0.0.1 / localhost signed by `ca`: (certificate, key)."""
+    cert, key, csr = folder / "server.pem", folder / "server.key", folder / "server.csr"
+    extensions = folder / "server.ext"
+    extensions.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n"
+                          "basicConstraints=critical,CA:FALSE\nextendedKeyUsage=serverAuth\n"
+                          "keyUsage=critical,digitalSignature\n"
+                          "authorityKeyIdentifier=keyid\nsubjectKeyIdentifier=hash\n")
+    _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+             "-keyout", key, "-out", csr, "-subj", "/CN=localhost")
+    _openssl("x509", "-req", "-in", csr, "-CA", ca[0], "-CAkey", ca[1], "-CAcreateserial",
+             "-out", cert, "-days", "2", "-extfile", extensions)
+    key.chmod(0o600)
+    return cert, key
+
+
+def _openssl(*args) -> None:
+    done = subprocess.run(["openssl", *map(str, args)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

@@ -4,7 +4,6 @@ full outbox had to refuse are counted. Bad broker URLs are one line."""
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import pytest
 
 from pipeline.cli import main
 
-from serve_helpers import Mosquitto, Subscriber, dbrt, wait_until
+from serve_helpers import Mosquitto, Subscriber, dbrt, find_mosquitto, wait_until
 
 pytest.importorskip("paho.mqtt.client", reason="paho-mqtt is not installed (pip install 'dbrt[serve]')")
 
@@ -21,8 +20,7 @@ TOPIC = "dbrt/test/events"
 
 @pytest.fixture
 def broker(tmp_path):
-    binary = shutil.which("mosquitto") or next(
-        (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if Path(p).is_file()), None)
+    binary = find_mosquitto()
     if binary is None:
         pytest.skip("mosquitto is not installed (apt-get install mosquitto; .ci/run does)")
     server = Mosquitto(binary, tmp_path).start()
