@@ -15,7 +15,9 @@ Payload (one JSON object per frame, the JSONL line plus `type`, `stream` and `ti
      "timestamp": 16.48, "time": 1764467200.123, "frame_size": [720, 1280],
      "detections": [{"polygon": [[x, y], ...], "score": 0.91}, ...]}
 Per-detection columns of `Detections.data` (recognised `text`, track ids) appear in each
-detection object; other event types (text events) carry their own `type`.
+detection object. With tracking, each text-event line (pipeline.reading.events: one per ended
+track, `"event": "end"`, and with `every` periodic `"event": "update"` lines) is published too,
+as the line plus `"type": "text"` and `time` (`publish_text_event`).
 """
 from __future__ import annotations
 
@@ -105,6 +107,12 @@ def event(frame: Frame, detections: Detections, source_name: str, decimals: int 
             **body}
 
 
+def text_event(line: dict) -> dict:
+    """The MQTT event of one text-event line: the line plus `type` "text" and `time`."""
+    body = dict(line, source=without_credentials(str(line.get("source", ""))))
+    return {"type": "text", "time": round(time.time(), 3), **body}
+
+
 class MqttSink(Sink):
     """Publishes one event per frame to `url`'s topic (QoS 1) from paho's own thread.
 
@@ -121,7 +129,6 @@ class MqttSink(Sink):
             raise DbrtError(f"--mqtt {url!r}: {exc}") from None
         mqtt = require("paho.mqtt.client")
         self._ok = {mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN}  # NO_CONN: queued until back
-        self._queue_full = mqtt.MQTT_ERR_QUEUE_SIZE
         self.flush_s = flush_s
         self._lock = threading.Lock()
         self._counts = dict(published=0, acked=0, dropped=0, connects=0)
@@ -180,16 +187,19 @@ class MqttSink(Sink):
     # -- the pipeline's sink thread -------------------------------------------------------------
     def write(self, frame: Frame, detections: Detections) -> None:
         self._raise_fatal()
-        payload = json.dumps(event(frame, detections, without_credentials(frame.source)),
-                             separators=(",", ":"))
-        info = self.client.publish(self.broker.topic, payload, qos=1)
+        self._publish(event(frame, detections, without_credentials(frame.source)))
+
+    def publish_text_event(self, line: dict) -> None:
+        """One text-event line (pipeline.reading.events) as a `"type": "text"` event; a
+        TextEventSink's listener. Lines that come after `close` are dropped and counted."""
+        self._publish(text_event(line))
+
+    def _publish(self, body: dict) -> None:
+        client = self.client
+        payload = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+        rc = client.publish(self.broker.topic, payload, qos=1).rc if client else None
         with self._lock:
-            if info.rc == self._queue_full:
-                self._counts["dropped"] += 1
-            elif info.rc in self._ok:
-                self._counts["published"] += 1
-            else:
-                self._counts["dropped"] += 1
+            self._counts["published" if rc in self._ok else "dropped"] += 1
 
     def counters(self) -> dict:
         """published_total (handed to the client), acked_total (confirmed by the broker),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -79,3 +80,32 @@ def test_bad_broker_url_is_one_line(url, message, capsys):
     assert main(["run", "--mqtt", url, "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "argument --mqtt" in err[0] and message in err[0], err
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("rapidocr") is None,
+                    reason="the PP-OCR rec model comes with the rapidocr wheel")
+def test_text_events_are_published_as_well(tmp_path, broker):
+    """--read --track --events-every: every line of events.jsonl (updates and ends) also
+    reaches the broker as a "text" event, next to the per-frame "detections" events."""
+    pytest.importorskip("supervision")
+    subscriber = Subscriber(broker.port, TOPIC)
+    out = tmp_path / "out"
+    proc = dbrt("run", "--read", "--track", "--events-every", "0.4", "--max-frames", "30",
+                "--max-side", "320", "--mqtt", f"mqtt://127.0.0.1:{broker.port}/{TOPIC}",
+                "--no-video", "--quiet", "-o", str(out))
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    lines = [json.loads(x) for x in (out / "events.jsonl").read_text().splitlines()]
+    report = json.loads((out / "report.json").read_text())
+    assert {e["event"] for e in lines} == {"update", "end"}
+    assert report["mqtt"]["acked_total"] == 30 + len(lines) == report["mqtt"]["published_total"]
+    deadline = time.monotonic() + 60  # acknowledged by the broker: on their way to the subscriber
+    while len(subscriber.received()) < 30 + len(lines) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    subscriber.close()
+    received = subscriber.received()
+    texts = [e for e in received if e["type"] == "text"]
+    assert len([e for e in received if e["type"] == "detections"]) == 30
+    assert [{k: v for k, v in e.items() if k not in ("type", "time")} for e in texts] == lines
+    assert all(isinstance(e["time"], float) for e in texts)
+    assert any(e["text"] for e in texts)

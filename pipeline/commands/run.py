@@ -93,7 +93,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     w.add_argument("--serve-fps", type=at_least(0.1, float), default=10.0,
                    help="most pictures per second and stream sent to viewers")
     w.add_argument("--mqtt", type=broker_url, metavar="mqtt[s]://[USER:PASS@]HOST[:PORT]/TOPIC",
-                   help="publish one JSON event per frame (QoS 1) to this broker and topic")
+                   help="publish one JSON event per frame (QoS 1) to this broker and topic, and "
+                        "with --track each text event; mqtts://...?ca=FILE trusts the broker "
+                        "certificate that CA (PEM) signed")
     w.add_argument("--mqtt-queue", type=at_least(1), default=1000,
                    help="events kept while the broker is away; more are dropped and counted")
 
@@ -178,13 +180,20 @@ def _sinks(pipe, out: Path, args) -> list:
 
 
 def _wire_sinks(sinks: list, pipe, args, annotators) -> None:
-    """--mqtt and --serve (the web view also shows the MQTT counters)."""
+    """--mqtt (per-frame events, and with --track the text events) and --serve (the web view
+    also shows the MQTT counters)."""
     mqtt = None
     if args.mqtt:
         from pipeline.mqtt import MqttSink
 
         mqtt = MqttSink(args.mqtt, max_queued=args.mqtt_queue)
         sinks.append(mqtt)
+        if pipe.tracker is not None:  # the text events go to the broker as well
+            from pipeline.reading.events import TextEventSink
+
+            for sink in sinks:
+                if isinstance(sink, TextEventSink):
+                    sink.listeners.append(mqtt.publish_text_event)
     if args.serve:
         sinks.append(_serve_sink(pipe, args, annotators))
         if mqtt is not None:

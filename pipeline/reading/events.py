@@ -10,6 +10,9 @@ With `every=N` a live track also gets an `"event": "update"` line every N second
 and counts so far. A consumer keeps the newest line per (stream, track_id); the `"end"` line is
 the last one a track gets. Frames without a timestamp (images) bring no updates.
 
+Each line also goes to the `listeners` (callables taking the line's dict), e.g. the MQTT sink's
+`publish_text_event`.
+
 It reads the `track_id` column the tracking stage adds (and the texts, when the run reads); a
 track ends after `lost_frames` frames of its stream without it, when the stream's frame size
 changes, or when the sink closes (the run is over).
@@ -20,7 +23,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Dict, Iterable, Optional, Tuple, Union
+from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple, Union
 
 from ..detections import Detections
 from ..sinks import Sink
@@ -32,15 +35,17 @@ UPDATE, END = "update", "end"
 
 class TextEventSink(Sink):
     """path: the JSON-lines file; lost_frames: frames unseen before a track ends;
-    every: seconds of stream time between a live track's update lines (None: end lines only)."""
+    every: seconds of stream time between a live track's update lines (None: end lines only);
+    listeners: called with each line's dict once it is written."""
 
     def __init__(self, path: Union[str, os.PathLike], lost_frames: int = 31, decimals: int = 2,
-                 every: Optional[float] = None):
+                 every: Optional[float] = None, listeners: Sequence[Callable[[dict], None]] = ()):
         if every is not None and not every > 0:
             raise ValueError(f"TextEventSink every= must be a number of seconds > 0, got {every!r}")
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.decimals, self.every = decimals, every
+        self.listeners = list(listeners)
         self.book = TrackBook(lost_frames)
         self._due: Dict[Tuple[int, int], float] = {}  # (stream, track id) -> next update time
         self._fh = open(self.path, "w", encoding="utf-8")
@@ -75,6 +80,8 @@ class TextEventSink(Sink):
             line = {"event": kind, **track.to_dict(self.decimals)}
             self._fh.write(json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n")
             wrote += 1
+            for listener in self.listeners:
+                listener(line)
         if wrote:
             self.lines += wrote
             self.updates += wrote if kind == UPDATE else 0
