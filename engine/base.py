@@ -12,6 +12,7 @@ runners that keep outputs on the device).
 from __future__ import annotations
 
 import abc
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Dict, Mapping, Tuple, Union
 
@@ -60,6 +61,24 @@ class Runner(abc.ABC):
     # -- inference ------------------------------------------------------------------------
     def infer(self, feed) -> Dict[str, object]:
         """Run one batch. `feed` is a dict name -> array, or a single array for the only input."""
+        return self._infer(self._checked(feed))
+
+    # True when `submit` returns before the batch has run (a remote server), so a caller can
+    # prepare the next batch while this one is on its way.
+    asynchronous = False
+
+    def submit(self, feed) -> Future:
+        """Start one batch; the Future's result is what `infer` returns. Shapes are checked
+        here; other failures come out of `result()`. Local runners run the batch at once."""
+        feed = self._checked(feed)
+        future: Future = Future()
+        try:
+            future.set_result(self._infer(feed))
+        except Exception as exc:  # noqa: BLE001 - handed to whoever waits for the result
+            future.set_exception(exc)
+        return future
+
+    def _checked(self, feed) -> Mapping[str, object]:
         if not self._active:
             raise DbrtError(f"{self.name} runner used before activate()")
         if not isinstance(feed, Mapping):
@@ -67,7 +86,7 @@ class Runner(abc.ABC):
                 raise ShapeError(f"model has {len(self.inputs)} inputs; pass a dict")
             feed = {self.inputs[0].name: feed}
         self._check_feed(feed)
-        return self._infer(feed)
+        return feed
 
     def _check_feed(self, feed: Mapping[str, object]) -> None:
         expected = {t.name: t for t in self.inputs}

@@ -17,5 +17,10 @@ class SourceError(DbrtError):
     """A video / image / stream source cannot be opened or read."""
 
 
+class InferenceFailed(DbrtError):
+    """One inference request failed but the backend may recover (a remote server went away or
+    timed out): the batch's frames are lost and counted, the run goes on."""
+
+
 class DbrtWarning(UserWarning):
     """Something the user should know that does not stop the work (the CLI prints one line)."""

@@ -1,5 +1,6 @@
 """Pick and load a runner for a model file: .onnx -> ONNX Runtime (or TensorRT via the engine
-cache when a GPU and TensorRT are present), .engine / .plan -> TensorRT."""
+cache when a GPU and TensorRT are present), .engine / .plan -> TensorRT; a
+triton://HOST[:PORT]/NAME URL -> a Triton Inference Server client."""
 from __future__ import annotations
 
 import os
@@ -11,6 +12,7 @@ from . import cuda as _cuda
 from .base import Runner
 from .errors import ModelError
 from .lazy import optional
+from .triton.options import is_triton_url
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt")
 DEVICES = ("auto", "cpu", "cuda", "tensorrt")  # tensorrt: ONNX Runtime's TensorRT provider
@@ -42,6 +44,7 @@ class RunnerOptions:
     calibration: object = None
     strongly_typed: Optional[bool] = None
     progress: object = None
+    triton: object = None
 
     def __post_init__(self):
         if self.sessions < 1 or self.threads < 0:
@@ -56,6 +59,7 @@ class RunnerOptions:
 
 ALL_OPTIONS = tuple(f.name for f in fields(RunnerOptions))
 ORT_OPTIONS = ("threads", "sessions", "spin")
+TRITON_OPTIONS = ("triton",)
 ENGINE_OPTIONS = ("cuda_graph",)  # a prebuilt .engine takes only these
 def tensorrt_usable() -> bool:
     """TensorRT is importable and a CUDA GPU is usable through CuPy."""
@@ -80,6 +84,8 @@ def load_runner(model: os.PathLike, backend: str = "auto", device: str = "auto",
     suit the backend chosen.
     """
     options = options or RunnerOptions()
+    if is_triton_url(model):
+        return _triton_runner(str(model), backend, device, options)
     if backend not in BACKENDS:
         raise ModelError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if device not in DEVICES:  # never fall back silently: 'gpu0' must not run on the CPU
@@ -103,7 +109,7 @@ def load_runner(model: os.PathLike, backend: str = "auto", device: str = "auto",
         if options.sessions > 1:
             raise ModelError("sessions > 1 is for ONNX Runtime on the CPU; a TensorRT engine "
                              "takes whole batches (use --batch)")
-        _refuse(options, set(ALL_OPTIONS) - set(ORT_OPTIONS), "TensorRT")
+        _refuse(options, set(ALL_OPTIONS) - set(ORT_OPTIONS) - set(TRITON_OPTIONS), "TensorRT")
         from .tensorrt.cache import cached_engine_runner  # builds once, then reuses the cached engine
 
         return cached_engine_runner(path, **options.asked(ALL_OPTIONS))
@@ -117,3 +123,14 @@ def load_runner(model: os.PathLike, backend: str = "auto", device: str = "auto",
         return ParallelRunner.onnxruntime(path, sessions, threads=threads or 1,
                                           device=device, spin=spin)
     return OnnxRuntimeRunner(path, device=device, threads=threads, spin=spin)
+
+
+def _triton_runner(url: str, backend: str, device: str, options: RunnerOptions) -> Runner:
+    """A client of the model a Triton server serves: the server picks backend and device."""
+    if backend != "auto" or device != "auto":
+        raise ModelError(f"{url} runs on the Triton server, which picks its backend and device: "
+                         f"leave backend / device at auto (got {backend} / {device})")
+    _refuse(options, TRITON_OPTIONS, f"the Triton model {url}")
+    from .triton.runner import TritonRunner  # tritonclient is imported on activation
+
+    return TritonRunner(url, options.triton)

@@ -13,12 +13,12 @@ import dataclasses
 import json
 import os
 import warnings
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from dbnet.model_check import check_io, check_spec_source, probability_map
-from dbnet.spec import MAX_INPUT_SIDE, ModelSpec, profile_for, resolve_spec
+from dbnet.spec import METADATA_KEY, MAX_INPUT_SIDE, ModelSpec, profile_for, resolve_spec
 from engine.errors import DbrtWarning, ModelError, ShapeError
 from engine.lazy import cupy_or_none
 from engine.loader import RunnerOptions, load_runner
@@ -31,7 +31,9 @@ from .shipped import default_model_path
 class Detector:
     """A DBNet text detector: model + its ModelSpec + DB post-processing.
 
-    model:      .onnx / .engine path (default: the shipped model), or an activated-or-not Runner
+    model:      .onnx / .engine path (default: the shipped model), a triton://HOST:PORT/NAME URL
+                (a model on a Triton server; its ModelSpec comes from the model config's
+                `parameters`), or an activated-or-not Runner
     spec:       the ModelSpec (normalisation, resize rule, post-processing), or a function that
                 changes the model's own (`lambda spec: spec.replace(box_thresh=0.5)`); default:
                 the model's own (its dbrt metadata), else `preset`'s
@@ -64,6 +66,7 @@ class Detector:
             self.spec = spec
         else:  # a foreign model with a wrong or missing preset fails here, not as junk boxes
             check_spec_source(self.runner.metadata, preset, self.runner.inputs, self.runner.outputs)
+            _note_remote_defaults(self.runner, preset)
             self.spec = resolve_spec(self.runner.metadata, preset)
             self.spec = spec(self.spec) if spec is not None else self.spec
         self.output_name = check_io(self.runner.inputs, self.runner.outputs, self.spec)
@@ -93,7 +96,8 @@ class Detector:
         return self._gpu is not None
 
     def describe(self) -> dict:
-        return dict(runner=self.runner.name, spec=json.loads(self.spec.to_json()), untrained=self.untrained,
+        remote = dict(server=self.runner.describe()) if getattr(self.runner, "remote", False) else {}
+        return dict(runner=self.runner.name, **remote, spec=json.loads(self.spec.to_json()), untrained=self.untrained,
                     keep_aspect=self.keep_aspect, input_size=self.input_size,
                     gpu_preprocess=self.uses_gpu_preprocess, post=self.post.config.to_dict(),
                     reader=None if self.recognizer is None else self.recognizer.describe())
@@ -149,9 +153,22 @@ class Detector:
 
     def infer(self, batch) -> object:
         """One engine call; returns the (N, H, W) probability maps (sigmoid applied to logits)."""
-        prob = self.runner.infer(batch)[self.output_name]
+        return self.collect(self.submit(batch))
+
+    @property
+    def asynchronous(self) -> bool:
+        """`submit` returns before the batch has run (a model on a Triton server)."""
+        return self.runner.asynchronous
+
+    def submit(self, batch) -> "PendingBatch":
+        """Start one engine call (shapes are checked now); `collect` gives its probability maps."""
+        return PendingBatch(self.runner.submit(batch), tuple(batch.shape[2:]))
+
+    def collect(self, pending: "PendingBatch") -> object:
+        """The (N, H, W) probability maps of a submitted batch (waits for them)."""
+        prob = pending.future.result()[self.output_name]
         # layout checked every batch; the value range (a device sync) on the first only
-        prob = probability_map(prob, self.spec, tuple(batch.shape[2:]),
+        prob = probability_map(prob, self.spec, pending.input_hw,
                                check_range=not self._range_checked)
         self._range_checked = True
         return prob
@@ -198,6 +215,20 @@ class Detector:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class PendingBatch(NamedTuple):
+    future: object            # concurrent.futures.Future of the runner's outputs
+    input_hw: Tuple[int, int]
+
+
+def _note_remote_defaults(runner, preset: Optional[str]) -> None:
+    """A served model whose config carries no ModelSpec runs on the DB defaults: say so."""
+    if getattr(runner, "remote", False) and not preset and \
+            ModelSpec.from_metadata(runner.metadata) is None:
+        warnings.warn(f"{runner.url} has no '{METADATA_KEY}' parameter in its model config, so "
+                      f"it runs with the DBNet defaults (pass --preset for a foreign model)",
+                      DbrtWarning, stacklevel=3)
 
 
 def _recognizer(read, device: str):

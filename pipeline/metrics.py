@@ -96,6 +96,8 @@ class Metrics:
         self.queues: Dict[str, DepthGauge] = {}
         self.batch_sizes: Counter = Counter()  # frames per engine call -> number of calls
         self.frames_out = 0
+        self.failed_frames = 0  # frames whose inference failed (a model server away)
+        self.failures: deque = deque(maxlen=5)  # the last failure messages
         self.t_start: Optional[float] = None
         self.t_last: Optional[float] = None
         self._recent = deque(maxlen=64)  # (time, frames_out) for the current FPS
@@ -115,6 +117,10 @@ class Metrics:
         frames = sum(size * n for size, n in self.batch_sizes.items())
         return dict(count=calls, mean=round(frames / calls, 3) if calls else 0.0,
                     histogram={str(size): n for size, n in sorted(self.batch_sizes.items())})
+
+    def frames_failed(self, count: int, message: str) -> None:
+        self.failed_frames += count
+        self.failures.append(message)
 
     def queue(self, name: str, capacity: int) -> DepthGauge:
         return self.queues.setdefault(name, DepthGauge(capacity))
@@ -152,6 +158,8 @@ class Metrics:
             wall_s=round(self.elapsed, 4),
             fps=round(self.fps, 3),
             dropped=sum(s.get("dropped", 0) for s in sources),
+            failed=self.failed_frames,
+            failures=list(self.failures),
             stages={name: w.summary() for name, w in self.stages.items()},
             end_to_end=self.end_to_end.summary(),
             batch_size=self.batch_summary(),
@@ -170,6 +178,9 @@ def format_summary(report: dict) -> str:
         if s.get("count"):
             lines.append(f"  {name:<12}{s['count']:>7}{s['p50_ms']:>9.2f}{s['p95_ms']:>9.2f}"
                          f"{s['p99_ms']:>9.2f}")
+    if report.get("failed"):
+        lines.append(f"  {report['failed']} frames failed in inference (last: "
+                     f"{report['failures'][-1] if report.get('failures') else '?'})")
     for src in report.get("sources", []):
         if src.get("reconnects") or src.get("dropped"):
             lines.append(f"  {src['name']}: {src['dropped']} dropped, {src['reconnects']} reconnects")

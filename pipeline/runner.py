@@ -23,6 +23,8 @@ import signal
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, List, Optional, Sequence
 
+from engine.errors import InferenceFailed
+
 from .batcher import Batcher
 from .detections import Detections, FrameResult
 from .detector import Detector
@@ -42,6 +44,7 @@ class _Batch:
     array: object = None
     letterboxes: list = field(default_factory=list)
     prob: object = None
+    pending: object = None  # an asynchronous detector's submitted call (Detector.submit)
 
 
 class Pipeline:
@@ -89,7 +92,11 @@ class Pipeline:
         self.max_frames = max_frames
         self.switch_interval = switch_interval
         self._holds_interval = False
-        self.metrics = Metrics(stages=STAGES[:-1] + self._extra_stages() + STAGES[-1:])
+        # a detector whose model is on a server submits batch k+1 while k is on the wire; a
+        # 'response' stage waits for the results in order
+        self._async = bool(getattr(detector, "asynchronous", False))
+        stages = STAGES[:2] + ("infer", "response")[:1 + self._async] + STAGES[3:-1]
+        self.metrics = Metrics(stages=stages + self._extra_stages() + STAGES[-1:])
         self.control = Control()
         self.interrupted = False
         self._signals = StopSignals(stop_signals, drain=self._interrupt, abort=self.control.abort)
@@ -97,6 +104,7 @@ class Pipeline:
         self._decoded = self._channel("decoded", cap * self.batch + len(self.sources))
         self._prepared = self._channel("prepared", cap)
         self._inferred = self._channel("inferred", cap)
+        self._responded = self._channel("responded", cap) if self._async else self._inferred
         self._results = self._channel("results", cap * self.batch)
         self._read = self._channel("read", cap * self.batch)
         self._tracked = self._channel("tracked", cap * self.batch)
@@ -125,8 +133,10 @@ class Pipeline:
 
     @property
     def lost(self) -> int:
-        """Frames read from the sources but never written (a run stopped at once, or failed)."""
-        return sum(s.stats.delivered for s in self.sources) - self.metrics.frames_out
+        """Frames read from the sources but never written (a run stopped at once, or failed),
+        besides those whose inference failed (`metrics.failed_frames`)."""
+        delivered = sum(s.stats.delivered for s in self.sources)
+        return delivered - self.metrics.frames_out - self.metrics.failed_frames
 
     def stop(self) -> None:
         """Stop reading new frames; frames already read still reach the sinks."""
@@ -245,8 +255,10 @@ class Pipeline:
         decoders = [stage(f"decode:{s.stream}", _stamp(s.stream), self._frames_of(s),
                           self._decoded, metric="decode") for s in self.sources]
         steps = [stage("preprocess", self._prepare, batches, self._prepared),
-                 stage("infer", self._infer, self._prepared, self._inferred),
-                 stage("postprocess", self._postprocess, self._inferred, self._results, many=True)]
+                 stage("infer", self._infer, self._prepared, self._inferred)]
+        if self._async:
+            steps.append(stage("response", self._response, self._inferred, self._responded))
+        steps.append(stage("postprocess", self._postprocess, self._responded, self._results, many=True))
         results = self._results
         for name in self._extra_stages():  # read, track: FrameResult -> FrameResult
             fn, outbox = {"read": (self._read_texts, self._read),
@@ -284,9 +296,26 @@ class Pipeline:
         array, letterboxes = self.detector.prepare([f.image for f in frames])
         return _Batch(frames, array, letterboxes)
 
-    def _infer(self, batch: _Batch) -> _Batch:
-        batch.prob = self.detector.infer(batch.array)
-        batch.array = None
+    def _infer(self, batch: _Batch) -> Optional[_Batch]:
+        array, batch.array = batch.array, None
+        if self._async:
+            batch.pending = self.detector.submit(array)
+            return batch
+        return self._inferred_or_failed(batch, lambda: self.detector.infer(array))
+
+    def _response(self, batch: _Batch) -> Optional[_Batch]:
+        """An asynchronous detector's results, in submission order."""
+        pending, batch.pending = batch.pending, None
+        return self._inferred_or_failed(batch, lambda: self.detector.collect(pending))
+
+    def _inferred_or_failed(self, batch: _Batch, call) -> Optional[_Batch]:
+        """The batch with its maps; a call that failed but may recover (a server away) costs
+        its frames, counted in the report, and the run goes on."""
+        try:
+            batch.prob = call()
+        except InferenceFailed as exc:
+            self.metrics.frames_failed(len(batch.frames), str(exc))
+            return None
         self.metrics.batch_done(len(batch.frames))
         return batch
 

@@ -3,14 +3,42 @@ options (engine.loader.RunnerOptions), the changes to the model's ModelSpec, and
 from __future__ import annotations
 
 
+TRITON_FLAGS = {"triton_shm": "--triton-shm", "triton_inflight": "--triton-inflight",
+                "triton_timeout": "--triton-timeout"}
+
+
 def runner_options(args):
-    """RunnerOptions from --threads / --sessions / --ort-spin (flags a command lacks stay default)."""
+    """RunnerOptions from --threads / --sessions / --ort-spin, and for a triton:// model the
+    --triton-* flags and --reconnect / --reconnect-delay (flags a command lacks stay default)."""
     from engine.loader import RunnerOptions
 
     spin = getattr(args, "ort_spin", None)
     return RunnerOptions(threads=getattr(args, "threads", 0) or 0,
                          sessions=getattr(args, "sessions", 1) or 1,
-                         spin=None if spin is None else spin == "on")
+                         spin=None if spin is None else spin == "on",
+                         triton=triton_options(args))
+
+
+def triton_options(args):
+    """TritonOptions for a triton:// --model (None otherwise; a --triton-* flag without one is
+    an error naming the flag)."""
+    from engine.errors import ModelError
+    from engine.triton.options import TritonOptions, is_triton_url
+
+    asked = {name: getattr(args, name, None) for name in TRITON_FLAGS}
+    asked = {name: value for name, value in asked.items() if value is not None}
+    if not is_triton_url(getattr(args, "model", None)):
+        if asked:
+            flag = TRITON_FLAGS[sorted(asked)[0]]
+            raise ModelError(f"{flag} applies to a triton://HOST:PORT/NAME --model only")
+        return None
+    settings = dict(shm=asked.get("triton_shm", "auto"),
+                    inflight=asked.get("triton_inflight", TritonOptions.inflight),
+                    timeout=asked.get("triton_timeout", TritonOptions.timeout))
+    retries = getattr(args, "reconnect", None)
+    if retries is not None:  # the live sources' reconnect policy serves the server too
+        settings.update(retries=None if retries < 0 else retries, delay=args.reconnect_delay)
+    return TritonOptions(**settings)
 
 
 def spec_changes(args) -> dict:

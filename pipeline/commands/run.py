@@ -26,7 +26,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="inputs (default: pipeline/assets/demo.mp4)")
     p.add_argument("-o", "--output", default="out/run", type=output_folder, help="output folder")
     m = p.add_argument_group("model")
-    m.add_argument("--model", help=".onnx or TensorRT .engine (default: the shipped model)")
+    m.add_argument("--model", help=".onnx, TensorRT .engine, or triton://HOST[:PORT]/NAME: a model "
+                                   "served by Triton Inference Server, reached over gRPC "
+                                   "(pip install 'dbrt[triton]'); default: the shipped model")
     m.add_argument("--backend", default="auto", choices=("auto", "tensorrt", "onnxruntime"))
     m.add_argument("--device", default="auto", choices=DEVICES, help="where the model runs")
     m.add_argument("--preset", help="pre/post-processing preset for foreign models (db, ppocr, mmocr)")
@@ -38,6 +40,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--ort-spin", choices=("on", "off"),
                    help="ONNX Runtime: idle inference threads busy-wait (on) or sleep (off); "
                         "default: ONNX Runtime's (on)")
+    tr = p.add_argument_group("Triton Inference Server (--model triton://...)")
+    tr.add_argument("--triton-shm", choices=("auto", "system", "cuda", "none"),
+                    help="how tensors reach the server: system / CUDA shared memory (server on "
+                         "this machine) or inside the gRPC messages; default auto: system "
+                         "shared memory for 127.0.0.1 / localhost, else none")
+    tr.add_argument("--triton-inflight", type=at_least(1),
+                    help="requests in flight at once (default 2): the next batch is sent "
+                         "while one is on its way")
+    tr.add_argument("--triton-timeout", type=at_least(0.0, float, strict=True),
+                    help="seconds allowed per request (default 60); a request that fails or "
+                         "times out costs its frames (counted in report.json) and the server "
+                         "is probed with the --reconnect back-off")
     t = p.add_argument_group("reading text")
     t.add_argument("--read", action="store_true",
                    help="read the text in every polygon (PP-OCR rec from the rapidocr wheel: "
@@ -75,7 +89,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     q.add_argument("--decode-threads", type=at_least(0), default=0,
                    help="FFmpeg decoding threads (0: auto)")
     q.add_argument("--reconnect", type=at_least(-1), default=10,
-                   help="network streams: reconnect attempts per outage (-1: forever, 0: none)")
+                   help="network streams and a triton:// model: reconnect attempts per outage "
+                        "(-1: forever, 0: none)")
     q.add_argument("--reconnect-delay", type=at_least(0.0, float), default=0.5,
                    help="first back-off delay in seconds (doubles up to 8 s)")
     o = p.add_argument_group("outputs")
@@ -106,6 +121,12 @@ def run(args) -> int:
         pipe.run()
     finally:  # also after Ctrl-C: every frame that reached the sinks is in the report
         finish(pipe, progress, out, args)
+    failed = pipe.metrics.failed_frames
+    if failed:  # like a damaged input: everything else is written, the exit status says so
+        from engine.errors import InferenceFailed
+
+        raise InferenceFailed(f"{failed} frames failed in inference and were not written "
+                              f"(last: {pipe.metrics.failures[-1]}); see {out / 'report.json'}")
     return 0
 
 
@@ -250,7 +271,8 @@ def _print_header(pipe, out: Path) -> None:
             else f"{spec.resize.limit_type} side {spec.resize.limit_side}")
     names = ", ".join(s.name for s in pipe.sources)
     reading = "" if det.recognizer is None else f", reading with {Path(det.recognizer.model_name).name}"
-    print(f"dbrt run: {names} -> {out}/  [{det.runner.name}, {spec.arch}, input {rule}, "
+    server = f" {det.runner.url}" if getattr(det.runner, "remote", False) else ""
+    print(f"dbrt run: {names} -> {out}/  [{det.runner.name}{server}, {spec.arch}, input {rule}, "
           f"batch {pipe.batch}{reading}]", file=sys.stderr)
     if det.untrained:
         print("dbrt run: WARNING: this model is UNTRAINED (random weights, a demo of the pipeline "

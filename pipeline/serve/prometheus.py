@@ -4,7 +4,7 @@ pipeline's threads never call into prometheus_client (no cost between scrapes).
 Names (all prefixed dbrt_): frames_total, source_frames_read_total, source_dropped_frames_total,
 source_reconnects_total and source_up per stream; stage_latency_seconds (per stage) and
 end_to_end_latency_seconds histograms; queue_depth / queue_capacity per queue; batch_size
-histogram (frames per engine call); fps; and the counters of other outputs (mqtt_*).
+histogram (frames per engine call); fps; inference_failed_frames_total; and the counters of other outputs (mqtt_*).
 """
 from __future__ import annotations
 
@@ -57,6 +57,9 @@ class _RunCollector:
         yield from (frames, read, dropped, reconnects, up)
         yield core.GaugeMetricFamily("dbrt_fps", "frames per second over the last few dozen frames",
                                      value=self.status.pipeline.metrics.current_fps)
+        yield core.CounterMetricFamily("dbrt_inference_failed_frames",
+                                       "frames whose inference failed (a model server away)",
+                                       value=self.status.pipeline.metrics.failed_frames)
 
     def _latencies(self):
         metrics = self.status.pipeline.metrics

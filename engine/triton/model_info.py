@@ -1,0 +1,86 @@
+"""What the server says about a model: ready or not (and why), inputs and outputs, max batch
+size, and the config's `parameters`; every call with a timeout, every failure one line."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Tuple
+
+import numpy as np
+
+from ..base import TensorInfo
+from ..errors import ModelError
+from .options import TritonUrl
+
+# Triton datatype -> numpy dtype name
+DATATYPES = {"FP32": "float32", "FP16": "float16", "FP64": "float64", "INT64": "int64",
+             "INT32": "int32", "INT16": "int16", "INT8": "int8", "UINT8": "uint8", "BOOL": "bool"}
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    inputs: Tuple[TensorInfo, ...]       # shapes include the batch dim (None) when max_batch > 0
+    outputs: Tuple[TensorInfo, ...]
+    max_batch: int
+    parameters: Dict[str, str]
+    datatypes: Dict[str, str]            # tensor name -> Triton datatype ("FP32")
+
+
+def _line(exc: BaseException) -> str:
+    text = exc.message() if hasattr(exc, "message") and callable(exc.message) else str(exc)
+    return (text or type(exc).__name__).strip().splitlines()[0]
+
+
+def read_model_info(client, url: TritonUrl, timeout: float) -> ModelInfo:
+    """Check that the server is up and the model ready, then describe the model."""
+    try:
+        live = client.is_server_live(client_timeout=timeout)
+    except Exception as exc:  # noqa: BLE001 - tritonclient wraps gRPC errors in its own type
+        raise ModelError(f"cannot reach the Triton server at {url.address} for {url} "
+                         f"({_line(exc)}): is tritonserver running with this gRPC port?") from None
+    if not live:
+        raise ModelError(f"the Triton server at {url.address} is not live")
+    if not client.is_model_ready(url.model, url.version, client_timeout=timeout):
+        raise ModelError(_not_ready(client, url, timeout))
+    metadata = client.get_model_metadata(url.model, url.version, as_json=True, client_timeout=timeout)
+    config = client.get_model_config(url.model, url.version, as_json=True,
+                                     client_timeout=timeout).get("config", {})
+    max_batch = int(config.get("max_batch_size", 0) or 0)
+    inputs = tuple(_tensor(t, url) for t in metadata.get("inputs", ()))
+    outputs = tuple(_tensor(t, url) for t in metadata.get("outputs", ()))
+    if not inputs or not outputs:
+        raise ModelError(f"{url}: the server reports no inputs or no outputs for the model")
+    parameters = {key: value.get("string_value", "")
+                  for key, value in (config.get("parameters") or {}).items()}
+    datatypes = {t["name"]: t["datatype"] for t in
+                 list(metadata.get("inputs", ())) + list(metadata.get("outputs", ()))}
+    return ModelInfo(inputs, outputs, max_batch, parameters, datatypes)
+
+
+def _tensor(meta: dict, url: TritonUrl) -> TensorInfo:
+    datatype = meta.get("datatype", "")
+    if datatype not in DATATYPES:
+        raise ModelError(f"{url}: tensor {meta.get('name')!r} has datatype {datatype}, which "
+                         f"dbrt does not handle ({', '.join(DATATYPES)})")
+    shape = tuple(None if int(d) < 0 else int(d) for d in meta.get("shape", ()))
+    return TensorInfo(meta["name"], shape, np.dtype(DATATYPES[datatype]).name)
+
+
+def _not_ready(client, url: TritonUrl, timeout: float) -> str:
+    """Why the model is not ready: unknown to the server, or loading / failed to load."""
+    try:
+        index = client.get_repository_index(as_json=True, client_timeout=timeout) \
+            if hasattr(client, "get_repository_index") else \
+            client.get_model_repository_index(as_json=True, client_timeout=timeout)
+    except Exception as exc:  # noqa: BLE001
+        return f"{url}: the model is not ready ({_line(exc)})"
+    models = index.get("models", [])
+    mine = [m for m in models if m.get("name") == url.model
+            and (not url.version or m.get("version") == url.version)]
+    if not mine:
+        names = sorted({m.get("name", "?") for m in models})
+        return (f"{url}: the server at {url.address} has no model {url.model!r}"
+                + (f" (version {url.version})" if url.version else "")
+                + f"; it has: {', '.join(names) or 'none'}")
+    state = mine[0].get("state") or "not loaded"
+    reason = mine[0].get("reason")
+    return f"{url}: the model is not ready ({state}{': ' + reason if reason else ''})"

@@ -1,0 +1,269 @@
+"""Triton Inference Server backend: the model runs on a server, reached over gRPC.
+
+    with TritonRunner("triton://127.0.0.1:8001/dbnet") as runner:
+        prob = runner.infer(batch)["prob"]            # or runner.submit(batch).result()
+
+- the model's inputs, outputs, max batch size and config `parameters` (the runner's `metadata`)
+  come from the server; shapes the model cannot take are refused before anything is sent;
+- `submit` sends a request and returns at once (gRPC async inference), at most
+  `options.inflight` requests in flight, so a pipeline prepares the next batch meanwhile;
+- tensors go through shared memory when the server is on this machine (engine.triton.shm);
+- every call has a timeout; a request that fails (server gone, deadline) raises
+  `InferenceFailed` from its result (the frames are lost, the run goes on) and the next
+  `submit` waits with back-off until the server and model are ready again, giving up with one
+  ModelError line after `options.retries` attempts.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import Future
+from typing import Dict, Mapping, Optional, Tuple
+
+import numpy as np
+
+from ..base import Runner, TensorInfo
+from ..errors import InferenceFailed, ModelError, ShapeError
+from ..lazy import require
+from .model_info import ModelInfo, read_model_info
+from .options import TritonOptions, TritonUrl
+from .shm import SlotPool, memory, nbytes_of, resolved_shape
+
+# gRPC codes that mean the request itself was wrong, not that the server is away
+_FATAL_CODES = ("INVALID_ARGUMENT", "UNIMPLEMENTED", "PERMISSION_DENIED", "UNAUTHENTICATED")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = exc.message() if hasattr(exc, "message") and callable(exc.message) else str(exc)
+    text = (text or type(exc).__name__).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _status(exc: BaseException) -> str:
+    status = exc.status() if hasattr(exc, "status") and callable(exc.status) else None
+    return str(status or "")
+
+
+class TritonRunner(Runner):
+    """Runs a model served by Triton. `url`: triton://HOST[:PORT]/NAME[/VERSION] (or a
+    TritonUrl); `options`: engine.triton.options.TritonOptions."""
+
+    name = "triton"
+    asynchronous = True
+    remote = True
+
+    def __init__(self, url, options: Optional[TritonOptions] = None):
+        super().__init__()
+        self.url = url if isinstance(url, TritonUrl) else TritonUrl.parse(str(url))
+        self.options = options or TritonOptions()
+        self.shm = self.options.shm_for(self.url)
+        self._grpc = None
+        self._client = None
+        self._info: Optional[ModelInfo] = None
+        self._pool: Optional[SlotPool] = None
+        self._healthy = threading.Event()
+        self._recover_lock = threading.Lock()
+        self._stats_lock = threading.Lock()
+        self._last_error = ""
+        self._failed_in_a_row = 0
+        self.failed_requests = 0
+        self.reconnects = 0
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def _activate(self) -> None:
+        self._grpc = require("tritonclient.grpc")
+        self._client = self._new_client()
+        try:
+            self._info = read_model_info(self._client, self.url, self.options.connect_timeout)
+            self._inputs, self._outputs = self._info.inputs, self._info.outputs
+            self._pool = SlotPool(memory(self.shm, self._client, self.options.connect_timeout),
+                                  self.options.inflight, self.url.model)
+        except BaseException:
+            self._client.close()
+            raise
+        self._healthy.set()
+
+    def _deactivate(self) -> None:
+        try:
+            if self._pool is not None:
+                self._pool.close(drain_timeout=self.options.timeout)
+        finally:
+            self._client.close()
+
+    def _new_client(self):
+        try:
+            return self._grpc.InferenceServerClient(self.url.address)
+        except Exception as exc:  # noqa: BLE001 - tritonclient raises its own exception type
+            raise ModelError(f"{self.url}: cannot open a gRPC channel: {_first_line(exc)}") from exc
+
+    # -- description ----------------------------------------------------------------------
+    @property
+    def metadata(self) -> Dict[str, str]:
+        """The model config's `parameters` (string values), e.g. dbrt's ModelSpec under "dbrt"."""
+        return dict(self._info.parameters) if self._info else {}
+
+    @property
+    def max_batch(self) -> int:
+        """The model's max_batch_size (0: the model takes no batch dimension)."""
+        return self._info.max_batch if self._info else 0
+
+    def describe(self) -> dict:
+        with self._stats_lock:
+            return dict(url=str(self.url), shm=self.shm, inflight=self.options.inflight,
+                        max_batch=self.max_batch, failed_requests=self.failed_requests,
+                        reconnects=self.reconnects)
+
+    def _check_feed(self, feed: Mapping[str, object]) -> None:
+        try:
+            super()._check_feed(feed)
+        except ShapeError as exc:
+            raise ShapeError(f"{self.url}: {exc}") from None
+        if self.max_batch:
+            for name, array in feed.items():
+                if array.shape[0] > self.max_batch:
+                    raise ShapeError(f"{self.url}: input {name!r} {tuple(array.shape)} is a batch of "
+                                     f"{array.shape[0]}, more than the model's max_batch_size "
+                                     f"{self.max_batch} (use a smaller --batch)")
+
+    # -- inference ------------------------------------------------------------------------
+    def _infer(self, feed: Mapping[str, object]) -> Dict[str, object]:
+        return self._send(feed).result()
+
+    def submit(self, feed) -> Future:
+        return self._send(self._checked(feed))
+
+    def _send(self, feed: Mapping[str, object]) -> Future:
+        self._recover_if_needed()
+        slot = self._pool.acquire(self.options.timeout + self.options.connect_timeout)
+        future: Future = Future()
+        try:
+            inputs = [self._input(slot, t, feed[t.name]) for t in self._inputs]
+            like = tuple(feed[self._inputs[0].name].shape)
+            outputs, shared = self._requested_outputs(slot, like)
+        except Exception as exc:  # noqa: BLE001 - a region could not be registered: server away?
+            self._pool.release(slot)
+            self._request_failed(exc)
+            future.set_exception(InferenceFailed(f"{self.url}: {_first_line(exc)}"))
+            return future
+
+        def done(result, error):
+            try:
+                if error is not None:
+                    future.set_exception(self._failure(error))
+                else:
+                    future.set_result(self._read_outputs(slot, result, shared))
+                    self._request_succeeded()
+            except BaseException as exc:  # noqa: BLE001 - never lose the waiter
+                future.set_exception(exc)
+            finally:
+                self._pool.release(slot)
+
+        try:
+            self._client.async_infer(self.url.model, inputs, done, model_version=self.url.version,
+                                     outputs=outputs, client_timeout=self.options.timeout)
+        except Exception as exc:  # noqa: BLE001 - could not even send it
+            self._pool.release(slot)
+            future.set_exception(self._failure(exc))
+        return future
+
+    def _input(self, slot, info: TensorInfo, array):
+        if not isinstance(array, np.ndarray) and not (self.shm == "cuda" and hasattr(array, "__dlpack__")):
+            array = array.get() if hasattr(array, "get") else np.asarray(array)  # CuPy -> host
+        if isinstance(array, np.ndarray) and array.dtype != np.dtype(info.dtype):
+            array = array.astype(info.dtype)
+        shape = [int(d) for d in array.shape]
+        tensor = self._grpc.InferInput(info.name, shape, self._info.datatypes[info.name])
+        if self._pool.shared:
+            nbytes = nbytes_of(shape, info.dtype)
+            region = self._pool.region(slot, info.name, nbytes)
+            self._pool.mem.write(region, array)
+            tensor.set_shared_memory(region.name, nbytes)
+        else:
+            tensor.set_data_from_numpy(np.ascontiguousarray(array))
+        return tensor
+
+    def _requested_outputs(self, slot, like: Tuple[int, ...]):
+        """The outputs to ask for, and those written into shared memory {name: (region, shape)}."""
+        requested, shared = [], {}
+        for info in self._outputs:
+            out = self._grpc.InferRequestedOutput(info.name)
+            shape = resolved_shape(info.shape, like) if self._pool.shared else None
+            if shape is not None:
+                region = self._pool.region(slot, info.name, nbytes_of(shape, info.dtype))
+                out.set_shared_memory(region.name, nbytes_of(shape, info.dtype))
+                shared[info.name] = region
+            requested.append(out)
+        return requested, shared
+
+    def _read_outputs(self, slot, result, shared) -> Dict[str, object]:
+        outputs = {}
+        for info in self._outputs:
+            if info.name in shared:
+                tensor = result.get_output(info.name)
+                outputs[info.name] = self._pool.mem.read(shared[info.name], info.dtype,
+                                                         [int(d) for d in tensor.shape])
+            else:
+                outputs[info.name] = result.as_numpy(info.name)
+        return outputs
+
+    # -- failures and recovery ------------------------------------------------------------
+    def _failure(self, error) -> Exception:
+        """The exception a failed request's waiter gets: fatal for a malformed request, else
+        InferenceFailed (and the next submit first waits for the server)."""
+        message = f"{self.url}: {_first_line(error)}"
+        if any(code in _status(error) for code in _FATAL_CODES):
+            return ModelError(f"{message} (the server refused the request)")
+        self._request_failed(error)
+        return InferenceFailed(message)
+
+    def _request_failed(self, error) -> None:
+        with self._stats_lock:
+            self.failed_requests += 1
+            self._failed_in_a_row += 1
+            self._last_error = _first_line(error)
+        self._healthy.clear()
+
+    def _request_succeeded(self) -> None:
+        with self._stats_lock:
+            self._failed_in_a_row = 0
+
+    def _recover_if_needed(self) -> None:
+        """After a failed request: wait with back-off until the server and model are ready,
+        register the shared memory again, and go on; one ModelError line when giving up."""
+        if self._healthy.is_set():
+            return
+        with self._recover_lock:
+            if self._healthy.is_set():
+                return
+            retries = self.options.retries
+            if retries is not None and self._failed_in_a_row > retries:
+                raise ModelError(f"{self.url}: {self._failed_in_a_row} requests in a row failed "
+                                 f"(last: {self._last_error}); giving up")
+            last = self._last_error
+            for attempt, wait in enumerate(self.options.delays(), 1):
+                time.sleep(wait)
+                try:
+                    self._reconnect()
+                except Exception as exc:  # noqa: BLE001 - still away: try again later
+                    last = _first_line(exc)
+                    continue
+                with self._stats_lock:
+                    self.reconnects += 1
+                self._healthy.set()
+                return
+            raise ModelError(f"lost {self.url}: gave up after {retries} reconnect attempts "
+                             f"(last: {last})")
+
+    def _reconnect(self) -> None:
+        """A fresh channel (a broken one may sit in gRPC's own long back-off), the model ready
+        again, and the shared memory registered with the (possibly restarted) server."""
+        client = self._new_client()
+        try:
+            read_model_info(client, self.url, self.options.connect_timeout)
+            self._pool.mem.client = client
+            self._pool.register_again()
+        except BaseException:
+            client.close()
+            raise
+        old, self._client = self._client, client
+        old.close()

@@ -1,0 +1,203 @@
+"""Request slots for the Triton client: each request in flight owns one slot, and with shared
+memory a slot owns one region per tensor (system: POSIX shared memory, `tritonclient.utils.
+shared_memory`; CUDA: IPC device memory, `tritonclient.utils.cuda_shared_memory`), so tensors
+cross to a server on the same machine without being serialised into gRPC messages.
+
+Regions grow when a larger tensor comes (re-created and re-registered) and are registered again
+after the server restarts (it forgets registrations). The slot queue bounds the requests in
+flight. The CUDA path follows tritonclient's documented API and has not run on a GPU here.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import queue
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from ..errors import ModelError
+from ..lazy import require
+
+_serial = itertools.count()
+
+
+@dataclass
+class Region:
+    name: str       # the name the server knows it by
+    key: str        # system shared memory: the POSIX key; CUDA: unused
+    size: int
+    handle: object
+
+
+@dataclass
+class Slot:
+    index: int
+    regions: Dict[str, Region] = field(default_factory=dict)  # tensor name -> region
+
+
+class _NoMemory:
+    """Tensors travel inside the gRPC messages."""
+
+    kind = "none"
+
+    def __init__(self, client, timeout: float):
+        self.client, self.timeout = client, timeout
+
+
+class _SystemMemory(_NoMemory):
+    kind = "system"
+
+    def __init__(self, client, timeout: float):
+        super().__init__(client, timeout)
+        self.lib = require("tritonclient.utils.shared_memory")
+
+    def create(self, name: str, size: int) -> Region:
+        key = f"/{name}"
+        handle = self.lib.create_shared_memory_region(name, key, size, create_only=True)
+        return Region(name, key, size, handle)
+
+    def register(self, region: Region) -> None:
+        self.client.register_system_shared_memory(region.name, region.key, region.size,
+                                                  client_timeout=self.timeout)
+
+    def unregister(self, region: Region) -> None:
+        self.client.unregister_system_shared_memory(region.name, client_timeout=self.timeout)
+
+    def destroy(self, region: Region) -> None:
+        self.lib.destroy_shared_memory_region(region.handle)
+
+    def write(self, region: Region, array) -> None:
+        view = self.lib.get_contents_as_numpy(region.handle, array.dtype, array.shape)
+        view[...] = array  # one copy, straight into the region
+        del view  # the region cannot be destroyed while a view exists
+
+    def read(self, region: Region, dtype, shape) -> np.ndarray:
+        view = self.lib.get_contents_as_numpy(region.handle, np.dtype(dtype), shape)
+        out = np.array(view, copy=True)  # the slot is reused by the next request
+        del view
+        return out
+
+
+class _CudaMemory(_SystemMemory):
+    """CUDA IPC regions on `device` (the server must run on this machine's GPU)."""
+
+    kind = "cuda"
+
+    def __init__(self, client, timeout: float, device: int = 0):
+        _NoMemory.__init__(self, client, timeout)
+        self.lib = require("tritonclient.utils.cuda_shared_memory")
+        self.device = device
+
+    def create(self, name: str, size: int) -> Region:
+        return Region(name, "", size, self.lib.create_shared_memory_region(name, size, self.device))
+
+    def register(self, region: Region) -> None:
+        self.client.register_cuda_shared_memory(region.name, self.lib.get_raw_handle(region.handle),
+                                                self.device, region.size,
+                                                client_timeout=self.timeout)
+
+    def unregister(self, region: Region) -> None:
+        self.client.unregister_cuda_shared_memory(region.name, client_timeout=self.timeout)
+
+    def write(self, region: Region, array) -> None:
+        if isinstance(array, np.ndarray):
+            self.lib.set_shared_memory_region(region.handle, [np.ascontiguousarray(array)])
+        else:  # a CuPy array stays on the GPU (DLPack)
+            self.lib.set_shared_memory_region_from_dlpack(region.handle, [array])
+
+    def read(self, region: Region, dtype, shape) -> np.ndarray:
+        return self.lib.get_contents_as_numpy(region.handle, np.dtype(dtype), shape)
+
+
+def memory(kind: str, client, timeout: float):
+    """The shared memory backend for a mode: "system", "cuda" or "none"."""
+    return {"none": _NoMemory, "system": _SystemMemory, "cuda": _CudaMemory}[kind](client, timeout)
+
+
+class SlotPool:
+    """`count` request slots; `acquire` waits for a free one (at most `timeout` seconds)."""
+
+    def __init__(self, mem, count: int, label: str):
+        self.mem = mem
+        self.slots = [Slot(i) for i in range(count)]
+        self._free: "queue.Queue[Slot]" = queue.Queue()
+        for slot in self.slots:
+            self._free.put(slot)
+        self._prefix = f"dbrt_{os.getpid()}_{next(_serial)}_{label}"[:48]
+
+    @property
+    def shared(self) -> bool:
+        return self.mem.kind != "none"
+
+    def acquire(self, timeout: float) -> Slot:
+        try:
+            return self._free.get(timeout=timeout)
+        except queue.Empty:
+            raise ModelError(f"no Triton request finished within {timeout:g} s") from None
+
+    def release(self, slot: Slot) -> None:
+        self._free.put(slot)
+
+    def region(self, slot: Slot, tensor: str, nbytes: int) -> Region:
+        """The slot's region for `tensor`, at least `nbytes` long (grown by half again when
+        too small, so a slowly growing size does not re-create it every time)."""
+        region = slot.regions.get(tensor)
+        if region is not None and region.size >= nbytes:
+            return region
+        if region is not None:
+            self._drop(region)
+        size = max(nbytes, int(region.size * 1.5) if region is not None else 0)
+        name = f"{self._prefix}_{slot.index}_{len(slot.regions)}_{next(_serial)}"
+        region = self.mem.create(name, size)
+        try:
+            self.mem.register(region)
+        except BaseException:
+            self.mem.destroy(region)
+            raise
+        slot.regions[tensor] = region
+        return region
+
+    def register_again(self) -> None:
+        """After a server restart: the regions still exist here, the server forgot them."""
+        for region in self._regions():
+            try:
+                self.mem.unregister(region)
+            except Exception:  # noqa: BLE001 - a fresh server does not know it: fine
+                pass
+            self.mem.register(region)
+
+    def close(self, drain_timeout: float) -> None:
+        """Wait (bounded) for requests in flight, then unregister and free every region."""
+        for _ in self.slots:
+            try:
+                self._free.get(timeout=drain_timeout)
+            except queue.Empty:
+                break
+        for region in self._regions():
+            self._drop(region)
+        for slot in self.slots:
+            slot.regions.clear()
+
+    def _regions(self) -> List[Region]:
+        return [r for slot in self.slots for r in slot.regions.values()]
+
+    def _drop(self, region: Region) -> None:
+        try:
+            self.mem.unregister(region)
+        except Exception:  # noqa: BLE001 - the server may be gone; free our side anyway
+            pass
+        self.mem.destroy(region)
+
+
+def nbytes_of(shape, dtype) -> int:
+    return int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+
+
+def resolved_shape(dims, like) -> Optional[tuple]:
+    """An output's shape when its dynamic dims (None) can be read off the input's at the same
+    positions (a DB probability map: (N, 1, H, W) for an (N, 3, H, W) image); else None."""
+    if len(dims) != len(like):
+        return None
+    return tuple(int(d) if isinstance(d, int) and d >= 0 else int(w) for d, w in zip(dims, like))
