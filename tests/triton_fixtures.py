@@ -5,6 +5,9 @@ on 127.0.0.1 with free ports and always stopped. Tests skip with a message where
     def test_x(triton_server_factory, tmp_path):
         server = triton_server_factory(repository)      # started and ready; stopped at session end
         tritonclient.grpc.InferenceServerClient(server.grpc_url)
+
+    def test_y(triton_server):      # the tiny DBNet as models dbnet, dbnet_postprocess, dbnet_detect
+        url = f"triton://{triton_server.grpc_url}/dbnet"
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from engine.triton.repository import Scheduling
 from engine.triton.server import TritonInstall, TritonServer, TritonServerError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,3 +47,32 @@ def triton_server_factory(triton_venv):
     yield start
     for server in servers:
         server.close()
+
+
+def export_triton_repository(onnx_path, repository, **export) -> Path:
+    """`dbrt triton export` of `onnx_path` into `repository` (TritonExport fields as keywords)."""
+    from dbnet.spec import resolve_spec
+    from engine.onnx_info import summarize_onnx
+    from pipeline.triton.repository import TritonExport, export_repository
+
+    summary = summarize_onnx(onnx_path)
+    export_repository(repository, summary, resolve_spec(summary.metadata), TritonExport(**export))
+    return Path(repository)
+
+
+@pytest.fixture(scope="session")
+def triton_repository(tiny_onnx, tmp_path_factory) -> Path:
+    """A repository with the tiny random DBNet (conftest.tiny_onnx, 64x96-friendly): `dbnet`
+    (ONNX Runtime in the Python backend, max batch 8, preferred 4, 20 ms queue delay, one CPU
+    instance, ModelSpec JSON in config parameter "dbrt"), `dbnet_postprocess` and the ensemble
+    `dbnet_detect` (images + frame_size -> detections JSON)."""
+    return export_triton_repository(
+        tiny_onnx, tmp_path_factory.mktemp("triton") / "repo", name="dbnet",
+        scheduling=Scheduling(8, (4,), 20_000, 1), threads=1, with_postprocess=True)
+
+
+@pytest.fixture(scope="session")
+def triton_server(triton_server_factory, triton_repository) -> TritonServer:
+    """A running server on `triton_repository` (127.0.0.1, free ports; .grpc_url "127.0.0.1:PORT",
+    .http_url, .metrics_url), shared by the session and stopped at its end."""
+    return triton_server_factory(triton_repository)

@@ -5,7 +5,7 @@ post-processing); `dbrt triton serve` starts the pip wheel's server on one for a
 """
 from __future__ import annotations
 
-from ._validate import at_least, between
+from ._validate import at_least, between, input_size, output_folder, side_length
 
 NAME = "triton"
 HELP = "export a Triton model repository, or serve one locally for a CPU trial"
@@ -21,9 +21,44 @@ virtual environment of its own: `make triton-venv`) on a repository, on loopback
 def add_arguments(parser) -> None:
     sub = parser.add_subparsers(dest="triton_command", metavar="ACTION")
     sub.required = True
+    export = sub.add_parser("export", help="write a Triton model repository for a DBNet",
+                            formatter_class=parser.formatter_class)
+    _export_arguments(export)
     serve = sub.add_parser("serve", help="start tritonserver (pip wheel) on a repository",
                            formatter_class=parser.formatter_class)
     _serve_arguments(serve)
+
+
+def _export_arguments(parser) -> None:
+    parser.add_argument("model", nargs="?", help="ONNX model; default: the shipped model")
+    parser.add_argument("-o", "--output", required=True, type=output_folder, metavar="REPO",
+                        help="model repository folder (created; models of the same names replaced)")
+    parser.add_argument("--name", default="dbnet", help="model name in the repository")
+    parser.add_argument("--backend", choices=("onnx", "tensorrt"), default="onnx",
+                        help="onnx: ONNX Runtime in a Python-backend model (CPU, any server); "
+                             "tensorrt: build a TensorRT plan on this GPU")
+    parser.add_argument("--preset", help="pre/post-processing preset for foreign models")
+    batching = parser.add_argument_group("batching and instances")
+    batching.add_argument("--max-batch", type=between(1, 1024), default=8,
+                          help="largest batch the server forms")
+    batching.add_argument("--preferred-batch", type=at_least(1), nargs="+", metavar="N",
+                          help="batch sizes the dynamic batcher aims for (default: --max-batch)")
+    batching.add_argument("--queue-delay-us", type=at_least(0), default=2000,
+                          help="how long a request may wait for others (microseconds)")
+    batching.add_argument("--instances", type=at_least(1), default=1,
+                          help="model instances (CPU: processes; GPU: engine copies)")
+    batching.add_argument("--threads", type=at_least(0), default=0,
+                          help="ONNX Runtime threads per instance (0: its default)")
+    model = parser.add_argument_group("model options stored in the config (default: the model's)")
+    model.add_argument("--input-size", type=input_size,
+                       help="tensorrt: fix the engine's input HxW (enables CUDA graphs)")
+    model.add_argument("--limit-side", type=side_length, help="the resize rule's side length")
+    model.add_argument("--thresh", type=float, help="binarisation threshold")
+    model.add_argument("--box-thresh", type=float, help="minimum mean probability of a box")
+    model.add_argument("--unclip-ratio", type=float, help="box expansion ratio")
+    parser.add_argument("--with-postprocess", action="store_true",
+                        help="add DB post-processing and an ensemble NAME_detect returning "
+                             "polygons and scores")
 
 
 def _serve_arguments(parser) -> None:
@@ -43,7 +78,39 @@ def _serve_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    return _serve(args)
+    return _serve(args) if args.triton_command == "serve" else _export(args)
+
+
+def _export(args) -> int:
+    from dbnet.spec import resolve_spec
+    from engine.errors import DbrtError
+    from engine.onnx_info import summarize_onnx
+    from engine.triton.repository import Scheduling
+    from pipeline.shipped import default_model_path
+    from pipeline.triton.repository import TritonExport, export_repository
+
+    from ._model import spec_changes
+
+    if args.input_size and args.backend != "tensorrt":
+        raise DbrtError("--input-size fixes a TensorRT engine's shape; it needs --backend tensorrt")
+    model = args.model or default_model_path()
+    if not str(model).endswith(".onnx"):
+        raise DbrtError(f"{model}: expected an ONNX model (.onnx); the TensorRT plan is built "
+                        "from it with --backend tensorrt")
+    summary = summarize_onnx(model)
+    spec = resolve_spec(summary.metadata, args.preset)
+    changes = spec_changes(args)
+    spec = spec.replace(**changes) if changes else spec
+    scheduling = Scheduling(args.max_batch, tuple(args.preferred_batch or (args.max_batch,)),
+                            args.queue_delay_us, args.instances,
+                            "KIND_GPU" if args.backend == "tensorrt" else "KIND_CPU")
+    export = TritonExport(args.name, args.backend, scheduling, args.threads,
+                          args.with_postprocess, args.input_size)
+    for folder in export_repository(args.output, summary, spec, export):
+        print(f"{folder}")
+    print(f"repository {args.output}: serve it with tritonserver --model-repository=... "
+          f"(or dbrt triton serve {args.output}); clients use triton://HOST:8001/{args.name}")
+    return 0
 
 
 def _serve(args) -> int:
