@@ -1,0 +1,204 @@
+"""The Triton client backend (engine.triton.runner) against a REAL tritonserver on 127.0.0.1 (the
+nvidia-pytriton wheel's, Python backend running the shipped ONNX through ONNX Runtime, in a
+repository written by `dbrt triton export`); skipped with a message where .venv-triton is absent.
+Inputs are small: the server shares this machine's cores."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from engine.errors import ModelError, ShapeError
+from engine.loader import RunnerOptions
+from engine.triton.options import TritonOptions, TritonUrl
+from engine.triton.server import TritonServer, free_port
+from pipeline.cli import main
+from pipeline.detector import Detector
+from pipeline.runner import Pipeline
+from pipeline.shipped import DEMO_VIDEO
+
+pytest.importorskip("tritonclient.grpc", reason="tritonclient is not installed: pip install 'dbrt[triton]'")
+
+SIZE = ["--input-size", "128x224"]  # small network inputs: the server shares the two cores
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory, triton_venv):
+    repo = tmp_path_factory.mktemp("triton") / "repo"
+    assert main(["triton", "export", "-o", str(repo)]) == 0
+    return repo
+
+
+@pytest.fixture(scope="module")
+def url(repository, triton_server_factory):
+    server = triton_server_factory(repository)
+    return f"triton://{server.grpc_url}/dbnet"
+
+
+def _frames(count=3):
+    from pipeline.sources import open_sources
+
+    (source,) = open_sources([str(DEMO_VIDEO)])
+    frames = []
+    for frame in source:
+        if frame.index % 60 == 0:
+            frames.append(frame.image[: 200 + 40 * len(frames)])  # three sizes
+        if len(frames) == count:
+            break
+    source.close()
+    return frames
+
+
+def _smaller(spec):
+    return spec.replace(limit_side=160)
+
+
+@pytest.mark.parametrize("shm", ["system", "none"])
+def test_the_detector_through_triton_finds_exactly_the_local_boxes(url, shm):
+    frames = _frames()
+    options = RunnerOptions(triton=TritonOptions(shm=shm))
+    with Detector(url, _smaller, options=options) as remote, Detector(None, _smaller) as local:
+        assert remote.spec == local.spec  # the ModelSpec came from the config's parameters
+        assert remote.runner.max_batch == 8 and remote.runner.shm == shm
+        found = 0
+        for there, here in zip(remote.detect_batch(frames), local.detect_batch(frames)):
+            found += len(here)
+            assert np.array_equal(there.polygons, here.polygons)
+            assert np.array_equal(there.scores, here.scores)
+        assert found >= 6
+
+
+def test_dbrt_run_through_triton_writes_the_local_json_lines(url, tmp_path, capsys):
+    args = [str(DEMO_VIDEO), "--max-frames", "12", "--no-video", "--quiet", *SIZE]
+    assert main(["run", *args, "-o", str(tmp_path / "local")]) == 0
+    assert main(["run", *args, "--model", url, "-o", str(tmp_path / "remote")]) == 0
+    local = (tmp_path / "local" / "detections.jsonl").read_text()
+    assert (tmp_path / "remote" / "detections.jsonl").read_text() == local
+    assert len(local.splitlines()) == 12
+    report = json.loads((tmp_path / "remote" / "report.json").read_text())
+    assert report["failed"] == 0 and report["model"]["server"]["url"] == url
+    assert "response" in report["stages"]  # the wait for the server, apart from sending
+
+
+def _one_error_line(capsys, args) -> str:
+    assert main(args) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(err) == 1, err
+    return err[0]
+
+
+def test_an_unreachable_server_a_missing_model_and_a_stray_flag_are_one_line(url, tmp_path, capsys):
+    base = ["run", str(DEMO_VIDEO), "--max-frames", "2", "--no-video", "-o", str(tmp_path)]
+    dead = f"triton://127.0.0.1:{free_port()}/dbnet"
+    line = _one_error_line(capsys, base + ["--model", dead])
+    assert "cannot reach the Triton server" in line and dead in line
+    missing = url.rsplit("/", 1)[0] + "/nope"
+    line = _one_error_line(capsys, base + ["--model", missing])
+    assert "has no model 'nope'" in line and "dbnet" in line
+    line = _one_error_line(capsys, base + ["--triton-shm", "none"])
+    assert "--triton-shm applies to a triton://" in line
+    line = _one_error_line(capsys, base + ["--model", "triton://127.0.0.1/"])
+    assert "bad Triton model URL" in line
+
+
+def test_shapes_the_model_cannot_take_are_refused_before_sending(url):
+    with Detector(url) as detector:
+        runner = detector.runner
+        with pytest.raises(ShapeError, match=r"batch of 9, more than the model's max_batch_size 8"):
+            runner.infer(np.zeros((9, 3, 32, 32), np.float32))
+        with pytest.raises(ShapeError, match=r"triton://.*input 'images' has shape \(1, 4, 32, 32\)"):
+            runner.submit(np.zeros((1, 4, 32, 32), np.float32))
+        assert runner.describe()["failed_requests"] == 0  # nothing was sent
+
+
+class _Outage:
+    """A server on fixed ports that a test kills (SIGKILL) and, optionally, starts again."""
+
+    def __init__(self, repository, venv):
+        self.ports = dict(grpc_port=free_port(), http_port=free_port(), metrics_port=free_port())
+        self.repository, self.venv = repository, str(venv)
+        self.servers = [TritonServer(repository, venv=self.venv, **self.ports).start()]
+        self.url = f"triton://{self.servers[0].grpc_url}/dbnet"
+        self.killed = threading.Event()
+
+    def kill(self, restart_after=None) -> None:
+        if self.killed.is_set():
+            return
+        self.killed.set()
+        self.servers[0].process.kill()
+        if restart_after is not None:
+            def restart():
+                time.sleep(restart_after)
+                self.servers.append(TritonServer(self.repository, venv=self.venv, **self.ports).start())
+            threading.Thread(target=restart, daemon=True).start()
+
+    def close(self) -> None:
+        for server in self.servers:
+            server.close()
+
+
+@pytest.fixture
+def outage(repository, triton_venv):
+    made = _Outage(repository, triton_venv)
+    yield made
+    made.close()
+
+
+def test_a_server_restarted_mid_run_costs_only_the_frames_in_flight(outage):
+    options = RunnerOptions(triton=TritonOptions(retries=8, delay=0.2, timeout=20))
+    detector = Detector(outage.url, input_size=(128, 224), options=options)
+
+    def kill_at_frame_10(frame, detections):
+        if frame.index == 10:
+            outage.kill(restart_after=1.0)
+
+    pipe = Pipeline([str(DEMO_VIDEO)], detector, close_detector=True, max_frames=60,
+                    callbacks=[kill_at_frame_10])
+    pipe.run()
+    report = pipe.report()
+    server = report["model"]["server"]
+    assert outage.killed.is_set() and server["reconnects"] == 1
+    assert report["failed"] >= 1 and report["failed"] == server["failed_requests"]  # batch 1
+    assert report["frames"] + report["failed"] == 60 and report["lost"] == 0
+    assert report["failures"] and outage.url in report["failures"][0]
+
+
+def test_dbrt_run_gives_up_with_one_line_when_the_server_stays_away(outage, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = {}
+
+    def run():
+        code["rc"] = main(["run", str(DEMO_VIDEO), "--model", outage.url, "--no-video", "--quiet",
+                           "--reconnect", "2", "--reconnect-delay", "0.1", "--triton-timeout", "10",
+                           "--input-size", "256x448", "-o", str(out)])
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    jsonl = out / "detections.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and thread.is_alive():
+        if jsonl.exists() and len(jsonl.read_text().splitlines()) >= 5:
+            outage.kill()
+            break
+        time.sleep(0.05)
+    thread.join(timeout=120)
+    assert not thread.is_alive(), "dbrt run hung after the server went away"
+    assert outage.killed.is_set(), "the run ended before the server could be killed"
+    assert code["rc"] == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(err) == 1 and f"lost {outage.url}: gave up after 2 reconnect attempts" in err[0]
+    report = json.loads((out / "report.json").read_text())
+    assert report["failed"] >= 1 and report["frames"] >= 5
+
+
+def test_urls_parse_and_say_whether_shared_memory_can_be_used():
+    url = TritonUrl.parse("triton://localhost/dbnet/2")
+    assert (url.address, url.model, url.version, url.is_local) == ("localhost:8001", "dbnet", "2", True)
+    assert TritonOptions().shm_for(url) == "system"
+    assert TritonOptions().shm_for(TritonUrl.parse("triton://gpu-box:9001/db")) == "none"
+    for bad in ("triton://", "triton://host:99999/m", "triton://host/a/b/c", "http://host/m"):
+        with pytest.raises(ModelError, match="bad Triton model URL"):
+            TritonUrl.parse(bad)
