@@ -92,6 +92,33 @@ def test_binarize_dilation_equals_opencv(shape):
         np.testing.assert_array_equal(cpu.binarize(prob, config), expected)
 
 
+@pytest.mark.parametrize("strip_bytes", [1, 40, 200, 1 << 19])
+def test_binarize_in_strips_equals_opencv_and_finds_every_non_finite_value(monkeypatch, strip_bytes):
+    """binarize reads the map in strips of rows: the bitmap (plain and dilated, also of a
+    non-contiguous view) must not depend on where the strips end, and a NaN / inf anywhere
+    must raise."""
+    monkeypatch.setattr(cpu, "_STRIP_BYTES", strip_bytes)
+    rng = np.random.default_rng(strip_bytes)
+    for h, w in [(1, 1), (1, 7), (7, 1), (13, 29), (50, 40)]:
+        prob = rng.random((h + 3, w + 2)).astype(np.float32)[:h, :w]
+        plain = (prob > 0.5).astype(np.uint8)
+        for dilate, expected in [(False, plain), (True, cv2.dilate(plain, np.ones((2, 2), np.uint8)))]:
+            config = PostprocessConfig(thresh=0.5, use_dilation=dilate)
+            np.testing.assert_array_equal(cpu.binarize(prob, config), expected)
+            bad = prob.copy()
+            bad[rng.integers(h), rng.integers(w)] = rng.choice([np.nan, np.inf, -np.inf])
+            with pytest.raises(PostprocessError, match="NaN or infinite"):
+                cpu.binarize(bad, config)
+
+
+def test_non_finite_values_outside_the_content_raise():
+    prob = np.zeros((2, 64, 96), np.float32)
+    prob[1, 40, 90] = np.nan  # in the padding of the second map
+    padded = Letterbox(32, 32, 64, 96, 1.0, 1.0, 32, 32)
+    with pytest.raises(PostprocessError, match="NaN or infinite"):
+        DBPostprocessor()(prob, [padded, padded])
+
+
 def test_threads_and_changing_map_sizes_do_not_share_scratch_memory():
     """Bitmaps live in per-thread scratch memory reused from call to call: results must not
     depend on what ran before or next to them."""

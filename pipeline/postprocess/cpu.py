@@ -20,12 +20,14 @@ from typing import List, Tuple
 import cv2
 import numpy as np
 
-from dbnet.postprocess_config import PostprocessConfig
+from dbnet.postprocess_config import PostprocessConfig, PostprocessError
 
 from .geometry import box_points, expand_polygons, expand_quads, order_quads, unclip_distances
 
 _SCRATCH = threading.local()
 _FEW_CONTOURS = 32  # below this, a minAreaRect each is quicker than the array pre-filter
+_STRIP_BYTES = 1 << 19  # map bytes per strip of `binarize`: well inside a core's L2 cache
+NOT_FINITE = "the probability map contains NaN or infinite values (broken model, engine or input)"
 
 
 def scratch(name: str, shape: tuple, dtype) -> np.ndarray:
@@ -40,21 +42,49 @@ def scratch(name: str, shape: tuple, dtype) -> np.ndarray:
 
 
 def binarize(prob: np.ndarray, config: PostprocessConfig) -> np.ndarray:
-    """prob > thresh as uint8 0/1, dilated by 2x2 when asked (anchor at the kernel centre).
+    """prob > thresh as uint8 0/1, dilated by 2x2 when asked (anchor at the kernel centre);
+    raises PostprocessError when the map holds NaN or inf. The map is read once, in strips of
+    rows that stay in the core's cache while they are summed (the finite check: a float64 sum
+    of float32 values is finite exactly when every value is), thresholded and dilated.
     The result lives in this thread's scratch memory: valid until the next call."""
-    bitmap = np.greater(prob, config.thresh, out=scratch("bitmap", prob.shape, np.bool_))
-    bitmap = bitmap.view(np.uint8)
-    if not config.use_dilation:
-        return bitmap
-    # cv2.dilate's result, as two single-threaded ORs (OpenCV's threaded dilate spends about 4x
-    # the CPU time of this on a busy 2-core machine): with the row above, then the column left
-    rows = scratch("dilated_rows", prob.shape, np.uint8)
-    rows[:1] = bitmap[:1]
-    np.bitwise_or(bitmap[1:], bitmap[:-1], out=rows[1:])
-    out = scratch("dilated", prob.shape, np.uint8)
-    out[:, :1] = rows[:, :1]
-    np.bitwise_or(rows[:, 1:], rows[:, :-1], out=out[:, 1:])
+    h, w = prob.shape
+    rows = max(1, _STRIP_BYTES // (prob.itemsize * max(w, 1)))
+    out = scratch("bitmap", prob.shape, np.uint8)
+    if config.use_dilation:
+        total = _threshold_dilated(prob, config.thresh, rows, out)
+    else:
+        total = 0.0
+        for y in range(0, h, rows):
+            strip = prob[y:y + rows]
+            total += cv2.sumElems(strip)[0]
+            np.greater(strip, config.thresh, out=out[y:y + rows].view(np.bool_))
+    if not math.isfinite(total):
+        raise PostprocessError(NOT_FINITE)
     return out
+
+
+def _threshold_dilated(prob: np.ndarray, thresh: float, rows: int, out: np.ndarray) -> float:
+    """out = cv2.dilate(prob > thresh, 2x2 kernel): a pixel is set when it or its left, upper or
+    upper-left neighbour is; per strip two single-threaded maxima (OpenCV's threaded dilate
+    spends several times the CPU time on a busy machine): with the column to the left, then
+    with the row above (row 0 of `wide` carries the previous strip's last row). Returns the
+    map's float64 sum."""
+    h, w = prob.shape
+    bits = scratch("strip", (rows, w), np.uint8)
+    wide = scratch("strip_wide", (rows + 1, w), np.uint8)
+    wide[rows] = 0  # nothing above the first row
+    total = 0.0
+    for y in range(0, h, rows):
+        strip = prob[y:y + rows]
+        n = len(strip)
+        total += cv2.sumElems(strip)[0]
+        np.greater(strip, thresh, out=bits[:n].view(np.bool_))
+        wide[0] = wide[rows]
+        wide[1:n + 1, 0] = bits[:n, 0]
+        if w > 1:
+            cv2.max(bits[:n, 1:], bits[:n, :-1], dst=wide[1:n + 1, 1:])
+        cv2.max(wide[1:n + 1], wide[:n], dst=out[y:y + n])
+    return total
 
 
 def find_contours(bitmap: np.ndarray, max_candidates: int) -> tuple:

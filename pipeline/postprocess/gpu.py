@@ -22,7 +22,7 @@ from engine.lazy import array_module
 
 from .arrays import dilate_2x2, to_host
 from dbnet.postprocess_config import PostprocessConfig, PostprocessError
-from .cpu import Candidates, find_candidates, finish, masked_means
+from .cpu import NOT_FINITE, Candidates, find_candidates, finish, masked_means
 
 
 def host_bitmaps(xp, prob, config: PostprocessConfig) -> np.ndarray:
@@ -33,8 +33,7 @@ def host_bitmaps(xp, prob, config: PostprocessConfig) -> np.ndarray:
     finite = xp.isfinite(prob).all().reshape(1).astype(xp.uint8)
     host = to_host(xp.concatenate([finite, xp.packbits(mask.ravel())]))
     if not host[0]:
-        raise PostprocessError("the probability map contains NaN or infinite values "
-                               "(broken model, engine or input)")
+        raise PostprocessError(NOT_FINITE)
     return np.unpackbits(host[1:], count=mask.size).reshape(mask.shape)
 
 

@@ -54,9 +54,15 @@ def check_finite(prob: np.ndarray) -> None:
     """NaN / inf in a map means a broken model or engine: say so instead of returning junk.
     The float64 sum of float32 values is finite exactly when every value is (it cannot
     overflow), and cv2.sumElems needs no temporary the size of the map."""
-    if not math.isfinite(cv2.sumElems(prob.reshape(-1, prob.shape[-1]))[0]):
-        raise PostprocessError("the probability map contains NaN or infinite values "
-                               "(broken model, engine or input)")
+    if prob.size and not math.isfinite(cv2.sumElems(prob.reshape(-1, prob.shape[-1]))[0]):
+        raise PostprocessError(cpu.NOT_FINITE)
+
+
+def check_padding_finite(prob: np.ndarray, h: int, w: int) -> None:
+    """check_finite on what lies outside a map's (h, w) content (`cpu.binarize` checks the
+    content while it thresholds it)."""
+    check_finite(prob[h:])
+    check_finite(prob[:h, w:])
 
 
 class DBPostprocessor:
@@ -91,9 +97,10 @@ class DBPostprocessor:
         n, h, w = batch.shape
         boxes = _check_letterboxes(letterboxes, n, h, w)
         if xp is np:
-            check_finite(batch)  # the GPU path checks on the device, with its bitmap copy
-            results = [cpu.postprocess_map(batch[i, :b.content_h, :b.content_w], self.config)
-                       for i, b in enumerate(boxes)]
+            results = []  # the GPU path checks on the device, with its bitmap copy
+            for i, b in enumerate(boxes):
+                check_padding_finite(batch[i], b.content_h, b.content_w)
+                results.append(cpu.postprocess_map(batch[i, :b.content_h, :b.content_w], self.config))
         else:
             from . import gpu
 
