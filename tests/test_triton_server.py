@@ -67,9 +67,20 @@ def test_missing_venv_or_repository_is_one_line(tmp_path, capsys):
     assert main(["triton", "serve", str(tmp_path / "nope")]) == 2
     assert capsys.readouterr().err.strip() == (
         f"dbrt triton: error: model repository {tmp_path / 'nope'} is not a folder")
+    assert main(["triton", "serve", str(tmp_path)]) == 2
+    assert "holds no model folders" in capsys.readouterr().err
+    (tmp_path / "model").mkdir()
     assert main(["triton", "serve", str(tmp_path), "--venv", str(tmp_path / "none")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no virtual environment with Triton" in err and "make triton-venv" in err
+
+
+def test_serving_a_model_the_repository_lacks_is_one_line(triton_venv, tmp_path, capsys):
+    python_model_repository(tmp_path)
+    assert main(["triton", "serve", str(tmp_path), "--venv", str(triton_venv), "--model", "nosuch",
+                 "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "failed to poll model 'nosuch': model not found" in err, err
 
 
 def test_dbrt_triton_serve_until_sigterm(triton_venv, tmp_path):

@@ -49,14 +49,15 @@ def triton_server_factory(triton_venv):
         server.close()
 
 
-def export_triton_repository(onnx_path, repository, **export) -> Path:
-    """`dbrt triton export` of `onnx_path` into `repository` (TritonExport fields as keywords)."""
+def export_triton_repository(onnx_path, repository, spec=None, **export) -> Path:
+    """`dbrt triton export` of `onnx_path` into `repository` (TritonExport fields as keywords;
+    `spec`: a ModelSpec instead of the model's own)."""
     from dbnet.spec import resolve_spec
     from engine.onnx_info import summarize_onnx
     from pipeline.triton.repository import TritonExport, export_repository
 
     summary = summarize_onnx(onnx_path)
-    export_repository(repository, summary, resolve_spec(summary.metadata), TritonExport(**export))
+    export_repository(repository, summary, spec or resolve_spec(summary.metadata), TritonExport(**export))
     return Path(repository)
 
 

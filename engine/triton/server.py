@@ -148,6 +148,9 @@ class TritonServer:
         self.repository = Path(repository)
         if not self.repository.is_dir():
             raise TritonServerError(f"model repository {repository} is not a folder")
+        if not any(child.is_dir() for child in self.repository.iterdir()):
+            raise TritonServerError(f"model repository {repository} holds no model folders "
+                                    "(make one with dbrt triton export MODEL -o REPO)")
         self.install = TritonInstall.find(venv)
         self.host = host
         self.http_port = http_port or free_port(host)
@@ -234,6 +237,7 @@ class TritonServer:
         found = []
         for line in self.log_text().splitlines():
             message = _error_message(line)
+            message = message and message.split("\\n")[0].strip()  # a Python traceback follows
             if message and message not in found:
                 found.append(message)
         picked = found[:1] + found[-1:] if len(found) > 1 else found
