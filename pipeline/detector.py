@@ -203,6 +203,13 @@ class Detector:
         return results
 
     # -- lifecycle ---------------------------------------------------------------------------
+    def cancel(self) -> None:
+        """Abandon engine calls in flight and any wait for a model server (an aborted run);
+        nothing to do for a local model."""
+        cancel = getattr(self.runner, "cancel", None)
+        if cancel is not None:
+            cancel()
+
     def close(self) -> None:
         try:
             self.runner.deactivate()

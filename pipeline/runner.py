@@ -225,6 +225,13 @@ class Pipeline:
             steps.callback(self._release_switch_interval)
             steps.callback(self._join_threads)
             steps.callback(self._close_sources)
+            steps.callback(self._cancel_inference)
+
+    def _cancel_inference(self) -> None:
+        """An aborted run does not wait for a model server (requests in flight, a reconnect)."""
+        cancel = getattr(self.detector, "cancel", None)
+        if self.control.aborted.is_set() and cancel is not None:
+            cancel()
 
     def _join_threads(self) -> None:
         for stage in self._threads:
@@ -298,15 +305,27 @@ class Pipeline:
 
     def _infer(self, batch: _Batch) -> Optional[_Batch]:
         array, batch.array = batch.array, None
-        if self._async:
-            batch.pending = self.detector.submit(array)
-            return batch
-        return self._inferred_or_failed(batch, lambda: self.detector.infer(array))
+        with self._quiet_after_abort():
+            if self._async:
+                batch.pending = self.detector.submit(array)
+                return batch
+            return self._inferred_or_failed(batch, lambda: self.detector.infer(array))
 
     def _response(self, batch: _Batch) -> Optional[_Batch]:
         """An asynchronous detector's results, in submission order."""
         pending, batch.pending = batch.pending, None
-        return self._inferred_or_failed(batch, lambda: self.detector.collect(pending))
+        with self._quiet_after_abort():
+            return self._inferred_or_failed(batch, lambda: self.detector.collect(pending))
+
+    @contextlib.contextmanager
+    def _quiet_after_abort(self):
+        """Once the run aborts, a cancelled engine call is its consequence, not the run's error."""
+        try:
+            yield
+        except Exception:
+            if self.control.aborted.is_set():
+                raise Aborted() from None
+            raise
 
     def _inferred_or_failed(self, batch: _Batch, call) -> Optional[_Batch]:
         """The batch with its maps; a call that failed but may recover (a server away) costs

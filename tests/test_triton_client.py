@@ -166,6 +166,32 @@ def test_a_server_restarted_mid_run_costs_only_the_frames_in_flight(outage):
     assert report["failures"] and outage.url in report["failures"][0]
 
 
+def test_an_aborted_run_does_not_wait_for_a_server_that_is_away(outage):
+    """Reconnecting forever, the server gone: aborting the run (a second Ctrl-C, the consumer
+    leaving) cancels the wait and the requests in flight instead of hanging."""
+    options = RunnerOptions(triton=TritonOptions(retries=None, delay=0.2))
+    detector = Detector(outage.url, input_size=(128, 224), options=options)
+    pipe = Pipeline([str(DEMO_VIDEO)], detector, close_detector=True, stop_signals=(),
+                    callbacks=[lambda frame, dets: frame.index == 5 and outage.kill()])
+    errors = []
+    thread = threading.Thread(target=lambda: _run_collecting(pipe, errors))
+    thread.start()
+    assert outage.killed.wait(60)
+    while thread.is_alive() and not pipe.metrics.failed_frames:
+        time.sleep(0.05)
+    pipe.control.abort()
+    thread.join(timeout=60)
+    assert not thread.is_alive(), "the aborted run kept waiting for the server"
+    assert pipe.metrics.failed_frames >= 1 and not errors
+
+
+def _run_collecting(pipe, errors):
+    try:
+        pipe.run()
+    except Exception as exc:  # noqa: BLE001 - the test looks at them
+        errors.append(exc)
+
+
 def test_dbrt_run_gives_up_with_one_line_when_the_server_stays_away(outage, tmp_path, capsys):
     out = tmp_path / "run"
     code = {}

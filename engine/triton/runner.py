@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from concurrent.futures import Future
 from typing import Dict, Mapping, Optional, Tuple
 
@@ -62,6 +61,8 @@ class TritonRunner(Runner):
         self._info: Optional[ModelInfo] = None
         self._pool: Optional[SlotPool] = None
         self._healthy = threading.Event()
+        self._cancelled = threading.Event()
+        self._calls: Dict[int, object] = {}  # slot index -> the request in flight (cancellable)
         self._recover_lock = threading.Lock()
         self._stats_lock = threading.Lock()
         self._last_error = ""
@@ -82,6 +83,13 @@ class TritonRunner(Runner):
             self._client.close()
             raise
         self._healthy.set()
+
+    def cancel(self) -> None:
+        """Stop at once (a run aborted): requests in flight are cancelled (their waiters get
+        InferenceFailed), a wait for the server ends, and further submits raise ModelError."""
+        self._cancelled.set()
+        for call in list(self._calls.values()):
+            call.cancel()
 
     def _deactivate(self) -> None:
         try:
@@ -133,6 +141,8 @@ class TritonRunner(Runner):
         return self._send(self._checked(feed))
 
     def _send(self, feed: Mapping[str, object]) -> Future:
+        if self._cancelled.is_set():
+            raise ModelError(f"{self.url}: the client was cancelled")
         self._recover_if_needed()
         slot = self._pool.acquire(self.options.timeout + self.options.connect_timeout)
         future: Future = Future()
@@ -156,11 +166,13 @@ class TritonRunner(Runner):
             except BaseException as exc:  # noqa: BLE001 - never lose the waiter
                 future.set_exception(exc)
             finally:
+                self._calls.pop(slot.index, None)
                 self._pool.release(slot)
 
         try:
-            self._client.async_infer(self.url.model, inputs, done, model_version=self.url.version,
-                                     outputs=outputs, client_timeout=self.options.timeout)
+            self._calls[slot.index] = self._client.async_infer(
+                self.url.model, inputs, done, model_version=self.url.version, outputs=outputs,
+                client_timeout=self.options.timeout)
         except Exception as exc:  # noqa: BLE001 - could not even send it
             self._pool.release(slot)
             future.set_exception(self._failure(exc))
@@ -240,8 +252,10 @@ class TritonRunner(Runner):
                 raise ModelError(f"{self.url}: {self._failed_in_a_row} requests in a row failed "
                                  f"(last: {self._last_error}); giving up")
             last = self._last_error
-            for attempt, wait in enumerate(self.options.delays(), 1):
-                time.sleep(wait)
+            for wait in self.options.delays():
+                if self._cancelled.wait(wait):
+                    raise ModelError(f"{self.url}: stopped while waiting for the server "
+                                     f"(last: {last})")
                 try:
                     self._reconnect()
                 except Exception as exc:  # noqa: BLE001 - still away: try again later
