@@ -8,6 +8,11 @@ within 5 % of the first one taken after the warm-up (`--warmup-min`). Writes ser
 and the memory curve serve_soak_memory.png.
 
     python -m benchmarks.serve_soak [--minutes 10] [--max-side 256]
+    python -m benchmarks.serve_soak --minutes 4 --trace 15   # what grows: tracemalloc diff
+
+--trace N runs under tracemalloc (slower; for finding a leak, not for the result files): it
+snapshots Python's allocations after the warm-up and at the end and prints the N source lines
+whose allocations grew most in between.
 """
 from __future__ import annotations
 
@@ -60,7 +65,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--every-s", type=float, default=5.0)
     p.add_argument("--outage-s", type=float, default=10.0)
     p.add_argument("--max-side", type=int, default=256)
+    p.add_argument("--trace", type=int, default=0, metavar="N",
+                   help="print the N source lines whose allocations grew most (tracemalloc); "
+                        "writes no result files")
     args = p.parse_args(argv)
+    if args.trace:
+        import tracemalloc
+
+        tracemalloc.start()
     from engine.loader import RunnerOptions
     from pipeline.detector import Detector
     from pipeline.mqtt import MqttSink
@@ -102,6 +114,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 broker.wait(timeout=30)
         counters = mqtt.counters()
         frames, parts = pipe.metrics.frames_out, viewer.parts
+    if args.trace:
+        return print_growth(args, frames, parts)
     return write_results(args, samples, restarts, frames, parts, counters)
 
 
@@ -111,6 +125,8 @@ def _drive(args, t0, samples, restarts, broker, port, workdir, pipe):
     outages = [duration / 3, 2 * duration / 3]
     while (elapsed := time.monotonic() - t0) < duration:
         samples.append((round(elapsed, 1), round(rss_mb(), 2), pipe.metrics.frames_out))
+        if args.trace and not _SNAPSHOTS and elapsed >= args.warmup_min * 60:
+            _snapshot(pipe)
         if outages and elapsed >= outages[0]:
             outages.pop(0)
             broker.terminate()
@@ -119,7 +135,28 @@ def _drive(args, t0, samples, restarts, broker, port, workdir, pipe):
             broker, _ = start_mosquitto(workdir, port)
             restarts.append(round(elapsed, 1))
         time.sleep(args.every_s)
+    if args.trace:
+        _snapshot(pipe)
     return broker
+
+
+_SNAPSHOTS = []  # (frames out, tracemalloc snapshot) after the warm-up and at the end
+
+
+def _snapshot(pipe) -> None:
+    import tracemalloc
+
+    _SNAPSHOTS.append((pipe.metrics.frames_out, tracemalloc.take_snapshot()))
+
+
+def print_growth(args, frames, parts) -> int:
+    (frames0, first), (frames1, last) = _SNAPSHOTS[0], _SNAPSHOTS[-1]
+    print(f"serve_soak --trace: {frames1 - frames0} frames between the snapshots ({frames} in "
+          f"all, {parts} MJPEG pictures); the {args.trace} lines that grew most:")
+    for stat in last.compare_to(first, "lineno")[:args.trace]:
+        print(f"  {stat.size_diff / 1024:+9.1f} KiB {stat.count_diff:+8d} blocks  "
+              f"{stat.traceback[0].filename}:{stat.traceback[0].lineno}")
+    return 0
 
 
 def write_results(args, samples, restarts, frames, parts, counters) -> int:

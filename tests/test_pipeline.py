@@ -230,6 +230,29 @@ def test_metrics_percentiles_summary_and_progress_line():
     assert stream.getvalue().count("\n") == 1 and "frames 3/10" in stream.getvalue()
 
 
+def test_a_latency_window_takes_its_memory_at_once():
+    """A long run's memory stays flat: samples are written in place in a preallocated ring."""
+    import tracemalloc
+
+    from pipeline.metrics import LatencyWindow
+
+    window = LatencyWindow(window=1000)
+    for ms in range(500):
+        window.add(ms * 0.5)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for ms in range(20_000):
+            window.add(ms * 0.5 + 0.25)
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 4096, grown  # a deque of Python floats: 32 bytes a sample
+    summary = window.summary()
+    assert summary["count"] == 20_500 and summary["max_ms"] == 9999.75
+    assert summary["p50_ms"] == pytest.approx((19_000 * 0.5 + 0.25 + 9999.75) / 2)  # the last 1000
+
+
 class _BrokenCloseSink(JsonlSink):
     def close(self):
         super().close()
