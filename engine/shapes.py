@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 from .errors import ShapeError
 
@@ -39,40 +39,55 @@ def _fmt(shape: Sequence[int]) -> str:
     return "x".join(str(int(d)) for d in shape)
 
 
+DEFAULT_MULTIPLES = (32, 32)  # a DB-family detector downsamples H and W by 32
+
+
 @dataclass(frozen=True)
 class ShapeProfile:
-    """min / opt / max NCHW shapes of the image input. TensorRT tunes kernels for `opt`."""
+    """min / opt / max NCHW shapes of the image input. TensorRT tunes kernels for `opt`.
+
+    multiples: the model's shape rule, (H, W) multiples every shape must be: (32, 32) for a
+    DB-family detector; a recognizer of fixed height 48 whose crop widths are bucketed by 32
+    takes (48, 32)."""
 
     min: Shape
     opt: Shape
     max: Shape
+    multiples: Tuple[int, int] = DEFAULT_MULTIPLES
 
     def __post_init__(self):
-        for field in ("min", "opt", "max"):
+        for field in ("min", "opt", "max", "multiples"):
             object.__setattr__(self, field, tuple(int(d) for d in getattr(self, field)))
+        if len(self.multiples) != 2 or min(self.multiples) < 1:
+            raise ShapeError(f"profile multiples must be two positive (H, W) steps, got {self.multiples}")
 
     @classmethod
     def from_hw(cls, min_hw: Sequence[int], opt_hw: Sequence[int], max_hw: Sequence[int],
-                batch: Sequence[int] = (1, 1, 1), channels: int = 3) -> "ShapeProfile":
+                batch: Sequence[int] = (1, 1, 1), channels: int = 3,
+                multiples: Sequence[int] = DEFAULT_MULTIPLES) -> "ShapeProfile":
         return cls((batch[0], channels, *min_hw), (batch[1], channels, *opt_hw),
-                   (batch[2], channels, *max_hw))
+                   (batch[2], channels, *max_hw), tuple(multiples))
 
     @classmethod
     def static(cls, shape: Sequence[int]) -> "ShapeProfile":
         return cls(tuple(shape), tuple(shape), tuple(shape))
 
-    def validate(self, stride: int = 32) -> "ShapeProfile":
-        """Raise ShapeError unless this is a usable NCHW profile with H, W multiples of stride."""
+    def validate(self, stride: Optional[int] = None) -> "ShapeProfile":
+        """Raise ShapeError unless this is a usable NCHW profile whose H and W follow the shape
+        rule: multiples of `stride` when given, else of the profile's own `multiples`."""
         if not len(self.min) == len(self.opt) == len(self.max) == 4:
             raise ShapeError(f"profile {self} must have NCHW shapes")
         if not all(a <= b <= c for a, b, c in zip(self.min, self.opt, self.max)):
             raise ShapeError(f"profile {self} needs min <= opt <= max in every dimension")
         if not self.min[1] == self.opt[1] == self.max[1]:
             raise ShapeError(f"profile {self}: the channel count must not vary")
+        step_h, step_w = (stride, stride) if stride else self.multiples
         for shape in (self.min, self.opt, self.max):
-            if shape[2] % stride or shape[3] % stride:
-                raise ShapeError(f"profile {self}: H and W must be multiples of {stride} "
-                                 f"(the model downsamples by {stride})")
+            if shape[2] % step_h or shape[3] % step_w:
+                rule = (f"H and W must be multiples of {step_h} (the model downsamples by {step_h})"
+                        if step_h == step_w else
+                        f"H must be a multiple of {step_h} and W of {step_w} (the model's shape rule)")
+                raise ShapeError(f"profile {self}: {rule}")
         return self
 
     def contains(self, shape: Sequence[int]) -> bool:
@@ -86,11 +101,15 @@ class ShapeProfile:
         return f"{_fmt(self.min)}:{_fmt(self.opt)}:{_fmt(self.max)}"
 
     def to_dict(self) -> dict:
-        return {"min": list(self.min), "opt": list(self.opt), "max": list(self.max)}
+        out = {"min": list(self.min), "opt": list(self.opt), "max": list(self.max)}
+        if self.multiples != DEFAULT_MULTIPLES:  # a detector's record (and cache key) unchanged
+            out["multiples"] = list(self.multiples)
+        return out
 
     @classmethod
     def from_dict(cls, data: dict) -> "ShapeProfile":
-        return cls(tuple(data["min"]), tuple(data["opt"]), tuple(data["max"]))
+        return cls(tuple(data["min"]), tuple(data["opt"]), tuple(data["max"]),
+                   tuple(data.get("multiples", DEFAULT_MULTIPLES)))
 
 
 def check_in_profile(name: str, shape: Sequence[int], profile: ShapeProfile) -> None:

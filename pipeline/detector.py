@@ -76,7 +76,7 @@ class Detector:
         self._cap_reported = False
         self._gpu = self._gpu_preprocessor()
         try:
-            self.recognizer = _recognizer(read, device)
+            self.recognizer = _recognizer(read, backend, device)
         except BaseException:
             self.runner.deactivate()
             raise
@@ -238,7 +238,7 @@ def _note_remote_defaults(runner, preset: Optional[str]) -> None:
                       DbrtWarning, stacklevel=3)
 
 
-def _recognizer(read, device: str):
+def _recognizer(read, backend: str, device: str):
     """The Recognizer that `read` asks for (None: no reading)."""
     if read is None or read is False:
         return None
@@ -247,7 +247,7 @@ def _recognizer(read, device: str):
     if isinstance(read, Recognizer):
         return read
     rec_device = device if device in ("cpu", "cuda") else "auto"
-    return Recognizer(None if read is True else read, device=rec_device)
+    return Recognizer(None if read is True else read, backend=backend, device=rec_device)
 
 
 def _check_image(image) -> np.ndarray:

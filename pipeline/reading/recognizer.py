@@ -9,6 +9,7 @@ from the model's own `character` metadata (RapidOCR's PP-OCR ONNX files carry it
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 from pathlib import Path
@@ -16,8 +17,9 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from engine.describe import ENGINE_SUFFIXES
 from engine.errors import ModelError
-from engine.loader import RunnerOptions, load_runner
+from engine.loader import RunnerOptions, load_runner, tensorrt_usable
 
 from ..detections import Detections
 from .crops import crop_batches, cut_crop, plan_crops, reading_quads
@@ -44,23 +46,25 @@ class Recognizer:
     model:   .onnx path (default: RapidOCR's PP-OCRv6 rec small), or a Runner
     charset: a dictionary file, a Charset, or None for the model's own `character` metadata
     spec:    a RecSpec (crop height, widths, normalisation, batch size); default: `preset`'s
-    device:  "auto", "cpu" or "cuda" (ONNX Runtime); options: engine.loader.RunnerOptions
-             (default: idle threads sleep, spin=False: in a run the recognizer works beside the
-             detector's session, whose cores busy-waiting threads would take)
+    backend: "auto", "onnxruntime" or "tensorrt" (as engine.loader.load_runner: "auto" runs an
+             .onnx with TensorRT through the engine cache when TensorRT and a GPU are usable,
+             with the spec's dynamic-width profile, `RecSpec.profile`); device: "auto", "cpu",
+             "cuda"; options: engine.loader.RunnerOptions (default on ONNX Runtime: idle threads
+             sleep, spin=False: in a run the recognizer works beside the detector's session,
+             whose cores busy-waiting threads would take)
     """
 
     def __init__(self, model=None, charset: Union[str, os.PathLike, Charset, None] = None, *,
-                 spec: Optional[RecSpec] = None, preset: str = "ppocr", device: str = "auto",
-                 options: Optional[RunnerOptions] = None):
+                 spec: Optional[RecSpec] = None, preset: str = "ppocr", backend: str = "auto",
+                 device: str = "auto", options: Optional[RunnerOptions] = None):
         self.spec = spec or named_preset(preset)
         self.model_name = getattr(model, "name", None) or str(model or default_rec_model_path())
         if hasattr(model, "infer"):
             self.runner = model
         else:
             path = default_rec_model_path() if model is None else Path(model)
-            # TensorRT would need a profile of the crop widths; ONNX Runtime takes any width
-            options = options or RunnerOptions(spin=False)
-            self.runner = load_runner(path, backend="onnxruntime", device=device, options=options)
+            options = _runner_options(self.spec, path, backend, device, options)
+            self.runner = load_runner(path, backend=backend, device=device, options=options)
         self.runner.activate()
         self.output_name, num_classes = _check_ctc_io(self.runner, self.spec, self.model_name)
         self.charset = self._charset(charset, num_classes)
@@ -148,6 +152,20 @@ class Recognizer:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _runner_options(spec: RecSpec, path: Path, backend: str, device: str,
+                    options: Optional[RunnerOptions]) -> RunnerOptions:
+    """The options for the recognizer's runner: the dynamic-width profile for an engine built
+    from the .onnx (a function, so ONNX Runtime and prebuilt engines ignore it) and, on ONNX
+    Runtime by default, sleeping idle threads."""
+    if options is None:
+        tensorrt = (backend == "tensorrt" or path.suffix.lower() in ENGINE_SUFFIXES
+                    or (backend == "auto" and device != "cpu" and tensorrt_usable()))
+        options = RunnerOptions() if tensorrt else RunnerOptions(spin=False)
+    if options.profile is None:
+        options = dataclasses.replace(options, profile=lambda metadata: spec.profile())
+    return options
 
 
 def _normalise(crops: Sequence[np.ndarray], spec: RecSpec) -> np.ndarray:

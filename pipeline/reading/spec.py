@@ -6,6 +6,7 @@ from dataclasses import dataclass, replace
 from typing import Tuple
 
 from engine.errors import ModelError
+from engine.shapes import ShapeProfile
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,17 @@ class RecSpec:
 
     def replace(self, **changes) -> "RecSpec":
         return replace(self, **changes)
+
+    def profile(self, opt_batch: int = 8, opt_width: int = 320) -> ShapeProfile:
+        """The TensorRT optimisation profile of the recognizer's input: height fixed, widths
+        from the narrowest to the widest bucket, batches 1..batch_size (tuned for `opt_batch`
+        crops of `opt_width` pixels, PaddleOCR's rec shape)."""
+        height, widest = self.height, self.batch_width(self.max_width)
+        opt_w = min(self.batch_width(opt_width), widest)
+        return ShapeProfile.from_hw(
+            (height, self.batch_width(self.min_width)), (height, opt_w), (height, widest),
+            batch=(1, min(opt_batch, self.batch_size), self.batch_size),
+            multiples=(height, self.width_step)).validate()
 
     def batch_width(self, width: int) -> int:
         """The padded width of a batch whose widest crop is `width` pixels."""

@@ -11,12 +11,15 @@ import numpy as np
 
 from . import fake_cuda
 
-# What the fake parser imports (DBNet's operators, Q/DQ, FP16 casts and exporter glue).
+# What the fake parser imports (DBNet's operators, Q/DQ, FP16 casts and exporter glue, and the
+# PP-OCR rec operators: its SVTR neck's attention, HardSwish-style activations, CTC head); all
+# have importers in TensorRT's ONNX parser.
 SUPPORTED_OPS = frozenset({
     "Conv", "ConvTranspose", "BatchNormalization", "Relu", "Add", "Concat", "Sigmoid", "Resize",
     "MaxPool", "Mul", "Sub", "Div", "Reciprocal", "Exp", "Cast", "Identity", "Constant", "Shape",
     "Gather", "Unsqueeze", "Squeeze", "Slice", "Reshape", "Pad", "Clip", "QuantizeLinear",
-    "DequantizeLinear"})
+    "DequantizeLinear", "AveragePool", "Erf", "HardSigmoid", "MatMul", "Pow", "ReduceMean",
+    "Softmax", "Sqrt", "Transpose"})
 MAGIC = b"FAKETRT1"
 CALIBRATION_MAGIC = b"TRT-FAKE-CALIBRATION\n"
 
