@@ -2,8 +2,10 @@
 tritonserver of the nvidia-pytriton wheel (skipped where .venv-triton cannot be built)."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
 import urllib.request
 
 import numpy as np
@@ -49,6 +51,29 @@ def test_a_python_model_answers_and_the_server_stops(triton_venv, tmp_path):
         with urllib.request.urlopen(server.metrics_url) as resp:
             assert b"nv_inference_count" in resp.read()
     assert server.process.returncode is not None and not server.is_ready()
+
+
+def no_process_left(group: int, patience: float = 10.0) -> bool:
+    """True once no process of `group` exists (killed stubs are zombies until init reaps them)."""
+    deadline = time.monotonic() + patience
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.parametrize("end", ["close", "kill"])
+def test_nothing_of_the_server_outlives_it(triton_venv, tmp_path, end):
+    """Neither a stop nor a crash (kill: SIGKILL, as a client's reconnect test does) leaves the
+    server's Python-backend stubs behind."""
+    server = TritonServer(python_model_repository(tmp_path), venv=str(triton_venv)).start()
+    group = server.process.pid
+    getattr(server, end)()
+    server.close()
+    assert no_process_left(group)
 
 
 def test_a_broken_config_is_one_clear_error(triton_venv, tmp_path):

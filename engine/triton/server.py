@@ -122,6 +122,17 @@ def _error_message(line: str) -> Optional[str]:
     return None
 
 
+def _terminate_with_parent() -> None:
+    """In the server's process, before exec: SIGTERM it when the process (thread) that started it
+    ends, so a crashed or killed caller leaves no server behind (Linux; elsewhere a no-op)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port nobody listens on now (the kernel's pick)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -197,7 +208,8 @@ class TritonServer:
         self._log_file = open(self.log_path, "wb")
         self.process = subprocess.Popen(self.command(backends), stdout=self._log_file,
                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        env=self.install.environment(), start_new_session=True)
+                                        env=self.install.environment(), start_new_session=True,
+                                        preexec_fn=_terminate_with_parent)
         try:
             self._wait_ready()
         except BaseException:
@@ -244,7 +256,8 @@ class TritonServer:
         return " | ".join(picked) if picked else "(no error in its output)"
 
     def stop(self, timeout: float = 15.0) -> Optional[int]:
-        """SIGTERM, then SIGKILL after `timeout` s; the server's exit code (None if never started)."""
+        """SIGTERM, then SIGKILL after `timeout` s; the server's exit code (None if never started).
+        Python-backend stubs still alive after the server (it was killed) are killed too."""
         code = None
         if self.process is not None:
             if self.process.poll() is None:
@@ -254,6 +267,7 @@ class TritonServer:
                 except subprocess.TimeoutExpired:
                     self._signal(signal.SIGKILL)
                     self.process.wait()
+            self._signal(signal.SIGKILL)  # leftovers of the server's own process group
             code = self.process.returncode
         if self._log_file is not None:
             self._log_file.close()
@@ -261,6 +275,13 @@ class TritonServer:
         if self._workdir is not None:
             shutil.rmtree(self._workdir / "backends", ignore_errors=True)
         return code
+
+    def kill(self) -> None:
+        """SIGKILL the server and its stubs at once (a crash, e.g. to test clients' reconnect);
+        stop() or close() still tidy up."""
+        if self.process is not None and self.process.poll() is None:
+            self._signal(signal.SIGKILL)
+            self.process.wait()
 
     def _signal(self, signum: int) -> None:
         try:  # the server's own process group: Python-backend stubs go with it
