@@ -9,7 +9,7 @@ TORCH ?= torch==2.13.0
 # (Python backend) pins numpy < 2, so it gets a virtual environment of its own; its Python-backend
 # models need ONNX Runtime and what dbrt's post-processing imports.
 TRITON_VENV ?= .venv-triton
-TRITON_PACKAGES ?= nvidia-pytriton "numpy<2" onnxruntime opencv-python-headless pyclipper shapely
+TRITON_PACKAGES ?= nvidia-pytriton "numpy<2" onnxruntime opencv-python-headless pyclipper
 
 .PHONY: install triton-venv demo test bench clean
 

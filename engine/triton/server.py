@@ -37,7 +37,7 @@ from ..errors import DbrtError
 
 DEFAULT_VENV = ".venv-triton"
 VENV_HINT = "make triton-venv (or: python3 -m venv .venv-triton && .venv-triton/bin/pip install " \
-            "nvidia-pytriton 'numpy<2' onnxruntime opencv-python-headless pyclipper shapely)"
+            "nvidia-pytriton 'numpy<2' onnxruntime opencv-python-headless pyclipper)"
 
 
 class TritonServerError(DbrtError):
