@@ -71,6 +71,7 @@ def test_shipped_model_with_postprocess_is_an_ensemble(tmp_path):
     (["--input-size", "64x96"], "--input-size fixes a TensorRT engine's shape; it needs --backend tensorrt"),
     (["--max-batch", "4", "--preferred-batch", "8"], "preferred batch sizes [8] are outside 1..4"),
     (["--name", "a/b"], "model name 'a/b' must be letters, digits"),
+    (["--backend", "tensorrt", "--threads", "2"], "--threads sets ONNX Runtime's threads"),
 ])
 def test_bad_export_is_one_line(tmp_path, capsys, flags, message):
     assert main(["triton", "export", *flags, "-o", str(tmp_path / "r")]) == 2

@@ -42,7 +42,7 @@ def _export_arguments(parser) -> None:
     batching.add_argument("--max-batch", type=between(1, 1024), default=8,
                           help="largest batch the server forms")
     batching.add_argument("--preferred-batch", type=at_least(1), nargs="+", metavar="N",
-                          help="batch sizes the dynamic batcher aims for (default: --max-batch)")
+                          help="batch sizes the dynamic batcher aims for (none given: --max-batch)")
     batching.add_argument("--queue-delay-us", type=at_least(0), default=2000,
                           help="how long a request may wait for others (microseconds)")
     batching.add_argument("--instances", type=at_least(1), default=1,
@@ -93,6 +93,8 @@ def _export(args) -> int:
 
     if args.input_size and args.backend != "tensorrt":
         raise DbrtError("--input-size fixes a TensorRT engine's shape; it needs --backend tensorrt")
+    if args.threads and args.backend != "onnx":
+        raise DbrtError("--threads sets ONNX Runtime's threads; TensorRT (--backend tensorrt) has none")
     model = args.model or default_model_path()
     if not str(model).endswith(".onnx"):
         raise DbrtError(f"{model}: expected an ONNX model (.onnx); the TensorRT plan is built "
