@@ -3,6 +3,7 @@ tritonserver of the nvidia-pytriton wheel (skipped where .venv-triton cannot be 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -106,6 +107,18 @@ def test_serving_a_model_the_repository_lacks_is_one_line(triton_venv, tmp_path,
                  "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "failed to poll model 'nosuch': model not found" in err, err
+
+
+def test_a_busy_port_is_one_line(triton_venv, tmp_path, capsys):
+    python_model_repository(tmp_path)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["triton", "serve", str(tmp_path), "--venv", str(triton_venv),
+                     "--grpc-port", str(port), "--http-port", "0", "--metrics-port", "0"]) == 2
+    assert capsys.readouterr().err == (f"dbrt triton: error: the gRPC port 127.0.0.1:{port} cannot "
+                                       "be used (Address already in use)\n")
 
 
 def test_dbrt_triton_serve_until_sigterm(triton_venv, tmp_path):

@@ -133,6 +133,17 @@ def _terminate_with_parent() -> None:
         pass
 
 
+def _check_port_free(host: str, port: int, what: str) -> None:
+    """TritonServerError naming the port when someone already listens there (the server's own
+    message is a page of gRPC internals)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise TritonServerError(f"the {what} port {host}:{port} cannot be used "
+                                    f"({exc.strerror or exc})") from None
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port nobody listens on now (the kernel's pick)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -164,6 +175,9 @@ class TritonServer:
                                     "(make one with dbrt triton export MODEL -o REPO)")
         self.install = TritonInstall.find(venv)
         self.host = host
+        for port, what in ((http_port, "HTTP"), (grpc_port, "gRPC"), (metrics_port, "metrics")):
+            if port:
+                _check_port_free(host, port, what)
         self.http_port = http_port or free_port(host)
         self.grpc_port = grpc_port or free_port(host)
         self.metrics_port = metrics_port or free_port(host)
@@ -178,15 +192,20 @@ class TritonServer:
 
     @property
     def grpc_url(self) -> str:
-        return f"{self.host}:{self.grpc_port}"
+        return f"{self._local_host}:{self.grpc_port}"
 
     @property
     def http_url(self) -> str:
-        return f"http://{self.host}:{self.http_port}"
+        return f"http://{self._local_host}:{self.http_port}"
+
+    @property
+    def _local_host(self) -> str:
+        """Where this machine reaches the server (a wildcard address is not one to connect to)."""
+        return "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
 
     @property
     def metrics_url(self) -> str:
-        return f"http://{self.host}:{self.metrics_port}/metrics"
+        return f"http://{self._local_host}:{self.metrics_port}/metrics"
 
     def command(self, backends: Path) -> list:
         cmd = [str(self.install.executable), f"--model-repository={self.repository.resolve()}",

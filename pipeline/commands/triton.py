@@ -135,8 +135,9 @@ def _serve(args) -> int:
     previous = signal.signal(signal.SIGTERM, terminate)
     try:
         with server:
+            where = "" if server.grpc_url.startswith(f"{args.host}:") else f" (listening on {args.host})"
             print(f"tritonserver ready: gRPC {server.grpc_url}, HTTP {server.http_url}, "
-                  f"metrics {server.metrics_url}; log {server.log_path} (Ctrl-C stops it)",
+                  f"metrics {server.metrics_url}{where}; log {server.log_path} (Ctrl-C stops it)",
                   flush=True)
             while server.process.poll() is None:
                 time.sleep(0.5)
