@@ -142,13 +142,16 @@ class Detector:
                     "frames are capped without a message)", DbrtWarning, stacklevel=2)
         return size
 
-    def prepare(self, images: Sequence[np.ndarray]) -> Tuple[object, List[Letterbox]]:
-        """BGR uint8 frames -> (N, 3, H, W) float32 batch (NumPy, or CuPy on the GPU path)."""
+    def prepare(self, images: Sequence[np.ndarray],
+                device_frames: Optional[list] = None) -> Tuple[object, List[Letterbox]]:
+        """BGR uint8 frames -> (N, 3, H, W) float32 batch (NumPy, or CuPy on the GPU path).
+        device_frames: on the GPU path, a list that receives each frame's upload (CuPy), which
+        the read stage then crops on the GPU; left empty on the CPU path."""
         if not images:
             raise ShapeError("prepare() needs at least one image")
         size = self.input_size_for(*images[0].shape[:2])
         if self._gpu is not None:
-            return self._gpu(images, size)
+            return self._gpu(images, size, device_frames)
         return preprocess_batch(images, self.spec, size, self.keep_aspect)
 
     def infer(self, batch) -> object:

@@ -14,7 +14,7 @@ pixels (its border handling), i.e. < 4e-3 after DB normalisation (1 / std in gen
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -140,7 +140,11 @@ class GpuPreprocessor:
             self._slots[slot] = (host, device)
         return host[:nbytes], device[:nbytes]
 
-    def __call__(self, frames: Sequence[np.ndarray], size: Tuple[int, int]):
+    def __call__(self, frames: Sequence[np.ndarray], size: Tuple[int, int],
+                 device_frames: Optional[list] = None):
+        """`device_frames`: a list to which each frame's upload is appended as an (H, W, 3)
+        CuPy array of its own (not a reused slot), for a later stage that works on the frame
+        on the GPU (reading crops)."""
         cp = self.cp
         stream = cp.cuda.get_current_stream()
         batch = cp.empty((len(frames), 3, size[0], size[1]), cp.float32)
@@ -149,6 +153,9 @@ class GpuPreprocessor:
             _check_frame(frame)
             box = make_letterbox(frame.shape[0], frame.shape[1], size[0], size[1], self.keep_aspect)
             host, device = self._buffers(slot, frame.nbytes)
+            if device_frames is not None:
+                device = cp.empty(frame.nbytes, cp.uint8)
+                device_frames.append(device.reshape(frame.shape))
             np.copyto(host, np.ascontiguousarray(frame).reshape(-1))
             device.set(host, stream=stream)
             self._launch(device, box, batch[slot])

@@ -95,6 +95,9 @@ class Pipeline:
         # a detector whose model is on a server submits batch k+1 while k is on the wire; a
         # 'response' stage waits for the results in order
         self._async = bool(getattr(detector, "asynchronous", False))
+        # frames uploaded by the GPU preprocessor stay on the GPU for the read stage's crops
+        self._crops_on_gpu = (getattr(detector, "recognizer", None) is not None
+                              and bool(getattr(detector, "uses_gpu_preprocess", False)))
         stages = STAGES[:2] + ("infer", "response")[:1 + self._async] + STAGES[3:-1]
         self.metrics = Metrics(stages=stages + self._extra_stages() + STAGES[-1:])
         self.control = Control()
@@ -300,7 +303,13 @@ class Pipeline:
                 close()
 
     def _prepare(self, frames: List[Frame]) -> _Batch:
-        array, letterboxes = self.detector.prepare([f.image for f in frames])
+        images = [f.image for f in frames]
+        if not self._crops_on_gpu:
+            return _Batch(frames, *self.detector.prepare(images))
+        uploads: list = []  # the frames as uploaded: the read stage crops them on the GPU
+        array, letterboxes = self.detector.prepare(images, device_frames=uploads)
+        for frame, upload in zip(frames, uploads):
+            frame.device_image = upload
         return _Batch(frames, array, letterboxes)
 
     def _infer(self, batch: _Batch) -> Optional[_Batch]:
@@ -344,7 +353,9 @@ class Pipeline:
 
     def _read_texts(self, result: FrameResult) -> FrameResult:
         frame, detections = result
-        return FrameResult(frame, self.detector.read(frame.image, detections))
+        image = frame.image if frame.device_image is None else frame.device_image
+        frame.device_image = None  # read: its GPU memory goes back to the pool
+        return FrameResult(frame, self.detector.read(image, detections))
 
     def _track(self, result: FrameResult) -> FrameResult:
         frame, detections = result

@@ -19,6 +19,7 @@ import numpy as np
 
 from engine.describe import ENGINE_SUFFIXES
 from engine.errors import ModelError
+from engine.lazy import array_module
 from engine.loader import RunnerOptions, load_runner, tensorrt_usable
 
 from ..detections import Detections
@@ -70,6 +71,7 @@ class Recognizer:
         self.charset = self._charset(charset, num_classes)
         self.skipped = 0  # polygons that rectified to nothing (too thin to read)
         self.crops_read = 0
+        self._cropper = None
 
     def _charset(self, charset, num_classes: Optional[int]) -> Charset:
         if isinstance(charset, Charset):
@@ -89,9 +91,11 @@ class Recognizer:
         return Charset.from_characters(chars, num_classes, f"the dictionary in {self.model_name}")
 
     # -- reading ------------------------------------------------------------------------------
-    def read(self, image: np.ndarray, detections: Detections) -> Detections:
+    def read(self, image, detections: Detections) -> Detections:
         """`detections` with two more columns: "text" (str) and "text_score" (float32, the mean
-        probability of the characters read; 0 with an empty text for a polygon too thin to read)."""
+        probability of the characters read; 0 with an empty text for a polygon too thin to read).
+        `image`: the BGR uint8 frame, a NumPy array (crops cut with OpenCV) or a CuPy array
+        already on the GPU (crops cut there by one kernel per batch, gpu_crops.py)."""
         n = len(detections)
         texts, scores = [""] * n, np.zeros(n, np.float32)
         if n:
@@ -99,10 +103,14 @@ class Recognizer:
             plan = plan_crops(reading_quads(detections.polygons), spec.height, spec.min_width,
                               spec.max_width)
             self.skipped += int(n - plan.valid.sum())
+            on_gpu = array_module(image) is not np
             for members in crop_batches(plan, spec.batch_size):
-                crops = [cut_crop(image, plan.corners[i], int(plan.widths[i]), spec.height)
-                         for i in members]
-                batch_texts, batch_scores = self._recognize(crops)
+                if on_gpu:
+                    batch = self._gpu_cropper()(image, plan, members)
+                else:
+                    batch = _normalise([cut_crop(image, plan.corners[i], int(plan.widths[i]),
+                                                 spec.height) for i in members], spec)
+                batch_texts, batch_scores = self._infer_decode(batch)
                 for i, text, score in zip(members, batch_texts, batch_scores):
                     texts[i], scores[i] = text, score
         data = dict(detections.data)
@@ -129,14 +137,25 @@ class Recognizer:
         return texts, scores
 
     def _recognize(self, crops: Sequence[np.ndarray]) -> Tuple[List[str], np.ndarray]:
-        batch = _normalise(crops, self.spec)
+        return self._infer_decode(_normalise(crops, self.spec))
+
+    def _infer_decode(self, batch) -> Tuple[List[str], np.ndarray]:
+        """One engine call on a normalised (N, 3, height, W) batch (NumPy or CuPy), decoded."""
+        count = int(batch.shape[0])
         out = self.runner.infer(batch)[self.output_name]
         out = out.get() if hasattr(out, "get") else np.asarray(out)
-        if out.ndim != 3 or out.shape[0] != len(crops):
+        if out.ndim != 3 or out.shape[0] != count:
             raise ModelError(f"recognizer {self.model_name} returned shape {out.shape} for "
-                             f"{len(crops)} crops; a CTC recognizer returns (N, T, classes)")
-        self.crops_read += len(crops)
+                             f"{count} crops; a CTC recognizer returns (N, T, classes)")
+        self.crops_read += count
         return ctc_greedy_decode(out, self.charset)
+
+    def _gpu_cropper(self):
+        if self._cropper is None:  # CuPy is imported only for a frame that is on the GPU
+            from .gpu_crops import GpuCropper
+
+            self._cropper = GpuCropper(self.spec)
+        return self._cropper
 
     def describe(self) -> dict:
         return dict(model=self.model_name, runner=self.runner.name, classes=len(self.charset),

@@ -20,6 +20,8 @@ class Frame:
     source:    identifier of the source (path, URL, camera id)
     stream:    position of the source in the pipeline's source list
     t_read:    time.perf_counter() when the frame was read (start of its end-to-end latency)
+    device_image: the frame's copy on the GPU (CuPy) while the GPU preprocessor's upload is
+               kept for reading text, else None
     """
 
     image: np.ndarray
@@ -28,6 +30,7 @@ class Frame:
     source: str
     stream: int = 0
     t_read: float = field(default_factory=time.perf_counter)
+    device_image: object = field(default=None, repr=False, compare=False)
 
     @property
     def size(self):
