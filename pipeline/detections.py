@@ -17,13 +17,16 @@ import numpy as np
 from .sources.base import Frame
 
 
-def _as_polygon(points: Any) -> np.ndarray:
-    poly = np.asarray(points, dtype=np.float32)
-    if poly.ndim != 2 or poly.shape[1] != 2 or poly.shape[0] < 3:
-        raise ValueError(f"a polygon must be an (N>=3, 2) array of points, got shape {poly.shape}")
-    if not np.all(np.isfinite(poly)):
+def _as_polygons(polygons: Any) -> Tuple[np.ndarray, ...]:
+    """Each polygon as an (N>=3, 2) float32 array; the finite check runs once over all of them
+    (a frame can hold hundreds of polygons)."""
+    polys = tuple(np.asarray(p, dtype=np.float32) for p in polygons)
+    for poly in polys:
+        if poly.ndim != 2 or poly.shape[1] != 2 or poly.shape[0] < 3:
+            raise ValueError(f"a polygon must be an (N>=3, 2) array of points, got shape {poly.shape}")
+    if polys and not np.isfinite(np.concatenate(polys)).all():
         raise ValueError("a polygon has non-finite coordinates")
-    return poly
+    return polys
 
 
 @dataclass(frozen=True)
@@ -40,7 +43,7 @@ class Detections:
     data: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        polys = tuple(_as_polygon(p) for p in self.polygons)
+        polys = _as_polygons(self.polygons)
         scores = np.asarray(self.scores, dtype=np.float32).reshape(-1)
         if len(polys) != len(scores):
             raise ValueError(f"{len(polys)} polygons but {len(scores)} scores")
