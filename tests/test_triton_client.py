@@ -104,6 +104,12 @@ def test_an_unreachable_server_a_missing_model_and_a_stray_flag_are_one_line(url
     assert "bad Triton model URL" in line
 
 
+def test_the_post_processing_ensemble_is_refused_with_a_hint(triton_server):
+    url = f"triton://{triton_server.grpc_url}/dbnet_detect"
+    with pytest.raises(ModelError, match=r"dbnet_detect: tensor .* is BYTES .* probability map"):
+        Detector(url)
+
+
 def test_shapes_the_model_cannot_take_are_refused_before_sending(url):
     with Detector(url) as detector:
         runner = detector.runner
@@ -123,19 +129,28 @@ class _Outage:
         self.servers = [TritonServer(repository, venv=self.venv, **self.ports).start()]
         self.url = f"triton://{self.servers[0].grpc_url}/dbnet"
         self.killed = threading.Event()
+        self.restart_error = None
+        self.closing = threading.Event()
 
     def kill(self, restart_after=None) -> None:
         if self.killed.is_set():
             return
         self.killed.set()
-        self.servers[0].process.kill()
+        self.servers[0].kill()
         if restart_after is not None:
             def restart():
                 time.sleep(restart_after)
-                self.servers.append(TritonServer(self.repository, venv=self.venv, **self.ports).start())
+                try:
+                    self.servers.append(TritonServer(self.repository, venv=self.venv,
+                                                     **self.ports).start())
+                except Exception as exc:  # noqa: BLE001 - the test reports it
+                    self.restart_error = exc
+                # the server gets SIGTERM when the thread that started it ends (PDEATHSIG)
+                self.closing.wait()
             threading.Thread(target=restart, daemon=True).start()
 
     def close(self) -> None:
+        self.closing.set()
         for server in self.servers:
             server.close()
 
@@ -157,7 +172,10 @@ def test_a_server_restarted_mid_run_costs_only_the_frames_in_flight(outage):
 
     pipe = Pipeline([str(DEMO_VIDEO)], detector, close_detector=True, max_frames=60,
                     callbacks=[kill_at_frame_10])
-    pipe.run()
+    try:
+        pipe.run()
+    finally:
+        assert outage.restart_error is None, f"the server did not restart: {outage.restart_error}"
     report = pipe.report()
     server = report["model"]["server"]
     assert outage.killed.is_set() and server["reconnects"] == 1

@@ -58,6 +58,10 @@ def read_model_info(client, url: TritonUrl, timeout: float) -> ModelInfo:
 
 def _tensor(meta: dict, url: TritonUrl) -> TensorInfo:
     datatype = meta.get("datatype", "")
+    if datatype == "BYTES":  # e.g. an ensemble that post-processes on the server
+        raise ModelError(f"{url}: tensor {meta.get('name')!r} is BYTES (a post-processing "
+                         f"ensemble?); dbrt post-processes itself: point --model at the model "
+                         f"that outputs the probability map")
     if datatype not in DATATYPES:
         raise ModelError(f"{url}: tensor {meta.get('name')!r} has datatype {datatype}, which "
                          f"dbrt does not handle ({', '.join(DATATYPES)})")

@@ -137,6 +137,8 @@ def _check_port_free(host: str, port: int, what: str) -> None:
     """TritonServerError naming the port when someone already listens there (the server's own
     message is a page of gRPC internals)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # as tritonserver binds: a port left in TIME_WAIT by a server that just died is usable
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError as exc:
