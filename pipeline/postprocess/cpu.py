@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import threading
 from dataclasses import dataclass
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -98,8 +98,10 @@ class Candidates:
     """The candidates of one map that reach scoring, in the reference's order."""
 
     shapes: object  # (n, 4, 2) float32 ordered quads, or a list of (k, 2) int32 polygons
-    fills: object   # per candidate the int32 polygon its score fills, in crop coordinates
+    fills: object   # per candidate the int32 polygon its score fills
     crops: np.ndarray  # (n, 4) int64 x0, y0, x1, y1 (inclusive) of the score crop in the map
+    shifts: Optional[list] = None  # per candidate the (dx, dy) fillPoly adds to its fill to
+    #                                put it in crop coordinates; None: the fills already are
 
     def __len__(self) -> int:
         return len(self.crops)
@@ -111,14 +113,15 @@ def _clipped(lo: np.ndarray, hi: np.ndarray, h: int, w: int) -> np.ndarray:
     return np.minimum(np.maximum(np.concatenate([lo, hi], axis=1), 0), top).astype(np.int64)
 
 
-def _point_fills(points: list, h: int, w: int) -> Tuple[list, np.ndarray]:
-    """Integer polygons (contours, approximated contours): crop = their extent, clipped."""
+def _point_fills(points: list, h: int, w: int) -> Tuple[list, np.ndarray, list]:
+    """Integer polygons (contours, approximated contours): crop = their extent, clipped; the
+    polygon is filled as it is, shifted by minus the crop's origin (fillPoly's integer offset,
+    the same pixels as subtracting it first, without a new array per polygon)."""
     if not points:
-        return [], np.zeros((0, 4), np.int64)
+        return [], np.zeros((0, 4), np.int64), []
     boxes = np.array([cv2.boundingRect(p) for p in points], np.int64).reshape(-1, 4)
     crops = _clipped(boxes[:, :2], boxes[:, :2] + boxes[:, 2:] - 1, h, w)
-    origins = crops[:, :2].astype(np.int32)
-    return [p.reshape(-1, 2) - o for p, o in zip(points, origins)], crops
+    return points, crops, (-crops[:, :2]).tolist()
 
 
 def _quad_fills(quads: np.ndarray, h: int, w: int) -> Tuple[np.ndarray, np.ndarray]:
@@ -149,10 +152,8 @@ def quad_candidates(contours, config: PostprocessConfig, h: int, w: int) -> Cand
     keep = [i for i, _ in kept]
     quads = order_quads(box_points([r for _, r in kept]))
     if config.score_mode == "fast":
-        fills, crops = _quad_fills(quads, h, w)
-    else:
-        fills, crops = _point_fills([contours[i] for i in keep], h, w)
-    return Candidates(quads, fills, crops)
+        return Candidates(quads, *_quad_fills(quads, h, w))
+    return Candidates(quads, *_point_fills([contours[i] for i in keep], h, w))
 
 
 def polygon_candidates(contours, config: PostprocessConfig, h: int, w: int) -> Candidates:
@@ -177,11 +178,16 @@ def map_crops(prob: np.ndarray, crops: np.ndarray) -> List[np.ndarray]:
     return [prob[y0:y1 + 1, x0:x1 + 1] for x0, y0, x1, y1 in crops.tolist()]
 
 
-def masked_means(crops: list, fills) -> np.ndarray:
-    """Mean of each crop under its filled polygon (fillPoly + cv2.mean, as the reference)."""
+def masked_means(crops: list, fills, shifts: Optional[list] = None) -> np.ndarray:
+    """Mean of each crop under its filled polygon (fillPoly + cv2.mean, as the reference);
+    shifts: per polygon the (dx, dy) that puts it in crop coordinates (None: it is there)."""
     zeros, fill_poly, mean = np.zeros, cv2.fillPoly, cv2.mean  # one C call each per candidate
-    return np.array([mean(crop, fill_poly(zeros(crop.shape, np.uint8), (fill,), 1))[0]
-                     for crop, fill in zip(crops, fills)], np.float64)
+    if shifts is None:
+        return np.array([mean(crop, fill_poly(zeros(crop.shape, np.uint8), (fill,), 1))[0]
+                         for crop, fill in zip(crops, fills)], np.float64)
+    return np.array([mean(crop, fill_poly(zeros(crop.shape, np.uint8), (fill,), 1, cv2.LINE_8, 0,
+                                          shift))[0]
+                     for crop, fill, shift in zip(crops, fills, shifts)], np.float64)
 
 
 def finish(cand: Candidates, scores: np.ndarray, config: PostprocessConfig
@@ -201,4 +207,4 @@ def finish(cand: Candidates, scores: np.ndarray, config: PostprocessConfig
 def postprocess_map(prob: np.ndarray, config: PostprocessConfig) -> Tuple[List[np.ndarray], List[float]]:
     """One (H, W) float32 map -> (polygons in map pixels, scores), in the reference's order."""
     cand = find_candidates(binarize(prob, config), config)
-    return finish(cand, masked_means(map_crops(prob, cand.crops), cand.fills), config)
+    return finish(cand, masked_means(map_crops(prob, cand.crops), cand.fills, cand.shifts), config)

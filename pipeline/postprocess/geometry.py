@@ -147,20 +147,25 @@ def offset_polygon(poly, distance: float, offset: Optional[pyclipper.PyclipperOf
     return offset.Execute(float(distance))
 
 
-def _points(polygons: list) -> np.ndarray:
-    """pyclipper polygons -> one (k, 2) int32 array of all their points."""
-    rows = polygons[0] if len(polygons) == 1 else list(chain.from_iterable(polygons))
-    return np.fromiter(chain.from_iterable(rows), np.int32, 2 * len(rows)).reshape(-1, 2)
+def _point_arrays(polygons: list) -> List[np.ndarray]:
+    """pyclipper polygons (lists of [x, y] integers) -> (k, 2) int32 arrays, all converted in
+    one call (views of one array)."""
+    sizes = [len(p) for p in polygons]
+    flat = np.fromiter(chain.from_iterable(chain.from_iterable(polygons)), np.int32, 2 * sum(sizes))
+    flat = flat.reshape(-1, 2)
+    return [flat[end - size:end] for end, size in zip(np.cumsum(sizes).tolist(), sizes)]
 
 
 def expand_quads(quads: np.ndarray, distances: np.ndarray, min_side: float) -> list:
     """Offset each quad, take the minimum-area rectangle around the result; per quad the
     ordered (4, 2) float32 corners, or None when the rectangle's short side < min_side."""
-    rects, offset = [], pyclipper.PyclipperOffset()
-    for quad, distance in zip(quads.tolist(), distances.tolist()):
-        expanded = offset_polygon(quad, distance, offset)
-        rect = cv2.minAreaRect(_points(expanded)) if expanded else None
-        rects.append(rect if rect is not None and min(rect[1]) >= min_side else None)
+    offset = pyclipper.PyclipperOffset()
+    expanded = [offset_polygon(q, d, offset) for q, d in zip(quads.tolist(), distances.tolist())]
+    # all points of a result (pyclipper may return several polygons), as the reference
+    points = iter(_point_arrays([e[0] if len(e) == 1 else list(chain.from_iterable(e))
+                                 for e in expanded if e]))
+    rects = [cv2.minAreaRect(next(points)) if e else None for e in expanded]
+    rects = [r if r is not None and min(r[1]) >= min_side else None for r in rects]
     found = [r for r in rects if r is not None]
     if not found:
         return [None] * len(rects)
@@ -169,11 +174,19 @@ def expand_quads(quads: np.ndarray, distances: np.ndarray, min_side: float) -> l
 
 
 def expand_polygons(polys: list, ratio: float, min_side: float) -> List[Optional[np.ndarray]]:
-    """Unclip each polygon; None where it splits into several or its rectangle is too small."""
-    out, offset = [], pyclipper.PyclipperOffset()
-    for poly, distance in zip(polys, unclip_distances(polys, ratio).tolist()):
-        expanded = offset_polygon(poly.reshape(-1, 2).tolist(), distance, offset)
-        points = _points(expanded) if len(expanded) == 1 else None
+    """Unclip each polygon; None where it splits into several or its rectangle is too small.
+    The input and output points are converted for all polygons at once."""
+    if not polys:
+        return []
+    offset = pyclipper.PyclipperOffset()
+    rows = np.concatenate(polys).reshape(-1, 2).tolist()
+    sizes = [len(p) for p in polys]
+    expanded = [offset_polygon(rows[end - size:end], distance, offset) for end, size, distance
+                in zip(np.cumsum(sizes).tolist(), sizes, unclip_distances(polys, ratio).tolist())]
+    single = iter(_point_arrays([e[0] for e in expanded if len(e) == 1]))
+    out = []
+    for result in expanded:
+        points = next(single) if len(result) == 1 else None
         ok = points is not None and min(cv2.minAreaRect(points)[1]) >= min_side
         out.append(points if ok else None)  # int32, as pyclipper returns it
     return out

@@ -70,4 +70,5 @@ def postprocess_batch(prob, sizes, config: PostprocessConfig) -> List[Tuple[list
     cands: List[Candidates] = [find_candidates(bitmaps[m, :h, :w], config)
                                for m, (h, w) in enumerate(sizes)]
     crops = gather_crops(xp, prob, [c.crops for c in cands])
-    return [finish(c, masked_means(pixels, c.fills), config) for c, pixels in zip(cands, crops)]
+    return [finish(c, masked_means(pixels, c.fills, c.shifts), config)
+            for c, pixels in zip(cands, crops)]

@@ -120,5 +120,6 @@ def to_detections(polys, scores, box: Letterbox) -> Detections:
                                      box.frame_h))
     else:
         flat = to_frame(np.concatenate(polys), box.content_w, box.content_h, box.frame_w, box.frame_h)
-        frame_polys = tuple(np.split(flat, np.cumsum([len(p) for p in polys])[:-1]))
+        sizes = [len(p) for p in polys]
+        frame_polys = tuple(flat[end - size:end] for end, size in zip(np.cumsum(sizes).tolist(), sizes))
     return Detections(frame_polys, np.asarray(scores, np.float32))
