@@ -185,6 +185,10 @@ def format_summary(report: dict) -> str:
     if report.get("failed"):
         lines.append(f"  {report['failed']} frames failed in inference (last: "
                      f"{report['failures'][-1] if report.get('failures') else '?'})")
+    server = (report.get("model") or {}).get("server")
+    if server and (server.get("reconnects") or server.get("failed_requests")):
+        lines.append(f"  {server['url']}: {server['failed_requests']} failed requests, "
+                     f"{server['reconnects']} reconnects")
     for src in report.get("sources", []):
         if src.get("reconnects") or src.get("dropped"):
             lines.append(f"  {src['name']}: {src['dropped']} dropped, {src['reconnects']} reconnects")

@@ -18,6 +18,8 @@ from engine.triton.server import TritonServer, free_port
 from pipeline.cli import main
 from pipeline.detector import Detector
 from pipeline.runner import Pipeline
+from pipeline.serve.status import RunStatus
+from pipeline.serve.view import LiveFrames
 from pipeline.shipped import DEMO_VIDEO
 
 pytest.importorskip("tritonclient.grpc", reason="tritonclient is not installed: pip install 'dbrt[triton]'")
@@ -172,16 +174,41 @@ def test_a_server_restarted_mid_run_costs_only_the_frames_in_flight(outage):
 
     pipe = Pipeline([str(DEMO_VIDEO)], detector, close_detector=True, max_frames=60,
                     callbacks=[kill_at_frame_10])
+    status = RunStatus(pipe, LiveFrames())
+    reasons, done = set(), threading.Event()
+
+    def watch():  # what /healthz says during the run
+        while not done.is_set():
+            reasons.add(status.health()[1])
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
     try:
         pipe.run()
     finally:
+        done.set()
+        watcher.join()
         assert outage.restart_error is None, f"the server did not restart: {outage.restart_error}"
+    assert f"model server {outage.url} reconnecting" in reasons
+    assert "model server" not in status.health()[1]  # up again (the file source has ended)
+    scraped = _scrape(status)
+    assert "dbrt_model_server_reconnects_total 1.0" in scraped
+    assert "dbrt_model_server_up 1.0" in scraped
+    assert f"dbrt_inference_failed_frames_total {float(pipe.metrics.failed_frames)}" in scraped
     report = pipe.report()
     server = report["model"]["server"]
     assert outage.killed.is_set() and server["reconnects"] == 1
     assert report["failed"] >= 1 and report["failed"] == server["failed_requests"]  # batch 1
     assert report["frames"] + report["failed"] == 60 and report["lost"] == 0
     assert report["failures"] and outage.url in report["failures"][0]
+
+
+def _scrape(status) -> str:
+    prometheus_client = pytest.importorskip("prometheus_client")
+    from pipeline.serve.prometheus import registry_for
+
+    return prometheus_client.generate_latest(registry_for(status)).decode()
 
 
 def test_an_aborted_run_does_not_wait_for_a_server_that_is_away(outage):

@@ -115,9 +115,18 @@ class TritonRunner(Runner):
         """The model's max_batch_size (0: the model takes no batch dimension)."""
         return self._info.max_batch if self._info else 0
 
+    @property
+    def state(self) -> str:
+        """"up", "reconnecting" (a request failed; the next one waits for the server) or
+        "cancelled"."""
+        if self._cancelled.is_set():
+            return "cancelled"
+        return "up" if self._healthy.is_set() else "reconnecting"
+
     def describe(self) -> dict:
         with self._stats_lock:
-            return dict(url=str(self.url), shm=self.shm, inflight=self.options.inflight,
+            return dict(url=str(self.url), state=self.state, shm=self.shm,
+                        inflight=self.options.inflight,
                         max_batch=self.max_batch, failed_requests=self.failed_requests,
                         reconnects=self.reconnects)
 

@@ -4,7 +4,8 @@ pipeline's threads never call into prometheus_client (no cost between scrapes).
 Names (all prefixed dbrt_): frames_total, source_frames_read_total, source_dropped_frames_total,
 source_reconnects_total and source_up per stream; stage_latency_seconds (per stage) and
 end_to_end_latency_seconds histograms; queue_depth / queue_capacity per queue; batch_size
-histogram (frames per engine call); fps; inference_failed_frames_total; and the counters of other outputs (mqtt_*).
+histogram (frames per engine call); fps; inference_failed_frames_total (and for a triton:// model
+model_server_up, model_server_reconnects_total); and the counters of other outputs (mqtt_*).
 """
 from __future__ import annotations
 
@@ -60,6 +61,13 @@ class _RunCollector:
         yield core.CounterMetricFamily("dbrt_inference_failed_frames",
                                        "frames whose inference failed (a model server away)",
                                        value=self.status.pipeline.metrics.failed_frames)
+        server = self.status.model_server()
+        if server is not None:
+            yield core.GaugeMetricFamily("dbrt_model_server_up", "1 while the model server answers",
+                                         value=1.0 if server["state"] == "up" else 0.0)
+            yield core.CounterMetricFamily("dbrt_model_server_reconnects",
+                                           "reconnects to the model server",
+                                           value=server["reconnects"])
 
     def _latencies(self):
         metrics = self.status.pipeline.metrics

@@ -56,14 +56,24 @@ class RunStatus:
             end_to_end=metrics.end_to_end.summary(), batch_size=metrics.batch_summary(),
             queues={name: dict(g.summary(), depth=g.last) for name, g in metrics.queues.items()},
             streams=self.streams(), health=dict(zip(("ok", "reason"), self.health())),
+            model_server=self.model_server(), failed_frames=metrics.failed_frames,
             outputs={name: extra.counters() for name, extra in self.extras.items()})
 
     def health(self) -> Tuple[bool, str]:
         """(True, "ok") while every stream is up, else (False, the reasons): `stream 1
         (rtsp://cam2/s) reconnecting`, or for a source that gave up or broke, `stream 0 (cut.mp4)
-        failed: cut.mp4 ended early: 63 of 935 frames decoded`."""
+        failed: cut.mp4 ended early: 63 of 935 frames decoded`, or `model server
+        triton://host:8001/dbnet reconnecting`."""
         down = [_reason(s) for s in self.pipeline.sources if s.state != "up"]
+        server = self.model_server()
+        if server is not None and server["state"] != "up":
+            down.append(f"model server {server['url']} {server['state']}")
         return (not down, "; ".join(down) or "ok")
+
+    def model_server(self) -> Optional[dict]:
+        """The remote model's state and counters (a triton:// model), else None."""
+        runner = getattr(getattr(self.pipeline, "detector", None), "runner", None)
+        return runner.describe() if getattr(runner, "remote", False) else None
 
 
 def _reason(source) -> str:
