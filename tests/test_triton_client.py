@@ -4,6 +4,7 @@ repository written by `dbrt triton export`); skipped with a message where .venv-
 Inputs are small: the server shares this machine's cores."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import threading
 import time
@@ -104,12 +105,28 @@ def test_an_unreachable_server_a_missing_model_and_a_stray_flag_are_one_line(url
     assert "--triton-shm applies to a triton://" in line
     line = _one_error_line(capsys, base + ["--model", "triton://127.0.0.1/"])
     assert "bad Triton model URL" in line
+    if importlib.util.find_spec("cuda") is None:  # cuda-python: CUDA shared memory
+        line = _one_error_line(capsys, base + ["--model", url, "--triton-shm", "cuda"])
+        assert f"{url}: CUDA shared memory needs an NVIDIA GPU" in line
 
 
 def test_the_post_processing_ensemble_is_refused_with_a_hint(triton_server):
     url = f"triton://{triton_server.grpc_url}/dbnet_detect"
     with pytest.raises(ModelError, match=r"dbnet_detect: tensor .* is BYTES .* probability map"):
         Detector(url)
+
+
+def test_shared_memory_the_server_cannot_map_is_one_line_at_start(url, monkeypatch):
+    """A server on another machine cannot open our POSIX shared memory: stand in for it with a
+    region whose key does not exist, so the server's shm_open fails the same way."""
+    from engine.triton import shm
+
+    made = shm._SystemMemory.create
+    monkeypatch.setattr(shm._SystemMemory, "create", lambda self, name, size: shm.Region(
+        name, "/dbrt-nowhere", size, made(self, name, size).handle))
+    options = RunnerOptions(triton=TritonOptions(shm="system"))
+    with pytest.raises(ModelError, match=r"cannot use system shared memory .* --triton-shm none"):
+        Detector(url, options=options)
 
 
 def test_shapes_the_model_cannot_take_are_refused_before_sending(url):

@@ -77,8 +77,7 @@ class TritonRunner(Runner):
         try:
             self._info = read_model_info(self._client, self.url, self.options.connect_timeout)
             self._inputs, self._outputs = self._info.inputs, self._info.outputs
-            self._pool = SlotPool(memory(self.shm, self._client, self.options.connect_timeout),
-                                  self.options.inflight, self.url.model)
+            self._pool = self._slots()
         except BaseException:
             self._client.close()
             raise
@@ -90,6 +89,16 @@ class TritonRunner(Runner):
         self._cancelled.set()
         for call in list(self._calls.values()):
             call.cancel()
+
+    def _slots(self) -> SlotPool:
+        """The request slots, their shared memory checked with the server once."""
+        try:
+            pool = SlotPool(memory(self.shm, self._client, self.options.connect_timeout),
+                            self.options.inflight, self.url.model)
+            pool.probe()
+        except ModelError as exc:
+            raise ModelError(f"{self.url}: {exc}") from None
+        return pool
 
     def _deactivate(self) -> None:
         try:

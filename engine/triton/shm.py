@@ -9,6 +9,7 @@ flight. The CUDA path follows tritonclient's documented API and has not run on a
 """
 from __future__ import annotations
 
+import importlib
 import itertools
 import os
 import queue
@@ -87,7 +88,12 @@ class _CudaMemory(_SystemMemory):
 
     def __init__(self, client, timeout: float, device: int = 0):
         _NoMemory.__init__(self, client, timeout)
-        self.lib = require("tritonclient.utils.cuda_shared_memory")
+        try:  # raises RuntimeError, not ImportError, without cuda-python
+            self.lib = importlib.import_module("tritonclient.utils.cuda_shared_memory")
+        except Exception as exc:  # noqa: BLE001
+            raise ModelError(f"CUDA shared memory needs an NVIDIA GPU and tritonclient's CUDA "
+                             f"support (pip install 'tritonclient[cuda]'): "
+                             f"{_line(exc)}") from None
         self.device = device
 
     def create(self, name: str, size: int) -> Region:
@@ -159,6 +165,21 @@ class SlotPool:
         slot.regions[tensor] = region
         return region
 
+    def probe(self) -> None:
+        """Register one small region and drop it again: a server that cannot map our memory
+        (another machine, no GPU) is found before the first frame, not at every request."""
+        if not self.shared:
+            return
+        region = self.mem.create(f"{self._prefix}_probe_{next(_serial)}", 64)
+        try:
+            self.mem.register(region)
+        except Exception as exc:  # noqa: BLE001
+            raise ModelError(f"the server cannot use {self.mem.kind} shared memory from this "
+                             f"client ({_line(exc)}); is it on this machine? --triton-shm none "
+                             f"sends the tensors inside the gRPC messages") from None
+        finally:
+            self._drop(region)
+
     def register_again(self) -> None:
         """After a server restart: the regions still exist here, the server forgot them."""
         for region in self._regions():
@@ -189,6 +210,11 @@ class SlotPool:
         except Exception:  # noqa: BLE001 - the server may be gone; free our side anyway
             pass
         self.mem.destroy(region)
+
+
+def _line(exc: BaseException) -> str:
+    text = exc.message() if hasattr(exc, "message") and callable(exc.message) else str(exc)
+    return (text or type(exc).__name__).strip().splitlines()[0]
 
 
 def nbytes_of(shape, dtype) -> int:
