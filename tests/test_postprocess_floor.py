@@ -1,0 +1,30 @@
+"""benchmarks/postprocess_floor: the reference's shared calls are counted, the reference is left
+as it was, and the floor is a part of the reference's time."""
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+
+from benchmarks import postprocess_floor as floor
+from postprocess_maps import dense_map
+import reference_db
+
+
+def test_instrumented_reference_counts_the_shared_calls_and_is_restored():
+    maps = [dense_map(np.random.default_rng(0), 96, 160, 12)]
+    config = floor.bench.CONFIG
+    ref = floor.bench.reference_impl(config)
+    plain = ref(maps[0])
+    spent = collections.defaultdict(lambda: [0.0, 0])
+    with floor.instrumented(spent):
+        timed = ref(maps[0])
+    assert reference_db.cv2 is floor.cv2 and reference_db.pyclipper.__name__ == "pyclipper"
+    assert len(timed[0]) == len(plain[0]) > 0
+    assert all(np.array_equal(a, b) for a, b in zip(timed[0], plain[0]))
+    assert spent["findContours"][1] == 1 and spent["pyclipper offset"][1] == len(plain[0])
+    assert spent["minAreaRect"][1] >= 2 * len(plain[0]) and spent["mean"][1] >= len(plain[0])
+
+    row = floor.floor_row(config, {"tiny": maps}, repeats=1, bias=floor.timer_cost(100))
+    assert 0 < row["shared_calls_ms"] < row["floor_ms"]
+    assert row["setting"] == "quad/fast" and row["ceiling"] > 0 and row["speedup_cpu"] > 0
