@@ -68,12 +68,12 @@ class Runner(abc.ABC):
     asynchronous = False
 
     def submit(self, feed) -> Future:
-        """Start one batch; the Future's result is what `infer` returns. Shapes are checked
-        here; other failures come out of `result()`. Local runners run the batch at once."""
-        feed = self._checked(feed)
+        """Start one batch; the Future's result is what `infer` returns. Local runners run it
+        here through `infer` (its errors come out of `result()`); remote ones send it and
+        return (they check shapes before sending, raising here)."""
         future: Future = Future()
         try:
-            future.set_result(self._infer(feed))
+            future.set_result(self.infer(feed))
         except Exception as exc:  # noqa: BLE001 - handed to whoever waits for the result
             future.set_exception(exc)
         return future
