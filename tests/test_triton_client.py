@@ -14,7 +14,7 @@ import pytest
 
 from engine.errors import ModelError, ShapeError
 from engine.loader import RunnerOptions
-from engine.triton.options import TritonOptions, TritonUrl
+from engine.triton.options import TritonOptions
 from engine.triton.server import TritonServer, free_port
 from pipeline.cli import main
 from pipeline.detector import Detector
@@ -280,13 +280,3 @@ def test_dbrt_run_gives_up_with_one_line_when_the_server_stays_away(outage, tmp_
     assert len(err) == 1 and f"lost {outage.url}: gave up after 2 reconnect attempts" in err[0]
     report = json.loads((out / "report.json").read_text())
     assert report["failed"] >= 1 and report["frames"] >= 5
-
-
-def test_urls_parse_and_say_whether_shared_memory_can_be_used():
-    url = TritonUrl.parse("triton://localhost/dbnet/2")
-    assert (url.address, url.model, url.version, url.is_local) == ("localhost:8001", "dbnet", "2", True)
-    assert TritonOptions().shm_for(url) == "system"
-    assert TritonOptions().shm_for(TritonUrl.parse("triton://gpu-box:9001/db")) == "none"
-    for bad in ("triton://", "triton://host:99999/m", "triton://host/a/b/c", "http://host/m"):
-        with pytest.raises(ModelError, match="bad Triton model URL"):
-            TritonUrl.parse(bad)

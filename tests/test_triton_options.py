@@ -1,0 +1,66 @@
+"""The Triton client's settings without a server: triton:// URLs, shared memory choice, back-off,
+and what the loader and the command line refuse (one line each)."""
+from __future__ import annotations
+
+import pytest
+
+from engine.errors import ModelError
+from engine.loader import RunnerOptions, load_runner
+from engine.triton.options import TritonOptions, TritonUrl
+from pipeline.cli import main
+
+URL = "triton://127.0.0.1:8001/dbnet"
+
+
+def test_urls_parse_and_say_whether_shared_memory_can_be_used():
+    url = TritonUrl.parse("triton://localhost/dbnet/2")
+    assert (url.address, url.model, url.version, url.is_local) == ("localhost:8001", "dbnet", "2", True)
+    assert str(url) == "triton://localhost:8001/dbnet/2"
+    assert TritonUrl.parse("triton://[::1]:9001/m").address == "[::1]:9001"
+    assert TritonOptions().shm_for(url) == "system"
+    assert TritonOptions().shm_for(TritonUrl.parse("triton://gpu-box:9001/db")) == "none"
+    assert TritonOptions(shm="none").shm_for(url) == "none"
+    for bad in ("triton://", "triton://host:99999/m", "triton://host/a/b/c", "http://host/m",
+                "triton://host:0/m"):
+        with pytest.raises(ModelError, match="bad Triton model URL"):
+            TritonUrl.parse(bad)
+
+
+def test_the_back_off_doubles_up_to_its_cap_and_stops_after_the_retries():
+    assert list(TritonOptions(retries=6, delay=0.5).delays()) == [0.5, 1, 2, 4, 8, 8]
+    forever = TritonOptions(retries=None, delay=1).delays()
+    assert [next(forever) for _ in range(5)] == [1, 2, 4, 8, 8]
+    for bad in (dict(shm="gpu"), dict(inflight=0), dict(timeout=0), dict(retries=-1)):
+        with pytest.raises(ModelError):
+            TritonOptions(**bad)
+
+
+def test_the_loader_refuses_local_options_for_a_served_model_and_the_reverse(tmp_path):
+    with pytest.raises(ModelError, match=r"the Triton model triton://.* cannot honour .*threads=2"):
+        load_runner(URL, options=RunnerOptions(threads=2))
+    with pytest.raises(ModelError, match="picks its backend and device"):
+        load_runner(URL, device="cuda")
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"x")
+    with pytest.raises(ModelError, match="ONNX Runtime cannot honour the option.*triton="):
+        load_runner(model, options=RunnerOptions(triton=TritonOptions()))
+
+
+def test_a_served_model_is_not_loaded_before_it_is_activated():
+    runner = load_runner(URL, options=RunnerOptions(triton=TritonOptions(inflight=3)))
+    assert runner.name == "triton" and runner.asynchronous and not runner.is_active
+    assert runner.options.inflight == 3 and runner.shm == "system"
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--triton-shm", "none"], "--triton-shm applies to a triton://HOST:PORT/NAME --model only"),
+    (["--triton-timeout", "5"], "--triton-timeout applies to a triton://"),
+    (["--model", URL, "--triton-inflight", "0"], "argument --triton-inflight: must be an integer >= 1"),
+    (["--model", URL, "--triton-timeout", "0"], "argument --triton-timeout: must be a number > 0"),
+    (["--model", URL, "--triton-shm", "gpu"], "argument --triton-shm: invalid choice"),
+    (["--model", URL, "--threads", "2"], "cannot honour the option(s) threads=2"),
+])
+def test_dbrt_run_refuses_triton_flags_that_do_not_fit_with_one_line(flags, message, tmp_path, capsys):
+    assert main(["run", "--max-frames", "1", "--no-video", "-o", str(tmp_path), *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
