@@ -61,7 +61,7 @@ class _TimedOffset:
 
     def __init__(self, pyclipper, spent):
         self._offset = pyclipper.PyclipperOffset()
-        self._execute = _timed(self._offset.Execute, "pyclipper offset", spent)
+        self._execute = _timed(self._offset.Execute, "pyclipper_offset", spent)
 
     def AddPath(self, *args):  # noqa: N802 - pyclipper's name
         return self._offset.AddPath(*args)
@@ -121,15 +121,14 @@ def floor_row(config, sets: Dict[str, List[np.ndarray]], repeats: int, bias: flo
                     best = calls
             totals.update(best)
     shared = sum(v for k, v in totals.items() if k not in ("reference", "ours", "map read"))
-    floor = shared + totals["map read"]
+    floor = max(shared + totals["map read"], 1e-9)  # tiny maps can read as 0 s
     row = dict(setting=bench.setting_name(config), reference_ms=totals["reference"] * 1e3,
                ours_ms=totals["ours"] * 1e3, shared_calls_ms=shared * 1e3,
                map_read_ms=totals["map read"] * 1e3, floor_ms=floor * 1e3,
                floor_share=floor / totals["reference"], ceiling=totals["reference"] / floor,
-               speedup_cpu=totals["reference"] / totals["ours"],
+               speedup_cpu=totals["reference"] / max(totals["ours"], 1e-9),
                ours_over_floor_ms=(totals["ours"] - floor) * 1e3)
-    row.update({f"{k}_ms": v * 1e3 for k, v in sorted(totals.items())
-                if k not in ("reference", "ours", "map read")})
+    row.update({f"{k}_ms": totals[k] * 1e3 for k in (*SHARED_CV2, "pyclipper_offset")})
     return {k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}
 
 

@@ -22,9 +22,10 @@ def test_instrumented_reference_counts_the_shared_calls_and_is_restored():
     assert reference_db.cv2 is floor.cv2 and reference_db.pyclipper.__name__ == "pyclipper"
     assert len(timed[0]) == len(plain[0]) > 0
     assert all(np.array_equal(a, b) for a, b in zip(timed[0], plain[0]))
-    assert spent["findContours"][1] == 1 and spent["pyclipper offset"][1] == len(plain[0])
+    assert spent["findContours"][1] == 1 and spent["pyclipper_offset"][1] >= len(plain[0])
     assert spent["minAreaRect"][1] >= 2 * len(plain[0]) and spent["mean"][1] >= len(plain[0])
 
     row = floor.floor_row(config, {"tiny": maps}, repeats=1, bias=floor.timer_cost(100))
-    assert 0 < row["shared_calls_ms"] < row["floor_ms"]
+    assert 0 < row["shared_calls_ms"] <= row["floor_ms"]
     assert row["setting"] == "quad/fast" and row["ceiling"] > 0 and row["speedup_cpu"] > 0
+    assert row["approxPolyDP_ms"] == 0 and row["findContours_ms"] > 0  # every call has a column
