@@ -4,8 +4,10 @@ same pipeline writing JSON lines only.
 
 Modes alternate `--rounds` times on the same video and detector so that a shared machine's
 changing load hits all of them; each mode's FPS is pooled over its passes (frames / summed
-seconds). Every pass must process every frame (checked). The viewer reads the MJPEG stream
-without pause for the whole pass (at the server's capped rate, 10 pictures a second).
+seconds); each pass also records the process's CPU time, which the neighbours' load moves far
+less than wall time. Every pass must process every frame (checked). The viewer, a process of its
+own, reads the MJPEG stream without pause for the whole pass (at the server's capped rate, 10
+pictures a second).
 Targets: --serve with a viewer >= 0.95 x without; --mqtt adds < 1 % to the wall time.
 The MQTT mode runs only where a `mosquitto` binary is installed.
 
@@ -58,6 +60,47 @@ class Viewer(threading.Thread):
             conn.close()
 
 
+_VIEWER_SCRIPT = """
+import http.client, signal, sys
+signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
+parts = 0
+try:
+    conn = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]), timeout=30)
+    conn.request("GET", "/stream/0.mjpg")
+    print("connected", flush=True)  # the headers come with the first picture
+    response = conn.getresponse()  # kept: its fp closes with it
+    fp = response.fp
+    while True:
+        line = fp.readline()
+        if not line:
+            break
+        if line.lower().startswith(b"content-length:"):
+            fp.readline()
+            fp.read(int(line.split(b":")[1]))
+            parts += 1
+except OSError:
+    pass
+finally:
+    print(parts, flush=True)
+"""
+
+
+class ViewerProcess:
+    """The Viewer in a process of its own, so that the run's process CPU time is the server's
+    side only; connected when the constructor returns. `stop()` returns the JPEG parts read."""
+
+    def __init__(self, port: int):
+        self.proc = subprocess.Popen([sys.executable, "-c", _VIEWER_SCRIPT, str(port)],
+                                     stdout=subprocess.PIPE, text=True)
+        if self.proc.stdout.readline().strip() != "connected":
+            raise RuntimeError("the MJPEG viewer could not connect")
+
+    def stop(self) -> int:
+        self.proc.terminate()
+        out, _ = self.proc.communicate(timeout=30)
+        return int(out.strip() or 0)
+
+
 def start_mosquitto(workdir: Path, port: Optional[int] = None):
     """(process, port) of a Mosquitto on loopback (`port`, else a free one), or (None, None)
     where none is installed."""
@@ -94,28 +137,36 @@ def one_pass(video: Path, detector, workdir: Path, mode: str, broker_port: Optio
 
         sink = ServeSink(pipe, port=0)
         pipe.sinks.append(sink)
-        viewer = Viewer(sink.server.port)
-        viewer.start()
-        while not viewer.is_alive():
-            time.sleep(0.01)
+        viewer = ViewerProcess(sink.server.port)
     elif mode == "mqtt, 1 event per frame":
         from pipeline.mqtt import MqttSink
 
         mqtt = MqttSink(f"mqtt://127.0.0.1:{broker_port}/bench/events")
         pipe.sinks.append(mqtt)
+    cpu = time.process_time()
     report = pipe.run()
+    cpu = time.process_time() - cpu
     if viewer is not None:
-        viewer.stop.set()
-        extra["mjpeg_parts"] = viewer.parts
+        extra["mjpeg_parts"] = viewer.stop()
     if mode.startswith("mqtt"):
         extra.update({k: v for k, v in mqtt.counters().items() if k.endswith("_total")})
     return dict(mode=mode, frames=report["frames"], seconds=report["wall_s"], fps=report["fps"],
+                cpu_ms_per_frame=round(cpu * 1e3 / max(1, report["frames"]), 2),
                 infer_p50_ms=report["stages"]["infer"]["p50_ms"], **extra)
 
 
 def _pooled(rows, mode: str) -> float:
     chosen = [r for r in rows if r["mode"] == mode]
     return sum(r["frames"] for r in chosen) / sum(r["seconds"] for r in chosen)
+
+
+def _cpu_ratio(rows, mode: str, base: str) -> float:
+    """Process CPU time per frame of `mode` over that of `base` (pooled over the passes)."""
+    def per_frame(name):
+        chosen = [r for r in rows if r["mode"] == name]
+        return (sum(r["cpu_ms_per_frame"] * r["frames"] for r in chosen)
+                / sum(r["frames"] for r in chosen))
+    return round(per_frame(mode) / per_frame(base), 3)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -161,6 +212,7 @@ def write_results(args, video, expected, rows, modes, load_before, load_after) -
     base = _pooled(rows, modes[0])
     serve_ratio = round(_pooled(rows, modes[1]) / base, 3)
     mqtt_extra = round(base / _pooled(rows, modes[2]) - 1, 4) if len(modes) > 2 else None
+    cpu = {mode: _cpu_ratio(rows, mode, modes[0]) for mode in modes[1:]}
     complete = all(r["frames"] == expected for r in rows)
     # run-to-run spread of the baseline: differences smaller than this are load, not cost
     fps = [r["fps"] for r in rows if r["mode"] == modes[0]]
@@ -172,7 +224,7 @@ def write_results(args, video, expected, rows, modes, load_before, load_after) -
                    serve_meets_target=serve_ratio >= SERVE_TARGET,
                    mqtt_extra_wall_time=mqtt_extra, mqtt_target=MQTT_TARGET,
                    mqtt_meets_target=None if mqtt_extra is None else mqtt_extra < MQTT_TARGET,
-                   baseline_spread=spread,
+                   baseline_spread=spread, cpu_per_frame_ratio=cpu,
                    load_average_before=load_before, load_average_after=load_after, rows=rows,
                    machine=info)
     out = common.results_dir()
@@ -184,7 +236,10 @@ def write_results(args, video, expected, rows, modes, load_before, load_after) -
                f"ONNX Runtime CPU, {args.threads} thread(s), {args.rounds} rounds. Every pass processed "
                f"every frame: **{complete}**. With --serve and one viewer: **{serve_ratio:.3f}** x the "
                f"throughput without (target {SERVE_TARGET}: {'met' if serve_ratio >= SERVE_TARGET else 'NOT met'}); "
-               f"--mqtt: **{mqtt_text}**. The baseline's own passes spread over {spread:.0%} of its "
+               f"--mqtt: **{mqtt_text}**. Process CPU time per frame against the baseline "
+               f"(the viewer and the broker are other processes): "
+               + ", ".join(f"{m} {r:.3f} x" for m, r in cpu.items()) +
+               f". The baseline's own passes spread over {spread:.0%} of its "
                f"FPS: differences smaller than that are the machine's load, not a cost. 1-minute load "
                f"average {load_before[0]:.1f} before, {load_after[0]:.1f} after (shared machine: modes "
                f"alternate, FPS pooled per mode).")
