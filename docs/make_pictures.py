@@ -1,0 +1,109 @@
+"""The README's pictures, made from the bundled synthetic demo video (our own, see `dbrt synth`).
+
+    python docs/make_pictures.py live_view      # docs/img/live_view.png: the --serve page
+
+live_view runs `dbrt run --serve` on the demo video (with --read and --track where the read /
+track extras are installed), opens the page in headless Chromium (Debian's `chromium`) once
+several texts are in view, and keeps the screenshot under 200 KB (a 256-colour PNG).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+IMG = REPO / "docs" / "img"
+MAX_BYTES = 200_000
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--hide-scrollbars", "--virtual-time-budget=4000"]
+READS = all(importlib.util.find_spec(m) for m in ("rapidocr", "supervision"))  # --read --track
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _status(port: int) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status", timeout=5) as response:
+        return json.load(response)
+
+
+def _wait_for_texts(port: int, proc: subprocess.Popen, limit_s: float = 300.0) -> None:
+    """Until the tile has shown a few seconds of video and several texts (when reading)."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            streams = _status(port)["streams"]
+        except OSError:
+            streams = []
+        if streams and all(s["frames"] >= 110 and (len(s["texts"]) >= 3 or not READS)
+                           for s in streams):
+            return
+        time.sleep(0.2)
+    raise SystemExit(f"make_pictures: the run ended or stalled before there was much to show: "
+                     f"{proc.stderr.read() if proc.poll() is not None else 'timed out'}")
+
+
+def live_view(out: Path = IMG / "live_view.png", size=(800, 700)) -> Path:
+    from PIL import Image
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        raise SystemExit("make_pictures: chromium is not installed (apt-get install chromium)")
+    from pipeline.shipped import DEMO_VIDEO
+
+    demo = DEMO_VIDEO.relative_to(REPO)  # the name the page shows
+    port = _free_port()
+    extra = ["--read", "--track"] if READS else []
+    with tempfile.TemporaryDirectory() as tmp:
+        proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(demo), *extra,
+                                 "--serve", str(port), "--no-video",
+                                 "--quiet", "-o", f"{tmp}/out"], cwd=REPO,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            _wait_for_texts(port, proc)
+            shot = Path(tmp) / "page.png"
+            subprocess.run([chromium, *CHROMIUM_FLAGS, f"--window-size={size[0]},{size[1]}",
+                            f"--user-data-dir={tmp}/profile", f"--screenshot={shot}",
+                            f"http://127.0.0.1:{port}/"], capture_output=True, timeout=180,
+                           check=True)
+        finally:
+            proc.send_signal(signal.SIGINT)
+            proc.communicate(timeout=120)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        Image.open(shot).convert("RGB").quantize(256).save(out, optimize=True)
+    if out.stat().st_size > MAX_BYTES:
+        raise SystemExit(f"make_pictures: {out} is {out.stat().st_size} bytes (> {MAX_BYTES})")
+    print(f"wrote {out} ({out.stat().st_size // 1024} KB)")
+    return out
+
+
+PICTURES = {"live_view": live_view}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python docs/make_pictures.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("pictures", nargs="*", choices=sorted(PICTURES), metavar="PICTURE",
+                   help=f"which pictures (default: all of {', '.join(sorted(PICTURES))})")
+    for name in p.parse_args(argv).pictures or sorted(PICTURES):
+        PICTURES[name]()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO))
+    sys.exit(main())
