@@ -127,7 +127,7 @@ def listen_address(text: str):
 
 
 def broker_url(text: str) -> str:
-    """mqtt[s]://[user:pass@]HOST[:PORT]/TOPIC, checked now (pipeline.mqtt.parse_broker_url)."""
+    """mqtt[s]://[user:pass@]HOST[:PORT]/TOPIC[?ca=FILE], checked now (pipeline.mqtt.parse_broker_url)."""
     from pipeline.mqtt import parse_broker_url
 
     try:
