@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 
@@ -75,6 +76,22 @@ def test_nothing_of_the_server_outlives_it(triton_venv, tmp_path, end):
     getattr(server, end)()
     server.close()
     assert no_process_left(group)
+
+
+def test_a_server_started_from_a_worker_thread_outlives_the_thread(triton_venv, tmp_path):
+    """The parent-death signal follows the thread that forked, so a server started from a thread
+    that then ends (a restart thread, a web handler) must keep running until it is closed."""
+    started = []
+    worker = threading.Thread(target=lambda: started.append(
+        TritonServer(python_model_repository(tmp_path), venv=str(triton_venv)).start()))
+    worker.start()
+    worker.join()
+    server = started[0]
+    try:
+        time.sleep(1.0)  # a SIGTERM from the ended thread would have arrived by now
+        assert server.process.poll() is None and server.is_ready()
+    finally:
+        server.close()
 
 
 def test_a_broken_config_is_one_clear_error(triton_venv, tmp_path):

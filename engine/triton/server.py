@@ -26,6 +26,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -123,8 +124,9 @@ def _error_message(line: str) -> Optional[str]:
 
 
 def _terminate_with_parent() -> None:
-    """In the server's process, before exec: SIGTERM it when the process (thread) that started it
-    ends, so a crashed or killed caller leaves no server behind (Linux; elsewhere a no-op)."""
+    """In the server's process, before exec: SIGTERM it when the caller dies, so a crashed or
+    killed caller leaves no server behind (Linux; elsewhere a no-op). The kernel ties this to the
+    *thread* that forked, so it is only set up from the main thread (see TritonServer.start)."""
     try:
         import ctypes
 
@@ -230,13 +232,19 @@ class TritonServer:
         self.process = subprocess.Popen(self.command(backends), stdout=self._log_file,
                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                         env=self.install.environment(), start_new_session=True,
-                                        preexec_fn=_terminate_with_parent)
+                                        preexec_fn=self._death_signal())
         try:
             self._wait_ready()
         except BaseException:
             self.close()
             raise
         return self
+
+    @staticmethod
+    def _death_signal():
+        """The parent-death signal only from the main thread: started from a worker thread the
+        server would get SIGTERM as soon as that thread ends; close() / `with` stop it there."""
+        return _terminate_with_parent if threading.current_thread() is threading.main_thread() else None
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.ready_timeout
