@@ -64,26 +64,26 @@ def binarize(prob: np.ndarray, config: PostprocessConfig) -> np.ndarray:
 
 
 def _threshold_dilated(prob: np.ndarray, thresh: float, rows: int, out: np.ndarray) -> float:
-    """out = cv2.dilate(prob > thresh, 2x2 kernel): a pixel is set when it or its left, upper or
+    """out = cv2.dilate(prob > thresh, 2x2 kernel): a pixel is set when it or its upper, left or
     upper-left neighbour is; per strip two single-threaded maxima (OpenCV's threaded dilate
-    spends several times the CPU time on a busy machine): with the column to the left, then
-    with the row above (row 0 of `wide` carries the previous strip's last row). Returns the
+    spends several times the CPU time on a busy machine): with the row above (row 0 of `bits`
+    carries the previous strip's last row), then with the column to the left. Returns the
     map's float64 sum."""
     h, w = prob.shape
-    bits = scratch("strip", (rows, w), np.uint8)
-    wide = scratch("strip_wide", (rows + 1, w), np.uint8)
-    wide[rows] = 0  # nothing above the first row
+    bits = scratch("strip", (rows + 1, w), np.uint8)
+    both = scratch("strip_rows", (rows, w), np.uint8)
+    bits[rows] = 0  # nothing above the first row
     total = 0.0
     for y in range(0, h, rows):
         strip = prob[y:y + rows]
         n = len(strip)
         total += cv2.sumElems(strip)[0]
-        np.greater(strip, thresh, out=bits[:n].view(np.bool_))
-        wide[0] = wide[rows]
-        wide[1:n + 1, 0] = bits[:n, 0]
+        bits[0] = bits[rows]
+        np.greater(strip, thresh, out=bits[1:n + 1].view(np.bool_))
+        cv2.max(bits[1:n + 1], bits[:n], dst=both[:n])
+        out[y:y + n, 0] = both[:n, 0]
         if w > 1:
-            cv2.max(bits[:n, 1:], bits[:n, :-1], dst=wide[1:n + 1, 1:])
-        cv2.max(wide[1:n + 1], wide[:n], dst=out[y:y + n])
+            cv2.max(both[:n, 1:], both[:n, :-1], dst=out[y:y + n, 1:])
     return total
 
 
