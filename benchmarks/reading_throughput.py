@@ -117,6 +117,7 @@ def measure_video(path: Path, count: int, n_chunks: int, detector, engine) -> di
     rapidocr_run(engine, images[:1])
     seconds = dict.fromkeys(WAYS, 0.0)
     texts = dict.fromkeys(WAYS, 0)
+    per_chunk = {way: [] for way in WAYS}  # FPS per turn: how much the load moved
     ways = {"calls alone": lambda part: calls_alone(detector, [f.image for f in part]),
             "pipeline": lambda part: pipeline_run(detector, part, path.name),
             "rapidocr": lambda part: rapidocr_run(engine, [f.image for f in part])}
@@ -126,7 +127,9 @@ def measure_video(path: Path, count: int, n_chunks: int, detector, engine) -> di
         for way in order:
             t0 = time.perf_counter()
             texts[way] += ways[way](part)
-            seconds[way] += time.perf_counter() - t0
+            took = time.perf_counter() - t0
+            seconds[way] += took
+            per_chunk[way].append(round(len(part) / took, 3))
     fps = {way: len(frames) / seconds[way] for way in WAYS}
     return {"video": path.name, "frame_size": list(images[0].shape[:2]), "frames": len(frames),
             "chunks": n_chunks, "fps_calls_alone": round(fps["calls alone"], 3),
@@ -135,15 +138,18 @@ def measure_video(path: Path, count: int, n_chunks: int, detector, engine) -> di
             "pipeline_vs_calls_alone": round(fps["pipeline"] / fps["calls alone"], 3),
             "texts_read_dbrt": texts["pipeline"], "texts_read_rapidocr": texts["rapidocr"],
             "load_1min_before": round(load_before, 2),
-            "load_1min_after": round(os.getloadavg()[0], 2)}
+            "load_1min_after": round(os.getloadavg()[0], 2),
+            "fps_per_chunk": per_chunk}
 
 
-def videos(frames: int, demo_frames: int) -> list:
+def videos(frames: int, demo_frames: int, only: Optional[str] = None) -> list:
     from pipeline.shipped import DEMO_VIDEO
 
     out = [(Path(DEMO_VIDEO), demo_frames)] if demo_frames > 0 else []
     folder = common.SHARED_DATA / "video"
     for name in SHARED_VIDEOS:
+        if only and only not in name:
+            continue
         if (folder / name).is_file():
             out.append((folder / name, frames))
         else:
@@ -166,10 +172,11 @@ def write_results(rows: list, info: dict, args) -> Path:
         "chunk by chunk (the order rotating); FPS = frames / summed seconds. Texts read = "
         "non-empty readings summed over the frames. `load_1min_*`: the machine's 1-minute load "
         "average (2 cores, shared with other jobs) before and after the video.\n")
+    table = common.markdown_table(rows, [k for k in rows[0] if k != "fps_per_chunk"])
     common.write_markdown(out / "reading_throughput.md",
                           "Reading text on video: dbrt pipeline vs calls alone vs RapidOCR", [
                               ("FPS with reading on (same frames, same recognizer model)",
-                               common.markdown_table(rows) + "\n" + note)], info)
+                               table + "\n" + note)], info)
     return out
 
 
@@ -178,6 +185,7 @@ def main(argv=None) -> int:
     parser.add_argument("--frames", type=int, default=150, help="first N frames of each shared video")
     parser.add_argument("--demo-frames", type=int, default=50, help="first N frames of the demo (0: skip)")
     parser.add_argument("--chunks", type=int, default=3, help="turns per video (the order rotates)")
+    parser.add_argument("--only", help="only the shared videos whose name contains this")
     args = parser.parse_args(argv)
     if optional("rapidocr") is None:
         print("reading_throughput: needs rapidocr (pip install 'dbrt[read]'); nothing written")
@@ -187,7 +195,7 @@ def main(argv=None) -> int:
     engine = rapidocr_engine()
     rows = []
     with Detector(read=True, device="cpu") as detector:
-        for path, count in videos(args.frames, args.demo_frames):
+        for path, count in videos(args.frames, args.demo_frames, args.only):
             rows.append(measure_video(path, count, args.chunks, detector, engine))
             print(rows[-1], flush=True)
     out = write_results(rows, common.machine_info(), args)
