@@ -37,6 +37,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from benchmarks import common
+from benchmarks.serve_overhead import rotated
 
 VIDEO = common.SHARED_DATA / "video" / "pexels_lightbox_text_960x506.mp4"
 TARGET = 0.9
@@ -199,16 +200,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _passes(args, video, detector, workdir, broker_port) -> list:
-    """Interleaved (load drifts hit every mode): per round inference only, JSON lines, then the
-    watched modes; the annotated-video pass and a last inference-only pass at the end."""
+    """Interleaved (load drifts hit every mode): per round inference only, then JSON lines and
+    the watched modes in a rotated order; the annotated-video pass and a last inference-only
+    pass at the end."""
     def pipeline(mode):
         return lambda: full_pipeline(video, detector, args.batch, workdir, mode, broker_port)
 
     watched = [] if args.no_watch else [SERVE] + ([MQTT] if broker_port else [])
     infer = lambda: inference_only(video, detector, args.batch)  # noqa: E731
     passes = []
-    for _ in range(args.rounds):
-        passes += [infer, pipeline(JSONL)] + [pipeline(m) for m in watched]
+    for round_ in range(args.rounds):
+        passes += [infer] + [pipeline(m) for m in rotated([JSONL] + watched, round_)]
     return passes + ([] if args.no_video_sink else [pipeline(ANNOTATED)]) + [infer]
 
 

@@ -2,8 +2,8 @@
 connected, and with `--mqtt` publishing one event per frame to a local Mosquitto, against the
 same pipeline writing JSON lines only.
 
-Modes alternate `--rounds` times on the same video and detector so that a shared machine's
-changing load hits all of them; each mode's FPS is pooled over its passes (frames / summed
+Modes alternate `--rounds` times on the same video and detector, each round in a rotated order,
+so that a shared machine's changing load hits all of them; each mode's FPS is pooled over its passes (frames / summed
 seconds); each pass also records the process's CPU time, which the neighbours' load moves far
 less than wall time. Every pass must process every frame (checked). The viewer, a process of its
 own, reads the MJPEG stream without pause for the whole pass (at the server's capped rate, 10
@@ -155,6 +155,13 @@ def one_pass(video: Path, detector, workdir: Path, mode: str, broker_port: Optio
                 infer_p50_ms=report["stages"]["infer"]["p50_ms"], **extra)
 
 
+def rotated(modes: list, round_: int) -> list:
+    """The modes of one round, each round starting one further on (A B C, B C A, C A B): a
+    load that drifts during the run does not always favour the mode that comes last."""
+    shift = round_ % len(modes)
+    return modes[shift:] + modes[:shift]
+
+
 def _pooled(rows, mode: str) -> float:
     chosen = [r for r in rows if r["mode"] == mode]
     return sum(r["frames"] for r in chosen) / sum(r["seconds"] for r in chosen)
@@ -195,8 +202,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         load_before = os.getloadavg()
         rows = []
         try:
-            for _ in range(args.rounds):
-                for mode in modes:
+            for round_ in range(args.rounds):
+                for mode in rotated(modes, round_):
                     rows.append(one_pass(video, detector, workdir, mode, broker_port))
                     print(f"  {mode}: {rows[-1]['fps']:.2f} FPS", flush=True)
         finally:
