@@ -14,6 +14,7 @@ chunks and the three ways take turns chunk by chunk, the order rotating; FPS = f
 seconds. The load average is recorded around every video.
 
     python -m benchmarks.reading_throughput [--frames 150] [--chunks 3] [--demo-frames 50]
+                                            [--ort-spin off]   # -> reading_throughput_ort_spin_off.*
 
 Videos: the bundled demo (always) and the shared data's lightbox and street videos (skipped with
 a message when ../shared/data is absent). Without rapidocr it says so and exits 0.
@@ -159,8 +160,11 @@ def videos(frames: int, demo_frames: int, only: Optional[str] = None) -> list:
 
 def write_results(rows: list, info: dict, args) -> Path:
     out = common.results_dir()
-    common.write_json(out / "reading_throughput.json", {"rows": rows, "machine": info,
-                                                        "frames": args.frames, "chunks": args.chunks})
+    stem = "reading_throughput" + (f"_ort_spin_{args.ort_spin}" if args.ort_spin else "")
+    spin = f" (the detector's ONNX Runtime spin {args.ort_spin})" if args.ort_spin else ""
+    common.write_json(out / f"{stem}.json", {"rows": rows, "machine": info,
+                                                        "frames": args.frames, "chunks": args.chunks,
+                                                        "ort_spin": args.ort_spin})
     note = (
         "All three over the same frames, decoded beforehand (decoding timed by none). "
         "`calls alone`: `Detector.prepare` + `infer` + `postprocess`, then `Detector.read` "
@@ -173,8 +177,8 @@ def write_results(rows: list, info: dict, args) -> Path:
         "non-empty readings summed over the frames. `load_1min_*`: the machine's 1-minute load "
         "average (2 cores, shared with other jobs) before and after the video.\n")
     table = common.markdown_table(rows, [k for k in rows[0] if k != "fps_per_chunk"])
-    common.write_markdown(out / "reading_throughput.md",
-                          "Reading text on video: dbrt pipeline vs calls alone vs RapidOCR", [
+    common.write_markdown(out / f"{stem}.md",
+                          f"Reading text on video: dbrt pipeline vs calls alone vs RapidOCR{spin}", [
                               ("FPS with reading on (same frames, same recognizer model)",
                                table + "\n" + note)], info)
     return out
@@ -186,6 +190,9 @@ def main(argv=None) -> int:
     parser.add_argument("--demo-frames", type=int, default=50, help="first N frames of the demo (0: skip)")
     parser.add_argument("--chunks", type=int, default=3, help="turns per video (the order rotates)")
     parser.add_argument("--only", help="only the shared videos whose name contains this")
+    parser.add_argument("--ort-spin", choices=("on", "off"),
+                        help="the detector's ONNX Runtime threads busy-wait (on) or sleep (off) "
+                             "when idle (default: ONNX Runtime's, on)")
     args = parser.parse_args(argv)
     if optional("rapidocr") is None:
         print("reading_throughput: needs rapidocr (pip install 'dbrt[read]'); nothing written")
@@ -194,12 +201,15 @@ def main(argv=None) -> int:
 
     engine = rapidocr_engine()
     rows = []
-    with Detector(read=True, device="cpu") as detector:
+    from engine.loader import RunnerOptions
+
+    spin = None if args.ort_spin is None else args.ort_spin == "on"
+    with Detector(read=True, device="cpu", options=RunnerOptions(spin=spin)) as detector:
         for path, count in videos(args.frames, args.demo_frames, args.only):
             rows.append(measure_video(path, count, args.chunks, detector, engine))
             print(rows[-1], flush=True)
     out = write_results(rows, common.machine_info(), args)
-    print(f"wrote {out / 'reading_throughput.md'}")
+    print(f"wrote results under {out}")
     return 0
 
 
