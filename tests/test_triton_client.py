@@ -277,6 +277,6 @@ def test_dbrt_run_gives_up_with_one_line_when_the_server_stays_away(outage, tmp_
     assert outage.killed.is_set(), "the run ended before the server could be killed"
     assert code["rc"] == 2
     err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
-    assert len(err) == 1 and f"lost {outage.url}: gave up after 2 reconnect attempts" in err[0]
+    assert len(err) == 1 and f"lost {outage.url}: gave up after 2 reconnect attempts" in err[0], err
     report = json.loads((out / "report.json").read_text())
     assert report["failed"] >= 1 and report["frames"] >= 5

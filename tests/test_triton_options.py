@@ -64,3 +64,16 @@ def test_dbrt_run_refuses_triton_flags_that_do_not_fit_with_one_line(flags, mess
     assert main(["run", "--max-frames", "1", "--no-video", "-o", str(tmp_path), *flags]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
+
+
+def test_the_requests_in_flight_when_a_server_goes_away_count_as_one_outage():
+    """With several requests in flight, one outage fails them all at once; giving up must follow
+    the outages (and the reconnect attempts), not how many requests happened to be in flight."""
+    from engine.triton.runner import TritonRunner  # needs no tritonclient until activated
+
+    runner = TritonRunner("triton://127.0.0.1:1/dbnet", TritonOptions(inflight=4, retries=2))
+    runner._healthy.set()  # as after activation
+    for _ in range(4):
+        runner._request_failed(RuntimeError("Connection refused"))
+    assert runner.failed_requests == 4 and runner._failed_in_a_row == 1
+    assert runner.state == "reconnecting"

@@ -68,8 +68,9 @@ class TritonOptions:
     connect_timeout: seconds allowed for each control call (health, metadata, registration)
     retries / delay / factor / max_delay: after a failed request, probe the server with back-off
                (delay, delay * factor, ... capped at max_delay) until it is ready again; give up
-               after `retries` failed probes in a row, or `retries` failed requests in a row
-               while the server says it is ready (None: never)
+               after `retries` failed probes in a row, or after more than `retries` outages in a
+               row (the server came back but requests failed again; the requests in flight
+               when one outage starts count once) (None: never)
     """
 
     shm: str = "auto"

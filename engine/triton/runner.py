@@ -249,9 +249,11 @@ class TritonRunner(Runner):
     def _request_failed(self, error) -> None:
         with self._stats_lock:
             self.failed_requests += 1
-            self._failed_in_a_row += 1
             self._last_error = _first_line(error)
-        self._healthy.clear()
+            # one outage fails every request in flight at once: count outages, not requests
+            if self._healthy.is_set():
+                self._failed_in_a_row += 1
+                self._healthy.clear()
 
     def _request_succeeded(self) -> None:
         with self._stats_lock:
@@ -267,8 +269,9 @@ class TritonRunner(Runner):
                 return
             retries = self.options.retries
             if retries is not None and self._failed_in_a_row > retries:
-                raise ModelError(f"{self.url}: {self._failed_in_a_row} requests in a row failed "
-                                 f"(last: {self._last_error}); giving up")
+                raise ModelError(f"lost {self.url}: gave up after {self._failed_in_a_row} outages in a "
+                                 f"row (the server came back each time, but requests failed again; "
+                                 f"last: {self._last_error})")
             last = self._last_error
             for wait in self.options.delays():
                 if self._cancelled.wait(wait):
