@@ -11,18 +11,22 @@ from one server, and whether the detections stay the same.
    FPS (every frame of every stream / wall time) and the batch sizes the server's dynamic
    batcher formed (the difference of its statistics endpoint before and after).
 3. Agreement: Triton's detections against the local model's on ../shared/data/realdev and on
-   sampled frames of a real video (identical boxes and scores per image, and ICDAR-style box
-   hmean with the local boxes as ground truth); skipped with a message where the data is absent.
+   every 25th frame of each shared video (identical boxes and scores per image, and ICDAR-style
+   box hmean with the local boxes as ground truth); skipped with a message where data is absent.
+   `--only agreement` runs this part alone and merges its rows into the committed triton.json /
+   triton.md, keeping the round-trip and streams tables measured before.
 
 The server is the nvidia-pytriton wheel's tritonserver (Python backend running the shipped
 ONNX with ONNX Runtime) from `--venv` (make triton-venv), on 127.0.0.1, on a repository that
 `dbrt triton export` writes.
 
     python -m benchmarks.triton_bench [--rounds 3] [--repeats 4] [--stream-frames 40]
+    python -m benchmarks.triton_bench --only agreement
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 import threading
@@ -35,9 +39,10 @@ import numpy as np
 from benchmarks import common
 
 TARGET_SHM = 1.1
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-VIDEO = DATA / "video" / "pexels_lightbox_text_960x506.mp4"
-REALDEV = DATA / "realdev"
+REALDEV = common.SHARED_DATA / "realdev"
+VIDEOS = [common.SHARED_DATA / "video" / name for name in (
+    "pexels_lightbox_text_960x506.mp4", "pexels_street_captions_1080x1920.mp4")]
+VIDEO_STEP = 25
 
 
 def start_server(venv: str, repo: Path, threads: int):
@@ -158,10 +163,12 @@ def agreement(url: str, video_frames: int) -> List[dict]:
         sets.append(("realdev (13 photos)", read_images(REALDEV / "images")))
     else:
         print(f"  skipped realdev: {REALDEV} is absent", flush=True)
-    if VIDEO.is_file():
-        sets.append((f"{VIDEO.name}, every 25th frame", _every(VIDEO, 25, video_frames)))
-    else:
-        print(f"  skipped the video: {VIDEO} is absent", flush=True)
+    for video in VIDEOS:
+        if video.is_file():
+            sets.append((f"{video.name}, every {VIDEO_STEP}th frame",
+                         _every(video, VIDEO_STEP, video_frames)))
+        else:
+            print(f"  skipped a video: {video} is absent", flush=True)
     rows = []
     with Detector(url) as remote, Detector(None, device="cpu") as local:
         for name, images in sets:
@@ -204,7 +211,10 @@ def _spread(row: dict) -> float:
     return 100.0 * (max(values) - min(values)) / row["median_ms"]
 
 
-def write_results(args, rt_rows, stream_rows, agree_rows, load, info=None) -> int:
+def write_results(args, rt_rows, stream_rows, agree_rows, load, info=None,
+                  agreement_run: Optional[dict] = None) -> int:
+    """`agreement_run` (command, load_average_before, date_utc) when only the agreement rows are
+    new: the other tables, `args`, `load` and `info` are the earlier run's."""
     out = common.results_dir()
     info = info or common.machine_info()
     shm = next(r for r in rt_rows if "shared memory" in r["mode"])["ratio_to_local"]
@@ -212,6 +222,8 @@ def write_results(args, rt_rows, stream_rows, agree_rows, load, info=None) -> in
     payload = dict(benchmark="triton", args=vars(args), target_shm_ratio=TARGET_SHM,
                    shm_ratio=shm, round_trip=rt_rows, streams=stream_rows, agreement=agree_rows,
                    load_average_before=load, machine=info)
+    if agreement_run:
+        payload["agreement_run"] = agreement_run
     common.write_json(out / "triton.json", payload)
     common.plot_lines({"aggregate FPS": [(r["streams"], r["aggregate_fps"]) for r in stream_rows],
                        "mean batch the server formed": [(r["streams"], r["mean_server_batch"])
@@ -236,13 +248,44 @@ def write_results(args, rt_rows, stream_rows, agree_rows, load, info=None) -> in
          + common.markdown_table(stream_rows) + "\n![streams](triton_streams.png)\n"),
         ("Same detections through Triton as locally",
          common.markdown_table(agree_rows) if agree_rows else "_skipped: no shared data_\n"),
-        ("Command", f"`python -m benchmarks.triton_bench {' '.join(args.argv)}`; 1-minute load "
-                    f"average {load[0]:.1f} before the run.\n"),
+        ("Command", _command_text(args, load, agreement_run)),
     ]
     common.write_markdown(out / "triton.md", "Triton Inference Server: round trip, streams, "
                           "agreement", sections, info)
     print(f"wrote {out / 'triton.md'}, triton.json, triton_streams.png")
     return 0
+
+
+def _command_text(args, load, agreement_run: Optional[dict]) -> str:
+    text = (f"`python -m benchmarks.triton_bench {' '.join(args.argv)}`; 1-minute load average "
+            f"{load[0]:.1f} before the run.\n")
+    if agreement_run:
+        text += (f"\nThe agreement table alone was measured again later with `{agreement_run['command']}` "
+                 f"({agreement_run['date_utc']}, 1-minute load average "
+                 f"{agreement_run['load_average_before'][0]:.1f} before it); the round-trip and "
+                 "streams tables are the earlier run's.\n")
+    return text
+
+
+def previous_results() -> dict:
+    """The committed triton.json that `--only agreement` merges into."""
+    path = common.results_dir() / "triton.json"
+    try:
+        previous = json.loads(path.read_text())
+        previous["round_trip"], previous["streams"], previous["args"]  # noqa: B018 - must be there
+    except (OSError, ValueError, KeyError) as exc:
+        raise SystemExit(f"--only agreement: no earlier full run to merge into ({path}: {exc}); "
+                         "run without --only first")
+    return previous
+
+
+def merge_agreement(previous: dict, agree_rows: List[dict], argv: Sequence[str], load) -> int:
+    args = argparse.Namespace(**previous["args"])
+    run = dict(command=" ".join(["python -m benchmarks.triton_bench", *argv]),
+               load_average_before=[round(x, 2) for x in load],
+               date_utc=common.machine_info()["date_utc"])
+    return write_results(args, previous["round_trip"], previous["streams"], agree_rows,
+                         previous["load_average_before"], previous["machine"], agreement_run=run)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -255,14 +298,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--streams", type=int, nargs="+", default=[1, 2, 4])
     p.add_argument("--stream-frames", type=int, default=40)
     p.add_argument("--stream-side", type=int, default=640)
-    p.add_argument("--video-frames", type=int, default=12, help="sampled frames of the video")
+    p.add_argument("--video-frames", type=int, default=12, help="sampled frames of each video")
+    p.add_argument("--only", choices=["agreement"],
+                   help="run this part alone and merge it into the committed results")
     args = p.parse_args(argv)
     args.argv = list(argv) if argv is not None else []
     load = os.getloadavg()
+    previous = previous_results() if args.only else None
     with tempfile.TemporaryDirectory() as tmp:
         server = start_server(args.venv, Path(tmp) / "repo", args.threads)
         try:
             url = f"triton://{server.grpc_url}/dbnet"
+            if args.only == "agreement":
+                print("agreement:", flush=True)
+                return merge_agreement(previous, agreement(url, args.video_frames), args.argv, load)
             print("round trip:", flush=True)
             rt_rows = round_trip(url, args.threads, args.rounds, args.repeats)
             print("streams:", flush=True)
