@@ -12,6 +12,9 @@ rewritten after every step, so a run cut short keeps what it measured):
   postprocess   CuPy vs NumPy DB post-processing: synthetic 1 MP / 4 MP maps and real model maps
   pipeline      threaded pipeline with the PyTorch-CUDA fp16 stand-in for TensorRT on the video,
                 vs the stand-in alone; per-stage latencies; GPU time outside the model (batch 1, 4)
+  triton tensorrt  `dbrt triton export --backend tensorrt` served by an installed tritonserver with
+                the TensorRT backend vs the same plan run locally (benchmarks/gpu_triton.py);
+                skipped where there is no such server
   model only    benchmarks.model_bench: PyTorch CUDA fp32 / fp16 beside CPU PyTorch and ORT
   peers         benchmarks.postprocess_bench and benchmarks.pipeline_overlap, when present
 
@@ -30,7 +33,7 @@ import traceback
 from pathlib import Path
 from typing import Callable, List, Optional
 
-from . import common, gpu_checks, model_bench, run_all
+from . import common, gpu_checks, gpu_triton, model_bench, run_all
 
 VIDEO = common.SHARED_DATA / "video" / "pexels_lightbox_text_960x506.mp4"
 
@@ -195,6 +198,7 @@ def run_proof(proof: Proof, out: Path, frames: int, quick: bool = False) -> List
     proof.step("postprocess", postprocess)
     for batch in (1, 4):
         proof.step(f"pipeline batch {batch}", lambda b=batch: pipeline(b))
+    proof.step("triton tensorrt", lambda: gpu_triton.triton_step(video_frames or []), min_s=60)
     args = run_all.QUICK_ARGS["model"] if quick else run_all.GPU_ARGS["model"]
     proof.step("model only", lambda: _ok(run_all.run_one("model", args, timeout(240), log)), min_s=60)
     # the CPU pipeline benchmark once, without the annotated-video pass: all of it took > 150 s on an H200 host
@@ -258,10 +262,24 @@ def report_sections(steps: List[dict]) -> list:
         sections.append(("Pipeline with the GPU stand-in", text))
         sections.append(("Pipeline per-stage latency (ms)",
                          common.markdown_table([r for p in pipes for r in _stage_rows(p)])))
+    triton = by_name.get("triton tensorrt")
+    if triton:
+        sections.append(("Triton with the TensorRT backend", _triton_text(triton)))
     failed = [s for s in steps if s["status"].startswith("failed")]
     for s in failed:
         sections.append((f"{s['step']}: failure", f"```\n{s.get('traceback', s['status'])}\n```\n"))
     return sections
+
+
+def _triton_text(step: dict) -> str:
+    result = step.get("result")
+    if not result:
+        return f"{step['status']}.\n"
+    columns = ("frames", "identical", "local_boxes", "triton_boxes", "box_hmean", "local_detect_ms",
+               "triton_detect_ms", "ratio_to_local")
+    return (f"`{result['export']}` served by `{result['tritonserver']}`, against the same plan run "
+            "in this process; detect() per frame, Triton with system shared memory.\n\n"
+            + common.markdown_table([result], columns))
 
 
 def write_report(steps: List[dict], out: Path) -> Path:

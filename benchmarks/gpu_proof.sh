@@ -8,6 +8,8 @@
 #   bash benchmarks/gpu_proof.sh [run --budget S]   # on the GPU machine
 #
 # The results land in benchmarks/results/<machine>/ and, as results_<machine>.tar.gz, under $OUT.
+# A tritonserver with the TensorRT backend (on PATH or in /opt/tritonserver) adds the Triton step
+# (benchmarks/gpu_triton.py); without one that step is recorded as skipped.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD

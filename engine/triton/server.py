@@ -165,19 +165,22 @@ class TritonServer:
     `models`: load only these (explicit model control) instead of every model in the repository.
     `ready_timeout`: seconds to wait for /v2/health/ready. The server's output goes to `log`
     (a file under the server's work folder unless given); its tail is in every start error.
+    `install`: another server than `venv`'s (an object with `executable`, `environment()` and
+    `backends_dir(workdir)`, e.g. an installed tritonserver with the TensorRT backend).
     """
 
     def __init__(self, repository, venv: str = DEFAULT_VENV, host: str = "127.0.0.1",
                  http_port: int = 0, grpc_port: int = 0, metrics_port: int = 0,
                  models: Optional[Sequence[str]] = None, ready_timeout: float = 120.0,
-                 log: Optional[Path] = None, verbose: int = 0, extra_args: Sequence[str] = ()):
+                 log: Optional[Path] = None, verbose: int = 0, extra_args: Sequence[str] = (),
+                 install=None):
         self.repository = Path(repository)
         if not self.repository.is_dir():
             raise TritonServerError(f"model repository {repository} is not a folder")
         if not any(child.is_dir() for child in self.repository.iterdir()):
             raise TritonServerError(f"model repository {repository} holds no model folders "
                                     "(make one with dbrt triton export MODEL -o REPO)")
-        self.install = TritonInstall.find(venv)
+        self.install = install or TritonInstall.find(venv)
         self.host = host
         for port, what in ((http_port, "HTTP"), (grpc_port, "gRPC"), (metrics_port, "metrics")):
             if port:
