@@ -16,6 +16,8 @@ import numpy as np
 
 from .sources.base import Frame
 
+_last_records_json: tuple = (None, None, "")  # (detections, decimals, JSON): see records_json
+
 
 def _as_polygons(polygons: Any) -> Tuple[np.ndarray, ...]:
     """Each polygon as an (N>=3, 2) float32 array; the finite check runs once over all of them
@@ -138,6 +140,17 @@ class Detections:
                 det[key] = item
         return out
 
+    def records_json(self, decimals: int = 2) -> str:
+        """`to_records` as one compact JSON array (non-ASCII text escaped). The last result is
+        kept, so that the sinks of one frame (JSON lines, MQTT) round and encode it once."""
+        global _last_records_json
+        last = _last_records_json  # one tuple, replaced whole: safe to read from any thread
+        if last[0] is self and last[1] == decimals:
+            return last[2]
+        text = json.dumps(self.to_records(decimals), separators=(",", ":"))
+        _last_records_json = (self, decimals, text)
+        return text
+
     @classmethod
     def from_records(cls, records: Sequence[dict]) -> "Detections":
         extra_keys = sorted({k for det in records for k in det} - {"polygon", "score"})
@@ -162,11 +175,23 @@ class FrameResult:
         return iter((self.frame, self.detections))
 
     def to_dict(self, decimals: int = 2) -> dict:
-        frame = self.frame
-        return {"source": frame.source, "frame_index": int(frame.index),
-                "timestamp": None if frame.timestamp is None else round(float(frame.timestamp), 6),
-                "frame_size": [int(v) for v in frame.size],
-                "detections": self.detections.to_records(decimals)}
+        return {**frame_fields(self.frame), "detections": self.detections.to_records(decimals)}
 
     def to_json(self, decimals: int = 2) -> str:
-        return json.dumps(self.to_dict(decimals), separators=(",", ":"))
+        """`to_dict` as compact JSON, the detections from `Detections.records_json`."""
+        return with_detections_json(frame_fields(self.frame),
+                                    self.detections.records_json(decimals))
+
+
+def frame_fields(frame: Frame) -> dict:
+    """The frame's facts in a result line: source, frame_index, timestamp, frame_size."""
+    return {"source": frame.source, "frame_index": int(frame.index),
+            "timestamp": None if frame.timestamp is None else round(float(frame.timestamp), 6),
+            "frame_size": [int(v) for v in frame.size]}
+
+
+def with_detections_json(head: dict, detections_json: str, ensure_ascii: bool = True) -> str:
+    """The compact JSON of `head` plus a last key "detections" whose JSON is `detections_json`:
+    the same text as json.dumps of the whole dict, without encoding the detections again."""
+    text = json.dumps(head, ensure_ascii=ensure_ascii, separators=(",", ":"))
+    return f'{text[:-1]},"detections":{detections_json}}}'  # head is never empty

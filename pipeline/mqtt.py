@@ -25,7 +25,6 @@ import json
 import os
 import ssl
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +34,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from engine.errors import DbrtError
 from engine.lazy import require
 
-from .detections import Detections, FrameResult
+from .detections import Detections, frame_fields, with_detections_json
 from .sinks import Sink
 from .sources import Frame
 from .sources.network import without_credentials
@@ -99,12 +98,16 @@ def _ca_option(query: str, tls: bool) -> Optional[str]:
     return ca
 
 
-def event(frame: Frame, detections: Detections, source_name: str, decimals: int = 2) -> dict:
-    """The JSON object of one frame's detections (see the module docstring)."""
-    body = FrameResult(frame, detections).to_dict(decimals)
-    body["source"] = source_name
-    return {"type": "detections", "stream": int(frame.stream), "time": round(time.time(), 3),
-            **body}
+def event(frame: Frame, detections: Detections, source_name: str, decimals: int = 2) -> str:
+    """The JSON of one frame's detections (see the module docstring). The detections' JSON is
+    the one the JSON-lines sink wrote for this frame, unless it escaped non-ASCII text."""
+    detections_json = detections.records_json(decimals)
+    if "\\u" in detections_json:  # the event carries text as UTF-8, not as \u escapes
+        detections_json = json.dumps(detections.to_records(decimals), ensure_ascii=False,
+                                     separators=(",", ":"))
+    head = {"type": "detections", "stream": int(frame.stream), "time": round(time.time(), 3),
+            **frame_fields(frame), "source": source_name}  # source keeps its place, 4th
+    return with_detections_json(head, detections_json, ensure_ascii=False)
 
 
 def text_event(line: dict) -> dict:
@@ -130,8 +133,8 @@ class MqttSink(Sink):
         mqtt = require("paho.mqtt.client")
         self._ok = {mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN}  # NO_CONN: queued until back
         self.flush_s = flush_s
-        self._lock = threading.Lock()
-        self._counts = dict(published=0, acked=0, dropped=0, connects=0)
+        # each counter has one writer (the sink thread, or paho's): no lock on the event path
+        self._published = self._dropped = self._acked = self._connects = 0
         self.connected = False
         self.fatal: Optional[str] = None  # a refused TLS certificate: the run stops with it
         self._fatal_raised = False
@@ -161,8 +164,7 @@ class MqttSink(Sink):
     # -- paho's thread ------------------------------------------------------------------------
     def _on_connect(self, client, userdata, flags, reason_code, properties=None) -> None:
         if not reason_code.is_failure:
-            with self._lock:
-                self._counts["connects"] += 1
+            self._connects += 1
             self.connected = True
 
     def _on_connect_fail(self, client, userdata) -> None:
@@ -181,8 +183,7 @@ class MqttSink(Sink):
         self.connected = False
 
     def _on_publish(self, client, userdata, mid, reason_code=None, properties=None) -> None:
-        with self._lock:
-            self._counts["acked"] += 1
+        self._acked += 1
 
     # -- the pipeline's sink thread -------------------------------------------------------------
     def write(self, frame: Frame, detections: Detections) -> None:
@@ -192,23 +193,24 @@ class MqttSink(Sink):
     def publish_text_event(self, line: dict) -> None:
         """One text-event line (pipeline.reading.events) as a `"type": "text"` event; a
         TextEventSink's listener. Lines that come after `close` are dropped and counted."""
-        self._publish(text_event(line))
+        self._publish(json.dumps(text_event(line), ensure_ascii=False, separators=(",", ":")))
 
-    def _publish(self, body: dict) -> None:
+    def _publish(self, payload: str) -> None:
         client = self.client
-        payload = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
         rc = client.publish(self.broker.topic, payload, qos=1).rc if client else None
-        with self._lock:
-            self._counts["published" if rc in self._ok else "dropped"] += 1
+        if rc in self._ok:
+            self._published += 1
+        else:
+            self._dropped += 1
 
     def counters(self) -> dict:
         """published_total (handed to the client), acked_total (confirmed by the broker),
         dropped_total (outbox full), queued (waiting), connected, reconnects_total."""
-        with self._lock:
-            c = dict(self._counts)
-        return dict(published_total=c["published"], acked_total=c["acked"],
-                    dropped_total=c["dropped"], queued=c["published"] - c["acked"],
-                    connected=self.connected, reconnects_total=max(0, c["connects"] - 1))
+        acked = self._acked  # before published: both only grow, so queued is never negative
+        published = self._published
+        return dict(published_total=published, acked_total=acked, dropped_total=self._dropped,
+                    queued=published - acked, connected=self.connected,
+                    reconnects_total=max(0, self._connects - 1))
 
     def _raise_fatal(self) -> None:
         if self.fatal and not self._fatal_raised:

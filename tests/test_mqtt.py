@@ -109,3 +109,25 @@ def test_text_events_are_published_as_well(tmp_path, broker):
     assert [{k: v for k, v in e.items() if k not in ("type", "time")} for e in texts] == lines
     assert all(isinstance(e["time"], float) for e in texts)
     assert any(e["text"] for e in texts)
+
+
+def test_event_is_the_jsonl_line_plus_type_stream_time():
+    """The event reuses the frame's JSON-lines encoding, yet reads byte for byte as the whole
+    object encoded at once: the source without credentials, text as UTF-8 (the line escapes it)."""
+    import numpy as np
+
+    from pipeline.detections import Detections, FrameResult
+    from pipeline.mqtt import event
+    from pipeline.sources import Frame
+
+    quad = np.array([[1.234, 2], [3, 4], [5, 6], [7, 8.555]], np.float32)
+    for texts in (["EXIT", "a\\u"], ["Straße", "x\x01"]):
+        detections = Detections((quad, quad + 1), np.array([0.5, 0.75], np.float32),
+                                {"text": np.array(texts), "track_id": np.array([3, 4])})
+        frame = Frame(np.zeros((36, 64, 3), np.uint8), 7, 0.28, "rtsp://u:pw@cam/1", stream=2)
+        line = FrameResult(frame, detections).to_json()
+        assert line == json.dumps(FrameResult(frame, detections).to_dict(), separators=(",", ":"))
+        payload = event(frame, detections, "rtsp://cam/1")
+        body = dict(json.loads(line), source="rtsp://cam/1")
+        expected = {"type": "detections", "stream": 2, "time": json.loads(payload)["time"], **body}
+        assert payload == json.dumps(expected, ensure_ascii=False, separators=(",", ":"))
