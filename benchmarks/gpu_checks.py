@@ -22,6 +22,12 @@ import numpy as np
 from . import common
 
 
+class Skip(Exception):
+    """A step that cannot run here (no GPU, no data, a module not written yet). Defined here, not
+    in gpu_proof, so that steps in other modules raise the class `python -m benchmarks.gpu_proof`
+    catches (run as __main__, gpu_proof's own classes are a second copy)."""
+
+
 def read_frames(video, count: int) -> List[np.ndarray]:
     """The first `count` frames of a video as BGR uint8 arrays (OpenCV; no PyAV needed)."""
     import cv2

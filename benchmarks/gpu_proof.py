@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Callable, List, Optional
 
 from . import common, gpu_checks, gpu_triton, model_bench, run_all
+from .gpu_checks import Skip
 
 VIDEO = common.SHARED_DATA / "video" / "pexels_lightbox_text_960x506.mp4"
 
@@ -73,10 +74,6 @@ class Proof:
         if self.on_step:
             self.on_step(self.steps)
         return record.get("result")
-
-
-class Skip(Exception):
-    """A step that cannot run here (no GPU, no data, a module not written yet)."""
 
 
 # -- steps -------------------------------------------------------------------------------------

@@ -23,6 +23,8 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
+from .gpu_checks import Skip
+
 SEARCHED = ("PATH", "/opt/tritonserver")
 NO_SERVER = "no tritonserver with the TensorRT backend on this machine (looked in PATH and /opt/tritonserver)"
 
@@ -61,8 +63,6 @@ def export_command(repo: Path) -> List[str]:
 def triton_step(frames: Sequence[np.ndarray], install: Optional[SystemTriton] = None,
                 repeats: int = 20) -> dict:
     """The step's result (see the module docstring); raises Skip where it cannot run."""
-    from benchmarks.gpu_proof import Skip
-
     install = install or find_tritonserver()
     if install is None:
         raise Skip(NO_SERVER)
