@@ -21,6 +21,7 @@ as the line plus `"type": "text"` and `time` (`publish_text_event`).
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import ssl
@@ -110,6 +111,12 @@ def event(frame: Frame, detections: Detections, source_name: str, decimals: int 
     return with_detections_json(head, detections_json, ensure_ascii=False)
 
 
+@functools.lru_cache(maxsize=64)
+def _safe_source(source: str) -> str:
+    """`without_credentials`, once per source rather than once per frame."""
+    return without_credentials(source)
+
+
 def text_event(line: dict) -> dict:
     """The MQTT event of one text-event line: the line plus `type` "text" and `time`."""
     body = dict(line, source=without_credentials(str(line.get("source", ""))))
@@ -188,7 +195,7 @@ class MqttSink(Sink):
     # -- the pipeline's sink thread -------------------------------------------------------------
     def write(self, frame: Frame, detections: Detections) -> None:
         self._raise_fatal()
-        self._publish(event(frame, detections, without_credentials(frame.source)))
+        self._publish(event(frame, detections, _safe_source(frame.source)))
 
     def publish_text_event(self, line: dict) -> None:
         """One text-event line (pipeline.reading.events) as a `"type": "text"` event; a
