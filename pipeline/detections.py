@@ -16,8 +16,6 @@ import numpy as np
 
 from .sources.base import Frame
 
-_last_records_json: tuple = (None, None, "")  # (detections, decimals, JSON): see records_json
-
 
 def _as_polygons(polygons: Any) -> Tuple[np.ndarray, ...]:
     """Each polygon as an (N>=3, 2) float32 array; the finite check runs once over all of them
@@ -141,14 +139,13 @@ class Detections:
         return out
 
     def records_json(self, decimals: int = 2) -> str:
-        """`to_records` as one compact JSON array (non-ASCII text escaped). The last result is
-        kept, so that the sinks of one frame (JSON lines, MQTT) round and encode it once."""
-        global _last_records_json
-        last = _last_records_json  # one tuple, replaced whole: safe to read from any thread
-        if last[0] is self and last[1] == decimals:
-            return last[2]
+        """`to_records` as one compact JSON array (non-ASCII text escaped), kept on the instance
+        (it is immutable), so that the sinks of one frame (JSON lines, MQTT) encode it once."""
+        cached = self.__dict__.get("_records_json")
+        if cached is not None and cached[0] == decimals:
+            return cached[1]
         text = json.dumps(self.to_records(decimals), separators=(",", ":"))
-        _last_records_json = (self, decimals, text)
+        object.__setattr__(self, "_records_json", (decimals, text))  # frozen: not a field
         return text
 
     @classmethod
