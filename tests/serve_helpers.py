@@ -161,6 +161,16 @@ def find_mosquitto() -> Optional[str]:
         (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if Path(p).is_file()), None)
 
 
+def mosquitto_or_skip() -> str:
+    """The mosquitto binary; skips the test with the install hint where it is absent."""
+    binary = find_mosquitto()
+    if binary is None:
+        import pytest
+
+        pytest.skip("mosquitto is not installed (apt-get install mosquitto; .ci/run does)")
+    return binary
+
+
 def throwaway_ca(folder: Path, name: str) -> Tuple[Path, Path]:
     """A fresh self-signed CA (certificate, key) made with the openssl command."""
     cert, key = folder / f"{name}.pem", folder / f"{name}.key"

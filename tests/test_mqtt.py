@@ -12,7 +12,7 @@ import pytest
 
 from pipeline.cli import main
 
-from serve_helpers import Mosquitto, Subscriber, dbrt, find_mosquitto, wait_until
+from serve_helpers import Mosquitto, Subscriber, dbrt, mosquitto_or_skip, wait_until
 
 pytest.importorskip("paho.mqtt.client", reason="paho-mqtt is not installed (pip install 'dbrt[serve]')")
 
@@ -21,9 +21,7 @@ TOPIC = "dbrt/test/events"
 
 @pytest.fixture
 def broker(tmp_path):
-    binary = find_mosquitto()
-    if binary is None:
-        pytest.skip("mosquitto is not installed (apt-get install mosquitto; .ci/run does)")
+    binary = mosquitto_or_skip()
     server = Mosquitto(binary, tmp_path).start()
     yield server
     server.stop()

@@ -10,7 +10,7 @@ import pytest
 
 from pipeline.cli import main
 
-from serve_helpers import (Mosquitto, Subscriber, dbrt, find_mosquitto, server_certificate,
+from serve_helpers import (Mosquitto, Subscriber, dbrt, mosquitto_or_skip, server_certificate,
                            throwaway_ca)
 
 pytest.importorskip("paho.mqtt.client", reason="paho-mqtt is not installed (pip install 'dbrt[serve]')")
@@ -20,9 +20,7 @@ TOPIC = "dbrt/test/tls"
 
 @pytest.fixture
 def tls_broker(tmp_path):
-    binary = find_mosquitto()
-    if binary is None:
-        pytest.skip("mosquitto is not installed (apt-get install mosquitto; .ci/run does)")
+    binary = mosquitto_or_skip()
     if shutil.which("openssl") is None:
         pytest.skip("the openssl command is not installed (it makes the test's certificates)")
     ca = throwaway_ca(tmp_path, "test-ca")
