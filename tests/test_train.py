@@ -301,3 +301,27 @@ def test_ship_never_replaces_the_shipped_model_unless_asked(tmp_path, capsys):
     with pytest.raises(SystemExit, match="checkpoint not found"):
         ship.main([str(tmp_path / "missing.pt"), "--out", str(tmp_path / "o")])
     assert (ship.WEIGHTS.read_bytes(), ship.ONNX.read_bytes()) == before
+
+
+@pytest.mark.slow
+def test_resume_continues_with_the_runs_own_settings(tmp_path, capsys):
+    torch = pytest.importorskip("torch")
+    from pipeline.cli import main
+
+    out = str(tmp_path / "run")
+    recipe = ["--width", "0.25", "--steps", "2", "--batch", "1", "--crop", "64", "--lr", "1e-3",
+              "--warmup", "1", "--seed", "5", "--workers", "0", "--threads", "1", "--save-every", "1"]
+    assert main(["train", "--out", out, *recipe]) == 0
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    # flags left out are the run's own settings, not the defaults (width 0.5 would not even load)
+    assert main(["train", "--out", out, "--resume", "--threads", "1", "--workers", "0"]) == 0
+    again = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert {k: again[k] for k in saved if k != "resume"} == {k: saved[k] for k in saved if k != "resume"}
+    assert torch.load(str(tmp_path / "run" / "last.pt"), weights_only=True)["step"] == 2
+    capsys.readouterr()
+    # a flag that would change the recipe midway is one clear error
+    assert main(["train", "--out", out, "--resume", "--lr", "0.5"]) == 2
+    err = capsys.readouterr().err
+    assert "--lr 0.5" in err and "--lr 0.001" in err and "Traceback" not in err
+    assert main(["train", "--out", str(tmp_path / "empty"), "--resume"]) == 2
+    assert "holds no run to continue" in capsys.readouterr().err

@@ -1,7 +1,7 @@
 """Training settings (torch-free, so the CLI can show defaults without importing torch)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import List, Optional, Union
 
 
@@ -33,6 +33,19 @@ class TrainConfig:
     time_limit: float = 0.0         # seconds; stop early (and save) when exceeded, 0 = none
     device: str = "cpu"             # "cpu", "cuda" or "auto" (cuda when torch sees a GPU)
     val_every: int = 0              # run the validation callback every N steps (0 = only at the end)
+    val: Optional[str] = None       # validation dataset of `dbrt train --val` (kept for --resume)
+    val_images: int = 0             # validate on its first N images (0: all)
+
+    # what may differ when a run is resumed: where and how fast it runs, how often it reports and
+    # saves, and what it is scored on; everything else is the run's training recipe
+    RESUMABLE_CHANGES = ("workers", "threads", "device", "time_limit", "log_every", "save_every",
+                         "keep_every", "val", "val_every", "val_images")
+
+    @classmethod
+    def from_dict(cls, saved: dict) -> "TrainConfig":
+        """A config written by an earlier run (config.json); keys of other versions are ignored."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in saved.items() if k in known})
 
     @property
     def sources(self) -> List[str]:

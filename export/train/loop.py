@@ -151,13 +151,14 @@ def train(cfg: TrainConfig, validate: Optional[Validate] = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     model = DBNet(cfg.arch, width=cfg.width)
-    if cfg.init:
+    resuming = cfg.resume and (out / "last.pt").exists()
+    if cfg.init and not resuming:  # a resumed run's weights come from last.pt
         load_weights(model, cfg.init)
     model.to(device)
     ema = copy.deepcopy(model).eval()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start = 0
-    if cfg.resume and (out / "last.pt").exists():
+    if resuming:
         ck = read_checkpoint(out / "last.pt")
         model.load_state_dict(ck["raw"])
         ema.load_state_dict(ck["model"])

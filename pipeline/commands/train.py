@@ -2,6 +2,8 @@
 with validation hmean on a held-out dataset and resumable checkpoints."""
 from __future__ import annotations
 
+import argparse
+
 from ._validate import at_least, output_folder
 
 NAME = "train"
@@ -14,47 +16,62 @@ an optional sampling weight: --data ic15=0.5 --data masks=0.3 --data synth=0.2. 
 the DB paper's augmentation (rotation +-10 deg, crop, flip, scale 0.5-3). --val DATASET scores
 the EMA weights every --val-every steps and at the end (ICDAR 2015 protocol) and keeps the best
 as best.pt. Checkpoints go to --out (last.pt, best.pt, step_NNNNNN.pt); --resume continues
---out/last.pt with the same settings."""
+--out/last.pt with the run's own settings (--out/config.json): only --workers, --threads,
+--device, --time-limit, --log-every, --save-every and the --val flags may be given anew."""
+
+
+class _Given(argparse.Action):
+    """Store the value and remember that the flag was typed: --resume must tell a flag given
+    anew from a default, which would otherwise override the resumed run's own setting."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        namespace.given = (getattr(namespace, "given", None) or frozenset()) | {self.dest}
 
 
 def add_arguments(parser) -> None:
     from export.train.config import TrainConfig
 
     d = TrainConfig(out_dir="")
+    parser.set_defaults(given=frozenset())
+
+    def setting(*names, **kw):
+        parser.add_argument(*names, action=_Given, **kw)
+
     parser.add_argument("--out", required=True, type=output_folder,
                         help="folder for checkpoints, config.json, val.jsonl")
     parser.add_argument("--data", action="append", metavar="SOURCE[=WEIGHT]",
                         help="'synth', an ICDAR2015-format folder or a mask folder; repeat to mix "
                              "(default: synth)")
-    parser.add_argument("--scene", default=d.scene, choices=("default", "street", "signs", "mixed"),
-                        help="synthetic scene mix (street adds photo-like built scenes, signs "
-                             "more large letter-spaced lettering, mixed 60%% default + 40%% signs)")
-    parser.add_argument("--arch", default=d.arch, choices=("resnet18", "resnet34", "resnet50"))
-    parser.add_argument("--width", type=at_least(0.0, float, strict=True), default=d.width,
-                        help="backbone width multiplier")
-    parser.add_argument("--steps", type=at_least(1), default=d.steps)
-    parser.add_argument("--batch", type=at_least(1), default=d.batch)
-    parser.add_argument("--crop", type=int, default=d.crop, help="square training crop, pixels")
-    parser.add_argument("--lr", type=at_least(0.0, float, strict=True), default=d.lr,
-                        help="peak AdamW learning rate")
-    parser.add_argument("--warmup", type=at_least(0), default=d.warmup)
-    parser.add_argument("--seed", type=int, default=d.seed)
-    parser.add_argument("--workers", type=at_least(0), default=d.workers, help="data-loader processes")
-    parser.add_argument("--threads", type=at_least(1), default=d.threads, help="torch CPU threads")
-    parser.add_argument("--device", default=d.device, choices=("cpu", "cuda", "auto"),
-                        help="where to train (auto: a CUDA GPU when torch sees one)")
-    parser.add_argument("--init", help="start from these weights (fine-tuning)")
+    setting("--scene", default=d.scene, choices=("default", "street", "signs", "mixed"),
+            help="synthetic scene mix (street adds photo-like built scenes, signs "
+                 "more large letter-spaced lettering, mixed 60%% default + 40%% signs)")
+    setting("--arch", default=d.arch, choices=("resnet18", "resnet34", "resnet50"))
+    setting("--width", type=at_least(0.0, float, strict=True), default=d.width,
+            help="backbone width multiplier")
+    setting("--steps", type=at_least(1), default=d.steps)
+    setting("--batch", type=at_least(1), default=d.batch)
+    setting("--crop", type=int, default=d.crop, help="square training crop, pixels")
+    setting("--lr", type=at_least(0.0, float, strict=True), default=d.lr,
+            help="peak AdamW learning rate")
+    setting("--warmup", type=at_least(0), default=d.warmup)
+    setting("--seed", type=int, default=d.seed)
+    setting("--workers", type=at_least(0), default=d.workers, help="data-loader processes")
+    setting("--threads", type=at_least(1), default=d.threads, help="torch CPU threads")
+    setting("--device", default=d.device, choices=("cpu", "cuda", "auto"),
+            help="where to train (auto: a CUDA GPU when torch sees one)")
+    setting("--init", help="start from these weights (fine-tuning)")
     parser.add_argument("--resume", action="store_true", help="continue OUT/last.pt")
-    parser.add_argument("--val", metavar="DATASET",
-                        help="validation dataset (ICDAR / Total-Text folder or gt.json), never the test set")
-    parser.add_argument("--val-every", type=at_least(0), default=d.val_every,
-                        help="validate every N steps (0: only at the end)")
-    parser.add_argument("--val-images", type=at_least(0), default=0,
-                        help="validate on the first N images (0: all)")
-    parser.add_argument("--save-every", type=at_least(1), default=d.save_every)
-    parser.add_argument("--log-every", type=at_least(1), default=d.log_every)
-    parser.add_argument("--time-limit", type=at_least(0.0, float), default=0.0,
-                        help="stop (and save) after this many seconds; 0 = run all steps")
+    setting("--val", metavar="DATASET",
+            help="validation dataset (ICDAR / Total-Text folder or gt.json), never the test set")
+    setting("--val-every", type=at_least(0), default=d.val_every,
+            help="validate every N steps (0: only at the end)")
+    setting("--val-images", type=at_least(0), default=0,
+            help="validate on the first N images (0: all)")
+    setting("--save-every", type=at_least(1), default=d.save_every)
+    setting("--log-every", type=at_least(1), default=d.log_every)
+    setting("--time-limit", type=at_least(0.0, float), default=0.0,
+            help="stop (and save) after this many seconds; 0 = run all steps")
 
 
 def make_validator(dataset):
@@ -74,44 +91,81 @@ def make_validator(dataset):
     return validate
 
 
-def _check(args) -> None:
+def _check(cfg) -> None:
     from pathlib import Path
 
     from engine.errors import DbrtError
     from export.train.data import parse_source
 
-    for spec in args.data:
+    for spec in cfg.sources:
         name, _ = parse_source(spec)
         if name != "synth" and not Path(name).is_dir():
             raise DbrtError(f"--data must be 'synth' or an existing folder, got {name!r}")
-    if args.init and not Path(args.init).is_file():
-        raise DbrtError(f"--init checkpoint not found: {args.init}")
-    if args.crop <= 0 or args.crop % 32:
-        raise DbrtError(f"--crop must be a positive multiple of 32, got {args.crop}")
+    if cfg.init and not cfg.resume and not Path(cfg.init).is_file():
+        raise DbrtError(f"--init checkpoint not found: {cfg.init}")
+    if cfg.crop <= 0 or cfg.crop % 32:
+        raise DbrtError(f"--crop must be a positive multiple of 32, got {cfg.crop}")
+
+
+def _new_config(args):
+    from export.train.config import TrainConfig
+
+    data = args.data or ["synth"]
+    return TrainConfig(out_dir=args.out, data=data if len(data) > 1 else data[0],
+                       scene=args.scene, arch=args.arch, width=args.width,
+                       steps=args.steps, batch=args.batch, crop=args.crop, lr=args.lr,
+                       warmup=min(args.warmup, args.steps), seed=args.seed, workers=args.workers,
+                       threads=args.threads, init=args.init, save_every=args.save_every,
+                       log_every=args.log_every, time_limit=args.time_limit, device=args.device,
+                       val_every=args.val_every, val=args.val, val_images=args.val_images)
+
+
+def _resumed_config(args):
+    """The run's own settings from OUT/config.json, with the flags that may change applied; a
+    flag that would change the training recipe midway is one clear error."""
+    import json
+    from pathlib import Path
+
+    from engine.errors import DbrtError
+    from export.train.config import TrainConfig
+
+    out = Path(args.out)
+    saved_path = out / "config.json"
+    if not (out / "last.pt").is_file() or not saved_path.is_file():
+        raise DbrtError(f"--resume: {out} holds no run to continue (needs last.pt and config.json); "
+                        "drop --resume to start one")
+    try:
+        cfg = TrainConfig.from_dict(json.loads(saved_path.read_text()))
+    except (ValueError, TypeError) as e:
+        raise DbrtError(f"--resume: {saved_path} is not a dbrt training config ({e})") from None
+    given = _new_config(args)
+    for name in set(args.given) | ({"data"} if args.data else set()):
+        value, saved = getattr(given, name), getattr(cfg, name)
+        if name in TrainConfig.RESUMABLE_CHANGES:
+            setattr(cfg, name, value)
+        elif value != saved:
+            flag = "--" + name.replace("_", "-")
+            raise DbrtError(f"{flag} {value}: --resume continues the run in {out} with its own "
+                            f"settings ({flag} {saved}); drop the flag, or train into a new --out "
+                            f"with --init {out / 'last.pt'}")
+    cfg.out_dir, cfg.resume = args.out, True
+    return cfg
 
 
 def run(args) -> int:
     from engine.lazy import require
 
     require("torch")
-    from export.train.config import TrainConfig
     from export.train.loop import train
 
-    args.data = args.data or ["synth"]
-    _check(args)
+    cfg = _resumed_config(args) if args.resume else _new_config(args)
+    _check(cfg)
     validate = None
-    if args.val:
+    if cfg.val:
         from pipeline.datasets import open_dataset
 
-        dataset = open_dataset(args.val).head(args.val_images or None)
+        dataset = open_dataset(cfg.val).head(cfg.val_images or None)
         validate = make_validator(dataset)
-    cfg = TrainConfig(out_dir=args.out, data=args.data if len(args.data) > 1 else args.data[0],
-                      scene=args.scene, arch=args.arch, width=args.width,
-                      steps=args.steps, batch=args.batch, crop=args.crop, lr=args.lr,
-                      warmup=min(args.warmup, args.steps), seed=args.seed, workers=args.workers,
-                      threads=args.threads, init=args.init, resume=args.resume,
-                      save_every=args.save_every, log_every=args.log_every,
-                      time_limit=args.time_limit, device=args.device, val_every=args.val_every)
     path = train(cfg, validate=validate)
     print(f"checkpoint: {path}")
     return 0
