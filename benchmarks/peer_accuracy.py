@@ -9,12 +9,15 @@ warm-up each, then the two sides alternate image by image (the order swapping ev
 the median per-image latency of each side and their ratio are reported.
 
 Sets: (a) ../shared/data/realdev; (b) a validation split given by `--val DIR` (an ICDAR 2015
-folder; skipped without it); (c) held-out synthetic scenes (`export.synth.dataset.write_dataset`,
+folder; skipped without it), and with `--val-side N` once more with both detectors resizing its
+images to short side N (the DB paper tests ICDAR 2015 at 1152; `--val-post T/B/U` gives dbrt's
+thresh / box_thresh / unclip_ratio for that size, chosen on the same split); (c) held-out synthetic scenes (`export.synth.dataset.write_dataset`,
 seed 10000, deterministic, written to a temporary folder); (d) the lightbox video of the shared
 data at each detector's default input size: the share of sampled frames on which the sign's
 three words are boxed (see `words_boxed`).
 
-    python -m benchmarks.peer_accuracy [--val DIR] [--synth 100] [--max-images N]
+    python -m benchmarks.peer_accuracy [--val DIR [--val-side 1152 [--val-post T/B/U]]]
+                                       [--synth 100] [--max-images N]
                                        [--every 10] [--frames N] [--threads 0] [--model M.onnx]
 
 rapidocr is a benchmark-only dependency (the `bench` extra); without it the script says so and
@@ -199,6 +202,23 @@ def image_sets(args, workdir: Path, log=print):
                open_dataset(write_dataset(workdir / "synth", count, seed=args.synth_seed)))
 
 
+def score_at_side(name: str, dataset, args, log=print) -> dict:
+    """The validation split once more, both detectors resizing to short side --val-side (dbrt
+    with --val-post's thresholds when given); the settings used go into the row."""
+    from engine.loader import RunnerOptions
+    from pipeline.detector import Detector
+
+    side = args.val_side
+    theirs = RapidOcrDetector(args.rapidocr_model, args.threads, limit_side_len=side, limit_type="min")
+    changes = {"limit_side": side, "limit_type": "min", **(args.val_post or {})}
+    with Detector(args.model, lambda spec: spec.replace(**changes), backend="onnxruntime",
+                  device="cpu", options=RunnerOptions(threads=args.threads)) as ours:
+        row = score_set(f"{name} at short side {side}", dataset,
+                        {"rapidocr": theirs, "dbrt": ours.detect}, log)
+        row["settings"] = {"rapidocr": theirs.settings, "dbrt": ours.describe()}
+    return row
+
+
 def run(args, log=print) -> dict:
     """The whole comparison; returns the report."""
     from engine.loader import RunnerOptions
@@ -217,9 +237,12 @@ def run(args, log=print) -> dict:
         report["dbrt"] = {"model": model.name, "model_sha256": common.file_sha256(model),
                           "settings": ours.describe()}
         sides = {"rapidocr": theirs, "dbrt": ours.detect}
-        report["sets"] = [score_set(name, data, sides, log) if not isinstance(data, str)
-                          else _skipped(name, data, log)
-                          for name, data in image_sets(args, Path(tmp), log)]
+        report["sets"] = []
+        for name, data in image_sets(args, Path(tmp), log):
+            report["sets"].append(_skipped(name, data, log) if isinstance(data, str)
+                                  else score_set(name, data, sides, log))
+            if name.startswith("validation") and args.val_side and not isinstance(data, str):
+                report["sets"].append(score_at_side(name, data, args, log))
         video = args.data / LIGHTBOX
         report["lightbox"] = (score_video(video, sides, args.every, args.frames, log)
                               if video.is_file() else _skipped(LIGHTBOX.name, f"{video} not found", log))
@@ -242,6 +265,15 @@ def _set_row(row: dict) -> dict:
     return out
 
 
+def _side_note(row: dict) -> str:
+    theirs, ours = row["settings"]["rapidocr"], row["settings"]["dbrt"]
+    post, resize = ours["post"], ours["spec"]["resize"]
+    return (f"\n{row['set']}: RapidOCR limit_side_len {theirs['limit_side_len']} "
+            f"({theirs['limit_type']}) with its own thresholds; dbrt limit_side "
+            f"{resize['limit_side']} ({resize['limit_type']}), thresh "
+            f"{post['thresh']}, box_thresh {post['box_thresh']}, unclip_ratio {post['unclip_ratio']}.\n")
+
+
 def _video_rows(video: dict) -> List[dict]:
     return [{"detector": side, "sampled frames": video["frames"],
              "three words boxed": video[side]["frames_words_boxed"],
@@ -262,7 +294,8 @@ def to_sections(report: dict) -> List[tuple]:
             "per side, the sides alternating image by image; speed-up = RapidOCR ms / dbrt ms. "
             "The ground truth of all three sets is one box per word; PP-OCR det boxes whole text "
             "lines, and a line box over several words usually matches none of them (IoU <= 0.5).\n\n"
-            + common.markdown_table([_set_row(r) for r in report["sets"]]))
+            + common.markdown_table([_set_row(r) for r in report["sets"]])
+            + "".join(_side_note(r) for r in report["sets"] if "settings" in r))
     video = report["lightbox"]
     if video["status"] == "ok":
         sampled = (f"Every {video['every']}th frame ({video['frames']} frames)"
@@ -305,11 +338,23 @@ def _positive(text: str) -> int:
     return _count(text, least=1)
 
 
+def _post(text: str) -> dict:
+    try:
+        thresh, box_thresh, unclip = (float(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"want THRESH/BOX_THRESH/UNCLIP_RATIO, got {text!r}") from None
+    return {"thresh": thresh, "box_thresh": box_thresh, "unclip_ratio": unclip}
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.peer_accuracy",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--val", type=Path, help="validation split: an ICDAR 2015 folder "
                    "(img_N.jpg + gt_img_N.txt); the row is skipped without it")
+    p.add_argument("--val-side", type=_count, default=0, metavar="N",
+                   help="also score the validation split with both detectors at short side N (0: no)")
+    p.add_argument("--val-post", type=_post, metavar="T/B/U",
+                   help="dbrt's thresh / box_thresh / unclip_ratio at --val-side (default: its own)")
     p.add_argument("--synth", type=_count, default=100, help="held-out synthetic scenes (0: none)")
     p.add_argument("--synth-seed", type=int, default=10_000)
     p.add_argument("--max-images", type=_count, default=0,

@@ -58,7 +58,8 @@ def locate_model() -> Optional[Path]:
 class RapidOcrDetector:
     """RapidOCR's TextDetector with its packaged Det settings, pointed at `model`."""
 
-    def __init__(self, model: Path, threads: int = 0):
+    def __init__(self, model: Path, threads: int = 0, **det_settings):
+        """det_settings: packaged Det settings to change (limit_side_len=1152, limit_type="min")."""
         import rapidocr
         from rapidocr.ch_ppocr_det import TextDetector
         from rapidocr.utils.log import logger
@@ -69,6 +70,8 @@ class RapidOcrDetector:
         cfg.Det.engine_cfg = cfg.EngineConfig.onnxruntime
         cfg.Det.engine_cfg.intra_op_num_threads = threads or -1
         cfg.Det.model_path = str(model)
+        for key, value in det_settings.items():
+            cfg.Det[key] = value
         self.settings = {k: cfg.Det[k] for k in ("limit_side_len", "limit_type", "mean", "std",
                                                  "thresh", "box_thresh", "unclip_ratio",
                                                  "use_dilation", "max_candidates", "score_mode")}

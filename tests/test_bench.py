@@ -364,9 +364,15 @@ def test_peer_accuracy_scores_both_detectors_on_tiny_sets(tmp_path, tiny_onnx, m
     monkeypatch.setenv("DBRT_RESULTS_DIR", str(tmp_path / "res"))
     lines = []
     rc = peer_accuracy.main(["--data", str(data), "--val", str(val), "--synth", "1", "--every", "5",
-                             "--frames", "2", "--threads", "1", "--model", str(tiny_onnx)], log=lines.append)
+                             "--frames", "2", "--threads", "1", "--model", str(tiny_onnx),
+                             "--val-side", "128", "--val-post", "0.25/0.5/1.6"], log=lines.append)
     assert rc == 0, lines
     report = json.loads((tmp_path / "res" / "peer_accuracy.json").read_text())
+    at_side = report["sets"].pop(2)       # the validation split again, both at short side 128
+    assert at_side["set"] == "validation (val) at short side 128" and at_side["images"] == 1
+    assert at_side["settings"]["rapidocr"]["limit_side_len"] == 128
+    assert at_side["settings"]["dbrt"]["spec"]["resize"]["limit_side"] == 128
+    assert at_side["settings"]["dbrt"]["post"]["unclip_ratio"] == 1.6
     sets = {row["set"].split(" ")[0]: row for row in report["sets"]}
     assert set(sets) == {"realdev", "validation", "synthetic"}
     for row in sets.values():
@@ -378,6 +384,7 @@ def test_peer_accuracy_scores_both_detectors_on_tiny_sets(tmp_path, tiny_onnx, m
     assert video["rapidocr"]["share"] == video["dbrt"]["share"] == 0  # no sign in the clip
     text = (tmp_path / "res" / "peer_accuracy.md").read_text()
     assert "| realdev | 1 |" in text and "three words boxed" in text
+    assert "at short side 128: RapidOCR limit_side_len 128 (min)" in text
 
 
 def test_peer_accuracy_skips_what_is_absent(tmp_path, tiny_onnx, monkeypatch):
