@@ -325,3 +325,12 @@ def test_resume_continues_with_the_runs_own_settings(tmp_path, capsys):
     assert "--lr 0.5" in err and "--lr 0.001" in err and "Traceback" not in err
     assert main(["train", "--out", str(tmp_path / "empty"), "--resume"]) == 2
     assert "holds no run to continue" in capsys.readouterr().err
+    # the library checks it too: resuming with a config of defaults is refused, the run's
+    # config.json untouched
+    from engine.errors import ModelError
+    from export.train.config import TrainConfig
+    from export.train.loop import train
+
+    with pytest.raises(ModelError, match=r"other settings: .*width 0.5 \(the run: 0.25\)"):
+        train(TrainConfig(out_dir=out, resume=True, workers=0, threads=1))
+    assert json.loads((tmp_path / "run" / "config.json").read_text()) == again

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import List, Optional, Union
+from typing import List, Optional, Tuple, Union
 
 
 @dataclass
@@ -40,6 +40,14 @@ class TrainConfig:
     # saves, and what it is scored on; everything else is the run's training recipe
     RESUMABLE_CHANGES = ("workers", "threads", "device", "time_limit", "log_every", "save_every",
                          "keep_every", "val", "val_every", "val_images")
+    NOT_RECIPE = RESUMABLE_CHANGES + ("out_dir", "init", "resume")
+
+    def recipe_differences(self, run: "TrainConfig", names=None) -> List[Tuple[str, object, object]]:
+        """(setting, ours, the run's) for each training-recipe setting (of `names`, default all)
+        that differs from `run`'s: what a resumed run may not change midway."""
+        names = [f.name for f in fields(self)] if names is None else names
+        return [(n, getattr(self, n), getattr(run, n)) for n in names
+                if n not in self.NOT_RECIPE and getattr(self, n) != getattr(run, n)]
 
     @classmethod
     def from_dict(cls, saved: dict) -> "TrainConfig":

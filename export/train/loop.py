@@ -82,6 +82,18 @@ def load_weights(model, path) -> None:
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
 
 
+def _resumable_checkpoint(path: Path, cfg: TrainConfig) -> dict:
+    """last.pt of the run `cfg` resumes; ModelError when `cfg` would change its recipe midway
+    (a config built from defaults instead of the run's own settings)."""
+    ck = read_checkpoint(path)
+    differences = cfg.recipe_differences(TrainConfig.from_dict(ck.get("config") or {}))
+    if "config" in ck and differences:
+        listed = ", ".join(f"{name} {ours!r} (the run: {theirs!r})" for name, ours, theirs in differences)
+        raise ModelError(f"{path} belongs to a run with other settings: {listed}; resume it with its "
+                         "own settings (dbrt train --out RUN --resume reads them from RUN/config.json)")
+    return ck
+
+
 def _save(path: Path, ema, model, opt, step: int, cfg: TrainConfig, extra: Optional[dict] = None) -> None:
     tmp = path.with_suffix(".tmp")
     cpu = lambda m: {k: v.detach().cpu() for k, v in m.state_dict().items()}  # noqa: E731
@@ -149,17 +161,16 @@ def train(cfg: TrainConfig, validate: Optional[Validate] = None) -> Path:
     device = pick_device(cfg.device)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    ck = _resumable_checkpoint(out / "last.pt", cfg) if cfg.resume and (out / "last.pt").exists() else None
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     model = DBNet(cfg.arch, width=cfg.width)
-    resuming = cfg.resume and (out / "last.pt").exists()
-    if cfg.init and not resuming:  # a resumed run's weights come from last.pt
+    if cfg.init and ck is None:  # a resumed run's weights come from last.pt
         load_weights(model, cfg.init)
     model.to(device)
     ema = copy.deepcopy(model).eval()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start = 0
-    if resuming:
-        ck = read_checkpoint(out / "last.pt")
+    if ck is not None:
         model.load_state_dict(ck["raw"])
         ema.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])

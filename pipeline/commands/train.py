@@ -26,7 +26,7 @@ class _Given(argparse.Action):
 
     def __call__(self, parser, namespace, values, option_string=None):
         setattr(namespace, self.dest, values)
-        namespace.given = (getattr(namespace, "given", None) or frozenset()) | {self.dest}
+        namespace.given = namespace.given | {self.dest}  # parser default: frozenset()
 
 
 def add_arguments(parser) -> None:
@@ -123,6 +123,7 @@ def _new_config(args):
 def _resumed_config(args):
     """The run's own settings from OUT/config.json, with the flags that may change applied; a
     flag that would change the training recipe midway is one clear error."""
+    import dataclasses
     import json
     from pathlib import Path
 
@@ -138,18 +139,14 @@ def _resumed_config(args):
         cfg = TrainConfig.from_dict(json.loads(saved_path.read_text()))
     except (ValueError, TypeError) as e:
         raise DbrtError(f"--resume: {saved_path} is not a dbrt training config ({e})") from None
-    given = _new_config(args)
-    for name in set(args.given) | ({"data"} if args.data else set()):
-        value, saved = getattr(given, name), getattr(cfg, name)
-        if name in TrainConfig.RESUMABLE_CHANGES:
-            setattr(cfg, name, value)
-        elif value != saved:
-            flag = "--" + name.replace("_", "-")
-            raise DbrtError(f"{flag} {value}: --resume continues the run in {out} with its own "
-                            f"settings ({flag} {saved}); drop the flag, or train into a new --out "
-                            f"with --init {out / 'last.pt'}")
-    cfg.out_dir, cfg.resume = args.out, True
-    return cfg
+    given, names = _new_config(args), set(args.given) | ({"data"} if args.data else set())
+    for name, value, saved in given.recipe_differences(cfg, sorted(names))[:1]:
+        flag = "--" + name.replace("_", "-")
+        raise DbrtError(f"{flag} {value}: --resume continues the run in {out} with its own "
+                        f"settings ({flag} {saved}); drop the flag, or train into a new --out "
+                        f"with --init {out / 'last.pt'}")
+    changes = {n: getattr(given, n) for n in names if n in TrainConfig.RESUMABLE_CHANGES}
+    return dataclasses.replace(cfg, **changes, out_dir=args.out, resume=True)
 
 
 def run(args) -> int:
