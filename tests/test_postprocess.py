@@ -135,3 +135,45 @@ def test_threads_and_changing_map_sizes_do_not_share_scratch_memory():
             got = list(pool.map(lambda m: cpu.postprocess_map(m, config), maps[::-1]))[::-1]
             for (ep, es), (gp, gs) in zip(expected, got):
                 assert es == gs and all(np.array_equal(a, b) for a, b in zip(ep, gp))
+
+
+def _blob_contours(rng, count):
+    """Contours of random blobs (the shapes a probability map's bitmap has), plus long edges."""
+    contours = []
+    while len(contours) < count:
+        h, w = rng.integers(20, 300, 2)
+        noise = cv2.GaussianBlur(rng.random((h, w)).astype(np.float32), (0, 0), rng.uniform(0.5, 5))
+        found, _ = cv2.findContours((noise > rng.uniform(0.45, 0.6)).astype(np.uint8),
+                                    cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
+        contours += found
+    contours.append(np.array([[0, 0], [3999, 0], [3999, 2999], [0, 2999], [2000, 1]],
+                             np.int32).reshape(-1, 1, 2))
+    return contours
+
+
+def test_arc_lengths_equal_opencv_bit_for_bit():
+    contours = _blob_contours(np.random.default_rng(0), 3000)
+    expected = np.array([cv2.arcLength(c, True) for c in contours])
+    ours = cpu.closed_arc_lengths(contours)
+    np.testing.assert_array_equal(ours.view(np.int64), expected.view(np.int64))
+    assert cpu.closed_arc_lengths([]).shape == (0,)
+
+
+def test_offsets_called_surely_wide_are_wide():
+    """The minAreaRect check expand_polygons leaves out where surely_wide says it cannot fail:
+    on contour polygons and on arbitrary (self-intersecting) ones, it would have passed."""
+    from pipeline.postprocess.geometry import offset_polygon, surely_wide, unclip_distances
+    rng = np.random.default_rng(1)
+    polys = [cv2.approxPolyDP(c, 0.002 * cv2.arcLength(c, True), True).reshape(-1, 2)
+             for c in _blob_contours(rng, 1500) if len(c) >= 4]
+    polys += [rng.integers(0, rng.choice([8, 30, 200]), (rng.integers(4, 10), 2)) for _ in range(1500)]
+    polys = [p for p in polys if len(p) >= 4]
+    spared = 0
+    for ratio in (0.8, 1.5, 2.0):
+        distances = unclip_distances(polys, ratio)
+        for poly, distance, wide in zip(polys, distances, surely_wide(distances, 5.0)):
+            result = offset_polygon(poly.tolist(), distance) if wide else []
+            if len(result) == 1:
+                spared += 1
+                assert min(cv2.minAreaRect(np.array(result[0], np.int32))[1]) >= 5.0
+    assert spared > 500

@@ -156,10 +156,27 @@ def quad_candidates(contours, config: PostprocessConfig, h: int, w: int) -> Cand
     return Candidates(quads, *_point_fills([contours[i] for i in keep], h, w))
 
 
+def closed_arc_lengths(contours: list) -> np.ndarray:
+    """cv2.arcLength(c, True) of every integer contour, bit for bit, in one pass: per edge a
+    float32 length (sqrt of dx*dx + dy*dy in float32), summed in float64 from the closing edge
+    on, in vertex order, as OpenCV's loop does (np.bincount adds each bin's weights in order)."""
+    if not contours:
+        return np.zeros(0)
+    sizes = np.fromiter(map(len, contours), np.intp, len(contours))
+    points = np.concatenate(contours).reshape(-1, 2).astype(np.float32)
+    ends = np.cumsum(sizes)
+    before = np.arange(-1, len(points) - 1)
+    before[ends - sizes] = ends - 1  # a contour's first edge comes from its last point
+    d = points - points[before]
+    lengths = np.sqrt(d[:, 0] * d[:, 0] + d[:, 1] * d[:, 1])
+    return np.bincount(np.repeat(np.arange(len(contours)), sizes), lengths, len(contours))
+
+
 def polygon_candidates(contours, config: PostprocessConfig, h: int, w: int) -> Candidates:
     """approxPolyDP(0.002 * arcLength) of the contours with >= 4 points; keep >= 4 vertices."""
     contours = [c for c in contours if len(c) >= 4]  # fewer points cannot approximate to 4
-    approx = [cv2.approxPolyDP(c, 0.002 * cv2.arcLength(c, True), True) for c in contours]
+    epsilons = (0.002 * closed_arc_lengths(contours)).tolist()
+    approx = [cv2.approxPolyDP(c, e, True) for c, e in zip(contours, epsilons)]
     keep = [i for i, a in enumerate(approx) if len(a) >= 4]
     polys = [approx[i].reshape(-1, 2) for i in keep]
     scored = polys if config.score_mode == "fast" else [contours[i] for i in keep]

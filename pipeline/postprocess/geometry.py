@@ -181,15 +181,31 @@ def expand_polygons(polys: list, ratio: float, min_side: float) -> List[Optional
     offset = pyclipper.PyclipperOffset()
     rows = np.concatenate(polys).reshape(-1, 2).tolist()
     sizes = [len(p) for p in polys]
+    distances = unclip_distances(polys, ratio)
     expanded = [offset_polygon(rows[end - size:end], distance, offset) for end, size, distance
-                in zip(np.cumsum(sizes).tolist(), sizes, unclip_distances(polys, ratio).tolist())]
+                in zip(np.cumsum(sizes).tolist(), sizes, distances.tolist())]
     single = iter(_point_arrays([e[0] for e in expanded if len(e) == 1]))
     out = []
-    for result in expanded:
+    for result, wide in zip(expanded, surely_wide(distances, min_side).tolist()):
         points = next(single) if len(result) == 1 else None
-        ok = points is not None and min(cv2.minAreaRect(points)[1]) >= min_side
+        ok = points is not None and (wide or min(cv2.minAreaRect(points)[1]) >= min_side)
         out.append(points if ok else None)  # int32, as pyclipper returns it
     return out
+
+
+# How far inside distance d pyclipper's round offset may fall: its arcs are chords (arc
+# tolerance 0.25, up to ~0.57 where the last step of an arc is 1.5 steps long), every vertex is
+# rounded to integers (<= 0.71), and a nearly straight joint keeps one of its two offset points
+# (< 1). Measured on 370,000 random polygons: the short side never fell below 2d - 0.36.
+_OFFSET_SLACK = 3.0
+
+
+def surely_wide(distances: np.ndarray, min_side: float) -> np.ndarray:
+    """Where the rectangle around an offset polygon cannot be narrower than min_side: the
+    offset holds a disc of radius d - slack around the polygon's points, so every width, and
+    the minimum-area rectangle's short side, is at least twice that. Spares the reference's
+    minAreaRect call (whose only use here is that check) for all but the smallest words."""
+    return 2.0 * (distances - _OFFSET_SLACK) >= min_side
 
 
 def to_frame(points: np.ndarray, map_w: int, map_h: int, frame_w: int, frame_h: int) -> np.ndarray:
