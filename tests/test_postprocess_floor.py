@@ -29,3 +29,20 @@ def test_instrumented_reference_counts_the_shared_calls_and_is_restored():
     assert 0 < row["shared_calls_ms"] <= row["floor_ms"]
     assert row["setting"] == "quad/fast" and row["ceiling"] > 0 and row["speedup_cpu"] > 0
     assert row["approxPolyDP_ms"] == 0 and row["findContours_ms"] > 0  # every call has a column
+
+
+def test_polygon_mode_books_the_calls_ours_avoids_apart():
+    maps = [dense_map(np.random.default_rng(1), 120, 200, 10)]
+    config = floor.bench.CONFIG.replace(box_type="poly")
+    ref = floor.bench.reference_impl(config)
+    plain = ref(maps[0])
+    spent = collections.defaultdict(lambda: [0.0, 0])
+    with floor.instrumented(spent, config.min_size + 2):
+        ref(maps[0])
+    assert spent["arcLength"][1] >= len(plain[0]) > 0
+    assert spent["minAreaRect_avoided"][1] + spent["minAreaRect"][1] >= len(plain[0])
+    assert spent["minAreaRect_avoided"][1] > 0  # the bars here are wide enough
+
+    row = floor.floor_row(config, {"bars": maps}, repeats=1, bias=floor.timer_cost(100))
+    assert row["avoided_ms"] > 0 and row["arcLength_ms"] > 0
+    assert abs(row["floor_ms"] - row["shared_calls_ms"] - row["map_read_ms"]) < 0.02
