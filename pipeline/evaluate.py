@@ -13,6 +13,8 @@ Per image:
 Recall = matches / cared-for ground truth, precision = matches / cared-for detections, summed
 over all images for the overall numbers; hmean is their harmonic mean. An image with no cared-for
 ground truth has recall 1 and precision 1 (0 when it has cared-for detections), as in the reference.
+Recall is also broken down by word height (the short side of a ground-truth polygon's
+minimum-area rectangle, image pixels): `EvalResult.recall_by_height`.
 
 Polygon areas and intersections use pyclipper on coordinates scaled to 1/65536 pixel, so no
 shapely is needed.
@@ -29,6 +31,7 @@ from .detections import Detections
 IOU_THRESHOLD = 0.5
 AREA_PRECISION_THRESHOLD = 0.5
 _SCALE = 65536.0  # pyclipper works on integers: keep 1/65536 px
+HEIGHT_EDGES = (8.0, 16.0, 32.0)  # word-height ranges of recall_by_height, image pixels
 
 
 # -- polygon geometry -------------------------------------------------------------------------
@@ -126,6 +129,7 @@ class ImageEval:
     det_dont_care: Tuple[int, ...]
     gt_invalid: Tuple[int, ...]
     det_invalid: Tuple[int, ...]
+    gt_heights: Tuple[float, ...] = ()  # per ground truth: its word height (see word_height)
 
     @property
     def matched(self) -> int:
@@ -216,6 +220,33 @@ class EvalResult(SummedScores):
 
     hits = matched
 
+    def recall_by_height(self, edges: Sequence[float] = HEIGHT_EDGES) -> List[dict]:
+        """Recall of the cared-for ground truth per word-height range (image pixels): where a
+        detector loses words, and whether a larger input size would find them."""
+        bounds = [0.0, *edges, float("inf")]
+        rows = [{"min_px": lo, "max_px": hi, "words": 0, "found": 0} for lo, hi in zip(bounds, bounds[1:])]
+        for im in self.images:
+            found = {g for g, _, _ in im.pairs}
+            skip = set(im.gt_dont_care) | set(im.gt_invalid)
+            for g, height in enumerate(im.gt_heights):
+                if g not in skip:
+                    row = rows[int(np.searchsorted(edges, height, side="right"))]
+                    row["words"] += 1
+                    row["found"] += g in found
+        for row in rows:
+            row["recall"] = row["found"] / row["words"] if row["words"] else None
+        return rows
+
+    def height_summary(self) -> str:
+        """One line: recall per word-height range, e.g. '<8 px 0/3, 8-16 px 37/98 (0.38), ...'."""
+        parts = []
+        for row in self.recall_by_height():
+            span = (f"<{row['max_px']:g}" if row["min_px"] == 0 else f">={row['min_px']:g}"
+                    if row["max_px"] == float("inf") else f"{row['min_px']:g}-{row['max_px']:g}")
+            share = "" if row["recall"] is None else f" ({row['recall']:.2f})"
+            parts.append(f"{span} px {row['found']}/{row['words']}{share}")
+        return "recall by word height: " + ", ".join(parts)
+
     def summary(self) -> str:
         return (f"precision {self.precision:.4f}  recall {self.recall:.4f}  hmean {self.hmean:.4f}  "
                 f"({self.matched} matched, {self.gt_care} ground truth, {self.det_care} detections, "
@@ -224,7 +255,9 @@ class EvalResult(SummedScores):
     def to_dict(self, per_image: bool = True) -> dict:
         out = {"precision": self.precision, "recall": self.recall, "hmean": self.hmean,
                "matched": self.matched, "gt_care": self.gt_care, "det_care": self.det_care,
-               "images": len(self.images)}
+               "images": len(self.images),
+               "recall_by_height": [{**r, "max_px": None if r["max_px"] == float("inf") else r["max_px"]}
+                                    for r in self.recall_by_height()]}
         if per_image:
             out["per_image"] = [im.to_dict() for im in self.images]
         return out
@@ -252,7 +285,17 @@ def evaluate_image(gt_polygons: Sequence[np.ndarray], gt_ignore: Sequence[bool],
     pairs = _greedy_match([g for g in gt_ok if g not in gt_dont_care],
                           [d for d in det_ok if d not in det_dont_care], gts, dets, iou)
     return ImageEval(name, len(gts), len(dets), pairs, gt_dont_care, det_dont_care,
-                     gt_invalid, det_invalid)
+                     gt_invalid, det_invalid, tuple(word_height(p) for p in gts))
+
+
+def word_height(polygon: np.ndarray) -> float:
+    """A word's height: the short side of its polygon's minimum-area rectangle (for a curved
+    word's polygon, more than its letters' height)."""
+    import cv2
+
+    if len(polygon) < 3:
+        return 0.0
+    return float(min(cv2.minAreaRect(polygon.astype(np.float32))[1]))
 
 
 def _inside_fraction(det: np.ndarray, region: np.ndarray) -> float:

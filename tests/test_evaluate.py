@@ -175,6 +175,21 @@ def test_overall_numbers_sum_matches_over_images():
     json.dumps(d)  # serialisable
 
 
+def test_recall_by_word_height_counts_cared_for_words_per_range():
+    words = [rect(0, 0, 40, 5), rect(0, 10, 40, 22), rect(0, 30, 80, 70), rect(50, 0, 90, 6),
+             rect(100, 0, 140, 12)]  # heights 5, 12, 40, 6, 12 (the last: do not care)
+    a = evaluate_image(words, [False, False, False, False, True], [words[0], words[2]])
+    b = evaluate_image([rect(0, 0, 40, 20)], [False], [])  # height 20, missed
+    rows = EvalResult((a, b)).recall_by_height()
+    assert [(r["min_px"], r["max_px"], r["words"], r["found"]) for r in rows] == [
+        (0, 8, 2, 1), (8, 16, 1, 0), (16, 32, 1, 0), (32, float("inf"), 1, 1)]
+    assert [r["recall"] for r in rows] == [0.5, 0.0, 0.0, 1.0]
+    assert EvalResult((a, b)).height_summary() == (
+        "recall by word height: <8 px 1/2 (0.50), 8-16 px 0/1 (0.00), 16-32 px 0/1 (0.00), >=32 px 1/1 (1.00)")
+    assert EvalResult(()).recall_by_height()[0]["recall"] is None
+    assert json.loads(json.dumps(EvalResult((a, b)).to_dict()))["recall_by_height"][-1]["max_px"] is None
+
+
 def test_evaluate_accepts_detections_and_ground_truth_objects():
     gt = GroundTruth((rect(0, 0, 10, 10), rect(20, 0, 30, 10)), [False, True], ("a", "###"))
     dets = Detections.from_quads(np.stack([rect(0, 0, 10, 10), rect(20, 0, 30, 10)]), [0.9, 0.8])
@@ -307,7 +322,9 @@ def test_cli_eval_writes_json_and_visualisation(tmp_path, tiny_onnx, capsys):
     assert result["images"] == 1 and result["gt_care"] == 1
     assert result["format"] == "icdar2015" and 0.0 <= result["hmean"] <= 1.0
     assert result["per_image"][0]["image"] == "img_1.jpg"
-    assert "hmean" in capsys.readouterr().out
+    assert [r["words"] for r in result["recall_by_height"]] == [0, 0, 1, 0]  # 30 px tall
+    printed = capsys.readouterr().out
+    assert "hmean" in printed and "recall by word height: <8 px 0/0, 8-16 px 0/0, 16-32 px " in printed
     missed_or_false = result["per_image"][0]["missed"] or result["per_image"][0]["false_alarms"]
     assert (tmp_path / "vis" / "img_1.jpg").is_file() == bool(missed_or_false)
 

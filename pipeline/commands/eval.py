@@ -162,6 +162,7 @@ def run(args) -> int:
     ms = 1e3 * sum(timings) / max(1, len(timings))
     print(f"{dataset.name} ({dataset.format}, {len(dataset)} images): {result.summary()}; "
           f"{ms:.1f} ms/image incl. reading")
+    print(result.height_summary())
     if args.json:
         payload = {"dataset": str(args.dataset), "format": dataset.format, "model": args.model,
                    "detector": described, "protocol": {"iou": args.iou, "area_precision": args.area_precision},
