@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from export.train.augment import AugmentConfig, augment
-from export.train.data import SynthDataset, read_icdar_folder
+from export.train.augment import AugmentConfig, augment, photometric
+from export.train.data import SynthDataset, normalise, read_icdar_folder
 from export.train.labels import THRESH_MAX, THRESH_MIN, make_targets, offset_distance
 
 RECT = np.float32([[20, 30], [120, 30], [120, 50], [20, 50]])  # 100 x 20
@@ -334,3 +334,21 @@ def test_resume_continues_with_the_runs_own_settings(tmp_path, capsys):
     with pytest.raises(ModelError, match=r"other settings: .*width 0.5 \(the run: 0.25\)"):
         train(TrainConfig(out_dir=out, resume=True, workers=0, threads=1))
     assert json.loads((tmp_path / "run" / "config.json").read_text()) == again
+
+
+def test_normalise_and_photometric_follow_their_formulas():
+    """The loader's OpenCV one-pass versions: DB normalisation to float32 CHW, and contrast about
+    the mean grey plus brightness, saturated (to within OpenCV's rounding)."""
+    from dbnet.spec import DB_MEAN_BGR
+    image = (np.random.default_rng(0).random((48, 64, 3)) * 255).astype(np.uint8)
+    expected = ((image.astype(np.float64) - DB_MEAN_BGR) / 255.0).transpose(2, 0, 1)
+    out = normalise(image)
+    assert out.shape == (3, 48, 64) and out.dtype == np.float32 and out.flags["C_CONTIGUOUS"]
+    np.testing.assert_allclose(out, expected, atol=1e-6)
+    cfg = AugmentConfig(contrast=0.5, brightness=0.5)
+    rng = np.random.default_rng(1)
+    gain, bias = 1 + rng.uniform(-0.5, 0.5), rng.uniform(-0.5, 0.5) * 128
+    formula = np.clip((image - image.mean()) * gain + image.mean() + bias, 0, 255)
+    out = photometric(np.random.default_rng(1), image, cfg)
+    assert out.dtype == np.uint8 and out.shape == image.shape
+    assert np.abs(out - formula).max() <= 1.0

@@ -37,9 +37,9 @@ IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
 
 
 def normalise(image: np.ndarray) -> np.ndarray:
-    """(H, W, 3) BGR uint8 -> (3, H, W) float32, DB normalisation."""
-    x = (image.astype(np.float32) - np.float32(DB_MEAN_BGR)) / 255.0
-    return np.ascontiguousarray(x.transpose(2, 0, 1))
+    """(H, W, 3) BGR uint8 -> (3, H, W) float32, DB normalisation, in one OpenCV pass
+    (NumPy's subtract / divide / transpose copies took ~5 ms a 640 px crop)."""
+    return cv2.dnn.blobFromImage(image, 1 / 255.0, mean=tuple(DB_MEAN_BGR), swapRB=False)[0]
 
 
 def make_sample(rng, image, polygons, ignore, crop: int, aug: AugmentConfig) -> dict:
