@@ -136,7 +136,8 @@ def score_set(name: str, dataset, sides: dict, log=print) -> dict:
         result = evaluate([s.gt for s in dataset], [_detections(o) for o in outputs],
                           names=[s.name for s in dataset])
         row[side] = {k: v for k, v in result.to_dict(per_image=False).items()
-                     if k in ("precision", "recall", "hmean", "gt_care", "det_care", "matched")}
+                     if k in ("precision", "recall", "hmean", "gt_care", "det_care", "matched",
+                              "recall_by_height")}
     return row
 
 
@@ -265,6 +266,18 @@ def _set_row(row: dict) -> dict:
     return out
 
 
+def _height_rows(row: dict) -> List[dict]:
+    """Recall per word-height range of both sides on one set (image pixels)."""
+    out = []
+    for theirs, ours in zip(row["rapidocr"]["recall_by_height"], row["dbrt"]["recall_by_height"]):
+        span = (f"< {ours['max_px']:g}" if not ours["min_px"] else f">= {ours['min_px']:g}"
+                if ours["max_px"] is None else f"{ours['min_px']:g}-{ours['max_px']:g}")
+        out.append({"set": row["set"], "word height px": span, "words": ours["words"],
+                    "RapidOCR found": theirs["found"], "dbrt found": ours["found"],
+                    "RapidOCR recall": theirs["recall"], "dbrt recall": ours["recall"]})
+    return out
+
+
 def _side_note(row: dict) -> str:
     theirs, ours = row["settings"]["rapidocr"], row["settings"]["dbrt"]
     post, resize = ours["post"], ours["spec"]["resize"]
@@ -310,7 +323,12 @@ def to_sections(report: dict) -> List[tuple]:
     load = report["load_average"]
     footer = (f"Load average (1 min) before / after: {load['before']} / {load['after']}.\n\n"
               f"Command: `{report['command']}`\n")
+    heights = ("Cared-for words per height (the short side of the word's minimum-area rectangle, "
+               "image pixels) and how many each side found.\n\n"
+               + common.markdown_table([h for r in report["sets"] if r["status"] == "ok"
+                                        for h in _height_rows(r)]))
     return [("Setup", setup), ("Accuracy and speed per image", sets),
+            ("Recall by word height", heights),
             ("Lightbox video: the three words boxed", words), ("Run", footer)]
 
 
