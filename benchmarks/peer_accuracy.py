@@ -251,6 +251,8 @@ def run(args, log=print) -> dict:
     return report
 
 
+# -- command line --------------------------------------------------------------------------------
+
 def _count(text: str, least: int = 0) -> int:
     try:
         value = int(text)

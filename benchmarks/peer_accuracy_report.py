@@ -95,6 +95,3 @@ def write(report: dict, folder: Path, name: str) -> List[Path]:
     md_path = common.write_markdown(folder / f"{name}.md", "dbrt vs RapidOCR's own detector",
                                     to_sections(report), info)
     return [json_path, md_path]
-
-
-# -- command line --------------------------------------------------------------------------------
