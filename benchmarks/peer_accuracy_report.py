@@ -25,11 +25,11 @@ def _set_row(row: dict) -> dict:
 
 def _height_rows(row: dict) -> List[dict]:
     """Recall per word-height range of both sides on one set (image pixels)."""
+    from pipeline.evaluate import height_range
+
     out = []
     for theirs, ours in zip(row["rapidocr"]["recall_by_height"], row["dbrt"]["recall_by_height"]):
-        span = (f"< {ours['max_px']:g}" if not ours["min_px"] else f">= {ours['min_px']:g}"
-                if ours["max_px"] is None else f"{ours['min_px']:g}-{ours['max_px']:g}")
-        out.append({"set": row["set"], "word height px": span, "words": ours["words"],
+        out.append({"set": row["set"], "word height px": height_range(ours), "words": ours["words"],
                     "RapidOCR found": theirs["found"], "dbrt found": ours["found"],
                     "RapidOCR recall": theirs["recall"], "dbrt recall": ours["recall"]})
     return out

@@ -241,10 +241,8 @@ class EvalResult(SummedScores):
         """One line: recall per word-height range, e.g. '<8 px 0/3, 8-16 px 37/98 (0.38), ...'."""
         parts = []
         for row in self.recall_by_height():
-            span = (f"<{row['max_px']:g}" if row["min_px"] == 0 else f">={row['min_px']:g}"
-                    if row["max_px"] == float("inf") else f"{row['min_px']:g}-{row['max_px']:g}")
             share = "" if row["recall"] is None else f" ({row['recall']:.2f})"
-            parts.append(f"{span} px {row['found']}/{row['words']}{share}")
+            parts.append(f"{height_range(row)} px {row['found']}/{row['words']}{share}")
         return "recall by word height: " + ", ".join(parts)
 
     def summary(self) -> str:
@@ -286,6 +284,14 @@ def evaluate_image(gt_polygons: Sequence[np.ndarray], gt_ignore: Sequence[bool],
                           [d for d in det_ok if d not in det_dont_care], gts, dets, iou)
     return ImageEval(name, len(gts), len(dets), pairs, gt_dont_care, det_dont_care,
                      gt_invalid, det_invalid, tuple(word_height(p) for p in gts))
+
+
+def height_range(row: dict) -> str:
+    """'<8', '8-16' or '>=32' for a recall_by_height row (its open end inf, or None in JSON)."""
+    lo, hi = row["min_px"], row["max_px"]
+    if not lo:
+        return f"<{hi:g}"
+    return f">={lo:g}" if hi is None or hi == float("inf") else f"{lo:g}-{hi:g}"
 
 
 def word_height(polygon: np.ndarray) -> float:
