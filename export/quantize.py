@@ -3,6 +3,7 @@
     from export.quantize import to_fp16, to_int8
     to_fp16("m.onnx", "m_fp16.onnx")                               # FP32 inputs / outputs kept
     data = calibration_inputs("frames/", spec, count=64)  # from pipeline.sampling; or a video
+    to_int8("m.onnx", "m_int8.onnx", data)                  # MSE ranges (the default)
     to_int8("m.onnx", "m_int8.onnx", data, method="entropy", keep_fp32_head=True, keep_fp32_stem=True)
     to_int8("m.onnx", "m_int8.onnx", data, keep_fp32_sensitive=20)   # most sensitive layers FP32
 
@@ -32,7 +33,7 @@ from dbnet.spec import METADATA_KEY, Int8Notes, ModelSpec, resolve_spec
 
 from .calibration import ArrayReader, write_cache
 
-CALIB_METHODS = ("entropy", "minmax", "percentile")
+CALIB_METHODS = ("mse", "entropy", "minmax", "percentile")
 FP16_BACKENDS = ("auto", "modelopt", "onnxconverter")
 # Ops whose inputs get Q/DQ (tensorrt.md): TensorRT fuses Q/DQ around these; DeformConv stays FP.
 INT8_OPS = ("Conv", "ConvTranspose", "Add")
@@ -180,8 +181,9 @@ def int8_options(method: str = "entropy", exclude: Sequence[str] = ()) -> dict:
     q = require("onnxruntime.quantization")
     if method not in CALIB_METHODS:
         raise ModelError(f"unknown calibration method {method!r}; choose {', '.join(CALIB_METHODS)}")
-    calib = {"entropy": q.CalibrationMethod.Entropy, "minmax": q.CalibrationMethod.MinMax,
-             "percentile": q.CalibrationMethod.Percentile}[method]
+    # 'mse' ranges always arrive as a calibration cache; ORT is told 'entropy' (it reads no data)
+    calib = {"entropy": q.CalibrationMethod.Entropy, "mse": q.CalibrationMethod.Entropy,
+             "minmax": q.CalibrationMethod.MinMax, "percentile": q.CalibrationMethod.Percentile}[method]
     return dict(quant_format=q.QuantFormat.QDQ, activation_type=q.QuantType.QInt8,
                 weight_type=q.QuantType.QInt8, per_channel=True, reduce_range=False,
                 calibrate_method=calib, op_types_to_quantize=list(INT8_OPS),
@@ -205,7 +207,7 @@ def int8_layer_ranking(model, calibration: Sequence[np.ndarray], method: str = "
         return int8_sensitivity(src, calibration, cache, int8_options(method), tmp)
 
 
-def to_int8(model, out_path, calibration: Sequence[np.ndarray], method: str = "entropy",
+def to_int8(model, out_path, calibration: Sequence[np.ndarray], method: str = "mse",
             keep_fp32_head: bool = False, keep_fp32_stem: bool = False,
             keep_fp32_decoder: bool = False, keep_fp32_sensitive: int = 0,
             keep_fp32_nodes: Sequence[str] = ()) -> Path:
@@ -238,6 +240,8 @@ def to_int8(model, out_path, calibration: Sequence[np.ndarray], method: str = "e
         with _quiet():
             # older ORT has no calibration caches: its own search (entropy then equals min-max)
             cached = hasattr(require("onnxruntime.quantization.calibrate"), "save_tensors_data")
+            if method == "mse" and not cached:
+                raise ModelError("calibration method 'mse' needs onnxruntime >= 1.19 (calibration caches)")
             if keep_fp32_sensitive and not cached:
                 raise ModelError("keep_fp32_sensitive needs onnxruntime >= 1.19 (calibration caches)")
             reader, cache, source = ArrayReader(name, calibration), None, {}

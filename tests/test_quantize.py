@@ -89,7 +89,7 @@ def test_fp16_keeps_fp32_io_and_metadata(fp32_model, tmp_path, calibration):
     assert check_onnx(out, "8.6").ok
 
 
-@pytest.mark.parametrize("method,head", [("entropy", False), ("minmax", True)])
+@pytest.mark.parametrize("method,head", [("mse", False), ("entropy", False), ("minmax", True)])
 def test_int8_is_symmetric_per_channel_qdq(fp32_model, tmp_path, calibration, method, head):
     out = quantize.to_int8(fp32_model, tmp_path / "m8.onnx", calibration, method, keep_fp32_head=head)
     proto = onnx.load(str(out))
@@ -179,7 +179,7 @@ def test_cli_export_all_precisions(image_dir, tmp_path, capsys):
     assert code == 0, text
     assert sorted(p.name for p in out.parent.iterdir()) == ["m.onnx", "m_fp16.onnx", "m_int8.onnx"]
     assert "UNTRAINED" in text and "parity PASSED" in text and text.count("compatible") == 3
-    assert "int8 vs fp32 on 2 images" in text
+    assert "int8 vs fp32 on 2 images" in text and "mse calibration" in text  # the default method
     meta = ModelSpec.from_metadata(get_metadata(onnx.load(str(out))))
     assert meta.untrained is True and meta.int8 is None
 
@@ -192,19 +192,6 @@ def test_cli_export_errors(tmp_path, capsys):
     assert "--calib" in capsys.readouterr().err
     assert main(["export", str(tmp_path / "absent.pth"), "-o", str(tmp_path / "x.onnx")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
-
-
-def test_entropy_threshold_like_tensorrt(rng):
-    from export.calibration import entropy_threshold
-
-    gauss = np.abs(np.concatenate([rng.normal(size=200_000), [40.0]]))  # one far outlier
-    hist, edges = np.histogram(gauss, 1024, range=(0, 40))
-    assert 3.0 < entropy_threshold(hist, edges[1] - edges[0]) < 6.0  # clips the outlier
-    flat, edges = np.histogram(rng.uniform(0, 3, 200_000), 1024, range=(0, 3))
-    assert entropy_threshold(flat, edges[1] - edges[0]) == pytest.approx(3.0)  # nothing to clip
-    relu = np.concatenate([np.zeros(500_000), rng.uniform(0, 2, 100_000)])  # ReLU's zero spike
-    hist, edges = np.histogram(relu, 1024, range=(0, 2))
-    assert entropy_threshold(hist, edges[1] - edges[0]) > 1.9
 
 
 def test_keep_fp32_ends_leaves_stem_and_head_unquantized(fp32_model, tmp_path, calibration):
@@ -242,7 +229,7 @@ def test_keep_fp32_decoder_quantizes_the_backbone_only(fp32_model, tmp_path, cal
         quantize.to_int8(plain, tmp_path / "x.onnx", calibration, keep_fp32_decoder=True)
 
 
-@pytest.mark.parametrize("method", ["entropy", "percentile", "minmax"])
+@pytest.mark.parametrize("method", ["mse", "entropy", "percentile", "minmax"])
 def test_calibration_on_images_of_different_sizes(fp32_model, tmp_path, image_dir, method):
     """A user's folder holds images of many sizes: every method must cope (ORT alone cannot)."""
     mixed = [np.concatenate([c, c], axis=3) for c in calibration_inputs(image_dir, SPEC, 1)]
@@ -265,7 +252,7 @@ def test_precision_benchmark_writes_results(tmp_path, monkeypatch):
     payload = json.loads((tmp_path / "p.json").read_text())
     assert payload["parity_passed"] and "UNTRAINED" in payload["model"]
     variants = {r["variant"] for r in payload["rows"]}
-    assert variants == {"fp16", "int8-entropy", "int8-minmax", "int8-percentile",
+    assert variants == {"fp16", "int8-mse", "int8-entropy", "int8-minmax", "int8-percentile",
                         "int8-entropy-ends-fp32", "int8-percentile-ends-fp32",
                         "int8-entropy-decoder-fp32", "int8-percentile-decoder-fp32",
                         *(f"int8-entropy-sensitive-{k}-fp32" for k in precision_accuracy.SENSITIVE_K)}
@@ -278,6 +265,31 @@ def test_precision_benchmark_writes_results(tmp_path, monkeypatch):
     assert all(0 <= r["int8_self"] <= 1 for r in payload["rows"] if r["variant"] != "fp16")
     text = (tmp_path / "p.md").read_text()
     assert "## Summary" in text and "## INT8 layer sensitivity" in text
+
+
+@pytest.mark.slow
+def test_int8_calibration_benchmark_compares_methods_and_sources(tmp_path, monkeypatch):
+    pytest.importorskip("torch")
+    import json
+
+    from benchmarks import int8_calibration
+
+    val, calib = tmp_path / "val", tmp_path / "calib"
+    for folder, seed in ((val, 7), (calib, 70)):
+        folder.mkdir()
+        for i, image in enumerate(synthetic_images(2, 96, 128, first_seed=seed)):
+            cv2.imwrite(str(folder / f"{i}.png"), image)
+    monkeypatch.setenv("DBRT_RESULTS_DIR", str(tmp_path / "out"))
+    assert int8_calibration.main(["--random-init", "--width", "0.25", "--side", "64", "--val", str(val),
+                                  "--calib", f"mine={calib}", "--count", "2", "--name", "c"]) == 0
+    payload = json.loads((tmp_path / "out" / "c.json").read_text())
+    assert {(r["method"], r["calibration"]) for r in payload["rows"]} == {
+        (m, s) for m in int8_calibration.METHODS for s in ("default", "mine")}
+    assert payload["calibration"]["mine"] == f"2 images spread over {calib}"
+    summary = int8_calibration.method_summary(payload["rows"])
+    assert {r["method"] for r in summary} == set(int8_calibration.METHODS)
+    assert all(r["worst_hmean"] <= r["mean_hmean"] <= r["best_hmean"] for r in summary)
+    assert "## Per method over the calibration sources" in (tmp_path / "out" / "c.md").read_text()
 
 
 def _weight_quantized(proto, node):
