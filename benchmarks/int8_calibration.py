@@ -1,0 +1,157 @@
+"""INT8 calibration: which range method and which calibration images bring full-INT8 boxes
+closest to FP32. Chosen on a validation split, reported on realdev.
+
+    python -m benchmarks.int8_calibration --val data/real/ic15_val \\
+        [--calib NAME=DIR ...] [--count 32] [--checkpoint W.pt]
+
+Every method of `dbrt export --calib-method` (mse, entropy, percentile, minmax) x every
+calibration source: `default` (what benchmarks.precision_accuracy calibrates on: synthetic scenes
+and frames of the shared videos) and each --calib folder (`count` images spread evenly over it).
+Full INT8: nothing left in FP32. Box agreement of each INT8 model with the FP32 model (ICDAR 2015
+protocol, IoU > 0.5), ONNX Runtime CPU, on the --val images (where a method is chosen) and on
+../shared/data/realdev (reported, never chosen on). The calibration folders must not overlap
+the evaluation images. Writes benchmarks/results/<machine>/int8_calibration.{json,md}.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+
+from . import common
+from .precision_accuracy import _calibration, _model
+
+METHODS = ("mse", "entropy", "percentile", "minmax")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+def spaced_images(folder: Path, count: int) -> List[np.ndarray]:
+    """`count` images spread evenly over a folder's sorted image files."""
+    import cv2
+
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise SystemExit(f"--calib {folder}: no images there")
+    picks = np.unique(np.linspace(0, len(paths) - 1, min(count, len(paths))).round().astype(int))
+    return [image for image in (cv2.imread(str(paths[i])) for i in picks) if image is not None]
+
+
+def _sources(args, spec) -> dict:
+    from pipeline.preprocess import preprocess
+
+    side = args.side or spec.resize.limit_side
+    sources = {"default": _calibration(spec, args.count, side)}
+    spec = spec.replace(limit_side=side)
+    for item in args.calib:
+        name, _, folder = item.partition("=")
+        if not folder:
+            raise SystemExit(f"--calib {item}: give NAME=DIR")
+        images = spaced_images(Path(folder), args.count)
+        sources[name] = ([preprocess(im, spec)[0][None] for im in images],
+                         f"{len(images)} images spread over {folder}")
+    return sources
+
+
+def _eval_sets(val: Path) -> dict:
+    from pipeline.sampling import read_images
+
+    sets = {f"validation ({val.name})": read_images(val)}
+    realdev = common.SHARED_DATA / "realdev" / "images"
+    if realdev.is_dir():
+        sets["realdev"] = read_images(realdev)
+    else:
+        print(f"realdev not found at {realdev}: validation only", file=sys.stderr)
+    return sets
+
+
+def run(args) -> dict:
+    from export import quantize
+    from export.onnx_export import export_onnx
+    from pipeline.accuracy import compare_many
+
+    started = time.perf_counter()
+    model, described, spec = _model(args)
+    with tempfile.TemporaryDirectory(prefix="dbrt_int8_calib_") as tmp:
+        work = Path(tmp)
+        fp32 = export_onnx(model, work / "fp32.onnx", opset=17, spec=spec)
+        sources = _sources(args, fp32.spec)
+        variants = {}
+        for source, (inputs, _) in sources.items():
+            for method in METHODS:
+                path = work / f"{len(variants)}.onnx"
+                variants[(method, source)] = quantize.to_int8(fp32.path, path, inputs, method)
+                print(f"built {method} on {source}", flush=True)
+        rows = []
+        for set_name, images in _eval_sets(Path(args.val)).items():
+            results = compare_many(fp32.path, list(variants.values()), images,
+                                   limit_side=args.side or fp32.spec.resize.limit_side)
+            for (method, source), result in zip(variants, results):
+                rows.append(dict(method=method, calibration=source, images=set_name, n=result.images,
+                                 fp32_boxes=result.reference_boxes, boxes=result.candidate_boxes,
+                                 P=result.precision_score, R=result.recall, hmean=result.hmean,
+                                 mean_abs=result.mean_abs))
+                print(f"{method:10s} {source:14s} {set_name:24s} {result.hmean:.4f}", flush=True)
+    command = " ".join(["python -m benchmarks.int8_calibration"] + sys.argv[1:])
+    return dict(command=command, model=described, rows=rows,
+                calibration={name: text for name, (_, text) in sources.items()},
+                seconds=round(time.perf_counter() - started, 1))
+
+
+def method_summary(rows: List[dict]) -> List[dict]:
+    """Per evaluation set and method: mean, worst and best agreement over the calibration sources."""
+    out = []
+    for images in dict.fromkeys(r["images"] for r in rows):
+        for method in METHODS:
+            scores = [r["hmean"] for r in rows if r["images"] == images and r["method"] == method]
+            if scores:
+                out.append(dict(images=images, method=method, sources=len(scores),
+                                mean_hmean=round(float(np.mean(scores)), 4),
+                                worst_hmean=round(min(scores), 4), best_hmean=round(max(scores), 4)))
+    return out
+
+
+def _markdown(payload: dict) -> list:
+    sources = "\n".join(f"- `{name}`: {text}" for name, text in payload["calibration"].items())
+    intro = (f"Model: {payload['model']}. Full INT8 (Q/DQ on every Conv, ConvTranspose and Add, "
+             "nothing left in FP32), ONNX Runtime CPU; box agreement = ICDAR 2015 protocol of the "
+             "INT8 boxes against the FP32 boxes. Choose on the validation rows; realdev is "
+             f"reported only.\n\nCalibration sources:\n{sources}\n\nCommand: `{payload['command']}`\n")
+    shown = [dict(r, **{k: f"{r[k]:.4f}" for k in ("P", "R", "hmean")}, mean_abs=f"{r['mean_abs']:.2e}")
+             for r in payload["rows"]]
+    return [("Setup", intro),
+            ("Per method over the calibration sources", common.markdown_table(method_summary(payload["rows"]))),
+            ("Every method and source", common.markdown_table(shown))]
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--val", required=True, help="validation image folder (where a method is chosen)")
+    parser.add_argument("--calib", action="append", default=[], metavar="NAME=DIR",
+                        help="a calibration image folder (repeatable)")
+    parser.add_argument("--count", type=int, default=32, help="calibration inputs per source")
+    parser.add_argument("--checkpoint", help="default: export/assets/dbnet_default.pt")
+    parser.add_argument("--random-init", action="store_true", help="UNTRAINED model (labelled as such)")
+    parser.add_argument("--width", type=float, default=0.5, help="width of the --random-init model")
+    parser.add_argument("--side", type=int, help="short side of every input (default: the model's)")
+    parser.add_argument("--name", default="int8_calibration", help="result file name")
+    args = parser.parse_args(argv)
+    if not Path(args.val).is_dir():
+        parser.error(f"--val {args.val}: not a folder")
+    payload = run(args)
+    info = common.machine_info()
+    out = common.results_dir()
+    common.write_json(out / f"{args.name}.json", dict(payload, machine=info))
+    common.write_markdown(out / f"{args.name}.md", "INT8 calibration: methods and sources",
+                          _markdown(payload), info)
+    print(f"wrote {out / args.name}.json / .md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
