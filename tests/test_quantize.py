@@ -289,6 +289,7 @@ def test_int8_calibration_benchmark_compares_methods_and_sources(tmp_path, monke
     summary = int8_calibration.method_summary(payload["rows"])
     assert {r["method"] for r in summary} == set(int8_calibration.METHODS)
     assert all(r["worst_hmean"] <= r["mean_hmean"] <= r["best_hmean"] for r in summary)
+    assert all(r["mean_calibrate_s"] > 0 for r in summary)
     assert "## Per method over the calibration sources" in (tmp_path / "out" / "c.md").read_text()
 
 
