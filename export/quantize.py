@@ -3,7 +3,7 @@
     from export.quantize import to_fp16, to_int8
     to_fp16("m.onnx", "m_fp16.onnx")                               # FP32 inputs / outputs kept
     data = calibration_inputs("frames/", spec, count=64)  # from pipeline.sampling; or a video
-    to_int8("m.onnx", "m_int8.onnx", data)                  # MSE ranges (the default)
+    to_int8("m.onnx", "m_int8.onnx", data)                  # 99.999th-percentile ranges (the default)
     to_int8("m.onnx", "m_int8.onnx", data, method="entropy", keep_fp32_head=True, keep_fp32_stem=True)
     to_int8("m.onnx", "m_int8.onnx", data, keep_fp32_sensitive=20)   # most sensitive layers FP32
 
@@ -33,7 +33,7 @@ from dbnet.spec import METADATA_KEY, Int8Notes, ModelSpec, resolve_spec
 
 from .calibration import ArrayReader, write_cache
 
-CALIB_METHODS = ("mse", "entropy", "minmax", "percentile")
+CALIB_METHODS = ("percentile", "mse", "entropy", "minmax")
 FP16_BACKENDS = ("auto", "modelopt", "onnxconverter")
 # Ops whose inputs get Q/DQ (tensorrt.md): TensorRT fuses Q/DQ around these; DeformConv stays FP.
 INT8_OPS = ("Conv", "ConvTranspose", "Add")
@@ -207,7 +207,7 @@ def int8_layer_ranking(model, calibration: Sequence[np.ndarray], method: str = "
         return int8_sensitivity(src, calibration, cache, int8_options(method), tmp)
 
 
-def to_int8(model, out_path, calibration: Sequence[np.ndarray], method: str = "mse",
+def to_int8(model, out_path, calibration: Sequence[np.ndarray], method: str = "percentile",
             keep_fp32_head: bool = False, keep_fp32_stem: bool = False,
             keep_fp32_decoder: bool = False, keep_fp32_sensitive: int = 0,
             keep_fp32_nodes: Sequence[str] = ()) -> Path:

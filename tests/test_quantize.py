@@ -179,7 +179,7 @@ def test_cli_export_all_precisions(image_dir, tmp_path, capsys):
     assert code == 0, text
     assert sorted(p.name for p in out.parent.iterdir()) == ["m.onnx", "m_fp16.onnx", "m_int8.onnx"]
     assert "UNTRAINED" in text and "parity PASSED" in text and text.count("compatible") == 3
-    assert "int8 vs fp32 on 2 images" in text and "mse calibration" in text  # the default method
+    assert "int8 vs fp32 on 2 images" in text and "percentile calibration" in text  # default
     meta = ModelSpec.from_metadata(get_metadata(onnx.load(str(out))))
     assert meta.untrained is True and meta.int8 is None
 

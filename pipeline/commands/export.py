@@ -43,9 +43,9 @@ def add_arguments(parser) -> None:
     onnx.add_argument("--calib", help="image folder / glob or video for INT8 calibration")
     onnx.add_argument("--calib-count", type=at_least(1), default=32,
                       help="calibration images / frames")
-    onnx.add_argument("--calib-method", choices=("mse", "entropy", "minmax", "percentile"), default="mse",
-                      help="activation ranges: least squared error (default), TensorRT's entropy "
-                           "(KL) search, the observed maxima, or the 99.999th percentile")
+    onnx.add_argument("--calib-method", choices=("percentile", "mse", "entropy", "minmax"),
+                      default="percentile", help="activation ranges: the 99.999th percentile of |x| "
+                      "(default), least squared error, TensorRT's entropy (KL) search, or the maxima")
     onnx.add_argument("--calib-side", type=side_length, help="short side for calibration inputs "
                       "(default: the model's limit_side)")
     onnx.add_argument("--keep-fp32-head", action="store_true",
