@@ -184,6 +184,26 @@ def test_cli_export_all_precisions(image_dir, tmp_path, capsys):
     assert meta.untrained is True and meta.int8 is None
 
 
+def test_cli_export_warns_when_int8_boxes_drift(image_dir, tmp_path, capsys, monkeypatch):
+    """A calibration that clipped a range far too short shows as low INT8 agreement: say so."""
+    from pipeline import accuracy
+    from pipeline.accuracy import PrecisionComparison
+    from pipeline.cli import main
+
+    def drifted(reference, candidates, images, **kwargs):
+        return [PrecisionComparison(str(c), "int8", 2, 0.6, 0.01, reference_boxes=20, candidate_boxes=9,
+                                    matched=6) for c in candidates]
+
+    monkeypatch.setattr(accuracy, "compare_many", drifted)
+    code = main(["export", "--random-init", "--arch", "resnet18", "--width", "0.25", "-o",
+                 str(tmp_path / "m.onnx"), "--precision", "int8", "--calib", str(image_dir),
+                 "--calib-count", "2", "--calib-side", "64", "--no-parity", "--accuracy", str(image_dir),
+                 "--accuracy-count", "2"])
+    text = capsys.readouterr().out
+    assert code == 0
+    assert "WARNING: the INT8 model's boxes agree with FP32 at only 0.41" in text and "--calib-method" in text
+
+
 def test_cli_export_errors(tmp_path, capsys):
     from pipeline.cli import main
 

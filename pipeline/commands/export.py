@@ -17,6 +17,9 @@ Every file is checked against TensorRT's ONNX support for --target-trt. Without 
 shipped weights (export/assets/dbnet_default.pt) are used."""
 
 PRECISIONS = ("fp32", "fp16", "int8")
+# a sound full-INT8 DBNet keeps ~0.94-0.98 of its FP32 boxes; a calibration that went wrong
+# (a range clipped far too short) falls to ~0.4-0.8 (benchmarks/results/*/int8_calibration.md)
+INT8_WARN_HMEAN = 0.9
 
 
 def add_arguments(parser) -> None:
@@ -168,4 +171,8 @@ def run(args) -> int:
         images = read_images(args.accuracy, args.accuracy_count)
         for result in compare_many(paths[0], paths[1:], images, limit_side=args.calib_side):
             print(result)
+            if result.precision == "int8" and result.reference_boxes and result.hmean < INT8_WARN_HMEAN:
+                print(f"WARNING: the INT8 model's boxes agree with FP32 at only {result.hmean:.2f} on "
+                      "these images; try another --calib-method, more or more representative --calib "
+                      "images, or --keep-fp32-sensitive 10")
     return status
