@@ -15,6 +15,7 @@ import platform
 import re
 import shutil
 import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -218,6 +219,27 @@ def write_markdown(path: Path, title: str, sections: Sequence[tuple], info: Opti
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(parts))
     return path
+
+
+def realdev_images(otherwise: str) -> Optional[list]:
+    """../shared/data/realdev's photos, or None (saying so, and `otherwise`) when absent."""
+    from pipeline.sampling import read_images
+
+    folder = SHARED_DATA / "realdev" / "images"
+    if folder.is_dir():
+        return read_images(folder)
+    print(f"realdev not found at {folder}: {otherwise}", file=sys.stderr)
+    return None
+
+
+def write_report(name: str, title: str, payload: dict, sections: Sequence[tuple]) -> Path:
+    """results/<machine>/<name>.json (the payload and the machine) and .md (`sections`)."""
+    info = machine_info()
+    out = results_dir()
+    write_json(out / f"{name}.json", dict(payload, machine=info))
+    write_markdown(out / f"{name}.md", title, sections, info)
+    print(f"wrote {out / name}.json / .md")
+    return out / f"{name}.json"
 
 
 # -- plots -------------------------------------------------------------------------------------

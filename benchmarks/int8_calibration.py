@@ -24,7 +24,7 @@ from typing import List, Optional
 import numpy as np
 
 from . import common
-from .precision_accuracy import _calibration, _model
+from .precision_accuracy import _calibration, _model, add_model_arguments
 
 METHODS = ("mse", "entropy", "percentile", "minmax")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
@@ -61,12 +61,8 @@ def _eval_sets(val: Path) -> dict:
     from pipeline.sampling import read_images
 
     sets = {f"validation ({val.name})": read_images(val)}
-    realdev = common.SHARED_DATA / "realdev" / "images"
-    if realdev.is_dir():
-        sets["realdev"] = read_images(realdev)
-    else:
-        print(f"realdev not found at {realdev}: validation only", file=sys.stderr)
-    return sets
+    realdev = common.realdev_images("validation only")
+    return sets if realdev is None else dict(sets, realdev=realdev)
 
 
 def run(args) -> dict:
@@ -144,21 +140,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--calib", action="append", default=[], metavar="NAME=DIR",
                         help="a calibration image folder (repeatable)")
     parser.add_argument("--count", type=int, default=32, help="calibration inputs per source")
-    parser.add_argument("--checkpoint", help="default: export/assets/dbnet_default.pt")
-    parser.add_argument("--random-init", action="store_true", help="UNTRAINED model (labelled as such)")
-    parser.add_argument("--width", type=float, default=0.5, help="width of the --random-init model")
+    add_model_arguments(parser)
     parser.add_argument("--side", type=int, help="short side of every input (default: the model's)")
     parser.add_argument("--name", default="int8_calibration", help="result file name")
     args = parser.parse_args(argv)
     if not Path(args.val).is_dir():
         parser.error(f"--val {args.val}: not a folder")
     payload = run(args)
-    info = common.machine_info()
-    out = common.results_dir()
-    common.write_json(out / f"{args.name}.json", dict(payload, machine=info))
-    common.write_markdown(out / f"{args.name}.md", "INT8 calibration: methods and sources",
-                          _markdown(payload), info)
-    print(f"wrote {out / args.name}.json / .md")
+    common.write_report(args.name, "INT8 calibration: methods and sources", payload, _markdown(payload))
     return 0
 
 

@@ -31,6 +31,13 @@ FULL_INT8 = ("int8-percentile", "int8-mse", "int8-entropy", "int8-minmax")  # de
 VIDEOS = ("video/pexels_lightbox_text_960x506.mp4", "video/pexels_street_captions_1080x1920.mp4")
 
 
+def add_model_arguments(parser) -> None:
+    """--checkpoint / --random-init / --width: the model `_model` makes."""
+    parser.add_argument("--checkpoint", help="default: export/assets/dbnet_default.pt")
+    parser.add_argument("--random-init", action="store_true", help="UNTRAINED model (labelled as such)")
+    parser.add_argument("--width", type=float, default=0.5, help="width of the --random-init model")
+
+
 def _model(args):
     from export.checkpoint import model_from_checkpoint, sidecar_spec
     from export.model import DBNet
@@ -69,15 +76,10 @@ def _calibration(spec, count: int, side: int):
 
 def _eval_sets(n_synth: int) -> dict:
     from export.synth import synthetic_images
-    from pipeline.sampling import read_images
 
     sets = {"synthetic": synthetic_images(n_synth)}
-    realdev = common.SHARED_DATA / "realdev" / "images"
-    if realdev.is_dir():
-        sets["realdev"] = read_images(realdev)
-    else:
-        print(f"realdev not found at {realdev}: synthetic images only", file=sys.stderr)
-    return sets
+    realdev = common.realdev_images("synthetic images only")
+    return sets if realdev is None else dict(sets, realdev=realdev)
 
 
 def _variants(fp32: Path, calib, out_dir: Path) -> dict:
@@ -213,9 +215,7 @@ def _summary(rows) -> str:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", help="default: export/assets/dbnet_default.pt")
-    parser.add_argument("--random-init", action="store_true", help="UNTRAINED model (labelled as such)")
-    parser.add_argument("--width", type=float, default=0.5, help="width of the --random-init model")
+    add_model_arguments(parser)
     parser.add_argument("--opset", type=int, default=17)
     parser.add_argument("--side", type=int, help="short side of every input (default: the model's)")
     parser.add_argument("--synthetic", type=int, default=24, help="synthetic evaluation images")
@@ -226,12 +226,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     torch.set_num_threads(2)
     payload = run(args)
-    info = common.machine_info()
-    out = common.results_dir()
-    common.write_json(out / f"{args.name}.json", dict(payload, machine=info))
-    common.write_markdown(out / f"{args.name}.md", "FP16 / INT8 ONNX accuracy against FP32",
-                          _markdown(payload), info)
-    print(f"wrote {out / args.name}.json / .md")
+    common.write_report(args.name, "FP16 / INT8 ONNX accuracy against FP32", payload, _markdown(payload))
     return 0
 
 
