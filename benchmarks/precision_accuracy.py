@@ -97,10 +97,11 @@ def _variants(fp32: Path, calib, out_dir: Path) -> dict:
         variants[f"int8-{method}-decoder-fp32"] = quantize.to_int8(
             fp32, out_dir / f"int8_{method}_decoder.onnx", calib, method, keep_fp32_decoder=True)
     # the K layers INT8 hurts most (ranked on the calibration inputs only) left in FP32
-    ranked = quantize.int8_layer_ranking(fp32, calib, "entropy")
+    method = quantize.DEFAULT_CALIB_METHOD  # what `dbrt export --keep-fp32-sensitive K` does
+    ranked = quantize.int8_layer_ranking(fp32, calib, method)
     for k in SENSITIVE_K:
-        variants[f"int8-entropy-sensitive-{k}-fp32"] = quantize.to_int8(
-            fp32, out_dir / f"int8_entropy_sens{k}.onnx", calib, "entropy",
+        variants[f"int8-{method}-sensitive-{k}-fp32"] = quantize.to_int8(
+            fp32, out_dir / f"int8_{method}_sens{k}.onnx", calib, method,
             keep_fp32_nodes=[r.name for r in ranked[:k]])
     return variants, ranked
 
@@ -112,6 +113,7 @@ def run(args) -> dict:
 
 def _run_in(args, work: Path) -> dict:
     from pipeline.accuracy import compare_many, int8_noise_floor
+    from export import quantize
     from export.onnx_export import export_onnx
     from export.trt_compat import check_onnx
 
@@ -147,7 +149,7 @@ def _run_in(args, work: Path) -> dict:
     return dict(command=command, model=described, opset=args.opset, side=args.side, calibration=calib_text,
                 parity=[vars(p) for p in export.parity], parity_passed=export.passed,
                 fp32_sha256=common.file_sha256(export.path), rows=rows,
-                sensitivity=[r.to_dict() for r in ranked],
+                sensitivity=[r.to_dict() for r in ranked], sensitivity_method=quantize.DEFAULT_CALIB_METHOD,
                 seconds=round(time.perf_counter() - started, 1))
 
 
@@ -180,8 +182,9 @@ def _markdown(payload: dict) -> list:
     return [("Setup", intro), ("Summary", _summary(payload["rows"])),
             ("FP16 / INT8 vs FP32", common.markdown_table(shown)),
             ("INT8 layer sensitivity", "Probability-map MSE against FP32 when only that layer is INT8 "
-             "(entropy ranges), on the calibration inputs; MMACs for one calibration input. The "
-             "`sensitive-K` variants leave the first K in FP32.\n\n" + common.markdown_table(sensitivity))]
+             f"({payload['sensitivity_method']} ranges), on the calibration inputs; MMACs for one "
+             "calibration input. The `sensitive-K` variants leave the first K in FP32.\n\n"
+             + common.markdown_table(sensitivity))]
 
 
 def _summary(rows) -> str:

@@ -34,6 +34,7 @@ from dbnet.spec import METADATA_KEY, Int8Notes, ModelSpec, resolve_spec
 from .calibration import ArrayReader, write_cache
 
 CALIB_METHODS = ("percentile", "mse", "entropy", "minmax")
+DEFAULT_CALIB_METHOD = CALIB_METHODS[0]  # chosen on a validation split: int8_calibration.md
 FP16_BACKENDS = ("auto", "modelopt", "onnxconverter")
 # Ops whose inputs get Q/DQ (tensorrt.md): TensorRT fuses Q/DQ around these; DeformConv stays FP.
 INT8_OPS = ("Conv", "ConvTranspose", "Add")
@@ -176,7 +177,7 @@ def stem_nodes(proto) -> List[str]:
     return [n.name for n in proto.graph.node if n.op_type == "Conv" and n.input[0] == source][:1]
 
 
-def int8_options(method: str = "entropy", exclude: Sequence[str] = ()) -> dict:
+def int8_options(method: str = DEFAULT_CALIB_METHOD, exclude: Sequence[str] = ()) -> dict:
     """quantize_static keyword arguments for TensorRT explicit quantization (tensorrt.md)."""
     q = require("onnxruntime.quantization")
     if method not in CALIB_METHODS:
@@ -194,7 +195,7 @@ def int8_options(method: str = "entropy", exclude: Sequence[str] = ()) -> dict:
                                "QDQOpTypePerChannelSupportToAxis": {"Conv": 0, "ConvTranspose": 1}})
 
 
-def int8_layer_ranking(model, calibration: Sequence[np.ndarray], method: str = "entropy") -> list:
+def int8_layer_ranking(model, calibration: Sequence[np.ndarray], method: str = DEFAULT_CALIB_METHOD) -> list:
     """`export.sensitivity.LayerSensitivity` of every quantizable layer, most sensitive first
     (to choose `keep_fp32_nodes` once for several variants)."""
     from .sensitivity import int8_sensitivity
@@ -207,7 +208,7 @@ def int8_layer_ranking(model, calibration: Sequence[np.ndarray], method: str = "
         return int8_sensitivity(src, calibration, cache, int8_options(method), tmp)
 
 
-def to_int8(model, out_path, calibration: Sequence[np.ndarray], method: str = "percentile",
+def to_int8(model, out_path, calibration: Sequence[np.ndarray], method: str = DEFAULT_CALIB_METHOD,
             keep_fp32_head: bool = False, keep_fp32_stem: bool = False,
             keep_fp32_decoder: bool = False, keep_fp32_sensitive: int = 0,
             keep_fp32_nodes: Sequence[str] = ()) -> Path:

@@ -275,11 +275,11 @@ def test_precision_benchmark_writes_results(tmp_path, monkeypatch):
     assert variants == {"fp16", "int8-mse", "int8-entropy", "int8-minmax", "int8-percentile",
                         "int8-entropy-ends-fp32", "int8-percentile-ends-fp32",
                         "int8-entropy-decoder-fp32", "int8-percentile-decoder-fp32",
-                        *(f"int8-entropy-sensitive-{k}-fp32" for k in precision_accuracy.SENSITIVE_K)}
+                        *(f"int8-percentile-sensitive-{k}-fp32" for k in precision_accuracy.SENSITIVE_K)}
     assert all(r["trt8.6"] for r in payload["rows"])
     shares = {r["variant"]: r["int8_macs"] for r in payload["rows"]}
     assert shares["fp16"] is None and shares["int8-entropy"] == 1.0
-    assert shares["int8-entropy-sensitive-30-fp32"] < shares["int8-entropy-sensitive-10-fp32"] < 1.0
+    assert shares["int8-percentile-sensitive-30-fp32"] < shares["int8-percentile-sensitive-10-fp32"] < 1.0
     assert len(payload["sensitivity"]) > 30
     assert all(r["int8_self"] is None for r in payload["rows"] if r["variant"] == "fp16")
     assert all(0 <= r["int8_self"] <= 1 for r in payload["rows"] if r["variant"] != "fp16")
