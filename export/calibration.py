@@ -85,7 +85,7 @@ def mse_threshold(abs_hist: np.ndarray, bin_width: float, levels: int = QUANTIZE
     symmetric quantization x -> min(round(x / s), levels - 1) * s, s = t / (levels - 1), has the
     least mean squared error over the histogram (each bin's values taken at its centre).
     Unlike the KL search it weighs an error by its size, not by how it reshapes the
-    distribution, so a few clipped large values cannot look cheap (measured in MODEL_CARD.md)."""
+    distribution, so a few clipped large values cannot look cheap (benchmarks/int8_calibration.py)."""
     hist = abs_hist.astype(np.float64)
     n = hist.size
     if n <= levels or hist.sum() == 0:
