@@ -47,8 +47,8 @@ def add_arguments(parser) -> None:
     onnx.add_argument("--calib-count", type=at_least(1), default=32,
                       help="calibration images / frames")
     onnx.add_argument("--calib-method", choices=("percentile", "mse", "entropy", "minmax"),
-                      default="percentile", help="activation ranges: the 99.999th percentile of |x| "
-                      "(default), least squared error, TensorRT's entropy (KL) search, or the maxima")
+                      default="percentile", help="activation ranges: the 99.999th percentile of |x|, "
+                      "least squared error, TensorRT's entropy (KL) search, or the maxima")
     onnx.add_argument("--calib-side", type=side_length, help="short side for calibration inputs "
                       "(default: the model's limit_side)")
     onnx.add_argument("--keep-fp32-head", action="store_true",
