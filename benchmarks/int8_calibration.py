@@ -4,7 +4,7 @@ closest to FP32. Chosen on a validation split, reported on realdev.
     python -m benchmarks.int8_calibration --val data/real/ic15_val \\
         [--calib NAME=DIR ...] [--count 32] [--checkpoint W.pt]
 
-Every method of `dbrt export --calib-method` (mse, entropy, percentile, minmax) x every
+Every method of `dbrt export --calib-method` (percentile, mse, entropy, minmax) x every
 calibration source: `default` (what benchmarks.precision_accuracy calibrates on: synthetic scenes
 and frames of the shared videos) and each --calib folder (`count` images spread evenly over it).
 Full INT8: nothing left in FP32. Box agreement of each INT8 model with the FP32 model (ICDAR 2015
@@ -23,10 +23,11 @@ from typing import List, Optional
 
 import numpy as np
 
+from export.quantize import CALIB_METHODS as METHODS
+
 from . import common
 from .precision_accuracy import _calibration, _model, add_model_arguments
 
-METHODS = ("mse", "entropy", "percentile", "minmax")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
 
@@ -35,8 +36,6 @@ def spaced_images(folder: Path, count: int) -> List[np.ndarray]:
     import cv2
 
     paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not paths:
-        raise SystemExit(f"--calib {folder}: no images there")
     picks = np.unique(np.linspace(0, len(paths) - 1, min(count, len(paths))).round().astype(int))
     return [image for image in (cv2.imread(str(paths[i])) for i in picks) if image is not None]
 
@@ -49,8 +48,6 @@ def _sources(args, spec) -> dict:
     spec = spec.replace(limit_side=side)
     for item in args.calib:
         name, _, folder = item.partition("=")
-        if not folder:
-            raise SystemExit(f"--calib {item}: give NAME=DIR")
         images = spaced_images(Path(folder), args.count)
         sources[name] = ([preprocess(im, spec)[0][None] for im in images],
                          f"{len(images)} images spread over {folder}")
@@ -146,6 +143,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     if not Path(args.val).is_dir():
         parser.error(f"--val {args.val}: not a folder")
+    for item in args.calib:
+        name, _, folder = item.partition("=")
+        if not name or not folder:
+            parser.error(f"--calib {item}: give NAME=DIR")
+        if not Path(folder).is_dir() or not any(p.suffix.lower() in IMAGE_SUFFIXES
+                                                for p in Path(folder).iterdir()):
+            parser.error(f"--calib {item}: {folder} is not a folder of images")
     payload = run(args)
     common.write_report(args.name, "INT8 calibration: methods and sources", payload, _markdown(payload))
     return 0
