@@ -204,6 +204,29 @@ def test_cli_export_warns_when_int8_boxes_drift(image_dir, tmp_path, capsys, mon
     assert "WARNING: the INT8 model's boxes agree with FP32 at only 0.41" in text and "--calib-method" in text
 
 
+def test_cli_export_checks_int8_on_calibration_images_without_accuracy(image_dir, tmp_path, capsys,
+                                                                       monkeypatch):
+    from pipeline import accuracy
+    from pipeline.accuracy import PrecisionComparison
+    from pipeline.cli import main
+
+    seen = []
+
+    def drifted(reference, candidates, images, **kwargs):
+        seen.append((list(candidates), len(images)))
+        return [PrecisionComparison(str(c), "int8", len(images), 0.6, 0.01, reference_boxes=20,
+                                    candidate_boxes=9, matched=6) for c in candidates]
+
+    monkeypatch.setattr(accuracy, "compare_many", drifted)
+    code = main(["export", "--random-init", "--arch", "resnet18", "--width", "0.25", "-o",
+                 str(tmp_path / "m.onnx"), "--precision", "fp16", "int8", "--calib", str(image_dir),
+                 "--calib-count", "2", "--calib-side", "64", "--no-parity"])
+    text = capsys.readouterr().out
+    assert code == 0
+    assert seen == [([tmp_path / "m_int8.onnx"], 4)]  # the INT8 file only, on 4 of the calibration images
+    assert "quick INT8 check on 4 calibration images" in text and "WARNING: the INT8 model" in text
+
+
 def test_cli_export_errors(tmp_path, capsys):
     from pipeline.cli import main
 

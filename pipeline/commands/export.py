@@ -20,6 +20,7 @@ PRECISIONS = ("fp32", "fp16", "int8")
 # a sound full-INT8 DBNet keeps ~0.92-0.98 of its FP32 boxes; a calibration that went wrong
 # (a range clipped far too short) falls to ~0.4-0.8 (benchmarks/results/*/int8_calibration.md)
 INT8_WARN_HMEAN = 0.9
+QUICK_CHECK_IMAGES = 4
 
 
 def add_arguments(parser) -> None:
@@ -170,9 +171,19 @@ def run(args) -> int:
                   "than on unseen images")
         images = read_images(args.accuracy, args.accuracy_count)
         for result in compare_many(paths[0], paths[1:], images, limit_side=args.calib_side):
-            print(result)
-            if result.precision == "int8" and result.reference_boxes and result.hmean < INT8_WARN_HMEAN:
-                print(f"WARNING: the INT8 model's boxes agree with FP32 at only {result.hmean:.2f} on "
-                      "these images; try another --calib-method, more or more representative --calib "
-                      "images, or --keep-fp32-sensitive 10")
+            _report(result)
+    elif "int8" in args.precision:
+        # no --accuracy: a quick look on a few calibration images still catches a broken range
+        images = read_images(args.calib, QUICK_CHECK_IMAGES)
+        print(f"quick INT8 check on {len(images)} calibration images (--accuracy IMAGES checks held-out ones):")
+        _report(compare_many(paths[0], [paths[-1]], images, limit_side=args.calib_side)[0])
     return status
+
+
+def _report(result) -> None:
+    """One comparison line, and a warning when INT8 lost many of FP32's boxes."""
+    print(result)
+    if result.precision == "int8" and result.reference_boxes and result.hmean < INT8_WARN_HMEAN:
+        print(f"WARNING: the INT8 model's boxes agree with FP32 at only {result.hmean:.2f} on "
+              "these images; try another --calib-method, more or more representative --calib "
+              "images, or --keep-fp32-sensitive 10")
