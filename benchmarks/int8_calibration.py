@@ -24,18 +24,22 @@ from typing import List, Optional
 import numpy as np
 
 from export.quantize import CALIB_METHODS as METHODS
+from pipeline.sources.images import is_image_path
 
 from . import common
 from .precision_accuracy import _calibration, _model, add_model_arguments
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+
+def image_files(folder: Path) -> List[Path]:
+    """A folder's image files (the suffixes `dbrt run` reads), sorted."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and is_image_path(p.name))
 
 
 def spaced_images(folder: Path, count: int) -> List[np.ndarray]:
     """`count` images spread evenly over a folder's sorted image files."""
     import cv2
 
-    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    paths = image_files(folder)
     picks = np.unique(np.linspace(0, len(paths) - 1, min(count, len(paths))).round().astype(int))
     return [image for image in (cv2.imread(str(paths[i])) for i in picks) if image is not None]
 
@@ -118,9 +122,8 @@ def _markdown(payload: dict) -> list:
     intro = (f"Model: {payload['model']}. Full INT8 (Q/DQ on every Conv, ConvTranspose and Add, "
              "nothing left in FP32), ONNX Runtime CPU; `calibrate_s`: seconds to collect the ranges "
              "and write the Q/DQ model (this machine, one process); box agreement = ICDAR 2015 "
-             "protocol of the "
-             "INT8 boxes against the FP32 boxes. Choose on the validation rows; realdev is "
-             f"reported only.\n\nCalibration sources:\n{sources}\n\nCommand: `{payload['command']}`\n")
+             "protocol of the INT8 boxes against the FP32 boxes. Choose on the validation rows; "
+             f"realdev is reported only.\n\nCalibration sources:\n{sources}\n\nCommand: `{payload['command']}`\n")
     shown = [dict(r, **{k: f"{r[k]:.4f}" for k in ("P", "R", "hmean")}, mean_abs=f"{r['mean_abs']:.2e}")
              for r in payload["rows"]]
     summary = [dict(r, **{k: f"{r[k]:.4f}" for k in ("mean_hmean", "worst_hmean", "best_hmean")})
@@ -147,8 +150,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         name, _, folder = item.partition("=")
         if not name or not folder:
             parser.error(f"--calib {item}: give NAME=DIR")
-        if not Path(folder).is_dir() or not any(p.suffix.lower() in IMAGE_SUFFIXES
-                                                for p in Path(folder).iterdir()):
+        if not Path(folder).is_dir() or not image_files(Path(folder)):
             parser.error(f"--calib {item}: {folder} is not a folder of images")
     payload = run(args)
     common.write_report(args.name, "INT8 calibration: methods and sources", payload, _markdown(payload))

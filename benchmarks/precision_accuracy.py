@@ -3,10 +3,10 @@
     python -m benchmarks.precision_accuracy [--checkpoint W.pt | --random-init] [--side 736]
 
 Exports the checkpoint (default: the shipped export/assets/dbnet_default.pt) to FP32 ONNX with
-the parity check, makes FP16 and INT8 variants (MSE, entropy, min-max and percentile
+the parity check, makes FP16 and INT8 variants (percentile, MSE, entropy and min-max
 calibration, some layers left in FP32), checks each against TensorRT 8.6 / 10.3 / 11, and
-compares each with FP32 on images never used for calibration: deterministic synthetic scenes (`export.synth`, seeds from
-10000) and ../shared/data/realdev (when present). Calibration uses synthetic scenes with other
+compares each with FP32 on images never used for calibration: deterministic synthetic scenes
+(`export.synth`, seeds from 10000) and ../shared/data/realdev (when present). Calibration uses synthetic scenes with other
 seeds (50000+) and, when ../shared/data is present, as many real frames from its two videos
 (a sign-board close-up and street scenes with captions; the realdev photos are never used).
 Writes benchmarks/results/<machine>/precision_accuracy.{json,md}. ONNX Runtime CPU runs every

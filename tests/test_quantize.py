@@ -184,17 +184,28 @@ def test_cli_export_all_precisions(image_dir, tmp_path, capsys):
     assert meta.untrained is True and meta.int8 is None
 
 
-def test_cli_export_warns_when_int8_boxes_drift(image_dir, tmp_path, capsys, monkeypatch):
-    """A calibration that clipped a range far too short shows as low INT8 agreement: say so."""
+def _drifted_int8(monkeypatch) -> list:
+    """compare_many replaced by one that finds INT8 keeping 6 of 20 FP32 boxes (hmean 0.41);
+    returns the (candidates, image count) of each call."""
     from pipeline import accuracy
     from pipeline.accuracy import PrecisionComparison
-    from pipeline.cli import main
+
+    seen = []
 
     def drifted(reference, candidates, images, **kwargs):
-        return [PrecisionComparison(str(c), "int8", 2, 0.6, 0.01, reference_boxes=20, candidate_boxes=9,
-                                    matched=6) for c in candidates]
+        seen.append((list(candidates), len(images)))
+        return [PrecisionComparison(str(c), "int8", len(images), 0.6, 0.01, reference_boxes=20,
+                                    candidate_boxes=9, matched=6) for c in candidates]
 
     monkeypatch.setattr(accuracy, "compare_many", drifted)
+    return seen
+
+
+def test_cli_export_warns_when_int8_boxes_drift(image_dir, tmp_path, capsys, monkeypatch):
+    """A calibration that clipped a range far too short shows as low INT8 agreement: say so."""
+    from pipeline.cli import main
+
+    _drifted_int8(monkeypatch)
     code = main(["export", "--random-init", "--arch", "resnet18", "--width", "0.25", "-o",
                  str(tmp_path / "m.onnx"), "--precision", "int8", "--calib", str(image_dir),
                  "--calib-count", "2", "--calib-side", "64", "--no-parity", "--accuracy", str(image_dir),
@@ -206,18 +217,9 @@ def test_cli_export_warns_when_int8_boxes_drift(image_dir, tmp_path, capsys, mon
 
 def test_cli_export_checks_int8_on_calibration_images_without_accuracy(image_dir, tmp_path, capsys,
                                                                        monkeypatch):
-    from pipeline import accuracy
-    from pipeline.accuracy import PrecisionComparison
     from pipeline.cli import main
 
-    seen = []
-
-    def drifted(reference, candidates, images, **kwargs):
-        seen.append((list(candidates), len(images)))
-        return [PrecisionComparison(str(c), "int8", len(images), 0.6, 0.01, reference_boxes=20,
-                                    candidate_boxes=9, matched=6) for c in candidates]
-
-    monkeypatch.setattr(accuracy, "compare_many", drifted)
+    seen = _drifted_int8(monkeypatch)
     code = main(["export", "--random-init", "--arch", "resnet18", "--width", "0.25", "-o",
                  str(tmp_path / "m.onnx"), "--precision", "fp16", "int8", "--calib", str(image_dir),
                  "--calib-count", "2", "--calib-side", "64", "--no-parity"])
