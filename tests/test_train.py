@@ -77,7 +77,7 @@ def test_augment_keeps_polygons_on_their_text():
 def test_synth_dataset_samples_are_deterministic():
     ds = SynthDataset(4, crop=96, seed=3)
     a, b = ds[2], ds[2]
-    assert a["image"].shape == (3, 96, 96) and a["gt"].shape == (96, 96)
+    assert a["image"].shape == (96, 96, 3) and a["gt"].shape == (96, 96)
     assert all(np.array_equal(a[k], b[k]) for k in a)
 
 
@@ -178,11 +178,11 @@ def test_mask_samples_train_the_probability_map_only(tmp_path):
     assert is_mask_folder(root) and not is_mask_folder(_icdar_folder(tmp_path / "icdar"))
     still = AugmentConfig(scale=(1.0, 1.0), max_angle=0.0, text_crop_prob=0.0, brightness=0, contrast=0)
     s = MaskDataset(root, 4, crop=160, aug=still)[0]
-    assert s["image"].shape == (3, 160, 160)
-    assert set(np.unique(s["gt"])) == {0.0, 1.0}
+    assert s["image"].shape == (160, 160, 3)
+    assert set(np.unique(s["gt"])) == {0, 1}
     ys, xs = np.nonzero(s["gt"])
     assert (ys.min(), ys.max(), xs.min(), xs.max()) == (50, 63, 28, 119)  # the mask, unmoved
-    assert s["mask"].min() == 1.0 and s["thresh_mask"].max() == 0.0        # no threshold target
+    assert s["mask"].min() == 1 and s["thresh_mask"].max() == 0            # no threshold target
 
 
 def test_flip_mirrors_image_and_polygons_together():
@@ -352,3 +352,64 @@ def test_normalise_and_photometric_follow_their_formulas():
     out = photometric(np.random.default_rng(1), image, cfg)
     assert out.dtype == np.uint8 and out.shape == image.shape
     assert np.abs(out - formula).max() <= 1.0
+
+
+def test_compact_samples_become_the_float_batch_the_model_takes(tmp_path):
+    """The loader moves uint8 images and targets (float16 threshold map); model_batch makes of
+    them exactly what the float32 path made: normalise()'s image, make_targets' maps."""
+    torch = pytest.importorskip("torch")
+    from export.train.data import IcdarDataset, compact
+    from export.train.loop import model_batch
+
+    ds = IcdarDataset(_icdar_folder(tmp_path / "icdar"), 2, crop=96, seed=1)
+    samples = [ds[0], ds[1]]
+    assert samples[0]["image"].dtype == np.uint8 and samples[0]["thresh_map"].dtype == np.float16
+    assert all(samples[0][k].dtype == np.uint8 for k in ("gt", "mask", "thresh_mask"))
+    batch = {k: torch.from_numpy(np.stack([s[k] for s in samples])) for k in samples[0]}
+    out = model_batch(batch, torch.device("cpu"))
+    expected = np.stack([normalise(s["image"]) for s in samples])
+    assert out["image"].dtype == torch.float32 and out["image"].shape == (2, 3, 96, 96)
+    np.testing.assert_allclose(out["image"].numpy(), expected, atol=1e-6)
+    targets = make_targets([RECT], [False], 80, 160)
+    small = compact(targets, np.zeros((80, 160, 3), np.uint8))
+    back = model_batch({k: torch.from_numpy(v)[None] for k, v in small.items()}, torch.device("cpu"))
+    for key in ("gt", "mask", "thresh_mask"):
+        assert np.array_equal(back[key][0].numpy(), targets[key])
+    np.testing.assert_allclose(back["thresh_map"][0].numpy(), targets["thresh_map"], atol=5e-4)
+    assert model_batch(batch, torch.device("cpu"), channels_last=True)["image"].is_contiguous(
+        memory_format=torch.channels_last)
+
+
+def test_weight_average_is_the_ema_formula():
+    torch = pytest.importorskip("torch")
+    from export.train.loop import _Ema
+
+    model, ema = torch.nn.BatchNorm2d(3), torch.nn.BatchNorm2d(3)
+    with torch.no_grad():
+        model.weight.fill_(2.0)
+        model.running_mean.fill_(4.0)
+    model.num_batches_tracked.fill_(7)
+    _Ema(ema, model).update(0.75)
+    assert torch.allclose(ema.weight, torch.full((3,), 0.75 * 1.0 + 0.25 * 2.0))
+    assert torch.allclose(ema.running_mean, torch.full((3,), 0.25 * 4.0))
+    assert int(ema.num_batches_tracked) == 7  # integer buffers are copied
+
+
+def test_mixed_precision_training_runs_and_may_be_switched_on_resume(tmp_path):
+    """--amp: the forward pass under bfloat16 autocast (on the CPU here, as on a GPU), the loss
+    in float32; it is how a run goes, not its recipe, so a resumed run may switch it."""
+    torch = pytest.importorskip("torch")
+    from pipeline.cli import main
+
+    out = str(tmp_path / "run")
+    recipe = ["--width", "0.25", "--steps", "2", "--batch", "1", "--crop", "64", "--warmup", "1",
+              "--workers", "0", "--threads", "1", "--save-every", "1", "--log-every", "1"]
+    assert main(["train", "--out", out, *recipe, "--amp"]) == 0
+    ck = torch.load(str(tmp_path / "run" / "last.pt"), weights_only=True)
+    assert ck["config"]["amp"] is True and ck["step"] == 2
+    assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
+    assert all(v.dtype != torch.bfloat16 for v in ck["model"].values())  # weights stay float32
+    plain = str(tmp_path / "plain")
+    assert main(["train", "--out", plain, *recipe]) == 0
+    assert main(["train", "--out", plain, "--resume", "--amp", "--workers", "0", "--threads", "1"]) == 0
+    assert json.loads((tmp_path / "plain" / "config.json").read_text())["amp"] is True

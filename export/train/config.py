@@ -32,13 +32,14 @@ class TrainConfig:
     log_every: int = 20
     time_limit: float = 0.0         # seconds; stop early (and save) when exceeded, 0 = none
     device: str = "cpu"             # "cpu", "cuda" or "auto" (cuda when torch sees a GPU)
+    amp: bool = False               # the forward pass under bfloat16 autocast (loss, weights: float32)
     val_every: int = 0              # run the validation callback every N steps (0 = only at the end)
     val: Optional[str] = None       # validation dataset of `dbrt train --val` (kept for --resume)
     val_images: int = 0             # validate on its first N images (0: all)
 
     # what may differ when a run is resumed: where and how fast it runs, how often it reports and
     # saves, and what it is scored on; everything else is the run's training recipe
-    RESUMABLE_CHANGES = ("workers", "threads", "device", "time_limit", "log_every", "save_every",
+    RESUMABLE_CHANGES = ("workers", "threads", "device", "amp", "time_limit", "log_every", "save_every",
                          "keep_every", "val", "val_every", "val_images")
     NOT_RECIPE = RESUMABLE_CHANGES + ("out_dir", "init", "resume")
 

@@ -1,8 +1,11 @@
 """Training datasets: synthetic scenes made on the fly, ICDAR2015-format folders, text-mask
 folders, and a weighted mix of them.
 
-All yield dicts of NumPy arrays: `image` (3, S, S) float32 normalised as the model expects
-(BGR minus the DB mean, / 255) and the DB targets `gt`, `mask`, `thresh_map`, `thresh_mask`.
+All yield dicts of compact NumPy arrays (a quarter of the bytes of float32 maps, which is what a
+GPU run's loader has to move): `image` (S, S, 3) BGR uint8, the DB targets `gt`, `mask`,
+`thresh_mask` as uint8 0/1 and `thresh_map` as float16. `model_batch` (export.train.loop) turns
+a batch into what the model and the loss take: the image normalised as the model expects (BGR
+minus the DB mean, / 255, NCHW float32) and float32 targets, on the training device.
 Sample i of a SynthDataset depends only on (seed, i): runs are reproducible whatever the
 number of DataLoader workers.
 
@@ -42,11 +45,17 @@ def normalise(image: np.ndarray) -> np.ndarray:
     return cv2.dnn.blobFromImage(image, 1 / 255.0, mean=tuple(DB_MEAN_BGR), swapRB=False)[0]
 
 
+def compact(targets: dict, image: np.ndarray) -> dict:
+    """make_targets' float32 maps + the uint8 crop -> one compact training sample."""
+    sample = {k: targets[k].astype(np.uint8) for k in ("gt", "mask", "thresh_mask")}
+    sample["thresh_map"] = targets["thresh_map"].astype(np.float16)
+    sample["image"] = np.ascontiguousarray(image)
+    return sample
+
+
 def make_sample(rng, image, polygons, ignore, crop: int, aug: AugmentConfig) -> dict:
     image, polygons, ignore = augment(rng, image, polygons, ignore, crop, aug)
-    sample = make_targets(polygons, ignore, crop, crop)
-    sample["image"] = normalise(image)
-    return sample
+    return compact(make_targets(polygons, ignore, crop, crop), image)
 
 
 class SynthDataset:
@@ -170,13 +179,13 @@ def _mask_boxes(mask: np.ndarray) -> List[np.ndarray]:
     return boxes
 
 
-def mask_targets(mask: np.ndarray) -> dict:
-    """DB targets from a shrunk-text mask: probability target = the mask, no threshold target."""
-    gt = (mask > 0).astype(np.float32)
-    shape = gt.shape
-    return {"gt": gt, "mask": np.ones(shape, np.float32),
-            "thresh_map": np.full(shape, THRESH_MIN, np.float32),
-            "thresh_mask": np.zeros(shape, np.float32)}
+def mask_sample(mask: np.ndarray, image: np.ndarray) -> dict:
+    """A compact sample from a shrunk-text mask: probability target = the mask, no threshold
+    target (made in the compact types directly: no float32 maps to convert)."""
+    shape = mask.shape
+    return {"gt": (mask > 0).view(np.uint8), "mask": np.ones(shape, np.uint8),
+            "thresh_map": np.full(shape, THRESH_MIN, np.float16),
+            "thresh_mask": np.zeros(shape, np.uint8), "image": np.ascontiguousarray(image)}
 
 
 class MaskDataset(_FolderDataset):
@@ -197,9 +206,7 @@ class MaskDataset(_FolderDataset):
         rng = np.random.default_rng((self.seed, i))
         image, _, _, (mask,) = augment(rng, image, boxes, [False] * len(boxes), self.crop, self.aug,
                                        masks=[mask])
-        sample = mask_targets(mask)
-        sample["image"] = normalise(image)
-        return sample
+        return mask_sample(mask, image)
 
 
 def parse_source(spec: str) -> Tuple[str, float]:

@@ -17,7 +17,7 @@ the DB paper's augmentation (rotation +-10 deg, crop, flip, scale 0.5-3). --val 
 the EMA weights every --val-every steps and at the end (ICDAR 2015 protocol) and keeps the best
 as best.pt. Checkpoints go to --out (last.pt, best.pt, step_NNNNNN.pt); --resume continues
 --out/last.pt with the run's own settings (--out/config.json): only --workers, --threads,
---device, --time-limit, --log-every, --save-every and the --val flags may be given anew."""
+--device, --amp, --time-limit, --log-every, --save-every and the --val flags may be given anew."""
 
 
 class _Given(argparse.Action):
@@ -27,6 +27,13 @@ class _Given(argparse.Action):
     def __call__(self, parser, namespace, values, option_string=None):
         setattr(namespace, self.dest, values)
         namespace.given = namespace.given | {self.dest}  # parser default: frozenset()
+
+
+class _GivenFlag(_Given):
+    """A switch (no value) that _Given remembers as typed."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        super().__call__(parser, namespace, True, option_string)
 
 
 def add_arguments(parser) -> None:
@@ -60,6 +67,9 @@ def add_arguments(parser) -> None:
     setting("--threads", type=at_least(1), default=d.threads, help="torch CPU threads")
     setting("--device", default=d.device, choices=("cpu", "cuda", "auto"),
             help="where to train (auto: a CUDA GPU when torch sees one)")
+    parser.add_argument("--amp", action=_GivenFlag, nargs=0, default=d.amp,
+            help="mixed precision: the forward pass under bfloat16 autocast (loss and weights "
+                 "stay float32); for GPUs with bfloat16 (NVIDIA Ampere and later)")
     setting("--init", help="start from these weights (fine-tuning)")
     parser.add_argument("--resume", action="store_true", help="continue OUT/last.pt")
     setting("--val", metavar="DATASET",
@@ -117,7 +127,7 @@ def _new_config(args):
                        warmup=min(args.warmup, args.steps), seed=args.seed, workers=args.workers,
                        threads=args.threads, init=args.init, save_every=args.save_every,
                        log_every=args.log_every, time_limit=args.time_limit, device=args.device,
-                       val_every=args.val_every, val=args.val, val_images=args.val_images)
+                       amp=args.amp, val_every=args.val_every, val=args.val, val_images=args.val_images)
 
 
 def _resumed_config(args):
