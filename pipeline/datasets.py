@@ -23,8 +23,8 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 from engine.errors import SourceError
+from dbnet.files import IMAGE_SUFFIXES
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 DONT_CARE_TEXTS = ("###", "#")
 FORMATS = ("auto", "json", "icdar2015", "totaltext")
 

@@ -81,12 +81,12 @@ def test_synth_dataset_samples_are_deterministic():
     assert all(np.array_equal(a[k], b[k]) for k in a)
 
 
-def _icdar_folder(root):
+def _icdar_folder(root, suffix=".jpg"):
     root.mkdir()
     for i in (1, 2):
         img = np.full((120, 160, 3), 200, np.uint8)
         cv2.putText(img, "TEXT", (20, 70), cv2.FONT_HERSHEY_SIMPLEX, 1.2, (0, 0, 0), 3)
-        cv2.imwrite(str(root / f"img_{i}.jpg"), img)
+        cv2.imwrite(str(root / f"img_{i}{suffix}"), img)
         (root / f"gt_img_{i}.txt").write_text(
             "\ufeff18,40,110,40,110,78,18,78,TEXT\n5,5,15,5,15,15,5,15,###\n", encoding="utf-8")
     return root
@@ -96,6 +96,9 @@ def test_read_icdar_folder(tmp_path):
     items = read_icdar_folder(_icdar_folder(tmp_path / "icdar"))
     assert [p.name for p, _, _ in items] == ["img_1.jpg", "img_2.jpg"]
     assert items[0][2] == [False, True] and items[0][1][0].shape == (4, 2)
+    # every image kind the runtime reads (dbnet.files), e.g. WebP copies of a dataset
+    webp = read_icdar_folder(_icdar_folder(tmp_path / "webp", ".webp"))
+    assert [p.name for p, _, _ in webp] == ["img_1.webp", "img_2.webp"]
 
 
 @pytest.mark.slow

@@ -30,13 +30,13 @@ import cv2
 import numpy as np
 
 from engine.errors import DbrtError
+from dbnet.files import IMAGE_SUFFIXES
 from dbnet.spec import DB_MEAN_BGR
 
 from ..synth.scene import SceneConfig, make_scene
 from .augment import DB_PAPER, AugmentConfig, augment
 from .labels import THRESH_MIN, make_targets
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
 
 
 def normalise(image: np.ndarray) -> np.ndarray:
@@ -114,9 +114,9 @@ def read_icdar_folder(root) -> List[Tuple[Path, List[np.ndarray], List[bool]]]:
         return [(base / e["image"], [np.array(p, np.float32) for p in e["polygons"]],
                  [bool(i) for i in e["ignore"]]) for e in entries]
     folder = root / "images" if (root / "images").is_dir() else root
-    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS)
+    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not images:
-        raise DbrtError(f"no images ({', '.join(IMAGE_EXTS)}) in {folder}")
+        raise DbrtError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
     return [(img, *_read_icdar_txt(_gt_file(root, img))) for img in images]
 
 
@@ -161,7 +161,7 @@ def read_mask_folder(root) -> List[Tuple[Path, Path]]:
     pairs = []
     for mask in masks:
         stem = mask.name[:-len(MASK_SUFFIX)]
-        image = next((root / f"{stem}{ext}" for ext in IMAGE_EXTS if (root / f"{stem}{ext}").exists()), None)
+        image = next((root / f"{stem}{ext}" for ext in IMAGE_SUFFIXES if (root / f"{stem}{ext}").exists()), None)
         if image is None:
             raise DbrtError(f"mask {mask} has no image {stem}.jpg/.png next to it")
         pairs.append((image, mask))

@@ -10,10 +10,10 @@ from typing import Iterator, List, Optional
 import cv2
 
 from engine.errors import SourceError
+from dbnet.files import IMAGE_SUFFIXES
 
 from .base import Frame, Source
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def is_image_path(text: str) -> bool:
