@@ -6,6 +6,8 @@
 #                                          # -> .whl/, the shared video + realdev -> .cache/shared_data/
 #                                          # (both git-ignored); copy the tree with them to the GPU machine
 #   bash benchmarks/gpu_proof.sh [run --budget S]   # on the GPU machine
+#   bash benchmarks/gpu_proof.sh train [--minutes M] # on the GPU machine: a real-data training run
+#                                          # from .cache/train_pack (python -m benchmarks.gpu_train pack)
 #
 # The results land in benchmarks/results/<machine>/ and, as results_<machine>.tar.gz, under $OUT.
 # A tritonserver with the TensorRT backend (on PATH or in /opt/tritonserver) adds the Triton step
@@ -28,12 +30,19 @@ if [ "${1:-run}" = "prepare" ]; then
     exit 0
 fi
 
-OUT=${OUT:-$REPO/out/gpu_proof}
-mkdir -p "$OUT"
-if ls .whl/*.whl >/dev/null 2>&1; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+WHEEL_FILES=$(ls .whl/*.whl .cache/train_pack/wheels/*.whl 2>/dev/null)
+if [ -n "$WHEEL_FILES" ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $WHEEL_FILES \
         && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
+if [ "${1:-run}" = "train" ]; then   # a real-data training run (benchmarks/gpu_train.py)
+    export PYTHONPATH=$REPO${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+    OUT=${OUT:-$REPO/out/gpu_train}
+    python3 -m benchmarks.gpu_train run --out "$OUT" "${@:2}"
+    exit $?
+fi
+OUT=${OUT:-$REPO/out/gpu_proof}
+mkdir -p "$OUT"
 [ -d .cache/shared_data ] && export DBRT_SHARED_DATA=$REPO/.cache/shared_data
 export PYTHONPATH=$REPO${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 | tee "$OUT/nvidia_smi.txt"

@@ -233,7 +233,7 @@ def train(cfg: TrainConfig, validate: Optional[Validate] = None) -> Path:
             per = (time.time() - tick) / n
             parts = " ".join(f"{k} {float(v) / n:.4f}" for k, v in sums.items())
             _log(f"step {step}/{cfg.steps} {parts} lr {lr_at(cfg, step - 1):.2e} "
-                 f"{per:.2f} s/it eta {per * (cfg.steps - step) / 60:.1f} min")
+                 f"{per:.3g} s/it eta {per * (cfg.steps - step) / 60:.1f} min")
             sums, tick = {}, time.time()
         if step % cfg.save_every == 0 or step == cfg.steps:
             _save(out / "last.pt", ema, model, opt, step, cfg)
