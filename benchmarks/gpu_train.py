@@ -53,14 +53,14 @@ def pack_icdar(src: Path, dst: Path, quality: int) -> int:
     """WebP copies of an ICDAR 2015-format folder, same size, ground truth copied; bytes."""
     import cv2
 
-    from export.train.data import _gt_file, read_icdar_folder
+    from export.train.data import icdar_gt_path, read_icdar_folder
 
     dst.mkdir(parents=True, exist_ok=True)
     total = 0
     for path, _, _ in read_icdar_folder(src):
         data = _webp(cv2.imread(str(path), cv2.IMREAD_COLOR), quality)
         (dst / f"{path.stem}.webp").write_bytes(data)
-        gt = _gt_file(src, path).read_bytes()
+        gt = icdar_gt_path(src, path).read_bytes()
         (dst / f"gt_{path.stem}.txt").write_bytes(gt)
         total += len(data) + len(gt)
     return total

@@ -95,7 +95,7 @@ def _read_icdar_txt(path: Path) -> Tuple[List[np.ndarray], List[bool]]:
     return polys, ignore
 
 
-def _gt_file(root: Path, image: Path) -> Path:
+def icdar_gt_path(root: Path, image: Path) -> Path:
     for folder in (image.parent, root / "gts", root / "gt"):
         candidate = folder / f"gt_{image.stem}.txt"
         if candidate.exists():
@@ -117,7 +117,7 @@ def read_icdar_folder(root) -> List[Tuple[Path, List[np.ndarray], List[bool]]]:
     images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not images:
         raise DbrtError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
-    return [(img, *_read_icdar_txt(_gt_file(root, img))) for img in images]
+    return [(img, *_read_icdar_txt(icdar_gt_path(root, img))) for img in images]
 
 
 class _FolderDataset:
