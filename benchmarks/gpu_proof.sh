@@ -30,11 +30,12 @@ if [ "${1:-run}" = "prepare" ]; then
     exit 0
 fi
 
-WHEEL_FILES=$(ls .whl/*.whl .cache/train_pack/wheels/*.whl 2>/dev/null)
-if [ -n "$WHEEL_FILES" ]; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $WHEEL_FILES \
-        && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-fi
+for WHEEL_DIR in .whl .cache/train_pack/wheels; do   # one pip call each: the same wheel may be in both
+    if ls "$WHEEL_DIR"/*.whl >/dev/null 2>&1; then
+        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+            "$WHEEL_DIR"/*.whl && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+    fi
+done
 if [ "${1:-run}" = "train" ]; then   # a real-data training run (benchmarks/gpu_train.py)
     export PYTHONPATH=$REPO${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
     OUT=${OUT:-$REPO/out/gpu_train}

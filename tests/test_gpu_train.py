@@ -91,3 +91,24 @@ def test_the_gpu_run_command_trains_here_and_its_checkpoint_ships(tmp_path):
     slim = torch.load(str(tmp_path / "best_slim.pt"), weights_only=True)
     assert set(slim) == {"model", "step", "config", "validation"} and slim["config"]["amp"] is True
     load_weights(DBNet("resnet18", width=0.5), tmp_path / "best_slim.pt")  # what ship reads
+
+
+def test_calibration_falls_back_to_float32_when_amp_fails(tmp_path, monkeypatch):
+    """A GPU whose bfloat16 path fails must not cost the run: the step time is measured again
+    without --amp, and a run where both fail stops with one message."""
+    calls = []
+
+    def fake_dbrt(argv, log):
+        calls.append("--amp" in argv)
+        if "--amp" in argv:
+            raise RuntimeError("bfloat16 not supported")
+        log.write_text("".join(f"step {20 * i}/120 loss 1.0 lr 1e-3 {0.5 if i == 1 else 0.08} s/it eta 1 min\n"
+                               for i in range(1, 7)))
+        return 0
+
+    monkeypatch.setattr(gpu_train, "_dbrt", fake_dbrt)
+    assert gpu_train.calibrate(tmp_path, tmp_path, batch=32, workers=2) == (pytest.approx(0.08), False)
+    assert calls == [True, False]
+    monkeypatch.setattr(gpu_train, "_dbrt", lambda argv, log: 1)
+    with pytest.raises(SystemExit, match="with and without --amp"):
+        gpu_train.calibrate(tmp_path, tmp_path, batch=32, workers=2)
