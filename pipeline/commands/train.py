@@ -70,7 +70,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--amp", action=_GivenFlag, nargs=0, default=d.amp,
             help="mixed precision: the forward pass under bfloat16 autocast (loss and weights "
                  "stay float32); for NVIDIA Ampere or later GPUs and CPUs with AVX512-BF16 or "
-                 "AMX (2.4x the steps per second on a 2-core AMD EPYC Zen 4)")
+                 "AMX (2x the steps per second on a 2-core AMD EPYC Zen 4)")
     setting("--init", help="start from these weights (fine-tuning)")
     parser.add_argument("--resume", action="store_true", help="continue OUT/last.pt")
     setting("--val", metavar="DATASET",
