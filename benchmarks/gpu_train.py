@@ -86,7 +86,7 @@ def pack_masks(src: Path, dst: Path, budget: int, quality: int) -> tuple:
             image = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
         mask = cv2.resize(mask, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_NEAREST)
         data = _webp(image, quality)
-        ok, png = cv2.imencode(".png", mask, [cv2.IMWRITE_PNG_COMPRESSION, 9])
+        png = cv2.imencode(".png", mask, [cv2.IMWRITE_PNG_COMPRESSION, 9])[1]
         if used + len(data) + len(png) > budget:
             break
         (dst / f"{image_path.stem}.webp").write_bytes(data)

@@ -62,7 +62,7 @@ def model_batch(batch: dict, device: torch.device, channels_last: bool = False) 
     out = {k: v.to(device, non_blocking=True).float() for k, v in batch.items() if k != "image"}
     image = batch["image"].to(device, non_blocking=True).permute(0, 3, 1, 2).float()
     mean = torch.tensor(DB_MEAN_BGR, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-    image = (image - mean) * torch.tensor(1 / 255.0, dtype=torch.float32, device=device)
+    image = (image - mean) * (1 / 255.0)  # a Python scalar: multiplied in float32, no tensor to copy
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     out["image"] = image.contiguous(memory_format=fmt)
     return out
