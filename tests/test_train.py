@@ -74,6 +74,33 @@ def test_augment_keeps_polygons_on_their_text():
     assert (white & (mask > 0)).sum() >= 0.8 * min(white.sum(), mask.sum())
 
 
+def test_scale_range_sets_the_size_of_the_text():
+    """AugmentConfig.scale (dbrt train --scale) is the size change applied to real images."""
+    img = np.zeros((200, 300, 3), np.uint8)
+    for size in (0.5, 1.5):
+        cfg = AugmentConfig(scale=(size, size), max_angle=0.0, text_crop_prob=1.0)
+        _, polys, _ = augment(np.random.default_rng(1), img, [RECT * 2], [False], 400, cfg)
+        assert np.ptp(polys[0][:, 0]) == pytest.approx(200 * size, abs=1e-3)
+
+
+def test_real_sources_take_the_scale_range(tmp_path):
+    from export.train.data import open_source
+
+    folder = _icdar_folder(tmp_path / "icdar")
+    assert open_source(str(folder), 4, 64, 0).aug.scale == (0.5, 3.0)  # the DB paper's
+    source = open_source(str(folder), 4, 64, 0, scale=(0.3, 0.6))
+    assert source.aug.scale == (0.3, 0.6) and source.aug.flip == 0.5  # the rest stays the paper's
+
+
+def test_scale_flag_is_checked(capsys):
+    from pipeline.cli import main
+
+    for bad, why in (("2,1", "0 < LO <= HI"), ("0,1", "0 < LO <= HI"), ("big", "two numbers")):
+        assert main(["train", "--out", "unused", "--scale", bad]) == 2
+        err = capsys.readouterr().err
+        assert "--scale" in err and why in err and "Traceback" not in err
+
+
 def test_synth_dataset_samples_are_deterministic():
     ds = SynthDataset(4, crop=96, seed=3)
     a, b = ds[2], ds[2]
@@ -326,6 +353,10 @@ def test_resume_continues_with_the_runs_own_settings(tmp_path, capsys):
     assert main(["train", "--out", out, "--resume", "--lr", "0.5"]) == 2
     err = capsys.readouterr().err
     assert "--lr 0.5" in err and "--lr 0.001" in err and "Traceback" not in err
+    # a pair-valued setting is named as the flag takes it
+    assert main(["train", "--out", out, "--resume", "--scale", "0.3,1"]) == 2
+    err = capsys.readouterr().err
+    assert "--scale 0.3,1: " in err and "(--scale 0.5,3)" in err
     assert main(["train", "--out", str(tmp_path / "empty"), "--resume"]) == 2
     assert "holds no run to continue" in capsys.readouterr().err
     # the library checks it too: resuming with a config of defaults is refused, the run's

@@ -17,6 +17,9 @@ class TrainConfig:
     steps: int = 8000
     batch: int = 8
     crop: int = 320
+    # real folders: the augmentation's log-uniform size change (the DB paper's 0.5-3; a lower
+    # range trains on smaller text, e.g. for far-away signs or small words at the default size)
+    scale: Tuple[float, float] = (0.5, 3.0)
     lr: float = 2e-3
     weight_decay: float = 1e-4
     warmup: int = 300
@@ -54,7 +57,10 @@ class TrainConfig:
     def from_dict(cls, saved: dict) -> "TrainConfig":
         """A config written by an earlier run (config.json); keys of other versions are ignored."""
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in saved.items() if k in known})
+        values = {k: v for k, v in saved.items() if k in known}
+        if "scale" in values:  # JSON keeps the pair as a list
+            values["scale"] = tuple(values["scale"])
+        return cls(**values)
 
     @property
     def sources(self) -> List[str]:

@@ -22,6 +22,7 @@ border band of each word's full polygon, which a shrunk mask does not give, so t
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import List, Tuple
@@ -221,17 +222,20 @@ def parse_source(spec: str) -> Tuple[str, float]:
     return name, value
 
 
-def open_source(name: str, length: int, crop: int, seed: int, scene="default"):
-    """One training source by name: 'synth', a mask folder or an ICDAR2015-format folder."""
+def open_source(name: str, length: int, crop: int, seed: int, scene="default",
+                scale: Tuple[float, float] = DB_PAPER.scale):
+    """One training source by name: 'synth', a mask folder or an ICDAR2015-format folder; real
+    folders get the DB paper's augmentation with the log-uniform size change `scale`."""
     if name == "synth":
         from ..synth.scene import scene_sampler
 
         return SynthDataset(length, crop=crop, seed=seed, scene=scene_sampler(scene))
     if not Path(name).is_dir():
         raise DbrtError(f"--data {name!r}: not 'synth' and not a folder")
+    aug = dataclasses.replace(DB_PAPER, scale=tuple(scale))
     if is_mask_folder(name):
-        return MaskDataset(name, length, crop=crop, seed=seed)
-    return IcdarDataset(name, length, crop=crop, seed=seed)
+        return MaskDataset(name, length, crop=crop, seed=seed, aug=aug)
+    return IcdarDataset(name, length, crop=crop, seed=seed, aug=aug)
 
 
 class MixedDataset:

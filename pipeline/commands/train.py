@@ -13,7 +13,8 @@ DESCRIPTION = """Train a DBNet detector. --data takes 'synth' (synthetic scenes 
 from --seed), an ICDAR2015-format folder (img_N.jpg + gt_img_N.txt, '###' = do not care) or a
 mask folder (NAME.jpg + NAME_mask.png, shrunk text regions); repeat it to mix sources, each with
 an optional sampling weight: --data ic15=0.5 --data masks=0.3 --data synth=0.2. Real folders get
-the DB paper's augmentation (rotation +-10 deg, crop, flip, scale 0.5-3). --val DATASET scores
+the DB paper's augmentation (rotation +-10 deg, crop, flip, scale 0.5-3; --scale changes
+the range). --val DATASET scores
 the EMA weights every --val-every steps and at the end (ICDAR 2015 protocol) and keeps the best
 as best.pt. Checkpoints go to --out (last.pt, best.pt, step_NNNNNN.pt); --resume continues
 --out/last.pt with the run's own settings (--out/config.json): only --workers, --threads,
@@ -59,6 +60,9 @@ def add_arguments(parser) -> None:
     setting("--steps", type=at_least(1), default=d.steps)
     setting("--batch", type=at_least(1), default=d.batch)
     setting("--crop", type=int, default=d.crop, help="square training crop, pixels")
+    setting("--scale", type=scale_range, default=d.scale, metavar="LO,HI",
+            help="real folders: random size change, log-uniform in [LO, HI] (the DB paper's "
+                 "0.5,3; a lower range trains on smaller text)")
     setting("--lr", type=at_least(0.0, float, strict=True), default=d.lr,
             help="peak AdamW learning rate")
     setting("--warmup", type=at_least(0), default=d.warmup)
@@ -83,6 +87,17 @@ def add_arguments(parser) -> None:
     setting("--log-every", type=at_least(1), default=d.log_every)
     setting("--time-limit", type=at_least(0.0, float), default=0.0,
             help="stop (and save) after this many seconds; 0 = run all steps")
+
+
+def scale_range(text: str) -> tuple:
+    """'LO,HI' -> (LO, HI), 0 < LO <= HI."""
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be two numbers LO,HI, got {text!r}") from None
+    if not 0 < low <= high < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 0 < LO <= HI, got {text!r}")
+    return low, high
 
 
 def make_validator(dataset):
@@ -124,11 +139,16 @@ def _new_config(args):
     data = args.data or ["synth"]
     return TrainConfig(out_dir=args.out, data=data if len(data) > 1 else data[0],
                        scene=args.scene, arch=args.arch, width=args.width,
-                       steps=args.steps, batch=args.batch, crop=args.crop, lr=args.lr,
+                       steps=args.steps, batch=args.batch, crop=args.crop, scale=args.scale, lr=args.lr,
                        warmup=min(args.warmup, args.steps), seed=args.seed, workers=args.workers,
                        threads=args.threads, init=args.init, save_every=args.save_every,
                        log_every=args.log_every, time_limit=args.time_limit, device=args.device,
                        amp=args.amp, val_every=args.val_every, val=args.val, val_images=args.val_images)
+
+
+def _as_typed(value) -> str:
+    """A setting as its flag takes it (a pair as LO,HI)."""
+    return ",".join(f"{v:g}" for v in value) if isinstance(value, tuple) else str(value)
 
 
 def _resumed_config(args):
@@ -153,6 +173,7 @@ def _resumed_config(args):
     given, names = _new_config(args), set(args.given) | ({"data"} if args.data else set())
     for name, value, saved in given.recipe_differences(cfg, sorted(names))[:1]:
         flag = "--" + name.replace("_", "-")
+        value, saved = _as_typed(value), _as_typed(saved)
         raise DbrtError(f"{flag} {value}: --resume continues the run in {out} with its own "
                         f"settings ({flag} {saved}); drop the flag, or train into a new --out "
                         f"with --init {out / 'last.pt'}")
