@@ -24,8 +24,8 @@ BOX_THRESH = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7)
 UNCLIP_RATIO = (1.1, 1.2, 1.3, 1.5, 1.7, 2.0)
 
 
-def _maps(detector, dataset) -> list:
-    """(sample, host probability map batch, letterboxes) per image."""
+def probability_maps(detector, dataset) -> list:
+    """(sample, host probability map batch, letterboxes) per image: the network's part, run once."""
     kept = []
     for sample in dataset:
         batch, letterboxes = detector.prepare([sample.read_image()])
@@ -47,8 +47,15 @@ def tune_postprocess(detector, dataset, thresh: Sequence[float] = THRESH,
                      unclip_ratio: Sequence[float] = UNCLIP_RATIO) -> List[Dict[str, float]]:
     """Every (thresh, box_thresh, unclip_ratio) of the grid scored on `dataset`, best first
     (ties: the higher box_thresh, then the smaller unclip_ratio)."""
-    maps = _maps(detector, dataset)
-    base = detector.post.config
+    return tune_on_maps(probability_maps(detector, dataset), detector.post.config,
+                        thresh, box_thresh, unclip_ratio)
+
+
+def tune_on_maps(maps: list, base, thresh: Sequence[float] = THRESH,
+                 box_thresh: Sequence[float] = BOX_THRESH,
+                 unclip_ratio: Sequence[float] = UNCLIP_RATIO) -> List[Dict[str, float]]:
+    """tune_postprocess on maps already made (`probability_maps`); `base`: the
+    PostprocessConfig whose other settings (box type, dilation, ...) stay."""
     rows = []
     for t, b, u in itertools.product(thresh, box_thresh, unclip_ratio):
         if b < t:

@@ -274,6 +274,32 @@ def test_mixed_training_validates_and_keeps_the_best(tmp_path):
     assert best["step"] == 2 and best["validation"]["hmean"] == 0.5
 
 
+@pytest.mark.slow
+def test_tuned_validation_records_its_thresholds_and_ship_takes_them(tmp_path):
+    torch = pytest.importorskip("torch")
+    import argparse
+
+    from export.synth.dataset import write_dataset
+    from export.train.ship import POST_DEFAULTS, WEIGHTS, post_settings
+    from pipeline.cli import main
+
+    write_dataset(tmp_path / "val", 2, height=128, width=160)
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), "--width", "0.25", "--steps", "1", "--batch", "1",
+                 "--crop", "64", "--warmup", "1", "--workers", "0", "--threads", "1",
+                 "--val", str(tmp_path / "val"), "--val-tune"]) == 0
+    line = json.loads((out / "val.jsonl").read_text().splitlines()[-1])
+    assert {"thresh", "box_thresh", "unclip_ratio", "untuned_hmean"} <= set(line)
+    assert line["hmean"] >= line["untuned_hmean"]  # the grid holds the default settings
+    best = torch.load(str(out / "best.pt"), weights_only=True)["validation"]
+    # what the flags give wins; the rest comes from the tuned validation
+    chosen = post_settings(out / "best.pt", argparse.Namespace(thresh=None, box_thresh=0.42, unclip_ratio=None))
+    assert chosen == {"thresh": best["thresh"], "box_thresh": 0.42, "unclip_ratio": best["unclip_ratio"]}
+    # weights without a tuned validation (the shipped state dict): the defaults
+    none = argparse.Namespace(thresh=None, box_thresh=None, unclip_ratio=None)
+    assert post_settings(WEIGHTS, none) == POST_DEFAULTS
+
+
 class _Boom:
     def __reduce__(self):
         import os

@@ -39,11 +39,12 @@ class TrainConfig:
     val_every: int = 0              # run the validation callback every N steps (0 = only at the end)
     val: Optional[str] = None       # validation dataset of `dbrt train --val` (kept for --resume)
     val_images: int = 0             # validate on its first N images (0: all)
+    val_tune: bool = False          # validate at the thresholds tuned on the validation maps
 
     # what may differ when a run is resumed: where and how fast it runs, how often it reports and
     # saves, and what it is scored on; everything else is the run's training recipe
     RESUMABLE_CHANGES = ("workers", "threads", "device", "amp", "time_limit", "log_every", "save_every",
-                         "keep_every", "val", "val_every", "val_images")
+                         "keep_every", "val", "val_every", "val_images", "val_tune")
     NOT_RECIPE = RESUMABLE_CHANGES + ("out_dir", "init", "resume")
 
     def recipe_differences(self, run: "TrainConfig", names=None) -> List[Tuple[str, object, object]]:

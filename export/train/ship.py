@@ -161,6 +161,22 @@ def ship(checkpoint, spec_changes: Optional[dict] = None, weights: Path = WEIGHT
     return rec
 
 
+POST_DEFAULTS = {"thresh": 0.3, "box_thresh": 0.6, "unclip_ratio": 1.5}
+
+
+def post_settings(checkpoint, args) -> dict:
+    """thresh / box_thresh / unclip_ratio to ship: each as given, else as the checkpoint's tuned
+    validation chose it (`dbrt train --val-tune` records it in best.pt), else the default."""
+    from .loop import read_checkpoint
+
+    data = read_checkpoint(checkpoint)
+    tuned = data.get("validation") if isinstance(data, dict) else None
+    tuned = tuned if isinstance(tuned, dict) else {}
+    given = {k: getattr(args, k) for k in POST_DEFAULTS}
+    return {k: float(given[k] if given[k] is not None else tuned.get(k, default))
+            for k, default in POST_DEFAULTS.items()}
+
+
 def _targets(args) -> dict:
     """Where the files go: a folder the user names, or (explicitly) the shipped assets."""
     if args.replace_shipped:
@@ -181,20 +197,23 @@ def main(argv=None) -> int:
                        help="overwrite the model shipped in this repository (export/assets, pipeline/assets)")
     p.add_argument("--limit-side", type=int, default=736)
     p.add_argument("--limit-type", default="min", choices=("min", "max"))
-    p.add_argument("--thresh", type=float, default=0.3)
-    p.add_argument("--box-thresh", type=float, default=0.6)
-    p.add_argument("--unclip-ratio", type=float, default=1.5)
+    p.add_argument("--thresh", type=float,
+                   help="default: what the checkpoint's tuned validation chose (dbrt train "
+                        "--val-tune), else 0.3")
+    p.add_argument("--box-thresh", type=float, help="likewise, else 0.6")
+    p.add_argument("--unclip-ratio", type=float, help="likewise, else 1.5")
     p.add_argument("--metrics", help="JSON file of evaluation results to put in the record")
     args = p.parse_args(argv)
     if not Path(args.checkpoint).is_file():
         raise SystemExit(f"error: checkpoint not found: {args.checkpoint}")
     metrics = json.loads(Path(args.metrics).read_text()) if args.metrics else None
     try:
+        settings = post_settings(args.checkpoint, args)
         rec = ship(args.checkpoint, dict(limit_side=args.limit_side, limit_type=args.limit_type,
-                                         thresh=args.thresh, box_thresh=args.box_thresh,
-                                         unclip_ratio=args.unclip_ratio), metrics=metrics, **_targets(args))
+                                         **settings), metrics=metrics, **_targets(args))
     except ModelError as exc:
         raise SystemExit(f"error: {exc}") from None
+    print("post-processing: " + " ".join(f"--{k.replace('_', '-')} {v:g}" for k, v in settings.items()))
     print(json.dumps({k: rec[k] for k in ("checkpoint_step", "weights", "onnx")}, indent=2))
     return 0
 

@@ -18,7 +18,9 @@ the range). --val DATASET scores
 the EMA weights every --val-every steps and at the end (ICDAR 2015 protocol) and keeps the best
 as best.pt. Checkpoints go to --out (last.pt, best.pt, step_NNNNNN.pt); --resume continues
 --out/last.pt with the run's own settings (--out/config.json): only --workers, --threads,
---device, --amp, --time-limit, --log-every, --save-every and the --val flags may be given anew."""
+--device, --amp, --time-limit, --log-every, --save-every and the --val flags may be given anew.
+--val-tune scores each validation at its best post-processing thresholds (what a model ships
+with after `dbrt eval --tune`), and `python -m export.train.ship` takes the ones best.pt records."""
 
 
 class _Given(argparse.Action):
@@ -83,6 +85,11 @@ def add_arguments(parser) -> None:
             help="validate every N steps (0: only at the end)")
     setting("--val-images", type=at_least(0), default=0,
             help="validate on the first N images (0: all)")
+    parser.add_argument("--val-tune", action=_GivenFlag, nargs=0, default=d.val_tune,
+                        help="score each validation at the thresh / box_thresh / unclip_ratio "
+                             "that do best on it (the `dbrt eval --tune` grid; the network runs "
+                             "once): best.pt is then the best checkpoint at its best thresholds, "
+                             "which it records for `export.train.ship`")
     setting("--save-every", type=at_least(1), default=d.save_every)
     setting("--log-every", type=at_least(1), default=d.log_every)
     setting("--time-limit", type=at_least(0.0, float), default=0.0,
@@ -100,19 +107,27 @@ def scale_range(text: str) -> tuple:
     return low, high
 
 
-def make_validator(dataset):
+def make_validator(dataset, tune: bool = False):
     """model -> {"precision", "recall", "hmean", "images"} on `dataset` through the same
-    Detector (preprocessing, DB post-processing, frame mapping) that `dbrt run` uses."""
+    Detector (preprocessing, DB post-processing, frame mapping) that `dbrt run` uses. With
+    `tune`, at the grid's best thresh / box_thresh / unclip_ratio on these maps (recorded in
+    the result, with the hmean at the default settings as "untuned_hmean")."""
     from export.torch_runner import TorchRunner
     from pipeline.detector import Detector
-    from pipeline.evaluate import evaluate_detector
+    from pipeline.postprocess import DBPostprocessor
+    from pipeline.tune import probability_maps, score, tune_on_maps
 
     def validate(model) -> dict:
         runner_device = "cuda" if next(model.parameters()).is_cuda else "cpu"
         with Detector(model=TorchRunner(model, device=runner_device, half=False)) as detector:
-            result = evaluate_detector(detector.detect, dataset)
-        return {"precision": result.precision, "recall": result.recall, "hmean": result.hmean,
-                "images": len(dataset)}
+            maps = probability_maps(detector, dataset)
+            untuned = score(maps, DBPostprocessor(detector.post.config, "cpu"))
+            result = {"precision": untuned.precision, "recall": untuned.recall,
+                      "hmean": untuned.hmean, "images": len(dataset)}
+            if tune:
+                best = tune_on_maps(maps, detector.post.config)[0]
+                result = dict(best, untuned_hmean=untuned.hmean, images=len(dataset))
+        return result
 
     return validate
 
@@ -143,7 +158,8 @@ def _new_config(args):
                        warmup=min(args.warmup, args.steps), seed=args.seed, workers=args.workers,
                        threads=args.threads, init=args.init, save_every=args.save_every,
                        log_every=args.log_every, time_limit=args.time_limit, device=args.device,
-                       amp=args.amp, val_every=args.val_every, val=args.val, val_images=args.val_images)
+                       amp=args.amp, val_every=args.val_every, val=args.val, val_images=args.val_images,
+                       val_tune=args.val_tune)
 
 
 def _as_typed(value) -> str:
@@ -194,7 +210,7 @@ def run(args) -> int:
         from pipeline.datasets import open_dataset
 
         dataset = open_dataset(cfg.val).head(cfg.val_images or None)
-        validate = make_validator(dataset)
+        validate = make_validator(dataset, tune=cfg.val_tune)
     path = train(cfg, validate=validate)
     print(f"checkpoint: {path}")
     return 0
