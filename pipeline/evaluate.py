@@ -36,11 +36,17 @@ HEIGHT_EDGES = (8.0, 16.0, 32.0)  # word-height ranges of recall_by_height, imag
 
 # -- polygon geometry -------------------------------------------------------------------------
 
+def _next(v: np.ndarray) -> np.ndarray:
+    """v shifted one place toward the front, the first value last (np.roll(v, -1), without its
+    overhead: the protocol calls this for every polygon pair)."""
+    return np.concatenate((v[1:], v[:1]))
+
+
 def polygon_area(points: np.ndarray) -> float:
     """Unsigned shoelace area."""
     p = np.asarray(points, np.float64).reshape(-1, 2)
     x, y = p[:, 0], p[:, 1]
-    return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
+    return 0.5 * abs(float(np.dot(x, _next(y)) - np.dot(y, _next(x))))
 
 
 def _dedupe(points: np.ndarray) -> np.ndarray:
@@ -89,10 +95,13 @@ def _to_clipper(points: np.ndarray) -> List[Tuple[int, int]]:
 
 def intersection_area(a: np.ndarray, b: np.ndarray) -> float:
     """Area of the intersection of two simple polygons."""
+    return _intersection(a, b) if _boxes_overlap(a, b) else 0.0
+
+
+def _intersection(a: np.ndarray, b: np.ndarray) -> float:
+    """intersection_area of two polygons whose bounding boxes overlap."""
     import pyclipper
 
-    if not _boxes_overlap(a, b):
-        return 0.0
     clipper = pyclipper.Pyclipper()
     clipper.AddPath(_to_clipper(a), pyclipper.PT_SUBJECT, True)
     clipper.AddPath(_to_clipper(b), pyclipper.PT_CLIP, True)
@@ -263,27 +272,78 @@ class EvalResult(SummedScores):
 
 # -- the protocol -------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class Truth:
+    """One image's ground truth made ready to score detections against (`prepare_truth`):
+    threshold tuning scores the same image under every setting of its grid."""
+
+    polygons: Tuple[np.ndarray, ...]  # float64 (n, 2), the caller's order
+    invalid: Tuple[int, ...]          # not simple polygons
+    dont_care: Tuple[int, ...]        # valid, marked "do not care"
+    cared: Tuple[int, ...]            # valid and cared for, in order
+    heights: Tuple[float, ...]        # word_height of each
+    areas: Tuple[float, ...]          # polygon_area of each
+    bounds: Tuple[np.ndarray, np.ndarray]  # (n, 2) minimum and maximum corners
+
+
+def _bounds(polygons: Sequence[np.ndarray]) -> Tuple[np.ndarray, np.ndarray]:
+    """Per polygon its bounding box's low and high corner; an empty polygon overlaps nothing."""
+    lo = np.array([p.min(0) if len(p) else (np.inf, np.inf) for p in polygons], np.float64).reshape(-1, 2)
+    hi = np.array([p.max(0) if len(p) else (-np.inf, -np.inf) for p in polygons], np.float64).reshape(-1, 2)
+    return lo, hi
+
+
+def _overlaps(a: Tuple[np.ndarray, np.ndarray], b: Tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """(len a, len b) booleans: _boxes_overlap of every pair, at once."""
+    (a_lo, a_hi), (b_lo, b_hi) = a, b
+    return (np.all(a_lo[:, None] < b_hi[None], axis=2) & np.all(b_lo[None] < a_hi[:, None], axis=2))
+
+
+def prepare_truth(gt_polygons: Sequence[np.ndarray], gt_ignore: Sequence[bool]) -> Truth:
+    """Ground-truth polygons (any (n, 2) arrays) with their "do not care" flags -> Truth."""
+    gts = tuple(np.asarray(p, np.float64).reshape(-1, 2) for p in gt_polygons)
+    ignore = [bool(f) for f in gt_ignore]
+    if len(ignore) != len(gts):
+        raise ValueError(f"{len(gts)} ground-truth polygons but {len(ignore)} ignore flags")
+    invalid = tuple(i for i, p in enumerate(gts) if not is_simple_polygon(p))
+    ok = [i for i in range(len(gts)) if i not in invalid]
+    return Truth(gts, invalid, tuple(i for i in ok if ignore[i]), tuple(i for i in ok if not ignore[i]),
+                 tuple(word_height(p) for p in gts), tuple(polygon_area(p) for p in gts), _bounds(gts))
+
+
 def evaluate_image(gt_polygons: Sequence[np.ndarray], gt_ignore: Sequence[bool],
                    det_polygons: Sequence[np.ndarray], name: str = "", iou: float = IOU_THRESHOLD,
                    area_precision: float = AREA_PRECISION_THRESHOLD) -> ImageEval:
     """Score one image: ground-truth polygons with their "do not care" flags against detected
     polygons (e.g. `Detections.polygons`), each an (n, 2) array in frame pixels."""
-    gts = [np.asarray(p, np.float64).reshape(-1, 2) for p in gt_polygons]
+    return score_image(prepare_truth(gt_polygons, gt_ignore), det_polygons, name, iou, area_precision)
+
+
+def score_image(truth: Truth, det_polygons: Sequence[np.ndarray], name: str = "",
+                iou: float = IOU_THRESHOLD, area_precision: float = AREA_PRECISION_THRESHOLD) -> ImageEval:
+    """evaluate_image against prepared ground truth. Pairs whose bounding boxes do not overlap
+    have intersection 0 without a clipper call (the bounding boxes of all pairs in one step)."""
+    gts = truth.polygons
     dets = [np.asarray(p, np.float64).reshape(-1, 2) for p in det_polygons]
-    ignore = [bool(f) for f in gt_ignore]
-    if len(ignore) != len(gts):
-        raise ValueError(f"{len(gts)} ground-truth polygons but {len(ignore)} ignore flags")
-    gt_invalid = tuple(i for i, p in enumerate(gts) if not is_simple_polygon(p))
     det_invalid = tuple(i for i, p in enumerate(dets) if not is_simple_polygon(p))
-    gt_ok = [i for i in range(len(gts)) if i not in gt_invalid]
     det_ok = [i for i in range(len(dets)) if i not in det_invalid]
-    gt_dont_care = tuple(i for i in gt_ok if ignore[i])
-    det_dont_care = tuple(d for d in det_ok if any(
-        _inside_fraction(dets[d], gts[g]) > area_precision for g in gt_dont_care))
-    pairs = _greedy_match([g for g in gt_ok if g not in gt_dont_care],
-                          [d for d in det_ok if d not in det_dont_care], gts, dets, iou)
-    return ImageEval(name, len(gts), len(dets), pairs, gt_dont_care, det_dont_care,
-                     gt_invalid, det_invalid, tuple(word_height(p) for p in gts))
+    overlap = _overlaps(truth.bounds, _bounds(dets)).tolist()
+    det_area = {d: polygon_area(dets[d]) for d in det_ok}
+
+    def inside_fraction(d: int, g: int) -> float:  # share of the detection's area inside g
+        area = det_area[d]
+        return 0.0 if area == 0 else (_intersection(dets[d], gts[g]) if overlap[g][d] else 0.0) / area
+
+    def pair_iou(g: int, d: int) -> float:  # polygon_iou(gts[g], dets[d])
+        inter = _intersection(gts[g], dets[d]) if overlap[g][d] else 0.0
+        union = truth.areas[g] + det_area[d] - inter
+        return 0.0 if union <= 0 else inter / union
+
+    det_dont_care = tuple(d for d in det_ok if any(inside_fraction(d, g) > area_precision
+                                                   for g in truth.dont_care))
+    pairs = _greedy_match(truth.cared, [d for d in det_ok if d not in det_dont_care], pair_iou, iou)
+    return ImageEval(name, len(gts), len(dets), pairs, truth.dont_care, det_dont_care,
+                     truth.invalid, det_invalid, truth.heights)
 
 
 def height_range(row: dict) -> str:
@@ -304,19 +364,13 @@ def word_height(polygon: np.ndarray) -> float:
     return float(min(cv2.minAreaRect(polygon.astype(np.float32))[1]))
 
 
-def _inside_fraction(det: np.ndarray, region: np.ndarray) -> float:
-    """Share of the detection's area inside `region` (the protocol's "area precision")."""
-    area = polygon_area(det)
-    return 0.0 if area == 0 else intersection_area(det, region) / area
-
-
-def _greedy_match(gt_idx: List[int], det_idx: List[int], gts, dets, iou: float):
+def _greedy_match(gt_idx: Sequence[int], det_idx: Sequence[int], pair_iou: Callable, iou: float):
     pairs, used = [], set()
     for g in gt_idx:
         for d in det_idx:
             if d in used:
                 continue
-            value = polygon_iou(gts[g], dets[d])
+            value = pair_iou(g, d)
             if value > iou:
                 pairs.append((g, d, value))
                 used.add(d)

@@ -14,7 +14,7 @@ import itertools
 from dataclasses import replace
 from typing import Dict, List, Sequence
 
-from .evaluate import EvalResult, evaluate_image
+from .evaluate import EvalResult, prepare_truth, score_image
 from .postprocess import DBPostprocessor
 
 # wide enough that the best settings of the models here lie inside it, not on its edge (the
@@ -35,10 +35,17 @@ def probability_maps(detector, dataset) -> list:
 
 
 def score(maps: list, post: DBPostprocessor) -> EvalResult:
+    """The ICDAR 2015 protocol on `probability_maps` post-processed by `post`."""
+    truths = [prepare_truth(sample.gt.polygons, sample.gt.ignore) for sample, _, _ in maps]
+    return _score(maps, truths, [post.scored(prob, boxes) for _, prob, boxes in maps], post)
+
+
+def _score(maps: list, truths: list, staged: list, post: DBPostprocessor) -> EvalResult:
+    """The protocol on candidates already found (`DBPostprocessor.scored`), finished by `post`."""
     results = []
-    for sample, prob, letterboxes in maps:
-        dets = post(prob, letterboxes)[0]
-        results.append(evaluate_image(sample.gt.polygons, sample.gt.ignore, dets.polygons, sample.name))
+    for (sample, _, boxes), truth, found in zip(maps, truths, staged):
+        dets = post.finish(found, boxes)[0]
+        results.append(score_image(truth, dets.polygons, sample.name))
     return EvalResult(tuple(results))
 
 
@@ -55,13 +62,21 @@ def tune_on_maps(maps: list, base, thresh: Sequence[float] = THRESH,
                  box_thresh: Sequence[float] = BOX_THRESH,
                  unclip_ratio: Sequence[float] = UNCLIP_RATIO) -> List[Dict[str, float]]:
     """tune_postprocess on maps already made (`probability_maps`); `base`: the
-    PostprocessConfig whose other settings (box type, dilation, ...) stay."""
+    PostprocessConfig whose other settings (box type, dilation, ...) stay. Candidates and their
+    scores are found once per thresh and the ground truth prepared once: box_thresh and
+    unclip_ratio only change how candidates are finished (the same rows as post-processing
+    every setting from scratch)."""
+    truths = [prepare_truth(sample.gt.polygons, sample.gt.ignore) for sample, _, _ in maps]
     rows = []
-    for t, b, u in itertools.product(thresh, box_thresh, unclip_ratio):
-        if b < t:
-            continue  # a box's mean score is above thresh anyway
-        result = score(maps, DBPostprocessor(replace(base, thresh=t, box_thresh=b, unclip_ratio=u), "cpu"))
-        rows.append({"thresh": t, "box_thresh": b, "unclip_ratio": u, "precision": result.precision,
-                     "recall": result.recall, "hmean": result.hmean})
+    for t in thresh:
+        finder = DBPostprocessor(replace(base, thresh=t), "cpu")
+        staged = [finder.scored(prob, boxes) for _, prob, boxes in maps]
+        for b, u in itertools.product(box_thresh, unclip_ratio):
+            if b < t:
+                continue  # a box's mean score is above thresh anyway
+            post = DBPostprocessor(replace(base, thresh=t, box_thresh=b, unclip_ratio=u), "cpu")
+            result = _score(maps, truths, staged, post)
+            rows.append({"thresh": t, "box_thresh": b, "unclip_ratio": u, "precision": result.precision,
+                         "recall": result.recall, "hmean": result.hmean})
     rows.sort(key=lambda r: (-r["hmean"], -r["box_thresh"], r["unclip_ratio"]))
     return rows

@@ -33,6 +33,28 @@ def test_grid_is_sorted_and_its_best_row_is_what_a_plain_run_scores(synthetic_va
     assert plain.hmean == pytest.approx(best["hmean"]) and plain.recall == pytest.approx(best["recall"])
 
 
+def test_shared_candidates_give_the_rows_of_post_processing_every_setting(synthetic_val):
+    """tune_on_maps finds candidates once per thresh and prepares the ground truth once; its
+    rows must be those of post-processing and scoring every setting from scratch."""
+    from pipeline.evaluate import EvalResult, evaluate_image
+    from pipeline.tune import probability_maps, tune_on_maps
+
+    grid = dict(thresh=(0.2, 0.3), box_thresh=(0.3, 0.5, 0.7), unclip_ratio=(1.2, 1.5))
+    with Detector(options=RunnerOptions(threads=1)) as det:
+        maps = probability_maps(det, synthetic_val)
+        base = det.post.config
+    for box_type in ("quad", "poly"):
+        config = replace(base, box_type=box_type)
+        rows = tune_on_maps(maps, config, **grid)
+        for row in rows:
+            post = DBPostprocessor(replace(config, **{k: row[k] for k in grid}), "cpu")
+            plain = EvalResult(tuple(
+                evaluate_image(s.gt.polygons, s.gt.ignore, post(prob, boxes)[0].polygons, s.name)
+                for s, prob, boxes in maps))
+            assert (row["precision"], row["recall"], row["hmean"]) == (plain.precision, plain.recall, plain.hmean)
+        assert len(rows) == 2 * 3 * 2
+
+
 def test_cli_tune_prints_the_best_settings(tmp_path, synthetic_val, capsys):
     import json
 

@@ -221,7 +221,14 @@ def finish(cand: Candidates, scores: np.ndarray, config: PostprocessConfig
             [s for p, s in zip(out, scores[passed].tolist()) if p is not None])
 
 
+def scored_candidates(prob: np.ndarray, config: PostprocessConfig) -> Tuple[Candidates, np.ndarray]:
+    """Steps 1 and 2 of one (H, W) float32 map: its candidates and their scores. They depend on
+    thresh, box type, score mode, dilation, min_size and max_candidates, not on box_thresh or
+    unclip_ratio, which only `finish` reads."""
+    cand = find_candidates(binarize(prob, config), config)
+    return cand, masked_means(map_crops(prob, cand.crops), cand.fills, cand.shifts)
+
+
 def postprocess_map(prob: np.ndarray, config: PostprocessConfig) -> Tuple[List[np.ndarray], List[float]]:
     """One (H, W) float32 map -> (polygons in map pixels, scores), in the reference's order."""
-    cand = find_candidates(binarize(prob, config), config)
-    return finish(cand, masked_means(map_crops(prob, cand.crops), cand.fills, cand.shifts), config)
+    return finish(*scored_candidates(prob, config), config)

@@ -97,16 +97,34 @@ class DBPostprocessor:
         n, h, w = batch.shape
         boxes = _check_letterboxes(letterboxes, n, h, w)
         if xp is np:
-            results = []  # the GPU path checks on the device, with its bitmap copy
-            for i, b in enumerate(boxes):
-                check_padding_finite(batch[i], b.content_h, b.content_w)
-                results.append(cpu.postprocess_map(batch[i, :b.content_h, :b.content_w], self.config))
-        else:
-            from . import gpu
+            return self.finish(self._scored(batch, boxes), boxes)
+        from . import gpu
 
-            sizes = [(b.content_h, b.content_w) for b in boxes]
-            results = gpu.postprocess_batch(batch, sizes, self.config)
+        results = gpu.postprocess_batch(batch, [(b.content_h, b.content_w) for b in boxes], self.config)
         return [to_detections(polys, scores, box) for (polys, scores), box in zip(results, boxes)]
+
+    def _scored(self, batch: np.ndarray, boxes: List[Letterbox]) -> list:
+        """Per map of a host batch its candidates and scores (the GPU path checks on the
+        device, with its bitmap copy)."""
+        staged = []
+        for i, b in enumerate(boxes):
+            check_padding_finite(batch[i], b.content_h, b.content_w)
+            staged.append(cpu.scored_candidates(batch[i, :b.content_h, :b.content_w], self.config))
+        return staged
+
+    def scored(self, prob, letterboxes: Sequence[Letterbox]) -> list:
+        """The first half of a CPU call: per map its candidates and their scores, which depend on
+        thresh but not on box_thresh or unclip_ratio. `finish` completes them under any of those,
+        so threshold tuning finds candidates once per thresh (pipeline.tune)."""
+        batch = _as_batch(prob if array_module(prob) is np else prob.get(), np)
+        n, h, w = batch.shape
+        return self._scored(batch, _check_letterboxes(letterboxes, n, h, w))
+
+    def finish(self, staged: list, letterboxes: Sequence[Letterbox]) -> List[Detections]:
+        """Detections of `scored` maps under this postprocessor's box_thresh and unclip_ratio
+        (its thresh and the other settings must be those the candidates were found with)."""
+        results = [cpu.finish(cand, scores, self.config) for cand, scores in staged]
+        return [to_detections(polys, scores, box) for (polys, scores), box in zip(results, letterboxes)]
 
 
 def to_detections(polys, scores, box: Letterbox) -> Detections:
