@@ -172,7 +172,7 @@ class _Validator:
             f.write(json.dumps(result) + "\n")
         hmean = float(result.get("hmean", -1))
         _log("validation step {step}: ".format(step=step) + " ".join(
-            f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items() if k != "step"))
+            f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items() if k != "step"))
         if hmean > self.best:
             self.best = hmean
             save_best(result)
