@@ -8,9 +8,8 @@ import pytest
 
 from pipeline.datasets import GroundTruth, open_dataset
 from pipeline.detections import Detections
-from pipeline.evaluate import (
-    EvalResult, draw_errors, evaluate, evaluate_detector, evaluate_image, intersection_area,
-    is_simple_polygon, polygon_area, polygon_iou)
+from pipeline.evaluate import EvalResult, draw_errors, evaluate, evaluate_detector, evaluate_image
+from pipeline.polygons import intersection_area, is_simple_polygon, polygon_area, polygon_iou
 
 
 def rect(x0, y0, x1, y1):
