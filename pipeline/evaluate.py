@@ -186,7 +186,7 @@ class EvalResult(SummedScores):
 
 # -- the protocol -------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Truth:
     """One image's ground truth made ready to score detections against (`prepare_truth`):
     threshold tuning scores the same image under every setting of its grid."""
