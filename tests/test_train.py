@@ -283,7 +283,7 @@ def test_tuned_validation_records_its_thresholds_and_ship_takes_them(tmp_path):
     from export.train.ship import POST_DEFAULTS, WEIGHTS, post_settings
     from pipeline.cli import main
 
-    write_dataset(tmp_path / "val", 2, height=128, width=160)
+    write_dataset(tmp_path / "val", 2, height=256, width=384)
     out = tmp_path / "run"
     assert main(["train", "--out", str(out), "--width", "0.25", "--steps", "1", "--batch", "1",
                  "--crop", "64", "--warmup", "1", "--workers", "0", "--threads", "1",
@@ -295,6 +295,19 @@ def test_tuned_validation_records_its_thresholds_and_ship_takes_them(tmp_path):
     # what the flags give wins; the rest comes from the tuned validation
     chosen = post_settings(out / "best.pt", argparse.Namespace(thresh=None, box_thresh=0.42, unclip_ratio=None))
     assert chosen == {"thresh": best["thresh"], "box_thresh": 0.42, "unclip_ratio": best["unclip_ratio"]}
+    # the tuned validation takes the untuned score from its grid's row at the default settings:
+    # the same as a plain validation of the same model
+    from export.model import DBNet
+    from pipeline.commands.train import make_validator
+    from pipeline.datasets import open_dataset
+
+    from export.train.loop import load_weights
+
+    model = DBNet("resnet18", width=0.5).eval()
+    load_weights(model, WEIGHTS)  # the shipped model: real detections to score
+    dataset = open_dataset(str(tmp_path / "val"))
+    plain, tuned = make_validator(dataset)(model), make_validator(dataset, tune=True)(model)
+    assert plain["hmean"] > 0 and tuned["untuned_hmean"] == plain["hmean"] and "thresh" not in plain
     # weights without a tuned validation (the shipped state dict): the defaults
     none = argparse.Namespace(thresh=None, box_thresh=None, unclip_ratio=None)
     assert post_settings(WEIGHTS, none) == POST_DEFAULTS

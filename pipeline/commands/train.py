@@ -121,13 +121,17 @@ def make_validator(dataset, tune: bool = False):
         runner_device = "cuda" if next(model.parameters()).is_cuda else "cpu"
         with Detector(model=TorchRunner(model, device=runner_device, half=False)) as detector:
             maps = probability_maps(detector, dataset)
-            untuned = score(maps, DBPostprocessor(detector.post.config, "cpu"))
-            result = {"precision": untuned.precision, "recall": untuned.recall,
-                      "hmean": untuned.hmean, "images": len(dataset)}
-            if tune:
-                best = tune_on_maps(maps, detector.post.config)[0]
-                result = dict(best, untuned_hmean=untuned.hmean, images=len(dataset))
-        return result
+        config = detector.post.config
+        rows = tune_on_maps(maps, config) if tune else []
+        default = (config.thresh, config.box_thresh, config.unclip_ratio)
+        # the grid holds the default settings: their row is the untuned score
+        untuned = next((r for r in rows if (r["thresh"], r["box_thresh"], r["unclip_ratio"]) == default), None)
+        if untuned is None:
+            result = score(maps, DBPostprocessor(config, "cpu"))
+            untuned = {"precision": result.precision, "recall": result.recall, "hmean": result.hmean}
+        if not tune:
+            return {**untuned, "images": len(dataset)}
+        return {**rows[0], "untuned_hmean": untuned["hmean"], "images": len(dataset)}
 
     return validate
 
