@@ -63,3 +63,28 @@ def tiny_onnx(tmp_path_factory) -> Path:
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+def compiled_steps_built() -> bool:
+    from pipeline.postprocess import compiled
+
+    return compiled._module("_steps") is not None and compiled._module("_fill") is not None
+
+
+def use_numpy_postprocess(monkeypatch) -> None:
+    """Run the CPU post-processing without its compiled steps (as an install without a C
+    compiler does)."""
+    from pipeline.postprocess import compiled
+
+    monkeypatch.setattr(compiled, "_LOADED", {"_steps": None, "_fill": None})
+
+
+@pytest.fixture(params=["compiled", "numpy"])
+def postprocess_path(request, monkeypatch) -> str:
+    """Each test runs on both CPU post-processing paths: with the compiled steps (skipped where
+    they were not built) and with NumPy / OpenCV only."""
+    if request.param == "numpy":
+        use_numpy_postprocess(monkeypatch)
+    elif not compiled_steps_built():
+        pytest.skip("the compiled post-processing steps are not built here (no C compiler at install)")
+    return request.param

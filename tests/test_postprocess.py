@@ -84,7 +84,7 @@ def test_empty_maps_give_empty_detections():
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (1, 9), (9, 1), (2, 2), (37, 53)])
-def test_binarize_dilation_equals_opencv(shape):
+def test_binarize_dilation_equals_opencv(shape, postprocess_path):
     prob = np.random.default_rng(sum(shape)).random(shape).astype(np.float32)
     for thresh in (0.3, 0.9):
         config = PostprocessConfig(thresh=thresh, use_dilation=True)
@@ -94,9 +94,12 @@ def test_binarize_dilation_equals_opencv(shape):
 
 @pytest.mark.parametrize("strip_bytes", [1, 40, 200, 1 << 19])
 def test_binarize_in_strips_equals_opencv_and_finds_every_non_finite_value(monkeypatch, strip_bytes):
-    """binarize reads the map in strips of rows: the bitmap (plain and dilated, also of a
-    non-contiguous view) must not depend on where the strips end, and a NaN / inf anywhere
-    must raise."""
+    """Without the compiled steps binarize reads the map in strips of rows: the bitmap (plain
+    and dilated, also of a non-contiguous view) must not depend on where the strips end, and a
+    NaN / inf anywhere must raise."""
+    from conftest import use_numpy_postprocess
+
+    use_numpy_postprocess(monkeypatch)
     monkeypatch.setattr(cpu, "_STRIP_BYTES", strip_bytes)
     rng = np.random.default_rng(strip_bytes)
     for h, w in [(1, 1), (1, 7), (7, 1), (13, 29), (50, 40)]:
@@ -119,7 +122,7 @@ def test_non_finite_values_outside_the_content_raise():
         DBPostprocessor()(prob, [padded, padded])
 
 
-def test_threads_and_changing_map_sizes_do_not_share_scratch_memory():
+def test_threads_and_changing_map_sizes_do_not_share_scratch_memory(postprocess_path):
     """Bitmaps live in per-thread scratch memory reused from call to call: results must not
     depend on what ran before or next to them."""
     from concurrent.futures import ThreadPoolExecutor
@@ -151,7 +154,7 @@ def _blob_contours(rng, count):
     return contours
 
 
-def test_arc_lengths_equal_opencv_bit_for_bit():
+def test_arc_lengths_equal_opencv_bit_for_bit(postprocess_path):
     contours = _blob_contours(np.random.default_rng(0), 3000)
     expected = np.array([cv2.arcLength(c, True) for c in contours])
     ours = cpu.closed_arc_lengths(contours)

@@ -21,7 +21,7 @@ def _shapely(poly):
     return polygon.area, polygon.length
 
 
-def test_the_near_square_quad_has_area_9_and_distance_1_5():
+def test_the_near_square_quad_has_area_9_and_distance_1_5(postprocess_path):
     area, length = ring_areas_lengths(QUAD[None])
     assert area[0] == 9.0 and length[0] == 12.0
     assert unclip_distances(QUAD[None], 2.0)[0] == 1.5
@@ -59,7 +59,7 @@ def _random_polygons(rng, n):
     return polys
 
 
-def test_quads_match_shapely_bit_for_bit():
+def test_quads_match_shapely_bit_for_bit(postprocess_path):
     quads = _random_quads(np.random.default_rng(0), 3000)
     area, length = ring_areas_lengths(quads)
     expected = np.array([_shapely(q) for q in quads])
@@ -69,7 +69,7 @@ def test_quads_match_shapely_bit_for_bit():
     np.testing.assert_array_equal(unclip_distances(quads, 1.5), reference)
 
 
-def test_ragged_polygons_match_shapely_bit_for_bit():
+def test_ragged_polygons_match_shapely_bit_for_bit(postprocess_path):
     polys = _random_polygons(np.random.default_rng(1), 1500)
     area, length = ring_areas_lengths(polys)
     expected = np.array([_shapely(p) for p in polys])
@@ -78,7 +78,7 @@ def test_ragged_polygons_match_shapely_bit_for_bit():
     np.testing.assert_array_equal(unclip_distances(polys, 2.0), expected[:, 0] * 2.0 / expected[:, 1])
 
 
-def test_degenerate_and_empty_inputs():
+def test_degenerate_and_empty_inputs(postprocess_path):
     assert unclip_distances(np.zeros((0, 4, 2)), 1.5).shape == (0,)
     assert unclip_distances([], 1.5).shape == (0,)
     assert unclip_distances(np.zeros((1, 4, 2)), 1.5)[0] == 0.0

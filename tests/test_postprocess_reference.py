@@ -34,7 +34,7 @@ def _compare(prob, options, frame=None):
 
 
 @pytest.mark.parametrize("dilation, score_mode, box_type", MODES)
-def test_random_maps_match_the_reference(dilation, score_mode, box_type):
+def test_random_maps_match_the_reference(dilation, score_mode, box_type, postprocess_path):
     rng = np.random.default_rng(MODES.index((dilation, score_mode, box_type)))
     options = dict(use_dilation=dilation, score_mode=score_mode, box_type=box_type)
     found = 0
@@ -49,7 +49,7 @@ def test_random_maps_match_the_reference(dilation, score_mode, box_type):
 
 
 @pytest.mark.parametrize("box_type", ["quad", "poly"])
-def test_truncation_at_max_candidates_keeps_the_reference_order(box_type):
+def test_truncation_at_max_candidates_keeps_the_reference_order(box_type, postprocess_path):
     rng = np.random.default_rng(5)
     for max_candidates in (1, 3, 10, 25):
         prob = random_map(rng, 96, 128, 60, blur=False)
@@ -68,7 +68,7 @@ def test_holes_border_and_scaling_to_another_frame_size():
         assert _compare(prob, opts, frame=(720, 1280)) >= 2
 
 
-def test_rotated_boxes_crossing_the_border():
+def test_rotated_boxes_crossing_the_border(postprocess_path):
     rng = np.random.default_rng(11)
     for _ in range(30):
         prob = np.zeros((48, 64), np.float32)

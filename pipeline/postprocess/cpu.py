@@ -1,14 +1,18 @@
-"""CPU post-processing of one probability map (NumPy / OpenCV), box for box the reference.
+"""CPU post-processing of one probability map (NumPy / OpenCV, and the compiled steps of
+`compiled.py` where they are built), box for box the reference.
 
 Three host stages, shared with the GPU path (which only replaces where the bitmap and the
 score crops come from):
 1. `find_candidates(bitmap)`: contours -> the boxes (or polygons) to score, each with the
    polygon its score fills and the map crop that score reads;
-2. `masked_means(crops, fills)`: the reference's score, cv2.mean under the filled polygon;
+2. `candidate_scores`: the reference's score, cv2.mean under the filled polygon: for all
+   candidates of the map in one compiled call (`compiled.py`), else per candidate with OpenCV
+   (`masked_means`, also what the GPU path uses on its gathered crops);
 3. `finish`: box_thresh, unclip, final rectangle.
 What the reference does per contour in Python is done on arrays where it can be (rectangle
-corners, corner order, crops, unclip distances); what stays per candidate is one OpenCV or
-pyclipper call each (minAreaRect, fillPoly + mean, offset), which keeps the result identical.
+corners, corner order, crops, unclip distances) or in C (the bitmap, the scores, the ring
+sums); what stays per candidate is one OpenCV or pyclipper call each (minAreaRect,
+approxPolyDP, offset), which keeps the result identical.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ import numpy as np
 
 from dbnet.postprocess_config import PostprocessConfig, PostprocessError
 
+from . import compiled
 from .geometry import box_points, expand_polygons, expand_quads, order_quads, unclip_distances
 
 _SCRATCH = threading.local()
@@ -43,24 +48,32 @@ def scratch(name: str, shape: tuple, dtype) -> np.ndarray:
 
 def binarize(prob: np.ndarray, config: PostprocessConfig) -> np.ndarray:
     """prob > thresh as uint8 0/1, dilated by 2x2 when asked (anchor at the kernel centre);
-    raises PostprocessError when the map holds NaN or inf. The map is read once, in strips of
-    rows that stay in the cache while they are summed (the finite check: a float64 sum of
-    float32 values is finite exactly when every value is), thresholded and dilated.
+    raises PostprocessError when the map holds NaN or inf. Compiled where it is built (one pass,
+    `compiled.threshold`), else NumPy / OpenCV reading the map once, in strips of rows that stay in
+    the cache while they are summed (the finite check: a float64 sum of float32 values is finite
+    exactly when every value is), thresholded and dilated.
     The result lives in this thread's scratch memory: valid until the next call."""
-    h, w = prob.shape
-    rows = max(1, _STRIP_BYTES // (prob.itemsize * max(w, 1)))
     out = scratch("bitmap", prob.shape, np.uint8)
-    if config.use_dilation:
-        total = _threshold_dilated(prob, config.thresh, rows, out)
-    else:
-        total = 0.0
-        for y in range(0, h, rows):
-            strip = prob[y:y + rows]
-            total += cv2.sumElems(strip)[0]
-            np.greater(strip, config.thresh, out=out[y:y + rows].view(np.bool_))
-    if not math.isfinite(total):
+    finite = compiled.threshold(prob, config.thresh, config.use_dilation, out)
+    if finite is None:
+        finite = math.isfinite(_threshold_strips(prob, config, out))
+    if not finite:
         raise PostprocessError(NOT_FINITE)
     return out
+
+
+def _threshold_strips(prob: np.ndarray, config: PostprocessConfig, out: np.ndarray) -> float:
+    """binarize with NumPy / OpenCV into out; returns the map's float64 sum."""
+    h, w = prob.shape
+    rows = max(1, _STRIP_BYTES // (prob.itemsize * max(w, 1)))
+    if config.use_dilation:
+        return _threshold_dilated(prob, config.thresh, rows, out)
+    total = 0.0
+    for y in range(0, h, rows):
+        strip = prob[y:y + rows]
+        total += cv2.sumElems(strip)[0]
+        np.greater(strip, config.thresh, out=out[y:y + rows].view(np.bool_))
+    return total
 
 
 def _threshold_dilated(prob: np.ndarray, thresh: float, rows: int, out: np.ndarray) -> float:
@@ -102,6 +115,8 @@ class Candidates:
     crops: np.ndarray  # (n, 4) int64 x0, y0, x1, y1 (inclusive) of the score crop in the map
     shifts: Optional[list] = None  # per candidate the (dx, dy) fillPoly adds to its fill to
     #                                put it in crop coordinates; None: the fills already are
+    points: Optional[np.ndarray] = None  # (P, 2) int32 every fill in crop coordinates, and
+    starts: Optional[np.ndarray] = None  # (n + 1,): fill i = points[starts[i]:starts[i + 1]]
 
     def __len__(self) -> int:
         return len(self.crops)
@@ -113,22 +128,30 @@ def _clipped(lo: np.ndarray, hi: np.ndarray, h: int, w: int) -> np.ndarray:
     return np.minimum(np.maximum(np.concatenate([lo, hi], axis=1), 0), top).astype(np.int64)
 
 
-def _point_fills(points: list, h: int, w: int) -> Tuple[list, np.ndarray, list]:
-    """Integer polygons (contours, approximated contours): crop = their extent, clipped; the
-    polygon is filled as it is, shifted by minus the crop's origin (fillPoly's integer offset,
-    the same pixels as subtracting it first, without a new array per polygon)."""
+def _point_fills(points: list, h: int, w: int) -> dict:
+    """Integer polygons (contours, approximated contours): crop = their extent (boundingRect),
+    clipped; the polygon is filled as it is, shifted by minus the crop's origin (fillPoly's
+    integer offset, the same pixels as subtracting it first)."""
     if not points:
-        return [], np.zeros((0, 4), np.int64), []
-    boxes = np.array([cv2.boundingRect(p) for p in points], np.int64).reshape(-1, 4)
-    crops = _clipped(boxes[:, :2], boxes[:, :2] + boxes[:, 2:] - 1, h, w)
-    return points, crops, (-crops[:, :2]).tolist()
+        return dict(fills=[], crops=np.zeros((0, 4), np.int64), shifts=[],
+                    points=np.zeros((0, 2), np.int32), starts=np.zeros(1, np.int64))
+    sizes = np.fromiter(map(len, points), np.intp, len(points))
+    flat = np.concatenate(points).reshape(-1, 2)
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    lo, hi = np.minimum.reduceat(flat, starts[:-1]), np.maximum.reduceat(flat, starts[:-1])
+    crops = _clipped(lo, hi, h, w)
+    shifted = (flat - np.repeat(crops[:, :2], sizes, axis=0)).astype(np.int32)
+    return dict(fills=points, crops=crops, shifts=(-crops[:, :2]).tolist(), points=shifted,
+                starts=starts)
 
 
-def _quad_fills(quads: np.ndarray, h: int, w: int) -> Tuple[np.ndarray, np.ndarray]:
+def _quad_fills(quads: np.ndarray, h: int, w: int) -> dict:
     """Float quads: crop = floor / ceil of the extent, clipped; vertices shifted to the crop
     and truncated toward zero, as the reference (the float subtraction is exact)."""
     crops = _clipped(np.floor(quads.min(axis=1)), np.ceil(quads.max(axis=1)), h, w)
-    return (quads - crops[:, None, :2]).astype(np.int32), crops
+    fills = (quads - crops[:, None, :2]).astype(np.int32)
+    return dict(fills=fills, crops=crops, points=fills.reshape(-1, 2),
+                starts=np.arange(0, 4 * len(quads) + 1, 4))
 
 
 def may_reach_min_size(contours, min_size: int) -> List[int]:
@@ -152,8 +175,8 @@ def quad_candidates(contours, config: PostprocessConfig, h: int, w: int) -> Cand
     keep = [i for i, _ in kept]
     quads = order_quads(box_points([r for _, r in kept]))
     if config.score_mode == "fast":
-        return Candidates(quads, *_quad_fills(quads, h, w))
-    return Candidates(quads, *_point_fills([contours[i] for i in keep], h, w))
+        return Candidates(quads, **_quad_fills(quads, h, w))
+    return Candidates(quads, **_point_fills([contours[i] for i in keep], h, w))
 
 
 def closed_arc_lengths(contours: list) -> np.ndarray:
@@ -162,6 +185,9 @@ def closed_arc_lengths(contours: list) -> np.ndarray:
     on, in vertex order, as OpenCV's loop does (np.bincount adds each bin's weights in order)."""
     if not contours:
         return np.zeros(0)
+    lengths = compiled.arc_lengths(contours)
+    if lengths is not None:
+        return lengths
     sizes = np.fromiter(map(len, contours), np.intp, len(contours))
     points = np.concatenate(contours).reshape(-1, 2).astype(np.float32)
     ends = np.cumsum(sizes)
@@ -180,7 +206,7 @@ def polygon_candidates(contours, config: PostprocessConfig, h: int, w: int) -> C
     keep = [i for i, a in enumerate(approx) if len(a) >= 4]
     polys = [approx[i].reshape(-1, 2) for i in keep]
     scored = polys if config.score_mode == "fast" else [contours[i] for i in keep]
-    return Candidates(polys, *_point_fills(scored, h, w))
+    return Candidates(polys, **_point_fills(scored, h, w))
 
 
 def find_candidates(bitmap: np.ndarray, config: PostprocessConfig) -> Candidates:
@@ -207,6 +233,16 @@ def masked_means(crops: list, fills, shifts: Optional[list] = None) -> np.ndarra
                      for crop, fill, shift in zip(crops, fills, shifts)], np.float64)
 
 
+def candidate_scores(prob: np.ndarray, cand: Candidates) -> np.ndarray:
+    """The reference's score of every candidate of one map, in one compiled call where it is
+    available, else with OpenCV per candidate (the same float64 values)."""
+    if len(cand):
+        scores = compiled.polygon_means(prob, cand.crops, cand.points, cand.starts)
+        if scores is not None:
+            return scores
+    return masked_means(map_crops(prob, cand.crops), cand.fills, cand.shifts)
+
+
 def finish(cand: Candidates, scores: np.ndarray, config: PostprocessConfig
            ) -> Tuple[List[np.ndarray], List[float]]:
     """box_thresh, unclip, the rectangle (or single polygon) of the result, min_size + 2."""
@@ -226,7 +262,7 @@ def scored_candidates(prob: np.ndarray, config: PostprocessConfig) -> Tuple[Cand
     thresh, box type, score mode, dilation, min_size and max_candidates, not on box_thresh or
     unclip_ratio, which only `finish` reads."""
     cand = find_candidates(binarize(prob, config), config)
-    return cand, masked_means(map_crops(prob, cand.crops), cand.fills, cand.shifts)
+    return cand, candidate_scores(prob, cand)
 
 
 def postprocess_map(prob: np.ndarray, config: PostprocessConfig) -> Tuple[List[np.ndarray], List[float]]:

@@ -14,6 +14,8 @@ import cv2
 import numpy as np
 import pyclipper
 
+from . import compiled
+
 
 def order_quads(corners: np.ndarray) -> np.ndarray:
     """The reference's corner order (`get_mini_boxes`) of (n, 4, 2) corners: corners sorted by
@@ -116,6 +118,9 @@ def ring_areas_lengths(polys) -> tuple:
     padded per power-of-two size class, so one long polygon does not pad all the others."""
     if not len(polys):
         return np.zeros(0), np.zeros(0)
+    sums = compiled.ring_sums(polys)
+    if sums is not None:
+        return np.abs(sums[0] / 2.0), sums[1]
     if isinstance(polys, np.ndarray):
         return _ring_sums(_closed_rings(polys))
     sizes = np.fromiter((len(p) for p in polys), np.intp, len(polys))
