@@ -147,3 +147,25 @@ def test_the_compiled_and_numpy_paths_give_the_same_detections(box_type, monkeyp
     for a, b in zip(fast, slow):
         assert len(a) == len(b) and all(np.array_equal(p, q) for p, q in zip(a.polygons, b.polygons))
         np.testing.assert_array_equal(a.scores, b.scores)
+
+
+@pytest.mark.parametrize("opencv5", [True, False])
+def test_box_corners_equal_box_points_in_the_reference_order(opencv5):
+    from pipeline.postprocess.geometry import _corners, order_quads, rect_array
+
+    rng = np.random.default_rng(2)
+    rects = [cv2.minAreaRect(rng.normal(500, 200, (int(rng.integers(1, 30)), 2)).astype(np.float32))
+             for _ in range(3000)]
+    rects += [((float(x), float(y)), (float(w), float(h)), float(a)) for x, y, w, h, a in np.concatenate(
+        [rng.uniform(-10, 3000, (2000, 2)), rng.uniform(0, 500, (2000, 2)),
+         rng.choice([90.0, -90.0, 45.0, 0.0, 30.0], (2000, 1))], axis=1).astype(np.float32)]
+    expected = order_quads(_corners(rect_array(rects), opencv5))
+    np.testing.assert_array_equal(compiled.box_corners(rects, opencv5).view(np.int32),
+                                  expected.view(np.int32))
+    if opencv5 == (int(cv2.__version__.split(".")[0]) >= 5):  # the installed OpenCV's own corners
+        boxes = order_quads(np.array([cv2.boxPoints(r) for r in rects], np.float32))
+        np.testing.assert_array_equal(compiled.box_corners(rects, opencv5).view(np.int32),
+                                      boxes.view(np.int32))
+    assert compiled.box_corners([], opencv5).shape == (0, 4, 2)
+    with pytest.raises(TypeError):
+        compiled.box_corners([((1.0, 2.0), (3.0,), 0.0)], opencv5)

@@ -2,7 +2,8 @@
  * its input more than once or builds temporaries, with the same results bit for bit:
  *   threshold(map, thresh, dilate, out) -> finite: the bitmap and the NaN / inf check;
  *   ring_sums(points, starts, area, length): shapely's ring area and length (unclip distance);
- *   arc_lengths(points, starts, out): cv2.arcLength of closed contours (polygon mode).
+ *   arc_lengths(points, starts, out): cv2.arcLength of closed contours (polygon mode);
+ *   box_corners(rects, opencv5, out): cv2.boxPoints + the reference's corner order.
  * Float expressions are compiled without contraction (setup.py), so a * b + c rounds twice as in
  * the reference.
  */
@@ -213,7 +214,81 @@ static PyObject *arc_lengths(PyObject *self, PyObject *args)
         PyBuffer_Release(&views[i]);
     Py_RETURN_NONE;
 }
+/* One rectangle's corners as RotatedRect::points computes them in float32 (OpenCV 5: all four
+ * from the centre; OpenCV 4: the last two mirrored through it), in the reference's order
+ * (get_mini_boxes: by x, stable; of the two left-most the upper first ("upper": strictly
+ * smaller y, else the second), then upper right, lower right, lower left). */
+static void rect_corners(float cx, float cy, float w, float h, float angle, int opencv5,
+                         float *out)
+{
+    static const float sx_h[4] = {-1, 1, 1, -1}, sx_w[4] = {-1, -1, 1, 1};
+    static const float sy_h[4] = {1, -1, -1, 1}, sy_w[4] = {-1, -1, 1, 1};
+    double radians = (double)angle * 3.141592653589793 / 180.0;
+    float b = (float)cos(radians) * 0.5f, a = (float)sin(radians) * 0.5f, pt[4][2];
+    float ah = a * h, bw = b * w, bh = b * h, aw = a * w;
+    int order[4] = {0, 1, 2, 3}, i, j, pick[4];
+    for (i = 0; i < 4; i++) {
+        pt[i][0] = cx + sx_h[i] * ah + sx_w[i] * bw;
+        pt[i][1] = cy + sy_h[i] * bh + sy_w[i] * aw;
+    }
+    if (!opencv5)
+        for (i = 2; i < 4; i++) {
+            pt[i][0] = 2.0f * cx - pt[i - 2][0];
+            pt[i][1] = 2.0f * cy - pt[i - 2][1];
+        }
+    for (i = 1; i < 4; i++)  /* insertion sort by x: stable */
+        for (j = i; j > 0 && pt[order[j]][0] < pt[order[j - 1]][0]; j--) {
+            int t = order[j];
+            order[j] = order[j - 1];
+            order[j - 1] = t;
+        }
+    pick[0] = pt[order[1]][1] <= pt[order[0]][1];
+    pick[1] = 2 + (pt[order[3]][1] <= pt[order[2]][1]);
+    pick[2] = 5 - pick[1];
+    pick[3] = 1 - pick[0];
+    for (i = 0; i < 4; i++) {
+        out[2 * i] = pt[order[pick[i]]][0];
+        out[2 * i + 1] = pt[order[pick[i]]][1];
+    }
+}
+
+/* box_corners(rects, opencv5, out): the ordered corners (cv2.boxPoints + the reference's corner
+ * order) of a list of cv2.minAreaRect results ((cx, cy), (w, h), angle) into out, (n, 4, 2)
+ * float32 C-contiguous. */
+static PyObject *box_corners(PyObject *self, PyObject *args)
+{
+    PyObject *rects, *out_obj, *seq;
+    Py_buffer out;
+    int opencv5, ok = 1;
+    Py_ssize_t n, i;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "OpO:box_corners", &rects, &opencv5, &out_obj))
+        return NULL;
+    seq = PySequence_Fast(rects, "rects: expected a sequence");
+    if (!seq)
+        return NULL;
+    if (PyObject_GetBuffer(out_obj, &out, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) < 0) {
+        Py_DECREF(seq);
+        return NULL;
+    }
+    n = PySequence_Fast_GET_SIZE(seq);
+    ok = check(out.itemsize == 4 && out.len == n * 32, "out: expected (n, 4, 2) float32");
+    for (i = 0; ok && i < n; i++) {
+        float cx, cy, w, h, angle;
+        ok = PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, i), "(ff)(ff)f", &cx, &cy, &w, &h, &angle);
+        if (ok)
+            rect_corners(cx, cy, w, h, angle, opencv5, (float *)out.buf + 8 * i);
+    }
+    PyBuffer_Release(&out);
+    Py_DECREF(seq);
+    if (!ok)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
+    {"box_corners", box_corners, METH_VARARGS,
+     "box_corners(rects, opencv5, out): cv2.boxPoints of minAreaRect results, in the reference's order."},
     {"threshold", threshold, METH_VARARGS,
      "threshold(map, thresh, dilate, out) -> finite: the bitmap of the DB post-processing."},
     {"ring_sums", ring_sums, METH_VARARGS,

@@ -133,3 +133,15 @@ def arc_lengths(contours: list) -> Optional[np.ndarray]:
     module.arc_lengths(np.ascontiguousarray(points, np.int32), np.ascontiguousarray(starts, np.int64),
                        out)
     return out
+
+
+def box_corners(rects: list, opencv5: bool) -> Optional[np.ndarray]:
+    """(n, 4, 2) float32: cv2.boxPoints of each cv2.minAreaRect result in the reference's corner
+    order (geometry.order_quads), computed with OpenCV 5's or 4's arithmetic; None without the
+    extension."""
+    module = _module("_steps")
+    if module is None:
+        return None
+    out = np.empty((len(rects), 4, 2), np.float32)
+    module.box_corners(rects, bool(opencv5), out)
+    return out

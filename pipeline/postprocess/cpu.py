@@ -27,7 +27,7 @@ import numpy as np
 from dbnet.postprocess_config import PostprocessConfig, PostprocessError
 
 from . import compiled
-from .geometry import box_points, expand_polygons, expand_quads, order_quads, unclip_distances
+from .geometry import expand_polygons, expand_quads, ordered_box_points, unclip_distances
 
 _SCRATCH = threading.local()
 _FEW_CONTOURS = 32  # below this, a minAreaRect each is quicker than the array pre-filter
@@ -173,7 +173,7 @@ def quad_candidates(contours, config: PostprocessConfig, h: int, w: int) -> Cand
     rects = [(i, cv2.minAreaRect(contours[i])) for i in may_reach_min_size(contours, config.min_size)]
     kept = [(i, r) for i, r in rects if min(r[1]) >= config.min_size]
     keep = [i for i, _ in kept]
-    quads = order_quads(box_points([r for _, r in kept]))
+    quads = ordered_box_points([r for _, r in kept])
     if config.score_mode == "fast":
         return Candidates(quads, **_quad_fills(quads, h, w))
     return Candidates(quads, **_point_fills([contours[i] for i in keep], h, w))

@@ -77,6 +77,14 @@ def _corner_formula() -> Optional[bool]:
     return None
 
 
+def ordered_box_points(rects: list) -> np.ndarray:
+    """order_quads(box_points(rects)): compiled where it is built and OpenCV's corner arithmetic
+    is one of the two known ones."""
+    formula = _corner_formula()
+    corners = compiled.box_corners(rects, formula) if formula is not None else None
+    return order_quads(box_points(rects)) if corners is None else corners
+
+
 def box_points(rects: list) -> np.ndarray:
     """cv2.boxPoints of a list of cv2.minAreaRect results, bit for bit: (n, 4, 2) float32.
     Below a few dozen rectangles OpenCV's own call per rectangle is the quicker way."""
@@ -182,7 +190,7 @@ def expand_quads(quads: np.ndarray, distances: np.ndarray, min_side: float) -> l
     found = [r for r in rects if r is not None]
     if not found:
         return [None] * len(rects)
-    boxes = iter(order_quads(box_points(found)))
+    boxes = iter(ordered_box_points(found))
     return [None if r is None else next(boxes) for r in rects]
 
 
