@@ -6,6 +6,9 @@
     detections = post(prob, letterboxes, metas)   # one Detections per map
 
 - cpu.py: NumPy / OpenCV, the reference's steps with the per-contour Python work vectorised;
+- compiled.py: the steps done in C where the optional extension is built (_steps.c: bitmap, ring
+  sums, arc lengths, rectangle corners; _fill.c: fillPoly + mean scores), each with the NumPy /
+  OpenCV fallback giving the same results;
 - gpu.py: CuPy maps stay on the GPU: threshold / dilation there and one bit-packed copy of the
   bitmaps, contours and geometry on the host as cpu.py, the score crops gathered in one copy;
   the same array code runs with NumPy for the tests;
