@@ -44,6 +44,9 @@ if [ "${1:-run}" = "train" ]; then   # a real-data training run (benchmarks/gpu_
 fi
 OUT=${OUT:-$REPO/out/gpu_proof}
 mkdir -p "$OUT"
+# the post-processing's optional C modules, in place (without a compiler: the NumPy fallback)
+python3 setup.py -q build_ext --inplace >/dev/null 2>&1 \
+    || echo "gpu_proof: C modules not built here; post-processing runs its NumPy fallback" >&2
 [ -d .cache/shared_data ] && export DBRT_SHARED_DATA=$REPO/.cache/shared_data
 export PYTHONPATH=$REPO${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 | tee "$OUT/nvidia_smi.txt"
