@@ -14,7 +14,7 @@ TRITON_PACKAGES ?= nvidia-pytriton "numpy<2" onnxruntime opencv-python-headless 
 .PHONY: install triton-venv demo test bench clean
 
 $(BIN)/.installed: setup.cfg pyproject.toml setup.py Makefile pipeline/postprocess/_common.h \
-		pipeline/postprocess/_fill.c pipeline/postprocess/_steps.c
+		pipeline/postprocess/_fillpoly.h pipeline/postprocess/_fill.c pipeline/postprocess/_steps.c
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH)"

@@ -12,7 +12,7 @@ EXACT_FLOAT = [] if sys.platform == "win32" else ["-ffp-contract=off"]
 
 def extension(name: str) -> Extension:
     return Extension(f"pipeline.postprocess.{name}", [f"pipeline/postprocess/{name}.c"],
-                     depends=["pipeline/postprocess/_common.h"], extra_compile_args=EXACT_FLOAT,
+                     depends=["pipeline/postprocess/_common.h", "pipeline/postprocess/_fillpoly.h"], extra_compile_args=EXACT_FLOAT,
                      optional=True)
 
 

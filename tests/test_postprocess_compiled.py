@@ -169,3 +169,30 @@ def test_box_corners_equal_box_points_in_the_reference_order(opencv5):
     assert compiled.box_corners([], opencv5).shape == (0, 4, 2)
     with pytest.raises(TypeError):
         compiled.box_corners([((1.0, 2.0), (3.0,), 0.0)], opencv5)
+
+
+def test_window_means_over_gathered_crops_equal_the_map_crops():
+    """The GPU path's host half scores crops gathered one after the other: the same values as
+    scoring them in the map."""
+    from pipeline.postprocess import gpu
+
+    rng = np.random.default_rng(7)
+    for far in (False, True):
+        for _ in range(300):
+            prob, crops, polygons = _random_case(rng, far)
+            starts = np.concatenate([[0], np.cumsum([len(p) for p in polygons])])
+            points = np.concatenate(polygons)
+            values, windows = gpu.gather_crops(np, np.ascontiguousarray(prob)[None], [np.array(crops)])
+            gathered = compiled.window_means(values, windows, points, starts)
+            in_map = compiled.polygon_means(prob, np.array(crops), points, starts)
+            np.testing.assert_array_equal(gathered.view(np.int64), in_map.view(np.int64))
+
+
+@pytest.mark.parametrize("windows", [[[0, 3, 4]], [[-1, 2, 2]], [[0, 0, 2]], [[10, 1, 1]]])
+def test_windows_outside_the_gathered_values_raise(windows):
+    from pipeline.postprocess import _fill
+
+    values = np.zeros(10, np.float32)
+    with pytest.raises(ValueError, match="outside"):
+        _fill.window_means(values, np.array(windows), np.zeros((1, 2), np.int32), np.array([0, 1]),
+                           np.empty(1))

@@ -100,6 +100,21 @@ def polygon_means(prob: np.ndarray, crops: np.ndarray, points: np.ndarray,
     return out
 
 
+def window_means(values: np.ndarray, windows: np.ndarray, points: np.ndarray,
+                 starts: np.ndarray) -> Optional[np.ndarray]:
+    """polygon_means over windows gathered one after the other: window i is
+    values[o:o + h * w].reshape(h, w) for its row (o, h, w) of windows; None when not usable."""
+    module = _module("_fill")
+    if module is None:
+        return None
+    out = np.empty(len(windows))
+    module.window_means(np.ascontiguousarray(values, np.float32),
+                        np.ascontiguousarray(windows, np.int64),
+                        np.ascontiguousarray(points, np.int32),
+                        np.ascontiguousarray(starts, np.int64), out)
+    return out
+
+
 def _ragged(polys) -> tuple:
     """A list of (k_i, 2) arrays (or an (n, k, 2) array) as one (P, 2) array and (n + 1,) starts."""
     if isinstance(polys, np.ndarray):
