@@ -22,11 +22,12 @@
 PIXEL_LOOP static int threshold_row(const float *restrict row, int64_t w, float t,
                                     uint8_t *restrict raw)
 {
-    uint32_t bad = 0;
+    uint32_t bad = 0, bits;
     int64_t x;
-    const uint32_t *bits = (const uint32_t *)row;
-    for (x = 0; x < w; x++)
-        bad |= (bits[x] & 0x7f800000u) == 0x7f800000u;
+    for (x = 0; x < w; x++) {
+        memcpy(&bits, &row[x], 4);  /* the float's bits, without breaking aliasing rules */
+        bad |= (bits & 0x7f800000u) == 0x7f800000u;
+    }
     for (x = 0; x < w; x++)
         raw[x] = row[x] > t;
     return bad != 0;
