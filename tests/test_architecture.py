@@ -4,7 +4,7 @@
   the command line (pipeline/cli.py, pipeline/commands/) sees export/ too; imports inside
   functions count like any other;
 * no import cycle between modules;
-* no module over 400 lines.
+* no module (nor C source of the post-processing) over 400 lines.
 """
 from __future__ import annotations
 
@@ -106,6 +106,12 @@ def test_no_import_cycles():
 def test_no_module_is_over_400_lines(module):
     lines = MODULES[module].read_text(encoding="utf-8").count("\n")
     assert lines <= MAX_LINES, f"{MODULES[module].relative_to(ROOT)} has {lines} lines"
+
+
+@pytest.mark.parametrize("source", sorted(str(p.relative_to(ROOT)) for p in (ROOT / "pipeline").rglob("*.[ch]")))
+def test_no_c_source_is_over_400_lines(source):
+    lines = (ROOT / source).read_text(encoding="utf-8").count("\n")
+    assert lines <= MAX_LINES, f"{source} has {lines} lines"
 
 
 def test_the_rules_see_imports_inside_functions():
