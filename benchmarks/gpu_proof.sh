@@ -36,6 +36,9 @@ for WHEEL_DIR in .whl .cache/train_pack/wheels; do   # one pip call each: the sa
             "$WHEEL_DIR"/*.whl && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
     fi
 done
+# the post-processing's optional C modules, in place (without a compiler: the NumPy fallback)
+python3 setup.py -q build_ext --inplace >/dev/null 2>&1 \
+    || echo "gpu_proof: C modules not built here; post-processing runs its NumPy fallback" >&2
 if [ "${1:-run}" = "train" ]; then   # a real-data training run (benchmarks/gpu_train.py)
     export PYTHONPATH=$REPO${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
     OUT=${OUT:-$REPO/out/gpu_train}
@@ -44,9 +47,6 @@ if [ "${1:-run}" = "train" ]; then   # a real-data training run (benchmarks/gpu_
 fi
 OUT=${OUT:-$REPO/out/gpu_proof}
 mkdir -p "$OUT"
-# the post-processing's optional C modules, in place (without a compiler: the NumPy fallback)
-python3 setup.py -q build_ext --inplace >/dev/null 2>&1 \
-    || echo "gpu_proof: C modules not built here; post-processing runs its NumPy fallback" >&2
 [ -d .cache/shared_data ] && export DBRT_SHARED_DATA=$REPO/.cache/shared_data
 export PYTHONPATH=$REPO${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 | tee "$OUT/nvidia_smi.txt"
