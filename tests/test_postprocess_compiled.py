@@ -196,3 +196,18 @@ def test_windows_outside_the_gathered_values_raise(windows):
     with pytest.raises(ValueError, match="outside"):
         _fill.window_means(values, np.array(windows), np.zeros((1, 2), np.int32), np.array([0, 1]),
                            np.empty(1))
+
+
+def test_maps_the_c_modules_do_not_read_take_the_numpy_path(monkeypatch):
+    """float64 or byte-swapped maps are left to NumPy / OpenCV instead of raising."""
+    prob = random_map(np.random.default_rng(5), 90, 120, 25)
+    for other in (prob.astype(np.float64), prob.astype(">f4")):
+        assert compiled.threshold(other, 0.3, False, np.empty(other.shape, np.uint8)) is None
+        assert compiled.polygon_means(other, np.array([[0, 0, 1, 1]]), np.zeros((3, 2), np.int32),
+                                      np.array([0, 3])) is None
+    wide = prob.astype(np.float64)
+    polys, scores = cpu.postprocess_map(wide, PostprocessConfig(box_thresh=0.3))
+    use_numpy_postprocess(monkeypatch)
+    expected = cpu.postprocess_map(wide, PostprocessConfig(box_thresh=0.3))
+    assert len(polys) == len(expected[0]) > 0 and scores == expected[1]
+    assert all(np.array_equal(a, b) for a, b in zip(polys, expected[0]))

@@ -74,12 +74,17 @@ def _module(name: str):
     return _LOADED[name]
 
 
+def _native_float32(array: np.ndarray) -> bool:
+    """What the C modules read: float32 in this machine's byte order (other maps take NumPy)."""
+    return array.dtype == np.float32 and array.dtype.isnative
+
+
 def threshold(prob: np.ndarray, thresh: float, dilate: bool, out: np.ndarray) -> Optional[bool]:
     """out[:] = prob > thresh (compared in float32) as uint8 0 / 1, 2x2-dilated when asked, in one
     pass; returns whether every value of prob is finite, or None (nothing written) without the
-    extension or when prob's rows are not contiguous."""
+    extension or when prob is not native float32 with contiguous rows."""
     module = _module("_steps")
-    if module is None or prob.strides[1] != prob.itemsize:
+    if module is None or not _native_float32(prob) or prob.strides[1] != prob.itemsize:
         return None
     return module.threshold(prob, float(thresh), bool(dilate), out)
 
@@ -91,7 +96,7 @@ def polygon_means(prob: np.ndarray, crops: np.ndarray, points: np.ndarray,
     crops: (n, 4) inclusive x0, y0, x1, y1; points: (P, 2) every polygon in crop coordinates;
     starts: (n + 1,) polygon i = points[starts[i]:starts[i + 1]]."""
     module = _module("_fill")
-    if module is None:
+    if module is None or not _native_float32(prob):
         return None
     out = np.empty(len(crops))
     module.polygon_means(prob, np.ascontiguousarray(crops, np.int64),
