@@ -25,6 +25,7 @@ from engine.loader import RunnerOptions, load_runner
 
 from .detections import Detections
 from .postprocess import DBPostprocessor
+from .postprocess.compiled import status as compiled_status
 from .preprocess import Letterbox, preprocess_batch
 from .shipped import default_model_path
 
@@ -100,6 +101,7 @@ class Detector:
         return dict(runner=self.runner.name, **remote, spec=json.loads(self.spec.to_json()), untrained=self.untrained,
                     keep_aspect=self.keep_aspect, input_size=self.input_size,
                     gpu_preprocess=self.uses_gpu_preprocess, post=self.post.config.to_dict(),
+                    post_compiled=compiled_status(),
                     reader=None if self.recognizer is None else self.recognizer.describe())
 
     def _checked_size(self, size) -> Tuple[int, int]:

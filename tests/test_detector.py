@@ -128,3 +128,13 @@ def test_tiny_onnx_and_untrained_flag(tmp_path, tiny_onnx):
     onnx.save(proto, str(flagged))
     with Detector(flagged, options=RunnerOptions(threads=1)) as det:
         assert det.untrained is True and det.describe()["untrained"] is True
+
+
+def test_the_report_says_whether_the_compiled_post_processing_steps_run(tiny_onnx, monkeypatch):
+    from conftest import compiled_steps_built, use_numpy_postprocess
+
+    with Detector(tiny_onnx, options=RunnerOptions(threads=1)) as det:
+        built = compiled_steps_built()
+        assert det.describe()["post_compiled"] == dict(steps=built, scores=built)
+        use_numpy_postprocess(monkeypatch)
+        assert det.describe()["post_compiled"] == dict(steps=False, scores=False)

@@ -74,6 +74,11 @@ def _module(name: str):
     return _LOADED[name]
 
 
+def status() -> dict:
+    """Which compiled steps this process uses (for reports): the array steps and the scores."""
+    return dict(steps=_module("_steps") is not None, scores=_module("_fill") is not None)
+
+
 def _native_float32(array: np.ndarray) -> bool:
     """What the C modules read: float32 in this machine's byte order (other maps take NumPy)."""
     return array.dtype == np.float32 and array.dtype.isnative
