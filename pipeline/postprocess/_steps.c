@@ -9,11 +9,15 @@
  */
 #include "_common.h"
 
-/* x86-64 builds carry an AVX2 copy of the per-pixel loops too, picked at load time (GCC and
- * Clang function multi-versioning); elsewhere the compiler's default vectorisation is used. */
-#if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__)
+/* x86-64 Linux builds carry an AVX2 copy of the per-pixel loops too, picked at load time (GCC
+ * and Clang function multi-versioning, which needs glibc's ifunc); elsewhere the compiler's
+ * default vectorisation is used. */
+#if defined(__x86_64__) && defined(__linux__) && defined(__GLIBC__) && defined(__has_attribute)
+#if __has_attribute(target_clones)
 #define PIXEL_LOOP __attribute__((target_clones("avx2", "default")))
-#else
+#endif
+#endif
+#ifndef PIXEL_LOOP
 #define PIXEL_LOOP
 #endif
 
