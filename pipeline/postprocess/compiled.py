@@ -125,7 +125,7 @@ def window_means(values: np.ndarray, windows: np.ndarray, points: np.ndarray,
     return out
 
 
-def _ragged(polys) -> tuple:
+def ragged(polys) -> tuple:
     """A list of (k_i, 2) arrays (or an (n, k, 2) array) as one (P, 2) array and (n + 1,) starts."""
     if isinstance(polys, np.ndarray):
         n, k = polys.shape[:2]
@@ -134,13 +134,14 @@ def _ragged(polys) -> tuple:
     return np.concatenate(polys).reshape(-1, 2), np.concatenate([[0], np.cumsum(sizes)])
 
 
-def ring_sums(polys) -> Optional[tuple]:
+def ring_sums(polys, flat: Optional[tuple] = None) -> Optional[tuple]:
     """(area sums, lengths) of closed polygons as shapely sums them (geometry.ring_areas_lengths
-    says how), or None without the extension. polys: non-empty (n, k, 2) array or list of (k_i, 2)."""
+    says how), or None without the extension. polys: non-empty (n, k, 2) array or list of (k_i, 2);
+    flat: their `ragged(polys)` where the caller has it already."""
     module = _module("_steps")
     if module is None:
         return None
-    points, starts = _ragged(polys)
+    points, starts = ragged(polys) if flat is None else flat
     area, length = np.empty(len(starts) - 1), np.empty(len(starts) - 1)
     module.ring_sums(np.ascontiguousarray(points, np.float64), np.ascontiguousarray(starts, np.int64),
                      area, length)
@@ -153,7 +154,7 @@ def arc_lengths(contours: list) -> Optional[np.ndarray]:
     module = _module("_steps")
     if module is None:
         return None
-    points, starts = _ragged(contours)
+    points, starts = ragged(contours)
     out = np.empty(len(starts) - 1)
     module.arc_lengths(np.ascontiguousarray(points, np.int32), np.ascontiguousarray(starts, np.int64),
                        out)

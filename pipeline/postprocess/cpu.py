@@ -113,13 +113,17 @@ class Candidates:
     shapes: object  # (n, 4, 2) float32 ordered quads, or a list of (k, 2) int32 polygons
     fills: object   # per candidate the int32 polygon its score fills
     crops: np.ndarray  # (n, 4) int64 x0, y0, x1, y1 (inclusive) of the score crop in the map
-    shifts: Optional[list] = None  # per candidate the (dx, dy) fillPoly adds to its fill to
-    #                                put it in crop coordinates; None: the fills already are
+    in_map: bool = False  # the fills are in map coordinates (fillPoly shifts each by minus its
+    #                       crop's origin); else they already are in crop coordinates
     points: Optional[np.ndarray] = None  # (P, 2) int32 every fill in crop coordinates, and
     starts: Optional[np.ndarray] = None  # (n + 1,): fill i = points[starts[i]:starts[i + 1]]
 
     def __len__(self) -> int:
         return len(self.crops)
+
+    def shifts(self) -> Optional[list]:
+        """Per candidate the (dx, dy) fillPoly adds to its fill (for the OpenCV scores), or None."""
+        return (-self.crops[:, :2]).tolist() if self.in_map else None
 
 
 def _clipped(lo: np.ndarray, hi: np.ndarray, h: int, w: int) -> np.ndarray:
@@ -133,7 +137,7 @@ def _point_fills(points: list, h: int, w: int) -> dict:
     clipped; the polygon is filled as it is, shifted by minus the crop's origin (fillPoly's
     integer offset, the same pixels as subtracting it first)."""
     if not points:
-        return dict(fills=[], crops=np.zeros((0, 4), np.int64), shifts=[],
+        return dict(fills=[], crops=np.zeros((0, 4), np.int64), in_map=True,
                     points=np.zeros((0, 2), np.int32), starts=np.zeros(1, np.int64))
     sizes = np.fromiter(map(len, points), np.intp, len(points))
     flat = np.concatenate(points).reshape(-1, 2)
@@ -141,7 +145,7 @@ def _point_fills(points: list, h: int, w: int) -> dict:
     lo, hi = np.minimum.reduceat(flat, starts[:-1]), np.maximum.reduceat(flat, starts[:-1])
     crops = _clipped(lo, hi, h, w)
     shifted = (flat - np.repeat(crops[:, :2], sizes, axis=0)).astype(np.int32)
-    return dict(fills=points, crops=crops, shifts=(-crops[:, :2]).tolist(), points=shifted,
+    return dict(fills=points, crops=crops, in_map=True, points=shifted,
                 starts=starts)
 
 
@@ -240,7 +244,7 @@ def candidate_scores(prob: np.ndarray, cand: Candidates) -> np.ndarray:
         scores = compiled.polygon_means(prob, cand.crops, cand.points, cand.starts)
         if scores is not None:
             return scores
-    return masked_means(map_crops(prob, cand.crops), cand.fills, cand.shifts)
+    return masked_means(map_crops(prob, cand.crops), cand.fills, cand.shifts())
 
 
 def finish(cand: Candidates, scores: np.ndarray, config: PostprocessConfig

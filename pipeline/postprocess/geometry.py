@@ -117,7 +117,7 @@ def _ring_sums(ring: np.ndarray) -> tuple:
     return np.abs(area / 2.0), np.add.accumulate(edges, axis=1)[:, -1]
 
 
-def ring_areas_lengths(polys) -> tuple:
+def ring_areas_lengths(polys, flat: Optional[tuple] = None) -> tuple:
     """Area and perimeter of each polygon, bit for bit as shapely (GEOS `Area::ofRing`,
     `Length::ofLine`) computes them: area = |sum over i of (x_i - x_0) * (y_{i-1} - y_{i+1})| / 2
     and the edge lengths, each summed in vertex order (a running sum: np.add.accumulate). A
@@ -126,7 +126,7 @@ def ring_areas_lengths(polys) -> tuple:
     padded per power-of-two size class, so one long polygon does not pad all the others."""
     if not len(polys):
         return np.zeros(0), np.zeros(0)
-    sums = compiled.ring_sums(polys)
+    sums = compiled.ring_sums(polys, flat)
     if sums is not None:
         return np.abs(sums[0] / 2.0), sums[1]
     if isinstance(polys, np.ndarray):
@@ -140,10 +140,11 @@ def ring_areas_lengths(polys) -> tuple:
     return area, length
 
 
-def unclip_distances(polys, ratio: float) -> np.ndarray:
+def unclip_distances(polys, ratio: float, flat: Optional[tuple] = None) -> np.ndarray:
     """area * ratio / perimeter of each polygon ((n, k, 2) array or list of (k_i, 2)), float64,
-    as the reference computes it with shapely; 0 for degenerate polygons."""
-    area, length = ring_areas_lengths(polys)
+    as the reference computes it with shapely; 0 for degenerate polygons. flat: the polygons'
+    `compiled.ragged` form where the caller has it."""
+    area, length = ring_areas_lengths(polys, flat)
     return np.divide(area * ratio, length, out=np.zeros(len(area)), where=length > 0)
 
 
@@ -199,10 +200,11 @@ def expand_polygons(polys: list, ratio: float, min_side: float) -> List[Optional
     The input and output points are converted for all polygons at once."""
     if not polys:
         return []
-    rows = np.concatenate(polys).reshape(-1, 2).tolist()
-    sizes = [len(p) for p in polys]
-    distances = unclip_distances(polys, ratio)
-    points, parts = offset_all([rows[end - size:end] for end, size in zip(np.cumsum(sizes).tolist(), sizes)],
+    flat, starts = compiled.ragged(polys)  # once, for the distances and pyclipper's lists
+    rows = flat.tolist()
+    distances = unclip_distances(polys, ratio, (flat, starts))
+    bounds = starts.tolist()
+    points, parts = offset_all([rows[a:b] for a, b in zip(bounds[:-1], bounds[1:])],
                                distances.tolist())
     out = []
     for p, n, wide in zip(points, parts, surely_wide(distances, min_side).tolist()):

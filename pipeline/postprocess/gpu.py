@@ -80,7 +80,7 @@ def gathered_scores(values: np.ndarray, windows: np.ndarray, cands: List[Candida
                                        starts)
     if scores is None:
         pieces = crop_pieces(values, windows)
-        return [masked_means(pieces[a:b], c.fills, c.shifts)
+        return [masked_means(pieces[a:b], c.fills, c.shifts())
                 for c, a, b in zip(cands, bounds[:-1], bounds[1:])]
     return [scores[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
