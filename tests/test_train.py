@@ -486,3 +486,30 @@ def test_mixed_precision_training_runs_and_may_be_switched_on_resume(tmp_path):
     assert main(["train", "--out", plain, *recipe]) == 0
     assert main(["train", "--out", plain, "--resume", "--amp", "--workers", "0", "--threads", "1"]) == 0
     assert json.loads((tmp_path / "plain" / "config.json").read_text())["amp"] is True
+
+
+FORKED_AFTER_CV2 = """
+import sys, cv2, numpy as np, torch
+from export.train.config import TrainConfig
+from export.train.loop import train
+image = np.random.default_rng(0).integers(0, 255, (1500, 1500, 3), np.uint8)
+for _ in range(3):  # OpenCV's thread pool busy in this process before the loader forks
+    cv2.warpAffine(image, np.float32([[1.1, 0, 0], [0, 1.1, 0]]), (1500, 1500))
+train(TrainConfig(out_dir=sys.argv[1], width=0.25, steps=2, batch=2, crop=64, warmup=1,
+                  workers=1, threads=1, log_every=1))
+"""
+
+
+def test_loader_workers_start_after_opencv_ran_threads_in_this_process(tmp_path):
+    # Forked while OpenCV's thread pool was up, a worker's cv2.setNumThreads waited forever (a
+    # second `dbrt train` in one process, e.g. the GPU run after its calibration run, hung).
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    run = subprocess.run([sys.executable, "-c", FORKED_AFTER_CV2, str(tmp_path / "run")], cwd=repo,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    lines = [line for line in run.stdout.splitlines() if line.startswith("step ")]
+    assert len(lines) == 2 and all(" s/it data " in line and "% eta " in line for line in lines)

@@ -75,6 +75,23 @@ def _worker_init(_):
     cv2.setNumThreads(1)
 
 
+def start_workers(loader):
+    """iter(loader), its worker processes forked while OpenCV's thread pool is down to one
+    thread: the pool does not survive a fork, and a worker's first OpenCV threading call then
+    waits forever when this process had used cv2 in parallel before (validation, an earlier run
+    in the same process, a notebook's image work)."""
+    if not loader.num_workers:
+        return iter(loader)
+    import cv2
+
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        return iter(loader)
+    finally:
+        cv2.setNumThreads(threads)
+
+
 def read_checkpoint(path) -> dict:
     """A checkpoint or bare state dict, loaded without running code from the file."""
     return load_file(path)
@@ -213,8 +230,14 @@ def train(cfg: TrainConfig, validate: Optional[Validate] = None) -> Path:
     model.train()
     averager = _Ema(ema, model)
     t0, tick, step = time.time(), time.time(), start
-    sums, terms = {}, None
-    for batch in loader:
+    sums, terms, waited = {}, None, 0.0
+    batches = start_workers(loader)
+    while True:
+        before = time.time()
+        batch = next(batches, None)
+        waited += time.time() - before  # the loader's share of the step time: input-bound?
+        if batch is None:
+            break
         batch = model_batch(batch, device, channels_last)
         for group in opt.param_groups:
             group["lr"] = lr_at(cfg, step)
@@ -232,9 +255,10 @@ def train(cfg: TrainConfig, validate: Optional[Validate] = None) -> Path:
             n = cfg.log_every if step % cfg.log_every == 0 else step % cfg.log_every
             per = (time.time() - tick) / n
             parts = " ".join(f"{k} {float(v) / n:.4f}" for k, v in sums.items())
+            data = 100 * waited / max(time.time() - tick, 1e-9)
             _log(f"step {step}/{cfg.steps} {parts} lr {lr_at(cfg, step - 1):.2e} "
-                 f"{per:.3g} s/it eta {per * (cfg.steps - step) / 60:.1f} min")
-            sums, tick = {}, time.time()
+                 f"{per:.3g} s/it data {data:.0f}% eta {per * (cfg.steps - step) / 60:.1f} min")
+            sums, tick, waited = {}, time.time(), 0.0
         if step % cfg.save_every == 0 or step == cfg.steps:
             _save(out / "last.pt", ema, model, opt, step, cfg)
             if step % cfg.keep_every == 0:
