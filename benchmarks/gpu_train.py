@@ -165,6 +165,15 @@ def step_seconds(log: Path) -> Optional[float]:
     return float(np.median(rates[1:])) if len(rates) > 1 else None
 
 
+def loader_share(log: Path) -> Optional[float]:
+    """The median 'data N%' (the loader's share of the step time) of a training log's progress
+    lines after the first: near 100 the run is input-bound, more loader workers or cheaper
+    samples would speed it up; near 0 the GPU is the limit."""
+    shares = [float(line.split(" data ")[1].split("%")[0]) for line in log.read_text().splitlines()
+              if line.startswith("step ") and " data " in line]
+    return float(np.median(shares[1:])) if len(shares) > 1 else None
+
+
 def calibrate(pack_dir: Path, out: Path, batch: int, workers: int) -> tuple:
     """(seconds per step, amp) from a 120-step run; with --amp first, without it if that fails."""
     for amp in (True, False):
@@ -206,7 +215,8 @@ def run(args) -> int:
     code = _dbrt(train_args(pack_dir, run_dir, steps, args.batch, args.workers, amp, left + 30,
                             max(100, steps // 4)), log)
     summary = {"machine": common.machine_info(), "steps_planned": steps, "seconds_per_step": seconds,
-               "amp": amp, "batch": args.batch, "exit_code": code, "wall_s": round(time.time() - start, 1),
+               "amp": amp, "batch": args.batch, "workers": args.workers,
+               "loader_share_pct": loader_share(log), "exit_code": code, "wall_s": round(time.time() - start, 1),
                "manifest": json.loads((pack_dir / "MANIFEST.json").read_text())}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     with tarfile.open(out / f"gpu_train_{common.machine_name()}.tar.gz", "w:gz") as tar:

@@ -86,6 +86,7 @@ def test_the_gpu_run_command_trains_here_and_its_checkpoint_ships(tmp_path):
     log = tmp_path / "train.log"
     assert gpu_train._dbrt(args + ["--log-every", "1", "--threads", "1"], log) == 0
     assert gpu_train.step_seconds(log) > 0
+    assert 0 <= gpu_train.loader_share(log) <= 100
     assert "validation step 2" in log.read_text()
     gpu_train.slim_checkpoint(tmp_path / "run" / "best.pt", tmp_path / "best_slim.pt")
     slim = torch.load(str(tmp_path / "best_slim.pt"), weights_only=True)
