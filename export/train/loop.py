@@ -209,8 +209,9 @@ def train(cfg: TrainConfig, validate: Optional[Validate] = None) -> Path:
     model = DBNet(cfg.arch, width=cfg.width)
     if cfg.init and ck is None:  # a resumed run's weights come from last.pt
         load_weights(model, cfg.init)
-    channels_last = device.type == "cuda"  # cuDNN's faster layout for these convolutions
-    model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    # NHWC: cuDNN's and oneDNN's faster layout for these convolutions, on a CPU too (two Zen 4
+    # cores, 8 crops of 512 px, --amp: the model's step 1.55x as fast, a real-data run 1.25x)
+    model.to(device, memory_format=torch.channels_last)
     ema = copy.deepcopy(model).eval()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start = 0
@@ -238,7 +239,7 @@ def train(cfg: TrainConfig, validate: Optional[Validate] = None) -> Path:
         waited += time.time() - before  # the loader's share of the step time: input-bound?
         if batch is None:
             break
-        batch = model_batch(batch, device, channels_last)
+        batch = model_batch(batch, device, channels_last=True)
         for group in opt.param_groups:
             group["lr"] = lr_at(cfg, step)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
