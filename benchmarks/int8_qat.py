@@ -27,7 +27,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from . import common
-from .int8_calibration import image_files
+from .int8_calibration import _eval_sets
 from .precision_accuracy import _calibration, _model, add_model_arguments
 
 EPS = 1e-6
@@ -232,14 +232,6 @@ def simulation_check(fp32: Path, int8: Path, inputs) -> dict:
             a, b = key.split("_vs_")
             diffs[key].append(float(np.abs(maps[a] - maps[b]).mean()))
     return {k: float(np.mean(v)) for k, v in diffs.items()}
-
-
-def _eval_sets(val: Path) -> dict:
-    import cv2
-
-    sets = {"validation": [cv2.imread(str(p)) for p in image_files(val)]}
-    realdev = common.realdev_images("the validation split only")
-    return sets if realdev is None else dict(sets, realdev=realdev)
 
 
 def run(args) -> dict:

@@ -113,5 +113,5 @@ def test_the_benchmark_reports_every_variant_on_each_image_set(tmp_path, monkeyp
     payload = json.loads((tmp_path / "out" / "int8_qat.json").read_text())
     variants = {r["variant"] for r in payload["rows"]}
     assert len(variants) == 1 + len(int8_qat.VARIANTS)
-    assert {r["images"] for r in payload["rows"]} >= {"validation"}
+    assert any(r["images"].startswith("validation") for r in payload["rows"])
     assert "## INT8 vs FP32" in (tmp_path / "out" / "int8_qat.md").read_text()
