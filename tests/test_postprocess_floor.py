@@ -44,5 +44,6 @@ def test_polygon_mode_books_the_calls_ours_avoids_apart():
     assert spent["minAreaRect_avoided"][1] > 0  # the bars here are wide enough
 
     row = floor.floor_row(config, {"bars": maps}, repeats=1, bias=floor.timer_cost(100))
-    assert row["avoided_ms"] > 0 and row["arcLength_ms"] > 0
+    # booked apart (the call counts above); their times are bias-corrected and may round to 0
+    assert row["avoided_ms"] >= 0 and row["arcLength_ms"] >= 0
     assert abs(row["floor_ms"] - row["shared_calls_ms"] - row["map_read_ms"]) < 0.02
