@@ -71,6 +71,8 @@ def test_shipped_model_with_postprocess_is_an_ensemble(tmp_path):
     (["--input-size", "64x96"], "--input-size fixes a TensorRT engine's shape; it needs --backend tensorrt"),
     (["--max-batch", "4", "--preferred-batch", "8"], "preferred batch sizes [8] are outside 1..4"),
     (["--name", "a/b"], "model name 'a/b' must be letters, digits"),
+    (["--name", ".."], "model name '..' must be letters, digits"),
+    (["--name", "."], "and not only dots"),
     (["--backend", "tensorrt", "--threads", "2"], "--threads sets ONNX Runtime's threads"),
 ])
 def test_bad_export_is_one_line(tmp_path, capsys, flags, message):
@@ -144,3 +146,11 @@ def test_scheduling_and_configs_are_checked(tmp_path):
     bad.write_text("max_batch_size: many\n")
     with pytest.raises(RepositoryError, match="config.pbtxt is not a Triton model config"):
         read_config(bad)
+
+
+def test_a_dots_only_name_deletes_nothing(tmp_path, capsys):
+    """'..' would name the repository's parent, which writing a model replaces."""
+    (tmp_path / "repo" / "kept").mkdir(parents=True)
+    (tmp_path / "keep").write_text("x")
+    assert main(["triton", "export", "--name", "..", "-o", str(tmp_path / "repo")]) == 2
+    assert (tmp_path / "keep").is_file() and (tmp_path / "repo" / "kept").is_dir()

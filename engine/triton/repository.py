@@ -84,8 +84,10 @@ def config_pb2():
 
 
 def check_name(name: str) -> str:
-    if not _NAME.match(name or ""):
-        raise RepositoryError(f"model name {name!r} must be letters, digits, '_', '.' or '-'")
+    # '.' and '..' would name the repository itself or its parent, which write_model replaces
+    if not _NAME.match(name or "") or set(name) == {"."}:
+        raise RepositoryError(f"model name {name!r} must be letters, digits, '_', '.' or '-' "
+                              "and not only dots")
     return name
 
 
@@ -177,7 +179,7 @@ def write_model(repository: Union[str, Path], config, files: Mapping[str, Union[
                 version: int = 1) -> Path:
     """REPO/NAME/config.pbtxt and REPO/NAME/VERSION/<files> (file name -> source path, bytes or
     text); an existing model folder of that name is replaced. Returns the model folder."""
-    folder = Path(repository) / config.name
+    folder = Path(repository) / check_name(config.name)
     if folder.exists():
         shutil.rmtree(folder)
     (folder / str(version)).mkdir(parents=True)
