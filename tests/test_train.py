@@ -513,3 +513,35 @@ def test_loader_workers_start_after_opencv_ran_threads_in_this_process(tmp_path)
     assert run.returncode == 0, run.stderr[-2000:]
     lines = [line for line in run.stdout.splitlines() if line.startswith("step ")]
     assert len(lines) == 2 and all(" s/it data " in line and "% eta " in line for line in lines)
+
+
+@pytest.mark.parametrize("content, fragment", [
+    ("{not json", "cannot read training ground truth"),
+    ('{"image": "a.jpg"}', "expected a JSON list"),
+    ('[{"image": "a.jpg"}]', "'polygons'"),
+    ('[{"image": "a.jpg", "polygons": [[[0,0],[4,0],[4,4]]], "ignore": []}]', "1 polygons but 0 ignore"),
+    ('[{"image": "gone.jpg", "polygons": []}]', "1 image(s) not found, e.g."),
+    ("[]", "lists no images"),
+])
+def test_a_bad_training_gt_json_is_one_error_naming_it(tmp_path, content, fragment):
+    from engine.errors import DbrtError
+
+    cv2.imwrite(str(tmp_path / "a.jpg"), np.zeros((8, 8, 3), np.uint8))
+    (tmp_path / "gt.json").write_text(content)
+    with pytest.raises(DbrtError, match="gt.json") as err:
+        read_icdar_folder(tmp_path)
+    assert fragment in str(err.value)
+
+
+def test_a_gt_json_without_ignore_flags_trains_every_polygon(tmp_path):
+    cv2.imwrite(str(tmp_path / "a.jpg"), np.zeros((8, 8, 3), np.uint8))
+    (tmp_path / "gt.json").write_text('[{"image": "a.jpg", "polygons": [[[0,0],[4,0],[4,4],[0,4]]]}]')
+    [(image, polys, ignore)] = read_icdar_folder(tmp_path)
+    assert image.name == "a.jpg" and len(polys) == 1 and ignore == [False]
+
+
+def test_resume_refuses_a_config_that_is_not_an_object():
+    from export.train.config import TrainConfig
+
+    with pytest.raises(TypeError, match="expected a JSON object"):
+        TrainConfig.from_dict([1])

@@ -57,6 +57,8 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, saved: dict) -> "TrainConfig":
         """A config written by an earlier run (config.json); keys of other versions are ignored."""
+        if not isinstance(saved, dict):
+            raise TypeError(f"expected a JSON object, not {type(saved).__name__}")
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in saved.items() if k in known}
         if "scale" in values:  # JSON keeps the pair as a list

@@ -110,15 +110,37 @@ def read_icdar_folder(root) -> List[Tuple[Path, List[np.ndarray], List[bool]]]:
     if not root.is_dir():
         raise DbrtError(f"dataset folder not found: {root}")
     if (root / "gt.json").exists():
-        entries = json.loads((root / "gt.json").read_text())
-        base = root / "images" if (root / "images").is_dir() else root
-        return [(base / e["image"], [np.array(p, np.float32) for p in e["polygons"]],
-                 [bool(i) for i in e["ignore"]]) for e in entries]
+        return _read_gt_json(root / "gt.json")
     folder = root / "images" if (root / "images").is_dir() else root
     images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not images:
         raise DbrtError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
     return [(img, *_read_icdar_txt(icdar_gt_path(root, img))) for img in images]
+
+
+def _read_gt_json(path: Path) -> List[Tuple[Path, List[np.ndarray], List[bool]]]:
+    """A gt.json's [{image, polygons, ignore?}] records, every image checked to exist up front
+    (a missing one would otherwise surface only when training first samples it)."""
+    base = path.parent / "images" if (path.parent / "images").is_dir() else path.parent
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8-sig"))
+        if not isinstance(entries, list):
+            raise TypeError("expected a JSON list of {image, polygons, ignore} records")
+        items = []
+        for e in entries:
+            polys = [np.array(p, np.float32).reshape(-1, 2) for p in e["polygons"]]
+            ignore = [bool(i) for i in e.get("ignore", [False] * len(polys))]
+            if len(ignore) != len(polys):
+                raise ValueError(f"{e['image']}: {len(polys)} polygons but {len(ignore)} ignore flags")
+            items.append((base / e["image"], polys, ignore))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DbrtError(f"cannot read training ground truth {path}: {exc}") from exc
+    missing = [str(img) for img, _, _ in items if not img.is_file()]
+    if missing:
+        raise DbrtError(f"{path}: {len(missing)} image(s) not found, e.g. {missing[0]}")
+    if not items:
+        raise DbrtError(f"{path} lists no images")
+    return items
 
 
 class _FolderDataset:
