@@ -68,15 +68,22 @@ def load_file(path):
     """Whatever a checkpoint file holds (tensors, plain containers), loaded with
     `torch.load(weights_only=True)` so nothing in the file runs; one ModelError otherwise."""
     import pickle
+    import warnings
 
     import torch
 
     _check_checkpoint_file(path)
     try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's advice on unsafe pickles: the error below says it
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(str(path), map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise ModelError(f"checkpoint not found: {path}") from None
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, KeyError) as exc:
+    except (EOFError, OSError) as exc:  # torch reports a truncated zip as EINVAL
+        why = getattr(exc, "strerror", None) or str(exc) or "end of file"
+        raise ModelError(f"cannot read checkpoint {path}: the file is damaged or truncated "
+                         f"({why})") from exc
+    except (pickle.UnpicklingError, RuntimeError, ValueError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"cannot read checkpoint {path} with torch.load(weights_only=True): {first}. "
                          "Only tensors and plain containers are accepted; re-save the state_dict "

@@ -68,8 +68,10 @@ class _Encoder:
 
     def __init__(self, path: Path, width: int, height: int, fps: float, codec: str, crf: int):
         av = require("av")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.container = av.open(str(path), mode="w")
+        self.path = path
+        with self._naming_the_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.container = av.open(str(path), mode="w")
         rate = Fraction(fps).limit_denominator(1001) if fps else Fraction(25)
         self.stream = self.container.add_stream(codec, rate=rate)
         self.stream.width, self.stream.height = width - width % 2, height - height % 2
@@ -84,7 +86,16 @@ class _Encoder:
         vframe = self._av.VideoFrame.from_ndarray(image, format="bgr24")
         vframe.pts = self.count
         self.count += 1
-        self.container.mux(self.stream.encode(vframe))
+        with self._naming_the_file():  # FFmpeg opens the file at the first packet
+            self.container.mux(self.stream.encode(vframe))
+
+    @contextlib.contextmanager
+    def _naming_the_file(self):
+        try:
+            yield
+        except (OSError, ValueError) as exc:
+            raise DbrtError(f"cannot write the video {self.path}: "
+                            f"{getattr(exc, 'strerror', None) or exc}") from exc
 
     def _fit(self, image):
         height, width = self.stream.height, self.stream.width
@@ -100,8 +111,9 @@ class _Encoder:
         return canvas
 
     def close(self) -> None:
-        self.container.mux(self.stream.encode(None))  # flush delayed frames
-        self.container.close()
+        with self._naming_the_file():
+            self.container.mux(self.stream.encode(None))  # flush delayed frames
+            self.container.close()
 
 
 class VideoSink(Sink):

@@ -14,6 +14,7 @@ from typing import Iterator
 import cv2
 import numpy as np
 
+from engine.errors import DbrtError
 from engine.lazy import require
 
 from .render import LineStyle, render_line
@@ -97,14 +98,18 @@ def write_demo_video(path, seed: int = 2024, width: int = 640, height: int = 360
     av = require("av")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        # Fixed options and one thread: the same bytes on every run of the same libx264.
-        stream.options = {"crf": str(crf), "preset": "medium", "threads": "1"}
-        for frame in demo_frames(seed, width, height, fps, seconds):
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="bgr24")):
+    # FFmpeg opens the file at the first packet: a bad path fails there, not at av.open
+    try:
+        with av.open(str(path), "w") as container:
+            stream = container.add_stream("libx264", rate=fps)
+            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+            # Fixed options and one thread: the same bytes on every run of the same libx264.
+            stream.options = {"crf": str(crf), "preset": "medium", "threads": "1"}
+            for frame in demo_frames(seed, width, height, fps, seconds):
+                for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="bgr24")):
+                    container.mux(packet)
+            for packet in stream.encode():
                 container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    except (OSError, ValueError) as exc:
+        raise DbrtError(f"cannot write the video {path}: {getattr(exc, 'strerror', None) or exc}") from exc
     return path

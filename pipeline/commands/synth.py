@@ -1,11 +1,14 @@
 """`dbrt synth`: write a synthetic scene-text dataset and/or the demo video."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from ._validate import at_least, output_file, output_folder
 
 NAME = "synth"
 HELP = "write a synthetic scene-text dataset (images + gt.json) and/or the demo video"
 ORDER = 65
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov")
 DESCRIPTION = """Synthetic scene text made from a seed (same seed, same output). --dataset DIR
 writes DIR/images/*.jpg and DIR/gt.json (realdev layout, readable by `dbrt eval` and
 `dbrt train --data DIR`); --video PATH writes the demo video (H.264 MP4)."""
@@ -32,8 +35,8 @@ def _parse_size(text: str):
         w, h = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise DbrtError(f"--size must look like 1280x720, got {text!r}") from None
-    if w < 64 or h < 64:
-        raise DbrtError(f"--size must be at least 64x64, got {text!r}")
+    if not (64 <= w <= 8192 and 64 <= h <= 8192):
+        raise DbrtError(f"--size must be between 64x64 and 8192x8192, got {text!r}")
     return w, h
 
 
@@ -42,10 +45,13 @@ def run(args) -> int:
 
     if not args.dataset and not args.video:
         raise DbrtError("nothing to do: give --dataset DIR and/or --video PATH")
+    if args.video and Path(args.video).suffix.lower() not in VIDEO_SUFFIXES:
+        raise DbrtError(f"--video {args.video}: the demo video is H.264 in "
+                        f"{' / '.join(VIDEO_SUFFIXES)}; name the file with one of those")
+    w, h = _parse_size(args.size)
     if args.dataset:
         from export.synth.dataset import write_dataset
 
-        w, h = _parse_size(args.size)
         gt = write_dataset(args.dataset, args.count, seed=args.seed, height=h, width=w)
         print(f"dataset: {args.count} images, ground truth {gt}")
     if args.video:
