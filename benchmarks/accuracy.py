@@ -73,6 +73,8 @@ def main(argv=None) -> int:
         print(f"accuracy: no model at {model} (nothing shipped yet?): skipped")
         return 0
     if not a.dataset.exists():
+        if a.dataset != REALDEV:  # named by the user: a mistake, not a machine without the data
+            p.error(f"--dataset {a.dataset}: not found")
         print(f"accuracy: dataset not found at {a.dataset}: skipped")
         return 0
     payload = evaluate(model, a.dataset, a.box_type, a.threads)

@@ -389,6 +389,9 @@ def main(argv=None) -> int:
                    help="another ONNX of the same model, e.g. int8=model_int8.onnx")
     p.add_argument("--out", type=Path, help="results folder (default: benchmarks/results/<machine>)")
     a = p.parse_args(argv)
+    bad = [v for v in a.variant if "=" not in v]
+    if bad:
+        p.error(f"--variant {bad[0]!r}: expected PRECISION=PATH, e.g. int8=model_int8.onnx")
     variants = dict(v.split("=", 1) for v in a.variant)
     paths = run(a.model, a.weights, a.sizes, a.batches, a.warmup, a.repeats, a.threads, variants, a.out,
                 cpu_batches=a.cpu_batches, precisions=a.precisions)

@@ -160,6 +160,9 @@ def parse_args(argv):
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     video = Path(args.video)
+    if not video.is_file() and video != Path(VIDEO):
+        print(f"pipeline_overlap: error: --video {video}: not found", file=sys.stderr)
+        return 2
     if not video.is_file():
         print(f"pipeline_overlap: skipped: {video} not found (only dev machines have ../shared/data)")
         return 0
