@@ -30,7 +30,8 @@ def suggest_preset(inputs: Sequence, outputs: Sequence) -> Optional[str]:
     """A preset name guessed from tensor names, for error hints only (never applied silently)."""
     names = [t.name for t in inputs] + [t.name for t in outputs]
     paddle_names = any("fetch_name" in n or ".tmp_" in n for n in names)
-    if (inputs and inputs[0].name == _PADDLE_INPUT) or paddle_names:
+    image_input = bool(inputs) and len(getattr(inputs[0], "shape", ()) or ()) == 4
+    if image_input and (inputs[0].name == _PADDLE_INPUT or paddle_names):
         return "ppocr"
     return None
 

@@ -79,7 +79,12 @@ class EngineRecord:
     def load(cls, engine_path: os.PathLike) -> Optional["EngineRecord"]:
         """The record next to `engine_path`, or None for engines built outside dbrt."""
         path = sidecar_path(engine_path)
-        return cls.from_json(path.read_text()) if path.is_file() else None
+        if not path.is_file():
+            return None
+        try:
+            return cls.from_json(path.read_text())
+        except ModelError as exc:
+            raise ModelError(f"{path}: {exc}") from exc
 
     # -- compatibility --------------------------------------------------------------------
     def mismatches(self, tensorrt_version: str, device: DeviceInfo) -> list:
