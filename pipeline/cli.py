@@ -64,6 +64,14 @@ def _one_line_warnings(command: str, show_other):
     return show
 
 
+def _quiet_opencv() -> None:
+    """OpenCV's own warnings (a camera index that is not there, an unreadable image) would print
+    before, and in the words of, the one error line the command gives for the same problem."""
+    import cv2
+
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     try:
@@ -73,6 +81,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
+    _quiet_opencv()
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _one_line_warnings(args.command, warnings.showwarning)

@@ -288,15 +288,22 @@ def open_dataset(path, gt_dir: Optional[Path] = None, fmt: str = "auto") -> Data
     path = Path(path)
     if not path.exists():
         raise DatasetError(f"dataset not found: {path}")
+    if gt_dir is not None and not Path(gt_dir).is_dir():
+        raise DatasetError(f"ground-truth folder not found: {gt_dir}")
     if path.is_file():
         if path.suffix.lower() != ".json":
             raise DatasetError(f"{path} is a file; pass a dataset folder or a gt.json")
-        return read_json_dataset(path)
-    if fmt in ("auto", "json") and (path / "gt.json").is_file():
-        return read_json_dataset(path / "gt.json")
-    if fmt == "json":
+        json_file = path
+    elif fmt in ("auto", "json") and (path / "gt.json").is_file():
+        json_file = path / "gt.json"
+    elif fmt == "json":
         raise DatasetError(f"no gt.json in {path}")
-    dataset = read_folder_dataset(path, gt_dir, fmt)
+    else:
+        json_file = None
+    if json_file is not None and gt_dir is not None:
+        raise DatasetError(f"{json_file} holds its own ground truth; a separate ground-truth "
+                           "folder is for ICDAR / Total-Text image folders")
+    dataset = read_json_dataset(json_file) if json_file else read_folder_dataset(path, gt_dir, fmt)
     if not len(dataset):
-        raise DatasetError(f"no images found in {path}")
+        raise DatasetError(f"no images in {json_file or path}")
     return dataset

@@ -55,6 +55,8 @@ RUN = ["run", "clip.mp4", "--quiet"]
     (RUN + ["--queue-size", "0"], "--queue-size: must be an integer >= 1"),
     (RUN + ["--reconnect-delay", "-1"], "--reconnect-delay: must be a number >= 0"),
     (RUN + ["--threads", "two"], "--threads: must be an integer >= 0, got 'two'"),
+    (RUN + ["--max-side", "640", "--limit-side", "320"], "not --max-side with --limit-side"),
+    (RUN + ["--serve-token", "x"], "--serve-token applies to --serve only"),
 ])
 def test_run_flags(place, capsys, argv, fragment):
     assert fragment in one_error_line(capsys, argv)
@@ -208,3 +210,26 @@ def test_an_unknown_device_is_refused_not_replaced_by_auto(tiny_onnx):
 
     with pytest.raises(ModelError, match="unknown device 'gpu0'"):
         Detector(tiny_onnx, device="gpu0")
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["synth", "--video", "out.txt"], "--video out.txt: the demo video is H.264 in .mp4"),
+    (["synth", "--dataset", "sd", "--size", "100000x100000"], "--size must be between 64x64"),
+    (["export", "--precision", "int8"], "--precision int8 needs --calib"),
+    (["export", "--precision", "int8", "--calib", "missing"], "--calib: no such file: missing"),
+    (["export", "--target-trt", "bogus"], "bad TensorRT target 'bogus'"),
+    (["eval", "--dataset", "empty.json"], "no images in empty.json"),
+    (["eval", "--dataset", "empty.json", "--e2e", "--tune"], "--tune scores detection only"),
+    (["eval", "--dataset", "photo.jpg", "--gt", "missing"], "ground-truth folder not found: missing"),
+])
+def test_flag_mistakes_found_before_any_work(place, capsys, argv, fragment):
+    (place / "empty.json").write_text("[]")
+    assert fragment in one_error_line(capsys, argv)
+    assert not (place / "sd").exists()
+
+
+def test_a_truncated_checkpoint_is_named_damaged(place, capsys):
+    shipped = REPO / "export" / "assets" / "dbnet_default.pt"
+    (place / "cut.pt").write_bytes(shipped.read_bytes()[:50_000])
+    line = one_error_line(capsys, ["export", "cut.pt", "-o", "m.onnx"])
+    assert "cut.pt: the file is damaged or truncated" in line

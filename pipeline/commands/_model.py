@@ -43,9 +43,15 @@ def triton_options(args):
 
 def spec_changes(args) -> dict:
     """The ModelSpec fields the flags set: resize rule and post-processing (None: keep)."""
+    from engine.errors import ModelError
+
     names = ("limit_side", "limit_type", "thresh", "box_thresh", "unclip_ratio", "box_type")
     changes = {name: getattr(args, name, None) for name in names}
     if getattr(args, "max_side", None):
+        for name in ("limit_side", "limit_type"):
+            if changes[name] is not None:
+                raise ModelError(f"--max-side N is --limit-side N --limit-type max: give one "
+                                 f"or the other, not --max-side with --{name.replace('_', '-')}")
         changes.update(limit_side=args.max_side, limit_type="max")
     if getattr(args, "keep_aspect", False):
         changes["keep_aspect"] = True

@@ -143,9 +143,13 @@ def run(args) -> int:
     import json
     from pathlib import Path
 
+    from engine.errors import DbrtError
     from pipeline.datasets import open_dataset
     from pipeline.evaluate import evaluate_detector
 
+    if args.tune and args.e2e:
+        raise DbrtError("--tune scores detection only; run --e2e on its own, with the "
+                        "thresholds --tune picked")
     dataset = open_dataset(args.dataset, args.gt, args.format).head(args.max_images)
     if args.tune:
         return _tune(args, dataset)

@@ -146,12 +146,32 @@ def _variants(args, fp32_path: Path, spec) -> list:
     return out
 
 
+def _check_inputs(args) -> None:
+    """The flags that name inputs, checked before the export runs (minutes with INT8)."""
+    from engine.errors import DbrtError, SourceError
+    from export.trt_compat import TrtTarget
+    from pipeline.sources import open_source
+
+    if "int8" in args.precision and not args.calib:
+        raise DbrtError("--precision int8 needs --calib IMAGES_OR_VIDEO")
+    if args.target_trt != "auto":
+        TrtTarget.parse(args.target_trt)
+    for flag, source in (("--calib", args.calib), ("--accuracy", args.accuracy)):
+        if source:
+            try:
+                with open_source(str(source)):
+                    pass
+            except SourceError as exc:
+                raise DbrtError(f"{flag}: {exc}") from None
+
+
 def run(args) -> int:
     from pipeline.accuracy import compare_many
     from pipeline.sampling import read_images
     from export.onnx_export import export_onnx, has_deform_conv
     from export.trt_compat import check_onnx
 
+    _check_inputs(args)
     model, checkpoint = _load_model(args)
     opset = args.opset or (19 if has_deform_conv(model) else 17)
     spec = _spec(args, model, checkpoint)

@@ -6,6 +6,7 @@ import argparse
 import re
 import sys
 from pathlib import Path
+from typing import Optional
 
 from ._validate import (DEVICES, at_least, broker_url, input_size, listen_address, output_folder,
                         side_length)
@@ -119,8 +120,10 @@ def run(args) -> int:
     pipe, progress, out = build_pipeline(args)
     try:
         pipe.run()
-    finally:  # also after Ctrl-C: every frame that reached the sinks is in the report
-        finish(pipe, progress, out, args)
+    except BaseException as exc:  # also after Ctrl-C: every frame that reached the sinks is in the report
+        finish(pipe, progress, out, args, error=exc)
+        raise
+    finish(pipe, progress, out, args)
     failed = pipe.metrics.failed_frames
     if failed:  # like a damaged input: everything else is written, the exit status says so
         from engine.errors import InferenceFailed
@@ -128,6 +131,17 @@ def run(args) -> int:
         raise InferenceFailed(f"{failed} frames failed in inference and were not written "
                               f"(last: {pipe.metrics.failures[-1]}); see {out / 'report.json'}")
     return 0
+
+
+def _check_flag_pairs(args) -> None:
+    """A flag that only means something with another one is refused alone rather than ignored."""
+    from engine.errors import DbrtError
+
+    from ._model import spec_changes
+
+    spec_changes(args)  # --max-side with --limit-side / --limit-type
+    if args.serve_token and not args.serve:
+        raise DbrtError("--serve-token applies to --serve only; add --serve or drop --serve-token")
 
 
 def build_pipeline(args):
@@ -141,6 +155,7 @@ def build_pipeline(args):
 
     from ._model import build_detector
 
+    _check_flag_pairs(args)
     retries = None if args.reconnect < 0 else args.reconnect
     reconnect = Reconnect(retries=retries, delay=args.reconnect_delay) if retries != 0 else None
     sources = open_sources(args.sources or [str(DEMO_VIDEO)], reconnect=reconnect,
@@ -279,8 +294,9 @@ def _print_header(pipe, out: Path) -> None:
               "only): its detections are meaningless", file=sys.stderr)
 
 
-def finish(pipe, progress, out: Path, args) -> None:
-    """Write report.json and print the summary."""
+def finish(pipe, progress, out: Path, args, error: Optional[BaseException] = None) -> None:
+    """Write report.json and print the summary; after an `error` other than Ctrl-C the
+    annotated output is not claimed (a failing video file is often the error)."""
     from pipeline.metrics import format_summary, write_report
 
     if progress is not None:
@@ -293,8 +309,11 @@ def finish(pipe, progress, out: Path, args) -> None:
     print(format_summary(report))
     if mqtt:
         m = report["mqtt"]
-        print(f"mqtt: {m['acked_total']} events acknowledged, {m['dropped_total']} dropped "
-              f"(outbox full), {m['reconnects_total']} reconnects")
+        print(f"mqtt: {m['acked_total']} events acknowledged, {m['queued']} undelivered, "
+              f"{m['dropped_total']} dropped (outbox full), {m['reconnects_total']} reconnects")
+        if m["queued"] and not m["connected"]:
+            print(f"dbrt run: --mqtt: the broker was not connected at the end; {m['queued']} "
+                  "events were not delivered", file=sys.stderr)
     if report["lost"]:
         print(f"dbrt run: stopped at once: {report['lost']} frames read were never written",
               file=sys.stderr)
@@ -302,7 +321,8 @@ def finish(pipe, progress, out: Path, args) -> None:
         print("note: the model is untrained; train one with `dbrt train` or pass --model")
     events = f", {out / 'events.jsonl'}" if pipe.tracker is not None else ""
     print(f"wrote {out / 'detections.jsonl'}{events}, {out / 'report.json'}"
-          + ("" if args.no_video else f" and annotated output under {out}/"))
+          + ("" if args.no_video or not isinstance(error, (type(None), KeyboardInterrupt))
+             else f" and annotated output under {out}/"))
 
 
 def _outputs(pipe, out: Path) -> dict:
