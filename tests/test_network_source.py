@@ -96,3 +96,39 @@ def test_stream_back_at_a_larger_resolution_stays_whole_in_the_annotated_video(s
     assert len(after) >= 10, (len(sizes), source.stats.as_dict())
     for image in after:  # the frame's right half (grey 200) is there, not only its left half
         assert abs(float(np.median(image[8:, 40:])) - 200) < 15
+
+
+def test_a_file_over_http_cut_off_midway_is_an_error_not_an_end(tmp_path):
+    """A server that drops the connection after part of an MP4 (its Content-Length says more):
+    the frames after the cut are lost, so the source fails instead of ending quietly."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from media import write_truncated_video
+
+    clip = write_truncated_video(tmp_path / "full.mp4", frames=200, keep=1.0)
+    data = clip.read_bytes()
+
+    class CutHandler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "video/mp4")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data[: len(data) // 2])
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), CutHandler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        source = NetworkSource(f"http://127.0.0.1:{httpd.server_port}/clip.mp4", timeout=3).open()
+        assert not source.live
+        frames = []
+        with pytest.raises(SourceError, match=r"clip\.mp4 ended early after \d+ frames"):
+            for frame in source:
+                frames.append(frame)
+        assert 0 < len(frames) < 200
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

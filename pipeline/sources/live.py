@@ -80,6 +80,13 @@ class LatestSlot:
             self._cond.notify_all()
             return item
 
+    def take(self):
+        """The waiting item (None if none), without waiting."""
+        with self._cond:
+            item, self._item = self._item, None
+            self._cond.notify_all()
+            return item
+
     def __len__(self) -> int:
         return int(self._item is not None)
 
@@ -101,6 +108,7 @@ class LiveSource(Source):
         self._control = Control()  # carries the reader's failure to the consuming thread
         self._thread: Optional[Stage] = None
         self._connected = False
+        self._read_error: Optional[str] = None  # the last read failure, until the next frame
 
     # -- subclass hooks ---------------------------------------------------------------------
     @abc.abstractmethod
@@ -130,6 +138,10 @@ class LiveSource(Source):
     def close(self) -> None:
         self._stop.set()
         self._slot.finish()
+        # a live frame still waiting when the run stops was read and never delivered: dropped
+        # (read = delivered + dropped); a file's frames after a stop are simply not read
+        if self._slot.take() is not None and self.live:
+            self.stats.add(dropped=1)
 
     def join(self, timeout: Optional[float] = None) -> None:
         if self._thread is not None:
@@ -172,15 +184,24 @@ class LiveSource(Source):
 
     def _read_or_none(self):
         try:
-            return self._read()
+            item = self._read()
         except Exception as exc:  # noqa: BLE001 - a read failure is a lost connection
-            self.stats.note(f"read failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+            self._read_error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            self.stats.note(f"read failed: {self._read_error}")
             return None
+        self._read_error = None
+        return item
 
     def _recover(self) -> bool:
-        """Reconnect with back-off; False when the stream ended and no reconnect is configured."""
+        """Reconnect with back-off; False when the stream ended and no reconnect is configured.
+        A file read over the network whose read failed ends with an error, not as an end of
+        stream: its frames after that point are lost. (A live stream's server that stops
+        sending fails the read the same way, so there it is the end.)"""
         self._disconnect_quietly()
         if self.reconnect is None:
+            if self._read_error is not None and not self.live:
+                raise SourceError(f"{self.name} ended early after {self.stats.read} frames: "
+                                  f"{self._read_error}")
             return False
         self.state = "reconnecting"
         last = "stream ended"

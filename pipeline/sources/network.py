@@ -34,9 +34,14 @@ def looks_live(url: str) -> bool:
 
 
 class NetworkSource(LiveSource):
-    """One network stream; `timeout` (seconds) bounds connecting and each read."""
+    """One network stream; `timeout` (seconds) bounds each read, and connecting takes up to
+    `OPEN_TIMEOUT` or `timeout`, whichever is longer."""
 
     kind = "network"
+    # FFmpeg reads about 5 s of a stream (its analyzeduration) to learn its format before the
+    # open returns: at a few frames per second that is longer than a read's timeout, and a
+    # too-short open timeout leaves FFmpeg's interrupt set, failing the first read after it
+    OPEN_TIMEOUT = 30.0
 
     def __init__(self, url: str, reconnect: Optional[Reconnect] = Reconnect(), timeout: float = 5.0,
                  live: Optional[bool] = None, options: Optional[dict] = None):
@@ -56,7 +61,8 @@ class NetworkSource(LiveSource):
         return self._fps
 
     def _connect(self) -> None:
-        container = open_container(self.url, self.options, timeout=(self.timeout, self.timeout))
+        container = open_container(self.url, self.options,
+                                   timeout=(max(self.timeout, self.OPEN_TIMEOUT), self.timeout))
         stream = first_video_stream(container, self.url)
         self._fps = float(stream.average_rate) if stream.average_rate else self._fps
         self._container = container
