@@ -63,6 +63,14 @@ class Detector:
             self.runner = load_runner(default_model_path() if model is None else model,
                                       backend=backend, device=device, options=options)
         self.runner.activate()
+        try:  # a spec, size or recognizer that fails leaves no session / GPU memory behind
+            self._configure(spec, preset, input_size)
+            self.recognizer = _recognizer(read, backend, device)
+        except BaseException:
+            self.runner.deactivate()
+            raise
+
+    def _configure(self, spec, preset: Optional[str], input_size) -> None:
         if isinstance(spec, ModelSpec):
             self.spec = spec
         else:  # a foreign model with a wrong or missing preset fails here, not as junk boxes
@@ -76,11 +84,6 @@ class Detector:
         self.input_size = self._checked_size(input_size) if input_size else self._fixed_engine_size()
         self._cap_reported = False
         self._gpu = self._gpu_preprocessor()
-        try:
-            self.recognizer = _recognizer(read, backend, device)
-        except BaseException:
-            self.runner.deactivate()
-            raise
 
     # -- description ----------------------------------------------------------------------------
     @property

@@ -55,7 +55,9 @@ class Pipeline:
     close_detector: close the detector when the run ends (it then belongs to the pipeline)
     batch:         max frames per engine call (0: the number of sources)
     batch_timeout: seconds to wait for more frames once a batch has its first
-    queue_size:    capacity of each inter-stage channel, in batches
+    queue_size:    capacity of each inter-stage channel, in batches (default: 4; 1 when every
+                   source is live: a live frame waiting in a queue only ages, the newest one
+                   read after it is the one to show)
     max_frames:    stop each source after this many frames
     switch_interval: the interpreter's GIL switch interval during the run (seconds; None: leave
                    it). Shorter than Python's 5 ms default, the inference thread gets the GIL
@@ -72,7 +74,7 @@ class Pipeline:
     """
 
     def __init__(self, sources: Sequence, detector: Detector, *, close_detector: bool = False,
-                 batch: int = 0, batch_timeout: float = 0.01, queue_size: int = 4,
+                 batch: int = 0, batch_timeout: float = 0.01, queue_size: Optional[int] = None,
                  max_frames: Optional[int] = None, sinks: Iterable[Sink] = (),
                  callbacks: Iterable[Callback] = (), source_options: Optional[dict] = None,
                  switch_interval: Optional[float] = 0.0005, track=False,
@@ -103,8 +105,11 @@ class Pipeline:
         self.control = Control()
         self.interrupted = False
         self._signals = StopSignals(stop_signals, drain=self._interrupt, abort=self.control.abort)
-        cap = max(1, queue_size)
-        self._decoded = self._channel("decoded", cap * self.batch + len(self.sources))
+        live = all(s.live for s in self.sources)
+        cap = max(1, queue_size or (1 if live else 4))
+        # live: one batch waits while one is prepared, so a frame is at most ~2 batches old
+        self._decoded = self._channel("decoded", self.batch if live and not queue_size
+                                      else cap * self.batch + len(self.sources))
         self._prepared = self._channel("prepared", cap)
         self._inferred = self._channel("inferred", cap)
         self._responded = self._channel("responded", cap) if self._async else self._inferred
@@ -172,6 +177,12 @@ class Pipeline:
                 self.control.abort()
             try:
                 self._shutdown()
+            except BaseException as exc:
+                if self.control.error is None:
+                    raise
+                # the run's own error stays the one raised; a sink that then failed to close
+                # (a broken encoder, a full disk) is kept as its context
+                self.control.error.__context__ = exc
             finally:
                 self._signals.restore()
         if self.control.error is not None:
@@ -298,6 +309,8 @@ class Pipeline:
             self._source_errors.append(exc)
             source.stats.note(f"error: {exc}")
         finally:
+            if source.state in ("up", "reconnecting"):  # the run stopped before the source ended
+                source.state = "stopped"
             close = getattr(frames, "close", None)
             if close is not None:
                 close()

@@ -295,3 +295,48 @@ def test_shutdown_closes_every_sink_and_the_detector_when_several_fail(videos, t
     with pytest.raises(OSError):  # the first error propagates, after every close ran
         Pipeline([videos[2]], detector, close_detector=True, sinks=sinks).run()
     assert detector.closed and all(sink._fh.closed for sink in sinks)
+
+
+def test_sources_of_a_run_left_early_report_stopped():
+    pipe = Pipeline([SimulatedCamera(total=100_000)], FakeDetector())
+    for _ in pipe:
+        break
+    assert pipe.report()["sources"][0]["state"] == "stopped"
+
+
+def test_the_run_error_survives_a_sink_that_then_fails_to_close(videos):
+    class BrokenSink(CallbackSink):
+        def close(self):
+            raise OSError("close failed too")
+
+    def write(frame, detections):
+        raise ValueError("the first error")
+
+    pipe = Pipeline([videos[1]], FakeDetector(), sinks=[BrokenSink(write)])
+    with pytest.raises(ValueError, match="the first error") as info:
+        pipe.run()
+    assert isinstance(info.value.__context__, OSError)
+
+
+def test_live_sources_keep_short_queues_so_results_stay_fresh(videos):
+    live = Pipeline([SimulatedCamera(total=5)], FakeDetector())
+    files = Pipeline([videos[1]], FakeDetector())
+    try:
+        assert (live._decoded.capacity, live._prepared.capacity) == (1, 1)
+        assert (files._decoded.capacity, files._prepared.capacity) == (5, 4)
+    finally:
+        live.close()
+        files.close()
+
+
+def test_a_detector_that_fails_to_configure_releases_its_runner(tiny_onnx, monkeypatch):
+    import pipeline.detector as detector_module
+    from engine.errors import DbrtError
+
+    made = []
+    real = detector_module.load_runner
+    monkeypatch.setattr(detector_module, "load_runner",
+                        lambda *a, **k: made.append(real(*a, **k)) or made[-1])
+    with pytest.raises(DbrtError):
+        Detector(tiny_onnx, input_size=(30, 30))
+    assert made and not made[0].is_active

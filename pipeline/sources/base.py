@@ -78,7 +78,7 @@ class Source(abc.ABC):
         self.name = name
         self.stats = SourceStats()
         self.stream = 0  # set by the pipeline
-        self.state = "up"  # "reconnecting" (live sources), then "ended" or "failed" (the pipeline)
+        self.state = "up"  # "reconnecting" (live sources), then "ended", "failed" or "stopped" (the run)
         self.error: Optional[str] = None  # why it failed (set with state "failed")
 
     def open(self) -> "Source":
