@@ -233,3 +233,10 @@ def test_a_truncated_checkpoint_is_named_damaged(place, capsys):
     (place / "cut.pt").write_bytes(shipped.read_bytes()[:50_000])
     line = one_error_line(capsys, ["export", "cut.pt", "-o", "m.onnx"])
     assert "cut.pt: the file is damaged or truncated" in line
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_an_output_folder_nobody_can_write_is_named_even_for_root(place, capsys):
+    """os.access says yes to root everywhere; writing is tried instead."""
+    line = one_error_line(capsys, RUN + ["-o", "/proc/dbrt_out"])
+    assert "-o/--output: cannot create folder '/proc/dbrt_out': '/proc' is not writable" in line

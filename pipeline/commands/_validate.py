@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import tempfile
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -73,19 +74,29 @@ def input_size(text: str):
     return sides
 
 
+def _writable(folder: Path) -> bool:
+    """A file can be made in `folder`: tried, since os.access says yes to root everywhere
+    (read-only mounts, /proc)."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
+
+
 def _folder_problem(path: Path) -> Optional[str]:
     """Why files cannot be written in folder `path` (created if missing), or None."""
     if path.exists():
         if not path.is_dir():
             return f"{str(path)!r} is a file, not a folder"
-        if not os.access(path, os.W_OK | os.X_OK):
+        if not _writable(path):
             return f"folder {str(path)!r} is not writable"
         return None
     for parent in path.parents:
         if parent.exists():
             if not parent.is_dir():
                 return f"cannot create folder {str(path)!r}: {str(parent)!r} is a file"
-            if not os.access(parent, os.W_OK | os.X_OK):
+            if not _writable(parent):
                 return f"cannot create folder {str(path)!r}: {str(parent)!r} is not writable"
             return None
     return None
