@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 import signal
+import weakref
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, List, Optional, Sequence
 
@@ -79,14 +81,26 @@ class Pipeline:
                  callbacks: Iterable[Callback] = (), source_options: Optional[dict] = None,
                  switch_interval: Optional[float] = 0.0005, track=False,
                  stop_signals: Sequence[int] = (signal.SIGINT,)):
-        if isinstance(sources, (str, Source)):
+        if isinstance(sources, (str, os.PathLike, int, Source)):
             sources = [sources]
-        self.tracker = _tracker(track)  # before the sources open: a missing package fails first
-        self.sources: List[Source] = open_sources(sources, **(source_options or {}))
+        if batch < 0 or batch_timeout < 0 or (max_frames is not None and max_frames < 1):
+            raise ValueError(f"batch >= 0, batch_timeout >= 0 and max_frames >= 1 (or None), got "
+                             f"{batch}, {batch_timeout}, {max_frames}")
         self.sinks = list(sinks)
         self.callbacks = list(callbacks)
         self._own_detector = close_detector
         self.detector = detector
+        self._run_iter: Optional[weakref.ref] = None
+        try:  # what this pipeline was handed to close is closed when it cannot be made
+            self.tracker = _tracker(track)  # before the sources open: a missing package fails first
+            self.sources: List[Source] = open_sources(sources, **(source_options or {}))
+        except BaseException:
+            with contextlib.ExitStack() as steps:
+                if close_detector:
+                    steps.callback(detector.close)
+                for sink in self.sinks:
+                    steps.callback(sink.close)
+            raise
         # default: one frame per source, at least one per parallel session
         parallelism = getattr(getattr(self.detector, "runner", None), "parallelism", 1)
         self.batch = batch or max(len(self.sources), parallelism)
@@ -153,8 +167,15 @@ class Pipeline:
             source.close()
 
     def __iter__(self) -> Iterator[FrameResult]:
-        if self._started:
+        if self._started or self._run_iter is not None:
             raise RuntimeError("a Pipeline runs once; make a new one")
+        run = self._iterate()
+        # close() ends a run left partway through it; a weak reference, so that a loop that
+        # breaks still drops the last reference and ends the run at once
+        self._run_iter = weakref.ref(run)
+        return run
+
+    def _iterate(self) -> Iterator[FrameResult]:
         self._start()
         finished = False
         try:
@@ -193,8 +214,12 @@ class Pipeline:
             raise self._source_errors[0]
 
     def close(self) -> None:
-        """Release sources, sinks and the detector of a pipeline that will not run (a run
-        releases them itself when it ends)."""
+        """Release sources, sinks and the detector of a pipeline that will not run, or stop a
+        run left partway (`with Pipeline(...) as p: next(iter(p))`) as a `break` would; a run
+        iterated to its end has released them itself."""
+        run = self._run_iter() if self._run_iter is not None else None
+        if run is not None:
+            run.close()
         if not self._started:
             self._started = True
             self._shutdown()
@@ -309,8 +334,9 @@ class Pipeline:
             self._source_errors.append(exc)
             source.stats.note(f"error: {exc}")
         finally:
-            if source.state in ("up", "reconnecting"):  # the run stopped before the source ended
-                source.state = "stopped"
+            if source.state in ("up", "reconnecting") or (
+                    source.state == "ended" and self.control.draining.is_set()):
+                source.state = "stopped"  # the run stopped before the source ended
             close = getattr(frames, "close", None)
             if close is not None:
                 close()

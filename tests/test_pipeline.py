@@ -340,3 +340,34 @@ def test_a_detector_that_fails_to_configure_releases_its_runner(tiny_onnx, monke
     with pytest.raises(DbrtError):
         Detector(tiny_onnx, input_size=(30, 30))
     assert made and not made[0].is_active
+
+
+def test_leaving_a_with_block_ends_a_run_left_partway(videos):
+    detector = FakeDetector()
+    with Pipeline([videos[1]], detector, close_detector=True) as pipe:
+        results = iter(pipe)
+        next(results)
+    assert detector.closed and pipeline_threads() == []
+    with pytest.raises(StopIteration):
+        next(results)
+
+
+def test_a_pipeline_that_cannot_open_its_source_closes_what_it_was_given(tmp_path):
+    detector = FakeDetector()
+    sink = JsonlSink(tmp_path / "out.jsonl")
+    with pytest.raises(Exception, match="no such file"):
+        Pipeline([tmp_path / "missing.mp4"], detector, close_detector=True, sinks=[sink])
+    assert detector.closed and sink._fh.closed
+
+
+def test_one_path_is_one_source_and_bad_numbers_are_refused(videos):
+    assert Pipeline(videos[1], FakeDetector()).run()["frames"] == 12
+    with pytest.raises(ValueError, match="batch >= 0"):
+        Pipeline(videos[1], FakeDetector(), batch=-1)
+
+
+def test_a_file_stopped_from_a_callback_reports_stopped_not_ended(tmp_path):
+    video = write_video(tmp_path / "long.mp4", frames=300)
+    pipe = Pipeline([video], FakeDetector(), callbacks=[lambda frame, dets: pipe.stop()])
+    report = pipe.run()
+    assert report["frames"] < 300 and report["sources"][0]["state"] == "stopped"
