@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass, replace
 
 from engine.errors import DbrtError
@@ -15,13 +16,13 @@ class PostprocessError(DbrtError):
 
 
 def _check_unit(name: str, value: float) -> float:
-    if not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= float(value) <= 1.0:
         raise PostprocessError(f"{name} must be a number in [0, 1], got {value!r}")
     return float(value)
 
 
 def _check_int(name: str, value: int, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
         raise PostprocessError(f"{name} must be an integer >= {low}, got {value!r}")
     return int(value)
 
@@ -57,7 +58,8 @@ class PostprocessConfig:
         object.__setattr__(self, "max_candidates", _check_int("max_candidates", self.max_candidates, 1))
         object.__setattr__(self, "min_size", _check_int("min_size", self.min_size, 1))
         ratio = self.unclip_ratio
-        if not isinstance(ratio, (int, float)) or not math.isfinite(ratio) or ratio < 0:
+        if (isinstance(ratio, bool) or not isinstance(ratio, numbers.Real)
+                or not math.isfinite(ratio) or ratio < 0):
             raise PostprocessError(f"unclip_ratio must be a finite number >= 0, got {ratio!r}")
         object.__setattr__(self, "unclip_ratio", float(ratio))
         if not isinstance(self.use_dilation, bool):

@@ -127,6 +127,10 @@ class ModelSpec:
             raise ModelError(f"color must be BGR or RGB, got {self.color!r}")
         if len(self.mean) != 3 or len(self.std) != 3 or any(s == 0 for s in self.std):
             raise ModelError("mean and std need three values each and std must be non-zero")
+        for name, kind in (("resize", Resize), ("post", PostprocessConfig)):
+            if not isinstance(getattr(self, name), kind):
+                raise ModelError(f"{name} must be a {kind.__name__}, got {getattr(self, name)!r}; "
+                                 f"set its fields with spec.replace(field=value)")
         object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
         object.__setattr__(self, "std", tuple(float(s) for s in self.std))
 

@@ -72,6 +72,17 @@ class Detections:
     def __len__(self) -> int:
         return len(self.polygons)
 
+    def __eq__(self, other) -> bool:
+        """Equal points, scores and data columns (arrays compared by value)."""
+        if not isinstance(other, Detections):
+            return NotImplemented
+        return (len(self) == len(other) and self.data.keys() == other.data.keys()
+                and all(np.array_equal(a, b) for a, b in zip(self.polygons, other.polygons))
+                and np.array_equal(self.scores, other.scores)
+                and all(np.array_equal(v, other.data[k]) for k, v in self.data.items()))
+
+    __hash__ = None  # holds arrays: compared by value, so not hashable
+
     def __iter__(self):
         return iter(zip(self.polygons, self.scores))
 
@@ -87,6 +98,9 @@ class Detections:
                 if idx.shape != (len(self),):
                     raise IndexError(f"boolean mask of shape {idx.shape} for {len(self)} detections")
                 idx = np.flatnonzero(idx)
+            elif idx.size and idx.dtype.kind not in "iu":  # d[d.scores] meant d[d.scores > t]
+                raise IndexError(f"detections are selected with an int, a slice, integers or a "
+                                 f"boolean mask, not {idx.dtype} values; columns are in .data")
         idx = idx.astype(np.int64).reshape(-1)
         return Detections(tuple(self.polygons[i] for i in idx), self.scores[idx],
                           {k: v[idx] for k, v in self.data.items()})
@@ -140,12 +154,14 @@ class Detections:
 
     def records_json(self, decimals: int = 2) -> str:
         """`to_records` as one compact JSON array (non-ASCII text escaped), kept on the instance
-        (it is immutable), so that the sinks of one frame (JSON lines, MQTT) encode it once."""
+        so that the sinks of one frame (JSON lines, MQTT) encode it once; a column added to
+        `data` since (the dict itself is not frozen) is seen."""
+        key = (decimals, tuple((k, id(v)) for k, v in self.data.items()))
         cached = self.__dict__.get("_records_json")
-        if cached is not None and cached[0] == decimals:
+        if cached is not None and cached[0] == key:
             return cached[1]
         text = json.dumps(self.to_records(decimals), separators=(",", ":"))
-        object.__setattr__(self, "_records_json", (decimals, text))  # frozen: not a field
+        object.__setattr__(self, "_records_json", (key, text))  # frozen: not a field
         return text
 
     @classmethod

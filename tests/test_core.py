@@ -97,3 +97,32 @@ def test_letterbox_keeps_aspect_and_pads():
     frame = np.zeros((100, 200, 3), np.uint8)
     chw, _ = preprocess(frame, ModelSpec(), size=(64, 64), keep_aspect=True)
     assert np.all(chw[:, 40:, :] == 0)
+
+
+def test_detections_compare_by_value_and_refuse_float_indices():
+    a, b = _dets(), _dets()
+    assert a == b and a in [b] and Detections.empty() == Detections.empty()
+    assert a != a[:2] and a != b[np.array([2, 1, 0])]
+    with pytest.raises(TypeError):
+        hash(a)
+    with pytest.raises(IndexError, match="columns are in .data"):
+        a[a.scores]
+    assert len(a[a.scores > 0.6]) == 2
+
+
+def test_records_json_sees_a_column_added_after_it_was_cached():
+    d = _dets()
+    first = d.records_json()
+    d.data["extra"] = np.array([1, 2, 3])
+    assert '"extra":1' in d.records_json() and '"extra"' not in first
+
+
+def test_numpy_scalars_are_valid_settings():
+    spec = ModelSpec().replace(box_thresh=np.float32(0.5), max_candidates=np.int64(500),
+                               unclip_ratio=np.float64(1.5))
+    assert (spec.post.box_thresh, spec.post.max_candidates, spec.post.unclip_ratio) == (0.5, 500, 1.5)
+
+
+def test_a_spec_with_a_dict_for_resize_is_refused_at_once():
+    with pytest.raises(ModelError, match="resize must be a Resize"):
+        ModelSpec().replace(resize={"limit_side": 640})
