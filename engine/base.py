@@ -80,7 +80,8 @@ class Runner(abc.ABC):
 
     def _checked(self, feed) -> Mapping[str, object]:
         if not self._active:
-            raise DbrtError(f"{self.name} runner used before activate()")
+            raise DbrtError(f"{self.name} runner is not active: closed, or never activated "
+                            "(use it in a `with` block or call activate())")
         if not isinstance(feed, Mapping):
             if len(self.inputs) != 1:
                 raise ShapeError(f"model has {len(self.inputs)} inputs; pass a dict")

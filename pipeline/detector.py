@@ -43,8 +43,9 @@ class Detector:
     backend:    "auto", "onnxruntime" or "tensorrt";  device: "auto", "cpu", "cuda"
     options:    engine.loader.RunnerOptions (threads, sessions, TensorRT build options, ...)
     read:       also read the text in every polygon: True (the default recognizer, PP-OCR rec
-                from the rapidocr wheel), a recognizer .onnx path, or a pipeline.reading.Recognizer;
-                the detections then carry `texts` and `text_scores`
+                from the rapidocr wheel), a recognizer .onnx path, or a pipeline.reading.Recognizer
+                (yours to close: several Detectors may share it); the detections then carry
+                `texts` and `text_scores`
     """
 
     def __init__(self, model=None, spec: Union[ModelSpec, Callable[[ModelSpec], ModelSpec], None] = None,
@@ -66,6 +67,7 @@ class Detector:
         try:  # a spec, size or recognizer that fails leaves no session / GPU memory behind
             self._configure(spec, preset, input_size)
             self.recognizer = _recognizer(read, backend, device)
+            self._owns_recognizer = self.recognizer is not read  # one passed in stays the caller's
         except BaseException:
             self.runner.deactivate()
             raise
@@ -154,6 +156,7 @@ class Detector:
         the read stage then crops on the GPU; left empty on the CPU path."""
         if not images:
             raise ShapeError("prepare() needs at least one image")
+        images = [_check_image(image) for image in images]  # a Source of your own may give grey
         size = self.input_size_for(*images[0].shape[:2])
         if self._gpu is not None:
             return self._gpu(images, size, device_frames)
@@ -222,7 +225,7 @@ class Detector:
         try:
             self.runner.deactivate()
         finally:
-            if self.recognizer is not None:
+            if self.recognizer is not None and self._owns_recognizer:
                 self.recognizer.close()
 
     def __enter__(self) -> "Detector":
@@ -260,6 +263,8 @@ def _recognizer(read, backend: str, device: str):
 
 def _check_image(image) -> np.ndarray:
     image = np.asarray(image)
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[..., 0]
     if image.ndim == 2:  # greyscale: the network wants three channels
         image = np.repeat(image[..., None], 3, axis=2)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:

@@ -53,8 +53,9 @@ class BannerAnnotator:
 
 
 def annotate(image: np.ndarray, detections: Detections, annotators=None) -> np.ndarray:
-    """A copy of `image` with `detections` drawn by `annotators` (default: green outlines)."""
+    """A copy of `image` with `detections` drawn by `annotators` (None: green outlines; an
+    empty list draws nothing)."""
     scene = image.copy()
-    for annotator in annotators or (PolygonAnnotator(),):
+    for annotator in (PolygonAnnotator(),) if annotators is None else annotators:
         scene = annotator.annotate(scene, detections)
     return scene

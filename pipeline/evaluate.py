@@ -216,7 +216,7 @@ def evaluate_image(gt_polygons: Sequence[np.ndarray], gt_ignore: Sequence[bool],
                    det_polygons: Sequence[np.ndarray], name: str = "", iou: float = IOU_THRESHOLD,
                    area_precision: float = AREA_PRECISION_THRESHOLD) -> ImageEval:
     """Score one image: ground-truth polygons with their "do not care" flags against detected
-    polygons (e.g. `Detections.polygons`), each an (n, 2) array in frame pixels."""
+    polygons (a `Detections`, or polygons: each an (n, 2) array in frame pixels)."""
     return score_image(prepare_truth(gt_polygons, gt_ignore), det_polygons, name, iou, area_precision)
 
 
@@ -225,6 +225,7 @@ def score_image(truth: Truth, det_polygons: Sequence[np.ndarray], name: str = ""
     """evaluate_image against prepared ground truth. Pairs whose bounding boxes do not overlap
     have intersection 0 without a clipper call (the bounding boxes of all pairs in one step)."""
     gts = truth.polygons
+    det_polygons = getattr(det_polygons, "polygons", det_polygons)  # a Detections, or its polygons
     dets = [np.asarray(p, np.float64).reshape(-1, 2) for p in det_polygons]
     det_invalid = tuple(i for i, p in enumerate(dets) if not is_simple_polygon(p))
     det_ok = [i for i in range(len(dets)) if i not in det_invalid]

@@ -138,3 +138,16 @@ def test_the_report_says_whether_the_compiled_post_processing_steps_run(tiny_onn
         assert det.describe()["post_compiled"] == dict(steps=built, scores=built)
         use_numpy_postprocess(monkeypatch)
         assert det.describe()["post_compiled"] == dict(steps=False, scores=False)
+
+
+def test_grey_images_in_any_layout_and_a_missing_file_named(tmp_path):
+    from engine.errors import SourceError
+
+    det = Detector(BrightPixelRunner())
+    grey = scene()[..., 0]
+    assert len(det.detect(grey)) == len(det.detect(grey[..., None])) == 1
+    with pytest.raises(SourceError, match="no such file"):
+        det.detect(str(tmp_path / "missing.jpg"))
+    det.close()
+    with pytest.raises(Exception, match="not active: closed"):
+        det.detect(scene())

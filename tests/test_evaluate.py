@@ -334,3 +334,14 @@ def test_cli_eval_bad_dataset_is_one_line_exit_2(tmp_path, tiny_onnx, capsys):
     assert main(["eval", "--model", str(tiny_onnx), "--dataset", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "dataset not found" in err[0]
+
+
+def test_a_detections_object_is_scored_like_its_polygons():
+    from pipeline.detections import Detections
+    from pipeline.evaluate import evaluate_image
+
+    quad = np.float32([[0, 0], [10, 0], [10, 5], [0, 5]])
+    dets = Detections.from_quads(quad[None], [0.9])
+    by_object = evaluate_image([quad], [False], dets)
+    by_polygons = evaluate_image([quad], [False], dets.polygons)
+    assert by_object == by_polygons and by_object.matched == 1

@@ -318,3 +318,18 @@ def test_the_shipped_detector_and_ppocr_read_the_demo_videos_words():
     # a confident misreading can happen (a box one letter too wide reads 'T1NX31'): a few, no more
     assert len(foreign) <= max(1, len(read) // 20), foreign
     assert len(set(read) & words) >= 15
+
+
+def test_a_recognizer_passed_to_detectors_stays_open_for_the_others(tmp_path):
+    from pipeline.detector import Detector
+
+    from test_detector import BrightPixelRunner
+
+    model = _tiny_ctc_model(tmp_path / "tiny.onnx", classes=3, metadata={"character": "a"})
+    with Recognizer(model, device="cpu") as rec:
+        first = Detector(BrightPixelRunner(), read=rec)
+        second = Detector(BrightPixelRunner(), read=rec)
+        first.close()
+        assert rec.runner.is_active
+        second.detect(np.zeros((64, 64, 3), np.uint8))
+        second.close()

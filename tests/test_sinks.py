@@ -113,3 +113,12 @@ def test_video_sink_scales_frames_of_a_new_size_into_the_file(tmp_path):
     for o in out[6:]:  # 48x160 into 48x64: 20 px high band in the middle, black above / below
         assert o[:12].mean() < 40 and o[36:].mean() < 40
         assert o[26:33, 40:].mean() > 200 and o[15:22, :26].mean() < 40
+
+
+def test_an_empty_annotator_list_draws_nothing():
+    from pipeline.draw import annotate
+
+    image = np.zeros((20, 30, 3), np.uint8)
+    dets = Detections.from_quads(np.float32([[[2, 2], [20, 2], [20, 10], [2, 10]]]), [0.9])
+    assert np.array_equal(annotate(image, dets, []), image)
+    assert not np.array_equal(annotate(image, dets), image)

@@ -3,7 +3,7 @@
 
     from pipeline.postprocess import DBPostprocessor, PostprocessConfig
     post = DBPostprocessor(spec.post)
-    detections = post(prob, letterboxes, metas)   # one Detections per map
+    detections = post(prob, letterboxes)   # one Detections per map
 
 - cpu.py: NumPy / OpenCV, the reference's steps with the per-contour Python work vectorised;
 - compiled.py: the steps done in C where the optional extension is built (_steps.c: bitmap, ring

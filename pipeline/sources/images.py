@@ -44,6 +44,9 @@ def list_images(spec: str) -> List[str]:
 
 def read_image(path: str):
     """BGR uint8 image, or SourceError naming the file."""
+    if not os.path.isfile(path):
+        raise SourceError(f"no such file: {path}" if not os.path.exists(path)
+                          else f"{path} is a folder, not an image")
     image = cv2.imread(path, cv2.IMREAD_COLOR)
     if image is None:
         raise SourceError(f"cannot read image {path} (not an image, or unsupported format)")
