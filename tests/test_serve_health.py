@@ -87,7 +87,7 @@ def test_healthz_flips_while_a_live_source_reconnects():
     finally:
         pipe.stop()
         runner.join(timeout=30)
-    assert not runner.is_alive() and camera.state == "ended"
+    assert not runner.is_alive() and camera.state == "stopped"
 
 
 def test_eight_streams_each_have_a_status_entry_and_a_picture():

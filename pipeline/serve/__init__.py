@@ -27,7 +27,8 @@ class ServeSink(Sink):
 
     token:           required from every request when set (Bearer header or ?token=)
     max_fps:         most JPEG encodings per second and stream (only while someone watches)
-    max_connections: open connections at most (viewers, scrapes); more are closed at once
+    max_connections: open connections at most (viewers, scrapes); more are closed at once, and
+                     viewers beyond max_connections - 4 get 503 so that probes always get in
     """
 
     def __init__(self, pipeline, host: str = "127.0.0.1", port: int = 8080,
@@ -35,7 +36,9 @@ class ServeSink(Sink):
                  annotators: Optional[Sequence] = None):
         self.view = LiveFrames(max_fps=max_fps, annotators=annotators)
         self.status = RunStatus(pipeline, self.view)
-        app = ServeApp(self.status, registry_for(self.status), token)
+        # a few connections stay free of viewers for /healthz, /metrics and the page
+        app = ServeApp(self.status, registry_for(self.status), token,
+                       max_streams=max(1, max_connections - 4))
         self.server = HttpServer(app, host, port, max_connections)
         self.server.start()
 

@@ -34,13 +34,16 @@ class ServeApp:
     """Routes: / (the page), /stream/<id>.mjpg, /metrics, /healthz, /api/status."""
 
     def __init__(self, status: RunStatus, registry, token: Optional[str] = None,
-                 keepalive_s: float = 5.0):
+                 keepalive_s: float = 5.0, max_streams: int = 28):
         from prometheus_client import make_wsgi_app
 
         self.status = status
         self.view: LiveFrames = status.view
         self.token = token or None
         self.keepalive_s = keepalive_s
+        # viewers hold their connection for as long as they watch: capped below the server's
+        # connection limit so that /healthz and /metrics always find a free one
+        self._stream_slots = threading.BoundedSemaphore(max_streams)
         self._metrics_app = make_wsgi_app(registry)
 
     def __call__(self, environ, start_response):
@@ -53,8 +56,9 @@ class ServeApp:
                          [("WWW-Authenticate", 'Bearer realm="dbrt"')])
         if path == "/":
             return _send(start_response, "200 OK", "text/html; charset=utf-8", PAGE.encode())
-        if path == "/metrics":
-            return self._metrics_app(environ, start_response)
+        if path == "/metrics":  # prometheus_client answers GET only
+            body = self._metrics_app(dict(environ, REQUEST_METHOD="GET"), start_response)
+            return [] if method == "HEAD" else body
         if path == "/healthz":
             ok, reason = self.status.health()
             return _text(start_response, "200 OK" if ok else "503 Service Unavailable", reason + "\n")
@@ -63,17 +67,21 @@ class ServeApp:
             return _send(start_response, "200 OK", "application/json", body)
         match = _STREAM.fullmatch(path)
         if match and int(match.group(1)) in {s.stream for s in self.status.pipeline.sources}:
-            start_response("200 OK", [
-                ("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}"),
-                ("Cache-Control", "no-store")])
-            return [] if method == "HEAD" else self._mjpeg(int(match.group(1)))
+            if method == "HEAD":
+                start_response("200 OK", _STREAM_HEADERS)
+                return []
+            if not self._stream_slots.acquire(blocking=False):
+                return _text(start_response, "503 Service Unavailable", "too many viewers\n",
+                             [("Retry-After", "10")])
+            start_response("200 OK", _STREAM_HEADERS)
+            return _Viewer(self._mjpeg(int(match.group(1))), self._stream_slots.release)
         return _text(start_response, "404 Not Found", "not found\n")
 
     def _authorised(self, environ) -> bool:
         if self.token is None:
             return True
-        header = environ.get("HTTP_AUTHORIZATION", "")
-        given = header[7:] if header.startswith("Bearer ") else ""
+        scheme, _, given = environ.get("HTTP_AUTHORIZATION", "").strip().partition(" ")
+        given = given.strip() if scheme.lower() == "bearer" else ""  # schemes ignore case
         if not given:
             given = (parse_qs(environ.get("QUERY_STRING", "")).get("token") or [""])[0]
         return hmac.compare_digest(given.encode(), self.token.encode())
@@ -95,6 +103,29 @@ class ServeApp:
             sent = encoded.seq
             yield (f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\n"
                    f"Content-Length: {len(encoded.jpeg)}\r\n\r\n").encode() + encoded.jpeg + b"\r\n"
+
+
+class _Viewer:
+    """A viewer's MJPEG parts; wsgiref closes the response however it ends (the viewer left,
+    the run ended, a write failed), which frees the viewer's slot once."""
+
+    def __init__(self, parts, release):
+        self._parts, self._release = parts, release
+
+    def __iter__(self):
+        return self._parts
+
+    def close(self) -> None:
+        release, self._release = self._release, None
+        try:
+            self._parts.close()
+        finally:
+            if release is not None:
+                release()
+
+
+_STREAM_HEADERS = [("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}"),
+                   ("Cache-Control", "no-store")]
 
 
 def _send(start_response, status: str, content_type: str, body: bytes, headers=()):
@@ -119,6 +150,30 @@ class _Discard:
 
 class _Handler(WSGIRequestHandler):
     timeout = 10.0  # seconds a blocked read or write may take before the connection is dropped
+    request_deadline = 10.0  # seconds for the whole request line and headers (a client that
+    # sends a byte now and then would otherwise hold its connection, and a slot, for ever)
+
+    def setup(self) -> None:
+        super().setup()
+        self._deadline = threading.Timer(self.request_deadline, self._drop)
+        self._deadline.daemon = True
+        self._deadline.start()
+
+    def parse_request(self) -> bool:  # reads the headers; the deadline ends with them
+        try:
+            return super().parse_request()
+        finally:
+            self._deadline.cancel()
+
+    def finish(self) -> None:
+        self._deadline.cancel()
+        super().finish()
+
+    def _drop(self) -> None:
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
     def log_message(self, *args) -> None:  # no access log on stderr
         pass
@@ -130,6 +185,9 @@ class _Handler(WSGIRequestHandler):
 class _Server(ThreadingMixIn, WSGIServer):
     daemon_threads = True
     max_connections = 32
+
+    def handle_error(self, request, client_address) -> None:
+        pass  # a client that timed out or vanished: nothing for the operator's log
 
     def server_bind(self):
         self._slots = threading.BoundedSemaphore(self.max_connections)
