@@ -57,6 +57,7 @@ RUN = ["run", "clip.mp4", "--quiet"]
     (RUN + ["--threads", "two"], "--threads: must be an integer >= 0, got 'two'"),
     (RUN + ["--max-side", "640", "--limit-side", "320"], "not --max-side with --limit-side"),
     (RUN + ["--serve-token", "x"], "--serve-token applies to --serve only"),
+    (RUN + ["--serve", "0", "--serve-token", ""], "--serve-token is empty"),
 ])
 def test_run_flags(place, capsys, argv, fragment):
     assert fragment in one_error_line(capsys, argv)

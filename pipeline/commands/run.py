@@ -141,6 +141,9 @@ def _check_flag_pairs(args) -> None:
     from ._model import spec_changes
 
     spec_changes(args)  # --max-side with --limit-side / --limit-type
+    if args.serve_token is not None and not args.serve_token.strip():
+        raise DbrtError("--serve-token is empty (an unset variable?); give a token, or set "
+                        "DBRT_SERVE_TOKEN, which also keeps it out of the process list")
     if args.serve_token and not args.serve:
         raise DbrtError("--serve-token applies to --serve only; add --serve or drop --serve-token")
 
@@ -247,6 +250,9 @@ def _serve_sink(pipe, args, annotators):
     sink = ServeSink(pipe, host, port, token=token, max_fps=args.serve_fps, annotators=annotators)
     print(f"dbrt run: live view on {sink.url}" + (" (token required)" if token else ""),
           file=sys.stderr, flush=True)
+    if not token and host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"dbrt run: WARNING: no --serve-token: anyone who can reach {host}:{sink.server.port} "
+              "sees the video and the results", file=sys.stderr, flush=True)
     return sink
 
 
