@@ -21,7 +21,6 @@ as the line plus `"type": "text"` and `time` (`publish_text_event`).
 """
 from __future__ import annotations
 
-import functools
 import json
 import os
 import ssl
@@ -38,7 +37,10 @@ from engine.lazy import require
 from .detections import Detections, frame_fields, with_detections_json
 from .sinks import Sink
 from .sources import Frame
-from .sources.network import without_credentials
+from .sources.base import shown_source, without_credentials
+
+# MQTT 5 reason codes (paho maps MQTT 3.1.1 return codes 4 and 5 to them)
+_LOGIN_REFUSED = (0x86, 0x87)  # bad user name or password, not authorised
 
 
 @dataclass(frozen=True)
@@ -111,12 +113,6 @@ def event(frame: Frame, detections: Detections, source_name: str, decimals: int 
     return with_detections_json(head, detections_json, ensure_ascii=False)
 
 
-@functools.lru_cache(maxsize=64)
-def _safe_source(source: str) -> str:
-    """`without_credentials`, once per source rather than once per frame."""
-    return without_credentials(source)
-
-
 def text_event(line: dict) -> dict:
     """The MQTT event of one text-event line: the line plus `type` "text" and `time`."""
     body = dict(line, source=without_credentials(str(line.get("source", ""))))
@@ -143,7 +139,8 @@ class MqttSink(Sink):
         # each counter has one writer (the sink thread, or paho's): no lock on the event path
         self._published = self._dropped = self._acked = self._connects = 0
         self.connected = False
-        self.fatal: Optional[str] = None  # a refused TLS certificate: the run stops with it
+        self.fatal: Optional[str] = None  # a refused certificate or login: the run stops with it
+        self.last_error: Optional[str] = None  # why the last connection attempt failed
         self._fatal_raised = False
         self.client = self._client(mqtt, max_queued, min_delay, max_delay)
         self.client.connect_async(self.broker.host, self.broker.port, keepalive)
@@ -173,11 +170,20 @@ class MqttSink(Sink):
         if not reason_code.is_failure:
             self._connects += 1
             self.connected = True
+            self.last_error = None
+            return
+        self.last_error = f"the broker refused the connection: {reason_code}"
+        if reason_code.value in _LOGIN_REFUSED:  # retrying the same login does not heal
+            self.fatal = (f"--mqtt {self.broker.safe}: the broker refused the login "
+                          f"({reason_code}); check the user and password in the URL")
+            client.disconnect()
 
     def _on_connect_fail(self, client, userdata) -> None:
         """A refused broker certificate does not heal by retrying: stop the client and let the
         next write end the run with one line. (paho calls this inside its `except OSError`.)"""
         exc = sys.exc_info()[1]
+        if exc is not None:
+            self.last_error = str(exc) or type(exc).__name__
         if not isinstance(exc, ssl.SSLCertVerificationError):
             return  # broker down or unreachable: paho retries with back-off
         hint = ("is ca= the CA that signed it?" if self.broker.ca else
@@ -195,7 +201,7 @@ class MqttSink(Sink):
     # -- the pipeline's sink thread -------------------------------------------------------------
     def write(self, frame: Frame, detections: Detections) -> None:
         self._raise_fatal()
-        self._publish(event(frame, detections, _safe_source(frame.source)))
+        self._publish(event(frame, detections, shown_source(frame.source)))
 
     def publish_text_event(self, line: dict) -> None:
         """One text-event line (pipeline.reading.events) as a `"type": "text"` event; a
@@ -212,12 +218,13 @@ class MqttSink(Sink):
 
     def counters(self) -> dict:
         """published_total (handed to the client), acked_total (confirmed by the broker),
-        dropped_total (outbox full), queued (waiting), connected, reconnects_total."""
+        dropped_total (outbox full), queued (waiting), connected, reconnects_total, last_error
+        (why the last connection attempt failed, None once connected)."""
         acked = self._acked  # before published: both only grow, so queued is never negative
         published = self._published
         return dict(published_total=published, acked_total=acked, dropped_total=self._dropped,
                     queued=published - acked, connected=self.connected,
-                    reconnects_total=max(0, self._connects - 1))
+                    reconnects_total=max(0, self._connects - 1), last_error=self.last_error)
 
     def _raise_fatal(self) -> None:
         if self.fatal and not self._fatal_raised:

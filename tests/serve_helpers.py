@@ -81,14 +81,18 @@ class Mosquitto:
     """A real Mosquitto broker on a free loopback port, with persistence so that a durable
     subscriber keeps its subscription and its queued messages across `restart()`."""
 
-    def __init__(self, binary: str, folder: Path, tls: Optional[Tuple[Path, Path, Path]] = None):
+    def __init__(self, binary: str, folder: Path, tls: Optional[Tuple[Path, Path, Path]] = None,
+                 password_file: Optional[Path] = None):
         """tls: (CA, server certificate, server key) PEM files: a second listener, on
-        `tls_port`, speaks TLS with them (`port` stays plain)."""
+        `tls_port`, speaks TLS with them (`port` stays plain). password_file (mosquitto_passwd
+        format): only its users may connect."""
         self.binary = binary
         self.port = free_port()
         self.config = folder / "mosquitto.conf"
         # as root, mosquitto would switch to its own user, which cannot write the test's folder
-        text = (f"allow_anonymous true\npersistence true\npersistence_location {folder}/\n"
+        login = f"allow_anonymous false\npassword_file {password_file}\n" if password_file \
+            else "allow_anonymous true\n"
+        text = (f"{login}persistence true\npersistence_location {folder}/\n"
                 f"user {getpass.getuser()}\nlistener {self.port} 127.0.0.1\n")
         self.tls_port = None
         if tls is not None:

@@ -129,3 +129,24 @@ def test_event_is_the_jsonl_line_plus_type_stream_time():
         body = dict(json.loads(line), source="rtsp://cam/1")
         expected = {"type": "detections", "stream": 2, "time": json.loads(payload)["time"], **body}
         assert payload == json.dumps(expected, ensure_ascii=False, separators=(",", ":"))
+
+
+def test_a_refused_login_ends_the_run_with_one_line_naming_it(tmp_path, capsys):
+    import shutil
+    import subprocess
+
+    binary = mosquitto_or_skip()
+    passwd = shutil.which("mosquitto_passwd")
+    if passwd is None:
+        pytest.skip("mosquitto_passwd is not installed")
+    users = tmp_path / "users"
+    subprocess.run([passwd, "-b", "-c", str(users), "alice", "right"], check=True)
+    users.chmod(0o600)
+    server = Mosquitto(binary, tmp_path, password_file=users).start()
+    try:
+        rc = main(["run", "--mqtt", f"mqtt://alice:wrong@127.0.0.1:{server.port}/{TOPIC}",
+                   "--no-video", "--quiet", "-o", str(tmp_path / "out"), "--max-frames", "40"])
+    finally:
+        server.stop()
+    err = capsys.readouterr().err
+    assert rc == 2 and "the broker refused the login" in err and "wrong" not in err, err
