@@ -19,6 +19,8 @@ from typing import List, Optional
 from engine.errors import DbrtError, DbrtWarning
 from engine.lazy import MissingDependency
 
+from .sources.base import without_credentials
+
 from . import commands as _commands_pkg
 
 
@@ -91,10 +93,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"dbrt: {'terminated' if signum == signal.SIGTERM else 'interrupted'}", file=sys.stderr)
         return 128 + signum
     except (DbrtError, MissingDependency) as exc:
-        print(f"dbrt {args.command}: error: {exc}", file=sys.stderr)
+        print(f"dbrt {args.command}: error: {without_credentials(str(exc))}", file=sys.stderr)
         return 2
     except OSError as exc:  # a file or folder the user named (missing, a folder, unwritable)
-        print(f"dbrt {args.command}: error: {exc}", file=sys.stderr)
+        print(f"dbrt {args.command}: error: {without_credentials(str(exc))}", file=sys.stderr)
         return 2
 
 

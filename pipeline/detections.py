@@ -14,7 +14,7 @@ from typing import Any, List, Sequence, Tuple
 
 import numpy as np
 
-from .sources.base import Frame
+from .sources.base import Frame, shown_source
 
 
 def _as_polygons(polygons: Any) -> Tuple[np.ndarray, ...]:
@@ -198,7 +198,7 @@ class FrameResult:
 
 def frame_fields(frame: Frame) -> dict:
     """The frame's facts in a result line: source, frame_index, timestamp, frame_size."""
-    return {"source": frame.source, "frame_index": int(frame.index),
+    return {"source": shown_source(frame.source), "frame_index": int(frame.index),
             "timestamp": None if frame.timestamp is None else round(float(frame.timestamp), 6),
             "frame_size": [int(v) for v in frame.size]}
 

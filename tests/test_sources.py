@@ -168,3 +168,16 @@ def test_live_source_gives_up_after_retries():
                              reconnect=Reconnect(retries=2, delay=0.01)).open()
     with pytest.raises(SourceError, match="gave up after 2 reconnect attempts"):
         list(source)
+
+
+def test_credentials_in_a_source_url_stay_out_of_result_lines_and_reports():
+    from pipeline.detections import FrameResult, Detections, frame_fields
+    from pipeline.sources import Frame, NetworkSource
+
+    frame = Frame(np.zeros((4, 4, 3), np.uint8), 0, None, "rtsp://user:s3cret@cam/1")
+    assert frame_fields(frame)["source"] == "rtsp://cam/1"
+    assert "s3cret" not in FrameResult(frame, Detections.empty()).to_json()
+    source = NetworkSource("rtsp://user:s3cret@127.0.0.1:1/x")
+    source.stats.note("cannot open rtsp://user:s3cret@127.0.0.1:1/x: refused")
+    described = str(source.describe())
+    assert "s3cret" not in described and "rtsp://127.0.0.1:1/x" in described

@@ -144,5 +144,8 @@ def broker_url(text: str) -> str:
     try:
         parse_broker_url(text)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{exc}, got {text!r}") from None
+        from pipeline.sources.base import without_credentials
+
+        raise argparse.ArgumentTypeError(f"{without_credentials(str(exc))}, got "
+                                         f"{without_credentials(text)!r}") from None
     return text

@@ -291,7 +291,7 @@ def _print_header(pipe, out: Path) -> None:
     spec = det.spec
     rule = (f"{det.input_size[0]}x{det.input_size[1]}" if det.input_size
             else f"{spec.resize.limit_type} side {spec.resize.limit_side}")
-    names = ", ".join(s.name for s in pipe.sources)
+    names = ", ".join(s.describe()["name"] for s in pipe.sources)  # without credentials
     reading = "" if det.recognizer is None else f", reading with {Path(det.recognizer.model_name).name}"
     server = f" {det.runner.url}" if getattr(det.runner, "remote", False) else ""
     print(f"dbrt run: {names} -> {out}/  [{det.runner.name}{server}, {spec.arch}, input {rule}, "
@@ -319,8 +319,9 @@ def finish(pipe, progress, out: Path, args, error: Optional[BaseException] = Non
         print(f"mqtt: {m['acked_total']} events acknowledged, {m['queued']} undelivered, "
               f"{m['dropped_total']} dropped (outbox full), {m['reconnects_total']} reconnects")
         if m["queued"] and not m["connected"]:
-            print(f"dbrt run: --mqtt: the broker was not connected at the end; {m['queued']} "
-                  "events were not delivered", file=sys.stderr)
+            why = f" ({m['last_error']})" if m.get("last_error") else ""
+            print(f"dbrt run: --mqtt: the broker was not connected at the end{why}; "
+                  f"{m['queued']} events were not delivered", file=sys.stderr)
     if report["lost"]:
         print(f"dbrt run: stopped at once: {report['lost']} frames read were never written",
               file=sys.stderr)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from typing import Dict, List, Optional, Tuple
 
-from ..sources.network import without_credentials as redact
+from ..sources.base import without_credentials as redact
 from .view import LiveFrames
 
 MAX_TEXTS = 20  # newest texts / detections listed per stream

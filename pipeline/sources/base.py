@@ -2,12 +2,29 @@
 from __future__ import annotations
 
 import abc
+import functools
+import re
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Iterator, Optional
 
 import numpy as np
+
+
+_CREDENTIALS = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]*@")
+
+
+def without_credentials(text: str) -> str:
+    """`rtsp://user:secret@cam/1` -> `rtsp://cam/1`, also inside a message: what the console,
+    result files, viewers, metrics and events show."""
+    return _CREDENTIALS.sub(r"\1", text)
+
+
+@functools.lru_cache(maxsize=256)
+def shown_source(source: str) -> str:
+    """`without_credentials` of a frame's source, once per source rather than once per frame."""
+    return without_credentials(source)
 
 
 @dataclass
@@ -57,6 +74,7 @@ class SourceStats:
                 setattr(self, key, getattr(self, key) + value)
 
     def note(self, message: str, keep: int = 50) -> None:
+        message = without_credentials(message)  # errors quote the URL as it was given
         with self._lock:
             self.events.append(message)
             del self.events[:-keep]
@@ -103,7 +121,7 @@ class Source(abc.ABC):
         return None
 
     def describe(self) -> dict:
-        return dict(name=self.name, kind=self.kind, live=self.live, total_frames=self.total_frames,
+        return dict(name=without_credentials(self.name), kind=self.kind, live=self.live, total_frames=self.total_frames,
                     fps=self.fps, state=self.state, **self.stats.as_dict())
 
     def __enter__(self) -> "Source":

@@ -6,24 +6,15 @@ live: every frame is delivered and its end is the end of the source.
 """
 from __future__ import annotations
 
-import re
 from typing import Optional
 from urllib.parse import urlparse
 
+from .base import without_credentials
 from .live import LiveSource, Reconnect
 from .video import first_video_stream, open_container, upright_bgr
 
 SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "tcp", "srt", "rtp")
 _FILE_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi", ".webm")
-_CREDENTIALS = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]*@")
-
-
-def without_credentials(text: str) -> str:
-    """`rtsp://user:secret@cam/1` -> `rtsp://cam/1`, also inside a message: what viewers,
-    metrics and events may show."""
-    return _CREDENTIALS.sub(r"\1", text)
-
-
 def is_url(text: str) -> bool:
     return urlparse(text).scheme.lower() in SCHEMES
 
