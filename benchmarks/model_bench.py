@@ -3,12 +3,11 @@
 The timed region is ONE network forward on an input that is already preprocessed and already on
 the backend's device, with the output left where the backend produces it, synchronised (CUDA) so
 asynchronous work is counted. Decoding, preprocessing, post-processing and host copies are NOT in
-it: that is the number papers and MMDeploy / PaddleOCR tables publish ("model only"). The full
-pipeline number is benchmarks/pipeline_overlap.py's.
+it: the number papers and MMDeploy / PaddleOCR tables publish ("model only"; the full pipeline's
+is benchmarks/pipeline_overlap.py's).
 
-The PyTorch model itself ("what you had before") runs side by side with ONNX Runtime (and CUDA /
-fp16 when a GPU is present), and every row carries the max abs difference of its probability map
-from PyTorch fp32 on CPU on the same real frame, so speed is never shown without correctness.
+PyTorch ("what you had before") runs beside ONNX Runtime (and CUDA / fp16 on a GPU); every row
+carries its probability map's max abs difference from PyTorch fp32 on CPU on the same real frame.
 
     python -m benchmarks.model_bench [--model M.onnx --weights W.pt] [--sizes 320 640] [--batches 1 4]
 """
@@ -364,9 +363,8 @@ def run(model=None, weights=None, sizes=(320, 480, 640, 736), batches=(1, 4), wa
     try:
         rows = sweep(targets, spec, sizes2, batches, warmup, repeats, log=log, cpu_batches=cpu_batches)
     finally:
-        for t in targets:
-            if t.close:
-                t.close()
+        for t in (t for t in targets if t.close):
+            t.close()
     settings = {"sizes": list(sizes), "batches": list(batches), "cpu_batches": list(cpu_batches or batches),
                 "precisions": sorted({"fp32", *variants}), "warmup": warmup, "repeats": repeats,
                 "threads": threads or "backend default", "targets": [t.name for t in targets]}
@@ -389,9 +387,8 @@ def main(argv=None) -> int:
                    help="another ONNX of the same model, e.g. int8=model_int8.onnx")
     p.add_argument("--out", type=Path, help="results folder (default: benchmarks/results/<machine>)")
     a = p.parse_args(argv)
-    bad = [v for v in a.variant if "=" not in v]
-    if bad:
-        p.error(f"--variant {bad[0]!r}: expected PRECISION=PATH, e.g. int8=model_int8.onnx")
+    if any("=" not in v for v in a.variant):
+        p.error(f"--variant expects PRECISION=PATH, e.g. int8=model_int8.onnx, got {a.variant}")
     variants = dict(v.split("=", 1) for v in a.variant)
     paths = run(a.model, a.weights, a.sizes, a.batches, a.warmup, a.repeats, a.threads, variants, a.out,
                 cpu_batches=a.cpu_batches, precisions=a.precisions)

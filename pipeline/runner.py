@@ -22,14 +22,12 @@ import itertools
 import os
 import signal
 import weakref
-from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, List, Optional, Sequence
-
-from engine.errors import InferenceFailed
 
 from .batcher import Batcher
 from .detections import Detections, FrameResult
 from .detector import Detector
+from .detector_steps import DetectorSteps
 from .interrupts import Interrupted, StopSignals
 from .metrics import STAGES, Metrics
 from .sinks import Sink
@@ -38,15 +36,6 @@ from .stages import (END, Aborted, Channel, Control, Stage, hold_switch_interval
                      release_switch_interval)
 
 Callback = Callable[[Frame, Detections], None]
-
-
-@dataclass
-class _Batch:
-    frames: List[Frame]
-    array: object = None
-    letterboxes: list = field(default_factory=list)
-    prob: object = None
-    pending: object = None  # an asynchronous detector's submitted call (Detector.submit)
 
 
 class Pipeline:
@@ -111,12 +100,10 @@ class Pipeline:
         # a detector whose model is on a server submits batch k+1 while k is on the wire; a
         # 'response' stage waits for the results in order
         self._async = bool(getattr(detector, "asynchronous", False))
-        # frames uploaded by the GPU preprocessor stay on the GPU for the read stage's crops
-        self._crops_on_gpu = (getattr(detector, "recognizer", None) is not None
-                              and bool(getattr(detector, "uses_gpu_preprocess", False)))
         stages = STAGES[:2] + ("infer", "response")[:1 + self._async] + STAGES[3:-1]
         self.metrics = Metrics(stages=stages + self._extra_stages() + STAGES[-1:])
         self.control = Control()
+        self._steps = DetectorSteps(detector, self.metrics, self.control, self._async)
         self.interrupted = False
         self._signals = StopSignals(stop_signals, drain=self._interrupt, abort=self.control.abort)
         live = all(s.live for s in self.sources)
@@ -300,14 +287,15 @@ class Pipeline:
                           self.detector.input_size_for)
         decoders = [stage(f"decode:{s.stream}", _stamp(s.stream), self._frames_of(s),
                           self._decoded, metric="decode") for s in self.sources]
-        steps = [stage("preprocess", self._prepare, batches, self._prepared),
-                 stage("infer", self._infer, self._prepared, self._inferred)]
+        work = self._steps
+        steps = [stage("preprocess", work.prepare, batches, self._prepared),
+                 stage("infer", work.infer, self._prepared, self._inferred)]
         if self._async:
-            steps.append(stage("response", self._response, self._inferred, self._responded))
-        steps.append(stage("postprocess", self._postprocess, self._responded, self._results, many=True))
+            steps.append(stage("response", work.response, self._inferred, self._responded))
+        steps.append(stage("postprocess", work.postprocess, self._responded, self._results, many=True))
         results = self._results
         for name in self._extra_stages():  # read, track: FrameResult -> FrameResult
-            fn, outbox = {"read": (self._read_texts, self._read),
+            fn, outbox = {"read": (work.read_texts, self._read),
                           "track": (self._track, self._tracked)}[name]
             steps.append(stage(name, fn, results, outbox))
             results = outbox
@@ -340,61 +328,6 @@ class Pipeline:
             close = getattr(frames, "close", None)
             if close is not None:
                 close()
-
-    def _prepare(self, frames: List[Frame]) -> _Batch:
-        images = [f.image for f in frames]
-        if not self._crops_on_gpu:
-            return _Batch(frames, *self.detector.prepare(images))
-        uploads: list = []  # the frames as uploaded: the read stage crops them on the GPU
-        array, letterboxes = self.detector.prepare(images, device_frames=uploads)
-        for frame, upload in zip(frames, uploads):
-            frame.device_image = upload
-        return _Batch(frames, array, letterboxes)
-
-    def _infer(self, batch: _Batch) -> Optional[_Batch]:
-        array, batch.array = batch.array, None
-        with self._quiet_after_abort():
-            if self._async:
-                batch.pending = self.detector.submit(array)
-                return batch
-            return self._inferred_or_failed(batch, lambda: self.detector.infer(array))
-
-    def _response(self, batch: _Batch) -> Optional[_Batch]:
-        """An asynchronous detector's results, in submission order."""
-        pending, batch.pending = batch.pending, None
-        with self._quiet_after_abort():
-            return self._inferred_or_failed(batch, lambda: self.detector.collect(pending))
-
-    @contextlib.contextmanager
-    def _quiet_after_abort(self):
-        """Once the run aborts, a cancelled engine call is its consequence, not the run's error."""
-        try:
-            yield
-        except Exception:
-            if self.control.aborted.is_set():
-                raise Aborted() from None
-            raise
-
-    def _inferred_or_failed(self, batch: _Batch, call) -> Optional[_Batch]:
-        """The batch with its maps; a call that failed but may recover (a server away) costs
-        its frames, counted in the report, and the run goes on."""
-        try:
-            batch.prob = call()
-        except InferenceFailed as exc:
-            self.metrics.frames_failed(len(batch.frames), str(exc))
-            return None
-        self.metrics.batch_done(len(batch.frames))
-        return batch
-
-    def _postprocess(self, batch: _Batch) -> List[FrameResult]:
-        results = self.detector.postprocess(batch.prob, batch.letterboxes)
-        return [FrameResult(frame, dets) for frame, dets in zip(batch.frames, results)]
-
-    def _read_texts(self, result: FrameResult) -> FrameResult:
-        frame, detections = result
-        image = frame.image if frame.device_image is None else frame.device_image
-        frame.device_image = None  # read: its GPU memory goes back to the pool
-        return FrameResult(frame, self.detector.read(image, detections))
 
     def _track(self, result: FrameResult) -> FrameResult:
         frame, detections = result
