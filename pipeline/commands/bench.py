@@ -28,7 +28,7 @@ MODULES = {
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("which", choices=list(MODULES), help="which benchmark")
+    parser.add_argument("which", nargs="?", choices=list(MODULES), help="which benchmark")
     parser.add_argument("args", nargs=argparse.REMAINDER, help="arguments for that benchmark")
 
 
@@ -37,6 +37,8 @@ def run(args) -> int:
 
     from engine.errors import DbrtError
 
+    if args.which is None:
+        raise DbrtError(f"name a benchmark: {', '.join(MODULES)} (dbrt bench --help)")
     name = MODULES[args.which]
     try:
         module = importlib.import_module(name)
