@@ -1,15 +1,17 @@
 # Two entry points (see README): `make demo` and `make test`. Both create .venv and install
-# everything first. torch is pinned to the CPU build that `pip` finds for this project's machines;
-# the runtime never imports it (only export / training / tests do).
+# everything first. torch (export, training, tests: the runtime never imports it) is pinned, and
+# its CPU build is preferred: PyPI's Linux wheel would pull several GB of CUDA libraries. To train
+# on an NVIDIA GPU, `make install TORCH_INDEX=` takes PyPI's CUDA build instead.
 PY ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 TORCH ?= torch==2.13.0
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 # Triton Inference Server for CPU trials and the tests: the nvidia-pytriton wheel's tritonserver
 # (Python backend) pins numpy < 2, so it gets a virtual environment of its own; its Python-backend
 # models need ONNX Runtime and what dbrt's post-processing imports.
 TRITON_VENV ?= .venv-triton
-TRITON_PACKAGES ?= nvidia-pytriton "numpy<2" onnxruntime opencv-python-headless pyclipper
+TRITON_PACKAGES ?= nvidia-pytriton==0.7.0 "numpy<2" onnxruntime opencv-python-headless pyclipper
 
 .PHONY: install triton-venv demo test bench clean
 
@@ -17,7 +19,8 @@ $(BIN)/.installed: setup.cfg pyproject.toml setup.py Makefile pipeline/postproce
 		pipeline/postprocess/_fillpoly.h pipeline/postprocess/_fill.c pipeline/postprocess/_steps.c
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/python -c "import torch" 2>/dev/null \
+		|| $(BIN)/pip install -q "$(TORCH)" $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 	$(BIN)/pip install -q -e ".[export,dev,bench,serve,triton]"
 	touch $@
 
@@ -44,4 +47,4 @@ bench: install
 	$(BIN)/python -m benchmarks.run_all
 
 clean:
-	rm -rf $(VENV) $(TRITON_VENV) out *.egg-info
+	rm -rf $(VENV) $(TRITON_VENV) out *.egg-info build pipeline/postprocess/*.so
