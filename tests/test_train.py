@@ -1,6 +1,7 @@
 """DB training: targets on hand-made polygons, losses, augmentation, ICDAR folders, a smoke run,
 fine-tuning from its checkpoint and the fp16 shipping path."""
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -545,3 +546,15 @@ def test_resume_refuses_a_config_that_is_not_an_object():
 
     with pytest.raises(TypeError, match="expected a JSON object"):
         TrainConfig.from_dict([1])
+
+
+def test_the_shipped_record_keeps_no_local_folders():
+    from export.train.ship import portable_config
+
+    cfg = {"out_dir": "/home/me/runs/s3", "data": ["/srv/data/real/ic15_tr=0.5", "synth=0.25"],
+           "init": None, "steps": 10}
+    assert portable_config(cfg) == {"out_dir": "s3", "data": ["real/ic15_tr=0.5", "synth=0.25"],
+                                    "init": None, "steps": 10}
+    shipped = json.loads((Path(__file__).parents[1] / "export/assets/dbnet_default.json").read_text())
+    assert "/" not in shipped["train_config"]["out_dir"]
+    assert not any(str(d).startswith("/") for d in shipped["train_config"]["data"])

@@ -84,6 +84,21 @@ def _rel(path) -> str:
     return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
 
 
+def portable_config(cfg: dict) -> dict:
+    """The training config with the machine's folders cut off (they ship with the model):
+    a data source keeps its last two path parts (`real/ic15_tr=0.5`), other paths their name."""
+    def short(value, parts: int):
+        if not isinstance(value, str) or not Path(value.split("=")[0]).is_absolute():
+            return value
+        return "/".join(Path(value).parts[-parts:])
+
+    out = {k: short(v, 1) for k, v in cfg.items()}
+    if "data" in cfg:
+        data = cfg["data"]
+        out["data"] = short(data, 2) if isinstance(data, str) else [short(d, 2) for d in data]
+    return out
+
+
 def _sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
@@ -147,7 +162,7 @@ def ship(checkpoint, spec_changes: Optional[dict] = None, weights: Path = WEIGHT
     if vs_checkpoint > 0.05:
         raise ModelError(f"shipped ONNX differs from the fp32 checkpoint by {vs_checkpoint:.3f} "
                          "(probability units): fp16 storage lost too much")
-    rec = {"checkpoint_step": int(ck.get("step", 0)), "train_config": cfg,
+    rec = {"checkpoint_step": int(ck.get("step", 0)), "train_config": portable_config(cfg),
            "spec": json.loads(spec.to_json()),
            "weights": {"path": _rel(weights), "dtype": "float16",
                        "fp32_tensors": sorted(k for k, v in state.items() if v.dtype == torch.float32),
