@@ -105,6 +105,17 @@ def machine_info() -> dict:
     return info
 
 
+def command_line(module: str, argv: Sequence[str]) -> str:
+    """`python -m MODULE ARGS` as a results file shows it: paths in the checkout relative to it,
+    other absolute paths cut to their last two parts (no machine's folders in the results)."""
+    def shown(arg: str) -> str:
+        path = Path(arg)
+        if not path.is_absolute():
+            return arg
+        return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else "/".join(path.parts[-2:])
+    return " ".join(["python -m", module, *map(shown, argv)])
+
+
 def file_sha256(path, length: int = 16) -> str:
     """Hex digest prefix of a file (to say exactly which model was measured)."""
     digest = hashlib.sha256()

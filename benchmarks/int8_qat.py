@@ -266,7 +266,7 @@ def run(args) -> dict:
                                  fp32_boxes=result.reference_boxes, boxes=result.candidate_boxes,
                                  P=result.precision_score, R=result.recall, hmean=result.hmean,
                                  **training.get(name, {})))
-    command = " ".join(["python -m benchmarks.int8_qat"] + sys.argv[1:])
+    command = common.command_line("benchmarks.int8_qat", sys.argv[1:])
     return dict(command=command, model=described, side=side, calibration=calib_text, steps=args.steps,
                 crop=args.crop,
                 simulation=check, rows=rows, seconds=round(time.perf_counter() - started, 1))

@@ -227,7 +227,7 @@ def run(args, log=print) -> dict:
 
     model = args.model or SHIPPED
     theirs = RapidOcrDetector(args.rapidocr_model, args.threads)
-    report = {"command": " ".join(["python -m benchmarks.peer_accuracy", *sys.argv[1:]]),
+    report = {"command": common.command_line("benchmarks.peer_accuracy", sys.argv[1:]),
               "threads": args.threads, "load_average": {"before": round(os.getloadavg()[0], 2)},
               "rapidocr": {"version": theirs.version, "model": args.rapidocr_model.name,
                            "model_sha256": common.file_sha256(args.rapidocr_model),

@@ -283,7 +283,7 @@ def write_results(args, rows, expected, described, size, load_before, load_after
     verdict = ratio >= TARGET
     watch = _watch_results(rows)
     info = common.machine_info()
-    payload = dict(benchmark="pipeline_overlap", video=str(args.video), frames_expected=expected,
+    payload = dict(benchmark="pipeline_overlap", video=Path(args.video).name, frames_expected=expected,
                    every_frame_processed=complete, model=described,
                    input_size=list(size), threads=args.threads, batch=args.batch, target_ratio=TARGET,
                    meets_target=verdict, inference_only_fps=round(ceiling, 3),

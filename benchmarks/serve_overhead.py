@@ -225,7 +225,7 @@ def write_results(args, video, expected, rows, modes, load_before, load_after) -
     fps = [r["fps"] for r in rows if r["mode"] == modes[0]]
     spread = round((max(fps) - min(fps)) / (sum(fps) / len(fps)), 3)
     info = common.machine_info()
-    payload = dict(benchmark="serve_overhead", video=str(video), frames_expected=expected,
+    payload = dict(benchmark="serve_overhead", video=Path(video).name, frames_expected=expected,
                    every_frame_processed=complete, max_side=args.max_side, threads=args.threads,
                    serve_ratio=serve_ratio, serve_target=SERVE_TARGET,
                    serve_meets_target=serve_ratio >= SERVE_TARGET,

@@ -2,7 +2,8 @@
 around the network (`ModelSpec`: normalisation, resize rule, output, post-processing settings),
 its presets for foreign DB-family models, and the checks of a model's inputs and outputs.
 
-It depends on engine/ only for its error types; engine/ itself knows nothing of DBNet.
+It depends on engine/ for its error types, shape profiles and lazy imports; engine/ itself
+knows nothing of DBNet.
 """
 from .postprocess_config import PostprocessConfig, PostprocessError
 from .spec import PRESETS, ModelSpec, preset, resolve_spec

@@ -1,4 +1,5 @@
-"""dbrt engine: runners (ONNX Runtime, TensorRT) behind one interface, engine build and cache.
+"""dbrt engine: runners (ONNX Runtime, TensorRT, a Triton server's client) behind one interface,
+engine build and cache.
 
 Importing this package imports neither tensorrt nor cupy; backends load them on first use.
 """

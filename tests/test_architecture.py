@@ -25,6 +25,7 @@ ALLOWED = {
     "export": {"engine", "dbnet", "export"},
     "pipeline": {"engine", "dbnet", "pipeline"},
     "cli": {"engine", "dbnet", "export", "pipeline"},
+    "benchmarks": {"engine", "dbnet", "export", "pipeline", "benchmarks"},  # layer 4: all below
 }
 
 
