@@ -38,26 +38,30 @@ def _with_modules(on: bool, impl):
 
 
 def measure(sets: Dict[str, List[np.ndarray]], repeats: int) -> List[dict]:
-    rows = []
-    for config in SETTINGS:
-        impl = ours_impl(config, "cpu")
-        impls = {"C": _with_modules(True, impl), "NumPy": _with_modules(False, impl)}
-        frames, times, same = 0, {label: [] for label in impls}, True
-        for maps in sets.values():
-            outputs = {label: [run(m) for m in maps] for label, run in impls.items()}  # + warm-up
-            same &= compare(outputs["C"], outputs["NumPy"])["identical"]
-            for label, samples in _interleaved_times(impls, maps, repeats).items():
-                times[label].append(_per_frame(samples, len(maps)))
-            frames += len(maps)
-        ms = {label: {k: float(np.mean([t[k] for t in v])) for k in ("median", "cpu")}
-              for label, v in times.items()}
-        rows.append(dict(setting=setting_name(config), map_sets=len(sets), frames=frames,
-                         c_ms=round(ms["C"]["median"], 2), numpy_ms=round(ms["NumPy"]["median"], 2),
-                         c_cpu_ms=round(ms["C"]["cpu"], 2), numpy_cpu_ms=round(ms["NumPy"]["cpu"], 2),
-                         ratio_wall=round(ms["NumPy"]["median"] / ms["C"]["median"], 2),
-                         ratio_cpu=round(ms["NumPy"]["cpu"] / ms["C"]["cpu"], 2),
-                         identical_boxes=bool(same)))
-    return rows
+    try:
+        return [_measure_setting(config, sets, repeats) for config in SETTINGS]
+    finally:
+        compiled._LOADED.clear()  # loaded again, as the process had them, on next use
+
+
+def _measure_setting(config, sets: Dict[str, List[np.ndarray]], repeats: int) -> dict:
+    impl = ours_impl(config, "cpu")
+    impls = {"C": _with_modules(True, impl), "NumPy": _with_modules(False, impl)}
+    frames, times, same = 0, {label: [] for label in impls}, True
+    for maps in sets.values():
+        outputs = {label: [run(m) for m in maps] for label, run in impls.items()}  # + warm-up
+        same &= compare(outputs["C"], outputs["NumPy"])["identical"]
+        for label, samples in _interleaved_times(impls, maps, repeats).items():
+            times[label].append(_per_frame(samples, len(maps)))
+        frames += len(maps)
+    ms = {label: {k: float(np.mean([t[k] for t in v])) for k in ("median", "cpu")}
+          for label, v in times.items()}
+    return dict(setting=setting_name(config), map_sets=len(sets), frames=frames,
+                c_ms=round(ms["C"]["median"], 2), numpy_ms=round(ms["NumPy"]["median"], 2),
+                c_cpu_ms=round(ms["C"]["cpu"], 2), numpy_cpu_ms=round(ms["NumPy"]["cpu"], 2),
+                ratio_wall=round(ms["NumPy"]["median"] / ms["C"]["median"], 2),
+                ratio_cpu=round(ms["NumPy"]["cpu"] / ms["C"]["cpu"], 2),
+                identical_boxes=bool(same))
 
 
 def main(argv=None) -> int:

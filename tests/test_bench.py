@@ -410,3 +410,16 @@ def test_peer_accuracy_skips_what_is_absent(tmp_path, tiny_onnx, monkeypatch):
     assert peer_accuracy.main(["--data", str(tmp_path / "none"), "--val", str(tmp_path / "empty"),
                                "--model", str(tiny_onnx)], log=lines.append) == 2
     assert lines[-1].startswith("peer_accuracy: ") and "empty" in lines[-1]
+
+
+def test_postprocess_compiled_compares_both_paths_and_restores_the_modules(tmp_path, monkeypatch):
+    from benchmarks import postprocess_compiled
+    from pipeline.postprocess import compiled
+
+    if not all(compiled.status().values()):
+        pytest.skip("the C modules are not built here")
+    monkeypatch.setenv("DBRT_RESULTS_DIR", str(tmp_path / "res"))
+    assert postprocess_compiled.main(["--quick", "--repeats", "1", "--no-real"]) == 0
+    payload = json.loads((tmp_path / "res" / "postprocess_compiled.json").read_text())
+    assert len(payload["rows"]) == 8 and all(r["identical_boxes"] for r in payload["rows"])
+    assert all(compiled.status().values())  # the benchmark leaves the modules in use
