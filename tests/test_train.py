@@ -334,7 +334,7 @@ def test_a_checkpoint_cannot_run_code(tmp_path, where):
     marker = "/tmp/dbrt_pwned_by_checkpoint"
     if os.path.exists(marker):
         os.remove(marker)
-    evil = tmp_path / "run" / "last.pt"
+    evil = tmp_path / ("run" if where == "resume" else "elsewhere") / "last.pt"
     evil.parent.mkdir()
     torch.save({"model": _Boom(), "step": 1}, str(evil))
     cfg = TrainConfig(out_dir=str(tmp_path / "run"), width=0.25, steps=2, batch=1, crop=64,
@@ -558,3 +558,57 @@ def test_the_shipped_record_keeps_no_local_folders():
     shipped = json.loads((Path(__file__).parents[1] / "export/assets/dbnet_default.json").read_text())
     assert "/" not in shipped["train_config"]["out_dir"]
     assert not any(str(d).startswith("/") for d in shipped["train_config"]["data"])
+
+
+def _tiny_run(tmp_path, **changes):
+    from export.train.config import TrainConfig
+
+    settings = dict(out_dir=str(tmp_path / "run"), width=0.25, steps=6, batch=1, crop=64,
+                    workers=0, threads=1, log_every=1, save_every=100, keep_every=100)
+    settings.update(changes)
+    return TrainConfig(**settings)
+
+
+def test_ctrl_c_saves_a_resumable_checkpoint_after_the_step(tmp_path, capsys):
+    import os
+    import signal
+
+    import torch
+    from export.train.loop import train
+
+    def interrupt_at_validation(model):
+        os.kill(os.getpid(), signal.SIGINT)  # as a terminal's Ctrl-C, mid-run
+        return {"hmean": 0.1}
+
+    with pytest.raises(KeyboardInterrupt):
+        train(_tiny_run(tmp_path, val_every=3), interrupt_at_validation)
+    assert torch.load(str(tmp_path / "run" / "last.pt"), weights_only=True)["step"] == 3
+    assert "interrupted at step 3" in capsys.readouterr().out
+    train(_tiny_run(tmp_path, resume=True, val_every=3), lambda m: {"hmean": 0.2})
+    log = capsys.readouterr().out
+    assert "resumed from step 3" in log and "step 6/6" in log
+    assert torch.load(str(tmp_path / "run" / "last.pt"), weights_only=True)["step"] == 6
+
+
+def test_a_second_run_into_the_same_folder_is_refused(tmp_path):
+    from engine.errors import ModelError
+    from export.train.loop import train
+
+    train(_tiny_run(tmp_path, steps=1))
+    with pytest.raises(ModelError, match="holds a run already: continue it with --resume"):
+        train(_tiny_run(tmp_path, steps=1))
+
+
+def test_progress_after_a_resume_averages_its_own_steps_and_snapshots_follow_keep_every(tmp_path, capsys):
+    from export.train.loop import train
+
+    train(_tiny_run(tmp_path, steps=4, log_every=2, save_every=1, keep_every=3, time_limit=1e-6))
+    first = capsys.readouterr().out
+    assert "time limit reached at step 1" in first
+    train(_tiny_run(tmp_path, steps=4, log_every=2, save_every=1, keep_every=3, resume=True))
+    resumed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step 2/4")]
+    assert resumed and (tmp_path / "run" / "step_000003.pt").exists()
+    train(_tiny_run(tmp_path, out_dir=str(tmp_path / "whole"), steps=4, log_every=1))
+    whole = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step 2/4")]
+    loss = [float(line.split(" loss ")[1].split()[0]) for line in (resumed[0], whole[0])]
+    assert loss[0] == pytest.approx(loss[1], rel=1e-3)  # step 2's own loss, not half of it

@@ -194,15 +194,98 @@ class _Validator:
             save_best(result)
 
 
+class _Progress:
+    """The progress line every `log_every` steps: mean losses, s/it and the loader's share of
+    the steps since the last line, and the time left (to the last step, or to `time_limit`).
+    Time spent validating and saving is left out of s/it (it would inflate the ETA)."""
+
+    def __init__(self, cfg: TrainConfig, start: int):
+        self.cfg, self.t0 = cfg, time.time()
+        self.last, self.tick, self.paused, self.waited, self.sums = start, time.time(), 0.0, 0.0, {}
+
+    def add(self, terms: dict, waited: float) -> None:
+        self.waited += waited
+        for k, v in terms.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v.detach()
+
+    def pause(self, seconds: float) -> None:
+        self.paused += seconds
+
+    def maybe_log(self, step: int, lr: float) -> None:
+        cfg = self.cfg
+        if step % cfg.log_every and step != cfg.steps:
+            return
+        n = max(1, step - self.last)
+        per = max(time.time() - self.tick - self.paused, 1e-9) / n
+        left = per * (cfg.steps - step)
+        if cfg.time_limit:
+            left = max(0.0, min(left, cfg.time_limit - (time.time() - self.t0)))
+        parts = " ".join(f"{k} {float(v) / n:.4f}" for k, v in self.sums.items())
+        _log(f"step {step}/{cfg.steps} {parts} lr {lr:.2e} {per:.3g} s/it "
+             f"data {100 * self.waited / (per * n):.0f}% eta {left / 60:.1f} min")
+        self.last, self.tick, self.paused, self.waited, self.sums = step, time.time(), 0.0, 0.0, {}
+
+
+class _StopRequest:
+    """SIGINT / SIGTERM during training: the step in progress finishes, last.pt is saved, then
+    KeyboardInterrupt; a second signal interrupts at once. Only in the main thread."""
+
+    def __init__(self):
+        self.signum = None
+        self._previous = {}
+
+    def __enter__(self) -> "_StopRequest":
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+        _log("stopping after this step (again to stop at once) ...")
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _next_batch(batches):
+    """The loader's next batch (None at the end); a worker's error as one line, without the
+    worker's traceback that torch appends to its message."""
+    try:
+        return next(batches, None)
+    except Exception as exc:  # noqa: BLE001 - torch re-raises a worker's error with its type
+        from engine.errors import DbrtError
+
+        if isinstance(exc, DbrtError) and "Original Traceback" in str(exc):
+            raise type(exc)(str(exc).strip().splitlines()[-1].split(": ", 1)[-1]) from None
+        raise
+
+
+def _check_out(out: Path, cfg: TrainConfig) -> None:
+    if not cfg.resume and ((out / "last.pt").exists() or (out / "val.jsonl").exists()):
+        raise ModelError(f"{out} holds a run already: continue it with --resume, or train into "
+                         "a new --out")
+
+
 def train(cfg: TrainConfig, validate: Optional[Validate] = None) -> Path:
     """Train; returns the path of the final checkpoint (out_dir/last.pt). `validate(model)` ->
-    {"hmean": ...} runs every `cfg.val_every` steps and at the end; the best goes to best.pt."""
+    {"hmean": ...} runs every `cfg.val_every` steps and at the end; the best goes to best.pt.
+    SIGINT / SIGTERM save last.pt after the step in progress (resumable), then interrupt."""
     from ..model import DBNet
 
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)
     out = Path(cfg.out_dir)
+    _check_out(out, cfg)
     out.mkdir(parents=True, exist_ok=True)
     ck = _resumable_checkpoint(out / "last.pt", cfg) if cfg.resume and (out / "last.pt").exists() else None
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
@@ -220,6 +303,9 @@ def train(cfg: TrainConfig, validate: Optional[Validate] = None) -> Path:
         ema.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         start = int(ck["step"])
+        if start >= cfg.steps:
+            _log(f"{out} finished at step {start} of {cfg.steps}: nothing to resume")
+            return out / "last.pt"
         _log(f"resumed from step {start}")
     loader = torch.utils.data.DataLoader(
         make_dataset(cfg), batch_size=cfg.batch, sampler=range(start * cfg.batch, cfg.steps * cfg.batch),
@@ -227,50 +313,53 @@ def train(cfg: TrainConfig, validate: Optional[Validate] = None) -> Path:
         persistent_workers=False, prefetch_factor=4 if cfg.workers else None,
         pin_memory=device.type == "cuda")
     validator = _Validator(out, validate)
-    save_best = lambda result: _save(out / "best.pt", ema, model, opt, step, cfg, {"validation": result})  # noqa: E731
+    step, validated = start, -1
+    save = lambda path, **extra: _save(path, ema, model, opt, step, cfg, extra)  # noqa: E731
+    save_best = lambda result: save(out / "best.pt", validation=result)  # noqa: E731
     model.train()
-    averager = _Ema(ema, model)
-    t0, tick, step = time.time(), time.time(), start
-    sums, terms, waited = {}, None, 0.0
+    averager, progress, terms = _Ema(ema, model), _Progress(cfg, start), None
     batches = start_workers(loader)
-    while True:
-        before = time.time()
-        batch = next(batches, None)
-        waited += time.time() - before  # the loader's share of the step time: input-bound?
-        if batch is None:
-            break
-        batch = model_batch(batch, device, channels_last=True)
-        for group in opt.param_groups:
-            group["lr"] = lr_at(cfg, step)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
-            pred = model(batch["image"])
-        terms = db_loss({k: v.float() for k, v in pred.items()}, batch)  # the loss in float32
-        opt.zero_grad(set_to_none=True)
-        terms["loss"].backward()
-        opt.step()
-        averager.update(min(cfg.ema, (1 + step) / (10 + step)))
-        step += 1
-        for k, v in terms.items():
-            sums[k] = sums.get(k, 0.0) + v.detach()
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            n = cfg.log_every if step % cfg.log_every == 0 else step % cfg.log_every
-            per = (time.time() - tick) / n
-            parts = " ".join(f"{k} {float(v) / n:.4f}" for k, v in sums.items())
-            data = 100 * waited / max(time.time() - tick, 1e-9)
-            _log(f"step {step}/{cfg.steps} {parts} lr {lr_at(cfg, step - 1):.2e} "
-                 f"{per:.3g} s/it data {data:.0f}% eta {per * (cfg.steps - step) / 60:.1f} min")
-            sums, tick, waited = {}, time.time(), 0.0
-        if step % cfg.save_every == 0 or step == cfg.steps:
-            _save(out / "last.pt", ema, model, opt, step, cfg)
+    with _StopRequest() as stop:
+        while True:
+            before = time.time()
+            batch = _next_batch(batches)
+            if batch is None:
+                break
+            waited = time.time() - before  # the loader's share of the step time: input-bound?
+            batch = model_batch(batch, device, channels_last=True)
+            for group in opt.param_groups:
+                group["lr"] = lr_at(cfg, step)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
+                pred = model(batch["image"])
+            terms = db_loss({k: v.float() for k, v in pred.items()}, batch)  # the loss in float32
+            opt.zero_grad(set_to_none=True)
+            terms["loss"].backward()
+            opt.step()
+            averager.update(min(cfg.ema, (1 + step) / (10 + step)))
+            step += 1
+            progress.add(terms, waited)
+            progress.maybe_log(step, lr_at(cfg, step - 1))
+            paused = time.time()
+            if step % cfg.save_every == 0 or step == cfg.steps:
+                save(out / "last.pt")
             if step % cfg.keep_every == 0:
-                _save(out / f"step_{step:06d}.pt", ema, model, opt, step, cfg)
-        if cfg.val_every and step % cfg.val_every == 0 and step != cfg.steps:
-            validator(step, ema, save_best)
-        if cfg.time_limit and time.time() - t0 > cfg.time_limit:
-            _log(f"time limit reached at step {step}; saving and stopping")
-            _save(out / "last.pt", ema, model, opt, step, cfg)
-            break
-    validator(step, ema, save_best)
+                save(out / f"step_{step:06d}.pt")
+            if cfg.val_every and step % cfg.val_every == 0 and step != cfg.steps:
+                validator(step, ema, save_best)
+                validated = step
+            progress.pause(time.time() - paused)
+            if stop.signum is not None:
+                save(out / "last.pt")
+                _log(f"interrupted at step {step}; saved {out / 'last.pt'} (continue with --resume)")
+                interrupt = KeyboardInterrupt()
+                interrupt.signum = stop.signum  # the command line's exit status: 130 or 143
+                raise interrupt
+            if cfg.time_limit and time.time() - progress.t0 > cfg.time_limit:
+                _log(f"time limit reached at step {step}; saving and stopping")
+                save(out / "last.pt")
+                break
+    if validated != step:
+        validator(step, ema, save_best)
     if terms is not None and not math.isfinite(float(terms["loss"].detach())):
         print("warning: final loss is not finite", file=sys.stderr)
     return out / "last.pt"
