@@ -612,3 +612,20 @@ def test_progress_after_a_resume_averages_its_own_steps_and_snapshots_follow_kee
     whole = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step 2/4")]
     loss = [float(line.split(" loss ")[1].split()[0]) for line in (resumed[0], whole[0])]
     assert loss[0] == pytest.approx(loss[1], rel=1e-3)  # step 2's own loss, not half of it
+
+
+def test_a_run_resumes_from_another_working_folder(tmp_path, monkeypatch):
+    from pipeline.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["synth", "--dataset", "ds", "--count", "2", "--size", "128x96"]) == 0
+    common = ["--width", "0.25", "--crop", "64", "--batch", "1", "--steps", "3", "--workers", "0",
+              "--threads", "1"]
+    assert main(["train", "--out", "run", "--data", "ds=1", "--data", "synth=1", *common,
+                 "--time-limit", "0.000001"]) == 0
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert all(d == "synth=1" or d.startswith(str(tmp_path)) for d in saved["data"])
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["train", "--out", str(tmp_path / "run"), "--resume"]) == 0

@@ -1,7 +1,8 @@
 """Training settings (torch-free, so the CLI can show defaults without importing torch)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
 from typing import List, Optional, Tuple, Union
 
 
@@ -64,6 +65,18 @@ class TrainConfig:
         if "scale" in values:  # JSON keeps the pair as a list
             values["scale"] = tuple(values["scale"])
         return cls(**values)
+
+    def with_absolute_paths(self) -> "TrainConfig":
+        """The config with its data folders (`DIR=WEIGHT` kept), `val` and `init` absolute, as
+        config.json stores them: a run then resumes from any working folder."""
+        def source(spec: str) -> str:
+            head, sep, tail = spec.rpartition("=")
+            name = head if sep else tail
+            return spec if name == "synth" else str(Path(name).resolve()) + sep + (tail if sep else "")
+
+        data = source(self.data) if isinstance(self.data, str) else [source(d) for d in self.data]
+        paths = {k: str(Path(getattr(self, k)).resolve()) for k in ("val", "init") if getattr(self, k)}
+        return replace(self, data=data, **paths)
 
     @property
     def sources(self) -> List[str]:

@@ -119,7 +119,8 @@ def _resumable_checkpoint(path: Path, cfg: TrainConfig) -> dict:
     """last.pt of the run `cfg` resumes; ModelError when `cfg` would change its recipe midway
     (a config built from defaults instead of the run's own settings)."""
     ck = read_checkpoint(path)
-    differences = cfg.recipe_differences(TrainConfig.from_dict(ck.get("config") or {}))
+    run = TrainConfig.from_dict(ck.get("config") or {"out_dir": cfg.out_dir})
+    differences = cfg.with_absolute_paths().recipe_differences(run.with_absolute_paths())
     if "config" in ck and differences:
         listed = ", ".join(f"{name} {ours!r} (the run: {theirs!r})" for name, ours, theirs in differences)
         raise ModelError(f"{path} belongs to a run with other settings: {listed}; resume it with its "

@@ -156,14 +156,14 @@ def _new_config(args):
     from export.train.config import TrainConfig
 
     data = args.data or ["synth"]
-    return TrainConfig(out_dir=args.out, data=data if len(data) > 1 else data[0],
+    return (TrainConfig(out_dir=args.out, data=data if len(data) > 1 else data[0],
                        scene=args.scene, arch=args.arch, width=args.width,
                        steps=args.steps, batch=args.batch, crop=args.crop, scale=args.scale, lr=args.lr,
                        warmup=min(args.warmup, args.steps), seed=args.seed, workers=args.workers,
                        threads=args.threads, init=args.init, save_every=args.save_every,
                        log_every=args.log_every, time_limit=args.time_limit, device=args.device,
                        amp=args.amp, val_every=args.val_every, val=args.val, val_images=args.val_images,
-                       val_tune=args.val_tune)
+                       val_tune=args.val_tune)).with_absolute_paths()
 
 
 def _as_typed(value) -> str:
@@ -186,8 +186,8 @@ def _resumed_config(args):
     if not (out / "last.pt").is_file() or not saved_path.is_file():
         raise DbrtError(f"--resume: {out} holds no run to continue (needs last.pt and config.json); "
                         "drop --resume to start one")
-    try:
-        cfg = TrainConfig.from_dict(json.loads(saved_path.read_text()))
+    try:  # a run written before paths were stored absolute: relative to this folder, as then
+        cfg = TrainConfig.from_dict(json.loads(saved_path.read_text())).with_absolute_paths()
     except (ValueError, TypeError) as e:
         raise DbrtError(f"--resume: {saved_path} is not a dbrt training config ({e})") from None
     given, names = _new_config(args), set(args.given) | ({"data"} if args.data else set())
