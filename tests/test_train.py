@@ -629,3 +629,19 @@ def test_a_run_resumes_from_another_working_folder(tmp_path, monkeypatch):
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
     assert main(["train", "--out", str(tmp_path / "run"), "--resume"]) == 0
+
+
+def test_init_takes_a_mhliao_style_checkpoint_as_export_does(tmp_path):
+    import torch
+    from export.model import DBNet
+    from export.train.loop import load_weights
+
+    shipped = Path(__file__).parents[1] / "export" / "assets" / "dbnet_default.pt"
+    state = torch.load(str(shipped), weights_only=True)
+    wrapped = {"state_dict": {f"model.module.{k}": v for k, v in state.items()
+                              if not k.endswith(".num_batches_tracked")}}
+    torch.save(wrapped, str(tmp_path / "mh.pth"))
+    model = DBNet("resnet18", width=0.5)
+    load_weights(model, tmp_path / "mh.pth")
+    key = next(k for k in state if state[k].is_floating_point())
+    assert torch.equal(model.state_dict()[key], state[key].float())

@@ -28,7 +28,7 @@ import torch
 
 from engine.errors import ModelError
 
-from ..checkpoint import load_file
+from ..checkpoint import BN_COUNTER, load_file, normalise_keys, unwrap
 from .config import TrainConfig
 from .data import MixedDataset, open_source, parse_source
 from .losses import db_loss
@@ -98,13 +98,11 @@ def read_checkpoint(path) -> dict:
 
 
 def load_weights(model, path) -> None:
-    """Load "model" (EMA) weights of one of our checkpoints, or a bare state dict."""
-    data = read_checkpoint(path)
-    state = data.get("model", data) if isinstance(data, dict) else data
-    if not isinstance(state, dict):
-        raise ModelError(f"{path}: holds no state dict")
+    """Load "model" (EMA) weights of one of our checkpoints, or a state dict as `dbrt export`
+    reads it (MhLiao/DB's `model.module.` keys, `{"state_dict": ...}` wrappers)."""
+    state, _, _ = normalise_keys(unwrap(read_checkpoint(path), str(path)))
     own = model.state_dict()
-    missing = sorted(set(own) - set(state))
+    missing = sorted(k for k in set(own) - set(state) if not k.endswith(BN_COUNTER))
     unexpected = sorted(set(state) - set(own))
     wrong = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
     if missing or unexpected or wrong:
@@ -112,7 +110,8 @@ def load_weights(model, path) -> None:
                   f" (e.g. {(missing + unexpected + wrong)[0]})")
         raise ModelError(f"{path}: weights do not fit {getattr(model, 'arch_name', 'the model')}: "
                          f"{detail}; pass --arch / --width of the run that wrote them")
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()},
+                          strict=False)  # only BatchNorm's batch counters may be absent
 
 
 def _resumable_checkpoint(path: Path, cfg: TrainConfig) -> dict:
