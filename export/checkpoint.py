@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Tuple
 
 from engine.errors import ModelError
@@ -208,6 +209,24 @@ def sidecar_spec(path) -> Optional["ModelSpec"]:
     except (OSError, json.JSONDecodeError) as exc:
         raise ModelError(f"cannot read the checkpoint's metadata {side}: {exc}") from exc
     return ModelSpec.from_json(json.dumps(data["spec"])) if isinstance(data.get("spec"), dict) else None
+
+
+POST_KEYS = ("thresh", "box_thresh", "unclip_ratio")
+
+
+def trained_post_settings(path) -> dict:
+    """The post-processing thresholds a training checkpoint carries: those its tuned validation
+    chose (`dbrt train --val-tune`, in best.pt), else those of the model it started from (the
+    sidecar NAME.json of its --init, as the shipped weights have); {} when neither says."""
+    data = load_file(path)
+    if not isinstance(data, Mapping):
+        return {}
+    tuned = data.get("validation")
+    if isinstance(tuned, Mapping) and all(k in tuned for k in POST_KEYS):
+        return {k: float(tuned[k]) for k in POST_KEYS}
+    init = (data.get("config") or {}).get("init") if isinstance(data.get("config"), Mapping) else None
+    spec = sidecar_spec(init) if init and Path(init).is_file() else None
+    return {k: float(getattr(spec.post, k)) for k in POST_KEYS} if spec is not None else {}
 
 
 def model_from_checkpoint(source, arch: Optional[str] = None, dcn: Optional[bool] = None,

@@ -645,3 +645,17 @@ def test_init_takes_a_mhliao_style_checkpoint_as_export_does(tmp_path):
     load_weights(model, tmp_path / "mh.pth")
     key = next(k for k in state if state[k].is_floating_point())
     assert torch.equal(model.state_dict()[key], state[key].float())
+
+
+def test_an_untuned_checkpoint_ships_and_exports_with_its_init_models_thresholds(tmp_path):
+    import torch
+    from export.checkpoint import trained_post_settings
+
+    shipped = Path(__file__).parents[1] / "export" / "assets" / "dbnet_default.pt"
+    spec = json.loads(shipped.with_suffix(".json").read_text())["spec"]["post"]
+    torch.save({"model": {}, "step": 1, "config": {"init": str(shipped)}}, str(tmp_path / "a.pt"))
+    assert trained_post_settings(tmp_path / "a.pt") == {k: spec[k] for k in
+                                                       ("thresh", "box_thresh", "unclip_ratio")}
+    tuned = {"hmean": 0.5, "thresh": 0.25, "box_thresh": 0.5, "unclip_ratio": 1.1}
+    torch.save({"model": {}, "config": {"init": str(shipped)}, "validation": tuned}, str(tmp_path / "b.pt"))
+    assert trained_post_settings(tmp_path / "b.pt") == {"thresh": 0.25, "box_thresh": 0.5, "unclip_ratio": 1.1}

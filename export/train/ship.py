@@ -181,14 +181,13 @@ POST_DEFAULTS = {"thresh": 0.3, "box_thresh": 0.6, "unclip_ratio": 1.5}
 
 def post_settings(checkpoint, args) -> dict:
     """thresh / box_thresh / unclip_ratio to ship: each as given, else as the checkpoint's tuned
-    validation chose it (`dbrt train --val-tune` records it in best.pt), else the default."""
-    from .loop import read_checkpoint
+    validation chose it (`dbrt train --val-tune` records it in best.pt), else as the model the
+    run started from had them (its --init's NAME.json), else the DB defaults."""
+    from ..checkpoint import trained_post_settings
 
-    data = read_checkpoint(checkpoint)
-    tuned = data.get("validation") if isinstance(data, dict) else None
-    tuned = tuned if isinstance(tuned, dict) else {}
+    trained = trained_post_settings(checkpoint)
     given = {k: getattr(args, k) for k in POST_DEFAULTS}
-    return {k: float(given[k] if given[k] is not None else tuned.get(k, default))
+    return {k: float(given[k] if given[k] is not None else trained.get(k, default))
             for k, default in POST_DEFAULTS.items()}
 
 
@@ -214,7 +213,7 @@ def main(argv=None) -> int:
     p.add_argument("--limit-type", default="min", choices=("min", "max"))
     p.add_argument("--thresh", type=float,
                    help="default: what the checkpoint's tuned validation chose (dbrt train "
-                        "--val-tune), else 0.3")
+                        "--val-tune), else its --init model's, else 0.3")
     p.add_argument("--box-thresh", type=float, help="likewise, else 0.6")
     p.add_argument("--unclip-ratio", type=float, help="likewise, else 1.5")
     p.add_argument("--metrics", help="JSON file of evaluation results to put in the record")

@@ -101,7 +101,7 @@ def _shipped_checkpoint() -> Path:
 
 def _spec(args, model, checkpoint):
     """The checkpoint's own spec (sidecar NAME.json) or DB defaults, then the command's options."""
-    from export.checkpoint import sidecar_spec
+    from export.checkpoint import sidecar_spec, trained_post_settings
     from export.onnx_export import default_spec
 
     changes = {k: v for k, v in dict(limit_side=args.limit_side, thresh=args.thresh,
@@ -113,7 +113,10 @@ def _spec(args, model, checkpoint):
     if base is not None:
         print(f"model settings from {Path(checkpoint).with_suffix('.json')}")
         return base.replace(**changes)
-    return default_spec(model, **changes)
+    trained = trained_post_settings(checkpoint) if checkpoint else {}
+    if trained:  # a training checkpoint: the thresholds its validation chose or its --init had
+        print("post-processing from the checkpoint: " + ", ".join(f"{k} {v:g}" for k, v in trained.items()))
+    return default_spec(model, **{**trained, **changes})
 
 
 def _variants(args, fp32_path: Path, spec) -> list:
