@@ -59,15 +59,15 @@ def add_arguments(parser) -> None:
     setting("--arch", default=d.arch, choices=("resnet18", "resnet34", "resnet50"))
     setting("--width", type=at_least(0.0, float, strict=True), default=d.width,
             help="backbone width multiplier")
-    setting("--steps", type=at_least(1), default=d.steps)
-    setting("--batch", type=at_least(1), default=d.batch)
+    setting("--steps", type=at_least(1), default=d.steps, help="optimiser steps of the whole run")
+    setting("--batch", type=at_least(1), default=d.batch, help="crops per step")
     setting("--crop", type=int, default=d.crop, help="square training crop, pixels")
     setting("--scale", type=scale_range, default=d.scale, metavar="LO,HI",
             help="real folders: random size change, log-uniform in [LO, HI] (the DB paper's "
                  "0.5,3; a lower range trains on smaller text)")
     setting("--lr", type=at_least(0.0, float, strict=True), default=d.lr,
             help="peak AdamW learning rate")
-    setting("--warmup", type=at_least(0), default=d.warmup)
+    setting("--warmup", type=at_least(0), default=d.warmup, help="steps of linear warm-up to --lr")
     setting("--seed", type=int, default=d.seed)
     setting("--workers", type=at_least(0), default=d.workers, help="data-loader processes")
     setting("--threads", type=at_least(1), default=d.threads, help="torch CPU threads")
@@ -90,8 +90,8 @@ def add_arguments(parser) -> None:
                              "that do best on it (the `dbrt eval --tune` grid; the network runs "
                              "once): best.pt is then the best checkpoint at its best thresholds, "
                              "which it records for `export.train.ship`")
-    setting("--save-every", type=at_least(1), default=d.save_every)
-    setting("--log-every", type=at_least(1), default=d.log_every)
+    setting("--save-every", type=at_least(1), default=d.save_every, help="steps between last.pt saves")
+    setting("--log-every", type=at_least(1), default=d.log_every, help="steps between progress lines")
     setting("--time-limit", type=at_least(0.0, float), default=0.0,
             help="stop (and save) after this many seconds; 0 = run all steps")
 
