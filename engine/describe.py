@@ -67,6 +67,9 @@ def describe(path: os.PathLike) -> dict:
         return describe_onnx(path)
     if suffix in ENGINE_SUFFIXES:
         return describe_engine(path)
+    if str(path).startswith("triton://"):
+        raise ModelError(f"cannot describe {path}: dbrt info reads .onnx and .engine files; a "
+                         "served model's inputs and settings are in its config.pbtxt")
     raise ModelError(f"cannot describe {Path(path).name}: expected .onnx, .engine or .plan")
 
 

@@ -80,7 +80,11 @@ class Detector:
             _note_remote_defaults(self.runner, preset)
             self.spec = resolve_spec(self.runner.metadata, preset)
             self.spec = spec(self.spec) if spec is not None else self.spec
-        self.output_name = check_io(self.runner.inputs, self.runner.outputs, self.spec)
+        try:
+            self.output_name = check_io(self.runner.inputs, self.runner.outputs, self.spec)
+        except ModelError as exc:
+            where = getattr(self.runner, "url", None)  # a served model: name the server
+            raise (ModelError(f"{where}: {exc}") if where else exc) from None
         self._range_checked = False
         self.post = DBPostprocessor(self.spec.post)
         self.input_size = self._checked_size(input_size) if input_size else self._fixed_engine_size()

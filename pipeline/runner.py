@@ -24,6 +24,8 @@ import signal
 import weakref
 from typing import Callable, Iterable, Iterator, List, Optional, Sequence
 
+from engine.errors import ModelError
+
 from .batcher import Batcher
 from .detections import Detections, FrameResult
 from .detector import Detector
@@ -80,19 +82,18 @@ class Pipeline:
         self._own_detector = close_detector
         self.detector = detector
         self._run_iter: Optional[weakref.ref] = None
+        self.sources: List[Source] = []
         try:  # what this pipeline was handed to close is closed when it cannot be made
             self.tracker = _tracker(track)  # before the sources open: a missing package fails first
-            self.sources: List[Source] = open_sources(sources, **(source_options or {}))
+            self.sources = open_sources(sources, **(source_options or {}))
+            self.batch = _batch_size(batch, len(self.sources), getattr(detector, "runner", None))
         except BaseException:
             with contextlib.ExitStack() as steps:
                 if close_detector:
                     steps.callback(detector.close)
-                for sink in self.sinks:
-                    steps.callback(sink.close)
+                for item in [*self.sinks, *self.sources]:
+                    steps.callback(item.close)
             raise
-        # default: one frame per source, at least one per parallel session
-        parallelism = getattr(getattr(self.detector, "runner", None), "parallelism", 1)
-        self.batch = batch or max(len(self.sources), parallelism)
         self.batch_timeout = batch_timeout
         self.max_frames = max_frames
         self.switch_interval = switch_interval
@@ -341,6 +342,17 @@ class Pipeline:
         for callback in self.callbacks:
             callback(frame, detections)
         return result
+
+
+def _batch_size(batch: int, sources: int, runner) -> int:
+    """Frames per engine call: as asked, else one per source and at least one per parallel
+    session; never more than a served model's max_batch_size (0: no limit)."""
+    limit = int(getattr(runner, "max_batch", 0) or 0)
+    if batch and limit and batch > limit:
+        raise ModelError(f"--batch {batch}: the model takes at most {limit} frames per call "
+                         "(its max_batch_size)")
+    chosen = batch or max(sources, getattr(runner, "parallelism", 1))
+    return min(chosen, limit) if limit else chosen
 
 
 def _tracker(track):

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from engine.errors import ModelError, ShapeError
+from engine.errors import DbrtWarning, ModelError, ShapeError
 from engine.loader import RunnerOptions
 from engine.triton.options import TritonOptions
 from engine.triton.server import TritonServer, free_port
@@ -127,6 +127,12 @@ def test_shared_memory_the_server_cannot_map_is_one_line_at_start(url, monkeypat
     options = RunnerOptions(triton=TritonOptions(shm="system"))
     with pytest.raises(ModelError, match=r"cannot use system shared memory .* --triton-shm none"):
         Detector(url, options=options)
+    # asked for nothing in particular ("auto"), a local server that cannot map it (a container
+    # without --ipc=host) gets the tensors in the requests, with one warning
+    with pytest.warns(DbrtWarning, match="sending tensors in the requests instead"):
+        with Detector(url, _smaller) as detector:
+            assert detector.runner.shm == "none"
+            detector.detect_batch(_frames()[:1])
 
 
 def test_shapes_the_model_cannot_take_are_refused_before_sending(url):
@@ -280,3 +286,18 @@ def test_dbrt_run_gives_up_with_one_line_when_the_server_stays_away(outage, tmp_
     assert len(err) == 1 and f"lost {outage.url}: gave up after 2 reconnect attempts" in err[0], err
     report = json.loads((out / "report.json").read_text())
     assert report["failed"] >= 1 and report["frames"] >= 5
+
+
+def test_the_batch_follows_the_served_models_max_batch_size(url, tmp_path):
+    from media import FakeDetector
+
+    with Detector(url, _smaller) as detector:  # max_batch_size 8
+        sources = [str(DEMO_VIDEO)] * 9
+        pipe = Pipeline(sources, detector, max_frames=1)
+        assert pipe.batch == 8
+        pipe.close()
+        with pytest.raises(ModelError, match="--batch 9: the model takes at most 8"):
+            Pipeline([str(DEMO_VIDEO)], detector, batch=9)
+    local = Pipeline([str(DEMO_VIDEO)], FakeDetector(), batch=9)
+    assert local.batch == 9  # a local model: no cap
+    local.close()

@@ -154,3 +154,20 @@ def test_a_dots_only_name_deletes_nothing(tmp_path, capsys):
     (tmp_path / "keep").write_text("x")
     assert main(["triton", "export", "--name", "..", "-o", str(tmp_path / "repo")]) == 2
     assert (tmp_path / "keep").is_file() and (tmp_path / "repo" / "kept").is_dir()
+
+
+def test_a_folder_that_is_not_a_triton_model_is_never_replaced(tiny_onnx, tmp_path, capsys):
+    (tmp_path / "repo" / "dbnet").mkdir(parents=True)
+    (tmp_path / "repo" / "dbnet" / "important.py").write_text("x")
+    assert main(["triton", "export", str(tiny_onnx), "-o", str(tmp_path / "repo")]) == 2
+    assert "is not a Triton model folder" in capsys.readouterr().err
+    assert (tmp_path / "repo" / "dbnet" / "important.py").is_file()
+
+
+def test_a_re_export_without_post_processing_removes_the_earlier_ensemble(tiny_onnx, tmp_path):
+    repo = tmp_path / "repo"
+    assert main(["triton", "export", str(tiny_onnx), "-o", str(repo), "--with-postprocess"]) == 0
+    assert (repo / "dbnet_detect" / "config.pbtxt").is_file()
+    assert main(["triton", "export", str(tiny_onnx), "-o", str(repo), "--max-batch", "2"]) == 0
+    assert (repo / "dbnet" / "config.pbtxt").is_file()
+    assert not (repo / "dbnet_detect").exists() and not (repo / "dbnet_postprocess").exists()

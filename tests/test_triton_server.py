@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 import urllib.request
 
 import numpy as np
@@ -73,9 +74,12 @@ def test_nothing_of_the_server_outlives_it(triton_venv, tmp_path, end):
     server's Python-backend stubs behind."""
     server = TritonServer(python_model_repository(tmp_path), venv=str(triton_venv)).start()
     group = server.process.pid
+    regions = sorted(Path("/dev/shm").glob(f"{server._shm_prefix}*"))
+    assert regions  # the Python backend's shared memory carries our name
     getattr(server, end)()
     server.close()
     assert no_process_left(group)
+    assert not any(region.exists() for region in regions)  # a killed server cannot remove them
 
 
 def test_a_server_started_from_a_worker_thread_outlives_the_thread(triton_venv, tmp_path):

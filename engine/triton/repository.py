@@ -178,9 +178,13 @@ def read_config(path: Union[str, Path]):
 def write_model(repository: Union[str, Path], config, files: Mapping[str, Union[Path, bytes, str]] = (),
                 version: int = 1) -> Path:
     """REPO/NAME/config.pbtxt and REPO/NAME/VERSION/<files> (file name -> source path, bytes or
-    text); an existing model folder of that name is replaced. Returns the model folder."""
+    text); an existing model folder of that name (one with a config.pbtxt) is replaced, any
+    other folder or file there is refused. Returns the model folder."""
     folder = Path(repository) / check_name(config.name)
-    if folder.exists():
+    if folder.exists() or folder.is_symlink():
+        if folder.is_symlink() or not (folder / "config.pbtxt").is_file():
+            raise RepositoryError(f"{folder} exists and is not a Triton model folder (no "
+                                  "config.pbtxt): not replaced; choose another --name or -o")
         shutil.rmtree(folder)
     (folder / str(version)).mkdir(parents=True)
     files: Dict[str, Union[Path, bytes, str]] = dict(files)

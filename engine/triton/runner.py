@@ -16,13 +16,14 @@
 from __future__ import annotations
 
 import threading
+import warnings
 from concurrent.futures import Future
 from typing import Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
 from ..base import Runner, TensorInfo
-from ..errors import InferenceFailed, ModelError, ShapeError
+from ..errors import DbrtWarning, InferenceFailed, ModelError, ShapeError
 from ..lazy import require
 from .model_info import ModelInfo, read_model_info
 from .options import TritonOptions, TritonUrl
@@ -91,19 +92,32 @@ class TritonRunner(Runner):
             call.cancel()
 
     def _slots(self) -> SlotPool:
-        """The request slots, their shared memory checked with the server once."""
+        """The request slots, their shared memory checked with the server once. With
+        `shm="auto"`, a local server that cannot map this machine's shared memory (a container
+        without --ipc=host) gets the tensors in the requests instead, with one warning."""
         try:
-            pool = SlotPool(memory(self.shm, self._client, self.options.connect_timeout),
-                            self.options.inflight, self.url.model)
-            pool.probe()
+            return self._checked_pool(self.shm)
         except ModelError as exc:
-            raise ModelError(f"{self.url}: {exc}") from None
+            if self.options.shm != "auto" or self.shm == "none":
+                raise ModelError(f"{self.url}: {exc}") from None
+            warnings.warn(f"{self.url}: the server cannot use this machine's shared memory "
+                          f"({_first_line(exc)}); sending tensors in the requests instead "
+                          "(--triton-shm none says so up front)", DbrtWarning, stacklevel=2)
+            self.shm = "none"
+            return self._checked_pool("none")
+
+    def _checked_pool(self, kind: str) -> SlotPool:
+        pool = SlotPool(memory(kind, self._client, self.options.connect_timeout),
+                        self.options.inflight, self.url.model)
+        pool.probe()
         return pool
 
     def _deactivate(self) -> None:
         try:
-            if self._pool is not None:
-                self._pool.close(drain_timeout=self.options.timeout)
+            if self._pool is not None:  # an aborted run does not wait for the server
+                aborted = self._cancelled.is_set()
+                self._pool.close(drain_timeout=0 if aborted else self.options.timeout,
+                                 unregister=not aborted)
         finally:
             self._client.close()
 
@@ -268,6 +282,9 @@ class TritonRunner(Runner):
             if self._healthy.is_set():
                 return
             retries = self.options.retries
+            if retries == 0:
+                raise ModelError(f"lost {self.url}: gave up at once (--reconnect 0; last: "
+                                 f"{self._last_error})")
             if retries is not None and self._failed_in_a_row > retries:
                 raise ModelError(f"lost {self.url}: gave up after {self._failed_in_a_row} outages in a "
                                  f"row (the server came back each time, but requests failed again; "

@@ -31,14 +31,17 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from itertools import count
 from pathlib import Path
 from typing import Optional, Sequence
 
 from ..errors import DbrtError
 
+_SERVERS = count()  # a serial per server of this process (their shared memory names)
+
 DEFAULT_VENV = ".venv-triton"
 VENV_HINT = "make triton-venv (or: python3 -m venv .venv-triton && .venv-triton/bin/pip install " \
-            "nvidia-pytriton 'numpy<2' onnxruntime opencv-python-headless pyclipper)"
+            "nvidia-pytriton==0.7.0 'numpy<2' onnxruntime opencv-python-headless pyclipper)"
 
 
 class TritonServerError(DbrtError):
@@ -193,6 +196,9 @@ class TritonServer:
         self.verbose = verbose
         self.extra_args = list(extra_args)
         self._workdir: Optional[Path] = None
+        # the Python backend's shared memory regions get a name of ours, so that those of a
+        # killed server (which cannot remove them itself) are found and removed by stop()
+        self._shm_prefix = f"dbrt_triton_{os.getpid()}_{next(_SERVERS)}_"
         self.log_path = Path(log) if log else None
         self._log_file = None
         self.process: Optional[subprocess.Popen] = None
@@ -220,7 +226,8 @@ class TritonServer:
                f"--http-port={self.http_port}", f"--grpc-address={self.host}",
                f"--grpc-port={self.grpc_port}", f"--metrics-address={self.host}",
                f"--metrics-port={self.metrics_port}", "--allow-metrics=true",
-               f"--log-verbose={self.verbose}", "--exit-on-error=true", "--strict-readiness=true"]
+               f"--log-verbose={self.verbose}", "--exit-on-error=true", "--strict-readiness=true",
+               f"--backend-config=python,shm-region-prefix-name={self._shm_prefix}"]
         if self.models:
             cmd.append("--model-control-mode=explicit")
             cmd += [f"--load-model={name}" for name in self.models]
@@ -306,6 +313,8 @@ class TritonServer:
             self._log_file = None
         if self._workdir is not None:
             shutil.rmtree(self._workdir / "backends", ignore_errors=True)
+        for region in Path("/dev/shm").glob(f"{self._shm_prefix}*"):
+            region.unlink(missing_ok=True)  # left by a server that was killed
         return code
 
     def kill(self) -> None:

@@ -189,27 +189,32 @@ class SlotPool:
                 pass
             self.mem.register(region)
 
-    def close(self, drain_timeout: float) -> None:
-        """Wait (bounded) for requests in flight, then unregister and free every region."""
+    def close(self, drain_timeout: float, unregister: bool = True) -> None:
+        """Wait (bounded) for requests in flight, then unregister and free every region. After
+        one unregister fails (the server is gone or hung), or with `unregister=False` (a run
+        aborted), only our side is freed: each call would wait for the server's timeout."""
         for _ in self.slots:
             try:
                 self._free.get(timeout=drain_timeout)
             except queue.Empty:
                 break
         for region in self._regions():
-            self._drop(region)
+            unregister = self._drop(region, unregister)
         for slot in self.slots:
             slot.regions.clear()
 
     def _regions(self) -> List[Region]:
         return [r for slot in self.slots for r in slot.regions.values()]
 
-    def _drop(self, region: Region) -> None:
+    def _drop(self, region: Region, unregister: bool = True) -> bool:
+        """Free a region (unregistered first when asked); whether unregistering still works."""
         try:
-            self.mem.unregister(region)
+            if unregister:
+                self.mem.unregister(region)
         except Exception:  # noqa: BLE001 - the server may be gone; free our side anyway
-            pass
+            unregister = False
         self.mem.destroy(region)
+        return unregister
 
 
 def _line(exc: BaseException) -> str:

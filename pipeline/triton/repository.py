@@ -149,4 +149,8 @@ def export_repository(repository, summary: OnnxSummary, spec: ModelSpec, export:
     folders = [network]
     if export.with_postprocess:
         folders += write_postprocess(repository, network, spec, export)
+    else:  # an earlier export's ensemble would serve stale settings, or stop the server
+        for stale in (f"{export.name}_postprocess", f"{export.name}_detect"):
+            if (repository / stale / "config.pbtxt").is_file():
+                shutil.rmtree(repository / stale)
     return folders
