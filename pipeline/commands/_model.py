@@ -19,6 +19,25 @@ def runner_options(args):
                          triton=triton_options(args))
 
 
+def add_triton_arguments(parser) -> None:
+    """The --triton-* flags of a command that takes a triton:// --model."""
+    from ._validate import at_least
+
+    tr = parser.add_argument_group("Triton Inference Server (--model triton://...)")
+    tr.add_argument("--triton-shm", choices=("auto", "system", "cuda", "none"),
+                    help="how tensors reach the server: system / CUDA shared memory (server on "
+                         "this machine) or inside the gRPC messages; default auto: system "
+                         "shared memory for 127.0.0.1 / localhost (if the server can map it), "
+                         "else none")
+    tr.add_argument("--triton-inflight", type=at_least(1),
+                    help="requests in flight at once (default 2): the next batch is sent "
+                         "while one is on its way")
+    tr.add_argument("--triton-timeout", type=at_least(0.0, float, strict=True),
+                    help="seconds allowed per request (default 60); a request that fails or "
+                         "times out costs its frames (counted in report.json) and the server "
+                         "is probed with the --reconnect back-off")
+
+
 def triton_options(args):
     """TritonOptions for a triton:// --model (None otherwise; a --triton-* flag without one is
     an error naming the flag)."""

@@ -1,6 +1,7 @@
 """`dbrt eval`: precision / recall / hmean of a model on a dataset (ICDAR 2015 protocol)."""
 from __future__ import annotations
 
+from ._model import add_triton_arguments
 from ._validate import DEVICES, at_least, between, output_file, output_folder, side_length
 
 NAME = "eval"
@@ -15,7 +16,8 @@ gt_img_N.txt) or a Total-Text folder. Prints per-image and overall numbers; --js
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--model", help="ONNX model or TensorRT engine (default: the shipped model)")
+    parser.add_argument("--model", help="ONNX model, TensorRT engine or triton://HOST[:PORT]/NAME "
+                                        "(default: the shipped model)")
     parser.add_argument("--dataset", required=True, help="gt.json, or an ICDAR2015 / Total-Text folder")
     parser.add_argument("--gt", help="folder of ground-truth files, when not found next to the images")
     parser.add_argument("--format", default="auto", choices=("auto", "json", "icdar2015", "totaltext"))
@@ -24,6 +26,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--device", default="auto", choices=DEVICES, help="where the model runs")
     parser.add_argument("--threads", type=at_least(0), default=0,
                         help="CPU inference threads (0: backend default)")
+    add_triton_arguments(parser)
     model = parser.add_argument_group("pre- and post-processing (default: the model's own settings)")
     model.add_argument("--limit-side", type=side_length,
                        help="resize: short side (min) / long-side cap (max)")

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+from ._model import add_triton_arguments
 from ._validate import (DEVICES, at_least, broker_url, input_size, listen_address, output_folder,
                         side_length)
 
@@ -41,18 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--ort-spin", choices=("on", "off"),
                    help="ONNX Runtime: idle inference threads busy-wait (on) or sleep (off); "
                         "default: ONNX Runtime's (on)")
-    tr = p.add_argument_group("Triton Inference Server (--model triton://...)")
-    tr.add_argument("--triton-shm", choices=("auto", "system", "cuda", "none"),
-                    help="how tensors reach the server: system / CUDA shared memory (server on "
-                         "this machine) or inside the gRPC messages; default auto: system "
-                         "shared memory for 127.0.0.1 / localhost, else none")
-    tr.add_argument("--triton-inflight", type=at_least(1),
-                    help="requests in flight at once (default 2): the next batch is sent "
-                         "while one is on its way")
-    tr.add_argument("--triton-timeout", type=at_least(0.0, float, strict=True),
-                    help="seconds allowed per request (default 60); a request that fails or "
-                         "times out costs its frames (counted in report.json) and the server "
-                         "is probed with the --reconnect back-off")
+    add_triton_arguments(p)
     t = p.add_argument_group("reading text")
     t.add_argument("--read", action="store_true",
                    help="read the text in every polygon (PP-OCR rec from the rapidocr wheel: "
