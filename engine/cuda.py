@@ -99,6 +99,12 @@ class CupyBackend:
     def launch(self, graph, stream) -> None:
         graph.launch(stream)
 
+    def clear_error(self) -> None:
+        """Reset CUDA's sticky-free last error (a failed capture leaves one behind)."""
+        get_last_error = getattr(self.cp.cuda.runtime, "getLastError", None)
+        if get_last_error is not None:
+            get_last_error()
+
     # -- device ---------------------------------------------------------------------------
     def device_info(self) -> DeviceInfo:
         device = self.cp.cuda.Device()

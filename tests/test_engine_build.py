@@ -248,3 +248,40 @@ def test_the_double_computes_what_pytorch_computes(trt, tiny_onnx, tmp_path, rng
         got = np.asarray(runner.infer(batch)["prob"])
     assert got.shape == expected.shape
     np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_a_deformable_model_builds_once_the_plugin_library_is_initialised(monkeypatch, tmp_path):
+    """TensorRT's ONNX parser imports DeformConv as the ModulatedDeformConv2d plugin, which is
+    in the plugin registry only after init_libnvinfer_plugins: the build must call it first."""
+    pytest.importorskip("torch")
+    import trt_double
+    from export.model import DBNet
+    from export.onnx_export import export_onnx
+
+    onnx_path = tmp_path / "dcn.onnx"
+    export_onnx(DBNet("resnet18", width=0.25, dcn=True).eval(), onnx_path, opset=19,
+                example_shape=(1, 3, 64, 64), parity_shapes=None)
+    trt10 = trt_double.install(monkeypatch, "10.x")
+    logger = trt10.Logger()
+    network = trt10.Builder(logger).create_network(0)
+    parser = trt10.OnnxParser(network, logger)
+    assert not parser.parse(onnx_path.read_bytes())
+    assert "plugin was not found" in parser.get_error(0).desc()
+    data = build_engine(onnx_path, BuildOptions(profile=ShapeProfile((1, 3, 64, 64), (1, 3, 64, 64),
+                                                                      (1, 3, 96, 96))))
+    assert data
+
+
+def test_a_fixed_profile_on_a_dynamic_model_and_a_loader_on_a_static_one(trt, tiny_onnx, tmp_path):
+    """min == max still needs an optimisation profile when the ONNX input is dynamic; a
+    profile loader (what Detector passes) is ignored for a static input, not called on it."""
+    import onnx
+
+    fixed = ShapeProfile((1, 3, 64, 64), (1, 3, 64, 64), (1, 3, 64, 64))
+    assert build_engine(tiny_onnx, BuildOptions(profile=fixed))
+    model = onnx.load(str(tiny_onnx))
+    for dim, value in zip(model.graph.input[0].type.tensor_type.shape.dim, (1, 3, 64, 64)):
+        dim.dim_value = value  # clears dim_param
+    static = tmp_path / "static.onnx"
+    onnx.save(model, str(static))
+    assert build_engine(static, BuildOptions(profile=lambda metadata: fixed))

@@ -149,6 +149,21 @@ def test_cuda_graph_replay_per_shape(trt, tiny_onnx, tmp_path, rng):
     assert backend.launches == 6                           # every call replays a graph
 
 
+def test_a_failed_capture_runs_that_shape_without_a_graph(trt, tiny_onnx, tmp_path, rng, caplog):
+    """CUDA invalidates a capture that an enqueue broke, and end_capture raises: that shape then
+    runs by plain enqueue on its own context, once warned, every later call too."""
+    engine = tmp_path / "m.engine"
+    build_engine_file(tiny_onnx, engine, BuildOptions(profile=SMALL))
+    backend = CountingBackend()
+    backend.fail_capture = True
+    with TensorRTRunner(engine, cuda_graph=True, backend=backend) as runner:
+        for _ in range(2):
+            batch = rng.random((1, 3, 64, 64), dtype=np.float32)
+            np.testing.assert_allclose(runner.infer(batch)["prob"], ort_prob(tiny_onnx, batch), atol=1e-5)
+    assert backend.launches == 0
+    assert sum("capture failed" in r.getMessage() for r in caplog.records) == 1
+
+
 def test_threads_get_their_own_context(trt, tiny_onnx, tmp_path, rng):
     engine = tmp_path / "m.engine"
     build_engine_file(tiny_onnx, engine, BuildOptions(profile=SMALL))
@@ -232,3 +247,22 @@ def test_hardware_compatible_engine_runs_on_another_ampere_plus_gpu(trt, tiny_on
         TensorRTRunner(plain).activate()
     with TensorRTRunner(portable) as runner:
         assert runner.infer(np.zeros((1, 3, 32, 32), np.float32))["prob"].shape == (1, 1, 32, 32)
+
+
+@pytest.mark.parametrize("built, here, runs", [
+    ("10.3.0", "10.8.0", True), ("8.6.1", "10.3.0", True), ("10.3.0", "11.1.0", True),
+    ("8.6.1", "11.1.0", False), ("10.8.0", "10.3.0", False), ("11.1.0", "10.8.0", False)])
+def test_version_compatible_engines_follow_the_support_matrix(built, here, runs):
+    from engine.tensorrt.record import version_compatible_runs
+
+    assert version_compatible_runs(built, here) is runs
+
+
+def test_the_cache_key_tells_build_settings_apart():
+    from engine.tensorrt.cache import cache_key
+
+    device = fake_cuda.DEVICE
+    plain = cache_key("abc", "fp16", SMALL, "10.3.0", device)
+    assert plain == cache_key("abc", "fp16", SMALL, "10.3.0", device, build={})
+    assert plain != cache_key("abc", "fp16", SMALL, "10.3.0", device,
+                              build={"hardware_compatible": True})

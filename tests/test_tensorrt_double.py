@@ -112,7 +112,7 @@ def test_runtime_semantics(tiny_onnx, rng):
     x, y = fake_cuda.to_device(batch), fake_cuda.device_empty((1, 1, 64, 96), np.float32)
     assert not context.execute_async_v3(0)                           # no addresses yet
     context.set_tensor_address("images", x.ctypes.data)
-    context.set_tensor_address("prob", 12345)                        # not device memory
+    context.set_tensor_address("prob", 256 * 12345)                  # not device memory
     assert not context.execute_async_v3(0)
     assert "illegal memory access" in logger.messages[-1][1]
     context.set_tensor_address("prob", y.ctypes.data)

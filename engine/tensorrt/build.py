@@ -132,7 +132,9 @@ def _input_profile(network, requested, summary: OnnxSummary) -> ShapeProfile:
                          f"{summary.path.name} has {network.num_inputs}")
     dims = tuple(int(d) for d in network.get_input(0).shape)
     if all(d >= 0 for d in dims):
-        if requested is not None and (requested.min != dims or requested.max != dims):
+        # a loader's profile (the metadata's resize rule) does not apply to a static input
+        if requested is not None and not callable(requested) and (
+                requested.min != dims or requested.max != dims):
             raise ShapeError(f"{summary.path.name} has a static input {dims}; it cannot take "
                              f"the profile {requested.describe()}")
         return ShapeProfile.static(dims)
@@ -149,11 +151,12 @@ def _input_profile(network, requested, summary: OnnxSummary) -> ShapeProfile:
     return requested
 
 
-def _add_profile(builder, config, name: str, profile: ShapeProfile) -> None:
+def _add_profile(builder, config, name: str, profile: ShapeProfile, calibrate: bool) -> None:
     trt_profile = builder.create_optimization_profile()
     trt_profile.set_shape(name, profile.min, profile.opt, profile.max)
     config.add_optimization_profile(trt_profile)
-    if hasattr(config, "set_calibration_profile"):  # weak typing: calibrate at the opt shape
+    # implicit INT8 calibration at the opt shape (deprecated since 10.1: only when calibrating)
+    if calibrate and hasattr(config, "set_calibration_profile"):
         config.set_calibration_profile(trt_profile)
 
 
@@ -243,14 +246,18 @@ def build_engine(onnx_path: os.PathLike, options: BuildOptions = BuildOptions(),
         raise ModelError(f"hardware-compatible engines must be built on an Ampere or newer GPU; "
                          f"this one is {device}")
     logger = capturing_logger(trt)
+    if hasattr(trt, "init_libnvinfer_plugins"):  # the parser finds DeformConv's plugin there
+        trt.init_libnvinfer_plugins(logger, "")
     builder = trt.Builder(logger)
     network = builder.create_network(_network_flags(trt, plan.strongly_typed))
-    parser = parse_onnx(trt, network, logger, summary)  # noqa: F841 - owns the weights
+    parser = parse_onnx(trt, network, logger, summary)  # owns the weights until the build
     profile = _input_profile(network, options.profile, summary)
     config = builder.create_builder_config()
     _configure(trt, config, options, plan)
-    if profile.min != profile.max:
-        _add_profile(builder, config, network.get_input(0).name, profile)
+    if any(d < 0 for d in network.get_input(0).shape):  # a dynamic input needs a profile,
+        _add_profile(builder, config, network.get_input(0).name, profile, plan.calibrate)  # fixed or not
+    if options.version_compatible and hasattr(parser, "get_used_vc_plugin_libraries"):
+        config.plugins_to_serialize = parser.get_used_vc_plugin_libraries()  # DCN's plugin
     calibrator = _attach_calibrator(trt, config, options, profile, backend) if plan.calibrate else None
     _use_timing_cache(config, options.timing_cache)
     data = _run_build(trt, builder, network, config, progress, logger, summary.path.name)

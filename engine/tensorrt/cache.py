@@ -46,11 +46,23 @@ def timing_cache_path(tensorrt_version: str, device: DeviceInfo) -> Path:
 
 
 def cache_key(onnx_sha256: str, precision: str, profile: Optional[ShapeProfile],
-              tensorrt_version: str, device: DeviceInfo, strongly_typed: bool = False) -> str:
+              tensorrt_version: str, device: DeviceInfo, strongly_typed: bool = False,
+              build: Optional[dict] = None) -> str:
+    """`build`: the other build settings that change the engine (compatibility, optimisation
+    level, workspace, calibration data), so that a cached engine is reused only for the same."""
     fields = {"onnx": onnx_sha256, "precision": precision, "strongly_typed": strongly_typed,
               "profile": profile.to_dict() if profile else None, "tensorrt": tensorrt_version,
-              "gpu": device.name, "cc": device.compute_capability}
+              "gpu": device.name, "cc": device.compute_capability, **(build or {})}
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _build_settings(options: BuildOptions) -> dict:
+    # calibration data is a function: keyed by whether there is one and by its cache file
+    calibration = options.calibration is not None
+    return {"version_compatible": options.version_compatible,
+            "hardware_compatible": options.hardware_compatible, "opt_level": options.opt_level,
+            "workspace": options.workspace, "calibrated": calibration,
+            "calibration_cache": str(options.calibration_cache) if options.calibration_cache else None}
 
 
 def cached_engine_path(onnx_path: os.PathLike, options: BuildOptions = BuildOptions(),
@@ -64,7 +76,7 @@ def cached_engine_path(onnx_path: os.PathLike, options: BuildOptions = BuildOpti
     plan = plan_precision(has_weak_typing(trt), options.precision, summary.precision,
                           options.strongly_typed, has_strongly_typed_flag(trt), trt.__version__)
     key = cache_key(summary.sha256, plan.precision, options.profile, trt.__version__,
-                    backend.device_info(), plan.strongly_typed)
+                    backend.device_info(), plan.strongly_typed, _build_settings(options))
     return cache_dir() / f"{_slug(Path(onnx_path).stem)}-{plan.precision}-{key}.engine"
 
 

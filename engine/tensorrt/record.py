@@ -21,6 +21,18 @@ from ..shapes import ShapeProfile
 FORMAT = 1
 
 
+# across major versions TensorRT runs version-compatible engines of these majors only
+_CROSS_MAJOR = {(8, 10), (10, 11)}
+
+
+def version_compatible_runs(built: str, here: str) -> bool:
+    """Whether a version-compatible engine built by TensorRT `built` runs on `here`."""
+    b, h = _release(built), _release(here)
+    if not b or not h or h < b:
+        return False
+    return b[0] == h[0] or (b[0], h[0]) in _CROSS_MAJOR
+
+
 def _release(version: str) -> tuple:
     """'10.3.0.26' -> (10, 3, 0, 26), for ordering versions (never for feature checks)."""
     return tuple(int(p) for p in re.findall(r"\d+", version))
@@ -90,13 +102,14 @@ class EngineRecord:
     def mismatches(self, tensorrt_version: str, device: DeviceInfo) -> list:
         """Human-readable reasons this engine cannot run here (empty when it can).
 
-        Version-compatible engines run on the same or a later TensorRT; hardware-compatible
-        ones on any Ampere or newer GPU (TensorRT's own rules).
+        Version-compatible engines run on a later TensorRT of the same major version, and
+        across majors only 8 -> 10 and 10 -> 11; hardware-compatible ones on any Ampere or newer
+        GPU (TensorRT's own rules, support matrix).
         """
         reasons = []
         if self.tensorrt_version != tensorrt_version and not (
                 self.builder.get("version_compatible")
-                and _release(tensorrt_version) >= _release(self.tensorrt_version)):
+                and version_compatible_runs(self.tensorrt_version, tensorrt_version)):
             reasons.append(f"it was built with TensorRT {self.tensorrt_version}, "
                            f"this machine has TensorRT {tensorrt_version}")
         if self.compute_capability != device.compute_capability and not (

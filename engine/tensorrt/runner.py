@@ -30,7 +30,11 @@ from .logger import capturing_logger, log
 
 @dataclass
 class _Graph:
+    """One captured shape: TensorRT keeps shape-dependent state in the execution context, so a
+    graph is replayed only on the context it was captured on, which keeps that shape for good."""
+
     graph: object
+    context: object               # this shape's own execution context
     inputs: Dict[str, object]     # fixed device buffers the graph reads
     outputs: Dict[str, object]    # fixed device buffers the graph writes
 
@@ -150,46 +154,55 @@ class TensorRTRunner(Runner):
         backend = self.backend
         backend.wait_for_caller(state.stream)  # inputs may come from the caller's stream
         shapes = {t.name: tuple(int(d) for d in feed[t.name].shape) for t in self._inputs}
-        self._set_shapes(state, shapes)
         if self.cuda_graph:
             outputs = self._infer_graph(state, feed, shapes)
         else:
+            self._set_shapes(state, shapes)
             inputs = {t.name: self._device_input(t, feed[t.name], state.stream) for t in self._inputs}
-            outputs = self._new_outputs(state)
-            self._bind(state, inputs, outputs)
-            self._execute(state)
+            outputs = self._new_outputs(state.context)
+            self._bind(state.context, inputs, outputs)
+            self._execute(state.context, state.stream)
         backend.synchronize(state.stream)  # outputs are complete when returned
         return outputs
 
     def _set_shapes(self, state: _ThreadState, shapes: Dict[str, Tuple[int, ...]]) -> None:
         for name, shape in shapes.items():
             if state.shapes.get(name) != shape:
-                if not state.context.set_input_shape(name, shape):
-                    raise ShapeError(f"TensorRT rejected input {name!r} shape {shape}: "
-                                     f"{self._logger.last_errors()}")
+                self._set_shape(state.context, name, shape)
                 state.shapes[name] = shape
+
+    def _set_shape(self, context, name: str, shape: Tuple[int, ...]) -> None:
+        if not context.set_input_shape(name, shape):
+            raise ShapeError(f"TensorRT rejected input {name!r} shape {shape}: "
+                             f"{self._logger.last_errors()}")
 
     def _device_input(self, info: TensorInfo, array, stream):
         """The device buffer TensorRT reads: the caller's CuPy array itself when it already has
         the right dtype and layout (zero copy), else a copy made on our stream."""
         backend = self.backend
         if (backend.is_device_array(array) and array.dtype == np.dtype(info.dtype)
-                and array.flags.c_contiguous):
-            return array
+                and array.flags.c_contiguous and backend.pointer(array) % 256 == 0):
+            return array  # a view into a larger buffer may be unaligned: copied then
         buffer = backend.empty(array.shape, info.dtype)
         backend.copy_into(buffer, array, stream)
         return buffer
 
-    def _new_outputs(self, state: _ThreadState) -> Dict[str, object]:
-        return {t.name: self.backend.empty(tuple(state.context.get_tensor_shape(t.name)), t.dtype)
+    def _new_outputs(self, context) -> Dict[str, object]:
+        return {t.name: self.backend.empty(tuple(context.get_tensor_shape(t.name)), t.dtype)
                 for t in self._outputs}
 
-    def _bind(self, state: _ThreadState, inputs: Mapping, outputs: Mapping) -> None:
+    def _bind(self, context, inputs: Mapping, outputs: Mapping) -> None:
         for name, array in list(inputs.items()) + list(outputs.items()):
-            state.context.set_tensor_address(name, self.backend.pointer(array))
+            pointer = self.backend.pointer(array)
+            if pointer % 256:  # TensorRT's documented alignment for every I/O address
+                raise DbrtError(f"TensorRT needs 256-byte aligned buffers; {name!r} is at "
+                                f"{pointer:#x}")
+            if context.set_tensor_address(name, pointer) is False:
+                raise DbrtError(f"TensorRT refused the address of {name!r}: "
+                                f"{self._logger.last_errors()}")
 
-    def _execute(self, state: _ThreadState) -> bool:
-        ok = state.context.execute_async_v3(self.backend.stream_handle(state.stream))
+    def _execute(self, context, stream) -> bool:
+        ok = context.execute_async_v3(self.backend.stream_handle(stream))
         if not ok:
             raise DbrtError(f"TensorRT execution failed: {self._logger.last_errors()}")
         return ok
@@ -206,26 +219,36 @@ class TensorRTRunner(Runner):
         if entry.graph is not None:
             self.backend.launch(entry.graph, state.stream)
         else:  # capture failed once for this shape: plain enqueue on the fixed buffers
-            self._bind(state, entry.inputs, entry.outputs)
-            self._execute(state)
+            self._execute(entry.context, state.stream)
         return {name: self.backend.copy(buf, state.stream) for name, buf in entry.outputs.items()}
 
     def _capture(self, state: _ThreadState, shapes) -> _Graph:
-        """trtexec's recipe: bind fixed buffers, enqueue once (lets TensorRT finish lazy setup),
-        then capture one enqueue into a graph. Falls back to plain enqueue if capture fails."""
+        """trtexec's recipe, on a context of this shape's own: set the shape, bind fixed
+        buffers, enqueue once (lets TensorRT finish lazy setup), then capture one enqueue into a
+        graph. Falls back to plain enqueue on that context if the capture fails."""
         backend = self.backend
+        with self._lock:
+            context = self._engine.create_execution_context()
+        for name, shape in shapes.items():
+            self._set_shape(context, name, shape)
         inputs = {t.name: backend.empty(shapes[t.name], t.dtype) for t in self._inputs}
-        outputs = self._new_outputs(state)
-        self._bind(state, inputs, outputs)
-        self._execute(state)
+        outputs = self._new_outputs(context)
+        self._bind(context, inputs, outputs)
+        self._execute(context, state.stream)
         backend.synchronize(state.stream)
         backend.begin_capture(state.stream)
-        ok = state.context.execute_async_v3(backend.stream_handle(state.stream))
-        graph = backend.end_capture(state.stream)
+        ok = context.execute_async_v3(backend.stream_handle(state.stream))
+        try:  # an enqueue that broke the capture invalidates it: end_capture raises then
+            graph = backend.end_capture(state.stream)
+        except Exception as exc:  # noqa: BLE001 - CuPy's CUDARuntimeError, or the backend's
+            backend.clear_error()
+            log.warning("CUDA graph capture failed for shapes %s (%s); running without a graph",
+                        shapes, exc)
+            return _Graph(None, context, inputs, outputs)
         if not ok:
             log.warning("CUDA graph capture failed for shapes %s; running without a graph", shapes)
             graph = None
-        return _Graph(graph, inputs, outputs)
+        return _Graph(graph, context, inputs, outputs)
 
     # -- description ----------------------------------------------------------------------
     @property

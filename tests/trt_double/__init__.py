@@ -139,7 +139,11 @@ def make_tensorrt(flavour: str) -> types.ModuleType:
     mod.HardwareCompatibilityLevel = _enum("HardwareCompatibilityLevel",
                                            ["NONE", "AMPERE_PLUS", "SAME_COMPUTE_CAPABILITY"])
     mod.nptype = _nptype
-    mod.init_libnvinfer_plugins = lambda logger, namespace: True
+    # the plugin registry is empty until the plugin library is initialised (the ONNX parser
+    # looks DeformConv's ModulatedDeformConv2d plugin up there)
+    mod._plugin_registry = {"initialised": False}
+    mod.init_libnvinfer_plugins = lambda logger, namespace: mod._plugin_registry.update(
+        initialised=True) or True
     mod.Builder = type("Builder", (_builder.Builder,), {"__slots__": (), "trt": mod})
     mod.Runtime = type("Runtime", (_runtime.Runtime,), {"__slots__": (), "trt": mod})
     mod.OnnxParser = _builder.OnnxParser

@@ -154,6 +154,9 @@ class OnnxParser:
             if node.op_type not in SUPPORTED_OPS | features.extra_ops:
                 ok = self._fail("UNSUPPORTED_NODE", f"No importer registered for op: {node.op_type}",
                                 index, node.name, node.op_type)
+            elif node.op_type in PLUGIN_OPS and not self.trt._plugin_registry["initialised"]:
+                ok = self._fail("UNSUPPORTED_NODE", f"{PLUGIN_OPS[node.op_type]} plugin was not "
+                                "found in the plugin registry!", index, node.name, node.op_type)
         if not ok:
             return False
         self._fill_network(proto)
@@ -167,6 +170,9 @@ class OnnxParser:
         self.network.onnx_bytes = proto.SerializeToString()
         self.network.has_qdq = any(n.op_type == "QuantizeLinear" for n in proto.graph.node)
         self.network.node_count = len(proto.graph.node)
+
+
+PLUGIN_OPS = {"DeformConv": "ModulatedDeformConv2d"}  # ops the parser imports as plugins
 
 
 def _tensor(value, dtype_enum) -> Tensor:

@@ -38,7 +38,12 @@ def _register(array: DeviceArray) -> DeviceArray:
 
 
 def device_empty(shape, dtype) -> DeviceArray:
-    return _register(np.empty(tuple(shape), dtype=dtype).view(DeviceArray))
+    """Like cudaMalloc: 256-byte aligned (TensorRT requires it of every I/O address)."""
+    dtype, shape = np.dtype(dtype), tuple(int(d) for d in shape)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    raw = np.empty(nbytes + 256, np.uint8)
+    start = -raw.ctypes.data % 256
+    return _register(raw[start:start + nbytes].view(dtype).reshape(shape).view(DeviceArray))
 
 
 def to_device(array) -> DeviceArray:
@@ -142,9 +147,17 @@ class HostBackend:
     def begin_capture(self, stream) -> None:
         stream.capture = []
 
+    fail_capture = False  # a test sets it: the capture is invalidated, as CUDA reports it
+
     def end_capture(self, stream) -> FakeGraph:
         ops, stream.capture = stream.capture, None
+        if self.fail_capture:
+            raise RuntimeError("cudaErrorStreamCaptureInvalidated: operation failed due to a "
+                               "previous error during capture")
         return FakeGraph(ops)
+
+    def clear_error(self) -> None:
+        pass
 
     def launch(self, graph, stream) -> None:
         graph.launch(stream)

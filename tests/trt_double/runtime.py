@@ -30,8 +30,10 @@ class Runtime:
         except Exception as exc:  # noqa: BLE001 - TensorRT logs and returns None
             return self._refuse(str(exc))
         version_compatible = "VERSION_COMPATIBLE" in plan.flags
-        if plan.version != trt.__version__ and not (
-                version_compatible and _release(trt.__version__) >= _release(plan.version)):
+        built, here = _release(plan.version), _release(trt.__version__)
+        # support matrix: a later release of the same major, or major 8 -> 10 and 10 -> 11
+        runs = here >= built and (here[0] == built[0] or (built[0], here[0]) in {(8, 10), (10, 11)})
+        if plan.version != trt.__version__ and not (version_compatible and runs):
             return self._refuse(
                 "The engine plan file is not compatible with this version of TensorRT, expecting "
                 f"library version {trt.__version__} got {plan.version}, please rebuild.")
@@ -135,11 +137,12 @@ _NP = {"FLOAT": "float32", "HALF": "float16", "INT8": "int8", "INT32": "int32",
 
 
 class ExecutionContext:
-    __slots__ = ("engine", "_shapes", "_addresses", "_profile")
+    __slots__ = ("engine", "_shapes", "_addresses", "_profile", "_epoch")
 
     def __init__(self, engine: CudaEngine):
         self.engine = engine
         self._shapes: Dict[str, tuple] = {}
+        self._epoch = 0  # counts input shape changes
         self._addresses: Dict[str, int] = {}
         self._profile = 0
 
@@ -168,6 +171,8 @@ class ExecutionContext:
                 f"IExecutionContext::setInputShape: Error Code 3: API Usage Error (Parameter check "
                 f"failed, condition: satisfyProfile. Set dimension {shape} for tensor {name} does "
                 f"not satisfy any optimization profiles. Valid range: {lo} .. {hi})")
+        if self._shapes.get(name) != shape:
+            self._epoch += 1  # shape-dependent state changes: graphs captured before are stale
         self._shapes[name] = shape
         return True
 
@@ -183,6 +188,9 @@ class ExecutionContext:
     def set_tensor_address(self, name: str, memory: int) -> bool:
         if name not in self.engine._tensors:
             return self._error(f"setTensorAddress: no tensor named {name}")
+        if int(memory) % 256:
+            return self._error(f"setTensorAddress: {name} address {int(memory):#x} is not "
+                               "256-byte aligned")
         self._addresses[name] = int(memory)
         return True
 
@@ -203,11 +211,18 @@ class ExecutionContext:
                 fake_cuda.resolve(addresses[t.name], shapes[t.name], _NP[t.dtype])
         except fake_cuda.IllegalAddress as exc:
             return self._error(f"Cuda Runtime ({exc})")
-        fake_cuda.enqueue(stream_handle, lambda: self._run(shapes, addresses))
+        epoch = self._epoch
+        fake_cuda.enqueue(stream_handle, lambda: self._run(shapes, addresses, epoch))
         return True
 
-    def _run(self, shapes: Dict[str, tuple], addresses: Dict[str, int]) -> None:
+    def _run(self, shapes: Dict[str, tuple], addresses: Dict[str, int], epoch: int) -> None:
         tensors = self.engine.plan.tensors
+        if epoch != self._epoch:
+            # TensorRT keeps shape-dependent state in the context: a graph captured before an
+            # input shape change (even one changed back since) runs on state that is gone
+            raise RuntimeError(f"a graph captured at input shapes {shapes} was replayed after "
+                               "the context's input shapes changed (re-capture, or one context "
+                               "per captured graph)")
         view = {t.name: fake_cuda.resolve(addresses[t.name], shapes[t.name], _NP[t.dtype])
                 for t in tensors}
         feed = {t.name: view[t.name].copy() for t in tensors if t.mode == "INPUT"}
