@@ -162,3 +162,44 @@ def test_dbrt_run_events_every_writes_update_lines(tmp_path, capsys):
     capsys.readouterr()
     assert main(["run", "--events-every", "0"]) == 2
     assert "argument --events-every: must be a number > 0, got '0'" in capsys.readouterr().err
+
+
+def test_a_live_source_that_drops_frames_keeps_one_track():
+    """Frame indices jump by 12 (a 25 fps camera read at ~2 FPS): "unseen for N frames"
+    counts delivered frames, as ByteTrack does, so a short miss does not end the track."""
+    book = TrackBook(lost_frames=5)
+    ended = []
+    for k in range(20):
+        seen = k not in (6, 7, 8)
+        ended += book.update(_frame(12 * k), _dets([_box(10, 10)] if seen else [],
+                                                  [1] if seen else None))
+    assert ended == [] and [t.track_id for t in book.finish()] == [1]
+
+
+def test_ids_are_not_reused_after_a_resolution_change_and_sources_carry_no_credentials():
+    from pipeline.reading.tracking import TextTracker
+
+    tracker = TextTracker(lost_frames=5)
+    seen = []
+    for k in range(12):
+        size = (120, 200) if k < 6 else (240, 400)
+        frame = _frame(k, size)
+        frame.source = "rtsp://user:secret@cam/1"
+        out = tracker(frame, _dets([_box(10, 10)]))
+        seen += [int(i) for i in out.data["track_id"] if i >= 0]
+    first, second = sorted(set(seen))[:1], sorted(set(seen))[1:]
+    assert first and second and min(second) > max(first)
+    assert all("secret" not in t.source for t in tracker.book.finish())
+
+
+def test_updates_go_on_after_the_streams_clock_restarts(tmp_path):
+    from pipeline.reading.events import TextEventSink
+
+    with TextEventSink(tmp_path / "events.jsonl", lost_frames=100, every=1.0) as sink:
+        for k in range(150):
+            frame = _frame(k)
+            frame.timestamp = (k if k < 100 else k - 100) / 25  # a camera reconnected at 100
+            sink.write(frame, _dets([_box(10, 10)], [1]))
+    updates = [json.loads(line)["last_frame"] for line in (tmp_path / "events.jsonl").read_text().splitlines()
+               if json.loads(line)["event"] == "update"]
+    assert any(100 < f < 150 for f in updates)

@@ -48,6 +48,7 @@ class TextEventSink(Sink):
         self.listeners = list(listeners)
         self.book = TrackBook(lost_frames)
         self._due: Dict[Tuple[int, int], float] = {}  # (stream, track id) -> next update time
+        self._clock: Dict[int, float] = {}  # stream -> its latest timestamp
         self._fh = open(self.path, "w", encoding="utf-8")
         self.lines = self.updates = 0
 
@@ -63,6 +64,10 @@ class TextEventSink(Sink):
         if self.every is None or frame.timestamp is None:
             return []
         now, due = float(frame.timestamp), []
+        if now < self._clock.get(frame.stream, now):  # the stream's clock restarted (a camera
+            for track in self.book.live(frame.stream):  # reconnected): schedules restart too
+                self._due[(track.stream, track.track_id)] = now + self.every
+        self._clock[frame.stream] = now
         for track in self.book.live(frame.stream):
             key = (track.stream, track.track_id)
             start = track.first_timestamp if track.first_timestamp is not None else now

@@ -36,6 +36,10 @@ class TextTracker:
         self.lost_frames, self.activation, self.match = lost_frames, activation, match
         self._trackers: Dict[int, object] = {}
         self._sizes: Dict[int, tuple] = {}
+        # per stream, what a restarted tracker's ids are shifted by (its counter starts at 1
+        # again; a consumer keys events by stream and track id, so ids are never reused)
+        self._id_base: Dict[int, int] = {}
+        self._id_max: Dict[int, int] = {}
         self.book = TrackBook(lost_frames + 1)
         self.restarts = 0  # streams that changed frame size mid-run
 
@@ -43,6 +47,7 @@ class TextTracker:
         size = self._sizes.get(frame.stream)
         if size is not None and size != frame.size:
             self._trackers.pop(frame.stream, None)
+            self._id_base[frame.stream] = self._id_max.get(frame.stream, 0)
             self.restarts += 1
         self._sizes[frame.stream] = frame.size
         tracker = self._trackers.get(frame.stream)
@@ -63,7 +68,8 @@ class TextTracker:
                                    data={"index": np.arange(len(detections))})
         tracked = tracker.update_with_detections(boxes)
         if len(tracked):
-            ids[tracked.data["index"]] = tracked.tracker_id
+            ids[tracked.data["index"]] = tracked.tracker_id + self._id_base.get(frame.stream, 0)
+            self._id_max[frame.stream] = max(self._id_max.get(frame.stream, 0), int(ids.max()))
         data = dict(detections.data)
         data[TRACK_ID] = ids
         out = Detections(detections.polygons, detections.scores, data)

@@ -21,6 +21,7 @@ import numpy as np
 
 from ..detections import Detections
 from ..sources import Frame
+from ..sources.base import shown_source
 
 TRACK_ID = "track_id"
 
@@ -41,10 +42,11 @@ class Track:
     best_polygon: Optional[np.ndarray] = None
     best_score: float = -1.0
     votes: Dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    last_tick: int = 0  # the stream's delivered-frame count at the last sighting
 
     def add(self, frame: Frame, polygon: np.ndarray, score: float, text: Optional[str],
-            text_score: float) -> None:
-        self.last_frame, self.last_timestamp = frame.index, frame.timestamp
+            text_score: float, tick: int = 0) -> None:
+        self.last_frame, self.last_timestamp, self.last_tick = frame.index, frame.timestamp, tick
         self.frames += 1
         quality = text_score if text is not None else score
         if quality > self.best_score:  # the polygon of the clearest sighting
@@ -80,12 +82,17 @@ class TrackBook:
         self.lost_frames = lost_frames
         self._live: Dict[int, Dict[int, Track]] = defaultdict(dict)
         self._sizes: Dict[int, tuple] = {}
+        # frames delivered per stream: "unseen for N frames" counts what the tracker saw, not
+        # frame indices, which a live source that drops frames skips
+        self._ticks: Dict[int, int] = defaultdict(int)
 
     def update(self, frame: Frame, detections: Detections) -> List[Track]:
         ended = []
         if self._sizes.get(frame.stream, frame.size) != frame.size:
             ended += self._end_stream(frame.stream)
         self._sizes[frame.stream] = frame.size
+        self._ticks[frame.stream] += 1
+        tick = self._ticks[frame.stream]
         live = self._live[frame.stream]
         ids = detections.data.get(TRACK_ID)
         if ids is not None:
@@ -95,12 +102,12 @@ class TrackBook:
                     continue
                 track = live.get(track_id)
                 if track is None:
-                    track = live[track_id] = Track(frame.stream, frame.source, track_id,
-                                                   frame.index, frame.timestamp)
+                    track = live[track_id] = Track(frame.stream, shown_source(frame.source),
+                                                   track_id, frame.index, frame.timestamp)
                 track.add(frame, detections.polygons[k], float(detections.scores[k]),
                           texts[k] if texts else None,
-                          float(text_scores[k]) if texts else 0.0)
-        gone = [t for t, track in live.items() if frame.index - track.last_frame >= self.lost_frames]
+                          float(text_scores[k]) if texts else 0.0, tick)
+        gone = [t for t, track in live.items() if tick - track.last_tick >= self.lost_frames]
         ended += [live.pop(t) for t in gone]
         return ended
 
