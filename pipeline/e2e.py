@@ -3,9 +3,10 @@
 * detections and ground truth are matched one-to-one exactly as for detection
   (pipeline.evaluate: IoU > 0.5, detections mostly inside a `###` region ignored, `###` ground
   truth not counted);
-* a match is correct when the transcriptions are equal after normalising both the same way:
-  surrounding whitespace stripped and case folded (`str.casefold`), nothing else (punctuation,
-  accents and inner spaces count);
+* a match is correct when the transcriptions are equal after normalising both the same way
+  (surrounding whitespace stripped, case folded), where, as the Robust Reading Competition's
+  script allows, the ground truth may also drop one of `!?.:,*"()·[]/'` at its start and / or its
+  end (`EXIT.` is read correctly as `EXIT`); other punctuation, accents and inner spaces count;
 * a detection whose reading is empty is not an output of the system and is dropped first;
 * precision = correct / cared-for detections, recall = correct / cared-for ground truth.
 """
@@ -22,6 +23,22 @@ from .evaluate import AREA_PRECISION_THRESHOLD, IOU_THRESHOLD, ImageEval, Summed
 
 def normalise(text: str) -> str:
     return text.strip().casefold()
+
+
+EDGE_PUNCTUATION = frozenset('!?.:,*"()·[]/\'')  # the RRC script's special characters
+
+
+def transcription_match(truth: str, read: str) -> bool:
+    """`read` matches `truth`: equal once normalised, or equal to the truth without one special
+    character at its start, its end, or both (the ground truth side only)."""
+    truth, read = normalise(truth), normalise(read)
+    if truth == read:
+        return True
+    head = truth[:1] in EDGE_PUNCTUATION and len(truth) > 1
+    tail = truth[-1:] in EDGE_PUNCTUATION and len(truth) > 1
+    candidates = [truth[1:] if head else None, truth[:-1] if tail else None,
+                  truth[1:-1] if head and tail else None]
+    return read in [c for c in candidates if c is not None]
 
 
 @dataclass(frozen=True)
@@ -75,7 +92,7 @@ def e2e_image(gt_polygons: Sequence[np.ndarray], gt_ignore: Sequence[bool],
     read = kept.texts
     correct, wrong = 0, []
     for g, d, _ in result.pairs:
-        if normalise(gt_texts[g]) == normalise(read[d]):
+        if transcription_match(gt_texts[g], read[d]):
             correct += 1
         else:
             wrong.append((gt_texts[g], read[d]))

@@ -57,3 +57,13 @@ def test_dbrt_eval_e2e_on_realdev(shared_data, capsys):
                  "--max-images", "2", "--quiet"]) == 0
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert "end-to-end precision" in line and "6 ground truth" in line
+
+
+@pytest.mark.parametrize("truth, read, match", [
+    ("Hotel", "HOTEL ", True), ("EXIT.", "EXIT", True), ("(Open)", "Open", True),
+    ("don't", "DON'T", True), ("Blush!", "Blush", True), ("[06]", "06", True),
+    ("EXIT", "EXIT.", False), ("a.b", "ab", False), ("Café", "Cafe", False), ("NEW YORK", "NEWYORK", False)])
+def test_transcriptions_match_as_the_robust_reading_script_allows(truth, read, match):
+    from pipeline.e2e import transcription_match
+
+    assert transcription_match(truth, read) is match
