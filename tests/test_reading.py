@@ -333,3 +333,24 @@ def test_a_recognizer_passed_to_detectors_stays_open_for_the_others(tmp_path):
         assert rec.runner.is_active
         second.detect(np.zeros((64, 64, 3), np.uint8))
         second.close()
+
+
+@pytest.mark.parametrize("turn", ["counterclockwise", "clockwise"])
+def test_vertical_text_is_read_whichever_way_it_runs(turn):
+    """A word turned a quarter reads bottom to top (counter-clockwise) or top to bottom: the
+    tall crop is read both ways round and the more confident reading kept."""
+    pytest.importorskip("rapidocr", reason="the PP-OCR rec model comes with the rapidocr wheel")
+    import cv2
+
+    image, detections, words = _words_image()
+    x0, y0 = detections.polygons[0].min(0).astype(int)
+    x1, y1 = detections.polygons[0].max(0).astype(int)
+    word = np.ascontiguousarray(image[y0:y1, x0:x1])
+    code = cv2.ROTATE_90_COUNTERCLOCKWISE if turn == "counterclockwise" else cv2.ROTATE_90_CLOCKWISE
+    tall = cv2.copyMakeBorder(cv2.rotate(word, code), 10, 10, 10, 10, cv2.BORDER_CONSTANT,
+                              value=(235, 235, 235))
+    h, w = tall.shape[:2]
+    quad = np.float32([[[10, 10], [w - 10, 10], [w - 10, h - 10], [10, h - 10]]])
+    with Recognizer(device="cpu") as rec:
+        read = rec.read(tall, Detections.from_quads(quad, [1.0]))
+    assert read.texts == [words[0]] and read.text_scores[0] > 0.8

@@ -41,6 +41,13 @@ class CropPlan:
     widths: np.ndarray   # (n,) int: crop width in pixels at `height`
     valid: np.ndarray    # (n,) bool
     height: int
+    tall: np.ndarray = None  # (n,) bool: turned a quarter; which way the text reads is unknown
+
+    def turned_half(self) -> "CropPlan":
+        """The same crops turned 180 degrees (corners BR, BL, TL, TR): how a tall quad reads
+        when its text runs bottom to top rather than top to bottom."""
+        return CropPlan(np.roll(self.corners, 2, axis=1), self.widths, self.valid, self.height,
+                        self.tall)
 
 
 def plan_crops(quads: np.ndarray, height: int, min_width: int, max_width: int) -> CropPlan:
@@ -58,7 +65,7 @@ def plan_crops(quads: np.ndarray, height: int, min_width: int, max_width: int) -
     long_side, short_side = np.where(tall, h, w), np.where(tall, w, h)
     ratio = np.where(valid, long_side / np.maximum(short_side, MIN_SIDE), 1.0)
     widths = np.clip(np.ceil(height * ratio), min_width, max_width).astype(np.int64)
-    return CropPlan(corners.astype(np.float32), widths, valid, height)
+    return CropPlan(corners.astype(np.float32), widths, valid, height, tall & valid)
 
 
 def cut_crop(image: np.ndarray, corners: np.ndarray, width: int, height: int) -> np.ndarray:

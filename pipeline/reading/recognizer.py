@@ -103,19 +103,29 @@ class Recognizer:
             plan = plan_crops(reading_quads(detections.polygons), spec.height, spec.min_width,
                               spec.max_width)
             self.skipped += int(n - plan.valid.sum())
-            on_gpu = array_module(image) is not np
-            for members in crop_batches(plan, spec.batch_size):
-                if on_gpu:
-                    batch = self._gpu_cropper()(image, plan, members)
-                else:
-                    batch = _normalise([cut_crop(image, plan.corners[i], int(plan.widths[i]),
-                                                 spec.height) for i in members], spec)
-                batch_texts, batch_scores = self._infer_decode(batch)
-                for i, text, score in zip(members, batch_texts, batch_scores):
-                    texts[i], scores[i] = text, score
+            self._read_plan(image, plan, crop_batches(plan, spec.batch_size), texts, scores)
+            if plan.tall.any():  # vertical text reads either way: the more confident one wins
+                flipped = plan.turned_half()
+                tall = np.flatnonzero(plan.tall)
+                batches = [tall[k:k + spec.batch_size] for k in range(0, len(tall), spec.batch_size)]
+                self._read_plan(image, flipped, batches, texts, scores, keep_better=True)
         data = dict(detections.data)
         data[TEXT], data[TEXT_SCORE] = np.asarray(texts, dtype=str), scores
         return Detections(detections.polygons, detections.scores, data)
+
+    def _read_plan(self, image, plan, batches, texts: list, scores: np.ndarray,
+                   keep_better: bool = False) -> None:
+        spec, on_gpu = self.spec, array_module(image) is not np
+        for members in batches:
+            if on_gpu:
+                batch = self._gpu_cropper()(image, plan, members)
+            else:
+                batch = _normalise([cut_crop(image, plan.corners[i], int(plan.widths[i]),
+                                             spec.height) for i in members], spec)
+            batch_texts, batch_scores = self._infer_decode(batch)
+            for i, text, score in zip(members, batch_texts, batch_scores):
+                if not keep_better or score > scores[i]:
+                    texts[i], scores[i] = text, score
 
     def recognize(self, crops: Sequence[np.ndarray]) -> Tuple[List[str], np.ndarray]:
         """Texts and confidences of upright BGR uint8 crops of any size (each is resized to the
