@@ -57,7 +57,7 @@ def test_images_and_several_sources(tmp_path, clip, tiny_onnx):
                  "--threads", "1", "--quiet", "--max-frames", "3"]) == 0
     lines = (out / "detections.jsonl").read_text().splitlines()
     assert len(lines) == 4
-    assert (out / "annotated" / "1_a.png").is_file()
+    assert (out / "annotated" / "1_00000_a.png").is_file()
     assert len(list(out.glob("annotated_0_clip.mp4"))) == 1
 
 

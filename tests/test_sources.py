@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+from fractions import Fraction
 import time
 import tracemalloc
 
@@ -181,3 +182,61 @@ def test_credentials_in_a_source_url_stay_out_of_result_lines_and_reports():
     source.stats.note("cannot open rtsp://user:s3cret@127.0.0.1:1/x: refused")
     described = str(source.describe())
     assert "s3cret" not in described and "rtsp://127.0.0.1:1/x" in described
+
+
+def test_file_names_with_glob_characters_are_files(tmp_path):
+    from pipeline.sources import open_source
+
+    video = write_video(tmp_path / "clip [1].mp4", frames=3)
+    image = tmp_path / "scan [1].png"
+    cv2.imwrite(str(image), np.full((20, 30, 3), 90, np.uint8))
+    with open_source(str(video)) as source:
+        assert len(list(source)) == 3
+    with open_source(str(image)) as source:
+        assert [f.image.shape for f in source] == [(20, 30, 3)]
+
+
+def test_stills_as_they_are_meant_to_be_seen(tmp_path):
+    """A TIFF turned by its EXIF orientation (OpenCV's imread fails on 5-8) and a transparent
+    PNG, black text on transparent black (its content is on white, not lost in black)."""
+    from PIL import Image
+
+    from pipeline.sources.images import read_image
+
+    Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save(tmp_path / "turned.tif",
+                                                          exif={0x0112: 6})
+    assert read_image(str(tmp_path / "turned.tif")).shape == (64, 48, 3)
+    rgba = np.zeros((20, 30, 4), np.uint8)
+    rgba[5:15, 5:25, 3] = 255  # opaque black text; the rest transparent black
+    cv2.imwrite(str(tmp_path / "logo.png"), rgba)
+    image = read_image(str(tmp_path / "logo.png"))
+    assert image[0, 0].tolist() == [255, 255, 255] and image[10, 10].tolist() == [0, 0, 0]
+
+
+def test_timestamps_are_seconds_into_the_file_whatever_its_clock(tmp_path):
+    import av
+
+    from pipeline.sources import open_source
+
+    offset = tmp_path / "offset.ts"  # a recording whose clock starts at 1000 s
+    with av.open(str(offset), "w", format="mpegts") as container:
+        stream = container.add_stream("mpeg4", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.time_base = Fraction(1, 25)
+        for i in range(6):
+            vframe = av.VideoFrame.from_ndarray(frame_image(i, 48, 64), format="bgr24")
+            vframe.pts, vframe.time_base = 25_000 + i, Fraction(1, 25)
+            container.mux(stream.encode(vframe))
+        container.mux(stream.encode(None))
+    with open_source(str(offset)) as source:
+        stamps = [f.timestamp for f in source]
+    assert stamps[0] == pytest.approx(0.0, abs=1e-3) and stamps[-1] == pytest.approx(0.2, abs=1e-3)
+    raw = tmp_path / "raw.h264"  # an elementary stream: no timestamps at all
+    with av.open(str(raw), "w", format="h264") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(4):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame_image(i, 48, 64), format="bgr24")))
+        container.mux(stream.encode(None))
+    with open_source(str(raw)) as source:
+        assert [f.timestamp for f in source] == pytest.approx([0.0, 0.04, 0.08, 0.12])

@@ -260,7 +260,8 @@ def _visual_sinks(pipe, out: Path, annotators, ImageSink, VideoSink) -> list:
         sinks.append(_only(video, set(names)))
     if images:
         folder = out / "annotated"
-        sinks.append(_only(ImageSink(lambda f: folder / f"{f.stream}_{Path(f.source).name}",
+        # the frame's index too: a glob can match the same name in several folders
+        sinks.append(_only(ImageSink(lambda f: folder / f"{f.stream}_{f.index:05d}_{Path(f.source).name}",
                                      annotators), images))
     return sinks
 

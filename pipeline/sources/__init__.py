@@ -45,6 +45,8 @@ def parse_source(spec: Union[str, int, os.PathLike, Source], reconnect: Optional
         return CameraSource(text)
     if is_url(text):
         return NetworkSource(text, reconnect=reconnect)
+    if os.path.isfile(text) and not is_image_path(text):  # `clip [1].mp4` is a file, not a glob
+        return VideoFileSource(text, threads=decode_threads)
     if has_glob(text) or os.path.isdir(text) or is_image_path(text):
         return ImageSource(text)
     return VideoFileSource(text, threads=decode_threads)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Iterator, List, Optional
 
 import cv2
+import numpy as np
 
 from engine.errors import SourceError
 from dbnet.files import IMAGE_SUFFIXES
@@ -26,7 +27,7 @@ def has_glob(text: str) -> bool:
 
 def list_images(spec: str) -> List[str]:
     """The image files named by a path, a folder or a glob, sorted; SourceError when none."""
-    if has_glob(spec):
+    if has_glob(spec) and not os.path.exists(spec):  # `scan [1].png` names a file
         paths = sorted(p for p in glob.glob(spec, recursive=True) if is_image_path(p))
         if not paths:
             raise SourceError(f"no images match {spec}")
@@ -47,10 +48,29 @@ def read_image(path: str):
     if not os.path.isfile(path):
         raise SourceError(f"no such file: {path}" if not os.path.exists(path)
                           else f"{path} is a folder, not an image")
-    image = cv2.imread(path, cv2.IMREAD_COLOR)
+    # imdecode: OpenCV's imread fails on TIFFs with EXIF orientation 5-8; otherwise the same
+    # decoder, orientation applied
+    data = np.fromfile(path, np.uint8)
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
     if image is None:
         raise SourceError(f"cannot read image {path} (not an image, or unsupported format)")
+    if path.lower().endswith(ALPHA_SUFFIXES):
+        raw = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+        if raw is not None and raw.ndim == 3 and raw.shape[2] == 4:
+            return _on_white(raw)
     return image
+
+
+ALPHA_SUFFIXES = (".png", ".webp", ".tif", ".tiff")
+
+
+def _on_white(image: np.ndarray) -> np.ndarray:
+    """A BGRA image blended onto white: a transparent PNG's text is often black on transparent
+    black, which dropping the alpha channel turns into a black frame."""
+    depth = 65535.0 if image.dtype == np.uint16 else 255.0
+    alpha = image[:, :, 3:4].astype(np.float32) / depth
+    bgr = image[:, :, :3].astype(np.float32) * (255.0 / depth)
+    return (bgr * alpha + 255.0 * (1.0 - alpha)).round().astype(np.uint8)
 
 
 class ImageSource(Source):

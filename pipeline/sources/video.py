@@ -25,10 +25,16 @@ def open_container(url: str, options: Optional[dict] = None, timeout=None):
 
 
 def first_video_stream(container, url: str):
-    if not container.streams.video:
+    """The first video stream that is a video (an audio file's cover art is a one-picture
+    "video" stream marked as an attached picture)."""
+    av = require("av")
+    attached = getattr(getattr(av.stream, "Disposition", None), "attached_pic", None)
+    videos = [s for s in container.streams.video
+              if attached is None or not (getattr(s, "disposition", 0) & attached)]
+    if not videos:
         container.close()
         raise SourceError(f"{url} has no video stream")
-    stream = container.streams.video[0]
+    stream = videos[0]
     stream.thread_type = "AUTO"  # frame + slice threads inside FFmpeg, outside the GIL
     return stream
 
@@ -106,7 +112,7 @@ class VideoFileSource(Source):
                     break
                 image = upright_bgr(vframe)
                 self.stats.add(read=1, delivered=1)
-                yield Frame(image, index, vframe.time, self.name)
+                yield Frame(image, index, self._seconds(vframe, index), self.name)
                 index, last_time = index + 1, vframe.time
         except av.FFmpegError as exc:
             raise SourceError(f"{self.path} ended early: decoding failed after {self._of(index)} "
@@ -116,6 +122,17 @@ class VideoFileSource(Source):
         if not self._closed.is_set() and self._ended_early(index, last_time):
             raise SourceError(f"{self.path} ended early: {self._of(index)} frames decoded (the "
                               "file is truncated or damaged)")
+
+    def _seconds(self, vframe, index: int) -> Optional[float]:
+        """Seconds into the source: the frame's time less the stream's start (broadcast and
+        camera recordings often start far from 0); from the frame rate when the container has
+        no timestamps (a raw H.264 stream)."""
+        if vframe.time is None:
+            return index / self._fps if self._fps else None
+        start = self._stream.start_time
+        if start and self._stream.time_base is not None:
+            return float(vframe.time - start * self._stream.time_base)
+        return vframe.time
 
     def _of(self, count: int) -> str:
         return f"{count} of {self._total}" if self._total else str(count)
