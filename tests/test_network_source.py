@@ -98,15 +98,18 @@ def test_stream_back_at_a_larger_resolution_stays_whole_in_the_annotated_video(s
         assert abs(float(np.median(image[8:, 40:])) - 200) < 15
 
 
-def test_a_file_over_http_cut_off_midway_is_an_error_not_an_end(tmp_path):
-    """A server that drops the connection after part of an MP4 (its Content-Length says more):
-    the frames after the cut are lost, so the source fails instead of ending quietly."""
+@pytest.mark.parametrize("how", ["connection dropped", "file truncated"])
+def test_a_file_over_http_cut_off_midway_is_an_error_not_an_end(tmp_path, how):
+    """A server that drops the connection after part of an MP4 (its Content-Length says more),
+    or serves a truncated copy whole: the frames after the cut are lost, so the source fails
+    instead of ending quietly, as a local truncated file does."""
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     from media import write_truncated_video
 
     clip = write_truncated_video(tmp_path / "full.mp4", frames=200, keep=1.0)
     data = clip.read_bytes()
+    length = len(data) if how == "connection dropped" else len(data) // 2
 
     class CutHandler(BaseHTTPRequestHandler):
         def log_message(self, *args):
@@ -115,7 +118,7 @@ def test_a_file_over_http_cut_off_midway_is_an_error_not_an_end(tmp_path):
         def do_GET(self):
             self.send_response(200)
             self.send_header("Content-Type", "video/mp4")
-            self.send_header("Content-Length", str(len(data)))
+            self.send_header("Content-Length", str(length))
             self.end_headers()
             self.wfile.write(data[: len(data) // 2])
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 from typing import Optional
 from urllib.parse import urlparse
 
+from engine.errors import SourceError
+
 from .base import without_credentials
 from .live import LiveSource, Reconnect
 from .video import first_video_stream, open_container, upright_bgr
@@ -46,6 +48,8 @@ class NetworkSource(LiveSource):
         self._container = None
         self._frames = None
         self._fps: Optional[float] = None
+        self._total: Optional[int] = None
+        self._decoded = 0
 
     @property
     def fps(self) -> Optional[float]:
@@ -58,11 +62,19 @@ class NetworkSource(LiveSource):
         self._fps = float(stream.average_rate) if stream.average_rate else self._fps
         self._container = container
         self._frames = container.decode(stream)
+        self._total = stream.frames or None  # a file's index (0 for a live stream)
+        self._decoded = 0
 
     def _read(self):
         vframe = next(self._frames, None)
         if vframe is None:
+            # a file whose download stopped cleanly but early: fewer frames than its index
+            # (a frame or two short is an edit list, as for local files)
+            if not self.live and self._total and self._decoded < self._total - 2:
+                raise SourceError(f"{self._decoded} of {self._total} frames decoded (the file "
+                                  "is truncated)")
             return None
+        self._decoded += 1
         return upright_bgr(vframe), vframe.time
 
     def _disconnect(self) -> None:
