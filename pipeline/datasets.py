@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from engine.errors import SourceError
+from engine.errors import DbrtWarning, SourceError
 from dbnet.files import IMAGE_SUFFIXES
 
 DONT_CARE_TEXTS = ("###", "#")
@@ -261,6 +262,10 @@ def read_json_dataset(path: Path, images_dir: Optional[Path] = None) -> Dataset:
                              tuple(texts) if len(texts) == len(polys) else ())
         except (KeyError, TypeError, ValueError) as exc:
             raise DatasetError(f"{path}: record {i} is not {{image, polygons, ignore}}: {exc}") from exc
+        short = [k for k, p in enumerate(gt.polygons) if len(p) < 3]
+        if short:  # the protocol cannot score them: ignored, but not without a word
+            warnings.warn(f"{path}: {name}: polygon(s) {short} have fewer than 3 points and are "
+                          "not scored", DbrtWarning, stacklevel=2)
         image = next((f / name for f in folders if (f / name).is_file()), folders[0] / name)
         if not image.is_file():
             raise DatasetError(f"{path}: image {name} not found in {', '.join(map(str, folders))}")

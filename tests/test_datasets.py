@@ -147,3 +147,19 @@ def test_realdev(shared_data):
     curved = [p for s in ds if s.name.startswith("totaltext") for p in s.gt.polygons]
     assert max(len(p) for p in curved) > 4
     assert ds[0].read_image().shape == (720, 1280, 3)
+
+
+def test_a_polygon_of_fewer_than_three_points_is_named_not_silently_dropped(tmp_path):
+    import json as _json
+
+    import cv2
+
+    from engine.errors import DbrtWarning
+    from pipeline.datasets import open_dataset
+
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((8, 8, 3), np.uint8))
+    (tmp_path / "gt.json").write_text(_json.dumps(
+        [{"image": "a.png", "polygons": [[[0, 0], [4, 0], [4, 4], [0, 4]], [[1, 1], [2, 2]]],
+          "ignore": [False, False]}]))
+    with pytest.warns(DbrtWarning, match=r"a.png: polygon\(s\) \[1\] have fewer than 3 points"):
+        open_dataset(tmp_path)
