@@ -18,6 +18,7 @@ _INSTALL_HINT = {
     "onnx": "pip install onnx",
     "pyclipper": "pip install pyclipper",
     "cv2": "pip install opencv-python-headless",
+    "modelopt": "pip install nvidia-modelopt",
     "PIL": "pip install pillow",
     "supervision": "pip install 'dbrt[track]'",
     "matplotlib": "pip install matplotlib",

@@ -219,6 +219,8 @@ def test_an_unknown_device_is_refused_not_replaced_by_auto(tiny_onnx):
     (["export", "--precision", "int8"], "--precision int8 needs --calib"),
     (["export", "--precision", "int8", "--calib", "missing"], "--calib: no such file: missing"),
     (["export", "--target-trt", "bogus"], "bad TensorRT target 'bogus'"),
+    (["export", "--keep-fp32-head"], "--keep-fp32-head applies to --precision int8 only"),
+    (["export", "--accuracy", "photo.jpg"], "--accuracy compares FP16 / INT8 with FP32"),
     (["eval", "--dataset", "empty.json"], "no images in empty.json"),
     (["eval", "--dataset", "empty.json", "--e2e", "--tune"], "--tune scores detection only"),
     (["eval", "--dataset", "photo.jpg", "--gt", "missing"], "ground-truth folder not found: missing"),

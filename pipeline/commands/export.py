@@ -157,6 +157,14 @@ def _check_inputs(args) -> None:
 
     if "int8" in args.precision and not args.calib:
         raise DbrtError("--precision int8 needs --calib IMAGES_OR_VIDEO")
+    int8_only = [flag for flag, given in (
+        ("--calib", args.calib), ("--keep-fp32-head", args.keep_fp32_head),
+        ("--keep-fp32-stem", args.keep_fp32_stem), ("--keep-fp32-decoder", args.keep_fp32_decoder),
+        ("--keep-fp32-sensitive", args.keep_fp32_sensitive)) if given]
+    if int8_only and "int8" not in args.precision:
+        raise DbrtError(f"{int8_only[0]} applies to --precision int8 only; add it or drop the flag")
+    if args.accuracy and not set(args.precision) - {"fp32"}:
+        raise DbrtError("--accuracy compares FP16 / INT8 with FP32: add --precision fp16 or int8")
     if args.target_trt != "auto":
         TrtTarget.parse(args.target_trt)
     for flag, source in (("--calib", args.calib), ("--accuracy", args.accuracy)):
@@ -197,8 +205,9 @@ def run(args) -> int:
             _report(result)
     elif "int8" in args.precision:
         # no --accuracy: a quick look on a few calibration images still catches a broken range
-        images = read_images(args.calib, QUICK_CHECK_IMAGES)
-        print(f"quick INT8 check on {len(images)} calibration images (--accuracy IMAGES checks held-out ones):")
+        images = read_images(args.calib, min(QUICK_CHECK_IMAGES, args.calib_count))
+        print(f"quick INT8 check on {len(images)} images from --calib (--accuracy IMAGES checks "
+              "held-out ones):")
         _report(compare_many(paths[0], [paths[-1]], images, limit_side=args.calib_side)[0])
     return status
 
