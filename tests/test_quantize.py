@@ -226,7 +226,7 @@ def test_cli_export_checks_int8_on_calibration_images_without_accuracy(image_dir
     text = capsys.readouterr().out
     assert code == 0
     assert seen == [([tmp_path / "m_int8.onnx"], 2)]  # the INT8 file only, on the --calib-count images
-    assert "quick INT8 check on 4 calibration images" in text and "WARNING: the INT8 model" in text
+    assert "quick INT8 check on 2 images from --calib" in text and "WARNING: the INT8 model" in text
 
 
 def test_cli_export_errors(tmp_path, capsys):
