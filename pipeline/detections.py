@@ -197,8 +197,10 @@ class FrameResult:
 
 
 def frame_fields(frame: Frame) -> dict:
-    """The frame's facts in a result line: source, frame_index, timestamp, frame_size."""
-    return {"source": shown_source(frame.source), "frame_index": int(frame.index),
+    """The frame's facts in a result line: stream (the source's position in the run: two
+    streams may read the same source), source, frame_index, timestamp, frame_size."""
+    return {"stream": int(frame.stream), "source": shown_source(frame.source),
+            "frame_index": int(frame.index),
             "timestamp": None if frame.timestamp is None else round(float(frame.timestamp), 6),
             "frame_size": [int(v) for v in frame.size]}
 
