@@ -201,7 +201,7 @@ def run(args) -> int:
             print("WARNING: --accuracy uses the calibration images; INT8 agreement will look better "
                   "than on unseen images")
         images = read_images(args.accuracy, args.accuracy_count)
-        for result in compare_many(paths[0], paths[1:], images, limit_side=args.calib_side):
+        for result in compare_many(paths[0], paths[1:], images):  # at the model's own input size
             _report(result)
     elif "int8" in args.precision:
         # no --accuracy: a quick look on a few calibration images still catches a broken range
