@@ -43,4 +43,13 @@ def _spec_line(spec) -> str:
     r, p = spec.resize, spec.post
     return (f"spec: {spec.arch}, {spec.color}, mean {list(spec.mean)}, std {list(spec.std)}, "
             f"limit_side {r.limit_side} ({r.limit_type}), thresh {p.thresh}, "
-            f"box_thresh {p.box_thresh}, unclip {p.unclip_ratio}")
+            f"box_thresh {p.box_thresh}, unclip {p.unclip_ratio}" + _int8_part(spec))
+
+
+def _int8_part(spec) -> str:
+    """INT8 files: the share of conv MACs still INT8 and the layers kept in FP32."""
+    notes = spec.int8
+    if spec.precision != "int8" or notes is None:
+        return ""
+    kept = f", FP32: {', '.join(notes.fp32_layers)}" if notes.fp32_layers else ""
+    return f"; INT8 {notes.mac_share:.0%} of conv MACs{kept}"
