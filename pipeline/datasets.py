@@ -25,6 +25,7 @@ import numpy as np
 
 from engine.errors import DbrtWarning, SourceError
 from dbnet.files import IMAGE_SUFFIXES
+from dbnet.gt_json import GroundTruthError, read_gt_records
 
 DONT_CARE_TEXTS = ("###", "#")
 FORMATS = ("auto", "json", "icdar2015", "totaltext")
@@ -245,23 +246,16 @@ def read_json_dataset(path: Path, images_dir: Optional[Path] = None) -> Dataset:
     """The realdev JSON list; images next to the JSON or in its `images/` folder."""
     path = Path(path)
     try:
-        records = json.loads(path.read_text(encoding="utf-8-sig"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DatasetError(f"cannot read dataset JSON {path}: {exc}") from exc
-    if not isinstance(records, list):
-        raise DatasetError(f"{path}: expected a JSON list of {{image, polygons, ignore}} records")
+        records = read_gt_records(path)
+    except GroundTruthError as exc:
+        raise DatasetError(f"dataset JSON {path}: {exc}") from exc
     folders = [Path(images_dir)] if images_dir else [path.parent / "images", path.parent]
     transcriptions = _sources_texts(path.parent / "SOURCES.json")
     samples = []
-    for i, rec in enumerate(records):
-        try:
-            name, polys = rec["image"], rec["polygons"]
-            ignore = rec.get("ignore", [False] * len(polys))
-            texts = rec.get("texts") or transcriptions.get(name, ())
-            gt = GroundTruth(tuple(polys), ignore,
-                             tuple(texts) if len(texts) == len(polys) else ())
-        except (KeyError, TypeError, ValueError) as exc:
-            raise DatasetError(f"{path}: record {i} is not {{image, polygons, ignore}}: {exc}") from exc
+    for rec in records:
+        name, texts = rec.image, rec.texts or tuple(transcriptions.get(rec.image, ()))
+        gt = GroundTruth(rec.polygons, rec.ignore,
+                         texts if len(texts) == len(rec.polygons) else ())
         short = [k for k, p in enumerate(gt.polygons) if len(p) < 3]
         if short:  # the protocol cannot score them: ignored, but not without a word
             warnings.warn(f"{path}: {name}: polygon(s) {short} have fewer than 3 points and are "

@@ -23,7 +23,6 @@ border band of each word's full polygon, which a shrunk mask does not give, so t
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import List, Tuple
 
@@ -32,6 +31,7 @@ import numpy as np
 
 from engine.errors import DbrtError
 from dbnet.files import IMAGE_SUFFIXES
+from dbnet.gt_json import GroundTruthError, read_gt_records
 from dbnet.spec import DB_MEAN_BGR
 
 from ..synth.scene import SceneConfig, make_scene
@@ -123,17 +123,8 @@ def _read_gt_json(path: Path) -> List[Tuple[Path, List[np.ndarray], List[bool]]]
     (a missing one would otherwise surface only when training first samples it)."""
     base = path.parent / "images" if (path.parent / "images").is_dir() else path.parent
     try:
-        entries = json.loads(path.read_text(encoding="utf-8-sig"))
-        if not isinstance(entries, list):
-            raise TypeError("expected a JSON list of {image, polygons, ignore} records")
-        items = []
-        for e in entries:
-            polys = [np.array(p, np.float32).reshape(-1, 2) for p in e["polygons"]]
-            ignore = [bool(i) for i in e.get("ignore", [False] * len(polys))]
-            if len(ignore) != len(polys):
-                raise ValueError(f"{e['image']}: {len(polys)} polygons but {len(ignore)} ignore flags")
-            items.append((base / e["image"], polys, ignore))
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        items = [(base / r.image, list(r.polygons), list(r.ignore)) for r in read_gt_records(path)]
+    except GroundTruthError as exc:
         raise DbrtError(f"cannot read training ground truth {path}: {exc}") from exc
     missing = [str(img) for img, _, _ in items if not img.is_file()]
     if missing:
