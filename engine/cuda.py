@@ -100,7 +100,7 @@ class CupyBackend:
         graph.launch(stream)
 
     def clear_error(self) -> None:
-        """Reset CUDA's sticky-free last error (a failed capture leaves one behind)."""
+        """Clear CUDA's last (non-sticky) error, which a failed graph capture leaves behind."""
         get_last_error = getattr(self.cp.cuda.runtime, "getLastError", None)
         if get_last_error is not None:
             get_last_error()

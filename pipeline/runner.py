@@ -74,9 +74,6 @@ class Pipeline:
                  stop_signals: Sequence[int] = (signal.SIGINT,)):
         if isinstance(sources, (str, os.PathLike, int, Source)):
             sources = [sources]
-        if batch < 0 or batch_timeout < 0 or (max_frames is not None and max_frames < 1):
-            raise ValueError(f"batch >= 0, batch_timeout >= 0 and max_frames >= 1 (or None), got "
-                             f"{batch}, {batch_timeout}, {max_frames}")
         self.sinks = list(sinks)
         self.callbacks = list(callbacks)
         self._own_detector = close_detector
@@ -84,6 +81,9 @@ class Pipeline:
         self._run_iter: Optional[weakref.ref] = None
         self.sources: List[Source] = []
         try:  # what this pipeline was handed to close is closed when it cannot be made
+            if batch < 0 or batch_timeout < 0 or (max_frames is not None and max_frames < 1):
+                raise ValueError(f"batch >= 0, batch_timeout >= 0 and max_frames >= 1 (or None), "
+                                 f"got {batch}, {batch_timeout}, {max_frames}")
             self.tracker = _tracker(track)  # before the sources open: a missing package fails first
             self.sources = open_sources(sources, **(source_options or {}))
             self.batch = _batch_size(batch, len(self.sources), getattr(detector, "runner", None))
