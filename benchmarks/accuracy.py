@@ -60,7 +60,7 @@ def write(payload: dict, out_dir: Path, name: str) -> Path:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.accuracy", description=__doc__,
+    p = argparse.ArgumentParser(prog=common.prog("benchmarks.accuracy"), description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, help="ONNX model (default: the shipped one)")
     p.add_argument("--dataset", type=Path, default=REALDEV)

@@ -31,6 +31,16 @@ LIBRARIES = ("numpy", "opencv-python-headless", "onnxruntime", "onnxruntime-gpu"
              "cupy-cuda12x", "cupy-cuda13x", "tensorrt", "av", "pyclipper", "rapidocr")
 
 
+# `dbrt bench X` calls these modules' main(); their usage and argument errors then name that
+# command instead of `python -m benchmarks.X` (set by pipeline/commands/bench.py)
+invoked_as: Dict[str, str] = {}
+
+
+def prog(module: str) -> str:
+    """The program name a benchmark's argument parser shows: how it was started."""
+    return invoked_as.get(module, f"python -m {module}")
+
+
 # -- machine -----------------------------------------------------------------------------------
 
 def _slug(text: str) -> str:

@@ -144,7 +144,7 @@ def _watch(pipe, mode: str, broker_port: Optional[int]):
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m benchmarks.pipeline_overlap", description=__doc__,
+    p = argparse.ArgumentParser(prog=common.prog("benchmarks.pipeline_overlap"), description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--video", default=str(VIDEO))
     p.add_argument("--model", help="ONNX model (default: shipped, else random weights)")

@@ -318,13 +318,14 @@ def _chosen_settings(names: Optional[str]) -> List[PostprocessConfig]:
     wanted = [n.strip() for n in names.split(",")]
     unknown = [n for n in wanted if n not in {setting_name(c) for c in SETTINGS}]
     if unknown:
-        raise SystemExit(f"--settings: unknown {unknown}; choose from "
+        raise ValueError(f"--settings: unknown {unknown}; choose from "
                          f"{[setting_name(c) for c in SETTINGS]}")
     return [c for c in SETTINGS if setting_name(c) in wanted]
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog=common.prog("benchmarks.postprocess_bench"),
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer, smaller map sets")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per map")
     parser.add_argument("--no-real", action="store_true", help="skip the model-generated maps")
@@ -333,8 +334,11 @@ def main(argv=None) -> int:
     parser.add_argument("--settings", help="comma-separated subset, e.g. 'quad/fast,poly/slow +dilation'")
     args = parser.parse_args(argv)
     if args.repeats < 1:
-        raise SystemExit(f"--repeats must be >= 1, got {args.repeats}")
-    settings = _chosen_settings(args.settings)
+        parser.error(f"--repeats must be >= 1, got {args.repeats}")
+    try:
+        settings = _chosen_settings(args.settings)
+    except ValueError as exc:
+        parser.error(str(exc))
 
     sets = synthetic_sets(args.quick)
     if not args.no_real:

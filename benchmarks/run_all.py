@@ -136,7 +136,7 @@ def write_index(out_dir: Path, records: List[dict], started: float) -> Path:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.run_all", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog=common.prog("benchmarks.run_all"), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", nargs="+", choices=list(BENCHMARKS), default=list(BENCHMARKS))
     p.add_argument("--quick", action="store_true", help="tiny sweeps (smoke test, not for publishing)")
     p.add_argument("--model", help="ONNX model of the model sweep, accuracy and peer-accuracy (default: shipped)")

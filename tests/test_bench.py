@@ -129,6 +129,23 @@ def test_run_all_index_and_dbrt_bench(tiny_pair, tmp_path, monkeypatch):
     assert (tmp_path / "cli" / "model_bench.md").is_file()
 
 
+@pytest.mark.parametrize("which,module", [("model", "model_bench"), ("postprocess", "postprocess_bench"),
+                                          ("peer", "peer_rapidocr"), ("accuracy", "accuracy")])
+def test_dbrt_bench_argument_errors_name_the_command(which, module, capsys):
+    """A benchmark's usage errors say `dbrt bench X` when started that way, else `python -m`."""
+    import importlib
+
+    from pipeline.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", which, "--no-such-flag"])
+    assert exc.value.code == 2
+    assert f"dbrt bench {which}: error: unrecognized arguments: --no-such-flag" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        importlib.import_module(f"benchmarks.{module}").main(["--no-such-flag"])
+    assert f"python -m benchmarks.{module}: error:" in capsys.readouterr().err
+
+
 def test_run_all_reports_missing_benchmarks(monkeypatch):
     from benchmarks import run_all
 

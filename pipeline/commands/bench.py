@@ -49,4 +49,9 @@ def run(args) -> int:
         if exc.name == name:
             raise DbrtError(f"{name.replace('.', '/')}.py is not in this checkout") from None
         raise
-    return int(module.main(list(args.args)) or 0)
+    common = importlib.import_module("benchmarks.common")
+    common.invoked_as[name] = f"dbrt bench {args.which}"   # its usage and errors name this command
+    try:
+        return int(module.main(list(args.args)) or 0)
+    finally:
+        common.invoked_as.pop(name, None)
