@@ -121,6 +121,16 @@ def test_latest_slot_without_overwrite_waits_for_the_reader():
     assert done.wait(2) and slot.get() == "b"
 
 
+def test_latest_slot_drops_what_is_put_after_it_finished():
+    """A frame the reader puts while the run stops is never taken: dropped, not kept."""
+    drops = []
+    slot = LatestSlot(overwrite=False, on_drop=lambda: drops.append(1))
+    slot.put("a")
+    threading.Timer(0.2, slot.finish).start()
+    assert slot.put("b") is True and drops == [1]  # waited for "a" to be read, then finished
+    assert slot.get() == "a" and slot.get() is None
+
+
 def test_reconnect_delays_back_off_and_cap():
     assert list(Reconnect(retries=5, delay=0.5, factor=2, max_delay=3).delays()) == [0.5, 1, 2, 3, 3]
     assert list(Reconnect(retries=0).delays()) == []

@@ -39,7 +39,8 @@ class Reconnect:
 class LatestSlot:
     """A one-frame mailbox: `put` overwrites (returning True when it dropped an unread frame,
     and calling `on_drop`), or with `overwrite=False` waits until the last frame was taken;
-    `put(END)` finishes it; `get` waits for a frame or for the producer to finish."""
+    `put(END)` or `finish()` finishes it, after which a put frame is dropped the same way;
+    `get` waits for a frame or for the producer to finish."""
 
     def __init__(self, overwrite: bool = True, on_drop=None):
         self._cond = threading.Condition()
@@ -61,6 +62,8 @@ class LatestSlot:
         with self._cond:
             while not self.overwrite and self._item is not None and not self._done:
                 self._cond.wait(0.1)
+            if self._done:  # a frame read while the consumer stopped: nobody will take it
+                return True
             dropped = self._item is not None
             self._item = item
             self._cond.notify()
@@ -103,7 +106,12 @@ class LiveSource(Source):
     def __init__(self, name: str, reconnect: Optional[Reconnect] = Reconnect()):
         super().__init__(name)
         self.reconnect = reconnect
-        self._slot = LatestSlot(overwrite=self.live, on_drop=lambda: self.stats.add(dropped=1))
+        # read = delivered + dropped. A live frame is read off the wire and may be dropped; a
+        # file's frame (over the network) counts as read when it is handed on, as a local
+        # file's does, so the one read ahead when a run stops is neither read nor dropped
+        self._slot = LatestSlot(overwrite=self.live,
+                                on_drop=(lambda: self.stats.add(dropped=1)) if self.live else None)
+        self._frames_read = 0  # off the source, whatever became of them
         self._stop = threading.Event()
         self._control = Control()  # carries the reader's failure to the consuming thread
         self._thread: Optional[Stage] = None
@@ -139,7 +147,6 @@ class LiveSource(Source):
         self._stop.set()
         self._slot.finish()
         # a live frame still waiting when the run stops was read and never delivered: dropped
-        # (read = delivered + dropped); a file's frames after a stop are simply not read
         if self._slot.take() is not None and self.live:
             self.stats.add(dropped=1)
 
@@ -154,7 +161,7 @@ class LiveSource(Source):
                 frame = self._slot.get()
                 if frame is None:
                     break
-                self.stats.add(delivered=1)
+                self.stats.add(delivered=1, **({} if self.live else {"read": 1}))
                 yield frame
             if self._control.error is not None:
                 raise self._control.error
@@ -172,7 +179,9 @@ class LiveSource(Source):
                     if self._stop.is_set() or not self._recover():
                         return
                     continue
-                self.stats.add(read=1)
+                self._frames_read += 1
+                if self.live:
+                    self.stats.add(read=1)
                 yield (index,) + tuple(item)
                 index += 1
         finally:
@@ -200,7 +209,7 @@ class LiveSource(Source):
         self._disconnect_quietly()
         if self.reconnect is None:
             if self._read_error is not None and not self.live:
-                raise SourceError(f"{self.name} ended early after {self.stats.read} frames: "
+                raise SourceError(f"{self.name} ended early after {self._frames_read} frames: "
                                   f"{self._read_error}")
             return False
         self.state = "reconnecting"
