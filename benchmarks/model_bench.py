@@ -6,8 +6,10 @@ asynchronous work is counted. Decoding, preprocessing, post-processing and host 
 it: the number papers and MMDeploy / PaddleOCR tables publish ("model only"; the full pipeline's
 is benchmarks/pipeline_overlap.py's).
 
-PyTorch ("what you had before") runs beside ONNX Runtime (and CUDA / fp16 on a GPU); every row
-carries its probability map's max abs difference from PyTorch fp32 on CPU on the same real frame.
+PyTorch ("what you had before") runs beside ONNX Runtime (and CUDA / fp16 on a GPU) and, where
+TensorRT is usable, TensorRT FP32 / FP16 (/ INT8) engines (benchmarks/model_targets.py);
+every row carries its probability map's max abs difference from PyTorch fp32 on CPU on the same
+real frame, and the speed-ups are given against PyTorch fp32 on the CPU and on the GPU.
 
     python -m benchmarks.model_bench [--model M.onnx --weights W.pt] [--sizes 320 640] [--batches 1 4]
 """
@@ -24,6 +26,9 @@ import numpy as np
 from engine.lazy import optional, require
 
 from . import common
+from .model_bench_report import COLUMNS, speedup_rows, write_results  # noqa: F401 - re-exported
+from .model_targets import (Target, default_targets, onnxruntime_target,  # noqa: F401 - re-exported
+                            pytorch_target)
 
 SHIPPED_ONNX = common.REPO / "pipeline" / "assets" / "dbnet_default.onnx"
 SHIPPED_WEIGHTS = common.REPO / "export" / "assets" / "dbnet_default.pt"
@@ -159,89 +164,6 @@ def _calibration(spec, workdir: Path):
     return calibration_inputs(source, spec, count=8, limit_side=320)
 
 
-# -- targets: one (backend, device, precision) each ---------------------------------------------
-
-@dataclass
-class Target:
-    backend: str
-    device: str
-    precision: str
-    # prepare(batch_np) -> (run, fetch): run() is timed, fetch() -> NumPy prob map of the last run
-    prepare: Callable[[np.ndarray], Tuple[Callable[[], object], Callable[[], np.ndarray]]]
-    sync: Optional[Callable[[], None]] = None
-    close: Optional[Callable[[], None]] = None
-
-    @property
-    def name(self) -> str:
-        return f"{self.backend}/{self.device}/{self.precision}"
-
-
-def onnxruntime_target(path: Path, device: str = "cpu", precision: str = "fp32", threads: int = 0) -> Target:
-    from engine.onnxruntime.runner import OnnxRuntimeRunner
-
-    runner = OnnxRuntimeRunner(path, device=device, threads=threads).activate()
-    holder = {}
-
-    def prepare(batch):
-        feed = {runner.input_names[0]: batch}
-
-        def run():
-            holder["out"] = runner.infer(feed)
-        return run, lambda: np.asarray(holder["out"][runner.output_names[0]], np.float32)
-
-    return Target("onnxruntime", device, precision, prepare, close=runner.deactivate)
-
-
-def pytorch_target(net, device: str = "cpu", precision: str = "fp32") -> Target:
-    import torch
-
-    dtype = torch.float16 if precision == "fp16" else torch.float32
-    if precision == "fp16":
-        from export.torch_runner import fold_batchnorm
-
-        net = fold_batchnorm(net)
-    module = net.to(device=device, dtype=dtype).eval()
-    holder = {}
-
-    def prepare(batch):
-        x = torch.from_numpy(batch).to(device=device, dtype=dtype)
-
-        def run():
-            with torch.inference_mode():
-                holder["out"] = module(x)
-        return run, lambda: holder["out"].float().cpu().numpy()
-
-    sync = torch.cuda.synchronize if device == "cuda" else None
-    return Target("pytorch", device, precision, prepare, sync=sync,
-                  close=lambda: module.to(device="cpu", dtype=torch.float32))
-
-
-def default_targets(mut: ModelUnderTest, threads: int = 0,
-                    variants: Optional[Dict[str, Path]] = None) -> List[Target]:
-    """Everything this machine can run: PyTorch CPU fp32 (the baseline), ORT CPU fp32 and any
-    extra ORT precision variants (fp16 / int8 ONNX files); on CUDA also PyTorch fp32 / fp16 and
-    ORT's CUDA provider when onnxruntime-gpu is installed."""
-    from engine.onnxruntime.runner import available_providers
-
-    torch = optional("torch")
-    targets = []
-    if mut.torch_model is not None:
-        if threads:
-            torch.set_num_threads(threads)
-        targets.append(pytorch_target(mut.torch_model, "cpu", "fp32"))
-    targets.append(onnxruntime_target(mut.onnx, "cpu", "fp32", threads))
-    for precision, path in (variants or {}).items():
-        targets.append(onnxruntime_target(Path(path), "cpu", precision, threads))
-    if torch is not None and mut.torch_model is not None and torch.cuda.is_available():
-        import copy
-
-        for precision in ("fp32", "fp16"):
-            targets.append(pytorch_target(copy.deepcopy(mut.torch_model), "cuda", precision))
-    if "CUDAExecutionProvider" in available_providers():
-        targets.append(onnxruntime_target(mut.onnx, "cuda", "fp32"))
-    return targets
-
-
 # -- the sweep ---------------------------------------------------------------------------------
 
 def reference_outputs(targets: Sequence[Target], frame, spec, sizes) -> Dict[Tuple[int, int], np.ndarray]:
@@ -292,59 +214,6 @@ def _row(target: Target, size, batch, stats, diff, error: Optional[str] = None) 
     return row
 
 
-# -- reporting ---------------------------------------------------------------------------------
-
-COLUMNS = ("backend", "device", "precision", "batch", "input", "median_ms", "p10_ms", "p90_ms",
-           "images_per_s", "max_abs_diff")
-
-
-def speedup_rows(rows: Sequence[dict]) -> List[dict]:
-    """Each configuration's throughput relative to PyTorch fp32 on CPU at the same size / batch."""
-    base = {(r["input"], r["batch"]): r["images_per_s"] for r in rows
-            if r["backend"] == "pytorch" and r["device"] == "cpu" and "images_per_s" in r}
-    out = []
-    for r in rows:
-        ref = base.get((r["input"], r["batch"]))
-        if ref and "images_per_s" in r and not (r["backend"] == "pytorch" and r["device"] == "cpu"):
-            out.append({"config": f"{r['backend']}/{r['device']}/{r['precision']}", "input": r["input"],
-                        "batch": r["batch"], "x_vs_pytorch_cpu": round(r["images_per_s"] / ref, 2)})
-    return out
-
-
-def write_results(rows: List[dict], mut: ModelUnderTest, settings: dict, out_dir: Path,
-                  name: str = "model_bench") -> Dict[str, Path]:
-    info = common.machine_info()
-    payload = {"benchmark": "model-only", "model": mut.describe(), "settings": settings,
-               "machine": info, "rows": rows}
-    paths = {"json": common.write_json(out_dir / f"{name}.json", payload)}
-    series: Dict[str, list] = {}
-    for r in rows:
-        if "images_per_s" in r and r["batch"] == min(settings["batches"]):
-            series.setdefault(f"{r['backend']}/{r['device']}/{r['precision']}", []).append(
-                (r["height"], r["images_per_s"]))
-    paths["png"] = common.plot_lines(
-        series, out_dir / f"{name}_fps.png", f"Model-only FPS, batch {min(settings['batches'])}\n{mut.label}",
-        "input side, square H = W (px)", "images / s")
-    failed = [r for r in rows if "error" in r]
-    sections = [
-        ("What is timed", "One forward pass on a preprocessed input already on the backend's device "
-         "(no decode, pre/post-processing or host copies); CUDA synchronised. "
-         f"Warm-up {settings['warmup']}, {settings['repeats']} repetitions, median and p10/p90. "
-         "max_abs_diff: probability map vs PyTorch fp32 CPU on the same real frame.\n"),
-        ("Model", f"`{mut.describe()['onnx']}` sha256 `{mut.describe()['sha256']}`: {mut.label}. "
-         + " ".join(mut.notes) + "\n"),
-        ("Results", common.markdown_table([r for r in rows if "error" not in r], COLUMNS)),
-        ("Speed-up vs PyTorch (CPU, fp32)", common.markdown_table(speedup_rows(rows))),
-        ("Plot", f"![FPS vs input size]({name}_fps.png)\n"),
-    ]
-    if failed:
-        sections.append(("Failed configurations", common.markdown_table(
-            failed, ("backend", "device", "precision", "batch", "input", "error"))))
-    paths["md"] = common.write_markdown(out_dir / f"{name}.md", "Model-only latency and throughput",
-                                        sections, info)
-    return paths
-
-
 def run(model=None, weights=None, sizes=(320, 480, 640, 736), batches=(1, 4), warmup=2, repeats=5,
         threads=0, variants=None, out_dir=None, log=print, cpu_batches=None,
         precisions=("fp32",)) -> Dict[str, Path]:
@@ -357,7 +226,9 @@ def run(model=None, weights=None, sizes=(320, 480, 640, 736), batches=(1, 4), wa
     with OnnxRuntimeRunner(mut.onnx, device="cpu") as probe:
         spec = resolve_spec(probe.metadata)
     variants = {**make_variants(mut, precisions, spec, workdir, log), **(variants or {})}
-    targets = default_targets(mut, threads, variants)
+    targets = default_targets(mut, threads, variants, batches, log)
+    if not any(t.backend == "tensorrt" for t in targets):
+        mut.notes.append("TensorRT or a usable GPU is missing here: no TensorRT rows.")
     sizes2 = [(s, s) for s in sizes]
     log(f"model-only sweep: {mut.label}; {len(targets)} targets x {len(sizes2)} sizes x {len(batches)} batches")
     try:

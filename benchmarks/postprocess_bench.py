@@ -37,6 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 from benchmarks import common  # noqa: E402
+from pipeline.commands._validate import at_least  # noqa: E402
 from engine.lazy import cupy_or_none, optional  # noqa: E402
 from pipeline.postprocess import DBPostprocessor, PostprocessConfig, gpu  # noqa: E402
 from pipeline.postprocess.postprocessor import to_detections  # noqa: E402
@@ -312,14 +313,13 @@ def gpu_impl_or_none(config: PostprocessConfig):
 
 
 # -- main -------------------------------------------------------------------------------------
-def _chosen_settings(names: Optional[str]) -> List[PostprocessConfig]:
-    if not names:
-        return SETTINGS
+def chosen_settings(names: str) -> List[PostprocessConfig]:
+    """--settings: a comma-separated subset of SETTINGS by name."""
     wanted = [n.strip() for n in names.split(",")]
     unknown = [n for n in wanted if n not in {setting_name(c) for c in SETTINGS}]
     if unknown:
-        raise ValueError(f"--settings: unknown {unknown}; choose from "
-                         f"{[setting_name(c) for c in SETTINGS]}")
+        raise argparse.ArgumentTypeError(f"unknown {unknown}; choose from "
+                                         f"{[setting_name(c) for c in SETTINGS]}")
     return [c for c in SETTINGS if setting_name(c) in wanted]
 
 
@@ -327,18 +327,14 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog=common.prog("benchmarks.postprocess_bench"),
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer, smaller map sets")
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs per map")
+    parser.add_argument("--repeats", type=at_least(1), default=5, help="timed runs per map")
     parser.add_argument("--no-real", action="store_true", help="skip the model-generated maps")
     parser.add_argument("--twin", action="store_true",
                         help="also time the GPU path's array code run with NumPy (slow on a CPU)")
-    parser.add_argument("--settings", help="comma-separated subset, e.g. 'quad/fast,poly/slow +dilation'")
+    parser.add_argument("--settings", type=chosen_settings, default=SETTINGS,
+                        help="comma-separated subset, e.g. 'quad/fast,poly/slow +dilation'")
     args = parser.parse_args(argv)
-    if args.repeats < 1:
-        parser.error(f"--repeats must be >= 1, got {args.repeats}")
-    try:
-        settings = _chosen_settings(args.settings)
-    except ValueError as exc:
-        parser.error(str(exc))
+    settings = args.settings
 
     sets = synthetic_sets(args.quick)
     if not args.no_real:

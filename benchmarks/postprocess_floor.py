@@ -33,6 +33,7 @@ import numpy as np
 
 from benchmarks import common
 from benchmarks import postprocess_bench as bench
+from pipeline.commands._validate import at_least
 from pipeline.postprocess.geometry import surely_wide
 import reference_db  # noqa: E402  (tests/, put on sys.path by postprocess_bench)
 
@@ -163,22 +164,17 @@ def floor_row(config, sets: Dict[str, List[np.ndarray]], repeats: int, bias: flo
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.postprocess_floor",
                                      description=__doc__.split("\n")[0])
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per map and variant")
+    parser.add_argument("--repeats", type=at_least(1), default=3, help="timed runs per map and variant")
     parser.add_argument("--no-real", action="store_true", help="skip the model-generated maps")
-    parser.add_argument("--settings", help="comma-separated subset, e.g. 'quad/fast,poly/slow +dilation'")
+    parser.add_argument("--settings", type=bench.chosen_settings, default=bench.SETTINGS,
+                        help="comma-separated subset, e.g. 'quad/fast,poly/slow +dilation'")
     args = parser.parse_args(argv)
-    if args.repeats < 1:
-        parser.error(f"--repeats must be >= 1, got {args.repeats}")
-    try:
-        settings = bench._chosen_settings(args.settings)
-    except ValueError as exc:
-        parser.error(str(exc))
     sets = bench.synthetic_sets(False)
     if not args.no_real:
         sets.update(bench.real_sets(False))
     bias, load_before = timer_cost(), os.getloadavg()
     rows = []
-    for config in settings:
+    for config in args.settings:
         rows.append(floor_row(config, sets, args.repeats, bias))
         print(rows[-1], flush=True)
     write(rows, bias, dict(before=load_before, after=os.getloadavg()), len(sets))

@@ -10,7 +10,8 @@ migration notes (see docs in ../shared/docs/tensorrt.md): the opset range a pars
 operator list, attribute restrictions (Resize modes, 2D/3D convolution and pooling, DeformConv
 from 10.1 with symmetric pads), and explicit quantization rules (Q/DQ zero points must be 0,
 INT8 only before 10.0, constant scales). A target given as "10" means 10.0, the most restrictive
-10.x; name the exact version you deploy to (JetPack 6 is 10.3).
+10.x; name the exact version you deploy to (JetPack 6.1 and 6.2 ship 10.3, JetPack 6.0 8.6,
+JetPack 5.1 8.5).
 """
 from __future__ import annotations
 

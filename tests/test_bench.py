@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from engine_helpers import trt  # noqa: F401 - fixture
 
 from benchmarks import common
 
@@ -92,6 +93,45 @@ def test_model_sweep_rows_agree_and_files_are_written(tiny_pair, tmp_path):
     assert data["model"]["sha256"] == common.file_sha256(tiny_pair.onnx) and len(data["rows"]) == 8
     assert "| pytorch | cpu | fp32 | 1 | 64x64 |" in paths["md"].read_text()
     assert paths["png"].read_bytes()[:8] == PNG_MAGIC
+
+
+def test_tensorrt_rows_on_the_test_double(trt, tiny_pair, tmp_path, monkeypatch):
+    """Where TensorRT is usable the sweep adds its engines (FP16 from the builder flag on 8.6 /
+    10.x, from an FP16 ONNX on 11.x), one engine per input size, built once through the cache;
+    outputs match PyTorch (the double computes in FP32) and the speed-ups name both baselines."""
+    from benchmarks import model_bench
+    from benchmarks.model_targets import engine_plans, tensorrt_targets
+    from dbnet.spec import ModelSpec
+    from engine.tensorrt.build import has_weak_typing
+    from export import quantize
+
+    monkeypatch.setenv("DBRT_ENGINE_CACHE", str(tmp_path / "engines"))
+    fp16 = quantize.to_fp16(tiny_pair.onnx, tmp_path / "tiny_fp16.onnx")
+    variants = {"fp16": fp16}
+    weak = has_weak_typing(trt)
+    assert [p[0] for p in engine_plans(weak, tiny_pair.onnx, {})] == (["fp32", "fp16"] if weak else ["fp32"])
+    targets = model_bench.default_targets(tiny_pair, threads=1)[:1]
+    built = []
+    targets += tensorrt_targets(tiny_pair.onnx, variants, [1, 2], log=built.append)
+    assert [t.name for t in targets] == ["pytorch/cpu/fp32", "tensorrt/cuda/fp32", "tensorrt/cuda/fp16"]
+    frame = np.random.default_rng(0).integers(0, 255, (48, 80, 3), dtype=np.uint8)
+    sweep = lambda: model_bench.sweep(targets, ModelSpec(), [(64, 64), (64, 96)], [1, 2], warmup=1,  # noqa: E731
+                                      repeats=2, frame=frame, log=lambda msg: None)
+    rows = sweep()
+    assert not any("error" in r for r in rows) and len(rows) == 3 * 2 * 2
+    trt_rows = [r for r in rows if r["backend"] == "tensorrt"]
+    assert all(r["device"] == "cuda" and r["max_abs_diff"] < 1e-3 for r in trt_rows)
+    assert sum("building the TensorRT" in m for m in built) == 4  # 2 precisions x 2 sizes
+    for target in targets:
+        target.close()
+    built.clear()
+    sweep()  # a second run reuses the cached engines
+    assert not built and len(list((tmp_path / "engines").glob("*.engine"))) == 4
+    speedups = model_bench.speedup_rows(rows)
+    assert {s["config"] for s in speedups} == {"tensorrt/cuda/fp32", "tensorrt/cuda/fp16"}
+    assert all("x_vs_pytorch_cpu" in s and "x_vs_pytorch_cuda" not in s for s in speedups)
+    for target in targets:
+        target.close()
 
 
 def test_failing_configuration_is_a_row_not_a_crash(tiny_pair):

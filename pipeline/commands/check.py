@@ -8,7 +8,8 @@ DESCRIPTION = """Check every node of an ONNX model against the ONNX parser of th
 versions you deploy to: opset range, operator support, attribute restrictions (Resize modes,
 2D/3D convolution and pooling, DeformConv from 10.1), and explicit-quantization rules (Q/DQ zero
 points 0, INT8 only on 8.x). Prints one line per offending node; exits 1 when any target fails.
-Targets: 8.5, 8.6 (JetPack 5), 10.x (10.3 = JetPack 6; plain 10 means 10.0), 11.x."""
+Targets: 8.5 (JetPack 5.1), 8.6 (JetPack 6.0), 10.x (10.3 = JetPack 6.1 / 6.2; plain 10 means
+10.0), 11.x."""
 
 
 def add_arguments(parser) -> None:

@@ -2,7 +2,7 @@
 flavours, computing real outputs with ONNX Runtime on the memory behind the given addresses.
 
 - "8.6":  weak typing, EXPLICIT_BATCH required, no progress monitor, parser errors without
-          node names, ONNX opset <= 17 (JetPack 5).
+          node names, ONNX opset <= 17 (JetPack 6.0).
 - "10.x": weak typing (FP16 / INT8 flags, IInt8EntropyCalibrator2), EXPLICIT_BATCH accepted and
           ignored, opt-in STRONGLY_TYPED, IProgressMonitor, named parser errors.
 - "11.x": strongly typed only (STRONGLY_TYPED still accepted). The names TensorRT 11 removed

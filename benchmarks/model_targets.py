@@ -1,0 +1,176 @@
+"""The targets of the model-only benchmark (benchmarks/model_bench.py): one (backend, device,
+precision) each, whose `prepare(batch)` gives the timed call and a fetch of its probability map.
+
+PyTorch (CPU; CUDA fp32 / fp16 on a GPU) and ONNX Runtime (CPU, its precision variants; its
+CUDA provider when onnxruntime-gpu is installed) everywhere. Where TensorRT and a CUDA GPU are
+usable, one TensorRT target per precision it can build: FP32 and FP16 (the builder flag on
+8.6 / 10.x, the FP16 ONNX on 11.x, which builds strongly typed networks only) and INT8 from the
+Q/DQ ONNX when `--precisions int8` made one.
+Each input size gets an engine of its own whose profile is that size, batch 1..max, tuned for
+the largest batch (as `trtexec --shapes` would time it), built once through dbrt's engine cache
+(`~/.cache/dbrt/engines`), so a rerun times without rebuilding. The timed region is the same
+as every other row's: `TensorRTRunner.infer` on an input already on the GPU, outputs left there,
+stream synchronised.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from engine.lazy import optional, require
+
+
+# -- ONNX Runtime and PyTorch ---------------------------------------------
+
+@dataclass
+class Target:
+    backend: str
+    device: str
+    precision: str
+    # prepare(batch_np) -> (run, fetch): run() is timed, fetch() -> NumPy prob map of the last run
+    prepare: Callable[[np.ndarray], Tuple[Callable[[], object], Callable[[], np.ndarray]]]
+    sync: Optional[Callable[[], None]] = None
+    close: Optional[Callable[[], None]] = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.backend}/{self.device}/{self.precision}"
+
+
+def onnxruntime_target(path: Path, device: str = "cpu", precision: str = "fp32", threads: int = 0) -> Target:
+    from engine.onnxruntime.runner import OnnxRuntimeRunner
+
+    runner = OnnxRuntimeRunner(path, device=device, threads=threads).activate()
+    holder = {}
+
+    def prepare(batch):
+        feed = {runner.input_names[0]: batch}
+
+        def run():
+            holder["out"] = runner.infer(feed)
+        return run, lambda: np.asarray(holder["out"][runner.output_names[0]], np.float32)
+
+    return Target("onnxruntime", device, precision, prepare, close=runner.deactivate)
+
+
+def pytorch_target(net, device: str = "cpu", precision: str = "fp32") -> Target:
+    import torch
+
+    dtype = torch.float16 if precision == "fp16" else torch.float32
+    if precision == "fp16":
+        from export.torch_runner import fold_batchnorm
+
+        net = fold_batchnorm(net)
+    module = net.to(device=device, dtype=dtype).eval()
+    holder = {}
+
+    def prepare(batch):
+        x = torch.from_numpy(batch).to(device=device, dtype=dtype)
+
+        def run():
+            with torch.inference_mode():
+                holder["out"] = module(x)
+        return run, lambda: holder["out"].float().cpu().numpy()
+
+    sync = torch.cuda.synchronize if device == "cuda" else None
+    return Target("pytorch", device, precision, prepare, sync=sync,
+                  close=lambda: module.to(device="cpu", dtype=torch.float32))
+
+
+def default_targets(mut, threads: int = 0, variants: Optional[Dict[str, Path]] = None,
+                    batches: Sequence[int] = (1,), log: Callable[[str], None] = print) -> List[Target]:
+    """Everything this machine can run: PyTorch CPU fp32 (the baseline), ORT CPU fp32 and any
+    extra ORT precision variants (fp16 / int8 ONNX files); on CUDA also PyTorch fp32 / fp16 and
+    ORT's CUDA provider when onnxruntime-gpu is installed."""
+    from engine.onnxruntime.runner import available_providers
+
+    torch = optional("torch")
+    targets = []
+    if mut.torch_model is not None:
+        if threads:
+            torch.set_num_threads(threads)
+        targets.append(pytorch_target(mut.torch_model, "cpu", "fp32"))
+    targets.append(onnxruntime_target(mut.onnx, "cpu", "fp32", threads))
+    for precision, path in (variants or {}).items():
+        targets.append(onnxruntime_target(Path(path), "cpu", precision, threads))
+    if torch is not None and mut.torch_model is not None and torch.cuda.is_available():
+        import copy
+
+        for precision in ("fp32", "fp16"):
+            targets.append(pytorch_target(copy.deepcopy(mut.torch_model), "cuda", precision))
+    if "CUDAExecutionProvider" in available_providers():
+        targets.append(onnxruntime_target(mut.onnx, "cuda", "fp32"))
+    return targets + tensorrt_targets(mut.onnx, variants or {}, batches, log)
+
+
+# -- TensorRT
+
+def engine_plans(weak_typing: bool, onnx: Path, variants: Mapping[str, Path]) -> List[Tuple[str, Path, str]]:
+    """(precision, ONNX to build from, build precision) for each engine this TensorRT can make."""
+    plans = [("fp32", Path(onnx), "fp32")]
+    if weak_typing:
+        plans.append(("fp16", Path(onnx), "fp16"))          # trtexec --fp16
+    elif "fp16" in variants:
+        plans.append(("fp16", Path(variants["fp16"]), "auto"))
+    if "int8" in variants:
+        plans.append(("int8", Path(variants["int8"]), "auto"))  # explicit Q/DQ: its own scales
+    return plans
+
+
+def tensorrt_target(onnx: Path, precision: str, build_precision: str, max_batch: int,
+                    log: Callable[[str], None] = print):
+    """A model_bench Target whose engines (one per input size) are built on first use."""
+    from engine.shapes import ShapeProfile
+    from engine.tensorrt.cache import cached_engine_path, cached_engine_runner
+    from engine.tensorrt.build import BuildOptions
+
+    runners: Dict[Tuple[int, int], object] = {}
+    holder = {}
+
+    def runner_for(height: int, width: int):
+        if (height, width) not in runners:
+            profile = ShapeProfile.from_hw((height, width), (height, width), (height, width),
+                                           batch=(1, max_batch, max_batch))
+            options = dict(precision=build_precision, profile=profile)
+            if not cached_engine_path(onnx, BuildOptions(**options)).is_file():
+                log(f"  building the TensorRT {precision} engine for {height}x{width}, batch "
+                    f"1..{max_batch} (once: cached)")
+            runners[(height, width)] = cached_engine_runner(onnx, **options).activate()
+        return runners[(height, width)]
+
+    def prepare(batch: np.ndarray):
+        runner = runner_for(*batch.shape[2:])
+        backend = runner.backend
+        device_batch = backend.empty(batch.shape, np.float32)
+        stream = backend.stream()
+        backend.copy_into(device_batch, batch, stream)
+        backend.synchronize(stream)
+        feed = {runner.input_names[0]: device_batch}
+
+        def run():
+            holder["out"] = runner.infer(feed)  # synchronised: outputs complete on return
+        return run, lambda: np.asarray(backend.to_host(holder["out"][runner.output_names[0]]),
+                                       np.float32)
+
+    def close():
+        for runner in runners.values():
+            runner.deactivate()
+        runners.clear()
+
+    return Target("tensorrt", "cuda", precision, prepare, close=close)
+
+
+def tensorrt_targets(onnx: Path, variants: Mapping[str, Path], batches: Sequence[int],
+                     log: Callable[[str], None] = print) -> List[object]:
+    """The TensorRT targets this machine can run (none without TensorRT and a usable GPU)."""
+    from engine.loader import tensorrt_usable
+    from engine.tensorrt.build import has_weak_typing
+
+    if not tensorrt_usable():
+        return []
+    trt = require("tensorrt")
+    return [tensorrt_target(path, precision, build, max(batches), log)
+            for precision, path, build in engine_plans(has_weak_typing(trt), onnx, variants)]
