@@ -57,6 +57,10 @@ RUN = ["run", "clip.mp4", "--quiet"]
     (RUN + ["--threads", "two"], "--threads: must be an integer >= 0, got 'two'"),
     (RUN + ["--max-side", "640", "--limit-side", "320"], "not --max-side with --limit-side"),
     (RUN + ["--serve-token", "x"], "--serve-token applies to --serve only"),
+    (RUN + ["--camera-size", "1920"], "--camera-size: expected WIDTHxHEIGHT, e.g. 1920x1080, got '1920'"),
+    (RUN + ["--camera-size", "0x480"], "--camera-size: expected WIDTHxHEIGHT"),
+    (RUN + ["--camera-fps", "0"], "--camera-fps: must be a number > 0, got '0'"),
+    (RUN + ["--camera-fourcc", "MJPEG"], "--camera-fourcc: expected four characters"),
     (RUN + ["--serve", "0", "--serve-token", ""], "--serve-token is empty"),
 ])
 def test_run_flags(place, capsys, argv, fragment):

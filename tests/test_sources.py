@@ -67,6 +67,71 @@ def test_unopenable_camera_and_stream_fail_at_open():
         open_source("rtsp://127.0.0.1:9/live", )
 
 
+class _FakeCapture:
+    """cv2.VideoCapture of a camera whose driver offers 1280x720 at 30 fps in MJPG and
+    640x480 at 30 in YUYV, and snaps any other request to the nearest of its modes, as V4L2
+    drivers do. (No camera on the machines that run the tests.)"""
+
+    MODES = {"MJPG": (1280, 720, 30.0), "YUYV": (640, 480, 30.0)}
+
+    def __init__(self, device):
+        self.calls, self.format = [], "YUYV"
+
+    def isOpened(self):
+        return True
+
+    def set(self, prop, value):
+        import cv2
+
+        self.calls.append(prop)
+        if prop == cv2.CAP_PROP_FOURCC:
+            code = int(value)
+            name = "".join(chr((code >> 8 * i) & 0xFF) for i in range(4))
+            self.format = name if name in self.MODES else self.format
+        return True
+
+    def get(self, prop):
+        import cv2
+
+        width, height, fps = self.MODES[self.format]
+        if prop == cv2.CAP_PROP_FOURCC:
+            return float(cv2.VideoWriter_fourcc(*self.format))
+        return {cv2.CAP_PROP_FRAME_WIDTH: width, cv2.CAP_PROP_FRAME_HEIGHT: height,
+                cv2.CAP_PROP_FPS: fps}.get(prop, 0.0)
+
+    def read(self):
+        width, height, _ = self.MODES[self.format]
+        return True, np.zeros((height, width, 3), np.uint8)
+
+    def release(self):
+        pass
+
+
+def test_camera_capture_mode_is_asked_for_and_what_the_camera_gives_is_reported(monkeypatch):
+    """The pixel format is set before the size (V4L2 lists sizes per format); a request the
+    driver does not take is noted in the source's events, and `describe()` has the real mode."""
+    import cv2
+
+    from pipeline.sources import camera as camera_module
+
+    made = []
+    monkeypatch.setattr(camera_module.cv2, "VideoCapture", lambda d: made.append(_FakeCapture(d)) or made[-1])
+    source = open_source("0", camera=dict(width=1280, height=720, fps=30, fourcc="MJPG"))
+    assert made[0].calls[0] == cv2.CAP_PROP_FOURCC
+    assert source.describe()["mode"] == dict(width=1280, height=720, fps=30.0, fourcc="MJPG")
+    assert not source.stats.events  # everything asked for was given
+    source.close()
+    source = open_source("/dev/video2", camera=dict(width=1920, height=1080, fps=60))
+    assert source.mode == dict(width=640, height=480, fps=30.0, fourcc="YUYV")
+    assert source.stats.events == ["asked for {'width': 1920, 'height': 1080, 'fps': 60}; the camera "
+                                   "gives {'width': 640, 'height': 480, 'fps': 30.0, 'fourcc': 'YUYV'}"]
+    frame = next(iter(source))
+    assert frame.image.shape == (480, 640, 3)
+    source.close()
+    with pytest.raises(SourceError, match="four characters"):
+        CameraSource(0, fourcc="MJPEG")
+
+
 @pytest.mark.parametrize("spec, kind", [
     ("0", CameraSource), (3, CameraSource), ("/dev/video1", CameraSource),
     ("rtsp://cam.local/stream", NetworkSource), ("http://host/live.ts", NetworkSource),

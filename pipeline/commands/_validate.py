@@ -74,6 +74,21 @@ def input_size(text: str):
     return sides
 
 
+def frame_size(text: str):
+    """WxH of a camera's capture mode (width first, as cameras list them) -> (width, height)."""
+    match = re.fullmatch(r"\s*(\d+)\s*x\s*(\d+)\s*", text)
+    if match is None or not all(0 < int(s) <= 16384 for s in match.groups()):
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, e.g. 1920x1080, got {text!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def fourcc(text: str) -> str:
+    """A four-character pixel format code such as MJPG or YUYV."""
+    if len(text) != 4 or not text.isprintable():
+        raise argparse.ArgumentTypeError(f"expected four characters, e.g. MJPG or YUYV, got {text!r}")
+    return text
+
+
 def _writable(folder: Path) -> bool:
     """A file can be made in `folder`: tried, since os.access says yes to root everywhere
     (read-only mounts, /proc)."""

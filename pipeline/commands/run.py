@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Optional
 
 from ._model import add_triton_arguments
-from ._validate import (DEVICES, at_least, broker_url, input_size, listen_address, output_folder,
-                        side_length)
+from ._validate import (DEVICES, at_least, broker_url, fourcc, frame_size, input_size,
+                        listen_address, output_folder, side_length)
 
 NAME = "run"
 ORDER = 10
@@ -85,6 +85,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(-1: forever, 0: none)")
     q.add_argument("--reconnect-delay", type=at_least(0.0, float), default=0.5,
                    help="first back-off delay in seconds (doubles up to 8 s)")
+    c = p.add_argument_group("cameras (0, /dev/video0): the capture mode to ask for; report.json "
+                             "has the one the camera gives")
+    c.add_argument("--camera-size", type=frame_size, metavar="WxH", help="e.g. 1920x1080")
+    c.add_argument("--camera-fps", type=at_least(0.0, float, strict=True), metavar="FPS")
+    c.add_argument("--camera-fourcc", type=fourcc, metavar="CODE", help="pixel format, e.g. MJPG "
+                   "(USB cameras send large sizes at full rate only compressed)")
     o = p.add_argument_group("outputs")
     o.add_argument("--no-video", action="store_true", help="do not write annotated video / images")
     o.add_argument("--show", action="store_true", help="show annotated frames in a window (q quits)")
@@ -138,10 +144,18 @@ def _check_flag_pairs(args) -> None:
         raise DbrtError("--serve-token applies to --serve only; add --serve or drop --serve-token")
 
 
+def _camera_mode(args) -> dict:
+    """The capture mode asked for on the command line, as CameraSource keywords."""
+    width, height = args.camera_size or (None, None)
+    mode = dict(width=width, height=height, fps=args.camera_fps, fourcc=args.camera_fourcc)
+    return {key: value for key, value in mode.items() if value is not None}
+
+
 def build_pipeline(args):
     """Sources are opened first (a bad path fails before the model loads), then the model."""
     import signal
 
+    from engine.errors import DbrtError
     from pipeline.shipped import DEMO_VIDEO
     from pipeline.metrics import Progress
     from pipeline.runner import Pipeline
@@ -153,7 +167,12 @@ def build_pipeline(args):
     retries = None if args.reconnect < 0 else args.reconnect
     reconnect = Reconnect(retries=retries, delay=args.reconnect_delay) if retries != 0 else None
     sources = open_sources(args.sources or [str(DEMO_VIDEO)], reconnect=reconnect,
-                           decode_threads=args.decode_threads)
+                           decode_threads=args.decode_threads, camera=_camera_mode(args))
+    if _camera_mode(args) and not any(s.kind == "camera" for s in sources):
+        for source in sources:
+            source.close()
+        raise DbrtError("--camera-size / --camera-fps / --camera-fourcc apply to cameras "
+                        "(0, /dev/video0); none of the sources is one")
     try:
         detector = build_detector(args)
     except BaseException:

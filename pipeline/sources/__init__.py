@@ -26,23 +26,24 @@ _CAMERA_PATH = re.compile(r"^/dev/video\d+$")
 
 
 def parse_source(spec: Union[str, int, os.PathLike, Source], reconnect: Optional[Reconnect] = Reconnect(),
-                 decode_threads: int = 0) -> Source:
+                 decode_threads: int = 0, camera: Optional[dict] = None) -> Source:
     """A Source for a command-line style spec (not yet opened):
 
     an int or digits -> camera index; /dev/videoN -> camera; rtsp:// http:// ... -> network
     stream; a folder, a glob or an image file -> images; anything else -> video file.
+    `camera`: the capture mode cameras are asked for (CameraSource's width, height, fps, fourcc).
     """
     if isinstance(spec, Source):
         return spec
     if isinstance(spec, int):
-        return CameraSource(spec)
+        return CameraSource(spec, **(camera or {}))
     text = os.fspath(spec)
     if not text:
         raise SourceError("empty source")
     if text.isdigit():
-        return CameraSource(int(text))
+        return CameraSource(int(text), **(camera or {}))
     if _CAMERA_PATH.match(text):
-        return CameraSource(text)
+        return CameraSource(text, **(camera or {}))
     if is_url(text):
         return NetworkSource(text, reconnect=reconnect)
     if os.path.isfile(text) and not is_image_path(text):  # `clip [1].mp4` is a file, not a glob

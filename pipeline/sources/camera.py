@@ -12,17 +12,23 @@ from .live import LiveSource, Reconnect
 
 
 class CameraSource(LiveSource):
-    """A live camera; `width` / `height` / `fps` request a capture mode (the driver may refuse)."""
+    """A live camera; `width` / `height` / `fps` / `fourcc` (a pixel format such as "MJPG")
+    request a capture mode. The driver may give another: `mode` is what it gives, reported with
+    the source and noted in its events when it differs from the request."""
 
     kind = "camera"
 
     def __init__(self, device: Union[int, str], width: Optional[int] = None,
                  height: Optional[int] = None, fps: Optional[float] = None,
-                 reconnect: Optional[Reconnect] = Reconnect(retries=3)):
+                 reconnect: Optional[Reconnect] = Reconnect(retries=3), fourcc: Optional[str] = None):
         super().__init__(f"camera:{device}", reconnect)
+        if fourcc is not None and len(fourcc) != 4:
+            raise SourceError(f"a pixel format is four characters (e.g. MJPG, YUYV), got {fourcc!r}")
         self.device = device
+        self.fourcc = fourcc
         self.request = {cv2.CAP_PROP_FRAME_WIDTH: width, cv2.CAP_PROP_FRAME_HEIGHT: height,
                         cv2.CAP_PROP_FPS: fps}
+        self.mode: Optional[dict] = None  # width, height, fps, fourcc the camera gives
         self._cap = None
         self._t0 = None
 
@@ -36,11 +42,28 @@ class CameraSource(LiveSource):
         if not cap.isOpened():
             cap.release()
             raise SourceError(f"cannot open camera {self.device!r} (no such device, or busy)")
+        if self.fourcc:  # first: V4L2 lists sizes and rates per pixel format
+            cap.set(cv2.CAP_PROP_FOURCC, cv2.VideoWriter_fourcc(*self.fourcc))
         for prop, value in self.request.items():
             if value:
                 cap.set(prop, value)
         self._cap = cap
         self._t0 = time.monotonic()
+        self.mode = capture_mode(cap)
+        refused = self._refused()
+        if refused:
+            self.stats.note(f"asked for {refused}; the camera gives {self.mode}")
+
+    def _refused(self) -> dict:
+        """The requested settings the camera did not take."""
+        asked = dict(width=self.request[cv2.CAP_PROP_FRAME_WIDTH],
+                     height=self.request[cv2.CAP_PROP_FRAME_HEIGHT],
+                     fps=self.request[cv2.CAP_PROP_FPS], fourcc=self.fourcc)
+        return {key: value for key, value in asked.items() if value and (
+            abs(self.mode[key] - value) > 0.5 if key == "fps" else self.mode[key] != value)}
+
+    def describe(self) -> dict:
+        return {**super().describe(), "mode": self.mode}
 
     def _read(self):
         ok, image = self._cap.read()
@@ -52,3 +75,12 @@ class CameraSource(LiveSource):
         cap, self._cap = self._cap, None
         if cap is not None:
             cap.release()
+
+
+def capture_mode(cap) -> dict:
+    """What an opened cv2.VideoCapture delivers: width, height, fps, pixel format."""
+    code = int(cap.get(cv2.CAP_PROP_FOURCC))
+    fourcc = "".join(chr((code >> 8 * i) & 0xFF) for i in range(4)) if code > 0 else None
+    return dict(width=int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)),
+                height=int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)),
+                fps=round(float(cap.get(cv2.CAP_PROP_FPS)), 2) or None, fourcc=fourcc)
