@@ -1,6 +1,6 @@
 """Tiny media made on the fly for the pipeline tests (PyAV): videos whose frames say their
-own index, MPEG-TS bytes and a loopback HTTP stream server, a stand-in detector and a simulated
-live camera."""
+own index, MPEG-TS bytes and a loopback HTTP stream server, a stand-in detector, a simulated
+live camera, and `until` (poll for a condition with a generous safety deadline)."""
 from __future__ import annotations
 
 import io
@@ -75,6 +75,20 @@ def mpegts_bytes(frames: int = 50, height: int = 48, width: int = 64, fps: int =
 
 
 CHUNK = 188 * 20  # whole TS packets of the loopback stream server
+
+
+def until(check, what: str, limit_s: float = 30.0, every_s: float = 0.01):
+    """Poll `check()` until it returns a truthy value, which is returned; fails after
+    `limit_s` (a safety net for a broken run, never a measurement: tests wait for what they
+    need to see, not for a time)."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {limit_s:g} s waiting for {what}")
+        time.sleep(every_s)
 
 
 def free_port() -> int:

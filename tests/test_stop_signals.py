@@ -18,7 +18,7 @@ import pytest
 from pipeline.runner import Pipeline
 from pipeline.sinks import JsonlSink
 
-from media import FakeDetector, write_video
+from media import FakeDetector, until, write_video
 
 
 @pytest.fixture(scope="module")
@@ -87,19 +87,30 @@ def test_sigterm_drains_like_ctrl_c_when_asked_for(tmp_path, long_video):
 
 
 class _SignalsTwice(FakeDetector):
-    """Inference that sends Ctrl-C twice while many frames are still queued."""
+    """Inference that, once the source has delivered 10 frames, sends Ctrl-C, waits until the
+    run drains, then sends it again and waits until the run aborts -- all inside one inference
+    call, so the frames read and not yet inferred are still in flight at the second signal."""
+
+    pipe = None
+    signalled = False
 
     def infer(self, batch):
-        if self.calls["infer"] in (3, 4):
+        if not self.signalled and self.pipe.sources[0].stats.delivered >= 10:
+            self.signalled = True
+            control = self.pipe.control
             _signal_main_thread()
-            time.sleep(0.2)  # the handler has run before the next signal
+            until(control.draining.is_set, "the first Ctrl-C to drain the run")
+            assert not control.aborted.is_set()  # the first one only drains
+            _signal_main_thread()
+            until(control.aborted.is_set, "the second Ctrl-C to abort the run")
         return super().infer(batch)
 
 
 def test_a_second_ctrl_c_stops_at_once_and_counts_the_lost_frames(tmp_path, long_video):
     out = tmp_path / "d.jsonl"
-    pipe = Pipeline([long_video], _SignalsTwice(delay_s=0.01), sinks=[JsonlSink(out)],
-                    batch=1, queue_size=16)
+    detector = _SignalsTwice(delay_s=0.01)
+    pipe = Pipeline([long_video], detector, sinks=[JsonlSink(out)], batch=1, queue_size=16)
+    detector.pipe = pipe
     with pytest.raises(KeyboardInterrupt):
         pipe.run()
     report = pipe.report()
@@ -165,17 +176,33 @@ def test_dbrt_run_second_ctrl_c_says_how_many_frames_were_lost(tmp_path, tiny_on
                                                                capsys):
     from pipeline.cli import main
     from pipeline.detector import Detector
+    from pipeline.interrupts import StopSignals
+
+    handled = []
+    handle = StopSignals._handle
+
+    def handle_and_record(self, signum, frame):
+        try:
+            handle(self, signum, frame)
+        finally:
+            handled.append(signum)
 
     calls = []
     infer = Detector.infer
 
     def infer_signalling_twice(self, batch):
+        # both signals inside the third inference call, each once the handler has taken the
+        # one before: frame 2 is in this call and not written, so it is lost whatever else the
+        # other threads have read by then
         calls.append(1)
-        if len(calls) in (3, 4):
+        if len(calls) == 3:
             _signal_main_thread()
-            time.sleep(0.2)
+            until(lambda: len(handled) >= 1, "the first Ctrl-C to be handled")
+            _signal_main_thread()
+            until(lambda: len(handled) >= 2, "the second Ctrl-C to be handled")
         return infer(self, batch)
 
+    monkeypatch.setattr(StopSignals, "_handle", handle_and_record)
     monkeypatch.setattr(Detector, "infer", infer_signalling_twice)
     video = write_video(tmp_path / "v.mp4", frames=100)
     out = tmp_path / "out"
