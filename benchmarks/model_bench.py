@@ -185,7 +185,7 @@ def sweep(targets: Sequence[Target], spec, sizes: Sequence[Tuple[int, int]], bat
     refs = reference_outputs(targets, frame, spec, sizes)
     rows = []
     for target in targets:
-        for size in sizes:
+        for size in (s for s in sizes if target.sizes is None or s in target.sizes):
             for batch in (cpu_batches or batches) if target.device == "cpu" else batches:
                 try:
                     run, fetch = target.prepare(make_batch(frame, spec, size, batch))
@@ -216,7 +216,9 @@ def _row(target: Target, size, batch, stats, diff, error: Optional[str] = None) 
 
 def run(model=None, weights=None, sizes=(320, 480, 640, 736), batches=(1, 4), warmup=2, repeats=5,
         threads=0, variants=None, out_dir=None, log=print, cpu_batches=None,
-        precisions=("fp32",)) -> Dict[str, Path]:
+        precisions=("fp32",), tensorrt_sizes=None) -> Dict[str, Path]:
+    """`tensorrt_sizes`: the sides TensorRT engines are built and timed at (None: every size,
+    empty: no TensorRT rows)."""
     """Sweep and write `model_bench.{json,md}` + `model_bench_fps.png`; returns their paths."""
     workdir = Path(tempfile.mkdtemp(prefix="dbrt-bench-"))
     mut = load_model(model, weights, workdir)
@@ -226,9 +228,11 @@ def run(model=None, weights=None, sizes=(320, 480, 640, 736), batches=(1, 4), wa
     with OnnxRuntimeRunner(mut.onnx, device="cpu") as probe:
         spec = resolve_spec(probe.metadata)
     variants = {**make_variants(mut, precisions, spec, workdir, log), **(variants or {})}
-    targets = default_targets(mut, threads, variants, batches, log)
+    trt_sizes = None if tensorrt_sizes is None else [(s, s) for s in tensorrt_sizes]
+    targets = default_targets(mut, threads, variants, batches, log, trt_sizes)
     if not any(t.backend == "tensorrt" for t in targets):
-        mut.notes.append("TensorRT or a usable GPU is missing here: no TensorRT rows.")
+        mut.notes.append("No TensorRT rows: " + ("not asked for." if trt_sizes == [] else
+                                                 "TensorRT or a usable GPU is missing here."))
     sizes2 = [(s, s) for s in sizes]
     log(f"model-only sweep: {mut.label}; {len(targets)} targets x {len(sizes2)} sizes x {len(batches)} batches")
     try:
@@ -256,13 +260,20 @@ def main(argv=None) -> int:
                    help="ONNX Runtime precisions (fp16 / int8 files made with export.quantize)")
     p.add_argument("--variant", action="append", default=[], metavar="PRECISION=PATH",
                    help="another ONNX of the same model, e.g. int8=model_int8.onnx")
+    p.add_argument("--tensorrt-sizes", type=int, nargs="+", metavar="SIDE",
+                   help="where TensorRT is usable: the sides to build engines for and time (default: "
+                        "--sizes; each size and precision is one engine build, minutes on a Jetson, cached)")
+    p.add_argument("--no-tensorrt", action="store_true", help="no TensorRT rows")
     p.add_argument("--out", type=Path, help="results folder (default: benchmarks/results/<machine>)")
     a = p.parse_args(argv)
+    if a.tensorrt_sizes and set(a.tensorrt_sizes) - set(a.sizes):
+        p.error(f"--tensorrt-sizes {a.tensorrt_sizes}: each must be one of --sizes {a.sizes}")
     if any("=" not in v for v in a.variant):
         p.error(f"--variant expects PRECISION=PATH, e.g. int8=model_int8.onnx, got {a.variant}")
     variants = dict(v.split("=", 1) for v in a.variant)
     paths = run(a.model, a.weights, a.sizes, a.batches, a.warmup, a.repeats, a.threads, variants, a.out,
-                cpu_batches=a.cpu_batches, precisions=a.precisions)
+                cpu_batches=a.cpu_batches, precisions=a.precisions,
+                tensorrt_sizes=[] if a.no_tensorrt else a.tensorrt_sizes)
     print("\n".join(f"wrote {p}" for p in paths.values()))
     return 0
 

@@ -34,6 +34,7 @@ class Target:
     prepare: Callable[[np.ndarray], Tuple[Callable[[], object], Callable[[], np.ndarray]]]
     sync: Optional[Callable[[], None]] = None
     close: Optional[Callable[[], None]] = None
+    sizes: Optional[Sequence[Tuple[int, int]]] = None  # the sweep's sizes it runs (None: all)
 
     @property
     def name(self) -> str:
@@ -81,7 +82,8 @@ def pytorch_target(net, device: str = "cpu", precision: str = "fp32") -> Target:
 
 
 def default_targets(mut, threads: int = 0, variants: Optional[Dict[str, Path]] = None,
-                    batches: Sequence[int] = (1,), log: Callable[[str], None] = print) -> List[Target]:
+                    batches: Sequence[int] = (1,), log: Callable[[str], None] = print,
+                    tensorrt_sizes: Optional[Sequence[Tuple[int, int]]] = None) -> List[Target]:
     """Everything this machine can run: PyTorch CPU fp32 (the baseline), ORT CPU fp32 and any
     extra ORT precision variants (fp16 / int8 ONNX files); on CUDA also PyTorch fp32 / fp16 and
     ORT's CUDA provider when onnxruntime-gpu is installed."""
@@ -103,7 +105,7 @@ def default_targets(mut, threads: int = 0, variants: Optional[Dict[str, Path]] =
             targets.append(pytorch_target(copy.deepcopy(mut.torch_model), "cuda", precision))
     if "CUDAExecutionProvider" in available_providers():
         targets.append(onnxruntime_target(mut.onnx, "cuda", "fp32"))
-    return targets + tensorrt_targets(mut.onnx, variants or {}, batches, log)
+    return targets + tensorrt_targets(mut.onnx, variants or {}, batches, log, tensorrt_sizes)
 
 
 # -- TensorRT
@@ -121,7 +123,7 @@ def engine_plans(weak_typing: bool, onnx: Path, variants: Mapping[str, Path]) ->
 
 
 def tensorrt_target(onnx: Path, precision: str, build_precision: str, max_batch: int,
-                    log: Callable[[str], None] = print):
+                    log: Callable[[str], None] = print, sizes=None):
     """A model_bench Target whose engines (one per input size) are built on first use."""
     from engine.shapes import ShapeProfile
     from engine.tensorrt.cache import cached_engine_path, cached_engine_runner
@@ -160,17 +162,19 @@ def tensorrt_target(onnx: Path, precision: str, build_precision: str, max_batch:
             runner.deactivate()
         runners.clear()
 
-    return Target("tensorrt", "cuda", precision, prepare, close=close)
+    return Target("tensorrt", "cuda", precision, prepare, close=close, sizes=sizes)
 
 
 def tensorrt_targets(onnx: Path, variants: Mapping[str, Path], batches: Sequence[int],
-                     log: Callable[[str], None] = print) -> List[object]:
-    """The TensorRT targets this machine can run (none without TensorRT and a usable GPU)."""
+                     log: Callable[[str], None] = print,
+                     sizes: Optional[Sequence[Tuple[int, int]]] = None) -> List[Target]:
+    """The TensorRT targets this machine can run (none without TensorRT and a usable GPU, or
+    when `sizes` is empty; None: every size of the sweep)."""
     from engine.loader import tensorrt_usable
     from engine.tensorrt.build import has_weak_typing
 
-    if not tensorrt_usable():
+    if (sizes is not None and not sizes) or not tensorrt_usable():
         return []
     trt = require("tensorrt")
-    return [tensorrt_target(path, precision, build, max(batches), log)
+    return [tensorrt_target(path, precision, build, max(batches), log, sizes)
             for precision, path, build in engine_plans(has_weak_typing(trt), onnx, variants)]

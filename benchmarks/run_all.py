@@ -40,8 +40,9 @@ BENCHMARKS = {  # name -> (module, what it measures)
 # Short CPU runs (shared machines); a GPU gets wider sweeps.
 CPU_ARGS = {"model": ["--sizes", "320", "480", "640", "736", "--batches", "1", "4", "--repeats", "5",
                       "--precisions", "fp32", "fp16", "int8", "--threads", "1"]}
+# TensorRT (where installed) at the default input size only: every size is an engine build
 GPU_ARGS = {"model": ["--sizes", "320", "480", "640", "736", "960", "1280", "--batches", "1", "4", "8", "16",
-                      "--cpu-batches", "1", "--warmup", "5", "--repeats", "20"]}
+                      "--cpu-batches", "1", "--warmup", "5", "--repeats", "20", "--tensorrt-sizes", "736"]}
 QUICK_ARGS = {"model": ["--sizes", "256", "512", "--batches", "1", "2", "--warmup", "1", "--repeats", "3"],
               "postprocess": ["--quick"],
               "peer-accuracy": ["--max-images", "2", "--synth", "2", "--frames", "4"]}

@@ -132,6 +132,13 @@ def test_tensorrt_rows_on_the_test_double(trt, tiny_pair, tmp_path, monkeypatch)
     assert all("x_vs_pytorch_cpu" in s and "x_vs_pytorch_cuda" not in s for s in speedups)
     for target in targets:
         target.close()
+    assert tensorrt_targets(tiny_pair.onnx, variants, [1], sizes=[]) == []  # --no-tensorrt
+    only = tensorrt_targets(tiny_pair.onnx, variants, [1, 2], log=built.append, sizes=[(64, 96)])
+    rows = model_bench.sweep(targets[:1] + only, ModelSpec(), [(64, 64), (64, 96)], [1], warmup=1,
+                             repeats=1, frame=frame, log=lambda msg: None)
+    assert {r["input"] for r in rows if r["backend"] == "tensorrt"} == {"64x96"} and not built
+    for target in only:
+        target.close()
 
 
 def test_failing_configuration_is_a_row_not_a_crash(tiny_pair):
