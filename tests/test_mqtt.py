@@ -12,6 +12,7 @@ import pytest
 
 from pipeline.cli import main
 
+from media import until
 from serve_helpers import Mosquitto, Subscriber, dbrt, mosquitto_or_skip, wait_until
 
 pytest.importorskip("paho.mqtt.client", reason="paho-mqtt is not installed (pip install 'dbrt[serve]')")
@@ -46,19 +47,27 @@ def test_events_arrive_and_survive_a_broker_restart(tmp_path, broker):
         assert first["frame_size"] == [360, 640] and first["source"].endswith("demo.mp4")
         assert all(set(d) >= {"polygon", "score"} for d in first["detections"])
 
+        down_from = jsonl_lines(jsonl)  # written before the broker stops: all must arrive
         broker.stop()
-        down_from = jsonl_lines(jsonl)
         wait_until(lambda: jsonl_lines(jsonl) >= down_from + 8, proc, "frames while the broker is down")
         broker.restart()
         restarted_at = jsonl_lines(jsonl)
         wait_until(lambda: any(e["frame_index"] > restarted_at for e in subscriber.received()),
                    proc, "an event published after the restart")
+    except BaseException:
+        subscriber.close()
+        raise
     finally:
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
+    try:
+        report = json.loads((out / "report.json").read_text())
+        mqtt = report["mqtt"]
+        # acknowledged by the broker: on their way to the subscriber, not necessarily there yet
+        until(lambda: len({e["frame_index"] for e in subscriber.received()}) >= mqtt["acked_total"],
+              "every acknowledged event at the subscriber", 60)
+    finally:
         subscriber.close()
-    report = json.loads((out / "report.json").read_text())
-    mqtt = report["mqtt"]
     assert mqtt["dropped_total"] >= 1, mqtt  # the outbox holds 3; 8+ frames came while away
     assert mqtt["reconnects_total"] >= 1 and "Traceback" not in err
     received = {e["frame_index"] for e in subscriber.received()}

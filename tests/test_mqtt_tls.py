@@ -10,6 +10,7 @@ import pytest
 
 from pipeline.cli import main
 
+from media import until
 from serve_helpers import (Mosquitto, Subscriber, dbrt, mosquitto_or_skip, server_certificate,
                            throwaway_ca)
 
@@ -37,11 +38,15 @@ def test_events_arrive_over_tls_with_the_broker_ca(tmp_path, tls_broker, tiny_on
     url = f"mqtts://127.0.0.1:{tls_broker.tls_port}/{TOPIC}?ca={tls_broker.ca}"
     proc = dbrt("run", "--model", str(tiny_onnx), "--max-frames", "12", "--mqtt", url,
                 "--no-video", "--quiet", "-o", str(out))
-    _, err = proc.communicate(timeout=300)
-    subscriber.close()
-    assert proc.returncode == 0, err
-    report = json.loads((out / "report.json").read_text())
-    assert report["mqtt"]["acked_total"] == 12 and report["mqtt"]["dropped_total"] == 0
+    try:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+        report = json.loads((out / "report.json").read_text())
+        assert report["mqtt"]["acked_total"] == 12 and report["mqtt"]["dropped_total"] == 0
+        # acknowledged by the broker: on their way to the subscriber, not necessarily there yet
+        until(lambda: len(subscriber.received()) >= 12, "the 12 events at the subscriber", 60)
+    finally:
+        subscriber.close()
     received = subscriber.received()
     assert sorted(e["frame_index"] for e in received) == list(range(12))
     assert {e["type"] for e in received} == {"detections"}
