@@ -226,17 +226,25 @@ class MqttSink(Sink):
                     queued=published - acked, connected=self.connected,
                     reconnects_total=max(0, self._connects - 1), last_error=self.last_error)
 
+    def _may_still_send(self) -> bool:
+        """Connected, or still making the first connection (no refused certificate or login)."""
+        return self.connected or (self._connects == 0 and self.fatal is None)
+
     def _raise_fatal(self) -> None:
         if self.fatal and not self._fatal_raised:
             self._fatal_raised = True
             raise DbrtError(self.fatal)
 
     def close(self) -> None:
-        """Wait up to `flush_s` for queued events while connected, then disconnect."""
+        """Wait up to `flush_s` for queued events while connected -- or while the first
+        connection is still being made (a run shorter than the connection, e.g. a slow TLS
+        handshake: its events are queued and would otherwise never be sent) --, then
+        disconnect. A connection lost after the first one is not waited for."""
         if self.client is None:
             return
         deadline = time.monotonic() + self.flush_s
-        while self.connected and self.counters()["queued"] > 0 and time.monotonic() < deadline:
+        while self.counters()["queued"] > 0 and self._may_still_send() \
+                and time.monotonic() < deadline:
             time.sleep(0.02)
         client, self.client = self.client, None
         client.disconnect()

@@ -77,6 +77,41 @@ def test_events_arrive_and_survive_a_broker_restart(tmp_path, broker):
     assert set(range(down_from)) <= received and max(received) == report["frames"] - 1
 
 
+def test_events_of_a_run_shorter_than_the_first_connection_are_sent_at_close(tmp_path, broker):
+    """The sink connects in the background: a run that ends before its first connection (a
+    slow TLS handshake, a broker still starting) queued its events; close() waits, up to its
+    flush time, for that connection and sends them. Before, close() waited only while
+    connected, and those events were never sent."""
+    import paho.mqtt.publish
+
+    from pipeline.mqtt import MqttSink
+
+    # a durable subscription the broker keeps across its restart; the retained probe proves
+    # the subscriber is subscribed before the broker goes away
+    paho.mqtt.publish.single(TOPIC, json.dumps({"type": "probe"}), qos=1, retain=True,
+                             hostname="127.0.0.1", port=broker.port)
+    subscriber = Subscriber(broker.port, TOPIC)
+    try:
+        until(lambda: subscriber.received(), "the subscriber to get the retained probe", 60)
+        broker.stop()
+        sink = MqttSink(f"mqtt://127.0.0.1:{broker.port}/{TOPIC}", min_delay=1, max_delay=1,
+                        flush_s=60)
+        for index in range(5):
+            sink.publish_text_event({"event": "end", "track_id": index})
+        assert sink.counters()["queued"] == 5 and sink.counters()["reconnects_total"] == 0
+        assert not sink.connected  # the broker is down: nothing can have been sent
+        broker.start()
+        sink.close()  # returns once the first connection is made and the broker acknowledged
+        counters = sink.counters()
+        assert counters["acked_total"] == 5 and counters["queued"] == 0, counters
+        until(lambda: len([e for e in subscriber.received() if e["type"] == "text"]) >= 5,
+              "the 5 queued events at the subscriber", 60)
+    finally:
+        subscriber.close()
+    texts = [e for e in subscriber.received() if e["type"] == "text"]
+    assert sorted(e["track_id"] for e in texts) == list(range(5))
+
+
 @pytest.mark.parametrize("url, message", [
     ("http://127.0.0.1/t", "the scheme must be mqtt:// or mqtts://"),
     ("mqtt://127.0.0.1", "expected one topic"),
