@@ -17,6 +17,8 @@ import pytest
 from engine.triton.server import TritonServer, TritonServerError, free_port
 from pipeline.cli import main
 
+from media import until
+
 DOUBLER = '''
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -46,7 +48,8 @@ def test_a_python_model_answers_and_the_server_stops(triton_venv, tmp_path):
     grpc = pytest.importorskip("tritonclient.grpc")
     server = TritonServer(python_model_repository(tmp_path), venv=str(triton_venv))
     with server:
-        assert server.host == "127.0.0.1" and server.is_ready()
+        assert server.host == "127.0.0.1"
+        assert until(server.is_ready, "the server to answer its readiness probe", 60)
         client = grpc.InferenceServerClient(server.grpc_url)
         x = grpc.InferInput("x", [1, 3], "FP32")
         x.set_data_from_numpy(np.array([[1, 2, 3]], np.float32))
@@ -92,8 +95,17 @@ def test_a_server_started_from_a_worker_thread_outlives_the_thread(triton_venv, 
     worker.join()
     server = started[0]
     try:
-        time.sleep(1.0)  # a SIGTERM from the ended thread would have arrived by now
-        assert server.process.poll() is None and server.is_ready()
+        # the parent-death signal is sent as the forking thread exits, which can be after
+        # join() returns: wait until the kernel has removed the thread
+        until(lambda: not Path(f"/proc/self/task/{worker.native_id}").exists(),
+              "the worker thread to be gone")
+        # no direct way to read another process's parent-death setting: give a SIGTERM time
+        # to take effect (what this sleep shows is an absence; it cannot make the test fail
+        # wrongly, only miss a regression on a very slow machine)
+        time.sleep(1.0)
+        assert server.process.poll() is None
+        assert until(server.is_ready, "the server to answer its readiness probe", 60)
+        assert server.process.poll() is None
     finally:
         server.close()
 
