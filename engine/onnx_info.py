@@ -6,7 +6,7 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 from .base import TensorInfo
 from .errors import ModelError
@@ -52,16 +52,25 @@ def _tensor_info(onnx, value_info) -> TensorInfo:
     return TensorInfo(value_info.name, dims, dtype)
 
 
+def _cast_to(node) -> Optional[int]:
+    return next((a.i for a in node.attribute if a.name == "to"), None) if node.op_type == "Cast" else None
+
+
 def _precision(onnx, graph) -> str:
+    """What the graph computes in. FP16 initializers read only through Cast(to=FLOAT) are
+    storage (half the file size; dbrt's shipped model), not FP16 compute."""
     ops = {n.op_type for n in graph.node}
     if ops & _QDQ_OPS:
         return "int8"
-    fp16 = onnx.TensorProto.FLOAT16
-    if any(t.data_type == fp16 for t in graph.initializer):
+    fp16, fp32 = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
+    if any(_cast_to(node) == fp16 for node in graph.node):
         return "fp16"
+    half = {t.name for t in graph.initializer if t.data_type == fp16}
     for node in graph.node:
-        if node.op_type == "Cast" and any(a.name == "to" and a.i == fp16 for a in node.attribute):
+        if half.intersection(node.input) and _cast_to(node) != fp32:
             return "fp16"
+    if any(v.type.tensor_type.elem_type == fp16 for v in list(graph.input) + list(graph.output)):
+        return "fp16"
     return "fp32"
 
 

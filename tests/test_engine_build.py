@@ -38,6 +38,28 @@ def test_build_serialize_load_infer_matches_onnxruntime(trt, tiny_onnx, tmp_path
             np.testing.assert_allclose(out, ort_prob(tiny_onnx, batch), atol=1e-5)
 
 
+def test_fp16_storage_is_fp32_compute(trt, tiny_onnx, tmp_path):
+    """dbrt's shipped model stores its weights as fp16 + Cast(to=FLOAT): it computes in FP32, so
+    `auto` on 8.6 / 10.x builds it with the FP16 flag (weak typing) like any FP32 ONNX, and on
+    11.x as an FP32 network; an FP16 ONNX (fp16 compute) is still read as fp16."""
+    import onnx
+
+    from engine.onnx_info import summarize_onnx
+    from export import quantize
+    from export.train.ship import store_initializers_fp16
+
+    proto = onnx.load(str(tiny_onnx))
+    assert store_initializers_fp16(proto) > 0
+    stored = tmp_path / "stored_fp16.onnx"
+    onnx.save(proto, str(stored))
+    assert summarize_onnx(stored).precision == "fp32"
+    assert summarize_onnx(quantize.to_fp16(tiny_onnx, tmp_path / "fp16.onnx")).precision == "fp16"
+    record = build_engine_file(stored, tmp_path / "stored.engine", BuildOptions(profile=SMALL))
+    weak = trt.__version__ != "11.4.0"
+    assert record.precision == ("fp16" if weak else "fp32")
+    assert record.builder["flags"] == (["FP16"] if weak else []) and record.strongly_typed is not weak
+
+
 def test_engine_bytes_runner(trt, tiny_onnx, rng):
     data, record = build_engine(tiny_onnx, BuildOptions(precision="fp32", profile=SMALL))
     batch = rng.random((1, 3, 32, 64), dtype=np.float32)
