@@ -15,7 +15,8 @@ rewritten after every step, so a run cut short keeps what it measured):
   triton tensorrt  `dbrt triton export --backend tensorrt` served by an installed tritonserver with
                 the TensorRT backend vs the same plan run locally (benchmarks/gpu_triton.py);
                 skipped where there is no such server
-  model only    benchmarks.model_bench: PyTorch CUDA fp32 / fp16 beside CPU PyTorch and ORT
+  model only    benchmarks.model_bench: PyTorch CUDA fp32 / fp16 (and TensorRT FP32 / FP16 at 736
+                where TensorRT is installed) beside CPU PyTorch and ORT
   peers         benchmarks.postprocess_bench and benchmarks.pipeline_overlap, when present
 
 Results: benchmarks/results/<machine>/gpu_proof.{json,md} (+ the benchmarks' own files); DIR gets

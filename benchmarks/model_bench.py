@@ -217,9 +217,9 @@ def _row(target: Target, size, batch, stats, diff, error: Optional[str] = None) 
 def run(model=None, weights=None, sizes=(320, 480, 640, 736), batches=(1, 4), warmup=2, repeats=5,
         threads=0, variants=None, out_dir=None, log=print, cpu_batches=None,
         precisions=("fp32",), tensorrt_sizes=None) -> Dict[str, Path]:
-    """`tensorrt_sizes`: the sides TensorRT engines are built and timed at (None: every size,
+    """Sweep and write `model_bench.{json,md}` + `model_bench_fps.png`; returns their paths.
+    `tensorrt_sizes`: the sides TensorRT engines are built and timed at (None: every size,
     empty: no TensorRT rows)."""
-    """Sweep and write `model_bench.{json,md}` + `model_bench_fps.png`; returns their paths."""
     workdir = Path(tempfile.mkdtemp(prefix="dbrt-bench-"))
     mut = load_model(model, weights, workdir)
     from dbnet.spec import resolve_spec

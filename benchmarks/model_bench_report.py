@@ -56,7 +56,9 @@ def write_results(rows: List[dict], mut, settings: dict, out_dir: Path,
     failed = [r for r in rows if "error" in r]
     sections = [
         ("What is timed", "One forward pass on a preprocessed input already on the backend's device "
-         "(no decode, pre/post-processing or host copies); CUDA synchronised. "
+         "(no decode, pre/post-processing or host copies; ONNX Runtime's CUDA provider is given "
+         "host arrays, so its rows include that copy); CUDA synchronised. TensorRT: one engine per "
+         "input size, tuned for the largest batch. "
          f"Warm-up {settings['warmup']}, {settings['repeats']} repetitions, median and p10/p90. "
          "max_abs_diff: probability map vs PyTorch fp32 CPU on the same real frame.\n"),
         ("Model", f"`{mut.describe()['onnx']}` sha256 `{mut.describe()['sha256']}`: {mut.label}. "

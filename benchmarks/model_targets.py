@@ -8,9 +8,9 @@ usable, one TensorRT target per precision it can build: FP32 and FP16 (the build
 Q/DQ ONNX when `--precisions int8` made one.
 Each input size gets an engine of its own whose profile is that size, batch 1..max, tuned for
 the largest batch (as `trtexec --shapes` would time it), built once through dbrt's engine cache
-(`~/.cache/dbrt/engines`), so a rerun times without rebuilding. The timed region is the same
-as every other row's: `TensorRTRunner.infer` on an input already on the GPU, outputs left there,
-stream synchronised.
+(`~/.cache/dbrt/engines`), so a rerun times without rebuilding. The timed region is
+`TensorRTRunner.infer` on an input already on the GPU, outputs left there, stream synchronised
+(ONNX Runtime's CUDA provider, by contrast, is given host arrays: its rows include that copy).
 """
 from __future__ import annotations
 
@@ -129,19 +129,27 @@ def tensorrt_target(onnx: Path, precision: str, build_precision: str, max_batch:
     from engine.tensorrt.cache import cached_engine_path, cached_engine_runner
     from engine.tensorrt.build import BuildOptions
 
-    runners: Dict[Tuple[int, int], object] = {}
+    runners: Dict[Tuple[int, int], object] = {}  # the current size's (one engine held at a time)
+    failed: Dict[Tuple[int, int], Exception] = {}  # a build that failed is not tried again
     holder = {}
 
     def runner_for(height: int, width: int):
-        if (height, width) not in runners:
-            profile = ShapeProfile.from_hw((height, width), (height, width), (height, width),
-                                           batch=(1, max_batch, max_batch))
+        size = (height, width)
+        if size in failed:
+            raise failed[size]
+        if size not in runners:
+            close()  # the sweep is done with the previous size: free its engine and buffers
+            profile = ShapeProfile.from_hw(size, size, size, batch=(1, max_batch, max_batch))
             options = dict(precision=build_precision, profile=profile)
             if not cached_engine_path(onnx, BuildOptions(**options)).is_file():
                 log(f"  building the TensorRT {precision} engine for {height}x{width}, batch "
                     f"1..{max_batch} (once: cached)")
-            runners[(height, width)] = cached_engine_runner(onnx, **options).activate()
-        return runners[(height, width)]
+            try:
+                runners[size] = cached_engine_runner(onnx, **options).activate()
+            except Exception as exc:  # noqa: BLE001 - reported as this size's rows, once
+                failed[size] = exc
+                raise
+        return runners[size]
 
     def prepare(batch: np.ndarray):
         runner = runner_for(*batch.shape[2:])

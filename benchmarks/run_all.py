@@ -43,7 +43,8 @@ CPU_ARGS = {"model": ["--sizes", "320", "480", "640", "736", "--batches", "1", "
 # TensorRT (where installed) at the default input size only: every size is an engine build
 GPU_ARGS = {"model": ["--sizes", "320", "480", "640", "736", "960", "1280", "--batches", "1", "4", "8", "16",
                       "--cpu-batches", "1", "--warmup", "5", "--repeats", "20", "--tensorrt-sizes", "736"]}
-QUICK_ARGS = {"model": ["--sizes", "256", "512", "--batches", "1", "2", "--warmup", "1", "--repeats", "3"],
+QUICK_ARGS = {"model": ["--sizes", "256", "512", "--batches", "1", "2", "--warmup", "1", "--repeats", "3",
+                        "--tensorrt-sizes", "512"],
               "postprocess": ["--quick"],
               "peer-accuracy": ["--max-images", "2", "--synth", "2", "--frames", "4"]}
 

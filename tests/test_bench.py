@@ -106,29 +106,41 @@ def test_tensorrt_rows_on_the_test_double(trt, tiny_pair, tmp_path, monkeypatch)
     from export import quantize
 
     monkeypatch.setenv("DBRT_ENGINE_CACHE", str(tmp_path / "engines"))
+    from engine.tensorrt.record import EngineRecord
+    from engine_helpers import qdq_copy
+
     fp16 = quantize.to_fp16(tiny_pair.onnx, tmp_path / "tiny_fp16.onnx")
-    variants = {"fp16": fp16}
+    variants = {"fp16": fp16, "int8": qdq_copy(tiny_pair.onnx, tmp_path / "tiny_int8.onnx")}
     weak = has_weak_typing(trt)
     assert [p[0] for p in engine_plans(weak, tiny_pair.onnx, {})] == (["fp32", "fp16"] if weak else ["fp32"])
     targets = model_bench.default_targets(tiny_pair, threads=1)[:1]
     built = []
     targets += tensorrt_targets(tiny_pair.onnx, variants, [1, 2], log=built.append)
-    assert [t.name for t in targets] == ["pytorch/cpu/fp32", "tensorrt/cuda/fp32", "tensorrt/cuda/fp16"]
+    assert [t.name for t in targets] == ["pytorch/cpu/fp32", "tensorrt/cuda/fp32", "tensorrt/cuda/fp16",
+                                         "tensorrt/cuda/int8"]
     frame = np.random.default_rng(0).integers(0, 255, (48, 80, 3), dtype=np.uint8)
     sweep = lambda: model_bench.sweep(targets, ModelSpec(), [(64, 64), (64, 96)], [1, 2], warmup=1,  # noqa: E731
                                       repeats=2, frame=frame, log=lambda msg: None)
     rows = sweep()
-    assert not any("error" in r for r in rows) and len(rows) == 3 * 2 * 2
-    trt_rows = [r for r in rows if r["backend"] == "tensorrt"]
+    assert not any("error" in r for r in rows) and len(rows) == 4 * 2 * 2
+    trt_rows = [r for r in rows if r["backend"] == "tensorrt" and r["precision"] != "int8"]
     assert all(r["device"] == "cuda" and r["max_abs_diff"] < 1e-3 for r in trt_rows)
-    assert sum("building the TensorRT" in m for m in built) == 4  # 2 precisions x 2 sizes
+    assert sum("building the TensorRT" in m for m in built) == 6  # 3 precisions x 2 sizes
+    records = [EngineRecord.load(path) for path in (tmp_path / "engines").glob("*.engine")]
+    flags = {r.precision: (r.builder["flags"], r.strongly_typed) for r in records}
+    if weak:  # FP16 from the FP32 ONNX and the builder flag (trtexec --fp16); INT8 from Q/DQ
+        assert flags["fp32"] == ([], False) and flags["fp16"] == (["FP16"], False)
+    else:     # 11.x: what each ONNX says, strongly typed
+        assert flags["fp32"] == ([], True) and flags["fp16"] == ([], True)
+    assert "int8" in flags
     for target in targets:
         target.close()
     built.clear()
     sweep()  # a second run reuses the cached engines
-    assert not built and len(list((tmp_path / "engines").glob("*.engine"))) == 4
+    assert not built and len(list((tmp_path / "engines").glob("*.engine"))) == 6
     speedups = model_bench.speedup_rows(rows)
-    assert {s["config"] for s in speedups} == {"tensorrt/cuda/fp32", "tensorrt/cuda/fp16"}
+    assert {s["config"] for s in speedups} == {"tensorrt/cuda/fp32", "tensorrt/cuda/fp16",
+                                               "tensorrt/cuda/int8"}
     assert all("x_vs_pytorch_cpu" in s and "x_vs_pytorch_cuda" not in s for s in speedups)
     for target in targets:
         target.close()
@@ -138,6 +150,35 @@ def test_tensorrt_rows_on_the_test_double(trt, tiny_pair, tmp_path, monkeypatch)
                              repeats=1, frame=frame, log=lambda msg: None)
     assert {r["input"] for r in rows if r["backend"] == "tensorrt"} == {"64x96"} and not built
     for target in only:
+        target.close()
+
+
+def test_a_tensorrt_engine_that_fails_to_build_is_tried_once_per_size(trt, tiny_pair, tmp_path, monkeypatch):
+    """A failed build (out of memory, no tactic) is each batch's error row, not a crash, and is
+    not rebuilt for every batch of that size."""
+    from benchmarks import model_bench
+    from benchmarks.model_targets import tensorrt_targets
+    from dbnet.spec import ModelSpec
+    from engine.errors import ModelError
+    from engine.tensorrt import cache
+
+    monkeypatch.setenv("DBRT_ENGINE_CACHE", str(tmp_path / "engines"))
+    attempts = []
+
+    def failing(onnx, **options):
+        attempts.append(options["profile"].opt)
+        raise ModelError("could not find any implementation for node conv1")
+
+    monkeypatch.setattr(cache, "cached_engine_runner", failing)
+    targets = model_bench.default_targets(tiny_pair, threads=1)[:1]
+    targets += tensorrt_targets(tiny_pair.onnx, {}, [1, 2, 4], log=lambda m: None)[:1]
+    frame = np.zeros((48, 80, 3), np.uint8)
+    rows = model_bench.sweep(targets, ModelSpec(), [(64, 64), (64, 96)], [1, 2, 4], warmup=1,
+                             repeats=1, frame=frame, log=lambda m: None)
+    errors = [r for r in rows if r["backend"] == "tensorrt"]
+    assert len(errors) == 6 and all("no tactic" not in r["error"] and "conv1" in r["error"] for r in errors)
+    assert len(attempts) == 2  # one build per size
+    for target in targets:
         target.close()
 
 

@@ -132,6 +132,23 @@ def test_camera_capture_mode_is_asked_for_and_what_the_camera_gives_is_reported(
         CameraSource(0, fourcc="MJPEG")
 
 
+def test_a_camera_that_does_not_say_its_rate_is_not_reported_as_refusing_it(monkeypatch):
+    """V4L2 answers -1 (other backends 0) when the driver does not report a rate: unknown,
+    neither a refusal nor a crash."""
+    import cv2
+
+    from pipeline.sources import camera as camera_module
+
+    class Silent(_FakeCapture):
+        def get(self, prop):
+            return -1.0 if prop == cv2.CAP_PROP_FPS else super().get(prop)
+
+    monkeypatch.setattr(camera_module.cv2, "VideoCapture", Silent)
+    source = open_source("0", camera=dict(fps=30))
+    assert source.mode["fps"] is None and not source.stats.events
+    source.close()
+
+
 @pytest.mark.parametrize("spec, kind", [
     ("0", CameraSource), (3, CameraSource), ("/dev/video1", CameraSource),
     ("rtsp://cam.local/stream", NetworkSource), ("http://host/live.ts", NetworkSource),

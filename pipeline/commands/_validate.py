@@ -84,7 +84,7 @@ def frame_size(text: str):
 
 def fourcc(text: str) -> str:
     """A four-character pixel format code such as MJPG or YUYV."""
-    if len(text) != 4 or not text.isprintable():
+    if len(text) != 4 or not (text.isascii() and text.isprintable()):
         raise argparse.ArgumentTypeError(f"expected four characters, e.g. MJPG or YUYV, got {text!r}")
     return text
 

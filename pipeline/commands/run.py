@@ -159,20 +159,19 @@ def build_pipeline(args):
     from pipeline.shipped import DEMO_VIDEO
     from pipeline.metrics import Progress
     from pipeline.runner import Pipeline
-    from pipeline.sources import Reconnect, open_sources
+    from pipeline.sources import Reconnect, is_camera_spec, open_sources
 
     from ._model import build_detector
 
     _check_flag_pairs(args)
     retries = None if args.reconnect < 0 else args.reconnect
     reconnect = Reconnect(retries=retries, delay=args.reconnect_delay) if retries != 0 else None
-    sources = open_sources(args.sources or [str(DEMO_VIDEO)], reconnect=reconnect,
-                           decode_threads=args.decode_threads, camera=_camera_mode(args))
-    if _camera_mode(args) and not any(s.kind == "camera" for s in sources):
-        for source in sources:
-            source.close()
+    specs = args.sources or [str(DEMO_VIDEO)]
+    if _camera_mode(args) and not any(is_camera_spec(spec) for spec in specs):
         raise DbrtError("--camera-size / --camera-fps / --camera-fourcc apply to cameras "
                         "(0, /dev/video0); none of the sources is one")
+    sources = open_sources(specs, reconnect=reconnect, decode_threads=args.decode_threads,
+                           camera=_camera_mode(args))
     try:
         detector = build_detector(args)
     except BaseException:

@@ -20,9 +20,19 @@ from .video import VideoFileSource
 
 __all__ = ["Frame", "Source", "SourceStats", "VideoFileSource", "NetworkSource", "CameraSource",
            "ImageSource", "LiveSource", "LatestSlot", "Reconnect", "open_source", "open_sources",
-           "parse_source"]
+           "parse_source", "is_camera_spec"]
 
 _CAMERA_PATH = re.compile(r"^/dev/video\d+$")
+
+
+def is_camera_spec(spec) -> bool:
+    """A camera index (0, "1") or device path (/dev/video0), as `parse_source` reads specs."""
+    if isinstance(spec, Source):
+        return spec.kind == "camera"
+    if isinstance(spec, int):
+        return True
+    text = os.fspath(spec) if isinstance(spec, (str, os.PathLike)) else ""
+    return text.isdigit() or bool(_CAMERA_PATH.match(text))
 
 
 def parse_source(spec: Union[str, int, os.PathLike, Source], reconnect: Optional[Reconnect] = Reconnect(),
@@ -35,15 +45,12 @@ def parse_source(spec: Union[str, int, os.PathLike, Source], reconnect: Optional
     """
     if isinstance(spec, Source):
         return spec
-    if isinstance(spec, int):
-        return CameraSource(spec, **(camera or {}))
+    if is_camera_spec(spec):
+        device = int(spec) if isinstance(spec, int) or os.fspath(spec).isdigit() else os.fspath(spec)
+        return CameraSource(device, **(camera or {}))
     text = os.fspath(spec)
     if not text:
         raise SourceError("empty source")
-    if text.isdigit():
-        return CameraSource(int(text), **(camera or {}))
-    if _CAMERA_PATH.match(text):
-        return CameraSource(text, **(camera or {}))
     if is_url(text):
         return NetworkSource(text, reconnect=reconnect)
     if os.path.isfile(text) and not is_image_path(text):  # `clip [1].mp4` is a file, not a glob

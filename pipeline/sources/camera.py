@@ -59,8 +59,9 @@ class CameraSource(LiveSource):
         asked = dict(width=self.request[cv2.CAP_PROP_FRAME_WIDTH],
                      height=self.request[cv2.CAP_PROP_FRAME_HEIGHT],
                      fps=self.request[cv2.CAP_PROP_FPS], fourcc=self.fourcc)
-        return {key: value for key, value in asked.items() if value and (
-            abs(self.mode[key] - value) > 0.5 if key == "fps" else self.mode[key] != value)}
+        given = self.mode
+        return {key: value for key, value in asked.items() if value and given[key] is not None and (
+            abs(given[key] - value) > 0.5 if key == "fps" else given[key] != value)}
 
     def describe(self) -> dict:
         return {**super().describe(), "mode": self.mode}
@@ -81,6 +82,7 @@ def capture_mode(cap) -> dict:
     """What an opened cv2.VideoCapture delivers: width, height, fps, pixel format."""
     code = int(cap.get(cv2.CAP_PROP_FOURCC))
     fourcc = "".join(chr((code >> 8 * i) & 0xFF) for i in range(4)) if code > 0 else None
+    fps = float(cap.get(cv2.CAP_PROP_FPS))  # 0, or -1 from V4L2, when the driver does not say
     return dict(width=int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)),
                 height=int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)),
-                fps=round(float(cap.get(cv2.CAP_PROP_FPS)), 2) or None, fourcc=fourcc)
+                fps=round(fps, 2) if fps > 0 else None, fourcc=fourcc)
