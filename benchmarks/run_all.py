@@ -53,9 +53,16 @@ def available(name: str) -> bool:
     return importlib.util.find_spec(BENCHMARKS[name][0]) is not None
 
 
-def default_args(name: str, quick: bool) -> List[str]:
+def default_args(name: str, quick: bool, given: Sequence[str] = ()) -> List[str]:
+    """This machine's defaults for a benchmark, before the arguments `given` for it. Sizes given
+    there replace the default sizes of the TensorRT rows too (they must be among --sizes)."""
     table = QUICK_ARGS if quick else (GPU_ARGS if common.gpu_names() else CPU_ARGS)
-    return list(table.get(name, []))
+    args = list(table.get(name, []))
+    if "--sizes" in given and "--tensorrt-sizes" in args:
+        start = args.index("--tensorrt-sizes")
+        end = next((i for i in range(start + 1, len(args)) if args[i].startswith("--")), len(args))
+        del args[start:end]
+    return args
 
 
 def run_one(name: str, args: Sequence[str], timeout_s: float, log=print) -> dict:
@@ -154,7 +161,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     started = time.time()
     records = []
     for name in a.only:
-        args = default_args(name, a.quick) + shlex.split(getattr(a, f"{name.replace('-', '_')}_args"))
+        given = shlex.split(getattr(a, f"{name.replace('-', '_')}_args"))
+        args = default_args(name, a.quick, given) + given
         if name in ("model", "accuracy", "peer-accuracy"):
             args += ["--model", a.model] if a.model else []
         if name == "model":

@@ -234,6 +234,16 @@ def test_dbrt_bench_argument_errors_name_the_command(which, module, capsys):
     assert f"python -m benchmarks.{module}: error:" in capsys.readouterr().err
 
 
+def test_run_all_sizes_given_replace_the_default_tensorrt_sizes():
+    from benchmarks import run_all
+
+    quick = run_all.default_args("model", quick=True)
+    assert quick[quick.index("--tensorrt-sizes") + 1] == "512"
+    given = ["--sizes", "64", "--threads", "1"]
+    assert "--tensorrt-sizes" not in run_all.default_args("model", quick=True, given=given)
+    assert run_all.default_args("model", quick=True, given=["--threads", "1"]) == quick
+
+
 def test_run_all_reports_missing_benchmarks(monkeypatch):
     from benchmarks import run_all
 
