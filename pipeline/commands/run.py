@@ -166,12 +166,12 @@ def build_pipeline(args):
     _check_flag_pairs(args)
     retries = None if args.reconnect < 0 else args.reconnect
     reconnect = Reconnect(retries=retries, delay=args.reconnect_delay) if retries != 0 else None
-    specs = args.sources or [str(DEMO_VIDEO)]
-    if _camera_mode(args) and not any(is_camera_spec(spec) for spec in specs):
+    specs, camera = args.sources or [str(DEMO_VIDEO)], _camera_mode(args)
+    if camera and not any(is_camera_spec(spec) for spec in specs):
         raise DbrtError("--camera-size / --camera-fps / --camera-fourcc apply to cameras "
                         "(0, /dev/video0); none of the sources is one")
     sources = open_sources(specs, reconnect=reconnect, decode_threads=args.decode_threads,
-                           camera=_camera_mode(args))
+                           camera=camera)
     try:
         detector = build_detector(args)
     except BaseException:
