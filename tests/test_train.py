@@ -469,11 +469,14 @@ def test_weight_average_is_the_ema_formula():
     assert int(ema.num_batches_tracked) == 7  # integer buffers are copied
 
 
-def test_mixed_precision_training_runs_and_may_be_switched_on_resume(tmp_path):
+def test_mixed_precision_training_runs_and_may_be_switched_on_resume(tmp_path, monkeypatch):
     """--amp: the forward pass under bfloat16 autocast (on the CPU here, as on a GPU), the loss
     in float32; it is how a run goes, not its recipe, so a resumed run may switch it."""
     torch = pytest.importorskip("torch")
+    from export.train import loop
     from pipeline.cli import main
+
+    monkeypatch.setattr(loop, "native_bfloat16", lambda device: True)  # any CPU can emulate it
 
     out = str(tmp_path / "run")
     recipe = ["--width", "0.25", "--steps", "2", "--batch", "1", "--crop", "64", "--warmup", "1",
@@ -487,6 +490,36 @@ def test_mixed_precision_training_runs_and_may_be_switched_on_resume(tmp_path):
     assert main(["train", "--out", plain, *recipe]) == 0
     assert main(["train", "--out", plain, "--resume", "--amp", "--workers", "0", "--threads", "1"]) == 0
     assert json.loads((tmp_path / "plain" / "config.json").read_text())["amp"] is True
+
+
+def test_amp_trains_in_float32_where_bfloat16_would_be_emulated(tmp_path, monkeypatch, capsys):
+    """A CPU without AVX512-BF16 / AMX (or a GPU before Ampere) emulates bfloat16 several times
+    slower than float32: --amp then says so in one line and the forward pass runs in float32."""
+    torch = pytest.importorskip("torch")
+    from export.train import loop
+    from pipeline.cli import main
+
+    enabled, autocast = [], torch.autocast
+
+    def recording_autocast(*args, **kwargs):
+        enabled.append(kwargs.get("enabled", True))
+        return autocast(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "native_bfloat16", lambda device: False)
+    monkeypatch.setattr(loop.torch, "autocast", recording_autocast)
+    out = str(tmp_path / "run")
+    assert main(["train", "--out", out, "--width", "0.25", "--steps", "2", "--batch", "1",
+                 "--crop", "64", "--warmup", "1", "--workers", "0", "--threads", "1", "--amp"]) == 0
+    assert enabled == [False, False]
+    assert "no native bfloat16" in capsys.readouterr().out
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["amp"] is True  # the recipe keeps it
+
+
+def test_native_bfloat16_asks_the_hardware():
+    torch = pytest.importorskip("torch")
+    from export.train.loop import native_bfloat16
+
+    assert isinstance(native_bfloat16(torch.device("cpu")), bool)
 
 
 FORKED_AFTER_CV2 = """

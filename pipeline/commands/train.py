@@ -76,7 +76,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--amp", action=_GivenFlag, nargs=0, default=d.amp,
             help="mixed precision: the forward pass under bfloat16 autocast (loss and weights "
                  "stay float32); for NVIDIA Ampere or later GPUs and CPUs with AVX512-BF16 or "
-                 "AMX (2x the steps per second on a 2-core AMD EPYC Zen 4)")
+                 "AMX (2x the steps per second on a 2-core AMD EPYC Zen 4); elsewhere bfloat16 is "
+                 "emulated, many times slower, so the run says so and trains in float32")
     setting("--init", help="start from these weights (fine-tuning)")
     parser.add_argument("--resume", action="store_true", help="continue OUT/last.pt")
     setting("--val", metavar="DATASET",
