@@ -128,14 +128,7 @@ def make_variants(mut: ModelUnderTest, precisions: Sequence[str], spec, workdir:
     from export import quantize
 
     variants = {}
-    source = mut.onnx
-    if mut.torch_model is not None and set(precisions) - {"fp32"}:
-        # convert from a plain fp32 export of the same weights: the shipped file stores fp16
-        # initializers behind Cast nodes, which the fp16 converter refuses to convert again
-        from export.onnx_export import export_onnx
-
-        source = workdir / f"{mut.onnx.stem}_fp32_export.onnx"
-        export_onnx(mut.torch_model, source, spec=spec, parity_shapes=None)
+    source = mut.onnx  # the converters expand the shipped file's fp16 weight storage themselves
     for precision in precisions:
         if precision == "fp32":
             continue

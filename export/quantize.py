@@ -50,6 +50,20 @@ def _load(model):
     return onnx.load(str(model))
 
 
+def _fp32_source(model):
+    """The model with FP16 weight storage expanded (a copy when given a ModelProto): the FP16
+    converter refuses such a file as already converted, and the INT8 quantizer would otherwise
+    quantize the Casts' outputs as activations (per tensor) instead of the weights per channel."""
+    onnx = require("onnx")
+    from .onnx_graph import expand_fp16_storage
+
+    proto = _load(model)
+    if isinstance(model, onnx.ModelProto):
+        proto = onnx.ModelProto.FromString(proto.SerializeToString())
+    expand_fp16_storage(proto)
+    return proto
+
+
 def model_spec(model) -> ModelSpec:
     from .onnx_graph import get_metadata
 
@@ -97,10 +111,11 @@ def to_fp16(model, out_path, backend: str = "auto") -> Path:
     """FP16 weights and compute, FP32 graph inputs and outputs."""
     spec = model_spec(model)
     backend = fp16_backend(backend)
+    source = _fp32_source(model)
     if backend == "modelopt":
-        proto = _fp16_modelopt(model)
+        proto = _fp16_modelopt(source)
     else:
-        proto = _fp16_onnxconverter(_load(model))
+        proto = _fp16_onnxconverter(source)
     return _finish(proto, out_path, spec, "fp16")
 
 
@@ -200,7 +215,7 @@ def int8_layer_ranking(model, calibration: Sequence[np.ndarray], method: str = D
     (to choose `keep_fp32_nodes` once for several variants)."""
     from .sensitivity import int8_sensitivity
 
-    proto = _load(model)
+    proto = _fp32_source(model)
     with tempfile.TemporaryDirectory() as tmp, _quiet():
         src = os.path.join(tmp, "fp32.onnx")
         require("onnx").save_model(proto, src)
@@ -219,7 +234,7 @@ def to_int8(model, out_path, calibration: Sequence[np.ndarray], method: str = DE
     calibration inputs); keep_fp32_nodes names nodes directly. What was left out and the share of
     convolution MACs still INT8 are recorded in the model's dbrt metadata (`ModelSpec.int8`)."""
     q = require("onnxruntime.quantization")
-    proto = _load(model)
+    proto = _fp32_source(model)
     spec = model_spec(proto)
     if not calibration:
         raise SourceError("INT8 quantization needs calibration inputs")

@@ -114,6 +114,37 @@ def test_int8_is_symmetric_per_channel_qdq(fp32_model, tmp_path, calibration, me
     assert check_onnx(out, "8.6").ok and check_onnx(out, "11").ok
 
 
+def test_fp16_weight_storage_converts_like_the_fp32_model(fp32_model, tmp_path, calibration):
+    """The shipped model stores its weights as fp16 behind Cast(to=FLOAT): FP16 conversion used
+    to refuse it as already converted, and INT8 quantized the Casts' outputs per tensor like
+    activations. Both now see the FP32 model those weights stand for."""
+    from export.onnx_graph import expand_fp16_storage
+    from export.train.ship import store_initializers_fp16
+
+    stored = onnx.load(str(fp32_model))
+    assert store_initializers_fp16(stored) > 0
+    path = tmp_path / "stored.onnx"
+    onnx.save_model(stored, str(path))
+    expanded = onnx.load(str(path))
+    assert expand_fp16_storage(expanded) > 0
+    assert not any(n.op_type == "Cast" for n in expanded.graph.node)
+    assert all(t.data_type == TensorProto.FLOAT for t in expanded.graph.initializer)
+    x = calibration[1]
+    expanded_path = tmp_path / "expanded.onnx"
+    onnx.save_model(expanded, str(expanded_path))
+    np.testing.assert_array_equal(_run(expanded_path, x), _run(path, x))  # the same values
+
+    fp16 = quantize.to_fp16(path, tmp_path / "m16.onnx", backend="onnxconverter")
+    assert np.abs(_run(fp16, x) - _run(path, x)).max() < 1e-2
+    int8 = onnx.load(str(quantize.to_int8(path, tmp_path / "m8.onnx", calibration, "minmax")))
+    consts, producers = _consts(int8), {o: n for n in int8.graph.node for o in n.output}
+    for conv in (n for n in int8.graph.node if n.op_type == "Conv"):
+        weight_q = producers[producers[conv.input[1]].input[0]]
+        assert weight_q.input[0] in consts  # the weight itself, quantized per output channel
+        assert consts[weight_q.input[1]].shape == (consts[weight_q.input[0]].shape[0],)
+    assert onnx.load(str(path)).graph.node[0].op_type == "Cast"  # the caller's file is untouched
+
+
 def test_int8_input_errors(fp32_model, tmp_path, calibration):
     with pytest.raises(SourceError):
         quantize.to_int8(fp32_model, tmp_path / "x.onnx", [])
