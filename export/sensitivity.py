@@ -46,6 +46,9 @@ def conv_macs(proto, shape: Sequence[int]) -> Dict[str, int]:
     shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
               for v in list(inferred.graph.value_info) + list(inferred.graph.output)}
     weights = {t.name: list(t.dims) for t in proto.graph.initializer}
+    for node in proto.graph.node:  # fp16 weight storage (the shipped model): Cast(initializer)
+        if node.op_type == "Cast" and node.input[0] in weights:
+            weights[node.output[0]] = weights[node.input[0]]
     macs = {}
     for node in proto.graph.node:
         if node.op_type not in ("Conv", "ConvTranspose") or node.input[1] not in weights:

@@ -413,6 +413,20 @@ def test_conv_macs_count_output_elements_times_kernel(fp32_model):
         1 - macs[stem.name] / sum(macs.values()))
 
 
+def test_conv_macs_see_through_fp16_weight_storage(fp32_model):
+    """The shipped model's weights are fp16 initializers read through Cast(to=FLOAT): conv_macs
+    found no weight initializer behind its convolutions, so int8_mac_share of it was 0.0."""
+    from export.sensitivity import conv_macs, int8_mac_share
+    from export.train.ship import store_initializers_fp16
+
+    stored = onnx.load(str(fp32_model))
+    assert store_initializers_fp16(stored) > 0
+    plain = onnx.load(str(fp32_model))
+    assert conv_macs(stored, (1, 3, 64, 96)) == conv_macs(plain, (1, 3, 64, 96))
+    assert int8_mac_share(stored, (1, 3, 64, 96), ["/backbone/conv1/Conv"]) == pytest.approx(
+        int8_mac_share(plain, (1, 3, 64, 96), ["/backbone/conv1/Conv"]))
+
+
 def test_keep_fp32_nodes_are_checked(fp32_model, tmp_path, calibration):
     with pytest.raises(ModelError, match="no such nodes in the model: /nope"):
         quantize.to_int8(fp32_model, tmp_path / "x.onnx", calibration, keep_fp32_nodes=["/nope"])
