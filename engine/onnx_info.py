@@ -35,6 +35,7 @@ class OnnxSummary:
     metadata: Dict[str, str] = field(default_factory=dict)
     node_names: Tuple[str, ...] = ()
     node_ops: Tuple[str, ...] = ()
+    fp16_storage: bool = False          # FP16 initializers read through Cast(to=FLOAT)
 
     def node_label(self, index: int) -> str:
         """'name (OpType)' of node `index`, for error messages."""
@@ -54,6 +55,34 @@ def _tensor_info(onnx, value_info) -> TensorInfo:
 
 def _cast_to(node) -> Optional[int]:
     return next((a.i for a in node.attribute if a.name == "to"), None) if node.op_type == "Cast" else None
+
+
+def _storage_casts(onnx, graph) -> list:
+    """Cast(to=FLOAT) nodes reading an FP16 initializer: FP32 weights stored at half size."""
+    half = {t.name for t in graph.initializer if t.data_type == onnx.TensorProto.FLOAT16}
+    half -= {i.name for i in graph.input}
+    return [n for n in graph.node if n.op_type == "Cast" and n.input[0] in half
+            and _cast_to(n) == onnx.TensorProto.FLOAT]
+
+
+def expand_fp16_storage(model) -> int:
+    """Each storage Cast (`_storage_casts`) -> an FP32 initializer named as its output, with
+    the same values (every FP16 value is exact in FP32): the plain FP32 model converters and
+    builders expect, whose Conv weights are initializers again. Returns how many."""
+    onnx = require("onnx")
+    from onnx import numpy_helper
+
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    casts = _storage_casts(onnx, graph)
+    for cast in casts:
+        value = numpy_helper.to_array(inits[cast.input[0]]).astype("float32")
+        graph.initializer.append(numpy_helper.from_array(value, cast.output[0]))
+        graph.node.remove(cast)
+    used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+    for tensor in [t for t in graph.initializer if t.name not in used]:
+        graph.initializer.remove(tensor)
+    return len(casts)
 
 
 def _precision(onnx, graph) -> str:
@@ -112,4 +141,5 @@ def summarize_onnx(path: os.PathLike) -> OnnxSummary:
         metadata={p.key: p.value for p in proto.metadata_props},
         node_names=tuple(n.name for n in graph.node),
         node_ops=tuple(n.op_type for n in graph.node),
+        fp16_storage=bool(_storage_casts(onnx, graph)),
     )

@@ -2,9 +2,9 @@
 
 - `fold_batchnorm(model)`: BatchNormalization after Conv / ConvTranspose / DeformConv is folded
   into the producer's weights (the TorchScript exporter only folds Conv + BN itself).
-- `expand_fp16_storage(model)`: FP16 initializers read through Cast(to=FLOAT) (the shipped
-  model's half-size storage) become the FP32 initializers they stand for, as the converters
-  expect of an FP32 model.
+- `expand_fp16_storage(model)` (engine.onnx_info's): FP16 initializers read through
+  Cast(to=FLOAT) (the shipped model's half-size storage) become the FP32 initializers they
+  stand for, as the converters expect of an FP32 model.
 - `set_metadata` / `get_metadata`: `metadata_props` entries (our "dbrt" ModelSpec JSON).
 - `consumers`, `initializers`: lookups shared by the quantizer and the TensorRT check.
 """
@@ -14,6 +14,8 @@ from collections import defaultdict
 from typing import Dict, List
 
 import numpy as np
+
+from engine.onnx_info import expand_fp16_storage  # noqa: F401 - one graph edit, two layers use it
 
 # op type -> (weight input index, bias input index, output-channel axis of the weight)
 _FOLDABLE = {"Conv": (1, 2, 0), "ConvTranspose": (1, 2, 1), "DeformConv": (1, 3, 0)}
@@ -125,26 +127,6 @@ def bypass_constant_identities(model) -> int:
                     user.input[i] = node.input[0]
         graph.node.remove(node)
     return len(aliases)
-
-
-def expand_fp16_storage(model) -> int:
-    """Cast(to=FLOAT) nodes reading an FP16 initializer -> FP32 initializers named as the
-    casts' outputs (the same values: every FP16 value is exact in FP32); returns how many."""
-    from onnx import TensorProto, numpy_helper
-
-    graph = model.graph
-    inits = initializers(graph)
-    graph_inputs = {i.name for i in graph.input}
-    storage = [n for n in graph.node if n.op_type == "Cast" and n.input[0] in inits
-               and n.input[0] not in graph_inputs
-               and inits[n.input[0]].data_type == TensorProto.FLOAT16
-               and any(a.name == "to" and a.i == TensorProto.FLOAT for a in n.attribute)]
-    for cast in storage:
-        value = _array(inits[cast.input[0]]).astype(np.float32)
-        graph.initializer.append(numpy_helper.from_array(value, cast.output[0]))
-        graph.node.remove(cast)
-    remove_unused_initializers(model)
-    return len(storage)
 
 
 def remove_unused_initializers(model) -> int:

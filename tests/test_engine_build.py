@@ -38,10 +38,11 @@ def test_build_serialize_load_infer_matches_onnxruntime(trt, tiny_onnx, tmp_path
             np.testing.assert_allclose(out, ort_prob(tiny_onnx, batch), atol=1e-5)
 
 
-def test_fp16_storage_is_fp32_compute(trt, tiny_onnx, tmp_path):
+def test_fp16_storage_is_fp32_compute(trt, tiny_onnx, tmp_path, monkeypatch):
     """dbrt's shipped model stores its weights as fp16 + Cast(to=FLOAT): it computes in FP32, so
     `auto` on 8.6 / 10.x builds it with the FP16 flag (weak typing) like any FP32 ONNX, and on
-    11.x as an FP32 network; an FP16 ONNX (fp16 compute) is still read as fp16."""
+    11.x as an FP32 network; an FP16 ONNX (fp16 compute) is still read as fp16. TensorRT is
+    given the weights expanded to FP32 initializers, as in any FP32 ONNX."""
     import onnx
 
     from engine.onnx_info import summarize_onnx
@@ -54,7 +55,17 @@ def test_fp16_storage_is_fp32_compute(trt, tiny_onnx, tmp_path):
     onnx.save(proto, str(stored))
     assert summarize_onnx(stored).precision == "fp32"
     assert summarize_onnx(quantize.to_fp16(tiny_onnx, tmp_path / "fp16.onnx")).precision == "fp16"
+    assert summarize_onnx(stored).fp16_storage and not summarize_onnx(tiny_onnx).fp16_storage
+    parsed = []
+    monkeypatch.setattr(trt.OnnxParser, "parse", lambda self, model, path=None: parsed.append(
+        (onnx.load_from_string(bytes(model)), path)) or self._import(parsed[-1][0]))
     record = build_engine_file(stored, tmp_path / "stored.engine", BuildOptions(profile=SMALL))
+    # handed to TensorRT expanded: FP32 weights as initializers, no storage casts
+    (network, path), = parsed
+    assert path == str(stored) and not any(n.op_type == "Cast" for n in network.graph.node)
+    assert {t.name for t in network.graph.initializer} >= {
+        n.input[1] for n in network.graph.node if n.op_type == "Conv"}
+    assert all(t.data_type == onnx.TensorProto.FLOAT for t in network.graph.initializer)
     weak = trt.__version__ != "11.4.0"
     assert record.precision == ("fp16" if weak else "fp32")
     assert record.builder["flags"] == (["FP16"] if weak else []) and record.strongly_typed is not weak

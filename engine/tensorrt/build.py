@@ -19,7 +19,7 @@ import numpy as np
 from .. import cuda as _cuda
 from ..errors import DbrtError, ModelError, ShapeError
 from ..lazy import require
-from ..onnx_info import OnnxSummary, summarize_onnx
+from ..onnx_info import OnnxSummary, expand_fp16_storage, load_onnx, summarize_onnx
 from .progress import BuildProgress, Heartbeat, progress_monitor
 from .record import EngineRecord
 from ..shapes import Shape, ShapeProfile
@@ -114,11 +114,23 @@ def _parser_error_text(error, summary: OnnxSummary) -> str:
     return f"node {label}: {error.desc()}"
 
 
+def _parse(parser, summary: OnnxSummary) -> bool:
+    """An ONNX with FP16 weight storage (dbrt's shipped model) is handed over expanded, so its
+    Conv weights reach TensorRT as weights, as in any FP32 ONNX, not as the outputs of cast
+    layers (tensors that implicit INT8 calibration may range like activations); the path lets
+    TensorRT find external weight files next to the model."""
+    if not summary.fp16_storage:
+        return parser.parse_from_file(str(summary.path))
+    proto = load_onnx(summary.path)
+    expand_fp16_storage(proto)
+    return parser.parse(proto.SerializeToString(), str(summary.path))
+
+
 def parse_onnx(trt, network, logger, summary: OnnxSummary):
     """Parse into `network`; ModelError listing the failing nodes by name. Returns the parser,
     which must stay alive until the build (it owns the weights)."""
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(summary.path)):
+    if not _parse(parser, summary):
         errors = [_parser_error_text(parser.get_error(i), summary) for i in range(parser.num_errors)]
         raise ModelError(f"TensorRT {trt.__version__} cannot parse {summary.path.name}: "
                          + "; ".join(errors or [logger.last_errors()]))
