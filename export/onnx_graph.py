@@ -2,9 +2,6 @@
 
 - `fold_batchnorm(model)`: BatchNormalization after Conv / ConvTranspose / DeformConv is folded
   into the producer's weights (the TorchScript exporter only folds Conv + BN itself).
-- `expand_fp16_storage(model)` (engine.onnx_info's): FP16 initializers read through
-  Cast(to=FLOAT) (the shipped model's half-size storage) become the FP32 initializers they
-  stand for, as the converters expect of an FP32 model.
 - `set_metadata` / `get_metadata`: `metadata_props` entries (our "dbrt" ModelSpec JSON).
 - `consumers`, `initializers`: lookups shared by the quantizer and the TensorRT check.
 """
@@ -14,8 +11,6 @@ from collections import defaultdict
 from typing import Dict, List
 
 import numpy as np
-
-from engine.onnx_info import expand_fp16_storage  # noqa: F401 - one graph edit, two layers use it
 
 # op type -> (weight input index, bias input index, output-channel axis of the weight)
 _FOLDABLE = {"Conv": (1, 2, 0), "ConvTranspose": (1, 2, 1), "DeformConv": (1, 3, 0)}

@@ -55,7 +55,7 @@ def _fp32_source(model):
     converter refuses such a file as already converted, and the INT8 quantizer would otherwise
     quantize the Casts' outputs as activations (per tensor) instead of the weights per channel."""
     onnx = require("onnx")
-    from .onnx_graph import expand_fp16_storage
+    from engine.onnx_info import expand_fp16_storage
 
     proto = _load(model)
     if isinstance(model, onnx.ModelProto):
@@ -109,9 +109,9 @@ def fp16_backend(requested: str = "auto") -> str:
 
 def to_fp16(model, out_path, backend: str = "auto") -> Path:
     """FP16 weights and compute, FP32 graph inputs and outputs."""
-    spec = model_spec(model)
     backend = fp16_backend(backend)
     source = _fp32_source(model)
+    spec = model_spec(source)  # the file is read once
     if backend == "modelopt":
         proto = _fp16_modelopt(source)
     else:

@@ -118,7 +118,7 @@ def test_fp16_weight_storage_converts_like_the_fp32_model(fp32_model, tmp_path, 
     """The shipped model stores its weights as fp16 behind Cast(to=FLOAT): FP16 conversion used
     to refuse it as already converted, and INT8 quantized the Casts' outputs per tensor like
     activations. Both now see the FP32 model those weights stand for."""
-    from export.onnx_graph import expand_fp16_storage
+    from engine.onnx_info import expand_fp16_storage
     from export.train.ship import store_initializers_fp16
 
     stored = onnx.load(str(fp32_model))
