@@ -69,7 +69,7 @@ def _eval_sets(val: Path) -> dict:
 def run(args) -> dict:
     from export import quantize
     from export.onnx_export import export_onnx
-    from pipeline.accuracy import compare_many
+    from pipeline.accuracy import compare_many, int8_execution
 
     started = time.perf_counter()
     model, described, spec = _model(args)
@@ -96,7 +96,7 @@ def run(args) -> dict:
                                  mean_abs=result.mean_abs))
                 print(f"{method:10s} {source:14s} {set_name:24s} {result.hmean:.4f}", flush=True)
     command = " ".join(["python -m benchmarks.int8_calibration"] + sys.argv[1:])
-    return dict(command=command, model=described, rows=rows,
+    return dict(command=command, int8_execution=int8_execution(), model=described, rows=rows,
                 calibration={name: text for name, (_, text) in sources.items()},
                 seconds=round(time.perf_counter() - started, 1))
 
@@ -120,7 +120,9 @@ def method_summary(rows: List[dict]) -> List[dict]:
 def _markdown(payload: dict) -> list:
     sources = "\n".join(f"- `{name}`: {text}" for name, text in payload["calibration"].items())
     intro = (f"Model: {payload['model']}. Full INT8 (Q/DQ on every Conv, ConvTranspose and Add, "
-             "nothing left in FP32), ONNX Runtime CPU; `calibrate_s`: seconds to collect the ranges "
+             "nothing left in FP32), ONNX Runtime CPU (INT8 ran as "
+             f"{payload.get('int8_execution', 'ONNX Runtime integer kernels')}); `calibrate_s`: "
+             "seconds to collect the ranges "
              "and write the Q/DQ model (this machine, one process); box agreement = ICDAR 2015 "
              "protocol of the INT8 boxes against the FP32 boxes. Choose on the validation rows; "
              f"realdev is reported only.\n\nCalibration sources:\n{sources}\n\nCommand: `{payload['command']}`\n")

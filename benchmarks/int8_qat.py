@@ -237,7 +237,7 @@ def simulation_check(fp32: Path, int8: Path, inputs) -> dict:
 def run(args) -> dict:
     from export.onnx_export import export_onnx
     from export.quantize import to_int8
-    from pipeline.accuracy import compare_many
+    from pipeline.accuracy import compare_many, int8_execution
 
     started = time.perf_counter()
     model, described, spec = _model(args)
@@ -267,7 +267,8 @@ def run(args) -> dict:
                                  P=result.precision_score, R=result.recall, hmean=result.hmean,
                                  **training.get(name, {})))
     command = common.command_line("benchmarks.int8_qat", sys.argv[1:])
-    return dict(command=command, model=described, side=side, calibration=calib_text, steps=args.steps,
+    return dict(command=command, int8_execution=int8_execution(), model=described, side=side,
+                calibration=calib_text, steps=args.steps,
                 crop=args.crop,
                 simulation=check, rows=rows, seconds=round(time.perf_counter() - started, 1))
 
@@ -277,7 +278,9 @@ def _markdown(payload: dict) -> list:
     intro = (f"Model: {payload['model']}; inputs at short side {payload['side']}; calibration and "
              f"fine-tuning inputs: {payload['calibration']}; {payload['steps']} steps of 4 random "
              f"{payload['crop']} px crops. Box agreement: each INT8 model's boxes against the FP32 model's (ICDAR "
-             "2015 protocol), ONNX Runtime CPU; the variant would be chosen on validation.\n\n"
+             "2015 protocol), ONNX Runtime CPU (INT8 ran as "
+             f"{payload.get('int8_execution', 'ONNX Runtime integer kernels')}); the variant would be "
+             "chosen on validation.\n\n"
              "How closely the PyTorch Q/DQ graph follows ONNX Runtime (mean |probability "
              f"difference| on the calibration inputs): against the same graph run as float ops "
              f"{sim['torch_vs_qdq_float']:.2e}, against ORT's integer kernels {sim['torch_vs_int8']:.2e}; "

@@ -112,7 +112,7 @@ def run(args) -> dict:
 
 
 def _run_in(args, work: Path) -> dict:
-    from pipeline.accuracy import compare_many, int8_noise_floor
+    from pipeline.accuracy import compare_many, int8_execution, int8_noise_floor
     from export import quantize
     from export.onnx_export import export_onnx
     from export.trt_compat import check_onnx
@@ -130,7 +130,7 @@ def _run_in(args, work: Path) -> dict:
     share = {name: _mac_share(path) for name, path in variants.items()}
     for set_name, images in sets.items():
         results = compare_many(export.path, list(variants.values()), images, limit_side=args.side)
-        floor = {name: int8_noise_floor(path, images, limit_side=args.side).hmean
+        floor = {name: _hmean(int8_noise_floor(path, images, limit_side=args.side))
                  for name, path in variants.items() if name.startswith("int8")}
         for name, result in zip(variants, results):
             print(f"{name:28s} {set_name:9s} {result}")
@@ -147,10 +147,15 @@ def _run_in(args, work: Path) -> dict:
                              **{f"trt{t}": ok for t, ok in compat[name].items()}))
     command = " ".join(["python -m benchmarks.precision_accuracy"] + sys.argv[1:])
     return dict(command=command, model=described, opset=args.opset, side=args.side, calibration=calib_text,
+                int8_execution=int8_execution(),
                 parity=[vars(p) for p in export.parity], parity_passed=export.passed,
                 fp32_sha256=common.file_sha256(export.path), rows=rows,
                 sensitivity=[r.to_dict() for r in ranked], sensitivity_method=quantize.DEFAULT_CALIB_METHOD,
                 seconds=round(time.perf_counter() - started, 1))
+
+
+def _hmean(result):
+    return None if result is None else result.hmean
 
 
 def _mac_share(path):
@@ -173,7 +178,8 @@ def _markdown(payload: dict) -> list:
              "convolution MACs that run in INT8 (the rest stays FP32 / FP16). `int8_self`: box "
              "agreement of the INT8 model with itself executed another valid way (ORT's fused "
              "integer kernels vs the same Q/DQ graph as float ops, `session.disable_quant_qdq`): "
-             "the noise floor of INT8 execution, which TensorRT's kernels have too.\n\n"
+             "the noise floor of INT8 execution, which TensorRT's kernels have too. INT8 ran as: "
+             f"{payload.get('int8_execution', 'ONNX Runtime integer kernels')}.\n\n"
              f"Command: `{payload['command']}`\n")
     shown = [dict(r, **{k: f"{r[k]:.4f}" for k in ("P", "R", "hmean", "int8_self") if r[k] is not None})
              for r in payload["rows"]]

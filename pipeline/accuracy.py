@@ -10,7 +10,10 @@ the FP32 detections as ground truth, after the same `DBPostprocessor` on both ma
 from `export.synth.synthetic_images` (deterministic), a folder / video
 (`pipeline.sampling.read_images`), or any BGR arrays; use images the INT8 model was not
 calibrated on. ONNX Runtime on the CPU runs both models (it
-upcasts FP16 internally, so the FP16 figures check the graph, not GPU FP16 arithmetic).
+upcasts FP16 internally, so the FP16 figures check the graph, not GPU FP16 arithmetic). On x86
+CPUs without VNNI, whose ONNX Runtime integer kernels saturate (`engine.onnxruntime.int8_cpu`),
+INT8 candidates run as float ops on their dequantized values, which is the model's INT8
+arithmetic, and each result says so (`int8_as_float`).
 """
 from __future__ import annotations
 
@@ -22,6 +25,8 @@ import numpy as np
 
 from dbnet.spec import resolve_spec
 from engine.errors import SourceError
+from engine.onnxruntime.int8_cpu import (FLOAT_OPS_CONFIG, SATURATION_NOTE, exact_int8_config,
+                                         int8_kernels_saturate)
 from engine.onnxruntime.runner import OnnxRuntimeRunner
 
 from .evaluate import evaluate_image
@@ -40,6 +45,7 @@ class PrecisionComparison:
     candidate_boxes: int
     matched: int
     per_image: List[dict] = field(default_factory=list)
+    int8_as_float: bool = False  # ran as float ops on dequantized values, not integer kernels
 
     @property
     def precision_score(self) -> float:
@@ -65,7 +71,13 @@ class PrecisionComparison:
     def __str__(self) -> str:
         return (f"{self.precision} vs fp32 on {self.images} images: prob max abs {self.max_abs:.4f}, "
                 f"mean abs {self.mean_abs:.5f}; boxes {self.candidate_boxes} vs {self.reference_boxes}, "
-                f"P {self.precision_score:.4f} R {self.recall:.4f} hmean {self.hmean:.4f}")
+                f"P {self.precision_score:.4f} R {self.recall:.4f} hmean {self.hmean:.4f}"
+                + (self._as_float_note() if self.int8_as_float else ""))
+
+    @staticmethod
+    def _as_float_note() -> str:
+        why = ": this CPU's ONNX Runtime integer kernels saturate" if int8_kernels_saturate() else ""
+        return f" (INT8 run as float ops on dequantized values{why})"
 
 
 def _run(runner, chw: np.ndarray) -> np.ndarray:
@@ -84,13 +96,15 @@ def compare_many(reference, candidates: Sequence, images: Iterable[np.ndarray], 
                  candidate_config: Optional[dict] = None) -> List[PrecisionComparison]:
     """`compare_models` for several candidates at once: the reference runs once per image.
 
-    `candidate_config`: ONNX Runtime session config entries for the candidates only, e.g.
-    {"session.disable_quant_qdq": "1"} runs a Q/DQ model as float ops on dequantized values
-    (see `int8_noise_floor`)."""
+    `candidate_config`: ONNX Runtime session config entries for the candidates only, on top of
+    `exact_int8_config()` (float ops for Q/DQ models where this CPU's integer kernels saturate);
+    e.g. FLOAT_OPS_CONFIG runs a Q/DQ model as float ops on dequantized values anywhere."""
+    config = {**exact_int8_config(), **(candidate_config or {})}
+    as_float = config.get("session.disable_quant_qdq") == "1"
     tallies = [_Tally() for _ in candidates]
     with ExitStack() as stack:
         ref = stack.enter_context(OnnxRuntimeRunner(reference, "cpu", threads=threads))
-        runners = [stack.enter_context(OnnxRuntimeRunner(c, "cpu", threads=threads, config=candidate_config))
+        runners = [stack.enter_context(OnnxRuntimeRunner(c, "cpu", threads=threads, config=config))
                    for c in candidates]
         precisions = [resolve_spec(r.metadata).precision for r in runners]
         spec = spec or resolve_spec(ref.metadata)
@@ -106,18 +120,28 @@ def compare_many(reference, candidates: Sequence, images: Iterable[np.ndarray], 
                 tally.add(ref_map, cand_map, ref_dets, post(cand_map, [box])[0])
     if not tallies or not tallies[0].rows:
         raise SourceError("no images to compare on")
-    return [t.result(str(c), p) for c, t, p in zip(candidates, tallies, precisions)]
+    return [t.result(str(c), p, as_float) for c, t, p in zip(candidates, tallies, precisions)]
 
 
 def int8_noise_floor(model, images: Iterable[np.ndarray], spec=None,
-                     limit_side: Optional[int] = None) -> PrecisionComparison:
+                     limit_side: Optional[int] = None) -> Optional[PrecisionComparison]:
     """Box agreement of an INT8 Q/DQ model with itself run another valid way: ONNX Runtime's fused
     integer kernels against the same graph as float ops on dequantized values. Both compute the
     model's INT8 arithmetic; they differ only in accumulation order and rounding ties, as any two
     INT8 engines (ORT, TensorRT, another GPU) do. INT8-vs-FP32 agreement cannot be expected above
-    this on the same images."""
-    return compare_many(model, [model], images, spec, limit_side,
-                        candidate_config={"session.disable_quant_qdq": "1"})[0]
+    this on the same images. None where this CPU's integer kernels saturate: there they do not
+    compute that arithmetic, so the floor is not measurable here."""
+    if int8_kernels_saturate():
+        return None
+    return compare_many(model, [model], images, spec, limit_side, candidate_config=FLOAT_OPS_CONFIG)[0]
+
+
+def int8_execution() -> str:
+    """How `compare_many` runs INT8 candidates on this machine, for reports."""
+    if int8_kernels_saturate():
+        return (f"float ops on the dequantized values ({SATURATION_NOTE}; the INT8 noise floor is "
+                "not measurable on such a CPU)")
+    return "ONNX Runtime's integer kernels"
 
 
 class _Tally:
@@ -133,8 +157,8 @@ class _Tally:
         self.rows.append(dict(image=len(self.rows), max_abs=float(diff.max()), fp32_boxes=result.gt_care,
                               boxes=result.det_care, matched=result.matched))
 
-    def result(self, name: str, precision: str) -> PrecisionComparison:
+    def result(self, name: str, precision: str, as_float: bool) -> PrecisionComparison:
         total = {k: sum(r[k] for r in self.rows) for k in ("fp32_boxes", "boxes", "matched")}
         return PrecisionComparison(name, precision, len(self.rows), max(r["max_abs"] for r in self.rows),
                                    self.abs_sum / self.pixels, total["fp32_boxes"], total["boxes"],
-                                   total["matched"], self.rows)
+                                   total["matched"], self.rows, as_float and precision == "int8")

@@ -11,6 +11,7 @@ pytest.importorskip("onnxconverter_common")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from engine.errors import ModelError, SourceError  # noqa: E402
+from engine.onnxruntime.int8_cpu import FLOAT_OPS_CONFIG, int8_kernels_saturate  # noqa: E402
 from dbnet.spec import METADATA_KEY, ModelSpec  # noqa: E402
 from export import quantize  # noqa: E402
 from export.synth import synthetic_images  # noqa: E402
@@ -338,7 +339,11 @@ def test_precision_benchmark_writes_results(tmp_path, monkeypatch):
     assert shares["int8-percentile-sensitive-30-fp32"] < shares["int8-percentile-sensitive-10-fp32"] < 1.0
     assert len(payload["sensitivity"]) > 30
     assert all(r["int8_self"] is None for r in payload["rows"] if r["variant"] == "fp16")
-    assert all(0 <= r["int8_self"] <= 1 for r in payload["rows"] if r["variant"] != "fp16")
+    int8_rows = [r for r in payload["rows"] if r["variant"] != "fp16"]
+    if int8_kernels_saturate():  # no second valid INT8 execution on this CPU
+        assert all(r["int8_self"] is None for r in int8_rows) and "not measurable" in payload["int8_execution"]
+    else:
+        assert all(0 <= r["int8_self"] <= 1 for r in int8_rows)
     text = (tmp_path / "p.md").read_text()
     assert "## Summary" in text and "## INT8 layer sensitivity" in text
 
@@ -452,22 +457,7 @@ def test_cli_export_keep_fp32_sensitive(image_dir, tmp_path, capsys):
     assert text.count("FP32 layers: ") == 1
 
 
-def _ort_int8_kernels_may_saturate() -> bool:
-    """x86 without VNNI (AVX2-only CPUs such as AMD Zen 3): ONNX Runtime's u8s8 integer kernels
-    add pairs of products in int16 (vpmaddubsw), which saturates, so its fused INT8 result is not
-    the graph's INT8 arithmetic there."""
-    import platform
-
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return False
-    try:
-        flags = open("/proc/cpuinfo").read()
-    except OSError:
-        return False
-    return not any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
-
-
-@pytest.mark.skipif(_ort_int8_kernels_may_saturate(),
+@pytest.mark.skipif(int8_kernels_saturate(),
                     reason="this CPU has no VNNI: ONNX Runtime's integer kernels saturate here")
 def test_int8_noise_floor_runs_the_same_graph_two_ways(tmp_path):
     from pipeline.accuracy import int8_noise_floor
@@ -481,6 +471,69 @@ def test_int8_noise_floor_runs_the_same_graph_two_ways(tmp_path):
     assert floor.hmean >= 0.9 and floor.max_abs < 0.05  # a one-conv model: only rounding ties differ
     plain = int8_noise_floor(ref, images)  # no Q/DQ: both runs are the same FP32 arithmetic
     assert plain.hmean == 1.0 and plain.max_abs < 1e-6
+
+
+def _pretend_kernels_saturate(monkeypatch, value: bool) -> None:
+    """Make every dbrt module see a CPU whose ONNX Runtime integer kernels do (x86 without VNNI)
+    or do not saturate, whatever CPU runs the test."""
+    import engine.onnxruntime.int8_cpu as int8_cpu
+    import pipeline.accuracy as accuracy
+    import pipeline.detector as detector
+
+    for module in (int8_cpu, accuracy, detector):
+        monkeypatch.setattr(module, "int8_kernels_saturate", lambda: value)
+
+
+@pytest.fixture
+def saturating_cpu(monkeypatch):
+    _pretend_kernels_saturate(monkeypatch, True)
+
+
+def test_int8_checks_run_float_ops_where_integer_kernels_saturate(tmp_path, saturating_cpu):
+    from pipeline.accuracy import compare_many, int8_execution, int8_noise_floor
+
+    ref = _dark_text_model(tmp_path / "ref.onnx")
+    images = synthetic_images(3, 192, 256, first_seed=5)
+    calib = [preprocess(im, SPEC.replace(limit_side=256))[0][None] for im in synthetic_images(2, 192, 256, 70)]
+    int8 = quantize.to_int8(ref, tmp_path / "ref8.onnx", calib, "minmax")
+    fp16 = quantize.to_fp16(ref, tmp_path / "ref16.onnx")
+    auto, half = compare_many(ref, [int8, fp16], images)
+    forced = compare_many(ref, [int8], images, candidate_config=FLOAT_OPS_CONFIG)[0]
+    assert auto.int8_as_float and not half.int8_as_float  # only INT8 results carry the note
+    assert (auto.matched, auto.candidate_boxes, auto.max_abs) == (forced.matched, forced.candidate_boxes,
+                                                                  forced.max_abs)
+    assert "float ops on dequantized values: this CPU's ONNX Runtime integer kernels saturate" in str(auto)
+    assert auto.to_dict()["int8_as_float"] is True
+    assert int8_noise_floor(int8, images) is None  # no valid second INT8 execution here
+    assert "not measurable" in int8_execution()
+
+
+def test_int8_checks_use_integer_kernels_where_they_are_exact(tmp_path, monkeypatch):
+    import pipeline.accuracy as accuracy
+
+    _pretend_kernels_saturate(monkeypatch, False)
+    ref = _dark_text_model(tmp_path / "ref.onnx")
+    images = synthetic_images(2, 192, 256, first_seed=5)
+    calib = [preprocess(im, SPEC.replace(limit_side=256))[0][None] for im in synthetic_images(2, 192, 256, 70)]
+    result = accuracy.compare_many(ref, [quantize.to_int8(ref, tmp_path / "ref8.onnx", calib, "minmax")], images)[0]
+    assert not result.int8_as_float and "float ops" not in str(result)
+    assert accuracy.int8_execution() == "ONNX Runtime's integer kernels"
+
+
+def test_detector_warns_about_int8_on_a_saturating_cpu(tmp_path, saturating_cpu):
+    import warnings
+
+    from engine.errors import DbrtWarning
+    from pipeline.detector import Detector
+
+    ref = _dark_text_model(tmp_path / "ref.onnx")
+    calib = [preprocess(im, SPEC.replace(limit_side=256))[0][None] for im in synthetic_images(2, 192, 256, 70)]
+    int8 = quantize.to_int8(ref, tmp_path / "ref8.onnx", calib, "minmax")
+    with pytest.warns(DbrtWarning, match="INT8 model on the CPU: this CPU has no VNNI"):
+        Detector(int8, backend="onnxruntime", device="cpu").close()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DbrtWarning)
+        Detector(ref, backend="onnxruntime", device="cpu").close()  # FP32: nothing to say
 
 
 def test_keep_fp32_sensitive_counts_layers_beyond_the_other_exclusions(fp32_model, tmp_path, calibration):
