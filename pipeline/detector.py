@@ -21,6 +21,7 @@ from dbnet.model_check import check_io, check_spec_source, probability_map
 from dbnet.spec import METADATA_KEY, MAX_INPUT_SIDE, ModelSpec, profile_for, resolve_spec
 from engine.errors import DbrtWarning, ModelError, ShapeError
 from engine.lazy import cupy_or_none
+from engine.onnxruntime.int8_cpu import SATURATION_NOTE, int8_kernels_saturate
 from engine.loader import RunnerOptions, load_runner
 
 from .detections import Detections
@@ -80,6 +81,7 @@ class Detector:
             _note_remote_defaults(self.runner, preset)
             self.spec = resolve_spec(self.runner.metadata, preset)
             self.spec = spec(self.spec) if spec is not None else self.spec
+        _note_saturating_int8(self.runner, self.spec)
         try:
             self.output_name = check_io(self.runner.inputs, self.runner.outputs, self.spec)
         except ModelError as exc:
@@ -242,6 +244,18 @@ class Detector:
 class PendingBatch(NamedTuple):
     future: object            # concurrent.futures.Future of the runner's outputs
     input_hw: Tuple[int, int]
+
+
+def _note_saturating_int8(runner, spec: ModelSpec) -> None:
+    """An INT8 model on ONNX Runtime's CPU provider where its integer kernels saturate loses
+    boxes against the same model's INT8 arithmetic elsewhere (TensorRT, VNNI CPUs): say so."""
+    first = getattr(runner, "runners", (runner,))[0]  # a ParallelRunner's sessions are alike
+    if spec.precision != "int8" or getattr(first, "name", "") != "onnxruntime":
+        return
+    if first.providers[:1] == ("CPUExecutionProvider",) and int8_kernels_saturate():
+        warnings.warn(f"INT8 model on the CPU: {SATURATION_NOTE}, which can cost boxes (the same "
+                      "model on TensorRT or a VNNI CPU does not); on this CPU run the FP32 model",
+                      DbrtWarning, stacklevel=3)
 
 
 def _note_remote_defaults(runner, preset: Optional[str]) -> None:
