@@ -51,6 +51,18 @@ def test_deform_conv_asymmetric_pads():
     assert [i.node for i in report.issues] == ["dcn"]
 
 
+@pytest.mark.parametrize("target", ["8.5", "8.6", "10.3"])
+def test_conv_weights_computed_in_the_graph_parse_from_8_5(target):
+    """onnx-tensorrt parses Conv / ConvTranspose with tensor weights from 8.5 on (8.4 required
+    initializers), e.g. weights behind a Cast or a Mul of a scale."""
+    nodes = [helper.make_node("Mul", ["w", "scale"], ["ws"], name="scale_w"),
+             helper.make_node("Conv", ["x", "ws"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("ConvTranspose", ["c", "ws"], ["y"], name="deconv", strides=[2, 2])]
+    inits = [_const("w", np.ones((4, 4, 3, 3), np.float32)), _const("scale", np.float32(0.5))]
+    report = check_onnx(_model(nodes, inits), target)
+    assert report.ok, str(report)
+
+
 def test_planted_bad_graph_names_every_offender():
     nodes = [
         helper.make_node("Resize", ["x", "", "scales"], ["r1"], name="cubic_resize", mode="cubic"),
