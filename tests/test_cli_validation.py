@@ -62,7 +62,7 @@ RUN = ["run", "clip.mp4", "--quiet"]
     (RUN + ["--camera-fps", "0"], "--camera-fps: must be a number > 0, got '0'"),
     (RUN + ["--camera-fourcc", "MJPEG"], "--camera-fourcc: expected four characters"),
     (RUN + ["--camera-fourcc", "MJPÉ"], "--camera-fourcc: expected four characters"),
-    (["run", "rtsp://127.0.0.1:9/x", "--camera-fps", "30"], "apply to cameras (0, /dev/video0)"),
+    (["run", "rtsp://127.0.0.1:9/x", "--camera-fps", "30"], "apply to cameras (0, /dev/video0, csi://0)"),
     (RUN + ["--serve", "0", "--serve-token", ""], "--serve-token is empty"),
 ])
 def test_run_flags(place, capsys, argv, fragment):

@@ -17,8 +17,9 @@ ORDER = 10
 HELP = "detect text in videos, streams, cameras or images (default: the bundled demo video)"
 DESCRIPTION = (
     "Run the threaded detection pipeline. SOURCE may be a video file, an rtsp:// http(s):// "
-    "(MPEG-TS, HLS) rtmp:// udp:// URL, a camera index (0) or device (/dev/video0), an image, a "
-    "folder of images or a glob. Several sources are batched together. Writes "
+    "(MPEG-TS, HLS) rtmp:// udp:// URL, a camera index (0) or device (/dev/video0), a Jetson CSI "
+    "camera (csi://0), a GStreamer pipeline (gst:'nvv4l2camerasrc ! ...', without a sink), an "
+    "image, a folder of images or a glob. Several sources are batched together. Writes "
     "OUTPUT/detections.jsonl (one line per frame, flushed as it goes), annotated video(s) or "
     "images, and OUTPUT/report.json (FPS, per-stage p50/p95/p99, drops, reconnects).")
 
@@ -81,11 +82,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     q.add_argument("--decode-threads", type=at_least(0), default=0,
                    help="FFmpeg decoding threads (0: auto)")
     q.add_argument("--reconnect", type=at_least(-1), default=10,
-                   help="network streams and a triton:// model: reconnect attempts per outage "
+                   help="network streams, gst: pipelines and a triton:// model: reconnect attempts per outage "
                         "(-1: forever, 0: none)")
     q.add_argument("--reconnect-delay", type=at_least(0.0, float), default=0.5,
                    help="first back-off delay in seconds (doubles up to 8 s)")
-    c = p.add_argument_group("cameras (0, /dev/video0): the capture mode to ask for; report.json "
+    c = p.add_argument_group("cameras (0, /dev/video0, csi://0): the capture mode to ask for; report.json "
                              "has the one the camera gives")
     c.add_argument("--camera-size", type=frame_size, metavar="WxH", help="e.g. 1920x1080")
     c.add_argument("--camera-fps", type=at_least(0.0, float, strict=True), metavar="FPS")
@@ -169,7 +170,7 @@ def build_pipeline(args):
     specs, camera = args.sources or [str(DEMO_VIDEO)], _camera_mode(args)
     if camera and not any(is_camera_spec(spec) for spec in specs):
         raise DbrtError("--camera-size / --camera-fps / --camera-fourcc apply to cameras "
-                        "(0, /dev/video0); none of the sources is one")
+                        "(0, /dev/video0, csi://0); none of the sources is one")
     sources = open_sources(specs, reconnect=reconnect, decode_threads=args.decode_threads,
                            camera=camera)
     try:

@@ -13,42 +13,52 @@ from engine.errors import SourceError
 
 from .base import Frame, Source, SourceStats
 from .camera import CameraSource
+from .gstreamer import GStreamerSource
 from .images import ImageSource, has_glob, is_image_path
 from .live import LatestSlot, LiveSource, Reconnect
 from .network import NetworkSource, is_url
 from .video import VideoFileSource
 
 __all__ = ["Frame", "Source", "SourceStats", "VideoFileSource", "NetworkSource", "CameraSource",
-           "ImageSource", "LiveSource", "LatestSlot", "Reconnect", "open_source", "open_sources",
+           "ImageSource", "GStreamerSource", "LiveSource", "LatestSlot", "Reconnect", "open_source", "open_sources",
            "parse_source", "is_camera_spec"]
 
 _CAMERA_PATH = re.compile(r"^/dev/video\d+$")
+_CSI = re.compile(r"^csi://(\d+)$")
+GST_PREFIX = "gst:"
 
 
 def is_camera_spec(spec) -> bool:
-    """A camera index (0, "1") or device path (/dev/video0), as `parse_source` reads specs."""
+    """A camera index (0, "1"), device path (/dev/video0) or Jetson CSI camera (csi://0), as
+    `parse_source` reads specs."""
     if isinstance(spec, Source):
-        return spec.kind == "camera"
+        return spec.kind == "camera" or spec.name.startswith("csi://")
     if isinstance(spec, int):
         return True
     text = os.fspath(spec) if isinstance(spec, (str, os.PathLike)) else ""
-    return text.isdigit() or bool(_CAMERA_PATH.match(text))
+    return text.isdigit() or bool(_CAMERA_PATH.match(text) or _CSI.match(text))
 
 
 def parse_source(spec: Union[str, int, os.PathLike, Source], reconnect: Optional[Reconnect] = Reconnect(),
                  decode_threads: int = 0, camera: Optional[dict] = None) -> Source:
     """A Source for a command-line style spec (not yet opened):
 
-    an int or digits -> camera index; /dev/videoN -> camera; rtsp:// http:// ... -> network
-    stream; a folder, a glob or an image file -> images; anything else -> video file.
+    an int or digits -> camera index; /dev/videoN -> camera; csi://N -> Jetson CSI camera N;
+    gst:PIPELINE -> a GStreamer pipeline; rtsp:// http:// ... -> network stream; a folder, a
+    glob or an image file -> images; anything else -> video file.
     `camera`: the capture mode cameras are asked for (CameraSource's width, height, fps, fourcc).
     """
     if isinstance(spec, Source):
         return spec
+    text = os.fspath(spec) if isinstance(spec, (str, os.PathLike)) else ""
+    csi = _CSI.match(text)
+    if csi:
+        return GStreamerSource.csi(int(csi.group(1)), **(camera or {}))
+    if text.startswith(GST_PREFIX):
+        return GStreamerSource(text[len(GST_PREFIX):], reconnect=reconnect)
     if is_camera_spec(spec):
-        device = int(spec) if isinstance(spec, int) or os.fspath(spec).isdigit() else os.fspath(spec)
+        device = int(spec) if isinstance(spec, int) or text.isdigit() else text
         return CameraSource(device, **(camera or {}))
-    text = os.fspath(spec)
     if not text:
         raise SourceError("empty source")
     if is_url(text):

@@ -1,0 +1,199 @@
+"""GStreamer pipelines as a live source: Jetson CSI cameras (`csi://0`) and any pipeline
+(`gst:videotestsrc ! video/x-raw,width=640,height=480`).
+
+The pipeline runs in GStreamer's own `gst-launch-1.0`, a child process, which ends it in
+`videoconvert ! video/x-raw,format=BGR ! fdsink` on a pipe: frames arrive as raw BGR bytes, and
+their size and rate are read from the caps it reports. This needs neither Python GStreamer
+bindings nor an OpenCV built with GStreamer (pip's is not), only GStreamer's command-line tools,
+which JetPack installs (Debian / Ubuntu: gstreamer1.0-tools).
+"""
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from typing import Optional
+
+import numpy as np
+
+from engine.errors import SourceError
+
+from .live import LiveSource, Reconnect
+
+GST_LAUNCH = "gst-launch-1.0"
+SINK = "dbrt_sink"
+CAPS_TIMEOUT = 15.0  # seconds for the pipeline to negotiate (a CSI camera takes a few)
+_CAPS = re.compile(SINK + r"\.GstPad:sink: caps = video/x-raw, (.*)$")
+_FIELD = re.compile(r"([a-z-]+)=\((?:int|string|fraction)\)([^,;]+)")
+
+
+def csi_pipeline(sensor: int = 0, width: int = 1920, height: int = 1080, fps: float = 30.0,
+                 flip: int = 0) -> str:
+    """A Jetson CSI camera through libargus (nvarguscamerasrc), converted out of NVMM memory."""
+    rate = f"{int(round(fps))}/1"
+    return (f"nvarguscamerasrc sensor-id={sensor} ! video/x-raw(memory:NVMM),width={width},"
+            f"height={height},framerate={rate} ! nvvidconv flip-method={flip} ! "
+            "video/x-raw,format=BGRx")
+
+
+def parse_caps(text: str) -> dict:
+    """`format=(string)BGR, width=(int)64, ... framerate=(fraction)30/1` -> its fields."""
+    fields = dict(_FIELD.findall(text))
+    num, _, den = fields.get("framerate", "0/1").partition("/")
+    fps = float(num) / float(den or 1) if float(den or 1) else 0.0
+    return dict(format=fields.get("format"), width=int(fields.get("width", 0)),
+                height=int(fields.get("height", 0)), fps=fps or None)
+
+
+class GStreamerSource(LiveSource):
+    """A gst-launch pipeline description that produces video (no sink: dbrt adds its own).
+
+    Live: the newest frame wins when the consumer is slow (drops are counted), and a pipeline
+    that stops is restarted under `reconnect`. A file read through GStreamer is read at full
+    speed and may drop frames too: give dbrt the file itself to get every frame."""
+
+    kind = "gstreamer"
+
+    def __init__(self, description: str, name: Optional[str] = None,
+                 reconnect: Optional[Reconnect] = Reconnect(retries=3)):
+        description = description.strip().rstrip("!").strip()
+        if not description:
+            raise SourceError("gst: an empty GStreamer pipeline")
+        if re.search(r"(^|!)\s*(appsink|fdsink|filesink|autovideosink|xvimagesink)\b", description):
+            raise SourceError("gst: end the pipeline before its sink (dbrt adds its own), "
+                              f"got {description!r}")
+        try:  # shell-style words, as on gst-launch's command line (location="a b.mp4")
+            self._words = shlex.split(description)
+        except ValueError as exc:
+            raise SourceError(f"gst: {exc} in {description!r}") from None
+        super().__init__(name or f"gst:{description}", reconnect)
+        self.description = description
+        self.mode: Optional[dict] = None  # width, height, fps the pipeline negotiated
+        self._proc: Optional[subprocess.Popen] = None
+        self._pipe = None
+        self._caps = threading.Event()
+        self._errors: list = []
+        self._logs: list = []  # the threads reading the child's stdout / stderr
+        self._t0 = 0.0
+
+    @classmethod
+    def csi(cls, sensor: int = 0, width: Optional[int] = None, height: Optional[int] = None,
+            fps: Optional[float] = None, reconnect: Optional[Reconnect] = Reconnect(retries=3),
+            **unsupported) -> "GStreamerSource":
+        if unsupported.get("fourcc"):
+            raise SourceError("a CSI camera (csi://N) has no pixel format to choose: drop "
+                              "--camera-fourcc")
+        pipeline = csi_pipeline(sensor, width or 1920, height or 1080, fps or 30.0)
+        return cls(pipeline, name=f"csi://{sensor}", reconnect=reconnect)
+
+    @property
+    def fps(self) -> Optional[float]:
+        return self.mode["fps"] if self.mode else None
+
+    def describe(self) -> dict:
+        return {**super().describe(), "mode": self.mode, "pipeline": self.description}
+
+    def command(self, fd: int) -> list:
+        """The gst-launch-1.0 command line, frames going to file descriptor `fd`."""
+        tail = f"! videoconvert ! video/x-raw,format=BGR ! fdsink name={SINK} fd={fd} sync=false"
+        return [GST_LAUNCH, "-v", "-e", *self._words, *tail.split()]
+
+    def close(self) -> None:
+        super().close()
+        if self._thread is None:  # opened, never read: nobody else will stop the child
+            self._disconnect()
+            return
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            # the reader may wait on a stalled pipeline: ending the child ends its read (EOF),
+            # and the reader then disconnects as usual
+            proc.send_signal(signal.SIGINT)
+
+    # -- LiveSource hooks -----------------------------------------------------------------------
+    def _connect(self) -> None:
+        if shutil.which(GST_LAUNCH) is None:
+            raise SourceError(f"{self.name}: {GST_LAUNCH} not found; install GStreamer's tools "
+                              "(JetPack has them; Debian / Ubuntu: gstreamer1.0-tools "
+                              "gstreamer1.0-plugins-base)")
+        read_end, write_end = os.pipe()
+        self._caps.clear()
+        self._errors, self.mode = [], None
+        try:  # its own session: a Ctrl-C in the terminal is dbrt's to handle, then ours to pass on
+            self._proc = subprocess.Popen(self.command(write_end), pass_fds=(write_end,),
+                                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE, text=True, start_new_session=True)
+        finally:
+            os.close(write_end)
+        self._pipe = os.fdopen(read_end, "rb", buffering=0)
+        self._logs = [threading.Thread(target=_drain, args=(stream, keep), daemon=True,
+                                       name=f"gst-log:{self.name}")
+                      for stream, keep in ((self._proc.stdout, self._watch_caps),
+                                           (self._proc.stderr, self._errors.append))]
+        for thread in self._logs:
+            thread.start()
+        deadline = time.monotonic() + CAPS_TIMEOUT
+        while not self._caps.wait(0.05):
+            if self._proc.poll() is not None or time.monotonic() > deadline:
+                why = self._why() or f"no video within {CAPS_TIMEOUT:.0f} s"
+                if 'no element "nv' in why:
+                    why += " (NVIDIA's elements, csi:// included, come with JetPack on a Jetson)"
+                self._disconnect()
+                raise SourceError(f"{self.name}: GStreamer could not start the pipeline: {why}")
+        self._t0 = time.monotonic()
+
+    def _watch_caps(self, line: str) -> None:
+        match = _CAPS.search(line)
+        if match and not self._caps.is_set():
+            self.mode = parse_caps(match.group(1))
+            self._caps.set()
+
+    def _why(self) -> str:
+        """GStreamer's first error line (it writes errors to stderr)."""
+        if self._proc is not None and self._proc.poll() is not None:
+            for thread in self._logs:  # an exited process's last lines are still being read
+                thread.join(timeout=1.0)
+        lines = [line.strip() for line in self._errors if line.strip()]
+        picked = next((line for line in lines if "ERROR" in line or "WARNING" in line), None)
+        return picked or (lines[0] if lines else "")
+
+    def _read(self):
+        width, height = self.mode["width"], self.mode["height"]
+        buffer = bytearray(width * height * 3)
+        view, got = memoryview(buffer), 0
+        while got < len(buffer):
+            n = self._pipe.readinto(view[got:])
+            if not n:
+                if got or self._proc.poll() not in (None, 0):
+                    raise SourceError(f"GStreamer stopped: {self._why() or 'pipeline ended'}")
+                return None  # the pipeline ended (end of stream)
+            got += n
+        image = np.frombuffer(buffer, np.uint8).reshape(height, width, 3)
+        return image, time.monotonic() - self._t0  # no PTS through the pipe: time since start
+
+    def _disconnect(self) -> None:
+        proc, pipe, self._proc, self._pipe = self._proc, self._pipe, None, None
+        if proc is not None and proc.poll() is None:
+            # SIGINT + gst-launch's -e: end-of-stream first, so a CSI camera's libargus session
+            # closes cleanly (killed, it can leave the camera daemon busy)
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if pipe is not None:
+            pipe.close()
+
+
+def _drain(stream, keep) -> None:
+    """Read a child's text output to its end (a full pipe would stall the pipeline)."""
+    try:
+        for line in stream:
+            keep(line)
+    except (OSError, ValueError):
+        pass

@@ -1,0 +1,127 @@
+"""GStreamer pipelines (gst:..., csi://N) through a real gst-launch-1.0 child process."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from engine.errors import SourceError
+from pipeline.sources import GStreamerSource, is_camera_spec, open_source, parse_source
+from pipeline.sources.gstreamer import csi_pipeline, parse_caps
+
+needs_gst = pytest.mark.skipif(shutil.which("gst-launch-1.0") is None,
+                               reason="GStreamer's gst-launch-1.0 is not installed "
+                                      "(Debian / Ubuntu: gstreamer1.0-tools gstreamer1.0-plugins-base)")
+TEST_SOURCE = "gst:videotestsrc is-live=true pattern=smpte ! video/x-raw,width=64,height=48,framerate=30/1"
+
+
+def test_specs_pick_the_gstreamer_source():
+    csi = parse_source("csi://1", camera=dict(width=1280, height=720, fps=60))
+    assert isinstance(csi, GStreamerSource) and csi.name == "csi://1" and is_camera_spec("csi://1")
+    assert csi.description == csi_pipeline(1, 1280, 720, 60)
+    assert "nvarguscamerasrc sensor-id=1 ! video/x-raw(memory:NVMM),width=1280,height=720," \
+           "framerate=60/1 ! nvvidconv" in csi.description
+    gst = parse_source(TEST_SOURCE)
+    assert isinstance(gst, GStreamerSource) and not is_camera_spec(TEST_SOURCE)
+    words = gst.command(7)
+    assert words[:4] == ["gst-launch-1.0", "-v", "-e", "videotestsrc"] and "fd=7" in words
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("gst:", "empty GStreamer pipeline"),
+    ("gst:videotestsrc ! appsink", "end the pipeline before its sink"),
+    ("gst:filesrc location='a.mp4 ! decodebin", "No closing quotation"),
+])
+def test_bad_pipelines_are_one_line_errors(spec, message):
+    with pytest.raises(SourceError, match=message):
+        parse_source(spec)
+
+
+def test_csi_has_no_pixel_format_to_choose():
+    with pytest.raises(SourceError, match="--camera-fourcc"):
+        parse_source("csi://0", camera=dict(fourcc="MJPG"))
+
+
+def test_caps_are_read_from_gst_launch_output():
+    caps = parse_caps("format=(string)BGR, width=(int)640, height=(int)480, framerate=(fraction)30000/1001, "
+                      "multiview-mode=(string)mono")
+    assert caps == dict(format="BGR", width=640, height=480, fps=pytest.approx(29.97, abs=0.01))
+    assert parse_caps("format=(string)BGR, width=(int)8, height=(int)4, framerate=(fraction)0/1")["fps"] is None
+
+
+def test_missing_gst_launch_says_what_to_install(monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(SourceError, match="gst-launch-1.0 not found; install GStreamer"):
+        open_source(TEST_SOURCE)
+
+
+@needs_gst
+def test_frames_come_through_the_pipe_at_the_negotiated_size():
+    source = open_source(TEST_SOURCE)
+    assert source.mode == dict(format="BGR", width=64, height=48, fps=30.0) and source.fps == 30.0
+    frames = []
+    for frame in source:
+        frames.append(frame)
+        if len(frames) == 3:
+            break
+    assert all(f.image.shape == (48, 64, 3) and f.image.dtype == np.uint8 for f in frames)
+    assert frames[0].image[:, :8].mean() > 150  # SMPTE bars start with light grey
+    assert [f.timestamp for f in frames] == sorted(f.timestamp for f in frames)
+    source.join(5)
+    assert source._proc is None  # the child was stopped with the source
+    assert source.describe()["pipeline"].startswith("videotestsrc")
+
+
+@needs_gst
+def test_closing_stops_the_child_whether_or_not_frames_were_read():
+    import threading
+
+    unread = open_source(TEST_SOURCE)
+    child = unread._proc
+    unread.close()
+    assert child.poll() is not None and unread._proc is None
+    # one frame every 20 s: the reader waits on the pipe when the source is closed
+    slow = open_source("gst:videotestsrc is-live=true ! video/x-raw,width=32,height=16,framerate=1/20")
+    child, got = slow._proc, []
+    reader = threading.Thread(target=lambda: got.extend(slow))
+    reader.start()
+    while not got and reader.is_alive():
+        reader.join(0.05)
+    slow.close()
+    reader.join(10)
+    slow.join(10)  # the source's own reader thread, which stops the child
+    assert not reader.is_alive() and len(got) == 1
+    assert child.wait(timeout=10) is not None and slow._proc is None
+
+
+@needs_gst
+def test_a_pipeline_that_ends_ends_the_source_without_reconnect():
+    source = open_source("gst:videotestsrc is-live=true num-buffers=4 ! video/x-raw,width=32,height=16",
+                         reconnect=None)
+    frames = list(source)
+    assert 1 <= len(frames) <= 4 and source.stats.read == 4
+
+
+@needs_gst
+def test_an_unknown_element_is_gstreamers_own_message():
+    with pytest.raises(SourceError, match='no element "nosuchelement"'):
+        open_source("gst:nosuchelement ! video/x-raw")
+    with pytest.raises(SourceError, match="come with JetPack on a Jetson"):
+        open_source("csi://0")  # no nvarguscamerasrc off a Jetson
+
+
+@needs_gst
+def test_dbrt_run_on_a_gstreamer_pipeline(tmp_path, tiny_onnx):
+    from pipeline.cli import main
+
+    out = tmp_path / "out"
+    rc = main(["run", TEST_SOURCE, "--model", str(tiny_onnx), "-o", str(out), "--max-frames", "5",
+               "--threads", "1", "--quiet", "--no-video"])
+    assert rc == 0
+    lines = [json.loads(x) for x in (out / "detections.jsonl").read_text().splitlines()]
+    assert 1 <= len(lines) <= 5 and lines[0]["source"] == TEST_SOURCE
+    report = json.loads((out / "report.json").read_text())
+    described = report["sources"][0]
+    assert described["kind"] == "gstreamer" and described["mode"]["width"] == 64
