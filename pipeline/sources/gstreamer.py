@@ -17,6 +17,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections import deque
 from typing import Optional
 
 import numpy as np
@@ -77,7 +78,7 @@ class GStreamerSource(LiveSource):
         self._proc: Optional[subprocess.Popen] = None
         self._pipe = None
         self._caps = threading.Event()
-        self._errors: list = []
+        self._errors: deque = deque(maxlen=50)  # the child's last stderr lines
         self._logs: list = []  # the threads reading the child's stdout / stderr
         self._t0 = 0.0
 
@@ -122,7 +123,7 @@ class GStreamerSource(LiveSource):
                               "gstreamer1.0-plugins-base)")
         read_end, write_end = os.pipe()
         self._caps.clear()
-        self._errors, self.mode = [], None
+        self._errors, self.mode = deque(maxlen=50), None
         try:  # its own session: a Ctrl-C in the terminal is dbrt's to handle, then ours to pass on
             self._proc = subprocess.Popen(self.command(write_end), pass_fds=(write_end,),
                                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -157,7 +158,7 @@ class GStreamerSource(LiveSource):
         if self._proc is not None and self._proc.poll() is not None:
             for thread in self._logs:  # an exited process's last lines are still being read
                 thread.join(timeout=1.0)
-        lines = [line.strip() for line in self._errors if line.strip()]
+        lines = [line.strip() for line in list(self._errors) if line.strip()]  # a copy: appended to
         picked = next((line for line in lines if "ERROR" in line or "WARNING" in line), None)
         return picked or (lines[0] if lines else "")
 
