@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import shlex
 import shutil
 import signal
@@ -29,6 +30,10 @@ from .live import LiveSource, Reconnect
 GST_LAUNCH = "gst-launch-1.0"
 SINK = "dbrt_sink"
 CAPS_TIMEOUT = 15.0  # seconds for the pipeline to negotiate (a CSI camera takes a few)
+STOP_TIMEOUT = 3.0  # seconds for the child to reach its end of stream before it is killed
+# gst-launch handles SIGINT (as end of stream) only once its pipeline runs; ignored until then,
+# an early one cannot kill it outright (exec keeps "ignored", its handler replaces it)
+_IGNORE_SIGINT = ["/bin/sh", "-c", 'trap "" INT; exec "$0" "$@"']
 _CAPS = re.compile(SINK + r"\.GstPad:sink: caps = video/x-raw, (.*)$")
 _FIELD = re.compile(r"([a-z-]+)=\((?:int|string|fraction)\)([^,;]+)")
 
@@ -40,6 +45,14 @@ def csi_pipeline(sensor: int = 0, width: int = 1920, height: int = 1080, fps: fl
     return (f"nvarguscamerasrc sensor-id={sensor} ! video/x-raw(memory:NVMM),width={width},"
             f"height={height},framerate={rate} ! nvvidconv flip-method={flip} ! "
             "video/x-raw,format=BGRx")
+
+
+def reads_file(words) -> bool:
+    """Whether a pipeline's source element reads a file (not live: every frame counts)."""
+    first = words[0] if words else ""
+    return first in ("filesrc", "multifilesrc", "splitmuxsrc") or (
+        first in ("uridecodebin", "uridecodebin3", "urisourcebin")
+        and any(w.startswith("uri=file:") for w in words[1:4]))
 
 
 def parse_caps(text: str) -> dict:
@@ -54,14 +67,16 @@ def parse_caps(text: str) -> dict:
 class GStreamerSource(LiveSource):
     """A gst-launch pipeline description that produces video (no sink: dbrt adds its own).
 
-    Live: the newest frame wins when the consumer is slow (drops are counted), and a pipeline
-    that stops is restarted under `reconnect`. A file read through GStreamer is read at full
-    speed and may drop frames too: give dbrt the file itself to get every frame."""
+    Live (cameras, streams): the newest frame wins when the consumer is slow (drops are counted),
+    and a pipeline that stops is restarted under `reconnect`. A pipeline that reads a file
+    (`filesrc`, `multifilesrc`, `splitmuxsrc`, `uridecodebin uri=file:...`; or `live=False`) is
+    not live: every frame is delivered (GStreamer waits for dbrt), timestamps are frame index /
+    rate, and its end is the source's end."""
 
     kind = "gstreamer"
 
     def __init__(self, description: str, name: Optional[str] = None,
-                 reconnect: Optional[Reconnect] = Reconnect(retries=3)):
+                 reconnect: Optional[Reconnect] = Reconnect(retries=3), live: Optional[bool] = None):
         description = description.strip().rstrip("!").strip()
         if not description:
             raise SourceError("gst: an empty GStreamer pipeline")
@@ -72,7 +87,8 @@ class GStreamerSource(LiveSource):
             self._words = shlex.split(description)
         except ValueError as exc:
             raise SourceError(f"gst: {exc} in {description!r}") from None
-        super().__init__(name or f"gst:{description}", reconnect)
+        self.live = not reads_file(self._words) if live is None else live
+        super().__init__(name or f"gst:{description}", reconnect if self.live else None)
         self.description = description
         self.mode: Optional[dict] = None  # width, height, fps the pipeline negotiated
         self._proc: Optional[subprocess.Popen] = None
@@ -81,6 +97,7 @@ class GStreamerSource(LiveSource):
         self._errors: deque = deque(maxlen=50)  # the child's last stderr lines
         self._logs: list = []  # the threads reading the child's stdout / stderr
         self._t0 = 0.0
+        self._frames = 0  # read since this pipeline started
 
     @classmethod
     def csi(cls, sensor: int = 0, width: Optional[int] = None, height: Optional[int] = None,
@@ -125,7 +142,7 @@ class GStreamerSource(LiveSource):
         self._caps.clear()
         self._errors, self.mode = deque(maxlen=50), None
         try:  # its own session: a Ctrl-C in the terminal is dbrt's to handle, then ours to pass on
-            self._proc = subprocess.Popen(self.command(write_end), pass_fds=(write_end,),
+            self._proc = subprocess.Popen(_IGNORE_SIGINT + self.command(write_end), pass_fds=(write_end,),
                                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                           stderr=subprocess.PIPE, text=True, start_new_session=True)
         finally:
@@ -145,7 +162,7 @@ class GStreamerSource(LiveSource):
                     why += " (NVIDIA's elements, csi:// included, come with JetPack on a Jetson)"
                 self._disconnect()
                 raise SourceError(f"{self.name}: GStreamer could not start the pipeline: {why}")
-        self._t0 = time.monotonic()
+        self._t0, self._frames = time.monotonic(), 0
 
     def _watch_caps(self, line: str) -> None:
         match = _CAPS.search(line)
@@ -174,21 +191,40 @@ class GStreamerSource(LiveSource):
                 return None  # the pipeline ended (end of stream)
             got += n
         image = np.frombuffer(buffer, np.uint8).reshape(height, width, 3)
-        return image, time.monotonic() - self._t0  # no PTS through the pipe: time since start
+        self._frames += 1
+        # no PTS through the pipe: a file's frames at its rate, a live one's time since start
+        if not self.live and self.fps:
+            return image, (self._frames - 1) / self.fps
+        return image, time.monotonic() - self._t0
 
     def _disconnect(self) -> None:
         proc, pipe, self._proc, self._pipe = self._proc, self._pipe, None, None
-        if proc is not None and proc.poll() is None:
-            # SIGINT + gst-launch's -e: end-of-stream first, so a CSI camera's libargus session
-            # closes cleanly (killed, it can leave the camera daemon busy)
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=3)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        if proc is not None:
+            _end_child(proc, pipe)
         if pipe is not None:
             pipe.close()
+
+
+def _end_child(proc: subprocess.Popen, pipe) -> None:
+    """Stop gst-launch the way a Ctrl-C does: SIGINT, which with -e sends end-of-stream first, so
+    a CSI camera's libargus session closes cleanly (killed, it can leave the camera daemon busy).
+    Until it exits, what it still writes is read and dropped (a frame is larger than the pipe's
+    buffer: a blocked writer never reaches its end of stream), and SIGINT is repeated while it
+    may not listen yet (it ignores SIGINT until its handler is set); killed after STOP_TIMEOUT."""
+    deadline, next_signal = time.monotonic() + STOP_TIMEOUT, 0.0
+    fd = pipe.fileno() if pipe is not None else None
+    while proc.poll() is None and time.monotonic() < deadline:
+        if time.monotonic() >= next_signal:
+            proc.send_signal(signal.SIGINT)
+            next_signal = time.monotonic() + 0.5
+        if fd is None:  # it closed its end: wait for it to exit
+            time.sleep(0.05)
+            continue
+        if select.select([fd], [], [], 0.05)[0] and not os.read(fd, 1 << 20):
+            fd = None
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
 
 
 def _drain(stream, keep) -> None:
