@@ -51,6 +51,20 @@ def test_caps_are_read_from_gst_launch_output():
     assert parse_caps("format=(string)BGR, width=(int)8, height=(int)4, framerate=(fraction)0/1")["fps"] is None
 
 
+def test_a_frame_size_change_mid_stream_restarts_the_pipeline():
+    """The pipe has no frame boundaries: bytes after a size change cannot be cut into frames."""
+    source = GStreamerSource("v4l2src")
+    line = ("/GstPipeline:pipeline0/GstFdSink:dbrt_sink.GstPad:sink: caps = video/x-raw, "
+            "format=(string)BGR, width=(int){w}, height=(int){h}, framerate=(fraction)30/1\n")
+    source._watch_output(line.format(w=640, h=480))
+    assert source.mode["width"] == 640 and source._caps.is_set()
+    source._watch_output(line.format(w=640, h=480))  # the same caps again: nothing changes
+    source._check_size()
+    source._watch_output(line.format(w=1280, h=720))
+    with pytest.raises(SourceError, match="changed its frame size to 1280x720; restarting"):
+        source._read()
+
+
 def test_missing_gst_launch_says_what_to_install(monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(SourceError, match="gst-launch-1.0 not found; install GStreamer"):

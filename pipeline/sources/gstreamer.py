@@ -94,10 +94,14 @@ class GStreamerSource(LiveSource):
         self._proc: Optional[subprocess.Popen] = None
         self._pipe = None
         self._caps = threading.Event()
+        self._heard = threading.Event()  # gst-launch said it is handling our SIGINT
+        self._interrupted_at = -1.0  # when SIGINT was last sent (time.monotonic)
+        self._signal_lock = threading.Lock()
         self._errors: deque = deque(maxlen=50)  # the child's last stderr lines
         self._logs: list = []  # the threads reading the child's stdout / stderr
         self._t0 = 0.0
         self._frames = 0  # read since this pipeline started
+        self._resized: Optional[dict] = None  # caps of a size change mid-stream
 
     @classmethod
     def csi(cls, sensor: int = 0, width: Optional[int] = None, height: Optional[int] = None,
@@ -127,10 +131,18 @@ class GStreamerSource(LiveSource):
             self._disconnect()
             return
         proc = self._proc
-        if proc is not None and proc.poll() is None:
+        if proc is not None:
             # the reader may wait on a stalled pipeline: ending the child ends its read (EOF),
             # and the reader then disconnects as usual
-            proc.send_signal(signal.SIGINT)
+            self._interrupt(proc)
+
+    def _interrupt(self, proc: subprocess.Popen) -> None:
+        """SIGINT, unless gst-launch heard one already or one was sent under 0.5 s ago."""
+        with self._signal_lock:  # close() and the reader thread may both be stopping it
+            now = time.monotonic()
+            if proc.poll() is None and not self._heard.is_set() and now - self._interrupted_at >= 0.5:
+                self._interrupted_at = now
+                proc.send_signal(signal.SIGINT)
 
     # -- LiveSource hooks -----------------------------------------------------------------------
     def _connect(self) -> None:
@@ -140,7 +152,9 @@ class GStreamerSource(LiveSource):
                               "gstreamer1.0-plugins-base)")
         read_end, write_end = os.pipe()
         self._caps.clear()
-        self._errors, self.mode = deque(maxlen=50), None
+        self._heard.clear()
+        self._interrupted_at = -1.0
+        self._errors, self.mode, self._resized = deque(maxlen=50), None, None
         try:  # its own session: a Ctrl-C in the terminal is dbrt's to handle, then ours to pass on
             self._proc = subprocess.Popen(_IGNORE_SIGINT + self.command(write_end), pass_fds=(write_end,),
                                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -150,7 +164,7 @@ class GStreamerSource(LiveSource):
         self._pipe = os.fdopen(read_end, "rb", buffering=0)
         self._logs = [threading.Thread(target=_drain, args=(stream, keep), daemon=True,
                                        name=f"gst-log:{self.name}")
-                      for stream, keep in ((self._proc.stdout, self._watch_caps),
+                      for stream, keep in ((self._proc.stdout, self._watch_output),
                                            (self._proc.stderr, self._errors.append))]
         for thread in self._logs:
             thread.start()
@@ -163,12 +177,28 @@ class GStreamerSource(LiveSource):
                 self._disconnect()
                 raise SourceError(f"{self.name}: GStreamer could not start the pipeline: {why}")
         self._t0, self._frames = time.monotonic(), 0
+        if not self.mode["width"] or not self.mode["height"]:
+            self._disconnect()
+            raise SourceError(f"{self.name}: GStreamer reported no frame size ({self.mode})")
 
-    def _watch_caps(self, line: str) -> None:
+    def _watch_output(self, line: str) -> None:
+        if line.startswith("handling interrupt"):
+            self._heard.set()
         match = _CAPS.search(line)
-        if match and not self._caps.is_set():
-            self.mode = parse_caps(match.group(1))
+        if not match:
+            return
+        caps = parse_caps(match.group(1))
+        if not self._caps.is_set():
+            self.mode = caps
             self._caps.set()
+        elif (caps["width"], caps["height"]) != (self.mode["width"], self.mode["height"]):
+            self._resized = caps  # the pipe carries no frame boundaries: _read restarts
+
+    def _check_size(self) -> None:
+        resized = self._resized
+        if resized is not None:
+            raise SourceError(f"the pipeline changed its frame size to {resized['width']}x"
+                              f"{resized['height']}; restarting it")
 
     def _why(self) -> str:
         """GStreamer's first error line (it writes errors to stderr)."""
@@ -180,6 +210,7 @@ class GStreamerSource(LiveSource):
         return picked or (lines[0] if lines else "")
 
     def _read(self):
+        self._check_size()
         width, height = self.mode["width"], self.mode["height"]
         buffer = bytearray(width * height * 3)
         view, got = memoryview(buffer), 0
@@ -190,6 +221,7 @@ class GStreamerSource(LiveSource):
                     raise SourceError(f"GStreamer stopped: {self._why() or 'pipeline ended'}")
                 return None  # the pipeline ended (end of stream)
             got += n
+        self._check_size()  # a frame read across the change is not one
         image = np.frombuffer(buffer, np.uint8).reshape(height, width, 3)
         self._frames += 1
         # no PTS through the pipe: a file's frames at its rate, a live one's time since start
@@ -200,31 +232,29 @@ class GStreamerSource(LiveSource):
     def _disconnect(self) -> None:
         proc, pipe, self._proc, self._pipe = self._proc, self._pipe, None, None
         if proc is not None:
-            _end_child(proc, pipe)
+            self._end_child(proc, pipe)
         if pipe is not None:
             pipe.close()
 
-
-def _end_child(proc: subprocess.Popen, pipe) -> None:
-    """Stop gst-launch the way a Ctrl-C does: SIGINT, which with -e sends end-of-stream first, so
-    a CSI camera's libargus session closes cleanly (killed, it can leave the camera daemon busy).
-    Until it exits, what it still writes is read and dropped (a frame is larger than the pipe's
-    buffer: a blocked writer never reaches its end of stream), and SIGINT is repeated while it
-    may not listen yet (it ignores SIGINT until its handler is set); killed after STOP_TIMEOUT."""
-    deadline, next_signal = time.monotonic() + STOP_TIMEOUT, 0.0
-    fd = pipe.fileno() if pipe is not None else None
-    while proc.poll() is None and time.monotonic() < deadline:
-        if time.monotonic() >= next_signal:
-            proc.send_signal(signal.SIGINT)
-            next_signal = time.monotonic() + 0.5
-        if fd is None:  # it closed its end: wait for it to exit
-            time.sleep(0.05)
-            continue
-        if select.select([fd], [], [], 0.05)[0] and not os.read(fd, 1 << 20):
-            fd = None
-    if proc.poll() is None:
-        proc.kill()
-    proc.wait()
+    def _end_child(self, proc: subprocess.Popen, pipe) -> None:
+        """Stop gst-launch the way a Ctrl-C does: SIGINT, which with -e sends end-of-stream
+        first, so a CSI camera's libargus session closes cleanly (killed, it can leave the camera
+        daemon busy). Until it exits, what it still writes is read and dropped (a frame is larger
+        than the pipe's buffer: a blocked writer never reaches its end of stream). SIGINT is
+        repeated until it says it heard one (it ignores SIGINT until its handler is set, and
+        dies of one after handling the first); killed after STOP_TIMEOUT."""
+        deadline = time.monotonic() + STOP_TIMEOUT
+        fd = pipe.fileno() if pipe is not None else None
+        while proc.poll() is None and time.monotonic() < deadline:
+            self._interrupt(proc)
+            if fd is None:  # it closed its end: wait for it to exit
+                time.sleep(0.05)
+                continue
+            if select.select([fd], [], [], 0.05)[0] and not os.read(fd, 1 << 20):
+                fd = None
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
 
 
 def _drain(stream, keep) -> None:
