@@ -146,6 +146,8 @@ class GStreamerSource(LiveSource):
 
     # -- LiveSource hooks -----------------------------------------------------------------------
     def _connect(self) -> None:
+        if os.name != "posix":  # file-descriptor passing and select() on pipes
+            raise SourceError(f"{self.name}: GStreamer sources run on Linux / macOS only")
         if shutil.which(GST_LAUNCH) is None:
             raise SourceError(f"{self.name}: {GST_LAUNCH} not found; install GStreamer's tools "
                               "(JetPack has them; Debian / Ubuntu: gstreamer1.0-tools "
