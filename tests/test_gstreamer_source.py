@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -32,6 +33,7 @@ def test_specs_pick_the_gstreamer_source():
 @pytest.mark.parametrize("spec, message", [
     ("gst:", "empty GStreamer pipeline"),
     ("gst:videotestsrc ! appsink", "end the pipeline before its sink"),
+    ("gst:v4l2src ! tee name=t ! queue ! filesink location=a.ts t. ! queue ! fakesink", "'fakesink' at the end"),
     ("gst:filesrc location='a.mp4 ! decodebin", "No closing quotation"),
 ])
 def test_bad_pipelines_are_one_line_errors(spec, message):
@@ -91,6 +93,9 @@ def test_frames_come_through_the_pipe_at_the_negotiated_size():
 @pytest.mark.parametrize("description, file", [
     ("filesrc location=a.mp4 ! qtdemux ! h264parse ! nvv4l2decoder ! nvvidconv", True),
     ("uridecodebin uri=file:///data/a.mkv", True),
+    ("uridecodebin name=src caps=video/x-raw uri=file:///data/a.mkv", True),
+    ("videotestsrc ! compositor name=c ! queue filesrc location=a.raw ! rawvideoparse ! c.", True),
+    ("v4l2src ! tee name=t ! queue ! filesink location=rec.ts t. ! queue", False),
     ("uridecodebin uri=rtsp://cam/1", False),
     ("nvarguscamerasrc sensor-id=0", False), ("v4l2src device=/dev/video1", False),
 ])
@@ -98,6 +103,71 @@ def test_pipelines_that_read_a_file_are_not_live(description, file):
     assert reads_file(description.split()) is file
     source = GStreamerSource(description)
     assert source.live is not file and (source.reconnect is None) is file
+
+
+def test_a_sink_inside_a_tee_branch_is_the_users():
+    source = GStreamerSource("v4l2src ! tee name=t ! queue ! filesink location=rec.ts t. ! queue")
+    assert source.live and source.command(5)[-4:] == ["fdsink", "name=dbrt_sink", "fd=5", "sync=false"]
+
+
+@needs_gst
+def test_rows_padded_to_four_bytes_are_unpadded():
+    """30 px of BGR is 90 bytes, which GStreamer pads to 92 per row."""
+    frames = list(GStreamerSource("videotestsrc num-buffers=3 pattern=white ! video/x-raw,width=30,height=10",
+                                  live=False).open())  # not live: every frame, for the count
+    assert len(frames) == 3
+    assert all(f.image.shape == (10, 30, 3) and (f.image == 255).all() for f in frames)
+
+
+@needs_gst
+def test_a_file_pipeline_that_fails_midway_is_an_error_not_an_end(tmp_path):
+    raw = tmp_path / "frames.bgr"
+    raw.write_bytes(bytes(32 * 16 * 3) * 12)
+    source = open_source(f"gst:filesrc location={raw} ! rawvideoparse width=32 height=16 format=bgr "
+                         "framerate=10/1 ! identity error-after=5")
+    with pytest.raises(SourceError, match="ended early after 4 frames"):
+        list(source)
+
+
+@needs_gst
+def test_gstreamer_messages_are_read_untranslated(monkeypatch):
+    monkeypatch.setenv("LANGUAGE", "de")
+    monkeypatch.setenv("LC_ALL", "de_DE.UTF-8")
+    with pytest.raises(SourceError, match='no element "nosuchelement"'):
+        open_source("gst:nosuchelement ! video/x-raw")
+
+
+def test_a_child_that_ignores_its_end_is_killed_after_close(tmp_path, monkeypatch):
+    """A source that never delivers its end of stream (a stalled camera) cannot keep the reader,
+    or the child, alive after close()."""
+    import sys
+    import threading
+
+    import pipeline.sources.gstreamer as gst
+
+    fake = tmp_path / "gst-launch-1.0"
+    fake.write_text(f"#!{sys.executable}\n" + '''import os, signal, sys, time
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+fd = int([a for a in sys.argv if a.startswith("fd=")][0][3:])
+print("/GstPipeline:pipeline0/GstFdSink:dbrt_sink.GstPad:sink: caps = video/x-raw, "
+      "format=(string)BGR, width=(int)4, height=(int)2, framerate=(fraction)30/1", flush=True)
+os.write(fd, bytes(4 * 2 * 3))
+time.sleep(600)
+''')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    monkeypatch.setattr(gst, "STOP_TIMEOUT", 0.3)
+    source = open_source("gst:stalledsrc")
+    child, got = source._proc, []
+    reader = threading.Thread(target=lambda: got.extend(source))
+    reader.start()
+    while not got and reader.is_alive():
+        reader.join(0.05)
+    source.close()
+    reader.join(10)
+    source.join(10)
+    assert len(got) == 1 and not reader.is_alive()
+    assert child.wait(timeout=10) == -9  # killed: it ignored SIGINT
 
 
 @needs_gst

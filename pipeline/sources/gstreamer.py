@@ -47,12 +47,20 @@ def csi_pipeline(sensor: int = 0, width: int = 1920, height: int = 1080, fps: fl
             "video/x-raw,format=BGRx")
 
 
+_FILE_ELEMENTS = ("filesrc", "multifilesrc", "splitmuxsrc")
+
+
+def elements(words) -> list:
+    """A pipeline's element names, in order: its words that are not links (!), properties
+    (key=value), caps (type/subtype,...) or pad references (name. / name.pad)."""
+    return [w for w in words if w != "!" and not any(c in w for c in "=/.")]
+
+
 def reads_file(words) -> bool:
-    """Whether a pipeline's source element reads a file (not live: every frame counts)."""
-    first = words[0] if words else ""
-    return first in ("filesrc", "multifilesrc", "splitmuxsrc") or (
-        first in ("uridecodebin", "uridecodebin3", "urisourcebin")
-        and any(w.startswith("uri=file:") for w in words[1:4]))
+    """Whether a pipeline reads a file (not live: every frame counts): a file source element
+    anywhere, or a uri=file: location."""
+    return any(e in _FILE_ELEMENTS for e in elements(words)) or any(
+        w.startswith("uri=file:") for w in words)
 
 
 def parse_caps(text: str) -> dict:
@@ -80,13 +88,15 @@ class GStreamerSource(LiveSource):
         description = description.strip().rstrip("!").strip()
         if not description:
             raise SourceError("gst: an empty GStreamer pipeline")
-        if re.search(r"(^|!)\s*(appsink|fdsink|filesink|autovideosink|xvimagesink)\b", description):
-            raise SourceError("gst: end the pipeline before its sink (dbrt adds its own), "
-                              f"got {description!r}")
         try:  # shell-style words, as on gst-launch's command line (location="a b.mp4")
             self._words = shlex.split(description)
         except ValueError as exc:
             raise SourceError(f"gst: {exc} in {description!r}") from None
+        names = elements(self._words)
+        last = names[-1] if names else ""
+        if last.endswith("sink"):  # a sink inside a tee branch is fine: only the end is dbrt's
+            raise SourceError(f"gst: end the pipeline before its sink (dbrt adds its own), got "
+                              f"{last!r} at the end of {description!r}")
         self.live = not reads_file(self._words) if live is None else live
         super().__init__(name or f"gst:{description}", reconnect if self.live else None)
         self.description = description
@@ -115,7 +125,8 @@ class GStreamerSource(LiveSource):
 
     @property
     def fps(self) -> Optional[float]:
-        return self.mode["fps"] if self.mode else None
+        mode = self.mode  # a reconnect may reset it meanwhile
+        return mode["fps"] if mode else None
 
     def describe(self) -> dict:
         return {**super().describe(), "mode": self.mode, "pipeline": self.description}
@@ -133,8 +144,12 @@ class GStreamerSource(LiveSource):
         proc = self._proc
         if proc is not None:
             # the reader may wait on a stalled pipeline: ending the child ends its read (EOF),
-            # and the reader then disconnects as usual
+            # and the reader then disconnects as usual; a child that does not end (a source
+            # that never delivers its end of stream) is killed, or the reader would wait forever
             self._interrupt(proc)
+            killer = threading.Timer(2 * STOP_TIMEOUT, _kill_if_running, args=(proc,))
+            killer.daemon = True
+            killer.start()
 
     def _interrupt(self, proc: subprocess.Popen) -> None:
         """SIGINT, unless gst-launch heard one already or one was sent under 0.5 s ago."""
@@ -157,10 +172,16 @@ class GStreamerSource(LiveSource):
         self._heard.clear()
         self._interrupted_at = -1.0
         self._errors, self.mode, self._resized = deque(maxlen=50), None, None
+        env = {k: v for k, v in os.environ.items() if k != "LANGUAGE"}
+        env["LC_ALL"] = "C"  # its messages untranslated: dbrt reads them
         try:  # its own session: a Ctrl-C in the terminal is dbrt's to handle, then ours to pass on
             self._proc = subprocess.Popen(_IGNORE_SIGINT + self.command(write_end), pass_fds=(write_end,),
                                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                          stderr=subprocess.PIPE, text=True, start_new_session=True)
+                                          stderr=subprocess.PIPE, text=True, start_new_session=True,
+                                          env=env)
+        except OSError as exc:
+            os.close(read_end)
+            raise SourceError(f"{self.name}: cannot start {GST_LAUNCH}: {exc}") from None
         finally:
             os.close(write_end)
         self._pipe = os.fdopen(read_end, "rb", buffering=0)
@@ -172,8 +193,9 @@ class GStreamerSource(LiveSource):
             thread.start()
         deadline = time.monotonic() + CAPS_TIMEOUT
         while not self._caps.wait(0.05):
-            if self._proc.poll() is not None or time.monotonic() > deadline:
-                why = self._why() or f"no video within {CAPS_TIMEOUT:.0f} s"
+            if self._proc.poll() is not None or time.monotonic() > deadline or self._stop.is_set():
+                why = ("the source was closed" if self._stop.is_set() else
+                       self._why() or f"no video within {CAPS_TIMEOUT:.0f} s")
                 if 'no element "nv' in why:
                     why += " (NVIDIA's elements, csi:// included, come with JetPack on a Jetson)"
                 self._disconnect()
@@ -214,27 +236,41 @@ class GStreamerSource(LiveSource):
     def _read(self):
         self._check_size()
         width, height = self.mode["width"], self.mode["height"]
-        buffer = bytearray(width * height * 3)
+        stride = (width * 3 + 3) & ~3  # GStreamer pads each BGR row to 4 bytes
+        buffer = bytearray(stride * height)
         view, got = memoryview(buffer), 0
         while got < len(buffer):
             n = self._pipe.readinto(view[got:])
             if not n:
-                if got or self._proc.poll() not in (None, 0):
+                if got or self._exit_status() not in (None, 0):
                     raise SourceError(f"GStreamer stopped: {self._why() or 'pipeline ended'}")
                 return None  # the pipeline ended (end of stream)
             got += n
         self._check_size()  # a frame read across the change is not one
-        image = np.frombuffer(buffer, np.uint8).reshape(height, width, 3)
+        rows = np.frombuffer(buffer, np.uint8).reshape(height, stride)
+        image = (np.ascontiguousarray(rows[:, :width * 3]) if stride != width * 3 else rows) \
+            .reshape(height, width, 3)
         self._frames += 1
         # no PTS through the pipe: a file's frames at its rate, a live one's time since start
         if not self.live and self.fps:
             return image, (self._frames - 1) / self.fps
         return image, time.monotonic() - self._t0
 
+    def _exit_status(self) -> Optional[int]:
+        """The child's exit status once it exits (its pipe closes a moment before), else None."""
+        try:
+            return self._proc.wait(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            return None
+
     def _disconnect(self) -> None:
         proc, pipe, self._proc, self._pipe = self._proc, self._pipe, None, None
         if proc is not None:
             self._end_child(proc, pipe)
+            for thread in self._logs:  # its output read to the end, then its streams closed
+                thread.join(timeout=1.0)
+            for stream in (proc.stdout, proc.stderr):
+                stream.close()
         if pipe is not None:
             pipe.close()
 
@@ -257,6 +293,11 @@ class GStreamerSource(LiveSource):
         if proc.poll() is None:
             proc.kill()
         proc.wait()
+
+
+def _kill_if_running(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.kill()
 
 
 def _drain(stream, keep) -> None:
