@@ -273,6 +273,14 @@ def run(args) -> dict:
                 simulation=check, rows=rows, seconds=round(time.perf_counter() - started, 1))
 
 
+def _kernel_caveat(payload: dict) -> str:
+    """Where the integer kernels saturate, their figures in the simulation line are theirs alone."""
+    if not payload.get("int8_execution", "").startswith("float ops"):
+        return ""
+    return (" (this CPU's integer kernels saturate: the figures against them measure that "
+            "overflow, not INT8 arithmetic)")
+
+
 def _markdown(payload: dict) -> list:
     sim = payload["simulation"]
     intro = (f"Model: {payload['model']}; inputs at short side {payload['side']}; calibration and "
@@ -285,7 +293,7 @@ def _markdown(payload: dict) -> list:
              f"difference| on the calibration inputs): against the same graph run as float ops "
              f"{sim['torch_vs_qdq_float']:.2e}, against ORT's integer kernels {sim['torch_vs_int8']:.2e}; "
              f"ORT's integer kernels against its float ops {sim['int8_vs_qdq_float']:.2e}, and against "
-             f"FP32 {sim['int8_vs_fp32']:.2e}.\n\nCommand: `{payload['command']}`\n")
+             f"FP32 {sim['int8_vs_fp32']:.2e}{_kernel_caveat(payload)}.\n\nCommand: `{payload['command']}`\n")
     keys = ("variant", "images", "n", "fp32_boxes", "boxes", "P", "R", "hmean", "mean_abs",
             "trained_parameters", "loss_first_tenth", "loss_last_tenth", "seconds")
     shown = [{k: (f"{r[k]:.4f}" if k in ("P", "R", "hmean") else f"{r[k]:.2e}" if k.startswith(("loss", "mean"))

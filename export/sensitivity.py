@@ -20,6 +20,7 @@ from typing import Dict, List, Sequence
 import numpy as np
 
 from engine.lazy import require
+from engine.onnxruntime.int8_cpu import exact_int8_config
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,11 @@ def int8_sensitivity(fp32_path: str, inputs: Sequence[np.ndarray], cache: str, o
     step = max(1, len(inputs) // probe)
     chosen = list(inputs)[::step][:probe]
     name = proto.graph.input[0].name
-    session = lambda path: ort.InferenceSession(path, providers=["CPUExecutionProvider"])  # noqa: E731
+    exact = ort.SessionOptions()  # the INT8 arithmetic, also where ORT's integer kernels saturate
+    for key, value in exact_int8_config().items():
+        exact.add_session_config_entry(key, value)
+    session = lambda path, opts=None: ort.InferenceSession(  # noqa: E731
+        path, sess_options=opts, providers=["CPUExecutionProvider"])
     reference = session(fp32_path)
     ref_maps = [reference.run(None, {name: x})[0] for x in chosen]
     macs = conv_macs(proto, chosen[0].shape)
@@ -88,7 +93,7 @@ def int8_sensitivity(fp32_path: str, inputs: Sequence[np.ndarray], cache: str, o
         others = [n.name for n in layers if n.name != layer.name]
         q.quantize_static(fp32_path, one, None, calibration_cache_path=cache,
                           **dict(options, nodes_to_exclude=others))
-        candidate = session(one)
+        candidate = session(one, exact)
         mse = float(np.mean([np.mean((candidate.run(None, {name: x})[0] - r) ** 2)
                              for x, r in zip(chosen, ref_maps)]))
         ranked.append(LayerSensitivity(layer.name, layer.op_type, mse, macs.get(layer.name, 0)))

@@ -380,6 +380,30 @@ def _weight_quantized(proto, node):
     return weight is not None and weight.op_type == "DequantizeLinear"
 
 
+def test_sensitivity_ranks_layers_by_the_int8_arithmetic_where_kernels_saturate(
+        fp32_model, calibration, monkeypatch):
+    """Where ONNX Runtime's integer kernels saturate, the one-layer INT8 probes run as float ops,
+    so the ranking (what --keep-fp32-sensitive keeps) measures INT8, not the kernels' overflow."""
+    import export.sensitivity as sensitivity
+
+    seen = []
+    real = ort.InferenceSession
+
+    def spy(path, sess_options=None, **kwargs):
+        try:
+            seen.append(sess_options.get_session_config_entry("session.disable_quant_qdq"))
+        except (AttributeError, RuntimeError):  # no options, or no such entry
+            seen.append("")
+        return real(path, sess_options=sess_options, **kwargs)
+
+    monkeypatch.setattr(sensitivity, "exact_int8_config", lambda: dict(FLOAT_OPS_CONFIG))
+    monkeypatch.setattr(ort, "InferenceSession", spy)
+    ranked = quantize.int8_layer_ranking(fp32_model, calibration[:1], "minmax")
+    probes, before = seen[-len(ranked):], seen[:-len(ranked)]
+    assert probes == ["1"] * len(ranked)  # one per layer
+    assert before and set(before) == {""}  # calibration and the FP32 reference run as they are
+
+
 def test_keep_fp32_sensitive_leaves_the_top_ranked_layers_unquantized(fp32_model, tmp_path, calibration):
     ranked = quantize.int8_layer_ranking(fp32_model, calibration, "minmax")
     proto = onnx.load(str(fp32_model))
