@@ -31,6 +31,9 @@ GST_LAUNCH = "gst-launch-1.0"
 SINK = "dbrt_sink"
 CAPS_TIMEOUT = 15.0  # seconds for the pipeline to negotiate (a CSI camera takes a few)
 STOP_TIMEOUT = 3.0  # seconds for the child to reach its end of stream before it is killed
+# an end of stream forced in a live pipeline's first moments can hang gst-launch (2 of 40
+# closes right after opening; none of 40 after 0.3 s): SIGINT waits that long
+EARLIEST_INTERRUPT = 0.3
 # gst-launch handles SIGINT (as end of stream) only once its pipeline runs; ignored until then,
 # an early one cannot kill it outright (exec keeps "ignored", its handler replaces it)
 _IGNORE_SIGINT = ["/bin/sh", "-c", 'trap "" INT; exec "$0" "$@"']
@@ -107,6 +110,7 @@ class GStreamerSource(LiveSource):
         self._heard = threading.Event()  # gst-launch said it is handling our SIGINT
         self._interrupted_at = -1.0  # when SIGINT was last sent (time.monotonic)
         self._signal_lock = threading.Lock()
+        self._started_at = 0.0  # when the child started (time.monotonic)
         self._errors: deque = deque(maxlen=50)  # the child's last stderr lines
         self._logs: list = []  # the threads reading the child's stdout / stderr
         self._t0 = 0.0
@@ -146,15 +150,25 @@ class GStreamerSource(LiveSource):
             # the reader may wait on a stalled pipeline: ending the child ends its read (EOF),
             # and the reader then disconnects as usual; a child that does not end (a source
             # that never delivers its end of stream) is killed, or the reader would wait forever
+            threading.Thread(target=self._stop_child, args=(proc, 2 * STOP_TIMEOUT), daemon=True,
+                             name=f"gst-stop:{self.name}").start()
+
+    def _stop_child(self, proc: subprocess.Popen, timeout: float) -> None:
+        """SIGINT (as `_interrupt` allows) until the child exits; killed after `timeout`."""
+        deadline = time.monotonic() + timeout
+        while proc.poll() is None and time.monotonic() < deadline:
             self._interrupt(proc)
-            killer = threading.Timer(2 * STOP_TIMEOUT, _kill_if_running, args=(proc,))
-            killer.daemon = True
-            killer.start()
+            time.sleep(0.05)
+        if proc.poll() is None:
+            proc.kill()
 
     def _interrupt(self, proc: subprocess.Popen) -> None:
-        """SIGINT, unless gst-launch heard one already or one was sent under 0.5 s ago."""
+        """SIGINT, unless gst-launch heard one already, one was sent under 0.5 s ago, or it
+        started under EARLIEST_INTERRUPT ago."""
         with self._signal_lock:  # close() and the reader thread may both be stopping it
             now = time.monotonic()
+            if now - self._started_at < EARLIEST_INTERRUPT:
+                return
             if proc.poll() is None and not self._heard.is_set() and now - self._interrupted_at >= 0.5:
                 self._interrupted_at = now
                 proc.send_signal(signal.SIGINT)
@@ -184,6 +198,7 @@ class GStreamerSource(LiveSource):
             raise SourceError(f"{self.name}: cannot start {GST_LAUNCH}: {exc}") from None
         finally:
             os.close(write_end)
+        self._started_at = time.monotonic()
         self._pipe = os.fdopen(read_end, "rb", buffering=0)
         self._logs = [threading.Thread(target=_drain, args=(stream, keep), daemon=True,
                                        name=f"gst-log:{self.name}")
@@ -293,11 +308,6 @@ class GStreamerSource(LiveSource):
         if proc.poll() is None:
             proc.kill()
         proc.wait()
-
-
-def _kill_if_running(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.kill()
 
 
 def _drain(stream, keep) -> None:
