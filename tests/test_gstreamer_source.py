@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 
 import numpy as np
 import pytest
@@ -137,12 +138,25 @@ def test_gstreamer_messages_are_read_untranslated(monkeypatch):
         open_source("gst:nosuchelement ! video/x-raw")
 
 
+def _close_after_first_frame(source):
+    """Iterate in a thread, close the source after its first frame, wait for both readers (the
+    thread and the source's own): (its child process, frames the iteration got)."""
+    child, got = source._proc, []
+    reader = threading.Thread(target=lambda: got.extend(source))
+    reader.start()
+    while not got and reader.is_alive():
+        reader.join(0.05)
+    source.close()
+    reader.join(10)
+    source.join(10)
+    assert not reader.is_alive(), "closing did not end the iteration"
+    return child, len(got)
+
+
 def test_a_child_that_ignores_its_end_is_killed_after_close(tmp_path, monkeypatch):
     """A source that never delivers its end of stream (a stalled camera) cannot keep the reader,
     or the child, alive after close()."""
     import sys
-    import threading
-
     import pipeline.sources.gstreamer as gst
 
     fake = tmp_path / "gst-launch-1.0"
@@ -157,16 +171,8 @@ time.sleep(600)
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
     monkeypatch.setattr(gst, "STOP_TIMEOUT", 0.3)
-    source = open_source("gst:stalledsrc")
-    child, got = source._proc, []
-    reader = threading.Thread(target=lambda: got.extend(source))
-    reader.start()
-    while not got and reader.is_alive():
-        reader.join(0.05)
-    source.close()
-    reader.join(10)
-    source.join(10)
-    assert len(got) == 1 and not reader.is_alive()
+    child, frames = _close_after_first_frame(open_source("gst:stalledsrc"))
+    assert frames == 1
     assert child.wait(timeout=10) == -9  # killed: it ignored SIGINT
 
 
@@ -193,8 +199,6 @@ def test_a_file_pipeline_delivers_every_frame_in_order(tmp_path):
 def test_closing_ends_the_child_cleanly_whether_or_not_frames_were_read():
     """Exit status 0: the child reached its end of stream (what a CSI camera needs) instead of
     being killed, though its frames (2.7 MB) are larger than the pipe's buffer."""
-    import threading
-
     big = "gst:videotestsrc is-live=true ! video/x-raw,width=1280,height=720,framerate=30/1"
     unread = open_source(big)
     child = unread._proc
@@ -208,16 +212,8 @@ def test_closing_ends_the_child_cleanly_whether_or_not_frames_were_read():
     assert child.wait(timeout=10) == 0
     # one frame every 20 s: the reader waits on the pipe when the source is closed
     slow = open_source("gst:videotestsrc is-live=true ! video/x-raw,width=32,height=16,framerate=1/20")
-    child, got = slow._proc, []
-    reader = threading.Thread(target=lambda: got.extend(slow))
-    reader.start()
-    while not got and reader.is_alive():
-        reader.join(0.05)
-    slow.close()
-    reader.join(10)
-    slow.join(10)  # the source's own reader thread, which stops the child
-    assert not reader.is_alive() and len(got) == 1
-    assert child.wait(timeout=10) == 0 and slow._proc is None
+    child, frames = _close_after_first_frame(slow)
+    assert frames == 1 and child.wait(timeout=10) == 0 and slow._proc is None
 
 
 @needs_gst
