@@ -1,4 +1,4 @@
-"""GStreamer pipelines as a live source: Jetson CSI cameras (`csi://0`) and any pipeline
+"""GStreamer pipelines as a source: Jetson CSI cameras (`csi://0`) and any pipeline
 (`gst:videotestsrc ! video/x-raw,width=640,height=480`).
 
 The pipeline runs in GStreamer's own `gst-launch-1.0`, a child process, which ends it in
