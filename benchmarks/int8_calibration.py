@@ -24,6 +24,7 @@ from typing import List, Optional
 import numpy as np
 
 from export.quantize import CALIB_METHODS as METHODS
+from pipeline.accuracy import INTEGER_KERNELS
 from pipeline.sources.images import is_image_path
 
 from . import common
@@ -121,7 +122,7 @@ def _markdown(payload: dict) -> list:
     sources = "\n".join(f"- `{name}`: {text}" for name, text in payload["calibration"].items())
     intro = (f"Model: {payload['model']}. Full INT8 (Q/DQ on every Conv, ConvTranspose and Add, "
              "nothing left in FP32), ONNX Runtime CPU (INT8 ran as "
-             f"{payload.get('int8_execution', 'ONNX Runtime integer kernels')}); `calibrate_s`: "
+             f"{payload.get('int8_execution', INTEGER_KERNELS)}); `calibrate_s`: "
              "seconds to collect the ranges "
              "and write the Q/DQ model (this machine, one process); box agreement = ICDAR 2015 "
              "protocol of the INT8 boxes against the FP32 boxes. Choose on the validation rows; "

@@ -26,6 +26,8 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from pipeline.accuracy import INTEGER_KERNELS
+
 from . import common
 from .int8_calibration import _eval_sets
 from .precision_accuracy import _calibration, _model, add_model_arguments
@@ -275,7 +277,7 @@ def run(args) -> dict:
 
 def _kernel_caveat(payload: dict) -> str:
     """Where the integer kernels saturate, their figures in the simulation line are theirs alone."""
-    if not payload.get("int8_execution", "").startswith("float ops"):
+    if payload.get("int8_execution", INTEGER_KERNELS) == INTEGER_KERNELS:
         return ""
     return (" (this CPU's integer kernels saturate: the figures against them measure that "
             "overflow, not INT8 arithmetic)")
@@ -287,7 +289,7 @@ def _markdown(payload: dict) -> list:
              f"fine-tuning inputs: {payload['calibration']}; {payload['steps']} steps of 4 random "
              f"{payload['crop']} px crops. Box agreement: each INT8 model's boxes against the FP32 model's (ICDAR "
              "2015 protocol), ONNX Runtime CPU (INT8 ran as "
-             f"{payload.get('int8_execution', 'ONNX Runtime integer kernels')}); the variant would be "
+             f"{payload.get('int8_execution', INTEGER_KERNELS)}); the variant would be "
              "chosen on validation.\n\n"
              "How closely the PyTorch Q/DQ graph follows ONNX Runtime (mean |probability "
              f"difference| on the calibration inputs): against the same graph run as float ops "

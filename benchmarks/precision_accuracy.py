@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
+from pipeline.accuracy import INTEGER_KERNELS
+
 from . import common
 
 TARGETS = {"fp16": 0.995, "int8": 0.97}
@@ -179,7 +181,7 @@ def _markdown(payload: dict) -> list:
              "agreement of the INT8 model with itself executed another valid way (ORT's fused "
              "integer kernels vs the same Q/DQ graph as float ops, `session.disable_quant_qdq`): "
              "the noise floor of INT8 execution, which TensorRT's kernels have too. INT8 ran as: "
-             f"{payload.get('int8_execution', 'ONNX Runtime integer kernels')}.\n\n"
+             f"{payload.get('int8_execution', INTEGER_KERNELS)}.\n\n"
              f"Command: `{payload['command']}`\n")
     shown = [dict(r, **{k: f"{r[k]:.4f}" for k in ("P", "R", "hmean", "int8_self") if r[k] is not None})
              for r in payload["rows"]]

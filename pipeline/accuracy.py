@@ -136,12 +136,15 @@ def int8_noise_floor(model, images: Iterable[np.ndarray], spec=None,
     return compare_many(model, [model], images, spec, limit_side, candidate_config=FLOAT_OPS_CONFIG)[0]
 
 
+INTEGER_KERNELS = "ONNX Runtime's integer kernels"  # what reports made before the check ran
+
+
 def int8_execution() -> str:
     """How `compare_many` runs INT8 candidates on this machine, for reports."""
     if int8_kernels_saturate():
         return (f"float ops on the dequantized values ({SATURATION_NOTE}; the INT8 noise floor is "
                 "not measurable on such a CPU)")
-    return "ONNX Runtime's integer kernels"
+    return INTEGER_KERNELS
 
 
 class _Tally:

@@ -150,17 +150,8 @@ class GStreamerSource(LiveSource):
             # the reader may wait on a stalled pipeline: ending the child ends its read (EOF),
             # and the reader then disconnects as usual; a child that does not end (a source
             # that never delivers its end of stream) is killed, or the reader would wait forever
-            threading.Thread(target=self._stop_child, args=(proc, 2 * STOP_TIMEOUT), daemon=True,
-                             name=f"gst-stop:{self.name}").start()
-
-    def _stop_child(self, proc: subprocess.Popen, timeout: float) -> None:
-        """SIGINT (as `_interrupt` allows) until the child exits; killed after `timeout`."""
-        deadline = time.monotonic() + timeout
-        while proc.poll() is None and time.monotonic() < deadline:
-            self._interrupt(proc)
-            time.sleep(0.05)
-        if proc.poll() is None:
-            proc.kill()
+            threading.Thread(target=self._end_child, args=(proc, None, 2 * STOP_TIMEOUT),
+                             daemon=True, name=f"gst-stop:{self.name}").start()
 
     def _interrupt(self, proc: subprocess.Popen) -> None:
         """SIGINT, unless gst-launch heard one already, one was sent under 0.5 s ago, or it
@@ -289,14 +280,15 @@ class GStreamerSource(LiveSource):
         if pipe is not None:
             pipe.close()
 
-    def _end_child(self, proc: subprocess.Popen, pipe) -> None:
+    def _end_child(self, proc: subprocess.Popen, pipe, timeout: float = STOP_TIMEOUT) -> None:
         """Stop gst-launch the way a Ctrl-C does: SIGINT, which with -e sends end-of-stream
         first, so a CSI camera's libargus session closes cleanly (killed, it can leave the camera
         daemon busy). Until it exits, what it still writes is read and dropped (a frame is larger
         than the pipe's buffer: a blocked writer never reaches its end of stream). SIGINT is
         repeated until it says it heard one (it ignores SIGINT until its handler is set, and
-        dies of one after handling the first); killed after STOP_TIMEOUT."""
-        deadline = time.monotonic() + STOP_TIMEOUT
+        dies of one after handling the first); killed after `timeout`. Without `pipe` (close()
+        stopping it while the reader thread reads the pipe) only the signals and the kill."""
+        deadline = time.monotonic() + timeout
         fd = pipe.fileno() if pipe is not None else None
         while proc.poll() is None and time.monotonic() < deadline:
             self._interrupt(proc)
