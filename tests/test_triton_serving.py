@@ -51,6 +51,23 @@ def test_the_model_spec_comes_back_from_the_server(triton_server, tiny_onnx):
     assert served == ModelSpec.from_metadata(summarize_onnx(tiny_onnx).metadata)
 
 
+@pytest.mark.parametrize("precision", ["int8", "fp32"])
+def test_an_int8_model_on_a_saturating_server_cpu_is_logged(triton_server_factory, tiny_onnx,
+                                                            tmp_path, precision):
+    """The server checks its own CPU (where ONNX Runtime's kernels run), as the local Detector
+    does: an INT8 model there gets the warning in the server's log, others nothing."""
+    from dbnet.spec import resolve_spec
+    from engine.onnx_info import summarize_onnx
+    from engine.onnxruntime.int8_cpu import int8_kernels_saturate
+
+    spec = resolve_spec(summarize_onnx(tiny_onnx).metadata).replace(precision=precision)
+    repo = export_triton_repository(tiny_onnx, tmp_path / "repo", spec=spec, name="dbnet")
+    server = triton_server_factory(repo)
+    warned = "is INT8 on the CPU: this CPU has no VNNI" in server.log_text()
+    assert warned == (precision == "int8" and int8_kernels_saturate())
+    server.close()
+
+
 def test_concurrent_clients_are_batched(triton_server_factory, tiny_onnx, tmp_path, rng):
     """Four clients send one image each at once: the dynamic batcher (preferred batch 4, up to
     1 s of queueing) runs them in fewer model executions than requests, each answer its own."""

@@ -17,6 +17,8 @@ from ..shapes import ShapeProfile
 from .repository import Scheduling, Tensor, model_config, write_model
 
 ONNXRUNTIME_MODEL = Path(__file__).resolve().parent / "onnxruntime_model.py"
+# stdlib only, so the model above can load it inside tritonserver without dbrt installed
+INT8_CPU_CHECK = Path(__file__).resolve().parents[1] / "onnxruntime" / "int8_cpu.py"
 
 
 def _dims(shape) -> Tuple[int, ...]:
@@ -41,7 +43,8 @@ def write_onnxruntime_model(repository, name: str, summary: OnnxSummary, schedul
     inputs, outputs = onnx_tensors(summary)
     params = {"onnx_file": "model.onnx", "threads": str(threads), **dict(parameters)}
     config = model_config(name, inputs, outputs, scheduling, backend="python", parameters=params)
-    return write_model(repository, config, {"model.onnx": summary.path, "model.py": ONNXRUNTIME_MODEL})
+    return write_model(repository, config, {"model.onnx": summary.path, "model.py": ONNXRUNTIME_MODEL,
+                                            "int8_cpu.py": INT8_CPU_CHECK})
 
 
 def profile_tensor(name: str, dtype: str, profile: ShapeProfile) -> Tensor:

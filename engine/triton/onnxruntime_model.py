@@ -6,10 +6,13 @@ inside tritonserver's Python stub, so it imports only numpy, onnxruntime and Tri
 
     onnx_file   the model file in the version folder (default model.onnx)
     threads     ONNX Runtime intra-op threads per instance (0: ONNX Runtime's default)
+    precision   the model's precision ("int8": the server's CPU is checked for saturating INT8
+                kernels with the int8_cpu.py copied beside this file, and a warning is logged)
 
 The dynamic batcher hands `execute` several requests at once: requests whose inputs have the same
 shapes (but for the batch) are concatenated into ONE session call and the outputs split back.
 """
+import importlib.util
 import json
 import os
 
@@ -23,6 +26,22 @@ def _parameter(config, key, default):
     return default if value in (None, "") else value
 
 
+def _note_saturating_int8(folder, name):
+    """The same check as dbrt's Detector, on the server's CPU (where the kernels run)."""
+    spec = importlib.util.spec_from_file_location("dbrt_int8_cpu", os.path.join(folder, "int8_cpu.py"))
+    int8_cpu = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(int8_cpu)
+    if int8_cpu.int8_kernels_saturate():
+        message = (f"dbrt: model {name!r} is INT8 on the CPU: {int8_cpu.SATURATION_NOTE}, which "
+                   "can cost boxes (the same model on TensorRT or a VNNI CPU does not); on this "
+                   "CPU serve the FP32 model")
+        logger = getattr(pb_utils, "Logger", None)
+        if logger is not None:
+            logger.log_warn(message)
+        else:
+            print(message, flush=True)
+
+
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
@@ -31,6 +50,8 @@ class TritonPythonModel:
         options.intra_op_num_threads = int(_parameter(config, "threads", 0))
         path = os.path.join(folder, _parameter(config, "onnx_file", "model.onnx"))
         self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        if _parameter(config, "precision", "") == "int8":
+            _note_saturating_int8(folder, config.get("name", "?"))
         self.inputs = [t["name"] for t in config["input"]]
         self.outputs = [t["name"] for t in config["output"]]
 

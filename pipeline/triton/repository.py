@@ -82,7 +82,7 @@ def write_network(repository: Path, summary: OnnxSummary, spec: ModelSpec, expor
     parameters = {METADATA_KEY: spec.to_json()}
     if export.backend == "onnx":
         return write_onnxruntime_model(repository, export.name, summary, export.scheduling,
-                                       parameters, export.threads)
+                                       {**parameters, "precision": spec.precision}, export.threads)
     scheduling = export.scheduling
     if scheduling.kind == "KIND_CPU":
         scheduling = Scheduling(scheduling.max_batch_size, scheduling.preferred,
