@@ -21,7 +21,7 @@ from dbnet.model_check import check_io, check_spec_source, probability_map
 from dbnet.spec import METADATA_KEY, MAX_INPUT_SIDE, ModelSpec, profile_for, resolve_spec
 from engine.errors import DbrtWarning, ModelError, ShapeError
 from engine.lazy import cupy_or_none
-from engine.onnxruntime.int8_cpu import SATURATION_NOTE, int8_kernels_saturate
+from engine.onnxruntime.int8_cpu import SATURATION_WARNING, int8_kernels_saturate
 from engine.loader import RunnerOptions, load_runner
 
 from .detections import Detections
@@ -253,9 +253,7 @@ def _note_saturating_int8(runner, spec: ModelSpec) -> None:
     if spec.precision != "int8" or getattr(first, "name", "") != "onnxruntime":
         return
     if first.providers[:1] == ("CPUExecutionProvider",) and int8_kernels_saturate():
-        warnings.warn(f"INT8 model on the CPU: {SATURATION_NOTE}, which can cost boxes (the same "
-                      "model on TensorRT or a VNNI CPU does not); on this CPU run the FP32 model",
-                      DbrtWarning, stacklevel=3)
+        warnings.warn(SATURATION_WARNING, DbrtWarning, stacklevel=3)
 
 
 def _note_remote_defaults(runner, preset: Optional[str]) -> None:

@@ -63,7 +63,7 @@ def test_an_int8_model_on_a_saturating_server_cpu_is_logged(triton_server_factor
     spec = resolve_spec(summarize_onnx(tiny_onnx).metadata).replace(precision=precision)
     repo = export_triton_repository(tiny_onnx, tmp_path / "repo", spec=spec, name="dbnet")
     server = triton_server_factory(repo)
-    warned = "is INT8 on the CPU: this CPU has no VNNI" in server.log_text()
+    warned = "'dbnet': INT8 model on the CPU: this CPU has no VNNI" in server.log_text()
     assert warned == (precision == "int8" and int8_kernels_saturate())
     server.close()
 

@@ -21,6 +21,9 @@ _DOT_PRODUCT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 
 SATURATION_NOTE = ("this CPU has no VNNI, so ONNX Runtime's INT8 kernels add products in int16 "
                    "and saturate")
+# what dbrt says where an INT8 model runs on such a CPU (the Detector, the Triton model)
+SATURATION_WARNING = (f"INT8 model on the CPU: {SATURATION_NOTE}, which can cost boxes (the same "
+                      "model on TensorRT or a VNNI CPU does not); on this CPU run the FP32 model")
 
 
 def saturates(machine: str, cpuinfo: Optional[str]) -> bool:

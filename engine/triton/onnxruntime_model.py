@@ -32,9 +32,7 @@ def _note_saturating_int8(folder, name):
     int8_cpu = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(int8_cpu)
     if int8_cpu.int8_kernels_saturate():
-        message = (f"dbrt: model {name!r} is INT8 on the CPU: {int8_cpu.SATURATION_NOTE}, which "
-                   "can cost boxes (the same model on TensorRT or a VNNI CPU does not); on this "
-                   "CPU serve the FP32 model")
+        message = f"dbrt: model {name!r}: {int8_cpu.SATURATION_WARNING}"
         logger = getattr(pb_utils, "Logger", None)
         if logger is not None:
             logger.log_warn(message)
