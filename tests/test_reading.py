@@ -8,7 +8,7 @@ import pytest
 from engine.errors import ModelError
 from pipeline.detections import Detections
 from pipeline.reading import Charset, Recognizer, RecSpec, ctc_greedy_decode
-from pipeline.reading.crops import crop_batches, cut_crop, plan_crops, reading_quads
+from pipeline.reading.crops import crop_batches, cut_crop, pad_quads, plan_crops, reading_quads
 from pipeline.shipped import default_model_path
 
 CHARS = Charset(("", "a", "b", " "))
@@ -90,6 +90,19 @@ def test_polygons_become_their_minimum_area_rectangle():
     np.testing.assert_allclose(quad, [[0, 0], [100, 0], [100, 40], [0, 40]], atol=1e-4)
 
 
+def test_a_margin_grows_quads_along_their_own_axes_by_their_height():
+    flat = np.float32([[10, 10], [110, 10], [110, 30], [10, 30]])  # 100 x 20
+    np.testing.assert_allclose(pad_quads(flat, 0.25)[0], [[5, 5], [115, 5], [115, 35], [5, 35]])
+    import cv2
+
+    m = cv2.getRotationMatrix2D((60, 20), 30, 1.0)
+    grown = pad_quads(cv2.transform(flat[None], m)[0], 0.25)[0]
+    np.testing.assert_allclose(grown, cv2.transform(pad_quads(flat, 0.25), m)[0], atol=1e-3)
+    tall = np.float32([[0, 0], [20, 0], [20, 100], [0, 100]])  # the short side sets the margin
+    np.testing.assert_allclose(pad_quads(tall, 0.5)[0], [[-10, -10], [30, -10], [30, 110], [-10, 110]])
+    assert pad_quads(flat, 0.0)[0].tolist() == flat.tolist()
+
+
 def test_batches_group_similar_widths_and_stay_bounded():
     widths = np.array([300, 40, 900, 50, 310, 45])
     plan = type("Plan", (), {"valid": np.ones(6, bool), "widths": widths})
@@ -143,6 +156,19 @@ def test_the_runner_output_is_decoded_per_crop(tmp_path):
         texts, conf = rec.recognize([crop, np.zeros((48, 4, 3), np.uint8)])
     assert texts[0] == "aa a" and conf[0] == 1.0
     assert texts[1] == ""  # all channels equal: the first (blank) wins
+
+
+def test_the_margin_reaches_the_recognizers_crops(tmp_path):
+    """A 96 x 24 box is a 192-wide crop; with a margin of half its height, 120 x 48: 120 wide."""
+    model = _tiny_ctc_model(tmp_path / "tiny.onnx", classes=3, metadata={"character": "a"})
+    dets = Detections((np.float32([[20, 20], [116, 20], [116, 44], [20, 44]]),), np.ones(1))
+    widths = []
+    for margin in (0.0, 0.5):
+        with Recognizer(model, spec=RecSpec(margin=margin), device="cpu") as rec:
+            decode = rec._infer_decode
+            rec._infer_decode = lambda batch: (widths.append(batch.shape[-1]), decode(batch))[1]
+            rec.read(np.zeros((100, 200, 3), np.uint8), dets)
+    assert widths == [192, 128]
 
 
 def test_a_polygon_that_rectifies_to_nothing_is_a_counted_skip(tmp_path):

@@ -1,7 +1,7 @@
 """`dbrt eval`: precision / recall / hmean of a model on a dataset (ICDAR 2015 protocol)."""
 from __future__ import annotations
 
-from ._model import add_triton_arguments
+from ._model import REC_MARGIN_HELP, add_triton_arguments
 from ._validate import DEVICES, at_least, between, output_file, output_folder, side_length
 
 NAME = "eval"
@@ -52,6 +52,8 @@ def add_arguments(parser) -> None:
                           "the transcription, equal after stripping and case folding; '###' ignored)")
     e2e.add_argument("--rec-model", help="CTC recognizer .onnx (default: PP-OCRv6 rec from rapidocr)")
     e2e.add_argument("--rec-dict", help="its dictionary, one character per line")
+    e2e.add_argument("--rec-margin", type=between(0.0, 1.0, float), metavar="FRACTION",
+                     help=REC_MARGIN_HELP)
     parser.add_argument("--tune", action="store_true",
                         help="grid-search thresh / box_thresh / unclip_ratio on this dataset (a "
                              "validation split, never the data you report) and print the best settings")

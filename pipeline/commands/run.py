@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from ._model import add_triton_arguments
-from ._validate import (DEVICES, at_least, broker_url, fourcc, frame_size, input_size,
+from ._model import REC_MARGIN_HELP, add_triton_arguments
+from ._validate import (DEVICES, at_least, between, broker_url, fourcc, frame_size, input_size,
                         listen_address, output_folder, side_length)
 
 NAME = "run"
@@ -53,6 +53,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--rec-dict",
                    help="its dictionary, one character per line (default: the model's own "
                         "'character' metadata; implies --read)")
+    t.add_argument("--rec-margin", type=between(0.0, 1.0, float), metavar="FRACTION",
+                   help=REC_MARGIN_HELP)
     t.add_argument("--track", action="store_true",
                    help="follow texts across frames (ByteTrack, pip install 'dbrt[track]'): "
                         "track ids per detection and OUTPUT/events.jsonl, one line per track "

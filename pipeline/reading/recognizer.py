@@ -23,7 +23,7 @@ from engine.lazy import array_module
 from engine.loader import RunnerOptions, load_runner, tensorrt_usable
 
 from ..detections import Detections
-from .crops import crop_batches, cut_crop, plan_crops, reading_quads
+from .crops import crop_batches, cut_crop, pad_quads, plan_crops, reading_quads
 from .ctc import Charset, characters_from_metadata, ctc_greedy_decode
 from .spec import RecSpec, preset as named_preset
 
@@ -100,8 +100,8 @@ class Recognizer:
         texts, scores = [""] * n, np.zeros(n, np.float32)
         if n:
             spec = self.spec
-            plan = plan_crops(reading_quads(detections.polygons), spec.height, spec.min_width,
-                              spec.max_width)
+            quads = pad_quads(reading_quads(detections.polygons), spec.margin)
+            plan = plan_crops(quads, spec.height, spec.min_width, spec.max_width)
             self.skipped += int(n - plan.valid.sum())
             self._read_plan(image, plan, crop_batches(plan, spec.batch_size), texts, scores)
             if plan.tall.any():  # vertical text reads either way: the more confident one wins

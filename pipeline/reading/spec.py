@@ -17,6 +17,9 @@ class RecSpec:
     mean / std:  per-channel normalisation of x / 255, in the model's channel order
     bgr:         the model takes BGR (OpenCV order, PaddleOCR's) rather than RGB
     batch_size:  crops per engine call (bounds memory on a frame with many texts)
+    margin:      each crop reaches this fraction of the text's height beyond its polygon on
+                 every side (PP-OCR rec learned from loose crops; a detector's tight box cuts
+                 into the first and last letters)
     """
 
     height: int = 48
@@ -27,10 +30,11 @@ class RecSpec:
     std: Tuple[float, float, float] = (0.5, 0.5, 0.5)
     bgr: bool = True
     batch_size: int = 32
+    margin: float = 0.15
 
     def __post_init__(self):
         if not (8 <= self.height <= 256 and 1 <= self.min_width <= self.max_width
-                and self.width_step >= 1 and self.batch_size >= 1):
+                and self.width_step >= 1 and self.batch_size >= 1 and 0 <= self.margin <= 1):
             raise ModelError(f"invalid recognizer settings {self}")
 
     def replace(self, **changes) -> "RecSpec":
