@@ -296,7 +296,8 @@ def test_detector_read_reads_in_the_single_image_api():
     image, detections, words = _words_image()
     with _fixed_quads_detector(detections, read=True) as detector:
         assert detector.detect(image).texts == words
-        assert detector.describe()["reader"]["classes"] > 1000
+        reader = detector.describe()["reader"]
+        assert reader["classes"] > 1000 and reader["margin"] == RecSpec().margin
 
 
 @needs_rapidocr

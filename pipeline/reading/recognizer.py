@@ -170,7 +170,7 @@ class Recognizer:
     def describe(self) -> dict:
         return dict(model=self.model_name, runner=self.runner.name, classes=len(self.charset),
                     height=self.spec.height, batch_size=self.spec.batch_size,
-                    crops_read=self.crops_read, skipped_unreadable=self.skipped)
+                    margin=self.spec.margin, crops_read=self.crops_read, skipped_unreadable=self.skipped)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def close(self) -> None:
