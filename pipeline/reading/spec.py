@@ -30,7 +30,7 @@ class RecSpec:
     std: Tuple[float, float, float] = (0.5, 0.5, 0.5)
     bgr: bool = True
     batch_size: int = 32
-    margin: float = 0.15
+    margin: float = 0.05
 
     def __post_init__(self):
         if not (8 <= self.height <= 256 and 1 <= self.min_width <= self.max_width
