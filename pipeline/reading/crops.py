@@ -40,16 +40,18 @@ def pad_quads(quads: np.ndarray, margin: float) -> np.ndarray:
     quads = np.asarray(quads, np.float32).reshape(-1, 4, 2)
     if margin <= 0 or not len(quads):
         return quads
-    along = (quads[:, 1] - quads[:, 0]) + (quads[:, 2] - quads[:, 3])   # left to right
-    across = (quads[:, 3] - quads[:, 0]) + (quads[:, 2] - quads[:, 1])  # top to bottom
-    w = np.linalg.norm(along, axis=1, keepdims=True) / 2
-    h = np.linalg.norm(across, axis=1, keepdims=True) / 2
-    step = margin * np.minimum(w, h)
-    u = along / np.maximum(2 * w, 1e-6) * step
-    v = across / np.maximum(2 * h, 1e-6) * step
-    signs_u = np.float32([-1, 1, 1, -1])[None, :, None]
-    signs_v = np.float32([-1, -1, 1, 1])[None, :, None]
-    return (quads + signs_u * u[:, None] + signs_v * v[:, None]).astype(np.float32)
+    along = (quads[:, 1] - quads[:, 0]) + (quads[:, 2] - quads[:, 3])   # twice the width axis
+    across = (quads[:, 3] - quads[:, 0]) + (quads[:, 2] - quads[:, 1])  # twice the height axis
+    long_along = np.linalg.norm(along, axis=1, keepdims=True)
+    long_across = np.linalg.norm(across, axis=1, keepdims=True)
+    step = margin * np.minimum(long_along, long_across) / 2
+    u = along * (step / np.maximum(long_along, 1e-6))
+    v = across * (step / np.maximum(long_across, 1e-6))
+    return (quads + _GROW_U * u[:, None] + _GROW_V * v[:, None]).astype(np.float32)
+
+
+_GROW_U = np.float32([-1, 1, 1, -1])[None, :, None]   # TL, BL move left; TR, BR right
+_GROW_V = np.float32([-1, -1, 1, 1])[None, :, None]   # TL, TR move up; BR, BL down
 
 
 @dataclass(frozen=True)
