@@ -538,3 +538,33 @@ def test_postprocess_compiled_compares_both_paths_and_restores_the_modules(tmp_p
     payload = json.loads((tmp_path / "res" / "postprocess_compiled.json").read_text())
     assert len(payload["rows"]) == 8 and all(r["identical_boxes"] for r in payload["rows"])
     assert all(compiled.status().values())  # the benchmark leaves the modules in use
+
+
+def test_width_cost_times_every_width_in_turns_and_checks_the_budget(tmp_path, monkeypatch):
+    pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    from benchmarks import width_cost
+
+    monkeypatch.setenv("DBRT_RESULTS_DIR", str(tmp_path))
+    assert width_cost.main(["--widths", "0.25", "0.5", "--frames", "60x90", "--limit-side", "64",
+                            "--repeats", "1", "--threads", "1"]) == 0
+    payload = json.loads((tmp_path / "width_cost.json").read_text())
+    rows = {row["model"]: row for row in payload["rows"]}
+    assert {"width 0.25", "width 0.5"} <= set(rows)
+    assert rows["width 0.5"]["input"] == "64x96" and rows["width 0.5"]["latency_vs_shipped_width"] == 1.0
+    assert rows["width 0.25"]["parameters_m"] < rows["width 0.5"]["parameters_m"]
+    assert rows["width 0.25"]["onnx_mb"] < rows["width 0.5"]["onnx_mb"] and rows["width 0.5"]["under_15_mb"]
+    assert "| width 0.25 | 60x90 | 64x96 |" in (tmp_path / "width_cost.md").read_text()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--widths", "1.0"], "--widths must include 0.5"),
+    (["--frames", "720by1280"], "expected HEIGHTxWIDTH"),
+    (["--repeats", "0"], "--repeats must be at least 1"),
+])
+def test_width_cost_argument_errors_are_one_line(argv, message, capsys):
+    from benchmarks import width_cost
+
+    with pytest.raises(SystemExit) as stop:
+        width_cost.main(argv)
+    assert stop.value.code == 2 and message in capsys.readouterr().err
