@@ -41,6 +41,10 @@ class TrainConfig:
     val: Optional[str] = None       # validation dataset of `dbrt train --val` (kept for --resume)
     val_images: int = 0             # validate on its first N images (0: all)
     val_tune: bool = False          # validate at the thresholds tuned on the validation maps
+    # knowledge distillation: a larger model trained first (any width or depth) whose
+    # probability maps the student also learns, weighted by `distill` (export.train.losses)
+    teacher: Optional[str] = None
+    distill: float = 1.0
 
     # what may differ when a run is resumed: where and how fast it runs, how often it reports and
     # saves, and what it is scored on; everything else is the run's training recipe
@@ -67,7 +71,7 @@ class TrainConfig:
         return cls(**values)
 
     def with_absolute_paths(self) -> "TrainConfig":
-        """The config with its data folders (`DIR=WEIGHT` kept), `val` and `init` absolute, as
+        """The config with its data folders (`DIR=WEIGHT` kept), `val`, `init` and `teacher` absolute, as
         config.json stores them: a run then resumes from any working folder."""
         def source(spec: str) -> str:
             head, sep, tail = spec.rpartition("=")
@@ -75,7 +79,8 @@ class TrainConfig:
             return spec if name == "synth" else str(Path(name).resolve()) + sep + (tail if sep else "")
 
         data = source(self.data) if isinstance(self.data, str) else [source(d) for d in self.data]
-        paths = {k: str(Path(getattr(self, k)).resolve()) for k in ("val", "init") if getattr(self, k)}
+        paths = {k: str(Path(getattr(self, k)).resolve()) for k in ("val", "init", "teacher")
+                 if getattr(self, k)}
         return replace(self, data=data, **paths)
 
     @property

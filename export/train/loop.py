@@ -31,7 +31,7 @@ from engine.errors import ModelError
 from ..checkpoint import BN_COUNTER, load_file, normalise_keys, unwrap
 from .config import TrainConfig
 from .data import MixedDataset, open_source, parse_source
-from .losses import db_loss
+from .losses import training_loss
 
 Validate = Callable[[torch.nn.Module], dict]
 
@@ -112,6 +112,21 @@ def load_weights(model, path) -> None:
                          f"{detail}; pass --arch / --width of the run that wrote them")
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()},
                           strict=False)  # only BatchNorm's batch counters may be absent
+
+
+def load_teacher(path, device: torch.device):
+    """The teacher of a distillation run, frozen in eval mode: a training checkpoint of ours (its
+    architecture and width from the run's config) or the shipped fp16 weights (width 0.5)."""
+    from ..model import DBNet
+
+    saved = read_checkpoint(path)
+    conf = saved.get("config", {}) if isinstance(saved, dict) else {}
+    teacher = DBNet(conf.get("arch", "resnet18"), width=conf.get("width", TrainConfig.width))
+    load_weights(teacher, path)
+    teacher.to(device, memory_format=torch.channels_last).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
 
 
 def _resumable_checkpoint(path: Path, cfg: TrainConfig) -> dict:
@@ -318,6 +333,7 @@ def train(cfg: TrainConfig, validate: Optional[Validate] = None) -> Path:
     # NHWC: cuDNN's and oneDNN's faster layout for these convolutions, on a CPU too (two Zen 4
     # cores, 8 crops of 512 px, --amp: the model's step 1.55x as fast, a real-data run 1.25x)
     model.to(device, memory_format=torch.channels_last)
+    teacher = load_teacher(cfg.teacher, device) if cfg.teacher else None
     ema = copy.deepcopy(model).eval()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start = 0
@@ -355,7 +371,9 @@ def train(cfg: TrainConfig, validate: Optional[Validate] = None) -> Path:
                 group["lr"] = lr_at(cfg, step)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 pred = model(batch["image"])
-            terms = db_loss({k: v.float() for k, v in pred.items()}, batch)  # the loss in float32
+                with torch.no_grad():
+                    taught = None if teacher is None else teacher(batch["image"])
+            terms = training_loss(pred, batch, taught, cfg.distill)
             opt.zero_grad(set_to_none=True)
             terms["loss"].backward()
             opt.step()

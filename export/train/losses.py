@@ -2,10 +2,11 @@
 
 Ls: binary cross-entropy on the probability map with 3:1 hard-negative mining (OHEM),
 Lb: dice loss on the approximate binary map (k = 50), Lt: masked L1 on the threshold map.
+With a teacher, `distill_loss` adds how far the student's probability map is from the teacher's.
 """
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 import torch.nn.functional as F
@@ -52,3 +53,24 @@ def db_loss(out: Dict[str, torch.Tensor], batch: Dict[str, torch.Tensor],
     lb = dice_loss(out["thresh_binary"][:, 0], gt, mask)
     lt = masked_l1(out["thresh"][:, 0], batch["thresh_map"], batch["thresh_mask"])
     return {"loss": ls + alpha * lb + beta * lt, "bce": ls, "dice": lb, "l1": lt}
+
+
+def distill_loss(student_prob, teacher_prob):
+    """Mean per-pixel KL divergence of the student's probability map from the teacher's, each
+    pixel a Bernoulli: the soft-target cross-entropy less the teacher's own entropy, so zero
+    where the two agree and with the gradient of that cross-entropy. Soft targets carry what
+    hard labels cannot: how sure the teacher is of faint and small words."""
+    s = student_prob.float().clamp(EPS, 1 - EPS)
+    t = teacher_prob.float().clamp(EPS, 1 - EPS)
+    return (t * torch.log(t / s) + (1 - t) * torch.log((1 - t) / (1 - s))).mean()
+
+
+def training_loss(pred: Dict[str, torch.Tensor], batch: Dict[str, torch.Tensor],
+                  taught: Optional[torch.Tensor] = None, weight: float = 1.0) -> Dict[str, torch.Tensor]:
+    """A step's loss terms in float32: the DB loss, plus `weight` x the distillation term when a
+    teacher's probability map `taught` is given."""
+    terms = db_loss({k: v.float() for k, v in pred.items()}, batch)
+    if taught is not None:
+        terms["distill"] = distill_loss(pred["binary"], taught)
+        terms["loss"] = terms["loss"] + weight * terms["distill"]
+    return terms

@@ -14,7 +14,8 @@ from --seed), an ICDAR2015-format folder (img_N.jpg + gt_img_N.txt, '###' = do n
 mask folder (NAME.jpg + NAME_mask.png, shrunk text regions); repeat it to mix sources, each with
 an optional sampling weight: --data ic15=0.5 --data masks=0.3 --data synth=0.2. Real folders get
 the DB paper's augmentation (rotation +-10 deg, crop, flip, scale 0.5-3; --scale changes
-the range). --val DATASET scores
+the range). --teacher CHECKPOINT distils a larger model trained first into this one (its
+probability maps as soft targets, weighted by --distill). --val DATASET scores
 the EMA weights every --val-every steps and at the end (ICDAR 2015 protocol) and keeps the best
 as best.pt. Checkpoints go to --out (last.pt, best.pt, step_NNNNNN.pt); --resume continues
 --out/last.pt with the run's own settings (--out/config.json): only --workers, --threads,
@@ -79,6 +80,11 @@ def add_arguments(parser) -> None:
                  "AMX (2x the steps per second on a 2-core AMD EPYC Zen 4); elsewhere bfloat16 is "
                  "emulated, many times slower, so the run says so and trains in float32")
     setting("--init", help="start from these weights (fine-tuning)")
+    setting("--teacher", metavar="CHECKPOINT",
+            help="distil from this model: a larger one trained first (e.g. --width 1.0); the "
+                 "student also learns its probability maps (knowledge distillation)")
+    setting("--distill", type=at_least(0.0, float, strict=True), default=d.distill,
+            help="weight of the distillation loss against the DB loss (with --teacher)")
     parser.add_argument("--resume", action="store_true", help="continue OUT/last.pt")
     setting("--val", metavar="DATASET",
             help="validation dataset (ICDAR / Total-Text folder or gt.json), never the test set")
@@ -149,6 +155,8 @@ def _check(cfg) -> None:
             raise DbrtError(f"--data must be 'synth' or an existing folder, got {name!r}")
     if cfg.init and not cfg.resume and not Path(cfg.init).is_file():
         raise DbrtError(f"--init checkpoint not found: {cfg.init}")
+    if cfg.teacher and not Path(cfg.teacher).is_file():
+        raise DbrtError(f"--teacher checkpoint not found: {cfg.teacher}")
     if cfg.crop <= 0 or cfg.crop % 32:
         raise DbrtError(f"--crop must be a positive multiple of 32, got {cfg.crop}")
 
@@ -161,7 +169,8 @@ def _new_config(args):
                        scene=args.scene, arch=args.arch, width=args.width,
                        steps=args.steps, batch=args.batch, crop=args.crop, scale=args.scale, lr=args.lr,
                        warmup=min(args.warmup, args.steps), seed=args.seed, workers=args.workers,
-                       threads=args.threads, init=args.init, save_every=args.save_every,
+                       threads=args.threads, init=args.init, teacher=args.teacher,
+                       distill=args.distill, save_every=args.save_every,
                        log_every=args.log_every, time_limit=args.time_limit, device=args.device,
                        amp=args.amp, val_every=args.val_every, val=args.val, val_images=args.val_images,
                        val_tune=args.val_tune)).with_absolute_paths()
