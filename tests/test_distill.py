@@ -46,7 +46,8 @@ def test_training_loss_adds_the_weighted_term_only_with_a_teacher():
 
 def test_a_wider_teacher_trains_a_narrower_student(tmp_path, capsys):
     from export.model import DBNet
-    from export.train.loop import load_teacher, train
+    from export.train.loop import train
+    from export.train.weights import load_teacher
 
     torch.set_num_threads(1)
     teacher_ck = train(_cfg(tmp_path, "teacher", width=0.5))

@@ -73,7 +73,7 @@ def test_pack_writes_webp_copies_the_training_folders_read(tmp_path):
 def test_the_gpu_run_command_trains_here_and_its_checkpoint_ships(tmp_path):
     torch = pytest.importorskip("torch")
     from export.model import DBNet
-    from export.train.loop import load_weights
+    from export.train.weights import load_weights
 
     data = _data(tmp_path / "data")
     _pack(data, tmp_path / "pack")

@@ -302,7 +302,7 @@ def test_tuned_validation_records_its_thresholds_and_ship_takes_them(tmp_path):
     from pipeline.commands.train import make_validator
     from pipeline.datasets import open_dataset
 
-    from export.train.loop import load_weights
+    from export.train.weights import load_weights
 
     model = DBNet("resnet18", width=0.5).eval()
     load_weights(model, WEIGHTS)  # the shipped model: real detections to score
@@ -353,7 +353,7 @@ def test_init_of_another_architecture_is_one_clear_error(tmp_path):
     torch = pytest.importorskip("torch")
     from engine.errors import ModelError
     from export.model import DBNet
-    from export.train.loop import load_weights
+    from export.train.weights import load_weights
 
     path = tmp_path / "r18w025.pt"
     torch.save(DBNet("resnet18", width=0.25).state_dict(), str(path))
@@ -667,7 +667,7 @@ def test_a_run_resumes_from_another_working_folder(tmp_path, monkeypatch):
 def test_init_takes_a_mhliao_style_checkpoint_as_export_does(tmp_path):
     import torch
     from export.model import DBNet
-    from export.train.loop import load_weights
+    from export.train.weights import load_weights
 
     shipped = Path(__file__).parents[1] / "export" / "assets" / "dbnet_default.pt"
     state = torch.load(str(shipped), weights_only=True)

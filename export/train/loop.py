@@ -28,10 +28,10 @@ import torch
 
 from engine.errors import ModelError
 
-from ..checkpoint import BN_COUNTER, load_file, normalise_keys, unwrap
 from .config import TrainConfig
 from .data import MixedDataset, open_source, parse_source
 from .losses import training_loss
+from .weights import load_teacher, load_weights, read_checkpoint
 
 Validate = Callable[[torch.nn.Module], dict]
 
@@ -90,43 +90,6 @@ def start_workers(loader):
         return iter(loader)
     finally:
         cv2.setNumThreads(threads)
-
-
-def read_checkpoint(path) -> dict:
-    """A checkpoint or bare state dict, loaded without running code from the file."""
-    return load_file(path)
-
-
-def load_weights(model, path) -> None:
-    """Load "model" (EMA) weights of one of our checkpoints, or a state dict as `dbrt export`
-    reads it (MhLiao/DB's `model.module.` keys, `{"state_dict": ...}` wrappers)."""
-    state, _, _ = normalise_keys(unwrap(read_checkpoint(path), str(path)))
-    own = model.state_dict()
-    missing = sorted(k for k in set(own) - set(state) if not k.endswith(BN_COUNTER))
-    unexpected = sorted(set(state) - set(own))
-    wrong = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
-    if missing or unexpected or wrong:
-        detail = (f"{len(missing)} missing, {len(unexpected)} unexpected, {len(wrong)} of another shape"
-                  f" (e.g. {(missing + unexpected + wrong)[0]})")
-        raise ModelError(f"{path}: weights do not fit {getattr(model, 'arch_name', 'the model')}: "
-                         f"{detail}; pass --arch / --width of the run that wrote them")
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()},
-                          strict=False)  # only BatchNorm's batch counters may be absent
-
-
-def load_teacher(path, device: torch.device):
-    """The teacher of a distillation run, frozen in eval mode: a training checkpoint of ours (its
-    architecture and width from the run's config) or the shipped fp16 weights (width 0.5)."""
-    from ..model import DBNet
-
-    saved = read_checkpoint(path)
-    conf = saved.get("config", {}) if isinstance(saved, dict) else {}
-    teacher = DBNet(conf.get("arch", "resnet18"), width=conf.get("width", TrainConfig.width))
-    load_weights(teacher, path)
-    teacher.to(device, memory_format=torch.channels_last).eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
-    return teacher
 
 
 def _resumable_checkpoint(path: Path, cfg: TrainConfig) -> dict:

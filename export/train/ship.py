@@ -138,7 +138,7 @@ def ship(checkpoint, spec_changes: Optional[dict] = None, weights: Path = WEIGHT
 
     from ..model import DBNet
     from ..onnx_export import export_onnx
-    from .loop import load_weights, read_checkpoint
+    from .weights import load_weights, read_checkpoint
 
     ck = read_checkpoint(checkpoint)
     cfg = ck.get("config", {})
