@@ -43,19 +43,11 @@ def parse_frame(text: str) -> Tuple[int, int]:
 
 def shipped_form(width: float, path: Path) -> Tuple[Path, int]:
     """The width's DBNet as the shipped file would be (fp16 storage); returns (path, parameters)."""
-    import onnx
-
     from export.model import DBNet
-    from export.onnx_export import export_onnx
-    from export.train.ship import store_initializers_fp16
+    from export.train.ship import write_fp16_onnx
 
     model = DBNet("resnet18", width=width).eval()
-    fp32 = path.with_suffix(".fp32.onnx")
-    export_onnx(model, fp32, opset=17)
-    proto = onnx.load(str(fp32))
-    store_initializers_fp16(proto)
-    onnx.save(proto, str(path))
-    fp32.unlink()
+    write_fp16_onnx(model, path)
     return path, sum(p.numel() for p in model.parameters())
 
 
@@ -90,16 +82,15 @@ def rows_for(models: Dict[str, Path], params: Dict[str, int], frames: Sequence[T
     for frame in frames:
         size = target_size(*frame, limit_side)
         load_before = os.getloadavg()[0]
-        samples = time_in_turns(models, size, repeats, threads)
-        medians = {name: 1000 * float(np.median(v)) for name, v in samples.items()}
+        stats = {name: common.Stats.from_seconds(v)
+                 for name, v in time_in_turns(models, size, repeats, threads).items()}
         for name, path in models.items():
             mb = path.stat().st_size / 1e6
-            ratio = medians[name] / medians[reference] if reference in medians else None
             rows.append({"model": name, "frame": f"{frame[0]}x{frame[1]}", "input": f"{size[0]}x{size[1]}",
                          "parameters_m": params[name] / 1e6 if name in params else None,
-                         "onnx_mb": round(mb, 2), "median_ms": medians[name],
-                         "p90_ms": 1000 * float(np.percentile(samples[name], 90)),
-                         "latency_vs_shipped_width": ratio,
+                         "onnx_mb": round(mb, 2), "median_ms": stats[name].median_ms,
+                         "p90_ms": stats[name].p90_ms,
+                         "latency_vs_shipped_width": stats[name].median_ms / stats[reference].median_ms,
                          "under_15_mb": mb < SIZE_BUDGET_MB,
                          "load_1min_before": load_before})
     return rows

@@ -70,6 +70,23 @@ def store_initializers_fp16(proto) -> int:
     return count
 
 
+def write_fp16_onnx(model, onnx_path, spec: Optional[ModelSpec] = None):
+    """Export `model` to `onnx_path` as the shipped file is stored (fp16 initializers behind
+    Cast nodes); returns (the export report, how many initializers became fp16)."""
+    import onnx
+
+    from ..onnx_export import export_onnx
+
+    tmp = Path(onnx_path).with_suffix(".fp32.onnx")
+    report = export_onnx(model, tmp, opset=17, spec=spec)
+    proto = onnx.load(str(tmp))
+    converted = store_initializers_fp16(proto)
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(onnx_path))
+    tmp.unlink()
+    return report, converted
+
+
 def fp16_state(model) -> dict:
     """The state dict in fp16, except tensors fp16 cannot hold (kept fp32)."""
     out = {}
@@ -133,11 +150,9 @@ def _ort_parity(model, onnx_path: Path, shapes=((1, 3, 256, 320), (2, 3, 160, 22
 def ship(checkpoint, spec_changes: Optional[dict] = None, weights: Path = WEIGHTS,
          onnx_path: Path = ONNX, record: Path = RECORD, metrics: Optional[dict] = None) -> dict:
     """Write the fp16 weights, the ONNX and the record; returns the record."""
-    import onnx
     import torch
 
     from ..model import DBNet
-    from ..onnx_export import export_onnx
     from .weights import load_weights, read_checkpoint
 
     ck = read_checkpoint(checkpoint)
@@ -150,13 +165,7 @@ def ship(checkpoint, spec_changes: Optional[dict] = None, weights: Path = WEIGHT
     torch.save(state, str(weights))
     load_weights(model, weights)  # the ONNX is made from exactly the shipped (fp16) values
     spec = ModelSpec(arch=model.arch_name).replace(**(spec_changes or {}))
-    tmp = Path(onnx_path).with_suffix(".fp32.onnx")
-    report = export_onnx(model, tmp, opset=17, spec=spec)
-    proto = onnx.load(str(tmp))
-    converted = store_initializers_fp16(proto)
-    onnx.checker.check_model(proto)
-    onnx.save(proto, str(onnx_path))
-    tmp.unlink()
+    report, converted = write_fp16_onnx(model, onnx_path, spec)
     max_abs = _ort_parity(model, Path(onnx_path))
     vs_checkpoint = _ort_parity(reference, Path(onnx_path))
     if vs_checkpoint > 0.05:
