@@ -1,5 +1,6 @@
 """Knowledge distillation in `dbrt train --teacher`: the loss term, a wider teacher taught to a
-narrower student, the settings a resumed run keeps, and the user's mistakes as one line."""
+narrower student, a teacher reading each crop larger (--teacher-scale), the settings a resumed run
+keeps, and the user's mistakes as one line."""
 import json
 
 import pytest
@@ -64,6 +65,45 @@ def test_a_wider_teacher_trains_a_narrower_student(tmp_path, capsys):
     DBNet("resnet18", width=0.25).load_state_dict(saved["model"])  # the student keeps its own width
 
 
+class _Recorder(torch.nn.Module):
+    """A teacher that records the input size it was given and answers its mean brightness."""
+
+    def __init__(self):
+        super().__init__()
+        self.sizes = []
+
+    def forward(self, x):
+        self.sizes.append(tuple(x.shape[-2:]))
+        return x.mean(dim=1, keepdim=True).sigmoid()
+
+
+def test_a_scaled_teacher_reads_the_crop_larger_and_answers_at_the_students_size():
+    from export.train.weights import teacher_probability
+
+    image = torch.zeros(2, 3, 64, 96)
+    image[:, :, 16:48, 32:64] = 4.0
+    teacher = _Recorder()
+    same = teacher_probability(teacher, image)
+    assert teacher.sizes == [(64, 96)] and torch.equal(same, teacher(image))
+    larger = teacher_probability(teacher, image, 1.5)
+    assert teacher.sizes[-1] == (96, 160)  # 1.5x, each side rounded to a multiple of 32
+    assert larger.shape == (2, 1, 64, 96) and larger.dtype == torch.float32
+    # area averaging back: the bright block stays bright, the background dark
+    assert float(larger[0, 0, 32, 48]) > 0.95 and float(larger[0, 0, 2, 2]) == pytest.approx(0.5)
+    smaller = teacher_probability(teacher, image, 0.5)
+    assert teacher.sizes[-1] == (32, 64) and smaller.shape == (2, 1, 64, 96)
+
+
+def test_a_model_teaches_itself_at_a_larger_scale(tmp_path, capsys):
+    from export.train.loop import train
+
+    torch.set_num_threads(1)
+    teacher_ck = train(_cfg(tmp_path, "teacher"))
+    student_ck = train(_cfg(tmp_path, "student", init=str(teacher_ck), teacher=str(teacher_ck),
+                            teacher_scale=1.5))
+    assert torch.load(str(student_ck), weights_only=True)["config"]["teacher_scale"] == 1.5
+
+
 def test_teacher_settings_are_the_runs_own_on_resume(tmp_path, capsys):
     from export.train.loop import train
     from pipeline.cli import main
@@ -78,6 +118,8 @@ def test_teacher_settings_are_the_runs_own_on_resume(tmp_path, capsys):
     capsys.readouterr()
     assert main(["train", "--out", str(out), "--resume", "--distill", "3"]) != 0
     assert "--distill 3.0: --resume continues the run" in capsys.readouterr().err
+    assert main(["train", "--out", str(out), "--resume", "--teacher-scale", "2"]) != 0
+    assert "--teacher-scale 2.0: --resume continues the run" in capsys.readouterr().err
     assert main(["train", "--out", str(out), "--resume"]) == 0
 
 

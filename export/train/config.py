@@ -45,6 +45,9 @@ class TrainConfig:
     # probability maps the student also learns, weighted by `distill` (export.train.losses)
     teacher: Optional[str] = None
     distill: float = 1.0
+    # the teacher sees each crop this much larger (its map scaled back): a model reads small
+    # words better at a larger input, so it can teach itself at its own size (scale distillation)
+    teacher_scale: float = 1.0
 
     # what may differ when a run is resumed: where and how fast it runs, how often it reports and
     # saves, and what it is scored on; everything else is the run's training recipe

@@ -46,3 +46,19 @@ def load_teacher(path, device: torch.device):
     for p in teacher.parameters():
         p.requires_grad_(False)
     return teacher
+
+
+def teacher_probability(teacher, image: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """The teacher's probability map of `image` (N, 3, H, W) at the student's size: with
+    `scale` != 1 the teacher reads the image resized by that factor (each side rounded to a
+    multiple of 32, the network's stride) and its map is resized back (area averaging when
+    shrinking, so a thin word's probability is kept in proportion, not sampled away)."""
+    import torch.nn.functional as F
+
+    if scale == 1.0:
+        return teacher(image)
+    size = [max(32, int(side * scale / 32 + 0.5) * 32) for side in image.shape[-2:]]
+    prob = teacher(F.interpolate(image, size=size, mode="bilinear", align_corners=False))
+    mode = "area" if scale > 1 else "bilinear"
+    return F.interpolate(prob.float(), size=image.shape[-2:], mode=mode,
+                         **({} if mode == "area" else {"align_corners": False}))

@@ -15,7 +15,8 @@ mask folder (NAME.jpg + NAME_mask.png, shrunk text regions); repeat it to mix so
 an optional sampling weight: --data ic15=0.5 --data masks=0.3 --data synth=0.2. Real folders get
 the DB paper's augmentation (rotation +-10 deg, crop, flip, scale 0.5-3; --scale changes
 the range). --teacher CHECKPOINT distils a larger model trained first into this one (its
-probability maps as soft targets, weighted by --distill). --val DATASET scores
+probability maps as soft targets, weighted by --distill; --teacher-scale lets it read each crop
+larger). --val DATASET scores
 the EMA weights every --val-every steps and at the end (ICDAR 2015 protocol) and keeps the best
 as best.pt. Checkpoints go to --out (last.pt, best.pt, step_NNNNNN.pt); --resume continues
 --out/last.pt with the run's own settings (--out/config.json): only --workers, --threads,
@@ -85,6 +86,11 @@ def add_arguments(parser) -> None:
                  "student also learns its probability maps (knowledge distillation)")
     setting("--distill", type=at_least(0.0, float, strict=True), default=d.distill,
             help="weight of the distillation loss against the DB loss (with --teacher)")
+    setting("--teacher-scale", type=at_least(0.0, float, strict=True), default=d.teacher_scale,
+            help="the teacher reads each crop this much larger and its map is scaled back "
+                 "(with --teacher; e.g. 1.5 with the model itself as teacher: scale "
+                 "distillation, its better reading of small words at a larger input taught "
+                 "at the default size)")
     parser.add_argument("--resume", action="store_true", help="continue OUT/last.pt")
     setting("--val", metavar="DATASET",
             help="validation dataset (ICDAR / Total-Text folder or gt.json), never the test set")
@@ -170,7 +176,7 @@ def _new_config(args):
                        steps=args.steps, batch=args.batch, crop=args.crop, scale=args.scale, lr=args.lr,
                        warmup=min(args.warmup, args.steps), seed=args.seed, workers=args.workers,
                        threads=args.threads, init=args.init, teacher=args.teacher,
-                       distill=args.distill, save_every=args.save_every,
+                       distill=args.distill, teacher_scale=args.teacher_scale, save_every=args.save_every,
                        log_every=args.log_every, time_limit=args.time_limit, device=args.device,
                        amp=args.amp, val_every=args.val_every, val=args.val, val_images=args.val_images,
                        val_tune=args.val_tune)).with_absolute_paths()
