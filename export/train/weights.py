@@ -4,8 +4,10 @@ the frozen teacher of a distillation run."""
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from engine.errors import ModelError
+from engine.shapes import DEFAULT_MULTIPLES
 
 from ..checkpoint import BN_COUNTER, load_file, normalise_keys, unwrap
 from .config import TrainConfig
@@ -50,15 +52,14 @@ def load_teacher(path, device: torch.device):
 
 def teacher_probability(teacher, image: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
     """The teacher's probability map of `image` (N, 3, H, W) at the student's size: with
-    `scale` != 1 the teacher reads the image resized by that factor (each side rounded to a
-    multiple of 32, the network's stride) and its map is resized back (area averaging when
-    shrinking, so a thin word's probability is kept in proportion, not sampled away)."""
-    import torch.nn.functional as F
-
+    `scale` != 1 the teacher reads the image resized by that factor (each side rounded to the
+    network's stride) and its map comes back averaged over each student pixel's area when it
+    shrinks (a thin word's probability kept in proportion, not sampled away), bilinear when it grows."""
     if scale == 1.0:
         return teacher(image)
-    size = [max(32, int(side * scale / 32 + 0.5) * 32) for side in image.shape[-2:]]
-    prob = teacher(F.interpolate(image, size=size, mode="bilinear", align_corners=False))
-    mode = "area" if scale > 1 else "bilinear"
-    return F.interpolate(prob.float(), size=image.shape[-2:], mode=mode,
-                         **({} if mode == "area" else {"align_corners": False}))
+    stride = DEFAULT_MULTIPLES[0]
+    size = [max(stride, int(side * scale / stride + 0.5) * stride) for side in image.shape[-2:]]
+    prob = teacher(F.interpolate(image, size=size, mode="bilinear", align_corners=False)).float()
+    if scale > 1:
+        return F.adaptive_avg_pool2d(prob, image.shape[-2:])
+    return F.interpolate(prob, size=image.shape[-2:], mode="bilinear", align_corners=False)
