@@ -15,7 +15,7 @@ import pytest
 from engine.errors import DbrtWarning, ModelError, ShapeError
 from engine.loader import RunnerOptions
 from engine.triton.options import TritonOptions
-from engine.triton.server import TritonServer, free_port
+from engine.triton.server import TritonServer, free_port, free_ports
 from pipeline.cli import main
 from pipeline.detector import Detector
 from pipeline.runner import Pipeline
@@ -149,7 +149,7 @@ class _Outage:
     """A server on fixed ports that a test kills (SIGKILL) and, optionally, starts again."""
 
     def __init__(self, repository, venv):
-        self.ports = dict(grpc_port=free_port(), http_port=free_port(), metrics_port=free_port())
+        self.ports = dict(zip(("grpc_port", "http_port", "metrics_port"), free_ports(3)))
         self.repository, self.venv = repository, str(venv)
         self.servers = [TritonServer(repository, venv=self.venv, **self.ports).start()]
         self.url = f"triton://{self.servers[0].grpc_url}/dbnet"

@@ -14,7 +14,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from engine.triton.server import TritonServer, TritonServerError, free_port
+from engine.triton.server import TritonServer, TritonServerError, free_port, free_ports
 from pipeline.cli import main
 
 from media import until
@@ -174,3 +174,33 @@ def test_dbrt_triton_serve_until_sigterm(triton_venv, tmp_path):
             proc.wait()
     with pytest.raises(OSError):
         urllib.request.urlopen(f"http://127.0.0.1:{http}/v2/health/live", timeout=2)
+
+
+def test_free_ports_are_distinct():
+    ports = free_ports(3)
+    assert len(set(ports)) == 3
+
+
+@pytest.mark.parametrize("taken", ["http_port", "grpc_port", "metrics_port"])
+def test_a_port_taken_after_the_pick_is_picked_again(triton_venv, tmp_path, taken):
+    """Another program may listen on a port of ours between the pick and the start; the server
+    would not start (HTTP, gRPC) or run without metrics."""
+    server = TritonServer(python_model_repository(tmp_path), venv=str(triton_venv))
+    first = getattr(server, taken)
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", first))
+        squatter.listen()
+        with server:
+            assert getattr(server, taken) != first
+            assert server.is_ready()
+            with urllib.request.urlopen(server.metrics_url) as resp:
+                assert b"nv_inference_count" in resp.read()
+
+
+def test_ports_given_twice_are_refused_with_the_servers_reason(triton_venv, tmp_path):
+    port = free_port()
+    server = TritonServer(python_model_repository(tmp_path), venv=str(triton_venv),
+                          http_port=port, grpc_port=port)
+    with pytest.raises(TritonServerError, match="cannot listen to HTTP requests and GRPC "
+                                                "requests at the same address"):
+        server.start()

@@ -30,6 +30,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from contextlib import ExitStack
 from dataclasses import dataclass
 from itertools import count
 from pathlib import Path
@@ -46,6 +47,10 @@ VENV_HINT = "make triton-venv (or: python3 -m venv .venv-triton && .venv-triton/
 
 class TritonServerError(DbrtError):
     """The server cannot be found, does not start, or a repository it was given is unusable."""
+
+
+class _PortClash(TritonServerError):
+    """The server did not start because one of its ports was taken."""
 
 
 @dataclass(frozen=True)
@@ -153,9 +158,25 @@ def _check_port_free(host: str, port: int, what: str) -> None:
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port nobody listens on now (the kernel's pick)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+    return free_ports(1, host)[0]
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list:
+    """`count` distinct TCP ports nobody listens on now. The sockets stay bound until all are
+    picked: picked one by one, the kernel may hand out the same port twice."""
+    with ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+                 for _ in range(count)]
+        for sock in socks:
+            sock.bind((host, 0))
+        return [sock.getsockname()[1] for sock in socks]
+
+
+# The server's words when one of its ports is taken (by another program between our pick and its
+# start) or when two of them are the same.
+_PORT_CLASH = re.compile(r"already in use|cannot listen to \w+ requests and \w+ requests")
+_METRICS_FAILED = "failed to start Metrics service"
+_START_ATTEMPTS = 3  # with ports of our own picking
 
 
 class TritonServer:
@@ -188,9 +209,9 @@ class TritonServer:
         for port, what in ((http_port, "HTTP"), (grpc_port, "gRPC"), (metrics_port, "metrics")):
             if port:
                 _check_port_free(host, port, what)
-        self.http_port = http_port or free_port(host)
-        self.grpc_port = grpc_port or free_port(host)
-        self.metrics_port = metrics_port or free_port(host)
+        self._given_ports = {"http_port": http_port, "grpc_port": grpc_port,
+                             "metrics_port": metrics_port}
+        self._pick_ports()
         self.models = list(models or [])
         self.ready_timeout = ready_timeout
         self.verbose = verbose
@@ -199,9 +220,17 @@ class TritonServer:
         # the Python backend's shared memory regions get a name of ours, so that those of a
         # killed server (which cannot remove them itself) are found and removed by stop()
         self._shm_prefix = f"dbrt_triton_{os.getpid()}_{next(_SERVERS)}_"
-        self.log_path = Path(log) if log else None
+        self._given_log = Path(log) if log else None
+        self.log_path = self._given_log
         self._log_file = None
         self.process: Optional[subprocess.Popen] = None
+
+    def _pick_ports(self) -> None:
+        """The given ports, and distinct free ones for the others."""
+        wanted = [name for name, port in self._given_ports.items() if not port]
+        picked = dict(zip(wanted, free_ports(len(wanted), self.host)))
+        for name, port in self._given_ports.items():
+            setattr(self, name, port or picked[name])
 
     @property
     def grpc_url(self) -> str:
@@ -234,10 +263,22 @@ class TritonServer:
         return cmd + self.extra_args
 
     def start(self) -> "TritonServer":
-        """Start the server and wait until it is ready; on failure stop it and raise."""
+        """Start the server and wait until it is ready; on failure stop it and raise. A port of
+        our own picking that another program took in the meantime is picked again."""
+        own_ports = not all(self._given_ports.values())
+        for _ in range(_START_ATTEMPTS - 1):
+            try:
+                return self._start_once()
+            except _PortClash:
+                if not own_ports:
+                    raise
+                self._pick_ports()
+        return self._start_once()
+
+    def _start_once(self) -> "TritonServer":
         self._workdir = Path(tempfile.mkdtemp(prefix="dbrt-triton-"))
         backends = self.install.backends_dir(self._workdir)
-        self.log_path = self.log_path or self._workdir / "tritonserver.log"
+        self.log_path = self._given_log or self._workdir / "tritonserver.log"
         self._log_file = open(self.log_path, "wb")
         self.process = subprocess.Popen(self.command(backends), stdout=self._log_file,
                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -250,6 +291,10 @@ class TritonServer:
             raise
         return self
 
+    def _start_error(self, what: str) -> TritonServerError:
+        error = _PortClash if _PORT_CLASH.search(self.log_text()) else TritonServerError
+        return error(f"{what}: {self.log_tail()}")
+
     @staticmethod
     def _death_signal():
         """The parent-death signal only from the main thread: started from a worker thread the
@@ -260,9 +305,11 @@ class TritonServer:
         deadline = time.monotonic() + self.ready_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise TritonServerError(f"tritonserver exited with code {self.process.returncode} "
-                                        f"before it was ready: {self.log_tail()}")
+                raise self._start_error(f"tritonserver exited with code "
+                                        f"{self.process.returncode} before it was ready")
             if self.is_ready():
+                if _METRICS_FAILED in self.log_text():  # the server runs on without them
+                    raise self._start_error("tritonserver serves no metrics")
                 return
             time.sleep(0.2)
         raise TritonServerError(f"tritonserver was not ready after {self.ready_timeout:g} s: "
@@ -292,7 +339,12 @@ class TritonServer:
             if message and message not in found:
                 found.append(message)
         picked = found[:1] + found[-1:] if len(found) > 1 else found
-        return " | ".join(picked) if picked else "(no error in its output)"
+        if picked:
+            return " | ".join(picked)
+        # some refusals are plain text after the usage page (two services on one port)
+        last = next((line.strip() for line in reversed(self.log_text().splitlines())
+                     if line.strip()), None)
+        return last or "(no output)"
 
     def stop(self, timeout: float = 15.0) -> Optional[int]:
         """SIGTERM, then SIGKILL after `timeout` s; the server's exit code (None if never started).
