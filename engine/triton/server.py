@@ -310,14 +310,19 @@ class TritonServer:
             if self.is_ready():
                 if _METRICS_FAILED in self.log_text():  # the server runs on without them
                     raise self._start_error("tritonserver serves no metrics")
-                return
+                if self._answers(self.metrics_url):  # it may start after readiness
+                    return
             time.sleep(0.2)
         raise TritonServerError(f"tritonserver was not ready after {self.ready_timeout:g} s: "
                                 f"{self.log_tail()}")
 
     def is_ready(self) -> bool:
+        return self._answers(f"{self.http_url}/v2/health/ready")
+
+    @staticmethod
+    def _answers(url: str) -> bool:
         try:
-            with urllib.request.urlopen(f"{self.http_url}/v2/health/ready", timeout=2) as resp:
+            with urllib.request.urlopen(url, timeout=2) as resp:
                 return resp.status == 200
         except (urllib.error.URLError, OSError):
             return False
