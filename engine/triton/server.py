@@ -23,20 +23,20 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import threading
 import time
 import urllib.error
 import urllib.request
-from contextlib import ExitStack
 from dataclasses import dataclass
 from itertools import count
 from pathlib import Path
 from typing import Optional, Sequence
 
 from ..errors import DbrtError
+# free_port(s) are imported from here by callers
+from .ports import PORT_CLASH, free_port, free_ports, why_port_is_taken  # noqa: F401
 
 _SERVERS = count()  # a serial per server of this process (their shared memory names)
 
@@ -143,38 +143,6 @@ def _terminate_with_parent() -> None:
         pass
 
 
-def _check_port_free(host: str, port: int, what: str) -> None:
-    """TritonServerError naming the port when someone already listens there (the server's own
-    message is a page of gRPC internals)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        # as tritonserver binds: a port left in TIME_WAIT by a server that just died is usable
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            raise TritonServerError(f"the {what} port {host}:{port} cannot be used "
-                                    f"({exc.strerror or exc})") from None
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on now (the kernel's pick)."""
-    return free_ports(1, host)[0]
-
-
-def free_ports(count: int, host: str = "127.0.0.1") -> list:
-    """`count` distinct TCP ports nobody listens on now. The sockets stay bound until all are
-    picked: picked one by one, the kernel may hand out the same port twice."""
-    with ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-                 for _ in range(count)]
-        for sock in socks:
-            sock.bind((host, 0))
-        return [sock.getsockname()[1] for sock in socks]
-
-
-# The server's words when one of its ports is taken (by another program between our pick and its
-# start) or when two of them are the same.
-_PORT_CLASH = re.compile(r"already in use|cannot listen to \w+ requests and \w+ requests")
 _METRICS_FAILED = "failed to start Metrics service"
 _START_ATTEMPTS = 3  # with ports of our own picking
 
@@ -207,8 +175,9 @@ class TritonServer:
         self.install = install or TritonInstall.find(venv)
         self.host = host
         for port, what in ((http_port, "HTTP"), (grpc_port, "gRPC"), (metrics_port, "metrics")):
-            if port:
-                _check_port_free(host, port, what)
+            reason = port and why_port_is_taken(host, port)
+            if reason:  # the server's own message is a page of gRPC internals
+                raise TritonServerError(f"the {what} port {host}:{port} cannot be used ({reason})")
         self._given_ports = {"http_port": http_port, "grpc_port": grpc_port,
                              "metrics_port": metrics_port}
         self._pick_ports()
@@ -292,7 +261,7 @@ class TritonServer:
         return self
 
     def _start_error(self, what: str) -> TritonServerError:
-        error = _PortClash if _PORT_CLASH.search(self.log_text()) else TritonServerError
+        error = _PortClash if PORT_CLASH.search(self.log_text()) else TritonServerError
         return error(f"{what}: {self.log_tail()}")
 
     @staticmethod

@@ -1,0 +1,40 @@
+"""The local ports of a Triton server: free ones picked by the kernel, given ones checked."""
+from __future__ import annotations
+
+import re
+import socket
+from contextlib import ExitStack
+from typing import Optional
+
+
+def why_port_is_taken(host: str, port: int) -> Optional[str]:
+    """Why the server could not bind `port` (someone listens there), else None."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # as tritonserver binds: a port left in TIME_WAIT by a server that just died is usable
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            return str(exc.strerror or exc)
+    return None
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on now (the kernel's pick)."""
+    return free_ports(1, host)[0]
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list:
+    """`count` distinct TCP ports nobody listens on now. The sockets stay bound until all are
+    picked: picked one by one, the kernel may hand out the same port twice."""
+    with ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+                 for _ in range(count)]
+        for sock in socks:
+            sock.bind((host, 0))
+        return [sock.getsockname()[1] for sock in socks]
+
+
+# The server's words when one of its ports is taken (by another program between our pick and its
+# start) or when two of them are the same.
+PORT_CLASH = re.compile(r"already in use|cannot listen to \w+ requests and \w+ requests")
