@@ -15,7 +15,8 @@ import pytest
 from engine.errors import DbrtWarning, ModelError, ShapeError
 from engine.loader import RunnerOptions
 from engine.triton.options import TritonOptions
-from engine.triton.server import TritonServer, free_port, free_ports
+from engine.triton.ports import free_port, free_ports
+from engine.triton.server import TritonServer
 from pipeline.cli import main
 from pipeline.detector import Detector
 from pipeline.runner import Pipeline

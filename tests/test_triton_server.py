@@ -14,7 +14,8 @@ import urllib.request
 import numpy as np
 import pytest
 
-from engine.triton.server import TritonServer, TritonServerError, free_port, free_ports
+from engine.triton.ports import free_port, free_ports
+from engine.triton.server import TritonServer, TritonServerError
 from pipeline.cli import main
 
 from media import until
@@ -197,10 +198,19 @@ def test_a_port_taken_after_the_pick_is_picked_again(triton_venv, tmp_path, take
                 assert b"nv_inference_count" in resp.read()
 
 
-def test_ports_given_twice_are_refused_with_the_servers_reason(triton_venv, tmp_path):
+def test_a_port_given_twice_is_refused_before_the_start(triton_venv, tmp_path):
     port = free_port()
-    server = TritonServer(python_model_repository(tmp_path), venv=str(triton_venv),
-                          http_port=port, grpc_port=port)
-    with pytest.raises(TritonServerError, match="cannot listen to HTTP requests and GRPC "
-                                                "requests at the same address"):
-        server.start()
+    with pytest.raises(TritonServerError, match=f"ports must differ \\(given: {port}, {port}, 0"):
+        TritonServer(python_model_repository(tmp_path), venv=str(triton_venv),
+                     http_port=port, grpc_port=port)
+
+
+def test_a_refusal_without_an_error_line_shows_the_last_line(triton_venv, tmp_path):
+    """tritonserver states some refusals as plain text after its usage page."""
+    log = tmp_path / "server.log"
+    log.write_text("Usage: tritonserver [options]\n  --http-port <integer>\n\n"
+                   "The server cannot listen to HTTP requests and GRPC requests at the same "
+                   "address and port 0.0.0.0:8000\n\n")
+    server = TritonServer(python_model_repository(tmp_path / "repo"), venv=str(triton_venv), log=log)
+    assert server.log_tail() == ("The server cannot listen to HTTP requests and GRPC requests "
+                                 "at the same address and port 0.0.0.0:8000")

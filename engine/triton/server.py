@@ -35,8 +35,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ..errors import DbrtError
-# free_port(s) are imported from here by callers
-from .ports import PORT_CLASH, free_port, free_ports, why_port_is_taken  # noqa: F401
+from .ports import PORT_CLASH, free_ports, why_port_is_taken
 
 _SERVERS = count()  # a serial per server of this process (their shared memory names)
 
@@ -174,6 +173,10 @@ class TritonServer:
                                     "(make one with dbrt triton export MODEL -o REPO)")
         self.install = install or TritonInstall.find(venv)
         self.host = host
+        given = [port for port in (http_port, grpc_port, metrics_port) if port]
+        if len(set(given)) < len(given):
+            raise TritonServerError(f"the HTTP, gRPC and metrics ports must differ (given: "
+                                    f"{http_port}, {grpc_port}, {metrics_port}; 0 picks a free one)")
         for port, what in ((http_port, "HTTP"), (grpc_port, "gRPC"), (metrics_port, "metrics")):
             reason = port and why_port_is_taken(host, port)
             if reason:  # the server's own message is a page of gRPC internals
@@ -315,7 +318,7 @@ class TritonServer:
         picked = found[:1] + found[-1:] if len(found) > 1 else found
         if picked:
             return " | ".join(picked)
-        # some refusals are plain text after the usage page (two services on one port)
+        # some refusals are plain text after the usage page
         last = next((line.strip() for line in reversed(self.log_text().splitlines())
                      if line.strip()), None)
         return last or "(no output)"
