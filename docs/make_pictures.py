@@ -16,7 +16,6 @@ import importlib.util
 import json
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,12 +31,6 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--hide-scrollbars", "--virtual-time-budget=4000"]
 READ_TRACK_FRAME, READ_TRACK_MAX_BYTES = 135, 150_000  # a frame with eight texts in view
 READS = all(importlib.util.find_spec(m) for m in ("rapidocr", "supervision"))  # --read --track
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _status(port: int) -> dict:
@@ -67,10 +60,11 @@ def live_view(out: Path = IMG / "live_view.png", size=(800, 700)) -> Path:
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         raise SystemExit("make_pictures: chromium is not installed (apt-get install chromium)")
+    from engine.triton.ports import free_port
     from pipeline.shipped import DEMO_VIDEO
 
     demo = DEMO_VIDEO.relative_to(REPO)  # the name the page shows
-    port = _free_port()
+    port = free_port()
     extra = ["--read", "--track"] if READS else []
     with tempfile.TemporaryDirectory() as tmp:
         proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(demo), *extra,

@@ -4,7 +4,6 @@ live camera, and `until` (poll for a condition with a generous safety deadline).
 from __future__ import annotations
 
 import io
-import socket
 import threading
 import time
 from fractions import Fraction
@@ -14,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import SourceError
+from engine.triton.ports import free_port
 from pipeline.detections import Detections
 from pipeline.preprocess import make_letterbox
 from pipeline.sources import LiveSource, Reconnect
@@ -89,12 +89,6 @@ def until(check, what: str, limit_s: float = 30.0, every_s: float = 0.01):
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {limit_s:g} s waiting for {what}")
         time.sleep(every_s)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class TsServer:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ import pytest
 
 from pipeline.cli import main
 
+from engine.triton.ports import free_port
 from media import write_video
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,18 +77,12 @@ def test_sessions_and_spin_give_the_same_detections(tmp_path, clip, tiny_onnx, c
     assert "parallel" in capsys.readouterr().err
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("make_args, message", [
     (lambda d, m: [str(d / "missing.mp4"), "--model", m], "no such file"),
     (lambda d, m: [str(d / "notes.txt"), "--model", m], "cannot open"),
     (lambda d, m: [str(d / "clip.mp4"), "--model", str(d / "missing.onnx")], "model file not found"),
     (lambda d, m: [str(d / "clip.mp4"), "--model", str(d / "notes.txt")], "unsupported model file"),
-    (lambda d, m: [f"http://127.0.0.1:{_free_port()}/live.ts", "--model", m], "cannot open http"),
+    (lambda d, m: [f"http://127.0.0.1:{free_port()}/live.ts", "--model", m], "cannot open http"),
     (lambda d, m: [str(d / "clip.mp4"), "--model", m, "--thresh", "3"], "thresh must be"),
     (lambda d, m: [str(d / "clip.mp4"), "--model", m, "--sessions", "0"], "--sessions: must be"),
 ])

@@ -7,10 +7,11 @@ import threading
 import pytest
 
 from engine.errors import SourceError
+from engine.triton.ports import free_port
 from pipeline.runner import Pipeline
 from pipeline.sources import NetworkSource, Reconnect, open_source
 
-from media import FakeDetector, TsServer, free_port as _free_port, mpegts_bytes, until
+from media import FakeDetector, TsServer, mpegts_bytes, until
 
 @pytest.fixture
 def server():
@@ -59,7 +60,7 @@ def test_pipeline_over_a_live_stream(server):
 
 def test_unreachable_stream_fails_at_open_with_one_line():
     with pytest.raises(SourceError, match=r"cannot open http://127\.0\.0\.1:\d+/x\.ts") as info:
-        open_source(f"http://127.0.0.1:{_free_port()}/x.ts")
+        open_source(f"http://127.0.0.1:{free_port()}/x.ts")
     assert "\n" not in str(info.value)
 
 
