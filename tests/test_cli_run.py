@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from engine.triton.ports import free_port
 from pipeline.cli import main
 
-from engine.triton.ports import free_port
 from media import write_video
 
 REPO = Path(__file__).resolve().parents[1]
