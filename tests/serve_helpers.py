@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Iterator, Optional, Tuple
 
-from engine.triton.ports import free_port  # noqa: F401 - the tests import it from here
+from engine.triton.ports import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 

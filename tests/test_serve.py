@@ -9,9 +9,10 @@ import socket
 import numpy as np
 import pytest
 
+from engine.triton.ports import free_port
 from pipeline.cli import main
 
-from serve_helpers import dbrt, free_port, get, mjpeg_parts, wait_until
+from serve_helpers import dbrt, get, mjpeg_parts, wait_until
 
 prometheus = pytest.importorskip("prometheus_client", reason="prometheus-client is not installed "
                                  "(pip install 'dbrt[serve]')")

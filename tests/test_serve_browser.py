@@ -11,7 +11,9 @@ import subprocess
 import numpy as np
 import pytest
 
-from serve_helpers import dbrt, free_port, get, wait_until
+from engine.triton.ports import free_port
+
+from serve_helpers import dbrt, get, wait_until
 
 pytest.importorskip("prometheus_client", reason="prometheus-client is not installed")
 

@@ -13,11 +13,12 @@ import time
 import pytest
 
 from engine.errors import SourceError
+from engine.triton.ports import free_port
 from pipeline.runner import Pipeline
 from pipeline.sources import LiveSource, Reconnect
 
 from media import FakeDetector, TsServer, frame_image, mpegts_bytes, write_truncated_video
-from serve_helpers import dbrt, free_port, get, mjpeg_parts, wait_until
+from serve_helpers import dbrt, get, mjpeg_parts, wait_until
 
 pytest.importorskip("prometheus_client", reason="prometheus-client is not installed")
 
