@@ -14,18 +14,22 @@ Recall = matches / cared-for ground truth, precision = matches / cared-for detec
 over all images for the overall numbers; hmean is their harmonic mean. An image with no cared-for
 ground truth has recall 1 and precision 1 (0 when it has cared-for detections), as in the reference.
 Recall is also broken down by word height (the short side of a ground-truth polygon's
-minimum-area rectangle, image pixels): `EvalResult.recall_by_height`.
+minimum-area rectangle, image pixels): `EvalResult.recall_by_height`; misses and false alarms
+by what went wrong (pipeline.eval_errors): `EvalResult.error_counts`.
 
 Polygon areas and intersections: pipeline.polygons (pyclipper, no shapely).
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from .detections import Detections
+from .eval_errors import (FALSE_ALARM_KINDS, MISS_KINDS, count_kinds, errors_line, false_alarm_kind,
+                          miss_kind)
 from .polygons import (bounding_boxes, boxes_overlap_matrix, is_simple_polygon,
                        overlapping_intersection_area, polygon_area)
 
@@ -53,6 +57,10 @@ class ImageEval:
     gt_invalid: Tuple[int, ...]
     det_invalid: Tuple[int, ...]
     gt_heights: Tuple[float, ...] = ()  # per ground truth: its word height (see word_height)
+    # per missed word / false alarm, in the order of `missed` / `false_alarms`: what went wrong
+    # (pipeline.eval_errors); None when the image was scored without explaining (tuning)
+    miss_kinds: Optional[Tuple[str, ...]] = None
+    false_alarm_kinds: Optional[Tuple[str, ...]] = None
 
     @property
     def matched(self) -> int:
@@ -99,7 +107,10 @@ class ImageEval:
                 "pairs": [{"gt": g, "det": d, "iou": round(iou, 4)} for g, d, iou in self.pairs],
                 "missed": list(self.missed), "false_alarms": list(self.false_alarms),
                 "gt_dont_care": list(self.gt_dont_care), "det_dont_care": list(self.det_dont_care),
-                "gt_invalid": list(self.gt_invalid), "det_invalid": list(self.det_invalid)}
+                "gt_invalid": list(self.gt_invalid), "det_invalid": list(self.det_invalid),
+                **({} if self.miss_kinds is None else
+                   {"missed_kinds": list(self.miss_kinds),
+                    "false_alarm_kinds": list(self.false_alarm_kinds)})}
 
 
 class SummedScores:
@@ -168,6 +179,20 @@ class EvalResult(SummedScores):
             parts.append(f"{height_range(row)} px {row['found']}/{row['words']}{share}")
         return "recall by word height: " + ", ".join(parts)
 
+    def error_counts(self) -> Optional[dict]:
+        """{"missed": {kind: n}, "false_alarms": {kind: n}} summed over the images (kinds: see
+        pipeline.eval_errors); None when an image was scored without explaining."""
+        if any(im.miss_kinds is None for im in self.images):
+            return None
+        return {"missed": count_kinds((k for im in self.images for k in im.miss_kinds), MISS_KINDS),
+                "false_alarms": count_kinds((k for im in self.images for k in im.false_alarm_kinds),
+                                            FALSE_ALARM_KINDS)}
+
+    def errors_summary(self) -> Optional[str]:
+        """One line: misses and false alarms by kind (None when not explained)."""
+        counts = self.error_counts()
+        return None if counts is None else errors_line(counts["missed"], counts["false_alarms"])
+
     def summary(self) -> str:
         return (f"precision {self.precision:.4f}  recall {self.recall:.4f}  hmean {self.hmean:.4f}  "
                 f"({self.matched} matched, {self.gt_care} ground truth, {self.det_care} detections, "
@@ -179,6 +204,9 @@ class EvalResult(SummedScores):
                "images": len(self.images),
                "recall_by_height": [{**r, "max_px": None if r["max_px"] == float("inf") else r["max_px"]}
                                     for r in self.recall_by_height()]}
+        errors = self.error_counts()
+        if errors is not None:
+            out["errors"] = errors
         if per_image:
             out["per_image"] = [im.to_dict() for im in self.images]
         return out
@@ -221,9 +249,11 @@ def evaluate_image(gt_polygons: Sequence[np.ndarray], gt_ignore: Sequence[bool],
 
 
 def score_image(truth: Truth, det_polygons: Sequence[np.ndarray], name: str = "",
-                iou: float = IOU_THRESHOLD, area_precision: float = AREA_PRECISION_THRESHOLD) -> ImageEval:
+                iou: float = IOU_THRESHOLD, area_precision: float = AREA_PRECISION_THRESHOLD,
+                explain: bool = True) -> ImageEval:
     """evaluate_image against prepared ground truth. Pairs whose bounding boxes do not overlap
-    have intersection 0 without a clipper call (the bounding boxes of all pairs in one step)."""
+    have intersection 0 without a clipper call (the bounding boxes of all pairs in one step).
+    explain: also sort the misses and false alarms by kind (threshold tuning skips it)."""
     gts = truth.polygons
     det_polygons = getattr(det_polygons, "polygons", det_polygons)  # a Detections, or its polygons
     dets = [np.asarray(p, np.float64).reshape(-1, 2) for p in det_polygons]
@@ -238,16 +268,29 @@ def score_image(truth: Truth, det_polygons: Sequence[np.ndarray], name: str = ""
             return 0.0
         return overlapping_intersection_area(dets[d], gts[g]) / area
 
+    def intersection(g: int, d: int) -> float:
+        return overlapping_intersection_area(gts[g], dets[d]) if overlap[g][d] else 0.0
+
     def pair_iou(g: int, d: int) -> float:  # polygon_iou(gts[g], dets[d])
-        inter = overlapping_intersection_area(gts[g], dets[d]) if overlap[g][d] else 0.0
+        inter = intersection(g, d)
         union = truth.areas[g] + det_area[d] - inter
         return 0.0 if union <= 0 else inter / union
 
     det_dont_care = tuple(d for d in det_ok if any(inside_fraction(d, g) > area_precision
                                                    for g in truth.dont_care))
-    pairs = _greedy_match(truth.cared, [d for d in det_ok if d not in det_dont_care], pair_iou, iou)
-    return ImageEval(name, len(gts), len(dets), pairs, truth.dont_care, det_dont_care,
-                     truth.invalid, det_invalid, truth.heights)
+    det_cared = [d for d in det_ok if d not in det_dont_care]
+    pairs = _greedy_match(truth.cared, det_cared, pair_iou, iou)
+    result = ImageEval(name, len(gts), len(dets), pairs, truth.dont_care, det_dont_care,
+                       truth.invalid, det_invalid, truth.heights)
+    if not explain:
+        return result
+    return dataclasses.replace(
+        result,
+        miss_kinds=tuple(miss_kind(g, det_cared, intersection, truth.areas, det_area)
+                         for g in result.missed),
+        false_alarm_kinds=tuple(false_alarm_kind(d, truth.cared, truth.dont_care, intersection,
+                                                 truth.areas, det_area[d])
+                                for d in result.false_alarms))
 
 
 def height_range(row: dict) -> str:

@@ -45,7 +45,7 @@ def _score(maps: list, truths: list, staged: list, post: DBPostprocessor) -> Eva
     results = []
     for (sample, _, boxes), truth, found in zip(maps, truths, staged):
         dets = post.finish(found, boxes)[0]
-        results.append(score_image(truth, dets.polygons, sample.name))
+        results.append(score_image(truth, dets.polygons, sample.name, explain=False))
     return EvalResult(tuple(results))
 
 

@@ -324,6 +324,8 @@ def test_cli_eval_writes_json_and_visualisation(tmp_path, tiny_onnx, capsys):
     assert [r["words"] for r in result["recall_by_height"]] == [0, 0, 1, 0]  # 30 px tall
     printed = capsys.readouterr().out
     assert "hmean" in printed and "recall by word height: <8 px 0/0, 8-16 px 0/0, 16-32 px " in printed
+    assert "\nmissed " in printed and "; false alarms " in printed
+    assert set(result["errors"]) == {"missed", "false_alarms"}
     missed_or_false = result["per_image"][0]["missed"] or result["per_image"][0]["false_alarms"]
     assert (tmp_path / "vis" / "img_1.jpg").is_file() == bool(missed_or_false)
 

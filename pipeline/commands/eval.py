@@ -172,6 +172,7 @@ def run(args) -> int:
     print(f"{dataset.name} ({dataset.format}, {len(dataset)} images): {result.summary()}; "
           f"{ms:.1f} ms/image incl. reading")
     print(result.height_summary())
+    print(result.errors_summary())
     if args.json:
         payload = {"dataset": str(args.dataset), "format": dataset.format, "model": args.model,
                    "detector": described, "protocol": {"iou": args.iou, "area_precision": args.area_precision},
