@@ -137,7 +137,7 @@ def score_set(name: str, dataset, sides: dict, log=print) -> dict:
                           names=[s.name for s in dataset])
         row[side] = {k: v for k, v in result.to_dict(per_image=False).items()
                      if k in ("precision", "recall", "hmean", "gt_care", "det_care", "matched",
-                              "recall_by_height")}
+                              "recall_by_height", "errors")}
     return row
 
 

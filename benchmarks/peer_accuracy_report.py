@@ -1,5 +1,5 @@
 """The JSON + markdown report of benchmarks/peer_accuracy.py: accuracy and speed per set, recall
-per word height, the lightbox video's three words."""
+per word height, misses and false alarms by kind, the lightbox video's three words."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -32,6 +32,21 @@ def _height_rows(row: dict) -> List[dict]:
         out.append({"set": row["set"], "word height px": height_range(ours), "words": ours["words"],
                     "RapidOCR found": theirs["found"], "dbrt found": ours["found"],
                     "RapidOCR recall": theirs["recall"], "dbrt recall": ours["recall"]})
+    return out
+
+
+def _error_rows(row: dict) -> List[dict]:
+    """Misses and false alarms of both sides on one set, by kind (pipeline.eval_errors)."""
+    from pipeline.eval_errors import FALSE_ALARM_WORDS, MISS_WORDS
+
+    if "errors" not in row["dbrt"]:  # a report written before the kinds existed
+        return []
+    out = []
+    for group, words in (("missed", MISS_WORDS), ("false_alarms", FALSE_ALARM_WORDS)):
+        for kind, label in words.items():
+            out.append({"set": row["set"], "error": f"{group.replace('_', ' ')}: {label}",
+                        **{f"{name}": row[side]["errors"][group][kind]
+                           for side, name in zip(SIDES, ("RapidOCR", "dbrt"))}})
     return out
 
 
@@ -84,8 +99,15 @@ def to_sections(report: dict) -> List[tuple]:
                "image pixels) and how many each side found.\n\n"
                + common.markdown_table([h for r in report["sets"] if r["status"] == "ok"
                                         for h in _height_rows(r)]))
+    ok_sets = [r for r in report["sets"] if r["status"] == "ok"]
+    errors = ("Cared-for words missed and boxes that matched no word, by kind "
+              "(`pipeline/eval_errors.py`): a word inside a box at least twice its area (a line "
+              "box over its neighbours), boxed in pieces, partly boxed, not found; a box holding "
+              "most of several words, on a word without matching it, on do-not-care text, on "
+              "background.\n\n"
+              + common.markdown_table([e for r in ok_sets for e in _error_rows(r)]))
     return [("Setup", setup), ("Accuracy and speed per image", sets),
-            ("Recall by word height", heights),
+            ("Recall by word height", heights), ("Errors by kind", errors),
             ("Lightbox video: the three words boxed", words), ("Run", footer)]
 
 

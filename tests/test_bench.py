@@ -504,6 +504,11 @@ def test_peer_accuracy_scores_both_detectors_on_tiny_sets(tmp_path, tiny_onnx, m
     heights = sets["realdev"]["dbrt"]["recall_by_height"]
     assert [h["words"] for h in heights] == [0, 0, 0, 1]  # the word is 36 px tall
     assert "| realdev | >=32 | 1 |" in text
+    for row in sets.values():  # every cared-for word is matched or missed for one reason
+        errors = row["dbrt"]["errors"]
+        assert sum(errors["missed"].values()) == row["dbrt"]["gt_care"] - row["dbrt"]["matched"]
+        assert sum(errors["false_alarms"].values()) == row["dbrt"]["det_care"] - row["dbrt"]["matched"]
+    assert "## Errors by kind" in text and "| realdev | missed: not found |" in text
 
 
 def test_peer_accuracy_skips_what_is_absent(tmp_path, tiny_onnx, monkeypatch):
