@@ -1,6 +1,6 @@
 """Why a word was missed or a box was a false alarm: the protocol's errors sorted by what the
 detector did wrong, so a user knows whether a larger input, other thresholds or more training
-would help.
+would help; and `draw_errors`, the picture of one image's errors tagged with their kinds.
 
 Missed words (cared-for ground truth without a match):
 - "merged":    more than half of the word lies inside one box at least twice its area: the box
@@ -22,6 +22,8 @@ False alarms (cared-for detections without a match):
 from __future__ import annotations
 
 from typing import Callable, Dict, Iterable, Sequence, Tuple
+
+import numpy as np
 
 MISS_KINDS = ("merged", "split", "partial", "not_found")
 FALSE_ALARM_KINDS = ("several_words", "on_word", "dont_care", "background")
@@ -83,3 +85,45 @@ def errors_line(missed: Dict[str, int], false_alarms: Dict[str, int]) -> str:
         listed = ", ".join(f"{n} {words[k]}" for k, n in counts.items() if n)
         return f"{sum(counts.values())}" + (f": {listed}" if listed else "")
     return f"missed {part(missed, MISS_WORDS)}; false alarms {part(false_alarms, FALSE_ALARM_WORDS)}"
+
+
+# -- the picture ---------------------------------------------------------------------------------
+
+COLOURS = {  # BGR
+    "hit": (0, 200, 0), "missed": (0, 0, 255), "false_alarm": (0, 165, 255),
+    "dont_care": (160, 160, 160), "detection": (255, 128, 0),
+}
+
+
+def draw_errors(image: np.ndarray, gt_polygons: Sequence[np.ndarray], det_polygons: Sequence[np.ndarray],
+                result, thickness: int = 2) -> np.ndarray:
+    """A copy of `image` with matched ground truth green, misses red, false alarms orange,
+    matched detections blue and "do not care" regions grey; each miss and false alarm tagged
+    with its kind when `result` (a pipeline.evaluate.ImageEval) was explained."""
+    import cv2
+
+    out = image.copy()
+    dets = list(det_polygons)
+
+    def points(polys, i):
+        return np.round(np.asarray(polys[i], np.float64)).astype(np.int32).reshape(-1, 1, 2)
+
+    def draw(polys, indices, colour):
+        pts = [points(polys, i) for i in indices]
+        if pts:
+            cv2.polylines(out, pts, True, colour, thickness, cv2.LINE_AA)
+
+    def tag(polys, indices, kinds, colour):
+        for i, kind in zip(indices, kinds or ()):
+            x, y = points(polys, i).reshape(-1, 2).min(0)
+            cv2.putText(out, kind.replace("_", " "), (int(x), max(10, int(y) - 3)),
+                        cv2.FONT_HERSHEY_SIMPLEX, 0.4, colour, 1, cv2.LINE_AA)
+
+    draw(gt_polygons, result.gt_dont_care, COLOURS["dont_care"])
+    draw(gt_polygons, [p[0] for p in result.pairs], COLOURS["hit"])
+    draw(dets, [p[1] for p in result.pairs], COLOURS["detection"])
+    draw(gt_polygons, result.missed, COLOURS["missed"])
+    draw(dets, result.false_alarms, COLOURS["false_alarm"])
+    tag(gt_polygons, result.missed, result.miss_kinds, COLOURS["missed"])
+    tag(dets, result.false_alarms, result.false_alarm_kinds, COLOURS["false_alarm"])
+    return out

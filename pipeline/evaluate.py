@@ -358,33 +358,3 @@ def evaluate_detector(detect: Callable[[np.ndarray], Detections], dataset,
         if on_image is not None:
             on_image(sample, image, dets, result)
     return EvalResult(tuple(results))
-
-
-# -- visualisation ------------------------------------------------------------------------------
-
-COLOURS = {  # BGR
-    "hit": (0, 200, 0), "missed": (0, 0, 255), "false_alarm": (0, 165, 255),
-    "dont_care": (160, 160, 160), "detection": (255, 128, 0),
-}
-
-
-def draw_errors(image: np.ndarray, gt_polygons: Sequence[np.ndarray],
-                det_polygons: Sequence[np.ndarray], result: ImageEval, thickness: int = 2) -> np.ndarray:
-    """A copy of `image` with matched ground truth green, misses red, false alarms orange,
-    matched detections blue and "do not care" regions grey."""
-    import cv2
-
-    out = image.copy()
-    dets = list(det_polygons)
-
-    def draw(polys, indices, colour):
-        pts = [np.round(np.asarray(polys[i])).astype(np.int32).reshape(-1, 1, 2) for i in indices]
-        if pts:
-            cv2.polylines(out, pts, True, colour, thickness, cv2.LINE_AA)
-
-    draw(gt_polygons, result.gt_dont_care, COLOURS["dont_care"])
-    draw(gt_polygons, [p[0] for p in result.pairs], COLOURS["hit"])
-    draw(dets, [p[1] for p in result.pairs], COLOURS["detection"])
-    draw(gt_polygons, result.missed, COLOURS["missed"])
-    draw(dets, result.false_alarms, COLOURS["false_alarm"])
-    return out

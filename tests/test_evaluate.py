@@ -1,6 +1,7 @@
 """The ICDAR 2015 protocol (pipeline.evaluate) against hand-computed cases and the reference."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -8,7 +9,8 @@ import pytest
 
 from pipeline.datasets import GroundTruth, open_dataset
 from pipeline.detections import Detections
-from pipeline.evaluate import EvalResult, draw_errors, evaluate, evaluate_detector, evaluate_image
+from pipeline.eval_errors import draw_errors
+from pipeline.evaluate import EvalResult, evaluate, evaluate_detector, evaluate_image
 from pipeline.polygons import intersection_area, is_simple_polygon, polygon_area, polygon_iou
 
 
@@ -208,7 +210,12 @@ def test_draw_errors_colours_misses_and_false_alarms():
     assert r > 128 and b == g == 0
     b, g, r = out[60, 25].astype(int)             # false alarm: orange
     assert r > 128 and b == 0 and g == pytest.approx(r * 165 / 255, abs=2)
-    assert out[50, 50].sum() == 0
+    assert out[95, 95].sum() == 0
+    # the kinds are written above the boxes ("not found", "background"); untagged without them
+    untagged = draw_errors(np.zeros((100, 100, 3), np.uint8), gts, [rect(10, 10, 40, 30), rect(10, 60, 40, 90)],
+                           dataclasses.replace(res, miss_kinds=None, false_alarm_kinds=None), thickness=1)
+    assert untagged[45:58, 10:80].sum() == 0 and out[45:58, 10:80].sum() > 0
+    assert (out[:, :, 0] > 0).sum() == (untagged[:, :, 0] > 0).sum()  # tags in the boxes' colours
 
 
 def test_evaluate_detector_runs_a_detect_function_over_a_dataset(tmp_path):

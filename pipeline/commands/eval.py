@@ -44,7 +44,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--json", metavar="OUT", type=output_file,
                         help="write overall and per-image results here")
     parser.add_argument("--vis", metavar="DIR", type=output_folder,
-                        help="write images with misses / false alarms drawn")
+                        help="write images with misses / false alarms drawn, each tagged with its kind")
     parser.add_argument("--quiet", action="store_true", help="print only the overall line")
     e2e = parser.add_argument_group("end to end (detection + recognition)")
     e2e.add_argument("--e2e", action="store_true",
@@ -120,7 +120,7 @@ def _image_callback(args, total: int, timings: list):
     import time
     from pathlib import Path
 
-    from pipeline.evaluate import draw_errors
+    from pipeline.eval_errors import draw_errors
 
     vis = Path(args.vis) if args.vis else None
     if vis:
