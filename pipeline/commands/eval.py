@@ -11,8 +11,11 @@ DESCRIPTION = """Run the detector on every image of a dataset and score it with 
 protocol as MhLiao/DB applies it to polygons: one-to-one matching at IoU > 0.5, detections lying
 mostly (> 0.5 of their area) inside a "do not care" region ('###') ignored. DATASET is a gt.json
 (or a folder holding one, like ../shared/data/realdev), an ICDAR 2015 folder (img_N.jpg +
-gt_img_N.txt) or a Total-Text folder. Prints per-image and overall numbers; --json writes them,
---vis draws misses (red) and false alarms (orange) for every image that has any."""
+gt_img_N.txt) or a Total-Text folder. Prints per-image and overall numbers, recall per word
+height and the misses / false alarms by kind (a word inside a box spanning its neighbours, split,
+partly boxed, not found; a box over several words, on a word, on do-not-care text, on background);
+--json writes them, --vis draws misses (red) and false alarms (orange), tagged with their kinds,
+for every image that has any."""
 
 
 def add_arguments(parser) -> None:
