@@ -45,7 +45,7 @@ def _error_rows(row: dict) -> List[dict]:
     for group, words in (("missed", MISS_WORDS), ("false_alarms", FALSE_ALARM_WORDS)):
         for kind, label in words.items():
             out.append({"set": row["set"], "error": f"{group.replace('_', ' ')}: {label}",
-                        **{f"{name}": row[side]["errors"][group][kind]
+                        **{name: row[side]["errors"][group][kind]
                            for side, name in zip(SIDES, ("RapidOCR", "dbrt"))}})
     return out
 

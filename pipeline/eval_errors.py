@@ -4,8 +4,8 @@ would help; and `draw_errors`, the picture of one image's errors tagged with the
 
 Missed words (cared-for ground truth without a match):
 - "merged":    more than half of the word lies inside one box at least twice its area: the box
-               spans neighbouring words or a whole line (words whose shrunk
-               regions touch; a higher --thresh separates some)
+               spans neighbouring words or a whole line (their regions in the probability map
+               touch; a larger input or a higher --thresh separates some)
 - "split":     two or more boxes each hold a part of the word, none most of it (letters boxed
                apart: large lettering with wide gaps)
 - "partial":   one box overlaps the word but holds too little of it or too much beside it
@@ -80,7 +80,7 @@ FALSE_ALARM_WORDS = {"several_words": "over several words", "on_word": "on a wor
 
 
 def errors_line(missed: Dict[str, int], false_alarms: Dict[str, int]) -> str:
-    """One line, e.g. 'missed 129: 70 not found, 48 in a larger box, ...; false alarms 78: ...'."""
+    """One line, e.g. 'missed 129: 43 in a larger box, ..., 74 not found; false alarms 78: ...'."""
     def part(counts: Dict[str, int], words: Dict[str, str]) -> str:
         listed = ", ".join(f"{n} {words[k]}" for k, n in counts.items() if n)
         return f"{sum(counts.values())}" + (f": {listed}" if listed else "")
