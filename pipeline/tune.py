@@ -34,18 +34,20 @@ def probability_maps(detector, dataset) -> list:
     return kept
 
 
-def score(maps: list, post: DBPostprocessor) -> EvalResult:
-    """The ICDAR 2015 protocol on `probability_maps` post-processed by `post`."""
+def score(maps: list, post: DBPostprocessor, explain: bool = False) -> EvalResult:
+    """The ICDAR 2015 protocol on `probability_maps` post-processed by `post`; with `explain`,
+    the misses and false alarms sorted by kind too (`EvalResult.error_counts`)."""
     truths = [prepare_truth(sample.gt.polygons, sample.gt.ignore) for sample, _, _ in maps]
-    return _score(maps, truths, [post.scored(prob, boxes) for _, prob, boxes in maps], post)
+    return _score(maps, truths, [post.scored(prob, boxes) for _, prob, boxes in maps], post, explain)
 
 
-def _score(maps: list, truths: list, staged: list, post: DBPostprocessor) -> EvalResult:
+def _score(maps: list, truths: list, staged: list, post: DBPostprocessor,
+           explain: bool = False) -> EvalResult:
     """The protocol on candidates already found (`DBPostprocessor.scored`), finished by `post`."""
     results = []
     for (sample, _, boxes), truth, found in zip(maps, truths, staged):
         dets = post.finish(found, boxes)[0]
-        results.append(score_image(truth, dets.polygons, sample.name, explain=False))
+        results.append(score_image(truth, dets.polygons, sample.name, explain=explain))
     return EvalResult(tuple(results))
 
 

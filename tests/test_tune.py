@@ -66,5 +66,6 @@ def test_cli_tune_prints_the_best_settings(tmp_path, synthetic_val, capsys):
                  "--json", str(tmp_path / "t.json")]) == 0
     out = capsys.readouterr().out
     assert "best on" in out and "--box-thresh" in out
+    assert "\nat those settings: missed " in out and "; false alarms " in out
     grid = json.loads((tmp_path / "t.json").read_text())["grid"]
     assert grid[0]["hmean"] >= grid[-1]["hmean"] and {"thresh", "box_thresh", "unclip_ratio"} <= set(grid[0])

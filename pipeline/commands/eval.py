@@ -59,23 +59,32 @@ def add_arguments(parser) -> None:
                      help=REC_MARGIN_HELP)
     parser.add_argument("--tune", action="store_true",
                         help="grid-search thresh / box_thresh / unclip_ratio on this dataset (a "
-                             "validation split, never the data you report) and print the best settings")
+                             "validation split, never the data you report) and print the best settings, with "
+                             "the misses and false alarms by kind there")
 
 
 def _tune(args, dataset) -> int:
     import json
     from pathlib import Path
 
-    from pipeline.tune import tune_postprocess
+    from dataclasses import replace
+
+    from pipeline.postprocess import DBPostprocessor
+    from pipeline.tune import probability_maps, score, tune_on_maps
 
     with _detector(args) as detector:
-        rows = tune_postprocess(detector, dataset)
+        maps = probability_maps(detector, dataset)
+        base = detector.post.config
+    rows = tune_on_maps(maps, base)
     for row in rows[:10]:
         print("thresh {thresh:.2f} box_thresh {box_thresh:.2f} unclip_ratio {unclip_ratio:.1f}: "
               "P {precision:.4f} R {recall:.4f} hmean {hmean:.4f}".format(**row))
     best = rows[0]
     print(f"best on {dataset.name} ({len(dataset)} images): --thresh {best['thresh']} "
           f"--box-thresh {best['box_thresh']} --unclip-ratio {best['unclip_ratio']} (hmean {best['hmean']:.4f})")
+    chosen = replace(base, thresh=best["thresh"], box_thresh=best["box_thresh"],
+                     unclip_ratio=best["unclip_ratio"])
+    print("at those settings: " + score(maps, DBPostprocessor(chosen, "cpu"), explain=True).errors_summary())
     if args.json:
         Path(args.json).write_text(json.dumps({"dataset": str(args.dataset), "grid": rows}, indent=1) + "\n")
     return 0
