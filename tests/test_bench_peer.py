@@ -1,0 +1,126 @@
+"""Smoke runs of the peer benchmarks on tiny models: the RapidOCR rounds report, the lightbox
+criterion, dbrt vs RapidOCR's detector on tiny image sets (accuracy, word heights, errors by kind)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+
+def test_peer_report_lists_rounds_and_the_inference_ceiling(tmp_path):
+    from benchmarks.peer_report import to_markdown, write_reports
+
+    agree = dict(images=2, theirs=3, ours=3, matched=3, precision=1.0, recall=1.0, hmean=1.0)
+    acc = dict(precision=0.5, recall=0.5, hmean=0.5)
+    report = {
+        "model": "m.onnx", "threads": 0, "command": "python benchmarks/peer_rapidocr.py",
+        "rapidocr": {"version": "3.10.0"},
+        "machine": {"machine": "cpu-x", "cpu": "X", "cpu_count": 2},
+        "realdev": {"agreement": agree, "accuracy": {"rapidocr": acc, "dbrt": acc}, "images": 2,
+                    "latency_ms": {"rapidocr": 200.0, "dbrt": 100.0}, "speedup": 2.0},
+        "videos": [{"video": "v.mp4", "frames": 40, "rounds": 2, "batch": {"pipeline": 1},
+                    "seconds": {"rapidocr": [16.0, 20.0], "pipeline": [10.0, 10.0]},
+                    "fps": {"rapidocr": 2.25, "pipeline": 4.0}, "speedup": {"pipeline": 1.78},
+                    "agreement": {"pipeline": agree}, "sampled_every": 50,
+                    "sampled_agreement": agree, "inference_alone_ms": 200.0}],
+        "load_average": {"before": 0.1, "after": 1.0},
+    }
+    text = to_markdown(report)
+    assert "v.mp4: rapidocr 2.50, 2.00; pipeline 4.00, 4.00" in text
+    assert "200 ms = 5.00 fps, i.e. 2.22x RapidOCR" in text and "reaches 80% of it" in text
+    paths = write_reports(report, tmp_path, "peer")
+    assert [p.name for p in paths] == ["peer.json", "peer.md"]
+
+
+def test_lightbox_words_need_a_word_sized_box_on_each_line_of_the_sign():
+    from benchmarks.peer_accuracy import word_boxes_in_sign, words_boxed
+
+    def box(x, y, w, h):
+        return np.array([[x, y], [x + w, y], [x + w, y + h], [x, y + h]], np.float32)
+
+    hw = (506, 960)  # the sign: x 38-672, y 0-466; its lines centred near y 93, 235, 375
+    words = [box(116, 22, 440, 142), box(172, 168, 352, 134), box(73, 304, 454, 142)]
+    assert word_boxes_in_sign(words, hw) == [0, 1, 2] and words_boxed(words, hw)
+    letters = [box(120 + 70 * i, y, 50, 100) for i in range(6) for y in (40, 185, 325)]
+    assert word_boxes_in_sign(letters, hw) == [] and not words_boxed(letters, hw)
+    assert not words_boxed(words[:2] + [box(116, 40, 200, 90)], hw)  # two on the first line
+    assert not words_boxed(words[:2] + [box(700, 304, 200, 90)], hw)  # third outside the sign
+
+
+def test_peer_accuracy_scores_both_detectors_on_tiny_sets(tmp_path, tiny_onnx, monkeypatch):
+    """Every row of the comparison on tiny inputs: a one-image realdev, validation split and
+    synthetic set, and a tiny clip standing in for the lightbox video."""
+    cv2 = pytest.importorskip("cv2")
+    pytest.importorskip("av")
+    from media import write_video
+
+    from benchmarks import peer_accuracy
+
+    if peer_accuracy.locate_model() is None:
+        pytest.skip("rapidocr is not installed (pip install -e '.[bench]')")
+    image = np.full((96, 160, 3), 255, np.uint8)
+    cv2.putText(image, "TEXT", (20, 60), cv2.FONT_HERSHEY_SIMPLEX, 1.2, (0, 0, 0), 3)
+    data, val = tmp_path / "data", tmp_path / "val"
+    for folder in (data / "realdev", data / "video", val):
+        folder.mkdir(parents=True)
+    cv2.imwrite(str(data / "realdev" / "a.jpg"), image)
+    (data / "realdev" / "gt.json").write_text(json.dumps(
+        [{"image": "a.jpg", "polygons": [[[18, 30], [130, 30], [130, 66], [18, 66]]], "ignore": [False]}]))
+    cv2.imwrite(str(val / "img_1.jpg"), image)
+    (val / "gt_img_1.txt").write_text("18,30,130,30,130,66,18,66,TEXT\n")
+    write_video(data / peer_accuracy.LIGHTBOX, frames=12, height=48, width=64)
+    monkeypatch.setenv("DBRT_RESULTS_DIR", str(tmp_path / "res"))
+    lines = []
+    rc = peer_accuracy.main(["--data", str(data), "--val", str(val), "--synth", "1", "--every", "5",
+                             "--frames", "2", "--threads", "1", "--model", str(tiny_onnx),
+                             "--val-side", "128", "--val-post", "0.25/0.5/1.6"], log=lines.append)
+    assert rc == 0, lines
+    report = json.loads((tmp_path / "res" / "peer_accuracy.json").read_text())
+    at_side = report["sets"].pop(2)       # the validation split again, both at short side 128
+    assert at_side["set"] == "validation (val) at short side 128" and at_side["images"] == 1
+    assert at_side["settings"]["rapidocr"]["limit_side_len"] == 128
+    assert at_side["settings"]["dbrt"]["spec"]["resize"]["limit_side"] == 128
+    assert at_side["settings"]["dbrt"]["post"]["unclip_ratio"] == 1.6
+    sets = {row["set"].split(" ")[0]: row for row in report["sets"]}
+    assert set(sets) == {"realdev", "validation", "synthetic"}
+    for row in sets.values():
+        assert row["status"] == "ok" and row["images"] == 1
+        assert row["dbrt_speedup"] > 0 and 0 <= row["rapidocr"]["hmean"] <= 1
+        assert row["rapidocr"]["gt_care"] == row["dbrt"]["gt_care"] >= 1
+    video = report["lightbox"]
+    assert video["frames"] == 2 and video["frame_indices"] == [0, 10]
+    assert video["rapidocr"]["share"] == video["dbrt"]["share"] == 0  # no sign in the clip
+    text = (tmp_path / "res" / "peer_accuracy.md").read_text()
+    assert "| realdev | 1 |" in text and "three words boxed" in text
+    assert "at short side 128: RapidOCR limit_side_len 128 (min)" in text
+    assert "## Recall by word height" in text
+    heights = sets["realdev"]["dbrt"]["recall_by_height"]
+    assert [h["words"] for h in heights] == [0, 0, 0, 1]  # the word is 36 px tall
+    assert "| realdev | >=32 | 1 |" in text
+    for row in sets.values():  # every cared-for word is matched or missed for one reason
+        errors = row["dbrt"]["errors"]
+        assert sum(errors["missed"].values()) == row["dbrt"]["gt_care"] - row["dbrt"]["matched"]
+        assert sum(errors["false_alarms"].values()) == row["dbrt"]["det_care"] - row["dbrt"]["matched"]
+    assert "## Errors by kind" in text and "| realdev | missed: not found |" in text
+
+
+def test_peer_accuracy_skips_what_is_absent(tmp_path, tiny_onnx, monkeypatch):
+    from benchmarks import peer_accuracy
+
+    if peer_accuracy.locate_model() is None:
+        pytest.skip("rapidocr is not installed (pip install -e '.[bench]')")
+    monkeypatch.setenv("DBRT_RESULTS_DIR", str(tmp_path / "res"))
+    lines = []
+    assert peer_accuracy.main(["--data", str(tmp_path / "none"), "--synth", "0",
+                               "--model", str(tiny_onnx)], log=lines.append) == 0
+    report = json.loads((tmp_path / "res" / "peer_accuracy.json").read_text())
+    assert [r["status"] for r in report["sets"]] == ["skipped"] * 3
+    assert report["lightbox"]["status"] == "skipped"
+    assert any("no --val DIR given" in line for line in lines)
+    assert peer_accuracy.main(["--model", str(tmp_path / "none.onnx")], log=lines.append) == 2
+    assert lines[-1].startswith("peer_accuracy: --model")
+    (tmp_path / "empty").mkdir()
+    assert peer_accuracy.main(["--data", str(tmp_path / "none"), "--val", str(tmp_path / "empty"),
+                               "--model", str(tiny_onnx)], log=lines.append) == 2
+    assert lines[-1].startswith("peer_accuracy: ") and "empty" in lines[-1]
