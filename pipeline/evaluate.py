@@ -268,8 +268,14 @@ def score_image(truth: Truth, det_polygons: Sequence[np.ndarray], name: str = ""
             return 0.0
         return overlapping_intersection_area(dets[d], gts[g]) / area
 
+    clipped: dict = {}  # (g, d) -> area: explaining an error reuses what matching clipped
+
     def intersection(g: int, d: int) -> float:
-        return overlapping_intersection_area(gts[g], dets[d]) if overlap[g][d] else 0.0
+        if not overlap[g][d]:
+            return 0.0
+        if (g, d) not in clipped:
+            clipped[g, d] = overlapping_intersection_area(gts[g], dets[d])
+        return clipped[g, d]
 
     def pair_iou(g: int, d: int) -> float:  # polygon_iou(gts[g], dets[d])
         inter = intersection(g, d)
