@@ -1,10 +1,12 @@
-"""Which CPUs make ONNX Runtime's INT8 kernels saturate, checked against ONNX Runtime itself."""
+"""Which CPUs make ONNX Runtime's INT8 kernels saturate, checked against ONNX Runtime itself, and
+what dbrt's INT8 checks and detector do on such CPUs."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 from engine.onnxruntime.int8_cpu import FLOAT_OPS_CONFIG, exact_int8_config, int8_kernels_saturate, saturates
+from export.synth import synthetic_images
 
 ZEN3 = "processor\t: 0\nflags\t\t: fpu sse2 ssse3 avx avx2 fma bmi2 adx sha_ni\n"
 ZEN4 = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512bw avx512_vnni avx512_bf16\n"
@@ -69,3 +71,88 @@ def test_detection_agrees_with_this_cpu(tmp_path):
     fused = _centre_value(model, {})
     assert (fused != 144.0) is int8_kernels_saturate(), f"fused integer kernels gave {fused}"
     assert _centre_value(model, exact_int8_config()) == 144.0
+
+
+# What dbrt's INT8 checks do on such CPUs: run the Q/DQ graph as float ops, and say so.
+def _int8_dark_text(tmp_path):
+    """The one-Conv dark-text model and its INT8 copy (min-max calibration)."""
+    pytest.importorskip("onnx")
+    from export import quantize
+    from quantize_models import dark_text_calibration, dark_text_model
+
+    ref = dark_text_model(tmp_path / "ref.onnx")
+    return ref, quantize.to_int8(ref, tmp_path / "ref8.onnx", dark_text_calibration(), "minmax")
+
+
+@pytest.mark.skipif(int8_kernels_saturate(),
+                    reason="this CPU has no VNNI: ONNX Runtime's integer kernels saturate here")
+def test_int8_noise_floor_runs_the_same_graph_two_ways(tmp_path):
+    from pipeline.accuracy import int8_noise_floor
+
+    ref, int8 = _int8_dark_text(tmp_path)
+    images = synthetic_images(3, 192, 256, first_seed=5)
+    floor = int8_noise_floor(int8, images)
+    assert floor.reference_boxes > 0 and floor.precision == "int8"
+    assert floor.hmean >= 0.9 and floor.max_abs < 0.05  # a one-conv model: only rounding ties differ
+    plain = int8_noise_floor(ref, images)  # no Q/DQ: both runs are the same FP32 arithmetic
+    assert plain.hmean == 1.0 and plain.max_abs < 1e-6
+
+
+def _pretend_kernels_saturate(monkeypatch, value: bool) -> None:
+    """Make every dbrt module see a CPU whose ONNX Runtime integer kernels do (x86 without VNNI)
+    or do not saturate, whatever CPU runs the test."""
+    import engine.onnxruntime.int8_cpu as int8_cpu
+    import pipeline.accuracy as accuracy
+    import pipeline.detector as detector
+
+    for module in (int8_cpu, accuracy, detector):
+        monkeypatch.setattr(module, "int8_kernels_saturate", lambda: value)
+
+
+@pytest.fixture
+def saturating_cpu(monkeypatch):
+    _pretend_kernels_saturate(monkeypatch, True)
+
+
+def test_int8_checks_run_float_ops_where_integer_kernels_saturate(tmp_path, saturating_cpu):
+    from pipeline.accuracy import compare_many, int8_execution, int8_noise_floor
+
+    ref, int8 = _int8_dark_text(tmp_path)
+    images = synthetic_images(3, 192, 256, first_seed=5)
+    from export.quantize import to_fp16
+
+    fp16 = to_fp16(ref, tmp_path / "ref16.onnx")
+    auto, half = compare_many(ref, [int8, fp16], images)
+    forced = compare_many(ref, [int8], images, candidate_config=FLOAT_OPS_CONFIG)[0]
+    assert auto.int8_as_float and not half.int8_as_float  # only INT8 results carry the note
+    assert (auto.matched, auto.candidate_boxes, auto.max_abs) == (forced.matched, forced.candidate_boxes,
+                                                                  forced.max_abs)
+    assert "float ops on dequantized values: this CPU's ONNX Runtime integer kernels saturate" in str(auto)
+    assert auto.to_dict()["int8_as_float"] is True
+    assert int8_noise_floor(int8, images) is None  # no valid second INT8 execution here
+    assert "not measurable" in int8_execution()
+
+
+def test_int8_checks_use_integer_kernels_where_they_are_exact(tmp_path, monkeypatch):
+    import pipeline.accuracy as accuracy
+
+    _pretend_kernels_saturate(monkeypatch, False)
+    ref, int8 = _int8_dark_text(tmp_path)
+    result = accuracy.compare_many(ref, [int8], synthetic_images(2, 192, 256, first_seed=5))[0]
+    assert not result.int8_as_float and "float ops" not in str(result)
+    assert accuracy.int8_execution() == "ONNX Runtime's integer kernels"
+
+
+def test_detector_warns_about_int8_on_a_saturating_cpu(tmp_path, saturating_cpu):
+    import warnings
+
+    from engine.errors import DbrtWarning
+    from pipeline.detector import Detector
+
+    ref, int8 = _int8_dark_text(tmp_path)
+    with pytest.warns(DbrtWarning, match="INT8 model on the CPU: this CPU has no VNNI"):
+        Detector(int8, backend="onnxruntime", device="cpu").close()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DbrtWarning)
+        Detector(ref, backend="onnxruntime", device="cpu").close()  # FP32: nothing to say
+
