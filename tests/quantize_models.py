@@ -1,16 +1,19 @@
 """Small models and images the quantization tests share: a random-init DBNet exported to ONNX,
-a one-Conv 'detector' that boxes dark text without training, and calibration inputs."""
+a one-Conv 'detector' that boxes dark text without training, and calibration inputs; a test
+module imports the fixtures it uses (each module builds its own)."""
 from __future__ import annotations
 
 import cv2
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from dbnet.spec import METADATA_KEY, ModelSpec
 from export.onnx_graph import set_metadata
 from export.synth import synthetic_images
 from pipeline.preprocess import preprocess
+from pipeline.sampling import calibration_inputs
 
 SPEC = ModelSpec(arch="test").replace(limit_side=64)
 
@@ -33,6 +36,22 @@ def synthetic_image_folder(folder, count=4):
     for i, image in enumerate(synthetic_images(count, 96, 128, first_seed=0)):
         cv2.imwrite(str(folder / f"img{i}.png"), image)
     return folder
+
+
+@pytest.fixture(scope="module")
+def fp32_model(tmp_path_factory):
+    pytest.importorskip("torch")
+    return tiny_dbnet_onnx(tmp_path_factory.mktemp("q") / "m.onnx")
+
+
+@pytest.fixture(scope="module")
+def image_dir(tmp_path_factory):
+    return synthetic_image_folder(tmp_path_factory.mktemp("images"))
+
+
+@pytest.fixture(scope="module")
+def calibration(image_dir):
+    return calibration_inputs(image_dir, SPEC, count=3)
 
 
 def dark_text_model(path, bias=12.0):

@@ -20,24 +20,8 @@ from pipeline.sampling import calibration_inputs  # noqa: E402
 from export.onnx_graph import get_metadata  # noqa: E402
 from export.trt_compat import check_onnx  # noqa: E402
 from pipeline.preprocess import preprocess  # noqa: E402
-from quantize_models import (SPEC, dark_text_model, initializers, synthetic_image_folder,  # noqa: E402
-                             tiny_dbnet_onnx)
-
-
-@pytest.fixture(scope="module")
-def fp32_model(tmp_path_factory):
-    pytest.importorskip("torch")
-    return tiny_dbnet_onnx(tmp_path_factory.mktemp("q") / "m.onnx")
-
-
-@pytest.fixture(scope="module")
-def image_dir(tmp_path_factory):
-    return synthetic_image_folder(tmp_path_factory.mktemp("images"))
-
-
-@pytest.fixture(scope="module")
-def calibration(image_dir):
-    return calibration_inputs(image_dir, SPEC, count=3)
+from quantize_models import SPEC, dark_text_model, initializers  # noqa: E402
+from quantize_models import calibration, fp32_model, image_dir  # noqa: E402,F401 (fixtures)
 
 
 def _run(path, x):

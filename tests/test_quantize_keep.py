@@ -11,24 +11,8 @@ ort = pytest.importorskip("onnxruntime")
 from engine.errors import ModelError  # noqa: E402
 from engine.onnxruntime.int8_cpu import FLOAT_OPS_CONFIG  # noqa: E402
 from export import quantize  # noqa: E402
-from pipeline.sampling import calibration_inputs  # noqa: E402
-from quantize_models import SPEC, initializers, synthetic_image_folder, tiny_dbnet_onnx  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def fp32_model(tmp_path_factory):
-    pytest.importorskip("torch")
-    return tiny_dbnet_onnx(tmp_path_factory.mktemp("q") / "m.onnx")
-
-
-@pytest.fixture(scope="module")
-def image_dir(tmp_path_factory):
-    return synthetic_image_folder(tmp_path_factory.mktemp("images"))
-
-
-@pytest.fixture(scope="module")
-def calibration(image_dir):
-    return calibration_inputs(image_dir, SPEC, count=3)
+from quantize_models import initializers  # noqa: E402
+from quantize_models import calibration, fp32_model, image_dir  # noqa: E402,F401 (fixtures)
 
 
 def _weight_quantized(proto, node):
