@@ -92,6 +92,44 @@ def test_real_sources_take_the_scale_range(tmp_path):
     assert source.aug.scale == (0.3, 0.6) and source.aug.flip == 0.5  # the rest stays the paper's
 
 
+def test_a_smaller_shrink_ratio_thins_the_kernel_and_widens_the_border_band():
+    # r = 0.3: D = 2000 * 0.91 / 240 = 7.58 px against 7.0 at the paper's 0.4
+    assert offset_distance(RECT, 0.3) == pytest.approx(2000 * 0.91 / 240)
+    paper, thin = (make_targets([RECT], [False], 80, 160, shrink_ratio=r) for r in (0.4, 0.3))
+    assert thin["gt"].sum() < paper["gt"].sum() and thin["thresh_mask"].sum() > paper["thresh_mask"].sum()
+    ys, xs = np.nonzero(thin["gt"])
+    assert xs.min() == 28 and ys.min() == 38  # shrunk by about 8 px, not 7
+
+
+def test_shrink_ratio_reaches_the_polygon_sources_not_the_masks(tmp_path):
+    from export.train.config import TrainConfig
+    from export.train.data import open_source
+    from export.train.labels import SHRINK_RATIO
+
+    assert TrainConfig(out_dir="").shrink_ratio == SHRINK_RATIO == 0.4  # the CLI shows the labels' default
+    icdar, masks = icdar_folder(tmp_path / "icdar"), mask_folder(tmp_path / "masks")
+    sources = [open_source(name, 4, 64, 0, shrink_ratio=0.3) for name in (str(icdar), "synth")]
+    assert [s.shrink_ratio for s in sources] == [0.3, 0.3]
+    paper, thin = (open_source(str(icdar), 4, 160, 0, shrink_ratio=r) for r in (0.4, 0.3))
+    assert all(np.array_equal(paper[i]["image"], thin[i]["image"]) for i in range(4))  # same crops
+    kernels = [(int(paper[i]["gt"].sum()), int(thin[i]["gt"].sum())) for i in range(4)]
+    assert all(t <= p for p, t in kernels) and any(t < p for p, t in kernels)
+    paper, thin = (open_source(str(masks), 4, 96, 0, shrink_ratio=r) for r in (0.4, 0.3))
+    assert np.array_equal(paper[0]["gt"], thin[0]["gt"])  # the mask set comes shrunk
+
+
+def test_shrink_ratio_flag_is_checked_and_reaches_the_config(capsys, tmp_path):
+    from pipeline.cli import build_parser, main
+    from pipeline.commands.train import _new_config
+
+    for bad in ("0", "1", "-0.2", "x"):
+        assert main(["train", "--out", "unused", "--shrink-ratio", bad]) == 2
+        err = capsys.readouterr().err
+        assert "--shrink-ratio" in err and "Traceback" not in err
+    args = build_parser().parse_args(["train", "--out", str(tmp_path / "r"), "--shrink-ratio", "0.3"])
+    assert _new_config(args).shrink_ratio == 0.3
+
+
 def test_scale_flag_is_checked(capsys):
     from pipeline.cli import main
 

@@ -21,6 +21,9 @@ class TrainConfig:
     # real folders: the augmentation's log-uniform size change (the DB paper's 0.5-3; a lower
     # range trains on smaller text, e.g. for far-away signs or small words at the default size)
     scale: Tuple[float, float] = (0.5, 3.0)
+    # DB's shrink ratio r for polygon labels (ICDAR, synthetic): the probability target is each
+    # word shrunk by A (1 - r^2) / L; a smaller r parts neighbouring words more widely
+    shrink_ratio: float = 0.4
     lr: float = 2e-3
     weight_decay: float = 1e-4
     warmup: int = 300

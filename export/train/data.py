@@ -36,7 +36,7 @@ from dbnet.spec import DB_MEAN_BGR
 
 from ..synth.scene import SceneConfig, make_scene
 from .augment import DB_PAPER, AugmentConfig, augment
-from .labels import THRESH_MIN, make_targets
+from .labels import SHRINK_RATIO, THRESH_MIN, make_targets
 
 
 
@@ -54,9 +54,10 @@ def compact(targets: dict, image: np.ndarray) -> dict:
     return sample
 
 
-def make_sample(rng, image, polygons, ignore, crop: int, aug: AugmentConfig) -> dict:
+def make_sample(rng, image, polygons, ignore, crop: int, aug: AugmentConfig,
+                shrink_ratio: float = SHRINK_RATIO) -> dict:
     image, polygons, ignore = augment(rng, image, polygons, ignore, crop, aug)
-    return compact(make_targets(polygons, ignore, crop, crop), image)
+    return compact(make_targets(polygons, ignore, crop, crop, shrink_ratio=shrink_ratio), image)
 
 
 class SynthDataset:
@@ -65,10 +66,11 @@ class SynthDataset:
     `scene` is a SceneConfig or a function rng -> SceneConfig (a mix, `scene_sampler`)."""
 
     def __init__(self, length: int, crop: int = 320, seed: int = 0, scene_size: int = 0,
-                 scene=SceneConfig(), aug: AugmentConfig = AugmentConfig()):
+                 scene=SceneConfig(), aug: AugmentConfig = AugmentConfig(),
+                 shrink_ratio: float = SHRINK_RATIO):
         self.length, self.crop, self.seed = length, crop, seed
         self.scene_size = scene_size or int(crop * 1.25)
-        self.scene, self.aug = scene, aug
+        self.scene, self.aug, self.shrink_ratio = scene, aug, shrink_ratio
 
     def __len__(self) -> int:
         return self.length
@@ -78,7 +80,7 @@ class SynthDataset:
         config = self.scene(rng) if callable(self.scene) else self.scene
         scene = make_scene(rng, self.scene_size, self.scene_size, config)
         return make_sample(rng, scene.image, scene.polygons, [False] * len(scene.polygons),
-                           self.crop, self.aug)
+                           self.crop, self.aug, self.shrink_ratio)
 
 
 def _read_icdar_txt(path: Path) -> Tuple[List[np.ndarray], List[bool]]:
@@ -139,9 +141,10 @@ class _FolderDataset:
     folder reader as `read`."""
 
     def __init__(self, root, length: int, crop: int = 640, seed: int = 0,
-                 aug: AugmentConfig = DB_PAPER):
+                 aug: AugmentConfig = DB_PAPER, shrink_ratio: float = SHRINK_RATIO):
         self.items = self.read(root)
         self.length, self.crop, self.seed, self.aug = length, crop, seed, aug
+        self.shrink_ratio = shrink_ratio  # polygon folders; a mask folder's masks are shrunk already
 
     def __len__(self) -> int:
         return self.length
@@ -158,7 +161,7 @@ class IcdarDataset(_FolderDataset):
         if image is None:
             raise DbrtError(f"cannot read image {path}")
         rng = np.random.default_rng((self.seed, i))
-        return make_sample(rng, image, polys, ignore, self.crop, self.aug)
+        return make_sample(rng, image, polys, ignore, self.crop, self.aug, self.shrink_ratio)
 
 
 MASK_SUFFIX = "_mask.png"
@@ -236,19 +239,21 @@ def parse_source(spec: str) -> Tuple[str, float]:
 
 
 def open_source(name: str, length: int, crop: int, seed: int, scene="default",
-                scale: Tuple[float, float] = DB_PAPER.scale):
+                scale: Tuple[float, float] = DB_PAPER.scale, shrink_ratio: float = SHRINK_RATIO):
     """One training source by name: 'synth', a mask folder or an ICDAR2015-format folder; real
-    folders get the DB paper's augmentation with the log-uniform size change `scale`."""
+    folders get the DB paper's augmentation with the log-uniform size change `scale`; synthetic
+    and ICDAR polygons are shrunk by DB's `shrink_ratio` (a mask folder's masks come shrunk)."""
     if name == "synth":
         from ..synth.scene import scene_sampler
 
-        return SynthDataset(length, crop=crop, seed=seed, scene=scene_sampler(scene))
+        return SynthDataset(length, crop=crop, seed=seed, scene=scene_sampler(scene),
+                            shrink_ratio=shrink_ratio)
     if not Path(name).is_dir():
         raise DbrtError(f"--data {name!r}: not 'synth' and not a folder")
     aug = dataclasses.replace(DB_PAPER, scale=tuple(scale))
     if is_mask_folder(name):
         return MaskDataset(name, length, crop=crop, seed=seed, aug=aug)
-    return IcdarDataset(name, length, crop=crop, seed=seed, aug=aug)
+    return IcdarDataset(name, length, crop=crop, seed=seed, aug=aug, shrink_ratio=shrink_ratio)
 
 
 class MixedDataset:

@@ -4,7 +4,8 @@
     targets["gt"], targets["mask"]                   # shrunk text kernels, 0 where ignored
     targets["thresh_map"], targets["thresh_mask"]    # border distance map in [0.3, 0.7]
 
-Shrink / expand offset D = A (1 - r^2) / L with r = 0.4 (A area, L perimeter).
+Shrink / expand offset D = A (1 - r^2) / L with r = 0.4 by default (A area, L perimeter); a
+smaller shrink ratio r leaves thinner kernels and wider gaps between neighbouring words.
 """
 from __future__ import annotations
 
@@ -50,9 +51,10 @@ def _segment_distance(xs, ys, a, b) -> np.ndarray:
     return np.hypot(xs - (a[0] + t * ab[0]), ys - (a[1] + t * ab[1]))
 
 
-def draw_border(poly: np.ndarray, canvas: np.ndarray, mask: np.ndarray) -> None:
+def draw_border(poly: np.ndarray, canvas: np.ndarray, mask: np.ndarray,
+                ratio: float = SHRINK_RATIO) -> None:
     """Add one polygon's normalised edge-distance map (1 on the edge) to canvas; fill mask."""
-    distance = offset_distance(poly)
+    distance = offset_distance(poly, ratio)
     padded = offset_polygon(poly, distance)
     if len(padded) < 3 or distance <= 0:
         return
@@ -73,8 +75,9 @@ def draw_border(poly: np.ndarray, canvas: np.ndarray, mask: np.ndarray) -> None:
 
 
 def make_targets(polygons: Sequence[np.ndarray], ignore: Sequence[bool], height: int,
-                 width: int, min_text_size: int = MIN_TEXT_SIZE) -> Dict[str, np.ndarray]:
-    """All four DB targets for one image, as float32 (H, W) maps."""
+                 width: int, min_text_size: int = MIN_TEXT_SIZE,
+                 shrink_ratio: float = SHRINK_RATIO) -> Dict[str, np.ndarray]:
+    """All four DB targets for one image, as float32 (H, W) maps; `shrink_ratio` is DB's r."""
     gt = np.zeros((height, width), np.float32)
     mask = np.ones((height, width), np.float32)
     canvas = np.zeros((height, width), np.float32)
@@ -85,12 +88,12 @@ def make_targets(polygons: Sequence[np.ndarray], ignore: Sequence[bool], height:
         if ign or size.min() < min_text_size or len(poly) < 3:
             cv2.fillPoly(mask, [np.round(poly).astype(np.int32)], 0.0)
             continue
-        shrunk = offset_polygon(poly, -offset_distance(poly))
+        shrunk = offset_polygon(poly, -offset_distance(poly, shrink_ratio))
         if len(shrunk) < 3:
             cv2.fillPoly(mask, [np.round(poly).astype(np.int32)], 0.0)
             continue
         cv2.fillPoly(gt, [np.round(shrunk).astype(np.int32)], 1.0)
-        draw_border(poly, canvas, thresh_mask)
+        draw_border(poly, canvas, thresh_mask, shrink_ratio)
     thresh_map = canvas * (THRESH_MAX - THRESH_MIN) + THRESH_MIN
     return {"gt": gt, "mask": mask, "thresh_map": thresh_map.astype(np.float32),
             "thresh_mask": thresh_mask}

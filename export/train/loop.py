@@ -46,7 +46,8 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
 def make_dataset(cfg: TrainConfig):
     n = cfg.steps * cfg.batch
     parsed = [parse_source(s) for s in cfg.sources]
-    sources = [open_source(name, n, cfg.crop, cfg.seed, cfg.scene, cfg.scale) for name, _ in parsed]
+    sources = [open_source(name, n, cfg.crop, cfg.seed, cfg.scene, cfg.scale, cfg.shrink_ratio)
+               for name, _ in parsed]
     if len(sources) == 1:
         return sources[0]
     return MixedDataset(sources, [w for _, w in parsed], n, seed=cfg.seed)

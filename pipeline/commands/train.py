@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._validate import at_least, output_folder
+from ._validate import at_least, between, output_folder
 
 NAME = "train"
 HELP = "train DBNet on synthetic text, real ICDAR2015 / mask folders or a mix (needs torch)"
@@ -67,6 +67,11 @@ def add_arguments(parser) -> None:
     setting("--scale", type=scale_range, default=d.scale, metavar="LO,HI",
             help="real folders: random size change, log-uniform in [LO, HI] (the DB paper's "
                  "0.5,3; a lower range trains on smaller text)")
+    setting("--shrink-ratio", type=between(0.0, 1.0, float, open_ends=True), default=d.shrink_ratio,
+            metavar="R", help="DB's shrink ratio for ICDAR and synthetic word polygons: the "
+                              "probability target is each word shrunk by area x (1 - R^2) / perimeter "
+                              "(the paper's 0.4; a smaller R parts neighbouring words more widely; "
+                              "mask folders come shrunk at about 0.4 and are used as they are)")
     setting("--lr", type=at_least(0.0, float, strict=True), default=d.lr,
             help="peak AdamW learning rate")
     setting("--warmup", type=at_least(0), default=d.warmup, help="steps of linear warm-up to --lr")
@@ -173,7 +178,8 @@ def _new_config(args):
     data = args.data or ["synth"]
     return (TrainConfig(out_dir=args.out, data=data if len(data) > 1 else data[0],
                        scene=args.scene, arch=args.arch, width=args.width,
-                       steps=args.steps, batch=args.batch, crop=args.crop, scale=args.scale, lr=args.lr,
+                       steps=args.steps, batch=args.batch, crop=args.crop, scale=args.scale,
+                       shrink_ratio=args.shrink_ratio, lr=args.lr,
                        warmup=min(args.warmup, args.steps), seed=args.seed, workers=args.workers,
                        threads=args.threads, init=args.init, teacher=args.teacher,
                        distill=args.distill, teacher_scale=args.teacher_scale, save_every=args.save_every,
