@@ -337,6 +337,10 @@ def test_the_shipped_record_keeps_no_local_folders():
            "init": None, "steps": 10}
     assert portable_config(cfg) == {"out_dir": "s3", "data": ["real/ic15_tr=0.5", "synth=0.25"],
                                     "init": None, "steps": 10}
+    relative = {"out_dir": "runs/s3", "data": ["data/real/ic15_tr=0.5"], "init": "runs/s2/best.pt",
+                "scene": "mixed"}
+    assert portable_config(relative) == {"out_dir": "s3", "data": ["real/ic15_tr=0.5"], "init": "best.pt",
+                                         "scene": "mixed"}
     shipped = json.loads((Path(__file__).parents[1] / "export/assets/dbnet_default.json").read_text())
     assert "/" not in shipped["train_config"]["out_dir"]
     assert not any(str(d).startswith("/") for d in shipped["train_config"]["data"])

@@ -103,9 +103,10 @@ def _rel(path) -> str:
 
 def portable_config(cfg: dict) -> dict:
     """The training config with the machine's folders cut off (they ship with the model):
-    a data source keeps its last two path parts (`real/ic15_tr=0.5`), other paths their name."""
+    a data source keeps its last two path parts (`real/ic15_tr=0.5`), other paths their name
+    (relative ones too: `--out runs/x` is stored as given)."""
     def short(value, parts: int):
-        if not isinstance(value, str) or not Path(value.split("=")[0]).is_absolute():
+        if not isinstance(value, str) or "/" not in value.split("=")[0]:
             return value
         return "/".join(Path(value).parts[-parts:])
 
