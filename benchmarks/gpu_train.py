@@ -5,12 +5,12 @@ to carry to a GPU machine, train there within a time budget, bring the run back.
     bash benchmarks/gpu_proof.sh train --pack .cache/train_pack --minutes 6   # on the GPU machine
 
 `pack` writes WebP copies of the ICDAR 2015 training split (full size, ground truth as is), the
-validation split and as many masked photos (long side <= 640, masks resized nearest) as fit the
-size budget, plus the pyclipper wheel the GPU image lacks, and a MANIFEST.json.
+validation split and, with `--masks DIR`, as many masked photos (long side <= 640, masks resized
+nearest) as fit the size budget, plus the pyclipper wheel the GPU image lacks, and a MANIFEST.json.
 
 `run` continues the shipped model with the recipe that made it (the model card's stage 11: ICDAR
-2015 train and synthetic scenes, DB shrink ratio 0.3; the packed masked photos are kept for runs
-that add them) with `dbrt train --device cuda --amp`; a short
+2015 train and synthetic scenes, DB shrink ratio 0.3; masked photos join the mix when the pack
+has them) with `dbrt train --device cuda --amp`; a short
 calibration run measures the step time first, so the schedule (warm-up, poly decay to zero)
 ends inside the budget instead of being cut off mid-way. It validates on the packed validation
 split during the run (best.pt = best validation hmean) and writes, under --out, a tarball with
@@ -112,8 +112,9 @@ def pack(args) -> int:
     used += pack_icdar(Path(args.val), out / "ic15_val", WEBP_VAL)
     if used > budget:
         raise SystemExit(f"--budget-mib {args.budget_mib}: the ICDAR splits alone take {used / 2**20:.1f} MiB")
-    count, mask_bytes = pack_masks(Path(args.masks), out / "masks", budget - used, WEBP_TRAIN)
-    manifest = {"icdar": str(args.icdar), "val": str(args.val), "masks": str(args.masks),
+    count, mask_bytes = (pack_masks(Path(args.masks), out / "masks", budget - used, WEBP_TRAIN)
+                         if args.masks else (0, 0))
+    manifest = {"icdar": str(args.icdar), "val": str(args.val), "masks": args.masks or None,
                 "masks_packed": count, "mib": round((used + mask_bytes) / 2 ** 20, 1),
                 "webp_quality": {"train": WEBP_TRAIN, "val": WEBP_VAL}, "mask_long_side": MASK_SIDE}
     (out / "MANIFEST.json").write_text(json.dumps(manifest, indent=2))
@@ -125,9 +126,14 @@ def pack(args) -> int:
 def train_args(pack_dir: Path, out: Path, steps: int, batch: int, workers: int, amp: bool,
                time_limit: float, val_every: int) -> List[str]:
     """`dbrt train` flags of the GPU run (the model card's stage 11 recipe, scaled to the GPU:
-    larger crops and batches, so a peak rate above stage 11's 2e-4 / 3e-4 at batch 8)."""
+    larger crops and batches, so a peak rate above stage 11's 2e-4 / 3e-4 at batch 8); a pack
+    with masked photos mixes them in (their masks are shrunk at about 0.4 already)."""
+    masks = pack_dir / "masks"
+    real = ([f"{pack_dir / 'ic15_train'}=0.6", f"{masks}=0.2"] if masks.is_dir()
+            else [f"{pack_dir / 'ic15_train'}=0.8"])
     return ["train", "--device", "cuda", *(["--amp"] if amp else []),
-            "--data", f"{pack_dir / 'ic15_train'}=0.8", "--data", "synth=0.2", "--scene", "mixed",
+            *(flag for source in real for flag in ("--data", source)), "--data", "synth=0.2",
+            "--scene", "mixed",
             "--shrink-ratio", "0.3", "--init", str(SHIPPED),
             "--crop", "640", "--batch", str(batch), "--steps", str(steps), "--lr", "5e-4",
             "--warmup", str(max(20, steps // 20)), "--seed", "41", "--workers", str(workers),
@@ -241,7 +247,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(REPO / ".cache" / "train_pack"))
     p.add_argument("--icdar", default="data/real/ic15_tr", help="ICDAR 2015 training split")
     p.add_argument("--val", default="data/real/ic15_val", help="validation split")
-    p.add_argument("--masks", default="data/real/masks/train", help="masked photos")
+    p.add_argument("--masks", default="", help="masked photos to pack too (default: none, as the "
+                   "run's stage 11 recipe)")
     p.add_argument("--budget-mib", type=float, default=44.0, help="size of the whole pack")
     p.add_argument("--wheels", default=str(REPO / ".whl"), help="where the pyclipper wheel is")
     r = sub.add_parser("run", help="train on a GPU machine")

@@ -67,6 +67,13 @@ def test_pack_writes_webp_copies_the_training_folders_read(tmp_path):
     assert json.loads((tmp_path / "tight" / "MANIFEST.json").read_text())["masks_packed"] < 3
     with pytest.raises(SystemExit, match="the ICDAR splits alone"):
         _pack(data, tmp_path / "tiny", budget_mib=0.001)
+    # without --masks the pack holds the ICDAR splits only, and the run trains on them + synth
+    assert gpu_train.main(["pack", "--out", str(tmp_path / "plain"), "--icdar", str(data / "train"),
+                           "--val", str(data / "val"), "--wheels", str(data / "wheels")]) == 0
+    assert not (tmp_path / "plain" / "masks").exists()
+    args = gpu_train.train_args(tmp_path / "plain", tmp_path / "r", 2, 1, 0, False, 0, 0)
+    sources = [args[i + 1] for i, flag in enumerate(args) if flag == "--data"]
+    assert sources == [f"{tmp_path / 'plain' / 'ic15_train'}=0.8", "synth=0.2"]
 
 
 @pytest.mark.slow
