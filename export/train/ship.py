@@ -106,7 +106,7 @@ def portable_config(cfg: dict) -> dict:
     a data source keeps its last two path parts (`real/ic15_tr=0.5`), other paths their name
     (relative ones too: `--out runs/x` is stored as given)."""
     def short(value, parts: int):
-        if not isinstance(value, str) or "/" not in value.split("=")[0]:
+        if not isinstance(value, str) or len(Path(value.split("=")[0]).parts) < 2:
             return value
         return "/".join(Path(value).parts[-parts:])
 
