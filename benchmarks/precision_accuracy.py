@@ -1,14 +1,18 @@
 """FP16 / INT8 ONNX against FP32: probability-map differences and box agreement (issue 3).
 
     python -m benchmarks.precision_accuracy [--checkpoint W.pt | --random-init] [--side 736]
+        [--images DIR] [--variants int8-percentile,int8-entropy]
 
 Exports the checkpoint (default: the shipped export/assets/dbnet_default.pt) to FP32 ONNX with
 the parity check, makes FP16 and INT8 variants (percentile, MSE, entropy and min-max
 calibration, some layers left in FP32), checks each against TensorRT 8.6 / 10.3 / 11, and
 compares each with FP32 on images never used for calibration: deterministic synthetic scenes
-(`export.synth`, seeds from 10000) and ../shared/data/realdev (when present). Calibration uses synthetic scenes with other
-seeds (50000+) and, when ../shared/data is present, as many real frames from its two videos
-(a sign-board close-up and street scenes with captions; the realdev photos are never used).
+(`export.synth`, seeds from 10000), ../shared/data/realdev (when present) and each --images
+folder (your own photos, or a validation split to choose a calibrator on). Calibration uses
+synthetic scenes with other seeds (50000+) and, when ../shared/data is present, as many real
+frames from its two videos (a sign-board close-up and street scenes with captions; the realdev
+photos are never used). --variants makes only the named ones (the sensitivity ranking, which
+runs every layer once, only for a sensitive-K variant).
 Writes benchmarks/results/<machine>/precision_accuracy.{json,md}. ONNX Runtime CPU runs every
 model: it upcasts FP16, so FP16 rows validate the converted graph, not GPU FP16 arithmetic.
 Targets: INT8 box hmean >= 0.97, FP16 >= 0.995 against FP32.
@@ -76,35 +80,52 @@ def _calibration(spec, count: int, side: int):
     return inputs, text
 
 
-def _eval_sets(n_synth: int) -> dict:
+def _eval_sets(n_synth: int, extra=None) -> dict:
+    """Synthetic scenes, realdev when present, then `extra` ({name: images}, the --images folders)."""
     from export.synth import synthetic_images
 
     sets = {"synthetic": synthetic_images(n_synth)}
     realdev = common.realdev_images("synthetic images only")
-    return sets if realdev is None else dict(sets, realdev=realdev)
+    if realdev is not None:
+        sets["realdev"] = realdev
+    return dict(sets, **(extra or {}))
 
 
-def _variants(fp32: Path, calib, out_dir: Path) -> dict:
+def variant_names() -> list:
+    """Every variant the benchmark can make, in report order."""
+    from export.quantize import DEFAULT_CALIB_METHOD
+
+    return (["fp16", *FULL_INT8]
+            + [f"int8-{m}-ends-fp32" for m in ("entropy", "percentile")]
+            + [f"int8-{m}-decoder-fp32" for m in ("entropy", "percentile")]
+            + [f"int8-{DEFAULT_CALIB_METHOD}-sensitive-{k}-fp32" for k in SENSITIVE_K])
+
+
+def _variants(fp32: Path, calib, out_dir: Path, wanted=None) -> dict:
+    """The wanted variants (default: all) as {name: ONNX path}, and the INT8 sensitivity ranking
+    (empty unless a sensitive-K variant is wanted: ranking runs every layer once)."""
     from export import quantize
 
-    variants = {"fp16": quantize.to_fp16(fp32, out_dir / "fp16.onnx")}
-    for name in FULL_INT8:
-        method = name.split("-")[1]
-        variants[name] = quantize.to_int8(fp32, out_dir / f"int8_{method}.onnx", calib, method)
-    for method in ("entropy", "percentile"):  # head and stem left in FP32
-        variants[f"int8-{method}-ends-fp32"] = quantize.to_int8(
-            fp32, out_dir / f"int8_{method}_ends.onnx", calib, method, keep_fp32_head=True,
-            keep_fp32_stem=True)
-    for method in ("entropy", "percentile"):  # INT8 backbone, FP32 FPN + head
-        variants[f"int8-{method}-decoder-fp32"] = quantize.to_int8(
-            fp32, out_dir / f"int8_{method}_decoder.onnx", calib, method, keep_fp32_decoder=True)
-    # the K layers INT8 hurts most (ranked on the calibration inputs only) left in FP32
+    wanted = list(wanted or variant_names())
     method = quantize.DEFAULT_CALIB_METHOD  # what `dbrt export --keep-fp32-sensitive K` does
-    ranked = quantize.int8_layer_ranking(fp32, calib, method)
-    for k in SENSITIVE_K:
-        variants[f"int8-{method}-sensitive-{k}-fp32"] = quantize.to_int8(
-            fp32, out_dir / f"int8_{method}_sens{k}.onnx", calib, method,
-            keep_fp32_nodes=[r.name for r in ranked[:k]])
+    sensitive = {f"int8-{method}-sensitive-{k}-fp32": k for k in SENSITIVE_K}
+    ranked = quantize.int8_layer_ranking(fp32, calib, method) if set(wanted) & set(sensitive) else []
+    variants = {}
+    for name in wanted:
+        path = out_dir / f"{name}.onnx"
+        calib_method = name.split("-")[1] if name != "fp16" else None
+        if name == "fp16":
+            variants[name] = quantize.to_fp16(fp32, path)
+        elif name in FULL_INT8:
+            variants[name] = quantize.to_int8(fp32, path, calib, calib_method)
+        elif name.endswith("-ends-fp32"):  # head and stem left in FP32
+            variants[name] = quantize.to_int8(fp32, path, calib, calib_method,
+                                              keep_fp32_head=True, keep_fp32_stem=True)
+        elif name.endswith("-decoder-fp32"):  # INT8 backbone, FP32 FPN + head
+            variants[name] = quantize.to_int8(fp32, path, calib, calib_method, keep_fp32_decoder=True)
+        else:  # the K layers INT8 hurts most (ranked on the calibration inputs only) in FP32
+            variants[name] = quantize.to_int8(fp32, path, calib, method,
+                                              keep_fp32_nodes=[r.name for r in ranked[:sensitive[name]]])
     return variants, ranked
 
 
@@ -125,8 +146,8 @@ def _run_in(args, work: Path) -> dict:
     print(export)
     args.side = args.side or export.spec.resize.limit_side
     calib, calib_text = _calibration(export.spec, args.calib_count, args.side)
-    variants, ranked = _variants(export.path, calib, work)
-    sets = _eval_sets(args.synthetic)
+    variants, ranked = _variants(export.path, calib, work, args.variants)
+    sets = _eval_sets(args.synthetic, args.image_sets)
     rows = []
     compat = {name: {t: check_onnx(path, t).ok for t in TRT_TARGETS} for name, path in variants.items()}
     share = {name: _mac_share(path) for name, path in variants.items()}
@@ -192,7 +213,8 @@ def _markdown(payload: dict) -> list:
             ("INT8 layer sensitivity", "Probability-map MSE against FP32 when only that layer is INT8 "
              f"({payload['sensitivity_method']} ranges), on the calibration inputs; MMACs for one "
              "calibration input. The `sensitive-K` variants leave the first K in FP32.\n\n"
-             + common.markdown_table(sensitivity))]
+             + common.markdown_table(sensitivity)) if sensitivity else
+            ("INT8 layer sensitivity", "Not ranked: no `sensitive-K` variant was asked for.\n")]
 
 
 def _summary(rows) -> str:
@@ -223,6 +245,32 @@ def _summary(rows) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _read_folders(parser, folders) -> dict:
+    """{folder name: its images}, read before the long export so a bad folder fails at once."""
+    from engine.errors import SourceError
+    from pipeline.sampling import read_images
+
+    sets = {}
+    for folder in folders:
+        if not Path(folder).is_dir():
+            parser.error(f"--images: no such folder: {folder}")
+        try:
+            sets[Path(folder).name] = read_images(Path(folder))
+        except SourceError as exc:
+            parser.error(f"--images: {exc}")
+    return sets
+
+
+def _variant_list(text: str) -> list:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in variant_names()]
+    if unknown or not names:
+        named = ", ".join(unknown) if unknown else repr(text)
+        raise argparse.ArgumentTypeError(f"unknown variant(s) {named}; "
+                                         f"choose from {', '.join(variant_names())}")
+    return names
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -231,8 +279,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--side", type=int, help="short side of every input (default: the model's)")
     parser.add_argument("--synthetic", type=int, default=24, help="synthetic evaluation images")
     parser.add_argument("--calib-count", type=int, default=32)
+    parser.add_argument("--images", action="append", default=[], metavar="DIR",
+                        help="also compare on this folder's images (repeatable; e.g. a validation split)")
+    parser.add_argument("--variants", type=_variant_list, metavar="A,B",
+                        help="only these variants (default: all): " + ", ".join(variant_names()))
     parser.add_argument("--name", default="precision_accuracy", help="result file name")
     args = parser.parse_args(argv)
+    args.image_sets = _read_folders(parser, args.images)
     import torch
 
     torch.set_num_threads(2)

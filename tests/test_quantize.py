@@ -291,3 +291,33 @@ def test_int8_calibration_benchmark_compares_methods_and_sources(tmp_path, monke
     assert "## Per method over the calibration sources" in (tmp_path / "out" / "c.md").read_text()
 
 
+
+
+def test_precision_benchmark_subset_on_own_images(tmp_path, monkeypatch, image_dir):
+    pytest.importorskip("torch")
+    import json
+
+    from benchmarks import precision_accuracy
+
+    monkeypatch.setenv("DBRT_RESULTS_DIR", str(tmp_path))
+    assert precision_accuracy.main(["--random-init", "--width", "0.25", "--side", "64", "--synthetic", "1",
+                                    "--calib-count", "2", "--name", "p", "--images", str(image_dir),
+                                    "--variants", "int8-entropy,fp16"]) == 0
+    payload = json.loads((tmp_path / "p.json").read_text())
+    assert [(r["variant"], r["images"]) for r in payload["rows"] if r["images"] != "realdev"] == [
+        ("int8-entropy", "synthetic"), ("fp16", "synthetic"),
+        ("int8-entropy", image_dir.name), ("fp16", image_dir.name)]
+    assert payload["sensitivity"] == []  # no sensitive-K variant asked for, so no ranking
+    assert "Not ranked" in (tmp_path / "p.md").read_text()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--variants", "int8-foo"], "--variants: unknown variant(s) int8-foo"),
+    (["--images", "no/such/dir"], "--images: no such folder: no/such/dir"),
+])
+def test_precision_benchmark_flag_errors(flags, message, capsys):
+    from benchmarks import precision_accuracy
+
+    with pytest.raises(SystemExit) as exit_info:
+        precision_accuracy.main(flags)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
