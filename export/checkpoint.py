@@ -193,13 +193,10 @@ def infer_architecture(state: Mapping[str, object]) -> Dict[str, object]:
             "width": width, "inner_channels": int(state["decoder.in5.weight"].shape[0])}
 
 
-def sidecar_spec(path) -> Optional["ModelSpec"]:
-    """The ModelSpec saved next to a checkpoint (`NAME.json` with a "spec" object, as the shipped
-    export/assets/dbnet_default.json), so an export keeps the thresholds the model was tuned with."""
+def _sidecar(path) -> Optional[dict]:
+    """The record saved next to a checkpoint (`NAME.json`, as the shipped
+    export/assets/dbnet_default.json), or None when there is none."""
     import json
-    from pathlib import Path
-
-    from dbnet.spec import ModelSpec
 
     side = Path(path).with_suffix(".json")
     if not side.is_file():
@@ -208,7 +205,31 @@ def sidecar_spec(path) -> Optional["ModelSpec"]:
         data = json.loads(side.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ModelError(f"cannot read the checkpoint's metadata {side}: {exc}") from exc
+    return data if isinstance(data, dict) else None
+
+
+def sidecar_spec(path) -> Optional["ModelSpec"]:
+    """The ModelSpec in a checkpoint's record (its "spec" object), so an export keeps the
+    thresholds the model was tuned with."""
+    import json
+
+    from dbnet.spec import ModelSpec
+
+    data = _sidecar(path) or {}
     return ModelSpec.from_json(json.dumps(data["spec"])) if isinstance(data.get("spec"), dict) else None
+
+
+def sidecar_calib_method(path) -> Optional[str]:
+    """The INT8 calibration method a checkpoint's record chose for it on validation
+    ("int8_calibration": {"method": ...}), or None when it names none."""
+    from .quantize import CALIB_METHODS
+
+    chosen = (_sidecar(path) or {}).get("int8_calibration")
+    method = chosen.get("method") if isinstance(chosen, dict) else None
+    if method is not None and method not in CALIB_METHODS:
+        raise ModelError(f"{Path(path).with_suffix('.json')}: int8_calibration method {method!r} "
+                         f"is not one of {', '.join(CALIB_METHODS)}")
+    return method
 
 
 POST_KEYS = ("thresh", "box_thresh", "unclip_ratio")

@@ -1,6 +1,8 @@
 """Checkpoint loading: MhLiao layouts, wrappers, strictness, architecture inference."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -166,3 +168,27 @@ def test_sidecar_spec_next_to_checkpoint(tmp_path):
     (tmp_path / "db.json").write_text("{not json")
     with pytest.raises(ModelError, match="db.json"):
         sidecar_spec(path)
+
+
+def test_sidecar_calibration_method(tmp_path):
+    import json
+
+    from export.checkpoint import sidecar_calib_method
+
+    path = tmp_path / "db.pt"
+    torch.save(_model().state_dict(), path)
+    assert sidecar_calib_method(path) is None                       # no record
+    (tmp_path / "db.json").write_text(json.dumps({"checkpoint_step": 9}))
+    assert sidecar_calib_method(path) is None                       # a record that chose none
+    (tmp_path / "db.json").write_text(json.dumps({"int8_calibration": {"method": "entropy"}}))
+    assert sidecar_calib_method(path) == "entropy"
+    (tmp_path / "db.json").write_text(json.dumps({"int8_calibration": {"method": "kl"}}))
+    with pytest.raises(ModelError, match="db.json: int8_calibration method 'kl'"):
+        sidecar_calib_method(path)
+
+
+def test_shipped_record_names_a_calibration_method():
+    from export.checkpoint import sidecar_calib_method
+    from export.quantize import CALIB_METHODS
+
+    assert sidecar_calib_method(Path(__file__).parents[1] / "export/assets/dbnet_default.pt") in CALIB_METHODS

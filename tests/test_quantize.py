@@ -321,3 +321,26 @@ def test_precision_benchmark_flag_errors(flags, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         precision_accuracy.main(flags)
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_cli_export_takes_the_calibration_method_the_model_record_chose(image_dir, tmp_path, capsys):
+    """A checkpoint whose NAME.json chose a method on validation is calibrated with it by default;
+    --calib-method still wins."""
+    torch = pytest.importorskip("torch")
+    import json
+
+    from export.model import DBNet
+    from pipeline.cli import main
+
+    checkpoint = tmp_path / "m.pt"
+    torch.save(DBNet("resnet18", width=0.25).state_dict(), checkpoint)
+    checkpoint.with_suffix(".json").write_text(json.dumps({"int8_calibration": {"method": "minmax"}}))
+    common = ["export", str(checkpoint), "--precision", "int8", "--calib", str(image_dir),
+              "--calib-count", "2", "--calib-side", "64", "--no-parity"]
+    assert main(common + ["-o", str(tmp_path / "a.onnx")]) == 0
+    text = capsys.readouterr().out
+    assert "INT8 calibration: minmax, chosen for this model on validation (m.json" in text
+    assert "minmax calibration on 2 inputs" in text
+    assert main(common + ["-o", str(tmp_path / "b.onnx"), "--calib-method", "mse"]) == 0
+    text = capsys.readouterr().out
+    assert "mse calibration on 2 inputs" in text and "chosen for this model" not in text

@@ -48,8 +48,9 @@ def add_arguments(parser) -> None:
     onnx.add_argument("--calib-count", type=at_least(1), default=32,
                       help="calibration images / frames")
     onnx.add_argument("--calib-method", choices=("percentile", "mse", "entropy", "minmax"),
-                      default="percentile", help="activation ranges: the 99.999th percentile of |x|, "
-                      "least squared error, TensorRT's entropy (KL) search, or the maxima")
+                      help="activation ranges: the 99.999th percentile of |x|, least squared error, "
+                      "TensorRT's entropy (KL) search, or the maxima (default: the one the "
+                      "checkpoint's NAME.json chose on validation, else percentile)")
     onnx.add_argument("--calib-side", type=side_length, help="short side for calibration inputs "
                       "(default: the model's limit_side)")
     onnx.add_argument("--keep-fp32-head", action="store_true",
@@ -117,6 +118,20 @@ def _spec(args, model, checkpoint):
     if trained:  # a training checkpoint: the thresholds its validation chose or its --init had
         print("post-processing from the checkpoint: " + ", ".join(f"{k} {v:g}" for k, v in trained.items()))
     return default_spec(model, **{**trained, **changes})
+
+
+def _calib_method(given, checkpoint) -> str:
+    """--calib-method, else the method the checkpoint's record chose on validation, else the default."""
+    from export.checkpoint import sidecar_calib_method
+    from export.quantize import DEFAULT_CALIB_METHOD
+
+    if given:
+        return given
+    recorded = sidecar_calib_method(checkpoint) if checkpoint else None
+    if recorded:
+        print(f"INT8 calibration: {recorded}, chosen for this model on validation "
+              f"({Path(checkpoint).with_suffix('.json').name}; --calib-method overrides)")
+    return recorded or DEFAULT_CALIB_METHOD
 
 
 def _variants(args, fp32_path: Path, spec) -> list:
@@ -189,6 +204,8 @@ def run(args) -> int:
     report = export_onnx(model, args.output, opset=opset, spec=spec,
                          parity_shapes=None if args.no_parity else ((1, 3, 256, 320), (2, 3, 320, 192)))
     print(report)
+    if "int8" in args.precision:
+        args.calib_method = _calib_method(args.calib_method, checkpoint)
     paths = _variants(args, Path(args.output), spec)
     target = args.target_trt if args.target_trt != "auto" else ("8.6" if opset <= 17 else "10.1")
     status = 0
