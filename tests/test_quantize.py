@@ -344,3 +344,8 @@ def test_cli_export_takes_the_calibration_method_the_model_record_chose(image_di
     assert main(common + ["-o", str(tmp_path / "b.onnx"), "--calib-method", "mse"]) == 0
     text = capsys.readouterr().out
     assert "mse calibration on 2 inputs" in text and "chosen for this model" not in text
+    checkpoint.with_suffix(".json").write_text(json.dumps({"int8_calibration": {"method": "kl"}}))
+    assert main(common + ["-o", str(tmp_path / "c.onnx")]) != 0
+    captured = capsys.readouterr()
+    assert "m.json: int8_calibration method 'kl' is not one of" in captured.err
+    assert "Traceback" not in captured.err and not (tmp_path / "c.onnx").exists()  # failed before the export

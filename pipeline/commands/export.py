@@ -199,13 +199,13 @@ def run(args) -> int:
 
     _check_inputs(args)
     model, checkpoint = _load_model(args)
+    if "int8" in args.precision:  # before the export: a bad record fails at once
+        args.calib_method = _calib_method(args.calib_method, checkpoint)
     opset = args.opset or (19 if has_deform_conv(model) else 17)
     spec = _spec(args, model, checkpoint)
     report = export_onnx(model, args.output, opset=opset, spec=spec,
                          parity_shapes=None if args.no_parity else ((1, 3, 256, 320), (2, 3, 320, 192)))
     print(report)
-    if "int8" in args.precision:
-        args.calib_method = _calib_method(args.calib_method, checkpoint)
     paths = _variants(args, Path(args.output), spec)
     target = args.target_trt if args.target_trt != "auto" else ("8.6" if opset <= 17 else "10.1")
     status = 0
