@@ -113,10 +113,11 @@ def _variants(fp32: Path, calib, out_dir: Path, wanted=None) -> dict:
     variants = {}
     for name in wanted:
         path = out_dir / f"{name}.onnx"
-        calib_method = name.split("-")[1] if name != "fp16" else None
         if name == "fp16":
             variants[name] = quantize.to_fp16(fp32, path)
-        elif name in FULL_INT8:
+            continue
+        calib_method = name.split("-")[1]  # int8-<method>-...
+        if name in FULL_INT8:
             variants[name] = quantize.to_int8(fp32, path, calib, calib_method)
         elif name.endswith("-ends-fp32"):  # head and stem left in FP32
             variants[name] = quantize.to_int8(fp32, path, calib, calib_method,

@@ -291,8 +291,6 @@ def test_int8_calibration_benchmark_compares_methods_and_sources(tmp_path, monke
     assert "## Per method over the calibration sources" in (tmp_path / "out" / "c.md").read_text()
 
 
-
-
 def test_precision_benchmark_subset_on_own_images(tmp_path, monkeypatch, image_dir):
     pytest.importorskip("torch")
     import json

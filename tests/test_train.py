@@ -12,7 +12,7 @@ from train_folders import icdar_folder, mask_folder
 @pytest.mark.slow
 def test_smoke_training_then_fine_tune_then_ship(tmp_path):
     torch = pytest.importorskip("torch")
-    from export.checkpoint import load_checkpoint
+    from export.checkpoint import load_checkpoint, sidecar_calib_method
     from export.model import DBNet
     from export.train.config import TrainConfig
     from export.train.loop import train
@@ -33,8 +33,10 @@ def test_smoke_training_then_fine_tune_then_ship(tmp_path):
     assert torch.load(str(tuned), weights_only=True)["step"] == 2
 
     rec = ship(tuned, {"limit_side": 64}, weights=tmp_path / "w.pt",
-               onnx_path=tmp_path / "m.onnx", record=tmp_path / "r.json")
+               onnx_path=tmp_path / "m.onnx", record=tmp_path / "w.json",
+               int8_calibration={"method": "entropy"})
     assert rec["weights"]["dtype"] == "float16" and rec["onnx"]["fp16_initializers"] > 10
+    assert sidecar_calib_method(tmp_path / "w.pt") == "entropy"  # what `dbrt export w.pt` calibrates with
     assert rec["onnx"]["ort_vs_torch_max_abs"] < 1e-3
     model = DBNet("resnet18", width=0.25)
     load_checkpoint(model, tmp_path / "w.pt")           # the export helper's strict loader reads it

@@ -24,6 +24,8 @@ import numpy as np
 from engine.errors import ModelError
 from dbnet.spec import ModelSpec
 
+from ..quantize import CALIB_METHODS
+
 REPO = Path(__file__).resolve().parents[2]
 WEIGHTS = REPO / "export" / "assets" / "dbnet_default.pt"
 RECORD = REPO / "export" / "assets" / "dbnet_default.json"
@@ -149,8 +151,10 @@ def _ort_parity(model, onnx_path: Path, shapes=((1, 3, 256, 320), (2, 3, 160, 22
 
 
 def ship(checkpoint, spec_changes: Optional[dict] = None, weights: Path = WEIGHTS,
-         onnx_path: Path = ONNX, record: Path = RECORD, metrics: Optional[dict] = None) -> dict:
-    """Write the fp16 weights, the ONNX and the record; returns the record."""
+         onnx_path: Path = ONNX, record: Path = RECORD, metrics: Optional[dict] = None,
+         int8_calibration: Optional[dict] = None) -> dict:
+    """Write the fp16 weights, the ONNX and the record; returns the record. `int8_calibration`
+    ({"method": M, ...}, chosen on validation) is what `dbrt export` calibrates this model with."""
     import torch
 
     from ..model import DBNet
@@ -182,6 +186,8 @@ def ship(checkpoint, spec_changes: Optional[dict] = None, weights: Path = WEIGHT
                     "sha256": _sha256(onnx_path), "ort_vs_torch_max_abs": max_abs,
                     "ort_vs_fp32_checkpoint_max_abs": vs_checkpoint},
            "metrics": metrics or {}}
+    if int8_calibration:
+        rec["int8_calibration"] = int8_calibration
     Path(record).write_text(json.dumps(rec, indent=2) + "\n")
     return rec
 
@@ -227,6 +233,9 @@ def main(argv=None) -> int:
     p.add_argument("--box-thresh", type=float, help="likewise, else 0.6")
     p.add_argument("--unclip-ratio", type=float, help="likewise, else 1.5")
     p.add_argument("--metrics", help="JSON file of evaluation results to put in the record")
+    p.add_argument("--int8-calib-method", choices=CALIB_METHODS,
+                   help="the INT8 calibration method chosen for this model on validation "
+                        "(python -m benchmarks.int8_calibration); `dbrt export` then uses it")
     args = p.parse_args(argv)
     if not Path(args.checkpoint).is_file():
         raise SystemExit(f"error: checkpoint not found: {args.checkpoint}")
@@ -234,7 +243,8 @@ def main(argv=None) -> int:
     try:
         settings = post_settings(args.checkpoint, args)
         rec = ship(args.checkpoint, dict(limit_side=args.limit_side, limit_type=args.limit_type,
-                                         **settings), metrics=metrics, **_targets(args))
+                                         **settings), metrics=metrics, **_targets(args),
+                   int8_calibration={"method": args.int8_calib_method} if args.int8_calib_method else None)
     except ModelError as exc:
         raise SystemExit(f"error: {exc}") from None
     print("post-processing: " + " ".join(f"--{k.replace('_', '-')} {v:g}" for k, v in settings.items()))
