@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -117,13 +118,14 @@ def machine_info() -> dict:
 
 def command_line(module: str, argv: Sequence[str]) -> str:
     """`python -m MODULE ARGS` as a results file shows it: paths in the checkout relative to it,
-    other absolute paths cut to their last two parts (no machine's folders in the results)."""
+    other absolute paths cut to their last two parts (no machine's folders in the results);
+    quoted as a shell needs them."""
     def shown(arg: str) -> str:
         path = Path(arg)
         if not path.is_absolute():
             return arg
         return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else "/".join(path.parts[-2:])
-    return " ".join(["python -m", module, *map(shown, argv)])
+    return " ".join(["python -m", module, *(shlex.quote(shown(a)) for a in argv)])
 
 
 def file_sha256(path, length: int = 16) -> str:
