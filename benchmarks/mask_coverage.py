@@ -34,6 +34,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Dict, List, Sequence, Tuple
 
+import cv2
 import numpy as np
 
 from engine.errors import DbrtError
@@ -49,8 +50,6 @@ SHIPPED = common.REPO / "pipeline" / "assets" / "dbnet_default.onnx"
 
 def box_rasters(polygons: Sequence[np.ndarray], hw: Tuple[int, int]) -> Tuple[List[np.ndarray], np.ndarray]:
     """Each polygon filled into its own boolean HxW raster, and each one's short side."""
-    import cv2
-
     rasters, short = [], []
     for poly in polygons:
         points = np.asarray(poly, np.float32).reshape(-1, 2)
@@ -64,8 +63,6 @@ def box_rasters(polygons: Sequence[np.ndarray], hw: Tuple[int, int]) -> Tuple[Li
 def kernels(mask: np.ndarray) -> Tuple[List[np.ndarray], np.ndarray]:
     """The mask's word kernels (components of MIN_PIXELS or more) as boolean rasters, and each
     one's short side (its pixel extent: the rectangle around its pixel centres plus one)."""
-    import cv2
-
     count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
     found, short = [], []
     for k in range(1, count):
@@ -101,28 +98,23 @@ def summarise(per_image: Sequence[dict]) -> dict:
     return {**total, "recall": round(recall, 4), "precision": round(precision, 4), "hmean": round(hmean, 4)}
 
 
-def read_masked_photos(folder: Path) -> List[Tuple[str, np.ndarray, np.ndarray]]:
-    """(name, BGR image, boolean mask at the image's size) of every photo of a mask folder."""
-    import cv2
-
-    from export.train.data import read_mask_folder
-
-    photos = []
-    for image_path, mask_path in read_mask_folder(folder):
-        image = cv2.imread(str(image_path), cv2.IMREAD_COLOR)
-        mask = cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE)
-        if image is None or mask is None:
-            raise DbrtError(f"cannot read {image_path if image is None else mask_path}")
-        if mask.shape != image.shape[:2]:  # as training resizes it
-            mask = cv2.resize(mask, image.shape[1::-1], interpolation=cv2.INTER_NEAREST)
-        photos.append((image_path.name, image, mask > 127))
-    return photos
+def read_masked_photo(image_path: Path, mask_path: Path) -> Tuple[np.ndarray, np.ndarray]:
+    """(BGR image, boolean mask at the image's size) of one photo of a mask folder."""
+    image = cv2.imread(str(image_path), cv2.IMREAD_COLOR)
+    mask = cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE)
+    if image is None or mask is None:
+        raise DbrtError(f"cannot read {image_path if image is None else mask_path}")
+    if mask.shape != image.shape[:2]:  # as training resizes it
+        mask = cv2.resize(mask, image.shape[1::-1], interpolation=cv2.INTER_NEAREST)
+    return image, mask > 127
 
 
-def score(photos, detect: Callable[[np.ndarray], Sequence[np.ndarray]]) -> dict:
+def score(pairs: Sequence[Tuple[Path, Path]], detect: Callable[[np.ndarray], Sequence[np.ndarray]]) -> dict:
+    """Coverage of every (image, mask) pair of a mask folder, read one at a time."""
     per_image = []
-    for name, image, mask in photos:
-        per_image.append({"image": name, **coverage(mask, detect(image))})
+    for image_path, mask_path in pairs:
+        image, mask = read_masked_photo(image_path, mask_path)
+        per_image.append({"image": image_path.name, **coverage(mask, detect(image))})
     return {**summarise(per_image), "per_image": per_image}
 
 
@@ -136,7 +128,9 @@ def run(args, log=print) -> dict:
 
     from .peer_rapidocr import RapidOcrDetector, locate_model
 
-    photos = read_masked_photos(args.folder)
+    from export.train.data import read_mask_folder
+
+    photos = read_mask_folder(args.folder)
     log(f"{args.folder}: {len(photos)} masked photos")
     report = {"command": common.command_line("benchmarks.mask_coverage", args.argv),
               "folder": str(args.folder), "photos": len(photos),

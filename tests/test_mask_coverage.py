@@ -84,3 +84,11 @@ def test_a_mask_without_its_photo_is_one_line(tmp_path):
     lines = []
     assert mc.main([str(folder), "--no-rapidocr"], log=lines.append) == 2
     assert len(lines) == 1 and "has no image" in lines[0]
+
+
+def test_an_unreadable_mask_is_one_line(tmp_path):
+    folder = mask_folder(tmp_path / "signs", n=1)
+    (folder / "img_0_mask.png").write_bytes(b"not a png")
+    lines = []
+    assert mc.main([str(folder), "--no-rapidocr"], log=lines.append) == 2
+    assert len(lines) == 2 and lines[1].startswith("mask_coverage: cannot read") and "img_0_mask.png" in lines[1]
