@@ -38,6 +38,7 @@ import cv2
 import numpy as np
 
 from engine.errors import DbrtError
+from export.train.data import read_mask_folder, read_masked_photo  # as training reads them
 
 from . import common
 
@@ -98,17 +99,6 @@ def summarise(per_image: Sequence[dict]) -> dict:
     return {**total, "recall": round(recall, 4), "precision": round(precision, 4), "hmean": round(hmean, 4)}
 
 
-def read_masked_photo(image_path: Path, mask_path: Path) -> Tuple[np.ndarray, np.ndarray]:
-    """(BGR image, boolean mask at the image's size) of one photo of a mask folder."""
-    image = cv2.imread(str(image_path), cv2.IMREAD_COLOR)
-    mask = cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE)
-    if image is None or mask is None:
-        raise DbrtError(f"cannot read {image_path if image is None else mask_path}")
-    if mask.shape != image.shape[:2]:  # as training resizes it
-        mask = cv2.resize(mask, image.shape[1::-1], interpolation=cv2.INTER_NEAREST)
-    return image, mask > 127
-
-
 def score(pairs: Sequence[Tuple[Path, Path]], detect: Callable[[np.ndarray], Sequence[np.ndarray]]) -> dict:
     """Coverage of every (image, mask) pair of a mask folder, read one at a time."""
     per_image = []
@@ -127,8 +117,6 @@ def run(args, log=print) -> dict:
     from pipeline.detector import Detector
 
     from .peer_rapidocr import RapidOcrDetector, locate_model
-
-    from export.train.data import read_mask_folder
 
     photos = read_mask_folder(args.folder)
     log(f"{args.folder}: {len(photos)} masked photos")

@@ -205,20 +205,24 @@ def mask_sample(mask: np.ndarray, image: np.ndarray) -> dict:
             "thresh_mask": np.zeros(shape, np.uint8), "image": np.ascontiguousarray(image)}
 
 
+def read_masked_photo(image_path: Path, mask_path: Path) -> Tuple[np.ndarray, np.ndarray]:
+    """(BGR image, 0/1 uint8 mask at the image's size) of one photo of a mask folder."""
+    image = cv2.imread(str(image_path), cv2.IMREAD_COLOR)
+    mask = cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE)
+    if image is None or mask is None:
+        raise DbrtError(f"cannot read {image_path if image is None else mask_path}")
+    if mask.shape != image.shape[:2]:
+        mask = cv2.resize(mask, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_NEAREST)
+    return image, (mask > 127).astype(np.uint8)
+
+
 class MaskDataset(_FolderDataset):
     """Random crops of a mask folder (see the module docstring)."""
 
     read = staticmethod(read_mask_folder)
 
     def __getitem__(self, i: int) -> dict:
-        image_path, mask_path = self.items[i % len(self.items)]
-        image = cv2.imread(str(image_path), cv2.IMREAD_COLOR)
-        mask = cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE)
-        if image is None or mask is None:
-            raise DbrtError(f"cannot read {image_path if image is None else mask_path}")
-        if mask.shape != image.shape[:2]:
-            mask = cv2.resize(mask, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_NEAREST)
-        mask = (mask > 127).astype(np.uint8)
+        image, mask = read_masked_photo(*self.items[i % len(self.items)])
         boxes = _mask_boxes(mask)
         rng = np.random.default_rng((self.seed, i))
         image, _, _, (mask,) = augment(rng, image, boxes, [False] * len(boxes), self.crop, self.aug,
