@@ -87,7 +87,7 @@ def taught_maps(teacher, image: torch.Tensor, scale: float = 1.0, word_heights=N
     out = None
     for s in sorted(set(scales)):
         rows = [i for i, v in enumerate(scales) if v == s]
-        prob = teacher_probability(teacher, image[rows], s)
+        prob = teacher_probability(teacher, image[rows], s).float()  # bfloat16 at 1x under --amp
         out = prob.new_empty((image.shape[0], *prob.shape[1:])) if out is None else out
-        out[rows] = prob.to(out.dtype)
+        out[rows] = prob
     return out
