@@ -4,9 +4,10 @@ folders, and a weighted mix of them.
 All yield dicts of compact NumPy arrays (a quarter of the bytes of float32 maps, which is what a
 GPU run's loader has to move): `image` (S, S, 3) BGR uint8, the DB targets `gt`, `mask`,
 `thresh_mask` as uint8 0/1 and `thresh_map` as float16, and `word_height`, the crop's median
-word height in pixels (0: no word, or not known), which a distillation run's teacher reads. `model_batch` (export.train.loop) turns
-a batch into what the model and the loss take: the image normalised as the model expects (BGR
-minus the DB mean, / 255, NCHW float32) and float32 targets, on the training device.
+word height in pixels (0: no word, or not known), which a distillation run's teacher reads.
+`model_batch` (export.train.loop) turns a batch into what the model and the loss take: the image
+normalised as the model expects (BGR minus the DB mean, / 255, NCHW float32) and float32
+targets, on the training device.
 Sample i of a SynthDataset depends only on (seed, i): runs are reproducible whatever the
 number of DataLoader workers.
 

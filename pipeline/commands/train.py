@@ -16,9 +16,9 @@ an optional sampling weight: --data ic15=0.5 --data masks=0.3 --data synth=0.2. 
 the DB paper's augmentation (rotation +-10 deg, crop, flip, scale 0.5-3; --scale changes
 the range). --teacher CHECKPOINT distils a larger model trained first into this one (its
 probability maps as soft targets, weighted by --distill; --teacher-scale lets it read each crop
-larger, --teacher-word-cap only as far as the crop's words stay within a height). --val DATASET scores
-the EMA weights every --val-every steps and at the end (ICDAR 2015 protocol) and keeps the best
-as best.pt. Checkpoints go to --out (last.pt, best.pt, step_NNNNNN.pt); --resume continues
+larger, --teacher-word-cap only as far as the crop's words stay within a height). --val DATASET
+scores the EMA weights every --val-every steps and at the end (ICDAR 2015 protocol) and keeps the
+best as best.pt. Checkpoints go to --out (last.pt, best.pt, step_NNNNNN.pt); --resume continues
 --out/last.pt with the run's own settings (--out/config.json): only --workers, --threads,
 --device, --amp, --time-limit, --log-every, --save-every and the --val flags may be given anew.
 --val-tune scores each validation at its best post-processing thresholds (what a model ships
