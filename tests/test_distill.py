@@ -94,62 +94,6 @@ def test_a_scaled_teacher_reads_the_crop_larger_and_answers_at_the_students_size
     assert teacher.sizes[-1] == (32, 64) and smaller.shape == (2, 1, 64, 96)
 
 
-def test_a_word_cap_lowers_the_teachers_scale_for_crops_of_large_words():
-    from export.train.weights import capped_scales, taught_maps
-
-    heights = torch.tensor([20.0, 40.0, 80.0, 0.0])
-    # 20 px words read at 1.5x stay within 48 px; 40 px ones only to 1.2x; 80 px ones as they
-    # are (never smaller); a crop of unknown word height keeps the full scale
-    assert capped_scales(heights, 1.5, 48) == [1.5, 1.2, 1.0, 1.5]
-    image = torch.rand(4, 3, 64, 64)
-    teacher = _Recorder()
-    maps = taught_maps(teacher, image, 1.5, heights, 48)
-    assert sorted(teacher.sizes) == [(64, 64), (64, 64), (96, 96)]  # one pass per scale
-    assert maps.shape == (4, 1, 64, 64)
-    for i, s in enumerate([1.5, 1.2, 1.0, 1.5]):  # each crop's map is its own scale's
-        assert torch.allclose(maps[i], teacher_probability_of(image[i:i + 1], s)[0], atol=1e-6)
-    teacher.sizes.clear()
-    assert torch.equal(taught_maps(teacher, image, 1.5), taught_maps(_Recorder(), image, 1.5, heights, 0))
-    assert teacher.sizes == [(96, 96)]  # no cap: one pass of the whole batch
-
-
-def teacher_probability_of(image, scale):
-    from export.train.weights import teacher_probability
-
-    return teacher_probability(_Recorder(), image, scale)
-
-
-def test_training_samples_carry_their_median_word_height(tmp_path):
-    import numpy as np
-
-    from export.train.data import mask_sample, median_word_height
-
-    words = [np.float32([[0, 0], [50, 0], [50, 10], [0, 10]]),
-             np.float32([[0, 20], [90, 20], [90, 50], [0, 50]]),
-             np.float32([[0, 60], [40, 60], [40, 80], [0, 80]]),
-             np.float32([[0, 90], [99, 90], [99, 199], [0, 199]])]
-    assert median_word_height(words, [False, False, False, True]) == pytest.approx(20)
-    assert median_word_height(words, [True] * 4) == 0.0
-    mask = np.zeros((8, 8), np.uint8)
-    assert float(mask_sample(mask, np.zeros((8, 8, 3), np.uint8))["word_height"]) == 0.0
-
-
-def test_the_word_cap_flag_is_checked_and_reaches_the_config(tmp_path, capsys):
-    from pipeline.cli import main
-
-    torch.set_num_threads(1)
-    out = tmp_path / "run"
-    args = ["train", "--out", str(out), "--width", "0.25", "--steps", "1", "--batch", "2",
-            "--crop", "64", "--workers", "0", "--threads", "1"]
-    assert main(args + ["--teacher-word-cap", "-1"]) != 0
-    assert "--teacher-word-cap" in capsys.readouterr().err
-    teacher = tmp_path / "teacher"
-    assert main(["train", "--out", str(teacher)] + args[3:]) == 0
-    assert main(args + ["--teacher", str(teacher / "last.pt"), "--teacher-scale", "1.5",
-                        "--teacher-word-cap", "48"]) == 0
-    assert json.loads((out / "config.json").read_text())["teacher_word_cap"] == 48
-
-
 def test_a_model_teaches_itself_at_a_larger_scale(tmp_path, capsys):
     from export.train.loop import train
 

@@ -51,9 +51,6 @@ class TrainConfig:
     # the teacher sees each crop this much larger (its map scaled back): a model reads small
     # words better at a larger input, so it can teach itself at its own size (scale distillation)
     teacher_scale: float = 1.0
-    # ... but only as far as each crop's median word stays within this height at the teacher's
-    # input (pixels; 0: no limit): the larger reading teaches small words, and merges big ones
-    teacher_word_cap: float = 0.0
 
     # what may differ when a run is resumed: where and how fast it runs, how often it reports and
     # saves, and what it is scored on; everything else is the run's training recipe

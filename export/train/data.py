@@ -3,11 +3,9 @@ folders, and a weighted mix of them.
 
 All yield dicts of compact NumPy arrays (a quarter of the bytes of float32 maps, which is what a
 GPU run's loader has to move): `image` (S, S, 3) BGR uint8, the DB targets `gt`, `mask`,
-`thresh_mask` as uint8 0/1 and `thresh_map` as float16, and `word_height`, the crop's median
-word height in pixels (0: no word, or not known), which a distillation run's teacher reads.
-`model_batch` (export.train.loop) turns a batch into what the model and the loss take: the image
-normalised as the model expects (BGR minus the DB mean, / 255, NCHW float32) and float32
-targets, on the training device.
+`thresh_mask` as uint8 0/1 and `thresh_map` as float16. `model_batch` (export.train.loop) turns
+a batch into what the model and the loss take: the image normalised as the model expects (BGR
+minus the DB mean, / 255, NCHW float32) and float32 targets, on the training device.
 Sample i of a SynthDataset depends only on (seed, i): runs are reproducible whatever the
 number of DataLoader workers.
 
@@ -48,28 +46,18 @@ def normalise(image: np.ndarray) -> np.ndarray:
     return cv2.dnn.blobFromImage(image, 1 / 255.0, mean=tuple(DB_MEAN_BGR), swapRB=False)[0]
 
 
-def compact(targets: dict, image: np.ndarray, word_height: float = 0.0) -> dict:
+def compact(targets: dict, image: np.ndarray) -> dict:
     """make_targets' float32 maps + the uint8 crop -> one compact training sample."""
     sample = {k: targets[k].astype(np.uint8) for k in ("gt", "mask", "thresh_mask")}
     sample["thresh_map"] = targets["thresh_map"].astype(np.float16)
     sample["image"] = np.ascontiguousarray(image)
-    sample["word_height"] = np.asarray(word_height, np.float32)  # 0-d: collated to (N,)
     return sample
-
-
-def median_word_height(polygons, ignore) -> float:
-    """The median height (the short side of the smallest enclosing rectangle) of the words not
-    marked "do not care", in pixels; 0 when there is none."""
-    heights = [min(cv2.minAreaRect(np.asarray(p, np.float32).reshape(-1, 2))[1])
-               for p, ign in zip(polygons, ignore) if not ign and len(p) >= 3]
-    return float(np.median(heights)) if heights else 0.0
 
 
 def make_sample(rng, image, polygons, ignore, crop: int, aug: AugmentConfig,
                 shrink_ratio: float = SHRINK_RATIO) -> dict:
     image, polygons, ignore = augment(rng, image, polygons, ignore, crop, aug)
-    return compact(make_targets(polygons, ignore, crop, crop, shrink_ratio=shrink_ratio), image,
-                   median_word_height(polygons, ignore))
+    return compact(make_targets(polygons, ignore, crop, crop, shrink_ratio=shrink_ratio), image)
 
 
 class SynthDataset:
@@ -210,13 +198,11 @@ def _mask_boxes(mask: np.ndarray) -> List[np.ndarray]:
 
 def mask_sample(mask: np.ndarray, image: np.ndarray) -> dict:
     """A compact sample from a shrunk-text mask: probability target = the mask, no threshold
-    target (made in the compact types directly: no float32 maps to convert); its word height is
-    not known (the mask's shrunk regions are a fraction of the words' height)."""
+    target (made in the compact types directly: no float32 maps to convert)."""
     shape = mask.shape
     return {"gt": (mask > 0).view(np.uint8), "mask": np.ones(shape, np.uint8),
             "thresh_map": np.full(shape, THRESH_MIN, np.float16),
-            "thresh_mask": np.zeros(shape, np.uint8), "image": np.ascontiguousarray(image),
-            "word_height": np.asarray(0.0, np.float32)}
+            "thresh_mask": np.zeros(shape, np.uint8), "image": np.ascontiguousarray(image)}
 
 
 def read_masked_photo(image_path: Path, mask_path: Path) -> Tuple[np.ndarray, np.ndarray]:

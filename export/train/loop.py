@@ -31,7 +31,7 @@ from engine.errors import ModelError
 from .config import TrainConfig
 from .data import MixedDataset, open_source, parse_source
 from .losses import training_loss
-from .weights import load_teacher, load_weights, read_checkpoint, taught_maps
+from .weights import load_teacher, load_weights, read_checkpoint, teacher_probability
 
 Validate = Callable[[torch.nn.Module], dict]
 
@@ -337,8 +337,7 @@ def train(cfg: TrainConfig, validate: Optional[Validate] = None) -> Path:
                 pred = model(batch["image"])
                 with torch.no_grad():
                     taught = (None if teacher is None
-                              else taught_maps(teacher, batch["image"], cfg.teacher_scale,
-                                               batch.get("word_height"), cfg.teacher_word_cap))
+                              else teacher_probability(teacher, batch["image"], cfg.teacher_scale))
             terms = training_loss(pred, batch, taught, cfg.distill)
             opt.zero_grad(set_to_none=True)
             terms["loss"].backward()

@@ -63,31 +63,3 @@ def teacher_probability(teacher, image: torch.Tensor, scale: float = 1.0) -> tor
     if scale > 1:
         return F.adaptive_avg_pool2d(prob, image.shape[-2:])
     return F.interpolate(prob, size=image.shape[-2:], mode="bilinear", align_corners=False)
-
-
-def capped_scales(word_heights: torch.Tensor, scale: float, word_cap: float) -> list:
-    """Each crop's teacher scale: `scale`, lowered so that the crop's median word, read larger,
-    stays within `word_cap` pixels (a model merges and misses words well above the sizes it
-    reads best), never below 1 (the crop as it is); a crop whose word height is unknown (0)
-    keeps `scale`. Rounded to 0.05 so that crops of one scale share a teacher pass."""
-    scales = []
-    for h in word_heights.tolist():
-        s = scale if h <= 0 else min(scale, max(1.0, word_cap / h))
-        scales.append(round(s * 20) / 20)
-    return scales
-
-
-def taught_maps(teacher, image: torch.Tensor, scale: float = 1.0, word_heights=None,
-                word_cap: float = 0.0) -> torch.Tensor:
-    """The teacher's probability maps of a batch: every crop read at `scale`, or with
-    `word_cap` (and the batch's `word_heights`) each at its `capped_scales` scale."""
-    if not word_cap or word_heights is None or scale <= 1.0:
-        return teacher_probability(teacher, image, scale)
-    scales = capped_scales(word_heights, scale, word_cap)
-    out = None
-    for s in sorted(set(scales)):
-        rows = [i for i, v in enumerate(scales) if v == s]
-        prob = teacher_probability(teacher, image[rows], s).float()  # bfloat16 at 1x under --amp
-        out = prob.new_empty((image.shape[0], *prob.shape[1:])) if out is None else out
-        out[rows] = prob
-    return out

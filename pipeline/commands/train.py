@@ -16,9 +16,9 @@ an optional sampling weight: --data ic15=0.5 --data masks=0.3 --data synth=0.2. 
 the DB paper's augmentation (rotation +-10 deg, crop, flip, scale 0.5-3; --scale changes
 the range). --teacher CHECKPOINT distils a larger model trained first into this one (its
 probability maps as soft targets, weighted by --distill; --teacher-scale lets it read each crop
-larger, --teacher-word-cap only as far as the crop's words stay within a height). --val DATASET
-scores the EMA weights every --val-every steps and at the end (ICDAR 2015 protocol) and keeps the
-best as best.pt. Checkpoints go to --out (last.pt, best.pt, step_NNNNNN.pt); --resume continues
+larger). --val DATASET scores
+the EMA weights every --val-every steps and at the end (ICDAR 2015 protocol) and keeps the best
+as best.pt. Checkpoints go to --out (last.pt, best.pt, step_NNNNNN.pt); --resume continues
 --out/last.pt with the run's own settings (--out/config.json): only --workers, --threads,
 --device, --amp, --time-limit, --log-every, --save-every and the --val flags may be given anew.
 --val-tune scores each validation at its best post-processing thresholds (what a model ships
@@ -96,10 +96,6 @@ def add_arguments(parser) -> None:
                  "(with --teacher; e.g. 1.5 with the model itself as teacher: scale "
                  "distillation, its better reading of small words at a larger input taught "
                  "at the default size)")
-    setting("--teacher-word-cap", metavar="PX", type=at_least(0.0, float), default=d.teacher_word_cap,
-            help="with --teacher-scale: a crop is read larger only as far as its median word "
-                 "stays within PX pixels tall (the teacher's best word sizes; a model reading "
-                 "large words larger still merges and misses them); 0: no limit")
     parser.add_argument("--resume", action="store_true", help="continue OUT/last.pt")
     setting("--val", metavar="DATASET",
             help="validation dataset (ICDAR / Total-Text folder or gt.json), never the test set")
@@ -186,8 +182,7 @@ def _new_config(args):
                        shrink_ratio=args.shrink_ratio, lr=args.lr,
                        warmup=min(args.warmup, args.steps), seed=args.seed, workers=args.workers,
                        threads=args.threads, init=args.init, teacher=args.teacher,
-                       distill=args.distill, teacher_scale=args.teacher_scale,
-                       teacher_word_cap=args.teacher_word_cap, save_every=args.save_every,
+                       distill=args.distill, teacher_scale=args.teacher_scale, save_every=args.save_every,
                        log_every=args.log_every, time_limit=args.time_limit, device=args.device,
                        amp=args.amp, val_every=args.val_every, val=args.val, val_images=args.val_images,
                        val_tune=args.val_tune)).with_absolute_paths()
