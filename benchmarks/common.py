@@ -191,6 +191,20 @@ def measure(fn: Callable[[], object], warmup: int = 3, repeats: int = 10,
     return Stats.from_seconds(samples)
 
 
+def time_in_turns(calls: Dict[str, Callable[[], object]], repeats: int) -> Dict[str, List[float]]:
+    """Seconds per call of each of `calls` (after one untimed warm-up each: allocations, kernel
+    choice), the calls taking turns every repetition so that the machine's load falls on all alike."""
+    for call in calls.values():
+        call()
+    samples: Dict[str, List[float]] = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            samples[name].append(time.perf_counter() - start)
+    return samples
+
+
 # -- writers -----------------------------------------------------------------------------------
 
 def _fmt(value) -> str:

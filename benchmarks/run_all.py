@@ -114,6 +114,7 @@ FILE_KINDS = (  # file name prefix -> what it holds
     ("pipeline_", "full pipeline vs inference alone"), ("postprocess", "post-processing vs reference"),
     ("peer_", "RapidOCR side by side"), ("precision_accuracy", "FP16 / INT8 vs FP32 accuracy"),
     ("gpu_proof", "GPU proof"), ("width_cost", "backbone width: file size and CPU latency"),
+    ("input_size", "input size: validation accuracy against CPU time"),
 )
 
 

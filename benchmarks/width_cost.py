@@ -13,10 +13,10 @@ ONNX runs in the same rounds, as the check that the width-0.5 row is the shipped
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
@@ -61,16 +61,8 @@ def time_in_turns(models: Dict[str, Path], size: Tuple[int, int], repeats: int,
     sessions = {name: ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
                 for name, path in models.items()}
     x = np.random.default_rng(0).random((1, 3, *size), dtype=np.float32)
-    feeds = {name: {s.get_inputs()[0].name: x} for name, s in sessions.items()}
-    for name, s in sessions.items():  # warm-up: allocations, kernel choice
-        s.run(None, feeds[name])
-    samples: Dict[str, List[float]] = {name: [] for name in sessions}
-    for _ in range(repeats):
-        for name, s in sessions.items():
-            start = time.perf_counter()
-            s.run(None, feeds[name])
-            samples[name].append(time.perf_counter() - start)
-    return samples
+    calls = {name: functools.partial(s.run, None, {s.get_inputs()[0].name: x}) for name, s in sessions.items()}
+    return common.time_in_turns(calls, repeats)
 
 
 def rows_for(models: Dict[str, Path], params: Dict[str, int], frames: Sequence[Tuple[int, int]],

@@ -455,3 +455,42 @@ def test_width_cost_argument_errors_are_one_line(argv, message, capsys):
     with pytest.raises(SystemExit) as stop:
         width_cost.main(argv)
     assert stop.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_input_size_scores_and_times_every_side_against_the_default(tmp_path, monkeypatch):
+    from benchmarks import input_size
+    from export.synth.dataset import write_dataset
+
+    write_dataset(tmp_path / "val", 3, height=256, width=384)
+    monkeypatch.setenv("DBRT_RESULTS_DIR", str(tmp_path / "out"))
+    said = []
+    assert input_size.main(["--val", str(tmp_path / "val"), "--sides", "736", "256", "320", "256",
+                            "--repeats", "1", "--threads", "1"], log=said.append) == 0
+    payload = json.loads((tmp_path / "out" / "input_size.json").read_text())
+    rows = payload["rows"]
+    assert [r["short_side"] for r in rows] == [256, 320, 736]  # sorted, once each
+    assert [r["photo_input"] for r in rows] == ["256x384", "320x480", "736x1088"]
+    assert rows[0]["video_input"] == "256x448" and rows[2]["video_input"] == "736x1312"
+    assert rows[2]["photo_time_vs_736"] == 1.0 and rows[2]["video_time_vs_736"] == 1.0
+    for row in rows:  # the model's own settings are on the grid, so tuning never scores lower
+        assert row["own_settings"] == "0.25 / 0.4 / 1.1" and row["tuned_hmean"] >= row["own_hmean"]
+    assert rows[2]["own_hmean"] > 0.5 and payload["images"] == 3
+    assert "| 320 | 320x480 |" in (tmp_path / "out" / "input_size.md").read_text()
+    assert (tmp_path / "out" / "input_size.png").stat().st_size > 0
+    assert any(line.startswith("short side 736: photo 736x1088") for line in said)
+
+
+def test_input_size_bad_input_is_one_line(tmp_path, capsys):
+    from benchmarks import input_size
+
+    for argv, message in ((["--sides", "736"], "--val"), (["--val", "x", "--sides", "16"], "from 32 to 4096"),
+                          (["--val", "x", "--repeats", "0"], "--repeats must be at least 1")):
+        with pytest.raises(SystemExit) as stop:
+            input_size.main(argv)
+        assert stop.value.code == 2 and message in capsys.readouterr().err
+    said = []
+    assert input_size.main(["--val", str(tmp_path / "none"), "--model", str(tmp_path / "m.onnx")],
+                           log=said.append) == 2
+    assert said == [f"input_size: --model {tmp_path / 'm.onnx'}: no such file"]
+    assert input_size.main(["--val", str(tmp_path / "none")], log=said.append) == 2
+    assert "dataset not found" in said[-1] and len(said) == 2
