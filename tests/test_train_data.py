@@ -62,36 +62,6 @@ def test_losses_prefer_the_right_answer():
     assert balanced_bce(torch.full((1, 16, 16), 0.9), empty, torch.ones(1, 16, 16)) > 1.0
 
 
-def test_word_balance_weighs_every_word_alike_and_keeps_the_positives_total():
-    torch = pytest.importorskip("torch")
-    from export.train.losses import balanced_bce, db_loss, word_weights
-
-    big = np.float32([[10, 10], [110, 10], [110, 50], [10, 50]])
-    small = np.float32([[130, 60], [154, 60], [154, 70], [130, 70]])
-    t = make_targets([big, small], [False, False], 80, 160, shrink_ratio=0.3)
-    gt, mask = (torch.from_numpy(t[k])[None] for k in ("gt", "mask"))
-    kernels = [gt[0, 30, 60].item(), gt[0, 65, 142].item()]
-    assert kernels == [1.0, 1.0]
-    areas = [gt[0, :, :120].sum().item(), gt[0, 55:, 125:].sum().item()]
-    flat = word_weights(gt, mask, 0.0)
-    assert flat[gt > 0].unique().tolist() == [1.0]  # gamma 0: DB's per-pixel loss
-    alike = word_weights(gt, mask, 1.0)
-    per_word = [alike[0, :, :120].sum().item(), alike[0, 55:, 125:].sum().item()]
-    assert per_word[0] == pytest.approx(per_word[1], rel=1e-4)  # gamma 1: each word counts the same
-    assert alike.sum().item() == pytest.approx(sum(areas), rel=1e-4) and (alike[gt == 0] == 0).all()
-    # the small word's miss costs more than under the per-pixel loss, the large word's less
-    miss_small = gt.clone()
-    miss_small[0, 55:, 125:] = 0
-    pred = miss_small * 0.98 + 0.01
-    assert balanced_bce(pred, gt, mask, positive_weight=alike) > 2 * balanced_bce(pred, gt, mask)
-    batch = {k: torch.from_numpy(v)[None] for k, v in t.items()}
-    out = {"binary": pred[:, None], "thresh_binary": pred[:, None], "thresh": batch["thresh_map"][:, None]}
-    assert db_loss(out, batch, word_balance=0.5)["bce"] > db_loss(out, batch)["bce"]
-    empty = torch.zeros(1, 16, 16)  # no words: nothing to weigh, negatives still learn
-    assert balanced_bce(torch.full((1, 16, 16), 0.9), empty, torch.ones(1, 16, 16),
-                        positive_weight=word_weights(empty, torch.ones(1, 16, 16), 0.5)) > 1.0
-
-
 def test_augment_keeps_polygons_on_their_text():
     rng = np.random.default_rng(0)
     img = np.zeros((200, 300, 3), np.uint8)
@@ -158,13 +128,6 @@ def test_shrink_ratio_flag_is_checked_and_reaches_the_config(capsys, tmp_path):
         assert "--shrink-ratio" in err and "Traceback" not in err
     args = build_parser().parse_args(["train", "--out", str(tmp_path / "r"), "--shrink-ratio", "0.3"])
     assert _new_config(args).shrink_ratio == 0.3
-    for bad in ("-0.1", "1.5", "x"):
-        assert main(["train", "--out", "unused", "--word-balance", bad]) == 2
-        err = capsys.readouterr().err
-        assert "--word-balance" in err and "Traceback" not in err
-    args = build_parser().parse_args(["train", "--out", str(tmp_path / "r"), "--word-balance", "0.5"])
-    assert _new_config(args).word_balance == 0.5 and _new_config(args).recipe_differences(
-        _new_config(build_parser().parse_args(["train", "--out", str(tmp_path / "r")]))) == [("word_balance", 0.5, 0.0)]
 
 
 def test_scale_flag_is_checked(capsys):

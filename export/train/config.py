@@ -24,10 +24,6 @@ class TrainConfig:
     # DB's shrink ratio r for polygon labels (ICDAR, synthetic): the probability target is each
     # word shrunk by A (1 - r^2) / L; a smaller r parts neighbouring words more widely
     shrink_ratio: float = 0.4
-    # the probability loss's weight per word: 0 is DB's per-pixel loss (a word weighs its area,
-    # so a 10 px tall word a hundredth of a 100 px one); g > 0 weighs word i's pixels area^-g,
-    # 1 counting every word alike (export.train.losses.word_weights)
-    word_balance: float = 0.0
     lr: float = 2e-3
     weight_decay: float = 1e-4
     warmup: int = 300

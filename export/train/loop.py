@@ -338,7 +338,7 @@ def train(cfg: TrainConfig, validate: Optional[Validate] = None) -> Path:
                 with torch.no_grad():
                     taught = (None if teacher is None
                               else teacher_probability(teacher, batch["image"], cfg.teacher_scale))
-            terms = training_loss(pred, batch, taught, cfg.distill, cfg.word_balance)
+            terms = training_loss(pred, batch, taught, cfg.distill)
             opt.zero_grad(set_to_none=True)
             terms["loss"].backward()
             opt.step()

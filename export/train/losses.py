@@ -2,58 +2,34 @@
 
 Ls: binary cross-entropy on the probability map with 3:1 hard-negative mining (OHEM),
 Lb: dice loss on the approximate binary map (k = 50), Lt: masked L1 on the threshold map.
-With `word_balance` > 0, Ls weighs small words' pixels more (`word_weights`).
 With a teacher, `distill_loss` adds how far the student's probability map is from the teacher's.
 """
 from __future__ import annotations
 
 from typing import Dict, Optional
 
-import cv2
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 EPS = 1e-6
 
 
-def balanced_bce(pred, gt, mask, negative_ratio: float = 3.0, min_negatives: int = 256,
-                 positive_weight: Optional[torch.Tensor] = None):
+def balanced_bce(pred, gt, mask, negative_ratio: float = 3.0, min_negatives: int = 256):
     """BCE over positives plus the hardest `negative_ratio` x as many negatives (whole batch).
 
-    `min_negatives` keeps learning from text-free batches (hard-negative scenes);
-    `positive_weight` (the shape of `gt`) weighs the positive pixels' terms."""
+    `min_negatives` keeps learning from text-free batches (hard-negative scenes)."""
     positive = gt * mask
     negative = (1 - gt) * mask
     pos_count = int(positive.sum().item())
     neg_count = int(min(negative.sum().item(), max(pos_count * negative_ratio, min_negatives)))
     loss = F.binary_cross_entropy(pred.clamp(EPS, 1 - EPS), gt, reduction="none")
-    pos_loss = (loss * positive * (1 if positive_weight is None else positive_weight)).sum()
+    pos_loss = (loss * positive).sum()
     neg_loss = (loss * negative).flatten()
     if neg_count > 0:
         neg_loss = torch.topk(neg_loss, neg_count, sorted=False).values.sum()
     else:
         neg_loss = neg_loss.sum() * 0
     return (pos_loss + neg_loss) / (pos_count + neg_count + EPS)
-
-
-def word_weights(gt: torch.Tensor, mask: torch.Tensor, gamma: float) -> torch.Tensor:
-    """Weights of the positive pixels (N, H, W) that move the probability loss from per pixel
-    toward per word: the pixels of word i (a connected kernel of `gt`, area a_i) weigh
-    a_i^-gamma, scaled so that the counted positives' total weight stays their number (the
-    negatives' share is unchanged). gamma 0 is DB's per-pixel loss, 1 counts every word alike."""
-    kernels = (gt > 0.5).to("cpu", torch.uint8).numpy()
-    weights = np.zeros(kernels.shape, np.float32)
-    for plane, out in zip(kernels, weights):
-        n, labels, stats, _ = cv2.connectedComponentsWithStats(plane, connectivity=8)
-        if n > 1:
-            per_word = stats[:, cv2.CC_STAT_AREA].astype(np.float32) ** -gamma
-            per_word[0] = 0.0  # the background
-            out[:] = per_word[labels]
-    weight = torch.from_numpy(weights).to(gt.device)
-    counted = gt * mask
-    total = (weight * counted).sum()
-    return weight * (counted.sum() / total) if total.item() > 0 else weight
 
 
 def dice_loss(pred, gt, mask):
@@ -70,11 +46,10 @@ def masked_l1(pred, gt, mask):
 
 
 def db_loss(out: Dict[str, torch.Tensor], batch: Dict[str, torch.Tensor],
-            alpha: float = 1.0, beta: float = 10.0, word_balance: float = 0.0) -> Dict[str, torch.Tensor]:
+            alpha: float = 1.0, beta: float = 10.0) -> Dict[str, torch.Tensor]:
     """Loss terms of a DBNet training output against make_targets() targets (N, H, W)."""
     gt, mask = batch["gt"], batch["mask"]
-    weight = word_weights(gt, mask, word_balance) if word_balance > 0 else None
-    ls = balanced_bce(out["binary"][:, 0], gt, mask, positive_weight=weight)
+    ls = balanced_bce(out["binary"][:, 0], gt, mask)
     lb = dice_loss(out["thresh_binary"][:, 0], gt, mask)
     lt = masked_l1(out["thresh"][:, 0], batch["thresh_map"], batch["thresh_mask"])
     return {"loss": ls + alpha * lb + beta * lt, "bce": ls, "dice": lb, "l1": lt}
@@ -91,11 +66,10 @@ def distill_loss(student_prob, teacher_prob):
 
 
 def training_loss(pred: Dict[str, torch.Tensor], batch: Dict[str, torch.Tensor],
-                  taught: Optional[torch.Tensor] = None, weight: float = 1.0,
-                  word_balance: float = 0.0) -> Dict[str, torch.Tensor]:
-    """A step's loss terms in float32: the DB loss (`word_balance`: see `word_weights`), plus
-    `weight` x the distillation term when a teacher's probability map `taught` is given."""
-    terms = db_loss({k: v.float() for k, v in pred.items()}, batch, word_balance=word_balance)
+                  taught: Optional[torch.Tensor] = None, weight: float = 1.0) -> Dict[str, torch.Tensor]:
+    """A step's loss terms in float32: the DB loss, plus `weight` x the distillation term when a
+    teacher's probability map `taught` is given."""
+    terms = db_loss({k: v.float() for k, v in pred.items()}, batch)
     if taught is not None:
         terms["distill"] = distill_loss(pred["binary"], taught)
         terms["loss"] = terms["loss"] + weight * terms["distill"]

@@ -72,10 +72,6 @@ def add_arguments(parser) -> None:
                               "probability target is each word shrunk by area x (1 - R^2) / perimeter "
                               "(the paper's 0.4; a smaller R parts neighbouring words more widely; "
                               "mask folders come shrunk at about 0.4 and are used as they are)")
-    setting("--word-balance", type=between(0.0, 1.0, float), default=d.word_balance, metavar="G",
-            help="weigh each word's pixels in the probability loss by its area^-G: 0 is DB's "
-                 "per-pixel loss, where a word counts by its size; 1 counts every word alike "
-                 "(more weight on small words)")
     setting("--lr", type=at_least(0.0, float, strict=True), default=d.lr,
             help="peak AdamW learning rate")
     setting("--warmup", type=at_least(0), default=d.warmup, help="steps of linear warm-up to --lr")
@@ -183,7 +179,7 @@ def _new_config(args):
     return (TrainConfig(out_dir=args.out, data=data if len(data) > 1 else data[0],
                        scene=args.scene, arch=args.arch, width=args.width,
                        steps=args.steps, batch=args.batch, crop=args.crop, scale=args.scale,
-                       shrink_ratio=args.shrink_ratio, word_balance=args.word_balance, lr=args.lr,
+                       shrink_ratio=args.shrink_ratio, lr=args.lr,
                        warmup=min(args.warmup, args.steps), seed=args.seed, workers=args.workers,
                        threads=args.threads, init=args.init, teacher=args.teacher,
                        distill=args.distill, teacher_scale=args.teacher_scale, save_every=args.save_every,
