@@ -249,3 +249,14 @@ def test_an_output_folder_nobody_can_write_is_named_even_for_root(place, capsys)
     """os.access says yes to root everywhere; writing is tried instead."""
     line = one_error_line(capsys, RUN + ["-o", "/proc/dbrt_out"])
     assert "-o/--output: cannot create folder '/proc/dbrt_out': '/proc' is not writable" in line
+
+
+@pytest.mark.parametrize("command", ["run", "eval", "export", "build", "train"])
+def test_help_shows_only_defaults_that_say_something(command, capsys):
+    """No '(default: None)' / '(default: False)' noise, and no default given twice."""
+    assert main([command, "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: None)" not in text and "(default: False)" not in text
+    assert "(default: pipeline/assets/demo.mp4) (default" not in text
+    if command == "run":
+        assert "output folder (default: out/run)" in text
