@@ -49,7 +49,8 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if action.default in (None, False, argparse.SUPPRESS) or "(default" in text or "default:" in text:
+        unset = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        if unset or "(default" in text or "default:" in text:  # `is`: a default of 0 says something
             return text
         return super()._get_help_string(action)
 
