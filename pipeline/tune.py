@@ -25,6 +25,24 @@ BOX_THRESH = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7)
 UNCLIP_RATIO = (1.0, 1.1, 1.2, 1.3, 1.5, 1.7, 2.0)
 
 
+def grid_edges(row: Dict[str, float], thresh: Sequence[float] = THRESH,
+               box_thresh: Sequence[float] = BOX_THRESH,
+               unclip_ratio: Sequence[float] = UNCLIP_RATIO) -> List[str]:
+    """The settings of `row` that lie on an edge of the grid, where a better value may lie
+    outside it: ["thresh 0.2 is the lowest tried", ...]. box_thresh at thresh is no edge (a
+    box's mean score is above thresh anyway, so lower values box the same)."""
+    edges = []
+    for name, grid in (("thresh", thresh), ("box_thresh", box_thresh), ("unclip_ratio", unclip_ratio)):
+        value = row[name]
+        if len(grid) < 2 or (name == "box_thresh" and value <= row["thresh"]):
+            continue
+        if value == min(grid):
+            edges.append(f"{name} {value:g} is the lowest tried")
+        elif value == max(grid):
+            edges.append(f"{name} {value:g} is the highest tried")
+    return edges
+
+
 def probability_maps(detector, dataset) -> list:
     """(sample, host probability map batch, letterboxes) per image: the network's part, run once."""
     kept = []

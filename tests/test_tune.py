@@ -69,3 +69,49 @@ def test_cli_tune_prints_the_best_settings(tmp_path, synthetic_val, capsys):
     assert "\nat those settings: missed " in out and "; false alarms " in out
     grid = json.loads((tmp_path / "t.json").read_text())["grid"]
     assert grid[0]["hmean"] >= grid[-1]["hmean"] and {"thresh", "box_thresh", "unclip_ratio"} <= set(grid[0])
+
+
+def test_grid_edges_name_the_settings_a_wider_grid_could_beat():
+    from pipeline.tune import grid_edges
+
+    grid = dict(thresh=(0.2, 0.3), box_thresh=(0.3, 0.5, 0.7), unclip_ratio=(1.0, 1.5, 2.0))
+    row = {"thresh": 0.2, "box_thresh": 0.5, "unclip_ratio": 2.0}
+    assert grid_edges(row, **grid) == ["thresh 0.2 is the lowest tried", "unclip_ratio 2 is the highest tried"]
+    assert grid_edges({"thresh": 0.3, "box_thresh": 0.3, "unclip_ratio": 1.5}, **grid) == [
+        "thresh 0.3 is the highest tried"]  # box_thresh at thresh is no edge
+    assert grid_edges({"thresh": 0.2, "box_thresh": 0.3, "unclip_ratio": 1.5}, **grid) == [
+        "thresh 0.2 is the lowest tried", "box_thresh 0.3 is the lowest tried"]
+    assert grid_edges(row, thresh=(0.2,), box_thresh=(0.5,), unclip_ratio=(2.0,)) == []  # one value: no edges
+
+
+def test_cli_tune_takes_its_grid_and_says_when_the_best_is_on_its_edge(tmp_path, capsys):
+    import json
+
+    from pipeline.cli import main
+
+    root = tmp_path / "v"
+    write_dataset(root, 2, height=256, width=384)
+    # each --tune-* implies --tune; one thresh, so the edge note can only name the others
+    assert main(["eval", "--dataset", str(root), "--threads", "1", "--tune-thresh", "0.3",
+                 "--tune-box-thresh", "0.5,0.4", "--tune-unclip", "1.5", "--json", str(tmp_path / "t.json")]) == 0
+    out = capsys.readouterr().out
+    assert "grid: thresh 0.3; box_thresh 0.4,0.5; unclip_ratio 1.5" in out
+    rows = json.loads((tmp_path / "t.json").read_text())["grid"]
+    assert {(r["thresh"], r["box_thresh"], r["unclip_ratio"]) for r in rows} == {(0.3, 0.4, 1.5), (0.3, 0.5, 1.5)}
+    best = rows[0]["box_thresh"]
+    assert f"on the grid's edge: box_thresh {best:g} is the {'lowest' if best == 0.4 else 'highest'} tried" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--tune-box-thresh", "0.1"], "--tune-box-thresh: every value is below the lowest thresh tried (0.2)"),
+    (["--tune-thresh", "0.2,x"], "argument --tune-thresh: must be comma-separated numbers from 0 to 1, got '0.2,x'"),
+    (["--tune-unclip", "0"], "argument --tune-unclip: must be comma-separated numbers from 0.1 to 10, got '0'"),
+])
+def test_cli_tune_grid_mistakes_are_one_line(tmp_path, capsys, argv, message):
+    from pipeline.cli import main
+
+    root = tmp_path / "v"
+    write_dataset(root, 1, height=256, width=384)
+    assert main(["eval", "--dataset", str(root)] + argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1

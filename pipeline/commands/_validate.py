@@ -58,6 +58,23 @@ def between(low, high, kind: type = int, open_ends: bool = False) -> Callable[[s
     return check
 
 
+def number_list(low, high) -> Callable[[str], tuple]:
+    """Comma-separated numbers, each in [low, high]: '0.1,0.15,0.2' -> (0.1, 0.15, 0.2), sorted."""
+    what = f"comma-separated numbers from {low:g} to {high:g}"
+
+    def check(text: str) -> tuple:
+        try:
+            values = tuple(sorted(float(part) for part in text.split(",")))
+        except ValueError:
+            values = ()
+        if not values or not all(low <= v <= high for v in values):  # NaN fails too
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+        return values
+
+    check.__name__ = f"numbers_between_{low}_{high}"
+    return check
+
+
 def side_length(text: str) -> int:
     """A resize side (--limit-side, --max-side): the stride up to the maximum input side."""
     return between(MIN_INPUT_SIDE, MAX_INPUT_SIDE)(text)

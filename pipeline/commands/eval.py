@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ._model import REC_MARGIN_HELP, add_triton_arguments
-from ._validate import DEVICES, at_least, between, output_file, output_folder, side_length
+from ._validate import DEVICES, at_least, between, number_list, output_file, output_folder, side_length
 
 NAME = "eval"
 HELP = "score a model on an ICDAR2015 / Total-Text / gt.json dataset (precision, recall, hmean)"
@@ -61,6 +61,13 @@ def add_arguments(parser) -> None:
                         help="grid-search thresh / box_thresh / unclip_ratio on this dataset (a "
                              "validation split, never the data you report) and print the best settings, with "
                              "the misses and false alarms by kind there")
+    grid = parser.add_argument_group("tuning grid (each implies --tune; default: the grid --tune prints)")
+    grid.add_argument("--tune-thresh", metavar="LIST", type=number_list(0.0, 1.0),
+                      help="thresh values to try, e.g. 0.1,0.15,0.2")
+    grid.add_argument("--tune-box-thresh", metavar="LIST", type=number_list(0.0, 1.0),
+                      help="box_thresh values to try")
+    grid.add_argument("--tune-unclip", metavar="LIST", type=number_list(0.1, 10.0),
+                      help="unclip_ratio values to try")
 
 
 def _tune(args, dataset) -> int:
@@ -69,22 +76,34 @@ def _tune(args, dataset) -> int:
 
     from dataclasses import replace
 
+    from engine.errors import DbrtError
+    from pipeline import tune
     from pipeline.postprocess import DBPostprocessor
-    from pipeline.tune import probability_maps, score, tune_on_maps
 
+    grid = {"thresh": args.tune_thresh or tune.THRESH, "box_thresh": args.tune_box_thresh or tune.BOX_THRESH,
+            "unclip_ratio": args.tune_unclip or tune.UNCLIP_RATIO}
+    if max(grid["box_thresh"]) < min(grid["thresh"]):
+        raise DbrtError(f"--tune-box-thresh: every value is below the lowest thresh tried "
+                        f"({min(grid['thresh']):g}), so no setting is left (a box's mean score is above "
+                        "thresh anyway)")
+    print("grid: " + "; ".join(f"{k} {','.join(f'{v:g}' for v in values)}" for k, values in grid.items()))
     with _detector(args) as detector:
-        maps = probability_maps(detector, dataset)
+        maps = tune.probability_maps(detector, dataset)
         base = detector.post.config
-    rows = tune_on_maps(maps, base)
+    rows = tune.tune_on_maps(maps, base, **grid)
     for row in rows[:10]:
         print("thresh {thresh:.2f} box_thresh {box_thresh:.2f} unclip_ratio {unclip_ratio:.1f}: "
               "P {precision:.4f} R {recall:.4f} hmean {hmean:.4f}".format(**row))
     best = rows[0]
     print(f"best on {dataset.name} ({len(dataset)} images): --thresh {best['thresh']} "
           f"--box-thresh {best['box_thresh']} --unclip-ratio {best['unclip_ratio']} (hmean {best['hmean']:.4f})")
+    edges = tune.grid_edges(best, **grid)
+    if edges:
+        print(f"on the grid's edge: {', '.join(edges)}; a better setting may lie outside it "
+              "(widen it with --tune-thresh / --tune-box-thresh / --tune-unclip)")
     chosen = replace(base, thresh=best["thresh"], box_thresh=best["box_thresh"],
                      unclip_ratio=best["unclip_ratio"])
-    print("at those settings: " + score(maps, DBPostprocessor(chosen, "cpu"), explain=True).errors_summary())
+    print("at those settings: " + tune.score(maps, DBPostprocessor(chosen, "cpu"), explain=True).errors_summary())
     if args.json:
         Path(args.json).write_text(json.dumps({"dataset": str(args.dataset), "grid": rows}, indent=1) + "\n")
     return 0
@@ -164,6 +183,7 @@ def run(args) -> int:
     from pipeline.datasets import open_dataset
     from pipeline.evaluate import evaluate_detector
 
+    args.tune = args.tune or any((args.tune_thresh, args.tune_box_thresh, args.tune_unclip))
     if args.tune and args.e2e:
         raise DbrtError("--tune scores detection only; run --e2e on its own, with the "
                         "thresholds --tune picked")
