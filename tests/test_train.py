@@ -129,6 +129,8 @@ def test_tuned_validation_records_its_thresholds_and_ship_takes_them(tmp_path):
     dataset = open_dataset(str(tmp_path / "val"))
     plain, tuned = make_validator(dataset)(model), make_validator(dataset, tune=True)(model)
     assert plain["hmean"] > 0 and tuned["untuned_hmean"] == plain["hmean"] and "thresh" not in plain
+    from pipeline.tune import grid_edges
+    assert tuned.get("on_grid_edge") == ("; ".join(grid_edges(tuned)) or None)  # said when there is one
     # weights without a tuned validation (the shipped state dict): the defaults
     none = argparse.Namespace(thresh=None, box_thresh=None, unclip_ratio=None)
     assert post_settings(WEIGHTS, none) == POST_DEFAULTS

@@ -129,11 +129,12 @@ def make_validator(dataset, tune: bool = False):
     """model -> {"precision", "recall", "hmean", "images"} on `dataset` through the same
     Detector (preprocessing, DB post-processing, frame mapping) that `dbrt run` uses. With
     `tune`, at the grid's best thresh / box_thresh / unclip_ratio on these maps (recorded in
-    the result, with the hmean at the default settings as "untuned_hmean")."""
+    the result, with the hmean at the default settings as "untuned_hmean", and "on_grid_edge"
+    when one of them is the grid's lowest or highest)."""
     from export.torch_runner import TorchRunner
     from pipeline.detector import Detector
     from pipeline.postprocess import DBPostprocessor
-    from pipeline.tune import probability_maps, score, tune_on_maps
+    from pipeline.tune import grid_edges, probability_maps, score, tune_on_maps
 
     def validate(model) -> dict:
         runner_device = "cuda" if next(model.parameters()).is_cuda else "cpu"
@@ -149,7 +150,9 @@ def make_validator(dataset, tune: bool = False):
             untuned = {"precision": result.precision, "recall": result.recall, "hmean": result.hmean}
         if not tune:
             return {**untuned, "images": len(dataset)}
-        return {**rows[0], "untuned_hmean": untuned["hmean"], "images": len(dataset)}
+        edges = grid_edges(rows[0])  # a wider grid (dbrt eval --tune-thresh ...) may do better
+        return {**rows[0], "untuned_hmean": untuned["hmean"], "images": len(dataset),
+                **({"on_grid_edge": "; ".join(edges)} if edges else {})}
 
     return validate
 
