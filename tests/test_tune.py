@@ -93,11 +93,12 @@ def test_cli_tune_takes_its_grid_and_says_when_the_best_is_on_its_edge(tmp_path,
     write_dataset(root, 2, height=256, width=384)
     # each --tune-* implies --tune; one thresh, so the edge note can only name the others
     assert main(["eval", "--dataset", str(root), "--threads", "1", "--tune-thresh", "0.3",
-                 "--tune-box-thresh", "0.5,0.4", "--tune-unclip", "1.5", "--json", str(tmp_path / "t.json")]) == 0
+                 "--tune-box-thresh", "0.5,0.4", "--tune-unclip", "1.25", "--json", str(tmp_path / "t.json")]) == 0
     out = capsys.readouterr().out
-    assert "grid: thresh 0.3; box_thresh 0.4,0.5; unclip_ratio 1.5" in out
+    assert "grid: thresh 0.3; box_thresh 0.4,0.5; unclip_ratio 1.25" in out
+    assert "unclip_ratio 1.25: P " in out  # each row as tried, not rounded
     rows = json.loads((tmp_path / "t.json").read_text())["grid"]
-    assert {(r["thresh"], r["box_thresh"], r["unclip_ratio"]) for r in rows} == {(0.3, 0.4, 1.5), (0.3, 0.5, 1.5)}
+    assert {(r["thresh"], r["box_thresh"], r["unclip_ratio"]) for r in rows} == {(0.3, 0.4, 1.25), (0.3, 0.5, 1.25)}
     best = rows[0]["box_thresh"]
     assert f"on the grid's edge: box_thresh {best:g} is the {'lowest' if best == 0.4 else 'highest'} tried" in out
 

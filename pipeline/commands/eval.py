@@ -92,7 +92,7 @@ def _tune(args, dataset) -> int:
         base = detector.post.config
     rows = tune.tune_on_maps(maps, base, **grid)
     for row in rows[:10]:
-        print("thresh {thresh:.2f} box_thresh {box_thresh:.2f} unclip_ratio {unclip_ratio:.1f}: "
+        print("thresh {thresh:g} box_thresh {box_thresh:g} unclip_ratio {unclip_ratio:g}: "
               "P {precision:.4f} R {recall:.4f} hmean {hmean:.4f}".format(**row))
     best = rows[0]
     print(f"best on {dataset.name} ({len(dataset)} images): --thresh {best['thresh']} "
