@@ -190,8 +190,7 @@ def infer_architecture(state: Mapping[str, object]) -> Dict[str, object]:
                          f"{'bottleneck' if bottleneck else 'basic'} blocks)")
     width = state["backbone.conv1.weight"].shape[0] / 64.0
     return {"arch": arch, "dcn": any(".conv2_offset." in k for k in state),
-            "width": width, "inner_channels": int(state["decoder.in5.weight"].shape[0]),
-            "detail": "decoder.detail_binarize.weight" in state}
+            "width": width, "inner_channels": int(state["decoder.in5.weight"].shape[0])}
 
 
 def _sidecar(path) -> Optional[dict]:
@@ -265,6 +264,6 @@ def model_from_checkpoint(source, arch: Optional[str] = None, dcn: Optional[bool
     if conflicts and strict:
         raise ModelError("checkpoint does not match the requested model: " + "; ".join(conflicts))
     model = DBNet(chosen["arch"], dcn=chosen["dcn"], width=chosen["width"],
-                  inner_channels=found["inner_channels"], detail=found["detail"])
+                  inner_channels=found["inner_channels"])
     report = load_checkpoint(model, raw, strict=strict)
     return model.eval(), report

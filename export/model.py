@@ -107,7 +107,7 @@ class ResNet(nn.Module):
         block = BasicBlock if kind == "basic" else Bottleneck
         # width < 1 gives a compact variant (same layout and names, fewer channels).
         c = [max(8, int(round(w * width))) for w in (64, 128, 256, 512)]
-        self.inplanes = self.inplanes_stem = c[0]
+        self.inplanes = c[0]
         self.conv1 = nn.Conv2d(3, c[0], 7, 2, 3, bias=False)
         self.bn1 = nn.BatchNorm2d(c[0])
         self.relu = nn.ReLU(inplace=True)
@@ -140,19 +140,13 @@ class ResNet(nn.Module):
         layers += [block(self.inplanes, planes, dcn=dcn) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
 
-    def stem(self, x):
-        """conv1-bn-relu: stride 2, before the max pool."""
-        return self.relu(self.bn1(self.conv1(x)))
-
-    def stages(self, stem):
-        c2 = self.layer1(self.maxpool(stem))
+    def forward(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        c2 = self.layer1(x)
         c3 = self.layer2(c2)
         c4 = self.layer3(c3)
         c5 = self.layer4(c4)
         return c2, c3, c4, c5
-
-    def forward(self, x):
-        return self.stages(self.stem(x))
 
 
 def _upsample_head(inner: int) -> nn.Sequential:
@@ -170,15 +164,9 @@ def _upsample_head(inner: int) -> nn.Sequential:
 
 
 class SegDetector(nn.Module):
-    """FPN neck + DB head (MhLiao's `SegDetector` with adaptive=True, k=50).
+    """FPN neck + DB head (MhLiao's `SegDetector` with adaptive=True, k=50)."""
 
-    detail_channels: the backbone stem's channels (stride 2); each head then adds a 1x1
-    projection of the stem to its half-resolution features, before their ReLU, so the last
-    upsampling sees stride-2 detail (small words' kernels are a pixel or two tall at stride 4).
-    The projections start at zero: a model fine-tuned from one without them starts as it."""
-
-    def __init__(self, in_channels: List[int], inner_channels: int = 256, k: float = 50.0,
-                 detail_channels: int = 0):
+    def __init__(self, in_channels: List[int], inner_channels: int = 256, k: float = 50.0):
         super().__init__()
         self.k = k
         self.up5 = nn.Upsample(scale_factor=2, mode="nearest")
@@ -204,32 +192,18 @@ class SegDetector(nn.Module):
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.constant_(m.bias, 1e-4)
-        self.detail = bool(detail_channels)
-        if self.detail:
-            self.detail_binarize = nn.Conv2d(detail_channels, q, 1)
-            self.detail_thresh = nn.Conv2d(detail_channels, q, 1)
-            for conv in (self.detail_binarize, self.detail_thresh):
-                nn.init.zeros_(conv.weight)
-                nn.init.zeros_(conv.bias)
 
-    def _head(self, head: nn.Sequential, fuse, stem, project):
-        if stem is None:
-            return head(fuse)
-        half = head[:5](fuse)  # conv-bn-relu, transposed conv to stride 2, bn
-        return head[5:](half + project(stem))
-
-    def forward(self, features, stem=None):
+    def forward(self, features):
         c2, c3, c4, c5 = features
-        stem = stem if self.detail else None
         in5 = self.in5(c5)
         out4 = self.up5(in5) + self.in4(c4)
         out3 = self.up4(out4) + self.in3(c3)
         out2 = self.up3(out3) + self.in2(c2)
         fuse = torch.cat((self.out5(in5), self.out4(out4), self.out3(out3), self.out2(out2)), 1)
-        binary = self._head(self.binarize, fuse, stem, getattr(self, "detail_binarize", None))
+        binary = self.binarize(fuse)
         if not self.training:
             return binary  # only the probability map is needed at inference
-        thresh = self._head(self.thresh, fuse, stem, getattr(self, "detail_thresh", None))
+        thresh = self.thresh(fuse)
         thresh_binary = torch.reciprocal(1 + torch.exp(-self.k * (binary - thresh)))
         return OrderedDict(binary=binary, thresh=thresh, thresh_binary=thresh_binary)
 
@@ -238,25 +212,20 @@ class DBNet(nn.Module):
     """backbone + decoder, as MhLiao's `BasicModel` (checkpoint keys `backbone.*`, `decoder.*`)."""
 
     def __init__(self, arch: str = "resnet18", dcn: bool = False, width: float = 1.0,
-                 inner_channels: int = None, detail: bool = False):
+                 inner_channels: int = None):
         super().__init__()
         self.arch = arch
         self.dcn = dcn
         self.width = width
         self.backbone = ResNet(arch, dcn=dcn, width=width)
         inner = inner_channels or max(32, int(round(256 * width)) // 4 * 4)
-        self.decoder = SegDetector(self.backbone.out_channels, inner,
-                                   detail_channels=self.backbone.inplanes_stem if detail else 0)
+        self.decoder = SegDetector(self.backbone.out_channels, inner)
 
     def forward(self, x):
-        if not self.decoder.detail:
-            return self.decoder(self.backbone(x))
-        stem = self.backbone.stem(x)
-        return self.decoder(self.backbone.stages(stem), stem)
+        return self.decoder(self.backbone(x))
 
     @property
     def arch_name(self) -> str:
         width = "" if self.width == 1.0 else f"_w{self.width:g}"
-        extras = ("_dcn" if self.dcn else "") + ("_detail" if self.decoder.detail else "")
-        return f"dbnet_{self.arch}{width}{extras}"
+        return f"dbnet_{self.arch}{width}{'_dcn' if self.dcn else ''}"
 

@@ -15,7 +15,6 @@ class TrainConfig:
     scene: str = "default"         # synthetic scene mix (export.synth.scene.SCENE_PRESETS)
     arch: str = "resnet18"
     width: float = 0.5
-    detail: bool = False           # the heads also see the stem's stride-2 features (export.model)
     steps: int = 8000
     batch: int = 8
     crop: int = 320

@@ -291,7 +291,7 @@ def train(cfg: TrainConfig, validate: Optional[Validate] = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     ck = _resumable_checkpoint(out / "last.pt", cfg) if cfg.resume and (out / "last.pt").exists() else None
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
-    model = DBNet(cfg.arch, width=cfg.width, detail=cfg.detail)
+    model = DBNet(cfg.arch, width=cfg.width)
     if cfg.init and ck is None:  # a resumed run's weights come from last.pt
         load_weights(model, cfg.init)
     # NHWC: cuDNN's and oneDNN's faster layout for these convolutions, on a CPU too (two Zen 4

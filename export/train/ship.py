@@ -162,7 +162,7 @@ def ship(checkpoint, spec_changes: Optional[dict] = None, weights: Path = WEIGHT
 
     ck = read_checkpoint(checkpoint)
     cfg = ck.get("config", {})
-    model = DBNet(cfg.get("arch", "resnet18"), width=cfg.get("width", 0.5), detail=cfg.get("detail", False)).eval()
+    model = DBNet(cfg.get("arch", "resnet18"), width=cfg.get("width", 0.5)).eval()
     load_weights(model, checkpoint)
     reference = copy.deepcopy(model)  # the checkpoint in fp32, to bound the fp16 loss
     Path(weights).parent.mkdir(parents=True, exist_ok=True)

@@ -13,9 +13,6 @@ from ..checkpoint import BN_COUNTER, load_file, normalise_keys, unwrap
 from .config import TrainConfig
 
 
-NEW_DETAIL = "decoder.detail_"
-
-
 def read_checkpoint(path) -> dict:
     """A checkpoint or bare state dict, loaded without running code from the file."""
     return load_file(path)
@@ -26,9 +23,7 @@ def load_weights(model, path) -> None:
     reads it (MhLiao/DB's `model.module.` keys, `{"state_dict": ...}` wrappers)."""
     state, _, _ = normalise_keys(unwrap(read_checkpoint(path), str(path)))
     own = model.state_dict()
-    # the stride-2 detail projections start at zero when the weights come from a model without them
-    missing = sorted(k for k in set(own) - set(state)
-                     if not k.endswith(BN_COUNTER) and not k.startswith(NEW_DETAIL))
+    missing = sorted(k for k in set(own) - set(state) if not k.endswith(BN_COUNTER))
     unexpected = sorted(set(state) - set(own))
     wrong = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
     if missing or unexpected or wrong:
@@ -47,8 +42,7 @@ def load_teacher(path, device: torch.device):
 
     saved = read_checkpoint(path)
     conf = saved.get("config", {}) if isinstance(saved, dict) else {}
-    teacher = DBNet(conf.get("arch", "resnet18"), width=conf.get("width", TrainConfig.width),
-                    detail=conf.get("detail", False))
+    teacher = DBNet(conf.get("arch", "resnet18"), width=conf.get("width", TrainConfig.width))
     load_weights(teacher, path)
     teacher.to(device, memory_format=torch.channels_last).eval()
     for p in teacher.parameters():

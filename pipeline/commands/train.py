@@ -61,9 +61,6 @@ def add_arguments(parser) -> None:
     setting("--arch", default=d.arch, choices=("resnet18", "resnet34", "resnet50"))
     setting("--width", type=at_least(0.0, float, strict=True), default=d.width,
             help="backbone width multiplier")
-    parser.add_argument("--detail", action=_GivenFlag, nargs=0, default=d.detail,
-            help="the heads also see the backbone stem's stride-2 features (a 1x1 projection per "
-                 "head, zero at the start, so --init weights without it start unchanged)")
     setting("--steps", type=at_least(1), default=d.steps, help="optimiser steps of the whole run")
     setting("--batch", type=at_least(1), default=d.batch, help="crops per step")
     setting("--crop", type=int, default=d.crop, help="square training crop, pixels")
@@ -183,7 +180,7 @@ def _new_config(args):
 
     data = args.data or ["synth"]
     return (TrainConfig(out_dir=args.out, data=data if len(data) > 1 else data[0],
-                       scene=args.scene, arch=args.arch, width=args.width, detail=args.detail,
+                       scene=args.scene, arch=args.arch, width=args.width,
                        steps=args.steps, batch=args.batch, crop=args.crop, scale=args.scale,
                        shrink_ratio=args.shrink_ratio, lr=args.lr,
                        warmup=min(args.warmup, args.steps), seed=args.seed, workers=args.workers,
