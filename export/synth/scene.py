@@ -112,9 +112,7 @@ def _panel(rng, img: np.ndarray):
     return x0, y0, x0 + pw, y0 + ph
 
 
-def place_lines(rng, img, occupied, box, config, count, scene: Scene) -> None:
-    """Draw up to `count` lines of words inside `box` of img (in place), clear of the text the
-    boolean `occupied` map marks; their polygons and words go to `scene`."""
+def _place_lines(rng, img, occupied, box, config, count, scene: Scene) -> None:
     x0, y0, x1, y1 = box
     log_lo, log_hi = np.log(config.min_height), np.log(config.max_height)
     for _ in range(count * 3):  # a few tries per line; collisions are rejected
@@ -148,8 +146,8 @@ def make_scene(seed, height: int, width: int, config: Optional[SceneConfig] = No
         if rng.random() < config.panel_prob:  # all panels first: none may cover earlier text
             boxes = [_panel(rng, img) for _ in range(int(rng.integers(1, 3)))]
             for box in boxes:
-                place_lines(rng, img, occupied, box, config, int(rng.integers(1, 4)), scene)
+                _place_lines(rng, img, occupied, box, config, int(rng.integers(1, 4)), scene)
         free = int(rng.integers(1, config.max_lines + 1))
-        place_lines(rng, img, occupied, (0, 0, width, height), config, free, scene)
+        _place_lines(rng, img, occupied, (0, 0, width, height), config, free, scene)
     scene.image = degrade(rng, img, config.degrade)
     return scene

@@ -9,8 +9,7 @@ from typing import List, Optional, Tuple, Union
 @dataclass
 class TrainConfig:
     out_dir: str
-    # "synth", an ICDAR2015-format folder, a mask folder or "synth-on:" + an ICDAR folder (its
-    # photos with synthetic words added), each optionally "=WEIGHT"; a list
+    # "synth", an ICDAR2015-format folder or a mask folder, each optionally "=WEIGHT"; a list
     # mixes them with those sampling weights (export.train.data.MixedDataset)
     data: Union[str, List[str]] = "synth"
     scene: str = "default"         # synthetic scene mix (export.synth.scene.SCENE_PRESETS)
@@ -83,11 +82,7 @@ class TrainConfig:
         def source(spec: str) -> str:
             head, sep, tail = spec.rpartition("=")
             name = head if sep else tail
-            if name == "synth":
-                return spec
-            prefix = "synth-on:" if name.startswith("synth-on:") else ""
-            folder = Path(name[len(prefix):]).resolve()
-            return prefix + str(folder) + sep + (tail if sep else "")
+            return spec if name == "synth" else str(Path(name).resolve()) + sep + (tail if sep else "")
 
         data = source(self.data) if isinstance(self.data, str) else [source(d) for d in self.data]
         paths = {k: str(Path(getattr(self, k)).resolve()) for k in ("val", "init", "teacher")

@@ -244,8 +244,7 @@ def parse_source(spec: str) -> Tuple[str, float]:
 
 def open_source(name: str, length: int, crop: int, seed: int, scene="default",
                 scale: Tuple[float, float] = DB_PAPER.scale, shrink_ratio: float = SHRINK_RATIO):
-    """One training source by name: 'synth', a mask folder, an ICDAR2015-format folder or
-    'synth-on:' + one (its photos with synthetic words added, export.train.synth_on_real); real
+    """One training source by name: 'synth', a mask folder or an ICDAR2015-format folder; real
     folders get the DB paper's augmentation with the log-uniform size change `scale`; synthetic
     and ICDAR polygons are shrunk by DB's `shrink_ratio` (a mask folder's masks come shrunk)."""
     if name == "synth":
@@ -253,18 +252,9 @@ def open_source(name: str, length: int, crop: int, seed: int, scene="default",
 
         return SynthDataset(length, crop=crop, seed=seed, scene=scene_sampler(scene),
                             shrink_ratio=shrink_ratio)
-    from .synth_on_real import SynthOnRealDataset, split_prefix
-
-    prefix, folder = split_prefix(name)
-    if not Path(folder).is_dir():
+    if not Path(name).is_dir():
         raise DbrtError(f"--data {name!r}: not 'synth' and not a folder")
     aug = dataclasses.replace(DB_PAPER, scale=tuple(scale))
-    if prefix:
-        if is_mask_folder(folder):
-            raise DbrtError(f"--data {name!r}: synth-on: needs an ICDAR2015-format folder "
-                            "(word polygons), not a mask folder")
-        return SynthOnRealDataset(folder, length, crop=crop, seed=seed, aug=aug,
-                                  shrink_ratio=shrink_ratio)
     if is_mask_folder(name):
         return MaskDataset(name, length, crop=crop, seed=seed, aug=aug)
     return IcdarDataset(name, length, crop=crop, seed=seed, aug=aug, shrink_ratio=shrink_ratio)

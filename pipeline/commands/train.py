@@ -11,10 +11,8 @@ HELP = "train DBNet on synthetic text, real ICDAR2015 / mask folders or a mix (n
 ORDER = 60
 DESCRIPTION = """Train a DBNet detector. --data takes 'synth' (synthetic scenes made on the fly
 from --seed), an ICDAR2015-format folder (img_N.jpg + gt_img_N.txt, '###' = do not care) or a
-mask folder (NAME.jpg + NAME_mask.png, shrunk text regions), or synth-on:FOLDER (an ICDAR
-folder's photos with small synthetic words drawn where they have no labelled text); repeat it to
-mix sources, each with an optional sampling weight: --data ic15=0.5 --data masks=0.3 --data
-synth=0.2. Real folders get
+mask folder (NAME.jpg + NAME_mask.png, shrunk text regions); repeat it to mix sources, each with
+an optional sampling weight: --data ic15=0.5 --data masks=0.3 --data synth=0.2. Real folders get
 the DB paper's augmentation (rotation +-10 deg, crop, flip, scale 0.5-3; --scale changes
 the range). --teacher CHECKPOINT distils a larger model trained first into this one (its
 probability maps as soft targets, weighted by --distill; --teacher-scale lets it read each crop
@@ -55,8 +53,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", required=True, type=output_folder,
                         help="folder for checkpoints, config.json, val.jsonl")
     parser.add_argument("--data", action="append", metavar="SOURCE[=WEIGHT]",
-                        help="'synth', an ICDAR2015-format folder, a mask folder or "
-                             "synth-on:ICDAR_FOLDER; repeat to mix (default: synth)")
+                        help="'synth', an ICDAR2015-format folder or a mask folder; repeat to mix "
+                             "(default: synth)")
     setting("--scene", default=d.scene, choices=("default", "street", "signs", "mixed"),
             help="synthetic scene mix (street adds photo-like built scenes, signs "
                  "more large letter-spaced lettering, mixed 60%% default + 40%% signs)")
@@ -167,9 +165,8 @@ def _check(cfg) -> None:
 
     for spec in cfg.sources:
         name, _ = parse_source(spec)
-        folder = name[len("synth-on:"):] if name.startswith("synth-on:") else name
-        if name != "synth" and not Path(folder).is_dir():
-            raise DbrtError(f"--data must be 'synth', an existing folder or synth-on:FOLDER, got {name!r}")
+        if name != "synth" and not Path(name).is_dir():
+            raise DbrtError(f"--data must be 'synth' or an existing folder, got {name!r}")
     if cfg.init and not cfg.resume and not Path(cfg.init).is_file():
         raise DbrtError(f"--init checkpoint not found: {cfg.init}")
     if cfg.teacher and not Path(cfg.teacher).is_file():
