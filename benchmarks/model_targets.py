@@ -20,7 +20,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from engine.lazy import optional, require
+from engine.lazy import optional
 
 
 # -- ONNX Runtime and PyTorch ---------------------------------------------
@@ -179,10 +179,11 @@ def tensorrt_targets(onnx: Path, variants: Mapping[str, Path], batches: Sequence
     """The TensorRT targets this machine can run (none without TensorRT and a usable GPU, or
     when `sizes` is empty; None: every size of the sweep)."""
     from engine.loader import tensorrt_usable
+    from engine.tensorrt import require_tensorrt
     from engine.tensorrt.build import has_weak_typing
 
     if (sizes is not None and not sizes) or not tensorrt_usable():
         return []
-    trt = require("tensorrt")
+    trt = require_tensorrt()
     return [tensorrt_target(path, precision, build, max(batches), log, sizes)
             for precision, path, build in engine_plans(has_weak_typing(trt), onnx, variants)]

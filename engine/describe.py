@@ -11,9 +11,8 @@ import os
 from pathlib import Path
 from typing import List
 
-from . import cuda as _cuda
 from .errors import ModelError
-from .lazy import optional
+from .loader import tensorrt_usable
 from .tensorrt.record import EngineRecord
 
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
@@ -40,11 +39,11 @@ def describe_engine(path: os.PathLike) -> dict:
     record = EngineRecord.load(path)
     info = {"kind": "engine", "file": str(path), "bytes": path.stat().st_size,
             "record": json.loads(record.to_json()) if record else None}
-    if optional("tensorrt") is None or _cuda.default_backend() is None:
+    if not tensorrt_usable():
         if record is None:  # nothing here can tell an engine from any other bytes
             raise ModelError(f"cannot describe {path}: it has no dbrt build record "
-                             f"({path.name}.json) and TensorRT or a GPU is not usable here")
-        info["note"] = "TensorRT or a GPU is not usable here: showing the build record only"
+                             f"({path.name}.json) and TensorRT 8.6+ or a GPU is not usable here")
+        info["note"] = "TensorRT 8.6+ or a GPU is not usable here: showing the build record only"
         return info
     from .tensorrt.runner import TensorRTRunner
 

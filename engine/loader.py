@@ -61,9 +61,15 @@ ALL_OPTIONS = tuple(f.name for f in fields(RunnerOptions))
 ORT_OPTIONS = ("threads", "sessions", "spin")
 TRITON_OPTIONS = ("triton",)
 ENGINE_OPTIONS = ("cuda_graph",)  # a prebuilt .engine takes only these
+
+
 def tensorrt_usable() -> bool:
-    """TensorRT is importable and a CUDA GPU is usable through CuPy."""
-    return optional("tensorrt") is not None and _cuda.default_backend() is not None
+    """A supported TensorRT (8.6+) is importable and a CUDA GPU is usable through CuPy."""
+    from .tensorrt import supported
+
+    trt = optional("tensorrt")
+    return (trt is not None and supported(getattr(trt, "__version__", ""))
+            and _cuda.default_backend() is not None)
 
 
 def _refuse(options: RunnerOptions, allowed, backend: str) -> None:

@@ -146,6 +146,37 @@ def test_int8_calibration_on_weak_typing(monkeypatch, tiny_onnx, tmp_path, rng):
         build_engine(tiny_onnx, BuildOptions(precision="int8", profile=SMALL))
 
 
+def test_a_refused_calibration_profile_is_an_error(monkeypatch, tiny_onnx):
+    """set_calibration_profile returns False when TensorRT does not take the profile."""
+    import trt_double
+    from trt_double.builder import WeakTypingConfig
+
+    trt_double.install(monkeypatch, "8.6")
+    monkeypatch.setattr(WeakTypingConfig, "set_calibration_profile", lambda self, profile: False)
+    with pytest.raises(ModelError, match="refused the calibration profile"):
+        build_engine(tiny_onnx, BuildOptions(precision="int8", profile=SMALL,
+                                             calibration=lambda shape: iter(())))
+
+
+def test_tensorrt_older_than_8_6_is_refused_in_one_line(monkeypatch, tiny_onnx, tmp_path):
+    """JetPack 5's TensorRT 8.5 lacks names the build and the runner use (the optimisation
+    level, version compatibility, lean runtimes): refused up front, and `auto` picks ONNX Runtime."""
+    import trt_double
+    from engine.lazy import MissingDependency
+    from engine.loader import tensorrt_usable
+
+    trt = trt_double.install(monkeypatch, "8.6")
+    engine = tmp_path / "tiny.engine"
+    build_engine_file(tiny_onnx, engine, BuildOptions(profile=SMALL))
+    assert tensorrt_usable()
+    monkeypatch.setattr(trt, "__version__", "8.5.2")
+    assert not tensorrt_usable()
+    with pytest.raises(MissingDependency, match="TensorRT 8.5.2 is installed; dbrt needs TensorRT 8.6"):
+        build_engine(tiny_onnx, BuildOptions(profile=SMALL))
+    with pytest.raises(MissingDependency, match="8.5.2"):
+        TensorRTRunner(engine).activate()
+
+
 def test_int8_calibrator_is_absent_on_strongly_typed(monkeypatch, tiny_onnx):
     import trt_double
 
@@ -300,9 +331,29 @@ def test_a_deformable_model_builds_once_the_plugin_library_is_initialised(monkey
     parser = trt10.OnnxParser(network, logger)
     assert not parser.parse(onnx_path.read_bytes())
     assert "plugin was not found" in parser.get_error(0).desc()
-    data = build_engine(onnx_path, BuildOptions(profile=ShapeProfile((1, 3, 64, 64), (1, 3, 64, 64),
-                                                                      (1, 3, 96, 96))))
+    profile = ShapeProfile((1, 3, 64, 64), (1, 3, 64, 64), (1, 3, 96, 96))
+    data, _ = build_engine(onnx_path, BuildOptions(profile=profile))
     assert data
+
+
+def test_the_plugin_library_is_initialised_once_with_a_logger_that_outlives_builds(
+        monkeypatch, tiny_onnx, tmp_path):
+    """The plugin library keeps a process-wide pointer to the logger it was first given (the
+    binding does not keep it alive): one call per process, with a logger never freed, not a
+    builder's or runtime's own that goes when they do."""
+    import gc
+
+    import trt_double
+
+    trt10 = trt_double.install(monkeypatch, "10.x")
+    engine = tmp_path / "tiny.engine"
+    for _ in range(2):
+        build_engine_file(tiny_onnx, engine, BuildOptions(precision="fp32", profile=SMALL))
+    with TensorRTRunner(engine):
+        pass
+    gc.collect()
+    registry = trt10._plugin_registry
+    assert registry["calls"] == 1 and registry["logger"]() is not None
 
 
 def test_a_fixed_profile_on_a_dynamic_model_and_a_loader_on_a_static_one(trt, tiny_onnx, tmp_path):

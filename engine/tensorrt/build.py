@@ -18,12 +18,12 @@ import numpy as np
 
 from .. import cuda as _cuda
 from ..errors import DbrtError, ModelError, ShapeError
-from ..lazy import require
+from . import require_tensorrt
 from ..onnx_info import OnnxSummary, expand_fp16_storage, load_onnx, summarize_onnx
 from .progress import BuildProgress, Heartbeat, progress_monitor
 from .record import EngineRecord
 from ..shapes import Shape, ShapeProfile
-from .logger import capturing_logger, log
+from .logger import capturing_logger, init_plugins, log
 
 PRECISIONS = ("auto", "fp32", "fp16", "int8")
 # Calibration data: given the calibration NCHW shape, yields float32 batches of that shape.
@@ -169,7 +169,8 @@ def _add_profile(builder, config, name: str, profile: ShapeProfile, calibrate: b
     config.add_optimization_profile(trt_profile)
     # implicit INT8 calibration at the opt shape (deprecated since 10.1: only when calibrating)
     if calibrate and hasattr(config, "set_calibration_profile"):
-        config.set_calibration_profile(trt_profile)
+        if not config.set_calibration_profile(trt_profile):
+            raise ModelError(f"TensorRT refused the calibration profile {profile.describe()}")
 
 
 def _use_timing_cache(config, path: Optional[Path]):
@@ -248,7 +249,7 @@ def _run_build(trt, builder, network, config, progress: Optional[BuildProgress],
 def build_engine(onnx_path: os.PathLike, options: BuildOptions = BuildOptions(),
                  progress: Optional[BuildProgress] = None, backend=None) -> Tuple[bytes, EngineRecord]:
     """Build a serialized engine and its record (nothing is written except the timing cache)."""
-    trt = require("tensorrt")
+    trt = require_tensorrt()
     backend = backend or _cuda.require_backend("building a TensorRT engine")
     summary = summarize_onnx(onnx_path)
     plan = plan_precision(has_weak_typing(trt), options.precision, summary.precision,
@@ -258,8 +259,7 @@ def build_engine(onnx_path: os.PathLike, options: BuildOptions = BuildOptions(),
         raise ModelError(f"hardware-compatible engines must be built on an Ampere or newer GPU; "
                          f"this one is {device}")
     logger = capturing_logger(trt)
-    if hasattr(trt, "init_libnvinfer_plugins"):  # the parser finds DeformConv's plugin there
-        trt.init_libnvinfer_plugins(logger, "")
+    init_plugins(trt)  # the parser finds DeformConv's plugin there
     builder = trt.Builder(logger)
     network = builder.create_network(_network_flags(trt, plan.strongly_typed))
     parser = parse_onnx(trt, network, logger, summary)  # owns the weights until the build

@@ -17,7 +17,7 @@ from typing import Optional
 
 from .. import cuda as _cuda
 from ..cuda import DeviceInfo
-from ..lazy import require
+from . import require_tensorrt
 from ..onnx_info import summarize_onnx
 from ..shapes import ShapeProfile
 from .build import (BuildOptions, build_engine_file, has_strongly_typed_flag,
@@ -68,7 +68,7 @@ def _build_settings(options: BuildOptions) -> dict:
 def cached_engine_path(onnx_path: os.PathLike, options: BuildOptions = BuildOptions(),
                        backend=None) -> Path:
     """Where the engine for (onnx, options, this TensorRT, this GPU) is or will be cached."""
-    trt = require("tensorrt")
+    trt = require_tensorrt()
     backend = backend or _cuda.require_backend("the TensorRT engine cache")
     summary = summarize_onnx(onnx_path)
     if callable(options.profile):  # a loader: the same profile a build would use
@@ -91,7 +91,7 @@ def cached_engine_runner(onnx_path: os.PathLike, precision: str = "auto",
     options = BuildOptions(precision=precision, profile=profile, **build_options)
     path = cached_engine_path(onnx_path, options, backend)
     if not path.is_file() or not Path(f"{path}.json").is_file():
-        trt = require("tensorrt")
+        trt = require_tensorrt()
         if options.timing_cache is None:
             device = backend.device_info()
             options = replace(options, timing_cache=timing_cache_path(trt.__version__, device))

@@ -3,8 +3,12 @@ and forwards warnings to Python logging (`dbrt.tensorrt`)."""
 from __future__ import annotations
 
 import logging
+import threading
 
 log = logging.getLogger("dbrt.tensorrt")
+
+_plugins_lock = threading.Lock()
+_plugin_loggers = {}  # id(tensorrt module) -> (module, logger): both live as long as the process
 
 
 def capturing_logger(trt):
@@ -29,3 +33,18 @@ def capturing_logger(trt):
             return " | ".join(self.errors[-count:]) or "no error message from TensorRT"
 
     return _CapturingLogger()
+
+
+def init_plugins(trt) -> None:
+    """Register TensorRT's plugin library (DeformConv's ModulatedDeformConv2d ...) once per process.
+
+    `init_libnvinfer_plugins` is to be called once, and the plugin library keeps the logger it is
+    given in a process-wide pointer that the Python binding does not keep alive: a builder's or
+    runtime's own logger would be freed under it, so the plugins get one that is never freed."""
+    if not hasattr(trt, "init_libnvinfer_plugins"):
+        return
+    with _plugins_lock:
+        if id(trt) not in _plugin_loggers:
+            logger = capturing_logger(trt)
+            trt.init_libnvinfer_plugins(logger, "")
+            _plugin_loggers[id(trt)] = (trt, logger)

@@ -22,10 +22,10 @@ import numpy as np
 from .. import cuda as _cuda
 from ..base import Runner, TensorInfo
 from ..errors import DbrtError, ModelError, ShapeError
-from ..lazy import require
+from . import require_tensorrt
 from .record import EngineRecord
 from ..shapes import ShapeProfile, check_in_profile
-from .logger import capturing_logger, log
+from .logger import capturing_logger, init_plugins, log
 
 
 @dataclass
@@ -86,7 +86,7 @@ class TensorRTRunner(Runner):
         return f"<{type(self._source).__name__}>"
 
     def _activate(self) -> None:
-        trt = require("tensorrt")
+        trt = require_tensorrt()
         self.backend = self._backend or _cuda.require_backend("the TensorRT runner")
         if self.record is not None:  # refuse early, with a useful message, instead of a None engine
             self.record.check_runtime(self._describe(), trt.__version__, self.backend.device_info())
@@ -95,8 +95,7 @@ class TensorRTRunner(Runner):
         self._read_io(trt)
 
     def _deserialize(self, trt):
-        if hasattr(trt, "init_libnvinfer_plugins"):  # DeformConv and other plugin layers
-            trt.init_libnvinfer_plugins(self._logger, "")
+        init_plugins(trt)  # DeformConv and other plugin layers
         self._runtime = trt.Runtime(self._logger)
         if self.record is not None and self.record.builder.get("version_compatible"):
             # version-compatible plans carry their own lean runtime (host code)

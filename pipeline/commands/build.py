@@ -125,14 +125,14 @@ def run(args) -> int:
     from pathlib import Path
 
     from engine import cuda
-    from engine.lazy import require
+    from engine.tensorrt import require_tensorrt
     from dbnet.spec import resolve_spec
     from engine.onnx_info import summarize_onnx
     from engine.tensorrt.progress import BuildProgress
     from engine.tensorrt.build import build_engine_file
 
     summary = summarize_onnx(args.model)          # clear error for a bad ONNX before TensorRT
-    trt = require("tensorrt")
+    trt = require_tensorrt()
     backend = cuda.require_backend("dbrt build")
     options = _options(args, resolve_spec(summary.metadata, args.preset), backend, trt)
     output = Path(args.output) if args.output else Path(args.model).with_suffix(".engine")

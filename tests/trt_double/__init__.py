@@ -20,6 +20,7 @@ from __future__ import annotations
 import enum
 import sys
 import types
+import weakref
 from dataclasses import dataclass, field
 
 from . import builder as _builder
@@ -140,10 +141,16 @@ def make_tensorrt(flavour: str) -> types.ModuleType:
                                            ["NONE", "AMPERE_PLUS", "SAME_COMPUTE_CAPABILITY"])
     mod.nptype = _nptype
     # the plugin registry is empty until the plugin library is initialised (the ONNX parser
-    # looks DeformConv's ModulatedDeformConv2d plugin up there)
-    mod._plugin_registry = {"initialised": False}
-    mod.init_libnvinfer_plugins = lambda logger, namespace: mod._plugin_registry.update(
-        initialised=True) or True
+    # looks DeformConv's ModulatedDeformConv2d plugin up there); like the real library it keeps
+    # only a pointer to the logger it was given (the binding does not keep it alive)
+    mod._plugin_registry = {"initialised": False, "calls": 0, "logger": None}
+
+    def init_libnvinfer_plugins(logger, namespace):
+        mod._plugin_registry.update(initialised=True, calls=mod._plugin_registry["calls"] + 1,
+                                    logger=weakref.ref(logger))
+        return True
+
+    mod.init_libnvinfer_plugins = init_libnvinfer_plugins
     mod.Builder = type("Builder", (_builder.Builder,), {"__slots__": (), "trt": mod})
     mod.Runtime = type("Runtime", (_runtime.Runtime,), {"__slots__": (), "trt": mod})
     mod.OnnxParser = _builder.OnnxParser

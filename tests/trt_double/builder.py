@@ -157,6 +157,10 @@ class OnnxParser:
             elif node.op_type in PLUGIN_OPS and not self.trt._plugin_registry["initialised"]:
                 ok = self._fail("UNSUPPORTED_NODE", f"{PLUGIN_OPS[node.op_type]} plugin was not "
                                 "found in the plugin registry!", index, node.name, node.op_type)
+            elif node.op_type in PLUGIN_OPS and self.trt._plugin_registry["logger"]() is None:
+                # the real library would log through a freed object: undefined behaviour
+                raise RuntimeError("the plugin library's logger was freed after "
+                                   "init_libnvinfer_plugins (use after free)")
         if not ok:
             return False
         self._fill_network(proto)
