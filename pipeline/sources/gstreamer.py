@@ -141,9 +141,8 @@ class GStreamerSource(LiveSource):
         return [GST_LAUNCH, "-v", "-e", *self._words, *tail.split()]
 
     def close(self) -> None:
-        super().close()
-        if self._thread is None:  # opened, never read: nobody else will stop the child
-            self._disconnect()
+        super().close()  # opened and never read: the child is stopped there
+        if self._thread is None:
             return
         proc = self._proc
         if proc is not None:

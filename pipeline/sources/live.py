@@ -149,6 +149,9 @@ class LiveSource(Source):
         # a live frame still waiting when the run stops was read and never delivered: dropped
         if self._slot.take() is not None and self.live:
             self.stats.add(dropped=1)
+        if self._thread is None and self._connected:  # opened, never read: no reader to let go
+            self._connected = False
+            self._disconnect_quietly()
 
     def join(self, timeout: Optional[float] = None) -> None:
         if self._thread is not None:
