@@ -20,7 +20,9 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import queue
 import signal
+import threading
 import weakref
 from typing import Callable, Iterable, Iterator, List, Optional, Sequence
 
@@ -34,7 +36,7 @@ from .interrupts import Interrupted, StopSignals
 from .metrics import STAGES, Metrics
 from .sinks import Sink
 from .sources import Frame, Source, open_sources
-from .stages import (END, Aborted, Channel, Control, Stage, hold_switch_interval,
+from .stages import (END, POLL_S, Aborted, Channel, Control, Stage, hold_switch_interval,
                      release_switch_interval)
 
 Callback = Callable[[Frame, Detections], None]
@@ -110,6 +112,12 @@ class Pipeline:
         self._steps = DetectorSteps(detector, self.metrics, self.control, self._async)
         self.interrupted = False
         self._signals = StopSignals(stop_signals, drain=self._interrupt, abort=self.control.abort)
+        # a signal handler only sets flags: this thread closes the sources for it (closing
+        # takes locks the interrupted main thread may hold)
+        self._close_requested = threading.Event()
+        self._run_over = False
+        self._closer = threading.Thread(target=self._close_when_asked, name="source-closer",
+                                        daemon=True)
         live = all(s.live for s in self.sources)
         cap = max(1, queue_size or (1 if live else 4))
         # live: one batch waits while one is prepared, so a frame is at most ~2 batches old
@@ -167,16 +175,22 @@ class Pipeline:
         return run
 
     def _iterate(self) -> Iterator[FrameResult]:
-        self._start()
         finished = False
+        end_may_be_lost = False
         try:
+            self._start()  # inside: a start that fails half-way still shuts down what it began
             while True:
                 try:
-                    item = self._out.get()
+                    item = self._out.get(timeout=POLL_S) if end_may_be_lost else self._out.get()
+                except queue.Empty:
+                    if self._threads[-1].is_alive() or len(self._out):
+                        continue
+                    item = END  # the sink stage has ended: its END was the item interrupted
                 except KeyboardInterrupt:  # Ctrl-C without our handler (stop_signals=())
                     if self.interrupted:  # second Ctrl-C: stop now
                         raise
                     self._interrupt()
+                    end_may_be_lost = True  # it may have landed after get() took an item
                     continue
                 if item is END:
                     finished = True
@@ -239,6 +253,7 @@ class Pipeline:
             hold_switch_interval(self.switch_interval)
             self._holds_interval = True
         self.metrics.start()
+        self._closer.start()
         self._signals.install()
         self._threads = self._stages()
         for stage in self._threads:
@@ -265,9 +280,14 @@ class Pipeline:
 
     def _join_threads(self) -> None:
         for stage in self._threads:
-            stage.join()
+            if stage.ident is not None:  # a start that failed left the rest unstarted
+                stage.join()
         for source in self.sources:
             source.join(timeout=30)
+        self._run_over = True
+        self._close_requested.set()  # the closer's last wake-up: nothing left for it to close
+        if self._closer.ident is not None:
+            self._closer.join()
 
     def _release_switch_interval(self) -> None:
         if self._holds_interval:
@@ -275,8 +295,15 @@ class Pipeline:
             release_switch_interval()
 
     def _interrupt(self) -> None:
+        """The first stop signal (called from its handler): flags only, the closer does the rest."""
         self.interrupted = True
-        self.stop()
+        self.control.draining.set()
+        self._close_requested.set()
+
+    def _close_when_asked(self) -> None:
+        self._close_requested.wait()
+        if not self._run_over:
+            self._close_sources()
 
     def _close_sources(self) -> None:
         for source in self.sources:

@@ -16,7 +16,8 @@ from pipeline.sources import Reconnect, VideoFileSource
 
 from media import FakeDetector, SimulatedCamera, frame_image, index_of, write_video
 
-STAGE_THREADS = ("decode:", "preprocess", "infer", "postprocess", "sink", "read:")
+STAGE_THREADS = ("decode:", "preprocess", "infer", "postprocess", "sink", "read:",
+                 "source-closer")
 
 
 def _detector(model):
@@ -374,3 +375,44 @@ def test_a_file_stopped_from_a_callback_reports_stopped_not_ended(tmp_path):
     pipe = Pipeline([video], FakeDetector(), callbacks=[lambda frame, dets: pipe.stop()])
     report = pipe.run()
     assert report["frames"] < 300 and report["sources"][0]["state"] == "stopped"
+
+
+def test_a_start_that_fails_half_way_shuts_down_what_it_began(videos, monkeypatch):
+    """A thread that cannot start (the process is out of threads) ends the run like any other
+    failure: the stages already started stop, the detector is closed, Ctrl-C and the switch
+    interval are as they were."""
+    import signal
+    import sys
+
+    from pipeline import stages
+
+    started, real_start = [], stages.Stage.start
+
+    def start(self):
+        if len(started) == 3:
+            raise RuntimeError("can't start new thread")
+        started.append(self)
+        real_start(self)
+
+    monkeypatch.setattr(stages.Stage, "start", start)
+    before = (signal.getsignal(signal.SIGINT), sys.getswitchinterval())
+    detector = FakeDetector()
+    pipe = Pipeline([str(videos[0])], detector, close_detector=True)
+    with pytest.raises(RuntimeError, match="can't start new thread"):
+        pipe.run()
+    assert started and not any(t.is_alive() for t in started)
+    assert detector.closed
+    assert (signal.getsignal(signal.SIGINT), sys.getswitchinterval()) == before
+
+
+def test_a_live_source_opened_for_a_run_that_never_starts_is_disconnected():
+    class Camera(SimulatedCamera):
+        disconnects = 0
+
+        def _disconnect(self):
+            Camera.disconnects += 1
+
+    camera = Camera(total=100)
+    with Pipeline([camera], FakeDetector()):
+        pass
+    assert (camera.connects, Camera.disconnects) == (1, 1)

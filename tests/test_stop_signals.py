@@ -213,3 +213,42 @@ def test_dbrt_run_second_ctrl_c_says_how_many_frames_were_lost(tmp_path, tiny_on
     assert rc == 130 and report["lost"] > 0
     assert f"{report['lost']} frames read were never written" in err
     assert report["frames"] == len(_lines(out / "detections.jsonl"))
+
+
+@pytest.mark.timeout(60)
+def test_ctrl_c_while_the_main_thread_holds_a_source_lock_still_drains():
+    """The handler only sets flags; closing the sources (which takes their stats lock, held
+    here by the interrupted main thread, as `pipe.report()` does) happens on a thread of its
+    own. Before, the handler closed them itself and the run hung on that lock."""
+    from media import SimulatedCamera
+
+    camera = SimulatedCamera(total=10**6, fps=500, reconnect=None)
+    pipe = Pipeline([camera], FakeDetector(delay_s=0.02))
+    with pytest.raises(KeyboardInterrupt):
+        for n, _ in enumerate(pipe):
+            if n == 3:
+                with camera.stats._lock:
+                    _signal_main_thread()
+                    time.sleep(0.05)  # the handler runs here, inside the lock
+    assert pipe.interrupted and pipe.report()["lost"] == 0
+
+
+@pytest.mark.timeout(60)
+def test_ctrl_c_that_lands_as_the_end_is_taken_still_ends_the_run(long_video, monkeypatch):
+    """Without the pipeline's handlers (stop_signals=()) Ctrl-C is a KeyboardInterrupt, which
+    can land after the queue handed over the run's end marker: the run still ends."""
+    from pipeline.stages import END, Channel
+
+    pipe = Pipeline([str(long_video)], FakeDetector(), max_frames=20, stop_signals=())
+    real_get = Channel.get
+
+    def get(self, timeout=None):
+        item = real_get(self, timeout)
+        if self is pipe._out and item is END:
+            raise KeyboardInterrupt
+        return item
+
+    monkeypatch.setattr(Channel, "get", get)
+    with pytest.raises(KeyboardInterrupt):
+        assert len(list(pipe)) == 20
+    assert pipe.report()["frames"] == 20 and pipe.report()["lost"] == 0
