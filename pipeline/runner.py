@@ -112,12 +112,10 @@ class Pipeline:
         self._steps = DetectorSteps(detector, self.metrics, self.control, self._async)
         self.interrupted = False
         self._signals = StopSignals(stop_signals, drain=self._interrupt, abort=self.control.abort)
-        # a signal handler only sets flags: this thread closes the sources for it (closing
-        # takes locks the interrupted main thread may hold)
-        self._close_requested = threading.Event()
-        self._run_over = False
-        self._closer = threading.Thread(target=self._close_when_asked, name="source-closer",
-                                        daemon=True)
+        # a signal handler only sets flags; closing the sources takes locks the interrupted
+        # main thread may hold, so a thread of its own does it
+        self._close_requested, self._run_over = threading.Event(), False
+        self._closer = threading.Thread(target=self._close_when_asked, name="source-closer", daemon=True)
         live = all(s.live for s in self.sources)
         cap = max(1, queue_size or (1 if live else 4))
         # live: one batch waits while one is prepared, so a frame is at most ~2 batches old
@@ -301,8 +299,7 @@ class Pipeline:
         self._close_requested.set()
 
     def _close_when_asked(self) -> None:
-        self._close_requested.wait()
-        if not self._run_over:
+        if self._close_requested.wait() and not self._run_over:
             self._close_sources()
 
     def _close_sources(self) -> None:
