@@ -8,7 +8,7 @@ import threading
 log = logging.getLogger("dbrt.tensorrt")
 
 _plugins_lock = threading.Lock()
-_plugin_loggers = {}  # id(tensorrt module) -> (module, logger): both live as long as the process
+_plugin_loggers = {}  # tensorrt module -> the plugin library's logger, kept for the process
 
 
 def capturing_logger(trt):
@@ -44,7 +44,6 @@ def init_plugins(trt) -> None:
     if not hasattr(trt, "init_libnvinfer_plugins"):
         return
     with _plugins_lock:
-        if id(trt) not in _plugin_loggers:
-            logger = capturing_logger(trt)
-            trt.init_libnvinfer_plugins(logger, "")
-            _plugin_loggers[id(trt)] = (trt, logger)
+        if trt not in _plugin_loggers:
+            _plugin_loggers[trt] = capturing_logger(trt)
+            trt.init_libnvinfer_plugins(_plugin_loggers[trt], "")
