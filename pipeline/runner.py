@@ -9,10 +9,10 @@ each stage in its own thread, joined by bounded channels (read: when the Detecto
 Each step is one `Stage` (pipeline.stages: a thread that owns the end sentinel, timing, error
 propagation and the put loop) between two bounded channels, so results stay in order per source;
 `Pipeline._stages` lists them. Frames of several sources share a batch when they need the same
-input size (pipeline.batcher). A failure in a stage stops the run and is re-raised by the
-consumer; a source that fails (a truncated file, an unreadable image, a stream that never came
-back) only ends its own frames, and its error is raised once everything read has reached the
-sinks. Ctrl-C (or `stop()`) stops reading and lets every frame already read reach the sinks (see
+input size (pipeline.batcher). A failure in a stage stops the stages before it, what the stages
+after it hold still reaches the sinks, then the consumer re-raises it; a source that fails (a
+truncated file, an unreadable image, a lost stream) only ends its own frames, and its error is
+raised once everything read has reached the sinks. Ctrl-C (or `stop()`) stops reading and lets every frame already read reach the sinks (see
 interrupts.py).
 """
 from __future__ import annotations
@@ -117,7 +117,7 @@ class Pipeline:
         self._close_requested, self._run_over = threading.Event(), False
         self._closer = threading.Thread(target=self._close_when_asked, name="source-closer", daemon=True)
         live = all(s.live for s in self.sources)
-        cap = max(1, queue_size or (1 if live else 4))
+        cap, self._positions = max(1, queue_size or (1 if live else 4)), itertools.count()
         # live: one batch waits while one is prepared, so a frame is at most ~2 batches old
         self._decoded = self._channel("decoded", self.batch if live and not queue_size
                                       else cap * self.batch + len(self.sources))
@@ -128,12 +128,12 @@ class Pipeline:
         self._read = self._channel("read", cap * self.batch)
         self._tracked = self._channel("tracked", cap * self.batch)
         self._out = self._channel("out", cap * self.batch)
-        self._threads: List[Stage] = []
-        self._source_errors: List[Exception] = []
-        self._started = False
+        self._started, self._threads, self._source_errors = False, [], []  # Stages, source errors
 
     def _channel(self, name: str, capacity: int) -> Channel:
-        return Channel(name, capacity, self.control, self.metrics.queue(name, capacity))
+        """The next channel downstream (made in the run's order: a failed stage's upstream stops)."""
+        return Channel(name, capacity, self.control, self.metrics.queue(name, capacity),
+                       next(self._positions))
 
     # -- public API -----------------------------------------------------------------------------
     @property

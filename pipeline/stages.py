@@ -2,9 +2,11 @@
 shared `Control` that carries the first failure and the stop requests, and `Stage`, the one
 thread primitive every step runs in (decode, preprocess, infer, post-process, sink, live readers).
 
-Every blocking put / get polls `Control.aborted`, so when any stage fails, every other stage
-and the consumer wake up within one poll interval, the threads end, and the consumer re-raises
-the stage's exception (supervision's reader thread, by contrast, leaves its consumer waiting).
+Every blocking put / get polls the `Control`, so when a stage fails, the stages before it wake
+up within one poll interval and end, while the stages after it pass on what they already hold
+(results computed before the failure still reach the sinks) and then END; the consumer then
+re-raises the stage's exception (supervision's reader thread, by contrast, leaves its consumer
+waiting). An abort (the consumer went away, a second Ctrl-C) stops every stage at once.
 """
 from __future__ import annotations
 
@@ -57,7 +59,8 @@ class Control:
     """Shared state of one pipeline run.
 
     draining: stop taking new frames from the sources, finish what is in flight (Ctrl-C, stop())
-    aborted:  stop now (a worker failed, or the consumer went away)
+    aborted:  stop now (the consumer went away, a second Ctrl-C, a failure with nowhere to drain)
+    error:    the first failure of a stage, re-raised by the consumer
     """
 
     def __init__(self):
@@ -65,36 +68,49 @@ class Control:
         self.aborted = threading.Event()
         self._lock = threading.Lock()
         self.error: Optional[BaseException] = None
+        self._cut = -1  # channels before this position have lost their reader: they stop
 
-    def fail(self, exc: BaseException) -> None:
+    def fail(self, exc: BaseException, drain_from: Optional[int] = None) -> None:
+        """Record a stage's failure and stop the run. `drain_from`: the position of the failed
+        stage's outbox; channels from there on still carry what was computed before the
+        failure, the ones before it stop at once. None: every channel stops (abort)."""
         with self._lock:
             if self.error is None:
                 self.error = exc
-        self.aborted.set()
+            if drain_from is not None:
+                self._cut = max(self._cut, drain_from)
         self.draining.set()
+        if drain_from is None:
+            self.aborted.set()
 
     def abort(self) -> None:
         self.aborted.set()
         self.draining.set()
 
-    def check(self) -> None:
-        if self.aborted.is_set():
+    def check(self, position: Optional[int] = None) -> None:
+        """Raise Aborted when the run aborted, or when the channel at `position` lies before a
+        failed stage (its reader is gone)."""
+        if self.aborted.is_set() or (position is not None and position < self._cut):
             raise Aborted()
 
 
 class Channel:
-    """A bounded FIFO between two stages whose put / get give up when the run aborts."""
+    """A bounded FIFO between two stages whose put / get give up when the run aborts or a stage
+    after it failed. `position`: its place in the run, counted from the sources (see
+    `Control.fail`); None: it stops only on an abort."""
 
-    def __init__(self, name: str, capacity: int, control: Control, gauge=None):
+    def __init__(self, name: str, capacity: int, control: Control, gauge=None,
+                 position: Optional[int] = None):
         self.name = name
         self.capacity = capacity
+        self.position = position
         self._queue: queue.Queue = queue.Queue(maxsize=capacity)
         self._control = control
         self._gauge = gauge
 
     def put(self, item) -> None:
         while True:
-            self._control.check()
+            self._control.check(self.position)
             try:
                 self._queue.put(item, timeout=POLL_S)
                 return
@@ -107,7 +123,7 @@ class Channel:
         if self._gauge is not None:
             self._gauge.add(self._queue.qsize())
         while True:
-            self._control.check()
+            self._control.check(self.position)
             remaining = None if deadline is None else deadline - time.perf_counter()
             try:
                 if remaining is not None and remaining <= 0:
@@ -131,7 +147,8 @@ class Stage(threading.Thread):
     fn:     item -> one output (None: nothing to pass on); with `many=True`, an iterable of outputs
     outbox: anything with `put()`; it always receives END last, also when the stage fails
     timing: seconds per item go to `metrics.stage(metric or name, ...)` when `metrics` is given
-    errors: any exception other than Aborted is handed to the Control, which stops the run
+    errors: any exception other than Aborted is handed to the Control, which stops the stages
+            before this one; the ones after it drain (see `Control.fail`)
     """
 
     def __init__(self, name: str, fn: Callable[[Any], Any], inbox, outbox, control: Control,
@@ -152,7 +169,7 @@ class Stage(threading.Thread):
         except Aborted:
             pass
         except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer's thread
-            self._control.fail(exc)
+            self._control.fail(exc, getattr(self.outbox, "position", None))
         finally:
             self._put_end()
 

@@ -89,6 +89,29 @@ def test_detector_failure_reaches_the_caller(videos, stage):
         list(pipe)
 
 
+@pytest.mark.parametrize("batch", [1, 2])
+def test_results_computed_before_a_failure_still_reach_the_sinks(videos, batch):
+    """Post-processing fails on its 5th batch while the sink is held back: the results of the
+    first four wait downstream of the failure and are written, not dropped."""
+    pipe = Pipeline([videos[1]], FakeDetector(fail_in="postprocess", fail_after=4), batch=batch,
+                    queue_size=4)
+    written = []
+
+    def held_back_sink(frame, dets):
+        deadline = time.monotonic() + 10
+        while pipe.control.error is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        written.append(frame.index)
+
+    pipe.callbacks.append(held_back_sink)
+    yielded = []
+    with pytest.raises(RuntimeError, match="boom in postprocess"):
+        for frame, _ in pipe:
+            yielded.append(frame.index)
+    assert written == yielded == list(range(4 * batch))
+    assert pipe.report()["lost"] == pipe.report()["sources"][0]["delivered"] - 4 * batch
+
+
 def test_sink_and_callback_failures_reach_the_caller(videos):
     def bad_callback(frame, dets):
         if frame.index == 3:

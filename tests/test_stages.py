@@ -2,7 +2,7 @@
 import pytest
 
 from pipeline.metrics import Metrics
-from pipeline.stages import END, Channel, Control, Stage
+from pipeline.stages import END, Aborted, Channel, Control, Stage
 
 
 class ListBox:
@@ -69,6 +69,18 @@ def test_an_aborted_run_ends_a_stage_blocked_on_a_full_channel():
     control.abort()
     stage.join(timeout=10)
     assert not stage.is_alive() and control.error is None
+
+
+def test_a_failure_stops_the_channels_before_it_and_drains_the_ones_after():
+    control = Control()
+    before, after = (Channel(name, 4, control, position=n) for n, name in enumerate("ab"))
+    after.put("computed before the failure")
+    broken = Stage("post", lambda x: 1 / 0, iter([1]), after, control)
+    _run(broken)
+    assert isinstance(control.error, ZeroDivisionError) and not control.aborted.is_set()
+    with pytest.raises(Aborted):
+        before.put("anything")
+    assert [after.get(), after.get()] == ["computed before the failure", END]
 
 
 def test_batch_sizes_are_reported_as_a_count_histogram():
