@@ -32,7 +32,7 @@ def describe_onnx(path: os.PathLike) -> dict:
             "metadata": dict(s.metadata)}
 
 
-def describe_engine(path: os.PathLike) -> dict:
+def describe_engine(path: os.PathLike, host_code: bool = False) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"engine file not found: {path}")
@@ -47,7 +47,7 @@ def describe_engine(path: os.PathLike) -> dict:
         return info
     from .tensorrt.runner import TensorRTRunner
 
-    runner = TensorRTRunner(path, record=record)
+    runner = TensorRTRunner(path, record=record, host_code=host_code)
     try:
         with runner:
             info["inputs"] = _tensors(runner.inputs)
@@ -60,12 +60,13 @@ def describe_engine(path: os.PathLike) -> dict:
     return info
 
 
-def describe(path: os.PathLike) -> dict:
+def describe(path: os.PathLike, host_code: bool = False) -> dict:
+    """What the model or engine at `path` takes and gives; `host_code`: see TensorRTRunner."""
     suffix = Path(path).suffix.lower()
     if suffix == ".onnx":
         return describe_onnx(path)
     if suffix in ENGINE_SUFFIXES:
-        return describe_engine(path)
+        return describe_engine(path, host_code)
     if str(path).startswith("triton://"):
         raise ModelError(f"cannot describe {path}: dbrt info reads .onnx and .engine files; a "
                          "served model's inputs and settings are in its config.pbtxt")

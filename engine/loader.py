@@ -31,6 +31,8 @@ class RunnerOptions:
               TensorRT build / run options (engine.tensorrt.build.BuildOptions, TensorRTRunner);
               a `profile` function (model metadata -> profile) is the default used only when
               an engine is built
+    engine_host_code: a prebuilt version-compatible engine without dbrt's record may run the
+              lean TensorRT runtime it carries (code from the file: only for engines you trust)
     """
 
     threads: int = 0
@@ -44,6 +46,7 @@ class RunnerOptions:
     calibration: object = None
     strongly_typed: Optional[bool] = None
     progress: object = None
+    engine_host_code: bool = False
     triton: object = None
 
     def __post_init__(self):
@@ -60,7 +63,7 @@ class RunnerOptions:
 ALL_OPTIONS = tuple(f.name for f in fields(RunnerOptions))
 ORT_OPTIONS = ("threads", "sessions", "spin")
 TRITON_OPTIONS = ("triton",)
-ENGINE_OPTIONS = ("cuda_graph",)  # a prebuilt .engine takes only these
+ENGINE_OPTIONS = ("cuda_graph", "engine_host_code")  # a prebuilt .engine takes only these
 
 
 def tensorrt_usable() -> bool:
@@ -108,13 +111,17 @@ def load_runner(model: os.PathLike, backend: str = "auto", device: str = "auto",
         from .tensorrt.runner import TensorRTRunner  # noqa: WPS433 - lazy: imports tensorrt
 
         _refuse(options, ENGINE_OPTIONS, f"the prebuilt engine {path.name}")
-        return TensorRTRunner(path, cuda_graph=options.cuda_graph)
+        return TensorRTRunner(path, cuda_graph=options.cuda_graph,
+                              host_code=options.engine_host_code)
     if suffix != ".onnx":
         raise ModelError(f"unsupported model file {path.name}: expected .onnx, .engine or .plan")
     if backend == "tensorrt" or (backend == "auto" and device != "cpu" and tensorrt_usable()):
         if options.sessions > 1:
             raise ModelError("sessions > 1 is for ONNX Runtime on the CPU; a TensorRT engine "
                              "takes whole batches (use --batch)")
+        if options.engine_host_code:  # what dbrt builds, its record says
+            raise ModelError("engine_host_code (--trust-engine-code) applies to a prebuilt "
+                             ".engine only")
         _refuse(options, set(ALL_OPTIONS) - set(ORT_OPTIONS) - set(TRITON_OPTIONS), "TensorRT")
         from .tensorrt.cache import cached_engine_runner  # builds once, then reuses the cached engine
 

@@ -52,6 +52,19 @@ def test_build_then_info(trt, tiny_onnx, tmp_path, capsys, monkeypatch):
     assert "engine profile images" in text and "output prob: (?, 1, ?, ?) float32" in text
 
 
+def test_a_version_compatible_engine_without_record_needs_trust(trt, tiny_onnx, tmp_path, capsys):
+    engine = tmp_path / "outside.engine"
+    assert main(["build", str(tiny_onnx), "-o", str(engine), "--opt", "64x64", "--quiet",
+                 "--version-compatible"]) == 0
+    (tmp_path / "outside.engine.json").unlink()  # as trtexec --versionCompatible leaves it
+    capsys.readouterr()
+    assert main(["info", str(engine)]) == 2
+    err = capsys.readouterr().err
+    assert "--trust-engine-code" in err and err.count("\n") == 1
+    assert main(["info", str(engine), "--trust-engine-code"]) == 0
+    assert "output prob: (?, 1, ?, ?) float32" in capsys.readouterr().out
+
+
 def test_info_engine_without_tensorrt_shows_the_record(monkeypatch, tiny_onnx, tmp_path, capsys):
     trt_double.install(monkeypatch, "10.x")
     engine = tmp_path / "tiny.engine"

@@ -235,6 +235,22 @@ def test_version_compatible_engine_runs_on_a_later_tensorrt(monkeypatch, tiny_on
         TensorRTRunner(engine).activate()
 
 
+def test_a_version_compatible_engine_built_elsewhere_runs_only_when_trusted(trt, tiny_onnx,
+                                                                             tmp_path, rng):
+    """No dbrt record (trtexec --versionCompatible): its lean runtime is code from the file, so
+    it runs only with engine_host_code / --trust-engine-code, and the refusal names the flag."""
+    engine = tmp_path / "outside.engine"
+    build_engine_file(tiny_onnx, engine, BuildOptions(profile=SMALL, version_compatible=True))
+    sidecar_path(engine).unlink()
+    with pytest.raises(ModelError, match="--trust-engine-code"):
+        TensorRTRunner(engine).activate()
+    batch = rng.random((1, 3, 32, 32), dtype=np.float32)
+    with load_runner(engine, options=RunnerOptions(engine_host_code=True)) as runner:
+        np.testing.assert_allclose(runner.infer(batch)["prob"], ort_prob(tiny_onnx, batch), atol=1e-5)
+    with pytest.raises(ModelError, match="prebuilt .engine only"):
+        load_runner(tiny_onnx, backend="tensorrt", options=RunnerOptions(engine_host_code=True))
+
+
 def test_hardware_compatible_engine_runs_on_another_ampere_plus_gpu(trt, tiny_onnx, tmp_path,
                                                                      monkeypatch):
     from engine.cuda import DeviceInfo

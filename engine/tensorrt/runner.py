@@ -51,13 +51,17 @@ class _ThreadState:
 
 class TensorRTRunner(Runner):
     """Runs a TensorRT engine behind the Runner interface: `engine` is a path, serialized bytes,
-    a deserialized engine, or a loader (a function returning any of these, called on activation)."""
+    a deserialized engine, or a loader (a function returning any of these, called on activation).
+
+    A version-compatible engine carries a lean TensorRT runtime (host code) that runs in this
+    process: allowed when dbrt's record says dbrt built it so, or when `host_code` is given
+    for an engine the caller trusts (one built elsewhere, e.g. by trtexec --versionCompatible)."""
 
     name = "tensorrt"
     output_device = "cuda"
 
     def __init__(self, engine, record: Optional[EngineRecord] = None, cuda_graph: bool = False,
-                 backend=None):
+                 backend=None, host_code: bool = False):
         super().__init__()
         if isinstance(engine, (str, os.PathLike)):
             if not os.path.isfile(engine):
@@ -66,6 +70,7 @@ class TensorRTRunner(Runner):
         self._source = engine
         self.record = record
         self.cuda_graph = cuda_graph
+        self.host_code = host_code
         self._backend = backend
         self._engine = None
         self._runtime = None
@@ -97,8 +102,8 @@ class TensorRTRunner(Runner):
     def _deserialize(self, trt):
         init_plugins(trt)  # DeformConv and other plugin layers
         self._runtime = trt.Runtime(self._logger)
-        if self.record is not None and self.record.builder.get("version_compatible"):
-            # version-compatible plans carry their own lean runtime (host code)
+        if self.host_code or (self.record is not None
+                              and self.record.builder.get("version_compatible")):
             self._runtime.engine_host_code_allowed = True
         source = self._source() if callable(self._source) else self._source
         if hasattr(source, "num_io_tensors"):  # deserialized elsewhere
@@ -106,9 +111,13 @@ class TensorRTRunner(Runner):
         data = bytes(source) if isinstance(source, (bytes, bytearray)) else Path(source).read_bytes()
         engine = self._runtime.deserialize_cuda_engine(data)
         if engine is None:
+            errors = self._logger.last_errors()
+            hint = ("a version-compatible engine built outside dbrt runs with --trust-engine-code "
+                    "(engine_host_code): only for a file you trust" if "lean runtime" in errors.lower()
+                    else "engines only run on the TensorRT version and GPU that built them; "
+                         "rebuild with dbrt build")
             raise ModelError(f"TensorRT {trt.__version__} cannot load engine {self._describe()}: "
-                             f"{self._logger.last_errors()} (engines only run on the TensorRT "
-                             "version and GPU that built them; rebuild with dbrt build)")
+                             f"{errors} ({hint})")
         return engine
 
     def _read_io(self, trt) -> None:

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from pipeline.reading.spec import RecSpec
 
+TRUST_ENGINE_HELP = ("let a version-compatible TensorRT .engine built outside dbrt (e.g. trtexec "
+                     "--versionCompatible) run the TensorRT runtime it carries: code from the "
+                     "file runs in this process, so only for engines you trust")
+
 TRITON_FLAGS = {"triton_shm": "--triton-shm", "triton_inflight": "--triton-inflight",
                 "triton_timeout": "--triton-timeout"}
 
@@ -13,14 +17,16 @@ REC_MARGIN_HELP = ("grow each text crop by this fraction of the text's height on
 
 
 def runner_options(args):
-    """RunnerOptions from --threads / --sessions / --ort-spin, and for a triton:// model the
-    --triton-* flags and --reconnect / --reconnect-delay (flags a command lacks stay default)."""
+    """RunnerOptions from --threads / --sessions / --ort-spin / --trust-engine-code, and for a
+    triton:// model the --triton-* flags and --reconnect / --reconnect-delay (flags a command
+    lacks stay default)."""
     from engine.loader import RunnerOptions
 
     spin = getattr(args, "ort_spin", None)
     return RunnerOptions(threads=getattr(args, "threads", 0) or 0,
                          sessions=getattr(args, "sessions", 1) or 1,
                          spin=None if spin is None else spin == "on",
+                         engine_host_code=getattr(args, "trust_engine_code", False),
                          triton=triton_options(args))
 
 

@@ -1,7 +1,7 @@
 """`dbrt eval`: precision / recall / hmean of a model on a dataset (ICDAR 2015 protocol)."""
 from __future__ import annotations
 
-from ._model import REC_MARGIN_HELP, add_triton_arguments
+from ._model import REC_MARGIN_HELP, TRUST_ENGINE_HELP, add_triton_arguments
 from ._validate import DEVICES, at_least, between, number_list, output_file, output_folder, side_length
 
 NAME = "eval"
@@ -29,6 +29,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--device", default="auto", choices=DEVICES, help="where the model runs")
     parser.add_argument("--threads", type=at_least(0), default=0,
                         help="CPU inference threads (0: backend default)")
+    parser.add_argument("--trust-engine-code", action="store_true", help=TRUST_ENGINE_HELP)
     add_triton_arguments(parser)
     model = parser.add_argument_group("pre- and post-processing (default: the model's own settings)")
     model.add_argument("--limit-side", type=side_length,

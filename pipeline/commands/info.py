@@ -1,6 +1,8 @@
 """`dbrt info`: what a model or engine takes and gives."""
 from __future__ import annotations
 
+from ._model import TRUST_ENGINE_HELP
+
 NAME = "info"
 HELP = "show inputs, outputs, profiles, precision and metadata of an .onnx or .engine"
 ORDER = 60
@@ -13,6 +15,7 @@ TensorRT and a GPU are usable)."""
 def add_arguments(parser) -> None:
     parser.add_argument("model", help="an .onnx model or a TensorRT .engine / .plan")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    parser.add_argument("--trust-engine-code", action="store_true", help=TRUST_ENGINE_HELP)
 
 
 def run(args) -> int:
@@ -20,7 +23,7 @@ def run(args) -> int:
 
     from engine.describe import describe, format_description
 
-    info = describe(args.model)
+    info = describe(args.model, host_code=args.trust_engine_code)
     spec = _model_spec(info)
     if args.json:
         info["spec"] = None if spec is None else json.loads(spec.to_json())

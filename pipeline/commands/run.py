@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from ._model import REC_MARGIN_HELP, add_triton_arguments
+from ._model import REC_MARGIN_HELP, TRUST_ENGINE_HELP, add_triton_arguments
 from ._validate import (DEVICES, at_least, between, broker_url, fourcc, frame_size, input_size,
                         listen_address, output_folder, side_length)
 
@@ -43,6 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--ort-spin", choices=("on", "off"),
                    help="ONNX Runtime: idle inference threads busy-wait (on) or sleep (off); "
                         "default: ONNX Runtime's (on)")
+    m.add_argument("--trust-engine-code", action="store_true", help=TRUST_ENGINE_HELP)
     add_triton_arguments(p)
     t = p.add_argument_group("reading text")
     t.add_argument("--read", action="store_true",
