@@ -161,6 +161,7 @@ def test_parse_source_picks_the_kind(spec, kind):
 
 def test_http_file_is_not_live_but_ts_is():
     assert NetworkSource("http://h/video.mp4").live is False
+    assert NetworkSource("https://h/clip.m4v?token=1").live is False
     assert NetworkSource("http://h/live.ts").live is True
     assert NetworkSource("rtsp://h/x").reconnect is not None
 
@@ -261,6 +262,78 @@ def test_live_source_gives_up_after_retries():
                              reconnect=Reconnect(retries=2, delay=0.01)).open()
     with pytest.raises(SourceError, match="gave up after 2 reconnect attempts"):
         list(source)
+
+
+def test_a_server_that_accepts_and_sends_nothing_still_runs_out_of_retries():
+    """Each reconnect succeeds but the stream ends before a frame: the attempts of one outage
+    run on across those connections (they started over, so the run never ended)."""
+    from pipeline.sources import LiveSource
+
+    class AcceptsThenEnds(LiveSource):
+        def __init__(self):
+            super().__init__("rtsp://cam/s", Reconnect(retries=3, delay=0.01, max_delay=0.01))
+            self.connects, self.sent = 0, False
+
+        def _connect(self):
+            self.connects += 1
+
+        def _read(self):
+            if self.sent:
+                return None
+            self.sent = True
+            return np.zeros((4, 4, 3), np.uint8), 0.0
+
+        def _disconnect(self):
+            pass
+
+    source = AcceptsThenEnds().open()
+    with pytest.raises(SourceError, match="gave up after 3 reconnect attempts"):
+        list(source)
+    assert source.connects == 4
+
+
+def test_a_reopened_camera_keeps_its_clock(monkeypatch):
+    """Timestamps go on after a reconnect (they restarted at 0 while indices went on)."""
+    from pipeline.sources import camera as camera_module
+
+    class Flaky(_FakeCapture):
+        made = 0
+
+        def __init__(self, device):
+            super().__init__(device)
+            Flaky.made += 1
+            self.reads = 0
+
+        def read(self):
+            self.reads += 1
+            time.sleep(0.01)
+            if Flaky.made == 1 and self.reads > 5:
+                return False, None
+            return super().read()
+
+    monkeypatch.setattr(camera_module.cv2, "VideoCapture", Flaky)
+    source = CameraSource(0, reconnect=Reconnect(retries=2, delay=0.01)).open()
+    stamps = []
+    for frame in source:
+        stamps.append(frame.timestamp)
+        if len(stamps) == 10:
+            break
+    source.close()
+    source.join(10)
+    assert Flaky.made == 2 and stamps == sorted(stamps), stamps
+
+
+def test_a_video_file_closed_without_being_read_lets_go_of_it(video):
+    import os
+
+    def open_files():
+        return [os.path.realpath(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")]
+
+    with open_source(str(video)) as source:
+        assert str(video) in open_files()
+    assert str(video) not in open_files()
+    assert list(source) == []  # closed: nothing more, and no reopened file left behind
+    assert str(video) not in open_files()
 
 
 def test_credentials_in_a_source_url_stay_out_of_result_lines_and_reports():

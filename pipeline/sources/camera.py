@@ -48,7 +48,8 @@ class CameraSource(LiveSource):
             if value:
                 cap.set(prop, value)
         self._cap = cap
-        self._t0 = time.monotonic()
+        if self._t0 is None:  # a reopened camera's times go on from where they were
+            self._t0 = time.monotonic()
         self.mode = capture_mode(cap)
         refused = self._refused()
         if refused:
@@ -70,7 +71,7 @@ class CameraSource(LiveSource):
         ok, image = self._cap.read()
         if not ok or image is None:
             return None
-        return image, time.monotonic() - self._t0  # cameras have no PTS: time since opening
+        return image, time.monotonic() - self._t0  # cameras have no PTS: time since first opened
 
     def _disconnect(self) -> None:
         cap, self._cap = self._cap, None

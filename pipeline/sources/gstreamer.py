@@ -205,7 +205,9 @@ class GStreamerSource(LiveSource):
                     why += " (NVIDIA's elements, csi:// included, come with JetPack on a Jetson)"
                 self._disconnect()
                 raise SourceError(f"{self.name}: GStreamer could not start the pipeline: {why}")
-        self._t0, self._frames = time.monotonic(), 0
+        self._frames = 0
+        if not self._t0:  # a restarted live pipeline's times go on from where they were
+            self._t0 = time.monotonic()
         if not self.mode["width"] or not self.mode["height"]:
             self._disconnect()
             raise SourceError(f"{self.name}: GStreamer reported no frame size ({self.mode})")

@@ -117,6 +117,9 @@ class LiveSource(Source):
         self._thread: Optional[Stage] = None
         self._connected = False
         self._read_error: Optional[str] = None  # the last read failure, until the next frame
+        # the reconnect attempts of the outage under way: they run on until a frame arrives, so
+        # a server that accepts and then sends nothing still runs out of retries
+        self._attempts = None
 
     # -- subclass hooks ---------------------------------------------------------------------
     @abc.abstractmethod
@@ -135,6 +138,12 @@ class LiveSource(Source):
             self._connect()
             self._connected = True
         return self
+
+    def _as_file(self) -> None:
+        """For the first connect (before any frame): a file, not a stream, is behind the
+        address. Every frame is delivered, and its end is the source's end (no reconnect)."""
+        self.live, self.reconnect = False, None
+        self._slot = LatestSlot(overwrite=False)
 
     def start(self) -> None:
         if self._thread is None:
@@ -183,6 +192,7 @@ class LiveSource(Source):
                         return
                     continue
                 self._frames_read += 1
+                self._attempts = None  # the outage, if any, is over
                 if self.live:
                     self.stats.add(read=1)
                 yield (index,) + tuple(item)
@@ -217,7 +227,9 @@ class LiveSource(Source):
             return False
         self.state = "reconnecting"
         last = "stream ended"
-        for attempt, wait in enumerate(self.reconnect.delays(), 1):
+        if self._attempts is None:
+            self._attempts = enumerate(self.reconnect.delays(), 1)
+        for attempt, wait in self._attempts:
             if self._stop.wait(wait):
                 return False
             try:
