@@ -14,17 +14,23 @@ from pipeline.sources import VideoFileSource
 from media import FakeDetector, write_truncated_video, write_video
 
 
-def _decodable_frames(path) -> int:
-    """Frames FFmpeg decodes from `path` before it fails or ends (single-threaded)."""
+def _decodable_frames(path, threads: int = 1) -> int:
+    """Frames FFmpeg decodes from `path`, packets it rejects skipped (0 threads: FFmpeg's
+    choice, whose frame threads drop a damaged frame quietly instead of rejecting its packet)."""
     import av
 
     count = 0
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
-        stream.codec_context.thread_count = 1
+        stream.thread_type = "AUTO"
+        if threads:
+            stream.codec_context.thread_count = threads
         try:
-            for _ in container.decode(stream):
-                count += 1
+            for packet in container.demux(stream):
+                try:
+                    count += len(packet.decode())
+                except av.InvalidDataError:
+                    continue
         except av.FFmpegError:
             pass
     return count
@@ -51,7 +57,7 @@ def test_truncated_video_writes_every_decoded_frame_then_fails(tmp_path, tiny_on
     """Before: FFmpeg's threaded decoder ended quietly (exit 0 after 74 of 935 frames); one
     decoding thread raised, which aborted the run and lost the frames in flight."""
     video = write_truncated_video(tmp_path / "cut.mp4", frames=200)
-    decoded = _decodable_frames(video)
+    decoded = _decodable_frames(video, int(decode_threads))
     assert 0 < decoded < 200
     rc, errors, lines, out = _run(tmp_path, capsys, str(video), "--model", str(tiny_onnx),
                                   "--decode-threads", decode_threads)
@@ -67,6 +73,42 @@ def test_complete_video_is_not_called_truncated(tmp_path, tiny_onnx, capsys):
     video = write_truncated_video(tmp_path / "whole.mp4", frames=30, keep=1.0)
     rc, errors, lines, _ = _run(tmp_path, capsys, str(video), "--model", str(tiny_onnx))
     assert rc == 0 and errors == [] and len(lines) == 30
+
+
+def test_a_damaged_packet_mid_file_costs_only_its_own_frames(tmp_path, tiny_onnx, capsys):
+    """Garbage over a stretch in the middle of an MP4: the frames after it are still read and
+    written (decoding stopped at the first bad packet), then the run fails naming the damage."""
+    video = write_video(tmp_path / "hit.mp4", frames=100, fps=25)
+    data = bytearray(video.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 300] = bytes(range(256)) + bytes(44)
+    video.write_bytes(bytes(data))
+    decoded = _decodable_frames(video)
+    assert 90 < decoded < 100
+    rc, errors, lines, _ = _run(tmp_path, capsys, str(video), "--model", str(tiny_onnx),
+                                "--decode-threads", "1")
+    assert rc == 2 and len(errors) == 1 and "packet(s) could not be decoded" in errors[0], errors
+    assert [x["frame_index"] for x in lines] == list(range(decoded))
+
+
+@pytest.mark.parametrize("keep", [0.6, 1.0])
+def test_a_matroska_file_cut_short_is_an_error_and_a_whole_one_is_not(tmp_path, keep):
+    """Matroska has no frame index: the check uses the length its header states."""
+    from engine.errors import SourceError
+    from pipeline.sources import open_source
+
+    whole = write_video(tmp_path / "whole.mkv", frames=100, fps=25)
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(data[: int(len(data) * keep)])
+    frames = []
+    with open_source(str(cut)) as source:
+        if keep == 1.0:
+            frames = list(source)
+        else:
+            with pytest.raises(SourceError, match="ended early"):
+                frames.extend(source)
+    assert len(frames) == 100 if keep == 1.0 else 0 < len(frames) < 100
 
 
 def _not_an_image(path):

@@ -3,6 +3,7 @@ mid-run to prove that the source reconnects with back-off and keeps delivering f
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -178,6 +179,50 @@ def test_a_file_over_http_stopped_midway_counts_only_the_frames_handed_on(tmp_pa
         source.join(30)
         stats = source.stats.as_dict()
         assert (stats["read"], stats["delivered"], stats["dropped"]) == (10, 10, 0)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_a_file_behind_an_address_without_a_suffix_is_read_whole_from_0(tmp_path):
+    """A download link (no file suffix) to a Matroska recording whose clock starts at 1000 s:
+    the container states a length, so every frame is delivered to a slow reader, the end is
+    the end (no reconnect replaying it) and timestamps count from the file's start."""
+    from fractions import Fraction
+    from functools import partial
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    import av
+
+    from media import frame_image
+
+    with av.open(str(tmp_path / "recording"), "w", format="matroska") as container:
+        stream = container.add_stream("mpeg4", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(20):
+            vframe = av.VideoFrame.from_ndarray(frame_image(i, 48, 64), format="bgr24")
+            vframe.pts, vframe.time_base = 25_000 + i, Fraction(1, 25)
+            container.mux(stream.encode(vframe))
+        container.mux(stream.encode(None))
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(Quiet, directory=str(tmp_path)))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        source = open_source(f"http://127.0.0.1:{httpd.server_port}/recording")
+        assert not source.live
+        frames = []
+        for frame in source:
+            frames.append(frame)
+            time.sleep(0.01)  # a slow consumer: a live source would overwrite frames meanwhile
+        stats = source.stats.as_dict()
+        assert [f.index for f in frames] == list(range(20)), stats
+        assert (stats["dropped"], stats["reconnects"]) == (0, 0)
+        assert frames[0].timestamp == pytest.approx(0.0, abs=1e-3)
+        assert frames[-1].timestamp == pytest.approx(19 / 25, abs=1e-3)
     finally:
         httpd.shutdown()
         httpd.server_close()

@@ -1,8 +1,9 @@
 """Network streams (RTSP, HTTP / HTTPS MPEG-TS, HLS, RTMP, UDP, SRT) through PyAV.
 
 Live by default: the newest frame wins when the consumer is slow, and a dropped connection is
-retried with back-off (see `Reconnect`). A plain file over HTTP (``.mp4``, ``.mkv``...) is not
-live: every frame is delivered and its end is the end of the source.
+retried with back-off (see `Reconnect`). A plain file over HTTP (``.mp4``, ``.mkv``..., or any
+address whose container has a frame index or a length) is not live: every frame is delivered,
+its timestamps count from its start, and its end is the end of the source.
 """
 from __future__ import annotations
 
@@ -16,7 +17,10 @@ from .live import LiveSource, Reconnect
 from .video import first_video_stream, open_container, upright_bgr
 
 SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "tcp", "srt", "rtp")
-_FILE_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi", ".webm")
+_FILE_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".3gp", ".mpg", ".mpeg",
+                  ".wmv", ".ogv")
+
+
 def is_url(text: str) -> bool:
     return urlparse(text).scheme.lower() in SCHEMES
 
@@ -39,6 +43,7 @@ class NetworkSource(LiveSource):
     def __init__(self, url: str, reconnect: Optional[Reconnect] = Reconnect(), timeout: float = 5.0,
                  live: Optional[bool] = None, options: Optional[dict] = None):
         self.live = looks_live(url) if live is None else live
+        self._live_by_name = live is None and self.live  # the first connect may find a file
         super().__init__(url, reconnect if self.live else None)
         self.url = url
         self.timeout = timeout
@@ -50,6 +55,7 @@ class NetworkSource(LiveSource):
         self._fps: Optional[float] = None
         self._total: Optional[int] = None
         self._decoded = 0
+        self._start_s = 0.0  # a file's first timestamp, so that its frames count from 0
 
     @property
     def fps(self) -> Optional[float]:
@@ -64,6 +70,11 @@ class NetworkSource(LiveSource):
         self._frames = container.decode(stream)
         self._total = stream.frames or None  # a file's index (0 for a live stream)
         self._decoded = 0
+        if self._live_by_name and _finite(container, stream, self.url):
+            self._as_file()  # e.g. a download link with no file suffix
+        self._live_by_name = False
+        if not self.live and stream.start_time and stream.time_base is not None:
+            self._start_s = float(stream.start_time * stream.time_base)
 
     def _read(self):
         vframe = next(self._frames, None)
@@ -75,9 +86,19 @@ class NetworkSource(LiveSource):
                                   "is truncated)")
             return None
         self._decoded += 1
-        return upright_bgr(vframe), vframe.time
+        seconds = vframe.time
+        return upright_bgr(vframe), None if seconds is None else seconds - self._start_s
 
     def _disconnect(self) -> None:
         container, self._container, self._frames = self._container, None, None
         if container is not None:
             container.close()
+
+
+def _finite(container, stream, url: str) -> bool:
+    """Whether an HTTP(S) address serves a file: its container indexes its frames, or states a
+    length (an HLS playlist with an end, a file with a Content-Length; a live stream has
+    neither)."""
+    if urlparse(url).scheme not in ("http", "https"):
+        return False
+    return bool(stream.frames) or bool(container.duration and container.duration > 0)

@@ -1,5 +1,7 @@
 """Video files through PyAV, decoded with FFmpeg's own threads; never drops a frame. Frames come
-upright (the display rotation tag of phone videos is applied)."""
+upright (the display rotation tag of phone videos is applied). A damaged packet is skipped and
+counted, so the frames after it are still read; a file that stops short of the length its index
+or its container states is an error once its frames are read."""
 from __future__ import annotations
 
 import os
@@ -51,11 +53,16 @@ def upright_bgr(vframe) -> np.ndarray:
     return image if turn is None else cv2.rotate(image, turn)
 
 
-def _end_time(stream) -> Optional[float]:
-    """Where the stream's index says it ends, in seconds, or None."""
-    if not stream.duration or stream.time_base is None:
+def _end_time(container, stream) -> Optional[float]:
+    """Where the stream's index says it ends, in seconds, or None; for containers without a
+    per-stream length (Matroska, WebM), the container's stated length (MPEG-TS only estimates
+    one from its bit rate, so none is taken from it)."""
+    if stream.duration and stream.time_base is not None:
+        return float((stream.duration + (stream.start_time or 0)) * stream.time_base)
+    if not container.duration or "mpegts" in container.format.name:
         return None
-    return float((stream.duration + (stream.start_time or 0)) * stream.time_base)
+    start = float(stream.start_time * stream.time_base) if stream.start_time and stream.time_base else 0.0
+    return start + container.duration / 1e6  # microseconds (AV_TIME_BASE)
 
 
 def _reason(exc: Exception) -> str:
@@ -77,7 +84,11 @@ class VideoFileSource(Source):
         self._total: Optional[int] = None
         self._fps: Optional[float] = None
         self._end_s: Optional[float] = None
+        self._slack_s = 0.0  # how far short of _end_s the last frame may end (other streams)
         self._closed = threading.Event()
+        self._lock = threading.Lock()  # close() and the start of decoding
+        self._decoding = False
+        self._damaged = 0  # packets FFmpeg rejected
 
     def open(self) -> "VideoFileSource":
         if not os.path.exists(self.path):
@@ -91,7 +102,9 @@ class VideoFileSource(Source):
                 self._stream.codec_context.thread_count = self.threads
             self._total = self._stream.frames or None
             self._fps = float(self._stream.average_rate) if self._stream.average_rate else None
-            self._end_s = _end_time(self._stream)
+            self._end_s = _end_time(self._container, self._stream)
+            if not self._stream.duration and len(self._container.streams) > 1:
+                self._slack_s = 1.0  # the container's length is its longest stream's (audio)
         return self
 
     @property
@@ -104,10 +117,15 @@ class VideoFileSource(Source):
 
     def __iter__(self) -> Iterator[Frame]:
         self.open()
+        with self._lock:
+            if self._closed.is_set():
+                self._release()
+                return
+            self._decoding = True
         av = require("av")
         index, last_time = 0, None
         try:
-            for vframe in self._container.decode(self._stream):
+            for vframe in self._frames(av):
                 if self._closed.is_set():
                     break
                 image = upright_bgr(vframe)
@@ -122,6 +140,21 @@ class VideoFileSource(Source):
         if not self._closed.is_set() and self._ended_early(index, last_time):
             raise SourceError(f"{self.path} ended early: {self._of(index)} frames decoded (the "
                               "file is truncated or damaged)")
+        if self._damaged:
+            raise SourceError(f"{self.path} is damaged: {self._damaged} packet(s) could not be "
+                              f"decoded and were skipped; {self._of(index)} frames decoded")
+
+    def _frames(self, av):
+        """The stream's frames, packet by packet: a packet FFmpeg rejects is skipped and
+        counted, not the end of the file (container.decode stops at the first)."""
+        for packet in self._container.demux(self._stream):
+            try:
+                vframes = packet.decode()
+            except av.InvalidDataError:
+                self._damaged += 1
+                self.stats.add(skipped=1)
+                continue
+            yield from vframes
 
     def _seconds(self, vframe, index: int) -> Optional[float]:
         """Seconds into the source: the frame's time less the stream's start (broadcast and
@@ -138,17 +171,22 @@ class VideoFileSource(Source):
         return f"{count} of {self._total}" if self._total else str(count)
 
     def _ended_early(self, decoded: int, last_time: Optional[float]) -> bool:
-        """Fewer frames than the index promises, and the last one well before the end.
-        (FFmpeg's threaded decoder ends quietly where the data stops; the time check keeps
-        a file whose edit list trims a few frames from being called truncated.)"""
-        if not self._total or decoded >= self._total:
+        """Fewer frames than the index promises, or (no index) the last one well before the
+        container's stated end. (FFmpeg's threaded decoder ends quietly where the data stops;
+        the time check keeps a file whose edit list trims a few frames from being called
+        truncated.)"""
+        if self._total and decoded >= self._total:
             return False
         if last_time is None or self._end_s is None or not self._fps:
-            return True
-        return last_time < self._end_s - 2 / self._fps
+            return bool(self._total)
+        return last_time < self._end_s - 2 / self._fps - self._slack_s
 
     def close(self) -> None:
-        self._closed.set()
+        """Stop decoding (from any thread); a file not being decoded is released at once."""
+        with self._lock:
+            self._closed.set()
+            if not self._decoding:
+                self._release()
 
     def _release(self) -> None:
         if self._container is not None:
