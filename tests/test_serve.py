@@ -114,6 +114,9 @@ def test_token_port_in_use_and_bad_address(tmp_path, tiny_onnx, capsys):
         assert get(port, "/metrics?token=s3cret")[0] == 200
         assert get(port, "/healthz", {"Authorization": "Bearer s3cret"})[0] == 200
 
+        earlier = tmp_path / "o" / "detections.jsonl"  # a previous run's results
+        earlier.parent.mkdir()
+        earlier.write_text('{"frame_index": 0}\n')
         with socket.socket() as busy:
             busy.bind(("127.0.0.1", 0))
             busy.listen()
@@ -123,6 +126,7 @@ def test_token_port_in_use_and_bad_address(tmp_path, tiny_onnx, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert rc == 2 and err[-1].startswith(f"dbrt run: error: --serve 127.0.0.1:{taken}: cannot listen")
         assert "Traceback" not in "\n".join(err)
+        assert earlier.read_text() == '{"frame_index": 0}\n'  # a run that cannot start keeps it
         assert main(["run", "--serve", "host:port", "--quiet"]) == 2
         assert "--serve: expected [HOST:]PORT" in capsys.readouterr().err
     finally:

@@ -202,6 +202,9 @@ def build_pipeline(args):
 
 
 def _sinks(pipe, out: Path, args) -> list:
+    """The run's sinks, results files first. The sinks a user's flag can make fail (a busy
+    port, no display, a bad certificate) are made before the files are opened, so a run that
+    cannot start leaves the previous run's results as they were."""
     from pipeline.draw import BannerAnnotator, PolygonAnnotator
     from pipeline.sinks import ImageSink, JsonlSink, VideoSink, WindowSink
 
@@ -212,44 +215,46 @@ def _sinks(pipe, out: Path, args) -> list:
         annotators.append(TextAnnotator(show_score=args.show_scores))
     if pipe.detector.untrained:
         annotators.append(BannerAnnotator("UNTRAINED MODEL: boxes are meaningless"))
-    sinks = [JsonlSink(out / "detections.jsonl")]
-    try:  # a sink that cannot start (a busy port) closes those made before it
+    outputs, files = [], []
+    try:  # a sink that cannot start closes those made before it
+        if args.show:
+            outputs.append(WindowSink(on_quit=pipe.stop, annotators=annotators))
+        outputs.extend(_network_sinks(pipe, args, annotators))
+        files.append(JsonlSink(out / "detections.jsonl"))
         if pipe.tracker is not None:
             from pipeline.reading.events import TextEventSink
 
-            sinks.append(TextEventSink(out / "events.jsonl", lost_frames=pipe.tracker.lost_frames + 1,
+            files.append(TextEventSink(out / "events.jsonl", lost_frames=pipe.tracker.lost_frames + 1,
                                        every=args.events_every))
+            mqtt = [sink for sink in outputs if hasattr(sink, "publish_text_event")]
+            files[-1].listeners.extend(sink.publish_text_event for sink in mqtt)
         if not args.no_video:
-            sinks.extend(_visual_sinks(pipe, out, annotators, ImageSink, VideoSink))
-        if args.show:
-            sinks.append(WindowSink(on_quit=pipe.stop, annotators=annotators))
-        _wire_sinks(sinks, pipe, args, annotators)
+            files.extend(_visual_sinks(pipe, out, annotators, ImageSink, VideoSink))
+    except BaseException:
+        for sink in files + outputs:
+            sink.close()
+        raise
+    return files + outputs
+
+
+def _network_sinks(pipe, args, annotators) -> list:
+    """--mqtt (per-frame events, and with --track the text events) and --serve (the web view
+    also shows the MQTT counters)."""
+    sinks = []
+    try:
+        if args.mqtt:
+            from pipeline.mqtt import MqttSink
+
+            sinks.append(MqttSink(args.mqtt, max_queued=args.mqtt_queue))
+        if args.serve:
+            sinks.append(_serve_sink(pipe, args, annotators))
+            if args.mqtt:
+                sinks[-1].add_output("mqtt", sinks[0])
     except BaseException:
         for sink in sinks:
             sink.close()
         raise
     return sinks
-
-
-def _wire_sinks(sinks: list, pipe, args, annotators) -> None:
-    """--mqtt (per-frame events, and with --track the text events) and --serve (the web view
-    also shows the MQTT counters)."""
-    mqtt = None
-    if args.mqtt:
-        from pipeline.mqtt import MqttSink
-
-        mqtt = MqttSink(args.mqtt, max_queued=args.mqtt_queue)
-        sinks.append(mqtt)
-        if pipe.tracker is not None:  # the text events go to the broker as well
-            from pipeline.reading.events import TextEventSink
-
-            for sink in sinks:
-                if isinstance(sink, TextEventSink):
-                    sink.listeners.append(mqtt.publish_text_event)
-    if args.serve:
-        sinks.append(_serve_sink(pipe, args, annotators))
-        if mqtt is not None:
-            sinks[-1].add_output("mqtt", mqtt)
 
 
 def _serve_sink(pipe, args, annotators):
