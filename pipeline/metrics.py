@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from collections import Counter, deque
-from typing import Dict, Iterable, Optional, TextIO
+from typing import Callable, Dict, Iterable, Optional, TextIO
 
 import numpy as np
 
@@ -71,7 +71,9 @@ class LatencyWindow:
 
 
 class DepthGauge:
-    """Queue depth samples: mean, max and the last (taken whenever a stage pulls from the queue)."""
+    """Queue depth samples (mean, max: taken whenever a stage pulls from the queue) and the
+    depth now (`depth()`: read off the queue when it is watched, so a stalled reader's full
+    queue shows as full, not as its last sample)."""
 
     def __init__(self, capacity: int):
         self.capacity = capacity
@@ -79,6 +81,13 @@ class DepthGauge:
         self.total = 0
         self.max = 0
         self.last = 0
+        self._now: Optional[Callable[[], int]] = None
+
+    def watch(self, depth_now: Callable[[], int]) -> None:
+        self._now = depth_now
+
+    def depth(self) -> int:
+        return self._now() if self._now is not None else self.last
 
     def add(self, depth: int) -> None:
         self.last = depth
@@ -104,10 +113,15 @@ class Metrics:
         self.failures: deque = deque(maxlen=5)  # the last failure messages
         self.t_start: Optional[float] = None
         self.t_last: Optional[float] = None
+        self.finished = False  # until then, times run to now (a stalled run's FPS falls)
         self._recent = deque(maxlen=64)  # (time, frames_out) for the current FPS
 
     def start(self) -> None:
         self.t_start = time.perf_counter()
+
+    def finish(self) -> None:
+        """The run is over: its wall time ends at its last frame out."""
+        self.finished = True
 
     def stage(self, name: str, seconds: float) -> None:
         self.stages[name].add(seconds * 1e3)
@@ -140,7 +154,8 @@ class Metrics:
     def elapsed(self) -> float:
         if self.t_start is None:
             return 0.0
-        return (self.t_last or time.perf_counter()) - self.t_start
+        end = (self.t_last or time.perf_counter()) if self.finished else time.perf_counter()
+        return end - self.t_start
 
     @property
     def fps(self) -> float:
@@ -149,11 +164,13 @@ class Metrics:
 
     @property
     def current_fps(self) -> float:
-        """Throughput over the last few dozen frames (for the progress line)."""
+        """Throughput over the last few dozen frames, up to now while the run goes on (so it
+        falls towards 0 when frames stop coming: a stalled camera, a reconnect)."""
         if len(self._recent) < 2:
             return self.fps
         (t0, n0), (t1, n1) = self._recent[0], self._recent[-1]
-        return (n1 - n0) / (t1 - t0) if t1 > t0 else self.fps
+        end = t1 if self.finished else time.perf_counter()
+        return (n1 - n0) / (end - t0) if end > t0 else self.fps
 
     def report(self, sources: Iterable[dict] = (), **extra) -> dict:
         sources = list(sources)

@@ -125,8 +125,8 @@ class Pipeline:
         self._inferred = self._channel("inferred", cap)
         self._responded = self._channel("responded", cap) if self._async else self._inferred
         self._results = self._channel("results", cap * self.batch)
-        self._read = self._channel("read", cap * self.batch)
-        self._tracked = self._channel("tracked", cap * self.batch)
+        self._after = {name: self._channel({"track": "tracked"}.get(name, name), cap * self.batch)
+                       for name in self._extra_stages()}  # the read / track stages' outboxes
         self._out = self._channel("out", cap * self.batch)
         self._started, self._threads, self._source_errors = False, [], []  # Stages, source errors
 
@@ -282,6 +282,7 @@ class Pipeline:
                 stage.join()
         for source in self.sources:
             source.join(timeout=30)
+        self.metrics.finish()
         self._run_over = True
         self._close_requested.set()  # the closer's last wake-up: nothing left for it to close
         if self._closer.ident is not None:
@@ -323,8 +324,7 @@ class Pipeline:
         steps.append(stage("postprocess", work.postprocess, self._responded, self._results, many=True))
         results = self._results
         for name in self._extra_stages():  # read, track: FrameResult -> FrameResult
-            fn, outbox = {"read": (work.read_texts, self._read),
-                          "track": (self._track, self._tracked)}[name]
+            fn, outbox = {"read": work.read_texts, "track": self._track}[name], self._after[name]
             steps.append(stage(name, fn, results, outbox))
             results = outbox
         return decoders + steps + [stage("sink", self._sink, results, self._out)]

@@ -107,6 +107,8 @@ class Channel:
         self._queue: queue.Queue = queue.Queue(maxsize=capacity)
         self._control = control
         self._gauge = gauge
+        if gauge is not None:
+            gauge.watch(self._queue.qsize)
 
     def put(self, item) -> None:
         while True:

@@ -14,7 +14,7 @@ from pipeline.runner import Pipeline
 from pipeline.sinks import CallbackSink, JsonlSink
 from pipeline.sources import Reconnect, VideoFileSource
 
-from media import FakeDetector, SimulatedCamera, frame_image, index_of, write_video
+from media import FakeDetector, SimulatedCamera, frame_image, index_of, until, write_video
 
 STAGE_THREADS = ("decode:", "preprocess", "infer", "postprocess", "sink", "read:",
                  "source-closer")
@@ -227,6 +227,46 @@ def test_switch_interval_applies_during_the_run_and_is_restored(videos):
              callbacks=[lambda f, d: during.append(sys.getswitchinterval())]).run()
     assert during and all(abs(v - 0.001) < 1e-9 for v in during)
     assert sys.getswitchinterval() == before
+
+
+def test_fps_and_elapsed_fall_and_grow_while_frames_stop_then_stay_once_finished(monkeypatch):
+    """A stalled camera: its current FPS falls towards 0 and the elapsed time goes on (both
+    froze at their last frame, so an alert on FPS could never fire); a finished run's stay."""
+    from pipeline import metrics as metrics_module
+
+    clock = [100.0]
+    monkeypatch.setattr(metrics_module.time, "perf_counter", lambda: clock[0])
+    metrics = metrics_module.Metrics()
+    metrics.start()
+    for _ in range(10):
+        clock[0] += 0.1
+        metrics.frame_done(clock[0] - 0.05)
+    assert metrics.current_fps == pytest.approx(10.0, rel=0.02) and metrics.elapsed == pytest.approx(1.0)
+    clock[0] += 9.0  # no frame for 9 s
+    assert metrics.current_fps < 1.0 and metrics.elapsed == pytest.approx(10.0)
+    metrics.finish()
+    clock[0] += 5.0
+    assert metrics.elapsed == pytest.approx(1.0) and metrics.fps == pytest.approx(10.0)
+
+
+def test_queue_depth_is_read_off_the_queue_when_its_reader_stalls(videos):
+    """The depth in /metrics and /api/status is the queue's now: a stage stuck in a call
+    (a hung model server) leaves its inbox full, which a sample taken on get() never shows."""
+    release = threading.Event()
+
+    class Stuck(FakeDetector):
+        def infer(self, batch):
+            if self.calls["infer"] == 2:
+                release.wait(10)
+            return super().infer(batch)
+
+    pipe = Pipeline([videos[1]], Stuck(), batch=1, queue_size=2)
+    run = iter(pipe)
+    next(run)
+    until(lambda: pipe.metrics.queues["prepared"].depth() == 2, "the prepared queue to fill")
+    assert "read" not in pipe.metrics.queues and "tracked" not in pipe.metrics.queues
+    release.set()
+    assert len(list(run)) == 11
 
 
 def test_metrics_percentiles_summary_and_progress_line():

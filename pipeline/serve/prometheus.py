@@ -91,7 +91,7 @@ class _RunCollector:
         capacity = core.GaugeMetricFamily("dbrt_queue_capacity", "capacity of a stage queue",
                                           labels=["queue"])
         for name, gauge in metrics.queues.items():
-            depth.add_metric([name], gauge.last)
+            depth.add_metric([name], gauge.depth())
             capacity.add_metric([name], gauge.capacity)
         yield from (depth, capacity)
         sizes = dict(metrics.batch_sizes)

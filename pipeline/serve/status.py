@@ -54,7 +54,7 @@ class RunStatus:
             current_fps=round(metrics.current_fps, 3), elapsed_s=round(metrics.elapsed, 3),
             stages={name: w.summary() for name, w in metrics.stages.items()},
             end_to_end=metrics.end_to_end.summary(), batch_size=metrics.batch_summary(),
-            queues={name: dict(g.summary(), depth=g.last) for name, g in metrics.queues.items()},
+            queues={name: dict(g.summary(), depth=g.depth()) for name, g in metrics.queues.items()},
             streams=self.streams(), health=dict(zip(("ok", "reason"), self.health())),
             model_server=self.model_server(), failed_frames=metrics.failed_frames,
             outputs={name: extra.counters() for name, extra in self.extras.items()})
