@@ -10,6 +10,8 @@ import queue
 import time
 from typing import Callable, List, Optional, Tuple
 
+from engine.errors import ModelError
+
 from .sources import Frame
 from .stages import END, Channel
 
@@ -59,3 +61,14 @@ class Batcher:
                 size, deadline = item_size, time.perf_counter() + self._timeout
             frames.append(item)
         return frames
+
+
+def batch_size(batch: int, sources: int, runner) -> int:
+    """Frames per engine call: as asked, else one per source and at least one per parallel
+    session; never more than a served model's max_batch_size (0: no limit)."""
+    limit = int(getattr(runner, "max_batch", 0) or 0)
+    if batch and limit and batch > limit:
+        raise ModelError(f"--batch {batch}: the model takes at most {limit} frames per call "
+                         "(its max_batch_size)")
+    chosen = batch or max(sources, getattr(runner, "parallelism", 1))
+    return min(chosen, limit) if limit else chosen

@@ -26,9 +26,7 @@ import threading
 import weakref
 from typing import Callable, Iterable, Iterator, List, Optional, Sequence
 
-from engine.errors import ModelError
-
-from .batcher import Batcher
+from .batcher import Batcher, batch_size
 from .detections import Detections, FrameResult
 from .detector import Detector
 from .detector_steps import DetectorSteps
@@ -91,7 +89,7 @@ class Pipeline:
                                  f"got {batch}, {batch_timeout}, {max_frames}")
             self.tracker = _tracker(track)  # before the sources open: a missing package fails first
             self.sources = open_sources(sources, **(source_options or {}))
-            self.batch = _batch_size(batch, len(self.sources), getattr(detector, "runner", None))
+            self.batch = batch_size(batch, len(self.sources), getattr(detector, "runner", None))
         except BaseException:
             with contextlib.ExitStack() as steps:
                 if close_detector:
@@ -363,23 +361,17 @@ class Pipeline:
 
     def _sink(self, result: FrameResult) -> FrameResult:
         frame, detections = result
-        for sink in self.sinks:
-            sink.write(frame, detections)
-        self.metrics.frame_done(frame.t_read)
+        written = 0
+        try:
+            for sink in self.sinks:
+                sink.write(frame, detections)
+                written += 1
+        finally:  # a frame a later sink failed on is written all the same (its JSON line is)
+            if written or not self.sinks:
+                self.metrics.frame_done(frame.t_read)
         for callback in self.callbacks:
             callback(frame, detections)
         return result
-
-
-def _batch_size(batch: int, sources: int, runner) -> int:
-    """Frames per engine call: as asked, else one per source and at least one per parallel
-    session; never more than a served model's max_batch_size (0: no limit)."""
-    limit = int(getattr(runner, "max_batch", 0) or 0)
-    if batch and limit and batch > limit:
-        raise ModelError(f"--batch {batch}: the model takes at most {limit} frames per call "
-                         "(its max_batch_size)")
-    chosen = batch or max(sources, getattr(runner, "parallelism", 1))
-    return min(chosen, limit) if limit else chosen
 
 
 def _tracker(track):

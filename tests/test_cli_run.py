@@ -24,6 +24,24 @@ def clip(tmp_path_factory):
     return write_video(tmp_path_factory.mktemp("cli") / "clip.mp4", frames=8, height=72, width=128)
 
 
+def test_a_sink_failing_mid_run_leaves_a_report_that_matches_the_results(tmp_path, clip,
+                                                                         tiny_onnx, capsys):
+    """The annotated video cannot be written (a folder has its name): the JSON line of the
+    frame it failed on is written and counted as out, and the message names the error as
+    the cause (it said "stopped at once", as after a second Ctrl-C)."""
+    out = tmp_path / "out"
+    (out / "annotated.mp4").mkdir(parents=True)
+    longer = write_video(tmp_path / "longer.mp4", frames=40, height=72, width=128)
+    rc = main(["run", str(longer), "--model", str(tiny_onnx), "--output", str(out), "--threads", "1",
+               "--max-side", "128", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "annotated.mp4" in err.splitlines()[-1] and "stopped at once" not in err
+    lines = (out / "detections.jsonl").read_text().splitlines()
+    report = json.loads((out / "report.json").read_text())
+    assert report["frames"] == len(lines) >= 1
+    assert report["lost"] == 0 or "stopped by the error below" in err
+
+
 def test_run_writes_jsonl_video_and_report(tmp_path, clip, tiny_onnx, capsys):
     out = tmp_path / "out"
     rc = main(["run", str(clip), "--model", str(tiny_onnx), "--output", str(out), "--threads", "1",

@@ -341,8 +341,9 @@ def finish(pipe, progress, out: Path, args, error: Optional[BaseException] = Non
             print(f"dbrt run: --mqtt: the broker was not connected at the end{why}; "
                   f"{m['queued']} events were not delivered", file=sys.stderr)
     if report["lost"]:
-        print(f"dbrt run: stopped at once: {report['lost']} frames read were never written",
-              file=sys.stderr)
+        why = "stopped at once" if error is None or isinstance(error, KeyboardInterrupt) else \
+            "stopped by the error below"
+        print(f"dbrt run: {why}: {report['lost']} frames read were never written", file=sys.stderr)
     if pipe.detector.untrained:
         print("note: the model is untrained; train one with `dbrt train` or pass --model")
     events = f", {out / 'events.jsonl'}" if pipe.tracker is not None else ""
