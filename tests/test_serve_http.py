@@ -93,3 +93,12 @@ def test_head_on_metrics_and_a_lower_case_bearer(served):
     response = conn.getresponse()
     assert response.status == 200 and response.read() == b""
     conn.close()
+    import socket
+
+    for path in ("/", "/healthz", "/api/status", "/metrics", "/nowhere"):
+        # on the wire: http.client reads no body after a HEAD whatever the server sent
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
+            raw.sendall(f"HEAD {path} HTTP/1.0\r\nAuthorization: {AUTH['Authorization']}\r\n\r\n".encode())
+            answer = b"".join(iter(lambda: raw.recv(65536), b""))
+        head, _, rest = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.0 ") and rest == b"", (path, answer[:200])

@@ -47,6 +47,13 @@ class ServeApp:
         self._metrics_app = make_wsgi_app(registry)
 
     def __call__(self, environ, start_response):
+        body = self._answer(environ, start_response)
+        if environ.get("REQUEST_METHOD") == "HEAD":  # the headers only (wsgiref sends any body)
+            getattr(body, "close", lambda: None)()
+            return []
+        return body
+
+    def _answer(self, environ, start_response):
         method, path = environ.get("REQUEST_METHOD", "GET"), environ.get("PATH_INFO", "/")
         if method not in ("GET", "HEAD"):
             return _text(start_response, "405 Method Not Allowed", "read-only: GET only\n",
@@ -57,8 +64,7 @@ class ServeApp:
         if path == "/":
             return _send(start_response, "200 OK", "text/html; charset=utf-8", PAGE.encode())
         if path == "/metrics":  # prometheus_client answers GET only
-            body = self._metrics_app(dict(environ, REQUEST_METHOD="GET"), start_response)
-            return [] if method == "HEAD" else body
+            return self._metrics_app(dict(environ, REQUEST_METHOD="GET"), start_response)
         if path == "/healthz":
             ok, reason = self.status.health()
             return _text(start_response, "200 OK" if ok else "503 Service Unavailable", reason + "\n")
