@@ -32,7 +32,7 @@ from .detector import Detector
 from .detector_steps import DetectorSteps
 from .interrupts import Interrupted, StopSignals
 from .metrics import STAGES, Metrics
-from .sinks import Sink
+from .sinks import Sink, StreamEnds
 from .sources import Frame, Source, open_sources
 from .stages import (END, POLL_S, Aborted, Channel, Control, Stage, hold_switch_interval,
                      release_switch_interval)
@@ -252,6 +252,7 @@ class Pipeline:
         self._closer.start()
         self._signals.install()
         self._threads = self._stages()
+        self._stream_ends = StreamEnds(self.sources, self.sinks)  # the sinks as extended by now
         for stage in self._threads:
             stage.start()
 
@@ -369,6 +370,7 @@ class Pipeline:
         finally:  # a frame a later sink failed on is written all the same (its JSON line is)
             if written or not self.sinks:
                 self.metrics.frame_done(frame.t_read)
+        self._stream_ends.frame_written(frame)
         for callback in self.callbacks:
             callback(frame, detections)
         return result

@@ -1,8 +1,9 @@
 """Where results go: JSON lines, annotated video (PyAV), annotated images, a window, callbacks.
 
-A sink has `write(frame, detections)` (frame facts are read from the frame) and `close()`, and
-is a context manager. The pipeline calls every sink from its sink thread, in order per source, and
-closes them all at the end (even when one of them fails to close).
+A sink has `write(frame, detections)` (frame facts are read from the frame), `end_stream(stream)`
+(that source's last frame was written while others go on) and `close()`, and is a context manager.
+The pipeline calls every sink from its sink thread, in order per source, and closes them all at
+the end (even when one of them fails to close).
 """
 from __future__ import annotations
 
@@ -29,6 +30,9 @@ PathFor = Callable[[Frame], Union[str, os.PathLike]]
 class Sink(abc.ABC):
     @abc.abstractmethod
     def write(self, frame: Frame, detections: Detections) -> None: ...
+
+    def end_stream(self, stream: int) -> None:
+        """Source `stream` has ended and its last frame was written (the run goes on)."""
 
     def close(self) -> None:
         """Finish writing (idempotent)."""
@@ -227,5 +231,28 @@ class FilteredSink(Sink):
         if self.keep(frame):
             self.sink.write(frame, detections)
 
+    def end_stream(self, stream: int) -> None:
+        self.sink.end_stream(stream)
+
     def close(self) -> None:
         self.sink.close()
+
+
+class StreamEnds:
+    """Tells the sinks when a source that ended (or failed) has had its last frame written,
+    so that what they keep per stream (text tracks) ends then: a camera that fails for good
+    while the others go on, not only when the whole run ends."""
+
+    def __init__(self, sources: Sequence, sinks: Sequence[Sink]):
+        self._open = {source.stream: source for source in sources}
+        self._sinks = sinks
+        self._written: Dict[int, int] = {stream: 0 for stream in self._open}
+
+    def frame_written(self, frame: Frame) -> None:
+        self._written[frame.stream] = self._written.get(frame.stream, 0) + 1
+        for stream, source in list(self._open.items()):
+            if source.state in ("ended", "failed") and \
+                    self._written[stream] >= source.stats.delivered:
+                del self._open[stream]
+                for sink in self._sinks:
+                    sink.end_stream(stream)

@@ -203,3 +203,33 @@ def test_updates_go_on_after_the_streams_clock_restarts(tmp_path):
     updates = [json.loads(line)["last_frame"] for line in (tmp_path / "events.jsonl").read_text().splitlines()
                if json.loads(line)["event"] == "update"]
     assert any(100 < f < 150 for f in updates)
+
+
+def test_a_stream_that_fails_for_good_ends_its_tracks_while_the_others_go_on(tmp_path):
+    """Its end lines (and MQTT text events) came only when the whole run ended."""
+    import threading
+
+    from media import FakeDetector, SimulatedCamera, until
+    from pipeline.reading.events import TextEventSink
+    from pipeline.runner import Pipeline
+    from pipeline.sources import Reconnect
+
+    healthy = SimulatedCamera(total=10**6, fps=100)
+    dying = SimulatedCamera(total=10**6, fps=100, fail_at={20}, refuse=99,
+                            reconnect=Reconnect(retries=1, delay=0.01))
+    pipe = Pipeline([healthy, dying], FakeDetector(), track=True)
+    events = TextEventSink(tmp_path / "events.jsonl", lost_frames=10**6)
+    pipe.sinks.append(events)
+    errors = []
+    run = threading.Thread(target=lambda: errors.append(pytest.raises(Exception, pipe.run)))
+    run.start()
+    try:
+        until(lambda: dying.state == "failed" and not events.book.live(1),
+              "stream 1's tracks to end")
+        lines = [json.loads(x) for x in (tmp_path / "events.jsonl").read_text().splitlines()]
+        assert [(x["event"], x["stream"]) for x in lines] == [("end", 1)]
+        assert healthy.state == "up" and events.book.live(0)
+    finally:
+        pipe.stop()
+        run.join(30)
+    assert "gave up" in str(errors[0].value)

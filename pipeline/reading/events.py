@@ -92,6 +92,12 @@ class TextEventSink(Sink):
             self.updates += wrote if kind == UPDATE else 0
             self._fh.flush()
 
+    def end_stream(self, stream: int) -> None:
+        ended = self.book.end_stream(stream)
+        for track in ended:
+            self._due.pop((track.stream, track.track_id), None)
+        self._write(ended, END)
+
     def close(self) -> None:
         if not self._fh.closed:
             try:

@@ -89,7 +89,7 @@ class TrackBook:
     def update(self, frame: Frame, detections: Detections) -> List[Track]:
         ended = []
         if self._sizes.get(frame.stream, frame.size) != frame.size:
-            ended += self._end_stream(frame.stream)
+            ended += self.end_stream(frame.stream)
         self._sizes[frame.stream] = frame.size
         self._ticks[frame.stream] += 1
         tick = self._ticks[frame.stream]
@@ -119,7 +119,8 @@ class TrackBook:
         """The stream's live tracks, oldest first."""
         return list(self._live.get(stream, {}).values())
 
-    def _end_stream(self, stream: int) -> List[Track]:
+    def end_stream(self, stream: int) -> List[Track]:
+        """The stream's live tracks, ended (it changed size, or it ended)."""
         live = self._live.pop(stream, {})
         return sorted(live.values(), key=lambda t: t.track_id)
 
@@ -127,5 +128,5 @@ class TrackBook:
         """Every live track, ended (the run is over)."""
         ended = []
         for stream in sorted(self._live):
-            ended += self._end_stream(stream)
+            ended += self.end_stream(stream)
         return ended
