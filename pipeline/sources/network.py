@@ -96,9 +96,9 @@ class NetworkSource(LiveSource):
 
 
 def _finite(container, stream, url: str) -> bool:
-    """Whether an HTTP(S) address serves a file: its container indexes its frames, or states a
-    length (an HLS playlist with an end, a file with a Content-Length; a live stream has
-    neither)."""
+    """Whether an HTTP(S) address serves a file: its container indexes its frames (MP4) or
+    states its length (a Matroska header, an HLS playlist with an end); a live stream does
+    neither."""
     if urlparse(url).scheme not in ("http", "https"):
         return False
     return bool(stream.frames) or bool(container.duration and container.duration > 0)
