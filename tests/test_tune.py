@@ -23,7 +23,7 @@ def test_grid_is_sorted_and_its_best_row_is_what_a_plain_run_scores(synthetic_va
     with Detector(options=RunnerOptions(threads=1)) as det:
         rows = tune_postprocess(det, synthetic_val, thresh=(0.2, 0.3), box_thresh=(0.25, 0.5),
                                 unclip_ratio=(1.3, 1.5))
-        assert len(rows) == 6  # box_thresh 0.25 < thresh 0.3 is skipped
+        assert len(rows) == 8  # box_thresh 0.25 < thresh 0.3 too: a box's mean counts every pixel
         assert [r["hmean"] for r in rows] == sorted((r["hmean"] for r in rows), reverse=True)
         best = rows[0]
         det.post = DBPostprocessor(replace(det.post.config, thresh=best["thresh"],
@@ -78,7 +78,7 @@ def test_grid_edges_name_the_settings_a_wider_grid_could_beat():
     row = {"thresh": 0.2, "box_thresh": 0.5, "unclip_ratio": 2.0}
     assert grid_edges(row, **grid) == ["thresh 0.2 is the lowest tried", "unclip_ratio 2 is the highest tried"]
     assert grid_edges({"thresh": 0.3, "box_thresh": 0.3, "unclip_ratio": 1.5}, **grid) == [
-        "thresh 0.3 is the highest tried"]  # box_thresh at thresh is no edge
+        "thresh 0.3 is the highest tried", "box_thresh 0.3 is the lowest tried"]  # lower may box more
     assert grid_edges({"thresh": 0.2, "box_thresh": 0.3, "unclip_ratio": 1.5}, **grid) == [
         "thresh 0.2 is the lowest tried", "box_thresh 0.3 is the lowest tried"]
     assert grid_edges(row, thresh=(0.2,), box_thresh=(0.5,), unclip_ratio=(2.0,)) == []  # one value: no edges
@@ -104,7 +104,6 @@ def test_cli_tune_takes_its_grid_and_says_when_the_best_is_on_its_edge(tmp_path,
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--tune-box-thresh", "0.1"], "--tune-box-thresh: every value is below the lowest thresh tried (0.2)"),
     (["--tune-thresh", "0.2,x"], "argument --tune-thresh: must be comma-separated numbers from 0 to 1, got '0.2,x'"),
     (["--tune-unclip", "0"], "argument --tune-unclip: must be comma-separated numbers from 0.1 to 10, got '0'"),
 ])
@@ -116,3 +115,44 @@ def test_cli_tune_grid_mistakes_are_one_line(tmp_path, capsys, argv, message):
     assert main(["eval", "--dataset", str(root)] + argv) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_a_box_thresh_below_thresh_keeps_boxes_a_higher_one_drops():
+    """A box's score is its mean over the whole box, pixels under thresh too, so box_thresh
+    below thresh is a real setting (tuning skipped it and refused grids of only such values)."""
+    import numpy as np
+
+    from pipeline.postprocess import PostprocessConfig
+
+    from pipeline.preprocess import make_letterbox
+
+    prob = np.zeros((1, 64, 64), np.float32)
+    prob[0, 30:34, 10:54] = 0.9  # a cross: its box holds many pixels under thresh
+    prob[0, 10:54, 30:34] = 0.9
+    box = [make_letterbox(64, 64, 64, 64)]
+    counts = [len(DBPostprocessor(PostprocessConfig(thresh=0.3, box_thresh=b), "cpu")(prob, box)[0])
+              for b in (0.2, 0.3)]
+    assert counts == [1, 0]
+
+
+def test_cli_tune_scores_with_the_protocol_asked_for(tmp_path, capsys):
+    """--iou / --area-precision reach the tuning (it scored at IoU 0.5 whatever was asked)."""
+    import re
+
+    from pipeline.cli import main
+
+    root = tmp_path / "v"
+    write_dataset(root, 2, height=256, width=384)
+    args = ["eval", "--dataset", str(root), "--threads", "1"]
+    setting = dict(thresh="0.25", box_thresh="0.4", unclip="1.1")
+    hmeans = {}
+    for iou in ("0.5", "0.9"):
+        assert main(args + ["--quiet", "--iou", iou, "--thresh", setting["thresh"],
+                            "--box-thresh", setting["box_thresh"], "--unclip-ratio", setting["unclip"]]) == 0
+        plain = re.search(r"hmean (\d\.\d{4})", capsys.readouterr().out).group(1)
+        assert main(args + ["--iou", iou, "--tune-thresh", setting["thresh"], "--tune-box-thresh",
+                            setting["box_thresh"], "--tune-unclip", setting["unclip"]]) == 0
+        tuned = re.search(r"unclip_ratio 1.1: P .* hmean (\d\.\d{4})", capsys.readouterr().out).group(1)
+        assert tuned == plain
+        hmeans[iou] = tuned
+    assert hmeans["0.9"] < hmeans["0.5"]

@@ -77,21 +77,17 @@ def _tune(args, dataset) -> int:
 
     from dataclasses import replace
 
-    from engine.errors import DbrtError
     from pipeline import tune
     from pipeline.postprocess import DBPostprocessor
 
     grid = {"thresh": args.tune_thresh or tune.THRESH, "box_thresh": args.tune_box_thresh or tune.BOX_THRESH,
             "unclip_ratio": args.tune_unclip or tune.UNCLIP_RATIO}
-    if max(grid["box_thresh"]) < min(grid["thresh"]):
-        raise DbrtError(f"--tune-box-thresh: every value is below the lowest thresh tried "
-                        f"({min(grid['thresh']):g}), so no setting is left (a box's mean score is above "
-                        "thresh anyway)")
     print("grid: " + "; ".join(f"{k} {','.join(f'{v:g}' for v in values)}" for k, values in grid.items()))
     with _detector(args) as detector:
         maps = tune.probability_maps(detector, dataset)
         base = detector.post.config
-    rows = tune.tune_on_maps(maps, base, **grid)
+    protocol = dict(iou=args.iou, area_precision=args.area_precision)
+    rows = tune.tune_on_maps(maps, base, **grid, **protocol)
     for row in rows[:10]:
         print("thresh {thresh:g} box_thresh {box_thresh:g} unclip_ratio {unclip_ratio:g}: "
               "P {precision:.4f} R {recall:.4f} hmean {hmean:.4f}".format(**row))
@@ -104,7 +100,8 @@ def _tune(args, dataset) -> int:
               "(widen it with --tune-thresh / --tune-box-thresh / --tune-unclip)")
     chosen = replace(base, thresh=best["thresh"], box_thresh=best["box_thresh"],
                      unclip_ratio=best["unclip_ratio"])
-    print("at those settings: " + tune.score(maps, DBPostprocessor(chosen, "cpu"), explain=True).errors_summary())
+    print("at those settings: "
+          + tune.score(maps, DBPostprocessor(chosen, "cpu"), True, **protocol).errors_summary())
     if args.json:
         Path(args.json).write_text(json.dumps({"dataset": str(args.dataset), "grid": rows}, indent=1) + "\n")
     return 0
