@@ -188,9 +188,34 @@ def infer_architecture(state: Mapping[str, object]) -> Dict[str, object]:
     else:
         raise ModelError(f"unrecognised ResNet depth ({len(blocks)} blocks in layer3, "
                          f"{'bottleneck' if bottleneck else 'basic'} blocks)")
-    width = state["backbone.conv1.weight"].shape[0] / 64.0
     return {"arch": arch, "dcn": any(".conv2_offset." in k for k in state),
-            "width": width, "inner_channels": int(state["decoder.in5.weight"].shape[0])}
+            "width": _width_of(state), "inner_channels": int(state["decoder.in5.weight"].shape[0])}
+
+
+def _width_of(state: Mapping[str, object]) -> float:
+    """The width whose stage channels the checkpoint has (each stage is rounded on its own, so
+    no one layer tells it): the roundest such value, 0.3 rather than 0.30078."""
+    from .model import stage_channels
+
+    keys = [f"backbone.layer{i}.0.conv1.weight" for i in (1, 2, 3, 4)]
+    if not all(k in state for k in keys):
+        return state["backbone.conv1.weight"].shape[0] / 64.0
+    channels = [int(state[k].shape[0]) for k in keys]
+    near = channels[3] / 512.0
+    for decimals in (2, 3, 4):
+        step = 10.0 ** -decimals
+        for k in sorted(range(-20, 21), key=abs):
+            width = round(round(near / step) * step + k * step, decimals)
+            if width > 0 and stage_channels(width) == channels:
+                return width
+    return near
+
+
+def same_width(a: float, b: float) -> bool:
+    """Whether two widths build the same network."""
+    from .model import stage_channels
+
+    return stage_channels(a) == stage_channels(b)
 
 
 def _sidecar(path) -> Optional[dict]:
@@ -260,7 +285,8 @@ def model_from_checkpoint(source, arch: Optional[str] = None, dcn: Optional[bool
     chosen = {"arch": arch or found["arch"], "dcn": found["dcn"] if dcn is None else dcn,
               "width": found["width"] if width is None else width}
     conflicts = [f"{k}={chosen[k]} but the checkpoint has {k}={found[k]}"
-                 for k in ("arch", "dcn", "width") if chosen[k] != found[k]]
+                 for k in ("arch", "dcn", "width") if chosen[k] != found[k]
+                 and not (k == "width" and same_width(chosen[k], found[k]))]
     if conflicts and strict:
         raise ModelError("checkpoint does not match the requested model: " + "; ".join(conflicts))
     model = DBNet(chosen["arch"], dcn=chosen["dcn"], width=chosen["width"],

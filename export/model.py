@@ -96,6 +96,12 @@ class Bottleneck(nn.Module):
         return self.relu(out + identity)
 
 
+def stage_channels(width: float) -> List[int]:
+    """The four ResNet stages' channels at `width` (< 1: a compact variant, same layout and
+    names, fewer channels); each stage is rounded on its own."""
+    return [max(8, int(round(c * width))) for c in (64, 128, 256, 512)]
+
+
 class ResNet(nn.Module):
     """ResNet feature extractor returning C2..C5 (strides 4, 8, 16, 32)."""
 
@@ -105,8 +111,7 @@ class ResNet(nn.Module):
             raise ValueError(f"unknown backbone {arch!r}; choose one of {', '.join(ARCHS)}")
         kind, layers = ARCHS[arch]
         block = BasicBlock if kind == "basic" else Bottleneck
-        # width < 1 gives a compact variant (same layout and names, fewer channels).
-        c = [max(8, int(round(w * width))) for w in (64, 128, 256, 512)]
+        c = stage_channels(width)
         self.inplanes = c[0]
         self.conv1 = nn.Conv2d(3, c[0], 7, 2, 3, bias=False)
         self.bn1 = nn.BatchNorm2d(c[0])

@@ -126,6 +126,26 @@ def test_architecture_inferred_from_keys(arch, dcn):
     assert (found["arch"], found["dcn"], found["width"]) == (arch, dcn, 0.25)
 
 
+@pytest.mark.parametrize("width", [0.3, 0.4, 0.6, 0.8, 0.9, 1.1])
+def test_every_width_is_read_back_as_trained(width):
+    """Each stage's channels are rounded on their own, so the stem alone misread most widths
+    (0.3 as 0.296875: `dbrt export` of such a run failed with a shape mismatch)."""
+    model = DBNet("resnet18", width=width)
+    assert infer_architecture(model.state_dict())["width"] == width
+    for asked in (None, width):
+        rebuilt, report = model_from_checkpoint(model.state_dict(), width=asked)
+        assert report.loaded == len(model.state_dict()) and rebuilt.width == width
+
+
+def test_a_teacher_without_a_training_config_gets_its_own_width(tmp_path):
+    from export.train.weights import load_teacher
+
+    path = tmp_path / "shipped_like.pt"
+    torch.save(DBNet("resnet18", width=0.3).state_dict(), path)
+    teacher = load_teacher(path, torch.device("cpu"))
+    assert teacher.width == 0.3
+
+
 def test_requested_architecture_conflict_is_explained(tmp_path):
     path = tmp_path / "r18.pth"
     torch.save(_model().state_dict(), path)

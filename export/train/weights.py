@@ -10,7 +10,6 @@ from engine.errors import ModelError
 from engine.shapes import DEFAULT_MULTIPLES
 
 from ..checkpoint import BN_COUNTER, load_file, normalise_keys, unwrap
-from .config import TrainConfig
 
 
 def read_checkpoint(path) -> dict:
@@ -37,12 +36,17 @@ def load_weights(model, path) -> None:
 
 def load_teacher(path, device: torch.device):
     """The teacher of a distillation run, frozen in eval mode: a training checkpoint of ours (its
-    architecture and width from the run's config) or the shipped fp16 weights (width 0.5)."""
+    architecture and width from the run's config) or any other DBNet weights (architecture and
+    width read off their shapes)."""
+    from ..checkpoint import infer_architecture
     from ..model import DBNet
 
     saved = read_checkpoint(path)
     conf = saved.get("config", {}) if isinstance(saved, dict) else {}
-    teacher = DBNet(conf.get("arch", "resnet18"), width=conf.get("width", TrainConfig.width))
+    if "width" not in conf:
+        found = infer_architecture(unwrap(saved, str(path)))
+        conf = {"arch": found["arch"], "width": found["width"], **conf}
+    teacher = DBNet(conf.get("arch", "resnet18"), width=conf["width"])
     load_weights(teacher, path)
     teacher.to(device, memory_format=torch.channels_last).eval()
     for p in teacher.parameters():
