@@ -128,7 +128,8 @@ def test_tuned_validation_records_its_thresholds_and_ship_takes_them(tmp_path):
     load_weights(model, WEIGHTS)  # the shipped model: real detections to score
     dataset = open_dataset(str(tmp_path / "val"))
     plain, tuned = make_validator(dataset)(model), make_validator(dataset, tune=True)(model)
-    assert plain["hmean"] > 0 and tuned["untuned_hmean"] == plain["hmean"] and "thresh" not in plain
+    assert plain["hmean"] > 0 and tuned["untuned_hmean"] == plain["hmean"]
+    assert {k: plain[k] for k in POST_DEFAULTS} == POST_DEFAULTS  # what it scored at, recorded
     from pipeline.tune import grid_edges
     assert tuned.get("on_grid_edge") == ("; ".join(grid_edges(tuned)) or None)  # said when there is one
     # weights without a tuned validation (the shipped state dict): the defaults
@@ -449,3 +450,85 @@ def test_an_untuned_checkpoint_ships_and_exports_with_its_init_models_thresholds
     tuned = {"hmean": 0.5, "thresh": 0.25, "box_thresh": 0.5, "unclip_ratio": 1.1}
     torch.save({"model": {}, "config": {"init": str(shipped)}, "validation": tuned}, str(tmp_path / "b.pt"))
     assert trained_post_settings(tmp_path / "b.pt") == {"thresh": 0.25, "box_thresh": 0.5, "unclip_ratio": 1.1}
+
+
+def test_a_validation_that_fails_is_redone_on_resume_and_best_pt_follows_its_validation(tmp_path):
+    """The step's last.pt is saved before validating; a validation that fails (or a run killed
+    during it) is run first on --resume; scores on another validation start best.pt over."""
+    import dataclasses
+
+    from engine.errors import DbrtError
+    from export.train.loop import train
+
+    scores = iter([0.5, RuntimeError("disk gone"), 0.4, RuntimeError("again"), 0.3, 0.9])
+
+    def validate(model):
+        score = next(scores)
+        if isinstance(score, Exception):
+            raise score
+        return {"hmean": score}
+
+    cfg = _tiny_run(tmp_path, steps=8, val_every=2, val="A")
+    with pytest.raises(DbrtError, match="validation at step 4 failed: disk gone"):
+        train(cfg, validate)
+    out = Path(cfg.out_dir)
+    assert torch_load(out / "last.pt")["step"] == 4
+    with pytest.raises(DbrtError, match="validation at step 6 failed: again"):
+        train(dataclasses.replace(cfg, resume=True), validate)  # step 4 first, then 6
+    assert torch_load(out / "best.pt")["validation"]["hmean"] == 0.5
+    # validated on another set from now on: best.pt starts over there
+    train(dataclasses.replace(cfg, resume=True, val="B"), validate)
+    lines = [json.loads(x) for x in (out / "val.jsonl").read_text().splitlines()]
+    assert [(x["step"], x["hmean"], x["on"]["val"]) for x in lines] == [
+        (2, 0.5, "A"), (4, 0.4, "A"), (6, 0.3, "B"), (8, 0.9, "B")]
+    best = torch_load(out / "best.pt")
+    assert (best["step"], best["validation"]["hmean"], best["validation"]["on"]["val"]) == (8, 0.9, "B")
+
+
+def torch_load(path):
+    import torch
+
+    return torch.load(str(path), weights_only=True)
+
+
+def test_validation_scores_at_the_thresholds_the_checkpoint_ships_with(tmp_path):
+    """A fine-tune of the shipped model validated at DB's defaults while export and ship use
+    the --init model's thresholds: best.pt was chosen at settings it never runs with."""
+    from export.synth.dataset import write_dataset
+    from pipeline.cli import main
+
+    shipped = Path(__file__).parents[1] / "export" / "assets" / "dbnet_default.pt"
+    post = json.loads(shipped.with_suffix(".json").read_text())["spec"]["post"]
+    write_dataset(tmp_path / "val", 1, height=128, width=192)
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), "--init", str(shipped), "--steps", "1", "--batch", "1",
+                 "--crop", "64", "--warmup", "1", "--workers", "0", "--threads", "1", "--lr", "1e-9",
+                 "--val", str(tmp_path / "val")]) == 0
+    line = json.loads((out / "val.jsonl").read_text().splitlines()[-1])
+    assert {k: line[k] for k in ("thresh", "box_thresh", "unclip_ratio")} == {
+        k: post[k] for k in ("thresh", "box_thresh", "unclip_ratio")}
+
+
+def test_an_unreadable_validation_image_stops_the_run_before_it_trains(tmp_path, capsys):
+    from export.synth.dataset import write_dataset
+    from pipeline.cli import main
+
+    write_dataset(tmp_path / "val", 2, height=128, width=192)
+    broken = sorted((tmp_path / "val" / "images").iterdir())[-1]
+    broken.write_bytes(b"not an image")
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), "--width", "0.25", "--steps", "2", "--batch", "1",
+                 "--crop", "64", "--workers", "0", "--threads", "1", "--val", str(tmp_path / "val")]) == 2
+    err = capsys.readouterr().err
+    assert broken.name in err and err.count("\n") == 1 and not out.exists()
+
+
+def test_a_run_that_cannot_start_leaves_no_config_behind(tmp_path, capsys):
+    from pipeline.cli import main
+
+    (tmp_path / "empty").mkdir()
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), "--width", "0.25", "--steps", "2", "--batch", "1",
+                 "--crop", "64", "--workers", "0", "--threads", "1",
+                 "--data", str(tmp_path / "empty")]) == 2
+    assert capsys.readouterr().err.count("\n") == 1 and not (out / "config.json").exists()

@@ -26,7 +26,7 @@ from typing import Callable, Optional
 
 import torch
 
-from engine.errors import ModelError
+from engine.errors import DbrtError, ModelError
 
 from .config import TrainConfig
 from .data import MixedDataset, open_source, parse_source
@@ -173,27 +173,46 @@ def _use_amp(cfg: TrainConfig, device: torch.device) -> bool:
 
 
 class _Validator:
-    """Runs the callback on the EMA model, logs to val.jsonl, keeps best.pt."""
+    """Runs the callback on the EMA model, keeps best.pt, logs to val.jsonl. Scores count
+    against each other only on the same validation (folder, images, tuning): a resumed run
+    that validates on another starts best.pt over. The best so far is best.pt's own (written
+    before val.jsonl, so a run killed between the two still resumes with the best it has)."""
 
-    def __init__(self, out: Path, validate: Optional[Validate]):
+    def __init__(self, out: Path, validate: Optional[Validate], cfg: TrainConfig):
         self.out, self.validate, self.best = out, validate, -1.0
-        for line in (out / "val.jsonl").read_text().splitlines() if (out / "val.jsonl").exists() else []:
-            self.best = max(self.best, float(json.loads(line).get("hmean", -1)))
+        self.on = {"val": cfg.val, "val_images": cfg.val_images, "val_tune": cfg.val_tune}
+        lines = (out / "val.jsonl").read_text().splitlines() if (out / "val.jsonl").exists() else []
+        self.done = {json.loads(x)["step"] for x in lines if json.loads(x).get("on", self.on) == self.on}
+        best = (read_checkpoint(out / "best.pt").get("validation") or {}) if (out / "best.pt").exists() else {}
+        if best.get("on", self.on) == self.on:
+            self.best = float(best.get("hmean", -1))
+        elif validate is not None:
+            _log("validation differs from the one best.pt was chosen on: best.pt starts over")
 
     def __call__(self, step: int, ema, save_best: Callable[[dict], None]) -> None:
         if self.validate is None:
             return
         t = time.time()
-        result = dict(self.validate(ema.eval()), step=step)
+        try:
+            result = dict(self.validate(ema.eval()), step=step, on=self.on)
+        except Exception as exc:  # noqa: BLE001 - last.pt holds this step: --resume redoes it
+            raise DbrtError(f"validation at step {step} failed: {exc}") from exc
         result["seconds"] = round(time.time() - t, 1)
-        with open(self.out / "val.jsonl", "a") as f:
-            f.write(json.dumps(result) + "\n")
         hmean = float(result.get("hmean", -1))
-        _log("validation step {step}: ".format(step=step) + " ".join(
-            f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items() if k != "step"))
         if hmean > self.best:
             self.best = hmean
             save_best(result)
+        with open(self.out / "val.jsonl", "a") as f:
+            f.write(json.dumps(result) + "\n")
+        self.done.add(step)
+        _log("validation step {step}: ".format(step=step) + " ".join(
+            f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items()
+            if k not in ("step", "on")))
+
+    def owed(self, step: int, cfg: TrainConfig) -> bool:
+        """Whether `step` (where a run resumes) was due a validation that did not happen."""
+        due = step == cfg.steps or (cfg.val_every and step % cfg.val_every == 0)
+        return bool(self.validate is not None and step and due and step not in self.done)
 
 
 class _Progress:
@@ -264,8 +283,6 @@ def _next_batch(batches):
     try:
         return next(batches, None)
     except Exception as exc:  # noqa: BLE001 - torch re-raises a worker's error with its type
-        from engine.errors import DbrtError
-
         if isinstance(exc, DbrtError) and "Original Traceback" in str(exc):
             raise type(exc)(str(exc).strip().splitlines()[-1].split(": ", 1)[-1]) from None
         raise
@@ -290,7 +307,6 @@ def train(cfg: TrainConfig, validate: Optional[Validate] = None) -> Path:
     _check_out(out, cfg)
     out.mkdir(parents=True, exist_ok=True)
     ck = _resumable_checkpoint(out / "last.pt", cfg) if cfg.resume and (out / "last.pt").exists() else None
-    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     model = DBNet(cfg.arch, width=cfg.width)
     if cfg.init and ck is None:  # a resumed run's weights come from last.pt
         load_weights(model, cfg.init)
@@ -306,19 +322,24 @@ def train(cfg: TrainConfig, validate: Optional[Validate] = None) -> Path:
         ema.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         start = int(ck["step"])
-        if start >= cfg.steps:
-            _log(f"{out} finished at step {start} of {cfg.steps}: nothing to resume")
-            return out / "last.pt"
-        _log(f"resumed from step {start}")
     loader = torch.utils.data.DataLoader(
         make_dataset(cfg), batch_size=cfg.batch, sampler=range(start * cfg.batch, cfg.steps * cfg.batch),
         num_workers=cfg.workers, worker_init_fn=_worker_init if cfg.workers else None,
         persistent_workers=False, prefetch_factor=4 if cfg.workers else None,
         pin_memory=device.type == "cuda")
-    validator = _Validator(out, validate)
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))  # all of it could be set up
+    validator = _Validator(out, validate, cfg)
     step, validated = start, -1
     save = lambda path, **extra: _save(path, ema, model, opt, step, cfg, extra)  # noqa: E731
     save_best = lambda result: save(out / "best.pt", validation=result)  # noqa: E731
+    if validator.owed(start, cfg):  # stopped during it, or it failed: last.pt holds the step
+        validator(start, ema, save_best)
+        validated = start
+    if ck is not None and start >= cfg.steps:
+        _log(f"{out} finished at step {start} of {cfg.steps}: nothing to resume")
+        return out / "last.pt"
+    if ck is not None:
+        _log(f"resumed from step {start}")
     model.train()
     amp = _use_amp(cfg, device)
     averager, progress, terms = _Ema(ema, model), _Progress(cfg, start), None
@@ -347,11 +368,12 @@ def train(cfg: TrainConfig, validate: Optional[Validate] = None) -> Path:
             progress.add(terms, waited)
             progress.maybe_log(step, lr_at(cfg, step - 1))
             paused = time.time()
-            if step % cfg.save_every == 0 or step == cfg.steps:
-                save(out / "last.pt")
+            validating = cfg.val_every and step % cfg.val_every == 0 and step != cfg.steps
+            if step % cfg.save_every == 0 or step == cfg.steps or validating:
+                save(out / "last.pt")  # before validating: a run stopped there redoes only that
             if step % cfg.keep_every == 0:
                 save(out / f"step_{step:06d}.pt")
-            if cfg.val_every and step % cfg.val_every == 0 and step != cfg.steps:
+            if validating:
                 validator(step, ema, save_best)
                 validated = step
             progress.pause(time.time() - paused)

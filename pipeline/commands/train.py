@@ -3,6 +3,8 @@ with validation hmean on a held-out dataset and resumable checkpoints."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+from typing import Optional
 
 from ._validate import at_least, between, output_folder
 
@@ -125,12 +127,15 @@ def scale_range(text: str) -> tuple:
     return low, high
 
 
-def make_validator(dataset, tune: bool = False):
+def make_validator(dataset, tune: bool = False, post: Optional[dict] = None):
     """model -> {"precision", "recall", "hmean", "images"} on `dataset` through the same
-    Detector (preprocessing, DB post-processing, frame mapping) that `dbrt run` uses. With
-    `tune`, at the grid's best thresh / box_thresh / unclip_ratio on these maps (recorded in
-    the result, with the hmean at the default settings as "untuned_hmean", and "on_grid_edge"
-    when one of them is the grid's lowest or highest)."""
+    Detector (preprocessing, DB post-processing, frame mapping) that `dbrt run` uses, at the
+    thresh / box_thresh / unclip_ratio of `post` (those the model will ship with: its --init's;
+    default: DB's). With `tune`, at the grid's best settings on these maps (recorded in the
+    result, with the hmean at `post`'s as "untuned_hmean", and "on_grid_edge" when one of them
+    is the grid's lowest or highest)."""
+    from dataclasses import replace
+
     from export.torch_runner import TorchRunner
     from pipeline.detector import Detector
     from pipeline.postprocess import DBPostprocessor
@@ -140,7 +145,7 @@ def make_validator(dataset, tune: bool = False):
         runner_device = "cuda" if next(model.parameters()).is_cuda else "cpu"
         with Detector(model=TorchRunner(model, device=runner_device, half=False)) as detector:
             maps = probability_maps(detector, dataset)
-        config = detector.post.config
+        config = replace(detector.post.config, **(post or {}))
         rows = tune_on_maps(maps, config) if tune else []
         default = (config.thresh, config.box_thresh, config.unclip_ratio)
         # the grid holds the default settings: their row is the untuned score
@@ -149,7 +154,8 @@ def make_validator(dataset, tune: bool = False):
             result = score(maps, DBPostprocessor(config, "cpu"))
             untuned = {"precision": result.precision, "recall": result.recall, "hmean": result.hmean}
         if not tune:
-            return {**untuned, "images": len(dataset)}
+            return {**untuned, **dict(zip(("thresh", "box_thresh", "unclip_ratio"), default)),
+                    "images": len(dataset)}
         edges = grid_edges(rows[0])  # a wider grid (dbrt eval --tune-thresh ...) may do better
         return {**rows[0], "untuned_hmean": untuned["hmean"], "images": len(dataset),
                 **({"on_grid_edge": "; ".join(edges)} if edges else {})}
@@ -157,9 +163,20 @@ def make_validator(dataset, tune: bool = False):
     return validate
 
 
-def _check(cfg) -> None:
-    from pathlib import Path
+def _shipping_post(cfg) -> dict:
+    """The thresholds a checkpoint of this run ships with unless tuned (export's rule): its
+    --init's record or tuned validation; {} (DB's defaults) when it says none."""
+    if not cfg.init or not Path(cfg.init).is_file():
+        return {}
+    from export.checkpoint import sidecar_spec, trained_post_settings
 
+    spec = sidecar_spec(cfg.init)
+    if spec is not None:
+        return {k: float(getattr(spec.post, k)) for k in ("thresh", "box_thresh", "unclip_ratio")}
+    return trained_post_settings(cfg.init)
+
+
+def _check(cfg) -> None:
     from engine.errors import DbrtError
     from export.train.data import parse_source
 
@@ -201,7 +218,6 @@ def _resumed_config(args):
     flag that would change the training recipe midway is one clear error."""
     import dataclasses
     import json
-    from pathlib import Path
 
     from engine.errors import DbrtError
     from export.train.config import TrainConfig
@@ -239,7 +255,9 @@ def run(args) -> int:
         from pipeline.datasets import open_dataset
 
         dataset = open_dataset(cfg.val).head(cfg.val_images or None)
-        validate = make_validator(dataset, tune=cfg.val_tune)
+        for sample in dataset:  # an unreadable image fails now, not at the first validation
+            sample.read_image()
+        validate = make_validator(dataset, tune=cfg.val_tune, post=_shipping_post(cfg))
     path = train(cfg, validate=validate)
     print(f"checkpoint: {path}")
     return 0
