@@ -86,6 +86,9 @@ def load_file(path):
                          f"({why})") from exc
     except (pickle.UnpicklingError, RuntimeError, ValueError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if isinstance(exc, RuntimeError) and "zip archive" in first:  # cut short: not unsafe
+            raise ModelError(f"cannot read checkpoint {path}: the file is damaged or truncated "
+                             f"({first.split('. ')[0]})") from exc
         raise ModelError(f"cannot read checkpoint {path} with torch.load(weights_only=True): {first}. "
                          "Only tensors and plain containers are accepted; re-save the state_dict "
                          "from trusted code") from exc

@@ -153,6 +153,15 @@ def test_requested_architecture_conflict_is_explained(tmp_path):
         model_from_checkpoint(path, arch="resnet34")
 
 
+def test_a_checkpoint_cut_short_is_called_damaged_not_unsafe(tmp_path):
+    path = tmp_path / "cut.pt"
+    torch.save(_model().state_dict(), path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(ModelError, match="damaged or truncated") as info:
+        read_state_dict(path)
+    assert "trusted code" not in str(info.value)
+
+
 def test_pickled_objects_are_refused(tmp_path):
     path = tmp_path / "evil.pth"
     torch.save({"state_dict": _model().state_dict(), "cfg": _Unsafe()}, path)
