@@ -69,6 +69,6 @@ def batch_size(batch: int, sources: int, runner) -> int:
     limit = int(getattr(runner, "max_batch", 0) or 0)
     if batch and limit and batch > limit:
         raise ModelError(f"--batch {batch}: the model takes at most {limit} frames per call "
-                         "(its max_batch_size)")
+                         "(a served model's max_batch_size, an engine's profile)")
     chosen = batch or max(sources, getattr(runner, "parallelism", 1))
     return min(chosen, limit) if limit else chosen

@@ -206,17 +206,21 @@ class Detector:
         return self.detect_batch([image])[0]
 
     def detect_batch(self, images: Sequence[Union[np.ndarray, str, os.PathLike]]) -> List[Detections]:
-        """Text in several images; images of different sizes are run in separate batches."""
+        """Text in several images; images of different sizes are run in separate batches, and
+        none larger than the model takes (a served model's max_batch_size)."""
         from .sources.images import read_image
 
         loaded = [_check_image(read_image(os.fspath(image)) if isinstance(image, (str, os.PathLike))
                                else image) for image in images]
         results: List[Optional[Detections]] = [None] * len(loaded)
-        for size, members in _group_by(loaded, self.input_size_for).items():
-            batch, letterboxes = self.prepare([loaded[i] for i in members])
-            dets = self.postprocess(self.infer(batch), letterboxes)
-            for i, det in zip(members, dets):
-                results[i] = self.read(loaded[i], det)
+        limit = int(getattr(self.runner, "max_batch", 0) or 0) or len(loaded)
+        for group in _group_by(loaded, self.input_size_for).values():
+            for start in range(0, len(group), limit):
+                members = group[start:start + limit]
+                batch, letterboxes = self.prepare([loaded[i] for i in members])
+                dets = self.postprocess(self.infer(batch), letterboxes)
+                for i, det in zip(members, dets):
+                    results[i] = self.read(loaded[i], det)
         return results
 
     # -- lifecycle ---------------------------------------------------------------------------

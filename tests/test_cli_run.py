@@ -39,7 +39,7 @@ def test_a_sink_failing_mid_run_leaves_a_report_that_matches_the_results(tmp_pat
     lines = (out / "detections.jsonl").read_text().splitlines()
     report = json.loads((out / "report.json").read_text())
     assert report["frames"] == len(lines) >= 1
-    assert report["lost"] == 0 or "stopped by the error below" in err
+    assert report["lost"] == 0 or "stopped by the failure below" in err
 
 
 def test_run_writes_jsonl_video_and_report(tmp_path, clip, tiny_onnx, capsys):

@@ -84,6 +84,19 @@ def test_detect_batch_keeps_order_and_groups_sizes(tmp_path):
     assert sorted(b[0] for b in runner.batches) == [2, 2]  # two sizes -> two engine calls
 
 
+def test_detect_batch_never_sends_more_than_the_model_takes():
+    """A served model's max_batch_size (or an engine profile's largest batch): 5 images of one
+    size go as 2 + 2 + 1, in order (they went as one call the server refused)."""
+    runner = BrightPixelRunner()
+    runner.max_batch = 2
+    det = Detector(runner)
+    images = [scene(64, 96, (10, 10, 20 + 5 * k, 50)) for k in range(5)]
+    results = det.detect_batch(images)
+    assert [b[0] for b in runner.batches] == [2, 2, 1]
+    heights = [float(r.boxes_xyxy[0, 3] - r.boxes_xyxy[0, 1]) for r in results]
+    assert heights == sorted(set(heights))  # each result on its own image
+
+
 def test_spec_changes_reach_resize_and_postprocessing():
     det = Detector(BrightPixelRunner(), lambda spec: spec.replace(
         thresh=0.5, box_thresh=0.2, unclip_ratio=2.0, limit_side=128, max_candidates=7,

@@ -251,6 +251,21 @@ def test_a_version_compatible_engine_built_elsewhere_runs_only_when_trusted(trt,
         load_runner(tiny_onnx, backend="tensorrt", options=RunnerOptions(engine_host_code=True))
 
 
+def test_an_engine_says_how_many_frames_a_call_takes(trt, tiny_onnx, tmp_path):
+    """The profile's largest batch caps the pipeline's batch and detect_batch's calls."""
+    from engine.shapes import ShapeProfile
+    from pipeline.batcher import batch_size
+
+    engine = tmp_path / "b2.engine"
+    profile = ShapeProfile((1, 3, 32, 32), (2, 3, 64, 64), (2, 3, 128, 128))
+    build_engine_file(tiny_onnx, engine, BuildOptions(profile=profile))
+    with TensorRTRunner(engine) as runner:
+        assert runner.max_batch == 2
+        assert batch_size(0, 6, runner) == 2
+        with pytest.raises(ModelError, match="--batch 3: the model takes at most 2 frames"):
+            batch_size(3, 1, runner)
+
+
 def test_hardware_compatible_engine_runs_on_another_ampere_plus_gpu(trt, tiny_onnx, tmp_path,
                                                                      monkeypatch):
     from engine.cuda import DeviceInfo

@@ -75,6 +75,34 @@ def test_the_detector_through_triton_finds_exactly_the_local_boxes(url, shm):
         assert found >= 6
 
 
+def test_an_aborted_run_unregisters_its_shared_memory_on_a_live_server(url):
+    """Breaking out of the loop aborts the run: it does not wait for requests in flight, but a
+    server that is up still lets go of the run's regions (they stayed mapped until it restarted)."""
+    import tritonclient.grpc as grpc
+
+    client = grpc.InferenceServerClient(url.split("//")[1].split("/")[0])
+
+    def regions():
+        return sorted(client.get_system_shared_memory_status(as_json=True).get("regions", {}))
+
+    before = regions()
+    options = RunnerOptions(triton=TritonOptions(shm="system"))
+    detector = Detector(url, options=options, input_size=(128, 224))
+    pipe = Pipeline([str(DEMO_VIDEO)], detector, close_detector=True, max_frames=40)
+    for index, _ in enumerate(pipe):
+        if index == 3:
+            break
+    pipe.close()
+    assert regions() == before
+    client.close()
+
+
+def test_detect_batch_splits_what_is_more_than_the_served_model_takes(url):
+    frames = [_frames(1)[0]] * 9  # one more than max_batch_size 8
+    with Detector(url, _smaller) as remote:
+        assert [len(d) for d in remote.detect_batch(frames)] == [len(remote.detect(frames[0]))] * 9
+
+
 def test_dbrt_run_through_triton_writes_the_local_json_lines(url, tmp_path, capsys):
     args = [str(DEMO_VIDEO), "--max-frames", "12", "--no-video", "--quiet", *SIZE]
     assert main(["run", *args, "-o", str(tmp_path / "local")]) == 0
@@ -302,3 +330,21 @@ def test_the_batch_follows_the_served_models_max_batch_size(url, tmp_path):
     local = Pipeline([str(DEMO_VIDEO)], FakeDetector(), batch=9)
     assert local.batch == 9  # a local model: no cap
     local.close()
+
+
+def test_shared_memory_that_does_not_fit_is_one_error_not_a_crash(monkeypatch):
+    """A region is only sized; writing past what /dev/shm has free killed the client (SIGBUS,
+    no message: Docker's 64 MB /dev/shm). Its pages are now reserved when it is made."""
+    import errno
+    import os
+
+    from engine.triton import shm
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    memory = shm.memory("system", client=None, timeout=1.0)
+    with pytest.raises(ModelError, match="--shm-size.*--triton-shm none"):
+        memory.create("dbrt_test_full", 8 << 20)
+    assert not os.path.exists("/dev/shm/dbrt_test_full")  # nothing left behind

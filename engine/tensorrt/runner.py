@@ -265,5 +265,11 @@ class TensorRTRunner(Runner):
         return dict(self._profiles)
 
     @property
+    def max_batch(self) -> int:
+        """The most frames one call takes (the profile's largest batch; 0 before activation),
+        so that the pipeline and `detect_batch` never send more."""
+        return min((int(p.max[0]) for p in self._profiles.values()), default=0)
+
+    @property
     def metadata(self) -> Dict[str, str]:
         return dict(self.record.metadata) if self.record is not None else {}

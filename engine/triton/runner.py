@@ -114,10 +114,10 @@ class TritonRunner(Runner):
 
     def _deactivate(self) -> None:
         try:
-            if self._pool is not None:  # an aborted run does not wait for the server
-                aborted = self._cancelled.is_set()
+            if self._pool is not None:  # an aborted run does not wait for requests in flight,
+                aborted = self._cancelled.is_set()  # but lets go of a live server's regions
                 self._pool.close(drain_timeout=0 if aborted else self.options.timeout,
-                                 unregister=not aborted)
+                                 unregister=not aborted or self._healthy.is_set())
         finally:
             self._client.close()
 
@@ -261,6 +261,8 @@ class TritonRunner(Runner):
         return InferenceFailed(message)
 
     def _request_failed(self, error) -> None:
+        if self._cancelled.is_set():  # our own cancel (an aborted run), not the server failing
+            return
         with self._stats_lock:
             self.failed_requests += 1
             self._last_error = _first_line(error)

@@ -13,6 +13,7 @@ import importlib
 import itertools
 import os
 import queue
+import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
@@ -57,7 +58,16 @@ class _SystemMemory(_NoMemory):
     def create(self, name: str, size: int) -> Region:
         key = f"/{name}"
         handle = self.lib.create_shared_memory_region(name, key, size, create_only=True)
-        return Region(name, key, size, handle)
+        region = Region(name, key, size, handle)
+        try:
+            _reserve(key, size)
+        except OSError as exc:
+            self.destroy(region)
+            raise ModelError(f"cannot reserve {size / 2**20:.0f} MB of shared memory for a "
+                             f"request ({exc.strerror or exc}): /dev/shm is too small (a Docker "
+                             f"container's is 64 MB: --shm-size), or --triton-shm none sends "
+                             "the tensors inside the gRPC messages") from None
+        return region
 
     def register(self, region: Region) -> None:
         self.client.register_system_shared_memory(region.name, region.key, region.size,
@@ -115,6 +125,19 @@ class _CudaMemory(_SystemMemory):
 
     def read(self, region: Region, dtype, shape) -> np.ndarray:
         return self.lib.get_contents_as_numpy(region.handle, np.dtype(dtype), shape)
+
+
+def _reserve(key: str, size: int) -> None:
+    """Allocate a new region's pages now: the region is only sized, and a write beyond what
+    the shared memory file system has free would kill the process (SIGBUS), not raise."""
+    path = f"/dev/shm{key}"  # where Linux keeps POSIX shared memory
+    if not hasattr(os, "posix_fallocate") or not os.path.exists(path):
+        return
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, size)
+    finally:
+        os.close(fd)
 
 
 def memory(kind: str, client, timeout: float):
@@ -192,7 +215,8 @@ class SlotPool:
     def close(self, drain_timeout: float, unregister: bool = True) -> None:
         """Wait (bounded) for requests in flight, then unregister and free every region. After
         one unregister fails (the server is gone or hung), or with `unregister=False` (a run
-        aborted), only our side is freed: each call would wait for the server's timeout."""
+        aborted while the server was away), only our side is freed: each call would wait for
+        the server's timeout."""
         for _ in self.slots:
             try:
                 self._free.get(timeout=drain_timeout)
@@ -207,12 +231,18 @@ class SlotPool:
         return [r for slot in self.slots for r in slot.regions.values()]
 
     def _drop(self, region: Region, unregister: bool = True) -> bool:
-        """Free a region (unregistered first when asked); whether unregistering still works."""
-        try:
-            if unregister:
+        """Free a region (unregistered first when asked); whether unregistering still works.
+        A region a cancelled request still uses on the server is unregistered once it is done
+        (Triton refuses while it is in use), waiting at most the control calls' timeout."""
+        deadline = time.monotonic() + self.mem.timeout
+        while unregister:
+            try:
                 self.mem.unregister(region)
-        except Exception:  # noqa: BLE001 - the server may be gone; free our side anyway
-            unregister = False
+                break
+            except Exception as exc:  # noqa: BLE001 - the server may be gone; free our side anyway
+                unregister = "in use" in _line(exc) and time.monotonic() < deadline
+                if unregister:
+                    time.sleep(0.02)
         self.mem.destroy(region)
         return unregister
 

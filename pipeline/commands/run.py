@@ -342,7 +342,7 @@ def finish(pipe, progress, out: Path, args, error: Optional[BaseException] = Non
                   f"{m['queued']} events were not delivered", file=sys.stderr)
     if report["lost"]:
         why = "stopped at once" if error is None or isinstance(error, KeyboardInterrupt) else \
-            "stopped by the error below"
+            "stopped by the failure below"
         print(f"dbrt run: {why}: {report['lost']} frames read were never written", file=sys.stderr)
     if pipe.detector.untrained:
         print("note: the model is untrained; train one with `dbrt train` or pass --model")
