@@ -12,8 +12,8 @@ propagation and the put loop) between two bounded channels, so results stay in o
 input size (pipeline.batcher). A failure in a stage stops the stages before it, what the stages
 after it hold still reaches the sinks, then the consumer re-raises it; a source that fails (a
 truncated file, an unreadable image, a lost stream) only ends its own frames, and its error is
-raised once everything read has reached the sinks. Ctrl-C (or `stop()`) stops reading and lets every frame already read reach the sinks (see
-interrupts.py).
+raised once everything read has reached the sinks. Ctrl-C (or `stop()`) stops reading and lets
+every frame already read reach the sinks (see interrupts.py).
 """
 from __future__ import annotations
 

@@ -15,7 +15,8 @@ import itertools
 from dataclasses import replace
 from typing import Dict, List, Sequence
 
-from .evaluate import AREA_PRECISION_THRESHOLD, IOU_THRESHOLD, EvalResult, prepare_truth, score_image
+from .evaluate import (AREA_PRECISION_THRESHOLD, IOU_THRESHOLD, EvalResult, prepare_truth,
+                       score_image)
 from .postprocess import DBPostprocessor
 
 # wide enough that the best settings of the models here lie inside it, not on its edge (a

@@ -112,8 +112,9 @@ class TensorRTRunner(Runner):
         engine = self._runtime.deserialize_cuda_engine(data)
         if engine is None:
             errors = self._logger.last_errors()
+            lean = "lean runtime" in errors.lower()  # a version-compatible plan, host code refused
             hint = ("a version-compatible engine built outside dbrt runs with --trust-engine-code "
-                    "(engine_host_code): only for a file you trust" if "lean runtime" in errors.lower()
+                    "(engine_host_code): only for a file you trust" if lean
                     else "engines only run on the TensorRT version and GPU that built them; "
                          "rebuild with dbrt build")
             raise ModelError(f"TensorRT {trt.__version__} cannot load engine {self._describe()}: "

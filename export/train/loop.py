@@ -182,8 +182,10 @@ class _Validator:
         self.out, self.validate, self.best = out, validate, -1.0
         self.on = {"val": cfg.val, "val_images": cfg.val_images, "val_tune": cfg.val_tune}
         lines = (out / "val.jsonl").read_text().splitlines() if (out / "val.jsonl").exists() else []
-        self.done = {json.loads(x)["step"] for x in lines if json.loads(x).get("on", self.on) == self.on}
-        best = (read_checkpoint(out / "best.pt").get("validation") or {}) if (out / "best.pt").exists() else {}
+        ours = [r for r in map(json.loads, lines) if r.get("on", self.on) == self.on]
+        self.done = {r["step"] for r in ours}
+        best = read_checkpoint(out / "best.pt").get("validation") if (out / "best.pt").exists() else None
+        best = best or {}
         if best.get("on", self.on) == self.on:
             self.best = float(best.get("hmean", -1))
         elif validate is not None:

@@ -61,8 +61,8 @@ def _end_time(container, stream) -> Optional[float]:
         return float((stream.duration + (stream.start_time or 0)) * stream.time_base)
     if not container.duration or "mpegts" in container.format.name:
         return None
-    start = float(stream.start_time * stream.time_base) if stream.start_time and stream.time_base else 0.0
-    return start + container.duration / 1e6  # microseconds (AV_TIME_BASE)
+    start = stream.start_time * stream.time_base if stream.start_time and stream.time_base else 0
+    return float(start) + container.duration / 1e6  # microseconds (AV_TIME_BASE)
 
 
 def _reason(exc: Exception) -> str:
