@@ -226,3 +226,38 @@ def test_a_file_behind_an_address_without_a_suffix_is_read_whole_from_0(tmp_path
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def test_an_mpeg_ts_recording_over_http_is_a_file_and_an_unseekable_mp4_says_why(tmp_path):
+    """A .ts file from a plain HTTP server (it sends Content-Length) is read once, every frame
+    (it was taken for a live stream: frames dropped, the file replayed forever); an MP4 whose
+    index is at its end, from a server without byte ranges, fails naming the likely cause."""
+    from functools import partial
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    from pipeline.shipped import DEMO_VIDEO
+
+    (tmp_path / "rec.ts").write_bytes(mpegts_bytes(frames=30))
+    (tmp_path / "demo.mp4").write_bytes(DEMO_VIDEO.read_bytes())  # index at the end
+
+    class Quiet(SimpleHTTPRequestHandler):  # answers whole files only: no byte ranges
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(Quiet, directory=str(tmp_path)))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{httpd.server_port}"
+        source = open_source(f"{base}/rec.ts")
+        assert not source.live
+        frames = []
+        for frame in source:
+            frames.append(frame.index)
+            time.sleep(0.005)
+        stats = source.stats.as_dict()
+        assert frames == list(range(30)) and (stats["dropped"], stats["reconnects"]) == (0, 0)
+        with pytest.raises(SourceError, match="needs HTTP byte ranges"):
+            list(open_source(f"{base}/demo.mp4"))
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

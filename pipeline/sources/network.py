@@ -77,7 +77,15 @@ class NetworkSource(LiveSource):
             self._start_s = float(stream.start_time * stream.time_base)
 
     def _read(self):
-        vframe = next(self._frames, None)
+        try:
+            vframe = next(self._frames, None)
+        except Exception as exc:
+            if self.live or self._decoded or urlparse(self.url).scheme not in ("http", "https"):
+                raise
+            raise SourceError(f"{_first_line(exc)}: reading this file needs HTTP byte ranges, "
+                              "which the server may not support (an MP4 whose index is at its "
+                              "end: serve it with ranges, or write it with -movflags "
+                              "faststart)") from exc
         if vframe is None:
             # a file whose download stopped cleanly but early: fewer frames than its index
             # (a frame or two short is an edit list, as for local files)
@@ -97,8 +105,16 @@ class NetworkSource(LiveSource):
 
 def _finite(container, stream, url: str) -> bool:
     """Whether an HTTP(S) address serves a file: its container indexes its frames (MP4) or
-    states its length (a Matroska header, an HLS playlist with an end); a live stream does
-    neither."""
+    states its length (a Matroska header, an HLS playlist with an end), or the server says how
+    many bytes it sends (Content-Length: an MPEG-TS recording); a live stream does none of
+    these. (An HLS playlist's own length says nothing about its video.)"""
     if urlparse(url).scheme not in ("http", "https"):
         return False
-    return bool(stream.frames) or bool(container.duration and container.duration > 0)
+    if bool(stream.frames) or bool(container.duration and container.duration > 0):
+        return True
+    return "hls" not in container.format.name and (getattr(container, "size", 0) or 0) > 0
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
