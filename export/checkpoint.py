@@ -236,6 +236,12 @@ def _sidecar(path) -> Optional[dict]:
     return data if isinstance(data, dict) else None
 
 
+def sidecar_train_config(path) -> dict:
+    """The training settings in a checkpoint's record ("train_config"), {} when it has none."""
+    data = _sidecar(path) or {}
+    return data["train_config"] if isinstance(data.get("train_config"), dict) else {}
+
+
 def sidecar_spec(path) -> Optional["ModelSpec"]:
     """The ModelSpec in a checkpoint's record (its "spec" object), so an export keeps the
     thresholds the model was tuned with."""

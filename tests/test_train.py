@@ -532,3 +532,18 @@ def test_a_run_that_cannot_start_leaves_no_config_behind(tmp_path, capsys):
                  "--crop", "64", "--workers", "0", "--threads", "1",
                  "--data", str(tmp_path / "empty")]) == 2
     assert capsys.readouterr().err.count("\n") == 1 and not (out / "config.json").exists()
+
+
+def test_a_fine_tune_keeps_the_shrink_ratio_its_init_model_learnt(tmp_path, capsys):
+    """The shipped model was trained at shrink ratio 0.3; the README's fine-tune command trained
+    at the default 0.4 without a word, changing what the probability map means."""
+    from pipeline.cli import main
+
+    shipped = Path(__file__).parents[1] / "export" / "assets" / "dbnet_default.pt"
+    common = ["--init", str(shipped), "--steps", "1", "--batch", "1", "--crop", "64",
+              "--warmup", "1", "--workers", "0", "--threads", "1"]
+    assert main(["train", "--out", str(tmp_path / "a")] + common) == 0
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["shrink_ratio"] == 0.3
+    assert "--shrink-ratio 0.3, as dbnet_default.pt was trained" in capsys.readouterr().err
+    assert main(["train", "--out", str(tmp_path / "b"), "--shrink-ratio", "0.4"] + common) == 0
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["shrink_ratio"] == 0.4

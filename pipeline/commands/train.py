@@ -192,6 +192,24 @@ def _check(cfg) -> None:
         raise DbrtError(f"--crop must be a positive multiple of 32, got {cfg.crop}")
 
 
+def _with_init_target(cfg, args):
+    """A fine-tune keeps the training target its --init model learnt (DB's shrink ratio, in the
+    model's record) unless --shrink-ratio is given: another one changes what the map means."""
+    import dataclasses
+    import sys
+
+    if "shrink_ratio" in args.given or not cfg.init or not Path(cfg.init).is_file():
+        return cfg
+    from export.checkpoint import sidecar_train_config
+
+    ratio = sidecar_train_config(cfg.init).get("shrink_ratio")
+    if ratio is None or float(ratio) == cfg.shrink_ratio:
+        return cfg
+    print(f"dbrt train: --shrink-ratio {float(ratio):g}, as {Path(cfg.init).name} was trained "
+          "(its record); give --shrink-ratio to choose another", file=sys.stderr)
+    return dataclasses.replace(cfg, shrink_ratio=float(ratio))
+
+
 def _new_config(args):
     from export.train.config import TrainConfig
 
@@ -248,7 +266,7 @@ def run(args) -> int:
     require("torch")
     from export.train.loop import train
 
-    cfg = _resumed_config(args) if args.resume else _new_config(args)
+    cfg = _resumed_config(args) if args.resume else _with_init_target(_new_config(args), args)
     _check(cfg)
     validate = None
     if cfg.val:
