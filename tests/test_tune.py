@@ -104,6 +104,7 @@ def test_cli_tune_takes_its_grid_and_says_when_the_best_is_on_its_edge(tmp_path,
 
 
 @pytest.mark.parametrize("argv, message", [
+    (["--tune", "--vis", "v"], "--vis draws the misses and false alarms of a plain detection run"),
     (["--tune-thresh", "0.2,x"], "argument --tune-thresh: must be comma-separated numbers from 0 to 1, got '0.2,x'"),
     (["--tune-unclip", "0"], "argument --tune-unclip: must be comma-separated numbers from 0.1 to 10, got '0'"),
 ])

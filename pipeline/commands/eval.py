@@ -185,6 +185,10 @@ def run(args) -> int:
     if args.tune and args.e2e:
         raise DbrtError("--tune scores detection only; run --e2e on its own, with the "
                         "thresholds --tune picked")
+    if args.vis and (args.tune or args.e2e):
+        raise DbrtError(f"--vis draws the misses and false alarms of a plain detection run; "
+                        f"run dbrt eval without {'--tune' if args.tune else '--e2e'} (at the "
+                        "thresholds --tune picked) to draw them")
     dataset = open_dataset(args.dataset, args.gt, args.format).head(args.max_images)
     if args.tune:
         return _tune(args, dataset)
