@@ -51,6 +51,7 @@ def test_run_writes_jsonl_video_and_report(tmp_path, clip, tiny_onnx, capsys):
     assert [x["frame_index"] for x in lines] == list(range(8))
     report = json.loads((out / "report.json").read_text())
     assert report["frames"] == 8 and report["batch"] == 2
+    assert report["outputs"]["videos"] == {"0": str(out / "annotated.mp4")}  # what this run wrote
     assert set(report["stages"]) == {"decode", "preprocess", "infer", "postprocess", "sink"}
     spec = report["model"]["spec"]
     assert spec["resize"]["limit_type"] == "max" and report["model"]["post"]["box_thresh"] == 0.1

@@ -353,7 +353,15 @@ def finish(pipe, progress, out: Path, args, error: Optional[BaseException] = Non
 
 
 def _outputs(pipe, out: Path) -> dict:
+    """The files this run wrote (a folder may also hold an earlier run's)."""
+    from pipeline.sinks import ImageSink, VideoSink
+
     outputs = dict(jsonl=str(out / "detections.jsonl"), report=str(out / "report.json"))
     if pipe.tracker is not None:
         outputs["events"] = str(out / "events.jsonl")
+    for sink in (getattr(s, "sink", s) for s in pipe.sinks):  # inside its stream filter
+        if isinstance(sink, VideoSink) and sink.paths:
+            outputs["videos"] = {str(stream): str(p) for stream, p in sorted(sink.paths.items())}
+        if isinstance(sink, ImageSink) and sink.written:
+            outputs["images"] = str(out / "annotated")
     return outputs
