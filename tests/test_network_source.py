@@ -2,6 +2,7 @@
 mid-run to prove that the source reconnects with back-off and keeps delivering frames."""
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 
@@ -151,24 +152,34 @@ def test_a_file_over_http_cut_off_midway_is_an_error_not_an_end(tmp_path, how):
         httpd.server_close()
 
 
-def test_a_file_over_http_stopped_midway_counts_only_the_frames_handed_on(tmp_path):
-    """A stop leaves the frame the reader had read ahead undelivered: for a file it is neither
-    read nor dropped (as a local file's frames after a stop), so read = delivered, 0 dropped."""
-    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+@contextlib.contextmanager
+def _files_over_http(folder):
+    """A plain HTTP server of `folder` on 127.0.0.1 (whole files with Content-Length, no byte
+    ranges), for the test's duration; yields its base URL."""
     from functools import partial
-
-    from media import write_truncated_video
-
-    write_truncated_video(tmp_path / "clip.mp4", frames=120, keep=1.0)
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
     class Quiet(SimpleHTTPRequestHandler):
         def log_message(self, *args):
             pass
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(Quiet, directory=str(tmp_path)))
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(Quiet, directory=str(folder)))
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     try:
-        source = NetworkSource(f"http://127.0.0.1:{httpd.server_port}/clip.mp4", timeout=3).open()
+        yield f"http://127.0.0.1:{httpd.server_port}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_a_file_over_http_stopped_midway_counts_only_the_frames_handed_on(tmp_path):
+    """A stop leaves the frame the reader had read ahead undelivered: for a file it is neither
+    read nor dropped (as a local file's frames after a stop), so read = delivered, 0 dropped."""
+    from media import write_truncated_video
+
+    write_truncated_video(tmp_path / "clip.mp4", frames=120, keep=1.0)
+    with _files_over_http(tmp_path) as base:
+        source = NetworkSource(f"{base}/clip.mp4", timeout=3).open()
         assert not source.live
         got = 0
         for _ in source:
@@ -179,9 +190,6 @@ def test_a_file_over_http_stopped_midway_counts_only_the_frames_handed_on(tmp_pa
         source.join(30)
         stats = source.stats.as_dict()
         assert (stats["read"], stats["delivered"], stats["dropped"]) == (10, 10, 0)
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
 
 
 def test_a_file_behind_an_address_without_a_suffix_is_read_whole_from_0(tmp_path):
@@ -189,8 +197,6 @@ def test_a_file_behind_an_address_without_a_suffix_is_read_whole_from_0(tmp_path
     the container states a length, so every frame is delivered to a slow reader, the end is
     the end (no reconnect replaying it) and timestamps count from the file's start."""
     from fractions import Fraction
-    from functools import partial
-    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
     import av
 
@@ -205,14 +211,8 @@ def test_a_file_behind_an_address_without_a_suffix_is_read_whole_from_0(tmp_path
             container.mux(stream.encode(vframe))
         container.mux(stream.encode(None))
 
-    class Quiet(SimpleHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(Quiet, directory=str(tmp_path)))
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
-        source = open_source(f"http://127.0.0.1:{httpd.server_port}/recording")
+    with _files_over_http(tmp_path) as base:
+        source = open_source(f"{base}/recording")
         assert not source.live
         frames = []
         for frame in source:
@@ -223,31 +223,17 @@ def test_a_file_behind_an_address_without_a_suffix_is_read_whole_from_0(tmp_path
         assert (stats["dropped"], stats["reconnects"]) == (0, 0)
         assert frames[0].timestamp == pytest.approx(0.0, abs=1e-3)
         assert frames[-1].timestamp == pytest.approx(19 / 25, abs=1e-3)
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
 
 
 def test_an_mpeg_ts_recording_over_http_is_a_file_and_an_unseekable_mp4_says_why(tmp_path):
     """A .ts file from a plain HTTP server (it sends Content-Length) is read once, every frame
     (it was taken for a live stream: frames dropped, the file replayed forever); an MP4 whose
     index is at its end, from a server without byte ranges, fails naming the likely cause."""
-    from functools import partial
-    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
-
     from pipeline.shipped import DEMO_VIDEO
 
     (tmp_path / "rec.ts").write_bytes(mpegts_bytes(frames=30))
     (tmp_path / "demo.mp4").write_bytes(DEMO_VIDEO.read_bytes())  # index at the end
-
-    class Quiet(SimpleHTTPRequestHandler):  # answers whole files only: no byte ranges
-        def log_message(self, *args):
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(Quiet, directory=str(tmp_path)))
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
-        base = f"http://127.0.0.1:{httpd.server_port}"
+    with _files_over_http(tmp_path) as base:
         source = open_source(f"{base}/rec.ts")
         assert not source.live
         frames = []
@@ -258,6 +244,3 @@ def test_an_mpeg_ts_recording_over_http_is_a_file_and_an_unseekable_mp4_says_why
         assert frames == list(range(30)) and (stats["dropped"], stats["reconnects"]) == (0, 0)
         with pytest.raises(SourceError, match="needs HTTP byte ranges"):
             list(open_source(f"{base}/demo.mp4"))
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
