@@ -270,9 +270,10 @@ class Pipeline:
             steps.callback(self._cancel_inference)
 
     def _cancel_inference(self) -> None:
-        """An aborted run does not wait for a model server (requests in flight, a reconnect)."""
+        """An aborted or failed run does not wait for a model server (requests in flight, a
+        reconnect): what the stages after a failure held has been written by now."""
         cancel = getattr(self.detector, "cancel", None)
-        if self.control.aborted.is_set() and cancel is not None:
+        if (self.control.aborted.is_set() or self.control.error is not None) and cancel is not None:
             cancel()
 
     def _join_threads(self) -> None:

@@ -111,6 +111,36 @@ def test_a_matroska_file_cut_short_is_an_error_and_a_whole_one_is_not(tmp_path, 
     assert len(frames) == 100 if keep == 1.0 else 0 < len(frames) < 100
 
 
+def test_a_whole_matroska_file_whose_audio_outlasts_its_video_is_not_called_truncated(tmp_path):
+    """Its stated length is the longest stream's: only a video-only file is checked against it."""
+    from fractions import Fraction
+
+    import av
+    import numpy as np
+
+    from pipeline.sources import open_source
+
+    path = tmp_path / "talk.mkv"
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("mpeg4", rate=25)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        audio = container.add_stream("aac", rate=16000)
+        audio.layout = "mono"
+        for i in range(50):  # 2 s of video
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), i, np.uint8), format="bgr24")
+            frame.pts, frame.time_base = i, Fraction(1, 25)
+            container.mux(video.encode(frame))
+        container.mux(video.encode(None))
+        for start in range(0, 5 * 16000, 1024):  # 5 s of audio
+            samples = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp",
+                                                 layout="mono")
+            samples.sample_rate, samples.pts = 16000, start
+            container.mux(audio.encode(samples))
+        container.mux(audio.encode(None))
+    with open_source(str(path)) as source:
+        assert len(list(source)) == 50
+
+
 def _not_an_image(path):
     path.write_text("this is a text file named like an image")
     return path

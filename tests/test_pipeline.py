@@ -112,6 +112,31 @@ def test_results_computed_before_a_failure_still_reach_the_sinks(videos, batch):
     assert pipe.report()["lost"] == pipe.report()["sources"][0]["delivered"] - 4 * batch
 
 
+def test_a_failure_after_inference_does_not_wait_for_a_model_server(videos):
+    """Once what the stages after the failure held is written, inference is cancelled: a run
+    whose model server is away waited for it (up to its reconnect limit) before raising."""
+    class ServerAway(FakeDetector):
+        def __init__(self):
+            super().__init__()
+            self.cancelled = threading.Event()
+
+        def infer(self, batch):
+            if self.calls["infer"] >= 2:
+                self.cancelled.wait(60)
+            return super().infer(batch)
+
+        def cancel(self):
+            self.cancelled.set()
+
+    def disk_full(frame, dets):
+        raise OSError("No space left on device")
+
+    detector = ServerAway()
+    with pytest.raises(OSError, match="No space left"):
+        Pipeline([videos[1]], detector, batch=1, queue_size=1, callbacks=[disk_full]).run()
+    assert detector.cancelled.is_set()
+
+
 def test_sink_and_callback_failures_reach_the_caller(videos):
     def bad_callback(frame, dets):
         if frame.index == 3:

@@ -348,3 +348,30 @@ def test_shared_memory_that_does_not_fit_is_one_error_not_a_crash(monkeypatch):
     with pytest.raises(ModelError, match="--shm-size.*--triton-shm none"):
         memory.create("dbrt_test_full", 8 << 20)
     assert not os.path.exists("/dev/shm/dbrt_test_full")  # nothing left behind
+
+
+def test_a_region_still_in_use_does_not_keep_the_others_registered():
+    """Only an error that says the server is gone stops unregistering: one region a cancelled
+    request held past the wait is freed here, and the others are still let go on the server."""
+    from engine.triton.shm import Region, SlotPool
+
+    class Memory:
+        kind, timeout = "system", 0.05
+
+        def __init__(self):
+            self.unregistered, self.destroyed = [], []
+
+        def unregister(self, region):
+            if region.name == "r0":
+                raise RuntimeError("Cannot unregister shared memory region 'r0', it is currently in use.")
+            self.unregistered.append(region.name)
+
+        def destroy(self, region):
+            self.destroyed.append(region.name)
+
+    memory = Memory()
+    pool = SlotPool(memory, 3, "m")
+    for index, slot in enumerate(pool.slots):
+        slot.regions["images"] = Region(f"r{index}", f"/r{index}", 64, None)
+    pool.close(drain_timeout=0, unregister=True)
+    assert memory.unregistered == ["r1", "r2"] and memory.destroyed == ["r0", "r1", "r2"]

@@ -240,8 +240,11 @@ class SlotPool:
                 self.mem.unregister(region)
                 break
             except Exception as exc:  # noqa: BLE001 - the server may be gone; free our side anyway
-                unregister = "in use" in _line(exc) and time.monotonic() < deadline
-                if unregister:
+                if "in use" not in _line(exc):
+                    unregister = False  # gone or hung: the others would wait the same
+                elif time.monotonic() > deadline:
+                    break  # the server is up: the other regions can still be let go
+                else:
                     time.sleep(0.02)
         self.mem.destroy(region)
         return unregister

@@ -54,12 +54,13 @@ def upright_bgr(vframe) -> np.ndarray:
 
 
 def _end_time(container, stream) -> Optional[float]:
-    """Where the stream's index says it ends, in seconds, or None; for containers without a
-    per-stream length (Matroska, WebM), the container's stated length (MPEG-TS only estimates
-    one from its bit rate, so none is taken from it)."""
+    """Where the stream's index says it ends, in seconds, or None; for a Matroska / WebM file
+    of video alone (no per-stream length there), the length its header states (with other
+    streams that is the longest one's, often the audio's; other containers only estimate it)."""
     if stream.duration and stream.time_base is not None:
         return float((stream.duration + (stream.start_time or 0)) * stream.time_base)
-    if not container.duration or "mpegts" in container.format.name:
+    if (not container.duration or "matroska" not in container.format.name
+            or len(container.streams) > 1):
         return None
     start = stream.start_time * stream.time_base if stream.start_time and stream.time_base else 0
     return float(start) + container.duration / 1e6  # microseconds (AV_TIME_BASE)
@@ -84,7 +85,6 @@ class VideoFileSource(Source):
         self._total: Optional[int] = None
         self._fps: Optional[float] = None
         self._end_s: Optional[float] = None
-        self._slack_s = 0.0  # how far short of _end_s the last frame may end (other streams)
         self._closed = threading.Event()
         self._lock = threading.Lock()  # close() and the start of decoding
         self._decoding = False
@@ -103,8 +103,6 @@ class VideoFileSource(Source):
             self._total = self._stream.frames or None
             self._fps = float(self._stream.average_rate) if self._stream.average_rate else None
             self._end_s = _end_time(self._container, self._stream)
-            if not self._stream.duration and len(self._container.streams) > 1:
-                self._slack_s = 1.0  # the container's length is its longest stream's (audio)
         return self
 
     @property
@@ -179,7 +177,7 @@ class VideoFileSource(Source):
             return False
         if last_time is None or self._end_s is None or not self._fps:
             return bool(self._total)
-        return last_time < self._end_s - 2 / self._fps - self._slack_s
+        return last_time < self._end_s - 2 / self._fps
 
     def close(self) -> None:
         """Stop decoding (from any thread); a file not being decoded is released at once."""
