@@ -324,12 +324,6 @@ def train(cfg: TrainConfig, validate: Optional[Validate] = None) -> Path:
         ema.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         start = int(ck["step"])
-    loader = torch.utils.data.DataLoader(
-        make_dataset(cfg), batch_size=cfg.batch, sampler=range(start * cfg.batch, cfg.steps * cfg.batch),
-        num_workers=cfg.workers, worker_init_fn=_worker_init if cfg.workers else None,
-        persistent_workers=False, prefetch_factor=4 if cfg.workers else None,
-        pin_memory=device.type == "cuda")
-    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))  # all of it could be set up
     validator = _Validator(out, validate, cfg)
     step, validated = start, -1
     save = lambda path, **extra: _save(path, ema, model, opt, step, cfg, extra)  # noqa: E731
@@ -337,9 +331,16 @@ def train(cfg: TrainConfig, validate: Optional[Validate] = None) -> Path:
     if validator.owed(start, cfg):  # stopped during it, or it failed: last.pt holds the step
         validator(start, ema, save_best)
         validated = start
-    if ck is not None and start >= cfg.steps:
+    if ck is not None and start >= cfg.steps:  # its settings as resumed, its data not needed
+        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
         _log(f"{out} finished at step {start} of {cfg.steps}: nothing to resume")
         return out / "last.pt"
+    loader = torch.utils.data.DataLoader(
+        make_dataset(cfg), batch_size=cfg.batch, sampler=range(start * cfg.batch, cfg.steps * cfg.batch),
+        num_workers=cfg.workers, worker_init_fn=_worker_init if cfg.workers else None,
+        persistent_workers=False, prefetch_factor=4 if cfg.workers else None,
+        pin_memory=device.type == "cuda")
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))  # all of it could be set up
     if ck is not None:
         _log(f"resumed from step {start}")
     model.train()
