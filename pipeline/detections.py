@@ -9,6 +9,7 @@ Frame facts (index, timestamp, source, size) live on the `Frame` only.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, List, Sequence, Tuple
 
@@ -143,12 +144,13 @@ class Detections:
         # event or a JSON line), then each polygon's slice of the points
         points = np.round(np.concatenate(self.polygons).astype(np.float64), decimals).tolist()
         ends = np.cumsum([len(p) for p in self.polygons]).tolist()
-        out = [{"polygon": points[end - len(p):end], "score": round(float(s), 5)}
+        out = [{"polygon": points[end - len(p):end], "score": _finite(round(float(s), 5))}
                for p, end, s in zip(self.polygons, ends, self.scores)]
         for key, value in self.data.items():
+            items = value.tolist()
             if value.dtype.kind == "f":  # confidences: no float32 noise in the JSON
-                value = np.round(value.astype(np.float64), 5)
-            for det, item in zip(out, value.tolist()):
+                items = [_finite(v) for v in np.round(value.astype(np.float64), 5).tolist()]
+            for det, item in zip(out, items):
                 det[key] = item
         return out
 
@@ -201,8 +203,14 @@ def frame_fields(frame: Frame) -> dict:
     streams may read the same source), source, frame_index, timestamp, frame_size."""
     return {"stream": int(frame.stream), "source": shown_source(frame.source),
             "frame_index": int(frame.index),
-            "timestamp": None if frame.timestamp is None else round(float(frame.timestamp), 6),
+            "timestamp": None if frame.timestamp is None else _finite(round(float(frame.timestamp), 6)),
             "frame_size": [int(v) for v in frame.size]}
+
+
+def _finite(value: float):
+    """The value, or None (JSON null) for NaN / infinity, which JSON has no words for (a
+    recognizer that overflowed in FP16 gives NaN confidences)."""
+    return value if math.isfinite(value) else None
 
 
 def with_detections_json(head: dict, detections_json: str, ensure_ascii: bool = True) -> str:

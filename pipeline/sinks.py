@@ -95,10 +95,13 @@ class _Encoder:
 
     @contextlib.contextmanager
     def _naming_the_file(self):
+        av = require("av")
         try:
             yield
-        except (OSError, ValueError) as exc:
-            raise DbrtError(f"cannot write the video {self.path}: "
+        except (OSError, ValueError, av.FFmpegError) as exc:  # FFmpeg's: e.g. a frame too large
+            size = getattr(getattr(self, "stream", None), "width", None)
+            size = f" ({self.stream.width}x{self.stream.height})" if size else ""
+            raise DbrtError(f"cannot write the video {self.path}{size}: "
                             f"{getattr(exc, 'strerror', None) or exc}") from exc
 
     def _fit(self, image):
@@ -155,6 +158,12 @@ class VideoSink(Sink):
         encoder = _Encoder(path, w, h, fps, self.codec, self.crf)
         self.encoders[frame.stream], self.paths[frame.stream] = encoder, path
         return encoder
+
+    def end_stream(self, stream: int) -> None:
+        """A source ended while others go on: its file is finished now, playable at once."""
+        encoder = self.encoders.pop(stream, None)
+        if encoder is not None:
+            encoder.close()
 
     def close(self) -> None:
         encoders, self.encoders = self.encoders, {}

@@ -74,6 +74,8 @@ class TextAnnotator:
         size = int(np.clip(height * 0.6, self.min_size, self.max_size))
         font = _font(path, size)
         left, top, right, bottom = draw.textbbox((0, 0), label, font=font)
-        x, y = int(x0), int(max(0, y0 - (bottom - top) - 6))
+        # inside the picture where it fits: a word at the right edge keeps its whole label
+        x = int(min(max(0, x0), max(0, draw.im.size[0] - (right - left) - 6)))
+        y = int(max(0, y0 - (bottom - top) - 6))
         draw.rectangle((x, y, x + right - left + 6, y + bottom - top + 6), fill=self.background[::-1])
         draw.text((x + 3 - left, y + 3 - top), label, font=font, fill=self.color[::-1])

@@ -122,3 +122,55 @@ def test_an_empty_annotator_list_draws_nothing():
     dets = Detections.from_quads(np.float32([[[2, 2], [20, 2], [20, 10], [2, 10]]]), [0.9])
     assert np.array_equal(annotate(image, dets, []), image)
     assert not np.array_equal(annotate(image, dets), image)
+
+
+def test_a_stream_that_ends_gets_a_playable_video_while_the_others_go_on(tmp_path):
+    """Its file was finished (and playable) only when the whole run ended: a camera running
+    beside it, and a process killed meanwhile, left it unplayable."""
+    av = pytest.importorskip("av")
+    sink = FilteredSink(VideoSink(lambda f: tmp_path / f"s{f.stream}.mp4"), lambda f: True)
+    for i in range(6):
+        for stream in (0, 1):
+            frame = make_frame(i, stream)
+            sink.write(frame, dets_for(frame))
+    sink.end_stream(0)
+    with av.open(str(tmp_path / "s0.mp4")) as container:  # stream 1 still being written
+        assert sum(1 for _ in container.decode(video=0)) == 6
+    sink.close()
+
+
+def test_a_frame_the_encoder_refuses_is_one_error_naming_the_file(tmp_path):
+    pytest.importorskip("av")
+    sink = VideoSink(tmp_path / "tall.mp4", fps=10)
+    frame = Frame(np.zeros((20000, 64, 3), np.uint8), 0, 0.0, "tall", 0)
+    with pytest.raises(DbrtError, match=r"cannot write the video .*tall.mp4 \(64x20000\)"):
+        sink.write(frame, Detections.from_quads(QUAD[:0], []))
+    with pytest.raises(DbrtError):  # nor can it be finished
+        sink.close()
+
+
+def test_a_label_at_the_right_edge_is_drawn_whole():
+    pytest.importorskip("PIL")
+    from pipeline.text_draw import TextAnnotator
+
+    image = np.zeros((60, 200, 3), np.uint8)
+    quad = np.array([[[170, 30], [199, 30], [199, 50], [170, 50]]], np.float32)
+    dets = Detections.from_quads(quad, [0.9], data={"text": np.array(["HELLOWORLD"]),
+                                                    "text_score": np.array([0.9], np.float32)})
+    out = TextAnnotator(show_score=True).annotate(image.copy(), dets)
+    drawn = np.nonzero(out[:30].any(axis=2).any(axis=0))[0]
+    assert drawn.min() < 150 and drawn.max() <= 199  # moved left, not cut at the edge
+
+
+def test_non_finite_numbers_are_written_as_null_so_every_line_is_json():
+    """A NaN confidence (a recognizer overflowing in FP16) or an infinite timestamp made the
+    line unreadable to strict parsers (JavaScript, Go): NaN / Infinity are not JSON."""
+    from pipeline.detections import FrameResult
+
+    frame = Frame(np.zeros((48, 64, 3), np.uint8), 0, float("inf"), "cam", 0)
+    dets = Detections.from_quads(QUAD, [float("nan")], data={
+        "text": np.array(["a"]), "text_score": np.array([np.nan], np.float32)})
+    line = FrameResult(frame, dets).to_json()
+    record = json.loads(line, parse_constant=lambda name: pytest.fail(f"{name} in {line}"))
+    assert record["timestamp"] is None and record["detections"][0]["score"] is None
+    assert record["detections"][0]["text_score"] is None
