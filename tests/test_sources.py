@@ -405,3 +405,23 @@ def test_timestamps_are_seconds_into_the_file_whatever_its_clock(tmp_path):
         container.mux(stream.encode(None))
     with open_source(str(raw)) as source:
         assert [f.timestamp for f in source] == pytest.approx([0.0, 0.04, 0.08, 0.12])
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 7])
+def test_an_image_with_transparency_is_turned_as_its_exif_says(tmp_path, orientation):
+    """OpenCV applies EXIF orientation when it decodes 3 channels, not 4: a transparent PNG
+    was read sideways while the same picture without transparency was turned."""
+    image_module = pytest.importorskip("PIL.Image")
+    from pipeline.sources.images import read_image
+
+    rgba = np.zeros((40, 60, 4), np.uint8)
+    rgba[..., 3] = 255
+    rgba[5:15, 5:25, :3] = (255, 0, 0)
+    for name, pixels, mode in (("alpha.png", rgba, "RGBA"), ("plain.png", rgba[..., :3], "RGB")):
+        picture = image_module.fromarray(np.ascontiguousarray(pixels), mode)
+        exif = picture.getexif()
+        exif[0x0112] = orientation
+        picture.save(tmp_path / name, exif=exif)
+    turned = read_image(str(tmp_path / "plain.png"))
+    assert turned.shape[:2] == ((60, 40) if orientation > 4 else (40, 60))
+    assert np.array_equal(read_image(str(tmp_path / "alpha.png")), turned)

@@ -57,8 +57,20 @@ def read_image(path: str):
     if path.lower().endswith(ALPHA_SUFFIXES):
         raw = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
         if raw is not None and raw.ndim == 3 and raw.shape[2] == 4:
-            return _on_white(raw)
+            plain = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+            return _on_white(_turned_like(raw, plain, image))
     return image
+
+
+def _turned_like(raw: np.ndarray, plain: np.ndarray, oriented: np.ndarray) -> np.ndarray:
+    """`raw` turned as OpenCV turned `plain` into `oriented`: it applies a file's EXIF
+    orientation when decoding to 3 channels, never to 4 (an image with transparency)."""
+    for flip in (False, True):
+        for quarter in range(4):
+            turn = (lambda a: np.rot90(a[:, ::-1] if flip else a, quarter))
+            if turn(plain).shape == oriented.shape and np.array_equal(turn(plain), oriented):
+                return np.ascontiguousarray(turn(raw))
+    return raw
 
 
 ALPHA_SUFFIXES = (".png", ".webp", ".tif", ".tiff")
