@@ -201,9 +201,9 @@ class FrameResult:
 def frame_fields(frame: Frame) -> dict:
     """The frame's facts in a result line: stream (the source's position in the run: two
     streams may read the same source), source, frame_index, timestamp, frame_size."""
+    stamp = None if frame.timestamp is None else _finite(round(float(frame.timestamp), 6))
     return {"stream": int(frame.stream), "source": shown_source(frame.source),
-            "frame_index": int(frame.index),
-            "timestamp": None if frame.timestamp is None else _finite(round(float(frame.timestamp), 6)),
+            "frame_index": int(frame.index), "timestamp": stamp,
             "frame_size": [int(v) for v in frame.size]}
 
 
