@@ -66,6 +66,9 @@ class Runner(abc.ABC):
     # True when `submit` returns before the batch has run (a remote server), so a caller can
     # prepare the next batch while this one is on its way.
     asynchronous = False
+    # the most frames one call takes (a served model's max_batch_size, an engine profile's
+    # largest batch); 0: no limit
+    max_batch = 0
 
     def submit(self, feed) -> Future:
         """Start one batch; the Future's result is what `infer` returns. Local runners run it

@@ -65,7 +65,7 @@ class Batcher:
 
 def batch_size(batch: int, sources: int, runner) -> int:
     """Frames per engine call: as asked, else one per source and at least one per parallel
-    session; never more than a served model's max_batch_size (0: no limit)."""
+    session; never more than the runner takes (`Runner.max_batch`, 0: no limit)."""
     limit = int(getattr(runner, "max_batch", 0) or 0)
     if batch and limit and batch > limit:
         raise ModelError(f"--batch {batch}: the model takes at most {limit} frames per call "

@@ -147,9 +147,11 @@ class Detections:
         out = [{"polygon": points[end - len(p):end], "score": _finite(round(float(s), 5))}
                for p, end, s in zip(self.polygons, ends, self.scores)]
         for key, value in self.data.items():
-            items = value.tolist()
             if value.dtype.kind == "f":  # confidences: no float32 noise in the JSON
-                items = [_finite(v) for v in np.round(value.astype(np.float64), 5).tolist()]
+                value = np.round(value.astype(np.float64), 5)
+            items = value.tolist()
+            if value.dtype.kind == "f" and not np.isfinite(value).all():  # JSON has no NaN
+                items = [_finite(v) for v in items]
             for det, item in zip(out, items):
                 det[key] = item
         return out

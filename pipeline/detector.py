@@ -207,13 +207,13 @@ class Detector:
 
     def detect_batch(self, images: Sequence[Union[np.ndarray, str, os.PathLike]]) -> List[Detections]:
         """Text in several images; images of different sizes are run in separate batches, and
-        none larger than the model takes (a served model's max_batch_size)."""
+        none larger than the model takes (`Runner.max_batch`)."""
         from .sources.images import read_image
 
         loaded = [_check_image(read_image(os.fspath(image)) if isinstance(image, (str, os.PathLike))
                                else image) for image in images]
         results: List[Optional[Detections]] = [None] * len(loaded)
-        limit = int(getattr(self.runner, "max_batch", 0) or 0) or len(loaded)
+        limit = self.runner.max_batch or len(loaded)
         for group in _group_by(loaded, self.input_size_for).values():
             for start in range(0, len(group), limit):
                 members = group[start:start + limit]

@@ -184,8 +184,8 @@ class _Validator:
         lines = (out / "val.jsonl").read_text().splitlines() if (out / "val.jsonl").exists() else []
         ours = [r for r in map(json.loads, lines) if r.get("on", self.on) == self.on]
         self.done = {r["step"] for r in ours}
-        best = read_checkpoint(out / "best.pt").get("validation") if (out / "best.pt").exists() else None
-        best = best or {}
+        kept = out / "best.pt"
+        best = (read_checkpoint(kept).get("validation") if validate and kept.exists() else None) or {}
         if best.get("on", self.on) == self.on:
             self.best = float(best.get("hmean", -1))
         elif validate is not None:

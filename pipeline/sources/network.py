@@ -14,7 +14,7 @@ from engine.errors import SourceError
 
 from .base import without_credentials
 from .live import LiveSource, Reconnect
-from .video import first_video_stream, open_container, upright_bgr
+from .video import error_reason, first_video_stream, open_container, upright_bgr
 
 SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "tcp", "srt", "rtp")
 _FILE_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".3gp", ".mpg", ".mpeg",
@@ -82,7 +82,7 @@ class NetworkSource(LiveSource):
         except Exception as exc:
             if self.live or self._decoded or urlparse(self.url).scheme not in ("http", "https"):
                 raise
-            raise SourceError(f"{_first_line(exc)}: reading this file needs HTTP byte ranges, "
+            raise SourceError(f"{error_reason(exc)}: reading this file needs HTTP byte ranges, "
                               "which the server may not support (an MP4 whose index is at its "
                               "end: serve it with ranges, or write it with -movflags "
                               "faststart)") from exc
@@ -114,7 +114,3 @@ def _finite(container, stream, url: str) -> bool:
         return True
     return "hls" not in container.format.name and (getattr(container, "size", 0) or 0) > 0
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

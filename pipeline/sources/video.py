@@ -23,7 +23,7 @@ def open_container(url: str, options: Optional[dict] = None, timeout=None):
     try:
         return av.open(url, mode="r", options=options or {}, timeout=timeout)
     except (av.FFmpegError, OSError, ValueError) as exc:
-        raise SourceError(f"cannot open {url}: {_reason(exc)}") from exc
+        raise SourceError(f"cannot open {url}: {error_reason(exc)}") from exc
 
 
 def first_video_stream(container, url: str):
@@ -66,7 +66,8 @@ def _end_time(container, stream) -> Optional[float]:
     return float(start) + container.duration / 1e6  # microseconds (AV_TIME_BASE)
 
 
-def _reason(exc: Exception) -> str:
+def error_reason(exc: Exception) -> str:
+    """The first line of an FFmpeg / OS error, for one-line messages."""
     text = getattr(exc, "strerror", None) or str(exc)
     return text.splitlines()[0] if text else type(exc).__name__
 
@@ -132,7 +133,7 @@ class VideoFileSource(Source):
                 index, last_time = index + 1, vframe.time
         except av.FFmpegError as exc:
             raise SourceError(f"{self.path} ended early: decoding failed after {self._of(index)} "
-                              f"frames ({_reason(exc)})") from exc
+                              f"frames ({error_reason(exc)})") from exc
         finally:
             self._release()
         if not self._closed.is_set() and self._ended_early(index, last_time):
