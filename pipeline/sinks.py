@@ -25,6 +25,9 @@ from .draw import annotate
 from .sources import Frame
 
 PathFor = Callable[[Frame], Union[str, os.PathLike]]
+# video clock: exact for 24, 25, 30, 50, 60 and NTSC 29.97 / 59.94 fps; MPEG-4 part 2 allows
+# time bases up to 1/65535
+TICKS = 60000
 
 
 class Sink(abc.ABC):
@@ -68,9 +71,16 @@ class JsonlSink(Sink):
 class _Encoder:
     """One PyAV output file of the first frame's size, cropped to even numbers (yuv420p needs
     them). A frame of another size (a live stream that reconnected at another resolution) is
-    scaled to fit, letterboxed, so the whole picture stays in the one file."""
+    scaled to fit, letterboxed, so the whole picture stays in the one file.
 
-    def __init__(self, path: Path, width: int, height: int, fps: float, codec: str, crf: int):
+    Frames are shown at their source timestamps, so that a variable-frame-rate recording or a
+    live stream that dropped frames plays at its real pace; a frame without a timestamp, or
+    whose time does not move on (a live stream's clock restarted by a reconnect), comes one
+    frame of `fps` after the last. `fixed_rate`: every frame lasts 1 / `fps`, timestamps unused.
+    """
+
+    def __init__(self, path: Path, width: int, height: int, fps: float, codec: str, crf: int,
+                 fixed_rate: bool = False):
         av = require("av")
         self.path = path
         with self._naming_the_file():
@@ -80,18 +90,37 @@ class _Encoder:
         self.stream = self.container.add_stream(codec, rate=rate)
         self.stream.width, self.stream.height = width - width % 2, height - height % 2
         self.stream.pix_fmt = "yuv420p"
+        self.stream.codec_context.time_base = Fraction(1, TICKS)
         if codec == "libx264":
             self.stream.options = {"crf": str(crf), "preset": "veryfast"}
-        self.count = 0
         self._av = av
+        self._step = max(1, round(TICKS / rate))  # one frame at the nominal rate
+        self._fixed_rate = fixed_rate
+        self._last_pts: Optional[int] = None
+        self._origin: Optional[float] = None  # the source time shown at pts 0
 
-    def encode(self, image) -> None:
+    def encode(self, image, timestamp: Optional[float] = None) -> None:
         image = self._fit(image)
         vframe = self._av.VideoFrame.from_ndarray(image, format="bgr24")
-        vframe.pts = self.count
-        self.count += 1
+        vframe.pts = self._pts(None if self._fixed_rate else timestamp)
+        vframe.time_base = Fraction(1, TICKS)
         with self._naming_the_file():  # FFmpeg opens the file at the first packet
             self.container.mux(self.stream.encode(vframe))
+
+    def _pts(self, timestamp: Optional[float]) -> int:
+        at = None
+        if timestamp is not None and self._origin is not None:
+            at = round((timestamp - self._origin) * TICKS)
+        if self._last_pts is None:
+            pts = 0
+        elif at is not None and at > self._last_pts:
+            pts = at
+        else:
+            pts = self._last_pts + self._step
+        if timestamp is not None and at != pts:  # anchored anew: later frames go on from here
+            self._origin = timestamp - pts / TICKS
+        self._last_pts = pts
+        return pts
 
     @contextlib.contextmanager
     def _naming_the_file(self):
@@ -128,7 +157,10 @@ class VideoSink(Sink):
     The file keeps the size of the source's first frame: later frames of another size are
     scaled into it (letterboxed).
 
-    fps: output frame rate (default: the frame's source rate given in `fps_by_stream`, else 25).
+    Frames are shown at their timestamps (a variable-frame-rate recording plays at its pace);
+    one without a timestamp, or whose time goes back (a live stream restarted by a reconnect),
+    comes one frame after the last at the source's rate given in `fps_by_stream`, else 25.
+    fps: a constant output frame rate instead: every frame lasts 1 / fps, timestamps unused.
     """
 
     def __init__(self, path: Union[str, os.PathLike, PathFor], fps: Optional[float] = None,
@@ -147,7 +179,7 @@ class VideoSink(Sink):
         encoder = self.encoders.get(frame.stream)
         if encoder is None:
             encoder = self._open(frame)
-        encoder.encode(annotate(frame.image, detections, self.annotators))
+        encoder.encode(annotate(frame.image, detections, self.annotators), frame.timestamp)
 
     def _open(self, frame: Frame) -> _Encoder:
         path = Path(self.path_for(frame))
@@ -155,7 +187,7 @@ class VideoSink(Sink):
         if h < 2 or w < 2:
             raise DbrtError(f"cannot encode a {w}x{h} frame as video")
         fps = self.fps or self.fps_by_stream.get(frame.stream) or 25.0
-        encoder = _Encoder(path, w, h, fps, self.codec, self.crf)
+        encoder = _Encoder(path, w, h, fps, self.codec, self.crf, fixed_rate=bool(self.fps))
         self.encoders[frame.stream], self.paths[frame.stream] = encoder, path
         return encoder
 

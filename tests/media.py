@@ -57,6 +57,23 @@ def write_video(path: Path, frames: int = 12, height: int = 48, width: int = 64,
     return path
 
 
+def write_vfr_video(path: Path, times, height: int = 48, width: int = 64) -> Path:
+    """An H.264 MP4 whose frames are shown at `times` (seconds), as a phone records: a
+    variable frame rate."""
+    import av
+
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=Fraction(30))
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 1000)
+        for i, t in enumerate(times):
+            vframe = av.VideoFrame.from_ndarray(frame_image(i, height, width), format="bgr24")
+            vframe.pts, vframe.time_base = round(t * 1000), Fraction(1, 1000)
+            container.mux(stream.encode(vframe))
+        container.mux(stream.encode(None))
+    return path
+
+
 def write_truncated_video(path: Path, frames: int = 200, keep: float = 0.5, codec="libx264",
                           height: int = 72, width: int = 128) -> Path:
     """An MP4 cut after `keep` of its bytes (an interrupted download or copy). The index sits

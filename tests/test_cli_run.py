@@ -14,7 +14,7 @@ import pytest
 from engine.triton.ports import free_port
 from pipeline.cli import main
 
-from media import write_video
+from media import write_vfr_video, write_video
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -62,6 +62,22 @@ def test_run_writes_jsonl_video_and_report(tmp_path, clip, tiny_onnx, capsys):
     printed = capsys.readouterr()
     assert "8 frames in" in printed.out and "FPS" in printed.out and "p99" in printed.out
     assert "onnxruntime" in printed.err
+
+
+def test_a_variable_frame_rate_video_is_annotated_at_its_own_pace(tmp_path, tiny_onnx):
+    """A phone recording at 30 fps, then 10 fps: the annotated video shows each frame when
+    the recording (and the JSON lines) do, not at one average rate."""
+    av = pytest.importorskip("av")
+    times = [i / 30 for i in range(9)] + [0.3 + i / 10 for i in range(1, 7)]
+    clip = write_vfr_video(tmp_path / "phone.mp4", times)
+    out = tmp_path / "out"
+    assert main(["run", str(clip), "--model", str(tiny_onnx), "-o", str(out), "--quiet",
+                 "--threads", "1", "--max-side", "64"]) == 0
+    lines = [json.loads(x) for x in (out / "detections.jsonl").read_text().splitlines()]
+    with av.open(str(out / "annotated.mp4")) as container:
+        shown = [f.time for f in container.decode(video=0)]
+    assert shown == pytest.approx(times, abs=1e-3)
+    assert [x["timestamp"] for x in lines] == pytest.approx(times, abs=1e-3)
 
 
 def test_images_and_several_sources(tmp_path, clip, tiny_onnx):

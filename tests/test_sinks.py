@@ -44,6 +44,7 @@ def test_video_sink_writes_one_decodable_file_per_stream_with_even_size(tmp_path
         for i in range(5):
             for stream, (h, w) in ((0, (48, 64)), (1, (31, 45))):
                 frame = make_frame(i, stream, h, w)
+                frame.timestamp = None if stream == 1 else frame.timestamp  # images: 25 fps
                 sink.write(frame, dets_for(frame))
     for stream, size, fps in ((0, (48, 64), 10), (1, (30, 44), 25)):
         with av.open(str(tmp_path / f"s{stream}.mp4")) as container:
@@ -174,3 +175,42 @@ def test_non_finite_numbers_are_written_as_null_so_every_line_is_json():
     record = json.loads(line, parse_constant=lambda name: pytest.fail(f"{name} in {line}"))
     assert record["timestamp"] is None and record["detections"][0]["score"] is None
     assert record["detections"][0]["text_score"] is None
+
+
+def written_times(av, path):
+    with av.open(str(path)) as container:
+        return [round(f.time, 4) for f in container.decode(video=0)]
+
+
+def test_a_video_is_timed_by_its_frames_timestamps(tmp_path):
+    """A variable-frame-rate phone recording (and a live stream that dropped frames) was
+    written at one frame per 1 / average rate: its fast part played slower, the whole
+    recording ended early or late against the JSON lines' timestamps."""
+    av = pytest.importorskip("av")
+    times = [0.0, 0.1, 0.2, 0.25, 0.3, 0.35, 0.4, 1.4, 1.5]  # 10 fps, then 20, then a gap
+    with VideoSink(tmp_path / "v.mp4", fps_by_stream={0: 10}) as sink:
+        for i, t in enumerate(times):
+            sink.write(Frame(np.zeros((48, 64, 3), np.uint8), i, 7 + t, "phone", 0),
+                       Detections.from_quads(QUAD[:0], []))
+    assert written_times(av, tmp_path / "v.mp4") == times
+
+
+def test_a_restarted_or_missing_clock_goes_on_at_the_nominal_rate(tmp_path):
+    """A live stream's timestamps restart at 0 after a reconnect; frames without one (an
+    image folder) come one nominal frame apart. Time never goes back in the file."""
+    av = pytest.importorskip("av")
+    stamps = [5.0, 5.5, 6.0, 0.0, 0.5, None, None, 1.5]
+    with VideoSink(tmp_path / "v.mp4", fps_by_stream={0: 4}) as sink:
+        for i, t in enumerate(stamps):
+            sink.write(Frame(np.zeros((48, 64, 3), np.uint8), i, t, "cam", 0),
+                       Detections.from_quads(QUAD[:0], []))
+    assert written_times(av, tmp_path / "v.mp4") == [0, 0.5, 1.0, 1.25, 1.75, 2.0, 2.25, 2.75]
+
+
+def test_a_fixed_rate_ignores_timestamps(tmp_path):
+    av = pytest.importorskip("av")
+    with VideoSink(tmp_path / "v.mp4", fps=5) as sink:
+        for i, t in enumerate([0.0, 0.01, 3.0, 3.5]):
+            sink.write(Frame(np.zeros((48, 64, 3), np.uint8), i, t, "clip", 0),
+                       Detections.from_quads(QUAD[:0], []))
+    assert written_times(av, tmp_path / "v.mp4") == [0, 0.2, 0.4, 0.6]
