@@ -32,6 +32,7 @@ from .detector import Detector
 from .detector_steps import DetectorSteps
 from .interrupts import Interrupted, StopSignals
 from .metrics import STAGES, Metrics
+from .reading.tracking import tracker_for
 from .sinks import Sink, StreamEnds
 from .sources import Frame, Source, open_sources
 from .stages import (END, POLL_S, Aborted, Channel, Control, Stage, hold_switch_interval,
@@ -87,7 +88,7 @@ class Pipeline:
             if batch < 0 or batch_timeout < 0 or (max_frames is not None and max_frames < 1):
                 raise ValueError(f"batch >= 0, batch_timeout >= 0 and max_frames >= 1 (or None), "
                                  f"got {batch}, {batch_timeout}, {max_frames}")
-            self.tracker = _tracker(track)  # before the sources open: a missing package fails first
+            self.tracker = tracker_for(track)  # before the sources open: a missing package fails first
             self.sources = open_sources(sources, **(source_options or {}))
             self.batch = batch_size(batch, len(self.sources), getattr(detector, "runner", None))
         except BaseException:
@@ -253,6 +254,8 @@ class Pipeline:
         self._signals.install()
         self._threads = self._stages()
         self._stream_ends = StreamEnds(self.sources, self.sinks)  # the sinks as extended by now
+        if self.tracker is not None:
+            self.tracker.lead(self.sinks)
         for stage in self._threads:
             stage.start()
 
@@ -375,15 +378,6 @@ class Pipeline:
         for callback in self.callbacks:
             callback(frame, detections)
         return result
-
-
-def _tracker(track):
-    """The TextTracker `track` asks for (None: no tracking)."""
-    if track is None or track is False:
-        return None
-    from .reading.tracking import TextTracker
-
-    return track if isinstance(track, TextTracker) else TextTracker()
 
 
 def _stamp(stream: int) -> Callable[[Frame], Frame]:

@@ -233,3 +233,62 @@ def test_a_stream_that_fails_for_good_ends_its_tracks_while_the_others_go_on(tmp
         pipe.stop()
         run.join(30)
     assert "gave up" in str(errors[0].value)
+
+
+def _sighting_events(tmp_path, tracker, gap, sink_lost=None):
+    """A word seen for 10 frames, unseen for `gap`, seen for 10 more: the event lines."""
+    from pipeline.reading.events import TextEventSink
+
+    path = tmp_path / f"events_{gap}.jsonl"
+    sink = TextEventSink(path, lost_frames=sink_lost)
+    tracker.lead([sink])
+    with sink:
+        for i in range(10 + gap + 10):
+            seen = i < 10 or i >= 10 + gap
+            frame = _frame(i)
+            sink.write(frame, tracker(frame, _dets([_box(20, 30)] if seen else [])))
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("lost_frames", [2, 5, 30])
+def test_a_track_picked_up_again_never_follows_its_own_end_line(tmp_path, lost_frames):
+    """ByteTrack (supervision 0.30) picked a track up one frame after the events sink had ended
+    it: two end lines for one track id, the first sighting's lost to a consumer that keeps the
+    newest line per id. `lost_frames` unseen frames keep the track; one more ends it."""
+    from pipeline.reading.tracking import TextTracker
+
+    kept = _sighting_events(tmp_path, TextTracker(lost_frames=lost_frames), lost_frames)
+    assert [(x["event"], x["first_frame"], x["frames"]) for x in kept] == [("end", 0, 20)]
+    split = _sighting_events(tmp_path, TextTracker(lost_frames=lost_frames), lost_frames + 1)
+    assert [(x["event"], x["first_frame"], x["frames"]) for x in split] == [
+        ("end", 0, 10), ("end", 12 + lost_frames, 9)]  # a new track starts on its 2nd frame
+    assert split[0]["track_id"] != split[1]["track_id"]
+
+
+def test_the_events_sink_ends_tracks_when_the_pipelines_tracker_does(tmp_path):
+    """TextEventSink's own 31 frames ended a track that TextTracker(lost_frames=60) kept:
+    update, end, update, end for one track id."""
+    from pipeline.reading.tracking import TextTracker
+
+    tracker = TextTracker(lost_frames=60)
+    lines = _sighting_events(tmp_path, tracker, 45)
+    assert [(x["event"], x["first_frame"], x["frames"]) for x in lines] == [("end", 0, 20)]
+    with pytest.raises(ValueError, match="lost_frames=31.*61 unseen frames"):
+        _sighting_events(tmp_path, tracker, 45, sink_lost=31)
+    with pytest.raises(ValueError, match="lost_frames must be an integer >= 2"):
+        TextTracker(lost_frames=1)
+
+
+def test_a_pipeline_hands_its_tracker_to_its_events_sinks(tmp_path):
+    from media import FakeDetector
+    from pipeline.reading.events import TextEventSink
+    from pipeline.reading.tracking import TextTracker
+    from pipeline.runner import Pipeline
+
+    import cv2
+
+    cv2.imwrite(str(tmp_path / "a.png"), _frame(0).image)
+    events = TextEventSink(tmp_path / "events.jsonl")
+    Pipeline([str(tmp_path / "a.png")], FakeDetector(), track=TextTracker(lost_frames=60),
+             sinks=[events]).run()
+    assert events.book.lost_frames == 61

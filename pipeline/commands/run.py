@@ -224,8 +224,7 @@ def _sinks(pipe, out: Path, args) -> list:
         if pipe.tracker is not None:
             from pipeline.reading.events import TextEventSink
 
-            files.append(TextEventSink(out / "events.jsonl", lost_frames=pipe.tracker.lost_frames + 1,
-                                       every=args.events_every))
+            files.append(TextEventSink(out / "events.jsonl", every=args.events_every))
             mqtt = [sink for sink in outputs if hasattr(sink, "publish_text_event")]
             files[-1].listeners.extend(sink.publish_text_event for sink in mqtt)
         if not args.no_video:

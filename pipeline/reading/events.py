@@ -14,8 +14,9 @@ Each line also goes to the `listeners` (callables taking the line's dict), e.g. 
 `publish_text_event`.
 
 It reads the `track_id` column the tracking stage adds (and the texts, when the run reads); a
-track ends after `lost_frames` frames of its stream without it, when the stream's frame size
-changes, or when the sink closes (the run is over).
+track ends when the tracker lets it go (frames of its stream without it: the pipeline's
+`TextTracker.horizon`), when the stream's frame size changes, or when the sink closes (the run
+is over).
 """
 from __future__ import annotations
 
@@ -34,11 +35,13 @@ UPDATE, END = "update", "end"
 
 
 class TextEventSink(Sink):
-    """path: the JSON-lines file; lost_frames: frames unseen before a track ends;
+    """path: the JSON-lines file; lost_frames: frames unseen before a track ends (None: when
+    the pipeline's tracker lets it go, `follow`; a default TextTracker's without a pipeline);
     every: seconds of stream time between a live track's update lines (None: end lines only);
     listeners: called with each line's dict once it is written."""
 
-    def __init__(self, path: Union[str, os.PathLike], lost_frames: int = 31, decimals: int = 2,
+    def __init__(self, path: Union[str, os.PathLike], lost_frames: Optional[int] = None,
+                 decimals: int = 2,
                  every: Optional[float] = None, listeners: Sequence[Callable[[dict], None]] = ()):
         if every is not None and not every > 0:
             raise ValueError(f"TextEventSink every= must be a number of seconds > 0, got {every!r}")
@@ -46,11 +49,22 @@ class TextEventSink(Sink):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.decimals, self.every = decimals, every
         self.listeners = list(listeners)
-        self.book = TrackBook(lost_frames)
+        self.lost_frames = lost_frames
+        self.book = TrackBook(lost_frames or TrackBook().lost_frames)
         self._due: Dict[Tuple[int, int], float] = {}  # (stream, track id) -> next update time
         self._clock: Dict[int, float] = {}  # stream -> its latest timestamp
         self._fh = open(self.path, "w", encoding="utf-8")
         self.lines = self.updates = 0
+
+    def follow(self, tracker) -> None:
+        """End tracks when `tracker` (the pipeline's TextTracker) does: a track ended sooner
+        could be picked up again after its end line. The pipeline calls it as a run starts."""
+        if self.lost_frames is None:
+            self.book.lost_frames = tracker.horizon
+        elif self.lost_frames < tracker.horizon:
+            raise ValueError(f"TextEventSink(lost_frames={self.lost_frames}) would end tracks "
+                             f"the pipeline's tracker keeps for {tracker.horizon} unseen frames: "
+                             "leave lost_frames out")
 
     def write(self, frame: Frame, detections: Detections) -> None:
         ended = self.book.update(frame, detections)

@@ -12,7 +12,7 @@ whose frame size changes starts with a fresh tracker (its old tracks end).
 from __future__ import annotations
 
 import warnings
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
 
@@ -32,16 +32,28 @@ class TextTracker:
     """
 
     def __init__(self, lost_frames: int = 30, activation: float = 0.25, match: float = 0.8):
+        if not isinstance(lost_frames, int) or lost_frames < 2:
+            raise ValueError(f"TextTracker lost_frames must be an integer >= 2, got {lost_frames!r}")
         self.sv = require("supervision")
         self.lost_frames, self.activation, self.match = lost_frames, activation, match
+        # unseen this many frames, a track has ended for good: its end event and vote close
+        self.horizon = lost_frames + 1
         self._trackers: Dict[int, object] = {}
         self._sizes: Dict[int, tuple] = {}
         # per stream, what a restarted tracker's ids are shifted by (its counter starts at 1
         # again; a consumer keys events by stream and track id, so ids are never reused)
         self._id_base: Dict[int, int] = {}
         self._id_max: Dict[int, int] = {}
-        self.book = TrackBook(lost_frames + 1)
+        self.book = TrackBook(self.horizon)
         self.restarts = 0  # streams that changed frame size mid-run
+
+    def lead(self, sinks) -> None:
+        """The text-event sinks among `sinks` end a track when this tracker lets it go."""
+        from .events import TextEventSink
+
+        for sink in sinks:
+            if isinstance(sink, TextEventSink):
+                sink.follow(self)
 
     def _tracker_for(self, frame: Frame):
         size = self._sizes.get(frame.stream)
@@ -54,8 +66,10 @@ class TextTracker:
         if tracker is None:
             with warnings.catch_warnings():  # deprecated in supervision in favour of `trackers`
                 warnings.simplefilter("ignore", FutureWarning)
+                # supervision 0.30 keeps a removed track in its pool one frame more: with a
+                # buffer of N it picks a track up after N + 1 unseen frames
                 tracker = self.sv.ByteTrack(track_activation_threshold=self.activation,
-                                            lost_track_buffer=self.lost_frames,
+                                            lost_track_buffer=self.lost_frames - 1,
                                             minimum_matching_threshold=self.match, frame_rate=30)
             self._trackers[frame.stream] = tracker
         return tracker
@@ -80,3 +94,11 @@ class TextTracker:
             data["track_text_score"] = np.asarray([c for _, c in votes], np.float32)
             out = Detections(detections.polygons, detections.scores, data)
         return out
+
+
+def tracker_for(track) -> Optional[TextTracker]:
+    """The TextTracker a pipeline's `track=` asks for: True for a default one, or the given
+    one; None for no tracking."""
+    if track is None or track is False:
+        return None
+    return track if isinstance(track, TextTracker) else TextTracker()
