@@ -27,7 +27,7 @@ from engine.loader import RunnerOptions, load_runner
 from .detections import Detections
 from .postprocess import DBPostprocessor
 from .postprocess.compiled import status as compiled_status
-from .preprocess import Letterbox, preprocess_batch
+from .preprocess import Letterbox, as_bgr, preprocess_batch
 from .shipped import default_model_path
 
 class Detector:
@@ -162,7 +162,7 @@ class Detector:
         the read stage then crops on the GPU; left empty on the CPU path."""
         if not images:
             raise ShapeError("prepare() needs at least one image")
-        images = [_check_image(image) for image in images]  # a Source of your own may give grey
+        images = [as_bgr(image) for image in images]  # a Source of your own may give grey
         size = self.input_size_for(*images[0].shape[:2])
         if self._gpu is not None:
             return self._gpu(images, size, device_frames)
@@ -210,7 +210,7 @@ class Detector:
         none larger than the model takes (`Runner.max_batch`)."""
         from .sources.images import read_image
 
-        loaded = [_check_image(read_image(os.fspath(image)) if isinstance(image, (str, os.PathLike))
+        loaded = [as_bgr(read_image(os.fspath(image)) if isinstance(image, (str, os.PathLike))
                                else image) for image in images]
         results: List[Optional[Detections]] = [None] * len(loaded)
         limit = self.runner.max_batch or len(loaded)
@@ -279,17 +279,6 @@ def _recognizer(read, backend: str, device: str):
         return read
     rec_device = device if device in ("cpu", "cuda") else "auto"
     return Recognizer(None if read is True else read, backend=backend, device=rec_device)
-
-
-def _check_image(image) -> np.ndarray:
-    image = np.asarray(image)
-    if image.ndim == 3 and image.shape[2] == 1:
-        image = image[..., 0]
-    if image.ndim == 2:  # greyscale: the network wants three channels
-        image = np.repeat(image[..., None], 3, axis=2)
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ShapeError(f"expected an HxWx3 uint8 BGR image, got {image.shape} {image.dtype}")
-    return image
 
 
 def _group_by(images, size_of) -> dict:

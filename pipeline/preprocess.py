@@ -98,3 +98,16 @@ def preprocess_batch(frames: Sequence[np.ndarray], spec: ModelSpec, size: Tuple[
     for i, frame in enumerate(frames):
         letterboxes.append(preprocess(frame, spec, size, keep_aspect, out=batch[i])[1])
     return batch, letterboxes
+
+
+def as_bgr(image) -> np.ndarray:
+    """An HxWx3 uint8 image: greyscale (HxW, HxWx1) gets three channels, as the networks want;
+    anything else is a ShapeError (a Source of one's own may give such frames)."""
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[..., 0]
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=2)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ShapeError(f"expected an HxWx3 uint8 BGR image, got {image.shape} {image.dtype}")
+    return image

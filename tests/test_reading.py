@@ -181,6 +181,47 @@ def test_a_polygon_that_rectifies_to_nothing_is_a_counted_skip(tmp_path):
     assert read.texts[0] == "" and read.text_scores[0] == 0
 
 
+def test_a_greyscale_frame_is_read_as_the_detector_takes_it(tmp_path):
+    """A Source of one's own giving grey frames ran with read=False and failed with read=True
+    (operands could not be broadcast): the detector takes grey, the recognizer did not."""
+    from engine.errors import ShapeError
+
+    model = _tiny_ctc_model(tmp_path / "tiny.onnx", classes=3, metadata={"character": "a"})
+    dets = Detections.from_quads(np.float32([[[0, 0], [40, 0], [40, 20], [0, 20]]]), [1])
+    with Recognizer(model, device="cpu") as rec:
+        colour = rec.read(np.full((30, 60, 3), 80, np.uint8), dets)
+        for grey in (np.full((30, 60), 80, np.uint8), np.full((30, 60, 1), 80, np.uint8)):
+            read = rec.read(grey, dets)
+            assert read.texts == colour.texts and read.text_scores == colour.text_scores
+        with pytest.raises(ShapeError, match=r"expected an HxWx3 uint8 BGR image, got \(30, 60, 4\)"):
+            rec.read(np.zeros((30, 60, 4), np.uint8), dets)
+
+
+def test_the_commands_read_on_the_backend_they_are_given(monkeypatch):
+    """`dbrt run / eval --backend onnxruntime --read` built the recognizer with backend auto:
+    a TensorRT engine where TensorRT is usable, and --backend tensorrt read on ONNX Runtime."""
+    import argparse
+
+    from pipeline.commands import _model, eval as eval_cmd, run as run_cmd
+    from pipeline.reading import recognizer
+
+    class Asked(Exception):
+        pass
+
+    def load_runner(path, backend, device, options):
+        raise Asked(backend)
+
+    monkeypatch.setattr(recognizer, "load_runner", load_runner)
+    for command, argv in ((run_cmd, ["--read"]), (run_cmd, ["--rec-margin", "0.1"]),
+                          (eval_cmd, ["--dataset", "x", "--e2e"])):
+        parser = argparse.ArgumentParser()
+        command.add_arguments(parser)
+        args = parser.parse_args(argv + ["--backend", "onnxruntime"])
+        args.read = getattr(args, "read", False) or getattr(args, "e2e", False)  # as eval sets it
+        with pytest.raises(Asked, match="^onnxruntime$"):
+            _model.build_recognizer(args)
+
+
 # -- the PP-OCR rec model on a synthetic image ------------------------------------------------
 def _words_image():
     from PIL import Image, ImageDraw, ImageFont

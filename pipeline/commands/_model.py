@@ -13,7 +13,7 @@ TRITON_FLAGS = {"triton_shm": "--triton-shm", "triton_inflight": "--triton-infli
 
 REC_MARGIN_HELP = ("grow each text crop by this fraction of the text's height on every side before "
                    f"reading (default: {RecSpec.margin:g}, chosen on the validation split for the "
-                   "shipped detector's boxes)")
+                   "shipped detector's boxes; implies reading)")
 
 
 def runner_options(args):
@@ -101,15 +101,15 @@ def build_detector(args):
 
 
 def build_recognizer(args):
-    """The Recognizer of --read / --rec-model / --rec-dict (either file implies --read) with
-    --rec-margin; None when the command does not read."""
+    """The Recognizer of --read / --rec-model / --rec-dict / --rec-margin (each implies --read);
+    None when the command does not read."""
     model, charset = getattr(args, "rec_model", None), getattr(args, "rec_dict", None)
-    if not (getattr(args, "read", False) or model or charset):
+    margin = getattr(args, "rec_margin", None)
+    if not (getattr(args, "read", False) or model or charset or margin is not None):
         return None
     from pipeline.reading import Recognizer
     from pipeline.reading.spec import preset
 
-    margin = getattr(args, "rec_margin", None)
     spec = None if margin is None else preset("ppocr").replace(margin=margin)
     device = args.device if args.device in ("cpu", "cuda") else "auto"
-    return Recognizer(model, charset, spec=spec, device=device)
+    return Recognizer(model, charset, spec=spec, backend=args.backend, device=device)

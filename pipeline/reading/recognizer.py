@@ -23,6 +23,7 @@ from engine.lazy import array_module
 from engine.loader import RunnerOptions, load_runner, tensorrt_usable
 
 from ..detections import Detections
+from ..preprocess import as_bgr
 from .crops import crop_batches, cut_crop, pad_quads, plan_crops, reading_quads
 from .ctc import Charset, characters_from_metadata, ctc_greedy_decode
 from .spec import RecSpec, preset as named_preset
@@ -99,6 +100,8 @@ class Recognizer:
         n = len(detections)
         texts, scores = [""] * n, np.zeros(n, np.float32)
         if n:
+            if isinstance(image, np.ndarray):  # greyscale, as the detector takes it
+                image = as_bgr(image)
             spec = self.spec
             quads = pad_quads(reading_quads(detections.polygons), spec.margin)
             plan = plan_crops(quads, spec.height, spec.min_width, spec.max_width)
