@@ -292,3 +292,32 @@ def test_a_pipeline_hands_its_tracker_to_its_events_sinks(tmp_path):
     Pipeline([str(tmp_path / "a.png")], FakeDetector(), track=TextTracker(lost_frames=60),
              sinks=[events]).run()
     assert events.book.lost_frames == 61
+
+
+def test_updates_fall_on_their_grid_without_drifting(tmp_path):
+    """0.4 added three times is 1.2000000000000002: the update due at 1.2 s came a frame late."""
+    from pipeline.reading.events import TextEventSink
+
+    path = tmp_path / "events.jsonl"
+    with TextEventSink(path, lost_frames=100, every=0.4) as sink:
+        for i in range(51):  # 25 fps: frame 30 is at 1.2 s
+            sink.write(_frame(i), _dets([_box(0, 0)], [1], ["A"], [0.9]))
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    assert [x["last_frame"] for x in lines if x["event"] == "update"] == [10, 20, 30, 40, 50]
+
+
+def test_a_nan_confidence_counts_as_nothing_and_every_line_is_json(tmp_path):
+    """A NaN text_score wrote "confidence":NaN (not JSON), and a track first seen with one had
+    no polygon: closing the sink raised, and the end lines not yet written were lost."""
+    from pipeline.reading.events import TextEventSink
+
+    path = tmp_path / "events.jsonl"
+    with TextEventSink(path, lost_frames=100) as sink:
+        sink.write(_frame(0), _dets([_box(0, 0), _box(60, 60)], [1, 2], ["A", "B"],
+                                    [float("nan"), 0.9]))
+        sink.write(_frame(1), _dets([_box(0, 0), _box(60, 60)], [1, 2], ["A", "B"],
+                                    [0.8, float("nan")]))
+    lines = [json.loads(x, parse_constant=pytest.fail) for x in path.read_text().splitlines()]
+    assert [(x["track_id"], x["text"], x["confidence"]) for x in lines] == [
+        (1, "A", 0.4), (2, "B", 0.45)]
+    assert all(x["polygon"] for x in lines)

@@ -51,7 +51,8 @@ class TextEventSink(Sink):
         self.listeners = list(listeners)
         self.lost_frames = lost_frames
         self.book = TrackBook(lost_frames or TrackBook().lost_frames)
-        self._due: Dict[Tuple[int, int], float] = {}  # (stream, track id) -> next update time
+        # (stream, track id) -> (start, n): its next update is at start + n * every
+        self._due: Dict[Tuple[int, int], Tuple[float, int]] = {}
         self._clock: Dict[int, float] = {}  # stream -> its latest timestamp
         self._fh = open(self.path, "w", encoding="utf-8")
         self.lines = self.updates = 0
@@ -80,17 +81,18 @@ class TextEventSink(Sink):
         now, due = float(frame.timestamp), []
         if now < self._clock.get(frame.stream, now):  # the stream's clock restarted (a camera
             for track in self.book.live(frame.stream):  # reconnected): schedules restart too
-                self._due[(track.stream, track.track_id)] = now + self.every
+                self._due[(track.stream, track.track_id)] = (now, 1)
         self._clock[frame.stream] = now
         for track in self.book.live(frame.stream):
             key = (track.stream, track.track_id)
             start = track.first_timestamp if track.first_timestamp is not None else now
-            if now >= self._due.setdefault(key, start + self.every):
+            anchor, step = self._due.setdefault(key, (start, 1))
+            # the microsecond: timestamps are kept to it, and 3 x 0.4 is 1.2000000000000002
+            if now + 1e-6 >= anchor + step * self.every:
                 due.append(track)
                 # the next point of the track's N-second grid after now: a gap in the stream
                 # skips the points it missed rather than writing them all at once
-                missed = math.floor((now - self._due[key]) / self.every)
-                self._due[key] += (missed + 1) * self.every
+                self._due[key] = (anchor, math.floor((now + 1e-6 - anchor) / self.every) + 1)
         return due
 
     def _write(self, tracks: Iterable[Track], kind: str) -> None:

@@ -13,6 +13,7 @@ size changes (a reconnect at another resolution starts afresh), or at `finish()`
 """
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
@@ -48,6 +49,8 @@ class Track:
             text_score: float, tick: int = 0) -> None:
         self.last_frame, self.last_timestamp, self.last_tick = frame.index, frame.timestamp, tick
         self.frames += 1
+        # a NaN confidence (an FP16 recognizer that overflowed) says nothing: it counts as 0
+        score, text_score = (v if math.isfinite(v) else 0.0 for v in (score, text_score))
         quality = text_score if text is not None else score
         if quality > self.best_score:  # the polygon of the clearest sighting
             self.best_score, self.best_polygon = quality, polygon
