@@ -263,3 +263,11 @@ def test_help_shows_only_defaults_that_say_something(command, capsys):
     if command == "run":
         assert "output folder (default: out/run)" in text
         assert "(0: number of sources) (default: 0)" in text  # a default of 0 is a value, shown
+
+
+@pytest.mark.parametrize("value", ["", "   "])
+def test_an_empty_token_variable_is_refused_like_an_empty_flag(place, capsys, monkeypatch, value):
+    """An empty DBRT_SERVE_TOKEN (an unset variable in a service file) served without a token:
+    on a loopback address without a word."""
+    monkeypatch.setenv("DBRT_SERVE_TOKEN", value)
+    assert "DBRT_SERVE_TOKEN is set but empty" in one_error_line(capsys, RUN + ["--serve", "0"])

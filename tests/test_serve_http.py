@@ -102,3 +102,37 @@ def test_head_on_metrics_and_a_lower_case_bearer(served):
             answer = b"".join(iter(lambda: raw.recv(65536), b""))
         head, _, rest = answer.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.0 ") and rest == b"", (path, answer[:200])
+
+
+def test_a_token_with_a_plus_works_as_typed_in_the_address():
+    """`?token=` was form-decoded: a "+" became a space, so 4 in 10 base64 tokens
+    (`openssl rand -base64 24`) were refused when the page was opened as the README says."""
+    from pipeline.serve import ServeSink
+
+    pipe = Pipeline([SimulatedCamera(total=10)], FakeDetector())
+    with ServeSink(pipe, port=0, token="q7+Zk/2Rw1=") as sink:
+        port = sink.server.port
+        assert get(port, "/healthz?token=q7+Zk/2Rw1=")[0] != 401
+        assert get(port, "/api/status?n=1&token=q7%2BZk%2F2Rw1%3D")[0] == 200
+        assert get(port, "/api/status?token=q7%20Zk/2Rw1=")[0] == 401
+        assert get(port, "/api/status?token=q7Zk/2Rw1=")[0] == 401
+    pipe.close()
+
+
+def test_the_newest_picture_is_one_jpeg(served):
+    """What the page fetches, one picture per request (an MJPEG tile held a connection for
+    good: a browser's 6 per server ran out at the 7th stream)."""
+    import cv2
+    import numpy as np
+
+    from pipeline.detections import Detections
+    from pipeline.sources import Frame
+
+    sink, port = served
+    assert get(port, "/stream/0.jpg", AUTH)[:2] == (503, b"no picture yet\n")
+    sink.write(Frame(np.full((48, 64, 3), 200, np.uint8), 0, 0.0, "cam", 0),
+               Detections.from_quads(np.zeros((0, 4, 2), np.float32), []))
+    status, body, headers = get(port, "/stream/0.jpg", AUTH)
+    assert status == 200 and headers["Content-Type"] == "image/jpeg"
+    assert cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR).shape == (48, 64, 3)
+    assert get(port, "/stream/3.jpg", AUTH)[0] == 404 and get(port, "/stream/0.jpg")[0] == 401

@@ -136,11 +136,18 @@ def run(args) -> int:
 
 def _check_flag_pairs(args) -> None:
     """A flag that only means something with another one is refused alone rather than ignored."""
+    import os
+
     from engine.errors import DbrtError
 
     from ._model import spec_changes
 
     spec_changes(args)  # --max-side with --limit-side / --limit-type
+    if args.serve and args.serve_token is None and "DBRT_SERVE_TOKEN" in os.environ:
+        args.serve_token = os.environ["DBRT_SERVE_TOKEN"]
+        if not args.serve_token.strip():
+            raise DbrtError("DBRT_SERVE_TOKEN is set but empty (an unset variable in a service "
+                            "file?); give it a token, or unset it to serve without one")
     if args.serve_token is not None and not args.serve_token.strip():
         raise DbrtError("--serve-token is empty (an unset variable?); give a token, or set "
                         "DBRT_SERVE_TOKEN, which also keeps it out of the process list")
@@ -257,12 +264,10 @@ def _network_sinks(pipe, args, annotators) -> list:
 
 
 def _serve_sink(pipe, args, annotators):
-    import os
-
     from pipeline.serve import ServeSink
 
     host, port = args.serve
-    token = args.serve_token or os.environ.get("DBRT_SERVE_TOKEN") or None
+    token = args.serve_token or None  # the flag, else DBRT_SERVE_TOKEN (_check_flag_pairs)
     sink = ServeSink(pipe, host, port, token=token, max_fps=args.serve_fps, annotators=annotators)
     print(f"dbrt run: live view on {sink.url}" + (" (token required)" if token else ""),
           file=sys.stderr, flush=True)

@@ -17,21 +17,22 @@ import threading
 import time
 from socketserver import ThreadingMixIn
 from typing import Optional
-from urllib.parse import parse_qs
+from urllib.parse import unquote
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from engine.errors import DbrtError
 
-from .page import PAGE
+from .page import page
 from .status import RunStatus
 from .view import LiveFrames
 
 BOUNDARY = "dbrtframe"
-_STREAM = re.compile(r"/stream/(\d{1,4})\.mjpg")
+_STREAM = re.compile(r"/stream/(\d{1,4})\.(mjpg|jpg)")
 
 
 class ServeApp:
-    """Routes: / (the page), /stream/<id>.mjpg, /metrics, /healthz, /api/status."""
+    """Routes: / (the page), /stream/<id>.mjpg (MJPEG), /stream/<id>.jpg (the newest
+    picture), /metrics, /healthz, /api/status."""
 
     def __init__(self, status: RunStatus, registry, token: Optional[str] = None,
                  keepalive_s: float = 5.0, max_streams: int = 28):
@@ -45,6 +46,7 @@ class ServeApp:
         # connection limit so that /healthz and /metrics always find a free one
         self._stream_slots = threading.BoundedSemaphore(max_streams)
         self._metrics_app = make_wsgi_app(registry)
+        self._page = page(round(1000 * self.view.min_interval))
 
     def __call__(self, environ, start_response):
         body = self._answer(environ, start_response)
@@ -62,7 +64,7 @@ class ServeApp:
             return _text(start_response, "401 Unauthorized", "missing or wrong token\n",
                          [("WWW-Authenticate", 'Bearer realm="dbrt"')])
         if path == "/":
-            return _send(start_response, "200 OK", "text/html; charset=utf-8", PAGE.encode())
+            return _send(start_response, "200 OK", "text/html; charset=utf-8", self._page)
         if path == "/metrics":  # prometheus_client answers GET only
             return self._metrics_app(dict(environ, REQUEST_METHOD="GET"), start_response)
         if path == "/healthz":
@@ -73,6 +75,8 @@ class ServeApp:
             return _send(start_response, "200 OK", "application/json", body)
         match = _STREAM.fullmatch(path)
         if match and int(match.group(1)) in {s.stream for s in self.status.pipeline.sources}:
+            if match.group(2) == "jpg":
+                return self._picture(start_response, int(match.group(1)))
             if method == "HEAD":
                 start_response("200 OK", _STREAM_HEADERS)
                 return []
@@ -83,13 +87,21 @@ class ServeApp:
             return _Viewer(self._mjpeg(int(match.group(1))), self._stream_slots.release)
         return _text(start_response, "404 Not Found", "not found\n")
 
+    def _picture(self, start_response, stream: int):
+        encoded = self.view.jpeg(stream)
+        if not encoded.jpeg:
+            return _text(start_response, "503 Service Unavailable", "no picture yet\n",
+                         [("Retry-After", "1")])
+        return _send(start_response, "200 OK", "image/jpeg", encoded.jpeg)
+
     def _authorised(self, environ) -> bool:
         if self.token is None:
             return True
         scheme, _, given = environ.get("HTTP_AUTHORIZATION", "").strip().partition(" ")
         given = given.strip() if scheme.lower() == "bearer" else ""  # schemes ignore case
-        if not given:
-            given = (parse_qs(environ.get("QUERY_STRING", "")).get("token") or [""])[0]
+        if not given:  # percent-decoded only: a "+" in a token is a plus, not a space
+            given = next((unquote(part[6:]) for part in environ.get("QUERY_STRING", "").split("&")
+                          if part.startswith("token=")), "")
         return hmac.compare_digest(given.encode(), self.token.encode())
 
     def _mjpeg(self, stream: int):

@@ -1,6 +1,11 @@
-"""The one page of the web view: a tile per stream with its live picture (MJPEG), state, FPS,
+"""The one page of the web view: a tile per stream with its live picture, state, FPS,
 drops / reconnects and newest detections, refreshed from /api/status once a second. Static
-text: no request ever reads a file. The token the page was opened with is passed on."""
+text: no request ever reads a file. The token the page was opened with is passed on.
+
+Each picture is fetched as a JPEG when the one before it has loaded (at most the view's rate),
+not as an endless MJPEG response: a browser opens 6 connections per server, which 6 MJPEG
+tiles would hold for good, leaving none for a 7th stream or the status; and a request that
+fails is simply made again."""
 
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>dbrt live</title>
@@ -21,17 +26,28 @@ table{border-collapse:collapse;font-size:12px}td{padding:0 10px 0 0}
 <span id="outputs"></span></header>
 <div id="tiles"></div>
 <script>
-const token = new URLSearchParams(location.search).get("token");
+// the token as typed: URLSearchParams would turn a "+" in it into a space
+const given = /[?&]token=([^&]*)/.exec(location.search);
+const token = given ? decodeURIComponent(given[1]) : null;
 const q = token ? "?token=" + encodeURIComponent(token) : "";
+const FRAME_MS = __FRAME_MS__;
 const tiles = {};
 function esc(s){return String(s).replace(/[&<>"']/g,c=>"&#"+c.charCodeAt(0)+";");}
+function show(img, id){
+  const asked = Date.now();
+  const next = (wait) => setTimeout(() => show(img, id), wait);
+  img.onload = () => { img.dataset.shown = +(img.dataset.shown || 0) + 1;
+                       next(Math.max(0, FRAME_MS - (Date.now() - asked))); };
+  img.onerror = () => next(1000);
+  img.src = "stream/" + id + ".jpg" + q + (q ? "&" : "?") + "n=" + asked;
+}
 function tile(s){
   if (tiles[s.id]) return tiles[s.id];
   const div = document.createElement("div");
   div.className = "tile";
-  div.innerHTML = '<img alt="stream ' + s.id + '" src="stream/' + s.id + '.mjpg' + q + '">' +
-                  '<div class="info"></div>';
+  div.innerHTML = '<img alt="stream ' + s.id + '"><div class="info"></div>';
   document.getElementById("tiles").appendChild(div);
+  show(div.querySelector("img"), s.id);
   return tiles[s.id] = div;
 }
 function render(st){
@@ -66,3 +82,8 @@ async function poll(){
 poll();
 </script></body></html>
 """
+
+
+def page(frame_ms: int) -> bytes:
+    """The page, fetching each stream's picture at most every `frame_ms` milliseconds."""
+    return PAGE.replace("__FRAME_MS__", str(int(frame_ms))).encode()
