@@ -93,6 +93,23 @@ def test_precision_plan(weak, requested, onnx_precision, strong_flag, expected):
     assert (plan.precision, plan.strongly_typed, plan.flags, plan.calibrate) == expected
 
 
+@pytest.mark.parametrize("requested, onnx_precision", [("fp16", "int8"), ("fp32", "int8"),
+                                                       ("fp32", "fp16")])
+def test_a_weakly_typed_build_keeps_the_onnxs_precision(requested, onnx_precision):
+    """8.6 built a Q/DQ ONNX asked for fp16 with the FP16 flag alone (8.x needs INT8 for any
+    Q/DQ) and recorded it as fp16; an FP16 ONNX asked for fp32 was recorded as fp32."""
+    with pytest.raises(ModelError, match=f"the ONNX is {onnx_precision}, so it cannot be built as "
+                                         f"{requested}; build it at --precision {onnx_precision}"):
+        plan_precision(True, requested, onnx_precision, None, True, "8.6.1")
+
+
+def test_calibration_given_to_a_build_that_does_not_calibrate_is_refused(trt, tiny_onnx):
+    """`dbrt build m.onnx --calib DIR` without --precision int8 built FP16 and ignored --calib."""
+    with pytest.raises(ModelError, match="a fp32 build of this fp32 ONNX does not calibrate"):
+        build_engine(tiny_onnx, BuildOptions(precision="fp32", profile=SMALL,
+                                             calibration=iter([np.zeros((1, 3, 32, 32))])))
+
+
 @pytest.mark.parametrize("requested", ["fp16", "int8"])
 def test_strongly_typed_tensorrt_needs_a_low_precision_onnx(monkeypatch, tiny_onnx, requested):
     import trt_double

@@ -88,6 +88,12 @@ def plan_precision(weak_typing: bool, requested: str, onnx_precision: str,
             raise ModelError(f"{why}: the precision comes from the ONNX, which is "
                              f"{onnx_precision}, not {target}; {_EXPORT_HINT[target]}")
         return PrecisionPlan(target, True)
+    if (onnx_precision, target) in (("int8", "fp16"), ("int8", "fp32"), ("fp16", "fp32")):
+        # the ONNX's Q/DQ nodes or FP16 types decide where it computes in low precision: a
+        # build without their flags fails or computes otherwise than its record would say
+        raise ModelError(f"the ONNX is {onnx_precision}, so it cannot be built as {target}; "
+                         f"build it at --precision {onnx_precision} (or auto), or "
+                         f"{_EXPORT_HINT[target]}")
     flags = {"fp32": (), "fp16": ("FP16",), "int8": ("INT8", "FP16")}[target]
     return PrecisionPlan(target, False, flags, calibrate=target == "int8" and onnx_precision != "int8")
 
@@ -254,6 +260,10 @@ def build_engine(onnx_path: os.PathLike, options: BuildOptions = BuildOptions(),
     summary = summarize_onnx(onnx_path)
     plan = plan_precision(has_weak_typing(trt), options.precision, summary.precision,
                           options.strongly_typed, has_strongly_typed_flag(trt), trt.__version__)
+    if not plan.calibrate and (options.calibration is not None or options.calibration_cache):
+        raise ModelError(f"calibration images or a calibration cache were given, but a "
+                         f"{plan.precision} build of this {summary.precision} ONNX does not "
+                         "calibrate (TensorRT 8.6 / 10.x calibrate an FP32 ONNX built as int8)")
     device = backend.device_info()
     if options.hardware_compatible and float(device.compute_capability) < 8.0:
         raise ModelError(f"hardware-compatible engines must be built on an Ampere or newer GPU; "
