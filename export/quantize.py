@@ -272,8 +272,8 @@ def to_int8(model, out_path, calibration: Sequence[np.ndarray], method: str = DE
             exclude = list(dict.fromkeys(exclude))
             q.quantize_static(src, dst, reader, **source, **int8_options(method, exclude))
         result = require("onnx").load(dst)
-    from .sensitivity import int8_mac_share  # recorded for full INT8 too (share 1.0)
+    from .sensitivity import int8_mac_share  # recorded for full INT8 too (DCN stays float)
 
-    share = int8_mac_share(proto, calibration[0].shape, exclude) if exclude else 1.0
+    share = int8_mac_share(proto, calibration[0].shape, exclude)
     spec = spec.replace(int8=Int8Notes(tuple(exclude), round(share, 4)))
     return _finish(result, out_path, spec, "int8")

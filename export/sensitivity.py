@@ -34,8 +34,12 @@ class LayerSensitivity:
         return dict(name=self.name, op=self.op_type, mse=self.mse, macs=self.macs)
 
 
+CONVS = ("Conv", "ConvTranspose", "DeformConv")
+
+
 def conv_macs(proto, shape: Sequence[int]) -> Dict[str, int]:
-    """Multiply-accumulates of every Conv / ConvTranspose for an input of `shape` (N, C, H, W)."""
+    """Multiply-accumulates of every Conv / ConvTranspose / DeformConv for an input of `shape`
+    (N, C, H, W) (a DeformConv's as a Conv's of its shape: its sampling comes on top)."""
     onnx = require("onnx")
     static = onnx.ModelProto()
     static.CopyFrom(proto)
@@ -52,10 +56,10 @@ def conv_macs(proto, shape: Sequence[int]) -> Dict[str, int]:
             weights[node.output[0]] = weights[node.input[0]]
     macs = {}
     for node in proto.graph.node:
-        if node.op_type not in ("Conv", "ConvTranspose") or node.input[1] not in weights:
+        if node.op_type not in CONVS or node.input[1] not in weights:
             continue
         w = weights[node.input[1]]
-        if node.op_type == "Conv":   # each output element: Cin/groups * kh * kw MACs
+        if node.op_type != "ConvTranspose":  # each output element: Cin/groups * kh * kw MACs
             out = shapes.get(node.output[0])
             macs[node.name] = int(np.prod(out)) * int(np.prod(w[1:])) if out and all(out) else 0
         else:                        # each input element scatters into Cout/groups * kh * kw
@@ -101,8 +105,9 @@ def int8_sensitivity(fp32_path: str, inputs: Sequence[np.ndarray], cache: str, o
 
 
 def int8_mac_share(proto, shape: Sequence[int], kept: Sequence[str]) -> float:
-    """Fraction of the convolution MACs that stay INT8 when the `kept` nodes are left unquantized."""
+    """Fraction of the convolution MACs that stay INT8 when the `kept` nodes are left
+    unquantized; deformable convolutions are never quantized (INT8_OPS), so they count as kept."""
     macs = conv_macs(proto, shape)
     total = sum(macs.values())
-    kept = set(kept)
+    kept = set(kept) | {n.name for n in proto.graph.node if n.op_type == "DeformConv"}
     return sum(v for k, v in macs.items() if k not in kept) / total if total else 0.0

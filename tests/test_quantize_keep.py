@@ -164,3 +164,23 @@ def test_keep_fp32_sensitive_counts_layers_beyond_the_other_exclusions(fp32_mode
                            keep_fp32_stem=True, keep_fp32_sensitive=2)
     kept = list(quantize.model_spec(out).int8.fp32_layers)
     assert kept == stem + [r.name for r in ranked if r.name not in stem][:2]
+
+
+def test_deformable_convolutions_count_as_float_in_the_int8_share(tmp_path):
+    """DeformConv stays float in INT8 exports, yet a DCN model's full INT8 export said "100% of
+    conv MACs INT8" (a DCN-R18 at 736x1312: 79%)."""
+    from export.model import DBNet
+    from export.onnx_export import export_onnx
+    from export.sensitivity import conv_macs, int8_mac_share
+
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    model = DBNet("resnet18", dcn=True, width=0.25).eval()
+    export_onnx(model, tmp_path / "dcn.onnx", opset=19, example_shape=(1, 3, 64, 96))
+    proto = onnx.load(str(tmp_path / "dcn.onnx"))
+    macs = conv_macs(proto, (1, 3, 64, 96))
+    deform = [n.name for n in proto.graph.node if n.op_type == "DeformConv"]
+    assert deform and all(macs[name] > 0 for name in deform)
+    share = int8_mac_share(proto, (1, 3, 64, 96), [])
+    assert share == pytest.approx(1 - sum(macs[n] for n in deform) / sum(macs.values()))
+    assert 0.5 < share < 0.99
