@@ -68,15 +68,17 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--name", help="result file name (default: accuracy_<dataset>)")
     a = p.parse_args(argv)
+    if a.model is not None and not a.model.is_file():  # named by the user: a mistake
+        p.error(f"--model {a.model}: no such file")
     model = a.model or SHIPPED
     if not model.is_file():
         print(f"accuracy: no model at {model} (nothing shipped yet?): skipped")
-        return 0
+        return common.SKIPPED
     if not a.dataset.exists():
         if a.dataset != REALDEV:  # named by the user: a mistake, not a machine without the data
             p.error(f"--dataset {a.dataset}: not found")
         print(f"accuracy: dataset not found at {a.dataset}: skipped")
-        return 0
+        return common.SKIPPED
     payload = evaluate(model, a.dataset, a.box_type, a.threads)
     md = write(payload, common.results_dir(), a.name or f"accuracy_{a.dataset.name}")
     print(f"{payload['dataset']}: precision {payload['precision']:.4f} recall {payload['recall']:.4f} "

@@ -27,6 +27,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from pipeline.accuracy import INTEGER_KERNELS
+from pipeline.commands._validate import at_least
 
 from . import common
 from .int8_calibration import _eval_sets
@@ -307,11 +308,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(parser)
     parser.add_argument("--val", required=True, help="validation images (an ICDAR 2015-format folder)")
-    parser.add_argument("--steps", type=int, default=150)
-    parser.add_argument("--count", type=int, default=32, help="calibration inputs")
-    parser.add_argument("--side", type=int, help="short side of every input (default: the model's)")
-    parser.add_argument("--crop", type=int, default=384, help="fine-tuning crop size")
+    parser.add_argument("--steps", type=at_least(1), default=150)
+    parser.add_argument("--count", type=at_least(1), default=32, help="calibration inputs")
+    parser.add_argument("--side", type=at_least(32), help="short side of every input (default: the model's)")
+    parser.add_argument("--crop", type=at_least(32), default=384, help="fine-tuning crop size")
     args = parser.parse_args(argv)
+    if not Path(args.val).is_dir():  # checked before minutes of fine-tuning, as int8_calibration does
+        parser.error(f"--val {args.val}: not a folder")
     import torch
 
     torch.set_num_threads(2)

@@ -24,6 +24,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from engine.lazy import optional, require
+from pipeline.commands._validate import at_least
 
 from . import common
 from .model_bench_report import COLUMNS, speedup_rows, write_results  # noqa: F401 - re-exported
@@ -243,17 +244,17 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog=common.prog("benchmarks.model_bench"), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, help="ONNX model (default: the shipped one)")
     p.add_argument("--weights", type=Path, help="the same model's PyTorch weights (for the baseline)")
-    p.add_argument("--sizes", type=int, nargs="+", default=[320, 480, 640, 736], help="square input sides")
-    p.add_argument("--batches", type=int, nargs="+", default=[1, 4])
-    p.add_argument("--cpu-batches", type=int, nargs="+", help="batches for CPU targets (default: --batches)")
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--threads", type=int, default=0, help="CPU threads for every backend (0: default)")
+    p.add_argument("--sizes", type=at_least(32), nargs="+", default=[320, 480, 640, 736], help="square input sides")
+    p.add_argument("--batches", type=at_least(1), nargs="+", default=[1, 4])
+    p.add_argument("--cpu-batches", type=at_least(1), nargs="+", help="batches for CPU targets (default: --batches)")
+    p.add_argument("--warmup", type=at_least(0), default=2)
+    p.add_argument("--repeats", type=at_least(1), default=5)
+    p.add_argument("--threads", type=at_least(0), default=0, help="CPU threads for every backend (0: default)")
     p.add_argument("--precisions", nargs="+", default=["fp32"], choices=["fp32", "fp16", "int8"],
                    help="ONNX Runtime precisions (fp16 / int8 files made with export.quantize)")
     p.add_argument("--variant", action="append", default=[], metavar="PRECISION=PATH",
                    help="another ONNX of the same model, e.g. int8=model_int8.onnx")
-    p.add_argument("--tensorrt-sizes", type=int, nargs="+", metavar="SIDE",
+    p.add_argument("--tensorrt-sizes", type=at_least(32), nargs="+", metavar="SIDE",
                    help="where TensorRT is usable: the sides to build engines for and time (default: "
                         "--sizes; each size and precision is one engine build, minutes on a Jetson, cached)")
     p.add_argument("--no-tensorrt", action="store_true", help="no TensorRT rows")

@@ -307,7 +307,7 @@ def main(argv=None, log=print) -> int:
     if args.rapidocr_model is None:
         log("peer_accuracy: skipped: rapidocr (with its packaged det model) is not installed; "
             "pip install -e '.[bench]'")
-        return 0
+        return common.SKIPPED
     if args.model is not None and not args.model.is_file():
         log(f"peer_accuracy: --model {args.model}: no such file")
         return 2

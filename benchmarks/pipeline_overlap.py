@@ -165,7 +165,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     if not video.is_file():
         print(f"pipeline_overlap: skipped: {video} not found (only dev machines have ../shared/data)")
-        return 0
+        return common.SKIPPED
     from engine.loader import RunnerOptions
     from pipeline.detector import Detector
     from pipeline.sources import VideoFileSource

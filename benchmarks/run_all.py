@@ -80,11 +80,13 @@ def run_one(name: str, args: Sequence[str], timeout_s: float, log=print) -> dict
                               env=os.environ.copy())
     except subprocess.TimeoutExpired:
         return {**record, "status": "timeout", "seconds": round(time.perf_counter() - start, 1)}
+    said = (proc.stdout + proc.stderr).strip()
+    status = {0: "ok", common.SKIPPED: "skipped: " + (said.splitlines() or ["no reason given"])[-1]}
     record.update(seconds=round(time.perf_counter() - start, 1),
-                  status="ok" if proc.returncode == 0 else f"failed (exit {proc.returncode})",
-                  output_tail=(proc.stdout + proc.stderr)[-2000:])
+                  status=status.get(proc.returncode, f"failed (exit {proc.returncode})"),
+                  output_tail=said[-2000:])
     log(f"[{name}] {record['status']} in {record['seconds']} s")
-    if proc.returncode != 0:
+    if proc.returncode not in status:
         log(record["output_tail"])
     return record
 

@@ -303,6 +303,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    help="run this part alone and merge it into the committed results")
     args = p.parse_args(argv)
     args.argv = list(argv) if argv is not None else []
+    from engine.triton.server import TritonInstall, TritonServerError
+
+    try:  # a machine without the server measures nothing: one line, before any work
+        TritonInstall.find(args.venv)
+    except TritonServerError as exc:
+        print(f"triton_bench: skipped: {exc}")
+        return common.SKIPPED
     load = os.getloadavg()
     previous = previous_results() if args.only else None
     with tempfile.TemporaryDirectory() as tmp:

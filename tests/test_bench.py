@@ -252,6 +252,18 @@ def test_run_all_reports_missing_benchmarks(monkeypatch):
     assert record["status"] == "missing"
 
 
+def test_run_all_says_skipped_for_a_benchmark_that_measured_nothing(monkeypatch, tmp_path):
+    """A benchmark without its data printed "skipped" and exited 0: the index said "ok"."""
+    from benchmarks import run_all
+
+    record = run_all.run_one("pipeline", ["--video", str(tmp_path / "none.mp4")], timeout_s=60,
+                             log=lambda m: None)
+    assert record["status"].startswith("failed (exit 2)")  # a video the user named: an error
+    monkeypatch.setenv("DBRT_SHARED_DATA", str(tmp_path))  # the benchmark's own process
+    record = run_all.run_one("pipeline", [], timeout_s=60, log=lambda m: None)
+    assert record["status"].startswith("skipped: pipeline_overlap: skipped:"), record
+
+
 # -- GPU proof machinery (the CPU-side parts here; the GPU parts under -m gpu) -------------------
 
 def test_dense_map_and_box_comparison():
@@ -380,7 +392,11 @@ def test_accuracy_benchmark_writes_protocol_tables(tmp_path, tiny_onnx, monkeypa
     payload = json.loads((tmp_path / "res" / "accuracy_set.json").read_text())
     assert payload["gt_care"] == 1 and payload["images"] == 1 and payload["model"]["file"] == tiny_onnx.name
     assert "| img_1.jpg |" in (tmp_path / "res" / "accuracy_set.md").read_text()
-    assert accuracy.main(["--model", str(tmp_path / "none.onnx")]) == 0  # nothing shipped: a note, no files
+    with pytest.raises(SystemExit) as named:  # a model the user named: a mistake, exit 2
+        accuracy.main(["--model", str(tmp_path / "none.onnx")])
+    assert named.value.code == 2
+    monkeypatch.setattr(accuracy, "SHIPPED", tmp_path / "none.onnx")
+    assert accuracy.main([]) == common.SKIPPED  # nothing shipped: a note, no files
 
 
 def test_pipeline_stage_bars_from_overlap_results(tmp_path):
@@ -494,3 +510,27 @@ def test_input_size_bad_input_is_one_line(tmp_path, capsys):
     assert said == [f"input_size: --model {tmp_path / 'm.onnx'}: no such file"]
     assert input_size.main(["--val", str(tmp_path / "none")], log=said.append) == 2
     assert "dataset not found" in said[-1] and len(said) == 2
+
+
+@pytest.mark.parametrize("module, argv, fragment", [
+    ("model_bench", ["--sizes", "0"], "--sizes: must be an integer >= 32"),
+    ("model_bench", ["--batches", "0"], "--batches: must be an integer >= 1"),
+    ("model_bench", ["--repeats", "0"], "--repeats: must be an integer >= 1"),
+    ("int8_qat", ["--val", "/no/such/folder"], "--val /no/such/folder: not a folder"),
+])
+def test_benchmark_flags_are_checked_before_any_work(capsys, module, argv, fragment):
+    """--sizes 0 ended in an OpenCV traceback, --repeats 0 wrote empty results over the
+    committed ones, and int8_qat found a wrong --val only after minutes of fine-tuning."""
+    import importlib
+
+    with pytest.raises(SystemExit) as stopped:
+        importlib.import_module(f"benchmarks.{module}").main(argv)
+    assert stopped.value.code == 2 and fragment in capsys.readouterr().err
+
+
+def test_the_triton_benchmark_skips_in_one_line_without_a_server(capsys, tmp_path):
+    from benchmarks import triton_bench
+
+    assert triton_bench.main(["--venv", str(tmp_path / "none")]) == common.SKIPPED
+    said = capsys.readouterr().out.strip().splitlines()
+    assert len(said) == 1 and said[0].startswith("triton_bench: skipped: no virtual environment")
