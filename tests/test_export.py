@@ -167,6 +167,8 @@ def test_mhliao_dcn_checkpoint_exports_from_cli(tmp_path, capsys):
     assert "stripped prefix 'model.module.'" in text and "backbone.fc.weight" in text
     assert "opset 19" in text and "parity PASSED" in text and "TensorRT 10.1: compatible" in text
     assert sum(n.op_type == "DeformConv" for n in onnx.load(str(out)).graph.node) == 6
+    assert "note: no db_dcn.json beside the checkpoint and no tuned thresholds in it: DBNet's " \
+        "defaults for thresh 0.3, box_thresh 0.6, unclip_ratio 1.5" in text  # a copy said nothing
     del state["model.module.decoder.in2.weight"]
     torch.save(state, tmp_path / "broken.pth")
     assert main(["export", str(tmp_path / "broken.pth"), "-o", str(tmp_path / "b.onnx")]) == 2

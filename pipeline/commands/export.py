@@ -117,7 +117,14 @@ def _spec(args, model, checkpoint):
     trained = trained_post_settings(checkpoint) if checkpoint else {}
     if trained:  # a training checkpoint: the thresholds its validation chose or its --init had
         print("post-processing from the checkpoint: " + ", ".join(f"{k} {v:g}" for k, v in trained.items()))
-    return default_spec(model, **{**trained, **changes})
+    spec = default_spec(model, **{**trained, **changes})
+    untold = [k for k in ("thresh", "box_thresh", "unclip_ratio") if k not in {**trained, **changes}]
+    if checkpoint and untold and not args.random_init:  # e.g. a copy of a .pt without its .json
+        print(f"note: no {Path(checkpoint).with_suffix('.json').name} beside the checkpoint and no "
+              f"tuned thresholds in it: DBNet's defaults for "
+              + ", ".join(f"{k} {getattr(spec.post, k):g}" for k in untold)
+              + " (copy the .json with the .pt, or give --thresh / --box-thresh / --unclip-ratio)")
+    return spec
 
 
 def _calib_method(given, checkpoint) -> str:
