@@ -41,8 +41,8 @@ class TextEventSink(Sink):
     listeners: called with each line's dict once it is written."""
 
     def __init__(self, path: Union[str, os.PathLike], lost_frames: Optional[int] = None,
-                 decimals: int = 2,
-                 every: Optional[float] = None, listeners: Sequence[Callable[[dict], None]] = ()):
+                 decimals: int = 2, every: Optional[float] = None,
+                 listeners: Sequence[Callable[[dict], None]] = ()):
         if every is not None and not every > 0:
             raise ValueError(f"TextEventSink every= must be a number of seconds > 0, got {every!r}")
         self.path = Path(path)
@@ -50,7 +50,7 @@ class TextEventSink(Sink):
         self.decimals, self.every = decimals, every
         self.listeners = list(listeners)
         self.lost_frames = lost_frames
-        self.book = TrackBook(lost_frames or TrackBook().lost_frames)
+        self.book = TrackBook() if lost_frames is None else TrackBook(lost_frames)
         # (stream, track id) -> (start, n): its next update is at start + n * every
         self._due: Dict[Tuple[int, int], Tuple[float, int]] = {}
         self._clock: Dict[int, float] = {}  # stream -> its latest timestamp
