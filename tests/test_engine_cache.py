@@ -9,7 +9,7 @@ from engine_helpers import SMALL, ort_prob, trt  # noqa: F401
 
 import trt_double
 from engine.tensorrt.cache import cache_dir, cached_engine_runner
-from engine.errors import ModelError, ShapeError
+from engine.errors import DbrtError, ModelError, ShapeError
 from engine.loader import RunnerOptions, load_runner
 from engine.onnxruntime.runner import OnnxRuntimeRunner
 from engine.tensorrt.record import sidecar_path
@@ -147,6 +147,43 @@ def test_cuda_graph_replay_per_shape(trt, tiny_onnx, tmp_path, rng):
         runner.infer(rng.random((1, 3, 64, 64), dtype=np.float32))
         assert not np.array_equal(previous, runner.infer(np.zeros((1, 3, 64, 64), np.float32))["prob"])
     assert backend.launches == 6                           # every call replays a graph
+
+
+def test_cuda_graphs_keep_a_bounded_number_of_shapes_and_no_spare_context(trt, tiny_onnx, tmp_path,
+                                                                         rng, monkeypatch):
+    """Each captured shape holds a context with the profile's largest activation memory: a
+    folder of photos of many sizes kept one per size for good (out of GPU memory), plus a
+    per-thread context graph mode never used."""
+    from engine.tensorrt import runner as runner_module
+
+    engine = tmp_path / "m.engine"
+    build_engine_file(tiny_onnx, engine, BuildOptions(profile=SMALL))
+    monkeypatch.setattr(runner_module, "MAX_GRAPHS", 3)
+    contexts = []
+    with TensorRTRunner(engine, cuda_graph=True, backend=CountingBackend()) as runner:
+        create = type(runner._engine).create_execution_context  # pybind: patched on the class
+        monkeypatch.setattr(type(runner._engine), "create_execution_context",
+                            lambda engine: contexts.append(1) or create(engine))
+        shapes = [(1, 3, 32, 32), (1, 3, 32, 64), (1, 3, 64, 64), (1, 3, 96, 64), (1, 3, 128, 64),
+                  (1, 3, 128, 64), (1, 3, 32, 32)]
+        for shape in shapes:
+            batch = rng.random(shape, dtype=np.float32)
+            np.testing.assert_allclose(runner.infer(batch)["prob"], ort_prob(tiny_onnx, batch), atol=1e-5)
+        graphs = runner._states[0].graphs
+        assert len(graphs) == 3 and runner._states[0].context is None
+        kept = [next(iter(dict(key).values()))[2:] for key in graphs]
+        assert kept == [(96, 64), (128, 64), (32, 32)]  # the least recently used ones left
+    assert len(contexts) == 6  # 5 shapes, the 128x64 one reused, the 32x32 one captured again
+
+
+def test_a_context_tensorrt_cannot_create_is_one_clear_error(trt, tiny_onnx, tmp_path, rng,
+                                                             monkeypatch):
+    engine = tmp_path / "m.engine"
+    build_engine_file(tiny_onnx, engine, BuildOptions(profile=SMALL))
+    with TensorRTRunner(engine) as runner:
+        monkeypatch.setattr(type(runner._engine), "create_execution_context", lambda engine: None)
+        with pytest.raises(DbrtError, match="could not create an execution context .*out of GPU memory"):
+            runner.infer(rng.random((1, 3, 64, 64), dtype=np.float32))
 
 
 def test_a_failed_capture_runs_that_shape_without_a_graph(trt, tiny_onnx, tmp_path, rng, caplog):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Mapping, Optional, Tuple
@@ -26,6 +27,11 @@ from . import require_tensorrt
 from .record import EngineRecord
 from ..shapes import ShapeProfile, check_in_profile
 from .logger import capturing_logger, init_plugins, log
+
+
+# captured shapes kept per thread: each holds an execution context, whose activation memory is
+# the profile's largest, so a folder of photos of many sizes must not keep one per size
+MAX_GRAPHS = 8
 
 
 @dataclass
@@ -43,10 +49,10 @@ class _Graph:
 class _ThreadState:
     """What one thread needs to run the shared engine: TensorRT contexts are not thread-safe."""
 
-    context: object
+    context: object  # None in CUDA-graph mode: each captured shape has a context of its own
     stream: object
     shapes: Dict[str, Tuple[int, ...]] = field(default_factory=dict)
-    graphs: Dict[Tuple, _Graph] = field(default_factory=dict)
+    graphs: "OrderedDict[Tuple, _Graph]" = field(default_factory=OrderedDict)
 
 
 class TensorRTRunner(Runner):
@@ -146,11 +152,23 @@ class TensorRTRunner(Runner):
     def _thread_state(self) -> _ThreadState:
         state = getattr(self._local, "state", None)
         if state is None:
-            with self._lock:  # contexts are created one at a time, then used without the lock
-                state = _ThreadState(self._engine.create_execution_context(), self.backend.stream())
+            context = None if self.cuda_graph else self._new_context()
+            with self._lock:
+                state = _ThreadState(context, self.backend.stream())
                 self._states.append(state)  # released together on deactivate()
             self._local.state = state
         return state
+
+    def _new_context(self):
+        """An execution context (its activation memory is the profile's largest): None from
+        TensorRT, e.g. out of GPU memory, is one clear error, not a later AttributeError."""
+        with self._lock:  # contexts are created one at a time, then used without the lock
+            context = self._engine.create_execution_context()
+        if context is None:
+            raise DbrtError(f"TensorRT could not create an execution context for "
+                            f"{self._describe()} (out of GPU memory?): "
+                            f"{self._logger.last_errors()}")
+        return context
 
     # -- inference ------------------------------------------------------------------------
     def _check_feed(self, feed: Mapping[str, object]) -> None:
@@ -221,8 +239,11 @@ class TensorRTRunner(Runner):
         key = tuple(sorted(shapes.items()))
         entry = state.graphs.get(key)
         if entry is None:
+            if len(state.graphs) >= MAX_GRAPHS:  # the least recently used shape lets go of its
+                state.graphs.popitem(last=False)  # context (profile-sized memory) and buffers
             entry = self._capture(state, shapes)
             state.graphs[key] = entry
+        state.graphs.move_to_end(key)
         for name, buffer in entry.inputs.items():
             self.backend.copy_into(buffer, feed[name], state.stream)
         if entry.graph is not None:
@@ -236,8 +257,7 @@ class TensorRTRunner(Runner):
         buffers, enqueue once (lets TensorRT finish lazy setup), then capture one enqueue into a
         graph. Falls back to plain enqueue on that context if the capture fails."""
         backend = self.backend
-        with self._lock:
-            context = self._engine.create_execution_context()
+        context = self._new_context()
         for name, shape in shapes.items():
             self._set_shape(context, name, shape)
         inputs = {t.name: backend.empty(shapes[t.name], t.dtype) for t in self._inputs}
