@@ -25,9 +25,9 @@ import numpy as np
 
 from engine.errors import DbrtWarning, SourceError
 from dbnet.files import IMAGE_SUFFIXES
+from dbnet.gt_icdar import DONT_CARE_TEXTS, parse_icdar_line as icdar_line
 from dbnet.gt_json import GroundTruthError, read_gt_records
 
-DONT_CARE_TEXTS = ("###", "#")
 FORMATS = ("auto", "json", "icdar2015", "totaltext")
 
 
@@ -104,32 +104,12 @@ class Dataset:
 
 # -- ground-truth file parsers --------------------------------------------------------------
 
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
 def parse_icdar_line(line: str, n_coords: Optional[int] = 8) -> Tuple[np.ndarray, str]:
-    """One `x1,y1,...,xn,yn,transcription` line -> ((n, 2) points, transcription).
-
-    The transcription may itself contain commas. With `n_coords=None` (MhLiao's Total-Text
-    conversion) the coordinates are the longest even run of leading numbers that leaves a
-    transcription field.
-    """
-    fields = line.strip().lstrip("\ufeff").split(",")
-    if n_coords is None:
-        numeric = 0
-        while numeric < len(fields) - 1 and _is_number(fields[numeric].strip()):
-            numeric += 1
-        n_coords = numeric - numeric % 2
-    if n_coords < 6 or len(fields) < n_coords or not all(_is_number(f) for f in fields[:n_coords]):
-        raise DatasetError(f"expected {n_coords or 'at least 6'} coordinates and a transcription, "
-                           f"got {line.strip()[:80]!r}")
-    points = np.asarray([float(f) for f in fields[:n_coords]], np.float32).reshape(-1, 2)
-    return points, ",".join(fields[n_coords:]).strip()
+    """dbnet.gt_icdar's, its error a DatasetError."""
+    try:
+        return icdar_line(line, n_coords)
+    except GroundTruthError as exc:
+        raise DatasetError(str(exc)) from None
 
 
 def parse_icdar_gt(text: str, n_coords: Optional[int] = 8) -> GroundTruth:

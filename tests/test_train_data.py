@@ -155,6 +155,23 @@ def test_read_icdar_folder(tmp_path):
     assert [p.name for p, _, _ in webp] == ["img_1.webp", "img_2.webp"]
 
 
+def test_ground_truth_is_read_for_training_as_eval_reads_it(tmp_path):
+    """Lines of coordinates only (detection labels) were dropped: every target was background
+    and training ran on without a word, while dbrt eval read the same words; "#" was a word
+    here and do-not-care there; a line that is neither was skipped without a word."""
+    from engine.errors import DbrtError
+    from pipeline.datasets import read_gt_file
+
+    folder = icdar_folder(tmp_path / "icdar")
+    gt = folder / "gt_img_1.txt"
+    gt.write_text("18,40,110,40,110,78,18,78\r\n1,1,9,1,9,9,1,9,#\r\n20,80,90,80,90,99,20,99,a,b\r\n")
+    polys, ignore = {p.name: (q, i) for p, q, i in read_icdar_folder(folder)}["img_1.jpg"]
+    assert len(polys) == 3 and ignore == list(read_gt_file(gt).ignore) == [False, True, False]
+    gt.write_text("18,40,110,40,110,78,18,78,TEXT\n18,40,110,40,HELLO\n")
+    with pytest.raises(DbrtError, match=r"gt_img_1.txt, line 2: expected 8 coordinates"):
+        read_icdar_folder(folder)
+
+
 def test_mask_samples_train_the_probability_map_only(tmp_path):
     from export.train.augment import AugmentConfig
     from export.train.data import MaskDataset, is_mask_folder

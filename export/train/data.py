@@ -31,6 +31,7 @@ import numpy as np
 
 from engine.errors import DbrtError
 from dbnet.files import IMAGE_SUFFIXES
+from dbnet.gt_icdar import DONT_CARE_TEXTS, parse_icdar_line
 from dbnet.gt_json import GroundTruthError, read_gt_records
 from dbnet.spec import DB_MEAN_BGR
 
@@ -84,17 +85,19 @@ class SynthDataset:
 
 
 def _read_icdar_txt(path: Path) -> Tuple[List[np.ndarray], List[bool]]:
+    """Read as `dbrt eval` reads it (dbnet.gt_icdar): a line of coordinates only is a word,
+    "###" / "#" a do-not-care one, a line that is neither an error naming it."""
     polys, ignore = [], []
-    for line in path.read_text(encoding="utf-8-sig", errors="replace").splitlines():
-        parts = line.strip().split(",")
-        if len(parts) < 9:
+    text = path.read_text(encoding="utf-8-sig", errors="replace")
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
             continue
         try:
-            coords = np.array([float(v) for v in parts[:8]], np.float32).reshape(4, 2)
-        except ValueError:
-            continue
-        polys.append(coords)
-        ignore.append(",".join(parts[8:]).strip() == "###")
+            points, transcription = parse_icdar_line(line, 8)
+        except GroundTruthError as exc:
+            raise DbrtError(f"{path}, line {number}: {exc}") from None
+        polys.append(points)
+        ignore.append(transcription in DONT_CARE_TEXTS)
     return polys, ignore
 
 

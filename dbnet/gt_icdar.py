@@ -1,0 +1,41 @@
+"""ICDAR 2015 ground-truth lines, read alike for evaluation (pipeline.datasets) and training
+(export.train.data): `x1,y1,...,x4,y4[,transcription]`, the transcription possibly holding
+commas; "###" (and "#") mark a word nobody is scored on ("do not care").
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import numpy as np
+
+from .gt_json import GroundTruthError
+
+DONT_CARE_TEXTS = ("###", "#")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def parse_icdar_line(line: str, n_coords: Optional[int] = 8) -> Tuple[np.ndarray, str]:
+    """One `x1,y1,...,xn,yn,transcription` line -> ((n, 2) points, transcription); a line of
+    coordinates only (detection labels) has the transcription "".
+
+    With `n_coords=None` (MhLiao's Total-Text conversion) the coordinates are the longest even
+    run of leading numbers that leaves a transcription field.
+    """
+    fields = line.strip().lstrip("\ufeff").split(",")
+    if n_coords is None:
+        numeric = 0
+        while numeric < len(fields) - 1 and _is_number(fields[numeric].strip()):
+            numeric += 1
+        n_coords = numeric - numeric % 2
+    if n_coords < 6 or len(fields) < n_coords or not all(_is_number(f) for f in fields[:n_coords]):
+        raise GroundTruthError(f"expected {n_coords or 'at least 6'} coordinates and a "
+                               f"transcription, got {line.strip()[:80]!r}")
+    points = np.asarray([float(f) for f in fields[:n_coords]], np.float32).reshape(-1, 2)
+    return points, ",".join(fields[n_coords:]).strip()
