@@ -269,10 +269,10 @@ def sidecar_calib_method(path) -> Optional[str]:
 POST_KEYS = ("thresh", "box_thresh", "unclip_ratio")
 
 
-def trained_post_settings(path) -> dict:
-    """The post-processing thresholds a training checkpoint carries: those its tuned validation
-    chose (`dbrt train --val-tune`, in best.pt), else those of the model it started from (the
-    sidecar NAME.json of its --init, as the shipped weights have); {} when neither says."""
+def trained_post_settings(path, _depth: int = 0) -> dict:
+    """The post-processing thresholds a training checkpoint carries: those its validation
+    chose or scored at (in best.pt), else those of the model it started from (its --init, by
+    `shipping_post`'s rule, so a chain of fine-tunes keeps them); {} when none says."""
     data = load_file(path)
     if not isinstance(data, Mapping):
         return {}
@@ -280,8 +280,30 @@ def trained_post_settings(path) -> dict:
     if isinstance(tuned, Mapping) and all(k in tuned for k in POST_KEYS):
         return {k: float(tuned[k]) for k in POST_KEYS}
     init = (data.get("config") or {}).get("init") if isinstance(data.get("config"), Mapping) else None
-    spec = sidecar_spec(init) if init and Path(init).is_file() else None
-    return {k: float(getattr(spec.post, k)) for k in POST_KEYS} if spec is not None else {}
+    if not init or not Path(init).is_file() or _depth >= 8:  # 8: a cycle of --init stops
+        return {}
+    return shipping_post(init, _depth + 1)
+
+
+def shipping_post(path, _depth: int = 0) -> dict:
+    """The thresholds a checkpoint ships with: its own record's (NAME.json), else those of
+    `trained_post_settings`; {} (DB's defaults) when none says. `dbrt export`, the shipping
+    tool and `dbrt train`'s validation all go by it."""
+    spec = sidecar_spec(path)
+    if spec is not None:
+        return {k: float(getattr(spec.post, k)) for k in POST_KEYS}
+    return trained_post_settings(path, _depth)
+
+
+def trained_shrink_ratio(path) -> Optional[float]:
+    """The shrink ratio a checkpoint's map was trained with: its record's train_config, else
+    the training config inside the checkpoint (a run's best.pt / last.pt); None when neither."""
+    ratio = sidecar_train_config(path).get("shrink_ratio")
+    if ratio is None:
+        data = load_file(path)
+        config = data.get("config") if isinstance(data, Mapping) else None
+        ratio = config.get("shrink_ratio") if isinstance(config, Mapping) else None
+    return None if ratio is None else float(ratio)
 
 
 def model_from_checkpoint(source, arch: Optional[str] = None, dcn: Optional[bool] = None,

@@ -221,3 +221,59 @@ def test_shipped_record_names_a_calibration_method():
     from export.quantize import CALIB_METHODS
 
     assert sidecar_calib_method(Path(__file__).parents[1] / "export/assets/dbnet_default.pt") in CALIB_METHODS
+
+
+def test_a_chain_of_fine_tunes_keeps_its_thresholds_and_shrink_ratio(tmp_path):
+    """A fine-tune from a run's checkpoint trained at DB's 0.4 while its --init learnt 0.3 (only
+    a record's train_config was read), and its last.pt exported DB's default thresholds while
+    best.pt, the same weights, had the validation's (only a record was followed)."""
+    import argparse
+
+    import torch
+
+    from export.checkpoint import shipping_post, trained_shrink_ratio
+    from pipeline.commands.train import _with_init_target
+
+    first = tmp_path / "ft1" / "best.pt"
+    first.parent.mkdir()
+    torch.save({"config": {"shrink_ratio": 0.3}, "step": 5,
+                "validation": {"thresh": 0.25, "box_thresh": 0.35, "unclip_ratio": 1.5}}, first)
+    last = tmp_path / "ft2" / "last.pt"
+    last.parent.mkdir()
+    torch.save({"config": {"shrink_ratio": 0.3, "init": str(first)}, "step": 2}, last)
+    assert shipping_post(last) == {"thresh": 0.25, "box_thresh": 0.35, "unclip_ratio": 1.5}
+    assert trained_shrink_ratio(last) == 0.3
+    from export.train.config import TrainConfig
+
+    cfg = TrainConfig(out_dir=str(tmp_path / "ft3"), init=str(last))  # DB's 0.4 by default
+    with_init = _with_init_target(cfg, argparse.Namespace(given=set()))
+    assert with_init.shrink_ratio == 0.3
+    torch.save({"config": {"init": str(tmp_path / "loop.pt")}}, tmp_path / "loop.pt")
+    assert shipping_post(tmp_path / "loop.pt") == {}  # an --init that names itself ends
+
+
+def test_shipping_refuses_bad_settings_before_writing_anything(tmp_path):
+    """--box-thresh 7 raised a traceback after dbnet.pt was overwritten, leaving it beside the
+    old dbnet.json and dbnet.onnx; a --metrics file that is not there was a traceback too."""
+    from export.train.ship import WEIGHTS, main
+
+    out = tmp_path / "ship"
+    with pytest.raises(SystemExit, match=r"^error: .*box_thresh"):
+        main([str(WEIGHTS), "--out", str(out), "--box-thresh", "7"])
+    assert not any(out.iterdir())
+    with pytest.raises(SystemExit, match=r"^error: --metrics .*none.json: No such file"):
+        main([str(WEIGHTS), "--out", str(out), "--metrics", str(tmp_path / "none.json")])
+
+
+def test_a_shipped_model_shipped_again_keeps_what_its_record_says(tmp_path):
+    """Its thresholds, training config (the shrink ratio a fine-tune keeps) and INT8
+    calibration method were dropped: DB's defaults shipped, the record said nothing more."""
+    import json
+
+    from export.train.ship import RECORD, WEIGHTS, main
+
+    assert main([str(WEIGHTS), "--out", str(tmp_path / "again")]) == 0
+    old, new = (json.loads(p.read_text()) for p in (RECORD, tmp_path / "again" / "dbnet.json"))
+    assert new["spec"]["post"] == old["spec"]["post"]
+    assert new["train_config"] == old["train_config"] and new["train_config"]["shrink_ratio"] == 0.3
+    assert new["int8_calibration"] == {"method": old["int8_calibration"]["method"]}

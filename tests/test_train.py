@@ -132,9 +132,15 @@ def test_tuned_validation_records_its_thresholds_and_ship_takes_them(tmp_path):
     assert {k: plain[k] for k in POST_DEFAULTS} == POST_DEFAULTS  # what it scored at, recorded
     from pipeline.tune import grid_edges
     assert tuned.get("on_grid_edge") == ("; ".join(grid_edges(tuned)) or None)  # said when there is one
-    # weights without a tuned validation (the shipped state dict): the defaults
+    # the shipped state dict shipped again: its own record's thresholds (they were DB's
+    # defaults, as export took the record's); a copy without its record: the defaults
+    from export.checkpoint import sidecar_spec
+
     none = argparse.Namespace(thresh=None, box_thresh=None, unclip_ratio=None)
-    assert post_settings(WEIGHTS, none) == POST_DEFAULTS
+    shipped = sidecar_spec(WEIGHTS).post
+    assert post_settings(WEIGHTS, none) == {k: getattr(shipped, k) for k in POST_DEFAULTS}
+    (tmp_path / "copy.pt").write_bytes(WEIGHTS.read_bytes())
+    assert post_settings(tmp_path / "copy.pt", none) == POST_DEFAULTS
 
 
 class _Boom:

@@ -21,7 +21,7 @@ from typing import Optional
 
 import numpy as np
 
-from engine.errors import ModelError
+from engine.errors import DbrtError, ModelError
 from dbnet.spec import ModelSpec
 
 from ..quantize import CALIB_METHODS
@@ -160,16 +160,21 @@ def ship(checkpoint, spec_changes: Optional[dict] = None, weights: Path = WEIGHT
     from ..model import DBNet
     from .weights import load_weights, read_checkpoint
 
+    from ..checkpoint import sidecar_calib_method, sidecar_train_config
+
     ck = read_checkpoint(checkpoint)
-    cfg = ck.get("config", {})
+    # a shipped model shipped again (weights only) keeps what its record says of it
+    cfg = ck.get("config") or sidecar_train_config(checkpoint)
+    if int8_calibration is None and sidecar_calib_method(checkpoint):
+        int8_calibration = {"method": sidecar_calib_method(checkpoint)}
     model = DBNet(cfg.get("arch", "resnet18"), width=cfg.get("width", 0.5)).eval()
     load_weights(model, checkpoint)
+    spec = ModelSpec(arch=model.arch_name).replace(**(spec_changes or {}))  # checked before writing
     reference = copy.deepcopy(model)  # the checkpoint in fp32, to bound the fp16 loss
     Path(weights).parent.mkdir(parents=True, exist_ok=True)
     state = fp16_state(model)
     torch.save(state, str(weights))
     load_weights(model, weights)  # the ONNX is made from exactly the shipped (fp16) values
-    spec = ModelSpec(arch=model.arch_name).replace(**(spec_changes or {}))
     report, converted = write_fp16_onnx(model, onnx_path, spec)
     max_abs = _ort_parity(model, Path(onnx_path))
     vs_checkpoint = _ort_parity(reference, Path(onnx_path))
@@ -196,12 +201,12 @@ POST_DEFAULTS = {"thresh": 0.3, "box_thresh": 0.6, "unclip_ratio": 1.5}
 
 
 def post_settings(checkpoint, args) -> dict:
-    """thresh / box_thresh / unclip_ratio to ship: each as given, else as the checkpoint's tuned
-    validation chose it (`dbrt train --val-tune` records it in best.pt), else as the model the
-    run started from had them (its --init's NAME.json), else the DB defaults."""
-    from ..checkpoint import trained_post_settings
+    """thresh / box_thresh / unclip_ratio to ship: each as given, else as the checkpoint ships
+    them (its own record, e.g. a shipped model shipped again; else its validation's, in
+    best.pt; else its --init's: export.checkpoint.shipping_post), else the DB defaults."""
+    from ..checkpoint import shipping_post
 
-    trained = trained_post_settings(checkpoint)
+    trained = shipping_post(checkpoint)
     given = {k: getattr(args, k) for k in POST_DEFAULTS}
     return {k: float(given[k] if given[k] is not None else trained.get(k, default))
             for k, default in POST_DEFAULTS.items()}
@@ -228,8 +233,9 @@ def main(argv=None) -> int:
     p.add_argument("--limit-side", type=int, default=736)
     p.add_argument("--limit-type", default="min", choices=("min", "max"))
     p.add_argument("--thresh", type=float,
-                   help="default: what the checkpoint's tuned validation chose (dbrt train "
-                        "--val-tune), else its --init model's, else 0.3")
+                   help="default: the checkpoint's own record's (NAME.json), else what its "
+                        "validation chose (dbrt train --val / --val-tune), else its --init "
+                        "model's, else 0.3")
     p.add_argument("--box-thresh", type=float, help="likewise, else 0.6")
     p.add_argument("--unclip-ratio", type=float, help="likewise, else 1.5")
     p.add_argument("--metrics", help="JSON file of evaluation results to put in the record")
@@ -239,13 +245,16 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if not Path(args.checkpoint).is_file():
         raise SystemExit(f"error: checkpoint not found: {args.checkpoint}")
-    metrics = json.loads(Path(args.metrics).read_text()) if args.metrics else None
+    try:
+        metrics = json.loads(Path(args.metrics).read_text()) if args.metrics else None
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"error: --metrics {args.metrics}: {getattr(exc, 'strerror', None) or exc}")
     try:
         settings = post_settings(args.checkpoint, args)
         rec = ship(args.checkpoint, dict(limit_side=args.limit_side, limit_type=args.limit_type,
                                          **settings), metrics=metrics, **_targets(args),
                    int8_calibration={"method": args.int8_calib_method} if args.int8_calib_method else None)
-    except ModelError as exc:
+    except DbrtError as exc:  # e.g. a threshold out of range: before any file is written
         raise SystemExit(f"error: {exc}") from None
     print("post-processing: " + " ".join(f"--{k.replace('_', '-')} {v:g}" for k, v in settings.items()))
     print(json.dumps({k: rec[k] for k in ("checkpoint_step", "weights", "onnx")}, indent=2))

@@ -164,16 +164,13 @@ def make_validator(dataset, tune: bool = False, post: Optional[dict] = None):
 
 
 def _shipping_post(cfg) -> dict:
-    """The thresholds a checkpoint of this run ships with unless tuned (export's rule): its
-    --init's record or tuned validation; {} (DB's defaults) when it says none."""
+    """The thresholds a checkpoint of this run ships with unless tuned: its --init's
+    (export.checkpoint.shipping_post); {} (DB's defaults) when it says none."""
     if not cfg.init or not Path(cfg.init).is_file():
         return {}
-    from export.checkpoint import sidecar_spec, trained_post_settings
+    from export.checkpoint import shipping_post
 
-    spec = sidecar_spec(cfg.init)
-    if spec is not None:
-        return {k: float(getattr(spec.post, k)) for k in ("thresh", "box_thresh", "unclip_ratio")}
-    return trained_post_settings(cfg.init)
+    return shipping_post(cfg.init)
 
 
 def _check(cfg) -> None:
@@ -200,14 +197,14 @@ def _with_init_target(cfg, args):
 
     if "shrink_ratio" in args.given or not cfg.init or not Path(cfg.init).is_file():
         return cfg
-    from export.checkpoint import sidecar_train_config
+    from export.checkpoint import trained_shrink_ratio
 
-    ratio = sidecar_train_config(cfg.init).get("shrink_ratio")
-    if ratio is None or float(ratio) == cfg.shrink_ratio:
+    ratio = trained_shrink_ratio(cfg.init)
+    if ratio is None or ratio == cfg.shrink_ratio:
         return cfg
-    print(f"dbrt train: --shrink-ratio {float(ratio):g}, as {Path(cfg.init).name} was trained "
-          "(its record); give --shrink-ratio to choose another", file=sys.stderr)
-    return dataclasses.replace(cfg, shrink_ratio=float(ratio))
+    print(f"dbrt train: --shrink-ratio {ratio:g}, as {Path(cfg.init).name} was trained "
+          "(its record or training config); give --shrink-ratio to choose another", file=sys.stderr)
+    return dataclasses.replace(cfg, shrink_ratio=ratio)
 
 
 def _new_config(args):
