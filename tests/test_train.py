@@ -553,3 +553,35 @@ def test_a_fine_tune_keeps_the_shrink_ratio_its_init_model_learnt(tmp_path, caps
     assert "--shrink-ratio 0.3, as dbnet_default.pt was trained" in capsys.readouterr().err
     assert main(["train", "--out", str(tmp_path / "b"), "--shrink-ratio", "0.4"] + common) == 0
     assert json.loads((tmp_path / "b" / "config.json").read_text())["shrink_ratio"] == 0.4
+
+
+def test_a_validation_log_cut_short_still_resumes(tmp_path, capsys):
+    """A last line cut short (killed mid-append) made --resume a JSONDecodeError traceback
+    until the file was edited by hand; the next record would have joined the broken line."""
+    from export.train.weights import read_validation_log
+
+    log = tmp_path / "val.jsonl"
+    log.write_text('{"step": 100, "hmean": 0.5}\nnot json\n{"step": 200, "hm')
+    assert read_validation_log(log) == [{"step": 100, "hmean": 0.5}]
+    assert log.read_text().endswith("not json\n")  # the partial line cut off
+    assert "line 2: not a validation record, skipped" in capsys.readouterr().err
+    assert read_validation_log(tmp_path / "none.jsonl") == []
+
+
+@pytest.mark.parametrize("argv, warmup, said", [
+    (["--steps", "40"], 4, False),           # the default: at most a tenth of the run
+    (["--steps", "20000"], 300, False),
+    (["--steps", "40", "--warmup", "40"], 40, True),
+    (["--steps", "40", "--warmup", "10"], 10, False),
+])
+def test_warm_up_leaves_room_for_the_decay(tmp_path, capsys, argv, warmup, said):
+    """With the default 300 warm-up steps a run of 300 steps or fewer ended at its peak rate."""
+    import argparse
+
+    from pipeline.commands import train as train_cmd
+
+    parser = argparse.ArgumentParser()
+    train_cmd.add_arguments(parser)
+    args = parser.parse_args(["--out", str(tmp_path / "run"), *argv])
+    assert train_cmd._warmup(args) == warmup
+    assert ("never decays" in capsys.readouterr().err) == said

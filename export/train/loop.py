@@ -31,7 +31,8 @@ from engine.errors import DbrtError, ModelError
 from .config import TrainConfig
 from .data import MixedDataset, open_source, parse_source
 from .losses import training_loss
-from .weights import load_teacher, load_weights, read_checkpoint, teacher_probability
+from .weights import (load_teacher, load_weights, read_checkpoint, read_validation_log,
+                      teacher_probability)
 
 Validate = Callable[[torch.nn.Module], dict]
 
@@ -181,8 +182,7 @@ class _Validator:
     def __init__(self, out: Path, validate: Optional[Validate], cfg: TrainConfig):
         self.out, self.validate, self.best = out, validate, -1.0
         self.on = {"val": cfg.val, "val_images": cfg.val_images, "val_tune": cfg.val_tune}
-        lines = (out / "val.jsonl").read_text().splitlines() if (out / "val.jsonl").exists() else []
-        ours = [r for r in map(json.loads, lines) if r.get("on", self.on) == self.on]
+        ours = [r for r in read_validation_log(out / "val.jsonl") if r.get("on", self.on) == self.on]
         self.done = {r["step"] for r in ours}
         kept = out / "best.pt"
         best = (read_checkpoint(kept).get("validation") if validate and kept.exists() else None) or {}

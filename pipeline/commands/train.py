@@ -76,7 +76,8 @@ def add_arguments(parser) -> None:
                               "mask folders come shrunk at about 0.4 and are used as they are)")
     setting("--lr", type=at_least(0.0, float, strict=True), default=d.lr,
             help="peak AdamW learning rate")
-    setting("--warmup", type=at_least(0), default=d.warmup, help="steps of linear warm-up to --lr")
+    setting("--warmup", type=at_least(0), default=d.warmup,
+            help=f"steps of linear warm-up to --lr (default: {d.warmup}, at most a tenth of --steps)")
     setting("--seed", type=int, default=d.seed)
     setting("--workers", type=at_least(0), default=d.workers, help="data-loader processes")
     setting("--threads", type=at_least(1), default=d.threads, help="torch CPU threads")
@@ -207,6 +208,19 @@ def _with_init_target(cfg, args):
     return dataclasses.replace(cfg, shrink_ratio=ratio)
 
 
+def _warmup(args) -> int:
+    """--warmup as given (said when it covers the whole run: the rate never decays), else the
+    default up to a tenth of --steps (300 steps of warm-up took all of a 40-step run)."""
+    import sys
+
+    if "warmup" not in args.given:
+        return min(args.warmup, args.steps // 10)
+    if args.warmup >= args.steps > 1:
+        print(f"dbrt train: --warmup {args.warmup} covers all {args.steps} steps: the learning "
+              "rate rises to --lr and never decays", file=sys.stderr)
+    return min(args.warmup, args.steps)
+
+
 def _new_config(args):
     from export.train.config import TrainConfig
 
@@ -215,7 +229,7 @@ def _new_config(args):
                        scene=args.scene, arch=args.arch, width=args.width,
                        steps=args.steps, batch=args.batch, crop=args.crop, scale=args.scale,
                        shrink_ratio=args.shrink_ratio, lr=args.lr,
-                       warmup=min(args.warmup, args.steps), seed=args.seed, workers=args.workers,
+                       warmup=_warmup(args), seed=args.seed, workers=args.workers,
                        threads=args.threads, init=args.init, teacher=args.teacher,
                        distill=args.distill, teacher_scale=args.teacher_scale, save_every=args.save_every,
                        log_every=args.log_every, time_limit=args.time_limit, device=args.device,
