@@ -83,7 +83,7 @@ def test_a_mask_without_its_photo_is_one_line(tmp_path):
     (folder / "img_0.jpg").unlink()
     lines = []
     assert mc.main([str(folder), "--no-rapidocr"], log=lines.append) == 2
-    assert len(lines) == 1 and "has no image" in lines[0]
+    assert len(lines) == 1 and "has no photo" in lines[0]
 
 
 def test_an_unreadable_mask_is_one_line(tmp_path):

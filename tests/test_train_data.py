@@ -287,3 +287,22 @@ def test_a_gt_json_without_ignore_flags_trains_every_polygon(tmp_path):
     (tmp_path / "gt.json").write_text('[{"image": "a.jpg", "polygons": [[[0,0],[4,0],[4,4],[0,4]]]}]')
     [(image, polys, ignore)] = read_icdar_folder(tmp_path)
     assert image.name == "a.jpg" and len(polys) == 1 and ignore == [False]
+
+
+def test_a_mask_folder_pairs_every_photo_with_its_mask(tmp_path):
+    """A .JPG photo was called missing beside its mask, and a photo without a mask was dropped
+    without a word."""
+    from engine.errors import DbrtError
+    from export.train.data import read_mask_folder
+
+    folder = mask_folder(tmp_path / "m", n=2)
+    (folder / "img_1.jpg").rename(folder / "img_1.JPG")
+    assert [(i.name, m.name) for i, m in read_mask_folder(folder)] == [
+        ("img_0.jpg", "img_0_mask.png"), ("img_1.JPG", "img_1_mask.png")]
+    (folder / "img_1_mask.png").unlink()
+    with pytest.raises(DbrtError, match=r"photo .*img_1.JPG has no mask img_1_mask.png"):
+        read_mask_folder(folder)
+    (folder / "img_1.JPG").unlink()
+    (folder / "img_0.jpg").unlink()
+    with pytest.raises(DbrtError, match=r"mask .*img_0_mask.png has no photo img_0.jpg"):
+        read_mask_folder(folder)

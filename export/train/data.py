@@ -175,19 +175,21 @@ def is_mask_folder(root) -> bool:
 
 
 def read_mask_folder(root) -> List[Tuple[Path, Path]]:
-    """[(image path, mask path)] of a mask folder (every image needs its NAME_mask.png)."""
+    """[(image path, mask path)] of a mask folder: every photo (any image suffix, any case, as
+    ICDAR folders) with its NAME_mask.png; a photo without one, or a mask without its photo, is
+    an error naming it (one was dropped without a word, a .JPG photo called missing)."""
     root = Path(root)
-    masks = sorted(root.glob(f"*{MASK_SUFFIX}"))
-    pairs = []
-    for mask in masks:
-        stem = mask.name[:-len(MASK_SUFFIX)]
-        image = next((root / f"{stem}{ext}" for ext in IMAGE_SUFFIXES if (root / f"{stem}{ext}").exists()), None)
-        if image is None:
-            raise DbrtError(f"mask {mask} has no image {stem}.jpg/.png next to it")
-        pairs.append((image, mask))
-    if not pairs:
+    masks = {m.name[:-len(MASK_SUFFIX)]: m for m in root.glob(f"*{MASK_SUFFIX}")}
+    images = {p.stem: p for p in root.iterdir()
+              if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.endswith(MASK_SUFFIX)}
+    if not masks:
         raise DbrtError(f"no *{MASK_SUFFIX} files in {root}")
-    return pairs
+    for stem in sorted(set(masks) ^ set(images)):
+        if stem in masks:
+            raise DbrtError(f"mask {masks[stem]} has no photo {stem}.jpg (or another image "
+                            "suffix) next to it")
+        raise DbrtError(f"photo {images[stem]} has no mask {stem}{MASK_SUFFIX} next to it")
+    return [(images[stem], masks[stem]) for stem in sorted(masks)]
 
 
 def _mask_boxes(mask: np.ndarray) -> List[np.ndarray]:
