@@ -25,7 +25,7 @@ import numpy as np
 
 from engine.errors import DbrtWarning, SourceError
 from dbnet.files import IMAGE_SUFFIXES
-from dbnet.gt_icdar import DONT_CARE_TEXTS, parse_icdar_line as icdar_line
+from dbnet.gt_icdar import DONT_CARE_TEXTS, dont_care, parse_icdar_line as icdar_line
 from dbnet.gt_json import GroundTruthError, read_gt_records
 
 FORMATS = ("auto", "json", "icdar2015", "totaltext")
@@ -113,13 +113,14 @@ def parse_icdar_line(line: str, n_coords: Optional[int] = 8) -> Tuple[np.ndarray
 
 
 def parse_icdar_gt(text: str, n_coords: Optional[int] = 8) -> GroundTruth:
-    polys, texts = [], []
+    polys, texts, ignore = [], [], []
     for line in text.lstrip("\ufeff").splitlines():
         if line.strip():
             points, transcription = parse_icdar_line(line, n_coords)
             polys.append(points)
-            texts.append(transcription)
-    return GroundTruth(tuple(polys), [t in DONT_CARE_TEXTS for t in texts], tuple(texts))
+            ignore.append(dont_care(transcription, official=n_coords == 8))
+            texts.append(transcription.strip())
+    return GroundTruth(tuple(polys), ignore, tuple(texts))
 
 
 _TOTALTEXT_RECORD = re.compile(

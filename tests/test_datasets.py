@@ -163,3 +163,16 @@ def test_a_polygon_of_fewer_than_three_points_is_named_not_silently_dropped(tmp_
           "ignore": [False, False]}]))
     with pytest.warns(DbrtWarning, match=r"a.png: polygon\(s\) \[1\] have fewer than 3 points"):
         open_dataset(tmp_path)
+
+
+@pytest.mark.parametrize("line, ignored", [
+    ("10,10,100,10,100,40,10,40,###", True),
+    ('10,10,100,10,100,40,10,40,"###"', True),     # the official reader unquotes
+    ("10,10,100,10,100,40,10,40,#", False),        # a word in ICDAR 2015 files
+    ("10,10,100,10,100,40,10,40, ###", False),     # the official compares the exact text
+    ("10,10,100,10,100,40,10,40,a,###", False),
+])
+def test_do_not_care_is_exactly_what_the_official_icdar_2015_script_says(line, ignored):
+    """Checked against the RRC's script.py for task 4.1 and MhLiao/DB's iou.py: "#", " ###"
+    and a quoted "###" were read otherwise than the official evaluation reads them."""
+    assert list(parse_icdar_gt(line + "\r\n", n_coords=8).ignore) == [ignored]

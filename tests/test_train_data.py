@@ -157,16 +157,18 @@ def test_read_icdar_folder(tmp_path):
 
 def test_ground_truth_is_read_for_training_as_eval_reads_it(tmp_path):
     """Lines of coordinates only (detection labels) were dropped: every target was background
-    and training ran on without a word, while dbrt eval read the same words; "#" was a word
-    here and do-not-care there; a line that is neither was skipped without a word."""
+    and training ran on without a word, while dbrt eval read the same words; a line that is
+    neither was skipped without a word. Do-not-care is "###" exactly, as the official ICDAR 2015
+    evaluation has it ("#" is a word)."""
     from engine.errors import DbrtError
     from pipeline.datasets import read_gt_file
 
     folder = icdar_folder(tmp_path / "icdar")
     gt = folder / "gt_img_1.txt"
-    gt.write_text("18,40,110,40,110,78,18,78\r\n1,1,9,1,9,9,1,9,#\r\n20,80,90,80,90,99,20,99,a,b\r\n")
+    gt.write_text("18,40,110,40,110,78,18,78\r\n1,1,9,1,9,9,1,9,#\r\n20,80,90,80,90,99,20,99,a,b\r\n"
+                  '2,2,8,2,8,8,2,8,"###"\r\n')
     polys, ignore = {p.name: (q, i) for p, q, i in read_icdar_folder(folder)}["img_1.jpg"]
-    assert len(polys) == 3 and ignore == list(read_gt_file(gt).ignore) == [False, True, False]
+    assert len(polys) == 4 and ignore == list(read_gt_file(gt).ignore) == [False, False, False, True]
     gt.write_text("18,40,110,40,110,78,18,78,TEXT\n18,40,110,40,HELLO\n")
     with pytest.raises(DbrtError, match=r"gt_img_1.txt, line 2: expected 8 coordinates"):
         read_icdar_folder(folder)

@@ -31,7 +31,7 @@ import numpy as np
 
 from engine.errors import DbrtError
 from dbnet.files import IMAGE_SUFFIXES
-from dbnet.gt_icdar import DONT_CARE_TEXTS, parse_icdar_line
+from dbnet.gt_icdar import dont_care, parse_icdar_line
 from dbnet.gt_json import GroundTruthError, read_gt_records
 from dbnet.spec import DB_MEAN_BGR
 
@@ -86,7 +86,7 @@ class SynthDataset:
 
 def _read_icdar_txt(path: Path) -> Tuple[List[np.ndarray], List[bool]]:
     """Read as `dbrt eval` reads it (dbnet.gt_icdar): a line of coordinates only is a word,
-    "###" / "#" a do-not-care one, a line that is neither an error naming it."""
+    "###" a do-not-care one, a line that is neither an error naming it."""
     polys, ignore = [], []
     text = path.read_text(encoding="utf-8-sig", errors="replace")
     for number, line in enumerate(text.splitlines(), 1):
@@ -97,7 +97,7 @@ def _read_icdar_txt(path: Path) -> Tuple[List[np.ndarray], List[bool]]:
         except GroundTruthError as exc:
             raise DbrtError(f"{path}, line {number}: {exc}") from None
         polys.append(points)
-        ignore.append(transcription in DONT_CARE_TEXTS)
+        ignore.append(dont_care(transcription))
     return polys, ignore
 
 
