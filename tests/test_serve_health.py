@@ -150,3 +150,22 @@ def test_sources_that_fail_for_good_make_healthz_503_with_their_errors(tmp_path,
     assert states[2] == ("up", None) and [s for s, _ in states[:2]] == ["failed", "failed"]
     assert reasons[0].endswith(states[0][1]) and reasons[1].endswith(states[1][1])
     assert "Traceback" not in err
+
+
+def test_a_file_that_ended_whole_beside_a_camera_leaves_the_box_healthy():
+    """A file read beside cameras made /healthz 503 for good once it ended (a liveness probe
+    restarts such a box for nothing); a failed or reconnecting stream still makes it 503."""
+    from types import SimpleNamespace
+
+    from pipeline.serve.status import RunStatus
+    from pipeline.serve.view import LiveFrames
+
+    def source(stream, state, error=None):
+        return SimpleNamespace(stream=stream, name=f"s{stream}", state=state, error=error)
+
+    pipe = SimpleNamespace(sources=[source(0, "ended"), source(1, "up"), source(2, "stopped")],
+                           detector=None)
+    status = RunStatus(pipe, LiveFrames())
+    assert status.health() == (True, "ok")
+    pipe.sources += [source(3, "reconnecting"), source(4, "failed", "gave up")]
+    assert status.health() == (False, "stream 3 (s3) reconnecting; stream 4 (s4) failed: gave up")

@@ -60,11 +60,12 @@ class RunStatus:
             outputs={name: extra.counters() for name, extra in self.extras.items()})
 
     def health(self) -> Tuple[bool, str]:
-        """(True, "ok") while every stream is up, else (False, the reasons): `stream 1
-        (rtsp://cam2/s) reconnecting`, or for a source that gave up or broke, `stream 0 (cut.mp4)
-        failed: cut.mp4 ended early: 63 of 935 frames decoded`, or `model server
-        triton://host:8001/dbnet reconnecting`."""
-        down = [_reason(s) for s in self.pipeline.sources if s.state != "up"]
+        """(True, "ok") while no stream is reconnecting or failed, else (False, the reasons):
+        `stream 1 (rtsp://cam2/s) reconnecting`, or for a source that gave up or broke, `stream 0
+        (cut.mp4) failed: cut.mp4 ended early: 63 of 935 frames decoded`, or `model server
+        triton://host:8001/dbnet reconnecting`. A file that ended whole, or a source the run
+        stopped, is no fault (a file read beside cameras kept the box unhealthy for good)."""
+        down = [_reason(s) for s in self.pipeline.sources if s.state not in ("up", "ended", "stopped")]
         server = self.model_server()
         if server is not None and server["state"] != "up":
             down.append(f"model server {server['url']} {server['state']}")
