@@ -48,12 +48,7 @@ class Detections:
         scores = np.asarray(self.scores, dtype=np.float32).reshape(-1)
         if len(polys) != len(scores):
             raise ValueError(f"{len(polys)} polygons but {len(scores)} scores")
-        data = {}
-        for key, value in self.data.items():
-            arr = np.asarray(value)
-            if arr.shape[:1] != (len(polys),):
-                raise ValueError(f"data[{key!r}] has length {arr.shape[:1]}, expected {len(polys)}")
-            data[key] = arr
+        data = _columns(self.data, len(polys))
         object.__setattr__(self, "polygons", polys)
         object.__setattr__(self, "scores", scores)
         object.__setattr__(self, "data", data)
@@ -104,7 +99,7 @@ class Detections:
                                  f"boolean mask, not {idx.dtype} values; columns are in .data")
         idx = idx.astype(np.int64).reshape(-1)
         return Detections(tuple(self.polygons[i] for i in idx), self.scores[idx],
-                          {k: v[idx] for k, v in self.data.items()})
+                          {k: v[idx] for k, v in _columns(self.data, len(self)).items()})
 
     @property
     def is_quads(self) -> bool:
@@ -146,12 +141,12 @@ class Detections:
         ends = np.cumsum([len(p) for p in self.polygons]).tolist()
         out = [{"polygon": points[end - len(p):end], "score": _finite(round(float(s), 5))}
                for p, end, s in zip(self.polygons, ends, self.scores)]
-        for key, value in self.data.items():
+        for key, value in _columns(self.data, len(self)).items():  # a column added since too
             if value.dtype.kind == "f":  # confidences: no float32 noise in the JSON
                 value = np.round(value.astype(np.float64), 5)
             items = value.tolist()
             if value.dtype.kind == "f" and not np.isfinite(value).all():  # JSON has no NaN
-                items = [_finite(v) for v in items]
+                items = [_json_safe(v) for v in items]
             for det, item in zip(out, items):
                 det[key] = item
         return out
@@ -159,8 +154,8 @@ class Detections:
     def records_json(self, decimals: int = 2) -> str:
         """`to_records` as one compact JSON array (non-ASCII text escaped), kept on the instance
         so that the sinks of one frame (JSON lines, MQTT) encode it once; a column added to
-        `data` since (the dict itself is not frozen) is seen."""
-        key = (decimals, tuple((k, id(v)) for k, v in self.data.items()))
+        `data` since, or values changed in place, are seen (the arrays' bytes are its key)."""
+        key = (decimals, self._fingerprint())
         cached = self.__dict__.get("_records_json")
         if cached is not None and cached[0] == key:
             return cached[1]
@@ -168,12 +163,21 @@ class Detections:
         object.__setattr__(self, "_records_json", (key, text))  # frozen: not a field
         return text
 
+    def _fingerprint(self) -> tuple:
+        """What the JSON depends on, cheaply: a hash of every array's bytes (hundreds of
+        numbers a frame, hashed in microseconds; the JSON takes far longer)."""
+        points = b"".join(p.tobytes() for p in self.polygons) + self.scores.tobytes()
+        return hash(points), tuple((k, id(v), hash(np.asarray(v).tobytes()))
+                                   for k, v in self.data.items())
+
     @classmethod
     def from_records(cls, records: Sequence[dict]) -> "Detections":
+        """The inverse of `to_records`: a column of numbers and nulls (a NaN written as null)
+        comes back as floats with NaN."""
         extra_keys = sorted({k for det in records for k in det} - {"polygon", "score"})
         return cls(tuple(np.asarray(det["polygon"], np.float32) for det in records),
                    np.asarray([det["score"] for det in records], np.float32),
-                   {k: np.asarray([det.get(k) for det in records]) for k in extra_keys})
+                   {k: _column_from_json([det.get(k) for det in records]) for k in extra_keys})
 
     @classmethod
     def from_json(cls, line: str) -> "Detections":
@@ -207,6 +211,31 @@ def frame_fields(frame: Frame) -> dict:
     return {"stream": int(frame.stream), "source": shown_source(frame.source),
             "frame_index": int(frame.index), "timestamp": stamp,
             "frame_size": [int(v) for v in frame.size]}
+
+
+def _columns(data: dict, n: int) -> dict:
+    """Every column as an array of length n (one added to `data` after construction too, e.g.
+    a plain list), else a ValueError naming it: a short column would misalign with the
+    polygons."""
+    columns = {}
+    for key, value in data.items():
+        arr = value if isinstance(value, np.ndarray) else np.asarray(value)
+        if arr.shape[:1] != (n,):
+            raise ValueError(f"data[{key!r}] has length {arr.shape[:1]}, expected {n}")
+        columns[key] = arr
+    return columns
+
+
+def _column_from_json(values: list) -> np.ndarray:
+    numbers = [v for v in values if v is not None]
+    if len(numbers) < len(values) and all(isinstance(v, (int, float)) for v in numbers):
+        return np.asarray([np.nan if v is None else v for v in values], np.float64)
+    return np.asarray(values)
+
+
+def _json_safe(item):
+    """A row of a float column, NaN / infinity as None at any depth (multi-value columns)."""
+    return [_json_safe(v) for v in item] if isinstance(item, list) else _finite(item)
 
 
 def _finite(value: float):

@@ -36,8 +36,9 @@ class Detector:
     model:      .onnx / .engine path (default: the shipped model), a triton://HOST:PORT/NAME URL
                 (a model on a Triton server; its ModelSpec comes from the model config's
                 `parameters`), or an activated-or-not Runner
-    spec:       the ModelSpec (normalisation, resize rule, post-processing), or a function that
-                changes the model's own (`lambda spec: spec.replace(box_thresh=0.5)`); default:
+    spec:       the ModelSpec (normalisation, resize rule, post-processing), a dict of changes
+                to the model's own (`{"box_thresh": 0.5}`), or a function that changes it
+                (`lambda spec: spec.replace(box_thresh=0.5)`); default:
                 the model's own (its dbrt metadata), else `preset`'s
     preset:     a named ModelSpec for foreign models ("db", "ppocr", "mmocr")
     input_size: fixed network (H, W) for every frame (default: the spec's resize rule)
@@ -49,7 +50,7 @@ class Detector:
                 `texts` and `text_scores`
     """
 
-    def __init__(self, model=None, spec: Union[ModelSpec, Callable[[ModelSpec], ModelSpec], None] = None,
+    def __init__(self, model=None, spec: Union[ModelSpec, dict, Callable[[ModelSpec], ModelSpec], None] = None,
                  *, preset: Optional[str] = None,
                  input_size: Optional[Tuple[int, int]] = None, backend: str = "auto",
                  device: str = "auto", options: Optional[RunnerOptions] = None, read=None):
@@ -80,7 +81,7 @@ class Detector:
             check_spec_source(self.runner.metadata, preset, self.runner.inputs, self.runner.outputs)
             _note_remote_defaults(self.runner, preset)
             self.spec = resolve_spec(self.runner.metadata, preset)
-            self.spec = spec(self.spec) if spec is not None else self.spec
+            self.spec = _changed(self.spec, spec)
         _note_saturating_int8(self.runner, self.spec)
         try:
             self.output_name = check_io(self.runner.inputs, self.runner.outputs, self.spec)
@@ -116,6 +117,8 @@ class Detector:
                     reader=None if self.recognizer is None else self.recognizer.describe())
 
     def _checked_size(self, size) -> Tuple[int, int]:
+        if not (isinstance(size, (tuple, list)) and len(size) == 2):
+            raise ShapeError(f"input_size must be (height, width), got {size!r}")
         h, w = (int(v) for v in size)
         stride = self.spec.resize.stride
         if not all(0 < v <= MAX_INPUT_SIDE and v % stride == 0 for v in (h, w)):
@@ -279,6 +282,23 @@ def _recognizer(read, backend: str, device: str):
         return read
     rec_device = device if device in ("cpu", "cuda") else "auto"
     return Recognizer(None if read is True else read, backend=backend, device=rec_device)
+
+
+def _changed(spec: ModelSpec, change) -> ModelSpec:
+    """The model's spec after the `spec=` argument: a function of it, or a dict of changes
+    (`{"box_thresh": 0.5}`); a function that returns no ModelSpec is named."""
+    if change is None:
+        return spec
+    if isinstance(change, dict):
+        return spec.replace(**change)
+    if not callable(change):
+        raise TypeError(f"spec= takes a ModelSpec, a dict of changes or a function of the "
+                        f"model's ModelSpec, got {type(change).__name__}")
+    changed = change(spec)
+    if not isinstance(changed, ModelSpec):
+        raise TypeError(f"spec= function {getattr(change, '__name__', change)!r} returned "
+                        f"{type(changed).__name__}, not a ModelSpec (a missing return?)")
+    return changed
 
 
 def _group_by(images, size_of) -> dict:

@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 
 from .detections import Detections
+from .preprocess import as_bgr
 
 Color = Tuple[int, int, int]  # BGR
 
@@ -54,8 +55,10 @@ class BannerAnnotator:
 
 def annotate(image: np.ndarray, detections: Detections, annotators=None) -> np.ndarray:
     """A copy of `image` with `detections` drawn by `annotators` (None: green outlines; an
-    empty list draws nothing)."""
-    scene = image.copy()
+    empty list draws nothing); a grey frame (a Source of one's own) is drawn on in colour, as
+    the detector takes it, so every sink gets a BGR picture."""
+    scene = as_bgr(image)
+    scene = scene.copy() if scene is image else scene
     for annotator in (PolygonAnnotator(),) if annotators is None else annotators:
         scene = annotator.annotate(scene, detections)
     return scene

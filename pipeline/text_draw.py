@@ -61,9 +61,10 @@ class TextAnnotator:
         canvas = image_mod.fromarray(np.ascontiguousarray(scene[:, :, ::-1]))
         draw = draw_mod.Draw(canvas)
         path = self.font or default_font_path()
-        for poly, text, score in zip(detections.polygons, texts, detections.text_scores):
+        scores = detections.text_scores  # empty for texts read elsewhere: labels without one
+        for k, (poly, text) in enumerate(zip(detections.polygons, texts)):
             if text:
-                label = f"{text} {score:.2f}" if self.show_score else text
+                label = f"{text} {scores[k]:.2f}" if self.show_score and len(scores) else text
                 self._label(draw, poly, label, path)
         scene[:] = np.asarray(canvas)[:, :, ::-1]
         return scene

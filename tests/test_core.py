@@ -126,3 +126,37 @@ def test_numpy_scalars_are_valid_settings():
 def test_a_spec_with_a_dict_for_resize_is_refused_at_once():
     with pytest.raises(ModelError, match="resize must be a Resize"):
         ModelSpec().replace(resize={"limit_side": 640})
+
+
+def test_the_json_follows_values_changed_in_place():
+    """The cached JSON was keyed by the columns' ids: polygons or a column changed in place
+    after a sink had encoded the frame were written with their old values."""
+    dets = Detections.from_quads(np.float32([[[1, 2], [9, 2], [9, 6], [1, 6]]]), [0.9],
+                                 {"track_id": np.array([0])})
+    first = dets.records_json()
+    for poly in dets.polygons:
+        poly *= 2
+    dets.data["track_id"] += 100
+    again = json.loads(dets.records_json())
+    assert again == dets.to_records() and again[0]["polygon"][0] == [2.0, 4.0]
+    assert again[0]["track_id"] == 100 and dets.records_json() != first
+
+
+def test_json_round_trips_nan_and_multi_value_columns_and_checks_late_columns():
+    """A NaN came back as None in an object column (comparisons raised); a NaN in an (n, 2)
+    column raised in to_json; a column added later as a list, or too short, broke or
+    misaligned silently."""
+    dets = Detections.from_quads(np.zeros((2, 4, 2), np.float32) + [[0, 0], [4, 0], [4, 4], [0, 4]],
+                                 [0.9, 0.8], {"text_score": np.float32([0.7, np.nan]),
+                                              "velocity": np.float32([[1, 2], [np.nan, 3]])})
+    line = json.loads(FrameResult(Frame(np.zeros((8, 8, 3), np.uint8), 0, 0.0, "x"), dets).to_json())
+    assert line["detections"][1]["velocity"] == [None, 3.0]
+    back = Detections.from_records(line["detections"])
+    assert back.data["text_score"].dtype.kind == "f" and np.isnan(back.data["text_score"][1])
+    assert len(back[back.data["text_score"] > 0.5]) == 1
+    dets.data["label"] = ["sign", "plate"]  # a plain list, added after construction
+    assert [r["label"] for r in dets.to_records()] == ["sign", "plate"]
+    assert dets[np.array([False, True])].data["label"].tolist() == ["plate"]
+    dets.data["short"] = np.array([1])
+    with pytest.raises(ValueError, match=r"data\['short'\] has length \(1,\), expected 2"):
+        dets.to_records()

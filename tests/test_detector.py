@@ -164,3 +164,20 @@ def test_grey_images_in_any_layout_and_a_missing_file_named(tmp_path):
     det.close()
     with pytest.raises(Exception, match="not active: closed"):
         det.detect(scene())
+
+
+def test_common_mistakes_in_the_arguments_are_named():
+    """A spec function without `return`, a dict of changes and an int input size were
+    AttributeError / TypeError tracebacks from deep inside; a dict now changes the spec."""
+    assert Detector(BrightPixelRunner(), {"box_thresh": 0.2}).post.config.box_thresh == 0.2
+    with pytest.raises(TypeError, match="returned NoneType, not a ModelSpec .a missing return"):
+        Detector(BrightPixelRunner(), lambda spec: None)
+    with pytest.raises(TypeError, match="spec= takes a ModelSpec, a dict of changes"):
+        Detector(BrightPixelRunner(), 0.5)
+    with pytest.raises(ShapeError, match=r"input_size must be \(height, width\), got 640"):
+        Detector(BrightPixelRunner(), input_size=640)
+    from engine.errors import SourceError
+    from pipeline.runner import Pipeline
+
+    with pytest.raises(SourceError, match="not ndarray .images in memory: Detector.detect"):
+        Pipeline([np.zeros((8, 8, 3), np.uint8)], Detector(BrightPixelRunner()))

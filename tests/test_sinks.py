@@ -214,3 +214,29 @@ def test_a_fixed_rate_ignores_timestamps(tmp_path):
             sink.write(Frame(np.zeros((48, 64, 3), np.uint8), i, t, "clip", 0),
                        Detections.from_quads(QUAD[:0], []))
     assert written_times(av, tmp_path / "v.mp4") == [0, 0.2, 0.4, 0.6]
+
+
+def test_grey_frames_are_annotated_and_encoded_in_colour(tmp_path):
+    """A Source of one's own giving grey frames: the detector takes them, but the video sink
+    failed at the first frame in PyAV and the outlines were drawn black."""
+    av = pytest.importorskip("av")
+    grey = Frame(np.full((48, 64), 90, np.uint8), 0, 0.0, "grey", 0)
+    drawn = annotate(grey.image, dets_for(grey))
+    assert drawn.shape == (48, 64, 3) and drawn[20, 10][1] > 150  # a green outline
+    with VideoSink(tmp_path / "g.mp4") as sink:
+        sink.write(grey, dets_for(grey))
+    with av.open(str(tmp_path / "g.mp4")) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 1
+
+
+def test_texts_without_scores_are_drawn():
+    """Texts from a recognizer of one's own (a text column, no text_score) drew nothing."""
+    from pipeline.text_draw import TextAnnotator
+
+    pytest.importorskip("PIL")
+    image = np.zeros((60, 120, 3), np.uint8)
+    dets = Detections.from_quads(np.float32([[[10, 30], [100, 30], [100, 50], [10, 50]]]), [0.9],
+                                 {"text": np.array(["EXIT"])})
+    for show_score in (False, True):
+        drawn = TextAnnotator(show_score=show_score).annotate(image.copy(), dets)
+        assert (drawn != image).any()

@@ -59,6 +59,9 @@ def parse_source(spec: Union[str, int, os.PathLike, Source], reconnect: Optional
     if is_camera_spec(spec):
         device = int(spec) if isinstance(spec, int) or text.isdigit() else text
         return CameraSource(device, **(camera or {}))
+    if not isinstance(spec, (str, os.PathLike, int)):
+        raise SourceError(f"a source is a path, URL, camera index or Source, not "
+                          f"{type(spec).__name__} (images in memory: Detector.detect)")
     if not text:
         raise SourceError("empty source")
     if is_url(text):
