@@ -160,12 +160,15 @@ def test_a_file_that_ended_whole_beside_a_camera_leaves_the_box_healthy():
     from pipeline.serve.status import RunStatus
     from pipeline.serve.view import LiveFrames
 
-    def source(stream, state, error=None):
-        return SimpleNamespace(stream=stream, name=f"s{stream}", state=state, error=error)
+    def source(stream, state, error=None, live=False):
+        return SimpleNamespace(stream=stream, name=f"s{stream}", state=state, error=error,
+                               live=live)
 
-    pipe = SimpleNamespace(sources=[source(0, "ended"), source(1, "up"), source(2, "stopped")],
-                           detector=None)
+    pipe = SimpleNamespace(sources=[source(0, "ended"), source(1, "up", live=True),
+                                    source(2, "stopped", live=True)], detector=None)
     status = RunStatus(pipe, LiveFrames())
     assert status.health() == (True, "ok")
-    pipe.sources += [source(3, "reconnecting"), source(4, "failed", "gave up")]
-    assert status.health() == (False, "stream 3 (s3) reconnecting; stream 4 (s4) failed: gave up")
+    pipe.sources += [source(3, "reconnecting", live=True), source(4, "failed", "gave up"),
+                     source(5, "ended", live=True)]  # a camera that ended (no --reconnect)
+    assert status.health() == (False, "stream 3 (s3) reconnecting; stream 4 (s4) failed: "
+                                      "gave up; stream 5 (s5) ended")

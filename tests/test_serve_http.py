@@ -135,4 +135,8 @@ def test_the_newest_picture_is_one_jpeg(served):
     status, body, headers = get(port, "/stream/0.jpg", AUTH)
     assert status == 200 and headers["Content-Type"] == "image/jpeg"
     assert cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR).shape == (48, 64, 3)
+    # the page asks for a newer one only: a stalled stream sent the same bytes 10 times a second
+    seq = int(headers["X-Frame-Seq"])
+    assert get(port, f"/stream/0.jpg?after={seq}", AUTH)[:2] == (204, b"")
+    assert get(port, f"/stream/0.jpg?after={seq - 1}", AUTH)[1] == body
     assert get(port, "/stream/3.jpg", AUTH)[0] == 404 and get(port, "/stream/0.jpg")[0] == 401

@@ -76,7 +76,7 @@ class ServeApp:
         match = _STREAM.fullmatch(path)
         if match and int(match.group(1)) in {s.stream for s in self.status.pipeline.sources}:
             if match.group(2) == "jpg":
-                return self._picture(start_response, int(match.group(1)))
+                return self._picture(start_response, int(match.group(1)), environ)
             if method == "HEAD":
                 start_response("200 OK", _STREAM_HEADERS)
                 return []
@@ -87,21 +87,27 @@ class ServeApp:
             return _Viewer(self._mjpeg(int(match.group(1))), self._stream_slots.release)
         return _text(start_response, "404 Not Found", "not found\n")
 
-    def _picture(self, start_response, stream: int):
+    def _picture(self, start_response, stream: int, environ):
+        """The newest picture (X-Frame-Seq: its number); with ?after=N, 204 and no bytes
+        while there is none newer than N (the page asks so: a stalled stream costs nothing)."""
+        after = _query(environ, "after")
         encoded = self.view.jpeg(stream)
         if not encoded.jpeg:
             return _text(start_response, "503 Service Unavailable", "no picture yet\n",
                          [("Retry-After", "1")])
-        return _send(start_response, "200 OK", "image/jpeg", encoded.jpeg)
+        seq = [("X-Frame-Seq", str(encoded.seq))]
+        if after is not None and after.lstrip("-").isdigit() and encoded.seq <= int(after):
+            start_response("204 No Content", [("Cache-Control", "no-store"), *seq])
+            return []
+        return _send(start_response, "200 OK", "image/jpeg", encoded.jpeg, seq)
 
     def _authorised(self, environ) -> bool:
         if self.token is None:
             return True
         scheme, _, given = environ.get("HTTP_AUTHORIZATION", "").strip().partition(" ")
         given = given.strip() if scheme.lower() == "bearer" else ""  # schemes ignore case
-        if not given:  # percent-decoded only: a "+" in a token is a plus, not a space
-            given = next((unquote(part[6:]) for part in environ.get("QUERY_STRING", "").split("&")
-                          if part.startswith("token=")), "")
+        if not given:
+            given = _query(environ, "token") or ""
         return hmac.compare_digest(given.encode(), self.token.encode())
 
     def _mjpeg(self, stream: int):
@@ -121,6 +127,12 @@ class ServeApp:
             sent = encoded.seq
             yield (f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\n"
                    f"Content-Length: {len(encoded.jpeg)}\r\n\r\n").encode() + encoded.jpeg + b"\r\n"
+
+
+def _query(environ, name: str) -> Optional[str]:
+    """A query parameter, percent-decoded only: a "+" in a token is a plus, not a space."""
+    return next((unquote(part[len(name) + 1:]) for part in environ.get("QUERY_STRING", "").split("&")
+                 if part.startswith(name + "=")), None)
 
 
 class _Viewer:

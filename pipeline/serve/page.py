@@ -2,10 +2,10 @@
 drops / reconnects and newest detections, refreshed from /api/status once a second. Static
 text: no request ever reads a file. The token the page was opened with is passed on.
 
-Each picture is fetched as a JPEG when the one before it has loaded (at most the view's rate),
-not as an endless MJPEG response: a browser opens 6 connections per server, which 6 MJPEG
-tiles would hold for good, leaving none for a 7th stream or the status; and a request that
-fails is simply made again."""
+Each picture is fetched as a JPEG when the one before it has loaded (at most the view's rate,
+and only a newer one: 204 while there is none), not as an endless MJPEG response: a browser
+opens 6 connections per server, which 6 MJPEG tiles would hold for good, leaving none for a 7th
+stream or the status; and a request that fails is simply made again."""
 
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>dbrt live</title>
@@ -26,20 +26,37 @@ table{border-collapse:collapse;font-size:12px}td{padding:0 10px 0 0}
 <span id="outputs"></span></header>
 <div id="tiles"></div>
 <script>
-// the token as typed: URLSearchParams would turn a "+" in it into a space
+// the token as typed: URLSearchParams would turn a "+" in it into a space (and a "%" that
+// starts no escape stays itself, as the server reads it)
 const given = /[?&]token=([^&]*)/.exec(location.search);
-const token = given ? decodeURIComponent(given[1]) : null;
+function decoded(t){ try { return decodeURIComponent(t); } catch (e) { return t; } }
+const token = given ? decoded(given[1]) : null;
 const q = token ? "?token=" + encodeURIComponent(token) : "";
 const FRAME_MS = __FRAME_MS__;
 const tiles = {};
 function esc(s){return String(s).replace(/[&<>"']/g,c=>"&#"+c.charCodeAt(0)+";");}
-function show(img, id){
-  const asked = Date.now();
-  const next = (wait) => setTimeout(() => show(img, id), wait);
-  img.onload = () => { img.dataset.shown = +(img.dataset.shown || 0) + 1;
-                       next(Math.max(0, FRAME_MS - (Date.now() - asked))); };
-  img.onerror = () => next(1000);
-  img.src = "stream/" + id + ".jpg" + q + (q ? "&" : "?") + "n=" + asked;
+const sleep = (ms) => new Promise(done => setTimeout(done, ms));
+async function show(img, id){
+  // the next picture once the last one is in, and only a newer one: the server answers 204
+  // (no bytes) while the stream shows nothing new, so a stalled stream costs next to nothing
+  let seq = -1;
+  for (;;){
+    const asked = Date.now();
+    let wait = FRAME_MS;
+    try {
+      const r = await fetch("stream/" + id + ".jpg" + q + (q ? "&" : "?") + "after=" + seq,
+                            {cache: "no-store"});
+      if (r.status === 200){
+        seq = +r.headers.get("X-Frame-Seq");
+        const url = URL.createObjectURL(await r.blob());
+        await new Promise(done => { img.onload = img.onerror = done; img.src = url; });
+        if (img.dataset.url) URL.revokeObjectURL(img.dataset.url);
+        img.dataset.url = url;
+        img.dataset.shown = +(img.dataset.shown || 0) + 1;
+      } else if (r.status !== 204) wait = 1000;
+    } catch (e) { wait = 1000; }
+    await sleep(Math.max(0, wait - (Date.now() - asked)));
+  }
 }
 function tile(s){
   if (tiles[s.id]) return tiles[s.id];

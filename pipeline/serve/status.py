@@ -64,8 +64,9 @@ class RunStatus:
         `stream 1 (rtsp://cam2/s) reconnecting`, or for a source that gave up or broke, `stream 0
         (cut.mp4) failed: cut.mp4 ended early: 63 of 935 frames decoded`, or `model server
         triton://host:8001/dbnet reconnecting`. A file that ended whole, or a source the run
-        stopped, is no fault (a file read beside cameras kept the box unhealthy for good)."""
-        down = [_reason(s) for s in self.pipeline.sources if s.state not in ("up", "ended", "stopped")]
+        stopped, is no fault (a file read beside cameras kept the box unhealthy for good); a
+        live stream that ended is."""
+        down = [_reason(s) for s in self.pipeline.sources if not _healthy(s)]
         server = self.model_server()
         if server is not None and server["state"] != "up":
             down.append(f"model server {server['url']} {server['state']}")
@@ -75,6 +76,10 @@ class RunStatus:
         """The remote model's state and counters (a triton:// model), else None."""
         runner = getattr(getattr(self.pipeline, "detector", None), "runner", None)
         return runner.describe() if getattr(runner, "remote", False) else None
+
+
+def _healthy(source) -> bool:
+    return source.state in ("up", "stopped") or (source.state == "ended" and not source.live)
 
 
 def _reason(source) -> str:
