@@ -18,7 +18,7 @@ deformable_resnet50 the harness
 3. runs `dbrt export CKPT -o X.onnx` (the CLI, with its own ONNX-vs-PyTorch parity check);
 4. compares the ONNX Runtime output of X.onnx with their model's eval-mode output on the same
    inputs (two shapes, batch 1 and 2): max abs difference must be <= 1e-4.
-Without a snapshot it says so and exits 0. Results: `results/<machine>/mhliao_parity.{json,md}`.
+Without a snapshot it says so and exits 77 (skipped). Results: `results/<machine>/mhliao_parity.{json,md}`.
 """
 from __future__ import annotations
 
@@ -36,7 +36,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from benchmarks.common import REPO, machine_info, markdown_table, results_dir, write_json, write_markdown
+from benchmarks.common import (REPO, SKIPPED, machine_info, markdown_table, results_dir, write_json,
+                               write_markdown)
 
 CONFIGS: Dict[str, List[int]] = {  # backbone -> SegDetector in_channels, as in their experiments/
     "resnet18": [64, 128, 256, 512],
@@ -355,7 +356,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not is_snapshot(snapshot):
         print(f"{NAME}: skipped: no MhLiao/DB snapshot at {snapshot} (clone "
               f"https://github.com/MhLiao/DB and pass --snapshot DIR or set {ENV})")
-        return 0
+        return SKIPPED
     os.environ["CUDA_VISIBLE_DEVICES"] = ""  # their DataParallel would move the model to a GPU
     import torch
 

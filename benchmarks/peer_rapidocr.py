@@ -13,7 +13,7 @@ Reported, with speed never shown without correctness:
     (or .venv/bin/python benchmarks/peer_rapidocr.py with the same options)
 
 rapidocr is a benchmark-only dependency (pip install rapidocr); without it, or without the
-shared data, the script says so and exits 0 without writing results.
+shared data, the script says so and exits 77 (skipped) without writing results.
 """
 from __future__ import annotations
 
@@ -267,10 +267,10 @@ def main(argv=None) -> int:
     if model is None:
         print("skipped: rapidocr (with its packaged PP-OCR det ONNX) is not installed; "
               "pip install rapidocr")
-        return 0
+        return common.SKIPPED
     if not (args.data / "realdev" / "gt.json").is_file():
         print(f"skipped: shared data not found at {args.data}")
-        return 0
+        return common.SKIPPED
     theirs = RapidOcrDetector(model, args.threads)
     report = {"model": model.name, "model_sha256": common.file_sha256(model),
               "machine": common.machine_info(), "threads": args.threads,

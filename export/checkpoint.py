@@ -236,6 +236,11 @@ def _sidecar(path) -> Optional[dict]:
     return data if isinstance(data, dict) else None
 
 
+def sidecar_record(path) -> dict:
+    """The whole record next to a checkpoint (`NAME.json`), {} when there is none."""
+    return _sidecar(path) or {}
+
+
 def sidecar_train_config(path) -> dict:
     """The training settings in a checkpoint's record ("train_config"), {} when it has none."""
     data = _sidecar(path) or {}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any, List, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -157,15 +157,17 @@ class Detections:
         `data` since, or values changed in place, are seen (the arrays' bytes are its key)."""
         key = (decimals, self._fingerprint())
         cached = self.__dict__.get("_records_json")
-        if cached is not None and cached[0] == key:
+        if cached is not None and cached[0] == key and key[1] is not None:
             return cached[1]
         text = json.dumps(self.to_records(decimals), separators=(",", ":"))
         object.__setattr__(self, "_records_json", (key, text))  # frozen: not a field
         return text
 
-    def _fingerprint(self) -> tuple:
+    def _fingerprint(self) -> Optional[tuple]:
         """What the JSON depends on, cheaply: a hash of every array's bytes (hundreds of
         numbers a frame, hashed in microseconds; the JSON takes far longer)."""
+        if any(np.asarray(v).dtype.kind == "O" for v in self.data.values()):
+            return None  # a column of Python objects (lists) can change unseen: no caching
         points = b"".join(p.tobytes() for p in self.polygons) + self.scores.tobytes()
         return hash(points), tuple((k, id(v), hash(np.asarray(v).tobytes()))
                                    for k, v in self.data.items())

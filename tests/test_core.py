@@ -160,3 +160,13 @@ def test_json_round_trips_nan_and_multi_value_columns_and_checks_late_columns():
     dets.data["short"] = np.array([1])
     with pytest.raises(ValueError, match=r"data\['short'\] has length \(1,\), expected 2"):
         dets.to_records()
+
+
+def test_a_column_of_python_objects_is_never_served_stale():
+    tags = np.empty(1, object)
+    tags[0] = ["a"]
+    dets = Detections.from_quads(np.zeros((1, 4, 2), np.float32) + [[0, 0], [4, 0], [4, 4], [0, 4]],
+                                 [0.9], {"tags": tags})
+    dets.records_json()
+    tags[0].append("z")
+    assert json.loads(dets.records_json())[0]["tags"] == ["a", "z"]

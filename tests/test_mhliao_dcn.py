@@ -107,7 +107,9 @@ def test_cuda_guard_is_restored():
 
 
 def test_harness_skips_without_a_snapshot(tmp_path, capsys):
-    assert mhliao_parity.main(["--snapshot", str(tmp_path / "absent"), "--no-write"]) == 0
+    from benchmarks import common
+
+    assert mhliao_parity.main(["--snapshot", str(tmp_path / "absent"), "--no-write"]) == common.SKIPPED
     assert "skipped: no MhLiao/DB snapshot" in capsys.readouterr().out
 
 

@@ -321,3 +321,16 @@ def test_a_nan_confidence_counts_as_nothing_and_every_line_is_json(tmp_path):
     assert [(x["track_id"], x["text"], x["confidence"]) for x in lines] == [
         (1, "A", 0.4), (2, "B", 0.45)]
     assert all(x["polygon"] for x in lines)
+
+
+def test_texts_without_scores_are_tracked_and_numpy_counts_are_taken():
+    """Texts from a recognizer of one's own (no text_score) raised IndexError in the track
+    book; lost_frames=np.int64(30) was refused."""
+    from pipeline.reading.tracking import TextTracker
+
+    tracker = TextTracker(lost_frames=np.int64(30))
+    assert tracker.horizon == 31
+    dets = Detections.from_quads(np.float32([_box(20, 30)]), [0.9], {"text": np.array(["EXIT"])})
+    for i in range(3):
+        tracked = tracker(_frame(i), dets)
+    assert tracked.data["track_text"].tolist() == ["EXIT"]

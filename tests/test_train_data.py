@@ -301,6 +301,13 @@ def test_a_mask_folder_pairs_every_photo_with_its_mask(tmp_path):
     (folder / "img_1.jpg").rename(folder / "img_1.JPG")
     assert [(i.name, m.name) for i, m in read_mask_folder(folder)] == [
         ("img_0.jpg", "img_0_mask.png"), ("img_1.JPG", "img_1_mask.png")]
+    (folder / "._img_0.jpg").write_bytes(b"macOS metadata")  # hidden copies are not photos
+    (folder / "._img_0_mask.png").write_bytes(b"macOS metadata")
+    assert len(read_mask_folder(folder)) == 2
+    (folder / "img_0.png").write_bytes((folder / "img_0.jpg").read_bytes())
+    with pytest.raises(DbrtError, match=r"photos img_0.jpg and img_0.png in .* would share"):
+        read_mask_folder(folder)
+    (folder / "img_0.png").unlink()
     (folder / "img_1_mask.png").unlink()
     with pytest.raises(DbrtError, match=r"photo .*img_1.JPG has no mask img_1_mask.png"):
         read_mask_folder(folder)

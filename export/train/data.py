@@ -179,9 +179,16 @@ def read_mask_folder(root) -> List[Tuple[Path, Path]]:
     ICDAR folders) with its NAME_mask.png; a photo without one, or a mask without its photo, is
     an error naming it (one was dropped without a word, a .JPG photo called missing)."""
     root = Path(root)
-    masks = {m.name[:-len(MASK_SUFFIX)]: m for m in root.glob(f"*{MASK_SUFFIX}")}
-    images = {p.stem: p for p in root.iterdir()
-              if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.endswith(MASK_SUFFIX)}
+    masks = {m.name[:-len(MASK_SUFFIX)]: m for m in root.glob(f"*{MASK_SUFFIX}")
+             if not m.name.startswith(".")}
+    images: dict = {}
+    for path in sorted(root.iterdir()):  # not hidden files (macOS ._NAME copies)
+        if (path.suffix.lower() in IMAGE_SUFFIXES and not path.name.endswith(MASK_SUFFIX)
+                and not path.name.startswith(".")):
+            if path.stem in images:
+                raise DbrtError(f"photos {images[path.stem].name} and {path.name} in {root} "
+                                f"would share the mask {path.stem}{MASK_SUFFIX}")
+            images[path.stem] = path
     if not masks:
         raise DbrtError(f"no *{MASK_SUFFIX} files in {root}")
     for stem in sorted(set(masks) ^ set(images)):

@@ -160,13 +160,15 @@ def ship(checkpoint, spec_changes: Optional[dict] = None, weights: Path = WEIGHT
     from ..model import DBNet
     from .weights import load_weights, read_checkpoint
 
-    from ..checkpoint import sidecar_calib_method, sidecar_train_config
+    from ..checkpoint import sidecar_calib_method, sidecar_record
 
     ck = read_checkpoint(checkpoint)
     # a shipped model shipped again (weights only) keeps what its record says of it
-    cfg = ck.get("config") or sidecar_train_config(checkpoint)
+    before = sidecar_record(checkpoint)
+    cfg = ck.get("config") or before.get("train_config") or {}
+    step = ck.get("step", before.get("checkpoint_step", 0))
     if int8_calibration is None and sidecar_calib_method(checkpoint):
-        int8_calibration = {"method": sidecar_calib_method(checkpoint)}
+        int8_calibration = before["int8_calibration"]
     model = DBNet(cfg.get("arch", "resnet18"), width=cfg.get("width", 0.5)).eval()
     load_weights(model, checkpoint)
     spec = ModelSpec(arch=model.arch_name).replace(**(spec_changes or {}))  # checked before writing
@@ -181,7 +183,7 @@ def ship(checkpoint, spec_changes: Optional[dict] = None, weights: Path = WEIGHT
     if vs_checkpoint > 0.05:
         raise ModelError(f"shipped ONNX differs from the fp32 checkpoint by {vs_checkpoint:.3f} "
                          "(probability units): fp16 storage lost too much")
-    rec = {"checkpoint_step": int(ck.get("step", 0)), "train_config": portable_config(cfg),
+    rec = {"checkpoint_step": int(step), "train_config": portable_config(cfg),
            "spec": json.loads(spec.to_json()),
            "weights": {"path": _rel(weights), "dtype": "float16",
                        "fp32_tensors": sorted(k for k, v in state.items() if v.dtype == torch.float32),

@@ -11,6 +11,7 @@ whose frame size changes starts with a fresh tracker (its old tracks end).
 """
 from __future__ import annotations
 
+import numbers
 import warnings
 from typing import Dict, Optional
 
@@ -32,8 +33,9 @@ class TextTracker:
     """
 
     def __init__(self, lost_frames: int = 30, activation: float = 0.25, match: float = 0.8):
-        if not isinstance(lost_frames, int) or lost_frames < 2:
-            raise ValueError(f"TextTracker lost_frames must be an integer >= 2, got {lost_frames!r}")
+        if not isinstance(lost_frames, numbers.Integral) or lost_frames < 2:
+            raise ValueError(f"TextTracker lost_frames must be an integer >= 2, got {lost_frames}")
+        lost_frames = int(lost_frames)
         self.sv = require("supervision")
         self.lost_frames, self.activation, self.match = lost_frames, activation, match
         # unseen this many frames, a track has ended for good: its end event and vote close

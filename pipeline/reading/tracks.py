@@ -109,7 +109,7 @@ class TrackBook:
                                                    track_id, frame.index, frame.timestamp)
                 track.add(frame, detections.polygons[k], float(detections.scores[k]),
                           texts[k] if texts else None,
-                          float(text_scores[k]) if texts else 0.0, tick)
+                          float(text_scores[k]) if len(text_scores) else 0.0, tick)
         gone = [t for t, track in live.items() if tick - track.last_tick >= self.lost_frames]
         ended += [live.pop(t) for t in gone]
         return ended
