@@ -234,6 +234,13 @@ class Detector:
         if cancel is not None:
             cancel()
 
+    def stop_waiting(self) -> None:
+        """A stopping run (the first Ctrl-C) does not wait for a model server that is away:
+        the frames that would wait fail at once (counted); a local model has nothing to do."""
+        stop_waiting = getattr(self.runner, "stop_waiting", None)
+        if stop_waiting is not None:
+            stop_waiting()
+
     def close(self) -> None:
         try:
             self.runner.deactivate()

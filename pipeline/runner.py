@@ -157,10 +157,10 @@ class Pipeline:
         return delivered - self.metrics.frames_out - self.metrics.failed_frames
 
     def stop(self) -> None:
-        """Stop reading new frames; frames already read still reach the sinks."""
+        """Stop reading new frames; frames already read still reach the sinks (those that
+        would wait for a model server that is away fail at once, counted)."""
         self.control.draining.set()
-        for source in self.sources:
-            source.close()
+        self._close_sources()
 
     def __iter__(self) -> Iterator[FrameResult]:
         if self._started or self._run_iter is not None:
@@ -309,6 +309,9 @@ class Pipeline:
     def _close_sources(self) -> None:
         for source in self.sources:
             source.close()
+        stop_waiting = getattr(self.detector, "stop_waiting", None)  # a Detector of one's own
+        if stop_waiting is not None and self.control.draining.is_set():  # may lack it
+            stop_waiting()
 
     def _stages(self) -> List[Stage]:
         """The run, one Stage per step; adding a step is one line here plus its function."""

@@ -186,7 +186,7 @@ class _Outage:
         self.restart_error = None
         self.closing = threading.Event()
 
-    def kill(self, restart_after=None) -> None:
+    def kill(self, restart_after=None, repository=None) -> None:
         if self.killed.is_set():
             return
         self.killed.set()
@@ -195,8 +195,8 @@ class _Outage:
             def restart():
                 time.sleep(restart_after)
                 try:
-                    self.servers.append(TritonServer(self.repository, venv=self.venv,
-                                                     **self.ports).start())
+                    self.servers.append(TritonServer(repository or self.repository,
+                                                     venv=self.venv, **self.ports).start())
                 except Exception as exc:  # noqa: BLE001 - the test reports it
                     self.restart_error = exc
                 # the server gets SIGTERM when the thread that started it ends (PDEATHSIG)
@@ -375,3 +375,37 @@ def test_a_region_still_in_use_does_not_keep_the_others_registered():
         slot.regions["images"] = Region(f"r{index}", f"/r{index}", 64, None)
     pool.close(drain_timeout=0, unregister=True)
     assert memory.unregistered == ["r1", "r2"] and memory.destroyed == ["r0", "r1", "r2"]
+
+
+def test_a_server_that_comes_back_with_another_model_ends_the_run_in_one_line(outage, tmp_path):
+    """The client kept the settings it read at start: a model now shipped with other
+    thresholds (or another max batch) gave the old model's boxes, or a refused batch."""
+    other = tmp_path / "other"
+    assert main(["triton", "export", "-o", str(other), "--box-thresh", "0.9"]) == 0
+    options = RunnerOptions(triton=TritonOptions(retries=20, delay=0.2, timeout=20))
+    detector = Detector(outage.url, input_size=(128, 224), options=options)
+    pipe = Pipeline([str(DEMO_VIDEO)], detector, close_detector=True, max_frames=200,
+                    callbacks=[lambda frame, dets: frame.index == 5 and outage.kill(
+                        restart_after=0.5, repository=other)])
+    with pytest.raises(ModelError, match="came back with another model .parameters differ"):
+        pipe.run()
+    assert outage.restart_error is None
+
+
+def test_the_first_ctrl_c_does_not_wait_for_a_server_that_is_away(outage):
+    """A drain (the first Ctrl-C, SIGTERM) waited out the whole reconnect back-off (53 s in
+    the repro) and then failed the run; now the frames that would wait fail at once."""
+    options = RunnerOptions(triton=TritonOptions(retries=None, delay=0.2))
+    detector = Detector(outage.url, input_size=(128, 224), options=options)
+    pipe = Pipeline([str(DEMO_VIDEO)], detector, close_detector=True, stop_signals=(),
+                    callbacks=[lambda frame, dets: frame.index == 5 and outage.kill()])
+    errors = []
+    thread = threading.Thread(target=lambda: _run_collecting(pipe, errors))
+    thread.start()
+    assert outage.killed.wait(60)
+    while thread.is_alive() and not pipe.metrics.failed_frames:
+        time.sleep(0.05)
+    pipe.stop()
+    thread.join(timeout=60)
+    assert not thread.is_alive(), "the stopping run kept waiting for the server"
+    assert not errors and pipe.metrics.failed_frames >= 1

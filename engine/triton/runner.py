@@ -63,6 +63,7 @@ class TritonRunner(Runner):
         self._pool: Optional[SlotPool] = None
         self._healthy = threading.Event()
         self._cancelled = threading.Event()
+        self._no_wait = threading.Event()  # a stopping run: no more waiting for the server
         self._calls: Dict[int, object] = {}  # slot index -> the request in flight (cancellable)
         self._recover_lock = threading.Lock()
         self._stats_lock = threading.Lock()
@@ -88,8 +89,14 @@ class TritonRunner(Runner):
         """Stop at once (a run aborted): requests in flight are cancelled (their waiters get
         InferenceFailed), a wait for the server ends, and further submits raise ModelError."""
         self._cancelled.set()
+        self._no_wait.set()
         for call in list(self._calls.values()):
             call.cancel()
+
+    def stop_waiting(self) -> None:
+        """A run that is stopping (the first Ctrl-C) does not wait for a server that is away:
+        requests to a live server go on, frames that would wait fail at once (counted)."""
+        self._no_wait.set()
 
     def _slots(self) -> SlotPool:
         """The request slots, their shared memory checked with the server once. With
@@ -175,7 +182,12 @@ class TritonRunner(Runner):
     def _send(self, feed: Mapping[str, object]) -> Future:
         if self._cancelled.is_set():
             raise ModelError(f"{self.url}: the client was cancelled")
-        self._recover_if_needed()
+        try:
+            self._recover_if_needed()
+        except InferenceFailed as exc:  # the run is stopping: this frame is not waited for
+            future: Future = Future()
+            future.set_exception(exc)
+            return future
         slot = self._pool.acquire(self.options.timeout + self.options.connect_timeout)
         future: Future = Future()
         try:
@@ -293,11 +305,13 @@ class TritonRunner(Runner):
                                  f"last: {self._last_error})")
             last = self._last_error
             for wait in self.options.delays():
-                if self._cancelled.wait(wait):
-                    raise ModelError(f"{self.url}: stopped while waiting for the server "
-                                     f"(last: {last})")
+                if self._no_wait.wait(wait):  # at once when the run is already stopping
+                    raise (ModelError if self._cancelled.is_set() else InferenceFailed)(
+                        f"{self.url}: stopped while waiting for the server (last: {last})")
                 try:
                     self._reconnect()
+                except _ModelChanged:
+                    raise
                 except Exception as exc:  # noqa: BLE001 - still away: try again later
                     last = _first_line(exc)
                     continue
@@ -313,7 +327,13 @@ class TritonRunner(Runner):
         again, and the shared memory registered with the (possibly restarted) server."""
         client = self._new_client()
         try:
-            read_model_info(client, self.url, self.options.connect_timeout)
+            info = read_model_info(client, self.url, self.options.connect_timeout)
+            if info != self._info:  # the settings, input shape or batch this run relies on
+                changed = [f for f in ("inputs", "outputs", "max_batch", "parameters", "datatypes")
+                           if getattr(info, f) != getattr(self._info, f)]
+                raise _ModelChanged(f"{self.url}: the server came back with another model "
+                                    f"({', '.join(changed)} differ from the one this run "
+                                    "started with); start the run again")
             self._pool.mem.client = client
             self._pool.register_again()
         except BaseException:
@@ -321,3 +341,7 @@ class TritonRunner(Runner):
             raise
         old, self._client = self._client, client
         old.close()
+
+
+class _ModelChanged(ModelError):
+    """The server is back with a model other than the one the run was set up for."""
