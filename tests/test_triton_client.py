@@ -266,6 +266,15 @@ def _scrape(status) -> str:
 def test_an_aborted_run_does_not_wait_for_a_server_that_is_away(outage):
     """Reconnecting forever, the server gone: aborting the run (a second Ctrl-C, the consumer
     leaving) cancels the wait and the requests in flight instead of hanging."""
+    pipe, thread, errors = _run_until_the_server_is_lost(outage)
+    pipe.control.abort()
+    thread.join(timeout=60)
+    assert not thread.is_alive(), "the aborted run kept waiting for the server"
+    assert pipe.metrics.failed_frames >= 1 and not errors
+
+
+def _run_until_the_server_is_lost(outage):
+    """A run reconnecting forever, in a thread, once the server is gone and a frame failed."""
     options = RunnerOptions(triton=TritonOptions(retries=None, delay=0.2))
     detector = Detector(outage.url, input_size=(128, 224), options=options)
     pipe = Pipeline([str(DEMO_VIDEO)], detector, close_detector=True, stop_signals=(),
@@ -276,10 +285,7 @@ def test_an_aborted_run_does_not_wait_for_a_server_that_is_away(outage):
     assert outage.killed.wait(60)
     while thread.is_alive() and not pipe.metrics.failed_frames:
         time.sleep(0.05)
-    pipe.control.abort()
-    thread.join(timeout=60)
-    assert not thread.is_alive(), "the aborted run kept waiting for the server"
-    assert pipe.metrics.failed_frames >= 1 and not errors
+    return pipe, thread, errors
 
 
 def _run_collecting(pipe, errors):
@@ -395,16 +401,7 @@ def test_a_server_that_comes_back_with_another_model_ends_the_run_in_one_line(ou
 def test_the_first_ctrl_c_does_not_wait_for_a_server_that_is_away(outage):
     """A drain (the first Ctrl-C, SIGTERM) waited out the whole reconnect back-off (53 s in
     the repro) and then failed the run; now the frames that would wait fail at once."""
-    options = RunnerOptions(triton=TritonOptions(retries=None, delay=0.2))
-    detector = Detector(outage.url, input_size=(128, 224), options=options)
-    pipe = Pipeline([str(DEMO_VIDEO)], detector, close_detector=True, stop_signals=(),
-                    callbacks=[lambda frame, dets: frame.index == 5 and outage.kill()])
-    errors = []
-    thread = threading.Thread(target=lambda: _run_collecting(pipe, errors))
-    thread.start()
-    assert outage.killed.wait(60)
-    while thread.is_alive() and not pipe.metrics.failed_frames:
-        time.sleep(0.05)
+    pipe, thread, errors = _run_until_the_server_is_lost(outage)
     pipe.stop()
     thread.join(timeout=60)
     assert not thread.is_alive(), "the stopping run kept waiting for the server"
