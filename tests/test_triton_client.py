@@ -97,6 +97,34 @@ def test_an_aborted_run_unregisters_its_shared_memory_on_a_live_server(url):
     client.close()
 
 
+def test_a_detector_left_open_lets_go_of_its_shared_memory_at_exit(url):
+    """A script that never closes its Detector (no `with`, no close()) still unregisters its
+    regions and frees them here when it exits (they stayed registered until a server restart)."""
+    import glob
+    import subprocess
+    import sys
+
+    import tritonclient.grpc as grpc
+
+    client = grpc.InferenceServerClient(url.split("//")[1].split("/")[0])
+
+    def regions():
+        return sorted(client.get_system_shared_memory_status(as_json=True).get("regions", {}))
+
+    before = regions()
+    script = ("import sys, numpy as np; from pipeline.detector import Detector; "
+              "from engine.loader import RunnerOptions; from engine.triton.options import "
+              "TritonOptions; d = Detector(sys.argv[1], input_size=(128, 224), options="
+              "RunnerOptions(triton=TritonOptions(shm='system'))); "
+              "d.detect(np.zeros((200, 300, 3), np.uint8)); import os; print(os.getpid())")
+    done = subprocess.run([sys.executable, "-c", script, url], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert regions() == before
+    assert not glob.glob(f"/dev/shm/dbrt_{done.stdout.strip()}_*")
+    client.close()
+
+
 def test_detect_batch_splits_what_is_more_than_the_served_model_takes(url):
     frames = [_frames(1)[0]] * 9  # one more than max_batch_size 8
     with Detector(url, _smaller) as remote:

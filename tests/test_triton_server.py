@@ -177,6 +177,31 @@ def test_dbrt_triton_serve_until_sigterm(triton_venv, tmp_path):
         urllib.request.urlopen(f"http://127.0.0.1:{http}/v2/health/live", timeout=2)
 
 
+def test_a_server_killed_from_outside_is_named_as_such(triton_venv, tmp_path):
+    """`kill -9` of the tritonserver process ends `dbrt triton serve` with one line saying so
+    (it quoted the last line of the server's log, a harmless pinned-memory warning)."""
+    import signal
+
+    python_model_repository(tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "triton", "serve", str(tmp_path), "--venv", str(triton_venv),
+         "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("tritonserver ready: gRPC 127.0.0.1:"), line + proc.stderr.read()
+        children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True)
+        (server,) = [int(pid) for pid in children.stdout.split()]
+        os.kill(server, signal.SIGKILL)
+        assert proc.wait(60) == 2
+        err = proc.stderr.read()
+        assert err.count("\n") == 1 and "tritonserver was killed by SIGKILL" in err, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def test_free_ports_are_distinct():
     ports = free_ports(3)
     assert len(set(ports)) == 3

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import threading
 import warnings
+import weakref
 from concurrent.futures import Future
 from typing import Dict, Mapping, Optional, Tuple
 
@@ -83,6 +84,10 @@ class TritonRunner(Runner):
         except BaseException:
             self._client.close()
             raise
+        # a runner never deactivated (a Detector dropped or left open at exit) still lets go of
+        # its regions: the server keeps them registered, /dev/shm keeps them, until a restart
+        self._let_go_later = weakref.finalize(self, _let_go, self._pool,
+                                              min(self.options.timeout, 2.0))
         self._healthy.set()
 
     def cancel(self) -> None:
@@ -120,6 +125,7 @@ class TritonRunner(Runner):
         return pool
 
     def _deactivate(self) -> None:
+        self._let_go_later.detach()
         try:
             if self._pool is not None:  # an aborted run does not wait for requests in flight,
                 aborted = self._cancelled.is_set()  # but lets go of a live server's regions
@@ -341,6 +347,13 @@ class TritonRunner(Runner):
             raise
         old, self._client = self._client, client
         old.close()
+
+
+def _let_go(pool: SlotPool, drain_timeout: float) -> None:
+    try:
+        pool.close(drain_timeout=drain_timeout)
+    finally:
+        pool.mem.client.close()  # the client of the last reconnect
 
 
 class _ModelChanged(ModelError):

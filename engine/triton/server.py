@@ -320,7 +320,7 @@ class TritonServer:
             return " | ".join(picked)
         # some refusals are plain text after the usage page
         last = next((line.strip() for line in reversed(self.log_text().splitlines())
-                     if line.strip()), None)
+                     if line.strip() and not _NOISE.search(line)), None)
         return last or "(no output)"
 
     def stop(self, timeout: float = 15.0) -> Optional[int]:

@@ -115,6 +115,20 @@ def _export(args) -> int:
     return 0
 
 
+def _ended(code: int, log_tail: str) -> str:
+    """How the server ended: a signal from outside (its log says nothing of it), or its code
+    and its last error."""
+    import signal
+
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"tritonserver was killed by {name} (not by this command)"
+    return f"tritonserver exited with code {code}: {log_tail}"
+
+
 def _serve(args) -> int:
     """Start the server, print its addresses and wait; Ctrl-C or SIGTERM stops it (exit 130 /
     143), and so does the server dying (one error line with its last error)."""
@@ -141,7 +155,6 @@ def _serve(args) -> int:
                   flush=True)
             while server.process.poll() is None:
                 time.sleep(0.5)
-            raise TritonServerError(f"tritonserver exited with code {server.process.returncode}: "
-                                    f"{server.log_tail()}")
+            raise TritonServerError(_ended(server.process.returncode, server.log_tail()))
     finally:
         signal.signal(signal.SIGTERM, previous)
