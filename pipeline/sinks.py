@@ -12,7 +12,7 @@ import contextlib
 import os
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable, Dict, Optional, Sequence, Union
+from typing import Callable, Dict, Iterable, Optional, Sequence, Union
 
 import cv2
 import numpy as np
@@ -28,6 +28,9 @@ PathFor = Callable[[Frame], Union[str, os.PathLike]]
 # video clock: exact for 24, 25, 30, 50, 60 and NTSC 29.97 / 59.94 fps; MPEG-4 part 2 allows
 # time bases up to 1/65535
 TICKS = 60000
+# a live stream's clock that runs this far ahead of the frames' arrival (2 s) jumped: buffering
+# and network stalls stay well within it
+JUMP = 2 * TICKS
 
 
 class Sink(abc.ABC):
@@ -76,11 +79,13 @@ class _Encoder:
     Frames are shown at their source timestamps, so that a variable-frame-rate recording or a
     live stream that dropped frames plays at its real pace; a frame without a timestamp, or
     whose time does not move on (a live stream's clock restarted by a reconnect), comes one
-    frame of `fps` after the last. `fixed_rate`: every frame lasts 1 / `fps`, timestamps unused.
+    frame of `fps` after the last. `live`: a clock that jumps ahead of the time the frames
+    arrived in (a camera's clock set forward) goes on at the arrival time, not with a still
+    picture for the jump. `fixed_rate`: every frame lasts 1 / `fps`, timestamps unused.
     """
 
     def __init__(self, path: Path, width: int, height: int, fps: float, codec: str, crf: int,
-                 fixed_rate: bool = False):
+                 fixed_rate: bool = False, live: bool = False):
         av = require("av")
         self.path = path
         with self._naming_the_file():
@@ -96,23 +101,29 @@ class _Encoder:
         self._av = av
         self._step = max(1, round(TICKS / rate))  # one frame at the nominal rate
         self._fixed_rate = fixed_rate
+        self._live = live
+        self._last_read: Optional[float] = None  # when the last frame arrived (live streams)
         self._last_pts: Optional[int] = None
         self._origin: Optional[float] = None  # the source time shown at pts 0
 
-    def encode(self, image, timestamp: Optional[float] = None) -> None:
+    def encode(self, image, timestamp: Optional[float] = None,
+               t_read: Optional[float] = None) -> None:
         image = self._fit(image)
         vframe = self._av.VideoFrame.from_ndarray(image, format="bgr24")
-        vframe.pts = self._pts(None if self._fixed_rate else timestamp)
+        vframe.pts = self._pts(None if self._fixed_rate else timestamp, t_read)
         vframe.time_base = Fraction(1, TICKS)
         with self._naming_the_file():  # FFmpeg opens the file at the first packet
             self.container.mux(self.stream.encode(vframe))
 
-    def _pts(self, timestamp: Optional[float]) -> int:
+    def _pts(self, timestamp: Optional[float], t_read: Optional[float] = None) -> int:
         at = None
         if timestamp is not None and self._origin is not None:
             at = round((timestamp - self._origin) * TICKS)
+        arrived = self._arrival_step(t_read)
         if self._last_pts is None:
             pts = 0
+        elif at is not None and arrived is not None and at - self._last_pts > arrived + JUMP:
+            pts = self._last_pts + max(self._step, arrived)  # the clock jumped, time did not
         elif at is not None and at > self._last_pts:
             pts = at
         else:
@@ -121,6 +132,13 @@ class _Encoder:
             self._origin = timestamp - pts / TICKS
         self._last_pts = pts
         return pts
+
+    def _arrival_step(self, t_read: Optional[float]) -> Optional[int]:
+        """Ticks since the last frame of a live stream arrived, else None."""
+        if not self._live or t_read is None:
+            return None
+        last, self._last_read = self._last_read, t_read
+        return None if last is None else round(max(0.0, t_read - last) * TICKS)
 
     @contextlib.contextmanager
     def _naming_the_file(self):
@@ -160,18 +178,21 @@ class VideoSink(Sink):
     Frames are shown at their timestamps (a variable-frame-rate recording plays at its pace);
     one without a timestamp, or whose time goes back (a live stream restarted by a reconnect),
     comes one frame after the last at the source's rate given in `fps_by_stream`, else 25.
+    In `live_streams`, a clock that jumps ahead of the frames' arrival goes on at arrival time.
     fps: a constant output frame rate instead: every frame lasts 1 / fps, timestamps unused.
     """
 
     def __init__(self, path: Union[str, os.PathLike, PathFor], fps: Optional[float] = None,
                  fps_by_stream: Optional[Dict[int, float]] = None, codec: str = "libx264",
-                 crf: int = 23, annotators: Optional[Sequence] = None):
+                 crf: int = 23, annotators: Optional[Sequence] = None,
+                 live_streams: Iterable[int] = ()):
         self.path_for = path if callable(path) else (lambda frame, p=path: p)
         self.fps = fps
         self.fps_by_stream = dict(fps_by_stream or {})
         self.codec = codec
         self.crf = crf
         self.annotators = annotators
+        self.live_streams = set(live_streams)
         self.encoders: Dict[int, _Encoder] = {}
         self.paths: Dict[int, Path] = {}
 
@@ -179,7 +200,8 @@ class VideoSink(Sink):
         encoder = self.encoders.get(frame.stream)
         if encoder is None:
             encoder = self._open(frame)
-        encoder.encode(annotate(frame.image, detections, self.annotators), frame.timestamp)
+        encoder.encode(annotate(frame.image, detections, self.annotators), frame.timestamp,
+                       frame.t_read)
 
     def _open(self, frame: Frame) -> _Encoder:
         path = Path(self.path_for(frame))
@@ -187,7 +209,8 @@ class VideoSink(Sink):
         if h < 2 or w < 2:
             raise DbrtError(f"cannot encode a {w}x{h} frame as video")
         fps = self.fps or self.fps_by_stream.get(frame.stream) or 25.0
-        encoder = _Encoder(path, w, h, fps, self.codec, self.crf, fixed_rate=bool(self.fps))
+        encoder = _Encoder(path, w, h, fps, self.codec, self.crf, fixed_rate=bool(self.fps),
+                           live=frame.stream in self.live_streams)
         self.encoders[frame.stream], self.paths[frame.stream] = encoder, path
         return encoder
 

@@ -207,6 +207,22 @@ def test_a_restarted_or_missing_clock_goes_on_at_the_nominal_rate(tmp_path):
     assert written_times(av, tmp_path / "v.mp4") == [0, 0.5, 1.0, 1.25, 1.75, 2.0, 2.25, 2.75]
 
 
+def test_a_live_clock_that_jumps_ahead_goes_on_at_arrival_time(tmp_path):
+    """A camera whose clock is set forward an hour mid-stream: the annotated video showed the
+    last picture for that hour. A live stream goes on at the frames' arrival time; a gap in
+    both its clock and its arrival (a stall) stays; a file keeps its timestamps' gaps."""
+    av = pytest.importorskip("av")
+    stamps = [0.0, 0.5, 1.0, 3601.0, 3601.5, 3605.5]
+    arrived = [0.0, 0.5, 1.0, 1.5, 2.0, 6.0]
+    for live, expected in ((True, [0, 0.5, 1.0, 1.5, 2.0, 6.0]), (False, stamps)):
+        with VideoSink(tmp_path / f"{live}.mp4", fps_by_stream={0: 2},
+                       live_streams={0} if live else ()) as sink:
+            for i, (t, at) in enumerate(zip(stamps, arrived)):
+                sink.write(Frame(np.zeros((48, 64, 3), np.uint8), i, t, "cam", 0, t_read=100 + at),
+                           Detections.from_quads(QUAD[:0], []))
+        assert written_times(av, tmp_path / f"{live}.mp4") == expected
+
+
 def test_a_fixed_rate_ignores_timestamps(tmp_path):
     av = pytest.importorskip("av")
     with VideoSink(tmp_path / "v.mp4", fps=5) as sink:

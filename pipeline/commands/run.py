@@ -287,7 +287,7 @@ def _visual_sinks(pipe, out: Path, annotators, ImageSink, VideoSink) -> list:
     if videos:
         video = VideoSink(lambda f: out / names[f.stream],
                           fps_by_stream={s.stream: s.fps for s in videos if s.fps},
-                          annotators=annotators)
+                          annotators=annotators, live_streams={s.stream for s in videos if s.live})
         sinks.append(_only(video, set(names)))
     if images:
         folder = out / "annotated"
