@@ -42,6 +42,26 @@ def test_a_sink_failing_mid_run_leaves_a_report_that_matches_the_results(tmp_pat
     assert report["lost"] == 0 or "stopped by the failure below" in err
 
 
+def test_a_run_removes_the_earlier_runs_events_and_video_it_does_not_write(tmp_path, clip,
+                                                                           tiny_onnx, capsys):
+    """`dbrt run --track` then `dbrt run --no-video` into one folder: the first run's
+    events.jsonl and annotated.mp4 stayed beside the second run's detections (a consumer of
+    the folder read events of another run); a file the earlier run did not list stays."""
+    out = tmp_path / "out"
+    args = [str(clip), "--model", str(tiny_onnx), "--output", str(out), "--threads", "1",
+            "--max-side", "128", "--quiet"]
+    assert main(["run", *args, "--track"]) == 0
+    assert (out / "events.jsonl").is_file() and (out / "annotated.mp4").is_file()
+    (out / "notes.txt").write_text("mine")
+    assert main(["run", *args, "--track"]) == 0  # the same outputs again: nothing removed
+    assert "removed" not in capsys.readouterr().err and (out / "events.jsonl").is_file()
+    assert main(["run", *args[:-1], "--no-video"]) == 0
+    err = capsys.readouterr().err
+    assert "removed the earlier run's annotated.mp4, events.jsonl" in err, err
+    assert sorted(p.name for p in out.iterdir()) == ["detections.jsonl", "notes.txt", "report.json"]
+    assert "events" not in json.loads((out / "report.json").read_text())["outputs"]
+
+
 def test_run_writes_jsonl_video_and_report(tmp_path, clip, tiny_onnx, capsys):
     out = tmp_path / "out"
     rc = main(["run", str(clip), "--model", str(tiny_onnx), "--output", str(out), "--threads", "1",

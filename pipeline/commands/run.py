@@ -3,11 +3,11 @@ video and a report; print live progress and a FPS / latency summary."""
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 from typing import Optional
 
+from ._outputs import clear_earlier_outputs, outputs_written, video_names, visual_sinks
 from ._model import REC_MARGIN_HELP, TRUST_ENGINE_HELP, add_triton_arguments
 from ._validate import (DEVICES, at_least, between, broker_url, fourcc, frame_size, input_size,
                         listen_address, output_folder, side_length)
@@ -200,6 +200,9 @@ def build_pipeline(args):
     except BaseException:
         pipe.close()
         raise
+    ours = {"events.jsonl"} if pipe.tracker is not None else set()
+    clear_earlier_outputs(out, ours | set(() if args.no_video else video_names(pipe).values()),
+                           args.quiet)
     progress = None
     if not args.quiet:
         progress = Progress(pipe.metrics, pipe.total_frames)
@@ -235,7 +238,7 @@ def _sinks(pipe, out: Path, args) -> list:
             mqtt = [sink for sink in outputs if hasattr(sink, "publish_text_event")]
             files[-1].listeners.extend(sink.publish_text_event for sink in mqtt)
         if not args.no_video:
-            files.extend(_visual_sinks(pipe, out, annotators, ImageSink, VideoSink))
+            files.extend(visual_sinks(pipe, out, annotators, ImageSink, VideoSink))
     except BaseException:
         for sink in files + outputs:
             sink.close()
@@ -277,37 +280,6 @@ def _serve_sink(pipe, args, annotators):
     return sink
 
 
-def _visual_sinks(pipe, out: Path, annotators, ImageSink, VideoSink) -> list:
-    images = {s.stream for s in pipe.sources if s.kind == "images"}
-    videos = [s for s in pipe.sources if s.kind != "images"]
-    single = len(pipe.sources) == 1
-    names = {s.stream: ("annotated.mp4" if single else f"annotated_{s.stream}_{_slug(s.name)}.mp4")
-             for s in videos}
-    sinks = []
-    if videos:
-        video = VideoSink(lambda f: out / names[f.stream],
-                          fps_by_stream={s.stream: s.fps for s in videos if s.fps},
-                          annotators=annotators, live_streams={s.stream for s in videos if s.live})
-        sinks.append(_only(video, set(names)))
-    if images:
-        folder = out / "annotated"
-        # the frame's index too: a glob can match the same name in several folders
-        sinks.append(_only(ImageSink(lambda f: folder / f"{f.stream}_{f.index:05d}_{Path(f.source).name}",
-                                     annotators), images))
-    return sinks
-
-
-def _only(sink, streams: set):
-    """Wrap a sink so that it sees only the frames of `streams`."""
-    from pipeline.sinks import FilteredSink
-
-    return FilteredSink(sink, lambda frame: frame.stream in streams)
-
-
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", Path(name).stem or name)[-40:]
-
-
 def _print_header(pipe, out: Path) -> None:
     det = pipe.detector
     spec = det.spec
@@ -332,7 +304,7 @@ def finish(pipe, progress, out: Path, args, error: Optional[BaseException] = Non
         progress.finish(pipe.dropped)
     mqtt = [s for s in pipe.sinks if hasattr(s, "counters")]
     extra = dict(mqtt=mqtt[0].counters()) if mqtt else {}
-    report = pipe.report(outputs=_outputs(pipe, out), **extra)
+    report = pipe.report(outputs=outputs_written(pipe, out), **extra)
     out.mkdir(parents=True, exist_ok=True)
     write_report(report, out / "report.json")
     print(format_summary(report))
@@ -354,18 +326,3 @@ def finish(pipe, progress, out: Path, args, error: Optional[BaseException] = Non
     print(f"wrote {out / 'detections.jsonl'}{events}, {out / 'report.json'}"
           + ("" if args.no_video or not isinstance(error, (type(None), KeyboardInterrupt))
              else f" and annotated output under {out}/"))
-
-
-def _outputs(pipe, out: Path) -> dict:
-    """The files this run wrote (a folder may also hold an earlier run's)."""
-    from pipeline.sinks import ImageSink, VideoSink
-
-    outputs = dict(jsonl=str(out / "detections.jsonl"), report=str(out / "report.json"))
-    if pipe.tracker is not None:
-        outputs["events"] = str(out / "events.jsonl")
-    for sink in (getattr(s, "sink", s) for s in pipe.sinks):  # inside its stream filter
-        if isinstance(sink, VideoSink) and sink.paths:
-            outputs["videos"] = {str(stream): str(p) for stream, p in sorted(sink.paths.items())}
-        if isinstance(sink, ImageSink) and sink.written:
-            outputs["images"] = str(out / "annotated")
-    return outputs

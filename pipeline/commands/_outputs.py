@@ -1,0 +1,78 @@
+"""The files of a `dbrt run` output folder: the annotated videos' and images' sinks, what this
+run wrote (report.json's "outputs"), and an earlier run's files this run does not write."""
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+
+def video_names(pipe) -> dict:
+    """stream -> the file name of its annotated video"""
+    single = len(pipe.sources) == 1
+    return {s.stream: ("annotated.mp4" if single else f"annotated_{s.stream}_{_slug(s.name)}.mp4")
+            for s in pipe.sources if s.kind != "images"}
+
+
+def visual_sinks(pipe, out: Path, annotators, ImageSink, VideoSink) -> list:
+    images = {s.stream for s in pipe.sources if s.kind == "images"}
+    videos = [s for s in pipe.sources if s.kind != "images"]
+    names = video_names(pipe)
+    sinks = []
+    if videos:
+        video = VideoSink(lambda f: out / names[f.stream],
+                          fps_by_stream={s.stream: s.fps for s in videos if s.fps},
+                          annotators=annotators, live_streams={s.stream for s in videos if s.live})
+        sinks.append(_only(video, set(names)))
+    if images:
+        folder = out / "annotated"
+        # the frame's index too: a glob can match the same name in several folders
+        sinks.append(_only(ImageSink(lambda f: folder / f"{f.stream}_{f.index:05d}_{Path(f.source).name}",
+                                     annotators), images))
+    return sinks
+
+
+def _only(sink, streams: set):
+    """Wrap a sink so that it sees only the frames of `streams`."""
+    from pipeline.sinks import FilteredSink
+
+    return FilteredSink(sink, lambda frame: frame.stream in streams)
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", Path(name).stem or name)[-40:]
+
+
+def clear_earlier_outputs(out: Path, ours: set, quiet: bool) -> None:
+    """Remove the events and videos an earlier run listed in this folder's report.json that
+    this run does not write (`ours`): they would lie beside this run's results."""
+    import json
+
+    try:
+        earlier = json.loads((out / "report.json").read_text()).get("outputs", {})
+        paths = [earlier.get("events"), *dict(earlier.get("videos") or {}).values()]
+    except (OSError, ValueError, AttributeError, TypeError):
+        return  # no earlier report, or not one of ours
+    removed = []
+    for name in {Path(p).name for p in paths if isinstance(p, str)} - ours:
+        if (out / name).is_file():
+            (out / name).unlink()
+            removed.append(name)
+    if removed and not quiet:
+        print(f"dbrt run: removed the earlier run's {', '.join(sorted(removed))} from {out}/",
+              file=sys.stderr)
+
+
+def outputs_written(pipe, out: Path) -> dict:
+    """The files this run wrote (a folder may also hold an earlier run's)."""
+    from pipeline.sinks import ImageSink, VideoSink
+
+    outputs = dict(jsonl=str(out / "detections.jsonl"), report=str(out / "report.json"))
+    if pipe.tracker is not None:
+        outputs["events"] = str(out / "events.jsonl")
+    for sink in (getattr(s, "sink", s) for s in pipe.sinks):  # inside its stream filter
+        if isinstance(sink, VideoSink) and sink.paths:
+            outputs["videos"] = {str(stream): str(p) for stream, p in sorted(sink.paths.items())}
+        if isinstance(sink, ImageSink) and sink.written:
+            outputs["images"] = str(out / "annotated")
+    return outputs
