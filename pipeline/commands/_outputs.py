@@ -2,6 +2,7 @@
 run wrote (report.json's "outputs"), and an earlier run's files this run does not write."""
 from __future__ import annotations
 
+import json
 import re
 import sys
 from pathlib import Path
@@ -46,8 +47,6 @@ def _slug(name: str) -> str:
 def clear_earlier_outputs(out: Path, ours: set, quiet: bool) -> None:
     """Remove the events and videos an earlier run listed in this folder's report.json that
     this run does not write (`ours`): they would lie beside this run's results."""
-    import json
-
     try:
         earlier = json.loads((out / "report.json").read_text()).get("outputs", {})
         paths = [earlier.get("events"), *dict(earlier.get("videos") or {}).values()]
