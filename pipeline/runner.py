@@ -39,6 +39,10 @@ from .stages import (END, POLL_S, Aborted, Channel, Control, Stage, hold_switch_
                      release_switch_interval)
 
 Callback = Callable[[Frame, Detections], None]
+# how long a stopped run waits for a source's reader: one inside a network connect (FFmpeg's
+# open cannot be interrupted and may take its 30 s timeout) is left to end in the background,
+# so that a stop fits a service manager's grace period (Docker's is 10 s)
+SOURCE_GRACE_S = 3.0
 
 
 class Pipeline:
@@ -284,7 +288,7 @@ class Pipeline:
             if stage.ident is not None:  # a start that failed left the rest unstarted
                 stage.join()
         for source in self.sources:
-            source.join(timeout=30)
+            source.join(timeout=SOURCE_GRACE_S)
         self.metrics.finish()
         self._run_over = True
         self._close_requested.set()  # the closer's last wake-up: nothing left for it to close

@@ -504,3 +504,35 @@ def test_a_live_source_opened_for_a_run_that_never_starts_is_disconnected():
     with Pipeline([camera], FakeDetector()):
         pass
     assert (camera.connects, Camera.disconnects) == (1, 1)
+
+
+class _HangingReconnect(SimulatedCamera):
+    """A camera whose reconnect blocks until released, as FFmpeg's open of a server that
+    accepts and never answers does (it cannot be interrupted before its timeout)."""
+
+    def __init__(self):
+        super().__init__(total=100_000, fail_at=(3,), reconnect=Reconnect(retries=None, delay=0.01))
+        self.connecting, self.release = threading.Event(), threading.Event()
+
+    def _connect(self):
+        if self.connects:
+            self.connecting.set()
+            self.release.wait()
+        super()._connect()
+
+
+def test_a_stop_during_a_blocking_reconnect_does_not_wait_for_the_connect():
+    source = _HangingReconnect()
+    pipe = Pipeline([source], FakeDetector())
+    run = threading.Thread(target=pipe.run)
+    run.start()
+    try:
+        assert source.connecting.wait(10)
+        pipe.stop()
+        run.join(20)  # the connect is still blocked: the run ends without it
+        assert not run.is_alive()
+        assert source.connecting.is_set() and not source.release.is_set()
+        assert any("blocking connect" in event for event in source.stats.events)
+    finally:
+        source.release.set()
+    run.join()

@@ -165,6 +165,9 @@ class LiveSource(Source):
     def join(self, timeout: Optional[float] = None) -> None:
         if self._thread is not None:
             self._thread.join(timeout)
+            if self._thread.is_alive():  # a daemon thread: it ends when the call returns
+                self.stats.note("stopped during a blocking connect or read: the connection is "
+                                "closed when that call returns")
 
     def __iter__(self) -> Iterator[Frame]:
         self.start()
