@@ -28,6 +28,7 @@ PathFor = Callable[[Frame], Union[str, os.PathLike]]
 # video clock: exact for 24, 25, 30, 50, 60 and NTSC 29.97 / 59.94 fps; MPEG-4 part 2 allows
 # time bases up to 1/65535
 TICKS = 60000
+FRAGMENT_S = 2.0  # a live stream's MP4 fragment: what a kill may lose of the annotated video
 # a live stream's clock that runs this far ahead of the frames' arrival (2 s) jumped: buffering
 # and network stalls stay well within it
 JUMP = 2 * TICKS
@@ -71,6 +72,16 @@ class JsonlSink(Sink):
             self._fh.close()
 
 
+def _live_muxing(path: Path, live: bool) -> dict:
+    """A live run ends by SIGKILL, a crash or a power cut as often as cleanly, and a plain MP4
+    is unreadable until its index is written at the close: a live stream's MP4 is written as
+    fragments that each start at a keyframe, flushed as they are written, so all but the last
+    seconds stay playable. (Matroska needs nothing: it is readable when cut short.)"""
+    if not live or path.suffix.lower() not in (".mp4", ".mov", ".m4v"):
+        return {}
+    return {"movflags": "frag_keyframe+empty_moov+default_base_moof", "flush_packets": "1"}
+
+
 class _Encoder:
     """One PyAV output file of the first frame's size, cropped to even numbers (yuv420p needs
     them). A frame of another size (a live stream that reconnected at another resolution) is
@@ -90,12 +101,16 @@ class _Encoder:
         self.path = path
         with self._naming_the_file():
             path.parent.mkdir(parents=True, exist_ok=True)
-            self.container = av.open(str(path), mode="w")
+            self.container = av.open(str(path), mode="w", options=_live_muxing(path, live))
         rate = Fraction(fps).limit_denominator(1001) if fps else Fraction(25)
         self.stream = self.container.add_stream(codec, rate=rate)
         self.stream.width, self.stream.height = width - width % 2, height - height % 2
         self.stream.pix_fmt = "yuv420p"
         self.stream.codec_context.time_base = Fraction(1, TICKS)
+        if live:  # a keyframe, so a fragment, every FRAGMENT_S; no B-frames, whose decoding
+            # delay a fragmented MP4 shows as a shifted start (it has no edit list to undo it)
+            self.stream.codec_context.gop_size = max(1, round(FRAGMENT_S * rate))
+            self.stream.codec_context.max_b_frames = 0
         if codec == "libx264":
             self.stream.options = {"crf": str(crf), "preset": "veryfast"}
         self._av = av

@@ -223,6 +223,23 @@ def test_a_live_clock_that_jumps_ahead_goes_on_at_arrival_time(tmp_path):
         assert written_times(av, tmp_path / f"{live}.mp4") == expected
 
 
+def test_a_live_streams_video_stays_playable_when_the_run_is_killed(tmp_path):
+    """A plain MP4 is unreadable until its index is written at the close: a SIGKILL lost the
+    whole annotated video of a live run. Its fragments are on disk as they are written."""
+    av = pytest.importorskip("av")
+    sink = VideoSink(tmp_path / "live.mp4", fps_by_stream={0: 10}, live_streams={0})
+    for i in range(60):  # 6 s at 10 fps: fragments of 2 s
+        sink.write(Frame(np.full((48, 64, 3), 4 * i, np.uint8), i, i / 10, "cam", 0, t_read=i / 10),
+                   Detections.from_quads(QUAD[:0], []))
+    killed = tmp_path / "killed.mp4"
+    killed.write_bytes((tmp_path / "live.mp4").read_bytes())  # the file as a kill leaves it
+    sink.close()
+    with av.open(str(killed)) as container:
+        assert sum(1 for _ in container.decode(video=0)) >= 40
+    with av.open(str(tmp_path / "live.mp4")) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 60
+
+
 def test_a_fixed_rate_ignores_timestamps(tmp_path):
     av = pytest.importorskip("av")
     with VideoSink(tmp_path / "v.mp4", fps=5) as sink:
