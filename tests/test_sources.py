@@ -253,6 +253,9 @@ def test_live_source_reconnects_after_a_failure():
     assert any("attempt 1 failed" in e for e in stats["events"])
     assert any("reconnected after 3 attempt" in e for e in stats["events"])
     assert frames[-1].index >= 25
+    # the frames carry the connection they came on: tracks end at a reconnect
+    assert [f.connection for f in frames if f.index < 9] == [0] * 9
+    assert {f.connection for f in frames if f.index >= 10} == {1}
     source.join(30)
     assert not source._thread.is_alive()
 

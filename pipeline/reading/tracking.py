@@ -7,7 +7,7 @@ ByteTrack on the polygons' axis-aligned boxes, and adds per-instance columns:
 
 ByteTrack is supervision's (0.30.x): its successor, the `trackers` package, requires
 opencv-python, which cannot be installed next to the opencv-python-headless dbrt uses. A stream
-whose frame size changes starts with a fresh tracker (its old tracks end).
+that reconnects or whose frame size changes starts with a fresh tracker (its old tracks end).
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from engine.lazy import require
 
 from ..detections import Detections
 from ..sources import Frame
-from .tracks import TRACK_ID, TrackBook
+from .tracks import TRACK_ID, TrackBook, epoch
 
 
 class TextTracker:
@@ -41,13 +41,13 @@ class TextTracker:
         # unseen this many frames, a track has ended for good: its end event and vote close
         self.horizon = lost_frames + 1
         self._trackers: Dict[int, object] = {}
-        self._sizes: Dict[int, tuple] = {}
+        self._epochs: Dict[int, tuple] = {}  # stream -> (frame size, connection)
         # per stream, what a restarted tracker's ids are shifted by (its counter starts at 1
         # again; a consumer keys events by stream and track id, so ids are never reused)
         self._id_base: Dict[int, int] = {}
         self._id_max: Dict[int, int] = {}
         self.book = TrackBook(self.horizon)
-        self.restarts = 0  # streams that changed frame size mid-run
+        self.restarts = 0  # streams that reconnected or changed frame size mid-run
 
     def lead(self, sinks) -> None:
         """The text-event sinks among `sinks` end a track when this tracker lets it go."""
@@ -58,12 +58,12 @@ class TextTracker:
                 sink.follow(self)
 
     def _tracker_for(self, frame: Frame):
-        size = self._sizes.get(frame.stream)
-        if size is not None and size != frame.size:
+        known = self._epochs.get(frame.stream)
+        if known is not None and known != epoch(frame):
             self._trackers.pop(frame.stream, None)
             self._id_base[frame.stream] = self._id_max.get(frame.stream, 0)
             self.restarts += 1
-        self._sizes[frame.stream] = frame.size
+        self._epochs[frame.stream] = epoch(frame)
         tracker = self._trackers.get(frame.stream)
         if tracker is None:
             with warnings.catch_warnings():  # deprecated in supervision in favour of `trackers`

@@ -8,8 +8,9 @@ frame cannot overturn twenty sharp ones. Its confidence is the winner's weight d
 number of frames read: the mean confidence of the agreeing readings times the share of frames
 that agree.
 
-A track ends when its stream has gone `lost_frames` frames without it, when the stream's frame
-size changes (a reconnect at another resolution starts afresh), or at `finish()`.
+A track ends when its stream has gone `lost_frames` frames without it, when the stream comes
+back on a new connection (a reconnect: its clock may restart, its scene may have changed) or at
+another frame size, or at `finish()`.
 """
 from __future__ import annotations
 
@@ -78,22 +79,27 @@ class Track:
                 "polygon": np.round(self.best_polygon.astype(np.float64), decimals).tolist()}
 
 
+def epoch(frame: Frame) -> tuple:
+    """What a stream's tracks live within: one connection at one frame size."""
+    return frame.size, frame.connection
+
+
 class TrackBook:
     """Per stream, the live tracks; `update` returns the tracks that ended."""
 
     def __init__(self, lost_frames: int = 31):
         self.lost_frames = lost_frames
         self._live: Dict[int, Dict[int, Track]] = defaultdict(dict)
-        self._sizes: Dict[int, tuple] = {}
+        self._epochs: Dict[int, tuple] = {}  # stream -> (frame size, connection)
         # frames delivered per stream: "unseen for N frames" counts what the tracker saw, not
         # frame indices, which a live source that drops frames skips
         self._ticks: Dict[int, int] = defaultdict(int)
 
     def update(self, frame: Frame, detections: Detections) -> List[Track]:
         ended = []
-        if self._sizes.get(frame.stream, frame.size) != frame.size:
+        if self._epochs.get(frame.stream, epoch(frame)) != epoch(frame):
             ended += self.end_stream(frame.stream)
-        self._sizes[frame.stream] = frame.size
+        self._epochs[frame.stream] = epoch(frame)
         self._ticks[frame.stream] += 1
         tick = self._ticks[frame.stream]
         live = self._live[frame.stream]
@@ -123,7 +129,7 @@ class TrackBook:
         return list(self._live.get(stream, {}).values())
 
     def end_stream(self, stream: int) -> List[Track]:
-        """The stream's live tracks, ended (it changed size, or it ended)."""
+        """The stream's live tracks, ended (it reconnected, changed size, or ended)."""
         live = self._live.pop(stream, {})
         return sorted(live.values(), key=lambda t: t.track_id)
 

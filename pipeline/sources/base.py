@@ -39,6 +39,9 @@ class Frame:
     t_read:    time.perf_counter() when the frame was read (start of its end-to-end latency)
     device_image: the frame's copy on the GPU (CuPy) while the GPU preprocessor's upload is
                kept for reading text, else None
+    connection: the live source's connection it came on (0, then 1 after the first reconnect,
+               ...): what is followed across frames (text tracks) starts afresh on a new one,
+               whose clock may restart and whose scene may have changed during the outage
     """
 
     image: np.ndarray
@@ -48,6 +51,7 @@ class Frame:
     stream: int = 0
     t_read: float = field(default_factory=time.perf_counter)
     device_image: object = field(default=None, repr=False, compare=False)
+    connection: int = 0
 
     @property
     def size(self):

@@ -120,6 +120,7 @@ class LiveSource(Source):
         # the reconnect attempts of the outage under way: they run on until a frame arrives, so
         # a server that accepts and then sends nothing still runs out of retries
         self._attempts = None
+        self._connection = 0  # reconnects so far: the connection a frame comes on
 
     # -- subclass hooks ---------------------------------------------------------------------
     @abc.abstractmethod
@@ -184,8 +185,8 @@ class LiveSource(Source):
             self.close()
 
     # -- reader stage -----------------------------------------------------------------------
-    def _images(self) -> Iterator[Tuple[int, np.ndarray, Optional[float]]]:
-        """(index, image, timestamp) as read, across reconnects, until stopped or given up."""
+    def _images(self) -> Iterator[Tuple[int, np.ndarray, Optional[float], int]]:
+        """(index, image, timestamp, connection) as read, across reconnects, until stopped or given up."""
         index = 0
         try:
             while not self._stop.is_set():
@@ -198,14 +199,14 @@ class LiveSource(Source):
                 self._attempts = None  # the outage, if any, is over
                 if self.live:
                     self.stats.add(read=1)
-                yield (index,) + tuple(item)
+                yield (index,) + tuple(item) + (self._connection,)
                 index += 1
         finally:
             self._disconnect_quietly()
 
     def _frame(self, item) -> Frame:
-        index, image, timestamp = item
-        return Frame(image, index, timestamp, self.name)
+        index, image, timestamp, connection = item
+        return Frame(image, index, timestamp, self.name, connection=connection)
 
     def _read_or_none(self):
         try:
@@ -242,6 +243,7 @@ class LiveSource(Source):
                 self.stats.note(f"reconnect attempt {attempt} failed: {last}")
                 continue
             self.stats.add(reconnects=1)
+            self._connection += 1
             self.state = "up"
             self.stats.note(f"reconnected after {attempt} attempt(s)")
             return True
