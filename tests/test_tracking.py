@@ -334,3 +334,38 @@ def test_texts_without_scores_are_tracked_and_numpy_counts_are_taken():
     for i in range(3):
         tracked = tracker(_frame(i), dets)
     assert tracked.data["track_text"].tolist() == ["EXIT"]
+
+
+def test_a_stream_that_reconnects_ends_its_tracks_and_its_clock_restart_shows_in_no_event(tmp_path):
+    """A camera that reconnected (its clock restarting at 0) kept its tracks: their lines said
+    last_timestamp < first_timestamp, and text gone during the outage stayed live."""
+    from pipeline.reading.events import TextEventSink
+    from pipeline.reading.tracking import TextTracker
+
+    tracker, path = TextTracker(), tmp_path / "events.jsonl"
+    with TextEventSink(path, every=2.0) as sink:
+        tracker.lead([sink])
+        for k in range(150):
+            frame = _frame(k)
+            after = k >= 50  # the second connection: its clock starts again at 0
+            frame.timestamp, frame.connection = ((k - 50) / 25, 1) if after else (300 + k / 25, 0)
+            sink.write(frame, tracker(frame, _dets([_box(10, 10)])))
+    events = [json.loads(line) for line in path.read_text().splitlines()]
+    ends = [e for e in events if e["event"] == "end"]
+    assert len(ends) == 2 and ends[0]["last_frame"] == 49 and ends[1]["first_frame"] == 50
+    assert ends[0]["track_id"] != ends[1]["track_id"]
+    assert all(e["last_timestamp"] >= e["first_timestamp"] for e in events)
+
+
+def test_a_track_unseen_since_its_last_line_gets_no_update(tmp_path):
+    """71% of a live run's update lines repeated the track's previous line: tracks fading out,
+    unseen until they end, were written again every N seconds."""
+    from pipeline.reading.events import TextEventSink
+
+    path = tmp_path / "events.jsonl"
+    with TextEventSink(path, lost_frames=60, every=0.4) as sink:  # 10 frames per update
+        for i in range(70):  # seen on frames 0..14, then unseen until it ends at frame 74
+            sink.write(_frame(i), _dets([_box(0, 0)] if i < 15 else [], [1] if i < 15 else []))
+    events = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [(e["event"], e["last_frame"]) for e in events] == [("update", 10), ("update", 14),
+                                                                ("end", 14)]

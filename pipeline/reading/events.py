@@ -6,8 +6,9 @@ system stores (far fewer than one line per frame):
      "last_frame": 60, "frames": 61, "readings": 61, "polygon": [[94.0, 74.0], ...]}
 
 With `every=N` a live track also gets an `"event": "update"` line every N seconds of stream time
-(the frames' timestamps, not the wall clock) from its first sighting: the same fields, the vote
-and counts so far. A consumer keeps the newest line per (stream, track_id); the `"end"` line is
+(the frames' timestamps, not the wall clock) from its first sighting, when it was seen since its
+last line (a track fading out, unseen until it ends, says nothing new): the same fields, the
+vote and counts so far. A consumer keeps the newest line per (stream, track_id); the `"end"` line is
 the last one a track gets. Frames without a timestamp (images) bring no updates.
 
 Each line also goes to the `listeners` (callables taking the line's dict), e.g. the MQTT sink's
@@ -15,8 +16,8 @@ Each line also goes to the `listeners` (callables taking the line's dict), e.g. 
 
 It reads the `track_id` column the tracking stage adds (and the texts, when the run reads); a
 track ends when the tracker lets it go (frames of its stream without it: the pipeline's
-`TextTracker.horizon`), when the stream's frame size changes, or when the sink closes (the run
-is over).
+`TextTracker.horizon`), when the stream reconnects or its frame size changes, or when the sink
+closes (the run is over).
 """
 from __future__ import annotations
 
@@ -54,6 +55,9 @@ class TextEventSink(Sink):
         # (stream, track id) -> (start, n): its next update is at start + n * every
         self._due: Dict[Tuple[int, int], Tuple[float, int]] = {}
         self._clock: Dict[int, float] = {}  # stream -> its latest timestamp
+        # (stream, track id) -> its sightings when its last update was written: a track unseen
+        # since (fading out, its last frames before it ends) has nothing new to say
+        self._told: Dict[Tuple[int, int], int] = {}
         self._fh = open(self.path, "w", encoding="utf-8")
         self.lines = self.updates = 0
 
@@ -69,10 +73,14 @@ class TextEventSink(Sink):
 
     def write(self, frame: Frame, detections: Detections) -> None:
         ended = self.book.update(frame, detections)
-        for track in ended:
-            self._due.pop((track.stream, track.track_id), None)
+        self._forget(ended)
         self._write(self._updates_due(frame), UPDATE)
         self._write(ended, END)
+
+    def _forget(self, ended: Iterable[Track]) -> None:
+        for track in ended:
+            self._due.pop((track.stream, track.track_id), None)
+            self._told.pop((track.stream, track.track_id), None)
 
     def _updates_due(self, frame: Frame) -> list:
         """The stream's live tracks whose next update time the frame's timestamp has reached."""
@@ -89,7 +97,9 @@ class TextEventSink(Sink):
             anchor, step = self._due.setdefault(key, (start, 1))
             # the microsecond: timestamps are kept to it, and 3 x 0.4 is 1.2000000000000002
             if now + 1e-6 >= anchor + step * self.every:
-                due.append(track)
+                if track.frames > self._told.get(key, 0):
+                    due.append(track)
+                    self._told[key] = track.frames
                 # the next point of the track's N-second grid after now: a gap in the stream
                 # skips the points it missed rather than writing them all at once
                 self._due[key] = (anchor, math.floor((now + 1e-6 - anchor) / self.every) + 1)
@@ -110,8 +120,7 @@ class TextEventSink(Sink):
 
     def end_stream(self, stream: int) -> None:
         ended = self.book.end_stream(stream)
-        for track in ended:
-            self._due.pop((track.stream, track.track_id), None)
+        self._forget(ended)
         self._write(ended, END)
 
     def close(self) -> None:
