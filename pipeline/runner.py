@@ -35,8 +35,8 @@ from .metrics import STAGES, Metrics
 from .reading.tracking import tracker_for
 from .sinks import Sink, StreamEnds
 from .sources import Frame, Source, open_sources
-from .stages import (END, POLL_S, Aborted, Channel, Control, Stage, hold_switch_interval,
-                     release_switch_interval)
+from .stages import (END, POLL_S, Aborted, Channel, Control, LiveGate, Stage,
+                     hold_switch_interval, release_switch_interval)
 
 Callback = Callable[[Frame, Detections], None]
 # how long a stopped run waits for a source's reader: one inside a network connect (FFmpeg's
@@ -53,9 +53,10 @@ class Pipeline:
     close_detector: close the detector when the run ends (it then belongs to the pipeline)
     batch:         max frames per engine call (0: the number of sources)
     batch_timeout: seconds to wait for more frames once a batch has its first
-    queue_size:    capacity of each inter-stage channel, in batches (default: 4; 1 when every
-                   source is live: a live frame waiting in a queue only ages, the newest one
-                   read after it is the one to show)
+    queue_size:    capacity of each inter-stage channel, in batches (default: 4; when every
+                   source is live, 1, and a source's next frame is taken only once no frame
+                   waits in them: a live frame waiting in a queue only ages, the newest one read
+                   after it is the one to show; see stages.LiveGate)
     max_frames:    stop each source after this many frames
     switch_interval: the interpreter's GIL switch interval during the run (seconds; None: leave
                    it). Shorter than Python's 5 ms default, the inference thread gets the GIL
@@ -120,6 +121,7 @@ class Pipeline:
         self._close_requested, self._run_over = threading.Event(), False
         self._closer = threading.Thread(target=self._close_when_asked, name="source-closer", daemon=True)
         live = all(s.live for s in self.sources)
+        self._gate = LiveGate(self.control, self.batch) if live and not queue_size else None
         cap, self._positions = max(1, queue_size or (1 if live else 4)), itertools.count()
         # live: one batch waits while one is prepared, so a frame is at most ~2 batches old
         self._decoded = self._channel("decoded", self.batch if live and not queue_size
@@ -136,7 +138,7 @@ class Pipeline:
     def _channel(self, name: str, capacity: int) -> Channel:
         """The next channel downstream (made in the run's order: a failed stage's upstream stops)."""
         return Channel(name, capacity, self.control, self.metrics.queue(name, capacity),
-                       next(self._positions))
+                       next(self._positions), self._gate)
 
     # -- public API -----------------------------------------------------------------------------
     @property
@@ -325,7 +327,7 @@ class Pipeline:
         batches = Batcher(self._decoded, len(self.sources), self.batch, self.batch_timeout,
                           self.detector.input_size_for)
         decoders = [stage(f"decode:{s.stream}", _stamp(s.stream), self._frames_of(s),
-                          self._decoded, metric="decode") for s in self.sources]
+                          self._decoded, metric="decode", admit=self._gate) for s in self.sources]
         work = self._steps
         steps = [stage("preprocess", work.prepare, batches, self._prepared),
                  stage("infer", work.infer, self._prepared, self._inferred)]
