@@ -118,6 +118,34 @@ def test_other_commands_check_flags_and_output_paths_first(place, capsys, argv, 
     assert fragment in one_error_line(capsys, argv)
 
 
+# a few seconds' work at most should a check be missing (it would train or write)
+TINY_TRAIN = ["train", "--out", "r", "--steps", "1", "--batch", "1", "--crop", "64", "--width", "0.25",
+              "--workers", "0", "--threads", "1"]
+TINY_SYNTH = ["synth", "--dataset", "sd", "--count", "1", "--size", "64x64"]
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (TINY_SYNTH + ["--seed", "-1"],
+     "--seed: must be an integer from 0 to 4294967295, got '-1'"),
+    (["synth", "--video", "v.mp4", "--seconds", "0.1", "--video-seed", "4294967296"],
+     "--video-seed: must be an integer from 0 to 4294967295, got '4294967296'"),
+    (["synth", "--video", "v.mp4", "--seconds", "inf"], "--seconds: must be a number > 0, got 'inf'"),
+    (TINY_TRAIN + ["--seed", "-1"], "--seed: must be an integer from 0 to 4294967295"),
+    (TINY_TRAIN + ["--lr", "inf"], "--lr: must be a number > 0, got 'inf'"),
+    (TINY_TRAIN + ["--lr", "nan"], "--lr: must be a number > 0, got 'nan'"),
+    (TINY_TRAIN + ["--time-limit", "inf"], "--time-limit: must be a number >= 0, got 'inf'"),
+    (TINY_TRAIN + ["--crop", "100000"], "--crop: must be a multiple of 32 from 32 to 4000"),
+    (TINY_TRAIN + ["--crop", "100"], "--crop: must be a multiple of 32 from 32 to 4000"),
+    (RUN + ["--reconnect-delay", "inf"], "--reconnect-delay: must be a number >= 0, got 'inf'"),
+    (RUN + ["--camera-fps", "inf"], "--camera-fps: must be a number > 0, got 'inf'"),
+])
+def test_seeds_and_non_finite_numbers_are_refused(place, capsys, argv, fragment):
+    """A negative seed was a NumPy traceback, 'inf' a float nobody can run with (an infinite
+    learning rate trained to NaN weights, infinite seconds an OverflowError)."""
+    assert fragment in one_error_line(capsys, argv)
+    assert not (place / "sd").exists() and not (place / "r").exists()
+
+
 def test_eval_json_into_a_bad_place_fails_before_scoring(place, capsys, shared_data):
     rc = main(["eval", "--dataset", str(shared_data / "realdev"), "--json", "afile/r.json"])
     captured = capsys.readouterr()

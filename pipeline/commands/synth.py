@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ._validate import at_least, output_file, output_folder
+from ._validate import at_least, output_file, output_folder, seed
 
 NAME = "synth"
 HELP = "write a synthetic scene-text dataset (images + gt.json) and/or the demo video"
@@ -19,11 +19,12 @@ def add_arguments(parser) -> None:
                         help="write a dataset of --count images here")
     parser.add_argument("--count", type=at_least(1), default=100, help="number of dataset images")
     parser.add_argument("--size", default="1280x720", help="dataset image size WxH")
-    parser.add_argument("--seed", type=int, default=10_000,
-                        help="dataset seed (training uses seed 0; keep evaluation sets apart)")
+    parser.add_argument("--seed", type=seed, default=10_000,
+                        help="dataset seed, 0 to 2**32 - 1 (training uses seed 0; keep evaluation "
+                             "sets apart)")
     parser.add_argument("--video", metavar="PATH", type=output_file,
                         help="write the demo video here (.mp4)")
-    parser.add_argument("--video-seed", type=int, default=2024)
+    parser.add_argument("--video-seed", type=seed, default=2024, help="demo video seed, 0 to 2**32 - 1")
     parser.add_argument("--seconds", type=at_least(0.0, float, strict=True), default=10.0,
                         help="demo video length")
 

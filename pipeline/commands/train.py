@@ -6,7 +6,9 @@ import argparse
 from pathlib import Path
 from typing import Optional
 
-from ._validate import at_least, between, output_folder
+from dbnet.spec import MAX_INPUT_SIDE
+
+from ._validate import MIN_INPUT_SIDE, at_least, between, output_folder, seed, side_length
 
 NAME = "train"
 HELP = "train DBNet on synthetic text, real ICDAR2015 / mask folders or a mix (needs torch)"
@@ -65,7 +67,8 @@ def add_arguments(parser) -> None:
             help="backbone width multiplier")
     setting("--steps", type=at_least(1), default=d.steps, help="optimiser steps of the whole run")
     setting("--batch", type=at_least(1), default=d.batch, help="crops per step")
-    setting("--crop", type=int, default=d.crop, help="square training crop, pixels")
+    setting("--crop", type=crop_side, default=d.crop,
+            help=f"square training crop, pixels: a multiple of {MIN_INPUT_SIDE} up to {MAX_INPUT_SIDE}")
     setting("--scale", type=scale_range, default=d.scale, metavar="LO,HI",
             help="real folders: random size change, log-uniform in [LO, HI] (the DB paper's "
                  "0.5,3; a lower range trains on smaller text)")
@@ -78,7 +81,7 @@ def add_arguments(parser) -> None:
             help="peak AdamW learning rate")
     setting("--warmup", type=at_least(0), default=d.warmup,
             help=f"steps of linear warm-up to --lr (default: {d.warmup}, at most a tenth of --steps)")
-    setting("--seed", type=int, default=d.seed)
+    setting("--seed", type=seed, default=d.seed, help="random seed, 0 to 2**32 - 1")
     setting("--workers", type=at_least(0), default=d.workers, help="data-loader processes")
     setting("--threads", type=at_least(1), default=d.threads, help="torch CPU threads")
     setting("--device", default=d.device, choices=("cpu", "cuda", "auto"),
@@ -115,6 +118,18 @@ def add_arguments(parser) -> None:
     setting("--log-every", type=at_least(1), default=d.log_every, help="steps between progress lines")
     setting("--time-limit", type=at_least(0.0, float), default=0.0,
             help="stop (and save) after this many seconds; 0 = run all steps")
+
+
+def crop_side(text: str) -> int:
+    """--crop: an input side (32 to the maximum) that is a multiple of the network stride."""
+    try:
+        value = side_length(text)
+    except argparse.ArgumentTypeError:
+        value = None
+    if value is None or value % MIN_INPUT_SIDE:
+        raise argparse.ArgumentTypeError(f"must be a multiple of {MIN_INPUT_SIDE} from "
+                                         f"{MIN_INPUT_SIDE} to {MAX_INPUT_SIDE}, got {text!r}")
+    return value
 
 
 def scale_range(text: str) -> tuple:
