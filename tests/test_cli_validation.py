@@ -118,7 +118,22 @@ def test_other_commands_check_flags_and_output_paths_first(place, capsys, argv, 
     assert fragment in one_error_line(capsys, argv)
 
 
-# a few seconds' work at most should a check be missing (it would train or write)
+@pytest.fixture
+def no_work(monkeypatch):
+    """Training and writing a synthetic set or video fail the test at once: a value a check
+    missed would otherwise start hours of work."""
+    import export.synth.dataset
+    import export.synth.video
+    import export.train.loop
+
+    def started(*args, **kwargs):
+        raise AssertionError("the command started its work")
+
+    for module, name in ((export.train.loop, "train"), (export.synth.dataset, "write_dataset"),
+                         (export.synth.video, "write_demo_video")):
+        monkeypatch.setattr(module, name, started)
+
+
 TINY_TRAIN = ["train", "--out", "r", "--steps", "1", "--batch", "1", "--crop", "64", "--width", "0.25",
               "--workers", "0", "--threads", "1"]
 TINY_SYNTH = ["synth", "--dataset", "sd", "--count", "1", "--size", "64x64"]
@@ -139,9 +154,22 @@ TINY_SYNTH = ["synth", "--dataset", "sd", "--count", "1", "--size", "64x64"]
     (RUN + ["--reconnect-delay", "inf"], "--reconnect-delay: must be a number >= 0, got 'inf'"),
     (RUN + ["--camera-fps", "inf"], "--camera-fps: must be a number > 0, got 'inf'"),
 ])
-def test_seeds_and_non_finite_numbers_are_refused(place, capsys, argv, fragment):
+def test_seeds_and_non_finite_numbers_are_refused(place, capsys, no_work, argv, fragment):
     """A negative seed was a NumPy traceback, 'inf' a float nobody can run with (an infinite
     learning rate trained to NaN weights, infinite seconds an OverflowError)."""
+    assert fragment in one_error_line(capsys, argv)
+    assert not (place / "sd").exists() and not (place / "r").exists()
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (TINY_TRAIN + ["--threads", "1000"], "--threads: must be at most 256, got '1000'"),
+    (TINY_TRAIN + ["--workers", "1000"], "--workers: must be at most 128, got '1000'"),
+    (TINY_TRAIN + ["--width", "10"], "--width: must be at most 4, got '10'"),
+    (TINY_SYNTH + ["--count", "1000000"], "--count: must be at most 100000, got '1000000'"),
+    (["synth", "--video", "v.mp4", "--seconds", "36000"], "--seconds: must be at most 3600, got '36000'"),
+])
+def test_sizes_of_work_have_an_upper_bound(place, capsys, no_work, argv, fragment):
+    """A mistyped extra zero is refused before it starts hours of work or a thousand processes."""
     assert fragment in one_error_line(capsys, argv)
     assert not (place / "sd").exists() and not (place / "r").exists()
 

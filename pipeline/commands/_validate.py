@@ -37,16 +37,17 @@ def _show(value) -> str:
 
 
 def at_least(low, kind: type = int, strict: bool = False, at_most=None) -> Callable[[str], object]:
-    """A finite number >= low (> low when strict), and <= at_most when given."""
+    """A finite number >= low (> low when strict) and, when given, <= at_most; the error names
+    the bound the value is past."""
     noun = "an integer" if kind is int else "a number"
     what = f"{noun} {'>' if strict else '>='} {_show(low)}"
-    if at_most is not None:
-        what += f" and <= {_show(at_most)}"
 
     def check(text: str):
         value = _parse(text, kind, what)
-        if value < low or (strict and value == low) or (at_most is not None and value > at_most):
+        if value < low or (strict and value == low):
             raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+        if at_most is not None and value > at_most:
+            raise argparse.ArgumentTypeError(f"must be at most {_show(at_most)}, got {text!r}")
         return value
 
     check.__name__ = f"{kind.__name__}_at_least_{low}"

@@ -13,6 +13,10 @@ from ._validate import MIN_INPUT_SIDE, at_least, between, output_folder, seed, s
 NAME = "train"
 HELP = "train DBNet on synthetic text, real ICDAR2015 / mask folders or a mix (needs torch)"
 ORDER = 60
+# upper bounds that catch a mistyped value (an extra zero) before it starts a run
+MAX_WIDTH = 4.0     # 4x the standard ResNet's channels: 2048 in the last stage
+MAX_WORKERS = 128   # data-loader processes, each holding its own copy of the dataset
+MAX_THREADS = 256
 DESCRIPTION = """Train a DBNet detector. --data takes 'synth' (synthetic scenes made on the fly
 from --seed), an ICDAR2015-format folder (img_N.jpg + gt_img_N.txt, '###' = do not care) or a
 mask folder (NAME.jpg + NAME_mask.png, shrunk text regions); repeat it to mix sources, each with
@@ -63,8 +67,8 @@ def add_arguments(parser) -> None:
             help="synthetic scene mix (street adds photo-like built scenes, signs "
                  "more large letter-spaced lettering, mixed 60%% default + 40%% signs)")
     setting("--arch", default=d.arch, choices=("resnet18", "resnet34", "resnet50"))
-    setting("--width", type=at_least(0.0, float, strict=True), default=d.width,
-            help="backbone width multiplier")
+    setting("--width", type=at_least(0.0, float, strict=True, at_most=MAX_WIDTH), default=d.width,
+            help=f"backbone width multiplier (1: the standard ResNet; at most {MAX_WIDTH:g})")
     setting("--steps", type=at_least(1), default=d.steps, help="optimiser steps of the whole run")
     setting("--batch", type=at_least(1), default=d.batch, help="crops per step")
     setting("--crop", type=crop_side, default=d.crop,
@@ -82,8 +86,10 @@ def add_arguments(parser) -> None:
     setting("--warmup", type=at_least(0), default=d.warmup,
             help=f"steps of linear warm-up to --lr (default: {d.warmup}, at most a tenth of --steps)")
     setting("--seed", type=seed, default=d.seed, help="random seed, 0 to 2**32 - 1")
-    setting("--workers", type=at_least(0), default=d.workers, help="data-loader processes")
-    setting("--threads", type=at_least(1), default=d.threads, help="torch CPU threads")
+    setting("--workers", type=at_least(0, at_most=MAX_WORKERS), default=d.workers,
+            help=f"data-loader processes (at most {MAX_WORKERS})")
+    setting("--threads", type=at_least(1, at_most=MAX_THREADS), default=d.threads,
+            help=f"torch CPU threads (at most {MAX_THREADS})")
     setting("--device", default=d.device, choices=("cpu", "cuda", "auto"),
             help="where to train (auto: a CUDA GPU when torch sees one)")
     parser.add_argument("--amp", action=_GivenFlag, nargs=0, default=d.amp,
