@@ -174,6 +174,16 @@ def test_sizes_of_work_have_an_upper_bound(place, capsys, no_work, argv, fragmen
     assert not (place / "sd").exists() and not (place / "r").exists()
 
 
+@pytest.mark.parametrize("flag", [["--distill", "2"], ["--teacher-scale", "1.5"], ["--val-every", "5"],
+                                  ["--val-tune"], ["--val-images", "3"]])
+def test_a_train_flag_without_the_one_it_works_with_is_refused(place, capsys, no_work, flag):
+    """--distill without --teacher, --val-every without --val, ... were ignored without a word."""
+    needed = "--teacher CHECKPOINT" if "teacher" in flag[0] or "distill" in flag[0] else "--val DATASET"
+    line = one_error_line(capsys, TINY_TRAIN + flag)
+    assert f"{flag[0]} needs {needed} (it has no effect without it)" in line
+    assert not (place / "r").exists()
+
+
 def test_eval_json_into_a_bad_place_fails_before_scoring(place, capsys, shared_data):
     rc = main(["eval", "--dataset", str(shared_data / "realdev"), "--json", "afile/r.json"])
     captured = capsys.readouterr()

@@ -211,6 +211,23 @@ def _check(cfg) -> None:
         raise DbrtError(f"--crop must be a positive multiple of 32, got {cfg.crop}")
 
 
+# flags that only mean something with another one: (flag's setting, the setting it needs)
+_NEEDS = (("distill", "teacher"), ("teacher_scale", "teacher"), ("val_every", "val"),
+          ("val_tune", "val"), ("val_images", "val"))
+
+
+def _check_dependent_flags(cfg, given) -> None:
+    """A flag typed without the one it works with was ignored without a word (--distill with
+    no --teacher trained no distillation); a resumed run may have the other in its config."""
+    from engine.errors import DbrtError
+
+    for name, needed in _NEEDS:
+        if name in given and not getattr(cfg, needed):
+            flag, other = "--" + name.replace("_", "-"), "--" + needed
+            metavar = "CHECKPOINT" if needed == "teacher" else "DATASET"
+            raise DbrtError(f"{flag} needs {other} {metavar} (it has no effect without it)")
+
+
 def _with_init_target(cfg, args):
     """A fine-tune keeps the training target its --init model learnt (DB's shrink ratio, in the
     model's record) unless --shrink-ratio is given: another one changes what the map means."""
@@ -299,6 +316,7 @@ def run(args) -> int:
     from export.train.loop import train
 
     cfg = _resumed_config(args) if args.resume else _with_init_target(_new_config(args), args)
+    _check_dependent_flags(cfg, args.given)
     _check(cfg)
     validate = None
     if cfg.val:
