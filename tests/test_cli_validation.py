@@ -184,6 +184,30 @@ def test_a_train_flag_without_the_one_it_works_with_is_refused(place, capsys, no
     assert not (place / "r").exists()
 
 
+def _named_later(message: str, filename: str) -> OSError:
+    error = OSError(message)
+    error.filename = filename  # as dbnet.files.naming_the_file does
+    return error
+
+
+@pytest.mark.parametrize("error, said", [
+    (OSError(28, "No space left on device", "out/x.jpg"), "out/x.jpg: No space left on device"),
+    (OSError(28, "No space left on device"), "No space left on device"),
+    (OSError("cannot write the image"), "cannot write the image"),
+    (_named_later("cannot write the image", "out/y.jpg"), "out/y.jpg: cannot write the image"),
+])
+def test_a_file_error_names_the_file_it_carries(place, capsys, monkeypatch, error, said):
+    """Python's "[Errno 28] ...: 'FILE'" as 'FILE: reason'; an error given its file name later
+    printed "[Errno None] None: 'FILE'", without its message."""
+    import pipeline.commands.synth as synth
+
+    def fail(args):
+        raise error
+
+    monkeypatch.setattr(synth, "run", fail)
+    assert one_error_line(capsys, ["synth", "--dataset", "sd"]) == f"dbrt synth: error: {said}"
+
+
 def test_eval_json_into_a_bad_place_fails_before_scoring(place, capsys, shared_data):
     rc = main(["eval", "--dataset", str(shared_data / "realdev"), "--json", "afile/r.json"])
     captured = capsys.readouterr()
