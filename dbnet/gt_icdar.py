@@ -2,7 +2,8 @@
 (export.train.data): `x1,y1,...,x4,y4[,transcription]`, the transcription possibly holding
 commas. As the official ICDAR 2015 evaluation reads them: a quoted transcription is unquoted,
 and a word is "do not care" when it is exactly "###" (`dont_care`); other layouts (MhLiao's
-conversions) also take "#" and surrounding spaces.
+conversions) also take "#" and surrounding spaces. A coordinate that is not a finite number
+or lies absurdly far (dbnet.gt_json.check_coordinates) is an error, in both.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from .gt_json import GroundTruthError
+from .gt_json import GroundTruthError, check_coordinates
 
 DONT_CARE_TEXTS = ("###", "#")
 
@@ -40,7 +41,7 @@ def parse_icdar_line(line: str, n_coords: Optional[int] = 8) -> Tuple[np.ndarray
     if n_coords < 6 or len(fields) < n_coords or not all(_is_number(f) for f in fields[:n_coords]):
         raise GroundTruthError(f"expected {n_coords or 'at least 6'} coordinates and a "
                                f"transcription, got {line.strip()[:80]!r}")
-    points = np.asarray([float(f) for f in fields[:n_coords]], np.float32).reshape(-1, 2)
+    points = check_coordinates([float(f) for f in fields[:n_coords]]).astype(np.float32).reshape(-1, 2)
     text = ",".join(fields[n_coords:])
     quoted = re.fullmatch(r'\s*"(.*)"\s*', text)
     if quoted:  # the official reader's unquoting

@@ -87,6 +87,15 @@ def _quiet_opencv() -> None:
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
 
 
+def _os_error_text(exc: OSError) -> str:
+    """'FILE: reason' where the error carries its file (Python's own text is
+    "[Errno 28] No space left on device: 'FILE'", or "[Errno None] None: 'FILE'" for a message
+    given a file name afterwards); the error's own text where it carries none."""
+    names = [str(n) for n in (exc.filename, exc.filename2) if n is not None]
+    reason = exc.strerror or (str(exc.args[0]) if len(exc.args) == 1 else str(exc))
+    return f"{' -> '.join(names)}: {reason}" if names else reason
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     try:
@@ -108,8 +117,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (DbrtError, MissingDependency) as exc:
         print(f"dbrt {args.command}: error: {without_credentials(str(exc))}", file=sys.stderr)
         return 2
-    except OSError as exc:  # a file or folder the user named (missing, a folder, unwritable)
-        print(f"dbrt {args.command}: error: {without_credentials(str(exc))}", file=sys.stderr)
+    except OSError as exc:  # a file or folder the user named (missing, a folder, unwritable, a full disk)
+        print(f"dbrt {args.command}: error: {without_credentials(_os_error_text(exc))}", file=sys.stderr)
         return 2
 
 

@@ -26,7 +26,7 @@ import numpy as np
 from engine.errors import DbrtWarning, SourceError
 from dbnet.files import IMAGE_SUFFIXES
 from dbnet.gt_icdar import DONT_CARE_TEXTS, dont_care, parse_icdar_line as icdar_line
-from dbnet.gt_json import GroundTruthError, read_gt_records
+from dbnet.gt_json import GroundTruthError, check_coordinates, read_gt_records
 
 FORMATS = ("auto", "json", "icdar2015", "totaltext")
 
@@ -114,9 +114,12 @@ def parse_icdar_line(line: str, n_coords: Optional[int] = 8) -> Tuple[np.ndarray
 
 def parse_icdar_gt(text: str, n_coords: Optional[int] = 8) -> GroundTruth:
     polys, texts, ignore = [], [], []
-    for line in text.lstrip("\ufeff").splitlines():
+    for number, line in enumerate(text.lstrip("\ufeff").splitlines(), 1):
         if line.strip():
-            points, transcription = parse_icdar_line(line, n_coords)
+            try:
+                points, transcription = parse_icdar_line(line, n_coords)
+            except DatasetError as exc:  # as training names it (export.train.data)
+                raise DatasetError(f"line {number}: {exc}") from None
             polys.append(points)
             ignore.append(dont_care(transcription, official=n_coords == 8))
             texts.append(transcription.strip())
@@ -132,10 +135,14 @@ def parse_totaltext_gt(text: str) -> GroundTruth:
     """Total-Text's text format; records may wrap over several lines."""
     polys, texts, ignore = [], [], []
     for match in _TOTALTEXT_RECORD.finditer(text.lstrip("\ufeff")):
-        xs = np.array(match.group(1).replace(",", " ").split(), np.float32)
-        ys = np.array(match.group(2).replace(",", " ").split(), np.float32)
+        xs = np.array(match.group(1).replace(",", " ").split(), np.float64)
+        ys = np.array(match.group(2).replace(",", " ").split(), np.float64)
         if len(xs) != len(ys) or len(xs) < 3:
             raise DatasetError(f"Total-Text record with {len(xs)} x and {len(ys)} y values")
+        try:
+            check_coordinates(np.concatenate([xs, ys]))
+        except GroundTruthError as exc:
+            raise DatasetError(f"Total-Text record {len(polys) + 1}: {exc}") from None
         transcription = match.group(6)
         polys.append(np.stack([xs, ys], axis=1))
         texts.append(transcription)
@@ -157,7 +164,7 @@ def read_gt_file(path: Path, fmt: str = "auto") -> GroundTruth:
         official_icdar = fmt == "icdar2015" or Path(path).name.startswith("gt_")
         return parse_icdar_gt(text, 8 if official_icdar else None)
     except DatasetError as exc:
-        raise DatasetError(f"{path}: {exc}") from None
+        raise DatasetError(f"{path}{', ' if str(exc).startswith('line ') else ': '}{exc}") from None
 
 
 # -- folder layouts -------------------------------------------------------------------------

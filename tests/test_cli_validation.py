@@ -118,6 +118,96 @@ def test_other_commands_check_flags_and_output_paths_first(place, capsys, argv, 
     assert fragment in one_error_line(capsys, argv)
 
 
+@pytest.fixture
+def no_work(monkeypatch):
+    """Training and writing a synthetic set or video fail the test at once: a value a check
+    missed would otherwise start hours of work."""
+    import export.synth.dataset
+    import export.synth.video
+    import export.train.loop
+
+    def started(*args, **kwargs):
+        raise AssertionError("the command started its work")
+
+    for module, name in ((export.train.loop, "train"), (export.synth.dataset, "write_dataset"),
+                         (export.synth.video, "write_demo_video")):
+        monkeypatch.setattr(module, name, started)
+
+
+TINY_TRAIN = ["train", "--out", "r", "--steps", "1", "--batch", "1", "--crop", "64", "--width", "0.25",
+              "--workers", "0", "--threads", "1"]
+TINY_SYNTH = ["synth", "--dataset", "sd", "--count", "1", "--size", "64x64"]
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (TINY_SYNTH + ["--seed", "-1"],
+     "--seed: must be an integer from 0 to 4294967295, got '-1'"),
+    (["synth", "--video", "v.mp4", "--seconds", "0.1", "--video-seed", "4294967296"],
+     "--video-seed: must be an integer from 0 to 4294967295, got '4294967296'"),
+    (["synth", "--video", "v.mp4", "--seconds", "inf"], "--seconds: must be a number > 0, got 'inf'"),
+    (TINY_TRAIN + ["--seed", "-1"], "--seed: must be an integer from 0 to 4294967295"),
+    (TINY_TRAIN + ["--lr", "inf"], "--lr: must be a number > 0, got 'inf'"),
+    (TINY_TRAIN + ["--lr", "nan"], "--lr: must be a number > 0, got 'nan'"),
+    (TINY_TRAIN + ["--time-limit", "inf"], "--time-limit: must be a number >= 0, got 'inf'"),
+    (TINY_TRAIN + ["--crop", "100000"], "--crop: must be a multiple of 32 from 32 to 4000"),
+    (TINY_TRAIN + ["--crop", "100"], "--crop: must be a multiple of 32 from 32 to 4000"),
+    (RUN + ["--reconnect-delay", "inf"], "--reconnect-delay: must be a number >= 0, got 'inf'"),
+    (RUN + ["--camera-fps", "inf"], "--camera-fps: must be a number > 0, got 'inf'"),
+])
+def test_seeds_and_non_finite_numbers_are_refused(place, capsys, no_work, argv, fragment):
+    """A negative seed was a NumPy traceback, 'inf' a float nobody can run with (an infinite
+    learning rate trained to NaN weights, infinite seconds an OverflowError)."""
+    assert fragment in one_error_line(capsys, argv)
+    assert not (place / "sd").exists() and not (place / "r").exists()
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (TINY_TRAIN + ["--threads", "1000"], "--threads: must be at most 256, got '1000'"),
+    (TINY_TRAIN + ["--workers", "1000"], "--workers: must be at most 128, got '1000'"),
+    (TINY_TRAIN + ["--width", "10"], "--width: must be at most 4, got '10'"),
+    (TINY_SYNTH + ["--count", "1000000"], "--count: must be at most 100000, got '1000000'"),
+    (["synth", "--video", "v.mp4", "--seconds", "36000"], "--seconds: must be at most 3600, got '36000'"),
+])
+def test_sizes_of_work_have_an_upper_bound(place, capsys, no_work, argv, fragment):
+    """A mistyped extra zero is refused before it starts hours of work or a thousand processes."""
+    assert fragment in one_error_line(capsys, argv)
+    assert not (place / "sd").exists() and not (place / "r").exists()
+
+
+@pytest.mark.parametrize("flag", [["--distill", "2"], ["--teacher-scale", "1.5"], ["--val-every", "5"],
+                                  ["--val-tune"], ["--val-images", "3"]])
+def test_a_train_flag_without_the_one_it_works_with_is_refused(place, capsys, no_work, flag):
+    """--distill without --teacher, --val-every without --val, ... were ignored without a word."""
+    needed = "--teacher CHECKPOINT" if "teacher" in flag[0] or "distill" in flag[0] else "--val DATASET"
+    line = one_error_line(capsys, TINY_TRAIN + flag)
+    assert f"{flag[0]} needs {needed} (it has no effect without it)" in line
+    assert not (place / "r").exists()
+
+
+def _named_later(message: str, filename: str) -> OSError:
+    error = OSError(message)
+    error.filename = filename  # as dbnet.files.naming_the_file does
+    return error
+
+
+@pytest.mark.parametrize("error, said", [
+    (OSError(28, "No space left on device", "out/x.jpg"), "out/x.jpg: No space left on device"),
+    (OSError(28, "No space left on device"), "No space left on device"),
+    (OSError("cannot write the image"), "cannot write the image"),
+    (_named_later("cannot write the image", "out/y.jpg"), "out/y.jpg: cannot write the image"),
+])
+def test_a_file_error_names_the_file_it_carries(place, capsys, monkeypatch, error, said):
+    """Python's "[Errno 28] ...: 'FILE'" as 'FILE: reason'; an error given its file name later
+    printed "[Errno None] None: 'FILE'", without its message."""
+    import pipeline.commands.synth as synth
+
+    def fail(args):
+        raise error
+
+    monkeypatch.setattr(synth, "run", fail)
+    assert one_error_line(capsys, ["synth", "--dataset", "sd"]) == f"dbrt synth: error: {said}"
+
+
 def test_eval_json_into_a_bad_place_fails_before_scoring(place, capsys, shared_data):
     rc = main(["eval", "--dataset", str(shared_data / "realdev"), "--json", "afile/r.json"])
     captured = capsys.readouterr()

@@ -165,6 +165,27 @@ def test_a_polygon_of_fewer_than_three_points_is_named_not_silently_dropped(tmp_
         open_dataset(tmp_path)
 
 
+def test_a_coordinate_that_is_no_pixel_is_an_error_in_every_layout(tmp_path):
+    """NaN / overflowing coordinates in a gt.json or a Total-Text file: one error naming the
+    record, as ICDAR files name the line (one reader for training and evaluation)."""
+    import cv2
+
+    from dbnet.gt_json import GroundTruthError, read_gt_records
+
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((8, 8, 3), np.uint8))
+    (tmp_path / "gt.json").write_text(
+        '[{"image": "a.png", "polygons": [[[0, 0], [4, 0], [4, 4], [0, 4]], '
+        '[[0, 0], [NaN, 0], [4, 4]]]}]')
+    where = r"record 0 \(a.png\), polygon 1: coordinate nan is not a finite number"
+    with pytest.raises(GroundTruthError, match=where):  # what training reads too
+        read_gt_records(tmp_path / "gt.json")
+    with pytest.raises(DatasetError, match=where):
+        open_dataset(tmp_path)
+    with pytest.raises(DatasetError, match="Total-Text record 3: coordinate 1e\\+40 is beyond 1,000,000 pixels"):
+        parse_totaltext_gt(TOTALTEXT_GT.replace("[[10 20 30", "[[10 1e40 30"))
+    assert len(parse_icdar_gt("-5,-5,2000,-5,2000,900,-5,900,word")) == 1  # a little outside: a word
+
+
 @pytest.mark.parametrize("line, ignored", [
     ("10,10,100,10,100,40,10,40,###", True),
     ('10,10,100,10,100,40,10,40,"###"', True),     # the official reader unquotes

@@ -337,6 +337,24 @@ def test_cli_eval_writes_json_and_visualisation(tmp_path, tiny_onnx, capsys):
     assert (tmp_path / "vis" / "img_1.jpg").is_file() == bool(missed_or_false)
 
 
+def test_cli_eval_vis_that_cannot_be_written_is_one_error_naming_the_file(tmp_path, tiny_onnx,
+                                                                        capsys, monkeypatch):
+    """cv2.imwrite's False was ignored: on a full disk --vis reported success with no images."""
+    cv2 = pytest.importorskip("cv2")
+    from pipeline.cli import main
+
+    data = tmp_path / "ic15"
+    data.mkdir()
+    cv2.imwrite(str(data / "img_1.jpg"), np.full((64, 96, 3), 255, np.uint8))
+    (data / "gt_img_1.txt").write_text("8,15,80,15,80,45,8,45,TEXT\n")  # blank image: missed
+    monkeypatch.setattr(cv2, "imwrite", lambda *args, **kwargs: False)
+    vis = tmp_path / "vis"
+    rc = main(["eval", "--model", str(tiny_onnx), "--dataset", str(data), "--vis", str(vis),
+               "--threads", "1", "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err == [f"dbrt eval: error: {vis / 'img_1.jpg'}: OpenCV could not write the image"]
+
+
 def test_cli_eval_bad_dataset_is_one_line_exit_2(tmp_path, tiny_onnx, capsys):
     from pipeline.cli import main
 

@@ -1,5 +1,6 @@
 """Synthetic scene text: determinism, polygons that match the ink, dataset and demo video files."""
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -82,6 +83,42 @@ def test_write_dataset_is_readable_by_the_evaluator(tmp_path):
     assert all(len(r["polygons"]) == len(r["ignore"]) for r in records)
     dataset = open_dataset(tmp_path / "set")
     assert len(dataset) == 3
+
+
+@pytest.mark.parametrize("disk_full, reason", [(True, "No space left on device"),
+                                              (False, "OpenCV could not write the image")])
+def test_an_image_that_cannot_be_written_is_one_error_naming_it(tmp_path, monkeypatch, capsys,
+                                                                disk_full, reason):
+    """cv2.imwrite's False was ignored: on a full disk dbrt synth reported a dataset of images
+    that were never written."""
+    import shutil
+
+    from pipeline.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cv2, "imwrite", lambda *args, **kwargs: False)
+    if disk_full:
+        monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(100, 100, 0))
+    assert main(["synth", "--dataset", "sd", "--count", "2", "--size", "64x64"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == f"dbrt synth: error: {Path('sd/images/000000.jpg')}: {reason}\n"
+    assert "dataset:" not in captured.out and not (tmp_path / "sd" / "gt.json").exists()
+
+
+def test_a_full_disk_writing_gt_json_names_the_file(tmp_path, monkeypatch, capsys):
+    """write() on a full disk raises an OSError without a file name: the error said only
+    '[Errno 28] No space left on device'."""
+    import errno
+
+    from pipeline.cli import main
+
+    def no_space(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(Path, "write_text", no_space)
+    assert main(["synth", "--dataset", "sd", "--count", "1", "--size", "64x64"]) == 2
+    assert capsys.readouterr().err == f"dbrt synth: error: {Path('sd/gt.json')}: No space left on device\n"
 
 
 def test_demo_video_is_deterministic_and_decodes(tmp_path):

@@ -55,6 +55,22 @@ def test_dbrt_train_rejects_bad_data(tmp_path, capsys):
     assert "--data" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("weight", ["inf", "nan", "0", "-1"])
+def test_a_source_weight_must_be_positive_and_finite(tmp_path, capsys, weight):
+    """--data synth=inf trained on synth alone (every other source's share became 0)."""
+    pytest.importorskip("torch")
+    from pipeline.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), "--width", "0.25", "--steps", "1", "--batch", "1",
+                 "--crop", "64", "--workers", "0", "--threads", "1",
+                 "--data", f"synth={weight}", "--data", "synth=1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert f"--data 'synth={weight}': the weight must be a positive, finite number" in err
+    assert not (out / "config.json").exists()
+
+
 def test_fp16_storage_keeps_out_of_range_tensors_fp32():
     torch = pytest.importorskip("torch")
     from export.model import DBNet

@@ -1,6 +1,8 @@
 """DB training data: targets on hand-made polygons, losses, augmentation, the synthetic, ICDAR and
 mask sources, their mix and the batches the model takes."""
 
+import re
+
 import cv2
 import numpy as np
 import pytest
@@ -172,6 +174,25 @@ def test_ground_truth_is_read_for_training_as_eval_reads_it(tmp_path):
     gt.write_text("18,40,110,40,110,78,18,78,TEXT\n18,40,110,40,HELLO\n")
     with pytest.raises(DbrtError, match=r"gt_img_1.txt, line 2: expected 8 coordinates"):
         read_icdar_folder(folder)
+
+
+@pytest.mark.parametrize("value, why", [("nan", "coordinate nan is not a finite number"),
+                                        ("inf", "coordinate inf is not a finite number"),
+                                        ("1e40", "coordinate 1e+40 is beyond 1,000,000 pixels")])
+def test_a_coordinate_that_is_no_pixel_is_an_error_naming_the_file_and_line(tmp_path, value, why):
+    """Training drew its targets from a NaN or overflowing corner (float32 inf) with a
+    RuntimeWarning or a traceback, while dbrt eval dropped or scored the word: both readers now
+    refuse the label file alike."""
+    from engine.errors import DbrtError
+    from pipeline.datasets import DatasetError, open_dataset
+
+    folder = icdar_folder(tmp_path / "icdar")
+    (folder / "gt_img_2.txt").write_text(f"18,40,110,40,110,78,18,78,TEXT\n5,5,{value},5,15,15,5,15,###\n")
+    expected = re.escape(f"gt_img_2.txt, line 2: {why}")
+    with pytest.raises(DbrtError, match=expected):
+        read_icdar_folder(folder)
+    with pytest.raises(DatasetError, match=expected):
+        open_dataset(folder)
 
 
 def test_mask_samples_train_the_probability_map_only(tmp_path):

@@ -13,6 +13,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from dbnet.files import naming_the_file, write_image
+
 from .scene import SceneConfig, make_scene
 
 
@@ -35,8 +37,9 @@ def write_dataset(out_dir, count: int, seed: int = 10_000, height: int = 720, wi
     for i in range(count):
         scene = make_scene(np.random.default_rng((seed, i)), height, width, config)
         name = f"{i:06d}.jpg"
-        cv2.imwrite(str(out / "images" / name), scene.image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+        write_image(out / "images" / name, scene.image, [cv2.IMWRITE_JPEG_QUALITY, quality])
         records.append(_record(name, scene, min_text_size))
     path = out / "gt.json"
-    path.write_text(json.dumps(records))
+    with naming_the_file(path):
+        path.write_text(json.dumps(records))
     return path

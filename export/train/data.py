@@ -249,8 +249,8 @@ def parse_source(spec: str) -> Tuple[str, float]:
         value = float(weight)
     except ValueError:
         raise DbrtError(f"--data {spec!r}: the weight after '=' must be a number") from None
-    if not value > 0:
-        raise DbrtError(f"--data {spec!r}: the weight must be positive")
+    if not 0 < value < float("inf"):  # NaN fails too; inf made every other source's share 0
+        raise DbrtError(f"--data {spec!r}: the weight must be a positive, finite number")
     return name, value
 
 

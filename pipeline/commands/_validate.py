@@ -8,6 +8,7 @@ before any work starts, with one line naming the flag and the value:
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import tempfile
@@ -22,20 +23,31 @@ DEVICES = ("auto", "cpu", "cuda")
 
 def _parse(text: str, kind: type, what: str):
     try:
-        return kind(text)
+        value = kind(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+    if isinstance(value, float) and not math.isfinite(value):  # 'inf', 'nan': no setting
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+    return value
 
 
-def at_least(low, kind: type = int, strict: bool = False) -> Callable[[str], object]:
-    """A number >= low (> low when strict)."""
+def _show(value) -> str:
+    """A bound as the user types it: integers in full (4294967295, not 4.29497e+09)."""
+    return str(value) if isinstance(value, int) else f"{value:g}"
+
+
+def at_least(low, kind: type = int, strict: bool = False, at_most=None) -> Callable[[str], object]:
+    """A finite number >= low (> low when strict) and, when given, <= at_most; the error names
+    the bound the value is past."""
     noun = "an integer" if kind is int else "a number"
-    what = f"{noun} {'>' if strict else '>='} {low:g}"
+    what = f"{noun} {'>' if strict else '>='} {_show(low)}"
 
     def check(text: str):
         value = _parse(text, kind, what)
-        if value < low or (strict and value == low) or value != value:  # NaN fails too
+        if value < low or (strict and value == low):
             raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+        if at_most is not None and value > at_most:
+            raise argparse.ArgumentTypeError(f"must be at most {_show(at_most)}, got {text!r}")
         return value
 
     check.__name__ = f"{kind.__name__}_at_least_{low}"
@@ -45,7 +57,8 @@ def at_least(low, kind: type = int, strict: bool = False) -> Callable[[str], obj
 def between(low, high, kind: type = int, open_ends: bool = False) -> Callable[[str], object]:
     """A number in [low, high] (in (low, high) when open_ends)."""
     noun = "an integer" if kind is int else "a number"
-    what = f"{noun} {'between' if open_ends else 'from'} {low:g} {'and' if open_ends else 'to'} {high:g}"
+    what = (f"{noun} {'between' if open_ends else 'from'} {_show(low)} "
+            f"{'and' if open_ends else 'to'} {_show(high)}")
 
     def check(text: str):
         value = _parse(text, kind, what)
@@ -56,6 +69,11 @@ def between(low, high, kind: type = int, open_ends: bool = False) -> Callable[[s
 
     check.__name__ = f"{kind.__name__}_between_{low}_{high}"
     return check
+
+
+def seed(text: str) -> int:
+    """A random seed: NumPy takes 0 to 2**32 - 1."""
+    return between(0, 2 ** 32 - 1)(text)
 
 
 def number_list(low, high) -> Callable[[str], tuple]:

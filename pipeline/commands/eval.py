@@ -72,9 +72,6 @@ def add_arguments(parser) -> None:
 
 
 def _tune(args, dataset) -> int:
-    import json
-    from pathlib import Path
-
     from dataclasses import replace
 
     from pipeline import tune
@@ -103,14 +100,11 @@ def _tune(args, dataset) -> int:
     print("at those settings: "
           + tune.score(maps, DBPostprocessor(chosen, "cpu"), True, **protocol).errors_summary())
     if args.json:
-        Path(args.json).write_text(json.dumps({"dataset": str(args.dataset), "grid": rows}, indent=1) + "\n")
+        _write_json(args.json, {"dataset": str(args.dataset), "grid": rows})
     return 0
 
 
 def _e2e(args, dataset) -> int:
-    import json
-    from pathlib import Path
-
     from engine.errors import DbrtError
     from pipeline.e2e import evaluate_e2e
 
@@ -133,9 +127,20 @@ def _e2e(args, dataset) -> int:
         payload = {"dataset": str(args.dataset), "detector": described,
                    "protocol": {"iou": args.iou, "area_precision": args.area_precision,
                                 "normalisation": "strip + casefold"}, **result.to_dict()}
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(payload, indent=1, ensure_ascii=False) + "\n")
+        _write_json(args.json, payload, ensure_ascii=False)
     return 0
+
+
+def _write_json(path, payload, **dump) -> None:
+    """The --json report; a failed write names the file (a full disk's error does not)."""
+    import json
+    from pathlib import Path
+
+    from dbnet.files import naming_the_file
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with naming_the_file(path):
+        Path(path).write_text(json.dumps(payload, indent=1, **dump) + "\n")
 
 
 def _detector(args):
@@ -157,7 +162,7 @@ def _image_callback(args, total: int, timings: list):
     last = [time.perf_counter()]
 
     def on_image(sample, image, dets, result):
-        import cv2
+        from dbnet.files import write_image
 
         now = time.perf_counter()
         timings.append(now - last[0])
@@ -167,16 +172,13 @@ def _image_callback(args, total: int, timings: list):
                   f"{len(result.false_alarms)} false alarms)", flush=True)
         if vis and (result.missed or result.false_alarms):
             drawn = draw_errors(image, sample.gt.polygons, dets.polygons, result)
-            cv2.imwrite(str(vis / (Path(sample.name).stem + ".jpg")), drawn)
+            write_image(vis / (Path(sample.name).stem + ".jpg"), drawn)
         last[0] = time.perf_counter()
 
     return on_image
 
 
 def run(args) -> int:
-    import json
-    from pathlib import Path
-
     from engine.errors import DbrtError
     from pipeline.datasets import open_dataset
     from pipeline.evaluate import evaluate_detector
@@ -213,6 +215,5 @@ def run(args) -> int:
         payload = {"dataset": str(args.dataset), "format": dataset.format, "model": args.model,
                    "detector": described, "protocol": {"iou": args.iou, "area_precision": args.area_precision},
                    "ms_per_image": round(ms, 2), **result.to_dict()}
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(payload, indent=1) + "\n")
+        _write_json(args.json, payload)
     return 0

@@ -3,12 +3,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ._validate import at_least, output_file, output_folder
+from ._validate import at_least, output_file, output_folder, seed
 
 NAME = "synth"
 HELP = "write a synthetic scene-text dataset (images + gt.json) and/or the demo video"
 ORDER = 65
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov")
+# upper bounds that catch a mistyped value (an extra zero) before hours of writing
+MAX_COUNT = 100_000    # about 15 GB of 1280x720 images
+MAX_SECONDS = 3600.0   # an hour of demo video
 DESCRIPTION = """Synthetic scene text made from a seed (same seed, same output). --dataset DIR
 writes DIR/images/*.jpg and DIR/gt.json (realdev layout, readable by `dbrt eval` and
 `dbrt train --data DIR`); --video PATH writes the demo video (H.264 MP4)."""
@@ -17,15 +20,17 @@ writes DIR/images/*.jpg and DIR/gt.json (realdev layout, readable by `dbrt eval`
 def add_arguments(parser) -> None:
     parser.add_argument("--dataset", metavar="DIR", type=output_folder,
                         help="write a dataset of --count images here")
-    parser.add_argument("--count", type=at_least(1), default=100, help="number of dataset images")
+    parser.add_argument("--count", type=at_least(1, at_most=MAX_COUNT), default=100,
+                        help=f"number of dataset images (at most {MAX_COUNT:,})")
     parser.add_argument("--size", default="1280x720", help="dataset image size WxH")
-    parser.add_argument("--seed", type=int, default=10_000,
-                        help="dataset seed (training uses seed 0; keep evaluation sets apart)")
+    parser.add_argument("--seed", type=seed, default=10_000,
+                        help="dataset seed, 0 to 2**32 - 1 (training uses seed 0; keep evaluation "
+                             "sets apart)")
     parser.add_argument("--video", metavar="PATH", type=output_file,
                         help="write the demo video here (.mp4)")
-    parser.add_argument("--video-seed", type=int, default=2024)
-    parser.add_argument("--seconds", type=at_least(0.0, float, strict=True), default=10.0,
-                        help="demo video length")
+    parser.add_argument("--video-seed", type=seed, default=2024, help="demo video seed, 0 to 2**32 - 1")
+    parser.add_argument("--seconds", type=at_least(0.0, float, strict=True, at_most=MAX_SECONDS),
+                        default=10.0, help=f"demo video length, seconds (at most {MAX_SECONDS:g})")
 
 
 def _parse_size(text: str):

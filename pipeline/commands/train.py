@@ -6,11 +6,17 @@ import argparse
 from pathlib import Path
 from typing import Optional
 
-from ._validate import at_least, between, output_folder
+from dbnet.spec import MAX_INPUT_SIDE
+
+from ._validate import MIN_INPUT_SIDE, at_least, between, output_folder, seed, side_length
 
 NAME = "train"
 HELP = "train DBNet on synthetic text, real ICDAR2015 / mask folders or a mix (needs torch)"
 ORDER = 60
+# upper bounds that catch a mistyped value (an extra zero) before it starts a run
+MAX_WIDTH = 4.0     # 4x the standard ResNet's channels: 2048 in the last stage
+MAX_WORKERS = 128   # data-loader processes, each holding its own copy of the dataset
+MAX_THREADS = 256
 DESCRIPTION = """Train a DBNet detector. --data takes 'synth' (synthetic scenes made on the fly
 from --seed), an ICDAR2015-format folder (img_N.jpg + gt_img_N.txt, '###' = do not care) or a
 mask folder (NAME.jpg + NAME_mask.png, shrunk text regions); repeat it to mix sources, each with
@@ -61,11 +67,12 @@ def add_arguments(parser) -> None:
             help="synthetic scene mix (street adds photo-like built scenes, signs "
                  "more large letter-spaced lettering, mixed 60%% default + 40%% signs)")
     setting("--arch", default=d.arch, choices=("resnet18", "resnet34", "resnet50"))
-    setting("--width", type=at_least(0.0, float, strict=True), default=d.width,
-            help="backbone width multiplier")
+    setting("--width", type=at_least(0.0, float, strict=True, at_most=MAX_WIDTH), default=d.width,
+            help=f"backbone width multiplier (1: the standard ResNet; at most {MAX_WIDTH:g})")
     setting("--steps", type=at_least(1), default=d.steps, help="optimiser steps of the whole run")
     setting("--batch", type=at_least(1), default=d.batch, help="crops per step")
-    setting("--crop", type=int, default=d.crop, help="square training crop, pixels")
+    setting("--crop", type=crop_side, default=d.crop,
+            help=f"square training crop, pixels: a multiple of {MIN_INPUT_SIDE} up to {MAX_INPUT_SIDE}")
     setting("--scale", type=scale_range, default=d.scale, metavar="LO,HI",
             help="real folders: random size change, log-uniform in [LO, HI] (the DB paper's "
                  "0.5,3; a lower range trains on smaller text)")
@@ -78,9 +85,11 @@ def add_arguments(parser) -> None:
             help="peak AdamW learning rate")
     setting("--warmup", type=at_least(0), default=d.warmup,
             help=f"steps of linear warm-up to --lr (default: {d.warmup}, at most a tenth of --steps)")
-    setting("--seed", type=int, default=d.seed)
-    setting("--workers", type=at_least(0), default=d.workers, help="data-loader processes")
-    setting("--threads", type=at_least(1), default=d.threads, help="torch CPU threads")
+    setting("--seed", type=seed, default=d.seed, help="random seed, 0 to 2**32 - 1")
+    setting("--workers", type=at_least(0, at_most=MAX_WORKERS), default=d.workers,
+            help=f"data-loader processes (at most {MAX_WORKERS})")
+    setting("--threads", type=at_least(1, at_most=MAX_THREADS), default=d.threads,
+            help=f"torch CPU threads (at most {MAX_THREADS})")
     setting("--device", default=d.device, choices=("cpu", "cuda", "auto"),
             help="where to train (auto: a CUDA GPU when torch sees one)")
     parser.add_argument("--amp", action=_GivenFlag, nargs=0, default=d.amp,
@@ -115,6 +124,18 @@ def add_arguments(parser) -> None:
     setting("--log-every", type=at_least(1), default=d.log_every, help="steps between progress lines")
     setting("--time-limit", type=at_least(0.0, float), default=0.0,
             help="stop (and save) after this many seconds; 0 = run all steps")
+
+
+def crop_side(text: str) -> int:
+    """--crop: an input side (32 to the maximum) that is a multiple of the network stride."""
+    try:
+        value = side_length(text)
+    except argparse.ArgumentTypeError:
+        value = None
+    if value is None or value % MIN_INPUT_SIDE:
+        raise argparse.ArgumentTypeError(f"must be a multiple of {MIN_INPUT_SIDE} from "
+                                         f"{MIN_INPUT_SIDE} to {MAX_INPUT_SIDE}, got {text!r}")
+    return value
 
 
 def scale_range(text: str) -> tuple:
@@ -188,6 +209,23 @@ def _check(cfg) -> None:
         raise DbrtError(f"--teacher checkpoint not found: {cfg.teacher}")
     if cfg.crop <= 0 or cfg.crop % 32:
         raise DbrtError(f"--crop must be a positive multiple of 32, got {cfg.crop}")
+
+
+# flags that only mean something with another one: (flag's setting, the setting it needs)
+_NEEDS = (("distill", "teacher"), ("teacher_scale", "teacher"), ("val_every", "val"),
+          ("val_tune", "val"), ("val_images", "val"))
+
+
+def _check_dependent_flags(cfg, given) -> None:
+    """A flag typed without the one it works with was ignored without a word (--distill with
+    no --teacher trained no distillation); a resumed run may have the other in its config."""
+    from engine.errors import DbrtError
+
+    for name, needed in _NEEDS:
+        if name in given and not getattr(cfg, needed):
+            flag, other = "--" + name.replace("_", "-"), "--" + needed
+            metavar = "CHECKPOINT" if needed == "teacher" else "DATASET"
+            raise DbrtError(f"{flag} needs {other} {metavar} (it has no effect without it)")
 
 
 def _with_init_target(cfg, args):
@@ -278,6 +316,7 @@ def run(args) -> int:
     from export.train.loop import train
 
     cfg = _resumed_config(args) if args.resume else _with_init_target(_new_config(args), args)
+    _check_dependent_flags(cfg, args.given)
     _check(cfg)
     validate = None
     if cfg.val:
