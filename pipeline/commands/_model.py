@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from pipeline.reading.spec import RecSpec
 
+from ._validate import MAX_CPU_THREADS
+
 TRUST_ENGINE_HELP = ("let a version-compatible TensorRT .engine built outside dbrt (e.g. trtexec "
                      "--versionCompatible) run the TensorRT runtime it carries: code from the "
                      "file runs in this process, so only for engines you trust")
+
+THREADS_HELP = (f"CPU inference threads (0: backend default; at most {MAX_CPU_THREADS}, beyond "
+                "the core count where more threads still pay)")
 
 TRITON_FLAGS = {"triton_shm": "--triton-shm", "triton_inflight": "--triton-inflight",
                 "triton_timeout": "--triton-timeout"}

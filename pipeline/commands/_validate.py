@@ -17,6 +17,11 @@ from typing import Callable, Optional
 from dbnet.spec import MAX_INPUT_SIDE
 
 MIN_INPUT_SIDE = 32  # the network stride of every DB-family model
+# Caps on the CPU flags of `dbrt run` / `dbrt eval`: above any core count where more threads
+# still pay, and low enough that a typo (--sessions 100000: a model copy each) fails at once
+# instead of loading for hours
+MAX_CPU_THREADS = 256
+MAX_SESSIONS = 64
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -27,8 +32,9 @@ def _parse(text: str, kind: type, what: str):
         raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
 
 
-def at_least(low, kind: type = int, strict: bool = False) -> Callable[[str], object]:
-    """A number >= low (> low when strict)."""
+def at_least(low, kind: type = int, strict: bool = False,
+             most=None) -> Callable[[str], object]:
+    """A number >= low (> low when strict), and <= most when given."""
     noun = "an integer" if kind is int else "a number"
     what = f"{noun} {'>' if strict else '>='} {low:g}"
 
@@ -36,6 +42,8 @@ def at_least(low, kind: type = int, strict: bool = False) -> Callable[[str], obj
         value = _parse(text, kind, what)
         if value < low or (strict and value == low) or value != value:  # NaN fails too
             raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+        if most is not None and value > most:
+            raise argparse.ArgumentTypeError(f"must be at most {most:g}, got {text!r}")
         return value
 
     check.__name__ = f"{kind.__name__}_at_least_{low}"

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Optional
 
 from ._outputs import clear_earlier_outputs, outputs_written, video_names, visual_sinks
-from ._model import REC_MARGIN_HELP, TRUST_ENGINE_HELP, add_triton_arguments
-from ._validate import (DEVICES, at_least, between, broker_url, fourcc, frame_size, input_size,
-                        listen_address, output_folder, side_length)
+from ._model import REC_MARGIN_HELP, THREADS_HELP, TRUST_ENGINE_HELP, add_triton_arguments
+from ._validate import (DEVICES, MAX_CPU_THREADS, MAX_SESSIONS, at_least, between, broker_url,
+                        fourcc, frame_size, input_size, listen_address, output_folder, side_length)
 
 NAME = "run"
 ORDER = 10
@@ -35,11 +35,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--backend", default="auto", choices=("auto", "tensorrt", "onnxruntime"))
     m.add_argument("--device", default="auto", choices=DEVICES, help="where the model runs")
     m.add_argument("--preset", help="pre/post-processing preset for foreign models (db, ppocr, mmocr)")
-    m.add_argument("--threads", type=at_least(0), default=0,
-                   help="CPU inference threads (0: backend default)")
-    m.add_argument("--sessions", type=at_least(1), default=1,
+    m.add_argument("--threads", type=at_least(0, most=MAX_CPU_THREADS), default=0,
+                   help=THREADS_HELP)
+    m.add_argument("--sessions", type=at_least(1, most=MAX_SESSIONS), default=1,
                    help="ONNX Runtime on the CPU: N sessions (of --threads threads, default 1) "
-                        "share each batch of >= N frames; often faster than one N-thread session")
+                        "share each batch of >= N frames; often faster than one N-thread session "
+                        f"(at most {MAX_SESSIONS}: each holds a copy of the model)")
     m.add_argument("--ort-spin", choices=("on", "off"),
                    help="ONNX Runtime: idle inference threads busy-wait (on) or sleep (off); "
                         "default: ONNX Runtime's (on)")
@@ -82,8 +83,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="capacity of each stage queue, in batches (default: 4; 1 when every "
                         "source is live, so that results stay fresh)")
     q.add_argument("--max-frames", type=at_least(1), help="stop each source after N frames")
-    q.add_argument("--decode-threads", type=at_least(0), default=0,
-                   help="FFmpeg decoding threads (0: auto)")
+    q.add_argument("--decode-threads", type=at_least(0, most=MAX_CPU_THREADS), default=0,
+                   help=f"FFmpeg decoding threads (0: auto; at most {MAX_CPU_THREADS})")
     q.add_argument("--reconnect", type=at_least(-1), default=10,
                    help="network streams, gst: pipelines and a triton:// model: reconnect attempts per outage "
                         "(-1: forever, 0: none)")
