@@ -59,6 +59,8 @@ RUN = ["run", "clip.mp4", "--quiet"]
     (RUN + ["--sessions", "100000"], "--sessions: must be at most 64, got '100000'"),
     (RUN + ["--decode-threads", "100000"], "--decode-threads: must be at most 256, got '100000'"),
     (RUN + ["--max-side", "640", "--limit-side", "320"], "not --max-side with --limit-side"),
+    (RUN + ["--input-size", "736x1280", "--max-side", "640"], "give --input-size or --max-side, not both"),
+    (RUN + ["--input-size", "736x1280", "--limit-side", "640"], "give --input-size or --limit-side, not both"),
     (RUN + ["--serve-token", "x"], "--serve-token applies to --serve only"),
     (RUN + ["--camera-size", "1920"], "--camera-size: expected WIDTHxHEIGHT, e.g. 1920x1080, got '1920'"),
     (RUN + ["--camera-size", "0x480"], "--camera-size: expected WIDTHxHEIGHT"),

@@ -82,6 +82,7 @@ def spec_changes(args) -> dict:
 
     names = ("limit_side", "limit_type", "thresh", "box_thresh", "unclip_ratio", "box_type")
     changes = {name: getattr(args, name, None) for name in names}
+    _check_resize_flags(args, changes)
     if getattr(args, "max_side", None):
         for name in ("limit_side", "limit_type"):
             if changes[name] is not None:
@@ -91,6 +92,21 @@ def spec_changes(args) -> dict:
     if getattr(args, "keep_aspect", False):
         changes["keep_aspect"] = True
     return {k: v for k, v in changes.items() if v is not None}
+
+
+def _check_resize_flags(args, changes: dict) -> None:
+    """--input-size fixes the network input for every frame, so the resize rule (--max-side,
+    --limit-side, --limit-type) would be ignored: refused instead."""
+    from engine.errors import ModelError
+
+    if getattr(args, "input_size", None) is None:
+        return
+    rule = [flag for flag, given in (("--max-side", getattr(args, "max_side", None)),
+                                     ("--limit-side", changes["limit_side"]),
+                                     ("--limit-type", changes["limit_type"])) if given is not None]
+    if rule:
+        raise ModelError(f"--input-size fixes every frame's network input, so the resize rule "
+                         f"of {rule[0]} would be ignored: give --input-size or {rule[0]}, not both")
 
 
 def build_detector(args):
