@@ -154,6 +154,9 @@ def _check_flag_pairs(args) -> None:
                         "DBRT_SERVE_TOKEN, which also keeps it out of the process list")
     if args.serve_token and not args.serve:
         raise DbrtError("--serve-token applies to --serve only; add --serve or drop --serve-token")
+    if args.show_scores and args.no_video and not (args.show or args.serve):
+        raise DbrtError("--show-scores writes scores on the annotated video / images, the --show "
+                        "window or the --serve view; with --no-video there is none: drop one")
 
 
 def _camera_mode(args) -> dict:
