@@ -125,6 +125,22 @@ def test_other_commands_check_flags_and_output_paths_first(place, capsys, argv, 
     assert fragment in one_error_line(capsys, argv)
 
 
+@pytest.mark.parametrize("argv, flag", [
+    (RUN + ["-o", ""], "-o/--output"),
+    (RUN + ["--output", "  "], "-o/--output"),
+    (["export", "-o", ""], "-o/--output"),
+    (["eval", "--dataset", "d", "--vis", ""], "--vis"),
+    (["eval", "--dataset", "d", "--json", ""], "--json"),
+    (["build", "m.onnx", "-o", ""], "-o/--output"),
+    (["build", "m.onnx", "--calib-cache", ""], "--calib-cache"),
+    (["triton", "export", "-o", ""], "-o/--output"),
+])
+def test_an_empty_output_path_is_refused_not_the_current_folder(place, capsys, argv, flag):
+    line = one_error_line(capsys, argv)
+    assert f"argument {flag}: empty path" in line
+    assert sorted(p.name for p in place.iterdir()) == ["afile", "photo.jpg"]  # nothing written
+
+
 def test_eval_json_into_a_bad_place_fails_before_scoring(place, capsys, shared_data):
     rc = main(["eval", "--dataset", str(shared_data / "realdev"), "--json", "afile/r.json"])
     captured = capsys.readouterr()

@@ -151,9 +151,14 @@ def _file_problem(path: Path) -> Optional[str]:
     return _folder_problem(path.parent)
 
 
+def _empty_path(text: str) -> Optional[str]:
+    """An empty name (an unset variable: -o "$OUT") would be the current folder: refused."""
+    return "empty path (an unset variable?); give a name" if not text.strip() else None
+
+
 def output_folder(text: str) -> str:
     """A folder the command will write into: it exists and is writable, or can be created."""
-    problem = _folder_problem(Path(text))
+    problem = _empty_path(text) or _folder_problem(Path(text))
     if problem:
         raise argparse.ArgumentTypeError(problem)
     return text
@@ -161,7 +166,7 @@ def output_folder(text: str) -> str:
 
 def output_file(text: str) -> str:
     """A file the command will write: not a folder, in a folder that is or can be made writable."""
-    problem = _file_problem(Path(text))
+    problem = _empty_path(text) or _file_problem(Path(text))
     if problem:
         raise argparse.ArgumentTypeError(problem)
     return text
