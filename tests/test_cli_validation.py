@@ -236,6 +236,29 @@ def test_a_fixed_input_size_must_fit_the_model_stride(place, capsys, tiny_onnx):
     assert "input size 100x100: each side must be a multiple of 32" in line
 
 
+@pytest.mark.parametrize("argv", [
+    ["run", "photo.jpg", "-o", "o", "--quiet", "--trust-engine-code", "--model", "MODEL"],
+    ["run", "photo.jpg", "-o", "o", "--quiet", "--trust-engine-code"],  # the shipped ONNX
+    ["eval", "--dataset", "photo.jpg", "--trust-engine-code", "--model", "MODEL"],
+    ["info", "MODEL", "--trust-engine-code"],
+])
+def test_trusting_engine_code_of_an_onnx_model_names_the_flag(place, capsys, tiny_onnx, argv):
+    """The flag means nothing for an ONNX model: refused by its name (it was the option name
+    engine_host_code, or nothing at all for dbrt info)."""
+    argv = [str(tiny_onnx) if a == "MODEL" else a for a in argv]
+    line = one_error_line(capsys, argv)
+    assert "--trust-engine-code applies to a prebuilt TensorRT .engine" in line
+
+
+def test_the_library_names_the_flag_for_an_onnx_on_onnx_runtime_too(tiny_onnx):
+    from engine.errors import ModelError
+    from engine.loader import RunnerOptions, load_runner
+
+    with pytest.raises(ModelError, match=r"engine_host_code \(--trust-engine-code\) applies to a "
+                                         r"prebuilt .engine only, not "):
+        load_runner(tiny_onnx, backend="onnxruntime", options=RunnerOptions(engine_host_code=True))
+
+
 def test_an_unknown_device_is_refused_not_replaced_by_auto(tiny_onnx):
     from engine.errors import ModelError
     from pipeline.detector import Detector

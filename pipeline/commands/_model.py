@@ -35,6 +35,22 @@ def runner_options(args):
                          triton=triton_options(args))
 
 
+def check_trust_engine_code(args) -> None:
+    """--trust-engine-code with a model that is not a prebuilt engine (an ONNX, the shipped
+    model, a triton:// one) is an error naming the flag, not an option name or nothing."""
+    if not getattr(args, "trust_engine_code", False):
+        return
+    from pathlib import Path
+
+    from engine.describe import ENGINE_SUFFIXES
+    from engine.errors import ModelError
+
+    model = getattr(args, "model", None)
+    if model is None or Path(str(model)).suffix.lower() not in ENGINE_SUFFIXES:
+        raise ModelError(f"--trust-engine-code applies to a prebuilt TensorRT .engine / .plan "
+                         f"only; {model or 'the shipped model'} is not one: drop the flag")
+
+
 def add_triton_arguments(parser) -> None:
     """The --triton-* flags of a command that takes a triton:// --model."""
     from ._validate import at_least

@@ -1,7 +1,8 @@
 """`dbrt eval`: precision / recall / hmean of a model on a dataset (ICDAR 2015 protocol)."""
 from __future__ import annotations
 
-from ._model import REC_MARGIN_HELP, THREADS_HELP, TRUST_ENGINE_HELP, add_triton_arguments
+from ._model import (REC_MARGIN_HELP, THREADS_HELP, TRUST_ENGINE_HELP, add_triton_arguments,
+                     check_trust_engine_code)
 from ._validate import DEVICES, MAX_CPU_THREADS, at_least, between, number_list, output_file, output_folder, side_length
 
 NAME = "eval"
@@ -182,6 +183,7 @@ def run(args) -> int:
     from pipeline.evaluate import evaluate_detector
 
     args.tune = args.tune or any((args.tune_thresh, args.tune_box_thresh, args.tune_unclip))
+    check_trust_engine_code(args)
     if not args.e2e and any(v is not None for v in (args.rec_model, args.rec_dict, args.rec_margin)):
         raise DbrtError("--rec-model / --rec-dict / --rec-margin apply to reading, which dbrt "
                         "eval does with --e2e only; add --e2e")
