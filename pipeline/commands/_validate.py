@@ -25,6 +25,14 @@ MAX_SESSIONS = 64
 DEVICES = ("auto", "cpu", "cuda")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """A usage mistake is one line naming the flag and the value (no usage block), exit 2: the
+    parser of every dbrt command and of the benchmarks `dbrt bench` runs."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _parse(text: str, kind: type, what: str):
     try:
         return kind(text)
