@@ -293,6 +293,21 @@ def test_flag_mistakes_found_before_any_work(place, capsys, argv, fragment):
     assert not (place / "sd").exists()
 
 
+@pytest.mark.parametrize("flags, fragment", [
+    (["--min", "abc", "--opt", "64x64"], "--min: bad shape 'abc'"),
+    (["--opt", "64x64", "--max", "1x3x64"], "--max: bad shape '1x3x64'"),
+    (["--opt", "64x64", "--batch", "0"], "--batch: bad batch range '0'"),
+    (["--opt", "64x64", "--max", "32x32"], "needs min <= opt <= max"),
+    (["--batch", "2"], "--batch needs --opt"),
+])
+def test_build_shape_flags_are_checked_before_tensorrt_is_looked_for(place, capsys, monkeypatch,
+                                                                     tiny_onnx, flags, fragment):
+    """On a machine without TensorRT a mistyped shape said only that TensorRT was missing."""
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    line = one_error_line(capsys, ["build", str(tiny_onnx), "-o", "m.engine"] + flags)
+    assert fragment in line and "tensorrt" not in line.lower()
+
+
 def test_a_truncated_checkpoint_is_named_damaged(place, capsys):
     shipped = REPO / "export" / "assets" / "dbnet_default.pt"
     (place / "cut.pt").write_bytes(shipped.read_bytes()[:50_000])
