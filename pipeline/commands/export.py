@@ -244,20 +244,35 @@ def run(args) -> int:
                   "than on unseen images")
         images = read_images(args.accuracy, args.accuracy_count)
         for result in compare_many(paths[0], paths[1:], images):  # at the model's own input size
-            _report(result)
+            _report(result, args.keep_fp32_sensitive)
     elif "int8" in args.precision:
         # no --accuracy: a quick look on a few calibration images still catches a broken range
         images = read_images(args.calib, min(QUICK_CHECK_IMAGES, args.calib_count))
         print(f"quick INT8 check on {len(images)} images from --calib (--accuracy IMAGES checks "
               "held-out ones):")
-        _report(compare_many(paths[0], [paths[-1]], images, limit_side=args.calib_side)[0])
+        _report(compare_many(paths[0], [paths[-1]], images, limit_side=args.calib_side)[0],
+                args.keep_fp32_sensitive)
     return status
 
 
-def _report(result) -> None:
+def _report(result, kept_sensitive: int = 0) -> None:
     """One comparison line, and a warning when INT8 lost many of FP32's boxes."""
     print(result)
     if result.precision == "int8" and result.reference_boxes and result.hmean < INT8_WARN_HMEAN:
         print(f"WARNING: the INT8 model's boxes agree with FP32 at only {result.hmean:.2f} on "
               "these images; try another --calib-method, more or more representative --calib "
-              "images, or --keep-fp32-sensitive 10")
+              f"images{_keep_more_hint(kept_sensitive)}")
+
+
+# the shipped ResNet-18 DBNet has 31 convolutions: with this many kept in FP32 little is left INT8,
+# so no larger number is suggested
+MANY_SENSITIVE = 32
+
+
+def _keep_more_hint(kept: int) -> str:
+    """The --keep-fp32-sensitive to try next: more than the `kept` layers already kept, or none
+    when most of the network is FP32 already."""
+    if kept >= MANY_SENSITIVE:
+        return f" (already {kept} sensitive layers kept in FP32)"
+    return f", or --keep-fp32-sensitive {max(10, 2 * kept)}" + (
+        f" (more than the {kept} kept now)" if kept else "")
