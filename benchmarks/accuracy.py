@@ -60,8 +60,8 @@ def write(payload: dict, out_dir: Path, name: str) -> Path:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog=common.prog("benchmarks.accuracy"), description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = common.argument_parser("benchmarks.accuracy", description=__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, help="ONNX model (default: the shipped one)")
     p.add_argument("--dataset", type=Path, default=REALDEV)
     p.add_argument("--box-type", default="quad", choices=("quad", "poly"))

@@ -45,6 +45,14 @@ def prog(module: str) -> str:
     return invoked_as.get(module, f"python -m {module}")
 
 
+def argument_parser(module: str, **kwargs):
+    """A benchmark's argument parser, named as it was started; a usage mistake is one line, as
+    in every dbrt command."""
+    from pipeline.commands._validate import OneLineParser
+
+    return OneLineParser(prog=prog(module), **kwargs)
+
+
 # -- machine -----------------------------------------------------------------------------------
 
 def _slug(text: str) -> str:

@@ -143,8 +143,8 @@ def report(rows: List[dict], args, model: Path, val_name: str, images: int) -> P
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog=common.prog("benchmarks.input_size"), description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = common.argument_parser("benchmarks.input_size", description=__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--val", type=Path, required=True,
                    help="validation split: an ICDAR 2015 folder (img_N.jpg + gt_img_N.txt) or a gt.json")
     p.add_argument("--model", type=Path, help="ONNX model (default: the shipped one)")

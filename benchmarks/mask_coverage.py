@@ -169,8 +169,8 @@ def _model(text: str) -> Tuple[str, Path]:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog=common.prog("benchmarks.mask_coverage"), description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = common.argument_parser("benchmarks.mask_coverage", description=__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("folder", type=Path, help="a mask folder (NAME.jpg + NAME_mask.png)")
     p.add_argument("--model", type=_model, action="append", metavar="NAME=MODEL.onnx",
                    help="a dbrt ONNX model and its name in the table; repeat (default: shipped=the shipped model)")

@@ -241,7 +241,7 @@ def run(model=None, weights=None, sizes=(320, 480, 640, 736), batches=(1, 4), wa
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog=common.prog("benchmarks.model_bench"), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = common.argument_parser("benchmarks.model_bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, help="ONNX model (default: the shipped one)")
     p.add_argument("--weights", type=Path, help="the same model's PyTorch weights (for the baseline)")
     p.add_argument("--sizes", type=at_least(32), nargs="+", default=[320, 480, 640, 736], help="square input sides")

@@ -243,8 +243,8 @@ def bench_video(path: Path, frames: int, theirs, variants: dict, rounds: int = 2
 # -- command line --------------------------------------------------------------------------------
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog=common.prog("benchmarks.peer_rapidocr"),
-                                     description=__doc__.split("\n\n")[0])
+    parser = common.argument_parser("benchmarks.peer_rapidocr",
+                                    description=__doc__.split("\n\n")[0])
     parser.add_argument("--frames", type=int, default=40, help="frames per video (default 40)")
     parser.add_argument("--threads", type=int, default=0,
                         help="ONNX Runtime intra-op threads for both sides (0: ORT default)")

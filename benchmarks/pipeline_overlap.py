@@ -144,8 +144,8 @@ def _watch(pipe, mode: str, broker_port: Optional[int]):
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog=common.prog("benchmarks.pipeline_overlap"), description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = common.argument_parser("benchmarks.pipeline_overlap", description=__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--video", default=str(VIDEO))
     p.add_argument("--model", help="ONNX model (default: shipped, else random weights)")
     p.add_argument("--max-side", type=int, default=512, help="cap the long side (CPU-friendly)")

@@ -324,8 +324,8 @@ def chosen_settings(names: str) -> List[PostprocessConfig]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog=common.prog("benchmarks.postprocess_bench"),
-                                     description=__doc__.split("\n")[0])
+    parser = common.argument_parser("benchmarks.postprocess_bench",
+                                    description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer, smaller map sets")
     parser.add_argument("--repeats", type=at_least(1), default=5, help="timed runs per map")
     parser.add_argument("--no-real", action="store_true", help="skip the model-generated maps")

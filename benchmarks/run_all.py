@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 from typing import List, Optional, Sequence
 
+from pipeline.commands._validate import at_least
+
 from . import common
 
 BENCHMARKS = {  # name -> (module, what it measures)
@@ -148,12 +150,13 @@ def write_index(out_dir: Path, records: List[dict], started: float) -> Path:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog=common.prog("benchmarks.run_all"), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = common.argument_parser("benchmarks.run_all", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", nargs="+", choices=list(BENCHMARKS), default=list(BENCHMARKS))
     p.add_argument("--quick", action="store_true", help="tiny sweeps (smoke test, not for publishing)")
     p.add_argument("--model", help="ONNX model of the model sweep, accuracy and peer-accuracy (default: shipped)")
     p.add_argument("--weights", help="its PyTorch weights (the PyTorch baseline)")
-    p.add_argument("--timeout", type=float, default=1800, help="seconds per benchmark")
+    p.add_argument("--timeout", type=at_least(0.0, float, strict=True), default=1800,
+                   help="seconds per benchmark")
     p.add_argument("--out", help="results folder (default: benchmarks/results/<machine>)")
     for name in BENCHMARKS:
         p.add_argument(f"--{name}-args", default="", help=f"extra arguments for {BENCHMARKS[name][0]}")

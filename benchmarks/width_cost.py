@@ -107,8 +107,8 @@ def report(rows: List[dict], args) -> Path:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog=common.prog("benchmarks.width_cost"), description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = common.argument_parser("benchmarks.width_cost", description=__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--widths", type=float, nargs="+", default=[0.5, 0.75, 1.0])
     p.add_argument("--frames", type=parse_frame, nargs="+", default=[parse_frame(s) for s in DEFAULT_FRAMES],
                    help="source frame sizes HEIGHTxWIDTH, resized as the detector resizes them")

@@ -115,13 +115,13 @@ def load_runner(model: os.PathLike, backend: str = "auto", device: str = "auto",
                               host_code=options.engine_host_code)
     if suffix != ".onnx":
         raise ModelError(f"unsupported model file {path.name}: expected .onnx, .engine or .plan")
+    if options.engine_host_code:  # an ONNX has no host code; what dbrt builds, its record says
+        raise ModelError(f"engine_host_code (--trust-engine-code) applies to a prebuilt .engine "
+                         f"only, not {path.name}")
     if backend == "tensorrt" or (backend == "auto" and device != "cpu" and tensorrt_usable()):
         if options.sessions > 1:
             raise ModelError("sessions > 1 is for ONNX Runtime on the CPU; a TensorRT engine "
                              "takes whole batches (use --batch)")
-        if options.engine_host_code:  # what dbrt builds, its record says
-            raise ModelError("engine_host_code (--trust-engine-code) applies to a prebuilt "
-                             ".engine only")
         _refuse(options, set(ALL_OPTIONS) - set(ORT_OPTIONS) - set(TRITON_OPTIONS), "TensorRT")
         from .tensorrt.cache import cached_engine_runner  # builds once, then reuses the cached engine
 

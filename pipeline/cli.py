@@ -19,6 +19,7 @@ from typing import List, Optional
 from engine.errors import DbrtError, DbrtWarning
 from engine.lazy import MissingDependency
 
+from .commands._validate import OneLineParser
 from .sources.base import without_credentials
 
 from . import commands as _commands_pkg
@@ -35,13 +36,6 @@ def _command_modules():
     return sorted(mods, key=lambda m: (getattr(m, "ORDER", 50), m.NAME))
 
 
-class _Parser(argparse.ArgumentParser):
-    """A usage mistake is one line naming the flag and the value (no usage block), exit 2."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows a flag's default only where it says something: not for None / False (an unset
     option, an off switch) and not where the help text already gives it ("(default ...",
@@ -56,7 +50,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = OneLineParser(
         prog="dbrt", description="Real-time scene-text detection on video with DBNet and TensorRT.")
     parser.add_argument("--version", action="version", version="dbrt 0.1.0")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

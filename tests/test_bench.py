@@ -234,6 +234,24 @@ def test_dbrt_bench_argument_errors_name_the_command(which, module, capsys):
     assert f"python -m benchmarks.{module}: error:" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv, fragment", [
+    (["model", "--no-such-flag"], "dbrt bench model: error: unrecognized arguments: --no-such-flag"),
+    (["pipeline", "--no-such-flag"], "dbrt bench pipeline: error: unrecognized arguments"),
+    (["all", "--timeout", "-1"], "dbrt bench all: error: argument --timeout: must be a number > 0, got '-1'"),
+    (["all", "--timeout", "0"], "argument --timeout: must be a number > 0, got '0'"),
+])
+def test_dbrt_bench_usage_errors_are_one_line_like_every_command(argv, fragment, capsys):
+    """The benchmarks' parsers printed their usage block before the error; run_all took a
+    timeout of -1 (every benchmark then 'timed out' at once)."""
+    from pipeline.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["bench"] + argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and fragment in err[0], err
+
+
 def test_run_all_sizes_given_replace_the_default_tensorrt_sizes():
     from benchmarks import run_all
 

@@ -55,8 +55,14 @@ RUN = ["run", "clip.mp4", "--quiet"]
     (RUN + ["--queue-size", "0"], "--queue-size: must be an integer >= 1"),
     (RUN + ["--reconnect-delay", "-1"], "--reconnect-delay: must be a number >= 0"),
     (RUN + ["--threads", "two"], "--threads: must be an integer >= 0, got 'two'"),
+    (RUN + ["--threads", "257"], "--threads: must be at most 256, got '257'"),
+    (RUN + ["--sessions", "100000"], "--sessions: must be at most 64, got '100000'"),
+    (RUN + ["--decode-threads", "100000"], "--decode-threads: must be at most 256, got '100000'"),
     (RUN + ["--max-side", "640", "--limit-side", "320"], "not --max-side with --limit-side"),
+    (RUN + ["--input-size", "736x1280", "--max-side", "640"], "give --input-size or --max-side, not both"),
+    (RUN + ["--input-size", "736x1280", "--limit-side", "640"], "give --input-size or --limit-side, not both"),
     (RUN + ["--serve-token", "x"], "--serve-token applies to --serve only"),
+    (RUN + ["--show-scores", "--no-video"], "--show-scores writes scores on the annotated video"),
     (RUN + ["--camera-size", "1920"], "--camera-size: expected WIDTHxHEIGHT, e.g. 1920x1080, got '1920'"),
     (RUN + ["--camera-size", "0x480"], "--camera-size: expected WIDTHxHEIGHT"),
     (RUN + ["--camera-fps", "0"], "--camera-fps: must be a number > 0, got '0'"),
@@ -101,6 +107,7 @@ def test_read_only_output_folder(place, capsys):
     (["eval", "--dataset", "d", "--vis", "afile"], "--vis: 'afile' is a file, not a folder"),
     (["eval", "--dataset", "d", "--iou", "1.5"], "--iou: must be a number between 0 and 1, got '1.5'"),
     (["eval", "--dataset", "d", "--device", "gpu0"], "--device: invalid choice: 'gpu0'"),
+    (["eval", "--dataset", "d", "--threads", "100000"], "--threads: must be at most 256"),
     (["eval", "--dataset", "d", "--rec-model", "r.onnx"], "--rec-margin apply to reading, which dbrt eval does with --e2e only"),
     (["eval", "--dataset", "d", "--rec-margin", "0.1", "--tune"], "add --e2e"),
     (["build", "m.onnx", "-o", "afile/m.engine"], "-o/--output: 'afile' is a file, not a folder"),
@@ -208,6 +215,22 @@ def test_a_file_error_names_the_file_it_carries(place, capsys, monkeypatch, erro
     assert one_error_line(capsys, ["synth", "--dataset", "sd"]) == f"dbrt synth: error: {said}"
 
 
+@pytest.mark.parametrize("argv, flag", [
+    (RUN + ["-o", ""], "-o/--output"),
+    (RUN + ["--output", "  "], "-o/--output"),
+    (["export", "-o", ""], "-o/--output"),
+    (["eval", "--dataset", "d", "--vis", ""], "--vis"),
+    (["eval", "--dataset", "d", "--json", ""], "--json"),
+    (["build", "m.onnx", "-o", ""], "-o/--output"),
+    (["build", "m.onnx", "--calib-cache", ""], "--calib-cache"),
+    (["triton", "export", "-o", ""], "-o/--output"),
+])
+def test_an_empty_output_path_is_refused_not_the_current_folder(place, capsys, argv, flag):
+    line = one_error_line(capsys, argv)
+    assert f"argument {flag}: empty path" in line
+    assert sorted(p.name for p in place.iterdir()) == ["afile", "photo.jpg"]  # nothing written
+
+
 def test_eval_json_into_a_bad_place_fails_before_scoring(place, capsys, shared_data):
     rc = main(["eval", "--dataset", str(shared_data / "realdev"), "--json", "afile/r.json"])
     captured = capsys.readouterr()
@@ -303,6 +326,29 @@ def test_a_fixed_input_size_must_fit_the_model_stride(place, capsys, tiny_onnx):
     assert "input size 100x100: each side must be a multiple of 32" in line
 
 
+@pytest.mark.parametrize("argv", [
+    ["run", "photo.jpg", "-o", "o", "--quiet", "--trust-engine-code", "--model", "MODEL"],
+    ["run", "photo.jpg", "-o", "o", "--quiet", "--trust-engine-code"],  # the shipped ONNX
+    ["eval", "--dataset", "photo.jpg", "--trust-engine-code", "--model", "MODEL"],
+    ["info", "MODEL", "--trust-engine-code"],
+])
+def test_trusting_engine_code_of_an_onnx_model_names_the_flag(place, capsys, tiny_onnx, argv):
+    """The flag means nothing for an ONNX model: refused by its name (it was the option name
+    engine_host_code, or nothing at all for dbrt info)."""
+    argv = [str(tiny_onnx) if a == "MODEL" else a for a in argv]
+    line = one_error_line(capsys, argv)
+    assert "--trust-engine-code applies to a prebuilt TensorRT .engine" in line
+
+
+def test_the_library_names_the_flag_for_an_onnx_on_onnx_runtime_too(tiny_onnx):
+    from engine.errors import ModelError
+    from engine.loader import RunnerOptions, load_runner
+
+    with pytest.raises(ModelError, match=r"engine_host_code \(--trust-engine-code\) applies to a "
+                                         r"prebuilt .engine only, not "):
+        load_runner(tiny_onnx, backend="onnxruntime", options=RunnerOptions(engine_host_code=True))
+
+
 def test_an_unknown_device_is_refused_not_replaced_by_auto(tiny_onnx):
     from engine.errors import ModelError
     from pipeline.detector import Detector
@@ -319,6 +365,14 @@ def test_an_unknown_device_is_refused_not_replaced_by_auto(tiny_onnx):
     (["export", "--target-trt", "bogus"], "bad TensorRT target 'bogus'"),
     (["export", "--keep-fp32-head"], "--keep-fp32-head applies to --precision int8 only"),
     (["export", "--accuracy", "photo.jpg"], "--accuracy compares FP16 / INT8 with FP32"),
+    (["export", "--fp16-converter", "modelopt"], "--fp16-converter applies to --precision fp16 only"),
+    (["export", "--precision", "int8", "--fp16-converter", "modelopt", "--calib", "photo.jpg"],
+     "--fp16-converter applies to --precision fp16 only"),
+    (["export", "--calib-method", "mse"], "--calib-method applies to --precision int8 only"),
+    (["export", "--precision", "fp16", "--calib-count", "8"], "--calib-count applies to --precision int8"),
+    (["export", "--calib-side", "320"], "--calib-side applies to --precision int8 only"),
+    (["export", "--precision", "fp16", "--accuracy-count", "4"],
+     "--accuracy-count applies to --accuracy IMAGES only"),
     (["eval", "--dataset", "empty.json"], "no images in empty.json"),
     (["eval", "--dataset", "empty.json", "--e2e", "--tune"], "--tune scores detection only"),
     (["eval", "--dataset", "photo.jpg", "--gt", "missing"], "ground-truth folder not found: missing"),
@@ -327,6 +381,21 @@ def test_flag_mistakes_found_before_any_work(place, capsys, argv, fragment):
     (place / "empty.json").write_text("[]")
     assert fragment in one_error_line(capsys, argv)
     assert not (place / "sd").exists()
+
+
+@pytest.mark.parametrize("flags, fragment", [
+    (["--min", "abc", "--opt", "64x64"], "--min: bad shape 'abc'"),
+    (["--opt", "64x64", "--max", "1x3x64"], "--max: bad shape '1x3x64'"),
+    (["--opt", "64x64", "--batch", "0"], "--batch: bad batch range '0'"),
+    (["--opt", "64x64", "--max", "32x32"], "needs min <= opt <= max"),
+    (["--batch", "2"], "--batch needs --opt"),
+])
+def test_build_shape_flags_are_checked_before_tensorrt_is_looked_for(place, capsys, monkeypatch,
+                                                                     tiny_onnx, flags, fragment):
+    """On a machine without TensorRT a mistyped shape said only that TensorRT was missing."""
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    line = one_error_line(capsys, ["build", str(tiny_onnx), "-o", "m.engine"] + flags)
+    assert fragment in line and "tensorrt" not in line.lower()
 
 
 def test_a_truncated_checkpoint_is_named_damaged(place, capsys):

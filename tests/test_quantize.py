@@ -199,6 +199,24 @@ def test_cli_export_warns_when_int8_boxes_drift(image_dir, tmp_path, capsys, mon
     assert "WARNING: the INT8 model's boxes agree with FP32 at only 0.41" in text and "--calib-method" in text
 
 
+@pytest.mark.parametrize("kept, hint", [
+    (0, "images, or --keep-fp32-sensitive 10\n"),
+    (5, "images, or --keep-fp32-sensitive 10 (more than the 5 kept now)\n"),
+    (20, "images, or --keep-fp32-sensitive 40 (more than the 20 kept now)\n"),
+    (40, "images (already 40 sensitive layers kept in FP32)\n"),
+])
+def test_the_int8_warning_suggests_keeping_more_layers_than_were_kept(capsys, kept, hint):
+    """With --keep-fp32-sensitive 20 the warning said to try --keep-fp32-sensitive 10."""
+    from pipeline.accuracy import PrecisionComparison
+    from pipeline.commands.export import _report
+
+    _report(PrecisionComparison("m_int8.onnx", "int8", 4, 0.6, 0.01, reference_boxes=20,
+                                candidate_boxes=9, matched=6), kept)
+    text = capsys.readouterr().out
+    assert "WARNING: the INT8 model's boxes agree with FP32 at only 0.41" in text
+    assert text.endswith(hint), text
+
+
 def test_cli_export_checks_int8_on_calibration_images_without_accuracy(image_dir, tmp_path, capsys,
                                                                        monkeypatch):
     from pipeline.cli import main

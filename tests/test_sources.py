@@ -52,6 +52,7 @@ def test_video_close_stops_early(video):
     (lambda d: str(d / "*.png"), "no images match"),
     (lambda d: d / "missing.jpg", "no such file"),
     (lambda d: (d / "bad.jpg").write_bytes(b"xx") and d / "bad.jpg", "1 of 1 images could not be read"),
+    (lambda d: (d / "empty.jpg").write_bytes(b"") or d / "empty.jpg", "1 of 1 images could not be read"),
 ])
 def test_bad_sources_raise_one_line_source_error(tmp_path, make, message):
     spec = make(tmp_path)
@@ -432,3 +433,13 @@ def test_an_image_with_transparency_is_turned_as_its_exif_says(tmp_path, orienta
     turned = read_image(str(tmp_path / "plain.png"))
     assert turned.shape[:2] == ((60, 40) if orientation > 4 else (40, 60))
     assert np.array_equal(read_image(str(tmp_path / "alpha.png")), turned)
+
+
+@pytest.mark.parametrize("name", ["empty.jpg", "empty.png"])
+def test_an_empty_image_file_is_named_not_a_decoder_assertion(tmp_path, name):
+    """OpenCV's imdecode asserts on a 0-byte buffer (cv2.error) instead of returning None."""
+    from pipeline.sources.images import read_image
+
+    (tmp_path / name).write_bytes(b"")
+    with pytest.raises(SourceError, match=f"cannot read image .*{name} \\(empty file, 0 bytes\\)"):
+        read_image(str(tmp_path / name))

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from pipeline.reading.spec import RecSpec
 
+from ._validate import MAX_CPU_THREADS
+
 TRUST_ENGINE_HELP = ("let a version-compatible TensorRT .engine built outside dbrt (e.g. trtexec "
                      "--versionCompatible) run the TensorRT runtime it carries: code from the "
                      "file runs in this process, so only for engines you trust")
+
+THREADS_HELP = (f"CPU inference threads (0: backend default; at most {MAX_CPU_THREADS}, beyond "
+                "the core count where more threads still pay)")
 
 TRITON_FLAGS = {"triton_shm": "--triton-shm", "triton_inflight": "--triton-inflight",
                 "triton_timeout": "--triton-timeout"}
@@ -28,6 +33,22 @@ def runner_options(args):
                          spin=None if spin is None else spin == "on",
                          engine_host_code=getattr(args, "trust_engine_code", False),
                          triton=triton_options(args))
+
+
+def check_trust_engine_code(args) -> None:
+    """--trust-engine-code with a model that is not a prebuilt engine (an ONNX, the shipped
+    model, a triton:// one) is an error naming the flag, not an option name or nothing."""
+    if not getattr(args, "trust_engine_code", False):
+        return
+    from pathlib import Path
+
+    from engine.describe import ENGINE_SUFFIXES
+    from engine.errors import ModelError
+
+    model = getattr(args, "model", None)
+    if model is None or Path(str(model)).suffix.lower() not in ENGINE_SUFFIXES:
+        raise ModelError(f"--trust-engine-code applies to a prebuilt TensorRT .engine / .plan "
+                         f"only; {model or 'the shipped model'} is not one: drop the flag")
 
 
 def add_triton_arguments(parser) -> None:
@@ -77,6 +98,7 @@ def spec_changes(args) -> dict:
 
     names = ("limit_side", "limit_type", "thresh", "box_thresh", "unclip_ratio", "box_type")
     changes = {name: getattr(args, name, None) for name in names}
+    _check_resize_flags(args, changes)
     if getattr(args, "max_side", None):
         for name in ("limit_side", "limit_type"):
             if changes[name] is not None:
@@ -86,6 +108,21 @@ def spec_changes(args) -> dict:
     if getattr(args, "keep_aspect", False):
         changes["keep_aspect"] = True
     return {k: v for k, v in changes.items() if v is not None}
+
+
+def _check_resize_flags(args, changes: dict) -> None:
+    """--input-size fixes the network input for every frame, so the resize rule (--max-side,
+    --limit-side, --limit-type) would be ignored: refused instead."""
+    from engine.errors import ModelError
+
+    if getattr(args, "input_size", None) is None:
+        return
+    rule = [flag for flag, given in (("--max-side", getattr(args, "max_side", None)),
+                                     ("--limit-side", changes["limit_side"]),
+                                     ("--limit-type", changes["limit_type"])) if given is not None]
+    if rule:
+        raise ModelError(f"--input-size fixes every frame's network input, so the resize rule "
+                         f"of {rule[0]} would be ignored: give --input-size or {rule[0]}, not both")
 
 
 def build_detector(args):

@@ -18,7 +18,20 @@ from typing import Callable, Optional
 from dbnet.spec import MAX_INPUT_SIDE
 
 MIN_INPUT_SIDE = 32  # the network stride of every DB-family model
+# Caps on the CPU flags of `dbrt run` / `dbrt eval`: above any core count where more threads
+# still pay, and low enough that a typo (--sessions 100000: a model copy each) fails at once
+# instead of loading for hours
+MAX_CPU_THREADS = 256
+MAX_SESSIONS = 64
 DEVICES = ("auto", "cpu", "cuda")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """A usage mistake is one line naming the flag and the value (no usage block), exit 2: the
+    parser of every dbrt command and of the benchmarks `dbrt bench` runs."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _parse(text: str, kind: type, what: str):
@@ -161,9 +174,14 @@ def _file_problem(path: Path) -> Optional[str]:
     return _folder_problem(path.parent)
 
 
+def _empty_path(text: str) -> Optional[str]:
+    """An empty name (an unset variable: -o "$OUT") would be the current folder: refused."""
+    return "empty path (an unset variable?); give a name" if not text.strip() else None
+
+
 def output_folder(text: str) -> str:
     """A folder the command will write into: it exists and is writable, or can be created."""
-    problem = _folder_problem(Path(text))
+    problem = _empty_path(text) or _folder_problem(Path(text))
     if problem:
         raise argparse.ArgumentTypeError(problem)
     return text
@@ -171,7 +189,7 @@ def output_folder(text: str) -> str:
 
 def output_file(text: str) -> str:
     """A file the command will write: not a folder, in a folder that is or can be made writable."""
-    problem = _file_problem(Path(text))
+    problem = _empty_path(text) or _file_problem(Path(text))
     if problem:
         raise argparse.ArgumentTypeError(problem)
     return text

@@ -54,7 +54,7 @@ def add_arguments(parser) -> None:
 def profile_from_args(args):
     """ShapeProfile from --min/--opt/--max/--batch, or None for the model's default."""
     from engine.errors import ShapeError
-    from engine.shapes import ShapeProfile, parse_batch, parse_shape
+    from engine.shapes import ShapeProfile, parse_batch
 
     if not any((args.min, args.opt, args.max)):
         if args.batch:
@@ -62,16 +62,31 @@ def profile_from_args(args):
         return None
     if not args.opt:
         raise ShapeError("give --opt with --min / --max")
-    opt = parse_shape(args.opt)
-    low = parse_shape(args.min) if args.min else (32, 32) if len(opt) == 2 else (opt[0], opt[1], 32, 32)
-    high = parse_shape(args.max) if args.max else opt
+    opt = _flag_shape("--opt", args.opt)
+    low = _flag_shape("--min", args.min) if args.min else (32, 32) if len(opt) == 2 else (opt[0], opt[1], 32, 32)
+    high = _flag_shape("--max", args.max) if args.max else opt
     if len({len(low), len(opt), len(high)}) != 1:
         raise ShapeError("--min, --opt and --max must all be NxCxHxW or all HxW")
     if len(opt) == 4:
         if args.batch:
             raise ShapeError("--batch applies to HxW shapes; NxCxHxW shapes carry their batch")
         return ShapeProfile(low, opt, high).validate()
-    return ShapeProfile.from_hw(low, opt, high, parse_batch(args.batch or "1")).validate()
+    try:
+        batch = parse_batch(args.batch or "1")
+    except ShapeError as exc:
+        raise ShapeError(f"--batch: {exc}") from None
+    return ShapeProfile.from_hw(low, opt, high, batch).validate()
+
+
+def _flag_shape(flag: str, text: str):
+    """parse_shape, its error naming the flag."""
+    from engine.errors import ShapeError
+    from engine.shapes import parse_shape
+
+    try:
+        return parse_shape(text)
+    except ShapeError as exc:
+        raise ShapeError(f"{flag}: {exc}") from None
 
 
 def calibration_source(folder, spec, count: int):
@@ -92,7 +107,7 @@ def calibration_source(folder, spec, count: int):
     return batches
 
 
-def _options(args, spec, backend, trt):
+def _options(args, profile, spec, backend, trt):
     from pathlib import Path
 
     from engine.tensorrt.cache import timing_cache_path
@@ -105,7 +120,7 @@ def _options(args, spec, backend, trt):
     else:
         timing = timing_cache_path(trt.__version__, backend.device_info())
     return BuildOptions(
-        precision=args.precision, profile=profile_from_args(args) or _resize_profile(spec),
+        precision=args.precision, profile=profile or _resize_profile(spec),
         workspace=args.workspace * (1 << 20) if args.workspace else None, opt_level=args.opt_level,
         timing_cache=timing, strongly_typed=args.strongly_typed,
         version_compatible=args.version_compatible, hardware_compatible=args.hardware_compatible,
@@ -131,10 +146,11 @@ def run(args) -> int:
     from engine.tensorrt.progress import BuildProgress
     from engine.tensorrt.build import build_engine_file
 
+    profile = profile_from_args(args)             # flag mistakes before TensorRT is looked for
     summary = summarize_onnx(args.model)          # clear error for a bad ONNX before TensorRT
     trt = require_tensorrt()
     backend = cuda.require_backend("dbrt build")
-    options = _options(args, resolve_spec(summary.metadata, args.preset), backend, trt)
+    options = _options(args, profile, resolve_spec(summary.metadata, args.preset), backend, trt)
     output = Path(args.output) if args.output else Path(args.model).with_suffix(".engine")
     started = time.monotonic()
     progress = None if args.quiet else BuildProgress(label=f"building {output.name}")

@@ -1,8 +1,9 @@
 """`dbrt eval`: precision / recall / hmean of a model on a dataset (ICDAR 2015 protocol)."""
 from __future__ import annotations
 
-from ._model import REC_MARGIN_HELP, TRUST_ENGINE_HELP, add_triton_arguments
-from ._validate import DEVICES, at_least, between, number_list, output_file, output_folder, side_length
+from ._model import (REC_MARGIN_HELP, THREADS_HELP, TRUST_ENGINE_HELP, add_triton_arguments,
+                     check_trust_engine_code)
+from ._validate import DEVICES, MAX_CPU_THREADS, at_least, between, number_list, output_file, output_folder, side_length
 
 NAME = "eval"
 HELP = "score a model on an ICDAR2015 / Total-Text / gt.json dataset (precision, recall, hmean)"
@@ -27,8 +28,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--preset", help="ModelSpec preset for models without dbrt metadata (db, ppocr, mmocr)")
     parser.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "tensorrt"))
     parser.add_argument("--device", default="auto", choices=DEVICES, help="where the model runs")
-    parser.add_argument("--threads", type=at_least(0), default=0,
-                        help="CPU inference threads (0: backend default)")
+    parser.add_argument("--threads", type=at_least(0, at_most=MAX_CPU_THREADS), default=0,
+                        help=THREADS_HELP)
     parser.add_argument("--trust-engine-code", action="store_true", help=TRUST_ENGINE_HELP)
     add_triton_arguments(parser)
     model = parser.add_argument_group("pre- and post-processing (default: the model's own settings)")
@@ -184,6 +185,7 @@ def run(args) -> int:
     from pipeline.evaluate import evaluate_detector
 
     args.tune = args.tune or any((args.tune_thresh, args.tune_box_thresh, args.tune_unclip))
+    check_trust_engine_code(args)
     if not args.e2e and any(v is not None for v in (args.rec_model, args.rec_dict, args.rec_margin)):
         raise DbrtError("--rec-model / --rec-dict / --rec-margin apply to reading, which dbrt "
                         "eval does with --e2e only; add --e2e")

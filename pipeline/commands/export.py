@@ -21,6 +21,7 @@ PRECISIONS = ("fp32", "fp16", "int8")
 # (a range clipped far too short) falls to ~0.4-0.8 (benchmarks/results/*/int8_calibration.md)
 INT8_WARN_HMEAN = 0.9
 QUICK_CHECK_IMAGES = 4
+CALIB_COUNT, ACCURACY_COUNT = 32, 16
 
 
 def add_arguments(parser) -> None:
@@ -43,10 +44,11 @@ def add_arguments(parser) -> None:
     onnx = parser.add_argument_group("ONNX")
     onnx.add_argument("--opset", type=int, help="ONNX opset; when omitted 17, or 19 for DCN models")
     onnx.add_argument("--precision", nargs="+", choices=PRECISIONS, default=["fp32"])
-    onnx.add_argument("--fp16-converter", choices=("auto", "modelopt", "onnxconverter"), default="auto")
+    onnx.add_argument("--fp16-converter", choices=("auto", "modelopt", "onnxconverter"),
+                      help="FP16 conversion of --precision fp16 (default auto)")
     onnx.add_argument("--calib", help="image folder / glob or video for INT8 calibration")
-    onnx.add_argument("--calib-count", type=at_least(1), default=32,
-                      help="calibration images / frames")
+    onnx.add_argument("--calib-count", type=at_least(1),
+                      help=f"calibration images / frames (default {CALIB_COUNT})")
     onnx.add_argument("--calib-method", choices=("percentile", "mse", "entropy", "minmax"),
                       help="activation ranges: the 99.999th percentile of |x|, least squared error, "
                       "TensorRT's entropy (KL) search, or the maxima (default: the one the "
@@ -68,7 +70,8 @@ def add_arguments(parser) -> None:
     onnx.add_argument("--no-parity", action="store_true", help="skip the PyTorch parity check")
     onnx.add_argument("--accuracy", metavar="IMAGES",
                       help="compare FP16 / INT8 with FP32 on these images (not the calibration set)")
-    onnx.add_argument("--accuracy-count", type=at_least(1), default=16)
+    onnx.add_argument("--accuracy-count", type=at_least(1),
+                      help=f"images of --accuracy to compare on (default {ACCURACY_COUNT})")
 
 
 def _load_model(args):
@@ -180,13 +183,19 @@ def _check_inputs(args) -> None:
     if "int8" in args.precision and not args.calib:
         raise DbrtError("--precision int8 needs --calib IMAGES_OR_VIDEO")
     int8_only = [flag for flag, given in (
-        ("--calib", args.calib), ("--keep-fp32-head", args.keep_fp32_head),
+        ("--calib", args.calib), ("--calib-count", args.calib_count is not None),
+        ("--calib-method", args.calib_method), ("--calib-side", args.calib_side),
+        ("--keep-fp32-head", args.keep_fp32_head),
         ("--keep-fp32-stem", args.keep_fp32_stem), ("--keep-fp32-decoder", args.keep_fp32_decoder),
         ("--keep-fp32-sensitive", args.keep_fp32_sensitive)) if given]
     if int8_only and "int8" not in args.precision:
         raise DbrtError(f"{int8_only[0]} applies to --precision int8 only; add it or drop the flag")
+    if args.fp16_converter and "fp16" not in args.precision:
+        raise DbrtError("--fp16-converter applies to --precision fp16 only; add it or drop the flag")
     if args.accuracy and not set(args.precision) - {"fp32"}:
         raise DbrtError("--accuracy compares FP16 / INT8 with FP32: add --precision fp16 or int8")
+    if args.accuracy_count is not None and not args.accuracy:
+        raise DbrtError("--accuracy-count applies to --accuracy IMAGES only; add it or drop the flag")
     if args.target_trt != "auto":
         TrtTarget.parse(args.target_trt)
     for flag, source in (("--calib", args.calib), ("--accuracy", args.accuracy)):
@@ -198,6 +207,14 @@ def _check_inputs(args) -> None:
                 raise DbrtError(f"{flag}: {exc}") from None
 
 
+def _fill_defaults(args) -> None:
+    """The defaults of the flags left unset in the parser, so that _check_inputs sees which
+    ones the user gave."""
+    args.fp16_converter = args.fp16_converter or "auto"
+    args.calib_count = args.calib_count or CALIB_COUNT
+    args.accuracy_count = args.accuracy_count or ACCURACY_COUNT
+
+
 def run(args) -> int:
     from pipeline.accuracy import compare_many
     from pipeline.sampling import read_images
@@ -205,6 +222,7 @@ def run(args) -> int:
     from export.trt_compat import check_onnx
 
     _check_inputs(args)
+    _fill_defaults(args)
     model, checkpoint = _load_model(args)
     if "int8" in args.precision:  # before the export: a bad record fails at once
         args.calib_method = _calib_method(args.calib_method, checkpoint)
@@ -226,20 +244,35 @@ def run(args) -> int:
                   "than on unseen images")
         images = read_images(args.accuracy, args.accuracy_count)
         for result in compare_many(paths[0], paths[1:], images):  # at the model's own input size
-            _report(result)
+            _report(result, args.keep_fp32_sensitive)
     elif "int8" in args.precision:
         # no --accuracy: a quick look on a few calibration images still catches a broken range
         images = read_images(args.calib, min(QUICK_CHECK_IMAGES, args.calib_count))
         print(f"quick INT8 check on {len(images)} images from --calib (--accuracy IMAGES checks "
               "held-out ones):")
-        _report(compare_many(paths[0], [paths[-1]], images, limit_side=args.calib_side)[0])
+        _report(compare_many(paths[0], [paths[-1]], images, limit_side=args.calib_side)[0],
+                args.keep_fp32_sensitive)
     return status
 
 
-def _report(result) -> None:
+def _report(result, kept_sensitive: int = 0) -> None:
     """One comparison line, and a warning when INT8 lost many of FP32's boxes."""
     print(result)
     if result.precision == "int8" and result.reference_boxes and result.hmean < INT8_WARN_HMEAN:
         print(f"WARNING: the INT8 model's boxes agree with FP32 at only {result.hmean:.2f} on "
               "these images; try another --calib-method, more or more representative --calib "
-              "images, or --keep-fp32-sensitive 10")
+              f"images{_keep_more_hint(kept_sensitive)}")
+
+
+# the shipped ResNet-18 DBNet has 31 convolutions: with this many kept in FP32 little is left INT8,
+# so no larger number is suggested
+MANY_SENSITIVE = 32
+
+
+def _keep_more_hint(kept: int) -> str:
+    """The --keep-fp32-sensitive to try next: more than the `kept` layers already kept, or none
+    when most of the network is FP32 already."""
+    if kept >= MANY_SENSITIVE:
+        return f" (already {kept} sensitive layers kept in FP32)"
+    return f", or --keep-fp32-sensitive {max(10, 2 * kept)}" + (
+        f" (more than the {kept} kept now)" if kept else "")

@@ -1,7 +1,7 @@
 """`dbrt info`: what a model or engine takes and gives."""
 from __future__ import annotations
 
-from ._model import TRUST_ENGINE_HELP
+from ._model import TRUST_ENGINE_HELP, check_trust_engine_code
 
 NAME = "info"
 HELP = "show inputs, outputs, profiles, precision and metadata of an .onnx or .engine"
@@ -23,6 +23,7 @@ def run(args) -> int:
 
     from engine.describe import describe, format_description
 
+    check_trust_engine_code(args)
     info = describe(args.model, host_code=args.trust_engine_code)
     spec = _model_spec(info)
     if args.json:

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Optional
 
 from ._outputs import clear_earlier_outputs, outputs_written, video_names, visual_sinks
-from ._model import REC_MARGIN_HELP, TRUST_ENGINE_HELP, add_triton_arguments
-from ._validate import (DEVICES, at_least, between, broker_url, fourcc, frame_size, input_size,
-                        listen_address, output_folder, side_length)
+from ._model import REC_MARGIN_HELP, THREADS_HELP, TRUST_ENGINE_HELP, add_triton_arguments
+from ._validate import (DEVICES, MAX_CPU_THREADS, MAX_SESSIONS, at_least, between, broker_url,
+                        fourcc, frame_size, input_size, listen_address, output_folder, side_length)
 
 NAME = "run"
 ORDER = 10
@@ -35,11 +35,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--backend", default="auto", choices=("auto", "tensorrt", "onnxruntime"))
     m.add_argument("--device", default="auto", choices=DEVICES, help="where the model runs")
     m.add_argument("--preset", help="pre/post-processing preset for foreign models (db, ppocr, mmocr)")
-    m.add_argument("--threads", type=at_least(0), default=0,
-                   help="CPU inference threads (0: backend default)")
-    m.add_argument("--sessions", type=at_least(1), default=1,
+    m.add_argument("--threads", type=at_least(0, at_most=MAX_CPU_THREADS), default=0,
+                   help=THREADS_HELP)
+    m.add_argument("--sessions", type=at_least(1, at_most=MAX_SESSIONS), default=1,
                    help="ONNX Runtime on the CPU: N sessions (of --threads threads, default 1) "
-                        "share each batch of >= N frames; often faster than one N-thread session")
+                        "share each batch of >= N frames; often faster than one N-thread session "
+                        f"(at most {MAX_SESSIONS}: each holds a copy of the model)")
     m.add_argument("--ort-spin", choices=("on", "off"),
                    help="ONNX Runtime: idle inference threads busy-wait (on) or sleep (off); "
                         "default: ONNX Runtime's (on)")
@@ -83,8 +84,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "source is live, 1, and a frame is taken only once none waits in "
                         "them, so that results stay fresh)")
     q.add_argument("--max-frames", type=at_least(1), help="stop each source after N frames")
-    q.add_argument("--decode-threads", type=at_least(0), default=0,
-                   help="FFmpeg decoding threads (0: auto)")
+    q.add_argument("--decode-threads", type=at_least(0, at_most=MAX_CPU_THREADS), default=0,
+                   help=f"FFmpeg decoding threads (0: auto; at most {MAX_CPU_THREADS})")
     q.add_argument("--reconnect", type=at_least(-1), default=10,
                    help="network streams, gst: pipelines and a triton:// model: reconnect attempts per outage "
                         "(-1: forever, 0: none)")
@@ -141,9 +142,10 @@ def _check_flag_pairs(args) -> None:
 
     from engine.errors import DbrtError
 
-    from ._model import spec_changes
+    from ._model import check_trust_engine_code, spec_changes
 
     spec_changes(args)  # --max-side with --limit-side / --limit-type
+    check_trust_engine_code(args)
     if args.serve and args.serve_token is None and "DBRT_SERVE_TOKEN" in os.environ:
         args.serve_token = os.environ["DBRT_SERVE_TOKEN"]
         if not args.serve_token.strip():
@@ -154,6 +156,9 @@ def _check_flag_pairs(args) -> None:
                         "DBRT_SERVE_TOKEN, which also keeps it out of the process list")
     if args.serve_token and not args.serve:
         raise DbrtError("--serve-token applies to --serve only; add --serve or drop --serve-token")
+    if args.show_scores and args.no_video and not (args.show or args.serve):
+        raise DbrtError("--show-scores writes scores on the annotated video / images, the --show "
+                        "window or the --serve view; with --no-video there is none: drop one")
 
 
 def _camera_mode(args) -> dict:

@@ -51,7 +51,12 @@ def read_image(path: str):
     # imdecode: OpenCV's imread fails on TIFFs with EXIF orientation 5-8; otherwise the same
     # decoder, orientation applied
     data = np.fromfile(path, np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    if data.size == 0:  # imdecode asserts on an empty buffer instead of returning None
+        raise SourceError(f"cannot read image {path} (empty file, 0 bytes)")
+    try:
+        image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    except cv2.error:  # a decoder that asserts on a damaged file rather than returning None
+        image = None
     if image is None:
         raise SourceError(f"cannot read image {path} (not an image, or unsupported format)")
     if path.lower().endswith(ALPHA_SUFFIXES):
