@@ -552,3 +552,15 @@ def test_the_triton_benchmark_skips_in_one_line_without_a_server(capsys, tmp_pat
     assert triton_bench.main(["--venv", str(tmp_path / "none")]) == common.SKIPPED
     said = capsys.readouterr().out.strip().splitlines()
     assert len(said) == 1 and said[0].startswith("triton_bench: skipped: no virtual environment")
+
+
+def test_live_latency_pools_fps_over_frames_and_takes_the_median_latency():
+    from benchmarks.live_latency import pooled
+
+    passes = [dict(fps=10.0, frames=100, e2e_p50_ms=300.0, e2e_p95_ms=600.0, read=400, dropped=300),
+              dict(fps=5.0, frames=50, e2e_p50_ms=500.0, e2e_p95_ms=900.0, read=400, dropped=350),
+              dict(fps=8.0, frames=80, e2e_p50_ms=400.0, e2e_p95_ms=700.0, read=400, dropped=320)]
+    result = pooled(passes)
+    assert result["fps"] == round(230 / 30, 2)  # frames over summed seconds, not a mean of FPS
+    assert (result["e2e_p50_ms"], result["e2e_p95_ms"]) == (400.0, 700.0)
+    assert result["dropped_share"] == round(970 / 1200, 3)
