@@ -339,7 +339,8 @@ class Pipeline:
             fn, outbox = {"read": work.read_texts, "track": self._track}[name], self._after[name]
             steps.append(stage(name, fn, results, outbox))
             results = outbox
-        return decoders + steps + [stage("sink", self._sink, results, self._out)]
+        sink = stage("sink", self._sink, results, self._out, idle=lambda: self._stream_ends.idle())
+        return decoders + steps + [sink]
 
     def _extra_stages(self) -> tuple:
         """The optional steps between post-processing and the sinks, in order."""

@@ -41,6 +41,10 @@ class Sink(abc.ABC):
     def end_stream(self, stream: int) -> None:
         """Source `stream` has ended and its last frame was written (the run goes on)."""
 
+    def stream_lost(self, stream: int) -> None:
+        """Live source `stream` lost its connection and its last frame was written: it may
+        come back on a new connection, so only what follows it across frames ends."""
+
     def close(self) -> None:
         """Finish writing (idempotent)."""
 
@@ -313,6 +317,9 @@ class FilteredSink(Sink):
     def end_stream(self, stream: int) -> None:
         self.sink.end_stream(stream)
 
+    def stream_lost(self, stream: int) -> None:
+        self.sink.stream_lost(stream)
+
     def close(self) -> None:
         self.sink.close()
 
@@ -320,18 +327,37 @@ class FilteredSink(Sink):
 class StreamEnds:
     """Tells the sinks when a source that ended (or failed) has had its last frame written,
     so that what they keep per stream (text tracks) ends then: a camera that fails for good
-    while the others go on, not only when the whole run ends."""
+    while the others go on, not only when the whole run ends; and when a live source that lost
+    its connection has (`stream_lost`), so that its tracks end as the outage begins, not when
+    the camera comes back. Called by the sink stage's thread, also while no frame comes."""
 
     def __init__(self, sources: Sequence, sinks: Sequence[Sink]):
         self._open = {source.stream: source for source in sources}
         self._sinks = sinks
         self._written: Dict[int, int] = {stream: 0 for stream in self._open}
+        self._lost: set = set()  # streams told of their outage, until their next frame
 
     def frame_written(self, frame: Frame) -> None:
         self._written[frame.stream] = self._written.get(frame.stream, 0) + 1
+        self._lost.discard(frame.stream)
+        self.idle()
+
+    def idle(self) -> None:
         for stream, source in list(self._open.items()):
             if source.state in ("ended", "failed") and \
                     self._written[stream] >= source.stats.delivered:
                 del self._open[stream]
                 for sink in self._sinks:
                     sink.end_stream(stream)
+            elif stream not in self._lost and source.state == "reconnecting" and \
+                    self._all_written(stream, source.stats):
+                self._lost.add(stream)
+                for sink in self._sinks:
+                    sink.stream_lost(stream)
+
+    def _all_written(self, stream: int, stats) -> bool:
+        """Every frame read before the outage was delivered (or dropped) and written: a frame
+        still waiting at the source would come after the tracks' end."""
+        counts = stats.as_dict()  # one consistent snapshot
+        return counts["read"] == counts["delivered"] + counts["dropped"] and \
+            self._written[stream] >= counts["delivered"]

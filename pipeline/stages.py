@@ -17,6 +17,7 @@ import time
 from typing import Any, Callable, Optional
 
 POLL_S = 0.05
+IDLE_S = 0.5  # how often a stage with an `idle` step runs it while no item comes
 
 
 _interval_lock = threading.Lock()
@@ -186,6 +187,7 @@ class Stage(threading.Thread):
             Source; reading an iterable is part of the stage's work (decoding), so it is timed,
             the run's drain request stops it, and it is closed when the stage ends
     admit:  for an iterable inbox, a LiveGate waited on (untimed) before each item is read
+    idle:   for a channel inbox, called every IDLE_S while no item comes
     fn:     item -> one output (None: nothing to pass on); with `many=True`, an iterable of outputs
     outbox: anything with `put()`; it always receives END last, also when the stage fails
     timing: seconds per item go to `metrics.stage(metric or name, ...)` when `metrics` is given
@@ -195,9 +197,9 @@ class Stage(threading.Thread):
 
     def __init__(self, name: str, fn: Callable[[Any], Any], inbox, outbox, control: Control,
                  metrics=None, metric: Optional[str] = None, many: bool = False,
-                 admit: Optional[LiveGate] = None):
+                 admit: Optional[LiveGate] = None, idle: Optional[Callable[[], None]] = None):
         super().__init__(name=name, daemon=True)
-        self._admit = admit
+        self._admit, self._idle = admit, idle
         self.fn, self.inbox, self.outbox = fn, inbox, outbox
         self._control = control
         self._metrics = metrics
@@ -219,7 +221,11 @@ class Stage(threading.Thread):
 
     def _drain_channel(self) -> None:
         while True:
-            item = self.inbox.get()
+            try:
+                item = self.inbox.get() if self._idle is None else self.inbox.get(IDLE_S)
+            except queue.Empty:
+                self._idle()
+                continue
             if item is END:
                 return
             t0 = time.perf_counter()

@@ -369,3 +369,41 @@ def test_a_track_unseen_since_its_last_line_gets_no_update(tmp_path):
     events = [json.loads(line) for line in path.read_text().splitlines()]
     assert [(e["event"], e["last_frame"]) for e in events] == [("update", 10), ("update", 14),
                                                                 ("end", 14)]
+
+
+def test_a_lone_streams_tracks_end_as_its_outage_begins_not_when_it_comes_back(tmp_path):
+    """With no frames coming, nothing ended the tracks of a camera that went away: its end
+    lines (and MQTT text events) waited for its return, possibly hours."""
+    import threading
+
+    from media import FakeDetector, SimulatedCamera, until
+    from pipeline.reading.events import TextEventSink
+    from pipeline.runner import Pipeline
+    from pipeline.sources import Reconnect
+
+    back = threading.Event()
+
+    class Away(SimulatedCamera):
+        def _connect(self):
+            if self.connects:
+                back.wait(30)  # the camera answers again only when the test says so
+            super()._connect()
+
+    camera = Away(total=10**6, fps=100, fail_at={20}, reconnect=Reconnect(retries=None, delay=0.01))
+    pipe = Pipeline([camera], FakeDetector(), track=True)
+    events = TextEventSink(tmp_path / "events.jsonl", lost_frames=10**6)
+    pipe.sinks.append(events)
+    run = threading.Thread(target=pipe.run)
+    run.start()
+    try:
+        until(lambda: camera.state == "reconnecting" and not events.book.live(0),
+              "the lost stream's tracks to end")
+        lines = [json.loads(x) for x in (tmp_path / "events.jsonl").read_text().splitlines()]
+        assert [x["event"] for x in lines] == ["end"] and lines[0]["last_frame"] == 18
+        back.set()
+        until(lambda: events.book.live(0), "a track on the new connection")
+        assert events.book.live(0)[0].track_id != lines[0]["track_id"]
+    finally:
+        back.set()
+        pipe.stop()
+        run.join(30)

@@ -16,8 +16,9 @@ Each line also goes to the `listeners` (callables taking the line's dict), e.g. 
 
 It reads the `track_id` column the tracking stage adds (and the texts, when the run reads); a
 track ends when the tracker lets it go (frames of its stream without it: the pipeline's
-`TextTracker.horizon`), when the stream reconnects or its frame size changes, or when the sink
-closes (the run is over).
+`TextTracker.horizon`), when its live stream loses its connection (`stream_lost`, as the outage
+begins; it comes back with new track ids) or its frame size changes, or when the sink closes
+(the run is over).
 """
 from __future__ import annotations
 
@@ -122,6 +123,10 @@ class TextEventSink(Sink):
         ended = self.book.end_stream(stream)
         self._forget(ended)
         self._write(ended, END)
+
+    def stream_lost(self, stream: int) -> None:
+        """The stream's tracks end as its outage begins (it comes back with new ones)."""
+        self.end_stream(stream)
 
     def close(self) -> None:
         if not self._fh.closed:
