@@ -17,6 +17,7 @@ from typing import Callable, Dict, Iterable, Optional, Sequence, Union
 import cv2
 import numpy as np
 
+from dbnet.files import write_image
 from engine.errors import DbrtError
 from engine.lazy import require
 
@@ -253,8 +254,7 @@ class ImageSink(Sink):
     def write(self, frame: Frame, detections: Detections) -> None:
         path = Path(self.path_for(frame))
         path.parent.mkdir(parents=True, exist_ok=True)
-        if not cv2.imwrite(str(path), annotate(frame.image, detections, self.annotators)):
-            raise DbrtError(f"cannot write image {path}")
+        write_image(path, annotate(frame.image, detections, self.annotators))
         self.written += 1
 
 

@@ -190,3 +190,21 @@ def test_sigint_mid_run_leaves_complete_jsonl_video_and_report(tmp_path, tiny_on
 
     with av.open(str(out / "annotated.mp4")) as container:  # finalised: readable to the end
         assert sum(1 for _ in container.decode(video=0)) == len(lines)
+
+
+def test_an_annotated_image_that_cannot_be_written_is_one_error_naming_it(tmp_path, tiny_onnx,
+                                                                          capsys, monkeypatch):
+    import cv2
+    import numpy as np
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a.png"), np.full((40, 60, 3), 128, np.uint8))
+    monkeypatch.setattr(cv2, "imwrite", lambda *args: False)
+    out = tmp_path / "out"
+    rc = main(["run", str(folder), "--model", str(tiny_onnx), "-o", str(out), "--threads", "1",
+               "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert err[-1] == (f"dbrt run: error: {out / 'annotated' / '0_00000_a.png'}: "
+                       "OpenCV could not write the image"), err

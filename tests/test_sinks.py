@@ -273,3 +273,16 @@ def test_texts_without_scores_are_drawn():
     for show_score in (False, True):
         drawn = TextAnnotator(show_score=show_score).annotate(image.copy(), dets)
         assert (drawn != image).any()
+
+
+def test_an_image_that_cannot_be_written_is_an_os_error_naming_it(tmp_path, monkeypatch):
+    """ImageSink had its own imwrite check and message; it now fails as every image write of
+    the project does (dbnet.files.write_image), which the CLI prints as 'FILE: reason'."""
+    import cv2
+
+    monkeypatch.setattr(cv2, "imwrite", lambda *args: False)
+    sink = ImageSink(lambda f: tmp_path / f"{f.index}.png")
+    frame = make_frame(0)
+    with pytest.raises(OSError, match="could not write the image") as failed:
+        sink.write(frame, dets_for(frame))
+    assert failed.value.filename == str(tmp_path / "0.png") and sink.written == 0
