@@ -17,7 +17,7 @@ from typing import Callable, Dict, Iterable, Optional, Sequence, Union
 import cv2
 import numpy as np
 
-from dbnet.files import write_image
+from dbnet.files import naming_the_file, write_image
 from engine.errors import DbrtError
 from engine.lazy import require
 
@@ -64,13 +64,15 @@ class JsonlSink(Sink):
         self.lines = 0
 
     def write(self, frame: Frame, detections: Detections) -> None:
-        self._fh.write(FrameResult(frame, detections).to_json(self.decimals) + "\n")
-        self._fh.flush()
+        with naming_the_file(self.path):  # a full disk's error names no file
+            self._fh.write(FrameResult(frame, detections).to_json(self.decimals) + "\n")
+            self._fh.flush()
         self.lines += 1
 
     def close(self) -> None:
         if not self._fh.closed:
-            self._fh.close()
+            with naming_the_file(self.path):
+                self._fh.close()
 
 
 def _live_muxing(path: Path, live: bool) -> dict:

@@ -286,3 +286,18 @@ def test_an_image_that_cannot_be_written_is_an_os_error_naming_it(tmp_path, monk
     with pytest.raises(OSError, match="could not write the image") as failed:
         sink.write(frame, dets_for(frame))
     assert failed.value.filename == str(tmp_path / "0.png") and sink.written == 0
+
+
+def test_a_full_disk_under_the_video_is_an_error_naming_it(tmp_path, monkeypatch):
+    import errno
+
+    pytest.importorskip("av")
+    sink = VideoSink(tmp_path / "v.mp4", fps=10)
+    sink.write(make_frame(0), dets_for(make_frame(0)))
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(sink.encoders[0], "container", type("Full", (), {"mux": full, "close": full})())
+    with pytest.raises(DbrtError, match=r"cannot write the video .*v\.mp4 \(64x48\): No space left"):
+        sink.write(make_frame(1), dets_for(make_frame(1)))
