@@ -389,10 +389,14 @@ def test_flag_mistakes_found_before_any_work(place, capsys, argv, fragment):
     (["--opt", "64x64", "--batch", "0"], "--batch: bad batch range '0'"),
     (["--opt", "64x64", "--max", "32x32"], "needs min <= opt <= max"),
     (["--batch", "2"], "--batch needs --opt"),
+    (["--calib", "missing_folder"], "--calib: no such file: missing_folder"),
+    (["--calib", "no_images"], "--calib: no images (.jpg"),
 ])
-def test_build_shape_flags_are_checked_before_tensorrt_is_looked_for(place, capsys, monkeypatch,
-                                                                     tiny_onnx, flags, fragment):
-    """On a machine without TensorRT a mistyped shape said only that TensorRT was missing."""
+def test_build_shape_and_calib_flags_are_checked_before_tensorrt_is_looked_for(
+        place, capsys, monkeypatch, tiny_onnx, flags, fragment):
+    """On a machine without TensorRT a mistyped shape or --calib folder said only that
+    TensorRT was missing."""
+    (place / "no_images").mkdir()
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     line = one_error_line(capsys, ["build", str(tiny_onnx), "-o", "m.engine"] + flags)
     assert fragment in line and "tensorrt" not in line.lower()
