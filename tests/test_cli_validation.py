@@ -103,6 +103,7 @@ def test_read_only_output_folder(place, capsys):
     (["export", "-o", "."], "-o/--output: '.' is a folder, expected a file name"),
     (["export", "--calib-count", "0"], "--calib-count: must be an integer >= 1, got '0'"),
     (["export", "--width", "0"], "--width: must be a number > 0, got '0'"),
+    (["export", "--width", "10"], "--width: must be at most 4, got '10'"),
     (["eval", "--dataset", "d", "--json", "afile/x.json"], "--json: 'afile' is a file, not a folder"),
     (["eval", "--dataset", "d", "--vis", "afile"], "--vis: 'afile' is a file, not a folder"),
     (["eval", "--dataset", "d", "--iou", "1.5"], "--iou: must be a number between 0 and 1, got '1.5'"),

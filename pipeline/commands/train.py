@@ -8,13 +8,13 @@ from typing import Optional
 
 from dbnet.spec import MAX_INPUT_SIDE
 
-from ._validate import MIN_INPUT_SIDE, at_least, between, output_folder, seed, side_length
+from ._validate import (MAX_WIDTH, MIN_INPUT_SIDE, at_least, between, output_folder, seed,
+                        side_length, width_multiplier)
 
 NAME = "train"
 HELP = "train DBNet on synthetic text, real ICDAR2015 / mask folders or a mix (needs torch)"
 ORDER = 60
 # upper bounds that catch a mistyped value (an extra zero) before it starts a run
-MAX_WIDTH = 4.0     # 4x the standard ResNet's channels: 2048 in the last stage
 MAX_WORKERS = 128   # data-loader processes, each holding its own copy of the dataset
 MAX_THREADS = 256
 DESCRIPTION = """Train a DBNet detector. --data takes 'synth' (synthetic scenes made on the fly
@@ -67,7 +67,7 @@ def add_arguments(parser) -> None:
             help="synthetic scene mix (street adds photo-like built scenes, signs "
                  "more large letter-spaced lettering, mixed 60%% default + 40%% signs)")
     setting("--arch", default=d.arch, choices=("resnet18", "resnet34", "resnet50"))
-    setting("--width", type=at_least(0.0, float, strict=True, at_most=MAX_WIDTH), default=d.width,
+    setting("--width", type=width_multiplier, default=d.width,
             help=f"backbone width multiplier (1: the standard ResNet; at most {MAX_WIDTH:g})")
     setting("--steps", type=at_least(1), default=d.steps, help="optimiser steps of the whole run")
     setting("--batch", type=at_least(1), default=d.batch, help="crops per step")
