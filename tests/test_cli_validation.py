@@ -192,6 +192,34 @@ def test_a_train_flag_without_the_one_it_works_with_is_refused(place, capsys, no
     assert not (place / "r").exists()
 
 
+
+@pytest.mark.parametrize("key, value, fragment", [
+    ("seed", -1, "\"seed\" must be an integer from 0 to 4294967295, got '-1'"),
+    ("lr", float("inf"), "\"lr\" must be a number > 0, got 'inf'"),
+    ("width", 10, "\"width\" must be at most 4, got '10'"),
+    ("crop", 65, "\"crop\" must be a multiple of 32"),
+    ("threads", 0, "\"threads\" must be an integer >= 1, got '0'"),
+    ("workers", True, "\"workers\" must be an integer >= 0, got 'True'"),
+    ("scale", [0, 1], "\"scale\" must be 0 < LO <= HI, got '0,1'"),
+    ("arch", "resnet1000", "\"arch\" must be one of resnet18, resnet34, resnet50, got 'resnet1000'"),
+])
+def test_a_resumed_runs_settings_meet_the_flags_bounds(place, capsys, key, value, fragment):
+    """config.json's values were taken as they were: a hand-edited seed -1 or lr Infinity
+    failed deep in training, or trained on them."""
+    import json
+    from dataclasses import asdict
+
+    from export.train.config import TrainConfig
+
+    run = place / "r"
+    run.mkdir()
+    (run / "last.pt").write_bytes(b"")  # not read: the settings are checked first
+    saved = dict(asdict(TrainConfig(out_dir=str(run), width=0.25, crop=64)), **{key: value})
+    (run / "config.json").write_text(json.dumps(saved))
+    line = one_error_line(capsys, ["train", "--out", "r", "--resume"])
+    assert f"--resume: {Path('r') / 'config.json'}: {fragment}" in line
+
+
 def _named_later(message: str, filename: str) -> OSError:
     error = OSError(message)
     error.filename = filename  # as dbnet.files.naming_the_file does

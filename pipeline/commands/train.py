@@ -298,6 +298,7 @@ def _resumed_config(args):
         cfg = TrainConfig.from_dict(json.loads(saved_path.read_text())).with_absolute_paths()
     except (ValueError, TypeError) as e:
         raise DbrtError(f"--resume: {saved_path} is not a dbrt training config ({e})") from None
+    cfg = _checked_like_the_flags(cfg, saved_path)
     given, names = _new_config(args), set(args.given) | ({"data"} if args.data else set())
     for name, value, saved in given.recipe_differences(cfg, sorted(names))[:1]:
         flag = "--" + name.replace("_", "-")
@@ -307,6 +308,32 @@ def _resumed_config(args):
                         f"with --init {out / 'last.pt'}")
     changes = {n: getattr(given, n) for n in names if n in TrainConfig.RESUMABLE_CHANGES}
     return dataclasses.replace(cfg, **changes, out_dir=args.out, resume=True)
+
+
+def _checked_like_the_flags(cfg, saved_path: Path):
+    """`cfg` (read from `saved_path`) with each setting that has a flag put through that flag's
+    check: a hand-edited config.json (seed -1, lr Infinity) is one error naming the file and
+    the key, not a failure deep in training or a run on a nonsense setting."""
+    import dataclasses
+
+    from engine.errors import DbrtError
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    checked = {}
+    for action in parser._actions:  # the flags, with their own checks and choices
+        value = getattr(cfg, action.dest, None)
+        if value is None or (action.type is None and action.choices is None):
+            continue
+        try:
+            value = action.type(_as_typed(value)) if action.type else value
+        except argparse.ArgumentTypeError as exc:
+            raise DbrtError(f"--resume: {saved_path}: \"{action.dest}\" {exc}") from None
+        if action.choices is not None and value not in action.choices:
+            raise DbrtError(f"--resume: {saved_path}: \"{action.dest}\" must be one of "
+                            f"{', '.join(action.choices)}, got {value!r}")
+        checked[action.dest] = value
+    return dataclasses.replace(cfg, **checked)
 
 
 def run(args) -> int:
