@@ -298,8 +298,8 @@ def write_report(steps: List[dict], out: Path) -> Path:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_proof", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = common.argument_parser("benchmarks.gpu_proof", description=__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=common.REPO / "out" / "gpu_proof",
                    help="where a copy of the results goes (a folder to take home from the GPU machine)")
     p.add_argument("--frames", type=int, default=935, help="video frames for the pipeline step")

@@ -20,7 +20,6 @@ development machine, on the original (not re-encoded) validation images.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import shutil
@@ -241,7 +240,7 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = common.argument_parser("benchmarks.gpu_train", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("pack", help="pack the training data (run where the data is)")
     p.add_argument("--out", default=str(REPO / ".cache" / "train_pack"))

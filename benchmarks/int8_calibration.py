@@ -137,8 +137,8 @@ def _markdown(payload: dict) -> list:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = common.argument_parser("benchmarks.int8_calibration", description=__doc__,
+                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--val", required=True, help="validation image folder (where a method is chosen)")
     parser.add_argument("--calib", action="append", default=[], metavar="NAME=DIR",
                         help="a calibration image folder (repeatable)")

@@ -305,7 +305,7 @@ def _markdown(payload: dict) -> list:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = common.argument_parser("benchmarks.int8_qat", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(parser)
     parser.add_argument("--val", required=True, help="validation images (an ICDAR 2015-format folder)")
     parser.add_argument("--steps", type=at_least(1), default=150)

@@ -36,8 +36,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from benchmarks.common import (REPO, SKIPPED, machine_info, markdown_table, results_dir, write_json,
-                               write_markdown)
+from benchmarks.common import (REPO, SKIPPED, argument_parser, machine_info, markdown_table,
+                               results_dir, write_json, write_markdown)
 
 CONFIGS: Dict[str, List[int]] = {  # backbone -> SegDetector in_channels, as in their experiments/
     "resnet18": [64, 128, 256, 512],
@@ -345,8 +345,8 @@ def _markdown(results: List[dict], snapshot: dict) -> list:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.mhliao_parity", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argument_parser("benchmarks.mhliao_parity", description=__doc__,
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--snapshot", help=f"MhLiao/DB checkout (default: ${ENV} or {DEFAULT_SNAPSHOT})")
     parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
     parser.add_argument("--seed", type=int, default=0)

@@ -276,8 +276,7 @@ def _post(text: str) -> dict:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.peer_accuracy",
-                                description=__doc__.split("\n\n")[0])
+    p = common.argument_parser("benchmarks.peer_accuracy", description=__doc__.split("\n\n")[0])
     p.add_argument("--val", type=Path, help="validation split: an ICDAR 2015 folder "
                    "(img_N.jpg + gt_img_N.txt); the row is skipped without it")
     p.add_argument("--val-side", type=_count, default=0, metavar="N",

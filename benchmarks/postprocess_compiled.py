@@ -10,7 +10,6 @@ benchmarks/results/<machine>/postprocess_compiled.{json,md}.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from typing import Dict, List
@@ -65,7 +64,7 @@ def _measure_setting(config, sets: Dict[str, List[np.ndarray]], repeats: int) ->
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = common.argument_parser("benchmarks.postprocess_compiled", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer, smaller map sets")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per map")
     parser.add_argument("--no-real", action="store_true", help="skip the model-generated maps")

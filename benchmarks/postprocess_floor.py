@@ -20,7 +20,6 @@ CPU times, best per map over the repeats, summed over all maps.
 """
 from __future__ import annotations
 
-import argparse
 import collections
 import os
 import sys
@@ -162,8 +161,7 @@ def floor_row(config, sets: Dict[str, List[np.ndarray]], repeats: int, bias: flo
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.postprocess_floor",
-                                     description=__doc__.split("\n")[0])
+    parser = common.argument_parser("benchmarks.postprocess_floor", description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=at_least(1), default=3, help="timed runs per map and variant")
     parser.add_argument("--no-real", action="store_true", help="skip the model-generated maps")
     parser.add_argument("--settings", type=bench.chosen_settings, default=bench.SETTINGS,

@@ -273,8 +273,8 @@ def _variant_list(text: str) -> list:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = common.argument_parser("benchmarks.precision_accuracy", description=__doc__,
+                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(parser)
     parser.add_argument("--opset", type=int, default=17)
     parser.add_argument("--side", type=int, help="short side of every input (default: the model's)")

@@ -19,7 +19,6 @@ Without rapidocr or the shared data it says so and exits 0 without writing resul
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -141,7 +140,7 @@ def _rec_input(crops):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.argument_parser("benchmarks.reading_bench", description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--val", type=Path, help="an ICDAR 2015 folder with transcriptions "
                         "(e.g. training images 801..900) for a second end-to-end table")

@@ -21,7 +21,6 @@ a message when ../shared/data is absent). Without rapidocr it says so and exits 
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -185,7 +184,7 @@ def write_results(rows: list, info: dict, args) -> Path:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.argument_parser("benchmarks.reading_throughput", description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=150, help="first N frames of each shared video")
     parser.add_argument("--demo-frames", type=int, default=50, help="first N frames of the demo (0: skip)")
     parser.add_argument("--chunks", type=int, default=3, help="turns per video (the order rotates)")

@@ -177,8 +177,8 @@ def _cpu_ratio(rows, mode: str, base: str) -> float:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.serve_overhead", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = common.argument_parser("benchmarks.serve_overhead", description=__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--video", help="default: the bundled demo video")
     p.add_argument("--max-side", type=int, default=512)
     p.add_argument("--threads", type=int, default=1)

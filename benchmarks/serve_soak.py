@@ -58,8 +58,8 @@ def looped(video: Path, stop: threading.Event):
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.serve_soak", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = common.argument_parser("benchmarks.serve_soak", description=__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--minutes", type=float, default=10.0)
     p.add_argument("--warmup-min", type=float, default=1.0)
     p.add_argument("--every-s", type=float, default=5.0)

@@ -289,8 +289,8 @@ def merge_agreement(previous: dict, agree_rows: List[dict], argv: Sequence[str],
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.triton_bench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = common.argument_parser("benchmarks.triton_bench", description=__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--venv", default=".venv-triton", help="virtual environment with tritonserver")
     p.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads on both sides")
     p.add_argument("--rounds", type=int, default=3)

@@ -20,6 +20,8 @@ from typing import Callable, Dict, Iterable, Optional, TextIO
 
 import numpy as np
 
+from dbnet.files import naming_the_file
+
 STAGES = ("decode", "preprocess", "infer", "postprocess", "sink")
 PERCENTILES = (50, 95, 99)
 # upper bounds (ms) of the cumulative latency histograms that /metrics exposes (--serve)
@@ -246,6 +248,6 @@ class Progress:
 
 
 def write_report(report: dict, path) -> None:
-    with open(path, "w", encoding="utf-8") as fh:
+    with naming_the_file(path), open(path, "w", encoding="utf-8") as fh:  # a full disk names no file
         json.dump(report, fh, indent=2)
         fh.write("\n")

@@ -17,6 +17,7 @@ from typing import Callable, Dict, Iterable, Optional, Sequence, Union
 import cv2
 import numpy as np
 
+from dbnet.files import naming_the_file, write_image
 from engine.errors import DbrtError
 from engine.lazy import require
 
@@ -67,13 +68,15 @@ class JsonlSink(Sink):
         self.lines = 0
 
     def write(self, frame: Frame, detections: Detections) -> None:
-        self._fh.write(FrameResult(frame, detections).to_json(self.decimals) + "\n")
-        self._fh.flush()
+        with naming_the_file(self.path):  # a full disk's error names no file
+            self._fh.write(FrameResult(frame, detections).to_json(self.decimals) + "\n")
+            self._fh.flush()
         self.lines += 1
 
     def close(self) -> None:
         if not self._fh.closed:
-            self._fh.close()
+            with naming_the_file(self.path):
+                self._fh.close()
 
 
 def _live_muxing(path: Path, live: bool) -> dict:
@@ -257,8 +260,7 @@ class ImageSink(Sink):
     def write(self, frame: Frame, detections: Detections) -> None:
         path = Path(self.path_for(frame))
         path.parent.mkdir(parents=True, exist_ok=True)
-        if not cv2.imwrite(str(path), annotate(frame.image, detections, self.annotators)):
-            raise DbrtError(f"cannot write image {path}")
+        write_image(path, annotate(frame.image, detections, self.annotators))
         self.written += 1
 
 

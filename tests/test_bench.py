@@ -564,3 +564,37 @@ def test_live_latency_pools_fps_over_frames_and_takes_the_median_latency():
     assert result["fps"] == round(230 / 30, 2)  # frames over summed seconds, not a mean of FPS
     assert (result["e2e_p50_ms"], result["e2e_p95_ms"]) == (400.0, 700.0)
     assert result["dropped_share"] == round(970 / 1200, 3)
+
+
+def _builds_its_own_parser(path) -> bool:
+    """Whether a benchmark's source calls argparse.ArgumentParser(...) itself."""
+    import ast
+
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+                and node.func.attr == "ArgumentParser":
+            return True
+    return False
+
+
+def test_every_benchmark_parser_comes_from_common():
+    """Benchmarks that `dbrt bench` does not run built their own argparse parser and printed
+    the whole usage block on a mistake; common.argument_parser makes it one line everywhere."""
+    from pathlib import Path
+
+    folder = Path(common.__file__).parent
+    own = sorted(p.name for p in folder.glob("*.py") if p.name != "common.py" and _builds_its_own_parser(p))
+    assert own == []
+
+
+@pytest.mark.parametrize("module", ["gpu_proof", "int8_qat", "int8_calibration", "triton_bench",
+                                    "serve_soak", "postprocess_floor", "reading_bench"])
+def test_benchmark_usage_mistakes_are_one_line(module, capsys):
+    import importlib
+
+    with pytest.raises(SystemExit) as stopped:
+        importlib.import_module(f"benchmarks.{module}").main(["--bogus"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stopped.value.code == 2
+    assert len(err) == 1 and err[0].startswith(f"python -m benchmarks.{module}: error: "), err
+    assert err[0].endswith(f"(see python -m benchmarks.{module} --help)")

@@ -190,3 +190,74 @@ def test_sigint_mid_run_leaves_complete_jsonl_video_and_report(tmp_path, tiny_on
 
     with av.open(str(out / "annotated.mp4")) as container:  # finalised: readable to the end
         assert sum(1 for _ in container.decode(video=0)) == len(lines)
+
+
+class _FullDisk:
+    """A file opened for writing on a full disk: every write, flush and close fails with the
+    error the system gives, which names no file."""
+
+    def __init__(self, path):
+        self.closed = False
+        self.name = str(path)
+
+    def _full(self, *args):
+        import errno
+
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    write = flush = _full
+
+    def close(self):
+        if not self.closed:
+            self.closed = True
+            self._full()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+@pytest.mark.parametrize("module, name, flags", [
+    ("pipeline.sinks", "detections.jsonl", []),
+    ("pipeline.reading.events", "events.jsonl", ["--track"]),
+    ("pipeline.metrics", "report.json", []),
+])
+def test_a_full_disk_is_one_error_naming_the_output_file(tmp_path, clip, tiny_onnx, capsys,
+                                                         monkeypatch, module, name, flags):
+    """write() on a full disk says only 'No space left on device': the run's error did not
+    say which of its files could not be written."""
+    import builtins
+    import importlib
+
+    def opened(path, mode="r", *args, **kwargs):
+        if Path(path).name == name and "w" in mode:
+            return _FullDisk(path)
+        return builtins.open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(importlib.import_module(module), "open", opened, raising=False)
+    out = tmp_path / "out"
+    rc = main(["run", str(clip), "--model", str(tiny_onnx), "--output", str(out), "--threads", "1",
+               "--max-side", "128", "--quiet", "--no-video", *flags])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert err[-1] == f"dbrt run: error: {out / name}: No space left on device", err
+
+
+def test_an_annotated_image_that_cannot_be_written_is_one_error_naming_it(tmp_path, tiny_onnx,
+                                                                          capsys, monkeypatch):
+    import cv2
+    import numpy as np
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a.png"), np.full((40, 60, 3), 128, np.uint8))
+    monkeypatch.setattr(cv2, "imwrite", lambda *args: False)
+    out = tmp_path / "out"
+    rc = main(["run", str(folder), "--model", str(tiny_onnx), "-o", str(out), "--threads", "1",
+               "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert err[-1] == (f"dbrt run: error: {out / 'annotated' / '0_00000_a.png'}: "
+                       "OpenCV could not write the image"), err

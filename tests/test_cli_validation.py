@@ -103,6 +103,7 @@ def test_read_only_output_folder(place, capsys):
     (["export", "-o", "."], "-o/--output: '.' is a folder, expected a file name"),
     (["export", "--calib-count", "0"], "--calib-count: must be an integer >= 1, got '0'"),
     (["export", "--width", "0"], "--width: must be a number > 0, got '0'"),
+    (["export", "--width", "10"], "--width: must be at most 4, got '10'"),
     (["eval", "--dataset", "d", "--json", "afile/x.json"], "--json: 'afile' is a file, not a folder"),
     (["eval", "--dataset", "d", "--vis", "afile"], "--vis: 'afile' is a file, not a folder"),
     (["eval", "--dataset", "d", "--iou", "1.5"], "--iou: must be a number between 0 and 1, got '1.5'"),
@@ -189,6 +190,34 @@ def test_a_train_flag_without_the_one_it_works_with_is_refused(place, capsys, no
     line = one_error_line(capsys, TINY_TRAIN + flag)
     assert f"{flag[0]} needs {needed} (it has no effect without it)" in line
     assert not (place / "r").exists()
+
+
+
+@pytest.mark.parametrize("key, value, fragment", [
+    ("seed", -1, "\"seed\" must be an integer from 0 to 4294967295, got '-1'"),
+    ("lr", float("inf"), "\"lr\" must be a number > 0, got 'inf'"),
+    ("width", 10, "\"width\" must be at most 4, got '10'"),
+    ("crop", 65, "\"crop\" must be a multiple of 32"),
+    ("threads", 0, "\"threads\" must be an integer >= 1, got '0'"),
+    ("workers", True, "\"workers\" must be an integer >= 0, got 'True'"),
+    ("scale", [0, 1], "\"scale\" must be 0 < LO <= HI, got '0,1'"),
+    ("arch", "resnet1000", "\"arch\" must be one of resnet18, resnet34, resnet50, got 'resnet1000'"),
+])
+def test_a_resumed_runs_settings_meet_the_flags_bounds(place, capsys, key, value, fragment):
+    """config.json's values were taken as they were: a hand-edited seed -1 or lr Infinity
+    failed deep in training, or trained on them."""
+    import json
+    from dataclasses import asdict
+
+    from export.train.config import TrainConfig
+
+    run = place / "r"
+    run.mkdir()
+    (run / "last.pt").write_bytes(b"")  # not read: the settings are checked first
+    saved = dict(asdict(TrainConfig(out_dir=str(run), width=0.25, crop=64)), **{key: value})
+    (run / "config.json").write_text(json.dumps(saved))
+    line = one_error_line(capsys, ["train", "--out", "r", "--resume"])
+    assert f"--resume: {Path('r') / 'config.json'}: {fragment}" in line
 
 
 def _named_later(message: str, filename: str) -> OSError:
@@ -389,10 +418,14 @@ def test_flag_mistakes_found_before_any_work(place, capsys, argv, fragment):
     (["--opt", "64x64", "--batch", "0"], "--batch: bad batch range '0'"),
     (["--opt", "64x64", "--max", "32x32"], "needs min <= opt <= max"),
     (["--batch", "2"], "--batch needs --opt"),
+    (["--calib", "missing_folder"], "--calib: no such file: missing_folder"),
+    (["--calib", "no_images"], "--calib: no images (.jpg"),
 ])
-def test_build_shape_flags_are_checked_before_tensorrt_is_looked_for(place, capsys, monkeypatch,
-                                                                     tiny_onnx, flags, fragment):
-    """On a machine without TensorRT a mistyped shape said only that TensorRT was missing."""
+def test_build_shape_and_calib_flags_are_checked_before_tensorrt_is_looked_for(
+        place, capsys, monkeypatch, tiny_onnx, flags, fragment):
+    """On a machine without TensorRT a mistyped shape or --calib folder said only that
+    TensorRT was missing."""
+    (place / "no_images").mkdir()
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     line = one_error_line(capsys, ["build", str(tiny_onnx), "-o", "m.engine"] + flags)
     assert fragment in line and "tensorrt" not in line.lower()

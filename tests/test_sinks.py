@@ -273,3 +273,31 @@ def test_texts_without_scores_are_drawn():
     for show_score in (False, True):
         drawn = TextAnnotator(show_score=show_score).annotate(image.copy(), dets)
         assert (drawn != image).any()
+
+
+def test_an_image_that_cannot_be_written_is_an_os_error_naming_it(tmp_path, monkeypatch):
+    """ImageSink had its own imwrite check and message; it now fails as every image write of
+    the project does (dbnet.files.write_image), which the CLI prints as 'FILE: reason'."""
+    import cv2
+
+    monkeypatch.setattr(cv2, "imwrite", lambda *args: False)
+    sink = ImageSink(lambda f: tmp_path / f"{f.index}.png")
+    frame = make_frame(0)
+    with pytest.raises(OSError, match="could not write the image") as failed:
+        sink.write(frame, dets_for(frame))
+    assert failed.value.filename == str(tmp_path / "0.png") and sink.written == 0
+
+
+def test_a_full_disk_under_the_video_is_an_error_naming_it(tmp_path, monkeypatch):
+    import errno
+
+    pytest.importorskip("av")
+    sink = VideoSink(tmp_path / "v.mp4", fps=10)
+    sink.write(make_frame(0), dets_for(make_frame(0)))
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(sink.encoders[0], "container", type("Full", (), {"mux": full, "close": full})())
+    with pytest.raises(DbrtError, match=r"cannot write the video .*v\.mp4 \(64x48\): No space left"):
+        sink.write(make_frame(1), dets_for(make_frame(1)))

@@ -443,3 +443,20 @@ def test_an_empty_image_file_is_named_not_a_decoder_assertion(tmp_path, name):
     (tmp_path / name).write_bytes(b"")
     with pytest.raises(SourceError, match=f"cannot read image .*{name} \\(empty file, 0 bytes\\)"):
         read_image(str(tmp_path / name))
+
+
+@pytest.mark.parametrize("files, summary", [
+    ({"empty.jpg": b""}, "1 of 2 images could not be read (empty file, 0 bytes; skipped): "),
+    ({"bad.jpg": b"xx"}, "1 of 2 images could not be read (not an image, or unsupported format; skipped)"),
+    ({"bad.jpg": b"xx", "empty.jpg": b"", "empty2.png": b""},
+     "3 of 4 images could not be read (2 empty file, 0 bytes; 1 not an image, or unsupported format; "
+     "skipped)"),
+])
+def test_a_folders_unreadable_images_are_summed_up_with_their_reasons(tmp_path, files, summary):
+    """The summary said '(not an image, or unsupported format)' for an empty 0-byte file too."""
+    cv2.imwrite(str(tmp_path / "good.png"), np.full((8, 8, 3), 9, np.uint8))
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    with pytest.raises(SourceError) as info:
+        list(open_source(str(tmp_path)))
+    assert str(info.value).startswith(summary), str(info.value)

@@ -243,6 +243,30 @@ def test_mixed_dataset_follows_the_weights_reproducibly(tmp_path):
             parse_source(bad)
 
 
+
+def test_mixed_dataset_shares_survive_huge_weights():
+    """Two weights of 1e308 summed to inf: every share was NaN and every sample came from the
+    last source; the weights are scaled by their largest first."""
+    from engine.errors import DbrtError
+    from export.train.data import MixedDataset
+
+    class Source:
+        def __init__(self, tag):
+            self.tag = tag
+
+        def __getitem__(self, i):
+            return self.tag
+
+    sources = [Source("a"), Source("b")]
+    mix = MixedDataset(sources, [1e308, 1e308], 2000, seed=3)
+    np.testing.assert_allclose(mix.cumulative, [0.5, 1.0])
+    assert 0.45 < sum(mix[i] == "a" for i in range(2000)) / 2000 < 0.55
+    np.testing.assert_allclose(MixedDataset(sources, [3, 1], 10).cumulative, [0.75, 1.0])
+    for bad in ([1, float("inf")], [1, float("nan")], [1, 0], [1, -1]):
+        with pytest.raises(DbrtError, match="positive, finite"):
+            MixedDataset(sources, bad, 10)
+
+
 def test_normalise_and_photometric_follow_their_formulas():
     """The loader's OpenCV one-pass versions: DB normalisation to float32 CHW, and contrast about
     the mean grey plus brightness, saturated (to within OpenCV's rounding)."""

@@ -279,8 +279,11 @@ class MixedDataset:
     def __init__(self, sources: Sequence, weights: Sequence[float], length: int, seed: int = 0):
         if len(sources) != len(weights) or not sources:
             raise DbrtError("a mixed dataset needs one weight per source")
-        self.sources = list(sources)
         p = np.asarray(weights, np.float64)
+        if not (np.isfinite(p).all() and (p > 0).all()):
+            raise DbrtError(f"mixed dataset weights must be positive, finite numbers, got {list(weights)}")
+        self.sources = list(sources)
+        p = p / p.max()  # first: the sum of two weights of 1e308 overflows to inf (NaN shares)
         self.cumulative = np.cumsum(p / p.sum())
         self.length, self.seed = length, seed
 

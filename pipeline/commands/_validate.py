@@ -24,6 +24,8 @@ MIN_INPUT_SIDE = 32  # the network stride of every DB-family model
 MAX_CPU_THREADS = 256
 MAX_SESSIONS = 64
 DEVICES = ("auto", "cpu", "cuda")
+# backbone width multipliers (--width): 4x the standard ResNet's channels, 2048 in its last stage
+MAX_WIDTH = 4.0
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -87,6 +89,11 @@ def between(low, high, kind: type = int, open_ends: bool = False) -> Callable[[s
 def seed(text: str) -> int:
     """A random seed: NumPy takes 0 to 2**32 - 1."""
     return between(0, 2 ** 32 - 1)(text)
+
+
+def width_multiplier(text: str) -> float:
+    """A backbone width multiplier (--width of train and export): > 0, at most MAX_WIDTH."""
+    return at_least(0.0, float, strict=True, at_most=MAX_WIDTH)(text)
 
 
 def number_list(low, high) -> Callable[[str], tuple]:

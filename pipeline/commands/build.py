@@ -89,6 +89,18 @@ def _flag_shape(flag: str, text: str):
         raise ShapeError(f"{flag}: {exc}") from None
 
 
+def check_calibration_images(source) -> None:
+    """--calib opened (it exists, is readable, holds images) before TensorRT is looked for: on
+    a machine without TensorRT a wrong path was reported only as missing TensorRT."""
+    from engine.errors import SourceError
+    from pipeline.sources import open_source
+
+    try:
+        open_source(str(source)).close()
+    except SourceError as exc:
+        raise SourceError(f"--calib: {exc}") from None
+
+
 def calibration_source(folder, spec, count: int):
     """Images in `folder` -> preprocessed NCHW batches of the calibration shape."""
     from engine.errors import DbrtError
@@ -147,6 +159,8 @@ def run(args) -> int:
     from engine.tensorrt.build import build_engine_file
 
     profile = profile_from_args(args)             # flag mistakes before TensorRT is looked for
+    if args.calib:
+        check_calibration_images(args.calib)
     summary = summarize_onnx(args.model)          # clear error for a bad ONNX before TensorRT
     trt = require_tensorrt()
     backend = cuda.require_backend("dbrt build")

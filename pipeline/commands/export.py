@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ._validate import at_least, output_file, side_length
+from ._validate import MAX_WIDTH, at_least, output_file, side_length, width_multiplier
 
 NAME = "export"
 HELP = "export a DBNet checkpoint to ONNX (FP32 / FP16 / INT8), with parity and TensorRT checks"
@@ -33,8 +33,8 @@ def add_arguments(parser) -> None:
                        help="backbone; inferred from the checkpoint when omitted")
     model.add_argument("--dcn", action="store_true", default=None,
                        help="deformable convolution in stages 2-4; inferred when omitted")
-    model.add_argument("--width", type=at_least(0.0, float, strict=True),
-                       help="channel width multiplier; inferred when omitted")
+    model.add_argument("--width", type=width_multiplier,
+                       help=f"channel width multiplier (at most {MAX_WIDTH:g}); inferred when omitted")
     model.add_argument("--random-init", action="store_true",
                        help="export UNTRAINED random weights (tests, benchmarks); needs --arch")
     model.add_argument("--limit-side", type=side_length, help="resize target stored in the metadata")

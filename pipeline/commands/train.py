@@ -8,13 +8,13 @@ from typing import Optional
 
 from dbnet.spec import MAX_INPUT_SIDE
 
-from ._validate import MIN_INPUT_SIDE, at_least, between, output_folder, seed, side_length
+from ._validate import (MAX_WIDTH, MIN_INPUT_SIDE, at_least, between, output_folder, seed,
+                        side_length, width_multiplier)
 
 NAME = "train"
 HELP = "train DBNet on synthetic text, real ICDAR2015 / mask folders or a mix (needs torch)"
 ORDER = 60
 # upper bounds that catch a mistyped value (an extra zero) before it starts a run
-MAX_WIDTH = 4.0     # 4x the standard ResNet's channels: 2048 in the last stage
 MAX_WORKERS = 128   # data-loader processes, each holding its own copy of the dataset
 MAX_THREADS = 256
 DESCRIPTION = """Train a DBNet detector. --data takes 'synth' (synthetic scenes made on the fly
@@ -67,7 +67,7 @@ def add_arguments(parser) -> None:
             help="synthetic scene mix (street adds photo-like built scenes, signs "
                  "more large letter-spaced lettering, mixed 60%% default + 40%% signs)")
     setting("--arch", default=d.arch, choices=("resnet18", "resnet34", "resnet50"))
-    setting("--width", type=at_least(0.0, float, strict=True, at_most=MAX_WIDTH), default=d.width,
+    setting("--width", type=width_multiplier, default=d.width,
             help=f"backbone width multiplier (1: the standard ResNet; at most {MAX_WIDTH:g})")
     setting("--steps", type=at_least(1), default=d.steps, help="optimiser steps of the whole run")
     setting("--batch", type=at_least(1), default=d.batch, help="crops per step")
@@ -298,6 +298,7 @@ def _resumed_config(args):
         cfg = TrainConfig.from_dict(json.loads(saved_path.read_text())).with_absolute_paths()
     except (ValueError, TypeError) as e:
         raise DbrtError(f"--resume: {saved_path} is not a dbrt training config ({e})") from None
+    cfg = _checked_like_the_flags(cfg, saved_path)
     given, names = _new_config(args), set(args.given) | ({"data"} if args.data else set())
     for name, value, saved in given.recipe_differences(cfg, sorted(names))[:1]:
         flag = "--" + name.replace("_", "-")
@@ -307,6 +308,32 @@ def _resumed_config(args):
                         f"with --init {out / 'last.pt'}")
     changes = {n: getattr(given, n) for n in names if n in TrainConfig.RESUMABLE_CHANGES}
     return dataclasses.replace(cfg, **changes, out_dir=args.out, resume=True)
+
+
+def _checked_like_the_flags(cfg, saved_path: Path):
+    """`cfg` (read from `saved_path`) with each setting that has a flag put through that flag's
+    check: a hand-edited config.json (seed -1, lr Infinity) is one error naming the file and
+    the key, not a failure deep in training or a run on a nonsense setting."""
+    import dataclasses
+
+    from engine.errors import DbrtError
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    checked = {}
+    for action in parser._actions:  # the flags, with their own checks and choices
+        value = getattr(cfg, action.dest, None)
+        if value is None or (action.type is None and action.choices is None):
+            continue
+        try:
+            value = action.type(_as_typed(value)) if action.type else value
+        except argparse.ArgumentTypeError as exc:
+            raise DbrtError(f"--resume: {saved_path}: \"{action.dest}\" {exc}") from None
+        if action.choices is not None and value not in action.choices:
+            raise DbrtError(f"--resume: {saved_path}: \"{action.dest}\" must be one of "
+                            f"{', '.join(action.choices)}, got {value!r}")
+        checked[action.dest] = value
+    return dataclasses.replace(cfg, **checked)
 
 
 def run(args) -> int:

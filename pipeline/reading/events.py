@@ -28,6 +28,8 @@ import os
 from pathlib import Path
 from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple, Union
 
+from dbnet.files import naming_the_file
+
 from ..detections import Detections
 from ..sinks import Sink
 from ..sources import Frame
@@ -110,14 +112,16 @@ class TextEventSink(Sink):
         wrote = 0
         for track in tracks:
             line = {"event": kind, **track.to_dict(self.decimals)}
-            self._fh.write(json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n")
+            with naming_the_file(self.path):  # a full disk's error names no file
+                self._fh.write(json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n")
             wrote += 1
             for listener in self.listeners:
                 listener(line)
         if wrote:
             self.lines += wrote
             self.updates += wrote if kind == UPDATE else 0
-            self._fh.flush()
+            with naming_the_file(self.path):
+                self._fh.flush()
 
     def end_stream(self, stream: int) -> None:
         ended = self.book.end_stream(stream)
@@ -133,4 +137,5 @@ class TextEventSink(Sink):
             try:
                 self._write(self.book.finish(), END)
             finally:
-                self._fh.close()
+                with naming_the_file(self.path):
+                    self._fh.close()

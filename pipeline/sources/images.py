@@ -4,6 +4,7 @@ from __future__ import annotations
 import glob
 import os
 import threading
+from collections import Counter
 from pathlib import Path
 from typing import Iterator, List, Optional
 
@@ -43,28 +44,49 @@ def list_images(spec: str) -> List[str]:
     return [str(path)]
 
 
+class UnreadableImage(SourceError):
+    """An image file that cannot be read; `why` is the reason alone (a folder's summary
+    counts the reasons)."""
+
+    def __init__(self, message: str, why: str):
+        super().__init__(message)
+        self.why = why
+
+
 def read_image(path: str):
-    """BGR uint8 image, or SourceError naming the file."""
+    """BGR uint8 image, or UnreadableImage (a SourceError) naming the file."""
+    if not os.path.exists(path):
+        raise UnreadableImage(f"no such file: {path}", "no such file")
     if not os.path.isfile(path):
-        raise SourceError(f"no such file: {path}" if not os.path.exists(path)
-                          else f"{path} is a folder, not an image")
+        raise UnreadableImage(f"{path} is a folder, not an image", "a folder, not an image")
     # imdecode: OpenCV's imread fails on TIFFs with EXIF orientation 5-8; otherwise the same
     # decoder, orientation applied
     data = np.fromfile(path, np.uint8)
     if data.size == 0:  # imdecode asserts on an empty buffer instead of returning None
-        raise SourceError(f"cannot read image {path} (empty file, 0 bytes)")
+        raise UnreadableImage(f"cannot read image {path} (empty file, 0 bytes)", "empty file, 0 bytes")
     try:
         image = cv2.imdecode(data, cv2.IMREAD_COLOR)
     except cv2.error:  # a decoder that asserts on a damaged file rather than returning None
         image = None
     if image is None:
-        raise SourceError(f"cannot read image {path} (not an image, or unsupported format)")
+        why = "not an image, or unsupported format"
+        raise UnreadableImage(f"cannot read image {path} ({why})", why)
     if path.lower().endswith(ALPHA_SUFFIXES):
         raw = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
         if raw is not None and raw.ndim == 3 and raw.shape[2] == 4:
             plain = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
             return _on_white(_turned_like(raw, plain, image))
     return image
+
+
+def unreadable_summary(unreadable: List[tuple], total: int) -> str:
+    """One line for the (path, reason) pairs of a folder's images that could not be read: the
+    reasons found, counted where there are several kinds, and the first names."""
+    reasons = Counter(why for _, why in unreadable)
+    said = (next(iter(reasons)) if len(reasons) == 1
+            else "; ".join(f"{n} {why}" for why, n in reasons.most_common()))
+    names = ", ".join(path for path, _ in unreadable[:3]) + (", ..." if len(unreadable) > 3 else "")
+    return f"{len(unreadable)} of {total} images could not be read ({said}; skipped): {names}"
 
 
 def _turned_like(raw: np.ndarray, plain: np.ndarray, oriented: np.ndarray) -> np.ndarray:
@@ -120,17 +142,15 @@ class ImageSource(Source):
                 break
             try:
                 image = read_image(path)
-            except SourceError as exc:
-                unreadable.append(path)
+            except UnreadableImage as exc:
+                unreadable.append((path, exc.why))
                 self.stats.add(skipped=1)
                 self.stats.note(str(exc))
                 continue
             self.stats.add(read=1, delivered=1)
             yield Frame(image, index, None, os.path.normpath(path))
         if unreadable:
-            names = ", ".join(unreadable[:3]) + (", ..." if len(unreadable) > 3 else "")
-            raise SourceError(f"{len(unreadable)} of {len(self._paths)} images could not be read "
-                              f"(not an image, or unsupported format; skipped): {names}")
+            raise SourceError(unreadable_summary(unreadable, len(self._paths)))
 
     def close(self) -> None:
         self._closed.set()
