@@ -26,6 +26,7 @@ import threading
 import weakref
 from typing import Callable, Iterable, Iterator, List, Optional, Sequence
 
+from .arguments import check_detector, check_events_have_tracks, check_numbers, checked_outputs
 from .batcher import Batcher, batch_size
 from .detections import Detections, FrameResult
 from .detector import Detector
@@ -39,6 +40,7 @@ from .stages import (END, POLL_S, Aborted, Channel, Control, LiveGate, Stage,
                      hold_switch_interval, release_switch_interval)
 
 Callback = Callable[[Frame, Detections], None]
+_nothing = (lambda: None)  # what a sink of one's own without close() closes
 # how long a stopped run waits for a source's reader: one inside a network connect (FFmpeg's
 # open cannot be interrupted and may take its 30 s timeout) is left to end in the background,
 # so that a stop fits a service manager's grace period (Docker's is 10 s)
@@ -83,17 +85,15 @@ class Pipeline:
                  stop_signals: Sequence[int] = (signal.SIGINT,)):
         if isinstance(sources, (str, os.PathLike, int, Source)):
             sources = [sources]
-        self.sinks = list(sinks)
-        self.callbacks = list(callbacks)
-        self._own_detector = close_detector
-        self.detector = detector
+        self.sinks, self.callbacks, self.sources = [], [], []
+        self._own_detector, self.detector = close_detector, detector
         self._run_iter: Optional[weakref.ref] = None
-        self.sources: List[Source] = []
         try:  # what this pipeline was handed to close is closed when it cannot be made
-            if batch < 0 or batch_timeout < 0 or (max_frames is not None and max_frames < 1):
-                raise ValueError(f"batch >= 0, batch_timeout >= 0 and max_frames >= 1 (or None), "
-                                 f"got {batch}, {batch_timeout}, {max_frames}")
+            self.sinks, self.callbacks = checked_outputs(sinks, callbacks)
+            check_detector(detector)
+            check_numbers(batch, batch_timeout, queue_size, max_frames)
             self.tracker = tracker_for(track)  # before the sources open: a missing package fails first
+            check_events_have_tracks(self.sinks, self.tracker)
             self.sources = open_sources(sources, **(source_options or {}))
             self.batch = batch_size(batch, len(self.sources), getattr(detector, "runner", None))
         except BaseException:
@@ -101,10 +101,9 @@ class Pipeline:
                 if close_detector:
                     steps.callback(detector.close)
                 for item in [*self.sinks, *self.sources]:
-                    steps.callback(item.close)
+                    steps.callback(getattr(item, "close", _nothing))
             raise
-        self.batch_timeout = batch_timeout
-        self.max_frames = max_frames
+        self.batch_timeout, self.max_frames = batch_timeout, max_frames
         self.switch_interval = switch_interval
         self._holds_interval = False
         # a detector whose model is on a server submits batch k+1 while k is on the wire; a
@@ -223,9 +222,11 @@ class Pipeline:
 
     def close(self) -> None:
         """Release sources, sinks and the detector of a pipeline that will not run, or stop a
-        run left partway (`with Pipeline(...) as p: next(iter(p))`) as a `break` would; a run
-        iterated to its end has released them itself."""
+        run left partway (`with Pipeline(...) as p: next(iter(p))`) as a `break` would, also
+        from another thread; a run iterated to its end has released them itself."""
         run = self._run_iter() if self._run_iter is not None else None
+        if run is not None and run.gi_running:  # iterating in another thread: it stops at its
+            return self.control.abort()  # next step (stop() lets the frames already read through)
         if run is not None:
             run.close()
         if not self._started:
@@ -272,7 +273,7 @@ class Pipeline:
             if self._own_detector:
                 steps.callback(self.detector.close)
             for sink in reversed(self.sinks):
-                steps.callback(sink.close)
+                steps.callback(getattr(sink, "close", _nothing))  # one's own may have none
             steps.callback(self._release_switch_interval)
             steps.callback(self._join_threads)
             steps.callback(self._close_sources)

@@ -3,6 +3,7 @@ clean stop, live drops, and the real model end to end on a generated video."""
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 
@@ -454,7 +455,7 @@ def test_a_pipeline_that_cannot_open_its_source_closes_what_it_was_given(tmp_pat
 
 def test_one_path_is_one_source_and_bad_numbers_are_refused(videos):
     assert Pipeline(videos[1], FakeDetector()).run()["frames"] == 12
-    with pytest.raises(ValueError, match="batch >= 0"):
+    with pytest.raises(ValueError, match="batch must be an integer >= 0"):
         Pipeline(videos[1], FakeDetector(), batch=-1)
 
 
@@ -548,3 +549,59 @@ def test_a_live_run_drops_at_the_source_rather_than_queue_before_its_slowest_sta
     assert report["frames"] > 20 and report["dropped"] > 100
     assert report["queues"]["decoded"]["mean"] < 0.5 and report["queues"]["prepared"]["mean"] < 0.5
 
+
+
+@pytest.mark.parametrize("kwargs, error, said", [
+    (dict(sinks=[print]), TypeError, "sinks: .* has no write.*callbacks="),
+    (dict(callbacks=[JsonlSink(os.devnull)]), TypeError, "callbacks: .* is not callable"),
+    (dict(sinks=JsonlSink(os.devnull)), TypeError, r"sinks= takes a list"),
+    (dict(max_frames=1.5), ValueError, "max_frames must be an integer >= 1"),
+    (dict(queue_size=-3), ValueError, "queue_size must be an integer >= 1"),
+    (dict(track=""), TypeError, "track= takes True, False or a TextTracker"),
+])
+def test_wrong_arguments_are_refused_when_the_pipeline_is_made_naming_them(videos, kwargs, error, said):
+    """They failed once the run started, as an AttributeError in a worker thread (or, for
+    max_frames=1.5, as a failed source); the detector handed over was not closed."""
+    detector = FakeDetector()
+    with pytest.raises(error, match=said):
+        Pipeline([videos[1]], detector, close_detector=True, **kwargs)
+    assert detector.closed
+
+
+def test_a_model_path_in_place_of_the_detector_is_named():
+    with pytest.raises(TypeError, match="detector: expected a pipeline.detector.Detector, got str"):
+        Pipeline(["a.mp4"], "dbnet.onnx")
+
+
+def test_track_zero_is_off_and_events_without_tracks_are_refused(videos, tmp_path):
+    from pipeline.reading.events import TextEventSink
+
+    assert Pipeline([videos[1]], FakeDetector(), track=0).tracker is None
+    with pytest.raises(ValueError, match="TextEventSink needs track=True"):
+        Pipeline([videos[1]], FakeDetector(), sinks=[TextEventSink(tmp_path / "e.jsonl")])
+
+
+def test_a_sink_of_ones_own_without_close_or_end_stream_is_fine(videos):
+    """Its missing close() left the run half shut down: a thread running, the interpreter's
+    switch interval not restored."""
+    import sys
+
+    class Counter:
+        n = 0
+
+        def write(self, frame, detections):
+            self.n += 1
+
+    interval, sink = sys.getswitchinterval(), Counter()
+    assert Pipeline([videos[1]], FakeDetector(), sinks=[sink]).run()["frames"] == sink.n == 12
+    assert sys.getswitchinterval() == interval
+
+
+def test_close_from_another_thread_stops_the_run():
+    """It raised 'generator already executing' in the calling thread and the run went on."""
+    pipe = Pipeline([SimulatedCamera(total=100_000, fps=200)], FakeDetector())
+    timer = threading.Timer(0.5, pipe.close)
+    timer.start()
+    frames = sum(1 for _ in pipe)
+    timer.join()
+    assert 0 < frames < 100_000

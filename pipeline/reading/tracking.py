@@ -101,6 +101,8 @@ class TextTracker:
 def tracker_for(track) -> Optional[TextTracker]:
     """The TextTracker a pipeline's `track=` asks for: True for a default one, or the given
     one; None for no tracking."""
-    if track is None or track is False:
-        return None
-    return track if isinstance(track, TextTracker) else TextTracker()
+    if isinstance(track, TextTracker):
+        return track
+    if not isinstance(track, (bool, np.bool_, numbers.Integral, type(None))):
+        raise TypeError(f"track= takes True, False or a TextTracker, got {track!r}")
+    return TextTracker() if track else None
