@@ -74,8 +74,8 @@ class Detections:
             return NotImplemented
         return (len(self) == len(other) and self.data.keys() == other.data.keys()
                 and all(np.array_equal(a, b) for a, b in zip(self.polygons, other.polygons))
-                and np.array_equal(self.scores, other.scores)
-                and all(np.array_equal(v, other.data[k]) for k, v in self.data.items()))
+                and _same(self.scores, other.scores)
+                and all(_same(v, other.data[k]) for k, v in self.data.items()))
 
     __hash__ = None  # holds arrays: compared by value, so not hashable
 
@@ -204,6 +204,13 @@ class FrameResult:
         """`to_dict` as compact JSON, the detections from `Detections.records_json`."""
         return with_detections_json(frame_fields(self.frame),
                                     self.detections.records_json(decimals))
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    """Equal arrays, NaN equal to NaN where the values are numbers (a NaN confidence, as an
+    FP16 recognizer may give, is kept as it came)."""
+    numeric = all(np.issubdtype(x.dtype, np.number) for x in (a, b))
+    return np.array_equal(a, b, equal_nan=numeric)
 
 
 def frame_fields(frame: Frame) -> dict:

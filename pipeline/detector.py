@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
 import os
 import warnings
 from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple, Union
@@ -61,6 +62,8 @@ class Detector:
             self.runner = model
         else:
             options = options or RunnerOptions()
+            if not isinstance(options, RunnerOptions):
+                raise TypeError(f"options: expected an engine.loader.RunnerOptions, got {options!r}")
             if options.profile is None:  # an engine built from an .onnx follows the resize rule
                 options = dataclasses.replace(options, profile=lambda meta: profile_for(meta, preset))
             self.runner = load_runner(default_model_path() if model is None else model,
@@ -117,8 +120,9 @@ class Detector:
                     reader=None if self.recognizer is None else self.recognizer.describe())
 
     def _checked_size(self, size) -> Tuple[int, int]:
-        if not (isinstance(size, (tuple, list)) and len(size) == 2):
-            raise ShapeError(f"input_size must be (height, width), got {size!r}")
+        if not (isinstance(size, (tuple, list)) and len(size) == 2
+                and all(isinstance(v, numbers.Integral) for v in size)):
+            raise ShapeError(f"input_size must be (height, width), got {size!r} (whole pixels)")
         h, w = (int(v) for v in size)
         stride = self.spec.resize.stride
         if not all(0 < v <= MAX_INPUT_SIDE and v % stride == 0 for v in (h, w)):
@@ -213,6 +217,9 @@ class Detector:
         none larger than the model takes (`Runner.max_batch`)."""
         from .sources.images import read_image
 
+        if isinstance(images, (str, os.PathLike, np.ndarray)):  # one image: detect() takes it
+            raise TypeError(f"detect_batch takes a list of images, got one {type(images).__name__}; "
+                            "use detect() or [image]")
         loaded = [as_bgr(read_image(os.fspath(image)) if isinstance(image, (str, os.PathLike))
                                else image) for image in images]
         results: List[Optional[Detections]] = [None] * len(loaded)

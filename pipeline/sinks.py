@@ -193,7 +193,8 @@ class _Encoder:
 
 
 class VideoSink(Sink):
-    """Annotated video, one file per source; `path` is a file name, or fn(frame) -> file name.
+    """Annotated video, one file per source; `path` is a file name (one source), or
+    fn(frame) -> file name (one per stream: two streams on one file are an error).
     The file keeps the size of the source's first frame: later frames of another size are
     scaled into it (letterboxed).
 
@@ -227,6 +228,11 @@ class VideoSink(Sink):
 
     def _open(self, frame: Frame) -> _Encoder:
         path = Path(self.path_for(frame))
+        taken = [stream for stream, used in self.paths.items() if used == path]
+        if taken:  # two encoders on one file: each overwrote the other's frames
+            raise DbrtError(f"{path}: streams {taken[0]} and {frame.stream} would write the same "
+                            "video; give VideoSink a file name per stream, e.g. "
+                            "lambda frame: f'annotated_{frame.stream}.mp4'")
         h, w = frame.size
         if h < 2 or w < 2:
             raise DbrtError(f"cannot encode a {w}x{h} frame as video")
@@ -349,13 +355,15 @@ class StreamEnds:
             if source.state in ("ended", "failed") and \
                     self._written[stream] >= source.stats.delivered:
                 del self._open[stream]
-                for sink in self._sinks:
-                    sink.end_stream(stream)
+                self._tell("end_stream", stream)
             elif stream not in self._lost and source.state == "reconnecting" and \
                     self._all_written(stream, source.stats):
                 self._lost.add(stream)
-                for sink in self._sinks:
-                    sink.stream_lost(stream)
+                self._tell("stream_lost", stream)
+
+    def _tell(self, news: str, stream: int) -> None:
+        for sink in self._sinks:  # a sink of one's own (not a Sink) may not listen
+            getattr(sink, news, lambda stream: None)(stream)
 
     def _all_written(self, stream: int, stats) -> bool:
         """Every frame read before the outage was delivered (or dropped) and written: a frame

@@ -181,3 +181,21 @@ def test_common_mistakes_in_the_arguments_are_named():
 
     with pytest.raises(SourceError, match="not ndarray .images in memory: Detector.detect"):
         Pipeline([np.zeros((8, 8, 3), np.uint8)], Detector(BrightPixelRunner()))
+
+
+def test_wrong_arguments_name_what_is_expected(tiny_onnx):
+    """detect_batch("photo.jpg") read the name letter by letter ('no such file: p'); a float
+    input size was cut silently; a dict of options failed deep inside as an AttributeError."""
+    det = Detector(BrightPixelRunner())
+    with pytest.raises(TypeError, match="detect_batch takes a list of images, got one str"):
+        det.detect_batch("photo.jpg")
+    with pytest.raises(ShapeError, match=r"got \(96.9, 160\) \(whole pixels\)"):
+        Detector(BrightPixelRunner(), input_size=(96.9, 160))
+    with pytest.raises(TypeError, match="options: expected an engine.loader.RunnerOptions"):
+        Detector(tiny_onnx, options={"threads": 2})
+
+
+def test_detections_with_a_nan_score_equal_themselves():
+    dets = Detections.from_quads(np.float32([[[0, 0], [4, 0], [4, 2], [0, 2]]]), [np.nan],
+                                 {"text": np.asarray(["A"]), "text_score": np.asarray([np.nan])})
+    assert dets == dets and Detections.from_records(dets.to_records()) == dets

@@ -301,3 +301,13 @@ def test_a_full_disk_under_the_video_is_an_error_naming_it(tmp_path, monkeypatch
     monkeypatch.setattr(sink.encoders[0], "container", type("Full", (), {"mux": full, "close": full})())
     with pytest.raises(DbrtError, match=r"cannot write the video .*v\.mp4 \(64x48\): No space left"):
         sink.write(make_frame(1), dets_for(make_frame(1)))
+
+
+def test_two_streams_on_one_video_file_are_an_error_not_a_lost_video(tmp_path):
+    """VideoSink("same.mp4") with two sources opened two encoders on one file: half the
+    frames were lost without a word."""
+    sink = VideoSink(tmp_path / "same.mp4")
+    sink.write(Frame(np.zeros((48, 64, 3), np.uint8), 0, 0.0, "a.mp4", 0), Detections.from_quads(QUAD[:0], []))
+    with pytest.raises(DbrtError, match="streams 0 and 1 would write the same video"):
+        sink.write(Frame(np.zeros((48, 64, 3), np.uint8), 0, 0.0, "b.mp4", 1), Detections.from_quads(QUAD[:0], []))
+    sink.close()
