@@ -83,10 +83,13 @@ def _live_muxing(path: Path, live: bool) -> dict:
     """A live run ends by SIGKILL, a crash or a power cut as often as cleanly, and a plain MP4
     is unreadable until its index is written at the close: a live stream's MP4 is written as
     fragments that each start at a keyframe, flushed as they are written, so all but the last
-    seconds stay playable. (Matroska needs nothing: it is readable when cut short.)"""
+    seconds stay playable; a clean close adds an index of the fragments at the start, without
+    which browsers take the first fragments' length for the video's. (Matroska needs nothing:
+    it is readable when cut short.)"""
     if not live or path.suffix.lower() not in (".mp4", ".mov", ".m4v"):
         return {}
-    return {"movflags": "frag_keyframe+empty_moov+default_base_moof", "flush_packets": "1"}
+    return {"movflags": "frag_keyframe+empty_moov+default_base_moof+global_sidx",
+            "flush_packets": "1"}
 
 
 class _Encoder:
