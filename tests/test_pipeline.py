@@ -501,7 +501,7 @@ def test_a_live_source_opened_for_a_run_that_never_starts_is_disconnected():
         def _disconnect(self):
             Camera.disconnects += 1
 
-    camera = Camera(total=100)
+    camera = Camera(total=100, fps=50)  # a camera paces its frames
     with Pipeline([camera], FakeDetector()):
         pass
     assert (camera.connects, Camera.disconnects) == (1, 1)

@@ -460,3 +460,15 @@ def test_a_folders_unreadable_images_are_summed_up_with_their_reasons(tmp_path, 
     with pytest.raises(SourceError) as info:
         list(open_source(str(tmp_path)))
     assert str(info.value).startswith(summary), str(info.value)
+
+
+def test_a_live_source_is_read_from_its_opening_so_its_first_frame_is_fresh():
+    """Opened while the run got ready (models loading), a stream's frames piled up unread and
+    came in a burst: the first frame seconds old, the clock seeming to jump (the annotated
+    video then ran seconds ahead of the JSON lines)."""
+    source = SimulatedCamera(total=10_000, fps=200).open()
+    time.sleep(0.5)  # the run getting ready
+    first = next(iter(source))
+    source.close()
+    source.join(10)
+    assert first.index > 20 and source.stats.dropped > 20

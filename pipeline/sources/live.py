@@ -18,6 +18,9 @@ from ..stages import END, Control, Stage
 from .base import Frame, Source
 
 
+UNUSED_GRACE_S = 3.0  # how long close() waits for the reader of a source opened, never used
+
+
 @dataclass(frozen=True)
 class Reconnect:
     """Back-off policy after a live source fails: wait `delay`, then `delay * factor`, ...
@@ -121,6 +124,7 @@ class LiveSource(Source):
         # a server that accepts and then sends nothing still runs out of retries
         self._attempts = None
         self._connection = 0  # reconnects so far: the connection a frame comes on
+        self._iterated = False  # whether a consumer took the frames (else only open() read)
 
     # -- subclass hooks ---------------------------------------------------------------------
     @abc.abstractmethod
@@ -134,10 +138,15 @@ class LiveSource(Source):
 
     # -- lifecycle --------------------------------------------------------------------------
     def open(self) -> "LiveSource":
-        """Connect once, synchronously, so an unreachable source fails here with one line."""
+        """Connect once, synchronously, so an unreachable source fails here with one line. A
+        live stream is read from then on, its newest frame kept: what it sends while the run
+        gets ready (loading models) piled up unread and then came in a burst, its first frame
+        seconds old and its clock seeming to jump."""
         if not self._connected and self._thread is None:
             self._connect()
             self._connected = True
+            if self.live:
+                self.start()
         return self
 
     def _as_file(self) -> None:
@@ -162,6 +171,8 @@ class LiveSource(Source):
         if self._thread is None and self._connected:  # opened, never read: no reader to let go
             self._connected = False
             self._disconnect_quietly()
+        elif self._thread is not None and not self._iterated:  # read since open() only: the
+            self._thread.join(UNUSED_GRACE_S)  # connection is let go before close() returns
 
     def join(self, timeout: Optional[float] = None) -> None:
         if self._thread is not None:
@@ -171,6 +182,7 @@ class LiveSource(Source):
                                 "closed when that call returns")
 
     def __iter__(self) -> Iterator[Frame]:
+        self._iterated = True
         self.start()
         try:
             while True:
