@@ -261,3 +261,17 @@ def test_an_annotated_image_that_cannot_be_written_is_one_error_naming_it(tmp_pa
     assert rc == 2
     assert err[-1] == (f"dbrt run: error: {out / 'annotated' / '0_00000_a.png'}: "
                        "OpenCV could not write the image"), err
+
+
+def test_a_streams_video_is_named_after_its_path_or_host_and_port_never_its_credentials():
+    """udp://127.0.0.1:5611's video was annotated_1_127.0.0.mp4 (cut at '.1:5611' as if a
+    file suffix)."""
+    from types import SimpleNamespace
+
+    from pipeline.commands._outputs import video_names
+
+    names = ["udp://127.0.0.1:5611", "rtsp://user:pw@cam.local:554/stream1", "/data/clip.mp4"]
+    pipe = SimpleNamespace(sources=[SimpleNamespace(stream=k, name=n, kind="network")
+                                    for k, n in enumerate(names)])
+    assert video_names(pipe) == {0: "annotated_0_127.0.0.1_5611.mp4", 1: "annotated_1_stream1.mp4",
+                                 2: "annotated_2_clip.mp4"}

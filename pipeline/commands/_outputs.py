@@ -6,6 +6,7 @@ import json
 import re
 import sys
 from pathlib import Path
+from urllib.parse import urlparse
 
 
 def video_names(pipe) -> dict:
@@ -41,7 +42,12 @@ def _only(sink, streams: set):
 
 
 def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", Path(name).stem or name)[-40:]
+    url = urlparse(name)
+    if url.scheme and url.netloc:  # a stream: its path's last part, else its host and port
+        base = Path(url.path).stem or "_".join(str(p) for p in (url.hostname, url.port) if p)
+    else:  # a file ("udp://127.0.0.1:5611" was cut at ".1:5611" as if a suffix)
+        base = Path(name).stem or name
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", base)[-40:]
 
 
 def clear_earlier_outputs(out: Path, ours: set, quiet: bool) -> None:
