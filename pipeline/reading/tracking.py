@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numbers
 import warnings
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 
@@ -42,10 +42,15 @@ class TextTracker:
         self.horizon = lost_frames + 1
         self._trackers: Dict[int, object] = {}
         self._epochs: Dict[int, tuple] = {}  # stream -> (frame size, connection)
-        # per stream, what a restarted tracker's ids are shifted by (its counter starts at 1
-        # again; a consumer keys events by stream and track id, so ids are never reused)
-        self._id_base: Dict[int, int] = {}
-        self._id_max: Dict[int, int] = {}
+        # a consumer keys events by stream and track id, so an id is never given out again:
+        # per stream, ByteTrack's id -> the one given out (from one counter, across restarts,
+        # whose ByteTrack counts from 1 again), and the ids given out that have ended (-> the
+        # frame they ended at, ByteTrack's id): supervision's ByteTrack can pick a track up
+        # a frame or two after letting it go, and that one gets a new id
+        self._given: Dict[int, Dict[int, int]] = {}
+        self._last_id: Dict[int, int] = {}
+        self._ended: Dict[int, Dict[int, Tuple[int, int]]] = {}
+        self._frames: Dict[int, int] = {}
         self.book = TrackBook(self.horizon)
         self.restarts = 0  # streams that reconnected or changed frame size mid-run
 
@@ -61,7 +66,7 @@ class TextTracker:
         known = self._epochs.get(frame.stream)
         if known is not None and known != epoch(frame):
             self._trackers.pop(frame.stream, None)
-            self._id_base[frame.stream] = self._id_max.get(frame.stream, 0)
+            self._given[frame.stream], self._ended[frame.stream] = {}, {}
             self.restarts += 1
         self._epochs[frame.stream] = epoch(frame)
         tracker = self._trackers.get(frame.stream)
@@ -83,19 +88,42 @@ class TextTracker:
                                    confidence=detections.scores.copy(),
                                    data={"index": np.arange(len(detections))})
         tracked = tracker.update_with_detections(boxes)
+        stream = frame.stream
+        self._frames[stream] = tick = self._frames.get(stream, 0) + 1
         if len(tracked):
-            ids[tracked.data["index"]] = tracked.tracker_id + self._id_base.get(frame.stream, 0)
-            self._id_max[frame.stream] = max(self._id_max.get(frame.stream, 0), int(ids.max()))
+            ids[tracked.data["index"]] = [self._id_for(stream, int(t)) for t in tracked.tracker_id]
         data = dict(detections.data)
         data[TRACK_ID] = ids
         out = Detections(detections.polygons, detections.scores, data)
-        self.book.update(frame, out)
+        self._note_ended(stream, self.book.update(frame, out), tick)
         if out.texts:
             votes = [self.book.reading(frame.stream, int(t)) for t in ids]
             data["track_text"] = np.asarray([text or "" for text, _ in votes], dtype=str)
             data["track_text_score"] = np.asarray([c for _, c in votes], np.float32)
             out = Detections(detections.polygons, detections.scores, data)
         return out
+
+
+    def _id_for(self, stream: int, bytetrack_id: int) -> int:
+        """The id given out for ByteTrack's `bytetrack_id`: a new one for a track never seen,
+        or seen and ended."""
+        given, ended = self._given.setdefault(stream, {}), self._ended.setdefault(stream, {})
+        track_id = given.get(bytetrack_id)
+        if track_id is None or track_id in ended:
+            track_id = given[bytetrack_id] = self._last_id[stream] = self._last_id.get(stream, 0) + 1
+        return track_id
+
+    def _note_ended(self, stream: int, tracks, tick: int) -> None:
+        """Remember the ids that ended, and forget those ByteTrack can no longer pick up."""
+        given, ended = self._given.setdefault(stream, {}), self._ended.setdefault(stream, {})
+        bytetrack_ids = {v: k for k, v in given.items()} if tracks else {}
+        for track in tracks:
+            ended[track.track_id] = (tick, bytetrack_ids.get(track.track_id))
+        for track_id, (when, bytetrack_id) in list(ended.items()):
+            if tick - when > 2 * self.horizon:  # long gone from ByteTrack's pool
+                del ended[track_id]
+                if given.get(bytetrack_id) == track_id:
+                    del given[bytetrack_id]
 
 
 def tracker_for(track) -> Optional[TextTracker]:
