@@ -85,7 +85,7 @@ class Pipeline:
                  stop_signals: Sequence[int] = (signal.SIGINT,)):
         if isinstance(sources, (str, os.PathLike, int, Source)):
             sources = [sources]
-        self.sinks, self.callbacks, self.sources = [], [], []
+        self.sinks, self.callbacks, self.sources = [], [], []  # sources: List[Source]
         self._own_detector, self.detector = close_detector, detector
         self._run_iter: Optional[weakref.ref] = None
         try:  # what this pipeline was handed to close is closed when it cannot be made

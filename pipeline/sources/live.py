@@ -198,7 +198,8 @@ class LiveSource(Source):
 
     # -- reader stage -----------------------------------------------------------------------
     def _images(self) -> Iterator[Tuple[int, np.ndarray, Optional[float], int]]:
-        """(index, image, timestamp, connection) as read, across reconnects, until stopped or given up."""
+        """(index, image, timestamp, connection) as read, across reconnects, until stopped or
+        given up."""
         index = 0
         try:
             while not self._stop.is_set():
