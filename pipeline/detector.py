@@ -49,6 +49,11 @@ class Detector:
                 from the rapidocr wheel), a recognizer .onnx path, or a pipeline.reading.Recognizer
                 (yours to close: several Detectors may share it); the detections then carry
                 `texts` and `text_scores`
+
+    One Detector may serve several Pipelines (or threads) at once: ONNX Runtime takes
+    concurrent calls, and each thread that calls a TensorRT engine gets its own execution
+    context. Close it after the last of them (a Pipeline given close_detector=True closes it
+    when its own run ends).
     """
 
     def __init__(self, model=None, spec: Union[ModelSpec, dict, Callable[[ModelSpec], ModelSpec], None] = None,

@@ -605,3 +605,22 @@ def test_close_from_another_thread_stops_the_run():
     frames = sum(1 for _ in pipe)
     timer.join()
     assert 0 < frames < 100_000
+
+
+def test_one_detector_serves_two_pipelines_at_once_as_it_serves_them_in_turn(videos, tiny_onnx):
+    def boxes(results):
+        return [(f.index, d.polygons[0].tolist() if len(d) else None) for f, d in results]
+
+    with _detector(tiny_onnx) as detector:
+        alone = [boxes(Pipeline([video], detector)) for video in videos[:2]]
+        together = [None, None]
+
+        def run(k):
+            together[k] = boxes(Pipeline([videos[k]], detector))
+
+        threads = [threading.Thread(target=run, args=(k,)) for k in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    assert together == alone and all(len(r) > 5 for r in alone)
