@@ -1,4 +1,8 @@
-"""Errors that describe a user mistake: the CLI prints them as one line, without a traceback."""
+"""Errors that describe a user mistake: the CLI prints them as one line, without a traceback;
+and dbrt's warning category."""
+import os
+import sys
+import warnings
 
 
 class DbrtError(Exception):
@@ -24,3 +28,16 @@ class InferenceFailed(DbrtError):
 
 class DbrtWarning(UserWarning):
     """Something the user should know that does not stop the work (the CLI prints one line)."""
+
+
+_OURS = tuple(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), part) + os.sep
+              for part in ("engine", "pipeline", "export", "dbnet"))
+
+
+def warn_caller(message: str, category=DbrtWarning) -> None:
+    """warnings.warn pointed at the first line outside dbrt (the caller's `detector.detect(...)`),
+    however deep in dbrt it is raised: a fixed stacklevel points inside dbrt on some paths."""
+    frame, level = sys._getframe(1), 2  # stacklevel 2: the frame that called this
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_OURS):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)

@@ -13,14 +13,13 @@ import dataclasses
 import json
 import numbers
 import os
-import warnings
 from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from dbnet.model_check import check_io, check_spec_source, probability_map
 from dbnet.spec import METADATA_KEY, MAX_INPUT_SIDE, ModelSpec, profile_for, resolve_spec
-from engine.errors import DbrtWarning, ModelError, ShapeError
+from engine.errors import ModelError, ShapeError, warn_caller
 from engine.lazy import cupy_or_none
 from engine.onnxruntime.int8_cpu import SATURATION_WARNING, int8_kernels_saturate
 from engine.loader import RunnerOptions, load_runner
@@ -160,11 +159,11 @@ class Detector:
             wanted = resize.input_size(frame_h, frame_w, max_side=1 << 62)
             if wanted != size:
                 self._cap_reported = True
-                warnings.warn(
+                warn_caller(
                     f"a {frame_h}x{frame_w} frame would need a {wanted[0]}x{wanted[1]} input "
                     f"({resize.limit_type} side {resize.limit_side}); inputs are capped at "
                     f"{MAX_INPUT_SIDE} pixels a side, so it runs at {size[0]}x{size[1]} (further "
-                    "frames are capped without a message)", DbrtWarning, stacklevel=2)
+                    "frames are capped without a message)")
         return size
 
     def prepare(self, images: Sequence[np.ndarray],
@@ -279,16 +278,15 @@ def _note_saturating_int8(runner, spec: ModelSpec) -> None:
     if spec.precision != "int8" or getattr(first, "name", "") != "onnxruntime":
         return
     if first.providers[:1] == ("CPUExecutionProvider",) and int8_kernels_saturate():
-        warnings.warn(SATURATION_WARNING, DbrtWarning, stacklevel=3)
+        warn_caller(SATURATION_WARNING)
 
 
 def _note_remote_defaults(runner, preset: Optional[str]) -> None:
     """A served model whose config carries no ModelSpec runs on the DB defaults: say so."""
     if getattr(runner, "remote", False) and not preset and \
             ModelSpec.from_metadata(runner.metadata) is None:
-        warnings.warn(f"{runner.url} has no '{METADATA_KEY}' parameter in its model config, so "
-                      f"it runs with the DBNet defaults (pass --preset for a foreign model)",
-                      DbrtWarning, stacklevel=3)
+        warn_caller(f"{runner.url} has no '{METADATA_KEY}' parameter in its model config, so it "
+                    f"runs with the DBNet defaults (pass --preset for a foreign model)")
 
 
 def _recognizer(read, backend: str, device: str):

@@ -199,3 +199,13 @@ def test_detections_with_a_nan_score_equal_themselves():
     dets = Detections.from_quads(np.float32([[[0, 0], [4, 0], [4, 2], [0, 2]]]), [np.nan],
                                  {"text": np.asarray(["A"]), "text_score": np.asarray([np.nan])})
     assert dets == dets and Detections.from_records(dets.to_records()) == dets
+
+
+def test_the_input_cap_warning_points_at_the_callers_line():
+    """It pointed at dbrt's own _group_by (one level deeper than the fixed stacklevel)."""
+    from engine.errors import DbrtWarning
+
+    det = Detector(BrightPixelRunner(ModelSpec().replace(limit_side=736, limit_type="min_at_least")))
+    with pytest.warns(DbrtWarning, match="capped at") as caught:
+        det.detect(np.zeros((30, 400, 3), np.uint8))
+    assert caught[0].filename == __file__
