@@ -202,6 +202,10 @@ def test_a_train_flag_without_the_one_it_works_with_is_refused(place, capsys, no
     ("workers", True, "\"workers\" must be an integer >= 0, got 'True'"),
     ("scale", [0, 1], "\"scale\" must be 0 < LO <= HI, got '0,1'"),
     ("arch", "resnet1000", "\"arch\" must be one of resnet18, resnet34, resnet50, got 'resnet1000'"),
+    # settings no flag sets
+    ("keep_every", 0, "\"keep_every\" must be an integer >= 1, got '0'"),
+    ("ema", 1.5, "\"ema\" must be a number between 0 and 1, got '1.5'"),
+    ("weight_decay", float("nan"), "\"weight_decay\" must be a number >= 0, got 'nan'"),
 ])
 def test_a_resumed_runs_settings_meet_the_flags_bounds(place, capsys, key, value, fragment):
     """config.json's values were taken as they were: a hand-edited seed -1 or lr Infinity

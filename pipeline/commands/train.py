@@ -310,6 +310,11 @@ def _resumed_config(args):
     return dataclasses.replace(cfg, **changes, out_dir=args.out, resume=True)
 
 
+# the recipe's settings that config.json holds and no flag sets, with their bounds
+_UNFLAGGED = {"weight_decay": at_least(0.0, float), "power": at_least(0.0, float, strict=True),
+              "ema": between(0.0, 1.0, float, open_ends=True), "keep_every": at_least(1)}
+
+
 def _checked_like_the_flags(cfg, saved_path: Path):
     """`cfg` (read from `saved_path`) with each setting that has a flag put through that flag's
     check: a hand-edited config.json (seed -1, lr Infinity) is one error naming the file and
@@ -320,6 +325,8 @@ def _checked_like_the_flags(cfg, saved_path: Path):
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
+    for name, check in _UNFLAGGED.items():  # settings no flag sets: checked all the same
+        parser.add_argument(f"--{name}", type=check)
     checked = {}
     for action in parser._actions:  # the flags, with their own checks and choices
         value = getattr(cfg, action.dest, None)
