@@ -6,8 +6,9 @@
 QoS 1 (the broker acknowledges every event). paho's network thread connects in the background
 and reconnects with back-off (`min_delay` doubling up to `max_delay` seconds) while the run goes
 on; events published meanwhile wait in a bounded outbox (`max_queued`) and are sent after the
-reconnect; when it is full, new events are dropped and counted (`counters()["dropped_total"]`).
-`write` never blocks the pipeline. mqtts:// verifies the broker's certificate against the
+reconnect; when it is full while the broker is away, new events are dropped and counted
+(`counters()["dropped_total"]`); while it is connected, an event waits (up to a second) for room.
+`write` blocks the pipeline only then. mqtts:// verifies the broker's certificate against the
 system's CAs, or against the CA in `?ca=FILE`; a certificate refused ends the run with one line.
 
 Payload (one JSON object per frame, the JSONL line plus `type`, `stream` and `time`):
@@ -119,10 +120,15 @@ def text_event(line: dict) -> dict:
     return {"type": "text", "time": round(time.time(), 3), **body}
 
 
+ROOM_WAIT_S = 1.0  # how long an event waits for room in a full outbox while the broker is there
+
+
 class MqttSink(Sink):
     """Publishes one event per frame to `url`'s topic (QoS 1) from paho's own thread.
 
     max_queued: events waiting for the broker at most (in flight included); more are dropped
+                while the broker is away (while it is connected, an event waits up to
+                ROOM_WAIT_S for the acknowledgements that make room)
     min_delay, max_delay: reconnect back-off in whole seconds (doubling from min to max)
     Source names lose any user:password part.
     """
@@ -135,6 +141,8 @@ class MqttSink(Sink):
             raise DbrtError(f"--mqtt {url!r}: {exc}") from None
         mqtt = require("paho.mqtt.client")
         self._ok = {mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN}  # NO_CONN: queued until back
+        self._full = mqtt.MQTT_ERR_QUEUE_SIZE
+        self._stalled = False  # a wait for room timed out: no more waits until there is room
         self.flush_s = flush_s
         # each counter has one writer (the sink thread, or paho's): no lock on the event path
         self._published = self._dropped = self._acked = self._connects = 0
@@ -211,6 +219,18 @@ class MqttSink(Sink):
     def _publish(self, payload: str) -> None:
         client = self.client
         rc = client.publish(self.broker.topic, payload, qos=1).rc if client else None
+        if rc == self._full and self.connected and not self._stalled:
+            # a burst (a stream's tracks ending together) fills the outbox with events in
+            # flight while the broker is there: their acknowledgements free it within
+            # milliseconds. A broker that acknowledges nothing for ROOM_WAIT_S stalls the run
+            # once, not once per event: later events are dropped until there is room again
+            deadline = time.monotonic() + ROOM_WAIT_S
+            while rc == self._full and self.connected and time.monotonic() < deadline:
+                time.sleep(0.002)
+                rc = client.publish(self.broker.topic, payload, qos=1).rc
+            self._stalled = rc == self._full
+        elif rc in self._ok:
+            self._stalled = False
         if rc in self._ok:
             self._published += 1
         else:

@@ -112,6 +112,25 @@ def test_events_of_a_run_shorter_than_the_first_connection_are_sent_at_close(tmp
     assert sorted(e["track_id"] for e in texts) == list(range(5))
 
 
+def test_a_burst_larger_than_the_outbox_reaches_a_connected_broker_whole(broker):
+    """The outbox counts events awaiting their acknowledgement: 70 end lines at once (a
+    stream's tracks ending together) through an outbox of 20 lost 50 with the broker there."""
+    from pipeline.mqtt import MqttSink
+
+    subscriber = Subscriber(broker.port, TOPIC)
+    try:
+        sink = MqttSink(f"mqtt://127.0.0.1:{broker.port}/{TOPIC}", max_queued=20)
+        until(lambda: sink.connected, "the sink to connect", 60)
+        for index in range(70):
+            sink.publish_text_event({"event": "end", "track_id": index})
+        sink.close()
+        assert sink.counters()["dropped_total"] == 0 and sink.counters()["acked_total"] == 70
+        until(lambda: len(subscriber.received()) >= 70, "the 70 events at the subscriber", 60)
+    finally:
+        subscriber.close()
+    assert sorted(e["track_id"] for e in subscriber.received()) == list(range(70))
+
+
 @pytest.mark.parametrize("url, message", [
     ("http://127.0.0.1/t", "the scheme must be mqtt:// or mqtts://"),
     ("mqtt://127.0.0.1", "expected one topic"),

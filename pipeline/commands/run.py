@@ -116,7 +116,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "with --track each text event; mqtts://...?ca=FILE trusts the broker "
                         "certificate that CA (PEM) signed")
     w.add_argument("--mqtt-queue", type=at_least(1), default=1000,
-                   help="events kept while the broker is away; more are dropped and counted")
+                   help="events kept while the broker is away; more are dropped and counted (while "
+                        "it is connected, a burst waits for acknowledgements instead)")
 
 
 def run(args) -> int:
