@@ -117,12 +117,14 @@ class _Encoder:
         self.stream.width, self.stream.height = width - width % 2, height - height % 2
         self.stream.pix_fmt = "yuv420p"
         self.stream.codec_context.time_base = Fraction(1, TICKS)
-        if live:  # a keyframe, so a fragment, every FRAGMENT_S; no B-frames, whose decoding
-            # delay a fragmented MP4 shows as a shifted start (it has no edit list to undo it)
-            self.stream.codec_context.gop_size = max(1, round(FRAGMENT_S * rate))
+        if live:  # no B-frames, whose decoding delay a fragmented MP4 shows as a shifted start
+            # (it has no edit list to undo it); keyframes, so fragments, come by time (encode)
             self.stream.codec_context.max_b_frames = 0
         if codec == "libx264":
-            self.stream.options = {"crf": str(crf), "preset": "veryfast"}
+            # live: no look-ahead, whose frames held in the encoder a kill would lose too
+            self.stream.options = {"crf": str(crf), "preset": "veryfast",
+                                   **({"tune": "zerolatency"} if live else {})}
+        self._last_key: Optional[int] = None  # pts of the last keyframe asked for (live)
         self._av = av
         self._step = max(1, round(TICKS / rate))  # one frame at the nominal rate
         self._fixed_rate = fixed_rate
@@ -137,6 +139,9 @@ class _Encoder:
         vframe = self._av.VideoFrame.from_ndarray(image, format="bgr24")
         vframe.pts = self._pts(None if self._fixed_rate else timestamp, t_read)
         vframe.time_base = Fraction(1, TICKS)
+        if self._live and (self._last_key is None or vframe.pts - self._last_key >= FRAGMENT_S * TICKS):
+            vframe.pict_type = self._av.video.frame.PictureType.I  # a fragment every FRAGMENT_S
+            self._last_key = vframe.pts  # of video, however slowly a run writes (50 frames: 13 s)
         with self._naming_the_file():  # FFmpeg opens the file at the first packet
             self.container.mux(self.stream.encode(vframe))
 

@@ -314,3 +314,16 @@ def test_two_streams_on_one_video_file_are_an_error_not_a_lost_video(tmp_path):
     with pytest.raises(DbrtError, match="streams 0 and 1 would write the same video"):
         sink.write(Frame(np.zeros((48, 64, 3), np.uint8), 0, 0.0, "b.mp4", 1), Detections.from_quads(QUAD[:0], []))
     sink.close()
+
+
+def test_a_slow_live_runs_fragments_still_come_every_two_seconds_of_video(tmp_path):
+    """Keyframes (so fragments) came every 50 frames written: at 4 frames a second out of a
+    25 fps stream, 13 s of video, most of it lost to a kill."""
+    av = pytest.importorskip("av")
+    with VideoSink(tmp_path / "slow.mp4", fps_by_stream={0: 25}, live_streams={0}) as sink:
+        for i in range(120):  # 30 s of a still scene (no scene cut), 4 frames a second written
+            sink.write(Frame(np.full((48, 64, 3), 100, np.uint8), i, i / 4, "cam", 0, t_read=i / 4),
+                       Detections.from_quads(QUAD[:0], []))
+    with av.open(str(tmp_path / "slow.mp4")) as container:
+        keys = [float(f.time) for f in container.decode(video=0) if f.key_frame]
+    assert len(keys) >= 14 and max(b - a for a, b in zip(keys, keys[1:])) <= 2.25
