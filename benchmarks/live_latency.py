@@ -159,9 +159,10 @@ def write_results(args, passes: Dict[str, List[dict]]) -> None:
                 ("Ratios (gate / queued)", common.markdown_table([ratios])),
                 ("Stage p50 (ms) per pass", common.markdown_table(stage_rows))]
     path = common.write_report("live_latency", "Live stream: end-to-end latency and FPS", payload, sections)
-    common.plot_stacked_bars({mode: {"end-to-end p50 (ms)": v["e2e_p50_ms"]} for mode, v in modes.items()},
-                             path.with_suffix(".png"), "live stream, --read --track: end-to-end p50",
-                             "ms")
+    plot = common.plot_stacked_bars({mode: {"end-to-end p50 (ms)": v["e2e_p50_ms"]}
+                                     for mode, v in modes.items()}, path.with_suffix(".png"),
+                                    "live stream, --read --track: end-to-end p50", "ms")
+    print(f"wrote {plot}")
 
 
 if __name__ == "__main__":
