@@ -36,6 +36,16 @@ def suggest_preset(inputs: Sequence, outputs: Sequence) -> Optional[str]:
     return None
 
 
+def looks_like_recognizer(inputs: Sequence, outputs: Sequence) -> bool:
+    """A CRNN-style recognizer (PP-OCR rec): one image input of fixed height 32 or 48 and
+    free width, one (N, T, classes) output."""
+    if len(inputs) != 1 or len(outputs) != 1:
+        return False
+    shape_in, shape_out = tuple(inputs[0].shape or ()), tuple(outputs[0].shape or ())
+    return (len(shape_in) == 4 and shape_in[2] in (32, 48) and not isinstance(shape_in[3], int)
+            and len(shape_out) == 3)
+
+
 def check_spec_source(metadata: dict, preset_name: Optional[str], inputs: Sequence,
                       outputs: Sequence) -> None:
     """Refuse to run a recognisably foreign model on the DB defaults it was not trained with.
@@ -43,6 +53,10 @@ def check_spec_source(metadata: dict, preset_name: Optional[str], inputs: Sequen
     A model without dbrt metadata and without a preset silently gets the DB normalisation;
     for a PP-OCR graph that loses accuracy without any error, so ask for the preset instead.
     """
+    if looks_like_recognizer(inputs, outputs):
+        raise ModelError("the model looks like a text recognizer (input Nx3x48xW, output NxTxC), "
+                         "not a detector: give it as --rec-model with --read (in Python: "
+                         "Detector(read=path)), and a detector as --model")
     if preset_name or ModelSpec.from_metadata(metadata or {}) is not None:
         return
     guess = suggest_preset(inputs, outputs)

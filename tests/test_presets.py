@@ -183,6 +183,16 @@ def test_foreign_model_without_metadata_needs_a_preset():
     check_spec_source({}, None, (IMAGE,), (PROB,))  # unknown origin: DB defaults apply
 
 
+@pytest.mark.parametrize("preset_name", [None, "ppocr"])
+def test_a_text_recognizer_given_as_the_detector_is_named(preset_name):
+    """PP-OCR rec as --model was taken for a PP-OCR detector ('pass --preset ppocr'), which
+    then failed on its fixed height of 48."""
+    rec_in = (TensorInfo("x", (None, 3, 48, "width"), "float32"),)
+    rec_out = (TensorInfo("fetch_name_0", (None, "steps", 18385), "float32"),)
+    with pytest.raises(ModelError, match="looks like a text recognizer .* --rec-model"):
+        check_spec_source({}, preset_name, rec_in, rec_out)
+
+
 # -- wrong presets on real ONNX graphs -------------------------------------------------------
 def _logit_onnx(path: Path, pool: int = 1) -> Path:
     """A tiny detector-shaped graph whose output is a logit map (optionally pooled down)."""
