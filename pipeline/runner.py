@@ -36,15 +36,12 @@ from .metrics import STAGES, Metrics
 from .reading.tracking import tracker_for
 from .sinks import Sink, StreamEnds
 from .sources import Frame, Source, open_sources
+from .sources.live import READER_GRACE_S
 from .stages import (END, POLL_S, Aborted, Channel, Control, LiveGate, Stage,
                      hold_switch_interval, release_switch_interval)
 
 Callback = Callable[[Frame, Detections], None]
 _nothing = (lambda: None)  # what a sink of one's own without close() closes
-# how long a stopped run waits for a source's reader: one inside a network connect (FFmpeg's
-# open cannot be interrupted and may take its 30 s timeout) is left to end in the background,
-# so that a stop fits a service manager's grace period (Docker's is 10 s)
-SOURCE_GRACE_S = 3.0
 
 
 class Pipeline:
@@ -291,7 +288,7 @@ class Pipeline:
             if stage.ident is not None:  # a start that failed left the rest unstarted
                 stage.join()
         for source in self.sources:
-            source.join(timeout=SOURCE_GRACE_S)
+            source.join(timeout=READER_GRACE_S)
         self.metrics.finish()
         self._run_over = True
         self._close_requested.set()  # the closer's last wake-up: nothing left for it to close

@@ -8,15 +8,14 @@ from typing import Optional
 
 from dbnet.spec import MAX_INPUT_SIDE
 
-from ._validate import (MAX_WIDTH, MIN_INPUT_SIDE, at_least, between, output_folder, seed,
-                        side_length, width_multiplier)
+from ._validate import (MAX_CPU_THREADS, MAX_WIDTH, MIN_INPUT_SIDE, at_least, between,
+                        output_folder, seed, side_length, width_multiplier)
 
 NAME = "train"
 HELP = "train DBNet on synthetic text, real ICDAR2015 / mask folders or a mix (needs torch)"
 ORDER = 60
 # upper bounds that catch a mistyped value (an extra zero) before it starts a run
 MAX_WORKERS = 128   # data-loader processes, each holding its own copy of the dataset
-MAX_THREADS = 256
 DESCRIPTION = """Train a DBNet detector. --data takes 'synth' (synthetic scenes made on the fly
 from --seed), an ICDAR2015-format folder (img_N.jpg + gt_img_N.txt, '###' = do not care) or a
 mask folder (NAME.jpg + NAME_mask.png, shrunk text regions); repeat it to mix sources, each with
@@ -88,8 +87,8 @@ def add_arguments(parser) -> None:
     setting("--seed", type=seed, default=d.seed, help="random seed, 0 to 2**32 - 1")
     setting("--workers", type=at_least(0, at_most=MAX_WORKERS), default=d.workers,
             help=f"data-loader processes (at most {MAX_WORKERS})")
-    setting("--threads", type=at_least(1, at_most=MAX_THREADS), default=d.threads,
-            help=f"torch CPU threads (at most {MAX_THREADS})")
+    setting("--threads", type=at_least(1, at_most=MAX_CPU_THREADS), default=d.threads,
+            help=f"torch CPU threads (at most {MAX_CPU_THREADS})")
     setting("--device", default=d.device, choices=("cpu", "cuda", "auto"),
             help="where to train (auto: a CUDA GPU when torch sees one)")
     parser.add_argument("--amp", action=_GivenFlag, nargs=0, default=d.amp,

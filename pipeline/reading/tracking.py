@@ -50,7 +50,6 @@ class TextTracker:
         self._given: Dict[int, Dict[int, int]] = {}
         self._last_id: Dict[int, int] = {}
         self._ended: Dict[int, Dict[int, Tuple[int, int]]] = {}
-        self._frames: Dict[int, int] = {}
         self.book = TrackBook(self.horizon)
         self.restarts = 0  # streams that reconnected or changed frame size mid-run
 
@@ -89,13 +88,12 @@ class TextTracker:
                                    data={"index": np.arange(len(detections))})
         tracked = tracker.update_with_detections(boxes)
         stream = frame.stream
-        self._frames[stream] = tick = self._frames.get(stream, 0) + 1
         if len(tracked):
             ids[tracked.data["index"]] = [self._id_for(stream, int(t)) for t in tracked.tracker_id]
         data = dict(detections.data)
         data[TRACK_ID] = ids
         out = Detections(detections.polygons, detections.scores, data)
-        self._note_ended(stream, self.book.update(frame, out), tick)
+        self._note_ended(stream, self.book.update(frame, out), self.book.frames_seen(stream))
         if out.texts:
             votes = [self.book.reading(frame.stream, int(t)) for t in ids]
             data["track_text"] = np.asarray([text or "" for text, _ in votes], dtype=str)
@@ -119,11 +117,13 @@ class TextTracker:
         bytetrack_ids = {v: k for k, v in given.items()} if tracks else {}
         for track in tracks:
             ended[track.track_id] = (tick, bytetrack_ids.get(track.track_id))
-        for track_id, (when, bytetrack_id) in list(ended.items()):
-            if tick - when > 2 * self.horizon:  # long gone from ByteTrack's pool
-                del ended[track_id]
-                if given.get(bytetrack_id) == track_id:
-                    del given[bytetrack_id]
+        while ended:  # oldest first (each id ends once): stop at the first still remembered
+            track_id, (when, bytetrack_id) = next(iter(ended.items()))
+            if tick - when <= 2 * self.horizon:  # ByteTrack may still pick it up
+                break
+            del ended[track_id]
+            if given.get(bytetrack_id) == track_id:
+                del given[bytetrack_id]
 
 
 def tracker_for(track) -> Optional[TextTracker]:

@@ -120,6 +120,10 @@ class TrackBook:
         ended += [live.pop(t) for t in gone]
         return ended
 
+    def frames_seen(self, stream: int) -> int:
+        """Frames of `stream` the book was given (its clock for "unseen for N frames")."""
+        return self._ticks.get(stream, 0)
+
     def reading(self, stream: int, track_id: int) -> Tuple[Optional[str], float]:
         track = self._live.get(stream, {}).get(track_id)
         return (None, 0.0) if track is None else track.reading

@@ -18,7 +18,10 @@ from ..stages import END, Control, Stage
 from .base import Frame, Source
 
 
-UNUSED_GRACE_S = 3.0  # how long close() waits for the reader of a source opened, never used
+# how long a stop waits for a reader: one inside a network connect (FFmpeg's open cannot be
+# interrupted and may take its 30 s timeout) is left to end in the background, so that a stop
+# fits a service manager's grace period (Docker's is 10 s)
+READER_GRACE_S = 3.0
 
 
 @dataclass(frozen=True)
@@ -172,7 +175,7 @@ class LiveSource(Source):
             self._connected = False
             self._disconnect_quietly()
         elif self._thread is not None and not self._iterated:  # read since open() only: the
-            self._thread.join(UNUSED_GRACE_S)  # connection is let go before close() returns
+            self._thread.join(READER_GRACE_S)  # connection is let go before close() returns
 
     def join(self, timeout: Optional[float] = None) -> None:
         if self._thread is not None:
