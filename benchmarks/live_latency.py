@@ -110,7 +110,7 @@ def pooled(passes: List[dict]) -> dict:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = common.argument_parser(__name__, description=__doc__,
+    parser = common.argument_parser("benchmarks.live_latency", description=__doc__,
                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=60.0, help="length of each pass")
     parser.add_argument("--rounds", type=int, default=2, help="passes per mode, alternating")

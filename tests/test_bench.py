@@ -587,6 +587,19 @@ def test_every_benchmark_parser_comes_from_common():
     assert own == []
 
 
+
+def test_every_benchmark_parser_is_named_after_its_module():
+    """live_latency passed `__name__`, which is '__main__' under `python -m`: its usage and
+    errors said 'python -m __main__'."""
+    import re
+    from pathlib import Path
+
+    folder = Path(common.__file__).parent
+    for path in sorted(folder.glob("*.py")):
+        for named in re.findall(r"argument_parser\(\s*([^,)]+)", path.read_text()):
+            if path.name != "common.py":
+                assert named == f'"benchmarks.{path.stem}"', (path.name, named)
+
 @pytest.mark.parametrize("module", ["gpu_proof", "int8_qat", "int8_calibration", "triton_bench",
                                     "serve_soak", "postprocess_floor", "reading_bench"])
 def test_benchmark_usage_mistakes_are_one_line(module, capsys):
