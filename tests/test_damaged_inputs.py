@@ -167,7 +167,7 @@ def test_unreadable_image_in_a_folder_is_skipped_and_counted(tmp_path, tiny_onnx
     _not_an_image(folder / "b.jpg")
     rc, errors, lines, out = _run(tmp_path, capsys, str(folder), "--model", str(tiny_onnx))
     assert rc == 2 and len(errors) == 1
-    assert "1 of 3 images could not be read" in errors[0] and "b.jpg" in errors[0], errors
+    assert f"1 of 3 images in {folder} could not be read" in errors[0] and "b.jpg" in errors[0], errors
     assert [x["source"].split("/")[-1] for x in lines] == ["a.png", "c.png"]
     assert sorted(p.name for p in (out / "annotated").iterdir()) == ["0_00000_a.png", "0_00002_c.png"]
     report = json.loads((out / "report.json").read_text())

@@ -79,14 +79,14 @@ def read_image(path: str):
     return image
 
 
-def unreadable_summary(unreadable: List[tuple], total: int) -> str:
-    """One line for the (path, reason) pairs of a folder's images that could not be read: the
-    reasons found, counted where there are several kinds, and the first names."""
+def unreadable_summary(unreadable: List[tuple], total: int, spec: str) -> str:
+    """One line for the (path, reason) pairs of a folder's (or glob's) images that could not be
+    read: the reasons found, counted where there are several kinds, and the first names."""
     reasons = Counter(why for _, why in unreadable)
     said = (next(iter(reasons)) if len(reasons) == 1
             else "; ".join(f"{n} {why}" for why, n in reasons.most_common()))
     names = ", ".join(path for path, _ in unreadable[:3]) + (", ..." if len(unreadable) > 3 else "")
-    return f"{len(unreadable)} of {total} images could not be read ({said}; skipped): {names}"
+    return f"{len(unreadable)} of {total} images in {spec} could not be read ({said}; skipped): {names}"
 
 
 def _turned_like(raw: np.ndarray, plain: np.ndarray, oriented: np.ndarray) -> np.ndarray:
@@ -136,7 +136,7 @@ class ImageSource(Source):
         """Unreadable files are skipped (and counted) so the others' results are kept; the
         iteration then ends with a SourceError naming them."""
         self.open()
-        unreadable = []
+        unreadable, error = [], None
         for index, path in enumerate(self._paths):
             if self._closed.is_set():
                 break
@@ -144,13 +144,16 @@ class ImageSource(Source):
                 image = read_image(path)
             except UnreadableImage as exc:
                 unreadable.append((path, exc.why))
+                error = exc
                 self.stats.add(skipped=1)
                 self.stats.note(str(exc))
                 continue
             self.stats.add(read=1, delivered=1)
             yield Frame(image, index, None, os.path.normpath(path))
+        if len(self._paths) == 1 and error is not None:  # one image named: its own error, not '1 of 1'
+            raise error
         if unreadable:
-            raise SourceError(unreadable_summary(unreadable, len(self._paths)))
+            raise SourceError(unreadable_summary(unreadable, len(self._paths), self.spec))
 
     def close(self) -> None:
         self._closed.set()
