@@ -12,11 +12,17 @@ Each pass runs `--seconds` and is stopped as Ctrl-C would; reported: FPS (frames
 time), end-to-end latency (frame read off the stream -> its result out) p50 / p95, frames the
 source dropped, per-stage p50. Ratios are gate / queued.
 
-    python -m benchmarks.live_latency [--seconds 60] [--rounds 2] [--input-size 320x576]
+`--with-file`: the demo video file shares each run with the stream (a camera beside a recording);
+the file's frames keep the queues full. Then gate (the default: one batch per queue, the stream
+waits only for its own frames) is compared with queued = `--queue-size 4`, the queues a run
+with a file has; FPS and latency are the live stream's own, the file's frames counted apart.
+
+    python -m benchmarks.live_latency [--seconds 60] [--rounds 2] [--input-size 320x576] [--with-file]
 """
 from __future__ import annotations
 
 import argparse
+import collections
 import io
 import subprocess
 import sys
@@ -83,19 +89,31 @@ def serve_stream(port: int, path: str) -> None:
     ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
 
 
-def one_pass(url: str, queue_size: Optional[int], seconds: float, input_size) -> dict:
+def one_pass(sources: List[str], queue_size: Optional[int], seconds: float, input_size) -> dict:
+    """One run; FPS and latency are the first source's (the stream's) own."""
+    import numpy as np
+
     from pipeline.detector import Detector
     from pipeline.runner import Pipeline
 
+    ages, stream_frames = [], collections.Counter()
+
+    def age(frame, detections):
+        stream_frames[frame.stream] += 1
+        if frame.stream == 0:
+            ages.append((time.perf_counter() - frame.t_read) * 1e3)
+
     detector = Detector(read=True, input_size=input_size)
-    with Pipeline([url], detector, close_detector=True, track=True, queue_size=queue_size,
-                  stop_signals=()) as pipe:
+    with Pipeline(sources, detector, close_detector=True, track=True, queue_size=queue_size,
+                  callbacks=[age], stop_signals=()) as pipe:
         threading.Timer(seconds, pipe.stop).start()
         report = pipe.run()
-    source, e2e = report["sources"][0], report["end_to_end"]
-    return dict(fps=report["fps"], frames=report["frames"], e2e_p50_ms=e2e["p50_ms"],
-                e2e_p95_ms=e2e["p95_ms"], read=source["read"], dropped=source["dropped"],
-                stage_p50_ms={k: v["p50_ms"] for k, v in report["stages"].items()})
+    source, wall = report["sources"][0], report["frames"] / report["fps"]
+    return dict(fps=round(stream_frames[0] / wall, 2), frames=stream_frames[0],
+                other_frames=sum(stream_frames.values()) - stream_frames[0],
+                e2e_p50_ms=round(float(np.percentile(ages, 50)), 1),
+                e2e_p95_ms=round(float(np.percentile(ages, 95)), 1), read=source["read"],
+                dropped=source["dropped"], stage_p50_ms={k: v["p50_ms"] for k, v in report["stages"].items()})
 
 
 def pooled(passes: List[dict]) -> dict:
@@ -115,6 +133,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--seconds", type=float, default=60.0, help="length of each pass")
     parser.add_argument("--rounds", type=int, default=2, help="passes per mode, alternating")
     parser.add_argument("--input-size", default="320x576", help="the detector's HxW")
+    parser.add_argument("--with-file", action="store_true",
+                        help="the demo video file shares each run with the stream")
     parser.add_argument("--serve-stream", type=int, help=argparse.SUPPRESS)  # the server process
     args = parser.parse_args(argv)
     from pipeline.shipped import ASSETS
@@ -130,10 +150,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     server = subprocess.Popen([sys.executable, "-m", "benchmarks.live_latency", "--serve-stream", str(port)])
     try:
         time.sleep(2.0)
-        passes: Dict[str, List[dict]] = {mode: [] for mode in MODES}
+        modes = {**MODES, "queued": 4} if args.with_file else MODES
+        sources = [f"http://127.0.0.1:{port}/live"] + [video] * args.with_file
+        passes: Dict[str, List[dict]] = {mode: [] for mode in modes}
         for _ in range(args.rounds):
-            for mode, queue_size in MODES.items():
-                result = one_pass(f"http://127.0.0.1:{port}/live", queue_size, args.seconds, (height, width))
+            for mode, queue_size in modes.items():
+                result = one_pass(sources, queue_size, args.seconds, (height, width))
                 passes[mode].append(result)
                 print(f"{mode}: {result['fps']:.2f} FPS, end-to-end p50 {result['e2e_p50_ms']:.0f} ms", flush=True)
     finally:
@@ -152,16 +174,18 @@ def write_results(args, passes: Dict[str, List[dict]]) -> None:
     rows = [dict(mode=mode, **values) for mode, values in modes.items()]
     stage_rows = [{"mode": mode, "pass": k + 1, **run["stage_p50_ms"]}
                   for mode, runs in passes.items() for k, run in enumerate(runs)]
-    payload = dict(command=common.command_line(__name__, sys.argv[1:]), seconds=args.seconds,
-                   rounds=args.rounds, input_size=args.input_size, modes=modes, ratios=ratios,
-                   passes=passes)
+    payload = dict(command=common.command_line("benchmarks.live_latency", sys.argv[1:]), seconds=args.seconds,
+                   rounds=args.rounds, input_size=args.input_size, with_file=args.with_file,
+                   modes=modes, ratios=ratios, passes=passes)
     sections = [("Modes (pooled over the passes)", common.markdown_table(rows)),
                 ("Ratios (gate / queued)", common.markdown_table([ratios])),
                 ("Stage p50 (ms) per pass", common.markdown_table(stage_rows))]
-    path = common.write_report("live_latency", "Live stream: end-to-end latency and FPS", payload, sections)
+    name, title = ("live_latency_with_file", "Live stream beside a video file") if args.with_file \
+        else ("live_latency", "Live stream")
+    path = common.write_report(name, f"{title}: end-to-end latency and FPS", payload, sections)
     plot = common.plot_stacked_bars({mode: {"end-to-end p50 (ms)": v["e2e_p50_ms"]}
                                      for mode, v in modes.items()}, path.with_suffix(".png"),
-                                    "live stream, --read --track: end-to-end p50", "ms")
+                                    f"{title.lower()}, --read --track: end-to-end p50", "ms")
     print(f"wrote {plot}")
 
 

@@ -589,14 +589,14 @@ def test_every_benchmark_parser_comes_from_common():
 
 
 def test_every_benchmark_parser_is_named_after_its_module():
-    """live_latency passed `__name__`, which is '__main__' under `python -m`: its usage and
-    errors said 'python -m __main__'."""
+    """live_latency passed `__name__`, which is '__main__' under `python -m`: its usage, its
+    errors and its results' command said 'python -m __main__'."""
     import re
     from pathlib import Path
 
     folder = Path(common.__file__).parent
     for path in sorted(folder.glob("*.py")):
-        for named in re.findall(r"argument_parser\(\s*([^,)]+)", path.read_text()):
+        for named in re.findall(r"(?:argument_parser|command_line)\(\s*([^,)]+)", path.read_text()):
             if path.name != "common.py":
                 assert named == f'"benchmarks.{path.stem}"', (path.name, named)
 
