@@ -16,7 +16,9 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
 SHARED=${DBRT_SHARED_DATA:-$REPO/../shared/data}
-WHEELS="av==18.1.0 pyclipper==1.4.0"   # not on the GPU image (torch, cupy, onnxruntime, cv2 are)
+# not on the GPU image (torch, cupy, onnxruntime, cv2 are); shapely: the post-processing benchmark's
+# reference implementation (tests/reference_db.py), 3 MB
+WHEELS="av==18.1.0 pyclipper==1.4.0 shapely==2.1.2"
 
 if [ "${1:-run}" = "prepare" ]; then
     PY=${PY:-$REPO/.venv/bin/python}

@@ -611,3 +611,42 @@ def test_benchmark_usage_mistakes_are_one_line(module, capsys):
     assert stopped.value.code == 2
     assert len(err) == 1 and err[0].startswith(f"python -m benchmarks.{module}: error: "), err
     assert err[0].endswith(f"(see python -m benchmarks.{module} --help)")
+
+
+# pytest plugin: the optional packages a bare GPU image lacks (dev and feature extras) cannot be
+# imported, and importlib.util.find_spec does not find them
+BARE_IMAGE_PLUGIN = '''
+import importlib.abc, importlib.util, sys
+MISSING = set(NAMES)
+class _Missing(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in MISSING:
+            raise ModuleNotFoundError("No module named " + repr(name), name=name)
+_find_spec = importlib.util.find_spec
+importlib.util.find_spec = lambda name, package=None: (
+    None if name.split(".")[0] in MISSING else _find_spec(name, package))
+sys.meta_path.insert(0, _Missing())
+'''
+EXTRAS = ("shapely", "hypothesis", "scipy", "onnxconverter_common", "rapidocr", "supervision",
+          "trackers", "prometheus_client", "paho", "tritonclient", "tensorrt")
+
+
+def test_gpu_tests_are_collected_without_the_dev_extras(tmp_path):
+    """The GPU proof's pytest run on a machine with only the runtime packages (+ torch, CuPy): no
+    test module may fail to import, since one collection error stopped the whole run (the H200
+    rerun had no shapely) and the GPU tests with it."""
+    import os
+    import subprocess
+    import sys
+
+    from benchmarks import gpu_proof
+
+    (tmp_path / "bare_image.py").write_text(BARE_IMAGE_PLUGIN.replace("NAMES", repr(EXTRAS)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(common.REPO)])}
+    args = [a for a in gpu_proof.GPU_TEST_ARGS if a != "--continue-on-collection-errors"]
+    proc = subprocess.run([sys.executable, "-m", "pytest", *args, "--collect-only", "-p",
+                           "no:hypothesispytest", "-p", "bare_image", "tests"],
+                          cwd=common.REPO, env=env, capture_output=True, text=True, timeout=300)
+    said = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "error" not in said.lower(), said[-3000:]
+    assert "test_cuda_kernel_matches_emulation_and_cpu" in said

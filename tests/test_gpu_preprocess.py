@@ -96,3 +96,35 @@ def test_cuda_kernel_rgb_model_and_buffer_reuse(rng):
         image = frame(rng, *shape)
         batch, _ = pre([image], (256, 256))
         np.testing.assert_array_equal(batch.get()[0], emulate(image, spec, (256, 256), True)[0])
+
+
+def test_the_kernel_launch_matches_its_parameters(rng, monkeypatch):
+    """Without a GPU: each launch passes numpy.int32 / numpy.float32 scalars and C-contiguous
+    device arrays of the element types the kernel's parameters name, in their order, and a grid
+    that covers the network input; the batch slot it writes is the frame's."""
+    import pipeline.gpu_preprocess as gpu_preprocess
+    from cuda_kernels import fake_cupy
+
+    monkeypatch.setattr(gpu_preprocess, "require", lambda name: fake_cupy())
+    pre = gpu_preprocess.GpuPreprocessor(preset("mmocr"), keep_aspect=True)
+    images = [frame(rng, 90, 160), frame(rng, 37, 53)]
+    batch, _ = pre(images, (96, 128))
+    launches = pre._kernel.launches
+    assert len(launches) == 2
+    for slot, (grid, block, args) in enumerate(launches):
+        assert grid[0] * block[0] >= 128 and grid[1] * block[1] >= 96 and grid[2] == 1
+        src, dst = args[0], args[8]
+        assert src.size == images[slot].size and (src == images[slot].reshape(-1)).all()
+        assert dst.shape == (3, 96, 128) and np.shares_memory(dst, batch[slot])
+
+
+@pytest.mark.parametrize("arch", ["compute_75", "compute_90"])
+def test_the_kernel_compiles_with_nvrtc(arch):
+    from cuda_kernels import NO_NVRTC, nvrtc_compile
+    from pipeline.gpu_preprocess import KERNEL_NAME, KERNEL_SOURCE
+
+    result = nvrtc_compile(KERNEL_SOURCE, KERNEL_NAME, arch)
+    if result is None:
+        pytest.skip(NO_NVRTC)
+    code, log = result
+    assert code == 0 and not log, log

@@ -5,10 +5,13 @@ from __future__ import annotations
 import collections
 
 import numpy as np
+import pytest
 
-from benchmarks import postprocess_floor as floor
-from postprocess_maps import dense_map
-import reference_db
+pytest.importorskip("shapely", reason="shapely (dev extra) is the reference's geometry library")
+
+from benchmarks import postprocess_floor as floor  # noqa: E402
+from postprocess_maps import dense_map  # noqa: E402
+import reference_db  # noqa: E402
 
 
 def test_instrumented_reference_counts_the_shared_calls_and_is_restored():

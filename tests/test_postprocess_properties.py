@@ -1,14 +1,18 @@
 """Property tests: arbitrary maps never crash the post-processing; NaN gives one clear error."""
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-from hypothesis.extra.numpy import arrays
 
-from pipeline.postprocess import DBPostprocessor, PostprocessConfig, PostprocessError, cpu, gpu
-from pipeline.preprocess import make_letterbox
+pytest.importorskip("hypothesis", reason="hypothesis (dev extra) generates the maps")
+pytest.importorskip("shapely", reason="shapely (dev extra) is the reference's geometry library")
 
-from reference_db import ReferenceDB
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from hypothesis.extra.numpy import arrays  # noqa: E402
+
+from pipeline.postprocess import DBPostprocessor, PostprocessConfig, PostprocessError, cpu, gpu  # noqa: E402
+from pipeline.preprocess import make_letterbox  # noqa: E402
+
+from reference_db import ReferenceDB  # noqa: E402
 
 finite = st.floats(-2.0, 3.0, width=32)
 maps = st.tuples(st.integers(1, 24), st.integers(1, 24)).flatmap(

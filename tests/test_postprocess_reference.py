@@ -10,11 +10,13 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.postprocess import DBPostprocessor, PostprocessConfig
-from pipeline.preprocess import make_letterbox
+pytest.importorskip("shapely", reason="shapely (dev extra) is the reference's geometry library")
 
-from postprocess_maps import random_map
-from reference_db import ReferenceDB
+from pipeline.postprocess import DBPostprocessor, PostprocessConfig  # noqa: E402
+from pipeline.preprocess import make_letterbox  # noqa: E402
+
+from postprocess_maps import random_map  # noqa: E402
+from reference_db import ReferenceDB  # noqa: E402
 
 MODES = list(itertools.product([False, True], ["fast", "slow"], ["quad", "poly"]))
 

@@ -105,3 +105,35 @@ def test_a_frame_on_the_gpu_reads_as_on_the_host():
         on_gpu = rec.read(cp.asarray(image), detections)
     assert on_gpu.texts == on_host.texts == words
     np.testing.assert_allclose(on_gpu.text_scores, on_host.text_scores, atol=0.02)
+
+
+def test_the_kernel_launch_matches_its_parameters(monkeypatch):
+    """Without a GPU: one launch per batch, with numpy.int32 / numpy.float32 scalars and
+    C-contiguous device arrays of the element types the kernel's parameters name, in their
+    order; one grid layer per crop, covering the batch width and the crop height."""
+    import pipeline.reading.gpu_crops as gpu_crops
+    from cuda_kernels import fake_cupy
+
+    monkeypatch.setattr(gpu_crops, "require", lambda name: fake_cupy())
+    spec = RecSpec()
+    image, plan = _frame(), _plan()
+    cropper = gpu_crops.GpuCropper(spec)
+    members = crop_batches(plan, spec.batch_size)[0]
+    out = cropper(cropper.cp.asarray(image), plan, members)
+    (grid, block, args), = cropper._kernel.launches
+    n, _, height, width = out.shape
+    assert n == len(members) and grid[2] == n
+    assert grid[0] * block[0] >= width and grid[1] * block[1] >= height
+    assert args[3].shape == (n, 12) and args[4].shape == (n,) and args[5] is out
+
+
+@pytest.mark.parametrize("arch", ["compute_75", "compute_90"])
+def test_the_kernel_compiles_with_nvrtc(arch):
+    from cuda_kernels import NO_NVRTC, nvrtc_compile
+    from pipeline.reading.gpu_crops import KERNEL_NAME, KERNEL_SOURCE
+
+    result = nvrtc_compile(KERNEL_SOURCE, KERNEL_NAME, arch)
+    if result is None:
+        pytest.skip(NO_NVRTC)
+    code, log = result
+    assert code == 0 and not log, log
