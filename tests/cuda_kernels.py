@@ -121,3 +121,14 @@ def nvrtc_compile(source: str, name: str, arch: str) -> Optional[Tuple[int, str]
         return result, log.value.decode(errors="replace").strip()
     finally:
         lib.nvrtcDestroyProgram(ctypes.byref(program))
+
+
+def check_compiles(source: str, name: str, arch: str) -> None:
+    """The kernel compiles for `arch` without a message; skipped where NVRTC is not installed."""
+    import pytest
+
+    result = nvrtc_compile(source, name, arch)
+    if result is None:
+        pytest.skip(NO_NVRTC)
+    code, log = result
+    assert code == 0 and not log, log
