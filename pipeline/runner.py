@@ -52,10 +52,10 @@ class Pipeline:
     close_detector: close the detector when the run ends (it then belongs to the pipeline)
     batch:         max frames per engine call (0: the number of sources)
     batch_timeout: seconds to wait for more frames once a batch has its first
-    queue_size:    capacity of each inter-stage channel, in batches (default: 4; when every
-                   source is live, 1, and a source's next frame is taken only once no frame
-                   waits in them: a live frame waiting in a queue only ages, the newest one read
-                   after it is the one to show; see stages.LiveGate)
+    queue_size:    capacity of each inter-stage channel, in batches (default: 4; with a live
+                   source, 1, and a live source's next frame is taken only once no frame (of its
+                   own, when files share the run) waits in them: a live frame waiting in a queue
+                   only ages, the newest one read after it is the one to show; stages.LiveGate)
     max_frames:    stop each source after this many frames
     switch_interval: the interpreter's GIL switch interval during the run (seconds; None: leave
                    it). Shorter than Python's 5 ms default, the inference thread gets the GIL
@@ -116,11 +116,12 @@ class Pipeline:
         # main thread may hold, so a thread of its own does it
         self._close_requested, self._run_over = threading.Event(), False
         self._closer = threading.Thread(target=self._close_when_asked, name="source-closer", daemon=True)
-        live = all(s.live for s in self.sources)
-        self._gate = LiveGate(self.control, self.batch) if live and not queue_size else None
-        cap, self._positions = max(1, queue_size or (1 if live else 4)), itertools.count()
+        live, any_live = all(s.live for s in self.sources), any(s.live for s in self.sources)
+        self._gate = LiveGate(self.control, self.batch, per_stream=not live) \
+            if any_live and not queue_size else None
+        cap, self._positions = max(1, queue_size or (1 if any_live else 4)), itertools.count()
         # live: one batch waits while one is prepared, so a frame is at most ~2 batches old
-        self._decoded = self._channel("decoded", self.batch if live and not queue_size
+        self._decoded = self._channel("decoded", self.batch if self._gate
                                       else cap * self.batch + len(self.sources))
         self._prepared = self._channel("prepared", cap)
         self._inferred = self._channel("inferred", cap)
@@ -325,7 +326,8 @@ class Pipeline:
         batches = Batcher(self._decoded, len(self.sources), self.batch, self.batch_timeout,
                           self.detector.input_size_for)
         decoders = [stage(f"decode:{s.stream}", _stamp(s.stream), self._frames_of(s),
-                          self._decoded, metric="decode", admit=self._gate) for s in self.sources]
+                          self._decoded, metric="decode",
+                          admit=self._gate and self._gate.admission(s)) for s in self.sources]
         work = self._steps
         steps = [stage("preprocess", work.prepare, batches, self._prepared),
                  stage("infer", work.infer, self._prepared, self._inferred)]

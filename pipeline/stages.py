@@ -102,25 +102,51 @@ class LiveGate:
     1.48 s against 0.37 s with text reading on 2 cores: benchmarks/live_latency.py); with it the
     slowest stage finds the newest frame in its inbox, and the frames it cannot keep up with are
     dropped at the source (counted there). The stages still overlap: frames being worked on do
-    not count, only waiting ones."""
+    not count, only waiting ones.
 
-    def __init__(self, control: Control, waiting: int = 1):
+    `per_stream`: a run mixing live sources with files. A file waits for room, it never drops,
+    so its frames would keep the channels full and the live frames would queue behind them.
+    There every source waits at the gate, and also until no frame of its own waits: a file
+    then reads its next frame, a live source takes its newest, and each batch gets a frame of
+    each source (the default batch holds one per source)."""
+
+    def __init__(self, control: Control, waiting: int = 1, per_stream: bool = False):
         self._cond = threading.Condition()
         self._channels: list = []
         self._control, self._waiting = control, waiting
+        self.per_stream, self._queued = per_stream, {}  # stream -> its frames waiting
 
     def watch(self, channel: "Channel") -> None:
         self._channels.append(channel)
 
-    def taken(self) -> None:
+    def admission(self, source) -> Optional[Callable[[], None]]:
+        """What `source`'s decode stage waits on before each frame (None: it is not gated)."""
+        if self.per_stream:
+            return lambda: self.wait(source.stream)
+        return self.wait if source.live else None
+
+    def adding(self, item) -> None:
+        """`item` is about to be put in a channel (a frame blocked there waits too); only frames
+        have a stream."""
+        stream = getattr(item, "stream", None)
+        if self.per_stream and stream is not None:
+            with self._cond:
+                self._queued[stream] = self._queued.get(stream, 0) + 1
+
+    def taken(self, item=None) -> None:
+        stream = getattr(item, "stream", None)
         with self._cond:
+            if self.per_stream and stream is not None:
+                self._queued[stream] = self._queued.get(stream, 0) - 1
             self._cond.notify_all()
 
-    def wait(self) -> None:
-        """Until the channels have room for one more waiting item, or the run is stopping."""
+    def wait(self, stream: Optional[int] = None) -> None:
+        """Until the channels have room for one more waiting item (per stream: and none of the
+        stream's frames waits), or the run is stopping."""
         with self._cond:
-            while sum(map(len, self._channels)) >= self._waiting and \
-                    not self._control.draining.is_set():
+            while not self._control.draining.is_set() and (
+                    sum(map(len, self._channels)) >= self._waiting or
+                    (self.per_stream and self._queued.get(stream, 0) > 0)):
                 self._control.check()
                 self._cond.wait(POLL_S)
 
@@ -146,6 +172,8 @@ class Channel:
             gate.watch(self)
 
     def put(self, item) -> None:
+        if self._gate is not None:
+            self._gate.adding(item)
         while True:
             self._control.check(self.position)
             try:
@@ -158,7 +186,7 @@ class Channel:
         """The next item; with `timeout`, raises queue.Empty when none arrived in time."""
         item = self._get(timeout)
         if self._gate is not None:
-            self._gate.taken()
+            self._gate.taken(item)
         return item
 
     def _get(self, timeout: Optional[float]):
@@ -187,7 +215,7 @@ class Stage(threading.Thread):
     inbox:  a channel (anything with `get()`, END ends the stage), or an iterable such as a
             Source; reading an iterable is part of the stage's work (decoding), so it is timed,
             the run's drain request stops it, and it is closed when the stage ends
-    admit:  for an iterable inbox, a LiveGate waited on (untimed) before each item is read
+    admit:  for an iterable inbox, called (untimed) before each item is read: a LiveGate's wait
     idle:   for a channel inbox, called every IDLE_S while no item comes
     fn:     item -> one output (None: nothing to pass on); with `many=True`, an iterable of outputs
     outbox: anything with `put()`; it always receives END last, also when the stage fails
@@ -198,7 +226,7 @@ class Stage(threading.Thread):
 
     def __init__(self, name: str, fn: Callable[[Any], Any], inbox, outbox, control: Control,
                  metrics=None, metric: Optional[str] = None, many: bool = False,
-                 admit: Optional[LiveGate] = None, idle: Optional[Callable[[], None]] = None):
+                 admit: Optional[Callable[[], None]] = None, idle: Optional[Callable[[], None]] = None):
         super().__init__(name=name, daemon=True)
         self._admit, self._idle = admit, idle
         self.fn, self.inbox, self.outbox = fn, inbox, outbox
@@ -238,7 +266,7 @@ class Stage(threading.Thread):
         try:
             while not self._control.draining.is_set():
                 if self._admit is not None:
-                    self._admit.wait()
+                    self._admit()
                 t0 = time.perf_counter()
                 item = next(items, END)
                 if item is END:

@@ -551,6 +551,28 @@ def test_a_live_run_drops_at_the_source_rather_than_queue_before_its_slowest_sta
 
 
 
+
+def test_a_live_source_sharing_a_run_with_a_file_keeps_one_frame_waiting(videos):
+    """With a file in the run, its frames kept the 4-batch queues full and the live stream's
+    frames queued behind them as a file's do (p50 9 s on 2 cores). Each source now takes its
+    next frame only once none of its own waits (a batch gets one of each), the queues hold one
+    batch, and the file still delivers every frame."""
+    camera = SimulatedCamera(total=400, fps=200, reconnect=None)
+    waiting = {0: [], 1: []}
+
+    def slow_sink(frame, detections):
+        queued = [getattr(item, "stream", None) for item in list(pipe._decoded._queue.queue)]
+        for stream, counts in waiting.items():
+            counts.append(queued.count(stream))
+        time.sleep(0.01)
+
+    pipe = Pipeline([camera, videos[1]], FakeDetector(), callbacks=[slow_sink])
+    assert pipe._prepared.capacity == 1
+    report = pipe.run()
+    camera_report, file_report = report["sources"]
+    assert file_report["delivered"] == file_report["read"] == 12 and file_report["dropped"] == 0
+    assert camera_report["dropped"] > 0 and max(waiting[0]) <= 1 and max(waiting[1]) <= 1
+
 @pytest.mark.parametrize("kwargs, error, said", [
     (dict(sinks=[print]), TypeError, "sinks: .* has no write.*callbacks="),
     (dict(callbacks=[JsonlSink(os.devnull)]), TypeError, "callbacks: .* is not callable"),
