@@ -13,9 +13,9 @@ time), end-to-end latency (frame read off the stream -> its result out) p50 / p9
 source dropped, per-stage p50. Ratios are gate / queued.
 
 `--with-file`: the demo video file shares each run with the stream (a camera beside a recording);
-the file's frames keep the queues full. Then gate (the default: one batch per queue, the stream
-waits only for its own frames) is compared with queued = `--queue-size 4`, the queues a run
-with a file has; FPS and latency are the live stream's own, the file's frames counted apart.
+the file's frames would keep the queues full. Then gate (the default: every source waits at
+the gate, and until none of its own frames waits) is compared with queued = `--queue-size 4`,
+the queues such a run had before; FPS and latency are the live stream's own, file_fps the file's.
 
     python -m benchmarks.live_latency [--seconds 60] [--rounds 2] [--input-size 320x576] [--with-file]
 """
@@ -122,7 +122,9 @@ def pooled(passes: List[dict]) -> dict:
         values = sorted(p[key] for p in passes)
         return values[len(values) // 2]
 
-    return dict(fps=round(sum(p["frames"] for p in passes) / sum(p["frames"] / p["fps"] for p in passes), 2),
+    wall = sum(p["frames"] / p["fps"] for p in passes)
+    return dict(fps=round(sum(p["frames"] for p in passes) / wall, 2),
+                file_fps=round(sum(p.get("other_frames", 0) for p in passes) / wall, 2),
                 e2e_p50_ms=median("e2e_p50_ms"), e2e_p95_ms=median("e2e_p95_ms"),
                 dropped_share=round(sum(p["dropped"] for p in passes) / sum(p["read"] for p in passes), 3))
 
