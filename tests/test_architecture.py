@@ -4,11 +4,14 @@
   the command line (pipeline/cli.py, pipeline/commands/) sees export/ too; imports inside
   functions count like any other;
 * no import cycle between modules;
-* no module (nor C source of the post-processing) over 400 lines.
+* no module (nor C source of the post-processing) over 400 lines;
+* docs/architecture.md names only files that exist, every subpackage, and every channel and
+  stage of a run.
 """
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 from typing import Dict, Set
 
@@ -119,3 +122,55 @@ def test_the_rules_see_imports_inside_functions():
     """The checker itself: a function-level import is found like a module-level one."""
     assert "pipeline.preprocess" in GRAPH["pipeline.sampling"]
     assert "pipeline.sources.images" in GRAPH["pipeline.detector"]  # imported inside detect_batch
+
+
+# -- docs/architecture.md against the code ----------------------------------------------------
+ARCHITECTURE = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+
+
+def test_every_path_the_architecture_names_exists():
+    named = re.findall(r"(?<![\w./-])((?:engine|dbnet|export|pipeline|benchmarks|tests)/[\w/.]*)", ARCHITECTURE)
+    missing = sorted({path for path in named if not (ROOT / path.rstrip(".")).exists()})
+    assert not missing, f"docs/architecture.md names {missing}, which do not exist"
+
+
+def test_every_module_file_the_architecture_names_exists():
+    files = {path.name for package in PACKAGES for path in (ROOT / package).rglob("*.py")}
+    named = set(re.findall(r"(?<![\w/])(\w+\.py)\b", ARCHITECTURE))
+    assert not named - files, f"docs/architecture.md names {sorted(named - files)}, which do not exist"
+
+
+def test_the_architecture_names_every_subpackage():
+    folders = sorted(str(init.parent.relative_to(ROOT)) for package in PACKAGES[:-1]
+                     for init in (ROOT / package).glob("*/__init__.py"))
+    unnamed = [folder for folder in folders
+               if f"{folder}/" not in ARCHITECTURE and f"`{folder.split('/', 1)[1]}/`" not in ARCHITECTURE]
+    assert not unnamed, f"docs/architecture.md's module table does not name {unnamed}"
+
+
+def test_the_architecture_names_every_channel_and_stage_of_a_run():
+    """A run with every optional channel a fake detector can ask for (a model on a server, text
+    reading; tracking needs its package and is checked by name): docs/architecture.md names each
+    channel (report.json's `queues`) and each stage."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from media import FakeDetector, SimulatedCamera
+
+    from pipeline.runner import Pipeline
+
+    class ServedReadingDetector(FakeDetector):
+        asynchronous = True
+        recognizer = object()
+
+    pipe = Pipeline([SimulatedCamera(total=1)], ServedReadingDetector())
+    try:
+        channels = set(pipe.metrics.queues) | {"tracked"}
+        stages = {stage.split(":")[0] for stage in pipe.metrics.stages} | {"track"}
+    finally:
+        pipe.close()
+    assert {"responded", "read"} <= channels
+    for name in sorted(channels | stages):
+        assert re.search(rf"`{name}`|\n \[?{name}\]?[ :]", ARCHITECTURE), \
+            f"docs/architecture.md does not name the {name!r} channel / stage"
+    assert "LiveGate" in ARCHITECTURE and "--queue-size" in ARCHITECTURE
