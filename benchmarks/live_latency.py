@@ -13,9 +13,10 @@ time), end-to-end latency (frame read off the stream -> its result out) p50 / p9
 source dropped, per-stage p50. Ratios are gate / queued.
 
 `--with-file`: the demo video file shares each run with the stream (a camera beside a recording);
-the file's frames keep the queues full. Then gate (the default: one batch per queue, the stream
-waits only for its own frames) is compared with queued = `--queue-size 4`, the queues a run
-with a file has; FPS and latency are the live stream's own, the file's frames counted apart.
+the file's frames keep the queues full. Then gate (the default: one batch per queue; every
+source waits at the gate, and also until none of its own frames waits) is compared with
+queued = `--queue-size 4`, the queues a run with a file had before it was gated; FPS and latency
+are the live stream's own, the file's frames counted apart (live_latency_with_file.*).
 
     python -m benchmarks.live_latency [--seconds 60] [--rounds 2] [--input-size 320x576] [--with-file]
 """
