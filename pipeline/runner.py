@@ -1,6 +1,5 @@
-"""`Pipeline`: sources -> decode -> batch + preprocess -> infer [-> response] -> postprocess
-[-> read] [-> track] -> sinks, each stage in its own thread, joined by bounded channels (response:
-for a model on a server; read: when the Detector reads text; track: when the run tracks texts).
+"""`Pipeline`: sources -> decode -> batch + preprocess -> infer [-> response: a served model] ->
+postprocess [-> read] [-> track] -> sinks, each stage a thread, joined by bounded channels.
 
     pipe = Pipeline(["cam.mp4", "rtsp://..."], Detector("dbnet.onnx"), sinks=[JsonlSink("out.jsonl")])
     for frame, detections in pipe:       # FrameResults, in order per source
