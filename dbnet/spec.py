@@ -22,7 +22,7 @@ DB_MEAN_BGR = (122.67891434, 116.66876762, 104.00698793)
 # torchvision / MMOCR ImageNet statistics in 0..255 pixel units, RGB order.
 IMAGENET_MEAN_RGB = (123.675, 116.28, 103.53)
 IMAGENET_STD_RGB = (58.395, 57.12, 57.375)
-# Resize rules (pipeline.preprocess.target_size): "min" short side = limit_side (MhLiao/DB),
+# Resize rules (target_size below): "min" short side = limit_side (MhLiao/DB),
 # "max" long side <= limit_side, "min_at_least" short side >= limit_side (PaddleOCR's "min").
 LIMIT_TYPES = ("min", "max", "min_at_least")
 # Largest network input side (PaddleOCR's max_side_limit): the resize rule is capped here, so a
@@ -32,7 +32,7 @@ MAX_INPUT_SIDE = 4000
 
 @dataclass(frozen=True)
 class Resize:
-    """How a frame becomes the network input (pipeline.preprocess.target_size).
+    """How a frame becomes the network input (dbnet.spec.target_size).
 
     limit_side / limit_type: the resize rule (LIMIT_TYPES); stride: H and W are multiples of it;
     keep_aspect: letterbox (pad) instead of stretching onto the input size.

@@ -1,6 +1,6 @@
 """The pipeline's detector stages as functions of a batch: prepare, infer (and, for a model on a
-server, collect the response), post-process, read. The Pipeline (runner.py) wires them between
-its queues; each runs in its own stage thread.
+server, collect the response), post-process; and read, a function of one frame's result. The
+Pipeline (runner.py) wires them between its queues; each runs in its own stage thread.
 """
 from __future__ import annotations
 

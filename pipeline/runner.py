@@ -1,5 +1,5 @@
-"""`Pipeline`: sources -> decode -> batch + preprocess -> infer -> postprocess [-> read] -> sinks,
-each stage in its own thread, joined by bounded channels (read: when the Detector reads text).
+"""`Pipeline`: sources -> decode -> batch + preprocess -> infer [-> response: a served model] ->
+postprocess [-> read] [-> track] -> sinks, each stage a thread, joined by bounded channels.
 
     pipe = Pipeline(["cam.mp4", "rtsp://..."], Detector("dbnet.onnx"), sinks=[JsonlSink("out.jsonl")])
     for frame, detections in pipe:       # FrameResults, in order per source
@@ -53,8 +53,9 @@ class Pipeline:
     batch:         max frames per engine call (0: the number of sources)
     batch_timeout: seconds to wait for more frames once a batch has its first
     queue_size:    capacity of each inter-stage channel, in batches (default: 4; with a live
-                   source, 1, and a live source's next frame is taken only once no frame (of its
-                   own, when files share the run) waits in them: a live frame waiting in a queue
+                   source, 1, and a source's next frame is taken only once fewer than a batch of
+                   frames waits in them; when files share the run, every source waits so, and
+                   also until none of its own frames waits: a live frame waiting in a queue
                    only ages, the newest one read after it is the one to show; stages.LiveGate)
     max_frames:    stop each source after this many frames
     switch_interval: the interpreter's GIL switch interval during the run (seconds; None: leave

@@ -4,11 +4,14 @@
   the command line (pipeline/cli.py, pipeline/commands/) sees export/ too; imports inside
   functions count like any other;
 * no import cycle between modules;
-* no module (nor C source of the post-processing) over 400 lines.
+* no module (nor C source of the post-processing) over 400 lines;
+* docs/architecture.md names only files that exist, every subpackage, and every channel and
+  stage of a run.
 """
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 from typing import Dict, Set
 
@@ -119,3 +122,116 @@ def test_the_rules_see_imports_inside_functions():
     """The checker itself: a function-level import is found like a module-level one."""
     assert "pipeline.preprocess" in GRAPH["pipeline.sampling"]
     assert "pipeline.sources.images" in GRAPH["pipeline.detector"]  # imported inside detect_batch
+
+
+# -- docs/architecture.md against the code ----------------------------------------------------
+ARCHITECTURE = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+
+
+def test_every_path_the_architecture_names_exists():
+    named = re.findall(r"(?<![\w./-])((?:engine|dbnet|export|pipeline|benchmarks|tests)/[\w/.]*)", ARCHITECTURE)
+    missing = sorted({path for path in named if not (ROOT / path.rstrip(".")).exists()})
+    assert not missing, f"docs/architecture.md names {missing}, which do not exist"
+
+
+def test_every_module_file_the_architecture_names_exists():
+    files = {path.name for package in PACKAGES for path in (ROOT / package).rglob("*.py")}
+    named = set(re.findall(r"(?<![\w/])(\w+\.py)\b", ARCHITECTURE))
+    assert not named - files, f"docs/architecture.md names {sorted(named - files)}, which do not exist"
+
+
+def test_the_architecture_names_every_subpackage():
+    folders = sorted(str(init.parent.relative_to(ROOT)) for package in PACKAGES[:-1]
+                     for init in (ROOT / package).glob("*/__init__.py"))
+    unnamed = [folder for folder in folders
+               if f"{folder}/" not in ARCHITECTURE and f"`{folder.split('/', 1)[1]}/`" not in ARCHITECTURE]
+    assert not unnamed, f"docs/architecture.md's module table does not name {unnamed}"
+
+
+def test_the_architecture_names_every_channel_and_stage_of_a_run():
+    """A run with every optional channel a fake detector can ask for (a model on a server, text
+    reading; tracking needs its package and is checked by name): docs/architecture.md names each
+    channel (report.json's `queues`) and each stage."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from media import FakeDetector, SimulatedCamera
+
+    from pipeline.runner import Pipeline
+
+    class ServedReadingDetector(FakeDetector):
+        asynchronous = True
+        recognizer = object()
+
+    pipe = Pipeline([SimulatedCamera(total=1)], ServedReadingDetector())
+    try:
+        channels = set(pipe.metrics.queues) | {"tracked"}
+        stages = {stage.split(":")[0] for stage in pipe.metrics.stages} | {"track"}
+    finally:
+        pipe.close()
+    assert {"responded", "read"} <= channels
+    for name in sorted(channels | stages):
+        assert re.search(rf"`{name}`|\n \[?{name}\]?[ :]", ARCHITECTURE), \
+            f"docs/architecture.md does not name the {name!r} channel / stage"
+    assert "LiveGate" in ARCHITECTURE and "--queue-size" in ARCHITECTURE
+
+
+# -- references in docstrings and comments --------------------------------------------------
+FILE_SUFFIXES = {"onnx", "pt", "pth", "json", "jsonl", "engine", "plan", "py", "md", "mp4", "txt"}
+
+
+def _defined(body) -> Set[str]:
+    """The names a module or class body defines (functions, classes, assignments, imports)."""
+    names = set()
+    for node in body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names |= {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names |= {(a.asname or a.name).split(".")[0] for a in node.names}
+        elif isinstance(node, (ast.If, ast.Try)):
+            names |= _defined(node.body + getattr(node, "orelse", []) +
+                              [n for h in getattr(node, "handlers", []) for n in h.body])
+    return names
+
+
+TREES = {module: ast.parse(path.read_text(encoding="utf-8")) for module, path in MODULES.items()}
+
+
+def _unresolved(reference: str) -> str:
+    """'' when `pkg.module.name[.attr]` names something that exists, else what is missing."""
+    parts = reference.split(".")
+    cut = max((i for i in range(1, len(parts) + 1) if ".".join(parts[:i]) in MODULES), default=0)
+    rest = parts[cut:]
+    if not cut:
+        return "no such module"
+    if not rest or rest[0] in FILE_SUFFIXES or rest[0].isupper() and len(rest[0]) == 1:
+        return ""  # the module itself, a file name (dbnet.onnx) or a placeholder (benchmarks.X)
+    body = TREES[".".join(parts[:cut])].body
+    for name in rest[:2]:
+        if name not in _defined(body):
+            return f"no {name}"
+        found = [n for n in body if isinstance(n, ast.ClassDef) and n.name == name]
+        if not found:
+            return ""
+        body = found[0].body
+    return ""
+
+
+def _references(path: Path) -> Set[str]:
+    source = path.read_text(encoding="utf-8")
+    tree = ast.parse(source)
+    texts = [ast.get_docstring(n) or "" for n in ast.walk(tree)
+             if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))]
+    texts += [line.split("#", 1)[1] for line in source.splitlines() if "#" in line]
+    pattern = r"(?<![\w./-])((?:%s)(?:\.\w+)+)" % "|".join(PACKAGES)
+    return {ref for text in texts for ref in re.findall(pattern, text)}
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_module_references_in_docstrings_and_comments_resolve(module):
+    """`see pipeline.preprocess.target_size` style references name something that exists."""
+    wrong = {ref: why for ref in sorted(_references(MODULES[module])) for why in [_unresolved(ref)] if why}
+    assert not wrong, f"{MODULES[module].relative_to(ROOT)} refers to {wrong}"

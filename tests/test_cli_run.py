@@ -275,3 +275,28 @@ def test_a_streams_video_is_named_after_its_path_or_host_and_port_never_its_cred
                                     for k, n in enumerate(names)])
     assert video_names(pipe) == {0: "annotated_0_127.0.0.1_5611.mp4", 1: "annotated_1_stream1.mp4",
                                  2: "annotated_2_clip.mp4"}
+
+
+def test_the_queue_size_help_states_the_capacities_a_run_has(clip):
+    """`--queue-size`'s help said a run got one-batch queues only when every source was live;
+    a run mixing a live source with files has them too (and the gate): the help says so."""
+    import argparse
+    import re
+
+    from pipeline.cli import build_parser
+    from pipeline.runner import Pipeline
+
+    from media import FakeDetector, SimulatedCamera
+
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    flag = next(a for a in commands.choices["run"]._actions if "--queue-size" in a.option_strings)
+    stated = re.search(r"default: (\d+); with a live source in the run, (\d+)", flag.help)
+    assert stated, flag.help
+    files = Pipeline([clip], FakeDetector())
+    mixed = Pipeline([SimulatedCamera(total=1), clip], FakeDetector())
+    try:
+        assert (files._prepared.capacity, mixed._prepared.capacity) == tuple(map(int, stated.groups()))
+        assert files._gate is None and mixed._gate is not None
+    finally:
+        files.close()
+        mixed.close()

@@ -77,3 +77,38 @@ def test_the_requests_in_flight_when_a_server_goes_away_count_as_one_outage():
         runner._request_failed(RuntimeError("Connection refused"))
     assert runner.failed_requests == 4 and runner._failed_in_a_row == 1
     assert runner.state == "reconnecting"
+
+
+def test_every_flag_a_help_text_names_is_a_flag_of_that_command():
+    """`dbrt eval --help` sent a failed Triton request to "the --reconnect back-off", a flag
+    only `dbrt run` has (and to report.json, which eval does not write). Flags of other tools
+    (trtexec --versionCompatible) and commands quoted with their name are left aside; a
+    command's description may name its subcommands' flags."""
+    import argparse
+    import re
+
+    from pipeline.cli import build_parser
+
+    def options(parser):
+        for action in parser._actions:
+            yield from action.option_strings
+            for sub in getattr(action, "choices", None) or {}:
+                if isinstance(action, argparse._SubParsersAction):
+                    yield from options(action.choices[sub])
+
+    def commands(parser, prefix="dbrt"):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield f"{prefix} {name}", sub
+                    yield from commands(sub, f"{prefix} {name}")
+
+    wrong = []
+    for name, parser in commands(build_parser()):
+        flags = set(options(parser))
+        texts = [parser.description or ""] + [action.help or "" for action in parser._actions]
+        for text in texts:
+            text = re.sub(r"(`dbrt [^`]*`|dbrt \w+ --\w+|trtexec --\w+|tritonserver --[\w-]+)", "", text)
+            wrong += [f"{name}: {flag}" for flag in re.findall(r"(?<![\w-])--[a-z][\w-]*", text)
+                      if flag not in flags]
+    assert not wrong, f"help texts name flags their command lacks: {wrong}"

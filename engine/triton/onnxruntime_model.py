@@ -1,8 +1,9 @@
 """Triton Python-backend model that runs an ONNX model with ONNX Runtime (CPU).
 
-Copied as `model.py` into a model's version folder by engine.triton.export_onnx_model; it runs
-inside tritonserver's Python stub, so it imports only numpy, onnxruntime and Triton's
-`triton_python_backend_utils` (never dbrt). Config parameters:
+Copied as `model.py` into a model's version folder by
+engine.triton.models.write_onnxruntime_model; it runs inside tritonserver's Python stub, so it
+imports only numpy, onnxruntime and Triton's `triton_python_backend_utils` (never dbrt). Config
+parameters:
 
     onnx_file   the model file in the version folder (default model.onnx)
     threads     ONNX Runtime intra-op threads per instance (0: ONNX Runtime's default)

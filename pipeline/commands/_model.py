@@ -51,8 +51,15 @@ def check_trust_engine_code(args) -> None:
                          f"only; {model or 'the shipped model'} is not one: drop the flag")
 
 
-def add_triton_arguments(parser) -> None:
-    """The --triton-* flags of a command that takes a triton:// --model."""
+# what a failed request costs: a run counts its frames and goes on, an evaluation ends
+IN_A_RUN = ("costs its frames (counted in report.json) and the server is probed with the "
+            "--reconnect back-off")
+ENDS_THE_COMMAND = "ends the command with its error"
+
+
+def add_triton_arguments(parser, failed_request: str = IN_A_RUN) -> None:
+    """The --triton-* flags of a command that takes a triton:// --model; `failed_request`: what
+    a request that fails does in this command."""
     from ._validate import at_least
 
     tr = parser.add_argument_group("Triton Inference Server (--model triton://...)")
@@ -65,9 +72,8 @@ def add_triton_arguments(parser) -> None:
                     help="requests in flight at once (default 2): the next batch is sent "
                          "while one is on its way")
     tr.add_argument("--triton-timeout", type=at_least(0.0, float, strict=True),
-                    help="seconds allowed per request (default 60); a request that fails or "
-                         "times out costs its frames (counted in report.json) and the server "
-                         "is probed with the --reconnect back-off")
+                    help=f"seconds allowed per request (default 60); a request that fails or "
+                         f"times out {failed_request}")
 
 
 def triton_options(args):

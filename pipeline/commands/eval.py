@@ -1,8 +1,8 @@
 """`dbrt eval`: precision / recall / hmean of a model on a dataset (ICDAR 2015 protocol)."""
 from __future__ import annotations
 
-from ._model import (REC_MARGIN_HELP, THREADS_HELP, TRUST_ENGINE_HELP, add_triton_arguments,
-                     check_trust_engine_code)
+from ._model import (ENDS_THE_COMMAND, REC_MARGIN_HELP, THREADS_HELP, TRUST_ENGINE_HELP,
+                     add_triton_arguments, check_trust_engine_code)
 from ._validate import DEVICES, MAX_CPU_THREADS, at_least, between, number_list, output_file, output_folder, side_length
 
 NAME = "eval"
@@ -31,7 +31,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--threads", type=at_least(0, at_most=MAX_CPU_THREADS), default=0,
                         help=THREADS_HELP)
     parser.add_argument("--trust-engine-code", action="store_true", help=TRUST_ENGINE_HELP)
-    add_triton_arguments(parser)
+    add_triton_arguments(parser, ENDS_THE_COMMAND)
     model = parser.add_argument_group("pre- and post-processing (default: the model's own settings)")
     model.add_argument("--limit-side", type=side_length,
                        help="resize: short side (min) / long-side cap (max)")

@@ -81,8 +81,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="wait this long for more frames once a batch has its first")
     q.add_argument("--queue-size", type=at_least(1),
                    help="capacity of each stage queue, in batches (default: 4; with a live "
-                        "source, 1, and a frame is taken only once none waits in them, so that "
-                        "results stay fresh)")
+                        "source in the run, 1, and a source's next frame is taken only once "
+                        "fewer than a batch of frames waits in them and, when files share the "
+                        "run, none of its own, so that results stay fresh; given, the queues "
+                        "fill instead)")
     q.add_argument("--max-frames", type=at_least(1), help="stop each source after N frames")
     q.add_argument("--decode-threads", type=at_least(0, at_most=MAX_CPU_THREADS), default=0,
                    help=f"FFmpeg decoding threads (0: auto; at most {MAX_CPU_THREADS})")
