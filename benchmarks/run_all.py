@@ -1,4 +1,4 @@
-"""Run the benchmarks of issue 8 in one go and index what they wrote.
+"""Run the main benchmarks (`dbrt bench all`) in one go and index what they wrote.
 
 0. accuracy     (benchmarks.accuracy): ICDAR 2015 protocol on realdev, so speed is never alone
 1. model only   (benchmarks.model_bench): backend x precision x batch x input size, PyTorch beside ORT

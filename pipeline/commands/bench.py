@@ -13,7 +13,9 @@ benchmarks/results/<machine>/ (benchmarks/README.md says what each timed region 
 'postprocess' compares the DB post-processing with the reference on the same maps; 'accuracy'
 scores the shipped model on ../shared/data/realdev; 'peer' runs the PP-OCR det model of the
 rapidocr package by RapidOCR and by dbrt side by side (needs `pip install rapidocr`); 'all'
-runs all but 'peer', each in its own process, and writes an index.md. Arguments after WHICH go to
+runs accuracy, model, pipeline, postprocess and the peer accuracy comparison (the shipped model
+against RapidOCR's own detector, benchmarks.peer_accuracy), each in its own process, and writes
+an index.md. Arguments after WHICH go to
 the benchmark itself, e.g. `dbrt bench model --sizes 320 640 --batches 1 8` or `dbrt bench all --quick`;
 `dbrt bench model --help` lists them."""
 
