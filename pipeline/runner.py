@@ -28,6 +28,7 @@ from typing import Callable, Iterable, Iterator, List, Optional, Sequence
 
 from .arguments import check_detector, check_events_have_tracks, check_numbers, checked_outputs
 from .batcher import Batcher, batch_size
+from .decoding import source_frames, stamp
 from .detections import Detections, FrameResult
 from .detector import Detector
 from .detector_steps import DetectorSteps
@@ -117,10 +118,9 @@ class Pipeline:
         # main thread may hold, so a thread of its own does it
         self._close_requested, self._run_over = threading.Event(), False
         self._closer = threading.Thread(target=self._close_when_asked, name="source-closer", daemon=True)
-        live, any_live = all(s.live for s in self.sources), any(s.live for s in self.sources)
-        self._gate = LiveGate(self.control, self.batch, per_stream=not live) \
-            if any_live and not queue_size else None
-        cap, self._positions = max(1, queue_size or (1 if any_live else 4)), itertools.count()
+        self._gate = LiveGate.for_run(self.sources, self.batch, queue_size, self.control)
+        live = any(s.live for s in self.sources)
+        cap, self._positions = max(1, queue_size or (1 if live else 4)), itertools.count()
         # live: one batch waits while one is prepared, so a frame is at most ~2 batches old
         self._decoded = self._channel("decoded", self.batch if self._gate
                                       else cap * self.batch + len(self.sources))
@@ -326,7 +326,8 @@ class Pipeline:
 
         batches = Batcher(self._decoded, len(self.sources), self.batch, self.batch_timeout,
                           self.detector.input_size_for)
-        decoders = [stage(f"decode:{s.stream}", _stamp(s.stream), self._frames_of(s),
+        decoders = [stage(f"decode:{s.stream}", stamp(s.stream),
+                          source_frames(s, self.max_frames, self.control.draining, self._source_errors),
                           self._decoded, metric="decode",
                           admit=self._gate and self._gate.admission(s)) for s in self.sources]
         work = self._steps
@@ -348,29 +349,6 @@ class Pipeline:
         reads = getattr(self.detector, "recognizer", None) is not None
         return ("read",) * reads + ("track",) * (self.tracker is not None)
 
-    def _frames_of(self, source: Source) -> Iterator[Frame]:
-        """The decode stage's inbox: up to `max_frames` frames of one source. A source that
-        fails (a truncated file, a lost stream) ends like one that finished: the frames it gave
-        still reach the sinks, the other sources go on, and the run raises its error at the end."""
-        frames = iter(source)
-        try:
-            yield from (frames if self.max_frames is None else itertools.islice(frames, self.max_frames))
-            source.state = "ended"
-        except Aborted:
-            raise
-        except Exception as exc:  # noqa: BLE001 - raised by the consumer once the run drained
-            source.error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            source.state = "failed"
-            self._source_errors.append(exc)
-            source.stats.note(f"error: {exc}")
-        finally:
-            if source.state in ("up", "reconnecting") or (
-                    source.state == "ended" and self.control.draining.is_set()):
-                source.state = "stopped"  # the run stopped before the source ended
-            close = getattr(frames, "close", None)
-            if close is not None:
-                close()
-
     def _track(self, result: FrameResult) -> FrameResult:
         frame, detections = result
         return FrameResult(frame, self.tracker(frame, detections))
@@ -389,12 +367,4 @@ class Pipeline:
         for callback in self.callbacks:
             callback(frame, detections)
         return result
-
-
-def _stamp(stream: int) -> Callable[[Frame], Frame]:
-    """The decode stage's step: a frame learns its source's position in the run (one place)."""
-    def stamp(frame: Frame) -> Frame:
-        frame.stream = stream
-        return frame
-    return stamp
 

@@ -116,6 +116,16 @@ class LiveGate:
         self._control, self._waiting = control, waiting
         self.per_stream, self._queued = per_stream, {}  # stream -> its frames waiting
 
+    @classmethod
+    def for_run(cls, sources, batch: int, queue_size: Optional[int],
+                control: Control) -> Optional["LiveGate"]:
+        """The gate of a run with a live source and no queue size asked for (per stream when
+        files share the run); None for a run of files, or one that asked for its queues."""
+        live = [source.live for source in sources]
+        if queue_size or not any(live):
+            return None
+        return cls(control, batch, per_stream=not all(live))
+
     def watch(self, channel: "Channel") -> None:
         self._channels.append(channel)
 
