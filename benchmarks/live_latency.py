@@ -122,9 +122,9 @@ def pooled(passes: List[dict]) -> dict:
         values = sorted(p[key] for p in passes)
         return values[len(values) // 2]
 
-    wall = sum(p["frames"] / p["fps"] for p in passes)
+    wall, file_frames = sum(p["frames"] / p["fps"] for p in passes), sum(p.get("other_frames", 0) for p in passes)
     return dict(fps=round(sum(p["frames"] for p in passes) / wall, 2),
-                file_fps=round(sum(p.get("other_frames", 0) for p in passes) / wall, 2),
+                **({"file_fps": round(file_frames / wall, 2)} if file_frames else {}),
                 e2e_p50_ms=median("e2e_p50_ms"), e2e_p95_ms=median("e2e_p95_ms"),
                 dropped_share=round(sum(p["dropped"] for p in passes) / sum(p["read"] for p in passes), 3))
 

@@ -99,7 +99,7 @@ class LiveGate:
     """For a run of live sources: a source's next frame is taken only while fewer than
     `waiting` items wait in the run's channels. Without it every channel before the slowest
     stage holds a frame, each adding one of that stage's steps to the latency (end-to-end p50
-    1.48 s against 0.37 s with text reading on 2 cores: benchmarks/live_latency.py); with it the
+    1.57 s against 0.36 s with text reading on 2 cores: benchmarks/live_latency.py); with it the
     slowest stage finds the newest frame in its inbox, and the frames it cannot keep up with are
     dropped at the source (counted there). The stages still overlap: frames being worked on do
     not count, only waiting ones.
