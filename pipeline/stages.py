@@ -10,6 +10,7 @@ waiting). An abort (the consumer went away, a second Ctrl-C) stops every stage a
 """
 from __future__ import annotations
 
+import itertools
 import queue
 import sys
 import threading
@@ -108,13 +109,20 @@ class LiveGate:
     so its frames would keep the channels full and the live frames would queue behind them.
     There every source waits at the gate, and also until no frame of its own waits: a file
     then reads its next frame, a live source takes its newest, and each batch gets a frame of
-    each source (the default batch holds one per source)."""
+    each source (the default batch holds one per source). The sources also take turns: one
+    waits while another served before it waits too, or is a file still decoding (a live
+    source's newest frame is there at once, so it would fill the batch meanwhile); a live
+    source away (waiting for its next frame, reconnecting) holds up no one."""
 
     def __init__(self, control: Control, waiting: int = 1, per_stream: bool = False):
         self._cond = threading.Condition()
         self._channels: list = []
         self._control, self._waiting = control, waiting
         self.per_stream, self._queued = per_stream, {}  # stream -> its frames waiting
+        self._sources: dict = {}  # per stream: stream -> source
+        self._at_gate: set = set()  # streams waiting at the gate
+        self._served: dict = {}  # stream -> the turn it last passed the gate
+        self._turns = itertools.count()
 
     @classmethod
     def for_run(cls, sources, batch: int, queue_size: Optional[int],
@@ -132,6 +140,7 @@ class LiveGate:
     def admission(self, source) -> Optional[Callable[[], None]]:
         """What `source`'s decode stage waits on before each frame (None: it is not gated)."""
         if self.per_stream:
+            self._sources[source.stream] = source
             return lambda: self.wait(source.stream)
         return self.wait if source.live else None
 
@@ -151,14 +160,30 @@ class LiveGate:
             self._cond.notify_all()
 
     def wait(self, stream: Optional[int] = None) -> None:
-        """Until the channels have room for one more waiting item (per stream: and none of the
-        stream's frames waits), or the run is stopping."""
+        """Until the channels have room for one more waiting item (per stream: none of the
+        stream's frames waits and it is its turn), or the run is stopping."""
         with self._cond:
-            while not self._control.draining.is_set() and (
-                    sum(map(len, self._channels)) >= self._waiting or
-                    (self.per_stream and self._queued.get(stream, 0) > 0)):
-                self._control.check()
-                self._cond.wait(POLL_S)
+            self._at_gate.add(stream)
+            try:
+                while not self._control.draining.is_set() and (
+                        sum(map(len, self._channels)) >= self._waiting or
+                        (self.per_stream and (self._queued.get(stream, 0) > 0 or self._behind(stream)))):
+                    self._control.check()
+                    self._cond.wait(POLL_S)
+            finally:
+                self._at_gate.discard(stream)
+            if self.per_stream:
+                self._served[stream] = next(self._turns)
+                self._cond.notify_all()  # a source waiting for its turn may have it now
+
+    def _behind(self, stream: int) -> bool:
+        """Whether a source served before `stream` is waiting at the gate, or is a file in the
+        middle of the run (a file reads at once when it is not at the gate; one ended, or a
+        network file reconnecting, is out of the turns)."""
+        mine = self._served.get(stream, -1)
+        return any(self._served.get(other, -1) < mine for other, source in self._sources.items()
+                   if other != stream and (other in self._at_gate or
+                                           (not source.live and source.state == "up")))
 
 
 class Channel:

@@ -573,6 +573,33 @@ def test_a_live_source_sharing_a_run_with_a_file_keeps_one_frame_waiting(videos)
     assert file_report["delivered"] == file_report["read"] == 12 and file_report["dropped"] == 0
     assert camera_report["dropped"] > 0 and max(waiting[0]) <= 1 and max(waiting[1]) <= 1
 
+class SlowVideoFile(VideoFileSource):
+    """A video file whose frames take a while to decode (a large one), unlike a live source's
+    newest frame, which is there at once."""
+
+    def __iter__(self):
+        for frame in super().__iter__():
+            time.sleep(0.02)
+            yield frame
+
+
+def test_a_live_source_does_not_take_the_turn_of_a_file_still_decoding(videos):
+    """The next frame's room went to whichever source was first to put a frame: the camera's
+    newest frame is there at once, so while the file decoded its next one, the camera filled
+    the batch (two camera frames for one of the file's, on 2 cores with the real stream). Now
+    a source waits while one served before it still waits or decodes: they take turns."""
+    order = []
+    pipe = Pipeline([SimulatedCamera(total=100000, reconnect=None), SlowVideoFile(videos[1])],
+                    FakeDetector(), callbacks=[lambda frame, detections: order.append(frame.stream)],
+                    max_frames=60)
+    report = pipe.run()
+    camera_report, file_report = report["sources"]
+    assert file_report["delivered"] == 12 and file_report["dropped"] == 0
+    assert camera_report["delivered"] == 60 == order.count(0)
+    beside_the_file = order[:len(order) - order[::-1].index(1)]  # up to the file's last frame
+    assert beside_the_file.count(0) <= beside_the_file.count(1) + 2, order
+
+
 @pytest.mark.parametrize("kwargs, error, said", [
     (dict(sinks=[print]), TypeError, "sinks: .* has no write.*callbacks="),
     (dict(callbacks=[JsonlSink(os.devnull)]), TypeError, "callbacks: .* is not callable"),
