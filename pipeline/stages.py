@@ -109,10 +109,10 @@ class LiveGate:
     so its frames would keep the channels full and the live frames would queue behind them.
     There every source waits at the gate, and also until no frame of its own waits: a file
     then reads its next frame, a live source takes its newest, and each batch gets a frame of
-    each source (the default batch holds one per source). The sources also take turns: one
-    waits while another served before it waits too, or is a file still decoding (a live
-    source's newest frame is there at once, so it would fill the batch meanwhile); a live
-    source away (waiting for its next frame, reconnecting) holds up no one."""
+    each source (the default batch holds one per source). A file decoding its next frame holds
+    that frame's room (a live source's newest frame is there at once and would take it), and
+    the sources waiting at the gate take turns, the one served longest ago first; a live source
+    away (waiting for its next frame, reconnecting) holds up no one."""
 
     def __init__(self, control: Control, waiting: int = 1, per_stream: bool = False):
         self._cond = threading.Condition()
@@ -121,6 +121,7 @@ class LiveGate:
         self.per_stream, self._queued = per_stream, {}  # stream -> its frames waiting
         self._sources: dict = {}  # per stream: stream -> source
         self._at_gate: set = set()  # streams waiting at the gate
+        self._decoding: set = set()  # files past the gate whose frame is not put yet
         self._served: dict = {}  # stream -> the turn it last passed the gate
         self._turns = itertools.count()
 
@@ -151,6 +152,7 @@ class LiveGate:
         if self.per_stream and stream is not None:
             with self._cond:
                 self._queued[stream] = self._queued.get(stream, 0) + 1
+                self._decoding.discard(stream)
 
     def taken(self, item=None) -> None:
         stream = getattr(item, "stream", None)
@@ -166,7 +168,7 @@ class LiveGate:
             self._at_gate.add(stream)
             try:
                 while not self._control.draining.is_set() and (
-                        sum(map(len, self._channels)) >= self._waiting or
+                        sum(map(len, self._channels)) + self._held() >= self._waiting or
                         (self.per_stream and (self._queued.get(stream, 0) > 0 or self._behind(stream)))):
                     self._control.check()
                     self._cond.wait(POLL_S)
@@ -174,16 +176,18 @@ class LiveGate:
                 self._at_gate.discard(stream)
             if self.per_stream:
                 self._served[stream] = next(self._turns)
+                if not self._sources[stream].live:
+                    self._decoding.add(stream)
                 self._cond.notify_all()  # a source waiting for its turn may have it now
 
+    def _held(self) -> int:
+        """Rooms held by files decoding their next frame (one that ended or failed holds none)."""
+        return sum(self._sources[stream].state == "up" for stream in self._decoding)
+
     def _behind(self, stream: int) -> bool:
-        """Whether a source served before `stream` is waiting at the gate, or is a file in the
-        middle of the run (a file reads at once when it is not at the gate; one ended, or a
-        network file reconnecting, is out of the turns)."""
+        """Whether a source served before `stream` waits at the gate too."""
         mine = self._served.get(stream, -1)
-        return any(self._served.get(other, -1) < mine for other, source in self._sources.items()
-                   if other != stream and (other in self._at_gate or
-                                           (not source.live and source.state == "up")))
+        return any(self._served.get(other, -1) < mine for other in self._at_gate if other != stream)
 
 
 class Channel:
