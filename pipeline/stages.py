@@ -10,6 +10,7 @@ waiting). An abort (the consumer went away, a second Ctrl-C) stops every stage a
 """
 from __future__ import annotations
 
+import itertools
 import queue
 import sys
 import threading
@@ -108,13 +109,21 @@ class LiveGate:
     so its frames would keep the channels full and the live frames would queue behind them.
     There every source waits at the gate, and also until no frame of its own waits: a file
     then reads its next frame, a live source takes its newest, and each batch gets a frame of
-    each source (the default batch holds one per source)."""
+    each source (the default batch holds one per source). A file decoding its next frame holds
+    that frame's room (a live source's newest frame is there at once and would take it), and
+    the sources waiting at the gate take turns, the one served longest ago first; a live source
+    away (waiting for its next frame, reconnecting) holds up no one."""
 
     def __init__(self, control: Control, waiting: int = 1, per_stream: bool = False):
         self._cond = threading.Condition()
         self._channels: list = []
         self._control, self._waiting = control, waiting
         self.per_stream, self._queued = per_stream, {}  # stream -> its frames waiting
+        self._sources: dict = {}  # per stream: stream -> source
+        self._at_gate: set = set()  # streams waiting at the gate
+        self._decoding: set = set()  # files past the gate whose frame is not put yet
+        self._served: dict = {}  # stream -> the turn it last passed the gate
+        self._turns = itertools.count()
 
     @classmethod
     def for_run(cls, sources, batch: int, queue_size: Optional[int],
@@ -132,6 +141,7 @@ class LiveGate:
     def admission(self, source) -> Optional[Callable[[], None]]:
         """What `source`'s decode stage waits on before each frame (None: it is not gated)."""
         if self.per_stream:
+            self._sources[source.stream] = source
             return lambda: self.wait(source.stream)
         return self.wait if source.live else None
 
@@ -142,6 +152,7 @@ class LiveGate:
         if self.per_stream and stream is not None:
             with self._cond:
                 self._queued[stream] = self._queued.get(stream, 0) + 1
+                self._decoding.discard(stream)
 
     def taken(self, item=None) -> None:
         stream = getattr(item, "stream", None)
@@ -151,14 +162,32 @@ class LiveGate:
             self._cond.notify_all()
 
     def wait(self, stream: Optional[int] = None) -> None:
-        """Until the channels have room for one more waiting item (per stream: and none of the
-        stream's frames waits), or the run is stopping."""
+        """Until the channels have room for one more waiting item (per stream: none of the
+        stream's frames waits and it is its turn), or the run is stopping."""
         with self._cond:
-            while not self._control.draining.is_set() and (
-                    sum(map(len, self._channels)) >= self._waiting or
-                    (self.per_stream and self._queued.get(stream, 0) > 0)):
-                self._control.check()
-                self._cond.wait(POLL_S)
+            self._at_gate.add(stream)
+            try:
+                while not self._control.draining.is_set() and (
+                        sum(map(len, self._channels)) + self._held() >= self._waiting or
+                        (self.per_stream and (self._queued.get(stream, 0) > 0 or self._behind(stream)))):
+                    self._control.check()
+                    self._cond.wait(POLL_S)
+            finally:
+                self._at_gate.discard(stream)
+            if self.per_stream:
+                self._served[stream] = next(self._turns)
+                if not self._sources[stream].live:
+                    self._decoding.add(stream)
+                self._cond.notify_all()  # a source waiting for its turn may have it now
+
+    def _held(self) -> int:
+        """Rooms held by files decoding their next frame (one that ended or failed holds none)."""
+        return sum(self._sources[stream].state == "up" for stream in self._decoding)
+
+    def _behind(self, stream: int) -> bool:
+        """Whether a source served before `stream` waits at the gate too."""
+        mine = self._served.get(stream, -1)
+        return any(self._served.get(other, -1) < mine for other in self._at_gate if other != stream)
 
 
 class Channel:

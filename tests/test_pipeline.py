@@ -573,6 +573,50 @@ def test_a_live_source_sharing_a_run_with_a_file_keeps_one_frame_waiting(videos)
     assert file_report["delivered"] == file_report["read"] == 12 and file_report["dropped"] == 0
     assert camera_report["dropped"] > 0 and max(waiting[0]) <= 1 and max(waiting[1]) <= 1
 
+class SlowVideoFile(VideoFileSource):
+    """A video file whose frames take `seconds` each to decode (a large one, or one read over
+    a slow network), unlike a live source's newest frame, which is there at once."""
+
+    def __init__(self, path, seconds: float):
+        super().__init__(path)
+        self.seconds = seconds
+
+    def __iter__(self):
+        for frame in super().__iter__():
+            time.sleep(self.seconds)
+            yield frame
+
+
+def _streams_in_order(sources, detector):
+    order = []
+    pipe = Pipeline(sources, detector, callbacks=[lambda frame, detections: order.append(frame.stream)],
+                    max_frames=60)
+    camera_report, file_report = pipe.run()["sources"]
+    assert file_report["delivered"] == 12 and file_report["dropped"] == 0
+    assert camera_report["delivered"] == order.count(0)
+    return order[:len(order) - order[::-1].index(1)]  # up to the file's last frame
+
+
+def test_a_live_source_does_not_take_the_room_of_a_file_still_decoding(videos):
+    """The room for the next frame went to whichever source put one first: the camera's newest
+    frame is there at once, so while the file decoded its next frame the camera filled the
+    batch (two camera frames for one of the file's, on 2 cores with the real stream). A file
+    decoding now holds its frame's room, and the sources waiting take turns."""
+    beside_the_file = _streams_in_order(
+        [SimulatedCamera(total=100000, reconnect=None), SlowVideoFile(videos[1], 0.02)],
+        FakeDetector(delay_s=0.05))
+    assert beside_the_file.count(0) <= beside_the_file.count(1) + 2, beside_the_file
+
+
+def test_a_file_slow_to_decode_leaves_the_spare_room_to_the_live_source(videos):
+    """Taking turns does not hold a live source to the pace of a file that decodes slowly
+    while the stages have room to spare."""
+    beside_the_file = _streams_in_order(
+        [SimulatedCamera(total=100000, reconnect=None), SlowVideoFile(videos[1], 0.1)],
+        FakeDetector())
+    assert beside_the_file.count(0) > 2 * beside_the_file.count(1), beside_the_file
+
+
 @pytest.mark.parametrize("kwargs, error, said", [
     (dict(sinks=[print]), TypeError, "sinks: .* has no write.*callbacks="),
     (dict(callbacks=[JsonlSink(os.devnull)]), TypeError, "callbacks: .* is not callable"),
