@@ -573,6 +573,7 @@ def test_a_live_source_sharing_a_run_with_a_file_keeps_one_frame_waiting(videos)
     assert file_report["delivered"] == file_report["read"] == 12 and file_report["dropped"] == 0
     assert camera_report["dropped"] > 0 and max(waiting[0]) <= 1 and max(waiting[1]) <= 1
 
+
 class SlowVideoFile(VideoFileSource):
     """A video file whose frames take `seconds` each to decode (a large one, or one read over
     a slow network), unlike a live source's newest frame, which is there at once."""
