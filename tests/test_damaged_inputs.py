@@ -67,6 +67,9 @@ def test_truncated_video_writes_every_decoded_frame_then_fails(tmp_path, tiny_on
     report = json.loads((out / "report.json").read_text())
     assert report["frames"] == decoded and report["lost"] == 0
     assert _video_frames(out / "annotated.mp4") == decoded
+    # report.json said the source 'failed' without why (only /api/status had its error)
+    (source,) = report["sources"]
+    assert source["state"] == "failed" and f"{decoded} of 200 frames" in source["error"]
 
 
 def test_complete_video_is_not_called_truncated(tmp_path, tiny_onnx, capsys):

@@ -125,8 +125,10 @@ class Source(abc.ABC):
         return None
 
     def describe(self) -> dict:
+        """The source in report.json: `error` says why it failed (as /api/status does), else None."""
         return dict(name=without_credentials(self.name), kind=self.kind, live=self.live, total_frames=self.total_frames,
-                    fps=self.fps, state=self.state, **self.stats.as_dict())
+                    fps=self.fps, state=self.state, error=self.error and without_credentials(self.error),
+                    **self.stats.as_dict())
 
     def __enter__(self) -> "Source":
         return self.open()
