@@ -167,9 +167,7 @@ class LiveGate:
         with self._cond:
             self._at_gate.add(stream)
             try:
-                while not self._control.draining.is_set() and (
-                        sum(map(len, self._channels)) + self._held() >= self._waiting or
-                        (self.per_stream and (self._queued.get(stream, 0) > 0 or self._behind(stream)))):
+                while not self._control.draining.is_set() and not self.is_open(stream):
                     self._control.check()
                     self._cond.wait(POLL_S)
             finally:
@@ -179,6 +177,13 @@ class LiveGate:
                 if not self._sources[stream].live:
                     self._decoding.add(stream)
                 self._cond.notify_all()  # a source waiting for its turn may have it now
+
+    def is_open(self, stream: Optional[int] = None) -> bool:
+        """Whether the source `stream` may take its next frame now (see `wait`)."""
+        with self._cond:
+            if sum(map(len, self._channels)) + self._held() >= self._waiting:
+                return False
+            return not self.per_stream or not (self._queued.get(stream, 0) > 0 or self._behind(stream))
 
     def _held(self) -> int:
         """Rooms held by files decoding their next frame (one that ended or failed holds none)."""
