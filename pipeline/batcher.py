@@ -2,13 +2,14 @@
 
 Frames of several sources share a batch when they need the same network input size; a batch
 holds up to `batch` frames and waits at most `timeout` seconds for more once it has its first. A
-frame that needs another size is carried over to start the next batch, so order per source holds.
+frame that needs another size is left first in its channel to start the next batch (still waiting
+there, as a LiveGate counts it), so order per source holds.
 """
 from __future__ import annotations
 
 import queue
 import time
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, List, Tuple
 
 from engine.errors import ModelError
 
@@ -26,39 +27,32 @@ class Batcher:
         self._batch = batch
         self._timeout = timeout
         self._size_of = input_size_for
-        self._carry: Optional[Frame] = None
 
     def get(self):
-        while self._live or self._carry is not None:
+        while self._live:
             frames = self._collect()
             if frames:
                 return frames
         return END
 
-    def _next(self, frames: List[Frame], deadline: Optional[float]):
-        if self._carry is not None:
-            item, self._carry = self._carry, None
-            return item
-        wait = None if not frames else max(0.0, deadline - time.perf_counter())
-        return self._decoded.get(timeout=wait)  # queue.Empty once the wait is over
-
     def _collect(self) -> List[Frame]:
         frames: List[Frame] = []
         size = deadline = None
-        while len(frames) < self._batch and (self._carry is not None or self._live):
+
+        def fits(item) -> bool:  # a frame of another size is left first in the channel
+            return not frames or item is END or self._size_of(*item.size) == size
+
+        while len(frames) < self._batch and self._live:
+            wait = None if not frames else max(0.0, deadline - time.perf_counter())
             try:
-                item = self._next(frames, deadline)
-            except queue.Empty:
+                item = self._decoded.get(timeout=wait, keep=fits)
+            except queue.Empty:  # the wait is over, or the next frame needs another size
                 break
             if item is END:  # one decode stage finished
                 self._live -= 1
                 continue
-            item_size = self._size_of(*item.size)
-            if frames and item_size != size:
-                self._carry = item
-                break
             if not frames:
-                size, deadline = item_size, time.perf_counter() + self._timeout
+                size, deadline = self._size_of(*item.size), time.perf_counter() + self._timeout
             frames.append(item)
         return frames
 

@@ -207,6 +207,7 @@ class Channel:
         self.capacity = capacity
         self.position = position
         self._queue: queue.Queue = queue.Queue(maxsize=capacity)
+        self._front = None  # an item `get` looked at and left first in the channel (one reader)
         self._control = control
         self._gauge = gauge
         if gauge is not None:
@@ -226,9 +227,16 @@ class Channel:
             except queue.Full:
                 continue
 
-    def get(self, timeout: Optional[float] = None):
-        """The next item; with `timeout`, raises queue.Empty when none arrived in time."""
-        item = self._get(timeout)
+    def get(self, timeout: Optional[float] = None, keep: Optional[Callable[[Any], bool]] = None):
+        """The next item; with `timeout`, raises queue.Empty when none arrived in time. `keep`:
+        whether to take the item; one it refuses stays first in the channel, still waiting
+        (the gate's count of it unchanged), and queue.Empty is raised."""
+        item, self._front = self._front, None
+        if item is None:
+            item = self._get(timeout)
+        if keep is not None and not keep(item):
+            self._front = item
+            raise queue.Empty
         if self._gate is not None:
             self._gate.taken(item)
         return item
@@ -249,7 +257,7 @@ class Channel:
                     raise
 
     def __len__(self) -> int:
-        return self._queue.qsize()
+        return self._queue.qsize() + (self._front is not None)
 
 
 class Stage(threading.Thread):

@@ -1,8 +1,13 @@
 """The Stage primitive: end sentinel, timing, error propagation and the put loop in one place."""
+from types import SimpleNamespace
+
+import numpy as np
 import pytest
 
+from pipeline.batcher import Batcher
 from pipeline.metrics import Metrics
-from pipeline.stages import END, Aborted, Channel, Control, Stage
+from pipeline.sources import Frame
+from pipeline.stages import END, Aborted, Channel, Control, LiveGate, Stage
 
 
 class ListBox:
@@ -89,3 +94,22 @@ def test_batch_sizes_are_reported_as_a_count_histogram():
         metrics.batch_done(size)
     report = metrics.report()["batch_size"]
     assert report == {"count": 4, "mean": pytest.approx(11 / 4), "histogram": {"1": 1, "2": 1, "4": 2}}
+
+
+def test_a_frame_left_for_the_next_batch_still_waits_at_the_live_gate():
+    """A frame that needs another input size than the batch being formed is left for the next
+    batch. The batcher took it off its channel and kept it aside, so the live gate counted it
+    neither as waiting nor as its source's: the source took its next frame while this one
+    still waited (two of its frames waiting, the live one aging a batch more)."""
+    control = Control()
+    gate = LiveGate(control, waiting=2, per_stream=True)
+    decoded = Channel("decoded", 2, control, gate=gate)
+    for stream in (0, 1):
+        gate.admission(SimpleNamespace(stream=stream, live=stream == 0, state="up"))
+    batches = Batcher(decoded, 2, 2, 0.0, lambda h, w: (h, w))
+    for stream, (height, width) in enumerate([(48, 64), (240, 320)]):
+        decoded.put(Frame(np.zeros((height, width, 3), np.uint8), 0, None, "s", stream=stream))
+    assert [frame.stream for frame in batches.get()] == [0]
+    assert gate.is_open(0) and not gate.is_open(1)  # stream 1's frame waits for the next batch
+    assert [frame.stream for frame in batches.get()] == [1]
+    assert gate.is_open(0) and gate.is_open(1)
