@@ -319,6 +319,8 @@ class Stage(threading.Thread):
             while not self._control.draining.is_set():
                 if self._admit is not None:
                     self._admit()
+                    if self._control.draining.is_set():  # the gate opened for a stop
+                        return
                 t0 = time.perf_counter()
                 item = next(items, END)
                 if item is END:

@@ -113,3 +113,22 @@ def test_a_frame_left_for_the_next_batch_still_waits_at_the_live_gate():
     assert gate.is_open(0) and not gate.is_open(1)  # stream 1's frame waits for the next batch
     assert [frame.stream for frame in batches.get()] == [1]
     assert gate.is_open(0) and gate.is_open(1)
+
+
+def test_a_stop_while_a_source_waits_at_the_gate_reads_no_further_frame():
+    """The gate opens when the run stops (it must not hold a source forever); the stage then
+    read one more frame, which a stop should not: a file decoded it, a slow one kept the stop
+    waiting for it."""
+    control, out, read = Control(), ListBox(), []
+
+    def frames():
+        for i in range(10):
+            read.append(i)
+            yield i
+
+    def admit():  # a stop arrives while the source waits for its second frame
+        if read:
+            control.draining.set()
+
+    _run(Stage("decode:0", lambda x: x, frames(), out, control, admit=admit))
+    assert read == [0] and out.items == [0, END]
