@@ -466,6 +466,15 @@ def test_a_file_stopped_from_a_callback_reports_stopped_not_ended(tmp_path):
     assert report["frames"] < 300 and report["sources"][0]["state"] == "stopped"
 
 
+def test_sources_stopped_before_their_first_frame_report_stopped(videos):
+    """A source whose stage saw the stop before reading a frame (one waiting at the live gate
+    for its first) reported 'up' after the run."""
+    pipe = Pipeline([SimulatedCamera(total=100_000), videos[1]], FakeDetector())
+    pipe.stop()
+    report = pipe.run()
+    assert report["frames"] == 0 and [s["state"] for s in report["sources"]] == ["stopped"] * 2
+
+
 def test_a_start_that_fails_half_way_shuts_down_what_it_began(videos, monkeypatch):
     """A thread that cannot start (the process is out of threads) ends the run like any other
     failure: the stages already started stop, the detector is closed, Ctrl-C and the switch
