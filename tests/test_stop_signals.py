@@ -242,8 +242,8 @@ def test_ctrl_c_that_lands_as_the_end_is_taken_still_ends_the_run(long_video, mo
     pipe = Pipeline([str(long_video)], FakeDetector(), max_frames=20, stop_signals=())
     real_get = Channel.get
 
-    def get(self, timeout=None):
-        item = real_get(self, timeout)
+    def get(self, timeout=None, **kwargs):
+        item = real_get(self, timeout, **kwargs)
         if self is pipe._out and item is END:
             raise KeyboardInterrupt
         return item
