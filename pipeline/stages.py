@@ -152,7 +152,15 @@ class LiveGate:
         if self.per_stream and stream is not None:
             with self._cond:
                 self._queued[stream] = self._queued.get(stream, 0) + 1
+
+    def added(self, item) -> None:
+        """`item` is in its channel now: a file's room is let go only here, or the frame on its
+        way in would be counted nowhere and another source would take the room."""
+        stream = getattr(item, "stream", None)
+        if self.per_stream and stream is not None:
+            with self._cond:
                 self._decoding.discard(stream)
+                self._cond.notify_all()
 
     def taken(self, item=None) -> None:
         stream = getattr(item, "stream", None)
@@ -223,9 +231,11 @@ class Channel:
             self._control.check(self.position)
             try:
                 self._queue.put(item, timeout=POLL_S)
-                return
+                break
             except queue.Full:
                 continue
+        if self._gate is not None:
+            self._gate.added(item)
 
     def get(self, timeout: Optional[float] = None, keep: Optional[Callable[[Any], bool]] = None):
         """The next item; with `timeout`, raises queue.Empty when none arrived in time. `keep`:

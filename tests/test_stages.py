@@ -132,3 +132,28 @@ def test_a_stop_while_a_source_waits_at_the_gate_reads_no_further_frame():
 
     _run(Stage("decode:0", lambda x: x, frames(), out, control, admit=admit))
     assert read == [0] and out.items == [0, END]
+
+
+def test_a_file_putting_its_frame_holds_the_room_until_the_frame_is_in_the_channel():
+    """A file past the gate holds its frame's room until the frame waits in the channel. The
+    room was let go before the put, so while the frame was on its way in (a put waiting for a
+    full channel, or a thread switch) it was counted nowhere and a live source took the room."""
+    control = Control()
+    gate = LiveGate(control, waiting=1, per_stream=True)
+    decoded = Channel("decoded", 1, control, gate=gate)
+    camera, video = (SimpleNamespace(stream=s, live=s == 0, state="up") for s in (0, 1))
+    gate.admission(camera)
+    gate.admission(video)
+    gate.wait(1)  # the file passes the gate and decodes its frame
+    seen_while_putting = []
+    real_put = decoded._queue.put
+
+    def put(item, *args, **kwargs):
+        seen_while_putting.append(gate.is_open(0))
+        real_put(item, *args, **kwargs)
+
+    decoded._queue.put = put
+    decoded.put(Frame(np.zeros((8, 8, 3), np.uint8), 0, None, "clip", stream=1))
+    assert seen_while_putting == [False] and not gate.is_open(0)
+    decoded.get()
+    assert gate.is_open(0)
