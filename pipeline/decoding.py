@@ -7,6 +7,7 @@ import threading
 from typing import Callable, Iterator, List, Optional
 
 from .sources import Frame, Source
+from .sources.base import first_line
 from .stages import Aborted
 
 
@@ -22,7 +23,7 @@ def source_frames(source: Source, max_frames: Optional[int], draining: threading
     except Aborted:
         raise
     except Exception as exc:  # noqa: BLE001 - raised by the consumer once the run drained
-        source.error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        source.error = first_line(exc)
         source.state = "failed"
         failures.append(exc)
         source.stats.note(f"error: {exc}")

@@ -559,8 +559,6 @@ def test_a_live_run_drops_at_the_source_rather_than_queue_before_its_slowest_sta
     assert report["queues"]["decoded"]["mean"] < 0.5 and report["queues"]["prepared"]["mean"] < 0.5
 
 
-
-
 def test_a_live_source_sharing_a_run_with_a_file_keeps_one_frame_waiting(videos):
     """With a file in the run, its frames kept the 4-batch queues full and the live stream's
     frames queued behind them as a file's do (p50 9 s on 2 cores). Each source now takes its

@@ -21,6 +21,12 @@ def without_credentials(text: str) -> str:
     return _CREDENTIALS.sub(r"\1", text)
 
 
+def first_line(exc: BaseException) -> str:
+    """An error's first line, for one-line messages (its type's name when it says nothing)."""
+    text = str(exc)
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 @functools.lru_cache(maxsize=256)
 def shown_source(source: str) -> str:
     """`without_credentials` of a frame's source, once per source rather than once per frame."""

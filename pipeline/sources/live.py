@@ -15,7 +15,7 @@ import numpy as np
 from engine.errors import SourceError
 
 from ..stages import END, Control, Stage
-from .base import Frame, Source
+from .base import Frame, Source, first_line
 
 
 # how long a stop waits for a reader: one inside a network connect (FFmpeg's open cannot be
@@ -228,7 +228,7 @@ class LiveSource(Source):
         try:
             item = self._read()
         except Exception as exc:  # noqa: BLE001 - a read failure is a lost connection
-            self._read_error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            self._read_error = first_line(exc)
             self.stats.note(f"read failed: {self._read_error}")
             return None
         self._read_error = None
