@@ -104,6 +104,8 @@ def test_read_only_output_folder(place, capsys):
     (["export", "--calib-count", "0"], "--calib-count: must be an integer >= 1, got '0'"),
     (["export", "--width", "0"], "--width: must be a number > 0, got '0'"),
     (["export", "--width", "10"], "--width: must be at most 4, got '10'"),
+    (["export", "-o", "model"], "-o/--output: 'model' must end in .onnx"),
+    (["export", "-o", "model.txt"], "-o/--output: 'model.txt' must end in .onnx"),
     (["eval", "--dataset", "d", "--json", "afile/x.json"], "--json: 'afile' is a file, not a folder"),
     (["eval", "--dataset", "d", "--vis", "afile"], "--vis: 'afile' is a file, not a folder"),
     (["eval", "--dataset", "d", "--iou", "1.5"], "--iou: must be a number between 0 and 1, got '1.5'"),
@@ -414,6 +416,18 @@ def test_flag_mistakes_found_before_any_work(place, capsys, argv, fragment):
     (place / "empty.json").write_text("[]")
     assert fragment in one_error_line(capsys, argv)
     assert not (place / "sd").exists()
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_export_refuses_an_unwritable_fp16_or_int8_file_before_any_work(place, capsys, precision):
+    """NAME_fp16.onnx / NAME_int8.onnx are written after the FP32 export (and the calibration):
+    a folder in their place is found first, with nothing written."""
+    (place / f"db_{precision}.onnx").mkdir()
+    calib = ["--calib", "photo.jpg"] if precision == "int8" else []
+    line = one_error_line(capsys, ["export", "-o", "db.onnx", "--precision", precision, *calib])
+    assert f"--precision {precision}: cannot write db_{precision}.onnx" in line
+    assert "is a folder" in line
+    assert not (place / "db.onnx").exists()
 
 
 @pytest.mark.parametrize("flags, fragment", [

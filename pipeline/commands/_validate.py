@@ -202,6 +202,25 @@ def output_file(text: str) -> str:
     return text
 
 
+def output_file_problem(path) -> Optional[str]:
+    """Why a file the command derives from its flags (not typed itself) cannot be written, or None."""
+    return _file_problem(Path(path))
+
+
+def output_file_with_suffix(suffix: str) -> Callable[[str], str]:
+    """An `output_file` whose name ends in `suffix` (e.g. ".onnx"): the other commands open a
+    file by its suffix, so one written under another name could not be used."""
+
+    def check(text: str) -> str:
+        output_file(text)
+        if Path(text).suffix.lower() != suffix:
+            raise argparse.ArgumentTypeError(f"{text!r} must end in {suffix} (the other dbrt "
+                                             f"commands recognise the file by it)")
+        return text
+
+    return check
+
+
 def listen_address(text: str):
     """[HOST:]PORT (HOST defaults to 127.0.0.1; [::1]:PORT for IPv6) -> (host, port)."""
     match = re.fullmatch(r"(?:\[([0-9A-Fa-f:.]+)\]:|([A-Za-z0-9.-]*):)?(\d{1,5})", text.strip())

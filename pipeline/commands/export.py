@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ._validate import MAX_WIDTH, at_least, output_file, side_length, width_multiplier
+from ._validate import (MAX_WIDTH, at_least, output_file_problem, output_file_with_suffix,
+                        side_length, width_multiplier)
 
 NAME = "export"
 HELP = "export a DBNet checkpoint to ONNX (FP32 / FP16 / INT8), with parity and TensorRT checks"
@@ -26,8 +27,8 @@ CALIB_COUNT, ACCURACY_COUNT = 32, 16
 
 def add_arguments(parser) -> None:
     parser.add_argument("checkpoint", nargs="?", help="checkpoint (.pth / .pt); default: shipped weights")
-    parser.add_argument("-o", "--output", default="dbnet.onnx", type=output_file,
-                        help="FP32 ONNX path")
+    parser.add_argument("-o", "--output", default="dbnet.onnx", type=output_file_with_suffix(".onnx"),
+                        help="FP32 ONNX path (.onnx)")
     model = parser.add_argument_group("model")
     model.add_argument("--arch", choices=("resnet18", "resnet34", "resnet50"),
                        help="backbone; inferred from the checkpoint when omitted")
@@ -151,14 +152,14 @@ def _variants(args, fp32_path: Path, spec) -> list:
 
     out = [fp32_path]
     if "fp16" in args.precision:
-        out.append(quantize.to_fp16(fp32_path, fp32_path.with_name(f"{fp32_path.stem}_fp16.onnx"),
+        out.append(quantize.to_fp16(fp32_path, variant_path(fp32_path, "fp16"),
                                     backend=args.fp16_converter))
         print(f"wrote {out[-1]} (FP16, converter: {quantize.fp16_backend(args.fp16_converter)})")
     if "int8" in args.precision:
         if not args.calib:
             raise DbrtError("--precision int8 needs --calib IMAGES_OR_VIDEO")
         data = calibration_inputs(args.calib, spec, args.calib_count, args.calib_side)
-        out.append(quantize.to_int8(fp32_path, fp32_path.with_name(f"{fp32_path.stem}_int8.onnx"),
+        out.append(quantize.to_int8(fp32_path, variant_path(fp32_path, "int8"),
                                     data, args.calib_method, args.keep_fp32_head, args.keep_fp32_stem,
                                     args.keep_fp32_decoder, args.keep_fp32_sensitive))
         kept = [name for name, on in (("head", args.keep_fp32_head), ("stem", args.keep_fp32_stem),
@@ -172,6 +173,23 @@ def _variants(args, fp32_path: Path, spec) -> list:
         if args.keep_fp32_sensitive:
             print("  FP32 layers: " + ", ".join(notes.fp32_layers if notes else ()))
     return out
+
+
+def variant_path(fp32_path: Path, precision: str) -> Path:
+    """Where --precision fp16 / int8 writes its file: NAME_fp16.onnx / NAME_int8.onnx beside -o."""
+    return fp32_path.with_name(f"{fp32_path.stem}_{precision}.onnx")
+
+
+def _check_variant_outputs(args) -> None:
+    """The FP16 / INT8 files can be written: found now, not after the FP32 export and the
+    calibration."""
+    from engine.errors import DbrtError
+
+    for precision in ("fp16", "int8"):
+        path = variant_path(Path(args.output), precision)
+        problem = precision in args.precision and output_file_problem(path)
+        if problem:
+            raise DbrtError(f"--precision {precision}: cannot write {path}: {problem}")
 
 
 def _check_inputs(args) -> None:
@@ -198,6 +216,7 @@ def _check_inputs(args) -> None:
         raise DbrtError("--accuracy-count applies to --accuracy IMAGES only; add it or drop the flag")
     if args.target_trt != "auto":
         TrtTarget.parse(args.target_trt)
+    _check_variant_outputs(args)
     for flag, source in (("--calib", args.calib), ("--accuracy", args.accuracy)):
         if source:
             try:
