@@ -173,3 +173,22 @@ def test_mhliao_dcn_checkpoint_exports_from_cli(tmp_path, capsys):
     torch.save(state, tmp_path / "broken.pth")
     assert main(["export", str(tmp_path / "broken.pth"), "-o", str(tmp_path / "b.onnx")]) == 2
     assert "missing keys: decoder.in2.weight" in capsys.readouterr().err
+
+
+def test_a_record_from_another_model_does_not_rename_the_export(tmp_path, capsys):
+    """A NAME.json copied from the shipped (width 0.5) model beside a width-0.25 checkpoint: its
+    thresholds are used, but the metadata names the network really exported."""
+    import json
+
+    from pipeline.cli import main
+
+    torch.save(tiny_dbnet().state_dict(), tmp_path / "mine.pt")
+    spec = ModelSpec(arch="dbnet_resnet18_w0.5").replace(thresh=0.25, box_thresh=0.4)
+    (tmp_path / "mine.json").write_text(json.dumps({"spec": json.loads(spec.to_json())}))
+    out = tmp_path / "mine.onnx"
+    assert main(["export", str(tmp_path / "mine.pt"), "-o", str(out), "--no-parity"]) == 0
+    written = ModelSpec.from_json(get_metadata(onnx.load(str(out)))["dbrt"])
+    assert written.arch == "dbnet_resnet18_w0.25"
+    assert (written.post.thresh, written.post.box_thresh) == (0.25, 0.4)
+    assert "mine.json describes dbnet_resnet18_w0.5, but the checkpoint is dbnet_resnet18_w0.25" \
+        in capsys.readouterr().out

@@ -117,7 +117,7 @@ def _spec(args, model, checkpoint):
     base = sidecar_spec(checkpoint) if checkpoint else None
     if base is not None:
         print(f"model settings from {Path(checkpoint).with_suffix('.json')}")
-        return base.replace(**changes)
+        return base.replace(**changes, arch=_own_arch(base, model, checkpoint))
     trained = trained_post_settings(checkpoint) if checkpoint else {}
     if trained:  # a training checkpoint: the thresholds its validation chose or its --init had
         print("post-processing from the checkpoint: " + ", ".join(f"{k} {v:g}" for k, v in trained.items()))
@@ -129,6 +129,16 @@ def _spec(args, model, checkpoint):
               + ", ".join(f"{k} {getattr(spec.post, k):g}" for k in untold)
               + " (copy the .json with the .pt, or give --thresh / --box-thresh / --unclip-ratio)")
     return spec
+
+
+def _own_arch(base, model, checkpoint) -> str:
+    """The architecture the metadata names is the network exported: a record copied from
+    another model (the shipped .json beside a narrower fine-tune) must not rename it."""
+    arch = getattr(model, "arch_name", base.arch)
+    if base.arch != arch:
+        print(f"note: {Path(checkpoint).with_suffix('.json').name} describes {base.arch}, but the "
+              f"checkpoint is {arch}: its settings are used, the metadata names {arch}")
+    return arch
 
 
 def _calib_method(given, checkpoint) -> str:
