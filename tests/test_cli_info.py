@@ -20,6 +20,22 @@ def test_info_onnx_text_and_json(tiny_onnx, capsys):
     assert info["spec"]["resize"]["limit_side"] == 256 and len(info["sha256"]) == 64
 
 
+def test_info_says_when_the_weights_are_untrained(tiny_onnx, tmp_path, capsys):
+    """`dbrt export --random-init` marks its files untrained; info must say so, as run and eval do."""
+    import onnx
+
+    from dbnet.spec import METADATA_KEY, ModelSpec
+
+    proto = onnx.load(str(tiny_onnx))
+    prop = next(p for p in proto.metadata_props if p.key == METADATA_KEY)
+    prop.value = ModelSpec.from_json(prop.value).replace(untrained=True).to_json()
+    onnx.save(proto, str(tmp_path / "random.onnx"))
+    assert main(["info", str(tmp_path / "random.onnx")]) == 0
+    assert "UNTRAINED random weights" in capsys.readouterr().out
+    assert main(["info", str(tiny_onnx)]) == 0
+    assert "UNTRAINED" not in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("name, content, message", [
     ("missing.onnx", None, "ONNX file not found"),
     ("bad.onnx", b"not onnx", "not a readable ONNX model"),

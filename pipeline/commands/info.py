@@ -47,7 +47,8 @@ def _spec_line(spec) -> str:
     r, p = spec.resize, spec.post
     return (f"spec: {spec.arch}, {spec.color}, mean {list(spec.mean)}, std {list(spec.std)}, "
             f"limit_side {r.limit_side} ({r.limit_type}), thresh {p.thresh}, "
-            f"box_thresh {p.box_thresh}, unclip {p.unclip_ratio}" + _int8_part(spec))
+            f"box_thresh {p.box_thresh}, unclip {p.unclip_ratio}" + _int8_part(spec)
+            + ("; UNTRAINED random weights (detections are meaningless)" if spec.untrained else ""))
 
 
 def _int8_part(spec) -> str:
