@@ -138,7 +138,7 @@ def test_sessions_and_spin_give_the_same_detections(tmp_path, clip, tiny_onnx, c
     (lambda d, m: [str(d / "clip.mp4"), "--model", str(d / "missing.onnx")], "model file not found"),
     (lambda d, m: [str(d / "clip.mp4"), "--model", str(d / "notes.txt")], "unsupported model file"),
     (lambda d, m: [f"http://127.0.0.1:{free_port()}/live.ts", "--model", m], "cannot open http"),
-    (lambda d, m: [str(d / "clip.mp4"), "--model", m, "--thresh", "3"], "thresh must be"),
+    (lambda d, m: [str(d / "clip.mp4"), "--model", m, "--thresh", "3"], "--thresh: must be a number from 0 to 1"),
     (lambda d, m: [str(d / "clip.mp4"), "--model", m, "--sessions", "0"], "--sessions: must be"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, clip, tiny_onnx, capsys, make_args, message):

@@ -106,6 +106,13 @@ def test_read_only_output_folder(place, capsys):
     (["export", "--width", "10"], "--width: must be at most 4, got '10'"),
     (["export", "-o", "model"], "-o/--output: 'model' must end in .onnx"),
     (["export", "-o", "model.txt"], "-o/--output: 'model.txt' must end in .onnx"),
+    # the model settings' own check said 'thresh must be a number in [0, 1]', naming no flag
+    (["export", "--thresh", "2"], "--thresh: must be a number from 0 to 1, got '2'"),
+    (["export", "--unclip-ratio", "-1"], "--unclip-ratio: must be a number >= 0, got '-1'"),
+    (["triton", "export", "--box-thresh", "1.5"], "--box-thresh: must be a number from 0 to 1, got '1.5'"),
+    (["eval", "--dataset", "d", "--thresh", "-0.1"], "--thresh: must be a number from 0 to 1, got '-0.1'"),
+    (RUN + ["--box-thresh", "nan"], "--box-thresh: must be a number from 0 to 1, got 'nan'"),
+    (RUN + ["--unclip-ratio", "inf"], "--unclip-ratio: must be a number >= 0, got 'inf'"),
     (["eval", "--dataset", "d", "--json", "afile/x.json"], "--json: 'afile' is a file, not a folder"),
     (["eval", "--dataset", "d", "--vis", "afile"], "--vis: 'afile' is a file, not a folder"),
     (["eval", "--dataset", "d", "--iou", "1.5"], "--iou: must be a number between 0 and 1, got '1.5'"),

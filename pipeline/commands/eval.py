@@ -36,9 +36,9 @@ def add_arguments(parser) -> None:
     model.add_argument("--limit-side", type=side_length,
                        help="resize: short side (min) / long-side cap (max)")
     model.add_argument("--limit-type", choices=("min", "max", "min_at_least"))
-    model.add_argument("--thresh", type=float, help="binarisation threshold")
-    model.add_argument("--box-thresh", type=float, help="minimum mean score of a box")
-    model.add_argument("--unclip-ratio", type=float)
+    model.add_argument("--thresh", type=between(0.0, 1.0, float), help="binarisation threshold")
+    model.add_argument("--box-thresh", type=between(0.0, 1.0, float), help="minimum mean score of a box")
+    model.add_argument("--unclip-ratio", type=at_least(0.0, float))
     model.add_argument("--box-type", choices=("quad", "poly"), help="poly for curved text (Total-Text)")
     proto = parser.add_argument_group("protocol")
     fraction = between(0.0, 1.0, float, open_ends=True)

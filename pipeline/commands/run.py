@@ -71,9 +71,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--limit-side", type=side_length, help="the resize rule's side length")
     r.add_argument("--input-size", type=input_size, help="fixed network input HxW for every frame")
     r.add_argument("--keep-aspect", action="store_true", help="letterbox instead of stretching")
-    r.add_argument("--thresh", type=float, help="binarisation threshold of the probability map")
-    r.add_argument("--box-thresh", type=float, help="minimum mean probability of a box")
-    r.add_argument("--unclip-ratio", type=float, help="box expansion ratio")
+    r.add_argument("--thresh", type=between(0.0, 1.0, float), help="binarisation threshold of the probability map")
+    r.add_argument("--box-thresh", type=between(0.0, 1.0, float), help="minimum mean probability of a box")
+    r.add_argument("--unclip-ratio", type=at_least(0.0, float), help="box expansion ratio")
     q = p.add_argument_group("pipeline")
     q.add_argument("--batch", type=at_least(0), default=0,
                    help="max frames per engine call (0: number of sources)")

@@ -53,9 +53,9 @@ def _export_arguments(parser) -> None:
     model.add_argument("--input-size", type=input_size,
                        help="tensorrt: fix the engine's input HxW (enables CUDA graphs)")
     model.add_argument("--limit-side", type=side_length, help="the resize rule's side length")
-    model.add_argument("--thresh", type=float, help="binarisation threshold")
-    model.add_argument("--box-thresh", type=float, help="minimum mean probability of a box")
-    model.add_argument("--unclip-ratio", type=float, help="box expansion ratio")
+    model.add_argument("--thresh", type=between(0.0, 1.0, float), help="binarisation threshold")
+    model.add_argument("--box-thresh", type=between(0.0, 1.0, float), help="minimum mean probability of a box")
+    model.add_argument("--unclip-ratio", type=at_least(0.0, float), help="box expansion ratio")
     parser.add_argument("--with-postprocess", action="store_true",
                         help="add DB post-processing and an ensemble NAME_detect returning "
                              "polygons and scores")
