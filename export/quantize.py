@@ -107,6 +107,17 @@ def fp16_backend(requested: str = "auto") -> str:
     return requested
 
 
+FP16_MODULES = {"modelopt": "modelopt.onnx.autocast", "onnxconverter": "onnxconverter_common.float16"}
+
+
+def check_fp16_backend(requested: str = "auto") -> str:
+    """The converter `to_fp16` will use, its package imported now (MissingDependency with an
+    install hint otherwise): a missing one is said before an export's work, not after it."""
+    backend = fp16_backend(requested)
+    require(FP16_MODULES[backend])
+    return backend
+
+
 def to_fp16(model, out_path, backend: str = "auto") -> Path:
     """FP16 weights and compute, FP32 graph inputs and outputs."""
     backend = fp16_backend(backend)
@@ -122,7 +133,7 @@ def to_fp16(model, out_path, backend: str = "auto") -> Path:
 def _fp16_onnxconverter(proto):
     """onnxconverter-common float16, with Resize converted too (its default keeps Resize in FP32
     between two Casts per Resize); Resize's roi / scales inputs must stay float32, so we restore them."""
-    converter = require("onnxconverter_common.float16")
+    converter = require(FP16_MODULES["onnxconverter"])
     blocked = [op for op in converter.DEFAULT_OP_BLOCK_LIST if op != "Resize"]
     with _quiet():
         proto = converter.convert_float_to_float16(proto, keep_io_types=True, op_block_list=blocked)
@@ -149,7 +160,7 @@ def _resize_params_to_fp32(proto) -> None:
 
 
 def _fp16_modelopt(model):
-    autocast = require("modelopt.onnx.autocast")
+    autocast = require(FP16_MODULES["modelopt"])
     with tempfile.TemporaryDirectory() as tmp:
         path = model
         if not isinstance(model, (str, os.PathLike)):

@@ -488,3 +488,15 @@ def test_an_empty_token_variable_is_refused_like_an_empty_flag(place, capsys, mo
     on a loopback address without a word."""
     monkeypatch.setenv("DBRT_SERVE_TOKEN", value)
     assert "DBRT_SERVE_TOKEN is set but empty" in one_error_line(capsys, RUN + ["--serve", "0"])
+
+
+def test_a_missing_fp16_converter_is_said_before_the_fp32_export(tmp_path, capsys):
+    """`--fp16-converter modelopt` without modelopt failed only after the FP32 file was written."""
+    import importlib.util
+
+    if importlib.util.find_spec("modelopt") is not None:
+        pytest.skip("modelopt is installed here")
+    out = tmp_path / "model.onnx"
+    line = one_error_line(capsys, ["export", "-o", str(out), "--precision", "fp16",
+                                   "--fp16-converter", "modelopt"])
+    assert "pip install nvidia-modelopt" in line and not out.exists()

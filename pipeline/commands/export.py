@@ -220,6 +220,9 @@ def _check_inputs(args) -> None:
         raise DbrtError(f"{int8_only[0]} applies to --precision int8 only; add it or drop the flag")
     if args.fp16_converter and "fp16" not in args.precision:
         raise DbrtError("--fp16-converter applies to --precision fp16 only; add it or drop the flag")
+    if "fp16" in args.precision:  # its package, before the FP32 export it would follow
+        from export.quantize import check_fp16_backend
+        check_fp16_backend(args.fp16_converter or "auto")
     if args.accuracy and not set(args.precision) - {"fp32"}:
         raise DbrtError("--accuracy compares FP16 / INT8 with FP32: add --precision fp16 or int8")
     if args.accuracy_count is not None and not args.accuracy:
