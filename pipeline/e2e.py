@@ -47,6 +47,13 @@ class E2EImage:
     correct: int
     wrong: Tuple[Tuple[str, str], ...]  # (ground truth, read) of matched boxes read wrongly
 
+    def to_dict(self) -> dict:
+        """The numbers of the per-image line `dbrt eval --e2e` prints, and the detection's."""
+        det = self.detection
+        return {"image": det.name, "correct": self.correct, "gt_care": det.gt_care,
+                "det_care": det.det_care, "matched": det.matched,
+                "wrong": [{"gt": g, "read": r} for g, r in self.wrong]}
+
 
 @dataclass(frozen=True)
 class E2EResult(SummedScores):
@@ -76,7 +83,8 @@ class E2EResult(SummedScores):
                 "correct": self.correct, "gt_care": self.gt_care, "det_care": self.det_care,
                 "images": len(self.images),
                 "wrong": [{"image": im.detection.name, "gt": g, "read": r}
-                          for im in self.images for g, r in im.wrong]}
+                          for im in self.images for g, r in im.wrong],
+                "per_image": [im.to_dict() for im in self.images]}
 
 
 def e2e_image(gt_polygons: Sequence[np.ndarray], gt_ignore: Sequence[bool],

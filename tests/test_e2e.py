@@ -67,3 +67,15 @@ def test_transcriptions_match_as_the_robust_reading_script_allows(truth, read, m
     from pipeline.e2e import transcription_match
 
     assert transcription_match(truth, read) is match
+
+
+def test_the_e2e_json_holds_the_per_image_numbers_it_prints():
+    from pipeline.e2e import E2EResult
+
+    first = e2e_image([A, B], [False, False], ["Exit", "Cafe"], _read([A, B], ["exit", "cafe!"]), "a")
+    second = e2e_image([A], [False], ["open"], _read([A, C], ["open", "x"]), "b")
+    out = E2EResult((first, second)).to_dict()
+    assert [(im["image"], im["correct"], im["gt_care"], im["det_care"]) for im in out["per_image"]] \
+        == [("a", 1, 2, 2), ("b", 1, 1, 2)]
+    assert out["per_image"][0]["wrong"] == [{"gt": "Cafe", "read": "cafe!"}]
+    assert sum(im["correct"] for im in out["per_image"]) == out["correct"]
