@@ -67,6 +67,7 @@ class Sample:
     name: str
     image_path: Path
     gt: GroundTruth
+    gt_path: Optional[Path] = None  # its ground-truth file in a folder dataset
 
     def read_image(self) -> np.ndarray:
         """The image as HxWx3 uint8 BGR."""
@@ -217,12 +218,29 @@ def read_folder_dataset(root: Path, gt_dir: Optional[Path] = None, fmt: str = "a
         if gt_path is None:
             missing.append(image.name)
             continue
-        samples.append(Sample(image.name, image, read_gt_file(gt_path, fmt)))
+        samples.append(Sample(image.name, image, read_gt_file(gt_path, fmt), gt_path))
     if missing:
         raise DatasetError(f"{len(missing)} image(s) in {image_dir} have no ground-truth file "
                            f"(e.g. {missing[0]}: looked for {', '.join(_gt_candidates(Path(missing[0])))})")
+    _warn_unused_gt(gt_dirs, {s.gt_path for s in samples if s.gt_path is not None})
     kind = fmt if fmt != "auto" else _guess_kind(samples)
     return Dataset(root.name, kind, tuple(samples))
+
+
+def _looks_like_gt(path: Path) -> bool:
+    name = path.name.lower()
+    return name.endswith(".txt") and (name.startswith(("gt_", "poly_gt_"))
+                                      or Path(name[:-4]).suffix in IMAGE_SUFFIXES)
+
+
+def _warn_unused_gt(gt_dirs: Sequence[Path], used: set) -> None:
+    """Ground-truth files without an image are left out of the score: said, since the recall
+    is then over fewer words than the user annotated (an image not copied, a renamed one)."""
+    unused = sorted({p for d in gt_dirs for p in d.iterdir()
+                     if p.is_file() and _looks_like_gt(p) and p not in used}, key=_natural_key)
+    if unused:
+        warnings.warn(f"{len(unused)} ground-truth file(s) have no image and are not scored "
+                      f"(e.g. {unused[0]})", DbrtWarning, stacklevel=3)
 
 
 def _guess_kind(samples: Sequence[Sample]) -> str:

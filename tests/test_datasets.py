@@ -197,3 +197,18 @@ def test_do_not_care_is_exactly_what_the_official_icdar_2015_script_says(line, i
     """Checked against the RRC's script.py for task 4.1 and MhLiao/DB's iou.py: "#", " ###"
     and a quoted "###" were read otherwise than the official evaluation reads them."""
     assert list(parse_icdar_gt(line + "\r\n", n_coords=8).ignore) == [ignored]
+
+
+def test_a_ground_truth_file_without_its_image_is_named_not_silently_dropped(tmp_path):
+    import warnings
+
+    from engine.errors import DbrtWarning
+
+    root = write_icdar_folder(tmp_path / "ic15", n=2)
+    (root / "img_2.jpg").unlink()  # an image not copied: its words would leave the recall unsaid
+    with pytest.warns(DbrtWarning, match=r"1 ground-truth file\(s\) have no image.*gt_img_2.txt"):
+        assert len(open_dataset(root)) == 1
+    (root / "gt_img_2.txt").unlink()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(open_dataset(root)) == 1
