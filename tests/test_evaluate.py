@@ -355,6 +355,42 @@ def test_cli_eval_vis_that_cannot_be_written_is_one_error_naming_the_file(tmp_pa
     assert rc == 2 and err == [f"dbrt eval: error: {vis / 'img_1.jpg'}: OpenCV could not write the image"]
 
 
+def test_cli_eval_quiet_prints_the_overall_line_only_and_the_json_whole(tmp_path, tiny_onnx,
+                                                                       capsys, monkeypatch):
+    """--quiet ('print only the overall line') printed the word-height and error-kind lines too;
+    and --json was written in place, so a run killed while writing left half a file."""
+    cv2 = pytest.importorskip("cv2")
+    from pathlib import Path
+
+    from pipeline.cli import main
+
+    data = tmp_path / "ic15"
+    data.mkdir()
+    cv2.imwrite(str(data / "img_1.jpg"), np.full((64, 96, 3), 255, np.uint8))
+    (data / "gt_img_1.txt").write_text("8,15,80,15,80,45,8,45,TEXT\n")
+    out = tmp_path / "eval.json"
+    out.write_text('{"an earlier": "report"}\n')
+    written = []
+    real_write = Path.write_text
+
+    def write_text(self, text, *args, **kwargs):
+        written.append(self)
+        if self.name.startswith("eval.json"):
+            real_write(self, text[:10])  # killed half-way
+            raise KeyboardInterrupt
+        return real_write(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", write_text)
+    rc = main(["eval", "--model", str(tiny_onnx), "--dataset", str(data), "--json", str(out),
+               "--threads", "1", "--quiet"])
+    monkeypatch.undo()
+    assert rc != 0
+    assert json.loads(out.read_text()) == {"an earlier": "report"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["eval.json", "ic15"]
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert len(printed) == 1 and "hmean" in printed[0], printed
+
+
 def test_cli_eval_bad_dataset_is_one_line_exit_2(tmp_path, tiny_onnx, capsys):
     from pipeline.cli import main
 

@@ -133,15 +133,24 @@ def _e2e(args, dataset) -> int:
 
 
 def _write_json(path, payload, **dump) -> None:
-    """The --json report; a failed write names the file (a full disk's error does not)."""
+    """The --json report, whole or not at all (written beside it, then renamed: a run killed
+    while writing leaves an earlier report intact, never half a file); a failed write names the
+    file (a full disk's error does not)."""
     import json
+    import os
     from pathlib import Path
 
     from dbnet.files import naming_the_file
 
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
     with naming_the_file(path):
-        Path(path).write_text(json.dumps(payload, indent=1, **dump) + "\n")
+        try:
+            partial.write_text(json.dumps(payload, indent=1, **dump) + "\n")
+            os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)
 
 
 def _detector(args):
@@ -211,8 +220,9 @@ def run(args) -> int:
     ms = 1e3 * sum(timings) / max(1, len(timings))
     print(f"{dataset.name} ({dataset.format}, {len(dataset)} images): {result.summary()}; "
           f"{ms:.1f} ms/image incl. decoding the image file")
-    print(result.height_summary())
-    print(result.errors_summary())
+    if not args.quiet:  # --quiet: the overall line only, for scripts
+        print(result.height_summary())
+        print(result.errors_summary())
     if args.json:
         payload = {"dataset": str(args.dataset), "format": dataset.format, "model": args.model,
                    "detector": described, "protocol": {"iou": args.iou, "area_precision": args.area_precision},
