@@ -156,7 +156,7 @@ def parse_totaltext_gt(text: str) -> GroundTruth:
 def read_gt_file(path: Path, fmt: str = "auto") -> GroundTruth:
     """Parse one ground-truth text file (ICDAR 2015, MhLiao's copies, or Total-Text)."""
     try:
-        text = Path(path).read_text(encoding="utf-8-sig", errors="replace")
+        text = _gt_text(Path(path))
     except OSError as exc:
         raise DatasetError(f"cannot read ground truth {path}: {exc.strerror}") from exc
     try:
@@ -166,6 +166,19 @@ def read_gt_file(path: Path, fmt: str = "auto") -> GroundTruth:
         return parse_icdar_gt(text, 8 if official_icdar else None)
     except DatasetError as exc:
         raise DatasetError(f"{path}{', ' if str(exc).startswith('line ') else ': '}{exc}") from None
+
+
+def _gt_text(path: Path) -> str:
+    """A ground-truth file's text. One that is not UTF-8 (a Latin-1 'café') is read with its
+    undecodable bytes replaced, and said: such a word can never count as read right."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        warnings.warn(f"{path} is not UTF-8 (byte {exc.start}: {data[exc.start]:#04x}); its "
+                      "undecodable characters are replaced by U+FFFD, so words holding them "
+                      "can never count as read right: save it as UTF-8", DbrtWarning, stacklevel=3)
+        return data.decode("utf-8-sig", errors="replace")
 
 
 # -- folder layouts -------------------------------------------------------------------------

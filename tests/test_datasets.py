@@ -212,3 +212,21 @@ def test_a_ground_truth_file_without_its_image_is_named_not_silently_dropped(tmp
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert len(open_dataset(root)) == 1
+
+
+def test_a_ground_truth_file_that_is_not_utf8_is_read_and_said(tmp_path):
+    """A Latin-1 file was read with 'café' turned into 'caf\ufffd' without a word: with --e2e
+    that word can never count as read right."""
+    import warnings
+
+    from engine.errors import DbrtWarning
+
+    path = tmp_path / "gt_img_1.txt"
+    path.write_bytes("1,1,9,1,9,9,1,9,café\n".encode("latin-1"))
+    with pytest.warns(DbrtWarning, match=r"gt_img_1.txt is not UTF-8 .*save it as UTF-8"):
+        gt = read_gt_file(path)
+    assert gt.texts == ("caf\ufffd",)
+    path.write_bytes("\ufeff1,1,9,1,9,9,1,9,café\n".encode("utf-8"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # UTF-8, with or without a BOM: no warning
+        assert read_gt_file(path).texts == ("café",)
