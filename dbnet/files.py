@@ -25,6 +25,20 @@ def naming_the_file(path):
         raise
 
 
+def write_text_whole(path, text: str) -> None:
+    """`path` gets `text` whole or not at all: written beside it, then renamed, so a process
+    killed while writing leaves the earlier file intact, never half of one; an OSError names
+    `path`."""
+    path = Path(path)
+    partial = path.with_name(path.name + ".partial")
+    with naming_the_file(path):
+        try:
+            partial.write_text(text)
+            os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)
+
+
 def write_image(path, image, params: Sequence[int] = ()) -> None:
     """cv2.imwrite that raises an OSError naming the file where OpenCV returns False (a full
     disk, a folder that cannot be written): ignored, a run reported success with no images."""

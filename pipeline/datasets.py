@@ -67,7 +67,6 @@ class Sample:
     name: str
     image_path: Path
     gt: GroundTruth
-    gt_path: Optional[Path] = None  # its ground-truth file in a folder dataset
 
     def read_image(self) -> np.ndarray:
         """The image as HxWx3 uint8 BGR."""
@@ -225,17 +224,18 @@ def read_folder_dataset(root: Path, gt_dir: Optional[Path] = None, fmt: str = "a
     image_dir, gt_dirs = _split_folders(root)
     if gt_dir is not None:
         gt_dirs = [Path(gt_dir)]
-    samples, missing = [], []
+    samples, missing, used = [], [], set()
     for image in _images_in(image_dir):
         gt_path = _find_gt(image, gt_dirs)
         if gt_path is None:
             missing.append(image.name)
             continue
-        samples.append(Sample(image.name, image, read_gt_file(gt_path, fmt), gt_path))
+        used.add(gt_path)
+        samples.append(Sample(image.name, image, read_gt_file(gt_path, fmt)))
     if missing:
         raise DatasetError(f"{len(missing)} image(s) in {image_dir} have no ground-truth file "
                            f"(e.g. {missing[0]}: looked for {', '.join(_gt_candidates(Path(missing[0])))})")
-    _warn_unused_gt(gt_dirs, {s.gt_path for s in samples if s.gt_path is not None})
+    _warn_unused_gt(gt_dirs, used)
     kind = fmt if fmt != "auto" else _guess_kind(samples)
     return Dataset(root.name, kind, tuple(samples))
 
@@ -249,7 +249,7 @@ def _looks_like_gt(path: Path) -> bool:
 def _warn_unused_gt(gt_dirs: Sequence[Path], used: set) -> None:
     """Ground-truth files without an image are left out of the score: said, since the recall
     is then over fewer words than the user annotated (an image not copied, a renamed one)."""
-    unused = sorted({p for d in gt_dirs for p in d.iterdir()
+    unused = sorted({p for d in dict.fromkeys(gt_dirs) for p in d.iterdir()  # root may be listed twice
                      if p.is_file() and _looks_like_gt(p) and p not in used}, key=_natural_key)
     if unused:
         warnings.warn(f"{len(unused)} ground-truth file(s) have no image and are not scored "

@@ -202,6 +202,10 @@ def output_file(text: str) -> str:
     return text
 
 
+# a probability or a share (--thresh, --box-thresh, --iou, ...)
+zero_to_one = between(0.0, 1.0, float)
+
+
 def output_file_problem(path) -> Optional[str]:
     """Why a file the command derives from its flags (not typed itself) cannot be written, or None."""
     return _file_problem(Path(path))

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from ._model import (ENDS_THE_COMMAND, REC_MARGIN_HELP, THREADS_HELP, TRUST_ENGINE_HELP,
                      add_triton_arguments, check_trust_engine_code)
-from ._validate import DEVICES, MAX_CPU_THREADS, at_least, between, number_list, output_file, output_folder, side_length
+from ._validate import (DEVICES, MAX_CPU_THREADS, at_least, between, number_list, output_file, output_folder,
+                        side_length, zero_to_one)
 
 NAME = "eval"
 HELP = "score a model on an ICDAR2015 / Total-Text / gt.json dataset (precision, recall, hmean)"
@@ -36,8 +37,8 @@ def add_arguments(parser) -> None:
     model.add_argument("--limit-side", type=side_length,
                        help="resize: short side (min) / long-side cap (max)")
     model.add_argument("--limit-type", choices=("min", "max", "min_at_least"))
-    model.add_argument("--thresh", type=between(0.0, 1.0, float), help="binarisation threshold")
-    model.add_argument("--box-thresh", type=between(0.0, 1.0, float), help="minimum mean score of a box")
+    model.add_argument("--thresh", type=zero_to_one, help="binarisation threshold")
+    model.add_argument("--box-thresh", type=zero_to_one, help="minimum mean score of a box")
     model.add_argument("--unclip-ratio", type=at_least(0.0, float))
     model.add_argument("--box-type", choices=("quad", "poly"), help="poly for curved text (Total-Text)")
     proto = parser.add_argument_group("protocol")
@@ -57,7 +58,7 @@ def add_arguments(parser) -> None:
                           "the transcription, equal after stripping and case folding; '###' ignored)")
     e2e.add_argument("--rec-model", help="CTC recognizer .onnx (default: PP-OCRv6 rec from rapidocr)")
     e2e.add_argument("--rec-dict", help="its dictionary, one character per line")
-    e2e.add_argument("--rec-margin", type=between(0.0, 1.0, float), metavar="FRACTION",
+    e2e.add_argument("--rec-margin", type=zero_to_one, metavar="FRACTION",
                      help=REC_MARGIN_HELP)
     parser.add_argument("--tune", action="store_true",
                         help="grid-search thresh / box_thresh / unclip_ratio on this dataset (a "
@@ -133,24 +134,15 @@ def _e2e(args, dataset) -> int:
 
 
 def _write_json(path, payload, **dump) -> None:
-    """The --json report, whole or not at all (written beside it, then renamed: a run killed
-    while writing leaves an earlier report intact, never half a file); a failed write names the
-    file (a full disk's error does not)."""
+    """The --json report, whole or not at all (a run killed while writing keeps the earlier
+    one); a failed write names the file (a full disk's error does not)."""
     import json
-    import os
     from pathlib import Path
 
-    from dbnet.files import naming_the_file
+    from dbnet.files import write_text_whole
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    with naming_the_file(path):
-        try:
-            partial.write_text(json.dumps(payload, indent=1, **dump) + "\n")
-            os.replace(partial, path)
-        finally:
-            partial.unlink(missing_ok=True)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_text_whole(path, json.dumps(payload, indent=1, **dump) + "\n")
 
 
 def _detector(args):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ._validate import (MAX_WIDTH, at_least, between, output_file_problem, output_file_with_suffix,
+from ._validate import (MAX_WIDTH, at_least, output_file_problem, output_file_with_suffix, zero_to_one,
                         side_length, width_multiplier)
 
 NAME = "export"
@@ -39,8 +39,8 @@ def add_arguments(parser) -> None:
     model.add_argument("--random-init", action="store_true",
                        help="export UNTRAINED random weights (tests, benchmarks); needs --arch")
     model.add_argument("--limit-side", type=side_length, help="resize target stored in the metadata")
-    model.add_argument("--thresh", type=between(0.0, 1.0, float), help="binarisation threshold stored in the metadata")
-    model.add_argument("--box-thresh", type=between(0.0, 1.0, float), help="box score threshold stored in the metadata")
+    model.add_argument("--thresh", type=zero_to_one, help="binarisation threshold stored in the metadata")
+    model.add_argument("--box-thresh", type=zero_to_one, help="box score threshold stored in the metadata")
     model.add_argument("--unclip-ratio", type=at_least(0.0, float), help="unclip ratio stored in the metadata")
     onnx = parser.add_argument_group("ONNX")
     onnx.add_argument("--opset", type=int, help="ONNX opset; when omitted 17, or 19 for DCN models")

@@ -9,8 +9,8 @@ from typing import Optional
 
 from ._outputs import clear_earlier_outputs, outputs_written, video_names, visual_sinks
 from ._model import REC_MARGIN_HELP, THREADS_HELP, TRUST_ENGINE_HELP, add_triton_arguments
-from ._validate import (DEVICES, MAX_CPU_THREADS, MAX_SESSIONS, at_least, between, broker_url,
-                        fourcc, frame_size, input_size, listen_address, output_folder, side_length)
+from ._validate import (DEVICES, MAX_CPU_THREADS, MAX_SESSIONS, at_least, broker_url, fourcc, frame_size,
+                        input_size, listen_address, output_folder, side_length, zero_to_one)
 
 NAME = "run"
 ORDER = 10
@@ -55,7 +55,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--rec-dict",
                    help="its dictionary, one character per line (default: the model's own "
                         "'character' metadata; implies --read)")
-    t.add_argument("--rec-margin", type=between(0.0, 1.0, float), metavar="FRACTION",
+    t.add_argument("--rec-margin", type=zero_to_one, metavar="FRACTION",
                    help=REC_MARGIN_HELP)
     t.add_argument("--track", action="store_true",
                    help="follow texts across frames (ByteTrack, pip install 'dbrt[track]'): "
@@ -71,8 +71,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--limit-side", type=side_length, help="the resize rule's side length")
     r.add_argument("--input-size", type=input_size, help="fixed network input HxW for every frame")
     r.add_argument("--keep-aspect", action="store_true", help="letterbox instead of stretching")
-    r.add_argument("--thresh", type=between(0.0, 1.0, float), help="binarisation threshold of the probability map")
-    r.add_argument("--box-thresh", type=between(0.0, 1.0, float), help="minimum mean probability of a box")
+    r.add_argument("--thresh", type=zero_to_one, help="binarisation threshold of the probability map")
+    r.add_argument("--box-thresh", type=zero_to_one, help="minimum mean probability of a box")
     r.add_argument("--unclip-ratio", type=at_least(0.0, float), help="box expansion ratio")
     q = p.add_argument_group("pipeline")
     q.add_argument("--batch", type=at_least(0), default=0,

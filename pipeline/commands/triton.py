@@ -5,7 +5,7 @@ post-processing); `dbrt triton serve` starts the pip wheel's server on one for a
 """
 from __future__ import annotations
 
-from ._validate import at_least, between, input_size, output_folder, side_length
+from ._validate import at_least, between, input_size, output_folder, side_length, zero_to_one
 
 NAME = "triton"
 HELP = "export a Triton model repository, or serve one locally for a CPU trial"
@@ -53,8 +53,8 @@ def _export_arguments(parser) -> None:
     model.add_argument("--input-size", type=input_size,
                        help="tensorrt: fix the engine's input HxW (enables CUDA graphs)")
     model.add_argument("--limit-side", type=side_length, help="the resize rule's side length")
-    model.add_argument("--thresh", type=between(0.0, 1.0, float), help="binarisation threshold")
-    model.add_argument("--box-thresh", type=between(0.0, 1.0, float), help="minimum mean probability of a box")
+    model.add_argument("--thresh", type=zero_to_one, help="binarisation threshold")
+    model.add_argument("--box-thresh", type=zero_to_one, help="minimum mean probability of a box")
     model.add_argument("--unclip-ratio", type=at_least(0.0, float), help="box expansion ratio")
     parser.add_argument("--with-postprocess", action="store_true",
                         help="add DB post-processing and an ensemble NAME_detect returning "
