@@ -30,6 +30,15 @@ from .postprocess.compiled import status as compiled_status
 from .preprocess import Letterbox, as_bgr, preprocess_batch
 from .shipped import default_model_path
 
+
+def _model_name(model) -> str:
+    """How reports name the model used: its path or URL as given (the shipped model's path,
+    never nothing), or a runner's name."""
+    if hasattr(model, "infer"):
+        return str(getattr(model, "name", type(model).__name__))
+    return os.fspath(model) if isinstance(model, os.PathLike) else str(model)
+
+
 class Detector:
     """A DBNet text detector: model + its ModelSpec + DB post-processing.
 
@@ -59,6 +68,9 @@ class Detector:
                  *, preset: Optional[str] = None,
                  input_size: Optional[Tuple[int, int]] = None, backend: str = "auto",
                  device: str = "auto", options: Optional[RunnerOptions] = None, read=None):
+        if model is None:
+            model = default_model_path()
+        self.model_name = _model_name(model)
         if hasattr(model, "infer"):
             if options is not None:
                 raise ModelError("runner options apply when the Detector loads the model; "
@@ -70,8 +82,7 @@ class Detector:
                 raise TypeError(f"options: expected an engine.loader.RunnerOptions, got {options!r}")
             if options.profile is None:  # an engine built from an .onnx follows the resize rule
                 options = dataclasses.replace(options, profile=lambda meta: profile_for(meta, preset))
-            self.runner = load_runner(default_model_path() if model is None else model,
-                                      backend=backend, device=device, options=options)
+            self.runner = load_runner(model, backend=backend, device=device, options=options)
         self.runner.activate()
         try:  # a spec, size or recognizer that fails leaves no session / GPU memory behind
             self._configure(spec, preset, input_size)
@@ -117,7 +128,8 @@ class Detector:
 
     def describe(self) -> dict:
         remote = dict(server=self.runner.describe()) if getattr(self.runner, "remote", False) else {}
-        return dict(runner=self.runner.name, **remote, spec=json.loads(self.spec.to_json()), untrained=self.untrained,
+        return dict(model=self.model_name, runner=self.runner.name, **remote,
+                    spec=json.loads(self.spec.to_json()), untrained=self.untrained,
                     keep_aspect=self.keep_aspect, input_size=self.input_size,
                     gpu_preprocess=self.uses_gpu_preprocess, post=self.post.config.to_dict(),
                     post_compiled=compiled_status(),

@@ -216,7 +216,7 @@ def run(args) -> int:
         print(result.height_summary())
         print(result.errors_summary())
     if args.json:
-        payload = {"dataset": str(args.dataset), "format": dataset.format, "model": args.model,
+        payload = {"dataset": str(args.dataset), "format": dataset.format, "model": described["model"],
                    "detector": described, "protocol": {"iou": args.iou, "area_precision": args.area_precision},
                    "ms_per_image": round(ms, 2), **result.to_dict()}
         _write_json(args.json, payload)

@@ -1,0 +1,40 @@
+"""`dbrt eval`'s outputs: what its --json, --tune --json, --e2e --json and --vis files hold."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from pipeline.cli import main
+
+
+def _ic15_folder(folder, names=("img_1.jpg",)):
+    """An ICDAR 2015 folder: a white image with one word drawn per name, and its ground truth."""
+    cv2 = pytest.importorskip("cv2")
+    folder.mkdir()
+    image = np.full((64, 96, 3), 255, np.uint8)
+    cv2.putText(image, "TEXT", (8, 40), cv2.FONT_HERSHEY_SIMPLEX, 1.0, (0, 0, 0), 3)
+    for name in names:
+        cv2.imwrite(str(folder / name), image)
+        (folder / f"gt_{name.rsplit('.', 1)[0]}.txt").write_text("8,15,80,15,80,45,8,45,TEXT\n")
+    return folder
+
+
+def test_json_names_the_shipped_model_when_no_model_is_given(tmp_path):
+    """"model" was null with the shipped model (the flag's value, not the model used)."""
+    from pipeline.shipped import default_model_path
+
+    data = _ic15_folder(tmp_path / "ic15")
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--dataset", str(data), "--json", str(out), "--threads", "1", "--quiet"]) == 0
+    result = json.loads(out.read_text())
+    assert result["model"] == str(default_model_path()) == result["detector"]["model"]
+
+
+def test_json_names_the_model_given(tmp_path, tiny_onnx):
+    data = _ic15_folder(tmp_path / "ic15")
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--model", str(tiny_onnx), "--dataset", str(data), "--json", str(out),
+                 "--threads", "1", "--quiet"]) == 0
+    assert json.loads(out.read_text())["model"] == str(tiny_onnx)
