@@ -22,7 +22,7 @@ Polygon areas and intersections: pipeline.polygons (pyclipper, no shapely).
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -46,7 +46,8 @@ def _hmean(precision: float, recall: float) -> float:
 
 @dataclass(frozen=True)
 class ImageEval:
-    """Protocol outcome of one image. Indices refer to the caller's gt / detection order."""
+    """Protocol outcome of one image. Indices refer to the caller's gt / detection order;
+    `detections`, when scored from a Detections, are the boxes the detection indices point at."""
 
     name: str
     gt_count: int
@@ -61,6 +62,7 @@ class ImageEval:
     # (pipeline.eval_errors); None when the image was scored without explaining (tuning)
     miss_kinds: Optional[Tuple[str, ...]] = None
     false_alarm_kinds: Optional[Tuple[str, ...]] = None
+    detections: Optional[Detections] = field(default=None, compare=False, repr=False)
 
     @property
     def matched(self) -> int:
@@ -110,7 +112,9 @@ class ImageEval:
                 "gt_invalid": list(self.gt_invalid), "det_invalid": list(self.det_invalid),
                 **({} if self.miss_kinds is None else
                    {"missed_kinds": list(self.miss_kinds),
-                    "false_alarm_kinds": list(self.false_alarm_kinds)})}
+                    "false_alarm_kinds": list(self.false_alarm_kinds)}),
+                # the boxes "pairs", "false_alarms", ... index, as dbrt run writes them
+                **({} if self.detections is None else {"detections": self.detections.to_records()})}
 
 
 class SummedScores:
@@ -255,6 +259,7 @@ def score_image(truth: Truth, det_polygons: Sequence[np.ndarray], name: str = ""
     have intersection 0 without a clipper call (the bounding boxes of all pairs in one step).
     explain: also sort the misses and false alarms by kind (threshold tuning skips it)."""
     gts = truth.polygons
+    detections = det_polygons if isinstance(det_polygons, Detections) else None
     det_polygons = getattr(det_polygons, "polygons", det_polygons)  # a Detections, or its polygons
     dets = [np.asarray(p, np.float64).reshape(-1, 2) for p in det_polygons]
     det_invalid = tuple(i for i, p in enumerate(dets) if not is_simple_polygon(p))
@@ -287,7 +292,7 @@ def score_image(truth: Truth, det_polygons: Sequence[np.ndarray], name: str = ""
     det_cared = [d for d in det_ok if d not in det_dont_care]
     pairs = _greedy_match(truth.cared, det_cared, pair_iou, iou)
     result = ImageEval(name, len(gts), len(dets), pairs, truth.dont_care, det_dont_care,
-                       truth.invalid, det_invalid, truth.heights)
+                       truth.invalid, det_invalid, truth.heights, detections=detections)
     if not explain:
         return result
     return dataclasses.replace(
@@ -342,7 +347,7 @@ def evaluate(ground_truths: Iterable, detections: Iterable[Detections],
     results = []
     for i, (gt, dets) in enumerate(zip(ground_truths, detections)):
         name = names[i] if names is not None else str(i)
-        results.append(evaluate_image(gt.polygons, gt.ignore, dets.polygons, name, iou, area_precision))
+        results.append(evaluate_image(gt.polygons, gt.ignore, dets, name, iou, area_precision))
     return EvalResult(tuple(results))
 
 
@@ -358,7 +363,7 @@ def evaluate_detector(detect: Callable[[np.ndarray], Detections], dataset,
     for sample in dataset:
         image = sample.read_image()
         dets = detect(image)
-        result = evaluate_image(sample.gt.polygons, sample.gt.ignore, dets.polygons, sample.name,
+        result = evaluate_image(sample.gt.polygons, sample.gt.ignore, dets, sample.name,
                                 iou, area_precision)
         results.append(result)
         if on_image is not None:

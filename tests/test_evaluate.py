@@ -235,6 +235,23 @@ def test_evaluate_detector_runs_a_detect_function_over_a_dataset(tmp_path):
     assert res.hmean == 1.0
 
 
+def test_per_image_json_holds_the_detections_its_indices_point_at(tmp_path):
+    """The per-image JSON gave detection indices (pairs, false_alarms, ...) of detections it
+    did not contain; it now holds them, in dbrt run's JSON form."""
+    cv2 = pytest.importorskip("cv2")
+    cv2.imwrite(str(tmp_path / "img_1.jpg"), np.zeros((40, 60, 3), np.uint8))
+    (tmp_path / "gt_img_1.txt").write_text("5,5,30,5,30,20,5,20,word\n", encoding="utf-8")
+    found = Detections.from_quads(np.stack([rect(40, 25, 55, 35), rect(5, 5, 30, 20)]), [0.7, 0.9])
+    res = evaluate_detector(lambda image: found, open_dataset(tmp_path))
+    image = json.loads(json.dumps(res.to_dict()))["per_image"][0]
+    assert image["pairs"][0]["det"] == 1 and image["false_alarms"] == [0]
+    assert image["detections"] == found.to_records()
+    assert image["detections"][1] == {"polygon": [[5.0, 5.0], [30.0, 5.0], [30.0, 20.0], [5.0, 20.0]],
+                                      "score": 0.9}
+    by_pairs = evaluate([GroundTruth([rect(5, 5, 30, 20)], [False])], [found])
+    assert by_pairs.to_dict()["per_image"][0]["detections"] == image["detections"]
+
+
 def test_realdev_ground_truth_scores_perfectly_against_itself(shared_data):
     dataset = open_dataset(shared_data / "realdev" / "gt.json")
     res = evaluate([s.gt for s in dataset],

@@ -16,8 +16,9 @@ mostly (> 0.5 of their area) inside a "do not care" region ('###') ignored. DATA
 gt_img_N.txt) or a Total-Text folder. Prints per-image and overall numbers, recall per word
 height and the misses / false alarms by kind (a word inside a box spanning its neighbours, split,
 partly boxed, not found; a box over several words, on a word, on do-not-care text, on background);
---json writes them, --vis draws misses (red) and false alarms (orange), tagged with their kinds,
-for every image that has any."""
+--json writes them, with each image's detections (as dbrt run writes them) that its indices
+point at; --vis draws misses (red) and false alarms (orange), tagged with their kinds, for every
+image that has any."""
 
 
 def add_arguments(parser) -> None:
