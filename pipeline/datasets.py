@@ -19,7 +19,7 @@ import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Collection, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -224,13 +224,17 @@ def read_folder_dataset(root: Path, gt_dir: Optional[Path] = None, fmt: str = "a
     image_dir, gt_dirs = _split_folders(root)
     if gt_dir is not None:
         gt_dirs = [Path(gt_dir)]
-    samples, missing, used = [], [], set()
+    samples, missing, used = [], [], {}
     for image in _images_in(image_dir):
         gt_path = _find_gt(image, gt_dirs)
         if gt_path is None:
             missing.append(image.name)
             continue
-        used.add(gt_path)
+        if gt_path in used:  # img_1.jpg and img_1.png: one annotation would count twice
+            raise DatasetError(f"{used[gt_path]} and {image.name} in {image_dir} both take their "
+                               f"ground truth from {gt_path}: keep the annotated one, or give "
+                               f"each its own ({used[gt_path]}.txt, {image.name}.txt)")
+        used[gt_path] = image.name
         samples.append(Sample(image.name, image, read_gt_file(gt_path, fmt)))
     if missing:
         raise DatasetError(f"{len(missing)} image(s) in {image_dir} have no ground-truth file "
@@ -246,7 +250,7 @@ def _looks_like_gt(path: Path) -> bool:
                                       or Path(name[:-4]).suffix in IMAGE_SUFFIXES)
 
 
-def _warn_unused_gt(gt_dirs: Sequence[Path], used: set) -> None:
+def _warn_unused_gt(gt_dirs: Sequence[Path], used: Collection[Path]) -> None:
     """Ground-truth files without an image are left out of the score: said, since the recall
     is then over fewer words than the user annotated (an image not copied, a renamed one)."""
     unused = sorted({p for d in dict.fromkeys(gt_dirs) for p in d.iterdir()  # root may be listed twice
@@ -270,6 +274,7 @@ def read_json_dataset(path: Path, images_dir: Optional[Path] = None) -> Dataset:
         raise DatasetError(f"dataset JSON {path}: {exc}") from exc
     folders = [Path(images_dir)] if images_dir else [path.parent / "images", path.parent]
     transcriptions = _sources_texts(path.parent / "SOURCES.json")
+    _check_listed_once(path, records)
     samples = []
     for rec in records:
         name, texts = rec.image, rec.texts or tuple(transcriptions.get(rec.image, ()))
@@ -284,6 +289,16 @@ def read_json_dataset(path: Path, images_dir: Optional[Path] = None) -> Dataset:
             raise DatasetError(f"{path}: image {name} not found in {', '.join(map(str, folders))}")
         samples.append(Sample(name, image, gt))
     return Dataset(path.parent.name, "json", tuple(samples))
+
+
+def _check_listed_once(path: Path, records) -> None:
+    """An image listed twice (two annotation files merged) would have its words scored twice."""
+    first = {}
+    for index, rec in enumerate(records):
+        if rec.image in first:
+            raise DatasetError(f"{path}: records {first[rec.image]} and {index} are both for image "
+                               f"{rec.image}: its words would count twice; keep one record per image")
+        first[rec.image] = index
 
 
 def _sources_texts(path: Path) -> dict:

@@ -230,3 +230,28 @@ def test_a_ground_truth_file_that_is_not_utf8_is_read_and_said(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # UTF-8, with or without a BOM: no warning
         assert read_gt_file(path).texts == ("café",)
+
+
+def test_two_images_sharing_one_ground_truth_file_are_one_error_naming_both(tmp_path):
+    """img_1.jpg and img_1.png both found gt_img_1.txt: its words were scored twice."""
+    cv2 = pytest.importorskip("cv2")
+    root = write_icdar_folder(tmp_path / "ic15", n=2)
+    cv2.imwrite(str(root / "img_1.png"), np.zeros((20, 30, 3), np.uint8))
+    with pytest.raises(DatasetError, match=r"^img_1.jpg and img_1.png in .* both take their ground "
+                                           r"truth from .*gt_img_1.txt: keep the annotated one"):
+        open_dataset(root)
+    (root / "gt_img_1.txt").rename(root / "img_1.jpg.txt")  # each its own: both are scored
+    (root / "img_1.png.txt").write_text(ICDAR_GT, encoding="utf-8")
+    assert [s.name for s in open_dataset(root)] == ["img_1.jpg", "img_1.png", "img_2.jpg"]
+
+
+def test_an_image_listed_twice_in_gt_json_is_one_error(tmp_path):
+    """Two records for one image (annotation files merged) scored its words twice."""
+    cv2 = pytest.importorskip("cv2")
+    cv2.imwrite(str(tmp_path / "a.jpg"), np.zeros((8, 8, 3), np.uint8))
+    cv2.imwrite(str(tmp_path / "b.jpg"), np.zeros((8, 8, 3), np.uint8))
+    box = [[[0, 0], [4, 0], [4, 4], [0, 4]]]
+    records = [{"image": name, "polygons": box} for name in ("a.jpg", "b.jpg", "a.jpg")]
+    (tmp_path / "gt.json").write_text(json.dumps(records))
+    with pytest.raises(DatasetError, match=r"gt.json: records 0 and 2 are both for image a.jpg"):
+        open_dataset(tmp_path)

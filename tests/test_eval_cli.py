@@ -38,3 +38,10 @@ def test_json_names_the_model_given(tmp_path, tiny_onnx):
     assert main(["eval", "--model", str(tiny_onnx), "--dataset", str(data), "--json", str(out),
                  "--threads", "1", "--quiet"]) == 0
     assert json.loads(out.read_text())["model"] == str(tiny_onnx)
+
+
+def test_two_images_sharing_one_ground_truth_is_one_line_exit_2(tmp_path, tiny_onnx, capsys):
+    data = _ic15_folder(tmp_path / "ic15", names=("img_1.jpg", "img_1.png"))
+    assert main(["eval", "--model", str(tiny_onnx), "--dataset", str(data), "--threads", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "img_1.jpg and img_1.png in " in err[0] and "gt_img_1.txt" in err[0]
