@@ -40,6 +40,28 @@ def test_json_names_the_model_given(tmp_path, tiny_onnx):
     assert json.loads(out.read_text())["model"] == str(tiny_onnx)
 
 
+def test_vis_of_two_images_with_one_stem_keeps_both(tmp_path, tiny_onnx):
+    """img_1.jpg and img_1.png (each with its own ground truth) were both drawn to img_1.jpg."""
+    cv2 = pytest.importorskip("cv2")
+    data = tmp_path / "ic15"
+    data.mkdir()
+    for name, shade in (("img_1.jpg", 255), ("img_1.png", 0)):  # blank: the word is missed
+        cv2.imwrite(str(data / name), np.full((64, 96, 3), shade, np.uint8))
+        (data / f"{name}.txt").write_text("8,15,80,15,80,45,8,45,TEXT\n")
+    vis = tmp_path / "vis"
+    assert main(["eval", "--model", str(tiny_onnx), "--dataset", str(data), "--vis", str(vis),
+                 "--threads", "1", "--quiet"]) == 0
+    assert sorted(p.name for p in vis.iterdir()) == ["img_1.jpg", "img_1.png"]
+    assert cv2.imread(str(vis / "img_1.jpg")).mean() > cv2.imread(str(vis / "img_1.png")).mean()
+
+
+def test_vis_names_stay_inside_the_vis_folder():
+    from pipeline.commands.eval import vis_name
+
+    assert vis_name("img_1.jpg") == "img_1.jpg"
+    assert vis_name("street/a.jpg") == "street_a.jpg" and vis_name("../b.png") == ".._b.png"
+
+
 def test_two_images_sharing_one_ground_truth_is_one_line_exit_2(tmp_path, tiny_onnx, capsys):
     data = _ic15_folder(tmp_path / "ic15", names=("img_1.jpg", "img_1.png"))
     assert main(["eval", "--model", str(tiny_onnx), "--dataset", str(data), "--threads", "1"]) == 2

@@ -175,10 +175,17 @@ def _image_callback(args, total: int, timings: list):
                   f"{len(result.false_alarms)} false alarms)", flush=True)
         if vis and (result.missed or result.false_alarms):
             drawn = draw_errors(image, sample.gt.polygons, dets.polygons, result)
-            write_image(vis / (Path(sample.name).stem + ".jpg"), drawn)
+            write_image(vis / vis_name(sample.name), drawn)
         last[0] = time.perf_counter()
 
     return on_image
+
+
+def vis_name(image_name: str) -> str:
+    """The --vis picture of an image: the image's own file name (its stem + '.jpg' drew
+    img_1.png over img_1.jpg when each has its own ground truth), the folders of a gt.json
+    name joined by '_' (never a path out of the --vis folder)."""
+    return image_name.replace("\\", "/").strip("/").replace("/", "_")
 
 
 def run(args) -> int:
