@@ -273,13 +273,14 @@ def read_json_dataset(path: Path, images_dir: Optional[Path] = None) -> Dataset:
     except GroundTruthError as exc:
         raise DatasetError(f"dataset JSON {path}: {exc}") from exc
     folders = [Path(images_dir)] if images_dir else [path.parent / "images", path.parent]
-    transcriptions = _sources_texts(path.parent / "SOURCES.json")
+    sources = path.parent / "SOURCES.json"
+    transcriptions = _sources_texts(sources)
     _check_listed_once(path, records)
     samples = []
     for rec in records:
-        name, texts = rec.image, rec.texts or tuple(transcriptions.get(rec.image, ()))
-        gt = GroundTruth(rec.polygons, rec.ignore,
-                         texts if len(texts) == len(rec.polygons) else ())
+        name = rec.image
+        texts, origin = (rec.texts, path) if rec.texts else (transcriptions.get(name, ()), sources)
+        gt = GroundTruth(rec.polygons, rec.ignore, _record_texts(rec, origin, texts))
         short = [k for k, p in enumerate(gt.polygons) if len(p) < 3]
         if short:  # the protocol cannot score them: ignored, but not without a word
             warnings.warn(f"{path}: {name}: polygon(s) {short} have fewer than 3 points and are "
@@ -289,6 +290,18 @@ def read_json_dataset(path: Path, images_dir: Optional[Path] = None) -> Dataset:
             raise DatasetError(f"{path}: image {name} not found in {', '.join(map(str, folders))}")
         samples.append(Sample(name, image, gt))
     return Dataset(path.parent.name, "json", tuple(samples))
+
+
+def _record_texts(rec, origin: Path, texts: Sequence[str]) -> Tuple[str, ...]:
+    """The transcriptions of a gt.json record, from `origin` (the gt.json or SOURCES.json), in
+    the order of its polygons; () when their count is not the polygons' (which text belongs to
+    which word is then unknown), said: --e2e could never count those words as read right."""
+    if texts and len(texts) != len(rec.polygons):
+        warnings.warn(f"{origin}: {rec.image} has {len(texts)} transcriptions for "
+                      f"{len(rec.polygons)} polygons: its transcriptions are left out",
+                      DbrtWarning, stacklevel=4)
+        return ()
+    return tuple(texts)
 
 
 def _check_listed_once(path: Path, records) -> None:

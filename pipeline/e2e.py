@@ -41,6 +41,12 @@ def transcription_match(truth: str, read: str) -> bool:
     return read in [c for c in candidates if c is not None]
 
 
+def untranscribed(gt) -> int:
+    """How many cared-for words of a GroundTruth have no transcription: words no reading can
+    match, which would lower the end-to-end recall without a word."""
+    return sum(1 for text, ignored in zip(gt.texts, gt.ignore) if not ignored and not text.strip())
+
+
 @dataclass(frozen=True)
 class E2EImage:
     detection: ImageEval

@@ -79,3 +79,48 @@ def test_the_e2e_json_holds_the_per_image_numbers_it_prints():
         == [("a", 1, 2, 2), ("b", 1, 1, 2)]
     assert out["per_image"][0]["wrong"] == [{"gt": "Cafe", "read": "cafe!"}]
     assert sum(im["correct"] for im in out["per_image"]) == out["correct"]
+
+
+def _two_images_with_sources(folder, texts_b):
+    import cv2
+
+    for name in ("a.png", "b.png"):
+        cv2.imwrite(str(folder / name), np.zeros((90, 310, 3), np.uint8))
+    (folder / "gt.json").write_text(json.dumps(
+        [{"image": "a.png", "polygons": [A, B], "ignore": [False, True]},
+         {"image": "b.png", "polygons": [A, C], "ignore": [False, False]}]))
+    (folder / "SOURCES.json").write_text(json.dumps(
+        [{"image": "a.png", "texts": ["Exit", "###"]}, {"image": "b.png", "texts": texts_b}]))
+
+
+def test_transcriptions_that_do_not_fit_the_polygons_are_said_not_silently_dropped(tmp_path):
+    """SOURCES.json texts whose count differs from gt.json's polygons left the image without
+    transcriptions, and --e2e scored its words as never read right, without a word."""
+    from engine.errors import DbrtWarning
+
+    _two_images_with_sources(tmp_path, ["Open"])  # one text for two polygons
+    with pytest.warns(DbrtWarning, match=r"SOURCES.json: b.png has 1 transcriptions for 2 polygons: "
+                                         r"its transcriptions are left out"):
+        dataset = open_dataset(tmp_path)
+    assert dataset[0].gt.texts == ("Exit", "###") and dataset[1].gt.texts == ("", "")
+    records = json.loads((tmp_path / "gt.json").read_text())
+    records[1]["texts"] = ["Open", "Shut", "extra"]  # the gt.json's own texts: it is named
+    (tmp_path / "gt.json").write_text(json.dumps(records))
+    with pytest.warns(DbrtWarning, match=r"gt.json: b.png has 3 transcriptions for 2 polygons"):
+        open_dataset(tmp_path)
+
+
+def test_e2e_refuses_cared_for_words_without_transcriptions(tmp_path, capsys):
+    import warnings
+
+    from pipeline.cli import main
+
+    _two_images_with_sources(tmp_path, ["Open"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(["eval", "--dataset", str(tmp_path), "--e2e", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].endswith(f"--e2e: 1 image(s) of {tmp_path} have cared-for words without a "
+                            "transcription (e.g. b.png: 2 of 2), which no reading can match: "
+                            "transcribe them, or mark them '###'")
+    assert len([line for line in err if "error" in line]) == 1

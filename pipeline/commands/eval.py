@@ -109,10 +109,16 @@ def _tune(args, dataset) -> int:
 
 def _e2e(args, dataset) -> int:
     from engine.errors import DbrtError
-    from pipeline.e2e import evaluate_e2e
+    from pipeline.e2e import evaluate_e2e, untranscribed
 
     if not any(t and t not in ("###", "#") for s in dataset for t in s.gt.texts):
         raise DbrtError(f"--e2e needs transcriptions; the ground truth of {args.dataset} has none")
+    lacking = [(s.name, untranscribed(s.gt), s.gt.care_count) for s in dataset if untranscribed(s.gt)]
+    if lacking:
+        name, words, cared = lacking[0]
+        raise DbrtError(f"--e2e: {len(lacking)} image(s) of {args.dataset} have cared-for words "
+                        f"without a transcription (e.g. {name}: {words} of {cared}), which no "
+                        "reading can match: transcribe them, or mark them '###'")
     args.read = True
 
     def on_image(sample, image, dets, scored):
