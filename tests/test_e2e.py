@@ -49,14 +49,19 @@ def test_a_gt_json_takes_its_transcriptions_from_sources_json(tmp_path):
     assert open_dataset(tmp_path)[0].gt.texts == ("Exit", "###")
 
 
-def test_dbrt_eval_e2e_on_realdev(shared_data, capsys):
+def test_dbrt_eval_e2e_on_realdev(shared_data, capsys, tmp_path):
     pytest.importorskip("rapidocr", reason="the PP-OCR rec model comes with the rapidocr wheel")
     from pipeline.cli import main
+    from pipeline.shipped import default_model_path
 
     assert main(["eval", "--dataset", str(shared_data / "realdev"), "--e2e", "--device", "cpu",
-                 "--max-images", "2", "--quiet"]) == 0
+                 "--max-images", "2", "--quiet", "--json", str(tmp_path / "e2e.json")]) == 0
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert "end-to-end precision" in line and "6 ground truth" in line
+    payload = json.loads((tmp_path / "e2e.json").read_text())  # described as the plain --json is
+    assert payload["format"] == "json" and payload["model"] == str(default_model_path())
+    assert payload["protocol"] == {"name": "icdar2015 end-to-end", "iou": 0.5, "area_precision": 0.5,
+                                   "normalisation": "strip + casefold"}
 
 
 @pytest.mark.parametrize("truth, read, match", [

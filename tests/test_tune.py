@@ -157,3 +157,31 @@ def test_cli_tune_scores_with_the_protocol_asked_for(tmp_path, capsys):
         assert tuned == plain
         hmeans[iou] = tuned
     assert hmeans["0.9"] < hmeans["0.5"]
+
+
+def test_cli_tune_json_says_how_it_scored_as_the_plain_json_does(tmp_path, capsys):
+    """--tune --json held the dataset and the grid only: not the format, model, detector
+    settings (resize rule) nor the protocol (IoU) the plain --json says it scored with; nor the
+    best setting's misses and false alarms by kind that --tune prints."""
+    import json
+
+    from pipeline.cli import main
+
+    root = tmp_path / "v"
+    write_dataset(root, 2, height=256, width=384)
+    common = ["eval", "--dataset", str(root), "--threads", "1", "--quiet", "--iou", "0.7",
+              "--area-precision", "0.6", "--limit-side", "320", "--thresh", "0.25",
+              "--box-thresh", "0.4", "--unclip-ratio", "1.1"]
+    assert main(common + ["--json", str(tmp_path / "plain.json")]) == 0
+    assert main(common + ["--tune-thresh", "0.25", "--tune-box-thresh", "0.4", "--tune-unclip", "1.1",
+                          "--json", str(tmp_path / "tune.json")]) == 0
+    plain, tuned = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("plain", "tune"))
+    described = ("dataset", "format", "model", "detector", "protocol", "images")
+    assert {k: tuned[k] for k in described} == {k: plain[k] for k in described}
+    assert plain["protocol"] == {"name": "icdar2015", "iou": 0.7, "area_precision": 0.6}
+    assert tuned["detector"]["spec"]["resize"]["limit_side"] == 320
+    best = tuned["best"]
+    assert (best["thresh"], best["box_thresh"], best["unclip_ratio"]) == (0.25, 0.4, 1.1)
+    assert best["hmean"] == plain["hmean"] and best["errors"] == plain["errors"]
+    assert tuned["grid"] == [{k: v for k, v in best.items() if k != "errors"}]
+    assert tuned["grid_edges"] == []

@@ -86,6 +86,7 @@ def _tune(args, dataset) -> int:
     with _detector(args) as detector:
         maps = tune.probability_maps(detector, dataset)
         base = detector.post.config
+        described = detector.describe()
     protocol = dict(iou=args.iou, area_precision=args.area_precision)
     rows = tune.tune_on_maps(maps, base, **grid, **protocol)
     for row in rows[:10]:
@@ -100,10 +101,12 @@ def _tune(args, dataset) -> int:
               "(widen it with --tune-thresh / --tune-box-thresh / --tune-unclip)")
     chosen = replace(base, thresh=best["thresh"], box_thresh=best["box_thresh"],
                      unclip_ratio=best["unclip_ratio"])
-    print("at those settings: "
-          + tune.score(maps, DBPostprocessor(chosen, "cpu"), True, **protocol).errors_summary())
-    if args.json:
-        _write_json(args.json, {"dataset": str(args.dataset), "grid": rows})
+    at_best = tune.score(maps, DBPostprocessor(chosen, "cpu"), True, **protocol)
+    print("at those settings: " + at_best.errors_summary())
+    if args.json:  # scored as a plain --json says, each row at its own post-processing settings
+        _write_json(args.json, {**_scoring(args, dataset, described), "images": len(dataset),
+                                "best": {**best, "errors": at_best.error_counts()}, "grid_edges": edges,
+                                "grid": rows})
     return 0
 
 
@@ -133,11 +136,18 @@ def _e2e(args, dataset) -> int:
         described = detector.describe()
     print(f"{dataset.name} ({dataset.format}, {len(dataset)} images): {result.summary()}")
     if args.json:
-        payload = {"dataset": str(args.dataset), "detector": described,
-                   "protocol": {"iou": args.iou, "area_precision": args.area_precision,
-                                "normalisation": "strip + casefold"}, **result.to_dict()}
-        _write_json(args.json, payload, ensure_ascii=False)
+        scoring = _scoring(args, dataset, described, name="icdar2015 end-to-end",
+                           normalisation="strip + casefold")
+        _write_json(args.json, {**scoring, **result.to_dict()}, ensure_ascii=False)
     return 0
+
+
+def _scoring(args, dataset, described: dict, name: str = "icdar2015", **protocol) -> dict:
+    """How a --json report was scored, the same in every mode: the data, the model used with
+    its settings (Detector.describe), and the protocol."""
+    return {"dataset": str(args.dataset), "format": dataset.format, "model": described["model"],
+            "detector": described, "protocol": {"name": name, "iou": args.iou,
+                                                "area_precision": args.area_precision, **protocol}}
 
 
 def _write_json(path, payload, **dump) -> None:
@@ -230,8 +240,6 @@ def run(args) -> int:
         print(result.height_summary())
         print(result.errors_summary())
     if args.json:
-        payload = {"dataset": str(args.dataset), "format": dataset.format, "model": described["model"],
-                   "detector": described, "protocol": {"iou": args.iou, "area_precision": args.area_precision},
-                   "ms_per_image": round(ms, 2), **result.to_dict()}
-        _write_json(args.json, payload)
+        _write_json(args.json, {**_scoring(args, dataset, described), "ms_per_image": round(ms, 2),
+                                **result.to_dict()})
     return 0
