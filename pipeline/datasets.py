@@ -241,7 +241,7 @@ def read_folder_dataset(root: Path, gt_dir: Optional[Path] = None, fmt: str = "a
                            f"(e.g. {missing[0]}: looked for {', '.join(_gt_candidates(Path(missing[0])))})")
     _warn_unused_gt(gt_dirs, used)
     kind = fmt if fmt != "auto" else _guess_kind(samples)
-    return Dataset(root.name, kind, tuple(samples))
+    return Dataset(root.resolve().name, kind, tuple(samples))  # ".": its folder's name
 
 
 def _looks_like_gt(path: Path) -> bool:
@@ -289,7 +289,7 @@ def read_json_dataset(path: Path, images_dir: Optional[Path] = None) -> Dataset:
         if not image.is_file():
             raise DatasetError(f"{path}: image {name} not found in {', '.join(map(str, folders))}")
         samples.append(Sample(name, image, gt))
-    return Dataset(path.parent.name, "json", tuple(samples))
+    return Dataset(path.resolve().parent.name, "json", tuple(samples))  # "gt.json": its folder's
 
 
 def _record_texts(rec, origin: Path, texts: Sequence[str]) -> Tuple[str, ...]:

@@ -255,3 +255,18 @@ def test_an_image_listed_twice_in_gt_json_is_one_error(tmp_path):
     (tmp_path / "gt.json").write_text(json.dumps(records))
     with pytest.raises(DatasetError, match=r"gt.json: records 0 and 2 are both for image a.jpg"):
         open_dataset(tmp_path)
+
+
+def test_a_dataset_given_as_dot_or_a_bare_gt_json_is_named_after_its_folder(tmp_path, monkeypatch):
+    """`dbrt eval --dataset gt.json` (or `.`) printed ' (json, 1 images): ...' and 'best on  (...)':
+    the name of '.' is empty."""
+    cv2 = pytest.importorskip("cv2")
+    root = write_icdar_folder(tmp_path / "ic15", n=1)
+    monkeypatch.chdir(root)
+    assert open_dataset(".").name == "ic15"
+    cv2.imwrite(str(tmp_path / "a.jpg"), np.zeros((8, 8, 3), np.uint8))
+    (tmp_path / "gt.json").write_text(json.dumps([{"image": "a.jpg", "polygons": []}]))
+    monkeypatch.chdir(tmp_path)
+    assert open_dataset("gt.json").name == tmp_path.name
+    monkeypatch.chdir(root)
+    assert open_dataset("../gt.json").name == tmp_path.name
