@@ -67,3 +67,28 @@ def test_two_images_sharing_one_ground_truth_is_one_line_exit_2(tmp_path, tiny_o
     assert main(["eval", "--model", str(tiny_onnx), "--dataset", str(data), "--threads", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "img_1.jpg and img_1.png in " in err[0] and "gt_img_1.txt" in err[0]
+
+
+def _untrained_copy(tiny_onnx, folder):
+    onnx = pytest.importorskip("onnx")
+    from dbnet.spec import ModelSpec
+
+    proto = onnx.load(str(tiny_onnx))
+    entry = next(p for p in proto.metadata_props if p.key == "dbrt")
+    entry.value = ModelSpec.from_json(entry.value).replace(untrained=True).to_json()
+    onnx.save(proto, str(folder / "untrained.onnx"))
+    return folder / "untrained.onnx"
+
+
+def test_an_untrained_model_is_said_in_every_mode_on_stderr(tmp_path, tiny_onnx, capsys):
+    """--tune scored an untrained model without a word, and the plain run's note went to stdout,
+    which --quiet keeps to the overall line."""
+    data = _ic15_folder(tmp_path / "ic15")
+    model = _untrained_copy(tiny_onnx, tmp_path)
+    note = "dbrt eval: note: the model's metadata says its weights are untrained"
+    for mode in (["--quiet"], ["--tune-thresh", "0.3", "--tune-box-thresh", "0.5", "--tune-unclip", "1.5"]):
+        assert main(["eval", "--model", str(model), "--dataset", str(data), "--threads", "1", *mode]) == 0
+        captured = capsys.readouterr()
+        assert note in captured.err.splitlines() and note not in captured.out
+        if mode == ["--quiet"]:
+            assert len(captured.out.strip().splitlines()) == 1

@@ -163,9 +163,16 @@ def _write_json(path, payload, **dump) -> None:
 
 
 def _detector(args):
+    """The Detector of the flags; an untrained one said in every mode (--tune and --e2e
+    scored one without a word), on stderr (--quiet's stdout is the overall line only)."""
+    import sys
+
     from ._model import build_detector
 
-    return build_detector(args)
+    detector = build_detector(args)
+    if detector.untrained:
+        print("dbrt eval: note: the model's metadata says its weights are untrained", file=sys.stderr)
+    return detector
 
 
 def _image_callback(args, total: int, timings: list):
@@ -228,8 +235,6 @@ def run(args) -> int:
         return _e2e(args, dataset)
     timings: list = []
     with _detector(args) as detector:
-        if detector.untrained:
-            print("dbrt eval: note: the model's metadata says its weights are untrained")
         result = evaluate_detector(detector.detect, dataset, _image_callback(args, len(dataset), timings),
                                    iou=args.iou, area_precision=args.area_precision)
         described = detector.describe()
