@@ -92,3 +92,15 @@ def test_an_untrained_model_is_said_in_every_mode_on_stderr(tmp_path, tiny_onnx,
         assert note in captured.err.splitlines() and note not in captured.out
         if mode == ["--quiet"]:
             assert len(captured.out.strip().splitlines()) == 1
+
+
+def test_vis_into_the_image_folder_is_refused_before_drawing_over_the_images(tmp_path, tiny_onnx, capsys):
+    """--vis naming the dataset's own folder wrote the drawn pictures over its images."""
+    data = _ic15_folder(tmp_path / "ic15")
+    before = (data / "img_1.jpg").read_bytes()
+    assert main(["eval", "--model", str(tiny_onnx), "--dataset", str(data), "--vis", str(data),
+                 "--threads", "1", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"dbrt eval: error: --vis {data} holds the dataset's images: drawing the errors "
+                   "would write over them (e.g. img_1.jpg); pick another folder"]
+    assert (data / "img_1.jpg").read_bytes() == before

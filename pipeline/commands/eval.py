@@ -211,6 +211,19 @@ def vis_name(image_name: str) -> str:
     return image_name.replace("\\", "/").strip("/").replace("/", "_")
 
 
+def _check_vis_folder(vis, dataset) -> None:
+    """--vis into the dataset's image folder would draw over the images it scores."""
+    from pathlib import Path
+
+    from engine.errors import DbrtError
+
+    folder = Path(vis).resolve()
+    for sample in dataset:
+        if (folder / vis_name(sample.name)) == sample.image_path.resolve():
+            raise DbrtError(f"--vis {vis} holds the dataset's images: drawing the errors would "
+                            f"write over them (e.g. {sample.name}); pick another folder")
+
+
 def run(args) -> int:
     from engine.errors import DbrtError
     from pipeline.datasets import open_dataset
@@ -229,6 +242,8 @@ def run(args) -> int:
                         f"run dbrt eval without {'--tune' if args.tune else '--e2e'} (at the "
                         "thresholds --tune picked) to draw them")
     dataset = open_dataset(args.dataset, args.gt, args.format).head(args.max_images)
+    if args.vis:
+        _check_vis_folder(args.vis, dataset)
     if args.tune:
         return _tune(args, dataset)
     if args.e2e:
