@@ -25,7 +25,8 @@ def normalise(text: str) -> str:
     return text.strip().casefold()
 
 
-EDGE_PUNCTUATION = frozenset('!?.:,*"()·[]/\'')  # the RRC script's special characters
+EDGE_SPECIALS = '!?.:,*"()·[]/\''  # the RRC script's special characters
+EDGE_PUNCTUATION = frozenset(EDGE_SPECIALS)
 
 
 def transcription_match(truth: str, read: str) -> bool:

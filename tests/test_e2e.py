@@ -61,7 +61,8 @@ def test_dbrt_eval_e2e_on_realdev(shared_data, capsys, tmp_path):
     payload = json.loads((tmp_path / "e2e.json").read_text())  # described as the plain --json is
     assert payload["format"] == "json" and payload["model"] == str(default_model_path())
     assert payload["protocol"] == {"name": "icdar2015 end-to-end", "iou": 0.5, "area_precision": 0.5,
-                                   "normalisation": "strip + casefold"}
+                                   "normalisation": "strip + casefold",
+                                   "gt_may_drop_at_each_end": "!?.:,*\"()·[]/'"}
 
 
 @pytest.mark.parametrize("truth, read, match", [

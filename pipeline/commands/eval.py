@@ -112,7 +112,7 @@ def _tune(args, dataset) -> int:
 
 def _e2e(args, dataset) -> int:
     from engine.errors import DbrtError
-    from pipeline.e2e import evaluate_e2e, untranscribed
+    from pipeline.e2e import EDGE_SPECIALS, evaluate_e2e, untranscribed
 
     if not any(t and t not in ("###", "#") for s in dataset for t in s.gt.texts):
         raise DbrtError(f"--e2e needs transcriptions; the ground truth of {args.dataset} has none")
@@ -137,7 +137,7 @@ def _e2e(args, dataset) -> int:
     print(f"{dataset.name} ({dataset.format}, {len(dataset)} images): {result.summary()}")
     if args.json:
         scoring = _scoring(args, dataset, described, name="icdar2015 end-to-end",
-                           normalisation="strip + casefold")
+                           normalisation="strip + casefold", gt_may_drop_at_each_end=EDGE_SPECIALS)
         _write_json(args.json, {**scoring, **result.to_dict()}, ensure_ascii=False)
     return 0
 
