@@ -185,3 +185,16 @@ def test_cli_tune_json_says_how_it_scored_as_the_plain_json_does(tmp_path, capsy
     assert best["hmean"] == plain["hmean"] and best["errors"] == plain["errors"]
     assert tuned["grid"] == [{k: v for k, v in best.items() if k != "errors"}]
     assert tuned["grid_edges"] == []
+
+
+def test_cli_tune_quiet_prints_the_best_setting_only(tmp_path, capsys):
+    """--quiet ('print only the overall line') was ignored by --tune: the grid, ten rows and
+    the error kinds were printed all the same."""
+    from pipeline.cli import main
+
+    root = tmp_path / "v"
+    write_dataset(root, 1, height=256, width=384)
+    assert main(["eval", "--dataset", str(root), "--threads", "1", "--quiet", "--tune-thresh", "0.2,0.3",
+                 "--tune-box-thresh", "0.4", "--tune-unclip", "1.1"]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert len(printed) == 1 and printed[0].startswith("best on v (1 images): --thresh "), printed

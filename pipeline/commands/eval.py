@@ -52,7 +52,8 @@ def add_arguments(parser) -> None:
                         help="write overall and per-image results here")
     parser.add_argument("--vis", metavar="DIR", type=output_folder,
                         help="write images with misses / false alarms drawn, each tagged with its kind")
-    parser.add_argument("--quiet", action="store_true", help="print only the overall line")
+    parser.add_argument("--quiet", action="store_true",
+                        help="print only the overall line (with --tune: the best setting's)")
     e2e = parser.add_argument_group("end to end (detection + recognition)")
     e2e.add_argument("--e2e", action="store_true",
                      help="read the texts too and score end to end (ICDAR 2015: a match also needs "
@@ -82,7 +83,8 @@ def _tune(args, dataset) -> int:
 
     grid = {"thresh": args.tune_thresh or tune.THRESH, "box_thresh": args.tune_box_thresh or tune.BOX_THRESH,
             "unclip_ratio": args.tune_unclip or tune.UNCLIP_RATIO}
-    print("grid: " + "; ".join(f"{k} {','.join(f'{v:g}' for v in values)}" for k, values in grid.items()))
+    say = (lambda line: None) if args.quiet else print  # --quiet: the best setting's line only
+    say("grid: " + "; ".join(f"{k} {','.join(f'{v:g}' for v in values)}" for k, values in grid.items()))
     with _detector(args) as detector:
         maps = tune.probability_maps(detector, dataset)
         base = detector.post.config
@@ -90,19 +92,19 @@ def _tune(args, dataset) -> int:
     protocol = dict(iou=args.iou, area_precision=args.area_precision)
     rows = tune.tune_on_maps(maps, base, **grid, **protocol)
     for row in rows[:10]:
-        print("thresh {thresh:g} box_thresh {box_thresh:g} unclip_ratio {unclip_ratio:g}: "
-              "P {precision:.4f} R {recall:.4f} hmean {hmean:.4f}".format(**row))
+        say("thresh {thresh:g} box_thresh {box_thresh:g} unclip_ratio {unclip_ratio:g}: "
+            "P {precision:.4f} R {recall:.4f} hmean {hmean:.4f}".format(**row))
     best = rows[0]
     print(f"best on {dataset.name} ({len(dataset)} images): --thresh {best['thresh']} "
           f"--box-thresh {best['box_thresh']} --unclip-ratio {best['unclip_ratio']} (hmean {best['hmean']:.4f})")
     edges = tune.grid_edges(best, **grid)
     if edges:
-        print(f"on the grid's edge: {', '.join(edges)}; a better setting may lie outside it "
-              "(widen it with --tune-thresh / --tune-box-thresh / --tune-unclip)")
+        say(f"on the grid's edge: {', '.join(edges)}; a better setting may lie outside it "
+            "(widen it with --tune-thresh / --tune-box-thresh / --tune-unclip)")
     chosen = replace(base, thresh=best["thresh"], box_thresh=best["box_thresh"],
                      unclip_ratio=best["unclip_ratio"])
     at_best = tune.score(maps, DBPostprocessor(chosen, "cpu"), True, **protocol)
-    print("at those settings: " + at_best.errors_summary())
+    say("at those settings: " + at_best.errors_summary())
     if args.json:  # scored as a plain --json says, each row at its own post-processing settings
         _write_json(args.json, {**_scoring(args, dataset, described), "images": len(dataset),
                                 "best": {**best, "errors": at_best.error_counts()}, "grid_edges": edges,
