@@ -4,6 +4,14 @@ import pytest
 torch = pytest.importorskip("torch")
 
 
+def _tiny_state_dict(path, width=0.25):
+    from export.model import DBNet
+
+    torch.manual_seed(0)
+    torch.save(DBNet("resnet18", width=width).state_dict(), str(path))
+    return path
+
+
 def _tiny_checkpoint(path, seed=0):
     """A training checkpoint's layout: the weights under "model", the run's config beside them."""
     from export.model import DBNet
@@ -39,3 +47,15 @@ def test_an_out_folder_that_cannot_be_made_is_one_error_line(tmp_path):
     with pytest.raises(SystemExit, match=r"^error: --out .*a_file/model: cannot create the folder"):
         ship.main([str(_tiny_checkpoint(tmp_path / "w.pt")), "--out", str(tmp_path / "a_file" / "model")])
 
+
+def test_weights_without_a_training_config_ship_at_their_own_width(tmp_path, capsys):
+    """A bare state dict (weights averaged, or saved by other code) was built as ResNet-18
+    width 0.5 and refused with advice to pass --arch / --width, flags ship does not have."""
+    import json
+
+    from export.train import ship
+
+    checkpoint = _tiny_state_dict(tmp_path / "w025.pt", width=0.25)
+    assert ship.main([str(checkpoint), "--out", str(tmp_path / "m"), "--limit-side", "64"]) == 0
+    record = json.loads((tmp_path / "m" / "dbnet.json").read_text())
+    assert record["spec"]["arch"] == "dbnet_resnet18_w0.25"

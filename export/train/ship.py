@@ -160,7 +160,7 @@ def ship(checkpoint, spec_changes: Optional[dict] = None, weights: Path = WEIGHT
     import torch
 
     from ..model import DBNet
-    from .weights import load_weights, read_checkpoint
+    from .weights import load_weights, network_of, read_checkpoint
 
     from ..checkpoint import sidecar_calib_method, sidecar_record
 
@@ -171,7 +171,10 @@ def ship(checkpoint, spec_changes: Optional[dict] = None, weights: Path = WEIGHT
     step = ck.get("step", before.get("checkpoint_step", 0))
     if int8_calibration is None and sidecar_calib_method(checkpoint):
         int8_calibration = before["int8_calibration"]
-    model = DBNet(cfg.get("arch", "resnet18"), width=cfg.get("width", 0.5)).eval()
+    # weights without a run's config (averaged, or saved by other code) say their network by
+    # their shapes
+    network = network_of(ck, checkpoint, cfg)
+    model = DBNet(network["arch"], width=network["width"]).eval()
     load_weights(model, checkpoint)
     spec = ModelSpec(arch=model.arch_name).replace(**(spec_changes or {}))  # checked before writing
     reference = copy.deepcopy(model)  # the checkpoint in fp32, to bound the fp16 loss
