@@ -601,3 +601,26 @@ def test_warm_up_leaves_room_for_the_decay(tmp_path, capsys, argv, warmup, said)
     args = parser.parse_args(["--out", str(tmp_path / "run"), *argv])
     assert train_cmd._warmup(args) == warmup
     assert ("never decays" in capsys.readouterr().err) == said
+
+
+def test_a_run_killed_while_it_rewrites_config_json_still_resumes(tmp_path, monkeypatch):
+    """Every start of a run rewrites OUT/config.json, which --resume reads: a kill landing in
+    that write left half a file, and the run could not be resumed."""
+    from export.train.loop import train
+    from pipeline.cli import main
+
+    train(_tiny_run(tmp_path, steps=4, time_limit=1e-6))  # stops after step 1
+    write_text = Path.write_text
+
+    def killed_midway(self, text, *args, **kwargs):
+        if self.name.startswith("config.json"):
+            write_text(self, text[:len(text) // 2], *args, **kwargs)
+            raise KeyboardInterrupt  # a second Ctrl-C, or kill -9, in the middle of the write
+        return write_text(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", killed_midway)
+    with pytest.raises(KeyboardInterrupt):
+        train(_tiny_run(tmp_path, steps=4, resume=True))
+    monkeypatch.undo()
+    assert main(["train", "--out", str(tmp_path / "run"), "--resume", "--time-limit", "0"]) == 0
+    assert torch_load(tmp_path / "run" / "last.pt")["step"] == 4

@@ -26,6 +26,7 @@ from typing import Callable, Optional
 
 import torch
 
+from dbnet.files import write_text_whole
 from engine.errors import DbrtError, ModelError
 
 from .config import TrainConfig
@@ -332,7 +333,7 @@ def train(cfg: TrainConfig, validate: Optional[Validate] = None) -> Path:
         validator(start, ema, save_best)
         validated = start
     if ck is not None and start >= cfg.steps:  # its settings as resumed, its data not needed
-        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+        write_text_whole(out / "config.json", json.dumps(asdict(cfg), indent=2))
         _log(f"{out} finished at step {start} of {cfg.steps}: nothing to resume")
         return out / "last.pt"
     loader = torch.utils.data.DataLoader(
@@ -340,7 +341,7 @@ def train(cfg: TrainConfig, validate: Optional[Validate] = None) -> Path:
         num_workers=cfg.workers, worker_init_fn=_worker_init if cfg.workers else None,
         persistent_workers=False, prefetch_factor=4 if cfg.workers else None,
         pin_memory=device.type == "cuda")
-    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))  # all of it could be set up
+    write_text_whole(out / "config.json", json.dumps(asdict(cfg), indent=2))  # all could be set up
     if ck is not None:
         _log(f"resumed from step {start}")
     model.train()
