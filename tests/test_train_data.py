@@ -360,3 +360,23 @@ def test_a_mask_folder_pairs_every_photo_with_its_mask(tmp_path):
     (folder / "img_0.jpg").unlink()
     with pytest.raises(DbrtError, match=r"mask .*img_0_mask.png has no photo img_0.jpg"):
         read_mask_folder(folder)
+
+
+def test_a_ground_truth_file_without_its_image_is_an_error_naming_it(tmp_path):
+    """Its words were left out of training without a word (an image not copied, a renamed one)."""
+    from engine.errors import DbrtError
+
+    folder = icdar_folder(tmp_path / "icdar")
+    (folder / "img_2.jpg").unlink()
+    with pytest.raises(DbrtError, match=r"ground truth .*gt_img_2.txt has no image img_2.jpg"):
+        read_icdar_folder(folder)
+    (folder / "gt_img_2.txt").unlink()
+    assert len(read_icdar_folder(folder)) == 1
+    split = tmp_path / "split"  # the images/ + gts/ layout
+    (split / "gts").mkdir(parents=True)
+    (folder).rename(split / "images")
+    (split / "images" / "gt_img_1.txt").rename(split / "gts" / "gt_img_1.txt")
+    (split / "gts" / "gt_img_9.txt").write_text("1,1,20,1,20,20,1,20,X\n")
+    with pytest.raises(DbrtError, match=r"gts/gt_img_9.txt has no image img_9.jpg"):
+        read_icdar_folder(split)
+

@@ -120,7 +120,20 @@ def read_icdar_folder(root) -> List[Tuple[Path, List[np.ndarray], List[bool]]]:
     images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not images:
         raise DbrtError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
+    _check_every_gt_has_its_image(root, folder, images)
     return [(img, *_read_icdar_txt(icdar_gt_path(root, img))) for img in images]
+
+
+def _check_every_gt_has_its_image(root: Path, folder: Path, images: List[Path]) -> None:
+    """A gt_NAME.txt without its image (one not copied, a renamed one) would be left out of
+    training without a word, its words never learnt: an error naming it, as a mask folder's
+    mask without its photo is."""
+    stems = {image.stem for image in images}
+    for gt_folder in sorted({folder, root / "gts", root / "gt"}):
+        for gt in sorted(gt_folder.glob("gt_*.txt")) if gt_folder.is_dir() else ():
+            if gt.stem[len("gt_"):] not in stems:
+                raise DbrtError(f"ground truth {gt} has no image {gt.stem[len('gt_'):]}.jpg (or "
+                                f"another image suffix) in {folder}")
 
 
 def _read_gt_json(path: Path) -> List[Tuple[Path, List[np.ndarray], List[bool]]]:
