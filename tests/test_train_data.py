@@ -380,3 +380,26 @@ def test_a_ground_truth_file_without_its_image_is_an_error_naming_it(tmp_path):
     with pytest.raises(DbrtError, match=r"gts/gt_img_9.txt has no image img_9.jpg"):
         read_icdar_folder(split)
 
+
+@pytest.mark.parametrize("kind", ["icdar", "masks", "gt.json"])
+def test_an_image_that_cannot_be_decoded_stops_the_run_before_it_trains(tmp_path, kind, capsys):
+    """It stopped the run only when training first sampled it, possibly hundreds of steps in,
+    with the steps since the last save lost."""
+    import json
+
+    from pipeline.cli import main
+
+    if kind == "masks":
+        folder, bad = mask_folder(tmp_path / "data", n=3), "img_2_mask.png"
+    else:
+        folder, bad = icdar_folder(tmp_path / "data"), "img_2.jpg"
+    if kind == "gt.json":
+        (folder / "gt.json").write_text(json.dumps(
+            [{"image": f"img_{i}.jpg", "polygons": [[[18, 40], [110, 40], [110, 78], [18, 78]]]}
+             for i in (1, 2)]))
+    (folder / bad).write_bytes(b"<html>not found</html>")  # a download that went wrong
+    run = ["train", "--out", str(tmp_path / "run"), "--data", str(folder), "--width", "0.25",
+           "--crop", "64", "--batch", "1", "--steps", "1", "--workers", "0", "--threads", "1"]
+    assert main(run) == 2  # one step: the broken file was never sampled, and the run passed
+    assert f"cannot read image {folder / bad}" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "config.json").exists()

@@ -121,6 +121,7 @@ def read_icdar_folder(root) -> List[Tuple[Path, List[np.ndarray], List[bool]]]:
     if not images:
         raise DbrtError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
     _check_every_gt_has_its_image(root, folder, images)
+    _check_readable(images)
     return [(img, *_read_icdar_txt(icdar_gt_path(root, img))) for img in images]
 
 
@@ -136,6 +137,14 @@ def _check_every_gt_has_its_image(root: Path, folder: Path, images: List[Path]) 
                                 f"another image suffix) in {folder}")
 
 
+def _check_readable(paths) -> None:
+    """Every file is one OpenCV can decode (by its header): an unreadable one otherwise
+    stops the run only when training first samples it, many steps in."""
+    for path in paths:
+        if not cv2.haveImageReader(str(path)):
+            raise DbrtError(f"cannot read image {path}: not an image OpenCV can decode, or unreadable")
+
+
 def _read_gt_json(path: Path) -> List[Tuple[Path, List[np.ndarray], List[bool]]]:
     """A gt.json's [{image, polygons, ignore?}] records, every image checked to exist up front
     (a missing one would otherwise surface only when training first samples it)."""
@@ -149,6 +158,7 @@ def _read_gt_json(path: Path) -> List[Tuple[Path, List[np.ndarray], List[bool]]]
         raise DbrtError(f"{path}: {len(missing)} image(s) not found, e.g. {missing[0]}")
     if not items:
         raise DbrtError(f"{path} lists no images")
+    _check_readable(img for img, _, _ in items)
     return items
 
 
@@ -209,6 +219,7 @@ def read_mask_folder(root) -> List[Tuple[Path, Path]]:
             raise DbrtError(f"mask {masks[stem]} has no photo {stem}.jpg (or another image "
                             "suffix) next to it")
         raise DbrtError(f"photo {images[stem]} has no mask {stem}{MASK_SUFFIX} next to it")
+    _check_readable(path for stem in sorted(masks) for path in (images[stem], masks[stem]))
     return [(images[stem], masks[stem]) for stem in sorted(masks)]
 
 
