@@ -624,3 +624,17 @@ def test_a_run_killed_while_it_rewrites_config_json_still_resumes(tmp_path, monk
     monkeypatch.undo()
     assert main(["train", "--out", str(tmp_path / "run"), "--resume", "--time-limit", "0"]) == 0
     assert torch_load(tmp_path / "run" / "last.pt")["step"] == 4
+
+
+def test_resume_refuses_an_init_it_would_not_apply(tmp_path, capsys):
+    """--resume --init OTHER.pt was accepted and silently ignored (the weights come from
+    last.pt): the user believed the run now started from OTHER.pt."""
+    from export.train.loop import train
+    from pipeline.cli import main
+
+    train(_tiny_run(tmp_path, steps=2, time_limit=1e-6))
+    shipped = Path(__file__).parents[1] / "export" / "assets" / "dbnet_default.pt"
+    assert main(["train", "--out", str(tmp_path / "run"), "--resume", "--init", str(shipped)]) == 2
+    err = capsys.readouterr().err
+    assert f"--init {shipped}: --resume continues the run" in err and "(started from new weights)" in err
+    assert torch_load(tmp_path / "run" / "last.pt")["step"] == 1

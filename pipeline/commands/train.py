@@ -305,6 +305,10 @@ def _resumed_config(args):
         raise DbrtError(f"{flag} {value}: --resume continues the run in {out} with its own "
                         f"settings ({flag} {saved}); drop the flag, or train into a new --out "
                         f"with --init {out / 'last.pt'}")
+    if "init" in names and given.init != cfg.init:  # not a recipe setting, but not applied either
+        raise DbrtError(f"--init {args.init}: --resume continues the run in {out} from its "
+                        f"last.pt (started from {cfg.init or 'new weights'}); drop --init, or "
+                        f"train into a new --out")
     changes = {n: getattr(given, n) for n in names if n in TrainConfig.RESUMABLE_CHANGES}
     return dataclasses.replace(cfg, **changes, out_dir=args.out, resume=True)
 
