@@ -638,3 +638,26 @@ def test_resume_refuses_an_init_it_would_not_apply(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"--init {shipped}: --resume continues the run" in err and "(started from new weights)" in err
     assert torch_load(tmp_path / "run" / "last.pt")["step"] == 1
+
+
+def test_the_time_left_counts_the_validations_still_to_come(tmp_path, capsys, monkeypatch):
+    """Validation time was left out of the ETA altogether: a fine-tune validating 100 photos
+    every 250 steps said 'eta 10 min' with half an hour of validations ahead."""
+    import re
+    import time
+
+    from export.train.loop import train
+
+    real_time, validation_took = time.time, [0.0]
+
+    def validate(model):
+        validation_took[0] += 1000.0  # each validation takes 1000 s on this clock
+        return {"hmean": 0.5}
+
+    monkeypatch.setattr(time, "time", lambda: real_time() + validation_took[0])
+    train(_tiny_run(tmp_path, steps=6, val_every=2), validate)
+    eta = {int(m[1]): float(m[2]) for m in re.finditer(r"^step (\d)/6 .* eta ([\d.]+) min$",
+                                                       capsys.readouterr().out, re.M)}
+    # after step 2's validation: step 4's and the final one to come, 1000 s each
+    assert eta[3] == pytest.approx(2000 / 60, abs=0.5) and eta[5] == pytest.approx(1000 / 60, abs=0.5)
+    assert eta[1] < 1  # none measured yet

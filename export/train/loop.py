@@ -32,6 +32,7 @@ from engine.errors import DbrtError, ModelError
 from .config import TrainConfig
 from .data import MixedDataset, open_source, parse_source
 from .losses import training_loss
+from .progress import Progress
 from .weights import (load_teacher, load_weights, read_checkpoint, read_validation_log,
                       teacher_probability)
 
@@ -181,7 +182,7 @@ class _Validator:
     before val.jsonl, so a run killed between the two still resumes with the best it has)."""
 
     def __init__(self, out: Path, validate: Optional[Validate], cfg: TrainConfig):
-        self.out, self.validate, self.best = out, validate, -1.0
+        self.out, self.validate, self.best, self.seconds = out, validate, -1.0, 0.0
         self.on = {"val": cfg.val, "val_images": cfg.val_images, "val_tune": cfg.val_tune}
         ours = [r for r in read_validation_log(out / "val.jsonl") if r.get("on", self.on) == self.on]
         self.done = {r["step"] for r in ours}
@@ -200,7 +201,8 @@ class _Validator:
             result = dict(self.validate(ema.eval()), step=step, on=self.on)
         except Exception as exc:  # noqa: BLE001 - last.pt holds this step: --resume redoes it
             raise DbrtError(f"validation at step {step} failed: {exc}") from exc
-        result["seconds"] = round(time.time() - t, 1)
+        self.seconds = time.time() - t
+        result["seconds"] = round(self.seconds, 1)
         hmean = float(result.get("hmean", -1))
         if hmean > self.best:
             self.best = hmean
@@ -216,38 +218,6 @@ class _Validator:
         """Whether `step` (where a run resumes) was due a validation that did not happen."""
         due = step == cfg.steps or (cfg.val_every and step % cfg.val_every == 0)
         return bool(self.validate is not None and step and due and step not in self.done)
-
-
-class _Progress:
-    """The progress line every `log_every` steps: mean losses, s/it and the loader's share of
-    the steps since the last line, and the time left (to the last step, or to `time_limit`).
-    Time spent validating and saving is left out of s/it (it would inflate the ETA)."""
-
-    def __init__(self, cfg: TrainConfig, start: int):
-        self.cfg, self.t0 = cfg, time.time()
-        self.last, self.tick, self.paused, self.waited, self.sums = start, time.time(), 0.0, 0.0, {}
-
-    def add(self, terms: dict, waited: float) -> None:
-        self.waited += waited
-        for k, v in terms.items():
-            self.sums[k] = self.sums.get(k, 0.0) + v.detach()
-
-    def pause(self, seconds: float) -> None:
-        self.paused += seconds
-
-    def maybe_log(self, step: int, lr: float) -> None:
-        cfg = self.cfg
-        if step % cfg.log_every and step != cfg.steps:
-            return
-        n = max(1, step - self.last)
-        per = max(time.time() - self.tick - self.paused, 1e-9) / n
-        left = per * (cfg.steps - step)
-        if cfg.time_limit:
-            left = max(0.0, min(left, cfg.time_limit - (time.time() - self.t0)))
-        parts = " ".join(f"{k} {float(v) / n:.4f}" for k, v in self.sums.items())
-        _log(f"step {step}/{cfg.steps} {parts} lr {lr:.2e} {per:.3g} s/it "
-             f"data {100 * self.waited / (per * n):.0f}% eta {left / 60:.1f} min")
-        self.last, self.tick, self.paused, self.waited, self.sums = step, time.time(), 0.0, 0.0, {}
 
 
 class _StopRequest:
@@ -346,7 +316,7 @@ def train(cfg: TrainConfig, validate: Optional[Validate] = None) -> Path:
         _log(f"resumed from step {start}")
     model.train()
     amp = _use_amp(cfg, device)
-    averager, progress, terms = _Ema(ema, model), _Progress(cfg, start), None
+    averager, progress, terms = _Ema(ema, model), Progress(cfg, start, validator.seconds), None
     batches = start_workers(loader)
     with _StopRequest() as stop:
         while True:
@@ -379,7 +349,7 @@ def train(cfg: TrainConfig, validate: Optional[Validate] = None) -> Path:
                 save(out / f"step_{step:06d}.pt")
             if validating:
                 validator(step, ema, save_best)
-                validated = step
+                validated, progress.validation_seconds = step, validator.seconds
             progress.pause(time.time() - paused)
             if stop.signum is not None:
                 save(out / "last.pt")
