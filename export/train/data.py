@@ -121,7 +121,6 @@ def read_icdar_folder(root) -> List[Tuple[Path, List[np.ndarray], List[bool]]]:
     if not images:
         raise DbrtError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
     _check_every_gt_has_its_image(root, folder, images)
-    _check_readable(images)
     return [(img, *_read_icdar_txt(icdar_gt_path(root, img))) for img in images]
 
 
@@ -158,7 +157,6 @@ def _read_gt_json(path: Path) -> List[Tuple[Path, List[np.ndarray], List[bool]]]
         raise DbrtError(f"{path}: {len(missing)} image(s) not found, e.g. {missing[0]}")
     if not items:
         raise DbrtError(f"{path} lists no images")
-    _check_readable(img for img, _, _ in items)
     return items
 
 
@@ -169,6 +167,7 @@ class _FolderDataset:
     def __init__(self, root, length: int, crop: int = 640, seed: int = 0,
                  aug: AugmentConfig = DB_PAPER, shrink_ratio: float = SHRINK_RATIO):
         self.items = self.read(root)
+        _check_readable(path for item in self.items for path in item if isinstance(path, Path))
         self.length, self.crop, self.seed, self.aug = length, crop, seed, aug
         self.shrink_ratio = shrink_ratio  # polygon folders; a mask folder's masks are shrunk already
 
@@ -219,7 +218,6 @@ def read_mask_folder(root) -> List[Tuple[Path, Path]]:
             raise DbrtError(f"mask {masks[stem]} has no photo {stem}.jpg (or another image "
                             "suffix) next to it")
         raise DbrtError(f"photo {images[stem]} has no mask {stem}{MASK_SUFFIX} next to it")
-    _check_readable(path for stem in sorted(masks) for path in (images[stem], masks[stem]))
     return [(images[stem], masks[stem]) for stem in sorted(masks)]
 
 
