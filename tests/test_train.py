@@ -661,3 +661,22 @@ def test_the_time_left_counts_the_validations_still_to_come(tmp_path, capsys, mo
     # after step 2's validation: step 4's and the final one to come, 1000 s each
     assert eta[3] == pytest.approx(2000 / 60, abs=0.5) and eta[5] == pytest.approx(1000 / 60, abs=0.5)
     assert eta[1] < 1  # none measured yet
+
+
+def test_a_second_sigterm_stops_at_once_and_says_it_was_terminated(tmp_path, capsys):
+    """The second signal raised a bare KeyboardInterrupt: `dbrt train` exited 130
+    ('interrupted') for a service manager's SIGTERM, where the first one exits 143."""
+    import os
+    import signal
+
+    from export.train.loop import train
+
+    def terminated_twice(model):
+        os.kill(os.getpid(), signal.SIGTERM)  # the step's validation goes on after the first
+        os.kill(os.getpid(), signal.SIGTERM)
+        return {"hmean": 0.1}
+
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        train(_tiny_run(tmp_path, val_every=2), terminated_twice)
+    assert stopped.value.signum == signal.SIGTERM
+    assert torch_load(tmp_path / "run" / "last.pt")["step"] == 2  # saved before validating

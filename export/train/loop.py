@@ -220,6 +220,12 @@ class _Validator:
         return bool(self.validate is not None and step and due and step not in self.done)
 
 
+def _interrupt(signum: int) -> KeyboardInterrupt:
+    interrupt = KeyboardInterrupt()
+    interrupt.signum = signum  # the command line's exit status: 130 or 143
+    return interrupt
+
+
 class _StopRequest:
     """SIGINT / SIGTERM during training: the step in progress finishes, last.pt is saved, then
     KeyboardInterrupt; a second signal interrupts at once. Only in the main thread."""
@@ -239,7 +245,7 @@ class _StopRequest:
 
     def _handle(self, signum, frame) -> None:
         if self.signum is not None:
-            raise KeyboardInterrupt
+            raise _interrupt(signum)
         self.signum = signum
         _log("stopping after this step (again to stop at once) ...")
 
@@ -354,9 +360,7 @@ def train(cfg: TrainConfig, validate: Optional[Validate] = None) -> Path:
             if stop.signum is not None:
                 save(out / "last.pt")
                 _log(f"interrupted at step {step}; saved {out / 'last.pt'} (continue with --resume)")
-                interrupt = KeyboardInterrupt()
-                interrupt.signum = stop.signum  # the command line's exit status: 130 or 143
-                raise interrupt
+                raise _interrupt(stop.signum)
             if cfg.time_limit and time.time() - progress.t0 > cfg.time_limit:
                 _log(f"time limit reached at step {step}; saving and stopping")
                 save(out / "last.pt")
