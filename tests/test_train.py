@@ -680,3 +680,40 @@ def test_a_second_sigterm_stops_at_once_and_says_it_was_terminated(tmp_path, cap
         train(_tiny_run(tmp_path, val_every=2), terminated_twice)
     assert stopped.value.signum == signal.SIGTERM
     assert torch_load(tmp_path / "run" / "last.pt")["step"] == 2  # saved before validating
+
+
+class _WorkerKilledAt:
+    """A training dataset whose loader process is killed (as by the kernel's OOM killer) when it
+    comes to sample `at`."""
+
+    def __init__(self, inner, at):
+        import os
+
+        self.inner, self.at, self.main = inner, at, os.getpid()
+
+    def __len__(self):
+        return len(self.inner)
+
+    def __getitem__(self, i):
+        import os
+        import signal
+
+        if i == self.at and os.getpid() != self.main:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return self.inner[i]
+
+
+def test_a_killed_loader_worker_is_one_error_and_the_steps_done_are_saved(tmp_path, monkeypatch):
+    """A worker killed for memory ended the run with two RuntimeError tracebacks, and every step
+    since the last save (up to --save-every 500) was lost."""
+    from engine.errors import DbrtError
+    from export.train import loop
+
+    make_dataset = loop.make_dataset
+    monkeypatch.setattr(loop, "make_dataset", lambda cfg: _WorkerKilledAt(make_dataset(cfg), 3))
+    with pytest.raises(DbrtError, match=r"a data-loader worker stopped .*: killed for lack of memory"):
+        loop.train(_tiny_run(tmp_path, workers=1))
+    # the batches the worker had made before it died, not always all of them, were trained on
+    assert 1 <= torch_load(tmp_path / "run" / "last.pt")["step"] <= 3
+    loop.train(_tiny_run(tmp_path, resume=True))  # and it goes on from there
+    assert torch_load(tmp_path / "run" / "last.pt")["step"] == 6

@@ -228,7 +228,7 @@ def _interrupt(signum: int) -> KeyboardInterrupt:
 
 class _StopRequest:
     """SIGINT / SIGTERM during training: the step in progress finishes, last.pt is saved, then
-    KeyboardInterrupt; a second signal interrupts at once. Only in the main thread."""
+    KeyboardInterrupt; a second signal interrupts at once. Only in the main thread (Linux)."""
 
     def __init__(self):
         self.signum = None
@@ -241,6 +241,9 @@ class _StopRequest:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._previous[sig] = signal.signal(sig, self._handle)
+            # torch's SIGCHLD handler raised a dead loader worker's error anywhere in the step;
+            # without it torch finds the death where the next batch is fetched: last.pt is saved
+            self._previous[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         return self
 
     def _handle(self, signum, frame) -> None:
@@ -264,6 +267,11 @@ def _next_batch(batches):
     except Exception as exc:  # noqa: BLE001 - torch re-raises a worker's error with its type
         if isinstance(exc, DbrtError) and "Original Traceback" in str(exc):
             raise type(exc)(str(exc).strip().splitlines()[-1].split(": ", 1)[-1]) from None
+        # torch's word for a worker that died, or the pipe it was writing a batch to breaking
+        if (isinstance(exc, RuntimeError) and str(exc).startswith("DataLoader worker")
+                or isinstance(exc, (ConnectionError, EOFError))):
+            raise DbrtError(f"a data-loader worker stopped ({exc}): killed for lack of memory? "
+                            "(each of the --workers holds a copy of the data)") from None
         raise
 
 
@@ -327,7 +335,13 @@ def train(cfg: TrainConfig, validate: Optional[Validate] = None) -> Path:
     with _StopRequest() as stop:
         while True:
             before = time.time()
-            batch = _next_batch(batches)
+            try:
+                batch = _next_batch(batches)
+            except Exception:  # noqa: BLE001 - the steps done are whole: keep them for --resume
+                if step > start:
+                    save(out / "last.pt")
+                    _log(f"saved {out / 'last.pt'} at step {step} (continue with --resume)")
+                raise
             if batch is None:
                 break
             waited = time.time() - before  # the loader's share of the step time: input-bound?
