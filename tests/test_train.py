@@ -717,3 +717,22 @@ def test_a_killed_loader_worker_is_one_error_and_the_steps_done_are_saved(tmp_pa
     assert 1 <= torch_load(tmp_path / "run" / "last.pt")["step"] <= 3
     loop.train(_tiny_run(tmp_path, resume=True))  # and it goes on from there
     assert torch_load(tmp_path / "run" / "last.pt")["step"] == 6
+
+
+def test_an_init_that_is_no_checkpoint_is_one_line_naming_the_flag(tmp_path, capsys):
+    """--init my_model/dbnet.onnx said first that the fine-tune takes the ONNX's shrink ratio
+    (read from the record beside it), then that the file is no checkpoint, without the flag;
+    --init RUN_FOLDER was called 'not found'."""
+    from pipeline.cli import main
+
+    model = tmp_path / "my_model"
+    model.mkdir()
+    (model / "dbnet.onnx").write_bytes(b"\x08\x07onnx")
+    (model / "dbnet.json").write_text(json.dumps({"train_config": {"shrink_ratio": 0.3}}))
+    run = ["train", "--out", str(tmp_path / "run"), "--width", "0.25", "--crop", "64", "--steps", "1"]
+    assert main([*run, "--init", str(model / "dbnet.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"dbrt train: error: --init: {model / 'dbnet.onnx'} is not a PyTorch checkpoint")
+    assert len(err.splitlines()) == 1
+    assert main([*run, "--init", str(model)]) == 2
+    assert f"--init: checkpoint {model} is a folder" in capsys.readouterr().err
