@@ -6,13 +6,11 @@ import time
 from .config import TrainConfig
 
 
-def validations_after(cfg: TrainConfig, step: int) -> int:
-    """How many validations a run at `step` has still to do: every `val_every` steps and the
-    final one (which runs in any case)."""
-    if step >= cfg.steps:
-        return 0
-    every = (cfg.steps - 1) // cfg.val_every - step // cfg.val_every if cfg.val_every else 0
-    return every + 1
+def validations_left(cfg: TrainConfig, step: int) -> int:
+    """How many validations a run has still to do when the progress line of `step` is printed
+    (before that step's own): one every `val_every` steps and the final one."""
+    every = (cfg.steps - 1) // cfg.val_every - (step - 1) // cfg.val_every if cfg.val_every else 0
+    return max(every, 0) + 1
 
 
 class Progress:
@@ -39,7 +37,7 @@ class Progress:
             return
         n = max(1, step - self.last)
         per = max(time.time() - self.tick - self.paused, 1e-9) / n
-        left = per * (cfg.steps - step) + self.validation_seconds * validations_after(cfg, step)
+        left = per * (cfg.steps - step) + self.validation_seconds * validations_left(cfg, step)
         if cfg.time_limit:
             left = max(0.0, min(left, cfg.time_limit - (time.time() - self.t0)))
         parts = " ".join(f"{k} {float(v) / n:.4f}" for k, v in self.sums.items())
