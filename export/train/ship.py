@@ -216,7 +216,7 @@ def ship(checkpoint, spec_changes: Optional[dict] = None, weights: Path = WEIGHT
 def _partial(path) -> Path:
     """Where `path` is written before it is renamed into place."""
     path = Path(path)
-    return path.with_name(path.name + ".partial")
+    return path.with_name(path.name + "-partial")  # the same stem: torch.save names its archive by it
 
 
 POST_DEFAULTS = {"thresh": 0.3, "box_thresh": 0.6, "unclip_ratio": 1.5}
