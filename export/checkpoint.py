@@ -73,7 +73,7 @@ def load_file(path):
 
     import torch
 
-    _check_checkpoint_file(path)
+    check_checkpoint_file(path)
     try:
         with warnings.catch_warnings():  # torch's advice on unsafe pickles: the error below says it
             warnings.simplefilter("ignore", UserWarning)
@@ -99,7 +99,7 @@ def read_state_dict(path) -> Dict[str, "torch.Tensor"]:
     return unwrap(load_file(path), str(path))
 
 
-def _check_checkpoint_file(path) -> None:
+def check_checkpoint_file(path) -> None:
     """A clear error for a file torch.save cannot have written (an image, a text file, nothing):
     torch.load would try to unpickle it and fail with anything up to a KeyError."""
     from pathlib import Path

@@ -601,3 +601,138 @@ def test_warm_up_leaves_room_for_the_decay(tmp_path, capsys, argv, warmup, said)
     args = parser.parse_args(["--out", str(tmp_path / "run"), *argv])
     assert train_cmd._warmup(args) == warmup
     assert ("never decays" in capsys.readouterr().err) == said
+
+
+def test_a_run_killed_while_it_rewrites_config_json_still_resumes(tmp_path, monkeypatch):
+    """Every start of a run rewrites OUT/config.json, which --resume reads: a kill landing in
+    that write left half a file, and the run could not be resumed."""
+    from export.train.loop import train
+    from pipeline.cli import main
+
+    train(_tiny_run(tmp_path, steps=4, time_limit=1e-6))  # stops after step 1
+    write_text = Path.write_text
+
+    def killed_midway(self, text, *args, **kwargs):
+        if self.name.startswith("config.json"):
+            write_text(self, text[:len(text) // 2], *args, **kwargs)
+            raise KeyboardInterrupt  # a second Ctrl-C, or kill -9, in the middle of the write
+        return write_text(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", killed_midway)
+    with pytest.raises(KeyboardInterrupt):
+        train(_tiny_run(tmp_path, steps=4, resume=True))
+    monkeypatch.undo()
+    assert main(["train", "--out", str(tmp_path / "run"), "--resume", "--time-limit", "0"]) == 0
+    assert torch_load(tmp_path / "run" / "last.pt")["step"] == 4
+
+
+def test_resume_refuses_an_init_it_would_not_apply(tmp_path, capsys):
+    """--resume --init OTHER.pt was accepted and silently ignored (the weights come from
+    last.pt): the user believed the run now started from OTHER.pt."""
+    from export.train.loop import train
+    from pipeline.cli import main
+
+    train(_tiny_run(tmp_path, steps=2, time_limit=1e-6))
+    shipped = Path(__file__).parents[1] / "export" / "assets" / "dbnet_default.pt"
+    assert main(["train", "--out", str(tmp_path / "run"), "--resume", "--init", str(shipped)]) == 2
+    err = capsys.readouterr().err
+    assert f"--init {shipped}: --resume continues the run" in err and "(started from new weights)" in err
+    assert torch_load(tmp_path / "run" / "last.pt")["step"] == 1
+
+
+def test_the_time_left_counts_the_validations_still_to_come(tmp_path, capsys, monkeypatch):
+    """Validation time was left out of the ETA altogether: a fine-tune validating 100 photos
+    every 250 steps said 'eta 10 min' with half an hour of validations ahead."""
+    import re
+    import time
+
+    from export.train.loop import train
+
+    real_time, validation_took = time.time, [0.0]
+
+    def validate(model):
+        validation_took[0] += 1000.0  # each validation takes 1000 s on this clock
+        return {"hmean": 0.5}
+
+    monkeypatch.setattr(time, "time", lambda: real_time() + validation_took[0])
+    train(_tiny_run(tmp_path, steps=6, val_every=2), validate)
+    eta = {int(m[1]): float(m[2]) for m in re.finditer(r"^step (\d)/6 .* eta ([\d.]+) min$",
+                                                       capsys.readouterr().out, re.M)}
+    # after step 2's validation: step 4's and the final one to come, 1000 s each
+    assert eta[3] == pytest.approx(2000 / 60, abs=0.5) and eta[5] == pytest.approx(1000 / 60, abs=0.5)
+    assert eta[1] < 1  # none measured yet
+
+
+def test_a_second_sigterm_stops_at_once_and_says_it_was_terminated(tmp_path, capsys):
+    """The second signal raised a bare KeyboardInterrupt: `dbrt train` exited 130
+    ('interrupted') for a service manager's SIGTERM, where the first one exits 143."""
+    import os
+    import signal
+
+    from export.train.loop import train
+
+    def terminated_twice(model):
+        os.kill(os.getpid(), signal.SIGTERM)  # the step's validation goes on after the first
+        os.kill(os.getpid(), signal.SIGTERM)
+        return {"hmean": 0.1}
+
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        train(_tiny_run(tmp_path, val_every=2), terminated_twice)
+    assert stopped.value.signum == signal.SIGTERM
+    assert torch_load(tmp_path / "run" / "last.pt")["step"] == 2  # saved before validating
+
+
+class _WorkerKilledAt:
+    """A training dataset whose loader process is killed (as by the kernel's OOM killer) when it
+    comes to sample `at`."""
+
+    def __init__(self, inner, at):
+        import os
+
+        self.inner, self.at, self.main = inner, at, os.getpid()
+
+    def __len__(self):
+        return len(self.inner)
+
+    def __getitem__(self, i):
+        import os
+        import signal
+
+        if i == self.at and os.getpid() != self.main:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return self.inner[i]
+
+
+def test_a_killed_loader_worker_is_one_error_and_the_steps_done_are_saved(tmp_path, monkeypatch):
+    """A worker killed for memory ended the run with two RuntimeError tracebacks, and every step
+    since the last save (up to --save-every 500) was lost."""
+    from engine.errors import DbrtError
+    from export.train import loop
+
+    make_dataset = loop.make_dataset
+    monkeypatch.setattr(loop, "make_dataset", lambda cfg: _WorkerKilledAt(make_dataset(cfg), 3))
+    with pytest.raises(DbrtError, match=r"a data-loader worker stopped .*: killed for lack of memory"):
+        loop.train(_tiny_run(tmp_path, workers=1))
+    # the batches the worker had made before it died, not always all of them, were trained on
+    assert 1 <= torch_load(tmp_path / "run" / "last.pt")["step"] <= 3
+    loop.train(_tiny_run(tmp_path, resume=True))  # and it goes on from there
+    assert torch_load(tmp_path / "run" / "last.pt")["step"] == 6
+
+
+def test_an_init_that_is_no_checkpoint_is_one_line_naming_the_flag(tmp_path, capsys):
+    """--init my_model/dbnet.onnx said first that the fine-tune takes the ONNX's shrink ratio
+    (read from the record beside it), then that the file is no checkpoint, without the flag;
+    --init RUN_FOLDER was called 'not found'."""
+    from pipeline.cli import main
+
+    model = tmp_path / "my_model"
+    model.mkdir()
+    (model / "dbnet.onnx").write_bytes(b"\x08\x07onnx")
+    (model / "dbnet.json").write_text(json.dumps({"train_config": {"shrink_ratio": 0.3}}))
+    run = ["train", "--out", str(tmp_path / "run"), "--width", "0.25", "--crop", "64", "--steps", "1"]
+    assert main([*run, "--init", str(model / "dbnet.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"dbrt train: error: --init: {model / 'dbnet.onnx'} is not a PyTorch checkpoint")
+    assert len(err.splitlines()) == 1
+    assert main([*run, "--init", str(model)]) == 2
+    assert f"--init: checkpoint {model} is a folder" in capsys.readouterr().err

@@ -360,3 +360,46 @@ def test_a_mask_folder_pairs_every_photo_with_its_mask(tmp_path):
     (folder / "img_0.jpg").unlink()
     with pytest.raises(DbrtError, match=r"mask .*img_0_mask.png has no photo img_0.jpg"):
         read_mask_folder(folder)
+
+
+def test_a_ground_truth_file_without_its_image_is_an_error_naming_it(tmp_path):
+    """Its words were left out of training without a word (an image not copied, a renamed one)."""
+    from engine.errors import DbrtError
+
+    folder = icdar_folder(tmp_path / "icdar")
+    (folder / "img_2.jpg").unlink()
+    with pytest.raises(DbrtError, match=r"ground truth .*gt_img_2.txt has no image img_2.jpg"):
+        read_icdar_folder(folder)
+    (folder / "gt_img_2.txt").unlink()
+    assert len(read_icdar_folder(folder)) == 1
+    split = tmp_path / "split"  # the images/ + gts/ layout
+    (split / "gts").mkdir(parents=True)
+    (folder).rename(split / "images")
+    (split / "images" / "gt_img_1.txt").rename(split / "gts" / "gt_img_1.txt")
+    (split / "gts" / "gt_img_9.txt").write_text("1,1,20,1,20,20,1,20,X\n")
+    with pytest.raises(DbrtError, match=r"gts/gt_img_9.txt has no image img_9.jpg"):
+        read_icdar_folder(split)
+
+
+@pytest.mark.parametrize("kind", ["icdar", "masks", "gt.json"])
+def test_an_image_that_cannot_be_decoded_stops_the_run_before_it_trains(tmp_path, kind, capsys):
+    """It stopped the run only when training first sampled it, possibly hundreds of steps in,
+    with the steps since the last save lost."""
+    import json
+
+    from pipeline.cli import main
+
+    if kind == "masks":
+        folder, bad = mask_folder(tmp_path / "data", n=3), "img_2_mask.png"
+    else:
+        folder, bad = icdar_folder(tmp_path / "data"), "img_2.jpg"
+    if kind == "gt.json":
+        (folder / "gt.json").write_text(json.dumps(
+            [{"image": f"img_{i}.jpg", "polygons": [[[18, 40], [110, 40], [110, 78], [18, 78]]]}
+             for i in (1, 2)]))
+    (folder / bad).write_bytes(b"<html>not found</html>")  # a download that went wrong
+    run = ["train", "--out", str(tmp_path / "run"), "--data", str(folder), "--width", "0.25",
+           "--crop", "64", "--batch", "1", "--steps", "1", "--workers", "0", "--threads", "1"]
+    assert main(run) == 2  # one step: the broken file was never sampled, and the run passed
+    assert f"cannot read image {folder / bad}" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "config.json").exists()

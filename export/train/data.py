@@ -120,7 +120,28 @@ def read_icdar_folder(root) -> List[Tuple[Path, List[np.ndarray], List[bool]]]:
     images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not images:
         raise DbrtError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
+    _check_every_gt_has_its_image(root, folder, images)
     return [(img, *_read_icdar_txt(icdar_gt_path(root, img))) for img in images]
+
+
+def _check_every_gt_has_its_image(root: Path, folder: Path, images: List[Path]) -> None:
+    """A gt_NAME.txt without its image (one not copied, a renamed one) would be left out of
+    training without a word, its words never learnt: an error naming it, as a mask folder's
+    mask without its photo is."""
+    stems = {image.stem for image in images}
+    for gt_folder in sorted({folder, root / "gts", root / "gt"}):
+        for gt in sorted(gt_folder.glob("gt_*.txt")) if gt_folder.is_dir() else ():
+            if gt.stem[len("gt_"):] not in stems:
+                raise DbrtError(f"ground truth {gt} has no image {gt.stem[len('gt_'):]}.jpg (or "
+                                f"another image suffix) in {folder}")
+
+
+def _check_readable(paths) -> None:
+    """Every file is one OpenCV can decode (by its header): an unreadable one otherwise
+    stops the run only when training first samples it, many steps in."""
+    for path in paths:
+        if not cv2.haveImageReader(str(path)):
+            raise DbrtError(f"cannot read image {path}: not an image OpenCV can decode, or unreadable")
 
 
 def _read_gt_json(path: Path) -> List[Tuple[Path, List[np.ndarray], List[bool]]]:
@@ -146,6 +167,7 @@ class _FolderDataset:
     def __init__(self, root, length: int, crop: int = 640, seed: int = 0,
                  aug: AugmentConfig = DB_PAPER, shrink_ratio: float = SHRINK_RATIO):
         self.items = self.read(root)
+        _check_readable(path for item in self.items for path in item if isinstance(path, Path))
         self.length, self.crop, self.seed, self.aug = length, crop, seed, aug
         self.shrink_ratio = shrink_ratio  # polygon folders; a mask folder's masks are shrunk already
 

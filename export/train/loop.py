@@ -26,11 +26,13 @@ from typing import Callable, Optional
 
 import torch
 
+from dbnet.files import write_text_whole
 from engine.errors import DbrtError, ModelError
 
 from .config import TrainConfig
 from .data import MixedDataset, open_source, parse_source
 from .losses import training_loss
+from .progress import Progress
 from .weights import (load_teacher, load_weights, read_checkpoint, read_validation_log,
                       teacher_probability)
 
@@ -180,7 +182,7 @@ class _Validator:
     before val.jsonl, so a run killed between the two still resumes with the best it has)."""
 
     def __init__(self, out: Path, validate: Optional[Validate], cfg: TrainConfig):
-        self.out, self.validate, self.best = out, validate, -1.0
+        self.out, self.validate, self.best, self.seconds = out, validate, -1.0, 0.0
         self.on = {"val": cfg.val, "val_images": cfg.val_images, "val_tune": cfg.val_tune}
         ours = [r for r in read_validation_log(out / "val.jsonl") if r.get("on", self.on) == self.on]
         self.done = {r["step"] for r in ours}
@@ -199,7 +201,8 @@ class _Validator:
             result = dict(self.validate(ema.eval()), step=step, on=self.on)
         except Exception as exc:  # noqa: BLE001 - last.pt holds this step: --resume redoes it
             raise DbrtError(f"validation at step {step} failed: {exc}") from exc
-        result["seconds"] = round(time.time() - t, 1)
+        self.seconds = time.time() - t
+        result["seconds"] = round(self.seconds, 1)
         hmean = float(result.get("hmean", -1))
         if hmean > self.best:
             self.best = hmean
@@ -217,41 +220,15 @@ class _Validator:
         return bool(self.validate is not None and step and due and step not in self.done)
 
 
-class _Progress:
-    """The progress line every `log_every` steps: mean losses, s/it and the loader's share of
-    the steps since the last line, and the time left (to the last step, or to `time_limit`).
-    Time spent validating and saving is left out of s/it (it would inflate the ETA)."""
-
-    def __init__(self, cfg: TrainConfig, start: int):
-        self.cfg, self.t0 = cfg, time.time()
-        self.last, self.tick, self.paused, self.waited, self.sums = start, time.time(), 0.0, 0.0, {}
-
-    def add(self, terms: dict, waited: float) -> None:
-        self.waited += waited
-        for k, v in terms.items():
-            self.sums[k] = self.sums.get(k, 0.0) + v.detach()
-
-    def pause(self, seconds: float) -> None:
-        self.paused += seconds
-
-    def maybe_log(self, step: int, lr: float) -> None:
-        cfg = self.cfg
-        if step % cfg.log_every and step != cfg.steps:
-            return
-        n = max(1, step - self.last)
-        per = max(time.time() - self.tick - self.paused, 1e-9) / n
-        left = per * (cfg.steps - step)
-        if cfg.time_limit:
-            left = max(0.0, min(left, cfg.time_limit - (time.time() - self.t0)))
-        parts = " ".join(f"{k} {float(v) / n:.4f}" for k, v in self.sums.items())
-        _log(f"step {step}/{cfg.steps} {parts} lr {lr:.2e} {per:.3g} s/it "
-             f"data {100 * self.waited / (per * n):.0f}% eta {left / 60:.1f} min")
-        self.last, self.tick, self.paused, self.waited, self.sums = step, time.time(), 0.0, 0.0, {}
+def _interrupt(signum: int) -> KeyboardInterrupt:
+    interrupt = KeyboardInterrupt()
+    interrupt.signum = signum  # the command line's exit status: 130 or 143
+    return interrupt
 
 
 class _StopRequest:
     """SIGINT / SIGTERM during training: the step in progress finishes, last.pt is saved, then
-    KeyboardInterrupt; a second signal interrupts at once. Only in the main thread."""
+    KeyboardInterrupt; a second signal interrupts at once. Only in the main thread (Linux)."""
 
     def __init__(self):
         self.signum = None
@@ -264,11 +241,14 @@ class _StopRequest:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._previous[sig] = signal.signal(sig, self._handle)
+            # torch's SIGCHLD handler raised a dead loader worker's error anywhere in the step;
+            # without it torch finds the death where the next batch is fetched: last.pt is saved
+            self._previous[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         return self
 
     def _handle(self, signum, frame) -> None:
         if self.signum is not None:
-            raise KeyboardInterrupt
+            raise _interrupt(signum)
         self.signum = signum
         _log("stopping after this step (again to stop at once) ...")
 
@@ -287,6 +267,11 @@ def _next_batch(batches):
     except Exception as exc:  # noqa: BLE001 - torch re-raises a worker's error with its type
         if isinstance(exc, DbrtError) and "Original Traceback" in str(exc):
             raise type(exc)(str(exc).strip().splitlines()[-1].split(": ", 1)[-1]) from None
+        # torch's word for a worker that died, or the pipe it was writing a batch to breaking
+        if (isinstance(exc, RuntimeError) and str(exc).startswith("DataLoader worker")
+                or isinstance(exc, (ConnectionError, EOFError))):
+            raise DbrtError(f"a data-loader worker stopped ({exc}): killed for lack of memory? "
+                            "(each of the --workers holds a copy of the data)") from None
         raise
 
 
@@ -332,7 +317,7 @@ def train(cfg: TrainConfig, validate: Optional[Validate] = None) -> Path:
         validator(start, ema, save_best)
         validated = start
     if ck is not None and start >= cfg.steps:  # its settings as resumed, its data not needed
-        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+        write_text_whole(out / "config.json", json.dumps(asdict(cfg), indent=2))
         _log(f"{out} finished at step {start} of {cfg.steps}: nothing to resume")
         return out / "last.pt"
     loader = torch.utils.data.DataLoader(
@@ -340,17 +325,23 @@ def train(cfg: TrainConfig, validate: Optional[Validate] = None) -> Path:
         num_workers=cfg.workers, worker_init_fn=_worker_init if cfg.workers else None,
         persistent_workers=False, prefetch_factor=4 if cfg.workers else None,
         pin_memory=device.type == "cuda")
-    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))  # all of it could be set up
+    write_text_whole(out / "config.json", json.dumps(asdict(cfg), indent=2))  # all could be set up
     if ck is not None:
         _log(f"resumed from step {start}")
     model.train()
     amp = _use_amp(cfg, device)
-    averager, progress, terms = _Ema(ema, model), _Progress(cfg, start), None
+    averager, progress, terms = _Ema(ema, model), Progress(cfg, start, validator.seconds), None
     batches = start_workers(loader)
     with _StopRequest() as stop:
         while True:
             before = time.time()
-            batch = _next_batch(batches)
+            try:
+                batch = _next_batch(batches)
+            except Exception:  # noqa: BLE001 - the steps done are whole: keep them for --resume
+                if step > start:
+                    save(out / "last.pt")
+                    _log(f"saved {out / 'last.pt'} at step {step} (continue with --resume)")
+                raise
             if batch is None:
                 break
             waited = time.time() - before  # the loader's share of the step time: input-bound?
@@ -378,14 +369,12 @@ def train(cfg: TrainConfig, validate: Optional[Validate] = None) -> Path:
                 save(out / f"step_{step:06d}.pt")
             if validating:
                 validator(step, ema, save_best)
-                validated = step
+                validated, progress.validation_seconds = step, validator.seconds
             progress.pause(time.time() - paused)
             if stop.signum is not None:
                 save(out / "last.pt")
                 _log(f"interrupted at step {step}; saved {out / 'last.pt'} (continue with --resume)")
-                interrupt = KeyboardInterrupt()
-                interrupt.signum = stop.signum  # the command line's exit status: 130 or 143
-                raise interrupt
+                raise _interrupt(stop.signum)
             if cfg.time_limit and time.time() - progress.t0 > cfg.time_limit:
                 _log(f"time limit reached at step {step}; saving and stopping")
                 save(out / "last.pt")

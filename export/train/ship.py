@@ -16,11 +16,13 @@ import argparse
 import copy
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
+from dbnet.files import write_text_whole
 from engine.errors import DbrtError, ModelError
 from dbnet.spec import ModelSpec
 
@@ -158,7 +160,7 @@ def ship(checkpoint, spec_changes: Optional[dict] = None, weights: Path = WEIGHT
     import torch
 
     from ..model import DBNet
-    from .weights import load_weights, read_checkpoint
+    from .weights import load_weights, network_of, read_checkpoint
 
     from ..checkpoint import sidecar_calib_method, sidecar_record
 
@@ -169,34 +171,52 @@ def ship(checkpoint, spec_changes: Optional[dict] = None, weights: Path = WEIGHT
     step = ck.get("step", before.get("checkpoint_step", 0))
     if int8_calibration is None and sidecar_calib_method(checkpoint):
         int8_calibration = before["int8_calibration"]
-    model = DBNet(cfg.get("arch", "resnet18"), width=cfg.get("width", 0.5)).eval()
+    # weights without a run's config (averaged, or saved by other code) say their network by
+    # their shapes
+    network = network_of(ck, checkpoint, cfg)
+    model = DBNet(network["arch"], width=network["width"]).eval()
     load_weights(model, checkpoint)
     spec = ModelSpec(arch=model.arch_name).replace(**(spec_changes or {}))  # checked before writing
     reference = copy.deepcopy(model)  # the checkpoint in fp32, to bound the fp16 loss
     Path(weights).parent.mkdir(parents=True, exist_ok=True)
-    state = fp16_state(model)
-    torch.save(state, str(weights))
-    load_weights(model, weights)  # the ONNX is made from exactly the shipped (fp16) values
-    report, converted = write_fp16_onnx(model, onnx_path, spec)
-    max_abs = _ort_parity(model, Path(onnx_path))
-    vs_checkpoint = _ort_parity(reference, Path(onnx_path))
-    if vs_checkpoint > 0.05:
-        raise ModelError(f"shipped ONNX differs from the fp32 checkpoint by {vs_checkpoint:.3f} "
-                         "(probability units): fp16 storage lost too much")
-    rec = {"checkpoint_step": int(step), "train_config": portable_config(cfg),
-           "spec": json.loads(spec.to_json()),
-           "weights": {"path": _rel(weights), "dtype": "float16",
-                       "fp32_tensors": sorted(k for k, v in state.items() if v.dtype == torch.float32),
-                       "bytes": Path(weights).stat().st_size, "sha256": _sha256(weights)},
-           "onnx": {"path": _rel(onnx_path), "opset": report.opset,
-                    "fp16_initializers": converted, "bytes": Path(onnx_path).stat().st_size,
-                    "sha256": _sha256(onnx_path), "ort_vs_torch_max_abs": max_abs,
-                    "ort_vs_fp32_checkpoint_max_abs": vs_checkpoint},
-           "metrics": metrics or {}}
-    if int8_calibration:
-        rec["int8_calibration"] = int8_calibration
-    Path(record).write_text(json.dumps(rec, indent=2) + "\n")
+    # written beside the targets and renamed over them only once all three pass the checks: a
+    # rejected model, or a run killed midway, never replaces (part of) the model there
+    new_weights, new_onnx = _partial(weights), _partial(onnx_path)
+    try:
+        state = fp16_state(model)
+        torch.save(state, str(new_weights))
+        load_weights(model, new_weights)  # the ONNX is made from exactly the shipped (fp16) values
+        report, converted = write_fp16_onnx(model, new_onnx, spec)
+        max_abs = _ort_parity(model, new_onnx)
+        vs_checkpoint = _ort_parity(reference, new_onnx)
+        if vs_checkpoint > 0.05:
+            raise ModelError(f"shipped ONNX differs from the fp32 checkpoint by {vs_checkpoint:.3f} "
+                             "(probability units): fp16 storage lost too much")
+        rec = {"checkpoint_step": int(step), "train_config": portable_config(cfg),
+               "spec": json.loads(spec.to_json()),
+               "weights": {"path": _rel(weights), "dtype": "float16",
+                           "fp32_tensors": sorted(k for k, v in state.items() if v.dtype == torch.float32),
+                           "bytes": new_weights.stat().st_size, "sha256": _sha256(new_weights)},
+               "onnx": {"path": _rel(onnx_path), "opset": report.opset,
+                        "fp16_initializers": converted, "bytes": new_onnx.stat().st_size,
+                        "sha256": _sha256(new_onnx), "ort_vs_torch_max_abs": max_abs,
+                        "ort_vs_fp32_checkpoint_max_abs": vs_checkpoint},
+               "metrics": metrics or {}}
+        if int8_calibration:
+            rec["int8_calibration"] = int8_calibration
+        os.replace(new_weights, weights)
+        os.replace(new_onnx, onnx_path)
+        write_text_whole(record, json.dumps(rec, indent=2) + "\n")
+    finally:
+        new_weights.unlink(missing_ok=True)
+        new_onnx.unlink(missing_ok=True)
     return rec
+
+
+def _partial(path) -> Path:
+    """Where `path` is written before it is renamed into place."""
+    path = Path(path)
+    return path.with_name(path.name + "-partial")  # the same stem: torch.save names its archive by it
 
 
 POST_DEFAULTS = {"thresh": 0.3, "box_thresh": 0.6, "unclip_ratio": 1.5}
@@ -221,7 +241,10 @@ def _targets(args) -> dict:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise SystemExit(f"error: --out {out} is a file, not a folder")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a read-only place, a file on the way
+        raise SystemExit(f"error: --out {out}: cannot create the folder ({exc.strerror})") from None
     return dict(weights=out / "dbnet.pt", onnx_path=out / "dbnet.onnx", record=out / "dbnet.json")
 
 
@@ -258,6 +281,8 @@ def main(argv=None) -> int:
                    int8_calibration={"method": args.int8_calib_method} if args.int8_calib_method else None)
     except DbrtError as exc:  # e.g. a threshold out of range: before any file is written
         raise SystemExit(f"error: {exc}") from None
+    except OSError as exc:  # a target that cannot be written (read-only, a full disk)
+        raise SystemExit(f"error: {exc.filename or 'writing the model'}: {exc.strerror or exc}") from None
     print("post-processing: " + " ".join(f"--{k.replace('_', '-')} {v:g}" for k, v in settings.items()))
     print(json.dumps({k: rec[k] for k in ("checkpoint_step", "weights", "onnx")}, indent=2))
     return 0

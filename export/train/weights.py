@@ -3,6 +3,8 @@ EMA weights of one of ours (or a state dict as `dbrt export` reads it) loaded in
 the frozen teacher of a distillation run."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 
@@ -57,19 +59,28 @@ def load_weights(model, path) -> None:
                           strict=False)  # only BatchNorm's batch counters may be absent
 
 
+def network_of(saved, path, conf: Optional[dict] = None) -> dict:
+    """{"arch", "width"} of the network a checkpoint holds: its training config says them
+    (`conf`, default: the one saved in it), any other DBNet weights are read off their shapes."""
+    from ..checkpoint import infer_architecture
+
+    if conf is None:
+        conf = saved.get("config") if isinstance(saved, dict) else None
+    conf = conf if isinstance(conf, dict) else {}
+    if "width" not in conf:
+        found = infer_architecture(unwrap(saved, str(path)))
+        conf = {"arch": found["arch"], "width": found["width"], **conf}
+    return {"arch": conf.get("arch", "resnet18"), "width": conf["width"]}
+
+
 def load_teacher(path, device: torch.device):
     """The teacher of a distillation run, frozen in eval mode: a training checkpoint of ours (its
     architecture and width from the run's config) or any other DBNet weights (architecture and
     width read off their shapes)."""
-    from ..checkpoint import infer_architecture
     from ..model import DBNet
 
-    saved = read_checkpoint(path)
-    conf = saved.get("config", {}) if isinstance(saved, dict) else {}
-    if "width" not in conf:
-        found = infer_architecture(unwrap(saved, str(path)))
-        conf = {"arch": found["arch"], "width": found["width"], **conf}
-    teacher = DBNet(conf.get("arch", "resnet18"), width=conf["width"])
+    conf = network_of(read_checkpoint(path), path)
+    teacher = DBNet(conf["arch"], width=conf["width"])
     load_weights(teacher, path)
     teacher.to(device, memory_format=torch.channels_last).eval()
     for p in teacher.parameters():

@@ -202,12 +202,27 @@ def _check(cfg) -> None:
         name, _ = parse_source(spec)
         if name != "synth" and not Path(name).is_dir():
             raise DbrtError(f"--data must be 'synth' or an existing folder, got {name!r}")
-    if cfg.init and not cfg.resume and not Path(cfg.init).is_file():
+    if cfg.init and not cfg.resume and not Path(cfg.init).exists():
         raise DbrtError(f"--init checkpoint not found: {cfg.init}")
-    if cfg.teacher and not Path(cfg.teacher).is_file():
+    if cfg.teacher and not Path(cfg.teacher).exists():
         raise DbrtError(f"--teacher checkpoint not found: {cfg.teacher}")
+    for flag, path in (("--init", None if cfg.resume else cfg.init), ("--teacher", cfg.teacher)):
+        _check_checkpoint(flag, path)
     if cfg.crop <= 0 or cfg.crop % 32:
         raise DbrtError(f"--crop must be a positive multiple of 32, got {cfg.crop}")
+
+
+def _check_checkpoint(flag: str, path) -> None:
+    """A folder, an ONNX model or an image passed as a checkpoint: one error naming the flag,
+    before anything is read from it (its record's shrink ratio was said first)."""
+    from engine.errors import DbrtError, ModelError
+    from export.checkpoint import check_checkpoint_file
+
+    try:
+        if path:
+            check_checkpoint_file(path)
+    except ModelError as exc:
+        raise DbrtError(f"{flag}: {exc}") from None
 
 
 # flags that only mean something with another one: (flag's setting, the setting it needs)
@@ -305,6 +320,10 @@ def _resumed_config(args):
         raise DbrtError(f"{flag} {value}: --resume continues the run in {out} with its own "
                         f"settings ({flag} {saved}); drop the flag, or train into a new --out "
                         f"with --init {out / 'last.pt'}")
+    if "init" in names and given.init != cfg.init:  # not a recipe setting, but not applied either
+        raise DbrtError(f"--init {args.init}: --resume continues the run in {out} from its "
+                        f"last.pt (started from {cfg.init or 'new weights'}); drop --init, or "
+                        f"train into a new --out")
     changes = {n: getattr(given, n) for n in names if n in TrainConfig.RESUMABLE_CHANGES}
     return dataclasses.replace(cfg, **changes, out_dir=args.out, resume=True)
 
@@ -348,9 +367,10 @@ def run(args) -> int:
     require("torch")
     from export.train.loop import train
 
-    cfg = _resumed_config(args) if args.resume else _with_init_target(_new_config(args), args)
+    cfg = _resumed_config(args) if args.resume else _new_config(args)
     _check_dependent_flags(cfg, args.given)
     _check(cfg)
+    cfg = cfg if args.resume else _with_init_target(cfg, args)
     validate = None
     if cfg.val:
         from pipeline.datasets import open_dataset

@@ -1,0 +1,61 @@
+"""`python -m export.train.ship`: what it writes where, and what it leaves alone when it fails."""
+import pytest
+
+torch = pytest.importorskip("torch")
+
+
+def _tiny_state_dict(path, width=0.25):
+    from export.model import DBNet
+
+    torch.manual_seed(0)
+    torch.save(DBNet("resnet18", width=width).state_dict(), str(path))
+    return path
+
+
+def _tiny_checkpoint(path, seed=0):
+    """A training checkpoint's layout: the weights under "model", the run's config beside them."""
+    from export.model import DBNet
+
+    torch.manual_seed(seed)
+    torch.save({"model": DBNet("resnet18", width=0.25).state_dict(), "step": 1,
+                "config": {"arch": "resnet18", "width": 0.25}}, str(path))
+    return path
+
+
+def test_a_model_that_fails_its_checks_replaces_nothing(tmp_path, monkeypatch):
+    """The fp16 check failed after the weights and the ONNX had been written over the target's
+    (with --replace-shipped: the repository's shipped model, its record left describing the old)."""
+    from engine.errors import ModelError
+    from export.train import ship
+
+    checkpoint = _tiny_checkpoint(tmp_path / "w.pt")
+    targets = dict(weights=tmp_path / "m" / "dbnet.pt", onnx_path=tmp_path / "m" / "dbnet.onnx",
+                   record=tmp_path / "m" / "dbnet.json")
+    ship.ship(checkpoint, {"limit_side": 64}, **targets)
+    before = {name: path.read_bytes() for name, path in targets.items()}
+    monkeypatch.setattr(ship, "_ort_parity", lambda model, path: 0.5)  # fp16 lost too much
+    with pytest.raises(ModelError, match="fp16 storage lost too much"):
+        ship.ship(_tiny_checkpoint(tmp_path / "other.pt", seed=1), {"limit_side": 96}, **targets)
+    assert {name: path.read_bytes() for name, path in targets.items()} == before
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["dbnet.json", "dbnet.onnx", "dbnet.pt"]
+
+
+def test_an_out_folder_that_cannot_be_made_is_one_error_line(tmp_path):
+    from export.train import ship
+
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(SystemExit, match=r"^error: --out .*a_file/model: cannot create the folder"):
+        ship.main([str(_tiny_checkpoint(tmp_path / "w.pt")), "--out", str(tmp_path / "a_file" / "model")])
+
+
+def test_weights_without_a_training_config_ship_at_their_own_width(tmp_path, capsys):
+    """A bare state dict (weights averaged, or saved by other code) was built as ResNet-18
+    width 0.5 and refused with advice to pass --arch / --width, flags ship does not have."""
+    import json
+
+    from export.train import ship
+
+    checkpoint = _tiny_state_dict(tmp_path / "w025.pt", width=0.25)
+    assert ship.main([str(checkpoint), "--out", str(tmp_path / "m"), "--limit-side", "64"]) == 0
+    record = json.loads((tmp_path / "m" / "dbnet.json").read_text())
+    assert record["spec"]["arch"] == "dbnet_resnet18_w0.25"
