@@ -17,11 +17,13 @@ from typing import Optional
 
 from .. import cuda as _cuda
 from ..cuda import DeviceInfo
+from ..errors import ModelError
 from . import require_tensorrt
 from ..onnx_info import summarize_onnx
 from ..shapes import ShapeProfile
 from .build import (BuildOptions, build_engine_file, has_strongly_typed_flag,
                              has_weak_typing, plan_precision)
+from .record import EngineRecord
 from .runner import TensorRTRunner
 
 ENV = "DBRT_ENGINE_CACHE"
@@ -80,6 +82,15 @@ def cached_engine_path(onnx_path: os.PathLike, options: BuildOptions = BuildOpti
     return cache_dir() / f"{_slug(Path(onnx_path).stem)}-{plan.precision}-{key}.engine"
 
 
+def _complete(path: Path) -> bool:
+    """A cached engine with a readable record; anything less (a run killed while writing them)
+    is built again, never an error the user must clear out of the cache by hand."""
+    try:
+        return path.is_file() and EngineRecord.load(path) is not None
+    except ModelError:
+        return False
+
+
 def cached_engine_runner(onnx_path: os.PathLike, precision: str = "auto",
                          profile: Optional[ShapeProfile] = None, cuda_graph: bool = False,
                          progress=None, backend=None, **build_options) -> TensorRTRunner:
@@ -90,7 +101,7 @@ def cached_engine_runner(onnx_path: os.PathLike, precision: str = "auto",
     backend = backend or _cuda.require_backend("the TensorRT engine cache")
     options = BuildOptions(precision=precision, profile=profile, **build_options)
     path = cached_engine_path(onnx_path, options, backend)
-    if not path.is_file() or not Path(f"{path}.json").is_file():
+    if not _complete(path):
         trt = require_tensorrt()
         if options.timing_cache is None:
             device = backend.device_info()
