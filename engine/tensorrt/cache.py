@@ -1,6 +1,7 @@
 """Engine cache: running an .onnx on a GPU builds a TensorRT engine once and reuses it.
 
-Engines are keyed by everything that makes a plan valid: the ONNX content (sha256), precision,
+Engines are keyed by everything that makes a plan valid: the ONNX content (sha256 of the file
+and of its external weight files), precision,
 profile, TensorRT version and GPU (name + compute capability). They live in
 `$DBRT_ENGINE_CACHE` (default `~/.cache/dbrt/engines`) with their JSON records, next to one
 timing cache per TensorRT version and GPU, which makes rebuilds after a model change faster.
