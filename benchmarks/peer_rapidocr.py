@@ -255,7 +255,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="CPU sessions of the parallel dbrt variant (its pipeline batch)")
     parser.add_argument("--every", type=int, default=50,
                         help="agreement also on every N-th frame of each whole video")
-    parser.add_argument("--out", type=Path,
+    parser.add_argument("--out", type=common.results_folder,
                         help="results folder (default: benchmarks/results/<machine>/)")
     parser.add_argument("--data", type=Path, default=SHARED, help="the shared data folder")
     return parser.parse_args(argv)
