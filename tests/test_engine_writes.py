@@ -72,3 +72,20 @@ def test_a_cache_fill_killed_mid_write_is_built_again(trt, tiny_onnx, engine_cac
         assert runner.profiles["images"] == SMALL       # not "record is damaged"
     assert trt._double.builds == 2
     assert len(list(engine_cache.glob("*.engine.json"))) == 1 and os.listdir(engine_cache)
+
+
+def test_a_calibration_cache_is_written_whole(monkeypatch, tiny_onnx, tmp_path, rng):
+    """The cache is reused whenever it exists: half of one, left by a build stopped while
+    writing it, was taken for the calibration of the next build."""
+    import trt_double
+
+    trt_double.install(monkeypatch, "10.x")
+    cache = tmp_path / "calib.cache"
+    options = BuildOptions(precision="int8", profile=SMALL, calibration_cache=cache,
+                           calibration=lambda shape: (rng.random(shape, dtype="float32")
+                                                      for _ in range(2)))
+    with monkeypatch.context() as patch:
+        killed_while_writing(patch, lambda name: "calib.cache" in name)
+        with pytest.raises(KeyboardInterrupt):
+            build_engine_file(tiny_onnx, tmp_path / "int8.engine", options)
+    assert not cache.exists() and os.listdir(tmp_path) == []
