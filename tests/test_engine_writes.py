@@ -89,3 +89,16 @@ def test_a_calibration_cache_is_written_whole(monkeypatch, tiny_onnx, tmp_path, 
         with pytest.raises(KeyboardInterrupt):
             build_engine_file(tiny_onnx, tmp_path / "int8.engine", options)
     assert not cache.exists() and os.listdir(tmp_path) == []
+
+
+def test_an_engine_cache_that_cannot_be_written_is_said_before_the_build(trt, tiny_onnx, tmp_path,
+                                                                        monkeypatch):
+    """It failed after the build (minutes on a GPU) with only '...: Not a directory'."""
+    from engine.errors import ModelError
+
+    (tmp_path / "afile").write_text("x")
+    monkeypatch.setenv("DBRT_ENGINE_CACHE", str(tmp_path / "afile" / "engines"))
+    with pytest.raises(ModelError, match=r"engine cache folder .*afile/engines cannot be written "
+                                         r"\(Not a directory\); set \$DBRT_ENGINE_CACHE"):
+        cached_engine_runner(tiny_onnx, precision="fp32", profile=SMALL)
+    assert trt._double.builds == 0

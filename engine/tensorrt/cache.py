@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import re
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Optional
@@ -92,6 +93,18 @@ def _complete(path: Path) -> bool:
         return False
 
 
+def _check_writable(folder: Path) -> None:
+    """The cache folder made and tried before a build of minutes: it failed only after the
+    build, naming neither the folder's purpose nor ${ENV}."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise ModelError(f"the engine cache folder {folder} cannot be written "
+                         f"({exc.strerror or exc}); set ${ENV} to a folder that can") from None
+
+
 def cached_engine_runner(onnx_path: os.PathLike, precision: str = "auto",
                          profile: Optional[ShapeProfile] = None, cuda_graph: bool = False,
                          progress=None, backend=None, **build_options) -> TensorRTRunner:
@@ -103,6 +116,7 @@ def cached_engine_runner(onnx_path: os.PathLike, precision: str = "auto",
     options = BuildOptions(precision=precision, profile=profile, **build_options)
     path = cached_engine_path(onnx_path, options, backend)
     if not _complete(path):
+        _check_writable(path.parent)
         trt = require_tensorrt()
         if options.timing_cache is None:
             device = backend.device_info()
