@@ -53,6 +53,14 @@ def argument_parser(module: str, **kwargs):
     return OneLineParser(prog=prog(module), **kwargs)
 
 
+def results_folder(text: str) -> Path:
+    """--out: a folder the results can be written to, checked while parsing (an unwritable
+    one failed only once the benchmark had run for minutes)."""
+    from pipeline.commands._validate import output_folder
+
+    return Path(output_folder(text))
+
+
 # -- machine -----------------------------------------------------------------------------------
 
 def _slug(text: str) -> str:

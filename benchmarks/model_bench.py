@@ -258,7 +258,7 @@ def main(argv=None) -> int:
                    help="where TensorRT is usable: the sides to build engines for and time (default: "
                         "--sizes; each size and precision is one engine build, minutes on a Jetson, cached)")
     p.add_argument("--no-tensorrt", action="store_true", help="no TensorRT rows")
-    p.add_argument("--out", type=Path, help="results folder (default: benchmarks/results/<machine>)")
+    p.add_argument("--out", type=common.results_folder, help="results folder (default: benchmarks/results/<machine>)")
     a = p.parse_args(argv)
     if a.tensorrt_sizes and set(a.tensorrt_sizes) - set(a.sizes):
         p.error(f"--tensorrt-sizes {a.tensorrt_sizes}: each must be one of --sizes {a.sizes}")

@@ -296,7 +296,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model", type=Path, help="dbrt's ONNX model (default: the shipped one)")
     p.add_argument("--data", type=Path, default=common.SHARED_DATA, help="the shared data folder")
     p.add_argument("--name", default="peer_accuracy", help="result file name")
-    p.add_argument("--out", type=Path, help="results folder (default: benchmarks/results/<machine>/)")
+    p.add_argument("--out", type=common.results_folder, help="results folder (default: benchmarks/results/<machine>/)")
     return p.parse_args(argv)
 
 

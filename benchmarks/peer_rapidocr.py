@@ -35,6 +35,7 @@ from benchmarks import common  # noqa: E402
 from benchmarks.peer_report import write_reports  # noqa: E402
 from engine.lazy import optional  # noqa: E402
 from pipeline.datasets import GroundTruth, open_dataset  # noqa: E402
+from pipeline.detections import Detections  # noqa: E402
 from pipeline.evaluate import evaluate  # noqa: E402
 
 SHARED = common.SHARED_DATA
@@ -113,6 +114,11 @@ def agreement(theirs: Sequence[Sequence[np.ndarray]], ours: Sequence) -> dict:
 
 
 def _accuracy(dataset, detections) -> dict:
+    """Scores on the dataset's ground truth; `detections`: dbrt's Detections or RapidOCR's
+    boxes (a list of polygons per image, which evaluate() cannot take as they are: the run
+    ended in an AttributeError once both sides had been timed)."""
+    detections = [d if isinstance(d, Detections) else Detections(tuple(d), np.ones(len(d)))
+                  for d in detections]
     result = evaluate([s.gt for s in dataset], detections, names=[s.name for s in dataset])
     return {k: v for k, v in result.to_dict(per_image=False).items()}
 
@@ -255,7 +261,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="CPU sessions of the parallel dbrt variant (its pipeline batch)")
     parser.add_argument("--every", type=int, default=50,
                         help="agreement also on every N-th frame of each whole video")
-    parser.add_argument("--out", type=Path,
+    parser.add_argument("--out", type=common.results_folder,
                         help="results folder (default: benchmarks/results/<machine>/)")
     parser.add_argument("--data", type=Path, default=SHARED, help="the shared data folder")
     return parser.parse_args(argv)

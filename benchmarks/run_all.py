@@ -157,7 +157,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--weights", help="its PyTorch weights (the PyTorch baseline)")
     p.add_argument("--timeout", type=at_least(0.0, float, strict=True), default=1800,
                    help="seconds per benchmark")
-    p.add_argument("--out", help="results folder (default: benchmarks/results/<machine>)")
+    p.add_argument("--out", type=common.results_folder, help="results folder (default: benchmarks/results/<machine>)")
     for name in BENCHMARKS:
         p.add_argument(f"--{name}-args", default="", help=f"extra arguments for {BENCHMARKS[name][0]}")
     a = p.parse_args(argv)

@@ -23,10 +23,33 @@ def sha256_file(path: os.PathLike, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def _external_files(graph) -> list:
+    """The external data files (relative locations) the initializers' weights are stored in."""
+    external = 1  # TensorProto.EXTERNAL
+    return sorted({entry.value for tensor in graph.initializer if tensor.data_location == external
+                   for entry in tensor.external_data if entry.key == "location"})
+
+
+def content_sha256(path: Path, graph) -> str:
+    """sha256 of the ONNX file, and of its external weight files when it has some: a model
+    retrained and saved with external data keeps a byte-identical .onnx (the graph), so the
+    file's hash alone would name its old weights' engine. A missing weight file is left out
+    (the parser says it is missing)."""
+    files = _external_files(graph)
+    if not files:
+        return sha256_file(path)
+    digest = hashlib.sha256(sha256_file(path).encode())
+    for location in files:
+        weights = path.parent / location
+        digest.update(f"\n{location}\n".encode())
+        digest.update(sha256_file(weights).encode() if weights.is_file() else b"missing")
+    return digest.hexdigest()
+
+
 @dataclass(frozen=True)
 class OnnxSummary:
     path: Path
-    sha256: str
+    sha256: str                         # content_sha256: the file and its external weights
     opset: int
     producer: str
     inputs: Tuple[TensorInfo, ...]
@@ -133,7 +156,7 @@ def summarize_onnx(path: os.PathLike) -> OnnxSummary:
     weights = {t.name for t in graph.initializer}
     opset = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=0)
     return OnnxSummary(
-        path=path, sha256=sha256_file(path), opset=opset,
+        path=path, sha256=content_sha256(path, graph), opset=opset,
         producer=f"{proto.producer_name} {proto.producer_version}".strip(),
         inputs=tuple(_tensor_info(onnx, v) for v in graph.input if v.name not in weights),
         outputs=tuple(_tensor_info(onnx, v) for v in graph.output),

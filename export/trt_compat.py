@@ -68,7 +68,8 @@ class TrtTarget:
         except ValueError:
             raise ModelError(f"bad TensorRT target {text!r}; use e.g. 8.6, 10, 10.3 or 11") from None
         major, minor = parts[0], parts[1] if len(parts) > 1 else 0
-        if (major, minor) < (8, 5) or major > 11:
+        # 8.6 was the last 8.x; 9.x shipped only for large language models (no rules here)
+        if (major, minor) < (8, 5) or (major, minor) > (8, 6) and major < 10 or major > 11:
             raise ModelError(f"TensorRT target {text} is not covered; supported: 8.5 / 8.6, 10.x, 11.x")
         return cls((major, minor))
 

@@ -239,6 +239,10 @@ def test_dbrt_bench_argument_errors_name_the_command(which, module, capsys):
     (["pipeline", "--no-such-flag"], "dbrt bench pipeline: error: unrecognized arguments"),
     (["all", "--timeout", "-1"], "dbrt bench all: error: argument --timeout: must be a number > 0, got '-1'"),
     (["all", "--timeout", "0"], "argument --timeout: must be a number > 0, got '0'"),
+    # an --out that cannot be written was found only after the whole benchmark had run
+    (["model", "--out", __file__], f"dbrt bench model: error: argument --out: {__file__!r} is a file"),
+    (["all", "--out", f"{__file__}/sub"], "argument --out: cannot create folder"),
+    (["peer", "--out", __file__], "argument --out: "),
 ])
 def test_dbrt_bench_usage_errors_are_one_line_like_every_command(argv, fragment, capsys):
     """The benchmarks' parsers printed their usage block before the error; run_all took a

@@ -124,3 +124,22 @@ def test_peer_accuracy_skips_what_is_absent(tmp_path, tiny_onnx, monkeypatch):
     assert peer_accuracy.main(["--data", str(tmp_path / "none"), "--val", str(tmp_path / "empty"),
                                "--model", str(tiny_onnx)], log=lines.append) == 2
     assert lines[-1].startswith("peer_accuracy: ") and "empty" in lines[-1]
+
+
+def test_bench_images_scores_both_sides_on_the_ground_truth():
+    """RapidOCR's boxes (plain polygon lists) went to evaluate() as they were: dbrt bench peer
+    ended in an AttributeError after timing every image."""
+    from types import SimpleNamespace
+
+    from benchmarks.peer_rapidocr import bench_images
+    from pipeline.datasets import GroundTruth
+    from pipeline.detections import Detections
+
+    box = np.array([[10, 10], [50, 10], [50, 30], [10, 30]], np.float32)
+    image = np.zeros((64, 64, 3), np.uint8)
+    sample = SimpleNamespace(name="a.jpg", read_image=lambda: image,
+                             gt=GroundTruth((box,), np.zeros(1, bool)))
+    ours = SimpleNamespace(detect=lambda frame: Detections((box,), np.ones(1)))
+    report = bench_images([sample], lambda frame: [box], ours, repeats=1)
+    assert report["accuracy"]["rapidocr"]["hmean"] == report["accuracy"]["dbrt"]["hmean"] == 1.0
+    assert report["agreement"]["hmean"] == 1.0

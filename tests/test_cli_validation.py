@@ -445,6 +445,9 @@ def test_export_refuses_an_unwritable_fp16_or_int8_file_before_any_work(place, c
     (["--batch", "2"], "--batch needs --opt"),
     (["--calib", "missing_folder"], "--calib: no such file: missing_folder"),
     (["--calib", "no_images"], "--calib: no images (.jpg"),
+    (["-o", "m.onnx"], "-o/--output: 'm.onnx' must end in .engine, .plan, .trt"),
+    (["-o", "m.txt"], "-o/--output: 'm.txt' must end in .engine, .plan, .trt"),
+    (["--timing-cache", "tc.bin", "--no-timing-cache"], "--timing-cache FILE or --no-timing-cache"),
 ])
 def test_build_shape_and_calib_flags_are_checked_before_tensorrt_is_looked_for(
         place, capsys, monkeypatch, tiny_onnx, flags, fragment):
@@ -454,6 +457,18 @@ def test_build_shape_and_calib_flags_are_checked_before_tensorrt_is_looked_for(
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     line = one_error_line(capsys, ["build", str(tiny_onnx), "-o", "m.engine"] + flags)
     assert fragment in line and "tensorrt" not in line.lower()
+
+
+def test_build_never_writes_over_its_model(place, capsys, monkeypatch, tiny_onnx):
+    """An ONNX named like an engine: the default output (MODEL with .engine) is the model."""
+    model = place / "m.engine"
+    model.write_bytes(tiny_onnx.read_bytes())
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    line = one_error_line(capsys, ["build", "m.engine"])
+    assert "would overwrite the model m.engine" in line
+    line = one_error_line(capsys, ["build", "m.engine", "-o", "./m.engine"])
+    assert "would overwrite the model m.engine" in line
+    assert model.read_bytes() == tiny_onnx.read_bytes()
 
 
 def test_a_truncated_checkpoint_is_named_damaged(place, capsys):

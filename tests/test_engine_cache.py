@@ -53,6 +53,20 @@ def test_cache_key_follows_the_onnx_content(trt, tiny_onnx, tmp_path):
     assert trt._double.builds == 2
 
 
+def test_cache_key_follows_external_weights(trt, tiny_onnx, tmp_path):
+    import onnx
+
+    model = tmp_path / "ext.onnx"     # the graph in ext.onnx, the weights in ext.onnx.data
+    onnx.save(onnx.load(str(tiny_onnx)), str(model), save_as_external_data=True,
+              location="ext.onnx.data", size_threshold=0)
+    cached_engine_runner(model, precision="fp32", profile=SMALL)
+    weights = bytearray((tmp_path / "ext.onnx.data").read_bytes())
+    weights[64] ^= 0xFF                                  # retrained: same graph file, new weights
+    (tmp_path / "ext.onnx.data").write_bytes(bytes(weights))
+    cached_engine_runner(model, precision="fp32", profile=SMALL)
+    assert trt._double.builds == 2                       # not the old weights' engine
+
+
 def test_engine_from_another_tensorrt_is_refused_with_a_clear_message(monkeypatch, tiny_onnx, tmp_path):
     trt_double.install(monkeypatch, "10.x")
     engine = tmp_path / "m.engine"

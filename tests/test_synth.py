@@ -121,6 +121,44 @@ def test_a_full_disk_writing_gt_json_names_the_file(tmp_path, monkeypatch, capsy
     assert capsys.readouterr().err == f"dbrt synth: error: {Path('sd/gt.json')}: No space left on device\n"
 
 
+def test_a_rerun_stopped_half_way_leaves_no_ground_truth_of_other_images(tmp_path, monkeypatch):
+    """A rerun with another seed stopped half-way left the earlier gt.json beside its new
+    images: `dbrt eval` then scored them against another run's words."""
+    import export.synth.dataset as dataset
+
+    dataset.write_dataset(tmp_path / "set", 3, seed=1, height=96, width=128)
+    written = []
+
+    def stopped_after_one(path, image, params=()):
+        if written:
+            raise KeyboardInterrupt
+        written.append(path)
+        cv2.imwrite(str(path), image)
+
+    monkeypatch.setattr(dataset, "write_image", stopped_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        dataset.write_dataset(tmp_path / "set", 3, seed=2, height=96, width=128)
+    assert not (tmp_path / "set" / "gt.json").exists()
+
+
+def test_a_demo_video_stopped_half_way_keeps_the_earlier_one(tmp_path, monkeypatch):
+    pytest.importorskip("av")
+    import export.synth.video as video
+
+    path = video.write_demo_video(tmp_path / "demo.mp4", seconds=4, width=160, height=96)
+    before = path.read_bytes()
+    real_frames = video.demo_frames
+
+    def frames(*args):
+        yield from list(real_frames(*args))[:90]   # past the encoder's look-ahead: packets written
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(video, "demo_frames", frames)
+    with pytest.raises(KeyboardInterrupt):
+        video.write_demo_video(path, seconds=4, width=160, height=96)
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["demo.mp4"]
+
+
 def test_demo_video_is_deterministic_and_decodes(tmp_path):
     pytest.importorskip("av")
     from export.synth.video import demo_frames, write_demo_video

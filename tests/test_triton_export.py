@@ -3,6 +3,8 @@ ModelConfig protobuf (no server needed). The TensorRT repository is built throug
 test double (tests/trt_double), not a real TensorRT."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from engine_helpers import ort_prob, trt  # noqa: F401
@@ -171,3 +173,31 @@ def test_a_re_export_without_post_processing_removes_the_earlier_ensemble(tiny_o
     assert main(["triton", "export", str(tiny_onnx), "-o", str(repo), "--max-batch", "2"]) == 0
     assert (repo / "dbnet" / "config.pbtxt").is_file()
     assert not (repo / "dbnet_detect").exists() and not (repo / "dbnet_postprocess").exists()
+
+
+
+@pytest.mark.parametrize("flags, model, stop_at", [
+    ([], "dbnet", "dbnet/1/model.onnx"),
+    (["--with-postprocess"], "dbnet_postprocess", "dbnet_postprocess/1/dbrt/")])
+def test_an_export_stopped_half_way_is_replaced_by_the_next(tiny_onnx, tmp_path, monkeypatch, flags,
+                                                            model, stop_at):
+    """The config.pbtxt came before the post-processing's sources, and a folder an export
+    stopped before its config.pbtxt was refused by every later export ('not a Triton model
+    folder')."""
+    import shutil
+
+    repo = tmp_path / "repo"
+    real_copy = shutil.copyfile
+
+    def stopped(source, target, *args, **kwargs):
+        if stop_at in Path(target).as_posix():
+            raise KeyboardInterrupt
+        return real_copy(source, target, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(shutil, "copyfile", stopped)
+        assert main(["triton", "export", str(tiny_onnx), "-o", str(repo)] + flags) == 130
+    assert not (repo / model / "config.pbtxt").exists()       # never half a model for a server
+    assert main(["triton", "export", str(tiny_onnx), "-o", str(repo)] + flags) == 0
+    assert (repo / "dbnet" / "1" / "model.onnx").read_bytes() == tiny_onnx.read_bytes()
+    assert (repo / model / "config.pbtxt").is_file() and not list(repo.rglob(".dbrt-partial"))

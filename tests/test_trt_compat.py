@@ -106,7 +106,7 @@ def test_target_parsing(text, version):
     assert TrtTarget.parse(text).version == version
 
 
-@pytest.mark.parametrize("bad", ["7.2", "abc", "12"])
+@pytest.mark.parametrize("bad", ["7.2", "abc", "12", "9.0", "8.7"])
 def test_bad_targets(bad):
     with pytest.raises(ModelError):
         TrtTarget.parse(bad)
@@ -119,3 +119,8 @@ def test_cli_check_exit_codes(tiny_onnx, tmp_path, capsys):
     assert main(["check", str(bad), "--target", "8.6"]) == 1
     assert "dcn (DeformConv)" in capsys.readouterr().out
     assert main(["check", str(tmp_path / "absent.onnx")]) == 2
+    capsys.readouterr()
+    # every target is checked before any report: a bad one came after the good ones' reports
+    assert main(["check", str(tiny_onnx), "--target", "10.3", "9.0"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "argument --target: TensorRT target 9.0 is not covered" in captured.err

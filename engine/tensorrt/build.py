@@ -21,7 +21,7 @@ from ..errors import DbrtError, ModelError, ShapeError
 from . import require_tensorrt
 from ..onnx_info import OnnxSummary, expand_fp16_storage, load_onnx, summarize_onnx
 from .progress import BuildProgress, Heartbeat, progress_monitor
-from .record import EngineRecord
+from .record import EngineRecord, sidecar_path, write_whole
 from ..shapes import Shape, ShapeProfile
 from .logger import capturing_logger, init_plugins, log
 
@@ -198,7 +198,7 @@ def _save_timing_cache(config, path: Optional[Path]) -> None:
     if path is None:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, bytes(config.get_timing_cache().serialize()))
+    write_whole(path, bytes(config.get_timing_cache().serialize()))
 
 
 def _configure(trt, config, options: BuildOptions, plan: PrecisionPlan) -> None:
@@ -298,12 +298,6 @@ def build_engine(onnx_path: os.PathLike, options: BuildOptions = BuildOptions(),
     return data, record
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def build_engine_file(onnx_path: os.PathLike, engine_path: os.PathLike,
                       options: BuildOptions = BuildOptions(), progress: Optional[BuildProgress] = None,
                       backend=None) -> EngineRecord:
@@ -311,6 +305,11 @@ def build_engine_file(onnx_path: os.PathLike, engine_path: os.PathLike,
     data, record = build_engine(onnx_path, options, progress, backend)
     engine_path = Path(engine_path)
     engine_path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(engine_path, data)
+    # an earlier build's record must never sit beside this engine (its precision, ONNX and
+    # metadata would be taken for this one's): it goes first, the new one once the engine is
+    # whole; a run killed in between leaves an engine without a record, which the engine
+    # cache rebuilds
+    sidecar_path(engine_path).unlink(missing_ok=True)
+    write_whole(engine_path, data)
     record.save(engine_path)
     return EngineRecord.load(engine_path)

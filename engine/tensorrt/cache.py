@@ -1,6 +1,7 @@
 """Engine cache: running an .onnx on a GPU builds a TensorRT engine once and reuses it.
 
-Engines are keyed by everything that makes a plan valid: the ONNX content (sha256), precision,
+Engines are keyed by everything that makes a plan valid: the ONNX content (sha256 of the file
+and of its external weight files), precision,
 profile, TensorRT version and GPU (name + compute capability). They live in
 `$DBRT_ENGINE_CACHE` (default `~/.cache/dbrt/engines`) with their JSON records, next to one
 timing cache per TensorRT version and GPU, which makes rebuilds after a model change faster.
@@ -11,17 +12,20 @@ import hashlib
 import json
 import os
 import re
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
 from .. import cuda as _cuda
 from ..cuda import DeviceInfo
+from ..errors import ModelError
 from . import require_tensorrt
 from ..onnx_info import summarize_onnx
 from ..shapes import ShapeProfile
 from .build import (BuildOptions, build_engine_file, has_strongly_typed_flag,
                              has_weak_typing, plan_precision)
+from .record import EngineRecord
 from .runner import TensorRTRunner
 
 ENV = "DBRT_ENGINE_CACHE"
@@ -80,6 +84,27 @@ def cached_engine_path(onnx_path: os.PathLike, options: BuildOptions = BuildOpti
     return cache_dir() / f"{_slug(Path(onnx_path).stem)}-{plan.precision}-{key}.engine"
 
 
+def _complete(path: Path) -> bool:
+    """A cached engine with a readable record; anything less (a run killed while writing them)
+    is built again, never an error the user must clear out of the cache by hand."""
+    try:
+        return path.is_file() and EngineRecord.load(path) is not None
+    except ModelError:
+        return False
+
+
+def _check_writable(folder: Path) -> None:
+    """The cache folder made and tried before a build of minutes: it failed only after the
+    build, naming neither the folder's purpose nor ${ENV}."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise ModelError(f"the engine cache folder {folder} cannot be written "
+                         f"({exc.strerror or exc}); set ${ENV} to a folder that can") from None
+
+
 def cached_engine_runner(onnx_path: os.PathLike, precision: str = "auto",
                          profile: Optional[ShapeProfile] = None, cuda_graph: bool = False,
                          progress=None, backend=None, **build_options) -> TensorRTRunner:
@@ -90,7 +115,8 @@ def cached_engine_runner(onnx_path: os.PathLike, precision: str = "auto",
     backend = backend or _cuda.require_backend("the TensorRT engine cache")
     options = BuildOptions(precision=precision, profile=profile, **build_options)
     path = cached_engine_path(onnx_path, options, backend)
-    if not path.is_file() or not Path(f"{path}.json").is_file():
+    if not _complete(path):
+        _check_writable(path.parent)
         trt = require_tensorrt()
         if options.timing_cache is None:
             device = backend.device_info()

@@ -12,6 +12,7 @@ from typing import Iterable, Optional
 import numpy as np
 
 from ..errors import ModelError
+from .record import write_whole
 
 
 def entropy_calibrator(trt, batches: Iterable[np.ndarray], backend,
@@ -57,7 +58,7 @@ def entropy_calibrator(trt, batches: Iterable[np.ndarray], backend,
             return None
 
         def write_calibration_cache(self, cache):
-            if self.cache_path is not None:
-                self.cache_path.write_bytes(bytes(cache))
+            if self.cache_path is not None:  # whole or not at all: it is reused when it exists
+                write_whole(self.cache_path, bytes(cache))
 
     return _EntropyCalibrator()

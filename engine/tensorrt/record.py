@@ -42,6 +42,17 @@ def sidecar_path(engine_path: os.PathLike) -> Path:
     return Path(f"{os.fspath(engine_path)}.json")
 
 
+def write_whole(path: Path, data: bytes) -> None:
+    """`path` gets `data` whole or not at all: written beside it, then renamed, so a process
+    killed while writing leaves the earlier file (or none), never half of one, and no litter."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 @dataclass(frozen=True)
 class EngineRecord:
     onnx_sha256: str
@@ -81,7 +92,7 @@ class EngineRecord:
     def save(self, engine_path: os.PathLike) -> Path:
         path = sidecar_path(engine_path)
         record = self if self.created else self._stamped()
-        path.write_text(record.to_json() + "\n")
+        write_whole(path, (record.to_json() + "\n").encode())
         return path
 
     def _stamped(self) -> "EngineRecord":

@@ -13,7 +13,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 from ..errors import DbrtError
 from ..lazy import require
@@ -175,18 +175,33 @@ def read_config(path: Union[str, Path]):
         raise RepositoryError(f"{path} is not a Triton model config: {exc}") from exc
 
 
+# in a model folder while it is written: a folder an interrupted export left without its
+# config.pbtxt is still dbrt's own, replaced by the next export instead of refused
+PARTIAL = ".dbrt-partial"
+
+
+def replaceable_model_folder(folder: Path) -> bool:
+    """A model folder dbrt may replace: it has a config.pbtxt, or an export of it was interrupted."""
+    return not folder.is_symlink() and ((folder / "config.pbtxt").is_file()
+                                        or (folder / PARTIAL).is_file())
+
+
 def write_model(repository: Union[str, Path], config, files: Mapping[str, Union[Path, bytes, str]] = (),
-                version: int = 1) -> Path:
+                version: int = 1, fill: Optional[Callable[[Path], None]] = None) -> Path:
     """REPO/NAME/config.pbtxt and REPO/NAME/VERSION/<files> (file name -> source path, bytes or
-    text); an existing model folder of that name (one with a config.pbtxt) is replaced, any
-    other folder or file there is refused. Returns the model folder."""
+    text; `fill(version folder)` adds more); an existing model folder of that name (one with a
+    config.pbtxt, or one an interrupted export left) is replaced, any other folder or file there
+    is refused. The config is written last, so a server never sees half a model. Returns the
+    model folder."""
     folder = Path(repository) / check_name(config.name)
     if folder.exists() or folder.is_symlink():
-        if folder.is_symlink() or not (folder / "config.pbtxt").is_file():
+        if not replaceable_model_folder(folder):
             raise RepositoryError(f"{folder} exists and is not a Triton model folder (no "
                                   "config.pbtxt): not replaced; choose another --name or -o")
         shutil.rmtree(folder)
-    (folder / str(version)).mkdir(parents=True)
+    folder.mkdir(parents=True)
+    (folder / PARTIAL).write_text("dbrt is writing this model; removed once it is complete\n")
+    (folder / str(version)).mkdir()
     files: Dict[str, Union[Path, bytes, str]] = dict(files)
     for name, source in files.items():
         target = folder / str(version) / name
@@ -196,5 +211,8 @@ def write_model(repository: Union[str, Path], config, files: Mapping[str, Union[
             target.write_text(source, encoding="utf-8")
         else:
             shutil.copyfile(source, target)
+    if fill is not None:
+        fill(folder / str(version))
     (folder / "config.pbtxt").write_text(config_text(config), encoding="utf-8")
+    (folder / PARTIAL).unlink()
     return folder

@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from dbnet.files import naming_the_file, write_image
+from dbnet.files import write_image, write_text_whole
 
 from .scene import SceneConfig, make_scene
 
@@ -33,13 +33,15 @@ def write_dataset(out_dir, count: int, seed: int = 10_000, height: int = 720, wi
     """Write `count` scenes made from seeds (seed, i); returns the gt.json path."""
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
+    path = out / "gt.json"
+    # an earlier run's gt.json would describe the images this run overwrites: a run stopped
+    # half-way must leave no ground truth, never the wrong one
+    path.unlink(missing_ok=True)
     records = []
     for i in range(count):
         scene = make_scene(np.random.default_rng((seed, i)), height, width, config)
         name = f"{i:06d}.jpg"
         write_image(out / "images" / name, scene.image, [cv2.IMWRITE_JPEG_QUALITY, quality])
         records.append(_record(name, scene, min_text_size))
-    path = out / "gt.json"
-    with naming_the_file(path):
-        path.write_text(json.dumps(records))
+    write_text_whole(path, json.dumps(records))
     return path

@@ -8,6 +8,7 @@ encoded as H.264 with PyAV.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Iterator
 
@@ -98,9 +99,12 @@ def write_demo_video(path, seed: int = 2024, width: int = 640, height: int = 360
     av = require("av")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # written beside it (same suffix: FFmpeg picks the container by it), then renamed: a run
+    # stopped half-way leaves the earlier video, never a truncated one under its name
+    partial = path.with_name(f"{path.stem}.partial{path.suffix}")
     # FFmpeg opens the file at the first packet: a bad path fails there, not at av.open
     try:
-        with av.open(str(path), "w") as container:
+        with av.open(str(partial), "w") as container:
             stream = container.add_stream("libx264", rate=fps)
             stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
             # Fixed options and one thread: the same bytes on every run of the same libx264.
@@ -110,6 +114,9 @@ def write_demo_video(path, seed: int = 2024, width: int = 640, height: int = 360
                     container.mux(packet)
             for packet in stream.encode():
                 container.mux(packet)
+        os.replace(partial, path)
     except (OSError, ValueError) as exc:
         raise DbrtError(f"cannot write the video {path}: {getattr(exc, 'strerror', None) or exc}") from exc
+    finally:
+        partial.unlink(missing_ok=True)
     return path

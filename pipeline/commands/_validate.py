@@ -225,6 +225,19 @@ def output_file_with_suffix(suffix: str) -> Callable[[str], str]:
     return check
 
 
+ENGINE_SUFFIXES = (".engine", ".plan", ".trt")  # what dbrt run / dbrt info take for an engine
+
+
+def engine_file(text: str) -> str:
+    """An `output_file` named as a TensorRT engine: under another name the engine written would
+    be refused by the commands meant to use it (and -o model.onnx overwrote the model)."""
+    output_file(text)
+    if Path(text).suffix.lower() not in ENGINE_SUFFIXES:
+        raise argparse.ArgumentTypeError(f"{text!r} must end in {', '.join(ENGINE_SUFFIXES)} (the "
+                                         "other dbrt commands recognise an engine by it)")
+    return text
+
+
 def listen_address(text: str):
     """[HOST:]PORT (HOST defaults to 127.0.0.1; [::1]:PORT for IPv6) -> (host, port)."""
     match = re.fullmatch(r"(?:\[([0-9A-Fa-f:.]+)\]:|([A-Za-z0-9.-]*):)?(\d{1,5})", text.strip())

@@ -1,7 +1,7 @@
 """`dbrt build`: ONNX -> TensorRT engine (+ its .json record)."""
 from __future__ import annotations
 
-from ._validate import at_least, output_file
+from ._validate import at_least, engine_file, output_file, output_file_problem
 
 NAME = "build"
 HELP = "build a TensorRT engine from an ONNX model (FP32 / FP16 / INT8, dynamic shapes)"
@@ -18,8 +18,8 @@ next to it says so, and `dbrt info` shows it."""
 
 def add_arguments(parser) -> None:
     parser.add_argument("model", help="ONNX model")
-    parser.add_argument("-o", "--output", type=output_file,
-                        help="engine path (default: MODEL with .engine)")
+    parser.add_argument("-o", "--output", type=engine_file,
+                        help="engine path, .engine / .plan / .trt (default: MODEL with .engine)")
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "int8"),
                         help="auto: the ONNX's precision, FP16 for an FP32 ONNX where TensorRT "
                              "has precision flags")
@@ -147,9 +147,26 @@ def _resize_profile(spec):
     return default_profile(spec.resize.limit_side, spec.resize.limit_type, spec.resize.stride)
 
 
+def engine_path(args):
+    """-o, else the model's name with .engine; refused before the build where it is the model
+    itself or cannot be written, and where the timing cache flags contradict each other."""
+    from pathlib import Path
+
+    from engine.errors import DbrtError
+
+    if args.timing_cache and args.no_timing_cache:
+        raise DbrtError("give --timing-cache FILE or --no-timing-cache, not both")
+    output = Path(args.output) if args.output else Path(args.model).with_suffix(".engine")
+    if output.exists() and output.resolve() == Path(args.model).resolve():
+        raise DbrtError(f"the engine would overwrite the model {args.model}; name it with -o")
+    problem = None if args.output else output_file_problem(output)
+    if problem:
+        raise DbrtError(f"cannot write the engine next to the model: {problem}; name it with -o")
+    return output
+
+
 def run(args) -> int:
     import time
-    from pathlib import Path
 
     from engine import cuda
     from engine.tensorrt import require_tensorrt
@@ -159,13 +176,13 @@ def run(args) -> int:
     from engine.tensorrt.build import build_engine_file
 
     profile = profile_from_args(args)             # flag mistakes before TensorRT is looked for
+    output = engine_path(args)
     if args.calib:
         check_calibration_images(args.calib)
     summary = summarize_onnx(args.model)          # clear error for a bad ONNX before TensorRT
     trt = require_tensorrt()
     backend = cuda.require_backend("dbrt build")
     options = _options(args, profile, resolve_spec(summary.metadata, args.preset), backend, trt)
-    output = Path(args.output) if args.output else Path(args.model).with_suffix(".engine")
     started = time.monotonic()
     progress = None if args.quiet else BuildProgress(label=f"building {output.name}")
     record = build_engine_file(args.model, output, options, progress, backend)

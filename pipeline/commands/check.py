@@ -14,8 +14,23 @@ Targets: 8.5 (JetPack 5.1), 8.6 (JetPack 6.0), 10.x (10.3 = JetPack 6.1 / 6.2; p
 
 def add_arguments(parser) -> None:
     parser.add_argument("model", help="ONNX file")
-    parser.add_argument("--target", nargs="+", default=["8.6", "10.3", "11"],
+    parser.add_argument("--target", nargs="+", default=["8.6", "10.3", "11"], type=_target,
                         help="TensorRT version(s) to check against")
+
+
+def _target(text: str) -> str:
+    """Each --target checked while parsing: a bad one after good ones printed their reports
+    and then stopped with exit 2."""
+    import argparse
+
+    from engine.errors import ModelError
+    from export.trt_compat import TrtTarget
+
+    try:
+        TrtTarget.parse(text)
+    except ModelError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def run(args) -> int:

@@ -25,7 +25,7 @@ from engine.shapes import ShapeProfile
 from engine.triton.models import (onnx_tensors, profile_tensor, write_onnxruntime_model,
                                   write_tensorrt_model)
 from engine.triton.repository import (Scheduling, Tensor, check_name, ensemble_config, model_config,
-                                      read_config, write_model)
+                                      read_config, replaceable_model_folder, write_model)
 
 BACKENDS = ("onnx", "tensorrt")
 POSTPROCESS_MODEL = Path(__file__).resolve().parent / "postprocess_model.py"
@@ -128,8 +128,8 @@ def write_postprocess(repository: Path, network: Path, spec: ModelSpec, export: 
                         Scheduling(batch, export.scheduling.preferred, export.scheduling.queue_delay_us,
                                    export.scheduling.instances, "KIND_CPU"),
                         backend="python", parameters={"dbrt_path": "dbrt", METADATA_KEY: spec.to_json()})
-    post_folder = write_model(repository, post, {"model.py": POSTPROCESS_MODEL})
-    _copy_sources(post_folder / "1" / "dbrt")
+    post_folder = write_model(repository, post, {"model.py": POSTPROCESS_MODEL},
+                              fill=lambda version: _copy_sources(version / "dbrt"))
     images = Tensor.from_config(net_in)
     ensemble = ensemble_config(
         f"{export.name}_detect", (images, size), (detections,),
@@ -151,6 +151,6 @@ def export_repository(repository, summary: OnnxSummary, spec: ModelSpec, export:
         folders += write_postprocess(repository, network, spec, export)
     else:  # an earlier export's ensemble would serve stale settings, or stop the server
         for stale in (f"{export.name}_postprocess", f"{export.name}_detect"):
-            if (repository / stale / "config.pbtxt").is_file():
+            if replaceable_model_folder(repository / stale):
                 shutil.rmtree(repository / stale)
     return folders
