@@ -20,6 +20,7 @@ from .. import cuda as _cuda
 from ..errors import DbrtError, ModelError, ShapeError
 from . import require_tensorrt
 from ..onnx_info import OnnxSummary, expand_fp16_storage, load_onnx, summarize_onnx
+from .cancel import BuildSignals, interrupt
 from .progress import BuildProgress, Heartbeat, progress_monitor
 from .record import EngineRecord, sidecar_path, write_whole
 from ..shapes import Shape, ShapeProfile
@@ -236,14 +237,18 @@ def _attach_calibrator(trt, config, options: BuildOptions, profile: ShapeProfile
 
 
 def _run_build(trt, builder, network, config, progress: Optional[BuildProgress], logger, name):
-    monitor = progress_monitor(trt, progress) if progress is not None else None
-    if monitor is not None:
-        config.progress_monitor = monitor
-    quiet = progress is not None and monitor is None
-    with Heartbeat(progress) if quiet else nullcontext():
-        serialized = builder.build_serialized_network(network, config)
+    """The build, cancelled by Ctrl-C / SIGTERM where TensorRT can (engine.tensorrt.cancel)."""
+    with BuildSignals(cancellable=hasattr(trt, "IProgressMonitor")) as signals:
+        monitor = progress_monitor(trt, progress, signals.cancel)
+        if monitor is not None:
+            config.progress_monitor = monitor
+        quiet = progress is not None and monitor is None
+        with Heartbeat(progress) if quiet else nullcontext():
+            serialized = builder.build_serialized_network(network, config)
     if progress is not None:
         progress.done(serialized is not None)
+    if signals.signum is not None:  # asked to stop: whether or not the build got to its end
+        raise interrupt(signals.signum)
     if serialized is None:
         if progress is not None and progress.cancelled:
             raise DbrtError("engine build cancelled")

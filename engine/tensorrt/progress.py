@@ -71,8 +71,10 @@ class BuildProgress:
         self.stream.flush()
 
 
-def progress_monitor(trt, progress: BuildProgress):
-    """A `trt.IProgressMonitor` forwarding to `progress`, or None when TensorRT lacks one."""
+def progress_monitor(trt, progress: Optional[BuildProgress], cancel: Optional[threading.Event] = None):
+    """A `trt.IProgressMonitor` forwarding to `progress` (None: shows nothing) that cancels the
+    build once `cancel` is set, or None when TensorRT lacks one. Its methods are called on
+    TensorRT's threads: they never raise (the C++ interface is noexcept)."""
     base = getattr(trt, "IProgressMonitor", None)
     if base is None:
         return None
@@ -83,13 +85,16 @@ def progress_monitor(trt, progress: BuildProgress):
             self.progress = progress
 
         def phase_start(self, phase_name, parent_phase, num_steps):
-            self.progress.phase_start(phase_name, parent_phase, num_steps)
+            if progress is not None:
+                progress.phase_start(phase_name, parent_phase, num_steps)
 
         def step_complete(self, phase_name, step):
-            return self.progress.step_complete(phase_name, step)
+            going = progress.step_complete(phase_name, step) if progress is not None else True
+            return going and not (cancel is not None and cancel.is_set())
 
         def phase_finish(self, phase_name):
-            self.progress.phase_finish(phase_name)
+            if progress is not None:
+                progress.phase_finish(phase_name)
 
     return _Monitor()
 
