@@ -91,3 +91,30 @@ def test_a_build_outside_the_main_thread_leaves_the_signals_alone(trt, tiny_onnx
     worker.join()
     assert not errors and seen == [before, None]
     assert (tmp_path / "tiny.engine").is_file()
+
+
+@pytest.mark.parametrize("flavour", ["8.6", "10.x"])
+def test_a_signal_during_int8_calibration_ends_it_and_caches_nothing(monkeypatch, tiny_onnx, tmp_path,
+                                                                      rng, flavour):
+    """A calibration cut short must not be cached: a later build would take its ranges as whole."""
+    import numpy as np
+    import trt_double
+
+    trt_double.install(monkeypatch, flavour)
+    said, pulled = [], []
+    monkeypatch.setattr(cancel, "_say", said.append)
+
+    def batches(shape):
+        for k in range(5):
+            if k == 1:
+                os.kill(os.getpid(), signal.SIGINT)
+                _wait_for(lambda: said)
+            pulled.append(k)
+            yield rng.random(shape, dtype=np.float32)
+
+    cache = tmp_path / "calib.cache"
+    options = BuildOptions(precision="int8", profile=SMALL, calibration=batches, calibration_cache=cache)
+    with pytest.raises(KeyboardInterrupt):
+        build_engine_file(tiny_onnx, tmp_path / "int8.engine", options)
+    assert pulled == [0, 1]  # no batch asked for after the signal
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -224,29 +224,32 @@ def _ampere_plus(trt):
     return level
 
 
-def _attach_calibrator(trt, config, options: BuildOptions, profile: ShapeProfile, backend):
+def _attach_calibrator(trt, config, options: BuildOptions, profile: ShapeProfile, backend, stop):
     if options.calibration is None:
         raise ModelError(f"INT8 from an FP32 ONNX on TensorRT {trt.__version__} needs calibration "
                          "images (dbrt build --calib DIR) or a Q/DQ ONNX (dbrt export --precision int8)")
     from .calibrator import entropy_calibrator
 
     calibrator = entropy_calibrator(trt, options.calibration(profile.opt), backend,
-                                    options.calibration_cache)
+                                    options.calibration_cache, stop)
     config.int8_calibrator = calibrator
     return calibrator
 
 
-def _run_build(trt, builder, network, config, progress: Optional[BuildProgress], logger, name):
-    """The build, cancelled by Ctrl-C / SIGTERM where TensorRT can (engine.tensorrt.cancel)."""
-    with BuildSignals(cancellable=hasattr(trt, "IProgressMonitor")) as signals:
-        monitor = progress_monitor(trt, progress, signals.cancel)
-        if monitor is not None:
-            config.progress_monitor = monitor
-        quiet = progress is not None and monitor is None
-        with Heartbeat(progress) if quiet else nullcontext():
-            serialized = builder.build_serialized_network(network, config)
+def _run_build(trt, builder, network, config, progress: Optional[BuildProgress],
+               signals: BuildSignals):
+    monitor = progress_monitor(trt, progress, signals.cancel)
+    if monitor is not None:
+        config.progress_monitor = monitor
+    quiet = progress is not None and monitor is None
+    with Heartbeat(progress) if quiet else nullcontext():
+        serialized = builder.build_serialized_network(network, config)
     if progress is not None:
         progress.done(serialized is not None)
+    return serialized
+
+
+def _built(trt, serialized, progress: Optional[BuildProgress], logger, name, signals) -> bytes:
     if signals.signum is not None:  # asked to stop: whether or not the build got to its end
         raise interrupt(signals.signum)
     if serialized is None:
@@ -285,9 +288,13 @@ def build_engine(onnx_path: os.PathLike, options: BuildOptions = BuildOptions(),
         _add_profile(builder, config, network.get_input(0).name, profile, plan.calibrate)  # fixed or not
     if options.version_compatible and hasattr(parser, "get_used_vc_plugin_libraries"):
         config.plugins_to_serialize = parser.get_used_vc_plugin_libraries()  # DCN's plugin
-    calibrator = _attach_calibrator(trt, config, options, profile, backend) if plan.calibrate else None
     _use_timing_cache(config, options.timing_cache)
-    data = _run_build(trt, builder, network, config, progress, logger, summary.path.name)
+    # Ctrl-C / SIGTERM cancel the calibration and the build (engine.tensorrt.cancel)
+    with BuildSignals(cancellable=hasattr(trt, "IProgressMonitor")) as signals:
+        calibrator = (_attach_calibrator(trt, config, options, profile, backend, signals.cancel)
+                      if plan.calibrate else None)
+        serialized = _run_build(trt, builder, network, config, progress, signals)
+    data = _built(trt, serialized, progress, logger, summary.path.name, signals)
     _save_timing_cache(config, options.timing_cache)
     builder_info = {"workspace": options.workspace, "opt_level": options.opt_level,
                     "flags": list(plan.flags), "timing_cache": options.timing_cache is not None,

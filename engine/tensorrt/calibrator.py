@@ -6,6 +6,7 @@ TensorRT 11.x removed calibrators; there INT8 means a Q/DQ ONNX from `dbrt expor
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -16,10 +17,12 @@ from .record import write_whole
 
 
 def entropy_calibrator(trt, batches: Iterable[np.ndarray], backend,
-                       cache_path: Optional[os.PathLike] = None):
+                       cache_path: Optional[os.PathLike] = None, stop: Optional[threading.Event] = None):
     """A `trt.IInt8EntropyCalibrator2` over `batches` (same-shape float32 NCHW arrays).
 
     The calibration cache, when `cache_path` exists, lets TensorRT skip calibration entirely.
+    `stop` set (Ctrl-C): no further batch, and the cut-short calibration is not cached (a later
+    build would take its ranges as whole).
     """
     base = getattr(trt, "IInt8EntropyCalibrator2", None)
     if base is None:
@@ -43,7 +46,7 @@ def entropy_calibrator(trt, batches: Iterable[np.ndarray], backend,
             batch, self._first = self._first, None
             if batch is None:
                 batch = next(self._batches, None)
-            if batch is None:
+            if batch is None or self._stopped():
                 return None                      # tells TensorRT calibration is over
             if self._device is None or self._device.shape != batch.shape:
                 self._device = backend.empty(batch.shape, np.float32)
@@ -52,13 +55,16 @@ def entropy_calibrator(trt, batches: Iterable[np.ndarray], backend,
             self.batches_used += 1
             return [backend.pointer(self._device)] * len(names)
 
+        def _stopped(self) -> bool:
+            return stop is not None and stop.is_set()
+
         def read_calibration_cache(self):
             if self.cache_path is not None and self.cache_path.is_file():
                 return self.cache_path.read_bytes()
             return None
 
         def write_calibration_cache(self, cache):
-            if self.cache_path is not None:  # whole or not at all: it is reused when it exists
+            if self.cache_path is not None and not self._stopped():  # whole: it is reused when it exists
                 write_whole(self.cache_path, bytes(cache))
 
     return _EntropyCalibrator()
