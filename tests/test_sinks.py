@@ -327,3 +327,58 @@ def test_a_slow_live_runs_fragments_still_come_every_two_seconds_of_video(tmp_pa
     with av.open(str(tmp_path / "slow.mp4")) as container:
         keys = [float(f.time) for f in container.decode(video=0) if f.key_frame]
     assert len(keys) >= 14 and max(b - a for a, b in zip(keys, keys[1:])) <= 2.25
+
+
+def _noisy_frames():
+    """Frames the encoder has work on (noise), at a size whose rows are no multiple of 16
+    bytes, one whose odd side is cropped (a view of the annotated copy) and a new size that
+    is letterboxed into the file."""
+    rng = np.random.default_rng(7)
+    sizes = [(50, 70)] * 3 + [(51, 71)] * 2 + [(96, 128)] * 2
+    return [Frame(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), i, i / 10, "src", 0)
+            for i, (h, w) in enumerate(sizes)]
+
+
+def test_the_annotated_video_is_byte_for_byte_what_pyavs_copying_conversion_gave(tmp_path, monkeypatch):
+    """The encoder takes the annotated picture as it lies in memory now instead of PyAV's
+    from_ndarray copy; the file it writes is the same, byte for byte."""
+    av = pytest.importorskip("av")
+    from pipeline import sinks
+
+    def write(path):
+        with VideoSink(path, fps=10) as sink:
+            for frame in _noisy_frames():
+                sink.write(frame, dets_for(frame))
+        return path.read_bytes()
+
+    now = write(tmp_path / "now.mp4")
+    monkeypatch.setattr(sinks._Encoder, "_wrap", raising=False,
+                        value=lambda self, image: av.VideoFrame.from_ndarray(image, format="bgr24"))
+    assert now == write(tmp_path / "copied.mp4")
+
+
+def test_the_video_sink_hands_the_annotated_picture_to_the_encoder_without_copying_it(tmp_path):
+    """PyAV's from_ndarray copied every annotated frame (to bytes, then row by row) before the
+    encoder's own conversion to yuv420p; the picture is now wrapped where it lies."""
+    av = pytest.importorskip("av")
+    if not hasattr(av.VideoFrame, "from_numpy_buffer"):
+        pytest.skip("this PyAV has no VideoFrame.from_numpy_buffer")
+    wrapped, copied = [], []
+
+    class Spy:
+        def __getattr__(self, name):
+            return getattr(av, name)
+
+    Spy.VideoFrame = type("VideoFrame", (), dict(
+        from_numpy_buffer=staticmethod(lambda image, **kw: wrapped.append(image) or
+                                       av.VideoFrame.from_numpy_buffer(image, **kw)),
+        from_ndarray=staticmethod(lambda image, **kw: copied.append(image) or
+                                  av.VideoFrame.from_ndarray(image, **kw))))
+    frames = _noisy_frames()
+    with VideoSink(tmp_path / "a.mp4", fps=10) as sink:
+        sink.write(frames[0], dets_for(frames[0]))
+        sink.encoders[0]._av = Spy()
+        for frame in frames[1:]:
+            sink.write(frame, dets_for(frame))
+    assert copied == [] and len(wrapped) == len(frames) - 1
+    assert all(image.strides[1:] == (3, 1) for image in wrapped)
