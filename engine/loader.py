@@ -30,7 +30,9 @@ class RunnerOptions:
     precision, profile, cuda_graph, workspace, opt_level, calibration, strongly_typed, progress:
               TensorRT build / run options (engine.tensorrt.build.BuildOptions, TensorRTRunner);
               a `profile` function (model metadata -> profile) is the default used only when
-              an engine is built
+              an engine is built; `calibration` (fn(shape) -> float32 batches) keys the cached
+              engine by the batches' content, or by its `digest` attribute (a string naming the
+              data) when it has one, which spares reading the data for the key
     engine_host_code: a prebuilt version-compatible engine without dbrt's record may run the
               lean TensorRT runtime it carries (code from the file: only for engines you trust)
     """
