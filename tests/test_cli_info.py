@@ -39,7 +39,7 @@ def test_info_says_when_the_weights_are_untrained(tiny_onnx, tmp_path, capsys):
 @pytest.mark.parametrize("name, content, message", [
     ("missing.onnx", None, "ONNX file not found"),
     ("bad.onnx", b"not onnx", "not a readable ONNX model"),
-    ("model.txt", b"x", "expected .onnx, .engine or .plan"),
+    ("model.txt", b"x", "expected .onnx, .engine, .plan or .trt"),
     ("missing.engine", None, "engine file not found"),
 ])
 def test_info_errors_are_one_line(tmp_path, capsys, name, content, message):
