@@ -20,7 +20,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -29,6 +29,7 @@ import torch
 from dbnet.files import write_text_whole
 from engine.errors import DbrtError, ModelError
 
+from ..checkpoint import shipping_post
 from .config import TrainConfig
 from .data import MixedDataset, open_source, parse_source
 from .losses import training_loss
@@ -292,6 +293,8 @@ def train(cfg: TrainConfig, validate: Optional[Validate] = None) -> Path:
     device = pick_device(cfg.device)
     out = Path(cfg.out_dir)
     _check_out(out, cfg)
+    if cfg.post is None and not cfg.resume:  # kept in the run: its --init may go or change later
+        cfg = replace(cfg, post=shipping_post(cfg.init) if cfg.init else {})
     out.mkdir(parents=True, exist_ok=True)
     ck = _resumable_checkpoint(out / "last.pt", cfg) if cfg.resume and (out / "last.pt").exists() else None
     model = DBNet(cfg.arch, width=cfg.width)
