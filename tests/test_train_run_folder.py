@@ -42,3 +42,17 @@ def test_a_run_keeps_its_init_models_thresholds_when_the_init_file_goes(tmp_path
     assert [x["step"] for x in lines] == [1, 2]
     assert {k: lines[-1][k] for k in POST_KEYS} == _shipped_post()
     assert trained_post_settings(out / "last.pt") == _shipped_post()   # what ship takes
+
+
+def test_a_new_run_does_not_compete_with_a_best_pt_it_did_not_write(tmp_path, capsys):
+    """best.pt of an earlier run (its last.pt and val.jsonl gone) was the score a new run had
+    to beat, and a better model of the new run replaced it: refused, naming the folder."""
+    torch = pytest.importorskip("torch")
+    out = tmp_path / "run"
+    out.mkdir()
+    torch.save({"model": {}, "step": 9, "validation": {"hmean": 0.99}}, str(out / "best.pt"))
+    before = (out / "best.pt").read_bytes()
+    assert main(["train", "--out", str(out), "--width", "0.25", *TINY]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{out} holds best.pt of an earlier run" in err
+    assert (out / "best.pt").read_bytes() == before and sorted(out.iterdir()) == [out / "best.pt"]

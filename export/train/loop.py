@@ -277,9 +277,17 @@ def _next_batch(batches):
 
 
 def _check_out(out: Path, cfg: TrainConfig) -> None:
-    if not cfg.resume and ((out / "last.pt").exists() or (out / "val.jsonl").exists()):
+    """A new run never shares its folder with an earlier run's files: a best.pt it did not
+    write was the score to beat (and was replaced by a model of another run), snapshots too."""
+    if cfg.resume:
+        return
+    if (out / "last.pt").exists() or (out / "val.jsonl").exists():
         raise ModelError(f"{out} holds a run already: continue it with --resume, or train into "
                          "a new --out")
+    earlier = sorted(p.name for p in [out / "best.pt", *out.glob("step_*.pt")] if p.exists())
+    if earlier:
+        raise ModelError(f"{out} holds {', '.join(earlier[:3])} of an earlier run: train into a "
+                         "new --out, or move them away")
 
 
 def train(cfg: TrainConfig, validate: Optional[Validate] = None) -> Path:
