@@ -56,3 +56,28 @@ def test_a_new_run_does_not_compete_with_a_best_pt_it_did_not_write(tmp_path, ca
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{out} holds best.pt of an earlier run" in err
     assert (out / "best.pt").read_bytes() == before and sorted(out.iterdir()) == [out / "best.pt"]
+
+
+def test_a_run_that_cannot_start_removes_the_out_folder_it_made(tmp_path, capsys):
+    """It left an empty --out folder (and the missing folders above it) behind; a folder that
+    was there before stays."""
+    pytest.importorskip("torch")
+    (tmp_path / "empty").mkdir()
+    failing = ["--width", "0.25", *TINY, "--data", str(tmp_path / "empty")]
+    assert main(["train", "--out", str(tmp_path / "new" / "run"), *failing]) == 2
+    assert capsys.readouterr().err.count("\n") == 1 and not (tmp_path / "new").exists()
+    (tmp_path / "kept").mkdir()
+    assert main(["train", "--out", str(tmp_path / "kept"), *failing]) == 2
+    assert (tmp_path / "kept").is_dir()
+
+
+def test_shipping_that_fails_removes_the_out_folder_it_made(tmp_path):
+    torch = pytest.importorskip("torch")
+    from export.model import DBNet
+    from export.train import ship
+
+    torch.save({"model": DBNet("resnet18", width=0.25).state_dict(), "step": 1,
+                "config": {"arch": "resnet18", "width": 0.25}}, str(tmp_path / "w.pt"))
+    with pytest.raises(SystemExit, match="^error: .*thresh"):
+        ship.main([str(tmp_path / "w.pt"), "--out", str(tmp_path / "new" / "model"), "--thresh", "5"])
+    assert not (tmp_path / "new").exists()
