@@ -376,3 +376,15 @@ def test_an_int8_engine_is_cached_per_calibration_data(monkeypatch, tiny_onnx):
     load_runner(tiny_onnx, backend="tensorrt",
                 options=RunnerOptions(precision="int8", profile=SMALL, calibration=named))
     assert trt._double.builds == 3 and reads == [SMALL.opt]   # read by the one build only
+
+
+def test_calibration_without_a_profile_for_a_dynamic_input_is_the_builds_shape_error(
+        monkeypatch, tiny_onnx):
+    """The cache key reads calibration data at the profile's opt shape; with no profile the
+    build's own error says what is missing, not the calibration source failing on None dims."""
+    trt_double.install(monkeypatch, "10.x")
+    called = []
+    options = RunnerOptions(precision="int8", calibration=lambda shape: called.append(shape) or iter(()))
+    with pytest.raises(ShapeError, match="dynamic input"):
+        load_runner(tiny_onnx, backend="tensorrt", options=options)
+    assert called == []

@@ -88,6 +88,8 @@ def _calibration_settings(options: BuildOptions, summary, calibrates: bool) -> d
         return {"calibration": None}
     profile = options.profile
     shape = profile.opt if profile is not None else summary.inputs[0].shape
+    if not all(isinstance(d, int) and d > 0 for d in shape):  # no profile: the build refuses it
+        return {"calibration": {"data": None, "method": CALIBRATION_METHOD}}
     return {"calibration": {"data": calibration_digest(options.calibration, shape),
                             "method": CALIBRATION_METHOD}}
 
