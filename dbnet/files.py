@@ -25,6 +25,24 @@ def naming_the_file(path):
         raise
 
 
+@contextlib.contextmanager
+def folder_removed_if_left_empty(folder):
+    """Makes `folder` (and missing parents); when the block fails, removes those of them it
+    made that are still empty: a run that failed before writing anything leaves no trace."""
+    folder = Path(folder)
+    made = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        yield folder
+    except BaseException:
+        for path in made:
+            try:
+                path.rmdir()  # only an empty folder: anything written there stays
+            except OSError:
+                break
+        raise
+
+
 def write_text_whole(path, text: str) -> None:
     """`path` gets `text` whole or not at all: written beside it, then renamed, so a process
     killed while writing leaves the earlier file intact, never half of one; an OSError names

@@ -12,10 +12,8 @@ from pathlib import Path
 from typing import List
 
 from .errors import ModelError
-from .loader import tensorrt_usable
+from .loader import ENGINE_SUFFIXES, MODEL_FILE_KINDS, tensorrt_usable
 from .tensorrt.record import EngineRecord
-
-ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 
 
 def _tensors(infos) -> List[dict]:
@@ -70,7 +68,7 @@ def describe(path: os.PathLike, host_code: bool = False) -> dict:
     if str(path).startswith("triton://"):
         raise ModelError(f"cannot describe {path}: dbrt info reads .onnx and .engine files; a "
                          "served model's inputs and settings are in its config.pbtxt")
-    raise ModelError(f"cannot describe {Path(path).name}: expected .onnx, .engine or .plan")
+    raise ModelError(f"cannot describe {Path(path).name}: expected {MODEL_FILE_KINDS}")
 
 
 def _shape(shape) -> str:

@@ -1,5 +1,5 @@
 """Pick and load a runner for a model file: .onnx -> ONNX Runtime (or TensorRT via the engine
-cache when a GPU and TensorRT are present), .engine / .plan -> TensorRT; a
+cache when a GPU and TensorRT are present), .engine / .plan / .trt -> TensorRT; a
 triton://HOST[:PORT]/NAME URL -> a Triton Inference Server client."""
 from __future__ import annotations
 
@@ -15,6 +15,10 @@ from .lazy import optional
 from .triton.options import is_triton_url
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt")
+# a prebuilt TensorRT engine, by its file name: what every dbrt command and message takes as one
+ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+ENGINE_FILE_KINDS = ", ".join(ENGINE_SUFFIXES[:-1]) + " or " + ENGINE_SUFFIXES[-1]
+MODEL_FILE_KINDS = f".onnx, {ENGINE_FILE_KINDS}"         # ".onnx, .engine, .plan or .trt"
 DEVICES = ("auto", "cpu", "cuda", "tensorrt")  # tensorrt: ONNX Runtime's TensorRT provider
 
 
@@ -30,7 +34,9 @@ class RunnerOptions:
     precision, profile, cuda_graph, workspace, opt_level, calibration, strongly_typed, progress:
               TensorRT build / run options (engine.tensorrt.build.BuildOptions, TensorRTRunner);
               a `profile` function (model metadata -> profile) is the default used only when
-              an engine is built
+              an engine is built; `calibration` (fn(shape) -> float32 batches) keys the cached
+              engine by the batches' content, or by its `digest` attribute (a string naming the
+              data) when it has one, which spares reading the data for the key
     engine_host_code: a prebuilt version-compatible engine without dbrt's record may run the
               lean TensorRT runtime it carries (code from the file: only for engines you trust)
     """
@@ -86,7 +92,7 @@ def _refuse(options: RunnerOptions, allowed, backend: str) -> None:
 
 def load_runner(model: os.PathLike, backend: str = "auto", device: str = "auto",
                 options: Optional[RunnerOptions] = None) -> Runner:
-    """A (not yet activated) runner for the model file `model` (.onnx, .engine, .plan).
+    """A (not yet activated) runner for the model file `model` (.onnx, .engine, .plan, .trt).
 
     backend "auto" runs an .onnx with TensorRT through the engine cache when TensorRT and a GPU
     are usable (and device is not "cpu"), else with ONNX Runtime; `options` (RunnerOptions) must
@@ -105,7 +111,7 @@ def load_runner(model: os.PathLike, backend: str = "auto", device: str = "auto",
     if path.is_dir():
         raise ModelError(f"model path is a directory, expected an .onnx or .engine file: {path}")
     suffix = path.suffix.lower()
-    if suffix in (".engine", ".plan", ".trt"):
+    if suffix in ENGINE_SUFFIXES:
         if backend == "onnxruntime":
             raise ModelError(f"{path} is a TensorRT engine; onnxruntime cannot run it")
         from .tensorrt.runner import TensorRTRunner  # noqa: WPS433 - lazy: imports tensorrt
@@ -114,7 +120,7 @@ def load_runner(model: os.PathLike, backend: str = "auto", device: str = "auto",
         return TensorRTRunner(path, cuda_graph=options.cuda_graph,
                               host_code=options.engine_host_code)
     if suffix != ".onnx":
-        raise ModelError(f"unsupported model file {path.name}: expected .onnx, .engine or .plan")
+        raise ModelError(f"unsupported model file {path.name}: expected {MODEL_FILE_KINDS}")
     if options.engine_host_code:  # an ONNX has no host code; what dbrt builds, its record says
         raise ModelError(f"engine_host_code (--trust-engine-code) applies to a prebuilt .engine "
                          f"only, not {path.name}")

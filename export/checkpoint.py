@@ -284,7 +284,11 @@ def trained_post_settings(path, _depth: int = 0) -> dict:
     tuned = data.get("validation")
     if isinstance(tuned, Mapping) and all(k in tuned for k in POST_KEYS):
         return {k: float(tuned[k]) for k in POST_KEYS}
-    init = (data.get("config") or {}).get("init") if isinstance(data.get("config"), Mapping) else None
+    config = data.get("config") if isinstance(data.get("config"), Mapping) else {}
+    recorded = config.get("post")  # the run's own, kept when it started: its --init may be gone
+    if isinstance(recorded, Mapping):
+        return {k: float(recorded[k]) for k in POST_KEYS if k in recorded}
+    init = config.get("init")
     if not init or not Path(init).is_file() or _depth >= 8:  # 8: a cycle of --init stops
         return {}
     return shipping_post(init, _depth + 1)

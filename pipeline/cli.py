@@ -4,13 +4,16 @@ Subcommands live one per module in `pipeline/commands/`; each module defines
 `NAME`, `HELP`, `add_arguments(parser)` and `run(args) -> int`, and imports heavy packages only
 inside `run`, so `dbrt --help` works on a machine without torch, cupy, av or tensorrt.
 User mistakes (DbrtError, missing optional packages, missing files) end with one line on stderr
-and a non-zero exit; Ctrl-C exits with 130, SIGTERM (where a command handles it) with 143.
+and a non-zero exit; Ctrl-C exits with 130, SIGTERM (where a command handles it) with 143;
+output piped into a reader that stops early (`dbrt info m.onnx | head`) ends quietly with 141.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
+import select
 import signal
 import sys
 import warnings
@@ -90,7 +93,38 @@ def _os_error_text(exc: OSError) -> str:
     return f"{' -> '.join(names)}: {reason}" if names else reason
 
 
+# exit status of a command whose stdout reader went away, as standard tools give (128 + SIGPIPE)
+BROKEN_PIPE_EXIT = 141
+
+
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe whose reader has closed it: a broken pipe to anything else (a
+    subprocess, a socket) is an error to report."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll(), or stdout is no file
+        return False
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    """Runs one command; a reader that closed stdout early ends it quietly (see the Python docs'
+    note on SIGPIPE): stdout then points at os.devnull, so that output still buffered is not
+    reported as 'Exception ignored ... BrokenPipeError' at interpreter exit."""
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # buffered output fails here, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        if not _stdout_reader_gone():
+            raise
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return BROKEN_PIPE_EXIT
+
+
+def _main(argv: Optional[List[str]]) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -112,6 +146,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"dbrt {args.command}: error: {without_credentials(str(exc))}", file=sys.stderr)
         return 2
     except OSError as exc:  # a file or folder the user named (missing, a folder, unwritable, a full disk)
+        if isinstance(exc, BrokenPipeError) and _stdout_reader_gone():
+            raise
         print(f"dbrt {args.command}: error: {without_credentials(_os_error_text(exc))}", file=sys.stderr)
         return 2
 

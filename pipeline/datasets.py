@@ -67,6 +67,7 @@ class Sample:
     name: str
     image_path: Path
     gt: GroundTruth
+    gt_path: Optional[Path] = None  # the file its ground truth was read from
 
     def read_image(self) -> np.ndarray:
         """The image as HxWx3 uint8 BGR."""
@@ -235,7 +236,7 @@ def read_folder_dataset(root: Path, gt_dir: Optional[Path] = None, fmt: str = "a
                                f"ground truth from {gt_path}: keep the annotated one, or give "
                                f"each its own ({used[gt_path]}.txt, {image.name}.txt)")
         used[gt_path] = image.name
-        samples.append(Sample(image.name, image, read_gt_file(gt_path, fmt)))
+        samples.append(Sample(image.name, image, read_gt_file(gt_path, fmt), gt_path))
     if missing:
         raise DatasetError(f"{len(missing)} image(s) in {image_dir} have no ground-truth file "
                            f"(e.g. {missing[0]}: looked for {', '.join(_gt_candidates(Path(missing[0])))})")
@@ -288,7 +289,7 @@ def read_json_dataset(path: Path, images_dir: Optional[Path] = None) -> Dataset:
         image = next((f / name for f in folders if (f / name).is_file()), folders[0] / name)
         if not image.is_file():
             raise DatasetError(f"{path}: image {name} not found in {', '.join(map(str, folders))}")
-        samples.append(Sample(name, image, gt))
+        samples.append(Sample(name, image, gt, path))
     return Dataset(path.resolve().parent.name, "json", tuple(samples))  # "gt.json": its folder's
 
 
@@ -339,6 +340,9 @@ def open_dataset(path, gt_dir: Optional[Path] = None, fmt: str = "auto") -> Data
     if path.is_file():
         if path.suffix.lower() != ".json":
             raise DatasetError(f"{path} is a file; pass a dataset folder or a gt.json")
+        if fmt not in ("auto", "json"):  # it was read as a gt.json all the same
+            raise DatasetError(f"--format {fmt} is for image folders with ground-truth files; "
+                               f"{path} is a gt.json: drop --format")
         json_file = path
     elif fmt in ("auto", "json") and (path / "gt.json").is_file():
         json_file = path / "gt.json"

@@ -39,7 +39,7 @@ def test_info_says_when_the_weights_are_untrained(tiny_onnx, tmp_path, capsys):
 @pytest.mark.parametrize("name, content, message", [
     ("missing.onnx", None, "ONNX file not found"),
     ("bad.onnx", b"not onnx", "not a readable ONNX model"),
-    ("model.txt", b"x", "expected .onnx, .engine or .plan"),
+    ("model.txt", b"x", "expected .onnx, .engine, .plan or .trt"),
     ("missing.engine", None, "engine file not found"),
 ])
 def test_info_errors_are_one_line(tmp_path, capsys, name, content, message):
@@ -130,3 +130,23 @@ def test_build_without_tensorrt(monkeypatch, tiny_onnx, capsys):
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     assert main(["build", str(tiny_onnx)]) == 2
     assert "pip install tensorrt" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, status", [(["info", "MODEL"], 141), (["--help"], 0)])
+def test_a_reader_that_stops_early_ends_the_command_quietly(tiny_onnx, tmp_path, argv, status):
+    """`dbrt info m.onnx | head`: exit 141 like standard tools (argparse's help drops the
+    error itself: 0), no error line and no 'Exception ignored ... BrokenPipeError' at exit."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    argv = [str(tiny_onnx) if a == "MODEL" else a for a in argv]
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    read_end, write_end = os.pipe()
+    os.close(read_end)                                   # the reader is gone before any output
+    try:
+        proc = subprocess.run([sys.executable, "-m", "pipeline", *argv], stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path, timeout=120)
+    finally:
+        os.close(write_end)
+    assert proc.stderr == "" and proc.returncode == status

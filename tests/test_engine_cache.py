@@ -348,3 +348,43 @@ def test_the_cache_key_tells_build_settings_apart():
     assert plain == cache_key("abc", "fp16", SMALL, "10.3.0", device, build={})
     assert plain != cache_key("abc", "fp16", SMALL, "10.3.0", device,
                               build={"hardware_compatible": True})
+
+
+def test_an_int8_engine_is_cached_per_calibration_data(monkeypatch, tiny_onnx):
+    """Another calibration set must not reuse the INT8 engine calibrated on the first."""
+    trt = trt_double.install(monkeypatch, "10.x")
+
+    def source(value, reads):
+        def batches(shape):
+            reads.append(shape)
+            return (np.full(shape, value, dtype=np.float32) for _ in range(2))
+        return batches
+
+    reads = []
+    options = RunnerOptions(precision="int8", profile=SMALL, calibration=source(0.25, reads))
+    load_runner(tiny_onnx, backend="tensorrt", options=options)
+    load_runner(tiny_onnx, backend="tensorrt", options=options)
+    assert trt._double.builds == 1                       # the same images: the cached engine
+    other = RunnerOptions(precision="int8", profile=SMALL, calibration=source(0.75, []))
+    load_runner(tiny_onnx, backend="tensorrt", options=other)
+    assert trt._double.builds == 2                       # other images: another engine
+    named = source(0.5, reads)
+    named.digest = "street-scenes-v1"                    # a source naming its content is not read
+    reads.clear()
+    load_runner(tiny_onnx, backend="tensorrt",
+                options=RunnerOptions(precision="int8", profile=SMALL, calibration=named))
+    load_runner(tiny_onnx, backend="tensorrt",
+                options=RunnerOptions(precision="int8", profile=SMALL, calibration=named))
+    assert trt._double.builds == 3 and reads == [SMALL.opt]   # read by the one build only
+
+
+def test_calibration_without_a_profile_for_a_dynamic_input_is_the_builds_shape_error(
+        monkeypatch, tiny_onnx):
+    """The cache key reads calibration data at the profile's opt shape; with no profile the
+    build's own error says what is missing, not the calibration source failing on None dims."""
+    trt_double.install(monkeypatch, "10.x")
+    called = []
+    options = RunnerOptions(precision="int8", calibration=lambda shape: called.append(shape) or iter(()))
+    with pytest.raises(ShapeError, match="dynamic input"):
+        load_runner(tiny_onnx, backend="tensorrt", options=options)
+    assert called == []

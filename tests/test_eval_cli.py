@@ -104,3 +104,55 @@ def test_vis_into_the_image_folder_is_refused_before_drawing_over_the_images(tmp
     assert err == [f"dbrt eval: error: --vis {data} holds the dataset's images: drawing the errors "
                    "would write over them (e.g. img_1.jpg); pick another folder"]
     assert (data / "img_1.jpg").read_bytes() == before
+
+
+def test_ms_per_image_counts_decoding_and_detecting_not_scoring(tmp_path, tiny_onnx, capsys,
+                                                               monkeypatch):
+    """The printed 'ms/image incl. decoding the image file' also held the scoring's time: on a
+    clock that only the scoring moves, it must be 0."""
+    import time
+
+    import pipeline.evaluate as evaluate
+
+    clock = [0.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
+    scored = evaluate.evaluate_image
+
+    def slow_scoring(*a, **k):
+        clock[0] += 1.0                                  # a second of scoring per image
+        return scored(*a, **k)
+
+    monkeypatch.setattr(evaluate, "evaluate_image", slow_scoring)
+    data = _ic15_folder(tmp_path / "ic15", names=("img_1.jpg", "img_2.jpg"))
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--model", str(tiny_onnx), "--dataset", str(data), "--threads", "1",
+                 "--quiet", "--json", str(out)]) == 0
+    assert "0.0 ms/image incl. decoding the image file" in capsys.readouterr().out
+    assert json.loads(out.read_text())["ms_per_image"] == 0
+
+
+def test_a_folder_format_given_with_a_gt_json_is_one_error_line(tmp_path, capsys):
+    from export.synth.dataset import write_dataset
+
+    write_dataset(tmp_path / "set", 1, height=64, width=96)
+    for fmt in ("icdar2015", "totaltext"):
+        assert main(["eval", "--dataset", str(tmp_path / "set" / "gt.json"), "--format", fmt]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"--format {fmt} is for image folders" in err
+
+
+@pytest.mark.parametrize("target", ["set/gt.json", "IMAGE", "ic15/gt_img_1.txt", "ic15/img_1.jpg"])
+def test_json_onto_the_datasets_own_files_is_refused_before_scoring(tmp_path, capsys, target):
+    from export.synth.dataset import write_dataset
+
+    write_dataset(tmp_path / "set", 1, height=64, width=96)
+    _ic15_folder(tmp_path / "ic15")
+    if target == "IMAGE":
+        target = str(next((tmp_path / "set" / "images").iterdir()).relative_to(tmp_path))
+    dataset = tmp_path / target.split("/")[0]
+    before = (tmp_path / target).read_bytes()
+    assert main(["eval", "--dataset", str(dataset), "--json", str(tmp_path / target)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1
+    assert "the report would write over it" in captured.err
+    assert (tmp_path / target).read_bytes() == before

@@ -216,3 +216,25 @@ def test_mixed_scenes_draw_from_their_presets_deterministically():
     train = build_parser()._subparsers._group_actions[0].choices["train"]
     scene = next(a for a in train._actions if a.dest == "scene")
     assert tuple(scene.choices) == SCENE_CHOICES
+
+
+def test_synth_writes_only_into_a_new_empty_or_synthetic_folder(tmp_path, capsys):
+    """--dataset over another dataset wrote its gt.json and images over the photos' own."""
+    import json as _json
+
+    from pipeline.cli import main
+
+    photos = tmp_path / "photos"
+    (photos / "images").mkdir(parents=True)
+    (photos / "gt.json").write_text("[]")
+    (photos / "images" / "000000.jpg").write_bytes(b"a photo")
+    tiny = ["--count", "1", "--size", "64x64"]
+    assert main(["synth", "--dataset", str(photos), *tiny]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{photos} holds files dbrt synth did not write" in err
+    assert (photos / "gt.json").read_text() == "[]"
+    assert (photos / "images" / "000000.jpg").read_bytes() == b"a photo"
+    (tmp_path / "empty").mkdir()
+    for folder in ("new", "empty", "new"):                # new, empty, then synth's own again
+        assert main(["synth", "--dataset", str(tmp_path / folder), *tiny]) == 0
+        assert len(_json.loads((tmp_path / folder / "gt.json").read_text())) == 1

@@ -2,7 +2,8 @@
 
 Engines are keyed by everything that makes a plan valid: the ONNX content (sha256 of the file
 and of its external weight files), precision,
-profile, TensorRT version and GPU (name + compute capability). They live in
+profile, TensorRT version and GPU (name + compute capability), and for INT8 calibration the
+calibration data's content and the calibration method. They live in
 `$DBRT_ENGINE_CACHE` (default `~/.cache/dbrt/engines`) with their JSON records, next to one
 timing cache per TensorRT version and GPU, which makes rebuilds after a model change faster.
 """
@@ -16,6 +17,8 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Optional
+
+import numpy as np
 
 from .. import cuda as _cuda
 from ..cuda import DeviceInfo
@@ -60,12 +63,41 @@ def cache_key(onnx_sha256: str, precision: str, profile: Optional[ShapeProfile],
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:20]
 
 
+# the calibration method: TensorRT's entropy calibrator (calibrator.py); another one calibrates
+# the same data into other ranges
+CALIBRATION_METHOD = "entropy2"
+
+
+def calibration_digest(calibration, shape) -> str:
+    """What calibration data is, for the cache key. A source that names its content with a
+    `digest` attribute (a string) is not read; any other is read once here, a sha256 of the
+    batches it yields for `shape` (the build reads it again when no engine is cached)."""
+    declared = getattr(calibration, "digest", None)
+    if isinstance(declared, str) and declared:
+        return "declared:" + declared
+    digest = hashlib.sha256()
+    for batch in calibration(tuple(shape)):
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        digest.update(repr(batch.shape).encode())
+        digest.update(memoryview(batch).cast("B"))
+    return digest.hexdigest()
+
+
+def _calibration_settings(options: BuildOptions, summary, calibrates: bool) -> dict:
+    if options.calibration is None or not calibrates:
+        return {"calibration": None}
+    profile = options.profile
+    shape = profile.opt if profile is not None else summary.inputs[0].shape
+    if not all(isinstance(d, int) and d > 0 for d in shape):  # no profile: the build refuses it
+        return {"calibration": {"data": None, "method": CALIBRATION_METHOD}}
+    return {"calibration": {"data": calibration_digest(options.calibration, shape),
+                            "method": CALIBRATION_METHOD}}
+
+
 def _build_settings(options: BuildOptions) -> dict:
-    # calibration data is a function: keyed by whether there is one and by its cache file
-    calibration = options.calibration is not None
     return {"version_compatible": options.version_compatible,
             "hardware_compatible": options.hardware_compatible, "opt_level": options.opt_level,
-            "workspace": options.workspace, "calibrated": calibration,
+            "workspace": options.workspace,
             "calibration_cache": str(options.calibration_cache) if options.calibration_cache else None}
 
 
@@ -79,8 +111,9 @@ def cached_engine_path(onnx_path: os.PathLike, options: BuildOptions = BuildOpti
         options = replace(options, profile=options.profile(summary.metadata))
     plan = plan_precision(has_weak_typing(trt), options.precision, summary.precision,
                           options.strongly_typed, has_strongly_typed_flag(trt), trt.__version__)
+    build = {**_build_settings(options), **_calibration_settings(options, summary, plan.calibrate)}
     key = cache_key(summary.sha256, plan.precision, options.profile, trt.__version__,
-                    backend.device_info(), plan.strongly_typed, _build_settings(options))
+                    backend.device_info(), plan.strongly_typed, build)
     return cache_dir() / f"{_slug(Path(onnx_path).stem)}-{plan.precision}-{key}.engine"
 
 

@@ -51,12 +51,16 @@ class TrainConfig:
     # the teacher sees each crop this much larger (its map scaled back): a model reads small
     # words better at a larger input, so it can teach itself at its own size (scale distillation)
     teacher_scale: float = 1.0
+    # thresh / box_thresh / unclip_ratio this run's checkpoints ship with unless validation tunes
+    # them: its --init's when the run started ({}: DB's defaults), kept here so that moving or
+    # replacing the --init file later changes nothing; None: not recorded (an older run)
+    post: Optional[dict] = None
 
     # what may differ when a run is resumed: where and how fast it runs, how often it reports and
     # saves, and what it is scored on; everything else is the run's training recipe
     RESUMABLE_CHANGES = ("workers", "threads", "device", "amp", "time_limit", "log_every", "save_every",
                          "keep_every", "val", "val_every", "val_images", "val_tune")
-    NOT_RECIPE = RESUMABLE_CHANGES + ("out_dir", "init", "resume")
+    NOT_RECIPE = RESUMABLE_CHANGES + ("out_dir", "init", "resume", "post")
 
     def recipe_differences(self, run: "TrainConfig", names=None) -> List[Tuple[str, object, object]]:
         """(setting, ours, the run's) for each training-recipe setting (of `names`, default all)

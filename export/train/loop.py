@@ -20,15 +20,16 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable, Optional
 
 import torch
 
-from dbnet.files import write_text_whole
+from dbnet.files import folder_removed_if_left_empty, write_text_whole
 from engine.errors import DbrtError, ModelError
 
+from ..checkpoint import shipping_post
 from .config import TrainConfig
 from .data import MixedDataset, open_source, parse_source
 from .losses import training_loss
@@ -276,23 +277,35 @@ def _next_batch(batches):
 
 
 def _check_out(out: Path, cfg: TrainConfig) -> None:
+    """A new run never shares its folder with an earlier run's files (a best.pt it did not
+    write was the score to beat, and was replaced by a model of another run)."""
     if not cfg.resume and ((out / "last.pt").exists() or (out / "val.jsonl").exists()):
         raise ModelError(f"{out} holds a run already: continue it with --resume, or train into "
                          "a new --out")
+    earlier = sorted(p.name for p in [out / "best.pt", *out.glob("step_*.pt")] if p.exists())
+    if earlier and not cfg.resume:
+        raise ModelError(f"{out} holds {', '.join(earlier[:3])} of an earlier run: train into a "
+                         "new --out, or move them away")
 
 
 def train(cfg: TrainConfig, validate: Optional[Validate] = None) -> Path:
     """Train; returns the path of the final checkpoint (out_dir/last.pt). `validate(model)` ->
     {"hmean": ...} runs every `cfg.val_every` steps and at the end; the best goes to best.pt.
     SIGINT / SIGTERM save last.pt after the step in progress (resumable), then interrupt."""
+    out = Path(cfg.out_dir)
+    _check_out(out, cfg)
+    with folder_removed_if_left_empty(out):  # a run that fails before writing leaves none made
+        return _train(cfg, validate, out)
+
+
+def _train(cfg: TrainConfig, validate: Optional[Validate], out: Path) -> Path:
     from ..model import DBNet
 
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)
-    out = Path(cfg.out_dir)
-    _check_out(out, cfg)
-    out.mkdir(parents=True, exist_ok=True)
+    if cfg.post is None and not cfg.resume:  # kept in the run: its --init may go or change later
+        cfg = replace(cfg, post=shipping_post(cfg.init) if cfg.init else {})
     ck = _resumable_checkpoint(out / "last.pt", cfg) if cfg.resume and (out / "last.pt").exists() else None
     model = DBNet(cfg.arch, width=cfg.width)
     if cfg.init and ck is None:  # a resumed run's weights come from last.pt

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import hashlib
 import json
@@ -22,7 +23,7 @@ from typing import Optional
 
 import numpy as np
 
-from dbnet.files import write_text_whole
+from dbnet.files import folder_removed_if_left_empty, write_text_whole
 from engine.errors import DbrtError, ModelError
 from dbnet.spec import ModelSpec
 
@@ -234,15 +235,16 @@ def post_settings(checkpoint, args) -> dict:
             for k, default in POST_DEFAULTS.items()}
 
 
-def _targets(args) -> dict:
-    """Where the files go: a folder the user names, or (explicitly) the shipped assets."""
+def _targets(args, made: contextlib.ExitStack) -> dict:
+    """Where the files go: a folder the user names, or (explicitly) the shipped assets; a
+    folder made here is removed again when the shipping fails before writing into it."""
     if args.replace_shipped:
         return dict(weights=WEIGHTS, onnx_path=ONNX, record=RECORD)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise SystemExit(f"error: --out {out} is a file, not a folder")
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        made.enter_context(folder_removed_if_left_empty(out))
     except OSError as exc:  # a read-only place, a file on the way
         raise SystemExit(f"error: --out {out}: cannot create the folder ({exc.strerror})") from None
     return dict(weights=out / "dbnet.pt", onnx_path=out / "dbnet.onnx", record=out / "dbnet.json")
@@ -274,15 +276,16 @@ def main(argv=None) -> int:
         metrics = json.loads(Path(args.metrics).read_text()) if args.metrics else None
     except (OSError, ValueError) as exc:
         raise SystemExit(f"error: --metrics {args.metrics}: {getattr(exc, 'strerror', None) or exc}")
-    try:
-        settings = post_settings(args.checkpoint, args)
-        rec = ship(args.checkpoint, dict(limit_side=args.limit_side, limit_type=args.limit_type,
-                                         **settings), metrics=metrics, **_targets(args),
-                   int8_calibration={"method": args.int8_calib_method} if args.int8_calib_method else None)
-    except DbrtError as exc:  # e.g. a threshold out of range: before any file is written
-        raise SystemExit(f"error: {exc}") from None
-    except OSError as exc:  # a target that cannot be written (read-only, a full disk)
-        raise SystemExit(f"error: {exc.filename or 'writing the model'}: {exc.strerror or exc}") from None
+    with contextlib.ExitStack() as made:  # the --out folder, if made, is left only with files
+        try:
+            settings = post_settings(args.checkpoint, args)
+            rec = ship(args.checkpoint, dict(limit_side=args.limit_side, limit_type=args.limit_type,
+                                             **settings), metrics=metrics, **_targets(args, made),
+                       int8_calibration={"method": args.int8_calib_method} if args.int8_calib_method else None)
+        except DbrtError as exc:  # e.g. a threshold out of range: before any file is written
+            raise SystemExit(f"error: {exc}") from None
+        except OSError as exc:  # a target that cannot be written (read-only, a full disk)
+            raise SystemExit(f"error: {exc.filename or 'writing the model'}: {exc.strerror or exc}") from None
     print("post-processing: " + " ".join(f"--{k.replace('_', '-')} {v:g}" for k, v in settings.items()))
     print(json.dumps({k: rec[k] for k in ("checkpoint_step", "weights", "onnx")}, indent=2))
     return 0

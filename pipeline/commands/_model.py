@@ -42,12 +42,12 @@ def check_trust_engine_code(args) -> None:
         return
     from pathlib import Path
 
-    from engine.describe import ENGINE_SUFFIXES
     from engine.errors import ModelError
+    from engine.loader import ENGINE_FILE_KINDS, ENGINE_SUFFIXES
 
     model = getattr(args, "model", None)
     if model is None or Path(str(model)).suffix.lower() not in ENGINE_SUFFIXES:
-        raise ModelError(f"--trust-engine-code applies to a prebuilt TensorRT .engine / .plan "
+        raise ModelError(f"--trust-engine-code applies to a prebuilt TensorRT {ENGINE_FILE_KINDS} "
                          f"only; {model or 'the shipped model'} is not one: drop the flag")
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from dbnet.spec import MAX_INPUT_SIDE
+from engine.loader import ENGINE_SUFFIXES  # what dbrt run / dbrt info take for an engine
 
 MIN_INPUT_SIDE = 32  # the network stride of every DB-family model
 # Caps on the CPU flags of `dbrt run` / `dbrt eval`: above any core count where more threads
@@ -225,7 +226,6 @@ def output_file_with_suffix(suffix: str) -> Callable[[str], str]:
     return check
 
 
-ENGINE_SUFFIXES = (".engine", ".plan", ".trt")  # what dbrt run / dbrt info take for an engine
 
 
 def engine_file(text: str) -> str:

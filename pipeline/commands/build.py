@@ -1,6 +1,8 @@
 """`dbrt build`: ONNX -> TensorRT engine (+ its .json record)."""
 from __future__ import annotations
 
+from engine.loader import ENGINE_FILE_KINDS
+
 from ._validate import at_least, engine_file, output_file, output_file_problem
 
 NAME = "build"
@@ -19,7 +21,7 @@ next to it says so, and `dbrt info` shows it."""
 def add_arguments(parser) -> None:
     parser.add_argument("model", help="ONNX model")
     parser.add_argument("-o", "--output", type=engine_file,
-                        help="engine path, .engine / .plan / .trt (default: MODEL with .engine)")
+                        help=f"engine path, {ENGINE_FILE_KINDS} (default: MODEL with .engine)")
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "int8"),
                         help="auto: the ONNX's precision, FP16 for an FP32 ONNX where TensorRT "
                              "has precision flags")

@@ -177,8 +177,10 @@ def _detector(args):
     return detector
 
 
-def _image_callback(args, total: int, timings: list):
-    """Per-image progress line and visualisation."""
+def _image_callback(args, total: int, timings: list, detect):
+    """Per-image progress line and visualisation, and `detect` timed: each image's seconds from
+    the end of the previous image's callback (decoding the file) to the end of detecting, not
+    its scoring, printing or drawing. Returns (timed detect, callback)."""
     import time
     from pathlib import Path
 
@@ -188,12 +190,17 @@ def _image_callback(args, total: int, timings: list):
     if vis:
         vis.mkdir(parents=True, exist_ok=True)
     last = [time.perf_counter()]
+    detected = [0.0]
+
+    def timed_detect(image):
+        dets = detect(image)
+        detected[0] = time.perf_counter()
+        return dets
 
     def on_image(sample, image, dets, result):
         from dbnet.files import write_image
 
-        now = time.perf_counter()
-        timings.append(now - last[0])
+        timings.append(detected[0] - last[0])
         if not args.quiet:
             print(f"[{len(timings)}/{total}] {sample.name}: P {result.precision:.3f} R {result.recall:.3f} "
                   f"H {result.hmean:.3f} ({result.matched} matched, {len(result.missed)} missed, "
@@ -203,7 +210,7 @@ def _image_callback(args, total: int, timings: list):
             write_image(vis / vis_name(sample.name), drawn)
         last[0] = time.perf_counter()
 
-    return on_image
+    return timed_detect, on_image
 
 
 def vis_name(image_name: str) -> str:
@@ -226,6 +233,21 @@ def _check_vis_folder(vis, dataset) -> None:
                             f"write over them (e.g. {sample.name}); pick another folder")
 
 
+def _check_json_target(path, dataset) -> None:
+    """--json naming the dataset's gt.json, a ground-truth file or an image would write the
+    report over it (after scoring): refused first."""
+    from pathlib import Path
+
+    from engine.errors import DbrtError
+
+    target = Path(path).resolve()
+    for sample in dataset:
+        for kind, used in (("ground truth", sample.gt_path), ("image", sample.image_path)):
+            if used is not None and Path(used).resolve() == target:
+                raise DbrtError(f"--json {path} is the dataset's {kind} ({used}): the report "
+                                "would write over it; pick another file")
+
+
 def run(args) -> int:
     from engine.errors import DbrtError
     from pipeline.datasets import open_dataset
@@ -243,7 +265,10 @@ def run(args) -> int:
         raise DbrtError(f"--vis draws the misses and false alarms of a plain detection run; "
                         f"run dbrt eval without {'--tune' if args.tune else '--e2e'} (at the "
                         "thresholds --tune picked) to draw them")
-    dataset = open_dataset(args.dataset, args.gt, args.format).head(args.max_images)
+    dataset = open_dataset(args.dataset, args.gt, args.format)
+    if args.json:
+        _check_json_target(args.json, dataset)
+    dataset = dataset.head(args.max_images)
     if args.vis:
         _check_vis_folder(args.vis, dataset)
     if args.tune:
@@ -252,8 +277,9 @@ def run(args) -> int:
         return _e2e(args, dataset)
     timings: list = []
     with _detector(args) as detector:
-        result = evaluate_detector(detector.detect, dataset, _image_callback(args, len(dataset), timings),
-                                   iou=args.iou, area_precision=args.area_precision)
+        detect, on_image = _image_callback(args, len(dataset), timings, detector.detect)
+        result = evaluate_detector(detect, dataset, on_image, iou=args.iou,
+                                   area_precision=args.area_precision)
         described = detector.describe()
     ms = 1e3 * sum(timings) / max(1, len(timings))
     print(f"{dataset.name} ({dataset.format}, {len(dataset)} images): {result.summary()}; "

@@ -1,6 +1,8 @@
 """`dbrt info`: what a model or engine takes and gives."""
 from __future__ import annotations
 
+from engine.loader import ENGINE_FILE_KINDS
+
 from ._model import TRUST_ENGINE_HELP, check_trust_engine_code
 
 NAME = "info"
@@ -13,7 +15,7 @@ TensorRT and a GPU are usable)."""
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("model", help="an .onnx model or a TensorRT .engine / .plan")
+    parser.add_argument("model", help=f"an .onnx model or a TensorRT engine ({ENGINE_FILE_KINDS})")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     parser.add_argument("--trust-engine-code", action="store_true", help=TRUST_ENGINE_HELP)
 

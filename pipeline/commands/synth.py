@@ -14,7 +14,8 @@ MAX_COUNT = 100_000    # about 15 GB of 1280x720 images
 MAX_SECONDS = 3600.0   # an hour of demo video
 DESCRIPTION = """Synthetic scene text made from a seed (same seed, same output). --dataset DIR
 writes DIR/images/*.jpg and DIR/gt.json (realdev layout, readable by `dbrt eval` and
-`dbrt train --data DIR`); --video PATH writes the demo video (H.264 MP4)."""
+`dbrt train --data DIR`) into a new or empty folder, or over a synthetic dataset (DIR/synth.json
+marks one), never over another dataset's files; --video PATH writes the demo video (H.264 MP4)."""
 
 
 def add_arguments(parser) -> None:

@@ -185,8 +185,11 @@ def make_validator(dataset, tune: bool = False, post: Optional[dict] = None):
 
 
 def _shipping_post(cfg) -> dict:
-    """The thresholds a checkpoint of this run ships with unless tuned: its --init's
+    """The thresholds a checkpoint of this run ships with unless tuned: those the run recorded
+    when it started, else (a run before they were recorded) its --init's
     (export.checkpoint.shipping_post); {} (DB's defaults) when it says none."""
+    if cfg.post is not None:
+        return dict(cfg.post)
     if not cfg.init or not Path(cfg.init).is_file():
         return {}
     from export.checkpoint import shipping_post
@@ -358,10 +361,17 @@ def _checked_like_the_flags(cfg, saved_path: Path):
             raise DbrtError(f"--resume: {saved_path}: \"{action.dest}\" must be one of "
                             f"{', '.join(action.choices)}, got {value!r}")
         checked[action.dest] = value
+    post = cfg.post  # no flag sets it: the thresholds the run started with
+    if post is not None and not (isinstance(post, dict) and set(post) <= {"thresh", "box_thresh", "unclip_ratio"}
+                                 and all(type(v) in (int, float) for v in post.values())):
+        raise DbrtError(f"--resume: {saved_path}: \"post\" must map thresh / box_thresh / "
+                        f"unclip_ratio to numbers, got {post!r}")
     return dataclasses.replace(cfg, **checked)
 
 
 def run(args) -> int:
+    import dataclasses
+
     from engine.lazy import require
 
     require("torch")
@@ -371,6 +381,7 @@ def run(args) -> int:
     _check_dependent_flags(cfg, args.given)
     _check(cfg)
     cfg = cfg if args.resume else _with_init_target(cfg, args)
+    cfg = dataclasses.replace(cfg, post=_shipping_post(cfg))  # recorded in config.json
     validate = None
     if cfg.val:
         from pipeline.datasets import open_dataset
@@ -378,7 +389,7 @@ def run(args) -> int:
         dataset = open_dataset(cfg.val).head(cfg.val_images or None)
         for sample in dataset:  # an unreadable image fails now, not at the first validation
             sample.read_image()
-        validate = make_validator(dataset, tune=cfg.val_tune, post=_shipping_post(cfg))
+        validate = make_validator(dataset, tune=cfg.val_tune, post=cfg.post)
     path = train(cfg, validate=validate)
     print(f"checkpoint: {path}")
     return 0

@@ -17,7 +17,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from engine.describe import ENGINE_SUFFIXES
+from engine.loader import ENGINE_SUFFIXES
 from engine.errors import ModelError
 from engine.lazy import array_module
 from engine.loader import RunnerOptions, load_runner, tensorrt_usable
