@@ -1,5 +1,6 @@
 """File kinds that every part of dbrt (runtime sources, evaluation datasets, training folders)
-reads alike, and the writing of images and files that says which file failed."""
+reads alike, and the writing of images and files that says which file failed, writes a file
+whole, and leaves no empty output folder behind a run that failed."""
 from __future__ import annotations
 
 import contextlib

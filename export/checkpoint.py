@@ -276,8 +276,9 @@ POST_KEYS = ("thresh", "box_thresh", "unclip_ratio")
 
 def trained_post_settings(path, _depth: int = 0) -> dict:
     """The post-processing thresholds a training checkpoint carries: those its validation
-    chose or scored at (in best.pt), else those of the model it started from (its --init, by
-    `shipping_post`'s rule, so a chain of fine-tunes keeps them); {} when none says."""
+    chose or scored at (in best.pt), else those its run recorded when it started (the config's
+    `post`), else, for a run before they were recorded, those of the model it started from (its
+    --init, by `shipping_post`'s rule, so a chain of fine-tunes keeps them); {} when none says."""
     data = load_file(path)
     if not isinstance(data, Mapping):
         return {}

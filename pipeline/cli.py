@@ -5,7 +5,8 @@ Subcommands live one per module in `pipeline/commands/`; each module defines
 inside `run`, so `dbrt --help` works on a machine without torch, cupy, av or tensorrt.
 User mistakes (DbrtError, missing optional packages, missing files) end with one line on stderr
 and a non-zero exit; Ctrl-C exits with 130, SIGTERM (where a command handles it) with 143;
-output piped into a reader that stops early (`dbrt info m.onnx | head`) ends quietly with 141.
+output piped into a reader that stops before it ends (`dbrt eval --dataset DIR | head -1`)
+ends quietly with 141.
 """
 from __future__ import annotations
 

@@ -10,7 +10,9 @@ Three layouts are read:
 * The JSON list of `../shared/data/realdev/gt.json`:
   `[{"image": "a.jpg", "polygons": [[[x, y], ...], ...], "ignore": [bool, ...]}]`.
 
-`open_dataset(path)` picks the layout; images are read lazily (`Sample.read_image()`).
+`open_dataset(path)` picks the layout; images are read lazily (`Sample.read_image()`). Each
+image has a ground truth of its own: two images that find one file (`img_1.jpg`, `img_1.png`), or
+a gt.json listing an image twice, are an error (its words would count twice).
 """
 from __future__ import annotations
 

@@ -2,7 +2,8 @@
 
 `BuildProgress` is plain Python (tested without TensorRT); `progress_monitor(trt, progress)`
 wraps it in the TensorRT interface when the installed TensorRT has one. Older TensorRT (8.6)
-reports nothing, so the builder falls back to a heartbeat line with the elapsed time.
+reports nothing, so the builder falls back to a heartbeat line with the elapsed time. The same
+monitor, attached with or without a bar, is how Ctrl-C / SIGTERM cancels a build (cancel.py).
 """
 from __future__ import annotations
 

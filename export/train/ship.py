@@ -226,7 +226,8 @@ POST_DEFAULTS = {"thresh": 0.3, "box_thresh": 0.6, "unclip_ratio": 1.5}
 def post_settings(checkpoint, args) -> dict:
     """thresh / box_thresh / unclip_ratio to ship: each as given, else as the checkpoint ships
     them (its own record, e.g. a shipped model shipped again; else its validation's, in
-    best.pt; else its --init's: export.checkpoint.shipping_post), else the DB defaults."""
+    best.pt; else its run's recorded at the start, its --init's: export.checkpoint.shipping_post),
+    else the DB defaults."""
     from ..checkpoint import shipping_post
 
     trained = shipping_post(checkpoint)
@@ -261,8 +262,8 @@ def main(argv=None) -> int:
     p.add_argument("--limit-type", default="min", choices=("min", "max"))
     p.add_argument("--thresh", type=float,
                    help="default: the checkpoint's own record's (NAME.json), else what its "
-                        "validation chose (dbrt train --val / --val-tune), else its --init "
-                        "model's, else 0.3")
+                        "validation chose (dbrt train --val / --val-tune), else those its run "
+                        "recorded when it started (its --init model's), else 0.3")
     p.add_argument("--box-thresh", type=float, help="likewise, else 0.6")
     p.add_argument("--unclip-ratio", type=float, help="likewise, else 1.5")
     p.add_argument("--metrics", help="JSON file of evaluation results to put in the record")

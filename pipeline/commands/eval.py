@@ -26,7 +26,8 @@ def add_arguments(parser) -> None:
                                         "(default: the shipped model)")
     parser.add_argument("--dataset", required=True, help="gt.json, or an ICDAR2015 / Total-Text folder")
     parser.add_argument("--gt", help="folder of ground-truth files, when not found next to the images")
-    parser.add_argument("--format", default="auto", choices=("auto", "json", "icdar2015", "totaltext"))
+    parser.add_argument("--format", default="auto", choices=("auto", "json", "icdar2015", "totaltext"),
+                        help="the ground-truth files of a folder (a gt.json is always json)")
     parser.add_argument("--preset", help="ModelSpec preset for models without dbrt metadata (db, ppocr, mmocr)")
     parser.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "tensorrt"))
     parser.add_argument("--device", default="auto", choices=DEVICES, help="where the model runs")
@@ -49,15 +50,17 @@ def add_arguments(parser) -> None:
                        help="a detection this much inside a do-not-care region is ignored")
     parser.add_argument("--max-images", type=at_least(1), help="score only the first N images")
     parser.add_argument("--json", metavar="OUT", type=output_file,
-                        help="write overall and per-image results here")
+                        help="write overall and per-image results here (not onto the dataset's own files)")
     parser.add_argument("--vis", metavar="DIR", type=output_folder,
-                        help="write images with misses / false alarms drawn, each tagged with its kind")
+                        help="write images with misses / false alarms drawn, each tagged with its kind, "
+                             "under the image's own file name (not into the dataset's image folder)")
     parser.add_argument("--quiet", action="store_true",
                         help="print only the overall line (with --tune: the best setting's)")
     e2e = parser.add_argument_group("end to end (detection + recognition)")
     e2e.add_argument("--e2e", action="store_true",
                      help="read the texts too and score end to end (ICDAR 2015: a match also needs "
-                          "the transcription, equal after stripping and case folding; '###' ignored)")
+                          "the transcription, equal after stripping and case folding, the ground "
+                          "truth allowed to drop one of !?.:,*\"()·[]/' at each end; '###' ignored)")
     e2e.add_argument("--rec-model", help="CTC recognizer .onnx (default: PP-OCRv6 rec from rapidocr)")
     e2e.add_argument("--rec-dict", help="its dictionary, one character per line")
     e2e.add_argument("--rec-margin", type=zero_to_one, metavar="FRACTION",

@@ -27,7 +27,9 @@ larger). --val DATASET scores
 the EMA weights every --val-every steps and at the end (ICDAR 2015 protocol) and keeps the best
 as best.pt. Checkpoints go to --out (last.pt, best.pt, step_NNNNNN.pt); --resume continues
 --out/last.pt with the run's own settings (--out/config.json): only --workers, --threads,
---device, --amp, --time-limit, --log-every, --save-every and the --val flags may be given anew.
+--device, --amp, --time-limit, --log-every, --save-every and the --val flags may be given anew;
+a new run refuses an --out holding an earlier run's last.pt, val.jsonl, best.pt or step_*.pt, and
+removes the --out it made when it fails before writing anything.
 --val-tune scores each validation at its best post-processing thresholds (what a model ships
 with after `dbrt eval --tune`), and `python -m export.train.ship` takes the ones best.pt records."""
 
@@ -151,8 +153,8 @@ def scale_range(text: str) -> tuple:
 def make_validator(dataset, tune: bool = False, post: Optional[dict] = None):
     """model -> {"precision", "recall", "hmean", "images"} on `dataset` through the same
     Detector (preprocessing, DB post-processing, frame mapping) that `dbrt run` uses, at the
-    thresh / box_thresh / unclip_ratio of `post` (those the model will ship with: its --init's;
-    default: DB's). With `tune`, at the grid's best settings on these maps (recorded in the
+    thresh / box_thresh / unclip_ratio of `post` (those the model will ship with: its --init's
+    as the run recorded them when it started; default: DB's). With `tune`, at the grid's best settings on these maps (recorded in the
     result, with the hmean at `post`'s as "untuned_hmean", and "on_grid_edge" when one of them
     is the grid's lowest or highest)."""
     from dataclasses import replace
