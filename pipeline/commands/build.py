@@ -38,7 +38,8 @@ def add_arguments(parser) -> None:
                         help="builder optimisation level (TensorRT default 3; higher builds longer)")
     tuning.add_argument("--timing-cache", type=output_file, help="timing cache file (default: one per TensorRT "
                                                "version and GPU in the engine cache folder)")
-    tuning.add_argument("--no-timing-cache", action="store_true", help="do not use a timing cache")
+    tuning.add_argument("--no-timing-cache", action="store_true",
+                        help="do not use a timing cache (not with --timing-cache)")
     tuning.add_argument("--version-compatible", action="store_true",
                         help="the engine also runs on later TensorRT versions (somewhat slower)")
     tuning.add_argument("--hardware-compatible", action="store_true",
