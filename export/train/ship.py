@@ -9,6 +9,10 @@
   large float initializer stored as fp16 followed by a Cast to float, so the file is half the
   size but the graph still computes in fp32 (ONNX Runtime folds the casts at load time).
 - `export/assets/dbnet_default.json`: how it was made (training config, steps, sizes, parity).
+
+The weights and the ONNX are written beside their targets (NAME-partial) and renamed in, then
+the record written whole, only once the fp16 check passes: a rejected model, or a run killed midway, leaves the earlier files whole; an --out
+folder made here is removed again when nothing could be written into it.
 """
 from __future__ import annotations
 
