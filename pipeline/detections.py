@@ -17,6 +17,9 @@ import numpy as np
 
 from .sources.base import Frame, shown_source
 
+SCORE_DECIMALS = 5  # scores and confidences in every output
+TIME_DECIMALS = 6  # timestamps in seconds, to the microsecond
+
 
 def _as_polygons(polygons: Any) -> Tuple[np.ndarray, ...]:
     """Each polygon as an (N>=3, 2) float32 array; the finite check runs once over all of them
@@ -137,13 +140,13 @@ class Detections:
             return []
         # one rounding and one tolist for all points (per polygon they cost most of an MQTT
         # event or a JSON line), then each polygon's slice of the points
-        points = np.round(np.concatenate(self.polygons).astype(np.float64), decimals).tolist()
+        points = polygon_record(np.concatenate(self.polygons), decimals)
         ends = np.cumsum([len(p) for p in self.polygons]).tolist()
-        out = [{"polygon": points[end - len(p):end], "score": _finite(round(float(s), 5))}
+        out = [{"polygon": points[end - len(p):end], "score": score_record(s)}
                for p, end, s in zip(self.polygons, ends, self.scores)]
         for key, value in _columns(self.data, len(self)).items():  # a column added since too
             if value.dtype.kind == "f":  # confidences: no float32 noise in the JSON
-                value = np.round(value.astype(np.float64), 5)
+                value = np.round(value.astype(np.float64), SCORE_DECIMALS)
             items = value.tolist()
             if value.dtype.kind == "f" and not np.isfinite(value).all():  # JSON has no NaN
                 items = [_json_safe(v) for v in items]
@@ -216,10 +219,26 @@ def _same(a: np.ndarray, b: np.ndarray) -> bool:
 def frame_fields(frame: Frame) -> dict:
     """The frame's facts in a result line: stream (the source's position in the run: two
     streams may read the same source), source, frame_index, timestamp, frame_size."""
-    stamp = None if frame.timestamp is None else _finite(round(float(frame.timestamp), 6))
     return {"stream": int(frame.stream), "source": shown_source(frame.source),
-            "frame_index": int(frame.index), "timestamp": stamp,
+            "frame_index": int(frame.index), "timestamp": timestamp_record(frame.timestamp),
             "frame_size": [int(v) for v in frame.size]}
+
+
+def timestamp_record(timestamp: Optional[float]) -> Optional[float]:
+    """A frame's timestamp as every output writes it (result lines, text events): seconds to
+    the microsecond, None (null) when the frame has none or it is not finite."""
+    return None if timestamp is None else _finite(round(float(timestamp), TIME_DECIMALS))
+
+
+def score_record(score: float) -> Optional[float]:
+    """A score or confidence as every output writes it: 5 decimals, None for NaN."""
+    return _finite(round(float(score), SCORE_DECIMALS))
+
+
+def polygon_record(points: np.ndarray, decimals: int = 2) -> list:
+    """(N, 2) points as every output writes them: [[x, y], ...] in frame pixels, rounded to
+    `decimals` (the float32 values widened first, so 0.1 stays 0.1 and not 0.10000000149)."""
+    return np.round(np.asarray(points).astype(np.float64), decimals).tolist()
 
 
 def _columns(data: dict, n: int) -> dict:

@@ -12,7 +12,7 @@
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence, Tuple
 
 import numpy as np
@@ -53,13 +53,17 @@ class E2EImage:
     detection: ImageEval
     correct: int
     wrong: Tuple[Tuple[str, str], ...]  # (ground truth, read) of matched boxes read wrongly
+    # what the detector found and read, empty readings included (they are not scored)
+    detections: Optional[Detections] = field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict:
-        """The numbers of the per-image line `dbrt eval --e2e` prints, and the detection's."""
+        """The numbers of the per-image line `dbrt eval --e2e` prints, and the detection's;
+        the image's detections and readings as `dbrt run --read` writes them."""
         det = self.detection
         return {"image": det.name, "correct": self.correct, "gt_care": det.gt_care,
                 "det_care": det.det_care, "matched": det.matched,
-                "wrong": [{"gt": g, "read": r} for g, r in self.wrong]}
+                "wrong": [{"gt": g, "read": r} for g, r in self.wrong],
+                **({} if self.detections is None else {"detections": self.detections.to_records()})}
 
 
 @dataclass(frozen=True)
@@ -111,7 +115,7 @@ def e2e_image(gt_polygons: Sequence[np.ndarray], gt_ignore: Sequence[bool],
             correct += 1
         else:
             wrong.append((gt_texts[g], read[d]))
-    return E2EImage(result, correct, tuple(wrong))
+    return E2EImage(result, correct, tuple(wrong), detections)
 
 
 def evaluate_e2e(detect: Callable[[np.ndarray], Detections], dataset,

@@ -11,7 +11,8 @@ reconnect; when it is full while the broker is away, new events are dropped and 
 `write` blocks the pipeline only then. mqtts:// verifies the broker's certificate against the
 system's CAs, or against the CA in `?ca=FILE`; a certificate refused ends the run with one line.
 
-Payload (one JSON object per frame, the JSONL line plus `type`, `stream` and `time`):
+Payload (one JSON object per frame, the JSONL line, `Detections.to_records` included, plus
+`type` and `time`):
     {"type": "detections", "source": "rtsp://cam1/stream", "stream": 0, "frame_index": 412,
      "timestamp": 16.48, "time": 1764467200.123, "frame_size": [720, 1280],
      "detections": [{"polygon": [[x, y], ...], "score": 0.91}, ...]}

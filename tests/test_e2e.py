@@ -87,6 +87,17 @@ def test_the_e2e_json_holds_the_per_image_numbers_it_prints():
     assert sum(im["correct"] for im in out["per_image"]) == out["correct"]
 
 
+def test_the_e2e_json_has_each_images_detections_and_readings_as_dbrt_run_writes_them():
+    """As the detection scoring's --json does: a consumer sees what was read where, in the
+    records of detections.jsonl (a box read as empty too: it is in the run's output)."""
+    from pipeline.e2e import E2EResult
+
+    found = _read([A, B], ["exit", ""])
+    (image,) = E2EResult((e2e_image([A], [False], ["Exit"], found, "a"),)).to_dict()["per_image"]
+    assert image["detections"] == found.to_records()
+    assert [(d["text"], d["score"]) for d in image["detections"]] == [("exit", 1.0), ("", 1.0)]
+
+
 def _two_images_with_sources(folder, texts_b):
     import cv2
 

@@ -73,6 +73,17 @@ def test_several_sources_batched_route_results_in_order(videos):
     assert report["histogram"] == {str(n): detector.batch_sizes.count(n) for n in set(detector.batch_sizes)}
 
 
+def test_report_names_each_source_by_the_stream_its_result_lines_carry(videos):
+    """report.json's sources join the result lines, events and MQTT messages on `stream`."""
+    streams = {}
+    pipe = Pipeline([videos[2], videos[0]], FakeDetector())
+    for frame, _ in pipe:
+        streams[frame.stream] = frame.source
+    report = pipe.report()["sources"]
+    assert {s["stream"]: s["name"] for s in report} == streams == {0: str(videos[2]),
+                                                                   1: str(videos[0])}
+
+
 def test_batches_never_mix_input_sizes(tmp_path):
     small = write_video(tmp_path / "small.mp4", frames=6, height=48, width=64)
     large = write_video(tmp_path / "large.mp4", frames=6, height=64, width=96)

@@ -109,6 +109,8 @@ def test_eight_streams_each_have_a_status_entry_and_a_picture():
 
         streams = json.loads(get(sink.server.port, "/api/status")[1])["streams"]
         assert [s["id"] for s in streams] == list(range(8))
+        # `stream`, as in detections.jsonl, events, MQTT and report.json (`id` kept too)
+        assert [s["stream"] for s in streams] == list(range(8))
         assert all(s["state"] == "up" and s["frames"] >= 1 for s in streams)
         for stream in (0, 7):
             part = next(mjpeg_parts(sink.server.port, stream, 1))

@@ -437,3 +437,26 @@ def test_a_track_bytetrack_picks_up_after_its_end_gets_a_new_id(tmp_path):
             sink.write(_frame(k), tracker(_frame(k), _dets([_box(10, 10)])))
     ends = [json.loads(x) for x in path.read_text().splitlines() if '"end"' in x]
     assert [(e["track_id"], e["first_frame"], e["last_frame"]) for e in ends] == [(1, 0, 4), (2, 12, 13)]
+
+
+def test_an_event_line_writes_times_and_polygons_as_the_result_line_of_its_frame(tmp_path):
+    """A consumer joins events.jsonl to detections.jsonl on (stream, frame, timestamp): both
+    write a frame's facts through one serializer, so they agree to the digit, and a timestamp
+    that is not a number is null in both (NaN is not JSON)."""
+    from pipeline.detections import FrameResult
+    from pipeline.reading.events import TextEventSink
+
+    frames = [_frame(0), _frame(1)]
+    frames[0].timestamp, frames[1].timestamp = 1 / 3, float("nan")
+    dets = Detections.from_quads(np.float32([[[10.005, 3.333333], [50.125, 3.3], [50, 19.9],
+                                             [10, 19.9]]]), [0.876543219], {"track_id": [1]})
+    sink = TextEventSink(tmp_path / "events.jsonl")
+    lines = [json.loads(FrameResult(f, dets).to_json()) for f in frames]
+    for frame in frames:
+        sink.write(frame, dets)
+    sink.close()
+    (event,) = [json.loads(line, parse_constant=pytest.fail)
+                for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    assert event["first_timestamp"] == lines[0]["timestamp"] == round(1 / 3, 6)
+    assert event["last_timestamp"] is None and lines[1]["timestamp"] is None
+    assert event["polygon"] == lines[0]["detections"][0]["polygon"]

@@ -21,7 +21,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ..detections import Detections
+from ..detections import Detections, polygon_record, score_record, timestamp_record
 from ..sources import Frame
 from ..sources.base import shown_source
 
@@ -68,15 +68,15 @@ class Track:
         return text, self.votes[text] / max(self.readings, 1)
 
     def to_dict(self, decimals: int = 2) -> dict:
+        """The track's event line, its numbers written as the result lines write theirs."""
         text, confidence = self.reading
-        stamp = (lambda t: None if t is None else round(float(t), 6))
         return {"stream": self.stream, "source": self.source, "track_id": self.track_id,
-                "text": text, "confidence": round(confidence, 5),
-                "first_timestamp": stamp(self.first_timestamp),
-                "last_timestamp": stamp(self.last_timestamp),
+                "text": text, "confidence": score_record(confidence),
+                "first_timestamp": timestamp_record(self.first_timestamp),
+                "last_timestamp": timestamp_record(self.last_timestamp),
                 "first_frame": self.first_frame, "last_frame": self.last_frame,
                 "frames": self.frames, "readings": self.readings,
-                "polygon": np.round(self.best_polygon.astype(np.float64), decimals).tolist()}
+                "polygon": polygon_record(self.best_polygon, decimals)}
 
 
 def epoch(frame: Frame) -> tuple:

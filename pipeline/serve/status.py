@@ -26,8 +26,9 @@ class RunStatus:
         for source in self.pipeline.sources:
             stats = source.stats.as_dict()
             latest = self.view.latest(source.stream)
-            entry = dict(id=source.stream, name=redact(source.name), kind=source.kind,
-                         live=source.live, state=source.state,
+            # stream: the key of the stream's lines in every other output; id: its older name
+            entry = dict(id=source.stream, stream=source.stream, name=redact(source.name),
+                         kind=source.kind, live=source.live, state=source.state,
                          error=redact(source.error) if source.error else None,
                          frames=self.view.frames.get(source.stream, 0), read=stats["read"],
                          dropped=stats["dropped"], reconnects=stats["reconnects"],

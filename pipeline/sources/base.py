@@ -131,9 +131,11 @@ class Source(abc.ABC):
         return None
 
     def describe(self) -> dict:
-        """The source in report.json: `error` says why it failed (as /api/status does), else None."""
-        return dict(name=without_credentials(self.name), kind=self.kind, live=self.live, total_frames=self.total_frames,
-                    fps=self.fps, state=self.state, error=self.error and without_credentials(self.error),
+        """The source in report.json: `stream` is the key of its frames' lines (detections.jsonl,
+        events, MQTT); `error` says why it failed (as /api/status does), else None."""
+        return dict(stream=self.stream, name=without_credentials(self.name), kind=self.kind,
+                    live=self.live, total_frames=self.total_frames, fps=self.fps,
+                    state=self.state, error=self.error and without_credentials(self.error),
                     **self.stats.as_dict())
 
     def __enter__(self) -> "Source":
