@@ -254,13 +254,18 @@ def test_a_chain_of_fine_tunes_keeps_its_thresholds_and_shrink_ratio(tmp_path):
 
 def test_shipping_refuses_bad_settings_before_writing_anything(tmp_path):
     """--box-thresh 7 raised a traceback after dbnet.pt was overwritten, leaving it beside the
-    old dbnet.json and dbnet.onnx; a --metrics file that is not there was a traceback too."""
+    old dbnet.json and dbnet.onnx; a --metrics file that is not there was a traceback too.
+    The --out folder ship made is gone again (nothing was written there)."""
     from export.train.ship import WEIGHTS, main
 
     out = tmp_path / "ship"
     with pytest.raises(SystemExit, match=r"^error: .*box_thresh"):
         main([str(WEIGHTS), "--out", str(out), "--box-thresh", "7"])
-    assert not any(out.iterdir())
+    assert not out.exists()
+    out.mkdir()  # a folder that was there before stays, empty
+    with pytest.raises(SystemExit, match=r"^error: .*box_thresh"):
+        main([str(WEIGHTS), "--out", str(out), "--box-thresh", "7"])
+    assert out.is_dir() and not any(out.iterdir())
     with pytest.raises(SystemExit, match=r"^error: --metrics .*none.json: No such file"):
         main([str(WEIGHTS), "--out", str(out), "--metrics", str(tmp_path / "none.json")])
 
