@@ -140,3 +140,18 @@ def test_the_newest_picture_is_one_jpeg(served):
     assert get(port, f"/stream/0.jpg?after={seq}", AUTH)[:2] == (204, b"")
     assert get(port, f"/stream/0.jpg?after={seq - 1}", AUTH)[1] == body
     assert get(port, "/stream/3.jpg", AUTH)[0] == 404 and get(port, "/stream/0.jpg")[0] == 401
+
+
+def test_every_answer_carries_the_safety_headers(served):
+    """Camera pictures and the status were cacheable when prometheus_client answered, and no
+    answer forbade framing, content sniffing or a Referer holding the page's ?token=."""
+    sink, port = served
+    for path, headers in (("/", AUTH), ("/metrics", AUTH), ("/api/status", AUTH),
+                          ("/healthz", AUTH), ("/stream/0.jpg", AUTH), ("/nowhere", AUTH),
+                          ("/api/status", {})):
+        status, _, answer = get(port, path, headers)
+        assert answer.get("X-Content-Type-Options") == "nosniff", (path, answer)
+        assert answer.get("X-Frame-Options") == "DENY", (path, answer)
+        assert answer.get("Content-Security-Policy") == "frame-ancestors 'none'", (path, answer)
+        assert answer.get("Referrer-Policy") == "no-referrer", (path, answer)
+        assert answer.get("Cache-Control") == "no-store", (path, answer)

@@ -49,7 +49,7 @@ class ServeApp:
         self._page = page(round(1000 * self.view.min_interval))
 
     def __call__(self, environ, start_response):
-        body = self._answer(environ, start_response)
+        body = self._answer(environ, _with_safety_headers(start_response))
         if environ.get("REQUEST_METHOD") == "HEAD":  # the headers only (wsgiref sends any body)
             getattr(body, "close", lambda: None)()
             return []
@@ -152,6 +152,22 @@ class _Viewer:
         finally:
             if release is not None:
                 release()
+
+
+# on every answer, /metrics and 401s included: the pictures and status of cameras are not for
+# caches, other sites' frames or content sniffing, and the address of a page opened with
+# ?token= must not leave in a Referer header
+SAFETY_HEADERS = (("X-Content-Type-Options", "nosniff"), ("X-Frame-Options", "DENY"),
+                  ("Content-Security-Policy", "frame-ancestors 'none'"),
+                  ("Referrer-Policy", "no-referrer"), ("Cache-Control", "no-store"))
+
+
+def _with_safety_headers(start_response):
+    def start(status, headers, exc_info=None):
+        present = {name.lower() for name, _ in headers}
+        extra = [(n, v) for n, v in SAFETY_HEADERS if n.lower() not in present]
+        return start_response(status, [*headers, *extra], exc_info)
+    return start
 
 
 _STREAM_HEADERS = [("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}"),
