@@ -155,3 +155,22 @@ def test_every_answer_carries_the_safety_headers(served):
         assert answer.get("Content-Security-Policy") == "frame-ancestors 'none'", (path, answer)
         assert answer.get("Referrer-Policy") == "no-referrer", (path, answer)
         assert answer.get("Cache-Control") == "no-store", (path, answer)
+
+
+def test_a_loopback_server_without_token_answers_only_local_host_names():
+    """DNS rebinding: a web page at evil.example whose name now resolves to 127.0.0.1 sent
+    `Host: evil.example:8080` and read the pictures and status of a tokenless loopback view."""
+    from pipeline.serve import ServeSink
+
+    pipe = Pipeline([SimulatedCamera(total=10)], FakeDetector())
+    with ServeSink(pipe, port=0) as sink:
+        port = sink.server.port
+        for host in (f"evil.example:{port}", "evil.example", "127.0.0.1.evil.example"):
+            status, body, _ = get(port, "/api/status", {"Host": host})
+            assert status == 403 and b"localhost" in body, host
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}", "LOCALHOST."):
+            assert get(port, "/api/status", {"Host": host})[0] == 200, host
+    # with a token, or on another address, the name the viewers use is theirs to choose
+    with ServeSink(pipe, port=0, token="tok") as sink:
+        assert get(sink.server.port, "/api/status", dict(AUTH, Host="edge.lan"))[0] == 200
+    pipe.close()

@@ -10,6 +10,7 @@ socket timeout that frees the thread of a viewer that stopped reading.
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
 import re
 import socket
@@ -35,12 +36,16 @@ class ServeApp:
     picture), /metrics, /healthz, /api/status."""
 
     def __init__(self, status: RunStatus, registry, token: Optional[str] = None,
-                 keepalive_s: float = 5.0, max_streams: int = 28):
+                 keepalive_s: float = 5.0, max_streams: int = 28, local_only: bool = False):
         from prometheus_client import make_wsgi_app
 
         self.status = status
         self.view: LiveFrames = status.view
         self.token = token or None
+        # served on loopback without a token: only requests addressed to this machine by name
+        # or address, so that a web page whose own name was rebound to 127.0.0.1 (DNS
+        # rebinding) cannot read the pictures from the browser of someone on this machine
+        self.local_only = local_only and self.token is None
         self.keepalive_s = keepalive_s
         # viewers hold their connection for as long as they watch: capped below the server's
         # connection limit so that /healthz and /metrics always find a free one
@@ -60,6 +65,9 @@ class ServeApp:
         if method not in ("GET", "HEAD"):
             return _text(start_response, "405 Method Not Allowed", "read-only: GET only\n",
                          [("Allow", "GET, HEAD")])
+        if self.local_only and not _local_host(environ.get("HTTP_HOST", "")):
+            return _text(start_response, "403 Forbidden", "this server answers requests for "
+                         "localhost or its address only\n")
         if not self._authorised(environ):
             return _text(start_response, "401 Unauthorized", "missing or wrong token\n",
                          [("WWW-Authenticate", 'Bearer realm="dbrt"')])
@@ -127,6 +135,19 @@ class ServeApp:
             sent = encoded.seq
             yield (f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\n"
                    f"Content-Length: {len(encoded.jpeg)}\r\n\r\n").encode() + encoded.jpeg + b"\r\n"
+
+
+def _local_host(host: str) -> bool:
+    """A Host header naming localhost or an IP address (any port), or none (HTTP/1.0)."""
+    name = host.rpartition("]")[0].lstrip("[") if host.startswith("[") else host.partition(":")[0]
+    name = name.lower().rstrip(".")
+    if not name or name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
 
 
 def _query(environ, name: str) -> Optional[str]:
