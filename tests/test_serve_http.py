@@ -174,3 +174,16 @@ def test_a_loopback_server_without_token_answers_only_local_host_names():
     with ServeSink(pipe, port=0, token="tok") as sink:
         assert get(sink.server.port, "/api/status", dict(AUTH, Host="edge.lan"))[0] == 200
     pipe.close()
+
+
+def test_a_request_over_32_kib_of_headers_gets_431(served):
+    """The stdlib's limits (100 header lines of 64 KiB each) let 32 clients hold about 200 MB
+    of headers for the 10 s request deadline."""
+    sink, port = served
+    big = {"X-Padding": "a" * 40_000, **AUTH}
+    assert get(port, "/healthz", big)[0] == 431
+    assert get(port, "/api/status", {"X-Padding": "a" * 20_000, **AUTH})[0] == 200
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
+        raw.sendall(b"GET /healthz HTTP/1.0\r\n" + b"X-a: " + b"a" * 1000 + b"\r\n" * 1)
+        raw.sendall((b"X-b: " + b"b" * 1000 + b"\r\n") * 40 + b"\r\n")
+        assert b"".join(iter(lambda: raw.recv(65536), b"")).startswith(b"HTTP/1.0 431")

@@ -10,6 +10,7 @@ socket timeout that frees the thread of a viewer that stopped reading.
 from __future__ import annotations
 
 import hmac
+import http.client
 import ipaddress
 import json
 import re
@@ -215,13 +216,37 @@ class _Discard:
         pass
 
 
+class _CappedReader:
+    """The connection's reader, giving at most `limit` bytes in lines; a longer request is the
+    stdlib's LineTooLong, which the handler answers with 431."""
+
+    def __init__(self, raw, limit: int):
+        self._raw, self._left = raw, limit
+
+    def readline(self, size: int = -1) -> bytes:
+        if self._left <= 0:
+            raise http.client.LineTooLong("request headers")
+        line = self._raw.readline(self._left + 1 if size < 0 else min(size, self._left + 1))
+        self._left -= len(line)
+        if self._left < 0:
+            raise http.client.LineTooLong("request headers")
+        return line
+
+    def __getattr__(self, name):
+        return getattr(self._raw, name)
+
+
 class _Handler(WSGIRequestHandler):
     timeout = 10.0  # seconds a blocked read or write may take before the connection is dropped
     request_deadline = 10.0  # seconds for the whole request line and headers (a client that
     # sends a byte now and then would otherwise hold its connection, and a slot, for ever)
 
+    max_request_bytes = 32 * 1024  # request line and headers (nginx's default is 32 KiB too)
+
     def setup(self) -> None:
         super().setup()
+        # the stdlib allows 100 header lines of 64 KiB: 32 clients held 200 MB for 10 s each
+        self.rfile = _CappedReader(self.rfile, self.max_request_bytes)
         self._deadline = threading.Timer(self.request_deadline, self._drop)
         self._deadline.daemon = True
         self._deadline.start()
