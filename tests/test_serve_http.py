@@ -187,3 +187,10 @@ def test_a_request_over_32_kib_of_headers_gets_431(served):
         raw.sendall(b"GET /healthz HTTP/1.0\r\n" + b"X-a: " + b"a" * 1000 + b"\r\n" * 1)
         raw.sendall((b"X-b: " + b"b" * 1000 + b"\r\n") * 40 + b"\r\n")
         assert b"".join(iter(lambda: raw.recv(65536), b"")).startswith(b"HTTP/1.0 431")
+
+
+def test_the_server_header_names_no_python_version(served):
+    """It said `WSGIServer/0.2 CPython/3.11.7`, also to requests without the token."""
+    sink, port = served
+    for headers in ({}, AUTH):
+        assert get(port, "/api/status", headers)[2]["Server"] == "dbrt"

@@ -181,7 +181,8 @@ class _Viewer:
 # ?token= must not leave in a Referer header
 SAFETY_HEADERS = (("X-Content-Type-Options", "nosniff"), ("X-Frame-Options", "DENY"),
                   ("Content-Security-Policy", "frame-ancestors 'none'"),
-                  ("Referrer-Policy", "no-referrer"), ("Cache-Control", "no-store"))
+                  ("Referrer-Policy", "no-referrer"), ("Cache-Control", "no-store"),
+                  ("Server", "dbrt"))  # wsgiref's own names the Python version
 
 
 def _with_safety_headers(start_response):
