@@ -489,3 +489,17 @@ def test_credentials_with_an_at_sign_or_in_the_query_are_hidden_whole():
     # an "@" after the host (a path, a query) is no login: kept
     assert without_credentials("https://host/@chan/live?email=a@b.c") == \
         "https://host/@chan/live?email=a@b.c"
+
+
+def test_an_error_opening_a_source_holds_no_password():
+    """`cannot open rtsp://u:S3cr3t@127.0.0.1:1/x` was the SourceError's own message: the CLI
+    hid it, an application logging the exception did not."""
+    import pickle
+
+    from engine.errors import SourceError
+    from pipeline.sources import open_source
+
+    with pytest.raises(SourceError) as caught:
+        next(iter(open_source("rtsp://u:S3cr3t@127.0.0.1:1/x")))
+    assert "S3cr3t" not in str(caught.value) and "rtsp://127.0.0.1:1/x" in str(caught.value)
+    assert "S3cr3t" not in repr(pickle.loads(pickle.dumps(caught.value)))

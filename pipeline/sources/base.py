@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import abc
 import functools
-import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -11,20 +10,7 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-
-# user:password@ up to the authority's last "@": FFmpeg and urllib take a password with an "@"
-# in it (`rtsp://admin:p@ss@cam/1`), of which the first "@" alone left the end in clear
-_CREDENTIALS = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/?#\s]*@")
-# camera snapshot URLs carry them as query parameters too (`?user=admin&pwd=...`)
-_SECRET_PARAMS = re.compile(r"([?&](?:pass|passwd|password|pwd|token|access_token|apikey|api_key|"
-                            r"key|secret|auth|sig|signature)=)[^&#\s]*", re.IGNORECASE)
-
-
-def without_credentials(text: str) -> str:
-    """`rtsp://user:secret@cam/1` -> `rtsp://cam/1`, `http://cam/snap?pwd=secret` ->
-    `http://cam/snap?pwd=***`, also inside a message: what the console, result files, viewers,
-    metrics and events show."""
-    return _SECRET_PARAMS.sub(r"\1***", _CREDENTIALS.sub(r"\1", text))
+from engine.errors import without_credentials  # noqa: F401 - what sources and outputs use
 
 
 def first_line(exc: BaseException) -> str:
