@@ -1,12 +1,32 @@
 """Errors that describe a user mistake: the CLI prints them as one line, without a traceback;
 and dbrt's warning category."""
 import os
+import re
 import sys
 import warnings
 
+# user:password@ up to the authority's last "@": FFmpeg and urllib take a password with an "@"
+# in it (`rtsp://admin:p@ss@cam/1`), of which the first "@" alone left the end in clear
+_CREDENTIALS = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/?#\s]*@")
+# camera snapshot URLs carry them as query parameters too (`?user=admin&pwd=...`)
+_SECRET_PARAMS = re.compile(r"([?&](?:pass|passwd|password|pwd|token|access_token|apikey|api_key|"
+                            r"key|secret|auth|sig|signature)=)[^&#\s]*", re.IGNORECASE)
+
+
+def without_credentials(text: str) -> str:
+    """`rtsp://user:secret@cam/1` -> `rtsp://cam/1`, `http://cam/snap?pwd=secret` ->
+    `http://cam/snap?pwd=***`, also inside a message: what errors, the console, result files,
+    viewers, metrics and events show."""
+    return _SECRET_PARAMS.sub(r"\1***", _CREDENTIALS.sub(r"\1", text))
+
 
 class DbrtError(Exception):
-    """Base class of errors that are reported to the user as one clear line."""
+    """Base class of errors that are reported to the user as one clear line. Passwords in URLs
+    never reach the message: whoever logs or shows it (an application's log, a traceback)
+    would print them."""
+
+    def __init__(self, *args):
+        super().__init__(*(without_credentials(a) if isinstance(a, str) else a for a in args))
 
 
 class ModelError(DbrtError):

@@ -30,12 +30,27 @@ def _external_files(graph) -> list:
                    for entry in tensor.external_data if entry.key == "location"})
 
 
+def check_external_data(path: Path, graph) -> list:
+    """The external data locations of `graph`, each checked to lie inside the model's folder:
+    an absolute location or one leading out of it (`../../etc/passwd`, or a link pointing out)
+    is a ModelError, before anything reads it (ONNX Runtime refuses them too)."""
+    folder = path.parent.resolve()
+    locations = _external_files(graph)
+    for location in locations:
+        target = (folder / location).resolve()
+        if Path(location).is_absolute() or (target != folder and folder not in target.parents):
+            raise ModelError(f"{path}: external data location {location!r} is outside the "
+                             f"model's folder; refusing to read it (keep the weight files "
+                             f"beside the .onnx)")
+    return locations
+
+
 def content_sha256(path: Path, graph) -> str:
     """sha256 of the ONNX file, and of its external weight files when it has some: a model
     retrained and saved with external data keeps a byte-identical .onnx (the graph), so the
     file's hash alone would name its old weights' engine. A missing weight file is left out
     (the parser says it is missing)."""
-    files = _external_files(graph)
+    files = check_external_data(path, graph)
     if not files:
         return sha256_file(path)
     digest = hashlib.sha256(sha256_file(path).encode())

@@ -28,7 +28,7 @@ import os
 import ssl
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -52,7 +52,7 @@ class BrokerUrl:
     port: int
     topic: str
     username: Optional[str] = None
-    password: Optional[str] = None
+    password: Optional[str] = field(default=None, repr=False)  # kept out of logs and tracebacks
     ca: Optional[str] = None  # mqtts: the CA certificate (PEM) that signed the broker's
 
     @property

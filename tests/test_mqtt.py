@@ -213,3 +213,11 @@ def test_a_refused_login_ends_the_run_with_one_line_naming_it(tmp_path, capsys):
         server.stop()
     err = capsys.readouterr().err
     assert rc == 2 and "the broker refused the login" in err and "wrong" not in err, err
+
+
+def test_the_broker_password_is_not_in_its_repr():
+    """repr(BrokerUrl) (a log line, a traceback's locals, a debugger) showed the password."""
+    from pipeline.mqtt import parse_broker_url
+
+    broker = parse_broker_url("mqtt://mq:S3cr3t@broker:1883/site/dbrt")
+    assert broker.password == "S3cr3t" and "S3cr3t" not in repr(broker)

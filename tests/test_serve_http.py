@@ -140,3 +140,57 @@ def test_the_newest_picture_is_one_jpeg(served):
     assert get(port, f"/stream/0.jpg?after={seq}", AUTH)[:2] == (204, b"")
     assert get(port, f"/stream/0.jpg?after={seq - 1}", AUTH)[1] == body
     assert get(port, "/stream/3.jpg", AUTH)[0] == 404 and get(port, "/stream/0.jpg")[0] == 401
+
+
+def test_every_answer_carries_the_safety_headers(served):
+    """Camera pictures and the status were cacheable when prometheus_client answered, and no
+    answer forbade framing, content sniffing or a Referer holding the page's ?token=."""
+    sink, port = served
+    for path, headers in (("/", AUTH), ("/metrics", AUTH), ("/api/status", AUTH),
+                          ("/healthz", AUTH), ("/stream/0.jpg", AUTH), ("/nowhere", AUTH),
+                          ("/api/status", {})):
+        status, _, answer = get(port, path, headers)
+        assert answer.get("X-Content-Type-Options") == "nosniff", (path, answer)
+        assert answer.get("X-Frame-Options") == "DENY", (path, answer)
+        assert answer.get("Content-Security-Policy") == "frame-ancestors 'none'", (path, answer)
+        assert answer.get("Referrer-Policy") == "no-referrer", (path, answer)
+        assert answer.get("Cache-Control") == "no-store", (path, answer)
+
+
+def test_a_loopback_server_without_token_answers_only_local_host_names():
+    """DNS rebinding: a web page at evil.example whose name now resolves to 127.0.0.1 sent
+    `Host: evil.example:8080` and read the pictures and status of a tokenless loopback view."""
+    from pipeline.serve import ServeSink
+
+    pipe = Pipeline([SimulatedCamera(total=10)], FakeDetector())
+    with ServeSink(pipe, port=0) as sink:
+        port = sink.server.port
+        for host in (f"evil.example:{port}", "evil.example", "127.0.0.1.evil.example"):
+            status, body, _ = get(port, "/api/status", {"Host": host})
+            assert status == 403 and b"localhost" in body, host
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}", "LOCALHOST."):
+            assert get(port, "/api/status", {"Host": host})[0] == 200, host
+    # with a token, or on another address, the name the viewers use is theirs to choose
+    with ServeSink(pipe, port=0, token="tok") as sink:
+        assert get(sink.server.port, "/api/status", dict(AUTH, Host="edge.lan"))[0] == 200
+    pipe.close()
+
+
+def test_a_request_over_32_kib_of_headers_gets_431(served):
+    """The stdlib's limits (100 header lines of 64 KiB each) let 32 clients hold about 200 MB
+    of headers for the 10 s request deadline."""
+    sink, port = served
+    big = {"X-Padding": "a" * 40_000, **AUTH}
+    assert get(port, "/healthz", big)[0] == 431
+    assert get(port, "/api/status", {"X-Padding": "a" * 20_000, **AUTH})[0] == 200
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
+        raw.sendall(b"GET /healthz HTTP/1.0\r\n" + b"X-a: " + b"a" * 1000 + b"\r\n" * 1)
+        raw.sendall((b"X-b: " + b"b" * 1000 + b"\r\n") * 40 + b"\r\n")
+        assert b"".join(iter(lambda: raw.recv(65536), b"")).startswith(b"HTTP/1.0 431")
+
+
+def test_the_server_header_names_no_python_version(served):
+    """It said `WSGIServer/0.2 CPython/3.11.7`, also to requests without the token."""
+    sink, port = served
+    for headers in ({}, AUTH):
+        assert get(port, "/api/status", headers)[2]["Server"] == "dbrt"

@@ -472,3 +472,34 @@ def test_a_live_source_is_read_from_its_opening_so_its_first_frame_is_fresh():
     source.close()
     source.join(10)
     assert first.index > 20 and source.stats.dropped > 20
+
+
+def test_credentials_with_an_at_sign_or_in_the_query_are_hidden_whole():
+    """The password ended at its first "@": `rtsp://admin:S3cr@tPW@cam/1` showed `tPW@cam`
+    (FFmpeg opens such URLs), and snapshot URLs' `?pwd=` went out in clear."""
+    from pipeline.sources.base import without_credentials
+
+    assert without_credentials("cannot open rtsp://admin:S3cr@tPW@127.0.0.1:1/s: refused") == \
+        "cannot open rtsp://127.0.0.1:1/s: refused"
+    assert without_credentials("mqtt://u:a@b@broker/t?ca=/etc/ca.pem") == \
+        "mqtt://broker/t?ca=/etc/ca.pem"
+    assert without_credentials("http://cam/snap.cgi?user=admin&pwd=Hunter2&res=1 up") == \
+        "http://cam/snap.cgi?user=admin&pwd=***&res=1 up"
+    assert without_credentials("rtsp://cam/1?token=abc#x") == "rtsp://cam/1?token=***#x"
+    # an "@" after the host (a path, a query) is no login: kept
+    assert without_credentials("https://host/@chan/live?email=a@b.c") == \
+        "https://host/@chan/live?email=a@b.c"
+
+
+def test_an_error_opening_a_source_holds_no_password():
+    """`cannot open rtsp://u:S3cr3t@127.0.0.1:1/x` was the SourceError's own message: the CLI
+    hid it, an application logging the exception did not."""
+    import pickle
+
+    from engine.errors import SourceError
+    from pipeline.sources import open_source
+
+    with pytest.raises(SourceError) as caught:
+        next(iter(open_source("rtsp://u:S3cr3t@127.0.0.1:1/x")))
+    assert "S3cr3t" not in str(caught.value) and "rtsp://127.0.0.1:1/x" in str(caught.value)
+    assert "S3cr3t" not in repr(pickle.loads(pickle.dumps(caught.value)))

@@ -9,6 +9,7 @@ happens in the server's threads, on demand.
 """
 from __future__ import annotations
 
+import ipaddress
 from typing import Optional, Sequence
 
 from ..detections import Detections
@@ -38,7 +39,7 @@ class ServeSink(Sink):
         self.status = RunStatus(pipeline, self.view)
         # a few connections stay free of viewers for /healthz, /metrics and the page
         app = ServeApp(self.status, registry_for(self.status), token,
-                       max_streams=max(1, max_connections - 4))
+                       max_streams=max(1, max_connections - 4), local_only=_loopback(host))
         self.server = HttpServer(app, host, port, max_connections)
         self.server.start()
 
@@ -56,3 +57,12 @@ class ServeSink(Sink):
     def close(self) -> None:
         self.view.close()
         self.server.close()
+
+
+def _loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

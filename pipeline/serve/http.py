@@ -10,6 +10,8 @@ socket timeout that frees the thread of a viewer that stopped reading.
 from __future__ import annotations
 
 import hmac
+import http.client
+import ipaddress
 import json
 import re
 import socket
@@ -35,12 +37,16 @@ class ServeApp:
     picture), /metrics, /healthz, /api/status."""
 
     def __init__(self, status: RunStatus, registry, token: Optional[str] = None,
-                 keepalive_s: float = 5.0, max_streams: int = 28):
+                 keepalive_s: float = 5.0, max_streams: int = 28, local_only: bool = False):
         from prometheus_client import make_wsgi_app
 
         self.status = status
         self.view: LiveFrames = status.view
         self.token = token or None
+        # served on loopback without a token: only requests addressed to this machine by name
+        # or address, so that a web page whose own name was rebound to 127.0.0.1 (DNS
+        # rebinding) cannot read the pictures from the browser of someone on this machine
+        self.local_only = local_only and self.token is None
         self.keepalive_s = keepalive_s
         # viewers hold their connection for as long as they watch: capped below the server's
         # connection limit so that /healthz and /metrics always find a free one
@@ -49,7 +55,7 @@ class ServeApp:
         self._page = page(round(1000 * self.view.min_interval))
 
     def __call__(self, environ, start_response):
-        body = self._answer(environ, start_response)
+        body = self._answer(environ, _with_safety_headers(start_response))
         if environ.get("REQUEST_METHOD") == "HEAD":  # the headers only (wsgiref sends any body)
             getattr(body, "close", lambda: None)()
             return []
@@ -60,6 +66,9 @@ class ServeApp:
         if method not in ("GET", "HEAD"):
             return _text(start_response, "405 Method Not Allowed", "read-only: GET only\n",
                          [("Allow", "GET, HEAD")])
+        if self.local_only and not _local_host(environ.get("HTTP_HOST", "")):
+            return _text(start_response, "403 Forbidden", "this server answers requests for "
+                         "localhost or its address only\n")
         if not self._authorised(environ):
             return _text(start_response, "401 Unauthorized", "missing or wrong token\n",
                          [("WWW-Authenticate", 'Bearer realm="dbrt"')])
@@ -129,6 +138,19 @@ class ServeApp:
                    f"Content-Length: {len(encoded.jpeg)}\r\n\r\n").encode() + encoded.jpeg + b"\r\n"
 
 
+def _local_host(host: str) -> bool:
+    """A Host header naming localhost or an IP address (any port), or none (HTTP/1.0)."""
+    name = host.rpartition("]")[0].lstrip("[") if host.startswith("[") else host.partition(":")[0]
+    name = name.lower().rstrip(".")
+    if not name or name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
 def _query(environ, name: str) -> Optional[str]:
     """A query parameter, percent-decoded only: a "+" in a token is a plus, not a space."""
     return next((unquote(part[len(name) + 1:]) for part in environ.get("QUERY_STRING", "").split("&")
@@ -152,6 +174,23 @@ class _Viewer:
         finally:
             if release is not None:
                 release()
+
+
+# on every answer, /metrics and 401s included: the pictures and status of cameras are not for
+# caches, other sites' frames or content sniffing, and the address of a page opened with
+# ?token= must not leave in a Referer header
+SAFETY_HEADERS = (("X-Content-Type-Options", "nosniff"), ("X-Frame-Options", "DENY"),
+                  ("Content-Security-Policy", "frame-ancestors 'none'"),
+                  ("Referrer-Policy", "no-referrer"), ("Cache-Control", "no-store"),
+                  ("Server", "dbrt"))  # wsgiref's own names the Python version
+
+
+def _with_safety_headers(start_response):
+    def start(status, headers, exc_info=None):
+        present = {name.lower() for name, _ in headers}
+        extra = [(n, v) for n, v in SAFETY_HEADERS if n.lower() not in present]
+        return start_response(status, [*headers, *extra], exc_info)
+    return start
 
 
 _STREAM_HEADERS = [("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}"),
@@ -178,13 +217,37 @@ class _Discard:
         pass
 
 
+class _CappedReader:
+    """The connection's reader, giving at most `limit` bytes in lines; a longer request is the
+    stdlib's LineTooLong, which the handler answers with 431."""
+
+    def __init__(self, raw, limit: int):
+        self._raw, self._left = raw, limit
+
+    def readline(self, size: int = -1) -> bytes:
+        if self._left <= 0:
+            raise http.client.LineTooLong("request headers")
+        line = self._raw.readline(self._left + 1 if size < 0 else min(size, self._left + 1))
+        self._left -= len(line)
+        if self._left < 0:
+            raise http.client.LineTooLong("request headers")
+        return line
+
+    def __getattr__(self, name):
+        return getattr(self._raw, name)
+
+
 class _Handler(WSGIRequestHandler):
     timeout = 10.0  # seconds a blocked read or write may take before the connection is dropped
     request_deadline = 10.0  # seconds for the whole request line and headers (a client that
     # sends a byte now and then would otherwise hold its connection, and a slot, for ever)
 
+    max_request_bytes = 32 * 1024  # request line and headers (nginx's default is 32 KiB too)
+
     def setup(self) -> None:
         super().setup()
+        # the stdlib allows 100 header lines of 64 KiB: 32 clients held 200 MB for 10 s each
+        self.rfile = _CappedReader(self.rfile, self.max_request_bytes)
         self._deadline = threading.Timer(self.request_deadline, self._drop)
         self._deadline.daemon = True
         self._deadline.start()

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import abc
 import functools
-import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -11,14 +10,7 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-
-_CREDENTIALS = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]*@")
-
-
-def without_credentials(text: str) -> str:
-    """`rtsp://user:secret@cam/1` -> `rtsp://cam/1`, also inside a message: what the console,
-    result files, viewers, metrics and events show."""
-    return _CREDENTIALS.sub(r"\1", text)
+from engine.errors import without_credentials  # noqa: F401 - what sources and outputs use
 
 
 def first_line(exc: BaseException) -> str:
