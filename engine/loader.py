@@ -37,8 +37,9 @@ class RunnerOptions:
               an engine is built; `calibration` (fn(shape) -> float32 batches) keys the cached
               engine by the batches' content, or by its `digest` attribute (a string naming the
               data) when it has one, which spares reading the data for the key
-    engine_host_code: a prebuilt version-compatible engine without dbrt's record may run the
-              lean TensorRT runtime it carries (code from the file: only for engines you trust)
+    engine_host_code: a prebuilt version-compatible engine may run the lean TensorRT runtime
+              it carries (code from the file: only for engines you trust; the record beside
+              it is no proof, anyone can write one)
     """
 
     threads: int = 0
@@ -121,7 +122,7 @@ def load_runner(model: os.PathLike, backend: str = "auto", device: str = "auto",
                               host_code=options.engine_host_code)
     if suffix != ".onnx":
         raise ModelError(f"unsupported model file {path.name}: expected {MODEL_FILE_KINDS}")
-    if options.engine_host_code:  # an ONNX has no host code; what dbrt builds, its record says
+    if options.engine_host_code:  # an ONNX has no host code; the engine cache trusts what it builds
         raise ModelError(f"engine_host_code (--trust-engine-code) applies to a prebuilt .engine "
                          f"only, not {path.name}")
     if backend == "tensorrt" or (backend == "auto" and device != "cpu" and tensorrt_usable()):

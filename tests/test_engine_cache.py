@@ -12,7 +12,7 @@ from engine.tensorrt.cache import cache_dir, cached_engine_runner
 from engine.errors import DbrtError, ModelError, ShapeError
 from engine.loader import RunnerOptions, load_runner
 from engine.onnxruntime.runner import OnnxRuntimeRunner
-from engine.tensorrt.record import sidecar_path
+from engine.tensorrt.record import EngineRecord, sidecar_path
 from engine.tensorrt.build import BuildOptions, build_engine_file
 from engine.tensorrt.runner import TensorRTRunner
 from trt_double import fake_cuda
@@ -279,11 +279,34 @@ def test_version_compatible_engine_runs_on_a_later_tensorrt(monkeypatch, tiny_on
                                                       version_compatible=True))
     trt_double.install(monkeypatch, "11.x")
     batch = rng.random((1, 3, 64, 64), dtype=np.float32)
-    with TensorRTRunner(engine) as runner:                   # allowed: host code enabled
+    with TensorRTRunner(engine, host_code=True) as runner:   # trusted: host code enabled
         np.testing.assert_allclose(runner.infer(batch)["prob"], ort_prob(tiny_onnx, batch), atol=1e-5)
     trt_double.install(monkeypatch, "8.6")                   # never backwards
     with pytest.raises(ModelError, match="built with TensorRT 10.3.0"):
+        TensorRTRunner(engine, host_code=True).activate()
+
+
+def test_a_record_beside_an_engine_file_does_not_let_its_code_run(monkeypatch, tiny_onnx, tmp_path):
+    """The record says version_compatible, but whoever hands over an engine file can write its
+    record too: the runtime the file carries runs only when the caller trusts the file."""
+    trt_double.install(monkeypatch, "10.x")
+    engine = tmp_path / "vc.engine"
+    build_engine_file(tiny_onnx, engine, BuildOptions(precision="fp32", profile=SMALL,
+                                                      version_compatible=True))
+    assert EngineRecord.load(engine).builder["version_compatible"]
+    with pytest.raises(ModelError, match="--trust-engine-code"):
         TensorRTRunner(engine).activate()
+
+
+def test_the_engine_cache_runs_the_version_compatible_engines_it_built(monkeypatch, tiny_onnx, tmp_path,
+                                                                      rng):
+    trt_double.install(monkeypatch, "10.x")
+    batch = rng.random((1, 3, 64, 64), dtype=np.float32)
+    for _ in range(2):  # built, then found in the cache
+        with cached_engine_runner(tiny_onnx, precision="fp32", profile=SMALL,
+                                  version_compatible=True) as runner:
+            np.testing.assert_allclose(runner.infer(batch)["prob"], ort_prob(tiny_onnx, batch),
+                                       atol=1e-5)
 
 
 def test_a_version_compatible_engine_built_elsewhere_runs_only_when_trusted(trt, tiny_onnx,

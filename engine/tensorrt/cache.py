@@ -155,4 +155,6 @@ def cached_engine_runner(onnx_path: os.PathLike, precision: str = "auto",
             device = backend.device_info()
             options = replace(options, timing_cache=timing_cache_path(trt.__version__, device))
         build_engine_file(onnx_path, path, options, progress, backend)
-    return TensorRTRunner(path, cuda_graph=cuda_graph, backend=backend)
+    # a version-compatible engine built here runs the lean runtime it carries: dbrt wrote it
+    return TensorRTRunner(path, cuda_graph=cuda_graph, backend=backend,
+                          host_code=options.version_compatible)

@@ -60,8 +60,9 @@ class TensorRTRunner(Runner):
     a deserialized engine, or a loader (a function returning any of these, called on activation).
 
     A version-compatible engine carries a lean TensorRT runtime (host code) that runs in this
-    process: allowed when dbrt's record says dbrt built it so, or when `host_code` is given
-    for an engine the caller trusts (one built elsewhere, e.g. by trtexec --versionCompatible)."""
+    process: allowed only when `host_code` is given, for an engine the caller trusts. The
+    record beside an engine file proves nothing (whoever hands over a file can write one);
+    dbrt's engine cache passes `host_code` for the version-compatible engines it built."""
 
     name = "tensorrt"
     output_device = "cuda"
@@ -108,8 +109,7 @@ class TensorRTRunner(Runner):
     def _deserialize(self, trt):
         init_plugins(trt)  # DeformConv and other plugin layers
         self._runtime = trt.Runtime(self._logger)
-        if self.host_code or (self.record is not None
-                              and self.record.builder.get("version_compatible")):
+        if self.host_code:
             self._runtime.engine_host_code_allowed = True
         source = self._source() if callable(self._source) else self._source
         if hasattr(source, "num_io_tensors"):  # deserialized elsewhere
@@ -119,8 +119,8 @@ class TensorRTRunner(Runner):
         if engine is None:
             errors = self._logger.last_errors()
             lean = "lean runtime" in errors.lower()  # a version-compatible plan, host code refused
-            hint = ("a version-compatible engine built outside dbrt runs with --trust-engine-code "
-                    "(engine_host_code): only for a file you trust" if lean
+            hint = ("a version-compatible engine runs the TensorRT runtime it carries only with "
+                    "--trust-engine-code (engine_host_code): only for a file you trust" if lean
                     else "engines only run on the TensorRT version and GPU that built them; "
                          "rebuild with dbrt build")
             raise ModelError(f"TensorRT {trt.__version__} cannot load engine {self._describe()}: "

@@ -6,9 +6,9 @@ from pipeline.reading.spec import RecSpec
 
 from ._validate import MAX_CPU_THREADS
 
-TRUST_ENGINE_HELP = ("let a version-compatible TensorRT .engine built outside dbrt (e.g. trtexec "
-                     "--versionCompatible) run the TensorRT runtime it carries: code from the "
-                     "file runs in this process, so only for engines you trust")
+TRUST_ENGINE_HELP = ("let a version-compatible TensorRT .engine (dbrt build --version-compatible, "
+                     "trtexec --versionCompatible) run the TensorRT runtime it carries: code from "
+                     "the file runs in this process, so only for engines you trust")
 
 THREADS_HELP = (f"CPU inference threads (0: backend default; at most {MAX_CPU_THREADS}, beyond "
                 "the core count where more threads still pay)")

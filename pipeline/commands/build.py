@@ -41,7 +41,8 @@ def add_arguments(parser) -> None:
     tuning.add_argument("--no-timing-cache", action="store_true",
                         help="do not use a timing cache (not with --timing-cache)")
     tuning.add_argument("--version-compatible", action="store_true",
-                        help="the engine also runs on later TensorRT versions (somewhat slower)")
+                        help="the engine also runs on later TensorRT versions (somewhat slower); it carries "
+                             "TensorRT's runtime, so running it takes --trust-engine-code")
     tuning.add_argument("--hardware-compatible", action="store_true",
                         help="the engine runs on any Ampere or newer GPU (somewhat slower)")
     calib = parser.add_argument_group("INT8 calibration (TensorRT 8.6 / 10.x, FP32 ONNX)")
