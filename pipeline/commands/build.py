@@ -42,7 +42,8 @@ def add_arguments(parser) -> None:
                         help="do not use a timing cache (not with --timing-cache)")
     tuning.add_argument("--version-compatible", action="store_true",
                         help="the engine also runs on later TensorRT versions (somewhat slower); it carries "
-                             "TensorRT's runtime, so running it takes --trust-engine-code")
+                             "TensorRT's runtime, which dbrt run / info / eval run only when told "
+                             "to trust the file")
     tuning.add_argument("--hardware-compatible", action="store_true",
                         help="the engine runs on any Ampere or newer GPU (somewhat slower)")
     calib = parser.add_argument_group("INT8 calibration (TensorRT 8.6 / 10.x, FP32 ONNX)")
