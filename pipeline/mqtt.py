@@ -28,7 +28,7 @@ import os
 import ssl
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -131,15 +131,18 @@ class MqttSink(Sink):
                 while the broker is away (while it is connected, an event waits up to
                 ROOM_WAIT_S for the acknowledgements that make room)
     min_delay, max_delay: reconnect back-off in whole seconds (doubling from min to max)
+    password: for a URL that names a user without one (the CLI's DBRT_MQTT_PASSWORD)
     Source names lose any user:password part.
     """
 
     def __init__(self, url: str, max_queued: int = 1000, min_delay: int = 1, max_delay: int = 16,
-                 keepalive: int = 30, flush_s: float = 2.0):
+                 keepalive: int = 30, flush_s: float = 2.0, password: Optional[str] = None):
         try:
             self.broker = parse_broker_url(url)
         except ValueError as exc:
             raise DbrtError(f"--mqtt {url!r}: {exc}") from None
+        if password is not None and self.broker.password is None:
+            self.broker = replace(self.broker, password=password)
         mqtt = require("paho.mqtt.client")
         self._ok = {mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN}  # NO_CONN: queued until back
         self._full = mqtt.MQTT_ERR_QUEUE_SIZE

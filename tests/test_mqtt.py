@@ -221,3 +221,57 @@ def test_the_broker_password_is_not_in_its_repr():
 
     broker = parse_broker_url("mqtt://mq:S3cr3t@broker:1883/site/dbrt")
     assert broker.password == "S3cr3t" and "S3cr3t" not in repr(broker)
+
+
+def test_the_broker_password_can_come_from_the_environment(tmp_path, capsys, monkeypatch):
+    """A password had to be in --mqtt's URL, where every local user sees it in `ps`: the URL
+    now names the user only and DBRT_MQTT_PASSWORD holds the password."""
+    import shutil
+    import subprocess
+
+    binary = mosquitto_or_skip()
+    passwd = shutil.which("mosquitto_passwd")
+    if passwd is None:
+        pytest.skip("mosquitto_passwd is not installed")
+    users = tmp_path / "users"
+    subprocess.run([passwd, "-b", "-c", str(users), "alice", "r+ght@x"], check=True)
+    users.chmod(0o600)
+    server = Mosquitto(binary, tmp_path, password_file=users).start()
+    monkeypatch.setenv("DBRT_MQTT_PASSWORD", "r+ght@x")
+    try:
+        rc = main(["run", "--mqtt", f"mqtt://alice@127.0.0.1:{server.port}/{TOPIC}",
+                   "--no-video", "--quiet", "-o", str(tmp_path / "out"), "--max-frames", "5"])
+    finally:
+        server.stop()
+    err = capsys.readouterr().err
+    assert rc == 0 and "r+ght" not in err, err
+    mqtt = json.loads((tmp_path / "out" / "report.json").read_text())["mqtt"]
+    assert mqtt["acked_total"] == 5, mqtt
+
+
+@pytest.mark.parametrize("value,url,message", [
+    ("", "mqtt://alice@broker/t", "DBRT_MQTT_PASSWORD is set but empty"),
+    ("pw", "mqtt://broker/t", "DBRT_MQTT_PASSWORD is set but --mqtt names no user"),
+])
+def test_a_broker_password_variable_that_cannot_apply_is_one_line(value, url, message, capsys,
+                                                                   monkeypatch, tmp_path):
+    monkeypatch.setenv("DBRT_MQTT_PASSWORD", value)
+    assert main(["run", "--mqtt", url, "--no-video", "--quiet", "--max-frames", "1",
+                 "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_the_url_password_wins_over_the_variable(monkeypatch):
+    from pipeline.commands.run import _mqtt_password
+    from pipeline.mqtt import MqttSink
+
+    monkeypatch.setenv("DBRT_MQTT_PASSWORD", "from-env")
+    assert _mqtt_password(None) is None  # no --mqtt: the variable means nothing
+    sink = MqttSink("mqtt://u:in-url@127.0.0.1:1/t", password=_mqtt_password("mqtt://u@h/t"))
+    other = MqttSink("mqtt://u@127.0.0.1:1/t", password="from-env")
+    try:
+        assert sink.broker.password == "in-url" and other.broker.password == "from-env"
+    finally:
+        sink.close()
+        other.close()

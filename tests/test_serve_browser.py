@@ -4,6 +4,7 @@ shows the metrics it fetched. Skips where Chromium is absent (.ci/run installs i
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import signal
@@ -83,3 +84,79 @@ def test_seven_streams_all_show_their_picture_and_the_status_goes_on(tmp_path):
     shown = dict(re.findall(r'<img alt="stream (\d+)"[^>]*?data-shown="(\d+)"', dom))
     assert sorted(shown, key=int) == [str(i) for i in range(7)], dom[:2000]
     assert ">up<" in dom and "FPS" in dom
+
+
+class DevTools:
+    """Headless Chromium driven over --remote-debugging-pipe (fd 3 in, fd 4 out, JSON messages
+    ended by NUL): what a page's script did (its address, its DOM) can be asked while it runs."""
+
+    def __init__(self, tmp_path, url: str):
+        binary = shutil.which("chromium") or shutil.which("chromium-browser")
+        to_browser, self._write = os.pipe()
+        self._read, from_browser = os.pipe()
+        # the child's fds 3 and 4: a preexec dup2 (pass_fds keeps the numbers, not the places)
+        def fds():
+            os.dup2(to_browser, 3)
+            os.dup2(from_browser, 4)
+        flags = [f for f in FLAGS if not f.startswith("--virtual-time")]
+        self.proc = subprocess.Popen([binary, *flags, f"--user-data-dir={tmp_path / 'devtools'}",
+                                      "--remote-debugging-pipe", url], preexec_fn=fds,
+                                     close_fds=False, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        os.close(to_browser)
+        os.close(from_browser)
+        self._next, self._buffer, self._session = 0, b"", None
+        page = next(t for t in self._call("Target.getTargets")["targetInfos"] if t["type"] == "page")
+        self._session = self._call("Target.attachToTarget", targetId=page["targetId"],
+                                   flatten=True)["sessionId"]
+
+    def _call(self, method: str, **params) -> dict:
+        self._next += 1
+        message = {"id": self._next, "method": method, "params": params}
+        if self._session:
+            message["sessionId"] = self._session
+        os.write(self._write, json.dumps(message).encode() + b"\0")
+        while True:
+            while b"\0" not in self._buffer:
+                chunk = os.read(self._read, 1 << 16)
+                assert chunk, "chromium closed its DevTools pipe"
+                self._buffer += chunk
+            line, self._buffer = self._buffer.split(b"\0", 1)
+            answer = json.loads(line)
+            if answer.get("id") == self._next:
+                assert "error" not in answer, answer
+                return answer["result"]
+
+    def evaluate(self, expression: str):
+        return self._call("Runtime.evaluate", expression=expression)["result"].get("value")
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_the_token_leaves_the_address_bar_and_the_page_still_uses_it(tmp_path):
+    """Opened as /?token=SECRET, the token stayed in the address bar and the history."""
+    if not (shutil.which("chromium") or shutil.which("chromium-browser")):
+        pytest.skip("chromium is not installed (apt-get install chromium; .ci/run does)")
+    port = free_port()
+    proc = dbrt("run", "--serve", str(port), "--no-video", "--quiet", "-o", str(tmp_path / "out"),
+                env={"DBRT_SERVE_TOKEN": "t0+k%en"})
+    browser = None
+    try:
+        wait_until(lambda: json.loads(get(port, "/api/status?token=t0%2Bk%25en")[1])["frames"] >= 2,
+                   proc, "frames to show")
+        browser = DevTools(tmp_path, f"http://127.0.0.1:{port}/?token=t0+k%en#tiles")
+        shown = "document.querySelector('img[data-shown]') !== null && " \
+                "document.getElementById('summary').textContent.includes('FPS')"
+        wait_until(lambda: browser.evaluate(shown), proc, "the page to show a picture and status")
+        address = browser.evaluate("location.href")
+        back = browser.evaluate("history.length")
+    finally:
+        if browser is not None:
+            browser.close()
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+    assert address == f"http://127.0.0.1:{port}/#tiles", address
+    assert back == 1  # replaced, not pushed: no entry with the token to go back to

@@ -3,7 +3,8 @@
 Engines are keyed by everything that makes a plan valid: the ONNX content (sha256 of the file
 and of its external weight files), precision,
 profile, TensorRT version and GPU (name + compute capability), and for INT8 calibration the
-calibration data's content and the calibration method. They live in
+calibration data's content, the calibration cache file's content and the calibration method.
+They live in
 `$DBRT_ENGINE_CACHE` (default `~/.cache/dbrt/engines`) with their JSON records, next to one
 timing cache per TensorRT version and GPU, which makes rebuilds after a model change faster.
 """
@@ -98,7 +99,26 @@ def _build_settings(options: BuildOptions) -> dict:
     return {"version_compatible": options.version_compatible,
             "hardware_compatible": options.hardware_compatible, "opt_level": options.opt_level,
             "workspace": options.workspace,
-            "calibration_cache": str(options.calibration_cache) if options.calibration_cache else None}
+            "calibration_cache": _calibration_cache_digest(options.calibration_cache)}
+
+
+def _calibration_cache_digest(path: Optional[os.PathLike]) -> Optional[str]:
+    """A calibration cache by its content: TensorRT takes the ranges from the file when it
+    exists (not from the images), so another file at the same path is another engine. One
+    not there yet is written by the build from the images, which the key already holds."""
+    if not path:
+        return None
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as file:
+            for chunk in iter(lambda: file.read(1 << 20), b""):
+                digest.update(chunk)
+        return "sha256:" + digest.hexdigest()
+    except FileNotFoundError:
+        return "absent"
+    except OSError as exc:
+        raise ModelError(f"the calibration cache {path} cannot be read "
+                         f"({exc.strerror or exc})") from None
 
 
 def cached_engine_path(onnx_path: os.PathLike, options: BuildOptions = BuildOptions(),

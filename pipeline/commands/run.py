@@ -116,7 +116,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     w.add_argument("--mqtt", type=broker_url, metavar="mqtt[s]://[USER:PASS@]HOST[:PORT]/TOPIC",
                    help="publish one JSON event per frame (QoS 1) to this broker and topic, and "
                         "with --track each text event; mqtts://...?ca=FILE trusts the broker "
-                        "certificate that CA (PEM) signed")
+                        "certificate that CA (PEM) signed; the password of a URL without "
+                        "one: the DBRT_MQTT_PASSWORD environment variable (out of the process "
+                        "list)")
     w.add_argument("--mqtt-queue", type=at_least(1), default=1000,
                    help="events kept while the broker is away; more are dropped and counted (while "
                         "it is connected, a burst waits for acknowledgements instead)")
@@ -157,6 +159,7 @@ def _check_flag_pairs(args) -> None:
     if args.serve_token is not None and not args.serve_token.strip():
         raise DbrtError("--serve-token is empty (an unset variable?); give a token, or set "
                         "DBRT_SERVE_TOKEN, which also keeps it out of the process list")
+    args.mqtt_password = _mqtt_password(args.mqtt)
     if args.serve_token and not args.serve:
         raise DbrtError("--serve-token applies to --serve only; add --serve or drop --serve-token")
     if args.show_scores and args.no_video and not (args.show or args.serve):
@@ -169,6 +172,27 @@ def _camera_mode(args) -> dict:
     width, height = args.camera_size or (None, None)
     mode = dict(width=width, height=height, fps=args.camera_fps, fourcc=args.camera_fourcc)
     return {key: value for key, value in mode.items() if value is not None}
+
+
+def _mqtt_password(url):
+    """DBRT_MQTT_PASSWORD: the password of the user that --mqtt names without one, kept out of
+    the process list (a URL's own password wins, as --serve-token does over DBRT_SERVE_TOKEN)."""
+    import os
+
+    from engine.errors import DbrtError
+
+    password = os.environ.get("DBRT_MQTT_PASSWORD")
+    if not url or password is None:
+        return None
+    if not password:
+        raise DbrtError("DBRT_MQTT_PASSWORD is set but empty (an unset variable in a service "
+                        "file?); give it the password, or unset it")
+    from pipeline.mqtt import parse_broker_url
+
+    if not parse_broker_url(url).username:
+        raise DbrtError("DBRT_MQTT_PASSWORD is set but --mqtt names no user: "
+                        "give it as mqtt[s]://USER@HOST[:PORT]/TOPIC")
+    return password
 
 
 def build_pipeline(args):
@@ -263,7 +287,8 @@ def _network_sinks(pipe, args, annotators) -> list:
         if args.mqtt:
             from pipeline.mqtt import MqttSink
 
-            sinks.append(MqttSink(args.mqtt, max_queued=args.mqtt_queue))
+            sinks.append(MqttSink(args.mqtt, max_queued=args.mqtt_queue,
+                                   password=args.mqtt_password))
         if args.serve:
             sinks.append(_serve_sink(pipe, args, annotators))
             if args.mqtt:

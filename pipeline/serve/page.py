@@ -1,6 +1,7 @@
 """The one page of the web view: a tile per stream with its live picture, state, FPS,
 drops / reconnects and newest detections, refreshed from /api/status once a second. Static
-text: no request ever reads a file. The token the page was opened with is passed on.
+text: no request ever reads a file. The token the page was opened with is passed on to its own
+requests and taken out of the address bar and history (a reload then asks for it again).
 
 Each picture is fetched as a JPEG when the one before it has loaded (at most the view's rate,
 and only a newer one: 204 while there is none), not as an endless MJPEG response: a browser
@@ -32,6 +33,9 @@ const given = /[?&]token=([^&]*)/.exec(location.search);
 function decoded(t){ try { return decodeURIComponent(t); } catch (e) { return t; } }
 const token = given ? decoded(given[1]) : null;
 const q = token ? "?token=" + encodeURIComponent(token) : "";
+// out of the address bar and the history once read: the page's own requests carry it (q)
+if (given) history.replaceState(null, "", location.pathname +
+  location.search.replace(/([?&])token=[^&]*&?/, "$1").replace(/[?&]$/, "") + location.hash);
 const FRAME_MS = __FRAME_MS__;
 const tiles = {};
 function esc(s){return String(s).replace(/[&<>"']/g,c=>"&#"+c.charCodeAt(0)+";");}
