@@ -19,7 +19,7 @@ import numpy as np
 from .. import cuda as _cuda
 from ..errors import DbrtError, ModelError, ShapeError
 from . import require_tensorrt
-from ..onnx_info import OnnxSummary, expand_fp16_storage, load_onnx, summarize_onnx
+from ..onnx_info import OnnxSummary, expand_fp16_storage, load_onnx, sha256_file, summarize_onnx
 from .cancel import BuildSignals, interrupt
 from .progress import BuildProgress, Heartbeat, progress_monitor
 from .record import EngineRecord, sidecar_path, write_whole
@@ -236,6 +236,10 @@ def _attach_calibrator(trt, config, options: BuildOptions, profile: ShapeProfile
     return calibrator
 
 
+def _file_sha256(path) -> Optional[str]:
+    return sha256_file(path) if path and os.path.isfile(path) else None
+
+
 def _run_build(trt, builder, network, config, progress: Optional[BuildProgress],
                signals: BuildSignals):
     monitor = progress_monitor(trt, progress, signals.cancel)
@@ -299,6 +303,8 @@ def build_engine(onnx_path: os.PathLike, options: BuildOptions = BuildOptions(),
     builder_info = {"workspace": options.workspace, "opt_level": options.opt_level,
                     "flags": list(plan.flags), "timing_cache": options.timing_cache is not None,
                     "calibration_batches": getattr(calibrator, "batches_used", None),
+                    # the ranges it was built from: the engine cache rebuilds when the file changes
+                    "calibration_cache_sha256": _file_sha256(options.calibration_cache) if calibrator else None,
                     "version_compatible": options.version_compatible,
                     "hardware_compatible": options.hardware_compatible}
     record = EngineRecord(

@@ -3,8 +3,8 @@
 Engines are keyed by everything that makes a plan valid: the ONNX content (sha256 of the file
 and of its external weight files), precision,
 profile, TensorRT version and GPU (name + compute capability), and for INT8 calibration the
-calibration data's content, the calibration cache file's content and the calibration method.
-They live in
+calibration data's content and the calibration method (an engine built from a calibration cache
+file that now holds other ranges is built again). They live in
 `$DBRT_ENGINE_CACHE` (default `~/.cache/dbrt/engines`) with their JSON records, next to one
 timing cache per TensorRT version and GPU, which makes rebuilds after a model change faster.
 """
@@ -25,7 +25,7 @@ from .. import cuda as _cuda
 from ..cuda import DeviceInfo
 from ..errors import ModelError
 from . import require_tensorrt
-from ..onnx_info import summarize_onnx
+from ..onnx_info import sha256_file, summarize_onnx
 from ..shapes import ShapeProfile
 from .build import (BuildOptions, build_engine_file, has_strongly_typed_flag,
                              has_weak_typing, plan_precision)
@@ -99,26 +99,28 @@ def _build_settings(options: BuildOptions) -> dict:
     return {"version_compatible": options.version_compatible,
             "hardware_compatible": options.hardware_compatible, "opt_level": options.opt_level,
             "workspace": options.workspace,
-            "calibration_cache": _calibration_cache_digest(options.calibration_cache)}
+            "calibration_cache": options.calibration_cache is not None}
 
 
-def _calibration_cache_digest(path: Optional[os.PathLike]) -> Optional[str]:
-    """A calibration cache by its content: TensorRT takes the ranges from the file when it
-    exists (not from the images), so another file at the same path is another engine. One
-    not there yet is written by the build from the images, which the key already holds."""
-    if not path:
+def calibration_cache_sha256(path: Optional[os.PathLike]) -> Optional[str]:
+    """The content of a calibration cache file, None when there is none (yet)."""
+    if not path or not os.path.exists(path):
         return None
-    digest = hashlib.sha256()
     try:
-        with open(path, "rb") as file:
-            for chunk in iter(lambda: file.read(1 << 20), b""):
-                digest.update(chunk)
-        return "sha256:" + digest.hexdigest()
-    except FileNotFoundError:
-        return "absent"
+        return sha256_file(path)
     except OSError as exc:
         raise ModelError(f"the calibration cache {path} cannot be read "
                          f"({exc.strerror or exc})") from None
+
+
+def _calibrated_from_another_cache(engine: Path, options: BuildOptions) -> bool:
+    """TensorRT takes the INT8 ranges from an existing calibration cache file instead of the
+    images, so a cached engine is stale when that file now holds other ranges than the ones it
+    was built from (its record says which). Checked, not keyed: keyed by the content, the file
+    the first build writes would make the next run build again."""
+    current = calibration_cache_sha256(options.calibration_cache)
+    return current is not None and current != EngineRecord.load(engine).builder.get(
+        "calibration_cache_sha256")
 
 
 def cached_engine_path(onnx_path: os.PathLike, options: BuildOptions = BuildOptions(),
@@ -168,7 +170,7 @@ def cached_engine_runner(onnx_path: os.PathLike, precision: str = "auto",
     backend = backend or _cuda.require_backend("the TensorRT engine cache")
     options = BuildOptions(precision=precision, profile=profile, **build_options)
     path = cached_engine_path(onnx_path, options, backend)
-    if not _complete(path):
+    if not _complete(path) or _calibrated_from_another_cache(path, options):
         _check_writable(path.parent)
         trt = require_tensorrt()
         if options.timing_cache is None:
