@@ -194,7 +194,8 @@ def test_event_is_the_jsonl_line_plus_type_stream_time():
         assert payload == json.dumps(expected, ensure_ascii=False, separators=(",", ":"))
 
 
-def test_a_refused_login_ends_the_run_with_one_line_naming_it(tmp_path, capsys):
+def broker_with_user(tmp_path, user: str, password: str) -> "Mosquitto":
+    """A started broker that takes only `user` logging in with `password`."""
     import shutil
     import subprocess
 
@@ -203,9 +204,13 @@ def test_a_refused_login_ends_the_run_with_one_line_naming_it(tmp_path, capsys):
     if passwd is None:
         pytest.skip("mosquitto_passwd is not installed")
     users = tmp_path / "users"
-    subprocess.run([passwd, "-b", "-c", str(users), "alice", "right"], check=True)
+    subprocess.run([passwd, "-b", "-c", str(users), user, password], check=True)
     users.chmod(0o600)
-    server = Mosquitto(binary, tmp_path, password_file=users).start()
+    return Mosquitto(binary, tmp_path, password_file=users).start()
+
+
+def test_a_refused_login_ends_the_run_with_one_line_naming_it(tmp_path, capsys):
+    server = broker_with_user(tmp_path, "alice", "right")
     try:
         rc = main(["run", "--mqtt", f"mqtt://alice:wrong@127.0.0.1:{server.port}/{TOPIC}",
                    "--no-video", "--quiet", "-o", str(tmp_path / "out"), "--max-frames", "40"])
@@ -226,17 +231,7 @@ def test_the_broker_password_is_not_in_its_repr():
 def test_the_broker_password_can_come_from_the_environment(tmp_path, capsys, monkeypatch):
     """A password had to be in --mqtt's URL, where every local user sees it in `ps`: the URL
     now names the user only and DBRT_MQTT_PASSWORD holds the password."""
-    import shutil
-    import subprocess
-
-    binary = mosquitto_or_skip()
-    passwd = shutil.which("mosquitto_passwd")
-    if passwd is None:
-        pytest.skip("mosquitto_passwd is not installed")
-    users = tmp_path / "users"
-    subprocess.run([passwd, "-b", "-c", str(users), "alice", "r+ght@x"], check=True)
-    users.chmod(0o600)
-    server = Mosquitto(binary, tmp_path, password_file=users).start()
+    server = broker_with_user(tmp_path, "alice", "r+ght@x")
     monkeypatch.setenv("DBRT_MQTT_PASSWORD", "r+ght@x")
     try:
         rc = main(["run", "--mqtt", f"mqtt://alice@127.0.0.1:{server.port}/{TOPIC}",

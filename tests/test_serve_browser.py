@@ -31,21 +31,32 @@ def chromium(tmp_path, *args) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)
 
 
-@pytest.mark.slow
-def test_headless_chromium_shows_the_live_picture_and_metrics(tmp_path):
+def serving_with_token(tmp_path):
+    """(port, process) of `dbrt run --serve` with the token t0+k%en, once it shows frames; skips
+    without chromium. A "+" as base64 tokens have: typed into the address, it is a plus, not a
+    space; a "%" that starts no escape stays itself (the page's script stopped at it)."""
     if not (shutil.which("chromium") or shutil.which("chromium-browser")):
         pytest.skip("chromium is not installed (apt-get install chromium; .ci/run does)")
-    import cv2
-
     port = free_port()
-    # a "+" as base64 tokens have: typed into the address, it is a plus, not a space; a "%"
-    # that starts no escape stays itself (the page's script stopped at it)
     proc = dbrt("run", "--serve", str(port), "--no-video", "--quiet", "-o", str(tmp_path / "out"),
                 env={"DBRT_SERVE_TOKEN": "t0+k%en"})
-    url = f"http://127.0.0.1:{port}/?token=t0+k%en"
     try:
         wait_until(lambda: json.loads(get(port, "/api/status?token=t0%2Bk%25en")[1])["frames"] >= 2,
                    proc, "frames to show")
+    except BaseException:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+        raise
+    return port, proc
+
+
+@pytest.mark.slow
+def test_headless_chromium_shows_the_live_picture_and_metrics(tmp_path):
+    import cv2
+
+    port, proc = serving_with_token(tmp_path)
+    url = f"http://127.0.0.1:{port}/?token=t0+k%en"
+    try:
         shot = tmp_path / "page.png"
         chromium(tmp_path, f"--screenshot={shot}", url)
         dom = chromium(tmp_path, "--dump-dom", url).stdout
@@ -138,15 +149,9 @@ class DevTools:
 @pytest.mark.slow
 def test_the_token_leaves_the_address_bar_and_the_page_still_uses_it(tmp_path):
     """Opened as /?token=SECRET, the token stayed in the address bar and the history."""
-    if not (shutil.which("chromium") or shutil.which("chromium-browser")):
-        pytest.skip("chromium is not installed (apt-get install chromium; .ci/run does)")
-    port = free_port()
-    proc = dbrt("run", "--serve", str(port), "--no-video", "--quiet", "-o", str(tmp_path / "out"),
-                env={"DBRT_SERVE_TOKEN": "t0+k%en"})
+    port, proc = serving_with_token(tmp_path)
     browser = None
     try:
-        wait_until(lambda: json.loads(get(port, "/api/status?token=t0%2Bk%25en")[1])["frames"] >= 2,
-                   proc, "frames to show")
         browser = DevTools(tmp_path, f"http://127.0.0.1:{port}/?token=t0+k%en#tiles")
         shown = "document.querySelector('img[data-shown]') !== null && " \
                 "document.getElementById('summary').textContent.includes('FPS')"
