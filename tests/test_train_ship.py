@@ -59,3 +59,18 @@ def test_weights_without_a_training_config_ship_at_their_own_width(tmp_path, cap
     assert ship.main([str(checkpoint), "--out", str(tmp_path / "m"), "--limit-side", "64"]) == 0
     record = json.loads((tmp_path / "m" / "dbnet.json").read_text())
     assert record["spec"]["arch"] == "dbnet_resnet18_w0.25"
+
+
+def test_every_resize_rule_of_a_model_spec_can_be_shipped(tmp_path):
+    """--limit-type offered min and max only: a model meant for PP-OCR's min_at_least rule
+    could not be shipped with it."""
+    import json
+
+    from export.train.ship import main
+
+    weights = tmp_path / "w.pt"
+    _tiny_state_dict(weights)
+    assert main([str(weights), "--out", str(tmp_path / "m"), "--limit-type", "min_at_least",
+                 "--limit-side", "640"]) == 0
+    resize = json.loads((tmp_path / "m" / "dbnet.json").read_text())["spec"]["resize"]
+    assert resize["limit_type"] == "min_at_least" and resize["limit_side"] == 640

@@ -29,7 +29,7 @@ import numpy as np
 
 from dbnet.files import folder_removed_if_left_empty, write_text_whole
 from engine.errors import DbrtError, ModelError
-from dbnet.spec import ModelSpec
+from dbnet.spec import LIMIT_TYPES, ModelSpec
 
 from ..quantize import CALIB_METHODS
 
@@ -263,7 +263,7 @@ def main(argv=None) -> int:
     where.add_argument("--replace-shipped", action="store_true",
                        help="overwrite the model shipped in this repository (export/assets, pipeline/assets)")
     p.add_argument("--limit-side", type=int, default=736)
-    p.add_argument("--limit-type", default="min", choices=("min", "max"))
+    p.add_argument("--limit-type", default="min", choices=LIMIT_TYPES)
     p.add_argument("--thresh", type=float,
                    help="default: the checkpoint's own record's (NAME.json), else what its "
                         "validation chose (dbrt train --val / --val-tune), else those its run "
