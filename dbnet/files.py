@@ -10,6 +10,8 @@ import shutil
 from pathlib import Path
 from typing import Sequence
 
+from engine.files import write_whole
+
 # still images OpenCV's imread decodes (the opencv-python wheels include WebP and TIFF)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -48,14 +50,8 @@ def write_text_whole(path, text: str) -> None:
     """`path` gets `text` whole or not at all: written beside it, then renamed, so a process
     killed while writing leaves the earlier file intact, never half of one; an OSError names
     `path`."""
-    path = Path(path)
-    partial = path.with_name(path.name + ".partial")
     with naming_the_file(path):
-        try:
-            partial.write_text(text)
-            os.replace(partial, path)
-        finally:
-            partial.unlink(missing_ok=True)
+        write_whole(path, text)
 
 
 def write_image(path, image, params: Sequence[int] = ()) -> None:

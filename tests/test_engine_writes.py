@@ -67,7 +67,7 @@ def test_a_cache_fill_killed_mid_write_is_built_again(trt, tiny_onnx, engine_cac
         with pytest.raises(KeyboardInterrupt):
             cached_engine_runner(tiny_onnx, precision="fp32", profile=SMALL)
     left = sorted(p.name for p in engine_cache.iterdir() if not p.name.startswith("timing-"))
-    assert not [name for name in left if name.endswith(".tmp")], left   # no litter
+    assert not [name for name in left if name.endswith(".partial")], left   # no litter
     with cached_engine_runner(tiny_onnx, precision="fp32", profile=SMALL) as runner:
         assert runner.profiles["images"] == SMALL       # not "record is damaged"
     assert trt._double.builds == 2

@@ -22,7 +22,8 @@ from . import require_tensorrt
 from ..onnx_info import OnnxSummary, expand_fp16_storage, load_onnx, sha256_file, summarize_onnx
 from .cancel import BuildSignals, interrupt
 from .progress import BuildProgress, Heartbeat, progress_monitor
-from .record import EngineRecord, sidecar_path, write_whole
+from ..files import write_whole
+from .record import EngineRecord, sidecar_path
 from ..shapes import Shape, ShapeProfile
 from .logger import capturing_logger, init_plugins, log
 

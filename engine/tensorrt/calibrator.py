@@ -13,7 +13,7 @@ from typing import Iterable, Optional
 import numpy as np
 
 from ..errors import ModelError
-from .record import write_whole
+from ..files import write_whole
 
 
 def entropy_calibrator(trt, batches: Iterable[np.ndarray], backend,

@@ -16,6 +16,7 @@ from typing import Dict, Optional
 
 from ..cuda import DeviceInfo
 from ..errors import ModelError
+from ..files import write_whole
 from ..shapes import ShapeProfile
 
 FORMAT = 1
@@ -40,17 +41,6 @@ def _release(version: str) -> tuple:
 
 def sidecar_path(engine_path: os.PathLike) -> Path:
     return Path(f"{os.fspath(engine_path)}.json")
-
-
-def write_whole(path: Path, data: bytes) -> None:
-    """`path` gets `data` whole or not at all: written beside it, then renamed, so a process
-    killed while writing leaves the earlier file (or none), never half of one, and no litter."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)
