@@ -210,10 +210,10 @@ def _row(target: Target, size, batch, stats, diff, error: Optional[str] = None) 
 
 def run(model=None, weights=None, sizes=(320, 480, 640, 736), batches=(1, 4), warmup=2, repeats=5,
         threads=0, variants=None, out_dir=None, log=print, cpu_batches=None,
-        precisions=("fp32",), tensorrt_sizes=None) -> Dict[str, Path]:
+        precisions=("fp32",), tensorrt_sizes=None, dla_core=None) -> Dict[str, Path]:
     """Sweep and write `model_bench.{json,md}` + `model_bench_fps.png`; returns their paths.
     `tensorrt_sizes`: the sides TensorRT engines are built and timed at (None: every size,
-    empty: no TensorRT rows)."""
+    empty: no TensorRT rows); `dla_core`: also engines on that Jetson DLA core."""
     workdir = Path(tempfile.mkdtemp(prefix="dbrt-bench-"))
     mut = load_model(model, weights, workdir)
     from dbnet.spec import resolve_spec
@@ -223,7 +223,7 @@ def run(model=None, weights=None, sizes=(320, 480, 640, 736), batches=(1, 4), wa
         spec = resolve_spec(probe.metadata)
     variants = {**make_variants(mut, precisions, spec, workdir, log), **(variants or {})}
     trt_sizes = None if tensorrt_sizes is None else [(s, s) for s in tensorrt_sizes]
-    targets = default_targets(mut, threads, variants, batches, log, trt_sizes)
+    targets = default_targets(mut, threads, variants, batches, log, trt_sizes, dla_core)
     if not any(t.backend == "tensorrt" for t in targets):
         mut.notes.append("No TensorRT rows: " + ("not asked for." if trt_sizes == [] else
                                                  "TensorRT or a usable GPU is missing here."))
@@ -258,8 +258,13 @@ def main(argv=None) -> int:
                    help="where TensorRT is usable: the sides to build engines for and time (default: "
                         "--sizes; each size and precision is one engine build, minutes on a Jetson, cached)")
     p.add_argument("--no-tensorrt", action="store_true", help="no TensorRT rows")
+    p.add_argument("--dla-core", type=at_least(0), metavar="N",
+                   help="Jetson AGX / NX: also time FP16 / INT8 engines on DLA core N (the GPU "
+                        "runs what it cannot; one engine per size and batch)")
     p.add_argument("--out", type=common.results_folder, help="results folder (default: benchmarks/results/<machine>)")
     a = p.parse_args(argv)
+    if a.dla_core is not None and a.no_tensorrt:
+        p.error("--dla-core times TensorRT engines: not with --no-tensorrt")
     if a.tensorrt_sizes and set(a.tensorrt_sizes) - set(a.sizes):
         p.error(f"--tensorrt-sizes {a.tensorrt_sizes}: each must be one of --sizes {a.sizes}")
     if any("=" not in v for v in a.variant):
@@ -267,7 +272,7 @@ def main(argv=None) -> int:
     variants = dict(v.split("=", 1) for v in a.variant)
     paths = run(a.model, a.weights, a.sizes, a.batches, a.warmup, a.repeats, a.threads, variants, a.out,
                 cpu_batches=a.cpu_batches, precisions=a.precisions,
-                tensorrt_sizes=[] if a.no_tensorrt else a.tensorrt_sizes)
+                tensorrt_sizes=[] if a.no_tensorrt else a.tensorrt_sizes, dla_core=a.dla_core)
     print("\n".join(f"wrote {p}" for p in paths.values()))
     return 0
 

@@ -83,10 +83,11 @@ def pytorch_target(net, device: str = "cpu", precision: str = "fp32") -> Target:
 
 def default_targets(mut, threads: int = 0, variants: Optional[Dict[str, Path]] = None,
                     batches: Sequence[int] = (1,), log: Callable[[str], None] = print,
-                    tensorrt_sizes: Optional[Sequence[Tuple[int, int]]] = None) -> List[Target]:
+                    tensorrt_sizes: Optional[Sequence[Tuple[int, int]]] = None,
+                    dla_core: Optional[int] = None) -> List[Target]:
     """Everything this machine can run: PyTorch CPU fp32 (the baseline), ORT CPU fp32 and any
     extra ORT precision variants (fp16 / int8 ONNX files); on CUDA also PyTorch fp32 / fp16 and
-    ORT's CUDA provider when onnxruntime-gpu is installed."""
+    ORT's CUDA provider when onnxruntime-gpu is installed; TensorRT (and a DLA core) last."""
     from engine.onnxruntime.runner import available_providers
 
     torch = optional("torch")
@@ -105,7 +106,8 @@ def default_targets(mut, threads: int = 0, variants: Optional[Dict[str, Path]] =
             targets.append(pytorch_target(copy.deepcopy(mut.torch_model), "cuda", precision))
     if "CUDAExecutionProvider" in available_providers():
         targets.append(onnxruntime_target(mut.onnx, "cuda", "fp32"))
-    return targets + tensorrt_targets(mut.onnx, variants or {}, batches, log, tensorrt_sizes)
+    return targets + tensorrt_targets(mut.onnx, variants or {}, batches, log, tensorrt_sizes,
+                                      dla_core)
 
 
 # -- TensorRT
@@ -123,36 +125,42 @@ def engine_plans(weak_typing: bool, onnx: Path, variants: Mapping[str, Path]) ->
 
 
 def tensorrt_target(onnx: Path, precision: str, build_precision: str, max_batch: int,
-                    log: Callable[[str], None] = print, sizes=None):
-    """A model_bench Target whose engines (one per input size) are built on first use."""
+                    log: Callable[[str], None] = print, sizes=None, dla_core: Optional[int] = None):
+    """A model_bench Target whose engines (one per input size, batch 1..max_batch; on a DLA
+    core, which runs one shape, one per size and batch) are built on first use."""
     from engine.shapes import ShapeProfile
     from engine.tensorrt.cache import cached_engine_path, cached_engine_runner
     from engine.tensorrt.build import BuildOptions
 
-    runners: Dict[Tuple[int, int], object] = {}  # the current size's (one engine held at a time)
-    failed: Dict[Tuple[int, int], Exception] = {}  # a build that failed is not tried again
+    runners: Dict[Tuple[int, ...], object] = {}  # the current shape's (one engine held at a time)
+    failed: Dict[Tuple[int, ...], Exception] = {}  # a build that failed is not tried again
     holder = {}
 
-    def runner_for(height: int, width: int):
-        size = (height, width)
-        if size in failed:
-            raise failed[size]
-        if size not in runners:
+    def runner_for(shape: Tuple[int, ...]):
+        key = tuple(shape) if dla_core is not None else tuple(shape[2:])
+        if key in failed:
+            raise failed[key]
+        if key not in runners:
             close()  # the sweep is done with the previous size: free its engine and buffers
-            profile = ShapeProfile.from_hw(size, size, size, batch=(1, max_batch, max_batch))
-            options = dict(precision=build_precision, profile=profile)
+            size = tuple(shape[2:])
+            if dla_core is None:
+                profile, what = ShapeProfile.from_hw(size, size, size, batch=(1, max_batch, max_batch)), \
+                    f"batch 1..{max_batch}"
+            else:
+                profile, what = ShapeProfile.static(shape), f"batch {shape[0]} on DLA core {dla_core}"
+            options = dict(precision=build_precision, profile=profile, dla_core=dla_core)
             if not cached_engine_path(onnx, BuildOptions(**options)).is_file():
-                log(f"  building the TensorRT {precision} engine for {height}x{width}, batch "
-                    f"1..{max_batch} (once: cached)")
+                log(f"  building the TensorRT {precision} engine for {size[0]}x{size[1]}, "
+                    f"{what} (once: cached)")
             try:
-                runners[size] = cached_engine_runner(onnx, **options).activate()
-            except Exception as exc:  # noqa: BLE001 - reported as this size's rows, once
-                failed[size] = exc
+                runners[key] = cached_engine_runner(onnx, **options).activate()
+            except Exception as exc:  # noqa: BLE001 - reported as this shape's rows, once
+                failed[key] = exc
                 raise
-        return runners[size]
+        return runners[key]
 
     def prepare(batch: np.ndarray):
-        runner = runner_for(*batch.shape[2:])
+        runner = runner_for(batch.shape)
         backend = runner.backend
         device_batch = backend.empty(batch.shape, np.float32)
         stream = backend.stream()
@@ -170,14 +178,17 @@ def tensorrt_target(onnx: Path, precision: str, build_precision: str, max_batch:
             runner.deactivate()
         runners.clear()
 
-    return Target("tensorrt", "cuda", precision, prepare, close=close, sizes=sizes)
+    device = "cuda" if dla_core is None else f"dla{dla_core}"
+    return Target("tensorrt", device, precision, prepare, close=close, sizes=sizes)
 
 
 def tensorrt_targets(onnx: Path, variants: Mapping[str, Path], batches: Sequence[int],
                      log: Callable[[str], None] = print,
-                     sizes: Optional[Sequence[Tuple[int, int]]] = None) -> List[Target]:
+                     sizes: Optional[Sequence[Tuple[int, int]]] = None,
+                     dla_core: Optional[int] = None) -> List[Target]:
     """The TensorRT targets this machine can run (none without TensorRT and a usable GPU, or
-    when `sizes` is empty; None: every size of the sweep)."""
+    when `sizes` is empty; None: every size of the sweep); with `dla_core`, also the FP16 /
+    INT8 engines on that Jetson DLA core."""
     from engine.loader import tensorrt_usable
     from engine.tensorrt import require_tensorrt
     from engine.tensorrt.build import has_weak_typing
@@ -185,5 +196,10 @@ def tensorrt_targets(onnx: Path, variants: Mapping[str, Path], batches: Sequence
     if (sizes is not None and not sizes) or not tensorrt_usable():
         return []
     trt = require_tensorrt()
-    return [tensorrt_target(path, precision, build, max(batches), log, sizes)
-            for precision, path, build in engine_plans(has_weak_typing(trt), onnx, variants)]
+    plans = engine_plans(has_weak_typing(trt), onnx, variants)
+    targets = [tensorrt_target(path, precision, build, max(batches), log, sizes)
+               for precision, path, build in plans]
+    if dla_core is not None:  # the DLA computes in FP16 / INT8 only
+        targets += [tensorrt_target(path, precision, build, max(batches), log, sizes, dla_core)
+                    for precision, path, build in plans if precision != "fp32"]
+    return targets

@@ -97,6 +97,10 @@ def format_description(info: dict) -> str:
         profile = record["profile"]
         lines.append(f"  profile {record['input_name']}: min {_shape(profile['min'])}, "
                      f"opt {_shape(profile['opt'])}, max {_shape(profile['max'])}")
+        dla = (record.get("builder") or {}).get("dla")
+        if dla:
+            lines.append(f"  DLA core {dla['core']}: {dla['layers'] - dla['gpu_fallback_layers']} "
+                         f"of {dla['layers']} layers on the DLA, the rest on the GPU")
     else:
         lines.append("  no dbrt record (.json sidecar): engine built outside dbrt")
     for key in ("inputs", "outputs"):

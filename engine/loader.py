@@ -40,6 +40,9 @@ class RunnerOptions:
     engine_host_code: a prebuilt version-compatible engine may run the lean TensorRT runtime
               it carries (code from the file: only for engines you trust; the record beside
               it is no proof, anyone can write one)
+    dla_core: Jetson DLA core: an engine built from an .onnx puts its layers there (FP16 /
+              INT8, one input shape: the profile must be static); a prebuilt DLA engine runs
+              on this core instead of the one it was built for
     """
 
     threads: int = 0
@@ -54,6 +57,7 @@ class RunnerOptions:
     strongly_typed: Optional[bool] = None
     progress: object = None
     engine_host_code: bool = False
+    dla_core: Optional[int] = None
     triton: object = None
 
     def __post_init__(self):
@@ -70,7 +74,7 @@ class RunnerOptions:
 ALL_OPTIONS = tuple(f.name for f in fields(RunnerOptions))
 ORT_OPTIONS = ("threads", "sessions", "spin")
 TRITON_OPTIONS = ("triton",)
-ENGINE_OPTIONS = ("cuda_graph", "engine_host_code")  # a prebuilt .engine takes only these
+ENGINE_OPTIONS = ("cuda_graph", "engine_host_code", "dla_core")  # all a prebuilt .engine takes
 
 
 def tensorrt_usable() -> bool:
@@ -119,7 +123,7 @@ def load_runner(model: os.PathLike, backend: str = "auto", device: str = "auto",
 
         _refuse(options, ENGINE_OPTIONS, f"the prebuilt engine {path.name}")
         return TensorRTRunner(path, cuda_graph=options.cuda_graph,
-                              host_code=options.engine_host_code)
+                              host_code=options.engine_host_code, dla_core=options.dla_core)
     if suffix != ".onnx":
         raise ModelError(f"unsupported model file {path.name}: expected {MODEL_FILE_KINDS}")
     if options.engine_host_code:  # an ONNX has no host code; the engine cache trusts what it builds

@@ -20,6 +20,7 @@ import numpy as np
 from dbnet.model_check import check_io, check_spec_source, probability_map
 from dbnet.spec import METADATA_KEY, MAX_INPUT_SIDE, ModelSpec, profile_for, resolve_spec
 from engine.errors import ModelError, ShapeError, warn_caller
+from engine.shapes import ShapeProfile
 from engine.lazy import cupy_or_none
 from engine.onnxruntime.int8_cpu import SATURATION_WARNING, int8_kernels_saturate
 from engine.loader import RunnerOptions, load_runner
@@ -29,6 +30,18 @@ from .postprocess import DBPostprocessor
 from .postprocess.compiled import status as compiled_status
 from .preprocess import Letterbox, as_bgr, preprocess_batch
 from .shipped import default_model_path
+
+
+def _engine_profile(model, preset: Optional[str], input_size, dla_core: Optional[int]):
+    """The profile of an engine built from an .onnx, as a function of its metadata: the resize
+    rule's range, or for the DLA, which runs one shape, one frame at `input_size`."""
+    if dla_core is None or not str(model).lower().endswith(".onnx"):  # (an engine has its own)
+        return lambda meta: profile_for(meta, preset)
+    if input_size is None:
+        raise ModelError(f"an engine built for DLA core {dla_core} runs one input shape: give "
+                         "input_size (--input-size HxW)")
+    hw = tuple(int(v) for v in input_size)
+    return lambda meta: ShapeProfile.from_hw(hw, hw, hw)
 
 
 def _model_name(model) -> str:
@@ -81,7 +94,8 @@ class Detector:
             if not isinstance(options, RunnerOptions):
                 raise TypeError(f"options: expected an engine.loader.RunnerOptions, got {options!r}")
             if options.profile is None:  # an engine built from an .onnx follows the resize rule
-                options = dataclasses.replace(options, profile=lambda meta: profile_for(meta, preset))
+                options = dataclasses.replace(options, profile=_engine_profile(
+                    model, preset, input_size, options.dla_core))
             self.runner = load_runner(model, backend=backend, device=device, options=options)
         self.runner.activate()
         try:  # a spec, size or recognizer that fails leaves no session / GPU memory behind

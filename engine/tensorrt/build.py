@@ -21,6 +21,7 @@ from ..errors import DbrtError, ModelError, ShapeError
 from . import require_tensorrt
 from ..onnx_info import OnnxSummary, expand_fp16_storage, load_onnx, sha256_file, summarize_onnx
 from .cancel import BuildSignals, interrupt
+from .dla import check_dla_build, check_dla_core, configure_dla, dla_core_count
 from .progress import BuildProgress, Heartbeat, progress_monitor
 from ..files import write_whole
 from .record import EngineRecord, sidecar_path
@@ -44,6 +45,7 @@ class BuildOptions:
     strongly_typed: Optional[bool] = None   # None: strongly typed when the ONNX carries precision
     version_compatible: bool = False        # also runs on later TensorRT versions (slower)
     hardware_compatible: bool = False       # runs on any Ampere or newer GPU (slower)
+    dla_core: Optional[int] = None          # Jetson DLA core for the layers it runs (dla.py)
 
 
 @dataclass(frozen=True)
@@ -284,11 +286,16 @@ def build_engine(onnx_path: os.PathLike, options: BuildOptions = BuildOptions(),
     logger = capturing_logger(trt)
     init_plugins(trt)  # the parser finds DeformConv's plugin there
     builder = trt.Builder(logger)
+    if options.dla_core is not None:
+        check_dla_core(options.dla_core, dla_core_count(trt, builder), trt.__version__)
     network = builder.create_network(_network_flags(trt, plan.strongly_typed))
     parser = parse_onnx(trt, network, logger, summary)  # owns the weights until the build
     profile = _input_profile(network, options.profile, summary)
+    if options.dla_core is not None:
+        check_dla_build(plan.precision, profile)
     config = builder.create_builder_config()
     _configure(trt, config, options, plan)
+    dla = configure_dla(trt, network, config, options.dla_core) if options.dla_core is not None else None
     if any(d < 0 for d in network.get_input(0).shape):  # a dynamic input needs a profile,
         _add_profile(builder, config, network.get_input(0).name, profile, plan.calibrate)  # fixed or not
     if options.version_compatible and hasattr(parser, "get_used_vc_plugin_libraries"):
@@ -307,7 +314,7 @@ def build_engine(onnx_path: os.PathLike, options: BuildOptions = BuildOptions(),
                     # the ranges it was built from: the engine cache rebuilds when the file changes
                     "calibration_cache_sha256": _file_sha256(options.calibration_cache) if calibrator else None,
                     "version_compatible": options.version_compatible,
-                    "hardware_compatible": options.hardware_compatible}
+                    "hardware_compatible": options.hardware_compatible, "dla": dla}
     record = EngineRecord(
         onnx_sha256=summary.sha256, onnx_name=summary.path.name, precision=plan.precision,
         strongly_typed=plan.strongly_typed, input_name=network.get_input(0).name, profile=profile,

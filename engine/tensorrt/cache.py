@@ -96,10 +96,13 @@ def _calibration_settings(options: BuildOptions, summary, calibrates: bool) -> d
 
 
 def _build_settings(options: BuildOptions) -> dict:
-    return {"version_compatible": options.version_compatible,
-            "hardware_compatible": options.hardware_compatible, "opt_level": options.opt_level,
-            "workspace": options.workspace,
-            "calibration_cache": options.calibration_cache is not None}
+    settings = {"version_compatible": options.version_compatible,
+                "hardware_compatible": options.hardware_compatible, "opt_level": options.opt_level,
+                "workspace": options.workspace,
+                "calibration_cache": options.calibration_cache is not None}
+    if options.dla_core is not None:  # only then: the keys of GPU engines cached before stay
+        settings["dla_core"] = options.dla_core
+    return settings
 
 
 def calibration_cache_sha256(path: Optional[os.PathLike]) -> Optional[str]:
@@ -179,4 +182,4 @@ def cached_engine_runner(onnx_path: os.PathLike, precision: str = "auto",
         build_engine_file(onnx_path, path, options, progress, backend)
     # a version-compatible engine built here runs the lean runtime it carries: dbrt wrote it
     return TensorRTRunner(path, cuda_graph=cuda_graph, backend=backend,
-                          host_code=options.version_compatible)
+                          host_code=options.version_compatible, dla_core=options.dla_core)

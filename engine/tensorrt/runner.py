@@ -24,6 +24,7 @@ from .. import cuda as _cuda
 from ..base import Runner, TensorInfo
 from ..errors import DbrtError, ModelError, ShapeError
 from . import require_tensorrt
+from .dla import use_dla_core
 from .record import EngineRecord
 from ..shapes import ShapeProfile, check_in_profile
 from .logger import capturing_logger, init_plugins, log
@@ -62,13 +63,16 @@ class TensorRTRunner(Runner):
     A version-compatible engine carries a lean TensorRT runtime (host code) that runs in this
     process: allowed only when `host_code` is given, for an engine the caller trusts. The
     record beside an engine file proves nothing (whoever hands over a file can write one);
-    dbrt's engine cache passes `host_code` for the version-compatible engines it built."""
+    dbrt's engine cache passes `host_code` for the version-compatible engines it built.
+
+    `dla_core`: the Jetson DLA core that runs an engine built for the DLA (default: the one
+    its record names)."""
 
     name = "tensorrt"
     output_device = "cuda"
 
     def __init__(self, engine, record: Optional[EngineRecord] = None, cuda_graph: bool = False,
-                 backend=None, host_code: bool = False):
+                 backend=None, host_code: bool = False, dla_core: Optional[int] = None):
         super().__init__()
         if isinstance(engine, (str, os.PathLike)):
             if not os.path.isfile(engine):
@@ -78,6 +82,7 @@ class TensorRTRunner(Runner):
         self.record = record
         self.cuda_graph = cuda_graph
         self.host_code = host_code
+        self.dla_core = dla_core
         self._backend = backend
         self._engine = None
         self._runtime = None
@@ -114,6 +119,7 @@ class TensorRTRunner(Runner):
         source = self._source() if callable(self._source) else self._source
         if hasattr(source, "num_io_tensors"):  # deserialized elsewhere
             return source
+        self.dla_core = use_dla_core(trt, self._runtime, self.dla_core, self.record, self._describe())
         data = bytes(source) if isinstance(source, (bytes, bytearray)) else Path(source).read_bytes()
         engine = self._runtime.deserialize_cuda_engine(data)
         if engine is None:

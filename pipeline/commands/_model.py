@@ -10,6 +10,10 @@ TRUST_ENGINE_HELP = ("let a version-compatible TensorRT .engine (dbrt build --ve
                      "trtexec --versionCompatible) run the TensorRT runtime it carries: code from "
                      "the file runs in this process, so only for engines you trust")
 
+DLA_HELP = ("Jetson AGX / NX: DLA core N runs the TensorRT engine's layers it can (the rest "
+            "run on the GPU): an engine built from the .onnx (FP16 / INT8, one input shape: "
+            "needs --input-size), or a DLA engine from dbrt build --dla-core, moved to core N")
+
 THREADS_HELP = (f"CPU inference threads (0: backend default; at most {MAX_CPU_THREADS}, beyond "
                 "the core count where more threads still pay)")
 
@@ -32,6 +36,7 @@ def runner_options(args):
                          sessions=getattr(args, "sessions", 1) or 1,
                          spin=None if spin is None else spin == "on",
                          engine_host_code=getattr(args, "trust_engine_code", False),
+                         dla_core=getattr(args, "dla_core", None),
                          triton=triton_options(args))
 
 
@@ -49,6 +54,28 @@ def check_trust_engine_code(args) -> None:
     if model is None or Path(str(model)).suffix.lower() not in ENGINE_SUFFIXES:
         raise ModelError(f"--trust-engine-code applies to a prebuilt TensorRT {ENGINE_FILE_KINDS} "
                          f"only; {model or 'the shipped model'} is not one: drop the flag")
+
+
+def check_dla_core(args) -> None:
+    """--dla-core where no TensorRT engine runs locally, or with an .onnx and no fixed input
+    size, is an error naming the flags (not an option name, or a build that fails)."""
+    core = getattr(args, "dla_core", None)
+    if core is None:
+        return
+    from engine.errors import ModelError
+    from engine.triton.options import is_triton_url
+
+    model = getattr(args, "model", None)
+    if args.backend == "onnxruntime" or args.device == "cpu":
+        raise ModelError(f"--dla-core runs a TensorRT engine; drop it, or --backend "
+                         f"{args.backend} / --device {args.device}")
+    if is_triton_url(model):
+        raise ModelError("--dla-core applies to a model run here; a Triton server's model "
+                         "configuration places its own model")
+    if not str(model or ".onnx").lower().endswith(".onnx"):
+        return  # a prebuilt engine: its shape is its own
+    if getattr(args, "input_size", None) is None:
+        raise ModelError("--dla-core builds an engine for one input shape: give --input-size HxW")
 
 
 # what a failed request costs: a run counts its frames and goes on, an evaluation ends

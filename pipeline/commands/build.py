@@ -15,7 +15,8 @@ fp16 / int8 first). Shapes: --min / --opt / --max as NxCxHxW or HxW (with --batc
 H and W must be multiples of 32; by default opt is a 16:9 frame under the model's resize rule,
 batch 1..4, and max leaves room for other aspect ratios. The engine only runs on this TensorRT
 version and GPU model (unless --version-compatible / --hardware-compatible); a .json record
-next to it says so, and `dbrt info` shows it."""
+next to it says so, and `dbrt info` shows it. On a Jetson AGX / NX, --dla-core N runs what the
+DLA can on DLA core N (FP16 / INT8, one input shape)."""
 
 
 def add_arguments(parser) -> None:
@@ -46,6 +47,10 @@ def add_arguments(parser) -> None:
                              "to trust the file")
     tuning.add_argument("--hardware-compatible", action="store_true",
                         help="the engine runs on any Ampere or newer GPU (somewhat slower)")
+    tuning.add_argument("--dla-core", type=at_least(0), metavar="N",
+                        help="Jetson AGX / NX: run the layers the DLA can on DLA core N, the rest "
+                             "on the GPU (FP16 / INT8 only; one input shape: --opt, with "
+                             "--min / --max left out)")
     calib = parser.add_argument_group("INT8 calibration (TensorRT 8.6 / 10.x, FP32 ONNX)")
     calib.add_argument("--calib", metavar="DIR", help="folder of representative images")
     calib.add_argument("--calib-count", type=at_least(1), default=64,
@@ -64,11 +69,16 @@ def profile_from_args(args):
     if not any((args.min, args.opt, args.max)):
         if args.batch:
             raise ShapeError("--batch needs --opt (and optionally --min / --max)")
+        if args.dla_core is not None:
+            raise ShapeError("--dla-core: the DLA runs one input shape; give it as --opt HxW "
+                             "(and --batch N)")
         return None
     if not args.opt:
         raise ShapeError("give --opt with --min / --max")
     opt = _flag_shape("--opt", args.opt)
-    low = _flag_shape("--min", args.min) if args.min else (32, 32) if len(opt) == 2 else (opt[0], opt[1], 32, 32)
+    smallest = opt if args.dla_core is not None else (  # the DLA runs one shape
+        (32, 32) if len(opt) == 2 else (opt[0], opt[1], 32, 32))
+    low = _flag_shape("--min", args.min) if args.min else smallest
     high = _flag_shape("--max", args.max) if args.max else opt
     if len({len(low), len(opt), len(high)}) != 1:
         raise ShapeError("--min, --opt and --max must all be NxCxHxW or all HxW")
@@ -141,6 +151,7 @@ def _options(args, profile, spec, backend, trt):
         workspace=args.workspace * (1 << 20) if args.workspace else None, opt_level=args.opt_level,
         timing_cache=timing, strongly_typed=args.strongly_typed,
         version_compatible=args.version_compatible, hardware_compatible=args.hardware_compatible,
+        dla_core=args.dla_core,
         calibration=calibration_source(args.calib, spec, args.calib_count) if args.calib else None,
         calibration_cache=Path(args.calib_cache) if args.calib_cache else None)
 
@@ -195,4 +206,11 @@ def run(args) -> int:
     print(f"wrote {output} ({record.precision}{', strongly typed' if record.strongly_typed else ''}, "
           f"{size:.1f} MB, TensorRT {record.tensorrt_version}, {record.gpu_name}, "
           f"profile {record.profile.describe()}) in {time.monotonic() - started:.1f}s")
+    dla = record.builder.get("dla")
+    if dla:  # what the DLA could not take runs on the GPU, a copy at every change of device
+        examples = ", ".join(dla["gpu_fallback_examples"])
+        print(f"DLA core {dla['core']}: {dla['layers'] - dla['gpu_fallback_layers']} of "
+              f"{dla['layers']} layers on the DLA"
+              + (f"; on the GPU: {examples}{', ...' if dla['gpu_fallback_layers'] > 5 else ''}"
+                 if examples else ""))
     return 0

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Optional
 
 from ._outputs import clear_earlier_outputs, outputs_written, video_names, visual_sinks
-from ._model import REC_MARGIN_HELP, THREADS_HELP, TRUST_ENGINE_HELP, add_triton_arguments
+from ._model import DLA_HELP, REC_MARGIN_HELP, THREADS_HELP, TRUST_ENGINE_HELP, add_triton_arguments
 from ._validate import (DEVICES, MAX_CPU_THREADS, MAX_SESSIONS, at_least, broker_url, fourcc, frame_size,
                         input_size, listen_address, output_folder, side_length, zero_to_one)
 
@@ -45,6 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="ONNX Runtime: idle inference threads busy-wait (on) or sleep (off); "
                         "default: ONNX Runtime's (on)")
     m.add_argument("--trust-engine-code", action="store_true", help=TRUST_ENGINE_HELP)
+    m.add_argument("--dla-core", type=at_least(0), metavar="N", help=DLA_HELP)
     add_triton_arguments(p)
     t = p.add_argument_group("reading text")
     t.add_argument("--read", action="store_true",
@@ -147,10 +148,11 @@ def _check_flag_pairs(args) -> None:
 
     from engine.errors import DbrtError
 
-    from ._model import check_trust_engine_code, spec_changes
+    from ._model import check_dla_core, check_trust_engine_code, spec_changes
 
     spec_changes(args)  # --max-side with --limit-side / --limit-type
     check_trust_engine_code(args)
+    check_dla_core(args)
     if args.serve and args.serve_token is None and "DBRT_SERVE_TOKEN" in os.environ:
         args.serve_token = os.environ["DBRT_SERVE_TOKEN"]
         if not args.serve_token.strip():

@@ -42,6 +42,7 @@ class Features:
     max_opset: int
     extra_ops: frozenset = frozenset()
     builds: int = 0                 # build_serialized_network calls (for cache tests)
+    dla_cores: int = 0              # DLA cores of the device (a Jetson AGX Orin has 2)
     config_class: type = None
     engine_class: type = None
     logs: list = field(default_factory=list)
@@ -137,6 +138,7 @@ def make_tensorrt(flavour: str) -> types.ModuleType:
     network_flags = (["EXPLICIT_BATCH"] if features.explicit_batch_flag else [])
     network_flags += ["STRONGLY_TYPED"] if features.strongly_typed_flag else []
     mod.NetworkDefinitionCreationFlag = _enum("NetworkDefinitionCreationFlag", network_flags or ["PREFER_JIT_PYTHON_PLUGINS"])
+    mod.DeviceType = _enum("DeviceType", ["GPU", "DLA"])
     mod.HardwareCompatibilityLevel = _enum("HardwareCompatibilityLevel",
                                            ["NONE", "AMPERE_PLUS", "SAME_COMPUTE_CAPABILITY"])
     mod.nptype = _nptype

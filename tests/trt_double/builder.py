@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 
 from . import fake_cuda
+from .dla import DLA_OPS, Layer, check_dla, dla_core
 from .plan import SUPPORTED_OPS, Plan, PlanTensor, calibrate, run_build_phases
 
 _ONNX_DTYPES = {1: "FLOAT", 10: "HALF", 3: "INT8", 6: "INT32", 7: "INT64", 9: "BOOL", 2: "UINT8"}
@@ -40,7 +41,7 @@ class Tensor:
 
 class NetworkDefinition:
     __slots__ = ("trt", "flags", "strongly_typed", "explicit_batch", "_inputs", "_outputs",
-                 "onnx_bytes", "has_qdq", "node_count")
+                 "onnx_bytes", "has_qdq", "node_count", "_layers")
 
     def __init__(self, trt, flags: int):
         kinds = trt.NetworkDefinitionCreationFlag
@@ -57,6 +58,14 @@ class NetworkDefinition:
         self.onnx_bytes = b""
         self.has_qdq = False
         self.node_count = 0
+        self._layers: List[Layer] = []
+
+    @property
+    def num_layers(self) -> int:
+        return len(self._layers)
+
+    def get_layer(self, index: int) -> Layer:
+        return self._layers[index]
 
     @property
     def num_inputs(self) -> int:
@@ -174,6 +183,8 @@ class OnnxParser:
         self.network.onnx_bytes = proto.SerializeToString()
         self.network.has_qdq = any(n.op_type == "QuantizeLinear" for n in proto.graph.node)
         self.network.node_count = len(proto.graph.node)
+        self.network._layers = [Layer(n.name or f"node{i}", n.op_type)
+                                for i, n in enumerate(proto.graph.node)]
 
 
 PLUGIN_OPS = {"DeformConv": "ModulatedDeformConv2d"}  # ops the parser imports as plugins
@@ -219,10 +230,12 @@ class BuilderConfig:
     """IBuilderConfig; flavour mixins add progress_monitor / int8_calibrator."""
 
     __slots__ = ("trt", "flags", "pools", "_opt_level", "profiles", "timing_cache",
-                 "_monitor", "_calibrator", "calibration_profile", "hardware_compatibility_level")
+                 "_monitor", "_calibrator", "calibration_profile", "hardware_compatibility_level",
+                 "default_device_type", "DLA_core")
 
     def __init__(self, trt):
         self.trt, self.flags, self.pools, self._opt_level = trt, set(), {}, 3
+        self.default_device_type, self.DLA_core = trt.DeviceType.GPU, -1
         self.hardware_compatibility_level = trt.HardwareCompatibilityLevel.NONE
         self.profiles: List[OptimizationProfile] = []
         self.timing_cache = None
@@ -236,6 +249,9 @@ class BuilderConfig:
 
     def get_flag(self, flag) -> bool:
         return flag in self.flags
+
+    def can_run_on_DLA(self, layer) -> bool:  # noqa: N802 - TensorRT's name
+        return layer.op_type in DLA_OPS
 
     def set_memory_pool_limit(self, pool, pool_size: int) -> None:
         self.pools[pool] = int(pool_size)
@@ -317,6 +333,10 @@ class Builder:
     def __init__(self, logger):
         self.logger = logger
 
+    @property
+    def num_DLA_cores(self) -> int:  # noqa: N802 - TensorRT's name
+        return self.trt._double.dla_cores
+
     def create_network(self, flags: int = 0) -> NetworkDefinition:
         return NetworkDefinition(self.trt, int(flags))
 
@@ -345,7 +365,7 @@ class Builder:
                     + [PlanTensor(t.name, "OUTPUT", t.dtype.name, t.shape) for t in network._outputs],
                     _profiles(network, config), sorted(f.name for f in config.flags),
                     network.strongly_typed, network.onnx_bytes,
-                    config.hardware_compatibility_level.name)
+                    config.hardware_compatibility_level.name, dla_core(trt, config))
         return HostMemory(plan.to_bytes())
 
 
@@ -365,6 +385,9 @@ def _check_build(trt, network, config) -> Optional[str]:
     """The checks TensorRT makes before building; an error message or None."""
     if not network.num_outputs:
         return "Network must have at least one output"
+    dla = check_dla(trt, config)
+    if dla:
+        return dla
     precision_flags = {getattr(trt.BuilderFlag, n, None) for n in ("FP16", "INT8")} - {None}
     if network.strongly_typed and config.flags & precision_flags:
         return "Builder flags FP16/INT8 are not allowed for a strongly typed network"

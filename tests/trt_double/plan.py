@@ -42,6 +42,7 @@ class Plan:
     strongly_typed: bool
     onnx_bytes: bytes
     hardware_level: str = "NONE"       # trt.HardwareCompatibilityLevel member name
+    dla_core: int = -1                 # the DLA core it was built for (-1: GPU only)
 
     def to_bytes(self) -> bytes:
         header = asdict(self)

@@ -17,11 +17,16 @@ from .plan import Plan, ort_session
 class Runtime:
     """The module assembly subclasses it with `trt` bound to the fake module."""
 
-    __slots__ = ("logger", "engine_host_code_allowed")
+    __slots__ = ("logger", "engine_host_code_allowed", "DLA_core")
 
     def __init__(self, logger):
         self.logger = logger
         self.engine_host_code_allowed = False
+        self.DLA_core = -1
+
+    @property
+    def num_DLA_cores(self) -> int:  # noqa: N802 - TensorRT's name
+        return self.trt._double.dla_cores
 
     def deserialize_cuda_engine(self, serialized_engine) -> Optional["CudaEngine"]:
         trt = self.trt
@@ -45,7 +50,15 @@ class Runtime:
                 plan.hardware_level == "AMPERE_PLUS" and _release(here) >= (8,)):
             return self._refuse("The engine plan file is generated on an incompatible device, "
                                 f"expecting compute {here} got compute {plan.compute_capability}")
-        return trt._double.engine_class(trt, plan, self.logger)
+        if plan.dla_core >= 0 and not 0 <= self._dla_core(plan) < trt._double.dla_cores:
+            return self._refuse(f"Cannot deserialize a DLA engine: DLA core "
+                                f"{self._dla_core(plan)} is not available")
+        engine = trt._double.engine_class(trt, plan, self.logger)
+        engine.dla_core = self._dla_core(plan) if plan.dla_core >= 0 else -1
+        return engine
+
+    def _dla_core(self, plan) -> int:
+        return self.DLA_core if self.DLA_core >= 0 else plan.dla_core
 
     def _refuse(self, message: str) -> None:
         self.logger.log(self.trt.ILogger.Severity.ERROR, message)
@@ -57,7 +70,8 @@ def _release(version: str) -> tuple:
 
 
 class CudaEngine:
-    __slots__ = ("trt", "plan", "logger", "_tensors", "_session", "_shape_cache", "_lock")
+    __slots__ = ("trt", "plan", "logger", "_tensors", "_session", "_shape_cache", "_lock",
+                 "dla_core")  # dla_core: the core it runs on (double only, for tests)
 
     def __init__(self, trt, plan: Plan, logger):
         self.trt, self.plan, self.logger = trt, plan, logger
