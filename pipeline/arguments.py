@@ -36,7 +36,7 @@ def check_detector(detector) -> None:
                         f"{type(detector).__name__} {detector!r:.80} (Detector(model) loads a model)")
 
 
-def check_numbers(batch, batch_timeout, queue_size, max_frames) -> None:
+def check_numbers(batch, batch_timeout, queue_size, max_frames, sample_fps=None) -> None:
     for name, value, low, optional in (("batch", batch, 0, False), ("queue_size", queue_size, 1, True),
                                        ("max_frames", max_frames, 1, True)):
         if value is None and optional:
@@ -46,6 +46,10 @@ def check_numbers(batch, batch_timeout, queue_size, max_frames) -> None:
                              f"got {value!r}")
     if not isinstance(batch_timeout, numbers.Real) or not batch_timeout >= 0:
         raise ValueError(f"batch_timeout must be a number of seconds >= 0, got {batch_timeout!r}")
+    if sample_fps is not None and (not isinstance(sample_fps, numbers.Real) or isinstance(sample_fps, bool)
+                                   or not 0 < sample_fps < float("inf")):
+        raise ValueError(f"sample_fps must be a number of frames per second > 0 (or None), "
+                         f"got {sample_fps!r}")
 
 
 def check_events_have_tracks(sinks: List, tracker: Optional[object]) -> None:

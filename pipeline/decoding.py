@@ -1,8 +1,10 @@
-"""The decode stage of a run: a source's frames as the stage's inbox (`source_frames`) and its
-step, which stamps each frame with its source's position in the run (`stamp`)."""
+"""The decode stage of a run: a source's frames as the stage's inbox (`source_frames`, sampled
+down to a frame rate by `FrameSampler` when asked) and its step, which stamps each frame with its
+source's position in the run (`stamp`)."""
 from __future__ import annotations
 
 import itertools
+import math
 import threading
 from typing import Callable, Iterator, List, Optional
 
@@ -11,12 +13,54 @@ from .sources.base import first_line
 from .stages import Aborted
 
 
+class FrameSampler:
+    """At most `fps` frames per second of a source's own time: a frame is kept when its
+    timestamp reaches the next slot of a 1/fps grid, so 30 FPS sampled at 7 keeps 7 a second
+    (not every 5th frame) and a file gives the same frames on every run. The grid starts again
+    when the clock goes back (a stream reconnected) or the connection changes."""
+
+    EPSILON = 1e-6  # container timestamps are rounded (0.0333333)
+
+    def __init__(self, fps: float):
+        self.period = 1.0 / fps
+        self.due: Optional[float] = None
+        self.connection = None
+
+    def keep(self, timestamp: Optional[float], connection: int = 0) -> bool:
+        if timestamp is None:  # an image: each is a frame of its own
+            return True
+        if self.due is None or connection != self.connection or timestamp < self.due - 2 * self.period:
+            self.due, self.connection = timestamp, connection
+        if timestamp + self.EPSILON < self.due:
+            return False
+        slots = math.floor((timestamp + self.EPSILON - self.due) / self.period) + 1
+        self.due += self.period * max(1, slots)
+        return True
+
+
+def _sampled(frames: Iterator[Frame], source: Source, fps: float) -> Iterator[Frame]:
+    """The frames `FrameSampler` keeps; each one left out is counted as the source's
+    `sampled_out` instead of `delivered` (it never reaches the pipeline, and is not lost)."""
+    sampler = FrameSampler(fps)
+    for frame in frames:
+        clock = frame.timestamp
+        if clock is None and source.live:  # a live source without timestamps: its arrival
+            clock = frame.t_read
+        if sampler.keep(clock, frame.connection):
+            yield frame
+        else:
+            source.stats.add(delivered=-1, sampled_out=1)
+
+
 def source_frames(source: Source, max_frames: Optional[int], draining: threading.Event,
-                  failures: List[BaseException]) -> Iterator[Frame]:
-    """Up to `max_frames` frames of one source. A source that fails (a truncated file, a lost
-    stream) ends like one that finished: the frames it gave still reach the sinks, the other
-    sources go on, and its error is added to `failures`, which the run raises at its end."""
+                  failures: List[BaseException], sample_fps: Optional[float] = None) -> Iterator[Frame]:
+    """Up to `max_frames` frames of one source (at most `sample_fps` a second of its time). A
+    source that fails (a truncated file, a lost stream) ends like one that finished: the frames
+    it gave still reach the sinks, the other sources go on, and its error is added to
+    `failures`, which the run raises at its end."""
     frames = iter(source)
+    if sample_fps is not None:
+        frames = _sampled(frames, source, sample_fps)
     try:
         yield from (frames if max_frames is None else itertools.islice(frames, max_frames))
         source.state = "ended"

@@ -181,6 +181,7 @@ class Metrics:
             wall_s=round(self.elapsed, 4),
             fps=round(self.fps, 3),
             dropped=sum(s.get("dropped", 0) for s in sources),
+            sampled_out=sum(s.get("sampled_out", 0) for s in sources),
             failed=self.failed_frames,
             failures=list(self.failures),
             stages={name: w.summary() for name, w in self.stages.items()},
@@ -193,8 +194,9 @@ class Metrics:
 
 def format_summary(report: dict) -> str:
     """Human-readable end-of-run summary of a `Metrics.report()`."""
+    sampled = f", {report['sampled_out']} sampled out" if report.get("sampled_out") else ""
     lines = [f"{report['frames']} frames in {report['wall_s']:.2f} s: {report['fps']:.2f} FPS"
-             f"  (dropped {report['dropped']})"]
+             f"  (dropped {report['dropped']}{sampled})"]
     rows = list(report["stages"].items()) + [("end-to-end", report["end_to_end"])]
     lines.append(f"  {'stage':<12}{'calls':>7}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}")
     for name, s in rows:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 import os
 import queue
 import signal
@@ -59,6 +60,9 @@ class Pipeline:
                    also until none of its own frames waits: a live frame waiting in a queue
                    only ages, the newest one read after it is the one to show; stages.LiveGate)
     max_frames:    stop each source after this many frames
+    sample_fps:    run at most this many frames per second of each video or stream, spread
+                   evenly by the frames' timestamps (a file gives the same frames every run);
+                   the others are counted per source as `sampled_out`, not dropped or lost
     switch_interval: the interpreter's GIL switch interval during the run (seconds; None: leave
                    it). Shorter than Python's 5 ms default, the inference thread gets the GIL
                    back sooner after each engine call while other stages run Python code
@@ -78,7 +82,8 @@ class Pipeline:
 
     def __init__(self, sources: Sequence, detector: Detector, *, close_detector: bool = False,
                  batch: int = 0, batch_timeout: float = 0.01, queue_size: Optional[int] = None,
-                 max_frames: Optional[int] = None, sinks: Iterable[Sink] = (),
+                 max_frames: Optional[int] = None, sample_fps: Optional[float] = None,
+                 sinks: Iterable[Sink] = (),
                  callbacks: Iterable[Callback] = (), source_options: Optional[dict] = None,
                  switch_interval: Optional[float] = 0.0005, track=False,
                  stop_signals: Sequence[int] = (signal.SIGINT,)):
@@ -90,7 +95,7 @@ class Pipeline:
         try:  # what this pipeline was handed to close is closed when it cannot be made
             self.sinks, self.callbacks = checked_outputs(sinks, callbacks)
             check_detector(detector)
-            check_numbers(batch, batch_timeout, queue_size, max_frames)
+            check_numbers(batch, batch_timeout, queue_size, max_frames, sample_fps)
             self.tracker = tracker_for(track)  # before the sources open: a missing package fails first
             check_events_have_tracks(self.sinks, self.tracker)
             self.sources = open_sources(sources, **(source_options or {}))
@@ -102,7 +107,7 @@ class Pipeline:
                 for item in [*self.sinks, *self.sources]:
                     steps.callback(getattr(item, "close", _nothing))
             raise
-        self.batch_timeout, self.max_frames = batch_timeout, max_frames
+        self.batch_timeout, self.max_frames, self.sample_fps = batch_timeout, max_frames, sample_fps
         self.switch_interval = switch_interval
         self._holds_interval = False
         # a detector whose model is on a server submits batch k+1 while k is on the wire; a
@@ -141,13 +146,20 @@ class Pipeline:
     # -- public API -----------------------------------------------------------------------------
     @property
     def total_frames(self) -> Optional[int]:
-        """Frames the run will produce when every source knows its length, else None."""
-        totals = [s.total_frames for s in self.sources]
+        """Frames the run will produce when every source knows its length, else None (about
+        as many under `sample_fps`: a video's length times its share of the frame rate)."""
+        totals = [self._sampled_total(s) for s in self.sources]
         if any(t is None for t in totals):
             return None
         if self.max_frames is not None:
             totals = [min(t, self.max_frames) for t in totals]
         return sum(totals)
+
+    def _sampled_total(self, source) -> Optional[int]:
+        total, fps = source.total_frames, source.fps
+        if total is None or self.sample_fps is None or source.kind == "images" or not fps:
+            return total
+        return min(total, math.ceil(total * self.sample_fps / fps))
 
     @property
     def dropped(self) -> int:
@@ -247,7 +259,7 @@ class Pipeline:
     def report(self, **extra) -> dict:
         return self.metrics.report(
             [s.describe() for s in self.sources], batch=self.batch, interrupted=self.interrupted,
-            lost=self.lost, model=self.detector.describe(), **extra)
+            lost=self.lost, sample_fps=self.sample_fps, model=self.detector.describe(), **extra)
 
     # -- threads ----------------------------------------------------------------------------
     def _start(self) -> None:
@@ -329,7 +341,8 @@ class Pipeline:
         batches = Batcher(self._decoded, len(self.sources), self.batch, self.batch_timeout,
                           self.detector.input_size_for)
         decoders = [stage(f"decode:{s.stream}", stamp(s.stream),
-                          source_frames(s, self.max_frames, self.control.draining, self._source_errors),
+                          source_frames(s, self.max_frames, self.control.draining,
+                                        self._source_errors, self.sample_fps),
                           self._decoded, metric="decode",
                           admit=self._gate and self._gate.admission(s)) for s in self.sources]
         work = self._steps

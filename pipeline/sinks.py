@@ -385,5 +385,5 @@ class StreamEnds:
         """Every frame read before the outage was delivered (or dropped) and written: a frame
         still waiting at the source would come after the tracks' end."""
         counts = stats.as_dict()  # one consistent snapshot
-        return counts["read"] == counts["delivered"] + counts["dropped"] and \
+        return counts["read"] == counts["delivered"] + counts["dropped"] + counts["sampled_out"] and \
             self._written[stream] >= counts["delivered"]

@@ -87,6 +87,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "run, none of its own, so that results stay fresh; given, the queues "
                         "fill instead)")
     q.add_argument("--max-frames", type=at_least(1), help="stop each source after N frames")
+    q.add_argument("--sample-fps", type=at_least(0.0, float, strict=True), metavar="FPS",
+                   help="run at most FPS frames per second of each video or stream, spread "
+                        "evenly by their timestamps (a long recording scanned quickly, a camera "
+                        "at less power); the others are counted as sampled out, never as lost")
     q.add_argument("--decode-threads", type=at_least(0, at_most=MAX_CPU_THREADS), default=0,
                    help=f"FFmpeg decoding threads (0: auto; at most {MAX_CPU_THREADS})")
     q.add_argument("--reconnect", type=at_least(-1), default=10,
@@ -227,7 +231,8 @@ def build_pipeline(args):
     pipe = Pipeline(
         sources, detector, close_detector=True, batch=args.batch,
         batch_timeout=args.batch_timeout_ms / 1e3, queue_size=args.queue_size,
-        max_frames=args.max_frames, stop_signals=(signal.SIGINT, signal.SIGTERM),
+        max_frames=args.max_frames, sample_fps=args.sample_fps,
+        stop_signals=(signal.SIGINT, signal.SIGTERM),
         track=args.track or args.events_every is not None)
     out = Path(args.output)
     try:

@@ -31,7 +31,8 @@ class RunStatus:
                          kind=source.kind, live=source.live, state=source.state,
                          error=redact(source.error) if source.error else None,
                          frames=self.view.frames.get(source.stream, 0), read=stats["read"],
-                         dropped=stats["dropped"], reconnects=stats["reconnects"],
+                         dropped=stats["dropped"], sampled_out=stats["sampled_out"],
+                         reconnects=stats["reconnects"],
                          events=[redact(e) for e in stats["events"][-5:]])
             entry.update(self._newest(latest))
             out.append(entry)

@@ -58,14 +58,16 @@ class Frame:
 
 
 class SourceStats:
-    """Thread-safe counters a source reports: frames read / delivered / dropped, inputs
-    skipped (unreadable images), reconnects."""
+    """Thread-safe counters a source reports: frames read / delivered / dropped / sampled out
+    (left out by the run's frame rate, `Pipeline(sample_fps=...)`), inputs skipped (unreadable
+    images), reconnects; read = delivered + dropped + sampled_out."""
 
     def __init__(self):
         self._lock = threading.Lock()
         self.read = 0
         self.delivered = 0
         self.dropped = 0
+        self.sampled_out = 0
         self.skipped = 0
         self.reconnects = 0
         self.events = []  # short human-readable notes (reconnect attempts, errors)
@@ -84,7 +86,8 @@ class SourceStats:
     def as_dict(self) -> dict:
         with self._lock:
             return dict(read=self.read, delivered=self.delivered, dropped=self.dropped,
-                        skipped=self.skipped, reconnects=self.reconnects, events=list(self.events))
+                        sampled_out=self.sampled_out, skipped=self.skipped,
+                        reconnects=self.reconnects, events=list(self.events))
 
 
 class Source(abc.ABC):
