@@ -25,6 +25,7 @@ import numpy as np
 
 from engine.errors import SourceError
 
+from .base import without_credentials
 from .live import LiveSource, Reconnect
 
 GST_LAUNCH = "gst-launch-1.0"
@@ -133,7 +134,9 @@ class GStreamerSource(LiveSource):
         return mode["fps"] if mode else None
 
     def describe(self) -> dict:
-        return {**super().describe(), "mode": self.mode, "pipeline": self.description}
+        # report.json and /api/status: a password in the pipeline is not theirs to show
+        return {**super().describe(), "mode": self.mode,
+                "pipeline": without_credentials(self.description)}
 
     def command(self, fd: int) -> list:
         """The gst-launch-1.0 command line, frames going to file descriptor `fd`."""
