@@ -14,7 +14,7 @@ from engine.errors import SourceError
 
 from .base import without_credentials
 from .live import LiveSource, Reconnect
-from .video import error_reason, first_video_stream, open_container, upright_bgr
+from .video import error_reason, first_video_stream, open_container, shown_cause, upright_bgr
 
 SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "tcp", "srt", "rtp")
 _FILE_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".3gp", ".mpg", ".mpeg",
@@ -85,7 +85,7 @@ class NetworkSource(LiveSource):
             raise SourceError(f"{error_reason(exc)}: reading this file needs HTTP byte ranges, "
                               "which the server may not support (an MP4 whose index is at its "
                               "end: serve it with ranges, or write it with -movflags "
-                              "faststart)") from exc
+                              "faststart)") from shown_cause(exc, self.url)
         if vframe is None:
             # a file whose download stopped cleanly but early: fewer frames than its index
             # (a frame or two short is an edit list, as for local files)

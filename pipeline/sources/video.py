@@ -14,7 +14,7 @@ import numpy as np
 from engine.errors import SourceError
 from engine.lazy import require
 
-from .base import Frame, Source
+from .base import Frame, Source, without_credentials
 
 
 def open_container(url: str, options: Optional[dict] = None, timeout=None):
@@ -23,7 +23,13 @@ def open_container(url: str, options: Optional[dict] = None, timeout=None):
     try:
         return av.open(url, mode="r", options=options or {}, timeout=timeout)
     except (av.FFmpegError, OSError, ValueError) as exc:
-        raise SourceError(f"cannot open {url}: {error_reason(exc)}") from exc
+        raise SourceError(f"cannot open {url}: {error_reason(exc)}") from shown_cause(exc, url)
+
+
+def shown_cause(exc: Exception, url: str):
+    """`exc` as the cause of a SourceError about `url`, unless it quotes a password that the
+    error's message leaves out (FFmpeg's errors name the URL: a logged traceback shows them)."""
+    return exc if without_credentials(url) == url else None
 
 
 def first_video_stream(container, url: str):
