@@ -278,3 +278,13 @@ def test_a_password_given_as_a_pipeline_property_stays_out_of_its_names_and_erro
     assert "S3cret" not in str(caught.value) and "user-pw=***" in str(caught.value)
     quoted = parse_source("gst:rtspsrc location=rtsp://cam/s user-pw=\"S3 cret\" proxy-pw='S3cret' ! decodebin")
     assert "S3" not in json.dumps(quoted.describe())
+
+
+def test_a_password_placeholder_in_a_pipeline_is_refused_not_put_on_a_command_line(monkeypatch):
+    """gst-launch-1.0 takes its pipeline as arguments, which every local user sees: filled in
+    there, the password a placeholder keeps out of dbrt's command line would be on its child's."""
+    monkeypatch.setenv("DBRT_CAM1_PASSWORD", "S3cret")
+    with pytest.raises(SourceError, match=r"\{DBRT_CAM1_PASSWORD\} cannot be filled into a "
+                                          r"GStreamer pipeline") as caught:
+        parse_source("gst:rtspsrc location=rtsp://admin:{DBRT_CAM1_PASSWORD}@cam/1 ! decodebin")
+    assert "S3cret" not in str(caught.value)
