@@ -7,6 +7,8 @@ from __future__ import annotations
 import base64
 import json
 import signal
+import socket
+import threading
 import traceback
 from urllib.request import urlopen
 
@@ -183,3 +185,46 @@ def test_a_placeholder_anywhere_in_the_url_stays_out_of_open_and_read_errors(cam
         source._read()
     printed = "".join(traceback.format_exception(caught.type, caught.value, caught.tb))
     assert url in str(caught.value) and "T0ken" not in printed
+
+
+class RtspDoor:
+    """A loopback RTSP server that only asks for a login (401, Basic) and keeps every
+    Authorization header it is sent: what an RTSP camera is given, without streaming."""
+
+    def __init__(self):
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.logins = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            with conn, conn.makefile("rb") as requests:
+                while True:
+                    head = list(iter(lambda: requests.readline().strip(), b""))
+                    if not head:
+                        break
+                    fields = dict(line.decode().split(":", 1) for line in head[1:])
+                    fields = {key.lower(): value.strip() for key, value in fields.items()}
+                    if "authorization" in fields:
+                        self.logins.append(base64.b64decode(fields["authorization"].split()[1]))
+                    conn.sendall(f"RTSP/1.0 401 Unauthorized\r\nCSeq: {fields.get('cseq', 1)}\r\n"
+                                 'WWW-Authenticate: Basic realm="camera"\r\n\r\n'.encode())
+
+
+def test_an_rtsp_camera_is_sent_the_password_as_it_was_given():
+    """FFmpeg takes the password from the URL percent-encoded: the RTSP camera gets every
+    character of DBRT_SOURCE_PASSWORD as it was, and its refusal names no password."""
+    door = RtspDoor()
+    try:
+        with pytest.raises(SourceError) as caught:
+            NetworkSource(f"rtsp://admin@127.0.0.1:{door.port}/stream", password=PASSWORD,
+                          reconnect=None).open()
+    finally:
+        door.listener.close()
+    assert door.logins and door.logins[-1] == f"admin:{PASSWORD}".encode()
+    assert "401" in str(caught.value) and "p@ss" not in str(caught.value)
