@@ -11,13 +11,18 @@ _CREDENTIALS = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/?#\s]*@")
 # camera snapshot URLs carry them as query parameters too (`?user=admin&pwd=...`)
 _SECRET_PARAMS = re.compile(r"([?&](?:pass|passwd|password|pwd|token|access_token|apikey|api_key|"
                             r"key|secret|auth|sig|signature)=)[^&#\s]*", re.IGNORECASE)
+# and GStreamer pipelines as properties (rtspsrc / souphttpsrc user-pw=, proxy-pw=; srtsrc
+# passphrase=), their values quoted as on gst-launch's command line or not
+_SECRET_PROPERTIES = re.compile(r"((?:^|(?<=[\s!]))(?:[a-z]+-)?(?:pw|passwd|password|passphrase)=)"
+                                r"(?:\"[^\"]*\"|'[^']*'|[^\s'\"!]+)", re.IGNORECASE)
 
 
 def without_credentials(text: str) -> str:
     """`rtsp://user:secret@cam/1` -> `rtsp://cam/1`, `http://cam/snap?pwd=secret` ->
-    `http://cam/snap?pwd=***`, also inside a message: what errors, the console, result files,
-    viewers, metrics and events show."""
-    return _SECRET_PARAMS.sub(r"\1***", _CREDENTIALS.sub(r"\1", text))
+    `http://cam/snap?pwd=***`, `rtspsrc user-pw=secret` -> `rtspsrc user-pw=***`, also inside a
+    message: what errors, the console, result files, viewers, metrics and events show."""
+    text = _SECRET_PARAMS.sub(r"\1***", _CREDENTIALS.sub(r"\1", text))
+    return _SECRET_PROPERTIES.sub(r"\1***", text)
 
 
 class DbrtError(Exception):

@@ -503,3 +503,19 @@ def test_an_error_opening_a_source_holds_no_password():
         next(iter(open_source("rtsp://u:S3cr3t@127.0.0.1:1/x")))
     assert "S3cr3t" not in str(caught.value) and "rtsp://127.0.0.1:1/x" in str(caught.value)
     assert "S3cr3t" not in repr(pickle.loads(pickle.dumps(caught.value)))
+
+
+def test_the_traceback_of_an_error_opening_a_source_holds_no_password():
+    """The SourceError's message had lost the password, but it was raised from FFmpeg's error,
+    whose own message quotes the URL: an application logging the exception with its traceback
+    (`logging.exception`) printed the password."""
+    import traceback
+
+    from engine.errors import SourceError
+    from pipeline.sources import open_source
+
+    url = "rtsp://u:%s@127.0.0.1:1/x" % "S3cr3t"  # the traceback quotes this file's lines
+    with pytest.raises(SourceError) as caught:
+        open_source(url)
+    printed = "".join(traceback.format_exception(caught.type, caught.value, caught.tb))
+    assert "S3cr3t" not in printed and "Connection refused" in printed

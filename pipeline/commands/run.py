@@ -26,7 +26,10 @@ DESCRIPTION = (
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("sources", nargs="*", metavar="SOURCE",
-                   help="inputs (default: pipeline/assets/demo.mp4)")
+                   help="inputs (default: pipeline/assets/demo.mp4); a stream's password stays "
+                        "out of the process list as rtsp://USER@HOST/... with the "
+                        "DBRT_SOURCE_PASSWORD environment variable, or as "
+                        "rtsp://USER:{DBRT_NAME}@HOST/..., the variable DBRT_NAME holding it"),
     p.add_argument("-o", "--output", default="out/run", type=output_folder, help="output folder")
     m = p.add_argument_group("model")
     m.add_argument("--model", help=".onnx, TensorRT .engine, or triton://HOST[:PORT]/NAME: a model "
@@ -201,6 +204,28 @@ def _mqtt_password(url):
     return password
 
 
+def _source_password(specs):
+    """DBRT_SOURCE_PASSWORD: the password of the stream URLs that name their user without one,
+    kept out of the process list like DBRT_MQTT_PASSWORD (a URL's own password wins)."""
+    import os
+
+    from engine.errors import DbrtError
+    from pipeline.sources.network import is_url
+    from pipeline.sources.passwords import PASSWORD_VARIABLE, names_user_only
+
+    password = os.environ.get(PASSWORD_VARIABLE)
+    urls = [spec for spec in map(str, specs) if is_url(spec)]
+    if password is None or not urls:
+        return None
+    if not password:
+        raise DbrtError(f"{PASSWORD_VARIABLE} is set but empty (an unset variable in a service "
+                        "file?); give it the password, or unset it")
+    if not any(names_user_only(url) for url in urls):
+        raise DbrtError(f"{PASSWORD_VARIABLE} is set but no stream URL names a user without a "
+                        "password: give it as rtsp://USER@HOST/... (gst: pipelines cannot take it)")
+    return password
+
+
 def build_pipeline(args):
     """Sources are opened first (a bad path fails before the model loads), then the model."""
     import signal
@@ -221,7 +246,7 @@ def build_pipeline(args):
         raise DbrtError("--camera-size / --camera-fps / --camera-fourcc apply to cameras "
                         "(0, /dev/video0, csi://0); none of the sources is one")
     sources = open_sources(specs, reconnect=reconnect, decode_threads=args.decode_threads,
-                           camera=camera)
+                           camera=camera, password=_source_password(specs))
     try:
         detector = build_detector(args)
     except BaseException:

@@ -40,13 +40,15 @@ def is_camera_spec(spec) -> bool:
 
 
 def parse_source(spec: Union[str, int, os.PathLike, Source], reconnect: Optional[Reconnect] = Reconnect(),
-                 decode_threads: int = 0, camera: Optional[dict] = None) -> Source:
+                 decode_threads: int = 0, camera: Optional[dict] = None,
+                 password: Optional[str] = None) -> Source:
     """A Source for a command-line style spec (not yet opened):
 
     an int or digits -> camera index; /dev/videoN -> camera; csi://N -> Jetson CSI camera N;
     gst:PIPELINE -> a GStreamer pipeline; rtsp:// http:// ... -> network stream; a folder, a
     glob or an image file -> images; anything else -> video file.
     `camera`: the capture mode cameras are asked for (CameraSource's width, height, fps, fourcc).
+    `password`: of a network URL that names its user without one (`rtsp://admin@cam/1`).
     """
     if isinstance(spec, Source):
         return spec
@@ -65,7 +67,7 @@ def parse_source(spec: Union[str, int, os.PathLike, Source], reconnect: Optional
     if not text:
         raise SourceError("empty source")
     if is_url(text):
-        return NetworkSource(text, reconnect=reconnect)
+        return NetworkSource(text, reconnect=reconnect, password=password)
     if os.path.isfile(text) and not is_image_path(text):  # `clip [1].mp4` is a file, not a glob
         return VideoFileSource(text, threads=decode_threads)
     if has_glob(text) or os.path.isdir(text) or is_image_path(text):

@@ -25,7 +25,9 @@ import numpy as np
 
 from engine.errors import SourceError
 
+from .base import without_credentials
 from .live import LiveSource, Reconnect
+from .passwords import placeholders
 
 GST_LAUNCH = "gst-launch-1.0"
 SINK = "dbrt_sink"
@@ -66,6 +68,17 @@ def reads_file(words) -> bool:
         w.startswith("uri=file:") for w in words)
 
 
+def _refuse_placeholders(description: str) -> None:
+    """gst-launch-1.0 reads its pipeline from its command line only: a password filled in there
+    would be shown to every local user (`ps`), which is what a placeholder is meant to avoid."""
+    names = placeholders(description)
+    if names:
+        raise SourceError(f"gst: {{{names[0]}}} cannot be filled into a GStreamer pipeline: "
+                          "gst-launch-1.0 takes its pipeline on its command line, which every "
+                          "local user sees; read the stream as rtsp://USER@HOST/... with "
+                          "DBRT_SOURCE_PASSWORD or a {DBRT_...} placeholder instead")
+
+
 def parse_caps(text: str) -> dict:
     """`format=(string)BGR, width=(int)64, ... framerate=(fraction)30/1` -> its fields."""
     fields = dict(_FIELD.findall(text))
@@ -95,6 +108,7 @@ class GStreamerSource(LiveSource):
             self._words = shlex.split(description)
         except ValueError as exc:
             raise SourceError(f"gst: {exc} in {description!r}") from None
+        _refuse_placeholders(description)
         names = elements(self._words)
         last = names[-1] if names else ""
         if last.endswith("sink"):  # a sink inside a tee branch is fine: only the end is dbrt's
@@ -133,7 +147,9 @@ class GStreamerSource(LiveSource):
         return mode["fps"] if mode else None
 
     def describe(self) -> dict:
-        return {**super().describe(), "mode": self.mode, "pipeline": self.description}
+        # report.json and /api/status: a password in the pipeline is not theirs to show
+        return {**super().describe(), "mode": self.mode,
+                "pipeline": without_credentials(self.description)}
 
     def command(self, fd: int) -> list:
         """The gst-launch-1.0 command line, frames going to file descriptor `fd`."""

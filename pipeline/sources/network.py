@@ -12,9 +12,10 @@ from urllib.parse import urlparse
 
 from engine.errors import SourceError
 
-from .base import without_credentials
+from .base import first_line, without_credentials
 from .live import LiveSource, Reconnect
-from .video import error_reason, first_video_stream, open_container, upright_bgr
+from .passwords import address
+from .video import error_reason, first_video_stream, open_container, shown_cause, upright_bgr
 
 SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "tcp", "srt", "rtp")
 _FILE_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".3gp", ".mpg", ".mpeg",
@@ -32,7 +33,9 @@ def looks_live(url: str) -> bool:
 
 class NetworkSource(LiveSource):
     """One network stream; `timeout` (seconds) bounds each read, and connecting takes up to
-    `OPEN_TIMEOUT` or `timeout`, whichever is longer."""
+    `OPEN_TIMEOUT` or `timeout`, whichever is longer. `password`: for a URL that names its user
+    without one; `{DBRT_NAME}` in the URL stands for that environment variable (see
+    `passwords`). The URL as given, without them, is the source's name."""
 
     kind = "network"
     # FFmpeg reads about 5 s of a stream (its analyzeduration) to learn its format before the
@@ -41,7 +44,9 @@ class NetworkSource(LiveSource):
     OPEN_TIMEOUT = 30.0
 
     def __init__(self, url: str, reconnect: Optional[Reconnect] = Reconnect(), timeout: float = 5.0,
-                 live: Optional[bool] = None, options: Optional[dict] = None):
+                 live: Optional[bool] = None, options: Optional[dict] = None,
+                 password: Optional[str] = None):
+        self._address = address(url, password)  # what FFmpeg opens, passwords filled in
         self.live = looks_live(url) if live is None else live
         self._live_by_name = live is None and self.live  # the first connect may find a file
         super().__init__(url, reconnect if self.live else None)
@@ -62,7 +67,7 @@ class NetworkSource(LiveSource):
         return self._fps
 
     def _connect(self) -> None:
-        container = open_container(self.url, self.options,
+        container = open_container(self._address, self.options, name=self.url,
                                    timeout=(max(self.timeout, self.OPEN_TIMEOUT), self.timeout))
         stream = first_video_stream(container, self.url)
         self._fps = float(stream.average_rate) if stream.average_rate else self._fps
@@ -81,11 +86,14 @@ class NetworkSource(LiveSource):
             vframe = next(self._frames, None)
         except Exception as exc:
             if self.live or self._decoded or urlparse(self.url).scheme not in ("http", "https"):
-                raise
+                if self._address == self.url:
+                    raise
+                # FFmpeg's error quotes the address it opened, passwords filled in
+                raise SourceError(first_line(exc).replace(self._address, self.url)) from None
             raise SourceError(f"{error_reason(exc)}: reading this file needs HTTP byte ranges, "
                               "which the server may not support (an MP4 whose index is at its "
                               "end: serve it with ranges, or write it with -movflags "
-                              "faststart)") from exc
+                              "faststart)") from shown_cause(exc, self._address, self.url)
         if vframe is None:
             # a file whose download stopped cleanly but early: fewer frames than its index
             # (a frame or two short is an edit list, as for local files)

@@ -14,16 +14,25 @@ import numpy as np
 from engine.errors import SourceError
 from engine.lazy import require
 
-from .base import Frame, Source
+from .base import Frame, Source, without_credentials
 
 
-def open_container(url: str, options: Optional[dict] = None, timeout=None):
-    """av.open with every FFmpeg / OS failure turned into one SourceError line."""
+def open_container(url: str, options: Optional[dict] = None, timeout=None,
+                   name: Optional[str] = None):
+    """av.open with every FFmpeg / OS failure turned into one SourceError line, which calls
+    the URL `name` (default: `url`; a stream's name leaves out the passwords put into `url`)."""
     av = require("av")
     try:
         return av.open(url, mode="r", options=options or {}, timeout=timeout)
     except (av.FFmpegError, OSError, ValueError) as exc:
-        raise SourceError(f"cannot open {url}: {error_reason(exc)}") from exc
+        reason = error_reason(exc).replace(url, name or url)  # some quote the URL
+        raise SourceError(f"cannot open {name or url}: {reason}") from shown_cause(exc, url, name)
+
+
+def shown_cause(exc: Exception, url: str, name: Optional[str] = None):
+    """`exc` as the cause of a SourceError about `url`, unless it quotes a password that the
+    error's message leaves out (FFmpeg's errors name the URL: a logged traceback shows them)."""
+    return exc if without_credentials(url) == url == (name or url) else None
 
 
 def first_video_stream(container, url: str):
