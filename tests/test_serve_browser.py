@@ -69,6 +69,7 @@ def test_headless_chromium_shows_the_live_picture_and_metrics(tmp_path):
     # the page is grey on black; only the camera picture (and its green boxes) is colourful
     assert (spread > 40).mean() > 0.05, "the tile shows no picture"
     assert "FPS" in dom and "infer" in dom and "detections" in dom and ">up<" in dom
+    assert "undefined" not in dom  # every field the page shows is one /api/status has
     assert re.search(r'<img alt="stream 0" src="blob:[^"]+"[^>]*data-shown="\d+"', dom), dom[:2000]
 
 

@@ -194,3 +194,23 @@ def test_the_server_header_names_no_python_version(served):
     sink, port = served
     for headers in ({}, AUTH):
         assert get(port, "/api/status", headers)[2]["Server"] == "dbrt"
+
+
+def test_the_status_counts_detections_under_detection_count(served):
+    """/api/status called a count `detections`, the name of the list of detections in
+    detections.jsonl, the events, MQTT and report.json."""
+    import json
+
+    import numpy as np
+
+    from pipeline.detections import Detections
+    from pipeline.sources import Frame
+
+    sink, port = served
+    quads = np.array([[[1, 1], [20, 1], [20, 9], [1, 9]], [[30, 1], [50, 1], [50, 9], [30, 9]]])
+    assert json.loads(get(port, "/api/status", AUTH)[1])["streams"][0]["detection_count"] == 0
+    sink.write(Frame(np.zeros((48, 64, 3), np.uint8), 0, 0.0, "cam", 0),
+               Detections.from_quads(quads, [0.9, 0.8]))
+    entry = json.loads(get(port, "/api/status", AUTH)[1])["streams"][0]
+    assert entry["detection_count"] == 2 and "detections" not in entry
+    assert "s.detection_count" in get(port, "/", AUTH)[1].decode()  # what the page shows

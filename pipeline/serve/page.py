@@ -86,7 +86,7 @@ function render(st){
     div.querySelector(".info").innerHTML =
       "<b>" + s.id + "</b> " + esc(s.name) + " <span class='state " + cls + "'>" + esc(s.state) +
       "</span>" + note + "<br>frames " + s.frames + " | dropped " + s.dropped + " | reconnects " +
-      s.reconnects + " | detections " + s.detections +
+      s.reconnects + " | detections " + s.detection_count +
       (s.texts.length ? "<div class='texts'>" + s.texts.map(esc).join(" &middot; ") + "</div>" : "");
   }
 }

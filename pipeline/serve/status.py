@@ -40,12 +40,13 @@ class RunStatus:
     @staticmethod
     def _newest(latest) -> dict:
         if latest is None:
-            return dict(frame_index=None, last_frame_age_s=None, detections=0, texts=[])
+            return dict(frame_index=None, last_frame_age_s=None, detection_count=0, texts=[])
         dets = latest.detections
         texts = dets.data.get("text")
+        # a count: `detections` is the list of them in every other output
         return dict(frame_index=int(latest.frame.index),
                     last_frame_age_s=round(time.time() - latest.wall_time, 3),
-                    detections=len(dets),
+                    detection_count=len(dets),
                     texts=[] if texts is None else [str(t) for t in texts[:MAX_TEXTS]])
 
     def snapshot(self) -> dict:
