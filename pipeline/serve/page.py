@@ -1,7 +1,8 @@
 """The one page of the web view: a tile per stream with its live picture, state, FPS,
 drops / reconnects and newest detections, refreshed from /api/status once a second. Static
 text: no request ever reads a file. The token the page was opened with is passed on to its own
-requests and taken out of the address bar and history (a reload then asks for it again).
+requests and taken out of the address bar and history; a reload gets in with the session cookie
+the server set when the token came (http.py).
 
 Each picture is fetched as a JPEG when the one before it has loaded (at most the view's rate,
 and only a newer one: 204 while there is none), not as an endless MJPEG response: a browser
