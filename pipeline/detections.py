@@ -169,11 +169,18 @@ class Detections:
     def _fingerprint(self) -> Optional[tuple]:
         """What the JSON depends on, cheaply: a hash of every array's bytes (hundreds of
         numbers a frame, hashed in microseconds; the JSON takes far longer)."""
-        if any(np.asarray(v).dtype.kind == "O" for v in self.data.values()):
-            return None  # a column of Python objects (lists) can change unseen: no caching
+        columns = []
+        for key, value in self.data.items():
+            arr = np.asarray(value)
+            if arr.dtype.kind != "O":
+                columns.append((key, id(value), hash(arr.tobytes())))
+                continue
+            items = tuple(arr.ravel().tolist())  # texts and None (a track not read yet) only:
+            if not all(item is None or isinstance(item, str) for item in items):
+                return None  # other Python objects (lists) can change unseen: no caching
+            columns.append((key, id(value), hash(items)))
         points = b"".join(p.tobytes() for p in self.polygons) + self.scores.tobytes()
-        return hash(points), tuple((k, id(v), hash(np.asarray(v).tobytes()))
-                                   for k, v in self.data.items())
+        return hash(points), tuple(columns)
 
     @classmethod
     def from_records(cls, records: Sequence[dict]) -> "Detections":

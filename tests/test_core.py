@@ -170,3 +170,16 @@ def test_a_column_of_python_objects_is_never_served_stale():
     dets.records_json()
     tags[0].append("z")
     assert json.loads(dets.records_json())[0]["tags"] == ["a", "z"]
+
+
+def test_a_column_of_texts_and_nones_is_encoded_once_and_follows_changes():
+    """track_text holds None for a track not read yet (an object column): the frame's JSON is
+    still encoded once for all its sinks, and a text replaced in place is seen."""
+    texts = np.array([None, "EXIT"], dtype=object)
+    dets = Detections.from_quads(np.zeros((2, 4, 2), np.float32) + [[0, 0], [4, 0], [4, 4], [0, 4]],
+                                 [0.9, 0.8], {"track_text": texts})
+    first = dets.records_json()
+    assert dets.records_json() is first
+    assert [r["track_text"] for r in json.loads(first)] == [None, "EXIT"]
+    texts[0] = "OPEN"
+    assert [r["track_text"] for r in json.loads(dets.records_json())] == ["OPEN", "EXIT"]

@@ -69,6 +69,7 @@ def test_headless_chromium_shows_the_live_picture_and_metrics(tmp_path):
     # the page is grey on black; only the camera picture (and its green boxes) is colourful
     assert (spread > 40).mean() > 0.05, "the tile shows no picture"
     assert "FPS" in dom and "infer" in dom and "detections" in dom and ">up<" in dom
+    assert "undefined" not in dom  # every field the page shows is one /api/status has
     assert re.search(r'<img alt="stream 0" src="blob:[^"]+"[^>]*data-shown="\d+"', dom), dom[:2000]
 
 
@@ -148,7 +149,8 @@ class DevTools:
 
 @pytest.mark.slow
 def test_the_token_leaves_the_address_bar_and_the_page_still_uses_it(tmp_path):
-    """Opened as /?token=SECRET, the token stayed in the address bar and the history."""
+    """Opened as /?token=SECRET, the token stayed in the address bar and the history; once it
+    left, a reload of the page got 401 (now the session cookie lets it in)."""
     port, proc = serving_with_token(tmp_path)
     browser = None
     try:
@@ -158,6 +160,16 @@ def test_the_token_leaves_the_address_bar_and_the_page_still_uses_it(tmp_path):
         wait_until(lambda: browser.evaluate(shown), proc, "the page to show a picture and status")
         address = browser.evaluate("location.href")
         back = browser.evaluate("history.length")
+        browser.evaluate("window.before_reload = true; location.reload()")
+
+        def reloaded_and_shown():
+            try:
+                return browser.evaluate(f"window.before_reload === undefined && {shown}")
+            except AssertionError:  # asked while the old page's context went away
+                return False
+        wait_until(reloaded_and_shown, proc, "the reloaded page to show a picture and status")
+        reloaded = browser.evaluate("location.href")
+        script_cookies = browser.evaluate("document.cookie")
     finally:
         if browser is not None:
             browser.close()
@@ -165,3 +177,5 @@ def test_the_token_leaves_the_address_bar_and_the_page_still_uses_it(tmp_path):
         proc.communicate(timeout=60)
     assert address == f"http://127.0.0.1:{port}/#tiles", address
     assert back == 1  # replaced, not pushed: no entry with the token to go back to
+    assert reloaded == address
+    assert script_cookies == ""  # HttpOnly: the page's scripts cannot read the token

@@ -194,3 +194,76 @@ def test_the_server_header_names_no_python_version(served):
     sink, port = served
     for headers in ({}, AUTH):
         assert get(port, "/api/status", headers)[2]["Server"] == "dbrt"
+
+
+def test_the_status_counts_detections_under_detection_count(served):
+    """/api/status called a count `detections`, the name of the list of detections in
+    detections.jsonl, the events, MQTT and report.json."""
+    import json
+
+    import numpy as np
+
+    from pipeline.detections import Detections
+    from pipeline.sources import Frame
+
+    sink, port = served
+    quads = np.array([[[1, 1], [20, 1], [20, 9], [1, 9]], [[30, 1], [50, 1], [50, 9], [30, 9]]])
+    assert json.loads(get(port, "/api/status", AUTH)[1])["streams"][0]["detection_count"] == 0
+    sink.write(Frame(np.zeros((48, 64, 3), np.uint8), 0, 0.0, "cam", 0),
+               Detections.from_quads(quads, [0.9, 0.8]))
+    entry = json.loads(get(port, "/api/status", AUTH)[1])["streams"][0]
+    assert entry["detection_count"] == 2 and "detections" not in entry
+    assert "s.detection_count" in get(port, "/", AUTH)[1].decode()  # what the page shows
+
+
+def test_a_valid_query_token_becomes_a_session_cookie_that_lets_a_reload_in(capfd):
+    """The page takes ?token= out of the address bar, so a reload came without it and got 401;
+    now a valid ?token= sets an HttpOnly session cookie that later requests may carry instead."""
+    from pipeline.serve import ServeSink
+
+    token = "s3+cr/t=;, x%"  # characters a cookie value may not hold as they are
+    pipe = Pipeline([SimulatedCamera(total=10)], FakeDetector())
+    with ServeSink(pipe, port=0, token=token) as sink:
+        port = sink.server.port
+        status, _, headers = get(port, "/?token=s3%2Bcr/t=%3B,%20x%25")
+        assert status == 200
+        name, _, rest = headers["Set-Cookie"].partition("=")
+        value, _, attributes = rest.partition("; ")
+        assert name == f"dbrt_token_{port}" and attributes == "HttpOnly; SameSite=Strict; Path=/"
+        assert token not in headers["Set-Cookie"]  # encoded: no ";", "," or space in a value
+        cookie = {"Cookie": f"other=1; {name}={value}"}
+        for path in ("/", "/api/status", "/metrics", "/healthz"):
+            status, body, answer = get(port, path, cookie)
+            assert status in (200, 503) and "Set-Cookie" not in answer, path
+            assert token.encode() not in body and value.encode() not in body, path
+        assert get(port, "/stream/0.jpg", cookie)[:2] == (503, b"no picture yet\n")
+        # only a valid ?token= sets it; a wrong cookie, or another port's, is refused
+        assert "Set-Cookie" not in get(port, "/", {"Authorization": f"Bearer {token}"})[2]
+        for refused in ({"Cookie": f"{name}=s3"}, {"Cookie": f"dbrt_token_1={value}"},
+                        {"Cookie": f"{name}x={value}"}):
+            status, body, answer = get(port, "/api/status", refused)
+            assert (status, body) == (401, b"missing or wrong token\n") and "Set-Cookie" not in answer
+        status, _, answer = get(port, "/api/status?token=s3", cookie)  # a wrong query is not
+        assert status == 401 and "Set-Cookie" not in answer  # rescued by the cookie
+        assert get(port, "/api/status", dict(cookie, Authorization="Bearer s3"))[0] == 401
+    pipe.close()
+    out, err = capfd.readouterr()
+    assert value not in out + err and "s3+cr" not in out + err
+
+
+def test_a_detection_read_as_nothing_is_null_in_the_status_texts(served):
+    """The status listed "" for a text nothing was read in, where the result lines and events
+    say null for a track without a reading."""
+    import json
+
+    import numpy as np
+
+    from pipeline.detections import Detections
+    from pipeline.sources import Frame
+
+    sink, port = served
+    quads = np.array([[[1, 1], [20, 1], [20, 9], [1, 9]], [[30, 1], [50, 1], [50, 9], [30, 9]]])
+    sink.write(Frame(np.zeros((48, 64, 3), np.uint8), 0, 0.0, "cam", 0),
+               Detections.from_quads(quads, [0.9, 0.8], {"text": np.array(["EXIT", ""])}))
+    assert json.loads(get(port, "/api/status", AUTH)[1])["streams"][0]["texts"] == ["EXIT", None]
+    assert "t !== null" in get(port, "/", AUTH)[1].decode()  # the page lists what was read

@@ -460,3 +460,39 @@ def test_an_event_line_writes_times_and_polygons_as_the_result_line_of_its_frame
     assert event["first_timestamp"] == lines[0]["timestamp"] == round(1 / 3, 6)
     assert event["last_timestamp"] is None and lines[1]["timestamp"] is None
     assert event["polygon"] == lines[0]["detections"][0]["polygon"]
+
+
+def test_a_track_without_a_reading_is_null_in_the_result_lines_events_and_mqtt(tmp_path):
+    """A track not read yet was `"text": null, "confidence": 0.0` in its events but
+    `"track_text": "", "track_text_score": 0.0` in the result lines: now null and null in both
+    (no text, no confidence), and the event's text / confidence are its last line's."""
+    from pipeline.detections import FrameResult
+    from pipeline.mqtt import event, text_event
+    from pipeline.reading.events import TextEventSink
+    from pipeline.reading.tracking import TextTracker
+
+    tracker, published = TextTracker(lost_frames=5), []
+    sink = TextEventSink(tmp_path / "events.jsonl", listeners=[published.append])
+    sink.follow(tracker)
+    for i in range(4):  # the left box is never read, the right one always
+        frame = _frame(i)
+        out = tracker(frame, _dets([_box(10, 10), _box(120, 60)], texts=["", "EXIT"],
+                                   text_scores=[0.0, 0.9]))
+        sink.write(frame, out)
+        line = json.loads(FrameResult(frame, out).to_json(), parse_constant=pytest.fail)
+    sink.close()
+    assert out.data["track_text"].tolist() == [None, "EXIT"]
+    unread, read = line["detections"]
+    assert (unread["track_text"], unread["track_text_score"]) == (None, None)
+    assert (read["track_text"], read["track_text_score"]) == ("EXIT", 0.9)
+    assert out.to_records()[0]["track_text"] is None  # the Python API's records say so too
+    lines = (tmp_path / "events.jsonl").read_text().splitlines()
+    ends = {e["track_id"]: e for e in map(json.loads, lines)}
+    for det in (unread, read):
+        assert (ends[det["track_id"]]["text"], ends[det["track_id"]]["confidence"]) == (
+            det["track_text"], det["track_text_score"])
+    mqtt_line = json.loads(event(frame, out, "cam"), parse_constant=pytest.fail)
+    assert mqtt_line["detections"] == line["detections"]
+    mqtt_ends = [text_event(e) for e in published]
+    assert [(e["text"], e["confidence"]) for e in mqtt_ends
+            if e["track_id"] == unread["track_id"]] == [(None, None)]

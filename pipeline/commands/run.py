@@ -117,7 +117,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="serve a live web view, /metrics (Prometheus), /healthz and /api/status "
                         "(HOST defaults to 127.0.0.1; 0.0.0.0 listens on every interface)")
     w.add_argument("--serve-token", metavar="TOKEN",
-                   help="require this token from every request (Bearer header or ?token=); "
+                   help="require this token from every request (Bearer header, ?token= or the "
+                        "cookie a valid ?token= sets); "
                         "default: the DBRT_SERVE_TOKEN environment variable, else none")
     w.add_argument("--serve-fps", type=at_least(0.1, float), default=10.0,
                    help="most pictures per second and stream sent to viewers")

@@ -2,8 +2,9 @@
 ByteTrack on the polygons' axis-aligned boxes, and adds per-instance columns:
 
     track_id          int, -1 for an instance no track took (yet)
-    track_text        the track's voted reading so far (when the frame was read; see tracks.py)
-    track_text_score  its confidence
+    track_text        the track's voted reading so far (when the frame was read; see tracks.py),
+                      None (JSON null) while the track has none, or for an instance no track took
+    track_text_score  its confidence, NaN (JSON null) where track_text is None
 
 ByteTrack is supervision's (0.30.x): its successor, the `trackers` package, requires
 opencv-python, which cannot be installed next to the opencv-python-headless dbrt uses. A stream
@@ -96,8 +97,9 @@ class TextTracker:
         self._note_ended(stream, self.book.update(frame, out), self.book.frames_seen(stream))
         if out.texts:
             votes = [self.book.reading(frame.stream, int(t)) for t in ids]
-            data["track_text"] = np.asarray([text or "" for text, _ in votes], dtype=str)
-            data["track_text_score"] = np.asarray([c for _, c in votes], np.float32)
+            data["track_text"] = np.asarray([text for text, _ in votes], dtype=object)
+            data["track_text_score"] = np.asarray([np.nan if c is None else c for _, c in votes],
+                                                  np.float32)
             out = Detections(detections.polygons, detections.scores, data)
         return out
 

@@ -60,10 +60,11 @@ class Track:
             self.votes[text] += float(text_score)
 
     @property
-    def reading(self) -> Tuple[Optional[str], float]:
-        """(text, confidence) of the vote so far; (None, 0) before any reading."""
+    def reading(self) -> Tuple[Optional[str], Optional[float]]:
+        """(text, confidence) of the vote so far; (None, None) before any reading (null and
+        null in every output: no text has no confidence either)."""
         if not self.votes:
-            return None, 0.0
+            return None, None
         text = max(self.votes, key=self.votes.get)
         return text, self.votes[text] / max(self.readings, 1)
 
@@ -71,7 +72,7 @@ class Track:
         """The track's event line, its numbers written as the result lines write theirs."""
         text, confidence = self.reading
         return {"stream": self.stream, "source": self.source, "track_id": self.track_id,
-                "text": text, "confidence": score_record(confidence),
+                "text": text, "confidence": None if text is None else score_record(confidence),
                 "first_timestamp": timestamp_record(self.first_timestamp),
                 "last_timestamp": timestamp_record(self.last_timestamp),
                 "first_frame": self.first_frame, "last_frame": self.last_frame,
@@ -124,9 +125,9 @@ class TrackBook:
         """Frames of `stream` the book was given (its clock for "unseen for N frames")."""
         return self._ticks.get(stream, 0)
 
-    def reading(self, stream: int, track_id: int) -> Tuple[Optional[str], float]:
+    def reading(self, stream: int, track_id: int) -> Tuple[Optional[str], Optional[float]]:
         track = self._live.get(stream, {}).get(track_id)
-        return (None, 0.0) if track is None else track.reading
+        return (None, None) if track is None else track.reading
 
     def live(self, stream: int) -> List[Track]:
         """The stream's live tracks, oldest first."""

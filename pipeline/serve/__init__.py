@@ -26,7 +26,8 @@ __all__ = ["ServeSink", "LiveFrames", "RunStatus"]
 class ServeSink(Sink):
     """The web view of `pipeline` on http://host:port/.
 
-    token:           required from every request when set (Bearer header or ?token=)
+    token:           required from every request when set (Bearer header, ?token= or the
+                     session cookie a valid ?token= sets)
     max_fps:         most JPEG encodings per second and stream (only while someone watches)
     max_connections: open connections at most (viewers, scrapes); more are closed at once, and
                      viewers beyond max_connections - 4 get 503 so that probes always get in

@@ -3,9 +3,10 @@ HTTP and prometheus_client writes /metrics) on a threading server with a bounded
 connections.
 
 Safe by default: binds loopback unless told otherwise, GET / HEAD only, no request path ever
-reaches the file system, an optional access token (`Authorization: Bearer TOKEN` or
-`?token=TOKEN`), at most `max_connections` open connections (more are closed at once), and a
-socket timeout that frees the thread of a viewer that stopped reading.
+reaches the file system, an optional access token (`Authorization: Bearer TOKEN`, `?token=TOKEN`,
+or the session cookie a valid `?token=` sets, so that the page survives a reload), at most
+`max_connections` open connections (more are closed at once), and a socket timeout that frees
+the thread of a viewer that stopped reading.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import threading
 import time
 from socketserver import ThreadingMixIn
 from typing import Optional
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from engine.errors import DbrtError
@@ -69,9 +70,12 @@ class ServeApp:
         if self.local_only and not _local_host(environ.get("HTTP_HOST", "")):
             return _text(start_response, "403 Forbidden", "this server answers requests for "
                          "localhost or its address only\n")
-        if not self._authorised(environ):
+        way = self._authorised(environ)
+        if way is None:
             return _text(start_response, "401 Unauthorized", "missing or wrong token\n",
                          [("WWW-Authenticate", 'Bearer realm="dbrt"')])
+        if way == "query":
+            start_response = _with_headers(start_response, [self._set_cookie(environ)])
         if path == "/":
             return _send(start_response, "200 OK", "text/html; charset=utf-8", self._page)
         if path == "/metrics":  # prometheus_client answers GET only
@@ -110,14 +114,34 @@ class ServeApp:
             return []
         return _send(start_response, "200 OK", "image/jpeg", encoded.jpeg, seq)
 
-    def _authorised(self, environ) -> bool:
+    def _authorised(self, environ) -> Optional[str]:
+        """How the request got in ("open" without a token, "header", "query", "cookie"); None
+        when it gave no token or a wrong one."""
         if self.token is None:
-            return True
+            return "open"
+        given, way = self._credential(environ)
+        return way if hmac.compare_digest(given.encode(), self.token.encode()) else None
+
+    @staticmethod
+    def _credential(environ) -> tuple:
+        """(the token given, how): the Bearer header, else ?token=, else this server's cookie;
+        ("", None) when none is."""
         scheme, _, given = environ.get("HTTP_AUTHORIZATION", "").strip().partition(" ")
         given = given.strip() if scheme.lower() == "bearer" else ""  # schemes ignore case
-        if not given:
-            given = _query(environ, "token") or ""
-        return hmac.compare_digest(given.encode(), self.token.encode())
+        if given:
+            return given, "header"
+        given = _query(environ, "token")
+        if given is not None:
+            return given, "query"
+        given = _cookie(environ, _cookie_name(environ))
+        return (given, "cookie") if given is not None else ("", None)
+
+    def _set_cookie(self, environ) -> tuple:
+        """The token as a cookie for the browser's session (no Expires), sent to this server
+        only and never to scripts or with other sites' requests; percent-encoded, as a cookie
+        value may hold no ";", "," or space."""
+        return ("Set-Cookie", f"{_cookie_name(environ)}={quote(self.token, safe='')}; HttpOnly; "
+                              "SameSite=Strict; Path=/")
 
     def _mjpeg(self, stream: int):
         """One JPEG part per new picture, at most the view's rate; a part is re-sent every
@@ -149,6 +173,21 @@ def _local_host(host: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _cookie_name(environ) -> str:
+    """Per port: a browser sends a host's cookies to all its ports, and two views on one
+    machine, each with its own token, would overwrite each other's."""
+    return f"dbrt_token_{environ.get('SERVER_PORT', '')}"
+
+
+def _cookie(environ, name: str) -> Optional[str]:
+    """The value of the cookie `name` in the request's Cookie header, percent-decoded."""
+    for part in environ.get("HTTP_COOKIE", "").split(";"):
+        key, sep, value = part.strip().partition("=")
+        if sep and key == name:
+            return unquote(value.strip())
+    return None
 
 
 def _query(environ, name: str) -> Optional[str]:
@@ -189,6 +228,12 @@ def _with_safety_headers(start_response):
     def start(status, headers, exc_info=None):
         present = {name.lower() for name, _ in headers}
         extra = [(n, v) for n, v in SAFETY_HEADERS if n.lower() not in present]
+        return start_response(status, [*headers, *extra], exc_info)
+    return start
+
+
+def _with_headers(start_response, extra):
+    def start(status, headers, exc_info=None):
         return start_response(status, [*headers, *extra], exc_info)
     return start
 

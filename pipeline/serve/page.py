@@ -1,7 +1,8 @@
 """The one page of the web view: a tile per stream with its live picture, state, FPS,
 drops / reconnects and newest detections, refreshed from /api/status once a second. Static
 text: no request ever reads a file. The token the page was opened with is passed on to its own
-requests and taken out of the address bar and history (a reload then asks for it again).
+requests and taken out of the address bar and history; a reload gets in with the session cookie
+the server set when the token came (http.py).
 
 Each picture is fetched as a JPEG when the one before it has loaded (at most the view's rate,
 and only a newer one: 204 while there is none), not as an endless MJPEG response: a browser
@@ -83,11 +84,12 @@ function render(st){
     const cls = s.state === "up" ? "up" : (s.state === "reconnecting" ? "warn" : "bad");
     div.className = "tile " + (s.state === "up" ? "" : (s.state === "reconnecting" ? "reconnecting" : "down"));
     const note = s.state === "up" ? "" : " (" + esc(s.events.slice(-1)[0] || "no frames") + ")";
+    const texts = s.texts.filter(t => t !== null);  // null: nothing read there
     div.querySelector(".info").innerHTML =
       "<b>" + s.id + "</b> " + esc(s.name) + " <span class='state " + cls + "'>" + esc(s.state) +
       "</span>" + note + "<br>frames " + s.frames + " | dropped " + s.dropped + " | reconnects " +
-      s.reconnects + " | detections " + s.detections +
-      (s.texts.length ? "<div class='texts'>" + s.texts.map(esc).join(" &middot; ") + "</div>" : "");
+      s.reconnects + " | detections " + s.detection_count +
+      (texts.length ? "<div class='texts'>" + texts.map(esc).join(" &middot; ") + "</div>" : "");
   }
 }
 async function poll(){
