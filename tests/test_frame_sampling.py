@@ -61,7 +61,7 @@ def test_max_frames_counts_the_frames_run(tmp_path):
 
 
 def test_a_live_source_is_sampled_by_its_clock():
-    camera = SimulatedCamera(total=300, reconnect=None)  # timestamps: frame / 100 s
+    camera = SimulatedCamera(total=300, fps=200, reconnect=None)  # timestamps: frame / 100 s
     pipe = Pipeline([camera], FakeDetector(), sample_fps=10)
     frames = [frame for frame, _ in pipe]
     src = pipe.report()["sources"][0]
