@@ -84,7 +84,7 @@ function render(st){
     const cls = s.state === "up" ? "up" : (s.state === "reconnecting" ? "warn" : "bad");
     div.className = "tile " + (s.state === "up" ? "" : (s.state === "reconnecting" ? "reconnecting" : "down"));
     const note = s.state === "up" ? "" : " (" + esc(s.events.slice(-1)[0] || "no frames") + ")";
-    const texts = s.texts.filter(t => t !== null);  // null: nothing read there
+    const texts = s.texts.filter(t => t !== "");  // "": read, nothing legible
     div.querySelector(".info").innerHTML =
       "<b>" + s.id + "</b> " + esc(s.name) + " <span class='state " + cls + "'>" + esc(s.state) +
       "</span>" + note + "<br>frames " + s.frames + " | dropped " + s.dropped + " | reconnects " +

@@ -48,7 +48,7 @@ class RunStatus:
         return dict(frame_index=int(latest.frame.index),
                     last_frame_age_s=round(time.time() - latest.wall_time, 3),
                     detection_count=len(dets),
-                    texts=[] if texts is None else [_reading(t) for t in texts[:MAX_TEXTS]])
+                    texts=[] if texts is None else [str(t) for t in texts[:MAX_TEXTS]])
 
     def snapshot(self) -> dict:
         metrics = self.pipeline.metrics
@@ -79,12 +79,6 @@ class RunStatus:
         """The remote model's state and counters (a triton:// model), else None."""
         runner = getattr(getattr(self.pipeline, "detector", None), "runner", None)
         return runner.describe() if getattr(runner, "remote", False) else None
-
-
-def _reading(text) -> Optional[str]:
-    """A detection's text; None (null) where nothing was read, as a track without a reading
-    is in the result lines and events."""
-    return str(text) if text is not None and str(text) else None
 
 
 def _healthy(source) -> bool:
