@@ -3,13 +3,17 @@ reaches the network (CPU path and the GPU kernel's NumPy twin) and boxes come ba
 pixels; text outside it is not detected."""
 from __future__ import annotations
 
+import json
+
 import cv2
 import numpy as np
 import pytest
 
 from dbnet.spec import ModelSpec, preset
 from engine.errors import ShapeError
+from pipeline.cli import main
 from pipeline.detector import Detector
+from pipeline.draw import RegionAnnotator
 from pipeline.gpu_preprocess import emulate
 from pipeline.postprocess import DBPostprocessor, PostprocessConfig, gpu
 from pipeline.postprocess.postprocessor import to_detections
@@ -189,3 +193,58 @@ def test_the_shipped_model_reads_the_region_only_in_frame_pixels(shipped):
     assert 400 < x0 < x1 < 560 and 250 < y0 < y1 < 320  # SHOP, where it is in the frame
     shop = whole[whole.boxes_xyxy[:, 0] > 320]
     np.testing.assert_allclose(found.boxes_xyxy, shop.boxes_xyxy, atol=6)
+
+
+def test_the_region_is_outlined_on_the_picture():
+    scene_ = np.zeros((100, 200, 3), np.uint8)
+    RegionAnnotator(Region.parse("0.5,0,0.5,0.5")).annotate(scene_)
+    drawn = scene_.any(axis=2)
+    assert drawn[0, 100:200].all() and drawn[:50, 100].all() and drawn[:49, 199].all()
+    assert not drawn[60:].any() and not drawn[:, :98].any()
+    untouched = np.zeros((10, 10, 3), np.uint8)  # a frame the region misses: drawn as it is
+    assert not RegionAnnotator(Region.parse("50,50,5,5")).annotate(untouched).any()
+
+
+# -- dbrt run --roi ------------------------------------------------------------------------------
+def test_dbrt_run_roi_detects_in_the_region_and_outlines_it(tmp_path, capsys):
+    """Two pictures of other sizes and a region in fractions: each picture's SHOP (in the
+    region) is found where it is in that picture, EXIT (outside) is not; the annotated pictures
+    outline the region; report.json records it."""
+    folder = tmp_path / "shots"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a.png"), _signs())
+    cv2.imwrite(str(folder / "b.png"), cv2.copyMakeBorder(_signs(), 0, 40, 0, 80, cv2.BORDER_REPLICATE))
+    out = tmp_path / "out"
+    assert main(["run", str(folder), "--roi", "0.5,0.5,0.5,0.5", "-o", str(out), "--quiet"]) == 0
+    assert "for region 0.5,0.5,0.5,0.5" in capsys.readouterr().err
+    lines = [json.loads(x) for x in (out / "detections.jsonl").read_text().splitlines()]
+    assert [len(x["detections"]) for x in lines] == [1, 1]
+    for line in lines:
+        xs, ys = np.array(line["detections"][0]["polygon"]).T
+        assert 400 < xs.min() < xs.max() < 560 and 250 < ys.min() < ys.max() < 320
+    report = json.loads((out / "report.json").read_text())
+    assert report["model"]["roi"] == dict(x=0.5, y=0.5, w=0.5, h=0.5, unit="fraction")
+    for name, (h, w) in (("0_00000_a.png", (360, 640)), ("0_00001_b.png", (400, 720))):
+        drawn = cv2.imread(str(out / "annotated" / name))
+        assert (drawn[h // 2 + 20, w // 2] == RegionAnnotator.color).all()  # the left edge
+        assert (drawn[h // 2 - 20, w // 2] != RegionAnnotator.color).any()
+
+
+def test_dbrt_run_roi_outside_a_frame_or_malformed_is_one_line(tmp_path, tiny_onnx, capsys):
+    folder = tmp_path / "shots"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a.png"), np.full((360, 640, 3), 128, np.uint8))
+    cv2.imwrite(str(folder / "b.png"), np.full((100, 200, 3), 128, np.uint8))
+    args = ["run", str(folder), "--model", str(tiny_onnx), "-o", str(tmp_path / "o"), "--quiet"]
+    assert main([*args, "--roi", "300,200,200,100"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("dbrt run: error: --roi 300,200,200,100: the region lies outside "
+                              "the 200x100 frames"), err
+    assert "Traceback" not in "\n".join(err)
+    for value, reason in (("1,2,3", "expected X,Y,W,H"), ("0.1,0.2,2,0.5", "from 0 to 1"),
+                          ("5,5,0,9", "empty")):
+        assert main([*args, "--roi", value]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1
+        assert err[0].startswith("dbrt run: error: argument --roi: ") and reason in err[0], err
+        assert repr(value) in err[0]
