@@ -192,9 +192,9 @@ class Detector:
     def input_size_for(self, frame_h: int, frame_w: int) -> Tuple[int, int]:
         """Network (H, W) for a frame of this size (for its region of interest, when there is
         one); frames of equal input size can share a batch."""
-        region = self.region_in(frame_h, frame_w)
+        region, what = self.region_in(frame_h, frame_w), "frame"
         if region is not None:
-            frame_w, frame_h = region[2:]
+            (frame_w, frame_h), what = region[2:], f"region (--roi {self.roi}) of a frame"
         if self.input_size:
             return self.input_size
         resize = self.spec.resize
@@ -204,7 +204,7 @@ class Detector:
             if wanted != size:
                 self._cap_reported = True
                 warn_caller(
-                    f"a {frame_h}x{frame_w} frame would need a {wanted[0]}x{wanted[1]} input "
+                    f"a {frame_h}x{frame_w} {what} would need a {wanted[0]}x{wanted[1]} input "
                     f"({resize.limit_type} side {resize.limit_side}); inputs are capped at "
                     f"{MAX_INPUT_SIDE} pixels a side, so it runs at {size[0]}x{size[1]} (further "
                     "frames are capped without a message)")

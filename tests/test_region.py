@@ -195,6 +195,20 @@ def test_the_shipped_model_reads_the_region_only_in_frame_pixels(shipped):
     np.testing.assert_allclose(found.boxes_xyxy, shop.boxes_xyxy, atol=6)
 
 
+def test_the_text_read_in_the_region_is_cut_from_the_frame_where_the_box_is(shipped):
+    """The recognizer crops the frame at the frame-pixel box: it reads SHOP, not whatever lies
+    at the region's own coordinates."""
+    pytest.importorskip("rapidocr", reason="the PP-OCR rec model comes with the rapidocr wheel")
+    from pipeline.reading import Recognizer
+
+    recognizer = Recognizer()
+    try:  # the Detector is not closed: the runner is the fixture's, the recognizer ours
+        found = Detector(shipped.runner, roi=(320, 180, 320, 180), read=recognizer).detect(_signs())
+    finally:
+        recognizer.close()
+    assert list(found.data["text"]) == ["SHOP"] and found.data["text_score"][0] > 0.9
+
+
 def test_the_region_is_outlined_on_the_picture():
     scene_ = np.zeros((100, 200, 3), np.uint8)
     RegionAnnotator(Region.parse("0.5,0,0.5,0.5")).annotate(scene_)
@@ -248,3 +262,12 @@ def test_dbrt_run_roi_outside_a_frame_or_malformed_is_one_line(tmp_path, tiny_on
         assert len(err) == 1
         assert err[0].startswith("dbrt run: error: argument --roi: ") and reason in err[0], err
         assert repr(value) in err[0]
+
+
+def test_the_input_cap_warning_names_a_thin_region():
+    """A 2x400 strip under the short-side rule would need a huge input: the warning says it is
+    the region's, not the frame's (a 100x400 frame runs at 64x256)."""
+    with Detector(BrightPixelRunner(), roi=(0, 50, 400, 2)) as det:
+        with pytest.warns(UserWarning, match=r"a 2x400 region \(--roi 0,50,400,2\) of a frame "
+                                             "would need"):
+            assert max(det.input_size_for(100, 400)) == 4000
