@@ -29,6 +29,7 @@ from .detections import Detections
 from .postprocess import DBPostprocessor
 from .postprocess.compiled import status as compiled_status
 from .preprocess import Letterbox, as_bgr, preprocess_batch
+from .region import Region
 from .shipped import default_model_path
 
 
@@ -70,6 +71,10 @@ class Detector:
                 from the rapidocr wheel), a recognizer .onnx path, or a pipeline.reading.Recognizer
                 (yours to close: several Detectors may share it); the detections then carry
                 `texts` and `text_scores`
+    roi:        a region of interest: only this part of each frame is detected in, at the
+                resize rule's size for the region; boxes stay in frame pixels. (x, y, w, h) in
+                frame pixels (integers), fractions of the frame (floats, 0..1), an 'X,Y,W,H'
+                string as `dbrt run --roi` takes, or a pipeline.region.Region
 
     One Detector may serve several Pipelines (or threads) at once: ONNX Runtime takes
     concurrent calls, and each thread that calls a TensorRT engine gets its own execution
@@ -80,7 +85,9 @@ class Detector:
     def __init__(self, model=None, spec: Union[ModelSpec, dict, Callable[[ModelSpec], ModelSpec], None] = None,
                  *, preset: Optional[str] = None,
                  input_size: Optional[Tuple[int, int]] = None, backend: str = "auto",
-                 device: str = "auto", options: Optional[RunnerOptions] = None, read=None):
+                 device: str = "auto", options: Optional[RunnerOptions] = None, read=None,
+                 roi=None):
+        self.roi = Region.of(roi)  # a bad region fails before the model loads
         if model is None:
             model = default_model_path()
         self.model_name = _model_name(model)
@@ -145,6 +152,7 @@ class Detector:
         return dict(model=self.model_name, runner=self.runner.name, **remote,
                     spec=json.loads(self.spec.to_json()), untrained=self.untrained,
                     keep_aspect=self.keep_aspect, input_size=self.input_size,
+                    roi=None if self.roi is None else self.roi.describe(),
                     gpu_preprocess=self.uses_gpu_preprocess, post=self.post.config.to_dict(),
                     post_compiled=compiled_status(),
                     reader=None if self.recognizer is None else self.recognizer.describe())
@@ -175,8 +183,18 @@ class Detector:
         return GpuPreprocessor(self.spec, keep_aspect=self.keep_aspect)
 
     # -- the three steps -------------------------------------------------------------------------
+    def region_in(self, frame_h: int, frame_w: int) -> Optional[Tuple[int, int, int, int]]:
+        """The (x, y, w, h) part of a frame of this size that is detected in (the region of
+        interest clipped to the frame), None for all of it; a ShapeError when the region leaves
+        nothing of such a frame."""
+        return None if self.roi is None else self.roi.in_frame(frame_h, frame_w)
+
     def input_size_for(self, frame_h: int, frame_w: int) -> Tuple[int, int]:
-        """Network (H, W) for a frame of this size; frames of equal input size can share a batch."""
+        """Network (H, W) for a frame of this size (for its region of interest, when there is
+        one); frames of equal input size can share a batch."""
+        region, what = self.region_in(frame_h, frame_w), "frame"
+        if region is not None:
+            (frame_w, frame_h), what = region[2:], f"region (--roi {self.roi}) of a frame"
         if self.input_size:
             return self.input_size
         resize = self.spec.resize
@@ -186,7 +204,7 @@ class Detector:
             if wanted != size:
                 self._cap_reported = True
                 warn_caller(
-                    f"a {frame_h}x{frame_w} frame would need a {wanted[0]}x{wanted[1]} input "
+                    f"a {frame_h}x{frame_w} {what} would need a {wanted[0]}x{wanted[1]} input "
                     f"({resize.limit_type} side {resize.limit_side}); inputs are capped at "
                     f"{MAX_INPUT_SIDE} pixels a side, so it runs at {size[0]}x{size[1]} (further "
                     "frames are capped without a message)")
@@ -201,9 +219,10 @@ class Detector:
             raise ShapeError("prepare() needs at least one image")
         images = [as_bgr(image) for image in images]  # a Source of your own may give grey
         size = self.input_size_for(*images[0].shape[:2])
+        regions = None if self.roi is None else [self.region_in(*i.shape[:2]) for i in images]
         if self._gpu is not None:
-            return self._gpu(images, size, device_frames)
-        return preprocess_batch(images, self.spec, size, self.keep_aspect)
+            return self._gpu(images, size, device_frames, regions)
+        return preprocess_batch(images, self.spec, size, self.keep_aspect, regions)
 
     def infer(self, batch) -> object:
         """One engine call; returns the (N, H, W) probability maps (sigmoid applied to logits)."""

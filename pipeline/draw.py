@@ -7,8 +7,11 @@ from typing import Optional, Tuple
 import cv2
 import numpy as np
 
+from engine.errors import ShapeError
+
 from .detections import Detections
 from .preprocess import as_bgr
+from .region import Region
 
 Color = Tuple[int, int, int]  # BGR
 
@@ -50,6 +53,24 @@ class BannerAnnotator:
         cv2.rectangle(scene, (0, 0), (w + 8, h + base + 8), (0, 0, 0), thickness=-1)
         cv2.putText(scene, self.text, (4, h + 4), cv2.FONT_HERSHEY_SIMPLEX, self.font_scale,
                     self.color, 1, cv2.LINE_AA)
+        return scene
+
+
+@dataclass(frozen=True)
+class RegionAnnotator:
+    """Outlines the region of interest (a Detector's `roi`), so that a viewer sees which part
+    of the frame is watched; a frame the region misses gets no outline."""
+
+    region: Region
+    color: Color = (0, 200, 255)
+    thickness: int = 2
+
+    def annotate(self, scene: np.ndarray, detections: Optional[Detections] = None) -> np.ndarray:
+        try:
+            x, y, w, h = self.region.in_frame(*scene.shape[:2])
+        except ShapeError:  # the detector names the error; the picture is drawn as it is
+            return scene
+        cv2.rectangle(scene, (x, y), (x + w - 1, y + h - 1), self.color, self.thickness)
         return scene
 
 

@@ -1,6 +1,7 @@
 """GPU preprocessing: one fused CUDA kernel per frame (CuPy RawKernel).
 
-uint8 HWC BGR frame (uploaded from pinned memory) -> bilinear resize reproducing OpenCV's
+uint8 HWC BGR frame (uploaded from pinned memory) -> its region of interest, if any (the kernel
+reads from the region's origin on) -> bilinear resize reproducing OpenCV's
 INTER_LINEAR for 8-bit images (half-pixel centres, edge clamping, 11-bit fixed-point weights,
 its vectorised rounding) -> colour order + (x - mean) / std -> CHW -> zero padding to the network
 size -> its slot of the (N, 3, H, W) float32 batch.
@@ -27,9 +28,10 @@ from .preprocess import Letterbox, make_letterbox
 KERNEL_NAME = "letterbox_normalise"
 KERNEL_SOURCE = r"""
 // One thread per output pixel. ty0/ty1/tb and tx0/tx1/ta: per output row / column, the two
-// source indices and the 11-bit weight of the first (see axis_table in gpu_preprocess.py).
+// source indices and the 11-bit weight of the first (see axis_table in gpu_preprocess.py), counted
+// from the region's origin (src_x0, src_y0) in the frame (0, 0 without a region of interest).
 extern "C" __global__ void letterbox_normalise(
-        const unsigned char* __restrict__ src, const int src_w,
+        const unsigned char* __restrict__ src, const int src_w, const int src_x0, const int src_y0,
         const int* __restrict__ ty0, const int* __restrict__ ty1, const int* __restrict__ tb,
         const int* __restrict__ tx0, const int* __restrict__ tx1, const int* __restrict__ ta,
         float* __restrict__ dst, const int dst_h, const int dst_w,
@@ -45,8 +47,8 @@ extern "C" __global__ void letterbox_normalise(
         dst[o] = 0.f; dst[o + plane] = 0.f; dst[o + 2 * plane] = 0.f;
         return;
     }
-    const unsigned char* r0 = src + (size_t)ty0[y] * src_w * 3;
-    const unsigned char* r1 = src + (size_t)ty1[y] * src_w * 3;
+    const unsigned char* r0 = src + ((size_t)(src_y0 + ty0[y]) * src_w + src_x0) * 3;
+    const unsigned char* r1 = src + ((size_t)(src_y0 + ty1[y]) * src_w + src_x0) * 3;
     const int b0 = tb[y], b1 = 2048 - b0;
     const int x0 = tx0[x] * 3, x1 = tx1[x] * 3, a0 = ta[x], a1 = 2048 - a0;
     const float mean[3] = {m0, m1, m2};
@@ -88,12 +90,16 @@ def normalisation(spec: ModelSpec) -> Tuple[np.ndarray, np.ndarray, bool]:
 
 
 def emulate(frame: np.ndarray, spec: ModelSpec, size: Tuple[int, int],
-            keep_aspect: bool = False) -> Tuple[np.ndarray, Letterbox]:
-    """The kernel's output for one frame, with the kernel's integer arithmetic in NumPy."""
+            keep_aspect: bool = False, region: Optional[Tuple[int, int, int, int]] = None
+            ) -> Tuple[np.ndarray, Letterbox]:
+    """The kernel's output for one frame (its (x, y, w, h) `region` only, when given), with the
+    kernel's integer arithmetic and addressing in NumPy."""
     _check_frame(frame)
-    box = make_letterbox(frame.shape[0], frame.shape[1], size[0], size[1], keep_aspect)
-    y0, y1, b0 = (t.astype(np.int64) for t in axis_table(box.frame_h, box.content_h))
-    x0, x1, a0 = (t.astype(np.int64) for t in axis_table(box.frame_w, box.content_w))
+    box = make_letterbox(frame.shape[0], frame.shape[1], size[0], size[1], keep_aspect, region)
+    left, top, width, height = box.area
+    y0, y1, b0 = (t.astype(np.int64) for t in axis_table(height, box.content_h))
+    x0, x1, a0 = (t.astype(np.int64) for t in axis_table(width, box.content_w))
+    y0, y1, x0, x1 = y0 + top, y1 + top, x0 + left, x1 + left  # the kernel's src_y0 + ty0[y], ...
     src = frame.astype(np.int64)
     a0, a1 = a0[None, :, None], WEIGHT_ONE - a0[None, :, None]
     b0, b1 = b0[:, None, None], WEIGHT_ONE - b0[:, None, None]
@@ -141,17 +147,19 @@ class GpuPreprocessor:
         return host[:nbytes], device[:nbytes]
 
     def __call__(self, frames: Sequence[np.ndarray], size: Tuple[int, int],
-                 device_frames: Optional[list] = None):
+                 device_frames: Optional[list] = None, regions: Optional[list] = None):
         """`device_frames`: a list to which each frame's upload is appended as an (H, W, 3)
         CuPy array of its own (not a reused slot), for a later stage that works on the frame
-        on the GPU (reading crops)."""
+        on the GPU (reading crops). `regions`: per frame the (x, y, w, h) part of it that goes
+        onto the input (None: all); the whole frame is uploaded, the kernel reads the region."""
         cp = self.cp
         stream = cp.cuda.get_current_stream()
         batch = cp.empty((len(frames), 3, size[0], size[1]), cp.float32)
         letterboxes = []
-        for slot, frame in enumerate(frames):
+        for slot, (frame, region) in enumerate(zip(frames, regions or [None] * len(frames))):
             _check_frame(frame)
-            box = make_letterbox(frame.shape[0], frame.shape[1], size[0], size[1], self.keep_aspect)
+            box = make_letterbox(frame.shape[0], frame.shape[1], size[0], size[1], self.keep_aspect,
+                                 region)
             host, device = self._buffers(slot, frame.nbytes)
             if device_frames is not None:
                 device = cp.empty(frame.nbytes, cp.uint8)
@@ -171,11 +179,12 @@ class GpuPreprocessor:
 
     def _launch(self, device, box: Letterbox, out) -> None:
         mean, inv_std, swap = normalisation(self.spec)
-        ty = self._table(box.frame_h, box.content_h)
-        tx = self._table(box.frame_w, box.content_w)
+        left, top, width, height = box.area
+        ty = self._table(height, box.content_h)
+        tx = self._table(width, box.content_w)
         grid = ((box.input_w + BLOCK[0] - 1) // BLOCK[0], (box.input_h + BLOCK[1] - 1) // BLOCK[1], 1)
         i32 = np.int32
         self._kernel(grid, BLOCK, (
-            device, i32(box.frame_w), *ty, *tx, out, i32(box.input_h), i32(box.input_w),
+            device, i32(box.frame_w), i32(left), i32(top), *ty, *tx, out, i32(box.input_h), i32(box.input_w),
             i32(box.content_h), i32(box.content_w), *[np.float32(m) for m in mean],
             *[np.float32(k) for k in inv_std], i32(swap)))

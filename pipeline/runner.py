@@ -50,7 +50,9 @@ class Pipeline:
     """A threaded detection run over one or more sources.
 
     sources:       specs ("video.mp4", "rtsp://...", "0", "images/*.jpg") or Source objects
-    detector:      the Detector (pipeline.detector) that prepares, infers and post-processes
+    detector:      the Detector (pipeline.detector) that prepares, infers and post-processes;
+                   its region of interest (Detector(roi=)) is the run's (draw its outline on
+                   your sinks' pictures with pipeline.draw.RegionAnnotator)
     close_detector: close the detector when the run ends (it then belongs to the pipeline)
     batch:         max frames per engine call (0: the number of sources)
     batch_timeout: seconds to wait for more frames once a batch has its first

@@ -113,9 +113,32 @@ def test_the_kernel_launch_matches_its_parameters(rng, monkeypatch):
     assert len(launches) == 2
     for slot, (grid, block, args) in enumerate(launches):
         assert grid[0] * block[0] >= 128 and grid[1] * block[1] >= 96 and grid[2] == 1
-        src, dst = args[0], args[8]
+        src, dst = args[0], args[10]
         assert src.size == images[slot].size and (src == images[slot].reshape(-1)).all()
         assert dst.shape == (3, 96, 128) and np.shares_memory(dst, batch[slot])
+        assert (args[2], args[3]) == (0, 0)  # no region of interest: read from the origin
+
+
+def test_the_kernel_reads_each_frames_region_from_its_origin(rng, monkeypatch):
+    """Without a GPU: with regions of interest the whole frame is uploaded (the read stage crops
+    it), the launch passes the region's origin and the tables of the region's size, as `emulate`
+    (the kernel's NumPy twin) reads it."""
+    import pipeline.gpu_preprocess as gpu_preprocess
+    from cuda_kernels import fake_cupy
+
+    monkeypatch.setattr(gpu_preprocess, "require", lambda name: fake_cupy())
+    pre = gpu_preprocess.GpuPreprocessor(ModelSpec())
+    images = [frame(rng, 90, 160), frame(rng, 37, 53)]
+    regions = [(100, 30, 60, 50), None]
+    uploads: list = []
+    _, boxes = pre(images, (64, 96), device_frames=uploads, regions=regions)
+    assert [b.area for b in boxes] == [(100, 30, 60, 50), (0, 0, 53, 37)]
+    assert [u.shape for u in uploads] == [(90, 160, 3), (37, 53, 3)]
+    for (grid, block, args), (x, y, w, h) in zip(pre._kernel.launches, [b.area for b in boxes]):
+        assert (args[1], args[2], args[3]) == (160 if x else 53, x, y)
+        ty0, tx0 = args[4], args[7]  # the first source row / column of each output pixel
+        np.testing.assert_array_equal(ty0, axis_table(h, 64)[0])
+        np.testing.assert_array_equal(tx0, axis_table(w, 96)[0])
 
 
 @pytest.mark.parametrize("arch", ["compute_75", "compute_90"])

@@ -167,7 +167,7 @@ def build_detector(args):
     return Detector(args.model, (lambda spec: spec.replace(**changes)) if changes else None,
                     preset=args.preset, input_size=getattr(args, "input_size", None),
                     backend=args.backend, device=args.device, options=runner_options(args),
-                    read=build_recognizer(args))
+                    read=build_recognizer(args), roi=getattr(args, "roi", None))
 
 
 def build_recognizer(args):

@@ -130,6 +130,17 @@ def input_size(text: str):
     return sides
 
 
+def region(text: str):
+    """X,Y,W,H of --roi: frame pixels (whole numbers) or fractions of the frame (0..1) ->
+    a pipeline.region.Region."""
+    from pipeline.region import Region, RegionError
+
+    try:
+        return Region.parse(text)
+    except RegionError as exc:
+        raise argparse.ArgumentTypeError(f"{exc.reason}, got {text!r}") from None
+
+
 def frame_size(text: str):
     """WxH of a camera's capture mode (width first, as cameras list them) -> (width, height)."""
     match = re.fullmatch(r"\s*(\d+)\s*x\s*(\d+)\s*", text)

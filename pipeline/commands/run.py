@@ -10,7 +10,7 @@ from typing import Optional
 from ._outputs import clear_earlier_outputs, outputs_written, video_names, visual_sinks
 from ._model import DLA_HELP, REC_MARGIN_HELP, THREADS_HELP, TRUST_ENGINE_HELP, add_triton_arguments
 from ._validate import (DEVICES, MAX_CPU_THREADS, MAX_SESSIONS, at_least, broker_url, fourcc, frame_size,
-                        input_size, listen_address, output_folder, side_length, zero_to_one)
+                        input_size, listen_address, output_folder, region, side_length, zero_to_one)
 
 NAME = "run"
 ORDER = 10
@@ -75,6 +75,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--limit-side", type=side_length, help="the resize rule's side length")
     r.add_argument("--input-size", type=input_size, help="fixed network input HxW for every frame")
     r.add_argument("--keep-aspect", action="store_true", help="letterbox instead of stretching")
+    r.add_argument("--roi", type=region, metavar="X,Y,W,H",
+                   help="detect only in this region of each frame (resized by the rule above as "
+                        "if it were the frame; boxes stay in frame pixels): frame pixels "
+                        "(100,400,800,300) or, written with a decimal point, fractions of the "
+                        "frame (0.1,0.5,0.8,0.4; for sources of different sizes); clipped to "
+                        "the frame")
     r.add_argument("--thresh", type=zero_to_one, help="binarisation threshold of the probability map")
     r.add_argument("--box-thresh", type=zero_to_one, help="minimum mean probability of a box")
     r.add_argument("--unclip-ratio", type=at_least(0.0, float), help="box expansion ratio")
@@ -281,10 +287,12 @@ def _sinks(pipe, out: Path, args) -> list:
     """The run's sinks, results files first. The sinks a user's flag can make fail (a busy
     port, no display, a bad certificate) are made before the files are opened, so a run that
     cannot start leaves the previous run's results as they were."""
-    from pipeline.draw import BannerAnnotator, PolygonAnnotator
+    from pipeline.draw import BannerAnnotator, PolygonAnnotator, RegionAnnotator
     from pipeline.sinks import ImageSink, JsonlSink, VideoSink, WindowSink
 
-    annotators = [PolygonAnnotator(show_score=args.show_scores)]
+    roi = pipe.detector.roi  # its outline first: the boxes are drawn over it
+    annotators = [RegionAnnotator(roi)] if roi is not None else []
+    annotators.append(PolygonAnnotator(show_score=args.show_scores))
     if pipe.detector.recognizer is not None:
         from pipeline.text_draw import TextAnnotator
 
@@ -354,6 +362,7 @@ def _print_header(pipe, out: Path) -> None:
             else f"{spec.resize.limit_type} side {spec.resize.limit_side}")
     names = ", ".join(s.describe()["name"] for s in pipe.sources)  # without credentials
     reading = "" if det.recognizer is None else f", reading with {Path(det.recognizer.model_name).name}"
+    rule += "" if det.roi is None else f" for region {det.roi}"
     server = f" {det.runner.url}" if getattr(det.runner, "remote", False) else ""
     print(f"dbrt run: {names} -> {out}/  [{det.runner.name}{server}, {spec.arch}, input {rule}, "
           f"batch {pipe.batch}{reading}]", file=sys.stderr)

@@ -130,14 +130,23 @@ class DBPostprocessor:
 def to_detections(polys, scores, box: Letterbox) -> Detections:
     """Polygons in map pixels -> Detections in frame pixels (rounded and clipped as the reference).
     All polygons are mapped in one vectorised call (each keeps its own precision: float32 quads,
-    int32 polygons divide in float64)."""
+    int32 polygons divide in float64). A region of interest's map is mapped onto the region,
+    then moved by its origin: whole pixels, so the rounding stays the reference's."""
+    x, y, w, h = box.area
     if not polys:
         frame_polys = ()
     elif all(len(p) == len(polys[0]) for p in polys):  # quads
-        frame_polys = tuple(to_frame(np.stack(polys), box.content_w, box.content_h, box.frame_w,
-                                     box.frame_h))
+        frame_polys = tuple(_moved(to_frame(np.stack(polys), box.content_w, box.content_h, w, h),
+                                   x, y))
     else:
-        flat = to_frame(np.concatenate(polys), box.content_w, box.content_h, box.frame_w, box.frame_h)
+        flat = _moved(to_frame(np.concatenate(polys), box.content_w, box.content_h, w, h), x, y)
         sizes = [len(p) for p in polys]
         frame_polys = tuple(flat[end - size:end] for end, size in zip(np.cumsum(sizes).tolist(), sizes))
     return Detections(frame_polys, np.asarray(scores, np.float32))
+
+
+def _moved(points: np.ndarray, x: int, y: int) -> np.ndarray:
+    """Region pixels -> frame pixels (in place)."""
+    if x or y:
+        points += np.array([x, y], np.float32)
+    return points

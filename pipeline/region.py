@@ -1,0 +1,104 @@
+"""`Region`: the region of interest (`dbrt run --roi X,Y,W,H`, `Detector(roi=...)`).
+
+Only this part of each frame is resized onto the network input (at the resize rule's size for
+the region, so small text there gets more pixels), and detections come back in full-frame
+pixels. X,Y is the top-left corner and W,H the size, either in frame pixels (whole numbers:
+`100,400,800,300`) or in fractions of the frame (written with a decimal point, each 0..1:
+`0.1,0.5,0.8,0.4`), which fit sources of any size. A region reaching past the frame is clipped
+to it; one that leaves nothing of a frame is an error when the first such frame arrives.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+from engine.errors import ShapeError
+
+Box = Tuple[int, int, int, int]  # x, y, w, h in frame pixels
+
+
+class RegionError(ShapeError):
+    """A region of interest that cannot be used; `reason` is the message without the region."""
+
+    def __init__(self, region, reason: str):
+        super().__init__(f"--roi {region}: {reason}")
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Region:
+    """x, y, w, h: frame pixels, or fractions of the frame when `fractions`."""
+
+    x: float
+    y: float
+    w: float
+    h: float
+    fractions: bool = False
+
+    def __post_init__(self):
+        values = (self.x, self.y, self.w, self.h)
+        if not all(math.isfinite(v) for v in values):
+            raise RegionError(self, "X,Y,W,H must be finite numbers")
+        if self.w <= 0 or self.h <= 0:
+            raise RegionError(self, "the region is empty (W and H must be > 0)")
+        if self.fractions and not all(0 <= v <= 1 for v in values):
+            raise RegionError(self, "fractions of the frame lie from 0 to 1 (give frame pixels "
+                                    "as whole numbers, e.g. 100,400,800,300)")
+
+    @classmethod
+    def parse(cls, text: str) -> "Region":
+        """'X,Y,W,H': whole numbers are frame pixels; any value with a decimal point makes the
+        four of them fractions of the frame."""
+        parts = [p.strip() for p in str(text).split(",")]
+        if len(parts) != 4:
+            raise RegionError(text, "expected X,Y,W,H (four numbers)")
+        fractions = any("." in p or "e" in p.lower() for p in parts)
+        try:
+            values = [float(p) if fractions else int(p) for p in parts]
+        except ValueError:
+            raise RegionError(text, "expected X,Y,W,H (four numbers)") from None
+        return cls(*values, fractions=fractions)
+
+    @classmethod
+    def of(cls, value) -> Optional["Region"]:
+        """A Region from what `roi=` takes: None, a Region, 'X,Y,W,H', or four numbers (all
+        integers: frame pixels; any float: fractions of the frame)."""
+        if value is None or isinstance(value, Region):
+            return value
+        if isinstance(value, str):
+            return cls.parse(value)
+        try:
+            values = list(value)
+        except TypeError:
+            values = []
+        if len(values) != 4 or not all(isinstance(v, numbers.Real) and not isinstance(v, bool)
+                                       for v in values):
+            raise ShapeError(f"roi must be (x, y, w, h) or 'X,Y,W,H', got {value!r}")
+        pixels = all(isinstance(v, numbers.Integral) for v in values)
+        return cls(*(int(v) if pixels else float(v) for v in values), fractions=not pixels)
+
+    def __str__(self) -> str:
+        return ",".join(f"{v:g}" if self.fractions else str(v) for v in (self.x, self.y, self.w, self.h))
+
+    def describe(self) -> dict:
+        """What report.json records: the region as given and its unit."""
+        return dict(x=self.x, y=self.y, w=self.w, h=self.h,
+                    unit="fraction" if self.fractions else "pixels")
+
+    def in_frame(self, frame_h: int, frame_w: int) -> Box:
+        """(x, y, w, h): the region in a frame of this size, clipped to it."""
+        x0, x1 = self._span(self.x, self.w, frame_w)
+        y0, y1 = self._span(self.y, self.h, frame_h)
+        if x1 <= x0 or y1 <= y0:
+            raise RegionError(self, f"the region lies outside the {frame_w}x{frame_h} frames "
+                                    "(W x H) of this run: nothing of them would be watched")
+        return x0, y0, x1 - x0, y1 - y0
+
+    def _span(self, start: float, length: float, size: int) -> Tuple[int, int]:
+        if self.fractions:
+            start, end = round(start * size), round((start + length) * size)
+        else:
+            start, end = int(start), int(start + length)
+        return min(max(start, 0), size), min(max(end, 0), size)

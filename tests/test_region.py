@@ -1,0 +1,273 @@
+"""The region of interest (--roi, Detector(roi=)): parsing, clipping and errors; only the region
+reaches the network (CPU path and the GPU kernel's NumPy twin) and boxes come back in frame
+pixels; text outside it is not detected."""
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from dbnet.spec import ModelSpec, preset
+from engine.errors import ShapeError
+from pipeline.cli import main
+from pipeline.detector import Detector
+from pipeline.draw import RegionAnnotator
+from pipeline.gpu_preprocess import emulate
+from pipeline.postprocess import DBPostprocessor, PostprocessConfig, gpu
+from pipeline.postprocess.postprocessor import to_detections
+from pipeline.preprocess import make_letterbox, preprocess, preprocess_batch
+from pipeline.region import Region, RegionError
+
+from test_detector import BrightPixelRunner, scene
+
+
+# -- the region: parsing, clipping, errors --------------------------------------------------------
+@pytest.mark.parametrize("text, pixels_in_1280x720", [
+    ("100,400,800,300", (100, 400, 800, 300)),
+    (" 100, 400 ,800,300 ", (100, 400, 800, 300)),
+    ("0.1,0.5,0.8,0.4", (128, 360, 1024, 288)),
+    ("0,0,1,1", (0, 0, 1, 1)),                       # whole numbers: pixels, never fractions
+    ("0.0,0,1,1", (0, 0, 1280, 720)),                # a decimal point: fractions
+    ("1000,600,1000,1000", (1000, 600, 280, 120)),   # past the frame: clipped
+    ("-10,-20,100,100", (0, 0, 90, 80)),
+    ("0.5,0.5,0.8,0.8", (640, 360, 640, 360)),
+])
+def test_a_region_in_pixels_or_fractions_is_clipped_to_the_frame(text, pixels_in_1280x720):
+    assert Region.parse(text).in_frame(720, 1280) == pixels_in_1280x720
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("1,2,3", "four numbers"), ("a,b,c,d", "four numbers"), ("1,2,3,4,5", "four numbers"),
+    ("10,10,0,100", "empty"), ("10,10,100,-5", "empty"), ("0.1,0.1,0,0.5", "empty"),
+    ("0.1,0.5,1.5,0.4", "from 0 to 1"), ("100.5,0,10,10", "from 0 to 1"),
+    ("nan,0,0.5,0.5", "finite"),
+])
+def test_a_bad_region_is_refused_before_anything_runs(text, reason):
+    with pytest.raises(RegionError, match=reason) as caught:
+        Region.parse(text)
+    assert str(caught.value).startswith(f"--roi {text}")
+
+
+def test_a_region_that_leaves_nothing_of_a_frame_is_one_error_naming_roi():
+    region = Region.parse("2000,0,100,100")
+    assert region.in_frame(720, 2560) == (2000, 0, 100, 100)
+    with pytest.raises(ShapeError, match=r"^--roi 2000,0,100,100: .*outside the 1280x720 frames"):
+        region.in_frame(720, 1280)
+    with pytest.raises(ShapeError, match="outside"):  # a sliver that rounds to nothing
+        Region.parse("0.9999,0,0.0001,1").in_frame(100, 100)
+
+
+def test_the_python_api_takes_tuples_strings_and_regions():
+    assert Region.of(None) is None
+    assert Region.of((1, 2, 3, 4)) == Region(1, 2, 3, 4)
+    assert Region.of(np.array([1, 2, 3, 4])) == Region(1, 2, 3, 4)  # NumPy integers: pixels
+    assert Region.of((0.1, 0.2, 0.5, 0.5)) == Region(0.1, 0.2, 0.5, 0.5, fractions=True)
+    assert Region.of((0, 0, 1.0, 1)).fractions  # any float: fractions
+    assert Region.of("0.1,0.2,0.5,0.5") == Region.parse("0.1,0.2,0.5,0.5")
+    for bad in ((1, 2, 3), "1x2", 5, (1, 2, 3, True), (1, 2, 3, "4")):
+        with pytest.raises(ShapeError):
+            Region.of(bad)
+    assert Region.parse("0.1,0.5,0.8,0.4").describe() == dict(x=0.1, y=0.5, w=0.8, h=0.4,
+                                                               unit="fraction")
+    assert str(Region.of((100, 400, 800, 300))) == "100,400,800,300"
+
+
+# -- preprocessing: the region alone reaches the input, both paths -------------------------------
+REGIONS = [  # frame (h, w), region (x, y, w, h), network (H, W), keep_aspect
+    ((506, 960), (300, 120, 400, 200), (224, 416), False),   # upscale: more pixels for the region
+    ((506, 960), (0, 0, 960, 506), (256, 480), False),       # the whole frame
+    ((720, 1280), (1000, 500, 280, 220), (256, 256), True),  # at the corner, letterboxed
+    ((37, 53), (5, 7, 11, 13), (64, 32), False),             # odd sizes
+]
+
+
+@pytest.mark.parametrize("shape, region, size, keep_aspect", REGIONS)
+def test_the_input_is_the_regions_crop_on_both_paths(rng, shape, region, size, keep_aspect):
+    """CPU path and the GPU kernel's NumPy twin: the input of a frame's region is exactly the
+    input of the region cut out as a frame of its own, and the Letterbox keeps the frame's size
+    and the region (the kernel reads the uploaded whole frame from the region's origin)."""
+    image = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
+    x, y, w, h = region
+    cut = np.ascontiguousarray(image[y:y + h, x:x + w])
+    for spec in (ModelSpec(), preset("mmocr")):
+        cpu, box = preprocess(image, spec, size, keep_aspect, region=region)
+        np.testing.assert_array_equal(cpu, preprocess(cut, spec, size, keep_aspect)[0])
+        assert (box.frame_h, box.frame_w, box.region, box.area) == (*shape, region, region)
+        twin, twin_box = emulate(image, spec, size, keep_aspect, region)
+        np.testing.assert_array_equal(twin, emulate(cut, spec, size, keep_aspect)[0])
+        assert twin_box == box
+
+
+def test_a_batch_of_frames_each_with_its_region():
+    frames = [np.zeros((100, 200, 3), np.uint8), np.full((60, 80, 3), 255, np.uint8)]
+    batch, boxes = preprocess_batch(frames, ModelSpec(), (64, 64), regions=[(150, 50, 50, 50), None])
+    assert [b.area for b in boxes] == [(150, 50, 50, 50), (0, 0, 80, 60)]
+    assert (batch[0] < 0).all() and (batch[1] > 0).all()
+
+
+# -- post-processing: boxes in frame pixels -------------------------------------------------------
+def _map_with_block(h=64, w=96, block=(20, 40, 30, 70)):
+    prob = np.zeros((1, h, w), np.float32)
+    y0, y1, x0, x1 = block
+    prob[0, y0:y1, x0:x1] = 0.95
+    return prob
+
+
+def test_boxes_of_a_regions_map_come_back_in_frame_pixels_on_both_paths():
+    """The map of a 192x128 region at (500, 300) of a 1280x720 frame (input 64x96, scale 0.5):
+    each box is the whole-frame box of the same map moved by the origin, on the CPU path and
+    the GPU path's code run with NumPy."""
+    prob = _map_with_block()
+    whole = make_letterbox(128, 192, 64, 96)
+    inside = make_letterbox(720, 1280, 64, 96, region=(500, 300, 192, 128))
+    config = PostprocessConfig()
+    want = DBPostprocessor(config)(prob, [whole])[0]
+    assert len(want) == 1
+    got = DBPostprocessor(config)(prob, [inside])[0]
+    np.testing.assert_array_equal(got.polygons[0], want.polygons[0] + [500, 300])
+    assert got.scores[0] == want.scores[0]
+    (polys, scores), = gpu.postprocess_batch(prob, [(64, 96)], config)
+    twin = to_detections(polys, scores, inside)
+    np.testing.assert_array_equal(twin.polygons[0], got.polygons[0])
+    poly = DBPostprocessor(PostprocessConfig(box_type="poly"))
+    np.testing.assert_array_equal(poly(prob, [inside])[0].polygons[0],
+                                  poly(prob, [whole])[0].polygons[0] + [500, 300])
+
+
+# -- the Detector ------------------------------------------------------------------------------
+def test_the_detector_sees_only_the_region_and_answers_in_frame_pixels():
+    """Two bright blocks; the region holds the right one: it is found where the whole-frame
+    run finds it, the left one is not; the region is resized by the rule as a frame would be."""
+    image = scene(120, 400, box=(30, 20, 70, 120))
+    image[40:80, 250:360] = 255
+    with Detector(BrightPixelRunner()) as det:
+        both = det.detect(image)
+    assert len(both) == 2
+    right = both[both.boxes_xyxy[:, 0] > 200]
+    rule = det.spec.resize
+    for roi, (h, w) in (((220, 10, 170, 100), (100, 170)), ((0.55, 0.1, 0.4, 0.8), (96, 160)),
+                        ("220,10,1000,1000", (110, 180))):  # clipped to the frame
+        with Detector(BrightPixelRunner(), roi=roi) as det:
+            found = det.detect(image)
+            assert det.input_size_for(120, 400) == rule.input_size(h, w) != rule.input_size(120, 400)
+        assert len(found) == 1
+        x0, y0, x1, y1 = found.boxes_xyxy[0]  # around the block (columns 250..360, rows 40..80)
+        assert 220 <= x0 < 250 and 360 < x1 <= 390 and 10 <= y0 < 40 and 80 < y1 <= 110
+        # as the whole frame's run finds it, but for the unclip margin (map pixels: other scales)
+        np.testing.assert_allclose(found.boxes_xyxy, right.boxes_xyxy, atol=8)
+
+
+def test_a_region_outside_a_frame_fails_on_that_frame_naming_roi():
+    with Detector(BrightPixelRunner(), roi=(500, 0, 50, 50)) as det:
+        assert len(det.detect(scene(100, 600, box=(10, 510, 40, 540)))) == 1
+        with pytest.raises(ShapeError, match=r"--roi 500,0,50,50: .*outside the 200x100"):
+            det.detect(scene(100, 200))
+        assert det.describe()["roi"] == dict(x=500, y=0, w=50, h=50, unit="pixels")
+    with pytest.raises(ShapeError, match="--roi 1,2,0,4"):  # before the model loads
+        Detector("no-such-model.onnx", roi="1,2,0,4")
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    with Detector() as det:
+        yield det
+
+
+def _signs(h=360, w=640) -> np.ndarray:
+    """Dark words on a light wall: EXIT at the top left, SHOP at the bottom right."""
+    image = np.full((h, w, 3), 200, np.uint8)
+    cv2.putText(image, "EXIT", (40, 80), cv2.FONT_HERSHEY_SIMPLEX, 1.4, (20, 20, 20), 3)
+    cv2.putText(image, "SHOP", (420, 300), cv2.FONT_HERSHEY_SIMPLEX, 1.4, (20, 20, 20), 3)
+    return image
+
+
+def test_the_shipped_model_reads_the_region_only_in_frame_pixels(shipped):
+    image = _signs()
+    whole = shipped.detect(image)
+    assert len(whole) == 2
+    found = Detector(shipped.runner, roi="0.5,0.5,0.5,0.5").detect(image)  # the fixture closes it
+    assert len(found) == 1  # EXIT lies outside the region
+    x0, y0, x1, y1 = found.boxes_xyxy[0]
+    assert 400 < x0 < x1 < 560 and 250 < y0 < y1 < 320  # SHOP, where it is in the frame
+    shop = whole[whole.boxes_xyxy[:, 0] > 320]
+    np.testing.assert_allclose(found.boxes_xyxy, shop.boxes_xyxy, atol=6)
+
+
+def test_the_text_read_in_the_region_is_cut_from_the_frame_where_the_box_is(shipped):
+    """The recognizer crops the frame at the frame-pixel box: it reads SHOP, not whatever lies
+    at the region's own coordinates."""
+    pytest.importorskip("rapidocr", reason="the PP-OCR rec model comes with the rapidocr wheel")
+    from pipeline.reading import Recognizer
+
+    recognizer = Recognizer()
+    try:  # the Detector is not closed: the runner is the fixture's, the recognizer ours
+        found = Detector(shipped.runner, roi=(320, 180, 320, 180), read=recognizer).detect(_signs())
+    finally:
+        recognizer.close()
+    assert list(found.data["text"]) == ["SHOP"] and found.data["text_score"][0] > 0.9
+
+
+def test_the_region_is_outlined_on_the_picture():
+    scene_ = np.zeros((100, 200, 3), np.uint8)
+    RegionAnnotator(Region.parse("0.5,0,0.5,0.5")).annotate(scene_)
+    drawn = scene_.any(axis=2)
+    assert drawn[0, 100:200].all() and drawn[:50, 100].all() and drawn[:49, 199].all()
+    assert not drawn[60:].any() and not drawn[:, :98].any()
+    untouched = np.zeros((10, 10, 3), np.uint8)  # a frame the region misses: drawn as it is
+    assert not RegionAnnotator(Region.parse("50,50,5,5")).annotate(untouched).any()
+
+
+# -- dbrt run --roi ------------------------------------------------------------------------------
+def test_dbrt_run_roi_detects_in_the_region_and_outlines_it(tmp_path, capsys):
+    """Two pictures of other sizes and a region in fractions: each picture's SHOP (in the
+    region) is found where it is in that picture, EXIT (outside) is not; the annotated pictures
+    outline the region; report.json records it."""
+    folder = tmp_path / "shots"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a.png"), _signs())
+    cv2.imwrite(str(folder / "b.png"), cv2.copyMakeBorder(_signs(), 0, 40, 0, 80, cv2.BORDER_REPLICATE))
+    out = tmp_path / "out"
+    assert main(["run", str(folder), "--roi", "0.5,0.5,0.5,0.5", "-o", str(out), "--quiet"]) == 0
+    assert "for region 0.5,0.5,0.5,0.5" in capsys.readouterr().err
+    lines = [json.loads(x) for x in (out / "detections.jsonl").read_text().splitlines()]
+    assert [len(x["detections"]) for x in lines] == [1, 1]
+    for line in lines:
+        xs, ys = np.array(line["detections"][0]["polygon"]).T
+        assert 400 < xs.min() < xs.max() < 560 and 250 < ys.min() < ys.max() < 320
+    report = json.loads((out / "report.json").read_text())
+    assert report["model"]["roi"] == dict(x=0.5, y=0.5, w=0.5, h=0.5, unit="fraction")
+    for name, (h, w) in (("0_00000_a.png", (360, 640)), ("0_00001_b.png", (400, 720))):
+        drawn = cv2.imread(str(out / "annotated" / name))
+        assert (drawn[h // 2 + 20, w // 2] == RegionAnnotator.color).all()  # the left edge
+        assert (drawn[h // 2 - 20, w // 2] != RegionAnnotator.color).any()
+
+
+def test_dbrt_run_roi_outside_a_frame_or_malformed_is_one_line(tmp_path, tiny_onnx, capsys):
+    folder = tmp_path / "shots"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a.png"), np.full((360, 640, 3), 128, np.uint8))
+    cv2.imwrite(str(folder / "b.png"), np.full((100, 200, 3), 128, np.uint8))
+    args = ["run", str(folder), "--model", str(tiny_onnx), "-o", str(tmp_path / "o"), "--quiet"]
+    assert main([*args, "--roi", "300,200,200,100"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("dbrt run: error: --roi 300,200,200,100: the region lies outside "
+                              "the 200x100 frames"), err
+    assert "Traceback" not in "\n".join(err)
+    for value, reason in (("1,2,3", "expected X,Y,W,H"), ("0.1,0.2,2,0.5", "from 0 to 1"),
+                          ("5,5,0,9", "empty")):
+        assert main([*args, "--roi", value]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1
+        assert err[0].startswith("dbrt run: error: argument --roi: ") and reason in err[0], err
+        assert repr(value) in err[0]
+
+
+def test_the_input_cap_warning_names_a_thin_region():
+    """A 2x400 strip under the short-side rule would need a huge input: the warning says it is
+    the region's, not the frame's (a 100x400 frame runs at 64x256)."""
+    with Detector(BrightPixelRunner(), roi=(0, 50, 400, 2)) as det:
+        with pytest.warns(UserWarning, match=r"a 2x400 region \(--roi 0,50,400,2\) of a frame "
+                                             "would need"):
+            assert max(det.input_size_for(100, 400)) == 4000
