@@ -258,7 +258,7 @@ def test_a_broker_password_variable_that_cannot_apply_is_one_line(value, url, me
 
 
 def test_the_url_password_wins_over_the_variable(monkeypatch):
-    from pipeline.commands.run import _mqtt_password
+    from pipeline.commands._passwords import mqtt_password as _mqtt_password
     from pipeline.mqtt import MqttSink
 
     monkeypatch.setenv("DBRT_MQTT_PASSWORD", "from-env")

@@ -149,7 +149,7 @@ def test_a_urls_own_password_wins_and_the_rest_of_the_url_stays_as_written():
     (["rtsp://admin:own@cam/1"], "pw", "no stream URL names a user without a password"),
 ])
 def test_a_source_password_nobody_can_take_is_refused(monkeypatch, specs, value, fragment):
-    from pipeline.commands.run import _source_password
+    from pipeline.commands._passwords import source_password as _source_password
 
     monkeypatch.setenv("DBRT_SOURCE_PASSWORD", value)
     with pytest.raises(DbrtError, match=fragment):
@@ -157,7 +157,7 @@ def test_a_source_password_nobody_can_take_is_refused(monkeypatch, specs, value,
 
 
 def test_a_source_password_is_left_alone_by_a_run_without_streams(monkeypatch):
-    from pipeline.commands.run import _source_password
+    from pipeline.commands._passwords import source_password as _source_password
 
     monkeypatch.setenv("DBRT_SOURCE_PASSWORD", "pw")
     assert _source_password(["clip.mp4", "0"]) is None

@@ -175,7 +175,9 @@ def _check_flag_pairs(args) -> None:
     if args.serve_token is not None and not args.serve_token.strip():
         raise DbrtError("--serve-token is empty (an unset variable?); give a token, or set "
                         "DBRT_SERVE_TOKEN, which also keeps it out of the process list")
-    args.mqtt_password = _mqtt_password(args.mqtt)
+    from ._passwords import mqtt_password
+
+    args.mqtt_password = mqtt_password(args.mqtt)
     if args.serve_token and not args.serve:
         raise DbrtError("--serve-token applies to --serve only; add --serve or drop --serve-token")
     if args.show_scores and args.no_video and not (args.show or args.serve):
@@ -188,49 +190,6 @@ def _camera_mode(args) -> dict:
     width, height = args.camera_size or (None, None)
     mode = dict(width=width, height=height, fps=args.camera_fps, fourcc=args.camera_fourcc)
     return {key: value for key, value in mode.items() if value is not None}
-
-
-def _mqtt_password(url):
-    """DBRT_MQTT_PASSWORD: the password of the user that --mqtt names without one, kept out of
-    the process list (a URL's own password wins, as --serve-token does over DBRT_SERVE_TOKEN)."""
-    import os
-
-    from engine.errors import DbrtError
-
-    password = os.environ.get("DBRT_MQTT_PASSWORD")
-    if not url or password is None:
-        return None
-    if not password:
-        raise DbrtError("DBRT_MQTT_PASSWORD is set but empty (an unset variable in a service "
-                        "file?); give it the password, or unset it")
-    from pipeline.mqtt import parse_broker_url
-
-    if not parse_broker_url(url).username:
-        raise DbrtError("DBRT_MQTT_PASSWORD is set but --mqtt names no user: "
-                        "give it as mqtt[s]://USER@HOST[:PORT]/TOPIC")
-    return password
-
-
-def _source_password(specs):
-    """DBRT_SOURCE_PASSWORD: the password of the stream URLs that name their user without one,
-    kept out of the process list like DBRT_MQTT_PASSWORD (a URL's own password wins)."""
-    import os
-
-    from engine.errors import DbrtError
-    from pipeline.sources.network import is_url
-    from pipeline.sources.passwords import PASSWORD_VARIABLE, names_user_only
-
-    password = os.environ.get(PASSWORD_VARIABLE)
-    urls = [spec for spec in map(str, specs) if is_url(spec)]
-    if password is None or not urls:
-        return None
-    if not password:
-        raise DbrtError(f"{PASSWORD_VARIABLE} is set but empty (an unset variable in a service "
-                        "file?); give it the password, or unset it")
-    if not any(names_user_only(url) for url in urls):
-        raise DbrtError(f"{PASSWORD_VARIABLE} is set but no stream URL names a user without a "
-                        "password: give it as rtsp://USER@HOST/... (gst: pipelines cannot take it)")
-    return password
 
 
 def build_pipeline(args):
@@ -252,8 +211,10 @@ def build_pipeline(args):
     if camera and not any(is_camera_spec(spec) for spec in specs):
         raise DbrtError("--camera-size / --camera-fps / --camera-fourcc apply to cameras "
                         "(0, /dev/video0, csi://0); none of the sources is one")
+    from ._passwords import source_password
+
     sources = open_sources(specs, reconnect=reconnect, decode_threads=args.decode_threads,
-                           camera=camera, password=_source_password(specs))
+                           camera=camera, password=source_password(specs))
     try:
         detector = build_detector(args)
     except BaseException:
