@@ -100,7 +100,8 @@ def format_description(info: dict) -> str:
         dla = (record.get("builder") or {}).get("dla")
         if dla:
             lines.append(f"  DLA core {dla['core']}: {dla['layers'] - dla['gpu_fallback_layers']} "
-                         f"of {dla['layers']} layers on the DLA, the rest on the GPU")
+                         f"of {dla['layers']} layers the DLA can run (TensorRT's per-layer check), "
+                         "the rest on the GPU")
     else:
         lines.append("  no dbrt record (.json sidecar): engine built outside dbrt")
     for key in ("inputs", "outputs"):

@@ -137,9 +137,9 @@ def test_dbrt_build_dla_core_builds_one_shape_and_says_what_runs_where(jetson, t
     layers, on_gpu = _dla_ops(model)
     out = capsys.readouterr().out
     assert "profile min 1x3x64x96, opt 1x3x64x96, max 1x3x64x96" in out
-    assert f"DLA core 1: {layers - on_gpu} of {layers} layers on the DLA; on the GPU: " in out
+    assert f"DLA core 1: {layers - on_gpu} of {layers} layers the DLA can run (TensorRT's per-layer check); on the GPU: " in out
     assert main(["info", str(engine)]) == 0
-    assert f"DLA core 1: {layers - on_gpu} of {layers} layers on the DLA" in capsys.readouterr().out
+    assert f"DLA core 1: {layers - on_gpu} of {layers} layers the DLA can run" in capsys.readouterr().out
     assert main(["info", str(engine), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["record"]["builder"]["dla"]["core"] == 1
 

@@ -51,7 +51,9 @@ def check_dla_build(precision: str, profile: ShapeProfile) -> None:
 
 def configure_dla(trt, network, config, core: int) -> dict:
     """Put the network's layers on DLA core `core`, the others on the GPU; returns what the
-    engine's record keeps: the core and how many layers the DLA cannot run."""
+    engine's record keeps: the core and how many layers the DLA cannot run by TensorRT's
+    per-layer check (`can_run_on_DLA`; the builder may still move a layer to the GPU when a
+    combination of layers exceeds what the DLA holds, which only the engine inspector shows)."""
     config.default_device_type = trt.DeviceType.DLA
     config.DLA_core = int(core)
     config.set_flag(trt.BuilderFlag.GPU_FALLBACK)

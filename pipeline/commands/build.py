@@ -210,7 +210,7 @@ def run(args) -> int:
     if dla:  # what the DLA could not take runs on the GPU, a copy at every change of device
         examples = ", ".join(dla["gpu_fallback_examples"])
         print(f"DLA core {dla['core']}: {dla['layers'] - dla['gpu_fallback_layers']} of "
-              f"{dla['layers']} layers on the DLA"
+              f"{dla['layers']} layers the DLA can run (TensorRT's per-layer check)"
               + (f"; on the GPU: {examples}{', ...' if dla['gpu_fallback_layers'] > 5 else ''}"
                  if examples else ""))
     return 0
