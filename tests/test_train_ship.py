@@ -1,4 +1,6 @@
 """`python -m export.train.ship`: what it writes where, and what it leaves alone when it fails."""
+import json
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -74,3 +76,20 @@ def test_every_resize_rule_of_a_model_spec_can_be_shipped(tmp_path):
                  "--limit-side", "640"]) == 0
     resize = json.loads((tmp_path / "m" / "dbnet.json").read_text())["spec"]["resize"]
     assert resize["limit_type"] == "min_at_least" and resize["limit_side"] == 640
+
+
+def test_an_out_models_record_names_its_files_without_the_machines_folders(tmp_path):
+    """The record of an --out model named its weights and ONNX by their absolute paths (the
+    shipping machine's folders, wrong once the model folder is moved or handed on); the
+    shipped assets keep their paths in the repository."""
+    from export.train import ship
+
+    checkpoint = _tiny_checkpoint(tmp_path / "w.pt")
+    assert ship.main([str(checkpoint), "--out", str(tmp_path / "m"), "--limit-side", "64"]) == 0
+    text = (tmp_path / "m" / "dbnet.json").read_text()
+    record = json.loads(text)
+    assert record["weights"]["path"] == "dbnet.pt" and record["onnx"]["path"] == "dbnet.onnx"
+    assert str(tmp_path) not in text and '"/' not in text  # no absolute path at all
+    assert ship.recorded_path(ship.ONNX, ship.RECORD) == "pipeline/assets/dbnet_default.onnx"
+    assert ship.recorded_path(ship.WEIGHTS, ship.RECORD) == "export/assets/dbnet_default.pt"
+    assert ship.recorded_path(tmp_path / "x" / "a.onnx", tmp_path / "y" / "a.json") == "../x/a.onnx"

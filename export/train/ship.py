@@ -105,9 +105,14 @@ def fp16_state(model) -> dict:
     return out
 
 
-def _rel(path) -> str:
+def recorded_path(path, record) -> str:
+    """How the record names a file it describes, never by the machine's folders: the shipped
+    assets by their place in the repository, any other file relative to the record's folder
+    (an --out model's by their names: the folder may be moved or handed on whole)."""
     path = Path(path).resolve()
-    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+    if path in (WEIGHTS, ONNX):
+        return str(path.relative_to(REPO))
+    return os.path.relpath(path, Path(record).resolve().parent)
 
 
 def portable_config(cfg: dict) -> dict:
@@ -199,10 +204,10 @@ def ship(checkpoint, spec_changes: Optional[dict] = None, weights: Path = WEIGHT
                              "(probability units): fp16 storage lost too much")
         rec = {"checkpoint_step": int(step), "train_config": portable_config(cfg),
                "spec": json.loads(spec.to_json()),
-               "weights": {"path": _rel(weights), "dtype": "float16",
+               "weights": {"path": recorded_path(weights, record), "dtype": "float16",
                            "fp32_tensors": sorted(k for k, v in state.items() if v.dtype == torch.float32),
                            "bytes": new_weights.stat().st_size, "sha256": _sha256(new_weights)},
-               "onnx": {"path": _rel(onnx_path), "opset": report.opset,
+               "onnx": {"path": recorded_path(onnx_path, record), "opset": report.opset,
                         "fp16_initializers": converted, "bytes": new_onnx.stat().st_size,
                         "sha256": _sha256(new_onnx), "ort_vs_torch_max_abs": max_abs,
                         "ort_vs_fp32_checkpoint_max_abs": vs_checkpoint},
