@@ -93,3 +93,61 @@ def test_an_out_models_record_names_its_files_without_the_machines_folders(tmp_p
     assert ship.recorded_path(ship.ONNX, ship.RECORD) == "pipeline/assets/dbnet_default.onnx"
     assert ship.recorded_path(ship.WEIGHTS, ship.RECORD) == "export/assets/dbnet_default.pt"
     assert ship.recorded_path(tmp_path / "x" / "a.onnx", tmp_path / "y" / "a.json") == "../x/a.onnx"
+
+
+def _run_checkpoint(run, step, **saved):
+    """A checkpoint of a training run in `run`, validated on the folder /data/VAL."""
+    from export.model import DBNet
+
+    run.mkdir(exist_ok=True)
+    config = {"arch": "resnet18", "width": 0.25, "val": "/data/VAL", "out_dir": str(run)}
+    torch.save({"model": DBNet("resnet18", width=0.25).state_dict(), "step": step, "config": config,
+                **saved}, str(run / "ck.pt"))
+    return run / "ck.pt"
+
+
+def _scores(step, hmean):
+    return {"step": step, "hmean": hmean, "precision": 0.8, "recall": 0.6, "thresh": 0.3,
+            "box_thresh": 0.5, "unclip_ratio": 1.2, "images": 7, "seconds": 1.0,
+            "on": {"val": "/data/VAL", "val_images": 0, "val_tune": True}}
+
+
+def test_a_shipped_model_carries_the_validation_its_run_measured_and_info_shows_it(tmp_path, capsys):
+    """The record held no validation score of the checkpoint it shipped (only --metrics given
+    by hand), so neither the record nor `dbrt info` could say how good the model was: best.pt's
+    own, or last.pt's step in the run's val.jsonl, now go into the record (the split by its
+    folder's name) and the ONNX, and `dbrt info` shows it; the same model shipped again keeps it."""
+    from export.train import ship
+    from pipeline.cli import main
+
+    best = _run_checkpoint(tmp_path / "run", 4, validation=_scores(4, 0.7))
+    assert ship.main([str(best), "--out", str(tmp_path / "m"), "--limit-side", "64"]) == 0
+    record = json.loads((tmp_path / "m" / "dbnet.json").read_text())
+    assert record["validation"] == {**{k: v for k, v in _scores(4, 0.7).items() if k != "seconds"},
+                                    "on": {"val": "VAL", "val_images": 0, "val_tune": True}}
+    capsys.readouterr()
+    assert main(["info", str(tmp_path / "m" / "dbnet.onnx")]) == 0
+    assert ("validation in training (step 4): hmean 0.700, P 0.800, R 0.600 on VAL (7 images), "
+            "at thresh 0.3 / box_thresh 0.5 / unclip 1.2") in capsys.readouterr().out
+
+    last = _run_checkpoint(tmp_path / "last", 6)
+    (last.parent / "val.jsonl").write_text("".join(json.dumps(_scores(s, h)) + "\n"
+                                                   for s, h in ((3, 0.5), (6, 0.65))) + '{"step": 6, "hm')
+    assert ship.main([str(last), "--out", str(tmp_path / "m2"), "--limit-side", "64"]) == 0
+    assert json.loads((tmp_path / "m2" / "dbnet.json").read_text())["validation"]["hmean"] == 0.65
+
+    assert ship.main([str(tmp_path / "m" / "dbnet.pt"), "--out", str(tmp_path / "again")]) == 0
+    assert json.loads((tmp_path / "again" / "dbnet.json").read_text())["validation"] == record["validation"]
+
+
+def test_a_checkpoint_never_validated_ships_without_a_validation(tmp_path, capsys):
+    from export.train import ship
+    from pipeline.cli import main
+
+    unscored = _run_checkpoint(tmp_path / "run", 5)
+    (unscored.parent / "val.jsonl").write_text(json.dumps(_scores(4, 0.7)) + "\n")  # another step
+    assert ship.main([str(unscored), "--out", str(tmp_path / "m"), "--limit-side", "64"]) == 0
+    assert "validation" not in json.loads((tmp_path / "m" / "dbnet.json").read_text())
+    capsys.readouterr()
+    assert main(["info", str(tmp_path / "m" / "dbnet.onnx")]) == 0
+    assert "validation" not in capsys.readouterr().out

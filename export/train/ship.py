@@ -8,7 +8,11 @@
 - `pipeline/assets/dbnet_default.onnx`: exported from those fp16 weights (BN folded), then every
   large float initializer stored as fp16 followed by a Cast to float, so the file is half the
   size but the graph still computes in fp32 (ONNX Runtime folds the casts at load time).
-- `export/assets/dbnet_default.json`: how it was made (training config, steps, sizes, parity).
+- `export/assets/dbnet_default.json`: how it was made (training config, steps, sizes, parity),
+  the validation its run measured for the checkpoint ("validation": best.pt's, else its step's
+  line in the run's val.jsonl; the split by its folder's name), and the files by paths that hold
+  on another machine (an --out model's relative to its folder). The ONNX carries the validation
+  too (metadata `dbrt_validation`), which `dbrt info` shows.
 
 The weights and the ONNX are written beside their targets (NAME-partial) and renamed in, then
 the record written whole, only once the fp16 check passes: a rejected model, or a run killed midway, leaves the earlier files whole; an --out
@@ -29,7 +33,7 @@ import numpy as np
 
 from dbnet.files import folder_removed_if_left_empty, write_text_whole
 from engine.errors import DbrtError, ModelError
-from dbnet.spec import LIMIT_TYPES, ModelSpec
+from dbnet.spec import LIMIT_TYPES, VALIDATION_METADATA_KEY, ModelSpec
 
 from ..quantize import CALIB_METHODS
 
@@ -79,17 +83,21 @@ def store_initializers_fp16(proto) -> int:
     return count
 
 
-def write_fp16_onnx(model, onnx_path, spec: Optional[ModelSpec] = None):
+def write_fp16_onnx(model, onnx_path, spec: Optional[ModelSpec] = None, metadata: Optional[dict] = None):
     """Export `model` to `onnx_path` as the shipped file is stored (fp16 initializers behind
-    Cast nodes); returns (the export report, how many initializers became fp16)."""
+    Cast nodes), with `metadata` ({key: text}) beside the spec; returns (the export report, how
+    many initializers became fp16)."""
     import onnx
 
     from ..onnx_export import export_onnx
+    from ..onnx_graph import set_metadata
 
     tmp = Path(onnx_path).with_suffix(".fp32.onnx")
     report = export_onnx(model, tmp, opset=17, spec=spec)
     proto = onnx.load(str(tmp))
     converted = store_initializers_fp16(proto)
+    for key, value in (metadata or {}).items():
+        set_metadata(proto, key, value)
     onnx.checker.check_model(proto)
     onnx.save(proto, str(onnx_path))
     tmp.unlink()
@@ -129,6 +137,40 @@ def portable_config(cfg: dict) -> dict:
         data = cfg["data"]
         out["data"] = short(data, 2) if isinstance(data, str) else [short(d, 2) for d in data]
     return out
+
+
+VALIDATION_KEYS = ("step", "hmean", "precision", "recall", "thresh", "box_thresh", "unclip_ratio",
+                   "untuned_hmean", "images")
+
+
+def run_validation(checkpoint, ck: dict, before: dict) -> dict:
+    """The validation of the checkpoint shipped, as its training run measured it: best.pt's
+    own, else its step's line in the run's val.jsonl beside it (last.pt, a snapshot), else what
+    the record of a model shipped before says; {} when it was not validated. Its split is
+    named as the training config is (`on.val`: the folder's name)."""
+    found = ck.get("validation") if isinstance(ck.get("validation"), dict) else None
+    if found is None and "step" in ck:
+        found = _logged_validation(Path(checkpoint).parent / "val.jsonl", ck["step"])
+    if found is None:
+        return before.get("validation") if isinstance(before.get("validation"), dict) else {}
+    kept = {k: found[k] for k in VALIDATION_KEYS if k in found}
+    on = found.get("on")  # older val.jsonl lines: the run's own --val
+    on = on if isinstance(on, dict) else {"val": (ck.get("config") or {}).get("val")}
+    return dict(kept, on=portable_config(on))
+
+
+def _logged_validation(log: Path, step) -> Optional[dict]:
+    """The latest line of a run's val.jsonl for `step`, None when there is none (lines that
+    are not JSON objects, e.g. one cut short by a kill, are passed over)."""
+    found = None
+    for line in log.read_text().splitlines() if log.is_file() else ():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and entry.get("step") == step and "hmean" in entry:
+            found = entry
+    return found
 
 
 def _sha256(path: Path) -> str:
@@ -196,7 +238,9 @@ def ship(checkpoint, spec_changes: Optional[dict] = None, weights: Path = WEIGHT
         state = fp16_state(model)
         torch.save(state, str(new_weights))
         load_weights(model, new_weights)  # the ONNX is made from exactly the shipped (fp16) values
-        report, converted = write_fp16_onnx(model, new_onnx, spec)
+        validation = run_validation(checkpoint, ck, before)
+        shown = {VALIDATION_METADATA_KEY: json.dumps(validation)} if validation else None
+        report, converted = write_fp16_onnx(model, new_onnx, spec, metadata=shown)
         max_abs = _ort_parity(model, new_onnx)
         vs_checkpoint = _ort_parity(reference, new_onnx)
         if vs_checkpoint > 0.05:
@@ -212,6 +256,8 @@ def ship(checkpoint, spec_changes: Optional[dict] = None, weights: Path = WEIGHT
                         "sha256": _sha256(new_onnx), "ort_vs_torch_max_abs": max_abs,
                         "ort_vs_fp32_checkpoint_max_abs": vs_checkpoint},
                "metrics": metrics or {}}
+        if validation:
+            rec["validation"] = validation
         if int8_calibration:
             rec["int8_calibration"] = int8_calibration
         os.replace(new_weights, weights)
@@ -297,7 +343,8 @@ def main(argv=None) -> int:
         except OSError as exc:  # a target that cannot be written (read-only, a full disk)
             raise SystemExit(f"error: {exc.filename or 'writing the model'}: {exc.strerror or exc}") from None
     print("post-processing: " + " ".join(f"--{k.replace('_', '-')} {v:g}" for k, v in settings.items()))
-    print(json.dumps({k: rec[k] for k in ("checkpoint_step", "weights", "onnx")}, indent=2))
+    print(json.dumps({k: rec[k] for k in ("checkpoint_step", "validation", "weights", "onnx") if k in rec},
+                     indent=2))
     return 0
 
 
