@@ -151,3 +151,25 @@ def test_a_checkpoint_never_validated_ships_without_a_validation(tmp_path, capsy
     capsys.readouterr()
     assert main(["info", str(tmp_path / "m" / "dbnet.onnx")]) == 0
     assert "validation" not in capsys.readouterr().out
+
+
+def test_a_shipped_model_shipped_again_keeps_its_input_size(tmp_path):
+    """Shipped again (e.g. with other thresholds), a model kept its record's thresholds but
+    went back to short side 736 whatever input rule it was shipped with."""
+    from export.train import ship
+
+    weights = _tiny_state_dict(tmp_path / "w.pt")
+    assert ship.main([str(weights), "--out", str(tmp_path / "m"), "--limit-side", "96",
+                      "--limit-type", "max", "--thresh", "0.2"]) == 0
+    assert ship.main([str(tmp_path / "m" / "dbnet.pt"), "--out", str(tmp_path / "m2"),
+                      "--box-thresh", "0.5"]) == 0
+    spec = json.loads((tmp_path / "m2" / "dbnet.json").read_text())["spec"]
+    assert spec["resize"]["limit_side"] == 96 and spec["resize"]["limit_type"] == "max"
+    assert spec["post"]["thresh"] == 0.2 and spec["post"]["box_thresh"] == 0.5
+    assert ship.main([str(tmp_path / "m" / "dbnet.pt"), "--out", str(tmp_path / "m3"),
+                      "--limit-side", "128"]) == 0
+    resize = json.loads((tmp_path / "m3" / "dbnet.json").read_text())["spec"]["resize"]
+    assert resize == {**resize, "limit_side": 128, "limit_type": "max"}
+    assert ship.main([str(weights), "--out", str(tmp_path / "m4")]) == 0  # no record: 736, min
+    resize = json.loads((tmp_path / "m4" / "dbnet.json").read_text())["spec"]["resize"]
+    assert (resize["limit_side"], resize["limit_type"]) == (736, "min")

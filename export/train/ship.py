@@ -291,6 +291,17 @@ def post_settings(checkpoint, args) -> dict:
             for k, default in POST_DEFAULTS.items()}
 
 
+def resize_settings(checkpoint, args) -> dict:
+    """limit_side / limit_type to ship: each as given, else as the checkpoint's own record ships
+    them (a shipped model shipped again, e.g. with other thresholds), else ModelSpec's (736,
+    "min": the input rule `dbrt train --val` scores at)."""
+    from ..checkpoint import sidecar_spec
+
+    resize = (sidecar_spec(checkpoint) or ModelSpec()).resize
+    return {k: getattr(args, k) if getattr(args, k) is not None else getattr(resize, k)
+            for k in ("limit_side", "limit_type")}
+
+
 def _targets(args, made: contextlib.ExitStack) -> dict:
     """Where the files go: a folder the user names, or (explicitly) the shipped assets; a
     folder made here is removed again when the shipping fails before writing into it."""
@@ -313,8 +324,9 @@ def main(argv=None) -> int:
     where.add_argument("--out", help="folder for dbnet.pt, dbnet.onnx and dbnet.json")
     where.add_argument("--replace-shipped", action="store_true",
                        help="overwrite the model shipped in this repository (export/assets, pipeline/assets)")
-    p.add_argument("--limit-side", type=int, default=736)
-    p.add_argument("--limit-type", default="min", choices=LIMIT_TYPES)
+    p.add_argument("--limit-side", type=int,
+                   help="default: the checkpoint's own record's (NAME.json), else 736")
+    p.add_argument("--limit-type", choices=LIMIT_TYPES, help="likewise, else min")
     p.add_argument("--thresh", type=float,
                    help="default: the checkpoint's own record's (NAME.json), else what its "
                         "validation chose (dbrt train --val / --val-tune), else those its run "
@@ -335,8 +347,8 @@ def main(argv=None) -> int:
     with contextlib.ExitStack() as made:  # the --out folder, if made, is left only with files
         try:
             settings = post_settings(args.checkpoint, args)
-            rec = ship(args.checkpoint, dict(limit_side=args.limit_side, limit_type=args.limit_type,
-                                             **settings), metrics=metrics, **_targets(args, made),
+            rec = ship(args.checkpoint, dict(**resize_settings(args.checkpoint, args), **settings),
+                       metrics=metrics, **_targets(args, made),
                        int8_calibration={"method": args.int8_calib_method} if args.int8_calib_method else None)
         except DbrtError as exc:  # e.g. a threshold out of range: before any file is written
             raise SystemExit(f"error: {exc}") from None
