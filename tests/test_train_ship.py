@@ -173,3 +173,14 @@ def test_a_shipped_model_shipped_again_keeps_its_input_size(tmp_path):
     assert ship.main([str(weights), "--out", str(tmp_path / "m4")]) == 0  # no record: 736, min
     resize = json.loads((tmp_path / "m4" / "dbnet.json").read_text())["spec"]["resize"]
     assert (resize["limit_side"], resize["limit_type"]) == (736, "min")
+
+
+def test_a_run_folder_given_as_the_checkpoint_is_named_as_a_folder(tmp_path):
+    """`ship runs/ft --out m` said "checkpoint not found: runs/ft" of a folder that is there."""
+    from export.train import ship
+
+    _tiny_checkpoint(tmp_path / "best.pt")
+    folder = r"^error: .* is a folder: pass one of its checkpoints .*here: best.pt\)$"
+    with pytest.raises(SystemExit, match=folder):
+        ship.main([str(tmp_path), "--out", str(tmp_path / "m")])
+    assert not (tmp_path / "m").exists()

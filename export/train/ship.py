@@ -338,6 +338,10 @@ def main(argv=None) -> int:
                    help="the INT8 calibration method chosen for this model on validation "
                         "(python -m benchmarks.int8_calibration); `dbrt export` then uses it")
     args = p.parse_args(argv)
+    if Path(args.checkpoint).is_dir():  # a run's folder: which of its checkpoints is for the user
+        found = ", ".join(sorted(p.name for p in Path(args.checkpoint).glob("*.pt"))) or "none"
+        raise SystemExit(f"error: {args.checkpoint} is a folder: pass one of its checkpoints "
+                         f"(best.pt: the best validation; last.pt: the last step; here: {found})")
     if not Path(args.checkpoint).is_file():
         raise SystemExit(f"error: checkpoint not found: {args.checkpoint}")
     try:
