@@ -184,3 +184,20 @@ def test_a_run_folder_given_as_the_checkpoint_is_named_as_a_folder(tmp_path):
     with pytest.raises(SystemExit, match=folder):
         ship.main([str(tmp_path), "--out", str(tmp_path / "m")])
     assert not (tmp_path / "m").exists()
+
+
+def test_last_pt_ships_at_the_thresholds_its_own_validation_chose(tmp_path):
+    """best.pt carries the thresholds its validation chose (--val-tune) and ships with them;
+    last.pt, validated at its step too (val.jsonl), shipped with the run's starting ones
+    (here DB's defaults), unlike the validation its record now shows."""
+    from export.checkpoint import trained_post_settings
+    from export.train import ship
+
+    last = _run_checkpoint(tmp_path / "run", 6)
+    (last.parent / "val.jsonl").write_text(json.dumps(_scores(6, 0.65)) + "\n")
+    assert trained_post_settings(last) == {"thresh": 0.3, "box_thresh": 0.5, "unclip_ratio": 1.2}
+    assert ship.main([str(last), "--out", str(tmp_path / "m"), "--limit-side", "64"]) == 0
+    record = json.loads((tmp_path / "m" / "dbnet.json").read_text())
+    post, validation = record["spec"]["post"], record["validation"]
+    assert {k: post[k] for k in ("thresh", "box_thresh", "unclip_ratio")} == {
+        k: validation[k] for k in ("thresh", "box_thresh", "unclip_ratio")}

@@ -35,6 +35,7 @@ from dbnet.files import folder_removed_if_left_empty, write_text_whole
 from engine.errors import DbrtError, ModelError
 from dbnet.spec import LIMIT_TYPES, VALIDATION_METADATA_KEY, ModelSpec
 
+from ..checkpoint import logged_validation
 from ..quantize import CALIB_METHODS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -150,27 +151,13 @@ def run_validation(checkpoint, ck: dict, before: dict) -> dict:
     named as the training config is (`on.val`: the folder's name)."""
     found = ck.get("validation") if isinstance(ck.get("validation"), dict) else None
     if found is None and "step" in ck:
-        found = _logged_validation(Path(checkpoint).parent / "val.jsonl", ck["step"])
+        found = logged_validation(checkpoint, ck["step"])
     if found is None:
         return before.get("validation") if isinstance(before.get("validation"), dict) else {}
     kept = {k: found[k] for k in VALIDATION_KEYS if k in found}
     on = found.get("on")  # older val.jsonl lines: the run's own --val
     on = on if isinstance(on, dict) else {"val": (ck.get("config") or {}).get("val")}
     return dict(kept, on=portable_config(on))
-
-
-def _logged_validation(log: Path, step) -> Optional[dict]:
-    """The latest line of a run's val.jsonl for `step`, None when there is none (lines that
-    are not JSON objects, e.g. one cut short by a kill, are passed over)."""
-    found = None
-    for line in log.read_text().splitlines() if log.is_file() else ():
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(entry, dict) and entry.get("step") == step and "hmean" in entry:
-            found = entry
-    return found
 
 
 def _sha256(path: Path) -> str:
@@ -281,8 +268,8 @@ POST_DEFAULTS = {"thresh": 0.3, "box_thresh": 0.6, "unclip_ratio": 1.5}
 def post_settings(checkpoint, args) -> dict:
     """thresh / box_thresh / unclip_ratio to ship: each as given, else as the checkpoint ships
     them (its own record, e.g. a shipped model shipped again; else its validation's, in
-    best.pt; else its run's recorded at the start, its --init's: export.checkpoint.shipping_post),
-    else the DB defaults."""
+    best.pt or, for last.pt or a snapshot, its step's line of val.jsonl; else its run's recorded
+    at the start, its --init's: export.checkpoint.shipping_post), else the DB defaults."""
     from ..checkpoint import shipping_post
 
     trained = shipping_post(checkpoint)
