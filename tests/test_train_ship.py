@@ -201,3 +201,10 @@ def test_last_pt_ships_at_the_thresholds_its_own_validation_chose(tmp_path):
     post, validation = record["spec"]["post"], record["validation"]
     assert {k: post[k] for k in ("thresh", "box_thresh", "unclip_ratio")} == {
         k: validation[k] for k in ("thresh", "box_thresh", "unclip_ratio")}
+
+
+@pytest.mark.parametrize("entry", ['{"hmean": "x"}', '[1]', '{"hmean": 0.5, "on": 3}', "not json"])
+def test_info_passes_over_a_validation_entry_ship_does_not_write(entry):
+    from pipeline.commands.info import _validation_lines
+
+    assert _validation_lines({"metadata": {"dbrt_validation": entry}}) == []
