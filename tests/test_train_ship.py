@@ -208,3 +208,16 @@ def test_info_passes_over_a_validation_entry_ship_does_not_write(entry):
     from pipeline.commands.info import _validation_lines
 
     assert _validation_lines({"metadata": {"dbrt_validation": entry}}) == []
+
+
+def test_metrics_put_in_the_record_leave_the_machines_folders_out(tmp_path):
+    """--metrics took `dbrt eval --json` as it was, absolute dataset and model paths included."""
+    from export.train import ship
+
+    metrics = {"dataset": str(tmp_path / "data" / "VAL"), "hmean": 0.5, "note": "P/R at 736",
+               "detector": {"model": str(tmp_path / "m" / "dbnet.onnx")}, "images": [{"image": "a.jpg"}]}
+    (tmp_path / "eval.json").write_text(json.dumps(metrics))
+    assert ship.main([str(_tiny_checkpoint(tmp_path / "w.pt")), "--out", str(tmp_path / "m"),
+                      "--limit-side", "64", "--metrics", str(tmp_path / "eval.json")]) == 0
+    record = json.loads((tmp_path / "m" / "dbnet.json").read_text())
+    assert record["metrics"] == {**metrics, "dataset": "VAL", "detector": {"model": "dbnet.onnx"}}

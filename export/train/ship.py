@@ -140,6 +140,16 @@ def portable_config(cfg: dict) -> dict:
     return out
 
 
+def portable_metrics(value):
+    """--metrics as the record keeps them: every absolute path in them (`dbrt eval --json`'s
+    dataset and model) cut to its name, the machine's folders left out; the rest as given."""
+    if isinstance(value, dict):
+        return {k: portable_metrics(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [portable_metrics(v) for v in value]
+    return Path(value).name if isinstance(value, str) and os.path.isabs(value) else value
+
+
 VALIDATION_KEYS = ("step", "hmean", "precision", "recall", "thresh", "box_thresh", "unclip_ratio",
                    "untuned_hmean", "images")
 
@@ -242,7 +252,7 @@ def ship(checkpoint, spec_changes: Optional[dict] = None, weights: Path = WEIGHT
                         "fp16_initializers": converted, "bytes": new_onnx.stat().st_size,
                         "sha256": _sha256(new_onnx), "ort_vs_torch_max_abs": max_abs,
                         "ort_vs_fp32_checkpoint_max_abs": vs_checkpoint},
-               "metrics": metrics or {}}
+               "metrics": portable_metrics(metrics or {})}
         if validation:
             rec["validation"] = validation
         if int8_calibration:
@@ -320,7 +330,8 @@ def main(argv=None) -> int:
                         "recorded when it started (its --init model's), else 0.3")
     p.add_argument("--box-thresh", type=float, help="likewise, else 0.6")
     p.add_argument("--unclip-ratio", type=float, help="likewise, else 1.5")
-    p.add_argument("--metrics", help="JSON file of evaluation results to put in the record")
+    p.add_argument("--metrics", help="JSON file of evaluation results to put in the record (e.g. "
+                                      "`dbrt eval --json`'s; absolute paths in it are cut to their names)")
     p.add_argument("--int8-calib-method", choices=CALIB_METHODS,
                    help="the INT8 calibration method chosen for this model on validation "
                         "(python -m benchmarks.int8_calibration); `dbrt export` then uses it")
