@@ -16,6 +16,8 @@ from engine.shapes import ShapeProfile
 from .postprocess_config import PostprocessConfig
 
 METADATA_KEY = "dbrt"
+# a shipped model's validation in its training run (export.train.ship), for `dbrt info`
+VALIDATION_METADATA_KEY = "dbrt_validation"
 
 # MhLiao/DB: BGR minus this mean, divided by 255 (no per-channel std).
 DB_MEAN_BGR = (122.67891434, 116.66876762, 104.00698793)

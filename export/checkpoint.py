@@ -274,15 +274,35 @@ def sidecar_calib_method(path) -> Optional[str]:
 POST_KEYS = ("thresh", "box_thresh", "unclip_ratio")
 
 
+def logged_validation(path, step) -> Optional[dict]:
+    """A run checkpoint's validation as the run logged it: the latest line for `step` of the
+    val.jsonl beside it (last.pt's or a snapshot's; best.pt holds its own), None when there is
+    none. Lines that are not JSON objects (one cut short by a kill) are passed over."""
+    import json
+
+    log, found = Path(path).parent / "val.jsonl", None
+    for line in log.read_text().splitlines() if log.is_file() else ():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and entry.get("step") == step and "hmean" in entry:
+            found = entry
+    return found
+
+
 def trained_post_settings(path, _depth: int = 0) -> dict:
     """The post-processing thresholds a training checkpoint carries: those its validation
-    chose or scored at (in best.pt), else those its run recorded when it started (the config's
+    chose or scored at (in best.pt; for last.pt or a snapshot, its step's line in the run's
+    val.jsonl), else those its run recorded when it started (the config's
     `post`), else, for a run before they were recorded, those of the model it started from (its
     --init, by `shipping_post`'s rule, so a chain of fine-tunes keeps them); {} when none says."""
     data = load_file(path)
     if not isinstance(data, Mapping):
         return {}
     tuned = data.get("validation")
+    if not isinstance(tuned, Mapping) and "step" in data:
+        tuned = logged_validation(path, data["step"])
     if isinstance(tuned, Mapping) and all(k in tuned for k in POST_KEYS):
         return {k: float(tuned[k]) for k in POST_KEYS}
     config = data.get("config") if isinstance(data.get("config"), Mapping) else {}

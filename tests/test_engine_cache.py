@@ -1,7 +1,7 @@
-"""Engine cache, engine record checks, loader selection and the TensorRT runner's runtime
-behaviour (zero copy, CUDA graphs, per-thread contexts, profile errors) on the double."""
+"""Engine cache (its key, builds once), the engine record's checks (another TensorRT or GPU,
+version- and hardware-compatible engines, trusting an engine's own code) and the loader's choice
+of backend, on the TensorRT double."""
 import json
-import threading
 
 import numpy as np
 import pytest
@@ -9,7 +9,7 @@ from engine_helpers import SMALL, ort_prob, trt  # noqa: F401
 
 import trt_double
 from engine.tensorrt.cache import cache_dir, cached_engine_runner
-from engine.errors import DbrtError, ModelError, ShapeError
+from engine.errors import ModelError, ShapeError
 from engine.loader import RunnerOptions, load_runner
 from engine.onnxruntime.runner import OnnxRuntimeRunner
 from engine.tensorrt.record import EngineRecord, sidecar_path
@@ -93,150 +93,6 @@ def test_engine_for_another_gpu_is_refused(trt, tiny_onnx, tmp_path):
     sidecar_path(engine).write_text("{broken")
     with pytest.raises(ModelError, match="record is damaged"):
         TensorRTRunner(engine)
-
-
-def test_shapes_outside_the_profile(trt, tiny_onnx, tmp_path):
-    engine = tmp_path / "m.engine"
-    build_engine_file(tiny_onnx, engine, BuildOptions(profile=SMALL))
-    with TensorRTRunner(engine) as runner:
-        assert runner.profiles["images"] == SMALL
-        for shape in [(1, 3, 256, 64), (3, 3, 64, 64), (1, 3, 16, 64)]:
-            with pytest.raises(ShapeError, match=r"outside the engine's profile \(min 1x3x32x32, "
-                                                 r"opt 1x3x64x64, max 2x3x128x128\)"):
-                runner.infer(np.zeros(shape, np.float32))
-
-
-def test_runner_takes_bytes_an_engine_or_a_loader(trt, tiny_onnx, tmp_path):
-    engine = tmp_path / "m.engine"
-    build_engine_file(tiny_onnx, engine, BuildOptions(profile=SMALL))
-    x = np.zeros((1, 3, 64, 64), np.float32)
-    with TensorRTRunner(engine) as by_path:
-        expected = by_path.infer(x)["prob"]
-        made = by_path._engine  # an engine deserialized elsewhere
-    for source in (engine.read_bytes(), lambda: engine.read_bytes(), made, lambda: made):
-        with TensorRTRunner(source) as runner:
-            np.testing.assert_array_equal(np.asarray(runner.infer(x)["prob"]), np.asarray(expected))
-
-
-class CountingBackend(fake_cuda.HostBackend):
-    def __init__(self):
-        super().__init__()
-        self.copies = 0
-        self.launches = 0
-
-    def copy_into(self, dst, src, stream):
-        self.copies += 1
-        super().copy_into(dst, src, stream)
-
-    def launch(self, graph, stream):
-        self.launches += 1
-        super().launch(graph, stream)
-
-
-def test_device_inputs_are_used_in_place(trt, tiny_onnx, tmp_path, rng):
-    engine = tmp_path / "m.engine"
-    build_engine_file(tiny_onnx, engine, BuildOptions(profile=SMALL))
-    backend = CountingBackend()
-    batch = rng.random((1, 3, 64, 96), dtype=np.float32)
-    with TensorRTRunner(engine, backend=backend) as runner:
-        runner.infer(fake_cuda.to_device(batch))
-        assert backend.copies == 0                         # zero copy from the GPU
-        runner.infer(batch)
-        assert backend.copies == 1                         # NumPy is uploaded once
-        runner.infer(fake_cuda.to_device(batch.astype(np.float64)))
-        assert backend.copies == 2                         # wrong dtype: converted on the device
-    assert backend.waits == 3                              # ordered after the caller's stream
-
-
-def test_cuda_graph_replay_per_shape(trt, tiny_onnx, tmp_path, rng):
-    engine = tmp_path / "m.engine"
-    build_engine_file(tiny_onnx, engine, BuildOptions(profile=SMALL))
-    backend = CountingBackend()
-    with TensorRTRunner(engine, cuda_graph=True, backend=backend) as runner:
-        for shape in [(1, 3, 64, 64), (1, 3, 64, 64), (2, 3, 32, 96), (1, 3, 64, 64)]:
-            batch = rng.random(shape, dtype=np.float32)
-            out = runner.infer(batch)["prob"]
-            np.testing.assert_allclose(out, ort_prob(tiny_onnx, batch), atol=1e-5)
-        previous = out
-        runner.infer(rng.random((1, 3, 64, 64), dtype=np.float32))
-        assert not np.array_equal(previous, runner.infer(np.zeros((1, 3, 64, 64), np.float32))["prob"])
-    assert backend.launches == 6                           # every call replays a graph
-
-
-def test_cuda_graphs_keep_a_bounded_number_of_shapes_and_no_spare_context(trt, tiny_onnx, tmp_path,
-                                                                         rng, monkeypatch):
-    """Each captured shape holds a context with the profile's largest activation memory: a
-    folder of photos of many sizes kept one per size for good (out of GPU memory), plus a
-    per-thread context graph mode never used."""
-    from engine.tensorrt import runner as runner_module
-
-    engine = tmp_path / "m.engine"
-    build_engine_file(tiny_onnx, engine, BuildOptions(profile=SMALL))
-    monkeypatch.setattr(runner_module, "MAX_GRAPHS", 3)
-    contexts = []
-    with TensorRTRunner(engine, cuda_graph=True, backend=CountingBackend()) as runner:
-        create = type(runner._engine).create_execution_context  # pybind: patched on the class
-        monkeypatch.setattr(type(runner._engine), "create_execution_context",
-                            lambda engine: contexts.append(1) or create(engine))
-        shapes = [(1, 3, 32, 32), (1, 3, 32, 64), (1, 3, 64, 64), (1, 3, 96, 64), (1, 3, 128, 64),
-                  (1, 3, 128, 64), (1, 3, 32, 32)]
-        for shape in shapes:
-            batch = rng.random(shape, dtype=np.float32)
-            np.testing.assert_allclose(runner.infer(batch)["prob"], ort_prob(tiny_onnx, batch), atol=1e-5)
-        graphs = runner._states[0].graphs
-        assert len(graphs) == 3 and runner._states[0].context is None
-        kept = [next(iter(dict(key).values()))[2:] for key in graphs]
-        assert kept == [(96, 64), (128, 64), (32, 32)]  # the least recently used ones left
-    assert len(contexts) == 6  # 5 shapes, the 128x64 one reused, the 32x32 one captured again
-
-
-def test_a_context_tensorrt_cannot_create_is_one_clear_error(trt, tiny_onnx, tmp_path, rng,
-                                                             monkeypatch):
-    engine = tmp_path / "m.engine"
-    build_engine_file(tiny_onnx, engine, BuildOptions(profile=SMALL))
-    with TensorRTRunner(engine) as runner:
-        monkeypatch.setattr(type(runner._engine), "create_execution_context", lambda engine: None)
-        with pytest.raises(DbrtError, match="could not create an execution context .*out of GPU memory"):
-            runner.infer(rng.random((1, 3, 64, 64), dtype=np.float32))
-
-
-def test_a_failed_capture_runs_that_shape_without_a_graph(trt, tiny_onnx, tmp_path, rng, caplog):
-    """CUDA invalidates a capture that an enqueue broke, and end_capture raises: that shape then
-    runs by plain enqueue on its own context, once warned, every later call too."""
-    engine = tmp_path / "m.engine"
-    build_engine_file(tiny_onnx, engine, BuildOptions(profile=SMALL))
-    backend = CountingBackend()
-    backend.fail_capture = True
-    with TensorRTRunner(engine, cuda_graph=True, backend=backend) as runner:
-        for _ in range(2):
-            batch = rng.random((1, 3, 64, 64), dtype=np.float32)
-            np.testing.assert_allclose(runner.infer(batch)["prob"], ort_prob(tiny_onnx, batch), atol=1e-5)
-    assert backend.launches == 0
-    assert sum("capture failed" in r.getMessage() for r in caplog.records) == 1
-
-
-def test_threads_get_their_own_context(trt, tiny_onnx, tmp_path, rng):
-    engine = tmp_path / "m.engine"
-    build_engine_file(tiny_onnx, engine, BuildOptions(profile=SMALL))
-    batches = [rng.random((1, 3, 32 * (i + 1), 64), dtype=np.float32) for i in range(3)]
-    results, errors = {}, []
-    with TensorRTRunner(engine) as runner:
-        def work(i):
-            try:
-                for _ in range(2):
-                    results[i] = runner.infer(batches[i])["prob"]
-            except Exception as exc:  # noqa: BLE001 - reported below
-                errors.append(exc)
-
-        threads = [threading.Thread(target=work, args=(i,)) for i in range(3)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert len(runner._states) == 3                    # one context + stream per thread
-    assert not errors
-    for i, batch in enumerate(batches):
-        np.testing.assert_allclose(results[i], ort_prob(tiny_onnx, batch), atol=1e-5)
 
 
 def test_loader_picks_tensorrt_when_usable(trt, tiny_onnx, tmp_path, monkeypatch):
@@ -323,21 +179,6 @@ def test_a_version_compatible_engine_built_elsewhere_runs_only_when_trusted(trt,
         np.testing.assert_allclose(runner.infer(batch)["prob"], ort_prob(tiny_onnx, batch), atol=1e-5)
     with pytest.raises(ModelError, match="prebuilt .engine only"):
         load_runner(tiny_onnx, backend="tensorrt", options=RunnerOptions(engine_host_code=True))
-
-
-def test_an_engine_says_how_many_frames_a_call_takes(trt, tiny_onnx, tmp_path):
-    """The profile's largest batch caps the pipeline's batch and detect_batch's calls."""
-    from engine.shapes import ShapeProfile
-    from pipeline.batcher import batch_size
-
-    engine = tmp_path / "b2.engine"
-    profile = ShapeProfile((1, 3, 32, 32), (2, 3, 64, 64), (2, 3, 128, 128))
-    build_engine_file(tiny_onnx, engine, BuildOptions(profile=profile))
-    with TensorRTRunner(engine) as runner:
-        assert runner.max_batch == 2
-        assert batch_size(0, 6, runner) == 2
-        with pytest.raises(ModelError, match="--batch 3: the model takes at most 2 frames"):
-            batch_size(3, 1, runner)
 
 
 def test_hardware_compatible_engine_runs_on_another_ampere_plus_gpu(trt, tiny_onnx, tmp_path,

@@ -81,3 +81,25 @@ def test_shipping_that_fails_removes_the_out_folder_it_made(tmp_path):
     with pytest.raises(SystemExit, match="^error: .*thresh"):
         ship.main([str(tmp_path / "w.pt"), "--out", str(tmp_path / "new" / "model"), "--thresh", "5"])
     assert not (tmp_path / "new").exists()
+
+
+def test_the_last_steps_snapshot_is_last_pt_and_the_finished_run_still_resumes_and_ships(tmp_path, capsys):
+    """A run whose last step fell on keep_every wrote step_NNNNNN.pt beside last.pt with the
+    same weights, optimiser and step: twice the disk for one checkpoint (50 MB at the default
+    width). Snapshots before the last step stay; --resume and shipping go by last.pt."""
+    torch = pytest.importorskip("torch")
+    from export.train import ship
+    from export.train.config import TrainConfig
+    from export.train.loop import train
+
+    out = tmp_path / "run"
+    cfg = TrainConfig(out_dir=str(out), width=0.25, steps=4, batch=1, crop=64, warmup=1, workers=0,
+                      threads=1, save_every=100, keep_every=2)
+    assert train(cfg) == out / "last.pt"
+    assert sorted(p.name for p in out.glob("*.pt")) == ["last.pt", "step_000002.pt"]
+    assert torch.load(str(out / "step_000002.pt"), weights_only=True)["step"] == 2
+    assert torch.load(str(out / "last.pt"), weights_only=True)["step"] == 4
+    assert main(["train", "--out", str(out), "--resume"]) == 0
+    assert "finished at step 4 of 4: nothing to resume" in capsys.readouterr().out
+    assert ship.main([str(out / "last.pt"), "--out", str(tmp_path / "model"), "--limit-side", "64"]) == 0
+    assert json.loads((tmp_path / "model" / "dbnet.json").read_text())["checkpoint_step"] == 4

@@ -35,7 +35,7 @@ class TrainConfig:
     init: Optional[str] = None      # start from these weights (fine-tuning)
     resume: bool = False            # continue out_dir/last.pt (weights, optimiser, step)
     save_every: int = 500
-    keep_every: int = 2000          # also keep step_NNNNNN.pt snapshots this often
+    keep_every: int = 2000          # also keep step_NNNNNN.pt snapshots this often (the last: last.pt)
     log_every: int = 20
     time_limit: float = 0.0         # seconds; stop early (and save) when exceeded, 0 = none
     device: str = "cpu"             # "cpu", "cuda" or "auto" (cuda when torch sees a GPU)

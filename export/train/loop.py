@@ -8,7 +8,8 @@ validation.
                       lr=1e-3, steps=4000, crop=640, device="auto"),
           validate=my_callback)                                     # model -> {"hmean": ...}
 
-Checkpoints (`last.pt`, `step_NNNNNN.pt`, `best.pt` = best validation hmean) hold the EMA
+Checkpoints (`last.pt`, `step_NNNNNN.pt` every `keep_every` steps before the last, whose
+snapshot is last.pt itself, `best.pt` = best validation hmean) hold the EMA
 weights under "model", the raw weights, the optimiser state, the step and the config, all as
 tensors and plain values, so every load is `torch.load(weights_only=True)`. Validation results
 go to `val.jsonl`, one line per validation.
@@ -378,7 +379,7 @@ def _train(cfg: TrainConfig, validate: Optional[Validate], out: Path) -> Path:
             validating = cfg.val_every and step % cfg.val_every == 0 and step != cfg.steps
             if step % cfg.save_every == 0 or step == cfg.steps or validating:
                 save(out / "last.pt")  # before validating: a run stopped there redoes only that
-            if step % cfg.keep_every == 0:
+            if step % cfg.keep_every == 0 and step != cfg.steps:  # the last step's is last.pt
                 save(out / f"step_{step:06d}.pt")
             if validating:
                 validator(step, ema, save_best)

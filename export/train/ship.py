@@ -8,7 +8,11 @@
 - `pipeline/assets/dbnet_default.onnx`: exported from those fp16 weights (BN folded), then every
   large float initializer stored as fp16 followed by a Cast to float, so the file is half the
   size but the graph still computes in fp32 (ONNX Runtime folds the casts at load time).
-- `export/assets/dbnet_default.json`: how it was made (training config, steps, sizes, parity).
+- `export/assets/dbnet_default.json`: how it was made (training config, steps, sizes, parity),
+  the validation its run measured for the checkpoint ("validation": best.pt's, else its step's
+  line in the run's val.jsonl; the split by its folder's name), and the files by paths that hold
+  on another machine (an --out model's relative to its folder). The ONNX carries the validation
+  too (metadata `dbrt_validation`), which `dbrt info` shows.
 
 The weights and the ONNX are written beside their targets (NAME-partial) and renamed in, then
 the record written whole, only once the fp16 check passes: a rejected model, or a run killed midway, leaves the earlier files whole; an --out
@@ -29,8 +33,9 @@ import numpy as np
 
 from dbnet.files import folder_removed_if_left_empty, write_text_whole
 from engine.errors import DbrtError, ModelError
-from dbnet.spec import LIMIT_TYPES, ModelSpec
+from dbnet.spec import LIMIT_TYPES, VALIDATION_METADATA_KEY, ModelSpec
 
+from ..checkpoint import logged_validation
 from ..quantize import CALIB_METHODS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -79,17 +84,21 @@ def store_initializers_fp16(proto) -> int:
     return count
 
 
-def write_fp16_onnx(model, onnx_path, spec: Optional[ModelSpec] = None):
+def write_fp16_onnx(model, onnx_path, spec: Optional[ModelSpec] = None, metadata: Optional[dict] = None):
     """Export `model` to `onnx_path` as the shipped file is stored (fp16 initializers behind
-    Cast nodes); returns (the export report, how many initializers became fp16)."""
+    Cast nodes), with `metadata` ({key: text}) beside the spec; returns (the export report, how
+    many initializers became fp16)."""
     import onnx
 
     from ..onnx_export import export_onnx
+    from ..onnx_graph import set_metadata
 
     tmp = Path(onnx_path).with_suffix(".fp32.onnx")
     report = export_onnx(model, tmp, opset=17, spec=spec)
     proto = onnx.load(str(tmp))
     converted = store_initializers_fp16(proto)
+    for key, value in (metadata or {}).items():
+        set_metadata(proto, key, value)
     onnx.checker.check_model(proto)
     onnx.save(proto, str(onnx_path))
     tmp.unlink()
@@ -105,9 +114,14 @@ def fp16_state(model) -> dict:
     return out
 
 
-def _rel(path) -> str:
+def recorded_path(path, record) -> str:
+    """How the record names a file it describes, never by the machine's folders: the shipped
+    assets by their place in the repository, any other file relative to the record's folder
+    (an --out model's by their names: the folder may be moved or handed on whole)."""
     path = Path(path).resolve()
-    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+    if path in (WEIGHTS, ONNX):
+        return str(path.relative_to(REPO))
+    return os.path.relpath(path, Path(record).resolve().parent)
 
 
 def portable_config(cfg: dict) -> dict:
@@ -124,6 +138,36 @@ def portable_config(cfg: dict) -> dict:
         data = cfg["data"]
         out["data"] = short(data, 2) if isinstance(data, str) else [short(d, 2) for d in data]
     return out
+
+
+def portable_metrics(value):
+    """--metrics as the record keeps them: every absolute path in them (`dbrt eval --json`'s
+    dataset and model) cut to its name, the machine's folders left out; the rest as given."""
+    if isinstance(value, dict):
+        return {k: portable_metrics(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [portable_metrics(v) for v in value]
+    return Path(value).name if isinstance(value, str) and os.path.isabs(value) else value
+
+
+VALIDATION_KEYS = ("step", "hmean", "precision", "recall", "thresh", "box_thresh", "unclip_ratio",
+                   "untuned_hmean", "images")
+
+
+def run_validation(checkpoint, ck: dict, before: dict) -> dict:
+    """The validation of the checkpoint shipped, as its training run measured it: best.pt's
+    own, else its step's line in the run's val.jsonl beside it (last.pt, a snapshot), else what
+    the record of a model shipped before says; {} when it was not validated. Its split is
+    named as the training config is (`on.val`: the folder's name)."""
+    found = ck.get("validation") if isinstance(ck.get("validation"), dict) else None
+    if found is None and "step" in ck:
+        found = logged_validation(checkpoint, ck["step"])
+    if found is None:
+        return before.get("validation") if isinstance(before.get("validation"), dict) else {}
+    kept = {k: found[k] for k in VALIDATION_KEYS if k in found}
+    on = found.get("on")  # older val.jsonl lines: the run's own --val
+    on = on if isinstance(on, dict) else {"val": (ck.get("config") or {}).get("val")}
+    return dict(kept, on=portable_config(on))
 
 
 def _sha256(path: Path) -> str:
@@ -191,7 +235,9 @@ def ship(checkpoint, spec_changes: Optional[dict] = None, weights: Path = WEIGHT
         state = fp16_state(model)
         torch.save(state, str(new_weights))
         load_weights(model, new_weights)  # the ONNX is made from exactly the shipped (fp16) values
-        report, converted = write_fp16_onnx(model, new_onnx, spec)
+        validation = run_validation(checkpoint, ck, before)
+        shown = {VALIDATION_METADATA_KEY: json.dumps(validation)} if validation else None
+        report, converted = write_fp16_onnx(model, new_onnx, spec, metadata=shown)
         max_abs = _ort_parity(model, new_onnx)
         vs_checkpoint = _ort_parity(reference, new_onnx)
         if vs_checkpoint > 0.05:
@@ -199,14 +245,16 @@ def ship(checkpoint, spec_changes: Optional[dict] = None, weights: Path = WEIGHT
                              "(probability units): fp16 storage lost too much")
         rec = {"checkpoint_step": int(step), "train_config": portable_config(cfg),
                "spec": json.loads(spec.to_json()),
-               "weights": {"path": _rel(weights), "dtype": "float16",
+               "weights": {"path": recorded_path(weights, record), "dtype": "float16",
                            "fp32_tensors": sorted(k for k, v in state.items() if v.dtype == torch.float32),
                            "bytes": new_weights.stat().st_size, "sha256": _sha256(new_weights)},
-               "onnx": {"path": _rel(onnx_path), "opset": report.opset,
+               "onnx": {"path": recorded_path(onnx_path, record), "opset": report.opset,
                         "fp16_initializers": converted, "bytes": new_onnx.stat().st_size,
                         "sha256": _sha256(new_onnx), "ort_vs_torch_max_abs": max_abs,
                         "ort_vs_fp32_checkpoint_max_abs": vs_checkpoint},
-               "metrics": metrics or {}}
+               "metrics": portable_metrics(metrics or {})}
+        if validation:
+            rec["validation"] = validation
         if int8_calibration:
             rec["int8_calibration"] = int8_calibration
         os.replace(new_weights, weights)
@@ -230,14 +278,25 @@ POST_DEFAULTS = {"thresh": 0.3, "box_thresh": 0.6, "unclip_ratio": 1.5}
 def post_settings(checkpoint, args) -> dict:
     """thresh / box_thresh / unclip_ratio to ship: each as given, else as the checkpoint ships
     them (its own record, e.g. a shipped model shipped again; else its validation's, in
-    best.pt; else its run's recorded at the start, its --init's: export.checkpoint.shipping_post),
-    else the DB defaults."""
+    best.pt or, for last.pt or a snapshot, its step's line of val.jsonl; else its run's recorded
+    at the start, its --init's: export.checkpoint.shipping_post), else the DB defaults."""
     from ..checkpoint import shipping_post
 
     trained = shipping_post(checkpoint)
     given = {k: getattr(args, k) for k in POST_DEFAULTS}
     return {k: float(given[k] if given[k] is not None else trained.get(k, default))
             for k, default in POST_DEFAULTS.items()}
+
+
+def resize_settings(checkpoint, args) -> dict:
+    """limit_side / limit_type to ship: each as given, else as the checkpoint's own record ships
+    them (a shipped model shipped again, e.g. with other thresholds), else ModelSpec's (736,
+    "min": the input rule `dbrt train --val` scores at)."""
+    from ..checkpoint import sidecar_spec
+
+    resize = (sidecar_spec(checkpoint) or ModelSpec()).resize
+    return {k: getattr(args, k) if getattr(args, k) is not None else getattr(resize, k)
+            for k in ("limit_side", "limit_type")}
 
 
 def _targets(args, made: contextlib.ExitStack) -> dict:
@@ -262,19 +321,25 @@ def main(argv=None) -> int:
     where.add_argument("--out", help="folder for dbnet.pt, dbnet.onnx and dbnet.json")
     where.add_argument("--replace-shipped", action="store_true",
                        help="overwrite the model shipped in this repository (export/assets, pipeline/assets)")
-    p.add_argument("--limit-side", type=int, default=736)
-    p.add_argument("--limit-type", default="min", choices=LIMIT_TYPES)
+    p.add_argument("--limit-side", type=int,
+                   help="default: the checkpoint's own record's (NAME.json), else 736")
+    p.add_argument("--limit-type", choices=LIMIT_TYPES, help="likewise, else min")
     p.add_argument("--thresh", type=float,
                    help="default: the checkpoint's own record's (NAME.json), else what its "
                         "validation chose (dbrt train --val / --val-tune), else those its run "
                         "recorded when it started (its --init model's), else 0.3")
     p.add_argument("--box-thresh", type=float, help="likewise, else 0.6")
     p.add_argument("--unclip-ratio", type=float, help="likewise, else 1.5")
-    p.add_argument("--metrics", help="JSON file of evaluation results to put in the record")
+    p.add_argument("--metrics", help="JSON file of evaluation results to put in the record (e.g. "
+                                      "`dbrt eval --json`'s; absolute paths in it are cut to their names)")
     p.add_argument("--int8-calib-method", choices=CALIB_METHODS,
                    help="the INT8 calibration method chosen for this model on validation "
                         "(python -m benchmarks.int8_calibration); `dbrt export` then uses it")
     args = p.parse_args(argv)
+    if Path(args.checkpoint).is_dir():  # a run's folder: which of its checkpoints is for the user
+        found = ", ".join(sorted(p.name for p in Path(args.checkpoint).glob("*.pt"))) or "none"
+        raise SystemExit(f"error: {args.checkpoint} is a folder: pass one of its checkpoints "
+                         f"(best.pt: the best validation; last.pt: the last step; here: {found})")
     if not Path(args.checkpoint).is_file():
         raise SystemExit(f"error: checkpoint not found: {args.checkpoint}")
     try:
@@ -284,15 +349,16 @@ def main(argv=None) -> int:
     with contextlib.ExitStack() as made:  # the --out folder, if made, is left only with files
         try:
             settings = post_settings(args.checkpoint, args)
-            rec = ship(args.checkpoint, dict(limit_side=args.limit_side, limit_type=args.limit_type,
-                                             **settings), metrics=metrics, **_targets(args, made),
+            rec = ship(args.checkpoint, dict(**resize_settings(args.checkpoint, args), **settings),
+                       metrics=metrics, **_targets(args, made),
                        int8_calibration={"method": args.int8_calib_method} if args.int8_calib_method else None)
         except DbrtError as exc:  # e.g. a threshold out of range: before any file is written
             raise SystemExit(f"error: {exc}") from None
         except OSError as exc:  # a target that cannot be written (read-only, a full disk)
             raise SystemExit(f"error: {exc.filename or 'writing the model'}: {exc.strerror or exc}") from None
     print("post-processing: " + " ".join(f"--{k.replace('_', '-')} {v:g}" for k, v in settings.items()))
-    print(json.dumps({k: rec[k] for k in ("checkpoint_step", "weights", "onnx")}, indent=2))
+    print(json.dumps({k: rec[k] for k in ("checkpoint_step", "validation", "weights", "onnx") if k in rec},
+                     indent=2))
     return 0
 
 

@@ -32,7 +32,7 @@ def run(args) -> int:
         info["spec"] = None if spec is None else json.loads(spec.to_json())
         print(json.dumps(info, indent=2))
     else:
-        info["extra_lines"] = [] if spec is None else [_spec_line(spec)]
+        info["extra_lines"] = ([] if spec is None else [_spec_line(spec)]) + _validation_lines(info)
         print(format_description(info))
     return 0
 
@@ -43,6 +43,28 @@ def _model_spec(info: dict):
 
     record = info.get("record") or {}
     return ModelSpec.from_metadata(info.get("metadata") or record.get("metadata") or {})
+
+
+def _validation_lines(info: dict) -> list:
+    """The validation a shipped model's training run measured (export.train.ship puts it in
+    the ONNX metadata; an engine's record keeps that): one line, none when it has none or
+    the entry is not one ship writes."""
+    import json
+
+    from dbnet.spec import VALIDATION_METADATA_KEY
+
+    metadata = info.get("metadata") or (info.get("record") or {}).get("metadata") or {}
+    try:
+        v = json.loads(metadata.get(VALIDATION_METADATA_KEY, "null"))
+        scores = f"hmean {v['hmean']:.3f}" + "".join(
+            f", {k[0].upper()} {v[k]:.3f}" for k in ("precision", "recall") if k in v)
+        split = (v.get("on") or {}).get("val") or "?"
+        images = f" ({v['images']} images)" if "images" in v else ""
+        post = (f", at thresh {v['thresh']:g} / box_thresh {v['box_thresh']:g} / unclip {v['unclip_ratio']:g}"
+                if all(k in v for k in ("thresh", "box_thresh", "unclip_ratio")) else "")
+    except (ValueError, TypeError, AttributeError, KeyError):
+        return []
+    return [f"validation in training (step {v.get('step', '?')}): {scores} on {split}{images}{post}"]
 
 
 def _spec_line(spec) -> str:

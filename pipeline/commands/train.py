@@ -25,7 +25,8 @@ the range). --teacher CHECKPOINT distils a larger model trained first into this 
 probability maps as soft targets, weighted by --distill; --teacher-scale lets it read each crop
 larger). --val DATASET scores
 the EMA weights every --val-every steps and at the end (ICDAR 2015 protocol) and keeps the best
-as best.pt. Checkpoints go to --out (last.pt, best.pt, step_NNNNNN.pt); --resume continues
+as best.pt. Checkpoints go to --out (last.pt, best.pt, and step_NNNNNN.pt every 2,000 steps
+before the last, whose checkpoint is last.pt); --resume continues
 --out/last.pt with the run's own settings (--out/config.json): only --workers, --threads,
 --device, --amp, --time-limit, --log-every, --save-every and the --val flags may be given anew;
 a new run refuses an --out holding an earlier run's last.pt, val.jsonl, best.pt or step_*.pt, and
