@@ -68,7 +68,11 @@ def _slug(text: str) -> str:
 
 
 def gpu_names() -> List[str]:
-    """NVIDIA GPU models from nvidia-smi (empty without a driver)."""
+    """NVIDIA GPU models from nvidia-smi (empty without a driver); a Jetson's board name."""
+    from .jetson import board
+
+    if board() is not None:
+        return [board()]
     if shutil.which("nvidia-smi") is None:
         return []
     try:
@@ -125,6 +129,11 @@ def machine_info() -> dict:
             "platform": platform.platform(), "python": platform.python_version(),
             "gpus": gpu_names(), "libraries": library_versions(),
             "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+    from .jetson import jetson_info
+
+    jetson = jetson_info()
+    if jetson is not None:  # its power mode sets its FPS as much as the model does
+        info["jetson"] = jetson
     if hasattr(os, "getloadavg"):  # a shared machine's load explains noisy timings
         info["load_average"] = [round(x, 2) for x in os.getloadavg()]
     try:
@@ -261,6 +270,8 @@ def _json_default(value):
 
 def write_markdown(path: Path, title: str, sections: Sequence[tuple], info: Optional[dict] = None) -> Path:
     """`sections` are (heading, markdown text) pairs; `info` (machine_info()) becomes a footer."""
+    from .jetson import describe as describe_jetson
+
     parts = [f"# {title}\n"]
     for heading, text in sections:
         parts.append(f"## {heading}\n\n{text}")
@@ -269,8 +280,9 @@ def write_markdown(path: Path, title: str, sections: Sequence[tuple], info: Opti
         gpus = ", ".join(info.get("gpus") or []) or "none"
         load = info.get("load_average")
         load_text = f" 1/5/15-min load average at the end: {', '.join(map(str, load))}." if load else ""
+        jetson = f" ({describe_jetson(info['jetson'])})" if info.get("jetson") else ""
         parts.append(f"---\nMachine `{info['machine']}`: {info['cpu']} ({info['cpu_count']} cores), "
-                     f"GPU: {gpus}; Python {info['python']}; {libs}. Measured {info['date_utc']}.{load_text}\n")
+                     f"GPU: {gpus}{jetson}; Python {info['python']}; {libs}. Measured {info['date_utc']}.{load_text}\n")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(parts))

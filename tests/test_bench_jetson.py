@@ -1,0 +1,53 @@
+"""Benchmark results on a Jetson name the board, its L4T release and its power mode (nvpmodel),
+which set its FPS as much as the model does; nvidia-smi is missing or says little there."""
+import os
+import stat
+
+import pytest
+
+from benchmarks import common, jetson
+
+
+@pytest.fixture
+def orin(tmp_path, monkeypatch):
+    model = tmp_path / "model"
+    model.write_bytes(b"NVIDIA Jetson AGX Orin Developer Kit\x00")
+    release = tmp_path / "nv_tegra_release"
+    release.write_text("# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, "
+                       "EABI: aarch64, DATE: Wed Jan  8 01:49:37 UTC 2025\n")
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    nvpmodel = tools / "nvpmodel"
+    nvpmodel.write_text("#!/bin/sh\necho 'NV Power Mode: 30W'\necho 2\n")
+    nvpmodel.chmod(nvpmodel.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setattr(jetson, "DEVICE_TREE_MODEL", model)
+    monkeypatch.setattr(jetson, "TEGRA_RELEASE", release)
+    monkeypatch.setenv("PATH", f"{tools}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv("DBRT_MACHINE", raising=False)
+    return tmp_path
+
+
+def test_a_jetson_names_its_board_release_and_power_mode(orin):
+    assert jetson.jetson_info() == {"board": "NVIDIA Jetson AGX Orin Developer Kit",
+                                    "l4t": "R36.4.3", "power_mode": "30W"}
+    assert common.machine_name() == "nvidia-jetson-agx-orin-developer-kit"
+    info = common.machine_info()
+    assert info["gpus"] == ["NVIDIA Jetson AGX Orin Developer Kit"] and info["jetson"]["power_mode"] == "30W"
+    text = common.write_markdown(orin / "r.md", "t", [("s", "x")], info).read_text()
+    assert "GPU: NVIDIA Jetson AGX Orin Developer Kit (L4T R36.4.3, power mode 30W)" in text
+
+
+def test_a_jetson_without_nvpmodel_says_its_mode_is_unknown(orin, monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    info = jetson.jetson_info()
+    assert info["power_mode"] is None
+    assert jetson.describe(info) == "L4T R36.4.3, power mode unknown (nvpmodel -q)"
+
+
+def test_other_boards_and_machines_are_no_jetson(tmp_path, monkeypatch):
+    model = tmp_path / "model"
+    model.write_bytes(b"Raspberry Pi 4 Model B Rev 1.4\x00")
+    monkeypatch.setattr(jetson, "DEVICE_TREE_MODEL", model)
+    assert jetson.board() is None and jetson.jetson_info() is None
+    monkeypatch.setattr(jetson, "DEVICE_TREE_MODEL", tmp_path / "missing")
+    assert jetson.jetson_info() is None and "jetson" not in common.machine_info()
