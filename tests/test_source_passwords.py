@@ -156,6 +156,17 @@ def test_a_source_password_nobody_can_take_is_refused(monkeypatch, specs, value,
         _source_password(specs)
 
 
+def test_the_hint_of_a_source_password_nobody_can_take_keeps_its_user(monkeypatch):
+    """Errors hide a URL's user:password@ part: a hint written as rtsp://USER@HOST/... lost
+    the USER@ it was about and told the user to give rtsp://HOST/..., which takes no password."""
+    from pipeline.commands._passwords import source_password as _source_password
+
+    monkeypatch.setenv("DBRT_SOURCE_PASSWORD", "pw")
+    with pytest.raises(DbrtError) as caught:
+        _source_password(["rtsp://cam/1"])
+    assert "name the user only, USER@HOST, in an rtsp:// URL" in str(caught.value)
+
+
 def test_a_source_password_is_left_alone_by_a_run_without_streams(monkeypatch):
     from pipeline.commands._passwords import source_password as _source_password
 
