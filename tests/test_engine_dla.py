@@ -171,6 +171,20 @@ def test_dla_flag_mistakes_are_one_line(jetson, tiny_onnx, tmp_path, capsys, mon
     assert jetson._double.builds == 0
 
 
+def test_dla_core_where_tensorrt_is_not_usable_names_the_flag(tiny_onnx, tmp_path, capsys,
+                                                             monkeypatch):
+    """backend auto falls back to ONNX Runtime there, whose refusal named an option
+    (dla_core=0), not the flag, and came after the sources had opened."""
+    monkeypatch.setattr("engine.loader.tensorrt_usable", lambda: False)
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"")
+    assert main(["run", str(video), "--model", str(tiny_onnx), "--dla-core", "0",
+                 "--input-size", "64x64", "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "--dla-core runs a TensorRT engine, and TensorRT with a CUDA GPU (CuPy) is not " \
+           "usable here" in err and err.count("\n") == 1, err
+
+
 def test_the_model_benchmark_times_dla_engines_beside_the_gpu_ones(jetson, tiny_onnx, tmp_path,
                                                                    monkeypatch):
     """`dbrt bench model --dla-core N`: FP16 (and INT8) rows on the DLA core, one engine per
