@@ -154,6 +154,8 @@ def test_dbrt_build_dla_core_builds_one_shape_and_says_what_runs_where(jetson, t
     (["run", "{video}", "--dla-core", "0", "--backend", "onnxruntime"],
      "--dla-core runs a TensorRT engine; drop it, or --backend onnxruntime / --device auto"),
     (["run", "{video}", "--dla-core", "0"], "--dla-core builds an engine for one input shape: give --input-size HxW"),
+    (["run", "{video}", "--dla-core", "0", "--input-size", "64x64", "--batch", "2"],
+     "--dla-core builds an engine for one input shape, one frame a call: drop --batch 2"),
     (["run", "{video}", "--dla-core", "0", "--model", "triton://localhost/dbnet"],
      "--dla-core applies to a model run here"),
 ])
