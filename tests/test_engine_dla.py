@@ -65,6 +65,10 @@ def test_gpu_engines_stay_gpu_engines(jetson, tiny_onnx, tmp_path):
     assert record.builder["dla"] is None
     with TensorRTRunner(tmp_path / "gpu.engine") as runner:
         assert runner.dla_core is None and runner._engine.dla_core == -1
+    # asking for a core would only set the runtime's, and the runner would claim to run there
+    with pytest.raises(ModelError, match=r"engine gpu\.engine runs on the GPU \(its record names "
+                                         r"no DLA core\): --dla-core moves a DLA engine"):
+        TensorRTRunner(tmp_path / "gpu.engine", dla_core=1).activate()
 
 
 @pytest.mark.parametrize("change, error, message", [
