@@ -65,6 +65,10 @@ def test_gpu_engines_stay_gpu_engines(jetson, tiny_onnx, tmp_path):
     assert record.builder["dla"] is None
     with TensorRTRunner(tmp_path / "gpu.engine") as runner:
         assert runner.dla_core is None and runner._engine.dla_core == -1
+    # asking for a core would only set the runtime's, and the runner would claim to run there
+    with pytest.raises(ModelError, match=r"engine gpu\.engine runs on the GPU \(its record names "
+                                         r"no DLA core\): --dla-core moves a DLA engine"):
+        TensorRTRunner(tmp_path / "gpu.engine", dla_core=1).activate()
 
 
 @pytest.mark.parametrize("change, error, message", [
@@ -154,6 +158,8 @@ def test_dbrt_build_dla_core_builds_one_shape_and_says_what_runs_where(jetson, t
     (["run", "{video}", "--dla-core", "0", "--backend", "onnxruntime"],
      "--dla-core runs a TensorRT engine; drop it, or --backend onnxruntime / --device auto"),
     (["run", "{video}", "--dla-core", "0"], "--dla-core builds an engine for one input shape: give --input-size HxW"),
+    (["run", "{video}", "--dla-core", "0", "--input-size", "64x64", "--batch", "2"],
+     "--dla-core builds an engine for one input shape, one frame a call: drop --batch 2"),
     (["run", "{video}", "--dla-core", "0", "--model", "triton://localhost/dbnet"],
      "--dla-core applies to a model run here"),
 ])
@@ -169,6 +175,20 @@ def test_dla_flag_mistakes_are_one_line(jetson, tiny_onnx, tmp_path, capsys, mon
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1, err
     assert jetson._double.builds == 0
+
+
+def test_dla_core_where_tensorrt_is_not_usable_names_the_flag(tiny_onnx, tmp_path, capsys,
+                                                             monkeypatch):
+    """backend auto falls back to ONNX Runtime there, whose refusal named an option
+    (dla_core=0), not the flag, and came after the sources had opened."""
+    monkeypatch.setattr("engine.loader.tensorrt_usable", lambda: False)
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"")
+    assert main(["run", str(video), "--model", str(tiny_onnx), "--dla-core", "0",
+                 "--input-size", "64x64", "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "--dla-core runs a TensorRT engine, and TensorRT with a CUDA GPU (CuPy) is not " \
+           "usable here" in err and err.count("\n") == 1, err
 
 
 def test_the_model_benchmark_times_dla_engines_beside_the_gpu_ones(jetson, tiny_onnx, tmp_path,

@@ -288,3 +288,4 @@ def test_a_password_placeholder_in_a_pipeline_is_refused_not_put_on_a_command_li
                                           r"GStreamer pipeline") as caught:
         parse_source("gst:rtspsrc location=rtsp://admin:{DBRT_CAM1_PASSWORD}@cam/1 ! decodebin")
     assert "S3cret" not in str(caught.value)
+    assert "(USER@HOST)" in str(caught.value)  # the hint survives the errors' URL redaction

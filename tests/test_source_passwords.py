@@ -156,6 +156,32 @@ def test_a_source_password_nobody_can_take_is_refused(monkeypatch, specs, value,
         _source_password(specs)
 
 
+def test_the_hint_of_a_source_password_nobody_can_take_keeps_its_user(monkeypatch):
+    """Errors hide a URL's user:password@ part: a hint written as rtsp://USER@HOST/... lost
+    the USER@ it was about and told the user to give rtsp://HOST/..., which takes no password."""
+    from pipeline.commands._passwords import source_password as _source_password
+
+    monkeypatch.setenv("DBRT_SOURCE_PASSWORD", "pw")
+    with pytest.raises(DbrtError) as caught:
+        _source_password(["rtsp://cam/1"])
+    assert "name the user only, USER@HOST, in an rtsp:// URL" in str(caught.value)
+
+
+def test_a_login_refused_for_want_of_a_password_says_so(camera, monkeypatch):
+    """The name in an error has no user (rtsp://cam/1), so a camera's 401 to a URL that named
+    its user alone, run where DBRT_SOURCE_PASSWORD was not set (sudo, a service without its
+    environment file), gave no clue that the password was missing."""
+    monkeypatch.delenv("DBRT_SOURCE_PASSWORD", raising=False)
+    with pytest.raises(SourceError) as caught:
+        NetworkSource(camera.address("admin"), reconnect=None).open()
+    assert "401" in str(caught.value)
+    assert "the URL names its user without a password and none was given " \
+           "(DBRT_SOURCE_PASSWORD is not set)" in str(caught.value)
+    with pytest.raises(SourceError) as caught:  # a wrong password is another story
+        NetworkSource(camera.address("admin"), reconnect=None, password="wrong").open()
+    assert "401" in str(caught.value) and "DBRT_SOURCE_PASSWORD" not in str(caught.value)
+
+
 def test_a_source_password_is_left_alone_by_a_run_without_streams(monkeypatch):
     from pipeline.commands._passwords import source_password as _source_password
 

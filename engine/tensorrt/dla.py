@@ -68,6 +68,10 @@ def use_dla_core(trt, runtime, asked: Optional[int], record, engine_name: str) -
     else on the one its record names; returns that core (None: a GPU engine, or one built
     elsewhere whose core TensorRT picks)."""
     built = recorded_dla_core(record)
+    if asked is not None and built is None and record is not None:  # setting the core does nothing
+        raise ModelError(f"engine {engine_name} runs on the GPU (its record names no DLA core): "
+                         "--dla-core moves a DLA engine to another core; build one with "
+                         "dbrt build --dla-core N")
     core = built if asked is None else asked
     if core is None:
         return None

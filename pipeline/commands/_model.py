@@ -76,6 +76,14 @@ def check_dla_core(args) -> None:
         return  # a prebuilt engine: its shape is its own
     if getattr(args, "input_size", None) is None:
         raise ModelError("--dla-core builds an engine for one input shape: give --input-size HxW")
+    if (getattr(args, "batch", 0) or 0) > 1:  # refused by the run only after a build of minutes
+        raise ModelError(f"--dla-core builds an engine for one input shape, one frame a call: "
+                         f"drop --batch {args.batch}")
+    from engine.loader import tensorrt_usable
+
+    if args.backend == "auto" and not tensorrt_usable():  # auto would pick ONNX Runtime
+        raise ModelError("--dla-core runs a TensorRT engine, and TensorRT with a CUDA GPU (CuPy) "
+                         "is not usable here: drop --dla-core, or run where it is")
 
 
 # what a failed request costs: a run counts its frames and goes on, an evaluation ends

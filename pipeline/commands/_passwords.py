@@ -45,6 +45,8 @@ def source_password(specs) -> Optional[str]:
         return None
     password = _variable(PASSWORD_VARIABLE)
     if password is not None and not any(names_user_only(url) for url in urls):
+        # USER@HOST without its scheme: errors hide a URL's user:password@ part, hints included
         raise DbrtError(f"{PASSWORD_VARIABLE} is set but no stream URL names a user without a "
-                        "password: give it as rtsp://USER@HOST/... (gst: pipelines cannot take it)")
+                        "password: name the user only, USER@HOST, in an rtsp:// URL (gst: "
+                        "pipelines cannot take it)")
     return password

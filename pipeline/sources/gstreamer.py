@@ -75,8 +75,9 @@ def _refuse_placeholders(description: str) -> None:
     if names:
         raise SourceError(f"gst: {{{names[0]}}} cannot be filled into a GStreamer pipeline: "
                           "gst-launch-1.0 takes its pipeline on its command line, which every "
-                          "local user sees; read the stream as rtsp://USER@HOST/... with "
-                          "DBRT_SOURCE_PASSWORD or a {DBRT_...} placeholder instead")
+                          "local user sees; read the stream as an rtsp:// URL instead, naming "
+                          "the user only (USER@HOST) with DBRT_SOURCE_PASSWORD or with a "
+                          "{DBRT_...} placeholder for the password")
 
 
 def parse_caps(text: str) -> dict:

@@ -14,7 +14,7 @@ from engine.errors import SourceError
 
 from .base import first_line, without_credentials
 from .live import LiveSource, Reconnect
-from .passwords import address
+from .passwords import PASSWORD_VARIABLE, address, names_user_only
 from .video import error_reason, first_video_stream, open_container, shown_cause, upright_bgr
 
 SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "tcp", "srt", "rtp")
@@ -67,8 +67,15 @@ class NetworkSource(LiveSource):
         return self._fps
 
     def _connect(self) -> None:
-        container = open_container(self._address, self.options, name=self.url,
-                                   timeout=(max(self.timeout, self.OPEN_TIMEOUT), self.timeout))
+        try:
+            container = open_container(self._address, self.options, name=self.url,
+                                       timeout=(max(self.timeout, self.OPEN_TIMEOUT), self.timeout))
+        except SourceError as exc:
+            # the name shown has no user: a login refused for want of a password would not say
+            if "401" in str(exc) and names_user_only(self._address):
+                raise SourceError(f"{exc}; the URL names its user without a password and none "
+                                  f"was given ({PASSWORD_VARIABLE} is not set)") from None
+            raise
         stream = first_video_stream(container, self.url)
         self._fps = float(stream.average_rate) if stream.average_rate else self._fps
         self._container = container
