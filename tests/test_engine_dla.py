@@ -110,11 +110,16 @@ def test_the_engine_cache_keeps_dla_engines_apart(jetson, tiny_onnx, tmp_path, m
     model, precision = _fp16_source(jetson, tiny_onnx, tmp_path)
     paths = {core: cached_engine_path(model, BuildOptions(precision=precision, profile=ONE_SHAPE,
                                                           dla_core=core)) for core in (None, 0, 1)}
-    assert len(set(paths.values())) == 3
+    # the GPU engine apart; one DLA engine for both cores, the runtime placing it
+    assert paths[0] == paths[1] != paths[None]
     # a GPU engine's key is what it was before the DLA was known: caches are not rebuilt
-    assert "dla_core" not in _build_settings(BuildOptions())
+    assert "dla" not in _build_settings(BuildOptions())
     with cached_engine_runner(model, precision, ONE_SHAPE, dla_core=1) as runner:
         assert runner.dla_core == 1 and runner._engine.dla_core == 1
+    builds = jetson._double.builds
+    with cached_engine_runner(model, precision, ONE_SHAPE, dla_core=0) as runner:
+        assert runner.dla_core == 0 and runner._engine.dla_core == 0
+    assert jetson._double.builds == builds  # the engine built on core 1 runs on core 0
 
 
 def test_the_detector_builds_a_dla_engine_for_its_input_size(jetson, tiny_onnx, tmp_path, monkeypatch):
@@ -154,9 +159,9 @@ def test_dbrt_build_dla_core_builds_one_shape_and_says_what_runs_where(jetson, t
      "DLA runs one input shape, not the range"),
     (["build", "{model}", "--dla-core", "-1", "--opt", "64x64"], "--dla-core"),
     (["run", "{video}", "--dla-core", "0", "--device", "cpu"],
-     "--dla-core runs a TensorRT engine; drop it, or --backend auto / --device cpu"),
+     "--dla-core runs a TensorRT engine; drop it, or --device cpu\n"),
     (["run", "{video}", "--dla-core", "0", "--backend", "onnxruntime"],
-     "--dla-core runs a TensorRT engine; drop it, or --backend onnxruntime / --device auto"),
+     "--dla-core runs a TensorRT engine; drop it, or --backend onnxruntime\n"),
     (["run", "{video}", "--dla-core", "0"], "--dla-core builds an engine for one input shape: give --input-size HxW"),
     (["run", "{video}", "--dla-core", "0", "--input-size", "64x64", "--batch", "2"],
      "--dla-core builds an engine for one input shape, one frame a call: drop --batch 2"),
@@ -222,3 +227,15 @@ def test_the_model_benchmark_times_dla_engines_beside_the_gpu_ones(jetson, tiny_
                                     if r.builder.get("dla"))
     with pytest.raises(SystemExit):
         model_bench.main(["--no-tensorrt", "--dla-core", "0"])
+
+
+def test_an_engine_built_for_a_core_the_device_lacks_says_how_to_move_it(jetson, tiny_onnx, tmp_path):
+    model, precision = _fp16_source(jetson, tiny_onnx, tmp_path)
+    engine = tmp_path / "dla.engine"
+    build_engine_file(model, engine, BuildOptions(precision=precision, profile=ONE_SHAPE, dla_core=1))
+    jetson._double.dla_cores = 1  # an NX: one core
+    with pytest.raises(ModelError, match=r"DLA core 1 built for; this device has 1 \(cores 0\.\.0\); "
+                                         "run it on one of them with --dla-core"):
+        TensorRTRunner(engine).activate()
+    with TensorRTRunner(engine, dla_core=0) as runner:
+        assert runner._engine.dla_core == 0

@@ -100,8 +100,10 @@ def _build_settings(options: BuildOptions) -> dict:
                 "hardware_compatible": options.hardware_compatible, "opt_level": options.opt_level,
                 "workspace": options.workspace,
                 "calibration_cache": options.calibration_cache is not None}
-    if options.dla_core is not None:  # only then: the keys of GPU engines cached before stay
-        settings["dla_core"] = options.dla_core
+    # only for the DLA: the keys of GPU engines cached before stay; not its core, which the
+    # runtime picks when it loads the engine (one build serves every core)
+    if options.dla_core is not None:
+        settings["dla"] = True
     return settings
 
 

@@ -28,22 +28,24 @@ def dla_core_count(trt, builder_or_runtime) -> int:
     return int(getattr(builder_or_runtime, "num_DLA_cores", 0) or 0)
 
 
-def check_dla_core(core: int, available: int, version: str) -> None:
+def check_dla_core(core: int, available: int, version: str, what: str = "asked for") -> None:
+    """`what`: how the core came to be wanted ("asked for", or an engine's "built for")."""
     if core < 0:
         raise ModelError(f"a DLA core is numbered from 0, got {core}")
     if core >= available and available:
-        raise ModelError(f"DLA core {core} asked for; this device has {available} "
+        raise ModelError(f"DLA core {core} {what}; this device has {available} "
                          f"(cores 0..{available - 1})")
     if core >= available:
-        raise ModelError(f"DLA core {core} asked for, and this device has no DLA for TensorRT "
+        raise ModelError(f"DLA core {core} {what}, and this device has no DLA for TensorRT "
                          f"{version} (Jetson AGX / NX boards have one or two): drop --dla-core")
 
 
 def check_dla_build(precision: str, profile: ShapeProfile) -> None:
     """What the DLA cannot take, refused before a build of minutes."""
     if precision not in ("fp16", "int8"):
-        raise ModelError(f"DLA computes in FP16 or INT8, not {precision}: build with "
-                         "--precision fp16 or int8 (on TensorRT 11.x an FP16 or Q/DQ INT8 ONNX)")
+        raise ModelError(f"DLA computes in FP16 or INT8, not {precision}: build FP16 or INT8 "
+                         "(dbrt build --precision; on TensorRT 11.x, which builds the ONNX's own "
+                         "precision, an FP16 or Q/DQ INT8 ONNX from dbrt export --precision)")
     if not profile.min == profile.opt == profile.max:
         raise ShapeError(f"DLA runs one input shape, not the range {profile.describe()}: give "
                          "one shape (--opt HxW with --batch N, no --min / --max)")
@@ -80,9 +82,10 @@ def use_dla_core(trt, runtime, asked: Optional[int], record, engine_name: str) -
         raise ModelError(f"engine {engine_name} was built for DLA core {built}, and this device "
                          "has no DLA: rebuild it here without --dla-core")
     try:
-        check_dla_core(core, available, trt.__version__)
+        check_dla_core(core, available, trt.__version__, "asked for" if asked is not None else "built for")
     except ModelError as exc:
-        raise ModelError(f"engine {engine_name}: {exc}") from None
+        move = f"; run it on one of them with --dla-core" if asked is None else ""
+        raise ModelError(f"engine {engine_name}: {exc}{move}") from None
     runtime.DLA_core = int(core)
     return core
 

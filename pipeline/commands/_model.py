@@ -67,8 +67,8 @@ def check_dla_core(args) -> None:
 
     model = getattr(args, "model", None)
     if args.backend == "onnxruntime" or args.device == "cpu":
-        raise ModelError(f"--dla-core runs a TensorRT engine; drop it, or --backend "
-                         f"{args.backend} / --device {args.device}")
+        given = "--backend onnxruntime" if args.backend == "onnxruntime" else "--device cpu"
+        raise ModelError(f"--dla-core runs a TensorRT engine; drop it, or {given}")
     if is_triton_url(model):
         raise ModelError("--dla-core applies to a model run here; a Triton server's model "
                          "configuration places its own model")
