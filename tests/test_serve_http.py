@@ -268,3 +268,16 @@ def test_the_status_texts_are_the_detections_texts(served):
                Detections.from_quads(quads, [0.9, 0.8], {"text": np.array(["EXIT", ""])}))
     assert json.loads(get(port, "/api/status", AUTH)[1])["streams"][0]["texts"] == ["EXIT", ""]
     assert 't !== ""' in get(port, "/", AUTH)[1].decode()  # the page lists what was read
+
+
+def test_frames_left_out_by_the_sample_rate_are_in_the_status_the_metrics_and_the_page(served):
+    import json
+
+    sink, port = served
+    source = sink.status.pipeline.sources[0]
+    source.stats.add(read=12, delivered=3, sampled_out=9)
+    stream = json.loads(get(port, "/api/status", AUTH)[1])["streams"][0]
+    assert stream["sampled_out"] == 9
+    metrics = get(port, "/metrics", AUTH)[1].decode()
+    assert 'dbrt_source_sampled_out_frames_total{source="sim",stream="0"} 9.0' in metrics
+    assert '" | sampled out " + s.sampled_out' in get(port, "/", AUTH)[1].decode()
