@@ -109,6 +109,7 @@ def test_mixed_training_validates_and_keeps_the_best(tmp_path):
     assert [x["step"] for x in lines] == [1, 2, 3] and seen == [False, False, False]
     best = torch.load(str(tmp_path / "run" / "best.pt"), weights_only=True)
     assert best["step"] == 2 and best["validation"]["hmean"] == 0.5
+    assert "optimizer" not in best and "raw" not in best  # --resume reads last.pt only
 
 
 @pytest.mark.slow

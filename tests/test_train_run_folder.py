@@ -99,6 +99,11 @@ def test_the_last_steps_snapshot_is_last_pt_and_the_finished_run_still_resumes_a
     assert sorted(p.name for p in out.glob("*.pt")) == ["last.pt", "step_000002.pt"]
     assert torch.load(str(out / "step_000002.pt"), weights_only=True)["step"] == 2
     assert torch.load(str(out / "last.pt"), weights_only=True)["step"] == 4
+    # only last.pt, which --resume reads, carries the raw weights and the optimiser (4x the size)
+    assert {"raw", "optimizer"} <= set(torch.load(str(out / "last.pt"), weights_only=True))
+    assert not {"raw", "optimizer"} & set(torch.load(str(out / "step_000002.pt"), weights_only=True))
+    assert ship.main([str(out / "step_000002.pt"), "--out", str(tmp_path / "snap"),
+                      "--limit-side", "64"]) == 0
     assert main(["train", "--out", str(out), "--resume"]) == 0
     assert "finished at step 4 of 4: nothing to resume" in capsys.readouterr().out
     assert ship.main([str(out / "last.pt"), "--out", str(tmp_path / "model"), "--limit-side", "64"]) == 0
