@@ -10,29 +10,20 @@ from __future__ import annotations
 import abc
 import contextlib
 import os
-from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Dict, Iterable, Optional, Sequence, Union
 
 import cv2
-import numpy as np
 
 from dbnet.files import naming_the_file, write_image
 from engine.errors import DbrtError
-from engine.lazy import require
 
 from .detections import Detections, FrameResult
 from .draw import annotate
+from .encoder import VideoEncoder
 from .sources import Frame
 
 PathFor = Callable[[Frame], Union[str, os.PathLike]]
-# video clock: exact for 24, 25, 30, 50, 60 and NTSC 29.97 / 59.94 fps; MPEG-4 part 2 allows
-# time bases up to 1/65535
-TICKS = 60000
-FRAGMENT_S = 2.0  # a live stream's MP4 fragment: what a kill may lose of the annotated video
-# a live stream's clock that runs this far ahead of the frames' arrival (2 s) jumped: buffering
-# and network stalls stay well within it
-JUMP = 2 * TICKS
 
 
 class Sink(abc.ABC):
@@ -79,135 +70,6 @@ class JsonlSink(Sink):
                 self._fh.close()
 
 
-def _live_muxing(path: Path, live: bool) -> dict:
-    """A live run ends by SIGKILL, a crash or a power cut as often as cleanly, and a plain MP4
-    is unreadable until its index is written at the close: a live stream's MP4 is written as
-    fragments that each start at a keyframe, flushed as they are written, so all but the last
-    seconds stay playable; a clean close adds an index of the fragments at the start, without
-    which browsers take the first fragments' length for the video's. (Matroska needs nothing:
-    it is readable when cut short.)"""
-    if not live or path.suffix.lower() not in (".mp4", ".mov", ".m4v"):
-        return {}
-    return {"movflags": "frag_keyframe+empty_moov+default_base_moof+global_sidx",
-            "flush_packets": "1"}
-
-
-class _Encoder:
-    """One PyAV output file of the first frame's size, cropped to even numbers (yuv420p needs
-    them). A frame of another size (a live stream that reconnected at another resolution) is
-    scaled to fit, letterboxed, so the whole picture stays in the one file.
-
-    Frames are shown at their source timestamps, so that a variable-frame-rate recording or a
-    live stream that dropped frames plays at its real pace; a frame without a timestamp, or
-    whose time does not move on (a live stream's clock restarted by a reconnect), comes one
-    frame of `fps` after the last. `live`: a clock that jumps ahead of the time the frames
-    arrived in (a camera's clock set forward) goes on at the arrival time, not with a still
-    picture for the jump. `fixed_rate`: every frame lasts 1 / `fps`, timestamps unused.
-    """
-
-    def __init__(self, path: Path, width: int, height: int, fps: float, codec: str, crf: int,
-                 fixed_rate: bool = False, live: bool = False):
-        av = require("av")
-        self.path = path
-        with self._naming_the_file():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self.container = av.open(str(path), mode="w", options=_live_muxing(path, live))
-        rate = Fraction(fps).limit_denominator(1001) if fps else Fraction(25)
-        self.stream = self.container.add_stream(codec, rate=rate)
-        self.stream.width, self.stream.height = width - width % 2, height - height % 2
-        self.stream.pix_fmt = "yuv420p"
-        self.stream.codec_context.time_base = Fraction(1, TICKS)
-        if live:  # no B-frames, whose decoding delay a fragmented MP4 shows as a shifted start
-            # (it has no edit list to undo it); keyframes, so fragments, come by time (encode)
-            self.stream.codec_context.max_b_frames = 0
-        if codec == "libx264":
-            # live: no look-ahead, whose frames held in the encoder a kill would lose too
-            self.stream.options = {"crf": str(crf), "preset": "veryfast",
-                                   **({"tune": "zerolatency"} if live else {})}
-        self._last_key: Optional[int] = None  # pts of the last keyframe asked for (live)
-        self._av = av
-        self._step = max(1, round(TICKS / rate))  # one frame at the nominal rate
-        self._fixed_rate = fixed_rate
-        self._live = live
-        self._last_read: Optional[float] = None  # when the last frame arrived (live streams)
-        self._last_pts: Optional[int] = None
-        self._origin: Optional[float] = None  # the source time shown at pts 0
-
-    def encode(self, image, timestamp: Optional[float] = None,
-               t_read: Optional[float] = None) -> None:
-        vframe = self._wrap(self._fit(image))
-        vframe.pts = self._pts(None if self._fixed_rate else timestamp, t_read)
-        vframe.time_base = Fraction(1, TICKS)
-        if self._live and (self._last_key is None or vframe.pts - self._last_key >= FRAGMENT_S * TICKS):
-            vframe.pict_type = self._av.video.frame.PictureType.I  # a fragment every FRAGMENT_S
-            self._last_key = vframe.pts  # of video, however slowly a run writes (50 frames: 13 s)
-        with self._naming_the_file():  # FFmpeg opens the file at the first packet
-            self.container.mux(self.stream.encode(vframe))
-
-    def _wrap(self, image):
-        """The picture as a bgr24 VideoFrame over the array's own memory, which the encoder
-        converts to yuv420p in `encode`. PyAV's from_ndarray copied it first (to bytes, then
-        row by row): 3.5 of the 11.3 ms of CPU time the sink's thread spent on a 1080x1920 frame."""
-        wrap = getattr(self._av.VideoFrame, "from_numpy_buffer", None)  # not in older PyAV
-        if wrap is None or image.strides[1:] != (3, 1):
-            return self._av.VideoFrame.from_ndarray(image, format="bgr24")
-        return wrap(image, format="bgr24")
-
-    def _pts(self, timestamp: Optional[float], t_read: Optional[float] = None) -> int:
-        at = None
-        if timestamp is not None and self._origin is not None:
-            at = round((timestamp - self._origin) * TICKS)
-        arrived = self._arrival_step(t_read)
-        if self._last_pts is None:
-            pts = 0
-        elif at is not None and arrived is not None and at - self._last_pts > arrived + JUMP:
-            pts = self._last_pts + max(self._step, arrived)  # the clock jumped, time did not
-        elif at is not None and at > self._last_pts:
-            pts = at
-        else:
-            pts = self._last_pts + self._step
-        if timestamp is not None and at != pts:  # anchored anew: later frames go on from here
-            self._origin = timestamp - pts / TICKS
-        self._last_pts = pts
-        return pts
-
-    def _arrival_step(self, t_read: Optional[float]) -> Optional[int]:
-        """Ticks since the last frame of a live stream arrived, else None."""
-        if not self._live or t_read is None:
-            return None
-        last, self._last_read = self._last_read, t_read
-        return None if last is None else round(max(0.0, t_read - last) * TICKS)
-
-    @contextlib.contextmanager
-    def _naming_the_file(self):
-        av = require("av")
-        try:
-            yield
-        except (OSError, ValueError, av.FFmpegError) as exc:  # FFmpeg's: e.g. a frame too large
-            size = getattr(getattr(self, "stream", None), "width", None)
-            size = f" ({self.stream.width}x{self.stream.height})" if size else ""
-            raise DbrtError(f"cannot write the video {self.path}{size}: "
-                            f"{getattr(exc, 'strerror', None) or exc}") from exc
-
-    def _fit(self, image):
-        height, width = self.stream.height, self.stream.width
-        h, w = image.shape[:2]
-        if (h - h % 2, w - w % 2) == (height, width):
-            return image[:height, :width]
-        scale = min(width / w, height / h)
-        new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
-        canvas = np.zeros((height, width, 3), np.uint8)
-        top, left = (height - new_h) // 2, (width - new_w) // 2
-        canvas[top:top + new_h, left:left + new_w] = cv2.resize(
-            image, (new_w, new_h), interpolation=cv2.INTER_AREA)
-        return canvas
-
-    def close(self) -> None:
-        with self._naming_the_file():
-            self.container.mux(self.stream.encode(None))  # flush delayed frames
-            self.container.close()
-
-
 class VideoSink(Sink):
     """Annotated video, one file per source; `path` is a file name (one source), or
     fn(frame) -> file name (one per stream: two streams on one file are an error).
@@ -232,7 +94,7 @@ class VideoSink(Sink):
         self.crf = crf
         self.annotators = annotators
         self.live_streams = set(live_streams)
-        self.encoders: Dict[int, _Encoder] = {}
+        self.encoders: Dict[int, VideoEncoder] = {}
         self.paths: Dict[int, Path] = {}
 
     def write(self, frame: Frame, detections: Detections) -> None:
@@ -253,7 +115,7 @@ class VideoSink(Sink):
         if h < 2 or w < 2:
             raise DbrtError(f"cannot encode a {w}x{h} frame as video")
         fps = self.fps or self.fps_by_stream.get(frame.stream) or 25.0
-        encoder = _Encoder(path, w, h, fps, self.codec, self.crf, fixed_rate=bool(self.fps),
+        encoder = VideoEncoder(path, w, h, fps, self.codec, self.crf, fixed_rate=bool(self.fps),
                            live=frame.stream in self.live_streams)
         self.encoders[frame.stream], self.paths[frame.stream] = encoder, path
         return encoder

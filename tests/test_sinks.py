@@ -352,7 +352,7 @@ def test_the_annotated_video_is_byte_for_byte_what_pyavs_copying_conversion_gave
         return path.read_bytes()
 
     now = write(tmp_path / "now.mp4")
-    monkeypatch.setattr(sinks._Encoder, "_wrap", raising=False,
+    monkeypatch.setattr(sinks.VideoEncoder, "_wrap", raising=False,
                         value=lambda self, image: av.VideoFrame.from_ndarray(image, format="bgr24"))
     assert now == write(tmp_path / "copied.mp4")
 

@@ -32,6 +32,7 @@ from dbnet.files import folder_removed_if_left_empty, write_text_whole
 from engine.errors import DbrtError, ModelError
 
 from ..checkpoint import shipping_post
+from .checkpoints import resumable_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import MixedDataset, open_source, parse_source
 from .losses import training_loss
@@ -97,32 +98,6 @@ def start_workers(loader):
         return iter(loader)
     finally:
         cv2.setNumThreads(threads)
-
-
-def _resumable_checkpoint(path: Path, cfg: TrainConfig) -> dict:
-    """last.pt of the run `cfg` resumes; ModelError when `cfg` would change its recipe midway
-    (a config built from defaults instead of the run's own settings)."""
-    ck = read_checkpoint(path)
-    run = TrainConfig.from_dict(ck.get("config") or {"out_dir": cfg.out_dir})
-    differences = cfg.with_absolute_paths().recipe_differences(run.with_absolute_paths())
-    if "config" in ck and differences:
-        listed = ", ".join(f"{name} {ours!r} (the run: {theirs!r})" for name, ours, theirs in differences)
-        raise ModelError(f"{path} belongs to a run with other settings: {listed}; resume it with its "
-                         "own settings (dbrt train --out RUN --resume reads them from RUN/config.json)")
-    return ck
-
-
-def _save(path: Path, ema, model, opt, step: int, cfg: TrainConfig, extra: Optional[dict] = None,
-          resumable: bool = True) -> None:
-    """`resumable`: also the raw weights and the optimiser's state, which only --resume reads
-    (from last.pt): best.pt and the snapshots hold the averaged weights alone, a quarter of the
-    size (12 against 50 MB at the default width)."""
-    tmp = path.with_suffix(".tmp")
-    cpu = lambda m: {k: v.detach().cpu() for k, v in m.state_dict().items()}  # noqa: E731
-    state = {"raw": cpu(model), "optimizer": opt.state_dict()} if resumable else {}
-    torch.save({"model": cpu(ema), **state, "step": step, "config": asdict(cfg), **(extra or {})},
-               str(tmp))
-    tmp.replace(path)
 
 
 class _Ema:
@@ -313,7 +288,7 @@ def _train(cfg: TrainConfig, validate: Optional[Validate], out: Path) -> Path:
     device = pick_device(cfg.device)
     if cfg.post is None and not cfg.resume:  # kept in the run: its --init may go or change later
         cfg = replace(cfg, post=shipping_post(cfg.init) if cfg.init else {})
-    ck = _resumable_checkpoint(out / "last.pt", cfg) if cfg.resume and (out / "last.pt").exists() else None
+    ck = resumable_checkpoint(out / "last.pt", cfg) if cfg.resume and (out / "last.pt").exists() else None
     model = DBNet(cfg.arch, width=cfg.width)
     if cfg.init and ck is None:  # a resumed run's weights come from last.pt
         load_weights(model, cfg.init)
@@ -331,7 +306,7 @@ def _train(cfg: TrainConfig, validate: Optional[Validate], out: Path) -> Path:
         start = int(ck["step"])
     validator = _Validator(out, validate, cfg)
     step, validated = start, -1
-    save = lambda path, resumable=True, **extra: _save(path, ema, model, opt, step, cfg, extra,  # noqa: E731
+    save = lambda path, resumable=True, **extra: save_checkpoint(path, ema, model, opt, step, cfg, extra,  # noqa: E731
                                                        resumable)
     save_best = lambda result: save(out / "best.pt", False, validation=result)  # noqa: E731
     if validator.owed(start, cfg):  # stopped during it, or it failed: last.pt holds the step
