@@ -200,6 +200,7 @@ def run_proof(proof: Proof, out: Path, frames: int, quick: bool = False) -> List
     proof.step("postprocess", postprocess)
     for batch in (1, 4):
         proof.step(f"pipeline batch {batch}", lambda b=batch: pipeline(b))
+    proof.step("video encoder", lambda: gpu_checks.check_video_encoders(video_frames or []))
     proof.step("triton tensorrt", lambda: gpu_triton.triton_step(video_frames or []), min_s=60)
     args = run_all.QUICK_ARGS["model"] if quick else run_all.GPU_ARGS["model"]
     proof.step("model only", lambda: _ok(run_all.run_one("model", args, timeout(240), log)), min_s=60)
@@ -252,7 +253,9 @@ def report_sections(steps: List[dict]) -> list:
         sections.append(("Model only", "See [model_bench.md](model_bench.md) and "
                          "[model_bench_fps.png](model_bench_fps.png).\n"))
     for name, title in (("preprocess", "Preprocessing: CuPy kernel vs OpenCV (per frame)"),
-                        ("postprocess", "Post-processing: GPU vs CPU on the same maps (per map)")):
+                        ("postprocess", "Post-processing: GPU vs CPU on the same maps (per map)"),
+                        ("video encoder", "The annotated video's encoder: x264 vs NVENC, "
+                                          "1080x1920 (per frame)")):
         if by_name.get(name, {}).get("result"):
             sections.append((title, common.markdown_table(by_name[name]["result"])))
     pipes = [s["result"] for s in steps if s["step"].startswith("pipeline batch") and s.get("result")]

@@ -24,6 +24,43 @@ FRAGMENT_S = 2.0  # a live stream's MP4 fragment: what a kill may lose of the an
 JUMP = 2 * TICKS
 
 
+# H.264 by x264 on the CPU (the default), or by NVENC (H.264 / HEVC) on an NVIDIA GPU
+VIDEO_CODECS = ("libx264", "h264_nvenc", "hevc_nvenc")
+
+
+def encoder_options(codec: str, crf: int, live: bool) -> dict:
+    """The encoder's settings for a quality of `crf` (x264's constant rate factor; NVENC's
+    constant quality of the same scale). Live: no look-ahead, whose frames held in the encoder
+    a kill would lose too."""
+    if codec == "libx264":
+        return {"crf": str(crf), "preset": "veryfast", **({"tune": "zerolatency"} if live else {})}
+    if codec.endswith("_nvenc"):
+        return {"preset": "p3", "rc": "vbr", "cq": str(crf), "b": "0",
+                **({"tune": "ll", "zerolatency": "1"} if live else {})}
+    return {}
+
+
+def check_encoder(codec: str) -> None:
+    """The encoder is in this FFmpeg and opens here (NVENC needs an NVIDIA GPU whose driver
+    has its encoder library), checked before a run rather than at its first frame."""
+    av = require("av")
+    if codec not in VIDEO_CODECS:
+        raise DbrtError(f"--video-codec {codec}: choose one of {', '.join(VIDEO_CODECS)}")
+    if codec not in av.codecs_available:
+        raise DbrtError(f"--video-codec {codec}: this FFmpeg (PyAV {av.__version__}) has no such "
+                        "encoder")
+    context = av.CodecContext.create(codec, "w")
+    context.width, context.height, context.pix_fmt = 256, 256, "yuv420p"
+    context.time_base = Fraction(1, 25)
+    context.options = encoder_options(codec, 23, False)
+    try:
+        context.open()
+    except (av.FFmpegError, OSError, ValueError) as exc:
+        needs = " (NVENC needs an NVIDIA GPU and its driver)" if codec.endswith("_nvenc") else ""
+        raise DbrtError(f"--video-codec {codec} cannot encode here: "
+                        f"{getattr(exc, 'strerror', None) or exc}{needs}") from None
+
+
 def _live_muxing(path: Path, live: bool) -> dict:
     """A live run ends by SIGKILL, a crash or a power cut as often as cleanly, and a plain MP4
     is unreadable until its index is written at the close: a live stream's MP4 is written as
@@ -65,10 +102,7 @@ class VideoEncoder:
         if live:  # no B-frames, whose decoding delay a fragmented MP4 shows as a shifted start
             # (it has no edit list to undo it); keyframes, so fragments, come by time (encode)
             self.stream.codec_context.max_b_frames = 0
-        if codec == "libx264":
-            # live: no look-ahead, whose frames held in the encoder a kill would lose too
-            self.stream.options = {"crf": str(crf), "preset": "veryfast",
-                                   **({"tune": "zerolatency"} if live else {})}
+        self.stream.options = encoder_options(codec, crf, live)
         self._last_key: Optional[int] = None  # pts of the last keyframe asked for (live)
         self._av = av
         self._step = max(1, round(TICKS / rate))  # one frame at the nominal rate

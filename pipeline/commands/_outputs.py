@@ -16,7 +16,7 @@ def video_names(pipe) -> dict:
             for s in pipe.sources if s.kind != "images"}
 
 
-def visual_sinks(pipe, out: Path, annotators, ImageSink, VideoSink) -> list:
+def visual_sinks(pipe, out: Path, annotators, ImageSink, VideoSink, codec: str = "libx264") -> list:
     images = {s.stream for s in pipe.sources if s.kind == "images"}
     videos = [s for s in pipe.sources if s.kind != "images"]
     names = video_names(pipe)
@@ -24,7 +24,8 @@ def visual_sinks(pipe, out: Path, annotators, ImageSink, VideoSink) -> list:
     if videos:
         video = VideoSink(lambda f: out / names[f.stream],
                           fps_by_stream={s.stream: s.fps for s in videos if s.fps},
-                          annotators=annotators, live_streams={s.stream for s in videos if s.live})
+                          annotators=annotators, live_streams={s.stream for s in videos if s.live},
+                          codec=codec)
         sinks.append(_only(video, set(names)))
     if images:
         folder = out / "annotated"

@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+from pipeline.encoder import VIDEO_CODECS
+
 from ._outputs import clear_earlier_outputs, outputs_written, video_names, visual_sinks
 from ._model import DLA_HELP, REC_MARGIN_HELP, THREADS_HELP, TRUST_ENGINE_HELP, add_triton_arguments
 from ._validate import (DEVICES, MAX_CPU_THREADS, MAX_SESSIONS, at_least, broker_url, fourcc, frame_size,
@@ -115,6 +117,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "(USB cameras send large sizes at full rate only compressed)")
     o = p.add_argument_group("outputs")
     o.add_argument("--no-video", action="store_true", help="do not write annotated video / images")
+    o.add_argument("--video-codec", choices=VIDEO_CODECS, default="libx264",
+                   help="the annotated video's encoder: x264 on the CPU (default), or NVENC's "
+                        "H.264 / HEVC on an NVIDIA GPU, which takes the encoding off the CPU")
     o.add_argument("--show", action="store_true", help="show annotated frames in a window (q quits)")
     o.add_argument("--show-scores", action="store_true", help="write each box's score")
     o.add_argument("--quiet", action="store_true", help="no progress line")
@@ -180,6 +185,13 @@ def _check_flag_pairs(args) -> None:
     args.mqtt_password = mqtt_password(args.mqtt)
     if args.serve_token and not args.serve:
         raise DbrtError("--serve-token applies to --serve only; add --serve or drop --serve-token")
+    if args.video_codec != "libx264":
+        if args.no_video:
+            raise DbrtError(f"--video-codec {args.video_codec} encodes the annotated video; with "
+                            "--no-video there is none: drop one")
+        from pipeline.encoder import check_encoder
+
+        check_encoder(args.video_codec)  # NVENC without an NVIDIA GPU: now, not at the first frame
     if args.show_scores and args.no_video and not (args.show or args.serve):
         raise DbrtError("--show-scores writes scores on the annotated video / images, the --show "
                         "window or the --serve view; with --no-video there is none: drop one")
@@ -273,7 +285,7 @@ def _sinks(pipe, out: Path, args) -> list:
             mqtt = [sink for sink in outputs if hasattr(sink, "publish_text_event")]
             files[-1].listeners.extend(sink.publish_text_event for sink in mqtt)
         if not args.no_video:
-            files.extend(visual_sinks(pipe, out, annotators, ImageSink, VideoSink))
+            files.extend(visual_sinks(pipe, out, annotators, ImageSink, VideoSink, args.video_codec))
     except BaseException:
         for sink in files + outputs:
             sink.close()
