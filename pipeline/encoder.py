@@ -110,18 +110,29 @@ class VideoEncoder:
         self._live = live
         self._last_read: Optional[float] = None  # when the last frame arrived (live streams)
         self._last_pts: Optional[int] = None
+        self._durations: dict = {}  # pts -> ticks, of the frames in the encoder
         self._origin: Optional[float] = None  # the source time shown at pts 0
 
     def encode(self, image, timestamp: Optional[float] = None,
                t_read: Optional[float] = None) -> None:
         vframe = self._wrap(self._fit(image))
+        last = self._last_pts
         vframe.pts = self._pts(None if self._fixed_rate else timestamp, t_read)
         vframe.time_base = Fraction(1, TICKS)
+        # each frame lasts as long as the gap before it: only the last one's is used, where the
+        # muxer's guess was one frame of the nominal rate (1/30 s of a 30 FPS video sampled at
+        # 5 FPS); the encoders leave a packet's duration 0, so it is set as the packet comes out
+        self._durations[vframe.pts] = self._step if last is None else vframe.pts - last
         if self._live and (self._last_key is None or vframe.pts - self._last_key >= FRAGMENT_S * TICKS):
             vframe.pict_type = self._av.video.frame.PictureType.I  # a fragment every FRAGMENT_S
             self._last_key = vframe.pts  # of video, however slowly a run writes (50 frames: 13 s)
         with self._naming_the_file():  # FFmpeg opens the file at the first packet
-            self.container.mux(self.stream.encode(vframe))
+            self.container.mux(self._timed(self.stream.encode(vframe)))
+
+    def _timed(self, packets: list) -> list:
+        for packet in packets:
+            packet.duration = self._durations.pop(packet.pts, 0)
+        return packets
 
     def _wrap(self, image):
         """The picture as a bgr24 VideoFrame over the array's own memory, which the encoder
@@ -183,5 +194,5 @@ class VideoEncoder:
 
     def close(self) -> None:
         with self._naming_the_file():
-            self.container.mux(self.stream.encode(None))  # flush delayed frames
+            self.container.mux(self._timed(self.stream.encode(None)))  # flush delayed frames
             self.container.close()

@@ -95,3 +95,21 @@ def test_dbrt_run_sample_fps(tmp_path, tiny_onnx, capsys):
     assert main(["run", str(video), "--model", str(tiny_onnx), "-o", str(out), "--sample-fps", "0"]) == 2
     err = capsys.readouterr().err
     assert "--sample-fps" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+def test_the_annotated_video_lasts_as_long_as_its_source(tmp_path, suffix):
+    import av
+
+    from pipeline.sinks import VideoSink
+
+    video = write_video(tmp_path / "v.mp4", frames=30, fps=10)  # 3 s
+    path = tmp_path / f"annotated{suffix}"
+    with Pipeline([video], FakeDetector(), sample_fps=2, sinks=[VideoSink(path)]) as pipe:
+        pipe.run()
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        times = [float(frame.time) for frame in container.decode(stream)]
+        length = container.duration / 1e6
+    assert times == pytest.approx([0, 0.5, 1, 1.5, 2, 2.5], abs=1e-3)
+    assert length == pytest.approx(3.0, abs=0.02)  # its last frame lasts 0.5 s, not 0.1 s
