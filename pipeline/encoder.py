@@ -34,9 +34,11 @@ def encoder_options(codec: str, crf: int, live: bool) -> dict:
     a kill would lose too."""
     if codec == "libx264":
         return {"crf": str(crf), "preset": "veryfast", **({"tune": "zerolatency"} if live else {})}
-    if codec.endswith("_nvenc"):
+    if codec.endswith("_nvenc"):  # b 0: no 2 Mb/s cap (NVENC's default) on the quality
+        # forced-idr: NVENC makes a frame asked for as I a plain intra frame, which starts no
+        # MP4 fragment (x264 makes it an IDR frame, a keyframe, by itself)
         return {"preset": "p3", "rc": "vbr", "cq": str(crf), "b": "0",
-                **({"tune": "ll", "zerolatency": "1"} if live else {})}
+                **({"tune": "ll", "zerolatency": "1", "forced-idr": "1"} if live else {})}
     return {}
 
 

@@ -22,8 +22,28 @@ def test_each_encoder_gets_its_quality_and_latency_settings():
     assert encoder_options("libx264", 23, True)["tune"] == "zerolatency"
     nvenc = encoder_options("h264_nvenc", 23, False)
     assert nvenc == {"preset": "p3", "rc": "vbr", "cq": "23", "b": "0"}  # constant quality
-    assert encoder_options("hevc_nvenc", 30, True) == dict(nvenc, cq="30", tune="ll", zerolatency="1")
+    assert encoder_options("hevc_nvenc", 30, True) == dict(nvenc, cq="30", tune="ll", zerolatency="1",
+                                                           **{"forced-idr": "1"})
     assert VIDEO_CODECS[0] == "libx264"
+
+
+@pytest.mark.parametrize("codec", VIDEO_CODECS)
+@pytest.mark.parametrize("live", [False, True])
+def test_every_encoder_option_is_one_this_ffmpeg_knows(codec, live):
+    """FFmpeg ignores an option it does not know (PyAV hands it back unused): a misspelt one
+    would change nothing, silently. NVENC's options are known without an NVIDIA GPU."""
+    import av
+
+    supported = av.CodecContext.create(codec, "w").supported_options
+    names = {option.name for option in [*supported.private, *supported.generic]}
+    assert set(encoder_options(codec, 23, live)) <= names
+
+
+def test_a_live_nvenc_stream_forces_idr_keyframes():
+    """A live MP4 starts a fragment at each keyframe the encoder asks for every 2 s; NVENC
+    makes a frame asked for as I an IDR frame (a keyframe) only with forced-idr."""
+    for codec in ("h264_nvenc", "hevc_nvenc"):
+        assert encoder_options(codec, 23, True)["forced-idr"] == "1"
 
 
 def test_x264_opens_and_an_unknown_encoder_is_named():
