@@ -104,7 +104,7 @@ class VideoSink(Sink):
         encoder.encode(annotate(frame.image, detections, self.annotators), frame.timestamp,
                        frame.t_read)
 
-    def _open(self, frame: Frame) -> _Encoder:
+    def _open(self, frame: Frame) -> VideoEncoder:
         path = Path(self.path_for(frame))
         taken = [stream for stream, used in self.paths.items() if used == path]
         if taken:  # two encoders on one file: each overwrote the other's frames
