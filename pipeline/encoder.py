@@ -24,6 +24,7 @@ FRAGMENT_S = 2.0  # a live stream's MP4 fragment: what a kill may lose of the an
 JUMP = 2 * TICKS
 
 
+MP4_SUFFIXES = (".mp4", ".mov", ".m4v")
 # H.264 by x264 on the CPU (the default), or by NVENC (H.264 / HEVC) on an NVIDIA GPU
 VIDEO_CODECS = ("libx264", "h264_nvenc", "hevc_nvenc")
 
@@ -70,7 +71,7 @@ def _live_muxing(path: Path, live: bool) -> dict:
     seconds stay playable; a clean close adds an index of the fragments at the start, without
     which browsers take the first fragments' length for the video's. (Matroska needs nothing:
     it is readable when cut short.)"""
-    if not live or path.suffix.lower() not in (".mp4", ".mov", ".m4v"):
+    if not live or path.suffix.lower() not in MP4_SUFFIXES:
         return {}
     return {"movflags": "frag_keyframe+empty_moov+default_base_moof+global_sidx",
             "flush_packets": "1"}
@@ -100,6 +101,8 @@ class VideoEncoder:
         self.stream = self.container.add_stream(codec, rate=rate)
         self.stream.width, self.stream.height = width - width % 2, height - height % 2
         self.stream.pix_fmt = "yuv420p"
+        if self.stream.codec_context.codec.canonical_name == "hevc" and path.suffix.lower() in MP4_SUFFIXES:
+            self.stream.codec_tag = "hvc1"  # FFmpeg's hev1, which Safari and Apple's players refuse
         self.stream.codec_context.time_base = Fraction(1, TICKS)
         if live:  # no B-frames, whose decoding delay a fragmented MP4 shows as a shifted start
             # (it has no edit list to undo it); keyframes, so fragments, come by time (encode)
