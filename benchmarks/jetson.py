@@ -18,12 +18,13 @@ TEGRA_RELEASE = Path("/etc/nv_tegra_release")
 
 
 def board() -> Optional[str]:
-    """'NVIDIA Jetson AGX Orin Developer Kit', or None off a Jetson."""
+    """'NVIDIA Jetson AGX Orin Developer Kit', or None off a Jetson. A carrier board of
+    another maker may give its own name alone; its L4T release file says it is a Jetson."""
     try:
         model = DEVICE_TREE_MODEL.read_bytes().decode("utf-8", "replace").strip("\x00\n ")
     except OSError:
         return None
-    return model if "jetson" in model.lower() else None
+    return model if model and ("jetson" in model.lower() or TEGRA_RELEASE.is_file()) else None
 
 
 def l4t_release() -> Optional[str]:

@@ -48,6 +48,15 @@ def test_other_boards_and_machines_are_no_jetson(tmp_path, monkeypatch):
     model = tmp_path / "model"
     model.write_bytes(b"Raspberry Pi 4 Model B Rev 1.4\x00")
     monkeypatch.setattr(jetson, "DEVICE_TREE_MODEL", model)
+    monkeypatch.setattr(jetson, "TEGRA_RELEASE", tmp_path / "no_release")
     assert jetson.board() is None and jetson.jetson_info() is None
     monkeypatch.setattr(jetson, "DEVICE_TREE_MODEL", tmp_path / "missing")
     assert jetson.jetson_info() is None and "jetson" not in common.machine_info()
+
+
+def test_a_carrier_board_named_by_its_maker_is_a_jetson_by_its_l4t_release(orin):
+    """Third-party carrier boards may put their own name in the device tree, without
+    'Jetson': the L4T release file is on every Jetson, so the results still say the mode."""
+    (orin / "model").write_bytes(b"Seeed reComputer J4012\x00")
+    assert jetson.jetson_info() == {"board": "Seeed reComputer J4012", "l4t": "R36.4.3",
+                                    "power_mode": "30W"}
