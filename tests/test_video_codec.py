@@ -116,3 +116,12 @@ def test_hevc_in_mp4_is_tagged_hvc1(tmp_path):
         stream = container.streams.video[0]
         assert stream.codec_context.name == "hevc" and stream.codec_tag == "hvc1"
         assert sum(1 for _ in container.decode(stream)) == 3
+
+
+def test_the_gpu_proof_skips_the_encoders_without_frames():
+    """Without its video the proof passed no frames: x264's row divided by zero, and the step
+    read as failed rather than skipped."""
+    from benchmarks import gpu_checks
+
+    with pytest.raises(gpu_checks.Skip, match="no video frames"):
+        gpu_checks.check_video_encoders([])
