@@ -39,7 +39,7 @@ def encoder_options(codec: str, crf: int, live: bool) -> dict:
         # forced-idr: NVENC makes a frame asked for as I a plain intra frame, which starts no
         # MP4 fragment (x264 makes it an IDR frame, a keyframe, by itself)
         return {"preset": "p3", "rc": "vbr", "cq": str(crf), "b": "0",
-                **({"tune": "ll", "zerolatency": "1", "forced-idr": "1"} if live else {})}
+                **({"tune": "ll", "zerolatency": "1", "forced-idr": "1", "delay": "0"} if live else {})}
     return {}
 
 

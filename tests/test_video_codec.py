@@ -23,7 +23,7 @@ def test_each_encoder_gets_its_quality_and_latency_settings():
     nvenc = encoder_options("h264_nvenc", 23, False)
     assert nvenc == {"preset": "p3", "rc": "vbr", "cq": "23", "b": "0"}  # constant quality
     assert encoder_options("hevc_nvenc", 30, True) == dict(nvenc, cq="30", tune="ll", zerolatency="1",
-                                                           **{"forced-idr": "1"})
+                                                           delay="0", **{"forced-idr": "1"})
     assert VIDEO_CODECS[0] == "libx264"
 
 

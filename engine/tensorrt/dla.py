@@ -84,7 +84,7 @@ def use_dla_core(trt, runtime, asked: Optional[int], record, engine_name: str) -
     try:
         check_dla_core(core, available, trt.__version__, "asked for" if asked is not None else "built for")
     except ModelError as exc:
-        move = f"; run it on one of them with --dla-core" if asked is None else ""
+        move = "; run it on one of them with --dla-core" if asked is None else ""
         raise ModelError(f"engine {engine_name}: {exc}{move}") from None
     runtime.DLA_core = int(core)
     return core
