@@ -51,3 +51,15 @@ def test_other_boards_and_machines_are_no_jetson(tmp_path, monkeypatch):
     assert jetson.board() is None and jetson.jetson_info() is None
     monkeypatch.setattr(jetson, "DEVICE_TREE_MODEL", tmp_path / "missing")
     assert jetson.jetson_info() is None and "jetson" not in common.machine_info()
+
+
+def test_bench_model_dla_core_without_an_fp16_or_int8_precision_is_refused(capsys):
+    """The DLA times FP16 / INT8 engines only, and --precisions defaults to fp32: `dbrt bench
+    model --dla-core 0` swept every size without a DLA row and said nothing of it."""
+    from benchmarks import model_bench
+
+    with pytest.raises(SystemExit) as caught:
+        model_bench.main(["--dla-core", "0"])
+    assert caught.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "--dla-core" in err[-1] and "--precisions fp16" in err[-1], err
