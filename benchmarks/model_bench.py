@@ -259,12 +259,15 @@ def main(argv=None) -> int:
                         "--sizes; each size and precision is one engine build, minutes on a Jetson, cached)")
     p.add_argument("--no-tensorrt", action="store_true", help="no TensorRT rows")
     p.add_argument("--dla-core", type=at_least(0), metavar="N",
-                   help="Jetson AGX / NX: also time FP16 / INT8 engines on DLA core N (the GPU "
-                        "runs what it cannot; one engine per size and batch)")
+                   help="Jetson AGX / NX: also time the FP16 / INT8 engines of --precisions on DLA "
+                        "core N (the GPU runs what it cannot; one engine per size and batch)")
     p.add_argument("--out", type=common.results_folder, help="results folder (default: benchmarks/results/<machine>)")
     a = p.parse_args(argv)
     if a.dla_core is not None and a.no_tensorrt:
         p.error("--dla-core times TensorRT engines: not with --no-tensorrt")
+    if a.dla_core is not None and not {"fp16", "int8"} & {*a.precisions, *(v.split("=")[0] for v in a.variant)}:
+        p.error("--dla-core times FP16 / INT8 engines only (the DLA computes in no other "
+                "precision): add --precisions fp16 (or int8)")
     if a.tensorrt_sizes and set(a.tensorrt_sizes) - set(a.sizes):
         p.error(f"--tensorrt-sizes {a.tensorrt_sizes}: each must be one of --sizes {a.sizes}")
     if any("=" not in v for v in a.variant):

@@ -80,7 +80,14 @@ class Region:
         return cls(*(int(v) if pixels else float(v) for v in values), fractions=not pixels)
 
     def __str__(self) -> str:
-        return ",".join(f"{v:g}" if self.fractions else str(v) for v in (self.x, self.y, self.w, self.h))
+        """X,Y,W,H as `parse` reads it back: fractions keep a decimal point (0.0,0,1,1 is the
+        whole frame; 0,0,1,1 would be one pixel)."""
+        if not self.fractions:
+            return ",".join(str(v) for v in (self.x, self.y, self.w, self.h))
+        parts = [f"{v:g}" for v in (self.x, self.y, self.w, self.h)]
+        if not any("." in p or "e" in p for p in parts):
+            parts[0] += ".0"
+        return ",".join(parts)
 
     def describe(self) -> dict:
         """What report.json records: the region as given and its unit."""

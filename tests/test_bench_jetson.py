@@ -60,3 +60,15 @@ def test_a_carrier_board_named_by_its_maker_is_a_jetson_by_its_l4t_release(orin)
     (orin / "model").write_bytes(b"Seeed reComputer J4012\x00")
     assert jetson.jetson_info() == {"board": "Seeed reComputer J4012", "l4t": "R36.4.3",
                                     "power_mode": "30W"}
+
+
+def test_bench_model_dla_core_without_an_fp16_or_int8_precision_is_refused(capsys):
+    """The DLA times FP16 / INT8 engines only, and --precisions defaults to fp32: `dbrt bench
+    model --dla-core 0` swept every size without a DLA row and said nothing of it."""
+    from benchmarks import model_bench
+
+    with pytest.raises(SystemExit) as caught:
+        model_bench.main(["--dla-core", "0"])
+    assert caught.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "--dla-core" in err[-1] and "--precisions fp16" in err[-1], err

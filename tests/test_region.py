@@ -74,6 +74,15 @@ def test_the_python_api_takes_tuples_strings_and_regions():
     assert str(Region.of((100, 400, 800, 300))) == "100,400,800,300"
 
 
+
+@pytest.mark.parametrize("text", ["0.0,0,1,1", "1.0,0,1,1", "0.1,0.5,0.8,0.4", "100,400,800,300"])
+def test_a_region_is_named_as_it_parses(text):
+    """The header line and the --roi errors name the region: a fraction region of whole
+    values (0.0,0,1,1, the whole frame) was named 0,0,1,1, which --roi reads as one pixel."""
+    region = Region.parse(text)
+    assert Region.parse(str(region)) == region
+    assert str(region) == text
+
 # -- preprocessing: the region alone reaches the input, both paths -------------------------------
 REGIONS = [  # frame (h, w), region (x, y, w, h), network (H, W), keep_aspect
     ((506, 960), (300, 120, 400, 200), (224, 416), False),   # upscale: more pixels for the region

@@ -97,7 +97,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "fewer than a batch of frames waits in them and, when files share the "
                         "run, none of its own, so that results stay fresh; given, the queues "
                         "fill instead)")
-    q.add_argument("--max-frames", type=at_least(1), help="stop each source after N frames")
+    q.add_argument("--max-frames", type=at_least(1),
+                   help="stop each source after N frames (frames run, under --sample-fps)")
     q.add_argument("--sample-fps", type=at_least(0.0, float, strict=True), metavar="FPS",
                    help="run at most FPS frames per second of each video or stream, spread "
                         "evenly by their timestamps (a long recording scanned quickly, a camera "

@@ -9,7 +9,7 @@ from typing import Dict, List, Optional, Tuple
 from ..sources.base import without_credentials as redact
 from .view import LiveFrames
 
-MAX_TEXTS = 20  # newest texts / detections listed per stream
+MAX_TEXTS = 20  # texts listed per stream: those of the newest frame's first 20 detections
 
 
 class RunStatus:
