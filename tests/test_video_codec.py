@@ -125,3 +125,17 @@ def test_the_gpu_proof_skips_the_encoders_without_frames():
 
     with pytest.raises(gpu_checks.Skip, match="no video frames"):
         gpu_checks.check_video_encoders([])
+
+
+def test_the_encoder_forgets_durations_of_packets_it_never_sees(tmp_path):
+    """Durations wait for the packet of their frame (by pts); an encoder whose packets carried
+    other pts would leave them all waiting, a few bytes a frame for the whole run."""
+    import numpy as np
+
+    from pipeline.encoder import VideoEncoder
+
+    encoder = VideoEncoder(tmp_path / "v.mp4", 64, 48, 25.0, "libx264", 23)
+    encoder._durations.update({-i - 1: 1 for i in range(300)})  # never to be popped
+    encoder.encode(np.zeros((48, 64, 3), np.uint8), 0.0)
+    assert len(encoder._durations) <= 256
+    encoder.close()
