@@ -254,3 +254,18 @@ def test_an_rtsp_camera_is_sent_the_password_as_it_was_given():
         door.listener.close()
     assert door.logins and door.logins[-1] == f"admin:{PASSWORD}".encode()
     assert "401" in str(caught.value) and "p@ss" not in str(caught.value)
+
+
+def test_a_placeholder_in_the_host_is_one_line_saying_what_placeholders_are_for(monkeypatch):
+    """Its value is percent-encoded (a password may hold any character), which makes no host
+    name or port: FFmpeg's 'Input/output error' on a URL that still showed the braces."""
+    from engine.errors import SourceError
+    from pipeline.sources.passwords import address
+
+    monkeypatch.setenv("DBRT_CAM_HOST", "10.0.0.5")
+    for url in ("rtsp://{DBRT_CAM_HOST}/s", "rtsp://admin@cam:{DBRT_CAM_HOST}/s"):
+        with pytest.raises(SourceError, match=r"placeholder stands for a password, a user or a "
+                                              r"query value, not the host or port"):
+            address(url)
+    monkeypatch.setenv("DBRT_PW", "p@ss")
+    assert address("rtsp://admin:{DBRT_PW}@cam:554/s") == "rtsp://admin:p%40ss@cam:554/s"

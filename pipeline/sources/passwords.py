@@ -48,6 +48,10 @@ def address(url: str, password: Optional[str] = None,
     where it names a user without a password, `password` put in; SourceError naming the
     variable when one is unset or empty."""
     environ = os.environ if environ is None else environ
+    host = _host_and_port(url)
+    if placeholders(host):  # percent-encoded values would not make a host name or port
+        raise SourceError(f"{url}: a {{DBRT_NAME}} placeholder stands for a password, a user or a "
+                          f"query value, not the host or port ({host})")
     for name in placeholders(url):
         if not environ.get(name):
             state = "empty" if name in environ else "not set"
@@ -55,3 +59,12 @@ def address(url: str, password: Optional[str] = None,
                               f"what {{{name}}} stands for)")
     filled = PLACEHOLDER.sub(lambda m: quote(environ[m.group(1)], safe=""), url)
     return with_password(filled, password) if password and names_user_only(filled) else filled
+
+
+def _host_and_port(url: str) -> str:
+    """The URL's host[:port], after any user:password@ (what a placeholder must not be in)."""
+    try:
+        netloc = urlsplit(url).netloc
+    except ValueError:
+        return ""
+    return netloc.rpartition("@")[2]
