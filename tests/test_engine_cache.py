@@ -252,3 +252,40 @@ def test_calibration_without_a_profile_for_a_dynamic_input_is_the_builds_shape_e
     with pytest.raises(ShapeError, match="dynamic input"):
         load_runner(tiny_onnx, backend="tensorrt", options=options)
     assert called == []
+
+
+def test_runs_started_together_build_an_engine_once(trt, tiny_onnx, engine_cache, monkeypatch):
+    """Two services started at once (a Jetson's boot) each built the same engine, minutes
+    each, one writing over the other: the second now waits for the first and takes its engine."""
+    import threading
+    import time
+
+    from trt_double import builder
+
+    started, both_in = threading.Event(), threading.Barrier(2, timeout=30)
+    slow_build = builder.Builder.build_serialized_network
+
+    def build(self, network, config):
+        started.set()
+        time.sleep(0.3)  # the other run asks for the engine meanwhile
+        return slow_build(self, network, config)
+
+    monkeypatch.setattr(builder.Builder, "build_serialized_network", build)
+    errors, profiles = [], []
+
+    def run():
+        try:
+            both_in.wait()
+            with cached_engine_runner(tiny_onnx, precision="fp32", profile=SMALL) as runner:
+                profiles.append(runner.profiles["images"])
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors, errors
+    assert started.is_set() and profiles == [SMALL, SMALL]
+    assert trt._double.builds == 1

@@ -10,6 +10,7 @@ timing cache per TensorRT version and GPU, which makes rebuilds after a model ch
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -165,6 +166,22 @@ def _check_writable(folder: Path) -> None:
                          f"({exc.strerror or exc}); set ${ENV} to a folder that can") from None
 
 
+@contextlib.contextmanager
+def _building(path: Path):
+    """An exclusive lock on the entry while it is built: two runs started together (services
+    at a Jetson's boot) built the same engine twice, minutes each, one overwriting the other;
+    the second now waits for the first and finds the engine. The lock (flock, on a file beside
+    the entry) goes with its process, however that ends."""
+    import fcntl
+
+    with open(f"{path}.lock", "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def cached_engine_runner(onnx_path: os.PathLike, precision: str = "auto",
                          profile: Optional[ShapeProfile] = None, cuda_graph: bool = False,
                          progress=None, backend=None, **build_options) -> TensorRTRunner:
@@ -177,11 +194,13 @@ def cached_engine_runner(onnx_path: os.PathLike, precision: str = "auto",
     path = cached_engine_path(onnx_path, options, backend)
     if not _complete(path) or _calibrated_from_another_cache(path, options):
         _check_writable(path.parent)
-        trt = require_tensorrt()
-        if options.timing_cache is None:
-            device = backend.device_info()
-            options = replace(options, timing_cache=timing_cache_path(trt.__version__, device))
-        build_engine_file(onnx_path, path, options, progress, backend)
+        with _building(path):  # another process building it: wait, then take its engine
+            if not _complete(path) or _calibrated_from_another_cache(path, options):
+                trt = require_tensorrt()
+                if options.timing_cache is None:
+                    device = backend.device_info()
+                    options = replace(options, timing_cache=timing_cache_path(trt.__version__, device))
+                build_engine_file(onnx_path, path, options, progress, backend)
     # a version-compatible engine built here runs the lean runtime it carries: dbrt wrote it
     return TensorRTRunner(path, cuda_graph=cuda_graph, backend=backend,
                           host_code=options.version_compatible, dla_core=options.dla_core)
