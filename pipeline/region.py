@@ -103,6 +103,14 @@ class Region:
                                     "(W x H) of this run: nothing of them would be watched")
         return x0, y0, x1 - x0, y1 - y0
 
+    def check_coded_size(self, width: int, height: int) -> None:
+        """Before a video's first frame: RegionError when the region misses its frames upright
+        and turned (a rotation tag turns them only as they are decoded)."""
+        try:
+            self.in_frame(width, height)  # turned a quarter
+        except RegionError:
+            self.in_frame(height, width)  # as coded; raises naming that size
+
     def _span(self, start: float, length: float, size: int) -> Tuple[int, int]:
         if self.fractions:
             start, end = round(start * size), round((start + length) * size)

@@ -280,3 +280,32 @@ def test_the_input_cap_warning_names_a_thin_region():
         with pytest.warns(UserWarning, match=r"a 2x400 region \(--roi 0,50,400,2\) of a frame "
                                              "would need"):
             assert max(det.input_size_for(100, 400)) == 4000
+
+
+def test_a_pixel_region_no_frame_of_a_video_meets_is_refused_before_the_model_loads(tmp_path, capsys,
+                                                                                     monkeypatch):
+    """It was found at the first frame, after the model had loaded: the run ended with its
+    summary, 'frames read were never written' and the error, and wrote its (empty) outputs."""
+    from media import write_video
+
+    from pipeline.commands import _model
+    from pipeline.cli import main
+
+    video = write_video(tmp_path / "v.mp4", frames=3, height=48, width=64)
+    loaded = []
+    monkeypatch.setattr(_model, "build_detector", lambda args: loaded.append(args) or 1 / 0)
+    out = tmp_path / "out"
+    assert main(["run", str(video), "-o", str(out), "--roi", "2000,2000,10,10"]) == 2
+    err = capsys.readouterr().err
+    assert "--roi 2000,2000,10,10: the region lies outside the 64x48 frames" in err
+    assert err.count("\n") == 1 and not loaded and not (out / "report.json").exists()
+
+
+def test_a_region_that_meets_a_video_only_turned_waits_for_its_frames():
+    """A phone video coded 64x48 may be shown 48x64 (its rotation tag): a region inside the
+    turned frame is not refused on the coded size."""
+    from pipeline.region import Region, RegionError
+
+    Region.parse("0,50,10,10").check_coded_size(64, 48)  # inside 48 wide x 64 high
+    with pytest.raises(RegionError, match="outside the 64x48 frames"):
+        Region.parse("70,70,5,5").check_coded_size(64, 48)

@@ -229,6 +229,10 @@ def build_pipeline(args):
     sources = open_sources(specs, reconnect=reconnect, decode_threads=args.decode_threads,
                            camera=camera, password=source_password(specs))
     try:
+        for source in sources:  # a pixel --roi no frame of a video meets: before the model loads
+            size = getattr(source, "coded_size", None)
+            if args.roi is not None and size:
+                args.roi.check_coded_size(*size)
         detector = build_detector(args)
     except BaseException:
         for source in sources:

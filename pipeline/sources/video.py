@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -118,6 +118,13 @@ class VideoFileSource(Source):
     @property
     def total_frames(self) -> Optional[int]:
         return self._total
+
+    @property
+    def coded_size(self) -> Optional[Tuple[int, int]]:
+        """(width, height) as coded, known once opened: the frames' own size, or turned a
+        quarter by the rotation tag, which is read as they are decoded."""
+        context = self._stream.codec_context if self._stream is not None else None
+        return (context.width, context.height) if context and context.width and context.height else None
 
     @property
     def fps(self) -> Optional[float]:
