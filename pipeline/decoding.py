@@ -58,8 +58,10 @@ def source_frames(source: Source, max_frames: Optional[int], draining: threading
     source that fails (a truncated file, a lost stream) ends like one that finished: the frames
     it gave still reach the sinks, the other sources go on, and its error is added to
     `failures`, which the run raises at its end."""
+    if sample_fps is not None and source.takes_frame_filter:  # it skips them before decoding ends
+        source.frame_filter = FrameSampler(sample_fps).keep
     frames = iter(source)
-    if sample_fps is not None:
+    if sample_fps is not None and not source.takes_frame_filter:
         frames = _sampled(frames, source, sample_fps)
     try:
         yield from (frames if max_frames is None else itertools.islice(frames, max_frames))

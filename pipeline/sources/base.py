@@ -96,6 +96,11 @@ class Source(abc.ABC):
 
     kind = "source"
     live = False  # live sources keep the newest frame when the consumer is slow, and count drops
+    # a run's frame rate (`Pipeline(sample_fps=)`) applied by the source itself, which then skips
+    # the frames fn(timestamp, connection) refuses before making their pictures (counted as
+    # sampled_out): a source that can says so; the others are sampled as they give their frames
+    takes_frame_filter = False
+    frame_filter = None
 
     def __init__(self, name: str):
         self.name = name
