@@ -58,8 +58,9 @@ def source_frames(source: Source, max_frames: Optional[int], draining: threading
     source that fails (a truncated file, a lost stream) ends like one that finished: the frames
     it gave still reach the sinks, the other sources go on, and its error is added to
     `failures`, which the run raises at its end."""
-    if sample_fps is not None and source.takes_frame_filter:  # it skips them before decoding ends
-        source.frame_filter = FrameSampler(sample_fps).keep
+    if source.takes_frame_filter:  # it skips them before their pictures are made (this run's:
+        # a Source object of one's own run again without a rate keeps none of an earlier one's)
+        source.frame_filter = None if sample_fps is None else FrameSampler(sample_fps).keep
     frames = iter(source)
     if sample_fps is not None and not source.takes_frame_filter:
         frames = _sampled(frames, source, sample_fps)
