@@ -13,6 +13,7 @@ from typing import List
 
 from .errors import ModelError
 from .loader import ENGINE_SUFFIXES, MODEL_FILE_KINDS, tensorrt_usable
+from .tensorrt.dla import dla_summary
 from .tensorrt.record import EngineRecord
 
 
@@ -99,9 +100,7 @@ def format_description(info: dict) -> str:
                      f"opt {_shape(profile['opt'])}, max {_shape(profile['max'])}")
         dla = (record.get("builder") or {}).get("dla")
         if dla:
-            lines.append(f"  DLA core {dla['core']}: {dla['layers'] - dla['gpu_fallback_layers']} "
-                         f"of {dla['layers']} layers the DLA can run (TensorRT's per-layer check), "
-                         "the rest on the GPU")
+            lines.append(f"  {dla_summary(dla)}, the rest on the GPU")
     else:
         lines.append("  no dbrt record (.json sidecar): engine built outside dbrt")
     for key in ("inputs", "outputs"):

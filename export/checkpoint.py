@@ -274,21 +274,28 @@ def sidecar_calib_method(path) -> Optional[str]:
 POST_KEYS = ("thresh", "box_thresh", "unclip_ratio")
 
 
+def validation_records(text: str, bad_line=None) -> list:
+    """The records (JSON objects) of a run's val.jsonl text; `bad_line(number)` hears of each
+    line that is none (one cut short by a kill)."""
+    import json
+
+    records = []
+    for number, line in enumerate(text.splitlines(), 1):
+        try:
+            records.append(dict(json.loads(line)))
+        except (ValueError, TypeError):
+            if bad_line is not None:
+                bad_line(number)
+    return records
+
+
 def logged_validation(path, step) -> Optional[dict]:
     """A run checkpoint's validation as the run logged it: the latest line for `step` of the
     val.jsonl beside it (last.pt's or a snapshot's; best.pt holds its own), None when there is
-    none. Lines that are not JSON objects (one cut short by a kill) are passed over."""
-    import json
-
-    log, found = Path(path).parent / "val.jsonl", None
-    for line in log.read_text().splitlines() if log.is_file() else ():
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(entry, dict) and entry.get("step") == step and "hmean" in entry:
-            found = entry
-    return found
+    none. The file is only read (a shipped run's folder may be read-only)."""
+    log = Path(path).parent / "val.jsonl"
+    records = validation_records(log.read_text()) if log.is_file() else []
+    return next((r for r in reversed(records) if r.get("step") == step and "hmean" in r), None)
 
 
 def trained_post_settings(path, _depth: int = 0) -> dict:

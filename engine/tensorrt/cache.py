@@ -192,10 +192,11 @@ def cached_engine_runner(onnx_path: os.PathLike, precision: str = "auto",
     backend = backend or _cuda.require_backend("the TensorRT engine cache")
     options = BuildOptions(precision=precision, profile=profile, **build_options)
     path = cached_engine_path(onnx_path, options, backend)
-    if not _complete(path) or _calibrated_from_another_cache(path, options):
+    stale = lambda: not _complete(path) or _calibrated_from_another_cache(path, options)  # noqa: E731
+    if stale():
         _check_writable(path.parent)
         with _building(path):  # another process building it: wait, then take its engine
-            if not _complete(path) or _calibrated_from_another_cache(path, options):
+            if stale():
                 trt = require_tensorrt()
                 if options.timing_cache is None:
                     device = backend.device_info()

@@ -65,6 +65,12 @@ def configure_dla(trt, network, config, core: int) -> dict:
             "gpu_fallback_examples": on_gpu[:5]}
 
 
+def dla_summary(dla: dict) -> str:
+    """The record's DLA entry in words, as `dbrt build` and `dbrt info` show it."""
+    return (f"DLA core {dla['core']}: {dla['layers'] - dla['gpu_fallback_layers']} of "
+            f"{dla['layers']} layers the DLA can run (TensorRT's per-layer check)")
+
+
 def use_dla_core(trt, runtime, asked: Optional[int], record, engine_name: str) -> Optional[int]:
     """Before deserializing: the runtime loads the engine's DLA parts on the core asked for,
     else on the one its record names; returns that core (None: a GPU engine, or one built

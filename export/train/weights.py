@@ -11,14 +11,13 @@ import torch.nn.functional as F
 from engine.errors import ModelError
 from engine.shapes import DEFAULT_MULTIPLES
 
-from ..checkpoint import BN_COUNTER, load_file, normalise_keys, unwrap
+from ..checkpoint import BN_COUNTER, load_file, normalise_keys, unwrap, validation_records
 
 
 def read_validation_log(path) -> list:
     """The records of a run's val.jsonl. A last line cut short (the run was killed mid-append,
     the disk filled) is cut off, so the next record starts on a line of its own; any other line
     that is not a JSON object is skipped and said."""
-    import json
     import sys
 
     if not path.exists():
@@ -27,14 +26,8 @@ def read_validation_log(path) -> list:
     if text and not text.endswith("\n"):
         text = text[:text.rfind("\n") + 1]
         path.write_text(text)
-    records = []
-    for number, line in enumerate(text.splitlines(), 1):
-        try:
-            records.append(dict(json.loads(line)))
-        except (ValueError, TypeError):
-            print(f"dbrt train: {path}, line {number}: not a validation record, skipped",
-                  file=sys.stderr)
-    return records
+    return validation_records(text, lambda number: print(
+        f"dbrt train: {path}, line {number}: not a validation record, skipped", file=sys.stderr))
 
 
 def read_checkpoint(path) -> dict:

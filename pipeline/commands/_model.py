@@ -56,7 +56,7 @@ def check_trust_engine_code(args) -> None:
                          f"only; {model or 'the shipped model'} is not one: drop the flag")
 
 
-def check_dla_core(args) -> None:
+def check_dla_flag(args) -> None:
     """--dla-core where no TensorRT engine runs locally, or with an .onnx and no fixed input
     size, is an error naming the flags (not an option name, or a build that fails)."""
     core = getattr(args, "dla_core", None)

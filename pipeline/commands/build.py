@@ -190,6 +190,7 @@ def run(args) -> int:
     from engine.onnx_info import summarize_onnx
     from engine.tensorrt.progress import BuildProgress
     from engine.tensorrt.build import build_engine_file
+    from engine.tensorrt.dla import dla_summary
 
     profile = profile_from_args(args)             # flag mistakes before TensorRT is looked for
     output = engine_path(args)
@@ -209,8 +210,6 @@ def run(args) -> int:
     dla = record.builder.get("dla")
     if dla:  # what the DLA could not take runs on the GPU, a copy at every change of device
         examples = ", ".join(dla["gpu_fallback_examples"])
-        print(f"DLA core {dla['core']}: {dla['layers'] - dla['gpu_fallback_layers']} of "
-              f"{dla['layers']} layers the DLA can run (TensorRT's per-layer check)"
-              + (f"; on the GPU: {examples}{', ...' if dla['gpu_fallback_layers'] > 5 else ''}"
-                 if examples else ""))
+        print(dla_summary(dla) + (f"; on the GPU: {examples}"
+                                  f"{', ...' if dla['gpu_fallback_layers'] > 5 else ''}" if examples else ""))
     return 0

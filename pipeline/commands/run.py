@@ -168,11 +168,11 @@ def _check_flag_pairs(args) -> None:
 
     from engine.errors import DbrtError
 
-    from ._model import check_dla_core, check_trust_engine_code, spec_changes
+    from ._model import check_dla_flag, check_trust_engine_code, spec_changes
 
     spec_changes(args)  # --max-side with --limit-side / --limit-type
     check_trust_engine_code(args)
-    check_dla_core(args)
+    check_dla_flag(args)
     if args.serve and args.serve_token is None and "DBRT_SERVE_TOKEN" in os.environ:
         args.serve_token = os.environ["DBRT_SERVE_TOKEN"]
         if not args.serve_token.strip():
