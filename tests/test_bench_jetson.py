@@ -62,13 +62,14 @@ def test_a_carrier_board_named_by_its_maker_is_a_jetson_by_its_l4t_release(orin)
                                     "power_mode": "30W"}
 
 
-def test_bench_model_dla_core_without_an_fp16_or_int8_precision_is_refused(capsys):
-    """The DLA times FP16 / INT8 engines only, and --precisions defaults to fp32: `dbrt bench
-    model --dla-core 0` swept every size without a DLA row and said nothing of it."""
-    from benchmarks import model_bench
+def test_a_sweep_asked_for_dla_rows_says_when_it_has_none():
+    """The DLA computes in FP16 / INT8: TensorRT 8.6 / 10.x build FP16 from the FP32 ONNX (DLA
+    rows without --precisions fp16, tests/test_engine_dla.py), 11.x only from an FP16 ONNX, so
+    a sweep there without one has no DLA row and says why, rather than nothing."""
+    from benchmarks.model_bench import dla_note
+    from benchmarks.model_targets import Target
 
-    with pytest.raises(SystemExit) as caught:
-        model_bench.main(["--dla-core", "0"])
-    assert caught.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert "--dla-core" in err[-1] and "--precisions fp16" in err[-1], err
+    gpu = Target("tensorrt", "cuda", "fp32", prepare=None)
+    dla = Target("tensorrt", "dla0", "fp16", prepare=None)
+    assert dla_note([gpu], None) is None and dla_note([gpu, dla], 0) is None
+    assert "add --precisions fp16 (or int8) for DLA core 1" in dla_note([gpu], 1)
