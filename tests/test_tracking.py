@@ -224,8 +224,9 @@ def test_a_stream_that_fails_for_good_ends_its_tracks_while_the_others_go_on(tmp
     run = threading.Thread(target=lambda: errors.append(pytest.raises(Exception, pipe.run)))
     run.start()
     try:
-        until(lambda: dying.state == "failed" and not events.book.live(1),
-              "stream 1's tracks to end")
+        # the sink thread ends the book's tracks, then writes their lines: wait for both
+        until(lambda: dying.state == "failed" and not events.book.live(1)
+              and (tmp_path / "events.jsonl").read_text(), "stream 1's tracks to end")
         lines = [json.loads(x) for x in (tmp_path / "events.jsonl").read_text().splitlines()]
         assert [(x["event"], x["stream"]) for x in lines] == [("end", 1)]
         assert healthy.state == "up" and events.book.live(0)
