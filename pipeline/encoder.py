@@ -18,7 +18,8 @@ from engine.lazy import require
 # video clock: exact for 24, 25, 30, 50, 60 and NTSC 29.97 / 59.94 fps; MPEG-4 part 2 allows
 # time bases up to 1/65535
 TICKS = 60000
-FRAGMENT_S = 2.0  # a live stream's MP4 fragment: what a kill may lose of the annotated video
+FRAGMENT_S = 2.0  # an MP4 fragment: what a kill may lose of the annotated video (2-8% larger
+# files than x264's own keyframe spacing: the street and lightbox videos at crf 23)
 # a live stream's clock that runs this far ahead of the frames' arrival (2 s) jumped: buffering
 # and network stalls stay well within it
 JUMP = 2 * TICKS
@@ -38,8 +39,8 @@ def encoder_options(codec: str, crf: int, live: bool) -> dict:
     if codec.endswith("_nvenc"):  # b 0: no 2 Mb/s cap (NVENC's default) on the quality
         # forced-idr: NVENC makes a frame asked for as I a plain intra frame, which starts no
         # MP4 fragment (x264 makes it an IDR frame, a keyframe, by itself)
-        return {"preset": "p3", "rc": "vbr", "cq": str(crf), "b": "0",
-                **({"tune": "ll", "zerolatency": "1", "forced-idr": "1", "delay": "0"} if live else {})}
+        return {"preset": "p3", "rc": "vbr", "cq": str(crf), "b": "0", "forced-idr": "1",
+                **({"tune": "ll", "zerolatency": "1", "delay": "0"} if live else {})}
     return {}
 
 
@@ -64,16 +65,18 @@ def check_encoder(codec: str) -> None:
                         f"{getattr(exc, 'strerror', None) or exc}{needs}") from None
 
 
-def _live_muxing(path: Path, live: bool) -> dict:
-    """A live run ends by SIGKILL, a crash or a power cut as often as cleanly, and a plain MP4
-    is unreadable until its index is written at the close: a live stream's MP4 is written as
+def _muxing(path: Path) -> dict:
+    """A run ends by SIGKILL, an out-of-memory kill or a power cut as well as cleanly, and a
+    plain MP4 is unreadable until its index is written at the close: every MP4 is written as
     fragments that each start at a keyframe, flushed as they are written, so all but the last
-    seconds stay playable; a clean close adds an index of the fragments at the start, without
-    which browsers take the first fragments' length for the video's. (Matroska needs nothing:
-    it is readable when cut short.)"""
-    if not live or path.suffix.lower() not in MP4_SUFFIXES:
+    seconds stay playable. `delay_moov` writes the header once the first fragment is known,
+    with the edit list that starts a video with B-frames at 0 (`empty_moov`'s header, written
+    first, has none: the picture came two frames late); a clean close adds an index of the
+    fragments at the start, without which browsers take the first fragments' length for the
+    video's. (Matroska needs nothing: it is readable when cut short.)"""
+    if path.suffix.lower() not in MP4_SUFFIXES:
         return {}
-    return {"movflags": "frag_keyframe+empty_moov+default_base_moof+global_sidx",
+    return {"movflags": "frag_keyframe+delay_moov+default_base_moof+global_sidx",
             "flush_packets": "1"}
 
 
@@ -96,7 +99,7 @@ class VideoEncoder:
         self.path = path
         with self._naming_the_file():
             path.parent.mkdir(parents=True, exist_ok=True)
-            self.container = av.open(str(path), mode="w", options=_live_muxing(path, live))
+            self.container = av.open(str(path), mode="w", options=_muxing(path))
         rate = Fraction(fps).limit_denominator(1001) if fps else Fraction(25)
         self.stream = self.container.add_stream(codec, rate=rate)
         self.stream.width, self.stream.height = width - width % 2, height - height % 2
@@ -104,11 +107,11 @@ class VideoEncoder:
         if self.stream.codec_context.codec.canonical_name == "hevc" and path.suffix.lower() in MP4_SUFFIXES:
             self.stream.codec_tag = "hvc1"  # FFmpeg's hev1, which Safari and Apple's players refuse
         self.stream.codec_context.time_base = Fraction(1, TICKS)
-        if live:  # no B-frames, whose decoding delay a fragmented MP4 shows as a shifted start
-            # (it has no edit list to undo it); keyframes, so fragments, come by time (encode)
+        if live:  # no B-frames, which hold frames back in the encoder (a live run's latency,
+            # and what a kill loses); keyframes, so fragments, come by time (encode)
             self.stream.codec_context.max_b_frames = 0
         self.stream.options = encoder_options(codec, crf, live)
-        self._last_key: Optional[int] = None  # pts of the last keyframe asked for (live)
+        self._last_key: Optional[int] = None  # pts of the last keyframe asked for
         self._av = av
         self._step = max(1, round(TICKS / rate))  # one frame at the nominal rate
         self._fixed_rate = fixed_rate
@@ -128,7 +131,7 @@ class VideoEncoder:
         # muxer's guess was one frame of the nominal rate (1/30 s of a 30 FPS video sampled at
         # 5 FPS); the encoders leave a packet's duration 0, so it is set as the packet comes out
         self._durations[vframe.pts] = self._step if last is None else vframe.pts - last
-        if self._live and (self._last_key is None or vframe.pts - self._last_key >= FRAGMENT_S * TICKS):
+        if self._last_key is None or vframe.pts - self._last_key >= FRAGMENT_S * TICKS:
             vframe.pict_type = self._av.video.frame.PictureType.I  # a fragment every FRAGMENT_S
             self._last_key = vframe.pts  # of video, however slowly a run writes (50 frames: 13 s)
         with self._naming_the_file():  # FFmpeg opens the file at the first packet

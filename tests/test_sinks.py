@@ -243,6 +243,28 @@ def test_a_live_streams_video_stays_playable_when_the_run_is_killed(tmp_path):
     assert b"sidx" in (tmp_path / "live.mp4").read_bytes()[:4096]
 
 
+def test_a_files_video_stays_playable_when_the_run_is_killed_and_starts_at_zero(tmp_path):
+    """A file run's annotated MP4 was a plain one, unreadable until its close: a run killed
+    outright (an out-of-memory kill, a power cut) an hour into a long recording lost all of it.
+    It keeps x264's B-frames (live streams drop them for latency), whose decoding delay must
+    not shift its start (a fragmented MP4's header written first has no edit list)."""
+    av = pytest.importorskip("av")
+    ramp = np.linspace(0, 255, 64, dtype=np.uint8)
+    sink = VideoSink(tmp_path / "file.mp4", fps_by_stream={0: 10})
+    for i in range(60):  # 6 s at 10 fps, a moving picture: B-frames
+        picture = np.broadcast_to(np.roll(ramp, 2 * i)[None, :, None], (48, 64, 3)).copy()
+        sink.write(Frame(picture, i, i / 10, "clip.mp4", 0), Detections.from_quads(QUAD[:0], []))
+    killed = tmp_path / "killed.mp4"
+    killed.write_bytes((tmp_path / "file.mp4").read_bytes())  # the file as a kill leaves it
+    sink.close()
+    with av.open(str(killed)) as container:
+        assert sum(1 for _ in container.decode(video=0)) >= 40
+    with av.open(str(tmp_path / "file.mp4")) as container:
+        assert container.streams.video[0].codec_context.has_b_frames
+    assert written_times(av, tmp_path / "file.mp4") == [round(i / 10, 4) for i in range(60)]
+    assert b"sidx" in (tmp_path / "file.mp4").read_bytes()[:4096]
+
+
 def test_a_fixed_rate_ignores_timestamps(tmp_path):
     av = pytest.importorskip("av")
     with VideoSink(tmp_path / "v.mp4", fps=5) as sink:

@@ -21,9 +21,10 @@ def test_each_encoder_gets_its_quality_and_latency_settings():
     assert encoder_options("libx264", 23, False) == {"crf": "23", "preset": "veryfast"}
     assert encoder_options("libx264", 23, True)["tune"] == "zerolatency"
     nvenc = encoder_options("h264_nvenc", 23, False)
-    assert nvenc == {"preset": "p3", "rc": "vbr", "cq": "23", "b": "0"}  # constant quality
+    assert nvenc == {"preset": "p3", "rc": "vbr", "cq": "23", "b": "0",  # constant quality
+                     "forced-idr": "1"}
     assert encoder_options("hevc_nvenc", 30, True) == dict(nvenc, cq="30", tune="ll", zerolatency="1",
-                                                           delay="0", **{"forced-idr": "1"})
+                                                           delay="0")
     assert VIDEO_CODECS[0] == "libx264"
 
 
@@ -39,11 +40,13 @@ def test_every_encoder_option_is_one_this_ffmpeg_knows(codec, live):
     assert set(encoder_options(codec, 23, live)) <= names
 
 
-def test_a_live_nvenc_stream_forces_idr_keyframes():
-    """A live MP4 starts a fragment at each keyframe the encoder asks for every 2 s; NVENC
-    makes a frame asked for as I an IDR frame (a keyframe) only with forced-idr."""
+@pytest.mark.parametrize("live", [False, True])
+def test_nvenc_forces_idr_keyframes(live):
+    """An MP4 starts a fragment at each keyframe the encoder asks for every 2 s (a file's as a
+    live stream's); NVENC makes a frame asked for as I an IDR frame (a keyframe) only with
+    forced-idr."""
     for codec in ("h264_nvenc", "hevc_nvenc"):
-        assert encoder_options(codec, 23, True)["forced-idr"] == "1"
+        assert encoder_options(codec, 23, live)["forced-idr"] == "1"
 
 
 def test_x264_opens_and_an_unknown_encoder_is_named():
