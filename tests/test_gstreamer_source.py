@@ -224,6 +224,44 @@ def test_a_pipeline_that_ends_ends_the_source_without_reconnect():
     assert 1 <= len(frames) <= 4 and source.stats.read == 4
 
 
+def _hang_up_after(frames: bytes, connections: int):
+    """A TCP server on localhost that sends `frames` on each of `connections` connections,
+    hangs up each time, then stops listening: (its port, its thread)."""
+    import socket
+
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def serve():
+        with server:
+            for _ in range(connections):
+                conn, _ = server.accept()
+                with conn:
+                    conn.sendall(frames)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return server.getsockname()[1], thread
+
+
+@needs_gst
+def test_a_network_pipeline_is_restarted_after_its_end_of_stream_then_gives_up_in_one_line():
+    """tcpclientsrc reaches its end of stream when the server hangs up: an outage, restarted;
+    once the server is gone each start fails (gst-launch exits 1) and the source gives up after
+    its retries, in one line that names it once."""
+    from pipeline.sources.live import Reconnect
+
+    port, server = _hang_up_after(bytes(8 * 4 * 3) * 2, connections=2)
+    spec = f"gst:tcpclientsrc host=127.0.0.1 port={port} ! rawvideoparse width=8 height=4 format=bgr"
+    source = open_source(spec, reconnect=Reconnect(retries=2, delay=0.01))
+    with pytest.raises(SourceError, match="gave up after 2 reconnect attempts") as caught:
+        list(source)
+    server.join(10)
+    message = str(caught.value)
+    assert source.stats.read == 4 and source.stats.reconnects == 1
+    assert "\n" not in message and message.count("tcpclientsrc host=") == 1, message
+    assert "Could not open resource for reading" in message
+
+
 @needs_gst
 def test_an_unknown_element_is_gstreamers_own_message():
     with pytest.raises(SourceError, match='no element "nosuchelement"'):

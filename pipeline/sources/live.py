@@ -254,8 +254,8 @@ class LiveSource(Source):
                 return False
             try:
                 self._connect()
-            except SourceError as exc:
-                last = str(exc)
+            except SourceError as exc:  # its name is said once, in the line that gives up
+                last = str(exc).removeprefix(f"{self.name}: ")
                 self.stats.note(f"reconnect attempt {attempt} failed: {last}")
                 continue
             self.stats.add(reconnects=1)
