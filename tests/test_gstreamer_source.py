@@ -225,6 +225,90 @@ def test_a_pipeline_that_ends_ends_the_source_without_reconnect():
 
 
 @needs_gst
+def test_a_local_live_pipeline_that_ends_by_itself_ends_the_run(tmp_path, tiny_onnx):
+    """`videotestsrc num-buffers=4` (as `v4l2src num-buffers=100`) reaches its end of stream and
+    gst-launch exits 0: the source's end. It was restarted as after an outage, each start
+    delivering frames, so its retries never ran out and the run never ended (--max-frames
+    bounds that here)."""
+    from pipeline.cli import main
+
+    spec = "gst:videotestsrc num-buffers=4 ! video/x-raw,width=64,height=48"
+    out = tmp_path / "out"
+    rc = main(["run", spec, "--model", str(tiny_onnx), "-o", str(out), "--max-frames", "20",
+               "--threads", "1", "--quiet", "--no-video"])
+    assert rc == 0
+    source = json.loads((out / "report.json").read_text())["sources"][0]
+    assert source["live"] and source["state"] == "ended" and source["reconnects"] == 0
+    # all 4 read; a live source's newest frame wins, so some may be counted as dropped
+    assert source["read"] == 4 and source["delivered"] + source["dropped"] == 4
+    assert any("ended by itself (end of stream)" in e for e in source["events"])
+    assert len((out / "detections.jsonl").read_text().splitlines()) == source["delivered"]
+
+
+@pytest.mark.parametrize("description, network", [
+    ("videotestsrc num-buffers=2 ! videoconvert", False),
+    ("v4l2src num-buffers=100 ! videoconvert", False),
+    ("nvarguscamerasrc sensor-id=0 ! nvvidconv", False),
+    ("videotestsrc ! queue name=rtsp", False),
+    ("rtspsrc location=rtsp://cam/1 ! rtph264depay ! h264parse ! avdec_h264", True),
+    ("udpsrc port=5000 caps=application/x-rtp ! rtph264depay ! avdec_h264", True),
+    ("souphttpsrc location=http://cam/live.m3u8 ! hlsdemux ! decodebin", True),
+    ("srtclientsrc uri=srt://cam:7001 ! tsdemux ! decodebin", True),
+    ("tcpclientsrc host=cam port=5000 ! rawvideoparse width=8 height=4", True),
+    ("uridecodebin uri=rtsp://cam/1", True),
+    ("nvurisrcbin uri=RTSP://cam/1", True),  # an element not listed: its URL says it
+])
+def test_only_a_network_pipelines_end_of_stream_is_an_outage(description, network):
+    """An end of stream of a pipeline that receives over the network is a server that hung up
+    (restarted under the reconnect policy); any other one is the source's end."""
+    from pipeline.sources.gstreamer import reads_network
+
+    assert reads_network(description.split()) is network
+    source = GStreamerSource(description)
+    assert source.live and source.reconnect is not None
+    assert source._ended_by_itself() is not network
+    assert not parse_source("csi://0")._ended_by_itself()  # asks for no end: a fault, reopened
+
+
+def _hang_up_after(frames: bytes, connections: int):
+    """A TCP server on localhost that sends `frames` on each of `connections` connections,
+    hangs up each time, then stops listening: (its port, its thread)."""
+    import socket
+
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def serve():
+        with server:
+            for _ in range(connections):
+                conn, _ = server.accept()
+                with conn:
+                    conn.sendall(frames)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return server.getsockname()[1], thread
+
+
+@needs_gst
+def test_a_network_pipeline_is_restarted_after_its_end_of_stream_then_gives_up_in_one_line():
+    """tcpclientsrc reaches its end of stream when the server hangs up: an outage, restarted;
+    once the server is gone each start fails (gst-launch exits 1) and the source gives up after
+    its retries, in one line that names it once."""
+    from pipeline.sources.live import Reconnect
+
+    port, server = _hang_up_after(bytes(8 * 4 * 3) * 2, connections=2)
+    spec = f"gst:tcpclientsrc host=127.0.0.1 port={port} ! rawvideoparse width=8 height=4 format=bgr"
+    source = open_source(spec, reconnect=Reconnect(retries=2, delay=0.01))
+    with pytest.raises(SourceError, match="gave up after 2 reconnect attempts") as caught:
+        list(source)
+    server.join(10)
+    message = str(caught.value)
+    assert source.stats.read == 4 and source.stats.reconnects == 1
+    assert "\n" not in message and message.count("tcpclientsrc host=") == 1, message
+    assert "Could not open resource for reading" in message
+
+
+@needs_gst
 def test_an_unknown_element_is_gstreamers_own_message():
     with pytest.raises(SourceError, match='no element "nosuchelement"'):
         open_source("gst:nosuchelement ! video/x-raw")

@@ -68,6 +68,25 @@ def reads_file(words) -> bool:
         w.startswith("uri=file:") for w in words)
 
 
+# elements that receive over the network: their end of stream is a server that hung up or a
+# stream that paused (rtspsrc on a BYE, souphttpsrc at the end of a response, hlsdemux at a
+# playlist's end), not the end of what the user meant to read
+_NETWORK_ELEMENTS = ("rtspsrc", "souphttpsrc", "curlhttpsrc", "udpsrc", "tcpclientsrc",
+                     "tcpserversrc", "srtsrc", "srtclientsrc", "srtserversrc", "rtmpsrc",
+                     "rtmp2src", "ristsrc", "rtpsrc", "webrtcsrc", "whepsrc", "ndisrc",
+                     "hlsdemux", "hlsdemux2", "dashdemux", "dashdemux2", "mssdemux", "mssdemux2")
+_URL_PROPERTY = re.compile(r"(?:uri|location)=([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+def reads_network(words) -> bool:
+    """Whether a pipeline receives over the network: a network element anywhere, or a uri= /
+    location= that is a URL other than file:// (uridecodebin, urisourcebin, playbin,
+    nvurisrcbin, giosrc, ... whatever element takes it)."""
+    urls = (_URL_PROPERTY.match(w) for w in words)
+    return any(e in _NETWORK_ELEMENTS for e in elements(words)) or any(
+        url is not None and url.group(1).lower() != "file" for url in urls)
+
+
 def _refuse_placeholders(description: str) -> None:
     """gst-launch-1.0 reads its pipeline from its command line only: a password filled in there
     would be shown to every local user (`ps`), which is what a placeholder is meant to avoid."""
@@ -92,8 +111,14 @@ def parse_caps(text: str) -> dict:
 class GStreamerSource(LiveSource):
     """A gst-launch pipeline description that produces video (no sink: dbrt adds its own).
 
-    Live (cameras, streams): the newest frame wins when the consumer is slow (drops are counted),
-    and a pipeline that stops is restarted under `reconnect`. A pipeline that reads a file
+    Live (cameras, streams): the newest frame wins when the consumer is slow (drops are counted).
+    A live pipeline that fails (gst-launch exits with an error) is restarted under `reconnect`.
+    One that reaches its end of stream (gst-launch exits 0: `v4l2src num-buffers=100`) has
+    ended, and so has the source, unless it receives over the network (`reads_network`: an
+    rtspsrc, souphttpsrc, udpsrc, ... or a uri= / location= URL other than file://): there an
+    end of stream is a server that hung up, restarted as an outage (`ends_at_eos` says which).
+    A CSI camera (`csi://N`) is reopened as other cameras are: dbrt's pipeline asks for no end,
+    so an end of stream there is a fault. A pipeline that reads a file
     (`filesrc`, `multifilesrc`, `splitmuxsrc`, `uridecodebin uri=file:...`; or `live=False`) is
     not live: every frame is delivered (GStreamer waits for dbrt), timestamps are frame index /
     rate, and its end is the source's end."""
@@ -101,7 +126,8 @@ class GStreamerSource(LiveSource):
     kind = "gstreamer"
 
     def __init__(self, description: str, name: Optional[str] = None,
-                 reconnect: Optional[Reconnect] = Reconnect(retries=3), live: Optional[bool] = None):
+                 reconnect: Optional[Reconnect] = Reconnect(retries=3), live: Optional[bool] = None,
+                 ends_at_eos: Optional[bool] = None):
         description = description.strip().rstrip("!").strip()
         if not description:
             raise SourceError("gst: an empty GStreamer pipeline")
@@ -116,6 +142,7 @@ class GStreamerSource(LiveSource):
             raise SourceError(f"gst: end the pipeline before its sink (dbrt adds its own), got "
                               f"{last!r} at the end of {description!r}")
         self.live = not reads_file(self._words) if live is None else live
+        self.ends_at_eos = not reads_network(self._words) if ends_at_eos is None else ends_at_eos
         super().__init__(name or f"gst:{description}", reconnect if self.live else None)
         self.description = description
         self.mode: Optional[dict] = None  # width, height, fps the pipeline negotiated
@@ -140,7 +167,7 @@ class GStreamerSource(LiveSource):
             raise SourceError("a CSI camera (csi://N) has no pixel format to choose: drop "
                               "--camera-fourcc")
         pipeline = csi_pipeline(sensor, width or 1920, height or 1080, fps or 30.0)
-        return cls(pipeline, name=f"csi://{sensor}", reconnect=reconnect)
+        return cls(pipeline, name=f"csi://{sensor}", reconnect=reconnect, ends_at_eos=False)
 
     @property
     def fps(self) -> Optional[float]:
@@ -181,6 +208,9 @@ class GStreamerSource(LiveSource):
                 proc.send_signal(signal.SIGINT)
 
     # -- LiveSource hooks -----------------------------------------------------------------------
+    def _ended_by_itself(self) -> bool:
+        return self.ends_at_eos  # its end of stream: what it was told to send was sent
+
     def _connect(self) -> None:
         if os.name != "posix":  # file-descriptor passing and select() on pipes
             raise SourceError(f"{self.name}: GStreamer sources run on Linux / macOS only")

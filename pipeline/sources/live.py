@@ -139,6 +139,12 @@ class LiveSource(Source):
     @abc.abstractmethod
     def _disconnect(self) -> None: ...
 
+    def _ended_by_itself(self) -> bool:
+        """Whether a clean end of stream (`_read` returned None) is the source's own end, not a
+        lost connection: never for a stream received over the network, whose server hanging up
+        ends it the same way; a source that can tell (a local GStreamer pipeline) says so."""
+        return False
+
     # -- lifecycle --------------------------------------------------------------------------
     def open(self) -> "LiveSource":
         """Connect once, synchronously, so an unreachable source fails here with one line. A
@@ -235,11 +241,15 @@ class LiveSource(Source):
         return item
 
     def _recover(self) -> bool:
-        """Reconnect with back-off; False when the stream ended and no reconnect is configured.
+        """Reconnect with back-off; False when the stream ended by itself (`_ended_by_itself`),
+        or ended and no reconnect is configured.
         A file read over the network whose read failed ends with an error, not as an end of
         stream: its frames after that point are lost. (A live stream's server that stops
         sending fails the read the same way, so there it is the end.)"""
         self._disconnect_quietly()
+        if self.reconnect is not None and self._read_error is None and self._ended_by_itself():
+            self.stats.note("the stream ended by itself (end of stream): not reconnected")
+            return False
         if self.reconnect is None:
             if self._read_error is not None and not self.live:
                 raise SourceError(f"{self.name} ended early after {self._frames_read} frames: "
@@ -254,8 +264,8 @@ class LiveSource(Source):
                 return False
             try:
                 self._connect()
-            except SourceError as exc:
-                last = str(exc)
+            except SourceError as exc:  # its name is said once, in the line that gives up
+                last = str(exc).removeprefix(f"{self.name}: ")
                 self.stats.note(f"reconnect attempt {attempt} failed: {last}")
                 continue
             self.stats.add(reconnects=1)
