@@ -245,6 +245,25 @@ def test_a_local_live_pipeline_that_ends_by_itself_ends_the_run(tmp_path, tiny_o
     assert len((out / "detections.jsonl").read_text().splitlines()) == source["delivered"]
 
 
+@needs_gst
+def test_a_pipeline_that_ended_by_itself_is_no_fault_of_the_box():
+    """/healthz took a live pipeline that reached its own end for a camera that went down: a
+    box running `v4l2src num-buffers=N` beside cameras was kept unhealthy for good."""
+    from types import SimpleNamespace
+
+    from pipeline.serve.status import RunStatus
+    from pipeline.serve.view import LiveFrames
+
+    source = GStreamerSource("videotestsrc num-buffers=2 ! video/x-raw,width=64,height=48")
+    source.stream = 0
+    with source:
+        assert len(list(source)) >= 1
+    assert source.ended_by_itself
+    source.state = "ended"  # as the pipeline marks a source whose frames ran out
+    status = RunStatus(SimpleNamespace(sources=[source], detector=None), LiveFrames())
+    assert status.health() == (True, "ok")
+
+
 @pytest.mark.parametrize("description, network", [
     ("videotestsrc num-buffers=2 ! videoconvert", False),
     ("v4l2src num-buffers=100 ! videoconvert", False),

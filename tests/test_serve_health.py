@@ -156,18 +156,21 @@ def test_sources_that_fail_for_good_make_healthz_503_with_their_errors(tmp_path,
 
 def test_a_file_that_ended_whole_beside_a_camera_leaves_the_box_healthy():
     """A file read beside cameras made /healthz 503 for good once it ended (a liveness probe
-    restarts such a box for nothing); a failed or reconnecting stream still makes it 503."""
+    restarts such a box for nothing), as did a local GStreamer pipeline that reached its own
+    end; a failed or reconnecting stream still makes it 503."""
     from types import SimpleNamespace
 
     from pipeline.serve.status import RunStatus
     from pipeline.serve.view import LiveFrames
 
-    def source(stream, state, error=None, live=False):
+    def source(stream, state, error=None, live=False, ended_by_itself=False):
         return SimpleNamespace(stream=stream, name=f"s{stream}", state=state, error=error,
-                               live=live)
+                               live=live, ended_by_itself=ended_by_itself)
 
     pipe = SimpleNamespace(sources=[source(0, "ended"), source(1, "up", live=True),
-                                    source(2, "stopped", live=True)], detector=None)
+                                    source(2, "stopped", live=True),  # a gst: pipeline's own end
+                                    source(6, "ended", live=True, ended_by_itself=True)],
+                           detector=None)
     status = RunStatus(pipe, LiveFrames())
     assert status.health() == (True, "ok")
     pipe.sources += [source(3, "reconnecting", live=True), source(4, "failed", "gave up"),

@@ -67,8 +67,9 @@ class RunStatus:
         `stream 1 (rtsp://cam2/s) reconnecting`, or for a source that gave up or broke, `stream 0
         (cut.mp4) failed: cut.mp4 ended early: 63 of 935 frames decoded`, or `model server
         triton://host:8001/dbnet reconnecting`. A file that ended whole, or a source the run
-        stopped, is no fault (a file read beside cameras kept the box unhealthy for good); a
-        live stream that ended is."""
+        stopped, is no fault (a file read beside cameras kept the box unhealthy for good), nor a
+        local pipeline that reached its own end (`gst:... num-buffers=N`); a live stream that
+        ended otherwise is."""
         down = [_reason(s) for s in self.pipeline.sources if not _healthy(s)]
         server = self.model_server()
         if server is not None and server["state"] != "up":
@@ -82,7 +83,8 @@ class RunStatus:
 
 
 def _healthy(source) -> bool:
-    return source.state in ("up", "stopped") or (source.state == "ended" and not source.live)
+    return source.state in ("up", "stopped") or (source.state == "ended" and (
+        not source.live or getattr(source, "ended_by_itself", False)))
 
 
 def _reason(source) -> str:

@@ -128,6 +128,7 @@ class LiveSource(Source):
         self._attempts = None
         self._connection = 0  # reconnects so far: the connection a frame comes on
         self._iterated = False  # whether a consumer took the frames (else only open() read)
+        self.ended_by_itself = False  # its own end of stream ended it (no fault: /healthz)
 
     # -- subclass hooks ---------------------------------------------------------------------
     @abc.abstractmethod
@@ -249,6 +250,7 @@ class LiveSource(Source):
         self._disconnect_quietly()
         if self.reconnect is not None and self._read_error is None and self._ended_by_itself():
             self.stats.note("the stream ended by itself (end of stream): not reconnected")
+            self.ended_by_itself = True
             return False
         if self.reconnect is None:
             if self._read_error is not None and not self.live:
