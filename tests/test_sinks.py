@@ -223,24 +223,31 @@ def test_a_live_clock_that_jumps_ahead_goes_on_at_arrival_time(tmp_path):
         assert written_times(av, tmp_path / f"{live}.mp4") == expected
 
 
+def _killed_and_closed(av, path, frames, **sink_options) -> int:
+    """Writes `frames` to a VideoSink at `path`, copies the file as a kill would leave it,
+    closes the sink; returns how many frames the copy decodes to (the closed file: all)."""
+    sink = VideoSink(path, fps_by_stream={0: 10}, **sink_options)
+    for frame in frames:
+        sink.write(frame, Detections.from_quads(QUAD[:0], []))
+    killed = path.with_name("killed.mp4")
+    killed.write_bytes(path.read_bytes())  # the file as a kill leaves it
+    sink.close()
+    with av.open(str(path)) as container:
+        assert sum(1 for _ in container.decode(video=0)) == len(frames)
+    # closed cleanly, it starts with an index of its fragments: without one, a browser showed
+    # the first fragments' length (5.6 s of a 38 s video)
+    assert b"sidx" in path.read_bytes()[:4096]
+    with av.open(str(killed)) as container:
+        return sum(1 for _ in container.decode(video=0))
+
+
 def test_a_live_streams_video_stays_playable_when_the_run_is_killed(tmp_path):
     """A plain MP4 is unreadable until its index is written at the close: a SIGKILL lost the
     whole annotated video of a live run. Its fragments are on disk as they are written."""
     av = pytest.importorskip("av")
-    sink = VideoSink(tmp_path / "live.mp4", fps_by_stream={0: 10}, live_streams={0})
-    for i in range(60):  # 6 s at 10 fps: fragments of 2 s
-        sink.write(Frame(np.full((48, 64, 3), 4 * i, np.uint8), i, i / 10, "cam", 0, t_read=i / 10),
-                   Detections.from_quads(QUAD[:0], []))
-    killed = tmp_path / "killed.mp4"
-    killed.write_bytes((tmp_path / "live.mp4").read_bytes())  # the file as a kill leaves it
-    sink.close()
-    with av.open(str(killed)) as container:
-        assert sum(1 for _ in container.decode(video=0)) >= 40
-    with av.open(str(tmp_path / "live.mp4")) as container:
-        assert sum(1 for _ in container.decode(video=0)) == 60
-    # closed cleanly, it starts with an index of its fragments: without one, a browser showed
-    # the first fragments' length (5.6 s of a 38 s video)
-    assert b"sidx" in (tmp_path / "live.mp4").read_bytes()[:4096]
+    frames = [Frame(np.full((48, 64, 3), 4 * i, np.uint8), i, i / 10, "cam", 0, t_read=i / 10)
+              for i in range(60)]  # 6 s at 10 fps: fragments of 2 s
+    assert _killed_and_closed(av, tmp_path / "live.mp4", frames, live_streams={0}) >= 40
 
 
 def test_a_files_video_stays_playable_when_the_run_is_killed_and_starts_at_zero(tmp_path):
@@ -250,19 +257,12 @@ def test_a_files_video_stays_playable_when_the_run_is_killed_and_starts_at_zero(
     not shift its start (a fragmented MP4's header written first has no edit list)."""
     av = pytest.importorskip("av")
     ramp = np.linspace(0, 255, 64, dtype=np.uint8)
-    sink = VideoSink(tmp_path / "file.mp4", fps_by_stream={0: 10})
-    for i in range(60):  # 6 s at 10 fps, a moving picture: B-frames
-        picture = np.broadcast_to(np.roll(ramp, 2 * i)[None, :, None], (48, 64, 3)).copy()
-        sink.write(Frame(picture, i, i / 10, "clip.mp4", 0), Detections.from_quads(QUAD[:0], []))
-    killed = tmp_path / "killed.mp4"
-    killed.write_bytes((tmp_path / "file.mp4").read_bytes())  # the file as a kill leaves it
-    sink.close()
-    with av.open(str(killed)) as container:
-        assert sum(1 for _ in container.decode(video=0)) >= 40
+    frames = [Frame(np.broadcast_to(np.roll(ramp, 2 * i)[None, :, None], (48, 64, 3)).copy(),
+                    i, i / 10, "clip.mp4", 0) for i in range(60)]  # a moving picture: B-frames
+    assert _killed_and_closed(av, tmp_path / "file.mp4", frames) >= 40
     with av.open(str(tmp_path / "file.mp4")) as container:
         assert container.streams.video[0].codec_context.has_b_frames
     assert written_times(av, tmp_path / "file.mp4") == [round(i / 10, 4) for i in range(60)]
-    assert b"sidx" in (tmp_path / "file.mp4").read_bytes()[:4096]
 
 
 def test_a_fixed_rate_ignores_timestamps(tmp_path):
