@@ -205,3 +205,16 @@ def test_a_profile_nvdec_refuses_is_software_said_once_across_reconnects():
     decoding.opened(_stream(True, "cuda"))
     assert decoding.decoded(_stream(True, "yuv422p")) is None
 
+
+def test_the_gpu_proof_times_software_decoding_beside_nvdec_or_says_why_not(tmp_path):
+    from benchmarks import gpu_checks
+
+    rows = {row["hwaccel"]: row for row in gpu_checks.check_video_decoders(
+        write_video(tmp_path / "v.mp4", frames=5))}
+    software = rows[None]
+    assert software["decoder"] == "software" and software["frames"] == 5
+    assert software["fps"] > 0 and software["cpu_ms_per_frame"] >= 0
+    nvdec = rows["cuda"]
+    assert "NVDEC needs an NVIDIA GPU" in nvdec.get("error", "") or nvdec["frames"] == 5
+    with pytest.raises(gpu_checks.Skip, match="video not found"):
+        gpu_checks.check_video_decoders(None)
