@@ -218,3 +218,17 @@ def test_the_gpu_proof_times_software_decoding_beside_nvdec_or_says_why_not(tmp_
     assert "NVDEC needs an NVIDIA GPU" in nvdec.get("error", "") or nvdec["frames"] == 5
     with pytest.raises(gpu_checks.Skip, match="video not found"):
         gpu_checks.check_video_decoders(None)
+
+
+def test_a_cuda_device_without_the_nvdec_library_is_refused_not_decoded_in_software(monkeypatch):
+    """FFmpeg loads libnvcuvid at a stream's first frame and, failing, decodes in software: a
+    container without the driver's video capability would decode everything on the CPU."""
+    import ctypes
+
+    def missing(name, *args, **kwargs):
+        raise OSError(f"{name}: cannot open shared object file")
+
+    monkeypatch.setattr(ctypes, "CDLL", missing)
+    assert hwdecode.decoder_library_problem() in ("Cannot load libnvcuvid.so.1", "Cannot load nvcuvid.dll")
+    monkeypatch.setattr(ctypes, "CDLL", lambda name, *args, **kwargs: object())
+    assert hwdecode.decoder_library_problem() is None

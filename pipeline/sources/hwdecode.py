@@ -47,7 +47,25 @@ def device_problem(name: str) -> Optional[str]:
         return said[0] if said else (getattr(exc, "strerror", None) or str(exc))
     finally:
         logging.set_level(level)
-    _OPENED.add(name)
+    problem = decoder_library_problem()
+    if problem is None:
+        _OPENED.add(name)
+    return problem
+
+
+def decoder_library_problem() -> Optional[str]:
+    """Why the driver's NVDEC library cannot be loaded, or None. FFmpeg loads it at a stream's
+    first frame and, failing, decodes in software (PyAV's fallback): a CUDA device without it
+    (a container not given the driver's 'video' capability; a Jetson, whose driver has no
+    such library) would decode every stream in software, each said to be one NVDEC refused."""
+    import ctypes
+    import sys
+
+    library = "nvcuvid.dll" if sys.platform == "win32" else "libnvcuvid.so.1"
+    try:
+        ctypes.CDLL(library)
+    except OSError:
+        return f"Cannot load {library}"
     return None
 
 
