@@ -3,12 +3,13 @@ CUDA hwaccel in PyAV (`hwaccel="cuda"`; None, the default, decodes in software o
 whose H.264 / HEVC decoding is a GPU server's limit at 1080p: benchmarks/host_ceiling.py).
 
 FFmpeg decodes on the GPU and copies each frame back to system memory (NV12, inside PyAV's
-decode call), where it becomes the same upright BGR picture as a software-decoded one. PyAV is
-asked to fall back to software: a stream whose codec has no NVDEC decoder (PNG, ProRes) opens
-on FFmpeg's software decoder, and one whose profile NVDEC refuses (4:2:2 H.264, a frame larger
-than the chip decodes) is decoded in software from its first frame; either is said once in the
-source's events (`Decoding`). A CUDA device that cannot be opened (no NVIDIA GPU or driver) is
-no fallback: it is refused before the run."""
+decode call), where it becomes an upright BGR picture as a software-decoded one does. PyAV is
+asked to fall back to software (allow_software_fallback; without it a stream NVDEC refuses
+fails to decode): a stream whose codec has no NVDEC decoder (PNG, ProRes) opens on FFmpeg's
+software decoder, and one whose profile NVDEC refuses (4:2:2 H.264, a frame larger than the
+chip decodes) is decoded in software from its first frame; either is said once in the source's
+events (`Decoding`). A CUDA device that cannot be opened (no NVIDIA GPU or driver), or a driver
+without its NVDEC library, is no fallback: it is refused before the run."""
 from __future__ import annotations
 
 from typing import Optional
@@ -30,7 +31,8 @@ def device_problem(name: str) -> Optional[str]:
     try:
         from av.codec.hwaccel import HWAccel, hwdevices_available
     except ImportError:
-        return f"this PyAV ({av.__version__}) has no hardware decoding (PyAV 18 has it: pip install 'av>=18')"
+        return (f"this PyAV ({av.__version__}) has no hardware decoding (PyAV 18 has it: "
+                "pip install 'av>=18')")
     if name not in hwdevices_available():
         return f"this FFmpeg (PyAV {av.__version__}) has no {name} hardware decoding"
     logging = require("av.logging")
@@ -126,7 +128,8 @@ class Decoding:
         self._checked = True
         context = stream.codec_context
         # FFmpeg's decoder asks for its output format once it knows the stream: the GPU's
-        # ('cuda') when NVDEC set up, a software one when it refused the stream
+        # ('cuda') when NVDEC set up, a software one when it refused the stream (frame threads
+        # copy the choice back to this context)
         chosen = getattr(context.format, "name", None)
         if chosen == "cuda":
             self.decoder = "nvdec"
