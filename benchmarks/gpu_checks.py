@@ -272,3 +272,39 @@ def check_video_encoders(frames: Sequence[np.ndarray], codecs=("libx264", "h264_
                          "wall_ms_per_frame": round(1e3 * wall / len(pictures), 2),
                          "kib_per_frame": round(path.stat().st_size / 1024 / len(pictures), 1)})
     return rows
+
+
+def check_video_decoders(video, max_frames: int = 600, hwaccels=(None, "cuda")) -> List[dict]:
+    """A video file decoded to the pipeline's BGR pictures as `dbrt run` reads it
+    (VideoFileSource): frames per second, CPU and wall ms per frame (CPU: the whole process,
+    FFmpeg's threads included), software beside NVDEC (`dbrt run --hwaccel cuda`), or why
+    NVDEC cannot open here. `decoder` is the one that ran (software, when NVDEC refused the
+    stream)."""
+    import itertools
+
+    from engine.errors import DbrtError
+    from pipeline.sources import VideoFileSource
+    from pipeline.sources.hwdecode import check_hwaccel
+
+    if video is None or not Path(video).is_file():  # the proof passes None when it has none
+        raise Skip(f"video not found: {video}")
+    rows = []
+    for hwaccel in hwaccels:
+        try:
+            check_hwaccel(hwaccel)
+        except DbrtError as exc:
+            rows.append({"hwaccel": hwaccel, "decoder": "nvdec", "error": str(exc)})
+            continue
+        source = VideoFileSource(video, hwaccel=hwaccel).open()  # a CUDA context: not timed
+        frames = iter(source)
+        cpu, wall = time.process_time(), time.perf_counter()
+        count = sum(1 for _ in itertools.islice(frames, max_frames))
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        frames.close()
+        width, height = source.coded_size or (None, None)
+        rows.append({"hwaccel": hwaccel, "decoder": source.decoding.decoder, "video": Path(video).name,
+                     "size": f"{width}x{height}", "frames": count,
+                     "fps": round(count / wall, 1) if wall > 0 else None,
+                     "cpu_ms_per_frame": round(1e3 * cpu / max(count, 1), 2),
+                     "wall_ms_per_frame": round(1e3 * wall / max(count, 1), 2)})
+    return rows

@@ -3,7 +3,7 @@
 # benchmarks/results/<machine>/.  Two modes:
 #
 #   bash benchmarks/gpu_proof.sh prepare   # on a connected machine: wheels an offline GPU machine lacks
-#                                          # -> .whl/, the shared video + realdev -> .cache/shared_data/
+#                                          # -> .whl/, the shared videos + realdev -> .cache/shared_data/
 #                                          # (both git-ignored); copy the tree with them to the GPU machine
 #   bash benchmarks/gpu_proof.sh [run --budget S]   # on the GPU machine
 #   bash benchmarks/gpu_proof.sh train [--minutes M] # on the GPU machine: a real-data training run
@@ -27,6 +27,8 @@ if [ "${1:-run}" = "prepare" ]; then
         --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
         --platform manylinux2014_x86_64 -d .whl $WHEELS || exit 1
     cp --no-preserve=mode "$SHARED/video/pexels_lightbox_text_960x506.mp4" .cache/shared_data/video/ || exit 1
+    # the 1080x1920 street video: the video decoder step's (software decoding is the host's limit there)
+    cp --no-preserve=mode "$SHARED/video/pexels_street_captions_1080x1920.mp4" .cache/shared_data/video/ || exit 1
     cp -r --no-preserve=mode "$SHARED/realdev" .cache/shared_data/ || exit 1
     du -sh .whl .cache/shared_data
     exit 0

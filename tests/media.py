@@ -50,10 +50,11 @@ def _encode(target, frames: int, height: int, width: int, fps: int, fmt=None, co
 
 
 def write_video(path: Path, frames: int = 12, height: int = 48, width: int = 64, fps: int = 10,
-                rotation=None) -> Path:
-    """An MP4 (MPEG-4 part 2) with `frames` frames; `rotation`: display rotation tag (degrees
-    counter-clockwise, as PyAV's `VideoFrame.rotation` reports it)."""
-    _encode(str(path), frames, height, width, fps, rotation=rotation)
+                rotation=None, codec: str = "mpeg4") -> Path:
+    """An MP4 (MPEG-4 part 2, or `codec` in a container that takes it) with `frames` frames;
+    `rotation`: display rotation tag (degrees counter-clockwise, as PyAV's
+    `VideoFrame.rotation` reports it)."""
+    _encode(str(path), frames, height, width, fps, codec=codec, rotation=rotation)
     return path
 
 

@@ -105,6 +105,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "at less power); the others are counted as sampled out, never as lost")
     q.add_argument("--decode-threads", type=at_least(0, at_most=MAX_CPU_THREADS), default=0,
                    help=f"FFmpeg decoding threads (0: auto; at most {MAX_CPU_THREADS})")
+    q.add_argument("--hwaccel", choices=("cuda",),
+                   help="decode video files and network streams on the GPU: cuda = NVIDIA's "
+                        "NVDEC, refused when no NVIDIA GPU can be opened; a codec NVDEC cannot "
+                        "decode is decoded in software, said once in the summary "
+                        "(default: software decoding on the CPU)")
     q.add_argument("--reconnect", type=at_least(-1), default=10,
                    help="network streams, gst: pipelines and a triton:// model: reconnect attempts per outage "
                         "(-1: forever, 0: none)")
@@ -193,6 +198,9 @@ def _check_flag_pairs(args) -> None:
         from pipeline.encoder import check_encoder
 
         check_encoder(args.video_codec)  # NVENC without an NVIDIA GPU: now, not at the first frame
+    from pipeline.sources.hwdecode import check_hwaccel
+
+    check_hwaccel(args.hwaccel)  # NVDEC likewise: before the sources open and the model loads
     if args.show_scores and args.no_video and not (args.show or args.serve):
         raise DbrtError("--show-scores writes scores on the annotated video / images, the --show "
                         "window or the --serve view; with --no-video there is none: drop one")
@@ -227,8 +235,11 @@ def build_pipeline(args):
     from ._passwords import source_password
 
     sources = open_sources(specs, reconnect=reconnect, decode_threads=args.decode_threads,
-                           camera=camera, password=source_password(specs))
+                           camera=camera, password=source_password(specs), hwaccel=args.hwaccel)
     try:
+        if args.hwaccel and not any(s.kind in ("video", "network") for s in sources):
+            raise DbrtError(f"--hwaccel {args.hwaccel} decodes video files and network streams; "
+                            "none of the sources is one")
         for source in sources:  # a pixel --roi no frame of a video meets: before the model loads
             size = getattr(source, "coded_size", None)
             if args.roi is not None and size:

@@ -41,7 +41,7 @@ def is_camera_spec(spec) -> bool:
 
 def parse_source(spec: Union[str, int, os.PathLike, Source], reconnect: Optional[Reconnect] = Reconnect(),
                  decode_threads: int = 0, camera: Optional[dict] = None,
-                 password: Optional[str] = None) -> Source:
+                 password: Optional[str] = None, hwaccel: Optional[str] = None) -> Source:
     """A Source for a command-line style spec (not yet opened):
 
     an int or digits -> camera index; /dev/videoN -> camera; csi://N -> Jetson CSI camera N;
@@ -49,6 +49,8 @@ def parse_source(spec: Union[str, int, os.PathLike, Source], reconnect: Optional
     glob or an image file -> images; anything else -> video file.
     `camera`: the capture mode cameras are asked for (CameraSource's width, height, fps, fourcc).
     `password`: of a network URL that names its user without one (`rtsp://admin@cam/1`).
+    `hwaccel`: "cuda" decodes video files and network streams on an NVIDIA GPU (NVDEC), None
+    (the default) in software; other sources ignore it.
     """
     if isinstance(spec, Source):
         return spec
@@ -67,12 +69,12 @@ def parse_source(spec: Union[str, int, os.PathLike, Source], reconnect: Optional
     if not text:
         raise SourceError("empty source")
     if is_url(text):
-        return NetworkSource(text, reconnect=reconnect, password=password)
+        return NetworkSource(text, reconnect=reconnect, password=password, hwaccel=hwaccel)
     if os.path.isfile(text) and not is_image_path(text):  # `clip [1].mp4` is a file, not a glob
-        return VideoFileSource(text, threads=decode_threads)
+        return VideoFileSource(text, threads=decode_threads, hwaccel=hwaccel)
     if has_glob(text) or os.path.isdir(text) or is_image_path(text):
         return ImageSource(text)
-    return VideoFileSource(text, threads=decode_threads)
+    return VideoFileSource(text, threads=decode_threads, hwaccel=hwaccel)
 
 
 def open_source(spec, **options) -> Source:

@@ -13,6 +13,7 @@ from urllib.parse import urlparse
 from engine.errors import SourceError
 
 from .base import first_line, without_credentials
+from .hwdecode import Decoding, hwaccel_for
 from .live import LiveSource, Reconnect
 from .passwords import PASSWORD_VARIABLE, address, names_user_only
 from .video import error_reason, first_video_stream, open_container, shown_cause, upright_bgr
@@ -35,7 +36,8 @@ class NetworkSource(LiveSource):
     """One network stream; `timeout` (seconds) bounds each read, and connecting takes up to
     `OPEN_TIMEOUT` or `timeout`, whichever is longer. `password`: for a URL that names its user
     without one; `{DBRT_NAME}` in the URL stands for that environment variable (see
-    `passwords`). The URL as given, without them, is the source's name."""
+    `passwords`). The URL as given, without them, is the source's name. `hwaccel`: "cuda"
+    decodes on an NVIDIA GPU (NVDEC; see hwdecode), None in software."""
 
     kind = "network"
     # FFmpeg reads about 5 s of a stream (its analyzeduration) to learn its format before the
@@ -45,7 +47,7 @@ class NetworkSource(LiveSource):
 
     def __init__(self, url: str, reconnect: Optional[Reconnect] = Reconnect(), timeout: float = 5.0,
                  live: Optional[bool] = None, options: Optional[dict] = None,
-                 password: Optional[str] = None):
+                 password: Optional[str] = None, hwaccel: Optional[str] = None):
         self._address = address(url, password)  # what FFmpeg opens, passwords filled in
         self.live = looks_live(url) if live is None else live
         self._live_by_name = live is None and self.live  # the first connect may find a file
@@ -61,6 +63,8 @@ class NetworkSource(LiveSource):
         self._total: Optional[int] = None
         self._decoded = 0
         self._start_s = 0.0  # a file's first timestamp, so that its frames count from 0
+        self.decoding = Decoding(hwaccel)
+        self._stream = None
 
     @property
     def fps(self) -> Optional[float]:
@@ -69,7 +73,8 @@ class NetworkSource(LiveSource):
     def _connect(self) -> None:
         try:
             container = open_container(self._address, self.options, name=self.url,
-                                       timeout=(max(self.timeout, self.OPEN_TIMEOUT), self.timeout))
+                                       timeout=(max(self.timeout, self.OPEN_TIMEOUT), self.timeout),
+                                       hwaccel=hwaccel_for(self.decoding.hwaccel, self.url))
         except SourceError as exc:
             # the name shown has no user: a login refused for want of a password would not say
             if "401" in str(exc) and names_user_only(self._address):
@@ -77,8 +82,9 @@ class NetworkSource(LiveSource):
                                   f"was given ({PASSWORD_VARIABLE} is not set)") from None
             raise
         stream = first_video_stream(container, self.url)
+        self._note(self.decoding.opened(stream))
         self._fps = float(stream.average_rate) if stream.average_rate else self._fps
-        self._container = container
+        self._container, self._stream = container, stream
         self._frames = container.decode(stream)
         self._total = stream.frames or None  # a file's index (0 for a live stream)
         self._decoded = 0
@@ -109,8 +115,16 @@ class NetworkSource(LiveSource):
                                   "is truncated)")
             return None
         self._decoded += 1
+        self._note(self.decoding.decoded(self._stream))
         seconds = vframe.time
         return upright_bgr(vframe), None if seconds is None else seconds - self._start_s
+
+    def _note(self, note: Optional[str]) -> None:
+        if note is not None:
+            self.stats.note(note)
+
+    def describe(self) -> dict:
+        return {**super().describe(), **self.decoding.describe()}
 
     def _disconnect(self) -> None:
         container, self._container, self._frames = self._container, None, None

@@ -15,15 +15,18 @@ from engine.errors import SourceError
 from engine.lazy import require
 
 from .base import Frame, Source, without_credentials
+from .hwdecode import Decoding, hwaccel_for
 
 
 def open_container(url: str, options: Optional[dict] = None, timeout=None,
-                   name: Optional[str] = None):
+                   name: Optional[str] = None, hwaccel=None):
     """av.open with every FFmpeg / OS failure turned into one SourceError line, which calls
-    the URL `name` (default: `url`; a stream's name leaves out the passwords put into `url`)."""
+    the URL `name` (default: `url`; a stream's name leaves out the passwords put into `url`).
+    `hwaccel`: a PyAV HWAccel decoding the video on the GPU (hwdecode.hwaccel_for), or None."""
     av = require("av")
     try:
-        return av.open(url, mode="r", options=options or {}, timeout=timeout)
+        accel = {} if hwaccel is None else {"hwaccel": hwaccel}  # PyAV before 14 has no such keyword
+        return av.open(url, mode="r", options=options or {}, timeout=timeout, **accel)
     except (av.FFmpegError, OSError, ValueError) as exc:
         reason = error_reason(exc).replace(url, name or url)  # some quote the URL
         raise SourceError(f"cannot open {name or url}: {reason}") from shown_cause(exc, url, name)
@@ -82,15 +85,17 @@ def error_reason(exc: Exception) -> str:
 
 
 class VideoFileSource(Source):
-    """Every frame of a local video file, in order, as BGR uint8."""
+    """Every frame of a local video file, in order, as BGR uint8. `hwaccel`: "cuda" decodes
+    on an NVIDIA GPU (NVDEC; see hwdecode), None in software."""
 
     kind = "video"
     takes_frame_filter = True
 
-    def __init__(self, path: os.PathLike, threads: int = 0):
+    def __init__(self, path: os.PathLike, threads: int = 0, hwaccel: Optional[str] = None):
         super().__init__(str(path))
         self.path = str(path)
         self.threads = threads
+        self.decoding = Decoding(hwaccel)
         self._container = None
         self._stream = None
         self._total: Optional[int] = None
@@ -107,8 +112,10 @@ class VideoFileSource(Source):
         if os.path.isdir(self.path):
             raise SourceError(f"{self.path} is a directory, not a video")
         if self._container is None:
-            self._container = open_container(self.path)
+            hwaccel = hwaccel_for(self.decoding.hwaccel, self.path)
+            self._container = open_container(self.path, hwaccel=hwaccel)
             self._stream = first_video_stream(self._container, self.path)
+            self._note(self.decoding.opened(self._stream))
             if self.threads:
                 self._stream.codec_context.thread_count = self.threads
             self._total = self._stream.frames or None
@@ -144,6 +151,7 @@ class VideoFileSource(Source):
             for vframe in self._frames(av):
                 if self._closed.is_set():
                     break
+                self._note(self.decoding.decoded(self._stream))
                 timestamp = self._seconds(vframe, index)
                 if self.frame_filter is not None and not self.frame_filter(timestamp, 0):
                     # left out before its BGR picture is made: a quarter of a frame's decoding
@@ -175,6 +183,13 @@ class VideoFileSource(Source):
                 self.stats.add(skipped=1)
                 continue
             yield from vframes
+
+    def _note(self, note: Optional[str]) -> None:
+        if note is not None:
+            self.stats.note(note)
+
+    def describe(self) -> dict:
+        return {**super().describe(), **self.decoding.describe()}
 
     def _seconds(self, vframe, index: int) -> Optional[float]:
         """Seconds into the source: the frame's time less the stream's start (broadcast and

@@ -1,0 +1,149 @@
+"""NVIDIA hardware video decoding (NVDEC) for video files and network streams, through FFmpeg's
+CUDA hwaccel in PyAV (`hwaccel="cuda"`; None, the default, decodes in software on the CPU,
+whose H.264 / HEVC decoding is a GPU server's limit at 1080p: benchmarks/host_ceiling.py).
+
+FFmpeg decodes on the GPU and copies each frame back to system memory (NV12, inside PyAV's
+decode call), where it becomes an upright BGR picture as a software-decoded one does. PyAV is
+asked to fall back to software (allow_software_fallback; without it a stream NVDEC refuses
+fails to decode): a stream whose codec has no NVDEC decoder (PNG, ProRes) opens on FFmpeg's
+software decoder, and one whose profile NVDEC refuses (4:2:2 H.264, a frame larger than the
+chip decodes) is decoded in software from its first frame; either is said once in the source's
+events (`Decoding`). A CUDA device that cannot be opened (no NVIDIA GPU or driver), or a driver
+without its NVDEC library, is no fallback: it is refused before the run."""
+from __future__ import annotations
+
+from typing import Optional
+
+from engine.errors import DbrtError, SourceError
+from engine.lazy import require
+
+HWACCELS = ("cuda",)
+NVDEC_NEEDS = "NVDEC needs an NVIDIA GPU and its driver"
+_OPENED = set()  # device types whose device opened here once (each try makes a CUDA context)
+
+
+def device_problem(name: str) -> Optional[str]:
+    """Why FFmpeg cannot open a `name` device here (its log's reason, e.g. 'Cannot load
+    libcuda.so.1'), or None when it can."""
+    if name in _OPENED:
+        return None
+    av = require("av")
+    try:
+        from av.codec.hwaccel import HWAccel, hwdevices_available
+    except ImportError:
+        return (f"this PyAV ({av.__version__}) has no hardware decoding (PyAV 18 has it: "
+                "pip install 'av>=18')")
+    if name not in hwdevices_available():
+        return f"this FFmpeg (PyAV {av.__version__}) has no {name} hardware decoding"
+    logging = require("av.logging")
+    level = logging.get_level()
+    logging.set_level(logging.ERROR)  # FFmpeg says why in its log, not in the error
+    logs = []
+    try:
+        with logging.Capture() as logs:
+            HWAccel(name).create(av.codec.Codec("h264", "r"))
+    except NotImplementedError:
+        return f"this FFmpeg (PyAV {av.__version__}) has no NVDEC H.264 decoder"
+    except (av.FFmpegError, OSError, ValueError) as exc:
+        said = [text.strip() for _, _, text in logs if text.strip()]
+        return said[0] if said else (getattr(exc, "strerror", None) or str(exc))
+    finally:
+        logging.set_level(level)
+    problem = decoder_library_problem()
+    if problem is None:
+        _OPENED.add(name)
+    return problem
+
+
+def decoder_library_problem() -> Optional[str]:
+    """Why the driver's NVDEC library cannot be loaded, or None. FFmpeg loads it at a stream's
+    first frame and, failing, decodes in software (PyAV's fallback): a CUDA device without it
+    (a container not given the driver's 'video' capability; a Jetson, whose driver has no
+    such library) would decode every stream in software, each said to be one NVDEC refused."""
+    import ctypes
+    import sys
+
+    library = "nvcuvid.dll" if sys.platform == "win32" else "libnvcuvid.so.1"
+    try:
+        ctypes.CDLL(library)
+    except OSError:
+        return f"Cannot load {library}"
+    return None
+
+
+def check_hwaccel(name: Optional[str]) -> None:
+    """`dbrt run --hwaccel`: refused in one line, before the model loads, when the device
+    cannot be opened here (rather than at the first video's open)."""
+    if name is None:
+        return
+    if name not in HWACCELS:
+        raise DbrtError(f"--hwaccel {name}: choose {', '.join(HWACCELS)}")
+    problem = device_problem(name)
+    if problem is not None:
+        raise DbrtError(f"--hwaccel {name} cannot decode here: {problem} ({NVDEC_NEEDS})")
+
+
+def hwaccel_for(name: Optional[str], source: str):
+    """The PyAV HWAccel that av.open takes for `name`, or None (software decoding); a device
+    that cannot be opened here is the source's SourceError."""
+    if name is None:
+        return None
+    if name not in HWACCELS:
+        raise SourceError(f"{source}: hwaccel {name!r} is not one of {', '.join(HWACCELS)}")
+    problem = device_problem(name)
+    if problem is not None:
+        raise SourceError(f"cannot decode {source} with NVDEC (hwaccel {name}): {problem} "
+                          f"({NVDEC_NEEDS})")
+    from av.codec.hwaccel import HWAccel
+
+    return HWAccel(name, allow_software_fallback=True)
+
+
+class Decoding:
+    """Which decoder a source's video stream runs on, for its report: 'nvdec' or 'software'
+    (None while NVDEC was asked for and no frame has said yet). `opened` after each open (a
+    stream's reconnect opens a new decoder), `decoded` after a frame of it; each returns a
+    note to keep in the source's events the first time NVDEC was asked for and software
+    decodes, else None."""
+
+    def __init__(self, hwaccel: Optional[str]):
+        self.hwaccel = hwaccel
+        self.decoder: Optional[str] = "software" if hwaccel is None else None
+        self.note: Optional[str] = None
+        self._checked = True  # whether the open's first frame was looked at
+
+    def opened(self, stream) -> Optional[str]:
+        if self.hwaccel is None:
+            return None
+        context = stream.codec_context
+        if context.is_hwaccel:  # NVDEC has this codec; its first frame says if it took it
+            self._checked = False
+            return None
+        self.decoder = "software"
+        return self._fell_back(f"NVDEC has no {context.name} decoder")
+
+    def decoded(self, stream) -> Optional[str]:
+        if self._checked:
+            return None
+        self._checked = True
+        context = stream.codec_context
+        # FFmpeg's decoder asks for its output format once it knows the stream: the GPU's
+        # ('cuda') when NVDEC set up, a software one when it refused the stream (frame threads
+        # copy the choice back to this context)
+        chosen = getattr(context.format, "name", None)
+        if chosen == "cuda":
+            self.decoder = "nvdec"
+            return None
+        self.decoder = "software"
+        profile = f" {context.profile}" if context.profile else ""
+        return self._fell_back(f"NVDEC cannot decode this {context.name}{profile} stream "
+                               f"({chosen})")
+
+    def _fell_back(self, why: str) -> Optional[str]:
+        if self.note is not None:
+            return None
+        self.note = f"{why}: decoded in software"
+        return self.note
+
+    def describe(self) -> dict:
+        return dict(hwaccel=self.hwaccel, decoder=self.decoder)
