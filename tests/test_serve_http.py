@@ -281,3 +281,20 @@ def test_frames_left_out_by_the_sample_rate_are_in_the_status_the_metrics_and_th
     metrics = get(port, "/metrics", AUTH)[1].decode()
     assert 'dbrt_source_sampled_out_frames_total{source="sim",stream="0"} 9.0' in metrics
     assert '" | sampled out " + s.sampled_out' in get(port, "/", AUTH)[1].decode()
+
+
+def test_the_status_names_each_streams_decoder_as_the_report_does(served, tmp_path):
+    """`--hwaccel cuda`'s fallback to software (a codec NVDEC lacks) was said only in the
+    summary and report.json at the end of a run; a server running for days shows it live."""
+    import json
+
+    from pipeline.sources.hwdecode import Decoding
+
+    sink, port = served
+    stream = json.loads(get(port, "/api/status", AUTH)[1])["streams"][0]
+    assert (stream["hwaccel"], stream["decoder"]) == (None, None)  # a camera: no video stream
+    source = sink.status.pipeline.sources[0]
+    source.decoding = Decoding("cuda")
+    source.decoding.decoder = "software"
+    stream = json.loads(get(port, "/api/status", AUTH)[1])["streams"][0]
+    assert (stream["hwaccel"], stream["decoder"]) == ("cuda", "software")

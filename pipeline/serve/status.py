@@ -34,6 +34,7 @@ class RunStatus:
                          dropped=stats["dropped"], sampled_out=stats["sampled_out"],
                          reconnects=stats["reconnects"],
                          events=[redact(e) for e in stats["events"][-5:]])
+            entry.update(_decoding(source))
             entry.update(self._newest(latest))
             out.append(entry)
         return out
@@ -90,3 +91,11 @@ def _healthy(source) -> bool:
 def _reason(source) -> str:
     why = f"failed: {source.error}" if source.state == "failed" and source.error else source.state
     return redact(f"stream {source.stream} ({source.name}) {why}")
+
+
+def _decoding(source) -> dict:
+    """A video file's or network stream's `hwaccel` asked for and the `decoder` it runs on
+    (`nvdec`, `software`, null until its first frame says), as in report.json; null both for
+    sources that decode no video stream of their own (images, cameras, `gst:` pipelines)."""
+    decoding = getattr(source, "decoding", None)
+    return decoding.describe() if decoding is not None else dict(hwaccel=None, decoder=None)
