@@ -42,6 +42,23 @@ def test_runner_takes_bytes_an_engine_or_a_loader(trt, tiny_onnx, tmp_path):
             np.testing.assert_array_equal(np.asarray(runner.infer(x)["prob"]), np.asarray(expected))
 
 
+@pytest.mark.parametrize("flavour", ["10.x", "11.x"])
+def test_an_engine_with_a_tensor_numpy_has_no_type_for_is_one_clear_error(monkeypatch, tiny_onnx,
+                                                                         tmp_path, flavour):
+    """trt.nptype raises TypeError for BF16 (FP8, INT4, FP4): an engine with BF16 outputs
+    (ModelOpt AutoCast to bf16 without keep_io_types) ended in that traceback."""
+    import trt_double
+    from trt_double.plan import Plan
+
+    trt_double.install(monkeypatch, flavour)
+    engine = tmp_path / "m.engine"
+    build_engine_file(tiny_onnx, engine, BuildOptions(profile=SMALL))
+    plan = Plan.from_bytes(engine.read_bytes())
+    plan.tensors[1].dtype = "BF16"
+    with pytest.raises(ModelError, match="tensor 'prob' is BF16, which NumPy and CuPy have no type"):
+        TensorRTRunner(plan.to_bytes()).activate()
+
+
 class CountingBackend(fake_cuda.HostBackend):
     def __init__(self):
         super().__init__()

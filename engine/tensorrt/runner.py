@@ -139,7 +139,7 @@ class TensorRTRunner(Runner):
         for i in range(engine.num_io_tensors):
             name = engine.get_tensor_name(i)
             dims = tuple(None if int(d) < 0 else int(d) for d in engine.get_tensor_shape(name))
-            info = TensorInfo(name, dims, np.dtype(trt.nptype(engine.get_tensor_dtype(name))).name)
+            info = TensorInfo(name, dims, self._numpy_dtype(trt, name))
             if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
                 inputs.append(info)
                 lo, opt, hi = engine.get_tensor_profile_shape(name, 0)
@@ -147,6 +147,18 @@ class TensorRTRunner(Runner):
             else:
                 outputs.append(info)
         self._inputs, self._outputs = tuple(inputs), tuple(outputs)
+
+    def _numpy_dtype(self, trt, name: str) -> str:
+        """The tensor's NumPy / CuPy dtype; one clear error for the TensorRT types NumPy has
+        none for (trt.nptype raises TypeError for BF16, FP8, INT4, FP4)."""
+        dtype = self._engine.get_tensor_dtype(name)
+        try:
+            return np.dtype(trt.nptype(dtype)).name
+        except TypeError:
+            raise ModelError(f"engine {self._describe()}: tensor {name!r} is "
+                             f"{getattr(dtype, 'name', dtype)}, which NumPy and CuPy have no type "
+                             "for; dbrt feeds and reads float32, float16 or integer tensors "
+                             "(build the engine with FP32 or FP16 inputs and outputs)") from None
 
     def _deactivate(self) -> None:
         with self._lock:

@@ -111,9 +111,22 @@ class _Interface:
 
 
 def _nptype(dtype):
+    """tensorrt.nptype (python/packaging/bindings_wheel/tensorrt/__init__.py): the types NumPy
+    has; FP8, BF16, INT4, FP4 and E8M0 raise TypeError."""
     import numpy as np
 
+    if dtype.name not in _runtime._NP:
+        raise TypeError("Could not resolve TensorRT datatype to an equivalent numpy datatype.")
     return np.dtype(_runtime._NP[dtype.name]).type
+
+
+# trt.DataType per version (python/src/infer/pyFoundationalTypes.cpp): INT64, BF16 and INT4
+# came with 10.0, FP4 with 10.8, E8M0 with 11.0
+_DATA_TYPES = {"8.6": ["FLOAT", "HALF", "INT8", "INT32", "BOOL", "UINT8", "FP8"],
+               "10.x": ["FLOAT", "HALF", "BF16", "INT8", "INT32", "INT64", "BOOL", "UINT8", "FP8",
+                        "INT4"],
+               "11.x": ["FLOAT", "HALF", "BF16", "INT8", "INT32", "INT64", "BOOL", "UINT8", "FP8",
+                        "INT4", "FP4", "E8M0"]}
 
 
 def make_tensorrt(flavour: str) -> types.ModuleType:
@@ -126,7 +139,7 @@ def make_tensorrt(flavour: str) -> types.ModuleType:
     mod._double = features
     mod.ILogger, mod.Logger = _logger_classes()
     mod.BuilderFlag = _builder_flags(flavour)
-    mod.DataType = _enum("DataType", ["FLOAT", "HALF", "INT8", "INT32", "BOOL", "UINT8", "INT64"])
+    mod.DataType = _enum("DataType", _DATA_TYPES[flavour])
     mod.TensorIOMode = _enum("TensorIOMode", ["NONE", "INPUT", "OUTPUT"])
     mod.MemoryPoolType = _enum("MemoryPoolType", ["WORKSPACE", "DLA_MANAGED_SRAM",
                                                   "DLA_LOCAL_DRAM", "DLA_GLOBAL_DRAM",
