@@ -288,7 +288,6 @@ class TensorRTRunner(Runner):
         try:  # an enqueue that broke the capture invalidates it: end_capture raises then
             graph = backend.end_capture(state.stream)
         except Exception as exc:  # noqa: BLE001 - CuPy's CUDARuntimeError, or the backend's
-            backend.clear_error()
             log.warning("CUDA graph capture failed for shapes %s (%s); running without a graph",
                         shapes, exc)
             return _Graph(None, context, inputs, outputs)

@@ -156,9 +156,6 @@ class HostBackend:
                                "previous error during capture")
         return FakeGraph(ops)
 
-    def clear_error(self) -> None:
-        pass
-
     def launch(self, graph, stream) -> None:
         graph.launch(stream)
 
