@@ -23,6 +23,9 @@ from trt_double import fake_cuda
     ("11.x", "IProgressMonitor", True), ("11.x", "BuilderFlag.VERSION_COMPATIBLE", True),
     ("8.6", "DataType.FP8", True), ("8.6", "DataType.BF16", False), ("8.6", "DataType.INT64", False),
     ("10.x", "DataType.BF16", True), ("10.x", "DataType.INT64", True), ("11.x", "DataType.FP4", True),
+    ("8.6", "HardwareCompatibilityLevel.AMPERE_PLUS", True),
+    ("10.x", "HardwareCompatibilityLevel.SAME_COMPUTE_CAPABILITY", False),
+    ("11.x", "HardwareCompatibilityLevel.SAME_COMPUTE_CAPABILITY", True),
 ])
 def test_module_names_per_flavour(flavour, name, present):
     obj = trt_double.make_tensorrt(flavour)

@@ -152,8 +152,9 @@ def make_tensorrt(flavour: str) -> types.ModuleType:
     network_flags += ["STRONGLY_TYPED"] if features.strongly_typed_flag else []
     mod.NetworkDefinitionCreationFlag = _enum("NetworkDefinitionCreationFlag", network_flags or ["PREFER_JIT_PYTHON_PLUGINS"])
     mod.DeviceType = _enum("DeviceType", ["GPU", "DLA"])
-    mod.HardwareCompatibilityLevel = _enum("HardwareCompatibilityLevel",
-                                           ["NONE", "AMPERE_PLUS", "SAME_COMPUTE_CAPABILITY"])
+    # SAME_COMPUTE_CAPABILITY came with 10.x releases after 10.8 (pyCore.cpp of 10.16, 11.1)
+    mod.HardwareCompatibilityLevel = _enum("HardwareCompatibilityLevel", ["NONE", "AMPERE_PLUS"] + (
+        ["SAME_COMPUTE_CAPABILITY"] if flavour == "11.x" else []))
     mod.nptype = _nptype
     # the plugin registry is empty until the plugin library is initialised (the ONNX parser
     # looks DeformConv's ModulatedDeformConv2d plugin up there); like the real library it keeps
