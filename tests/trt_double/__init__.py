@@ -11,7 +11,10 @@ flavours, computing real outputs with ONNX Runtime on the memory behind the give
           fails with AttributeError as it would on the real package.
 
 The names of the 10.x and 11.x flavours were checked against the strings of the real binding
-libraries (tensorrt_cu12_bindings 10.3.0 and 11.4.0.106 wheels: `strings tensorrt.so`).
+libraries (tensorrt_cu12_bindings 10.3.0 and 11.4.0.106 wheels: `strings tensorrt.so`), and all
+three against the binding sources (NVIDIA/TensorRT python/src at v8.6.1, v10.3.0, v11.1):
+enum members per version, `nptype`, and the trampolines that catch an exception raised in a
+Python calibrator or progress monitor (trt_double.plan.python_override).
 
     trt = install(monkeypatch, "11.x")   # sys.modules["tensorrt"] + fake device memory
 """
