@@ -105,8 +105,8 @@ class EngineRecord:
         """Human-readable reasons this engine cannot run here (empty when it can).
 
         Version-compatible engines run on a later TensorRT of the same major version, and
-        across majors 8 -> 9 / 10, 9 -> 10 and 10 -> 11; hardware-compatible ones on any Ampere or newer
-        GPU (TensorRT's own rules, support matrix).
+        across majors 8 -> 9 / 10, 9 -> 10 and 10 -> 11; hardware-compatible ones on any
+        Ampere or newer GPU (TensorRT's own rules, support matrix).
         """
         reasons = []
         if self.tensorrt_version != tensorrt_version and not (
