@@ -165,4 +165,6 @@ def test_graph_capture_records_and_replays():
     graph = backend.end_capture(stream)
     backend.launch(graph, stream)
     backend.launch(graph, stream)
+    assert buffer.tolist() == [0, 0, 0]                              # queued on the stream
+    backend.synchronize(stream)
     assert buffer.tolist() == [2, 2, 2]
