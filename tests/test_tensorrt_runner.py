@@ -141,6 +141,32 @@ def test_a_context_tensorrt_cannot_create_is_one_clear_error(trt, tiny_onnx, tmp
             runner.infer(rng.random((1, 3, 64, 64), dtype=np.float32))
 
 
+class StreamKeepingBackend(fake_cuda.HostBackend):
+    def __init__(self):
+        super().__init__()
+        self.streams = []
+
+    def stream(self):
+        self.streams.append(super().stream())
+        return self.streams[-1]
+
+
+def test_a_failed_execution_leaves_nothing_in_flight(trt, tiny_onnx, tmp_path, rng, monkeypatch):
+    """The upload enqueued before TensorRT refused to run still writes into a buffer the failed
+    call lets go of: the runner synchronises its stream on the way out, error or not."""
+    engine = tmp_path / "m.engine"
+    build_engine_file(tiny_onnx, engine, BuildOptions(profile=SMALL))
+    backend = StreamKeepingBackend()
+    with TensorRTRunner(engine, backend=backend) as runner:
+        batch = rng.random((1, 3, 64, 64), dtype=np.float32)
+        runner.infer(batch)
+        monkeypatch.setattr(type(runner._thread_state().context), "execute_async_v3",
+                            lambda context, stream_handle: False)
+        with pytest.raises(DbrtError, match="TensorRT execution failed"):
+            runner.infer(batch)
+        assert [len(stream.queue) for stream in backend.streams] == [0]
+
+
 def test_a_failed_capture_runs_that_shape_without_a_graph(trt, tiny_onnx, tmp_path, rng, caplog):
     """CUDA invalidates a capture that an enqueue broke, and end_capture raises: that shape then
     runs by plain enqueue on its own context, once warned, every later call too."""

@@ -199,16 +199,17 @@ class TensorRTRunner(Runner):
         backend = self.backend
         backend.wait_for_caller(state.stream)  # inputs may come from the caller's stream
         shapes = {t.name: tuple(int(d) for d in feed[t.name].shape) for t in self._inputs}
-        if self.cuda_graph:
-            outputs = self._infer_graph(state, feed, shapes)
-        else:
+        try:
+            if self.cuda_graph:
+                return self._infer_graph(state, feed, shapes)
             self._set_shapes(state, shapes)
             inputs = {t.name: self._device_input(t, feed[t.name], state.stream) for t in self._inputs}
             outputs = self._new_outputs(state.context)
             self._bind(state.context, inputs, outputs)
             self._execute(state.context, state.stream)
-        backend.synchronize(state.stream)  # outputs are complete when returned
-        return outputs
+            return outputs
+        finally:  # outputs are complete when returned; after an error, no copy is left in flight
+            backend.synchronize(state.stream)  # into a buffer this call lets go of
 
     def _set_shapes(self, state: _ThreadState, shapes: Dict[str, Tuple[int, ...]]) -> None:
         for name, shape in shapes.items():
