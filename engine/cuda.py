@@ -94,16 +94,12 @@ class CupyBackend:
         stream.begin_capture(mode=self.cp.cuda.runtime.streamCaptureModeThreadLocal)
 
     def end_capture(self, stream):
+        """The captured graph; a capture that broke raises CuPy's CUDARuntimeError, whose
+        check_status has already reset CUDA's last error (cupy_backends/cuda/api/runtime.pyx)."""
         return stream.end_capture()
 
     def launch(self, graph, stream) -> None:
         graph.launch(stream)
-
-    def clear_error(self) -> None:
-        """Clear CUDA's last (non-sticky) error, which a failed graph capture leaves behind."""
-        get_last_error = getattr(self.cp.cuda.runtime, "getLastError", None)
-        if get_last_error is not None:
-            get_last_error()
 
     # -- device ---------------------------------------------------------------------------
     def device_info(self) -> DeviceInfo:

@@ -156,19 +156,21 @@ class GpuPreprocessor:
         stream = cp.cuda.get_current_stream()
         batch = cp.empty((len(frames), 3, size[0], size[1]), cp.float32)
         letterboxes = []
-        for slot, (frame, region) in enumerate(zip(frames, regions or [None] * len(frames))):
-            _check_frame(frame)
-            box = make_letterbox(frame.shape[0], frame.shape[1], size[0], size[1], self.keep_aspect,
-                                 region)
-            host, device = self._buffers(slot, frame.nbytes)
-            if device_frames is not None:
-                device = cp.empty(frame.nbytes, cp.uint8)
-                device_frames.append(device.reshape(frame.shape))
-            np.copyto(host, np.ascontiguousarray(frame).reshape(-1))
-            device.set(host, stream=stream)
-            self._launch(device, box, batch[slot])
-            letterboxes.append(box)
-        stream.synchronize()
+        try:
+            for slot, (frame, region) in enumerate(zip(frames, regions or [None] * len(frames))):
+                _check_frame(frame)
+                box = make_letterbox(frame.shape[0], frame.shape[1], size[0], size[1],
+                                     self.keep_aspect, region)
+                host, device = self._buffers(slot, frame.nbytes)
+                if device_frames is not None:
+                    device = cp.empty(frame.nbytes, cp.uint8)
+                    device_frames.append(device.reshape(frame.shape))
+                np.copyto(host, np.ascontiguousarray(frame).reshape(-1))
+                device.set(host, stream=stream)
+                self._launch(device, box, batch[slot])
+                letterboxes.append(box)
+        finally:  # also when a frame fails: the uploads still read the pinned slots that the
+            stream.synchronize()  # next call rewrites
         return batch, letterboxes
 
     def _table(self, n_src: int, n_out: int):

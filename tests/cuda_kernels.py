@@ -57,7 +57,30 @@ def check_launch(source: str, name: str, args) -> None:
 # -- a recording stand-in for CuPy ---------------------------------------------------------------
 class DeviceArray(np.ndarray):
     def set(self, array, stream=None):
-        self[...] = np.asarray(array).reshape(self.shape)
+        """CuPy's ndarray.set: same dtype and shape or an error; an asynchronous copy on the
+        stream, which reads the host array until the stream is synchronised (done then here)."""
+        if array.dtype != self.dtype:
+            raise TypeError(f"{array.dtype} array cannot be set to {self.dtype} array")
+        if array.shape != self.shape:
+            raise ValueError(f"Shape mismatch. Old shape: {self.shape}, new shape: {array.shape}")
+        if stream is None:  # (CuPy: the current stream; no caller here leaves it out)
+            self[...] = array
+        else:
+            stream.pending.append((self, array))
+
+
+class FakeStream:
+    """The current stream: host -> device copies wait in `pending` until `synchronize`."""
+
+    ptr = 0
+
+    def __init__(self):
+        self.pending: list = []
+
+    def synchronize(self) -> None:
+        for device, host in self.pending:
+            device[...] = host
+        self.pending.clear()
 
 
 class RecordingKernel:
@@ -73,7 +96,7 @@ def fake_cupy() -> SimpleNamespace:
     def device(array):
         return np.array(array).view(DeviceArray)
 
-    stream = SimpleNamespace(synchronize=lambda: None, ptr=0)
+    stream = FakeStream()
     return SimpleNamespace(
         ndarray=DeviceArray, uint8=np.uint8, float32=np.float32, RawKernel=RecordingKernel,
         empty=lambda shape, dtype: np.empty(shape, dtype).view(DeviceArray), asarray=device,

@@ -197,7 +197,8 @@ def test_hardware_compatible_engine_runs_on_another_ampere_plus_gpu(trt, tiny_on
 
 @pytest.mark.parametrize("built, here, runs", [
     ("10.3.0", "10.8.0", True), ("8.6.1", "10.3.0", True), ("10.3.0", "11.1.0", True),
-    ("8.6.1", "11.1.0", False), ("10.8.0", "10.3.0", False), ("11.1.0", "10.8.0", False)])
+    ("8.6.1", "11.1.0", False), ("10.8.0", "10.3.0", False), ("11.1.0", "10.8.0", False),
+    ("8.6.1", "9.3.0", True), ("9.3.0", "10.3.0", True), ("9.3.0", "8.6.1", False)])
 def test_version_compatible_engines_follow_the_support_matrix(built, here, runs):
     from engine.tensorrt.record import version_compatible_runs
 

@@ -87,8 +87,9 @@ def test_cupy_backend_buffers_streams_and_graphs():
     pinned = backend.pinned_empty((3, 4), np.float32)
     pinned[...] = host
     other = backend.empty(host.shape, np.float32)
+    doubled = buffer * 2  # on the current stream: `stream` must wait for it before reading
     backend.wait_for_caller(stream)
-    backend.copy_into(other, buffer * 2, stream)
+    backend.copy_into(other, doubled, stream)
     backend.synchronize(stream)
     assert np.array_equal(backend.to_host(other), host * 2)
     with stream:

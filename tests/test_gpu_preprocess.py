@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from engine.errors import ShapeError
 from engine.lazy import cupy_or_none
 from dbnet.spec import ModelSpec, preset
 from pipeline.gpu_preprocess import axis_table, emulate
@@ -139,6 +140,24 @@ def test_the_kernel_reads_each_frames_region_from_its_origin(rng, monkeypatch):
         ty0, tx0 = args[4], args[7]  # the first source row / column of each output pixel
         np.testing.assert_array_equal(ty0, axis_table(h, 64)[0])
         np.testing.assert_array_equal(tx0, axis_table(w, 96)[0])
+
+
+def test_a_failed_batch_leaves_no_upload_reading_a_pinned_slot(rng, monkeypatch):
+    """Without a GPU: a frame that fails half-way through a batch still has the uploads before it
+    synchronised, since they read the pinned slots the next call rewrites (an asynchronous copy
+    reads its host buffer until the stream gets to it)."""
+    import pipeline.gpu_preprocess as gpu_preprocess
+    from cuda_kernels import fake_cupy
+
+    cp = fake_cupy()
+    monkeypatch.setattr(gpu_preprocess, "require", lambda name: cp)
+    pre = gpu_preprocess.GpuPreprocessor(ModelSpec())
+    with pytest.raises(ShapeError):
+        pre([frame(rng, 90, 160), np.zeros((90, 160), np.uint8)], (64, 96))
+    assert cp.cuda.get_current_stream().pending == []
+    good = frame(rng, 90, 160)
+    pre([good, good], (64, 96))
+    assert (pre._kernel.launches[-1][2][0] == good.reshape(-1)).all()
 
 
 @pytest.mark.parametrize("arch", ["compute_75", "compute_90"])

@@ -21,6 +21,11 @@ from trt_double import fake_cuda
     ("8.6", "NetworkDefinitionCreationFlag.STRONGLY_TYPED", False),
     ("8.6", "IProgressMonitor", False), ("10.x", "IProgressMonitor", True),
     ("11.x", "IProgressMonitor", True), ("11.x", "BuilderFlag.VERSION_COMPATIBLE", True),
+    ("8.6", "DataType.FP8", True), ("8.6", "DataType.BF16", False), ("8.6", "DataType.INT64", False),
+    ("10.x", "DataType.BF16", True), ("10.x", "DataType.INT64", True), ("11.x", "DataType.FP4", True),
+    ("8.6", "HardwareCompatibilityLevel.AMPERE_PLUS", True),
+    ("10.x", "HardwareCompatibilityLevel.SAME_COMPUTE_CAPABILITY", False),
+    ("11.x", "HardwareCompatibilityLevel.SAME_COMPUTE_CAPABILITY", True),
 ])
 def test_module_names_per_flavour(flavour, name, present):
     obj = trt_double.make_tensorrt(flavour)
@@ -101,6 +106,8 @@ def test_runtime_semantics(tiny_onnx, rng):
     assert engine.num_io_tensors == 2 and engine.get_tensor_name(0) == "images"
     assert engine.get_tensor_mode("prob") == trt.TensorIOMode.OUTPUT
     assert trt.nptype(engine.get_tensor_dtype("images")) is np.float32
+    with pytest.raises(TypeError, match="equivalent numpy datatype"):
+        trt.nptype(trt.DataType.BF16)
     assert engine.get_tensor_shape("images") == (-1, 3, -1, -1)
     context = engine.create_execution_context()
     assert context.get_tensor_shape("prob") == (-1, 1, -1, -1)       # unknown before the input
@@ -158,4 +165,6 @@ def test_graph_capture_records_and_replays():
     graph = backend.end_capture(stream)
     backend.launch(graph, stream)
     backend.launch(graph, stream)
+    assert buffer.tolist() == [0, 0, 0]                              # queued on the stream
+    backend.synchronize(stream)
     assert buffer.tolist() == [2, 2, 2]

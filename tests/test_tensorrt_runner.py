@@ -42,6 +42,23 @@ def test_runner_takes_bytes_an_engine_or_a_loader(trt, tiny_onnx, tmp_path):
             np.testing.assert_array_equal(np.asarray(runner.infer(x)["prob"]), np.asarray(expected))
 
 
+@pytest.mark.parametrize("flavour", ["10.x", "11.x"])
+def test_an_engine_with_a_tensor_numpy_has_no_type_for_is_one_clear_error(monkeypatch, tiny_onnx,
+                                                                         tmp_path, flavour):
+    """trt.nptype raises TypeError for BF16 (FP8, INT4, FP4): an engine with BF16 outputs
+    (ModelOpt AutoCast to bf16 without keep_io_types) ended in that traceback."""
+    import trt_double
+    from trt_double.plan import Plan
+
+    trt_double.install(monkeypatch, flavour)
+    engine = tmp_path / "m.engine"
+    build_engine_file(tiny_onnx, engine, BuildOptions(profile=SMALL))
+    plan = Plan.from_bytes(engine.read_bytes())
+    plan.tensors[1].dtype = "BF16"
+    with pytest.raises(ModelError, match="tensor 'prob' is BF16, which NumPy and CuPy have no type"):
+        TensorRTRunner(plan.to_bytes()).activate()
+
+
 class CountingBackend(fake_cuda.HostBackend):
     def __init__(self):
         super().__init__()
@@ -122,6 +139,32 @@ def test_a_context_tensorrt_cannot_create_is_one_clear_error(trt, tiny_onnx, tmp
         monkeypatch.setattr(type(runner._engine), "create_execution_context", lambda engine: None)
         with pytest.raises(DbrtError, match="could not create an execution context .*out of GPU memory"):
             runner.infer(rng.random((1, 3, 64, 64), dtype=np.float32))
+
+
+class StreamKeepingBackend(fake_cuda.HostBackend):
+    def __init__(self):
+        super().__init__()
+        self.streams = []
+
+    def stream(self):
+        self.streams.append(super().stream())
+        return self.streams[-1]
+
+
+def test_a_failed_execution_leaves_nothing_in_flight(trt, tiny_onnx, tmp_path, rng, monkeypatch):
+    """The upload enqueued before TensorRT refused to run still writes into a buffer the failed
+    call lets go of: the runner synchronises its stream on the way out, error or not."""
+    engine = tmp_path / "m.engine"
+    build_engine_file(tiny_onnx, engine, BuildOptions(profile=SMALL))
+    backend = StreamKeepingBackend()
+    with TensorRTRunner(engine, backend=backend) as runner:
+        batch = rng.random((1, 3, 64, 64), dtype=np.float32)
+        runner.infer(batch)
+        monkeypatch.setattr(type(runner._thread_state().context), "execute_async_v3",
+                            lambda context, stream_handle: False)
+        with pytest.raises(DbrtError, match="TensorRT execution failed"):
+            runner.infer(batch)
+        assert [len(stream.queue) for stream in backend.streams] == [0]
 
 
 def test_a_failed_capture_runs_that_shape_without_a_graph(trt, tiny_onnx, tmp_path, rng, caplog):

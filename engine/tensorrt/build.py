@@ -256,9 +256,15 @@ def _run_build(trt, builder, network, config, progress: Optional[BuildProgress],
     return serialized
 
 
-def _built(trt, serialized, progress: Optional[BuildProgress], logger, name, signals) -> bytes:
+def _built(trt, serialized, progress: Optional[BuildProgress], logger, name, signals,
+           calibrator=None) -> bytes:
     if signals.signum is not None:  # asked to stop: whether or not the build got to its end
         raise interrupt(signals.signum)
+    failed = getattr(calibrator, "error", None)  # TensorRT went on as if calibration had ended
+    if isinstance(failed, DbrtError):
+        raise failed
+    if failed is not None:
+        raise ModelError(f"INT8 calibration failed: {type(failed).__name__}: {failed}") from failed
     if serialized is None:
         if progress is not None and progress.cancelled:
             raise DbrtError("engine build cancelled")
@@ -306,7 +312,7 @@ def build_engine(onnx_path: os.PathLike, options: BuildOptions = BuildOptions(),
         calibrator = (_attach_calibrator(trt, config, options, profile, backend, signals.cancel)
                       if plan.calibrate else None)
         serialized = _run_build(trt, builder, network, config, progress, signals)
-    data = _built(trt, serialized, progress, logger, summary.path.name, signals)
+    data = _built(trt, serialized, progress, logger, summary.path.name, signals, calibrator)
     _save_timing_cache(config, options.timing_cache)
     builder_info = {"workspace": options.workspace, "opt_level": options.opt_level,
                     "flags": list(plan.flags), "timing_cache": options.timing_cache is not None,

@@ -23,6 +23,11 @@ def entropy_calibrator(trt, batches: Iterable[np.ndarray], backend,
     The calibration cache, when `cache_path` exists, lets TensorRT skip calibration entirely.
     `stop` set (Ctrl-C): no further batch, and the cut-short calibration is not cached (a later
     build would take its ranges as whole).
+
+    TensorRT calls these methods from C++, whose binding catches any exception a method raises,
+    prints it and goes on as if calibration had ended (python/src/infer/pyInt8.cpp): the error
+    never reaches the caller. So each method keeps its first error in `error`, which ends the
+    calibration and its caching; `build_engine` raises it once the build returns.
     """
     base = getattr(trt, "IInt8EntropyCalibrator2", None)
     if base is None:
@@ -38,11 +43,19 @@ def entropy_calibrator(trt, batches: Iterable[np.ndarray], backend,
             self._stream = backend.stream()
             self.cache_path = Path(cache_path) if cache_path else None
             self.batches_used = 0
+            self.error: Optional[BaseException] = None
 
         def get_batch_size(self):
             return 0 if self._first is None else int(self._first.shape[0])
 
         def get_batch(self, names):
+            try:
+                return self._next_batch(names)
+            except Exception as exc:  # noqa: BLE001 - it would be lost in TensorRT's binding
+                self.error = self.error or exc
+                return None
+
+        def _next_batch(self, names):
             batch, self._first = self._first, None
             if batch is None:
                 batch = next(self._batches, None)
@@ -56,15 +69,22 @@ def entropy_calibrator(trt, batches: Iterable[np.ndarray], backend,
             return [backend.pointer(self._device)] * len(names)
 
         def _stopped(self) -> bool:
-            return stop is not None and stop.is_set()
+            return (stop is not None and stop.is_set()) or self.error is not None
 
         def read_calibration_cache(self):
-            if self.cache_path is not None and self.cache_path.is_file():
-                return self.cache_path.read_bytes()
+            try:
+                if self.cache_path is not None and self.cache_path.is_file():
+                    return self.cache_path.read_bytes()
+            except OSError as exc:
+                self.error = self.error or exc
             return None
 
         def write_calibration_cache(self, cache):
-            if self.cache_path is not None and not self._stopped():  # whole: it is reused when it exists
+            if self.cache_path is None or self._stopped():  # whole: it is reused when it exists
+                return
+            try:
                 write_whole(self.cache_path, bytes(cache))
+            except OSError as exc:
+                self.error = self.error or exc
 
     return _EntropyCalibrator()

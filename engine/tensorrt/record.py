@@ -22,8 +22,9 @@ from ..shapes import ShapeProfile
 FORMAT = 1
 
 
-# across major versions TensorRT runs version-compatible engines of these majors only
-_CROSS_MAJOR = {(8, 10), (10, 11)}
+# across major versions TensorRT runs version-compatible engines of these majors only (the
+# developer guide's "Version Compatibility": 8 -> 9 and 10 (10.x guide), 10 -> 11 (11.x guide))
+_CROSS_MAJOR = {(8, 9), (8, 10), (9, 10), (10, 11)}
 
 
 def version_compatible_runs(built: str, here: str) -> bool:
@@ -104,8 +105,8 @@ class EngineRecord:
         """Human-readable reasons this engine cannot run here (empty when it can).
 
         Version-compatible engines run on a later TensorRT of the same major version, and
-        across majors only 8 -> 10 and 10 -> 11; hardware-compatible ones on any Ampere or newer
-        GPU (TensorRT's own rules, support matrix).
+        across majors 8 -> 9 / 10, 9 -> 10 and 10 -> 11; hardware-compatible ones on any
+        Ampere or newer GPU (TensorRT's own rules, support matrix).
         """
         reasons = []
         if self.tensorrt_version != tensorrt_version and not (

@@ -139,7 +139,7 @@ class TensorRTRunner(Runner):
         for i in range(engine.num_io_tensors):
             name = engine.get_tensor_name(i)
             dims = tuple(None if int(d) < 0 else int(d) for d in engine.get_tensor_shape(name))
-            info = TensorInfo(name, dims, np.dtype(trt.nptype(engine.get_tensor_dtype(name))).name)
+            info = TensorInfo(name, dims, self._numpy_dtype(trt, name))
             if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
                 inputs.append(info)
                 lo, opt, hi = engine.get_tensor_profile_shape(name, 0)
@@ -147,6 +147,18 @@ class TensorRTRunner(Runner):
             else:
                 outputs.append(info)
         self._inputs, self._outputs = tuple(inputs), tuple(outputs)
+
+    def _numpy_dtype(self, trt, name: str) -> str:
+        """The tensor's NumPy / CuPy dtype; one clear error for the TensorRT types NumPy has
+        none for (trt.nptype raises TypeError for BF16, FP8, INT4, FP4)."""
+        dtype = self._engine.get_tensor_dtype(name)
+        try:
+            return np.dtype(trt.nptype(dtype)).name
+        except TypeError:
+            raise ModelError(f"engine {self._describe()}: tensor {name!r} is "
+                             f"{getattr(dtype, 'name', dtype)}, which NumPy and CuPy have no type "
+                             "for; dbrt feeds and reads float32, float16 or integer tensors "
+                             "(build the engine with FP32 or FP16 inputs and outputs)") from None
 
     def _deactivate(self) -> None:
         with self._lock:
@@ -187,16 +199,17 @@ class TensorRTRunner(Runner):
         backend = self.backend
         backend.wait_for_caller(state.stream)  # inputs may come from the caller's stream
         shapes = {t.name: tuple(int(d) for d in feed[t.name].shape) for t in self._inputs}
-        if self.cuda_graph:
-            outputs = self._infer_graph(state, feed, shapes)
-        else:
+        try:
+            if self.cuda_graph:
+                return self._infer_graph(state, feed, shapes)
             self._set_shapes(state, shapes)
             inputs = {t.name: self._device_input(t, feed[t.name], state.stream) for t in self._inputs}
             outputs = self._new_outputs(state.context)
             self._bind(state.context, inputs, outputs)
             self._execute(state.context, state.stream)
-        backend.synchronize(state.stream)  # outputs are complete when returned
-        return outputs
+            return outputs
+        finally:  # outputs are complete when returned; after an error, no copy is left in flight
+            backend.synchronize(state.stream)  # into a buffer this call lets go of
 
     def _set_shapes(self, state: _ThreadState, shapes: Dict[str, Tuple[int, ...]]) -> None:
         for name, shape in shapes.items():
@@ -276,7 +289,6 @@ class TensorRTRunner(Runner):
         try:  # an enqueue that broke the capture invalidates it: end_capture raises then
             graph = backend.end_capture(state.stream)
         except Exception as exc:  # noqa: BLE001 - CuPy's CUDARuntimeError, or the backend's
-            backend.clear_error()
             log.warning("CUDA graph capture failed for shapes %s (%s); running without a graph",
                         shapes, exc)
             return _Graph(None, context, inputs, outputs)

@@ -11,7 +11,10 @@ flavours, computing real outputs with ONNX Runtime on the memory behind the give
           fails with AttributeError as it would on the real package.
 
 The names of the 10.x and 11.x flavours were checked against the strings of the real binding
-libraries (tensorrt_cu12_bindings 10.3.0 and 11.4.0.106 wheels: `strings tensorrt.so`).
+libraries (tensorrt_cu12_bindings 10.3.0 and 11.4.0.106 wheels: `strings tensorrt.so`), and all
+three against the binding sources (NVIDIA/TensorRT python/src at v8.6.1, v10.3.0, v11.1):
+enum members per version, `nptype`, and the trampolines that catch an exception raised in a
+Python calibrator or progress monitor (trt_double.plan.python_override).
 
     trt = install(monkeypatch, "11.x")   # sys.modules["tensorrt"] + fake device memory
 """
@@ -111,9 +114,22 @@ class _Interface:
 
 
 def _nptype(dtype):
+    """tensorrt.nptype (python/packaging/bindings_wheel/tensorrt/__init__.py): the types NumPy
+    has; FP8, BF16, INT4, FP4 and E8M0 raise TypeError."""
     import numpy as np
 
+    if dtype.name not in _runtime._NP:
+        raise TypeError("Could not resolve TensorRT datatype to an equivalent numpy datatype.")
     return np.dtype(_runtime._NP[dtype.name]).type
+
+
+# trt.DataType per version (python/src/infer/pyFoundationalTypes.cpp): INT64, BF16 and INT4
+# came with 10.0, FP4 with 10.8, E8M0 with 11.0
+_DATA_TYPES = {"8.6": ["FLOAT", "HALF", "INT8", "INT32", "BOOL", "UINT8", "FP8"],
+               "10.x": ["FLOAT", "HALF", "BF16", "INT8", "INT32", "INT64", "BOOL", "UINT8", "FP8",
+                        "INT4"],
+               "11.x": ["FLOAT", "HALF", "BF16", "INT8", "INT32", "INT64", "BOOL", "UINT8", "FP8",
+                        "INT4", "FP4", "E8M0"]}
 
 
 def make_tensorrt(flavour: str) -> types.ModuleType:
@@ -126,7 +142,7 @@ def make_tensorrt(flavour: str) -> types.ModuleType:
     mod._double = features
     mod.ILogger, mod.Logger = _logger_classes()
     mod.BuilderFlag = _builder_flags(flavour)
-    mod.DataType = _enum("DataType", ["FLOAT", "HALF", "INT8", "INT32", "BOOL", "UINT8", "INT64"])
+    mod.DataType = _enum("DataType", _DATA_TYPES[flavour])
     mod.TensorIOMode = _enum("TensorIOMode", ["NONE", "INPUT", "OUTPUT"])
     mod.MemoryPoolType = _enum("MemoryPoolType", ["WORKSPACE", "DLA_MANAGED_SRAM",
                                                   "DLA_LOCAL_DRAM", "DLA_GLOBAL_DRAM",
@@ -139,8 +155,9 @@ def make_tensorrt(flavour: str) -> types.ModuleType:
     network_flags += ["STRONGLY_TYPED"] if features.strongly_typed_flag else []
     mod.NetworkDefinitionCreationFlag = _enum("NetworkDefinitionCreationFlag", network_flags or ["PREFER_JIT_PYTHON_PLUGINS"])
     mod.DeviceType = _enum("DeviceType", ["GPU", "DLA"])
-    mod.HardwareCompatibilityLevel = _enum("HardwareCompatibilityLevel",
-                                           ["NONE", "AMPERE_PLUS", "SAME_COMPUTE_CAPABILITY"])
+    # SAME_COMPUTE_CAPABILITY came with 10.x releases after 10.8 (pyCore.cpp of 10.16, 11.1)
+    mod.HardwareCompatibilityLevel = _enum("HardwareCompatibilityLevel", ["NONE", "AMPERE_PLUS"] + (
+        ["SAME_COMPUTE_CAPABILITY"] if flavour == "11.x" else []))
     mod.nptype = _nptype
     # the plugin registry is empty until the plugin library is initialised (the ONNX parser
     # looks DeformConv's ModulatedDeformConv2d plugin up there); like the real library it keeps

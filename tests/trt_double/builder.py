@@ -193,7 +193,8 @@ PLUGIN_OPS = {"DeformConv": "ModulatedDeformConv2d"}  # ops the parser imports a
 def _tensor(value, dtype_enum) -> Tensor:
     ttype = value.type.tensor_type
     shape = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in ttype.shape.dim)
-    return Tensor(value.name, shape, getattr(dtype_enum, _ONNX_DTYPES[ttype.elem_type]))
+    name = _ONNX_DTYPES[ttype.elem_type]  # INT64 on 8.6, which lacks it: its parser casts it
+    return Tensor(value.name, shape, getattr(dtype_enum, name, dtype_enum.INT32))
 
 
 class OptimizationProfile:

@@ -4,8 +4,11 @@
 calibrator run unchanged on it. "Device" arrays are NumPy arrays (`DeviceArray`) registered in an
 allocation table; the fake TensorRT reads and writes them through the raw addresses it is given,
 exactly as TensorRT does with `set_tensor_address`, and rejects addresses outside any live
-allocation (CUDA's "illegal memory access"). Streams and CUDA graphs are recorded, so a graph
-replays the captured work on the current buffer contents.
+allocation (CUDA's "illegal memory access"). Work on a stream waits in its queue until the
+stream is synchronised, as on a GPU, where it runs later than the call that enqueued it: a
+buffer freed before then is an illegal address when the work runs, and work a caller leaves
+unsynchronised shows in `FakeStream.queue`. CUDA graphs are recorded, so a graph replays the
+captured work on the current buffer contents.
 """
 from __future__ import annotations
 
@@ -74,7 +77,12 @@ class FakeStream:
     def __init__(self):
         self.ptr = next(self._handles)
         self.capture: Optional[List[Callable[[], None]]] = None
+        self.queue: List[Callable[[], None]] = []  # enqueued, not yet run
         _streams[self.ptr] = weakref.ref(self)
+
+    def run_queue(self) -> None:
+        while self.queue:
+            self.queue.pop(0)()
 
 
 _streams: Dict[int, "weakref.ref"] = {}
@@ -92,11 +100,15 @@ class FakeGraph:
 
 
 def enqueue(stream_handle: int, op: Callable[[], None]) -> None:
-    """Run `op` now, or record it when the stream is capturing a graph."""
+    """Queue `op` on the stream (it runs when the stream is synchronised), record it when the
+    stream is capturing a graph, or run it now on a handle that is no FakeStream (0: CUDA's
+    legacy default stream, as synchronous as a test needs)."""
     ref = _streams.get(int(stream_handle))
     stream = ref() if ref is not None else None
     if stream is not None and stream.capture is not None:
         stream.capture.append(op)
+    elif stream is not None:
+        stream.queue.append(op)
     else:
         op()
 
@@ -120,10 +132,14 @@ class HostBackend:
         return int(array.ctypes.data)
 
     def copy_into(self, dst, src, stream) -> None:
-        np.copyto(dst, np.asarray(src), casting="same_kind")
+        if not self.is_device_array(src):  # CUDA stages pageable host memory at the call
+            src = np.array(src, copy=True)
+        enqueue(stream.ptr, lambda: np.copyto(dst, np.asarray(src), casting="same_kind"))
 
     def copy(self, array, stream):
-        return to_device(array)
+        out = device_empty(array.shape, array.dtype)
+        enqueue(stream.ptr, lambda: np.copyto(out, array))
+        return out
 
     def to_host(self, array) -> np.ndarray:
         return np.array(array, copy=True).view(np.ndarray)
@@ -143,6 +159,7 @@ class HostBackend:
     def synchronize(self, stream) -> None:
         if stream.capture is not None:
             raise RuntimeError("operation not permitted when stream is capturing")
+        stream.run_queue()
 
     def begin_capture(self, stream) -> None:
         stream.capture = []
@@ -156,11 +173,10 @@ class HostBackend:
                                "previous error during capture")
         return FakeGraph(ops)
 
-    def clear_error(self) -> None:
-        pass
-
     def launch(self, graph, stream) -> None:
-        graph.launch(stream)
+        graph.launches += 1
+        for op in graph.ops:
+            enqueue(stream.ptr, op)
 
     def device_info(self) -> DeviceInfo:
         return self.device or DEVICE

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import struct
+import sys
 from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional
 
@@ -72,11 +73,39 @@ def ort_session(onnx_bytes: bytes):
     return ort.InferenceSession(onnx_bytes, sess_options=opts, providers=["CPUExecutionProvider"])
 
 
+def python_override(obj, method: str, failed, *args):
+    """`obj.method(*args)` as TensorRT's pybind11 trampolines call a Python override
+    (python/src/infer/pyInt8.cpp, pyCore.cpp: PyProgressMonitor): an exception never leaves
+    the callback; it is printed to stderr and the call answers `failed` (get_batch: no more
+    batches; step_complete: cancel; read_calibration_cache: no cache)."""
+    try:
+        return getattr(obj, method)(*args)
+    except Exception as exc:  # noqa: BLE001 - the C++ side catches std::exception and ...
+        sys.stderr.write(f"[ERROR] Exception caught in {method}(): {exc}\n")
+        return failed
+
+
+class _Monitor:
+    """The progress monitor seen from the C++ side (exceptions end in `python_override`)."""
+
+    def __init__(self, monitor):
+        self.monitor = monitor
+
+    def phase_start(self, *args):
+        python_override(self.monitor, "phase_start", None, *args)
+
+    def step_complete(self, *args) -> bool:
+        return bool(python_override(self.monitor, "step_complete", False, *args))
+
+    def phase_finish(self, *args):
+        python_override(self.monitor, "phase_finish", None, *args)
+
+
 def run_build_phases(config, steps: int) -> bool:
     """Report phases to the progress monitor (if any); False when the monitor cancels."""
-    monitor = config._monitor
-    if monitor is None:
+    if config._monitor is None:
         return True
+    monitor = _Monitor(config._monitor)
     top, tactics = "Building engine", "Tactic selection"
     monitor.phase_start(top, None, 2)
     monitor.phase_start(tactics, top, steps)
@@ -97,7 +126,7 @@ def calibrate(trt, network, config) -> Optional[str]:
     calibrator = config._calibrator
     if calibrator is None:
         return None                      # TensorRT warns about missing scales and falls back
-    cached = calibrator.read_calibration_cache()
+    cached = python_override(calibrator, "read_calibration_cache", None)
     if cached:
         return None if bytes(cached).startswith(CALIBRATION_MAGIC) else "Calibration table is invalid"
     profile = config.calibration_profile or (config.profiles[0] if config.profiles else None)
@@ -106,7 +135,7 @@ def calibrate(trt, network, config) -> Optional[str]:
     amax: Dict[str, float] = {}
     batches = 0
     while True:
-        pointers = calibrator.get_batch([t.name for t in inputs])
+        pointers = python_override(calibrator, "get_batch", None, [t.name for t in inputs])
         if not pointers:
             break
         feed = {}
@@ -125,5 +154,5 @@ def calibrate(trt, network, config) -> Optional[str]:
         return ("Calibration failure occurred with no scaling factors detected. This could be "
                 "due to no int8 calibrator or insufficient custom scales for network layers.")
     table = CALIBRATION_MAGIC + "".join(f"{k}: {v:.6g}\n" for k, v in sorted(amax.items())).encode()
-    calibrator.write_calibration_cache(table)
+    python_override(calibrator, "write_calibration_cache", None, memoryview(table))
     return None

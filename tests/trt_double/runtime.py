@@ -36,8 +36,9 @@ class Runtime:
             return self._refuse(str(exc))
         version_compatible = "VERSION_COMPATIBLE" in plan.flags
         built, here = _release(plan.version), _release(trt.__version__)
-        # support matrix: a later release of the same major, or major 8 -> 10 and 10 -> 11
-        runs = here >= built and (here[0] == built[0] or (built[0], here[0]) in {(8, 10), (10, 11)})
+        # a later release of the same major, or major 8 -> 9 / 10, 9 -> 10 and 10 -> 11
+        runs = here >= built and (here[0] == built[0] or (built[0], here[0]) in {
+            (8, 9), (8, 10), (9, 10), (10, 11)})
         if plan.version != trt.__version__ and not (version_compatible and runs):
             return self._refuse(
                 "The engine plan file is not compatible with this version of TensorRT, expecting "
