@@ -49,3 +49,18 @@ def test_the_double_swallows_callback_exceptions_as_tensorrt_does(capsys):
 
     assert python_override(Calibrator(), "get_batch", None, ["images"]) is None
     assert "[ERROR] Exception caught in get_batch(): boom" in capsys.readouterr().err
+
+
+def test_the_calibrators_batch_size_stays_that_of_its_batches(monkeypatch, rng):
+    """get_batch_size answered 0 once the first batch had been handed over: TensorRT's docs
+    ask it to be the size of every batch, whenever it is asked."""
+    from engine.tensorrt.calibrator import entropy_calibrator
+    from trt_double import fake_cuda
+
+    trt = trt_double.install(monkeypatch, "8.6")
+    batches = [rng.random((4, 3, 32, 32), dtype=np.float32) for _ in range(2)]
+    calibrator = entropy_calibrator(trt, batches, fake_cuda.HostBackend())
+    sizes = [calibrator.get_batch_size()]
+    while calibrator.get_batch(["input"]):
+        sizes.append(calibrator.get_batch_size())
+    assert sizes == [4, 4, 4] and calibrator.batches_used == 2

@@ -39,6 +39,8 @@ def entropy_calibrator(trt, batches: Iterable[np.ndarray], backend,
             base.__init__(self)
             self._batches = iter(batches)
             self._first = next(self._batches, None)
+            # fixed for the whole calibration, as TensorRT's docs ask of every batch
+            self._batch_size = 0 if self._first is None else int(self._first.shape[0])
             self._device = None
             self._stream = backend.stream()
             self.cache_path = Path(cache_path) if cache_path else None
@@ -46,7 +48,7 @@ def entropy_calibrator(trt, batches: Iterable[np.ndarray], backend,
             self.error: Optional[BaseException] = None
 
         def get_batch_size(self):
-            return 0 if self._first is None else int(self._first.shape[0])
+            return self._batch_size
 
         def get_batch(self, names):
             try:
