@@ -21,6 +21,7 @@ class DeviceInfo:
     name: str
     compute_capability: str          # "8.9", "9.0", ...
     total_memory: int = 0            # bytes
+    integrated: bool = False         # a Jetson's (or DRIVE's) GPU, sharing the system memory
 
     @property
     def sm(self) -> str:
@@ -108,7 +109,8 @@ class CupyBackend:
         name = props["name"]
         name = name.decode() if isinstance(name, bytes) else str(name)
         cc = str(device.compute_capability)          # CuPy gives "89"
-        return DeviceInfo(name, f"{cc[:-1]}.{cc[-1]}", int(props.get("totalGlobalMem", 0)))
+        return DeviceInfo(name, f"{cc[:-1]}.{cc[-1]}", int(props.get("totalGlobalMem", 0)),
+                          bool(props.get("integrated", 0)))
 
 
 def default_backend() -> Optional[CupyBackend]:

@@ -195,6 +195,21 @@ def test_hardware_compatible_engine_runs_on_another_ampere_plus_gpu(trt, tiny_on
         assert runner.infer(np.zeros((1, 3, 32, 32), np.float32))["prob"].shape == (1, 1, 32, 32)
 
 
+def test_hardware_compatible_engines_are_for_discrete_gpus(trt, tiny_onnx, tmp_path, monkeypatch):
+    """TensorRT has no hardware compatibility on JetPack: a Jetson Orin (sm_87, Ampere) took
+    an engine built so on a server GPU, and let one be built on the board."""
+    from engine.cuda import DeviceInfo
+
+    portable = tmp_path / "portable.engine"
+    build_engine_file(tiny_onnx, portable, BuildOptions(profile=SMALL, hardware_compatible=True))
+    monkeypatch.setattr(fake_cuda, "DEVICE", DeviceInfo("Orin", "8.7", integrated=True))
+    with pytest.raises(ModelError, match=r"this GPU is Orin \(sm_87\)"):
+        TensorRTRunner(portable).activate()
+    with pytest.raises(ModelError, match="no hardware compatibility on JetPack"):
+        build_engine_file(tiny_onnx, tmp_path / "board.engine",
+                          BuildOptions(profile=SMALL, hardware_compatible=True))
+
+
 @pytest.mark.parametrize("built, here, runs", [
     ("10.3.0", "10.8.0", True), ("8.6.1", "10.3.0", True), ("10.3.0", "11.1.0", True),
     ("8.6.1", "11.1.0", False), ("10.8.0", "10.3.0", False), ("11.1.0", "10.8.0", False),

@@ -289,6 +289,10 @@ def build_engine(onnx_path: os.PathLike, options: BuildOptions = BuildOptions(),
     if options.hardware_compatible and float(device.compute_capability) < 8.0:
         raise ModelError(f"hardware-compatible engines must be built on an Ampere or newer GPU; "
                          f"this one is {device}")
+    if options.hardware_compatible and device.integrated:
+        raise ModelError(f"hardware-compatible engines are for discrete GPUs: TensorRT has no "
+                         f"hardware compatibility on JetPack or DRIVE OS ({device}); build a "
+                         "plain engine on the board")
     logger = capturing_logger(trt)
     init_plugins(trt)  # the parser finds DeformConv's plugin there
     builder = trt.Builder(logger)

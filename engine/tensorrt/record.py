@@ -106,7 +106,8 @@ class EngineRecord:
 
         Version-compatible engines run on a later TensorRT of the same major version, and
         across majors 8 -> 9 / 10, 9 -> 10 and 10 -> 11; hardware-compatible ones on any
-        Ampere or newer GPU (TensorRT's own rules, support matrix).
+        Ampere or newer discrete GPU, not a Jetson's or DRIVE's (TensorRT's own rules, support
+        matrix: no hardware compatibility on JetPack or DRIVE OS).
         """
         reasons = []
         if self.tensorrt_version != tensorrt_version and not (
@@ -115,7 +116,8 @@ class EngineRecord:
             reasons.append(f"it was built with TensorRT {self.tensorrt_version}, "
                            f"this machine has TensorRT {tensorrt_version}")
         if self.compute_capability != device.compute_capability and not (
-                self.builder.get("hardware_compatible") and _release(device.compute_capability) >= (8,)):
+                self.builder.get("hardware_compatible") and not device.integrated
+                and _release(device.compute_capability) >= (8,)):
             reasons.append(f"it was built for {self.device}, this GPU is {device}")
         return reasons
 
