@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections import OrderedDict
@@ -90,9 +91,13 @@ class TensorRTRunner(Runner):
         self._local = threading.local()
         self._states = []
         self._lock = threading.Lock()
+        # TensorRT: "each execution context in concurrent use must use a separate optimization
+        # profile" (dynamic shapes); every thread's context is on profile 0, so they take turns
+        self._profile_in_use = threading.Lock()
         self._inputs: Tuple[TensorInfo, ...] = ()
         self._outputs: Tuple[TensorInfo, ...] = ()
         self._profiles: Dict[str, ShapeProfile] = {}
+        self._dynamic = False
 
     # -- lifecycle ------------------------------------------------------------------------
     def _describe(self) -> str:
@@ -147,6 +152,7 @@ class TensorRTRunner(Runner):
             else:
                 outputs.append(info)
         self._inputs, self._outputs = tuple(inputs), tuple(outputs)
+        self._dynamic = any(None in t.shape for t in self._inputs)
 
     def _numpy_dtype(self, trt, name: str) -> str:
         """The tensor's NumPy / CuPy dtype; one clear error for the TensorRT types NumPy has
@@ -199,17 +205,19 @@ class TensorRTRunner(Runner):
         backend = self.backend
         backend.wait_for_caller(state.stream)  # inputs may come from the caller's stream
         shapes = {t.name: tuple(int(d) for d in feed[t.name].shape) for t in self._inputs}
-        try:
-            if self.cuda_graph:
-                return self._infer_graph(state, feed, shapes)
-            self._set_shapes(state, shapes)
-            inputs = {t.name: self._device_input(t, feed[t.name], state.stream) for t in self._inputs}
-            outputs = self._new_outputs(state.context)
-            self._bind(state.context, inputs, outputs)
-            self._execute(state.context, state.stream)
-            return outputs
-        finally:  # outputs are complete when returned; after an error, no copy is left in flight
-            backend.synchronize(state.stream)  # into a buffer this call lets go of
+        with self._profile_in_use if self._dynamic else contextlib.nullcontext():
+            try:
+                if self.cuda_graph:
+                    return self._infer_graph(state, feed, shapes)
+                self._set_shapes(state, shapes)
+                inputs = {t.name: self._device_input(t, feed[t.name], state.stream)
+                          for t in self._inputs}
+                outputs = self._new_outputs(state.context)
+                self._bind(state.context, inputs, outputs)
+                self._execute(state.context, state.stream)
+                return outputs
+            finally:  # outputs are complete when returned; after an error, no copy is left in
+                backend.synchronize(state.stream)  # flight into a buffer this call lets go of
 
     def _set_shapes(self, state: _ThreadState, shapes: Dict[str, Tuple[int, ...]]) -> None:
         for name, shape in shapes.items():

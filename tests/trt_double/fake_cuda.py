@@ -99,6 +99,13 @@ class FakeGraph:
             op()
 
 
+def capturing(stream_handle: int) -> bool:
+    """Whether the stream is capturing a graph."""
+    ref = _streams.get(int(stream_handle))
+    stream = ref() if ref is not None else None
+    return stream is not None and stream.capture is not None
+
+
 def enqueue(stream_handle: int, op: Callable[[], None]) -> None:
     """Queue `op` on the stream (it runs when the stream is synchronised), record it when the
     stream is capturing a graph, or run it now on a handle that is no FakeStream (0: CUDA's

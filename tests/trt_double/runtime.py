@@ -72,7 +72,7 @@ def _release(version: str) -> tuple:
 
 class CudaEngine:
     __slots__ = ("trt", "plan", "logger", "_tensors", "_session", "_shape_cache", "_lock",
-                 "dla_core")  # dla_core: the core it runs on (double only, for tests)
+                 "dla_core", "in_flight")  # dla_core: the core it runs on (double only, for tests)
 
     def __init__(self, trt, plan: Plan, logger):
         self.trt, self.plan, self.logger = trt, plan, logger
@@ -80,10 +80,18 @@ class CudaEngine:
         self._session = None
         self._shape_cache: Dict[tuple, Dict[str, tuple]] = {}
         self._lock = threading.Lock()
+        # profile -> the context whose enqueued work has not run yet: "each execution context
+        # in concurrent use must use a separate optimization profile" (NvInferRuntime.h)
+        self.in_flight: Dict[int, "ExecutionContext"] = {}
 
     @property
     def num_io_tensors(self) -> int:
         return len(self.plan.tensors)
+
+    @property
+    def dynamic(self) -> bool:
+        """Whether an input has a dynamic dimension (its contexts then need profiles)."""
+        return any(-1 in tuple(t.shape) for t in self.plan.tensors if t.mode == "INPUT")
 
     @property
     def num_optimization_profiles(self) -> int:
@@ -227,7 +235,18 @@ class ExecutionContext:
         except fake_cuda.IllegalAddress as exc:
             return self._error(f"Cuda Runtime ({exc})")
         epoch = self._epoch
-        fake_cuda.enqueue(stream_handle, lambda: self._run(shapes, addresses, epoch))
+        if fake_cuda.capturing(stream_handle):  # a graph: its launches run at once
+            fake_cuda.enqueue(stream_handle, lambda: self._run(shapes, addresses, epoch))
+            return True
+        busy = self.engine.in_flight.setdefault(self._profile, self)
+        if busy is not self and self.engine.dynamic:  # TensorRT's results would be garbage
+            return self._error(f"two execution contexts in concurrent use on optimization "
+                               f"profile {self._profile} (each needs a profile of its own)")
+
+        def run():
+            self.engine.in_flight.pop(self._profile, None)
+            self._run(shapes, addresses, epoch)
+        fake_cuda.enqueue(stream_handle, run)
         return True
 
     def _run(self, shapes: Dict[str, tuple], addresses: Dict[str, int], epoch: int) -> None:
