@@ -118,7 +118,8 @@ class Pipeline:
         stages = STAGES[:2] + ("infer", "response")[:1 + self._async] + STAGES[3:-1]
         self.metrics = Metrics(stages=stages + self._extra_stages() + STAGES[-1:])
         self.control = Control()
-        self._steps = DetectorSteps(detector, self.metrics, self.control, self._async)
+        self._steps = DetectorSteps(detector, self.metrics, self.control, self._async,
+                                    frames_failed=lambda frames: self._stream_ends.frames_failed(frames))
         self.interrupted = False
         self._signals = StopSignals(stop_signals, drain=self._interrupt, abort=self.control.abort)
         # a signal handler only sets flags; closing the sources takes locks the interrupted
