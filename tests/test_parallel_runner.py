@@ -51,8 +51,22 @@ def test_runners_of_different_models_are_refused(toy, tmp_path):
                              OnnxRuntimeRunner(other, device="cpu", threads=1)])
     with pytest.raises(ModelError, match="do not serve the same model"):
         runner.activate()
+    assert not any(r.is_active for r in runner.runners)  # the sessions made were let go
     with pytest.raises(ModelError, match=">= 1"):
         ParallelRunner.onnxruntime(toy, sessions=0)
+
+
+def test_a_session_that_fails_to_load_lets_go_of_the_ones_made_before_it(toy):
+    """The first session stayed active (its memory held, on a GPU too) once the second
+    failed: the ParallelRunner was never active, so nothing deactivated it."""
+    def broken():
+        raise ModelError("cannot load the second session")
+
+    runner = ParallelRunner([OnnxRuntimeRunner(toy, device="cpu", threads=1),
+                             OnnxRuntimeRunner(broken, device="cpu", threads=1)])
+    with pytest.raises(ModelError, match="second session"):
+        runner.activate()
+    assert not runner.runners[0].is_active and not runner.is_active
 
 
 def test_bad_input_fails_with_the_runner_error(toy):

@@ -9,6 +9,7 @@ On a CPU, one ONNX Runtime session with k intra-op threads scales poorly for sma
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, Mapping, Optional, Sequence, Tuple
@@ -48,19 +49,27 @@ class ParallelRunner(Runner):
                     for _ in range(sessions)])
 
     def _activate(self) -> None:
-        for runner in self.runners:
-            runner.activate()
-        first = self.runners[0]
-        for runner in self.runners[1:]:
-            if (runner.inputs, runner.outputs) != (first.inputs, first.outputs):
-                raise ModelError("ParallelRunner: the runners do not serve the same model")
+        try:  # this runner is not active when this fails: the sessions made so far are let go
+            for runner in self.runners:
+                runner.activate()
+            first = self.runners[0]
+            for runner in self.runners[1:]:
+                if (runner.inputs, runner.outputs) != (first.inputs, first.outputs):
+                    raise ModelError("ParallelRunner: the runners do not serve the same model")
+        except BaseException:
+            self._deactivate_runners()
+            raise
         self._pool = ThreadPoolExecutor(len(self.runners), thread_name_prefix="dbrt-infer")
+
+    def _deactivate_runners(self) -> None:
+        with contextlib.ExitStack() as steps:  # each one, even when another fails to let go
+            for runner in self.runners:
+                steps.callback(runner.deactivate)
 
     def _deactivate(self) -> None:
         self._pool.shutdown(wait=True)
         self._pool = None
-        for runner in self.runners:
-            runner.deactivate()
+        self._deactivate_runners()
 
     def _infer(self, feed: Mapping[str, object]) -> Dict[str, np.ndarray]:
         n = len(next(iter(feed.values())))
