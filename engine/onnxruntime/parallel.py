@@ -71,6 +71,12 @@ class ParallelRunner(Runner):
         self._pool = None
         self._deactivate_runners()
 
+    def _check_feed(self, feed: Mapping[str, object]) -> None:
+        """The inputs but for their batch size: each runner checks its own share (a model of
+        a fixed batch size takes one share a runner)."""
+        super()._check_feed({name: array[:1] if getattr(array, "ndim", 0) else array
+                             for name, array in feed.items()})
+
     def _infer(self, feed: Mapping[str, object]) -> Dict[str, np.ndarray]:
         n = len(next(iter(feed.values())))
         parts = min(n, len(self.runners))
@@ -90,6 +96,11 @@ class ParallelRunner(Runner):
     @property
     def outputs(self) -> Tuple[TensorInfo, ...]:
         return self.runners[0].outputs
+
+    @property
+    def max_batch(self) -> int:
+        """Each runner takes its share of a batch (at most one frame more than another's)."""
+        return self.runners[0].max_batch * len(self.runners)
 
     @property
     def metadata(self) -> Dict[str, str]:
