@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,7 +89,10 @@ class TensorRTRunner(Runner):
         self._runtime = None
         self._logger = None
         self._local = threading.local()
-        self._states = []
+        # per calling thread, released with it (a thread that ended frees its context, whose
+        # activation memory is the profile's largest), or all together on deactivate()
+        self._states: "weakref.WeakKeyDictionary[threading.Thread, _ThreadState]" = \
+            weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
         self._inputs: Tuple[TensorInfo, ...] = ()
         self._outputs: Tuple[TensorInfo, ...] = ()
@@ -161,9 +165,14 @@ class TensorRTRunner(Runner):
             context = None if self.cuda_graph else self._new_context()
             with self._lock:
                 state = _ThreadState(context, self.backend.stream())
-                self._states.append(state)  # released together on deactivate()
+                self._states[threading.current_thread()] = state
             self._local.state = state
         return state
+
+    def _thread_states(self) -> list:
+        """The states of the threads that called and still exist."""
+        with self._lock:
+            return list(self._states.values())
 
     def _new_context(self):
         """An execution context (its activation memory is the profile's largest): None from
