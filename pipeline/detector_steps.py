@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 from engine.errors import InferenceFailed
 
@@ -28,8 +28,10 @@ class Batch:
 class DetectorSteps:
     """What each detector stage does with one batch (or one result, for reading)."""
 
-    def __init__(self, detector, metrics: Metrics, control: Control, asynchronous: bool):
+    def __init__(self, detector, metrics: Metrics, control: Control, asynchronous: bool,
+                 frames_failed: Callable[[List[Frame]], None] = lambda frames: None):
         self.detector = detector
+        self.frames_failed = frames_failed  # told of the frames a failed call cost
         self.metrics = metrics
         self.control = control
         self.asynchronous = asynchronous
@@ -78,6 +80,7 @@ class DetectorSteps:
             batch.prob = call()
         except InferenceFailed as exc:
             self.metrics.frames_failed(len(batch.frames), str(exc))
+            self.frames_failed(batch.frames)
             return None
         self.metrics.batch_done(len(batch.frames))
         return batch

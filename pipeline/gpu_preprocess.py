@@ -14,6 +14,7 @@ pixels (its border handling), i.e. < 4e-3 after DB normalisation (1 / std in gen
 """
 from __future__ import annotations
 
+import threading
 from functools import lru_cache
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -123,7 +124,9 @@ class GpuPreprocessor:
     """Frames -> CuPy (N, 3, H, W) float32 batch on the current CUDA stream.
 
     Each frame is copied into a pinned host buffer, uploaded asynchronously and processed by
-    one kernel launch writing straight into its batch slot. Buffers are reused per slot; the
+    one kernel launch writing straight into its batch slot. Buffers are reused per slot, each
+    calling thread having its own (a Detector may serve several Pipelines at once: a shared
+    buffer was overwritten by one thread while the other's upload or launch still read it); the
     stream is synchronised before returning, so the batch is ready for any other stream.
     """
 
@@ -132,18 +135,19 @@ class GpuPreprocessor:
         self.spec = spec
         self.keep_aspect = keep_aspect
         self._kernel = self.cp.RawKernel(KERNEL_SOURCE, KERNEL_NAME)
-        self._slots: List[Tuple[np.ndarray, object]] = []  # (pinned host view, device buffer)
+        self._local = threading.local()  # .slots: [(pinned host view, device buffer)]
         self._tables: Dict[Tuple[int, int], Tuple[object, ...]] = {}  # (n_src, n_out) -> device
 
     def _buffers(self, slot: int, nbytes: int):
-        while len(self._slots) <= slot:
-            self._slots.append((np.empty(0, np.uint8), None))
-        host, device = self._slots[slot]
+        slots: List[Tuple[np.ndarray, object]] = self._local.__dict__.setdefault("slots", [])
+        while len(slots) <= slot:
+            slots.append((np.empty(0, np.uint8), None))
+        host, device = slots[slot]
         if host.nbytes < nbytes:
             memory = self.cp.cuda.alloc_pinned_memory(nbytes)
             host = np.frombuffer(memory, np.uint8, nbytes)
             device = self.cp.empty(nbytes, self.cp.uint8)
-            self._slots[slot] = (host, device)
+            slots[slot] = (host, device)
         return host[:nbytes], device[:nbytes]
 
     def __call__(self, frames: Sequence[np.ndarray], size: Tuple[int, int],

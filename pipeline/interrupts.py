@@ -49,7 +49,11 @@ class StopSignals:
             self._previous[signum] = signal.SIG_DFL if previous is None else previous
 
     def restore(self) -> None:
+        """Put the previous handlers back; from another thread (a run closed there) Python
+        cannot, so ours stay, inactive: they pass every signal on to the previous ones."""
         self._active = False
+        if threading.current_thread() is not threading.main_thread():
+            return
         for signum, handler in self._previous.items():
             if signal.getsignal(signum) == self._handle:  # else a later run's handler is there
                 signal.signal(signum, handler)

@@ -133,10 +133,11 @@ class Metrics:
 
     def batch_summary(self) -> dict:
         """Engine calls, mean frames per call and the histogram {frames per call: calls}."""
-        calls = sum(self.batch_sizes.values())
-        frames = sum(size * n for size, n in self.batch_sizes.items())
+        sizes = dict(self.batch_sizes)  # one copy: the inference stage may add a size meanwhile
+        calls = sum(sizes.values())
+        frames = sum(size * n for size, n in sizes.items())
         return dict(count=calls, mean=round(frames / calls, 3) if calls else 0.0,
-                    histogram={str(size): n for size, n in sorted(self.batch_sizes.items())})
+                    histogram={str(size): n for size, n in sorted(sizes.items())})
 
     def frames_failed(self, count: int, message: str) -> None:
         self.failed_frames += count

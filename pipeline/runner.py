@@ -39,7 +39,7 @@ from .reading.tracking import tracker_for
 from .sinks import Sink, StreamEnds
 from .sources import Frame, Source, open_sources
 from .sources.live import READER_GRACE_S
-from .stages import (END, POLL_S, Aborted, Channel, Control, LiveGate, Stage,
+from .stages import (END, POLL_S, Aborted, Channel, Control, LiveGate, RunIterator, Stage,
                      hold_switch_interval, release_switch_interval)
 
 Callback = Callable[[Frame, Detections], None]
@@ -119,7 +119,8 @@ class Pipeline:
         stages = STAGES[:2] + ("infer", "response")[:1 + self._async] + STAGES[3:-1]
         self.metrics = Metrics(stages=stages + self._extra_stages() + STAGES[-1:])
         self.control = Control()
-        self._steps = DetectorSteps(detector, self.metrics, self.control, self._async)
+        self._steps = DetectorSteps(detector, self.metrics, self.control, self._async,
+                                    frames_failed=lambda frames: self._stream_ends.frames_failed(frames))
         self.interrupted = False
         self._signals = StopSignals(stop_signals, drain=self._interrupt, abort=self.control.abort)
         # a signal handler only sets flags; closing the sources takes locks the interrupted
@@ -184,7 +185,7 @@ class Pipeline:
     def __iter__(self) -> Iterator[FrameResult]:
         if self._started or self._run_iter is not None:
             raise RuntimeError("a Pipeline runs once; make a new one")
-        run = self._iterate()
+        run = RunIterator(self._iterate())
         # close() ends a run left partway through it; a weak reference, so that a loop that
         # breaks still drops the last reference and ends the run at once
         self._run_iter = weakref.ref(run)
@@ -239,10 +240,8 @@ class Pipeline:
         run left partway (`with Pipeline(...) as p: next(iter(p))`) as a `break` would, also
         from another thread; a run iterated to its end has released them itself."""
         run = self._run_iter() if self._run_iter is not None else None
-        if run is not None and run.gi_running:  # iterating in another thread: it stops at its
-            return self.control.abort()  # next step (stop() lets the frames already read through)
-        if run is not None:
-            run.close()
+        if run is not None and not run.close():  # a step under way (in another thread): it
+            return self.control.abort()  # stops at its next one (stop() lets frames through)
         if not self._started:
             self._started = True
             self._shutdown()

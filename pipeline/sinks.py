@@ -10,6 +10,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import os
+import threading
 from pathlib import Path
 from typing import Callable, Dict, Iterable, Optional, Sequence, Union
 
@@ -215,13 +216,27 @@ class StreamEnds:
     so that what they keep per stream (text tracks) ends then: a camera that fails for good
     while the others go on, not only when the whole run ends; and when a live source that lost
     its connection has (`stream_lost`), so that its tracks end as the outage begins, not when
-    the camera comes back. Called by the sink stage's thread, also while no frame comes."""
+    the camera comes back. Called by the sink stage's thread, also while no frame comes; the
+    frames whose inference failed (a model server away) never reach it and are told by the
+    inference stage (`frames_failed`), else their stream would never seem written."""
 
     def __init__(self, sources: Sequence, sinks: Sequence[Sink]):
         self._open = {source.stream: source for source in sources}
         self._sinks = sinks
         self._written: Dict[int, int] = {stream: 0 for stream in self._open}
+        self._failed: Dict[int, int] = {stream: 0 for stream in self._open}
+        self._failed_lock = threading.Lock()  # told from the inference stage's thread
         self._lost: set = set()  # streams told of their outage, until their next frame
+
+    def frames_failed(self, frames: Sequence[Frame]) -> None:
+        """These frames will never be written: their inference failed."""
+        with self._failed_lock:
+            for frame in frames:
+                self._failed[frame.stream] = self._failed.get(frame.stream, 0) + 1
+
+    def _done(self, stream: int) -> int:
+        """The stream's frames written or failed."""
+        return self._written[stream] + self._failed.get(stream, 0)
 
     def frame_written(self, frame: Frame) -> None:
         self._written[frame.stream] = self._written.get(frame.stream, 0) + 1
@@ -231,7 +246,7 @@ class StreamEnds:
     def idle(self) -> None:
         for stream, source in list(self._open.items()):
             if source.state in ("ended", "failed") and \
-                    self._written[stream] >= source.stats.delivered:
+                    self._done(stream) >= source.stats.delivered:
                 del self._open[stream]
                 self._tell("end_stream", stream)
             elif stream not in self._lost and source.state == "reconnecting" and \
@@ -248,4 +263,4 @@ class StreamEnds:
         still waiting at the source would come after the tracks' end."""
         counts = stats.as_dict()  # one consistent snapshot
         return counts["read"] == counts["delivered"] + counts["dropped"] + counts["sampled_out"] and \
-            self._written[stream] >= counts["delivered"]
+            self._done(stream) >= counts["delivered"]

@@ -353,3 +353,32 @@ class Stage(threading.Thread):
             self.outbox.put(END)
         except Aborted:  # the run is stopping anyway; every reader wakes up on its own
             pass
+
+
+class RunIterator:
+    """A run's generator, stepped by one thread at a time: `close()` from another thread (a
+    Pipeline closed there while its consumer is in its loop body) ends the run there, and a
+    consumer resuming meanwhile waits for it, then finds the run over, instead of resuming a
+    generator that is executing ('generator already executing')."""
+
+    def __init__(self, run):
+        self._run = run
+        self._lock = threading.Lock()
+
+    def __iter__(self) -> "RunIterator":
+        return self
+
+    def __next__(self):
+        with self._lock:
+            return next(self._run)
+
+    def close(self) -> bool:
+        """End the run now; False when a step of it is under way (in this thread or another):
+        it is left to end at its next step."""
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            self._run.close()
+        finally:
+            self._lock.release()
+        return True

@@ -166,3 +166,45 @@ def test_the_kernel_compiles_with_nvrtc(arch):
     from pipeline.gpu_preprocess import KERNEL_NAME, KERNEL_SOURCE
 
     check_compiles(KERNEL_SOURCE, KERNEL_NAME, arch)
+
+
+
+def test_two_threads_sharing_a_preprocessor_each_upload_their_own_frame(rng, monkeypatch):
+    """Without a GPU: one Detector may serve two Pipelines at once, so two threads prepare
+    batches at the same time. They shared each slot's pinned host buffer and device buffer:
+    a frame copied in by one thread was what the other thread's launch, still queued behind
+    it, read. Here the second thread prepares its batch between the first one's upload and
+    launch; each launch must read its own thread's frame."""
+    import threading
+
+    import pipeline.gpu_preprocess as gpu_preprocess
+    from cuda_kernels import RecordingKernel, fake_cupy
+
+    read = []  # (thread, the frame bytes its launch read)
+
+    class ReadingKernel(RecordingKernel):
+        def __call__(self, grid, block, args, **kwargs):
+            read.append((threading.current_thread(), args[0].copy()))
+            super().__call__(grid, block, args, **kwargs)
+
+    cupy = fake_cupy()
+    cupy.RawKernel = ReadingKernel
+    monkeypatch.setattr(gpu_preprocess, "require", lambda name: cupy)
+    pre = gpu_preprocess.GpuPreprocessor(ModelSpec())
+    mine, theirs = frame(rng, 40, 60), frame(rng, 40, 60)
+    other = threading.Thread(target=lambda: pre([theirs], (32, 64)))
+    launch = gpu_preprocess.GpuPreprocessor._launch
+
+    def launch_once_the_other_prepared(self, *args):
+        if threading.current_thread() is not other and other.ident is None:
+            other.start()
+            other.join(5.0)  # bounded: a preprocessor that made it wait must not hang the test
+        return launch(self, *args)
+
+    monkeypatch.setattr(gpu_preprocess.GpuPreprocessor, "_launch", launch_once_the_other_prepared)
+    pre([mine], (32, 64))
+    other.join()
+    wanted = {other: theirs}
+    assert len(read) == 2
+    for thread, src in read:
+        assert (src == wanted.get(thread, mine).reshape(-1)).all(), thread.name

@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 
 from engine.errors import ModelError, ShapeError
+from engine.loader import RunnerOptions
 from engine.onnxruntime.runner import OnnxRuntimeRunner
 from engine.onnxruntime.parallel import ParallelRunner
 
 
-def _onnx(path: Path, scale: float = 3.0, channels: int = 3) -> Path:
+def _onnx(path: Path, scale: float = 3.0, channels: int = 3, batch="n") -> Path:
     """A detector-shaped toy: sigmoid(scale * channel mean), (N, C, H, W) -> (N, 1, H, W)."""
     onnx = pytest.importorskip("onnx")
     from onnx import TensorProto, helper
@@ -22,8 +23,8 @@ def _onnx(path: Path, scale: float = 3.0, channels: int = 3) -> Path:
              helper.make_node("Sigmoid", ["logit"], ["prob"])]
     graph = helper.make_graph(
         nodes, "toy",
-        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["n", channels, "h", "w"])],
-        [helper.make_tensor_value_info("prob", TensorProto.FLOAT, ["n", 1, "h", "w"])],
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [batch, channels, "h", "w"])],
+        [helper.make_tensor_value_info("prob", TensorProto.FLOAT, [batch, 1, "h", "w"])],
         [helper.make_tensor("k", TensorProto.FLOAT, [], [scale])])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8),
               str(path))
@@ -51,8 +52,39 @@ def test_runners_of_different_models_are_refused(toy, tmp_path):
                              OnnxRuntimeRunner(other, device="cpu", threads=1)])
     with pytest.raises(ModelError, match="do not serve the same model"):
         runner.activate()
+    assert not any(r.is_active for r in runner.runners)  # the sessions made were let go
     with pytest.raises(ModelError, match=">= 1"):
         ParallelRunner.onnxruntime(toy, sessions=0)
+
+
+def test_a_session_that_fails_to_load_lets_go_of_the_ones_made_before_it(toy):
+    """The first session stayed active (its memory held, on a GPU too) once the second
+    failed: the ParallelRunner was never active, so nothing deactivated it."""
+    def broken():
+        raise ModelError("cannot load the second session")
+
+    runner = ParallelRunner([OnnxRuntimeRunner(toy, device="cpu", threads=1),
+                             OnnxRuntimeRunner(broken, device="cpu", threads=1)])
+    with pytest.raises(ModelError, match="second session"):
+        runner.activate()
+    assert not runner.runners[0].is_active and not runner.is_active
+
+
+def test_a_model_with_a_fixed_batch_is_never_sent_more_frames(toy, tmp_path, rng):
+    """A model exported for one frame per call (its batch dimension fixed) said it took any
+    number: detect_batch and a run of two sources sent it two, which ONNX Runtime refused."""
+    from pipeline.detector import Detector
+
+    single = _onnx(tmp_path / "batch1.onnx", batch=1)
+    with OnnxRuntimeRunner(single, device="cpu", threads=1) as runner, \
+            OnnxRuntimeRunner(toy, device="cpu", threads=1) as dynamic:
+        assert (runner.max_batch, dynamic.max_batch) == (1, 0)
+    with ParallelRunner.onnxruntime(single, sessions=2) as runner:
+        assert runner.max_batch == 2
+        assert runner.infer(np.zeros((2, 3, 32, 32), np.float32))["prob"].shape[0] == 2
+    images = [rng.integers(0, 255, (64, 96, 3), np.uint8) for _ in range(3)]
+    with Detector(single, preset="db", options=RunnerOptions(threads=1)) as det:
+        assert len(det.detect_batch(images)) == 3
 
 
 def test_bad_input_fails_with_the_runner_error(toy):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import threading
 import time
 
@@ -709,3 +710,40 @@ def test_one_detector_serves_two_pipelines_at_once_as_it_serves_them_in_turn(vid
         for thread in threads:
             thread.join(60)
     assert together == alone and all(len(r) > 5 for r in alone)
+
+
+def test_close_from_another_thread_while_the_consumer_is_in_its_loop_body():
+    """close() closed the run's generator from the calling thread: the consumer, resuming
+    while that shutdown went on, raised 'generator already executing', and putting the signal
+    handlers back raised in the closing thread (Python sets them from the main thread only)."""
+    closing, errors = threading.Event(), []
+
+    class SlowToClose(JsonlSink):
+        def close(self):
+            closing.set()
+            time.sleep(0.3)  # the consumer resumes while the run is being shut down
+            super().close()
+
+    sink = SlowToClose(os.devnull)
+    pipe = Pipeline([SimulatedCamera(total=100_000, fps=200)], FakeDetector(), sinks=[sink])
+
+    def close():
+        try:
+            pipe.close()
+        except BaseException as exc:  # noqa: BLE001 - the test reports it
+            errors.append(exc)
+
+    closer = threading.Thread(target=close)
+    frames = 0
+    for _ in pipe:
+        frames += 1
+        if frames == 3:  # in the loop body: the run waits at its yield
+            closer.start()
+            assert closing.wait(10)
+    closer.join(10)
+    assert errors == [] and frames == 3 and sink._fh.closed
+    try:  # the run's handler, left in place, passes Ctrl-C on as before the run
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)

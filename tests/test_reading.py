@@ -111,16 +111,17 @@ def test_batches_group_similar_widths_and_stay_bounded():
 
 
 # -- the recognizer's errors ------------------------------------------------------------------
-def _tiny_ctc_model(path, classes=4, metadata=None):
-    """A CTC-shaped ONNX: (N, 3, 48, W) -> mean over H -> (N, W, 3) -> first `classes` channels."""
+def _tiny_ctc_model(path, classes=4, metadata=None, batch="N"):
+    """A CTC-shaped ONNX: (N, 3, 48, W) -> mean over H -> (N, W, 3) -> first `classes` channels
+    (`batch`: a fixed batch size in place of N)."""
     import onnx
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
         [helper.make_node("ReduceMean", ["x", "axes"], ["m"], keepdims=0),
          helper.make_node("Transpose", ["m"], ["y"], perm=[0, 2, 1])],
-        "tiny_ctc", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 48, "W"])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "W", classes])],
+        "tiny_ctc", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, 48, "W"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, "W", classes])],
         [helper.make_tensor("axes", TensorProto.INT64, [1], [2])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 8
@@ -264,6 +265,19 @@ def test_a_frame_with_a_thousand_texts_is_read_in_bounded_batches(tmp_path):
                         Detections.from_quads(corners, np.ones(1000)))
     assert len(read.data["text"]) == 1000 and len(seen) == 16
     assert max(s[0] for s in seen) == 64
+
+
+def test_a_recognizer_of_a_fixed_batch_size_is_sent_no_more_crops_a_call(tmp_path):
+    """One exported for one crop a call was sent a frame's crops together, which ONNX Runtime
+    refused (ShapeError) at the first frame with two texts, failing the run."""
+    model = _tiny_ctc_model(tmp_path / "one.onnx", classes=3, metadata={"character": "a"}, batch=1)
+    quads = np.float32([[[0, 0], [40, 0], [40, 20], [0, 20]], [[0, 30], [60, 30], [60, 50], [0, 50]],
+                        [[50, 0], [90, 0], [90, 16], [50, 16]]])
+    with Recognizer(model, device="cpu") as rec:
+        read = rec.read(np.zeros((60, 100, 3), np.uint8), Detections.from_quads(quads, np.ones(3)))
+        texts, _ = rec.recognize([np.zeros((48, w, 3), np.uint8) for w in (8, 16, 24)])
+        assert rec.crops_read == 6
+    assert len(read.texts) == 3 and len(texts) == 3
 
 
 # -- the pipeline, the Python API, the outputs ----------------------------------------------

@@ -1,4 +1,6 @@
 """The Stage primitive: end sentinel, timing, error propagation and the put loop in one place."""
+import sys
+import threading
 from types import SimpleNamespace
 
 import numpy as np
@@ -94,6 +96,33 @@ def test_batch_sizes_are_reported_as_a_count_histogram():
         metrics.batch_done(size)
     report = metrics.report()["batch_size"]
     assert report == {"count": 4, "mean": pytest.approx(11 / 4), "histogram": {"1": 1, "2": 1, "4": 2}}
+
+
+def test_the_batch_histogram_is_read_while_the_inference_stage_adds_batch_sizes():
+    """/api/status reads it during a run: a batch size first seen while it was being summed
+    raised 'dictionary changed size during iteration' there."""
+    metrics, done, errors = Metrics(window=1), threading.Event(), []
+
+    def infer():
+        for size in range(1, 20_000):
+            metrics.batch_done(size)
+        done.set()
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # the threads take turns between any two steps
+    thread = threading.Thread(target=infer)
+    try:
+        thread.start()
+        while not done.is_set():
+            try:
+                metrics.batch_summary()
+            except RuntimeError as exc:
+                errors.append(exc)
+                break
+    finally:
+        thread.join()
+        sys.setswitchinterval(interval)
+    assert errors == [] and metrics.batch_summary()["count"] == 19_999
 
 
 def test_a_frame_left_for_the_next_batch_still_waits_at_the_live_gate():

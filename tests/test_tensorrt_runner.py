@@ -124,8 +124,8 @@ def test_cuda_graphs_keep_a_bounded_number_of_shapes_and_no_spare_context(trt, t
         for shape in shapes:
             batch = rng.random(shape, dtype=np.float32)
             np.testing.assert_allclose(runner.infer(batch)["prob"], ort_prob(tiny_onnx, batch), atol=1e-5)
-        graphs = runner._states[0].graphs
-        assert len(graphs) == 3 and runner._states[0].context is None
+        graphs = runner._thread_states()[0].graphs
+        assert len(graphs) == 3 and runner._thread_states()[0].context is None
         kept = [next(iter(dict(key).values()))[2:] for key in graphs]
         assert kept == [(96, 64), (128, 64), (32, 32)]  # the least recently used ones left
     assert len(contexts) == 6  # 5 shapes, the 128x64 one reused, the 32x32 one captured again
@@ -200,7 +200,7 @@ def test_threads_get_their_own_context(trt, tiny_onnx, tmp_path, rng):
             t.start()
         for t in threads:
             t.join()
-        assert len(runner._states) == 3                    # one context + stream per thread
+        assert len(runner._thread_states()) == 3                    # one context + stream per thread
     assert not errors
     for i, batch in enumerate(batches):
         np.testing.assert_allclose(results[i], ort_prob(tiny_onnx, batch), atol=1e-5)
@@ -219,3 +219,28 @@ def test_an_engine_says_how_many_frames_a_call_takes(trt, tiny_onnx, tmp_path):
         assert batch_size(0, 6, runner) == 2
         with pytest.raises(ModelError, match="--batch 3: the model takes at most 2 frames"):
             batch_size(3, 1, runner)
+
+
+def test_a_thread_that_ended_lets_go_of_its_context(trt, tiny_onnx, tmp_path, rng):
+    """Each thread's context holds the profile's largest activation memory: those of threads
+    that had ended were kept until the runner closed, so a Detector serving one Pipeline after
+    another (a new inference thread each), or calls from a server's threads, ran out of GPU
+    memory."""
+    import gc
+    import weakref
+
+    engine = tmp_path / "m.engine"
+    build_engine_file(tiny_onnx, engine, BuildOptions(profile=SMALL))
+    batch = rng.random((1, 3, 64, 64), dtype=np.float32)
+    with TensorRTRunner(engine) as runner:
+        states = []  # each holds its thread's context and stream
+        for _ in range(4):
+            thread = threading.Thread(target=lambda: runner.infer(batch))
+            thread.start()
+            thread.join()
+            states.append(weakref.ref(runner._thread_states()[-1]))
+            del thread
+        gc.collect()
+        assert [ref() is None for ref in states] == [True] * 4
+        runner.infer(batch)  # this thread's own stays while it lives
+        assert len(runner._thread_states()) == 1

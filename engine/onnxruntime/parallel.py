@@ -9,6 +9,7 @@ On a CPU, one ONNX Runtime session with k intra-op threads scales poorly for sma
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, Mapping, Optional, Sequence, Tuple
@@ -48,19 +49,33 @@ class ParallelRunner(Runner):
                     for _ in range(sessions)])
 
     def _activate(self) -> None:
-        for runner in self.runners:
-            runner.activate()
-        first = self.runners[0]
-        for runner in self.runners[1:]:
-            if (runner.inputs, runner.outputs) != (first.inputs, first.outputs):
-                raise ModelError("ParallelRunner: the runners do not serve the same model")
+        try:  # this runner is not active when this fails: the sessions made so far are let go
+            for runner in self.runners:
+                runner.activate()
+            first = self.runners[0]
+            for runner in self.runners[1:]:
+                if (runner.inputs, runner.outputs) != (first.inputs, first.outputs):
+                    raise ModelError("ParallelRunner: the runners do not serve the same model")
+        except BaseException:
+            self._deactivate_runners()
+            raise
         self._pool = ThreadPoolExecutor(len(self.runners), thread_name_prefix="dbrt-infer")
+
+    def _deactivate_runners(self) -> None:
+        with contextlib.ExitStack() as steps:  # each one, even when another fails to let go
+            for runner in self.runners:
+                steps.callback(runner.deactivate)
 
     def _deactivate(self) -> None:
         self._pool.shutdown(wait=True)
         self._pool = None
-        for runner in self.runners:
-            runner.deactivate()
+        self._deactivate_runners()
+
+    def _check_feed(self, feed: Mapping[str, object]) -> None:
+        """The inputs but for their batch size: each runner checks its own share (a model of
+        a fixed batch size takes one share a runner)."""
+        super()._check_feed({name: array[:1] if getattr(array, "ndim", 0) else array
+                             for name, array in feed.items()})
 
     def _infer(self, feed: Mapping[str, object]) -> Dict[str, np.ndarray]:
         n = len(next(iter(feed.values())))
@@ -81,6 +96,11 @@ class ParallelRunner(Runner):
     @property
     def outputs(self) -> Tuple[TensorInfo, ...]:
         return self.runners[0].outputs
+
+    @property
+    def max_batch(self) -> int:
+        """Each runner takes its share of a batch (at most one frame more than another's)."""
+        return self.runners[0].max_batch * len(self.runners)
 
     @property
     def metadata(self) -> Dict[str, str]:

@@ -167,6 +167,14 @@ class OnnxRuntimeRunner(Runner):
                 for t, value in zip(self._outputs, binding.get_outputs())}
 
     @property
+    def max_batch(self) -> int:
+        """A model exported with a fixed batch size takes that many frames per call at most
+        (0: any number), so that the pipeline and `detect_batch` never send more."""
+        fixed = [t.shape[0] for t in self._inputs
+                 if t.shape and isinstance(t.shape[0], int) and t.shape[0] > 0]
+        return min(fixed, default=0)
+
+    @property
     def metadata(self) -> Dict[str, str]:
         return dict(self._meta)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,7 +90,10 @@ class TensorRTRunner(Runner):
         self._runtime = None
         self._logger = None
         self._local = threading.local()
-        self._states = []
+        # per calling thread, released with it (a thread that ended frees its context, whose
+        # activation memory is the profile's largest), or all together on deactivate()
+        self._states: "weakref.WeakKeyDictionary[threading.Thread, _ThreadState]" = \
+            weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
         # TensorRT: "each execution context in concurrent use must use a separate optimization
         # profile" (dynamic shapes); every thread's context is on profile 0, so they take turns
@@ -179,9 +183,14 @@ class TensorRTRunner(Runner):
             context = None if self.cuda_graph else self._new_context()
             with self._lock:
                 state = _ThreadState(context, self.backend.stream())
-                self._states.append(state)  # released together on deactivate()
+                self._states[threading.current_thread()] = state
             self._local.state = state
         return state
+
+    def _thread_states(self) -> list:
+        """The states of the threads that called and still exist."""
+        with self._lock:
+            return list(self._states.values())
 
     def _new_context(self):
         """An execution context (its activation memory is the profile's largest): None from

@@ -92,6 +92,13 @@ class Recognizer:
         return Charset.from_characters(chars, num_classes, f"the dictionary in {self.model_name}")
 
     # -- reading ------------------------------------------------------------------------------
+    @property
+    def batch_size(self) -> int:
+        """Crops per engine call: the spec's, never more than the model takes (one exported for
+        a fixed batch size, an engine's profile: `Runner.max_batch`, 0 for no limit)."""
+        limit = int(getattr(self.runner, "max_batch", 0) or 0)
+        return min(self.spec.batch_size, limit) if limit else self.spec.batch_size
+
     def read(self, image, detections: Detections) -> Detections:
         """`detections` with two more columns: "text" (str) and "text_score" (float32, the mean
         probability of the characters read; 0 with an empty text for a polygon too thin to read).
@@ -106,11 +113,12 @@ class Recognizer:
             quads = pad_quads(reading_quads(detections.polygons), spec.margin)
             plan = plan_crops(quads, spec.height, spec.min_width, spec.max_width)
             self.skipped += int(n - plan.valid.sum())
-            self._read_plan(image, plan, crop_batches(plan, spec.batch_size), texts, scores)
+            self._read_plan(image, plan, crop_batches(plan, self.batch_size), texts, scores)
             if plan.tall.any():  # vertical text reads either way: the more confident one wins
                 flipped = plan.turned_half()
                 tall = np.flatnonzero(plan.tall)
-                batches = [tall[k:k + spec.batch_size] for k in range(0, len(tall), spec.batch_size)]
+                size = self.batch_size
+                batches = [tall[k:k + size] for k in range(0, len(tall), size)]
                 self._read_plan(image, flipped, batches, texts, scores, keep_better=True)
         data = dict(detections.data)
         data[TEXT], data[TEXT_SCORE] = np.asarray(texts, dtype=str), scores
@@ -142,8 +150,8 @@ class Recognizer:
                                   spec.height))
         texts, scores = [""] * len(sized), np.zeros(len(sized), np.float32)
         order = np.argsort([c.shape[1] for c in sized], kind="stable")
-        for start in range(0, len(order), spec.batch_size):
-            members = order[start:start + spec.batch_size]
+        for start in range(0, len(order), self.batch_size):
+            members = order[start:start + self.batch_size]
             got_texts, got_scores = self._recognize([sized[i] for i in members])
             for i, text, score in zip(members, got_texts, got_scores):
                 texts[i], scores[i] = text, score
@@ -172,7 +180,7 @@ class Recognizer:
 
     def describe(self) -> dict:
         return dict(model=self.model_name, runner=self.runner.name, classes=len(self.charset),
-                    height=self.spec.height, batch_size=self.spec.batch_size,
+                    height=self.spec.height, batch_size=self.batch_size,
                     margin=self.spec.margin, crops_read=self.crops_read, skipped_unreadable=self.skipped)
 
     # -- lifecycle ---------------------------------------------------------------------------
