@@ -184,7 +184,8 @@ def test_two_threads_sharing_a_preprocessor_each_upload_their_own_frame(rng, mon
 
     class ReadingKernel(RecordingKernel):
         def __call__(self, grid, block, args, **kwargs):
-            read.append((threading.current_thread(), args[0].copy()))
+            cupy.cuda.get_current_stream().synchronize()  # stream order: the copies queued
+            read.append((threading.current_thread(), args[0].copy()))  # before it are done
             super().__call__(grid, block, args, **kwargs)
 
     cupy = fake_cupy()
