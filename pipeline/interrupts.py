@@ -29,12 +29,15 @@ class StopSignals:
     overlap: a handler left behind by a finished run passes signals on to its predecessor."""
 
     def __init__(self, signals: Sequence[int], drain: Callable[[], None],
-                 abort: Callable[[], None]):
+                 abort: Callable[[], None], drain_limit: Optional[float] = None):
         self.signals = tuple(signals)
         self._drain, self._abort = drain, abort
+        self.drain_limit = drain_limit
         self._previous: Dict[int, object] = {}
         self._active = False
+        self._deadline: Optional[threading.Timer] = None
         self.received: List[int] = []
+        self.drain_expired = False  # the drain limit passed: the run was stopped at once
 
     @property
     def first(self) -> Optional[int]:
@@ -52,6 +55,8 @@ class StopSignals:
         """Put the previous handlers back; from another thread (a run closed there) Python
         cannot, so ours stay, inactive: they pass every signal on to the previous ones."""
         self._active = False
+        if self._deadline is not None:
+            self._deadline.cancel()
         if threading.current_thread() is not threading.main_thread():
             return
         for signum, handler in self._previous.items():
@@ -65,10 +70,23 @@ class StopSignals:
         self.received.append(signum)
         if len(self.received) == 1:
             self._drain()
+            self._start_deadline()
         elif len(self.received) == 2:
             self._abort()
         else:
             raise Interrupted(signum)
+
+    def _start_deadline(self) -> None:
+        if self.drain_limit is None:
+            return
+        self._deadline = threading.Timer(self.drain_limit, self._drain_too_long)
+        self._deadline.daemon = True
+        self._deadline.start()
+
+    def _drain_too_long(self) -> None:
+        if self._active and len(self.received) == 1:  # not ended, nor stopped at once since
+            self.drain_expired = True
+            self._abort()
 
     def _forward(self, signum, frame) -> None:
         previous = self._previous[signum]

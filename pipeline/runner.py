@@ -81,6 +81,9 @@ class Pipeline:
                    `stop()`), the second stops at once (`report()["lost"]` counts the frames
                    read but never written); the run then raises `Interrupted` (a
                    KeyboardInterrupt) with the signal's number. `dbrt run` adds SIGTERM.
+    drain_limit:   seconds the drain after the first stop signal may last before the run
+                   stops at once as at the second (None: as long as it takes); `docker stop`
+                   kills after 10 s, which would leave no report
     """
 
     def __init__(self, sources: Sequence, detector: Detector, *, close_detector: bool = False,
@@ -89,7 +92,8 @@ class Pipeline:
                  sinks: Iterable[Sink] = (),
                  callbacks: Iterable[Callback] = (), source_options: Optional[dict] = None,
                  switch_interval: Optional[float] = 0.0005, track=False,
-                 stop_signals: Sequence[int] = (signal.SIGINT,)):
+                 stop_signals: Sequence[int] = (signal.SIGINT,),
+                 drain_limit: Optional[float] = None):
         if isinstance(sources, (str, os.PathLike, int, Source)):
             sources = [sources]
         self.sinks, self.callbacks, self.sources = [], [], []  # sources: List[Source]
@@ -122,7 +126,8 @@ class Pipeline:
         self._steps = DetectorSteps(detector, self.metrics, self.control, self._async,
                                     frames_failed=lambda frames: self._stream_ends.frames_failed(frames))
         self.interrupted = False
-        self._signals = StopSignals(stop_signals, drain=self._interrupt, abort=self.control.abort)
+        self._signals = StopSignals(stop_signals, drain=self._interrupt, abort=self.control.abort,
+                                    drain_limit=drain_limit)
         # a signal handler only sets flags; closing the sources takes locks the interrupted
         # main thread may hold, so a thread of its own does it
         self._close_requested, self._run_over = threading.Event(), False
@@ -261,7 +266,7 @@ class Pipeline:
     def report(self, **extra) -> dict:
         return self.metrics.report(
             [s.describe() for s in self.sources], batch=self.batch, interrupted=self.interrupted,
-            lost=self.lost, sample_fps=self.sample_fps, model=self.detector.describe(), **extra)
+            drain_expired=self._signals.drain_expired, lost=self.lost, sample_fps=self.sample_fps, model=self.detector.describe(), **extra)
 
     # -- threads ----------------------------------------------------------------------------
     def _start(self) -> None:

@@ -16,6 +16,7 @@ from ._validate import (DEVICES, MAX_CPU_THREADS, MAX_SESSIONS, at_least, broker
 
 NAME = "run"
 ORDER = 10
+DRAIN_LIMIT_S = 5.0  # with the closing that follows, within docker stop's 10 s before SIGKILL
 HELP = "detect text in videos, streams, cameras or images (default: the bundled demo video)"
 DESCRIPTION = (
     "Run the threaded detection pipeline. SOURCE may be a video file, an rtsp:// http(s):// "
@@ -103,6 +104,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="run at most FPS frames per second of each video or stream, spread "
                         "evenly by their timestamps (a long recording scanned quickly, a camera "
                         "at less power); the others are counted as sampled out, never as lost")
+    q.add_argument("--drain-limit", type=at_least(0.0, float), default=DRAIN_LIMIT_S, metavar="S",
+                   help="after Ctrl-C or SIGTERM, write the frames already read for at most S "
+                        "seconds, then stop at once (those left are counted as lost) and write "
+                        f"the report (default {DRAIN_LIMIT_S:g}: docker stop kills after 10 s)")
     q.add_argument("--decode-threads", type=at_least(0, at_most=MAX_CPU_THREADS), default=0,
                    help=f"FFmpeg decoding threads (0: auto; at most {MAX_CPU_THREADS})")
     q.add_argument("--hwaccel", choices=("cuda",),
@@ -253,7 +258,7 @@ def build_pipeline(args):
         sources, detector, close_detector=True, batch=args.batch,
         batch_timeout=args.batch_timeout_ms / 1e3, queue_size=args.queue_size,
         max_frames=args.max_frames, sample_fps=args.sample_fps,
-        stop_signals=(signal.SIGINT, signal.SIGTERM),
+        stop_signals=(signal.SIGINT, signal.SIGTERM), drain_limit=args.drain_limit,
         track=args.track or args.events_every is not None)
     out = Path(args.output)
     try:
@@ -384,6 +389,8 @@ def finish(pipe, progress, out: Path, args, error: Optional[BaseException] = Non
     if report["lost"]:
         why = "stopped at once" if error is None or isinstance(error, KeyboardInterrupt) else \
             "stopped by the failure below"
+        if report.get("drain_expired"):
+            why = f"the --drain-limit of {args.drain_limit:g} s passed before every frame read was written"
         print(f"dbrt run: {why}: {report['lost']} frames read were never written", file=sys.stderr)
     if pipe.detector.untrained:
         print("note: the model is untrained; train one with `dbrt train` or pass --model")
