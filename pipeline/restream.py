@@ -12,7 +12,9 @@ B-frames, a keyframe every 2 s, so a viewer that joins sees a picture within 2 s
 
 The run never waits for it: each stream's frames go to its own thread through a queue of
 `max_queued` frames, where the newest frame wins (those pushed out are counted as dropped).
-That thread annotates, encodes and sends. A server that is down at the start, or goes away,
+That thread annotates them and hands them to a process of its own that encodes and sends
+(pipeline.restream_sender: FFmpeg connects holding the interpreter's lock), waiting for its
+answer with a timeout. A server that is down at the start, or goes away,
 is tried again with back-off (`min_delay` doubling up to `max_delay` seconds); frames meanwhile
 are dropped and counted. Frames of a live source are timed by their arrival; a file's by its
 own timestamps, sent as fast as the run detects, not paced to real time: a file restreamed
@@ -22,8 +24,6 @@ the file's timing).
 from __future__ import annotations
 
 import collections
-import contextlib
-import socket
 import threading
 import time
 from typing import Dict, Iterable, Mapping, Optional, Sequence
@@ -34,16 +34,13 @@ from engine.lazy import require
 
 from .detections import Detections
 from .draw import annotate
-from .encoder import VideoEncoder
+from .restream_sender import MUXERS, Sender, SendError
 from .sinks import Sink
 from .sources import Frame
 
-MUXERS = {"rtsp": "rtsp", "rtmp": "flv", "udp": "mpegts", "srt": "mpegts"}
 DEFAULT_PORTS = {"rtsp": 554, "rtmp": 1935}
 PLACEHOLDERS = ("{stream}", "{name}")
 MIN_DELAY_S, MAX_DELAY_S = 0.5, 8.0  # the reconnect back-off: doubling from min to max
-CONNECT_TIMEOUT_S = 3.0  # a server that does not answer: given up on after this, then retried
-SLOW_FAILURE_S = 0.5  # a connection refused fails at once; one that takes longer, the host is silent
 CLOSE_WAIT_S = 5.0  # how long the run's end waits for a stream to finish sending
 EVENTS_KEPT = 10
 
@@ -120,35 +117,6 @@ def opened_url(url: str) -> str:
         raise DbrtError(f"--restream: {exc}") from None
 
 
-def muxer_url(url: str, scheme: str) -> str:
-    """MPEG-TS over UDP in datagrams of 7 TS packets (1316 bytes), the size receivers expect."""
-    if scheme == "udp" and "pkt_size=" not in url:
-        return url + ("&" if "?" in url else "?") + "pkt_size=1316"
-    return url
-
-
-class StreamEncoder(VideoEncoder):
-    """A VideoEncoder whose container is a network stream's muxer; FFmpeg connects at the first
-    packet."""
-
-    def __init__(self, url: str, scheme: str, *args, **kwargs):
-        self._url, self._scheme = muxer_url(url, scheme), scheme
-        super().__init__(url, *args, **kwargs)
-
-    def _open_container(self, av):
-        options = {}
-        if self._scheme == "rtsp":  # TCP: no lost packets, one connection through firewalls
-            options = {"rtsp_transport": "tcp", "timeout": str(int(CONNECT_TIMEOUT_S * 1e6))}
-        return av.open(self._url, mode="w", format=MUXERS[self._scheme], options=options)
-
-    def _is_mp4(self) -> bool:
-        return False
-
-    @contextlib.contextmanager
-    def _naming_the_file(self):
-        yield  # FFmpeg's own error ("Connection refused"): the output notes it, the run goes on
-
-
 class RestreamOutput:
     """One stream's restream: a thread that takes the newest frames from a bounded queue,
     annotates, encodes and sends them, and reconnects with back-off."""
@@ -166,10 +134,8 @@ class RestreamOutput:
         self._queue: collections.deque = collections.deque()
         self._wake = threading.Condition()
         self._finishing = False
-        self._encoder: Optional[StreamEncoder] = None
+        self._sender: Optional[Sender] = None
         self._sent = self._dropped = self._attempts = 0
-        self._connecting_since: Optional[float] = None  # the attempt under way, until a send
-        self._host_silent = False  # a TCP connection attempt was slow to fail
         self._retry_at, self._delay = 0.0, self.min_delay
         self.connected = False
         self.last_error: Optional[str] = None
@@ -197,7 +163,11 @@ class RestreamOutput:
             self._wake.notify()
 
     def join(self, timeout: float = CLOSE_WAIT_S) -> None:
-        self._thread.join(timeout)  # a server that blocks the last send: the thread is a daemon
+        self._thread.join(timeout)
+        sender = self._sender
+        if self._thread.is_alive() and sender is not None:  # a server that holds up the last
+            sender.proc.kill()  # frame or the stream's end: its answer is not waited for
+            self._thread.join(timeout)
 
     def counters(self) -> dict:
         """url (without credentials), frames_sent_total, frames_dropped_total (queue full, not
@@ -219,7 +189,7 @@ class RestreamOutput:
                     break
                 self._send(*item)
         finally:
-            self._close_encoder(flush=True)
+            self._close_sender(flush=True)
 
     def _take(self):
         with self._wake:
@@ -232,77 +202,56 @@ class RestreamOutput:
             self._dropped += 1
 
     def _send(self, frame: Frame, detections: Detections) -> None:
-        if self._encoder is None and not self._connect(frame):
+        if self._sender is None and not self._connect():
             self._drop()
             return
         image = annotate(frame.image, detections, self.annotators)
         try:  # a live source's frames at their arrival; a file's at its timestamps
-            self._encoder.encode(image, frame.t_read if self.live else frame.timestamp)
-        except Exception as exc:  # the server refused the stream or went away; FFmpeg's errors
+            self._sender.send(image, frame.t_read if self.live else frame.timestamp)
+        except SendError as exc:  # the server refused the stream, went away or went silent
             self._drop()
-            self._failed(exc)
+            self._failed(str(exc))
             return
         self._sent += 1
         if not self.connected:
             self.connected, self._delay, self.last_error = True, self.min_delay, None
-            self._connecting_since, self._host_silent = None, False
             self._note(f"connected to {self.shown}" + (
                 f" (attempt {self._attempts})" if self._attempts > 1 else ""))
 
-    def _connect(self, frame: Frame) -> bool:
+    def _connect(self) -> bool:
         """A new connection once the back-off delay has passed (False before it, or failing)."""
         if time.monotonic() < self._retry_at:
             return False
         self._attempts += 1
-        self._connecting_since = time.monotonic()
-        height, width = frame.size
         try:
-            if self._host_silent:
-                self._answers()
-            self._encoder = StreamEncoder(self.url, self.scheme, width, height, self.fps,
-                                          self.codec, self.crf, low_latency=True)
-        except Exception as exc:
-            self._failed(exc)
+            self._sender = Sender(self.url, self.scheme, self.fps, self.codec, self.crf)
+        except (OSError, SendError) as exc:  # no process (out of memory, of processes)
+            self._failed(without_credentials(getattr(exc, "strerror", None) or str(exc)))
             return False
         return True
 
-    def _answers(self) -> None:
-        """The TCP server accepts a connection within CONNECT_TIMEOUT_S (OSError if not).
-        FFmpeg connects while PyAV holds the interpreter's lock: a host that does not answer
-        (switched off, a firewall that drops) stalled every thread of the run until it timed
-        out. Once a connection was slow to fail, this waits for the host without the lock.
-        (Not before: a server that accepts a single client, FFmpeg's own listen mode, would
-        take this connection for the stream.)"""
-        parts = urlsplit(self.url)
-        with socket.create_connection((parts.hostname, parts.port or DEFAULT_PORTS[self.scheme]),
-                                      timeout=CONNECT_TIMEOUT_S):
-            pass
-
-    def _failed(self, exc: BaseException) -> None:
-        error = without_credentials(getattr(exc, "strerror", None) or str(exc) or type(exc).__name__)
+    def _failed(self, error: str) -> None:
+        error = without_credentials(error)
         if self.connected:
             self._note(f"connection to {self.shown} lost: {error}")
         elif error != self.last_error:
             self._note(f"cannot connect to {self.shown}: {error}")
-        since, self._connecting_since = self._connecting_since, None
-        if since is not None and time.monotonic() - since > SLOW_FAILURE_S:
-            self._host_silent = self.scheme in DEFAULT_PORTS
         self.connected, self.last_error = False, error
-        self._close_encoder(flush=False)
+        self._close_sender(flush=False)
         self._retry_at = time.monotonic() + self._delay
         self._delay = min(self.max_delay, self._delay * 2)
 
-    def _close_encoder(self, flush: bool) -> None:
-        encoder, self._encoder = self._encoder, None
-        if encoder is None:
+    def _close_sender(self, flush: bool) -> None:
+        sender, self._sender = self._sender, None
+        if sender is None:
             return
         try:  # flush: the end of the stream, delayed frames and the muxer's trailer sent
             if flush and self.connected:
-                encoder.close()
+                sender.close(CLOSE_WAIT_S)
             else:
-                encoder.container.close()
-        except Exception as exc:  # a server gone at the end: nothing more to send to it
-            self.last_error = without_credentials(getattr(exc, "strerror", None) or str(exc))
+                sender.kill()
+        except SendError as exc:  # a server gone at the end: nothing more to send to it
+            self.last_error = without_credentials(str(exc))
         self.connected = False
 
     def _note(self, text: str) -> None:
