@@ -14,9 +14,9 @@ The run never waits for it: each stream's frames go to its own thread through a 
 `max_queued` frames, where the newest frame wins (those pushed out are counted as dropped).
 That thread annotates them and hands them to a process of its own that encodes and sends
 (pipeline.restream_sender: FFmpeg connects holding the interpreter's lock), waiting for its
-answer with a timeout. A server that is down at the start, or goes away,
-is tried again with back-off (`min_delay` doubling up to `max_delay` seconds); frames meanwhile
-are dropped and counted. Frames of a live source are timed by their arrival; a file's by its
+answer with a timeout. A server that is down at the start, goes away or goes silent is tried
+again with back-off (`min_delay` doubling up to `max_delay` seconds); frames meanwhile are
+dropped and counted. Frames of a live source are timed by their arrival; a file's by its
 own timestamps, sent as fast as the run detects, not paced to real time: a file restreamed
 runs ahead of the clock (a player of the stream may then skip or speed up; a recorder keeps
 the file's timing).
@@ -119,7 +119,8 @@ def opened_url(url: str) -> str:
 
 class RestreamOutput:
     """One stream's restream: a thread that takes the newest frames from a bounded queue,
-    annotates, encodes and sends them, and reconnects with back-off."""
+    annotates them, has a Sender (a process per connection) encode and send them, and
+    reconnects with back-off."""
 
     def __init__(self, url: str, shown: str, codec: str = "libx264", crf: int = 23,
                  fps: float = 25.0, live: bool = False, annotators: Optional[Sequence] = None,
