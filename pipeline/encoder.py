@@ -91,26 +91,27 @@ class VideoEncoder:
     frame of `fps` after the last. `live`: a clock that jumps ahead of the time the frames
     arrived in (a camera's clock set forward) goes on at the arrival time, not with a still
     picture for the jump. `fixed_rate`: every frame lasts 1 / `fps`, timestamps unused.
+    `low_latency` (default: `live`): the encoder's live settings (no look-ahead, no B-frames).
     """
 
     def __init__(self, path: Path, width: int, height: int, fps: float, codec: str, crf: int,
-                 fixed_rate: bool = False, live: bool = False):
+                 fixed_rate: bool = False, live: bool = False, low_latency: Optional[bool] = None):
         av = require("av")
         self.path = path
         with self._naming_the_file():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self.container = av.open(str(path), mode="w", options=_muxing(path))
+            self.container = self._open_container(av)
+        low_latency = live if low_latency is None else low_latency
         rate = Fraction(fps).limit_denominator(1001) if fps else Fraction(25)
         self.stream = self.container.add_stream(codec, rate=rate)
         self.stream.width, self.stream.height = width - width % 2, height - height % 2
         self.stream.pix_fmt = "yuv420p"
-        if self.stream.codec_context.codec.canonical_name == "hevc" and path.suffix.lower() in MP4_SUFFIXES:
+        if self.stream.codec_context.codec.canonical_name == "hevc" and self._is_mp4():
             self.stream.codec_tag = "hvc1"  # FFmpeg's hev1, which Safari and Apple's players refuse
         self.stream.codec_context.time_base = Fraction(1, TICKS)
-        if live:  # no B-frames, which hold frames back in the encoder (a live run's latency,
-            # and what a kill loses); keyframes, so fragments, come by time (encode)
+        if low_latency:  # no B-frames, which hold frames back in the encoder (a live run's
+            # latency, and what a kill loses); keyframes, so fragments, come by time (encode)
             self.stream.codec_context.max_b_frames = 0
-        self.stream.options = encoder_options(codec, crf, live)
+        self.stream.options = encoder_options(codec, crf, low_latency)
         self._last_key: Optional[int] = None  # pts of the last keyframe asked for
         self._av = av
         self._step = max(1, round(TICKS / rate))  # one frame at the nominal rate
@@ -120,6 +121,14 @@ class VideoEncoder:
         self._last_pts: Optional[int] = None
         self._durations: dict = {}  # pts -> ticks, of the frames in the encoder
         self._origin: Optional[float] = None  # the source time shown at pts 0
+
+    def _open_container(self, av):
+        """The output container (a file here; a network stream's muxer in a subclass)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        return av.open(str(self.path), mode="w", options=_muxing(self.path))
+
+    def _is_mp4(self) -> bool:
+        return self.path.suffix.lower() in MP4_SUFFIXES
 
     def encode(self, image, timestamp: Optional[float] = None,
                t_read: Optional[float] = None) -> None:

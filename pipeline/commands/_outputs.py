@@ -12,8 +12,14 @@ from urllib.parse import urlparse
 def video_names(pipe) -> dict:
     """stream -> the file name of its annotated video"""
     single = len(pipe.sources) == 1
-    return {s.stream: ("annotated.mp4" if single else f"annotated_{s.stream}_{_slug(s.name)}.mp4")
-            for s in pipe.sources if s.kind != "images"}
+    return {stream: ("annotated.mp4" if single else f"annotated_{stream}_{name}.mp4")
+            for stream, name in stream_names(pipe.sources).items()}
+
+
+def stream_names(sources) -> dict:
+    """stream -> the name of a video, stream or camera source in its outputs' names (its
+    annotated video's, --restream's {name}): a stream's path without credentials"""
+    return {s.stream: _slug(s.name) for s in sources if s.kind != "images"}
 
 
 def visual_sinks(pipe, out: Path, annotators, ImageSink, VideoSink, codec: str = "libx264") -> list:
@@ -71,6 +77,7 @@ def clear_earlier_outputs(out: Path, ours: set, quiet: bool) -> None:
 
 def outputs_written(pipe, out: Path) -> dict:
     """The files this run wrote (a folder may also hold an earlier run's)."""
+    from pipeline.restream import RestreamSink
     from pipeline.sinks import ImageSink, VideoSink
 
     outputs = dict(jsonl=str(out / "detections.jsonl"), report=str(out / "report.json"))
@@ -81,4 +88,6 @@ def outputs_written(pipe, out: Path) -> dict:
             outputs["videos"] = {str(stream): str(p) for stream, p in sorted(sink.paths.items())}
         if isinstance(sink, ImageSink) and sink.written:
             outputs["images"] = str(out / "annotated")
+        if isinstance(sink, RestreamSink):
+            outputs["restream"] = sink.report()
     return outputs

@@ -271,3 +271,15 @@ def broker_url(text: str) -> str:
         raise argparse.ArgumentTypeError(f"{without_credentials(str(exc))}, got "
                                          f"{without_credentials(text)!r}") from None
     return text
+
+
+def restream_url(text: str) -> str:
+    """rtsp:// rtmp:// srt:// udp://..., checked now (pipeline.restream.check_url)."""
+    from pipeline.restream import check_url
+    from pipeline.sources.base import without_credentials
+
+    try:
+        check_url(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{exc}, got {without_credentials(text)!r}") from None
+    return text

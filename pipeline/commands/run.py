@@ -9,10 +9,12 @@ from typing import Optional
 
 from pipeline.encoder import VIDEO_CODECS
 
+from ._network import check_restream, network_sinks, outputs_counted, print_network_summary
 from ._outputs import clear_earlier_outputs, outputs_written, video_names, visual_sinks
 from ._model import DLA_HELP, REC_MARGIN_HELP, THREADS_HELP, TRUST_ENGINE_HELP, add_triton_arguments
 from ._validate import (DEVICES, MAX_CPU_THREADS, MAX_SESSIONS, at_least, broker_url, fourcc, frame_size,
-                        input_size, listen_address, output_folder, region, side_length, zero_to_one)
+                        input_size, listen_address, output_folder, region, restream_url, side_length,
+                        zero_to_one)
 
 NAME = "run"
 ORDER = 10
@@ -144,6 +146,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "default: the DBRT_SERVE_TOKEN environment variable, else none")
     w.add_argument("--serve-fps", type=at_least(0.1, float), default=10.0,
                    help="most pictures per second and stream sent to viewers")
+    w.add_argument("--restream", type=restream_url, metavar="URL",
+                   help="also send each source's annotated video live to URL: rtsp://HOST:PORT/PATH "
+                        "(published to an RTSP server, e.g. MediaMTX, over TCP), rtmp://HOST/APP/KEY, "
+                        "udp://HOST:PORT or srt://HOST:PORT (MPEG-TS); with several sources, "
+                        "{stream} (the source's index) or {name} (its name, as in its annotated "
+                        "video's) in URL gives each its own; a server that is down is retried, "
+                        "frames it misses are dropped and counted; the run never waits for it")
     w.add_argument("--mqtt", type=broker_url, metavar="mqtt[s]://[USER:PASS@]HOST[:PORT]/TOPIC",
                    help="publish one JSON event per frame (QoS 1) to this broker and topic, and "
                         "with --track each text event; mqtts://...?ca=FILE trusts the broker "
@@ -197,7 +206,7 @@ def _check_flag_pairs(args) -> None:
     if args.serve_token and not args.serve:
         raise DbrtError("--serve-token applies to --serve only; add --serve or drop --serve-token")
     if args.video_codec != "libx264":
-        if args.no_video:
+        if args.no_video and not args.restream:
             raise DbrtError(f"--video-codec {args.video_codec} encodes the annotated video; with "
                             "--no-video there is none: drop one")
         from pipeline.encoder import check_encoder
@@ -206,9 +215,10 @@ def _check_flag_pairs(args) -> None:
     from pipeline.sources.hwdecode import check_hwaccel
 
     check_hwaccel(args.hwaccel)  # NVDEC likewise: before the sources open and the model loads
-    if args.show_scores and args.no_video and not (args.show or args.serve):
+    if args.show_scores and args.no_video and not (args.show or args.serve or args.restream):
         raise DbrtError("--show-scores writes scores on the annotated video / images, the --show "
-                        "window or the --serve view; with --no-video there is none: drop one")
+                        "window, the --serve view or the --restream video; with --no-video there "
+                        "is none: drop one")
 
 
 def _camera_mode(args) -> dict:
@@ -249,6 +259,8 @@ def build_pipeline(args):
             size = getattr(source, "coded_size", None)
             if args.roi is not None and size:
                 args.roi.check_coded_size(*size)
+        if args.restream:
+            check_restream(args.restream, sources)
         detector = build_detector(args)
     except BaseException:
         for source in sources:
@@ -297,7 +309,7 @@ def _sinks(pipe, out: Path, args) -> list:
     try:  # a sink that cannot start closes those made before it
         if args.show:
             outputs.append(WindowSink(on_quit=pipe.stop, annotators=annotators))
-        outputs.extend(_network_sinks(pipe, args, annotators))
+        outputs.extend(network_sinks(pipe, args, annotators))
         files.append(JsonlSink(out / "detections.jsonl"))
         if pipe.tracker is not None:
             from pipeline.reading.events import TextEventSink
@@ -312,41 +324,6 @@ def _sinks(pipe, out: Path, args) -> list:
             sink.close()
         raise
     return files + outputs
-
-
-def _network_sinks(pipe, args, annotators) -> list:
-    """--mqtt (per-frame events, and with --track the text events) and --serve (the web view
-    also shows the MQTT counters)."""
-    sinks = []
-    try:
-        if args.mqtt:
-            from pipeline.mqtt import MqttSink
-
-            sinks.append(MqttSink(args.mqtt, max_queued=args.mqtt_queue,
-                                   password=args.mqtt_password))
-        if args.serve:
-            sinks.append(_serve_sink(pipe, args, annotators))
-            if args.mqtt:
-                sinks[-1].add_output("mqtt", sinks[0])
-    except BaseException:
-        for sink in sinks:
-            sink.close()
-        raise
-    return sinks
-
-
-def _serve_sink(pipe, args, annotators):
-    from pipeline.serve import ServeSink
-
-    host, port = args.serve
-    token = args.serve_token or None  # the flag, else DBRT_SERVE_TOKEN (_check_flag_pairs)
-    sink = ServeSink(pipe, host, port, token=token, max_fps=args.serve_fps, annotators=annotators)
-    print(f"dbrt run: live view on {sink.url}" + (" (token required)" if token else ""),
-          file=sys.stderr, flush=True)
-    if not token and host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"dbrt run: WARNING: no --serve-token: anyone who can reach {host}:{sink.server.port} "
-              "sees the video and the results", file=sys.stderr, flush=True)
-    return sink
 
 
 def _print_header(pipe, out: Path) -> None:
@@ -372,20 +349,13 @@ def finish(pipe, progress, out: Path, args, error: Optional[BaseException] = Non
 
     if progress is not None:
         progress.finish(pipe.dropped)
-    mqtt = [s for s in pipe.sinks if hasattr(s, "counters")]
+    mqtt = [s for name, s in outputs_counted(pipe.sinks) if name == "mqtt"]
     extra = dict(mqtt=mqtt[0].counters()) if mqtt else {}
     report = pipe.report(outputs=outputs_written(pipe, out), **extra)
     out.mkdir(parents=True, exist_ok=True)
     write_report(report, out / "report.json")
     print(format_summary(report))
-    if mqtt:
-        m = report["mqtt"]
-        print(f"mqtt: {m['acked_total']} events acknowledged, {m['queued']} undelivered, "
-              f"{m['dropped_total']} dropped (outbox full), {m['reconnects_total']} reconnects")
-        if m["queued"] and not m["connected"]:
-            why = f" ({m['last_error']})" if m.get("last_error") else ""
-            print(f"dbrt run: --mqtt: the broker was not connected at the end{why}; "
-                  f"{m['queued']} events were not delivered", file=sys.stderr)
+    print_network_summary(report)
     if report["lost"]:
         why = "stopped at once" if error is None or isinstance(error, KeyboardInterrupt) else \
             "stopped by the failure below"

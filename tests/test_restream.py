@@ -1,0 +1,339 @@
+"""`dbrt run --restream`: the annotated video reaches a real FFmpeg server on 127.0.0.1 (RTSP
+in listen mode, MPEG-TS over UDP); a server nobody runs, or one that goes away, never stops the
+run and is counted; the counters reach report.json, /api/status and /metrics; SIGTERM ends the
+stream; bad URLs are one line."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from engine.triton.ports import free_port
+from pipeline.cli import main
+
+from media import frame_image, index_of, until, write_video
+from serve_helpers import dbrt, get, wait_until
+
+av = pytest.importorskip("av")
+
+
+class Receiver:
+    """An FFmpeg server in a thread that takes one stream and decodes its frames; `keep`: it
+    hangs up after that many (a server that goes away)."""
+
+    def __init__(self, url: str, options=None, fmt=None, keep: int = 0):
+        self.frames = []
+        self.ended = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(url, options or {}, fmt, keep),
+                                        daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def rtsp(cls, port: int, keep: int = 0) -> "Receiver":
+        server = cls(f"rtsp://127.0.0.1:{port}/x", {"rtsp_flags": "listen", "listen_timeout": "60"},
+                     keep=keep)
+        until(lambda: bound(port, socket.SOCK_STREAM), "the RTSP server to listen")
+        return server
+
+    @classmethod
+    def rtmp(cls, port: int) -> "Receiver":
+        server = cls(f"rtmp://127.0.0.1:{port}/live/x", {"listen": "1", "timeout": "60"})
+        until(lambda: bound(port, socket.SOCK_STREAM), "the RTMP server to listen")
+        return server
+
+    @classmethod
+    def udp(cls, port: int) -> "Receiver":
+        server = cls(f"udp://127.0.0.1:{port}?timeout=3000000", fmt="mpegts")
+        until(lambda: bound(port, socket.SOCK_DGRAM), "the UDP receiver to bind")
+        return server
+
+    def _run(self, url, options, fmt, keep):
+        try:
+            with av.open(url, options=options, format=fmt) as container:
+                for frame in container.decode(video=0):
+                    self.frames.append(frame.to_ndarray(format="bgr24"))
+                    if len(self.frames) == keep:
+                        break
+        except (av.FFmpegError, OSError):  # the stream's end: the publisher left, UDP's timeout
+            pass
+        finally:
+            self.ended.set()
+
+
+def bound(port: int, kind: int) -> bool:
+    """Whether a socket of `kind` holds 127.0.0.1:port."""
+    probe = socket.socket(socket.AF_INET, kind)
+    try:
+        probe.bind(("127.0.0.1", port))
+        return False
+    except OSError:
+        return True
+    finally:
+        probe.close()
+
+
+def decoded(path: Path) -> list:
+    with av.open(str(path)) as container:
+        return [frame.to_ndarray(format="bgr24") for frame in container.decode(video=0)]
+
+
+def run_args(tiny_onnx, out: Path, *extra) -> list:
+    return ["run", *extra, "--model", str(tiny_onnx), "--output", str(out), "--threads", "1",
+            "--max-side", "128", "--quiet"]
+
+
+@pytest.fixture(autouse=True)
+def quick_back_off(monkeypatch):
+    monkeypatch.setattr("pipeline.restream.MIN_DELAY_S", 0.01)
+    monkeypatch.setattr("pipeline.restream.MAX_DELAY_S", 0.05)
+
+
+def test_rtsp_publishes_the_annotated_video_to_a_server(tmp_path, tiny_onnx, capsys):
+    clip = write_video(tmp_path / "clip.mp4", frames=12, height=72, width=128)
+    port = free_port()
+    server = Receiver.rtsp(port)
+    out = tmp_path / "out"
+    assert main(run_args(tiny_onnx, out, str(clip), "--restream",
+                         f"rtsp://viewer:s3cret@127.0.0.1:{port}/x")) == 0
+    until(server.ended.is_set, "the end of the stream at the server")
+    report_text = (out / "report.json").read_text()
+    sent = json.loads(report_text)["outputs"]["restream"]["0"]
+    assert sent["url"] == f"rtsp://127.0.0.1:{port}/x" and sent["connected"] is False
+    assert sent["frames_sent_total"] + sent["frames_dropped_total"] == 12
+    assert len(server.frames) == sent["frames_sent_total"] >= 1
+    assert server.frames[-1].shape == (72, 128, 3)
+    # the picture is the annotated one: the last frame is never pushed out of the queue
+    annotated = decoded(out / "annotated.mp4")[-1]
+    assert np.abs(server.frames[-1].astype(int) - annotated).mean() < 6
+    printed = capsys.readouterr()
+    assert "restream 0 rtsp://127.0.0.1" in printed.out
+    assert "s3cret" not in printed.out + printed.err + report_text
+
+
+def test_udp_sends_each_source_to_its_own_port(tmp_path, tiny_onnx, capsys):
+    """Two sources, one URL with {stream}: each stream's MPEG-TS reaches its port."""
+    clips = [write_video(tmp_path / f"clip{i}.mp4", frames=10, height=48 + 24 * i, width=64)
+             for i in range(2)]
+    base = next(b for b in (free_port() // 10 for _ in range(50))
+                if 2000 <= b < 6553 and not bound(b * 10, socket.SOCK_DGRAM)
+                and not bound(b * 10 + 1, socket.SOCK_DGRAM))
+    servers = [Receiver.udp(base * 10 + i) for i in range(2)]
+    out = tmp_path / "out"
+    assert main(run_args(tiny_onnx, out, *map(str, clips), "--no-video", "--restream",
+                         f"udp://127.0.0.1:{base}{{stream}}")) == 0
+    sent = json.loads((out / "report.json").read_text())["outputs"]["restream"]
+    for i, server in enumerate(servers):
+        until(server.ended.is_set, "the UDP receiver's timeout")
+        assert sent[str(i)]["url"] == f"udp://127.0.0.1:{base * 10 + i}"
+        assert len(server.frames) == sent[str(i)]["frames_sent_total"] >= 1
+        assert server.frames[0].shape == (48 + 24 * i, 64, 3)
+    assert "restream 1 udp://" in capsys.readouterr().out
+
+
+def test_a_server_nobody_runs_never_stops_the_run(tmp_path, tiny_onnx, capsys):
+    clip = write_video(tmp_path / "clip.mp4", frames=40, height=72, width=128)
+    out = tmp_path / "out"
+    port = free_port()
+    assert main(run_args(tiny_onnx, out, str(clip), "--restream",
+                         f"rtsp://127.0.0.1:{port}/x")) == 0
+    assert len((out / "detections.jsonl").read_text().splitlines()) == 40
+    assert len(decoded(out / "annotated.mp4")) == 40
+    counters = json.loads((out / "report.json").read_text())["outputs"]["restream"]["0"]
+    assert counters["frames_sent_total"] == 0 and counters["frames_dropped_total"] == 40
+    assert counters["connected"] is False  # retried, if the run lasts: the reconnect test
+    assert "cannot connect" in counters["events"][0]
+    err = capsys.readouterr().err
+    assert f"--restream rtsp://127.0.0.1:{port}/x: Connection refused" in err
+
+
+class SilentServer:
+    """A TCP server that accepts connections and never answers (a hung media server)."""
+
+    def __init__(self):
+        self.socket = socket.create_server(("127.0.0.1", 0))
+        self.port = self.socket.getsockname()[1]
+        self.held = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        with contextlib.suppress(OSError):
+            while True:
+                self.held.append(self.socket.accept()[0])
+
+    def close(self):
+        self.socket.close()
+        for connection in self.held:
+            connection.close()
+
+
+def senders() -> list:
+    """This process's sending processes still alive."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            parent = int(stat.read_text().rpartition(")")[2].split()[1])
+            if parent == os.getpid() and b"restream_sender" in (stat.parent / "cmdline").read_bytes():
+                found.append(stat.parent.name)
+    return found
+
+
+@pytest.mark.parametrize("scheme", ["rtmp", "rtsp"])
+def test_a_server_that_never_answers_never_stops_the_run(scheme, tmp_path, tiny_onnx, monkeypatch):
+    """FFmpeg connects holding the interpreter's lock (RTMP with no timeout at all): the run
+    goes on, and ends, while the silent server holds up the stream's own process."""
+    monkeypatch.setattr("pipeline.restream_sender.FIRST_ANSWER_S", 2.0)
+    clip = write_video(tmp_path / "clip.mp4", frames=40, height=48, width=64)
+    server, out = SilentServer(), tmp_path / "out"
+    try:
+        assert main(run_args(tiny_onnx, out, str(clip), "--no-video", "--restream",
+                             f"{scheme}://127.0.0.1:{server.port}/live/x")) == 0
+    finally:
+        server.close()
+    assert len((out / "detections.jsonl").read_text().splitlines()) == 40
+    counters = json.loads((out / "report.json").read_text())["outputs"]["restream"]["0"]
+    assert counters["frames_sent_total"] == 0 and counters["frames_dropped_total"] == 40
+    assert counters["last_error"] and "cannot connect" in counters["events"][0]
+    assert senders() == []
+
+
+def test_a_server_that_goes_away_is_reconnected():
+    """The library's sink, fed by hand: the first server hangs up after 5 frames; frames
+    meanwhile are dropped; a server on the port again gets the stream, at the frames' picture."""
+    from pipeline.detections import Detections
+    from pipeline.restream import RestreamSink
+    from pipeline.sources import Frame
+
+    port = free_port()
+    first = Receiver.rtsp(port, keep=5)
+    sink = RestreamSink(f"rtsp://127.0.0.1:{port}/x", annotators=[])
+    index = 0
+
+    def feed():
+        nonlocal index
+        sink.write(Frame(frame_image(index), index, index / 25, "cam"), Detections.empty())
+        index += 1
+        time.sleep(0.01)
+        return True
+
+    try:
+        until(lambda: feed() and first.ended.is_set(), "the first server to hang up")
+        until(lambda: feed() and sink.outputs[0].last_error, "the restream to notice")
+        second = Receiver.rtsp(port)
+        until(lambda: feed() and len(second.frames) >= 3, "frames at the second server")
+        assert len(senders()) == 1  # the failed connections' processes are gone
+    finally:
+        sink.close()
+    until(second.ended.is_set, "the stream's end")
+    assert senders() == []
+    counters = sink.outputs[0].counters()
+    assert counters["reconnects_total"] >= 1 and counters["frames_dropped_total"] >= 1
+    assert counters["frames_sent_total"] + counters["frames_dropped_total"] == index
+    assert any("lost" in event for event in sink.outputs[0].events)
+    assert index_of(second.frames[-1]) == (index - 1) % 16  # the last frame, sent at the close
+
+
+def test_rtmp_publishes_every_frame_in_order():
+    """The library's sink to an RTMP server (FLV): a queue that is never full sends each frame."""
+    from pipeline.detections import Detections
+    from pipeline.restream import RestreamSink
+    from pipeline.sources import Frame
+
+    port = free_port()
+    server = Receiver.rtmp(port)
+    sink = RestreamSink(f"rtmp://127.0.0.1:{port}/live/x", annotators=[], max_queued=64)
+    for index in range(20):
+        sink.write(Frame(frame_image(index), index, index / 25, "clip"), Detections.empty())
+    sink.close()
+    until(server.ended.is_set, "the stream's end at the server")
+    counters = sink.outputs[0].counters()
+    assert counters["frames_sent_total"] == 20 and counters["frames_dropped_total"] == 0
+    assert [index_of(image) for image in server.frames] == [i % 16 for i in range(20)]
+
+
+@pytest.mark.slow
+def test_counters_are_served_and_sigterm_ends_the_stream(tmp_path, tiny_onnx):
+    clip = write_video(tmp_path / "long.mp4", frames=3000, height=48, width=64)
+    port, serve = free_port(), free_port()
+    server = Receiver.rtsp(port)
+    out = tmp_path / "out"
+    proc = dbrt(*run_args(tiny_onnx, out, str(clip), "--no-video", "--serve", str(serve),
+                          "--restream", f"rtsp://127.0.0.1:{port}/x"))
+    try:
+        wait_until(lambda: len(server.frames) >= 3, proc, "frames at the server")
+        status = json.loads(get(serve, "/api/status")[1])["outputs"]["restream"]
+        assert status["frames_sent_total"] >= 1 and status["connected"] is True
+        metrics = get(serve, "/metrics")[1].decode()
+        assert "dbrt_restream_frames_sent_total" in metrics
+        assert "dbrt_restream_reconnects_total 0.0" in metrics
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    until(server.ended.is_set, "the server to see the stream end")
+    counters = json.loads((out / "report.json").read_text())["outputs"]["restream"]["0"]
+    assert counters["frames_sent_total"] == len(server.frames)
+
+
+@pytest.mark.parametrize("url, message", [
+    ("http://127.0.0.1/x", "the scheme must be rtsp://, rtmp://, srt:// or udp://"),
+    ("udp://127.0.0.1", "udp:// needs a port"),
+    ("rtsp://127.0.0.1:8554", "needs the stream's path on the server"),
+    ("rtsp://me:s3cret@127.0.0.1:99999/x", "bad port"),
+])
+def test_a_bad_url_is_one_line_naming_the_flag(url, message, tmp_path, capsys):
+    assert main(["run", "--restream", url, "--output", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "--restream" in err.splitlines()[-1] and message in err.splitlines()[-1], err
+    assert "s3cret" not in err
+
+
+def test_srt_without_libsrt_is_refused_in_one_line(tmp_path, capsys):
+    from pipeline.restream import srt_available
+
+    if srt_available():
+        pytest.skip("this FFmpeg has libsrt")
+    assert main(["run", "--restream", "srt://127.0.0.1:9000", "--output", str(tmp_path)]) == 2
+    assert "no SRT support (libsrt)" in capsys.readouterr().err.splitlines()[-1]
+
+
+@pytest.mark.parametrize("url, message", [
+    ("rtsp://127.0.0.1:8554/x", "2 streams need a URL each: put {stream}"),
+    ("rtsp://127.0.0.1:8554/{name}", "streams 0 and 1 would both be sent to "
+                                     "rtsp://127.0.0.1:8554/clip; use {stream}"),
+    ("rtsp://me:{DBRT_RESTREAM_TEST_SECRET}@127.0.0.1:8554/{stream}",
+     "the environment variable DBRT_RESTREAM_TEST_SECRET is not set"),
+])
+def test_several_sources_need_a_url_each(url, message, tmp_path, tiny_onnx, capsys, monkeypatch):
+    """Refused once the sources are known, before the model loads."""
+    monkeypatch.delenv("DBRT_RESTREAM_TEST_SECRET", raising=False)
+    monkeypatch.setattr("pipeline.commands._model.build_detector", model_must_not_load)
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    clips = [write_video(tmp_path / name / "clip.mp4", frames=2) for name in ("a", "b")]
+    assert main(run_args(tiny_onnx, tmp_path / "out", *map(str, clips), "--restream", url)) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "--restream" in err and message in err, err
+
+
+def test_images_have_no_video_to_restream(tmp_path, tiny_onnx, capsys, monkeypatch):
+    monkeypatch.setattr("pipeline.commands._model.build_detector", model_must_not_load)
+    image = tmp_path / "photo.png"
+    assert cv2.imwrite(str(image), frame_image(0))
+    assert main(run_args(tiny_onnx, tmp_path / "out", str(image), "--restream",
+                         "udp://127.0.0.1:5000")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--restream sends the annotated video of videos" in err[0]
+
+
+def model_must_not_load(args):
+    raise AssertionError("the model loaded before --restream was checked")
