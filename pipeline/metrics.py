@@ -116,14 +116,16 @@ class Metrics:
         self.t_start: Optional[float] = None
         self.t_last: Optional[float] = None
         self.finished = False  # until then, times run to now (a stalled run's FPS falls)
+        self.t_finish: Optional[float] = None
         self._recent = deque(maxlen=64)  # (time, frames_out) for the current FPS
 
     def start(self) -> None:
         self.t_start = time.perf_counter()
 
     def finish(self) -> None:
-        """The run is over: its wall time ends at its last frame out."""
+        """The run is over: its wall time ends at its last frame out (or now, without one)."""
         self.finished = True
+        self.t_finish = time.perf_counter()
 
     def stage(self, name: str, seconds: float) -> None:
         self.stages[name].add(seconds * 1e3)
@@ -157,7 +159,7 @@ class Metrics:
     def elapsed(self) -> float:
         if self.t_start is None:
             return 0.0
-        end = (self.t_last or time.perf_counter()) if self.finished else time.perf_counter()
+        end = (self.t_last or self.t_finish) if self.finished else time.perf_counter()
         return end - self.t_start
 
     @property

@@ -90,6 +90,19 @@ def test_a_failure_stops_the_channels_before_it_and_drains_the_ones_after():
     assert [after.get(), after.get()] == ["computed before the failure", END]
 
 
+def test_a_run_that_wrote_no_frame_keeps_the_wall_time_it_ended_with():
+    """Its wall time ran on to whenever its report was asked for (a run whose only camera
+    never delivered, reported by a service minutes later)."""
+    import time
+
+    metrics = Metrics()
+    metrics.start()
+    metrics.finish()
+    ended = metrics.report()["wall_s"]
+    time.sleep(0.01)
+    assert metrics.report()["wall_s"] == ended
+
+
 def test_batch_sizes_are_reported_as_a_count_histogram():
     metrics = Metrics()
     for size in (1, 4, 4, 2):
