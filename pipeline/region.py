@@ -99,7 +99,9 @@ class Region:
         x0, x1 = self._span(self.x, self.w, frame_w)
         y0, y1 = self._span(self.y, self.h, frame_h)
         if x1 <= x0 or y1 <= y0:
-            raise RegionError(self, f"the region lies outside the {frame_w}x{frame_h} frames "
+            where = ("is less than a pixel of" if self.fractions and self._overlaps()
+                     else "lies outside")
+            raise RegionError(self, f"the region {where} the {frame_w}x{frame_h} frames "
                                     "(W x H) of this run: nothing of them would be watched")
         return x0, y0, x1 - x0, y1 - y0
 
@@ -110,6 +112,11 @@ class Region:
             self.in_frame(width, height)  # turned a quarter
         except RegionError:
             self.in_frame(height, width)  # as coded; raises naming that size
+
+    def _overlaps(self) -> bool:
+        """Whether fractions of the frame meet it at all (before rounding to pixels)."""
+        return all(start < 1 and start + length > 0
+                   for start, length in ((self.x, self.w), (self.y, self.h)))
 
     def _span(self, start: float, length: float, size: int) -> Tuple[int, int]:
         if self.fractions:

@@ -55,8 +55,11 @@ def test_a_region_that_leaves_nothing_of_a_frame_is_one_error_naming_roi():
     assert region.in_frame(720, 2560) == (2000, 0, 100, 100)
     with pytest.raises(ShapeError, match=r"^--roi 2000,0,100,100: .*outside the 1280x720 frames"):
         region.in_frame(720, 1280)
-    with pytest.raises(ShapeError, match="outside"):  # a sliver that rounds to nothing
+    # a sliver that rounds to nothing is inside the frame: not said to lie outside it
+    with pytest.raises(ShapeError, match="is less than a pixel of the 100x100 frames"):
         Region.parse("0.9999,0,0.0001,1").in_frame(100, 100)
+    with pytest.raises(ShapeError, match="lies outside the 100x100 frames"):
+        Region.parse("1.0,0,0.5,1").in_frame(100, 100)
 
 
 def test_the_python_api_takes_tuples_strings_and_regions():
