@@ -116,6 +116,35 @@ def test_images_and_several_sources(tmp_path, clip, tiny_onnx):
     assert len(list(out.glob("annotated_0_clip.mp4"))) == 1
 
 
+def test_image_files_named_side_by_side_are_one_source_as_their_glob_is(tmp_path, clip, tiny_onnx,
+                                                                        capsys):
+    """`dbrt run shots/*.jpg`, the glob expanded by the shell: each image was a source of its
+    own (a decoding thread and a waiting frame each, batches of as many frames as images: 120
+    photos took 17.5 GB, as a folder 0.56 GB); a run of image files is now one source, in the
+    order given, each line naming its file; a video between them keeps its place."""
+    import cv2
+    import numpy as np
+
+    names = ["c.png", "a.png", "b.png", "d.png"]
+    for k, name in enumerate(names):
+        cv2.imwrite(str(tmp_path / name), np.full((40, 60, 3), 40 * k, np.uint8))
+    (tmp_path / "broken.png").write_text("not an image")
+    files = [str(tmp_path / name) for name in names[:3] + ["broken.png"]]
+    out = tmp_path / "out"
+    rc = main(["run", *files, str(clip), str(tmp_path / "d.png"), "--model", str(tiny_onnx),
+               "-o", str(out), "--threads", "1", "--quiet"])
+    assert rc == 2 and "1 of 4 images could not be read" in capsys.readouterr().err
+    report = json.loads((out / "report.json").read_text())
+    assert [(s["stream"], s["kind"], s["total_frames"]) for s in report["sources"]] == [
+        (0, "images", 4), (1, "video", 8), (2, "images", 1)]
+    assert report["batch"] == 3
+    lines = [json.loads(x) for x in (out / "detections.jsonl").read_text().splitlines()]
+    images = [(x["stream"], x["frame_index"], Path(x["source"]).name) for x in lines
+              if x["timestamp"] is None]
+    assert sorted(images) == [(0, 0, "c.png"), (0, 1, "a.png"), (0, 2, "b.png"), (2, 0, "d.png")]
+    assert (out / "annotated" / "0_00001_a.png").is_file()
+
+
 def test_sessions_and_spin_give_the_same_detections(tmp_path, clip, tiny_onnx, capsys):
     """--sessions 2 (two single-thread sessions per batch) and --ort-spin off change speed only."""
     def boxes(out, *extra):

@@ -214,6 +214,7 @@ def build_pipeline(args):
     from pipeline.metrics import Progress
     from pipeline.runner import Pipeline
     from pipeline.sources import Reconnect, is_camera_spec, open_sources
+    from pipeline.sources.images import image_file_runs
 
     from ._model import build_detector
 
@@ -226,8 +227,9 @@ def build_pipeline(args):
                         "(0, /dev/video0, csi://0); none of the sources is one")
     from ._passwords import source_password
 
-    sources = open_sources(specs, reconnect=reconnect, decode_threads=args.decode_threads,
-                           camera=camera, password=source_password(specs))
+    sources = open_sources(image_file_runs(specs), reconnect=reconnect,
+                           decode_threads=args.decode_threads, camera=camera,
+                           password=source_password(specs))
     try:
         for source in sources:  # a pixel --roi no frame of a video meets: before the model loads
             size = getattr(source, "coded_size", None)
