@@ -55,7 +55,7 @@ def test_a_run_removes_the_earlier_runs_events_and_video_it_does_not_write(tmp_p
     (out / "notes.txt").write_text("mine")
     assert main(["run", *args, "--track"]) == 0  # the same outputs again: nothing removed
     assert "removed" not in capsys.readouterr().err and (out / "events.jsonl").is_file()
-    assert main(["run", *args[:-1], "--no-video"]) == 0
+    assert main(["run", *args, "--no-video"]) == 0  # --quiet too: files deleted are news
     err = capsys.readouterr().err
     assert "removed the earlier run's annotated.mp4, events.jsonl" in err, err
     assert sorted(p.name for p in out.iterdir()) == ["detections.jsonl", "notes.txt", "report.json"]

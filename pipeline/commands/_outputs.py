@@ -51,9 +51,10 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", base)[-40:]
 
 
-def clear_earlier_outputs(out: Path, ours: set, quiet: bool) -> None:
+def clear_earlier_outputs(out: Path, ours: set) -> None:
     """Remove the events and videos an earlier run listed in this folder's report.json that
-    this run does not write (`ours`): they would lie beside this run's results."""
+    this run does not write (`ours`): they would lie beside this run's results. Said also
+    under --quiet, which drops the progress line, not the news that files were deleted."""
     try:
         earlier = json.loads((out / "report.json").read_text()).get("outputs", {})
         paths = [earlier.get("events"), *dict(earlier.get("videos") or {}).values()]
@@ -64,7 +65,7 @@ def clear_earlier_outputs(out: Path, ours: set, quiet: bool) -> None:
         if (out / name).is_file():
             (out / name).unlink()
             removed.append(name)
-    if removed and not quiet:
+    if removed:
         print(f"dbrt run: removed the earlier run's {', '.join(sorted(removed))} from {out}/",
               file=sys.stderr)
 

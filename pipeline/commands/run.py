@@ -253,8 +253,7 @@ def build_pipeline(args):
         pipe.close()
         raise
     ours = {"events.jsonl"} if pipe.tracker is not None else set()
-    clear_earlier_outputs(out, ours | set(() if args.no_video else video_names(pipe).values()),
-                           args.quiet)
+    clear_earlier_outputs(out, ours | set(() if args.no_video else video_names(pipe).values()))
     progress = None
     if not args.quiet:
         progress = Progress(pipe.metrics, pipe.total_frames)
