@@ -62,6 +62,30 @@ def test_a_run_removes_the_earlier_runs_events_and_video_it_does_not_write(tmp_p
     assert "events" not in json.loads((out / "report.json").read_text())["outputs"]
 
 
+def test_a_run_removes_the_earlier_runs_annotated_images(tmp_path, tiny_onnx, capsys):
+    """A folder of 3 images, then 1 image, into one output: the first run's other two
+    annotated images stayed in annotated/ beside the second run's (report.json's "images"
+    names that folder); a file of the user's there stays."""
+    import cv2
+    import numpy as np
+
+    shots = tmp_path / "shots"
+    shots.mkdir()
+    for name in ("a.png", "b.png", "c.png"):
+        cv2.imwrite(str(shots / name), np.full((64, 96, 3), 200, np.uint8))
+    out = tmp_path / "out"
+    args = ["--model", str(tiny_onnx), "--output", str(out), "--threads", "1", "--max-side", "128",
+            "--quiet"]
+    assert main(["run", str(shots), *args]) == 0
+    assert len(list((out / "annotated").iterdir())) == 3
+    (out / "annotated" / "notes.txt").write_text("mine")
+    assert main(["run", str(shots / "b.png"), *args]) == 0
+    assert "removed the earlier run's 3 annotated images" in capsys.readouterr().err
+    assert sorted(p.name for p in (out / "annotated").iterdir()) == ["0_00000_b.png", "notes.txt"]
+    assert main(["run", str(shots / "b.png"), *args, "--no-video"]) == 0
+    assert sorted(p.name for p in (out / "annotated").iterdir()) == ["notes.txt"]
+
+
 def test_run_writes_jsonl_video_and_report(tmp_path, clip, tiny_onnx, capsys):
     out = tmp_path / "out"
     rc = main(["run", str(clip), "--model", str(tiny_onnx), "--output", str(out), "--threads", "1",

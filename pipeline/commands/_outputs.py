@@ -8,6 +8,9 @@ import sys
 from pathlib import Path
 from urllib.parse import urlparse
 
+IMAGES_FOLDER = "annotated"  # the annotated images, named as _IMAGE_NAME matches
+_IMAGE_NAME = re.compile(r"\d+_\d{5,}_.")  # stream_frame_file name
+
 
 def video_names(pipe) -> dict:
     """stream -> the file name of its annotated video"""
@@ -28,7 +31,7 @@ def visual_sinks(pipe, out: Path, annotators, ImageSink, VideoSink, codec: str =
                           codec=codec)
         sinks.append(_only(video, set(names)))
     if images:
-        folder = out / "annotated"
+        folder = out / IMAGES_FOLDER
         # the frame's index too: a glob can match the same name in several folders
         sinks.append(_only(ImageSink(lambda f: folder / f"{f.stream}_{f.index:05d}_{Path(f.source).name}",
                                      annotators), images))
@@ -53,11 +56,14 @@ def _slug(name: str) -> str:
 
 def clear_earlier_outputs(out: Path, ours: set) -> None:
     """Remove the events and videos an earlier run listed in this folder's report.json that
-    this run does not write (`ours`): they would lie beside this run's results. Said also
-    under --quiet, which drops the progress line, not the news that files were deleted."""
+    this run does not write (`ours`), and the annotated images it listed (this run's, named by
+    stream and frame, would overwrite some and lie beside the others): they would lie beside
+    this run's results. Said also under --quiet, which drops the progress line, not the news
+    that files were deleted."""
     try:
         earlier = json.loads((out / "report.json").read_text()).get("outputs", {})
         paths = [earlier.get("events"), *dict(earlier.get("videos") or {}).values()]
+        images = earlier.get("images")
     except (OSError, ValueError, AttributeError, TypeError):
         return  # no earlier report, or not one of ours
     removed = []
@@ -65,9 +71,26 @@ def clear_earlier_outputs(out: Path, ours: set) -> None:
         if (out / name).is_file():
             (out / name).unlink()
             removed.append(name)
+    if isinstance(images, str):
+        count = _clear_annotated_images(out / IMAGES_FOLDER)
+        if count:
+            removed.append(f"{count} annotated image{'s' if count > 1 else ''}")
     if removed:
         print(f"dbrt run: removed the earlier run's {', '.join(sorted(removed))} from {out}/",
               file=sys.stderr)
+
+
+def _clear_annotated_images(folder: Path) -> int:
+    """Delete the images `visual_sinks` wrote into `folder` (no other file), and the folder
+    if that empties it; how many."""
+    if not folder.is_dir():
+        return 0
+    ours = [p for p in folder.iterdir() if p.is_file() and _IMAGE_NAME.match(p.name)]
+    for path in ours:
+        path.unlink()
+    if ours and not any(folder.iterdir()):
+        folder.rmdir()
+    return len(ours)
 
 
 def outputs_written(pipe, out: Path) -> dict:
@@ -81,5 +104,5 @@ def outputs_written(pipe, out: Path) -> dict:
         if isinstance(sink, VideoSink) and sink.paths:
             outputs["videos"] = {str(stream): str(p) for stream, p in sorted(sink.paths.items())}
         if isinstance(sink, ImageSink) and sink.written:
-            outputs["images"] = str(out / "annotated")
+            outputs["images"] = str(out / IMAGES_FOLDER)
     return outputs
