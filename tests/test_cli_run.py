@@ -84,6 +84,10 @@ def test_a_run_removes_the_earlier_runs_annotated_images(tmp_path, tiny_onnx, ca
     assert sorted(p.name for p in (out / "annotated").iterdir()) == ["0_00000_b.png", "notes.txt"]
     assert main(["run", str(shots / "b.png"), *args, "--no-video"]) == 0
     assert sorted(p.name for p in (out / "annotated").iterdir()) == ["notes.txt"]
+    # images this run reads are never removed (a glob over the output folder took them)
+    assert main(["run", str(shots / "b.png"), *args]) == 0
+    assert main(["run", str(out / "*" / "*.png"), *args]) == 0
+    assert json.loads((out / "report.json").read_text())["frames"] == 1
 
 
 def test_run_writes_jsonl_video_and_report(tmp_path, clip, tiny_onnx, capsys):

@@ -3,6 +3,7 @@ run wrote (report.json's "outputs"), and an earlier run's files this run does no
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -54,12 +55,13 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", base)[-40:]
 
 
-def clear_earlier_outputs(out: Path, ours: set) -> None:
+def clear_earlier_outputs(out: Path, ours: set, inputs=()) -> None:
     """Remove the events and videos an earlier run listed in this folder's report.json that
     this run does not write (`ours`), and the annotated images it listed (this run's, named by
     stream and frame, would overwrite some and lie beside the others): they would lie beside
-    this run's results. Said also under --quiet, which drops the progress line, not the news
-    that files were deleted."""
+    this run's results; never one of this run's `inputs` (a glob over the folder took them).
+    Said also under --quiet, which drops the progress line, not the news that files were
+    deleted."""
     try:
         earlier = json.loads((out / "report.json").read_text()).get("outputs", {})
         paths = [earlier.get("events"), *dict(earlier.get("videos") or {}).values()]
@@ -72,7 +74,7 @@ def clear_earlier_outputs(out: Path, ours: set) -> None:
             (out / name).unlink()
             removed.append(name)
     if isinstance(images, str):
-        count = _clear_annotated_images(out / IMAGES_FOLDER)
+        count = _clear_annotated_images(out / IMAGES_FOLDER, {os.path.realpath(p) for p in inputs})
         if count:
             removed.append(f"{count} annotated image{'s' if count > 1 else ''}")
     if removed:
@@ -80,12 +82,13 @@ def clear_earlier_outputs(out: Path, ours: set) -> None:
               file=sys.stderr)
 
 
-def _clear_annotated_images(folder: Path) -> int:
-    """Delete the images `visual_sinks` wrote into `folder` (no other file), and the folder
-    if that empties it; how many."""
+def _clear_annotated_images(folder: Path, keep: set) -> int:
+    """Delete the images `visual_sinks` wrote into `folder` (no other file, none of `keep`),
+    and the folder if that empties it; how many."""
     if not folder.is_dir():
         return 0
-    ours = [p for p in folder.iterdir() if p.is_file() and _IMAGE_NAME.match(p.name)]
+    ours = [p for p in folder.iterdir() if p.is_file() and _IMAGE_NAME.match(p.name)
+            and os.path.realpath(p) not in keep]
     for path in ours:
         path.unlink()
     if ours and not any(folder.iterdir()):

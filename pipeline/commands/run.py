@@ -253,7 +253,9 @@ def build_pipeline(args):
         pipe.close()
         raise
     ours = {"events.jsonl"} if pipe.tracker is not None else set()
-    clear_earlier_outputs(out, ours | set(() if args.no_video else video_names(pipe).values()))
+    inputs = [path for s in pipe.sources if s.kind == "images" for path in s.paths]
+    clear_earlier_outputs(out, ours | set(() if args.no_video else video_names(pipe).values()),
+                          inputs)
     progress = None
     if not args.quiet:
         progress = Progress(pipe.metrics, pipe.total_frames)

@@ -164,6 +164,11 @@ class ImageSource(Source):
     def total_frames(self) -> Optional[int]:
         return len(self._paths) if self._paths is not None else None
 
+    @property
+    def paths(self) -> List[str]:
+        """The image files this source reads, in order."""
+        return list(self.open()._paths)
+
     def __iter__(self) -> Iterator[Frame]:
         """Unreadable files are skipped (and counted) so the others' results are kept; the
         iteration then ends with a SourceError naming them."""
