@@ -60,6 +60,11 @@ def test_a_run_removes_the_earlier_runs_events_and_video_it_does_not_write(tmp_p
     assert "removed the earlier run's annotated.mp4, events.jsonl" in err, err
     assert sorted(p.name for p in out.iterdir()) == ["detections.jsonl", "notes.txt", "report.json"]
     assert "events" not in json.loads((out / "report.json").read_text())["outputs"]
+    # the earlier run's video as this run's source is kept (it was removed, then not found)
+    assert main(["run", *args]) == 0
+    capsys.readouterr()
+    assert main(["run", str(out / "annotated.mp4"), *args[1:], "--no-video"]) == 0
+    assert (out / "annotated.mp4").is_file() and "removed" not in capsys.readouterr().err
 
 
 def test_a_run_removes_the_earlier_runs_annotated_images(tmp_path, tiny_onnx, capsys):

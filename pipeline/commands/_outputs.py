@@ -55,26 +55,32 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", base)[-40:]
 
 
+def input_files(pipe) -> list:
+    """The local files the sources of `pipe` read (videos, images)."""
+    return [path for s in pipe.sources
+            for path in (s.paths if s.kind == "images" else [getattr(s, "path", None)]) if path]
+
+
 def clear_earlier_outputs(out: Path, ours: set, inputs=()) -> None:
     """Remove the events and videos an earlier run listed in this folder's report.json that
     this run does not write (`ours`), and the annotated images it listed (this run's, named by
     stream and frame, would overwrite some and lie beside the others): they would lie beside
-    this run's results; never one of this run's `inputs` (a glob over the folder took them).
-    Said also under --quiet, which drops the progress line, not the news that files were
-    deleted."""
+    this run's results; never one of this run's `inputs` (`input_files`: an earlier annotated
+    video or a glob over the folder given as a source). Said also under --quiet, which drops
+    the progress line, not the news that files were deleted."""
     try:
         earlier = json.loads((out / "report.json").read_text()).get("outputs", {})
         paths = [earlier.get("events"), *dict(earlier.get("videos") or {}).values()]
         images = earlier.get("images")
     except (OSError, ValueError, AttributeError, TypeError):
         return  # no earlier report, or not one of ours
-    removed = []
+    removed, keep = [], {os.path.realpath(p) for p in inputs}
     for name in {Path(p).name for p in paths if isinstance(p, str)} - ours:
-        if (out / name).is_file():
+        if (out / name).is_file() and os.path.realpath(out / name) not in keep:
             (out / name).unlink()
             removed.append(name)
     if isinstance(images, str):
-        count = _clear_annotated_images(out / IMAGES_FOLDER, {os.path.realpath(p) for p in inputs})
+        count = _clear_annotated_images(out / IMAGES_FOLDER, keep)
         if count:
             removed.append(f"{count} annotated image{'s' if count > 1 else ''}")
     if removed:

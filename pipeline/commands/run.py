@@ -9,7 +9,8 @@ from typing import Optional
 
 from pipeline.encoder import VIDEO_CODECS
 
-from ._outputs import clear_earlier_outputs, outputs_written, video_names, visual_sinks
+from ._outputs import (clear_earlier_outputs, input_files, outputs_written, video_names,
+                       visual_sinks)
 from ._model import DLA_HELP, REC_MARGIN_HELP, THREADS_HELP, TRUST_ENGINE_HELP, add_triton_arguments
 from ._validate import (DEVICES, MAX_CPU_THREADS, MAX_SESSIONS, at_least, broker_url, fourcc, frame_size,
                         input_size, listen_address, output_folder, region, side_length, zero_to_one)
@@ -253,9 +254,8 @@ def build_pipeline(args):
         pipe.close()
         raise
     ours = {"events.jsonl"} if pipe.tracker is not None else set()
-    inputs = [path for s in pipe.sources if s.kind == "images" for path in s.paths]
     clear_earlier_outputs(out, ours | set(() if args.no_video else video_names(pipe).values()),
-                          inputs)
+                          input_files(pipe))
     progress = None
     if not args.quiet:
         progress = Progress(pipe.metrics, pipe.total_frames)
