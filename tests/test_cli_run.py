@@ -65,6 +65,12 @@ def test_a_run_removes_the_earlier_runs_events_and_video_it_does_not_write(tmp_p
     capsys.readouterr()
     assert main(["run", str(out / "annotated.mp4"), *args[1:], "--no-video"]) == 0
     assert (out / "annotated.mp4").is_file() and "removed" not in capsys.readouterr().err
+    # nor written over: the encoder truncated it as the decoder read it (the run ended early)
+    before = (out / "annotated.mp4").read_bytes()
+    assert main(["run", str(out / "annotated.mp4"), *args[1:]]) == 2
+    assert (f"the annotated video {out / 'annotated.mp4'} would be written over the source "
+            f"{out / 'annotated.mp4'} as it is read") in capsys.readouterr().err
+    assert (out / "annotated.mp4").read_bytes() == before
 
 
 def test_a_run_removes_the_earlier_runs_annotated_images(tmp_path, tiny_onnx, capsys):

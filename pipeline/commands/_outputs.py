@@ -61,6 +61,20 @@ def input_files(pipe) -> list:
             for path in (s.paths if s.kind == "images" else [getattr(s, "path", None)]) if path]
 
 
+def refuse_video_over_input(pipe, out: Path) -> None:
+    """DbrtError when an annotated video would be written over a video this run reads
+    (dbrt run out/annotated.mp4 -o out): the encoder truncates the file as the decoder reads
+    it, which destroys the input and ends the run early."""
+    from engine.errors import DbrtError
+
+    inputs = {os.path.realpath(p): p for p in input_files(pipe)}
+    for name in video_names(pipe).values():
+        source = inputs.get(os.path.realpath(out / name))
+        if source is not None:
+            raise DbrtError(f"-o {out}: the annotated video {out / name} would be written over "
+                            f"the source {source} as it is read; give another -o, or --no-video")
+
+
 def clear_earlier_outputs(out: Path, ours: set, inputs=()) -> None:
     """Remove the events and videos an earlier run listed in this folder's report.json that
     this run does not write (`ours`), and the annotated images it listed (this run's, named by

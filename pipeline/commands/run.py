@@ -9,8 +9,8 @@ from typing import Optional
 
 from pipeline.encoder import VIDEO_CODECS
 
-from ._outputs import (clear_earlier_outputs, input_files, outputs_written, video_names,
-                       visual_sinks)
+from ._outputs import (clear_earlier_outputs, input_files, outputs_written, refuse_video_over_input,
+                       video_names, visual_sinks)
 from ._model import DLA_HELP, REC_MARGIN_HELP, THREADS_HELP, TRUST_ENGINE_HELP, add_triton_arguments
 from ._validate import (DEVICES, MAX_CPU_THREADS, MAX_SESSIONS, at_least, broker_url, fourcc, frame_size,
                         input_size, listen_address, output_folder, region, side_length, zero_to_one)
@@ -249,6 +249,8 @@ def build_pipeline(args):
         track=args.track or args.events_every is not None)
     out = Path(args.output)
     try:
+        if not args.no_video:
+            refuse_video_over_input(pipe, out)
         pipe.sinks.extend(_sinks(pipe, out, args))
     except BaseException:
         pipe.close()
