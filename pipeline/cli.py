@@ -58,13 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dbrt", description="Real-time scene-text detection on video with DBNet and TensorRT.")
     parser.add_argument("--version", action="version", version="dbrt 0.1.0")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    parser.command_parsers = {}
     for mod in _command_modules():
         p = sub.add_parser(mod.NAME, help=mod.HELP, description=getattr(mod, "DESCRIPTION", mod.HELP),
                            formatter_class=_HelpFormatter)
         mod.add_arguments(p)
         p.set_defaults(_run=mod.run)
-        parser.command_parsers[mod.NAME] = p
     return parser
 
 
@@ -127,13 +125,21 @@ def main(argv: Optional[List[str]] = None) -> int:
         return BROKEN_PIPE_EXIT
 
 
+def _given_parser(parser: argparse.ArgumentParser, args) -> argparse.ArgumentParser:
+    """The parser of the (sub)command `args` were parsed for, e.g. dbrt triton serve's."""
+    for action in parser._actions:  # noqa: SLF001 - argparse keeps its subcommands there only
+        if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
+            chosen = action.choices.get(getattr(args, action.dest, None) or "")
+            return parser if chosen is None else _given_parser(chosen, args)
+    return parser
+
+
 def _main(argv: Optional[List[str]]) -> int:
     parser = build_parser()
     try:
         args, unknown = parser.parse_known_args(argv)
         if unknown:  # said by the command's own parser: "see dbrt run --help" lists its flags
-            command = parser.command_parsers.get(args.command, parser)
-            command.error(f"unrecognized arguments: {' '.join(unknown)}")
+            _given_parser(parser, args).error(f"unrecognized arguments: {' '.join(unknown)}")
     except SystemExit as exc:  # --help, --version, or a usage error already printed
         return exc.code if isinstance(exc.code, int) else 2
     if not getattr(args, "_run", None):

@@ -80,6 +80,8 @@ def test_run_flags(place, capsys, argv, fragment):
     (["eval", "--dataset", "d", "--bogus", "x"],
      "dbrt eval: error: unrecognized arguments: --bogus x (see dbrt eval --help)"),
     (["--nope"], "dbrt: error: unrecognized arguments: --nope (see dbrt --help)"),
+    (["triton", "serve", "repo", "--nope"],
+     "dbrt triton serve: error: unrecognized arguments: --nope (see dbrt triton serve --help)"),
 ])
 def test_an_unknown_flag_is_named_by_its_command(place, capsys, argv, said):
     """It was 'dbrt: error: ... (see dbrt --help)', whose help lists the commands, not the
