@@ -125,10 +125,21 @@ def main(argv: Optional[List[str]] = None) -> int:
         return BROKEN_PIPE_EXIT
 
 
+def _given_parser(parser: argparse.ArgumentParser, args) -> argparse.ArgumentParser:
+    """The parser of the (sub)command `args` were parsed for, e.g. dbrt triton serve's."""
+    for action in parser._actions:  # noqa: SLF001 - argparse keeps its subcommands there only
+        if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
+            chosen = action.choices.get(getattr(args, action.dest, None) or "")
+            return parser if chosen is None else _given_parser(chosen, args)
+    return parser
+
+
 def _main(argv: Optional[List[str]]) -> int:
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:  # said by the command's own parser: "see dbrt run --help" lists its flags
+            _given_parser(parser, args).error(f"unrecognized arguments: {' '.join(unknown)}")
     except SystemExit as exc:  # --help, --version, or a usage error already printed
         return exc.code if isinstance(exc.code, int) else 2
     if not getattr(args, "_run", None):

@@ -120,6 +120,10 @@ class TsServer:
         self.connections = 0
         self._server = None
         self._alive = threading.Event()
+        self._paused = threading.Event()
+
+    def pause(self) -> None:
+        self._paused.set()
 
     def _handler(self):
         owner = self
@@ -135,6 +139,9 @@ class TsServer:
                 self.end_headers()
                 offset = 0
                 while owner._alive.is_set():
+                    if owner._paused.is_set():
+                        time.sleep(0.05)
+                        continue
                     chunk = owner.payload[offset:offset + CHUNK] or owner.payload[:CHUNK]
                     offset = (offset + CHUNK) % len(owner.payload)
                     try:

@@ -55,11 +55,50 @@ def test_a_run_removes_the_earlier_runs_events_and_video_it_does_not_write(tmp_p
     (out / "notes.txt").write_text("mine")
     assert main(["run", *args, "--track"]) == 0  # the same outputs again: nothing removed
     assert "removed" not in capsys.readouterr().err and (out / "events.jsonl").is_file()
-    assert main(["run", *args[:-1], "--no-video"]) == 0
+    assert main(["run", *args, "--no-video"]) == 0  # --quiet too: files deleted are news
     err = capsys.readouterr().err
     assert "removed the earlier run's annotated.mp4, events.jsonl" in err, err
     assert sorted(p.name for p in out.iterdir()) == ["detections.jsonl", "notes.txt", "report.json"]
     assert "events" not in json.loads((out / "report.json").read_text())["outputs"]
+    # the earlier run's video as this run's source is kept (it was removed, then not found)
+    assert main(["run", *args]) == 0
+    capsys.readouterr()
+    assert main(["run", str(out / "annotated.mp4"), *args[1:], "--no-video"]) == 0
+    assert (out / "annotated.mp4").is_file() and "removed" not in capsys.readouterr().err
+    # nor written over: the encoder truncated it as the decoder read it (the run ended early)
+    before = (out / "annotated.mp4").read_bytes()
+    assert main(["run", str(out / "annotated.mp4"), *args[1:]]) == 2
+    assert (f"the annotated video {out / 'annotated.mp4'} would be written over the source "
+            f"{out / 'annotated.mp4'} as it is read") in capsys.readouterr().err
+    assert (out / "annotated.mp4").read_bytes() == before
+
+
+def test_a_run_removes_the_earlier_runs_annotated_images(tmp_path, tiny_onnx, capsys):
+    """A folder of 3 images, then 1 image, into one output: the first run's other two
+    annotated images stayed in annotated/ beside the second run's (report.json's "images"
+    names that folder); a file of the user's there stays."""
+    import cv2
+    import numpy as np
+
+    shots = tmp_path / "shots"
+    shots.mkdir()
+    for name in ("a.png", "b.png", "c.png"):
+        cv2.imwrite(str(shots / name), np.full((64, 96, 3), 200, np.uint8))
+    out = tmp_path / "out"
+    args = ["--model", str(tiny_onnx), "--output", str(out), "--threads", "1", "--max-side", "128",
+            "--quiet"]
+    assert main(["run", str(shots), *args]) == 0
+    assert len(list((out / "annotated").iterdir())) == 3
+    (out / "annotated" / "notes.txt").write_text("mine")
+    assert main(["run", str(shots / "b.png"), *args]) == 0
+    assert "removed the earlier run's 3 annotated images" in capsys.readouterr().err
+    assert sorted(p.name for p in (out / "annotated").iterdir()) == ["0_00000_b.png", "notes.txt"]
+    assert main(["run", str(shots / "b.png"), *args, "--no-video"]) == 0
+    assert sorted(p.name for p in (out / "annotated").iterdir()) == ["notes.txt"]
+    # images this run reads are never removed (a glob over the output folder took them)
+    assert main(["run", str(shots / "b.png"), *args]) == 0
+    assert main(["run", str(out / "*" / "*.png"), *args]) == 0
+    assert json.loads((out / "report.json").read_text())["frames"] == 1
 
 
 def test_run_writes_jsonl_video_and_report(tmp_path, clip, tiny_onnx, capsys):
@@ -114,6 +153,35 @@ def test_images_and_several_sources(tmp_path, clip, tiny_onnx):
     assert len(lines) == 4
     assert (out / "annotated" / "1_00000_a.png").is_file()
     assert len(list(out.glob("annotated_0_clip.mp4"))) == 1
+
+
+def test_image_files_named_side_by_side_are_one_source_as_their_glob_is(tmp_path, clip, tiny_onnx,
+                                                                        capsys):
+    """`dbrt run shots/*.jpg`, the glob expanded by the shell: each image was a source of its
+    own (a decoding thread and a waiting frame each, batches of as many frames as images: 120
+    photos took 17.5 GB, as a folder 0.56 GB); a run of image files is now one source, in the
+    order given, each line naming its file; a video between them keeps its place."""
+    import cv2
+    import numpy as np
+
+    names = ["c.png", "a.png", "b.png", "d.png"]
+    for k, name in enumerate(names):
+        cv2.imwrite(str(tmp_path / name), np.full((40, 60, 3), 40 * k, np.uint8))
+    (tmp_path / "broken.png").write_text("not an image")
+    files = [str(tmp_path / name) for name in names[:3] + ["broken.png"]]
+    out = tmp_path / "out"
+    rc = main(["run", *files, str(clip), str(tmp_path / "d.png"), "--model", str(tiny_onnx),
+               "-o", str(out), "--threads", "1", "--quiet"])
+    assert rc == 2 and "1 of 4 images could not be read" in capsys.readouterr().err
+    report = json.loads((out / "report.json").read_text())
+    assert [(s["stream"], s["kind"], s["total_frames"]) for s in report["sources"]] == [
+        (0, "images", 4), (1, "video", 8), (2, "images", 1)]
+    assert report["batch"] == 3
+    lines = [json.loads(x) for x in (out / "detections.jsonl").read_text().splitlines()]
+    images = [(x["stream"], x["frame_index"], Path(x["source"]).name) for x in lines
+              if x["timestamp"] is None]
+    assert sorted(images) == [(0, 0, "c.png"), (0, 1, "a.png"), (0, 2, "b.png"), (2, 0, "d.png")]
+    assert (out / "annotated" / "0_00001_a.png").is_file()
 
 
 def test_sessions_and_spin_give_the_same_detections(tmp_path, clip, tiny_onnx, capsys):

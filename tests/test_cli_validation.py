@@ -75,6 +75,20 @@ def test_run_flags(place, capsys, argv, fragment):
     assert fragment in one_error_line(capsys, argv)
 
 
+@pytest.mark.parametrize("argv, said", [
+    (["run", "--frames", "10"], "dbrt run: error: unrecognized arguments: --frames (see dbrt run --help)"),
+    (["eval", "--dataset", "d", "--bogus", "x"],
+     "dbrt eval: error: unrecognized arguments: --bogus x (see dbrt eval --help)"),
+    (["--nope"], "dbrt: error: unrecognized arguments: --nope (see dbrt --help)"),
+    (["triton", "serve", "repo", "--nope"],
+     "dbrt triton serve: error: unrecognized arguments: --nope (see dbrt triton serve --help)"),
+])
+def test_an_unknown_flag_is_named_by_its_command(place, capsys, argv, said):
+    """It was 'dbrt: error: ... (see dbrt --help)', whose help lists the commands, not the
+    flags of the one given."""
+    assert one_error_line(capsys, argv) == said
+
+
 def test_usage_errors_exit_2_in_a_subprocess_with_one_line(place):
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.run([sys.executable, "-m", "pipeline", "run", "--max-side", "0"], cwd=place,

@@ -244,3 +244,33 @@ def test_an_mpeg_ts_recording_over_http_is_a_file_and_an_unseekable_mp4_says_why
         assert frames == list(range(30)) and (stats["dropped"], stats["reconnects"]) == (0, 0)
         with pytest.raises(SourceError, match="needs HTTP byte ranges"):
             list(open_source(f"{base}/demo.mp4"))
+
+
+def test_a_stream_that_sends_nothing_says_it_timed_out(monkeypatch):
+    """PyAV's timeouts reach FFmpeg as an interrupt, which FFmpeg words "Immediate exit
+    requested": the line says what happened instead."""
+    import socket
+    monkeypatch.setattr(NetworkSource, "OPEN_TIMEOUT", 1.0)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as quiet:  # a port nobody sends to
+        quiet.bind(("127.0.0.1", 0))
+        url = f"udp://127.0.0.1:{quiet.getsockname()[1]}"
+        quiet.close()
+        with pytest.raises(SourceError) as info:
+            NetworkSource(url, reconnect=None, timeout=1).open()
+    assert str(info.value) == f"cannot open {url}: nothing received for 1 s (timed out)"
+
+
+def test_a_stream_that_stalls_midway_says_its_read_timed_out(monkeypatch):
+    monkeypatch.setattr(NetworkSource, "OPEN_TIMEOUT", 1.0)  # the reconnect's wait
+    server = TsServer(mpegts_bytes(frames=60)).start()
+    source = NetworkSource(server.url, reconnect=Reconnect(retries=1, delay=0.05), timeout=1).open()
+    try:
+        with pytest.raises(SourceError, match="gave up after 1 reconnect"):
+            for frame in source:
+                if frame.index == 5:
+                    server.pause()  # the connection stays open, nothing more arrives
+    finally:
+        server.stop()
+    events = source.stats.as_dict()["events"]
+    assert "read failed: nothing received for 1 s (timed out)" in events, events
+    assert not any("Immediate exit" in e for e in events), events

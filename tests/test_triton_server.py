@@ -135,6 +135,25 @@ def test_missing_venv_or_repository_is_one_line(tmp_path, capsys):
     assert err.count("\n") == 1 and "no virtual environment with Triton" in err and "make triton-venv" in err
 
 
+def test_serve_run_from_another_folder_finds_the_checkouts_venv(tmp_path, monkeypatch, capsys):
+    """make triton-venv makes .venv-triton in the checkout; dbrt triton serve run from
+    another folder said there was none there."""
+    import engine.triton.server as server
+
+    checkout = tmp_path / "checkout"
+    python = checkout / ".venv-triton" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.write_text(f"#!/bin/sh\nprintf '3.11\\n{tmp_path}\\n{tmp_path}\\n'\n")
+    python.chmod(0o755)
+    monkeypatch.setattr(server, "CHECKOUT", checkout, raising=False)
+    (tmp_path / "repo" / "model").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert main(["triton", "serve", str(tmp_path / "repo")]) == 2
+    err = capsys.readouterr().err  # that environment, found, lacks the server
+    assert f"{checkout / '.venv-triton'} has no tritonserver for Python 3.11" in err, err
+
+
 def test_serving_a_model_the_repository_lacks_is_one_line(triton_venv, tmp_path, capsys):
     python_model_repository(tmp_path)
     assert main(["triton", "serve", str(tmp_path), "--venv", str(triton_venv), "--model", "nosuch",

@@ -40,8 +40,17 @@ from .ports import PORT_CLASH, free_ports, why_port_is_taken
 _SERVERS = count()  # a serial per server of this process (their shared memory names)
 
 DEFAULT_VENV = ".venv-triton"
+CHECKOUT = Path(__file__).resolve().parents[2]  # where `make triton-venv` makes DEFAULT_VENV
 VENV_HINT = "make triton-venv (or: python3 -m venv .venv-triton && .venv-triton/bin/pip install " \
             "nvidia-pytriton==0.7.0 'numpy<2' onnxruntime opencv-python-headless pyclipper)"
+
+
+def default_venv() -> str:
+    """DEFAULT_VENV in the working folder, else the one `make triton-venv` made in this
+    checkout (so that a command run from another folder finds it)."""
+    here = Path(DEFAULT_VENV)
+    made = CHECKOUT / DEFAULT_VENV
+    return str(made) if not here.exists() and made.exists() else DEFAULT_VENV
 
 
 class TritonServerError(DbrtError):
@@ -72,8 +81,10 @@ class TritonInstall:
         return self.server_dir / "python_backend_stubs" / self.python_version / "triton_python_backend_stub"
 
     @classmethod
-    def find(cls, venv: str = DEFAULT_VENV) -> "TritonInstall":
-        """The server in virtual environment `venv`; TritonServerError saying how to make it."""
+    def find(cls, venv: Optional[str] = None) -> "TritonInstall":
+        """The server in virtual environment `venv` (default: `default_venv()`);
+        TritonServerError saying how to make it."""
+        venv = venv or default_venv()
         python = Path(venv) / "bin" / "python"
         if not python.is_file():
             raise TritonServerError(f"no virtual environment with Triton at {venv}: {VENV_HINT}")
@@ -160,7 +171,7 @@ class TritonServer:
     `backends_dir(workdir)`, e.g. an installed tritonserver with the TensorRT backend).
     """
 
-    def __init__(self, repository, venv: str = DEFAULT_VENV, host: str = "127.0.0.1",
+    def __init__(self, repository, venv: Optional[str] = None, host: str = "127.0.0.1",
                  http_port: int = 0, grpc_port: int = 0, metrics_port: int = 0,
                  models: Optional[Sequence[str]] = None, ready_timeout: float = 120.0,
                  log: Optional[Path] = None, verbose: int = 0, extra_args: Sequence[str] = (),

@@ -3,10 +3,14 @@ run wrote (report.json's "outputs"), and an earlier run's files this run does no
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from pathlib import Path
 from urllib.parse import urlparse
+
+IMAGES_FOLDER = "annotated"  # the annotated images, named as _IMAGE_NAME matches
+_IMAGE_NAME = re.compile(r"\d+_\d{5,}_.")  # stream_frame_file name
 
 
 def video_names(pipe) -> dict:
@@ -34,7 +38,7 @@ def visual_sinks(pipe, out: Path, annotators, ImageSink, VideoSink, codec: str =
                           codec=codec)
         sinks.append(_only(video, set(names)))
     if images:
-        folder = out / "annotated"
+        folder = out / IMAGES_FOLDER
         # the frame's index too: a glob can match the same name in several folders
         sinks.append(_only(ImageSink(lambda f: folder / f"{f.stream}_{f.index:05d}_{Path(f.source).name}",
                                      annotators), images))
@@ -57,22 +61,65 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", base)[-40:]
 
 
-def clear_earlier_outputs(out: Path, ours: set, quiet: bool) -> None:
+def input_files(pipe) -> list:
+    """The local files the sources of `pipe` read (videos, images)."""
+    return [path for s in pipe.sources
+            for path in (s.paths if s.kind == "images" else [getattr(s, "path", None)]) if path]
+
+
+def refuse_video_over_input(pipe, out: Path) -> None:
+    """DbrtError when an annotated video would be written over a video this run reads
+    (dbrt run out/annotated.mp4 -o out): the encoder truncates the file as the decoder reads
+    it, which destroys the input and ends the run early."""
+    from engine.errors import DbrtError
+
+    inputs = {os.path.realpath(p): p for p in input_files(pipe)}
+    for name in video_names(pipe).values():
+        source = inputs.get(os.path.realpath(out / name))
+        if source is not None:
+            raise DbrtError(f"-o {out}: the annotated video {out / name} would be written over "
+                            f"the source {source} as it is read; give another -o, or --no-video")
+
+
+def clear_earlier_outputs(out: Path, ours: set, inputs=()) -> None:
     """Remove the events and videos an earlier run listed in this folder's report.json that
-    this run does not write (`ours`): they would lie beside this run's results."""
+    this run does not write (`ours`), and the annotated images it listed (this run's, named by
+    stream and frame, would overwrite some and lie beside the others): they would lie beside
+    this run's results; never one of this run's `inputs` (`input_files`: an earlier annotated
+    video or a glob over the folder given as a source). Said also under --quiet, which drops
+    the progress line, not the news that files were deleted."""
     try:
         earlier = json.loads((out / "report.json").read_text()).get("outputs", {})
         paths = [earlier.get("events"), *dict(earlier.get("videos") or {}).values()]
+        images = earlier.get("images")
     except (OSError, ValueError, AttributeError, TypeError):
         return  # no earlier report, or not one of ours
-    removed = []
+    removed, keep = [], {os.path.realpath(p) for p in inputs}
     for name in {Path(p).name for p in paths if isinstance(p, str)} - ours:
-        if (out / name).is_file():
+        if (out / name).is_file() and os.path.realpath(out / name) not in keep:
             (out / name).unlink()
             removed.append(name)
-    if removed and not quiet:
+    if isinstance(images, str):
+        count = _clear_annotated_images(out / IMAGES_FOLDER, keep)
+        if count:
+            removed.append(f"{count} annotated image{'s' if count > 1 else ''}")
+    if removed:
         print(f"dbrt run: removed the earlier run's {', '.join(sorted(removed))} from {out}/",
               file=sys.stderr)
+
+
+def _clear_annotated_images(folder: Path, keep: set) -> int:
+    """Delete the images `visual_sinks` wrote into `folder` (no other file, none of `keep`),
+    and the folder if that empties it; how many."""
+    if not folder.is_dir():
+        return 0
+    ours = [p for p in folder.iterdir() if p.is_file() and _IMAGE_NAME.match(p.name)
+            and os.path.realpath(p) not in keep]
+    for path in ours:
+        path.unlink()
+    if ours and not any(folder.iterdir()):
+        folder.rmdir()
+    return len(ours)
 
 
 def outputs_written(pipe, out: Path) -> dict:
@@ -87,7 +134,7 @@ def outputs_written(pipe, out: Path) -> dict:
         if isinstance(sink, VideoSink) and sink.paths:
             outputs["videos"] = {str(stream): str(p) for stream, p in sorted(sink.paths.items())}
         if isinstance(sink, ImageSink) and sink.written:
-            outputs["images"] = str(out / "annotated")
+            outputs["images"] = str(out / IMAGES_FOLDER)
         if isinstance(sink, RestreamSink):
             outputs["restream"] = sink.report()
     return outputs

@@ -10,7 +10,8 @@ from typing import Optional
 from pipeline.encoder import VIDEO_CODECS
 
 from ._network import check_restream, network_sinks, outputs_counted, print_network_summary
-from ._outputs import clear_earlier_outputs, outputs_written, video_names, visual_sinks
+from ._outputs import (clear_earlier_outputs, input_files, outputs_written, refuse_video_over_input,
+                       video_names, visual_sinks)
 from ._model import DLA_HELP, REC_MARGIN_HELP, THREADS_HELP, TRUST_ENGINE_HELP, add_triton_arguments
 from ._validate import (DEVICES, MAX_CPU_THREADS, MAX_SESSIONS, at_least, broker_url, fourcc, frame_size,
                         input_size, listen_address, output_folder, region, restream_url, side_length,
@@ -237,6 +238,7 @@ def build_pipeline(args):
     from pipeline.metrics import Progress
     from pipeline.runner import Pipeline
     from pipeline.sources import Reconnect, is_camera_spec, open_sources
+    from pipeline.sources.images import image_file_runs
 
     from ._model import build_detector
 
@@ -249,8 +251,9 @@ def build_pipeline(args):
                         "(0, /dev/video0, csi://0); none of the sources is one")
     from ._passwords import source_password
 
-    sources = open_sources(specs, reconnect=reconnect, decode_threads=args.decode_threads,
-                           camera=camera, password=source_password(specs), hwaccel=args.hwaccel)
+    sources = open_sources(image_file_runs(specs), reconnect=reconnect,
+                           decode_threads=args.decode_threads, camera=camera,
+                           password=source_password(specs), hwaccel=args.hwaccel)
     try:
         if args.hwaccel and not any(s.kind in ("video", "network") for s in sources):
             raise DbrtError(f"--hwaccel {args.hwaccel} decodes video files and network streams; "
@@ -274,13 +277,15 @@ def build_pipeline(args):
         track=args.track or args.events_every is not None)
     out = Path(args.output)
     try:
+        if not args.no_video:
+            refuse_video_over_input(pipe, out)
         pipe.sinks.extend(_sinks(pipe, out, args))
     except BaseException:
         pipe.close()
         raise
     ours = {"events.jsonl"} if pipe.tracker is not None else set()
     clear_earlier_outputs(out, ours | set(() if args.no_video else video_names(pipe).values()),
-                           args.quiet)
+                          input_files(pipe))
     progress = None
     if not args.quiet:
         progress = Progress(pipe.metrics, pipe.total_frames)

@@ -63,8 +63,9 @@ def _export_arguments(parser) -> None:
 
 def _serve_arguments(parser) -> None:
     parser.add_argument("repository", help="model repository folder (dbrt triton export -o)")
-    parser.add_argument("--venv", default=".venv-triton",
-                        help="virtual environment with nvidia-pytriton (make triton-venv)")
+    parser.add_argument("--venv",
+                        help="virtual environment with nvidia-pytriton (default: .venv-triton here, "
+                             "else the one make triton-venv made in dbrt's checkout)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (0.0.0.0: every interface)")
     for name, port in (("http", 8000), ("grpc", 8001), ("metrics", 8002)):

@@ -102,14 +102,16 @@ class ServeApp:
 
     def _picture(self, start_response, stream: int, environ):
         """The newest picture (X-Frame-Seq: its number); with ?after=N, 204 and no bytes
-        while there is none newer than N (the page asks so: a stalled stream costs nothing)."""
+        while N is the newest (the page asks so: a stalled stream costs nothing). An N past
+        the newest is another run's number (a page left open while dbrt restarted on its
+        port), so it gets the picture: waiting for this run to count up to N froze the tile."""
         after = _query(environ, "after")
         encoded = self.view.jpeg(stream)
         if not encoded.jpeg:
             return _text(start_response, "503 Service Unavailable", "no picture yet\n",
                          [("Retry-After", "1")])
         seq = [("X-Frame-Seq", str(encoded.seq))]
-        if after is not None and after.lstrip("-").isdigit() and encoded.seq <= int(after):
+        if after is not None and after.lstrip("-").isdigit() and encoded.seq == int(after):
             start_response("204 No Content", [("Cache-Control", "no-store"), *seq])
             return []
         return _send(start_response, "200 OK", "image/jpeg", encoded.jpeg, seq)

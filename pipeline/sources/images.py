@@ -1,4 +1,4 @@
-"""Still images: one file, a folder (sorted), or a glob pattern."""
+"""Still images: one file, a folder (sorted), a glob pattern, or a list of files."""
 from __future__ import annotations
 
 import glob
@@ -6,7 +6,7 @@ import os
 import threading
 from collections import Counter
 from pathlib import Path
-from typing import Iterator, List, Optional
+from typing import Iterator, List, Optional, Sequence, Union
 
 import cv2
 import numpy as np
@@ -79,14 +79,16 @@ def read_image(path: str):
     return image
 
 
-def unreadable_summary(unreadable: List[tuple], total: int, spec: str) -> str:
-    """One line for the (path, reason) pairs of a folder's (or glob's) images that could not be
-    read: the reasons found, counted where there are several kinds, and the first names."""
+def unreadable_summary(unreadable: List[tuple], total: int, spec: Optional[str]) -> str:
+    """One line for the (path, reason) pairs of a folder's (or glob's; `spec` None: a list's)
+    images that could not be read: the reasons found, counted where there are several kinds,
+    and the first names."""
     reasons = Counter(why for _, why in unreadable)
     said = (next(iter(reasons)) if len(reasons) == 1
             else "; ".join(f"{n} {why}" for why, n in reasons.most_common()))
     names = ", ".join(path for path, _ in unreadable[:3]) + (", ..." if len(unreadable) > 3 else "")
-    return f"{len(unreadable)} of {total} images in {spec} could not be read ({said}; skipped): {names}"
+    where = "" if spec is None else f" in {spec}"
+    return f"{len(unreadable)} of {total} images{where} could not be read ({said}; skipped): {names}"
 
 
 def _turned_like(raw: np.ndarray, plain: np.ndarray, oriented: np.ndarray) -> np.ndarray:
@@ -112,25 +114,60 @@ def _on_white(image: np.ndarray) -> np.ndarray:
     return (bgr * alpha + 255.0 * (1.0 - alpha)).round().astype(np.uint8)
 
 
+def image_file_runs(specs: Sequence) -> list:
+    """`specs` with each run of two or more image files side by side as one ImageSource, as
+    the quoted glob is: `dbrt run shots/*.jpg` (the shell's glob) was a source per image, each
+    with its decoding thread and waiting frame, in batches of as many frames as images (120
+    photos: 17.5 GB against 0.56 GB as a folder). Other specs stay where they are."""
+    grouped: list = []
+    for spec in specs:
+        text = os.fspath(spec) if isinstance(spec, (str, os.PathLike)) else None
+        if text is None or not _names_an_image_file(text):
+            grouped.append(spec)
+        elif grouped and isinstance(grouped[-1], list):
+            grouped[-1].append(text)
+        else:
+            grouped.append([text])
+    return [(item[0] if len(item) == 1 else ImageSource(item)) if isinstance(item, list) else item
+            for item in grouped]
+
+
+def _names_an_image_file(text: str) -> bool:
+    """An image file's name (there or not, as `parse_source` reads it), not a folder or glob."""
+    return (is_image_path(text) and not os.path.isdir(text)
+            and (os.path.exists(text) or not has_glob(text)))
+
+
 class ImageSource(Source):
-    """Images one after another; each frame's `source` is the image path."""
+    """Images one after another; each frame's `source` is the image path. `spec`: a file, a
+    folder, a glob, or a list of image files (read in its order)."""
 
     kind = "images"
 
-    def __init__(self, spec: str):
-        super().__init__(spec)
-        self.spec = spec
+    def __init__(self, spec: Union[str, os.PathLike, Sequence[str]]):
+        files = None if isinstance(spec, (str, os.PathLike)) else [os.fspath(p) for p in spec]
+        name = os.fspath(spec) if files is None else (
+            ", ".join(files) if len(files) <= 2 else f"{files[0]} ... {files[-1]} ({len(files)} images)")
+        super().__init__(name)
+        self.spec = name
+        self._files = files
         self._paths: Optional[List[str]] = None
         self._closed = threading.Event()
 
     def open(self) -> "ImageSource":
         if self._paths is None:
-            self._paths = list_images(self.spec)
+            self._paths = (list_images(self.spec) if self._files is None
+                           else [path for file in self._files for path in list_images(file)])
         return self
 
     @property
     def total_frames(self) -> Optional[int]:
         return len(self._paths) if self._paths is not None else None
+
+    @property
+    def paths(self) -> List[str]:
+        """The image files this source reads, in order."""
+        return list(self.open()._paths)
 
     def __iter__(self) -> Iterator[Frame]:
         """Unreadable files are skipped (and counted) so the others' results are kept; the
@@ -153,7 +190,8 @@ class ImageSource(Source):
         if len(self._paths) == 1 and error is not None:  # one image named: its own error, not '1 of 1'
             raise error
         if unreadable:
-            raise SourceError(unreadable_summary(unreadable, len(self._paths), self.spec))
+            raise SourceError(unreadable_summary(unreadable, len(self._paths),
+                                                 self.spec if self._files is None else None))
 
     def close(self) -> None:
         self._closed.set()

@@ -16,7 +16,8 @@ from .base import first_line, without_credentials
 from .hwdecode import Decoding, hwaccel_for
 from .live import LiveSource, Reconnect
 from .passwords import PASSWORD_VARIABLE, address, names_user_only
-from .video import error_reason, first_video_stream, open_container, shown_cause, upright_bgr
+from .video import (error_reason, first_video_stream, open_container, shown_cause, timed_out,
+                    upright_bgr)
 
 SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "tcp", "srt", "rtp")
 _FILE_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".3gp", ".mpg", ".mpeg",
@@ -98,6 +99,9 @@ class NetworkSource(LiveSource):
         try:
             vframe = next(self._frames, None)
         except Exception as exc:
+            waited = timed_out(exc, self.timeout)
+            if waited:
+                raise SourceError(waited) from None
             if self.live or self._decoded or urlparse(self.url).scheme not in ("http", "https"):
                 if self._address == self.url:
                     raise

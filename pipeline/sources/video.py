@@ -28,7 +28,8 @@ def open_container(url: str, options: Optional[dict] = None, timeout=None,
         accel = {} if hwaccel is None else {"hwaccel": hwaccel}  # PyAV before 14 has no such keyword
         return av.open(url, mode="r", options=options or {}, timeout=timeout, **accel)
     except (av.FFmpegError, OSError, ValueError) as exc:
-        reason = error_reason(exc).replace(url, name or url)  # some quote the URL
+        open_s = timeout[0] if isinstance(timeout, tuple) else timeout
+        reason = timed_out(exc, open_s) or error_reason(exc).replace(url, name or url)
         raise SourceError(f"cannot open {name or url}: {reason}") from shown_cause(exc, url, name)
 
 
@@ -76,6 +77,15 @@ def _end_time(container, stream) -> Optional[float]:
         return None
     start = stream.start_time * stream.time_base if stream.start_time and stream.time_base else 0
     return float(start) + container.duration / 1e6  # microseconds (AV_TIME_BASE)
+
+
+def timed_out(exc: Exception, seconds: Optional[float]) -> Optional[str]:
+    """What a PyAV timeout means, or None for another error: PyAV stops FFmpeg's wait through
+    its interrupt callback, which FFmpeg reports as "Immediate exit requested"."""
+    av = require("av")
+    if seconds is None or not isinstance(exc, av.ExitError):
+        return None
+    return f"nothing received for {seconds:g} s (timed out)"
 
 
 def error_reason(exc: Exception) -> str:
