@@ -79,7 +79,7 @@ def tune_postprocess(detector, dataset, thresh: Sequence[float] = THRESH,
                      unclip_ratio: Sequence[float] = UNCLIP_RATIO,
                      **protocol) -> List[Dict[str, float]]:
     """Every (thresh, box_thresh, unclip_ratio) of the grid scored on `dataset`, best first
-    (ties: the higher box_thresh, then the smaller unclip_ratio); `protocol`: iou,
+    (ties: the settings nearest the detector's own, `best_first`); `protocol`: iou,
     area_precision."""
     return tune_on_maps(probability_maps(detector, dataset), detector.post.config,
                         thresh, box_thresh, unclip_ratio, **protocol)
@@ -104,5 +104,18 @@ def tune_on_maps(maps: list, base, thresh: Sequence[float] = THRESH,
             result = _score(maps, truths, staged, post, protocol)
             rows.append({"thresh": t, "box_thresh": b, "unclip_ratio": u, "precision": result.precision,
                          "recall": result.recall, "hmean": result.hmean})
-    rows.sort(key=lambda r: (-r["hmean"], -r["box_thresh"], r["unclip_ratio"]))
-    return rows
+    return best_first(rows, base, dict(thresh=thresh, box_thresh=box_thresh,
+                                       unclip_ratio=unclip_ratio))
+
+
+def best_first(rows: List[Dict[str, float]], base, grid: Dict[str, Sequence[float]]) -> list:
+    """`rows` by hmean; among equals, the nearest to `base`'s settings (in shares of each grid's
+    span), then the higher box_thresh and the smaller unclip_ratio. A tie is no evidence to move:
+    by the other rules alone, a grid of equal scores chose its smallest unclip_ratio, on the
+    grid's edge, and said a better setting might lie beyond it."""
+    def distance(row) -> float:
+        return sum(abs(row[name] - getattr(base, name)) / ((max(values) - min(values)) or 1.0)
+                   for name, values in grid.items())
+
+    return sorted(rows, key=lambda r: (-r["hmean"], round(distance(r), 9), -r["box_thresh"],
+                                       r["unclip_ratio"]))

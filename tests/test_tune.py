@@ -198,3 +198,20 @@ def test_cli_tune_quiet_prints_the_best_setting_only(tmp_path, capsys):
                  "--tune-box-thresh", "0.4", "--tune-unclip", "1.1"]) == 0
     printed = capsys.readouterr().out.strip().splitlines()
     assert len(printed) == 1 and printed[0].startswith("best on v (1 images): --thresh "), printed
+
+
+def test_equal_scores_keep_the_settings_nearest_the_models_own():
+    """realdev scores many settings as the defaults do (hmean 0.7887): the tie went to the
+    smallest unclip_ratio, 1.0, the grid's edge, with a warning that a better value might lie
+    beyond it. Equal scores are no evidence to move from the model's settings."""
+    from dbnet.postprocess_config import PostprocessConfig
+    from pipeline.tune import best_first, grid_edges
+
+    grid = dict(thresh=(0.2, 0.3, 0.4), box_thresh=(0.5, 0.6, 0.7), unclip_ratio=(1.0, 1.1, 1.5))
+    base = PostprocessConfig(thresh=0.3, box_thresh=0.6, unclip_ratio=1.1)
+    rows = [dict(thresh=t, box_thresh=b, unclip_ratio=u, hmean=0.7887)
+            for t in grid["thresh"] for b in grid["box_thresh"] for u in grid["unclip_ratio"]]
+    rows.append(dict(thresh=0.4, box_thresh=0.7, unclip_ratio=1.5, hmean=0.79))
+    ranked = best_first(rows, base, grid)
+    assert [ranked[0][k] for k in grid] == [0.4, 0.7, 1.5]  # a better score still wins
+    assert [ranked[1][k] for k in grid] == [0.3, 0.6, 1.1] and not grid_edges(ranked[1], **grid)
