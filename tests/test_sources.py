@@ -266,6 +266,10 @@ def test_live_source_gives_up_after_retries():
                              reconnect=Reconnect(retries=2, delay=0.01)).open()
     with pytest.raises(SourceError, match="gave up after 2 reconnect attempts"):
         list(source)
+    once = SimulatedCamera(total=30, fps=500, fail_at={5}, refuse=10,
+                           reconnect=Reconnect(retries=1, delay=0.01)).open()
+    with pytest.raises(SourceError, match=r"gave up after 1 reconnect attempt \("):  # not "attempts"
+        list(once)
 
 
 def test_a_server_that_accepts_and_sends_nothing_still_runs_out_of_retries():

@@ -273,10 +273,10 @@ class LiveSource(Source):
             self.stats.add(reconnects=1)
             self._connection += 1
             self.state = "up"
-            self.stats.note(f"reconnected after {attempt} attempt(s)")
+            self.stats.note(f"reconnected after {_attempts(attempt)}")
             return True
-        raise SourceError(f"lost {self.name}: gave up after {self.reconnect.retries} reconnect "
-                          f"attempts ({last})")
+        raise SourceError(f"lost {self.name}: gave up after "
+                          f"{_attempts(self.reconnect.retries, 'reconnect attempt')} ({last})")
 
     def _disconnect_quietly(self) -> None:
         try:
@@ -284,3 +284,6 @@ class LiveSource(Source):
         except Exception:  # noqa: BLE001 - closing a broken connection may fail again
             pass
 
+
+def _attempts(count: int, what: str = "attempt") -> str:
+    return f"{count} {what}{'' if count == 1 else 's'}"
