@@ -205,6 +205,50 @@ def test_a_server_that_never_answers_never_stops_the_run(scheme, tmp_path, tiny_
     assert senders() == []
 
 
+def test_the_close_waits_for_every_stream_at_once(monkeypatch):
+    """Three silent servers: the run's end gives every stream the same CLOSE_WAIT_S, not one
+    after the other (each waited CLOSE_WAIT_S more, past docker stop's 10 s with three)."""
+    from pipeline.detections import Detections
+    from pipeline.restream import CLOSE_WAIT_S, RestreamSink
+    from pipeline.sources import Frame
+
+    server = SilentServer()
+    sink = RestreamSink(f"rtmp://127.0.0.1:{server.port}/live/{{stream}}",
+                        names={0: "a", 1: "b", 2: "c"}, annotators=[])
+    until_each = []  # (stream, the time its first wait for the stream's end lasts until)
+    try:
+        for stream in range(3):
+            sink.write(Frame(frame_image(stream), 0, 0.0, "cam", stream=stream), Detections.empty())
+        until(lambda: len(server.held) == 3, "three connections held by the silent server")
+        for stream, output in sink.outputs.items():
+            monkeypatch.setattr(output, "_thread", FirstWait(output._thread, stream, until_each))
+        started = time.monotonic()
+        sink.close()
+    finally:
+        server.close()
+    assert sorted(stream for stream, _ in until_each) == [0, 1, 2]
+    assert all(end <= started + CLOSE_WAIT_S + 0.5 for _, end in until_each), until_each
+    assert senders() == []
+    for output in sink.outputs.values():
+        counters = output.counters()
+        assert counters["frames_sent_total"] == 0 and counters["frames_dropped_total"] == 1
+
+
+class FirstWait:
+    """A stream's thread whose first join() notes until when it waits."""
+
+    def __init__(self, thread, stream, noted):
+        self._thread, self._stream, self._noted = thread, stream, noted
+
+    def join(self, timeout=None):
+        if not any(stream == self._stream for stream, _ in self._noted):
+            self._noted.append((self._stream, time.monotonic() + timeout))
+        self._thread.join(timeout)
+
+    def is_alive(self):
+        return self._thread.is_alive()
+
+
 def test_a_server_that_goes_away_is_reconnected():
     """The library's sink, fed by hand: the first server hangs up after 5 frames; frames
     meanwhile are dropped; a server on the port again gets the stream, at the frames' picture."""
