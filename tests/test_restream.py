@@ -333,6 +333,7 @@ def test_counters_are_served_and_sigterm_ends_the_stream(tmp_path, tiny_onnx):
     ("udp://127.0.0.1", "udp:// needs a port"),
     ("rtsp://127.0.0.1:8554", "needs the stream's path on the server"),
     ("rtsp://me:s3cret@127.0.0.1:99999/x", "bad port"),
+    ("srt://127.0.0.1?passphrase=s3cret", "srt:// needs a port"),  # SRT's encryption key
 ])
 def test_a_bad_url_is_one_line_naming_the_flag(url, message, tmp_path, capsys):
     assert main(["run", "--restream", url, "--output", str(tmp_path)]) == 2
