@@ -140,11 +140,19 @@ class Sender:
                 self.kill()
                 raise SendError(f"no answer from the server within {timeout:g} s")
             chunk = os.read(fd, 4096)
-            if not chunk:
-                raise SendError(f"the sending process ended (exit code {self.proc.poll()})")
+            if not chunk:  # its output closed: it is exiting, or was killed
+                raise SendError(f"the sending process ended (exit code {self._exit_code()})")
             self._pending += chunk
         line, _, self._pending = self._pending.partition(b"\n")
         return line.decode(errors="replace")
+
+    def _exit_code(self) -> Optional[int]:
+        """Its exit code (negative: the signal that killed it); poll() alone said None, as the
+        process had not been waited for yet."""
+        try:
+            return self.proc.wait(1.0)
+        except subprocess.TimeoutExpired:
+            return None
 
 
 def main() -> int:

@@ -244,6 +244,21 @@ def test_the_streams_end_leaves_time_for_the_report_within_docker_stop():
     assert DRAIN_LIMIT_S + CLOSE_WAIT_S <= 8.0
 
 
+def test_a_sending_process_that_died_says_how():
+    """Its error named exit code None: the process had not been waited for yet."""
+    from pipeline.restream_sender import Sender, SendError
+
+    server = SilentServer()
+    try:
+        sender = Sender(f"rtmp://127.0.0.1:{server.port}/live/x", "rtmp", 25.0, "libx264", 23)
+        sender.proc.kill()
+        with pytest.raises(SendError, match=r"the sending process ended \(exit code -9\)"):
+            sender.send(frame_image(0), 0.0)
+        sender.kill()
+    finally:
+        server.close()
+
+
 class FirstWait:
     """A stream's thread whose first join() notes until when it waits."""
 
