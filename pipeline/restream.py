@@ -41,10 +41,7 @@ from .sources import Frame
 DEFAULT_PORTS = {"rtsp": 554, "rtmp": 1935}
 PLACEHOLDERS = ("{stream}", "{name}")
 MIN_DELAY_S, MAX_DELAY_S = 0.5, 8.0  # the reconnect back-off: doubling from min to max
-# how long the run's end waits for the streams to finish sending (a few frames queued and the
-# trailer: well under a second to a server that reads); after the drain's 5 s (--drain-limit),
-# within docker stop's 10 s before its SIGKILL, which would leave no report
-CLOSE_WAIT_S = 2.0
+CLOSE_WAIT_S = 5.0  # how long the run's end waits for a stream to finish sending
 EVENTS_KEPT = 10
 
 
