@@ -221,7 +221,7 @@ class RestreamOutput:
             self._sender.send(image, frame.t_read if self.live else frame.timestamp)
         except SendError as exc:  # the server refused the stream, went away or went silent
             self._drop()
-            self._failed(str(exc))
+            self._failed(self._reason(exc))
             return
         self._sent += 1
         if not self.connected:
@@ -267,8 +267,15 @@ class RestreamOutput:
             else:
                 sender.kill()
         except SendError as exc:  # a server gone at the end: nothing more to send to it
-            self.last_error = without_credentials(str(exc))
+            self.last_error = without_credentials(self._reason(exc))
         self.connected = False
+
+    def _reason(self, exc: SendError) -> str:
+        """Why a send or the stream's end failed: the run's end giving up on it kills its
+        process, whose own error would only say so ('exit code -9')."""
+        if self._given_up:
+            return f"no answer from the server within {CLOSE_WAIT_S:g} s of the run's end"
+        return str(exc)
 
     def _note(self, text: str) -> None:
         self.events.append(f"{time.strftime('%H:%M:%S')} {text}")

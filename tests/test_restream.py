@@ -232,6 +232,8 @@ def test_the_close_waits_for_every_stream_at_once(monkeypatch):
     for output in sink.outputs.values():
         counters = output.counters()
         assert counters["frames_sent_total"] == 0 and counters["frames_dropped_total"] == 1
+        assert counters["last_error"] == (f"no answer from the server within {CLOSE_WAIT_S:g} s "
+                                          "of the run's end")
 
 
 def test_a_sending_process_that_died_says_how():
