@@ -157,7 +157,11 @@ class Sender:
 
 def main() -> int:
     """The child: frames from stdin, encoded and sent, an answer for each on stdout."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the run, which ends the stream
+    # Ctrl-C (SIGINT to the terminal's process group) and SIGTERM to each process of the run
+    # (systemd's stop) make the run drain, which ends the stream: the run's own end, its
+    # death (below) or its kill() end this process
+    for stop in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop, signal.SIG_IGN)
     with contextlib.suppress(OSError, AttributeError):  # Linux: killed with the run (SIGKILL)
         ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     source, answers = sys.stdin.buffer, sys.stdout.buffer

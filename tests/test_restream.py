@@ -251,6 +251,27 @@ def test_a_sending_process_that_died_says_how():
         server.close()
 
 
+def test_sigterm_to_every_process_of_the_run_leaves_the_stream_to_the_run():
+    """systemd stops a service with SIGTERM to each of its processes: it killed the sending
+    process, cutting the stream during the run's drain, which then connected anew. As with
+    Ctrl-C's SIGINT, the run (draining on SIGTERM) ends the stream."""
+    from pipeline.detections import Detections
+    from pipeline.restream import RestreamSink
+    from pipeline.sources import Frame
+
+    sink = RestreamSink(f"udp://127.0.0.1:{free_port()}", annotators=[], max_queued=64)
+    try:
+        sink.write(Frame(frame_image(0), 0, 0.0, "clip"), Detections.empty())
+        until(lambda: sink.outputs[0].counters()["frames_sent_total"] == 1, "the first frame sent")
+        sink.outputs[0]._sender.proc.send_signal(signal.SIGTERM)
+        for index in range(1, 6):
+            sink.write(Frame(frame_image(index), index, index / 25, "clip"), Detections.empty())
+    finally:
+        sink.close()
+    counters = sink.outputs[0].counters()
+    assert counters["frames_sent_total"] == 6 and counters["reconnects_total"] == 0, counters
+
+
 class FirstWait:
     """A stream's thread whose first join() notes until when it waits."""
 
