@@ -8,9 +8,10 @@ import warnings
 # user:password@ up to the authority's last "@": FFmpeg and urllib take a password with an "@"
 # in it (`rtsp://admin:p@ss@cam/1`), of which the first "@" alone left the end in clear
 _CREDENTIALS = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/?#\s]*@")
-# camera snapshot URLs carry them as query parameters too (`?user=admin&pwd=...`)
-_SECRET_PARAMS = re.compile(r"([?&](?:pass|passwd|password|pwd|token|access_token|apikey|api_key|"
-                            r"key|secret|auth|sig|signature)=)[^&#\s]*", re.IGNORECASE)
+# camera snapshot URLs carry them as query parameters too (`?user=admin&pwd=...`), as srt://
+# URLs their encryption key (`?passphrase=...`)
+_SECRET_PARAMS = re.compile(r"([?&](?:pass|passwd|password|passphrase|pwd|token|access_token|apikey|"
+                            r"api_key|key|secret|auth|sig|signature)=)[^&#\s]*", re.IGNORECASE)
 # and GStreamer pipelines as properties (rtspsrc / souphttpsrc user-pw=, proxy-pw=; srtsrc
 # passphrase=), their values quoted as on gst-launch's command line or not
 _SECRET_PROPERTIES = re.compile(r"((?:^|(?<=[\s!]))(?:[a-z]+-)?(?:pw|passwd|password|passphrase)=)"

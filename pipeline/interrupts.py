@@ -38,6 +38,7 @@ class StopSignals:
         self._deadline: Optional[threading.Timer] = None
         self.received: List[int] = []
         self.drain_expired = False  # the drain limit passed: the run was stopped at once
+        self._drained = False  # the run's frames are all out: its outputs are closing
 
     @property
     def first(self) -> Optional[int]:
@@ -50,6 +51,13 @@ class StopSignals:
         for signum in self.signals:
             previous = signal.signal(signum, self._handle)
             self._previous[signum] = signal.SIG_DFL if previous is None else previous
+
+    def drained(self) -> None:
+        """Every frame read is out: closing the outputs that follows is no part of the drain,
+        so its limit no longer applies (past it, a slow close was said to be a drain expired)."""
+        self._drained = True
+        if self._deadline is not None:
+            self._deadline.cancel()
 
     def restore(self) -> None:
         """Put the previous handlers back; from another thread (a run closed there) Python
@@ -84,7 +92,8 @@ class StopSignals:
         self._deadline.start()
 
     def _drain_too_long(self) -> None:
-        if self._active and len(self.received) == 1:  # not ended, nor stopped at once since
+        # not ended, its frames not all out, nor stopped at once since
+        if self._active and not self._drained and len(self.received) == 1:
             self.drain_expired = True
             self._abort()
 

@@ -134,7 +134,7 @@ class RestreamOutput:
         self.max_delay = MAX_DELAY_S if max_delay is None else max_delay
         self._queue: collections.deque = collections.deque()
         self._wake = threading.Condition()
-        self._finishing = False
+        self._finishing = self._given_up = False
         self._sender: Optional[Sender] = None
         self._sent = self._dropped = self._attempts = 0
         self._retry_at, self._delay = 0.0, self.min_delay
@@ -163,12 +163,22 @@ class RestreamOutput:
             self._finishing = True
             self._wake.notify()
 
-    def join(self, timeout: float = CLOSE_WAIT_S) -> None:
-        self._thread.join(timeout)
-        sender = self._sender
-        if self._thread.is_alive() and sender is not None:  # a server that holds up the last
-            sender.proc.kill()  # frame or the stream's end: its answer is not waited for
-            self._thread.join(timeout)
+    def join(self, deadline: float) -> None:
+        """Wait for the stream's end until `deadline` (time.monotonic()), then give it up."""
+        self._thread.join(max(0.0, deadline - time.monotonic()))
+        if self._thread.is_alive():
+            self.give_up()
+
+    def give_up(self) -> None:
+        """A server that holds up the last frames or the stream's end: its answer is not
+        waited for (the process is killed), what is queued is dropped, nothing is retried."""
+        with self._wake:
+            self._given_up = True
+            self._dropped += len(self._queue)
+            self._queue.clear()
+            sender = self._sender
+        if sender is not None:
+            sender.proc.kill()
 
     def counters(self) -> dict:
         """url (without credentials), frames_sent_total, frames_dropped_total (queue full, not
@@ -211,7 +221,7 @@ class RestreamOutput:
             self._sender.send(image, frame.t_read if self.live else frame.timestamp)
         except SendError as exc:  # the server refused the stream, went away or went silent
             self._drop()
-            self._failed(str(exc))
+            self._failed(self._reason(exc))
             return
         self._sent += 1
         if not self.connected:
@@ -221,15 +231,20 @@ class RestreamOutput:
 
     def _connect(self) -> bool:
         """A new connection once the back-off delay has passed (False before it, or failing)."""
-        if time.monotonic() < self._retry_at:
+        if time.monotonic() < self._retry_at or self._given_up:
             return False
         self._attempts += 1
         try:
-            self._sender = Sender(self.url, self.scheme, self.fps, self.codec, self.crf)
+            sender = Sender(self.url, self.scheme, self.fps, self.codec, self.crf)
         except (OSError, SendError) as exc:  # no process (out of memory, of processes)
             self._failed(without_credentials(getattr(exc, "strerror", None) or str(exc)))
             return False
-        return True
+        with self._wake:  # give_up() kills the sender it finds, or none is kept
+            if not self._given_up:
+                self._sender = sender
+        if self._sender is None:
+            sender.kill()
+        return self._sender is not None
 
     def _failed(self, error: str) -> None:
         error = without_credentials(error)
@@ -252,8 +267,15 @@ class RestreamOutput:
             else:
                 sender.kill()
         except SendError as exc:  # a server gone at the end: nothing more to send to it
-            self.last_error = without_credentials(str(exc))
+            self.last_error = without_credentials(self._reason(exc))
         self.connected = False
+
+    def _reason(self, exc: SendError) -> str:
+        """Why a send or the stream's end failed: the run's end giving up on it kills its
+        process, whose own error would only say so ('exit code -9')."""
+        if self._given_up:
+            return f"no answer from the server within {CLOSE_WAIT_S:g} s of the run's end"
+        return str(exc)
 
     def _note(self, text: str) -> None:
         self.events.append(f"{time.strftime('%H:%M:%S')} {text}")
@@ -319,7 +341,11 @@ class RestreamSink(Sink):
                 for stream, output in sorted(self.outputs.items())}
 
     def close(self) -> None:
+        """End every stream, waiting CLOSE_WAIT_S at most for all of them together."""
         for output in self.outputs.values():
             output.finish()
+        deadline = time.monotonic() + CLOSE_WAIT_S
         for output in self.outputs.values():
-            output.join()
+            output.join(deadline)
+        for output in self.outputs.values():  # given up: they end at once (their process killed)
+            output.join(time.monotonic() + CLOSE_WAIT_S)

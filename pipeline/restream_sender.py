@@ -140,16 +140,28 @@ class Sender:
                 self.kill()
                 raise SendError(f"no answer from the server within {timeout:g} s")
             chunk = os.read(fd, 4096)
-            if not chunk:
-                raise SendError(f"the sending process ended (exit code {self.proc.poll()})")
+            if not chunk:  # its output closed: it is exiting, or was killed
+                raise SendError(f"the sending process ended (exit code {self._exit_code()})")
             self._pending += chunk
         line, _, self._pending = self._pending.partition(b"\n")
         return line.decode(errors="replace")
 
+    def _exit_code(self) -> Optional[int]:
+        """Its exit code (negative: the signal that killed it); poll() alone said None, as the
+        process had not been waited for yet."""
+        try:
+            return self.proc.wait(1.0)
+        except subprocess.TimeoutExpired:
+            return None
+
 
 def main() -> int:
     """The child: frames from stdin, encoded and sent, an answer for each on stdout."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the run, which ends the stream
+    # Ctrl-C (SIGINT to the terminal's process group) and SIGTERM to each process of the run
+    # (systemd's stop) make the run drain, which ends the stream: the run's own end, its
+    # death (below) or its kill() end this process
+    for stop in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop, signal.SIG_IGN)
     with contextlib.suppress(OSError, AttributeError):  # Linux: killed with the run (SIGKILL)
         ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     source, answers = sys.stdin.buffer, sys.stdout.buffer

@@ -223,6 +223,7 @@ class Pipeline:
         finally:
             if not finished:
                 self.control.abort()
+            self._signals.drained()  # the drain limit is not the outputs' closing
             try:
                 self._shutdown()
             except BaseException as exc:

@@ -205,6 +205,88 @@ def test_a_server_that_never_answers_never_stops_the_run(scheme, tmp_path, tiny_
     assert senders() == []
 
 
+def test_the_close_waits_for_every_stream_at_once(monkeypatch):
+    """Three silent servers: the run's end gives every stream the same CLOSE_WAIT_S, not one
+    after the other (each waited CLOSE_WAIT_S more, past docker stop's 10 s with three)."""
+    from pipeline.detections import Detections
+    from pipeline.restream import CLOSE_WAIT_S, RestreamSink
+    from pipeline.sources import Frame
+
+    server = SilentServer()
+    sink = RestreamSink(f"rtmp://127.0.0.1:{server.port}/live/{{stream}}",
+                        names={0: "a", 1: "b", 2: "c"}, annotators=[])
+    until_each = []  # (stream, the time its first wait for the stream's end lasts until)
+    try:
+        for stream in range(3):
+            sink.write(Frame(frame_image(stream), 0, 0.0, "cam", stream=stream), Detections.empty())
+        until(lambda: len(server.held) == 3, "three connections held by the silent server")
+        for stream, output in sink.outputs.items():
+            monkeypatch.setattr(output, "_thread", FirstWait(output._thread, stream, until_each))
+        started = time.monotonic()
+        sink.close()
+    finally:
+        server.close()
+    assert sorted(stream for stream, _ in until_each) == [0, 1, 2]
+    assert all(end <= started + CLOSE_WAIT_S + 0.5 for _, end in until_each), until_each
+    assert senders() == []
+    for output in sink.outputs.values():
+        counters = output.counters()
+        assert counters["frames_sent_total"] == 0 and counters["frames_dropped_total"] == 1
+        assert counters["last_error"] == (f"no answer from the server within {CLOSE_WAIT_S:g} s "
+                                          "of the run's end")
+
+
+def test_a_sending_process_that_died_says_how():
+    """Its error named exit code None: the process had not been waited for yet."""
+    from pipeline.restream_sender import Sender, SendError
+
+    server = SilentServer()
+    try:
+        sender = Sender(f"rtmp://127.0.0.1:{server.port}/live/x", "rtmp", 25.0, "libx264", 23)
+        sender.proc.kill()
+        with pytest.raises(SendError, match=r"the sending process ended \(exit code -9\)"):
+            sender.send(frame_image(0), 0.0)
+        sender.kill()
+    finally:
+        server.close()
+
+
+def test_sigterm_to_every_process_of_the_run_leaves_the_stream_to_the_run():
+    """systemd stops a service with SIGTERM to each of its processes: it killed the sending
+    process, cutting the stream during the run's drain, which then connected anew. As with
+    Ctrl-C's SIGINT, the run (draining on SIGTERM) ends the stream."""
+    from pipeline.detections import Detections
+    from pipeline.restream import RestreamSink
+    from pipeline.sources import Frame
+
+    sink = RestreamSink(f"udp://127.0.0.1:{free_port()}", annotators=[], max_queued=64)
+    try:
+        sink.write(Frame(frame_image(0), 0, 0.0, "clip"), Detections.empty())
+        until(lambda: sink.outputs[0].counters()["frames_sent_total"] == 1, "the first frame sent")
+        sink.outputs[0]._sender.proc.send_signal(signal.SIGTERM)
+        for index in range(1, 6):
+            sink.write(Frame(frame_image(index), index, index / 25, "clip"), Detections.empty())
+    finally:
+        sink.close()
+    counters = sink.outputs[0].counters()
+    assert counters["frames_sent_total"] == 6 and counters["reconnects_total"] == 0, counters
+
+
+class FirstWait:
+    """A stream's thread whose first join() notes until when it waits."""
+
+    def __init__(self, thread, stream, noted):
+        self._thread, self._stream, self._noted = thread, stream, noted
+
+    def join(self, timeout=None):
+        if not any(stream == self._stream for stream, _ in self._noted):
+            self._noted.append((self._stream, time.monotonic() + timeout))
+        self._thread.join(timeout)
+
+    def is_alive(self):
+        return self._thread.is_alive()
+
+
 def test_a_server_that_goes_away_is_reconnected():
     """The library's sink, fed by hand: the first server hangs up after 5 frames; frames
     meanwhile are dropped; a server on the port again gets the stream, at the frames' picture."""
@@ -289,6 +371,7 @@ def test_counters_are_served_and_sigterm_ends_the_stream(tmp_path, tiny_onnx):
     ("udp://127.0.0.1", "udp:// needs a port"),
     ("rtsp://127.0.0.1:8554", "needs the stream's path on the server"),
     ("rtsp://me:s3cret@127.0.0.1:99999/x", "bad port"),
+    ("srt://127.0.0.1?passphrase=s3cret", "srt:// needs a port"),  # SRT's encryption key
 ])
 def test_a_bad_url_is_one_line_naming_the_flag(url, message, tmp_path, capsys):
     assert main(["run", "--restream", url, "--output", str(tmp_path)]) == 2

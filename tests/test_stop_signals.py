@@ -270,3 +270,25 @@ def test_a_drain_that_outlasts_its_limit_stops_at_once_and_says_so(tmp_path, lon
     assert report["interrupted"] and report["drain_expired"]
     assert report["frames"] == written and report["lost"] == pipe.sources[0].stats.delivered - written > 0
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handlers restored
+
+
+class _SlowClosingSink(JsonlSink):
+    """A sink whose close outlasts the drain limit (a restream server that takes its time)."""
+
+    def close(self):
+        time.sleep(0.6)
+        super().close()
+
+
+def test_a_drain_that_ended_in_time_is_not_said_to_have_expired(tmp_path, long_video):
+    """The limit is the drain's: every frame read was written within it, so a sink that then
+    closes slowly neither stops the run at once nor has report.json say the drain expired."""
+    out = tmp_path / "d.jsonl"
+    pipe = Pipeline([long_video], FakeDetector(delay_s=0.001), sinks=[_SlowClosingSink(out)],
+                    callbacks=[_signal_at(3, signal.SIGTERM)],
+                    stop_signals=(signal.SIGINT, signal.SIGTERM), drain_limit=0.3)
+    with pytest.raises(KeyboardInterrupt):
+        pipe.run()
+    _check_drained(pipe, out)
+    assert pipe.report()["drain_expired"] is False
+    assert not pipe.control.aborted.is_set()
