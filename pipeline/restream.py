@@ -81,6 +81,18 @@ def srt_available() -> bool:
     return True
 
 
+def redacted(text: str, url: str) -> str:
+    """`text` as it may be shown: no credentials, and no RTMP stream key (the last part of an
+    rtmp:// path, which lets whoever knows it publish on a platform's channel)."""
+    text = without_credentials(text)
+    parts = urlsplit(url)
+    segments = [p for p in parts.path.split("/") if p]
+    if parts.scheme.lower() in ("rtmp", "rtmps") and len(segments) >= 2 \
+            and segments[-1] not in PLACEHOLDERS:
+        text = text.replace(segments[-1], "***")
+    return text
+
+
 def stream_url(template: str, stream: int, name: str) -> str:
     return template.replace("{stream}", str(stream)).replace("{name}", name)
 
@@ -89,7 +101,7 @@ def stream_urls(template: str, names: Mapping[int, str]) -> Dict[int, str]:
     """stream -> its URL (placeholders for the environment's passwords left in); DbrtError
     when streams would share one (no {stream} or {name} in it, or two names alike) or a
     {DBRT_NAME} variable is not set. Checked before the model loads."""
-    shown = without_credentials(template)
+    shown = redacted(template, template)
     if len(names) > 1 and not any(p in template for p in PLACEHOLDERS):
         raise DbrtError(f"--restream {shown}: {len(names)} streams need a URL each: put "
                         "{stream} (the stream's index) or {name} in it, e.g. "
@@ -100,7 +112,7 @@ def stream_urls(template: str, names: Mapping[int, str]) -> Dict[int, str]:
         other = next((s for s, u in urls.items() if u == url), None)
         if other is not None:
             raise DbrtError(f"--restream {shown}: streams {other} and {stream} would both be "
-                            f"sent to {without_credentials(url)}; use {{stream}}")
+                            f"sent to {redacted(url, url)}; use {{stream}}")
         opened_url(url)
         urls[stream] = url
     return urls
@@ -237,7 +249,7 @@ class RestreamOutput:
         try:
             sender = Sender(self.url, self.scheme, self.fps, self.codec, self.crf)
         except (OSError, SendError) as exc:  # no process (out of memory, of processes)
-            self._failed(without_credentials(getattr(exc, "strerror", None) or str(exc)))
+            self._failed(getattr(exc, "strerror", None) or str(exc))
             return False
         with self._wake:  # give_up() kills the sender it finds, or none is kept
             if not self._given_up:
@@ -247,7 +259,7 @@ class RestreamOutput:
         return self._sender is not None
 
     def _failed(self, error: str) -> None:
-        error = without_credentials(error)
+        error = redacted(error, self.url)
         if self.connected:
             self._note(f"connection to {self.shown} lost: {error}")
         elif error != self.last_error:
@@ -267,7 +279,7 @@ class RestreamOutput:
             else:
                 sender.kill()
         except SendError as exc:  # a server gone at the end: nothing more to send to it
-            self.last_error = without_credentials(self._reason(exc))
+            self.last_error = redacted(self._reason(exc), self.url)
         self.connected = False
 
     def _reason(self, exc: SendError) -> str:
@@ -303,7 +315,7 @@ class RestreamSink(Sink):
         try:
             check_url(url)
         except ValueError as exc:
-            raise DbrtError(f"--restream {without_credentials(url)}: {exc}") from None
+            raise DbrtError(f"--restream {redacted(url, url)}: {exc}") from None
         self.template = url
         self.names = None if names is None else dict(names)
         self.settings = dict(codec=codec, crf=crf, annotators=annotators, max_queued=max_queued,
@@ -316,7 +328,7 @@ class RestreamSink(Sink):
 
     def _add(self, stream: int, url: str) -> RestreamOutput:
         self.outputs[stream] = RestreamOutput(
-            opened_url(url), without_credentials(url), fps=self.fps_by_stream.get(stream) or 25.0,
+            opened_url(url), redacted(url, url), fps=self.fps_by_stream.get(stream) or 25.0,
             live=stream in self.live_streams, **self.settings)
         return self.outputs[stream]
 

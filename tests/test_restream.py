@@ -155,6 +155,18 @@ def test_a_server_nobody_runs_never_stops_the_run(tmp_path, tiny_onnx, capsys):
     assert f"--restream rtsp://127.0.0.1:{port}/x: Connection refused" in err
 
 
+def test_an_rtmp_stream_key_is_never_shown(tmp_path, tiny_onnx, capsys):
+    """rtmp://HOST/APP/KEY: whoever knows a platform's stream key can publish on its channel;
+    it was in the summary, report.json, /api/status and /metrics."""
+    clip = write_video(tmp_path / "clip.mp4", frames=5, height=72, width=128)
+    out = tmp_path / "out"
+    url = f"rtmp://127.0.0.1:{free_port()}/live2/s3cret-key"
+    assert main(run_args(tiny_onnx, out, str(clip), "--restream", url)) == 0
+    counters = json.loads((out / "report.json").read_text())["outputs"]["restream"]["0"]
+    assert counters["url"].endswith("/live2/***")
+    assert "s3cret" not in json.dumps(counters) and "s3cret" not in "".join(capsys.readouterr())
+
+
 class SilentServer:
     """A TCP server that accepts connections and never answers (a hung media server)."""
 
@@ -372,6 +384,7 @@ def test_counters_are_served_and_sigterm_ends_the_stream(tmp_path, tiny_onnx):
     ("rtsp://127.0.0.1:8554", "needs the stream's path on the server"),
     ("rtsp://me:s3cret@127.0.0.1:99999/x", "bad port"),
     ("srt://127.0.0.1?passphrase=s3cret", "srt:// needs a port"),  # SRT's encryption key
+    ("rtmp://127.0.0.1:99999/live2/s3cret", "bad port"),  # a platform's stream key
 ])
 def test_a_bad_url_is_one_line_naming_the_flag(url, message, tmp_path, capsys):
     assert main(["run", "--restream", url, "--output", str(tmp_path)]) == 2

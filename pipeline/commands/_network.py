@@ -31,7 +31,7 @@ def network_sinks(pipe, args, annotators) -> list:
 
 def outputs_counted(sinks) -> list:
     """(name, an object with counters()) of the MQTT sink and of each restreamed stream
-    ("restream", or "restream_N" per stream N when there are several sources)."""
+    ("restream", or "restream_N" per stream N when several streams are restreamed)."""
     from pipeline.restream import RestreamSink
 
     named = []

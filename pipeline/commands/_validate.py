@@ -275,11 +275,10 @@ def broker_url(text: str) -> str:
 
 def restream_url(text: str) -> str:
     """rtsp:// rtmp:// srt:// udp://..., checked now (pipeline.restream.check_url)."""
-    from pipeline.restream import check_url
-    from pipeline.sources.base import without_credentials
+    from pipeline.restream import check_url, redacted
 
     try:
         check_url(text)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{exc}, got {without_credentials(text)!r}") from None
+        raise argparse.ArgumentTypeError(f"{exc}, got {redacted(text, text)!r}") from None
     return text
