@@ -147,3 +147,15 @@ class Decoding:
 
     def describe(self) -> dict:
         return dict(hwaccel=self.hwaccel, decoder=self.decoder)
+
+
+class ReportsDecoding:
+    """For a source with a `decoding` (Decoding): its notes kept in the source's events, its
+    `hwaccel` and `decoder` in the source's description."""
+
+    def _note(self, note: Optional[str]) -> None:
+        if note is not None:
+            self.stats.note(note)
+
+    def describe(self) -> dict:
+        return {**super().describe(), **self.decoding.describe()}

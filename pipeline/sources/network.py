@@ -13,7 +13,7 @@ from urllib.parse import urlparse
 from engine.errors import SourceError
 
 from .base import first_line, without_credentials
-from .hwdecode import Decoding, hwaccel_for
+from .hwdecode import Decoding, ReportsDecoding, hwaccel_for
 from .live import LiveSource, Reconnect
 from .passwords import PASSWORD_VARIABLE, address, names_user_only
 from .video import (error_reason, first_video_stream, open_container, shown_cause, timed_out,
@@ -33,7 +33,7 @@ def looks_live(url: str) -> bool:
     return not (urlparse(url).scheme in ("http", "https") and path.endswith(_FILE_SUFFIXES))
 
 
-class NetworkSource(LiveSource):
+class NetworkSource(ReportsDecoding, LiveSource):
     """One network stream; `timeout` (seconds) bounds each read, and connecting takes up to
     `OPEN_TIMEOUT` or `timeout`, whichever is longer. `password`: for a URL that names its user
     without one; `{DBRT_NAME}` in the URL stands for that environment variable (see
@@ -122,13 +122,6 @@ class NetworkSource(LiveSource):
         self._note(self.decoding.decoded(self._stream))
         seconds = vframe.time
         return upright_bgr(vframe), None if seconds is None else seconds - self._start_s
-
-    def _note(self, note: Optional[str]) -> None:
-        if note is not None:
-            self.stats.note(note)
-
-    def describe(self) -> dict:
-        return {**super().describe(), **self.decoding.describe()}
 
     def _disconnect(self) -> None:
         container, self._container, self._frames = self._container, None, None

@@ -15,7 +15,7 @@ from engine.errors import SourceError
 from engine.lazy import require
 
 from .base import Frame, Source, without_credentials
-from .hwdecode import Decoding, hwaccel_for
+from .hwdecode import Decoding, ReportsDecoding, hwaccel_for
 
 
 def open_container(url: str, options: Optional[dict] = None, timeout=None,
@@ -94,7 +94,7 @@ def error_reason(exc: Exception) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-class VideoFileSource(Source):
+class VideoFileSource(ReportsDecoding, Source):
     """Every frame of a local video file, in order, as BGR uint8. `hwaccel`: "cuda" decodes
     on an NVIDIA GPU (NVDEC; see hwdecode), None in software."""
 
@@ -193,13 +193,6 @@ class VideoFileSource(Source):
                 self.stats.add(skipped=1)
                 continue
             yield from vframes
-
-    def _note(self, note: Optional[str]) -> None:
-        if note is not None:
-            self.stats.note(note)
-
-    def describe(self) -> dict:
-        return {**super().describe(), **self.decoding.describe()}
 
     def _seconds(self, vframe, index: int) -> Optional[float]:
         """Seconds into the source: the frame's time less the stream's start (broadcast and
