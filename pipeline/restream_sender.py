@@ -88,7 +88,11 @@ class Sender:
         self._pending = b""
         self._answered = False
         settings = dict(url=url, scheme=scheme, fps=fps, codec=codec, crf=crf)
-        self._write(json.dumps(settings).encode() + b"\n")
+        try:
+            self._write(json.dumps(settings).encode() + b"\n")
+        except BaseException:  # a process that ended at once: waited for, its pipes closed
+            self.kill()
+            raise
 
     def send(self, image: np.ndarray, timestamp: Optional[float]) -> None:
         """Send one frame; SendError when it was not sent."""

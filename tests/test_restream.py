@@ -248,6 +248,29 @@ def test_the_close_waits_for_every_stream_at_once(monkeypatch):
                                           "of the run's end")
 
 
+def test_a_sender_whose_settings_cannot_be_written_leaves_no_process(monkeypatch):
+    """Its process was left a zombie, with two open pipes."""
+    import subprocess
+
+    from pipeline.restream_sender import Sender, SendError
+
+    made = []
+    popen = subprocess.Popen
+
+    def recorded(*args, **kwargs):
+        made.append(popen(*args, **kwargs))
+        return made[-1]
+
+    def broken(self, data):
+        raise SendError("the sending process ended")
+
+    monkeypatch.setattr(subprocess, "Popen", recorded)
+    monkeypatch.setattr(Sender, "_write", broken)
+    with pytest.raises(SendError):
+        Sender("udp://127.0.0.1:9/x", "udp", 25.0, "libx264", 23)
+    assert made[0].returncode is not None and made[0].stdin.closed and made[0].stdout.closed
+
+
 def test_a_sending_process_that_died_says_how():
     """Its error named exit code None: the process had not been waited for yet."""
     from pipeline.restream_sender import Sender, SendError
