@@ -439,6 +439,18 @@ def test_flag_mistakes_found_before_any_work(place, capsys, argv, fragment):
     assert not (place / "sd").exists()
 
 
+def test_synth_never_writes_over_the_bundled_demo_video(place, capsys):
+    """`dbrt synth --video pipeline/assets/demo.mp4` replaced the video `dbrt run` plays by
+    default (and the README's numbers came from) with one the generator makes today."""
+    import pipeline
+
+    demo = Path(pipeline.__file__).parent / "assets" / "demo.mp4"
+    before = demo.read_bytes()
+    assert "is a file dbrt ships" in one_error_line(capsys, ["synth", "--video", str(demo),
+                                                             "--seconds", "0.2"])
+    assert demo.read_bytes() == before
+
+
 @pytest.mark.parametrize("precision", ["fp16", "int8"])
 def test_export_refuses_an_unwritable_fp16_or_int8_file_before_any_work(place, capsys, precision):
     """NAME_fp16.onnx / NAME_int8.onnx are written after the FP32 export (and the calibration):

@@ -46,6 +46,16 @@ def _parse_size(text: str):
     return w, h
 
 
+def _shipped(path) -> bool:
+    """Whether `path` is one of the files in the package's assets (the demo video a run
+    without sources plays: overwritten, it is not what the README's numbers came from)."""
+    import pipeline
+
+    assets = (Path(pipeline.__file__).resolve().parent / "assets")
+    target = Path(path).resolve()
+    return target.parent == assets and target.exists()
+
+
 def run(args) -> int:
     from engine.errors import DbrtError
 
@@ -54,6 +64,9 @@ def run(args) -> int:
     if args.video and Path(args.video).suffix.lower() not in VIDEO_SUFFIXES:
         raise DbrtError(f"--video {args.video}: the demo video is H.264 in "
                         f"{' / '.join(VIDEO_SUFFIXES)}; name the file with one of those")
+    if args.video and _shipped(args.video):
+        raise DbrtError(f"--video {args.video} is a file dbrt ships (the bundled demo video "
+                        "that `dbrt run` plays by default); write the new video elsewhere")
     w, h = _parse_size(args.size)
     if args.dataset:
         from export.synth.dataset import write_dataset
