@@ -113,7 +113,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "seconds, then stop at once (those left are counted as lost) and write "
                         f"the report (default {DRAIN_LIMIT_S:g}: docker stop kills after 10 s; "
                         "--restream servers that take no more frames are waited for up to 5 s "
-                        "after it)")
+                        "after the drain)")
     q.add_argument("--decode-threads", type=at_least(0, at_most=MAX_CPU_THREADS), default=0,
                    help=f"FFmpeg decoding threads (0: auto; at most {MAX_CPU_THREADS})")
     q.add_argument("--hwaccel", choices=("cuda",),
