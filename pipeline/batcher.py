@@ -63,6 +63,7 @@ def batch_size(batch: int, sources: int, runner) -> int:
     limit = int(getattr(runner, "max_batch", 0) or 0)
     if batch and limit and batch > limit:
         raise ModelError(f"--batch {batch}: the model takes at most {limit} frames per call "
-                         "(a served model's max_batch_size, an engine's profile)")
+                         "(a served model's max_batch_size, an engine's profile, an ONNX's fixed batch "
+                         "size)")
     chosen = batch or max(sources, getattr(runner, "parallelism", 1))
     return min(chosen, limit) if limit else chosen

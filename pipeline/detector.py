@@ -78,7 +78,8 @@ class Detector:
 
     One Detector may serve several Pipelines (or threads) at once: ONNX Runtime takes
     concurrent calls, and each thread that calls a TensorRT engine gets its own execution
-    context. Close it after the last of them (a Pipeline given close_detector=True closes it
+    context (on an engine with dynamic shapes their calls take turns, as TensorRT asks of
+    contexts that share an optimization profile). Close it after the last of them (a Pipeline given close_detector=True closes it
     when its own run ends).
     """
 

@@ -41,7 +41,7 @@ from .sources import Frame
 DEFAULT_PORTS = {"rtsp": 554, "rtmp": 1935}
 PLACEHOLDERS = ("{stream}", "{name}")
 MIN_DELAY_S, MAX_DELAY_S = 0.5, 8.0  # the reconnect back-off: doubling from min to max
-CLOSE_WAIT_S = 5.0  # how long the run's end waits for a stream to finish sending
+CLOSE_WAIT_S = 5.0  # how long the run's end waits for its streams (together) to finish sending
 EVENTS_KEPT = 10
 
 

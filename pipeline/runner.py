@@ -49,7 +49,9 @@ _nothing = (lambda: None)  # what a sink of one's own without close() closes
 class Pipeline:
     """A threaded detection run over one or more sources.
 
-    sources:       specs ("video.mp4", "rtsp://...", "0", "images/*.jpg") or Source objects
+    sources:       specs ("video.mp4", "rtsp://...", "0", "images/*.jpg") or Source objects, each
+                   a source of its own (image files as one: ImageSource(["a.jpg", "b.jpg"]),
+                   as `dbrt run a.jpg b.jpg` makes)
     detector:      the Detector (pipeline.detector) that prepares, infers and post-processes;
                    its region of interest (Detector(roi=)) is the run's (draw its outline on
                    your sinks' pictures with pipeline.draw.RegionAnnotator)

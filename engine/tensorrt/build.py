@@ -44,7 +44,7 @@ class BuildOptions:
     calibration_cache: Optional[Path] = None
     strongly_typed: Optional[bool] = None   # None: strongly typed when the ONNX carries precision
     version_compatible: bool = False        # also runs on later TensorRT versions (slower)
-    hardware_compatible: bool = False       # runs on any Ampere or newer GPU (slower)
+    hardware_compatible: bool = False       # runs on any Ampere+ discrete GPU (slower; no Jetson)
     dla_core: Optional[int] = None          # Jetson DLA core for the layers it runs (dla.py)
 
 

@@ -6,7 +6,8 @@
 - inputs may be CuPy arrays already on the GPU (used in place, no copy) or NumPy arrays;
 - outputs are CuPy arrays (`output_device == "cuda"`) for the GPU post-processor;
 - the engine is shared, and each calling thread gets its own execution context, stream and
-  CUDA graphs, so worker threads can infer concurrently (`execute_async_v3` releases the GIL);
+  CUDA graphs, freed when the thread ends; on an engine with dynamic shapes the threads take
+  turns (TensorRT lets one context at a time use an optimization profile; all use profile 0);
 - `cuda_graph=True` captures one CUDA graph per input shape and replays it afterwards.
 """
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """The files of a `dbrt run` output folder: the annotated videos' and images' sinks, what this
-run wrote (report.json's "outputs"), and an earlier run's files this run does not write."""
+run wrote (report.json's "outputs"), an earlier run's files this run does not write, and an
+annotated video that would be written over a source of the run (refused)."""
 from __future__ import annotations
 
 import json

@@ -46,7 +46,9 @@ def add_arguments(parser) -> None:
                              "TensorRT's runtime, which dbrt run / info / eval run only when told "
                              "to trust the file")
     tuning.add_argument("--hardware-compatible", action="store_true",
-                        help="the engine runs on any Ampere or newer GPU (somewhat slower)")
+                        help="the engine runs on any Ampere or newer discrete GPU (somewhat "
+                             "slower; refused on a Jetson, where TensorRT has no hardware "
+                             "compatibility)")
     tuning.add_argument("--dla-core", type=at_least(0), metavar="N",
                         help="Jetson AGX / NX: run the layers the DLA can on DLA core N, the rest "
                              "on the GPU (FP16 / INT8 only; one input shape: --opt, with "

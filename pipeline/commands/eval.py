@@ -67,8 +67,9 @@ def add_arguments(parser) -> None:
                      help=REC_MARGIN_HELP)
     parser.add_argument("--tune", action="store_true",
                         help="grid-search thresh / box_thresh / unclip_ratio on this dataset (a "
-                             "validation split, never the data you report) and print the best settings, with "
-                             "the misses and false alarms by kind there")
+                             "validation split, never the data you report) and print the best settings (of "
+                             "equal scores, the nearest to the detector's own), with the misses "
+                             "and false alarms by kind there")
     grid = parser.add_argument_group("tuning grid (each implies --tune; default: the grid --tune prints)")
     grid.add_argument("--tune-thresh", metavar="LIST", type=number_list(0.0, 1.0),
                       help="thresh values to try, e.g. 0.1,0.15,0.2")

@@ -25,7 +25,8 @@ DESCRIPTION = (
     "Run the threaded detection pipeline. SOURCE may be a video file, an rtsp:// http(s):// "
     "(MPEG-TS, HLS) rtmp:// udp:// URL, a camera index (0) or device (/dev/video0), a Jetson CSI "
     "camera (csi://0), a GStreamer pipeline (gst:'nvv4l2camerasrc ! ...', without a sink), an "
-    "image, a folder of images or a glob. Several sources are batched together. Writes "
+    "image, a folder of images or a glob (image files named one after another are one source). "
+    "Several sources are batched together. Writes "
     "OUTPUT/detections.jsonl (one line per frame, flushed as it goes), annotated video(s) or "
     "images, and OUTPUT/report.json (FPS, per-stage p50/p95/p99, drops, reconnects).")
 
@@ -110,7 +111,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     q.add_argument("--drain-limit", type=at_least(0.0, float), default=DRAIN_LIMIT_S, metavar="S",
                    help="after Ctrl-C or SIGTERM, write the frames already read for at most S "
                         "seconds, then stop at once (those left are counted as lost) and write "
-                        f"the report (default {DRAIN_LIMIT_S:g}: docker stop kills after 10 s)")
+                        f"the report (default {DRAIN_LIMIT_S:g}: docker stop kills after 10 s; "
+                        "--restream servers that take no more frames are waited for up to 5 s "
+                        "after the drain)")
     q.add_argument("--decode-threads", type=at_least(0, at_most=MAX_CPU_THREADS), default=0,
                    help=f"FFmpeg decoding threads (0: auto; at most {MAX_CPU_THREADS})")
     q.add_argument("--hwaccel", choices=("cuda",),
@@ -132,8 +135,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     o = p.add_argument_group("outputs")
     o.add_argument("--no-video", action="store_true", help="do not write annotated video / images")
     o.add_argument("--video-codec", choices=VIDEO_CODECS, default="libx264",
-                   help="the annotated video's encoder: x264 on the CPU (default), or NVENC's "
-                        "H.264 / HEVC on an NVIDIA GPU, which takes the encoding off the CPU")
+                   help="the annotated video's encoder (and --restream's): x264 on the CPU "
+                        "(default), or NVENC's H.264 / HEVC on an NVIDIA GPU, which takes the "
+                        "encoding off the CPU")
     o.add_argument("--show", action="store_true", help="show annotated frames in a window (q quits)")
     o.add_argument("--show-scores", action="store_true", help="write each box's score")
     o.add_argument("--quiet", action="store_true", help="no progress line")
@@ -148,12 +152,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     w.add_argument("--serve-fps", type=at_least(0.1, float), default=10.0,
                    help="most pictures per second and stream sent to viewers")
     w.add_argument("--restream", type=restream_url, metavar="URL",
-                   help="also send each source's annotated video live to URL: rtsp://HOST:PORT/PATH "
+                   help="also send the annotated video of each video, stream and camera source (not "
+                        "images) live to URL: rtsp://HOST:PORT/PATH "
                         "(published to an RTSP server, e.g. MediaMTX, over TCP), rtmp://HOST/APP/KEY, "
                         "udp://HOST:PORT or srt://HOST:PORT (MPEG-TS); with several sources, "
                         "{stream} (the source's index) or {name} (its name, as in its annotated "
                         "video's) in URL gives each its own; a server that is down is retried, "
-                        "frames it misses are dropped and counted; the run never waits for it")
+                        "frames it misses are dropped and counted; the run never waits for it, but "
+                        "for up to 5 s at its end while the streams finish")
     w.add_argument("--mqtt", type=broker_url, metavar="mqtt[s]://[USER:PASS@]HOST[:PORT]/TOPIC",
                    help="publish one JSON event per frame (QoS 1) to this broker and topic, and "
                         "with --track each text event; mqtts://...?ca=FILE trusts the broker "

@@ -1,6 +1,6 @@
 """The run's state as the web view, /api/status and /healthz see it: one entry per stream
 (state, frames, drops, reconnects, the newest detections), the stage latencies and the
-counters of any other outputs (MQTT). Source names lose any user:password part."""
+counters of any other outputs (MQTT, --restream). Source names lose any user:password part."""
 from __future__ import annotations
 
 import time
