@@ -62,7 +62,8 @@ def batch_size(batch: int, sources: int, runner) -> int:
     session; never more than the runner takes (`Runner.max_batch`, 0: no limit)."""
     limit = int(getattr(runner, "max_batch", 0) or 0)
     if batch and limit and batch > limit:
-        raise ModelError(f"--batch {batch}: the model takes at most {limit} frames per call "
+        raise ModelError(f"--batch {batch}: the model takes at most {limit} "
+                         f"frame{'s' if limit > 1 else ''} per call "
                          "(a served model's max_batch_size, an engine's profile, an ONNX's fixed batch "
                          "size)")
     chosen = batch or max(sources, getattr(runner, "parallelism", 1))

@@ -199,3 +199,14 @@ def test_a_file_putting_its_frame_holds_the_room_until_the_frame_is_in_the_chann
     assert seen_while_putting == [False] and not gate.is_open(0)
     decoded.get()
     assert gate.is_open(0)
+
+
+def test_a_batch_larger_than_a_fixed_batch_model_takes_is_one_line_in_the_singular():
+    from types import SimpleNamespace
+
+    from engine.errors import ModelError
+    from pipeline.batcher import batch_size
+
+    with pytest.raises(ModelError, match=r"--batch 2: the model takes at most 1 frame per call \("):
+        batch_size(2, 1, SimpleNamespace(max_batch=1))
+    assert batch_size(0, 3, SimpleNamespace(max_batch=1)) == 1  # unasked: as many as it takes
