@@ -42,7 +42,7 @@ DEFAULT_PORTS = {"rtsp": 554, "rtmp": 1935}
 PLACEHOLDERS = ("{stream}", "{name}")
 MIN_DELAY_S, MAX_DELAY_S = 0.5, 8.0  # the reconnect back-off: doubling from min to max
 CLOSE_WAIT_S = 5.0  # how long the run's end waits for the streams to finish sending, at most
-CLOSE_STALL_S = 2.0  # a stream whose server stops answering this long at the run's end: given up
+CLOSE_STALL_S = 2.0  # at the run's end, a stream whose server has not answered this long: given up
 CLOSE_POLL_S = 0.05
 EVENTS_KEPT = 10
 
@@ -185,13 +185,12 @@ class RestreamOutput:
     def wait(self, timeout: float) -> None:
         self._thread.join(timeout)
 
-    def stalled(self, since: float) -> bool:
-        """Whether its server stopped answering: its sending process, started, has said nothing
-        for CLOSE_STALL_S since `since` (the close's start) or its latest answer. A process
-        still starting (seconds on a loaded machine) has not reached the server yet."""
+    def stalled(self) -> bool:
+        """Whether its server stopped answering: its sending process has left a frame or the
+        stream's end unanswered for CLOSE_STALL_S (one still starting, seconds on a loaded
+        machine, has not reached the server yet)."""
         sender = self._sender
-        answered = None if sender is None else sender.answered_at
-        return answered is not None and time.monotonic() - max(since, answered) >= CLOSE_STALL_S
+        return sender is not None and sender.silent_for() >= CLOSE_STALL_S
 
     def give_up(self, why: str) -> None:
         """A server that holds up the last frames or the stream's end: its answer is not
@@ -373,7 +372,7 @@ class RestreamSink(Sink):
             for output in sending:
                 if time.monotonic() - began >= CLOSE_WAIT_S:
                     output.give_up(f"still sending {CLOSE_WAIT_S:g} s after the run's end")
-                elif output.stalled(began):
+                elif output.stalled():
                     output.give_up(f"no answer from the server for {CLOSE_STALL_S:g} s "
                                    "at the run's end")
             sending = [output for output in sending if output.sending()]

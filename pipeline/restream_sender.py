@@ -90,6 +90,7 @@ class Sender:
         self._pending = b""
         self._answered = False
         self.answered_at: Optional[float] = None  # time.monotonic() of its latest line
+        self._asked_at: Optional[float] = None  # of the frame or end it has yet to answer
         settings = dict(url=url, scheme=scheme, fps=fps, codec=codec, crf=crf)
         try:
             self._write(json.dumps(settings).encode() + b"\n")
@@ -102,18 +103,27 @@ class Sender:
         image = np.ascontiguousarray(image)
         height, width = image.shape[:2]
         stamp = math.nan if timestamp is None else timestamp
+        self._asked_at = time.monotonic()
         self._write(HEADER.pack(stamp, height, width))
         self._write(image.data.cast("B"))
         self._expect("ok", SEND_ANSWER_S if self._answered else FIRST_ANSWER_S)
-        self._answered = True
+        self._answered, self._asked_at = True, None
 
     def close(self, timeout: float) -> None:
         """End the stream (its trailer sent) within `timeout`; SendError if it could not."""
         try:
+            self._asked_at = time.monotonic()
             self.proc.stdin.close()
             self._expect("closed", timeout)
         finally:
             self.kill()
+
+    def silent_for(self) -> float:
+        """Seconds it has left a frame or the stream's end unanswered, since it was asked or
+        its latest answer; 0 while it is still starting (its server not reached yet)."""
+        if self._asked_at is None or self.answered_at is None:
+            return 0.0
+        return time.monotonic() - max(self._asked_at, self.answered_at)
 
     def kill(self) -> None:
         if self.proc.poll() is None:

@@ -290,6 +290,33 @@ def test_the_close_gives_up_a_silent_server_not_a_stream_still_sending(monkeypat
     assert senders() == []
 
 
+def test_a_server_silent_since_before_the_close_is_given_up_at_once(monkeypatch):
+    """A server that had left a frame unanswered for CLOSE_STALL_S already when the run's end
+    came (during the drain) was given CLOSE_STALL_S more: its silence is counted from the frame."""
+    from pipeline.detections import Detections
+    from pipeline.restream import RestreamSink
+    from pipeline.sources import Frame
+
+    monkeypatch.setattr("pipeline.restream.CLOSE_STALL_S", 1.0, raising=False)
+    server = SilentServer()
+    sink = RestreamSink(f"rtmp://127.0.0.1:{server.port}/live/x", annotators=[])
+    try:
+        sink.write(Frame(frame_image(0), 0, 0.0, "cam"), Detections.empty())
+        output = sink.outputs[0]
+        until(lambda: server.held and output._sender.answered_at, "the process to connect")
+        time.sleep(1.0)  # CLOSE_STALL_S of silence before the close
+        waits = []
+        monkeypatch.setattr(output, "_thread", FirstWait(output._thread, 0, waits))
+        give_up = output.give_up
+        monkeypatch.setattr(output, "give_up", lambda *why: (waits.append(("given up", 0)),
+                                                             give_up(*why)))
+        sink.close()
+    finally:
+        server.close()
+    assert waits[0][0] == "given up", waits  # before the close waited for it
+    assert output.counters()["last_error"] == "no answer from the server for 1 s at the run's end"
+
+
 def slowed(send, delay_s: float):
     """A stream's _send that first waits `delay_s` (a loaded machine's slow stream)."""
     def send_later(*args):
