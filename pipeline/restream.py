@@ -281,7 +281,7 @@ class RestreamOutput:
         self._delay = min(self.max_delay, self._delay * 2)
 
     def _close_sender(self, flush: bool) -> None:
-        sender, self._sender = self._sender, None
+        sender = self._sender  # kept there while it ends, where give_up() finds it
         if sender is None:
             return
         try:  # flush: the end of the stream, delayed frames and the muxer's trailer sent
@@ -291,6 +291,8 @@ class RestreamOutput:
                 sender.kill()
         except SendError as exc:  # a server gone at the end: nothing more to send to it
             self.last_error = redacted(self._reason(exc), self.url)
+        finally:
+            self._sender = None
         self.connected = False
 
     def _reason(self, exc: SendError) -> str:

@@ -317,6 +317,26 @@ def test_a_server_silent_since_before_the_close_is_given_up_at_once(monkeypatch)
     assert output.counters()["last_error"] == "no answer from the server for 1 s at the run's end"
 
 
+def test_a_stream_whose_end_is_not_answered_is_given_up(monkeypatch):
+    """A sending process that does not answer the stream's end (FFmpeg writing the trailer to
+    a server that stopped reading) was out of give_up()'s reach: the close waited for it until
+    CLOSE_WAIT_S, and the process for its own CLOSE_WAIT_S after that."""
+    from pipeline.detections import Detections
+    from pipeline.restream import RestreamSink
+    from pipeline.sources import Frame
+
+    monkeypatch.setattr("pipeline.restream.CLOSE_WAIT_S", 20.0)  # never reached here
+    monkeypatch.setattr("pipeline.restream.CLOSE_STALL_S", 1.0, raising=False)
+    sink = RestreamSink(f"udp://127.0.0.1:{free_port()}", annotators=[])
+    sink.write(Frame(frame_image(0), 0, 0.0, "clip"), Detections.empty())
+    until(lambda: sink.outputs[0].counters()["frames_sent_total"] == 1, "the frame sent")
+    sink.outputs[0]._sender.proc.send_signal(signal.SIGSTOP)  # it answers nothing more
+    sink.close()
+    assert sink.outputs[0].counters()["last_error"] == ("no answer from the server for 1 s at "
+                                                        "the run's end")
+    assert senders() == []
+
+
 def slowed(send, delay_s: float):
     """A stream's _send that first waits `delay_s` (a loaded machine's slow stream)."""
     def send_later(*args):
