@@ -41,7 +41,9 @@ from .sources import Frame
 DEFAULT_PORTS = {"rtsp": 554, "rtmp": 1935}
 PLACEHOLDERS = ("{stream}", "{name}")
 MIN_DELAY_S, MAX_DELAY_S = 0.5, 8.0  # the reconnect back-off: doubling from min to max
-CLOSE_WAIT_S = 5.0  # how long the run's end waits for its streams (together) to finish sending
+CLOSE_WAIT_S = 5.0  # how long the run's end waits for the streams to finish sending, at most
+CLOSE_STALL_S = 2.0  # at the run's end, a stream whose server has not answered this long: given up
+CLOSE_POLL_S = 0.05
 EVENTS_KEPT = 10
 
 
@@ -88,8 +90,8 @@ def redacted(text: str, url: str) -> str:
     parts = urlsplit(url)
     segments = [p for p in parts.path.split("/") if p]
     if parts.scheme.lower() in ("rtmp", "rtmps") and len(segments) >= 2 \
-            and segments[-1] not in PLACEHOLDERS:
-        text = text.replace(segments[-1], "***")
+            and segments[-1] not in PLACEHOLDERS:  # as a path's part only: a key "2" is no "2 s"
+        text = re.sub(r"(?<=/)" + re.escape(segments[-1]) + r"(?![\w.~%-])", "***", text)
     return text
 
 
@@ -146,7 +148,8 @@ class RestreamOutput:
         self.max_delay = MAX_DELAY_S if max_delay is None else max_delay
         self._queue: collections.deque = collections.deque()
         self._wake = threading.Condition()
-        self._finishing = self._given_up = False
+        self._finishing = False
+        self._given_up: Optional[str] = None  # why the run's end gave up on it
         self._sender: Optional[Sender] = None
         self._sent = self._dropped = self._attempts = 0
         self._retry_at, self._delay = 0.0, self.min_delay
@@ -175,17 +178,25 @@ class RestreamOutput:
             self._finishing = True
             self._wake.notify()
 
-    def join(self, deadline: float) -> None:
-        """Wait for the stream's end until `deadline` (time.monotonic()), then give it up."""
-        self._thread.join(max(0.0, deadline - time.monotonic()))
-        if self._thread.is_alive():
-            self.give_up()
+    def sending(self) -> bool:
+        """Whether it is still sending (its thread alive, not given up)."""
+        return self._thread.is_alive() and not self._given_up
 
-    def give_up(self) -> None:
+    def wait(self, timeout: float) -> None:
+        self._thread.join(timeout)
+
+    def stalled(self) -> bool:
+        """Whether its server stopped answering: its sending process has left a frame or the
+        stream's end unanswered for CLOSE_STALL_S (one still starting, seconds on a loaded
+        machine, has not reached the server yet)."""
+        sender = self._sender
+        return sender is not None and sender.silent_for() >= CLOSE_STALL_S
+
+    def give_up(self, why: str) -> None:
         """A server that holds up the last frames or the stream's end: its answer is not
         waited for (the process is killed), what is queued is dropped, nothing is retried."""
         with self._wake:
-            self._given_up = True
+            self._given_up = why
             self._dropped += len(self._queue)
             self._queue.clear()
             sender = self._sender
@@ -270,7 +281,7 @@ class RestreamOutput:
         self._delay = min(self.max_delay, self._delay * 2)
 
     def _close_sender(self, flush: bool) -> None:
-        sender, self._sender = self._sender, None
+        sender = self._sender  # kept there while it ends, where give_up() finds it
         if sender is None:
             return
         try:  # flush: the end of the stream, delayed frames and the muxer's trailer sent
@@ -280,14 +291,14 @@ class RestreamOutput:
                 sender.kill()
         except SendError as exc:  # a server gone at the end: nothing more to send to it
             self.last_error = redacted(self._reason(exc), self.url)
+        finally:
+            self._sender = None
         self.connected = False
 
     def _reason(self, exc: SendError) -> str:
         """Why a send or the stream's end failed: the run's end giving up on it kills its
         process, whose own error would only say so ('exit code -9')."""
-        if self._given_up:
-            return f"no answer from the server within {CLOSE_WAIT_S:g} s of the run's end"
-        return str(exc)
+        return self._given_up or str(exc)
 
     def _note(self, text: str) -> None:
         self.events.append(f"{time.strftime('%H:%M:%S')} {text}")
@@ -353,11 +364,21 @@ class RestreamSink(Sink):
                 for stream, output in sorted(self.outputs.items())}
 
     def close(self) -> None:
-        """End every stream, waiting CLOSE_WAIT_S at most for all of them together."""
+        """End every stream: one whose server stops answering (CLOSE_STALL_S) is given up, one
+        that goes on sending has until CLOSE_WAIT_S after the close's start, as all have."""
         for output in self.outputs.values():
             output.finish()
-        deadline = time.monotonic() + CLOSE_WAIT_S
-        for output in self.outputs.values():
-            output.join(deadline)
+        began = time.monotonic()
+        sending = list(self.outputs.values())
+        while sending:
+            for output in sending:
+                if time.monotonic() - began >= CLOSE_WAIT_S:
+                    output.give_up(f"still sending {CLOSE_WAIT_S:g} s after the run's end")
+                elif output.stalled():
+                    output.give_up(f"no answer from the server for {CLOSE_STALL_S:g} s "
+                                   "at the run's end")
+            sending = [output for output in sending if output.sending()]
+            for output in sending:
+                output.wait(CLOSE_POLL_S / len(sending))
         for output in self.outputs.values():  # given up: they end at once (their process killed)
-            output.join(time.monotonic() + CLOSE_WAIT_S)
+            output.wait(CLOSE_WAIT_S)

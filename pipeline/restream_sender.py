@@ -9,8 +9,9 @@ this process only; the run's thread waits for its answers with a timeout, then k
 
 Parent -> child (stdin): one JSON line of settings (the URL with its credentials, out of the
 process list), then per frame HEADER (timestamp, NaN for none; height; width) and the BGR
-pixels. Child -> parent (stdout): a line per frame, "ok" once it is sent or "error WHY" (then
-it exits), and "closed" after the end of its input has been sent as the stream's end.
+pixels. Child -> parent (stdout): "ready" once it has started (its imports done: the server not
+reached yet), a line per frame, "ok" once it is sent or "error WHY" (then it exits), and
+"closed" after the end of its input has been sent as the stream's end.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from typing import Optional
 import numpy as np
 
 from engine.errors import without_credentials
+from engine.lazy import require
 
 from .encoder import VideoEncoder
 
@@ -87,6 +89,8 @@ class Sender:
                                      stderr=subprocess.DEVNULL, env=env, bufsize=0)
         self._pending = b""
         self._answered = False
+        self.answered_at: Optional[float] = None  # time.monotonic() of its latest line
+        self._asked_at: Optional[float] = None  # of the frame or end it has yet to answer
         settings = dict(url=url, scheme=scheme, fps=fps, codec=codec, crf=crf)
         try:
             self._write(json.dumps(settings).encode() + b"\n")
@@ -99,18 +103,27 @@ class Sender:
         image = np.ascontiguousarray(image)
         height, width = image.shape[:2]
         stamp = math.nan if timestamp is None else timestamp
+        self._asked_at = time.monotonic()
         self._write(HEADER.pack(stamp, height, width))
         self._write(image.data.cast("B"))
         self._expect("ok", SEND_ANSWER_S if self._answered else FIRST_ANSWER_S)
-        self._answered = True
+        self._answered, self._asked_at = True, None
 
     def close(self, timeout: float) -> None:
         """End the stream (its trailer sent) within `timeout`; SendError if it could not."""
         try:
+            self._asked_at = time.monotonic()
             self.proc.stdin.close()
             self._expect("closed", timeout)
         finally:
             self.kill()
+
+    def silent_for(self) -> float:
+        """Seconds it has left a frame or the stream's end unanswered, since it was asked or
+        its latest answer; 0 while it is still starting (its server not reached yet)."""
+        if self._asked_at is None or self.answered_at is None:
+            return 0.0
+        return time.monotonic() - max(self._asked_at, self.answered_at)
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -129,15 +142,17 @@ class Sender:
             raise SendError("the sending process ended") from None
 
     def _expect(self, answer: str, timeout: float) -> None:
-        line = self._line(timeout)
+        deadline = time.monotonic() + timeout
+        line = self._line(deadline, timeout)
+        while line == "ready":  # its start, before the first frame's answer
+            line = self._line(deadline, timeout)
         if line.startswith("error "):
             raise SendError(line[len("error "):])
         if line != answer:
             raise SendError(f"unexpected answer {line[:80]!r}")
 
-    def _line(self, timeout: float) -> str:
+    def _line(self, deadline: float, timeout: float) -> str:
         fd = self.proc.stdout.fileno()
-        deadline = time.monotonic() + timeout
         while b"\n" not in self._pending:
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([fd], [], [], left)[0]:
@@ -148,6 +163,7 @@ class Sender:
                 raise SendError(f"the sending process ended (exit code {self._exit_code()})")
             self._pending += chunk
         line, _, self._pending = self._pending.partition(b"\n")
+        self.answered_at = time.monotonic()
         return line.decode(errors="replace")
 
     def _exit_code(self) -> Optional[int]:
@@ -169,9 +185,11 @@ def main() -> int:
     with contextlib.suppress(OSError, AttributeError):  # Linux: killed with the run (SIGKILL)
         ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     source, answers = sys.stdin.buffer, sys.stdout.buffer
-    settings = json.loads(source.readline())
     encoder = None
     try:
+        require("av")  # the slow part of its start, on a loaded machine seconds
+        _answer(answers, "ready")
+        settings = json.loads(source.readline())
         while True:
             head = source.read(HEADER.size)
             if len(head) < HEADER.size:  # the end of the run or of the source

@@ -170,8 +170,8 @@ def test_an_rtmp_stream_key_is_never_shown(tmp_path, tiny_onnx, capsys):
 class SilentServer:
     """A TCP server that accepts connections and never answers (a hung media server)."""
 
-    def __init__(self):
-        self.socket = socket.create_server(("127.0.0.1", 0))
+    def __init__(self, port: int = 0):
+        self.socket = socket.create_server(("127.0.0.1", port))
         self.port = self.socket.getsockname()[1]
         self.held = []
         threading.Thread(target=self._accept, daemon=True).start()
@@ -221,11 +221,11 @@ def test_the_close_waits_for_every_stream_at_once(monkeypatch):
     """Three silent servers: the run's end gives every stream the same CLOSE_WAIT_S, not one
     after the other (each waited CLOSE_WAIT_S more, past docker stop's 10 s with three)."""
     from pipeline.detections import Detections
-    from pipeline.restream import CLOSE_WAIT_S, RestreamSink
+    from pipeline.restream import CLOSE_STALL_S, CLOSE_WAIT_S, RestreamSink
     from pipeline.sources import Frame
 
     server = SilentServer()
-    sink = RestreamSink(f"rtmp://127.0.0.1:{server.port}/live/{{stream}}",
+    sink = RestreamSink(f"rtmp://127.0.0.1:{server.port}/live/cam{{stream}}",
                         names={0: "a", 1: "b", 2: "c"}, annotators=[])
     until_each = []  # (stream, the time its first wait for the stream's end lasts until)
     try:
@@ -244,8 +244,126 @@ def test_the_close_waits_for_every_stream_at_once(monkeypatch):
     for output in sink.outputs.values():
         counters = output.counters()
         assert counters["frames_sent_total"] == 0 and counters["frames_dropped_total"] == 1
-        assert counters["last_error"] == (f"no answer from the server within {CLOSE_WAIT_S:g} s "
-                                          "of the run's end")
+        assert counters["last_error"] == (f"no answer from the server for {CLOSE_STALL_S:g} s "
+                                          "at the run's end")
+
+
+def test_the_close_gives_up_a_silent_server_not_a_stream_still_sending(monkeypatch):
+    """The run's end waited for a silent server until CLOSE_WAIT_S (after --drain-limit's
+    5 s: past docker stop's 10 s); a shorter wait also cut off streams still sending. A stream
+    is given up once its server stops answering; one that goes on answering finishes."""
+    from pipeline.detections import Detections
+    from pipeline.restream import RestreamSink
+    from pipeline.sources import Frame
+
+    monkeypatch.setattr("pipeline.restream.CLOSE_WAIT_S", 60.0)  # never reached here
+    monkeypatch.setattr("pipeline.restream.CLOSE_STALL_S", 1.5, raising=False)
+    base = next(b for b in (free_port() // 10 for _ in range(50)) if 2000 <= b < 6553
+                and not bound(b * 10, socket.SOCK_STREAM) and not bound(b * 10 + 1, socket.SOCK_STREAM))
+    silent, receiver = SilentServer(base * 10), Receiver.rtmp(base * 10 + 1)
+    sink = RestreamSink(f"rtmp://127.0.0.1:{base}{{stream}}/live/x", names={0: "a", 1: "b"},
+                        annotators=[], max_queued=64)
+    quiet, busy = sink.outputs[0], sink.outputs[1]
+    sent_when_given_up = []
+    try:
+        for stream in (0, 1):
+            sink.write(Frame(frame_image(0), 0, 0.0, "cam", stream=stream), Detections.empty())
+        until(lambda: silent.held and busy.counters()["frames_sent_total"] == 1,
+              "the silent server's connection and the first frame sent to the other")
+        monkeypatch.setattr(busy, "_send", slowed(busy._send, 0.2))  # 15 frames: 3 s at least
+        give_up = quiet.give_up
+        monkeypatch.setattr(quiet, "give_up", lambda *why: (
+            sent_when_given_up.append(busy.counters()["frames_sent_total"]), give_up(*why)))
+        for index in range(1, 16):
+            sink.write(Frame(frame_image(index), index, index / 25, "cam", stream=1),
+                       Detections.empty())
+        sink.close()
+    finally:
+        silent.close()
+    assert sent_when_given_up and sent_when_given_up[0] < 16  # while the other was sending
+    assert quiet.counters()["last_error"] == "no answer from the server for 1.5 s at the run's end"
+    counters = busy.counters()
+    assert counters["frames_sent_total"] == 16 and counters["frames_dropped_total"] == 0
+    assert counters["last_error"] is None  # its end sent too
+    until(receiver.ended.is_set, "the stream's end at the server")
+    assert [index_of(image) for image in receiver.frames] == list(range(16))
+    assert senders() == []
+
+
+def test_a_server_silent_since_before_the_close_is_given_up_at_once(monkeypatch):
+    """A server that had left a frame unanswered for CLOSE_STALL_S already when the run's end
+    came (during the drain) was given CLOSE_STALL_S more: its silence is counted from the frame."""
+    from pipeline.detections import Detections
+    from pipeline.restream import RestreamSink
+    from pipeline.sources import Frame
+
+    monkeypatch.setattr("pipeline.restream.CLOSE_STALL_S", 1.0, raising=False)
+    server = SilentServer()
+    sink = RestreamSink(f"rtmp://127.0.0.1:{server.port}/live/x", annotators=[])
+    try:
+        sink.write(Frame(frame_image(0), 0, 0.0, "cam"), Detections.empty())
+        output = sink.outputs[0]
+        until(lambda: server.held and output._sender.answered_at, "the process to connect")
+        time.sleep(1.0)  # CLOSE_STALL_S of silence before the close
+        waits = []
+        monkeypatch.setattr(output, "_thread", FirstWait(output._thread, 0, waits))
+        give_up = output.give_up
+        monkeypatch.setattr(output, "give_up", lambda *why: (waits.append(("given up", 0)),
+                                                             give_up(*why)))
+        sink.close()
+    finally:
+        server.close()
+    assert waits[0][0] == "given up", waits  # before the close waited for it
+    assert output.counters()["last_error"] == "no answer from the server for 1 s at the run's end"
+
+
+def test_a_stream_whose_end_is_not_answered_is_given_up(monkeypatch):
+    """A sending process that does not answer the stream's end (FFmpeg writing the trailer to
+    a server that stopped reading) was out of give_up()'s reach: the close waited for it until
+    CLOSE_WAIT_S, and the process for its own CLOSE_WAIT_S after that."""
+    from pipeline.detections import Detections
+    from pipeline.restream import RestreamSink
+    from pipeline.sources import Frame
+
+    monkeypatch.setattr("pipeline.restream.CLOSE_WAIT_S", 20.0)  # never reached here
+    monkeypatch.setattr("pipeline.restream.CLOSE_STALL_S", 1.0, raising=False)
+    sink = RestreamSink(f"udp://127.0.0.1:{free_port()}", annotators=[])
+    sink.write(Frame(frame_image(0), 0, 0.0, "clip"), Detections.empty())
+    until(lambda: sink.outputs[0].counters()["frames_sent_total"] == 1, "the frame sent")
+    sink.outputs[0]._sender.proc.send_signal(signal.SIGSTOP)  # it answers nothing more
+    sink.close()
+    assert sink.outputs[0].counters()["last_error"] == ("no answer from the server for 1 s at "
+                                                        "the run's end")
+    assert senders() == []
+
+
+def slowed(send, delay_s: float):
+    """A stream's _send that first waits `delay_s` (a loaded machine's slow stream)."""
+    def send_later(*args):
+        time.sleep(delay_s)
+        send(*args)
+    return send_later
+
+
+def test_a_sending_process_still_starting_is_not_given_up(monkeypatch):
+    """A process whose start takes seconds (its imports on a loaded machine) has not reached
+    its server yet: the close waits for it, and its frame and the stream's end are sent."""
+    import subprocess
+
+    from pipeline.detections import Detections
+    from pipeline.restream import RestreamSink
+    from pipeline.sources import Frame
+
+    monkeypatch.setattr("pipeline.restream.CLOSE_WAIT_S", 60.0)  # never reached here
+    monkeypatch.setattr("pipeline.restream.CLOSE_STALL_S", 1.0, raising=False)
+    popen = subprocess.Popen
+    monkeypatch.setattr(subprocess, "Popen", lambda args, **kwargs: popen(
+        ["sh", "-c", 'sleep 3; exec "$@"', "sh", *args], **kwargs))
+    sink = RestreamSink(f"udp://127.0.0.1:{free_port()}", annotators=[])
+    sink.write(Frame(frame_image(0), 0, 0.0, "clip"), Detections.empty())
+    sink.close()
+    counters = sink.outputs[0].counters()
+    assert counters["frames_sent_total"] == 1 and counters["last_error"] is None, counters
 
 
 def test_a_sender_whose_settings_cannot_be_written_leaves_no_process(monkeypatch):
