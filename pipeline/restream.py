@@ -24,6 +24,7 @@ the file's timing).
 from __future__ import annotations
 
 import collections
+import re
 import threading
 import time
 from typing import Dict, Iterable, Mapping, Optional, Sequence

@@ -155,6 +155,14 @@ def test_a_server_nobody_runs_never_stops_the_run(tmp_path, tiny_onnx, capsys):
     assert f"--restream rtsp://127.0.0.1:{port}/x: Connection refused" in err
 
 
+def test_a_short_stream_key_is_masked_as_a_path_part_only():
+    from pipeline.restream import redacted
+
+    url = "rtmp://127.0.0.1/live/2"
+    assert redacted(f"cannot connect to {url}: no answer for 2 s", url) == \
+        "cannot connect to rtmp://127.0.0.1/live/***: no answer for 2 s"
+
+
 def test_an_rtmp_stream_key_is_never_shown(tmp_path, tiny_onnx, capsys):
     """rtmp://HOST/APP/KEY: whoever knows a platform's stream key can publish on its channel;
     it was in the summary, report.json, /api/status and /metrics."""
