@@ -379,7 +379,8 @@ def test_a_long_thin_image_runs_capped_with_one_warning(place, capsys, tiny_onnx
 def test_a_fixed_input_size_must_fit_the_model_stride(place, capsys, tiny_onnx):
     line = one_error_line(capsys, ["run", "photo.jpg", "--model", str(tiny_onnx), "-o", "o",
                                    "--input-size", "100x100", "--quiet"])
-    assert "input size 100x100: each side must be a multiple of 32" in line
+    assert "--input-size: each side must be a multiple of 32 (the network's stride), e.g. 96x96, got " \
+        "'100x100'" in line
 
 
 @pytest.mark.parametrize("argv", [

@@ -127,7 +127,15 @@ def input_size(text: str):
         raise argparse.ArgumentTypeError(
             f"expected HxW with sides from {MIN_INPUT_SIDE} to {MAX_INPUT_SIDE}, e.g. 736x1280, "
             f"got {text!r}")
+    if any(s % MIN_INPUT_SIDE for s in sides):  # else refused after the model loads, unnamed
+        raise argparse.ArgumentTypeError(
+            f"each side must be a multiple of {MIN_INPUT_SIDE} (the network's stride), e.g. "
+            f"{_stride_multiple(sides[0])}x{_stride_multiple(sides[1])}, got {text!r}")
     return sides
+
+
+def _stride_multiple(side: int) -> int:
+    return max(MIN_INPUT_SIDE, round(side / MIN_INPUT_SIDE) * MIN_INPUT_SIDE)
 
 
 def region(text: str):
