@@ -311,7 +311,8 @@ class RestreamSink(Sink):
     url:      rtsp://, rtmp://, srt:// or udp:// (see the module docstring); with several
               streams it names each one's own: {stream} (its index) or {name} (names[stream])
     names:    the streams to restream: stream -> name (the frames of others are not sent);
-              default: every stream that comes, as one URL each
+              default: every stream that comes, each to its own URL ({stream} or {name}
+              in `url`; without one, a second stream is a DbrtError)
     codec, crf: the encoder (VideoSink's); fps_by_stream: the rate of frames without timestamp
     live_streams: streams timed by the frames' arrival (cameras, network streams)
     max_queued: frames waiting per stream at most; more push out the oldest (dropped)
@@ -349,6 +350,11 @@ class RestreamSink(Sink):
         if output is None:
             if self.names is not None:
                 return  # not one of the streams to restream
+            if self.outputs and not any(p in self.template for p in PLACEHOLDERS):
+                other = next(iter(self.outputs))
+                raise DbrtError(f"--restream {redacted(self.template, self.template)}: streams "
+                                f"{other} and {frame.stream} would both be sent there; put "
+                                "{stream} or {name} in the URL")
             output = self._add(frame.stream, stream_url(self.template, frame.stream,
                                                         str(frame.stream)))
         output.offer(frame, detections)

@@ -582,3 +582,22 @@ def test_images_have_no_video_to_restream(tmp_path, tiny_onnx, capsys, monkeypat
 
 def model_must_not_load(args):
     raise AssertionError("the model loaded before --restream was checked")
+
+
+def test_a_url_without_a_placeholder_takes_one_stream_from_python():
+    """RestreamSink without names (the Python API) sent every stream that came to the one URL,
+    each over the other; the second stream is now one clear error."""
+    from engine.errors import DbrtError
+    from pipeline.detections import Detections
+    from pipeline.restream import RestreamSink
+    from pipeline.sources import Frame
+
+    sink = RestreamSink(f"udp://127.0.0.1:{free_port()}")
+    picture = np.zeros((48, 64, 3), np.uint8)
+    try:
+        sink.write(Frame(picture, 0, 0.0, "a", 0), Detections.empty())
+        with pytest.raises(DbrtError, match="streams 0 and 1 would both be sent there"):
+            sink.write(Frame(picture, 0, 0.0, "b", 1), Detections.empty())
+    finally:
+        sink.close()
+    assert list(sink.outputs) == [0]
