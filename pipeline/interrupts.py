@@ -78,14 +78,16 @@ class StopSignals:
         self.received.append(signum)
         if len(self.received) == 1:
             self._drain()
-            self._start_deadline()
+            self.start_deadline()
         elif len(self.received) == 2:
             self._abort()
         else:
             raise Interrupted(signum)
 
-    def _start_deadline(self) -> None:
-        if self.drain_limit is None:
+    def start_deadline(self) -> None:
+        """The drain began (a signal here, or a KeyboardInterrupt the run caught itself):
+        past `drain_limit` the run stops at once."""
+        if self.drain_limit is None or self._deadline is not None:
             return
         self._deadline = threading.Timer(self.drain_limit, self._drain_too_long)
         self._deadline.daemon = True
@@ -93,7 +95,7 @@ class StopSignals:
 
     def _drain_too_long(self) -> None:
         # not ended, its frames not all out, nor stopped at once since
-        if self._active and not self._drained and len(self.received) == 1:
+        if self._active and not self._drained and len(self.received) < 2:
             self.drain_expired = True
             self._abort()
 

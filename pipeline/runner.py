@@ -83,9 +83,9 @@ class Pipeline:
                    `stop()`), the second stops at once (`report()["lost"]` counts the frames
                    read but never written); the run then raises `Interrupted` (a
                    KeyboardInterrupt) with the signal's number. `dbrt run` adds SIGTERM.
-    drain_limit:   seconds the drain after the first stop signal may last before the run
-                   stops at once as at the second (None: as long as it takes); `docker stop`
-                   kills after 10 s, which would leave no report
+    drain_limit:   seconds the drain after the first stop signal (or Ctrl-C caught in the
+                   run's wait with stop_signals=()) may last before the run stops at once as
+                   at the second (None: as long as it takes); `docker stop` kills after 10 s
     """
 
     def __init__(self, sources: Sequence, detector: Detector, *, close_detector: bool = False,
@@ -214,6 +214,7 @@ class Pipeline:
                     if self.interrupted:  # second Ctrl-C: stop now
                         raise
                     self._interrupt()
+                    self._signals.start_deadline()
                     end_may_be_lost = True  # it may have landed after get() took an item
                     continue
                 if item is END:

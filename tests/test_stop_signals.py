@@ -292,3 +292,16 @@ def test_a_drain_that_ended_in_time_is_not_said_to_have_expired(tmp_path, long_v
     _check_drained(pipe, out)
     assert pipe.report()["drain_expired"] is False
     assert not pipe.control.aborted.is_set()
+
+
+def test_the_drain_limit_also_bounds_a_ctrl_c_the_run_catches_itself(tmp_path, long_video):
+    """Without stop signals of its own (stop_signals=()), Python's KeyboardInterrupt caught
+    in the run's wait drained for as long as it took."""
+    out = tmp_path / "d.jsonl"
+    pipe = Pipeline([long_video], FakeDetector(delay_s=0.05), sinks=[JsonlSink(out)], batch=1,
+                    queue_size=16, callbacks=[_signal_at(3)], stop_signals=(), drain_limit=0.2)
+    with pytest.raises(KeyboardInterrupt):
+        pipe.run()
+    report = pipe.report()
+    assert report["interrupted"] and report["drain_expired"]
+    assert report["lost"] == pipe.sources[0].stats.delivered - len(_lines(out)) > 0
