@@ -24,6 +24,7 @@ the file's timing).
 from __future__ import annotations
 
 import collections
+import functools
 import re
 import threading
 import time
@@ -71,6 +72,7 @@ def check_url(text: str) -> str:
     return scheme
 
 
+@functools.lru_cache(maxsize=None)
 def srt_available() -> bool:
     """Whether FFmpeg has the srt:// protocol: an invalid mode is refused by libsrt before any
     network use; without libsrt the protocol is not found."""

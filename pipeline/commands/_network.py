@@ -65,7 +65,9 @@ def restream_sink(pipe, args, annotators):
     """The annotated video of every video, stream and camera source, live to --restream."""
     from pipeline.restream import RestreamSink
 
-    names = check_restream(args.restream, pipe.sources)
+    from ._outputs import stream_names
+
+    names = stream_names(pipe.sources)  # checked before the model loaded (check_restream)
     videos = [s for s in pipe.sources if s.stream in names]
     sink = RestreamSink(args.restream, names, codec=args.video_codec,
                         fps_by_stream={s.stream: s.fps for s in videos if s.fps},

@@ -109,15 +109,14 @@ class Recognizer:
         if n:
             if isinstance(image, np.ndarray):  # greyscale, as the detector takes it
                 image = as_bgr(image)
-            spec = self.spec
+            spec, size = self.spec, self.batch_size
             quads = pad_quads(reading_quads(detections.polygons), spec.margin)
             plan = plan_crops(quads, spec.height, spec.min_width, spec.max_width)
             self.skipped += int(n - plan.valid.sum())
-            self._read_plan(image, plan, crop_batches(plan, self.batch_size), texts, scores)
+            self._read_plan(image, plan, crop_batches(plan, size), texts, scores)
             if plan.tall.any():  # vertical text reads either way: the more confident one wins
                 flipped = plan.turned_half()
                 tall = np.flatnonzero(plan.tall)
-                size = self.batch_size
                 batches = [tall[k:k + size] for k in range(0, len(tall), size)]
                 self._read_plan(image, flipped, batches, texts, scores, keep_better=True)
         data = dict(detections.data)
@@ -150,8 +149,9 @@ class Recognizer:
                                   spec.height))
         texts, scores = [""] * len(sized), np.zeros(len(sized), np.float32)
         order = np.argsort([c.shape[1] for c in sized], kind="stable")
-        for start in range(0, len(order), self.batch_size):
-            members = order[start:start + self.batch_size]
+        size = self.batch_size
+        for start in range(0, len(order), size):
+            members = order[start:start + size]
             got_texts, got_scores = self._recognize([sized[i] for i in members])
             for i, text, score in zip(members, got_texts, got_scores):
                 texts[i], scores[i] = text, score
