@@ -40,6 +40,21 @@ def test_json_names_the_model_given(tmp_path, tiny_onnx):
     assert json.loads(out.read_text())["model"] == str(tiny_onnx)
 
 
+@pytest.mark.parametrize("mode", [[], ["--tune", "--tune-thresh", "0.3"]])
+def test_json_dash_is_standard_output_and_the_text_goes_to_stderr(tmp_path, tiny_onnx, capsys,
+                                                                  monkeypatch, mode):
+    """--json - wrote a file named '-' in the working folder."""
+    data = _ic15_folder(tmp_path / "ic15")
+    monkeypatch.chdir(tmp_path)
+    assert main(["eval", "--model", str(tiny_onnx), "--dataset", str(data), "--json", "-",
+                 "--threads", "1", *mode]) == 0
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)  # standard output is the report alone
+    assert report["model"] == str(tiny_onnx)
+    assert "hmean" in captured.err
+    assert not (tmp_path / "-").exists()
+
+
 def test_vis_of_two_images_with_one_stem_keeps_both(tmp_path, tiny_onnx):
     """img_1.jpg and img_1.png (each with its own ground truth) were both drawn to img_1.jpg."""
     cv2 = pytest.importorskip("cv2")

@@ -50,7 +50,8 @@ def add_arguments(parser) -> None:
                        help="a detection this much inside a do-not-care region is ignored")
     parser.add_argument("--max-images", type=at_least(1), help="score only the first N images")
     parser.add_argument("--json", metavar="OUT", type=output_file,
-                        help="write overall and per-image results here (not onto the dataset's own files)")
+                        help="write overall and per-image results here (not onto the dataset's own "
+                             "files); '-': standard output, the text lines then going to standard error")
     parser.add_argument("--vis", metavar="DIR", type=output_folder,
                         help="write images with misses / false alarms drawn, each tagged with its kind, "
                              "under the image's own file name (not into the dataset's image folder)")
@@ -158,12 +159,16 @@ def _scoring(args, dataset, described: dict, name: str = "icdar2015", **protocol
 
 def _write_json(path, payload, **dump) -> None:
     """The --json report, whole or not at all (a run killed while writing keeps the earlier
-    one); a failed write names the file (a full disk's error does not)."""
+    one); a failed write names the file (a full disk's error does not). '-': standard output."""
     import json
     from pathlib import Path
 
     from dbnet.files import write_text_whole
 
+    if hasattr(path, "write"):  # --json -: the standard output run() set aside
+        path.write(json.dumps(payload, indent=1, **dump) + "\n")
+        path.flush()
+        return
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     write_text_whole(path, json.dumps(payload, indent=1, **dump) + "\n")
 
@@ -252,7 +257,22 @@ def _check_json_target(path, dataset) -> None:
                                 "would write over it; pick another file")
 
 
+JSON_TO_STDOUT = "-"
+
+
 def run(args) -> int:
+    """--json -: the report is standard output's only content, so the text lines go to stderr."""
+    import contextlib
+    import sys
+
+    if args.json != JSON_TO_STDOUT:
+        return _run(args)
+    args.json = sys.stdout
+    with contextlib.redirect_stdout(sys.stderr):
+        return _run(args)
+
+
+def _run(args) -> int:
     from engine.errors import DbrtError
     from pipeline.datasets import open_dataset
     from pipeline.evaluate import evaluate_detector
@@ -270,7 +290,7 @@ def run(args) -> int:
                         f"run dbrt eval without {'--tune' if args.tune else '--e2e'} (at the "
                         "thresholds --tune picked) to draw them")
     dataset = open_dataset(args.dataset, args.gt, args.format)
-    if args.json:
+    if isinstance(args.json, str):
         _check_json_target(args.json, dataset)
     dataset = dataset.head(args.max_images)
     if args.vis:
