@@ -44,6 +44,7 @@ DEFAULT_PORTS = {"rtsp": 554, "rtmp": 1935}
 PLACEHOLDERS = ("{stream}", "{name}")
 MIN_DELAY_S, MAX_DELAY_S = 0.5, 8.0  # the reconnect back-off: doubling from min to max
 CLOSE_WAIT_S = 5.0  # how long the run's end waits for the streams to finish sending, at most
+STOPPED_WAIT_S = 1.0  # the same for a stopped run: a drain has gone before, docker stop waits 10 s
 CLOSE_STALL_S = 2.0  # at the run's end, a stream whose server has not answered this long: given up
 CLOSE_POLL_S = 0.05
 EVENTS_KEPT = 10
@@ -337,6 +338,7 @@ class RestreamSink(Sink):
                              min_delay=min_delay, max_delay=max_delay)
         self.fps_by_stream, self.live_streams = dict(fps_by_stream or {}), set(live_streams)
         self.outputs: Dict[int, RestreamOutput] = {}
+        self._close_wait = CLOSE_WAIT_S  # stopping() shortens it
         if self.names is not None:
             for stream, url in stream_urls(url, self.names).items():
                 self._add(stream, url)
@@ -372,17 +374,21 @@ class RestreamSink(Sink):
         return {str(stream): dict(output.counters(), events=list(output.events))
                 for stream, output in sorted(self.outputs.items())}
 
+    def stopping(self) -> None:
+        self._close_wait = STOPPED_WAIT_S
+
     def close(self) -> None:
         """End every stream: one whose server stops answering (CLOSE_STALL_S) is given up, one
-        that goes on sending has until CLOSE_WAIT_S after the close's start, as all have."""
+        that goes on sending has until CLOSE_WAIT_S after the close's start (STOPPED_WAIT_S
+        for a stopped run, whose drain sent what it could), as all have."""
         for output in self.outputs.values():
             output.finish()
-        began = time.monotonic()
+        began, wait = time.monotonic(), self._close_wait
         sending = list(self.outputs.values())
         while sending:
             for output in sending:
-                if time.monotonic() - began >= CLOSE_WAIT_S:
-                    output.give_up(f"still sending {CLOSE_WAIT_S:g} s after the run's end")
+                if time.monotonic() - began >= wait:
+                    output.give_up(f"still sending {wait:g} s after the run's end")
                 elif output.stalled():
                     output.give_up(f"no answer from the server for {CLOSE_STALL_S:g} s "
                                    "at the run's end")

@@ -291,6 +291,9 @@ class Pipeline:
     def _shutdown(self) -> None:
         """Stop the threads, then close sinks and detector: every step runs even when an
         earlier one raises (the first error propagates)."""
+        if self.control.draining.is_set():  # stopped, not ended: sinks may close sooner
+            for sink in self.sinks:
+                getattr(sink, "stopping", _nothing)()
         with contextlib.ExitStack() as steps:  # callbacks run last-pushed first
             if self._own_detector:
                 steps.callback(self.detector.close)

@@ -38,6 +38,10 @@ class Sink(abc.ABC):
         """Live source `stream` lost its connection and its last frame was written: it may
         come back on a new connection, so only what follows it across frames ends."""
 
+    def stopping(self) -> None:
+        """The run was stopped (a signal, Ctrl-C, `Pipeline.stop()`), not ended: called before
+        `close()`, so that a close that waits on others (a network) can be kept short."""
+
     def close(self) -> None:
         """Finish writing (idempotent)."""
 

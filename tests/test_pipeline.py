@@ -200,6 +200,33 @@ def test_stop_drains_every_frame_already_read(tmp_path):
     assert [json.loads(line)["frame_index"] for line in lines] == results
 
 
+class _StopWatchingSink(CallbackSink):
+    """Records whether the run told it it was stopped before closing it."""
+
+    def __init__(self):
+        super().__init__(lambda frame, detections: None)
+        self.calls = []
+
+    def stopping(self):
+        self.calls.append("stopping")
+
+    def close(self):
+        self.calls.append("close")
+
+
+@pytest.mark.parametrize("stopped", [False, True])
+def test_sinks_are_told_a_stopped_run_is_stopping_before_their_close(tmp_path, stopped):
+    """A restream's close waited its full 5 s after a stop's drain (past docker stop's 10 s
+    with a slow server): the sinks now learn that the run was stopped, not ended."""
+    video = write_video(tmp_path / "clip.mp4", frames=40 if stopped else 3)
+    sink = _StopWatchingSink()
+    pipe = Pipeline([video], FakeDetector(), sinks=[sink], queue_size=2)
+    for frame, _ in pipe:
+        if stopped and frame.index == 1:
+            pipe.stop()
+    assert sink.calls == (["stopping", "close"] if stopped else ["close"])
+
+
 def test_breaking_out_of_the_loop_stops_the_threads(videos):
     detector = FakeDetector()
     pipe = Pipeline([videos[1]], detector)

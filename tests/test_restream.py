@@ -298,6 +298,33 @@ def test_the_close_gives_up_a_silent_server_not_a_stream_still_sending(monkeypat
     assert senders() == []
 
 
+def test_a_stopped_run_waits_for_a_slow_stream_a_second_at_most(monkeypatch):
+    """After a stop's drain (up to --drain-limit's 5 s) a stream still sending to a server
+    that answers, but slowly, had CLOSE_WAIT_S more: about 11 s, past docker stop's 10 s."""
+    from pipeline.detections import Detections
+    from pipeline.restream import STOPPED_WAIT_S, RestreamSink
+    from pipeline.sources import Frame
+
+    port = free_port()
+    Receiver.rtmp(port)
+    sink = RestreamSink(f"rtmp://127.0.0.1:{port}/live/x", annotators=[], max_queued=64)
+    sink.write(Frame(frame_image(0), 0, 0.0, "cam"), Detections.empty())
+    output = sink.outputs[0]
+    until(lambda: output.counters()["frames_sent_total"] == 1, "the first frame sent")
+    monkeypatch.setattr(output, "_send", slowed(output._send, 0.5))  # 30 frames: 15 s
+    for index in range(1, 31):
+        sink.write(Frame(frame_image(index), index, index / 25, "cam"), Detections.empty())
+    sink.stopping()
+    started = time.monotonic()
+    sink.close()
+    took = time.monotonic() - started
+    assert took < STOPPED_WAIT_S + 2.0, took
+    counters = output.counters()
+    assert counters["frames_sent_total"] < 31
+    assert counters["last_error"] == f"still sending {STOPPED_WAIT_S:g} s after the run's end"
+    assert senders() == []
+
+
 def test_a_server_silent_since_before_the_close_is_given_up_at_once(monkeypatch):
     """A server that had left a frame unanswered for CLOSE_STALL_S already when the run's end
     came (during the drain) was given CLOSE_STALL_S more: its silence is counted from the frame."""
