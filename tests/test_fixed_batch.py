@@ -1,0 +1,162 @@
+"""Models of a fixed batch size (an ONNX exported for 4 frames, a TensorRT engine built with
+static shapes). A shorter batch (a single image, the end of a stream, a batch timeout) is padded
+up to the batch the model takes and the padding's outputs dropped, so each frame's result is the
+one a model of any batch size gives."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from engine_helpers import trt  # noqa: F401
+from test_parallel_runner import _onnx
+
+from engine.errors import ModelError
+from engine.loader import RunnerOptions
+from engine.onnxruntime.parallel import ParallelRunner
+from engine.onnxruntime.runner import OnnxRuntimeRunner
+from engine.shapes import ShapeProfile
+from pipeline.batcher import batch_size
+from pipeline.detector import Detector
+
+ONE_THREAD = RunnerOptions(threads=1)
+
+
+def _scenes(count: int, height: int = 64, width: int = 96):
+    """Dark frames, each with a bright block of its own size (the toy model finds the block)."""
+    frames = []
+    for k in range(count):
+        frame = np.zeros((height, width, 3), np.uint8)
+        frame[8 + 3 * k:30 + 4 * k, 6 + 5 * k:40 + 8 * k] = 255
+        frames.append(frame)
+    return frames
+
+
+def _same_detections(got, want) -> None:
+    assert len(got) == len(want)
+    for a, b in zip(got, want):
+        assert len(a) == len(b) >= 1  # every scene has its block
+        for pa, pb in zip(a.polygons, b.polygons):
+            np.testing.assert_array_equal(pa, pb)
+        np.testing.assert_allclose(a.scores, b.scores, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def toys(tmp_path_factory):
+    """(dynamic, fixed batch 4) detector-shaped ONNX toys of the same arithmetic."""
+    folder = tmp_path_factory.mktemp("fixed_batch")
+    return _onnx(folder / "dynamic.onnx"), _onnx(folder / "batch4.onnx", batch=4)
+
+
+def _calls(runner) -> list:
+    """The batch sizes `runner` is called with, from now on."""
+    seen, infer = [], runner.infer
+    runner.infer = lambda feed: seen.append(len(feed)) or infer(feed)
+    return seen
+
+
+@pytest.mark.parametrize("frames", [1, 2, 3, 5])
+def test_a_fixed_batch_model_detects_what_a_dynamic_one_does(toys, frames):
+    """A model exported for 4 frames a call was refused (ShapeError) for any other count:
+    detect() of one image, detect_batch of 1, 2, 3 or 5 (4 + 1) images."""
+    dynamic, fixed = toys
+    images = _scenes(frames)
+    with Detector(dynamic, preset="db", options=ONE_THREAD) as det:
+        want = det.detect_batch(images)
+    with Detector(fixed, preset="db", options=ONE_THREAD) as det:
+        calls = _calls(det.runner)
+        got = det.detect_batch(images)
+        _same_detections([det.detect(images[0])], want[:1])
+        assert (det.runner.min_batch, det.runner.max_batch) == (4, 4)
+    _same_detections(got, want)
+    assert calls == [4] * (-(-frames // 4)) + [4]
+
+
+def test_the_pipeline_pads_the_end_of_a_stream_and_a_smaller_batch(toys, tmp_path):
+    """Five frames of one source on a fixed-batch-4 model: unasked, the batch is the model's 4
+    (a shorter one costs a whole call), the fifth frame padded; --batch 1 asks for no wait for
+    other frames, each padded. Results equal the dynamic model's frame by frame."""
+    import cv2
+
+    from pipeline.runner import Pipeline
+
+    dynamic, fixed = toys
+    images = _scenes(5)
+    for k, image in enumerate(images):
+        cv2.imwrite(str(tmp_path / f"frame_{k}.png"), image)
+    with Detector(dynamic, preset="db", options=ONE_THREAD) as det:
+        want = det.detect_batch(images)
+    for asked, batch, sizes in ((0, 4, {"4": 1, "1": 1}), (1, 1, {"1": 5})):
+        detector = Detector(fixed, preset="db", options=ONE_THREAD)
+        calls = _calls(detector.runner)
+        pipe = Pipeline(str(tmp_path / "frame_*.png"), detector, batch=asked, close_detector=True)
+        results = list(pipe)
+        assert pipe.batch == batch and set(calls) == {4}
+        assert pipe.report()["batch_size"]["histogram"] == sizes
+        _same_detections([r.detections for r in results], want)
+
+
+def test_the_batch_chosen_for_a_fixed_batch_model(toys):
+    dynamic, fixed = toys
+    with OnnxRuntimeRunner(fixed, device="cpu", threads=1) as runner:
+        assert batch_size(0, 1, runner) == 4   # unasked: all the model takes (it was 1)
+        assert batch_size(0, 9, runner) == 4   # never more
+        assert batch_size(2, 1, runner) == 2   # asked for fewer: padded
+        with pytest.raises(ModelError, match="--batch 5: the model takes at most 4 frames"):
+            batch_size(5, 1, runner)
+    with OnnxRuntimeRunner(dynamic, device="cpu", threads=1) as runner:
+        assert runner.min_batch == 1 and batch_size(0, 1, runner) == 1
+
+
+def test_parallel_sessions_of_a_fixed_batch_take_a_share_each(toys):
+    """Two sessions of batch 4: a call takes 8 frames, 4 a session (fewer are padded)."""
+    dynamic, fixed = toys
+    images = _scenes(3)
+    with Detector(dynamic, preset="db", options=ONE_THREAD) as det:
+        want = det.detect_batch(images)
+    with Detector(ParallelRunner.onnxruntime(fixed, sessions=2), preset="db") as det:
+        _same_detections(det.detect_batch(images), want)
+        assert (det.runner.min_batch, det.runner.max_batch) == (8, 8)
+    with ParallelRunner.onnxruntime(dynamic, sessions=2) as runner:
+        assert runner.min_batch == 1
+
+
+def test_a_served_model_takes_one_frame_or_the_batch_its_dims_fix():
+    """Triton batches a model of max_batch_size > 0 up to it; one that does not batch
+    (max_batch_size 0) takes the batch its own dims fix, if any."""
+    from engine.base import TensorInfo
+    from engine.triton.model_info import ModelInfo
+    from engine.triton.runner import TritonRunner
+
+    def served(max_batch, dims):
+        runner = TritonRunner.__new__(TritonRunner)  # no server: only what it learned from one
+        runner._info = ModelInfo((TensorInfo("images", dims, "float32"),), (), max_batch, {}, {})
+        runner._inputs = runner._info.inputs
+        return runner
+
+    assert served(8, (None, 3, None, None)).min_batch == 1
+    assert served(0, (4, 3, 64, 96)).min_batch == 4
+    assert served(0, (None, 3, 64, 96)).min_batch == 1
+
+
+# -- TensorRT: an engine built with static shapes ---------------------------------------------
+def _dynamic_detections(dynamic, frames: int):
+    with Detector(dynamic, preset="db", input_size=(64, 96), backend="onnxruntime",
+                  device="cpu", options=ONE_THREAD) as det:
+        return det.detect_batch(_scenes(frames))
+
+
+def test_an_engine_of_a_static_batch_is_fed_padded_batches(trt, toys, tmp_path):
+    """An engine whose profile is batch 4 only (trtexec's static shapes) was refused any other
+    batch."""
+    from engine.tensorrt.build import BuildOptions, build_engine_file
+    from engine.tensorrt.runner import TensorRTRunner
+
+    dynamic, _ = toys
+    engine = tmp_path / "static4.engine"
+    static = ShapeProfile.from_hw((64, 96), (64, 96), (64, 96), batch=(4, 4, 4))
+    build_engine_file(dynamic, engine, BuildOptions(profile=static))
+    want = _dynamic_detections(dynamic, 5)
+    with Detector(TensorRTRunner(engine), preset="db", input_size=(64, 96)) as det:
+        for frames in (1, 2, 3, 5):
+            _same_detections(det.detect_batch(_scenes(frames)), want[:frames])
+        assert (det.runner.min_batch, det.runner.max_batch) == (4, 4)
