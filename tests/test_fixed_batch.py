@@ -160,3 +160,16 @@ def test_an_engine_of_a_static_batch_is_fed_padded_batches(trt, toys, tmp_path):
         for frames in (1, 2, 3, 5):
             _same_detections(det.detect_batch(_scenes(frames)), want[:frames])
         assert (det.runner.min_batch, det.runner.max_batch) == (4, 4)
+
+
+def test_an_onnx_of_a_fixed_batch_builds_an_engine_of_that_batch(trt, toys, tmp_path, monkeypatch):
+    """The engine built from an ONNX of a fixed batch 4 took the resize rule's profile (batch
+    1..4), which TensorRT refused ('disagrees with the model input in axis 0'): a default
+    profile now keeps the axes the model fixes."""
+    monkeypatch.setenv("DBRT_ENGINE_CACHE", str(tmp_path / "cache"))
+    dynamic, fixed = toys
+    want = _dynamic_detections(dynamic, 3)
+    with Detector(fixed, preset="db", backend="tensorrt", input_size=(64, 96)) as det:
+        _same_detections(det.detect_batch(_scenes(3)), want[:3])
+        profile = det.runner.profiles["images"]
+        assert (profile.min[0], profile.max[0], det.runner.min_batch) == (4, 4, 4)
