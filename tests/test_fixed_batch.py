@@ -1,7 +1,8 @@
 """Models of a fixed batch size (an ONNX exported for 4 frames, a TensorRT engine built with
-static shapes). A shorter batch (a single image, the end of a stream, a batch timeout) is padded
-up to the batch the model takes and the padding's outputs dropped, so each frame's result is the
-one a model of any batch size gives."""
+static shapes) and recognizers of a fixed input width. A shorter batch (a single image, the end
+of a stream, a batch timeout) is padded up to the batch the model takes and the padding's outputs
+dropped, so each frame's result is the one a model of any batch size gives; crops are resized to
+the recognizer's height, squeezed to a fixed width when wider and right-padded up to it."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,6 +10,7 @@ import onnx
 import pytest
 from engine_helpers import trt  # noqa: F401
 from test_parallel_runner import _onnx
+from test_reading import _tiny_ctc_model
 
 from engine.errors import ModelError
 from engine.loader import RunnerOptions
@@ -173,3 +175,98 @@ def test_an_onnx_of_a_fixed_batch_builds_an_engine_of_that_batch(trt, toys, tmp_
         _same_detections(det.detect_batch(_scenes(3)), want[:3])
         profile = det.runner.profiles["images"]
         assert (profile.min[0], profile.max[0], det.runner.min_batch) == (4, 4, 4)
+
+
+# -- the recognizer ---------------------------------------------------------------------------
+def _fixed(path, out, batch=None, width=None):
+    """`path`'s model with its input's batch and / or width fixed (an export without those
+    dynamic axes)."""
+    model = onnx.load(str(path))
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    for axis, size in ((0, batch), (3, width)):
+        if size:
+            dims[axis].Clear()
+            dims[axis].dim_value = size
+    onnx.save(model, str(out))
+    return out
+
+
+def test_a_recognizer_of_a_fixed_batch_and_width_reads_padded_crops(tmp_path):
+    """Crops spelling 'aa a' and nothing, 8 and 4 pixels wide, and one 200 wide (squeezed):
+    a model of batch 4 and width 64 gets every call as (4, 3, 48, 64), each crop at the
+    height, left-aligned and padded with zeros, and reads what the dynamic model reads."""
+    from pipeline.reading import Recognizer, RecSpec
+
+    dynamic = _tiny_ctc_model(tmp_path / "tiny.onnx", classes=3, metadata={"character": "a"})
+    fixed = _fixed(dynamic, tmp_path / "fixed.onnx", batch=4, width=64)
+    spec = RecSpec(bgr=True, mean=(0, 0, 0), std=(1, 1, 1), min_width=4, width_step=4)
+    crop = np.zeros((48, 8, 3), np.uint8)
+    crop[:, np.arange(8), [0, 1, 1, 0, 1, 2, 1, 0]] = 255  # blank a a blank a space a blank
+    wide = np.zeros((48, 200, 3), np.uint8)
+    wide[:, :100, 1] = 255  # 'a' then blanks: 'a' however squeezed
+    crops = [crop, np.zeros((48, 4, 3), np.uint8), wide]
+    with Recognizer(dynamic, spec=spec, device="cpu") as rec:
+        want = rec.recognize(crops)
+    with Recognizer(fixed, spec=spec, device="cpu") as rec:
+        batches, infer = [], rec.runner.infer
+        rec.runner.infer = lambda batch: batches.append(batch) or infer(batch)
+        got = rec.recognize(crops)
+        assert (rec.min_batch, rec.batch_size, rec.spec.max_width) == (4, 4, 64)
+    assert got[0] == want[0] == ["aa a", "", "a"]
+    np.testing.assert_allclose(got[1], want[1], atol=1e-6)
+    assert [b.shape for b in batches] == [(4, 3, 48, 64)]
+    sent = batches[0]  # by width: the 4-wide crop, the 8-wide one, the squeezed one, its copy
+    assert sent[1, 1, 0, 1] == 1.0 and sent[1, :, :, 8:].max() == sent[0].max() == 0
+    assert sent[2, 1, 0, :30].min() == 1.0 and sent[2, 1, :, 34:].max() == 0
+    np.testing.assert_array_equal(sent[3], sent[2])  # the padding: copies of the last crop
+
+
+def test_a_recognizer_of_a_fixed_width_builds_its_engine_at_that_width(tmp_path, monkeypatch):
+    """The recognizer's engine profile (widths 4..1600 here) keeps the width the model fixes
+    (TensorRT 10: the tiny recognizer is opset 18, which 8.6's parser does not take)."""
+    import trt_double
+
+    from pipeline.reading import Recognizer, RecSpec
+
+    trt_double.install(monkeypatch, "10.x")
+    monkeypatch.setenv("DBRT_ENGINE_CACHE", str(tmp_path / "cache"))
+    dynamic = _tiny_ctc_model(tmp_path / "tiny.onnx", classes=3, metadata={"character": "a"})
+    fixed = _fixed(dynamic, tmp_path / "fixed.onnx", width=64)
+    spec = RecSpec(bgr=True, mean=(0, 0, 0), std=(1, 1, 1), min_width=4, width_step=4)
+    crop = np.zeros((48, 8, 3), np.uint8)
+    crop[:, :2, 1] = 255
+    with Recognizer(fixed, spec=spec, backend="tensorrt") as rec:
+        profile = rec.runner.profiles["x"]
+        assert profile.min[3] == profile.max[3] == 64 and profile.max[0] == spec.batch_size
+        assert rec.recognize([crop, crop])[0] == ["a", "a"]
+
+
+def test_the_fixed_width_ppocr_recognizer_reads_as_paddleocr_feeds_it(tmp_path, shared_data):
+    """PP-OCR rec re-exported with a fixed width of 320 was refused every crop batch of another
+    width. Fed as PaddleOCR feeds such a model (resized to height 48 keeping the aspect ratio,
+    a wider crop squeezed to 320, right-padded with zeros), it reads on a realdev photo exactly
+    what the dynamic model reads when its batches are padded to 320 too. (Against dbrt's own
+    narrow padding of the dynamic model, some readings differ: the model sees the padding.)"""
+    pytest.importorskip("rapidocr", reason="the PP-OCR rec model comes with the rapidocr wheel")
+    import json
+
+    import cv2
+
+    from pipeline.detections import Detections
+    from pipeline.reading import Recognizer, RecSpec
+    from pipeline.reading.recognizer import default_rec_model_path
+
+    realdev = shared_data / "realdev"
+    truth = {item["image"]: item for item in json.loads((realdev / "gt.json").read_text())}
+    item = truth["ic15_train_img_7.jpg"]  # lines of text wider than 320 at height 48 among them
+    quads = np.float32([p for p in item["polygons"] if len(p) == 4])
+    image = cv2.imread(str(realdev / "images" / item["image"]))
+    detections = Detections.from_quads(quads, np.ones(len(quads)))
+    fixed = _fixed(default_rec_model_path(), tmp_path / "rec320.onnx", width=320)
+    with Recognizer(device="cpu", spec=RecSpec(max_width=320, width_step=320)) as rec:
+        want = rec.read(image, detections)
+    with Recognizer(fixed, device="cpu") as rec:
+        got = rec.read(image, detections)
+        assert rec.spec.max_width == 320
+    assert got.texts == want.texts and sum(len(t) for t in got.texts) > 20
+    np.testing.assert_allclose(got.text_scores, want.text_scores, atol=1e-4)
