@@ -28,6 +28,12 @@ class TensorInfo:
     dtype: str  # numpy dtype name, e.g. "float32"
 
 
+def fixed_batch(inputs: Tuple[TensorInfo, ...]) -> int:
+    """The batch size an input fixes (its first dimension a number), 0 when none does."""
+    fixed = [t.shape[0] for t in inputs if t.shape and isinstance(t.shape[0], int) and t.shape[0] > 0]
+    return min(fixed, default=0)
+
+
 class Runner(abc.ABC):
     """Base class: activate / infer / deactivate, usable as a context manager."""
 
@@ -69,6 +75,13 @@ class Runner(abc.ABC):
     # the most frames one call takes (a served model's max_batch_size, an engine profile's
     # largest batch); 0: no limit
     max_batch = 0
+
+    @property
+    def min_batch(self) -> int:
+        """The fewest frames one call takes: a model exported with a fixed batch size takes
+        exactly that many, so a caller pads a shorter batch up to it (and drops the padded
+        outputs); 1 for a model of any batch size."""
+        return fixed_batch(self.inputs) or 1
 
     def submit(self, feed) -> Future:
         """Start one batch; the Future's result is what `infer` returns. Local runners run it

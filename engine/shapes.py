@@ -90,6 +90,17 @@ class ShapeProfile:
                 raise ShapeError(f"profile {self}: {rule}")
         return self
 
+    def pinned(self, dims: Sequence) -> "ShapeProfile":
+        """This profile with every axis the model fixes (an int > 0 in `dims`, the ONNX input's
+        shape) at that size: a default profile (a loader's, from the model's metadata) follows a
+        model exported with, e.g., a fixed batch or a fixed width."""
+        fixed = [d if isinstance(d, int) and d > 0 else None for d in dims]
+        if len(fixed) != len(self.min) or not any(fixed):
+            return self
+        shapes = [tuple(f or d for f, d in zip(fixed, shape)) for shape in (self.min, self.opt, self.max)]
+        multiples = tuple(f or m for f, m in zip(fixed[2:], self.multiples))
+        return ShapeProfile(*shapes, multiples)
+
     def contains(self, shape: Sequence[int]) -> bool:
         return len(shape) == len(self.min) and all(
             lo <= d <= hi for lo, d, hi in zip(self.min, shape, self.max))

@@ -12,6 +12,7 @@ import time
 from typing import Callable, List, Tuple
 
 from engine.errors import ModelError
+from engine.padding import runner_min_batch
 
 from .sources import Frame
 from .stages import END, Channel
@@ -59,12 +60,15 @@ class Batcher:
 
 def batch_size(batch: int, sources: int, runner) -> int:
     """Frames per engine call: as asked, else one per source and at least one per parallel
-    session; never more than the runner takes (`Runner.max_batch`, 0: no limit)."""
+    session; never more than the runner takes (`Runner.max_batch`, 0: no limit). Unasked, at
+    least as many as a model of a fixed batch size takes (`Runner.min_batch`): a shorter batch
+    is padded to it and costs a whole call. Asked for fewer (`--batch 1`: no frame waits for
+    others), a batch is padded (Detector.submit)."""
     limit = int(getattr(runner, "max_batch", 0) or 0)
     if batch and limit and batch > limit:
         raise ModelError(f"--batch {batch}: the model takes at most {limit} "
                          f"frame{'s' if limit > 1 else ''} per call "
                          "(a served model's max_batch_size, an engine's profile, an ONNX's fixed batch "
                          "size)")
-    chosen = batch or max(sources, getattr(runner, "parallelism", 1))
+    chosen = batch or max(sources, getattr(runner, "parallelism", 1), runner_min_batch(runner))
     return min(chosen, limit) if limit else chosen

@@ -23,6 +23,7 @@ from engine.errors import ModelError, ShapeError, warn_caller
 from engine.shapes import ShapeProfile
 from engine.lazy import cupy_or_none
 from engine.onnxruntime.int8_cpu import SATURATION_WARNING, int8_kernels_saturate
+from engine.padding import pad_batch, runner_min_batch
 from engine.loader import RunnerOptions, load_runner
 
 from .detections import Detections
@@ -129,6 +130,7 @@ class Detector:
             where = getattr(self.runner, "url", None)  # a served model: name the server
             raise (ModelError(f"{where}: {exc}") if where else exc) from None
         self._range_checked = False
+        self.min_batch = runner_min_batch(self.runner)  # a fixed-batch model: shorter ones padded
         self.post = DBPostprocessor(self.spec.post)
         self.input_size = self._checked_size(input_size) if input_size else self._fixed_engine_size()
         self._cap_reported = False
@@ -235,12 +237,16 @@ class Detector:
         return self.runner.asynchronous
 
     def submit(self, batch) -> "PendingBatch":
-        """Start one engine call (shapes are checked now); `collect` gives its probability maps."""
-        return PendingBatch(self.runner.submit(batch), tuple(batch.shape[2:]))
+        """Start one engine call (shapes are checked now); `collect` gives its probability maps.
+        A batch shorter than the model takes (`min_batch`, a fixed batch size) is padded with
+        copies of its last frame, whose maps `collect` drops."""
+        count = int(batch.shape[0])
+        future = self.runner.submit(pad_batch(batch, self.min_batch))
+        return PendingBatch(future, tuple(batch.shape[2:]), count)
 
     def collect(self, pending: "PendingBatch") -> object:
         """The (N, H, W) probability maps of a submitted batch (waits for them)."""
-        prob = pending.future.result()[self.output_name]
+        prob = pending.future.result()[self.output_name][:pending.count]
         # layout checked every batch; the value range (a device sync) on the first only
         prob = probability_map(prob, self.spec, pending.input_hw,
                                check_range=not self._range_checked)
@@ -263,8 +269,9 @@ class Detector:
         return self.detect_batch([image])[0]
 
     def detect_batch(self, images: Sequence[Union[np.ndarray, str, os.PathLike]]) -> List[Detections]:
-        """Text in several images; images of different sizes are run in separate batches, and
-        none larger than the model takes (`Runner.max_batch`)."""
+        """Text in several images; images of different sizes are run in separate batches, none
+        larger than the model takes (`Runner.max_batch`), and one shorter than a model of a
+        fixed batch size takes padded up to it (`Runner.min_batch`)."""
         from .sources.images import read_image
 
         if isinstance(images, (str, os.PathLike, np.ndarray)):  # one image: detect() takes it
@@ -315,6 +322,7 @@ class Detector:
 class PendingBatch(NamedTuple):
     future: object            # concurrent.futures.Future of the runner's outputs
     input_hw: Tuple[int, int]
+    count: int                # frames of the batch (the model's outputs beyond them: padding)
 
 
 def _note_saturating_int8(runner, spec: ModelSpec) -> None:

@@ -74,7 +74,8 @@ class ParallelRunner(Runner):
     def _check_feed(self, feed: Mapping[str, object]) -> None:
         """The inputs but for their batch size: each runner checks its own share (a model of
         a fixed batch size takes one share a runner)."""
-        super()._check_feed({name: array[:1] if getattr(array, "ndim", 0) else array
+        share = self.runners[0].min_batch  # one frame, or all a session of a fixed batch takes
+        super()._check_feed({name: array[:share] if getattr(array, "ndim", 0) else array
                              for name, array in feed.items()})
 
     def _infer(self, feed: Mapping[str, object]) -> Dict[str, np.ndarray]:
@@ -101,6 +102,13 @@ class ParallelRunner(Runner):
     def max_batch(self) -> int:
         """Each runner takes its share of a batch (at most one frame more than another's)."""
         return self.runners[0].max_batch * len(self.runners)
+
+    @property
+    def min_batch(self) -> int:
+        """Sessions of a fixed batch size each take exactly their share, so a call takes a
+        share for every session (padded by the caller); 1 when a session takes any number."""
+        each = self.runners[0].min_batch
+        return each * len(self.runners) if each > 1 else 1
 
     @property
     def metadata(self) -> Dict[str, str]:

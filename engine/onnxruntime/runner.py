@@ -6,7 +6,7 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..base import Runner, TensorInfo
+from ..base import Runner, TensorInfo, fixed_batch
 from ..errors import ModelError, ShapeError
 from ..lazy import cupy_or_none, require
 
@@ -168,11 +168,10 @@ class OnnxRuntimeRunner(Runner):
 
     @property
     def max_batch(self) -> int:
-        """A model exported with a fixed batch size takes that many frames per call at most
-        (0: any number), so that the pipeline and `detect_batch` never send more."""
-        fixed = [t.shape[0] for t in self._inputs
-                 if t.shape and isinstance(t.shape[0], int) and t.shape[0] > 0]
-        return min(fixed, default=0)
+        """A model exported with a fixed batch size takes exactly that many frames per call
+        (0: any number), so that the pipeline and `detect_batch` never send more (and pad a
+        shorter batch: `min_batch`)."""
+        return fixed_batch(self._inputs)
 
     @property
     def metadata(self) -> Dict[str, str]:

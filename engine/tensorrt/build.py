@@ -160,8 +160,9 @@ def _input_profile(network, requested, summary: OnnxSummary) -> ShapeProfile:
             raise ShapeError(f"{summary.path.name} has a static input {dims}; it cannot take "
                              f"the profile {requested.describe()}")
         return ShapeProfile.static(dims)
-    if callable(requested):  # a loader: the profile follows from the model's metadata
-        requested = requested(summary.metadata)
+    if callable(requested):  # a loader: the profile follows from the model's metadata (and
+        requested = requested(summary.metadata)  # keeps the axes the model fixes)
+        requested = requested.pinned(dims) if requested is not None else None
     if requested is None:
         raise ShapeError(f"{summary.path.name} has a dynamic input {dims}: give an optimisation "
                          "profile (min / opt / max shapes)")

@@ -136,7 +136,9 @@ def cached_engine_path(onnx_path: os.PathLike, options: BuildOptions = BuildOpti
     backend = backend or _cuda.require_backend("the TensorRT engine cache")
     summary = summarize_onnx(onnx_path)
     if callable(options.profile):  # a loader: the same profile a build would use
-        options = replace(options, profile=options.profile(summary.metadata))
+        profile = options.profile(summary.metadata)
+        fixed = summary.inputs[0].shape if summary.inputs else ()
+        options = replace(options, profile=profile.pinned(fixed) if profile is not None else None)
     plan = plan_precision(has_weak_typing(trt), options.precision, summary.precision,
                           options.strongly_typed, has_strongly_typed_flag(trt), trt.__version__)
     build = {**_build_settings(options), **_calibration_settings(options, summary, plan.calibrate)}

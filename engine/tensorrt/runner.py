@@ -328,5 +328,12 @@ class TensorRTRunner(Runner):
         return min((int(p.max[0]) for p in self._profiles.values()), default=0)
 
     @property
+    def min_batch(self) -> int:
+        """The fewest frames one call takes: the profile's smallest batch (an engine built with
+        static shapes, e.g. trtexec's batch 4, takes exactly that many); shorter batches are
+        padded by the caller."""
+        return max([int(p.min[0]) for p in self._profiles.values()] + [super().min_batch])
+
+    @property
     def metadata(self) -> Dict[str, str]:
         return dict(self.record.metadata) if self.record is not None else {}

@@ -152,6 +152,12 @@ class TritonRunner(Runner):
         return self._info.max_batch if self._info else 0
 
     @property
+    def min_batch(self) -> int:
+        """1 for a model that batches (max_batch_size > 0, Triton takes any batch up to it);
+        for one that does not, the batch its dims fix, if any."""
+        return 1 if self.max_batch else super().min_batch
+
+    @property
     def state(self) -> str:
         """"up", "reconnecting" (a request failed; the next one waits for the server) or
         "cancelled"."""

@@ -20,6 +20,7 @@ import numpy as np
 from engine.loader import ENGINE_SUFFIXES
 from engine.errors import ModelError
 from engine.lazy import array_module
+from engine.padding import pad_batch, runner_min_batch
 from engine.loader import RunnerOptions, load_runner, tensorrt_usable
 
 from ..detections import Detections
@@ -69,6 +70,8 @@ class Recognizer:
             self.runner = load_runner(path, backend=backend, device=device, options=options)
         self.runner.activate()
         self.output_name, num_classes = _check_ctc_io(self.runner, self.spec, self.model_name)
+        self.spec = _fitted_to_width(self.spec, self.runner.inputs[0].shape[3])
+        self.min_batch = runner_min_batch(self.runner)  # a fixed-batch model: shorter ones padded
         self.charset = self._charset(charset, num_classes)
         self.skipped = 0  # polygons that rectified to nothing (too thin to read)
         self.crops_read = 0
@@ -95,9 +98,11 @@ class Recognizer:
     @property
     def batch_size(self) -> int:
         """Crops per engine call: the spec's, never more than the model takes (one exported for
-        a fixed batch size, an engine's profile: `Runner.max_batch`, 0 for no limit)."""
+        a fixed batch size, an engine's profile: `Runner.max_batch`, 0 for no limit), and all
+        that a model of a fixed batch size takes (it is padded to them in any case)."""
         limit = int(getattr(self.runner, "max_batch", 0) or 0)
-        return min(self.spec.batch_size, limit) if limit else self.spec.batch_size
+        size = min(self.spec.batch_size, limit) if limit else self.spec.batch_size
+        return max(size, self.min_batch)
 
     def read(self, image, detections: Detections) -> Detections:
         """`detections` with two more columns: "text" (str) and "text_score" (float32, the mean
@@ -161,9 +166,11 @@ class Recognizer:
         return self._infer_decode(_normalise(crops, self.spec))
 
     def _infer_decode(self, batch) -> Tuple[List[str], np.ndarray]:
-        """One engine call on a normalised (N, 3, height, W) batch (NumPy or CuPy), decoded."""
+        """One engine call on a normalised (N, 3, height, W) batch (NumPy or CuPy), decoded;
+        a batch shorter than the model takes is padded with copies of its last crop, whose
+        outputs are dropped."""
         count = int(batch.shape[0])
-        out = self.runner.infer(batch)[self.output_name]
+        out = self.runner.infer(pad_batch(batch, self.min_batch))[self.output_name][:count]
         out = out.get() if hasattr(out, "get") else np.asarray(out)
         if out.ndim != 3 or out.shape[0] != count:
             raise ModelError(f"recognizer {self.model_name} returned shape {out.shape} for "
@@ -180,7 +187,7 @@ class Recognizer:
 
     def describe(self) -> dict:
         return dict(model=self.model_name, runner=self.runner.name, classes=len(self.charset),
-                    height=self.spec.height, batch_size=self.batch_size,
+                    height=self.spec.height, max_width=self.spec.max_width, batch_size=self.batch_size,
                     margin=self.spec.margin, crops_read=self.crops_read, skipped_unreadable=self.skipped)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -219,6 +226,16 @@ def _normalise(crops: Sequence[np.ndarray], spec: RecSpec) -> np.ndarray:
         pixels = crop[:, :width] if spec.bgr else crop[:, :width, ::-1]
         batch[k, :, :, :pixels.shape[1]] = (pixels * scale - shift).transpose(2, 0, 1)
     return batch
+
+
+def _fitted_to_width(spec: RecSpec, width) -> RecSpec:
+    """The spec for a model whose input width is fixed (a PP-OCR rec exported at 320): every
+    crop is resized to the height keeping its aspect ratio, a wider one squeezed to the width,
+    and padded on the right to it (as PaddleOCR feeds such a model); a dynamic width keeps
+    the spec."""
+    if not isinstance(width, int) or width <= 0:
+        return spec
+    return spec.replace(min_width=min(spec.min_width, width), max_width=width, width_step=width)
 
 
 def _check_ctc_io(runner, spec: RecSpec, name: str) -> Tuple[str, Optional[int]]:
