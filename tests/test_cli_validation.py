@@ -521,7 +521,7 @@ def test_help_shows_only_defaults_that_say_something(command, capsys):
     assert "(default: pipeline/assets/demo.mp4) (default" not in text
     if command == "run":
         assert "output folder (default: out/run)" in text
-        assert "(0: number of sources) (default: 0)" in text  # a default of 0 is a value, shown
+        assert "of a fixed batch size takes) (default: 0)" in text  # a default of 0 is a value, shown
 
 
 @pytest.mark.parametrize("value", ["", "   "])

@@ -93,7 +93,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--unclip-ratio", type=at_least(0.0, float), help="box expansion ratio")
     q = p.add_argument_group("pipeline")
     q.add_argument("--batch", type=at_least(0), default=0,
-                   help="max frames per engine call (0: number of sources)")
+                   help="max frames per engine call (0: one per source, and at least what a model "
+                        "of a fixed batch size takes)")
     q.add_argument("--batch-timeout-ms", type=at_least(0.0, float), default=10.0,
                    help="wait this long for more frames once a batch has its first")
     q.add_argument("--queue-size", type=at_least(1),
