@@ -510,3 +510,30 @@ def test_an_aborted_close_waits_for_regions_in_use_once_not_once_per_region(monk
     memory = _StuckMemory(hung=False)
     _stuck_pool(memory).close(drain_timeout=0, unregister=True, limit=1.0)
     assert len(memory.call_timeouts) <= 4 and len(memory.destroyed) == 4, memory.call_timeouts
+
+
+def test_clients_with_one_pid_in_containers_of_their_own_name_their_regions_apart(monkeypatch):
+    """Each dbrt in a container of its own is pid 1; sharing the server's IPC namespace, the
+    second one's regions took the first one's names: every request failed with 'unable to
+    create the shared memory region'."""
+    import itertools
+    import os
+
+    from engine.triton import shm
+
+    class Memory:
+        kind, timeout = "system", 1.0
+
+        def create(self, name, size):
+            return shm.Region(name, f"/{name}", size, None)
+
+        def register(self, region):
+            pass
+
+    monkeypatch.setattr(os, "getpid", lambda: 1)
+    names = []
+    for _container in range(2):
+        monkeypatch.setattr(shm, "_serial", itertools.count())  # a process of its own
+        pool = shm.SlotPool(Memory(), 1, "dbnet")
+        names.append(pool.region(pool.slots[0], "images", 64).name)
+    assert names[0] != names[1], names

@@ -154,7 +154,10 @@ class SlotPool:
         self._free: "queue.Queue[Slot]" = queue.Queue()
         for slot in self.slots:
             self._free.put(slot)
-        self._prefix = f"dbrt_{os.getpid()}_{next(_serial)}_{label}"[:48]
+        # the pid alone is not unique among the clients of one server: each dbrt in a
+        # container of its own is pid 1, and sharing the server's IPC namespace (what shared
+        # memory needs) they share /dev/shm and the server's names of regions too
+        self._prefix = f"dbrt_{os.getpid()}_{os.urandom(4).hex()}_{next(_serial)}_{label}"[:48]
 
     @property
     def shared(self) -> bool:
