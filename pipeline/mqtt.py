@@ -205,6 +205,8 @@ class MqttSink(Sink):
         client.disconnect()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties=None) -> None:
+        if self.client is None:  # our own disconnect at close: `connected` goes on saying
+            return  # whether the broker was there when the run ended
         self.connected = False
 
     def _on_publish(self, client, userdata, mid, reason_code=None, properties=None) -> None:
@@ -242,8 +244,9 @@ class MqttSink(Sink):
 
     def counters(self) -> dict:
         """published_total (handed to the client), acked_total (confirmed by the broker),
-        dropped_total (outbox full), queued (waiting), connected, reconnects_total, last_error
-        (why the last connection attempt failed, None once connected)."""
+        dropped_total (outbox full), queued (waiting), connected (after `close`: when it
+        closed), reconnects_total, last_error (why the last connection attempt failed, None
+        once connected)."""
         acked = self._acked  # before published: both only grow, so queued is never negative
         published = self._published
         return dict(published_total=published, acked_total=acked, dropped_total=self._dropped,

@@ -270,3 +270,37 @@ def test_the_url_password_wins_over_the_variable(monkeypatch):
     finally:
         sink.close()
         other.close()
+
+
+def test_the_report_says_whether_the_broker_was_there_when_the_run_ended(broker, capsys):
+    """The sink's own disconnect at close cleared `connected`: report.json always said false,
+    and a broker that was there but did not acknowledge in time (stalled, a dead link not yet
+    noticed) was reported as "not connected at the end"."""
+    import numpy as np
+
+    from pipeline.commands._network import print_network_summary
+    from pipeline.detections import Detections
+    from pipeline.mqtt import MqttSink
+    from pipeline.sources import Frame
+
+    frame = Frame(np.zeros((4, 4, 3), np.uint8), 0, 0.0, "cam")
+    nothing = Detections(np.zeros((0, 4, 2), np.float32), np.zeros(0, np.float32))
+    answered = MqttSink(f"mqtt://127.0.0.1:{broker.port}/{TOPIC}")
+    until(lambda: answered.connected, "the sink to connect", 60)
+    answered.write(frame, nothing)
+    answered.close()
+    assert answered.counters()["connected"] and answered.counters()["queued"] == 0
+
+    stalled = MqttSink(f"mqtt://127.0.0.1:{broker.port}/{TOPIC}", flush_s=0.3)
+    until(lambda: stalled.connected, "the sink to connect", 60)
+    broker.proc.send_signal(signal.SIGSTOP)  # connected, answering nothing
+    try:
+        stalled.write(frame, nothing)
+        stalled.close()
+    finally:
+        broker.proc.send_signal(signal.SIGCONT)
+    counters = stalled.counters()
+    assert counters["connected"] and counters["queued"] == 1, counters
+    print_network_summary({"mqtt": counters})
+    err = capsys.readouterr().err
+    assert "not connected" not in err and "had not acknowledged 1 events" in err, err

@@ -434,3 +434,106 @@ def test_the_first_ctrl_c_does_not_wait_for_a_server_that_is_away(outage):
     thread.join(timeout=60)
     assert not thread.is_alive(), "the stopping run kept waiting for the server"
     assert not errors and pipe.metrics.failed_frames >= 1
+
+
+class _StuckMemory:
+    """Shared memory whose server answers no unregister: hung (each call waits its timeout and
+    fails) or still using every region (a cancelled request Triton has not finished)."""
+
+    kind = "system"
+
+    def __init__(self, hung: bool, timeout: float = 5.0):
+        self.hung, self.timeout = hung, timeout
+        self.call_timeouts, self.destroyed = [], []
+
+    def unregister(self, region):
+        self.call_timeouts.append(self.timeout)
+        if self.hung:
+            raise RuntimeError("Deadline Exceeded")
+        raise RuntimeError(f"Cannot unregister shared memory region '{region.name}', it is currently in use.")
+
+    def destroy(self, region):
+        self.destroyed.append(region.name)
+
+
+def _stuck_pool(memory):
+    from engine.triton.shm import Region, SlotPool
+
+    pool = SlotPool(memory, 2, "m")
+    for index, slot in enumerate(pool.slots):
+        for tensor in ("images", "prob"):
+            slot.regions[tensor] = Region(f"r{index}{tensor}", f"/r{index}{tensor}", 64, None)
+    return pool
+
+
+def test_an_aborted_run_lets_go_of_a_hung_servers_regions_within_its_stop_timeout():
+    """SIGTERM with the server hung: the drain's 5 s, then the first unregister waited the
+    control calls' 5 s for a server that answers nothing (dbrt run exited after 11.7 s, past
+    docker stop's 10 s, whose SIGKILL loses report.json). An aborted run's calls now wait at
+    most ABORTED_CLOSE_S."""
+    import weakref
+
+    from engine.triton.runner import ABORTED_CLOSE_S, TritonRunner
+
+    class Client:
+        def close(self):
+            pass
+
+    runner = TritonRunner("triton://127.0.0.1:1/dbnet")
+    memory = _StuckMemory(hung=True)
+    runner._pool, runner._client = _stuck_pool(memory), Client()
+    runner._let_go_later = weakref.finalize(runner, lambda: None)
+    runner._healthy.set()  # no request failed: the server seemed up when the run was aborted
+    runner.cancel()
+    runner._deactivate()
+    assert memory.call_timeouts == [ABORTED_CLOSE_S]  # then the others are freed here only
+    assert len(memory.destroyed) == 4
+
+
+def test_an_aborted_close_waits_for_regions_in_use_once_not_once_per_region(monkeypatch):
+    """A live server still busy with the cancelled requests refuses to unregister their
+    regions: each region waited up to the control calls' timeout in turn; `limit` bounds
+    them all together (time is simulated: every look at the clock takes 0.25 s)."""
+    from engine.triton import shm
+
+    class Clock:
+        now = 0.0
+
+        def monotonic(self):
+            self.now += 0.25
+            return self.now
+
+        def sleep(self, seconds):
+            pass
+
+    monkeypatch.setattr(shm, "time", Clock())
+    memory = _StuckMemory(hung=False)
+    _stuck_pool(memory).close(drain_timeout=0, unregister=True, limit=1.0)
+    assert len(memory.call_timeouts) <= 4 and len(memory.destroyed) == 4, memory.call_timeouts
+
+
+def test_clients_with_one_pid_in_containers_of_their_own_name_their_regions_apart(monkeypatch):
+    """Each dbrt in a container of its own is pid 1; sharing the server's IPC namespace, the
+    second one's regions took the first one's names: every request failed with 'unable to
+    create the shared memory region'."""
+    import itertools
+    import os
+
+    from engine.triton import shm
+
+    class Memory:
+        kind, timeout = "system", 1.0
+
+        def create(self, name, size):
+            return shm.Region(name, f"/{name}", size, None)
+
+        def register(self, region):
+            pass
+
+    monkeypatch.setattr(os, "getpid", lambda: 1)
+    names = []
+    for _container in range(2):
+        monkeypatch.setattr(shm, "_serial", itertools.count())  # a process of its own
+        pool = shm.SlotPool(Memory(), 1, "dbnet")
+        names.append(pool.region(pool.slots[0], "images", 64).name)
+    assert names[0] != names[1], names

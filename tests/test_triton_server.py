@@ -258,3 +258,20 @@ def test_a_refusal_without_an_error_line_shows_the_last_line(triton_venv, tmp_pa
     server = TritonServer(python_model_repository(tmp_path / "repo"), venv=str(triton_venv), log=log)
     assert server.log_tail() == ("The server cannot listen to HTTP requests and GRPC requests "
                                  "at the same address and port 0.0.0.0:8000")
+
+
+def test_launchers_with_one_pid_in_containers_of_their_own_name_their_regions_apart(tmp_path, monkeypatch):
+    """The Python backend's regions were named by the launcher's pid: two launchers that are
+    pid 1 in containers sharing /dev/shm gave their servers one prefix, and stop() removed the
+    other server's regions as if they were left by a killed server of its own."""
+    import itertools
+
+    from engine.triton import server as launcher
+
+    python_model_repository(tmp_path)
+    monkeypatch.setattr(os, "getpid", lambda: 1)
+    prefixes = []
+    for _container in range(2):
+        monkeypatch.setattr(launcher, "_SERVERS", itertools.count())  # a process of its own
+        prefixes.append(TritonServer(tmp_path, install=object())._shm_prefix)
+    assert prefixes[0] != prefixes[1], prefixes

@@ -30,6 +30,12 @@ from .model_info import ModelInfo, read_model_info
 from .options import TritonOptions, TritonUrl
 from .shm import SlotPool, memory, nbytes_of, resolved_shape
 
+# an aborted run lets go of its regions on the server for at most this long: its requests were
+# cancelled, so the server may be hung (each call would wait the control calls' timeout) or
+# still busy with them (it refuses to unregister a region in use), and the run must exit
+# within a service manager's stop timeout (docker stop: 10 s, after a drain of up to 5 s)
+ABORTED_CLOSE_S = 1.0
+
 # gRPC codes that mean the request itself was wrong, not that the server is away
 _FATAL_CODES = ("INVALID_ARGUMENT", "UNIMPLEMENTED", "PERMISSION_DENIED", "UNAUTHENTICATED")
 
@@ -130,7 +136,8 @@ class TritonRunner(Runner):
             if self._pool is not None:  # an aborted run does not wait for requests in flight,
                 aborted = self._cancelled.is_set()  # but lets go of a live server's regions
                 self._pool.close(drain_timeout=0 if aborted else self.options.timeout,
-                                 unregister=not aborted or self._healthy.is_set())
+                                 unregister=not aborted or self._healthy.is_set(),
+                                 limit=ABORTED_CLOSE_S if aborted else None)
         finally:
             self._client.close()
 

@@ -201,8 +201,9 @@ class TritonServer:
         self.extra_args = list(extra_args)
         self._workdir: Optional[Path] = None
         # the Python backend's shared memory regions get a name of ours, so that those of a
-        # killed server (which cannot remove them itself) are found and removed by stop()
-        self._shm_prefix = f"dbrt_triton_{os.getpid()}_{next(_SERVERS)}_"
+        # killed server (which cannot remove them itself) are found and removed by stop(); not
+        # by the pid alone, which a launcher in another container sharing /dev/shm may have too
+        self._shm_prefix = f"dbrt_triton_{os.getpid()}_{os.urandom(4).hex()}_{next(_SERVERS)}_"
         self._given_log = Path(log) if log else None
         self.log_path = self._given_log
         self._log_file = None

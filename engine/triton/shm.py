@@ -154,7 +154,10 @@ class SlotPool:
         self._free: "queue.Queue[Slot]" = queue.Queue()
         for slot in self.slots:
             self._free.put(slot)
-        self._prefix = f"dbrt_{os.getpid()}_{next(_serial)}_{label}"[:48]
+        # the pid alone is not unique among the clients of one server: each dbrt in a
+        # container of its own is pid 1, and sharing the server's IPC namespace (what shared
+        # memory needs) they share /dev/shm and the server's names of regions too
+        self._prefix = f"dbrt_{os.getpid()}_{os.urandom(4).hex()}_{next(_serial)}_{label}"[:48]
 
     @property
     def shared(self) -> bool:
@@ -212,29 +215,39 @@ class SlotPool:
                 pass
             self.mem.register(region)
 
-    def close(self, drain_timeout: float, unregister: bool = True) -> None:
+    def close(self, drain_timeout: float, unregister: bool = True,
+              limit: Optional[float] = None) -> None:
         """Wait (bounded) for requests in flight, then unregister and free every region. After
         one unregister fails (the server is gone or hung), or with `unregister=False` (a run
         aborted while the server was away), only our side is freed: each call would wait for
-        the server's timeout."""
+        the server's timeout. `limit`: seconds for all the unregistering together (an aborted
+        run, which must exit within a service manager's stop timeout), each call included;
+        the regions left when it has passed are freed on our side only."""
         for _ in self.slots:
             try:
                 self._free.get(timeout=drain_timeout)
             except queue.Empty:
                 break
+        until = None
+        if limit is not None:
+            self.mem.timeout = min(self.mem.timeout, limit)  # a hung server's call waits this
+            until = time.monotonic() + limit
         for region in self._regions():
-            unregister = self._drop(region, unregister)
+            unregister = unregister and (until is None or time.monotonic() < until)
+            unregister = self._drop(region, unregister, until)
         for slot in self.slots:
             slot.regions.clear()
 
     def _regions(self) -> List[Region]:
         return [r for slot in self.slots for r in slot.regions.values()]
 
-    def _drop(self, region: Region, unregister: bool = True) -> bool:
+    def _drop(self, region: Region, unregister: bool = True, until: Optional[float] = None) -> bool:
         """Free a region (unregistered first when asked); whether unregistering still works.
         A region a cancelled request still uses on the server is unregistered once it is done
-        (Triton refuses while it is in use), waiting at most the control calls' timeout."""
+        (Triton refuses while it is in use), waiting at most the control calls' timeout (or
+        until `until`, a time.monotonic(), when that comes first)."""
         deadline = time.monotonic() + self.mem.timeout
+        deadline = deadline if until is None else min(deadline, until)
         while unregister:
             try:
                 self.mem.unregister(region)

@@ -101,6 +101,10 @@ def print_network_summary(report: dict) -> None:
             why = f" ({m['last_error']})" if m.get("last_error") else ""
             print(f"dbrt run: --mqtt: the broker was not connected at the end{why}; "
                   f"{m['queued']} events were not delivered", file=sys.stderr)
+        elif m["queued"]:
+            print(f"dbrt run: --mqtt: the broker was connected but had not acknowledged "
+                  f"{m['queued']} events when the run ended; they may not have been delivered",
+                  file=sys.stderr)
     for stream, r in report.get("outputs", {}).get("restream", {}).items():
         print(f"restream {stream} {r['url']}: {r['frames_sent_total']} frames sent, "
               f"{r['frames_dropped_total']} dropped, {r['reconnects_total']} reconnects")
