@@ -66,6 +66,9 @@ def parse_broker_url(text: str) -> BrokerUrl:
     """mqtt[s]://[user[:password]@]HOST[:PORT]/TOPIC[?ca=FILE]; ValueError says what is wrong.
     ca=FILE (mqtts only): trust the broker's certificate when this CA (PEM) signed it, instead
     of the system's CAs (a private CA, a self-signed broker)."""
+    if "#" in text:  # a wildcard, or a password's '#', which starts a URL's fragment
+        raise ValueError("a '#' is not taken: events go to one topic, without + or # wildcards, "
+                         "and a '#' in a user name or password is written %23")
     try:
         parts = urlsplit(text)
         port = parts.port
@@ -76,7 +79,7 @@ def parse_broker_url(text: str) -> BrokerUrl:
     if not parts.hostname:
         raise ValueError("no broker host")
     topic = unquote(parts.path.lstrip("/"))
-    if not topic or "+" in topic or "#" in text:
+    if not topic or "+" in topic:
         raise ValueError("expected one topic after the host, without + or # wildcards, "
                          "e.g. mqtt://broker/dbrt/events")
     tls = parts.scheme == "mqtts"
@@ -141,6 +144,9 @@ class MqttSink(Sink):
             self.broker = parse_broker_url(url)
         except ValueError as exc:
             raise DbrtError(f"--mqtt {url!r}: {exc}") from None
+        if password is not None and self.broker.username is None:  # it would go unused
+            raise DbrtError(f"--mqtt {self.broker.safe}: a password needs a user name in the "
+                            "URL (mqtt://USER@HOST/TOPIC)")
         if password is not None and self.broker.password is None:
             self.broker = replace(self.broker, password=password)
         mqtt = require("paho.mqtt.client")

@@ -136,11 +136,25 @@ def test_a_burst_larger_than_the_outbox_reaches_a_connected_broker_whole(broker)
     ("mqtt://127.0.0.1", "expected one topic"),
     ("mqtt://127.0.0.1:99999/t", "bad port"),
     ("mqtt://127.0.0.1/a/#", "without + or # wildcards"),
+    ("mqtt://127.0.0.1/a/+", "without + or # wildcards"),
+    # a '#' in a password was said to be a wildcard (it starts the URL's fragment)
+    ("mqtt://alice:pa#ss@127.0.0.1/t", "is written %23"),
 ])
 def test_bad_broker_url_is_one_line(url, message, capsys):
     assert main(["run", "--mqtt", url, "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "argument --mqtt" in err[0] and message in err[0], err
+
+
+def test_a_password_for_a_url_without_a_user_is_refused():
+    """MqttSink(url, password=...) with no user in the URL went without the password silently
+    (the command line refuses DBRT_MQTT_PASSWORD so)."""
+    pytest.importorskip("paho.mqtt.client")
+    from engine.errors import DbrtError
+    from pipeline.mqtt import MqttSink
+
+    with pytest.raises(DbrtError, match="a password needs a user name in the URL"):
+        MqttSink("mqtt://127.0.0.1:1/t", password="secret")
 
 
 @pytest.mark.skipif(__import__("importlib").util.find_spec("rapidocr") is None,

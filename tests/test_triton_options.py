@@ -2,6 +2,8 @@
 and what the loader and the command line refuse (one line each)."""
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from engine.errors import ModelError
@@ -24,6 +26,18 @@ def test_urls_parse_and_say_whether_shared_memory_can_be_used():
                 "triton://host:0/m"):
         with pytest.raises(ModelError, match="bad Triton model URL"):
             TritonUrl.parse(bad)
+
+
+@pytest.mark.parametrize("text, why", [
+    ("triton://user:secret@host/dbnet", "a user or password"),
+    ("triton://host/dbnet?token=abc", "no ?query or #fragment"),
+    ("triton://host/dbnet#v2", "no ?query or #fragment")])
+def test_a_login_or_a_query_in_the_url_is_refused_saying_so(text, why, capsys):
+    """A login was refused with the URL shown masked (triton://host/dbnet: it looked right),
+    and a ?token=... became part of the model's name."""
+    with pytest.raises(ModelError, match=f"bad Triton model URL.*{re.escape(why)}") as caught:
+        TritonUrl.parse(text)
+    assert "secret" not in str(caught.value) and "abc" not in str(caught.value)
 
 
 def test_the_back_off_doubles_up_to_its_cap_and_stops_after_the_retries():

@@ -32,6 +32,13 @@ class TritonUrl:
 
     @classmethod
     def parse(cls, text: str) -> "TritonUrl":
+        authority = text.strip()[len(SCHEME):].split("/", 1)[0]
+        if is_triton_url(text.strip()) and "@" in authority:
+            raise ModelError("bad Triton model URL: a user or password (USER:PASS@) is not "
+                             "taken; Triton's gRPC endpoint has no login of its own")
+        if "?" in text or "#" in text:
+            raise ModelError(f"bad Triton model URL {re.split('[?#]', text)[0]!r}...: no ?query "
+                             "or #fragment is taken, only triton://HOST[:PORT]/MODEL[/VERSION]")
         match = _URL.match(text.strip())
         if not match:
             raise ModelError(f"bad Triton model URL {text!r}: expected triton://HOST[:PORT]/MODEL"
