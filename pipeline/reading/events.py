@@ -12,7 +12,9 @@ vote and counts so far. A consumer keeps the newest line per (stream, track_id);
 the last one a track gets. Frames without a timestamp (images) bring no updates.
 
 Each line also goes to the `listeners` (callables taking the line's dict), e.g. the MQTT sink's
-`publish_text_event`.
+`publish_text_event`. A Pipeline closes its sinks in the order given, and this sink's close
+writes the ended tracks' lines: list it before the sinks its listeners belong to
+(`sinks=[events, mqtt]`), or those lines reach a closed MQTT sink (counted as dropped).
 
 It reads the `track_id` column the tracking stage adds (and the texts, when the run reads); a
 track ends when the tracker lets it go (frames of its stream without it: the pipeline's
