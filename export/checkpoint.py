@@ -89,9 +89,19 @@ def load_file(path):
         if isinstance(exc, RuntimeError) and "zip archive" in first:  # cut short: not unsafe
             raise ModelError(f"cannot read checkpoint {path}: the file is damaged or truncated "
                              f"({first.split('. ')[0]})") from exc
-        raise ModelError(f"cannot read checkpoint {path} with torch.load(weights_only=True): {first}. "
-                         "Only tensors and plain containers are accepted; re-save the state_dict "
-                         "from trusted code") from exc
+        raise ModelError(f"cannot read checkpoint {path} with torch.load(weights_only=True): "
+                         f"{_refusal(str(exc), first)}. Only tensors and plain containers are "
+                         "accepted; re-save the state_dict from trusted code") from exc
+
+
+def _refusal(message: str, first: str) -> str:
+    """Why torch refused the file: the class it pickles where torch names one (a whole model
+    saved with torch.save(model)); torch's first line is its advice on loading unsafely, in
+    terminal bold, its 'two options' listed on the lines a one-line error drops."""
+    unsupported = re.search(r"Unsupported global: GLOBAL ([\w.]+)", message)
+    if unsupported:
+        return f"it pickles {unsupported.group(1)} (an object, not only tensors)"
+    return re.sub(r"\x1b\[[0-9;]*m", "", first)
 
 
 def read_state_dict(path) -> Dict[str, "torch.Tensor"]:

@@ -169,6 +169,18 @@ def test_pickled_objects_are_refused(tmp_path):
         read_state_dict(path)
 
 
+def test_a_whole_pickled_model_is_refused_naming_its_class(tmp_path):
+    """torch.save(model): the error named torch's advice ('two options', in terminal bold), not
+    what the file holds."""
+    path = tmp_path / "whole.pt"
+    torch.save(torch.nn.Linear(3, 4), path)
+    with pytest.raises(ModelError, match="weights_only=True") as info:
+        read_state_dict(path)
+    said = str(info.value)
+    assert "it pickles torch.nn.modules.linear.Linear" in said
+    assert "\x1b" not in said and "two options" not in said and "\n" not in said
+
+
 def test_not_a_checkpoint(tmp_path):
     path = tmp_path / "other.pth"
     torch.save({"epoch": 3, "lr": 0.1}, path)
