@@ -223,6 +223,37 @@ def test_the_commands_read_on_the_backend_they_are_given(monkeypatch):
             _model.build_recognizer(args)
 
 
+def test_the_recognizer_takes_the_threads_and_spin_flags_of_the_command(monkeypatch):
+    """dbrt run --read --threads 1 ran the recognizer on ONNX Runtime's default threads (every
+    core); --ort-spin was not passed on either."""
+    import argparse
+
+    from pipeline.commands import _model, eval as eval_cmd, run as run_cmd
+    from pipeline.reading import recognizer
+
+    asked = []
+
+    class Asked(Exception):
+        pass
+
+    def load_runner(path, backend, device, options):
+        asked.append(options)
+        raise Asked(backend)
+
+    monkeypatch.setattr(recognizer, "load_runner", load_runner)
+    for command, argv in ((run_cmd, ["--read", "--threads", "1"]),
+                          (run_cmd, ["--read", "--threads", "3", "--ort-spin", "on"]),
+                          (eval_cmd, ["--dataset", "x", "--e2e", "--threads", "1"]),
+                          (run_cmd, ["--read"])):
+        parser = argparse.ArgumentParser()
+        command.add_arguments(parser)
+        args = parser.parse_args(argv + ["--backend", "onnxruntime"])
+        args.read = getattr(args, "read", False) or getattr(args, "e2e", False)
+        with pytest.raises(Asked):
+            _model.build_recognizer(args)
+    assert [(o.threads, o.spin) for o in asked] == [(1, False), (3, True), (1, False), (0, False)]
+
+
 # -- the PP-OCR rec model on a synthetic image ------------------------------------------------
 def _words_image():
     from PIL import Image, ImageDraw, ImageFont
