@@ -377,6 +377,37 @@ def test_text_is_drawn_with_a_real_font_only_where_there_is_text():
     assert not TextAnnotator().annotate(plain, dets[1:]).any()
 
 
+def test_each_label_is_drawn_in_a_font_that_has_its_characters(monkeypatch):
+    """The first font found (DejaVu Sans) drew every label, CJK ones as rows of missing-glyph
+    boxes, whatever other font the system had."""
+    pytest.importorskip("PIL")
+    from export.synth.fonts import font_paths
+    from pipeline import text_draw
+
+    def found(name):
+        return next((p for p in font_paths() if p.endswith("/" + name)), None)
+
+    dejavu, liberation = found("DejaVuSans.ttf"), found("LiberationSans-Regular.ttf")
+    if not (dejavu and liberation):
+        pytest.skip("needs the DejaVu Sans and Liberation Sans fonts")
+    used = []
+    real = text_draw._font
+    monkeypatch.setattr(text_draw, "_font", lambda path, size: used.append(path) or real(path, size))
+    # Liberation Sans found first; it lacks Latin Extended-B's ƀ, which DejaVu Sans has
+    monkeypatch.setattr(text_draw, "_FONT_NAMES", ("LiberationSans-Regular.ttf", "DejaVuSans.ttf"))
+    text_draw.default_font_paths.cache_clear()
+    try:
+        for text, font in (("ƀar", dejavu), ("Cafe", liberation)):
+            dets = Detections.from_quads(np.float32([[[20, 60], [200, 60], [200, 100], [20, 100]]]),
+                                         [1], {"text": [text], "text_score": [0.9]})
+            text_draw.TextAnnotator().annotate(np.zeros((120, 240, 3), np.uint8), dets)
+            assert used[-1] == font, text
+    finally:
+        text_draw.default_font_paths.cache_clear()
+    assert not text_draw._has_glyph(dejavu, "東") and text_draw._has_glyph(dejavu, "ƀ")
+    assert text_draw.font_for("東京", (liberation, dejavu)) == liberation  # none has it: the first
+
+
 @needs_rapidocr
 def test_detector_read_reads_in_the_single_image_api():
     image, detections, words = _words_image()
