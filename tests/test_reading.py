@@ -58,6 +58,13 @@ def test_a_dictionary_is_matched_to_the_class_count():
         Charset.from_characters("ab", 9)
 
 
+def test_a_dictionary_saved_with_a_byte_order_mark_reads_its_first_character(tmp_path):
+    """The BOM a Windows editor writes became part of the first character ('\\ufeffa')."""
+    path = tmp_path / "keys.txt"
+    path.write_bytes("a\nb\n".encode("utf-8-sig"))
+    assert Charset.from_file(path, 3).classes == ("", "a", "b")
+
+
 # -- crops ------------------------------------------------------------------------------------
 def test_a_rotated_quad_is_rectified_upright():
     image = np.zeros((200, 200, 3), np.uint8)

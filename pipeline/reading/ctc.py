@@ -43,8 +43,8 @@ class Charset:
         path = Path(path)
         if not path.is_file():
             raise ModelError(f"recognizer dictionary not found: {path}")
-        try:
-            text = path.read_text(encoding="utf-8")
+        try:  # utf-8-sig: a byte-order mark (Windows editors write one) is no character
+            text = path.read_text(encoding="utf-8-sig")
         except UnicodeDecodeError as exc:
             raise ModelError(f"recognizer dictionary {path} is not UTF-8 text") from exc
         return cls.from_characters(_lines(text), num_classes, f"dictionary {path}")
