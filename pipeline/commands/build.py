@@ -57,7 +57,9 @@ def add_arguments(parser) -> None:
     calib.add_argument("--calib", metavar="DIR", help="folder of representative images")
     calib.add_argument("--calib-count", type=at_least(1), default=64,
                        help="use at most this many images")
-    calib.add_argument("--calib-cache", type=output_file, help="calibration cache file (reused when it exists)")
+    calib.add_argument("--calib-cache", type=output_file,
+                       help="calibration cache file (reused when it exists; then --calib may be "
+                            "left out)")
     parser.add_argument("--preset", help="preprocessing preset for models without dbrt metadata "
                         "(db, ppocr, mmocr): INT8 calibration normalises images with it")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
