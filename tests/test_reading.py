@@ -166,6 +166,21 @@ def test_the_runner_output_is_decoded_per_crop(tmp_path):
     assert texts[1] == ""  # all channels equal: the first (blank) wins
 
 
+def test_empty_and_greyscale_crops_are_read_not_a_crash(tmp_path):
+    """An empty crop stopped recognize() with OpenCV's assertion (warpPerspective), a
+    greyscale one with a NumPy broadcasting error."""
+    model = _tiny_ctc_model(tmp_path / "tiny.onnx", classes=3, metadata={"character": "a"})
+    spec = RecSpec(bgr=True, mean=(0, 0, 0), std=(1, 1, 1), min_width=4, width_step=4)
+    with Recognizer(model, spec=spec, device="cpu") as rec:
+        steps = [0, 1, 1, 0, 1, 2, 1, 0]  # blank a a blank a space a blank -> "aa a"
+        crop = np.zeros((48, 8, 3), np.uint8)
+        crop[:, np.arange(8), steps] = 255
+        texts, conf = rec.recognize([np.zeros((0, 10, 3), np.uint8), crop,
+                                     np.zeros((12, 0), np.uint8), np.full((48, 8), 9, np.uint8)])
+        assert rec.crops_read == 2
+    assert texts == ["", "aa a", "", ""] and conf.tolist() == [0.0, 1.0, 0.0, 0.0]
+
+
 def test_the_margin_reaches_the_recognizers_crops(tmp_path):
     """A 96 x 24 box is a 192-wide crop; with a margin of half its height, 120 x 48: 120 wide."""
     model = _tiny_ctc_model(tmp_path / "tiny.onnx", classes=3, metadata={"character": "a"})
