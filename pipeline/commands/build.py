@@ -190,6 +190,7 @@ def run(args) -> int:
 
     from engine import cuda
     from engine.tensorrt import require_tensorrt
+    from dbnet.model_check import check_spec_source
     from dbnet.spec import resolve_spec
     from engine.onnx_info import summarize_onnx
     from engine.tensorrt.progress import BuildProgress
@@ -201,6 +202,8 @@ def run(args) -> int:
     if args.calib:
         check_calibration_images(args.calib)
     summary = summarize_onnx(args.model)          # clear error for a bad ONNX before TensorRT
+    if args.calib or profile is None:  # the spec normalises the images / gives the profile
+        check_spec_source(summary.metadata, args.preset, summary.inputs, summary.outputs)
     trt = require_tensorrt()
     backend = cuda.require_backend("dbrt build")
     options = _options(args, profile, resolve_spec(summary.metadata, args.preset), backend, trt)
