@@ -126,7 +126,7 @@ def calibration_source(folder, spec, count: int):
     from pipeline.preprocess import preprocess_batch
     from pipeline.sampling import read_images
 
-    images = read_images(folder, count)  # the same frame reading as `dbrt export --calib`
+    images = read_images(folder, count)  # a video's frames spread over it, as `dbrt export --calib`
 
     def batches(shape):
         n, _, h, w = shape
