@@ -51,6 +51,16 @@ def test_decoding_refuses_scores_of_another_class_count():
         ctc_greedy_decode(np.zeros((1, 5, 7), np.float32), CHARS)
 
 
+def test_an_fp16_softmax_rounded_past_one_is_still_read_as_probabilities():
+    """float16 rounds a sure step to 1.000977: the batch was taken for logits and softmaxed
+    again, both crops' confidences collapsing (0.48 here, ~1e-4 with PP-OCR's 18,000 classes)."""
+    probs = np.zeros((2, 3, 4), np.float32)
+    probs[:, :, 1] = 1.0
+    probs[0, 0, 1] = np.float16(1.0) + np.finfo(np.float16).eps  # 1.000977
+    texts, conf = ctc_greedy_decode(probs.astype(np.float16).astype(np.float32), CHARS)
+    assert texts == ["a", "a"] and conf.min() > 0.99
+
+
 def test_a_dictionary_is_matched_to_the_class_count():
     assert Charset.from_characters("ab", 4).classes == ("", "a", "b", " ")
     assert Charset.from_characters("ab", 3).classes == ("", "a", "b")

@@ -64,9 +64,14 @@ def characters_from_metadata(metadata: dict) -> List[str]:
     return _lines(metadata.get("character", ""))
 
 
+# An FP16 engine's softmax may round a sure step to 1.000977 (float16's next value after 1);
+# taken for logits, a whole batch's confidences fell to softmax-of-probabilities (~1e-4).
+PROBABILITY_OVERSHOOT = 1e-3
+
+
 def _probabilities(scores: np.ndarray) -> np.ndarray:
     """Class probabilities: PP-OCR models end in a softmax, other CTC exports give logits."""
-    if scores.size and (scores.min() < 0 or scores.max() > 1.0001):
+    if scores.size and (scores.min() < 0 or scores.max() > 1 + PROBABILITY_OVERSHOOT):
         shifted = scores - scores.max(axis=-1, keepdims=True)
         exp = np.exp(shifted)
         return exp / exp.sum(axis=-1, keepdims=True)
