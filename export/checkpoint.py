@@ -174,6 +174,12 @@ def load_checkpoint(model, source, strict: bool = True) -> LoadReport:
                     for k in state if k in own and state[k].shape != own[k].shape)
     if shapes:
         raise ModelError(f"checkpoint does not fit this architecture; shape mismatch: {_names(shapes)}")
+    # else loaded without a word: the export then 'differed from PyTorch by nan', or with
+    # --no-parity wrote a model whose every map is NaN (no box on any image)
+    broken = sorted(k for k in state if k in own and _non_finite(state[k]))
+    if broken:
+        raise ModelError(f"checkpoint has NaN or infinite values in {_names(broken)} (a training "
+                         "run that diverged?); take a checkpoint saved before it")
     if strict and (missing or unexpected):
         parts = [f"missing keys: {_names(missing)}" if missing else "",
                  f"unexpected keys: {_names(unexpected)}" if unexpected else ""]
@@ -182,6 +188,12 @@ def load_checkpoint(model, source, strict: bool = True) -> LoadReport:
     usable = {k: v for k, v in state.items() if k in own}
     model.load_state_dict(usable, strict=False)
     return LoadReport(len(usable), prefix, dropped, missing, unexpected)
+
+
+def _non_finite(tensor) -> bool:
+    import torch
+
+    return bool(tensor.is_floating_point() and not torch.isfinite(tensor).all())
 
 
 def infer_architecture(state: Mapping[str, object]) -> Dict[str, object]:

@@ -181,6 +181,17 @@ def test_a_whole_pickled_model_is_refused_naming_its_class(tmp_path):
     assert "\x1b" not in said and "two options" not in said and "\n" not in said
 
 
+def test_weights_with_nan_are_refused_naming_the_tensor(tmp_path):
+    """A diverged training run's checkpoint loaded without a word: the export then failed its
+    parity by 'nan', or with --no-parity wrote a model without a box on any image."""
+    state = _model().state_dict()
+    state["decoder.in5.weight"][0, 0, 0, 0] = float("nan")
+    state["backbone.bn1.running_var"][1] = float("inf")
+    with pytest.raises(ModelError, match=r"NaN or infinite values in backbone.bn1.running_var, "
+                                         r"decoder.in5.weight"):
+        load_checkpoint(_model(), state)
+
+
 def test_not_a_checkpoint(tmp_path):
     path = tmp_path / "other.pth"
     torch.save({"epoch": 3, "lr": 0.1}, path)
