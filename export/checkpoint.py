@@ -89,9 +89,19 @@ def load_file(path):
         if isinstance(exc, RuntimeError) and "zip archive" in first:  # cut short: not unsafe
             raise ModelError(f"cannot read checkpoint {path}: the file is damaged or truncated "
                              f"({first.split('. ')[0]})") from exc
-        raise ModelError(f"cannot read checkpoint {path} with torch.load(weights_only=True): {first}. "
-                         "Only tensors and plain containers are accepted; re-save the state_dict "
-                         "from trusted code") from exc
+        raise ModelError(f"cannot read checkpoint {path} with torch.load(weights_only=True): "
+                         f"{_refusal(str(exc), first)}. Only tensors and plain containers are "
+                         "accepted; re-save the state_dict from trusted code") from exc
+
+
+def _refusal(message: str, first: str) -> str:
+    """Why torch refused the file: the class it pickles where torch names one (a whole model
+    saved with torch.save(model)); torch's first line is its advice on loading unsafely, in
+    terminal bold, its 'two options' listed on the lines a one-line error drops."""
+    unsupported = re.search(r"Unsupported global: GLOBAL ([\w.]+)", message)
+    if unsupported:
+        return f"it pickles {unsupported.group(1)} (an object, not only tensors)"
+    return re.sub(r"\x1b\[[0-9;]*m", "", first)
 
 
 def read_state_dict(path) -> Dict[str, "torch.Tensor"]:
@@ -164,6 +174,12 @@ def load_checkpoint(model, source, strict: bool = True) -> LoadReport:
                     for k in state if k in own and state[k].shape != own[k].shape)
     if shapes:
         raise ModelError(f"checkpoint does not fit this architecture; shape mismatch: {_names(shapes)}")
+    # else loaded without a word: the export then 'differed from PyTorch by nan', or with
+    # --no-parity wrote a model whose every map is NaN (no box on any image)
+    broken = sorted(k for k in state if k in own and _non_finite(state[k]))
+    if broken:
+        raise ModelError(f"checkpoint has NaN or infinite values in {_names(broken)} (a training "
+                         "run that diverged?); take a checkpoint saved before it")
     if strict and (missing or unexpected):
         parts = [f"missing keys: {_names(missing)}" if missing else "",
                  f"unexpected keys: {_names(unexpected)}" if unexpected else ""]
@@ -172,6 +188,12 @@ def load_checkpoint(model, source, strict: bool = True) -> LoadReport:
     usable = {k: v for k, v in state.items() if k in own}
     model.load_state_dict(usable, strict=False)
     return LoadReport(len(usable), prefix, dropped, missing, unexpected)
+
+
+def _non_finite(tensor) -> bool:
+    import torch
+
+    return bool(tensor.is_floating_point() and not torch.isfinite(tensor).all())
 
 
 def infer_architecture(state: Mapping[str, object]) -> Dict[str, object]:

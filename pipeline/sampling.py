@@ -17,12 +17,14 @@ from .sources import open_source
 
 
 def read_images(source, count: Optional[int] = None, exclude: Sequence[str] = ()) -> List[np.ndarray]:
-    """Up to `count` BGR images from a folder / glob / image / video, skipping `exclude` names."""
+    """Up to `count` BGR images from a folder / glob / image / video (frames spread over the whole
+    clip, as `calibration_inputs` takes them), skipping `exclude` names."""
     skip = {os.path.basename(str(e)) for e in exclude}
     images = []
     with open_source(str(source)) as src:
+        step = _frame_step(src, count)
         for frame in src:
-            if os.path.basename(str(frame.source)) in skip:
+            if frame.index % step or os.path.basename(str(frame.source)) in skip:
                 continue
             images.append(frame.image)
             if count and len(images) == count:
@@ -47,8 +49,7 @@ def calibration_inputs(source, spec: ModelSpec, count: int = 32, limit_side: Opt
     skip = {os.path.basename(str(e)) for e in exclude}
     inputs = []
     with open_source(str(source)) as src:
-        # video: frames spread over the whole clip; images: the first `count` not excluded
-        step = 1 if src.kind == "images" else max(1, (src.total_frames or count) // count)
+        step = _frame_step(src, count)
         for frame in src:
             if frame.index % step or os.path.basename(str(frame.source)) in skip:
                 continue
@@ -58,3 +59,12 @@ def calibration_inputs(source, spec: ModelSpec, count: int = 32, limit_side: Opt
     if not inputs:
         raise SourceError(f"no calibration frames read from {source}")
     return inputs
+
+
+def _frame_step(src, count: Optional[int]) -> int:
+    """Every how many frames one is taken: a video's `count` frames spread over the whole clip
+    (its first frames are much alike: `dbrt build --calib clip.mp4` calibrated on the first two
+    seconds); images: the first `count` not excluded."""
+    if src.kind == "images" or not count:
+        return 1
+    return max(1, (src.total_frames or count) // count)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import glob
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -13,22 +13,51 @@ from engine.lazy import require
 
 from .detections import Detections
 
-# Fonts tried in turn (the first found wins); Pillow's own scalable font is the last resort.
-_FONT_NAMES = ("DejaVuSans.ttf", "NotoSans-Regular.ttf", "NotoSansCJK-Regular.ttc", "Arial.ttf",
-               "arial.ttf", "LiberationSans-Regular.ttf")
+# Fonts tried in turn for each label: the first found that draws all its characters wins (DejaVu
+# Sans has Latin, Greek, Cyrillic, Arabic but no CJK; a PP-OCR recognizer reads Chinese), else the
+# first found; Pillow's own scalable font is the last resort.
+_FONT_NAMES = ("DejaVuSans.ttf", "NotoSans-Regular.ttf", "NotoSansCJK-Regular.ttc",
+               "DroidSansFallbackFull.ttf", "wqy-microhei.ttc", "Arial.ttf", "arial.ttf",
+               "LiberationSans-Regular.ttf")
 _FONT_DIRS = ("/usr/share/fonts", "/usr/local/share/fonts", "/Library/Fonts",
               "/System/Library/Fonts", "C:/Windows/Fonts")
+# a noncharacter no font maps: what a font draws for it is its missing-glyph box
+_NO_GLYPH = "\U0010FFFF"
 
 
 @functools.lru_cache(maxsize=1)
-def default_font_path() -> Optional[str]:
-    """A Unicode TrueType font of this system (None: Pillow's bundled one)."""
+def default_font_paths() -> Tuple[str, ...]:
+    """The Unicode TrueType fonts of this system named in _FONT_NAMES, in that order."""
+    found = []
     for name in _FONT_NAMES:
         for root in _FONT_DIRS:
-            found = sorted(glob.glob(f"{root}/**/{name}", recursive=True))
-            if found:
-                return found[0]
-    return None
+            paths = sorted(glob.glob(f"{root}/**/{name}", recursive=True))
+            if paths:
+                found.append(paths[0])
+                break
+    return tuple(found)
+
+
+def default_font_path() -> Optional[str]:
+    """The first of `default_font_paths` (None: Pillow's bundled one)."""
+    paths = default_font_paths()
+    return paths[0] if paths else None
+
+
+def font_for(label: str, paths: Sequence[Optional[str]]) -> Optional[str]:
+    """The first font of `paths` that has a glyph for every character of `label`, else the
+    first: one without them draws a row of missing-glyph boxes."""
+    for path in paths:
+        if all(ch.isspace() or _has_glyph(path, ch) for ch in label):
+            return path
+    return paths[0] if paths else None
+
+
+@functools.lru_cache(maxsize=4096)
+def _has_glyph(path: Optional[str], char: str) -> bool:
+    font = _font(path, 16)
+    drawn, missing = font.getmask(char), font.getmask(_NO_GLYPH)
+    return drawn.size != missing.size or bytes(drawn) != bytes(missing)
 
 
 @functools.lru_cache(maxsize=64)
@@ -42,8 +71,9 @@ def _font(path: Optional[str], size: int):
 @dataclass(frozen=True)
 class TextAnnotator:
     """Writes each polygon's text (and its confidence with `show_score`) on a dark label above
-    the polygon; polygons without text get none. `font`: a .ttf/.otf file (default: a system
-    Unicode font). Text size follows the polygon's height, within [min_size, max_size]."""
+    the polygon; polygons without text get none. `font`: a .ttf/.otf file (default: per label,
+    the first system Unicode font that has all its characters). Text size follows the
+    polygon's height, within [min_size, max_size]."""
 
     color: Tuple[int, int, int] = (255, 255, 255)  # BGR
     background: Tuple[int, int, int] = (20, 110, 20)
@@ -60,12 +90,12 @@ class TextAnnotator:
         image_mod, draw_mod = require("PIL.Image"), require("PIL.ImageDraw")
         canvas = image_mod.fromarray(np.ascontiguousarray(scene[:, :, ::-1]))
         draw = draw_mod.Draw(canvas)
-        path = self.font or default_font_path()
+        paths = (self.font,) if self.font else default_font_paths() or (None,)
         scores = detections.text_scores  # empty for texts read elsewhere: labels without one
         for k, (poly, text) in enumerate(zip(detections.polygons, texts)):
             if text:
                 label = f"{text} {scores[k]:.2f}" if self.show_score and len(scores) else text
-                self._label(draw, poly, label, path)
+                self._label(draw, poly, label, font_for(label, paths))
         scene[:] = np.asarray(canvas)[:, :, ::-1]
         return scene
 

@@ -169,6 +169,29 @@ def test_pickled_objects_are_refused(tmp_path):
         read_state_dict(path)
 
 
+def test_a_whole_pickled_model_is_refused_naming_its_class(tmp_path):
+    """torch.save(model): the error named torch's advice ('two options', in terminal bold), not
+    what the file holds."""
+    path = tmp_path / "whole.pt"
+    torch.save(torch.nn.Linear(3, 4), path)
+    with pytest.raises(ModelError, match="weights_only=True") as info:
+        read_state_dict(path)
+    said = str(info.value)
+    assert "it pickles torch.nn.modules.linear.Linear" in said
+    assert "\x1b" not in said and "two options" not in said and "\n" not in said
+
+
+def test_weights_with_nan_are_refused_naming_the_tensor(tmp_path):
+    """A diverged training run's checkpoint loaded without a word: the export then failed its
+    parity by 'nan', or with --no-parity wrote a model without a box on any image."""
+    state = _model().state_dict()
+    state["decoder.in5.weight"][0, 0, 0, 0] = float("nan")
+    state["backbone.bn1.running_var"][1] = float("inf")
+    with pytest.raises(ModelError, match=r"NaN or infinite values in backbone.bn1.running_var, "
+                                         r"decoder.in5.weight"):
+        load_checkpoint(_model(), state)
+
+
 def test_not_a_checkpoint(tmp_path):
     path = tmp_path / "other.pth"
     torch.save({"epoch": 3, "lr": 0.1}, path)

@@ -126,6 +126,33 @@ def test_build_int8_with_calibration_images(monkeypatch, tiny_onnx, tmp_path, ca
     assert record["builder"]["calibration_batches"] == 3
 
 
+def test_build_of_a_foreign_model_asks_for_its_preset(monkeypatch, tiny_onnx, tmp_path, capsys, rng):
+    """A PP-OCR det ONNX (no dbrt metadata, Paddle's tensor names) was calibrated on images
+    normalised with DB's defaults, and given DB's default profile, without a word; dbrt run
+    refuses the same model without --preset."""
+    import cv2
+    import onnx
+
+    trt_double.install(monkeypatch, "10.x")
+    foreign = onnx.load(str(tiny_onnx))
+    del foreign.metadata_props[:]
+    old = foreign.graph.output[0].name
+    for node in foreign.graph.node:
+        node.output[:] = ["fetch_name_0" if name == old else name for name in node.output]
+    foreign.graph.output[0].name = "fetch_name_0"
+    onnx.save(foreign, str(tmp_path / "det.onnx"))
+    images = tmp_path / "calib"
+    images.mkdir()
+    cv2.imwrite(str(images / "0.png"), rng.integers(0, 255, (48, 80, 3), dtype="uint8"))
+    argv = ["build", str(tmp_path / "det.onnx"), "--quiet", "--no-timing-cache"]
+    calib = ["--precision", "int8", "--calib", str(images), "--opt", "64x64"]
+    for extra in (calib, []):
+        assert main(argv + ["-o", str(tmp_path / "x.engine")] + extra) == 2
+        assert "pass --preset ppocr" in capsys.readouterr().err
+    assert main(argv + ["-o", str(tmp_path / "y.engine"), "--preset", "ppocr"] + calib) == 0
+    assert main(argv + ["-o", str(tmp_path / "z.engine"), "--opt", "64x64"]) == 0  # no spec used
+
+
 def test_build_without_tensorrt(monkeypatch, tiny_onnx, capsys):
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     assert main(["build", str(tiny_onnx)]) == 2

@@ -123,6 +123,9 @@ def test_read_only_output_folder(place, capsys):
     # the model settings' own check said 'thresh must be a number in [0, 1]', naming no flag
     (["export", "--thresh", "2"], "--thresh: must be a number from 0 to 1, got '2'"),
     (["export", "--unclip-ratio", "-1"], "--unclip-ratio: must be a number >= 0, got '-1'"),
+    # 0 was taken for "not given" and exported at 17; 21 was refused after the model loaded
+    (["export", "--opset", "0"], "--opset: must be an integer from 13 to 20, got '0'"),
+    (["export", "--opset", "21"], "--opset: must be an integer from 13 to 20, got '21'"),
     (["triton", "export", "--box-thresh", "1.5"], "--box-thresh: must be a number from 0 to 1, got '1.5'"),
     (["eval", "--dataset", "d", "--thresh", "-0.1"], "--thresh: must be a number from 0 to 1, got '-0.1'"),
     (RUN + ["--box-thresh", "nan"], "--box-thresh: must be a number from 0 to 1, got 'nan'"),
@@ -322,6 +325,13 @@ def test_info_refuses_random_bytes_even_where_tensorrt_runs(place, capsys, monke
 def test_check_refuses_files_that_are_not_onnx(place, capsys, name, content, fragment):
     (place / name).write_bytes(content)
     assert fragment in one_error_line(capsys, ["check", name])
+
+
+def test_export_opset_flag_takes_what_the_exporter_writes():
+    from export.onnx_export import EXPORTER_OPSETS
+    from pipeline.commands.export import MAX_OPSET, MIN_OPSET
+
+    assert range(MIN_OPSET, MAX_OPSET + 1) == EXPORTER_OPSETS
 
 
 @pytest.mark.parametrize("name", ["photo.jpg", "notes.pt", "empty.pth"])

@@ -159,6 +159,17 @@ def test_int8_calibration_on_weak_typing(monkeypatch, tiny_onnx, tmp_path, rng):
     assert cache.read_bytes().startswith(b"TRT-FAKE-CALIBRATION")
     again = build_engine_file(tiny_onnx, tmp_path / "int8b.engine", options)
     assert again.builder["calibration_batches"] == 0          # the cache skipped calibration
+    # the cache alone (no images on the board): it was refused as 'needs calibration images'
+    alone = build_engine_file(tiny_onnx, tmp_path / "int8c.engine",
+                              BuildOptions(precision="int8", profile=SMALL, calibration_cache=cache))
+    assert alone.precision == "int8" and alone.builder["calibration_batches"] == 0
+    with pytest.raises(ModelError, match="an existing calibration cache"):
+        build_engine(tiny_onnx, BuildOptions(precision="int8", profile=SMALL,
+                                             calibration_cache=tmp_path / "none.cache"))
+    (tmp_path / "empty.cache").write_bytes(b"")  # TensorRT takes no ranges from it, asks for data
+    with pytest.raises(ModelError, match="did not take the calibration cache .*give --calib DIR"):
+        build_engine(tiny_onnx, BuildOptions(precision="int8", profile=SMALL,
+                                             calibration_cache=tmp_path / "empty.cache"))
     with pytest.raises(ModelError, match="calibration images"):
         build_engine(tiny_onnx, BuildOptions(precision="int8", profile=SMALL))
 

@@ -44,6 +44,17 @@ def test_calibration_from_video_frames(shared_data):
     assert not np.array_equal(inputs[0], inputs[1])  # frames spread over the video
 
 
+def test_images_read_from_a_video_are_spread_over_it(tmp_path):
+    """`dbrt build --calib clip.mp4` (and --accuracy) took the clip's first frames, much alike,
+    where `dbrt export --calib` spreads them over the whole clip."""
+    from media import index_of, write_video
+    from pipeline.sampling import read_images
+
+    video = write_video(tmp_path / "clip.mp4", frames=12)
+    assert [index_of(image) for image in read_images(video, 3)] == [0, 4, 8]
+    assert [index_of(image) for image in read_images(video)] == list(range(12))
+
+
 def test_fp16_keeps_fp32_io_and_metadata(fp32_model, tmp_path, calibration):
     out = quantize.to_fp16(fp32_model, tmp_path / "m16.onnx", backend="onnxconverter")
     proto = onnx.load(str(out))

@@ -51,11 +51,28 @@ def test_decoding_refuses_scores_of_another_class_count():
         ctc_greedy_decode(np.zeros((1, 5, 7), np.float32), CHARS)
 
 
+def test_an_fp16_softmax_rounded_past_one_is_still_read_as_probabilities():
+    """float16 rounds a sure step to 1.000977: the batch was taken for logits and softmaxed
+    again, both crops' confidences collapsing (0.48 here, ~1e-4 with PP-OCR's 18,000 classes)."""
+    probs = np.zeros((2, 3, 4), np.float32)
+    probs[:, :, 1] = 1.0
+    probs[0, 0, 1] = np.float16(1.0) + np.finfo(np.float16).eps  # 1.000977
+    texts, conf = ctc_greedy_decode(probs.astype(np.float16).astype(np.float32), CHARS)
+    assert texts == ["a", "a"] and conf.min() > 0.99
+
+
 def test_a_dictionary_is_matched_to_the_class_count():
     assert Charset.from_characters("ab", 4).classes == ("", "a", "b", " ")
     assert Charset.from_characters("ab", 3).classes == ("", "a", "b")
     with pytest.raises(ModelError, match="2 characters but the recognizer has 9 classes"):
         Charset.from_characters("ab", 9)
+
+
+def test_a_dictionary_saved_with_a_byte_order_mark_reads_its_first_character(tmp_path):
+    """The BOM a Windows editor writes became part of the first character ('\\ufeffa')."""
+    path = tmp_path / "keys.txt"
+    path.write_bytes("a\nb\n".encode("utf-8-sig"))
+    assert Charset.from_file(path, 3).classes == ("", "a", "b")
 
 
 # -- crops ------------------------------------------------------------------------------------
@@ -159,6 +176,21 @@ def test_the_runner_output_is_decoded_per_crop(tmp_path):
     assert texts[1] == ""  # all channels equal: the first (blank) wins
 
 
+def test_empty_and_greyscale_crops_are_read_not_a_crash(tmp_path):
+    """An empty crop stopped recognize() with OpenCV's assertion (warpPerspective), a
+    greyscale one with a NumPy broadcasting error."""
+    model = _tiny_ctc_model(tmp_path / "tiny.onnx", classes=3, metadata={"character": "a"})
+    spec = RecSpec(bgr=True, mean=(0, 0, 0), std=(1, 1, 1), min_width=4, width_step=4)
+    with Recognizer(model, spec=spec, device="cpu") as rec:
+        steps = [0, 1, 1, 0, 1, 2, 1, 0]  # blank a a blank a space a blank -> "aa a"
+        crop = np.zeros((48, 8, 3), np.uint8)
+        crop[:, np.arange(8), steps] = 255
+        texts, conf = rec.recognize([np.zeros((0, 10, 3), np.uint8), crop,
+                                     np.zeros((12, 0), np.uint8), np.full((48, 8), 9, np.uint8)])
+        assert rec.crops_read == 2
+    assert texts == ["", "aa a", "", ""] and conf.tolist() == [0.0, 1.0, 0.0, 0.0]
+
+
 def test_the_margin_reaches_the_recognizers_crops(tmp_path):
     """A 96 x 24 box is a 192-wide crop; with a margin of half its height, 120 x 48: 120 wide."""
     model = _tiny_ctc_model(tmp_path / "tiny.onnx", classes=3, metadata={"character": "a"})
@@ -221,6 +253,37 @@ def test_the_commands_read_on_the_backend_they_are_given(monkeypatch):
         args.read = getattr(args, "read", False) or getattr(args, "e2e", False)  # as eval sets it
         with pytest.raises(Asked, match="^onnxruntime$"):
             _model.build_recognizer(args)
+
+
+def test_the_recognizer_takes_the_threads_and_spin_flags_of_the_command(monkeypatch):
+    """dbrt run --read --threads 1 ran the recognizer on ONNX Runtime's default threads (every
+    core); --ort-spin was not passed on either."""
+    import argparse
+
+    from pipeline.commands import _model, eval as eval_cmd, run as run_cmd
+    from pipeline.reading import recognizer
+
+    asked = []
+
+    class Asked(Exception):
+        pass
+
+    def load_runner(path, backend, device, options):
+        asked.append(options)
+        raise Asked(backend)
+
+    monkeypatch.setattr(recognizer, "load_runner", load_runner)
+    for command, argv in ((run_cmd, ["--read", "--threads", "1"]),
+                          (run_cmd, ["--read", "--threads", "3", "--ort-spin", "on"]),
+                          (eval_cmd, ["--dataset", "x", "--e2e", "--threads", "1"]),
+                          (run_cmd, ["--read"])):
+        parser = argparse.ArgumentParser()
+        command.add_arguments(parser)
+        args = parser.parse_args(argv + ["--backend", "onnxruntime"])
+        args.read = getattr(args, "read", False) or getattr(args, "e2e", False)
+        with pytest.raises(Asked):
+            _model.build_recognizer(args)
+    assert [(o.threads, o.spin) for o in asked] == [(1, False), (3, True), (1, False), (0, False)]
 
 
 # -- the PP-OCR rec model on a synthetic image ------------------------------------------------
@@ -344,6 +407,37 @@ def test_text_is_drawn_with_a_real_font_only_where_there_is_text():
     assert not scene[110:].any()      # none for the polygon that has no text
     plain = np.zeros((240, 320, 3), np.uint8)
     assert not TextAnnotator().annotate(plain, dets[1:]).any()
+
+
+def test_each_label_is_drawn_in_a_font_that_has_its_characters(monkeypatch):
+    """The first font found (DejaVu Sans) drew every label, CJK ones as rows of missing-glyph
+    boxes, whatever other font the system had."""
+    pytest.importorskip("PIL")
+    from export.synth.fonts import font_paths
+    from pipeline import text_draw
+
+    def found(name):
+        return next((p for p in font_paths() if p.endswith("/" + name)), None)
+
+    dejavu, liberation = found("DejaVuSans.ttf"), found("LiberationSans-Regular.ttf")
+    if not (dejavu and liberation):
+        pytest.skip("needs the DejaVu Sans and Liberation Sans fonts")
+    used = []
+    real = text_draw._font
+    monkeypatch.setattr(text_draw, "_font", lambda path, size: used.append(path) or real(path, size))
+    # Liberation Sans found first; it lacks Latin Extended-B's ƀ, which DejaVu Sans has
+    monkeypatch.setattr(text_draw, "_FONT_NAMES", ("LiberationSans-Regular.ttf", "DejaVuSans.ttf"))
+    text_draw.default_font_paths.cache_clear()
+    try:
+        for text, font in (("ƀar", dejavu), ("Cafe", liberation)):
+            dets = Detections.from_quads(np.float32([[[20, 60], [200, 60], [200, 100], [20, 100]]]),
+                                         [1], {"text": [text], "text_score": [0.9]})
+            text_draw.TextAnnotator().annotate(np.zeros((120, 240, 3), np.uint8), dets)
+            assert used[-1] == font, text
+    finally:
+        text_draw.default_font_paths.cache_clear()
+    assert not text_draw._has_glyph(dejavu, "東") and text_draw._has_glyph(dejavu, "ƀ")
+    assert text_draw.font_for("東京", (liberation, dejavu)) == liberation  # none has it: the first
 
 
 @needs_rapidocr

@@ -229,13 +229,17 @@ def _ampere_plus(trt):
 
 
 def _attach_calibrator(trt, config, options: BuildOptions, profile: ShapeProfile, backend, stop):
-    if options.calibration is None:
+    cache = options.calibration_cache
+    if options.calibration is None and not (cache and os.path.isfile(cache)):
         raise ModelError(f"INT8 from an FP32 ONNX on TensorRT {trt.__version__} needs calibration "
-                         "images (dbrt build --calib DIR) or a Q/DQ ONNX (dbrt export --precision int8)")
+                         "images (dbrt build --calib DIR), an existing calibration cache "
+                         "(--calib-cache FILE) or a Q/DQ ONNX (dbrt export --precision int8)")
     from .calibrator import entropy_calibrator
 
-    calibrator = entropy_calibrator(trt, options.calibration(profile.opt), backend,
-                                    options.calibration_cache, stop)
+    # a cache alone: TensorRT takes its ranges and asks for no batch (a Jetson building from the
+    # cache a server calibrated needs no images)
+    batches = None if options.calibration is None else options.calibration(profile.opt)
+    calibrator = entropy_calibrator(trt, batches, backend, cache, stop)
     config.int8_calibrator = calibrator
     return calibrator
 

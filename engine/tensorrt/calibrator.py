@@ -16,11 +16,12 @@ from ..errors import ModelError
 from ..files import write_whole
 
 
-def entropy_calibrator(trt, batches: Iterable[np.ndarray], backend,
+def entropy_calibrator(trt, batches: Optional[Iterable[np.ndarray]], backend,
                        cache_path: Optional[os.PathLike] = None, stop: Optional[threading.Event] = None):
     """A `trt.IInt8EntropyCalibrator2` over `batches` (same-shape float32 NCHW arrays).
 
-    The calibration cache, when `cache_path` exists, lets TensorRT skip calibration entirely.
+    The calibration cache, when `cache_path` exists, lets TensorRT skip calibration entirely;
+    `batches` None: the cache alone, and an error if TensorRT does not take it and asks for data.
     `stop` set (Ctrl-C): no further batch, and the cut-short calibration is not cached (a later
     build would take its ranges as whole).
 
@@ -37,7 +38,8 @@ def entropy_calibrator(trt, batches: Iterable[np.ndarray], backend,
     class _EntropyCalibrator(base):
         def __init__(self):
             base.__init__(self)
-            self._batches = iter(batches)
+            self._cache_only = batches is None
+            self._batches = iter(() if batches is None else batches)
             self._first = next(self._batches, None)
             # fixed for the whole calibration, as TensorRT's docs ask of every batch
             self._batch_size = 0 if self._first is None else int(self._first.shape[0])
@@ -61,6 +63,10 @@ def entropy_calibrator(trt, batches: Iterable[np.ndarray], backend,
             batch, self._first = self._first, None
             if batch is None:
                 batch = next(self._batches, None)
+            if self._cache_only:
+                raise ModelError(f"TensorRT did not take the calibration cache {self.cache_path} "
+                                 "(made for another model or TensorRT version?) and asked for "
+                                 "calibration images: give --calib DIR")
             if batch is None or self._stopped():
                 return None                      # tells TensorRT calibration is over
             if self._device is None or self._device.shape != batch.shape:

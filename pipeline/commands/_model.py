@@ -190,4 +190,17 @@ def build_recognizer(args):
 
     spec = None if margin is None else preset("ppocr").replace(margin=margin)
     device = args.device if args.device in ("cpu", "cuda") else "auto"
-    return Recognizer(model, charset, spec=spec, backend=args.backend, device=device)
+    return Recognizer(model, charset, spec=spec, backend=args.backend, device=device,
+                      options=_recognizer_options(args))
+
+
+def _recognizer_options(args):
+    """--threads / --ort-spin for the recognizer's ONNX Runtime session too: it took ONNX
+    Runtime's default threads (every core) whatever --threads said. None when neither is given:
+    the Recognizer's defaults (idle threads sleep beside the detector's session)."""
+    threads, spin = getattr(args, "threads", 0) or 0, getattr(args, "ort_spin", None)
+    if not threads and spin is None:
+        return None
+    from engine.loader import RunnerOptions
+
+    return RunnerOptions(threads=threads, spin=False if spin is None else spin == "on")

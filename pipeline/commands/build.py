@@ -57,7 +57,9 @@ def add_arguments(parser) -> None:
     calib.add_argument("--calib", metavar="DIR", help="folder of representative images")
     calib.add_argument("--calib-count", type=at_least(1), default=64,
                        help="use at most this many images")
-    calib.add_argument("--calib-cache", type=output_file, help="calibration cache file (reused when it exists)")
+    calib.add_argument("--calib-cache", type=output_file,
+                       help="calibration cache file (reused when it exists; then --calib may be "
+                            "left out)")
     parser.add_argument("--preset", help="preprocessing preset for models without dbrt metadata "
                         "(db, ppocr, mmocr): INT8 calibration normalises images with it")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
@@ -124,7 +126,7 @@ def calibration_source(folder, spec, count: int):
     from pipeline.preprocess import preprocess_batch
     from pipeline.sampling import read_images
 
-    images = read_images(folder, count)  # the same frame reading as `dbrt export --calib`
+    images = read_images(folder, count)  # a video's frames spread over it, as `dbrt export --calib`
 
     def batches(shape):
         n, _, h, w = shape
@@ -188,6 +190,7 @@ def run(args) -> int:
 
     from engine import cuda
     from engine.tensorrt import require_tensorrt
+    from dbnet.model_check import check_spec_source
     from dbnet.spec import resolve_spec
     from engine.onnx_info import summarize_onnx
     from engine.tensorrt.progress import BuildProgress
@@ -199,6 +202,8 @@ def run(args) -> int:
     if args.calib:
         check_calibration_images(args.calib)
     summary = summarize_onnx(args.model)          # clear error for a bad ONNX before TensorRT
+    if args.calib or profile is None:  # the spec normalises the images / gives the profile
+        check_spec_source(summary.metadata, args.preset, summary.inputs, summary.outputs)
     trt = require_tensorrt()
     backend = cuda.require_backend("dbrt build")
     options = _options(args, profile, resolve_spec(summary.metadata, args.preset), backend, trt)

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ._validate import (MAX_WIDTH, at_least, output_file_problem, output_file_with_suffix, zero_to_one,
-                        side_length, width_multiplier)
+from ._validate import (MAX_WIDTH, at_least, between, output_file_problem, output_file_with_suffix,
+                        zero_to_one, side_length, width_multiplier)
 
 NAME = "export"
 HELP = "export a DBNet checkpoint to ONNX (FP32 / FP16 / INT8), with parity and TensorRT checks"
@@ -23,6 +23,9 @@ PRECISIONS = ("fp32", "fp16", "int8")
 INT8_WARN_HMEAN = 0.9
 QUICK_CHECK_IMAGES = 4
 CALIB_COUNT, ACCURACY_COUNT = 32, 16
+# the opsets torch's TorchScript exporter writes (export.onnx_export.EXPORTER_OPSETS, which this
+# layer does not import): --opset 0 was taken for "not given", others refused after the model loaded
+MIN_OPSET, MAX_OPSET = 13, 20
 
 
 def add_arguments(parser) -> None:
@@ -43,7 +46,8 @@ def add_arguments(parser) -> None:
     model.add_argument("--box-thresh", type=zero_to_one, help="box score threshold stored in the metadata")
     model.add_argument("--unclip-ratio", type=at_least(0.0, float), help="unclip ratio stored in the metadata")
     onnx = parser.add_argument_group("ONNX")
-    onnx.add_argument("--opset", type=int, help="ONNX opset; when omitted 17, or 19 for DCN models")
+    onnx.add_argument("--opset", type=between(MIN_OPSET, MAX_OPSET),
+                      help="ONNX opset; when omitted 17, or 19 for DCN models")
     onnx.add_argument("--precision", nargs="+", choices=PRECISIONS, default=["fp32"])
     onnx.add_argument("--fp16-converter", choices=("auto", "modelopt", "onnxconverter"),
                       help="FP16 conversion of --precision fp16 (default auto)")
@@ -258,7 +262,7 @@ def run(args) -> int:
     model, checkpoint = _load_model(args)
     if "int8" in args.precision:  # before the export: a bad record fails at once
         args.calib_method = _calib_method(args.calib_method, checkpoint)
-    opset = args.opset or (19 if has_deform_conv(model) else 17)
+    opset = args.opset if args.opset is not None else (19 if has_deform_conv(model) else 17)
     spec = _spec(args, model, checkpoint)
     report = export_onnx(model, args.output, opset=opset, spec=spec,
                          parity_shapes=None if args.no_parity else ((1, 3, 256, 320), (2, 3, 320, 192)))

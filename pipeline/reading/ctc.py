@@ -43,8 +43,8 @@ class Charset:
         path = Path(path)
         if not path.is_file():
             raise ModelError(f"recognizer dictionary not found: {path}")
-        try:
-            text = path.read_text(encoding="utf-8")
+        try:  # utf-8-sig: a byte-order mark (Windows editors write one) is no character
+            text = path.read_text(encoding="utf-8-sig")
         except UnicodeDecodeError as exc:
             raise ModelError(f"recognizer dictionary {path} is not UTF-8 text") from exc
         return cls.from_characters(_lines(text), num_classes, f"dictionary {path}")
@@ -64,9 +64,14 @@ def characters_from_metadata(metadata: dict) -> List[str]:
     return _lines(metadata.get("character", ""))
 
 
+# An FP16 engine's softmax may round a sure step to 1.000977 (float16's next value after 1);
+# taken for logits, a whole batch's confidences fell to softmax-of-probabilities (~1e-4).
+PROBABILITY_OVERSHOOT = 1e-3
+
+
 def _probabilities(scores: np.ndarray) -> np.ndarray:
     """Class probabilities: PP-OCR models end in a softmax, other CTC exports give logits."""
-    if scores.size and (scores.min() < 0 or scores.max() > 1.0001):
+    if scores.size and (scores.min() < 0 or scores.max() > 1 + PROBABILITY_OVERSHOOT):
         shifted = scores - scores.max(axis=-1, keepdims=True)
         exp = np.exp(shifted)
         return exp / exp.sum(axis=-1, keepdims=True)

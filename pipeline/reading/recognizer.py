@@ -144,22 +144,23 @@ class Recognizer:
 
     def recognize(self, crops: Sequence[np.ndarray]) -> Tuple[List[str], np.ndarray]:
         """Texts and confidences of upright BGR uint8 crops of any size (each is resized to the
-        recognizer's height), batched by width."""
+        recognizer's height; greyscale ones get three channels; an empty one reads as "" with
+        confidence 0, as a polygon too thin to read), batched by width."""
         spec = self.spec
-        sized = []
-        for crop in crops:
+        sized, readable = [], [k for k, crop in enumerate(crops) if np.asarray(crop).size]
+        for crop in (as_bgr(crops[k]) for k in readable):  # OpenCV cannot warp an empty image
             h, w = crop.shape[:2]
             width = int(np.clip(np.ceil(spec.height * w / max(h, 1)), spec.min_width, spec.max_width))
             sized.append(cut_crop(crop, np.float32([[0, 0], [w, 0], [w, h], [0, h]]), width,
                                   spec.height))
-        texts, scores = [""] * len(sized), np.zeros(len(sized), np.float32)
+        texts, scores = [""] * len(crops), np.zeros(len(crops), np.float32)
         order = np.argsort([c.shape[1] for c in sized], kind="stable")
         size = self.batch_size
         for start in range(0, len(order), size):
             members = order[start:start + size]
             got_texts, got_scores = self._recognize([sized[i] for i in members])
             for i, text, score in zip(members, got_texts, got_scores):
-                texts[i], scores[i] = text, score
+                texts[readable[i]], scores[readable[i]] = text, score
         return texts, scores
 
     def _recognize(self, crops: Sequence[np.ndarray]) -> Tuple[List[str], np.ndarray]:
