@@ -208,6 +208,12 @@ def test_sessions_and_spin_give_the_same_detections(tmp_path, clip, tiny_onnx, c
     (lambda d, m: [f"http://127.0.0.1:{free_port()}/live.ts", "--model", m], "cannot open http"),
     (lambda d, m: [str(d / "clip.mp4"), "--model", m, "--thresh", "3"], "--thresh: must be a number from 0 to 1"),
     (lambda d, m: [str(d / "clip.mp4"), "--model", m, "--sessions", "0"], "--sessions: must be"),
+    # the reader's files named by their flags (a folder was 'not found', a missing recognizer
+    # 'model file not found' beside the detector's model)
+    (lambda d, m: [str(d / "clip.mp4"), "--model", m, "--rec-model", str(d / "rec.onnx")],
+     "--rec-model " + "{d}/rec.onnx: file not found"),
+    (lambda d, m: [str(d / "clip.mp4"), "--model", m, "--rec-dict", str(d)],
+     "--rec-dict {d} is a folder, expected a file"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, clip, tiny_onnx, capsys, make_args, message):
     (tmp_path / "notes.txt").write_text("not a video")
@@ -215,6 +221,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, clip, tiny_onnx, capsys, mak
     rc = main(["run", *make_args(tmp_path, str(tiny_onnx)), "-o", str(tmp_path / "o"), "--quiet"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2
+    message = message.format(d=tmp_path)
     assert len([line for line in err if "error" in line]) == 1 and message in err[-1]
     assert "Traceback" not in "\n".join(err)
 

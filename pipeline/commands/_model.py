@@ -188,6 +188,7 @@ def build_recognizer(args):
     from pipeline.reading import Recognizer
     from pipeline.reading.spec import preset
 
+    _check_reading_files(model, charset)
     spec = None if margin is None else preset("ppocr").replace(margin=margin)
     device = args.device if args.device in ("cpu", "cuda") else "auto"
     return Recognizer(model, charset, spec=spec, backend=args.backend, device=device,
@@ -204,3 +205,20 @@ def _recognizer_options(args):
     from engine.loader import RunnerOptions
 
     return RunnerOptions(threads=threads, spin=False if spin is None else spin == "on")
+
+
+def _check_reading_files(model, charset) -> None:
+    """--rec-model / --rec-dict named in the error: the loader's 'model file not found' did
+    not say which of the run's two models, and a folder was said to be 'not found'."""
+    from pathlib import Path
+
+    from engine.errors import DbrtError
+    from engine.triton.options import is_triton_url
+
+    for flag, path in (("--rec-model", model), ("--rec-dict", charset)):
+        if path is None or is_triton_url(path):
+            continue
+        if Path(path).is_dir():
+            raise DbrtError(f"{flag} {path} is a folder, expected a file")
+        if not Path(path).is_file():
+            raise DbrtError(f"{flag} {path}: file not found")
