@@ -122,8 +122,11 @@ def check_checkpoint_file(path) -> None:
     with open(path, "rb") as f:
         head = f.read(4)
     if not head.startswith((b"PK\x03\x04", b"\x80")):  # torch.save's zip, or a legacy pickle
+        exported = path.suffix.lower() == ".onnx"  # a model exported already: what to do with it
         raise ModelError(f"{path} is not a PyTorch checkpoint (expected a file written by "
-                         "torch.save: a zip archive or a pickle)")
+                         "torch.save: a zip archive or a pickle)" + (
+                             "; an ONNX model is exported already: `dbrt build` makes a TensorRT "
+                             "engine of it, `dbrt run --model` runs it" if exported else ""))
 
 
 def unwrap(obj, where: str = "checkpoint") -> Dict[str, "torch.Tensor"]:

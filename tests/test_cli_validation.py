@@ -344,6 +344,13 @@ def test_export_of_a_file_that_is_not_a_checkpoint(place, capsys, name):
     assert not (place / "x.onnx").exists()
 
 
+def test_export_of_an_onnx_model_says_what_to_do_with_it(place, capsys, tiny_onnx):
+    pytest.importorskip("torch")
+    line = one_error_line(capsys, ["export", str(tiny_onnx), "-o", "x.onnx"])
+    assert "is not a PyTorch checkpoint" in line
+    assert "an ONNX model is exported already: `dbrt build` makes a TensorRT engine of it" in line
+
+
 def test_train_init_of_another_architecture(place, capsys):
     torch = pytest.importorskip("torch")
     from export.model import DBNet
@@ -430,6 +437,9 @@ def test_an_unknown_device_is_refused_not_replaced_by_auto(tiny_onnx):
     (["export", "--precision", "int8"], "--precision int8 needs --calib"),
     (["export", "--precision", "int8", "--calib", "missing"], "--calib: no such file: missing"),
     (["export", "--target-trt", "bogus"], "bad TensorRT target 'bogus'"),
+    # exported first, then failed the compatibility check with exit 1
+    (["export", "--target-trt", "8.6", "--opset", "19"],
+     "--opset 19: TensorRT 8.6's ONNX parser reads opsets 9..17; give --opset 17"),
     (["export", "--keep-fp32-head"], "--keep-fp32-head applies to --precision int8 only"),
     (["export", "--accuracy", "photo.jpg"], "--accuracy compares FP16 / INT8 with FP32"),
     (["export", "--fp16-converter", "modelopt"], "--fp16-converter applies to --precision fp16 only"),

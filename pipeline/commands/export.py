@@ -232,7 +232,7 @@ def _check_inputs(args) -> None:
     if args.accuracy_count is not None and not args.accuracy:
         raise DbrtError("--accuracy-count applies to --accuracy IMAGES only; add it or drop the flag")
     if args.target_trt != "auto":
-        TrtTarget.parse(args.target_trt)
+        _check_opset_for_target(args.opset, TrtTarget.parse(args.target_trt))
     _check_variant_outputs(args)
     for flag, source in (("--calib", args.calib), ("--accuracy", args.accuracy)):
         if source:
@@ -241,6 +241,18 @@ def _check_inputs(args) -> None:
                     pass
             except SourceError as exc:
                 raise DbrtError(f"{flag}: {exc}") from None
+
+
+def _check_opset_for_target(opset, target) -> None:
+    """An --opset the --target-trt parser cannot read was exported first, then failed the
+    compatibility check (exit 1): refused before the model loads."""
+    from engine.errors import DbrtError
+
+    low, high = target.opsets
+    if opset is not None and not low <= opset <= high:
+        raise DbrtError(f"--opset {opset}: TensorRT {target.name}'s ONNX parser reads opsets "
+                        f"{low}..{high}; give --opset {min(max(opset, low), high)} or a later "
+                        "--target-trt")
 
 
 def _fill_defaults(args) -> None:
