@@ -100,6 +100,17 @@ def test_tall_crops_are_turned_and_degenerate_ones_skipped():
     assert plan.widths[0] == 48 * 5  # the long side runs along the crop
 
 
+def test_a_polygon_far_outside_the_image_is_cut_in_bounded_memory():
+    """Its first warp, at the text's own size, asked for terabytes (from the Python API, where
+    polygons are not clipped to the frame)."""
+    from pipeline.reading.crops import cut_crop
+
+    image = np.full((120, 160, 3), 200, np.uint8)
+    huge = np.float32([[0, 0], [4e6, 0], [4e6, 6e5], [0, 6e5]])
+    crop = cut_crop(image, huge, 320, 48)
+    assert crop.shape == (48, 320, 3) and crop.dtype == np.uint8
+
+
 def test_polygons_become_their_minimum_area_rectangle():
     octagon = np.float32([[10, 0], [90, 0], [100, 10], [100, 30], [90, 40], [10, 40], [0, 30],
                           [0, 10]])

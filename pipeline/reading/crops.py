@@ -95,8 +95,10 @@ def cut_crop(image: np.ndarray, corners: np.ndarray, width: int, height: int) ->
     Text much larger than the crop is warped at about its own size first and then shrunk with
     area averaging, so that thin strokes do not alias away."""
     native_h = max(np.linalg.norm(corners[3] - corners[0]), np.linalg.norm(corners[2] - corners[1]))
-    if native_h > 2 * height:
-        scale = native_h / height
+    # the first warp has no more pixels than a few times the image's: a polygon far outside
+    # the frame (from the Python API) asked for terabytes, and the image has no more detail
+    scale = min(native_h / height, np.sqrt(4.0 * image.shape[0] * image.shape[1] / (width * height)))
+    if native_h > 2 * height and scale > 1:
         big = _warp(image, corners, int(round(width * scale)), int(round(height * scale)))
         return cv2.resize(big, (width, height), interpolation=cv2.INTER_AREA)
     return _warp(image, corners, width, height)

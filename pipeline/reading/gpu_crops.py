@@ -107,7 +107,9 @@ def crop_geometry(plan: CropPlan, members: Sequence[int], spec: RecSpec) -> Crop
         width = int(widths[k])
         native_h = max(np.linalg.norm(corners[3] - corners[0]), np.linalg.norm(corners[2] - corners[1]))
         warp_w, warp_h = width, height
-        if native_h > 2 * height:  # the CPU path warps at about native size, then shrinks
+        # the CPU path warps at about native size, then shrinks (its cap on that warp's pixels
+        # binds only for polygons far outside the frame; this kernel allocates no such warp)
+        if native_h > 2 * height:
             scale = native_h / height
             warp_w, warp_h = int(round(width * scale)), int(round(height * scale))
         target = np.float32([[0, 0], [warp_w, 0], [warp_w, warp_h], [0, warp_h]])
