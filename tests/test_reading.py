@@ -174,14 +174,21 @@ def test_a_dictionary_that_does_not_match_the_classes_is_refused(tmp_path):
         Recognizer(model, device="cpu")
 
 
-def test_the_runner_output_is_decoded_per_crop(tmp_path):
-    """Crops whose channels spell blank / 'a' / space run through ONNX Runtime and decode."""
+def _spelling_recognizer(tmp_path):
+    """A tiny CTC recognizer reading each crop column's brightest channel (blank / 'a' / space),
+    and a crop it reads as "aa a"."""
     model = _tiny_ctc_model(tmp_path / "tiny.onnx", classes=3, metadata={"character": "a"})
     spec = RecSpec(bgr=True, mean=(0, 0, 0), std=(1, 1, 1), min_width=4, width_step=4)
-    with Recognizer(model, spec=spec, device="cpu") as rec:
-        steps = [0, 1, 1, 0, 1, 2, 1, 0]  # blank a a blank a space a blank -> "aa a"
-        crop = np.zeros((48, 8, 3), np.uint8)
-        crop[:, np.arange(8), steps] = 255
+    steps = [0, 1, 1, 0, 1, 2, 1, 0]  # blank a a blank a space a blank -> "aa a"
+    crop = np.zeros((48, 8, 3), np.uint8)
+    crop[:, np.arange(8), steps] = 255
+    return Recognizer(model, spec=spec, device="cpu"), crop
+
+
+def test_the_runner_output_is_decoded_per_crop(tmp_path):
+    """Crops whose channels spell blank / 'a' / space run through ONNX Runtime and decode."""
+    recognizer, crop = _spelling_recognizer(tmp_path)
+    with recognizer as rec:
         texts, conf = rec.recognize([crop, np.zeros((48, 4, 3), np.uint8)])
     assert texts[0] == "aa a" and conf[0] == 1.0
     assert texts[1] == ""  # all channels equal: the first (blank) wins
@@ -190,12 +197,8 @@ def test_the_runner_output_is_decoded_per_crop(tmp_path):
 def test_empty_and_greyscale_crops_are_read_not_a_crash(tmp_path):
     """An empty crop stopped recognize() with OpenCV's assertion (warpPerspective), a
     greyscale one with a NumPy broadcasting error."""
-    model = _tiny_ctc_model(tmp_path / "tiny.onnx", classes=3, metadata={"character": "a"})
-    spec = RecSpec(bgr=True, mean=(0, 0, 0), std=(1, 1, 1), min_width=4, width_step=4)
-    with Recognizer(model, spec=spec, device="cpu") as rec:
-        steps = [0, 1, 1, 0, 1, 2, 1, 0]  # blank a a blank a space a blank -> "aa a"
-        crop = np.zeros((48, 8, 3), np.uint8)
-        crop[:, np.arange(8), steps] = 255
+    recognizer, crop = _spelling_recognizer(tmp_path)
+    with recognizer as rec:
         texts, conf = rec.recognize([np.zeros((0, 10, 3), np.uint8), crop,
                                      np.zeros((12, 0), np.uint8), np.full((48, 8), 9, np.uint8)])
         assert rec.crops_read == 2
