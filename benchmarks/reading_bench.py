@@ -15,7 +15,8 @@
 Throughput on video (the pipeline against the calls alone and against RapidOCR) is
 benchmarks/reading_throughput.py.
 
-Without rapidocr or the shared data it says so and exits 0 without writing results.
+Without rapidocr or the shared data it says so and exits 77 (skipped) without writing results;
+a `--val` that is not a folder is refused before any work.
 """
 from __future__ import annotations
 
@@ -145,11 +146,15 @@ def main(argv=None) -> int:
     parser.add_argument("--val", type=Path, help="an ICDAR 2015 folder with transcriptions "
                         "(e.g. training images 801..900) for a second end-to-end table")
     args = parser.parse_args(argv)
+    if args.val is not None and not args.val.is_dir():  # found only after the realdev run, which
+        parser.error(f"--val {args.val}: not a folder")  # then wrote results without the table
     realdev = common.SHARED_DATA / "realdev"
-    if optional("rapidocr") is None or not realdev.is_dir():
-        print("reading_bench: needs rapidocr (pip install 'dbrt[bench]') and ../shared/data/realdev; "
-              "nothing written")
-        return 0
+    if optional("rapidocr") is None:
+        print("reading_bench: skipped: needs rapidocr (pip install 'dbrt[bench]'); nothing written")
+        return common.SKIPPED
+    if not realdev.is_dir():
+        print(f"reading_bench: skipped: shared data not found at {realdev}; nothing written")
+        return common.SKIPPED
     from pipeline.detector import Detector
     from pipeline.shipped import default_model_path
 

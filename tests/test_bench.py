@@ -13,6 +13,13 @@ from benchmarks import common
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.fixture(autouse=True)
+def _scratch_results(tmp_path_factory, monkeypatch):
+    """A benchmark that goes further than a test expects (a flag no longer checked first) writes
+    into a scratch folder, never over the committed results."""
+    monkeypatch.setenv("DBRT_RESULTS_DIR", str(tmp_path_factory.mktemp("results")))
+
+
 def test_stats_from_known_samples():
     stats = common.Stats.from_seconds([0.001, 0.002, 0.003, 0.004, 0.100])
     assert stats.n == 5 and stats.median_ms == pytest.approx(3.0)
@@ -539,10 +546,14 @@ def test_input_size_bad_input_is_one_line(tmp_path, capsys):
     ("model_bench", ["--batches", "0"], "--batches: must be an integer >= 1"),
     ("model_bench", ["--repeats", "0"], "--repeats: must be an integer >= 1"),
     ("int8_qat", ["--val", "/no/such/folder"], "--val /no/such/folder: not a folder"),
+    ("peer_accuracy", ["--val", "/no/such/folder"], "--val /no/such/folder: not a folder"),
+    ("reading_bench", ["--val", "/no/such/folder"], "--val /no/such/folder: not a folder"),
 ])
 def test_benchmark_flags_are_checked_before_any_work(capsys, module, argv, fragment):
     """--sizes 0 ended in an OpenCV traceback, --repeats 0 wrote empty results over the
-    committed ones, and int8_qat found a wrong --val only after minutes of fine-tuning."""
+    committed ones, and int8_qat found a wrong --val only after minutes of fine-tuning;
+    peer_accuracy and reading_bench ran every other set first and wrote results without the
+    validation rows over the committed ones."""
     import importlib
 
     with pytest.raises(SystemExit) as stopped:
@@ -556,6 +567,16 @@ def test_the_triton_benchmark_skips_in_one_line_without_a_server(capsys, tmp_pat
     assert triton_bench.main(["--venv", str(tmp_path / "none")]) == common.SKIPPED
     said = capsys.readouterr().out.strip().splitlines()
     assert len(said) == 1 and said[0].startswith("triton_bench: skipped: no virtual environment")
+
+
+def test_reading_bench_without_the_shared_data_says_skipped(capsys, tmp_path, monkeypatch):
+    """It said so but exited 0, which run_all and scripts read as a benchmark that measured."""
+    from benchmarks import reading_bench
+
+    monkeypatch.setattr(common, "SHARED_DATA", tmp_path / "none")
+    assert reading_bench.main([]) == common.SKIPPED
+    said = capsys.readouterr().out.strip().splitlines()
+    assert len(said) == 1 and said[0].startswith("reading_bench: skipped: ")
 
 
 def test_live_latency_pools_fps_over_frames_and_takes_the_median_latency():
