@@ -280,7 +280,8 @@ def main(argv=None) -> int:
     theirs = RapidOcrDetector(model, args.threads)
     report = {"model": model.name, "model_sha256": common.file_sha256(model),
               "machine": common.machine_info(), "threads": args.threads,
-              "command": " ".join(["python", "benchmarks/peer_rapidocr.py", *sys.argv[1:]]),
+              "command": common.command_line("benchmarks.peer_rapidocr",
+                                             sys.argv[1:] if argv is None else argv),
               "rapidocr": {"version": theirs.version, "settings": theirs.settings},
               "load_average": {"before": round(os.getloadavg()[0], 2)}}
     with contextlib.ExitStack() as stack:

@@ -569,6 +569,18 @@ def test_the_triton_benchmark_skips_in_one_line_without_a_server(capsys, tmp_pat
     assert len(said) == 1 and said[0].startswith("triton_bench: skipped: no virtual environment")
 
 
+def test_postprocess_bench_records_the_command_it_ran():
+    """The results' command kept only --quick: a run of some settings, without the real maps or
+    with fewer repeats, was recorded as the full benchmark."""
+    from benchmarks import postprocess_bench
+
+    argv = ["--quick", "--no-real", "--settings", "quad/fast", "--repeats", "1"]
+    assert postprocess_bench.main(argv) == 0
+    written = json.loads((common.results_dir() / "postprocess.json").read_text())
+    assert written["command"] == "python -m benchmarks.postprocess_bench " + " ".join(argv)
+    assert f"Command: `{written['command']}`" in (common.results_dir() / "postprocess.md").read_text()
+
+
 def test_reading_bench_without_the_shared_data_says_skipped(capsys, tmp_path, monkeypatch):
     """It said so but exited 0, which run_all and scripts read as a benchmark that measured."""
     from benchmarks import reading_bench

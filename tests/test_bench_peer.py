@@ -143,3 +143,32 @@ def test_bench_images_scores_both_sides_on_the_ground_truth():
     report = bench_images([sample], lambda frame: [box], ours, repeats=1)
     assert report["accuracy"]["rapidocr"]["hmean"] == report["accuracy"]["dbrt"]["hmean"] == 1.0
     assert report["agreement"]["hmean"] == 1.0
+
+
+def test_peer_rapidocr_records_the_command_it_was_given(tmp_path, monkeypatch):
+    """The results said `python benchmarks/peer_rapidocr.py` followed by the process's own
+    arguments: under `dbrt bench peer --frames 5` that was `... bench peer --frames 5`, not a
+    command that reproduces the run."""
+    import contextlib
+    import sys
+    from types import SimpleNamespace
+
+    from benchmarks import peer_rapidocr as peer
+
+    data = tmp_path / "data"
+    (data / "realdev").mkdir(parents=True)
+    (data / "realdev" / "gt.json").write_text("[]")
+    theirs = SimpleNamespace(version="3.10.0", settings={})
+    monkeypatch.setattr(peer, "locate_model", lambda: tmp_path / "det.onnx")
+    monkeypatch.setattr(peer.common, "file_sha256", lambda path: "0" * 16)
+    monkeypatch.setattr(peer, "RapidOcrDetector", lambda model, threads: theirs)
+    monkeypatch.setattr(peer, "dbrt_detector", lambda *a: contextlib.nullcontext(
+        SimpleNamespace(describe=lambda: {})))
+    monkeypatch.setattr(peer, "open_dataset", lambda path: [])
+    monkeypatch.setattr(peer, "bench_images", lambda *a: {})
+    monkeypatch.setattr(peer, "bench_video", lambda *a: {})
+    written = {}
+    monkeypatch.setattr(peer, "write_reports", lambda report, out, name: written.update(report) or [])
+    monkeypatch.setattr(sys, "argv", ["dbrt", "bench", "peer", "--frames", "5"])
+    assert peer.main(["--frames", "5", "--sessions", "1", "--data", str(data)]) == 0
+    assert written["command"] == f"python -m benchmarks.peer_rapidocr --frames 5 --sessions 1 --data {tmp_path.name}/data"
