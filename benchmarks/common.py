@@ -340,19 +340,23 @@ def plot_lines(series: Dict[str, Sequence[tuple]], path: Path, title: str, xlabe
 
 
 def plot_stacked_bars(bars: Dict[str, Dict[str, float]], path: Path, title: str, ylabel: str) -> Path:
-    """One stacked bar per key of `bars`; each bar is {segment: value} (e.g. per-stage ms)."""
+    """One stacked bar per key of `bars`, the first at the top; each bar is {segment: value}
+    (e.g. per-stage ms). Horizontal, one row per bar: side by side, the labels of ten passes ran
+    into each other."""
     plt = _pyplot()
     segments = list(dict.fromkeys(seg for bar in bars.values() for seg in bar))
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
-    bottom = np.zeros(len(bars))
+    fig, ax = plt.subplots(figsize=(6.4, max(3.0, 1.5 + 0.45 * len(bars))), dpi=100)
+    left = np.zeros(len(bars))
     for seg in segments:
         values = np.array([bar.get(seg, 0.0) for bar in bars.values()])
-        ax.bar(list(bars), values, bottom=bottom, label=seg)
-        bottom += values
-    ax.set(ylabel=ylabel)
+        ax.barh(list(bars), values, left=left, label=seg)
+        left += values
+    ax.invert_yaxis()
+    ax.tick_params(axis="y", labelsize=8)
+    ax.set(xlabel=ylabel)
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
+    ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
