@@ -292,6 +292,9 @@ def write_results(args, rows, expected, described, size, load_before, load_after
                    load_average_before=load_before, load_average_after=load_after, rows=rows, machine=info)
     out = common.results_dir()
     common.write_json(out / "pipeline_overlap.json", payload)
+    from benchmarks.run_all import plot_pipeline_stages  # drawn only by run_all, it showed an older run
+
+    plot_pipeline_stages(out)
     summary = (f"Video `{Path(args.video).name}` ({expected} frames), model: {described}, input "
                f"{size[0]}x{size[1]}, ONNX Runtime CPU with {args.threads} intra-op thread(s), batch "
                f"{args.batch}. Every pass processed every frame: **{complete}**. Pipeline / inference "

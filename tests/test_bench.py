@@ -62,6 +62,26 @@ def test_writers(tmp_path):
     assert line.read_bytes()[:8] == PNG_MAGIC and bars.read_bytes()[:8] == PNG_MAGIC
 
 
+def test_stacked_bar_labels_do_not_run_into_each_other(tmp_path, monkeypatch):
+    """pipeline_stages.png has a bar per pass (ten in the committed run), each labelled with its
+    mode and FPS: side by side the labels overlapped into one unreadable line."""
+    plt = common._pyplot()
+    close, figures = plt.close, []
+    monkeypatch.setattr(plt, "close", figures.append)
+    names = [f"pipeline + mqtt, 1 event per frame\n{fps:.1f} FPS" for fps in range(10, 20)]
+    common.plot_stacked_bars({name: {"decode": 2.0, "infer": 50.0} for name in names},
+                             tmp_path / "b.png", "t", "ms")
+    (figure,) = figures
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    ax = figure.axes[0]
+    labels = [t for t in ax.get_xticklabels() + ax.get_yticklabels() if t.get_text() in names]
+    assert len(labels) == len(names)
+    boxes = [t.get_window_extent(renderer) for t in labels]
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    close(figure)
+
+
 @pytest.fixture(scope="module")
 def tiny_pair(tmp_path_factory):
     """A tiny DBNet and its ONNX export (same weights): the PyTorch baseline and ORT side by side."""
@@ -438,6 +458,22 @@ def test_pipeline_stage_bars_from_overlap_results(tmp_path):
                       {"rows": [{"mode": "inference only", "fps": 40.0, "infer_p50_ms": 20.0}, row]})
     path = run_all.plot_pipeline_stages(tmp_path)
     assert path.name == "pipeline_stages.png" and path.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_pipeline_overlap_draws_the_stage_bars_of_its_own_passes():
+    """Only run_all drew pipeline_stages.png, so a pipeline_overlap run on its own left the plot
+    of an older run beside its results."""
+    from types import SimpleNamespace
+
+    from benchmarks import pipeline_overlap as overlap
+
+    stages = {f"{s}_p50_ms": 1.0 for s in ("decode", "preprocess", "infer", "postprocess", "sink")}
+    rows = [dict(mode="inference only", frames=10, seconds=1.0, fps=10.0),
+            dict(mode=overlap.JSONL, frames=10, seconds=1.25, fps=8.0, cpu_s=1.0, infer_busy=0.9, **stages)]
+    args = SimpleNamespace(video="v.mp4", threads=1, batch=1)
+    assert overlap.write_results(args, rows, 10, "tiny", (64, 64), (0.5,), (0.5,)) == 0
+    plot = common.results_dir() / "pipeline_stages.png"
+    assert plot.read_bytes()[:8] == PNG_MAGIC
 
 
 def test_fold_batchnorm_keeps_the_output_and_removes_bn():
