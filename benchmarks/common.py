@@ -136,6 +136,9 @@ def machine_info() -> dict:
         info["jetson"] = jetson
     if hasattr(os, "getloadavg"):  # a shared machine's load explains noisy timings
         info["load_average"] = [round(x, 2) for x in os.getloadavg()]
+    shipped = REPO / "pipeline" / "assets" / "dbnet_default.onnx"
+    if shipped.is_file():  # which default model the run had, where the benchmark names none
+        info["shipped_model_sha256"] = file_sha256(shipped)
     try:
         pages, page_size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
         info["memory_gib"] = round(pages * page_size / 2**30, 1)
@@ -281,8 +284,11 @@ def write_markdown(path: Path, title: str, sections: Sequence[tuple], info: Opti
         load = info.get("load_average")
         load_text = f" 1/5/15-min load average at the end: {', '.join(map(str, load))}." if load else ""
         jetson = f" ({describe_jetson(info['jetson'])})" if info.get("jetson") else ""
+        shipped = info.get("shipped_model_sha256")
+        shipped = f" Shipped model (dbnet_default.onnx) sha256 `{shipped}`." if shipped else ""
         parts.append(f"---\nMachine `{info['machine']}`: {info['cpu']} ({info['cpu_count']} cores), "
-                     f"GPU: {gpus}{jetson}; Python {info['python']}; {libs}. Measured {info['date_utc']}.{load_text}\n")
+                     f"GPU: {gpus}{jetson}; Python {info['python']}; {libs}. Measured {info['date_utc']}."
+                     f"{load_text}{shipped}\n")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(parts))

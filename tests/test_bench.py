@@ -30,6 +30,19 @@ def test_stats_from_known_samples():
         common.Stats.from_seconds([])
 
 
+def test_every_result_names_the_shipped_model_it_ran_beside(tmp_path):
+    """benchmarks/README says every run records its model's hash, but the live-stream, serve,
+    Triton, width and reading-throughput results named none: which shipped model they measured
+    could not be told once the model was replaced."""
+    shipped = common.REPO / "pipeline" / "assets" / "dbnet_default.onnx"
+    if not shipped.is_file():
+        pytest.skip("no shipped model in this checkout")
+    info = common.machine_info()
+    assert info["shipped_model_sha256"] == common.file_sha256(shipped)
+    footer = common.write_markdown(tmp_path / "x.md", "T", [], info).read_text()
+    assert f"Shipped model (dbnet_default.onnx) sha256 `{info['shipped_model_sha256']}`." in footer
+
+
 def test_measure_runs_warmup_and_repeats_with_sync():
     calls, syncs = [], []
     stats = common.measure(lambda: calls.append(1), warmup=2, repeats=5, sync=lambda: syncs.append(1))
