@@ -172,3 +172,43 @@ def test_peer_rapidocr_records_the_command_it_was_given(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["dbrt", "bench", "peer", "--frames", "5"])
     assert peer.main(["--frames", "5", "--sessions", "1", "--data", str(data)]) == 0
     assert written["command"] == f"python -m benchmarks.peer_rapidocr --frames 5 --sessions 1 --data {tmp_path.name}/data"
+
+
+def _reading_fakes(calls, images=3):
+    """A tiny dataset, a dbrt detector + recognizer and a RapidOCR engine that record their calls."""
+    from types import SimpleNamespace
+
+    from pipeline.detections import Detections
+
+    quad = np.float32([[10, 10], [60, 10], [60, 30], [10, 30]])
+    gt = SimpleNamespace(polygons=(quad,), ignore=(False,), texts=("WORD",))
+    image = np.full((64, 128, 3), 128, np.uint8)
+    dataset = [SimpleNamespace(name=f"img_{i}.jpg", gt=gt, read_image=lambda: image) for i in range(images)]
+    found = Detections.from_quads(quad[None], np.ones(1, np.float32), {"text": ["WORD"], "text_score": [1.0]})
+    detector = SimpleNamespace(detect=lambda img: calls.append("dbrt") or found)
+    recognizer = SimpleNamespace(read=lambda img, dets: calls.append("dbrt"))
+    engine = SimpleNamespace(text_rec=lambda crops: calls.append("rapidocr"))
+    return dataset, detector, recognizer, engine
+
+
+def test_reading_bench_sides_take_turns_after_a_warm_up(monkeypatch):
+    """The recognition cost timed all of dbrt's rounds, then all of RapidOCR's (a load change
+    fell on one side), and the end-to-end latency had no untimed first call and dbrt always
+    first."""
+    pytest.importorskip("rapidocr")
+    from types import SimpleNamespace
+
+    from benchmarks import reading_bench
+
+    calls = []
+    dataset, detector, recognizer, engine = _reading_fakes(calls)
+    monkeypatch.setattr(reading_bench, "_rapidocr_detections",
+                        lambda engine, image: calls.append("rapidocr") or reading_bench.Detections.from_quads(
+                            np.zeros((0, 4, 2), np.float32), [], {"text": [], "text_score": []}))
+    rows = reading_bench.end_to_end(dataset, detector, SimpleNamespace())["rows"]
+    assert calls == ["dbrt", "rapidocr"] * 2 + ["rapidocr", "dbrt", "dbrt", "rapidocr"]
+    assert [r["correct"] for r in rows] == [3, 0]
+    calls.clear()
+    cost = reading_bench.recognition_cost(dataset, recognizer, engine, rounds=3)
+    assert calls == (["dbrt"] * 3 + ["rapidocr"] * 3) * 4  # a warm-up, then 3 rounds in turns
+    assert [r["instances"] for r in cost["rows"]] == [3, 3, 3]
