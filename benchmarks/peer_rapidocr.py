@@ -32,6 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks import common  # noqa: E402
+from pipeline.commands._validate import at_least  # noqa: E402
 from benchmarks.peer_report import write_reports  # noqa: E402
 from engine.lazy import optional  # noqa: E402
 from pipeline.datasets import GroundTruth, open_dataset  # noqa: E402
@@ -251,15 +252,15 @@ def bench_video(path: Path, frames: int, theirs, variants: dict, rounds: int = 2
 def parse_args(argv=None) -> argparse.Namespace:
     parser = common.argument_parser("benchmarks.peer_rapidocr",
                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("--frames", type=int, default=40, help="frames per video (default 40)")
-    parser.add_argument("--threads", type=int, default=0,
+    parser.add_argument("--frames", type=at_least(1), default=40, help="frames per video (default 40)")
+    parser.add_argument("--threads", type=at_least(0), default=0,
                         help="ONNX Runtime intra-op threads for both sides (0: ORT default)")
     parser.add_argument("--device", default="cpu", help="dbrt device (default cpu, as RapidOCR)")
-    parser.add_argument("--repeats", type=int, default=3, help="timing repeats per image")
-    parser.add_argument("--rounds", type=int, default=5, help="alternating video runs per side")
-    parser.add_argument("--sessions", type=int, default=2,
+    parser.add_argument("--repeats", type=at_least(1), default=3, help="timing repeats per image")
+    parser.add_argument("--rounds", type=at_least(1), default=5, help="alternating video runs per side")
+    parser.add_argument("--sessions", type=at_least(1), default=2,
                         help="CPU sessions of the parallel dbrt variant (its pipeline batch)")
-    parser.add_argument("--every", type=int, default=50,
+    parser.add_argument("--every", type=at_least(1), default=50,
                         help="agreement also on every N-th frame of each whole video")
     parser.add_argument("--out", type=common.results_folder,
                         help="results folder (default: benchmarks/results/<machine>/)")

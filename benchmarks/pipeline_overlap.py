@@ -37,6 +37,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from benchmarks import common
+from pipeline.commands._validate import at_least
 from benchmarks.serve_overhead import rotated
 
 VIDEO = common.SHARED_DATA / "video" / "pexels_lightbox_text_960x506.mp4"
@@ -150,8 +151,8 @@ def parse_args(argv):
     p.add_argument("--model", help="ONNX model (default: shipped, else random weights)")
     p.add_argument("--max-side", type=int, default=512, help="cap the long side (CPU-friendly)")
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--rounds", type=int, default=2, help="(inference only, pipeline) pairs")
+    p.add_argument("--batch", type=at_least(1), default=1)
+    p.add_argument("--rounds", type=at_least(1), default=2, help="(inference only, pipeline) pairs")
     p.add_argument("--no-video-sink", action="store_true", help="skip the annotated-video pass")
     p.add_argument("--no-watch", action="store_true", help="skip the --serve and --mqtt passes")
     return p.parse_args(argv)

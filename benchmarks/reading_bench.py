@@ -30,6 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks import common  # noqa: E402
+from pipeline.commands._validate import at_least  # noqa: E402
 from engine.lazy import optional  # noqa: E402
 from pipeline.datasets import open_dataset  # noqa: E402
 from pipeline.detections import Detections  # noqa: E402
@@ -149,7 +150,7 @@ def _rec_input(crops):
 
 def main(argv=None) -> int:
     parser = common.argument_parser("benchmarks.reading_bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=at_least(1), default=3)
     parser.add_argument("--val", type=Path, help="an ICDAR 2015 folder with transcriptions "
                         "(e.g. training images 801..900) for a second end-to-end table")
     args = parser.parse_args(argv)

@@ -597,12 +597,23 @@ def test_input_size_bad_input_is_one_line(tmp_path, capsys):
     ("int8_qat", ["--val", "/no/such/folder"], "--val /no/such/folder: not a folder"),
     ("peer_accuracy", ["--val", "/no/such/folder"], "--val /no/such/folder: not a folder"),
     ("reading_bench", ["--val", "/no/such/folder"], "--val /no/such/folder: not a folder"),
+    ("reading_bench", ["--rounds", "0"], "--rounds: must be an integer >= 1"),
+    ("reading_throughput", ["--chunks", "0"], "--chunks: must be an integer >= 1"),
+    ("reading_throughput", ["--frames", "0"], "--frames: must be an integer >= 1"),
+    ("peer_rapidocr", ["--rounds", "0"], "--rounds: must be an integer >= 1"),
+    ("peer_rapidocr", ["--every", "0"], "--every: must be an integer >= 1"),
+    ("pipeline_overlap", ["--rounds", "0"], "--rounds: must be an integer >= 1"),
+    ("live_latency", ["--seconds", "0"], "--seconds: must be a number > 0"),
+    ("serve_overhead", ["--rounds", "0"], "--rounds: must be an integer >= 1"),
+    ("postprocess_compiled", ["--repeats", "0"], "--repeats: must be an integer >= 1"),
+    ("triton_bench", ["--repeats", "0"], "--repeats: must be an integer >= 1"),
 ])
 def test_benchmark_flags_are_checked_before_any_work(capsys, module, argv, fragment):
     """--sizes 0 ended in an OpenCV traceback, --repeats 0 wrote empty results over the
     committed ones, and int8_qat found a wrong --val only after minutes of fine-tuning;
     peer_accuracy and reading_bench ran every other set first and wrote results without the
-    validation rows over the committed ones."""
+    validation rows over the committed ones; a count of 0 rounds, repeats, chunks or frames
+    ended after minutes of work in a traceback (no timing samples, a division by zero)."""
     import importlib
 
     with pytest.raises(SystemExit) as stopped:
