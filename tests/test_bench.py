@@ -257,6 +257,25 @@ def test_run_all_index_and_dbrt_bench(tiny_pair, tmp_path, monkeypatch):
     assert (tmp_path / "cli" / "model_bench.md").is_file()
 
 
+def test_run_all_quick_never_writes_over_the_committed_results(tmp_path, monkeypatch):
+    """`run_all --quick` (tiny sweeps, "not for publishing") wrote into results/<machine>/, over
+    the committed results, where a smoke run could be committed as if it were a full one."""
+    import os
+
+    from benchmarks import run_all
+
+    monkeypatch.setattr(common, "REPO", tmp_path / "repo")
+    monkeypatch.setattr(common, "RESULTS_ROOT", tmp_path / "repo" / "benchmarks" / "results")
+    monkeypatch.delenv("DBRT_RESULTS_DIR")  # as a user runs it; restored after the test
+    wrote = []
+    monkeypatch.setattr(run_all, "run_one", lambda name, args, timeout: wrote.append(
+        os.environ.get("DBRT_RESULTS_DIR")) or {"benchmark": name, "command": "x", "status": "ok"})
+    assert run_all.main(["--only", "accuracy", "--quick"]) == 0
+    quick = tmp_path / "repo" / "out" / "bench-quick" / common.machine_name()
+    assert wrote == [str(quick)] and (quick / "index.md").is_file()
+    assert not common.RESULTS_ROOT.exists()
+
+
 @pytest.mark.parametrize("which,module", [("model", "model_bench"), ("postprocess", "postprocess_bench"),
                                           ("peer", "peer_rapidocr"), ("accuracy", "accuracy")])
 def test_dbrt_bench_argument_errors_name_the_command(which, module, capsys):
