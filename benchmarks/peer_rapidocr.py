@@ -137,11 +137,15 @@ def bench_images(dataset, theirs: RapidOcrDetector, ours, repeats: int = 3) -> d
     their_boxes, our_dets, their_t, our_t = [], [], [], []
     for image in images:
         runs_theirs, runs_ours = [], []
-        for _ in range(repeats):
-            boxes, t = _time_call(theirs, image)
-            runs_theirs.append(t)
+        for repeat in range(repeats):  # alternating, and who goes first too
+            if repeat % 2 == 0:
+                boxes, t = _time_call(theirs, image)
+                runs_theirs.append(t)
             dets, t = _time_call(ours.detect, image)
             runs_ours.append(t)
+            if repeat % 2 == 1:
+                boxes, t = _time_call(theirs, image)
+                runs_theirs.append(t)
         their_boxes.append(boxes)
         our_dets.append(dets)
         their_t.append(float(np.median(runs_theirs)))
@@ -208,9 +212,9 @@ def sampled_agreement(path: Path, every: int, theirs, ours) -> dict:
 
 def bench_video(path: Path, frames: int, theirs, variants: dict, rounds: int = 2,
                 every: int = 50) -> dict:
-    """Throughput over the first `frames` frames: RapidOCR, then each dbrt variant
-    (name -> (Detector, pipeline batch)), `rounds` times alternating after one warm-up pass
-    each; medians are reported, with every round's time."""
+    """Throughput over the first `frames` frames: RapidOCR and each dbrt variant (name ->
+    (Detector, pipeline batch)) taking turns `rounds` times, each going first in turn, after one
+    warm-up pass each; medians are reported, with every round's time."""
     # Warm-up: one untimed pass of every side over the same frames. RapidOCR runs ONNX Runtime
     # without its memory arena, so its first passes pay page faults that later ones mostly do
     # not (4.1 -> 5.3 fps over 6 passes on the lightbox video); timing only warm passes keeps
@@ -220,19 +224,22 @@ def bench_video(path: Path, frames: int, theirs, variants: dict, rounds: int = 2
         run_ours_on_video(path, frames, detector, batch)
     single = next(iter(variants.values()))[0]
     infer_ms = inference_alone_ms(single, next(read_frames(path, 1)))
-    seconds = {name: [] for name in ("rapidocr", *variants)}
-    agreements = {}
-    for _ in range(rounds):
-        their_boxes, elapsed = run_theirs_on_video(path, frames, theirs)
-        seconds["rapidocr"].append(elapsed)
-        for name, (detector, batch) in variants.items():
-            our_dets, elapsed = run_ours_on_video(path, frames, detector, batch)
+    names = ["rapidocr", *variants]
+    seconds = {name: [] for name in names}
+    outputs = {}
+    for turn in range(rounds):
+        for name in names[turn % len(names):] + names[:turn % len(names)]:  # each goes first in turn
+            if name == "rapidocr":
+                outputs[name], elapsed = run_theirs_on_video(path, frames, theirs)
+            else:
+                outputs[name], elapsed = run_ours_on_video(path, frames, *variants[name])
             seconds[name].append(elapsed)
-            if not len(their_boxes) == len(our_dets) == frames:
+        for name in variants:
+            if not len(outputs["rapidocr"]) == len(outputs[name]) == frames:
                 raise RuntimeError(f"{path.name}: asked for {frames} frames, RapidOCR processed "
-                                   f"{len(their_boxes)}, dbrt ({name}) {len(our_dets)}: a speed "
-                                   f"figure would be meaningless")
-            agreements[name] = agreement(their_boxes, our_dets)
+                                   f"{len(outputs['rapidocr'])}, dbrt ({name}) {len(outputs[name])}: "
+                                   f"a speed figure would be meaningless")
+    agreements = {name: agreement(outputs["rapidocr"], outputs[name]) for name in variants}
     fps = {name: frames / float(np.median(s)) for name, s in seconds.items()}
     return {
         "video": path.name, "frames": frames, "rounds": rounds,

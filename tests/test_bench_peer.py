@@ -212,3 +212,33 @@ def test_reading_bench_sides_take_turns_after_a_warm_up(monkeypatch):
     cost = reading_bench.recognition_cost(dataset, recognizer, engine, rounds=3)
     assert calls == (["dbrt"] * 3 + ["rapidocr"] * 3) * 4  # a warm-up, then 3 rounds in turns
     assert [r["instances"] for r in cost["rows"]] == [3, 3, 3]
+
+
+def test_peer_rapidocr_sides_take_turns_going_first(monkeypatch):
+    """RapidOCR always ran first in every video round and every realdev repeat, dbrt after it:
+    a load that built up within a round fell on dbrt's side."""
+    from types import SimpleNamespace
+
+    from benchmarks import peer_rapidocr as peer
+
+    calls = []
+    monkeypatch.setattr(peer, "run_theirs_on_video",
+                        lambda path, frames, theirs: (calls.append("rapidocr") or [[]] * frames, 1.0))
+    monkeypatch.setattr(peer, "run_ours_on_video",
+                        lambda path, frames, detector, batch: (calls.append(detector) or [[]] * frames, 0.5))
+    monkeypatch.setattr(peer, "inference_alone_ms", lambda detector, frame: 1.0)
+    monkeypatch.setattr(peer, "read_frames", lambda path, frames=None, every=1: iter([None]))
+    monkeypatch.setattr(peer, "sampled_agreement", lambda *a: {})
+    monkeypatch.setattr(peer, "agreement", lambda theirs, ours: {"hmean": 1.0})
+    report = peer.bench_video(peer.Path("v.mp4"), 4, None, {"pipeline": ("a", 1), "two": ("b", 2)},
+                              rounds=3)
+    assert calls[3:] == ["rapidocr", "a", "b", "a", "b", "rapidocr", "b", "rapidocr", "a"]
+    assert report["speedup"] == {"pipeline": 2.0, "two": 2.0} and report["agreement"]["two"] == {"hmean": 1.0}
+
+    calls.clear()
+    theirs = lambda image: calls.append("rapidocr") or []  # noqa: E731
+    ours = SimpleNamespace(detect=lambda image: calls.append("dbrt") or [])
+    monkeypatch.setattr(peer, "_accuracy", lambda dataset, found: {})
+    image = np.zeros((8, 8, 3), np.uint8)
+    peer.bench_images([SimpleNamespace(read_image=lambda: image)], theirs, ours, repeats=4)
+    assert calls[2:] == ["rapidocr", "dbrt", "dbrt", "rapidocr"] * 2
