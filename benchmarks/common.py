@@ -136,6 +136,9 @@ def machine_info() -> dict:
         info["jetson"] = jetson
     if hasattr(os, "getloadavg"):  # a shared machine's load explains noisy timings
         info["load_average"] = [round(x, 2) for x in os.getloadavg()]
+    shipped = REPO / "pipeline" / "assets" / "dbnet_default.onnx"
+    if shipped.is_file():  # which default model the run had, where the benchmark names none
+        info["shipped_model_sha256"] = file_sha256(shipped)
     try:
         pages, page_size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
         info["memory_gib"] = round(pages * page_size / 2**30, 1)
@@ -281,8 +284,11 @@ def write_markdown(path: Path, title: str, sections: Sequence[tuple], info: Opti
         load = info.get("load_average")
         load_text = f" 1/5/15-min load average at the end: {', '.join(map(str, load))}." if load else ""
         jetson = f" ({describe_jetson(info['jetson'])})" if info.get("jetson") else ""
+        shipped = info.get("shipped_model_sha256")
+        shipped = f" Shipped model (dbnet_default.onnx) sha256 `{shipped}`." if shipped else ""
         parts.append(f"---\nMachine `{info['machine']}`: {info['cpu']} ({info['cpu_count']} cores), "
-                     f"GPU: {gpus}{jetson}; Python {info['python']}; {libs}. Measured {info['date_utc']}.{load_text}\n")
+                     f"GPU: {gpus}{jetson}; Python {info['python']}; {libs}. Measured {info['date_utc']}."
+                     f"{load_text}{shipped}\n")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(parts))
@@ -340,19 +346,23 @@ def plot_lines(series: Dict[str, Sequence[tuple]], path: Path, title: str, xlabe
 
 
 def plot_stacked_bars(bars: Dict[str, Dict[str, float]], path: Path, title: str, ylabel: str) -> Path:
-    """One stacked bar per key of `bars`; each bar is {segment: value} (e.g. per-stage ms)."""
+    """One stacked bar per key of `bars`, the first at the top; each bar is {segment: value}
+    (e.g. per-stage ms). Horizontal, one row per bar: side by side, the labels of ten passes ran
+    into each other."""
     plt = _pyplot()
     segments = list(dict.fromkeys(seg for bar in bars.values() for seg in bar))
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
-    bottom = np.zeros(len(bars))
+    fig, ax = plt.subplots(figsize=(6.4, max(3.0, 1.5 + 0.45 * len(bars))), dpi=100)
+    left = np.zeros(len(bars))
     for seg in segments:
         values = np.array([bar.get(seg, 0.0) for bar in bars.values()])
-        ax.bar(list(bars), values, bottom=bottom, label=seg)
-        bottom += values
-    ax.set(ylabel=ylabel)
+        ax.barh(list(bars), values, left=left, label=seg)
+        left += values
+    ax.invert_yaxis()
+    ax.tick_params(axis="y", labelsize=8)
+    ax.set(xlabel=ylabel)
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
+    ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

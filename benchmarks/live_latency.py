@@ -32,6 +32,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Dict, List, Optional
 
 from benchmarks import common
+from pipeline.commands._validate import at_least
 
 MODES = {"gate": None, "queued": 1}  # mode -> the Pipeline's queue_size
 
@@ -132,8 +133,8 @@ def pooled(passes: List[dict]) -> dict:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = common.argument_parser("benchmarks.live_latency", description=__doc__,
                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=60.0, help="length of each pass")
-    parser.add_argument("--rounds", type=int, default=2, help="passes per mode, alternating")
+    parser.add_argument("--seconds", type=at_least(0.0, float, strict=True), default=60.0, help="length of each pass")
+    parser.add_argument("--rounds", type=at_least(1), default=2, help="passes per mode, alternating")
     parser.add_argument("--input-size", default="320x576", help="the detector's HxW")
     parser.add_argument("--with-file", action="store_true",
                         help="the demo video file shares each run with the stream")

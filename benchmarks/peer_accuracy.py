@@ -187,8 +187,6 @@ def image_sets(args, workdir: Path, log=print):
            else f"shared data not found at {args.data}")
     if args.val is None:
         yield "validation", "no --val DIR given"
-    elif not args.val.is_dir():
-        yield "validation", f"--val {args.val}: no such folder"
     else:
         val = open_dataset(args.val, fmt="icdar2015")
         yield f"validation ({args.val.name})", val.head(args.max_images or None)
@@ -297,7 +295,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data", type=Path, default=common.SHARED_DATA, help="the shared data folder")
     p.add_argument("--name", default="peer_accuracy", help="result file name")
     p.add_argument("--out", type=common.results_folder, help="results folder (default: benchmarks/results/<machine>/)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.val is not None and not args.val.is_dir():  # not a skipped row in results written over
+        p.error(f"--val {args.val}: not a folder")      # the committed ones after minutes of work
+    return args
 
 
 def main(argv=None, log=print) -> int:

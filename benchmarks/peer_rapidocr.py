@@ -32,6 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks import common  # noqa: E402
+from pipeline.commands._validate import at_least  # noqa: E402
 from benchmarks.peer_report import write_reports  # noqa: E402
 from engine.lazy import optional  # noqa: E402
 from pipeline.datasets import GroundTruth, open_dataset  # noqa: E402
@@ -136,11 +137,15 @@ def bench_images(dataset, theirs: RapidOcrDetector, ours, repeats: int = 3) -> d
     their_boxes, our_dets, their_t, our_t = [], [], [], []
     for image in images:
         runs_theirs, runs_ours = [], []
-        for _ in range(repeats):
-            boxes, t = _time_call(theirs, image)
-            runs_theirs.append(t)
+        for repeat in range(repeats):  # alternating, and who goes first too
+            if repeat % 2 == 0:
+                boxes, t = _time_call(theirs, image)
+                runs_theirs.append(t)
             dets, t = _time_call(ours.detect, image)
             runs_ours.append(t)
+            if repeat % 2 == 1:
+                boxes, t = _time_call(theirs, image)
+                runs_theirs.append(t)
         their_boxes.append(boxes)
         our_dets.append(dets)
         their_t.append(float(np.median(runs_theirs)))
@@ -207,9 +212,9 @@ def sampled_agreement(path: Path, every: int, theirs, ours) -> dict:
 
 def bench_video(path: Path, frames: int, theirs, variants: dict, rounds: int = 2,
                 every: int = 50) -> dict:
-    """Throughput over the first `frames` frames: RapidOCR, then each dbrt variant
-    (name -> (Detector, pipeline batch)), `rounds` times alternating after one warm-up pass
-    each; medians are reported, with every round's time."""
+    """Throughput over the first `frames` frames: RapidOCR and each dbrt variant (name ->
+    (Detector, pipeline batch)) taking turns `rounds` times, each going first in turn, after one
+    warm-up pass each; medians are reported, with every round's time."""
     # Warm-up: one untimed pass of every side over the same frames. RapidOCR runs ONNX Runtime
     # without its memory arena, so its first passes pay page faults that later ones mostly do
     # not (4.1 -> 5.3 fps over 6 passes on the lightbox video); timing only warm passes keeps
@@ -219,19 +224,22 @@ def bench_video(path: Path, frames: int, theirs, variants: dict, rounds: int = 2
         run_ours_on_video(path, frames, detector, batch)
     single = next(iter(variants.values()))[0]
     infer_ms = inference_alone_ms(single, next(read_frames(path, 1)))
-    seconds = {name: [] for name in ("rapidocr", *variants)}
-    agreements = {}
-    for _ in range(rounds):
-        their_boxes, elapsed = run_theirs_on_video(path, frames, theirs)
-        seconds["rapidocr"].append(elapsed)
-        for name, (detector, batch) in variants.items():
-            our_dets, elapsed = run_ours_on_video(path, frames, detector, batch)
+    names = ["rapidocr", *variants]
+    seconds = {name: [] for name in names}
+    outputs = {}
+    for turn in range(rounds):
+        for name in names[turn % len(names):] + names[:turn % len(names)]:  # each goes first in turn
+            if name == "rapidocr":
+                outputs[name], elapsed = run_theirs_on_video(path, frames, theirs)
+            else:
+                outputs[name], elapsed = run_ours_on_video(path, frames, *variants[name])
             seconds[name].append(elapsed)
-            if not len(their_boxes) == len(our_dets) == frames:
+        for name in variants:
+            if not len(outputs["rapidocr"]) == len(outputs[name]) == frames:
                 raise RuntimeError(f"{path.name}: asked for {frames} frames, RapidOCR processed "
-                                   f"{len(their_boxes)}, dbrt ({name}) {len(our_dets)}: a speed "
-                                   f"figure would be meaningless")
-            agreements[name] = agreement(their_boxes, our_dets)
+                                   f"{len(outputs['rapidocr'])}, dbrt ({name}) {len(outputs[name])}: "
+                                   f"a speed figure would be meaningless")
+    agreements = {name: agreement(outputs["rapidocr"], outputs[name]) for name in variants}
     fps = {name: frames / float(np.median(s)) for name, s in seconds.items()}
     return {
         "video": path.name, "frames": frames, "rounds": rounds,
@@ -251,15 +259,15 @@ def bench_video(path: Path, frames: int, theirs, variants: dict, rounds: int = 2
 def parse_args(argv=None) -> argparse.Namespace:
     parser = common.argument_parser("benchmarks.peer_rapidocr",
                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("--frames", type=int, default=40, help="frames per video (default 40)")
-    parser.add_argument("--threads", type=int, default=0,
+    parser.add_argument("--frames", type=at_least(1), default=40, help="frames per video (default 40)")
+    parser.add_argument("--threads", type=at_least(0), default=0,
                         help="ONNX Runtime intra-op threads for both sides (0: ORT default)")
     parser.add_argument("--device", default="cpu", help="dbrt device (default cpu, as RapidOCR)")
-    parser.add_argument("--repeats", type=int, default=3, help="timing repeats per image")
-    parser.add_argument("--rounds", type=int, default=5, help="alternating video runs per side")
-    parser.add_argument("--sessions", type=int, default=2,
+    parser.add_argument("--repeats", type=at_least(1), default=3, help="timing repeats per image")
+    parser.add_argument("--rounds", type=at_least(1), default=5, help="alternating video runs per side")
+    parser.add_argument("--sessions", type=at_least(1), default=2,
                         help="CPU sessions of the parallel dbrt variant (its pipeline batch)")
-    parser.add_argument("--every", type=int, default=50,
+    parser.add_argument("--every", type=at_least(1), default=50,
                         help="agreement also on every N-th frame of each whole video")
     parser.add_argument("--out", type=common.results_folder,
                         help="results folder (default: benchmarks/results/<machine>/)")
@@ -280,7 +288,8 @@ def main(argv=None) -> int:
     theirs = RapidOcrDetector(model, args.threads)
     report = {"model": model.name, "model_sha256": common.file_sha256(model),
               "machine": common.machine_info(), "threads": args.threads,
-              "command": " ".join(["python", "benchmarks/peer_rapidocr.py", *sys.argv[1:]]),
+              "command": common.command_line("benchmarks.peer_rapidocr",
+                                             sys.argv[1:] if argv is None else argv),
               "rapidocr": {"version": theirs.version, "settings": theirs.settings},
               "load_average": {"before": round(os.getloadavg()[0], 2)}}
     with contextlib.ExitStack() as stack:

@@ -37,6 +37,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from benchmarks import common
+from pipeline.commands._validate import at_least
 from benchmarks.serve_overhead import rotated
 
 VIDEO = common.SHARED_DATA / "video" / "pexels_lightbox_text_960x506.mp4"
@@ -150,8 +151,8 @@ def parse_args(argv):
     p.add_argument("--model", help="ONNX model (default: shipped, else random weights)")
     p.add_argument("--max-side", type=int, default=512, help="cap the long side (CPU-friendly)")
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--rounds", type=int, default=2, help="(inference only, pipeline) pairs")
+    p.add_argument("--batch", type=at_least(1), default=1)
+    p.add_argument("--rounds", type=at_least(1), default=2, help="(inference only, pipeline) pairs")
     p.add_argument("--no-video-sink", action="store_true", help="skip the annotated-video pass")
     p.add_argument("--no-watch", action="store_true", help="skip the --serve and --mqtt passes")
     return p.parse_args(argv)
@@ -292,6 +293,9 @@ def write_results(args, rows, expected, described, size, load_before, load_after
                    load_average_before=load_before, load_average_after=load_after, rows=rows, machine=info)
     out = common.results_dir()
     common.write_json(out / "pipeline_overlap.json", payload)
+    from benchmarks.run_all import plot_pipeline_stages  # drawn only by run_all, it showed an older run
+
+    plot_pipeline_stages(out)
     summary = (f"Video `{Path(args.video).name}` ({expected} frames), model: {described}, input "
                f"{size[0]}x{size[1]}, ONNX Runtime CPU with {args.threads} intra-op thread(s), batch "
                f"{args.batch}. Every pass processed every frame: **{complete}**. Pipeline / inference "

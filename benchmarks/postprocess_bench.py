@@ -334,6 +334,7 @@ def main(argv=None) -> int:
     parser.add_argument("--settings", type=chosen_settings, default=SETTINGS,
                         help="comma-separated subset, e.g. 'quad/fast,poly/slow +dilation'")
     args = parser.parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]
     settings = args.settings
 
     sets = synthetic_sets(args.quick)
@@ -368,7 +369,7 @@ def write(rows: List[dict], totals: List[dict], args, load: dict) -> None:
     info["load_average_1_5_15min"] = {k: [round(v, 2) for v in vals] for k, vals in load.items()}
     out = common.results_dir()
     config = CONFIG.to_dict()
-    command = "python -m benchmarks.postprocess_bench" + (" --quick" if args.quick else "")
+    command = common.command_line("benchmarks.postprocess_bench", args.argv)
     common.write_json(out / "postprocess.json", dict(config=config, summary=totals, rows=rows,
                                                      machine=info, command=command))
     note = ("Settings: box type x score mode x 2x2 dilation; the other options are "

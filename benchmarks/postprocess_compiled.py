@@ -17,6 +17,7 @@ from typing import Dict, List
 import numpy as np
 
 from benchmarks import common
+from pipeline.commands._validate import at_least
 from benchmarks.postprocess_bench import (SETTINGS, _interleaved_times, _per_frame, compare,
                                           ours_impl, real_sets, setting_name, synthetic_sets)
 from pipeline.postprocess import compiled
@@ -66,7 +67,7 @@ def _measure_setting(config, sets: Dict[str, List[np.ndarray]], repeats: int) ->
 def main(argv=None) -> int:
     parser = common.argument_parser("benchmarks.postprocess_compiled", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer, smaller map sets")
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs per map")
+    parser.add_argument("--repeats", type=at_least(1), default=5, help="timed runs per map")
     parser.add_argument("--no-real", action="store_true", help="skip the model-generated maps")
     args = parser.parse_args(argv)
     if not all(compiled.status().values()):

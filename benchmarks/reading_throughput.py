@@ -33,6 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks import common  # noqa: E402
+from pipeline.commands._validate import at_least  # noqa: E402
 from engine.lazy import optional  # noqa: E402
 
 SHARED_VIDEOS = ("pexels_lightbox_text_960x506.mp4", "pexels_street_captions_1080x1920.mp4")
@@ -185,9 +186,9 @@ def write_results(rows: list, info: dict, args) -> Path:
 
 def main(argv=None) -> int:
     parser = common.argument_parser("benchmarks.reading_throughput", description=__doc__.splitlines()[0])
-    parser.add_argument("--frames", type=int, default=150, help="first N frames of each shared video")
-    parser.add_argument("--demo-frames", type=int, default=50, help="first N frames of the demo (0: skip)")
-    parser.add_argument("--chunks", type=int, default=3, help="turns per video (the order rotates)")
+    parser.add_argument("--frames", type=at_least(1), default=150, help="first N frames of each shared video")
+    parser.add_argument("--demo-frames", type=at_least(0), default=50, help="first N frames of the demo (0: skip)")
+    parser.add_argument("--chunks", type=at_least(1), default=3, help="turns per video (the order rotates)")
     parser.add_argument("--only", help="only the shared videos whose name contains this")
     parser.add_argument("--ort-spin", choices=("on", "off"),
                         help="the detector's ONNX Runtime threads busy-wait (on) or sleep (off) "

@@ -15,6 +15,8 @@ or memory do not disturb the next one's timings). `benchmarks/results/<machine>/
 every result file with the command that made it.
 
     python -m benchmarks.run_all [--quick] [--only model pipeline] [--model M.onnx --weights W.pt]
+
+--quick writes to out/bench-quick/<machine>/ unless --out or $DBRT_RESULTS_DIR says where.
 """
 from __future__ import annotations
 
@@ -152,7 +154,8 @@ def write_index(out_dir: Path, records: List[dict], started: float) -> Path:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = common.argument_parser("benchmarks.run_all", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", nargs="+", choices=list(BENCHMARKS), default=list(BENCHMARKS))
-    p.add_argument("--quick", action="store_true", help="tiny sweeps (smoke test, not for publishing)")
+    p.add_argument("--quick", action="store_true", help="tiny sweeps (smoke test, not for publishing; "
+                   "written to out/bench-quick/<machine>/ unless --out says where)")
     p.add_argument("--model", help="ONNX model of the model sweep, accuracy and peer-accuracy (default: shipped)")
     p.add_argument("--weights", help="its PyTorch weights (the PyTorch baseline)")
     p.add_argument("--timeout", type=at_least(0.0, float, strict=True), default=1800,
@@ -161,6 +164,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for name in BENCHMARKS:
         p.add_argument(f"--{name}-args", default="", help=f"extra arguments for {BENCHMARKS[name][0]}")
     a = p.parse_args(argv)
+    if a.quick and not a.out and not os.environ.get("DBRT_RESULTS_DIR"):
+        # a smoke run's tiny sweeps are not results: never over the committed ones
+        a.out = str(common.REPO / "out" / "bench-quick" / common.machine_name())
     if a.out:  # the benchmarks write through common.results_dir(), which honours this
         os.environ["DBRT_RESULTS_DIR"] = str(Path(a.out).resolve())
     out_dir = common.results_dir()

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from benchmarks import common
+from pipeline.commands._validate import at_least
 
 SERVE_TARGET = 0.95
 MQTT_TARGET = 0.01  # most extra wall time
@@ -182,7 +183,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--video", help="default: the bundled demo video")
     p.add_argument("--max-side", type=int, default=512)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=at_least(1), default=3)
     args = p.parse_args(argv)
     from engine.loader import RunnerOptions
     from pipeline.detector import Detector

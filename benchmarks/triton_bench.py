@@ -37,6 +37,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from benchmarks import common
+from pipeline.commands._validate import at_least
 
 TARGET_SHM = 1.1
 REALDEV = common.SHARED_DATA / "realdev"
@@ -293,12 +294,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--venv", default=".venv-triton", help="virtual environment with tritonserver")
     p.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads on both sides")
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--repeats", type=int, default=4)
-    p.add_argument("--streams", type=int, nargs="+", default=[1, 2, 4])
-    p.add_argument("--stream-frames", type=int, default=40)
+    p.add_argument("--rounds", type=at_least(1), default=3)
+    p.add_argument("--repeats", type=at_least(1), default=4)
+    p.add_argument("--streams", type=at_least(1), nargs="+", default=[1, 2, 4])
+    p.add_argument("--stream-frames", type=at_least(1), default=40)
     p.add_argument("--stream-side", type=int, default=640)
-    p.add_argument("--video-frames", type=int, default=12, help="sampled frames of each video")
+    p.add_argument("--video-frames", type=at_least(1), default=12, help="sampled frames of each video")
     p.add_argument("--only", choices=["agreement"],
                    help="run this part alone and merge it into the committed results")
     args = p.parse_args(argv)

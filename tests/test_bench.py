@@ -13,6 +13,13 @@ from benchmarks import common
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.fixture(autouse=True)
+def _scratch_results(tmp_path_factory, monkeypatch):
+    """A benchmark that goes further than a test expects (a flag no longer checked first) writes
+    into a scratch folder, never over the committed results."""
+    monkeypatch.setenv("DBRT_RESULTS_DIR", str(tmp_path_factory.mktemp("results")))
+
+
 def test_stats_from_known_samples():
     stats = common.Stats.from_seconds([0.001, 0.002, 0.003, 0.004, 0.100])
     assert stats.n == 5 and stats.median_ms == pytest.approx(3.0)
@@ -21,6 +28,19 @@ def test_stats_from_known_samples():
     assert stats.to_dict()["spread_pct"] == pytest.approx(100 * (stats.p90_ms - stats.p10_ms) / 3.0, abs=0.01)
     with pytest.raises(ValueError):
         common.Stats.from_seconds([])
+
+
+def test_every_result_names_the_shipped_model_it_ran_beside(tmp_path):
+    """benchmarks/README says every run records its model's hash, but the live-stream, serve,
+    Triton, width and reading-throughput results named none: which shipped model they measured
+    could not be told once the model was replaced."""
+    shipped = common.REPO / "pipeline" / "assets" / "dbnet_default.onnx"
+    if not shipped.is_file():
+        pytest.skip("no shipped model in this checkout")
+    info = common.machine_info()
+    assert info["shipped_model_sha256"] == common.file_sha256(shipped)
+    footer = common.write_markdown(tmp_path / "x.md", "T", [], info).read_text()
+    assert f"Shipped model (dbnet_default.onnx) sha256 `{info['shipped_model_sha256']}`." in footer
 
 
 def test_measure_runs_warmup_and_repeats_with_sync():
@@ -53,6 +73,26 @@ def test_writers(tmp_path):
     bars = common.plot_stacked_bars({"a": {"decode": 1.0, "infer": 2.0}, "b": {"infer": 1.5}},
                                     tmp_path / "b.png", "t", "ms")
     assert line.read_bytes()[:8] == PNG_MAGIC and bars.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_stacked_bar_labels_do_not_run_into_each_other(tmp_path, monkeypatch):
+    """pipeline_stages.png has a bar per pass (ten in the committed run), each labelled with its
+    mode and FPS: side by side the labels overlapped into one unreadable line."""
+    plt = common._pyplot()
+    close, figures = plt.close, []
+    monkeypatch.setattr(plt, "close", figures.append)
+    names = [f"pipeline + mqtt, 1 event per frame\n{fps:.1f} FPS" for fps in range(10, 20)]
+    common.plot_stacked_bars({name: {"decode": 2.0, "infer": 50.0} for name in names},
+                             tmp_path / "b.png", "t", "ms")
+    (figure,) = figures
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    ax = figure.axes[0]
+    labels = [t for t in ax.get_xticklabels() + ax.get_yticklabels() if t.get_text() in names]
+    assert len(labels) == len(names)
+    boxes = [t.get_window_extent(renderer) for t in labels]
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    close(figure)
 
 
 @pytest.fixture(scope="module")
@@ -215,6 +255,25 @@ def test_run_all_index_and_dbrt_bench(tiny_pair, tmp_path, monkeypatch):
     assert main(["bench", "model", "--model", str(tiny_pair.onnx), "--sizes", "32", "--batches", "1",
                  "--warmup", "0", "--repeats", "1", "--threads", "1", "--out", str(tmp_path / "cli")]) == 0
     assert (tmp_path / "cli" / "model_bench.md").is_file()
+
+
+def test_run_all_quick_never_writes_over_the_committed_results(tmp_path, monkeypatch):
+    """`run_all --quick` (tiny sweeps, "not for publishing") wrote into results/<machine>/, over
+    the committed results, where a smoke run could be committed as if it were a full one."""
+    import os
+
+    from benchmarks import run_all
+
+    monkeypatch.setattr(common, "REPO", tmp_path / "repo")
+    monkeypatch.setattr(common, "RESULTS_ROOT", tmp_path / "repo" / "benchmarks" / "results")
+    monkeypatch.delenv("DBRT_RESULTS_DIR")  # as a user runs it; restored after the test
+    wrote = []
+    monkeypatch.setattr(run_all, "run_one", lambda name, args, timeout: wrote.append(
+        os.environ.get("DBRT_RESULTS_DIR")) or {"benchmark": name, "command": "x", "status": "ok"})
+    assert run_all.main(["--only", "accuracy", "--quick"]) == 0
+    quick = tmp_path / "repo" / "out" / "bench-quick" / common.machine_name()
+    assert wrote == [str(quick)] and (quick / "index.md").is_file()
+    assert not common.RESULTS_ROOT.exists()
 
 
 @pytest.mark.parametrize("which,module", [("model", "model_bench"), ("postprocess", "postprocess_bench"),
@@ -433,6 +492,22 @@ def test_pipeline_stage_bars_from_overlap_results(tmp_path):
     assert path.name == "pipeline_stages.png" and path.read_bytes()[:8] == PNG_MAGIC
 
 
+def test_pipeline_overlap_draws_the_stage_bars_of_its_own_passes():
+    """Only run_all drew pipeline_stages.png, so a pipeline_overlap run on its own left the plot
+    of an older run beside its results."""
+    from types import SimpleNamespace
+
+    from benchmarks import pipeline_overlap as overlap
+
+    stages = {f"{s}_p50_ms": 1.0 for s in ("decode", "preprocess", "infer", "postprocess", "sink")}
+    rows = [dict(mode="inference only", frames=10, seconds=1.0, fps=10.0),
+            dict(mode=overlap.JSONL, frames=10, seconds=1.25, fps=8.0, cpu_s=1.0, infer_busy=0.9, **stages)]
+    args = SimpleNamespace(video="v.mp4", threads=1, batch=1)
+    assert overlap.write_results(args, rows, 10, "tiny", (64, 64), (0.5,), (0.5,)) == 0
+    plot = common.results_dir() / "pipeline_stages.png"
+    assert plot.read_bytes()[:8] == PNG_MAGIC
+
+
 def test_fold_batchnorm_keeps_the_output_and_removes_bn():
     torch = pytest.importorskip("torch")
     from export.torch_runner import fold_batchnorm
@@ -539,10 +614,25 @@ def test_input_size_bad_input_is_one_line(tmp_path, capsys):
     ("model_bench", ["--batches", "0"], "--batches: must be an integer >= 1"),
     ("model_bench", ["--repeats", "0"], "--repeats: must be an integer >= 1"),
     ("int8_qat", ["--val", "/no/such/folder"], "--val /no/such/folder: not a folder"),
+    ("peer_accuracy", ["--val", "/no/such/folder"], "--val /no/such/folder: not a folder"),
+    ("reading_bench", ["--val", "/no/such/folder"], "--val /no/such/folder: not a folder"),
+    ("reading_bench", ["--rounds", "0"], "--rounds: must be an integer >= 1"),
+    ("reading_throughput", ["--chunks", "0"], "--chunks: must be an integer >= 1"),
+    ("reading_throughput", ["--frames", "0"], "--frames: must be an integer >= 1"),
+    ("peer_rapidocr", ["--rounds", "0"], "--rounds: must be an integer >= 1"),
+    ("peer_rapidocr", ["--every", "0"], "--every: must be an integer >= 1"),
+    ("pipeline_overlap", ["--rounds", "0"], "--rounds: must be an integer >= 1"),
+    ("live_latency", ["--seconds", "0"], "--seconds: must be a number > 0"),
+    ("serve_overhead", ["--rounds", "0"], "--rounds: must be an integer >= 1"),
+    ("postprocess_compiled", ["--repeats", "0"], "--repeats: must be an integer >= 1"),
+    ("triton_bench", ["--repeats", "0"], "--repeats: must be an integer >= 1"),
 ])
 def test_benchmark_flags_are_checked_before_any_work(capsys, module, argv, fragment):
     """--sizes 0 ended in an OpenCV traceback, --repeats 0 wrote empty results over the
-    committed ones, and int8_qat found a wrong --val only after minutes of fine-tuning."""
+    committed ones, and int8_qat found a wrong --val only after minutes of fine-tuning;
+    peer_accuracy and reading_bench ran every other set first and wrote results without the
+    validation rows over the committed ones; a count of 0 rounds, repeats, chunks or frames
+    ended after minutes of work in a traceback (no timing samples, a division by zero)."""
     import importlib
 
     with pytest.raises(SystemExit) as stopped:
@@ -556,6 +646,28 @@ def test_the_triton_benchmark_skips_in_one_line_without_a_server(capsys, tmp_pat
     assert triton_bench.main(["--venv", str(tmp_path / "none")]) == common.SKIPPED
     said = capsys.readouterr().out.strip().splitlines()
     assert len(said) == 1 and said[0].startswith("triton_bench: skipped: no virtual environment")
+
+
+def test_postprocess_bench_records_the_command_it_ran():
+    """The results' command kept only --quick: a run of some settings, without the real maps or
+    with fewer repeats, was recorded as the full benchmark."""
+    from benchmarks import postprocess_bench
+
+    argv = ["--quick", "--no-real", "--settings", "quad/fast", "--repeats", "1"]
+    assert postprocess_bench.main(argv) == 0
+    written = json.loads((common.results_dir() / "postprocess.json").read_text())
+    assert written["command"] == "python -m benchmarks.postprocess_bench " + " ".join(argv)
+    assert f"Command: `{written['command']}`" in (common.results_dir() / "postprocess.md").read_text()
+
+
+def test_reading_bench_without_the_shared_data_says_skipped(capsys, tmp_path, monkeypatch):
+    """It said so but exited 0, which run_all and scripts read as a benchmark that measured."""
+    from benchmarks import reading_bench
+
+    monkeypatch.setattr(common, "SHARED_DATA", tmp_path / "none")
+    assert reading_bench.main([]) == common.SKIPPED
+    said = capsys.readouterr().out.strip().splitlines()
+    assert len(said) == 1 and said[0].startswith("reading_bench: skipped: ")
 
 
 def test_live_latency_pools_fps_over_frames_and_takes_the_median_latency():

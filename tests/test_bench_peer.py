@@ -143,3 +143,102 @@ def test_bench_images_scores_both_sides_on_the_ground_truth():
     report = bench_images([sample], lambda frame: [box], ours, repeats=1)
     assert report["accuracy"]["rapidocr"]["hmean"] == report["accuracy"]["dbrt"]["hmean"] == 1.0
     assert report["agreement"]["hmean"] == 1.0
+
+
+def test_peer_rapidocr_records_the_command_it_was_given(tmp_path, monkeypatch):
+    """The results said `python benchmarks/peer_rapidocr.py` followed by the process's own
+    arguments: under `dbrt bench peer --frames 5` that was `... bench peer --frames 5`, not a
+    command that reproduces the run."""
+    import contextlib
+    import sys
+    from types import SimpleNamespace
+
+    from benchmarks import peer_rapidocr as peer
+
+    data = tmp_path / "data"
+    (data / "realdev").mkdir(parents=True)
+    (data / "realdev" / "gt.json").write_text("[]")
+    theirs = SimpleNamespace(version="3.10.0", settings={})
+    monkeypatch.setattr(peer, "locate_model", lambda: tmp_path / "det.onnx")
+    monkeypatch.setattr(peer.common, "file_sha256", lambda path: "0" * 16)
+    monkeypatch.setattr(peer, "RapidOcrDetector", lambda model, threads: theirs)
+    monkeypatch.setattr(peer, "dbrt_detector", lambda *a: contextlib.nullcontext(
+        SimpleNamespace(describe=lambda: {})))
+    monkeypatch.setattr(peer, "open_dataset", lambda path: [])
+    monkeypatch.setattr(peer, "bench_images", lambda *a: {})
+    monkeypatch.setattr(peer, "bench_video", lambda *a: {})
+    written = {}
+    monkeypatch.setattr(peer, "write_reports", lambda report, out, name: written.update(report) or [])
+    monkeypatch.setattr(sys, "argv", ["dbrt", "bench", "peer", "--frames", "5"])
+    assert peer.main(["--frames", "5", "--sessions", "1", "--data", str(data)]) == 0
+    assert written["command"] == f"python -m benchmarks.peer_rapidocr --frames 5 --sessions 1 --data {tmp_path.name}/data"
+
+
+def _reading_fakes(calls, images=3):
+    """A tiny dataset, a dbrt detector + recognizer and a RapidOCR engine that record their calls."""
+    from types import SimpleNamespace
+
+    from pipeline.detections import Detections
+
+    quad = np.float32([[10, 10], [60, 10], [60, 30], [10, 30]])
+    gt = SimpleNamespace(polygons=(quad,), ignore=(False,), texts=("WORD",))
+    image = np.full((64, 128, 3), 128, np.uint8)
+    dataset = [SimpleNamespace(name=f"img_{i}.jpg", gt=gt, read_image=lambda: image) for i in range(images)]
+    found = Detections.from_quads(quad[None], np.ones(1, np.float32), {"text": ["WORD"], "text_score": [1.0]})
+    detector = SimpleNamespace(detect=lambda img: calls.append("dbrt") or found)
+    recognizer = SimpleNamespace(read=lambda img, dets: calls.append("dbrt"))
+    engine = SimpleNamespace(text_rec=lambda crops: calls.append("rapidocr"))
+    return dataset, detector, recognizer, engine
+
+
+def test_reading_bench_sides_take_turns_after_a_warm_up(monkeypatch):
+    """The recognition cost timed all of dbrt's rounds, then all of RapidOCR's (a load change
+    fell on one side), and the end-to-end latency had no untimed first call and dbrt always
+    first."""
+    pytest.importorskip("rapidocr")
+    from types import SimpleNamespace
+
+    from benchmarks import reading_bench
+
+    calls = []
+    dataset, detector, recognizer, engine = _reading_fakes(calls)
+    monkeypatch.setattr(reading_bench, "_rapidocr_detections",
+                        lambda engine, image: calls.append("rapidocr") or reading_bench.Detections.from_quads(
+                            np.zeros((0, 4, 2), np.float32), [], {"text": [], "text_score": []}))
+    rows = reading_bench.end_to_end(dataset, detector, SimpleNamespace())["rows"]
+    assert calls == ["dbrt", "rapidocr"] * 2 + ["rapidocr", "dbrt", "dbrt", "rapidocr"]
+    assert [r["correct"] for r in rows] == [3, 0]
+    calls.clear()
+    cost = reading_bench.recognition_cost(dataset, recognizer, engine, rounds=3)
+    assert calls == (["dbrt"] * 3 + ["rapidocr"] * 3) * 4  # a warm-up, then 3 rounds in turns
+    assert [r["instances"] for r in cost["rows"]] == [3, 3, 3]
+
+
+def test_peer_rapidocr_sides_take_turns_going_first(monkeypatch):
+    """RapidOCR always ran first in every video round and every realdev repeat, dbrt after it:
+    a load that built up within a round fell on dbrt's side."""
+    from types import SimpleNamespace
+
+    from benchmarks import peer_rapidocr as peer
+
+    calls = []
+    monkeypatch.setattr(peer, "run_theirs_on_video",
+                        lambda path, frames, theirs: (calls.append("rapidocr") or [[]] * frames, 1.0))
+    monkeypatch.setattr(peer, "run_ours_on_video",
+                        lambda path, frames, detector, batch: (calls.append(detector) or [[]] * frames, 0.5))
+    monkeypatch.setattr(peer, "inference_alone_ms", lambda detector, frame: 1.0)
+    monkeypatch.setattr(peer, "read_frames", lambda path, frames=None, every=1: iter([None]))
+    monkeypatch.setattr(peer, "sampled_agreement", lambda *a: {})
+    monkeypatch.setattr(peer, "agreement", lambda theirs, ours: {"hmean": 1.0})
+    report = peer.bench_video(peer.Path("v.mp4"), 4, None, {"pipeline": ("a", 1), "two": ("b", 2)},
+                              rounds=3)
+    assert calls[3:] == ["rapidocr", "a", "b", "a", "b", "rapidocr", "b", "rapidocr", "a"]
+    assert report["speedup"] == {"pipeline": 2.0, "two": 2.0} and report["agreement"]["two"] == {"hmean": 1.0}
+
+    calls.clear()
+    theirs = lambda image: calls.append("rapidocr") or []  # noqa: E731
+    ours = SimpleNamespace(detect=lambda image: calls.append("dbrt") or [])
+    monkeypatch.setattr(peer, "_accuracy", lambda dataset, found: {})
+    image = np.zeros((8, 8, 3), np.uint8)
+    peer.bench_images([SimpleNamespace(read_image=lambda: image)], theirs, ours, repeats=4)
+    assert calls[2:] == ["rapidocr", "dbrt", "dbrt", "rapidocr"] * 2
