@@ -485,7 +485,7 @@ def test_dbrt_run_read_writes_texts_and_bad_reader_files_are_one_line(tmp_path, 
     assert "not CTC-shaped" in capsys.readouterr().err
     assert main(["run", str(tmp_path / "words.png"), "--rec-dict", str(tmp_path / "none.txt"),
                  "--output", str(out)]) == 2
-    assert "dictionary not found" in capsys.readouterr().err
+    assert f"--rec-dict {tmp_path / 'none.txt'}: file not found" in capsys.readouterr().err
 
 
 @needs_rapidocr
