@@ -25,6 +25,25 @@ REC_MARGIN_HELP = ("grow each text crop by this fraction of the text's height on
                    "shipped detector's boxes; implies reading)")
 
 
+def add_direction_arguments(group) -> None:
+    """--rec-cls / --rec-cls-model / --rec-cls-thresh: the text-direction classifier run on
+    the crops before they are read (pipeline/reading/direction.py)."""
+    from pipeline.reading.direction import DEFAULT_THRESH
+
+    from ._validate import zero_to_one
+
+    group.add_argument("--rec-cls", action="store_true",
+                       help="turn upside-down text before reading it: PaddleOCR's 0/180 degree "
+                            "text-direction classifier (from the rapidocr wheel) runs on every "
+                            "crop, a small extra model call per batch (implies reading)")
+    group.add_argument("--rec-cls-model", metavar="PATH",
+                       help="the classifier .onnx, (N,3,48,192) -> (N,2) for labels 0 and 180 "
+                            "(implies --rec-cls)")
+    group.add_argument("--rec-cls-thresh", type=zero_to_one, metavar="P",
+                       help=f"turn a crop when its '180' probability is above P (default "
+                            f"{DEFAULT_THRESH:g}; implies --rec-cls)")
+
+
 def runner_options(args):
     """RunnerOptions from --threads / --sessions / --ort-spin / --trust-engine-code, and for a
     triton:// model the --triton-* flags and --reconnect / --reconnect-delay (flags a command
@@ -179,20 +198,52 @@ def build_detector(args):
 
 
 def build_recognizer(args):
-    """The Recognizer of --read / --rec-model / --rec-dict / --rec-margin (each implies --read);
-    None when the command does not read."""
+    """The Recognizer of --read / --rec-model / --rec-dict / --rec-margin and the --rec-cls
+    flags (each implies --read); None when the command does not read."""
     model, charset = getattr(args, "rec_model", None), getattr(args, "rec_dict", None)
     margin = getattr(args, "rec_margin", None)
-    if not (getattr(args, "read", False) or model or charset or margin is not None):
+    if not (getattr(args, "read", False) or model or charset or margin is not None
+            or direction_asked(args)):
         return None
     from pipeline.reading import Recognizer
     from pipeline.reading.spec import preset
 
-    _check_reading_files(model, charset)
+    _check_reading_files(model, charset, getattr(args, "rec_cls_model", None))
     spec = None if margin is None else preset("ppocr").replace(margin=margin)
     device = args.device if args.device in ("cpu", "cuda") else "auto"
-    return Recognizer(model, charset, spec=spec, backend=args.backend, device=device,
-                      options=_recognizer_options(args))
+    options = _recognizer_options(args)
+    direction = _direction_classifier(args, device, options)
+    try:
+        return Recognizer(model, charset, spec=spec, backend=args.backend, device=device,
+                          options=options, direction=direction)
+    except BaseException:
+        if direction is not None:
+            direction.close()
+        raise
+
+
+def direction_asked(args) -> bool:
+    """Whether any of --rec-cls / --rec-cls-model / --rec-cls-thresh was given."""
+    return bool(getattr(args, "rec_cls", False) or getattr(args, "rec_cls_model", None)
+                or getattr(args, "rec_cls_thresh", None) is not None)
+
+
+def _direction_classifier(args, device: str, options):
+    """The DirectionClassifier of the --rec-cls flags (None without them); a model that is
+    not a 0/180 classifier is an error naming --rec-cls-model."""
+    if not direction_asked(args):
+        return None
+    from engine.errors import ModelError
+    from pipeline.reading.direction import DEFAULT_THRESH, DirectionClassifier
+
+    model, thresh = getattr(args, "rec_cls_model", None), getattr(args, "rec_cls_thresh", None)
+    try:
+        return DirectionClassifier(model, thresh=DEFAULT_THRESH if thresh is None else thresh,
+                                   backend=args.backend, device=device, options=options)
+    except ModelError as error:
+        if model is None:
+            raise
+        raise ModelError(f"--rec-cls-model {model}: {error}") from None
 
 
 def _recognizer_options(args):
@@ -207,15 +258,16 @@ def _recognizer_options(args):
     return RunnerOptions(threads=threads, spin=False if spin is None else spin == "on")
 
 
-def _check_reading_files(model, charset) -> None:
-    """--rec-model / --rec-dict named in the error: the loader's 'model file not found' did
-    not say which of the run's two models, and a folder was said to be 'not found'."""
+def _check_reading_files(model, charset, cls_model=None) -> None:
+    """--rec-model / --rec-dict / --rec-cls-model named in the error: the loader's 'model file
+    not found' did not say which of the run's models, and a folder was said to be 'not found'."""
     from pathlib import Path
 
     from engine.errors import DbrtError
     from engine.triton.options import is_triton_url
 
-    for flag, path in (("--rec-model", model), ("--rec-dict", charset)):
+    for flag, path in (("--rec-model", model), ("--rec-dict", charset),
+                       ("--rec-cls-model", cls_model)):
         if path is None or is_triton_url(path):
             continue
         if Path(path).is_dir():

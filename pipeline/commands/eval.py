@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from ._model import (ENDS_THE_COMMAND, REC_MARGIN_HELP, THREADS_HELP, TRUST_ENGINE_HELP,
-                     add_triton_arguments, check_trust_engine_code)
+                     add_direction_arguments, add_triton_arguments, check_trust_engine_code,
+                     direction_asked)
 from ._validate import (DEVICES, MAX_CPU_THREADS, at_least, between, number_list, output_file, output_folder,
                         side_length, zero_to_one)
 
@@ -66,6 +67,7 @@ def add_arguments(parser) -> None:
     e2e.add_argument("--rec-dict", help="its dictionary, one character per line")
     e2e.add_argument("--rec-margin", type=zero_to_one, metavar="FRACTION",
                      help=REC_MARGIN_HELP)
+    add_direction_arguments(e2e)
     parser.add_argument("--tune", action="store_true",
                         help="grid-search thresh / box_thresh / unclip_ratio on this dataset (a "
                              "validation split, never the data you report) and print the best settings (of "
@@ -279,9 +281,10 @@ def _run(args) -> int:
 
     args.tune = args.tune or any((args.tune_thresh, args.tune_box_thresh, args.tune_unclip))
     check_trust_engine_code(args)
-    if not args.e2e and any(v is not None for v in (args.rec_model, args.rec_dict, args.rec_margin)):
-        raise DbrtError("--rec-model / --rec-dict / --rec-margin apply to reading, which dbrt "
-                        "eval does with --e2e only; add --e2e")
+    if not args.e2e and (direction_asked(args) or any(
+            v is not None for v in (args.rec_model, args.rec_dict, args.rec_margin))):
+        raise DbrtError("--rec-model / --rec-dict / --rec-margin / --rec-cls* apply to reading, "
+                        "which dbrt eval does with --e2e only; add --e2e")
     if args.tune and args.e2e:
         raise DbrtError("--tune scores detection only; run --e2e on its own, with the "
                         "thresholds --tune picked")

@@ -12,7 +12,8 @@ from pipeline.encoder import VIDEO_CODECS
 from ._network import check_restream, network_sinks, outputs_counted, print_network_summary
 from ._outputs import (clear_earlier_outputs, input_files, outputs_written, refuse_video_over_input,
                        video_names, visual_sinks)
-from ._model import DLA_HELP, REC_MARGIN_HELP, THREADS_HELP, TRUST_ENGINE_HELP, add_triton_arguments
+from ._model import (DLA_HELP, REC_MARGIN_HELP, THREADS_HELP, TRUST_ENGINE_HELP, add_direction_arguments,
+                     add_triton_arguments)
 from ._validate import (DEVICES, MAX_CPU_THREADS, MAX_SESSIONS, at_least, broker_url, fourcc, frame_size,
                         input_size, listen_address, output_folder, region, restream_url, side_length,
                         zero_to_one)
@@ -68,6 +69,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "'character' metadata; implies --read)")
     t.add_argument("--rec-margin", type=zero_to_one, metavar="FRACTION",
                    help=REC_MARGIN_HELP)
+    add_direction_arguments(t)
     t.add_argument("--track", action="store_true",
                    help="follow texts across frames (ByteTrack, pip install 'dbrt[track]'): "
                         "track ids per detection and OUTPUT/events.jsonl, one line per track "
@@ -345,6 +347,8 @@ def _print_header(pipe, out: Path) -> None:
             else f"{spec.resize.limit_type} side {spec.resize.limit_side}")
     names = ", ".join(s.describe()["name"] for s in pipe.sources)  # without credentials
     reading = "" if det.recognizer is None else f", reading with {Path(det.recognizer.model_name).name}"
+    if reading and det.recognizer.direction is not None:
+        reading += " (upside-down text turned first)"
     rule += "" if det.roi is None else f" for region {det.roi}"
     server = f" {det.runner.url}" if getattr(det.runner, "remote", False) else ""
     print(f"dbrt run: {names} -> {out}/  [{det.runner.name}{server}, {spec.arch}, input {rule}, "

@@ -9,7 +9,6 @@ from the model's own `character` metadata (RapidOCR's PP-OCR ONNX files carry it
 """
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import os
 from pathlib import Path
@@ -17,17 +16,17 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from engine.loader import ENGINE_SUFFIXES
 from engine.errors import ModelError
 from engine.lazy import array_module
 from engine.padding import pad_batch, runner_min_batch
-from engine.loader import RunnerOptions, load_runner, tensorrt_usable
+from engine.loader import RunnerOptions, load_runner
 
 from ..detections import Detections
 from ..preprocess import as_bgr
 from .crops import crop_batches, cut_crop, pad_quads, plan_crops, reading_quads
 from .ctc import Charset, characters_from_metadata, ctc_greedy_decode
-from .spec import RecSpec, preset as named_preset
+from .direction import direction_classifier
+from .spec import RecSpec, preset as named_preset, runner_options
 
 TEXT, TEXT_SCORE = "text", "text_score"
 RAPIDOCR_REC = "PP-OCRv6_rec_small.onnx"
@@ -55,18 +54,21 @@ class Recognizer:
              "cuda"; options: engine.loader.RunnerOptions (default on ONNX Runtime: idle threads
              sleep, spin=False: in a run the recognizer works beside the detector's session,
              whose cores busy-waiting threads would take)
+    direction: turn upside-down crops before reading them (direction.py): None (off), True
+             (the rapidocr wheel's classifier), a DirectionClassifier, or a classifier's path
     """
 
     def __init__(self, model=None, charset: Union[str, os.PathLike, Charset, None] = None, *,
                  spec: Optional[RecSpec] = None, preset: str = "ppocr", backend: str = "auto",
-                 device: str = "auto", options: Optional[RunnerOptions] = None):
+                 device: str = "auto", options: Optional[RunnerOptions] = None, direction=None):
         self.spec = spec or named_preset(preset)
+        given_options = options  # the classifier's own runner takes them without the profile
         self.model_name = getattr(model, "name", None) or str(model or default_rec_model_path())
         if hasattr(model, "infer"):
             self.runner = model
         else:
             path = default_rec_model_path() if model is None else Path(model)
-            options = _runner_options(self.spec, path, backend, device, options)
+            options = runner_options(self.spec.profile, path, backend, device, options)
             self.runner = load_runner(path, backend=backend, device=device, options=options)
         self.runner.activate()
         self.output_name, num_classes = _check_ctc_io(self.runner, self.spec, self.model_name)
@@ -76,6 +78,11 @@ class Recognizer:
         self.skipped = 0  # polygons that rectified to nothing (too thin to read)
         self.crops_read = 0
         self._cropper = None
+        try:
+            self.direction = direction_classifier(direction, backend, device, given_options)
+        except BaseException:
+            self.runner.deactivate()
+            raise
 
     def _charset(self, charset, num_classes: Optional[int]) -> Charset:
         if isinstance(charset, Charset):
@@ -137,6 +144,9 @@ class Recognizer:
             else:
                 batch = _normalise([cut_crop(image, plan.corners[i], int(plan.widths[i]),
                                              spec.height) for i in members], spec)
+            if self.direction is not None and not keep_better:  # a tall crop is read both ways
+                self.direction.turn_upside_down(batch, plan.widths[members], spec,
+                                                candidates=~plan.tall[members])
             batch_texts, batch_scores = self._infer_decode(batch)
             for i, text, score in zip(members, batch_texts, batch_scores):
                 if not keep_better or score > scores[i]:
@@ -164,7 +174,10 @@ class Recognizer:
         return texts, scores
 
     def _recognize(self, crops: Sequence[np.ndarray]) -> Tuple[List[str], np.ndarray]:
-        return self._infer_decode(_normalise(crops, self.spec))
+        batch = _normalise(crops, self.spec)
+        if self.direction is not None:
+            self.direction.turn_upside_down(batch, [c.shape[1] for c in crops], self.spec)
+        return self._infer_decode(batch)
 
     def _infer_decode(self, batch) -> Tuple[List[str], np.ndarray]:
         """One engine call on a normalised (N, 3, height, W) batch (NumPy or CuPy), decoded;
@@ -189,31 +202,20 @@ class Recognizer:
     def describe(self) -> dict:
         return dict(model=self.model_name, runner=self.runner.name, classes=len(self.charset),
                     height=self.spec.height, max_width=self.spec.max_width, batch_size=self.batch_size,
-                    margin=self.spec.margin, crops_read=self.crops_read, skipped_unreadable=self.skipped)
+                    margin=self.spec.margin, crops_read=self.crops_read, skipped_unreadable=self.skipped,
+                    direction=None if self.direction is None else self.direction.describe())
 
     # -- lifecycle ---------------------------------------------------------------------------
     def close(self) -> None:
         self.runner.deactivate()
+        if self.direction is not None:
+            self.direction.close()
 
     def __enter__(self) -> "Recognizer":
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _runner_options(spec: RecSpec, path: Path, backend: str, device: str,
-                    options: Optional[RunnerOptions]) -> RunnerOptions:
-    """The options for the recognizer's runner: the dynamic-width profile for an engine built
-    from the .onnx (a function, so ONNX Runtime and prebuilt engines ignore it) and, on ONNX
-    Runtime by default, sleeping idle threads."""
-    if options is None:
-        tensorrt = (backend == "tensorrt" or path.suffix.lower() in ENGINE_SUFFIXES
-                    or (backend == "auto" and device != "cpu" and tensorrt_usable()))
-        options = RunnerOptions() if tensorrt else RunnerOptions(spin=False)
-    if options.profile is None:
-        options = dataclasses.replace(options, profile=lambda metadata: spec.profile())
-    return options
 
 
 def _normalise(crops: Sequence[np.ndarray], spec: RecSpec) -> np.ndarray:

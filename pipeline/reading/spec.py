@@ -2,10 +2,13 @@
 order), and the named presets for models made elsewhere."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, replace
-from typing import Tuple
+from pathlib import Path
+from typing import Callable, Optional, Tuple
 
 from engine.errors import ModelError
+from engine.loader import ENGINE_SUFFIXES, RunnerOptions, tensorrt_usable
 from engine.shapes import ShapeProfile
 
 
@@ -71,3 +74,17 @@ def preset(name: str) -> RecSpec:
     except KeyError:
         raise ModelError(f"unknown recognizer preset {name!r}; choose one of "
                          f"{', '.join(sorted(PRESETS))}") from None
+
+
+def runner_options(profile: Callable[[], ShapeProfile], path: Path, backend: str, device: str,
+                   options: Optional[RunnerOptions]) -> RunnerOptions:
+    """The options for a reading model's runner (the recognizer's, the direction classifier's):
+    the dynamic-shape `profile` for an engine built from the .onnx (a function, so ONNX Runtime
+    and prebuilt engines ignore it) and, on ONNX Runtime by default, sleeping idle threads."""
+    if options is None:
+        tensorrt = (backend == "tensorrt" or path.suffix.lower() in ENGINE_SUFFIXES
+                    or (backend == "auto" and device != "cpu" and tensorrt_usable()))
+        options = RunnerOptions() if tensorrt else RunnerOptions(spin=False)
+    if options.profile is None:
+        options = dataclasses.replace(options, profile=lambda metadata: profile())
+    return options
