@@ -135,7 +135,7 @@ def test_read_only_output_folder(place, capsys):
     (["eval", "--dataset", "d", "--iou", "1.5"], "--iou: must be a number between 0 and 1, got '1.5'"),
     (["eval", "--dataset", "d", "--device", "gpu0"], "--device: invalid choice: 'gpu0'"),
     (["eval", "--dataset", "d", "--threads", "100000"], "--threads: must be at most 256"),
-    (["eval", "--dataset", "d", "--rec-model", "r.onnx"], "--rec-margin apply to reading, which dbrt eval does with --e2e only"),
+    (["eval", "--dataset", "d", "--rec-model", "r.onnx"], "--rec-cls flags apply to reading, which dbrt eval does with --e2e only"),
     (["eval", "--dataset", "d", "--rec-margin", "0.1", "--tune"], "add --e2e"),
     (["build", "m.onnx", "-o", "afile/m.engine"], "-o/--output: 'afile' is a file, not a folder"),
     (["build", "m.onnx", "--timing-cache", "."], "--timing-cache: '.' is a folder, expected a file"),

@@ -283,8 +283,8 @@ def _run(args) -> int:
     check_trust_engine_code(args)
     if not args.e2e and (direction_asked(args) or any(
             v is not None for v in (args.rec_model, args.rec_dict, args.rec_margin))):
-        raise DbrtError("--rec-model / --rec-dict / --rec-margin / --rec-cls* apply to reading, "
-                        "which dbrt eval does with --e2e only; add --e2e")
+        raise DbrtError("--rec-model, --rec-dict, --rec-margin and the --rec-cls flags apply to "
+                        "reading, which dbrt eval does with --e2e only; add --e2e")
     if args.tune and args.e2e:
         raise DbrtError("--tune scores detection only; run --e2e on its own, with the "
                         "thresholds --tune picked")
