@@ -58,8 +58,10 @@ def test_dbrt_eval_e2e_on_realdev(shared_data, capsys, tmp_path):
                  "--max-images", "2", "--quiet", "--json", str(tmp_path / "e2e.json")]) == 0
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert "end-to-end precision" in line and "6 ground truth" in line
+    assert "ms/image incl. decoding the image file and reading" in line  # timed as plain eval is
     payload = json.loads((tmp_path / "e2e.json").read_text())  # described as the plain --json is
     assert payload["format"] == "json" and payload["model"] == str(default_model_path())
+    assert payload["ms_per_image"] > 0
     assert payload["protocol"] == {"name": "icdar2015 end-to-end", "iou": 0.5, "area_precision": 0.5,
                                    "normalisation": "strip + casefold",
                                    "gt_may_drop_at_each_end": "!?.:,*\"()·[]/'"}

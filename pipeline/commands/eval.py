@@ -132,22 +132,29 @@ def _e2e(args, dataset) -> int:
                         f"without a transcription (e.g. {name}: {words} of {cared}), which no "
                         "reading can match: transcribe them, or mark them '###'")
     args.read = True
+    timings: list = []
 
     def on_image(sample, image, dets, scored):
+        timer.image_done()
         if not args.quiet:
             wrong = "; ".join(f"{g!r} read {r!r}" for g, r in scored.wrong)
             print(f"{sample.name}: {scored.correct}/{scored.detection.gt_care} read correctly"
                   + (f" ({wrong})" if wrong else ""), flush=True)
+        timer.callback_done()
 
     with _detector(args) as detector:
-        result = evaluate_e2e(detector.detect, dataset, on_image, iou=args.iou,
+        timer = _ImageTimer(detector.detect, timings)
+        result = evaluate_e2e(timer.detect, dataset, on_image, iou=args.iou,
                               area_precision=args.area_precision)
         described = detector.describe()
-    print(f"{dataset.name} ({dataset.format}, {len(dataset)} images): {result.summary()}")
+    ms = 1e3 * sum(timings) / max(1, len(timings))
+    print(f"{dataset.name} ({dataset.format}, {len(dataset)} images): {result.summary()}; "
+          f"{ms:.1f} ms/image incl. decoding the image file and reading")
     if args.json:
         scoring = _scoring(args, dataset, described, name="icdar2015 end-to-end",
                            normalisation="strip + casefold", gt_may_drop_at_each_end=EDGE_SPECIALS)
-        _write_json(args.json, {**scoring, **result.to_dict()}, ensure_ascii=False)
+        _write_json(args.json, {**scoring, "ms_per_image": round(ms, 2), **result.to_dict()},
+                    ensure_ascii=False)
     return 0
 
 
@@ -189,10 +196,8 @@ def _detector(args):
 
 
 def _image_callback(args, total: int, timings: list, detect):
-    """Per-image progress line and visualisation, and `detect` timed: each image's seconds from
-    the end of the previous image's callback (decoding the file) to the end of detecting, not
-    its scoring, printing or drawing. Returns (timed detect, callback)."""
-    import time
+    """Per-image progress line and visualisation, and `detect` timed (`_ImageTimer`). Returns
+    (timed detect, callback)."""
     from pathlib import Path
 
     from pipeline.eval_errors import draw_errors
@@ -200,18 +205,12 @@ def _image_callback(args, total: int, timings: list, detect):
     vis = Path(args.vis) if args.vis else None
     if vis:
         vis.mkdir(parents=True, exist_ok=True)
-    last = [time.perf_counter()]
-    detected = [0.0]
-
-    def timed_detect(image):
-        dets = detect(image)
-        detected[0] = time.perf_counter()
-        return dets
+    timer = _ImageTimer(detect, timings)
 
     def on_image(sample, image, dets, result):
         from dbnet.files import write_image
 
-        timings.append(detected[0] - last[0])
+        timer.image_done()
         if not args.quiet:
             print(f"[{len(timings)}/{total}] {sample.name}: P {result.precision:.3f} R {result.recall:.3f} "
                   f"H {result.hmean:.3f} ({result.matched} matched, {len(result.missed)} missed, "
@@ -219,9 +218,32 @@ def _image_callback(args, total: int, timings: list, detect):
         if vis and (result.missed or result.false_alarms):
             drawn = draw_errors(image, sample.gt.polygons, dets.polygons, result)
             write_image(vis / vis_name(sample.name), drawn)
-        last[0] = time.perf_counter()
+        timer.callback_done()
 
-    return timed_detect, on_image
+    return timer.detect, on_image
+
+
+class _ImageTimer:
+    """`detect` timed: each image's seconds from the end of the previous image's callback
+    (decoding the file) to the end of detecting (and reading), not its scoring, printing or
+    drawing. The callback calls image_done() first and callback_done() last."""
+
+    def __init__(self, detect, timings: list):
+        import time
+
+        self._clock, self._detect, self.timings = time.perf_counter, detect, timings
+        self._last, self._detected = self._clock(), 0.0
+
+    def detect(self, image):
+        dets = self._detect(image)
+        self._detected = self._clock()
+        return dets
+
+    def image_done(self) -> None:
+        self.timings.append(self._detected - self._last)
+
+    def callback_done(self) -> None:
+        self._last = self._clock()
 
 
 def vis_name(image_name: str) -> str:
