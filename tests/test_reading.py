@@ -244,38 +244,12 @@ def test_a_greyscale_frame_is_read_as_the_detector_takes_it(tmp_path):
             rec.read(np.zeros((30, 60, 4), np.uint8), dets)
 
 
-def test_the_commands_read_on_the_backend_they_are_given(monkeypatch):
-    """`dbrt run / eval --backend onnxruntime --read` built the recognizer with backend auto:
-    a TensorRT engine where TensorRT is usable, and --backend tensorrt read on ONNX Runtime."""
+def runners_the_flags_ask_for(monkeypatch, module, cases):
+    """(path, backend, options) that `dbrt <command> <argv> --backend onnxruntime` asks
+    `module`'s load_runner for when it builds its recognizer (nothing loaded), per case."""
     import argparse
 
-    from pipeline.commands import _model, eval as eval_cmd, run as run_cmd
-    from pipeline.reading import recognizer
-
-    class Asked(Exception):
-        pass
-
-    def load_runner(path, backend, device, options):
-        raise Asked(backend)
-
-    monkeypatch.setattr(recognizer, "load_runner", load_runner)
-    for command, argv in ((run_cmd, ["--read"]), (run_cmd, ["--rec-margin", "0.1"]),
-                          (eval_cmd, ["--dataset", "x", "--e2e"])):
-        parser = argparse.ArgumentParser()
-        command.add_arguments(parser)
-        args = parser.parse_args(argv + ["--backend", "onnxruntime"])
-        args.read = getattr(args, "read", False) or getattr(args, "e2e", False)  # as eval sets it
-        with pytest.raises(Asked, match="^onnxruntime$"):
-            _model.build_recognizer(args)
-
-
-def test_the_recognizer_takes_the_threads_and_spin_flags_of_the_command(monkeypatch):
-    """dbrt run --read --threads 1 ran the recognizer on ONNX Runtime's default threads (every
-    core); --ort-spin was not passed on either."""
-    import argparse
-
-    from pipeline.commands import _model, eval as eval_cmd, run as run_cmd
-    from pipeline.reading import recognizer
+    from pipeline.commands import _model
 
     asked = []
 
@@ -283,21 +257,44 @@ def test_the_recognizer_takes_the_threads_and_spin_flags_of_the_command(monkeypa
         pass
 
     def load_runner(path, backend, device, options):
-        asked.append(options)
-        raise Asked(backend)
+        asked.append((str(path), backend, options))
+        raise Asked()
 
-    monkeypatch.setattr(recognizer, "load_runner", load_runner)
-    for command, argv in ((run_cmd, ["--read", "--threads", "1"]),
-                          (run_cmd, ["--read", "--threads", "3", "--ort-spin", "on"]),
-                          (eval_cmd, ["--dataset", "x", "--e2e", "--threads", "1"]),
-                          (run_cmd, ["--read"])):
+    monkeypatch.setattr(module, "load_runner", load_runner)
+    for command, argv in cases:
         parser = argparse.ArgumentParser()
         command.add_arguments(parser)
         args = parser.parse_args(argv + ["--backend", "onnxruntime"])
-        args.read = getattr(args, "read", False) or getattr(args, "e2e", False)
+        args.read = getattr(args, "read", False) or getattr(args, "e2e", False)  # as eval sets it
         with pytest.raises(Asked):
             _model.build_recognizer(args)
-    assert [(o.threads, o.spin) for o in asked] == [(1, False), (3, True), (1, False), (0, False)]
+    return asked
+
+
+def test_the_commands_read_on_the_backend_they_are_given(monkeypatch):
+    """`dbrt run / eval --backend onnxruntime --read` built the recognizer with backend auto:
+    a TensorRT engine where TensorRT is usable, and --backend tensorrt read on ONNX Runtime."""
+    from pipeline.commands import eval as eval_cmd, run as run_cmd
+    from pipeline.reading import recognizer
+
+    asked = runners_the_flags_ask_for(monkeypatch, recognizer, (
+        (run_cmd, ["--read"]), (run_cmd, ["--rec-margin", "0.1"]),
+        (eval_cmd, ["--dataset", "x", "--e2e"])))
+    assert [backend for _, backend, _ in asked] == ["onnxruntime"] * 3
+
+
+def test_the_recognizer_takes_the_threads_and_spin_flags_of_the_command(monkeypatch):
+    """dbrt run --read --threads 1 ran the recognizer on ONNX Runtime's default threads (every
+    core); --ort-spin was not passed on either."""
+    from pipeline.commands import eval as eval_cmd, run as run_cmd
+    from pipeline.reading import recognizer
+
+    asked = runners_the_flags_ask_for(monkeypatch, recognizer, (
+        (run_cmd, ["--read", "--threads", "1"]),
+        (run_cmd, ["--read", "--threads", "3", "--ort-spin", "on"]),
+        (eval_cmd, ["--dataset", "x", "--e2e", "--threads", "1"]),
+        (run_cmd, ["--read"])))
+    assert [(o.threads, o.spin) for _, _, o in asked] == [(1, False), (3, True), (1, False), (0, False)]
 
 
 # -- the PP-OCR rec model on a synthetic image ------------------------------------------------

@@ -19,6 +19,8 @@ from pipeline.reading.direction import DirectionClassifier, classifier_input, tu
 from pipeline.reading.gpu_crops import crop_geometry, emulate
 from pipeline.reading.recognizer import _normalise
 
+from test_reading import runners_the_flags_ask_for
+
 needs_rapidocr = pytest.mark.skipif(
     __import__("importlib").util.find_spec("rapidocr") is None,
     reason="the PP-OCR rec and direction models come with the rapidocr wheel")
@@ -285,31 +287,14 @@ def test_the_flags_errors_are_one_line_naming_the_flag(tmp_path, capsys):
 
 @needs_rapidocr
 def test_each_cls_flag_implies_reading_with_the_classifier(monkeypatch):
-    import argparse
-
-    from pipeline.commands import _model, eval as eval_cmd, run as run_cmd
+    from pipeline.commands import eval as eval_cmd, run as run_cmd
     from pipeline.reading import direction
 
-    asked = []
-
-    class Asked(Exception):
-        pass
-
-    def load_runner(path, backend, device, options):
-        asked.append((str(path), backend))
-        raise Asked()
-
-    monkeypatch.setattr(direction, "load_runner", load_runner)
-    for command, argv in ((run_cmd, ["--rec-cls"]), (run_cmd, ["--rec-cls-thresh", "0.5"]),
-                          (run_cmd, ["--rec-cls-model", __file__]),
-                          (eval_cmd, ["--dataset", "x", "--e2e", "--rec-cls"])):
-        parser = argparse.ArgumentParser()
-        command.add_arguments(parser)
-        args = parser.parse_args(argv + ["--backend", "onnxruntime"])
-        args.read = getattr(args, "read", False) or getattr(args, "e2e", False)
-        with pytest.raises(Asked):
-            _model.build_recognizer(args)
-    assert [backend for _, backend in asked] == ["onnxruntime"] * 4
+    asked = runners_the_flags_ask_for(monkeypatch, direction, (
+        (run_cmd, ["--rec-cls"]), (run_cmd, ["--rec-cls-thresh", "0.5"]),
+        (run_cmd, ["--rec-cls-model", __file__]),
+        (eval_cmd, ["--dataset", "x", "--e2e", "--rec-cls"])))
+    assert [backend for _, backend, _ in asked] == ["onnxruntime"] * 4
     assert asked[2][0] == __file__
 
 

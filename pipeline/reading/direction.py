@@ -17,7 +17,6 @@ above `thresh` has its own width (not the batch's padding) turned 180 degrees in
 """
 from __future__ import annotations
 
-import importlib.util
 import math
 from pathlib import Path
 from typing import Optional, Sequence
@@ -31,7 +30,7 @@ from engine.padding import pad_batch, runner_min_batch
 from engine.shapes import ShapeProfile
 
 from .ctc import _probabilities
-from .spec import RecSpec, runner_options
+from .spec import RecSpec, rapidocr_model_path, runner_options
 
 RAPIDOCR_CLS = "ch_ppocr_mobile_v2.0_cls_mobile.onnx"
 LABELS = ("0", "180")
@@ -43,12 +42,9 @@ BATCH_SIZE = 32
 
 def default_cls_model_path() -> Path:
     """PaddleOCR's mobile text-direction classifier as the `rapidocr` wheel ships it."""
-    spec = importlib.util.find_spec("rapidocr")
-    path = Path(spec.origin).parent / "models" / RAPIDOCR_CLS if spec and spec.origin else None
-    if path is None or not path.is_file():
-        raise ModelError("the text-direction classifier comes with the rapidocr wheel: pip "
-                         f"install 'dbrt[read]' (it ships {RAPIDOCR_CLS}) or pass --rec-cls-model")
-    return path
+    return rapidocr_model_path(RAPIDOCR_CLS, "the text-direction classifier comes with the "
+                               "rapidocr wheel: pip install 'dbrt[read]' (it ships {file}) or "
+                               "pass --rec-cls-model")
 
 
 class DirectionClassifier:

@@ -9,7 +9,6 @@ from the model's own `character` metadata (RapidOCR's PP-OCR ONNX files carry it
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple, Union
@@ -26,7 +25,7 @@ from ..preprocess import as_bgr
 from .crops import crop_batches, cut_crop, pad_quads, plan_crops, reading_quads
 from .ctc import Charset, characters_from_metadata, ctc_greedy_decode
 from .direction import direction_classifier
-from .spec import RecSpec, preset as named_preset, runner_options
+from .spec import RecSpec, preset as named_preset, rapidocr_model_path, runner_options
 
 TEXT, TEXT_SCORE = "text", "text_score"
 RAPIDOCR_REC = "PP-OCRv6_rec_small.onnx"
@@ -34,12 +33,8 @@ RAPIDOCR_REC = "PP-OCRv6_rec_small.onnx"
 
 def default_rec_model_path() -> Path:
     """PP-OCRv6 rec small as the `rapidocr` wheel ships it (pip install dbrt[read])."""
-    spec = importlib.util.find_spec("rapidocr")
-    path = Path(spec.origin).parent / "models" / RAPIDOCR_REC if spec and spec.origin else None
-    if path is None or not path.is_file():
-        raise ModelError("reading text needs a recognizer: pip install 'dbrt[read]' (the rapidocr "
-                         f"wheel ships {RAPIDOCR_REC}) or pass --rec-model")
-    return path
+    return rapidocr_model_path(RAPIDOCR_REC, "reading text needs a recognizer: pip install "
+                               "'dbrt[read]' (the rapidocr wheel ships {file}) or pass --rec-model")
 
 
 class Recognizer:

@@ -88,3 +88,15 @@ def runner_options(profile: Callable[[], ShapeProfile], path: Path, backend: str
     if options.profile is None:
         options = dataclasses.replace(options, profile=lambda metadata: profile())
     return options
+
+
+def rapidocr_model_path(file_name: str, missing: str) -> Path:
+    """A model the `rapidocr` wheel ships (pip install 'dbrt[read]'); `missing` says what it
+    is for and which flag gives one instead, when the wheel is not installed."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("rapidocr")
+    path = Path(spec.origin).parent / "models" / file_name if spec and spec.origin else None
+    if path is None or not path.is_file():
+        raise ModelError(missing.format(file=file_name))
+    return path
