@@ -138,6 +138,14 @@ def test_a_served_model_takes_one_frame_or_the_batch_its_dims_fix():
     assert served(8, (None, 3, None, None)).min_batch == 1
     assert served(0, (4, 3, 64, 96)).min_batch == 4
     assert served(0, (None, 3, 64, 96)).min_batch == 1
+    # the most it takes too: a --batch above it was refused at the first call, not at the start
+    assert [served(*case).max_batch for case in ((8, (None, 3, None, None)), (0, (4, 3, 64, 96)),
+                                                 (0, (None, 3, 64, 96)))] == [8, 4, 0]
+    from engine.errors import ModelError
+    from pipeline.batcher import batch_size
+
+    with pytest.raises(ModelError, match="--batch 8: the model takes at most 4 frames per call"):
+        batch_size(8, 1, served(0, (4, 3, 64, 96)))
 
 
 # -- TensorRT: an engine built with static shapes ---------------------------------------------

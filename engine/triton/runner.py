@@ -23,7 +23,7 @@ from typing import Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
-from ..base import Runner, TensorInfo
+from ..base import Runner, TensorInfo, fixed_batch
 from ..errors import DbrtWarning, InferenceFailed, ModelError, ShapeError
 from ..lazy import require
 from .model_info import ModelInfo, read_model_info
@@ -155,14 +155,15 @@ class TritonRunner(Runner):
 
     @property
     def max_batch(self) -> int:
-        """The model's max_batch_size (0: the model takes no batch dimension)."""
-        return self._info.max_batch if self._info else 0
+        """The most frames a call takes: the model's max_batch_size; for a model that does not
+        batch (max_batch_size 0), the batch its dims fix (0: none, any number)."""
+        return (self._info.max_batch or fixed_batch(self._info.inputs)) if self._info else 0
 
     @property
     def min_batch(self) -> int:
         """1 for a model that batches (max_batch_size > 0, Triton takes any batch up to it);
         for one that does not, the batch its dims fix, if any."""
-        return 1 if self.max_batch else super().min_batch
+        return 1 if self._info and self._info.max_batch else super().min_batch
 
     @property
     def state(self) -> str:
@@ -184,7 +185,7 @@ class TritonRunner(Runner):
             super()._check_feed(feed)
         except ShapeError as exc:
             raise ShapeError(f"{self.url}: {exc}") from None
-        if self.max_batch:
+        if self._info and self._info.max_batch:  # a fixed batch: checked with the dims above
             for name, array in feed.items():
                 if array.shape[0] > self.max_batch:
                     raise ShapeError(f"{self.url}: input {name!r} {tuple(array.shape)} is a batch of "
