@@ -179,6 +179,20 @@ def test_cli_export_all_precisions(image_dir, tmp_path, capsys):
     assert meta.untrained is True and meta.int8 is None
 
 
+def test_cli_export_warns_when_no_convolution_is_left_in_int8(image_dir, tmp_path, capsys):
+    """--keep-fp32-sensitive 1000 wrote an 'INT8' model with 0% of its convolutions in INT8,
+    saying only '0% of conv MACs INT8'."""
+    from pipeline.cli import main
+
+    out = tmp_path / "m.onnx"
+    assert main(["export", "--random-init", "--arch", "resnet18", "--width", "0.25", "-o", str(out),
+                 "--precision", "int8", "--calib", str(image_dir), "--calib-count", "2",
+                 "--calib-side", "64", "--keep-fp32-sensitive", "1000"]) == 0
+    text = capsys.readouterr().out
+    assert "0% of conv MACs INT8" in text
+    assert "WARNING: no convolution of m_int8.onnx runs in INT8" in text
+
+
 def _drifted_int8(monkeypatch) -> list:
     """compare_many replaced by one that finds INT8 keeping 6 of 20 FP32 boxes (hmean 0.41);
     returns the (candidates, image count) of each call."""

@@ -186,6 +186,10 @@ def _variants(args, fp32_path: Path, spec) -> list:
               f"{', FP32 ' + ' + '.join(kept) if kept else ''}{share})")
         if args.keep_fp32_sensitive:
             print("  FP32 layers: " + ", ".join(notes.fp32_layers if notes else ()))
+        if notes and notes.mac_share == 0:  # every convolution kept: INT8 in name only
+            print(f"WARNING: no convolution of {out[-1].name} runs in INT8 (the layers kept in "
+                  "FP32 are all of them): it runs as FP32 plus quantize / dequantize steps; keep "
+                  "fewer (--keep-fp32-sensitive K below the model's convolutions) or use FP16")
     return out
 
 
