@@ -87,6 +87,9 @@ class Detections:
 
     def __getitem__(self, index) -> "Detections":
         """Select with an int, a slice, an integer array or a boolean mask."""
+        if isinstance(index, (bool, np.bool_)):  # an int to Python: d[True] would be d[1]
+            raise IndexError("detections are selected with a boolean mask of one value per "
+                             f"detection, not a single {type(index).__name__}")
         if isinstance(index, (int, np.integer)):
             idx = np.array([index])
         elif isinstance(index, slice):
@@ -101,6 +104,9 @@ class Detections:
                 raise IndexError(f"detections are selected with an int, a slice, integers or a "
                                  f"boolean mask, not {idx.dtype} values; columns are in .data")
         idx = idx.astype(np.int64).reshape(-1)
+        if idx.size and not (-len(self) <= idx.min() and idx.max() < len(self)):
+            bad = idx[(idx < -len(self)) | (idx >= len(self))][0]
+            raise IndexError(f"index {bad} is out of range for {len(self)} detections")
         return Detections(tuple(self.polygons[i] for i in idx), self.scores[idx],
                           {k: v[idx] for k, v in _columns(self.data, len(self)).items()})
 

@@ -183,3 +183,16 @@ def test_a_column_of_texts_and_nones_is_encoded_once_and_follows_changes():
     assert [r["track_text"] for r in json.loads(first)] == [None, "EXIT"]
     texts[0] = "OPEN"
     assert [r["track_text"] for r in json.loads(dets.records_json())] == ["OPEN", "EXIT"]
+
+
+def test_a_single_bool_is_no_index_and_out_of_range_indices_are_named():
+    d = _dets()
+    for flag in (True, False, np.True_):  # True is 1 to Python: d[True] took the second one
+        with pytest.raises(IndexError, match="boolean mask"):
+            d[flag]
+    assert d[-1] == d[2] and len(d[np.zeros(3, bool)]) == 0 and len(Detections.empty()[[]]) == 0
+    for index in (3, -4, [0, 5], np.array([-7])):
+        with pytest.raises(IndexError, match="out of range for 3 detections"):
+            d[index]
+    with pytest.raises(IndexError, match="out of range for 0 detections"):
+        Detections.empty()[0]
