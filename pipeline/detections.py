@@ -86,7 +86,8 @@ class Detections:
         return iter(zip(self.polygons, self.scores))
 
     def __getitem__(self, index) -> "Detections":
-        """Select with an int, a slice, an integer array or a boolean mask."""
+        """Select with an int, a slice, an integer array or a boolean mask (a new Detections
+        with its own copies of the selected polygons, scores and columns)."""
         if isinstance(index, (bool, np.bool_)):  # an int to Python: d[True] would be d[1]
             raise IndexError("detections are selected with a boolean mask of one value per "
                              f"detection, not a single {type(index).__name__}")
@@ -107,7 +108,8 @@ class Detections:
         if idx.size and not (-len(self) <= idx.min() and idx.max() < len(self)):
             bad = idx[(idx < -len(self)) | (idx >= len(self))][0]
             raise IndexError(f"index {bad} is out of range for {len(self)} detections")
-        return Detections(tuple(self.polygons[i] for i in idx), self.scores[idx],
+        # copies, as numpy's selections are: changing a selection's points leaves these be
+        return Detections(tuple(self.polygons[i].copy() for i in idx), self.scores[idx],
                           {k: v[idx] for k, v in _columns(self.data, len(self)).items()})
 
     @property

@@ -196,3 +196,11 @@ def test_a_single_bool_is_no_index_and_out_of_range_indices_are_named():
             d[index]
     with pytest.raises(IndexError, match="out of range for 0 detections"):
         Detections.empty()[0]
+
+
+def test_a_selection_has_its_own_points_like_its_scores_and_columns():
+    d = _dets()
+    for chosen in (d[0], d[:2], d[d.scores > 0.6], d[[0, 0]]):
+        chosen.polygons[0][:] += 100  # e.g. moving a crop's boxes into its frame
+        chosen.scores[0] = 0
+    assert d == _dets()
