@@ -204,3 +204,13 @@ def test_a_selection_has_its_own_points_like_its_scores_and_columns():
         chosen.polygons[0][:] += 100  # e.g. moving a crop's boxes into its frame
         chosen.scores[0] = 0
     assert d == _dets()
+
+
+def test_frames_and_results_can_be_compared_and_looked_up():
+    """Frame == Frame compared the pixel arrays field by field and raised 'the truth value of
+    an array ... is ambiguous', as did `result in results` and FrameResult ==."""
+    a, b = (Frame(np.zeros((40, 50, 3), np.uint8), 3, 0.12, "cam0") for _ in range(2))
+    assert a == a and a != b and a in [b, a] and [b, a].index(a) == 1 and {a: 1}[a] == 1
+    result = FrameResult(a, _dets())
+    assert result == FrameResult(a, _dets()) and result != FrameResult(b, _dets())
+    assert result in [FrameResult(b, _dets()), result]
