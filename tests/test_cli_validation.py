@@ -562,3 +562,16 @@ def test_a_missing_fp16_converter_is_said_before_the_fp32_export(tmp_path, capsy
     line = one_error_line(capsys, ["export", "-o", str(out), "--precision", "fp16",
                                    "--fp16-converter", "modelopt"])
     assert "pip install nvidia-modelopt" in line and not out.exists()
+
+
+def test_runner_options_of_the_wrong_type_are_refused_when_made():
+    """spin="off" (the flag's word) was truthy and turned spinning on; threads=2.5 failed in
+    ONNX Runtime's bindings with a page of signatures."""
+    from engine.errors import ModelError
+    from engine.loader import RunnerOptions
+
+    for wrong in (dict(spin="off"), dict(threads=2.5), dict(sessions="2"), dict(threads=True)):
+        with pytest.raises(ModelError, match="threads and sessions take whole numbers"):
+            RunnerOptions(**wrong)
+    assert RunnerOptions(threads=2, sessions=1, spin=False).threads == 2
+
