@@ -111,6 +111,8 @@ def load_runner(model: os.PathLike, backend: str = "auto", device: str = "auto",
     suit the backend chosen.
     """
     options = options or RunnerOptions()
+    if not isinstance(options, RunnerOptions):  # a dict failed on a missing attribute
+        raise TypeError(f"options: expected an engine.loader.RunnerOptions, got {options!r}")
     if is_triton_url(model):
         return _triton_runner(str(model), backend, device, options)
     if backend not in BACKENDS:

@@ -575,3 +575,9 @@ def test_runner_options_of_the_wrong_type_are_refused_when_made():
             RunnerOptions(**wrong)
     assert RunnerOptions(threads=2, sessions=1, spin=False).threads == 2
 
+
+def test_load_runner_refuses_options_that_are_not_runner_options(tiny_onnx):
+    from engine.loader import load_runner
+
+    with pytest.raises(TypeError, match="expected an engine.loader.RunnerOptions"):
+        load_runner(tiny_onnx, options={"threads": 2})  # was: 'dict' has no 'engine_host_code'
