@@ -148,6 +148,10 @@ class ImageSink(Sink):
     """Annotated images: fn(frame) -> file name (the format follows the suffix)."""
 
     def __init__(self, path_for: PathFor, annotators: Optional[Sequence] = None):
+        if not callable(path_for):  # one file name would be overwritten by every frame
+            raise TypeError(f"ImageSink takes a function of the frame that names its file, e.g. "
+                            f"lambda frame: f'out/{{frame.stream}}_{{frame.index:06d}}.jpg', "
+                            f"got {path_for!r}")
         self.path_for = path_for
         self.annotators = annotators
         self.written = 0

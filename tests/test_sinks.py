@@ -426,3 +426,9 @@ def test_the_sinks_annotations_name_what_exists():
         for name, member in vars(cls).items():
             if callable(member):
                 typing.get_type_hints(member)
+
+
+def test_an_image_sink_given_a_file_name_says_it_takes_a_function(tmp_path):
+    """ImageSink("out.jpg") failed in the run's sink thread: 'str' object is not callable."""
+    with pytest.raises(TypeError, match="ImageSink takes a function of the frame"):
+        ImageSink(tmp_path / "out.jpg")
