@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -51,7 +51,10 @@ class Detections:
         scores = np.asarray(self.scores, dtype=np.float32).reshape(-1)
         if len(polys) != len(scores):
             raise ValueError(f"{len(polys)} polygons but {len(scores)} scores")
-        data = _columns(self.data, len(polys))
+        if self.data is not None and not isinstance(self.data, Mapping):
+            raise TypeError(f"data must be a dict of per-instance columns (name -> array), got "
+                            f"{type(self.data).__name__}")
+        data = _columns(self.data or {}, len(polys))  # None: none, as from_quads takes it
         object.__setattr__(self, "polygons", polys)
         object.__setattr__(self, "scores", scores)
         object.__setattr__(self, "data", data)

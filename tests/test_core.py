@@ -214,3 +214,12 @@ def test_frames_and_results_can_be_compared_and_looked_up():
     result = FrameResult(a, _dets())
     assert result == FrameResult(a, _dets()) and result != FrameResult(b, _dets())
     assert result in [FrameResult(b, _dets()), result]
+
+
+def test_data_may_be_none_and_anything_but_a_mapping_is_named():
+    """Detections(polygons, scores, None) failed with "'NoneType' object has no attribute
+    'items'" (from_quads took None), a list of pairs likewise."""
+    d = _dets()
+    assert Detections(d.polygons, d.scores, None) == Detections(d.polygons, d.scores)
+    with pytest.raises(TypeError, match="data must be a dict of per-instance columns"):
+        Detections(d.polygons, d.scores, [("text", ["a", "b", "c"])])
