@@ -3,6 +3,7 @@ cache when a GPU and TensorRT are present), .engine / .plan / .trt -> TensorRT; 
 triton://HOST[:PORT]/NAME URL -> a Triton Inference Server client."""
 from __future__ import annotations
 
+import numbers
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -61,6 +62,12 @@ class RunnerOptions:
     triton: object = None
 
     def __post_init__(self):
+        whole = all(isinstance(v, numbers.Integral) and not isinstance(v, bool)
+                    for v in (self.threads, self.sessions))
+        if not whole or self.spin not in (None, True, False):  # spin="off" would be truthy: on
+            raise ModelError(f"threads and sessions take whole numbers, spin True, False or None; "
+                             f"got threads={self.threads!r}, sessions={self.sessions!r}, "
+                             f"spin={self.spin!r}")
         if self.sessions < 1 or self.threads < 0:
             raise ModelError(f"sessions must be >= 1 and threads >= 0, "
                              f"got {self.sessions} / {self.threads}")
@@ -104,6 +111,8 @@ def load_runner(model: os.PathLike, backend: str = "auto", device: str = "auto",
     suit the backend chosen.
     """
     options = options or RunnerOptions()
+    if not isinstance(options, RunnerOptions):  # a dict failed on a missing attribute
+        raise TypeError(f"options: expected an engine.loader.RunnerOptions, got {options!r}")
     if is_triton_url(model):
         return _triton_runner(str(model), backend, device, options)
     if backend not in BACKENDS:

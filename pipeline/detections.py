@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -51,7 +51,10 @@ class Detections:
         scores = np.asarray(self.scores, dtype=np.float32).reshape(-1)
         if len(polys) != len(scores):
             raise ValueError(f"{len(polys)} polygons but {len(scores)} scores")
-        data = _columns(self.data, len(polys))
+        if self.data is not None and not isinstance(self.data, Mapping):
+            raise TypeError(f"data must be a dict of per-instance columns (name -> array), got "
+                            f"{type(self.data).__name__}")
+        data = _columns(self.data or {}, len(polys))  # None: none, as from_quads takes it
         object.__setattr__(self, "polygons", polys)
         object.__setattr__(self, "scores", scores)
         object.__setattr__(self, "data", data)
@@ -86,7 +89,11 @@ class Detections:
         return iter(zip(self.polygons, self.scores))
 
     def __getitem__(self, index) -> "Detections":
-        """Select with an int, a slice, an integer array or a boolean mask."""
+        """Select with an int, a slice, an integer array or a boolean mask (a new Detections
+        with its own copies of the selected polygons, scores and columns)."""
+        if isinstance(index, (bool, np.bool_)):  # an int to Python: d[True] would be d[1]
+            raise IndexError("detections are selected with a boolean mask of one value per "
+                             f"detection, not a single {type(index).__name__}")
         if isinstance(index, (int, np.integer)):
             idx = np.array([index])
         elif isinstance(index, slice):
@@ -101,7 +108,11 @@ class Detections:
                 raise IndexError(f"detections are selected with an int, a slice, integers or a "
                                  f"boolean mask, not {idx.dtype} values; columns are in .data")
         idx = idx.astype(np.int64).reshape(-1)
-        return Detections(tuple(self.polygons[i] for i in idx), self.scores[idx],
+        if idx.size and not (-len(self) <= idx.min() and idx.max() < len(self)):
+            bad = idx[(idx < -len(self)) | (idx >= len(self))][0]
+            raise IndexError(f"index {bad} is out of range for {len(self)} detections")
+        # copies, as numpy's selections are: changing a selection's points leaves these be
+        return Detections(tuple(self.polygons[i].copy() for i in idx), self.scores[idx],
                           {k: v[idx] for k, v in _columns(self.data, len(self)).items()})
 
     @property

@@ -59,13 +59,19 @@ class BannerAnnotator:
 @dataclass(frozen=True)
 class RegionAnnotator:
     """Outlines the region of interest (a Detector's `roi`), so that a viewer sees which part
-    of the frame is watched; a frame the region misses gets no outline."""
+    of the frame is watched; a frame the region misses gets no outline. `region` takes what
+    `Detector(roi=)` takes; None (a Detector without a region: all of the frame) draws nothing."""
 
-    region: Region
+    region: Optional[Region]
     color: Color = (0, 200, 255)
     thickness: int = 2
 
+    def __post_init__(self):  # a bad region fails here, not in the sink thread's first frame
+        object.__setattr__(self, "region", Region.of(self.region))
+
     def annotate(self, scene: np.ndarray, detections: Optional[Detections] = None) -> np.ndarray:
+        if self.region is None:
+            return scene
         try:
             x, y, w, h = self.region.in_frame(*scene.shape[:2])
         except ShapeError:  # the detector names the error; the picture is drawn as it is

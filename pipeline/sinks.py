@@ -101,10 +101,15 @@ class VideoSink(Sink):
         self.live_streams = set(live_streams)
         self.encoders: Dict[int, VideoEncoder] = {}
         self.paths: Dict[int, Path] = {}
+        self._closed = False
 
     def write(self, frame: Frame, detections: Detections) -> None:
         encoder = self.encoders.get(frame.stream)
         if encoder is None:
+            if self._closed:  # its files are finished: another run would overwrite them
+                raise DbrtError(f"this VideoSink ({', '.join(map(str, self.paths.values()))}) is "
+                                "closed (a Pipeline closes its sinks when its run ends); make a "
+                                "new one for another run")
             encoder = self._open(frame)
         encoder.encode(annotate(frame.image, detections, self.annotators), frame.timestamp,
                        frame.t_read)
@@ -132,6 +137,7 @@ class VideoSink(Sink):
             encoder.close()
 
     def close(self) -> None:
+        self._closed = True
         encoders, self.encoders = self.encoders, {}
         with contextlib.ExitStack() as steps:  # one file failing to finish leaves the others whole
             for encoder in encoders.values():
@@ -142,6 +148,10 @@ class ImageSink(Sink):
     """Annotated images: fn(frame) -> file name (the format follows the suffix)."""
 
     def __init__(self, path_for: PathFor, annotators: Optional[Sequence] = None):
+        if not callable(path_for):  # one file name would be overwritten by every frame
+            raise TypeError(f"ImageSink takes a function of the frame that names its file, e.g. "
+                            f"lambda frame: f'out/{{frame.stream}}_{{frame.index:06d}}.jpg', "
+                            f"got {path_for!r}")
         self.path_for = path_for
         self.annotators = annotators
         self.written = 0

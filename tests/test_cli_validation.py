@@ -562,3 +562,22 @@ def test_a_missing_fp16_converter_is_said_before_the_fp32_export(tmp_path, capsy
     line = one_error_line(capsys, ["export", "-o", str(out), "--precision", "fp16",
                                    "--fp16-converter", "modelopt"])
     assert "pip install nvidia-modelopt" in line and not out.exists()
+
+
+def test_runner_options_of_the_wrong_type_are_refused_when_made():
+    """spin="off" (the flag's word) was truthy and turned spinning on; threads=2.5 failed in
+    ONNX Runtime's bindings with a page of signatures."""
+    from engine.errors import ModelError
+    from engine.loader import RunnerOptions
+
+    for wrong in (dict(spin="off"), dict(threads=2.5), dict(sessions="2"), dict(threads=True)):
+        with pytest.raises(ModelError, match="threads and sessions take whole numbers"):
+            RunnerOptions(**wrong)
+    assert RunnerOptions(threads=2, sessions=1, spin=False).threads == 2
+
+
+def test_load_runner_refuses_options_that_are_not_runner_options(tiny_onnx):
+    from engine.loader import load_runner
+
+    with pytest.raises(TypeError, match="expected an engine.loader.RunnerOptions"):
+        load_runner(tiny_onnx, options={"threads": 2})  # was: 'dict' has no 'engine_host_code'

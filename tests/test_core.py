@@ -183,3 +183,43 @@ def test_a_column_of_texts_and_nones_is_encoded_once_and_follows_changes():
     assert [r["track_text"] for r in json.loads(first)] == [None, "EXIT"]
     texts[0] = "OPEN"
     assert [r["track_text"] for r in json.loads(dets.records_json())] == ["OPEN", "EXIT"]
+
+
+def test_a_single_bool_is_no_index_and_out_of_range_indices_are_named():
+    d = _dets()
+    for flag in (True, False, np.True_):  # True is 1 to Python: d[True] took the second one
+        with pytest.raises(IndexError, match="boolean mask"):
+            d[flag]
+    assert d[-1] == d[2] and len(d[np.zeros(3, bool)]) == 0 and len(Detections.empty()[[]]) == 0
+    for index in (3, -4, [0, 5], np.array([-7])):
+        with pytest.raises(IndexError, match="out of range for 3 detections"):
+            d[index]
+    with pytest.raises(IndexError, match="out of range for 0 detections"):
+        Detections.empty()[0]
+
+
+def test_a_selection_has_its_own_points_like_its_scores_and_columns():
+    d = _dets()
+    for chosen in (d[0], d[:2], d[d.scores > 0.6], d[[0, 0]]):
+        chosen.polygons[0][:] += 100  # e.g. moving a crop's boxes into its frame
+        chosen.scores[0] = 0
+    assert d == _dets()
+
+
+def test_frames_and_results_can_be_compared_and_looked_up():
+    """Frame == Frame compared the pixel arrays field by field and raised 'the truth value of
+    an array ... is ambiguous', as did `result in results` and FrameResult ==."""
+    a, b = (Frame(np.zeros((40, 50, 3), np.uint8), 3, 0.12, "cam0") for _ in range(2))
+    assert a == a and a != b and a in [b, a] and [b, a].index(a) == 1 and {a: 1}[a] == 1
+    result = FrameResult(a, _dets())
+    assert result == FrameResult(a, _dets()) and result != FrameResult(b, _dets())
+    assert result in [FrameResult(b, _dets()), result]
+
+
+def test_data_may_be_none_and_anything_but_a_mapping_is_named():
+    """Detections(polygons, scores, None) failed with "'NoneType' object has no attribute
+    'items'" (from_quads took None), a list of pairs likewise."""
+    d = _dets()
+    assert Detections(d.polygons, d.scores, None) == Detections(d.polygons, d.scores)
+    with pytest.raises(TypeError, match="data must be a dict of per-instance columns"):
+        Detections(d.polygons, d.scores, [("text", ["a", "b", "c"])])

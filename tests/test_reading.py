@@ -174,6 +174,15 @@ def test_a_dictionary_that_does_not_match_the_classes_is_refused(tmp_path):
         Recognizer(model, device="cpu")
 
 
+def test_a_recognizer_refused_releases_its_session(tmp_path):
+    from engine.loader import load_runner
+
+    runner = load_runner(_tiny_ctc_model(tmp_path / "tiny.onnx", classes=3), device="cpu")
+    with pytest.raises(ModelError, match="no dictionary"):  # a session (GPU memory) stayed open
+        Recognizer(runner)
+    assert not runner.is_active
+
+
 def _spelling_recognizer(tmp_path):
     """A tiny CTC recognizer reading each crop column's brightest channel (blank / 'a' / space),
     and a crop it reads as "aa a"."""

@@ -231,6 +231,20 @@ def test_the_region_is_outlined_on_the_picture():
     assert not RegionAnnotator(Region.parse("50,50,5,5")).annotate(untouched).any()
 
 
+def test_the_outline_takes_what_roi_takes_and_none_draws_nothing():
+    """RegionAnnotator got the tuple or string given to Detector(roi=), or a Detector's roi of
+    None, and failed with an AttributeError in the sink thread at the first frame."""
+    def drawn(region):
+        return RegionAnnotator(region).annotate(np.zeros((100, 200, 3), np.uint8))
+
+    expected = drawn(Region.parse("0.5,0,0.5,0.5"))
+    assert np.array_equal(drawn((0.5, 0.0, 0.5, 0.5)), expected)
+    assert np.array_equal(drawn("0.5,0,0.5,0.5"), expected)
+    assert not drawn(None).any()
+    with pytest.raises(RegionError):
+        RegionAnnotator((0, 0, -1, 5))
+
+
 # -- dbrt run --roi ------------------------------------------------------------------------------
 def test_dbrt_run_roi_detects_in_the_region_and_outlines_it(tmp_path, capsys):
     """Two pictures of other sizes and a region in fractions: each picture's SHOP (in the

@@ -338,6 +338,15 @@ def test_two_streams_on_one_video_file_are_an_error_not_a_lost_video(tmp_path):
     sink.close()
 
 
+def test_a_closed_video_sink_says_so_when_written_again(tmp_path):
+    """A VideoSink reused for a second run said 'streams 0 and 0 would write the same video'."""
+    sink = VideoSink(tmp_path / "once.mp4")
+    sink.write(make_frame(0), dets_for(make_frame(0)))
+    sink.close()
+    with pytest.raises(DbrtError, match=r"VideoSink \(.*once\.mp4\) is closed"):
+        sink.write(make_frame(1), dets_for(make_frame(1)))
+
+
 def test_a_slow_live_runs_fragments_still_come_every_two_seconds_of_video(tmp_path):
     """Keyframes (so fragments) came every 50 frames written: at 4 frames a second out of a
     25 fps stream, 13 s of video, most of it lost to a kill."""
@@ -417,3 +426,9 @@ def test_the_sinks_annotations_name_what_exists():
         for name, member in vars(cls).items():
             if callable(member):
                 typing.get_type_hints(member)
+
+
+def test_an_image_sink_given_a_file_name_says_it_takes_a_function(tmp_path):
+    """ImageSink("out.jpg") failed in the run's sink thread: 'str' object is not callable."""
+    with pytest.raises(TypeError, match="ImageSink takes a function of the frame"):
+        ImageSink(tmp_path / "out.jpg")

@@ -66,18 +66,18 @@ class Recognizer:
             options = runner_options(self.spec.profile, path, backend, device, options)
             self.runner = load_runner(path, backend=backend, device=device, options=options)
         self.runner.activate()
-        self.output_name, num_classes = _check_ctc_io(self.runner, self.spec, self.model_name)
-        self.spec = _fitted_to_width(self.spec, self.runner.inputs[0].shape[3])
-        self.min_batch = runner_min_batch(self.runner)  # a fixed-batch model: shorter ones padded
-        self.charset = self._charset(charset, num_classes)
-        self.skipped = 0  # polygons that rectified to nothing (too thin to read)
-        self.crops_read = 0
-        self._cropper = None
-        try:
+        try:  # a model, dictionary or classifier refused leaves no session / GPU memory behind
+            self.output_name, num_classes = _check_ctc_io(self.runner, self.spec, self.model_name)
+            self.spec = _fitted_to_width(self.spec, self.runner.inputs[0].shape[3])
+            self.min_batch = runner_min_batch(self.runner)  # a fixed batch: shorter ones padded
+            self.charset = self._charset(charset, num_classes)
             self.direction = direction_classifier(direction, backend, device, given_options)
         except BaseException:
             self.runner.deactivate()
             raise
+        self.skipped = 0  # polygons that rectified to nothing (too thin to read)
+        self.crops_read = 0
+        self._cropper = None
 
     def _charset(self, charset, num_classes: Optional[int]) -> Charset:
         if isinstance(charset, Charset):

@@ -25,7 +25,7 @@ def shown_source(source: str) -> str:
     return without_credentials(source)
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: == on the pixel arrays would raise
 class Frame:
     """One decoded frame and where it came from.
 
