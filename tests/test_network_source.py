@@ -60,6 +60,23 @@ def test_pipeline_over_a_live_stream(server):
     assert report["sources"][0]["kind"] == "network" and report["sources"][0]["live"] is True
 
 
+def test_a_damaged_packet_in_a_live_stream_is_skipped_not_a_reconnect():
+    """container.decode ends at the first packet the decoder rejects: a corrupt packet from a
+    camera cost a reconnect (state 'reconnecting', /healthz 503, the frames meanwhile)."""
+    server = TsServer(mpegts_bytes(frames=60, damaged=(20,))).start()
+    source = NetworkSource(server.url, reconnect=Reconnect(retries=3, delay=0.05), timeout=3)
+    try:
+        for frame in source.open():
+            if frame.index >= 80:  # past the damaged packet (at frame 20 of each loop)
+                source.close()
+    finally:
+        server.stop()
+    stats = source.stats.as_dict()
+    assert stats["skipped"] >= 1 and stats["reconnects"] == 0, stats
+    assert server.connections == 1
+    assert any(e.startswith("damaged packet skipped: Invalid data") for e in stats["events"])
+
+
 def test_unreachable_stream_fails_at_open_with_one_line():
     with pytest.raises(SourceError, match=r"cannot open http://127\.0\.0\.1:\d+/x\.ts") as info:
         open_source(f"http://127.0.0.1:{free_port()}/x.ts")
