@@ -93,6 +93,9 @@ class NetworkSource(ReportsDecoding, LiveSource):
         if self._live_by_name and _finite(container, stream, self.url):
             self._as_file()  # e.g. a download link with no file suffix
         self._live_by_name = False
+        if self.live and self.state == "reconnecting" and _ended_playlist(container):
+            container.close()  # its end again: each reconnect replayed its last segments
+            raise SourceError("the HLS playlist has ended (#EXT-X-ENDLIST): no new segments")
         if not self.live and stream.start_time and stream.time_base is not None:
             self._start_s = float(stream.start_time * stream.time_base)
 
@@ -146,6 +149,11 @@ class NetworkSource(ReportsDecoding, LiveSource):
         container, self._container, self._frames = self._container, None, None
         if container is not None:
             container.close()
+
+
+def _ended_playlist(container) -> bool:
+    """An HLS playlist that states its length: its publisher has ended it."""
+    return "hls" in container.format.name and bool(container.duration and container.duration > 0)
 
 
 def _finite(container, stream, url: str) -> bool:
