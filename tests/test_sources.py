@@ -220,6 +220,12 @@ def test_reconnect_delays_back_off_and_cap():
     assert list(Reconnect(retries=0).delays()) == []
 
 
+def test_a_zero_reconnect_delay_retries_at_once_then_still_backs_off():
+    """--reconnect-delay 0 doubled stayed 0: with --reconnect -1 a refusing camera was
+    retried in a tight loop for ever."""
+    assert list(Reconnect(retries=5, delay=0, max_delay=0.5).delays()) == [0, 0.2, 0.4, 0.5, 0.5]
+
+
 def test_live_source_outpacing_consumer_drops_newest_wins_and_memory_stays_flat():
     source = SimulatedCamera(total=400, reconnect=None).open()
     tracemalloc.start()
