@@ -94,7 +94,7 @@ class NetworkSource(ReportsDecoding, LiveSource):
             self._as_file()  # e.g. a download link with no file suffix
         self._live_by_name = False
         if self.live and self.state == "reconnecting" and _ended_playlist(container):
-            container.close()  # its end again: each reconnect replayed its last segments
+            self._disconnect()  # its end again: each reconnect replayed its last segments
             raise SourceError("the HLS playlist has ended (#EXT-X-ENDLIST): no new segments")
         if not self.live and stream.start_time and stream.time_base is not None:
             self._start_s = float(stream.start_time * stream.time_base)
