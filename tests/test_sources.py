@@ -150,6 +150,23 @@ def test_a_camera_that_does_not_say_its_rate_is_not_reported_as_refusing_it(monk
     source.close()
 
 
+def test_a_camera_that_does_not_say_its_rate_has_no_fps(monkeypatch):
+    """V4L2's -1 was the source's fps (report.json's "fps": -1.0, and the annotated video's
+    nominal rate) where the mode said None."""
+    import cv2
+
+    from pipeline.sources import camera as camera_module
+
+    class Silent(_FakeCapture):
+        def get(self, prop):
+            return -1.0 if prop == cv2.CAP_PROP_FPS else super().get(prop)
+
+    monkeypatch.setattr(camera_module.cv2, "VideoCapture", Silent)
+    source = open_source("0")
+    assert source.fps is None and source.describe()["fps"] is None
+    source.close()
+
+
 @pytest.mark.parametrize("spec, kind", [
     ("0", CameraSource), (3, CameraSource), ("/dev/video1", CameraSource),
     ("rtsp://cam.local/stream", NetworkSource), ("http://host/live.ts", NetworkSource),
