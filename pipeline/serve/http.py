@@ -5,7 +5,8 @@ connections.
 Safe by default: binds loopback unless told otherwise, GET / HEAD only, no request path ever
 reaches the file system, an optional access token (`Authorization: Bearer TOKEN`, `?token=TOKEN`,
 or the session cookie a valid `?token=` sets, so that the page survives a reload), at most
-`max_connections` open connections (more are closed at once), and a socket timeout that frees
+`max_connections` open connections (then the oldest that sent no request makes room, else a
+new one is closed at once), and a socket timeout that frees
 the thread of a viewer that stopped reading.
 """
 from __future__ import annotations
