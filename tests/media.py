@@ -32,8 +32,13 @@ def index_of(image: np.ndarray) -> int:
     return int(round((level - 8) / 16))
 
 
+# an MPEG-2 slice start code for a row far below the picture: FFmpeg's decoder rejects the
+# packet (InvalidDataError), as it does a corrupt packet on a camera's stream
+REJECTED_PACKET = b"\x00\x00\x01\xaf" + bytes(16)
+
+
 def _encode(target, frames: int, height: int, width: int, fps: int, fmt=None, codec="mpeg4",
-            options=None, rotation=None):
+            options=None, rotation=None, damaged=()):
     import av
 
     with av.open(target, mode="w", format=fmt, options=options or {}) as container:
@@ -45,8 +50,17 @@ def _encode(target, frames: int, height: int, width: int, fps: int, fmt=None, co
         for i in range(frames):
             vframe = av.VideoFrame.from_ndarray(frame_image(i, height, width), format="bgr24")
             vframe.pts = i
-            container.mux(stream.encode(vframe))
+            for packet in stream.encode(vframe):
+                container.mux(_rejected_like(packet, stream) if i in damaged else packet)
         container.mux(stream.encode(None))
+
+
+def _rejected_like(packet, stream):
+    import av
+
+    bad = av.Packet(REJECTED_PACKET)
+    bad.pts, bad.dts, bad.time_base, bad.stream = packet.pts, packet.dts, packet.time_base, stream
+    return bad
 
 
 def write_video(path: Path, frames: int = 12, height: int = 48, width: int = 64, fps: int = 10,
@@ -85,10 +99,12 @@ def write_truncated_video(path: Path, frames: int = 200, keep: float = 0.5, code
     return path
 
 
-def mpegts_bytes(frames: int = 50, height: int = 48, width: int = 64, fps: int = 25) -> bytes:
-    """An MPEG-TS stream in memory (what a live HTTP TS server sends)."""
+def mpegts_bytes(frames: int = 50, height: int = 48, width: int = 64, fps: int = 25,
+                 damaged=()) -> bytes:
+    """An MPEG-TS stream in memory (what a live HTTP TS server sends); the packets of the
+    frames numbered in `damaged` are replaced by one the decoder rejects."""
     buffer = io.BytesIO()
-    _encode(buffer, frames, height, width, fps, fmt="mpegts", codec="mpeg2video")
+    _encode(buffer, frames, height, width, fps, fmt="mpegts", codec="mpeg2video", damaged=damaged)
     return buffer.getvalue()
 
 

@@ -13,7 +13,7 @@ from engine.triton.ports import free_port
 from pipeline.runner import Pipeline
 from pipeline.sources import NetworkSource, Reconnect, open_source
 
-from media import FakeDetector, TsServer, mpegts_bytes, until
+from media import FakeDetector, TsServer, index_of, mpegts_bytes, until
 
 @pytest.fixture
 def server():
@@ -58,6 +58,23 @@ def test_pipeline_over_a_live_stream(server):
     report = pipe.run()
     assert report["frames"] == 20
     assert report["sources"][0]["kind"] == "network" and report["sources"][0]["live"] is True
+
+
+def test_a_damaged_packet_in_a_live_stream_is_skipped_not_a_reconnect():
+    """container.decode ends at the first packet the decoder rejects: a corrupt packet from a
+    camera cost a reconnect (state 'reconnecting', /healthz 503, the frames meanwhile)."""
+    server = TsServer(mpegts_bytes(frames=60, damaged=(20,))).start()
+    source = NetworkSource(server.url, reconnect=Reconnect(retries=3, delay=0.05), timeout=3)
+    try:
+        for frame in source.open():
+            if frame.index >= 80:  # past the damaged packet (at frame 20 of each loop)
+                source.close()
+    finally:
+        server.stop()
+    stats = source.stats.as_dict()
+    assert stats["skipped"] >= 1 and stats["reconnects"] == 0, stats
+    assert server.connections == 1
+    assert any(e.startswith("damaged packet skipped: Invalid data") for e in stats["events"])
 
 
 def test_unreachable_stream_fails_at_open_with_one_line():
@@ -190,6 +207,49 @@ def test_a_file_over_http_stopped_midway_counts_only_the_frames_handed_on(tmp_pa
         source.join(30)
         stats = source.stats.as_dict()
         assert (stats["read"], stats["delivered"], stats["dropped"]) == (10, 10, 0)
+
+
+def _hls(folder, frames: int = 75):
+    """An HLS recording of `frames` frames in 1 s segments; its playlist as a live one
+    (without #EXT-X-ENDLIST) is live.m3u8, as ended is ended.m3u8."""
+    from fractions import Fraction
+
+    import av
+
+    from media import frame_image
+
+    with av.open(str(folder / "ended.m3u8"), "w", format="hls",
+                 options={"hls_time": "1", "hls_list_size": "0"}) as container:
+        stream = container.add_stream("mpeg2video", rate=Fraction(25))
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.gop_size = 25
+        for i in range(frames):
+            vframe = av.VideoFrame.from_ndarray(frame_image(i, 48, 64), format="bgr24")
+            vframe.pts = i
+            container.mux(stream.encode(vframe))
+        container.mux(stream.encode(None))
+    ended = (folder / "ended.m3u8").read_text()
+    assert "#EXT-X-ENDLIST" in ended
+    (folder / "live.m3u8").write_text(ended.replace("#EXT-X-ENDLIST\n", ""))
+
+
+def test_a_live_hls_playlist_that_ends_is_not_replayed_on_each_reconnect(tmp_path):
+    """A publisher that stops ends its live playlist (#EXT-X-ENDLIST): each reconnect found
+    the ended playlist and read its segments again, for ever (duplicate frames, a reconnect a
+    second). Now an ended playlist is a failed attempt, until it is live again or given up."""
+    _hls(tmp_path)
+    with _files_over_http(tmp_path) as base:
+        source = NetworkSource(f"{base}/live.m3u8", reconnect=Reconnect(retries=2, delay=0.05),
+                               timeout=3).open()
+        assert source.live
+        (tmp_path / "live.m3u8").write_text((tmp_path / "ended.m3u8").read_text())  # it ends
+        indices = []
+        with pytest.raises(SourceError, match="gave up after 2 reconnect attempts .*ENDLIST"):
+            for frame in source:
+                indices.append(index_of(frame.image))
+                assert len(indices) < 200, "the ended playlist is read again and again"
+    stats = source.stats.as_dict()
+    assert stats["reconnects"] == 0 and len(indices) <= 75, stats
 
 
 def test_a_file_behind_an_address_without_a_suffix_is_read_whole_from_0(tmp_path):

@@ -82,6 +82,35 @@ def test_viewers_beyond_their_share_get_503_and_probes_still_get_in(served):
     time.sleep(0.3)
 
 
+def test_idle_connections_holding_every_slot_make_room_for_a_probe(served, monkeypatch):
+    """Connections that sent nothing held every slot until their request deadline: /healthz
+    and /metrics were refused meanwhile (a client could renew them for ever). The oldest of
+    them now makes room for a new connection."""
+    from pipeline.serve import http
+
+    monkeypatch.setattr(http._Handler, "request_deadline", 3600.0)  # only eviction can help
+    sink, port = served
+    idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(6)]
+    try:
+        slots = sink.server.server._slots  # no public count of the connections
+        until(lambda: slots._value == 0, "the 6 idle connections to hold every slot")
+        assert get(port, "/healthz", AUTH)[0] in (200, 503)  # answered, whatever the health
+        assert get(port, "/metrics", AUTH)[0] == 200
+        for s in idle:
+            s.setblocking(False)
+        until(lambda: any(_closed(s) for s in idle), "the oldest idle connection to be let go")
+    finally:
+        for s in idle:
+            s.close()
+
+
+def _closed(sock) -> bool:
+    try:
+        return sock.recv(1) == b""
+    except BlockingIOError:
+        return False
+
+
 def test_head_on_metrics_and_a_lower_case_bearer(served):
     sink, port = served
     status, body, _ = get(port, "/metrics", {"Authorization": "bearer tok"})

@@ -150,6 +150,23 @@ def test_a_camera_that_does_not_say_its_rate_is_not_reported_as_refusing_it(monk
     source.close()
 
 
+def test_a_camera_that_does_not_say_its_rate_has_no_fps(monkeypatch):
+    """V4L2's -1 was the source's fps (report.json's "fps": -1.0, and the annotated video's
+    nominal rate) where the mode said None."""
+    import cv2
+
+    from pipeline.sources import camera as camera_module
+
+    class Silent(_FakeCapture):
+        def get(self, prop):
+            return -1.0 if prop == cv2.CAP_PROP_FPS else super().get(prop)
+
+    monkeypatch.setattr(camera_module.cv2, "VideoCapture", Silent)
+    source = open_source("0")
+    assert source.fps is None and source.describe()["fps"] is None
+    source.close()
+
+
 @pytest.mark.parametrize("spec, kind", [
     ("0", CameraSource), (3, CameraSource), ("/dev/video1", CameraSource),
     ("rtsp://cam.local/stream", NetworkSource), ("http://host/live.ts", NetworkSource),
@@ -218,6 +235,12 @@ def test_latest_slot_drops_what_is_put_after_it_finished():
 def test_reconnect_delays_back_off_and_cap():
     assert list(Reconnect(retries=5, delay=0.5, factor=2, max_delay=3).delays()) == [0.5, 1, 2, 3, 3]
     assert list(Reconnect(retries=0).delays()) == []
+
+
+def test_a_zero_reconnect_delay_retries_at_once_then_still_backs_off():
+    """--reconnect-delay 0 doubled stayed 0: with --reconnect -1 a refusing camera was
+    retried in a tight loop for ever."""
+    assert list(Reconnect(retries=5, delay=0, max_delay=0.5).delays()) == [0, 0.2, 0.4, 0.5, 0.5]
 
 
 def test_live_source_outpacing_consumer_drops_newest_wins_and_memory_stays_flat():

@@ -42,6 +42,7 @@ def test_a_login_or_a_query_in_the_url_is_refused_saying_so(text, why, capsys):
 
 def test_the_back_off_doubles_up_to_its_cap_and_stops_after_the_retries():
     assert list(TritonOptions(retries=6, delay=0.5).delays()) == [0.5, 1, 2, 4, 8, 8]
+    assert list(TritonOptions(retries=4, delay=0).delays()) == [0, 0.2, 0.4, 0.8]  # not all 0
     forever = TritonOptions(retries=None, delay=1).delays()
     assert [next(forever) for _ in range(5)] == [1, 2, 4, 8, 8]
     for bad in (dict(shm="gpu"), dict(inflight=0), dict(timeout=0), dict(retries=-1)):

@@ -108,8 +108,9 @@ class TritonOptions:
         return "system" if url.is_local else "none"
 
     def delays(self) -> Iterator[float]:
-        """The successive waits of one outage (like pipeline.sources.Reconnect)."""
+        """The successive waits of one outage (like pipeline.sources.Reconnect): a delay of 0
+        probes at once, then backs off from 0.1 s (0 doubled stayed 0, a tight loop)."""
         wait, attempt = self.delay, 0
         while self.retries is None or attempt < self.retries:
             yield wait
-            wait, attempt = min(self.max_delay, wait * self.factor), attempt + 1
+            wait, attempt = min(self.max_delay, (wait or 0.1) * self.factor), attempt + 1

@@ -128,7 +128,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="network streams, gst: pipelines and a triton:// model: reconnect attempts per outage "
                         "(-1: forever, 0: none)")
     q.add_argument("--reconnect-delay", type=at_least(0.0, float), default=0.5,
-                   help="first back-off delay in seconds (doubles up to 8 s)")
+                   help="first back-off delay in seconds (doubles up to 8 s; 0: the "
+                        "first attempt at once, then 0.2 s, 0.4 s, ...)")
     c = p.add_argument_group("cameras (0, /dev/video0, csi://0): the capture mode to ask for; report.json "
                              "has the one the camera gives")
     c.add_argument("--camera-size", type=frame_size, metavar="WxH", help="e.g. 1920x1080")

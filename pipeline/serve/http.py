@@ -5,11 +5,13 @@ connections.
 Safe by default: binds loopback unless told otherwise, GET / HEAD only, no request path ever
 reaches the file system, an optional access token (`Authorization: Bearer TOKEN`, `?token=TOKEN`,
 or the session cookie a valid `?token=` sets, so that the page survives a reload), at most
-`max_connections` open connections (more are closed at once), and a socket timeout that frees
+`max_connections` open connections (then the oldest that sent no request makes room, else a
+new one is closed at once), and a socket timeout that frees
 the thread of a viewer that stopped reading.
 """
 from __future__ import annotations
 
+import contextlib
 import hmac
 import http.client
 import ipaddress
@@ -298,15 +300,18 @@ class _Handler(WSGIRequestHandler):
         self._deadline = threading.Timer(self.request_deadline, self._drop)
         self._deadline.daemon = True
         self._deadline.start()
+        self.server.waiting.append(self)  # no request yet: the first to go when all are taken
 
     def parse_request(self) -> bool:  # reads the headers; the deadline ends with them
         try:
             return super().parse_request()
         finally:
             self._deadline.cancel()
+            self.server.stop_waiting(self)
 
     def finish(self) -> None:
         self._deadline.cancel()
+        self.server.stop_waiting(self)
         super().finish()
 
     def _drop(self) -> None:
@@ -331,13 +336,27 @@ class _Server(ThreadingMixIn, WSGIServer):
 
     def server_bind(self):
         self._slots = threading.BoundedSemaphore(self.max_connections)
+        self.waiting = []  # handlers of connections that have sent no whole request yet, oldest first
         super().server_bind()
 
+    def stop_waiting(self, handler) -> None:
+        with contextlib.suppress(ValueError):  # list.remove is atomic; it may be gone already
+            self.waiting.remove(handler)
+
     def process_request(self, request, client_address):
-        if not self._slots.acquire(blocking=False):
-            self.shutdown_request(request)  # over the limit: closed at once
+        # all taken: the oldest connection that sent no request makes room (idle connections
+        # held every slot for their 10 s, /healthz and /metrics refused), else this one goes
+        if not self._slots.acquire(blocking=False) and not (
+                self._drop_oldest_waiting() and self._slots.acquire(timeout=1.0)):
+            self.shutdown_request(request)
             return
         super().process_request(request, client_address)
+
+    def _drop_oldest_waiting(self) -> bool:
+        with contextlib.suppress(IndexError):
+            self.waiting.pop(0)._drop()
+            return True
+        return False
 
     def process_request_thread(self, request, client_address):
         try:

@@ -60,7 +60,8 @@ class Frame:
 class SourceStats:
     """Thread-safe counters a source reports: frames read / delivered / dropped / sampled out
     (left out by the run's frame rate, `Pipeline(sample_fps=...)`), inputs skipped (unreadable
-    images), reconnects; read = delivered + dropped + sampled_out."""
+    images, packets of a video or live stream the decoder rejected), reconnects;
+    read = delivered + dropped + sampled_out."""
 
     def __init__(self):
         self._lock = threading.Lock()

@@ -35,7 +35,8 @@ class CameraSource(LiveSource):
     @property
     def fps(self) -> Optional[float]:
         cap = self._cap
-        return (float(cap.get(cv2.CAP_PROP_FPS)) or None) if cap is not None else None
+        fps = float(cap.get(cv2.CAP_PROP_FPS)) if cap is not None else 0.0
+        return fps if fps > 0 else None  # V4L2's -1: the driver does not say
 
     def _connect(self) -> None:
         cap = cv2.VideoCapture(self.device)

@@ -22,6 +22,8 @@ from .base import Frame, Source, first_line
 # interrupted and may take its 30 s timeout) is left to end in the background, so that a stop
 # fits a service manager's grace period (Docker's is 10 s)
 READER_GRACE_S = 3.0
+# the first back-off after a zero `Reconnect.delay`, before the factor applies
+MIN_BACKOFF_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -35,11 +37,14 @@ class Reconnect:
     max_delay: float = 8.0
 
     def delays(self):
-        """The successive waits of one outage."""
+        """The successive waits of one outage. A `delay` of 0 retries at once, then backs off
+        from `MIN_BACKOFF_S` (0 doubled stayed 0: a refusing camera was retried in a tight
+        loop, for ever with `--reconnect -1`)."""
         wait, attempt = self.delay, 0
         while self.retries is None or attempt < self.retries:
             yield wait
-            wait, attempt = min(self.max_delay, wait * self.factor), attempt + 1
+            wait = min(self.max_delay, (wait or MIN_BACKOFF_S) * self.factor)
+            attempt += 1
 
 
 class LatestSlot:

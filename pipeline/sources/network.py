@@ -11,6 +11,7 @@ from typing import Optional
 from urllib.parse import urlparse
 
 from engine.errors import SourceError
+from engine.lazy import require
 
 from .base import first_line, without_credentials
 from .hwdecode import Decoding, ReportsDecoding, hwaccel_for
@@ -86,14 +87,35 @@ class NetworkSource(ReportsDecoding, LiveSource):
         self._note(self.decoding.opened(stream))
         self._fps = float(stream.average_rate) if stream.average_rate else self._fps
         self._container, self._stream = container, stream
-        self._frames = container.decode(stream)
+        self._frames = self._decoded_frames(container, stream)
         self._total = stream.frames or None  # a file's index (0 for a live stream)
         self._decoded = 0
         if self._live_by_name and _finite(container, stream, self.url):
             self._as_file()  # e.g. a download link with no file suffix
         self._live_by_name = False
+        if self.live and self.state == "reconnecting" and _ended_playlist(container):
+            self._disconnect()  # its end again: each reconnect replayed its last segments
+            raise SourceError("the HLS playlist has ended (#EXT-X-ENDLIST): no new segments")
         if not self.live and stream.start_time and stream.time_base is not None:
             self._start_s = float(stream.start_time * stream.time_base)
+
+    def _decoded_frames(self, container, stream):
+        """The stream's frames, packet by packet: a packet the decoder rejects (a corrupt one,
+        common on a camera's stream) is skipped and counted, not a lost connection
+        (container.decode ends at the first, which cost a reconnect and its frames). A file's
+        stays an error, as its frames after it would be missing."""
+        av = require("av")
+        for packet in container.demux(stream):
+            try:
+                vframes = packet.decode()
+            except av.InvalidDataError as exc:
+                if not self.live:
+                    raise
+                if not self.stats.skipped:
+                    self.stats.note(f"damaged packet skipped: {error_reason(exc)}")
+                self.stats.add(skipped=1)
+                continue
+            yield from vframes
 
     def _read(self):
         try:
@@ -127,6 +149,11 @@ class NetworkSource(ReportsDecoding, LiveSource):
         container, self._container, self._frames = self._container, None, None
         if container is not None:
             container.close()
+
+
+def _ended_playlist(container) -> bool:
+    """An HLS playlist that states its length: its publisher has ended it."""
+    return "hls" in container.format.name and bool(container.duration and container.duration > 0)
 
 
 def _finite(container, stream, url: str) -> bool:
