@@ -190,9 +190,15 @@ def test_logits_are_taken_as_logits_and_the_threshold_is_the_callers():
 def test_a_model_that_is_not_a_direction_classifier_is_refused(tmp_path):
     from test_reading import _tiny_ctc_model
 
+    from engine.loader import load_runner
+
     model = _tiny_ctc_model(tmp_path / "tiny.onnx", classes=3, metadata={"character": "a"})
     with pytest.raises(ModelError, match="not a text-direction classifier"):
         DirectionClassifier(model, device="cpu")
+    runner = load_runner(model, device="cpu")  # refused, it let its session (GPU memory) go
+    with pytest.raises(ModelError, match="not a text-direction classifier"):
+        DirectionClassifier(runner)
+    assert not runner.is_active
 
 
 # -- the GPU crop path (its NumPy twin) ----------------------------------------------------------

@@ -69,7 +69,7 @@ def characters_from_metadata(metadata: dict) -> List[str]:
 PROBABILITY_OVERSHOOT = 1e-3
 
 
-def _probabilities(scores: np.ndarray) -> np.ndarray:
+def as_probabilities(scores: np.ndarray) -> np.ndarray:
     """Class probabilities: PP-OCR models end in a softmax, other CTC exports give logits."""
     if scores.size and (scores.min() < 0 or scores.max() > 1 + PROBABILITY_OVERSHOOT):
         shifted = scores - scores.max(axis=-1, keepdims=True)
@@ -90,7 +90,7 @@ def ctc_greedy_decode(scores: np.ndarray, charset: Charset) -> Tuple[List[str], 
     n, t, _ = scores.shape
     if n == 0 or t == 0:
         return [""] * n, np.zeros(n, np.float32)
-    probs = _probabilities(scores.astype(np.float32, copy=False))
+    probs = as_probabilities(scores.astype(np.float32, copy=False))
     best = probs.argmax(axis=2)                              # (N, T)
     best_p = np.take_along_axis(probs, best[..., None], axis=2)[..., 0]
     keep = best != 0

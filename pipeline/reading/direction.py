@@ -29,7 +29,7 @@ from engine.loader import RunnerOptions, load_runner
 from engine.padding import pad_batch, runner_min_batch
 from engine.shapes import ShapeProfile
 
-from .ctc import _probabilities
+from .ctc import as_probabilities
 from .spec import RecSpec, rapidocr_model_path, runner_options
 
 RAPIDOCR_CLS = "ch_ppocr_mobile_v2.0_cls_mobile.onnx"
@@ -69,7 +69,11 @@ class DirectionClassifier:
             options = runner_options(_profile, path, backend, device, options)
             self.runner = load_runner(path, backend=backend, device=device, options=options)
         self.runner.activate()
-        self.output_name = _check_io(self.runner, self.model_name)
+        try:
+            self.output_name = _check_io(self.runner, self.model_name)
+        except BaseException:  # refused: its session (GPU memory with TensorRT) let go
+            self.runner.deactivate()
+            raise
         self.min_batch = runner_min_batch(self.runner)
         self.classified = 0
         self.turned = 0
@@ -106,7 +110,7 @@ class DirectionClassifier:
         if out.shape != (count, len(LABELS)):
             raise ModelError(f"text-direction classifier {self.model_name} returned shape "
                              f"{out.shape} for {count} crops; expected ({count}, 2)")
-        return _probabilities(out)
+        return as_probabilities(out)
 
     def describe(self) -> dict:
         return dict(model=self.model_name, runner=self.runner.name, thresh=self.thresh,
@@ -202,8 +206,6 @@ def _check_io(runner, name: str) -> str:
                          f"{[(t.name, t.shape) for t in inputs]}, outputs "
                          f"{[(t.name, t.shape) for t in outputs]}")
     return outputs[0].name
-
-
 
 
 def _fits(dim, size: int) -> bool:
