@@ -277,6 +277,10 @@ class Detector:
         if isinstance(images, (str, os.PathLike, np.ndarray)):  # one image: detect() takes it
             raise TypeError(f"detect_batch takes a list of images, got one {type(images).__name__}; "
                             "use detect() or [image]")
+        if any(isinstance(image, (bytes, bytearray, memoryview)) for image in images):
+            raise TypeError("an encoded image (bytes, e.g. a web upload) is not taken: decode it "
+                            "first, e.g. cv2.imdecode(np.frombuffer(data, np.uint8), "
+                            "cv2.IMREAD_COLOR), or pass its file's path")
         loaded = [as_bgr(read_image(os.fspath(image)) if isinstance(image, (str, os.PathLike))
                                else image) for image in images]
         results: List[Optional[Detections]] = [None] * len(loaded)

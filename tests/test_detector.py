@@ -189,6 +189,8 @@ def test_wrong_arguments_name_what_is_expected(tiny_onnx):
     det = Detector(BrightPixelRunner())
     with pytest.raises(TypeError, match="detect_batch takes a list of images, got one str"):
         det.detect_batch("photo.jpg")
+    with pytest.raises(TypeError, match=r"an encoded image \(bytes, e.g. a web upload\) is not taken"):
+        det.detect(b"\xff\xd8\xff\xe0 JPEG bytes")  # said only 'expected HxWx3 ... got () |S9'
     with pytest.raises(ShapeError, match=r"got \(96.9, 160\) \(whole pixels\)"):
         Detector(BrightPixelRunner(), input_size=(96.9, 160))
     with pytest.raises(TypeError, match="options: expected an engine.loader.RunnerOptions"):
