@@ -30,11 +30,11 @@ class Receiver:
     """An FFmpeg server in a thread that takes one stream and decodes its frames; `keep`: it
     hangs up after that many (a server that goes away)."""
 
-    def __init__(self, url: str, options=None, fmt=None, keep: int = 0):
+    def __init__(self, url: str, options=None, fmt=None, keep: int = 0, listen_s: float = 0.0):
         self.frames = []
         self.ended = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(url, options or {}, fmt, keep),
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._run,
+                                        args=(url, options or {}, fmt, keep, listen_s), daemon=True)
         self._thread.start()
 
     @classmethod
@@ -52,19 +52,26 @@ class Receiver:
 
     @classmethod
     def udp(cls, port: int) -> "Receiver":
-        server = cls(f"udp://127.0.0.1:{port}?timeout=3000000", fmt="mpegts")
+        server = cls(f"udp://127.0.0.1:{port}?timeout=3000000", fmt="mpegts", listen_s=60.0)
         until(lambda: bound(port, socket.SOCK_DGRAM), "the UDP receiver to bind")
         return server
 
-    def _run(self, url, options, fmt, keep):
+    def _run(self, url, options, fmt, keep, listen_s):
+        """listen_s: a receiver whose open failed before any frame listens again until then (a
+        UDP receiver once never bound in a full test run: its one open had failed)."""
+        until_s = time.monotonic() + listen_s
         try:
-            with av.open(url, options=options, format=fmt) as container:
-                for frame in container.decode(video=0):
-                    self.frames.append(frame.to_ndarray(format="bgr24"))
-                    if len(self.frames) == keep:
-                        break
-        except (av.FFmpegError, OSError):  # the stream's end: the publisher left, UDP's timeout
-            pass
+            while True:
+                try:
+                    with av.open(url, options=options, format=fmt) as container:
+                        for frame in container.decode(video=0):
+                            self.frames.append(frame.to_ndarray(format="bgr24"))
+                            if len(self.frames) == keep:
+                                break
+                    return
+                except (av.FFmpegError, OSError):  # the stream's end: the publisher left, UDP's timeout
+                    if self.frames or time.monotonic() >= until_s:
+                        return
         finally:
             self.ended.set()
 
