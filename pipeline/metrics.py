@@ -185,6 +185,7 @@ class Metrics:
             fps=round(self.fps, 3),
             dropped=sum(s.get("dropped", 0) for s in sources),
             sampled_out=sum(s.get("sampled_out", 0) for s in sources),
+            skipped=sum(s.get("skipped", 0) for s in sources),
             failed=self.failed_frames,
             failures=list(self.failures),
             stages={name: w.summary() for name, w in self.stages.items()},
@@ -198,6 +199,8 @@ class Metrics:
 def format_summary(report: dict) -> str:
     """Human-readable end-of-run summary of a `Metrics.report()`."""
     sampled = f", {report['sampled_out']} sampled out" if report.get("sampled_out") else ""
+    if report.get("skipped"):  # unreadable images, damaged packets: said, not only in the report
+        sampled += f", {report['skipped']} inputs skipped"
     lines = [f"{report['frames']} frames in {report['wall_s']:.2f} s: {report['fps']:.2f} FPS"
              f"  (dropped {report['dropped']}{sampled})"]
     rows = list(report["stages"].items()) + [("end-to-end", report["end_to_end"])]

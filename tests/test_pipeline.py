@@ -355,6 +355,9 @@ def test_metrics_percentiles_summary_and_progress_line():
     assert report["end_to_end"]["p50_ms"] >= 20
     text = format_summary(report)
     assert "3 frames" in text and "infer" in text and "cam: 4 dropped, 1 reconnects" in text
+    assert "inputs skipped" not in text
+    skipped = metrics.report([{"name": "cam", "dropped": 0, "skipped": 2}])  # in the report only
+    assert skipped["skipped"] == 2 and "(dropped 0, 2 inputs skipped)" in format_summary(skipped)
     stream = io.StringIO()
     progress = Progress(metrics, total=10, stream=stream)
     progress.update(dropped=4)

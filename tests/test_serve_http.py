@@ -315,6 +315,19 @@ def test_frames_left_out_by_the_sample_rate_are_in_the_status_the_metrics_and_th
     assert '" | sampled out " + s.sampled_out' in get(port, "/", AUTH)[1].decode()
 
 
+def test_inputs_skipped_are_in_the_status_the_metrics_and_the_page(served):
+    """Packets the decoder rejected (a camera's damaged ones) and unreadable images were
+    counted in report.json only."""
+    import json
+
+    sink, port = served
+    sink.status.pipeline.sources[0].stats.add(skipped=4)
+    assert json.loads(get(port, "/api/status", AUTH)[1])["streams"][0]["skipped"] == 4
+    metrics = get(port, "/metrics", AUTH)[1].decode()
+    assert 'dbrt_source_skipped_inputs_total{source="sim",stream="0"} 4.0' in metrics
+    assert '" | skipped " + s.skipped' in get(port, "/", AUTH)[1].decode()
+
+
 def test_the_status_names_each_streams_decoder_as_the_report_does(served, tmp_path):
     """`--hwaccel cuda`'s fallback to software (a codec NVDEC lacks) was said only in the
     summary and report.json at the end of a run; a server running for days shows it live."""

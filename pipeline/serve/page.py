@@ -88,7 +88,8 @@ function render(st){
     div.querySelector(".info").innerHTML =
       "<b>" + s.id + "</b> " + esc(s.name) + " <span class='state " + cls + "'>" + esc(s.state) +
       "</span>" + note + "<br>frames " + s.frames + " | dropped " + s.dropped +
-      (s.sampled_out ? " | sampled out " + s.sampled_out : "") + " | reconnects " +
+      (s.sampled_out ? " | sampled out " + s.sampled_out : "") +
+      (s.skipped ? " | skipped " + s.skipped : "") + " | reconnects " +
       s.reconnects + " | detections " + s.detection_count +
       (texts.length ? "<div class='texts'>" + texts.map(esc).join(" &middot; ") + "</div>" : "");
   }

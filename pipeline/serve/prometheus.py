@@ -2,7 +2,7 @@
 pipeline's threads never call into prometheus_client (no cost between scrapes).
 
 Names (all prefixed dbrt_): frames_total, source_frames_read_total, source_dropped_frames_total,
-source_sampled_out_frames_total, source_reconnects_total and source_up per stream; stage_latency_seconds (per stage) and
+source_sampled_out_frames_total, source_skipped_inputs_total, source_reconnects_total and source_up per stream; stage_latency_seconds (per stage) and
 end_to_end_latency_seconds histograms; queue_depth / queue_capacity per queue; batch_size
 histogram (frames per engine call); fps; inference_failed_frames_total (and for a triton:// model
 model_server_up, model_server_reconnects_total); and the counters of other outputs (mqtt_*, restream_* or restream_<N>_* per stream).
@@ -47,6 +47,9 @@ class _RunCollector:
         sampled = core.CounterMetricFamily("dbrt_source_sampled_out_frames",
                                            "frames left out by the run's frame rate (--sample-fps)",
                                            labels=labels)
+        skipped = core.CounterMetricFamily("dbrt_source_skipped_inputs",
+                                           "inputs skipped: unreadable images, packets the "
+                                           "decoder rejected", labels=labels)
         reconnects = core.CounterMetricFamily("dbrt_source_reconnects", "reconnects of the source",
                                               labels=labels)
         up = core.GaugeMetricFamily("dbrt_source_up", "1 while the source is up", labels=labels)
@@ -57,9 +60,10 @@ class _RunCollector:
             read.add_metric(key, stats["read"])
             dropped.add_metric(key, stats["dropped"])
             sampled.add_metric(key, stats["sampled_out"])
+            skipped.add_metric(key, stats["skipped"])
             reconnects.add_metric(key, stats["reconnects"])
             up.add_metric(key, 1.0 if source.state == "up" else 0.0)
-        yield from (frames, read, dropped, sampled, reconnects, up)
+        yield from (frames, read, dropped, sampled, skipped, reconnects, up)
         yield core.GaugeMetricFamily("dbrt_fps", "frames per second over the last few dozen frames",
                                      value=self.status.pipeline.metrics.current_fps)
         yield core.CounterMetricFamily("dbrt_inference_failed_frames",

@@ -32,7 +32,7 @@ class RunStatus:
                          error=redact(source.error) if source.error else None,
                          frames=self.view.frames.get(source.stream, 0), read=stats["read"],
                          dropped=stats["dropped"], sampled_out=stats["sampled_out"],
-                         reconnects=stats["reconnects"],
+                         skipped=stats["skipped"], reconnects=stats["reconnects"],
                          events=[redact(e) for e in stats["events"][-5:]])
             entry.update(_decoding(source))
             entry.update(self._newest(latest))
