@@ -196,11 +196,11 @@ class Detections:
     @classmethod
     def from_records(cls, records: Sequence[dict]) -> "Detections":
         """The inverse of `to_records`: a column of numbers and nulls (a NaN written as null)
-        comes back as floats with NaN."""
+        comes back as floats with NaN; see `_column_from_json` for a column of nulls only."""
         extra_keys = sorted({k for det in records for k in det} - {"polygon", "score"})
         return cls(tuple(np.asarray(det["polygon"], np.float32) for det in records),
                    np.asarray([det["score"] for det in records], np.float32),
-                   {k: _column_from_json([det.get(k) for det in records]) for k in extra_keys})
+                   {k: _column_from_json(k, [det.get(k) for det in records]) for k in extra_keys})
 
     @classmethod
     def from_json(cls, line: str) -> "Detections":
@@ -272,8 +272,17 @@ def _columns(data: dict, n: int) -> dict:
     return columns
 
 
-def _column_from_json(values: list) -> np.ndarray:
+# the number columns dbrt writes that may be null throughout a line (no reading voted yet)
+NUMBER_COLUMNS = frozenset({"text_score", "track_text_score"})
+
+
+def _column_from_json(key: str, values: list) -> np.ndarray:
+    """A column of numbers and nulls comes back as floats with NaN; one of nulls only says
+    nothing of its type: NaN for dbrt's number columns, else None (a frame whose tracks had
+    no voted text yet gave track_text NaN, a float where a string or None was meant)."""
     numbers = [v for v in values if v is not None]
+    if not numbers and key not in NUMBER_COLUMNS:
+        return np.asarray(values, dtype=object)
     if len(numbers) < len(values) and all(isinstance(v, (int, float)) for v in numbers):
         return np.asarray([np.nan if v is None else v for v in values], np.float64)
     return np.asarray(values)

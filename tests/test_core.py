@@ -223,3 +223,17 @@ def test_data_may_be_none_and_anything_but_a_mapping_is_named():
     assert Detections(d.polygons, d.scores, None) == Detections(d.polygons, d.scores)
     with pytest.raises(TypeError, match="data must be a dict of per-instance columns"):
         Detections(d.polygons, d.scores, [("text", ["a", "b", "c"])])
+
+
+def test_a_column_null_on_every_detection_comes_back_as_nones_or_nans_by_its_kind():
+    """A frame whose tracks had no voted text yet wrote track_text null on every detection:
+    read back, it was a float column of NaN, where the tracker gives None (a string column)."""
+    quads = np.zeros((2, 4, 2), np.float32) + [[0, 0], [4, 0], [4, 4], [0, 4]]
+    dets = Detections.from_quads(quads, [0.9, 0.8], {
+        "track_text": np.array([None, None], dtype=object),
+        "track_text_score": np.float32([np.nan, np.nan])})
+    frame = Frame(np.zeros((8, 8, 3), np.uint8), 0, 0.0, "x")
+    back = Detections.from_json(FrameResult(frame, dets).to_json())
+    assert back.data["track_text"].tolist() == [None, None]
+    assert back.data["track_text_score"].dtype.kind == "f"
+    assert np.isnan(back.data["track_text_score"]).all()
