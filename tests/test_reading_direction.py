@@ -116,6 +116,21 @@ def test_crops_given_to_recognize_are_turned_too():
 
 
 @needs_rapidocr
+@pytest.mark.parametrize("turned", [False, True])
+def test_a_crop_the_classifier_turns_wrongly_is_read_upright(turned):
+    """The classifier turns a few short upright words; a turned crop is read upright too and the
+    more confident reading kept: with a classifier that says "180" for every crop, upright words
+    still read right (all three turns undone) and upside-down ones are read turned."""
+    image, detections = _words(turned=turned)
+    classifier = DirectionClassifier(ChosenRunner([[0.01, 0.99]] * 3))
+    with Recognizer(device="cpu", direction=classifier) as rec:
+        read = rec.read(image, detections)
+        direction = rec.describe()["direction"]
+    assert read.texts == list(WORDS) and np.all(read.text_scores > 0.8)
+    assert direction["crops_turned"] == 3 and direction["turns_undone"] == (0 if turned else 3)
+
+
+@needs_rapidocr
 def test_the_shipped_classifier_tells_upside_down_crops_apart():
     spec = RecSpec()
     upright, _ = _words(turned=False)

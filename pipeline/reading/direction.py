@@ -77,6 +77,7 @@ class DirectionClassifier:
         self.min_batch = runner_min_batch(self.runner)
         self.classified = 0
         self.turned = 0
+        self.undone = 0  # turns whose crop read more confidently upright (see Recognizer)
 
     def upside_down(self, batch, widths: Sequence[int], spec: RecSpec,
                     members: Optional[Sequence[int]] = None) -> np.ndarray:
@@ -91,17 +92,17 @@ class DirectionClassifier:
 
     def turn_upside_down(self, batch, widths: Sequence[int], spec: RecSpec,
                          candidates: Optional[np.ndarray] = None):
-        """`batch` with the crops the classifier finds upside down turned 180 degrees in place
-        (only those of `candidates`, a bool mask, when given); the batch itself."""
+        """Turns the crops of `batch` the classifier finds upside down 180 degrees in place
+        (only those of `candidates`, a bool mask, when given); returns their indices."""
         members = (np.arange(len(widths)) if candidates is None
                    else np.flatnonzero(np.asarray(candidates, bool)))
         if not len(members):
-            return batch
+            return members
         turn = members[self.upside_down(batch, widths, spec, members)]
         for k in turn:
             turn_half(batch, k, widths[k])
         self.turned += len(turn)
-        return batch
+        return turn
 
     def _infer(self, inputs) -> np.ndarray:
         count = int(inputs.shape[0])
@@ -114,7 +115,8 @@ class DirectionClassifier:
 
     def describe(self) -> dict:
         return dict(model=self.model_name, runner=self.runner.name, thresh=self.thresh,
-                    crops_classified=self.classified, crops_turned=self.turned)
+                    crops_classified=self.classified, crops_turned=self.turned,
+                    turns_undone=self.undone)
 
     def close(self) -> None:
         self.runner.deactivate()

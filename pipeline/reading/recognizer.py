@@ -24,7 +24,7 @@ from ..detections import Detections
 from ..preprocess import as_bgr
 from .crops import crop_batches, cut_crop, pad_quads, plan_crops, reading_quads
 from .ctc import Charset, characters_from_metadata, ctc_greedy_decode
-from .direction import direction_classifier
+from .direction import direction_classifier, turn_half
 from .spec import RecSpec, preset as named_preset, rapidocr_model_path, runner_options
 
 TEXT, TEXT_SCORE = "text", "text_score"
@@ -139,10 +139,11 @@ class Recognizer:
             else:
                 batch = _normalise([cut_crop(image, plan.corners[i], int(plan.widths[i]),
                                              spec.height) for i in members], spec)
-            if self.direction is not None and not keep_better:  # a tall crop is read both ways
-                self.direction.turn_upside_down(batch, plan.widths[members], spec,
-                                                candidates=~plan.tall[members])
-            batch_texts, batch_scores = self._infer_decode(batch)
+            if keep_better:  # a tall crop is read both ways already: no direction classifier
+                batch_texts, batch_scores = self._infer_decode(batch)
+            else:
+                batch_texts, batch_scores = self._read_batch(batch, plan.widths[members],
+                                                             candidates=~plan.tall[members])
             for i, text, score in zip(members, batch_texts, batch_scores):
                 if not keep_better or score > scores[i]:
                     texts[i], scores[i] = text, score
@@ -169,10 +170,27 @@ class Recognizer:
         return texts, scores
 
     def _recognize(self, crops: Sequence[np.ndarray]) -> Tuple[List[str], np.ndarray]:
-        batch = _normalise(crops, self.spec)
-        if self.direction is not None:
-            self.direction.turn_upside_down(batch, [c.shape[1] for c in crops], self.spec)
-        return self._infer_decode(batch)
+        return self._read_batch(_normalise(crops, self.spec), [c.shape[1] for c in crops])
+
+    def _read_batch(self, batch, widths: Sequence[int], candidates=None):
+        """`_infer_decode` of a normalised batch, the crops the direction classifier (if any)
+        finds upside down turned first; those are read upright too and the more confident
+        reading kept: the classifier alone turned a few short upright words ("OPEN")."""
+        if self.direction is None:
+            return self._infer_decode(batch)
+        turned = self.direction.turn_upside_down(batch, widths, self.spec, candidates)
+        texts, scores = self._infer_decode(batch)
+        if len(turned):
+            upright = batch[turned]  # a copy (fancy indexing), turned back
+            for row, k in enumerate(turned):
+                turn_half(upright, row, widths[k])
+            upright_texts, upright_scores = self._infer_decode(upright)
+            better = upright_scores > scores[turned]
+            for k, text, score in zip(turned[better], np.asarray(upright_texts, object)[better],
+                                      upright_scores[better]):
+                texts[k], scores[k] = text, score
+            self.direction.undone += int(better.sum())
+        return texts, scores
 
     def _infer_decode(self, batch) -> Tuple[List[str], np.ndarray]:
         """One engine call on a normalised (N, 3, height, W) batch (NumPy or CuPy), decoded;
