@@ -11,9 +11,9 @@ propagation and the put loop) between two bounded channels, so results stay in o
 `Pipeline._stages` lists them. Frames of several sources share a batch when they need the same
 input size (pipeline.batcher). A failure in a stage stops the stages before it, what the stages
 after it hold still reaches the sinks, then the consumer re-raises it; a source that fails (a
-truncated file, an unreadable image, a lost stream) only ends its own frames, and its error is
-raised once everything read has reached the sinks. Ctrl-C (or `stop()`) stops reading and lets
-every frame already read reach the sinks (see interrupts.py).
+truncated file, an unreadable image, a lost stream) only ends its own frames, its error raised
+once everything read has reached the sinks. Ctrl-C (or `stop()`) stops reading; every frame
+already read reaches the sinks (interrupts.py), which end (`Sink.ending`), then close.
 """
 from __future__ import annotations
 
@@ -289,16 +289,17 @@ class Pipeline:
             stage.start()
 
     def _shutdown(self) -> None:
-        """Stop the threads, then close sinks and detector: every step runs even when an
-        earlier one raises (the first error propagates)."""
+        """Stop the threads, end and close the sinks, close the detector: every step runs even
+        when one raises (the first error propagates)."""
         if self.control.draining.is_set():  # stopped, not ended: sinks may close sooner
             for sink in self.sinks:
                 getattr(sink, "stopping", _nothing)()
         with contextlib.ExitStack() as steps:  # callbacks run last-pushed first
             if self._own_detector:
                 steps.callback(self.detector.close)
-            for sink in reversed(self.sinks):
-                steps.callback(getattr(sink, "close", _nothing))  # one's own may have none
+            for step in ("close", "ending"):  # every sink ends before the first one closes
+                for sink in reversed(self.sinks):  # one's own sink may have neither
+                    steps.callback(getattr(sink, step, _nothing))
             steps.callback(self._release_switch_interval)
             steps.callback(self._join_threads)
             steps.callback(self._close_sources)

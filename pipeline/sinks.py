@@ -42,6 +42,11 @@ class Sink(abc.ABC):
         """The run was stopped (a signal, Ctrl-C, `Pipeline.stop()`), not ended: called before
         `close()`, so that a close that waits on others (a network) can be kept short."""
 
+    def ending(self) -> None:
+        """The run's frames are all written (it ended or was stopped): a Pipeline calls this on
+        every sink before it closes any, so that what a sink still gives others at the end
+        (TextEventSink's last end lines, to the MQTT sink) finds them open, whatever the order."""
+
     def close(self) -> None:
         """Finish writing (idempotent)."""
 

@@ -777,3 +777,36 @@ def test_close_from_another_thread_while_the_consumer_is_in_its_loop_body():
             signal.raise_signal(signal.SIGINT)
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def test_the_last_text_events_reach_a_sink_listed_before_the_event_sink(tmp_path):
+    """Sinks closed in the order given: a run stopped with tracks live wrote their end lines
+    in the TextEventSink's close, after the MQTT sink listed before it had closed (dropped)."""
+    from pipeline.reading.events import TextEventSink
+
+    class Publisher:  # what MqttSink does with a text event: refused once closed
+        def __init__(self):
+            self.lines, self.after_close, self.closed = [], 0, False
+
+        def write(self, frame, detections):
+            pass
+
+        def publish(self, line):
+            if self.closed:
+                self.after_close += 1
+            else:
+                self.lines.append(line)
+
+        def close(self):
+            self.closed = True
+
+    publisher = Publisher()
+    events = TextEventSink(tmp_path / "events.jsonl", listeners=[publisher.publish])
+    pipe = Pipeline([SimulatedCamera(total=100_000, fps=200)], FakeDetector(), track=True,
+                    sinks=[publisher, events])
+    for seen, _ in enumerate(pipe, 1):
+        if seen == 20:
+            pipe.stop()
+    written = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    assert written and written[-1]["event"] == "end" and written[-1]["frames"] >= 20
+    assert publisher.after_close == 0 and publisher.lines == written

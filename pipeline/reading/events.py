@@ -12,9 +12,9 @@ vote and counts so far. A consumer keeps the newest line per (stream, track_id);
 the last one a track gets. Frames without a timestamp (images) bring no updates.
 
 Each line also goes to the `listeners` (callables taking the line's dict), e.g. the MQTT sink's
-`publish_text_event`. A Pipeline closes its sinks in the order given, and this sink's close
-writes the ended tracks' lines: list it before the sinks its listeners belong to
-(`sinks=[events, mqtt]`), or those lines reach a closed MQTT sink (counted as dropped).
+`publish_text_event`. The tracks still live when a run is over end in `ending()`, which a
+Pipeline calls on every sink before it closes any, so their lines reach the listeners' sinks
+open in any order of `sinks` (used alone, `close()` ends them).
 
 It reads the `track_id` column the tracking stage adds (and the texts, when the run reads); a
 track ends when the tracker lets it go (frames of its stream without it: the pipeline's
@@ -133,6 +133,11 @@ class TextEventSink(Sink):
     def stream_lost(self, stream: int) -> None:
         """The stream's tracks end as its outage begins (it comes back with new ones)."""
         self.end_stream(stream)
+
+    def ending(self) -> None:
+        """The run is over: every live track's end line (see the module's docstring)."""
+        if not self._fh.closed:
+            self._write(self.book.finish(), END)
 
     def close(self) -> None:
         if not self._fh.closed:
