@@ -174,25 +174,61 @@ def sweep(targets: Sequence[Target], spec, sizes: Sequence[Tuple[int, int]], bat
           warmup: int = 2, repeats: int = 5, frame: Optional[np.ndarray] = None,
           log: Callable[[str], None] = print, cpu_batches: Optional[Sequence[int]] = None) -> List[dict]:
     """One row per (target, size, batch): latency stats, throughput, max abs diff vs reference.
+    The targets of one size and batch take turns call by call (`common.time_in_turns`), so that
+    a change in the machine's load falls on all of them alike, not on the one timed then.
     `cpu_batches` limits CPU targets (beside a GPU, big CPU batches only cost time)."""
     frame = sample_frame() if frame is None else frame
     refs = reference_outputs(targets, frame, spec, sizes)
-    rows = []
-    for target in targets:
-        for size in (s for s in sizes if target.sizes is None or s in target.sizes):
-            for batch in (cpu_batches or batches) if target.device == "cpu" else batches:
-                try:
-                    run, fetch = target.prepare(make_batch(frame, spec, size, batch))
-                    stats = common.measure(run, warmup, repeats, target.sync)
-                    diff = float(np.abs(fetch()[:1] - refs[size]).max())
-                except Exception as exc:  # noqa: BLE001 - a failing config is a result row, not a crash
-                    rows.append(_row(target, size, batch, None, None, error=str(exc).splitlines()[0]))
-                    log(f"  {target.name} {size[0]}x{size[1]} b{batch}: FAILED {rows[-1]['error']}")
-                    continue
-                rows.append(_row(target, size, batch, stats, diff))
-                log(f"  {target.name} {size[0]}x{size[1]} b{batch}: {stats.median_ms:.2f} ms "
-                    f"({rows[-1]['images_per_s']:.1f} img/s, max|diff| {diff:.1e})")
+    rows: Dict[Tuple[int, Tuple[int, int], int], dict] = {}
+    every_batch = list(dict.fromkeys([*batches, *(cpu_batches or ())]))
+    for size in sizes:
+        for batch in every_batch:
+            members = [k for k, target in enumerate(targets) if _takes(target, size, batch,
+                                                                       batches, cpu_batches)]
+            rows.update(_timed_in_turns(targets, members, frame, spec, size, batch, refs[size],
+                                        warmup, repeats, log))
+    # rows by target, then size, then batch, as the report's tables list them
+    order = sorted(rows, key=lambda key: (key[0], list(sizes).index(key[1]), every_batch.index(key[2])))
+    return [rows[key] for key in order]
+
+
+def _takes(target: Target, size, batch: int, batches, cpu_batches) -> bool:
+    if target.sizes is not None and size not in target.sizes:
+        return False
+    return batch in ((cpu_batches or batches) if target.device == "cpu" else batches)
+
+
+def _timed_in_turns(targets, members, frame, spec, size, batch, ref, warmup, repeats, log) -> dict:
+    """{(target index, size, batch): row} of the `members` at one size and batch."""
+    rows, calls, fetches = {}, {}, {}
+    for k in members:
+        target = targets[k]
+        try:
+            run, fetch = target.prepare(make_batch(frame, spec, size, batch))
+            call = (lambda run=run, sync=target.sync: (run(), sync and sync()))
+            for _ in range(max(warmup - 1, 0)):  # time_in_turns makes one warm-up call itself
+                call()
+        except Exception as exc:  # noqa: BLE001 - a failing config is a result row, not a crash
+            rows[(k, size, batch)] = _failed(target, size, batch, exc, log)
+            continue
+        calls[k], fetches[k] = call, fetch
+    try:
+        samples = common.time_in_turns(calls, repeats)
+    except Exception as exc:  # noqa: BLE001 - one target failing mid-way fails its turn-mates' too
+        return {**rows, **{(k, size, batch): _failed(targets[k], size, batch, exc, log) for k in calls}}
+    for k, seconds in samples.items():
+        target, stats = targets[k], common.Stats.from_seconds(seconds)
+        diff = float(np.abs(fetches[k]()[:1] - ref).max())
+        rows[(k, size, batch)] = _row(target, size, batch, stats, diff)
+        log(f"  {target.name} {size[0]}x{size[1]} b{batch}: {stats.median_ms:.2f} ms "
+            f"({rows[(k, size, batch)]['images_per_s']:.1f} img/s, max|diff| {diff:.1e})")
     return rows
+
+
+def _failed(target: Target, size, batch: int, exc: Exception, log) -> dict:
+    row = _row(target, size, batch, None, None, error=str(exc).splitlines()[0])
+    log(f"  {target.name} {size[0]}x{size[1]} b{batch}: FAILED {row['error']}")
+    return row
 
 
 def _row(target: Target, size, batch, stats, diff, error: Optional[str] = None) -> dict:

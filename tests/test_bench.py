@@ -766,3 +766,24 @@ def test_gpu_tests_are_collected_without_the_dev_extras(tmp_path):
     said = proc.stdout + proc.stderr
     assert proc.returncode == 0 and "error" not in said.lower(), said[-3000:]
     assert "test_cuda_kernel_matches_emulation_and_cpu" in said
+
+
+def test_the_model_sweep_times_its_targets_in_turns():
+    """Each target was timed for all its repetitions before the next began, so a change of the
+    machine's load (another process, a frequency step) fell on one backend's numbers only."""
+    from benchmarks import model_bench
+    from dbnet.spec import ModelSpec
+
+    calls = []
+
+    def target(name):
+        def prepare(batch):
+            return (lambda: calls.append(name)), (lambda: np.zeros((1, 1, 8, 8), np.float32))
+        return model_bench.Target(name, "cpu", "fp32", prepare)
+
+    frame = np.zeros((32, 32, 3), np.uint8)
+    rows = model_bench.sweep([target("a"), target("b")], ModelSpec(), [(32, 32)], [1], warmup=1,
+                             repeats=3, frame=frame, log=lambda m: None)
+    assert [r["backend"] for r in rows] == ["a", "b"] and all(r["n"] == 3 for r in rows)
+    timed = calls[-6:]  # after the reference call and one warm-up each
+    assert timed == ["a", "b"] * 3
