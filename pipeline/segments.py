@@ -21,7 +21,7 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Union
+from typing import Callable, Dict, Iterable, List, Optional, Union
 
 from dbnet.files import naming_the_file
 
@@ -39,11 +39,12 @@ class Segments:
     the second); keep: how many segments of each file (detections, events, each stream's video)
     stay in its folder, the one being written among them (None: all), counting those of earlier
     runs under the same names (a restarted service goes on with its series); clock: Unix time
-    in seconds (for tests). The clock never goes back: after a clock set back, the current
-    segment goes on until the clock reaches its end again."""
+    in seconds (for tests); spare: files never deleted (the run's sources: an earlier segment
+    read again). The clock never goes back: after a clock set back, the current segment goes
+    on until the clock reaches its end again."""
 
     def __init__(self, seconds: int, keep: Optional[int] = None,
-                 clock: Optional[Callable[[], float]] = None):
+                 clock: Optional[Callable[[], float]] = None, spare: Iterable = ()):
         if isinstance(seconds, bool) or not float(seconds).is_integer() or seconds < 1:
             raise ValueError(f"Segments(seconds=) must be a whole number of seconds >= 1, "
                              f"got {seconds!r}")
@@ -51,6 +52,7 @@ class Segments:
             raise ValueError(f"Segments(keep=) must be a number of segments >= 1 or None, "
                              f"got {keep!r}")
         self.seconds, self.keep = int(seconds), keep
+        self.spare = {os.path.realpath(p) for p in spare}
         self.clock = clock if clock is not None else wall_clock
         self.started = self._latest = float(self.clock())
         self._frame = None  # the last frame placed, and its segment's start
@@ -95,6 +97,8 @@ class Segments:
         finished = sorted(name for name in (os.listdir(folder) if folder.is_dir() else ())
                           if pattern.match(name) and name != writing.name)
         for name in finished[:max(0, len(finished) - (self.keep - 1))]:
+            if os.path.realpath(folder / name) in self.spare:
+                continue
             try:
                 (folder / name).unlink()
             except FileNotFoundError:  # gone already (a user's cleanup)

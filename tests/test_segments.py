@@ -193,6 +193,13 @@ def test_keep_segments_deletes_the_oldest_an_earlier_runs_too(tmp_path, clip, ti
     assert report["segments"] == {"seconds": 2, "keep": 8, "removed": 12}
     assert _run(clip, out, tiny_onnx) == 0  # unsegmented again: the segments stay
     assert len(list(out.glob("detections-*.jsonl"))) == 8 and (out / "detections.jsonl").is_file()
+    # a segment read as a source is never deleted, however few are kept
+    oldest = sorted(out.glob("annotated-*.mp4"))[0]
+    assert main(["run", str(oldest), "--model", str(tiny_onnx), "--output", str(out), "--threads",
+                 "1", "--max-side", "128", "--quiet", "--segment-time", "2", "--keep-segments",
+                 "1"]) == 0
+    assert oldest.is_file() and len(list(out.glob("annotated-*.mp4"))) == 2
+    assert len(list(out.glob("detections-*.jsonl"))) == 1
 
 
 @pytest.mark.parametrize("flags, says", [

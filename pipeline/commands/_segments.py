@@ -39,13 +39,14 @@ def check_segment_sources(args, sources) -> None:
                         "time; the sources are images: drop --segment-time")
 
 
-def run_segments(args):
-    """The run's `Segments`, shared by all its results files (one clock), or None."""
+def run_segments(args, inputs=()):
+    """The run's `Segments`, shared by all its results files (one clock), or None; it never
+    deletes one of the run's `inputs` (an earlier segment given as a source)."""
     if args.segment_time is None:
         return None
     from pipeline.segments import Segments
 
-    return Segments(args.segment_time, keep=args.keep_segments)
+    return Segments(args.segment_time, keep=args.keep_segments, spare=inputs)
 
 
 def results_named(outputs: dict, out: Path) -> str:

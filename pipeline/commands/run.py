@@ -322,7 +322,7 @@ def _sinks(pipe, out: Path, args) -> list:
         annotators.append(TextAnnotator(show_score=args.show_scores))
     if pipe.detector.untrained:
         annotators.append(BannerAnnotator("UNTRAINED MODEL: boxes are meaningless"))
-    outputs, files, segments = [], [], _segments.run_segments(args)
+    outputs, files, segments = [], [], _segments.run_segments(args, input_files(pipe))
     try:  # a sink that cannot start closes those made before it
         if args.show:
             outputs.append(WindowSink(on_quit=pipe.stop, annotators=annotators))
