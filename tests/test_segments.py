@@ -202,6 +202,31 @@ def test_keep_segments_deletes_the_oldest_an_earlier_runs_too(tmp_path, clip, ti
     assert len(list(out.glob("detections-*.jsonl"))) == 1
 
 
+def test_a_live_streams_segments_hold_every_frame_written_once(tmp_path, tiny_onnx, monkeypatch):
+    """A live MPEG-TS stream on 127.0.0.1 (live encoder settings, fragmented MP4): the frames
+    written are in the segments once each, in order, and every video segment plays alone."""
+    from media import TsServer, mpegts_bytes
+
+    monkeypatch.setattr(segments_module, "wall_clock", SteppingClock(T0, step=1))
+    server = TsServer(mpegts_bytes(frames=50, height=72, width=128)).start()
+    out = tmp_path / "out"
+    try:
+        assert main(["run", server.url, "--model", str(tiny_onnx), "--output", str(out),
+                     "--threads", "1", "--max-side", "128", "--quiet", "--max-frames", "12",
+                     "--segment-time", "2", "--reconnect", "0"]) == 0
+    finally:
+        server.stop()
+    report = json.loads((out / "report.json").read_text())
+    lines = [json.loads(line) for p in sorted(out.glob("detections-*.jsonl"))
+             for line in p.read_text().splitlines()]
+    indices = [line["frame_index"] for line in lines]
+    assert len(indices) == report["frames"] == 12 and indices == sorted(set(indices))
+    videos = sorted(out.glob("annotated-*.mp4"))
+    assert [str(p) for p in videos] == report["outputs"]["videos"]["0"] and len(videos) == 7
+    decoded = [_decoded(p) for p in videos]
+    assert all(d and d[0][1] for d in decoded) and sum(map(len, decoded)) == 12
+
+
 @pytest.mark.parametrize("flags, says", [
     (["--segment-time", "0"], "--segment-time: must be an integer >= 1, got '0'"),
     (["--segment-time", "1.5"], "--segment-time: must be an integer >= 1"),
