@@ -149,11 +149,11 @@ def test_dbrt_run_writes_segments_that_add_up_to_the_unsegmented_run(tmp_path, c
     out = tmp_path / "out"
     assert _run(clip, out, tiny_onnx, "--track", "--segment-time", "2") == 0
     printed = capsys.readouterr().out.splitlines()[-1]
-    assert printed.startswith(f"wrote {out}/detections-<UTC start>.jsonl (7 segments), "
-                              f"{out}/events-<UTC start>.jsonl ("), printed
-    assert "segments, every 2 s)" in printed, printed
-    assert printed.endswith(f"and annotated output under {out}/")
     report = json.loads((out / "report.json").read_text())["outputs"]
+    events = len(report["events"])  # the first (from the run's start) and those with lines
+    assert printed == (f"wrote {out}/detections-<UTC start>.jsonl (7 segments), "
+                       f"{out}/events-<UTC start>.jsonl ({events} segment{'s' * (events > 1)}, "
+                       f"every 2 s), {out}/report.json and annotated output under {out}/")
     lines = sorted(out.glob("detections-*.jsonl"))
     assert report["jsonl"] == [str(p) for p in lines] and len(lines) == 7
     assert [len(p.read_text().splitlines()) for p in lines] == [1, 2, 2, 2, 2, 2, 1]

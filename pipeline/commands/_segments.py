@@ -60,6 +60,6 @@ def results_named(outputs: dict, out: Path) -> str:
     kept = f", the newest {told['keep']} kept" if told["keep"] else ""
     removed = f", {told['removed']} older removed" if told["removed"] else ""
     series = [(jsonl, "detections.jsonl")] + ([(events, "events.jsonl")] if events is not None else [])
-    named = [f"{out / Path(name).stem}-<UTC start>{Path(name).suffix} ({len(files)} segments"
-             for files, name in series]
+    named = [f"{out / Path(name).stem}-<UTC start>{Path(name).suffix} ({len(files)} "
+             f"segment{'' if len(files) == 1 else 's'}" for files, name in series]
     return "), ".join(named) + f", every {told['seconds']} s{kept}{removed})"
