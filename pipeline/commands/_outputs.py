@@ -94,11 +94,12 @@ def plain_outputs(pipe, args) -> set:
 
 def clear_earlier_outputs(out: Path, ours: set, inputs=()) -> None:
     """Remove the detections, events and videos an earlier run listed in this folder's
-    report.json that this run does not write (`ours`: `plain_outputs`; never segments), and the annotated images it listed (this run's, named by
-    stream and frame, would overwrite some and lie beside the others): they would lie beside
-    this run's results; never one of this run's `inputs` (`input_files`: an earlier annotated
-    video or a glob over the folder given as a source). Said also under --quiet, which drops
-    the progress line, not the news that files were deleted."""
+    report.json that this run does not write (`ours`: `plain_outputs`; never segments), and the
+    annotated images it listed (this run's, named by stream and frame, would overwrite some and
+    lie beside the others): they would lie beside this run's results; never one of this run's
+    `inputs` (`input_files`: an earlier annotated video or a glob over the folder given as a
+    source). Said also under --quiet, which drops the progress line, not the news that files
+    were deleted."""
     try:
         earlier = json.loads((out / "report.json").read_text()).get("outputs", {})
         paths = [earlier.get("jsonl"), earlier.get("events"),

@@ -4,6 +4,7 @@ beyond N (pipeline/segments.py), their flags, their list in report.json and the 
 from __future__ import annotations
 
 from pathlib import Path
+
 from ._validate import at_least
 
 
