@@ -26,7 +26,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Union
 from dbnet.files import naming_the_file
 
 STAMP = "%Y%m%dT%H%M%SZ"  # ISO 8601 basic, UTC: names sort in time order
-_STAMP_PATTERN = r"-\d{8}T\d{6}Z"
+_STAMP_PATTERN = r"-\d{8}T\d{6}Z(-\d+)?"  # -2, -3: a name an earlier run had taken
 
 
 def wall_clock() -> float:
@@ -75,17 +75,23 @@ class Segments:
             self._frame, self._frame_start = frame, self._latest
         return self._frame_start
 
-    def path(self, base: Union[str, os.PathLike], start: float) -> Path:
-        """out/detections.jsonl -> out/detections-20261207T171500Z.jsonl"""
+    def path(self, base: Union[str, os.PathLike], start: float, copy: int = 1) -> Path:
+        """out/detections.jsonl -> out/detections-20261207T171500Z.jsonl (copy 2: ...Z-2.jsonl)"""
         base = Path(base)
-        stamp = time.strftime(STAMP, time.gmtime(int(start)))
+        stamp = time.strftime(STAMP, time.gmtime(int(start))) + (f"-{copy}" if copy > 1 else "")
         return base.with_name(f"{base.stem}-{stamp}{base.suffix}")
 
     def opened(self, base: Union[str, os.PathLike], start: float) -> Path:
         """The file of `base`'s segment from `start`, counted as this run's; the oldest
-        segments of `base` beyond `keep` are deleted (never this one)."""
+        segments of `base` beyond `keep` are deleted (never this one). A run's names only go
+        forward, so a file there already is an earlier run's, never written over: a clock set
+        back at a boot without network time (a box without a clock battery) comes to the names
+        of the segments written before; this one then gets -2 (-3, ...) after its time."""
         base = Path(base)
-        path = self.path(base, start)
+        path, copy = self.path(base, start), 1
+        while path.exists():
+            copy += 1
+            path = self.path(base, start, copy)
         self.files.setdefault(base, []).append(path)
         if self.keep is not None:
             self._prune(base, path)

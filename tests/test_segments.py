@@ -130,6 +130,27 @@ def test_keep_deletes_the_oldest_segments_never_the_one_written(tmp_path):
     assert sorted(p.name for p in tmp_path.glob("detections-2*")) == ["detections-20261130T005330Z.jsonl"]
 
 
+def test_a_segment_never_writes_over_an_earlier_runs_of_the_same_name(tmp_path):
+    """A box without a clock battery boots with its clock set back and comes to names its
+    earlier run wrote: that file stays whole, the new one gets -2 after its time (and counts
+    as a segment of the series)."""
+    earlier = tmp_path / "detections-20261130T005320Z.jsonl"
+    earlier.write_text("an earlier run's line\n")
+    (tmp_path / "detections-20261130T005320Z-2.jsonl").write_text("and another's\n")
+    segments = Segments(10, keep=3, clock=SteppingClock(T0, step=1))
+    sink = JsonlSink(tmp_path / "detections.jsonl", segments=segments)
+    from pipeline.detections import Detections
+
+    sink.write(_frames(1)[0], Detections.empty())
+    sink.close()
+    assert earlier.read_text() == "an earlier run's line\n"
+    written = tmp_path / "detections-20261130T005320Z-3.jsonl"
+    assert segments.written(tmp_path / "detections.jsonl") == [str(written)]
+    assert json.loads(written.read_text())["frame_index"] == 0
+    Segments(10, keep=1, clock=SteppingClock(T0 + 10)).opened(tmp_path / "detections.jsonl", T0 + 10)
+    assert not list(tmp_path.glob("detections-*.jsonl"))  # the -N ones are segments too
+
+
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory):
     return write_video(tmp_path_factory.mktemp("segments") / "clip.mp4", frames=12, height=72,
