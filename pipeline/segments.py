@@ -54,7 +54,7 @@ class Segments:
         self.seconds, self.keep = int(seconds), keep
         self.spare = {os.path.realpath(p) for p in spare}
         self.clock = clock if clock is not None else wall_clock
-        self.started = self._latest = float(self.clock())
+        self._latest = float(self.clock())  # the first segment starts with the run
         self._frame = None  # the last frame placed, and its segment's start
         self._frame_start = self._latest
         self.files: Dict[Path, List[Path]] = {}  # base name -> the segments this run opened
