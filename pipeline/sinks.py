@@ -22,6 +22,7 @@ from engine.errors import DbrtError
 from .detections import Detections, FrameResult
 from .draw import annotate
 from .encoder import VideoEncoder
+from .segments import SegmentedLines, Segments
 from .sources import Frame
 
 PathFor = Callable[[Frame], Union[str, os.PathLike]]
@@ -59,16 +60,22 @@ class Sink(abc.ABC):
 
 class JsonlSink(Sink):
     """One JSON object per frame (`FrameResult.to_json`), flushed per frame so that a reader
-    (or a run killed with Ctrl-C) always sees complete lines."""
+    (or a run killed with Ctrl-C) always sees complete lines. segments: a `Segments` (one file
+    per segment of time, named after `path`: detections-20261207T171500Z.jsonl), else one file."""
 
-    def __init__(self, path: Union[str, os.PathLike], decimals: int = 2):
+    def __init__(self, path: Union[str, os.PathLike], decimals: int = 2,
+                 segments: Optional[Segments] = None):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.decimals = decimals
-        self._fh = open(self.path, "w", encoding="utf-8")
+        self.segments = segments
+        self._fh = (open(self.path, "w", encoding="utf-8") if segments is None
+                    else SegmentedLines(self.path, segments))
         self.lines = 0
 
     def write(self, frame: Frame, detections: Detections) -> None:
+        if self.segments is not None:
+            self._fh.at(frame)
         with naming_the_file(self.path):  # a full disk's error names no file
             self._fh.write(FrameResult(frame, detections).to_json(self.decimals) + "\n")
             self._fh.flush()
@@ -91,12 +98,15 @@ class VideoSink(Sink):
     comes one frame after the last at the source's rate given in `fps_by_stream`, else 25.
     In `live_streams`, a clock that jumps ahead of the frames' arrival goes on at arrival time.
     fps: a constant output frame rate instead: every frame lasts 1 / fps, timestamps unused.
+    segments: a `Segments`: one whole file per segment of time and stream, named after the
+    stream's (annotated-20261207T171500Z.mp4), each closed before the next opens, so it plays
+    alone from 0 s and starts at a keyframe.
     """
 
     def __init__(self, path: Union[str, os.PathLike, PathFor], fps: Optional[float] = None,
                  fps_by_stream: Optional[Dict[int, float]] = None, codec: str = "libx264",
                  crf: int = 23, annotators: Optional[Sequence] = None,
-                 live_streams: Iterable[int] = ()):
+                 live_streams: Iterable[int] = (), segments: Optional[Segments] = None):
         self.path_for = path if callable(path) else (lambda frame, p=path: p)
         self.fps = fps
         self.fps_by_stream = dict(fps_by_stream or {})
@@ -105,11 +115,15 @@ class VideoSink(Sink):
         self.annotators = annotators
         self.live_streams = set(live_streams)
         self.encoders: Dict[int, VideoEncoder] = {}
-        self.paths: Dict[int, Path] = {}
+        self.paths: Dict[int, Path] = {}  # stream -> its file (with segments: their base name)
+        self.segments = segments
+        self._starts: Dict[int, float] = {}  # stream -> the start of its segment being written
         self._closed = False
 
     def write(self, frame: Frame, detections: Detections) -> None:
         encoder = self.encoders.get(frame.stream)
+        if encoder is not None and self._segment_ended(frame):
+            encoder = None
         if encoder is None:
             if self._closed:  # its files are finished: another run would overwrite them
                 raise DbrtError(f"this VideoSink ({', '.join(map(str, self.paths.values()))}) is "
@@ -119,9 +133,18 @@ class VideoSink(Sink):
         encoder.encode(annotate(frame.image, detections, self.annotators), frame.timestamp,
                        frame.t_read)
 
+    def _segment_ended(self, frame: Frame) -> bool:
+        """The frame starts a new segment: the stream's file of the last one is finished."""
+        if self.segments is None or \
+                self.segments.start_for(frame) == self._starts.get(frame.stream):
+            return False
+        self.encoders.pop(frame.stream).close()
+        return True
+
     def _open(self, frame: Frame) -> VideoEncoder:
         path = Path(self.path_for(frame))
-        taken = [stream for stream, used in self.paths.items() if used == path]
+        taken = [stream for stream, used in self.paths.items()
+                 if used == path and stream != frame.stream]
         if taken:  # two encoders on one file: each overwrote the other's frames
             raise DbrtError(f"{path}: streams {taken[0]} and {frame.stream} would write the same "
                             "video; give VideoSink a file name per stream, e.g. "
@@ -130,7 +153,11 @@ class VideoSink(Sink):
         if h < 2 or w < 2:
             raise DbrtError(f"cannot encode a {w}x{h} frame as video")
         fps = self.fps or self.fps_by_stream.get(frame.stream) or 25.0
-        encoder = VideoEncoder(path, w, h, fps, self.codec, self.crf, fixed_rate=bool(self.fps),
+        file = path
+        if self.segments is not None:
+            self._starts[frame.stream] = self.segments.start_for(frame)
+            file = self.segments.opened(path, self._starts[frame.stream])
+        encoder = VideoEncoder(file, w, h, fps, self.codec, self.crf, fixed_rate=bool(self.fps),
                            live=frame.stream in self.live_streams)
         self.encoders[frame.stream], self.paths[frame.stream] = encoder, path
         return encoder

@@ -27,7 +27,8 @@ def stream_names(sources) -> dict:
     return {s.stream: _slug(s.name) for s in sources if s.kind != "images"}
 
 
-def visual_sinks(pipe, out: Path, annotators, ImageSink, VideoSink, codec: str = "libx264") -> list:
+def visual_sinks(pipe, out: Path, annotators, ImageSink, VideoSink, codec: str = "libx264",
+                 segments=None) -> list:
     images = {s.stream for s in pipe.sources if s.kind == "images"}
     videos = [s for s in pipe.sources if s.kind != "images"]
     names = video_names(pipe)
@@ -36,7 +37,7 @@ def visual_sinks(pipe, out: Path, annotators, ImageSink, VideoSink, codec: str =
         video = VideoSink(lambda f: out / names[f.stream],
                           fps_by_stream={s.stream: s.fps for s in videos if s.fps},
                           annotators=annotators, live_streams={s.stream for s in videos if s.live},
-                          codec=codec)
+                          codec=codec, segments=segments)
         sinks.append(_only(video, set(names)))
     if images:
         folder = out / IMAGES_FOLDER
@@ -82,16 +83,27 @@ def refuse_video_over_input(pipe, out: Path) -> None:
                             f"the source {source} as it is read; give another -o, or --no-video")
 
 
+def plain_outputs(pipe, args) -> set:
+    """The names of the files this run writes whole, not as segments (`clear_earlier_outputs`
+    removes an earlier run's others; segments, a series across runs, only --keep-segments)."""
+    if args.segment_time is not None:
+        return set()
+    return ({"detections.jsonl"} | ({"events.jsonl"} if pipe.tracker is not None else set())
+            | set(() if args.no_video else video_names(pipe).values()))
+
+
 def clear_earlier_outputs(out: Path, ours: set, inputs=()) -> None:
-    """Remove the events and videos an earlier run listed in this folder's report.json that
-    this run does not write (`ours`), and the annotated images it listed (this run's, named by
-    stream and frame, would overwrite some and lie beside the others): they would lie beside
-    this run's results; never one of this run's `inputs` (`input_files`: an earlier annotated
-    video or a glob over the folder given as a source). Said also under --quiet, which drops
-    the progress line, not the news that files were deleted."""
+    """Remove the detections, events and videos an earlier run listed in this folder's
+    report.json that this run does not write (`ours`: `plain_outputs`; never segments), and the
+    annotated images it listed (this run's, named by stream and frame, would overwrite some and
+    lie beside the others): they would lie beside this run's results; never one of this run's
+    `inputs` (`input_files`: an earlier annotated video or a glob over the folder given as a
+    source). Said also under --quiet, which drops the progress line, not the news that files
+    were deleted."""
     try:
         earlier = json.loads((out / "report.json").read_text()).get("outputs", {})
-        paths = [earlier.get("events"), *dict(earlier.get("videos") or {}).values()]
+        paths = [earlier.get("jsonl"), earlier.get("events"),
+                 *dict(earlier.get("videos") or {}).values()]  # segments' lists are skipped
         images = earlier.get("images")
     except (OSError, ValueError, AttributeError, TypeError):
         return  # no earlier report, or not one of ours
@@ -138,4 +150,29 @@ def outputs_written(pipe, out: Path) -> dict:
             outputs["images"] = str(out / IMAGES_FOLDER)
         if isinstance(sink, RestreamSink):
             outputs["restream"] = sink.report()
+    return _segment_outputs(outputs, pipe.sinks)
+
+
+def _segment_outputs(outputs: dict, sinks) -> dict:
+    """report.json's outputs of a segmented run: for "jsonl", "events" and each of "videos",
+    the list of this run's segments still on disk, oldest first, and "segments": the length,
+    how many are kept, how many were deleted (earlier runs' included)."""
+    from pipeline.reading.events import TextEventSink
+    from pipeline.sinks import JsonlSink, VideoSink
+
+    segments = None
+    for sink in (getattr(s, "sink", s) for s in sinks):  # inside its stream filter
+        if getattr(sink, "segments", None) is None:
+            continue
+        segments = sink.segments
+        if isinstance(sink, JsonlSink):
+            outputs["jsonl"] = segments.written(sink.path)
+        elif isinstance(sink, TextEventSink):
+            outputs["events"] = segments.written(sink.path)
+        elif isinstance(sink, VideoSink) and sink.paths:
+            outputs["videos"] = {str(stream): segments.written(path)
+                                 for stream, path in sorted(sink.paths.items())}
+    if segments is not None:
+        outputs["segments"] = dict(seconds=segments.seconds, keep=segments.keep,
+                                   removed=segments.removed)
     return outputs

@@ -10,8 +10,9 @@ from typing import Optional
 from pipeline.encoder import VIDEO_CODECS
 
 from ._network import check_restream, network_sinks, outputs_counted, print_network_summary
-from ._outputs import (clear_earlier_outputs, input_files, outputs_written, refuse_video_over_input,
-                       video_names, visual_sinks)
+from ._outputs import (clear_earlier_outputs, input_files, outputs_written, plain_outputs,
+                       refuse_video_over_input, visual_sinks)
+from . import _segments
 from ._model import (DLA_HELP, REC_MARGIN_HELP, THREADS_HELP, TRUST_ENGINE_HELP, add_direction_arguments,
                      add_triton_arguments)
 from ._validate import (DEVICES, MAX_CPU_THREADS, MAX_SESSIONS, at_least, broker_url, fourcc, frame_size,
@@ -145,6 +146,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     o.add_argument("--show", action="store_true", help="show annotated frames in a window (q quits)")
     o.add_argument("--show-scores", action="store_true", help="write each box's score")
     o.add_argument("--quiet", action="store_true", help="no progress line")
+    _segments.add_segment_arguments(o)
     w = p.add_argument_group("live view and events")
     w.add_argument("--serve", type=listen_address, metavar="[HOST:]PORT",
                    help="serve a live web view, /metrics (Prometheus), /healthz and /api/status "
@@ -203,6 +205,7 @@ def _check_flag_pairs(args) -> None:
     spec_changes(args)  # --max-side with --limit-side / --limit-type
     check_trust_engine_code(args)
     check_dla_flag(args)
+    _segments.check_segment_flags(args)
     if args.serve and args.serve_token is None and "DBRT_SERVE_TOKEN" in os.environ:
         args.serve_token = os.environ["DBRT_SERVE_TOKEN"]
         if not args.serve_token.strip():
@@ -274,6 +277,7 @@ def build_pipeline(args):
                 args.roi.check_coded_size(*size)
         if args.restream:
             check_restream(args.restream, sources)
+        _segments.check_segment_sources(args, sources)
         detector = build_detector(args)
     except BaseException:
         for source in sources:
@@ -293,9 +297,7 @@ def build_pipeline(args):
     except BaseException:
         pipe.close()
         raise
-    ours = {"events.jsonl"} if pipe.tracker is not None else set()
-    clear_earlier_outputs(out, ours | set(() if args.no_video else video_names(pipe).values()),
-                          input_files(pipe))
+    clear_earlier_outputs(out, plain_outputs(pipe, args), input_files(pipe))
     progress = None
     if not args.quiet:
         progress = Progress(pipe.metrics, pipe.total_frames)
@@ -320,20 +322,20 @@ def _sinks(pipe, out: Path, args) -> list:
         annotators.append(TextAnnotator(show_score=args.show_scores))
     if pipe.detector.untrained:
         annotators.append(BannerAnnotator("UNTRAINED MODEL: boxes are meaningless"))
-    outputs, files = [], []
+    outputs, files, segments = [], [], _segments.run_segments(args, input_files(pipe))
     try:  # a sink that cannot start closes those made before it
         if args.show:
             outputs.append(WindowSink(on_quit=pipe.stop, annotators=annotators))
         outputs.extend(network_sinks(pipe, args, annotators))
-        files.append(JsonlSink(out / "detections.jsonl"))
+        files.append(JsonlSink(out / "detections.jsonl", segments=segments))
         if pipe.tracker is not None:
             from pipeline.reading.events import TextEventSink
 
-            files.append(TextEventSink(out / "events.jsonl", every=args.events_every))
+            files.append(TextEventSink(out / "events.jsonl", every=args.events_every, segments=segments))
             mqtt = [sink for sink in outputs if hasattr(sink, "publish_text_event")]
             files[-1].listeners.extend(sink.publish_text_event for sink in mqtt)
         if not args.no_video:
-            files.extend(visual_sinks(pipe, out, annotators, ImageSink, VideoSink, args.video_codec))
+            files.extend(visual_sinks(pipe, out, annotators, ImageSink, VideoSink, args.video_codec, segments))
     except BaseException:
         for sink in files + outputs:
             sink.close()
@@ -381,7 +383,6 @@ def finish(pipe, progress, out: Path, args, error: Optional[BaseException] = Non
         print(f"dbrt run: {why}: {report['lost']} frames read were never written", file=sys.stderr)
     if pipe.detector.untrained:
         print("note: the model is untrained; train one with `dbrt train` or pass --model")
-    events = f", {out / 'events.jsonl'}" if pipe.tracker is not None else ""
-    print(f"wrote {out / 'detections.jsonl'}{events}, {out / 'report.json'}"
+    print(f"wrote {_segments.results_named(report['outputs'], out)}, {out / 'report.json'}"
           + ("" if args.no_video or not isinstance(error, (type(None), KeyboardInterrupt))
              else f" and annotated output under {out}/"))

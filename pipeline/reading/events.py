@@ -33,6 +33,7 @@ from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple, Union
 from dbnet.files import naming_the_file
 
 from ..detections import Detections
+from ..segments import SegmentedLines, Segments
 from ..sinks import Sink
 from ..sources import Frame
 from .tracks import Track, TrackBook
@@ -44,11 +45,14 @@ class TextEventSink(Sink):
     """path: the JSON-lines file; lost_frames: frames unseen before a track ends (None: when
     the pipeline's tracker lets it go, `follow`; a default TextTracker's without a pipeline);
     every: seconds of stream time between a live track's update lines (None: end lines only);
-    listeners: called with each line's dict once it is written."""
+    listeners: called with each line's dict once it is written; segments: a `Segments` (one
+    file per segment of time, events-20261207T171500Z.jsonl: a track's lines go to the segment
+    current when each is written, so one spanning a boundary has lines in both)."""
 
     def __init__(self, path: Union[str, os.PathLike], lost_frames: Optional[int] = None,
                  decimals: int = 2, every: Optional[float] = None,
-                 listeners: Sequence[Callable[[dict], None]] = ()):
+                 listeners: Sequence[Callable[[dict], None]] = (),
+                 segments: Optional[Segments] = None):
         if every is not None and not every > 0:
             raise ValueError(f"TextEventSink every= must be a number of seconds > 0, got {every!r}")
         self.path = Path(path)
@@ -63,7 +67,9 @@ class TextEventSink(Sink):
         # (stream, track id) -> its sightings when its last update was written: a track unseen
         # since (fading out, its last frames before it ends) has nothing new to say
         self._told: Dict[Tuple[int, int], int] = {}
-        self._fh = open(self.path, "w", encoding="utf-8")
+        self.segments = segments
+        self._fh = (open(self.path, "w", encoding="utf-8") if segments is None
+                    else SegmentedLines(self.path, segments))
         self.lines = self.updates = 0
 
     def follow(self, tracker) -> None:
@@ -77,6 +83,8 @@ class TextEventSink(Sink):
                              "leave lost_frames out")
 
     def write(self, frame: Frame, detections: Detections) -> None:
+        if self.segments is not None:
+            self._fh.at(frame)
         ended = self.book.update(frame, detections)
         self._forget(ended)
         self._write(self._updates_due(frame), UPDATE)

@@ -1,0 +1,162 @@
+"""Time-based segments of a run's output files, with retention: a service watching cameras day
+and night writes `detections-20261207T170000Z.jsonl`, then `detections-20261207T180000Z.jsonl`,
+... (events and each annotated video alike) instead of one file that fills the disk.
+
+One wall clock (UTC) for every file of a run: `detections.jsonl` mixes all streams, so it cannot
+follow one stream's clock, and stream clocks differ per camera, restart after a reconnect and
+start at 0 for a file; the wall clock's names say when, match across the kinds of file and the
+streams, and bound what a day of recording keeps on disk. Segments end on multiples of
+`seconds` since the Unix epoch (every full hour for 3600, as at midnight UTC for a day); the
+first starts when the run does. A frame goes to the segment current when it is written (read
+once per frame, so its JSON line and its video frame are in segments of the same name); lines
+written without a frame (a track's end line at a stream's end) go to the newest segment.
+
+    segments = Segments(3600, keep=48)      # --segment-time 3600 --keep-segments 48
+    sinks = [JsonlSink("out/detections.jsonl", segments=segments),
+             VideoSink("out/annotated.mp4", segments=segments)]
+"""
+from __future__ import annotations
+
+import os
+import re
+import time
+from pathlib import Path
+from typing import Callable, Dict, Iterable, List, Optional, Union
+
+from dbnet.files import naming_the_file
+
+STAMP = "%Y%m%dT%H%M%SZ"  # ISO 8601 basic, UTC: names sort in time order
+_STAMP_PATTERN = r"-\d{8}T\d{6}Z(-\d+)?"  # -2, -3: a name an earlier run had taken
+
+
+def wall_clock() -> float:
+    """The segments' clock (Unix time): the default of `Segments(clock=)`."""
+    return time.time()
+
+
+class Segments:
+    """seconds: a segment's length on the wall clock (a whole number >= 1, the names being to
+    the second); keep: how many segments of each file (detections, events, each stream's video)
+    stay in its folder, the one being written among them (None: all), counting those of earlier
+    runs under the same names (a restarted service goes on with its series); clock: Unix time
+    in seconds (for tests); spare: files never deleted (the run's sources: an earlier segment
+    read again). The clock never goes back: after a clock set back, the current segment goes
+    on until the clock reaches its end again."""
+
+    def __init__(self, seconds: int, keep: Optional[int] = None,
+                 clock: Optional[Callable[[], float]] = None, spare: Iterable = ()):
+        if isinstance(seconds, bool) or not float(seconds).is_integer() or seconds < 1:
+            raise ValueError(f"Segments(seconds=) must be a whole number of seconds >= 1, "
+                             f"got {seconds!r}")
+        if keep is not None and (isinstance(keep, bool) or int(keep) != keep or keep < 1):
+            raise ValueError(f"Segments(keep=) must be a number of segments >= 1 or None, "
+                             f"got {keep!r}")
+        self.seconds, self.keep = int(seconds), keep
+        self.spare = {os.path.realpath(p) for p in spare}
+        self.clock = clock if clock is not None else wall_clock
+        self._latest = float(self.clock())  # the first segment starts with the run
+        self._frame = None  # the last frame placed, and its segment's start
+        self._frame_start = self._latest
+        self.files: Dict[Path, List[Path]] = {}  # base name -> the segments this run opened
+        self.removed = 0  # segments deleted to keep `keep`, this run's and earlier runs'
+
+    def current(self) -> float:
+        """The start of the newest segment (Unix time)."""
+        return self._latest
+
+    def start_for(self, frame=None) -> float:
+        """The start of the segment `frame` is written to: the clock is read once per frame,
+        whichever sink asks first (None: the newest segment)."""
+        if frame is None:
+            return self._latest
+        if frame is not self._frame:
+            now = float(self.clock())
+            self._latest = max(self._latest, now - now % self.seconds)
+            self._frame, self._frame_start = frame, self._latest
+        return self._frame_start
+
+    def path(self, base: Union[str, os.PathLike], start: float, copy: int = 1) -> Path:
+        """out/detections.jsonl -> out/detections-20261207T171500Z.jsonl (copy 2: ...Z-2.jsonl)"""
+        base = Path(base)
+        stamp = time.strftime(STAMP, time.gmtime(int(start))) + (f"-{copy}" if copy > 1 else "")
+        return base.with_name(f"{base.stem}-{stamp}{base.suffix}")
+
+    def opened(self, base: Union[str, os.PathLike], start: float) -> Path:
+        """The file of `base`'s segment from `start`, counted as this run's; the oldest
+        segments of `base` beyond `keep` are deleted (never this one). A run's names only go
+        forward, so a file there already is an earlier run's, never written over: a clock set
+        back at a boot without network time (a box without a clock battery) comes to the names
+        of the segments written before; this one then gets -2 (-3, ...) after its time."""
+        base = Path(base)
+        path, copy = self.path(base, start), 1
+        while path.exists():
+            copy += 1
+            path = self.path(base, start, copy)
+        self.files.setdefault(base, []).append(path)
+        if self.keep is not None:
+            self._prune(base, path)
+        return path
+
+    def _prune(self, base: Path, writing: Path) -> None:
+        pattern = re.compile(re.escape(base.stem) + _STAMP_PATTERN + re.escape(base.suffix) + "$")
+        folder = base.parent
+        finished = sorted(name for name in (os.listdir(folder) if folder.is_dir() else ())
+                          if pattern.match(name) and name != writing.name)
+        for name in finished[:max(0, len(finished) - (self.keep - 1))]:
+            if os.path.realpath(folder / name) in self.spare:
+                continue
+            try:
+                (folder / name).unlink()
+            except FileNotFoundError:  # gone already (a user's cleanup)
+                continue
+            self.removed += 1
+
+    def written(self, base: Union[str, os.PathLike]) -> List[str]:
+        """`base`'s segments this run opened that are still on disk, oldest first."""
+        return [str(p) for p in self.files.get(Path(base), []) if p.is_file()]
+
+
+class SegmentedLines:
+    """A text file written line by line (JSON lines, flushed by its sink), as one file per
+    segment: `at(frame)` before a frame's lines picks its segment, whose file is opened when a
+    line is written to it (a segment without lines, e.g. no text event, leaves no file but the
+    first). A line is never split: the file changes between lines."""
+
+    def __init__(self, base: Union[str, os.PathLike], segments: Segments):
+        self.base, self.segments = Path(base), segments
+        self._start = self._due = segments.current()
+        self.path = segments.opened(self.base, self._start)
+        self._fh = self._open()
+
+    def _open(self):
+        with naming_the_file(self.path):
+            return open(self.path, "w", encoding="utf-8")
+
+    def at(self, frame) -> None:
+        self._due = self.segments.start_for(frame)
+
+    def write(self, text: str) -> None:
+        if self._due != self._start:
+            self._turn()
+        with naming_the_file(self.path):
+            self._fh.write(text)
+
+    def _turn(self) -> None:
+        """The finished segment is closed (flushed), the next one opened."""
+        with naming_the_file(self.path):
+            self._fh.close()
+        self._start = self._due
+        self.path = self.segments.opened(self.base, self._start)
+        self._fh = self._open()
+
+    def flush(self) -> None:
+        with naming_the_file(self.path):
+            self._fh.flush()
+
+    @property
+    def closed(self) -> bool:
+        return self._fh.closed
+
+    def close(self) -> None:
+        with naming_the_file(self.path):
+            self._fh.close()
