@@ -70,6 +70,10 @@ RUN = ["run", "clip.mp4", "--quiet"]
     (RUN + ["--camera-fourcc", "MJPÉ"], "--camera-fourcc: expected four characters"),
     (["run", "rtsp://127.0.0.1:9/x", "--camera-fps", "30"], "apply to cameras (0, /dev/video0, csi://0)"),
     (RUN + ["--serve", "0", "--serve-token", ""], "--serve-token is empty"),
+    (RUN + ["--hwaccel", "cuda:x"], "--hwaccel: must be cuda or cuda:N (N: the GPU's index, from 0), got 'cuda:x'"),
+    (RUN + ["--hwaccel", "cuda:-1"], "--hwaccel: must be cuda or cuda:N"),
+    (RUN + ["--hwaccel", "cuda:"], "--hwaccel: must be cuda or cuda:N"),
+    (RUN + ["--hwaccel", "vaapi"], "--hwaccel: must be cuda or cuda:N"),
 ])
 def test_run_flags(place, capsys, argv, fragment):
     assert fragment in one_error_line(capsys, argv)

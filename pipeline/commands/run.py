@@ -15,7 +15,7 @@ from ._outputs import (clear_earlier_outputs, input_files, outputs_written, refu
 from ._model import (DLA_HELP, REC_MARGIN_HELP, THREADS_HELP, TRUST_ENGINE_HELP, add_direction_arguments,
                      add_triton_arguments)
 from ._validate import (DEVICES, MAX_CPU_THREADS, MAX_SESSIONS, at_least, broker_url, fourcc, frame_size,
-                        input_size, listen_address, output_folder, region, restream_url, side_length,
+                        hwaccel, input_size, listen_address, output_folder, region, restream_url, side_length,
                         zero_to_one)
 
 NAME = "run"
@@ -119,11 +119,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "after the drain)")
     q.add_argument("--decode-threads", type=at_least(0, at_most=MAX_CPU_THREADS), default=0,
                    help=f"FFmpeg decoding threads (0: auto; at most {MAX_CPU_THREADS})")
-    q.add_argument("--hwaccel", choices=("cuda",),
-                   help="decode video files and network streams on the GPU: cuda = NVIDIA's "
-                        "NVDEC, refused when no NVIDIA GPU can be opened; a codec NVDEC cannot "
-                        "decode is decoded in software, said once in the summary "
-                        "(default: software decoding on the CPU)")
+    q.add_argument("--hwaccel", type=hwaccel, metavar="cuda[:N]",
+                   help="decode video files and network streams on an NVIDIA GPU (NVDEC): "
+                        "cuda on the first GPU CUDA sees, cuda:N on GPU N (as CUDA numbers "
+                        "them under CUDA_VISIBLE_DEVICES; the model runs on the first), "
+                        "refused when that GPU cannot be opened; a codec NVDEC cannot decode "
+                        "is decoded in software, said once in the summary (default: software "
+                        "decoding on the CPU)")
     q.add_argument("--reconnect", type=at_least(-1), default=10,
                    help="network streams, gst: pipelines and a triton:// model: reconnect attempts per outage "
                         "(-1: forever, 0: none)")

@@ -49,8 +49,8 @@ def parse_source(spec: Union[str, int, os.PathLike, Source], reconnect: Optional
     glob or an image file -> images; anything else -> video file.
     `camera`: the capture mode cameras are asked for (CameraSource's width, height, fps, fourcc).
     `password`: of a network URL that names its user without one (`rtsp://admin@cam/1`).
-    `hwaccel`: "cuda" decodes video files and network streams on an NVIDIA GPU (NVDEC), None
-    (the default) in software; other sources ignore it.
+    `hwaccel`: "cuda" decodes video files and network streams on an NVIDIA GPU (NVDEC; "cuda:N"
+    on GPU N), None (the default) in software; other sources ignore it.
     """
     if isinstance(spec, Source):
         return spec

@@ -39,7 +39,7 @@ class NetworkSource(ReportsDecoding, LiveSource):
     `OPEN_TIMEOUT` or `timeout`, whichever is longer. `password`: for a URL that names its user
     without one; `{DBRT_NAME}` in the URL stands for that environment variable (see
     `passwords`). The URL as given, without them, is the source's name. `hwaccel`: "cuda"
-    decodes on an NVIDIA GPU (NVDEC; see hwdecode), None in software."""
+    decodes on an NVIDIA GPU (NVDEC; see hwdecode; "cuda:N" on GPU N), None in software."""
 
     kind = "network"
     # FFmpeg reads about 5 s of a stream (its analyzeduration) to learn its format before the
