@@ -74,8 +74,9 @@ class Pipeline:
     sinks:         Sink objects (closed by the pipeline at the end); callbacks: fn(frame, detections)
     source_options: keywords for opening spec sources (pipeline.sources.parse_source): reconnect,
                    decode_threads, hwaccel ("cuda", "cuda:N": files and streams decoded by NVDEC),
-                   camera (the capture mode asked of cameras, e.g.
-                   dict(width=1920, height=1080, fps=30, fourcc="MJPG"))
+                   rtsp_transport ("tcp", "udp", "udp_multicast", "http"), source_timeout (the
+                   seconds a stream's read waits), camera (the capture mode asked of cameras,
+                   e.g. dict(width=1920, height=1080, fps=30, fourcc="MJPG"))
     track:         follow text instances across frames (pipeline.reading.tracking.TextTracker,
                    ByteTrack per stream): detections gain `track_id` (and, when the detector
                    reads, the voted `track_text` / `track_text_score`); or a TextTracker
