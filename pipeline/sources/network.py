@@ -96,7 +96,7 @@ class NetworkSource(ReportsDecoding, LiveSource):
             if "401" in str(exc) and names_user_only(self._address):
                 raise SourceError(f"{exc}; the URL names its user without a password and none "
                                   f"was given ({PASSWORD_VARIABLE} is not set)") from None
-            raise
+            raise _transport_refused(exc, self.options.get("rtsp_transport"))
         stream = first_video_stream(container, self.url)
         self._note(self.decoding.opened(stream))
         self._fps = float(stream.average_rate) if stream.average_rate else self._fps
@@ -163,6 +163,19 @@ class NetworkSource(ReportsDecoding, LiveSource):
         container, self._container, self._frames = self._container, None, None
         if container is not None:
             container.close()
+
+
+def _transport_refused(exc: SourceError, transport: Optional[str]) -> SourceError:
+    """An RTSP server's 461 Unsupported Transport, which FFmpeg words "Protocol not supported",
+    says which transport it refused and what to try; any other error is `exc`."""
+    if transport is None or not str(exc).endswith("Protocol not supported"):
+        return exc
+    others = ", ".join(t for t in RTSP_TRANSPORTS if t != transport)
+    refused = SourceError(f"{exc} (the server does not send this stream over {transport}: "
+                          f"ask for another transport with --rtsp-transport / rtsp_transport: "
+                          f"{others})")
+    refused.__suppress_context__ = True
+    return refused
 
 
 def _check_settings(timeout, rtsp_transport) -> None:
