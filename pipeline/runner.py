@@ -73,9 +73,9 @@ class Pipeline:
                    (about 5 % more throughput on a 2-core CPU); restored when the run ends.
     sinks:         Sink objects (closed by the pipeline at the end); callbacks: fn(frame, detections)
     source_options: keywords for opening spec sources (pipeline.sources.parse_source): reconnect,
-                   decode_threads, hwaccel ("cuda": video files and network streams decoded
-                   by NVDEC on an NVIDIA GPU), camera (the capture mode asked of cameras, e.g.
-                   dict(width=1920, height=1080, fps=30, fourcc="MJPG"))
+                   decode_threads, hwaccel ("cuda", "cuda:N": NVDEC), rtsp_transport ("tcp", "udp",
+                   "udp_multicast", "http"), source_timeout (seconds a stream's read waits), camera
+                   (a camera's capture mode, e.g. dict(width=1920, height=1080, fps=30, fourcc="MJPG"))
     track:         follow text instances across frames (pipeline.reading.tracking.TextTracker,
                    ByteTrack per stream): detections gain `track_id` (and, when the detector
                    reads, the voted `track_text` / `track_text_score`); or a TextTracker

@@ -70,6 +70,18 @@ RUN = ["run", "clip.mp4", "--quiet"]
     (RUN + ["--camera-fourcc", "MJPÉ"], "--camera-fourcc: expected four characters"),
     (["run", "rtsp://127.0.0.1:9/x", "--camera-fps", "30"], "apply to cameras (0, /dev/video0, csi://0)"),
     (RUN + ["--serve", "0", "--serve-token", ""], "--serve-token is empty"),
+    (RUN + ["--hwaccel", "cuda:x"], "--hwaccel: must be cuda or cuda:N (N: the GPU's index, from 0), got 'cuda:x'"),
+    (RUN + ["--hwaccel", "cuda:-1"], "--hwaccel: must be cuda or cuda:N"),
+    (RUN + ["--hwaccel", "cuda:"], "--hwaccel: must be cuda or cuda:N"),
+    (RUN + ["--hwaccel", "vaapi"], "--hwaccel: must be cuda or cuda:N"),
+    (RUN + ["--rtsp-transport", "udp"], "--rtsp-transport udp applies to rtsp:// sources; none of the sources is one"),
+    (["run", "gst:rtspsrc location=rtsp://cam/1 ! decodebin", "--rtsp-transport", "tcp"],
+     "--rtsp-transport tcp applies to rtsp:// sources"),
+    (["run", "http://127.0.0.1:9/live.ts", "--rtsp-transport", "http"], "--rtsp-transport http applies to rtsp://"),
+    (RUN + ["--rtsp-transport", "quic"], "--rtsp-transport: invalid choice: 'quic'"),
+    (RUN + ["--source-timeout", "10"], "--source-timeout applies to network streams (rtsp://, http(s)://, udp://...)"),
+    (RUN + ["--source-timeout", "0"], "--source-timeout: must be a number > 0, got '0'"),
+    (RUN + ["--source-timeout", "inf"], "--source-timeout: must be a number > 0, got 'inf'"),
 ])
 def test_run_flags(place, capsys, argv, fragment):
     assert fragment in one_error_line(capsys, argv)

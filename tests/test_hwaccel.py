@@ -232,3 +232,73 @@ def test_a_cuda_device_without_the_nvdec_library_is_refused_not_decoded_in_softw
     assert hwdecode.decoder_library_problem() in ("Cannot load libnvcuvid.so.1", "Cannot load nvcuvid.dll")
     monkeypatch.setattr(ctypes, "CDLL", lambda name, *args, **kwargs: object())
     assert hwdecode.decoder_library_problem() is None
+
+
+def test_hwaccel_cuda_n_without_a_gpu_is_refused_in_one_line_before_the_sources(tmp_path, capsys,
+                                                                               monkeypatch):
+    _no_gpu()
+    import pipeline.commands._model as model
+    import pipeline.sources as sources
+
+    monkeypatch.setattr(model, "build_detector", _never)
+    monkeypatch.setattr(sources, "open_sources", _never)
+    video = write_video(tmp_path / "v.mp4", frames=3)
+    assert main(["run", str(video), "-o", str(tmp_path / "out"), "--hwaccel", "cuda:1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dbrt run: error: --hwaccel cuda:1 cannot decode here: ")
+    assert "(NVDEC needs an NVIDIA GPU and its driver)" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("name, device_id", [("cuda", 0), ("cuda:1", 1), ("cuda:02", 2)])
+def test_the_gpu_index_reaches_pyavs_hwaccel_for_files_and_streams(tmp_path, nvdec_here, name,
+                                                                   device_id):
+    """Servers with several GPUs decode on the one asked for: `cuda:N` is HWAccel's device N
+    (only `cuda`, GPU 0, was taken)."""
+    video = write_video(tmp_path / "v.mp4", frames=2)
+    source = parse_source(str(video), hwaccel=name)
+    assert len(list(source)) == 2 and source.describe()["hwaccel"] == name
+    server = TsServer(mpegts_bytes(frames=30)).start()
+    try:
+        stream = parse_source(server.url, hwaccel=name, reconnect=None).open()
+        stream.close()
+        stream.join(5)
+    finally:
+        server.stop()
+    assert [accel.device_id for accel in nvdec_here] == [device_id, device_id]
+    assert all(accel.allow_software_fallback for accel in nvdec_here)
+
+
+def test_the_device_check_opens_the_gpu_asked_for_and_remembers_each_apart(monkeypatch):
+    import av.codec.hwaccel
+
+    created = []
+
+    class RecordingHWAccel:
+        def __init__(self, kind, device=None, **kwargs):
+            self.kind, self.device = kind, device
+
+        def create(self, codec):
+            created.append((self.kind, self.device))
+            return self
+
+    monkeypatch.setattr(av.codec.hwaccel, "HWAccel", RecordingHWAccel)
+    monkeypatch.setattr(av.codec.hwaccel, "hwdevices_available", lambda: ["cuda"])
+    monkeypatch.setattr(hwdecode, "decoder_library_problem", lambda: None)
+    monkeypatch.setattr(hwdecode, "_OPENED", set())
+    assert hwdecode.device_problem("cuda:1") is None
+    assert hwdecode.device_problem("cuda:1") is None  # opened once: not asked again
+    assert hwdecode.device_problem("cuda") is None  # another device: asked
+    assert created == [("cuda", "1"), ("cuda", None)]
+
+
+@pytest.mark.parametrize("name", ["cuda:x", "cuda:", "cuda:-1", "cuda1", "CUDA", "vaapi", ""])
+def test_an_hwaccel_that_is_not_cuda_or_cuda_n_is_refused_by_name(tmp_path, name):
+    from engine.errors import DbrtError
+
+    with pytest.raises(ValueError, match=r"must be cuda or cuda:N \(N: the GPU's index, from 0\)"):
+        hwdecode.parse_hwaccel(name)
+    with pytest.raises(DbrtError, match=f"^--hwaccel {name}: must be cuda or cuda:N"):
+        hwdecode.check_hwaccel(name)
+    video = write_video(tmp_path / "v.mp4", frames=2)
+    with pytest.raises(SourceError, match=f"hwaccel '{name}' must be cuda or cuda:N"):
+        Pipeline(str(video), FakeDetector(), source_options=dict(hwaccel=name))

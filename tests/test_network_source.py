@@ -334,3 +334,81 @@ def test_a_stream_that_stalls_midway_says_its_read_timed_out(monkeypatch):
     events = source.stats.as_dict()["events"]
     assert "read failed: nothing received for 1 s (timed out)" in events, events
     assert not any("Immediate exit" in e for e in events), events
+
+
+def test_the_read_timeout_is_the_run_s_to_set_and_bounds_the_open_too(monkeypatch):
+    """A camera sending a frame every 10 s (timelapse, motion-only encoders) needs reads that
+    wait longer than 5 s, a fast failover shorter ones: `source_timeout` (`--source-timeout`)
+    sets the read's bound; the open waits OPEN_TIMEOUT (FFmpeg's probing of a slow stream), or
+    the read's bound when that is longer."""
+    import pipeline.sources.network as network
+    from pipeline.sources import parse_source
+
+    asked = []
+
+    def recording_open(url, options=None, timeout=None, **kwargs):
+        asked.append(timeout)
+        raise SourceError(f"cannot open {url}: recorded")
+
+    monkeypatch.setattr(network, "open_container", recording_open)
+    for seconds in (None, 0.5, 12, 45):
+        given = {} if seconds is None else dict(source_timeout=seconds)
+        source = parse_source("rtsp://127.0.0.1:9/cam", reconnect=None, **given)
+        with pytest.raises(SourceError, match="recorded"):
+            source.open()
+    assert asked == [(30.0, 5.0), (30.0, 0.5), (30.0, 12), (45, 45)]
+    for bad in (0, -1, float("nan"), float("inf"), "5", True):
+        with pytest.raises(ValueError, match="timeout must be a number of seconds > 0"):
+            NetworkSource("rtsp://cam/1", timeout=bad)
+
+
+def test_a_stream_quiet_longer_than_the_read_timeout_it_was_given_is_lost(monkeypatch):
+    monkeypatch.setattr(NetworkSource, "OPEN_TIMEOUT", 1.0)  # the reconnect's wait
+    server = TsServer(mpegts_bytes(frames=60)).start()
+    source = open_source(server.url, source_timeout=1, reconnect=Reconnect(retries=1, delay=0.05))
+    try:
+        with pytest.raises(SourceError, match="gave up after 1 reconnect"):
+            for frame in source:
+                if frame.index == 5:
+                    server.pause()
+    finally:
+        server.stop()
+    events = source.stats.as_dict()["events"]
+    assert "read failed: nothing received for 1 s (timed out)" in events, events
+
+
+def test_dbrt_run_source_timeout_reaches_the_stream(tmp_path, tiny_onnx, capsys, monkeypatch):
+    """A server that answers and then sends nothing: the open gives up after the flag's
+    seconds (OPEN_TIMEOUT made shorter here), and says so."""
+    from pipeline.cli import main
+
+    monkeypatch.setattr(NetworkSource, "OPEN_TIMEOUT", 1.0)
+    server = TsServer(mpegts_bytes(frames=30))
+    server.pause()
+    server.start()
+    try:
+        assert main(["run", server.url, "--model", str(tiny_onnx), "-o", str(tmp_path / "out"),
+                     "--reconnect", "0", "--source-timeout", "2", "--quiet"]) == 2
+    finally:
+        server.stop()
+    err = capsys.readouterr().err
+    assert f"cannot open {server.url}: nothing received for 2 s (timed out)" in err, err
+    assert err.count("error") == 1
+
+
+def test_an_rtsp_stream_s_transport_is_the_one_asked_for():
+    """Some cameras and NVRs serve RTP over UDP only, or multicast, or RTSP tunnelled over HTTP:
+    FFmpeg's rtsp_transport was always tcp."""
+    from pipeline.sources import parse_source
+
+    assert NetworkSource("rtsp://cam/1").options == {"rtsp_transport": "tcp"}
+    assert NetworkSource("RTSP://cam/1").options == {"rtsp_transport": "tcp"}
+    for transport in ("tcp", "udp", "udp_multicast", "http"):
+        source = parse_source("rtsp://cam/1", rtsp_transport=transport)
+        assert source.options == {"rtsp_transport": transport}
+        assert parse_source("rtsps://cam/1", rtsp_transport=transport).options["rtsp_transport"] == transport
+        assert "rtsp_transport" not in parse_source("http://cam/live.ts", rtsp_transport=transport).options
+    given = NetworkSource("rtsp://cam/1", rtsp_transport="udp", options={"rtsp_transport": "http"})
+    assert given.options == {"rtsp_transport": "http"}  # FFmpeg's own option, given, wins
+    with pytest.raises(ValueError, match="rtsp_transport must be one of tcp, udp, udp_multicast, http"):
+        NetworkSource("rtsp://cam/1", rtsp_transport="UDP")

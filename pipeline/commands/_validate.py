@@ -290,3 +290,14 @@ def restream_url(text: str) -> str:
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"{exc}, got {redacted(text, text)!r}") from None
     return text
+
+
+def hwaccel(text: str) -> str:
+    """--hwaccel: cuda, or cuda:N for GPU N (pipeline.sources.hwdecode.parse_hwaccel)."""
+    from pipeline.sources.hwdecode import parse_hwaccel
+
+    try:
+        parse_hwaccel(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{exc}, got {text!r}") from None
+    return text

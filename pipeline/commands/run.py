@@ -13,6 +13,7 @@ from ._network import check_restream, network_sinks, outputs_counted, print_netw
 from ._outputs import (clear_earlier_outputs, input_files, outputs_written, plain_outputs,
                        refuse_video_over_input, visual_sinks)
 from . import _segments
+from ._sources import add_stream_arguments, check_stream_flags
 from ._model import (DLA_HELP, REC_MARGIN_HELP, THREADS_HELP, TRUST_ENGINE_HELP, add_direction_arguments,
                      add_triton_arguments)
 from ._validate import (DEVICES, MAX_CPU_THREADS, MAX_SESSIONS, at_least, broker_url, fourcc, frame_size,
@@ -120,11 +121,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "after the drain)")
     q.add_argument("--decode-threads", type=at_least(0, at_most=MAX_CPU_THREADS), default=0,
                    help=f"FFmpeg decoding threads (0: auto; at most {MAX_CPU_THREADS})")
-    q.add_argument("--hwaccel", choices=("cuda",),
-                   help="decode video files and network streams on the GPU: cuda = NVIDIA's "
-                        "NVDEC, refused when no NVIDIA GPU can be opened; a codec NVDEC cannot "
-                        "decode is decoded in software, said once in the summary "
-                        "(default: software decoding on the CPU)")
+    add_stream_arguments(q)
     q.add_argument("--reconnect", type=at_least(-1), default=10,
                    help="network streams, gst: pipelines and a triton:// model: reconnect attempts per outage "
                         "(-1: forever, 0: none)")
@@ -264,9 +261,10 @@ def build_pipeline(args):
                         "(0, /dev/video0, csi://0); none of the sources is one")
     from ._passwords import source_password
 
+    streams = check_stream_flags(args, specs)  # --rtsp-transport, --source-timeout
     sources = open_sources(image_file_runs(specs), reconnect=reconnect,
                            decode_threads=args.decode_threads, camera=camera,
-                           password=source_password(specs), hwaccel=args.hwaccel)
+                           password=source_password(specs), hwaccel=args.hwaccel, **streams)
     try:
         if args.hwaccel and not any(s.kind in ("video", "network") for s in sources):
             raise DbrtError(f"--hwaccel {args.hwaccel} decodes video files and network streams; "

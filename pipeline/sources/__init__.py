@@ -16,7 +16,7 @@ from .camera import CameraSource
 from .gstreamer import GStreamerSource
 from .images import ImageSource, has_glob, is_image_path
 from .live import LatestSlot, LiveSource, Reconnect
-from .network import NetworkSource, is_url
+from .network import READ_TIMEOUT_S, NetworkSource, is_url
 from .video import VideoFileSource
 
 __all__ = ["Frame", "Source", "SourceStats", "VideoFileSource", "NetworkSource", "CameraSource",
@@ -41,7 +41,8 @@ def is_camera_spec(spec) -> bool:
 
 def parse_source(spec: Union[str, int, os.PathLike, Source], reconnect: Optional[Reconnect] = Reconnect(),
                  decode_threads: int = 0, camera: Optional[dict] = None,
-                 password: Optional[str] = None, hwaccel: Optional[str] = None) -> Source:
+                 password: Optional[str] = None, hwaccel: Optional[str] = None,
+                 rtsp_transport: str = "tcp", source_timeout: float = READ_TIMEOUT_S) -> Source:
     """A Source for a command-line style spec (not yet opened):
 
     an int or digits -> camera index; /dev/videoN -> camera; csi://N -> Jetson CSI camera N;
@@ -49,8 +50,12 @@ def parse_source(spec: Union[str, int, os.PathLike, Source], reconnect: Optional
     glob or an image file -> images; anything else -> video file.
     `camera`: the capture mode cameras are asked for (CameraSource's width, height, fps, fourcc).
     `password`: of a network URL that names its user without one (`rtsp://admin@cam/1`).
-    `hwaccel`: "cuda" decodes video files and network streams on an NVIDIA GPU (NVDEC), None
-    (the default) in software; other sources ignore it.
+    `hwaccel`: "cuda" decodes video files and network streams on an NVIDIA GPU (NVDEC; "cuda:N"
+    on GPU N), None (the default) in software; other sources ignore it.
+    `rtsp_transport`: how an rtsp:// stream's video comes: "tcp" (the default), "udp",
+    "udp_multicast" or "http" (tunnelled); `source_timeout`: the seconds a network stream's
+    read waits for data before the connection counts as lost (connecting waits up to 30 s, or
+    this if longer); other sources ignore them.
     """
     if isinstance(spec, Source):
         return spec
@@ -69,7 +74,8 @@ def parse_source(spec: Union[str, int, os.PathLike, Source], reconnect: Optional
     if not text:
         raise SourceError("empty source")
     if is_url(text):
-        return NetworkSource(text, reconnect=reconnect, password=password, hwaccel=hwaccel)
+        return NetworkSource(text, reconnect=reconnect, password=password, hwaccel=hwaccel,
+                             rtsp_transport=rtsp_transport, timeout=source_timeout)
     if os.path.isfile(text) and not is_image_path(text):  # `clip [1].mp4` is a file, not a glob
         return VideoFileSource(text, threads=decode_threads, hwaccel=hwaccel)
     if has_glob(text) or os.path.isdir(text) or is_image_path(text):

@@ -9,17 +9,31 @@ fails to decode): a stream whose codec has no NVDEC decoder (PNG, ProRes) opens 
 software decoder, and one whose profile NVDEC refuses (4:2:2 H.264, a frame larger than the
 chip decodes) is decoded in software from its first frame; either is said once in the source's
 events (`Decoding`). A CUDA device that cannot be opened (no NVIDIA GPU or driver), or a driver
-without its NVDEC library, is no fallback: it is refused before the run."""
+without its NVDEC library, is no fallback: it is refused before the run. "cuda:N" decodes on
+GPU N (as CUDA counts them, under CUDA_VISIBLE_DEVICES), "cuda" on CUDA's first."""
 from __future__ import annotations
 
-from typing import Optional
+import re
+from typing import Optional, Tuple
 
 from engine.errors import DbrtError, SourceError
 from engine.lazy import require
 
-HWACCELS = ("cuda",)
+HWACCELS = ("cuda",)  # each also as NAME:N, the index of the GPU that decodes
+_INDEXED = re.compile(r"([a-z]+)(?::([0-9]+))?")
 NVDEC_NEEDS = "NVDEC needs an NVIDIA GPU and its driver"
-_OPENED = set()  # device types whose device opened here once (each try makes a CUDA context)
+_OPENED = set()  # "cuda", "cuda:1"... whose device opened here once (each try makes a CUDA context)
+
+
+def parse_hwaccel(name: str) -> Tuple[str, Optional[str]]:
+    """'cuda' -> ('cuda', None): FFmpeg's default device; 'cuda:1' -> ('cuda', '1'), the device
+    string FFmpeg's CUDA hwaccel takes (a GPU index); ValueError for anything else."""
+    match = _INDEXED.fullmatch(name) if isinstance(name, str) else None
+    if match is None or match.group(1) not in HWACCELS:
+        raise ValueError("must be " + " or ".join(f"{n} or {n}:N" for n in HWACCELS)
+                         + " (N: the GPU's index, from 0)")
+    index = match.group(2)
+    return match.group(1), None if index is None else str(int(index))
 
 
 def device_problem(name: str) -> Optional[str]:
@@ -27,21 +41,22 @@ def device_problem(name: str) -> Optional[str]:
     libcuda.so.1'), or None when it can."""
     if name in _OPENED:
         return None
+    kind, device = parse_hwaccel(name)
     av = require("av")
     try:
         from av.codec.hwaccel import HWAccel, hwdevices_available
     except ImportError:
         return (f"this PyAV ({av.__version__}) has no hardware decoding (PyAV 18 has it: "
                 "pip install 'av>=18')")
-    if name not in hwdevices_available():
-        return f"this FFmpeg (PyAV {av.__version__}) has no {name} hardware decoding"
+    if kind not in hwdevices_available():
+        return f"this FFmpeg (PyAV {av.__version__}) has no {kind} hardware decoding"
     logging = require("av.logging")
     level = logging.get_level()
     logging.set_level(logging.ERROR)  # FFmpeg says why in its log, not in the error
     logs = []
     try:
         with logging.Capture() as logs:
-            HWAccel(name).create(av.codec.Codec("h264", "r"))
+            HWAccel(kind, device=device).create(av.codec.Codec("h264", "r"))
     except NotImplementedError:
         return f"this FFmpeg (PyAV {av.__version__}) has no NVDEC H.264 decoder"
     except (av.FFmpegError, OSError, ValueError) as exc:
@@ -76,8 +91,10 @@ def check_hwaccel(name: Optional[str]) -> None:
     cannot be opened here (rather than at the first video's open)."""
     if name is None:
         return
-    if name not in HWACCELS:
-        raise DbrtError(f"--hwaccel {name}: choose {', '.join(HWACCELS)}")
+    try:
+        parse_hwaccel(name)
+    except ValueError as exc:
+        raise DbrtError(f"--hwaccel {name}: {exc}") from None
     problem = device_problem(name)
     if problem is not None:
         raise DbrtError(f"--hwaccel {name} cannot decode here: {problem} ({NVDEC_NEEDS})")
@@ -88,15 +105,17 @@ def hwaccel_for(name: Optional[str], source: str):
     that cannot be opened here is the source's SourceError."""
     if name is None:
         return None
-    if name not in HWACCELS:
-        raise SourceError(f"{source}: hwaccel {name!r} is not one of {', '.join(HWACCELS)}")
+    try:
+        kind, device = parse_hwaccel(name)
+    except ValueError as exc:
+        raise SourceError(f"{source}: hwaccel {name!r} {exc}") from None
     problem = device_problem(name)
     if problem is not None:
         raise SourceError(f"cannot decode {source} with NVDEC (hwaccel {name}): {problem} "
                           f"({NVDEC_NEEDS})")
     from av.codec.hwaccel import HWAccel
 
-    return HWAccel(name, allow_software_fallback=True)
+    return HWAccel(kind, device=device, allow_software_fallback=True)
 
 
 class Decoding:

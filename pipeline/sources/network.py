@@ -7,6 +7,7 @@ its timestamps count from its start, and its end is the end of the source.
 """
 from __future__ import annotations
 
+import numbers
 from typing import Optional
 from urllib.parse import urlparse
 
@@ -21,12 +22,22 @@ from .video import (error_reason, first_video_stream, open_container, shown_caus
                     upright_bgr)
 
 SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "tcp", "srt", "rtp")
+# how RTP reaches FFmpeg from an RTSP server (its rtsp_transport): interleaved in the RTSP
+# connection (no UDP packet loss artefacts, through NAT), RTP over UDP, over multicast UDP, or
+# RTSP tunnelled over HTTP; some cameras and NVRs serve only one of them
+RTSP_TRANSPORTS = ("tcp", "udp", "udp_multicast", "http")
+RTSP_SCHEMES = ("rtsp", "rtsps")
+READ_TIMEOUT_S = 5.0  # a read that waits longer for data is a lost connection
 _FILE_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".3gp", ".mpg", ".mpeg",
                   ".wmv", ".ogv")
 
 
 def is_url(text: str) -> bool:
     return urlparse(text).scheme.lower() in SCHEMES
+
+
+def is_rtsp_url(text: str) -> bool:
+    return urlparse(text).scheme.lower() in RTSP_SCHEMES
 
 
 def looks_live(url: str) -> bool:
@@ -36,10 +47,11 @@ def looks_live(url: str) -> bool:
 
 class NetworkSource(ReportsDecoding, LiveSource):
     """One network stream; `timeout` (seconds) bounds each read, and connecting takes up to
-    `OPEN_TIMEOUT` or `timeout`, whichever is longer. `password`: for a URL that names its user
-    without one; `{DBRT_NAME}` in the URL stands for that environment variable (see
-    `passwords`). The URL as given, without them, is the source's name. `hwaccel`: "cuda"
-    decodes on an NVIDIA GPU (NVDEC; see hwdecode), None in software."""
+    `OPEN_TIMEOUT` or `timeout`, whichever is longer. `rtsp_transport`: how an rtsp:// stream's
+    video comes (RTSP_TRANSPORTS; an rtsp_transport in `options` wins). `password`: for a URL
+    that names its user without one; `{DBRT_NAME}` in the URL stands for that environment
+    variable (see `passwords`). The URL as given, without them, is the source's name. `hwaccel`: "cuda"
+    decodes on an NVIDIA GPU (NVDEC; see hwdecode; "cuda:N" on GPU N), None in software."""
 
     kind = "network"
     # FFmpeg reads about 5 s of a stream (its analyzeduration) to learn its format before the
@@ -47,9 +59,11 @@ class NetworkSource(ReportsDecoding, LiveSource):
     # too-short open timeout leaves FFmpeg's interrupt set, failing the first read after it
     OPEN_TIMEOUT = 30.0
 
-    def __init__(self, url: str, reconnect: Optional[Reconnect] = Reconnect(), timeout: float = 5.0,
-                 live: Optional[bool] = None, options: Optional[dict] = None,
-                 password: Optional[str] = None, hwaccel: Optional[str] = None):
+    def __init__(self, url: str, reconnect: Optional[Reconnect] = Reconnect(),
+                 timeout: float = READ_TIMEOUT_S, live: Optional[bool] = None,
+                 options: Optional[dict] = None, password: Optional[str] = None,
+                 hwaccel: Optional[str] = None, rtsp_transport: str = "tcp"):
+        _check_settings(timeout, rtsp_transport)
         self._address = address(url, password)  # what FFmpeg opens, passwords filled in
         self.live = looks_live(url) if live is None else live
         self._live_by_name = live is None and self.live  # the first connect may find a file
@@ -57,8 +71,8 @@ class NetworkSource(ReportsDecoding, LiveSource):
         self.url = url
         self.timeout = timeout
         self.options = dict(options or {})
-        if url.startswith("rtsp"):
-            self.options.setdefault("rtsp_transport", "tcp")  # no UDP packet loss artefacts
+        if is_rtsp_url(url):
+            self.options.setdefault("rtsp_transport", rtsp_transport)
         self._container = None
         self._frames = None
         self._fps: Optional[float] = None
@@ -82,7 +96,7 @@ class NetworkSource(ReportsDecoding, LiveSource):
             if "401" in str(exc) and names_user_only(self._address):
                 raise SourceError(f"{exc}; the URL names its user without a password and none "
                                   f"was given ({PASSWORD_VARIABLE} is not set)") from None
-            raise
+            raise _transport_refused(exc, self.options.get("rtsp_transport"))
         stream = first_video_stream(container, self.url)
         self._note(self.decoding.opened(stream))
         self._fps = float(stream.average_rate) if stream.average_rate else self._fps
@@ -149,6 +163,28 @@ class NetworkSource(ReportsDecoding, LiveSource):
         container, self._container, self._frames = self._container, None, None
         if container is not None:
             container.close()
+
+
+def _transport_refused(exc: SourceError, transport: Optional[str]) -> SourceError:
+    """An RTSP server's 461 Unsupported Transport, which FFmpeg words "Protocol not supported",
+    says which transport it refused and what to try; any other error is `exc`."""
+    if transport is None or not str(exc).endswith("Protocol not supported"):
+        return exc
+    others = ", ".join(t for t in RTSP_TRANSPORTS if t != transport)
+    refused = SourceError(f"{exc} (the server does not send this stream over {transport}: "
+                          f"ask for another transport with --rtsp-transport / rtsp_transport: "
+                          f"{others})")
+    refused.__suppress_context__ = True
+    return refused
+
+
+def _check_settings(timeout, rtsp_transport) -> None:
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or \
+            not 0 < timeout < float("inf"):
+        raise ValueError(f"timeout must be a number of seconds > 0, got {timeout!r}")
+    if rtsp_transport not in RTSP_TRANSPORTS:
+        raise ValueError(f"rtsp_transport must be one of {', '.join(RTSP_TRANSPORTS)}, got "
+                         f"{rtsp_transport!r}")
 
 
 def _ended_playlist(container) -> bool:
