@@ -12,10 +12,11 @@ from typing import Iterator, Optional, Tuple
 
 import numpy as np
 
-from engine.errors import SourceError
+from engine.errors import SourceError, warn_caller
 
 from ..stages import END, Control, Stage
-from .base import Frame, Source, first_line
+from .base import Frame, Source, first_line, without_credentials
+from .failures import can_pass
 
 
 # how long a stop waits for a reader: one inside a network connect (FFmpeg's open cannot be
@@ -80,6 +81,11 @@ class LatestSlot:
             self._cond.notify()
             return dropped
 
+    def keep_every(self) -> None:
+        """From now on wait for the consumer rather than overwrite (a file's frames)."""
+        with self._cond:
+            self.overwrite, self._on_drop = False, None
+
     def finish(self) -> None:
         with self._cond:
             self._done = True
@@ -113,6 +119,9 @@ class LiveSource(Source):
     """
 
     live = True
+    # whether a first connect that fails for a reason that may pass is retried (network
+    # streams, gst: pipelines) rather than an error (cameras: a device to plug in)
+    waits_when_down = True
 
     def __init__(self, name: str, reconnect: Optional[Reconnect] = Reconnect()):
         super().__init__(name)
@@ -132,6 +141,7 @@ class LiveSource(Source):
         # a server that accepts and then sends nothing still runs out of retries
         self._attempts = None
         self._connection = 0  # reconnects so far: the connection a frame comes on
+        self._connect_error = ""  # why the first connect failed, when it was retried
         self._iterated = False  # whether a consumer took the frames (else only open() read)
         self.ended_by_itself = False  # its own end of stream ended it (no fault: /healthz)
 
@@ -156,23 +166,53 @@ class LiveSource(Source):
         """Connect once, synchronously, so an unreachable source fails here with one line. A
         live stream is read from then on, its newest frame kept: what it sends while the run
         gets ready (loading models) piled up unread and then came in a burst, its first frame
-        seconds old and its clock seeming to jump."""
+        seconds old and its clock seeming to jump. A live source with a reconnect policy whose
+        connect fails for a reason that may pass (`failures`: refused, timed out, a stream not
+        yet published) is not an error: its reader retries it as after an outage (state
+        "connecting"), while the run starts and the other sources run."""
         if not self._connected and self._thread is None:
-            self._connect()
-            self._connected = True
+            try:
+                self._connect()
+            except SourceError as exc:
+                if not self._may_wait(exc):
+                    raise
+                self._wait_for_connection(exc)
+            else:
+                self._connected = True
+                self.stats.add(connect_attempts=1)
             if self.live:
-                self.start()
+                self._start_reader()
         return self
+
+    def _may_wait(self, error: SourceError) -> bool:
+        return (self.live and self.waits_when_down and can_pass(error)
+                and self.reconnect is not None and self.reconnect.retries != 0)
+
+    def _wait_for_connection(self, error: SourceError) -> None:
+        """The first connect failed for a reason that may pass: said once (a warning, and the
+        source's events), then the reader retries it."""
+        self.state = "connecting"
+        self._connect_error = self._reason(error)
+        self.stats.add(connect_attempts=1)
+        self.stats.note(f"connect failed: {self._connect_error}; retrying")
+        budget = self.reconnect.retries
+        retries = "for ever" if budget is None else f"up to {_attempts(budget, 'time')}"
+        warn_caller(without_credentials(f"{self.name} is not up ({self._connect_error}): "
+                                        f"retrying it {retries} while the run starts"))
 
     def _as_file(self) -> None:
         """For the first connect (before any frame): a file, not a stream, is behind the
         address. Every frame is delivered, and its end is the source's end (no reconnect)."""
         self.live, self.reconnect = False, None
-        self._slot = LatestSlot(overwrite=False)
+        self._slot.keep_every()  # the reader of a source that came up late has it already
 
     def start(self) -> None:
         if self._thread is None:
             self.open()
+            self._start_reader()
+
+    def _start_reader(self) -> None:
+        if self._thread is None:
             self._thread = Stage(f"read:{self.name}", self._frame, self._images(), self._slot,
                                  self._control)
             self._thread.start()
@@ -217,6 +257,8 @@ class LiveSource(Source):
         given up."""
         index = 0
         try:
+            if not self._connected and not self._retry_connect(first=True):
+                return
             while not self._stop.is_set():
                 item = self._read_or_none()
                 if item is None:
@@ -263,7 +305,13 @@ class LiveSource(Source):
                                   f"{self._read_error}")
             return False
         self.state = "reconnecting"
-        last = "stream ended"
+        return self._retry_connect(first=False)
+
+    def _retry_connect(self, first: bool) -> bool:
+        """Connect under the reconnect policy, after a lost connection or (`first`) a first
+        connect that failed; True once connected, False when stopped; a SourceError when the
+        attempts ran out."""
+        last = self._connect_error if first else "stream ended"
         if self._attempts is None:
             self._attempts = enumerate(self.reconnect.delays(), 1)
         for attempt, wait in self._attempts:
@@ -272,16 +320,32 @@ class LiveSource(Source):
             try:
                 self._connect()
             except SourceError as exc:  # its name is said once, in the line that gives up
-                last = str(exc).removeprefix(f"{self.name}: ")
-                self.stats.note(f"reconnect attempt {attempt} failed: {last}")
+                last = self._reason(exc)
+                self.stats.note(f"{'re' * (not first)}connect attempt {attempt} failed: {last}")
+                self.stats.add(connect_attempts=int(first))
                 continue
+            self.state = "up"
+            if first:
+                self._connected = True
+                self.stats.add(connect_attempts=1)
+                self.stats.note(f"connected at attempt {attempt + 1}")
+                return True
             self.stats.add(reconnects=1)
             self._connection += 1
-            self.state = "up"
             self.stats.note(f"reconnected after {_attempts(attempt)}")
             return True
+        retries = self.reconnect.retries
+        if first:  # the attempts: the failed first one and its retries
+            raise SourceError(f"{self.name} never came up: gave up after "
+                              f"{_attempts(retries + 1, 'connect attempt')} ({last})")
         raise SourceError(f"lost {self.name}: gave up after "
-                          f"{_attempts(self.reconnect.retries, 'reconnect attempt')} ({last})")
+                          f"{_attempts(retries, 'reconnect attempt')} ({last})")
+
+    def _reason(self, error: SourceError) -> str:
+        """A failed connect's reason without the source's name (said once, where it is shown)."""
+        name = without_credentials(self.name)  # as the error's message quotes it
+        text = without_credentials(str(error))
+        return text.removeprefix(f"cannot open {name}: ").removeprefix(f"{name}: ")
 
     def _disconnect_quietly(self) -> None:
         try:
