@@ -10,6 +10,7 @@ import signal
 import socket
 import threading
 import warnings
+from fractions import Fraction
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -195,3 +196,32 @@ def test_sigterm_while_every_source_is_down_exits_with_the_report(tmp_path, tiny
                       "for ever while the run starts"]
     source = json.loads((out / "report.json").read_text())["sources"][0]
     assert source["state"] == "stopped" and source["connect_attempts"] >= 3
+
+
+def test_the_annotated_video_of_a_stream_that_came_up_late_has_its_rate(tmp_path, tiny_onnx):
+    """The sinks are made before the stream comes up: its annotated video was made at 25 FPS
+    (the rate of a source that does not know its own) whatever the stream's rate."""
+    import av
+
+    out, serve, late = tmp_path / "out", free_port(), TsServer(mpegts_bytes(frames=60, fps=30))
+    proc = dbrt("run", late.url, "--model", str(tiny_onnx), "--reconnect", "-1",
+                "--reconnect-delay", "0.05", "--serve", str(serve), "--max-frames", "6",
+                "--quiet", "-o", str(out))
+    try:
+        wait_until(lambda: json.loads(get(serve, "/api/status")[1])["streams"][0]["state"]
+                   == "connecting", proc, "the stream to be waited for")
+        late.start()
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        late.stop()
+    assert proc.returncode == 0, err
+    source = json.loads((out / "report.json").read_text())["sources"][0]
+    assert source["delivered"] == 6 and source["connect_attempts"] >= 2
+    with av.open(str(out / "annotated.mp4")) as video:
+        stream = video.streams.video[0]
+        packets = sorted((p for p in video.demux(stream) if p.size), key=lambda p: p.pts)
+    # the first frame lasts one frame of the stream's rate (the others: the gaps between them)
+    assert packets[0].pts == 0 and packets[0].duration * stream.time_base == Fraction(1, 30)
+    assert len(packets) == 6
