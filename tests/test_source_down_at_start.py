@@ -10,7 +10,6 @@ import signal
 import socket
 import threading
 import warnings
-from fractions import Fraction
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -221,7 +220,6 @@ def test_the_annotated_video_of_a_stream_that_came_up_late_has_its_rate(tmp_path
     assert source["delivered"] == 6 and source["connect_attempts"] >= 2
     with av.open(str(out / "annotated.mp4")) as video:
         stream = video.streams.video[0]
+        declared = stream.codec_context.framerate  # the encoder's (H.264's timing info)
         packets = sorted((p for p in video.demux(stream) if p.size), key=lambda p: p.pts)
-    # the first frame lasts one frame of the stream's rate (the others: the gaps between them)
-    assert packets[0].pts == 0 and packets[0].duration * stream.time_base == Fraction(1, 30)
-    assert len(packets) == 6
+    assert declared == 30 and len(packets) == 6 and packets[0].pts == 0
