@@ -118,6 +118,29 @@ def test_a_users_mistake_still_fails_at_open_whatever_the_policy(status, body, m
     assert "\n" not in str(caught.value)
 
 
+def test_a_stream_that_does_not_answer_at_start_is_waited_for_in_the_background(monkeypatch):
+    """A UDP stream nobody sends yet, a host that does not answer: FFmpeg's open waits up to
+    its 30 s timeout, which held up the run's start; here a server that answers its HTTP
+    request and sends nothing until resumed."""
+    from pipeline.sources import live
+
+    monkeypatch.setattr(live, "FIRST_CONNECT_WAIT_S", 0.2)
+    server = TsServer(mpegts_bytes(frames=60))
+    server.pause()
+    server.start()
+    try:
+        with pytest.warns(DbrtWarning, match=r"is not up \(no answer within 0\.2 s\): retrying"):
+            source = open_source(server.url, reconnect=FOREVER)
+        assert source.state == "connecting" and server.connections == 1
+        server.resume()
+        first = next(iter(source))
+    finally:
+        source.close()
+        server.stop()
+    assert first.connection == 0 and first.image.shape == (48, 64, 3)
+    assert source.stats.as_dict()["connect_attempts"] == 1 and source.stats.reconnects == 0
+
+
 @pytest.mark.parametrize("status", [404, 503])
 def test_a_stream_not_yet_published_is_waited_for(status):
     """An HLS / HTTP server that answers 404 (or 5xx) for a stream its publisher has not

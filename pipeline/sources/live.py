@@ -23,6 +23,10 @@ from .failures import can_pass
 # interrupted and may take its 30 s timeout) is left to end in the background, so that a stop
 # fits a service manager's grace period (Docker's is 10 s)
 READER_GRACE_S = 3.0
+# how long open() waits for a first connect made in the reader (a live source with a reconnect
+# policy): one that takes longer (a UDP stream nobody sends yet, a host that does not answer,
+# FFmpeg's open waiting up to its 30 s) goes on in the background while the run starts
+FIRST_CONNECT_WAIT_S = 10.0
 # the first back-off after a zero `Reconnect.delay`, before the factor applies
 MIN_BACKOFF_S = 0.1
 
@@ -142,6 +146,8 @@ class LiveSource(Source):
         self._attempts = None
         self._connection = 0  # reconnects so far: the connection a frame comes on
         self._connect_error = ""  # why the first connect failed, when it was retried
+        self._first_try = threading.Event()  # the reader's first connect ended (see open())
+        self._first_error: Optional[SourceError] = None
         self._iterated = False  # whether a consumer took the frames (else only open() read)
         self.ended_by_itself = False  # its own end of stream ended it (no fault: /healthz)
 
@@ -163,42 +169,65 @@ class LiveSource(Source):
 
     # -- lifecycle --------------------------------------------------------------------------
     def open(self) -> "LiveSource":
-        """Connect once, synchronously, so an unreachable source fails here with one line. A
-        live stream is read from then on, its newest frame kept: what it sends while the run
-        gets ready (loading models) piled up unread and then came in a burst, its first frame
-        seconds old and its clock seeming to jump. A live source with a reconnect policy whose
-        connect fails for a reason that may pass (`failures`: refused, timed out, a stream not
-        yet published) is not an error: its reader retries it as after an outage (state
-        "connecting"), while the run starts and the other sources run."""
+        """Connect once, so an unreachable source fails here with one line. A live stream is
+        read from then on, its newest frame kept: what it sends while the run gets ready
+        (loading models) piled up unread and then came in a burst, its first frame seconds old
+        and its clock seeming to jump. A live source with a reconnect policy connects in its
+        reader, waited for here up to FIRST_CONNECT_WAIT_S: one whose connect fails for a
+        reason that may pass (`failures`: refused, timed out, a stream not yet published), or
+        has not answered by then, is not an error: its reader goes on trying as after an
+        outage (state "connecting") while the run starts and the other sources run."""
         if not self._connected and self._thread is None:
-            try:
-                self._connect()
-            except SourceError as exc:
-                if not self._may_wait(exc):
-                    raise
-                self._wait_for_connection(exc)
-            else:
-                self._connected = True
-                self.stats.add(connect_attempts=1)
+            if self._may_wait():
+                self._connect_in_reader()
+                return self
+            self._connect()
+            self._connected = True
+            self.stats.add(connect_attempts=1)
             if self.live:
                 self._start_reader()
         return self
 
-    def _may_wait(self, error: SourceError) -> bool:
-        return (self.live and self.waits_when_down and can_pass(error)
-                and self.reconnect is not None and self.reconnect.retries != 0)
+    def _may_wait(self) -> bool:
+        return (self.live and self.waits_when_down and self.reconnect is not None
+                and self.reconnect.retries != 0)
 
-    def _wait_for_connection(self, error: SourceError) -> None:
-        """The first connect failed for a reason that may pass: said once (a warning, and the
-        source's events), then the reader retries it."""
+    def _connect_in_reader(self) -> None:
         self.state = "connecting"
-        self._connect_error = self._reason(error)
-        self.stats.add(connect_attempts=1)
-        self.stats.note(f"connect failed: {self._connect_error}; retrying")
+        self._start_reader()
+        if not self._first_try.wait(FIRST_CONNECT_WAIT_S):
+            self._say_waiting(f"no answer within {FIRST_CONNECT_WAIT_S:g} s")
+        elif self._first_error is not None:
+            if not can_pass(self._first_error):
+                self.close()
+                raise self._first_error
+            self._say_waiting(self._connect_error)
+
+    def _say_waiting(self, why: str) -> None:
+        """Said once, as a warning: the reader retries the source."""
         budget = self.reconnect.retries
         retries = "for ever" if budget is None else f"up to {_attempts(budget, 'time')}"
-        warn_caller(without_credentials(f"{self.name} is not up ({self._connect_error}): "
-                                        f"retrying it {retries} while the run starts"))
+        warn_caller(without_credentials(f"{self.name} is not up ({why}): retrying it "
+                                        f"{retries} while the run starts"))
+
+    def _first_connect(self) -> bool:
+        """The reader's first connect, retried under the policy when it fails for a reason
+        that may pass (a user's mistake ends the source, which open() says if still waiting)."""
+        try:
+            self._connect()
+        except SourceError as exc:
+            self._connect_error = self._reason(exc)
+            self.stats.add(connect_attempts=1)
+            self._first_error = exc
+            self._first_try.set()
+            if not can_pass(exc):
+                raise
+            self.stats.note(f"connect failed: {self._connect_error}; retrying")
+            return self._retry_connect(first=True)
+        self._connected, self.state = True, "up"
+        self.stats.add(connect_attempts=1)
+        self._first_try.set()
+        return True
 
     def _as_file(self) -> None:
         """For the first connect (before any frame): a file, not a stream, is behind the
@@ -257,7 +286,7 @@ class LiveSource(Source):
         given up."""
         index = 0
         try:
-            if not self._connected and not self._retry_connect(first=True):
+            if not self._connected and not self._first_connect():
                 return
             while not self._stop.is_set():
                 item = self._read_or_none()
