@@ -83,7 +83,7 @@ def test_a_stream_that_never_comes_up_ends_like_an_outage_that_runs_out():
     assert report["sources"][1]["delivered"] == 15 and report["frames"] == 15
 
 
-def _replying(status: int, body: bytes = b"") -> ThreadingHTTPServer:
+def _replying(status: int, body: bytes = b"", port: int = 0) -> ThreadingHTTPServer:
     class Reply(BaseHTTPRequestHandler):
         def log_message(self, *args):
             pass
@@ -94,7 +94,7 @@ def _replying(status: int, body: bytes = b"") -> ThreadingHTTPServer:
             self.end_headers()
             self.wfile.write(body)
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Reply)
+    server = ThreadingHTTPServer(("127.0.0.1", port), Reply)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
 
@@ -139,6 +139,23 @@ def test_a_stream_that_does_not_answer_at_start_is_waited_for_in_the_background(
         server.stop()
     assert first.connection == 0 and first.image.shape == (48, 64, 3)
     assert source.stats.as_dict()["connect_attempts"] == 1 and source.stats.reconnects == 0
+
+
+def test_a_stream_that_comes_up_refusing_the_password_fails_at_once():
+    """Retried while down, then the camera answers 401: no retry will let it in."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/live.ts"
+    with pytest.warns(DbrtWarning, match="Connection refused"):
+        source = open_source(url, reconnect=Reconnect(retries=50, delay=0.01, max_delay=0.05))
+    until(lambda: _attempts(source) >= 2, "a retry")
+    server = _replying(401, port=port)
+    try:
+        with pytest.raises(SourceError, match=r"^cannot open .*401 Unauthorized") as caught:
+            list(source)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert "\n" not in str(caught.value) and "never came up" not in str(caught.value)
 
 
 @pytest.mark.parametrize("status", [404, 503])

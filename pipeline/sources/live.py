@@ -339,7 +339,8 @@ class LiveSource(Source):
     def _retry_connect(self, first: bool) -> bool:
         """Connect under the reconnect policy, after a lost connection or (`first`) a first
         connect that failed; True once connected, False when stopped; a SourceError when the
-        attempts ran out."""
+        attempts ran out, or when a source never connected answers with a user's mistake (a
+        camera that came up and refuses the password: no retry will let it in)."""
         last = self._connect_error if first else "stream ended"
         if self._attempts is None:
             self._attempts = enumerate(self.reconnect.delays(), 1)
@@ -352,6 +353,8 @@ class LiveSource(Source):
                 last = self._reason(exc)
                 self.stats.note(f"{'re' * (not first)}connect attempt {attempt} failed: {last}")
                 self.stats.add(connect_attempts=int(first))
+                if first and not can_pass(exc):
+                    raise
                 continue
             self.state = "up"
             if first:
