@@ -230,7 +230,8 @@ def test_sigterm_while_every_source_is_down_exits_with_the_report(tmp_path, tiny
         proc.send_signal(signal.SIGTERM)
         printed, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err
-    assert f"  {down}: down at the start, " in printed and "connect attempts, no frame received" in printed
+    assert f"  {down}: down at the start, " in printed
+    assert "connect attempts, no frame received" in printed
     warned = [line for line in err.splitlines() if "warning" in line]
     assert warned == [f"dbrt run: warning: {down} is not up (Connection refused): retrying it "
                       "for ever while the run starts"]
