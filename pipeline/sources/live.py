@@ -14,9 +14,10 @@ import numpy as np
 
 from engine.errors import SourceError, warn_caller
 
-from ..stages import END, Control, Stage
+from ..stages import Control, Stage
 from .base import Frame, Source, first_line, without_credentials
 from .failures import can_pass
+from .slot import LatestSlot
 
 
 # how long a stop waits for a reader: one inside a network connect (FFmpeg's open cannot be
@@ -52,69 +53,6 @@ class Reconnect:
             attempt += 1
 
 
-class LatestSlot:
-    """A one-frame mailbox: `put` overwrites (returning True when it dropped an unread frame,
-    and calling `on_drop`), or with `overwrite=False` waits until the last frame was taken;
-    `put(END)` or `finish()` finishes it, after which a put frame is dropped the same way;
-    `get` waits for a frame or for the producer to finish."""
-
-    def __init__(self, overwrite: bool = True, on_drop=None):
-        self._cond = threading.Condition()
-        self._item = None
-        self._done = False
-        self.overwrite = overwrite
-        self._on_drop = on_drop
-
-    def put(self, item) -> bool:
-        if item is END:
-            self.finish()
-            return False
-        dropped = self._replace(item)
-        if dropped and self._on_drop is not None:
-            self._on_drop()
-        return dropped
-
-    def _replace(self, item) -> bool:
-        with self._cond:
-            while not self.overwrite and self._item is not None and not self._done:
-                self._cond.wait(0.1)
-            if self._done:  # a frame read while the consumer stopped: nobody will take it
-                return True
-            dropped = self._item is not None
-            self._item = item
-            self._cond.notify()
-            return dropped
-
-    def keep_every(self) -> None:
-        """From now on wait for the consumer rather than overwrite (a file's frames)."""
-        with self._cond:
-            self.overwrite, self._on_drop = False, None
-
-    def finish(self) -> None:
-        with self._cond:
-            self._done = True
-            self._cond.notify_all()
-
-    def get(self, timeout: float = 0.1):
-        """The newest item, or None when finished and empty; waits while empty and running."""
-        with self._cond:
-            while self._item is None and not self._done:
-                self._cond.wait(timeout)
-            item, self._item = self._item, None
-            self._cond.notify_all()
-            return item
-
-    def take(self):
-        """The waiting item (None if none), without waiting."""
-        with self._cond:
-            item, self._item = self._item, None
-            self._cond.notify_all()
-            return item
-
-    def __len__(self) -> int:
-        return int(self._item is not None)
-
-
 class LiveSource(Source):
     """Base of live sources. Subclasses implement `_connect`, `_read` and `_disconnect`.
 
@@ -147,7 +85,7 @@ class LiveSource(Source):
         self._connection = 0  # reconnects so far: the connection a frame comes on
         self._connect_error = ""  # why the first connect failed, when it was retried
         self._first_try = threading.Event()  # the reader's first connect ended (see open())
-        self._first_error: Optional[SourceError] = None
+        self._first_error: Optional[BaseException] = None
         self._iterated = False  # whether a consumer took the frames (else only open() read)
         self.ended_by_itself = False  # its own end of stream ended it (no fault: /healthz)
 
@@ -195,7 +133,12 @@ class LiveSource(Source):
     def _connect_in_reader(self) -> None:
         self.state = "connecting"
         self._start_reader()
-        if not self._first_try.wait(FIRST_CONNECT_WAIT_S):
+        try:
+            answered = self._first_try.wait(FIRST_CONNECT_WAIT_S)
+        except BaseException:  # Ctrl-C meanwhile: nobody would close it, its reader would retry
+            self.close()
+            raise
+        if not answered:
             self._say_waiting(f"no answer within {FIRST_CONNECT_WAIT_S:g} s")
         elif self._first_error is not None:
             if not can_pass(self._first_error):
@@ -215,7 +158,7 @@ class LiveSource(Source):
         that may pass (a user's mistake ends the source, which open() says if still waiting)."""
         try:
             self._connect()
-        except SourceError as exc:
+        except BaseException as exc:  # open() raises what is not a SourceError that may pass
             self._connect_error = self._reason(exc)
             self.stats.add(connect_attempts=1)
             self._first_error = exc
@@ -373,7 +316,7 @@ class LiveSource(Source):
         raise SourceError(f"lost {self.name}: gave up after "
                           f"{_attempts(retries, 'reconnect attempt')} ({last})")
 
-    def _reason(self, error: SourceError) -> str:
+    def _reason(self, error: BaseException) -> str:
         """A failed connect's reason without the source's name (said once, where it is shown)."""
         name = without_credentials(self.name)  # as the error's message quotes it
         text = without_credentials(str(error))
