@@ -1,7 +1,8 @@
 """Live sources (network streams, cameras): a reader thread keeps only the newest frame.
 
 When the consumer falls behind, older frames are overwritten and counted as dropped, so memory
-stays at one frame whatever the rates. A lost connection is retried with exponential back-off.
+stays at one frame whatever the rates. A lost connection is retried with exponential back-off,
+as is a source down when the run starts (`LiveSource.open`).
 """
 from __future__ import annotations
 
