@@ -75,7 +75,8 @@ def source_frames(source: Source, max_frames: Optional[int], draining: threading
         failures.append(exc)
         source.stats.note(f"error: {exc}")
     finally:
-        if source.state in ("up", "reconnecting") or (source.state == "ended" and draining.is_set()):
+        if source.state in ("up", "connecting", "reconnecting") or (
+                source.state == "ended" and draining.is_set()):
             source.state = "stopped"  # the run stopped before the source ended
         close = getattr(frames, "close", None)
         if close is not None:

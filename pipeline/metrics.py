@@ -219,6 +219,9 @@ def format_summary(report: dict) -> str:
     for src in report.get("sources", []):
         if src.get("reconnects") or src.get("dropped"):
             lines.append(f"  {src['name']}: {src['dropped']} dropped, {src['reconnects']} reconnects")
+        if src.get("connect_attempts", 0) > 1:  # down when the run started
+            lines.append(f"  {src['name']}: down at the start, {src['connect_attempts']} connect "
+                         f"attempts{'' if src.get('read') else ', no frame received'}")
         if src.get("hwaccel") and src.get("decoder") == "software":  # NVDEC asked for, not used
             why = next((e for e in src.get("events", []) if e.startswith("NVDEC")), "")
             lines.append(f"  {src['name']}: {why or 'decoded in software'}")

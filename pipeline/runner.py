@@ -318,8 +318,9 @@ class Pipeline:
                 stage.join()
         for source in self.sources:
             source.join(timeout=READER_GRACE_S)
-            if self._threads and source.state in ("up", "reconnecting"):  # its stage read no
-                source.state = "stopped"  # frame before the stop (its finally never ran)
+            # its stage read no frame before the stop (its finally never ran)
+            if self._threads and source.state in ("up", "connecting", "reconnecting"):
+                source.state = "stopped"
         self.metrics.finish()
         self._run_over = True
         self._close_requested.set()  # the closer's last wake-up: nothing left for it to close

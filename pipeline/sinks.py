@@ -12,7 +12,7 @@ import contextlib
 import os
 import threading
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Optional, Sequence, Union
+from typing import Callable, Dict, Iterable, Mapping, Optional, Sequence, Union
 
 import cv2
 
@@ -95,7 +95,8 @@ class VideoSink(Sink):
 
     Frames are shown at their timestamps (a variable-frame-rate recording plays at its pace);
     one without a timestamp, or whose time goes back (a live stream restarted by a reconnect),
-    comes one frame after the last at the source's rate given in `fps_by_stream`, else 25.
+    comes one frame after the last at the source's rate given in `fps_by_stream` (read at
+    each stream's first frame: a mapping of one's own may learn a rate late), else 25.
     In `live_streams`, a clock that jumps ahead of the frames' arrival goes on at arrival time.
     fps: a constant output frame rate instead: every frame lasts 1 / fps, timestamps unused.
     segments: a `Segments`: one whole file per segment of time and stream, named after the
@@ -104,12 +105,12 @@ class VideoSink(Sink):
     """
 
     def __init__(self, path: Union[str, os.PathLike, PathFor], fps: Optional[float] = None,
-                 fps_by_stream: Optional[Dict[int, float]] = None, codec: str = "libx264",
+                 fps_by_stream: Optional[Mapping[int, float]] = None, codec: str = "libx264",
                  crf: int = 23, annotators: Optional[Sequence] = None,
                  live_streams: Iterable[int] = (), segments: Optional[Segments] = None):
         self.path_for = path if callable(path) else (lambda frame, p=path: p)
         self.fps = fps
-        self.fps_by_stream = dict(fps_by_stream or {})
+        self.fps_by_stream = fps_by_stream if fps_by_stream is not None else {}
         self.codec = codec
         self.crf = crf
         self.annotators = annotators

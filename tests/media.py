@@ -141,6 +141,9 @@ class TsServer:
     def pause(self) -> None:
         self._paused.set()
 
+    def resume(self) -> None:
+        self._paused.clear()
+
     def _handler(self):
         owner = self
 

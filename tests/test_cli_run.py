@@ -205,7 +205,9 @@ def test_sessions_and_spin_give_the_same_detections(tmp_path, clip, tiny_onnx, c
     (lambda d, m: [str(d / "notes.txt"), "--model", m], "cannot open"),
     (lambda d, m: [str(d / "clip.mp4"), "--model", str(d / "missing.onnx")], "model file not found"),
     (lambda d, m: [str(d / "clip.mp4"), "--model", str(d / "notes.txt")], "unsupported model file"),
-    (lambda d, m: [f"http://127.0.0.1:{free_port()}/live.ts", "--model", m], "cannot open http"),
+    # --reconnect 0: with reconnects, a stream down at start is waited for (test_source_down_at_start)
+    (lambda d, m: [f"http://127.0.0.1:{free_port()}/live.ts", "--model", m, "--reconnect", "0"],
+     "cannot open http"),
     (lambda d, m: [str(d / "clip.mp4"), "--model", m, "--thresh", "3"], "--thresh: must be a number from 0 to 1"),
     (lambda d, m: [str(d / "clip.mp4"), "--model", m, "--sessions", "0"], "--sessions: must be"),
     # the reader's files named by their flags (a folder was 'not found', a missing recognizer

@@ -9,7 +9,7 @@ import threading
 import numpy as np
 import pytest
 
-from engine.errors import SourceError
+from engine.errors import DbrtWarning, SourceError
 from pipeline.sources import GStreamerSource, is_camera_spec, open_source, parse_source
 from pipeline.sources.gstreamer import csi_pipeline, parse_caps, reads_file
 
@@ -377,8 +377,12 @@ def test_a_password_given_as_a_pipeline_property_stays_out_of_its_names_and_erro
     assert "S3cret" not in json.dumps(source.describe())
     assert "user-pw=***" in source.describe()["name"]
     with pytest.raises(SourceError) as caught:
-        source.open()
+        parse_source(spec, reconnect=None).open()  # with reconnects it is waited for:
     assert "S3cret" not in str(caught.value) and "user-pw=***" in str(caught.value)
+    with pytest.warns(DbrtWarning, match="is not up") as warned:  # its warning says so
+        source.open()
+    source.close()
+    assert "S3cret" not in str(warned[0].message) and "user-pw=***" in str(warned[0].message)
     quoted = parse_source("gst:rtspsrc location=rtsp://cam/s user-pw=\"S3 cret\" proxy-pw='S3cret' ! decodebin")
     assert "S3" not in json.dumps(quoted.describe())
 

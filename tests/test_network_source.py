@@ -78,8 +78,10 @@ def test_a_damaged_packet_in_a_live_stream_is_skipped_not_a_reconnect():
 
 
 def test_unreachable_stream_fails_at_open_with_one_line():
+    """Without a reconnect policy (`--reconnect 0`); with one it is waited for
+    (test_source_down_at_start)."""
     with pytest.raises(SourceError, match=r"cannot open http://127\.0\.0\.1:\d+/x\.ts") as info:
-        open_source(f"http://127.0.0.1:{free_port()}/x.ts")
+        open_source(f"http://127.0.0.1:{free_port()}/x.ts", reconnect=None)
     assert "\n" not in str(info.value)
 
 

@@ -7,11 +7,33 @@ import json
 import os
 import re
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlparse
 
 IMAGES_FOLDER = "annotated"  # the annotated images, named as _IMAGE_NAME matches
 _IMAGE_NAME = re.compile(r"\d+_\d{5,}_.")  # stream_frame_file name
+
+
+class SourceRates(Mapping):
+    """stream -> its source's frame rate as the source knows it when asked: a stream down when
+    the run started learns its rate when it comes up, after the sinks were made (its annotated
+    video was made at 25 FPS whatever its rate)."""
+
+    def __init__(self, sources):
+        self._sources = {source.stream: source for source in sources}
+
+    def __getitem__(self, stream: int) -> float:
+        fps = self._sources[stream].fps
+        if not fps:
+            raise KeyError(stream)
+        return fps
+
+    def __iter__(self):
+        return (stream for stream, source in self._sources.items() if source.fps)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
 
 
 def video_names(pipe) -> dict:
@@ -34,8 +56,7 @@ def visual_sinks(pipe, out: Path, annotators, ImageSink, VideoSink, codec: str =
     names = video_names(pipe)
     sinks = []
     if videos:
-        video = VideoSink(lambda f: out / names[f.stream],
-                          fps_by_stream={s.stream: s.fps for s in videos if s.fps},
+        video = VideoSink(lambda f: out / names[f.stream], fps_by_stream=SourceRates(videos),
                           annotators=annotators, live_streams={s.stream for s in videos if s.live},
                           codec=codec, segments=segments)
         sinks.append(_only(video, set(names)))

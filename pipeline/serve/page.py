@@ -17,7 +17,7 @@ body{font:14px system-ui,sans-serif;margin:0;background:#111;color:#ddd}
 header{padding:8px 12px;background:#222;display:flex;gap:24px;flex-wrap:wrap}
 #tiles{display:grid;grid-template-columns:repeat(auto-fill,minmax(420px,1fr));gap:10px;padding:10px}
 .tile{background:#1b1b1b;border:2px solid #2a2a2a;border-radius:6px;overflow:hidden}
-.tile.down{border-color:#c33}.tile.reconnecting{border-color:#d90}
+.tile.down{border-color:#c33}.tile.reconnecting,.tile.connecting{border-color:#d90}
 .tile img{width:100%;display:block;background:#000;min-height:120px}
 .info{padding:6px 10px;font-size:13px;line-height:1.5}
 .state{font-weight:bold}.up{color:#5c5}.bad{color:#f66}.warn{color:#fb3}
@@ -81,8 +81,9 @@ function render(st){
     .map(([n, o]) => n + ": " + Object.entries(o).map(([k, v]) => k + " " + v).join(", ")).join(" | ");
   for (const s of st.streams){
     const div = tile(s);
-    const cls = s.state === "up" ? "up" : (s.state === "reconnecting" ? "warn" : "bad");
-    div.className = "tile " + (s.state === "up" ? "" : (s.state === "reconnecting" ? "reconnecting" : "down"));
+    const waits = s.state === "reconnecting" || s.state === "connecting";
+    const cls = s.state === "up" ? "up" : (waits ? "warn" : "bad");
+    div.className = "tile " + (s.state === "up" ? "" : (waits ? s.state : "down"));
     const note = s.state === "up" ? "" : " (" + esc(s.events.slice(-1)[0] || "no frames") + ")";
     const texts = s.texts.filter(t => t !== "");  // "": read, nothing legible
     div.querySelector(".info").innerHTML =

@@ -33,6 +33,7 @@ class RunStatus:
                          frames=self.view.frames.get(source.stream, 0), read=stats["read"],
                          dropped=stats["dropped"], sampled_out=stats["sampled_out"],
                          skipped=stats["skipped"], reconnects=stats["reconnects"],
+                         connect_attempts=stats["connect_attempts"],
                          events=[redact(e) for e in stats["events"][-5:]])
             entry.update(_decoding(source))
             entry.update(self._newest(latest))
@@ -64,9 +65,10 @@ class RunStatus:
             outputs={name: extra.counters() for name, extra in self.extras.items()})
 
     def health(self) -> Tuple[bool, str]:
-        """(True, "ok") while no stream is reconnecting or failed, else (False, the reasons):
-        `stream 1 (rtsp://cam2/s) reconnecting`, or for a source that gave up or broke, `stream 0
-        (cut.mp4) failed: cut.mp4 ended early: 63 of 935 frames decoded`, or `model server
+        """(True, "ok") while no stream is connecting (down since the start), reconnecting or
+        failed, else (False, the reasons): `stream 1 (rtsp://cam2/s) reconnecting`, or for a
+        source that gave up or broke, `stream 0 (cut.mp4) failed: cut.mp4 ended early: 63 of
+        935 frames decoded`, or `model server
         triton://host:8001/dbnet reconnecting`. A file that ended whole, or a source the run
         stopped, is no fault (a file read beside cameras kept the box unhealthy for good), nor a
         local pipeline that reached its own end (`gst:... num-buffers=N`); a live stream that

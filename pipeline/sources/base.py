@@ -60,7 +60,8 @@ class Frame:
 class SourceStats:
     """Thread-safe counters a source reports: frames read / delivered / dropped / sampled out
     (left out by the run's frame rate, `Pipeline(sample_fps=...)`), inputs skipped (unreadable
-    images, packets of a video or live stream the decoder rejected), reconnects;
+    images, packets of a video or live stream the decoder rejected), reconnects, the attempts
+    a live source's first connection took;
     read = delivered + dropped + sampled_out."""
 
     def __init__(self):
@@ -71,6 +72,9 @@ class SourceStats:
         self.sampled_out = 0
         self.skipped = 0
         self.reconnects = 0
+        # connects tried before a live source first came up (1 when it was up at the start,
+        # more when it was down and retried, 0 for sources that do not connect)
+        self.connect_attempts = 0
         self.events = []  # short human-readable notes (reconnect attempts, errors)
 
     def add(self, **counts) -> None:
@@ -88,7 +92,8 @@ class SourceStats:
         with self._lock:
             return dict(read=self.read, delivered=self.delivered, dropped=self.dropped,
                         sampled_out=self.sampled_out, skipped=self.skipped,
-                        reconnects=self.reconnects, events=list(self.events))
+                        reconnects=self.reconnects, connect_attempts=self.connect_attempts,
+                        events=list(self.events))
 
 
 class Source(abc.ABC):
@@ -107,7 +112,9 @@ class Source(abc.ABC):
         self.name = name
         self.stats = SourceStats()
         self.stream = 0  # set by the pipeline
-        self.state = "up"  # "reconnecting" (live sources), then "ended", "failed" or "stopped" (the run)
+        # "connecting" (a live source down when the run started, retried), "reconnecting" (live
+        # sources), then "ended", "failed" or "stopped" (the run)
+        self.state = "up"
         self.error: Optional[str] = None  # why it failed (set with state "failed")
 
     def open(self) -> "Source":

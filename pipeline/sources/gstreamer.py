@@ -26,6 +26,7 @@ import numpy as np
 from engine.errors import SourceError
 
 from .base import without_credentials
+from .failures import gst_failure_passes, passing
 from .live import LiveSource, Reconnect
 from .passwords import placeholders
 
@@ -167,7 +168,9 @@ class GStreamerSource(LiveSource):
             raise SourceError("a CSI camera (csi://N) has no pixel format to choose: drop "
                               "--camera-fourcc")
         pipeline = csi_pipeline(sensor, width or 1920, height or 1080, fps or 30.0)
-        return cls(pipeline, name=f"csi://{sensor}", reconnect=reconnect, ends_at_eos=False)
+        camera = cls(pipeline, name=f"csi://{sensor}", reconnect=reconnect, ends_at_eos=False)
+        camera.waits_when_down = False  # as other cameras: one missing at the start is an error
+        return camera
 
     @property
     def fps(self) -> Optional[float]:
@@ -251,7 +254,8 @@ class GStreamerSource(LiveSource):
                 if 'no element "nv' in why:
                     why += " (NVIDIA's elements, csi:// included, come with JetPack on a Jetson)"
                 self._disconnect()
-                raise SourceError(f"{self.name}: GStreamer could not start the pipeline: {why}")
+                raise passing(SourceError(f"{self.name}: GStreamer could not start the pipeline: "
+                                          f"{why}"), gst_failure_passes(why))
         self._frames = 0
         if not self._t0:  # a restarted live pipeline's times go on from where they were
             self._t0 = time.monotonic()

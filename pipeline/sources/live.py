@@ -1,7 +1,8 @@
 """Live sources (network streams, cameras): a reader thread keeps only the newest frame.
 
 When the consumer falls behind, older frames are overwritten and counted as dropped, so memory
-stays at one frame whatever the rates. A lost connection is retried with exponential back-off.
+stays at one frame whatever the rates. A lost connection is retried with exponential back-off,
+as is a source down when the run starts (`LiveSource.open`).
 """
 from __future__ import annotations
 
@@ -12,16 +13,22 @@ from typing import Iterator, Optional, Tuple
 
 import numpy as np
 
-from engine.errors import SourceError
+from engine.errors import SourceError, warn_caller
 
-from ..stages import END, Control, Stage
-from .base import Frame, Source, first_line
+from ..stages import Control, Stage
+from .base import Frame, Source, first_line, without_credentials
+from .failures import can_pass
+from .slot import LatestSlot
 
 
 # how long a stop waits for a reader: one inside a network connect (FFmpeg's open cannot be
 # interrupted and may take its 30 s timeout) is left to end in the background, so that a stop
 # fits a service manager's grace period (Docker's is 10 s)
 READER_GRACE_S = 3.0
+# how long open() waits for a first connect made in the reader (a live source with a reconnect
+# policy): one that takes longer (a UDP stream nobody sends yet, a host that does not answer,
+# FFmpeg's open waiting up to its 30 s) goes on in the background while the run starts
+FIRST_CONNECT_WAIT_S = 10.0
 # the first back-off after a zero `Reconnect.delay`, before the factor applies
 MIN_BACKOFF_S = 0.1
 
@@ -47,64 +54,6 @@ class Reconnect:
             attempt += 1
 
 
-class LatestSlot:
-    """A one-frame mailbox: `put` overwrites (returning True when it dropped an unread frame,
-    and calling `on_drop`), or with `overwrite=False` waits until the last frame was taken;
-    `put(END)` or `finish()` finishes it, after which a put frame is dropped the same way;
-    `get` waits for a frame or for the producer to finish."""
-
-    def __init__(self, overwrite: bool = True, on_drop=None):
-        self._cond = threading.Condition()
-        self._item = None
-        self._done = False
-        self.overwrite = overwrite
-        self._on_drop = on_drop
-
-    def put(self, item) -> bool:
-        if item is END:
-            self.finish()
-            return False
-        dropped = self._replace(item)
-        if dropped and self._on_drop is not None:
-            self._on_drop()
-        return dropped
-
-    def _replace(self, item) -> bool:
-        with self._cond:
-            while not self.overwrite and self._item is not None and not self._done:
-                self._cond.wait(0.1)
-            if self._done:  # a frame read while the consumer stopped: nobody will take it
-                return True
-            dropped = self._item is not None
-            self._item = item
-            self._cond.notify()
-            return dropped
-
-    def finish(self) -> None:
-        with self._cond:
-            self._done = True
-            self._cond.notify_all()
-
-    def get(self, timeout: float = 0.1):
-        """The newest item, or None when finished and empty; waits while empty and running."""
-        with self._cond:
-            while self._item is None and not self._done:
-                self._cond.wait(timeout)
-            item, self._item = self._item, None
-            self._cond.notify_all()
-            return item
-
-    def take(self):
-        """The waiting item (None if none), without waiting."""
-        with self._cond:
-            item, self._item = self._item, None
-            self._cond.notify_all()
-            return item
-
-    def __len__(self) -> int:
-        return int(self._item is not None)
-
-
 class LiveSource(Source):
     """Base of live sources. Subclasses implement `_connect`, `_read` and `_disconnect`.
 
@@ -113,6 +62,9 @@ class LiveSource(Source):
     """
 
     live = True
+    # whether a first connect that fails for a reason that may pass is retried (network
+    # streams, gst: pipelines) rather than an error (cameras: a device to plug in)
+    waits_when_down = True
 
     def __init__(self, name: str, reconnect: Optional[Reconnect] = Reconnect()):
         super().__init__(name)
@@ -132,6 +84,9 @@ class LiveSource(Source):
         # a server that accepts and then sends nothing still runs out of retries
         self._attempts = None
         self._connection = 0  # reconnects so far: the connection a frame comes on
+        self._connect_error = ""  # why the first connect failed, when it was retried
+        self._first_try = threading.Event()  # the reader's first connect ended (see open())
+        self._first_error: Optional[BaseException] = None
         self._iterated = False  # whether a consumer took the frames (else only open() read)
         self.ended_by_itself = False  # its own end of stream ended it (no fault: /healthz)
 
@@ -153,26 +108,84 @@ class LiveSource(Source):
 
     # -- lifecycle --------------------------------------------------------------------------
     def open(self) -> "LiveSource":
-        """Connect once, synchronously, so an unreachable source fails here with one line. A
-        live stream is read from then on, its newest frame kept: what it sends while the run
-        gets ready (loading models) piled up unread and then came in a burst, its first frame
-        seconds old and its clock seeming to jump."""
+        """Connect once, so an unreachable source fails here with one line. A live stream is
+        read from then on, its newest frame kept: what it sends while the run gets ready
+        (loading models) piled up unread and then came in a burst, its first frame seconds old
+        and its clock seeming to jump. A live source with a reconnect policy connects in its
+        reader, waited for here up to FIRST_CONNECT_WAIT_S: one whose connect fails for a
+        reason that may pass (`failures`: refused, timed out, a stream not yet published), or
+        has not answered by then, is not an error: its reader goes on trying as after an
+        outage (state "connecting") while the run starts and the other sources run."""
         if not self._connected and self._thread is None:
+            if self._may_wait():
+                self._connect_in_reader()
+                return self
             self._connect()
             self._connected = True
+            self.stats.add(connect_attempts=1)
             if self.live:
-                self.start()
+                self._start_reader()
         return self
+
+    def _may_wait(self) -> bool:
+        return (self.live and self.waits_when_down and self.reconnect is not None
+                and self.reconnect.retries != 0)
+
+    def _connect_in_reader(self) -> None:
+        self.state = "connecting"
+        self._start_reader()
+        try:
+            answered = self._first_try.wait(FIRST_CONNECT_WAIT_S)
+        except BaseException:  # Ctrl-C meanwhile: nobody would close it, its reader would retry
+            self.close()
+            raise
+        if not answered:
+            self._say_waiting(f"no answer within {FIRST_CONNECT_WAIT_S:g} s")
+        elif self._first_error is not None:
+            if not can_pass(self._first_error):
+                self.close()
+                raise self._first_error
+            self._say_waiting(self._connect_error)
+
+    def _say_waiting(self, why: str) -> None:
+        """Said once, as a warning: the reader retries the source."""
+        budget = self.reconnect.retries
+        retries = "for ever" if budget is None else f"up to {_attempts(budget, 'time')}"
+        warn_caller(without_credentials(f"{self.name} is not up ({why}): retrying it "
+                                        f"{retries} while the run starts"))
+
+    def _first_connect(self) -> bool:
+        """The reader's first connect, retried under the policy when it fails for a reason
+        that may pass (a user's mistake ends the source, which open() says if still waiting)."""
+        try:
+            self._connect()
+        except BaseException as exc:  # open() raises what is not a SourceError that may pass
+            self._connect_error = self._reason(exc)
+            self.stats.add(connect_attempts=1)
+            self._first_error = exc
+            self._first_try.set()
+            if not can_pass(exc):
+                raise
+            self.stats.note(f"connect failed: {self._connect_error}; retrying")
+            return self._retry_connect(first=True)
+        self._connected, self.state = True, "up"
+        self.stats.add(connect_attempts=1)
+        self._first_try.set()
+        return True
 
     def _as_file(self) -> None:
         """For the first connect (before any frame): a file, not a stream, is behind the
         address. Every frame is delivered, and its end is the source's end (no reconnect)."""
         self.live, self.reconnect = False, None
-        self._slot = LatestSlot(overwrite=False)
+        self._slot.keep_every()  # the reader of a source that came up late has it already
 
     def start(self) -> None:
         if self._thread is None:
             self.open()
+            self._start_reader()
+
+    def _start_reader(self) -> None:
+        if self._thread is None:
             self._thread = Stage(f"read:{self.name}", self._frame, self._images(), self._slot,
                                  self._control)
             self._thread.start()
@@ -217,6 +230,8 @@ class LiveSource(Source):
         given up."""
         index = 0
         try:
+            if not self._connected and not self._first_connect():
+                return
             while not self._stop.is_set():
                 item = self._read_or_none()
                 if item is None:
@@ -263,7 +278,14 @@ class LiveSource(Source):
                                   f"{self._read_error}")
             return False
         self.state = "reconnecting"
-        last = "stream ended"
+        return self._retry_connect(first=False)
+
+    def _retry_connect(self, first: bool) -> bool:
+        """Connect under the reconnect policy, after a lost connection or (`first`) a first
+        connect that failed; True once connected, False when stopped; a SourceError when the
+        attempts ran out, or when a source never connected answers with a user's mistake (a
+        camera that came up and refuses the password: no retry will let it in)."""
+        last = self._connect_error if first else "stream ended"
         if self._attempts is None:
             self._attempts = enumerate(self.reconnect.delays(), 1)
         for attempt, wait in self._attempts:
@@ -272,16 +294,34 @@ class LiveSource(Source):
             try:
                 self._connect()
             except SourceError as exc:  # its name is said once, in the line that gives up
-                last = str(exc).removeprefix(f"{self.name}: ")
-                self.stats.note(f"reconnect attempt {attempt} failed: {last}")
+                last = self._reason(exc)
+                self.stats.note(f"{'re' * (not first)}connect attempt {attempt} failed: {last}")
+                self.stats.add(connect_attempts=int(first))
+                if first and not can_pass(exc):
+                    raise
                 continue
+            self.state = "up"
+            if first:
+                self._connected = True
+                self.stats.add(connect_attempts=1)
+                self.stats.note(f"connected at attempt {attempt + 1}")
+                return True
             self.stats.add(reconnects=1)
             self._connection += 1
-            self.state = "up"
             self.stats.note(f"reconnected after {_attempts(attempt)}")
             return True
+        retries = self.reconnect.retries
+        if first:  # the attempts: the failed first one and its retries
+            raise SourceError(f"{self.name} never came up: gave up after "
+                              f"{_attempts(retries + 1, 'connect attempt')} ({last})")
         raise SourceError(f"lost {self.name}: gave up after "
-                          f"{_attempts(self.reconnect.retries, 'reconnect attempt')} ({last})")
+                          f"{_attempts(retries, 'reconnect attempt')} ({last})")
+
+    def _reason(self, error: BaseException) -> str:
+        """A failed connect's reason without the source's name (said once, where it is shown)."""
+        name = without_credentials(self.name)  # as the error's message quotes it
+        text = without_credentials(str(error))
+        return text.removeprefix(f"cannot open {name}: ").removeprefix(f"{name}: ")
 
     def _disconnect_quietly(self) -> None:
         try:

@@ -4,6 +4,7 @@ counted, so the frames after it are still read; a file that stops short of the l
 or its container states is an error once its frames are read."""
 from __future__ import annotations
 
+import errno
 import os
 import threading
 from typing import Iterator, Optional, Tuple
@@ -15,6 +16,7 @@ from engine.errors import SourceError
 from engine.lazy import require
 
 from .base import Frame, Source, without_credentials
+from .failures import ffmpeg_failure_passes, passing, unresolved_host
 from .hwdecode import Decoding, ReportsDecoding, hwaccel_for
 
 
@@ -22,15 +24,20 @@ def open_container(url: str, options: Optional[dict] = None, timeout=None,
                    name: Optional[str] = None, hwaccel=None):
     """av.open with every FFmpeg / OS failure turned into one SourceError line, which calls
     the URL `name` (default: `url`; a stream's name leaves out the passwords put into `url`).
-    `hwaccel`: a PyAV HWAccel decoding the video on the GPU (hwdecode.hwaccel_for), or None."""
+    `hwaccel`: a PyAV HWAccel decoding the video on the GPU (hwdecode.hwaccel_for), or None.
+    The error says whether the failure may pass by itself (`failures`: a stream down at the
+    start is waited for)."""
     av = require("av")
     try:
         accel = {} if hwaccel is None else {"hwaccel": hwaccel}  # PyAV before 14 has no such keyword
         return av.open(url, mode="r", options=options or {}, timeout=timeout, **accel)
     except (av.FFmpegError, OSError, ValueError) as exc:
         open_s = timeout[0] if isinstance(timeout, tuple) else timeout
-        reason = timed_out(exc, open_s) or error_reason(exc).replace(url, name or url)
-        raise SourceError(f"cannot open {name or url}: {reason}") from shown_cause(exc, url, name)
+        unresolved = unresolved_host(url) if getattr(exc, "errno", None) == errno.EIO else None
+        reason = timed_out(exc, open_s) or unresolved or error_reason(exc).replace(url, name or url)
+        error = SourceError(f"cannot open {name or url}: {reason}")
+        passes = unresolved is None and ffmpeg_failure_passes(exc, url)
+        raise passing(error, passes) from shown_cause(exc, url, name)
 
 
 def shown_cause(exc: Exception, url: str, name: Optional[str] = None):
