@@ -318,9 +318,8 @@ class Pipeline:
                 stage.join()
         for source in self.sources:
             source.join(timeout=READER_GRACE_S)
-            # its stage read no frame before the stop (its finally never ran)
             if self._threads and source.state in ("up", "connecting", "reconnecting"):
-                source.state = "stopped"
+                source.state = "stopped"  # its stage read no frame after the stop (no finally)
         self.metrics.finish()
         self._run_over = True
         self._close_requested.set()  # the closer's last wake-up: nothing left for it to close
