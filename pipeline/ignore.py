@@ -72,6 +72,8 @@ class IgnoreZones:
         RegionError naming --ignore when a zone leaves nothing of such a frame."""
         key = (frame_h, frame_w)
         if key not in self._boxes:
+            if len(self._boxes) >= 64:  # a folder of images of many sizes: keep it small
+                self._boxes.clear()
             rects = [zone.in_frame(frame_h, frame_w) for zone in self.regions]
             self._boxes[key] = np.array([(x, y, x + w, y + h) for x, y, w, h in rects],
                                         np.float64).reshape(-1, 4)

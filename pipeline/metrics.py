@@ -214,6 +214,8 @@ def format_summary(report: dict) -> str:
         if s.get("count"):
             lines.append(f"  {name:<12}{s['count']:>7}{s['p50_ms']:>9.2f}{s['p95_ms']:>9.2f}"
                          f"{s['p99_ms']:>9.2f}")
+    if report.get("ignored_detections"):  # a zone that takes nothing shows as no line
+        lines.append(f"  {report['ignored_detections']} detections dropped in --ignore zones")
     if report.get("failed"):
         lines.append(f"  {report['failed']} frames failed in inference (last: "
                      f"{report['failures'][-1] if report.get('failures') else '?'})")

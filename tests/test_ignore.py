@@ -223,6 +223,7 @@ def test_dbrt_run_ignore_drops_counts_and_outlines(tmp_path, capsys):
     for line in lines:  # SHOP, where it is
         xs, ys = np.array(line["detections"][0]["polygon"]).T
         assert 400 < xs.min() < xs.max() < 560 and 250 < ys.min() < ys.max() < 320
+    assert "2 detections dropped in --ignore zones" in capsys.readouterr().out
     report = json.loads((out / "report.json").read_text())
     assert report["ignored_detections"] == 2
     assert report["model"]["ignore"] == [dict(x=0.0, y=0.0, w=0.35, h=0.3, unit="fraction")]
