@@ -27,10 +27,10 @@ from engine.padding import pad_batch, runner_min_batch
 from engine.loader import RunnerOptions, load_runner
 
 from .detections import Detections
+from .ignore import IgnoreZones
 from .postprocess import DBPostprocessor
 from .postprocess.compiled import status as compiled_status
 from .preprocess import Letterbox, as_bgr, preprocess_batch
-from .ignore import IgnoreZones
 from .region import Region
 from .shipped import default_model_path
 
