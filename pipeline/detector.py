@@ -27,6 +27,7 @@ from engine.padding import pad_batch, runner_min_batch
 from engine.loader import RunnerOptions, load_runner
 
 from .detections import Detections
+from .ignore import IgnoreZones
 from .postprocess import DBPostprocessor
 from .postprocess.compiled import status as compiled_status
 from .preprocess import Letterbox, as_bgr, preprocess_batch
@@ -76,6 +77,8 @@ class Detector:
                 resize rule's size for the region; boxes stay in frame pixels. (x, y, w, h) in
                 frame pixels (integers), fractions of the frame (floats, 0..1), an 'X,Y,W,H'
                 string as `dbrt run --roi` takes, or a pipeline.region.Region
+    ignore:     ignore zones, each as roi= takes one (a list of them), in frame coordinates
+                whatever the roi: a detection mostly inside them is dropped (pipeline.ignore)
 
     One Detector may serve several Pipelines (or threads) at once: ONNX Runtime takes
     concurrent calls, and each thread that calls a TensorRT engine gets its own execution
@@ -88,8 +91,9 @@ class Detector:
                  *, preset: Optional[str] = None,
                  input_size: Optional[Tuple[int, int]] = None, backend: str = "auto",
                  device: str = "auto", options: Optional[RunnerOptions] = None, read=None,
-                 roi=None):
+                 roi=None, ignore=None):
         self.roi = Region.of(roi)  # a bad region fails before the model loads
+        self.ignore = IgnoreZones.of(ignore)
         if model is None:
             model = default_model_path()
         self.model_name = _model_name(model)
@@ -156,6 +160,7 @@ class Detector:
                     spec=json.loads(self.spec.to_json()), untrained=self.untrained,
                     keep_aspect=self.keep_aspect, input_size=self.input_size,
                     roi=None if self.roi is None else self.roi.describe(),
+                    ignore=self.ignore.describe(),
                     gpu_preprocess=self.uses_gpu_preprocess, post=self.post.config.to_dict(),
                     post_compiled=compiled_status(),
                     reader=None if self.recognizer is None else self.recognizer.describe())
@@ -253,9 +258,11 @@ class Detector:
         self._range_checked = True
         return prob
 
-    def postprocess(self, prob, letterboxes: Sequence[Letterbox]) -> List[Detections]:
-        """Probability maps -> one Detections per frame, in frame pixels."""
-        return self.post(prob, letterboxes)
+    def postprocess(self, prob, letterboxes: Sequence[Letterbox],
+                    dropped: Optional[list] = None) -> List[Detections]:
+        """Probability maps -> one Detections per frame, in frame pixels, but those mostly inside
+        the ignore zones; `dropped`, a list, receives how many those were per frame."""
+        return self.ignore.drop_in_frames(self.post(prob, letterboxes), letterboxes, dropped)
 
     def read(self, image: np.ndarray, detections: Detections) -> Detections:
         """The texts of `detections` in `image` when this detector reads (else them unchanged)."""

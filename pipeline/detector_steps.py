@@ -86,7 +86,12 @@ class DetectorSteps:
         return batch
 
     def postprocess(self, batch: Batch) -> List[FrameResult]:
-        results = self.detector.postprocess(batch.prob, batch.letterboxes)
+        if getattr(self.detector, "ignore", None):  # counted before reading and tracking
+            dropped: list = []
+            results = self.detector.postprocess(batch.prob, batch.letterboxes, dropped=dropped)
+            self.metrics.detections_ignored(sum(dropped))
+        else:  # (a detector of one's own may take no `dropped`)
+            results = self.detector.postprocess(batch.prob, batch.letterboxes)
         return [FrameResult(frame, dets) for frame, dets in zip(batch.frames, results)]
 
     def read_texts(self, result: FrameResult) -> FrameResult:

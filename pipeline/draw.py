@@ -11,6 +11,7 @@ from engine.errors import ShapeError
 
 from .detections import Detections
 from .preprocess import as_bgr
+from .ignore import IgnoreZones
 from .region import Region
 
 Color = Tuple[int, int, int]  # BGR
@@ -78,6 +79,53 @@ class RegionAnnotator:
             return scene
         cv2.rectangle(scene, (x, y), (x + w - 1, y + h - 1), self.color, self.thickness)
         return scene
+
+
+@dataclass(frozen=True)
+class IgnoreAnnotator:
+    """Outlines the ignore zones (a Detector's `ignore`) dashed, in another colour than the
+    region of interest's solid outline, so that a viewer sees which text is left out; a zone a
+    frame misses is not drawn. `zones` takes what `Detector(ignore=)` takes."""
+
+    zones: object
+    color: Color = (255, 0, 255)
+    thickness: int = 2
+    dash: int = 8  # pixels drawn, then as many skipped
+
+    def __post_init__(self):  # a bad zone fails here, not in the sink thread's first frame
+        object.__setattr__(self, "zones", IgnoreZones.of(self.zones))
+
+    def annotate(self, scene: np.ndarray, detections: Optional[Detections] = None) -> np.ndarray:
+        for zone in self.zones:
+            try:
+                x, y, w, h = zone.in_frame(*scene.shape[:2])
+            except ShapeError:  # the detector names the error; the picture is drawn as it is
+                continue
+            x1, y1 = x + w - 1, y + h - 1
+            for a, b in (((x, y), (x1, y)), ((x1, y), (x1, y1)), ((x1, y1), (x, y1)), ((x, y1), (x, y))):
+                self._dashed(scene, a, b)
+        return scene
+
+    def _dashed(self, scene: np.ndarray, a, b) -> None:
+        length = max(abs(b[0] - a[0]), abs(b[1] - a[1]))
+        for start in range(0, length + 1, 2 * self.dash):
+            end = min(start + self.dash, length)
+            p, q = (_along(a, b, start, length), _along(a, b, end, length))
+            cv2.line(scene, p, q, self.color, self.thickness)
+
+
+def _along(a, b, step: int, length: int) -> Tuple[int, int]:
+    """The point `step` pixels from a towards b (an axis-parallel line of `length` pixels)."""
+    if length == 0:
+        return a
+    return (a[0] + (b[0] - a[0]) * step // length, a[1] + (b[1] - a[1]) * step // length)
+
+
+def region_annotators(detector) -> list:
+    """Outlines of a Detector's region of interest and ignore zones (the boxes go over them)."""
+    roi, ignore = getattr(detector, "roi", None), getattr(detector, "ignore", None)
+    return (([RegionAnnotator(roi)] if roi is not None else [])
+            + ([IgnoreAnnotator(ignore)] if ignore else []))
 
 
 def annotate(image: np.ndarray, detections: Detections, annotators=None) -> np.ndarray:

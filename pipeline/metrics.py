@@ -113,6 +113,7 @@ class Metrics:
         self.frames_out = 0
         self.failed_frames = 0  # frames whose inference failed (a model server away)
         self.failures: deque = deque(maxlen=5)  # the last failure messages
+        self.ignored_detections = 0  # dropped inside the detector's ignore zones (--ignore)
         self.t_start: Optional[float] = None
         self.t_last: Optional[float] = None
         self.finished = False  # until then, times run to now (a stalled run's FPS falls)
@@ -144,6 +145,9 @@ class Metrics:
     def frames_failed(self, count: int, message: str) -> None:
         self.failed_frames += count
         self.failures.append(message)
+
+    def detections_ignored(self, count: int) -> None:
+        self.ignored_detections += count
 
     def queue(self, name: str, capacity: int) -> DepthGauge:
         return self.queues.setdefault(name, DepthGauge(capacity))
@@ -188,6 +192,7 @@ class Metrics:
             skipped=sum(s.get("skipped", 0) for s in sources),
             failed=self.failed_frames,
             failures=list(self.failures),
+            ignored_detections=self.ignored_detections,
             stages={name: w.summary() for name, w in self.stages.items()},
             end_to_end=self.end_to_end.summary(),
             batch_size=self.batch_summary(),
@@ -209,6 +214,8 @@ def format_summary(report: dict) -> str:
         if s.get("count"):
             lines.append(f"  {name:<12}{s['count']:>7}{s['p50_ms']:>9.2f}{s['p95_ms']:>9.2f}"
                          f"{s['p99_ms']:>9.2f}")
+    if report.get("ignored_detections"):  # a zone that takes nothing shows as no line
+        lines.append(f"  {report['ignored_detections']} detections dropped in --ignore zones")
     if report.get("failed"):
         lines.append(f"  {report['failed']} frames failed in inference (last: "
                      f"{report['failures'][-1] if report.get('failures') else '?'})")

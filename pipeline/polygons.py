@@ -83,6 +83,19 @@ def overlapping_intersection_area(a: np.ndarray, b: np.ndarray) -> float:
     return abs(sum(pyclipper.Area(part) for part in parts)) / (_SCALE * _SCALE)
 
 
+def area_inside_boxes(points: np.ndarray, boxes: Sequence[Sequence[float]]) -> float:
+    """Area of a polygon inside the union of axis-aligned (x0, y0, x1, y1) boxes (boxes that
+    overlap count once: the clip paths are filled nonzero)."""
+    import pyclipper
+
+    clipper = pyclipper.Pyclipper()
+    clipper.AddPath(_to_clipper(points), pyclipper.PT_SUBJECT, True)
+    for x0, y0, x1, y1 in boxes:
+        clipper.AddPath(_to_clipper([(x0, y0), (x1, y0), (x1, y1), (x0, y1)]), pyclipper.PT_CLIP, True)
+    parts = clipper.Execute(pyclipper.CT_INTERSECTION, pyclipper.PFT_NONZERO, pyclipper.PFT_NONZERO)
+    return abs(sum(pyclipper.Area(part) for part in parts)) / (_SCALE * _SCALE)
+
+
 def _boxes_overlap(a: np.ndarray, b: np.ndarray) -> bool:
     a, b = np.asarray(a).reshape(-1, 2), np.asarray(b).reshape(-1, 2)
     return bool(np.all(a.min(0) < b.max(0)) and np.all(b.min(0) < a.max(0)))

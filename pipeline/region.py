@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Optional, Tuple
 
 from engine.errors import ShapeError
@@ -20,64 +20,67 @@ Box = Tuple[int, int, int, int]  # x, y, w, h in frame pixels
 
 
 class RegionError(ShapeError):
-    """A region of interest that cannot be used; `reason` is the message without the region."""
+    """A region that cannot be used; `reason` is the message without the flag and region."""
 
-    def __init__(self, region, reason: str):
-        super().__init__(f"--roi {region}: {reason}")
+    def __init__(self, region, reason: str, flag: str = "--roi"):
+        super().__init__(f"{flag} {region}: {reason}")
         self.reason = reason
 
 
 @dataclass(frozen=True)
 class Region:
-    """x, y, w, h: frame pixels, or fractions of the frame when `fractions`."""
+    """x, y, w, h: frame pixels, or fractions of the frame when `fractions`; `flag`: the option
+    its errors name (--roi, or --ignore for an ignore zone, pipeline.ignore)."""
 
     x: float
     y: float
     w: float
     h: float
     fractions: bool = False
+    flag: str = field(default="--roi", compare=False, repr=False)
 
     def __post_init__(self):
         values = (self.x, self.y, self.w, self.h)
         if not all(math.isfinite(v) for v in values):
-            raise RegionError(self, "X,Y,W,H must be finite numbers")
+            raise RegionError(self, "X,Y,W,H must be finite numbers", self.flag)
         if self.w <= 0 or self.h <= 0:
-            raise RegionError(self, "the region is empty (W and H must be > 0)")
+            raise RegionError(self, "the region is empty (W and H must be > 0)", self.flag)
         if self.fractions and not all(0 <= v <= 1 for v in values):
             raise RegionError(self, "fractions of the frame lie from 0 to 1 (give frame pixels "
-                                    "as whole numbers, e.g. 100,400,800,300)")
+                                    "as whole numbers, e.g. 100,400,800,300)", self.flag)
 
     @classmethod
-    def parse(cls, text: str) -> "Region":
+    def parse(cls, text: str, flag: str = "--roi") -> "Region":
         """'X,Y,W,H': whole numbers are frame pixels; any value with a decimal point makes the
         four of them fractions of the frame."""
         parts = [p.strip() for p in str(text).split(",")]
         if len(parts) != 4:
-            raise RegionError(text, "expected X,Y,W,H (four numbers)")
+            raise RegionError(text, "expected X,Y,W,H (four numbers)", flag)
         fractions = any("." in p or "e" in p.lower() for p in parts)
         try:
             values = [float(p) if fractions else int(p) for p in parts]
         except ValueError:
-            raise RegionError(text, "expected X,Y,W,H (four numbers)") from None
-        return cls(*values, fractions=fractions)
+            raise RegionError(text, "expected X,Y,W,H (four numbers)", flag) from None
+        return cls(*values, fractions=fractions, flag=flag)
 
     @classmethod
-    def of(cls, value) -> Optional["Region"]:
+    def of(cls, value, flag: str = "--roi") -> Optional["Region"]:
         """A Region from what `roi=` takes: None, a Region, 'X,Y,W,H', or four numbers (all
-        integers: frame pixels; any float: fractions of the frame)."""
+        integers: frame pixels; any float: fractions of the frame); its errors name `flag`."""
         if value is None or isinstance(value, Region):
-            return value
+            return value if value is None or value.flag == flag else replace(value, flag=flag)
         if isinstance(value, str):
-            return cls.parse(value)
+            return cls.parse(value, flag)
         try:
             values = list(value)
         except TypeError:
             values = []
         if len(values) != 4 or not all(isinstance(v, numbers.Real) and not isinstance(v, bool)
                                        for v in values):
-            raise ShapeError(f"roi must be (x, y, w, h) or 'X,Y,W,H', got {value!r}")
+            raise ShapeError(f"{flag.lstrip('-')} must be (x, y, w, h) or 'X,Y,W,H', got {value!r}")
         pixels = all(isinstance(v, numbers.Integral) for v in values)
-        return cls(*(int(v) if pixels else float(v) for v in values), fractions=not pixels)
+        return cls(*(int(v) if pixels else float(v) for v in values), fractions=not pixels,
+                   flag=flag)
 
     def __str__(self) -> str:
         """X,Y,W,H as `parse` reads it back: fractions keep a decimal point (0.0,0,1,1 is the
@@ -101,8 +104,10 @@ class Region:
         if x1 <= x0 or y1 <= y0:
             where = ("is less than a pixel of" if self.fractions and self._overlaps()
                      else "lies outside")
+            what = "watched" if self.flag == "--roi" else "ignored"
             raise RegionError(self, f"the region {where} the {frame_w}x{frame_h} frames "
-                                    "(W x H) of this run: nothing of them would be watched")
+                                    f"(W x H) of this run: nothing of them would be {what}",
+                              self.flag)
         return x0, y0, x1 - x0, y1 - y0
 
     def check_coded_size(self, width: int, height: int) -> None:

@@ -44,6 +44,27 @@ def add_direction_arguments(group) -> None:
                             f"{DEFAULT_THRESH:g}; implies --rec-cls)")
 
 
+def add_ignore_argument(group) -> None:
+    """--ignore X,Y,W,H (repeatable): zones whose detections are dropped (pipeline/ignore.py)."""
+    from ._validate import ignore_zone
+
+    group.add_argument("--ignore", type=ignore_zone, action="append", metavar="X,Y,W,H",
+                       help="drop the detections lying mostly (half their area or more) inside "
+                            "this zone, e.g. text the camera burns into every frame (its clock, "
+                            "name or logo), before they are read, tracked or written; counted in "
+                            "report.json (ignored_detections); repeat for more zones; written "
+                            "as --roi is, in frame coordinates whatever --roi")
+
+
+def check_ignore_zones(args, coded_size) -> None:
+    """An --ignore zone no frame of a video meets (its coded size, upright or turned) is
+    refused before the model loads, as a --roi is."""
+    if getattr(args, "ignore", None) and coded_size:
+        from pipeline.ignore import IgnoreZones
+
+        IgnoreZones(args.ignore).check_coded_size(*coded_size)
+
+
 def runner_options(args):
     """RunnerOptions from --threads / --sessions / --ort-spin / --trust-engine-code, and for a
     triton:// model the --triton-* flags and --reconnect / --reconnect-delay (flags a command
@@ -194,7 +215,8 @@ def build_detector(args):
     return Detector(args.model, (lambda spec: spec.replace(**changes)) if changes else None,
                     preset=args.preset, input_size=getattr(args, "input_size", None),
                     backend=args.backend, device=args.device, options=runner_options(args),
-                    read=build_recognizer(args), roi=getattr(args, "roi", None))
+                    read=build_recognizer(args), roi=getattr(args, "roi", None),
+                    ignore=getattr(args, "ignore", None))
 
 
 def build_recognizer(args):

@@ -138,15 +138,20 @@ def _stride_multiple(side: int) -> int:
     return max(MIN_INPUT_SIDE, round(side / MIN_INPUT_SIDE) * MIN_INPUT_SIDE)
 
 
-def region(text: str):
-    """X,Y,W,H of --roi: frame pixels (whole numbers) or fractions of the frame (0..1) ->
-    a pipeline.region.Region."""
+def region(text: str, flag: str = "--roi"):
+    """X,Y,W,H of --roi (or --ignore): frame pixels (whole numbers) or fractions of the frame
+    (0..1) -> a pipeline.region.Region."""
     from pipeline.region import Region, RegionError
 
     try:
-        return Region.parse(text)
+        return Region.parse(text, flag)
     except RegionError as exc:
         raise argparse.ArgumentTypeError(f"{exc.reason}, got {text!r}") from None
+
+
+def ignore_zone(text: str):
+    """X,Y,W,H of an --ignore zone, as --roi takes a region."""
+    return region(text, "--ignore")
 
 
 def frame_size(text: str):

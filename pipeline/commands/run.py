@@ -15,7 +15,7 @@ from ._outputs import (clear_earlier_outputs, input_files, outputs_written, plai
 from . import _segments
 from ._sources import add_stream_arguments, check_stream_flags
 from ._model import (DLA_HELP, REC_MARGIN_HELP, THREADS_HELP, TRUST_ENGINE_HELP, add_direction_arguments,
-                     add_triton_arguments)
+                     add_ignore_argument, add_triton_arguments, check_ignore_zones)
 from ._validate import (DEVICES, MAX_CPU_THREADS, MAX_SESSIONS, at_least, broker_url, fourcc, frame_size,
                         input_size, listen_address, output_folder, region, restream_url, side_length,
                         zero_to_one)
@@ -92,6 +92,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(100,400,800,300) or, written with a decimal point, fractions of the "
                         "frame (0.1,0.5,0.8,0.4; for sources of different sizes); clipped to "
                         "the frame")
+    add_ignore_argument(r)
     r.add_argument("--thresh", type=zero_to_one, help="binarisation threshold of the probability map")
     r.add_argument("--box-thresh", type=zero_to_one, help="minimum mean probability of a box")
     r.add_argument("--unclip-ratio", type=at_least(0.0, float), help="box expansion ratio")
@@ -274,6 +275,7 @@ def build_pipeline(args):
             size = getattr(source, "coded_size", None)
             if args.roi is not None and size:
                 args.roi.check_coded_size(*size)
+            check_ignore_zones(args, size)
         if args.restream:
             check_restream(args.restream, sources)
         _segments.check_segment_sources(args, sources)
@@ -309,11 +311,10 @@ def _sinks(pipe, out: Path, args) -> list:
     """The run's sinks, results files first. The sinks a user's flag can make fail (a busy
     port, no display, a bad certificate) are made before the files are opened, so a run that
     cannot start leaves the previous run's results as they were."""
-    from pipeline.draw import BannerAnnotator, PolygonAnnotator, RegionAnnotator
+    from pipeline.draw import BannerAnnotator, PolygonAnnotator, region_annotators
     from pipeline.sinks import ImageSink, JsonlSink, VideoSink, WindowSink
 
-    roi = pipe.detector.roi  # its outline first: the boxes are drawn over it
-    annotators = [RegionAnnotator(roi)] if roi is not None else []
+    annotators = region_annotators(pipe.detector)  # --roi / --ignore first: boxes go over them
     annotators.append(PolygonAnnotator(show_score=args.show_scores))
     if pipe.detector.recognizer is not None:
         from pipeline.text_draw import TextAnnotator

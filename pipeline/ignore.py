@@ -1,0 +1,129 @@
+"""`IgnoreZones`: parts of the frame whose text is not wanted (`dbrt run --ignore X,Y,W,H`,
+repeatable; `Detector(ignore=[...])`): what a camera burns into every frame (its clock, its name,
+a channel logo, a scoreboard), found again on every frame.
+
+Each zone is written as `--roi` is (pipeline.region: whole numbers are frame pixels, values
+with a decimal point fractions of the frame) and always lies in frame coordinates, whatever the
+region of interest. The network still sees the zones (text across a zone's edge is detected
+whole); a detection mostly inside them is dropped after post-processing, before it is read,
+tracked or written, and counted.
+"""
+from __future__ import annotations
+
+import numbers
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .detections import Detections
+from .polygons import area_inside_boxes, polygon_area
+from .region import Region
+
+FLAG = "--ignore"
+
+# A detection is ignored when at least half of its area lies inside the zones (their union), the
+# rule of the evaluation's "do not care" regions (pipeline.evaluate). Not "wholly inside": DB's
+# unclipped box reaches past text by about half its height, so a zone drawn tightly around a
+# clock would keep the clock's box; not "touching": a street sign whose box clips a zone's corner
+# stays.
+MOSTLY_INSIDE = 0.5
+
+
+class IgnoreZones:
+    """The ignore zones of a Detector (none: false, and nothing is dropped)."""
+
+    def __init__(self, zones: Sequence = ()):
+        self.regions: Tuple[Region, ...] = tuple(Region.of(z, FLAG) for z in zones)
+        self._boxes: Dict[Tuple[int, int], np.ndarray] = {}  # frame (h, w) -> (k, 4) x0 y0 x1 y1
+
+    @classmethod
+    def of(cls, value) -> "IgnoreZones":
+        """What `ignore=` takes: None, zones as `roi=` takes one each ((x, y, w, h), 'X,Y,W,H',
+        a Region), a list of them, or IgnoreZones."""
+        if isinstance(value, IgnoreZones):
+            return value
+        if value is None:
+            return cls()
+        if isinstance(value, (str, Region)) or _four_numbers(value):
+            return cls([value])  # one zone
+        try:
+            return cls(list(value))
+        except TypeError:
+            return cls([value])  # not a list: Region.of names what it takes
+
+    def __bool__(self) -> bool:
+        return bool(self.regions)
+
+    def __len__(self) -> int:
+        return len(self.regions)
+
+    def __iter__(self) -> Iterator[Region]:
+        return iter(self.regions)
+
+    def __str__(self) -> str:
+        return " ".join(f"{FLAG} {z}" for z in self.regions)
+
+    def describe(self) -> List[dict]:
+        """What report.json records (model.ignore): each zone as given and its unit."""
+        return [zone.describe() for zone in self.regions]
+
+    def boxes(self, frame_h: int, frame_w: int) -> np.ndarray:
+        """(k, 4) float64 x0, y0, x1, y1 of the zones in a frame of this size, clipped to it; a
+        RegionError naming --ignore when a zone leaves nothing of such a frame."""
+        key = (frame_h, frame_w)
+        if key not in self._boxes:
+            if len(self._boxes) >= 64:  # a folder of images of many sizes: keep it small
+                self._boxes.clear()
+            rects = [zone.in_frame(frame_h, frame_w) for zone in self.regions]
+            self._boxes[key] = np.array([(x, y, x + w, y + h) for x, y, w, h in rects],
+                                        np.float64).reshape(-1, 4)
+        return self._boxes[key]
+
+    def check_coded_size(self, width: int, height: int) -> None:
+        """Before a video's first frame: a zone that misses its frames is a RegionError."""
+        for zone in self.regions:
+            zone.check_coded_size(width, height)
+
+    def inside(self, detections: Detections, frame_h: int, frame_w: int) -> np.ndarray:
+        """(n,) booleans: which detections lie mostly inside the zones. Cheap: bounding boxes
+        sort out, at once, those that miss every zone (most) and those wholly in one zone; only
+        the rest have their area inside the zones' union clipped (pyclipper)."""
+        mask = np.zeros(len(detections), bool)
+        if not self.regions:
+            return mask
+        zones = self.boxes(frame_h, frame_w)  # a zone the frame misses is an error at once
+        if not len(detections):
+            return mask
+        xyxy = detections.boxes_xyxy.astype(np.float64)
+        meets = ((xyxy[:, None, :2] < zones[None, :, 2:]) & (zones[None, :, :2] < xyxy[:, None, 2:])).all(2)
+        within = ((zones[None, :, :2] <= xyxy[:, None, :2]) & (xyxy[:, None, 2:] <= zones[None, :, 2:])).all(2)
+        mask[within.any(1)] = True
+        for i in np.flatnonzero(meets.any(1) & ~mask):
+            polygon = detections.polygons[i]
+            area = polygon_area(polygon)
+            mask[i] = area > 0 and area_inside_boxes(polygon, zones[meets[i]]) >= MOSTLY_INSIDE * area
+        return mask
+
+    def drop(self, detections: Detections, frame_h: int, frame_w: int) -> Tuple[Detections, int]:
+        """The detections without those mostly inside the zones, and how many those were."""
+        inside = self.inside(detections, frame_h, frame_w)
+        count = int(inside.sum())
+        return (detections[~inside] if count else detections), count
+
+    def drop_in_frames(self, found: Sequence[Detections], letterboxes,
+                       dropped: Optional[list] = None) -> List[Detections]:
+        """`drop` on each frame's detections (the letterboxes give the frame sizes); `dropped`,
+        a list, receives each frame's count."""
+        kept = []
+        for detections, box in zip(found, letterboxes):
+            detections, count = self.drop(detections, box.frame_h, box.frame_w)
+            kept.append(detections)
+            if dropped is not None:
+                dropped.append(count)
+        return kept
+
+
+def _four_numbers(value) -> bool:
+    """(x, y, w, h) of one zone, not a list of four zones."""
+    return (isinstance(value, (tuple, list, np.ndarray)) and len(value) == 4
+            and all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value))
