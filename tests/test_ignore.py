@@ -93,6 +93,17 @@ def test_a_bad_zone_is_one_error_naming_ignore(zone, reason):
         IgnoreZones.of([(1, 2, 3)])
 
 
+@pytest.mark.parametrize("zones", [[None], [(0, 0, 100, 50), None], b"0,0,100,50",
+                                   {"x": 0, "y": 0, "w": 100, "h": 50}])
+def test_none_bytes_or_a_dict_among_the_zones_is_refused_when_made(zones):
+    """A None in the list was taken as a zone (len 1, '--ignore None') and failed later, in
+    describe() or at the first frame; bytes and a dict were read element by element."""
+    with pytest.raises(ShapeError, match=r"^ignore must be \(x, y, w, h\)"):
+        IgnoreZones.of(zones)
+    with pytest.raises(ShapeError, match="^ignore must be"):  # before the model loads
+        Detector("no-such-model.onnx", ignore=zones)
+
+
 def test_a_zone_outside_a_frame_is_one_error_naming_ignore():
     zones = IgnoreZones.of(["500,0,50,50"])
     with pytest.raises(ShapeError, match=r"^--ignore 500,0,50,50: the region lies outside the "
