@@ -116,6 +116,15 @@ class Segments:
         return [str(p) for p in self.files.get(Path(base), []) if p.is_file()]
 
 
+def checked(segments, owner: str) -> Optional[Segments]:
+    """A sink's `segments=` argument: a Segments or None, refused when the sink is made (a
+    number, the seconds meant, failed at the first frame, in the pipeline's sink thread)."""
+    if segments is not None and not isinstance(segments, Segments):
+        raise TypeError(f"{owner}(segments=) takes a pipeline.segments.Segments or None, got "
+                        f"{segments!r} (one file per hour: segments=Segments(3600))")
+    return segments
+
+
 class SegmentedLines:
     """A text file written line by line (JSON lines, flushed by its sink), as one file per
     segment: `at(frame)` before a frame's lines picks its segment, whose file is opened when a

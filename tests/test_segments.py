@@ -11,6 +11,7 @@ import pytest
 
 from pipeline import segments as segments_module
 from pipeline.cli import main
+from pipeline.reading.events import TextEventSink
 from pipeline.segments import Segments
 from pipeline.sinks import JsonlSink, VideoSink
 from pipeline.sources import Frame
@@ -69,6 +70,18 @@ def test_segments_start_on_multiples_of_their_length_and_never_go_back():
 def test_segments_refuse_nonsense(bad):
     with pytest.raises(ValueError, match="Segments"):
         Segments(**bad, clock=SteppingClock())
+
+
+@pytest.mark.parametrize("make", [
+    lambda path, segments: JsonlSink(path / "detections.jsonl", segments=segments),
+    lambda path, segments: VideoSink(path / "annotated.mp4", segments=segments),
+    lambda path, segments: TextEventSink(path / "events.jsonl", segments=segments)])
+@pytest.mark.parametrize("segments", [3600, True, "3600"])
+def test_a_sinks_segments_that_is_not_a_segments_is_refused_when_made(tmp_path, make, segments):
+    """segments=3600 (the seconds meant) was an AttributeError, or for VideoSink taken and
+    failing at the first frame in the pipeline's sink thread."""
+    with pytest.raises(TypeError, match=r"\(segments=\) takes a pipeline.segments.Segments"):
+        make(tmp_path, segments)
 
 
 @pytest.mark.parametrize("live", [False, True])

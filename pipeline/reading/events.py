@@ -33,7 +33,7 @@ from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple, Union
 from dbnet.files import naming_the_file
 
 from ..detections import Detections
-from ..segments import SegmentedLines, Segments
+from ..segments import SegmentedLines, Segments, checked
 from ..sinks import Sink
 from ..sources import Frame
 from .tracks import Track, TrackBook
@@ -67,7 +67,7 @@ class TextEventSink(Sink):
         # (stream, track id) -> its sightings when its last update was written: a track unseen
         # since (fading out, its last frames before it ends) has nothing new to say
         self._told: Dict[Tuple[int, int], int] = {}
-        self.segments = segments
+        self.segments = checked(segments, "TextEventSink")
         self._fh = (open(self.path, "w", encoding="utf-8") if segments is None
                     else SegmentedLines(self.path, segments))
         self.lines = self.updates = 0
