@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import numbers
 import os
 import threading
 from pathlib import Path
@@ -108,6 +109,10 @@ class VideoSink(Sink):
                  fps_by_stream: Optional[Mapping[int, float]] = None, codec: str = "libx264",
                  crf: int = 23, annotators: Optional[Sequence] = None,
                  live_streams: Iterable[int] = (), segments: Optional[Segments] = None):
+        if fps is not None and (isinstance(fps, bool) or not isinstance(fps, numbers.Real)
+                                or not 0 < fps < float("inf")):  # 0 was taken for 25 FPS
+            raise ValueError(f"VideoSink(fps=) must be a number of frames per second > 0 (None: "
+                             f"the frames' timestamps), got {fps!r}")
         self.path_for = path if callable(path) else (lambda frame, p=path: p)
         self.fps = fps
         self.fps_by_stream = fps_by_stream if fps_by_stream is not None else {}

@@ -432,3 +432,13 @@ def test_an_image_sink_given_a_file_name_says_it_takes_a_function(tmp_path):
     """ImageSink("out.jpg") failed in the run's sink thread: 'str' object is not callable."""
     with pytest.raises(TypeError, match="ImageSink takes a function of the frame"):
         ImageSink(tmp_path / "out.jpg")
+
+
+@pytest.mark.parametrize("fps", [0, -5, float("nan"), float("inf"), "25", True])
+def test_a_video_sinks_fps_that_is_no_rate_is_refused_when_made(tmp_path, fps):
+    """fps=0 was taken for 'none given' (25 FPS, timestamps used); a negative or text rate
+    failed at the first frame, in the pipeline's sink thread."""
+    with pytest.raises(ValueError, match=r"^VideoSink\(fps=\) must be a number of frames per "
+                                         r"second > 0"):
+        VideoSink(tmp_path / "a.mp4", fps=fps)
+    assert not list(tmp_path.iterdir())
