@@ -17,6 +17,8 @@ written without a frame (a track's end line at a stream's end) go to the newest 
 """
 from __future__ import annotations
 
+import math
+import numbers
 import os
 import re
 import time
@@ -34,24 +36,34 @@ def wall_clock() -> float:
     return time.time()
 
 
+def _whole(value) -> bool:
+    """A whole number >= 1 (3600, 3600.0; not True, "3600", NaN or infinity)."""
+    return (isinstance(value, numbers.Real) and not isinstance(value, bool)
+            and math.isfinite(value) and float(value).is_integer() and value >= 1)
+
+
 class Segments:
     """seconds: a segment's length on the wall clock (a whole number >= 1, the names being to
     the second); keep: how many segments of each file (detections, events, each stream's video)
     stay in its folder, the one being written among them (None: all), counting those of earlier
-    runs under the same names (a restarted service goes on with its series); clock: Unix time
-    in seconds (for tests); spare: files never deleted (the run's sources: an earlier segment
-    read again). The clock never goes back: after a clock set back, the current segment goes
-    on until the clock reaches its end again."""
+    runs under the same names (a restarted service goes on with its series); clock: a function
+    giving Unix time in seconds (for tests); spare: a file, or files, never deleted (the run's
+    sources: an earlier segment read again). The clock never goes back: after a clock set
+    back, the current segment goes on until the clock reaches its end again."""
 
     def __init__(self, seconds: int, keep: Optional[int] = None,
                  clock: Optional[Callable[[], float]] = None, spare: Iterable = ()):
-        if isinstance(seconds, bool) or not float(seconds).is_integer() or seconds < 1:
+        if not _whole(seconds):
             raise ValueError(f"Segments(seconds=) must be a whole number of seconds >= 1, "
                              f"got {seconds!r}")
-        if keep is not None and (isinstance(keep, bool) or int(keep) != keep or keep < 1):
+        if keep is not None and not _whole(keep):
             raise ValueError(f"Segments(keep=) must be a number of segments >= 1 or None, "
                              f"got {keep!r}")
-        self.seconds, self.keep = int(seconds), keep
+        if clock is not None and not callable(clock):
+            raise TypeError(f"Segments(clock=) takes a function giving Unix time, got {clock!r}")
+        self.seconds, self.keep = int(seconds), None if keep is None else int(keep)
+        if isinstance(spare, (str, bytes, os.PathLike)):  # one file, not its name's letters
+            spare = [spare]
         self.spare = {os.path.realpath(p) for p in spare}
         self.clock = clock if clock is not None else wall_clock
         self._latest = float(self.clock())  # the first segment starts with the run

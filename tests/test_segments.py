@@ -72,6 +72,29 @@ def test_segments_refuse_nonsense(bad):
         Segments(**bad, clock=SteppingClock())
 
 
+@pytest.mark.parametrize("bad", [dict(seconds="3600"), dict(seconds=None),
+                                 dict(seconds=float("inf")), dict(seconds=60, keep=float("nan")),
+                                 dict(seconds=60, keep=float("inf")), dict(seconds=60, keep="2")])
+def test_segments_refuse_what_is_no_number_in_one_error_naming_the_argument(bad):
+    """Text, None, NaN or infinity gave Python's own TypeError ('<' not supported ...), a
+    ValueError or an OverflowError that named no argument."""
+    name = "keep" if "keep" in bad else "seconds"
+    with pytest.raises(ValueError, match=rf"^Segments\({name}=\) must be a "):
+        Segments(**bad, clock=SteppingClock())
+    with pytest.raises(TypeError, match=r"^Segments\(clock=\) takes a function"):
+        Segments(60, clock=T0)
+    assert Segments(60.0, keep=2.0, clock=SteppingClock()).keep == 2  # whole floats: numbers
+
+
+def test_one_spare_file_is_spared_whole_not_letter_by_letter(tmp_path):
+    """spare='clip.mp4' was taken letter by letter: the file itself was not spared."""
+    source = tmp_path / "detections-20000101T000000Z.jsonl"
+    source.write_text("read as this run's source\n")
+    segments = Segments(1, keep=1, clock=SteppingClock(T0), spare=str(source))
+    JsonlSink(tmp_path / "detections.jsonl", segments=segments).close()
+    assert source.exists() and segments.removed == 0
+
+
 @pytest.mark.parametrize("make", [
     lambda path, segments: JsonlSink(path / "detections.jsonl", segments=segments),
     lambda path, segments: VideoSink(path / "annotated.mp4", segments=segments),
