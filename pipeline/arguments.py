@@ -55,7 +55,8 @@ def check_numbers(batch, batch_timeout, queue_size, max_frames, sample_fps=None)
 def check_events_have_tracks(sinks: List, tracker: Optional[object]) -> None:
     """A TextEventSink reads the track ids the tracker adds: without one it writes nothing."""
     from .reading.events import TextEventSink
+    from .sinks import sinks_within
 
-    if tracker is None and any(isinstance(sink, TextEventSink) for sink in sinks):
+    if tracker is None and any(isinstance(sink, TextEventSink) for sink in sinks_within(sinks)):
         raise ValueError("sinks: a TextEventSink needs track=True (it writes one line per text "
                          "track, from the ids the tracker adds)")

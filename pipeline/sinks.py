@@ -243,7 +243,8 @@ class CallbackSink(Sink):
 
 
 class FilteredSink(Sink):
-    """Passes to `sink` only the frames for which `keep(frame)` is true."""
+    """Passes to `sink` only the frames for which `keep(frame)` is true, and everything else a
+    Pipeline tells its sinks (a sink of one's own may have only `write`)."""
 
     def __init__(self, sink: Sink, keep: Callable[[Frame], bool]):
         self.sink = sink
@@ -254,13 +255,35 @@ class FilteredSink(Sink):
             self.sink.write(frame, detections)
 
     def end_stream(self, stream: int) -> None:
-        self.sink.end_stream(stream)
+        getattr(self.sink, "end_stream", _ignored)(stream)
 
     def stream_lost(self, stream: int) -> None:
-        self.sink.stream_lost(stream)
+        getattr(self.sink, "stream_lost", _ignored)(stream)
+
+    def stopping(self) -> None:
+        getattr(self.sink, "stopping", _ignored)()
+
+    def ending(self) -> None:  # a TextEventSink's last end lines, before any sink closes
+        getattr(self.sink, "ending", _ignored)()
 
     def close(self) -> None:
-        self.sink.close()
+        getattr(self.sink, "close", _ignored)()
+
+
+def _ignored(*news) -> None:
+    """What a sink of one's own without the method does with the news."""
+
+
+def sinks_within(sinks: Iterable) -> list:
+    """`sinks` and the sinks FilteredSinks wrap (a TextEventSink among them needs the
+    pipeline's tracker)."""
+    found = []
+    for sink in sinks:
+        found.append(sink)
+        while isinstance(sink, FilteredSink):
+            sink = sink.sink
+            found.append(sink)
+    return found
 
 
 class StreamEnds:
