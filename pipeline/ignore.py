@@ -73,13 +73,15 @@ class IgnoreZones:
         """(k, 4) float64 x0, y0, x1, y1 of the zones in a frame of this size, clipped to it; a
         RegionError naming --ignore when a zone leaves nothing of such a frame."""
         key = (frame_h, frame_w)
-        if key not in self._boxes:
+        boxes = self._boxes.get(key)
+        if boxes is None:
             if len(self._boxes) >= 64:  # a folder of images of many sizes: keep it small
                 self._boxes.clear()
             rects = [zone.in_frame(frame_h, frame_w) for zone in self.regions]
-            self._boxes[key] = np.array([(x, y, x + w, y + h) for x, y, w, h in rects],
-                                        np.float64).reshape(-1, 4)
-        return self._boxes[key]
+            boxes = np.array([(x, y, x + w, y + h) for x, y, w, h in rects],
+                             np.float64).reshape(-1, 4)
+            self._boxes[key] = boxes  # not read back: another thread may clear the cache now
+        return boxes
 
     def check_coded_size(self, width: int, height: int) -> None:
         """Before a video's first frame: a zone that misses its frames is a RegionError."""

@@ -283,3 +283,17 @@ def test_a_zone_no_frame_of_a_video_meets_is_refused_before_the_model_loads(tmp_
     err = capsys.readouterr().err
     assert "--ignore 2000,2000,10,10: the region lies outside the 64x48 frames" in err
     assert err.count("\n") == 1 and not loaded and not (out / "report.json").exists()
+
+
+def test_the_zones_of_a_frame_size_survive_another_thread_clearing_the_cache():
+    """One Detector detecting in several threads on images of many sizes: a thread that stored
+    a size's zones and read them back found them gone (KeyError) when another thread had
+    cleared the full cache in between; the cache here clears as soon as it is written."""
+    class ClearedByAnotherThread(dict):
+        def __setitem__(self, key, value):
+            super().__setitem__(key, value)
+            self.clear()
+
+    zones = IgnoreZones.of([(0.0, 0.0, 0.5, 0.5)])
+    zones._boxes = ClearedByAnotherThread()
+    assert zones.boxes(100, 200).tolist() == [[0, 0, 100, 50]]
