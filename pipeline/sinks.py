@@ -1,9 +1,10 @@
 """Where results go: JSON lines, annotated video (PyAV), annotated images, a window, callbacks.
 
 A sink has `write(frame, detections)` (frame facts are read from the frame), `end_stream(stream)`
-(that source's last frame was written while others go on) and `close()`, and is a context manager.
-The pipeline calls every sink from its sink thread, in order per source, and closes them all at
-the end (even when one of them fails to close).
+(that source's last frame was written while others go on), `stream_lost(stream)`, `stopping()`,
+`ending()` and `close()`, and is a context manager; a sink of one's own needs `write` alone.
+The pipeline calls every sink from its sink thread, in order per source; at the end it ends them
+all (`ending`), then closes them all (even when one of them fails to end or close).
 """
 from __future__ import annotations
 
