@@ -76,6 +76,15 @@ class Segments:
         """The start of the newest segment (Unix time)."""
         return self._latest
 
+    def opening(self) -> float:
+        """The start of the segment a file opened now begins: the newest one, the clock read
+        again once frames were placed (this Segments used again for another run, whose first
+        file was named after the last run's last segment and left empty)."""
+        if self._frame is not None:
+            now = float(self.clock())
+            self._latest = max(self._latest, now - now % self.seconds)
+        return self._latest
+
     def start_for(self, frame=None) -> float:
         """The start of the segment `frame` is written to: the clock is read once per frame,
         whichever sink asks first (None: the newest segment)."""
@@ -145,7 +154,7 @@ class SegmentedLines:
 
     def __init__(self, base: Union[str, os.PathLike], segments: Segments):
         self.base, self.segments = Path(base), segments
-        self._start = self._due = segments.current()
+        self._start = self._due = segments.opening()
         self.path = segments.opened(self.base, self._start)
         self._fh = self._open()
 

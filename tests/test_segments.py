@@ -307,3 +307,21 @@ def test_segments_of_images_alone_are_refused(tmp_path, tiny_onnx, capsys):
     assert err[-1].endswith("--segment-time splits the results of videos, streams and cameras "
                             "by time; the sources are images: drop --segment-time")
 
+
+
+def test_a_segments_used_again_for_another_run_leaves_no_empty_file_of_the_last_run(tmp_path):
+    """A second run's JsonlSink on the same Segments opened a file named after the first run's
+    last segment (-2 after its time, the name being taken), which stayed empty as its first
+    frame went to the segment of its own time."""
+    from pipeline.detections import Detections
+
+    clock = SteppingClock(T0 + 3, step=0)
+    segments = Segments(10, clock=clock)
+    for run in range(2):
+        with JsonlSink(tmp_path / "detections.jsonl", segments=segments) as sink:
+            for frame in _frames(2):
+                sink.write(frame, Detections.empty())
+        clock.now += 600
+    files = sorted(tmp_path.iterdir())
+    assert [_stamp(p) for p in files] == ["20261130T005323Z", "20261130T010320Z"]
+    assert [len(p.read_text().splitlines()) for p in files] == [2, 2]
