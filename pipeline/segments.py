@@ -21,9 +21,10 @@ import math
 import numbers
 import os
 import re
+import threading
 import time
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Union
+from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 from dbnet.files import naming_the_file
 
@@ -67,8 +68,9 @@ class Segments:
         self.spare = {os.path.realpath(p) for p in spare}
         self.clock = clock if clock is not None else wall_clock
         self._latest = float(self.clock())  # the first segment starts with the run
-        self._frame = None  # the last frame placed, and its segment's start
-        self._frame_start = self._latest
+        # thread -> the last frame it placed and its segment's start: a frame's sinks ask in
+        # turn, and the sink thread of another Pipeline sharing this Segments may ask between
+        self._placed: Dict[int, Tuple[object, float]] = {}
         self.files: Dict[Path, List[Path]] = {}  # base name -> the segments this run opened
         self.removed = 0  # segments deleted to keep `keep`, this run's and earlier runs'
 
@@ -80,21 +82,28 @@ class Segments:
         """The start of the segment a file opened now begins: the newest one, the clock read
         again once frames were placed (this Segments used again for another run, whose first
         file was named after the last run's last segment and left empty)."""
-        if self._frame is not None:
+        if self._placed:
             now = float(self.clock())
             self._latest = max(self._latest, now - now % self.seconds)
         return self._latest
 
     def start_for(self, frame=None) -> float:
         """The start of the segment `frame` is written to: the clock is read once per frame,
-        whichever sink asks first (None: the newest segment)."""
+        whichever of its sinks asks first (None: the newest segment)."""
         if frame is None:
             return self._latest
-        if frame is not self._frame:
-            now = float(self.clock())
-            self._latest = max(self._latest, now - now % self.seconds)
-            self._frame, self._frame_start = frame, self._latest
-        return self._frame_start
+        here = threading.get_ident()
+        placed = self._placed.get(here)
+        if placed is not None and placed[0] is frame:
+            return placed[1]
+        now = float(self.clock())
+        self._latest = max(self._latest, now - now % self.seconds)
+        if placed is None:  # a new sink thread: those of ended runs let their frames go
+            alive = {thread.ident for thread in threading.enumerate()}
+            for ident in [i for i in list(self._placed) if i not in alive]:
+                self._placed.pop(ident, None)
+        self._placed[here] = (frame, self._latest)
+        return self._latest
 
     def path(self, base: Union[str, os.PathLike], start: float, copy: int = 1) -> Path:
         """out/detections.jsonl -> out/detections-20261207T171500Z.jsonl (copy 2: ...Z-2.jsonl)"""

@@ -325,3 +325,34 @@ def test_a_segments_used_again_for_another_run_leaves_no_empty_file_of_the_last_
     files = sorted(tmp_path.iterdir())
     assert [_stamp(p) for p in files] == ["20261130T005323Z", "20261130T010320Z"]
     assert [len(p.read_text().splitlines()) for p in files] == [2, 2]
+
+
+def test_two_pipelines_sharing_a_segments_keep_each_frames_sinks_in_one_segment():
+    """The clock was read again for a frame whose sinks another sink thread (a second Pipeline
+    on the same Segments) had asked between: at a boundary its JSON line and its video frame
+    went to segments of different names."""
+    import threading
+
+    clock = SteppingClock(T0 + 9.5, step=0)
+    segments = Segments(10, clock=clock)
+    first, second = _frames(1, stream=0)[0], _frames(1, stream=0)[0]
+    asked, other_asked, starts = threading.Event(), threading.Event(), []
+
+    def run_one():  # its JSON line, then (after the other run's frame) its video frame
+        starts.append(segments.start_for(first))
+        asked.set()
+        other_asked.wait(5)
+        starts.append(segments.start_for(first))
+
+    def run_two():
+        asked.wait(5)
+        clock.now = T0 + 10.5  # the boundary passes between the first frame's sinks
+        starts.append(segments.start_for(second))
+        other_asked.set()
+
+    threads = [threading.Thread(target=run_one), threading.Thread(target=run_two)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert starts == [T0 + 9.5, T0 + 10, T0 + 9.5]
