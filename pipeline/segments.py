@@ -80,8 +80,8 @@ class Segments:
 
     def opening(self) -> float:
         """The start of the segment a file opened now begins: the newest one, the clock read
-        again once frames were placed (this Segments used again for another run, whose first
-        file was named after the last run's last segment and left empty)."""
+        again once frames were placed (a Segments used again for another run: its first file
+        is named by the new run's time, not after the last run's last segment)."""
         if self._placed:
             now = float(self.clock())
             self._latest = max(self._latest, now - now % self.seconds)
@@ -146,7 +146,7 @@ class Segments:
         return [str(p) for p in self.files.get(Path(base), []) if p.is_file()]
 
 
-def checked(segments, owner: str) -> Optional[Segments]:
+def checked_segments(segments, owner: str) -> Optional[Segments]:
     """A sink's `segments=` argument: a Segments or None, refused when the sink is made (a
     number, the seconds meant, failed at the first frame, in the pipeline's sink thread)."""
     if segments is not None and not isinstance(segments, Segments):

@@ -24,7 +24,7 @@ from engine.errors import DbrtError
 from .detections import Detections, FrameResult
 from .draw import annotate
 from .encoder import VideoEncoder
-from .segments import SegmentedLines, Segments, checked
+from .segments import SegmentedLines, Segments, checked_segments
 from .sources import Frame
 
 PathFor = Callable[[Frame], Union[str, os.PathLike]]
@@ -67,10 +67,10 @@ class JsonlSink(Sink):
 
     def __init__(self, path: Union[str, os.PathLike], decimals: int = 2,
                  segments: Optional[Segments] = None):
+        self.segments = checked_segments(segments, "JsonlSink")  # before any folder is made
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.decimals = decimals
-        self.segments = checked(segments, "JsonlSink")
         self._fh = (open(self.path, "w", encoding="utf-8") if segments is None
                     else SegmentedLines(self.path, segments))
         self.lines = 0
@@ -123,7 +123,7 @@ class VideoSink(Sink):
         self.live_streams = set(live_streams)
         self.encoders: Dict[int, VideoEncoder] = {}
         self.paths: Dict[int, Path] = {}  # stream -> its file (with segments: their base name)
-        self.segments = checked(segments, "VideoSink")
+        self.segments = checked_segments(segments, "VideoSink")
         self._starts: Dict[int, float] = {}  # stream -> the start of its segment being written
         self._closed = False
 

@@ -34,7 +34,7 @@ from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple, Union
 from dbnet.files import naming_the_file
 
 from ..detections import Detections
-from ..segments import SegmentedLines, Segments, checked
+from ..segments import SegmentedLines, Segments, checked_segments
 from ..sinks import Sink
 from ..sources import Frame
 from .tracks import Track, TrackBook
@@ -55,6 +55,7 @@ class TextEventSink(Sink):
                  listeners: Sequence[Callable[[dict], None]] = (),
                  segments: Optional[Segments] = None):
         listeners = _checked_listeners(lost_frames, every, listeners)
+        segments = checked_segments(segments, "TextEventSink")  # before any folder is made
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.decimals, self.every = decimals, every
@@ -67,7 +68,7 @@ class TextEventSink(Sink):
         # (stream, track id) -> its sightings when its last update was written: a track unseen
         # since (fading out, its last frames before it ends) has nothing new to say
         self._told: Dict[Tuple[int, int], int] = {}
-        self.segments = checked(segments, "TextEventSink")
+        self.segments = segments
         self._fh = (open(self.path, "w", encoding="utf-8") if segments is None
                     else SegmentedLines(self.path, segments))
         self.lines = self.updates = 0
