@@ -3,8 +3,9 @@ parameter, not an AttributeError in a worker thread once the run has started (a 
 among the sinks, a model path where the Detector goes, a float frame count)."""
 from __future__ import annotations
 
+import inspect
 import numbers
-from typing import Iterable, List, Optional, Tuple
+from typing import Iterable, List, Mapping, Optional, Tuple
 
 DETECTOR_STEPS = ("prepare", "infer", "postprocess", "input_size_for")
 
@@ -55,7 +56,34 @@ def check_numbers(batch, batch_timeout, queue_size, max_frames, sample_fps=None)
 def check_events_have_tracks(sinks: List, tracker: Optional[object]) -> None:
     """A TextEventSink reads the track ids the tracker adds: without one it writes nothing."""
     from .reading.events import TextEventSink
+    from .sinks import sinks_within
 
-    if tracker is None and any(isinstance(sink, TextEventSink) for sink in sinks):
+    if tracker is None and any(isinstance(sink, TextEventSink) for sink in sinks_within(sinks)):
         raise ValueError("sinks: a TextEventSink needs track=True (it writes one line per text "
                          "track, from the ids the tracker adds)")
+
+
+def checked_source_options(options) -> dict:
+    """`source_options` as keywords of pipeline.sources.parse_source: a mapping of its names,
+    `reconnect` a Reconnect (reconnect=3, as `--reconnect 3` reads, was an AttributeError
+    about 'retries'), `decode_threads` an integer >= 0; the other values their sources check."""
+    from .sources import Reconnect, parse_source
+
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise TypeError(f"source_options= takes a dict of keywords, e.g. dict(reconnect=None), "
+                        f"got {options!r}")
+    known = [name for name in inspect.signature(parse_source).parameters if name != "spec"]
+    for name in options:
+        if name not in known:
+            raise TypeError(f"source_options: unknown keyword {name!r} (known: {', '.join(known)})")
+    reconnect = options.get("reconnect")
+    if reconnect is not None and not isinstance(reconnect, Reconnect):
+        raise TypeError(f"source_options reconnect= takes a pipeline.sources.Reconnect, e.g. "
+                        f"Reconnect(retries=3) (None: no reconnecting), got {reconnect!r}")
+    threads = options.get("decode_threads", 0)
+    if not isinstance(threads, numbers.Integral) or isinstance(threads, bool) or threads < 0:
+        raise ValueError(f"source_options decode_threads must be an integer >= 0 (0: FFmpeg "
+                         f"picks), got {threads!r}")
+    return dict(options)

@@ -11,9 +11,11 @@ tracked or written, and counted.
 from __future__ import annotations
 
 import numbers
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
+
+from engine.errors import ShapeError
 
 from .detections import Detections
 from .polygons import area_inside_boxes, polygon_area
@@ -33,7 +35,7 @@ class IgnoreZones:
     """The ignore zones of a Detector (none: false, and nothing is dropped)."""
 
     def __init__(self, zones: Sequence = ()):
-        self.regions: Tuple[Region, ...] = tuple(Region.of(z, FLAG) for z in zones)
+        self.regions: Tuple[Region, ...] = tuple(_zone(z) for z in zones)
         self._boxes: Dict[Tuple[int, int], np.ndarray] = {}  # frame (h, w) -> (k, 4) x0 y0 x1 y1
 
     @classmethod
@@ -44,8 +46,8 @@ class IgnoreZones:
             return value
         if value is None:
             return cls()
-        if isinstance(value, (str, Region)) or _four_numbers(value):
-            return cls([value])  # one zone
+        if isinstance(value, (str, bytes, Mapping, Region)) or _four_numbers(value):
+            return cls([value])  # one zone (bytes, a dict: refused as one, not letter by letter)
         try:
             return cls(list(value))
         except TypeError:
@@ -71,13 +73,15 @@ class IgnoreZones:
         """(k, 4) float64 x0, y0, x1, y1 of the zones in a frame of this size, clipped to it; a
         RegionError naming --ignore when a zone leaves nothing of such a frame."""
         key = (frame_h, frame_w)
-        if key not in self._boxes:
+        boxes = self._boxes.get(key)
+        if boxes is None:
             if len(self._boxes) >= 64:  # a folder of images of many sizes: keep it small
                 self._boxes.clear()
             rects = [zone.in_frame(frame_h, frame_w) for zone in self.regions]
-            self._boxes[key] = np.array([(x, y, x + w, y + h) for x, y, w, h in rects],
-                                        np.float64).reshape(-1, 4)
-        return self._boxes[key]
+            boxes = np.array([(x, y, x + w, y + h) for x, y, w, h in rects],
+                             np.float64).reshape(-1, 4)
+            self._boxes[key] = boxes  # not read back: another thread may clear the cache now
+        return boxes
 
     def check_coded_size(self, width: int, height: int) -> None:
         """Before a video's first frame: a zone that misses its frames is a RegionError."""
@@ -121,6 +125,15 @@ class IgnoreZones:
             if dropped is not None:
                 dropped.append(count)
         return kept
+
+
+def _zone(value) -> Region:
+    """One zone as Region.of takes it; None, which means no region of interest there, is no
+    zone (a list's None would be taken as one, then fail in describe() or the first frame)."""
+    if value is None:
+        raise ShapeError("ignore must be (x, y, w, h) or 'X,Y,W,H' for each zone, got None "
+                         "in the list (no zones: ignore=None or [])")
+    return Region.of(value, FLAG)
 
 
 def _four_numbers(value) -> bool:

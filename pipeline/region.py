@@ -40,6 +40,11 @@ class Region:
     flag: str = field(default="--roi", compare=False, repr=False)
 
     def __post_init__(self):
+        for name in ("x", "y", "w", "h"):  # NumPy's numbers as Python's: report.json is JSON
+            value = getattr(self, name)
+            if isinstance(value, numbers.Real) and not isinstance(value, (int, float)):
+                object.__setattr__(self, name, int(value) if isinstance(value, numbers.Integral)
+                                   else float(value))
         values = (self.x, self.y, self.w, self.h)
         if not all(math.isfinite(v) for v in values):
             raise RegionError(self, "X,Y,W,H must be finite numbers", self.flag)

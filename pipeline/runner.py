@@ -27,7 +27,7 @@ import threading
 import weakref
 from typing import Callable, Iterable, Iterator, List, Optional, Sequence
 
-from .arguments import check_detector, check_events_have_tracks, check_numbers, checked_outputs
+from .arguments import check_detector, check_events_have_tracks, check_numbers, checked_outputs, checked_source_options
 from .batcher import Batcher, batch_size
 from .decoding import source_frames, stamp
 from .detections import Detections, FrameResult
@@ -107,7 +107,7 @@ class Pipeline:
             check_numbers(batch, batch_timeout, queue_size, max_frames, sample_fps)
             self.tracker = tracker_for(track)  # before the sources open: a missing package fails first
             check_events_have_tracks(self.sinks, self.tracker)
-            self.sources = open_sources(sources, **(source_options or {}))
+            self.sources = open_sources(sources, **checked_source_options(source_options))
             self.batch = batch_size(batch, len(self.sources), getattr(detector, "runner", None))
         except BaseException:
             with contextlib.ExitStack() as steps:

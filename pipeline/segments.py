@@ -17,11 +17,14 @@ written without a frame (a track's end line at a stream's end) go to the newest 
 """
 from __future__ import annotations
 
+import math
+import numbers
 import os
 import re
+import threading
 import time
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Union
+from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 from dbnet.files import naming_the_file
 
@@ -34,29 +37,40 @@ def wall_clock() -> float:
     return time.time()
 
 
+def _whole(value) -> bool:
+    """A whole number >= 1 (3600, 3600.0; not True, "3600", NaN or infinity)."""
+    return (isinstance(value, numbers.Real) and not isinstance(value, bool)
+            and math.isfinite(value) and float(value).is_integer() and value >= 1)
+
+
 class Segments:
     """seconds: a segment's length on the wall clock (a whole number >= 1, the names being to
     the second); keep: how many segments of each file (detections, events, each stream's video)
     stay in its folder, the one being written among them (None: all), counting those of earlier
-    runs under the same names (a restarted service goes on with its series); clock: Unix time
-    in seconds (for tests); spare: files never deleted (the run's sources: an earlier segment
-    read again). The clock never goes back: after a clock set back, the current segment goes
-    on until the clock reaches its end again."""
+    runs under the same names (a restarted service goes on with its series); clock: a function
+    giving Unix time in seconds (for tests); spare: a file, or files, never deleted (the run's
+    sources: an earlier segment read again). The clock never goes back: after a clock set
+    back, the current segment goes on until the clock reaches its end again."""
 
     def __init__(self, seconds: int, keep: Optional[int] = None,
                  clock: Optional[Callable[[], float]] = None, spare: Iterable = ()):
-        if isinstance(seconds, bool) or not float(seconds).is_integer() or seconds < 1:
+        if not _whole(seconds):
             raise ValueError(f"Segments(seconds=) must be a whole number of seconds >= 1, "
                              f"got {seconds!r}")
-        if keep is not None and (isinstance(keep, bool) or int(keep) != keep or keep < 1):
+        if keep is not None and not _whole(keep):
             raise ValueError(f"Segments(keep=) must be a number of segments >= 1 or None, "
                              f"got {keep!r}")
-        self.seconds, self.keep = int(seconds), keep
+        if clock is not None and not callable(clock):
+            raise TypeError(f"Segments(clock=) takes a function giving Unix time, got {clock!r}")
+        self.seconds, self.keep = int(seconds), None if keep is None else int(keep)
+        if isinstance(spare, (str, bytes, os.PathLike)):  # one file, not its name's letters
+            spare = [spare]
         self.spare = {os.path.realpath(p) for p in spare}
         self.clock = clock if clock is not None else wall_clock
         self._latest = float(self.clock())  # the first segment starts with the run
-        self._frame = None  # the last frame placed, and its segment's start
-        self._frame_start = self._latest
+        # thread -> the last frame it placed and its segment's start: a frame's sinks ask in
+        # turn, and the sink thread of another Pipeline sharing this Segments may ask between
+        self._placed: Dict[int, Tuple[object, float]] = {}
         self.files: Dict[Path, List[Path]] = {}  # base name -> the segments this run opened
         self.removed = 0  # segments deleted to keep `keep`, this run's and earlier runs'
 
@@ -64,16 +78,32 @@ class Segments:
         """The start of the newest segment (Unix time)."""
         return self._latest
 
-    def start_for(self, frame=None) -> float:
-        """The start of the segment `frame` is written to: the clock is read once per frame,
-        whichever sink asks first (None: the newest segment)."""
-        if frame is None:
-            return self._latest
-        if frame is not self._frame:
+    def opening(self) -> float:
+        """The start of the segment a file opened now begins: the newest one, the clock read
+        again once frames were placed (a Segments used again for another run: its first file
+        is named by the new run's time, not after the last run's last segment)."""
+        if self._placed:
             now = float(self.clock())
             self._latest = max(self._latest, now - now % self.seconds)
-            self._frame, self._frame_start = frame, self._latest
-        return self._frame_start
+        return self._latest
+
+    def start_for(self, frame=None) -> float:
+        """The start of the segment `frame` is written to: the clock is read once per frame,
+        whichever of its sinks asks first (None: the newest segment)."""
+        if frame is None:
+            return self._latest
+        here = threading.get_ident()
+        placed = self._placed.get(here)
+        if placed is not None and placed[0] is frame:
+            return placed[1]
+        now = float(self.clock())
+        self._latest = max(self._latest, now - now % self.seconds)
+        if placed is None:  # a new sink thread: those of ended runs let their frames go
+            alive = {thread.ident for thread in threading.enumerate()}
+            for ident in [i for i in list(self._placed) if i not in alive]:
+                self._placed.pop(ident, None)
+        self._placed[here] = (frame, self._latest)
+        return self._latest
 
     def path(self, base: Union[str, os.PathLike], start: float, copy: int = 1) -> Path:
         """out/detections.jsonl -> out/detections-20261207T171500Z.jsonl (copy 2: ...Z-2.jsonl)"""
@@ -116,6 +146,15 @@ class Segments:
         return [str(p) for p in self.files.get(Path(base), []) if p.is_file()]
 
 
+def checked_segments(segments, owner: str) -> Optional[Segments]:
+    """A sink's `segments=` argument: a Segments or None, refused when the sink is made (a
+    number, the seconds meant, failed at the first frame, in the pipeline's sink thread)."""
+    if segments is not None and not isinstance(segments, Segments):
+        raise TypeError(f"{owner}(segments=) takes a pipeline.segments.Segments or None, got "
+                        f"{segments!r} (one file per hour: segments=Segments(3600))")
+    return segments
+
+
 class SegmentedLines:
     """A text file written line by line (JSON lines, flushed by its sink), as one file per
     segment: `at(frame)` before a frame's lines picks its segment, whose file is opened when a
@@ -124,7 +163,7 @@ class SegmentedLines:
 
     def __init__(self, base: Union[str, os.PathLike], segments: Segments):
         self.base, self.segments = Path(base), segments
-        self._start = self._due = segments.current()
+        self._start = self._due = segments.opening()
         self.path = segments.opened(self.base, self._start)
         self._fh = self._open()
 

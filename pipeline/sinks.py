@@ -1,14 +1,16 @@
 """Where results go: JSON lines, annotated video (PyAV), annotated images, a window, callbacks.
 
 A sink has `write(frame, detections)` (frame facts are read from the frame), `end_stream(stream)`
-(that source's last frame was written while others go on) and `close()`, and is a context manager.
-The pipeline calls every sink from its sink thread, in order per source, and closes them all at
-the end (even when one of them fails to close).
+(that source's last frame was written while others go on), `stream_lost(stream)`, `stopping()`,
+`ending()` and `close()`, and is a context manager; a sink of one's own needs `write` alone.
+The pipeline calls every sink from its sink thread, in order per source; at the end it ends them
+all (`ending`), then closes them all (even when one of them fails to end or close).
 """
 from __future__ import annotations
 
 import abc
 import contextlib
+import numbers
 import os
 import threading
 from pathlib import Path
@@ -22,7 +24,7 @@ from engine.errors import DbrtError
 from .detections import Detections, FrameResult
 from .draw import annotate
 from .encoder import VideoEncoder
-from .segments import SegmentedLines, Segments
+from .segments import SegmentedLines, Segments, checked_segments
 from .sources import Frame
 
 PathFor = Callable[[Frame], Union[str, os.PathLike]]
@@ -65,10 +67,10 @@ class JsonlSink(Sink):
 
     def __init__(self, path: Union[str, os.PathLike], decimals: int = 2,
                  segments: Optional[Segments] = None):
+        self.segments = checked_segments(segments, "JsonlSink")  # before any folder is made
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.decimals = decimals
-        self.segments = segments
         self._fh = (open(self.path, "w", encoding="utf-8") if segments is None
                     else SegmentedLines(self.path, segments))
         self.lines = 0
@@ -108,6 +110,10 @@ class VideoSink(Sink):
                  fps_by_stream: Optional[Mapping[int, float]] = None, codec: str = "libx264",
                  crf: int = 23, annotators: Optional[Sequence] = None,
                  live_streams: Iterable[int] = (), segments: Optional[Segments] = None):
+        if fps is not None and (isinstance(fps, bool) or not isinstance(fps, numbers.Real)
+                                or not 0 < fps < float("inf")):  # 0 was taken for 25 FPS
+            raise ValueError(f"VideoSink(fps=) must be a number of frames per second > 0 (None: "
+                             f"the frames' timestamps), got {fps!r}")
         self.path_for = path if callable(path) else (lambda frame, p=path: p)
         self.fps = fps
         self.fps_by_stream = fps_by_stream if fps_by_stream is not None else {}
@@ -117,7 +123,7 @@ class VideoSink(Sink):
         self.live_streams = set(live_streams)
         self.encoders: Dict[int, VideoEncoder] = {}
         self.paths: Dict[int, Path] = {}  # stream -> its file (with segments: their base name)
-        self.segments = segments
+        self.segments = checked_segments(segments, "VideoSink")
         self._starts: Dict[int, float] = {}  # stream -> the start of its segment being written
         self._closed = False
 
@@ -238,7 +244,8 @@ class CallbackSink(Sink):
 
 
 class FilteredSink(Sink):
-    """Passes to `sink` only the frames for which `keep(frame)` is true."""
+    """Passes to `sink` only the frames for which `keep(frame)` is true, and everything else a
+    Pipeline tells its sinks (a sink of one's own may have only `write`)."""
 
     def __init__(self, sink: Sink, keep: Callable[[Frame], bool]):
         self.sink = sink
@@ -249,13 +256,35 @@ class FilteredSink(Sink):
             self.sink.write(frame, detections)
 
     def end_stream(self, stream: int) -> None:
-        self.sink.end_stream(stream)
+        getattr(self.sink, "end_stream", _ignored)(stream)
 
     def stream_lost(self, stream: int) -> None:
-        self.sink.stream_lost(stream)
+        getattr(self.sink, "stream_lost", _ignored)(stream)
+
+    def stopping(self) -> None:
+        getattr(self.sink, "stopping", _ignored)()
+
+    def ending(self) -> None:  # a TextEventSink's last end lines, before any sink closes
+        getattr(self.sink, "ending", _ignored)()
 
     def close(self) -> None:
-        self.sink.close()
+        getattr(self.sink, "close", _ignored)()
+
+
+def _ignored(*news) -> None:
+    """What a sink of one's own without the method does with the news."""
+
+
+def sinks_within(sinks: Iterable) -> list:
+    """`sinks` and the sinks FilteredSinks wrap (a TextEventSink among them needs the
+    pipeline's tracker)."""
+    found = []
+    for sink in sinks:
+        found.append(sink)
+        while isinstance(sink, FilteredSink):
+            sink = sink.sink
+            found.append(sink)
+    return found
 
 
 class StreamEnds:

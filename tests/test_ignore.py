@@ -93,6 +93,17 @@ def test_a_bad_zone_is_one_error_naming_ignore(zone, reason):
         IgnoreZones.of([(1, 2, 3)])
 
 
+@pytest.mark.parametrize("zones", [[None], [(0, 0, 100, 50), None], b"0,0,100,50",
+                                   {"x": 0, "y": 0, "w": 100, "h": 50}])
+def test_none_bytes_or_a_dict_among_the_zones_is_refused_when_made(zones):
+    """A None in the list was taken as a zone (len 1, '--ignore None') and failed later, in
+    describe() or at the first frame; bytes and a dict were read element by element."""
+    with pytest.raises(ShapeError, match=r"^ignore must be \(x, y, w, h\)"):
+        IgnoreZones.of(zones)
+    with pytest.raises(ShapeError, match="^ignore must be"):  # before the model loads
+        Detector("no-such-model.onnx", ignore=zones)
+
+
 def test_a_zone_outside_a_frame_is_one_error_naming_ignore():
     zones = IgnoreZones.of(["500,0,50,50"])
     with pytest.raises(ShapeError, match=r"^--ignore 500,0,50,50: the region lies outside the "
@@ -272,3 +283,17 @@ def test_a_zone_no_frame_of_a_video_meets_is_refused_before_the_model_loads(tmp_
     err = capsys.readouterr().err
     assert "--ignore 2000,2000,10,10: the region lies outside the 64x48 frames" in err
     assert err.count("\n") == 1 and not loaded and not (out / "report.json").exists()
+
+
+def test_the_zones_of_a_frame_size_survive_another_thread_clearing_the_cache():
+    """One Detector detecting in several threads on images of many sizes: a thread that stored
+    a size's zones and read them back found them gone (KeyError) when another thread had
+    cleared the full cache in between; the cache here clears as soon as it is written."""
+    class ClearedByAnotherThread(dict):
+        def __setitem__(self, key, value):
+            super().__setitem__(key, value)
+            self.clear()
+
+    zones = IgnoreZones.of([(0.0, 0.0, 0.5, 0.5)])
+    zones._boxes = ClearedByAnotherThread()
+    assert zones.boxes(100, 200).tolist() == [[0, 0, 100, 50]]

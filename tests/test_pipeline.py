@@ -674,6 +674,13 @@ def test_a_file_slow_to_decode_leaves_the_spare_room_to_the_live_source(videos):
     (dict(max_frames=1.5), ValueError, "max_frames must be an integer >= 1"),
     (dict(queue_size=-3), ValueError, "queue_size must be an integer >= 1"),
     (dict(track=""), TypeError, "track= takes True, False or a TextTracker"),
+    (dict(source_options=dict(reconnect=3)), TypeError,
+     r"source_options reconnect= takes a pipeline.sources.Reconnect"),
+    (dict(source_options=dict(decode_threads=-1)), ValueError,
+     "source_options decode_threads must be an integer >= 0"),
+    (dict(source_options=dict(source_timout=5)), TypeError,
+     "source_options: unknown keyword 'source_timout' .*source_timeout"),
+    (dict(source_options=[("reconnect", None)]), TypeError, "source_options= takes a dict"),
 ])
 def test_wrong_arguments_are_refused_when_the_pipeline_is_made_naming_them(videos, kwargs, error, said):
     """They failed once the run started, as an AttributeError in a worker thread (or, for

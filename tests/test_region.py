@@ -326,3 +326,13 @@ def test_a_region_that_meets_a_video_only_turned_waits_for_its_frames():
     Region.parse("0,50,10,10").check_coded_size(64, 48)  # inside 48 wide x 64 high
     with pytest.raises(RegionError, match="outside the 64x48 frames"):
         Region.parse("70,70,5,5").check_coded_size(64, 48)
+
+
+def test_a_region_made_of_numpy_numbers_describes_itself_in_json():
+    """Region(np.int64(...), ...) (a box from an array) made report.json's model.roi fail:
+    'Object of type int64 is not JSON serializable'."""
+    x, y, w, h = np.array([10, 20, 300, 200])
+    assert json.loads(json.dumps(Region(x, y, w, h).describe())) == dict(
+        x=10, y=20, w=300, h=200, unit="pixels")
+    fractions = Region(*np.array([0.1, 0.2, 0.5, 0.5], np.float32), fractions=True)
+    assert type(fractions.describe()["x"]) is float and str(fractions) == "0.1,0.2,0.5,0.5"

@@ -11,6 +11,7 @@ import pytest
 
 from pipeline import segments as segments_module
 from pipeline.cli import main
+from pipeline.reading.events import TextEventSink
 from pipeline.segments import Segments
 from pipeline.sinks import JsonlSink, VideoSink
 from pipeline.sources import Frame
@@ -69,6 +70,41 @@ def test_segments_start_on_multiples_of_their_length_and_never_go_back():
 def test_segments_refuse_nonsense(bad):
     with pytest.raises(ValueError, match="Segments"):
         Segments(**bad, clock=SteppingClock())
+
+
+@pytest.mark.parametrize("bad", [dict(seconds="3600"), dict(seconds=None),
+                                 dict(seconds=float("inf")), dict(seconds=60, keep=float("nan")),
+                                 dict(seconds=60, keep=float("inf")), dict(seconds=60, keep="2")])
+def test_segments_refuse_what_is_no_number_in_one_error_naming_the_argument(bad):
+    """Text, None, NaN or infinity gave Python's own TypeError ('<' not supported ...), a
+    ValueError or an OverflowError that named no argument."""
+    name = "keep" if "keep" in bad else "seconds"
+    with pytest.raises(ValueError, match=rf"^Segments\({name}=\) must be a "):
+        Segments(**bad, clock=SteppingClock())
+    with pytest.raises(TypeError, match=r"^Segments\(clock=\) takes a function"):
+        Segments(60, clock=T0)
+    assert Segments(60.0, keep=2.0, clock=SteppingClock()).keep == 2  # whole floats: numbers
+
+
+def test_one_spare_file_is_spared_whole_not_letter_by_letter(tmp_path):
+    """spare='clip.mp4' was taken letter by letter: the file itself was not spared."""
+    source = tmp_path / "detections-20000101T000000Z.jsonl"
+    source.write_text("read as this run's source\n")
+    segments = Segments(1, keep=1, clock=SteppingClock(T0), spare=str(source))
+    JsonlSink(tmp_path / "detections.jsonl", segments=segments).close()
+    assert source.exists() and segments.removed == 0
+
+
+@pytest.mark.parametrize("make", [
+    lambda path, segments: JsonlSink(path / "detections.jsonl", segments=segments),
+    lambda path, segments: VideoSink(path / "annotated.mp4", segments=segments),
+    lambda path, segments: TextEventSink(path / "events.jsonl", segments=segments)])
+@pytest.mark.parametrize("segments", [3600, True, "3600"])
+def test_a_sinks_segments_that_is_not_a_segments_is_refused_when_made(tmp_path, make, segments):
+    """segments=3600 (the seconds meant) was an AttributeError, or for VideoSink taken and
+    failing at the first frame in the pipeline's sink thread."""
+    with pytest.raises(TypeError, match=r"\(segments=\) takes a pipeline.segments.Segments"):
+        make(tmp_path, segments)
 
 
 @pytest.mark.parametrize("live", [False, True])
@@ -271,3 +307,52 @@ def test_segments_of_images_alone_are_refused(tmp_path, tiny_onnx, capsys):
     assert err[-1].endswith("--segment-time splits the results of videos, streams and cameras "
                             "by time; the sources are images: drop --segment-time")
 
+
+
+def test_a_segments_used_again_for_another_run_leaves_no_empty_file_of_the_last_run(tmp_path):
+    """A second run's JsonlSink on the same Segments opened a file named after the first run's
+    last segment (-2 after its time, the name being taken), which stayed empty as its first
+    frame went to the segment of its own time."""
+    from pipeline.detections import Detections
+
+    clock = SteppingClock(T0 + 3, step=0)
+    segments = Segments(10, clock=clock)
+    for run in range(2):
+        with JsonlSink(tmp_path / "detections.jsonl", segments=segments) as sink:
+            for frame in _frames(2):
+                sink.write(frame, Detections.empty())
+        clock.now += 600
+    files = sorted(tmp_path.iterdir())
+    assert [_stamp(p) for p in files] == ["20261130T005323Z", "20261130T010320Z"]
+    assert [len(p.read_text().splitlines()) for p in files] == [2, 2]
+
+
+def test_two_pipelines_sharing_a_segments_keep_each_frames_sinks_in_one_segment():
+    """The clock was read again for a frame whose sinks another sink thread (a second Pipeline
+    on the same Segments) had asked between: at a boundary its JSON line and its video frame
+    went to segments of different names."""
+    import threading
+
+    clock = SteppingClock(T0 + 9.5, step=0)
+    segments = Segments(10, clock=clock)
+    first, second = _frames(1, stream=0)[0], _frames(1, stream=0)[0]
+    asked, other_asked, starts = threading.Event(), threading.Event(), []
+
+    def run_one():  # its JSON line, then (after the other run's frame) its video frame
+        starts.append(segments.start_for(first))
+        asked.set()
+        other_asked.wait(5)
+        starts.append(segments.start_for(first))
+
+    def run_two():
+        asked.wait(5)
+        clock.now = T0 + 10.5  # the boundary passes between the first frame's sinks
+        starts.append(segments.start_for(second))
+        other_asked.set()
+
+    threads = [threading.Thread(target=run_one), threading.Thread(target=run_two)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert starts == [T0 + 9.5, T0 + 10, T0 + 9.5]

@@ -432,3 +432,67 @@ def test_an_image_sink_given_a_file_name_says_it_takes_a_function(tmp_path):
     """ImageSink("out.jpg") failed in the run's sink thread: 'str' object is not callable."""
     with pytest.raises(TypeError, match="ImageSink takes a function of the frame"):
         ImageSink(tmp_path / "out.jpg")
+
+
+@pytest.mark.parametrize("fps", [0, -5, float("nan"), float("inf"), "25", True])
+def test_a_video_sinks_fps_that_is_no_rate_is_refused_when_made(tmp_path, fps):
+    """fps=0 was taken for 'none given' (25 FPS, timestamps used); a negative or text rate
+    failed at the first frame, in the pipeline's sink thread."""
+    with pytest.raises(ValueError, match=r"^VideoSink\(fps=\) must be a number of frames per "
+                                         r"second > 0"):
+        VideoSink(tmp_path / "a.mp4", fps=fps)
+    assert not list(tmp_path.iterdir())
+
+
+class _WriteOnly:
+    """A sink of one's own: write() and nothing else."""
+
+    def __init__(self):
+        self.frames = 0
+
+    def write(self, frame, detections):
+        self.frames += 1
+
+
+def test_a_filtered_sink_of_ones_own_with_write_alone_runs_to_the_end(tmp_path):
+    """FilteredSink called its sink's end_stream() and close() unasked: a sink with write()
+    alone, which a Pipeline takes, failed at its source's end in the sink thread."""
+    from media import FakeDetector, write_video
+    from pipeline.runner import Pipeline
+
+    mine = _WriteOnly()
+    videos = [write_video(tmp_path / f"{n}.mp4", frames=n) for n in (3, 6)]
+    Pipeline(videos, FakeDetector(), sinks=[FilteredSink(mine, lambda f: f.stream == 1)]).run()
+    assert mine.frames == 6
+
+
+def test_a_filtered_sink_passes_on_ending_and_stopping_and_its_text_events_need_tracks(tmp_path):
+    """A wrapped TextEventSink was never told the run was ending (its last end lines came at
+    its close, after an MQTT sink listed before it had closed), never followed the tracker,
+    and without track=True wrote nothing instead of being refused."""
+    from pipeline.arguments import check_events_have_tracks
+    from pipeline.reading.events import TextEventSink
+    from pipeline.reading.tracking import TextTracker
+
+    told = []
+
+    class Told(JsonlSink):
+        def ending(self):
+            told.append("ending")
+
+        def stopping(self):
+            told.append("stopping")
+
+    wrapped = FilteredSink(Told(tmp_path / "d.jsonl"), lambda f: True)
+    wrapped.stopping()
+    wrapped.ending()
+    wrapped.close()
+    assert told == ["stopping", "ending"]
+    events = TextEventSink(tmp_path / "events.jsonl")
+    only_one = FilteredSink(FilteredSink(events, lambda f: f.stream == 0), lambda f: True)
+    with pytest.raises(ValueError, match="TextEventSink needs track=True"):
+        check_events_have_tracks([only_one], None)
+    tracker = TextTracker()
+    tracker.lead([only_one])
+    assert events.book.lost_frames == tracker.horizon
+    only_one.close()

@@ -497,3 +497,26 @@ def test_a_track_without_a_reading_is_null_in_the_result_lines_events_and_mqtt(t
     mqtt_ends = [text_event(e) for e in published]
     assert [(e["text"], e["confidence"]) for e in mqtt_ends
             if e["track_id"] == unread["track_id"]] == [(None, None)]
+
+
+@pytest.mark.parametrize("kwargs, error, said", [
+    (dict(every="2"), ValueError, "every= must be a number of seconds > 0"),
+    (dict(every=True), ValueError, "every= must be a number of seconds > 0"),
+    (dict(lost_frames="3"), ValueError, "lost_frames= must be a number of frames >= 1"),
+    (dict(lost_frames=2.5), ValueError, "lost_frames= must be a number of frames >= 1"),
+    (dict(lost_frames=0), ValueError, "lost_frames= must be a number of frames >= 1"),
+    (dict(listeners=print), TypeError, "listeners= takes a list of functions"),
+    (dict(listeners=[5]), TypeError, "listeners= takes a list of functions"),
+    (dict(listeners=5), TypeError, "listeners= takes a list of functions"),
+])
+def test_a_text_event_sinks_wrong_arguments_are_refused_when_made(tmp_path, kwargs, error, said):
+    """every='2' was Python's TypeError about '>'; every=True was 1 s; lost_frames='3' or 2.5
+    and a listener that is no function were taken, failing at the run's start or first line
+    in the pipeline's threads."""
+    from pipeline.reading.events import TextEventSink
+
+    with pytest.raises(error, match=rf"^TextEventSink {said}"):
+        TextEventSink(tmp_path / "events.jsonl", **kwargs)
+    listened = TextEventSink(tmp_path / "events.jsonl", listeners=(f for f in [print]))
+    assert listened.listeners == [print]  # a generator is taken whole
+    listened.close()

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 from pathlib import Path
 from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple, Union
@@ -33,7 +34,7 @@ from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple, Union
 from dbnet.files import naming_the_file
 
 from ..detections import Detections
-from ..segments import SegmentedLines, Segments
+from ..segments import SegmentedLines, Segments, checked_segments
 from ..sinks import Sink
 from ..sources import Frame
 from .tracks import Track, TrackBook
@@ -53,8 +54,8 @@ class TextEventSink(Sink):
                  decimals: int = 2, every: Optional[float] = None,
                  listeners: Sequence[Callable[[dict], None]] = (),
                  segments: Optional[Segments] = None):
-        if every is not None and not every > 0:
-            raise ValueError(f"TextEventSink every= must be a number of seconds > 0, got {every!r}")
+        listeners = _checked_listeners(lost_frames, every, listeners)
+        segments = checked_segments(segments, "TextEventSink")  # before any folder is made
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.decimals, self.every = decimals, every
@@ -154,3 +155,21 @@ class TextEventSink(Sink):
             finally:
                 with naming_the_file(self.path):
                     self._fh.close()
+
+
+def _checked_listeners(lost_frames, every, listeners) -> list:
+    """The listeners as a list, the arguments refused when the sink is made: text, a float frame
+    count or a listener that is not a function failed at the run's start or first line, in the
+    pipeline's threads."""
+    if every is not None and (isinstance(every, bool) or not isinstance(every, numbers.Real)
+                              or not every > 0):
+        raise ValueError(f"TextEventSink every= must be a number of seconds > 0, got {every!r}")
+    whole = isinstance(lost_frames, numbers.Integral) and not isinstance(lost_frames, bool)
+    if lost_frames is not None and not (whole and lost_frames >= 1):
+        raise ValueError(f"TextEventSink lost_frames= must be a number of frames >= 1 (or None), "
+                         f"got {lost_frames!r}")
+    listed = list(listeners) if isinstance(listeners, Iterable) and not callable(listeners) else None
+    if listed is None or not all(callable(listener) for listener in listed):
+        raise TypeError(f"TextEventSink listeners= takes a list of functions of a line's dict, "
+                        f"got {listeners!r}")
+    return listed

@@ -56,9 +56,10 @@ class TextTracker:
 
     def lead(self, sinks) -> None:
         """The text-event sinks among `sinks` end a track when this tracker lets it go."""
+        from ..sinks import sinks_within
         from .events import TextEventSink
 
-        for sink in sinks:
+        for sink in sinks_within(sinks):  # one a FilteredSink wraps too
             if isinstance(sink, TextEventSink):
                 sink.follow(self)
 
