@@ -29,7 +29,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
 from dbnet.files import naming_the_file
 
 STAMP = "%Y%m%dT%H%M%SZ"  # ISO 8601 basic, UTC: names sort in time order
-_STAMP_PATTERN = r"-\d{8}T\d{6}Z(-\d+)?"  # -2, -3: a name an earlier run had taken
+_STAMP_PATTERN = r"-(\d{8}T\d{6}Z)(?:-(\d+))?"  # -2, -3: a name an earlier run had taken
 
 
 def wall_clock() -> float:
@@ -128,18 +128,28 @@ class Segments:
         return path
 
     def _prune(self, base: Path, writing: Path) -> None:
-        pattern = re.compile(re.escape(base.stem) + _STAMP_PATTERN + re.escape(base.suffix) + "$")
-        folder = base.parent
-        finished = sorted(name for name in (os.listdir(folder) if folder.is_dir() else ())
-                          if pattern.match(name) and name != writing.name)
+        finished = self._oldest_first(base, writing)
         for name in finished[:max(0, len(finished) - (self.keep - 1))]:
-            if os.path.realpath(folder / name) in self.spare:
+            if os.path.realpath(base.parent / name) in self.spare:
                 continue
             try:
-                (folder / name).unlink()
+                (base.parent / name).unlink()
             except FileNotFoundError:  # gone already (a user's cleanup)
                 continue
             self.removed += 1
+
+    def _oldest_first(self, base: Path, writing: Path) -> List[str]:
+        """The finished segments of `base` in its folder, oldest first: an earlier run's by
+        their time and copy number (`...Z` before `...Z-2` before `...Z-10`), then this run's
+        in the order it opened them (after a clock set back at a boot, this run's names are
+        older than the last run's, and they were deleted first)."""
+        pattern = re.compile(re.escape(base.stem) + _STAMP_PATTERN + re.escape(base.suffix) + "$")
+        names = {name: match for name in (os.listdir(base.parent) if base.parent.is_dir() else ())
+                 if (match := pattern.match(name)) and name != writing.name}
+        ours = [p.name for p in self.files.get(base, []) if p.name in names]
+        earlier = sorted(set(names) - set(ours),
+                         key=lambda n: (names[n].group(1), int(names[n].group(2) or 1)))
+        return earlier + ours
 
     def written(self, base: Union[str, os.PathLike]) -> List[str]:
         """`base`'s segments this run opened that are still on disk, oldest first."""

@@ -356,3 +356,24 @@ def test_two_pipelines_sharing_a_segments_keep_each_frames_sinks_in_one_segment(
     for thread in threads:
         thread.join(10)
     assert starts == [T0 + 9.5, T0 + 10, T0 + 9.5]
+
+
+def test_keep_deletes_an_earlier_runs_segments_first_even_with_the_clock_set_back(tmp_path):
+    """Names sorted as text: `...Z-2` before `...Z`, `-10` before `-2`; and a box booted with
+    its clock set back (no clock battery, no network time yet) named this run's segments
+    before the last run's, so this run's were the ones deleted."""
+    later = ["detections-20300101T000000Z.jsonl", "detections-20300101T000000Z-2.jsonl",
+             "detections-20300101T000000Z-10.jsonl"]
+    for name in later:
+        (tmp_path / name).write_text("an earlier run's\n")
+    from pipeline.detections import Detections
+
+    segments = Segments(1, keep=3, clock=SteppingClock(T0, step=1))  # 2026: before them
+    sink = JsonlSink(tmp_path / "detections.jsonl", segments=segments)
+    for frame in _frames(3):
+        sink.write(frame, Detections.empty())
+        if frame.index == 0:  # two of its own on disk: of the earlier run's the newest kept
+            assert [p.name for p in tmp_path.glob("detections-2030*")] == [later[2]]
+    sink.close()
+    ours = [Path(p).name for p in segments.written(tmp_path / "detections.jsonl")]
+    assert len(ours) == 3 and sorted(p.name for p in tmp_path.iterdir()) == sorted(ours)
