@@ -77,6 +77,36 @@ def test_a_stream_played_before_it_is_published_is_read_once_it_is(server, monke
     assert stats["connect_attempts"] == 1 and stats["reconnects"] == 0
 
 
+def test_a_stream_refused_until_it_is_published_is_retried_then_read(server):
+    """A server that refuses to play a stream nobody publishes (nginx-rtmp with idle_streams
+    off, NetStream.Play.StreamNotFound; FFmpeg says only "Operation not permitted"): the
+    warning says what the refusal means, and the stream is read once published."""
+    url = server.url("strict/s")
+    refused = ("the RTMP server refused to play it: most often nothing is published under this "
+               "name yet")
+    with pytest.warns(DbrtWarning) as warned:
+        source = open_source(url, reconnect=FOREVER)
+    try:
+        assert [str(w.message) for w in warned] == [
+            f"{url} is not up ({refused}): retrying it for ever while the run starts"]
+        until(lambda: _attempts(source) >= 3, "retries of the stream not published yet")
+        server.publish("strict/s").wait_publishing()
+        frames = _first(source, 5)
+    finally:
+        source.close()
+    stats = source.stats.as_dict()
+    assert stats["events"][0] == f"connect failed: {refused}; retrying"
+    assert f"connected at attempt {stats['connect_attempts']}" in stats["events"]
+    assert stats["connect_attempts"] >= 4 and stats["reconnects"] == 0
+    assert [f.connection for f in frames] == [0] * 5
+
+
+def test_without_reconnects_a_refused_stream_fails_at_open_saying_why(server):
+    with pytest.raises(SourceError, match=r"^cannot open rtmp://127\.0\.0\.1:\d+/strict/s: the RTMP "
+                                        r"server refused to play it: most often nothing"):
+        open_source(server.url("strict/s"), reconnect=None)
+
+
 @pytest.mark.parametrize("app", ["live", "strict"])
 def test_a_publisher_that_stops_and_comes_back_is_an_outage_and_a_reconnect(server, app):
     """live: the server keeps the player waiting for a new publisher (the read times out);

@@ -16,7 +16,7 @@ from engine.errors import SourceError
 from engine.lazy import require
 
 from .base import Frame, Source, without_credentials
-from .failures import ffmpeg_failure_passes, passing, unresolved_host
+from .failures import ffmpeg_failure_passes, passing, rtmp_play_refused, unresolved_host
 from .hwdecode import Decoding, ReportsDecoding, hwaccel_for
 
 
@@ -34,7 +34,8 @@ def open_container(url: str, options: Optional[dict] = None, timeout=None,
     except (av.FFmpegError, OSError, ValueError) as exc:
         open_s = timeout[0] if isinstance(timeout, tuple) else timeout
         unresolved = unresolved_host(url) if getattr(exc, "errno", None) == errno.EIO else None
-        reason = timed_out(exc, open_s) or unresolved or error_reason(exc).replace(url, name or url)
+        reason = (timed_out(exc, open_s) or unresolved or rtmp_play_refused(exc, url)
+                  or error_reason(exc).replace(url, name or url))
         error = SourceError(f"cannot open {name or url}: {reason}")
         passes = unresolved is None and ffmpeg_failure_passes(exc, url)
         raise passing(error, passes) from shown_cause(exc, url, name)
