@@ -8,7 +8,8 @@ publisher: nginx-rtmp's default), /strict refuses to (idle_streams off: NetStrea
 StreamNotFound, as servers that turn a player away say it).
 
 `python tests/rtmp_server.py publish URL [FRAMES]` publishes FRAMES frames (default: until
-killed); it prints "publishing" once the server has taken the stream."""
+killed); it prints "publishing" once the server has taken the stream. `--check` exits 0 where
+the server can run (1 with the reason), and does nothing else."""
 from __future__ import annotations
 
 import os
@@ -157,5 +158,7 @@ def publish(url: str, frames: int, fps: int = 25) -> None:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:] == ["--check"]:
+        sys.exit(missing())
     if sys.argv[1] == "publish":
         publish(sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 0)

@@ -140,6 +140,33 @@ def test_a_publisher_that_stops_and_comes_back_is_an_outage_and_a_reconnect(serv
     assert indices == sorted(indices) and len(set(indices)) == len(indices)
 
 
+def test_a_publisher_back_within_the_read_timeout_is_no_outage(server):
+    """nginx-rtmp keeps its player while the publisher is away: one back before the read times
+    out continues the same connection, its clock starting again."""
+    publisher = server.publish()
+    publisher.wait_publishing()
+    source = NetworkSource(server.url(), reconnect=Reconnect(retries=3, delay=0.05),
+                           timeout=30).open()
+    frames = []
+    try:
+        for frame in source:
+            frames.append(frame)
+            if len(frames) == 10:
+                publisher.stop()
+                server.publish().wait_publishing()
+            restarts = [i for i, (a, b) in enumerate(zip(frames, frames[1:]))
+                        if b.timestamp < a.timestamp]
+            if restarts and len(frames) >= restarts[0] + 6:
+                break
+    finally:
+        source.close()
+    stats = source.stats.as_dict()
+    assert stats["reconnects"] == 0 and stats["connect_attempts"] == 1, stats
+    assert len(restarts) == 1 and restarts[0] >= 9
+    indices = [f.index for f in frames]
+    assert indices == sorted(indices) and len(set(indices)) == len(indices)
+
+
 def _publish_once_reconnecting(server, source, app):
     until(lambda: source.state == "reconnecting", "the outage to be seen", WAIT_S)
     server.publish(f"{app}/s").wait_publishing()
