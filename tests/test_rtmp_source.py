@@ -107,6 +107,15 @@ def test_without_reconnects_a_refused_stream_fails_at_open_saying_why(server):
         open_source(server.url("strict/s"), reconnect=None)
 
 
+def test_a_play_nobody_publishes_times_out_saying_so(server, monkeypatch):
+    """nginx-rtmp holds the play and sends nothing: FFmpeg's open, stopped by its timeout, said
+    only "Input/output error"."""
+    monkeypatch.setattr(NetworkSource, "OPEN_TIMEOUT", 1.0)
+    with pytest.raises(SourceError, match=r"^cannot open rtmp://127\.0\.0\.1:\d+/live/s: nothing "
+                                          r"received for 1 s \(timed out\)$"):
+        NetworkSource(server.url(), reconnect=None, timeout=0.5).open()
+
+
 @pytest.mark.parametrize("app", ["live", "strict"])
 def test_a_publisher_that_stops_and_comes_back_is_an_outage_and_a_reconnect(server, app):
     """live: the server keeps the player waiting for a new publisher (the read times out);
@@ -132,6 +141,8 @@ def test_a_publisher_that_stops_and_comes_back_is_an_outage_and_a_reconnect(serv
     stats = source.stats.as_dict()
     assert stats["reconnects"] == 1, stats
     assert any(e.startswith("reconnected after") for e in stats["events"])
+    if app == "live":  # the server kept the player: its read timed out
+        assert "read failed: nothing received for 1 s (timed out)" in stats["events"], stats
     for connection in (0, 1):
         times = [f.timestamp for f in frames if f.connection == connection]
         assert all(a < b for a, b in zip(times, times[1:])), times
