@@ -77,6 +77,31 @@ def test_a_stream_played_before_it_is_published_is_read_once_it_is(server, monke
     assert stats["connect_attempts"] == 1 and stats["reconnects"] == 0
 
 
+def test_dbrt_run_started_before_the_publisher_waits_for_it(server, tmp_path, tiny_onnx):
+    """The command as a service runs it: nothing published at the start, --reconnect -1; one
+    warning line after the first connect's 10 s, and the stream read once published, on the
+    connect that waited."""
+    out = tmp_path / "out"
+    proc = dbrt("run", server.url(), "--model", str(tiny_onnx), "-o", str(out), "--quiet",
+                "--no-video", "--max-frames", "6", "--reconnect", "-1")
+    try:
+        said = [proc.stderr.readline()]
+        while said[-1] and "is not up" not in said[-1]:
+            said.append(proc.stderr.readline())
+        server.publish().wait_publishing()
+        _, err = proc.communicate(timeout=WAIT_S * 2)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, "".join(said) + err
+    warned = [line for line in "".join(said).splitlines() + err.splitlines() if "warning" in line]
+    assert warned == [f"dbrt run: warning: {server.url()} is not up (no answer within 10 s): "
+                      "retrying it for ever while the run starts"]
+    source = json.loads((out / "report.json").read_text())["sources"][0]
+    assert source["delivered"] == 6 and source["connect_attempts"] == 1, source
+    assert source["reconnects"] == 0 and source["state"] == "ended"
+
+
 def test_a_stream_refused_until_it_is_published_is_retried_then_read(server):
     """A server that refuses to play a stream nobody publishes (nginx-rtmp with idle_streams
     off, NetStream.Play.StreamNotFound; FFmpeg says only "Operation not permitted"): the
