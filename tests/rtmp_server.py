@@ -34,6 +34,7 @@ pid {dir}/nginx.pid;
 error_log {dir}/error.log info;
 events {{ worker_connections 64; }}
 rtmp {{
+    access_log off;
     server {{
         listen 127.0.0.1:{port};
         application live {{ live on; }}
@@ -77,15 +78,17 @@ class NginxRtmp:
         conf = Path(folder) / "nginx.conf"
         conf.write_text(CONF.format(module=_module(), dir=folder, port=port))
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-        # -e: its error log before the configuration is read (the default is /var/log/nginx)
+        # -e: its error log before the configuration is read; this and `access_log off` keep
+        # it from /var/log/nginx, which only root may write
         self.proc = subprocess.Popen([nginx, "-c", str(conf), "-p", folder, "-e",
                                       f"{folder}/error.log"], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 30  # a safety net for a server that never starts
         while not _listening(port):
             if self.proc.poll() is not None or time.monotonic() > deadline:
+                why = self.log()[-2000:]
                 self.stop()
-                raise RuntimeError(f"nginx-rtmp did not start: {self.log()[-2000:]}")
+                raise RuntimeError(f"nginx-rtmp did not start: {why}{self.proc.stderr.read()}")
             time.sleep(0.05)
 
     def publish(self, path: str = "live/s") -> "Publisher":
