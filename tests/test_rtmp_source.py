@@ -15,7 +15,7 @@ from engine.triton.ports import free_port
 from pipeline.cli import main
 from pipeline.sources import NetworkSource, Reconnect, live, open_source
 
-from media import until, write_video
+from media import frame_image, until, write_video
 from rtmp_server import NginxRtmp, missing
 from serve_helpers import dbrt
 
@@ -251,3 +251,25 @@ def _play(url: str, got: list) -> None:
                 got.append((frame.to_ndarray(format="bgr24"), frame.time))
     except (av.FFmpegError, OSError):
         pass
+
+
+def test_restream_to_a_stream_key_already_published_says_so(server):
+    """nginx-rtmp refuses a second publisher of a stream (NetStream.Publish.BadName), which
+    FFmpeg words "Operation not permitted": the restream's error says what it most often is."""
+    from pipeline.detections import Detections
+    from pipeline.restream import RestreamSink
+    from pipeline.sources import Frame
+
+    server.publish("live/out").wait_publishing()
+    sink = RestreamSink(server.url("live/out"), annotators=[], max_queued=64)
+    try:
+        for index in range(5):
+            sink.write(Frame(frame_image(index), index, index / 25, "clip"), Detections.empty())
+        until(lambda: sink.outputs[0].counters()["last_error"], "the server's refusal")
+    finally:
+        sink.close()
+    counters = sink.outputs[0].counters()
+    assert counters["frames_sent_total"] == 0 and counters["connected"] is False
+    assert counters["last_error"] == (
+        "the RTMP server refused the stream: most often another publisher already sends under "
+        "this stream key, or the server does not take this key"), counters
