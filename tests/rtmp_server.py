@@ -7,8 +7,8 @@ Two applications: /live plays a stream before it is published (a player waits fo
 publisher: nginx-rtmp's default), /strict refuses to (idle_streams off: NetStream.Play.
 StreamNotFound, as servers that turn a player away say it).
 
-`python tests/rtmp_server.py publish URL [FRAMES]` publishes FRAMES frames (default: until
-killed); it prints "publishing" once the server has taken the stream. `--check` exits 0 where
+`python tests/rtmp_server.py publish URL` prints "ready" once started, publishes once a line
+comes on its stdin, until killed, and prints "publishing" once the server has taken the stream. `--check` exits 0 where
 the server can run (1 with the reason), and does nothing else."""
 from __future__ import annotations
 
@@ -117,18 +117,33 @@ class NginxRtmp:
 
 
 class Publisher:
-    """`python tests/rtmp_server.py publish URL` in a process; `stop()` kills it, the way a
-    publisher that crashes or loses its network goes."""
+    """`python tests/rtmp_server.py publish URL` in a process, which publishes once told to
+    (`wait_publishing`), so that its start (its imports, seconds on a loaded machine) can be
+    done beforehand (`ready`); `stop()` kills it, the way a publisher that crashes or loses its
+    network goes."""
 
-    def __init__(self, url: str, frames: int = 0):
+    def __init__(self, url: str):
         env = dict(os.environ, PYTHONPATH=str(REPO))
-        self.proc = subprocess.Popen([sys.executable, __file__, "publish", url, str(frames)],
-                                     env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True)
+        self.proc = subprocess.Popen([sys.executable, __file__, "publish", url], env=env,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+        self._ready = False
+
+    def ready(self) -> "Publisher":
+        if not self._ready:
+            self._expect("ready")
+            self._ready = True
+        return self
 
     def wait_publishing(self) -> None:
+        self.ready()
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+        self._expect("publishing")
+
+    def _expect(self, word: str) -> None:
         said = self.proc.stdout.readline().strip()
-        if said != "publishing":
+        if said != word:
             self.stop()
             raise RuntimeError(f"the publisher did not start: {said} {self.proc.stderr.read()}")
 
@@ -138,18 +153,21 @@ class Publisher:
         self.proc.communicate()
 
 
-def publish(url: str, frames: int, fps: int = 25) -> None:
-    """H.264 (a keyframe a second, as encoders set for live streaming) in FLV to `url`."""
+def publish(url: str, fps: int = 25) -> None:
+    """H.264 (a keyframe a second, as encoders set for live streaming) in FLV to `url`, once a
+    line comes on stdin, until killed."""
     import av
 
     from media import frame_image
 
+    print("ready", flush=True)
+    sys.stdin.readline()
     with av.open(url, mode="w", format="flv") as container:
         stream = container.add_stream("libx264", rate=Fraction(fps))
         stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
         stream.options = {"preset": "ultrafast", "tune": "zerolatency", "g": str(fps)}
         start, i = time.monotonic(), 0
-        while not frames or i < frames:
+        while True:
             vframe = av.VideoFrame.from_ndarray(frame_image(i), format="bgr24")
             vframe.pts = i
             container.mux(stream.encode(vframe))
@@ -157,11 +175,10 @@ def publish(url: str, frames: int, fps: int = 25) -> None:
                 print("publishing", flush=True)  # the header and a frame were taken
             i += 1
             time.sleep(max(0.0, start + i / fps - time.monotonic()))
-        container.mux(stream.encode(None))
 
 
 if __name__ == "__main__":
     if sys.argv[1:] == ["--check"]:
         sys.exit(missing())
     if sys.argv[1] == "publish":
-        publish(sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 0)
+        publish(sys.argv[2])

@@ -61,6 +61,7 @@ def test_a_stream_played_before_it_is_published_is_read_once_it_is(server, monke
     open waits (up to its 30 s), the run starts meanwhile, and the open that waited gets the
     stream once its publisher starts: one connect attempt."""
     monkeypatch.setattr(live, "FIRST_CONNECT_WAIT_S", 0.2)
+    publisher = server.publish().ready()
     with pytest.warns(DbrtWarning) as warned:
         source = open_source(server.url(), reconnect=FOREVER)
     try:
@@ -68,7 +69,7 @@ def test_a_stream_played_before_it_is_published_is_read_once_it_is(server, monke
             f"{server.url()} is not up (no answer within 0.2 s): retrying it for ever while "
             "the run starts"]
         assert source.state == "connecting"
-        server.publish().wait_publishing()
+        publisher.wait_publishing()
         frames = _first(source, 5)
     finally:
         source.close()
@@ -81,14 +82,14 @@ def test_dbrt_run_started_before_the_publisher_waits_for_it(server, tmp_path, ti
     """The command as a service runs it: nothing published at the start, --reconnect -1; one
     warning line after the first connect's 10 s, and the stream read once published, on the
     connect that waited."""
-    out = tmp_path / "out"
+    out, publisher = tmp_path / "out", server.publish().ready()
     proc = dbrt("run", server.url(), "--model", str(tiny_onnx), "-o", str(out), "--quiet",
                 "--no-video", "--max-frames", "6", "--reconnect", "-1")
     try:
         said = [proc.stderr.readline()]
         while said[-1] and "is not up" not in said[-1]:
             said.append(proc.stderr.readline())
-        server.publish().wait_publishing()
+        publisher.wait_publishing()
         _, err = proc.communicate(timeout=WAIT_S * 2)
     finally:
         if proc.poll() is None:
@@ -187,9 +188,11 @@ def test_a_publisher_back_within_the_read_timeout_is_no_outage(server):
     try:
         for frame in source:
             frames.append(frame)
+            if len(frames) == 1:
+                back = server.publish().ready()
             if len(frames) == 10:
                 publisher.stop()
-                server.publish().wait_publishing()
+                back.wait_publishing()
             restarts = [i for i, (a, b) in enumerate(zip(frames, frames[1:]))
                         if b.timestamp < a.timestamp]
             if restarts and len(frames) >= restarts[0] + 6:
@@ -204,8 +207,9 @@ def test_a_publisher_back_within_the_read_timeout_is_no_outage(server):
 
 
 def _publish_once_reconnecting(server, source, app):
+    back = server.publish(f"{app}/s").ready()
     until(lambda: source.state == "reconnecting", "the outage to be seen", WAIT_S)
-    server.publish(f"{app}/s").wait_publishing()
+    back.wait_publishing()
 
 
 def _first(source, count: int) -> list:
