@@ -1,8 +1,9 @@
 """rtmp:// sources read for real from an RTMP server, nginx-rtmp (tests/rtmp_server.py; skipped
 with the install hint where there is none), fed by a publisher process: frames and their
 clock, a run started before its publisher (a server whose player waits for the stream, one
-that refuses to play it), a publisher that stops and comes back, and `--restream rtmp://`
-played back from the server."""
+that refuses to play it) and what each says, a publisher that stops and comes back (an outage,
+or none when back before the read times out), and `--restream rtmp://` played back from the
+server, or refused a stream key already published."""
 from __future__ import annotations
 
 import json
