@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import json
 import math
 import os
@@ -185,7 +186,7 @@ def main() -> int:
     with contextlib.suppress(OSError, AttributeError):  # Linux: killed with the run (SIGKILL)
         ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     source, answers = sys.stdin.buffer, sys.stdout.buffer
-    encoder = None
+    encoder, settings = None, {}
     try:
         require("av")  # the slow part of its start, on a loaded machine seconds
         _answer(answers, "ready")
@@ -207,10 +208,20 @@ def main() -> int:
             encoder.close()
         _answer(answers, "closed")
     except Exception as exc:  # FFmpeg's: refused, reset, a protocol error
-        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-        _answer(answers, "error " + without_credentials(reason).replace("\n", " "))
+        _answer(answers, "error " + _reason(exc, settings.get("scheme")))
         return 1
     return 0
+
+
+def _reason(exc: Exception, scheme: Optional[str]) -> str:
+    """FFmpeg's reason in one line, without credentials. An RTMP server's error status to the
+    publish (nginx-rtmp's NetStream.Publish.BadName for a stream already published), which
+    FFmpeg words "Operation not permitted", is said as what it most often means."""
+    if scheme == "rtmp" and getattr(exc, "errno", None) == errno.EPERM:
+        return ("the RTMP server refused the stream: most often another publisher already sends "
+                "under this stream key, or the server does not take this key")
+    reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    return without_credentials(reason).replace("\n", " ")
 
 
 def _answer(answers, text: str) -> None:

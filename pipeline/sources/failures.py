@@ -46,12 +46,22 @@ def ffmpeg_failure_passes(exc: BaseException, url: str) -> bool:
         return True
     if isinstance(exc, (av.HTTPClientError, av.InvalidDataError)):
         return False
+    if rtmp_play_refused(exc, url):
+        return True
     code = getattr(exc, "errno", None)
-    if code == errno.EPERM and urlparse(url).scheme.startswith("rtmp"):
-        return True  # FFmpeg's answer to an RTMP server's NetStream.Play.StreamNotFound
     # EIO: FFmpeg's word for a failed name lookup among others (`unresolved_host` tells them
     # apart, and its message replaces FFmpeg's "Input/output error")
     return code in _PASSING_ERRNOS or code == errno.EIO
+
+
+def rtmp_play_refused(exc: BaseException, url: str) -> Optional[str]:
+    """What FFmpeg's "Operation not permitted" means for an rtmp:// source: the server
+    answered the play with an error status (NetStream.Play.StreamNotFound: nginx-rtmp's
+    answer for a stream nobody publishes, with idle_streams off), or None for another error."""
+    if getattr(exc, "errno", None) == errno.EPERM and urlparse(url).scheme.startswith("rtmp"):
+        return ("the RTMP server refused to play it: most often nothing is published under "
+                "this name yet")
+    return None
 
 
 def unresolved_host(url: str) -> Optional[str]:

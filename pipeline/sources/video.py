@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import os
 import threading
+import time
 from typing import Iterator, Optional, Tuple
 
 import cv2
@@ -16,7 +17,7 @@ from engine.errors import SourceError
 from engine.lazy import require
 
 from .base import Frame, Source, without_credentials
-from .failures import ffmpeg_failure_passes, passing, unresolved_host
+from .failures import ffmpeg_failure_passes, passing, rtmp_play_refused, unresolved_host
 from .hwdecode import Decoding, ReportsDecoding, hwaccel_for
 
 
@@ -28,13 +29,15 @@ def open_container(url: str, options: Optional[dict] = None, timeout=None,
     The error says whether the failure may pass by itself (`failures`: a stream down at the
     start is waited for)."""
     av = require("av")
+    started = time.monotonic()
     try:
         accel = {} if hwaccel is None else {"hwaccel": hwaccel}  # PyAV before 14 has no such keyword
         return av.open(url, mode="r", options=options or {}, timeout=timeout, **accel)
     except (av.FFmpegError, OSError, ValueError) as exc:
         open_s = timeout[0] if isinstance(timeout, tuple) else timeout
         unresolved = unresolved_host(url) if getattr(exc, "errno", None) == errno.EIO else None
-        reason = timed_out(exc, open_s) or unresolved or error_reason(exc).replace(url, name or url)
+        reason = (timed_out(exc, open_s, time.monotonic() - started) or unresolved
+                  or rtmp_play_refused(exc, url) or error_reason(exc).replace(url, name or url))
         error = SourceError(f"cannot open {name or url}: {reason}")
         passes = unresolved is None and ffmpeg_failure_passes(exc, url)
         raise passing(error, passes) from shown_cause(exc, url, name)
@@ -86,11 +89,18 @@ def _end_time(container, stream) -> Optional[float]:
     return float(start) + container.duration / 1e6  # microseconds (AV_TIME_BASE)
 
 
-def timed_out(exc: Exception, seconds: Optional[float]) -> Optional[str]:
+def timed_out(exc: Exception, seconds: Optional[float],
+              waited_s: Optional[float] = None) -> Optional[str]:
     """What a PyAV timeout means, or None for another error: PyAV stops FFmpeg's wait through
-    its interrupt callback, which FFmpeg reports as "Immediate exit requested"."""
+    its interrupt callback, which FFmpeg reports as "Immediate exit requested" -- or, opening an
+    RTMP stream the server holds unpublished, as "Input/output error" once the call has waited
+    (`waited_s`) its `seconds`."""
     av = require("av")
-    if seconds is None or not isinstance(exc, av.ExitError):
+    if seconds is None:
+        return None
+    waited_out = waited_s is not None and waited_s >= seconds and \
+        getattr(exc, "errno", None) == errno.EIO
+    if not (isinstance(exc, av.ExitError) or waited_out):
         return None
     return f"nothing received for {seconds:g} s (timed out)"
 
