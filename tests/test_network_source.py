@@ -414,3 +414,16 @@ def test_an_rtsp_stream_s_transport_is_the_one_asked_for():
     assert given.options == {"rtsp_transport": "http"}  # FFmpeg's own option, given, wins
     with pytest.raises(ValueError, match="rtsp_transport must be one of tcp, udp, udp_multicast, http"):
         NetworkSource("rtsp://cam/1", rtsp_transport="UDP")
+
+
+def test_an_rtmp_stream_is_probed_for_one_second_not_five():
+    """FFmpeg read 5 s of an rtmp:// stream before its open returned, waiting for an audio track
+    (nginx-rtmp: the first frame 6 s after each connect, reconnects included); FLV gives the
+    video's settings in its first packet. An analyzeduration the caller gives wins."""
+    from pipeline.sources.network import RTMP_PROBE_US
+
+    assert NetworkSource("rtmp://server/live/s").options == {"analyzeduration": str(RTMP_PROBE_US)}
+    assert RTMP_PROBE_US == 1_000_000
+    given = NetworkSource("rtmps://server/live/s", options={"analyzeduration": "3000000"})
+    assert given.options == {"analyzeduration": "3000000"}
+    assert "analyzeduration" not in NetworkSource("rtsp://cam/1").options

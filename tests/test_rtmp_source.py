@@ -22,9 +22,9 @@ from serve_helpers import dbrt
 
 av = pytest.importorskip("av")
 FOREVER = Reconnect(retries=None, delay=0.05, max_delay=0.2)
-# FFmpeg reads the first 5 s of a stream from nginx-rtmp before its open returns (its
-# analyzeduration: the server's metadata does not say which tracks there are, so an audio
-# track is waited for): a connect takes that long; a safety net, not a measurement
+# FFmpeg reads the first second of a stream from nginx-rtmp before its open returns (dbrt's
+# analyzeduration for rtmp://; the server's metadata does not say which tracks there are): a
+# connect takes that long at least; a safety net, not a measurement
 WAIT_S = 60.0
 
 

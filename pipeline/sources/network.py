@@ -28,6 +28,7 @@ SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "tcp", "srt
 RTSP_TRANSPORTS = ("tcp", "udp", "udp_multicast", "http")
 RTSP_SCHEMES = ("rtsp", "rtsps")
 READ_TIMEOUT_S = 5.0  # a read that waits longer for data is a lost connection
+RTMP_PROBE_US = 1_000_000  # how much of an rtmp:// stream FFmpeg reads to learn its tracks
 _FILE_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".3gp", ".mpg", ".mpeg",
                   ".wmv", ".ogv")
 
@@ -73,6 +74,11 @@ class NetworkSource(ReportsDecoding, LiveSource):
         self.options = dict(options or {})
         if is_rtsp_url(url):
             self.options.setdefault("rtsp_transport", rtsp_transport)
+        if urlparse(url).scheme.lower().startswith("rtmp"):
+            # FLV carries the video's decoder settings in its first packet; FFmpeg's default 5 s
+            # of probing only waited for an audio track the server did not rule out (nginx-rtmp:
+            # a first frame 6 s after each connect, reconnects included)
+            self.options.setdefault("analyzeduration", str(RTMP_PROBE_US))
         self._container = None
         self._frames = None
         self._fps: Optional[float] = None
