@@ -56,6 +56,9 @@ def test_a_stream_down_at_start_is_waited_for_while_the_other_runs():
     assert waited["connect_attempts"] >= 4 and report["sources"][1]["connect_attempts"] == 1
     assert waited["events"][0] == "connect failed: Connection refused; retrying"
     assert f"connected at attempt {waited['connect_attempts']}" in waited["events"]
+    # the failed retries numbered as connect_attempts counts them: the first try is attempt 1
+    failed = [e.split(" failed")[0] for e in waited["events"] if e.startswith("connect attempt")]
+    assert failed == [f"connect attempt {n}" for n in range(2, waited["connect_attempts"])]
     # its first connection: what is followed across frames starts with it, its clock its own
     assert {f.connection for f in frames[0]} == {0}
     times = [f.timestamp for f in frames[0]]
