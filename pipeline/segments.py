@@ -100,8 +100,14 @@ class Segments:
     def _prune(self, base: Path, writing: Path) -> None:
         pattern = re.compile(re.escape(base.stem) + _STAMP_PATTERN + re.escape(base.suffix) + "$")
         folder = base.parent
-        finished = sorted(name for name in (os.listdir(folder) if folder.is_dir() else ())
-                          if pattern.match(name) and name != writing.name)
+        names = [name for name in (os.listdir(folder) if folder.is_dir() else ())
+                 if pattern.match(name) and name != writing.name]
+        # oldest first: an earlier run's by name, then this run's as it wrote them. Not all by
+        # name: a clock set back at boot names this run's segments before the earlier run's
+        # (or with -2 after the same time), which kept the stale files and deleted each new
+        # segment as soon as it was finished
+        ours = [path.name for path in self.files[base]]
+        finished = sorted(set(names) - set(ours)) + [name for name in ours if name in names]
         for name in finished[:max(0, len(finished) - (self.keep - 1))]:
             if os.path.realpath(folder / name) in self.spare:
                 continue
