@@ -254,6 +254,12 @@ class FilteredSink(Sink):
     def stream_lost(self, stream: int) -> None:
         self.sink.stream_lost(stream)
 
+    def stopping(self) -> None:
+        self.sink.stopping()
+
+    def ending(self) -> None:  # a wrapped TextEventSink's last end lines, before any close
+        self.sink.ending()
+
     def close(self) -> None:
         self.sink.close()
 
