@@ -242,6 +242,23 @@ def test_sigterm_while_every_source_is_down_exits_with_the_report(tmp_path, tiny
     assert source["state"] == "stopped" and source["connect_attempts"] >= 3
 
 
+def test_the_summary_names_a_stream_stopped_during_its_first_connect():
+    """A camera behind a router that drops packets: its first connect blocks (up to 30 s) and
+    counts no attempt until it ends. A run stopped meanwhile said '0 frames' and nothing of the
+    stream; one up at the start with frames says nothing more."""
+    from pipeline.metrics import Metrics, format_summary
+
+    def summary(**source) -> str:
+        counts = dict(name="rtsp://cam/1", live=True, read=0, dropped=0, reconnects=0,
+                      connect_attempts=0)
+        return format_summary(Metrics().report(sources=[{**counts, **source}]))
+
+    assert "  rtsp://cam/1: no frame received" in summary().splitlines()
+    assert "rtsp://cam/1" not in summary(read=20, connect_attempts=1)
+    assert "rtsp://cam/1: down at the start, 3 connect attempts, no frame received" in \
+        summary(connect_attempts=3)
+
+
 def test_the_annotated_video_of_a_stream_that_came_up_late_has_its_rate(tmp_path, tiny_onnx):
     """The sinks are made before the stream comes up: its annotated video was made at 25 FPS
     (the rate of a source that does not know its own) whatever the stream's rate."""
