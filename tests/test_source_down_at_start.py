@@ -242,6 +242,24 @@ def test_sigterm_while_every_source_is_down_exits_with_the_report(tmp_path, tiny
     assert source["state"] == "stopped" and source["connect_attempts"] >= 3
 
 
+def test_a_run_stopped_before_any_frame_claims_no_annotated_output(tmp_path, tiny_onnx):
+    """Its summary said '... and annotated output under out/', where there was none."""
+    out, serve, down = tmp_path / "out", free_port(), f"http://127.0.0.1:{free_port()}/live.ts"
+    proc = dbrt("run", down, "--model", str(tiny_onnx), "--reconnect", "-1", "--reconnect-delay",
+                "0.05", "--serve", str(serve), "--quiet", "-o", str(out))
+    try:
+        def started():  # the run's clock runs once its stop signals are handled
+            return json.loads(get(serve, "/api/status")[1])["elapsed_s"] > 0
+
+        wait_until(started, proc, "the run, its stream connecting")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        printed, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert printed.splitlines()[-1] == f"wrote {out / 'detections.jsonl'}, {out / 'report.json'}"
+    assert "videos" not in json.loads((out / "report.json").read_text())["outputs"]
+
+
 def test_the_summary_names_a_stream_stopped_during_its_first_connect():
     """A camera behind a router that drops packets: its first connect blocks (up to 30 s) and
     counts no attempt until it ends. A run stopped meanwhile said '0 frames' and nothing of the
