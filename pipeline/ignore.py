@@ -15,11 +15,11 @@ from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from engine.errors import ShapeError
+from engine.errors import ShapeError, warn_caller
 
 from .detections import Detections
 from .polygons import area_inside_boxes, polygon_area
-from .region import Region
+from .region import Region, RegionError
 
 FLAG = "--ignore"
 
@@ -37,6 +37,7 @@ class IgnoreZones:
     def __init__(self, zones: Sequence = ()):
         self.regions: Tuple[Region, ...] = tuple(_zone(z) for z in zones)
         self._boxes: Dict[Tuple[int, int], np.ndarray] = {}  # frame (h, w) -> (k, 4) x0 y0 x1 y1
+        self._met = False  # frames of some size had every zone: the zones are no mistake
 
     @classmethod
     def of(cls, value) -> "IgnoreZones":
@@ -71,17 +72,32 @@ class IgnoreZones:
 
     def boxes(self, frame_h: int, frame_w: int) -> np.ndarray:
         """(k, 4) float64 x0, y0, x1, y1 of the zones in a frame of this size, clipped to it; a
-        RegionError naming --ignore when a zone leaves nothing of such a frame."""
+        RegionError naming --ignore when a zone leaves nothing of the first frames (a mistake).
+        Once frames of one size had every zone, a size that a zone misses (a camera that came
+        back at a lower resolution after a reconnect, a smaller image) leaves that zone out of
+        those frames, with a warning: nothing of them lies there to ignore, and a 24/7 run
+        ended by it lost every stream."""
         key = (frame_h, frame_w)
         boxes = self._boxes.get(key)
         if boxes is None:
             if len(self._boxes) >= 64:  # a folder of images of many sizes: keep it small
                 self._boxes.clear()
-            rects = [zone.in_frame(frame_h, frame_w) for zone in self.regions]
-            boxes = np.array([(x, y, x + w, y + h) for x, y, w, h in rects],
-                             np.float64).reshape(-1, 4)
+            boxes = np.array([(x, y, x + w, y + h) for x, y, w, h in
+                              self._rects(frame_h, frame_w)], np.float64).reshape(-1, 4)
             self._boxes[key] = boxes  # not read back: another thread may clear the cache now
+            self._met = True
         return boxes
+
+    def _rects(self, frame_h: int, frame_w: int) -> List[Tuple[int, int, int, int]]:
+        rects = []
+        for zone in self.regions:
+            try:
+                rects.append(zone.in_frame(frame_h, frame_w))
+            except RegionError as exc:
+                if not self._met:
+                    raise
+                warn_caller(f"{exc}; it is left out of those frames")
+        return rects
 
     def check_coded_size(self, width: int, height: int) -> None:
         """Before a video's first frame: a zone that misses its frames is a RegionError."""

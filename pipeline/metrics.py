@@ -229,6 +229,8 @@ def format_summary(report: dict) -> str:
         if src.get("connect_attempts", 0) > 1:  # down when the run started
             lines.append(f"  {src['name']}: down at the start, {src['connect_attempts']} connect "
                          f"attempts{'' if src.get('read') else ', no frame received'}")
+        elif src.get("live") and not src.get("read"):  # stopped during its first connect (a
+            lines.append(f"  {src['name']}: no frame received")  # silent host) or first frame
         if src.get("hwaccel") and src.get("decoder") == "software":  # NVDEC asked for, not used
             why = next((e for e in src.get("events", []) if e.startswith("NVDEC")), "")
             lines.append(f"  {src['name']}: {why or 'decoded in software'}")

@@ -129,14 +129,22 @@ class Segments:
 
     def _prune(self, base: Path, writing: Path) -> None:
         finished = self._oldest_first(base, writing)
-        for name in finished[:max(0, len(finished) - (self.keep - 1))]:
-            if os.path.realpath(base.parent / name) in self.spare:
-                continue
-            try:
-                (base.parent / name).unlink()
-            except FileNotFoundError:  # gone already (a user's cleanup)
-                continue
-            self.removed += 1
+        # an empty segment (a run's first file, opened before any line: one that ended without
+        # a frame, as each start of a crash loop while a camera is down) holds nothing: it is
+        # deleted, not counted, else those runs' empty files pushed every real segment out
+        empty = [name for name in finished if _size(base.parent / name) == 0]
+        finished = [name for name in finished if name not in empty]
+        for name in empty + finished[:max(0, len(finished) - (self.keep - 1))]:
+            self._delete(base.parent / name)
+
+    def _delete(self, path: Path) -> None:
+        if os.path.realpath(path) in self.spare:
+            return
+        try:
+            path.unlink()
+        except FileNotFoundError:  # gone already (a user's cleanup)
+            return
+        self.removed += 1
 
     def _oldest_first(self, base: Path, writing: Path) -> List[str]:
         """The finished segments of `base` in its folder, oldest first: an earlier run's by
@@ -165,11 +173,19 @@ def checked_segments(segments, owner: str) -> Optional[Segments]:
     return segments
 
 
+def _size(path: Path) -> Optional[int]:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return None
+
+
 class SegmentedLines:
     """A text file written line by line (JSON lines, flushed by its sink), as one file per
     segment: `at(frame)` before a frame's lines picks its segment, whose file is opened when a
     line is written to it (a segment without lines, e.g. no text event, leaves no file but the
-    first). A line is never split: the file changes between lines."""
+    first, which retention deletes if it stayed empty). A line is never split: the file changes
+    between lines."""
 
     def __init__(self, base: Union[str, os.PathLike], segments: Segments):
         self.base, self.segments = Path(base), segments

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from engine.errors import ShapeError
+from engine.errors import DbrtWarning, ShapeError
 from pipeline.cli import main
 from pipeline.detections import Detections
 from pipeline.detector import Detector
@@ -112,6 +112,22 @@ def test_a_zone_outside_a_frame_is_one_error_naming_ignore():
     with pytest.raises(RegionError, match="outside the 64x48 frames"):
         zones.check_coded_size(64, 48)
     IgnoreZones.of(["0,50,10,10"]).check_coded_size(64, 48)  # inside the frame turned
+
+
+def test_a_later_frame_size_a_zone_misses_leaves_it_out_with_a_warning_not_an_error():
+    """A camera that reconnects at a lower resolution: the pixel zone drawn for its first
+    frames lies outside the new ones. Nothing of them lies there to ignore; the run goes on
+    (it ended with every stream), the other zones still apply, and its first size is back."""
+    zones = IgnoreZones.of(["250,0,70,40", "0,0,40,20"])
+    found = Detections.from_quads(np.array([_quad(0, 0, 30, 15), _quad(60, 30, 100, 60)]),
+                                  [0.8, 0.9])
+    assert zones.drop(found, 168, 320)[1] == 1  # the first frames have both zones
+    with pytest.warns(DbrtWarning, match=r"^--ignore 250,0,70,40: the region lies outside the "
+                                         r"160x80 frames .*; it is left out of those frames$"):
+        kept, count = zones.drop(found, 80, 160)
+    assert count == 1 and kept == found[[1]]
+    assert zones.boxes(80, 160).tolist() == [[0, 0, 40, 20]]
+    assert zones.boxes(168, 320).tolist() == [[250, 0, 320, 40], [0, 0, 40, 20]]
 
 
 # -- the Detector ----------------------------------------------------------------------------------

@@ -786,10 +786,13 @@ def test_close_from_another_thread_while_the_consumer_is_in_its_loop_body():
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-def test_the_last_text_events_reach_a_sink_listed_before_the_event_sink(tmp_path):
+@pytest.mark.parametrize("filtered", [False, True])
+def test_the_last_text_events_reach_a_sink_listed_before_the_event_sink(tmp_path, filtered):
     """Sinks closed in the order given: a run stopped with tracks live wrote their end lines
-    in the TextEventSink's close, after the MQTT sink listed before it had closed (dropped)."""
+    in the TextEventSink's close, after the MQTT sink listed before it had closed (dropped).
+    Also through a FilteredSink (one stream's events), which passed on no `ending`."""
     from pipeline.reading.events import TextEventSink
+    from pipeline.sinks import FilteredSink
 
     class Publisher:  # what MqttSink does with a text event: refused once closed
         def __init__(self):
@@ -809,8 +812,9 @@ def test_the_last_text_events_reach_a_sink_listed_before_the_event_sink(tmp_path
 
     publisher = Publisher()
     events = TextEventSink(tmp_path / "events.jsonl", listeners=[publisher.publish])
+    sink = FilteredSink(events, lambda frame: frame.stream == 0) if filtered else events
     pipe = Pipeline([SimulatedCamera(total=100_000, fps=200)], FakeDetector(), track=True,
-                    sinks=[publisher, events])
+                    sinks=[publisher, sink])
     for seen, _ in enumerate(pipe, 1):
         if seen == 20:
             pipe.stop()

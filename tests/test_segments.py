@@ -187,6 +187,41 @@ def test_a_segment_never_writes_over_an_earlier_runs_of_the_same_name(tmp_path):
     assert not list(tmp_path.glob("detections-*.jsonl"))  # the -N ones are segments too
 
 
+def test_a_clock_set_back_deletes_the_earlier_runs_segments_first_not_this_runs(tmp_path):
+    """A box booted with its clock an hour behind, before network time: this run's names sort
+    before the earlier run's. Retention still deletes the earlier run's segments first: it
+    deleted each of this run's segments as soon as it was finished, and kept the stale ones."""
+    for stamp in ("20261130T015320Z", "20261130T015330Z", "20261130T015340Z"):
+        (tmp_path / f"detections-{stamp}.jsonl").write_text("an earlier run's line\n")
+    segments = Segments(10, keep=3, clock=SteppingClock(T0, step=10))
+    sink = JsonlSink(tmp_path / "detections.jsonl", segments=segments)
+    from pipeline.detections import Detections
+
+    for frame in _frames(3):  # segments 005330Z, 005340Z, 005350Z after the run's first
+        sink.write(frame, Detections.empty())
+    sink.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "detections-20261130T005330Z.jsonl", "detections-20261130T005340Z.jsonl",
+        "detections-20261130T005350Z.jsonl"]
+    assert segments.removed == 4  # the earlier run's three, then this run's first
+
+
+def test_empty_segments_of_runs_without_frames_push_out_no_real_one(tmp_path):
+    """A crash loop while a camera is down (each run gives up, the service restarts it): each
+    run's first file, opened before any frame, stays empty. Those are deleted and not counted:
+    they pushed the recorded segments out, one a restart, until none was left."""
+    for stamp, text in (("20261130T004000Z", "a line\n"), ("20261130T004500Z", "a line\n"),
+                        ("20261130T005000Z", ""), ("20261130T005100Z", ""),
+                        ("20261130T005200Z", "")):
+        (tmp_path / f"detections-{stamp}.jsonl").write_text(text)
+    segments = Segments(10, keep=3, clock=SteppingClock(T0, step=1))
+    JsonlSink(tmp_path / "detections.jsonl", segments=segments).close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "detections-20261130T004000Z.jsonl", "detections-20261130T004500Z.jsonl",
+        "detections-20261130T005320Z.jsonl"]
+    assert segments.removed == 3
+
+
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory):
     return write_video(tmp_path_factory.mktemp("segments") / "clip.mp4", frames=12, height=72,

@@ -56,6 +56,9 @@ def test_a_stream_down_at_start_is_waited_for_while_the_other_runs():
     assert waited["connect_attempts"] >= 4 and report["sources"][1]["connect_attempts"] == 1
     assert waited["events"][0] == "connect failed: Connection refused; retrying"
     assert f"connected at attempt {waited['connect_attempts']}" in waited["events"]
+    # the failed retries numbered as connect_attempts counts them: the first try is attempt 1
+    failed = [e.split(" failed")[0] for e in waited["events"] if e.startswith("connect attempt")]
+    assert failed == [f"connect attempt {n}" for n in range(2, waited["connect_attempts"])]
     # its first connection: what is followed across frames starts with it, its clock its own
     assert {f.connection for f in frames[0]} == {0}
     times = [f.timestamp for f in frames[0]]
@@ -237,6 +240,41 @@ def test_sigterm_while_every_source_is_down_exits_with_the_report(tmp_path, tiny
                       "for ever while the run starts"]
     source = json.loads((out / "report.json").read_text())["sources"][0]
     assert source["state"] == "stopped" and source["connect_attempts"] >= 3
+
+
+def test_a_run_stopped_before_any_frame_claims_no_annotated_output(tmp_path, tiny_onnx):
+    """Its summary said '... and annotated output under out/', where there was none."""
+    out, serve, down = tmp_path / "out", free_port(), f"http://127.0.0.1:{free_port()}/live.ts"
+    proc = dbrt("run", down, "--model", str(tiny_onnx), "--reconnect", "-1", "--reconnect-delay",
+                "0.05", "--serve", str(serve), "--quiet", "-o", str(out))
+    try:
+        def started():  # the run's clock runs once its stop signals are handled
+            return json.loads(get(serve, "/api/status")[1])["elapsed_s"] > 0
+
+        wait_until(started, proc, "the run, its stream connecting")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        printed, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert printed.splitlines()[-1] == f"wrote {out / 'detections.jsonl'}, {out / 'report.json'}"
+    assert "videos" not in json.loads((out / "report.json").read_text())["outputs"]
+
+
+def test_the_summary_names_a_stream_stopped_during_its_first_connect():
+    """A camera behind a router that drops packets: its first connect blocks (up to 30 s) and
+    counts no attempt until it ends. A run stopped meanwhile said '0 frames' and nothing of the
+    stream; one up at the start with frames says nothing more."""
+    from pipeline.metrics import Metrics, format_summary
+
+    def summary(**source) -> str:
+        counts = dict(name="rtsp://cam/1", live=True, read=0, dropped=0, reconnects=0,
+                      connect_attempts=0)
+        return format_summary(Metrics().report(sources=[{**counts, **source}]))
+
+    assert "  rtsp://cam/1: no frame received" in summary().splitlines()
+    assert "rtsp://cam/1" not in summary(read=20, connect_attempts=1)
+    assert "rtsp://cam/1: down at the start, 3 connect attempts, no frame received" in \
+        summary(connect_attempts=3)
 
 
 def test_the_annotated_video_of_a_stream_that_came_up_late_has_its_rate(tmp_path, tiny_onnx):

@@ -383,6 +383,7 @@ def finish(pipe, progress, out: Path, args, error: Optional[BaseException] = Non
         print(f"dbrt run: {why}: {report['lost']} frames read were never written", file=sys.stderr)
     if pipe.detector.untrained:
         print("note: the model is untrained; train one with `dbrt train` or pass --model")
+    annotated = report["outputs"].keys() & {"videos", "images"}  # none before a first frame
     print(f"wrote {_segments.results_named(report['outputs'], out)}, {out / 'report.json'}"
-          + ("" if args.no_video or not isinstance(error, (type(None), KeyboardInterrupt))
+          + ("" if not annotated or not isinstance(error, (type(None), KeyboardInterrupt))
              else f" and annotated output under {out}/"))

@@ -295,7 +295,9 @@ class LiveSource(Source):
                 self._connect()
             except SourceError as exc:  # its name is said once, in the line that gives up
                 last = self._reason(exc)
-                self.stats.note(f"{'re' * (not first)}connect attempt {attempt} failed: {last}")
+                # counted as connect_attempts counts them: a first connect's retry k is attempt k + 1
+                self.stats.note(f"{'re' * (not first)}connect attempt {attempt + first} failed: "
+                                f"{last}")
                 self.stats.add(connect_attempts=int(first))
                 if first and not can_pass(exc):
                     raise
