@@ -267,12 +267,6 @@ class FilteredSink(Sink):
     def ending(self) -> None:  # a TextEventSink's last end lines, before any sink closes
         getattr(self.sink, "ending", _ignored)()
 
-    def stopping(self) -> None:
-        self.sink.stopping()
-
-    def ending(self) -> None:  # a wrapped TextEventSink's last end lines, before any close
-        self.sink.ending()
-
     def close(self) -> None:
         getattr(self.sink, "close", _ignored)()
 
