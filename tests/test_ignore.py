@@ -200,10 +200,27 @@ def test_a_pipeline_reads_none_of_the_ignored_and_reports_their_count(tmp_path):
     with Pipeline([str(p) for p in paths], det, close_detector=True) as pipe:
         counts = [len(dets) for _, dets in pipe]
         report = pipe.report()
+        served = _served_counts(pipe)
     assert counts == [1, 1, 1] and reader.counts == [1, 1, 1]
     assert report["ignored_detections"] == 6
+    assert served == (6, 6.0)  # /api/status and /metrics say so too (they had no such count)
     assert report["model"]["ignore"] == [dict(x=0, y=0, w=130, h=120, unit="pixels"),
                                          dict(x=0.7, y=0.0, w=0.3, h=1, unit="fraction")]
+
+
+def _served_counts(pipe):
+    """The ignored detections in `--serve`'s /api/status and /metrics of this run."""
+    pytest.importorskip("prometheus_client")
+    from prometheus_client import generate_latest
+
+    from pipeline.serve.view import LiveFrames
+    from pipeline.serve.prometheus import registry_for
+    from pipeline.serve.status import RunStatus
+
+    status = RunStatus(pipe, LiveFrames())
+    text = generate_latest(registry_for(status)).decode()
+    line = next(l for l in text.splitlines() if l.startswith("dbrt_ignored_detections_total "))
+    return status.snapshot()["ignored_detections"], float(line.split()[1])
 
 
 # -- the outlines --------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ Names (all prefixed dbrt_): frames_total, source_frames_read_total, source_dropp
 source_sampled_out_frames_total, source_skipped_inputs_total, source_reconnects_total and source_up per stream; stage_latency_seconds (per stage) and
 end_to_end_latency_seconds histograms; queue_depth / queue_capacity per queue; batch_size
 histogram (frames per engine call); fps; inference_failed_frames_total (and for a triton:// model
-model_server_up, model_server_reconnects_total); and the counters of other outputs (mqtt_*, restream_* or restream_<N>_* per stream).
+model_server_up, model_server_reconnects_total); ignored_detections_total (--ignore zones); and the counters of other outputs (mqtt_*, restream_* or restream_<N>_* per stream).
 """
 from __future__ import annotations
 
@@ -69,6 +69,9 @@ class _RunCollector:
         yield core.CounterMetricFamily("dbrt_inference_failed_frames",
                                        "frames whose inference failed (a model server away)",
                                        value=self.status.pipeline.metrics.failed_frames)
+        yield core.CounterMetricFamily("dbrt_ignored_detections",
+                                       "detections dropped inside the --ignore zones",
+                                       value=self.status.pipeline.metrics.ignored_detections)
         server = self.status.model_server()
         if server is not None:
             yield core.GaugeMetricFamily("dbrt_model_server_up", "1 while the model server answers",

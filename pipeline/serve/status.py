@@ -62,6 +62,7 @@ class RunStatus:
             queues={name: dict(g.summary(), depth=g.depth()) for name, g in metrics.queues.items()},
             streams=self.streams(), health=dict(zip(("ok", "reason"), self.health())),
             model_server=self.model_server(), failed_frames=metrics.failed_frames,
+            ignored_detections=metrics.ignored_detections,
             outputs={name: extra.counters() for name, extra in self.extras.items()})
 
     def health(self) -> Tuple[bool, str]:
