@@ -303,3 +303,42 @@ def test_the_annotated_video_of_a_stream_that_came_up_late_has_its_rate(tmp_path
         declared = stream.codec_context.framerate  # the encoder's (H.264's timing info)
         packets = sorted((p for p in video.demux(stream) if p.size), key=lambda p: p.pts)
     assert declared == 30 and len(packets) == 6 and packets[0].pts == 0
+
+
+def test_sources_opened_together_make_their_first_connects_at_once(monkeypatch):
+    """Sources were opened one after another, each first connect waited for up to 10 s: eight
+    cameras that do not answer at a boot held up the start for 80 s. Now every live source's
+    reader starts connecting before the first wait: all connects are under way before any
+    wait ends."""
+    from pipeline.sources import LiveSource, live, open_sources
+
+    events, release = [], threading.Event()
+
+    class Silent(LiveSource):  # a camera that does not answer until released
+        kind = "silent"
+
+        def _connect(self):
+            events.append(f"connect {self.name}")
+            release.wait(30)
+            raise SourceError("connection refused")
+
+        def _read(self):
+            return None
+
+        def _disconnect(self):
+            pass
+
+    def warned(message, *args, **kwargs):
+        events.append(f"waiting {message.split()[0]}")
+
+    monkeypatch.setattr(live, "FIRST_CONNECT_WAIT_S", 1.0)
+    monkeypatch.setattr(live, "warn_caller", warned)
+    sources = open_sources([Silent(name, Reconnect(retries=1, delay=0.01)) for name in "abc"])
+    try:
+        assert sorted(events[:3]) == ["connect a", "connect b", "connect c"], events
+        assert events[3:] == ["waiting a", "waiting b", "waiting c"]
+        assert [s.state for s in sources] == ["connecting"] * 3
+    finally:
+        release.set()
+        for source in sources:
+            source.close()

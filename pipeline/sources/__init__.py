@@ -89,17 +89,21 @@ def open_source(spec, **options) -> Source:
 
 
 def open_sources(specs: Iterable, **options) -> List[Source]:
-    """Open several sources; on failure, close those already opened and re-raise."""
-    opened: List[Source] = []
+    """Open several sources, the live ones' first connects at once (`begin_connect`); on
+    failure, close them all and re-raise."""
+    sources: List[Source] = []
     try:
         for stream, spec in enumerate(specs):
-            source = open_source(spec, **options)
-            source.stream = stream
-            opened.append(source)
+            sources.append(parse_source(spec, **options))
+            sources[-1].stream = stream
+        for source in sources:
+            getattr(source, "begin_connect", lambda: None)()
+        for source in sources:
+            source.open()
     except BaseException:
-        for source in opened:
+        for source in sources:
             source.close()
         raise
-    if not opened:
+    if not sources:
         raise SourceError("no source given")
-    return opened
+    return sources

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import abc
 import threading
+import time
 from dataclasses import dataclass
 from typing import Iterator, Optional, Tuple
 
@@ -87,6 +88,8 @@ class LiveSource(Source):
         self._connect_error = ""  # why the first connect failed, when it was retried
         self._first_try = threading.Event()  # the reader's first connect ended (see open())
         self._first_error: Optional[BaseException] = None
+        self._begun: Optional[float] = None  # when the reader's first connect began
+        self._waited = False  # open() has waited for it
         self._iterated = False  # whether a consumer took the frames (else only open() read)
         self.ended_by_itself = False  # its own end of stream ended it (no fault: /healthz)
 
@@ -116,7 +119,9 @@ class LiveSource(Source):
         reason that may pass (`failures`: refused, timed out, a stream not yet published), or
         has not answered by then, is not an error: its reader goes on trying as after an
         outage (state "connecting") while the run starts and the other sources run."""
-        if not self._connected and self._thread is None:
+        if self._begun is not None and not self._waited:  # begin_connect() came first
+            self._connect_in_reader()
+        elif not self._connected and self._thread is None:
             if self._may_wait():
                 self._connect_in_reader()
                 return self
@@ -131,11 +136,21 @@ class LiveSource(Source):
         return (self.live and self.waits_when_down and self.reconnect is not None
                 and self.reconnect.retries != 0)
 
+    def begin_connect(self) -> None:
+        """Start the first connect in the reader now (a live source with a reconnect policy;
+        else nothing), so that sources opened together connect at once: one after another,
+        eight cameras down at a boot held up the start for 8 x FIRST_CONNECT_WAIT_S."""
+        if not self._connected and self._thread is None and self._may_wait():
+            self._begun = time.monotonic()
+            self.state = "connecting"
+            self._start_reader()
+
     def _connect_in_reader(self) -> None:
-        self.state = "connecting"
-        self._start_reader()
+        self._waited = True
+        self.begin_connect()
+        left = FIRST_CONNECT_WAIT_S - (time.monotonic() - self._begun)
         try:
-            answered = self._first_try.wait(FIRST_CONNECT_WAIT_S)
+            answered = self._first_try.wait(max(0.0, left))
         except BaseException:  # Ctrl-C meanwhile: nobody would close it, its reader would retry
             self.close()
             raise
