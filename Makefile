@@ -7,6 +7,11 @@ VENV ?= .venv
 BIN = $(VENV)/bin
 TORCH ?= torch==2.13.0
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+# the index is asked only where its host resolves: offline, behind a mirror or air-gapped (as
+# edge boxes often are) pip retried it for every package with back-off, a minute in all
+export REACHABLE = import socket, sys, urllib.parse; \
+	socket.getaddrinfo(urllib.parse.urlsplit(sys.argv[1]).hostname, 443); \
+	print("--extra-index-url", sys.argv[1])
 # Triton Inference Server for CPU trials and the tests: the nvidia-pytriton wheel's tritonserver
 # (Python backend) pins numpy < 2, so it gets a virtual environment of its own; its Python-backend
 # models need ONNX Runtime and what dbrt's post-processing imports.
@@ -20,7 +25,7 @@ $(BIN)/.installed: setup.cfg pyproject.toml setup.py Makefile pipeline/postproce
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null \
-		|| $(BIN)/pip install -q "$(TORCH)" $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
+		|| $(BIN)/pip install -q "$(TORCH)" $(if $(TORCH_INDEX),$$($(BIN)/python -c "$$REACHABLE" $(TORCH_INDEX) 2>/dev/null))
 	$(BIN)/pip install -q -e ".[export,dev,bench,serve,triton]"
 	touch $@
 
