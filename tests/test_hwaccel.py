@@ -56,8 +56,9 @@ def _ffv1(tmp_path, frames=6):
     return write_video(tmp_path / "v.mkv", frames=frames, codec="ffv1")
 
 
+@pytest.mark.parametrize("name", ["cuda", "cuda:1"])
 def test_hwaccel_cuda_without_an_nvidia_gpu_is_one_line_before_the_sources_and_the_model(
-        tmp_path, capsys, monkeypatch):
+        tmp_path, capsys, monkeypatch, name):
     _no_gpu()
     import pipeline.commands._model as model
     import pipeline.sources as sources
@@ -65,9 +66,9 @@ def test_hwaccel_cuda_without_an_nvidia_gpu_is_one_line_before_the_sources_and_t
     monkeypatch.setattr(model, "build_detector", _never)
     monkeypatch.setattr(sources, "open_sources", _never)
     video = write_video(tmp_path / "v.mp4", frames=3)
-    assert main(["run", str(video), "-o", str(tmp_path / "out"), "--hwaccel", "cuda"]) == 2
+    assert main(["run", str(video), "-o", str(tmp_path / "out"), "--hwaccel", name]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("dbrt run: error: --hwaccel cuda cannot decode here: ")
+    assert err.startswith(f"dbrt run: error: --hwaccel {name} cannot decode here: ")
     assert "(NVDEC needs an NVIDIA GPU and its driver)" in err and err.count("\n") == 1
     assert not (tmp_path / "out").exists()
 
@@ -232,21 +233,6 @@ def test_a_cuda_device_without_the_nvdec_library_is_refused_not_decoded_in_softw
     assert hwdecode.decoder_library_problem() in ("Cannot load libnvcuvid.so.1", "Cannot load nvcuvid.dll")
     monkeypatch.setattr(ctypes, "CDLL", lambda name, *args, **kwargs: object())
     assert hwdecode.decoder_library_problem() is None
-
-
-def test_hwaccel_cuda_n_without_a_gpu_is_refused_in_one_line_before_the_sources(tmp_path, capsys,
-                                                                               monkeypatch):
-    _no_gpu()
-    import pipeline.commands._model as model
-    import pipeline.sources as sources
-
-    monkeypatch.setattr(model, "build_detector", _never)
-    monkeypatch.setattr(sources, "open_sources", _never)
-    video = write_video(tmp_path / "v.mp4", frames=3)
-    assert main(["run", str(video), "-o", str(tmp_path / "out"), "--hwaccel", "cuda:1"]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("dbrt run: error: --hwaccel cuda:1 cannot decode here: ")
-    assert "(NVDEC needs an NVIDIA GPU and its driver)" in err and err.count("\n") == 1
 
 
 @pytest.mark.parametrize("name, device_id", [("cuda", 0), ("cuda:1", 1), ("cuda:02", 2)])
