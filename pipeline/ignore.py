@@ -134,6 +134,10 @@ class IgnoreZones:
                        dropped: Optional[list] = None) -> List[Detections]:
         """`drop` on each frame's detections (the letterboxes give the frame sizes); `dropped`,
         a list, receives each frame's count."""
+        if not self.regions:  # every frame of a run without --ignore comes here: nothing to do
+            if dropped is not None:
+                dropped.extend([0] * len(found))
+            return list(found)
         kept = []
         for detections, box in zip(found, letterboxes):
             detections, count = self.drop(detections, box.frame_h, box.frame_w)

@@ -54,7 +54,7 @@ class TextEventSink(Sink):
                  decimals: int = 2, every: Optional[float] = None,
                  listeners: Sequence[Callable[[dict], None]] = (),
                  segments: Optional[Segments] = None):
-        listeners = _checked_listeners(lost_frames, every, listeners)
+        listeners = _checked_arguments(lost_frames, every, listeners)
         segments = checked_segments(segments, "TextEventSink")  # before any folder is made
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -157,10 +157,10 @@ class TextEventSink(Sink):
                     self._fh.close()
 
 
-def _checked_listeners(lost_frames, every, listeners) -> list:
-    """The listeners as a list, the arguments refused when the sink is made: text, a float frame
+def _checked_arguments(lost_frames, every, listeners) -> list:
+    """every=, lost_frames= and listeners= checked when the sink is made (text, a float frame
     count or a listener that is not a function failed at the run's start or first line, in the
-    pipeline's threads."""
+    pipeline's threads); the listeners as a list."""
     if every is not None and (isinstance(every, bool) or not isinstance(every, numbers.Real)
                               or not every > 0):
         raise ValueError(f"TextEventSink every= must be a number of seconds > 0, got {every!r}")
