@@ -278,9 +278,9 @@ class Pipeline:
         if self.switch_interval:
             hold_switch_interval(self.switch_interval)
             self._holds_interval = True
+        self._signals.install()  # first: a run whose clock runs handles its stop signals
         self.metrics.start()
         self._closer.start()
-        self._signals.install()
         self._threads = self._stages()
         self._stream_ends = StreamEnds(self.sources, self.sinks)  # the sinks as extended by now
         if self.tracker is not None:

@@ -305,3 +305,18 @@ def test_the_drain_limit_also_bounds_a_ctrl_c_the_run_catches_itself(tmp_path, l
     report = pipe.report()
     assert report["interrupted"] and report["drain_expired"]
     assert report["lost"] == pipe.sources[0].stats.delivered - len(_lines(out)) > 0
+
+
+def test_a_run_whose_clock_runs_handles_its_stop_signals(long_video, monkeypatch):
+    """A run's clock (`elapsed_s` on /api/status) started before its SIGTERM handler was in:
+    a service manager's stop in between killed the run (exit -15, no report.json)."""
+    pipe = Pipeline([long_video], FakeDetector(), stop_signals=(signal.SIGTERM,), max_frames=2)
+    install, clock_at_install = pipe._signals.install, []
+
+    def install_and_look():
+        clock_at_install.append(pipe.metrics.t_start)
+        install()
+
+    monkeypatch.setattr(pipe._signals, "install", install_and_look)
+    pipe.run()
+    assert clock_at_install == [None]
