@@ -43,10 +43,13 @@ demo: install
 	$(BIN)/dbrt run --output out/demo
 
 # A server that cannot be installed (no wheel for this platform, offline) skips the Triton tests.
+# Much of the suite waits on servers, streams and child processes, so two workers take about 0.6
+# of one's time even on two cores; TEST_WORKERS=0 runs it in this process alone.
+TEST_WORKERS ?= 2
 test: install
 	@$(MAKE) --no-print-directory triton-venv \
 		|| echo "make test: could not build $(TRITON_VENV); the Triton server tests will skip" >&2
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) tests
 
 bench: install
 	$(BIN)/python -m benchmarks.run_all
