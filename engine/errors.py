@@ -60,10 +60,17 @@ _OURS = tuple(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fil
               for part in ("engine", "pipeline", "export", "dbnet"))
 
 
-def warn_caller(message: str, category=DbrtWarning) -> None:
+def warn_caller(message: str, category=DbrtWarning, every_time: bool = False) -> None:
     """warnings.warn pointed at the first line outside dbrt (the caller's `detector.detect(...)`),
-    however deep in dbrt it is raised: a fixed stacklevel points inside dbrt on some paths."""
+    however deep in dbrt it is raised: a fixed stacklevel points inside dbrt on some paths.
+    `every_time`: shown each time it is said under Python's default filter, which shows a
+    warning once per place and text (a stream lost again, in the same words, is news again)."""
     frame, level = sys._getframe(1), 2  # stacklevel 2: the frame that called this
     while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_OURS):
         frame, level = frame.f_back, level + 1
-    warnings.warn(message, category, stacklevel=level)
+    if not every_time or frame is None:
+        warnings.warn(message, category, stacklevel=level)
+        return
+    warnings.warn_explicit(message, category, frame.f_code.co_filename, frame.f_lineno,
+                           module=frame.f_globals.get("__name__"), registry={},
+                           module_globals=frame.f_globals)

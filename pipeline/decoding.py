@@ -10,6 +10,7 @@ from typing import Callable, Iterator, List, Optional
 
 from .sources import Frame, Source
 from .sources.base import first_line
+from .sources.outages import say
 from .stages import Aborted
 
 
@@ -50,6 +51,23 @@ def _sampled(frames: Iterator[Frame], source: Source, fps: float) -> Iterator[Fr
             yield frame
         else:
             source.stats.add(delivered=-1, sampled_out=1)
+
+
+class SourceFailures(list):
+    """The errors of the run's sources that failed, the first raised at the run's end. One that
+    fails while other sources run on (a stream whose reconnects ran out) is said at once too,
+    as a warning: the run's end, where its error is said, may be days away."""
+
+    RUNNING = ("up", "connecting", "reconnecting")
+
+    def __init__(self, sources: List[Source]):
+        super().__init__()
+        self._sources = sources
+
+    def append(self, error: BaseException) -> None:
+        super().append(error)
+        if any(source.state in self.RUNNING for source in self._sources):
+            say(f"{first_line(error)}; the other sources go on")
 
 
 def source_frames(source: Source, max_frames: Optional[int], draining: threading.Event,

@@ -29,7 +29,7 @@ from typing import Callable, Iterable, Iterator, List, Optional, Sequence
 
 from .arguments import check_detector, check_events_have_tracks, check_numbers, checked_outputs, checked_source_options
 from .batcher import Batcher, batch_size
-from .decoding import source_frames, stamp
+from .decoding import SourceFailures, source_frames, stamp
 from .detections import Detections, FrameResult
 from .detector import Detector
 from .detector_steps import DetectorSteps
@@ -147,7 +147,7 @@ class Pipeline:
         self._after = {name: self._channel({"track": "tracked"}.get(name, name), cap * self.batch)
                        for name in self._extra_stages()}  # the read / track stages' outboxes
         self._out = self._channel("out", cap * self.batch)
-        self._started, self._threads, self._source_errors = False, [], []  # Stages, source errors
+        self._started, self._threads, self._source_errors = False, [], SourceFailures(self.sources)
 
     def _channel(self, name: str, capacity: int) -> Channel:
         """The next channel downstream (made in the run's order: a failed stage's upstream stops)."""

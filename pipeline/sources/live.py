@@ -19,6 +19,7 @@ from engine.errors import SourceError, warn_caller
 from ..stages import Control, Stage
 from .base import Frame, Source, first_line, without_credentials
 from .failures import can_pass
+from .outages import OutageLog, count, retry_policy
 from .slot import LatestSlot
 
 
@@ -81,6 +82,7 @@ class LiveSource(Source):
         self._thread: Optional[Stage] = None
         self._connected = False
         self._read_error: Optional[str] = None  # the last read failure, until the next frame
+        self._lost_why = ""  # its reason, as the line saying the stream is lost words it
         # the reconnect attempts of the outage under way: they run on until a frame arrives, so
         # a server that accepts and then sends nothing still runs out of retries
         self._attempts = None
@@ -92,6 +94,7 @@ class LiveSource(Source):
         self._waited = False  # open() has waited for it
         self._iterated = False  # whether a consumer took the frames (else only open() read)
         self.ended_by_itself = False  # its own end of stream ended it (no fault: /healthz)
+        self._outage = OutageLog(name)  # what the log says of its outages
 
     # -- subclass hooks ---------------------------------------------------------------------
     @abc.abstractmethod
@@ -125,9 +128,9 @@ class LiveSource(Source):
             if self._may_wait():
                 self._connect_in_reader()
                 return self
+            self.stats.add(connect_attempts=1)
             self._connect()
             self._connected = True
-            self.stats.add(connect_attempts=1)
             if self.live:
                 self._start_reader()
         return self
@@ -164,19 +167,21 @@ class LiveSource(Source):
 
     def _say_waiting(self, why: str) -> None:
         """Said once, as a warning: the reader retries the source."""
-        budget = self.reconnect.retries
-        retries = "for ever" if budget is None else f"up to {_attempts(budget, 'time')}"
         warn_caller(without_credentials(f"{self.name} is not up ({why}): retrying it "
-                                        f"{retries} while the run starts"))
+                                        f"{retry_policy(self.reconnect.retries)} while the "
+                                        "run starts"))
+        self._outage.said_down()  # its coming up is said too
 
     def _first_connect(self) -> bool:
         """The reader's first connect, retried under the policy when it fails for a reason
-        that may pass (a user's mistake ends the source, which open() says if still waiting)."""
+        that may pass (a user's mistake ends the source, which open() says if still waiting).
+        An attempt counts as it begins: a host that does not answer shows its first attempt."""
+        self.stats.add(connect_attempts=1)
         try:
             self._connect()
         except BaseException as exc:  # open() raises what is not a SourceError that may pass
             self._connect_error = self._reason(exc)
-            self.stats.add(connect_attempts=1)
+            self._outage.began()
             self._first_error = exc
             self._first_try.set()
             if not can_pass(exc):
@@ -184,7 +189,6 @@ class LiveSource(Source):
             self.stats.note(f"connect failed: {self._connect_error}; retrying")
             return self._retry_connect(first=True)
         self._connected, self.state = True, "up"
-        self.stats.add(connect_attempts=1)
         self._first_try.set()
         return True
 
@@ -253,8 +257,10 @@ class LiveSource(Source):
                     if self._stop.is_set() or not self._recover():
                         return
                     continue
+                if self._outage.since is not None:  # the outage, if any, is over
+                    self._outage.over()
                 self._frames_read += 1
-                self._attempts = None  # the outage, if any, is over
+                self._attempts = None
                 if self.live:
                     self.stats.add(read=1)
                 yield (index,) + tuple(item) + (self._connection,)
@@ -271,6 +277,8 @@ class LiveSource(Source):
             item = self._read()
         except Exception as exc:  # noqa: BLE001 - a read failure is a lost connection
             self._read_error = first_line(exc)
+            # FFmpeg's own words ("Input/output error"), without the address that its error quotes
+            self._lost_why = getattr(exc, "strerror", None) or self._read_error
             self.stats.note(f"read failed: {self._read_error}")
             return None
         self._read_error = None
@@ -292,6 +300,9 @@ class LiveSource(Source):
                 raise SourceError(f"{self.name} ended early after {self._frames_read} frames: "
                                   f"{self._read_error}")
             return False
+        if self._attempts is None:  # a new outage (not a reconnect that sent no frame)
+            why = self._lost_why if self._read_error else "stream ended"
+            self._outage.lost(why, self.reconnect.retries)
         self.state = "reconnecting"
         return self._retry_connect(first=False)
 
@@ -306,33 +317,33 @@ class LiveSource(Source):
         for attempt, wait in self._attempts:
             if self._stop.wait(wait):
                 return False
+            # counted as connect_attempts counts them: a first connect's retry k is attempt k + 1
+            self._outage.attempt(attempt + first)
+            self.stats.add(connect_attempts=int(first))
             try:
                 self._connect()
             except SourceError as exc:  # its name is said once, in the line that gives up
                 last = self._reason(exc)
-                # counted as connect_attempts counts them: a first connect's retry k is attempt k + 1
                 self.stats.note(f"{'re' * (not first)}connect attempt {attempt + first} failed: "
                                 f"{last}")
-                self.stats.add(connect_attempts=int(first))
                 if first and not can_pass(exc):
                     raise
                 continue
             self.state = "up"
             if first:
                 self._connected = True
-                self.stats.add(connect_attempts=1)
                 self.stats.note(f"connected at attempt {attempt + 1}")
                 return True
             self.stats.add(reconnects=1)
             self._connection += 1
-            self.stats.note(f"reconnected after {_attempts(attempt)}")
+            self.stats.note(f"reconnected after {count(attempt, 'attempt')}")
             return True
         retries = self.reconnect.retries
         if first:  # the attempts: the failed first one and its retries
             raise SourceError(f"{self.name} never came up: gave up after "
-                              f"{_attempts(retries + 1, 'connect attempt')} ({last})")
+                              f"{count(retries + 1, 'connect attempt')} ({last})")
         raise SourceError(f"lost {self.name}: gave up after "
-                          f"{_attempts(retries, 'reconnect attempt')} ({last})")
+                          f"{count(retries, 'reconnect attempt')} ({last})")
 
     def _reason(self, error: BaseException) -> str:
         """A failed connect's reason without the source's name (said once, where it is shown)."""
@@ -345,7 +356,3 @@ class LiveSource(Source):
             self._disconnect()
         except Exception:  # noqa: BLE001 - closing a broken connection may fail again
             pass
-
-
-def _attempts(count: int, what: str = "attempt") -> str:
-    return f"{count} {what}{'' if count == 1 else 's'}"

@@ -1,0 +1,104 @@
+"""What a live source's outages say as they happen, as warnings (the CLI's "dbrt run: warning:"
+lines on stderr, a service's journal; a Python caller's `warnings`): one line when the stream
+is lost, one when it is back, and the report and the summary say the rest. Never a line per
+attempt (a camera down for an hour would flood the journal), and a loss a minute at most."""
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+from engine.errors import warn_caller, without_credentials
+
+
+def retry_policy(retries: Optional[int]) -> str:
+    """How a reconnect policy retries, as the lines say it."""
+    return "for ever" if retries is None else f"up to {count(retries, 'time')}"
+
+
+def count(number: int, what: str) -> str:
+    return f"{number} {what}{'' if number == 1 else 's'}"
+
+
+def duration(seconds: float) -> str:
+    """12.3 s, 4 min 5 s, 2 h 3 min: how long an outage lasted."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes = int(seconds // 60)
+    if minutes < 60:
+        return f"{minutes} min {int(seconds % 60)} s"
+    return f"{minutes // 60} h {minutes % 60} min"
+
+
+def say(message: str) -> None:
+    """One warning each time it is said (the same words may be a new outage: Python's default
+    filter shows a warning once per text), its passwords left out. Said from a source's reader:
+    a caller's filter that turns warnings into errors must not end the stream there."""
+    try:
+        warn_caller(without_credentials(message), every_time=True)
+    except Warning:
+        pass
+
+
+# a source's "lost" lines come at most this often: a stream that flaps (a timeout after each
+# frame, a link that drops every few seconds) would flood the journal with a line pair each time
+QUIET_S = 60.0
+
+
+class OutageLog:
+    """The outage of one live source under way, from its loss (or a first connect that failed)
+    to its next frame, and whether its start was said (`lost`, or the start's "is not up"
+    warning: `said_down`), so that its end is said too (`over`). `attempts`: the connects it
+    took so far, as the source counts them (`attempt`)."""
+
+    def __init__(self, name: str, clock=time.monotonic):
+        self.name, self._clock = name, clock
+        self.since: Optional[float] = None  # when the outage under way began; None: none
+        self.attempts = 0
+        self._first = False  # the outage is the run's start (connect, not reconnect, attempts)
+        self._said = False
+        self._pending: Optional[str] = None  # the loss under way, not said yet: "(why): policy"
+        self._last_said: Optional[float] = None  # when a loss was last said
+        self._unsaid = 0  # losses since then, the one under way included
+
+    def began(self) -> None:
+        """A first connect failed (or did not answer): the outage is the run's start."""
+        if self.since is None:
+            self.since, self.attempts, self._first = self._clock(), 1, True
+
+    def said_down(self) -> None:
+        self.began()
+        self._said = True
+
+    def lost(self, why: str, retries: Optional[int]) -> None:
+        self.since, self.attempts, self._first, self._said = self._clock(), 0, False, False
+        self._pending = f"({why}): retrying it {retry_policy(retries)}"
+        self._unsaid += 1
+        self._say_loss()
+
+    def attempt(self, number: int) -> None:
+        """Connect attempt `number` of the outage begins: a loss not said for QUIET_S after the
+        last one is said now."""
+        self.attempts = number
+        self._say_loss()
+
+    def _say_loss(self) -> None:
+        now = self._clock()
+        quiet = self._last_said is not None and now - self._last_said < QUIET_S
+        if self._pending is None or quiet:
+            return
+        ago = f" {duration(now - self.since)} ago" if now - self.since >= 1 else ""
+        text = f"lost {self.name}{ago} {self._pending}"
+        if self._unsaid > 1:
+            text += (f" (lost {count(self._unsaid - 1, 'more time')} in the "
+                     f"{duration(now - self._last_said)} before, not said one by one)")
+        say(text)
+        self._said, self._pending, self._last_said, self._unsaid = True, None, now, 0
+
+    def over(self) -> None:
+        """A frame came."""
+        if self._said and self.since is not None:
+            what = "connect attempt" if self._first else "reconnect attempt"
+            state = "is up" if self._first else "is back"
+            say(f"{self.name} {state} after {duration(self._clock() - self.since)} "
+                f"({count(self.attempts, what)})")
+        self.since, self._said, self._pending = None, False, None
