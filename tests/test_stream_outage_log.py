@@ -21,6 +21,10 @@ from media import TsServer, mpegts_bytes, until
 from serve_helpers import dbrt, get, wait_until
 
 
+# FFmpeg's open reads a stream until it knows its format (5 s by default): here a packet
+QUICK_PROBE = {"analyzeduration": "100000", "probesize": "32", "fpsprobesize": "0"}
+
+
 def _status(port: int) -> dict:
     return json.loads(get(port, "/api/status")[1])["streams"][0]
 
@@ -162,3 +166,24 @@ def test_a_flapping_stream_says_a_loss_a_minute_at_most(monkeypatch):
         "lost rtsp://cam/1 1 min 0 s ago (timed out): retrying it for ever",
         "rtsp://cam/1 is back after 1 min 40 s (10 reconnect attempts)"]
 
+
+def test_a_stream_slower_than_the_read_timeout_is_said_once():
+    """Frames every 0.5 s, reads that wait 0.3 s: each wait for the next frame timed out and
+    reconnected, for ever and without a word."""
+    payload = mpegts_bytes(frames=20, fps=2)
+    server = TsServer(payload, rate=len(payload) / 10).start()  # paced at the clip's rate
+    source = NetworkSource(server.url, timeout=0.3, options=QUICK_PROBE,
+                           reconnect=Reconnect(retries=None, delay=0.01))
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for _ in source:
+                if source.stats.reconnects >= 2:
+                    break
+    finally:
+        source.close()
+        server.stop()
+    slow = [str(w.message) for w in caught if "sends a frame every" in str(w.message)]
+    assert slow == [f"{server.url} sends a frame every 0.5 s, longer than a read waits (0.3 s): "
+                    "each wait for its next frame times out and reconnects; give a longer "
+                    "--source-timeout (source_timeout)"]

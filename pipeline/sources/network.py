@@ -17,6 +17,7 @@ from engine.lazy import require
 from .base import first_line, without_credentials
 from .hwdecode import Decoding, ReportsDecoding, hwaccel_for
 from .live import LiveSource, Reconnect
+from .outages import say
 from .passwords import PASSWORD_VARIABLE, address, names_user_only
 from .video import (error_reason, first_video_stream, open_container, shown_cause, timed_out,
                     upright_bgr)
@@ -87,6 +88,9 @@ class NetworkSource(ReportsDecoding, LiveSource):
         self._start_s = 0.0  # a file's first timestamp, so that its frames count from 0
         self.decoding = Decoding(hwaccel)
         self._stream = None
+        self._last_time: Optional[float] = None  # the last frame's timestamp on this connection
+        self._interval: Optional[float] = None  # between its last two frames
+        self._said_slow = False
 
     @property
     def fps(self) -> Optional[float]:
@@ -109,7 +113,7 @@ class NetworkSource(ReportsDecoding, LiveSource):
         self._container, self._stream = container, stream
         self._frames = self._decoded_frames(container, stream)
         self._total = stream.frames or None  # a file's index (0 for a live stream)
-        self._decoded = 0
+        self._decoded, self._last_time = 0, None
         if self._live_by_name and _finite(container, stream, self.url):
             self._as_file()  # e.g. a download link with no file suffix
         self._live_by_name = False
@@ -143,6 +147,7 @@ class NetworkSource(ReportsDecoding, LiveSource):
         except Exception as exc:
             waited = timed_out(exc, self.timeout)
             if waited:
+                self._say_frames_come_slower()
                 raise SourceError(waited) from None
             if self.live or self._decoded or urlparse(self.url).scheme not in ("http", "https"):
                 if self._address == self.url:
@@ -163,7 +168,20 @@ class NetworkSource(ReportsDecoding, LiveSource):
         self._decoded += 1
         self._note(self.decoding.decoded(self._stream))
         seconds = vframe.time
+        if seconds is not None:
+            if self._last_time is not None and seconds > self._last_time:
+                self._interval = seconds - self._last_time
+            self._last_time = seconds
         return upright_bgr(vframe), None if seconds is None else seconds - self._start_s
+
+    def _say_frames_come_slower(self) -> None:
+        """Once, when a read times out: a stream whose frames come less often than a read waits
+        (`timeout`) times out after each frame and reconnects for ever, without a word."""
+        if self._interval is not None and self._interval > self.timeout and not self._said_slow:
+            self._said_slow = True
+            say(f"{self.url} sends a frame every {self._interval:.1f} s, longer than a read "
+                f"waits ({self.timeout:g} s): each wait for its next frame times out and "
+                "reconnects; give a longer --source-timeout (source_timeout)")
 
     def _disconnect(self) -> None:
         container, self._container, self._frames = self._container, None, None
