@@ -170,7 +170,7 @@ class LiveSource(Source):
         warn_caller(without_credentials(f"{self.name} is not up ({why}): retrying it "
                                         f"{retry_policy(self.reconnect.retries)} while the "
                                         "run starts"))
-        self._outage.said_down()  # its coming up is said too
+        self._outage.said_down(self._begun)  # its coming up is said too
 
     def _first_connect(self) -> bool:
         """The reader's first connect, retried under the policy when it fails for a reason
@@ -181,7 +181,7 @@ class LiveSource(Source):
             self._connect()
         except BaseException as exc:  # open() raises what is not a SourceError that may pass
             self._connect_error = self._reason(exc)
-            self._outage.began()
+            self._outage.began(self._begun)
             self._first_error = exc
             self._first_try.set()
             if not can_pass(exc):

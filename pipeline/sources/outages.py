@@ -60,13 +60,14 @@ class OutageLog:
         self._last_said: Optional[float] = None  # when a loss was last said
         self._unsaid = 0  # losses since then, the one under way included
 
-    def began(self) -> None:
-        """A first connect failed (or did not answer): the outage is the run's start."""
+    def began(self, since: Optional[float] = None) -> None:
+        """A first connect failed (or did not answer): the outage is the run's start, from
+        `since` (when that connect began; by `clock`)."""
         if self.since is None:
-            self.since, self.attempts, self._first = self._clock(), 1, True
+            self.since, self.attempts, self._first = since or self._clock(), 1, True
 
-    def said_down(self) -> None:
-        self.began()
+    def said_down(self, since: Optional[float] = None) -> None:
+        self.began(since)
         self._said = True
 
     def lost(self, why: str, retries: Optional[int]) -> None:
