@@ -31,7 +31,7 @@ from .ignore import IgnoreZones
 from .postprocess import DBPostprocessor
 from .postprocess.compiled import status as compiled_status
 from .preprocess import Letterbox, as_bgr, preprocess_batch
-from .region import Region
+from .region import Region, RegionWatch
 from .shipped import default_model_path
 
 
@@ -93,6 +93,7 @@ class Detector:
                  device: str = "auto", options: Optional[RunnerOptions] = None, read=None,
                  roi=None, ignore=None):
         self.roi = Region.of(roi)  # a bad region fails before the model loads
+        self._watch = RegionWatch(self.roi)
         self.ignore = IgnoreZones.of(ignore)
         if model is None:
             model = default_model_path()
@@ -192,10 +193,10 @@ class Detector:
 
     # -- the three steps -------------------------------------------------------------------------
     def region_in(self, frame_h: int, frame_w: int) -> Optional[Tuple[int, int, int, int]]:
-        """The (x, y, w, h) part of a frame of this size that is detected in (the region of
+        """The (x, y, w, h) part of a frame of this size that goes onto the input (the region of
         interest clipped to the frame), None for all of it; a ShapeError when the region leaves
-        nothing of such a frame."""
-        return None if self.roi is None else self.roi.in_frame(frame_h, frame_w)
+        nothing of the first frames (of later ones: nothing of them is watched, RegionWatch)."""
+        return self._watch.box(frame_h, frame_w)
 
     def input_size_for(self, frame_h: int, frame_w: int) -> Tuple[int, int]:
         """Network (H, W) for a frame of this size (for its region of interest, when there is
@@ -258,11 +259,13 @@ class Detector:
         self._range_checked = True
         return prob
 
-    def postprocess(self, prob, letterboxes: Sequence[Letterbox],
-                    dropped: Optional[list] = None) -> List[Detections]:
+    def postprocess(self, prob, letterboxes: Sequence[Letterbox], dropped: Optional[list] = None,
+                    sources: Optional[Sequence[str]] = None) -> List[Detections]:
         """Probability maps -> one Detections per frame, in frame pixels, but those mostly inside
-        the ignore zones; `dropped`, a list, receives how many those were per frame."""
-        return self.ignore.drop_in_frames(self.post(prob, letterboxes), letterboxes, dropped)
+        the ignore zones; `dropped`, a list, receives how many those were per frame. None in a
+        frame the region of interest misses (`sources`: the frames' sources, for its warning)."""
+        found = self._watch.keep_watched(self.post(prob, letterboxes), letterboxes, sources)
+        return self.ignore.drop_in_frames(found, letterboxes, dropped)
 
     def read(self, image: np.ndarray, detections: Detections) -> Detections:
         """The texts of `detections` in `image` when this detector reads (else them unchanged)."""

@@ -86,12 +86,14 @@ class DetectorSteps:
         return batch
 
     def postprocess(self, batch: Batch) -> List[FrameResult]:
+        options: dict = {}  # (a detector of one's own may take neither)
+        if getattr(self.detector, "roi", None) is not None:  # a frame it misses names its source
+            options["sources"] = [frame.source for frame in batch.frames]
         if getattr(self.detector, "ignore", None):  # counted before reading and tracking
-            dropped: list = []
-            results = self.detector.postprocess(batch.prob, batch.letterboxes, dropped=dropped)
-            self.metrics.detections_ignored(sum(dropped))
-        else:  # (a detector of one's own may take no `dropped`)
-            results = self.detector.postprocess(batch.prob, batch.letterboxes)
+            options["dropped"] = []
+        results = self.detector.postprocess(batch.prob, batch.letterboxes, **options)
+        if "dropped" in options:
+            self.metrics.detections_ignored(sum(options["dropped"]))
         return [FrameResult(frame, dets) for frame, dets in zip(batch.frames, results)]
 
     def read_texts(self, result: FrameResult) -> FrameResult:

@@ -5,16 +5,18 @@ the region, so small text there gets more pixels), and detections come back in f
 pixels. X,Y is the top-left corner and W,H the size, either in frame pixels (whole numbers:
 `100,400,800,300`) or in fractions of the frame (written with a decimal point, each 0..1:
 `0.1,0.5,0.8,0.4`), which fit sources of any size. A region reaching past the frame is clipped
-to it; one that leaves nothing of a frame is an error when the first such frame arrives.
+to it; one that leaves nothing of the first frames is an error, one that leaves nothing of later
+frames of another size (a camera back at a lower resolution after a reconnect) watches nothing
+of those (`RegionWatch`).
 """
 from __future__ import annotations
 
 import math
 import numbers
 from dataclasses import dataclass, field, replace
-from typing import Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
-from engine.errors import ShapeError
+from engine.errors import ShapeError, warn_caller, without_credentials
 
 Box = Tuple[int, int, int, int]  # x, y, w, h in frame pixels
 
@@ -107,13 +109,15 @@ class Region:
         x0, x1 = self._span(self.x, self.w, frame_w)
         y0, y1 = self._span(self.y, self.h, frame_h)
         if x1 <= x0 or y1 <= y0:
-            where = ("is less than a pixel of" if self.fractions and self._overlaps()
-                     else "lies outside")
             what = "watched" if self.flag == "--roi" else "ignored"
-            raise RegionError(self, f"the region {where} the {frame_w}x{frame_h} frames "
-                                    f"(W x H) of this run: nothing of them would be {what}",
-                              self.flag)
+            raise RegionError(self, f"{self.missed(frame_h, frame_w)}: nothing of them would be "
+                                    f"{what}", self.flag)
         return x0, y0, x1 - x0, y1 - y0
+
+    def missed(self, frame_h: int, frame_w: int, whose: str = "this run") -> str:
+        """Why the region leaves nothing of frames of this size (`whose` frames they are)."""
+        where = "is less than a pixel of" if self.fractions and self._overlaps() else "lies outside"
+        return f"the region {where} the {frame_w}x{frame_h} frames (W x H) of {whose}"
 
     def check_coded_size(self, width: int, height: int) -> None:
         """Before a video's first frame: RegionError when the region misses its frames upright
@@ -134,3 +138,69 @@ class Region:
         else:
             start, end = int(start), int(start + length)
         return min(max(start, 0), size), min(max(end, 0), size)
+
+
+_UNSEEN = object()
+
+
+class RegionWatch:
+    """A Detector's region of interest over the frame sizes it meets (none: all of every frame).
+
+    A region that leaves nothing of the first frames is the RegionError of `Region.in_frame` (a
+    mistake in --roi). Once frames of one size had it, a size it misses (a camera back at a lower
+    resolution after a reconnect, a smaller image) is not an error that ends every stream of the
+    run: nothing of those frames is watched. They go through the network whole (they hold their
+    place in a batch) and no detection of theirs is kept, with one warning per source and size;
+    keeping them instead would publish text from the parts of the view that the region leaves
+    out. A region partly outside is clipped to the frames, whatever their size."""
+
+    def __init__(self, region: Optional[Region]):
+        self.region = region
+        self._boxes: Dict[Tuple[int, int], Optional[Box]] = {}  # frame (h, w) -> box or None
+        self._warned: set = set()  # (source, h, w) of frames whose warning was given
+        self._met = False  # frames of some size had the region: it is no mistake
+
+    def box(self, frame_h: int, frame_w: int) -> Optional[Box]:
+        """The region in frames of this size, clipped to them; None for all of the frame (no
+        region, or a size that the region misses after others had it: see `watches`)."""
+        if self.region is None:
+            return None
+        box = self._boxes.get((frame_h, frame_w), _UNSEEN)
+        if box is _UNSEEN:
+            try:
+                box = self.region.in_frame(frame_h, frame_w)
+                self._met = True
+            except RegionError:
+                if not self._met:
+                    raise
+                box = None
+            if len(self._boxes) >= 64:  # a folder of images of many sizes: keep it small
+                self._boxes.clear()
+            self._boxes[(frame_h, frame_w)] = box  # not read back: another thread may clear it
+        return box
+
+    def watches(self, frame_h: int, frame_w: int) -> bool:
+        """Whether anything of frames of this size is detected in."""
+        return self.region is None or self.box(frame_h, frame_w) is not None
+
+    def keep_watched(self, found: Sequence, letterboxes, sources: Optional[Sequence] = None) -> List:
+        """Each frame's detections, none for a frame that is not watched (see `watches`);
+        `sources`: each frame's source, which names it in the warning."""
+        if self.region is None:
+            return list(found)
+        kept = []
+        for i, (detections, box) in enumerate(zip(found, letterboxes)):
+            if not self.watches(box.frame_h, box.frame_w):
+                self._warn(None if sources is None else sources[i], box.frame_h, box.frame_w)
+                detections = detections[:0]
+            kept.append(detections)
+        return kept
+
+    def _warn(self, source, frame_h: int, frame_w: int) -> None:
+        key = (source, frame_h, frame_w)
+        if key in self._warned:
+            return
+        self._warned.add(key)
+        whose = "this run" if source is None else without_credentials(str(source))
+        warn_caller(f"{self.region.flag} {self.region}: {self.region.missed(frame_h, frame_w, whose)}"
+                    ": nothing of them is watched (they go on, without detections)")

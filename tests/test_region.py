@@ -4,13 +4,15 @@ pixels; text outside it is not detected."""
 from __future__ import annotations
 
 import json
+import threading
+import time
 
 import cv2
 import numpy as np
 import pytest
 
 from dbnet.spec import ModelSpec, preset
-from engine.errors import ShapeError
+from engine.errors import DbrtWarning, ShapeError
 from pipeline.cli import main
 from pipeline.detector import Detector
 from pipeline.draw import RegionAnnotator
@@ -171,14 +173,54 @@ def test_the_detector_sees_only_the_region_and_answers_in_frame_pixels():
         np.testing.assert_allclose(found.boxes_xyxy, right.boxes_xyxy, atol=8)
 
 
-def test_a_region_outside_a_frame_fails_on_that_frame_naming_roi():
+def test_a_region_outside_the_first_frames_fails_on_them_naming_roi():
     with Detector(BrightPixelRunner(), roi=(500, 0, 50, 50)) as det:
-        assert len(det.detect(scene(100, 600, box=(10, 510, 40, 540)))) == 1
         with pytest.raises(ShapeError, match=r"--roi 500,0,50,50: .*outside the 200x100"):
             det.detect(scene(100, 200))
         assert det.describe()["roi"] == dict(x=500, y=0, w=50, h=50, unit="pixels")
     with pytest.raises(ShapeError, match="--roi 1,2,0,4"):  # before the model loads
         Detector("no-such-model.onnx", roi="1,2,0,4")
+
+
+def test_a_later_frame_size_the_region_misses_is_watched_nowhere_with_one_warning():
+    """A camera back at a lower resolution after a reconnect: the pixel region drawn for its
+    first frames lies outside the new ones. That ended the run (every stream with it); now
+    nothing of those frames is watched (the text there is not what the region let through),
+    with one warning, not one a frame, and frames the region meets are detected in again."""
+    first = scene(100, 600, box=(10, 510, 40, 540))
+    small = scene(100, 200, box=(10, 20, 40, 180))  # bright text outside the region
+    with Detector(BrightPixelRunner(), roi=(500, 0, 50, 50)) as det:
+        assert len(det.detect(first)) == 1
+        with pytest.warns(DbrtWarning) as caught:
+            assert [len(d) for d in det.detect_batch([small, small])] == [0, 0]
+            assert len(det.detect(small)) == 0
+        assert [str(w.message) for w in caught] == [
+            "--roi 500,0,50,50: the region lies outside the 200x100 frames (W x H) of this run: "
+            "nothing of them is watched (they go on, without detections)"]
+        assert len(det.detect(first)) == 1
+        assert det.region_in(100, 520) == (500, 0, 20, 50)  # partly outside: clipped
+
+
+def test_each_source_whose_frames_the_region_misses_is_named_once_per_size():
+    with Detector(BrightPixelRunner(), roi=(500, 0, 50, 50)) as det:
+        det.detect(scene(100, 600))
+        batch, letterboxes = det.prepare([scene(100, 200)] * 3)
+        prob = det.infer(batch)
+        sources = ["rtsp://cam/1", "rtsp://user:secret@cam/2", "rtsp://cam/1"]
+        with pytest.warns(DbrtWarning) as caught:
+            for _ in range(2):
+                found = det.postprocess(prob, letterboxes, sources=sources)
+        assert [len(d) for d in found] == [0, 0, 0]
+    assert [str(w.message) for w in caught] == [
+        f"--roi 500,0,50,50: the region lies outside the 200x100 frames (W x H) of {name}: "
+        "nothing of them is watched (they go on, without detections)"
+        for name in ("rtsp://cam/1", "rtsp://cam/2")]  # no password in the console
+
+
+def test_a_fraction_region_follows_each_frame_size():
+    with Detector(BrightPixelRunner(), roi="0.5,0.5,0.5,0.5") as det:
+        assert det.region_in(240, 320) == (160, 120, 160, 120)
+        assert det.region_in(120, 160) == (80, 60, 80, 60)
 
 
 @pytest.fixture(scope="module")
@@ -273,8 +315,9 @@ def test_dbrt_run_roi_detects_in_the_region_and_outlines_it(tmp_path, capsys):
 def test_dbrt_run_roi_outside_a_frame_or_malformed_is_one_line(tmp_path, tiny_onnx, capsys):
     folder = tmp_path / "shots"
     folder.mkdir()
-    cv2.imwrite(str(folder / "a.png"), np.full((360, 640, 3), 128, np.uint8))
-    cv2.imwrite(str(folder / "b.png"), np.full((100, 200, 3), 128, np.uint8))
+    # the first image is the one the region misses (a later one is watched nowhere, with a warning)
+    cv2.imwrite(str(folder / "a.png"), np.full((100, 200, 3), 128, np.uint8))
+    cv2.imwrite(str(folder / "b.png"), np.full((360, 640, 3), 128, np.uint8))
     args = ["run", str(folder), "--model", str(tiny_onnx), "-o", str(tmp_path / "o"), "--quiet"]
     assert main([*args, "--roi", "300,200,200,100"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -336,3 +379,69 @@ def test_a_region_made_of_numpy_numbers_describes_itself_in_json():
         x=10, y=20, w=300, h=200, unit="pixels")
     fractions = Region(*np.array([0.1, 0.2, 0.5, 0.5], np.float32), fractions=True)
     assert type(fractions.describe()["x"]) is float and str(fractions) == "0.1,0.2,0.5,0.5"
+
+
+class _ResizingCamera:
+    """A loopback HTTP MPEG-TS camera whose first connection sends 320x240 frames and ends (a
+    restart), and whose later connections send 160x120 ones (an NVR back on its sub-stream)."""
+
+    def __init__(self):
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        from media import mpegts_bytes
+
+        clips = [mpegts_bytes(frames=15, height=240, width=320),
+                 mpegts_bytes(frames=60, height=120, width=160)]
+        sent = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                clip = clips[min(len(sent), 1)]
+                sent.append(self.path)
+                self.send_response(200)
+                self.send_header("Content-Type", "video/mp2t")
+                self.end_headers()
+                for start in range(0, len(clip), 188 * 20):  # paced, as a live camera sends
+                    try:
+                        self.wfile.write(clip[start:start + 188 * 20])
+                    except OSError:
+                        return
+                    time.sleep(0.005)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_port}/live.ts"
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_dbrt_run_goes_on_when_a_camera_comes_back_smaller_than_its_pixel_region(tmp_path, tiny_onnx):
+    """A real `dbrt run --roi` over a stream that reconnects at a lower resolution: it ended
+    with exit 2 ('--roi ...: the region lies outside the 160x120 frames'); now it runs on,
+    with one warning naming the stream, and the frames of both sizes are written."""
+    from serve_helpers import dbrt
+
+    camera, out = _ResizingCamera(), tmp_path / "out"
+    try:
+        proc = dbrt("run", camera.url, "--model", str(tiny_onnx), "--roi", "200,150,100,80",
+                    "--reconnect", "-1", "--reconnect-delay", "0.05", "--max-frames", "30",
+                    "-o", str(out), "--quiet")
+        _, err = proc.communicate(timeout=120)
+    finally:
+        camera.close()
+    assert proc.returncode == 0, err
+    assert [line for line in err.splitlines() if "warning" in line or "error" in line] == [
+        f"dbrt run: warning: --roi 200,150,100,80: the region lies outside the 160x120 frames "
+        f"(W x H) of {camera.url}: nothing of them is watched (they go on, without detections)"]
+    written = [json.loads(line) for line in (out / "detections.jsonl").read_text().splitlines()]
+    sizes = [tuple(frame["frame_size"]) for frame in written]
+    assert (240, 320) in sizes and (120, 160) in sizes and len(written) == 30, sizes
+    assert all(not frame["detections"] for frame in written if frame["frame_size"] == [120, 160])
+    report = json.loads((out / "report.json").read_text())
+    assert report["frames"] == 30 and report["sources"][0]["reconnects"] >= 1
