@@ -184,6 +184,7 @@ class Metrics:
     def report(self, sources: Iterable[dict] = (), **extra) -> dict:
         sources = list(sources)
         return dict(
+            running=self.t_start is not None and not self.finished,  # a report of a run going on
             frames=self.frames_out,
             wall_s=round(self.elapsed, 4),
             fps=round(self.fps, 3),
