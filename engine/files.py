@@ -8,16 +8,16 @@ from typing import Union
 
 
 def write_whole(path, data: Union[bytes, str]) -> None:
-    """`path` gets `data` (text as UTF-8) whole or not at all: written beside it, then renamed,
-    so a process killed while writing leaves the earlier file (or none), never half of one, and
-    no litter."""
+    """`path` gets `data` (text as UTF-8) whole or not at all: written beside it, on the disk
+    (fsync) before it is renamed, so a process killed while writing, or a power cut after the
+    rename, leaves the earlier file (or none) or the new one, never half of one, and no litter."""
     path = Path(path)
     partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
     try:
-        if isinstance(data, str):
-            partial.write_text(data, encoding="utf-8")
-        else:
-            partial.write_bytes(data)
+        with partial.open("wb") as fh:
+            fh.write(data.encode("utf-8") if isinstance(data, str) else data)
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)

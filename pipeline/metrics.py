@@ -20,7 +20,7 @@ from typing import Callable, Dict, Iterable, Optional, TextIO
 
 import numpy as np
 
-from dbnet.files import naming_the_file
+from dbnet.files import write_text_whole
 
 STAGES = ("decode", "preprocess", "infer", "postprocess", "sink")
 PERCENTILES = (50, 95, 99)
@@ -184,6 +184,7 @@ class Metrics:
     def report(self, sources: Iterable[dict] = (), **extra) -> dict:
         sources = list(sources)
         return dict(
+            running=self.t_start is not None and not self.finished,  # a report of a run going on
             frames=self.frames_out,
             wall_s=round(self.elapsed, 4),
             fps=round(self.fps, 3),
@@ -271,6 +272,6 @@ class Progress:
 
 
 def write_report(report: dict, path) -> None:
-    with naming_the_file(path), open(path, "w", encoding="utf-8") as fh:  # a full disk names no file
-        json.dump(report, fh, indent=2)
-        fh.write("\n")
+    """`path` gets the report whole or not at all (written beside it, then renamed over it): a
+    reader, or a run killed while it is written, never sees half a report; an OSError names it."""
+    write_text_whole(path, json.dumps(report, indent=2) + "\n")

@@ -178,8 +178,8 @@ class Pipeline:
 
     @property
     def lost(self) -> int:
-        """Frames read from the sources but never written (a run stopped at once, or failed),
-        besides those whose inference failed (`metrics.failed_frames`)."""
+        """Frames read but never written (a run stopped at once, or failed; those whose inference
+        failed: `metrics.failed_frames`); report() has them once the run is over, 0 until then."""
         delivered = sum(s.stats.delivered for s in self.sources)
         return delivered - self.metrics.frames_out - self.metrics.failed_frames
 
@@ -270,7 +270,7 @@ class Pipeline:
     def report(self, **extra) -> dict:
         return self.metrics.report(
             [s.describe() for s in self.sources], batch=self.batch, interrupted=self.interrupted,
-            drain_expired=self._signals.drain_expired, lost=self.lost, sample_fps=self.sample_fps, model=self.detector.describe(), **extra)
+            drain_expired=self._signals.drain_expired, lost=self.lost if self.metrics.finished else 0, sample_fps=self.sample_fps, model=self.detector.describe(), **extra)
 
     # -- threads ----------------------------------------------------------------------------
     def _start(self) -> None:

@@ -9,9 +9,10 @@ from typing import Optional
 
 from pipeline.encoder import VIDEO_CODECS
 
-from ._network import check_restream, network_sinks, outputs_counted, print_network_summary
-from ._outputs import (clear_earlier_outputs, input_files, outputs_written, plain_outputs,
-                       refuse_video_over_input, visual_sinks)
+from ._network import check_restream, network_sinks, print_network_summary
+from ._outputs import (clear_earlier_outputs, input_files, plain_outputs, refuse_video_over_input,
+                       visual_sinks)
+from ._report import add_report_argument, live_report, run_report
 from . import _segments
 from ._sources import add_stream_arguments, check_stream_flags
 from ._model import (DLA_HELP, REC_MARGIN_HELP, THREADS_HELP, TRUST_ENGINE_HELP, add_direction_arguments,
@@ -31,7 +32,8 @@ DESCRIPTION = (
     "image, a folder of images or a glob (image files named one after another are one source). "
     "Several sources are batched together. Writes "
     "OUTPUT/detections.jsonl (one line per frame, flushed as it goes), annotated video(s) or "
-    "images, and OUTPUT/report.json (FPS, per-stage p50/p95/p99, drops, reconnects).")
+    "images, and OUTPUT/report.json (FPS, per-stage p50/p95/p99, drops, reconnects; "
+    "rewritten while the run goes on).")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -146,6 +148,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     o.add_argument("--show-scores", action="store_true", help="write each box's score")
     o.add_argument("--quiet", action="store_true", help="no progress line")
     _segments.add_segment_arguments(o)
+    add_report_argument(o)
     w = p.add_argument_group("live view and events")
     w.add_argument("--serve", type=listen_address, metavar="[HOST:]PORT",
                    help="serve a live web view, /metrics (Prometheus), /healthz and /api/status "
@@ -179,7 +182,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     pipe, progress, out = build_pipeline(args)
     try:
-        pipe.run()
+        with live_report(pipe, out, args):  # ended before the final report below
+            pipe.run()
     except BaseException as exc:  # also after Ctrl-C: every frame that reached the sinks is in the report
         finish(pipe, progress, out, args, error=exc)
         raise
@@ -368,9 +372,7 @@ def finish(pipe, progress, out: Path, args, error: Optional[BaseException] = Non
 
     if progress is not None:
         progress.finish(pipe.dropped)
-    mqtt = [s for name, s in outputs_counted(pipe.sinks) if name == "mqtt"]
-    extra = dict(mqtt=mqtt[0].counters()) if mqtt else {}
-    report = pipe.report(outputs=outputs_written(pipe, out), **extra)
+    report = run_report(pipe, out)
     out.mkdir(parents=True, exist_ok=True)
     write_report(report, out / "report.json")
     print(format_summary(report))
