@@ -13,7 +13,7 @@ from ._network import check_restream, network_sinks, outputs_counted, print_netw
 from ._outputs import (clear_earlier_outputs, input_files, outputs_written, plain_outputs,
                        refuse_video_over_input, visual_sinks)
 from . import _segments
-from ._sources import add_stream_arguments, check_stream_flags
+from ._sources import add_stream_arguments, camera_mode, check_stream_flags
 from ._model import (DLA_HELP, REC_MARGIN_HELP, THREADS_HELP, TRUST_ENGINE_HELP, add_direction_arguments,
                      add_ignore_argument, add_triton_arguments, check_ignore_zones)
 from ._validate import (DEVICES, MAX_CPU_THREADS, MAX_SESSIONS, at_least, broker_url, fourcc, frame_size,
@@ -234,13 +234,6 @@ def _check_flag_pairs(args) -> None:
                         "is none: drop one")
 
 
-def _camera_mode(args) -> dict:
-    """The capture mode asked for on the command line, as CameraSource keywords."""
-    width, height = args.camera_size or (None, None)
-    mode = dict(width=width, height=height, fps=args.camera_fps, fourcc=args.camera_fourcc)
-    return {key: value for key, value in mode.items() if value is not None}
-
-
 def build_pipeline(args):
     """Sources are opened first (a bad path fails before the model loads), then the model."""
     import signal
@@ -257,7 +250,7 @@ def build_pipeline(args):
     _check_flag_pairs(args)
     retries = None if args.reconnect < 0 else args.reconnect
     reconnect = Reconnect(retries=retries, delay=args.reconnect_delay) if retries != 0 else None
-    specs, camera = args.sources or [str(DEMO_VIDEO)], _camera_mode(args)
+    specs, camera = args.sources or [str(DEMO_VIDEO)], camera_mode(args)
     if camera and not any(is_camera_spec(spec) for spec in specs):
         raise DbrtError("--camera-size / --camera-fps / --camera-fourcc apply to cameras "
                         "(0, /dev/video0, csi://0); none of the sources is one")
