@@ -177,13 +177,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    pipe, progress, out = build_pipeline(args)
-    try:
-        pipe.run()
-    except BaseException as exc:  # also after Ctrl-C: every frame that reached the sinks is in the report
-        finish(pipe, progress, out, args, error=exc)
-        raise
-    finish(pipe, progress, out, args)
+    from ._starting import StartSignals
+
+    with StartSignals() as start:  # until the run's own handlers take over
+        try:
+            pipe, progress, out = build_pipeline(args, start)
+        except BaseException as exc:
+            if start.stopped_by(exc) is None:
+                raise
+            return start.say_stopped(start.stopped_by(exc))
+        start.end()  # a signal from here on is the run's: it stops before its first frame
+        try:
+            pipe.run()
+        except BaseException as exc:  # also after Ctrl-C: every frame that reached the sinks is in the report
+            finish(pipe, progress, out, args, error=exc)
+            raise
+        finish(pipe, progress, out, args)
     failed = pipe.metrics.failed_frames
     if failed:  # like a damaged input: everything else is written, the exit status says so
         from engine.errors import InferenceFailed
@@ -234,7 +243,7 @@ def _check_flag_pairs(args) -> None:
                         "is none: drop one")
 
 
-def build_pipeline(args):
+def build_pipeline(args, start):
     """Sources are opened first (a bad path fails before the model loads), then the model."""
     import signal
 
@@ -257,10 +266,12 @@ def build_pipeline(args):
     from ._passwords import source_password
 
     streams = check_stream_flags(args, specs)  # --rtsp-transport, --source-timeout
-    sources = open_sources(image_file_runs(specs), reconnect=reconnect,
+    start.phase = "opening the sources"
+    sources = open_sources(image_file_runs(specs), made=start.watch, reconnect=reconnect,
                            decode_threads=args.decode_threads, camera=camera,
                            password=source_password(specs), hwaccel=args.hwaccel, **streams)
     try:
+        start.check()
         if args.hwaccel and not any(s.kind in ("video", "network") for s in sources):
             raise DbrtError(f"--hwaccel {args.hwaccel} decodes video files and network streams; "
                             "none of the sources is one")
@@ -272,6 +283,7 @@ def build_pipeline(args):
         if args.restream:
             check_restream(args.restream, sources)
         _segments.check_segment_sources(args, sources)
+        start.phase = "loading the model"
         detector = build_detector(args)
     except BaseException:
         for source in sources:
@@ -285,6 +297,8 @@ def build_pipeline(args):
         track=args.track or args.events_every is not None)
     out = Path(args.output)
     try:
+        start.check()  # a stop during the model load: no web view, broker or file is started
+        start.outputs()  # a stop from here on is the run's, which owns the sources
         if not args.no_video:
             refuse_video_over_input(pipe, out)
         pipe.sinks.extend(_sinks(pipe, out, args))
