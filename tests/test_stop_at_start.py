@@ -114,7 +114,7 @@ def test_a_signal_once_the_outputs_exist_is_the_runs_own():
     before its first frame, its report saying so, as a run stopped at once is reported."""
     with StartSignals() as start:
         start.end()
-        os.kill(os.getpid(), signal.SIGTERM)  # its handler runs before kill() returns
+        os.kill(os.getpid(), signal.SIGTERM)  # handled (recorded) before the next line runs
         assert start.received == [signal.SIGTERM]
         pipe = Pipeline([str(DEMO_VIDEO)], FakeDetector(), stop_signals=(signal.SIGINT, signal.SIGTERM))
         with pytest.raises(Interrupted) as caught:
