@@ -23,6 +23,16 @@ class Interrupted(KeyboardInterrupt):
         self.signum = signum
 
 
+def _taken_over(handlers) -> List[int]:
+    """The signals a handler installed before the run's own recorded for it: those `dbrt run`
+    received while it started and had no run to stop yet (its `take_pending()`)."""
+    for handler in handlers:
+        take_pending = getattr(getattr(handler, "__self__", None), "take_pending", None)
+        if take_pending is not None:
+            return take_pending()
+    return []
+
+
 class StopSignals:
     """Handlers for `signals` while a run lasts (installed only from the main thread, where
     Python runs signal handlers); `restore()` puts the previous handlers back. Runs may
@@ -51,6 +61,8 @@ class StopSignals:
         for signum in self.signals:
             previous = signal.signal(signum, self._handle)
             self._previous[signum] = signal.SIG_DFL if previous is None else previous
+        for signum in _taken_over(self._previous.values()):
+            self._handle(signum, None)
 
     def drained(self) -> None:
         """Every frame read is out: closing the outputs that follows is no part of the drain,

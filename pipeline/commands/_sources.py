@@ -46,3 +46,10 @@ def check_stream_flags(args, specs) -> dict:
                         "udp://...); none of the sources is one")
     return dict(rtsp_transport=args.rtsp_transport or "tcp",
                 source_timeout=args.source_timeout or READ_TIMEOUT_S)
+
+
+def camera_mode(args) -> dict:
+    """The capture mode asked for on the command line, as CameraSource keywords."""
+    width, height = args.camera_size or (None, None)
+    mode = dict(width=width, height=height, fps=args.camera_fps, fourcc=args.camera_fourcc)
+    return {key: value for key, value in mode.items() if value is not None}

@@ -14,7 +14,7 @@ from ._outputs import (clear_earlier_outputs, input_files, plain_outputs, refuse
                        visual_sinks)
 from ._report import add_report_argument, live_report, run_report
 from . import _segments
-from ._sources import add_stream_arguments, check_stream_flags
+from ._sources import add_stream_arguments, camera_mode, check_stream_flags
 from ._model import (DLA_HELP, REC_MARGIN_HELP, THREADS_HELP, TRUST_ENGINE_HELP, add_direction_arguments,
                      add_ignore_argument, add_triton_arguments, check_ignore_zones)
 from ._validate import (DEVICES, MAX_CPU_THREADS, MAX_SESSIONS, at_least, broker_url, fourcc, frame_size,
@@ -180,14 +180,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    pipe, progress, out = build_pipeline(args)
-    try:
-        with live_report(pipe, out, args):  # ended before the final report below
-            pipe.run()
-    except BaseException as exc:  # also after Ctrl-C: every frame that reached the sinks is in the report
-        finish(pipe, progress, out, args, error=exc)
-        raise
-    finish(pipe, progress, out, args)
+    from ._starting import StartSignals
+
+    with StartSignals() as start:  # until the run's own handlers take over
+        try:
+            pipe, progress, out = build_pipeline(args, start)
+        except BaseException as exc:
+            if start.stopped_by(exc) is None:
+                raise
+            return start.say_stopped(start.stopped_by(exc))
+        start.end()  # a signal from here on is the run's: it stops before its first frame
+        try:
+            with live_report(pipe, out, args):  # ended before the final report below
+                pipe.run()
+        except BaseException as exc:  # also after Ctrl-C: every frame that reached the sinks is in the report
+            finish(pipe, progress, out, args, error=exc)
+            raise
+        finish(pipe, progress, out, args)
     failed = pipe.metrics.failed_frames
     if failed:  # like a damaged input: everything else is written, the exit status says so
         from engine.errors import InferenceFailed
@@ -238,14 +247,7 @@ def _check_flag_pairs(args) -> None:
                         "is none: drop one")
 
 
-def _camera_mode(args) -> dict:
-    """The capture mode asked for on the command line, as CameraSource keywords."""
-    width, height = args.camera_size or (None, None)
-    mode = dict(width=width, height=height, fps=args.camera_fps, fourcc=args.camera_fourcc)
-    return {key: value for key, value in mode.items() if value is not None}
-
-
-def build_pipeline(args):
+def build_pipeline(args, start):
     """Sources are opened first (a bad path fails before the model loads), then the model."""
     import signal
 
@@ -261,17 +263,19 @@ def build_pipeline(args):
     _check_flag_pairs(args)
     retries = None if args.reconnect < 0 else args.reconnect
     reconnect = Reconnect(retries=retries, delay=args.reconnect_delay) if retries != 0 else None
-    specs, camera = args.sources or [str(DEMO_VIDEO)], _camera_mode(args)
+    specs, camera = args.sources or [str(DEMO_VIDEO)], camera_mode(args)
     if camera and not any(is_camera_spec(spec) for spec in specs):
         raise DbrtError("--camera-size / --camera-fps / --camera-fourcc apply to cameras "
                         "(0, /dev/video0, csi://0); none of the sources is one")
     from ._passwords import source_password
 
     streams = check_stream_flags(args, specs)  # --rtsp-transport, --source-timeout
-    sources = open_sources(image_file_runs(specs), reconnect=reconnect,
+    start.phase = "opening the sources"
+    sources = open_sources(image_file_runs(specs), made=start.watch, reconnect=reconnect,
                            decode_threads=args.decode_threads, camera=camera,
                            password=source_password(specs), hwaccel=args.hwaccel, **streams)
     try:
+        start.check()
         if args.hwaccel and not any(s.kind in ("video", "network") for s in sources):
             raise DbrtError(f"--hwaccel {args.hwaccel} decodes video files and network streams; "
                             "none of the sources is one")
@@ -283,6 +287,7 @@ def build_pipeline(args):
         if args.restream:
             check_restream(args.restream, sources)
         _segments.check_segment_sources(args, sources)
+        start.phase = "loading the model"
         detector = build_detector(args)
     except BaseException:
         for source in sources:
@@ -296,6 +301,8 @@ def build_pipeline(args):
         track=args.track or args.events_every is not None)
     out = Path(args.output)
     try:
+        start.check()  # a stop during the model load: no web view, broker or file is started
+        start.outputs()  # a stop from here on is the run's, which owns the sources
         if not args.no_video:
             refuse_video_over_input(pipe, out)
         pipe.sinks.extend(_sinks(pipe, out, args))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Iterable, List, Optional, Union
+from typing import Callable, Iterable, List, Optional, Union
 
 from engine.errors import SourceError
 
@@ -88,14 +88,18 @@ def open_source(spec, **options) -> Source:
     return parse_source(spec, **options).open()
 
 
-def open_sources(specs: Iterable, **options) -> List[Source]:
+def open_sources(specs: Iterable, made: Optional[Callable[[List[Source]], None]] = None,
+                 **options) -> List[Source]:
     """Open several sources, the live ones' first connects at once (`begin_connect`); on
-    failure, close them all and re-raise."""
+    failure, close them all and re-raise. `made(sources)` is told them before they open (a
+    stop at start closes them from another thread: their first connects are not waited out)."""
     sources: List[Source] = []
     try:
         for stream, spec in enumerate(specs):
             sources.append(parse_source(spec, **options))
             sources[-1].stream = stream
+        if made is not None:
+            made(sources)
         for source in sources:
             getattr(source, "begin_connect", lambda: None)()
         for source in sources:

@@ -122,6 +122,8 @@ class LiveSource(Source):
         reason that may pass (`failures`: refused, timed out, a stream not yet published), or
         has not answered by then, is not an error: its reader goes on trying as after an
         outage (state "connecting") while the run starts and the other sources run."""
+        if self._stop.is_set():  # closed before it opened (a stop while the run starts)
+            return self
         if self._begun is not None and not self._waited:  # begin_connect() came first
             self._connect_in_reader()
         elif not self._connected and self._thread is None:
@@ -143,7 +145,8 @@ class LiveSource(Source):
         """Start the first connect in the reader now (a live source with a reconnect policy;
         else nothing), so that sources opened together connect at once: one after another,
         eight cameras down at a boot held up the start for 8 x FIRST_CONNECT_WAIT_S."""
-        if not self._connected and self._thread is None and self._may_wait():
+        if (not self._connected and self._thread is None and self._may_wait()
+                and not self._stop.is_set()):  # not after a close (a stop while the run starts)
             self._begun = time.monotonic()
             self.state = "connecting"
             self._start_reader()
@@ -157,6 +160,8 @@ class LiveSource(Source):
         except BaseException:  # Ctrl-C meanwhile: nobody would close it, its reader would retry
             self.close()
             raise
+        if self._stop.is_set():  # closed meanwhile (a stop signal while the run starts)
+            return
         if not answered:
             self._say_waiting(f"no answer within {FIRST_CONNECT_WAIT_S:g} s")
         elif self._first_error is not None:
@@ -211,6 +216,7 @@ class LiveSource(Source):
 
     def close(self) -> None:
         self._stop.set()
+        self._first_try.set()  # an open() waiting for the first connect returns (a stop at start)
         self._slot.finish()
         # a live frame still waiting when the run stops was read and never delivered: dropped
         if self._slot.take() is not None and self.live:

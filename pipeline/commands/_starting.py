@@ -1,0 +1,165 @@
+"""Stop signals while `dbrt run` starts: SIGINT (Ctrl-C) and SIGTERM (docker stop, systemd)
+that arrive before the run's own handlers (pipeline.interrupts) are installed. Without these,
+SIGTERM killed the process (no line, no report) and Ctrl-C raised wherever the start was: a
+traceback, or a wait for a stream's first connect that went on.
+
+The handlers only record the signal (see pipeline.interrupts why). Python runs them only
+between two bytecodes of the main thread, so a start busy in native code (an ONNX Runtime
+session, a TensorRT engine build, a gRPC call to a Triton server that does not answer) would
+not see them for minutes: a watcher thread hears each signal at once through the wakeup file
+descriptor, closes the sources opened so far (which ends the wait for their first connects)
+and, when the main thread has not stopped FORCE_AFTER_S later, or at a third signal, prints
+the line and ends the process itself.
+
+Once the Pipeline exists its StopSignals take over, and the signals recorded meanwhile with
+them (`take_pending`): such a run stops before its first frame and writes its report, as any
+run stopped at once does.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from typing import List, Optional, Sequence
+
+from pipeline.interrupts import Interrupted
+
+# within docker stop's 10 s before SIGKILL, and long enough for a start between two steps
+FORCE_AFTER_S = 2.0
+
+
+def stopped_line(signum: int, phase: str) -> str:
+    return f"dbrt run: stopped ({signal.Signals(signum).name}) while starting: {phase}"
+
+
+class StartSignals:
+    """`with StartSignals() as start:` around a run's start (main thread only; elsewhere it does
+    nothing). The main thread names its `phase`, hands the sources it opens to `watch`, and
+    calls `check()` where the start may stop (it raises Interrupted)."""
+
+    def __init__(self, signals: Sequence[int] = (signal.SIGINT, signal.SIGTERM),
+                 force_after: float = FORCE_AFTER_S):
+        self.signals = tuple(signals)
+        self.force_after = force_after
+        self.phase = "starting"
+        self.received: List[int] = []  # recorded by the handler, in the main thread
+        self._sources: list = []
+        self._taken = False  # the run's handlers took the signals recorded
+        self._over = threading.Event()  # the start ended: the watcher ends
+        self._heard, self._first_heard = 0, signal.SIGINT  # signals the watcher heard
+        self._previous: dict = {}
+        self._previous_fd: Optional[int] = None
+        self._wakeup: Optional[tuple] = None
+        self._watcher: Optional[threading.Thread] = None
+
+    @property
+    def stopped(self) -> Optional[int]:
+        """The first signal received before the run's handlers took over, else None."""
+        return self.received[0] if self.received and not self._taken else None
+
+    def __enter__(self) -> "StartSignals":
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        self._wakeup = socket.socketpair()
+        self._wakeup[1].setblocking(False)  # the C handler must never block on it
+        self._previous_fd = signal.set_wakeup_fd(self._wakeup[1].fileno(), warn_on_full_buffer=False)
+        for signum in self.signals:
+            self._previous[signum] = signal.signal(signum, self._handle)
+        self._watcher = threading.Thread(target=self._watch, name="start-signals", daemon=True)
+        self._watcher.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.end()
+        for signum, handler in self._previous.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+        self._previous.clear()
+
+    def end(self) -> None:
+        """The start is over (stopped, failed, or the run about to start): the watcher ends;
+        the handlers stay until the `with` ends (the run's own pass signals on to them)."""
+        self._over.set()
+        if self._wakeup is not None:
+            signal.set_wakeup_fd(self._previous_fd if self._previous_fd is not None else -1)
+            self._wakeup[1].close()  # the watcher's read ends
+            self._watcher.join(1.0)
+            self._wakeup[0].close()
+            self._wakeup = None
+
+    def _handle(self, signum, frame) -> None:
+        self.received.append(signum)
+
+    def take_pending(self) -> List[int]:
+        """For the run's StopSignals as they are installed: the signals it is now to handle."""
+        pending = [] if self._taken else list(self.received)
+        self._taken = True
+        return pending
+
+    def watch(self, sources) -> None:
+        """The sources being opened: a stop closes them (their first connects are not waited
+        out); none once the Pipeline owns them."""
+        self._sources = list(sources)
+        if self.received or self._heard:
+            self._close_sources()
+
+    def outputs(self) -> None:
+        """The Pipeline owns the sources: a stop from here on is the run's (`take_pending`)."""
+        self.phase, self._sources = "starting the outputs", []
+
+    def stopped_by(self, error: BaseException) -> Optional[int]:
+        """The signal that stopped the start, if one did: one these handlers received, or one
+        that handlers of a step (an engine build's, engine.tensorrt.cancel) raised as theirs."""
+        if self.stopped is not None:
+            return self.stopped
+        return getattr(error, "signum", None) if isinstance(error, KeyboardInterrupt) else None
+
+    def say_stopped(self, signum: int) -> int:
+        """The line of a start that stopped; the exit status (128 + the signal)."""
+        print(stopped_line(signum, self.phase), file=sys.stderr)
+        return 128 + signum
+
+    def check(self) -> None:
+        if self.stopped is not None:
+            raise Interrupted(self.stopped)
+
+    # -- the watcher thread ---------------------------------------------------------------------
+    def _watch(self) -> None:
+        reader, first_at = self._wakeup[0], None
+        while True:
+            reader.settimeout(None if first_at is None else max(0.0, first_at - time.monotonic()))
+            try:
+                data = reader.recv(16)
+            except socket.timeout:
+                data = None
+            except OSError:
+                return
+            if self._over.is_set() or data == b"":
+                return
+            if data is None:  # the main thread did not stop in time: in native code
+                return self._force(self._first_heard, f"{self.phase} (it did not stop within "
+                                                      f"{self.force_after:g} s)")
+            for signum in (s for s in data if s in self.signals):
+                self._heard += 1
+                if self._heard == 1:
+                    self._first_heard, first_at = signum, time.monotonic() + self.force_after
+                    self._close_sources()
+                elif self._heard >= 3:
+                    return self._force(signum, f"{self.phase} (at once: a third signal)")
+
+    def _close_sources(self) -> None:
+        for source in self._sources:
+            try:
+                source.close()
+            except Exception:  # noqa: BLE001 - the others are closed all the same
+                pass
+
+    def _force(self, signum: int, phase: str) -> None:
+        if self._over.is_set():
+            return
+        self._close_sources()  # ends their child processes (gst-launch) and connections
+        os.write(sys.stderr.fileno(), (stopped_line(signum, phase) + "\n").encode())
+        os._exit(128 + signum)
+
