@@ -278,7 +278,9 @@ def test_live_source_reconnects_after_a_failure():
     assert any("reconnected after 3 attempt" in e for e in stats["events"])
     assert frames[-1].index >= 25
     # the frames carry the connection they came on: tracks end at a reconnect
-    assert [f.connection for f in frames if f.index < 9] == [0] * 9
+    # (a live source may drop a frame the consumer was too slow for: a loaded machine)
+    before = [f.connection for f in frames if f.index < 9]
+    assert before and set(before) == {0}
     assert {f.connection for f in frames if f.index >= 10} == {1}
     source.join(30)
     assert not source._thread.is_alive()
