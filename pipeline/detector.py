@@ -194,8 +194,8 @@ class Detector:
     # -- the three steps -------------------------------------------------------------------------
     def region_in(self, frame_h: int, frame_w: int) -> Optional[Tuple[int, int, int, int]]:
         """The (x, y, w, h) part of a frame of this size that goes onto the input (the region of
-        interest clipped to the frame), None for all of it; a ShapeError when the region leaves
-        nothing of the first frames (of later ones: nothing of them is watched, RegionWatch)."""
+        interest clipped to the frame), None for all of it, and for a size the region leaves
+        nothing of (`postprocess` refuses a source's first such frames, RegionWatch)."""
         return self._watch.box(frame_h, frame_w)
 
     def input_size_for(self, frame_h: int, frame_w: int) -> Tuple[int, int]:

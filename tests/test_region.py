@@ -217,6 +217,23 @@ def test_each_source_whose_frames_the_region_misses_is_named_once_per_size():
         for name in ("rtsp://cam/1", "rtsp://cam/2")]  # no password in the console
 
 
+def test_a_source_whose_first_frames_the_region_misses_is_refused_whichever_comes_first():
+    """Two cameras, the second smaller than the pixel region: the run ended with the --roi error
+    when the small one's frames came first, and went on without a word of it being a mistake
+    when the large one's did, by chance of which camera answered first. It is decided per
+    source: the small camera's first frames are the error, naming it, in either order."""
+    large, small = ("rtsp://cam/large", scene(100, 600)), ("rtsp://user:secret@cam/small",
+                                                          scene(100, 200))
+    for first, second in ((large, small), (small, large)):
+        with Detector(BrightPixelRunner(), roi=(500, 0, 50, 50)) as det:
+            batch, letterboxes = det.prepare([first[1], second[1]])
+            with pytest.raises(ShapeError) as caught:
+                det.postprocess(det.infer(batch), letterboxes, sources=[first[0], second[0]])
+        assert str(caught.value) == ("--roi 500,0,50,50: the region lies outside the 200x100 "
+                                     "frames (W x H) of rtsp://cam/small: nothing of them "
+                                     "would be watched")
+
+
 def test_a_fraction_region_follows_each_frame_size():
     with Detector(BrightPixelRunner(), roi="0.5,0.5,0.5,0.5") as det:
         assert det.region_in(240, 320) == (160, 120, 160, 120)
