@@ -260,11 +260,13 @@ class Detector:
         return prob
 
     def postprocess(self, prob, letterboxes: Sequence[Letterbox], dropped: Optional[list] = None,
-                    sources: Optional[Sequence[str]] = None) -> List[Detections]:
+                    sources: Optional[Sequence[str]] = None,
+                    streams: Optional[Sequence[int]] = None) -> List[Detections]:
         """Probability maps -> one Detections per frame, in frame pixels, but those mostly inside
         the ignore zones; `dropped`, a list, receives how many those were per frame. None in a
-        frame the region of interest misses (`sources`: the frames' sources, for its warning)."""
-        found = self._watch.keep_watched(self.post(prob, letterboxes), letterboxes, sources)
+        frame the region of interest misses (`sources`: the frames' sources, for its warning;
+        `streams`: which of a run's sources each frame is, if not told by `sources`)."""
+        found = self._watch.keep_watched(self.post(prob, letterboxes), letterboxes, sources, streams)
         return self.ignore.drop_in_frames(found, letterboxes, dropped)
 
     def read(self, image: np.ndarray, detections: Detections) -> Detections:

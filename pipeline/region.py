@@ -183,18 +183,21 @@ class RegionWatch:
         """Whether anything of frames of this size is detected in."""
         return self.region is None or self.box(frame_h, frame_w) is not None
 
-    def keep_watched(self, found: Sequence, letterboxes, sources: Optional[Sequence] = None) -> List:
+    def keep_watched(self, found: Sequence, letterboxes, sources: Optional[Sequence] = None,
+                     streams: Optional[Sequence] = None) -> List:
         """Each frame's detections, none for a frame that is not watched (see `watches`);
-        `sources`: each frame's source, which names it in the warning. A RegionError when the
+        `sources`: each frame's source, which names it in the warning, and is the source unless
+        `streams` says which it is (a folder's images are one source). A RegionError when the
         region misses the first frames of a frame's source."""
         if self.region is None:
             return list(found)
         kept = []
         for i, (detections, box) in enumerate(zip(found, letterboxes)):
             source = None if sources is None else sources[i]
+            which = source if streams is None else streams[i]
             if self.watches(box.frame_h, box.frame_w):
-                self._met.add(source)
-            elif source in self._met or None in self._met:
+                self._met.add(which)
+            elif which in self._met or None in self._met:
                 self._warn(source, box.frame_h, box.frame_w)
                 detections = detections[:0]
             else:

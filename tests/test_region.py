@@ -234,6 +234,21 @@ def test_a_source_whose_first_frames_the_region_misses_is_refused_whichever_come
                                      "would be watched")
 
 
+def test_a_smaller_image_of_a_folder_the_region_misses_goes_on_unwatched(tmp_path):
+    """A folder is one source, whose images each name their frames: the region decided per
+    source must not take each image for a source of its own, whose first frames it missed."""
+    from pipeline.runner import Pipeline
+
+    cv2.imwrite(str(tmp_path / "a.png"), scene(100, 600, box=(10, 510, 40, 540)))
+    cv2.imwrite(str(tmp_path / "b.png"), scene(100, 200))
+    found = {}
+    with Detector(BrightPixelRunner(), roi=(500, 0, 50, 50)) as det:
+        with pytest.warns(DbrtWarning, match=r"outside the 200x100 frames \(W x H\) of .*b\.png"):
+            for frame, dets in Pipeline([str(tmp_path)], det):
+                found[frame.source.rsplit("/", 1)[-1]] = len(dets)
+    assert found == {"a.png": 1, "b.png": 0}
+
+
 def test_a_fraction_region_follows_each_frame_size():
     with Detector(BrightPixelRunner(), roi="0.5,0.5,0.5,0.5") as det:
         assert det.region_in(240, 320) == (160, 120, 160, 120)
