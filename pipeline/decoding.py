@@ -54,20 +54,31 @@ def _sampled(frames: Iterator[Frame], source: Source, fps: float) -> Iterator[Fr
 
 
 class SourceFailures(list):
-    """The errors of the run's sources that failed, the first raised at the run's end. One that
-    fails while other sources run on (a stream whose reconnects ran out) is said at once too,
-    as a warning: the run's end, where its error is said, may be days away."""
+    """The errors of the run's sources that failed; the run's end raises `ending()`. One that
+    fails while other sources run on (a stream whose reconnects ran out) is said at once, as a
+    warning: the run's end, where its error is said, may be days away."""
 
     RUNNING = ("up", "connecting", "reconnecting")
 
     def __init__(self, sources: List[Source]):
         super().__init__()
         self._sources = sources
+        self._said: List[BaseException] = []
 
     def append(self, error: BaseException) -> None:
         super().append(error)
         if any(source.state in self.RUNNING for source in self._sources):
             say(f"{first_line(error)}; the other sources go on")
+            self._said.append(error)
+
+    def ending(self) -> BaseException:
+        """The error the run ends with: the first not said yet (that of the source whose end
+        ended the run; raising the first of all said an earlier one's again, and this one's
+        never), any other not said yet said now."""
+        unsaid = [error for error in self if not any(error is e for e in self._said)]
+        for error in unsaid[1:]:
+            say(first_line(error))
+        return (unsaid or self)[0]
 
 
 def source_frames(source: Source, max_frames: Optional[int], draining: threading.Event,

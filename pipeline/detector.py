@@ -194,8 +194,8 @@ class Detector:
     # -- the three steps -------------------------------------------------------------------------
     def region_in(self, frame_h: int, frame_w: int) -> Optional[Tuple[int, int, int, int]]:
         """The (x, y, w, h) part of a frame of this size that goes onto the input (the region of
-        interest clipped to the frame), None for all of it; a ShapeError when the region leaves
-        nothing of the first frames (of later ones: nothing of them is watched, RegionWatch)."""
+        interest clipped to the frame), None for all of it, and for a size the region leaves
+        nothing of (`postprocess` refuses a source's first such frames, RegionWatch)."""
         return self._watch.box(frame_h, frame_w)
 
     def input_size_for(self, frame_h: int, frame_w: int) -> Tuple[int, int]:
@@ -260,11 +260,13 @@ class Detector:
         return prob
 
     def postprocess(self, prob, letterboxes: Sequence[Letterbox], dropped: Optional[list] = None,
-                    sources: Optional[Sequence[str]] = None) -> List[Detections]:
+                    sources: Optional[Sequence[str]] = None,
+                    streams: Optional[Sequence[int]] = None) -> List[Detections]:
         """Probability maps -> one Detections per frame, in frame pixels, but those mostly inside
         the ignore zones; `dropped`, a list, receives how many those were per frame. None in a
-        frame the region of interest misses (`sources`: the frames' sources, for its warning)."""
-        found = self._watch.keep_watched(self.post(prob, letterboxes), letterboxes, sources)
+        frame the region of interest misses (`sources`: the frames' sources, for its warning;
+        `streams`: which of a run's sources each frame is, if not told by `sources`)."""
+        found = self._watch.keep_watched(self.post(prob, letterboxes), letterboxes, sources, streams)
         return self.ignore.drop_in_frames(found, letterboxes, dropped)
 
     def read(self, image: np.ndarray, detections: Detections) -> Detections:

@@ -89,6 +89,7 @@ class DetectorSteps:
         options: dict = {}  # (a detector of one's own may take neither)
         if getattr(self.detector, "roi", None) is not None:  # a frame it misses names its source
             options["sources"] = [frame.source for frame in batch.frames]
+            options["streams"] = [frame.stream for frame in batch.frames]  # images: one source
         if getattr(self.detector, "ignore", None):  # counted before reading and tracking
             options["dropped"] = []
         results = self.detector.postprocess(batch.prob, batch.letterboxes, **options)

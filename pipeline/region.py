@@ -5,9 +5,9 @@ the region, so small text there gets more pixels), and detections come back in f
 pixels. X,Y is the top-left corner and W,H the size, either in frame pixels (whole numbers:
 `100,400,800,300`) or in fractions of the frame (written with a decimal point, each 0..1:
 `0.1,0.5,0.8,0.4`), which fit sources of any size. A region reaching past the frame is clipped
-to it; one that leaves nothing of the first frames is an error, one that leaves nothing of later
-frames of another size (a camera back at a lower resolution after a reconnect) watches nothing
-of those (`RegionWatch`).
+to it; one that leaves nothing of a source's first frames is an error, one that leaves nothing
+of its later frames of another size (a camera back at a lower resolution after a reconnect)
+watches nothing of those (`RegionWatch`).
 """
 from __future__ import annotations
 
@@ -146,33 +146,33 @@ _UNSEEN = object()
 class RegionWatch:
     """A Detector's region of interest over the frame sizes it meets (none: all of every frame).
 
-    A region that leaves nothing of the first frames is the RegionError of `Region.in_frame` (a
-    mistake in --roi). Once frames of one size had it, a size it misses (a camera back at a lower
-    resolution after a reconnect, a smaller image) is not an error that ends every stream of the
-    run: nothing of those frames is watched. They go through the network whole (they hold their
-    place in a batch) and no detection of theirs is kept, with one warning per source and size;
-    keeping them instead would publish text from the parts of the view that the region leaves
-    out. A region partly outside is clipped to the frames, whatever their size."""
+    A region that leaves nothing of a source's first frames is the RegionError of
+    `Region.in_frame` (a mistake in --roi), whichever source's frames come first: decided per
+    source, not by which camera of a run happened to deliver first. Once frames of a source had
+    it, a size it misses (a camera back at a lower resolution after a reconnect, a smaller
+    image) is not an error that ends every stream of the run: nothing of those frames is
+    watched. They go through the network whole (they hold their place in a batch) and no
+    detection of theirs is kept, with one warning per source and size; keeping them instead
+    would publish text from the parts of the view that the region leaves out. A region partly
+    outside is clipped to the frames, whatever their size. Frames whose source is not said (a
+    Python caller's, `None`) stand for every source."""
 
     def __init__(self, region: Optional[Region]):
         self.region = region
         self._boxes: Dict[Tuple[int, int], Optional[Box]] = {}  # frame (h, w) -> box or None
         self._warned: set = set()  # (source, h, w) of frames whose warning was given
-        self._met = False  # frames of some size had the region: it is no mistake
+        self._met: set = set()  # sources (None: not said) whose frames had the region
 
     def box(self, frame_h: int, frame_w: int) -> Optional[Box]:
         """The region in frames of this size, clipped to them; None for all of the frame (no
-        region, or a size that the region misses after others had it: see `watches`)."""
+        region, or a size that the region misses: `keep_watched` decides what that means)."""
         if self.region is None:
             return None
         box = self._boxes.get((frame_h, frame_w), _UNSEEN)
         if box is _UNSEEN:
             try:
                 box = self.region.in_frame(frame_h, frame_w)
-                self._met = True
             except RegionError:
-                if not self._met:
-                    raise
                 box = None
             if len(self._boxes) >= 64:  # a folder of images of many sizes: keep it small
                 self._boxes.clear()
@@ -183,18 +183,32 @@ class RegionWatch:
         """Whether anything of frames of this size is detected in."""
         return self.region is None or self.box(frame_h, frame_w) is not None
 
-    def keep_watched(self, found: Sequence, letterboxes, sources: Optional[Sequence] = None) -> List:
+    def keep_watched(self, found: Sequence, letterboxes, sources: Optional[Sequence] = None,
+                     streams: Optional[Sequence] = None) -> List:
         """Each frame's detections, none for a frame that is not watched (see `watches`);
-        `sources`: each frame's source, which names it in the warning."""
+        `sources`: each frame's source, which names it in the warning, and is the source unless
+        `streams` says which it is (a folder's images are one source). A RegionError when the
+        region misses the first frames of a frame's source."""
         if self.region is None:
             return list(found)
         kept = []
         for i, (detections, box) in enumerate(zip(found, letterboxes)):
-            if not self.watches(box.frame_h, box.frame_w):
-                self._warn(None if sources is None else sources[i], box.frame_h, box.frame_w)
+            source = None if sources is None else sources[i]
+            which = source if streams is None else streams[i]
+            if self.watches(box.frame_h, box.frame_w):
+                self._met.add(which)
+            elif which in self._met or None in self._met:
+                self._warn(source, box.frame_h, box.frame_w)
                 detections = detections[:0]
+            else:
+                self._refuse(source, box.frame_h, box.frame_w)
             kept.append(detections)
         return kept
+
+    def _refuse(self, source, frame_h: int, frame_w: int) -> None:
+        whose = "this run" if source is None else without_credentials(str(source))
+        raise RegionError(self.region, f"{self.region.missed(frame_h, frame_w, whose)}: nothing "
+                                       "of them would be watched", self.region.flag)
 
     def _warn(self, source, frame_h: int, frame_w: int) -> None:
         key = (source, frame_h, frame_w)

@@ -242,7 +242,7 @@ class Pipeline:
         if self.interrupted:
             raise Interrupted(self._signals.first or signal.SIGINT)
         if self._source_errors:
-            raise self._source_errors[0]
+            raise self._source_errors.ending()
 
     def close(self) -> None:
         """Release sources, sinks and the detector of a pipeline that will not run, or stop a

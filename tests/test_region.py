@@ -217,6 +217,38 @@ def test_each_source_whose_frames_the_region_misses_is_named_once_per_size():
         for name in ("rtsp://cam/1", "rtsp://cam/2")]  # no password in the console
 
 
+def test_a_source_whose_first_frames_the_region_misses_is_refused_whichever_comes_first():
+    """Two cameras, the second smaller than the pixel region: the run ended with the --roi error
+    when the small one's frames came first, and went on without a word of it being a mistake
+    when the large one's did, by chance of which camera answered first. It is decided per
+    source: the small camera's first frames are the error, naming it, in either order."""
+    large, small = ("rtsp://cam/large", scene(100, 600)), ("rtsp://user:secret@cam/small",
+                                                          scene(100, 200))
+    for first, second in ((large, small), (small, large)):
+        with Detector(BrightPixelRunner(), roi=(500, 0, 50, 50)) as det:
+            batch, letterboxes = det.prepare([first[1], second[1]])
+            with pytest.raises(ShapeError) as caught:
+                det.postprocess(det.infer(batch), letterboxes, sources=[first[0], second[0]])
+        assert str(caught.value) == ("--roi 500,0,50,50: the region lies outside the 200x100 "
+                                     "frames (W x H) of rtsp://cam/small: nothing of them "
+                                     "would be watched")
+
+
+def test_a_smaller_image_of_a_folder_the_region_misses_goes_on_unwatched(tmp_path):
+    """A folder is one source, whose images each name their frames: the region decided per
+    source must not take each image for a source of its own, whose first frames it missed."""
+    from pipeline.runner import Pipeline
+
+    cv2.imwrite(str(tmp_path / "a.png"), scene(100, 600, box=(10, 510, 40, 540)))
+    cv2.imwrite(str(tmp_path / "b.png"), scene(100, 200))
+    found = {}
+    with Detector(BrightPixelRunner(), roi=(500, 0, 50, 50)) as det:
+        with pytest.warns(DbrtWarning, match=r"outside the 200x100 frames \(W x H\) of .*b\.png"):
+            for frame, dets in Pipeline([str(tmp_path)], det):
+                found[frame.source.rsplit("/", 1)[-1]] = len(dets)
+    assert found == {"a.png": 1, "b.png": 0}
+
+
 def test_a_fraction_region_follows_each_frame_size():
     with Detector(BrightPixelRunner(), roi="0.5,0.5,0.5,0.5") as det:
         assert det.region_in(240, 320) == (160, 120, 160, 120)

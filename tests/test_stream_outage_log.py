@@ -112,6 +112,26 @@ def test_a_stream_given_up_is_said_when_the_other_sources_go_on():
     assert len(alone) == 1
 
 
+def test_a_run_ended_by_a_stream_given_up_says_that_stream_not_an_earlier_one():
+    """Two cameras: the first is given up while the second goes on (said then), the second is
+    given up later and ends the run. The run raised the first one's error again, so its last
+    line named a camera whose loss was said long before, and the second's never said why."""
+    from engine.errors import SourceError
+    from media import FakeDetector, SimulatedCamera
+    from pipeline.runner import Pipeline
+
+    first = SimulatedCamera(total=10_000, fps=200, fail_at={3}, refuse=10,
+                            reconnect=Reconnect(retries=1, delay=0.01))
+    later = SimulatedCamera(total=10_000, fps=200, fail_at={60}, refuse=10,
+                            reconnect=Reconnect(retries=1, delay=0.01))
+    first.name, later.name = "cam-first", "cam-later"
+    with pytest.warns(DbrtWarning) as caught, pytest.raises(SourceError) as ended:
+        Pipeline([first, later], FakeDetector()).run()
+    assert str(ended.value).startswith("lost cam-later: gave up after 1 reconnect attempt")
+    given_up = [str(w.message) for w in caught if "gave up" in str(w.message)]
+    assert len(given_up) == 1 and given_up[0].startswith("lost cam-first: gave up"), given_up
+
+
 def test_a_silent_host_counts_its_first_connect_attempt_as_it_begins(monkeypatch):
     """/api/status and report.json showed 0 attempts for the 30 s FFmpeg's open waited."""
     from pipeline.sources import live
