@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import warnings
 
 import cv2
 import numpy as np
@@ -215,6 +216,22 @@ def test_each_source_whose_frames_the_region_misses_is_named_once_per_size():
         f"--roi 500,0,50,50: the region lies outside the 200x100 frames (W x H) of {name}: "
         "nothing of them is watched (they go on, without detections)"
         for name in ("rtsp://cam/1", "rtsp://cam/2")]  # no password in the console
+
+
+def test_a_callers_error_filter_does_not_end_a_run_at_a_size_the_region_misses(tmp_path):
+    """The warning is said in the run's post-processing thread: a caller's "error" filter
+    (`-W error`, pytest's filterwarnings) raised it there, ending every source of the run."""
+    from pipeline.runner import Pipeline
+    from pipeline.sources.images import ImageSource
+
+    cv2.imwrite(str(tmp_path / "a.png"), scene(100, 600, box=(10, 510, 40, 540)))
+    cv2.imwrite(str(tmp_path / "b.png"), scene(100, 200))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with Pipeline([ImageSource([str(tmp_path / "a.png"), str(tmp_path / "b.png")])],
+                      Detector(BrightPixelRunner(), roi=(500, 0, 50, 50)),
+                      close_detector=True) as pipe:
+            assert [len(detections) for _, detections in pipe] == [1, 0]
 
 
 def test_a_fraction_region_follows_each_frame_size():
