@@ -15,11 +15,10 @@ import math
 import numbers
 import threading
 import time
-import warnings
 from pathlib import Path
 from typing import Callable, Optional
 
-from engine.errors import DbrtWarning
+from engine.errors import warn_caller
 
 from .metrics import write_report
 
@@ -101,10 +100,11 @@ class LiveReport:
                 return False
             write_report(report, self.path)
         except Exception as exc:  # the run goes on; its final report says how it ended
-            if self.error is None:  # said once, not every time
-                warnings.warn(f"could not update {self.path} while the run goes on: {exc} "
-                              f"(tried again every {self.every:g} s)", DbrtWarning, stacklevel=2)
-            self.error = exc
+            first, self.error = self.error is None, exc
+            if first:  # said once, not every time; in its thread, a caller's "error" filter
+                # does not end it (warn_caller): no report would be written for the rest of the run
+                warn_caller(f"could not update {self.path} while the run goes on: {exc} "
+                            f"(tried again every {self.every:g} s)")
             return False
         self.error = None
         self.written += 1

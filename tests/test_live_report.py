@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import signal
 import threading
+import warnings
 
 import pytest
 
@@ -239,3 +240,21 @@ def test_a_live_report_starts_again_after_a_stop(tmp_path):
                 live.start()
         assert not live._thread.is_alive()
     live.stop()
+
+
+def test_a_callers_error_filter_does_not_end_the_rewriting(tmp_path):
+    """Under `-W error` (pytest's filterwarnings = error) the warning of one failed write was
+    raised in the thread, which died: no report was written for the rest of the run."""
+    path, tries = tmp_path / "report.json", []
+
+    def make():
+        tries.append(1)
+        if len(tries) == 1:
+            raise OSError("No space left on device")
+        return dict(running=True)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with LiveReport(make, path, every=0.01) as live:
+            until(lambda: live.written, "a report after the failed write", limit_s=5)
+    assert _report(path) == dict(running=True) and live.error is None
