@@ -61,7 +61,7 @@ _OURS = tuple(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fil
 
 
 # where a thread's stack begins: a thread of dbrt's own has no caller beneath
-_THREAD_MODULES = ("threading", "concurrent.futures")
+_THREAD_MODULES = ("threading", "concurrent.futures.thread")
 
 
 def warn_caller(message: str, category=DbrtWarning, every_time: bool = False) -> None:
@@ -77,7 +77,7 @@ def warn_caller(message: str, category=DbrtWarning, every_time: bool = False) ->
     frame, level = sys._getframe(1), 2  # stacklevel 2: the frame that called this
     while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_OURS):
         frame, level = frame.f_back, level + 1
-    own_thread = frame is None or frame.f_globals.get("__name__", "").startswith(_THREAD_MODULES)
+    own_thread = frame is None or frame.f_globals.get("__name__") in _THREAD_MODULES
     if own_thread:
         frame, level = sys._getframe(1), 2
     try:
