@@ -60,17 +60,35 @@ _OURS = tuple(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fil
               for part in ("engine", "pipeline", "export", "dbnet"))
 
 
+# where a thread's stack begins: a thread of dbrt's own has no caller beneath
+_THREAD_MODULES = ("threading", "concurrent.futures.thread")
+
+
 def warn_caller(message: str, category=DbrtWarning, every_time: bool = False) -> None:
     """warnings.warn pointed at the first line outside dbrt (the caller's `detector.detect(...)`),
-    however deep in dbrt it is raised: a fixed stacklevel points inside dbrt on some paths.
+    however deep in dbrt it is raised: a fixed stacklevel points inside dbrt on some paths. Said
+    from a thread of dbrt's own (a stream's reader, a stage of a run), which has no caller, it
+    points at the dbrt line that said it (module `pipeline...`, which a filter can name), not at
+    threading.py, and a caller's "error" filter does not raise it there: raised in a run's thread,
+    it would end every stream of the run, and reach no caller's `except`.
     `every_time`: shown each time it is said under Python's default filter, which shows a
-    warning once per place and text (a stream lost again, in the same words, is news again)."""
+    warning once per place and text (a stream lost again, in the same words, is news again);
+    a caller's "once" filter (`-W once`) still shows each text once."""
     frame, level = sys._getframe(1), 2  # stacklevel 2: the frame that called this
     while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_OURS):
         frame, level = frame.f_back, level + 1
-    if not every_time or frame is None:
-        warnings.warn(message, category, stacklevel=level)
-        return
-    warnings.warn_explicit(message, category, frame.f_code.co_filename, frame.f_lineno,
-                           module=frame.f_globals.get("__name__"), registry={},
-                           module_globals=frame.f_globals)
+    own_thread = frame is None or frame.f_globals.get("__name__") in _THREAD_MODULES
+    if own_thread:
+        frame, level = sys._getframe(1), 2
+    try:
+        if not every_time:
+            warnings.warn(message, category, stacklevel=level)
+            return
+        # no registry: one of our own ({}) made "once" a registry of one warning, shown every
+        # time; no module_globals: its loader is asked for the source, which `python -c`'s and
+        # stdin's __main__ (BuiltinImporter) answer with ImportError
+        warnings.warn_explicit(message, category, frame.f_code.co_filename, frame.f_lineno,
+                               module=frame.f_globals.get("__name__"), registry=None)
+    except Warning:
+        if not own_thread:
+            raise

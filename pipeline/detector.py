@@ -76,7 +76,9 @@ class Detector:
     roi:        a region of interest: only this part of each frame is detected in, at the
                 resize rule's size for the region; boxes stay in frame pixels. (x, y, w, h) in
                 frame pixels (integers), fractions of the frame (floats, 0..1), an 'X,Y,W,H'
-                string as `dbrt run --roi` takes, or a pipeline.region.Region
+                string as `dbrt run --roi` takes, or a pipeline.region.Region. One that misses
+                the first frames is a RegionError; later frames of a size it misses get no
+                detections, one warning per size (roi.in_frame(h, w) says it beforehand)
     ignore:     ignore zones, each as roi= takes one (a list of them), in frame coordinates
                 whatever the roi: a detection mostly inside them is dropped (pipeline.ignore)
 

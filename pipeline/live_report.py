@@ -2,7 +2,7 @@
 is killed outright (an out-of-memory kill, a power cut, SIGKILL after a stop's grace period),
 leaves a report at most `every` seconds old instead of none, or an earlier run's.
 
-    with LiveReport(lambda: pipe.report(), "out/report.json", every=60):
+    with LiveReport(pipe.report, "out/report.json", every=60):
         pipe.run()
     write_report(pipe.report(), "out/report.json")   # the final one, "running": false
 
@@ -11,17 +11,19 @@ frames' path never waits for the disk; a report of a run still going says "runni
 """
 from __future__ import annotations
 
+import math
+import numbers
 import threading
 import time
-import warnings
 from pathlib import Path
 from typing import Callable, Optional
 
-from engine.errors import DbrtWarning
+from engine.errors import warn_caller
 
 from .metrics import write_report
 
 POLL_S = 1.0  # how often `turned` is asked (a new segment of the results files)
+EVERY_S = 60.0  # dbrt run's --report-every
 
 
 class LiveReport:
@@ -32,21 +34,36 @@ class LiveReport:
     nothing (a run not started yet: one that fails to start leaves no report that says it ran).
     A write that fails (a full disk) is said once (a DbrtWarning) and tried again the next time."""
 
-    def __init__(self, make: Callable[[], Optional[dict]], path, every: float,
+    def __init__(self, make: Callable[[], Optional[dict]], path, every: float = EVERY_S,
                  turned: Optional[Callable[[], object]] = None):
-        if not every > 0:  # also NaN
-            raise ValueError(f"LiveReport(every=) must be a number of seconds > 0, got {every!r}")
+        if not callable(make):
+            raise TypeError(f"LiveReport(make=) must be a function that returns the report, e.g. "
+                            f"pipe.report, got {make!r}")
+        if isinstance(every, bool) or not isinstance(every, numbers.Real):
+            raise TypeError(f"LiveReport(every=) must be a number of seconds, got {every!r}")
+        if not (every > 0 and math.isfinite(every)):  # NaN too; inf: a wait no clock can time
+            raise ValueError(f"LiveReport(every=) must be a finite number of seconds > 0, got {every!r}")
         self.make, self.path, self.every, self.turned = make, Path(path), float(every), turned
+        if not self.path.parent.is_dir():  # else a warning from its thread, naming a temp file
+            raise FileNotFoundError(f"LiveReport: no folder {self.path.parent} to write "
+                                    f"{self.path.name} into")
         self.written = 0  # reports written so far
         self.error: Optional[BaseException] = None  # the last write's failure, if it failed
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="live-report", daemon=True)
 
     def start(self) -> "LiveReport":
+        """Start rewriting the report (again, after a stop())."""
+        if self._thread.is_alive():
+            raise RuntimeError("this LiveReport is running already")
+        if self._thread.ident is not None:  # stopped: a thread starts once, its successor anew
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._loop, name="live-report", daemon=True)
         self._thread.start()
         return self
 
     def stop(self) -> None:
+        """Stop, after a write under way: nothing is written over the final report after it."""
         self._stop.set()
         if self._thread.ident is not None:
             self._thread.join()
@@ -64,7 +81,8 @@ class LiveReport:
             wait = due - time.monotonic()
             if self.turned is not None:
                 wait = min(wait, POLL_S)
-            if self._stop.wait(max(0.0, wait)):
+            # a wait past TIMEOUT_MAX (every=1e12, --report-every 1e12) is an OverflowError
+            if self._stop.wait(min(max(0.0, wait), threading.TIMEOUT_MAX)):
                 return
             now, latest = time.monotonic(), self._mark()
             if now >= due or latest != mark:
@@ -82,10 +100,11 @@ class LiveReport:
                 return False
             write_report(report, self.path)
         except Exception as exc:  # the run goes on; its final report says how it ended
-            if self.error is None:  # said once, not every time
-                warnings.warn(f"could not update {self.path} while the run goes on: {exc} "
-                              f"(tried again every {self.every:g} s)", DbrtWarning, stacklevel=2)
-            self.error = exc
+            first, self.error = self.error is None, exc
+            if first:  # said once, not every time; in its thread, a caller's "error" filter
+                # does not end it (warn_caller): no report would be written for the rest of the run
+                warn_caller(f"could not update {self.path} while the run goes on: {exc} "
+                            f"(tried again every {self.every:g} s)")
             return False
         self.error = None
         self.written += 1

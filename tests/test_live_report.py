@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import signal
 import threading
+import warnings
 
 import pytest
 
@@ -167,3 +168,93 @@ def test_a_report_says_whether_its_run_goes_on():
     assert metrics.report()["running"] is True
     metrics.finish()
     assert metrics.report()["running"] is False
+
+
+def test_a_pipelines_report_is_rewritten_as_the_docs_show(tmp_path, tiny_onnx):
+    """`LiveReport(pipe.report, path)` around `pipe.run()`, then the final report: reports of
+    the run going on say so and count no frame lost; nothing is written over the final one."""
+    from pipeline.detector import Detector
+    from pipeline.runner import Pipeline
+
+    video, path = write_video(tmp_path / "a.mp4", frames=4), tmp_path / "report.json"
+    pipe = Pipeline([video], Detector(tiny_onnx), close_detector=True)
+    live = LiveReport(pipe.report, path, every=0.01)
+    assert LiveReport(pipe.report, path).every == 60  # --report-every's default
+    during = []
+
+    def first_frame(*_):
+        if not during:
+            until(lambda: live.written, "a report during the run")
+            during.append(_report(path))
+
+    pipe.callbacks.append(first_frame)
+    with live:
+        pipe.run()
+    assert during[0]["running"] is True and during[0]["lost"] == 0
+    write_report(pipe.report(), path)
+    live.stop()  # again: nothing more
+    assert _report(path)["running"] is False and _report(path)["frames"] == 4
+
+
+@pytest.mark.parametrize("every, error", [
+    ("5", TypeError), (None, TypeError), (True, TypeError),
+    (float("inf"), ValueError), (float("nan"), ValueError), (-1, ValueError)])
+def test_a_bad_every_is_one_clear_error(tmp_path, every, error):
+    """A string or None failed on `>` between str and int; inf made the thread's wait an
+    OverflowError, the run going on without a report."""
+    with pytest.raises(error, match=r"^LiveReport\(every=\) must be a (finite )?number of seconds"):
+        LiveReport(lambda: {}, tmp_path / "report.json", every=every)
+
+
+def test_a_missing_folder_or_a_make_that_is_no_function_is_one_clear_error(tmp_path):
+    """A folder that is not there was a warning from the thread, later, naming a temp file."""
+    with pytest.raises(FileNotFoundError, match=r"^LiveReport: no folder .*nope to write "
+                                                r"report\.json into$"):
+        LiveReport(lambda: {}, tmp_path / "nope" / "report.json", every=1)
+    with pytest.raises(TypeError, match=r"^LiveReport\(make=\) must be a function"):
+        LiveReport({"running": True}, tmp_path / "report.json", every=1)
+
+
+def test_a_live_report_waits_past_any_clocks_limit(tmp_path, monkeypatch):
+    """every=1e12 (or --report-every 1e12): its wait past threading.TIMEOUT_MAX killed the
+    thread with an OverflowError."""
+    died = []
+    monkeypatch.setattr(threading, "excepthook", died.append)
+    live = LiveReport(lambda: {}, tmp_path / "report.json", every=1e12).start()
+    try:
+        live._stop.wait(0.2)  # what the thread does first: wait
+        assert live._thread.is_alive() and not died
+    finally:
+        live.stop()
+
+
+def test_a_live_report_starts_again_after_a_stop(tmp_path):
+    """A context used twice (a service's runs one after another) raised 'threads can only be
+    started once'."""
+    path = tmp_path / "report.json"
+    live = LiveReport(lambda: dict(running=True), path, every=0.01)
+    for run in (1, 2):
+        with live:
+            until(lambda: live.written >= run, f"a report of run {run}")
+            with pytest.raises(RuntimeError, match="running already"):
+                live.start()
+        assert not live._thread.is_alive()
+    live.stop()
+
+
+def test_a_callers_error_filter_does_not_end_the_rewriting(tmp_path):
+    """Under `-W error` (pytest's filterwarnings = error) the warning of one failed write was
+    raised in the thread, which died: no report was written for the rest of the run."""
+    path, tries = tmp_path / "report.json", []
+
+    def make():
+        tries.append(1)
+        if len(tries) == 1:
+            raise OSError("No space left on device")
+        return dict(running=True)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with LiveReport(make, path, every=0.01) as live:
+            until(lambda: live.written, "a report after the failed write", limit_s=5)
+    assert _report(path) == dict(running=True) and live.error is None

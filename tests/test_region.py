@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import warnings
 
 import cv2
 import numpy as np
@@ -247,6 +248,22 @@ def test_a_smaller_image_of_a_folder_the_region_misses_goes_on_unwatched(tmp_pat
             for frame, dets in Pipeline([str(tmp_path)], det):
                 found[frame.source.rsplit("/", 1)[-1]] = len(dets)
     assert found == {"a.png": 1, "b.png": 0}
+
+
+def test_a_callers_error_filter_does_not_end_a_run_at_a_size_the_region_misses(tmp_path):
+    """The warning is said in the run's post-processing thread: a caller's "error" filter
+    (`-W error`, pytest's filterwarnings) raised it there, ending every source of the run."""
+    from pipeline.runner import Pipeline
+    from pipeline.sources.images import ImageSource
+
+    cv2.imwrite(str(tmp_path / "a.png"), scene(100, 600, box=(10, 510, 40, 540)))
+    cv2.imwrite(str(tmp_path / "b.png"), scene(100, 200))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with Pipeline([ImageSource([str(tmp_path / "a.png"), str(tmp_path / "b.png")])],
+                      Detector(BrightPixelRunner(), roi=(500, 0, 50, 50)),
+                      close_detector=True) as pipe:
+            assert [len(detections) for _, detections in pipe] == [1, 0]
 
 
 def test_a_fraction_region_follows_each_frame_size():

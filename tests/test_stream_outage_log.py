@@ -3,9 +3,11 @@ one warning line when it is lost, one when it is back, one when it is given up w
 goes on; never a line per attempt, never a password. Real streams on 127.0.0.1."""
 from __future__ import annotations
 
+import importlib.machinery
 import json
 import re
 import signal
+import threading
 import warnings
 
 import pytest
@@ -89,6 +91,39 @@ def test_a_lost_stream_is_said_to_a_python_caller_each_time(monkeypatch):
     back = [s for s in said if s.startswith(f"{server.url} is back after ")]
     assert len(said) == 4 and len(lost) == 2 and len(back) == 2, said
     assert all(s.endswith("retrying it up to 20 times") for s in lost), said
+
+
+def _said_in_a_thread_of_dbrts(text: str) -> None:
+    """outages.say run as a stream's reader runs it: a thread whose stack is dbrt's alone."""
+    reader = threading.Thread(target=outages.say, args=(text,))
+    reader.start()
+    reader.join()
+
+
+def test_a_readers_warning_points_at_dbrt_and_a_filter_can_name_it():
+    """From a reader thread there is no caller's line: it pointed at threading.py (module
+    'threading', which a filter on module='pipeline' cannot name)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        _said_in_a_thread_of_dbrts("lost rtsp://cam/1 (x): retrying it for ever")
+        warnings.filterwarnings("ignore", category=DbrtWarning, module=r"pipeline\.")
+        _said_in_a_thread_of_dbrts("lost rtsp://cam/2 (x): retrying it for ever")
+    assert [str(w.message) for w in caught] == ["lost rtsp://cam/1 (x): retrying it for ever"]
+    assert caught[0].filename == outages.__file__ and caught[0].category is DbrtWarning
+
+
+def test_every_time_honours_a_callers_once_filter_and_any_main_module():
+    """`-W once` (a "once" filter) showed the same outage line every time; said from the code
+    of `python -c` or stdin (whose __main__'s loader has no source) it raised ImportError."""
+    code = compile("for _ in range(3): say('lost rtsp://cam/1 (x)')", "<string>", "exec")
+    main = {"__name__": "__main__", "__loader__": importlib.machinery.BuiltinImporter,
+            "say": outages.say}
+    for action, times in (("default", 3), ("once", 1)):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter(action)
+            exec(code, main)
+        assert [(w.filename, str(w.message)) for w in caught] == \
+            [("<string>", "lost rtsp://cam/1 (x)")] * times, action
 
 
 def test_a_stream_given_up_is_said_when_the_other_sources_go_on():

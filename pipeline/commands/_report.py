@@ -6,11 +6,11 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
+from pipeline.live_report import EVERY_S as REPORT_EVERY_S, LiveReport
+
 from ._network import outputs_counted
 from ._outputs import outputs_written
 from ._validate import at_least
-
-REPORT_EVERY_S = 60.0
 
 
 def add_report_argument(group) -> None:
@@ -35,7 +35,6 @@ def live_report(pipe, out: Path, args):
     --report-every 0); it ends before the final report is written."""
     if not args.report_every:
         return contextlib.nullcontext()
-    from pipeline.live_report import LiveReport
 
     def make():  # nothing before the run starts: a run that fails to start claims none
         return run_report(pipe, out) if pipe.metrics.t_start is not None else None

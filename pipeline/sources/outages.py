@@ -31,12 +31,9 @@ def duration(seconds: float) -> str:
 
 def say(message: str) -> None:
     """One warning each time it is said (the same words may be a new outage: Python's default
-    filter shows a warning once per text), its passwords left out. Said from a source's reader:
-    a caller's filter that turns warnings into errors must not end the stream there."""
-    try:
-        warn_caller(without_credentials(message), every_time=True)
-    except Warning:
-        pass
+    filter shows a warning once per text), its passwords left out. Said from a source's reader,
+    where a caller's filter that turns warnings into errors does not end the stream (warn_caller)."""
+    warn_caller(without_credentials(message), every_time=True)
 
 
 # a source's "lost" lines come at most this often: a stream that flaps (a timeout after each
