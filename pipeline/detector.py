@@ -266,10 +266,11 @@ class Detector:
                     streams: Optional[Sequence[int]] = None) -> List[Detections]:
         """Probability maps -> one Detections per frame, in frame pixels, but those mostly inside
         the ignore zones; `dropped`, a list, receives how many those were per frame. None in a
-        frame the region of interest misses (`sources`: the frames' sources, for its warning;
-        `streams`: which of a run's sources each frame is, if not told by `sources`)."""
+        frame the region of interest misses (`sources`: the frames' sources, for the warnings of
+        sizes the region or a zone misses; `streams`: which of a run's sources each frame is, if
+        not told by `sources`)."""
         found = self._watch.keep_watched(self.post(prob, letterboxes), letterboxes, sources, streams)
-        return self.ignore.drop_in_frames(found, letterboxes, dropped)
+        return self.ignore.drop_in_frames(found, letterboxes, dropped, sources, streams)
 
     def read(self, image: np.ndarray, detections: Detections) -> Detections:
         """The texts of `detections` in `image` when this detector reads (else them unchanged)."""

@@ -87,7 +87,8 @@ class DetectorSteps:
 
     def postprocess(self, batch: Batch) -> List[FrameResult]:
         options: dict = {}  # (a detector of one's own may take neither)
-        if getattr(self.detector, "roi", None) is not None:  # a frame it misses names its source
+        if getattr(self.detector, "roi", None) is not None or getattr(self.detector, "ignore", None):
+            # a frame the region or a zone misses names its source
             options["sources"] = [frame.source for frame in batch.frames]
             options["streams"] = [frame.stream for frame in batch.frames]  # images: one source
         if getattr(self.detector, "ignore", None):  # counted before reading and tracking

@@ -15,11 +15,11 @@ from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from engine.errors import ShapeError, warn_caller
+from engine.errors import ShapeError
 
 from .detections import Detections
 from .polygons import area_inside_boxes, polygon_area
-from .region import Region, RegionError
+from .region import Region, RegionError, SourcesMet
 
 FLAG = "--ignore"
 
@@ -36,8 +36,10 @@ class IgnoreZones:
 
     def __init__(self, zones: Sequence = ()):
         self.regions: Tuple[Region, ...] = tuple(_zone(z) for z in zones)
-        self._boxes: Dict[Tuple[int, int], np.ndarray] = {}  # frame (h, w) -> (k, 4) x0 y0 x1 y1
-        self._met = False  # frames of some size had every zone: the zones are no mistake
+        # frame (h, w) -> (k, 4) x0 y0 x1 y1 of the zones in it, and the zones it misses
+        self._boxes: Dict[Tuple[int, int], Tuple[np.ndarray, Tuple[Region, ...]]] = {}
+        self._sources = SourcesMet("nothing of them lies there to ignore; it is left out of "
+                                   "those frames")
 
     @classmethod
     def of(cls, value) -> "IgnoreZones":
@@ -70,48 +72,49 @@ class IgnoreZones:
         """What report.json records (model.ignore): each zone as given and its unit."""
         return [zone.describe() for zone in self.regions]
 
-    def boxes(self, frame_h: int, frame_w: int) -> np.ndarray:
-        """(k, 4) float64 x0, y0, x1, y1 of the zones in a frame of this size, clipped to it; a
-        RegionError naming --ignore when a zone leaves nothing of the first frames (a mistake).
-        Once frames of one size had every zone, a size that a zone misses (a camera that came
-        back at a lower resolution after a reconnect, a smaller image) leaves that zone out of
-        those frames, with a warning: nothing of them lies there to ignore, and a 24/7 run
-        ended by it lost every stream."""
+    def boxes(self, frame_h: int, frame_w: int, source=None, stream=None) -> np.ndarray:
+        """(k, 4) float64 x0, y0, x1, y1 of the zones in a frame of this size, clipped to it;
+        `source`: whose frame it is, `stream`: which of the run's sources (RegionWatch). A zone
+        that leaves nothing of a source's first frames is a RegionError naming --ignore and the
+        source (a mistake); once a source's frames had every zone, a size that a zone misses (a
+        camera back at a lower resolution after a reconnect, a smaller image) leaves that zone
+        out of those frames, with one warning per source and size: nothing of them lies there to
+        ignore, and a 24/7 run ended by it lost every stream (`SourcesMet`)."""
         key = (frame_h, frame_w)
-        boxes = self._boxes.get(key)
-        if boxes is None:
+        sized = self._boxes.get(key)
+        if sized is None:
             if len(self._boxes) >= 64:  # a folder of images of many sizes: keep it small
                 self._boxes.clear()
-            boxes = np.array([(x, y, x + w, y + h) for x, y, w, h in
-                              self._rects(frame_h, frame_w)], np.float64).reshape(-1, 4)
-            self._boxes[key] = boxes  # not read back: another thread may clear the cache now
-            self._met = True
+            sized = self._in_frame(frame_h, frame_w)
+            self._boxes[key] = sized  # not read back: another thread may clear the cache now
+        boxes, missing = sized
+        self._sources.check(missing, frame_h, frame_w, source, stream)
         return boxes
 
-    def _rects(self, frame_h: int, frame_w: int) -> List[Tuple[int, int, int, int]]:
-        rects = []
+    def _in_frame(self, frame_h: int, frame_w: int) -> Tuple[np.ndarray, Tuple[Region, ...]]:
+        rects, missing = [], []
         for zone in self.regions:
             try:
                 rects.append(zone.in_frame(frame_h, frame_w))
-            except RegionError as exc:
-                if not self._met:
-                    raise
-                warn_caller(f"{exc}; it is left out of those frames")
-        return rects
+            except RegionError:
+                missing.append(zone)
+        boxes = np.array([(x, y, x + w, y + h) for x, y, w, h in rects], np.float64).reshape(-1, 4)
+        return boxes, tuple(missing)
 
     def check_coded_size(self, width: int, height: int) -> None:
         """Before a video's first frame: a zone that misses its frames is a RegionError."""
         for zone in self.regions:
             zone.check_coded_size(width, height)
 
-    def inside(self, detections: Detections, frame_h: int, frame_w: int) -> np.ndarray:
+    def inside(self, detections: Detections, frame_h: int, frame_w: int, source=None,
+               stream=None) -> np.ndarray:
         """(n,) booleans: which detections lie mostly inside the zones. Cheap: bounding boxes
         sort out, at once, those that miss every zone (most) and those wholly in one zone; only
         the rest have their area inside the zones' union clipped (pyclipper)."""
         mask = np.zeros(len(detections), bool)
         if not self.regions:
             return mask
-        zones = self.boxes(frame_h, frame_w)  # a zone the frame misses is an error at once
+        zones = self.boxes(frame_h, frame_w, source, stream)  # checked with no detections too
         if not len(detections):
             return mask
         xyxy = detections.boxes_xyxy.astype(np.float64)
@@ -124,23 +127,27 @@ class IgnoreZones:
             mask[i] = area > 0 and area_inside_boxes(polygon, zones[meets[i]]) >= MOSTLY_INSIDE * area
         return mask
 
-    def drop(self, detections: Detections, frame_h: int, frame_w: int) -> Tuple[Detections, int]:
+    def drop(self, detections: Detections, frame_h: int, frame_w: int, source=None,
+             stream=None) -> Tuple[Detections, int]:
         """The detections without those mostly inside the zones, and how many those were."""
-        inside = self.inside(detections, frame_h, frame_w)
+        inside = self.inside(detections, frame_h, frame_w, source, stream)
         count = int(inside.sum())
         return (detections[~inside] if count else detections), count
 
     def drop_in_frames(self, found: Sequence[Detections], letterboxes,
-                       dropped: Optional[list] = None) -> List[Detections]:
+                       dropped: Optional[list] = None, sources: Optional[Sequence] = None,
+                       streams: Optional[Sequence] = None) -> List[Detections]:
         """`drop` on each frame's detections (the letterboxes give the frame sizes); `dropped`,
-        a list, receives each frame's count."""
+        a list, receives each frame's count; `sources`, `streams`: whose each frame is (`boxes`)."""
         if not self.regions:  # every frame of a run without --ignore comes here: nothing to do
             if dropped is not None:
                 dropped.extend([0] * len(found))
             return list(found)
         kept = []
-        for detections, box in zip(found, letterboxes):
-            detections, count = self.drop(detections, box.frame_h, box.frame_w)
+        for i, (detections, box) in enumerate(zip(found, letterboxes)):
+            detections, count = self.drop(detections, box.frame_h, box.frame_w,
+                                          None if sources is None else sources[i],
+                                          None if streams is None else streams[i])
             kept.append(detections)
             if dropped is not None:
                 dropped.append(count)

@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from collections import Counter, deque
-from typing import Callable, Dict, Iterable, Optional, TextIO
+from typing import Callable, Dict, Iterable, List, Optional, TextIO
 
 import numpy as np
 
@@ -225,17 +225,29 @@ def format_summary(report: dict) -> str:
         lines.append(f"  {server['url']}: {server['failed_requests']} failed requests, "
                      f"{server['reconnects']} reconnects")
     for src in report.get("sources", []):
-        if src.get("reconnects") or src.get("dropped"):
-            lines.append(f"  {src['name']}: {src['dropped']} dropped, {src['reconnects']} reconnects")
-        if src.get("connect_attempts", 0) > 1:  # down when the run started
-            lines.append(f"  {src['name']}: down at the start, {src['connect_attempts']} connect "
-                         f"attempts{'' if src.get('read') else ', no frame received'}")
-        elif src.get("live") and not src.get("read"):  # stopped during its first connect (a
-            lines.append(f"  {src['name']}: no frame received")  # silent host) or first frame
-        if src.get("hwaccel") and src.get("decoder") == "software":  # NVDEC asked for, not used
-            why = next((e for e in src.get("events", []) if e.startswith("NVDEC")), "")
-            lines.append(f"  {src['name']}: {why or 'decoded in software'}")
+        lines.extend(f"  {src['name']}: {line}" for line in _source_lines(src))
     return "\n".join(lines)
+
+
+def _source_lines(src: dict) -> List[str]:
+    """What the summary says of one source (nothing of one that went as it should)."""
+    lines = []
+    # a live stream whose reconnects (or a first connect's retries) ran out while others went
+    # on: said on its first line, as stderr and report.json ("failed") say it
+    given_up = ", given up" if src.get("live") and src.get("state") == "failed" else ""
+    down_at_start = src.get("connect_attempts", 0) > 1
+    if src.get("reconnects") or src.get("dropped") or (given_up and not down_at_start):
+        lines.append(f"{src['dropped']} dropped, {src['reconnects']} reconnects{given_up}")
+        given_up = ""
+    if down_at_start:
+        lines.append(f"down at the start, {src['connect_attempts']} connect attempts"
+                     f"{'' if src.get('read') else ', no frame received'}{given_up}")
+    elif src.get("live") and not src.get("read"):  # stopped during its first connect (a
+        lines.append("no frame received")  # silent host) or first frame
+    if src.get("hwaccel") and src.get("decoder") == "software":  # NVDEC asked for, not used
+        why = next((e for e in src.get("events", []) if e.startswith("NVDEC")), "")
+        lines.append(why or "decoded in software")
+    return lines
 
 
 class Progress:

@@ -109,10 +109,14 @@ class Region:
         x0, x1 = self._span(self.x, self.w, frame_w)
         y0, y1 = self._span(self.y, self.h, frame_h)
         if x1 <= x0 or y1 <= y0:
-            what = "watched" if self.flag == "--roi" else "ignored"
-            raise RegionError(self, f"{self.missed(frame_h, frame_w)}: nothing of them would be "
-                                    f"{what}", self.flag)
+            raise self.nothing_of(frame_h, frame_w)
         return x0, y0, x1 - x0, y1 - y0
+
+    def nothing_of(self, frame_h: int, frame_w: int, whose: str = "this run") -> RegionError:
+        """The error of a region that leaves nothing of frames of this size (`whose` they are)."""
+        what = "watched" if self.flag == "--roi" else "ignored"
+        return RegionError(self, f"{self.missed(frame_h, frame_w, whose)}: nothing of them would "
+                                 f"be {what}", self.flag)
 
     def missed(self, frame_h: int, frame_w: int, whose: str = "this run") -> str:
         """Why the region leaves nothing of frames of this size (`whose` frames they are)."""
@@ -143,25 +147,56 @@ class Region:
 _UNSEEN = object()
 
 
+class SourcesMet:
+    """What a frame size that a region (the region of interest, an ignore zone) leaves nothing
+    of means, decided per source, not by which camera of a run happened to deliver first: a
+    mistake in the flag, the region's RegionError naming the source, when that source's frames
+    never had it; else a size the source went on to (a camera back at a lower resolution after
+    a reconnect, a smaller image of a folder), whose frames go on, said in one warning per
+    region, source and size. A frame's source is its stream where the run says it (a folder's
+    images are one source), else its source's name; frames whose source is not said (a Python
+    caller's, None) stand for every source."""
+
+    def __init__(self, goes_on: str):
+        self.goes_on = goes_on  # what the warning says becomes of such frames
+        self._met: set = set()  # sources (None: not said) whose frames had every region
+        self._warned: set = set()  # (region, source, h, w) of frames whose warning was given
+
+    def check(self, missing: Sequence[Region], frame_h: int, frame_w: int, source=None,
+              stream=None) -> bool:
+        """Whether frames of this size of `source` (`stream`: which of the run's it is) had
+        every region, none being `missing`; a RegionError when their source's frames never did."""
+        which = source if stream is None else stream
+        if not missing:
+            self._met.add(which)
+            return True
+        whose = "this run" if source is None else without_credentials(str(source))
+        if which not in self._met and None not in self._met:
+            raise missing[0].nothing_of(frame_h, frame_w, whose)
+        for region in missing:
+            key = (region, source, frame_h, frame_w)
+            if key not in self._warned:
+                self._warned.add(key)
+                warn_caller(f"{region.flag} {region}: {region.missed(frame_h, frame_w, whose)}: "
+                            f"{self.goes_on}")
+        return False
+
+
 class RegionWatch:
     """A Detector's region of interest over the frame sizes it meets (none: all of every frame).
 
     A region that leaves nothing of a source's first frames is the RegionError of
-    `Region.in_frame` (a mistake in --roi), whichever source's frames come first: decided per
-    source, not by which camera of a run happened to deliver first. Once frames of a source had
-    it, a size it misses (a camera back at a lower resolution after a reconnect, a smaller
-    image) is not an error that ends every stream of the run: nothing of those frames is
-    watched. They go through the network whole (they hold their place in a batch) and no
-    detection of theirs is kept, with one warning per source and size; keeping them instead
-    would publish text from the parts of the view that the region leaves out. A region partly
-    outside is clipped to the frames, whatever their size. Frames whose source is not said (a
-    Python caller's, `None`) stand for every source."""
+    `Region.in_frame` (a mistake in --roi); once frames of a source had it, a size it misses is
+    not an error that ends every stream of the run: nothing of those frames is watched
+    (`SourcesMet`). They go through the network whole (they hold their place in a batch) and no
+    detection of theirs is kept; keeping them instead would publish text from the parts of the
+    view that the region leaves out. A region partly outside is clipped to the frames, whatever
+    their size."""
 
     def __init__(self, region: Optional[Region]):
         self.region = region
         self._boxes: Dict[Tuple[int, int], Optional[Box]] = {}  # frame (h, w) -> box or None
-        self._warned: set = set()  # (source, h, w) of frames whose warning was given
-        self._met: set = set()  # sources (None: not said) whose frames had the region
+        self._sources = SourcesMet("nothing of them is watched (they go on, without detections)")
 
     def box(self, frame_h: int, frame_w: int) -> Optional[Box]:
         """The region in frames of this size, clipped to them; None for all of the frame (no
@@ -193,28 +228,10 @@ class RegionWatch:
             return list(found)
         kept = []
         for i, (detections, box) in enumerate(zip(found, letterboxes)):
-            source = None if sources is None else sources[i]
-            which = source if streams is None else streams[i]
-            if self.watches(box.frame_h, box.frame_w):
-                self._met.add(which)
-            elif which in self._met or None in self._met:
-                self._warn(source, box.frame_h, box.frame_w)
+            missing = () if self.watches(box.frame_h, box.frame_w) else (self.region,)
+            if not self._sources.check(missing, box.frame_h, box.frame_w,
+                                       None if sources is None else sources[i],
+                                       None if streams is None else streams[i]):
                 detections = detections[:0]
-            else:
-                self._refuse(source, box.frame_h, box.frame_w)
             kept.append(detections)
         return kept
-
-    def _refuse(self, source, frame_h: int, frame_w: int) -> None:
-        whose = "this run" if source is None else without_credentials(str(source))
-        raise RegionError(self.region, f"{self.region.missed(frame_h, frame_w, whose)}: nothing "
-                                       "of them would be watched", self.region.flag)
-
-    def _warn(self, source, frame_h: int, frame_w: int) -> None:
-        key = (source, frame_h, frame_w)
-        if key in self._warned:
-            return
-        self._warned.add(key)
-        whose = "this run" if source is None else without_credentials(str(source))
-        warn_caller(f"{self.region.flag} {self.region}: {self.region.missed(frame_h, frame_w, whose)}"
-                    ": nothing of them is watched (they go on, without detections)")

@@ -17,7 +17,7 @@ from pipeline.draw import IgnoreAnnotator, RegionAnnotator, region_annotators
 from pipeline.ignore import IgnoreZones
 from pipeline.region import Region, RegionError
 
-from test_detector import BrightPixelRunner
+from test_detector import BrightPixelRunner, scene
 
 
 def _quad(x0, y0, x1, y1):
@@ -129,6 +129,54 @@ def test_a_later_frame_size_a_zone_misses_leaves_it_out_with_a_warning_not_an_er
     assert zones.boxes(80, 160).tolist() == [[0, 0, 40, 20]]
     assert zones.boxes(168, 320).tolist() == [[250, 0, 320, 40], [0, 0, 40, 20]]
 
+
+
+def test_a_source_whose_first_frames_a_zone_misses_is_refused_whichever_comes_first():
+    """Two cameras, the second smaller than a pixel zone: the run ended with the --ignore error
+    when the small one's frames came first, and went on with a warning when the large one's
+    did, by chance of which camera answered first. It is decided per source (as --roi is): the
+    small camera's first frames are the error, naming it, in either order."""
+    large, small = ("rtsp://cam/large", scene(100, 600)), ("rtsp://user:secret@cam/small",
+                                                          scene(100, 200))
+    for first, second in ((large, small), (small, large)):
+        with Detector(BrightPixelRunner(), ignore=["500,0,50,50"]) as det:
+            batch, letterboxes = det.prepare([first[1], second[1]])
+            with pytest.raises(ShapeError) as caught:
+                det.postprocess(det.infer(batch), letterboxes, sources=[first[0], second[0]])
+        assert str(caught.value) == ("--ignore 500,0,50,50: the region lies outside the 200x100 "
+                                     "frames (W x H) of rtsp://cam/small: nothing of them would "
+                                     "be ignored")
+
+
+def test_each_source_whose_later_frames_a_zone_misses_is_named_once_per_size():
+    with Detector(BrightPixelRunner(), ignore=["500,0,50,50", "0,0,20,20"]) as det:
+        det.detect(scene(100, 600))
+        batch, letterboxes = det.prepare([scene(100, 200)] * 3)
+        prob = det.infer(batch)
+        sources = ["rtsp://cam/1", "rtsp://user:secret@cam/2", "rtsp://cam/1"]
+        with pytest.warns(DbrtWarning) as caught:
+            for _ in range(2):
+                found = det.postprocess(prob, letterboxes, sources=sources)
+        assert [len(d) for d in found] == [1, 1, 1]  # the other zone still applies (it misses)
+    assert [str(w.message) for w in caught] == [
+        f"--ignore 500,0,50,50: the region lies outside the 200x100 frames (W x H) of {name}: "
+        "nothing of them lies there to ignore; it is left out of those frames"
+        for name in ("rtsp://cam/1", "rtsp://cam/2")]  # no password in the console
+
+
+def test_a_smaller_image_of_a_folder_a_zone_misses_goes_on_without_it(tmp_path):
+    """A folder is one source, whose images each name their frames: a smaller image that the
+    zone misses after a larger one is no mistake in --ignore; the warning names the image."""
+    from pipeline.runner import Pipeline
+
+    cv2.imwrite(str(tmp_path / "a.png"), scene(100, 600, box=(10, 510, 40, 540)))  # in the zone
+    cv2.imwrite(str(tmp_path / "b.png"), scene(100, 200))
+    found = {}
+    with Detector(BrightPixelRunner(), ignore=["500,0,50,50"]) as det:
+        with pytest.warns(DbrtWarning, match=r"outside the 200x100 frames \(W x H\) of .*b\.png"):
+            for frame, dets in Pipeline([str(tmp_path)], det):
+                found[frame.source.rsplit("/", 1)[-1]] = len(dets)
+    assert found == {"a.png": 0, "b.png": 1}
 
 # -- the Detector ----------------------------------------------------------------------------------
 def _blocks() -> np.ndarray:

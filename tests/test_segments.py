@@ -260,6 +260,23 @@ def test_dbrt_run_writes_segments_that_add_up_to_the_unsegmented_run(tmp_path, c
     assert not (out / "detections.jsonl").exists() and not (out / "annotated.mp4").exists()
 
 
+
+def test_the_summary_says_the_older_segments_removed_are_of_every_file():
+    """The count of older segments deleted is of all the run's segmented files (detections,
+    events, videos); printed beside the last file as '17 older removed', it read as that
+    file's."""
+    from pipeline.commands._segments import results_named
+
+    def named(removed: int) -> str:
+        return results_named(dict(jsonl=["d1", "d2"], events=["e1"], segments=dict(
+            seconds=3600, keep=2, removed=removed)), Path("out"))
+
+    assert named(17) == ("out/detections-<UTC start>.jsonl (2 segments), out/events-<UTC start>"
+                         ".jsonl (1 segment, every 3600 s, the newest 2 kept, 17 older segment "
+                         "files of all kinds removed)")
+    assert named(1).endswith(", 1 older segment file of all kinds removed)")
+    assert named(0).endswith("(1 segment, every 3600 s, the newest 2 kept)")
+
 def test_keep_segments_deletes_the_oldest_an_earlier_runs_too(tmp_path, clip, tiny_onnx,
                                                              monkeypatch, capsys):
     """A restarted service goes on with its series: the earlier run's segments are kept and
@@ -276,7 +293,8 @@ def test_keep_segments_deletes_the_oldest_an_earlier_runs_too(tmp_path, clip, ti
     assert _run(clip, out, tiny_onnx, "--segment-time", "2", "--keep-segments", "8") == 0
     printed = capsys.readouterr()
     assert "removed the earlier run's" not in printed.err
-    assert "every 2 s, the newest 8 kept, 12 older removed)" in printed.out.splitlines()[-1]
+    assert "every 2 s, the newest 8 kept, 12 older segment files of all kinds removed)" in \
+        printed.out.splitlines()[-1]  # 6 of the detections, 6 of the video
     names = sorted(p.name for p in out.glob("detections-*.jsonl"))
     assert names[0] == [n for n in first if n.startswith("detections")][-1]  # the earlier run's
     assert len(names) == 8 and len(list(out.glob("annotated-*.mp4"))) == 8

@@ -277,6 +277,30 @@ def test_the_summary_names_a_stream_stopped_during_its_first_connect():
         summary(connect_attempts=3)
 
 
+
+def test_the_summary_says_a_stream_was_given_up():
+    """A stream whose reconnects ran out while the others went on: stderr and report.json say
+    it was given up (state "failed"); the summary said only '4 dropped, 1 reconnects', or
+    nothing of one lost at once, and nothing of one that never came up but its attempts."""
+    from pipeline.metrics import Metrics, format_summary
+
+    def summary(**source) -> list:
+        counts = dict(name="rtsp://cam/1", live=True, read=50, dropped=0, reconnects=0,
+                      connect_attempts=1, state="failed")
+        return format_summary(Metrics().report(sources=[{**counts, **source}])).splitlines()
+
+    assert "  rtsp://cam/1: 4 dropped, 1 reconnects, given up" in summary(dropped=4, reconnects=1)
+    assert "  rtsp://cam/1: 0 dropped, 0 reconnects, given up" in summary()
+    assert [line for line in summary(read=0, connect_attempts=3) if "cam/1" in line] == [
+        "  rtsp://cam/1: down at the start, 3 connect attempts, no frame received, given up"]
+    assert [line for line in summary(dropped=2, connect_attempts=3) if "cam/1" in line] == [
+        "  rtsp://cam/1: 2 dropped, 0 reconnects, given up",
+        "  rtsp://cam/1: down at the start, 3 connect attempts"]
+    assert "  rtsp://cam/1: 4 dropped, 1 reconnects" in summary(dropped=4, reconnects=1,
+                                                                state="stopped")
+    assert not any("given up" in line for line in summary(state="stopped") +
+                   summary(live=False, state="failed"))  # a file that broke: the run's error
+
 def test_the_annotated_video_of_a_stream_that_came_up_late_has_its_rate(tmp_path, tiny_onnx):
     """The sinks are made before the stream comes up: its annotated video was made at 25 FPS
     (the rate of a source that does not know its own) whatever the stream's rate."""

@@ -53,13 +53,16 @@ def run_segments(args, inputs=()):
 def results_named(outputs: dict, out: Path) -> str:
     """The results files of the summary's last line: `out/detections.jsonl, out/events.jsonl`,
     or for a segmented run `out/detections-<UTC start>.jsonl (7 segments), ...`, how long they
-    are and what was kept."""
+    are and what was kept; the count of older segments deleted is of all the run's segmented
+    files (videos too), said once, after the last."""
     jsonl, events = outputs.get("jsonl"), outputs.get("events")
     if "segments" not in outputs:
         return f"{jsonl}" + (f", {events}" if events else "")
     told = outputs["segments"]
     kept = f", the newest {told['keep']} kept" if told["keep"] else ""
-    removed = f", {told['removed']} older removed" if told["removed"] else ""
+    count = told["removed"]
+    removed = (f", {count} older segment file{'' if count == 1 else 's'} of all kinds removed"
+               if count else "")
     series = [(jsonl, "detections.jsonl")] + ([(events, "events.jsonl")] if events is not None else [])
     named = [f"{out / Path(name).stem}-<UTC start>{Path(name).suffix} ({len(files)} "
              f"segment{'' if len(files) == 1 else 's'}" for files, name in series]
