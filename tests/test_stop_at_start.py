@@ -176,3 +176,14 @@ def test_a_stop_during_the_start_ends_a_gstreamer_sources_child(tmp_path, tiny_o
     assert err.splitlines() == ["dbrt run: stopped (SIGTERM) while starting: opening the sources"]
     assert children and not any(os.path.exists(f"/proc/{child}") for child in children)
     connection.close()
+
+
+def test_the_watcher_says_no_second_stop_line(monkeypatch, capfd):
+    """The main thread said the stop as the watcher's time ran out: both printed it."""
+    exits = []
+    monkeypatch.setattr(os, "_exit", exits.append)
+    with StartSignals(force_after=30) as start:
+        assert start.say_stopped(signal.SIGTERM) == 143
+        start._force(signal.SIGTERM, start.phase)  # the watcher, a moment later
+    assert capfd.readouterr().err.splitlines() == ["dbrt run: stopped (SIGTERM) while starting: starting"]
+    assert exits == []

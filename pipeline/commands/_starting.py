@@ -47,6 +47,7 @@ class StartSignals:
         self.phase = "starting"
         self.received: List[int] = []  # recorded by the handler, in the main thread
         self._sources: list = []
+        self._saying = threading.Lock()  # one stop line: the main thread's or the watcher's
         self._taken = False  # the run's handlers took the signals recorded
         self._over = threading.Event()  # the start ended: the watcher ends
         self._heard, self._first_heard = 0, signal.SIGINT  # signals the watcher heard
@@ -81,7 +82,8 @@ class StartSignals:
     def end(self) -> None:
         """The start is over (stopped, failed, or the run about to start): the watcher ends;
         the handlers stay until the `with` ends (the run's own pass signals on to them)."""
-        self._over.set()
+        with self._saying:  # a forced exit under way ends the process first
+            self._over.set()
         if self._wakeup is not None:
             signal.set_wakeup_fd(self._previous_fd if self._previous_fd is not None else -1)
             self._wakeup[1].close()  # the watcher's read ends
@@ -118,7 +120,9 @@ class StartSignals:
 
     def say_stopped(self, signum: int) -> int:
         """The line of a start that stopped; the exit status (128 + the signal)."""
-        print(stopped_line(signum, self.phase), file=sys.stderr)
+        with self._saying:  # the watcher forcing the exit meanwhile says it, and only it
+            self._over.set()
+            print(stopped_line(signum, self.phase), file=sys.stderr)
         return 128 + signum
 
     def check(self) -> None:
@@ -157,9 +161,10 @@ class StartSignals:
                 pass
 
     def _force(self, signum: int, phase: str) -> None:
-        if self._over.is_set():
-            return
-        self._close_sources()  # ends their child processes (gst-launch) and connections
-        os.write(sys.stderr.fileno(), (stopped_line(signum, phase) + "\n").encode())
-        os._exit(128 + signum)
+        with self._saying:  # held until the process ends
+            if self._over.is_set():  # the main thread ended the start, or said the stop
+                return
+            self._close_sources()  # ends their child processes (gst-launch) and connections
+            os.write(sys.stderr.fileno(), (stopped_line(signum, phase) + "\n").encode())
+            os._exit(128 + signum)
 
