@@ -11,6 +11,8 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
+import sys
 import time
 
 import pytest
@@ -21,7 +23,7 @@ from pipeline.runner import Pipeline
 from pipeline.shipped import DEMO_VIDEO
 
 from media import FakeDetector
-from serve_helpers import dbrt
+from serve_helpers import REPO, dbrt
 
 EARLIER = '{"earlier": "run"}'
 
@@ -174,6 +176,47 @@ def test_a_stop_during_the_start_ends_a_gstreamer_sources_child(tmp_path, tiny_o
         server.close()
     assert proc.returncode == 143, err
     assert err.splitlines() == ["dbrt run: stopped (SIGTERM) while starting: opening the sources"]
+    assert children and not any(os.path.exists(f"/proc/{child}") for child in children)
+    connection.close()
+
+
+STUCK_IN_THE_OUTPUTS = """import sys, threading
+from pipeline.cli import main
+from pipeline.commands import run
+
+def stuck(pipe, out, args):  # a sink whose start never returns (a handler only records)
+    print("making the outputs", flush=True)
+    threading.Event().wait()
+
+run._sinks = stuck
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.skipif(shutil.which("gst-launch-1.0") is None or not os.path.isdir("/proc"),
+                    reason="no gst-launch-1.0, or no /proc")
+def test_a_forced_exit_while_the_outputs_start_ends_a_gstreamer_sources_child(tmp_path, tiny_onnx):
+    """The Pipeline owned the sources: the forced exit closed none, and gst-launch-1.0 (in a
+    session of its own, waiting for its next frame) went on running."""
+    server = _silent_server()
+    spec = (f"gst:tcpclientsrc host=127.0.0.1 port={server.getsockname()[1]} ! "
+            "rawvideoparse width=8 height=4 format=bgr")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-c", STUCK_IN_THE_OUTPUTS, "run", spec, "--model",
+                             str(tiny_onnx), "--quiet", "--no-video", "-o", str(tmp_path / "out")],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        server.settimeout(30)
+        connection, _ = server.accept()
+        connection.sendall(bytes(8 * 4 * 3))  # its first frame: the source is open
+        assert proc.stdout.readline() == "making the outputs\n"
+        children = _children(proc.pid)
+        printed, err = _stop(proc, signal.SIGTERM, signal.SIGINT, signal.SIGTERM)
+    finally:
+        server.close()
+    assert proc.returncode == 143, err
+    assert err.splitlines() == ["dbrt run: stopped (SIGTERM) while starting: starting the outputs "
+                                "(at once: a third signal)"]
     assert children and not any(os.path.exists(f"/proc/{child}") for child in children)
     connection.close()
 

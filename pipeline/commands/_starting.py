@@ -29,6 +29,9 @@ from pipeline.interrupts import Interrupted
 
 # within docker stop's 10 s before SIGKILL, and long enough for a start between two steps
 FORCE_AFTER_S = 2.0
+# a forced exit waits at most this long for the sources it closes to end their child processes
+# (a gst: source's gst-launch-1.0 is ended by a thread of its own, which the exit would end)
+CLOSE_WITHIN_S = 3.0
 
 
 def stopped_line(signum: int, phase: str) -> str:
@@ -46,7 +49,8 @@ class StartSignals:
         self.force_after = force_after
         self.phase = "starting"
         self.received: List[int] = []  # recorded by the handler, in the main thread
-        self._sources: list = []
+        self._sources: list = []  # being opened: a first signal closes them
+        self._owned: list = []  # the Pipeline's: closed only by a forced exit (their children)
         self._saying = threading.Lock()  # one stop line: the main thread's or the watcher's
         self._taken = False  # the run's handlers took the signals recorded
         self._over = threading.Event()  # the start ended: the watcher ends
@@ -107,9 +111,10 @@ class StartSignals:
         if self.received or self._heard:
             self._close_sources()
 
-    def outputs(self) -> None:
-        """The Pipeline owns the sources: a stop from here on is the run's (`take_pending`)."""
-        self.phase, self._sources = "starting the outputs", []
+    def outputs(self, sources) -> None:
+        """The Pipeline owns the sources: a stop from here on is the run's (`take_pending`),
+        but a forced exit still closes them (a gst: source's gst-launch-1.0 would outlive it)."""
+        self.phase, self._sources, self._owned = "starting the outputs", [], list(sources)
 
     def stopped_by(self, error: BaseException) -> Optional[int]:
         """The signal that stopped the start, if one did: one these handlers received, or one
@@ -153,18 +158,25 @@ class StartSignals:
                 elif self._heard >= 3:
                     return self._force(signum, f"{self.phase} (at once: a third signal)")
 
-    def _close_sources(self) -> None:
-        for source in self._sources:
+    def _close_sources(self, owned=(), wait: float = 0.0) -> None:
+        sources = self._sources + list(owned)
+        for source in sources:
             try:
                 source.close()
             except Exception:  # noqa: BLE001 - the others are closed all the same
+                pass
+        deadline = time.monotonic() + wait
+        for source in sources if wait else ():
+            try:
+                source.join(max(0.0, deadline - time.monotonic()))  # its reader: the child ended
+            except Exception:  # noqa: BLE001 - no reader to wait for
                 pass
 
     def _force(self, signum: int, phase: str) -> None:
         with self._saying:  # held until the process ends
             if self._over.is_set():  # the main thread ended the start, or said the stop
                 return
-            self._close_sources()  # ends their child processes (gst-launch) and connections
+            self._close_sources(self._owned, wait=CLOSE_WITHIN_S)  # ends their children (gst-launch)
             os.write(sys.stderr.fileno(), (stopped_line(signum, phase) + "\n").encode())
             os._exit(128 + signum)
 

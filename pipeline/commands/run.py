@@ -302,7 +302,7 @@ def build_pipeline(args, start):
     out = Path(args.output)
     try:
         start.check()  # a stop during the model load: no web view, broker or file is started
-        start.outputs()  # a stop from here on is the run's, which owns the sources
+        start.outputs(pipe.sources)  # a stop from here on is the run's, which owns the sources
         if not args.no_video:
             refuse_video_over_input(pipe, out)
         pipe.sinks.extend(_sinks(pipe, out, args))
