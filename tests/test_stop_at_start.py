@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -219,6 +220,36 @@ def test_a_forced_exit_while_the_outputs_start_ends_a_gstreamer_sources_child(tm
                                 "(at once: a third signal)"]
     assert children and not any(os.path.exists(f"/proc/{child}") for child in children)
     connection.close()
+
+
+def test_a_stop_while_the_report_is_written_still_ends_as_stopped(monkeypatch, tmp_path, capsys):
+    """SIGTERM after the run's handlers were restored (its report being written) was recorded
+    and ignored: exit 0, as if the run had not been stopped."""
+    from pipeline.cli import main
+    from pipeline.commands import run
+
+    def finish(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # recorded before the next line runs
+        finished(*args, **kwargs)
+
+    finished = run.finish
+    monkeypatch.setattr(run, "finish", finish)
+    monkeypatch.setattr(run, "build_pipeline", _a_pipeline_of(FakeDetector()))
+    out = tmp_path / "out"
+    assert main(["run", str(DEMO_VIDEO), "--max-frames", "2", "--quiet", "-o", str(out)]) == 143
+    assert json.loads((out / "report.json").read_text())["frames"] == 2  # the report is whole
+    assert capsys.readouterr().err.splitlines()[-1] == "dbrt: terminated"
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+def _a_pipeline_of(detector):
+    def build_pipeline(args, start):
+        pipe = Pipeline([str(DEMO_VIDEO)], detector, max_frames=args.max_frames,
+                        stop_signals=(signal.SIGINT, signal.SIGTERM))
+        Path(args.output).mkdir()
+        return pipe, None, Path(args.output)
+
+    return build_pipeline
 
 
 def test_the_watcher_says_no_second_stop_line(monkeypatch, capfd):

@@ -14,6 +14,9 @@ the line and ends the process itself.
 Once the Pipeline exists its StopSignals take over, and the signals recorded meanwhile with
 them (`take_pending`): such a run stops before its first frame and writes its report, as any
 run stopped at once does.
+A signal once the run's handlers are restored again (its report being written) ends the
+command as stopped too (`check_after_the_run`): a service manager's stop is not said to be a
+run that ended by itself.
 """
 from __future__ import annotations
 
@@ -53,6 +56,7 @@ class StartSignals:
         self._owned: list = []  # the Pipeline's: closed only by a forced exit (their children)
         self._saying = threading.Lock()  # one stop line: the main thread's or the watcher's
         self._taken = False  # the run's handlers took the signals recorded
+        self._taken_count = 0  # how many: those after came once the run's were restored
         self._over = threading.Event()  # the start ended: the watcher ends
         self._heard, self._first_heard = 0, signal.SIGINT  # signals the watcher heard
         self._previous: dict = {}
@@ -101,8 +105,15 @@ class StartSignals:
     def take_pending(self) -> List[int]:
         """For the run's StopSignals as they are installed: the signals it is now to handle."""
         pending = [] if self._taken else list(self.received)
-        self._taken = True
+        self._taken, self._taken_count = True, len(self.received)
         return pending
+
+    def check_after_the_run(self) -> None:
+        """A signal received once the run's handlers were restored (its report being written):
+        the run ended, but was stopped all the same (a service manager's stop): 143 / 130."""
+        late = self.received[self._taken_count:] if self._taken else []
+        if late:
+            raise Interrupted(late[0])
 
     def watch(self, sources) -> None:
         """The sources being opened: a stop closes them (their first connects are not waited
