@@ -261,3 +261,44 @@ def test_the_watcher_says_no_second_stop_line(monkeypatch, capfd):
         start._force(signal.SIGTERM, start.phase)  # the watcher, a moment later
     assert capfd.readouterr().err.splitlines() == ["dbrt run: stopped (SIGTERM) while starting: starting"]
     assert exits == []
+
+
+LOADING_SLOWLY = """import runpy, sys
+
+class Slowly:  # the command's modules load until the test says so (a busy machine)
+    def find_spec(self, name, path=None, target=None):
+        if name == "pipeline.cli":
+            sys.meta_path.remove(self)
+            print("loading", flush=True)
+            sys.stdin.readline()
+
+sys.meta_path.insert(0, Slowly())
+runpy.run_module("pipeline", run_name="__main__", alter_sys=True)  # python -m pipeline
+"""
+
+
+@pytest.mark.parametrize("signum, code, line", [(signal.SIGTERM, 143, "dbrt: terminated"),
+                                                (signal.SIGINT, 130, "dbrt: interrupted")])
+def test_a_stop_while_the_command_loads_says_one_line(signum, code, line):
+    """The first 0.4-1 s, before `dbrt run` had handlers: SIGTERM killed it without a word
+    (exit -15), Ctrl-C printed a KeyboardInterrupt traceback."""
+    proc = subprocess.Popen([sys.executable, "-c", LOADING_SLOWLY, "run", "--help"], cwd=REPO,
+                            env=dict(os.environ, PYTHONPATH=str(REPO)), stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "loading\n"
+        proc.send_signal(signum)
+        printed, err = proc.communicate("go on\n", timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert (proc.returncode, err.splitlines(), printed) == (code, [line], "")
+
+
+def test_importing_the_package_leaves_a_programs_signal_handlers_alone():
+    code = ("import signal, sys; import pipeline; from pipeline import Detections; "
+            "print(signal.getsignal(signal.SIGTERM) == signal.SIG_DFL, "
+            "signal.getsignal(signal.SIGINT) is signal.default_int_handler, Detections.__name__)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)),
+                          capture_output=True, text=True, timeout=30)
+    assert done.stdout.split() == ["True", "True", "Detections"], done.stderr

@@ -15,6 +15,7 @@ from ._outputs import (clear_earlier_outputs, input_files, plain_outputs, refuse
 from ._report import add_report_argument, live_report, run_report
 from . import _segments
 from ._sources import add_stream_arguments, camera_mode, check_stream_flags
+from ._starting import StartSignals  # loaded with the command: installed the moment it runs
 from ._model import (DLA_HELP, REC_MARGIN_HELP, THREADS_HELP, TRUST_ENGINE_HELP, add_direction_arguments,
                      add_ignore_argument, add_triton_arguments, check_ignore_zones)
 from ._validate import (DEVICES, MAX_CPU_THREADS, MAX_SESSIONS, at_least, broker_url, fourcc, frame_size,
@@ -180,8 +181,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from ._starting import StartSignals
-
     with StartSignals() as start:  # until the run's own handlers take over
         try:
             pipe, progress, out = build_pipeline(args, start)
