@@ -109,12 +109,13 @@ def _stdout_reader_gone() -> bool:
         return False
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    """Runs one command; a reader that closed stdout early ends it quietly (see the Python docs'
-    note on SIGPIPE): stdout then points at os.devnull, so that output still buffered is not
-    reported as 'Exception ignored ... BrokenPipeError' at interpreter exit."""
+def main(argv: Optional[List[str]] = None, parser: Optional[argparse.ArgumentParser] = None) -> int:
+    """Runs one command (`parser`: build_parser()'s, made already); a reader that closed stdout
+    early ends it quietly (see the Python docs' note on SIGPIPE): stdout then points at
+    os.devnull, so that output still buffered is not reported as 'Exception ignored ...
+    BrokenPipeError' at interpreter exit."""
     try:
-        code = _main(argv)
+        code = _main(argv, parser or build_parser())
         sys.stdout.flush()  # buffered output fails here, not at interpreter exit
         return code
     except BrokenPipeError:
@@ -134,8 +135,7 @@ def _given_parser(parser: argparse.ArgumentParser, args) -> argparse.ArgumentPar
     return parser
 
 
-def _main(argv: Optional[List[str]]) -> int:
-    parser = build_parser()
+def _main(argv: Optional[List[str]], parser: argparse.ArgumentParser) -> int:
     try:
         args, unknown = parser.parse_known_args(argv)
         if unknown:  # said by the command's own parser: "see dbrt run --help" lists its flags

@@ -11,7 +11,10 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -21,7 +24,7 @@ from pipeline.runner import Pipeline
 from pipeline.shipped import DEMO_VIDEO
 
 from media import FakeDetector
-from serve_helpers import dbrt
+from serve_helpers import REPO, dbrt
 
 EARLIER = '{"earlier": "run"}'
 
@@ -176,3 +179,126 @@ def test_a_stop_during_the_start_ends_a_gstreamer_sources_child(tmp_path, tiny_o
     assert err.splitlines() == ["dbrt run: stopped (SIGTERM) while starting: opening the sources"]
     assert children and not any(os.path.exists(f"/proc/{child}") for child in children)
     connection.close()
+
+
+STUCK_IN_THE_OUTPUTS = """import sys, threading
+from pipeline.cli import main
+from pipeline.commands import run
+
+def stuck(pipe, out, args):  # a sink whose start never returns (a handler only records)
+    print("making the outputs", flush=True)
+    threading.Event().wait()
+
+run._sinks = stuck
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.skipif(shutil.which("gst-launch-1.0") is None or not os.path.isdir("/proc"),
+                    reason="no gst-launch-1.0, or no /proc")
+def test_a_forced_exit_while_the_outputs_start_ends_a_gstreamer_sources_child(tmp_path, tiny_onnx):
+    """The Pipeline owned the sources: the forced exit closed none, and gst-launch-1.0 (in a
+    session of its own, waiting for its next frame) went on running."""
+    server = _silent_server()
+    spec = (f"gst:tcpclientsrc host=127.0.0.1 port={server.getsockname()[1]} ! "
+            "rawvideoparse width=8 height=4 format=bgr")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-c", STUCK_IN_THE_OUTPUTS, "run", spec, "--model",
+                             str(tiny_onnx), "--quiet", "--no-video", "-o", str(tmp_path / "out")],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        server.settimeout(30)
+        connection, _ = server.accept()
+        connection.sendall(bytes(8 * 4 * 3))  # its first frame: the source is open
+        assert proc.stdout.readline() == "making the outputs\n"
+        children = _children(proc.pid)
+        printed, err = _stop(proc, signal.SIGTERM, signal.SIGINT, signal.SIGTERM)
+    finally:
+        server.close()
+    assert proc.returncode == 143, err
+    assert err.splitlines() == ["dbrt run: stopped (SIGTERM) while starting: starting the outputs "
+                                "(at once: a third signal)"]
+    assert children and not any(os.path.exists(f"/proc/{child}") for child in children)
+    connection.close()
+
+
+def test_a_stop_while_the_report_is_written_still_ends_as_stopped(monkeypatch, tmp_path, capsys):
+    """SIGTERM after the run's handlers were restored (its report being written) was recorded
+    and ignored: exit 0, as if the run had not been stopped."""
+    from pipeline.cli import main
+    from pipeline.commands import run
+
+    def finish(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # recorded before the next line runs
+        finished(*args, **kwargs)
+
+    finished = run.finish
+    monkeypatch.setattr(run, "finish", finish)
+    monkeypatch.setattr(run, "build_pipeline", _a_pipeline_of(FakeDetector()))
+    out = tmp_path / "out"
+    assert main(["run", str(DEMO_VIDEO), "--max-frames", "2", "--quiet", "-o", str(out)]) == 143
+    assert json.loads((out / "report.json").read_text())["frames"] == 2  # the report is whole
+    assert capsys.readouterr().err.splitlines()[-1] == "dbrt: terminated"
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+def _a_pipeline_of(detector):
+    def build_pipeline(args, start):
+        pipe = Pipeline([str(DEMO_VIDEO)], detector, max_frames=args.max_frames,
+                        stop_signals=(signal.SIGINT, signal.SIGTERM))
+        Path(args.output).mkdir()
+        return pipe, None, Path(args.output)
+
+    return build_pipeline
+
+
+def test_the_watcher_says_no_second_stop_line(monkeypatch, capfd):
+    """The main thread said the stop as the watcher's time ran out: both printed it."""
+    exits = []
+    monkeypatch.setattr(os, "_exit", exits.append)
+    with StartSignals(force_after=30) as start:
+        assert start.say_stopped(signal.SIGTERM) == 143
+        start._force(signal.SIGTERM, start.phase)  # the watcher, a moment later
+    assert capfd.readouterr().err.splitlines() == ["dbrt run: stopped (SIGTERM) while starting: starting"]
+    assert exits == []
+
+
+LOADING_SLOWLY = """import runpy, sys
+
+class Slowly:  # the command's modules load until the test says so (a busy machine)
+    def find_spec(self, name, path=None, target=None):
+        if name == "pipeline.cli":
+            sys.meta_path.remove(self)
+            print("loading", flush=True)
+            sys.stdin.readline()
+
+sys.meta_path.insert(0, Slowly())
+runpy.run_module("pipeline", run_name="__main__", alter_sys=True)  # python -m pipeline
+"""
+
+
+@pytest.mark.parametrize("signum, code, line", [(signal.SIGTERM, 143, "dbrt: terminated"),
+                                                (signal.SIGINT, 130, "dbrt: interrupted")])
+def test_a_stop_while_the_command_loads_says_one_line(signum, code, line):
+    """The first 0.4-1 s, before `dbrt run` had handlers: SIGTERM killed it without a word
+    (exit -15), Ctrl-C printed a KeyboardInterrupt traceback."""
+    proc = subprocess.Popen([sys.executable, "-c", LOADING_SLOWLY, "run", "--help"], cwd=REPO,
+                            env=dict(os.environ, PYTHONPATH=str(REPO)), stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "loading\n"
+        proc.send_signal(signum)
+        printed, err = proc.communicate("go on\n", timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert (proc.returncode, err.splitlines(), printed) == (code, [line], "")
+
+
+def test_importing_the_package_leaves_a_programs_signal_handlers_alone():
+    code = ("import signal, sys; import pipeline; from pipeline import Detections; "
+            "print(signal.getsignal(signal.SIGTERM) == signal.SIG_DFL, "
+            "signal.getsignal(signal.SIGINT) is signal.default_int_handler, Detections.__name__)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)),
+                          capture_output=True, text=True, timeout=30)
+    assert done.stdout.split() == ["True", "True", "Detections"], done.stderr

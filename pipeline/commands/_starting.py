@@ -14,6 +14,9 @@ the line and ends the process itself.
 Once the Pipeline exists its StopSignals take over, and the signals recorded meanwhile with
 them (`take_pending`): such a run stops before its first frame and writes its report, as any
 run stopped at once does.
+A signal once the run's handlers are restored again (its report being written) ends the
+command as stopped too (`check_after_the_run`): a service manager's stop is not said to be a
+run that ended by itself.
 """
 from __future__ import annotations
 
@@ -29,6 +32,9 @@ from pipeline.interrupts import Interrupted
 
 # within docker stop's 10 s before SIGKILL, and long enough for a start between two steps
 FORCE_AFTER_S = 2.0
+# a forced exit waits at most this long for the sources it closes to end their child processes
+# (a gst: source's gst-launch-1.0 is ended by a thread of its own, which the exit would end)
+CLOSE_WITHIN_S = 3.0
 
 
 def stopped_line(signum: int, phase: str) -> str:
@@ -46,8 +52,11 @@ class StartSignals:
         self.force_after = force_after
         self.phase = "starting"
         self.received: List[int] = []  # recorded by the handler, in the main thread
-        self._sources: list = []
+        self._sources: list = []  # being opened: a first signal closes them
+        self._owned: list = []  # the Pipeline's: closed only by a forced exit (their children)
+        self._saying = threading.Lock()  # one stop line: the main thread's or the watcher's
         self._taken = False  # the run's handlers took the signals recorded
+        self._taken_count = 0  # how many: those after came once the run's were restored
         self._over = threading.Event()  # the start ended: the watcher ends
         self._heard, self._first_heard = 0, signal.SIGINT  # signals the watcher heard
         self._previous: dict = {}
@@ -81,7 +90,8 @@ class StartSignals:
     def end(self) -> None:
         """The start is over (stopped, failed, or the run about to start): the watcher ends;
         the handlers stay until the `with` ends (the run's own pass signals on to them)."""
-        self._over.set()
+        with self._saying:  # a forced exit under way ends the process first
+            self._over.set()
         if self._wakeup is not None:
             signal.set_wakeup_fd(self._previous_fd if self._previous_fd is not None else -1)
             self._wakeup[1].close()  # the watcher's read ends
@@ -95,8 +105,15 @@ class StartSignals:
     def take_pending(self) -> List[int]:
         """For the run's StopSignals as they are installed: the signals it is now to handle."""
         pending = [] if self._taken else list(self.received)
-        self._taken = True
+        self._taken, self._taken_count = True, len(self.received)
         return pending
+
+    def check_after_the_run(self) -> None:
+        """A signal received once the run's handlers were restored (its report being written):
+        the run ended, but was stopped all the same (a service manager's stop): 143 / 130."""
+        late = self.received[self._taken_count:] if self._taken else []
+        if late:
+            raise Interrupted(late[0])
 
     def watch(self, sources) -> None:
         """The sources being opened: a stop closes them (their first connects are not waited
@@ -105,9 +122,10 @@ class StartSignals:
         if self.received or self._heard:
             self._close_sources()
 
-    def outputs(self) -> None:
-        """The Pipeline owns the sources: a stop from here on is the run's (`take_pending`)."""
-        self.phase, self._sources = "starting the outputs", []
+    def outputs(self, sources) -> None:
+        """The Pipeline owns the sources: a stop from here on is the run's (`take_pending`),
+        but a forced exit still closes them (a gst: source's gst-launch-1.0 would outlive it)."""
+        self.phase, self._sources, self._owned = "starting the outputs", [], list(sources)
 
     def stopped_by(self, error: BaseException) -> Optional[int]:
         """The signal that stopped the start, if one did: one these handlers received, or one
@@ -118,7 +136,9 @@ class StartSignals:
 
     def say_stopped(self, signum: int) -> int:
         """The line of a start that stopped; the exit status (128 + the signal)."""
-        print(stopped_line(signum, self.phase), file=sys.stderr)
+        with self._saying:  # the watcher forcing the exit meanwhile says it, and only it
+            self._over.set()
+            print(stopped_line(signum, self.phase), file=sys.stderr)
         return 128 + signum
 
     def check(self) -> None:
@@ -149,17 +169,25 @@ class StartSignals:
                 elif self._heard >= 3:
                     return self._force(signum, f"{self.phase} (at once: a third signal)")
 
-    def _close_sources(self) -> None:
-        for source in self._sources:
+    def _close_sources(self, owned=(), wait: float = 0.0) -> None:
+        sources = self._sources + list(owned)
+        for source in sources:
             try:
                 source.close()
             except Exception:  # noqa: BLE001 - the others are closed all the same
                 pass
+        deadline = time.monotonic() + wait
+        for source in sources if wait else ():
+            try:
+                source.join(max(0.0, deadline - time.monotonic()))  # its reader: the child ended
+            except Exception:  # noqa: BLE001 - no reader to wait for
+                pass
 
     def _force(self, signum: int, phase: str) -> None:
-        if self._over.is_set():
-            return
-        self._close_sources()  # ends their child processes (gst-launch) and connections
-        os.write(sys.stderr.fileno(), (stopped_line(signum, phase) + "\n").encode())
-        os._exit(128 + signum)
+        with self._saying:  # held until the process ends
+            if self._over.is_set():  # the main thread ended the start, or said the stop
+                return
+            self._close_sources(self._owned, wait=CLOSE_WITHIN_S)  # ends their children (gst-launch)
+            os.write(sys.stderr.fileno(), (stopped_line(signum, phase) + "\n").encode())
+            os._exit(128 + signum)
 

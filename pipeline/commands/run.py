@@ -15,6 +15,7 @@ from ._outputs import (clear_earlier_outputs, input_files, plain_outputs, refuse
 from ._report import add_report_argument, live_report, run_report
 from . import _segments
 from ._sources import add_stream_arguments, camera_mode, check_stream_flags
+from ._starting import StartSignals  # loaded with the command: installed the moment it runs
 from ._model import (DLA_HELP, REC_MARGIN_HELP, THREADS_HELP, TRUST_ENGINE_HELP, add_direction_arguments,
                      add_ignore_argument, add_triton_arguments, check_ignore_zones)
 from ._validate import (DEVICES, MAX_CPU_THREADS, MAX_SESSIONS, at_least, broker_url, fourcc, frame_size,
@@ -180,8 +181,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from ._starting import StartSignals
-
     with StartSignals() as start:  # until the run's own handlers take over
         try:
             pipe, progress, out = build_pipeline(args, start)
@@ -203,6 +202,7 @@ def run(args) -> int:
 
         raise InferenceFailed(f"{failed} frames failed in inference and were not written "
                               f"(last: {pipe.metrics.failures[-1]}); see {out / 'report.json'}")
+    start.check_after_the_run()  # a stop while the report was written: 143 / 130 all the same
     return 0
 
 
@@ -302,7 +302,7 @@ def build_pipeline(args, start):
     out = Path(args.output)
     try:
         start.check()  # a stop during the model load: no web view, broker or file is started
-        start.outputs()  # a stop from here on is the run's, which owns the sources
+        start.outputs(pipe.sources)  # a stop from here on is the run's, which owns the sources
         if not args.no_video:
             refuse_video_over_input(pipe, out)
         pipe.sinks.extend(_sinks(pipe, out, args))
