@@ -13,8 +13,7 @@ the line and ends the process itself.
 
 Once the Pipeline exists its StopSignals take over, and the signals recorded meanwhile with
 them (`take_pending`): such a run stops before its first frame and writes its report, as any
-run stopped at once does.
-A signal once the run's handlers are restored again (its report being written) ends the
+run stopped at once does. A signal once the run's handlers are restored again (its report being written) ends the
 command as stopped too (`check_after_the_run`): a service manager's stop is not said to be a
 run that ended by itself.
 """
