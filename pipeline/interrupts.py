@@ -33,10 +33,21 @@ def _taken_over(handlers) -> List[int]:
     return []
 
 
+def ignored(signum: int) -> bool:
+    """A signal ignored when the handlers would be installed stays ignored, as Python's own
+    SIGINT handling and a POSIX shell's traps leave it: a shell's background job (`dbrt run
+    ... &` in a script) gets SIGINT ignored so that a Ctrl-C meant for the foreground job does
+    not stop it. SIGTERM too: service managers (systemd, Docker, Kubernetes) start their
+    services with every signal at its default, so an ignored SIGTERM was asked for (`trap ''
+    TERM`, a wrapper), and their SIGKILL after the timeout still ends the process."""
+    return signal.getsignal(signum) == signal.SIG_IGN
+
+
 class StopSignals:
     """Handlers for `signals` while a run lasts (installed only from the main thread, where
-    Python runs signal handlers); `restore()` puts the previous handlers back. Runs may
-    overlap: a handler left behind by a finished run passes signals on to its predecessor."""
+    Python runs signal handlers), not for a signal that is `ignored`; `restore()` puts the
+    previous handlers back. Runs may overlap: a handler left behind by a finished run passes
+    signals on to its predecessor."""
 
     def __init__(self, signals: Sequence[int], drain: Callable[[], None],
                  abort: Callable[[], None], drain_limit: Optional[float] = None):
@@ -58,7 +69,7 @@ class StopSignals:
         if threading.current_thread() is not threading.main_thread():
             return
         self._active = True
-        for signum in self.signals:
+        for signum in (s for s in self.signals if not ignored(s)):
             previous = signal.signal(signum, self._handle)
             self._previous[signum] = signal.SIG_DFL if previous is None else previous
         for signum in _taken_over(self._previous.values()):

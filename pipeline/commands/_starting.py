@@ -27,7 +27,7 @@ import threading
 import time
 from typing import List, Optional, Sequence
 
-from pipeline.interrupts import Interrupted
+from pipeline.interrupts import Interrupted, ignored
 
 # within docker stop's 10 s before SIGKILL, and long enough for a start between two steps
 FORCE_AFTER_S = 2.0
@@ -42,8 +42,9 @@ def stopped_line(signum: int, phase: str) -> str:
 
 class StartSignals:
     """`with StartSignals() as start:` around a run's start (main thread only; elsewhere it does
-    nothing). The main thread names its `phase`, hands the sources it opens to `watch`, and
-    calls `check()` where the start may stop (it raises Interrupted)."""
+    nothing; a signal that is `ignored` stays so). The main thread names its `phase`, hands the
+    sources it opens to `watch`, and calls `check()` where the start may stop (it raises
+    Interrupted)."""
 
     def __init__(self, signals: Sequence[int] = (signal.SIGINT, signal.SIGTERM),
                  force_after: float = FORCE_AFTER_S):
@@ -74,7 +75,7 @@ class StartSignals:
         self._wakeup = socket.socketpair()
         self._wakeup[1].setblocking(False)  # the C handler must never block on it
         self._previous_fd = signal.set_wakeup_fd(self._wakeup[1].fileno(), warn_on_full_buffer=False)
-        for signum in self.signals:
+        for signum in (s for s in self.signals if not ignored(s)):  # a background job's SIGINT
             self._previous[signum] = signal.signal(signum, self._handle)
         self._watcher = threading.Thread(target=self._watch, name="start-signals", daemon=True)
         self._watcher.start()
