@@ -218,7 +218,7 @@ class Detector:
                     f"a {frame_h}x{frame_w} {what} would need a {wanted[0]}x{wanted[1]} input "
                     f"({resize.limit_type} side {resize.limit_side}); inputs are capped at "
                     f"{MAX_INPUT_SIDE} pixels a side, so it runs at {size[0]}x{size[1]} (further "
-                    "frames are capped without a message)")
+                    "frames are capped without a message)", every_time=True)  # once a Detector
         return size
 
     def prepare(self, images: Sequence[np.ndarray],

@@ -103,8 +103,9 @@ class LiveReport:
             first, self.error = self.error is None, exc
             if first:  # said once, not every time; in its thread, a caller's "error" filter
                 # does not end it (warn_caller): no report would be written for the rest of the run
+                # of each failure after a write that worked: the filter would hide a second
                 warn_caller(f"could not update {self.path} while the run goes on: {exc} "
-                            f"(tried again every {self.every:g} s)")
+                            f"(tried again every {self.every:g} s)", every_time=True)
             return False
         self.error = None
         self.written += 1

@@ -177,8 +177,9 @@ class SourcesMet:
             key = (region, source, frame_h, frame_w)
             if key not in self._warned:
                 self._warned.add(key)
+                # once a key here; the default filter (once a line) hid it from a later Detector
                 warn_caller(f"{region.flag} {region}: {region.missed(frame_h, frame_w, whose)}: "
-                            f"{self.goes_on}")
+                            f"{self.goes_on}", every_time=True)
         return False
 
 
