@@ -10,6 +10,8 @@ streams, and bound what a day of recording keeps on disk. Segments end on multip
 first starts when the run does. A frame goes to the segment current when it is written (read
 once per frame, so its JSON line and its video frame are in segments of the same name); lines
 written without a frame (a track's end line at a stream's end) go to the newest segment.
+While no frame comes, the sink thread reads the clock again (`passed`), and a segment whose
+time is over has its files closed then (the sinks' `finish_segments`), not at the next frame.
 
     segments = Segments(3600, keep=48)      # --segment-time 3600 --keep-segments 48
     sinks = [JsonlSink("out/detections.jsonl", segments=segments),
@@ -68,6 +70,7 @@ class Segments:
         self.spare = {os.path.realpath(p) for p in spare}
         self.clock = clock if clock is not None else wall_clock
         self._latest = float(self.clock())  # the first segment starts with the run
+        self._advancing = threading.Lock()
         # thread -> the last frame it placed and its segment's start: a frame's sinks ask in
         # turn, and the sink thread of another Pipeline sharing this Segments may ask between
         self._placed: Dict[int, Tuple[object, float]] = {}
@@ -78,14 +81,24 @@ class Segments:
         """The start of the newest segment (Unix time)."""
         return self._latest
 
+    def passed(self) -> float:
+        """The start of the newest segment, the clock read again while no frame comes (a
+        camera down for hours): a segment whose time is over is then finished without a frame
+        of the next. Before the run's first frame the clock is not read (nothing written yet)."""
+        if self._placed:
+            self._advance()
+        return self._latest
+
+    def _advance(self) -> None:
+        now = float(self.clock())
+        with self._advancing:  # the sink threads of Pipelines sharing it: never moved back
+            self._latest = max(self._latest, now - now % self.seconds)
+
     def opening(self) -> float:
         """The start of the segment a file opened now begins: the newest one, the clock read
         again once frames were placed (a Segments used again for another run: its first file
         is named by the new run's time, not after the last run's last segment)."""
-        if self._placed:
-            now = float(self.clock())
-            self._latest = max(self._latest, now - now % self.seconds)
-        return self._latest
+        return self.passed()
 
     def start_for(self, frame=None) -> float:
         """The start of the segment `frame` is written to: the clock is read once per frame,
@@ -96,8 +109,7 @@ class Segments:
         placed = self._placed.get(here)
         if placed is not None and placed[0] is frame:
             return placed[1]
-        now = float(self.clock())
-        self._latest = max(self._latest, now - now % self.seconds)
+        self._advance()
         if placed is None:  # a new sink thread: those of ended runs let their frames go
             alive = {thread.ident for thread in threading.enumerate()}
             for ident in [i for i in list(self._placed) if i not in alive]:
@@ -185,13 +197,15 @@ class SegmentedLines:
     segment: `at(frame)` before a frame's lines picks its segment, whose file is opened when a
     line is written to it (a segment without lines, e.g. no text event, leaves no file but the
     first, which retention deletes if it stayed empty). A line is never split: the file changes
-    between lines."""
+    between lines. `finish_over` closes the file of a segment whose time is over before the
+    next line comes; lines written then without a frame go to the newest segment."""
 
     def __init__(self, base: Union[str, os.PathLike], segments: Segments):
         self.base, self.segments = Path(base), segments
         self._start = self._due = segments.opening()
         self.path = segments.opened(self.base, self._start)
         self._fh = self._open()
+        self._ended = False  # close(): the sink is done, no segment is opened again
 
     def _open(self):
         with naming_the_file(self.path):
@@ -201,7 +215,7 @@ class SegmentedLines:
         self._due = self.segments.start_for(frame)
 
     def write(self, text: str) -> None:
-        if self._due != self._start:
+        if self._due != self._start and not self._ended:
             self._turn()
         with naming_the_file(self.path):
             self._fh.write(text)
@@ -214,14 +228,25 @@ class SegmentedLines:
         self.path = self.segments.opened(self.base, self._start)
         self._fh = self._open()
 
+    def finish_over(self, newest: float) -> None:
+        """The segments' newest start is `newest`: an older segment's file is closed now
+        (flushed, finished for a reader), the next one opened when a line comes."""
+        if newest > self._start and not self._ended:
+            with naming_the_file(self.path):
+                self._fh.close()
+            self._due = max(self._due, newest)
+
     def flush(self) -> None:
-        with naming_the_file(self.path):
-            self._fh.flush()
+        if not self._fh.closed:  # its segment's time over: closed, flushed
+            with naming_the_file(self.path):
+                self._fh.flush()
 
     @property
     def closed(self) -> bool:
-        return self._fh.closed
+        """Closed for good (`close()`), not between two segments."""
+        return self._ended
 
     def close(self) -> None:
+        self._ended = True
         with naming_the_file(self.path):
             self._fh.close()

@@ -41,6 +41,11 @@ class Sink(abc.ABC):
         """Live source `stream` lost its connection and its last frame was written: it may
         come back on a new connection, so only what follows it across frames ends."""
 
+    def finish_segments(self, idle: bool = False) -> None:
+        """Called by the sink thread after each frame and while none comes (`idle`: the
+        segments' clock is read again): a file of a segment of time that is over is finished
+        now, not at its stream's next frame (a camera down for hours)."""
+
     def stopping(self) -> None:
         """The run was stopped (a signal, Ctrl-C, `Pipeline.stop()`), not ended: called before
         `close()`, so that a close that waits on others (a network) can be kept short."""
@@ -82,6 +87,10 @@ class JsonlSink(Sink):
             self._fh.write(FrameResult(frame, detections).to_json(self.decimals) + "\n")
             self._fh.flush()
         self.lines += 1
+
+    def finish_segments(self, idle: bool = False) -> None:
+        if self.segments is not None:
+            self._fh.finish_over(self.segments.passed() if idle else self.segments.current())
 
     def close(self) -> None:
         if not self._fh.closed:
@@ -175,6 +184,14 @@ class VideoSink(Sink):
         if encoder is not None:
             encoder.close()
 
+    def finish_segments(self, idle: bool = False) -> None:
+        """A stream's file whose segment's time is over is finished, playable, at once."""
+        if self.segments is None:
+            return
+        newest = self.segments.passed() if idle else self.segments.current()
+        for stream in [s for s in self.encoders if self._starts[s] < newest]:
+            self.encoders.pop(stream).close()
+
     def close(self) -> None:
         self._closed = True
         encoders, self.encoders = self.encoders, {}
@@ -261,6 +278,9 @@ class FilteredSink(Sink):
     def stream_lost(self, stream: int) -> None:
         getattr(self.sink, "stream_lost", _ignored)(stream)
 
+    def finish_segments(self, idle: bool = False) -> None:
+        getattr(self.sink, "finish_segments", _ignored)(idle)
+
     def stopping(self) -> None:
         getattr(self.sink, "stopping", _ignored)()
 
@@ -294,7 +314,10 @@ class StreamEnds:
     its connection has (`stream_lost`), so that its tracks end as the outage begins, not when
     the camera comes back. Called by the sink stage's thread, also while no frame comes; the
     frames whose inference failed (a model server away) never reach it and are told by the
-    inference stage (`frames_failed`), else their stream would never seem written."""
+    inference stage (`frames_failed`), else their stream would never seem written. Being
+    the sink thread's, it also has the sinks finish a segment of time that is over
+    (`finish_segments`): a camera down for hours leaves its last segment's files closed, not
+    open until it comes back; each sink closes them in the thread that writes to them."""
 
     def __init__(self, sources: Sequence, sinks: Sequence[Sink]):
         self._open = {source.stream: source for source in sources}
@@ -317,9 +340,15 @@ class StreamEnds:
     def frame_written(self, frame: Frame) -> None:
         self._written[frame.stream] = self._written.get(frame.stream, 0) + 1
         self._lost.discard(frame.stream)
-        self.idle()
+        self._check_streams()
+        self._tell_all("finish_segments", False)  # another stream's segment, by this frame's
 
     def idle(self) -> None:
+        """No frame came for a while: the segments' clock is read again."""
+        self._check_streams()
+        self._tell_all("finish_segments", True)
+
+    def _check_streams(self) -> None:
         for stream, source in list(self._open.items()):
             if source.state in ("ended", "failed") and \
                     self._done(stream) >= source.stats.delivered:
@@ -333,6 +362,10 @@ class StreamEnds:
     def _tell(self, news: str, stream: int) -> None:
         for sink in self._sinks:  # a sink of one's own (not a Sink) may not listen
             getattr(sink, news, lambda stream: None)(stream)
+
+    def _tell_all(self, news: str, *args) -> None:
+        for sink in self._sinks:
+            getattr(sink, news, _ignored)(*args)
 
     def _all_written(self, stream: int, stats) -> bool:
         """Every frame read before the outage was delivered (or dropped) and written: a frame

@@ -139,6 +139,10 @@ class TextEventSink(Sink):
         self._forget(ended)
         self._write(ended, END)
 
+    def finish_segments(self, idle: bool = False) -> None:
+        if self.segments is not None:
+            self._fh.finish_over(self.segments.passed() if idle else self.segments.current())
+
     def stream_lost(self, stream: int) -> None:
         """The stream's tracks end as its outage begins (it comes back with new ones)."""
         self.end_stream(stream)

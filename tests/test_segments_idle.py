@@ -1,0 +1,162 @@
+"""A segment of `--segment-time` whose wall-clock time is over is finished even when no frame
+comes (pipeline/segments.py, the sinks' `finish_segments`): a camera that sends nothing for
+hours left the file named for 14:00 open until its next frame at 18:00, so a tool picking up
+the finished segments never saw it finished and `--keep-segments` did not move on."""
+from __future__ import annotations
+
+import json
+import os
+import queue
+import threading
+import time
+from pathlib import Path
+
+from pipeline.runner import Pipeline
+from pipeline.segments import Segments
+from pipeline.sinks import JsonlSink, VideoSink
+from pipeline.sources import LiveSource
+
+from media import FakeDetector, frame_image, index_of
+
+T0 = 1_796_000_000.0  # a multiple of 10 s
+
+
+class SetClock:
+    """Unix time that moves only when the test sets it."""
+
+    def __init__(self, now: float):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class QuietCamera(LiveSource):
+    """A live camera, connected, that sends a frame only when the test feeds one (None: its
+    stream ends): between them it is silent, as one whose picture stopped for hours."""
+
+    kind = "simulated"
+
+    def __init__(self):
+        super().__init__("quiet", None)
+        self.feed: "queue.Queue" = queue.Queue()
+
+    def _connect(self):
+        pass
+
+    def _read(self):
+        index = self.feed.get()
+        return None if index is None else (frame_image(index, 48, 64), index / 10)
+
+    def _disconnect(self):
+        pass
+
+
+def _until(done, what: str, timeout: float = 3.0) -> None:
+    end = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < end, f"not within {timeout} s: {what}"
+        time.sleep(0.02)
+
+
+def _open_files() -> set:
+    """The files this process holds open."""
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            found.add(os.path.realpath(f"/proc/self/fd/{fd}"))
+        except OSError:  # closed meanwhile
+            pass
+    return found
+
+
+def _decoded(path: Path) -> list:
+    import av
+
+    with av.open(str(path)) as container:
+        return [index_of(f.to_ndarray(format="bgr24")) for f in container.decode(video=0)]
+
+
+def _lines(path: Path) -> list:
+    return [json.loads(line)["frame_index"] for line in path.read_text().splitlines()]
+
+
+def test_a_silent_streams_segment_is_finished_when_its_time_is_over(tmp_path):
+    clock = SetClock(T0 - 5)  # the run starts in the segment before T0
+    segments = Segments(10, keep=2, clock=clock)
+    jsonl = JsonlSink(tmp_path / "detections.jsonl", segments=segments)
+    video = VideoSink(tmp_path / "annotated.mp4", live_streams=[0], segments=segments)
+    camera = QuietCamera()
+    written = []
+    pipe = Pipeline([camera], FakeDetector(), sinks=[jsonl, video],
+                    callbacks=[lambda frame, detections: written.append(frame.index)])
+    runner = threading.Thread(target=pipe.run, daemon=True)
+    runner.start()
+
+    def send(index: int) -> None:
+        camera.feed.put(index)  # the picture's number (frame_index counts from 0)
+        _until(lambda: len(written) == index, f"frame {index} written")
+
+    try:
+        send(1)  # the segment before T0
+        clock.now = T0 + 1
+        send(2)
+        send(3)  # the segment from T0; then the camera sends nothing
+        first = {kind: tmp_path / f"{kind}-20261130T005320Z.{ext}"
+                 for kind, ext in (("detections", "jsonl"), ("annotated", "mp4"))}
+        assert all(str(path) in _open_files() for path in first.values())  # still its segment
+        clock.now = T0 + 25  # past its end and through the next segment: no frame comes
+        _until(lambda: not {str(p) for p in first.values()} & _open_files(),
+               "the segment from T0 closed without a frame of the next")
+        assert _decoded(first["annotated"]) == [2, 3]  # a whole video, finished
+        assert _lines(first["detections"]) == [1, 2]
+        send(4)  # the camera is back, in the segment from T0 + 20
+    finally:
+        camera.feed.put(None)
+        runner.join(10)
+    assert not runner.is_alive()
+    names = sorted(p.name for p in tmp_path.iterdir())
+    # no file for the silent segment from T0 + 10; the one before T0 deleted (2 kept)
+    assert names == ["annotated-20261130T005320Z.mp4", "annotated-20261130T005340Z.mp4",
+                     "detections-20261130T005320Z.jsonl", "detections-20261130T005340Z.jsonl"]
+    assert _lines(tmp_path / "detections-20261130T005340Z.jsonl") == [3]
+    assert _decoded(tmp_path / "annotated-20261130T005340Z.mp4") == [4]
+    assert segments.removed == 2  # the detections and the video of the segment before T0
+
+
+def test_an_events_segment_over_is_closed_and_the_last_end_lines_go_to_the_newest(tmp_path):
+    """The sink thread's tick closes the events file of a segment that is over; the end lines
+    written at the run's end (no frame) go to the newest segment, and are still written."""
+    import numpy as np
+
+    from pipeline.detections import Detections
+    from pipeline.reading.events import TextEventSink
+    from pipeline.sources import Frame
+
+    def tracked(index: int, ids: list) -> tuple:
+        frame = Frame(np.zeros((120, 200, 3), np.uint8), index, index / 25, "cam")
+        boxes = [[[x, 0], [x + 40, 0], [x + 40, 16], [x, 16]] for x in (0, 60)]
+        quads = np.float32(boxes[:len(ids)])
+        data = {"track_id": np.asarray(ids), "text": np.asarray(["A", "B"][:len(ids)], str),
+                "text_score": np.full(len(ids), 0.9)}
+        return frame, Detections.from_quads(quads, np.full(len(ids), 0.8), data)
+
+    clock = SetClock(T0 - 5)
+    segments = Segments(10, clock=clock)
+    sink = TextEventSink(tmp_path / "events.jsonl", lost_frames=1, segments=segments)
+    clock.now = T0 + 1
+    sink.write(*tracked(0, [1, 2]))
+    sink.write(*tracked(1, [1]))  # track 2 ends: its line in the segment from T0
+    sink.finish_segments(idle=False)
+    first = tmp_path / "events-20261130T005320Z.jsonl"
+    assert str(first) in _open_files()
+    clock.now = T0 + 25  # no frame comes
+    sink.finish_segments(idle=True)
+    assert str(first) not in _open_files()
+    assert [json.loads(line)["track_id"] for line in first.read_text().splitlines()] == [2]
+    sink.ending()  # track 1's end line, without a frame: the newest segment
+    sink.close()
+    newest = tmp_path / "events-20261130T005340Z.jsonl"
+    assert [json.loads(line)["track_id"] for line in newest.read_text().splitlines()] == [1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "events-20261130T005315Z.jsonl", first.name, newest.name]  # the run's first, empty
