@@ -32,6 +32,17 @@ class SteppingClock:
         return self.now
 
 
+def _step_per_frame(monkeypatch, clock: SteppingClock) -> None:
+    """A run's wall clock that moves on at each reading, read once per frame: the sink thread
+    reads it again while no frame comes for IDLE_S (a segment's time over without a frame),
+    which a pause on a loaded machine would make a reading more, shifting the segments these
+    runs count; those idle readings are left out here (tests/test_segments_idle.py has them)."""
+    from pipeline import stages
+
+    monkeypatch.setattr(segments_module, "wall_clock", clock)
+    monkeypatch.setattr(stages, "IDLE_S", 3600.0)
+
+
 def _frames(count: int, stream: int = 0, source: str = "cam"):
     return [Frame(frame_image(i, 48, 64), i, i / 10, source, stream) for i in range(count)]
 
@@ -237,7 +248,7 @@ def test_dbrt_run_writes_segments_that_add_up_to_the_unsegmented_run(tmp_path, c
                                                                      monkeypatch, capsys):
     plain = tmp_path / "plain"
     assert _run(clip, plain, tiny_onnx, "--track") == 0
-    monkeypatch.setattr(segments_module, "wall_clock", SteppingClock(T0, step=1))
+    _step_per_frame(monkeypatch, SteppingClock(T0, step=1))
     out = tmp_path / "out"
     assert _run(clip, out, tiny_onnx, "--track", "--segment-time", "2") == 0
     printed = capsys.readouterr().out.splitlines()[-1]
@@ -284,12 +295,12 @@ def test_keep_segments_deletes_the_oldest_an_earlier_runs_too(tmp_path, clip, ti
     does not write them)."""
     out = tmp_path / "out"
     assert _run(clip, out, tiny_onnx) == 0  # an unsegmented run first
-    monkeypatch.setattr(segments_module, "wall_clock", SteppingClock(T0, step=1))
+    _step_per_frame(monkeypatch, SteppingClock(T0, step=1))
     assert _run(clip, out, tiny_onnx, "--segment-time", "2") == 0
     assert "removed the earlier run's annotated.mp4, detections.jsonl" in capsys.readouterr().err
     first = sorted(p.name for p in out.glob("*-*Z.*"))
     assert len(first) == 14  # 7 of the detections, 7 of the video
-    monkeypatch.setattr(segments_module, "wall_clock", SteppingClock(T0 + 100, step=1))
+    _step_per_frame(monkeypatch, SteppingClock(T0 + 100, step=1))
     assert _run(clip, out, tiny_onnx, "--segment-time", "2", "--keep-segments", "8") == 0
     printed = capsys.readouterr()
     assert "removed the earlier run's" not in printed.err
@@ -317,7 +328,7 @@ def test_a_live_streams_segments_hold_every_frame_written_once(tmp_path, tiny_on
     written are in the segments once each, in order, and every video segment plays alone."""
     from media import TsServer, mpegts_bytes
 
-    monkeypatch.setattr(segments_module, "wall_clock", SteppingClock(T0, step=1))
+    _step_per_frame(monkeypatch, SteppingClock(T0, step=1))
     server = TsServer(mpegts_bytes(frames=50, height=72, width=128)).start()
     out = tmp_path / "out"
     try:
