@@ -366,3 +366,31 @@ def test_sources_opened_together_make_their_first_connects_at_once(monkeypatch):
         release.set()
         for source in sources:
             source.close()
+
+
+def test_a_second_open_of_a_stream_still_down_says_again_that_it_waits():
+    """Said through Python's default filter, which shows a warning once per text and caller's
+    line: a second run in one process, its camera down as for the first, did not say that it
+    waited for it. Each open says it, once."""
+    from pipeline.sources import LiveSource
+    from pipeline.sources.failures import passing
+
+    class Refusing(LiveSource):
+        kind = "refusing"
+
+        def _connect(self):
+            raise passing(SourceError("Connection refused"), True)
+
+        def _read(self):
+            return None
+
+        def _disconnect(self):
+            pass
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        for _ in range(2):
+            source = Refusing("cam", FOREVER).open()
+            source.close()
+    assert [str(w.message) for w in caught] == [
+        "cam is not up (Connection refused): retrying it for ever while the run starts"] * 2

@@ -171,10 +171,12 @@ class LiveSource(Source):
             self._say_waiting(self._connect_error)
 
     def _say_waiting(self, why: str) -> None:
-        """Said once, as a warning: the reader retries the source."""
+        """Said once per open, as a warning: the reader retries the source. Each time it is
+        said (`every_time`): Python's default filter hid it for a second run in one process
+        whose camera was down too, said in the same words from the same caller's line."""
         warn_caller(without_credentials(f"{self.name} is not up ({why}): retrying it "
                                         f"{retry_policy(self.reconnect.retries)} while the "
-                                        "run starts"))
+                                        "run starts"), every_time=True)
         self._outage.said_down(self._begun)  # its coming up is said too
 
     def _first_connect(self) -> bool:
