@@ -16,7 +16,9 @@ def main() -> int:
     received = []
     previous = {}
     for signum in STOP_SIGNALS:
-        if signal.getsignal(signum) != signal.SIG_IGN:  # ignored (a background job's SIGINT): kept so
+        # an ignored one (a background job's SIGINT) is kept so, the rule of engine.signals.ignored;
+        # not imported from there: the engine package would load before these handlers are in place
+        if signal.getsignal(signum) != signal.SIG_IGN:
             previous[signum] = signal.signal(signum, lambda signum, frame: received.append(signum))
     try:
         from pipeline import cli

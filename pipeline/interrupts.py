@@ -14,6 +14,8 @@ import signal
 import threading
 from typing import Callable, Dict, List, Optional, Sequence
 
+from engine.signals import ignored
+
 
 class Interrupted(KeyboardInterrupt):
     """A run stopped by a signal; `signum` is which (exit status 128 + signum by convention)."""
@@ -31,16 +33,6 @@ def _taken_over(handlers) -> List[int]:
         if take_pending is not None:
             return take_pending()
     return []
-
-
-def ignored(signum: int) -> bool:
-    """A signal ignored when the handlers would be installed stays ignored, as Python's own
-    SIGINT handling and a POSIX shell's traps leave it: a shell's background job (`dbrt run
-    ... &` in a script) gets SIGINT ignored so that a Ctrl-C meant for the foreground job does
-    not stop it. SIGTERM too: service managers (systemd, Docker, Kubernetes) start their
-    services with every signal at its default, so an ignored SIGTERM was asked for (`trap ''
-    TERM`, a wrapper), and their SIGKILL after the timeout still ends the process."""
-    return signal.getsignal(signum) == signal.SIG_IGN
 
 
 class StopSignals:

@@ -27,7 +27,8 @@ import threading
 import time
 from typing import List, Optional, Sequence
 
-from pipeline.interrupts import Interrupted, ignored
+from engine.signals import ignored
+from pipeline.interrupts import Interrupted
 
 # within docker stop's 10 s before SIGKILL, and long enough for a start between two steps
 FORCE_AFTER_S = 2.0
