@@ -1,7 +1,8 @@
 """A SIGINT ignored when dbrt starts stays ignored (a shell's background job, `dbrt run ... &`
 in a script, gets it so that a Ctrl-C meant for the foreground job does not reach it): the
-handlers of a run's start and of the run itself stopped such a job all the same. SIGTERM
-still stops it. Real `dbrt run` processes started with SIGINT ignored."""
+handlers of a run's start and of the run itself stopped such a job all the same, as did those
+of an engine build and of training. SIGTERM still stops it; an ignored SIGTERM stays ignored
+too (`dbrt triton serve`). Real `dbrt run` processes started with SIGINT ignored."""
 from __future__ import annotations
 
 import json
@@ -59,6 +60,102 @@ def test_start_and_run_handlers_leave_an_ignored_sigint_ignored():
         assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+@pytest.fixture
+def sigint_ignored():
+    """SIGINT ignored for the test, as a shell's background job gets it; the process's
+    handlers of both signals put back after it."""
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield before
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
+
+
+def _wait_for(condition, seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "the signal was not acted on"
+        time.sleep(0.01)
+
+
+def test_an_engine_build_leaves_an_ignored_sigint_ignored(sigint_ignored):
+    """An ignored SIGINT cancelled a build all the same; SIGTERM still does."""
+    from engine.tensorrt.cancel import BuildSignals
+
+    said = []
+    with BuildSignals(cancellable=True, say=said.append, exit=lambda code: None) as signals:
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) == signals._noted
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGTERM)
+        _wait_for(signals.cancel.is_set)
+    assert signals.signum == signal.SIGTERM and len(said) == 1
+    assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    assert signal.getsignal(signal.SIGTERM) == sigint_ignored[signal.SIGTERM]
+
+
+def test_training_leaves_an_ignored_sigint_ignored(sigint_ignored):
+    pytest.importorskip("torch")
+    from export.train.loop import _StopRequest
+
+    with _StopRequest() as stop:
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) == stop._handle
+    assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    assert signal.getsignal(signal.SIGTERM) == sigint_ignored[signal.SIGTERM]
+
+
+class _EndedServer:
+    """A stand-in for engine.triton.server.TritonServer: a server that exits at once, having
+    noted the SIGTERM handler it ran under."""
+
+    grpc_url, http_url, metrics_url, log_path = "h:1", "http://h:2", "http://h:3/metrics", "log"
+    seen = []
+
+    def __init__(self, *args, **kwargs):
+        self.process = self
+
+    def __enter__(self):
+        _EndedServer.seen.append(signal.getsignal(signal.SIGTERM))
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+    def poll(self):
+        return 1
+
+    returncode = 1
+
+    def log_tail(self):
+        return "E: gone"
+
+
+def test_triton_serve_leaves_an_ignored_sigterm_ignored(monkeypatch):
+    """`trap '' TERM` before `dbrt triton serve`: its handler raised at a SIGTERM all the same."""
+    import argparse
+
+    from engine.triton import server
+    from engine.triton.server import TritonServerError
+    from pipeline.commands import triton
+
+    monkeypatch.setattr(server, "TritonServer", _EndedServer)
+    args = argparse.Namespace(repository="repo", venv=None, host="127.0.0.1", http_port=0,
+                              grpc_port=0, metrics_port=0, models=None, ready_timeout=1.0,
+                              verbose=False)
+    before = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _EndedServer.seen.clear()
+    try:
+        with pytest.raises(TritonServerError, match="exited with code 1"):
+            triton._serve(args)
+        assert _EndedServer.seen == [signal.SIG_IGN]
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def test_an_ignored_sigint_does_not_stop_the_start(tmp_path, tiny_onnx):

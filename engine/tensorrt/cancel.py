@@ -17,6 +17,8 @@ import sys
 import threading
 from typing import Callable, Dict, Optional
 
+from ..signals import ignored
+
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -34,8 +36,9 @@ def _say(text: str) -> None:
 class BuildSignals:
     """Within `with BuildSignals(cancellable) as signals:` around a build: `signals.cancel` is
     set by the first SIGINT / SIGTERM (a progress monitor reads it), `signals.signum` says which
-    came; the second ends the process (`exit`, 128 + signum). Only in the main thread, where
-    Python lets a program set signal handlers; elsewhere it does nothing."""
+    came; the second ends the process (`exit`, 128 + signum). A signal that is `ignored` stays
+    so. Only in the main thread, where Python lets a program set signal handlers; elsewhere it
+    does nothing."""
 
     def __init__(self, cancellable: bool, say: Optional[Callable[[str], None]] = None,
                  exit: Callable[[int], None] = os._exit):
@@ -52,7 +55,9 @@ class BuildSignals:
         read, write = os.pipe()
         os.set_blocking(write, False)  # the C handler must never block on a full pipe
         self._pipe = (read, write)
-        for signum in SIGNALS:  # a Python handler of our own: the C handler then writes the pipe
+        # a Python handler of our own: the C handler then writes the pipe; an ignored signal
+        # (a background job's SIGINT) stays ignored, and the kernel drops it before the pipe
+        for signum in (s for s in SIGNALS if not ignored(s)):
             self._previous[signum] = signal.signal(signum, self._noted)
         self._previous_fd = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
         self._watcher = threading.Thread(target=self._watch, name="dbrt-build-signals", daemon=True)

@@ -30,6 +30,7 @@ import torch
 
 from dbnet.files import folder_removed_if_left_empty, write_text_whole
 from engine.errors import DbrtError, ModelError
+from engine.signals import ignored
 
 from ..checkpoint import shipping_post
 from .checkpoints import resumable_checkpoint, save_checkpoint
@@ -211,7 +212,8 @@ def _interrupt(signum: int) -> KeyboardInterrupt:
 
 class _StopRequest:
     """SIGINT / SIGTERM during training: the step in progress finishes, last.pt is saved, then
-    KeyboardInterrupt; a second signal interrupts at once. Only in the main thread (Linux)."""
+    KeyboardInterrupt; a second signal interrupts at once. A signal that is ignored stays so.
+    Only in the main thread (Linux)."""
 
     def __init__(self):
         self.signum = None
@@ -223,7 +225,8 @@ class _StopRequest:
 
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
+                if not ignored(sig):  # a background job's SIGINT: `dbrt train ... &` in a script
+                    self._previous[sig] = signal.signal(sig, self._handle)
             # torch's SIGCHLD handler raised a dead loader worker's error anywhere in the step;
             # without it torch finds the death where the next batch is fetched: last.pt is saved
             self._previous[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, signal.SIG_DFL)

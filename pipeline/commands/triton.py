@@ -136,6 +136,7 @@ def _serve(args) -> int:
     import signal
     import time
 
+    from engine.signals import ignored
     from engine.triton.server import TritonServer, TritonServerError
     from pipeline.interrupts import Interrupted
 
@@ -147,7 +148,9 @@ def _serve(args) -> int:
     def terminate(signum, frame):
         raise Interrupted(signum)
 
-    previous = signal.signal(signal.SIGTERM, terminate)
+    # an ignored SIGTERM (`trap '' TERM`, a wrapper) was asked for: it stays so
+    kept = ignored(signal.SIGTERM)
+    previous = None if kept else signal.signal(signal.SIGTERM, terminate)
     try:
         with server:
             where = "" if server.grpc_url.startswith(f"{args.host}:") else f" (listening on {args.host})"
@@ -158,4 +161,5 @@ def _serve(args) -> int:
                 time.sleep(0.5)
             raise TritonServerError(_ended(server.process.returncode, server.log_tail()))
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if not kept:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
