@@ -202,3 +202,38 @@ def test_the_end_lines_of_an_outage_found_after_a_boundary_go_to_the_newest_segm
                      tmp_path / "events-20261130T005330Z.jsonl")
     assert first.read_text() == ""  # not a line written after its time was over
     assert [json.loads(line)["track_id"] for line in newest.read_text().splitlines()] == [7]
+
+
+def test_report_json_is_rewritten_when_a_stream_back_from_an_outage_opens_its_files(tmp_path):
+    """report.json was rewritten when the segments' start moved: while a stream is down the
+    idle tick moves it at the boundary, so the files opened when the stream came back, in that
+    same segment, and the oldest deleted for --keep-segments, were not in the report until
+    --report-every (60 s) later. It is rewritten when a file is opened too."""
+    from argparse import Namespace
+
+    import numpy as np
+
+    from pipeline.commands._report import live_report
+    from pipeline.detections import Detections
+    from pipeline.sources import Frame
+
+    clock = SetClock(T0 + 1)
+    segments = Segments(10, keep=1, clock=clock)
+    jsonl = JsonlSink(tmp_path / "detections.jsonl", segments=segments)
+
+    class Run:  # what live_report reads of a Pipeline before it runs
+        sinks = [jsonl]
+
+    report = live_report(Run(), tmp_path, Namespace(report_every=60.0))
+    frame = Frame(np.zeros((8, 8, 3), np.uint8), 0, 0.0, "cam")
+    jsonl.write(frame, Detections.empty())
+    jsonl.finish_segments(idle=False)
+    clock.now = T0 + 15  # the stream is down: the idle tick closes the first segment
+    jsonl.finish_segments(idle=True)
+    down = report.turned()
+    clock.now = T0 + 16  # back in the same segment: its file opens, the first is deleted
+    jsonl.write(Frame(np.zeros((8, 8, 3), np.uint8), 1, 0.04, "cam"),
+                Detections.empty())
+    jsonl.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["detections-20261130T005330Z.jsonl"]
+    assert report.turned() != down  # report.json rewritten within a second
