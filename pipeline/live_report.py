@@ -22,7 +22,7 @@ from engine.errors import warn_caller
 
 from .metrics import write_report
 
-POLL_S = 1.0  # how often `turned` is asked (a new segment of the results files)
+POLL_S = 1.0  # how often `turned` is asked (a new segment or segment file of the results)
 EVERY_S = 60.0  # dbrt run's --report-every
 
 

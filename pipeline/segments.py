@@ -76,10 +76,17 @@ class Segments:
         self._placed: Dict[int, Tuple[object, float]] = {}
         self.files: Dict[Path, List[Path]] = {}  # base name -> the segments this run opened
         self.removed = 0  # segments deleted to keep `keep`, this run's and earlier runs'
+        self._openings = 0  # files opened (and older ones deleted): `turned()` changes with it
 
     def current(self) -> float:
         """The start of the newest segment (Unix time)."""
         return self._latest
+
+    def turned(self) -> Tuple[float, int]:
+        """Changes when a segment begins and when a file is opened (the oldest deleted): a
+        stream back from an outage opens its files in the segment the clock moved to while it
+        was down, not a new one (report.json is rewritten when this changes)."""
+        return self._latest, self._openings
 
     def passed(self) -> float:
         """The start of the newest segment, the clock read again while no frame comes (a
@@ -137,6 +144,7 @@ class Segments:
         self.files.setdefault(base, []).append(path)
         if self.keep is not None:
             self._prune(base, path)
+        self._openings += 1
         return path
 
     def _prune(self, base: Path, writing: Path) -> None:

@@ -344,9 +344,10 @@ class StreamEnds:
         self._tell_all("finish_segments", False)  # another stream's segment, by this frame's
 
     def idle(self) -> None:
-        """No frame came for a while: the segments' clock is read again."""
-        self._check_streams()
+        """No frame came for a while: the segments' clock is read again, before a lost
+        stream's end lines are written (they go to the segment current then, not one over)."""
         self._tell_all("finish_segments", True)
+        self._check_streams()
 
     def _check_streams(self) -> None:
         for stream, source in list(self._open.items()):

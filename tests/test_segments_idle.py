@@ -160,3 +160,80 @@ def test_an_events_segment_over_is_closed_and_the_last_end_lines_go_to_the_newes
     assert [json.loads(line)["track_id"] for line in newest.read_text().splitlines()] == [1]
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "events-20261130T005315Z.jsonl", first.name, newest.name]  # the run's first, empty
+
+
+def test_the_end_lines_of_an_outage_found_after_a_boundary_go_to_the_newest_segment(tmp_path):
+    """The sink thread's idle tick told the sinks of a lost stream before reading the clock
+    again: when the outage was found in the first tick after a boundary, its tracks' end lines
+    went to the segment that was over (then closed), in the next tick to the newest one. Now
+    the clock is read first: the lines written then go to the segment current (README)."""
+    import numpy as np
+
+    from pipeline.detections import Detections
+    from pipeline.reading.events import TextEventSink
+    from pipeline.sinks import StreamEnds
+    from pipeline.sources import Frame
+    from pipeline.sources.base import SourceStats
+
+    class LostCamera:  # a live source, its frames all written, that lost its connection
+        stream, state, stats = 0, "streaming", SourceStats()
+
+    def frame_with_track(index: int) -> tuple:
+        frame = Frame(np.zeros((120, 200, 3), np.uint8), index, index / 25, "cam")
+        data = {"track_id": np.asarray([7]), "text": np.asarray(["A"], str),
+                "text_score": np.full(1, 0.9)}
+        quads = np.float32([[[0, 0], [40, 0], [40, 16], [0, 16]]])
+        return frame, Detections.from_quads(quads, np.full(1, 0.8), data)
+
+    clock, camera = SetClock(T0 + 1), LostCamera()
+    segments = Segments(10, clock=clock)
+    sink = TextEventSink(tmp_path / "events.jsonl", segments=segments)
+    ends = StreamEnds([camera], [sink])
+    frame, detections = frame_with_track(0)
+    camera.stats.read += 1
+    camera.stats.delivered += 1
+    sink.write(frame, detections)
+    ends.frame_written(frame)
+    camera.state = "reconnecting"  # found lost only after the segment from T0 is over
+    clock.now = T0 + 11
+    ends.idle()
+    sink.close()
+    first, newest = (tmp_path / "events-20261130T005321Z.jsonl",  # the run's start
+                     tmp_path / "events-20261130T005330Z.jsonl")
+    assert first.read_text() == ""  # not a line written after its time was over
+    assert [json.loads(line)["track_id"] for line in newest.read_text().splitlines()] == [7]
+
+
+def test_report_json_is_rewritten_when_a_stream_back_from_an_outage_opens_its_files(tmp_path):
+    """report.json was rewritten when the segments' start moved: while a stream is down the
+    idle tick moves it at the boundary, so the files opened when the stream came back, in that
+    same segment, and the oldest deleted for --keep-segments, were not in the report until
+    --report-every (60 s) later. It is rewritten when a file is opened too."""
+    from argparse import Namespace
+
+    import numpy as np
+
+    from pipeline.commands._report import live_report
+    from pipeline.detections import Detections
+    from pipeline.sources import Frame
+
+    clock = SetClock(T0 + 1)
+    segments = Segments(10, keep=1, clock=clock)
+    jsonl = JsonlSink(tmp_path / "detections.jsonl", segments=segments)
+
+    class Run:  # what live_report reads of a Pipeline before it runs
+        sinks = [jsonl]
+
+    report = live_report(Run(), tmp_path, Namespace(report_every=60.0))
+    frame = Frame(np.zeros((8, 8, 3), np.uint8), 0, 0.0, "cam")
+    jsonl.write(frame, Detections.empty())
+    jsonl.finish_segments(idle=False)
+    clock.now = T0 + 15  # the stream is down: the idle tick closes the first segment
+    jsonl.finish_segments(idle=True)
+    down = report.turned()
+    clock.now = T0 + 16  # back in the same segment: its file opens, the first is deleted
+    jsonl.write(Frame(np.zeros((8, 8, 3), np.uint8), 1, 0.04, "cam"),
+                Detections.empty())
+    jsonl.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["detections-20261130T005330Z.jsonl"]
+    assert report.turned() != down  # report.json rewritten within a second

@@ -41,7 +41,7 @@ def live_report(pipe, out: Path, args):
 
     segments = _run_segments(pipe.sinks)
     return LiveReport(make, out / "report.json", args.report_every,
-                      turned=None if segments is None else segments.current)
+                      turned=None if segments is None else segments.turned)
 
 
 def _run_segments(sinks):
