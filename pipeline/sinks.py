@@ -341,12 +341,12 @@ class StreamEnds:
         self._written[frame.stream] = self._written.get(frame.stream, 0) + 1
         self._lost.discard(frame.stream)
         self._check_streams()
-        self._tell_all("finish_segments", False)  # another stream's segment, by this frame's
+        self._tell("finish_segments", False)  # another stream's segment, by this frame's
 
     def idle(self) -> None:
         """No frame came for a while: the segments' clock is read again, before a lost
         stream's end lines are written (they go to the segment current then, not one over)."""
-        self._tell_all("finish_segments", True)
+        self._tell("finish_segments", True)
         self._check_streams()
 
     def _check_streams(self) -> None:
@@ -360,12 +360,8 @@ class StreamEnds:
                 self._lost.add(stream)
                 self._tell("stream_lost", stream)
 
-    def _tell(self, news: str, stream: int) -> None:
+    def _tell(self, news: str, *args) -> None:
         for sink in self._sinks:  # a sink of one's own (not a Sink) may not listen
-            getattr(sink, news, lambda stream: None)(stream)
-
-    def _tell_all(self, news: str, *args) -> None:
-        for sink in self._sinks:
             getattr(sink, news, _ignored)(*args)
 
     def _all_written(self, stream: int, stats) -> bool:

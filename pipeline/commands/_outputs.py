@@ -181,11 +181,12 @@ def _segment_outputs(outputs: dict, sinks) -> dict:
     from pipeline.reading.events import TextEventSink
     from pipeline.sinks import JsonlSink, VideoSink
 
-    segments = None
+    segments = run_segments_of(sinks)
+    if segments is None:
+        return outputs
     for sink in (getattr(s, "sink", s) for s in sinks):  # inside its stream filter
         if getattr(sink, "segments", None) is None:
             continue
-        segments = sink.segments
         if isinstance(sink, JsonlSink):
             outputs["jsonl"] = segments.written(sink.path)
         elif isinstance(sink, TextEventSink):
@@ -193,7 +194,14 @@ def _segment_outputs(outputs: dict, sinks) -> dict:
         elif isinstance(sink, VideoSink) and sink.paths:
             outputs["videos"] = {str(stream): segments.written(path)
                                  for stream, path in sorted(sink.paths.items())}
-    if segments is not None:
-        outputs["segments"] = dict(seconds=segments.seconds, keep=segments.keep,
-                                   removed=segments.removed)
+    outputs["segments"] = dict(seconds=segments.seconds, keep=segments.keep,
+                               removed=segments.removed)
     return outputs
+
+
+def run_segments_of(sinks):
+    """The run's Segments (shared by its results files), or None."""
+    for sink in (getattr(s, "sink", s) for s in sinks):  # inside its stream filter
+        if getattr(sink, "segments", None) is not None:
+            return sink.segments
+    return None

@@ -9,7 +9,7 @@ from pathlib import Path
 from pipeline.live_report import EVERY_S as REPORT_EVERY_S, LiveReport
 
 from ._network import outputs_counted
-from ._outputs import outputs_written
+from ._outputs import outputs_written, run_segments_of
 from ._validate import at_least
 
 
@@ -39,14 +39,7 @@ def live_report(pipe, out: Path, args):
     def make():  # nothing before the run starts: a run that fails to start claims none
         return run_report(pipe, out) if pipe.metrics.t_start is not None else None
 
-    segments = _run_segments(pipe.sinks)
+    segments = run_segments_of(pipe.sinks)
     return LiveReport(make, out / "report.json", args.report_every,
                       turned=None if segments is None else segments.turned)
 
-
-def _run_segments(sinks):
-    """The run's Segments (shared by its results files), or None."""
-    for sink in (getattr(s, "sink", s) for s in sinks):  # inside its stream filter
-        if getattr(sink, "segments", None) is not None:
-            return sink.segments
-    return None
