@@ -15,9 +15,9 @@ import os
 import signal
 import sys
 import threading
-from typing import Callable, Dict, Optional
+from typing import Callable, Optional
 
-from ..signals import ignored
+from ..signal_watch import SignalWatch
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -45,37 +45,16 @@ class BuildSignals:
         self.cancel = threading.Event()
         self.signum: Optional[int] = None
         self._cancellable, self._say, self._exit = cancellable, say or _say, exit
-        self._previous: Dict[int, object] = {}
-        self._pipe = None
-        self._watcher: Optional[threading.Thread] = None
+        self._watch = SignalWatch(SIGNALS, self._noted, self._received, name="dbrt-build-signals")
 
     def __enter__(self) -> "BuildSignals":
-        if threading.current_thread() is not threading.main_thread():
-            return self
-        read, write = os.pipe()
-        os.set_blocking(write, False)  # the C handler must never block on a full pipe
-        self._pipe = (read, write)
-        # a Python handler of our own: the C handler then writes the pipe; an ignored signal
-        # (a background job's SIGINT) stays ignored, and the kernel drops it before the pipe
-        for signum in (s for s in SIGNALS if not ignored(s)):
-            self._previous[signum] = signal.signal(signum, self._noted)
-        self._previous_fd = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
-        self._watcher = threading.Thread(target=self._watch, name="dbrt-build-signals", daemon=True)
-        self._watcher.start()
+        # a Python handler of our own: the C handler then writes the wakeup descriptor; an
+        # ignored signal (a background job's SIGINT) stays ignored, and the kernel drops it
+        self._watch.install()
         return self
 
     def _noted(self, signum, frame) -> None:
         """Runs in the main thread only after the build: the watcher has acted on it already."""
-
-    def _watch(self) -> None:
-        read = self._pipe[0]
-        while True:
-            data = os.read(read, 64)
-            if not data:  # the write end closed: the build is over
-                return
-            for signum in data:
-                if signum in SIGNALS:
-                    self._received(signum)
 
     def _received(self, signum: int) -> None:
         if self.signum is not None:
@@ -88,13 +67,4 @@ class BuildSignals:
                   "this TensorRT cannot cancel a build: stopping when it ends (again to stop at once)")
 
     def __exit__(self, *exc) -> None:
-        if self._pipe is None:
-            return
-        for signum, handler in self._previous.items():  # first: none is lost in between
-            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
-        signal.set_wakeup_fd(self._previous_fd)
-        read, write = self._pipe
-        os.close(write)
-        self._watcher.join()
-        os.close(read)
-        self._pipe = None
+        self._watch.restore()

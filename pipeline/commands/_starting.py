@@ -8,8 +8,8 @@ between two bytecodes of the main thread, so a start busy in native code (an ONN
 session, a TensorRT engine build, a gRPC call to a Triton server that does not answer) would
 not see them for minutes: a watcher thread hears each signal at once through the wakeup file
 descriptor, closes the sources opened so far (which ends the wait for their first connects)
-and, when the main thread has not stopped FORCE_AFTER_S later, or at a third signal, prints
-the line and ends the process itself.
+and, when the main thread has not stopped FORCE_AFTER_S after they are closed, or at a third
+signal, prints the line and ends the process itself.
 
 Once the Pipeline exists its StopSignals take over, and the signals recorded meanwhile with
 them (`take_pending`): such a run stops before its first frame and writes its report, as any
@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import sys
 import threading
 import time
 from typing import List, Optional, Sequence
 
-from engine.signals import ignored
+from engine.signal_watch import SignalWatch
 from pipeline.interrupts import Interrupted
 
 # within docker stop's 10 s before SIGKILL, and long enough for a start between two steps
@@ -60,10 +59,9 @@ class StartSignals:
         self._taken_count = 0  # how many: those after came once the run's were restored
         self._over = threading.Event()  # the start ended: the watcher ends
         self._heard, self._first_heard = 0, signal.SIGINT  # signals the watcher heard
-        self._previous: dict = {}
-        self._previous_fd: Optional[int] = None
-        self._wakeup: Optional[tuple] = None
-        self._watcher: Optional[threading.Thread] = None
+        self._force_at: Optional[float] = None  # FORCE_AFTER_S after the first closed the sources
+        self._watch = SignalWatch(self.signals, self._handle, self._heard_one, name="start-signals",
+                                  deadline=lambda: self._force_at, on_deadline=self._too_late)
 
     @property
     def stopped(self) -> Optional[int]:
@@ -71,34 +69,21 @@ class StartSignals:
         return self.received[0] if self.received and not self._taken else None
 
     def __enter__(self) -> "StartSignals":
-        if threading.current_thread() is not threading.main_thread():
-            return self
-        self._wakeup = socket.socketpair()
-        self._wakeup[1].setblocking(False)  # the C handler must never block on it
-        self._previous_fd = signal.set_wakeup_fd(self._wakeup[1].fileno(), warn_on_full_buffer=False)
-        for signum in (s for s in self.signals if not ignored(s)):  # a background job's SIGINT
-            self._previous[signum] = signal.signal(signum, self._handle)
-        self._watcher = threading.Thread(target=self._watch, name="start-signals", daemon=True)
-        self._watcher.start()
+        self._watch.install()  # not of a signal `ignored` (a background job's SIGINT)
         return self
 
     def __exit__(self, *exc) -> None:
-        self.end()
-        for signum, handler in self._previous.items():
-            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
-        self._previous.clear()
+        try:
+            self.end()
+        finally:  # the handlers last: they record what comes meanwhile (check_after_the_run)
+            self._watch.restore_handlers()
 
     def end(self) -> None:
         """The start is over (stopped, failed, or the run about to start): the watcher ends;
         the handlers stay until the `with` ends (the run's own pass signals on to them)."""
         with self._saying:  # a forced exit under way ends the process first
             self._over.set()
-        if self._wakeup is not None:
-            signal.set_wakeup_fd(self._previous_fd if self._previous_fd is not None else -1)
-            self._wakeup[1].close()  # the watcher's read ends
-            self._watcher.join(1.0)
-            self._wakeup[0].close()
-            self._wakeup = None
+        self._watch.stop_watching(join_within=1.0)
 
     def _handle(self, signum, frame) -> None:
         self.received.append(signum)
@@ -147,28 +132,25 @@ class StartSignals:
             raise Interrupted(self.stopped)
 
     # -- the watcher thread ---------------------------------------------------------------------
-    def _watch(self) -> None:
-        reader, first_at = self._wakeup[0], None
-        while True:
-            reader.settimeout(None if first_at is None else max(0.0, first_at - time.monotonic()))
-            try:
-                data = reader.recv(16)
-            except socket.timeout:
-                data = None
-            except OSError:
-                return
-            if self._over.is_set() or data == b"":
-                return
-            if data is None:  # the main thread did not stop in time: in native code
-                return self._force(self._first_heard, f"{self.phase} (it did not stop within "
-                                                      f"{self.force_after:g} s)")
-            for signum in (s for s in data if s in self.signals):
-                self._heard += 1
-                if self._heard == 1:
-                    self._first_heard, first_at = signum, time.monotonic() + self.force_after
-                    self._close_sources()
-                elif self._heard >= 3:
-                    return self._force(signum, f"{self.phase} (at once: a third signal)")
+    def _heard_one(self, signum: int) -> bool:
+        """A signal, the moment it arrives: False ends the watcher."""
+        if self._over.is_set():
+            return False
+        self._heard += 1
+        if self._heard == 1:
+            self._first_heard = signum
+            self._close_sources()  # a stream's reader let go: up to READER_GRACE_S (3 s)
+            # counted from here: the main thread, whose wait they end, closes them too
+            self._force_at = time.monotonic() + self.force_after
+        elif self._heard >= 3:
+            self._force(signum, f"{self.phase} (at once: a third signal)")
+            return False
+        return True
+
+    def _too_late(self) -> None:
+        """FORCE_AFTER_S after the first signal closed the sources the main thread has not
+        stopped: it is in native code."""
+        self._force(self._first_heard, f"{self.phase} (it did not stop within {self.force_after:g} s)")
 
     def _close_sources(self, owned=(), wait: float = 0.0) -> None:
         sources = self._sources + list(owned)
