@@ -30,6 +30,7 @@ import torch
 
 from dbnet.files import folder_removed_if_left_empty, write_text_whole
 from engine.errors import DbrtError, ModelError
+from engine.signal_watch import restore_handlers
 from engine.signals import ignored
 
 from ..checkpoint import shipping_post
@@ -239,10 +240,8 @@ class _StopRequest:
         _log("stopping after this step (again to stop at once) ...")
 
     def __exit__(self, *exc) -> None:
-        import signal
-
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+        previous, self._previous = self._previous, {}
+        restore_handlers(previous)  # one installed from C (None) as the default
 
 
 def _next_batch(batches):
