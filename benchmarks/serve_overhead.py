@@ -19,6 +19,7 @@ import argparse
 import http.client
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -61,9 +62,15 @@ class Viewer(threading.Thread):
             conn.close()
 
 
+# the parent stops the viewer with SIGUSR1, a signal of its own: a SIGTERM ignored by whoever
+# started the benchmark (`trap '' TERM`) is inherited, and stays ignored (engine.signals)
 _VIEWER_SCRIPT = """
 import http.client, signal, sys
-signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
+def stop(*a):
+    sys.exit(0)
+signal.signal(signal.SIGUSR1, stop)
+if signal.getsignal(signal.SIGTERM) != signal.SIG_IGN:
+    signal.signal(signal.SIGTERM, stop)
 parts = 0
 try:
     conn = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]), timeout=30)
@@ -97,7 +104,7 @@ class ViewerProcess:
             raise RuntimeError("the MJPEG viewer could not connect")
 
     def stop(self) -> int:
-        self.proc.terminate()
+        self.proc.send_signal(signal.SIGUSR1)
         out, _ = self.proc.communicate(timeout=30)
         return int(out.strip() or 0)
 
