@@ -184,6 +184,14 @@ def test_text_events_are_published_as_well(tmp_path, broker):
     assert [{k: v for k, v in e.items() if k not in ("type", "time")} for e in texts] == lines
     assert all(isinstance(e["time"], float) for e in texts)
     assert any(e["text"] for e in texts)
+    # a text event comes after the detections event of the frame it names as its last: an
+    # update went out before its own frame's event (the text events' sink wrote first)
+    published = set()
+    for e in received:
+        if e["type"] == "detections":
+            published.add(e["frame_index"])
+        else:
+            assert e["last_frame"] in published, (e, max(published, default=None))
 
 
 def test_event_is_the_jsonl_line_plus_type_stream_time():
