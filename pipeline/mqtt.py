@@ -214,7 +214,8 @@ class MqttSink(Sink):
             if not self._status_mids:  # an earlier one still unacknowledged is sent again
                 info = client.publish(status_topic(self.broker.topic), status_payload("online"),
                                       qos=1, retain=True)
-                self._status_mids.add(info.mid)
+                if info.rc in self._ok:  # a refused one would be awaited for good
+                    self._status_mids.add(info.mid)
             return
         self.last_error = f"the broker refused the connection: {reason_code}"
         if reason_code.value in _LOGIN_REFUSED:  # retrying the same login does not heal
