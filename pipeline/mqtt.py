@@ -286,13 +286,14 @@ class MqttSink(Sink):
         return client.publish(self.broker.topic, payload, qos=1).rc
 
     def counters(self) -> dict:
-        """published_total (handed to the client), acked_total (confirmed by the broker),
+        """url (the broker and topic, without the password, as --restream's counters name
+        theirs), published_total (handed to the client), acked_total (confirmed by the broker),
         dropped_total (outbox full), queued (waiting), connected (after `close`: when it
         closed), reconnects_total, last_error (why the last connection attempt failed, None
         once connected)."""
         acked = self._acked  # before published: both only grow, so queued is never negative
         published = self._published
-        return dict(published_total=published, acked_total=acked, dropped_total=self._dropped,
+        return dict(url=self.broker.safe, published_total=published, acked_total=acked, dropped_total=self._dropped,
                     queued=published - acked, connected=self.connected,
                     reconnects_total=max(0, self._connects - 1), last_error=self.last_error)
 

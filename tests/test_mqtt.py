@@ -326,3 +326,17 @@ def test_the_report_says_whether_the_broker_was_there_when_the_run_ended(broker,
     print_network_summary({"mqtt": counters})
     err = capsys.readouterr().err
     assert "not connected" not in err and "had not acknowledged 1 events" in err, err
+
+
+def test_the_counters_name_the_broker_without_the_password():
+    """report.json's `mqtt` and /api/status's `outputs.mqtt` did not say which broker and topic
+    their counts are of (--restream's name their URL)."""
+    from pipeline.mqtt import MqttSink
+
+    sink = MqttSink("mqtt://alice:S3cr3t@127.0.0.1:1/site7/dbrt")
+    try:
+        counters = sink.counters()
+    finally:
+        sink.close()
+    assert counters["url"] == "mqtt://alice@127.0.0.1:1/site7/dbrt"
+    assert "S3cr3t" not in str(counters)
