@@ -13,8 +13,10 @@ reconnect; when it is full while the broker is away, new events are dropped and 
 Whether dbrt is there: `TOPIC/status` holds a retained `{"type": "status", "state": "online"}`
 published on each connection, and `"offline"` published at the end of the run, or by the broker
 (the connection's last will) when the connection is lost without a goodbye: a crash, a kill, a
-network cut noticed after 1.5 keep-alive periods (45 s). mqtts:// verifies the broker's certificate against the
-system's CAs, or against the CA in `?ca=FILE`; a certificate refused ends the run with one line.
+network cut noticed after 1.5 keep-alive periods (45 s).
+
+mqtts:// verifies the broker's certificate against the system's CAs, or against the CA in
+`?ca=FILE`; a certificate refused ends the run with one line.
 
 Payload (one JSON object per frame, the JSONL line, `Detections.to_records` included, plus
 `type` and `time`):
@@ -293,8 +295,8 @@ class MqttSink(Sink):
         once connected)."""
         acked = self._acked  # before published: both only grow, so queued is never negative
         published = self._published
-        return dict(url=self.broker.safe, published_total=published, acked_total=acked, dropped_total=self._dropped,
-                    queued=published - acked, connected=self.connected,
+        return dict(url=self.broker.safe, published_total=published, acked_total=acked,
+                    dropped_total=self._dropped, queued=published - acked, connected=self.connected,
                     reconnects_total=max(0, self._connects - 1), last_error=self.last_error)
 
     def _say_offline(self, client, deadline: float) -> None:

@@ -55,7 +55,8 @@ def test_streams_restreamed_one_by_one_are_a_label_of_one_family(tmp_path):
     finally:
         for source in run.sources:
             source.close()
-    assert not [name for name in families if name.startswith(("dbrt_restream_0", "dbrt_restream_1"))]
+    per_stream = ("dbrt_restream_0", "dbrt_restream_1")
+    assert not [name for name in families if name.startswith(per_stream)]
     sent = families["dbrt_restream_frames_sent"]
     assert sent.type == "counter"
     assert {s.labels["stream"]: s.value for s in sent.samples} == {"0": 10.0, "1": 20.0}

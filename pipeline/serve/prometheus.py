@@ -5,8 +5,9 @@ Names (all prefixed dbrt_): frames_total, source_frames_read_total, source_dropp
 source_sampled_out_frames_total, source_skipped_inputs_total, source_reconnects_total and source_up per stream; stage_latency_seconds (per stage) and
 end_to_end_latency_seconds histograms; queue_depth / queue_capacity per queue; batch_size
 histogram (frames per engine call); fps; inference_failed_frames_total (and for a triton:// model
-model_server_up, model_server_reconnects_total); ignored_detections_total (--ignore zones); and the counters of other outputs (mqtt_*, restream_*: with several streams
-restreamed, labelled `stream`).
+model_server_up, model_server_reconnects_total); ignored_detections_total (--ignore zones); and
+the counters of other outputs (mqtt_*, restream_*: labelled `stream` when several streams are
+restreamed).
 """
 from __future__ import annotations
 
