@@ -8,8 +8,15 @@ and reconnects with back-off (`min_delay` doubling up to `max_delay` seconds) wh
 on; events published meanwhile wait in a bounded outbox (`max_queued`) and are sent after the
 reconnect; when it is full while the broker is away, new events are dropped and counted
 (`counters()["dropped_total"]`); while it is connected, an event waits (up to a second) for room.
-`write` blocks the pipeline only then. mqtts:// verifies the broker's certificate against the
-system's CAs, or against the CA in `?ca=FILE`; a certificate refused ends the run with one line.
+`write` blocks the pipeline only then.
+
+Whether dbrt is there: `TOPIC/status` holds a retained `{"type": "status", "state": "online"}`
+published on each connection, and `"offline"` published at the end of the run, or by the broker
+(the connection's last will) when the connection is lost without a goodbye: a crash, a kill, a
+network cut noticed after 1.5 keep-alive periods (45 s).
+
+mqtts:// verifies the broker's certificate against the system's CAs, or against the CA in
+`?ca=FILE`; a certificate refused ends the run with one line.
 
 Payload (one JSON object per frame, the JSONL line, `Detections.to_records` included, plus
 `type` and `time`):
@@ -118,6 +125,15 @@ def event(frame: Frame, detections: Detections, source_name: str, decimals: int 
     return with_detections_json(head, detections_json, ensure_ascii=False)
 
 
+def status_topic(topic: str) -> str:
+    """The retained online / offline topic beside the events' (see the module docstring)."""
+    return f"{topic}/status"
+
+
+def status_payload(state: str) -> str:
+    return json.dumps({"type": "status", "state": state}, separators=(",", ":"))
+
+
 def text_event(line: dict) -> dict:
     """The MQTT event of one text-event line: the line plus `type` "text" and `time`."""
     body = dict(line, source=without_credentials(str(line.get("source", ""))))
@@ -125,6 +141,8 @@ def text_event(line: dict) -> dict:
 
 
 ROOM_WAIT_S = 1.0  # how long an event waits for room in a full outbox while the broker is there
+STATUS_ROOM = 2  # paho's outbox holds this many status messages beyond the events' max_queued
+OFFLINE_WAIT_S = 0.5  # the least the end of the run waits for the broker to take "offline"
 
 
 class MqttSink(Sink):
@@ -135,7 +153,8 @@ class MqttSink(Sink):
                 ROOM_WAIT_S for the acknowledgements that make room)
     min_delay, max_delay: reconnect back-off in whole seconds (doubling from min to max)
     password: for a URL that names a user without one (the CLI's DBRT_MQTT_PASSWORD)
-    Source names lose any user:password part.
+    Source names lose any user:password part. `TOPIC/status` says "online" / "offline"
+    (retained; "offline" also as the last will), outside the event counters and the outbox.
     """
 
     def __init__(self, url: str, max_queued: int = 1000, min_delay: int = 1, max_delay: int = 16,
@@ -150,12 +169,15 @@ class MqttSink(Sink):
         if password is not None and self.broker.password is None:
             self.broker = replace(self.broker, password=password)
         mqtt = require("paho.mqtt.client")
+        self.max_queued = max_queued
         self._ok = {mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN}  # NO_CONN: queued until back
         self._full = mqtt.MQTT_ERR_QUEUE_SIZE
         self._stalled = False  # a wait for room timed out: no more waits until there is room
         self.flush_s = flush_s
         # each counter has one writer (the sink thread, or paho's): no lock on the event path
         self._published = self._dropped = self._acked = self._connects = 0
+        self._status_mids: set = set()  # paho's thread only: "online" messages not acknowledged
+        self._counting_acks = True  # False once close() sends "offline": its ack is no event's
         self.connected = False
         self.fatal: Optional[str] = None  # a refused certificate or login: the run stops with it
         self.last_error: Optional[str] = None  # why the last connection attempt failed
@@ -175,7 +197,9 @@ class MqttSink(Sink):
             except ssl.SSLError as exc:
                 raise DbrtError(f"--mqtt {self.broker.safe}: ca={self.broker.ca}: not a PEM CA "
                                 f"certificate ({exc.reason or exc})") from None
-        client.max_queued_messages_set(max_queued)
+        client.max_queued_messages_set(max_queued + STATUS_ROOM)  # _offer keeps events to theirs
+        client.will_set(status_topic(self.broker.topic), status_payload("offline"), qos=1,
+                        retain=True)
         client.reconnect_delay_set(min_delay=min_delay, max_delay=max_delay)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -189,6 +213,11 @@ class MqttSink(Sink):
             self._connects += 1
             self.connected = True
             self.last_error = None
+            if not self._status_mids:  # an earlier one still unacknowledged is sent again
+                info = client.publish(status_topic(self.broker.topic), status_payload("online"),
+                                      qos=1, retain=True)
+                if info.rc in self._ok:  # a refused one would be awaited for good
+                    self._status_mids.add(info.mid)
             return
         self.last_error = f"the broker refused the connection: {reason_code}"
         if reason_code.value in _LOGIN_REFUSED:  # retrying the same login does not heal
@@ -216,7 +245,10 @@ class MqttSink(Sink):
         self.connected = False
 
     def _on_publish(self, client, userdata, mid, reason_code=None, properties=None) -> None:
-        self._acked += 1
+        if mid in self._status_mids:
+            self._status_mids.discard(mid)
+        elif self._counting_acks:
+            self._acked += 1
 
     # -- the pipeline's sink thread -------------------------------------------------------------
     def write(self, frame: Frame, detections: Detections) -> None:
@@ -230,7 +262,7 @@ class MqttSink(Sink):
 
     def _publish(self, payload: str) -> None:
         client = self.client
-        rc = client.publish(self.broker.topic, payload, qos=1).rc if client else None
+        rc = self._offer(client, payload) if client else None
         if rc == self._full and self.connected and not self._stalled:
             # a burst (a stream's tracks ending together) fills the outbox with events in
             # flight while the broker is there: their acknowledgements free it within
@@ -239,7 +271,7 @@ class MqttSink(Sink):
             deadline = time.monotonic() + ROOM_WAIT_S
             while rc == self._full and self.connected and time.monotonic() < deadline:
                 time.sleep(0.002)
-                rc = client.publish(self.broker.topic, payload, qos=1).rc
+                rc = self._offer(client, payload)
             self._stalled = rc == self._full
         elif rc in self._ok:
             self._stalled = False
@@ -248,16 +280,37 @@ class MqttSink(Sink):
         else:
             self._dropped += 1
 
+    def _offer(self, client, payload: str):
+        """paho's answer to one event; full while max_queued events await their
+        acknowledgement (paho's own limit leaves the status messages room beyond them)."""
+        if self._published - self._acked >= self.max_queued:
+            return self._full
+        return client.publish(self.broker.topic, payload, qos=1).rc
+
     def counters(self) -> dict:
-        """published_total (handed to the client), acked_total (confirmed by the broker),
+        """url (the broker and topic, without the password, as --restream's counters name
+        theirs), published_total (handed to the client), acked_total (confirmed by the broker),
         dropped_total (outbox full), queued (waiting), connected (after `close`: when it
         closed), reconnects_total, last_error (why the last connection attempt failed, None
         once connected)."""
         acked = self._acked  # before published: both only grow, so queued is never negative
         published = self._published
-        return dict(published_total=published, acked_total=acked, dropped_total=self._dropped,
-                    queued=published - acked, connected=self.connected,
+        return dict(url=self.broker.safe, published_total=published, acked_total=acked,
+                    dropped_total=self._dropped, queued=published - acked, connected=self.connected,
                     reconnects_total=max(0, self._connects - 1), last_error=self.last_error)
+
+    def _say_offline(self, client, deadline: float) -> None:
+        """The retained "offline", to a broker that is there (a clean disconnect drops the last
+        will, which would have said it): acknowledged within the flush time, or half a
+        second. Acknowledgements from now on are no longer counted as events'."""
+        self._counting_acks = False
+        if not self.connected:
+            return  # the broker sends the last will once it notices the lost connection
+        info = client.publish(status_topic(self.broker.topic), status_payload("offline"), qos=1,
+                              retain=True)
+        deadline = max(deadline, time.monotonic() + OFFLINE_WAIT_S)
+        while not info.is_published() and self.connected and time.monotonic() < deadline:
+            time.sleep(0.01)
 
     def _may_still_send(self) -> bool:
         """Connected, or still making the first connection (no refused certificate or login)."""
@@ -280,6 +333,7 @@ class MqttSink(Sink):
                 and time.monotonic() < deadline:
             time.sleep(0.02)
         client, self.client = self.client, None
+        self._say_offline(client, deadline)
         client.disconnect()
         client.loop_stop()
         self._raise_fatal()

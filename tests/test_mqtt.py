@@ -184,6 +184,14 @@ def test_text_events_are_published_as_well(tmp_path, broker):
     assert [{k: v for k, v in e.items() if k not in ("type", "time")} for e in texts] == lines
     assert all(isinstance(e["time"], float) for e in texts)
     assert any(e["text"] for e in texts)
+    # a text event comes after the detections event of the frame it names as its last: an
+    # update went out before its own frame's event (the text events' sink wrote first)
+    published = set()
+    for e in received:
+        if e["type"] == "detections":
+            published.add(e["frame_index"])
+        else:
+            assert e["last_frame"] in published, (e, max(published, default=None))
 
 
 def test_event_is_the_jsonl_line_plus_type_stream_time():
@@ -318,3 +326,17 @@ def test_the_report_says_whether_the_broker_was_there_when_the_run_ended(broker,
     print_network_summary({"mqtt": counters})
     err = capsys.readouterr().err
     assert "not connected" not in err and "had not acknowledged 1 events" in err, err
+
+
+def test_the_counters_name_the_broker_without_the_password():
+    """report.json's `mqtt` and /api/status's `outputs.mqtt` did not say which broker and topic
+    their counts are of (--restream's name their URL)."""
+    from pipeline.mqtt import MqttSink
+
+    sink = MqttSink("mqtt://alice:S3cr3t@127.0.0.1:1/site7/dbrt")
+    try:
+        counters = sink.counters()
+    finally:
+        sink.close()
+    assert counters["url"] == "mqtt://alice@127.0.0.1:1/site7/dbrt"
+    assert "S3cr3t" not in str(counters)

@@ -351,7 +351,8 @@ def _sinks(pipe, out: Path, args) -> list:
         for sink in files + outputs:
             sink.close()
         raise
-    return files + outputs
+    # outputs first: a frame's MQTT event precedes the text events it brings (their last_frame)
+    return outputs + files
 
 
 def _print_header(pipe, out: Path) -> None:

@@ -5,7 +5,9 @@ Names (all prefixed dbrt_): frames_total, source_frames_read_total, source_dropp
 source_sampled_out_frames_total, source_skipped_inputs_total, source_reconnects_total and source_up per stream; stage_latency_seconds (per stage) and
 end_to_end_latency_seconds histograms; queue_depth / queue_capacity per queue; batch_size
 histogram (frames per engine call); fps; inference_failed_frames_total (and for a triton:// model
-model_server_up, model_server_reconnects_total); ignored_detections_total (--ignore zones); and the counters of other outputs (mqtt_*, restream_* or restream_<N>_* per stream).
+model_server_up, model_server_reconnects_total); ignored_detections_total (--ignore zones); and
+the counters of other outputs (mqtt_*, restream_*: labelled `stream` when several streams are
+restreamed).
 """
 from __future__ import annotations
 
@@ -113,16 +115,27 @@ class _RunCollector:
         yield batch
 
     def _outputs(self):
+        """One family per counter of the other outputs: dbrt_mqtt_*, dbrt_restream_*; the
+        streams restreamed one by one ("restream_N") are the `stream` label of one family,
+        not a family of names per stream."""
+        families = {}
         for name, extra in self.status.extras.items():
+            output, _, stream = name.partition("_")
+            labels, values = (["stream"], [stream]) if stream.isdigit() else ([], [])
             for key, value in extra.counters().items():
                 if not isinstance(value, (int, float)):  # bools count as 0 / 1
                     continue
-                metric = f"dbrt_{name}_{key}"
-                if key.endswith("_total"):
-                    yield self.core.CounterMetricFamily(metric[:-6], f"{name} {key}", value=value)
-                else:
-                    yield self.core.GaugeMetricFamily(metric, f"{name} {key}", value=float(value))
+                metric = f"dbrt_{output}_{key}"
+                family = families.get(metric)
+                if family is None:
+                    family = families[metric] = self._family(metric, f"{output} {key}", labels)
+                family.add_metric(values, float(value))
+        yield from families.values()
 
+    def _family(self, metric: str, documentation: str, labels: list):
+        if metric.endswith("_total"):
+            return self.core.CounterMetricFamily(metric[:-6], documentation, labels=labels)
+        return self.core.GaugeMetricFamily(metric, documentation, labels=labels)
 
 def _seconds(histogram):
     """A LatencyWindow histogram in prometheus_client's form: [(le, cumulative)], sum seconds."""
