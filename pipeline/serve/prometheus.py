@@ -137,6 +137,7 @@ class _RunCollector:
             return self.core.CounterMetricFamily(metric[:-6], documentation, labels=labels)
         return self.core.GaugeMetricFamily(metric, documentation, labels=labels)
 
+
 def _seconds(histogram):
     """A LatencyWindow histogram in prometheus_client's form: [(le, cumulative)], sum seconds."""
     cumulative, count, total_ms = histogram
