@@ -87,34 +87,54 @@ class Mosquitto:
         `tls_port`, speaks TLS with them (`port` stays plain). password_file (mosquitto_passwd
         format): only its users may connect."""
         self.binary = binary
-        self.port = free_port()
+        self.folder, self.tls, self.password_file = folder, tls, password_file
         self.config = folder / "mosquitto.conf"
+        self.proc = None
+        self._write_config()
+
+    def _write_config(self) -> None:
+        """On free ports: a port another process takes between free_port() and the broker's
+        bind is met by `start` writing it again on other ports."""
+        self.port = free_port()
         # as root, mosquitto would switch to its own user, which cannot write the test's folder
-        login = f"allow_anonymous false\npassword_file {password_file}\n" if password_file \
-            else "allow_anonymous true\n"
-        text = (f"{login}persistence true\npersistence_location {folder}/\n"
+        login = f"allow_anonymous false\npassword_file {self.password_file}\n" \
+            if self.password_file else "allow_anonymous true\n"
+        text = (f"{login}persistence true\npersistence_location {self.folder}/\n"
                 f"user {getpass.getuser()}\nlistener {self.port} 127.0.0.1\n")
         self.tls_port = None
-        if tls is not None:
+        if self.tls is not None:
             self.tls_port = free_port()
-            ca, cert, key = tls
+            ca, cert, key = self.tls
             text += (f"listener {self.tls_port} 127.0.0.1\ncafile {ca}\ncertfile {cert}\n"
                      f"keyfile {key}\n")
         self.config.write_text(text)
-        self.proc = None
 
     def start(self) -> "Mosquitto":
+        for attempt in range(3):
+            error = self._started()
+            if error is None:
+                return self
+            if "in use" not in error or attempt == 2:
+                raise AssertionError(f"mosquitto did not start: {error}")
+            self._write_config()  # a port taken meanwhile (other tests' servers): others
+        return self
+
+    def _started(self) -> Optional[str]:
+        """None once the broker accepts connections, else its error output."""
         self.proc = subprocess.Popen([self.binary, "-c", str(self.config)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return self
+                time.sleep(0.2)  # the port answered: the broker's, unless it exits on a bind
             except OSError:
-                if self.proc.poll() is not None:
-                    raise AssertionError(f"mosquitto did not start: {self.proc.stderr.read()}")
                 time.sleep(0.05)
+            else:
+                if self.proc.poll() is None:
+                    return None
+            if self.proc.poll() is not None:
+                return self.proc.stderr.read().decode(errors="replace")
         raise AssertionError("mosquitto did not accept connections")
 
     def stop(self) -> None:
@@ -124,8 +144,11 @@ class Mosquitto:
         self.proc = None
 
     def restart(self) -> None:
+        """On the same ports (a client reconnects to them)."""
         self.stop()
-        self.start()
+        error = self._started()
+        if error is not None:
+            raise AssertionError(f"mosquitto did not start again: {error}")
 
 
 class Subscriber:
