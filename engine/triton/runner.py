@@ -26,6 +26,7 @@ import numpy as np
 from ..base import Runner, TensorInfo, fixed_batch
 from ..errors import DbrtWarning, InferenceFailed, ModelError, ShapeError
 from ..lazy import require
+from .leftovers import remove_dead_owners
 from .model_info import ModelInfo, read_model_info
 from .options import TritonOptions, TritonUrl
 from .shm import SlotPool, memory, nbytes_of, resolved_shape
@@ -128,6 +129,11 @@ class TritonRunner(Runner):
         pool = SlotPool(memory(kind, self._client, self.options.connect_timeout),
                         self.options.inflight, self.url.model)
         pool.probe()
+        if pool.mem.files:  # the server maps our /dev/shm: free what runs killed there left
+            try:
+                remove_dead_owners(self._client, self.options.connect_timeout)
+            except Exception:  # noqa: BLE001 - a later run tries again; this one goes on
+                pass
         return pool
 
     def _deactivate(self) -> None:
