@@ -349,6 +349,9 @@ def test_dbrt_run_gives_up_with_one_line_when_the_server_stays_away(outage, tmp_
     assert len(err) == 1 and f"lost {outage.url}: gave up after 2 reconnect attempts" in err[0], err
     report = json.loads((out / "report.json").read_text())
     assert report["failed"] >= 1 and report["frames"] >= 5
+    # it said "cancelled", as for a run the user aborted, and not why the run ended
+    server = report["model"]["server"]
+    assert server["state"] == "failed" and "gave up after 2 reconnect attempts" in server["error"]
 
 
 def test_the_batch_follows_the_served_models_max_batch_size(url, tmp_path):

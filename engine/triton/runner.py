@@ -76,6 +76,7 @@ class TritonRunner(Runner):
         self._recover_lock = threading.Lock()
         self._stats_lock = threading.Lock()
         self._last_error = ""
+        self._ended_by = ""  # why the client gave up (report.json, /healthz), if it did
         self._failed_in_a_row = 0
         self.failed_requests = 0
         self.reconnects = 0
@@ -173,15 +174,18 @@ class TritonRunner(Runner):
 
     @property
     def state(self) -> str:
-        """"up", "reconnecting" (a request failed; the next one waits for the server) or
-        "cancelled"."""
+        """"up", "reconnecting" (a request failed; the next one waits for the server),
+        "failed" (it gave up, or the server refused a request) or "cancelled"."""
+        if self._ended_by:
+            return "failed"
         if self._cancelled.is_set():
             return "cancelled"
         return "up" if self._healthy.is_set() else "reconnecting"
 
     def describe(self) -> dict:
         with self._stats_lock:
-            return dict(url=str(self.url), state=self.state, shm=self.shm,
+            return dict(url=str(self.url), state=self.state, error=self._ended_by or None,
+                        shm=self.shm,
                         inflight=self.options.inflight,
                         max_batch=self.max_batch, failed_requests=self.failed_requests,
                         reconnects=self.reconnects)
@@ -214,6 +218,8 @@ class TritonRunner(Runner):
             future: Future = Future()
             future.set_exception(exc)
             return future
+        except ModelError as exc:
+            raise self._ended(exc)
         slot = self._pool.acquire(self.options.timeout + self.options.connect_timeout)
         future: Future = Future()
         try:
@@ -294,9 +300,15 @@ class TritonRunner(Runner):
         InferenceFailed (and the next submit first waits for the server)."""
         message = f"{self.url}: {_first_line(error)}"
         if any(code in _status(error) for code in _FATAL_CODES):
-            return ModelError(f"{message} (the server refused the request)")
+            return self._ended(ModelError(f"{message} (the server refused the request)"))
         self._request_failed(error)
         return InferenceFailed(message)
+
+    def _ended(self, error: ModelError) -> ModelError:
+        """The run ends with `error`: unless it was cancelled, report.json says why."""
+        if not self._cancelled.is_set():
+            self._ended_by = self._ended_by or str(error)
+        return error
 
     def _request_failed(self, error) -> None:
         if self._cancelled.is_set():  # our own cancel (an aborted run), not the server failing
