@@ -167,6 +167,16 @@ def test_an_unreachable_server_a_missing_model_and_a_stray_flag_are_one_line(url
         assert f"{url}: CUDA shared memory needs an NVIDIA GPU" in line
 
 
+def test_a_server_slower_than_the_request_timeout_is_one_line_naming_the_flag(url, tmp_path, capsys):
+    """Every request past --triton-timeout: the run gave up with 'last: Deadline Exceeded',
+    and nothing said which setting decides how long a request may take."""
+    line = _one_error_line(capsys, ["run", str(DEMO_VIDEO), "--max-frames", "30", "--no-video",
+                                    "--quiet", *SIZE, "--model", url, "--triton-timeout", "0.001",
+                                    "--reconnect", "1", "--reconnect-delay", "0", "-o", str(tmp_path)])
+    assert "gave up after 2 outages in a row" in line, line
+    assert "Deadline Exceeded, no answer within --triton-timeout 0.001 s" in line, line
+
+
 def test_the_post_processing_ensemble_is_refused_with_a_hint(triton_server):
     url = f"triton://{triton_server.grpc_url}/dbnet_detect"
     with pytest.raises(ModelError, match=r"dbnet_detect: tensor .* is BYTES .* probability map"):

@@ -338,9 +338,11 @@ class TritonRunner(Runner):
                 raise ModelError(f"lost {self.url}: gave up at once (--reconnect 0; last: "
                                  f"{self._last_error})")
             if retries is not None and self._failed_in_a_row > retries:
+                slow = (f", no answer within --triton-timeout {self.options.timeout:g} s"
+                        if "Deadline" in self._last_error else "")  # a server that slow
                 raise ModelError(f"lost {self.url}: gave up after {self._failed_in_a_row} outages in a "
                                  f"row (the server came back each time, but requests failed again; "
-                                 f"last: {self._last_error})")
+                                 f"last: {self._last_error}{slow})")
             last = self._last_error
             for wait in self.options.delays():
                 if self._no_wait.wait(wait):  # at once when the run is already stopping
