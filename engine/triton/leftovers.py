@@ -16,32 +16,47 @@ container's pid means nothing here, and a pid is reused.
 """
 from __future__ import annotations
 
-import fcntl
 import glob
 import os
 from pathlib import Path
-from typing import Dict, Iterator, List, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no /dev/shm either
+    fcntl = None
 
 SHM_DIR = Path("/dev/shm")  # where Linux keeps POSIX shared memory
 LOCK_SUFFIX = ".lock"
 OWNERS = "dbrt_*" + LOCK_SUFFIX
 
 
+def _usable() -> bool:
+    return fcntl is not None and SHM_DIR.is_dir()  # not so on macOS, whose shm_open has none
+
+
 class OwnerLock:
-    """Held from before a pool's first region is made until its regions are freed."""
+    """Held from before a pool's first region is made until its regions are freed; none where
+    there is no /dev/shm, or no file can be made there (the regions fail there if they must)."""
 
     def __init__(self, prefix: str):
         self.path = SHM_DIR / f"{prefix}{LOCK_SUFFIX}"
+        self._fd: Optional[int] = None
+        if not _usable():
+            return
         # locked under another name first: a run sweeping meanwhile never finds it unlocked
         making = self.path.with_name(self.path.name + ".new")
-        self._fd = os.open(making, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            self._fd = os.open(making, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except OSError:
+            return
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX)
             os.rename(making, self.path)
-        except BaseException:
+        except OSError:  # no locks there: this pool's regions are not a later run's to remove
             os.close(self._fd)
+            self._fd = None
             making.unlink(missing_ok=True)
-            raise
 
     def release(self) -> None:
         """The pool's regions are freed: nothing is left to remove."""
@@ -57,7 +72,7 @@ def remove_dead_owners(client, timeout: float) -> List[str]:
     and remove from /dev/shm the regions of pools whose lock nobody holds; their prefixes. A
     region the server cannot let go of yet keeps its owner's lock file for a later run."""
     removed, registered = [], None
-    for prefix, lock, fd in _dead_owners():
+    for prefix, lock, fd in _dead_owners() if _usable() else ():
         try:
             if registered is None:  # asked once, and only when a run did leave regions
                 registered = _registered(client, timeout)
