@@ -185,8 +185,7 @@ class TritonRunner(Runner):
     def describe(self) -> dict:
         with self._stats_lock:
             return dict(url=str(self.url), state=self.state, error=self._ended_by or None,
-                        shm=self.shm,
-                        inflight=self.options.inflight,
+                        shm=self.shm, inflight=self.options.inflight,
                         max_batch=self.max_batch, failed_requests=self.failed_requests,
                         reconnects=self.reconnects)
 

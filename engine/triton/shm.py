@@ -6,7 +6,8 @@ cross to a server on the same machine without being serialised into gRPC message
 Regions grow when a larger tensor comes (re-created and re-registered) and are registered again
 after the server restarts (it forgets registrations). System regions are files in /dev/shm
 under a lock file a pool holds while they exist, so that a next run removes those a killed run
-left (engine.triton.leftovers). The slot queue bounds the requests in flight. The CUDA path follows tritonclient's documented API and has not run on a GPU here.
+left (engine.triton.leftovers). The slot queue bounds the requests in flight. The CUDA path
+follows tritonclient's documented API and has not run on a GPU here.
 """
 from __future__ import annotations
 
