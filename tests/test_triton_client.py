@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import threading
 import time
 
@@ -362,6 +363,34 @@ def test_dbrt_run_gives_up_with_one_line_when_the_server_stays_away(outage, tmp_
     # it said "cancelled", as for a run the user aborted, and not why the run ended
     server = report["model"]["server"]
     assert server["state"] == "failed" and "gave up after 2 reconnect attempts" in server["error"]
+
+
+def test_dbrt_run_says_the_server_lost_and_back_as_it_happens(outage, tmp_path, capsys):
+    """A live stream's outage is said as it happens (a service's journal); the model server's
+    was said by nothing until the run ended, maybe days later, with its counters."""
+    out, code = tmp_path / "run", {}
+
+    def run():
+        code["rc"] = main(["run", str(DEMO_VIDEO), "--model", outage.url, "--no-video", "--quiet",
+                           "--max-frames", "40", "--reconnect-delay", "0.2", "--input-size", "256x448",
+                           "-o", str(out)])
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    jsonl, deadline = out / "detections.jsonl", time.monotonic() + 120
+    while time.monotonic() < deadline and thread.is_alive():
+        if jsonl.exists() and len(jsonl.read_text().splitlines()) >= 5:
+            outage.kill(restart_after=1.0)
+            break
+        time.sleep(0.05)
+    thread.join(timeout=180)
+    assert not thread.is_alive() and outage.killed.is_set() and outage.restart_error is None
+    assert code["rc"] == 2  # the frames in flight failed
+    warned = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(warned) == 2, warned
+    assert f"warning: lost {outage.url} (" in warned[0] and "retrying it up to 10 times" in warned[0]
+    assert re.search(rf"warning: {re.escape(outage.url)} is back after [\d.]+ s "
+                     r"\(\d+ reconnect attempts?\)", warned[1]), warned
 
 
 def test_the_batch_follows_the_served_models_max_batch_size(url, tmp_path):

@@ -29,6 +29,7 @@ from ..lazy import require
 from .leftovers import remove_dead_owners
 from .model_info import ModelInfo, read_model_info
 from .options import TritonOptions, TritonUrl
+from .outage import ServerOutage
 from .shm import SlotPool, memory, nbytes_of, resolved_shape
 
 # an aborted run lets go of its regions on the server for at most this long: its requests were
@@ -77,6 +78,7 @@ class TritonRunner(Runner):
         self._stats_lock = threading.Lock()
         self._last_error = ""
         self._ended_by = ""  # why the client gave up (report.json, /healthz), if it did
+        self._outage = ServerOutage(str(self.url))  # said as it happens, as a stream's is
         self._failed_in_a_row = 0
         self.failed_requests = 0
         self.reconnects = 0
@@ -343,7 +345,8 @@ class TritonRunner(Runner):
                                  f"row (the server came back each time, but requests failed again; "
                                  f"last: {self._last_error}{slow})")
             last = self._last_error
-            for wait in self.options.delays():
+            self._outage.lost(last, retries)
+            for attempt, wait in enumerate(self.options.delays(), 1):
                 if self._no_wait.wait(wait):  # at once when the run is already stopping
                     raise (ModelError if self._cancelled.is_set() else InferenceFailed)(
                         f"{self.url}: stopped while waiting for the server (last: {last})")
@@ -357,6 +360,7 @@ class TritonRunner(Runner):
                 with self._stats_lock:
                     self.reconnects += 1
                 self._healthy.set()
+                self._outage.back(attempt)
                 return
             raise ModelError(f"lost {self.url}: gave up after {retries} reconnect attempts "
                              f"(last: {last})")
