@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import threading
 import time
 
@@ -145,7 +146,8 @@ def test_dbrt_run_through_triton_writes_the_local_json_lines(url, tmp_path, caps
 
 def _one_error_line(capsys, args) -> str:
     assert main(args) == 2
-    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    err = [line for line in capsys.readouterr().err.splitlines()
+           if "error" in line and ": warning: " not in line]  # a warning may quote "last error"
     assert len(err) == 1, err
     return err[0]
 
@@ -165,6 +167,16 @@ def test_an_unreachable_server_a_missing_model_and_a_stray_flag_are_one_line(url
     if importlib.util.find_spec("cuda") is None:  # cuda-python: CUDA shared memory
         line = _one_error_line(capsys, base + ["--model", url, "--triton-shm", "cuda"])
         assert f"{url}: CUDA shared memory needs an NVIDIA GPU" in line
+
+
+def test_a_server_slower_than_the_request_timeout_is_one_line_naming_the_flag(url, tmp_path, capsys):
+    """Every request past --triton-timeout: the run gave up with 'last: Deadline Exceeded',
+    and nothing said which setting decides how long a request may take."""
+    line = _one_error_line(capsys, ["run", str(DEMO_VIDEO), "--max-frames", "30", "--no-video",
+                                    "--quiet", *SIZE, "--model", url, "--triton-timeout", "0.001",
+                                    "--reconnect", "1", "--reconnect-delay", "0", "-o", str(tmp_path)])
+    assert "gave up after 2 outages in a row" in line, line
+    assert "Deadline Exceeded, no answer within --triton-timeout 0.001 s" in line, line
 
 
 def test_the_post_processing_ensemble_is_refused_with_a_hint(triton_server):
@@ -345,10 +357,42 @@ def test_dbrt_run_gives_up_with_one_line_when_the_server_stays_away(outage, tmp_
     assert not thread.is_alive(), "dbrt run hung after the server went away"
     assert outage.killed.is_set(), "the run ended before the server could be killed"
     assert code["rc"] == 2
-    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    err = [line for line in capsys.readouterr().err.splitlines()
+           if "error" in line and ": warning: " not in line]  # a warning may quote "last error"
     assert len(err) == 1 and f"lost {outage.url}: gave up after 2 reconnect attempts" in err[0], err
     report = json.loads((out / "report.json").read_text())
     assert report["failed"] >= 1 and report["frames"] >= 5
+    # it said "cancelled", as for a run the user aborted, and not why the run ended
+    server = report["model"]["server"]
+    assert server["state"] == "failed" and "gave up after 2 reconnect attempts" in server["error"]
+
+
+def test_dbrt_run_says_the_server_lost_and_back_as_it_happens(outage, tmp_path, capsys):
+    """A live stream's outage is said as it happens (a service's journal); the model server's
+    was said by nothing until the run ended, maybe days later, with its counters."""
+    out, code = tmp_path / "run", {}
+
+    def run():
+        code["rc"] = main(["run", str(DEMO_VIDEO), "--model", outage.url, "--no-video", "--quiet",
+                           "--max-frames", "40", "--reconnect-delay", "0.2", "--input-size", "256x448",
+                           "-o", str(out)])
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    jsonl, deadline = out / "detections.jsonl", time.monotonic() + 120
+    while time.monotonic() < deadline and thread.is_alive():
+        if jsonl.exists() and len(jsonl.read_text().splitlines()) >= 5:
+            outage.kill(restart_after=1.0)
+            break
+        time.sleep(0.05)
+    thread.join(timeout=180)
+    assert not thread.is_alive() and outage.killed.is_set() and outage.restart_error is None
+    assert code["rc"] == 2  # the frames in flight failed
+    warned = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(warned) == 2, warned
+    assert f"warning: lost {outage.url} (" in warned[0] and "retrying it up to 10 times" in warned[0]
+    assert re.search(rf"warning: {re.escape(outage.url)} is back after [\d.]+ s "
+                     r"\(\d+ reconnect attempts?\)", warned[1]), warned
 
 
 def test_the_batch_follows_the_served_models_max_batch_size(url, tmp_path):

@@ -26,8 +26,10 @@ import numpy as np
 from ..base import Runner, TensorInfo, fixed_batch
 from ..errors import DbrtWarning, InferenceFailed, ModelError, ShapeError
 from ..lazy import require
+from .leftovers import remove_dead_owners
 from .model_info import ModelInfo, read_model_info
 from .options import TritonOptions, TritonUrl
+from .outage import ServerOutage
 from .shm import SlotPool, memory, nbytes_of, resolved_shape
 
 # an aborted run lets go of its regions on the server for at most this long: its requests were
@@ -75,6 +77,8 @@ class TritonRunner(Runner):
         self._recover_lock = threading.Lock()
         self._stats_lock = threading.Lock()
         self._last_error = ""
+        self._ended_by = ""  # why the client gave up (report.json, /healthz), if it did
+        self._outage = ServerOutage(str(self.url))  # said as it happens, as a stream's is
         self._failed_in_a_row = 0
         self.failed_requests = 0
         self.reconnects = 0
@@ -128,6 +132,11 @@ class TritonRunner(Runner):
         pool = SlotPool(memory(kind, self._client, self.options.connect_timeout),
                         self.options.inflight, self.url.model)
         pool.probe()
+        if pool.mem.files:  # the server maps our /dev/shm: free what runs killed there left
+            try:
+                remove_dead_owners(self._client, self.options.connect_timeout)
+            except Exception:  # noqa: BLE001 - a later run tries again; this one goes on
+                pass
         return pool
 
     def _deactivate(self) -> None:
@@ -167,16 +176,18 @@ class TritonRunner(Runner):
 
     @property
     def state(self) -> str:
-        """"up", "reconnecting" (a request failed; the next one waits for the server) or
-        "cancelled"."""
+        """"up", "reconnecting" (a request failed; the next one waits for the server),
+        "failed" (it gave up, or the server refused a request) or "cancelled"."""
+        if self._ended_by:
+            return "failed"
         if self._cancelled.is_set():
             return "cancelled"
         return "up" if self._healthy.is_set() else "reconnecting"
 
     def describe(self) -> dict:
         with self._stats_lock:
-            return dict(url=str(self.url), state=self.state, shm=self.shm,
-                        inflight=self.options.inflight,
+            return dict(url=str(self.url), state=self.state, error=self._ended_by or None,
+                        shm=self.shm, inflight=self.options.inflight,
                         max_batch=self.max_batch, failed_requests=self.failed_requests,
                         reconnects=self.reconnects)
 
@@ -208,6 +219,8 @@ class TritonRunner(Runner):
             future: Future = Future()
             future.set_exception(exc)
             return future
+        except ModelError as exc:
+            raise self._ended(exc)
         slot = self._pool.acquire(self.options.timeout + self.options.connect_timeout)
         future: Future = Future()
         try:
@@ -288,9 +301,15 @@ class TritonRunner(Runner):
         InferenceFailed (and the next submit first waits for the server)."""
         message = f"{self.url}: {_first_line(error)}"
         if any(code in _status(error) for code in _FATAL_CODES):
-            return ModelError(f"{message} (the server refused the request)")
+            return self._ended(ModelError(f"{message} (the server refused the request)"))
         self._request_failed(error)
         return InferenceFailed(message)
+
+    def _ended(self, error: ModelError) -> ModelError:
+        """The run ends with `error`: unless it was cancelled, report.json says why."""
+        if not self._cancelled.is_set():
+            self._ended_by = self._ended_by or str(error)
+        return error
 
     def _request_failed(self, error) -> None:
         if self._cancelled.is_set():  # our own cancel (an aborted run), not the server failing
@@ -320,11 +339,14 @@ class TritonRunner(Runner):
                 raise ModelError(f"lost {self.url}: gave up at once (--reconnect 0; last: "
                                  f"{self._last_error})")
             if retries is not None and self._failed_in_a_row > retries:
+                slow = (f", no answer within --triton-timeout {self.options.timeout:g} s"
+                        if "Deadline" in self._last_error else "")  # a server that slow
                 raise ModelError(f"lost {self.url}: gave up after {self._failed_in_a_row} outages in a "
                                  f"row (the server came back each time, but requests failed again; "
-                                 f"last: {self._last_error})")
+                                 f"last: {self._last_error}{slow})")
             last = self._last_error
-            for wait in self.options.delays():
+            self._outage.lost(last, retries)
+            for attempt, wait in enumerate(self.options.delays(), 1):
                 if self._no_wait.wait(wait):  # at once when the run is already stopping
                     raise (ModelError if self._cancelled.is_set() else InferenceFailed)(
                         f"{self.url}: stopped while waiting for the server (last: {last})")
@@ -338,6 +360,7 @@ class TritonRunner(Runner):
                 with self._stats_lock:
                     self.reconnects += 1
                 self._healthy.set()
+                self._outage.back(attempt)
                 return
             raise ModelError(f"lost {self.url}: gave up after {retries} reconnect attempts "
                              f"(last: {last})")

@@ -4,8 +4,10 @@ shared_memory`; CUDA: IPC device memory, `tritonclient.utils.cuda_shared_memory`
 cross to a server on the same machine without being serialised into gRPC messages.
 
 Regions grow when a larger tensor comes (re-created and re-registered) and are registered again
-after the server restarts (it forgets registrations). The slot queue bounds the requests in
-flight. The CUDA path follows tritonclient's documented API and has not run on a GPU here.
+after the server restarts (it forgets registrations). System regions are files in /dev/shm
+under a lock file a pool holds while they exist, so that a next run removes those a killed run
+left (engine.triton.leftovers). The slot queue bounds the requests in flight. The CUDA path
+follows tritonclient's documented API and has not run on a GPU here.
 """
 from __future__ import annotations
 
@@ -15,12 +17,13 @@ import os
 import queue
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
 from ..errors import ModelError
 from ..lazy import require
+from .leftovers import OwnerLock
 
 _serial = itertools.count()
 
@@ -43,6 +46,7 @@ class _NoMemory:
     """Tensors travel inside the gRPC messages."""
 
     kind = "none"
+    files = False  # regions are files in /dev/shm (engine.triton.leftovers)
 
     def __init__(self, client, timeout: float):
         self.client, self.timeout = client, timeout
@@ -50,6 +54,7 @@ class _NoMemory:
 
 class _SystemMemory(_NoMemory):
     kind = "system"
+    files = True
 
     def __init__(self, client, timeout: float):
         super().__init__(client, timeout)
@@ -95,6 +100,7 @@ class _CudaMemory(_SystemMemory):
     """CUDA IPC regions on `device` (the server must run on this machine's GPU)."""
 
     kind = "cuda"
+    files = False
 
     def __init__(self, client, timeout: float, device: int = 0):
         _NoMemory.__init__(self, client, timeout)
@@ -158,6 +164,7 @@ class SlotPool:
         # container of its own is pid 1, and sharing the server's IPC namespace (what shared
         # memory needs) they share /dev/shm and the server's names of regions too
         self._prefix = f"dbrt_{os.getpid()}_{os.urandom(4).hex()}_{next(_serial)}_{label}"[:48]
+        self._owner: Optional[OwnerLock] = None  # held while regions exist (a next run's sweep)
 
     @property
     def shared(self) -> bool:
@@ -182,6 +189,7 @@ class SlotPool:
             self._drop(region)
         size = max(nbytes, int(region.size * 1.5) if region is not None else 0)
         name = f"{self._prefix}_{slot.index}_{len(slot.regions)}_{next(_serial)}"
+        self._own()
         region = self.mem.create(name, size)
         try:
             self.mem.register(region)
@@ -196,15 +204,17 @@ class SlotPool:
         (another machine, no GPU) is found before the first frame, not at every request."""
         if not self.shared:
             return
+        self._own()
         region = self.mem.create(f"{self._prefix}_probe_{next(_serial)}", 64)
         try:
             self.mem.register(region)
         except Exception as exc:  # noqa: BLE001
+            self._drop(region, unregister=False)  # the server could not map it
+            self._disown()
             raise ModelError(f"the server cannot use {self.mem.kind} shared memory from this "
                              f"client ({_line(exc)}); is it on this machine? --triton-shm none "
                              f"sends the tensors inside the gRPC messages") from None
-        finally:
-            self._drop(region)
+        self._drop(region)
 
     def register_again(self) -> None:
         """After a server restart: the regions still exist here, the server forgot them."""
@@ -232,25 +242,44 @@ class SlotPool:
         if limit is not None:
             self.mem.timeout = min(self.mem.timeout, limit)  # a hung server's call waits this
             until = time.monotonic() + limit
+        all_off = True
         for region in self._regions():
             unregister = unregister and (until is None or time.monotonic() < until)
-            unregister = self._drop(region, unregister, until)
+            unregister, off = self._drop(region, unregister, until)
+            all_off = all_off and off
         for slot in self.slots:
             slot.regions.clear()
+        if all_off:  # else the lock file stays: the next run unregisters what is left
+            self._disown()
+
+    def _own(self) -> None:
+        """Lock PREFIX.lock before the first region is made: while it is held, no other run
+        takes the regions for those of a run that is gone (engine.triton.leftovers)."""
+        if self._owner is None and getattr(self.mem, "files", False):
+            self._owner = OwnerLock(self._prefix)
+
+    def _disown(self) -> None:
+        if self._owner is not None:
+            self._owner.release()
+            self._owner = None
 
     def _regions(self) -> List[Region]:
         return [r for slot in self.slots for r in slot.regions.values()]
 
-    def _drop(self, region: Region, unregister: bool = True, until: Optional[float] = None) -> bool:
-        """Free a region (unregistered first when asked); whether unregistering still works.
+    def _drop(self, region: Region, unregister: bool = True,
+              until: Optional[float] = None) -> Tuple[bool, bool]:
+        """Free a region (unregistered first when asked); whether unregistering still works,
+        and whether this region is off the server.
         A region a cancelled request still uses on the server is unregistered once it is done
         (Triton refuses while it is in use), waiting at most the control calls' timeout (or
         until `until`, a time.monotonic(), when that comes first)."""
         deadline = time.monotonic() + self.mem.timeout
         deadline = deadline if until is None else min(deadline, until)
+        off = False
         while unregister:
             try:
                 self.mem.unregister(region)
+                off = True
                 break
             except Exception as exc:  # noqa: BLE001 - the server may be gone; free our side anyway
                 if "in use" not in _line(exc):
@@ -260,7 +289,7 @@ class SlotPool:
                 else:
                     time.sleep(0.02)
         self.mem.destroy(region)
-        return unregister
+        return unregister, off
 
 
 def _line(exc: BaseException) -> str:
