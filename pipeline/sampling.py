@@ -5,7 +5,7 @@ as at runtime. (export/ quantizes from arrays; reading and preprocessing frames 
 from __future__ import annotations
 
 import os
-from typing import List, Optional, Sequence
+from typing import Iterator, List, Optional, Sequence
 
 import numpy as np
 
@@ -19,16 +19,7 @@ from .sources import open_source
 def read_images(source, count: Optional[int] = None, exclude: Sequence[str] = ()) -> List[np.ndarray]:
     """Up to `count` BGR images from a folder / glob / image / video (frames spread over the whole
     clip, as `calibration_inputs` takes them), skipping `exclude` names."""
-    skip = {os.path.basename(str(e)) for e in exclude}
-    images = []
-    with open_source(str(source)) as src:
-        step = _frame_step(src, count)
-        for frame in src:
-            if frame.index % step or os.path.basename(str(frame.source)) in skip:
-                continue
-            images.append(frame.image)
-            if count and len(images) == count:
-                break
+    images = list(_sampled(source, count, exclude))
     if not images:
         raise SourceError(f"no images read from {source}")
     return images
@@ -46,19 +37,25 @@ def calibration_inputs(source, spec: ModelSpec, count: int = 32, limit_side: Opt
         raise SourceError("calibration needs at least one image")
     if limit_side:
         spec = spec.replace(limit_side=limit_side)
+    inputs = [preprocess(image, spec)[0][None] for image in _sampled(source, count, exclude)]
+    if not inputs:
+        raise SourceError(f"no calibration frames read from {source}")
+    return inputs
+
+
+def _sampled(source, count: Optional[int], exclude: Sequence[str]) -> Iterator[np.ndarray]:
+    """Up to `count` images of `source` (all: None), spread over a video, none named in `exclude`."""
     skip = {os.path.basename(str(e)) for e in exclude}
-    inputs = []
+    taken = 0
     with open_source(str(source)) as src:
         step = _frame_step(src, count)
         for frame in src:
             if frame.index % step or os.path.basename(str(frame.source)) in skip:
                 continue
-            inputs.append(preprocess(frame.image, spec)[0][None])
-            if len(inputs) == count:
-                break
-    if not inputs:
-        raise SourceError(f"no calibration frames read from {source}")
-    return inputs
+            yield frame.image
+            taken += 1
+            if count and taken == count:
+                return
 
 
 def _frame_step(src, count: Optional[int]) -> int:
