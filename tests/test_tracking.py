@@ -520,3 +520,49 @@ def test_a_text_event_sinks_wrong_arguments_are_refused_when_made(tmp_path, kwar
     listened = TextEventSink(tmp_path / "events.jsonl", listeners=(f for f in [print]))
     assert listened.listeners == [print]  # a generator is taken whole
     listened.close()
+
+
+def _read_at_one_place(tmp_path, readings):
+    """One box read as `readings[i]` in frame i (None: not seen), through a default tracker and
+    an events sink: the frames' track ids and the event lines."""
+    from pipeline.reading.events import TextEventSink
+    from pipeline.reading.tracking import TextTracker
+
+    tracker, path = TextTracker(), tmp_path / "events.jsonl"
+    sink = TextEventSink(path)
+    tracker.lead([sink])
+    ids = []
+    with sink:
+        for i, text in enumerate(readings):
+            seen = text is not None
+            frame = _frame(i)
+            out = tracker(frame, _dets([_box(20, 30, w=80, h=24)] if seen else [],
+                                       texts=[text] if seen else None,
+                                       text_scores=[0.95] if seen else None))
+            sink.write(frame, out)
+            ids.append(int(out.data["track_id"][0]) if seen else None)
+    return ids, [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def test_a_new_text_where_a_lost_track_was_gets_its_own_track(tmp_path):
+    """A caption (SIMPLE) gone after a cut, the next one (Fast) shown where it was 25 frames
+    later: ByteTrack picked the lost track up on it, so SIMPLE's end line ran to Fast's last
+    frame, and Fast got no line of its own (on the street captions video)."""
+    ids, lines = _read_at_one_place(tmp_path, ["SIMPLE"] * 12 + [None] * 25 + ["Fast"] * 12)
+    assert len(set(ids[1:12])) == 1 and len(set(ids[37:])) == 1 and ids[37] != ids[11]
+    ends = [(x["text"], x["first_frame"], x["last_frame"], x["frames"]) for x in lines]
+    assert ends == [("SIMPLE", 0, 11, 12), ("Fast", 37, 48, 12)]
+    assert lines[0]["confidence"] == pytest.approx(0.95)
+
+
+def test_a_misreading_or_a_part_of_the_word_keeps_the_track(tmp_path):
+    """`#` read `井` in some frames (the lightbox video): in a frame straight after a sighting,
+    or after frames unseen when the track read it before; a part of the word after a gap (the
+    box cut it)."""
+    for readings, voted in [(["#"] * 6 + ["井"] + ["#"] * 3 + [None] * 3 + ["井"] + ["#"] * 4,
+                             "#"),
+                            (["BLACK"] * 6 + [None] * 3 + ["ACK"] + ["BLACK"] * 3 + [None] * 2
+                             + ["BL"], "BLACK")]:
+        ids, lines = _read_at_one_place(tmp_path, readings)
+        assert len({i for i in ids[1:] if i is not None}) == 1
+        assert [(x["text"], x["frames"]) for x in lines] == [(voted, len(ids) - ids.count(None))]

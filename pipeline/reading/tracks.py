@@ -126,8 +126,12 @@ class TrackBook:
         return self._ticks.get(stream, 0)
 
     def reading(self, stream: int, track_id: int) -> Tuple[Optional[str], Optional[float]]:
-        track = self._live.get(stream, {}).get(track_id)
+        track = self.track(stream, track_id)
         return (None, None) if track is None else track.reading
+
+    def track(self, stream: int, track_id: int) -> Optional[Track]:
+        """The stream's live track `track_id`, or None."""
+        return self._live.get(stream, {}).get(track_id)
 
     def live(self, stream: int) -> List[Track]:
         """The stream's live tracks, oldest first."""
