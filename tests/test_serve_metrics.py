@@ -87,3 +87,23 @@ def test_a_source_name_with_quotes_and_backslashes_is_escaped(tmp_path):
             source.close()
     assert [s.labels for s in families["dbrt_source_up"].samples] == \
         [{"stream": "0", "source": str(path)}]
+
+
+def test_the_other_outputs_counters_say_what_they_count(tmp_path):
+    """Their HELP was the counter's own name ("mqtt dropped_total"): a dashboard's tooltip said
+    nothing of what made an event dropped."""
+    run = _run([write_video(tmp_path / "a.mp4")])
+    extras = {"restream": _Counted(frames_sent_total=3, frames_dropped_total=0,
+                                   reconnects_total=0, connected=True),
+              "mqtt": _Counted(published_total=5, acked_total=4, dropped_total=0, queued=1,
+                               connected=True, reconnects_total=0)}
+    try:
+        families = _families(run, extras)
+    finally:
+        for source in run.sources:
+            source.close()
+    helps = {name: family.documentation for name, family in families.items()
+             if name.startswith(("dbrt_mqtt", "dbrt_restream"))}
+    assert len(helps) == 10
+    assert "broker was away" in helps["dbrt_mqtt_dropped"]
+    assert all(len(text.split()) >= 4 for text in helps.values()), helps

@@ -128,7 +128,8 @@ class _RunCollector:
                 metric = f"dbrt_{output}_{key}"
                 family = families.get(metric)
                 if family is None:
-                    family = families[metric] = self._family(metric, f"{output} {key}", labels)
+                    family = families[metric] = self._family(
+                        metric, OUTPUT_HELP.get((output, key), f"{output} {key}"), labels)
                 family.add_metric(values, float(value))
         yield from families.values()
 
@@ -136,6 +137,22 @@ class _RunCollector:
         if metric.endswith("_total"):
             return self.core.CounterMetricFamily(metric[:-6], documentation, labels=labels)
         return self.core.GaugeMetricFamily(metric, documentation, labels=labels)
+
+
+# what the other outputs' counters (pipeline.mqtt, pipeline.restream `counters()`) count
+OUTPUT_HELP = {
+    ("mqtt", "published_total"): "events handed to the MQTT client (QoS 1)",
+    ("mqtt", "acked_total"): "events the MQTT broker acknowledged",
+    ("mqtt", "dropped_total"): "events dropped: the outbox was full while the broker was away",
+    ("mqtt", "queued"): "events waiting for the MQTT broker's acknowledgement",
+    ("mqtt", "connected"): "1 while connected to the MQTT broker",
+    ("mqtt", "reconnects_total"): "connections to the MQTT broker after the first",
+    ("restream", "frames_sent_total"): "annotated frames sent to the restream server",
+    ("restream", "frames_dropped_total"): "annotated frames not sent (queue full, not connected, "
+                                          "or a send that failed)",
+    ("restream", "connected"): "1 while connected to the restream server",
+    ("restream", "reconnects_total"): "connection attempts to the restream server after the first",
+}
 
 
 def _seconds(histogram):
