@@ -151,13 +151,15 @@ class MqttSink(Sink):
     max_queued: events waiting for the broker at most (in flight included); more are dropped
                 while the broker is away (while it is connected, an event waits up to
                 ROOM_WAIT_S for the acknowledgements that make room)
-    min_delay, max_delay: reconnect back-off in whole seconds (doubling from min to max)
+    min_delay, max_delay: reconnect back-off in whole seconds (doubling from min to max; the
+                max is also how long events may wait once the broker is back: 8 s, as
+                --restream's)
     password: for a URL that names a user without one (the CLI's DBRT_MQTT_PASSWORD)
     Source names lose any user:password part. `TOPIC/status` says "online" / "offline"
     (retained; "offline" also as the last will), outside the event counters and the outbox.
     """
 
-    def __init__(self, url: str, max_queued: int = 1000, min_delay: int = 1, max_delay: int = 16,
+    def __init__(self, url: str, max_queued: int = 1000, min_delay: int = 1, max_delay: int = 8,
                  keepalive: int = 30, flush_s: float = 2.0, password: Optional[str] = None):
         try:
             self.broker = parse_broker_url(url)
