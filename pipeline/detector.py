@@ -48,8 +48,7 @@ def _engine_profile(model, preset: Optional[str], input_size, dla_core: Optional
 
 
 def _model_name(model) -> str:
-    """How reports name the model used: its path or URL as given (the shipped model's path,
-    never nothing), or a runner's name."""
+    """How reports name the model: its path or URL as given (never nothing), or a runner's name."""
     if hasattr(model, "infer"):
         return str(getattr(model, "name", type(model).__name__))
     return os.fspath(model) if isinstance(model, os.PathLike) else str(model)
@@ -265,12 +264,16 @@ class Detector:
                     sources: Optional[Sequence[str]] = None,
                     streams: Optional[Sequence[int]] = None) -> List[Detections]:
         """Probability maps -> one Detections per frame, in frame pixels, but those mostly inside
-        the ignore zones; `dropped`, a list, receives how many those were per frame. None in a
-        frame the region of interest misses (`sources`: the frames' sources, for the warnings of
-        sizes the region or a zone misses; `streams`: which of a run's sources each frame is, if
-        not told by `sources`)."""
+        the ignore zones (`dropped`, a list, receives how many per frame); none in a frame the
+        region of interest misses (`sources`, `streams`: whose each frame is, for the warnings
+        of sizes the region or a zone misses, and what `first_read` said of them)."""
         found = self._watch.keep_watched(self.post(prob, letterboxes), letterboxes, sources, streams)
         return self.ignore.drop_in_frames(found, letterboxes, dropped, sources, streams)
+
+    def first_read(self, frame_h: int, frame_w: int, source=None, stream=None) -> None:
+        """A source's first frame read had this size (Frame.first_size; RegionWatch.first_read)."""
+        self._watch.first_read(frame_h, frame_w, source, stream)
+        self.ignore.first_read(frame_h, frame_w, source, stream)
 
     def read(self, image: np.ndarray, detections: Detections) -> Detections:
         """The texts of `detections` in `image` when this detector reads (else them unchanged)."""
@@ -311,8 +314,7 @@ class Detector:
 
     # -- lifecycle ---------------------------------------------------------------------------
     def cancel(self) -> None:
-        """Abandon engine calls in flight and any wait for a model server (an aborted run);
-        nothing to do for a local model."""
+        """Abandon engine calls in flight and any wait for a model server (an aborted run)."""
         cancel = getattr(self.runner, "cancel", None)
         if cancel is not None:
             cancel()

@@ -35,6 +35,7 @@ class DetectorSteps:
         self.metrics = metrics
         self.control = control
         self.asynchronous = asynchronous
+        self._first_sizes_told: set = set()  # streams whose Frame.first_size the detector has
         # frames uploaded by the GPU preprocessor stay on the GPU for the read stage's crops
         self.crops_on_gpu = (getattr(detector, "recognizer", None) is not None
                              and bool(getattr(detector, "uses_gpu_preprocess", False)))
@@ -88,6 +89,7 @@ class DetectorSteps:
     def postprocess(self, batch: Batch) -> List[FrameResult]:
         options: dict = {}  # (a detector of one's own may take neither)
         if getattr(self.detector, "roi", None) is not None or getattr(self.detector, "ignore", None):
+            self._first_reads(batch.frames)
             # a frame the region or a zone misses names its source
             options["sources"] = [frame.source for frame in batch.frames]
             options["streams"] = [frame.stream for frame in batch.frames]  # images: one source
@@ -97,6 +99,18 @@ class DetectorSteps:
         if "dropped" in options:
             self.metrics.detections_ignored(sum(options["dropped"]))
         return [FrameResult(frame, dets) for frame, dets in zip(batch.frames, results)]
+
+    def _first_reads(self, frames: List[Frame]) -> None:
+        """The size of each live source's first frame read, once, before its frames are
+        post-processed: a camera whose first connection's frames were all dropped (read while
+        the run got ready, or fell behind) and that came back smaller than a pixel --roi was
+        refused as a mistake in the flag."""
+        first_read = getattr(self.detector, "first_read", None)
+        for frame in frames:
+            if first_read is not None and frame.first_size is not None \
+                    and frame.stream not in self._first_sizes_told:
+                self._first_sizes_told.add(frame.stream)
+                first_read(*frame.first_size, source=frame.source, stream=frame.stream)
 
     def read_texts(self, result: FrameResult) -> FrameResult:
         frame, detections = result

@@ -127,6 +127,11 @@ class IgnoreZones:
             mask[i] = area > 0 and area_inside_boxes(polygon, zones[meets[i]]) >= MOSTLY_INSIDE * area
         return mask
 
+    def first_read(self, frame_h: int, frame_w: int, source=None, stream=None) -> None:
+        """A source's first frame read had this size (see RegionWatch.first_read)."""
+        if self.regions:
+            self.boxes(frame_h, frame_w, source, stream)
+
     def drop(self, detections: Detections, frame_h: int, frame_w: int, source=None,
              stream=None) -> Tuple[Detections, int]:
         """The detections without those mostly inside the zones, and how many those were."""

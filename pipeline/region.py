@@ -219,6 +219,14 @@ class RegionWatch:
         """Whether anything of frames of this size is detected in."""
         return self.region is None or self.box(frame_h, frame_w) is not None
 
+    def first_read(self, frame_h: int, frame_w: int, source=None, stream=None) -> None:
+        """A source's first frame read had this size (`Frame.first_size`: a live source may
+        have dropped it before the run took a frame): decided as a frame of it would have been,
+        a RegionError when the region misses it, else the source's later sizes go on."""
+        if self.region is not None:
+            missing = () if self.watches(frame_h, frame_w) else (self.region,)
+            self._sources.check(missing, frame_h, frame_w, source, stream)
+
     def keep_watched(self, found: Sequence, letterboxes, sources: Optional[Sequence] = None,
                      streams: Optional[Sequence] = None) -> List:
         """Each frame's detections, none for a frame that is not watched (see `watches`);

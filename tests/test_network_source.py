@@ -329,7 +329,7 @@ def test_a_stream_that_stalls_midway_says_its_read_timed_out(monkeypatch):
     try:
         with pytest.raises(SourceError, match="gave up after 1 reconnect"):
             for frame in source:
-                if frame.index == 5:
+                if frame.index >= 5:  # a live source may drop frame 5 itself on a busy machine
                     server.pause()  # the connection stays open, nothing more arrives
     finally:
         server.stop()
@@ -371,7 +371,7 @@ def test_a_stream_quiet_longer_than_the_read_timeout_it_was_given_is_lost(monkey
     try:
         with pytest.raises(SourceError, match="gave up after 1 reconnect"):
             for frame in source:
-                if frame.index == 5:
+                if frame.index >= 5:  # a live source may drop frame 5 itself on a busy machine
                     server.pause()
     finally:
         server.stop()

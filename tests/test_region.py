@@ -470,6 +470,38 @@ class _ResizingCamera:
         self.server.server_close()
 
 
+def test_a_camera_whose_first_frames_were_all_dropped_comes_back_smaller_and_goes_on(tiny_onnx):
+    """On a busy machine (or while the run loaded its model) every frame of a camera's first
+    connection could be dropped before the run took one: its 160x120 frames after a reconnect
+    were then the first its pixel --roi met, and the run ended on them as on a mistake in the
+    flag. The size of the first frame the source read decides now (Frame.first_size)."""
+    from pipeline.runner import Pipeline
+    from pipeline.sinks import CallbackSink
+    from pipeline.sources import NetworkSource, Reconnect
+
+    camera = _ResizingCamera()
+    source = NetworkSource(camera.url, reconnect=Reconnect(retries=None, delay=0.05)).open()
+    seen = []
+    try:
+        deadline = time.monotonic() + 60
+        while source.stats.as_dict()["reconnects"] < 1 or source.stats.as_dict()["read"] < 20:
+            assert time.monotonic() < deadline, source.stats.as_dict()
+            time.sleep(0.05)  # nothing taken meanwhile: the first connection's frames are gone
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
+            Pipeline([source], Detector(tiny_onnx, roi="200,150,100,80"), max_frames=5,
+                     sinks=[CallbackSink(lambda frame, dets: seen.append((frame, dets)))]).run()
+    finally:
+        source.close()
+        camera.close()
+    assert len(seen) == 5 and all(frame.size == (120, 160) for frame, _ in seen)
+    assert all(frame.first_size == (240, 320) for frame, _ in seen)
+    assert all(len(dets) == 0 for _, dets in seen)
+    assert [str(w.message) for w in said if "--roi" in str(w.message)] == [
+        f"--roi 200,150,100,80: the region lies outside the 160x120 frames (W x H) of "
+        f"{camera.url}: nothing of them is watched (they go on, without detections)"]
+
+
 def test_dbrt_run_goes_on_when_a_camera_comes_back_smaller_than_its_pixel_region(tmp_path, tiny_onnx):
     """A real `dbrt run --roi` over a stream that reconnects at a lower resolution: it ended
     with exit 2 ('--roi ...: the region lies outside the 160x120 frames'); now it runs on,

@@ -6,7 +6,7 @@ import functools
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Tuple
 
 import numpy as np
 
@@ -40,6 +40,9 @@ class Frame:
     connection: the live source's connection it came on (0, then 1 after the first reconnect,
                ...): what is followed across frames (text tracks) starts afresh on a new one,
                whose clock may restart and whose scene may have changed during the outage
+    first_size: (height, width) of the first frame its live source read, which the run may
+               never have taken (dropped while the run got ready or fell behind): a --roi or
+               --ignore zone is checked against it (pipeline.region.SourcesMet); None elsewhere
     """
 
     image: np.ndarray
@@ -50,6 +53,7 @@ class Frame:
     t_read: float = field(default_factory=time.perf_counter)
     device_image: object = field(default=None, repr=False, compare=False)
     connection: int = 0
+    first_size: Optional[Tuple[int, int]] = None
 
     @property
     def size(self):

@@ -77,6 +77,7 @@ class LiveSource(Source):
         self._slot = LatestSlot(overwrite=self.live,
                                 on_drop=(lambda: self.stats.add(dropped=1)) if self.live else None)
         self._frames_read = 0  # off the source, whatever became of them
+        self._first_size = None  # (h, w) of the first frame read (Frame.first_size)
         self._stop = threading.Event()
         self._control = Control()  # carries the reader's failure to the consuming thread
         self._thread: Optional[Stage] = None
@@ -278,7 +279,10 @@ class LiveSource(Source):
 
     def _frame(self, item) -> Frame:
         index, image, timestamp, connection = item
-        return Frame(image, index, timestamp, self.name, connection=connection)
+        if self._first_size is None:  # the reader thread's: every frame says it
+            self._first_size = tuple(image.shape[:2])
+        return Frame(image, index, timestamp, self.name, connection=connection,
+                     first_size=self._first_size)
 
     def _read_or_none(self):
         try:
