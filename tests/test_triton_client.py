@@ -581,3 +581,22 @@ def test_clients_with_one_pid_in_containers_of_their_own_name_their_regions_apar
         pool = shm.SlotPool(Memory(), 1, "dbnet")
         names.append(pool.region(pool.slots[0], "images", 64).name)
     assert names[0] != names[1], names
+
+
+def test_regions_a_slow_server_still_uses_stay_registered_when_the_client_recovers():
+    """Requests past --triton-timeout on a slow server: the server still computes them, so it
+    refuses to unregister their regions, and registering them again failed with "already in
+    manager": the recovery counted as a failed one, and the run gave up on a server that was
+    there all along."""
+    class Memory(_StuckMemory):
+        def register(self, region):
+            raise RuntimeError(f"shared memory region '{region.name}' already in manager")
+
+    memory = Memory(hung=False)
+    pool = _stuck_pool(memory)
+    pool.register_again()  # the server keeps them registered: nothing to do
+    with pytest.raises(RuntimeError, match="refused"):
+        def refused(region):
+            raise RuntimeError("refused")
+        memory.register = refused
+        pool.register_again()

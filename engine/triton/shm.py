@@ -217,13 +217,20 @@ class SlotPool:
         self._drop(region)
 
     def register_again(self) -> None:
-        """After a server restart: the regions still exist here, the server forgot them."""
+        """After a server restart: the regions still exist here, the server forgot them. A
+        server that did not restart (requests past their deadline on a slow server) may still
+        use a region for a request this client gave up on: it refuses to let go of it, and
+        keeps it registered, which is what it is asked for."""
         for region in self._regions():
             try:
                 self.mem.unregister(region)
             except Exception:  # noqa: BLE001 - a fresh server does not know it: fine
                 pass
-            self.mem.register(region)
+            try:
+                self.mem.register(region)
+            except Exception as exc:  # noqa: BLE001 - tritonclient's own exception type
+                if "already in manager" not in _line(exc):
+                    raise
 
     def close(self, drain_timeout: float, unregister: bool = True,
               limit: Optional[float] = None) -> None:
