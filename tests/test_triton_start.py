@@ -1,19 +1,23 @@
 """A Triton server or model not ready when `dbrt run` starts (docker compose and systemd start
 both at once; a server loading TensorRT plans takes tens of seconds) is waited for under the
 --reconnect policy, with one line when the wait begins and one when it is up; what waiting
-cannot heal stays one error line at once; a stop signal ends the wait at once.
+cannot heal stays one error line at once; a stop signal ends the wait at once. And a server
+host that vanishes without closing the connection (SIGSTOP here: the connection stays open,
+nothing answers) fails the requests through gRPC keepalive pings, not after --triton-timeout.
 Against a REAL tritonserver on 127.0.0.1 (skipped with a message where .venv-triton is absent)."""
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import signal
 import threading
 import time
 
+import numpy as np
 import pytest
 
-from engine.errors import DbrtWarning, ModelError
+from engine.errors import DbrtWarning, InferenceFailed, ModelError
 from engine.loader import RunnerOptions
 from engine.triton.options import TritonOptions
 from engine.triton.ports import free_port, free_ports
@@ -194,3 +198,24 @@ def test_the_python_api_waits_per_its_options():
         with pytest.raises(ModelError, match=r"port\? \(gave up after 3 connect attempts in "):
             Detector(dead, options=options)
 
+
+def test_a_server_that_stops_answering_fails_the_request_before_its_timeout(repository, triton_venv):
+    """SIGSTOP: the server's connection stays open, nothing answers (a power or network cut on
+    its host). Without keepalive pings the request waited its whole timeout (60 s: 'Deadline
+    Exceeded'); with them the connection is dropped ('ping timeout') and the request fails."""
+    server = TritonServer(repository, venv=str(triton_venv)).start()
+    options = TritonOptions(timeout=60, retries=0, shm="none")
+    batch = np.zeros((1, 3, 64, 96), np.float32)
+    try:
+        with Detector(f"triton://{server.grpc_url}/dbnet",
+                      options=RunnerOptions(triton=options)) as detector:
+            detector.runner.infer(batch)
+            os.killpg(server.process.pid, signal.SIGSTOP)
+            began = time.monotonic()
+            with pytest.raises(InferenceFailed) as failed:
+                detector.runner.infer(batch)
+            os.killpg(server.process.pid, signal.SIGCONT)
+            assert "Deadline" not in str(failed.value), f"{failed.value} ({time.monotonic() - began:.1f} s)"
+    finally:
+        os.killpg(server.process.pid, signal.SIGCONT)
+        server.close()

@@ -27,6 +27,7 @@ import numpy as np
 from ..base import Runner, TensorInfo, fixed_batch
 from ..errors import DbrtWarning, InferenceFailed, ModelError, ShapeError
 from ..lazy import require
+from .channel import open_client
 from .leftovers import remove_dead_owners
 from .model_info import ModelInfo, read_model_info
 from .options import TritonOptions, TritonUrl
@@ -152,10 +153,7 @@ class TritonRunner(Runner):
             self._client.close()
 
     def _new_client(self):
-        try:
-            return self._grpc.InferenceServerClient(self.url.address)
-        except Exception as exc:  # noqa: BLE001 - tritonclient raises its own exception type
-            raise ModelError(f"{self.url}: cannot open a gRPC channel: {_first_line(exc)}") from exc
+        return open_client(self._grpc, self.url)
 
     # -- description ----------------------------------------------------------------------
     @property
