@@ -4,7 +4,8 @@ Neither imports tritonclient."""
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from typing import Iterator, Optional
 
 from ..errors import ModelError
@@ -77,7 +78,9 @@ class TritonOptions:
                (delay, delay * factor, ... capped at max_delay) until it is ready again; give up
                after `retries` failed probes in a row, or after more than `retries` outages in a
                row (the server came back but requests failed again; the requests in flight
-               when one outage starts count once) (None: never)
+               when one outage starts count once) (None: never); the same policy waits for
+               a server or model not ready yet when the client starts (engine.triton.startup)
+    stop:      an Event that ends that wait at once when set (a run's stop signals set it)
     """
 
     shm: str = "auto"
@@ -88,6 +91,7 @@ class TritonOptions:
     delay: float = 0.5
     factor: float = 2.0
     max_delay: float = 8.0
+    stop: Optional[threading.Event] = field(default=None, compare=False, repr=False)
 
     def __post_init__(self):
         if self.shm not in SHM_MODES:

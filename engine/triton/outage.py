@@ -13,11 +13,11 @@ from ..errors import warn_caller
 QUIET_S = 60.0
 
 
-def _count(number: int, what: str) -> str:
+def count(number: int, what: str) -> str:
     return f"{number} {what}{'' if number == 1 else 's'}"
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
     if seconds < 60:
         return f"{seconds:.1f} s"
     minutes = int(seconds // 60)
@@ -41,12 +41,12 @@ class ServerOutage:
         self._said = self._last_said is None or now - self._last_said >= QUIET_S
         if self._said:
             self._last_said = now
-            policy = "for ever" if retries is None else f"up to {_count(retries, 'time')}"
+            policy = "for ever" if retries is None else f"up to {count(retries, 'time')}"
             warn_caller(f"lost {self.name} ({why}): retrying it {policy}", every_time=True)
 
     def back(self, attempts: int) -> None:
         """The server answers again, after `attempts` probes."""
         if self._said and self._since is not None:
-            warn_caller(f"{self.name} is back after {_duration(self._clock() - self._since)} "
-                        f"({_count(attempts, 'reconnect attempt')})", every_time=True)
+            warn_caller(f"{self.name} is back after {duration(self._clock() - self._since)} "
+                        f"({count(attempts, 'reconnect attempt')})", every_time=True)
         self._since, self._said = None, False

@@ -38,3 +38,24 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list:
 # The server's words when one of its ports is taken (by another program between our pick and its
 # start) or when two of them are the same.
 PORT_CLASH = re.compile(r"already in use|cannot listen to \w+ requests and \w+ requests")
+
+
+# an HTTP/1 server answers it with a status line; a gRPC server with its HTTP/2 settings (and
+# HTTP/1 servers such as Triton's close the connection on HTTP/2's preface, saying nothing)
+_HTTP1_REQUEST = b"GET / HTTP/1.1\r\nHost: dbrt\r\nConnection: close\r\n\r\n"
+
+
+def answers_http1(url, timeout: float = 2.0) -> Optional[str]:
+    """Why `url` (a TritonUrl) cannot be a gRPC endpoint: an HTTP/1 server answers there (most
+    often Triton's HTTP port 8000 or metrics port 8002 given for its gRPC port 8001), else None
+    (nobody listens, no answer, or it may be gRPC)."""
+    try:
+        with socket.create_connection((url.host.strip("[]"), url.port), timeout=timeout) as sock:
+            sock.sendall(_HTTP1_REQUEST)
+            head = sock.recv(16)
+    except OSError:
+        return None
+    if not head.startswith(b"HTTP/1"):
+        return None
+    return (f"{url.address} answers HTTP/1, not gRPC: give the server's gRPC port (Triton's "
+            "default 8001; 8000 is its HTTP port, 8002 its metrics)")

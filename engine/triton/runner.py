@@ -11,7 +11,8 @@
 - every call has a timeout; a request that fails (server gone, deadline) raises
   `InferenceFailed` from its result (the frames are lost, the run goes on) and the next
   `submit` waits with back-off until the server and model are ready again, giving up with one
-  ModelError line after `options.retries` attempts.
+  ModelError line after `options.retries` attempts; a server or model not ready yet when the
+  runner is activated is waited for under the same policy (engine.triton.startup).
 """
 from __future__ import annotations
 
@@ -26,11 +27,13 @@ import numpy as np
 from ..base import Runner, TensorInfo, fixed_batch
 from ..errors import DbrtWarning, InferenceFailed, ModelError, ShapeError
 from ..lazy import require
+from .channel import open_client
 from .leftovers import remove_dead_owners
 from .model_info import ModelInfo, read_model_info
 from .options import TritonOptions, TritonUrl
 from .outage import ServerOutage
 from .shm import SlotPool, memory, nbytes_of, resolved_shape
+from .startup import connect_when_ready
 
 # an aborted run lets go of its regions on the server for at most this long: its requests were
 # cancelled, so the server may be hung (each call would wait the control calls' timeout) or
@@ -86,9 +89,8 @@ class TritonRunner(Runner):
     # -- lifecycle ------------------------------------------------------------------------
     def _activate(self) -> None:
         self._grpc = require("tritonclient.grpc")
-        self._client = self._new_client()
+        self._client, self._info = connect_when_ready(self._new_client, self.url, self.options)
         try:
-            self._info = read_model_info(self._client, self.url, self.options.connect_timeout)
             self._inputs, self._outputs = self._info.inputs, self._info.outputs
             self._pool = self._slots()
         except BaseException:
@@ -151,10 +153,7 @@ class TritonRunner(Runner):
             self._client.close()
 
     def _new_client(self):
-        try:
-            return self._grpc.InferenceServerClient(self.url.address)
-        except Exception as exc:  # noqa: BLE001 - tritonclient raises its own exception type
-            raise ModelError(f"{self.url}: cannot open a gRPC channel: {_first_line(exc)}") from exc
+        return open_client(self._grpc, self.url)
 
     # -- description ----------------------------------------------------------------------
     @property

@@ -153,7 +153,8 @@ def add_triton_arguments(parser, failed_request: str = IN_A_RUN) -> None:
 
 def triton_options(args):
     """TritonOptions for a triton:// --model (None otherwise; a --triton-* flag without one is
-    an error naming the flag)."""
+    an error naming the flag). `args.stopping`, where a command sets it (StartSignals.stopping),
+    is the Event that ends the wait for a server not up yet."""
     from engine.errors import ModelError
     from engine.triton.options import TritonOptions, is_triton_url
 
@@ -166,7 +167,8 @@ def triton_options(args):
         return None
     settings = dict(shm=asked.get("triton_shm", "auto"),
                     inflight=asked.get("triton_inflight", TritonOptions.inflight),
-                    timeout=asked.get("triton_timeout", TritonOptions.timeout))
+                    timeout=asked.get("triton_timeout", TritonOptions.timeout),
+                    stop=getattr(args, "stopping", None))
     retries = getattr(args, "reconnect", None)
     if retries is not None:  # the live sources' reconnect policy serves the server too
         settings.update(retries=None if retries < 0 else retries, delay=args.reconnect_delay)

@@ -52,6 +52,9 @@ class StartSignals:
         self.force_after = force_after
         self.phase = "starting"
         self.received: List[int] = []  # recorded by the handler, in the main thread
+        # set by the first signal: a step that waits on it (a model server not up yet) ends
+        # its wait at once, rather than by the forced exit
+        self.stopping = threading.Event()
         self._sources: list = []  # being opened: a first signal closes them
         self._owned: list = []  # the Pipeline's: closed only by a forced exit (their children)
         self._saying = threading.Lock()  # one stop line: the main thread's or the watcher's
@@ -87,6 +90,7 @@ class StartSignals:
 
     def _handle(self, signum, frame) -> None:
         self.received.append(signum)
+        self.stopping.set()
 
     def take_pending(self) -> List[int]:
         """For the run's StopSignals as they are installed: the signals it is now to handle."""
@@ -139,6 +143,7 @@ class StartSignals:
         self._heard += 1
         if self._heard == 1:
             self._first_heard = signum
+            self.stopping.set()  # the main thread in native code: its next wait does not begin
             self._close_sources()  # a stream's reader let go: up to READER_GRACE_S (3 s)
             # counted from here: the main thread, whose wait they end, closes them too
             self._force_at = time.monotonic() + self.force_after

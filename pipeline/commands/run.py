@@ -128,8 +128,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_stream_arguments(q)
     q.add_argument("--reconnect", type=at_least(-1), default=10,
                    help="network streams, gst: pipelines and a triton:// model: reconnect attempts per outage "
-                        "(-1: forever, 0: none); a stream down when the run starts is waited for the "
-                        "same way while the other sources run (with 0 it fails at start)")
+                        "(-1: forever, 0: none); a stream or model server down at the start is waited "
+                        "for the same way, a stream while the other sources run (0: it fails at start)")
     q.add_argument("--reconnect-delay", type=at_least(0.0, float), default=0.5,
                    help="first back-off delay in seconds (doubles up to 8 s; 0: the "
                         "first attempt at once, then 0.2 s, 0.4 s, ...)")
@@ -287,7 +287,7 @@ def build_pipeline(args, start):
         if args.restream:
             check_restream(args.restream, sources)
         _segments.check_segment_sources(args, sources)
-        start.phase = "loading the model"
+        start.phase, args.stopping = "loading the model", start.stopping  # ends a server wait
         detector = build_detector(args)
     except BaseException:
         for source in sources:

@@ -9,12 +9,11 @@ address that serves no video, a host name that does not exist), which fail the r
 from __future__ import annotations
 
 import errno
-import ipaddress
-import socket
 from typing import Optional
 from urllib.parse import urlparse
 
 from engine.errors import SourceError
+from engine.hostnames import unresolved
 from engine.lazy import require
 
 # the network being down or the server not (yet) there: what a later outage also meets
@@ -66,29 +65,9 @@ def rtmp_play_refused(exc: BaseException, url: str) -> Optional[str]:
 
 def unresolved_host(url: str) -> Optional[str]:
     """Why `url`'s host name does not resolve (it does not exist), or None when it resolves,
-    or its lookup failed for now (no DNS server reachable yet: a box that boots before its
-    network). A name that does not exist is not waited for: most often it is misspelt, and
-    waiting hides that; a camera known by name to a DNS server that learns it later (DHCP) is
-    better addressed by its IP address."""
-    host = urlparse(url).hostname
-    if not host or _is_address(host):
-        return None
-    try:
-        socket.getaddrinfo(host, None)
-    except socket.gaierror as exc:
-        if exc.errno in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)):
-            return f"the host name {host} does not resolve (check its spelling)"
-    except (OSError, UnicodeError):
-        return None
-    return None
-
-
-def _is_address(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
+    or its lookup failed for now (engine.hostnames). A camera known by name to a DNS server
+    that learns it later (DHCP) is better addressed by its IP address."""
+    return unresolved(urlparse(url).hostname)
 
 
 # a pipeline gst-launch cannot build: the user's to fix, whatever the reconnect policy
