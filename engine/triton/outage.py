@@ -9,20 +9,9 @@ import time
 from typing import Optional
 
 from ..errors import warn_caller
+from ..outage_words import count, duration, retry_policy
 
 QUIET_S = 60.0
-
-
-def count(number: int, what: str) -> str:
-    return f"{number} {what}{'' if number == 1 else 's'}"
-
-
-def duration(seconds: float) -> str:
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes = int(seconds // 60)
-    return f"{minutes} min {int(seconds % 60)} s" if minutes < 60 else \
-        f"{minutes // 60} h {minutes % 60} min"
 
 
 class ServerOutage:
@@ -41,8 +30,8 @@ class ServerOutage:
         self._said = self._last_said is None or now - self._last_said >= QUIET_S
         if self._said:
             self._last_said = now
-            policy = "for ever" if retries is None else f"up to {count(retries, 'time')}"
-            warn_caller(f"lost {self.name} ({why}): retrying it {policy}", every_time=True)
+            warn_caller(f"lost {self.name} ({why}): retrying it {retry_policy(retries)}",
+                        every_time=True)
 
     def back(self, attempts: int) -> None:
         """The server answers again, after `attempts` probes."""

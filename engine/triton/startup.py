@@ -16,9 +16,9 @@ import time
 from typing import Callable, Tuple
 
 from ..errors import ModelError, warn_caller
+from ..outage_words import count, duration, retry_policy
 from .model_info import ModelInfo, NotReadyYet, read_model_info
 from .options import TritonOptions, TritonUrl
-from .outage import count, duration
 
 
 class StartWait:
@@ -32,9 +32,8 @@ class StartWait:
 
     def waiting(self, why: str) -> None:
         """The first attempt failed for a reason that may pass: said once."""
-        retries = self.options.retries
-        policy = "for ever" if retries is None else f"up to {count(retries, 'time')}"
-        warn_caller(f"{self.url} is not ready ({why}): retrying it {policy}", every_time=True)
+        warn_caller(f"{self.url} is not ready ({why}): retrying it "
+                    f"{retry_policy(self.options.retries)}", every_time=True)
         self.said = True
 
     def up(self) -> None:

@@ -8,25 +8,7 @@ import time
 from typing import Optional
 
 from engine.errors import warn_caller, without_credentials
-
-
-def retry_policy(retries: Optional[int]) -> str:
-    """How a reconnect policy retries, as the lines say it."""
-    return "for ever" if retries is None else f"up to {count(retries, 'time')}"
-
-
-def count(number: int, what: str) -> str:
-    return f"{number} {what}{'' if number == 1 else 's'}"
-
-
-def duration(seconds: float) -> str:
-    """12.3 s, 4 min 5 s, 2 h 3 min: how long an outage lasted."""
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes = int(seconds // 60)
-    if minutes < 60:
-        return f"{minutes} min {int(seconds % 60)} s"
-    return f"{minutes // 60} h {minutes % 60} min"
+from engine.outage_words import count, duration, retry_policy  # noqa: F401 - live.py's too
 
 
 def say(message: str) -> None:
