@@ -24,9 +24,10 @@ Payload (one JSON object per frame, the JSONL line, `Detections.to_records` incl
      "timestamp": 16.48, "time": 1764467200.123, "frame_size": [720, 1280],
      "detections": [{"polygon": [[x, y], ...], "score": 0.91}, ...]}
 Per-detection columns of `Detections.data` (recognised `text`, track ids) appear in each
-detection object. With tracking, each text-event line (pipeline.reading.events: one per ended
-track, `"event": "end"`, and with `every` periodic `"event": "update"` lines) is published too,
-as the line plus `"type": "text"` and `time` (`publish_text_event`).
+detection object. With tracking, each text-event line (pipeline.reading.events: per track an
+`"event": "start"` as it is first reported and an `"event": "end"` as it ends, and with `every`
+periodic `"event": "update"` lines) is published too, as the line plus `"type": "text"` and
+`time` (`publish_text_event`).
 """
 from __future__ import annotations
 

@@ -160,8 +160,9 @@ def test_a_password_for_a_url_without_a_user_is_refused():
 @pytest.mark.skipif(__import__("importlib").util.find_spec("rapidocr") is None,
                     reason="the PP-OCR rec model comes with the rapidocr wheel")
 def test_text_events_are_published_as_well(tmp_path, broker):
-    """--read --track --events-every: every line of events.jsonl (updates and ends) also
-    reaches the broker as a "text" event, next to the per-frame "detections" events."""
+    """--read --track --events-every: every line of events.jsonl (starts, updates and ends)
+    also reaches the broker as a "text" event, next to the per-frame "detections" events; a
+    track's start event is its first, once, right after its first frame's detections event."""
     pytest.importorskip("supervision")
     subscriber = Subscriber(broker.port, TOPIC)
     out = tmp_path / "out"
@@ -172,7 +173,7 @@ def test_text_events_are_published_as_well(tmp_path, broker):
     assert proc.returncode == 0, err
     lines = [json.loads(x) for x in (out / "events.jsonl").read_text().splitlines()]
     report = json.loads((out / "report.json").read_text())
-    assert {e["event"] for e in lines} == {"update", "end"}
+    assert {e["event"] for e in lines} == {"start", "update", "end"}
     assert report["mqtt"]["acked_total"] == 30 + len(lines) == report["mqtt"]["published_total"]
     deadline = time.monotonic() + 60  # acknowledged by the broker: on their way to the subscriber
     while len(subscriber.received()) < 30 + len(lines) and time.monotonic() < deadline:
@@ -186,12 +187,16 @@ def test_text_events_are_published_as_well(tmp_path, broker):
     assert any(e["text"] for e in texts)
     # a text event comes after the detections event of the frame it names as its last: an
     # update went out before its own frame's event (the text events' sink wrote first)
-    published = set()
+    published, heard = set(), {}
     for e in received:
         if e["type"] == "detections":
             published.add(e["frame_index"])
         else:
             assert e["last_frame"] in published, (e, max(published, default=None))
+            heard.setdefault(e["track_id"], []).append(e["event"])
+        if e["type"] == "text" and e["event"] == "start":  # as its first frame's event is out
+            assert max(published) == e["first_frame"] == e["last_frame"], e
+    assert all(kinds[0] == "start" and kinds.count("start") == 1 for kinds in heard.values())
 
 
 def test_event_is_the_jsonl_line_plus_type_stream_time():

@@ -124,6 +124,11 @@ def test_a_silent_streams_segment_is_finished_when_its_time_is_over(tmp_path):
     assert segments.removed == 2  # the detections and the video of the segment before T0
 
 
+def _event_lines(path) -> list:
+    """(event, track id) of each line of an events file."""
+    return [(e["event"], e["track_id"]) for e in map(json.loads, path.read_text().splitlines())]
+
+
 def test_an_events_segment_over_is_closed_and_the_last_end_lines_go_to_the_newest(tmp_path):
     """The sink thread's tick closes the events file of a segment that is over; the end lines
     written at the run's end (no frame) go to the newest segment, and are still written."""
@@ -145,19 +150,19 @@ def test_an_events_segment_over_is_closed_and_the_last_end_lines_go_to_the_newes
     segments = Segments(10, clock=clock)
     sink = TextEventSink(tmp_path / "events.jsonl", lost_frames=1, segments=segments)
     clock.now = T0 + 1
-    sink.write(*tracked(0, [1, 2]))
-    sink.write(*tracked(1, [1]))  # track 2 ends: its line in the segment from T0
+    sink.write(*tracked(0, [1, 2]))  # their start lines in the segment from T0
+    sink.write(*tracked(1, [1]))  # track 2 ends: its line there too
     sink.finish_segments(idle=False)
     first = tmp_path / "events-20261130T005320Z.jsonl"
     assert str(first) in _open_files()
     clock.now = T0 + 25  # no frame comes
     sink.finish_segments(idle=True)
     assert str(first) not in _open_files()
-    assert [json.loads(line)["track_id"] for line in first.read_text().splitlines()] == [2]
+    assert _event_lines(first) == [("start", 1), ("start", 2), ("end", 2)]
     sink.ending()  # track 1's end line, without a frame: the newest segment
     sink.close()
     newest = tmp_path / "events-20261130T005340Z.jsonl"
-    assert [json.loads(line)["track_id"] for line in newest.read_text().splitlines()] == [1]
+    assert _event_lines(newest) == [("end", 1)]
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "events-20261130T005315Z.jsonl", first.name, newest.name]  # the run's first, empty
 
@@ -200,8 +205,9 @@ def test_the_end_lines_of_an_outage_found_after_a_boundary_go_to_the_newest_segm
     sink.close()
     first, newest = (tmp_path / "events-20261130T005321Z.jsonl",  # the run's start
                      tmp_path / "events-20261130T005330Z.jsonl")
-    assert first.read_text() == ""  # not a line written after its time was over
-    assert [json.loads(line)["track_id"] for line in newest.read_text().splitlines()] == [7]
+    # its frame's start line, and not a line written after its time was over
+    assert _event_lines(first) == [("start", 7)]
+    assert _event_lines(newest) == [("end", 7)]
 
 
 def test_report_json_is_rewritten_when_a_stream_back_from_an_outage_opens_its_files(tmp_path):

@@ -76,17 +76,17 @@ def test_bytetrack_keeps_ids_on_moving_texts_and_votes_their_readings():
     assert voted[-1] == ["OPEN", "CAFE"]  # one misreading does not win
 
 
-def test_the_events_sink_writes_one_line_per_track(tmp_path):
+def test_the_events_sink_writes_a_start_and_an_end_line_per_track(tmp_path):
     from pipeline.reading.events import TextEventSink
 
     with TextEventSink(tmp_path / "events.jsonl", lost_frames=2) as sink:
         sink.write(_frame(0), _dets([_box(0, 0), _box(50, 50)], [1, 2], ["A", "B"], [0.9, 0.9]))
         sink.write(_frame(1), _dets([_box(0, 0)], [1], ["A"], [0.9]))
         sink.write(_frame(2), _dets([_box(0, 0)], [1], ["A"], [0.9]))  # track 2 ends here
-        assert sink.lines == 1
+        assert sink.lines == 3
     events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
-    assert [(e["track_id"], e["text"], e["frames"]) for e in events] == [(2, "B", 1), (1, "A", 3)]
-    assert {e["event"] for e in events} == {"end"}
+    assert [(e["event"], e["track_id"], e["text"], e["frames"]) for e in events] == [
+        ("start", 1, "A", 1), ("start", 2, "B", 1), ("end", 2, "B", 1), ("end", 1, "A", 3)]
     assert set(events[0]) == {"event", "stream", "source", "track_id", "text", "confidence",
                               "first_timestamp", "last_timestamp", "first_frame", "last_frame",
                               "frames", "readings", "polygon"}
@@ -123,8 +123,8 @@ def test_events_every_n_seconds_of_stream_time_then_one_end_line(tmp_path):
     events = [json.loads(line) for line in path.read_text().splitlines()]
     got = [(e["event"], e["track_id"], e["last_frame"], e["text"]) for e in events]
     # updates at 0.2 s and 0.4 s of stream time (frames 5 and 10); track 2 ends at frame 6
-    assert got == [("update", 1, 5, "B"), ("end", 2, 3, "C"), ("update", 1, 10, "B"),
-                   ("end", 1, 11, "B")]
+    assert got == [("start", 1, 0, "A"), ("start", 2, 2, "C"), ("update", 1, 5, "B"),
+                   ("end", 2, 3, "C"), ("update", 1, 10, "B"), ("end", 1, 11, "B")]
     assert set(events[0]) == set(events[-1])  # an update carries the same fields as the end
 
 
@@ -140,7 +140,7 @@ def test_an_update_is_written_once_after_a_gap_and_never_for_images(tmp_path):
         sink.write(image, _dets([_box(0, 0)], [4], ["B"], [0.9]))
         assert sink.updates == 1
     kinds = [json.loads(line)["event"] for line in path.read_text().splitlines()]
-    assert kinds == ["update", "end", "end"]
+    assert kinds == ["start", "update", "start", "end", "end"]
     with pytest.raises(ValueError, match="every"):
         TextEventSink(tmp_path / "bad.jsonl", every=0)
 
@@ -153,12 +153,13 @@ def test_dbrt_run_events_every_writes_update_lines(tmp_path, capsys):
             "--no-video", "--device", "cpu", "--output", str(out)]
     assert main(args) == 0  # --events-every implies --track
     events = [json.loads(x) for x in (out / "events.jsonl").read_text().splitlines()]
-    assert {e["event"] for e in events} == {"update", "end"}
+    assert {e["event"] for e in events} == {"start", "update", "end"}
     assert all(e["last_frame"] <= 14 for e in events)
     ends = [e["track_id"] for e in events if e["event"] == "end"]
     assert len(ends) == len(set(ends))
-    for track in ends:  # the end line is each track's last
-        assert [e["event"] for e in events if e["track_id"] == track][-1] == "end"
+    for track in ends:  # the start line is each track's first, the end line its last
+        kinds = [e["event"] for e in events if e["track_id"] == track]
+        assert kinds[0] == "start" and kinds[-1] == "end" and kinds.count("start") == 1
     capsys.readouterr()
     assert main(["run", "--events-every", "0"]) == 2
     assert "argument --events-every: must be a number > 0, got '0'" in capsys.readouterr().err
@@ -226,9 +227,10 @@ def test_a_stream_that_fails_for_good_ends_its_tracks_while_the_others_go_on(tmp
     try:
         # the sink thread ends the book's tracks, then writes their lines: wait for both
         until(lambda: dying.state == "failed" and not events.book.live(1)
-              and (tmp_path / "events.jsonl").read_text(), "stream 1's tracks to end")
+              and '"end"' in (tmp_path / "events.jsonl").read_text(), "stream 1's tracks to end")
         lines = [json.loads(x) for x in (tmp_path / "events.jsonl").read_text().splitlines()]
-        assert [(x["event"], x["stream"]) for x in lines] == [("end", 1)]
+        assert [(x["event"], x["stream"]) for x in lines if x["event"] != "start"] == [("end", 1)]
+        assert {x["stream"] for x in lines if x["event"] == "start"} == {0, 1}
         assert healthy.state == "up" and events.book.live(0)
     finally:
         pipe.stop()
@@ -259,11 +261,14 @@ def test_a_track_picked_up_again_never_follows_its_own_end_line(tmp_path, lost_f
     from pipeline.reading.tracking import TextTracker
 
     kept = _sighting_events(tmp_path, TextTracker(lost_frames=lost_frames), lost_frames)
-    assert [(x["event"], x["first_frame"], x["frames"]) for x in kept] == [("end", 0, 20)]
+    assert [(x["event"], x["first_frame"], x["frames"]) for x in kept] == [("start", 0, 1),
+                                                                           ("end", 0, 20)]
     split = _sighting_events(tmp_path, TextTracker(lost_frames=lost_frames), lost_frames + 1)
     assert [(x["event"], x["first_frame"], x["frames"]) for x in split] == [
-        ("end", 0, 10), ("end", 12 + lost_frames, 9)]  # a new track starts on its 2nd frame
-    assert split[0]["track_id"] != split[1]["track_id"]
+        ("start", 0, 1), ("end", 0, 10),
+        ("start", 12 + lost_frames, 1), ("end", 12 + lost_frames, 9)]  # starts on its 2nd frame
+    first, second = ([x["track_id"] for x in split[k:k + 2]] for k in (0, 2))
+    assert first[0] == first[1] != second[0] == second[1]
 
 
 def test_the_events_sink_ends_tracks_when_the_pipelines_tracker_does(tmp_path):
@@ -273,7 +278,8 @@ def test_the_events_sink_ends_tracks_when_the_pipelines_tracker_does(tmp_path):
 
     tracker = TextTracker(lost_frames=60)
     lines = _sighting_events(tmp_path, tracker, 45)
-    assert [(x["event"], x["first_frame"], x["frames"]) for x in lines] == [("end", 0, 20)]
+    assert [(x["event"], x["first_frame"], x["frames"]) for x in lines] == [("start", 0, 1),
+                                                                            ("end", 0, 20)]
     with pytest.raises(ValueError, match="lost_frames=31.*61 unseen frames"):
         _sighting_events(tmp_path, tracker, 45, sink_lost=31)
     with pytest.raises(ValueError, match="lost_frames must be an integer >= 2"):
@@ -319,8 +325,8 @@ def test_a_nan_confidence_counts_as_nothing_and_every_line_is_json(tmp_path):
         sink.write(_frame(1), _dets([_box(0, 0), _box(60, 60)], [1, 2], ["A", "B"],
                                     [0.8, float("nan")]))
     lines = [json.loads(x, parse_constant=pytest.fail) for x in path.read_text().splitlines()]
-    assert [(x["track_id"], x["text"], x["confidence"]) for x in lines] == [
-        (1, "A", 0.4), (2, "B", 0.45)]
+    assert [(x["event"], x["track_id"], x["text"], x["confidence"]) for x in lines] == [
+        ("start", 1, "A", 0.0), ("start", 2, "B", 0.9), ("end", 1, "A", 0.4), ("end", 2, "B", 0.45)]
     assert all(x["polygon"] for x in lines)
 
 
@@ -368,8 +374,8 @@ def test_a_track_unseen_since_its_last_line_gets_no_update(tmp_path):
         for i in range(70):  # seen on frames 0..14, then unseen until it ends at frame 74
             sink.write(_frame(i), _dets([_box(0, 0)] if i < 15 else [], [1] if i < 15 else []))
     events = [json.loads(line) for line in path.read_text().splitlines()]
-    assert [(e["event"], e["last_frame"]) for e in events] == [("update", 10), ("update", 14),
-                                                                ("end", 14)]
+    assert [(e["event"], e["last_frame"]) for e in events] == [("start", 0), ("update", 10),
+                                                                ("update", 14), ("end", 14)]
 
 
 def test_a_lone_streams_tracks_end_as_its_outage_begins_not_when_it_comes_back(tmp_path):
@@ -400,7 +406,7 @@ def test_a_lone_streams_tracks_end_as_its_outage_begins_not_when_it_comes_back(t
         until(lambda: camera.state == "reconnecting" and not events.book.live(0),
               "the lost stream's tracks to end")
         lines = [json.loads(x) for x in (tmp_path / "events.jsonl").read_text().splitlines()]
-        assert [x["event"] for x in lines] == ["end"] and lines[0]["last_frame"] == 18
+        assert [x["event"] for x in lines] == ["start", "end"] and lines[1]["last_frame"] == 18
         back.set()
         until(lambda: events.book.live(0), "a track on the new connection")
         assert events.book.live(0)[0].track_id != lines[0]["track_id"]
@@ -456,8 +462,9 @@ def test_an_event_line_writes_times_and_polygons_as_the_result_line_of_its_frame
     for frame in frames:
         sink.write(frame, dets)
     sink.close()
-    (event,) = [json.loads(line, parse_constant=pytest.fail)
-                for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    start, event = [json.loads(line, parse_constant=pytest.fail)
+                    for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    assert start["first_timestamp"] == start["last_timestamp"] == lines[0]["timestamp"]
     assert event["first_timestamp"] == lines[0]["timestamp"] == round(1 / 3, 6)
     assert event["last_timestamp"] is None and lines[1]["timestamp"] is None
     assert event["polygon"] == lines[0]["detections"][0]["polygon"]
@@ -496,7 +503,7 @@ def test_a_track_without_a_reading_is_null_in_the_result_lines_events_and_mqtt(t
     assert mqtt_line["detections"] == line["detections"]
     mqtt_ends = [text_event(e) for e in published]
     assert [(e["text"], e["confidence"]) for e in mqtt_ends
-            if e["track_id"] == unread["track_id"]] == [(None, None)]
+            if e["track_id"] == unread["track_id"]] == [(None, None)] * 2  # start, end
 
 
 @pytest.mark.parametrize("kwargs, error, said", [
@@ -550,9 +557,10 @@ def test_a_new_text_where_a_lost_track_was_gets_its_own_track(tmp_path):
     frame, and Fast got no line of its own (on the street captions video)."""
     ids, lines = _read_at_one_place(tmp_path, ["SIMPLE"] * 12 + [None] * 25 + ["Fast"] * 12)
     assert len(set(ids[1:12])) == 1 and len(set(ids[37:])) == 1 and ids[37] != ids[11]
-    ends = [(x["text"], x["first_frame"], x["last_frame"], x["frames"]) for x in lines]
-    assert ends == [("SIMPLE", 0, 11, 12), ("Fast", 37, 48, 12)]
-    assert lines[0]["confidence"] == pytest.approx(0.95)
+    got = [(x["event"], x["text"], x["first_frame"], x["last_frame"], x["frames"]) for x in lines]
+    assert got == [("start", "SIMPLE", 0, 0, 1), ("start", "Fast", 37, 37, 1),
+                   ("end", "SIMPLE", 0, 11, 12), ("end", "Fast", 37, 48, 12)]  # SIMPLE's at 42
+    assert lines[2]["confidence"] == pytest.approx(0.95)
 
 
 def test_a_misreading_or_a_part_of_the_word_keeps_the_track(tmp_path):
@@ -565,4 +573,84 @@ def test_a_misreading_or_a_part_of_the_word_keeps_the_track(tmp_path):
                              + ["BL"], "BLACK")]:
         ids, lines = _read_at_one_place(tmp_path, readings)
         assert len({i for i in ids[1:] if i is not None}) == 1
-        assert [(x["text"], x["frames"]) for x in lines] == [(voted, len(ids) - ids.count(None))]
+        assert [(x["text"], x["frames"]) for x in lines] == [(readings[0], 1),
+                                                             (voted, len(ids) - ids.count(None))]
+
+
+def _heard(tmp_path, frames, tracker=None, **kwargs):
+    """Each (frame, detections) written to a TextEventSink (through `tracker` when given), a
+    listener noting the frame being written as each line comes: [(frame index, line)]."""
+    from pipeline.reading.events import TextEventSink
+
+    heard, now = [], [None]
+    sink = TextEventSink(tmp_path / "events.jsonl",
+                         listeners=[lambda e: heard.append((now[0], e))], **kwargs)
+    if tracker is not None:
+        tracker.lead([sink])
+    with sink:
+        for frame, dets in frames:
+            now[0] = frame.index
+            sink.write(frame, dets if tracker is None else tracker(frame, dets))
+    written = [json.loads(x) for x in (tmp_path / "events.jsonl").read_text().splitlines()]
+    assert [line for _, line in heard] == written
+    return heard
+
+
+def test_a_start_line_comes_first_once_on_the_frame_its_track_is_first_reported(tmp_path):
+    """A consumer heard of a text only at its first update (--events-every seconds after it
+    appeared) or at its end (30+ frames after it was last seen). ByteTrack confirms a track
+    shown mid-run on its second sighting: the start line comes on that frame, with that
+    frame's reading (which later lines refine) and the other lines' fields."""
+    from pipeline.reading.tracking import TextTracker
+
+    def frame_and_dets(i):  # EXIT from the start; a plate from frame 5 on, misread at first
+        boxes, texts = [_box(10, 10)], ["EXIT"]
+        if i >= 5:
+            boxes, texts = boxes + [_box(100, 60)], texts + ["B4 XYZ" if i == 6 else "B4 XYS"]
+        return _frame(i), _dets(boxes, texts=texts, text_scores=[0.9] * len(texts))
+
+    heard = _heard(tmp_path, map(frame_and_dets, range(40)), TextTracker(lost_frames=5), every=0.4)
+    lines = [line for _, line in heard]
+    assert [(at, e["event"], e["track_id"]) for at, e in heard if e["event"] == "start"] == [
+        (0, "start", 1), (6, "start", 2)]  # the plate's first sighting (5) had no track id yet
+    for track in (1, 2):
+        kinds = [e["event"] for e in lines if e["track_id"] == track]
+        assert kinds[0] == "start" and kinds.count("start") == 1 and kinds[-1] == "end"
+    start = next(e for e in lines if e["event"] == "start" and e["track_id"] == 2)
+    assert {k: start[k] for k in ("text", "first_frame", "last_frame", "frames", "readings")} == {
+        "text": "B4 XYZ", "first_frame": 6, "last_frame": 6, "frames": 1, "readings": 1}
+    assert start["confidence"] == pytest.approx(0.9) and start["polygon"] == _box(100, 60)
+    assert start["first_timestamp"] == start["last_timestamp"] == 0.24
+    assert set(start) == set(lines[-1])  # the same fields as the update and end lines
+    assert next(e for e in reversed(lines) if e["track_id"] == 2)["text"] == "B4 XYS"
+
+
+def test_start_lines_of_several_streams_and_of_a_stream_that_reconnects(tmp_path):
+    """Tracks of two streams, frames interleaved, stream 1 reconnecting at its frame 20 (its
+    tracks end; the text seen again is a new track): every track's start line is its first,
+    once, written with the frame that first reports its id, and carries that frame's facts."""
+    frames = []
+    for i in range(40):
+        ids0 = [1] + ([2] if 10 <= i < 25 else [])
+        frames.append((_frame(i, stream=0), _dets([_box(0, 0), _box(60, 60)][:len(ids0)], ids0,
+                                                   ["A", "B"][:len(ids0)], [0.9] * len(ids0))))
+        one = _frame(i, stream=1)
+        one.connection = int(i >= 20)
+        track = 7 if i < 20 else 8  # the tracker's new id on the new connection
+        if i >= 3:  # seen from frame 3 on
+            frames.append((one, _dets([_box(30, 30)], [track], ["C"], [0.8])))
+    heard = _heard(tmp_path, frames, lost_frames=100)
+    starts = [(at, e["stream"], e["track_id"]) for at, e in heard if e["event"] == "start"]
+    assert starts == [(0, 0, 1), (3, 1, 7), (10, 0, 2), (20, 1, 8)]
+    for at, e in heard:
+        if e["event"] == "start":
+            assert (e["first_frame"], e["last_frame"], e["frames"]) == (at, at, 1)
+    kinds = {}
+    for _, e in heard:
+        kinds.setdefault((e["stream"], e["track_id"]), []).append(e["event"])
+    assert kinds == {(0, 1): ["start", "end"], (1, 7): ["start", "end"],
+                     (0, 2): ["start", "end"], (1, 8): ["start", "end"]}
+    ended_7 = next(at for at, e in heard if e["event"] == "end" and e["track_id"] == 7)
+    assert ended_7 == 20  # the reconnect ends 7 on the frame that starts 8
+    # a frame's start lines come before its update and end lines
+    assert [e["track_id"] for at, e in heard if at == 20 and e["stream"] == 1] == [8, 7]

@@ -77,12 +77,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_direction_arguments(t)
     t.add_argument("--track", action="store_true",
                    help="follow texts across frames (ByteTrack, pip install 'dbrt[track]'): "
-                        "track ids per detection and OUTPUT/events.jsonl, one line per track "
-                        "when it ends (with --read: its voted text)")
+                        "track ids per detection and OUTPUT/events.jsonl: a 'start' line per "
+                        "track as it appears, an 'end' line as it ends (with --read: its text)")
     t.add_argument("--events-every", type=at_least(0.0, float, strict=True), metavar="SECONDS",
                    help="also write an 'update' line to events.jsonl every SECONDS of stream "
-                        "time while a track lives, when it was seen since its last line (the "
-                        "last line of a track is its 'end' line; implies --track)")
+                        "time while a track lives, when it was seen since its last line "
+                        "(between its 'start' and 'end' lines; implies --track)")
     r = p.add_argument_group("input size and thresholds (default: from the model)")
     r.add_argument("--max-side", type=side_length,
                    help="cap the long side at N pixels (limit_type max)")

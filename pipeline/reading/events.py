@@ -1,15 +1,24 @@
-"""`TextEventSink`: one JSON line per text track when it ends, the line an edge analytics
-system stores (far fewer than one line per frame):
+"""`TextEventSink`: a JSON line when a text track starts and one when it ends, the lines an
+edge analytics system stores and reacts to (far fewer than one line per frame):
 
     {"event": "end", "stream": 0, "source": "demo.mp4", "track_id": 3, "text": "VALLEY",
      "confidence": 0.99, "first_timestamp": 0.0, "last_timestamp": 2.4, "first_frame": 0,
      "last_frame": 60, "frames": 61, "readings": 61, "polygon": [[94.0, 74.0], ...]}
 
+A track's `"event": "start"` line comes on the frame where it is first reported with a track id
+(ByteTrack confirms a track on its second sighting), before any other line of it: the same
+fields, the vote and counts of that frame (its reading may change in later lines), so that a
+consumer hears of a text as it appears, not seconds later. No track ends without one: the book
+makes tracks only in `write`, which writes their start lines at once, and a track is never
+ended by the frame that began it (it was just seen; a new connection or frame size ends the
+tracks before it, before the frame's own are made).
+
 With `every=N` a live track also gets an `"event": "update"` line every N seconds of stream time
 (the frames' timestamps, not the wall clock) from its first sighting, when it was seen since its
 last line (a track fading out, unseen until it ends, says nothing new): the same fields, the
-vote and counts so far. A consumer keeps the newest line per (stream, track_id); the `"end"` line is
-the last one a track gets. Frames without a timestamp (images) bring no updates.
+vote and counts so far. A frame's start lines come before its update lines, then its end lines.
+A consumer keeps the newest line per (stream, track_id); the `"start"` line is the first one a
+track gets, the `"end"` line the last. Frames without a timestamp (images) bring no updates.
 
 Each line also goes to the `listeners` (callables taking the line's dict), e.g. the MQTT sink's
 `publish_text_event`. The tracks still live when a run is over end in `ending()`, which a
@@ -39,16 +48,16 @@ from ..sinks import Sink
 from ..sources import Frame
 from .tracks import Track, TrackBook
 
-UPDATE, END = "update", "end"
+START, UPDATE, END = "start", "update", "end"
 
 
 class TextEventSink(Sink):
     """path: the JSON-lines file; lost_frames: frames unseen before a track ends (None: when
     the pipeline's tracker lets it go, `follow`; a default TextTracker's without a pipeline);
-    every: seconds of stream time between a live track's update lines (None: end lines only);
-    listeners: called with each line's dict once it is written; segments: a `Segments` (one
-    file per segment of time, events-20261207T171500Z.jsonl: a track's lines go to the segment
-    current when each is written, so one spanning a boundary has lines in both)."""
+    every: seconds of stream time between a live track's update lines (None: start and end
+    lines only); listeners: called with each line's dict once it is written; segments: a
+    `Segments` (one file per segment of time, events-20261207T171500Z.jsonl: a track's lines go
+    to the segment current when each is written, so one spanning a boundary has lines in both)."""
 
     def __init__(self, path: Union[str, os.PathLike], lost_frames: Optional[int] = None,
                  decimals: int = 2, every: Optional[float] = None,
@@ -88,6 +97,7 @@ class TextEventSink(Sink):
             self._fh.at(frame)
         ended = self.book.update(frame, detections)
         self._forget(ended)
+        self._write(self.book.started, START)  # before anything can end them
         self._write(self._updates_due(frame), UPDATE)
         self._write(ended, END)
 

@@ -86,7 +86,9 @@ def epoch(frame: Frame) -> tuple:
 
 
 class TrackBook:
-    """Per stream, the live tracks; `update` returns the tracks that ended."""
+    """Per stream, the live tracks; `update` returns the tracks that ended, and leaves in
+    `started` those that the frame began (first seen with their track id), in the frame's
+    order."""
 
     def __init__(self, lost_frames: int = 31):
         self.lost_frames = lost_frames
@@ -95,9 +97,10 @@ class TrackBook:
         # frames delivered per stream: "unseen for N frames" counts what the tracker saw, not
         # frame indices, which a live source that drops frames skips
         self._ticks: Dict[int, int] = defaultdict(int)
+        self.started: List[Track] = []
 
     def update(self, frame: Frame, detections: Detections) -> List[Track]:
-        ended = []
+        ended, self.started = [], []
         if self._epochs.get(frame.stream, epoch(frame)) != epoch(frame):
             ended += self.end_stream(frame.stream)
         self._epochs[frame.stream] = epoch(frame)
@@ -114,6 +117,7 @@ class TrackBook:
                 if track is None:
                     track = live[track_id] = Track(frame.stream, shown_source(frame.source),
                                                    track_id, frame.index, frame.timestamp)
+                    self.started.append(track)
                 track.add(frame, detections.polygons[k], float(detections.scores[k]),
                           texts[k] if texts else None,
                           float(text_scores[k]) if len(text_scores) else 0.0, tick)
