@@ -154,17 +154,21 @@ class Segments:
         # deleted, not counted, else those runs' empty files pushed every real segment out
         empty = [name for name in finished if _size(base.parent / name) == 0]
         finished = [name for name in finished if name not in empty]
-        for name in empty + finished[:max(0, len(finished) - (self.keep - 1))]:
-            self._delete(base.parent / name)
+        gone = {name for name in empty + finished[:max(0, len(finished) - (self.keep - 1))]
+                if self._delete(base.parent / name)}
+        # this run's list names only segments still there: a run of weeks opens thousands
+        self.files[base] = [p for p in self.files[base] if p.name not in gone]
 
-    def _delete(self, path: Path) -> None:
+    def _delete(self, path: Path) -> bool:
+        """Whether `path` is gone now (deleted, or gone already); a spare file stays."""
         if os.path.realpath(path) in self.spare:
-            return
+            return False
         try:
             path.unlink()
         except FileNotFoundError:  # gone already (a user's cleanup)
-            return
+            return True
         self.removed += 1
+        return True
 
     def _oldest_first(self, base: Path, writing: Path) -> List[str]:
         """The finished segments of `base` in its folder, oldest first: an earlier run's by
