@@ -74,7 +74,8 @@ class Segments:
         # thread -> the last frame it placed and its segment's start: a frame's sinks ask in
         # turn, and the sink thread of another Pipeline sharing this Segments may ask between
         self._placed: Dict[int, Tuple[object, float]] = {}
-        self.files: Dict[Path, List[Path]] = {}  # base name -> the segments this run opened
+        # base name -> the segments this run opened (with keep: those not deleted yet)
+        self.files: Dict[Path, List[Path]] = {}
         self.removed = 0  # segments deleted to keep `keep`, this run's and earlier runs'
         self._openings = 0  # files opened (and older ones deleted): `turned()` changes with it
 
