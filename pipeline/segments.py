@@ -74,7 +74,8 @@ class Segments:
         # thread -> the last frame it placed and its segment's start: a frame's sinks ask in
         # turn, and the sink thread of another Pipeline sharing this Segments may ask between
         self._placed: Dict[int, Tuple[object, float]] = {}
-        self.files: Dict[Path, List[Path]] = {}  # base name -> the segments this run opened
+        # base name -> the segments this run opened (with keep: those not deleted yet)
+        self.files: Dict[Path, List[Path]] = {}
         self.removed = 0  # segments deleted to keep `keep`, this run's and earlier runs'
         self._openings = 0  # files opened (and older ones deleted): `turned()` changes with it
 
@@ -154,17 +155,21 @@ class Segments:
         # deleted, not counted, else those runs' empty files pushed every real segment out
         empty = [name for name in finished if _size(base.parent / name) == 0]
         finished = [name for name in finished if name not in empty]
-        for name in empty + finished[:max(0, len(finished) - (self.keep - 1))]:
-            self._delete(base.parent / name)
+        gone = {name for name in empty + finished[:max(0, len(finished) - (self.keep - 1))]
+                if self._delete(base.parent / name)}
+        # this run's list names only segments still there: a run of weeks opens thousands
+        self.files[base] = [p for p in self.files[base] if p.name not in gone]
 
-    def _delete(self, path: Path) -> None:
+    def _delete(self, path: Path) -> bool:
+        """Whether `path` is gone now (deleted, or gone already); a spare file stays."""
         if os.path.realpath(path) in self.spare:
-            return
+            return False
         try:
             path.unlink()
         except FileNotFoundError:  # gone already (a user's cleanup)
-            return
+            return True
         self.removed += 1
+        return True
 
     def _oldest_first(self, base: Path, writing: Path) -> List[str]:
         """The finished segments of `base` in its folder, oldest first: an earlier run's by

@@ -177,6 +177,23 @@ def test_keep_deletes_the_oldest_segments_never_the_one_written(tmp_path):
     assert sorted(p.name for p in tmp_path.glob("detections-2*")) == ["detections-20261130T005330Z.jsonl"]
 
 
+def test_a_long_run_remembers_only_the_segments_it_keeps(tmp_path):
+    """A service of weeks opens thousands of segments of each file: the run's list of its own
+    grew by one path per segment for ever (memory, and a longer scan at every new segment),
+    though all but `keep` were deleted."""
+    segments = Segments(1, keep=3, clock=SteppingClock(T0, step=1))
+    sink = JsonlSink(tmp_path / "detections.jsonl", segments=segments)
+    from pipeline.detections import Detections
+
+    for frame in _frames(200):
+        sink.write(frame, Detections.empty())
+    sink.close()
+    assert segments.removed >= 197
+    assert len(segments.files[tmp_path / "detections.jsonl"]) == 3
+    assert segments.written(tmp_path / "detections.jsonl") == sorted(
+        str(p) for p in tmp_path.glob("detections-*.jsonl"))
+
+
 def test_a_segment_never_writes_over_an_earlier_runs_of_the_same_name(tmp_path):
     """A box without a clock battery boots with its clock set back and comes to names its
     earlier run wrote: that file stays whole, the new one gets -2 after its time (and counts

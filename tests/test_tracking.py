@@ -47,6 +47,22 @@ def test_the_vote_is_weighted_by_confidence_not_the_last_reading():
     assert event["polygon"] == _box(12, 10)  # the sighting read with the highest confidence
 
 
+def test_a_track_seen_for_days_keeps_votes_for_a_bounded_number_of_readings():
+    """A sign in view day and night is one track; each new misreading added a vote entry for
+    ever (memory, and a longer count at every frame). The lightest readings go; the vote and
+    its confidence stay those of the winner."""
+    from pipeline.reading.tracks import MAX_TEXTS
+
+    book = TrackBook(lost_frames=3)
+    for i in range(3 * MAX_TEXTS):
+        book.update(_frame(2 * i), _dets([_box(10, 10)], [7], ["OPEN"], [0.9]))
+        book.update(_frame(2 * i + 1), _dets([_box(10, 10)], [7], [f"0PEN{i}"], [0.3]))
+    track = book.track(0, 7)
+    assert len(track.votes) <= MAX_TEXTS and "OPEN" in track.votes
+    text, confidence = track.reading
+    assert text == "OPEN" and confidence == pytest.approx(0.9 * 3 * MAX_TEXTS / (6 * MAX_TEXTS))
+
+
 def test_a_track_ends_after_lost_frames_or_when_the_frame_size_changes():
     book = TrackBook(lost_frames=3)
     book.update(_frame(0), _dets([_box(10, 10), _box(100, 50)], [1, 2]))

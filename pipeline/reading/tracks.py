@@ -26,6 +26,9 @@ from ..sources import Frame
 from ..sources.base import shown_source
 
 TRACK_ID = "track_id"
+# different readings a track keeps votes for: a sign in view for days (one track while it is
+# seen) gathers a new misreading now and then, for ever; the lightest goes when one more comes
+MAX_TEXTS = 64
 
 
 @dataclass
@@ -58,6 +61,8 @@ class Track:
         if text:
             self.readings += 1
             self.votes[text] += float(text_score)
+            if len(self.votes) > MAX_TEXTS:  # the lightest cannot be the winner
+                del self.votes[min(self.votes, key=self.votes.get)]
 
     @property
     def reading(self) -> Tuple[Optional[str], Optional[float]]:
