@@ -13,11 +13,12 @@ import warnings
 import pytest
 
 from engine.errors import DbrtWarning
+from engine.outage_words import duration
 from engine.triton.ports import free_port
 from pipeline.decoding import SourceFailures
 from pipeline.sources import NetworkSource, Reconnect
 from pipeline.sources import outages
-from pipeline.sources.outages import OutageLog, duration
+from pipeline.sources.outages import OutageLog
 
 from media import TsServer, mpegts_bytes, until
 from serve_helpers import dbrt, get, wait_until

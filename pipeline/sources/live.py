@@ -15,11 +15,12 @@ from typing import Iterator, Optional, Tuple
 import numpy as np
 
 from engine.errors import SourceError, warn_caller
+from engine.outage_words import count, retry_policy
 
 from ..stages import Control, Stage
 from .base import Frame, Source, first_line, without_credentials
 from .failures import can_pass
-from .outages import OutageLog, count, retry_policy
+from .outages import OutageLog
 from .slot import LatestSlot
 
 

@@ -8,7 +8,7 @@ import time
 from typing import Optional
 
 from engine.errors import warn_caller, without_credentials
-from engine.outage_words import count, duration, retry_policy  # noqa: F401 - live.py's too
+from engine.outage_words import count, duration, retry_policy
 
 
 def say(message: str) -> None:
