@@ -30,7 +30,10 @@ def _attempts(source) -> int:
 
 
 def test_a_stream_down_at_start_is_waited_for_while_the_other_runs():
-    late, up = TsServer(mpegts_bytes(frames=60)), TsServer(mpegts_bytes(frames=60)).start()
+    # the late stream at its real rate, 10 s before its clip loops (its timestamps restart):
+    # sent as fast as the loopback takes it, a busy run's 20 frames spanned several loops
+    clip = mpegts_bytes(frames=250)
+    late, up = TsServer(clip, rate=len(clip) / 10), TsServer(mpegts_bytes(frames=60)).start()
     frames = {0: [], 1: []}
     try:
         with pytest.warns(DbrtWarning, match=rf"{late.url} is not up \(Connection refused\): "
