@@ -525,7 +525,9 @@ def test_dbrt_run_goes_on_when_a_camera_comes_back_smaller_than_its_pixel_region
         f"(W x H) of {camera.url}: nothing of them is watched (they go on, without detections)"]
     written = [json.loads(line) for line in (out / "detections.jsonl").read_text().splitlines()]
     sizes = [tuple(frame["frame_size"]) for frame in written]
-    assert (240, 320) in sizes and (120, 160) in sizes and len(written) == 30, sizes
+    # the first connection's frames may all be dropped while the run loads its model: the size
+    # of the first frame read decides all the same (Frame.first_size)
+    assert (120, 160) in sizes and set(sizes) <= {(240, 320), (120, 160)} and len(written) == 30
     assert all(not frame["detections"] for frame in written if frame["frame_size"] == [120, 160])
     report = json.loads((out / "report.json").read_text())
     assert report["frames"] == 30 and report["sources"][0]["reconnects"] >= 1

@@ -40,13 +40,14 @@ class Receiver:
     @classmethod
     def rtsp(cls, port: int, keep: int = 0) -> "Receiver":
         server = cls(f"rtsp://127.0.0.1:{port}/x", {"rtsp_flags": "listen", "listen_timeout": "60"},
-                     keep=keep)
+                     keep=keep, listen_s=60.0)
         until(lambda: bound(port, socket.SOCK_STREAM), "the RTSP server to listen")
         return server
 
     @classmethod
     def rtmp(cls, port: int) -> "Receiver":
-        server = cls(f"rtmp://127.0.0.1:{port}/live/x", {"listen": "1", "timeout": "60"})
+        server = cls(f"rtmp://127.0.0.1:{port}/live/x", {"listen": "1", "timeout": "60"},
+                     listen_s=60.0)
         until(lambda: bound(port, socket.SOCK_STREAM), "the RTMP server to listen")
         return server
 
@@ -58,7 +59,8 @@ class Receiver:
 
     def _run(self, url, options, fmt, keep, listen_s):
         """listen_s: a receiver whose open failed before any frame listens again until then (a
-        UDP receiver once never bound in a full test run: its one open had failed)."""
+        UDP receiver once never bound in a full test run, an RTMP one never listened: its one
+        open had failed)."""
         until_s = time.monotonic() + listen_s
         try:
             while True:
