@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from triton_fixtures import (triton_repository, triton_server, triton_server_factory,  # noqa: F401
-                             triton_venv)
+from triton_fixtures import (shipped_triton_repository, triton_repository,  # noqa: F401
+                             triton_server, triton_server_factory, triton_venv)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("DBRT_SHARED_DATA", REPO.parent / "shared" / "data"))

@@ -31,10 +31,8 @@ SIZE = ["--input-size", "128x224"]  # small network inputs: the server shares th
 
 
 @pytest.fixture(scope="module")
-def repository(tmp_path_factory, triton_venv):
-    repo = tmp_path_factory.mktemp("triton") / "repo"
-    assert main(["triton", "export", "-o", str(repo)]) == 0
-    return repo
+def repository(shipped_triton_repository):
+    return shipped_triton_repository
 
 
 @pytest.fixture(scope="module")

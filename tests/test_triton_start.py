@@ -46,10 +46,8 @@ NOT_DBNET = {"config.pbtxt": BROKEN["config.pbtxt"].replace("broken", "notdbnet"
 
 
 @pytest.fixture(scope="module")
-def repository(tmp_path_factory, triton_venv):
-    repo = tmp_path_factory.mktemp("triton") / "repo"
-    assert main(["triton", "export", "-o", str(repo)]) == 0
-    return repo
+def repository(shipped_triton_repository):
+    return shipped_triton_repository
 
 
 @pytest.fixture(scope="module")

@@ -62,6 +62,16 @@ def export_triton_repository(onnx_path, repository, spec=None, **export) -> Path
 
 
 @pytest.fixture(scope="session")
+def shipped_triton_repository(tmp_path_factory, triton_venv) -> Path:
+    """`dbrt triton export`'s repository of the shipped model (`dbnet`), as a user makes it."""
+    from pipeline.cli import main
+
+    repo = tmp_path_factory.mktemp("triton-shipped") / "repo"
+    assert main(["triton", "export", "-o", str(repo)]) == 0
+    return repo
+
+
+@pytest.fixture(scope="session")
 def triton_repository(tiny_onnx, tmp_path_factory) -> Path:
     """A repository with the tiny random DBNet (conftest.tiny_onnx, 64x96-friendly): `dbnet`
     (ONNX Runtime in the Python backend, max batch 8, preferred 4, 20 ms queue delay, one CPU
