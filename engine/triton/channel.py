@@ -20,6 +20,7 @@ for minutes draws one strike at most."""
 from __future__ import annotations
 
 from ..errors import ModelError
+from .messages import first_line
 
 KEEPALIVE_TIME_MS = 10_000
 PING_TIMEOUT_MS = 10_000
@@ -37,15 +38,9 @@ CHANNEL_ARGS = [
 ]
 
 
-def _first_line(exc: BaseException) -> str:
-    text = exc.message() if hasattr(exc, "message") and callable(exc.message) else str(exc)
-    text = (text or type(exc).__name__).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
 def open_client(grpc, url):
     """A tritonclient.grpc.InferenceServerClient for `url` (a TritonUrl), with keepalive."""
     try:
         return grpc.InferenceServerClient(url.address, channel_args=list(CHANNEL_ARGS))
     except Exception as exc:  # noqa: BLE001 - tritonclient raises its own exception type
-        raise ModelError(f"{url}: cannot open a gRPC channel: {_first_line(exc)}") from exc
+        raise ModelError(f"{url}: cannot open a gRPC channel: {first_line(exc)}") from exc

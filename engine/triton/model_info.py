@@ -11,6 +11,7 @@ import numpy as np
 from ..base import TensorInfo
 from ..errors import ModelError
 from ..hostnames import unresolved
+from .messages import first_line
 from .ports import answers_http1
 from .options import TritonUrl
 
@@ -30,11 +31,6 @@ class ModelInfo:
 
 # gRPC's words for a server not listening (yet) or not answering
 _PASSING = re.compile(r"refused|deadline|timed? ?out|unreachable|no route", re.IGNORECASE)
-
-
-def _line(exc: BaseException) -> str:
-    text = exc.message() if hasattr(exc, "message") and callable(exc.message) else str(exc)
-    return (text or type(exc).__name__).strip().splitlines()[0]
 
 
 class NotReadyYet(ModelError):
@@ -90,7 +86,7 @@ def _tensor(meta: dict, url: TritonUrl) -> TensorInfo:
 def _unreachable(url: TritonUrl, exc: BaseException) -> ModelError:
     """No answer to gRPC: a server not (yet) listening or away may come; a host name that does
     not exist, or a port where an HTTP/1 server answers (Triton's HTTP or metrics port) will not."""
-    text = _line(exc)
+    text = first_line(exc)
     message = (f"cannot reach the Triton server at {url.address} for {url} ({text}): is "
                "tritonserver running with this gRPC port?")
     if "resolv" in text.lower() or "dns" in text.lower():
@@ -116,7 +112,7 @@ def _not_ready(client, url: TritonUrl, timeout: float) -> ModelError:
             if hasattr(client, "get_repository_index") else \
             client.get_model_repository_index(as_json=True, client_timeout=timeout)
     except Exception as exc:  # noqa: BLE001 - e.g. the repository protocol is restricted
-        return NotReadyYet(f"{url}: the model is not ready ({_line(exc)})", "model not ready")
+        return NotReadyYet(f"{url}: the model is not ready ({first_line(exc)})", "model not ready")
     models = index.get("models", [])
     mine = [m for m in models if m.get("name") == url.model
             and (not url.version or m.get("version") == url.version)]

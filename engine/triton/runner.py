@@ -29,6 +29,7 @@ from ..errors import DbrtWarning, InferenceFailed, ModelError, ShapeError
 from ..lazy import require
 from .channel import open_client
 from .leftovers import remove_dead_owners
+from .messages import first_line
 from .model_info import ModelInfo, read_model_info
 from .options import TritonOptions, TritonUrl
 from .outage import ServerOutage
@@ -43,12 +44,6 @@ ABORTED_CLOSE_S = 1.0
 
 # gRPC codes that mean the request itself was wrong, not that the server is away
 _FATAL_CODES = ("INVALID_ARGUMENT", "UNIMPLEMENTED", "PERMISSION_DENIED", "UNAUTHENTICATED")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = exc.message() if hasattr(exc, "message") and callable(exc.message) else str(exc)
-    text = (text or type(exc).__name__).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def _status(exc: BaseException) -> str:
@@ -125,7 +120,7 @@ class TritonRunner(Runner):
             if self.options.shm != "auto" or self.shm == "none":
                 raise ModelError(f"{self.url}: {exc}") from None
             warnings.warn(f"{self.url}: the server cannot use this machine's shared memory "
-                          f"({_first_line(exc)}); sending tensors in the requests instead "
+                          f"({first_line(exc)}); sending tensors in the requests instead "
                           "(--triton-shm none says so up front)", DbrtWarning, stacklevel=2)
             self.shm = "none"
             return self._checked_pool("none")
@@ -229,7 +224,7 @@ class TritonRunner(Runner):
         except Exception as exc:  # noqa: BLE001 - a region could not be registered: server away?
             self._pool.release(slot)
             self._request_failed(exc)
-            future.set_exception(InferenceFailed(f"{self.url}: {_first_line(exc)}"))
+            future.set_exception(InferenceFailed(f"{self.url}: {first_line(exc)}"))
             return future
 
         def done(result, error):
@@ -298,7 +293,7 @@ class TritonRunner(Runner):
     def _failure(self, error) -> Exception:
         """The exception a failed request's waiter gets: fatal for a malformed request, else
         InferenceFailed (and the next submit first waits for the server)."""
-        message = f"{self.url}: {_first_line(error)}"
+        message = f"{self.url}: {first_line(error)}"
         if any(code in _status(error) for code in _FATAL_CODES):
             return self._ended(ModelError(f"{message} (the server refused the request)"))
         self._request_failed(error)
@@ -315,7 +310,7 @@ class TritonRunner(Runner):
             return
         with self._stats_lock:
             self.failed_requests += 1
-            self._last_error = _first_line(error)
+            self._last_error = first_line(error)
             # one outage fails every request in flight at once: count outages, not requests
             if self._healthy.is_set():
                 self._failed_in_a_row += 1
@@ -354,7 +349,7 @@ class TritonRunner(Runner):
                 except _ModelChanged:
                     raise
                 except Exception as exc:  # noqa: BLE001 - still away: try again later
-                    last = _first_line(exc)
+                    last = first_line(exc)
                     continue
                 with self._stats_lock:
                     self.reconnects += 1

@@ -24,6 +24,7 @@ import numpy as np
 from ..errors import ModelError
 from ..lazy import require
 from .leftovers import OwnerLock
+from .messages import first_line
 
 _serial = itertools.count()
 
@@ -109,7 +110,7 @@ class _CudaMemory(_SystemMemory):
         except Exception as exc:  # noqa: BLE001
             raise ModelError(f"CUDA shared memory needs an NVIDIA GPU and tritonclient's CUDA "
                              f"support (pip install 'tritonclient[cuda]'): "
-                             f"{_line(exc)}") from None
+                             f"{first_line(exc)}") from None
         self.device = device
 
     def create(self, name: str, size: int) -> Region:
@@ -212,7 +213,7 @@ class SlotPool:
             self._drop(region, unregister=False)  # the server could not map it
             self._disown()
             raise ModelError(f"the server cannot use {self.mem.kind} shared memory from this "
-                             f"client ({_line(exc)}); is it on this machine? --triton-shm none "
+                             f"client ({first_line(exc)}); is it on this machine? --triton-shm none "
                              f"sends the tensors inside the gRPC messages") from None
         self._drop(region)
 
@@ -229,7 +230,7 @@ class SlotPool:
             try:
                 self.mem.register(region)
             except Exception as exc:  # noqa: BLE001 - tritonclient's own exception type
-                if "already in manager" not in _line(exc):
+                if "already in manager" not in first_line(exc):
                     raise
 
     def close(self, drain_timeout: float, unregister: bool = True,
@@ -289,7 +290,7 @@ class SlotPool:
                 off = True
                 break
             except Exception as exc:  # noqa: BLE001 - the server may be gone; free our side anyway
-                if "in use" not in _line(exc):
+                if "in use" not in first_line(exc):
                     unregister = False  # gone or hung: the others would wait the same
                 elif time.monotonic() > deadline:
                     break  # the server is up: the other regions can still be let go
@@ -297,11 +298,6 @@ class SlotPool:
                     time.sleep(0.02)
         self.mem.destroy(region)
         return unregister, off
-
-
-def _line(exc: BaseException) -> str:
-    text = exc.message() if hasattr(exc, "message") and callable(exc.message) else str(exc)
-    return (text or type(exc).__name__).strip().splitlines()[0]
 
 
 def nbytes_of(shape, dtype) -> int:
