@@ -79,8 +79,23 @@ def _run(url, tmp_path, *flags) -> list:
             *SIZE, *flags, "-o", str(tmp_path / "out")]
 
 
-def test_dbrt_run_started_before_its_server_waits_for_it(repository, triton_venv, tmp_path, capsys):
-    """It ended at once with 'cannot reach the Triton server' and exit 2."""
+def _eval(url, tmp_path, *flags) -> list:
+    """dbrt eval of one blank image (no text, none in its ground truth) through `url`."""
+    data = tmp_path / "ic15"
+    if not data.is_dir():
+        data.mkdir()
+        import cv2
+
+        cv2.imwrite(str(data / "img_1.jpg"), np.full((128, 224, 3), 255, np.uint8))
+        (data / "gt_img_1.txt").write_text("")
+    return ["eval", "--model", url, "--dataset", str(data), "--quiet", *flags]
+
+
+@pytest.mark.parametrize("command", [_run, _eval], ids=["run", "eval"])
+def test_a_command_started_before_its_server_waits_for_it(repository, triton_venv, tmp_path, capsys,
+                                                          command):
+    """It ended at once with 'cannot reach the Triton server' and exit 2 (dbrt run, before it
+    had --reconnect for the server); dbrt eval had no --reconnect and waited about a minute."""
     ports = dict(zip(("grpc_port", "http_port", "metrics_port"), free_ports(3)))
     server = TritonServer(repository, venv=str(triton_venv), **ports)
     url = f"triton://127.0.0.1:{ports['grpc_port']}/dbnet"
@@ -96,7 +111,7 @@ def test_dbrt_run_started_before_its_server_waits_for_it(repository, triton_venv
     later = threading.Thread(target=start)
     later.start()
     try:
-        code = main(_run(url, tmp_path, "--reconnect", "20", "--reconnect-delay", "0.2"))
+        code = main(command(url, tmp_path, "--reconnect", "20", "--reconnect-delay", "0.2"))
     finally:
         later.join()
         server.close()
@@ -108,6 +123,23 @@ def test_dbrt_run_started_before_its_server_waits_for_it(repository, triton_venv
     assert f"warning: {url} is not ready (Connection refused): retrying it up to 20 times" in warned[0]
     assert re.search(rf"warning: {re.escape(url)} is up after [\d.]+ s \(\d+ connect attempts\)",
                      warned[1]), warned
+
+
+def test_eval_with_reconnect_0_fails_at_once_in_one_line(tmp_path, capsys):
+    """dbrt eval waited under the default policy (10 attempts, about a minute) whatever it was
+    told: it had no --reconnect."""
+    url = f"triton://127.0.0.1:{free_port()}/dbnet"
+    assert main(_eval(url, tmp_path, "--reconnect", "0")) == 2
+    err = capsys.readouterr().err
+    assert not _warnings(err), err
+    assert err.count("\n") == 1 and "cannot reach the Triton server" in err and url in err, err
+
+
+def test_eval_reconnect_without_a_triton_model_is_refused(tmp_path, capsys, tiny_onnx):
+    for flags in (["--reconnect", "3"], ["--reconnect-delay", "1"]):
+        assert main(_eval(str(tiny_onnx), tmp_path, *flags)) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"{flags[0]} applies to a triton://" in err, err
 
 
 def test_a_model_the_server_loads_later_is_waited_for(explicit_server, tmp_path, capsys):

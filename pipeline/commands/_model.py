@@ -132,9 +132,9 @@ IN_A_RUN = ("costs its frames (counted in report.json) and the server is probed 
 ENDS_THE_COMMAND = "ends the command with its error"
 
 
-def add_triton_arguments(parser, failed_request: str = IN_A_RUN) -> None:
-    """The --triton-* flags of a command that takes a triton:// --model; `failed_request`: what
-    a request that fails does in this command."""
+def add_triton_arguments(parser, failed_request: str = IN_A_RUN):
+    """The --triton-* flags of a command that takes a triton:// --model, in a group it returns;
+    `failed_request`: what a request that fails does in this command."""
     from ._validate import at_least
 
     tr = parser.add_argument_group("Triton Inference Server (--model triton://...)")
@@ -149,6 +149,41 @@ def add_triton_arguments(parser, failed_request: str = IN_A_RUN) -> None:
     tr.add_argument("--triton-timeout", type=at_least(0.0, float, strict=True),
                     help=f"seconds allowed per request (default 60); a request that fails or "
                          f"times out {failed_request}")
+    return tr
+
+
+RECONNECT_DELAY_HELP = ("first back-off delay in seconds (doubles up to 8 s; 0: the first attempt "
+                        "at once, then 0.2 s, 0.4 s, ...)")
+
+
+def add_reconnect_arguments(group, reconnect_help: str, defaults: bool = True) -> None:
+    """--reconnect N / --reconnect-delay S: the back-off of network streams and of a triton://
+    model's server (dbrt run), or of the server alone (dbrt eval, whose flags stay None unless
+    given, so that one given without a triton:// model is refused: check_model_reconnect)."""
+    from engine.triton.options import TritonOptions
+
+    from ._validate import at_least
+
+    group.add_argument("--reconnect", type=at_least(-1),
+                       default=TritonOptions.retries if defaults else None,
+                       help=f"{reconnect_help} (default {TritonOptions.retries})")
+    group.add_argument("--reconnect-delay", type=at_least(0.0, float),
+                       default=TritonOptions.delay if defaults else None,
+                       help=f"{RECONNECT_DELAY_HELP} (default {TritonOptions.delay:g})")
+
+
+def check_model_reconnect(args) -> None:
+    """--reconnect / --reconnect-delay of a command whose only reconnecting is the model
+    server's: refused without a triton:// --model (rather than ignored)."""
+    from engine.errors import ModelError
+    from engine.triton.options import is_triton_url
+
+    if is_triton_url(getattr(args, "model", None)):
+        return
+    for flag, value in (("--reconnect", args.reconnect), ("--reconnect-delay", args.reconnect_delay)):
+        if value is not None:
+            raise ModelError(f"{flag} applies to a triton://HOST:PORT/NAME --model only (the "
+                             "wait for its server)")
 
 
 def triton_options(args):
@@ -170,8 +205,10 @@ def triton_options(args):
                     timeout=asked.get("triton_timeout", TritonOptions.timeout),
                     stop=getattr(args, "stopping", None))
     retries = getattr(args, "reconnect", None)
-    if retries is not None:  # the live sources' reconnect policy serves the server too
-        settings.update(retries=None if retries < 0 else retries, delay=args.reconnect_delay)
+    if retries is not None:  # dbrt run: the live sources' reconnect policy serves the server too
+        settings.update(retries=None if retries < 0 else retries)
+    if getattr(args, "reconnect_delay", None) is not None:
+        settings.update(delay=args.reconnect_delay)
     return TritonOptions(**settings)
 
 

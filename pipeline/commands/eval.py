@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 from ._model import (ENDS_THE_COMMAND, REC_MARGIN_HELP, THREADS_HELP, TRUST_ENGINE_HELP,
-                     add_direction_arguments, add_triton_arguments, check_trust_engine_code,
-                     direction_asked)
+                     add_direction_arguments, add_reconnect_arguments, add_triton_arguments,
+                     check_model_reconnect, check_trust_engine_code, direction_asked)
 from ._validate import (DEVICES, MAX_CPU_THREADS, at_least, between, number_list, output_file, output_folder,
                         side_length, zero_to_one)
 
@@ -35,7 +35,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--threads", type=at_least(0, at_most=MAX_CPU_THREADS), default=0,
                         help=THREADS_HELP)
     parser.add_argument("--trust-engine-code", action="store_true", help=TRUST_ENGINE_HELP)
-    add_triton_arguments(parser, ENDS_THE_COMMAND)
+    triton = add_triton_arguments(parser, ENDS_THE_COMMAND)
+    add_reconnect_arguments(triton, "a triton:// model whose server or model is not ready at the "
+                                    "start (started together with it, still loading): connect "
+                                    "attempts while it is waited for (-1: forever, 0: none: one "
+                                    "error line at once)", defaults=False)
     model = parser.add_argument_group("pre- and post-processing (default: the model's own settings)")
     model.add_argument("--limit-side", type=side_length,
                        help="resize: short side (min) / long-side cap (max)")
@@ -303,6 +307,7 @@ def _run(args) -> int:
 
     args.tune = args.tune or any((args.tune_thresh, args.tune_box_thresh, args.tune_unclip))
     check_trust_engine_code(args)
+    check_model_reconnect(args)
     if not args.e2e and (direction_asked(args) or any(
             v is not None for v in (args.rec_model, args.rec_dict, args.rec_margin))):
         raise DbrtError("--rec-model, --rec-dict, --rec-margin and the --rec-cls flags apply to "

@@ -17,7 +17,7 @@ from . import _segments
 from ._sources import add_stream_arguments, camera_mode, check_stream_flags
 from ._starting import StartSignals  # loaded with the command: installed the moment it runs
 from ._model import (DLA_HELP, REC_MARGIN_HELP, THREADS_HELP, TRUST_ENGINE_HELP, add_direction_arguments,
-                     add_ignore_argument, add_triton_arguments, check_ignore_zones)
+                     add_ignore_argument, add_reconnect_arguments, add_triton_arguments, check_ignore_zones)
 from ._validate import (DEVICES, MAX_CPU_THREADS, MAX_SESSIONS, at_least, broker_url, fourcc, frame_size,
                         input_size, listen_address, output_folder, region, restream_url, side_length,
                         zero_to_one)
@@ -126,13 +126,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     q.add_argument("--decode-threads", type=at_least(0, at_most=MAX_CPU_THREADS), default=0,
                    help=f"FFmpeg decoding threads (0: auto; at most {MAX_CPU_THREADS})")
     add_stream_arguments(q)
-    q.add_argument("--reconnect", type=at_least(-1), default=10,
-                   help="network streams, gst: pipelines and a triton:// model: reconnect attempts per outage "
-                        "(-1: forever, 0: none); a stream or model server down at the start is waited "
-                        "for the same way, a stream while the other sources run (0: it fails at start)")
-    q.add_argument("--reconnect-delay", type=at_least(0.0, float), default=0.5,
-                   help="first back-off delay in seconds (doubles up to 8 s; 0: the "
-                        "first attempt at once, then 0.2 s, 0.4 s, ...)")
+    add_reconnect_arguments(q, "network streams, gst: pipelines and a triton:// model: reconnect "
+                               "attempts per outage (-1: forever, 0: none); a stream or model "
+                               "server down at the start is waited for the same way, a stream "
+                               "while the other sources run (0: it fails at start)")
     c = p.add_argument_group("cameras (0, /dev/video0, csi://0): the capture mode to ask for; report.json "
                              "has the one the camera gives")
     c.add_argument("--camera-size", type=frame_size, metavar="WxH", help="e.g. 1920x1080")
