@@ -12,7 +12,8 @@ of however the process ends), while its regions PREFIX_* exist. A run whose serv
 shared memory (the probe at start) takes every such lock nobody holds: its owner is gone, so
 it unregisters the owner's regions from the server and removes their files and the lock file.
 The pid in a name cannot tell this: a run in a container of its own is pid 1, another
-container's pid means nothing here, and a pid is reused.
+container's pid means nothing here, and a pid is reused. The same locks, in the temporary
+folder, mark the work folders of local servers (engine/triton/workdirs.py).
 """
 from __future__ import annotations
 
@@ -31,18 +32,22 @@ LOCK_SUFFIX = ".lock"
 OWNERS = "dbrt_*" + LOCK_SUFFIX
 
 
-def _usable() -> bool:
-    return fcntl is not None and SHM_DIR.is_dir()  # not so on macOS, whose shm_open has none
+def _usable(directory: Optional[Path] = None) -> bool:
+    # not so for /dev/shm on macOS, whose shm_open has none
+    return fcntl is not None and (SHM_DIR if directory is None else directory).is_dir()
 
 
 class OwnerLock:
     """Held from before a pool's first region is made until its regions are freed; none where
-    there is no /dev/shm, or no file can be made there (the regions fail there if they must)."""
+    there is no /dev/shm, or no file can be made there (the regions fail there if they must).
+    `directory`: where the lock file is made instead of /dev/shm (a local server's work folder
+    is `prefix` there)."""
 
-    def __init__(self, prefix: str):
-        self.path = SHM_DIR / f"{prefix}{LOCK_SUFFIX}"
+    def __init__(self, prefix: str, directory: Optional[Path] = None):
+        directory = SHM_DIR if directory is None else Path(directory)
+        self.path = directory / f"{prefix}{LOCK_SUFFIX}"
         self._fd: Optional[int] = None
-        if not _usable():
+        if not _usable(directory):
             return
         # locked under another name first: a run sweeping meanwhile never finds it unlocked
         making = self.path.with_name(self.path.name + ".new")
@@ -58,6 +63,12 @@ class OwnerLock:
             self._fd = None
             making.unlink(missing_ok=True)
 
+    @property
+    def fd(self) -> Optional[int]:
+        """The locked descriptor (None: no lock), for a child process to inherit: the lock is
+        held until the last process holding it ends."""
+        return self._fd
+
     def release(self) -> None:
         """The pool's regions are freed: nothing is left to remove."""
         if self._fd is None:
@@ -72,7 +83,7 @@ def remove_dead_owners(client, timeout: float) -> List[str]:
     and remove from /dev/shm the regions of pools whose lock nobody holds; their prefixes. A
     region the server cannot let go of yet keeps its owner's lock file for a later run."""
     removed, registered = [], None
-    for prefix, lock, fd in _dead_owners() if _usable() else ():
+    for prefix, lock, fd in dead_owners(SHM_DIR, OWNERS):
         try:
             if registered is None:  # asked once, and only when a run did leave regions
                 registered = _registered(client, timeout)
@@ -87,9 +98,12 @@ def remove_dead_owners(client, timeout: float) -> List[str]:
     return removed
 
 
-def _dead_owners() -> Iterator[Tuple[str, Path, int]]:
-    """(prefix, lock file, its descriptor, now locked here) of each pool whose run is gone."""
-    for path in SHM_DIR.glob(OWNERS):
+def dead_owners(directory: Path, pattern: str) -> Iterator[Tuple[str, Path, int]]:
+    """(prefix, lock file, its descriptor, now locked here: the caller closes it) of each lock
+    file `pattern` in `directory` whose owner is gone (none where locks cannot be had)."""
+    if not _usable(directory):
+        return
+    for path in directory.glob(pattern):
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:  # gone meanwhile, or another user's

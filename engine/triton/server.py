@@ -15,7 +15,8 @@ environment of its own (`make triton-venv` makes `.venv-triton`). What it needs 
   outside.
 
 `TritonServer` is a context manager: it waits until `/v2/health/ready` answers 200 and always stops
-the server (SIGTERM, then SIGKILL).
+the server (SIGTERM, then SIGKILL). Its work folder goes with it, and each start removes those that
+killed launchers left (engine/triton/workdirs.py).
 """
 from __future__ import annotations
 
@@ -24,7 +25,6 @@ import re
 import shutil
 import signal
 import subprocess
-import tempfile
 import threading
 import time
 import urllib.error
@@ -36,6 +36,7 @@ from typing import Optional, Sequence
 
 from ..errors import DbrtError
 from .ports import PORT_CLASH, free_ports, why_port_is_taken
+from .workdirs import make_workdir, remove_dead_workdirs, remove_workdir
 
 _SERVERS = count()  # a serial per server of this process (their shared memory names)
 
@@ -200,6 +201,7 @@ class TritonServer:
         self.verbose = verbose
         self.extra_args = list(extra_args)
         self._workdir: Optional[Path] = None
+        self._workdir_lock = None  # held while the folder is in use (workdirs.py)
         # the Python backend's shared memory regions get a name of ours, so that those of a
         # killed server (which cannot remove them itself) are found and removed by stop(); not
         # by the pid alone, which a launcher in another container sharing /dev/shm may have too
@@ -260,14 +262,17 @@ class TritonServer:
         return self._start_once()
 
     def _start_once(self) -> "TritonServer":
-        self._workdir = Path(tempfile.mkdtemp(prefix="dbrt-triton-"))
+        remove_dead_workdirs()
+        self._workdir, self._workdir_lock = make_workdir()
         backends = self.install.backends_dir(self._workdir)
         self.log_path = self._given_log or self._workdir / "tritonserver.log"
         self._log_file = open(self.log_path, "wb")
+        lock = self._workdir_lock.fd  # inherited: held while the server runs (workdirs.py)
         self.process = subprocess.Popen(self.command(backends), stdout=self._log_file,
                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                         env=self.install.environment(), start_new_session=True,
-                                        preexec_fn=self._death_signal())
+                                        preexec_fn=self._death_signal(),
+                                        pass_fds=() if lock is None else (lock,))
         try:
             self._wait_ready()
         except BaseException:
@@ -375,7 +380,7 @@ class TritonServer:
         """Stop the server and remove its work folder (the log too, unless it was given)."""
         self.stop()
         if self._workdir is not None:
-            shutil.rmtree(self._workdir, ignore_errors=True)
+            remove_workdir(self._workdir, self._workdir_lock)
             self._workdir = None
 
     def __enter__(self) -> "TritonServer":
