@@ -238,3 +238,33 @@ def test_synth_writes_only_into_a_new_empty_or_synthetic_folder(tmp_path, capsys
     for folder in ("new", "empty", "new"):                # new, empty, then synth's own again
         assert main(["synth", "--dataset", str(tmp_path / folder), *tiny]) == 0
         assert len(_json.loads((tmp_path / folder / "gt.json").read_text())) == 1
+
+
+# The words of pipeline/assets/demo.mp4 (read off it: its readings are made of these).
+SHIPPED_DEMO_WORDS = {
+    "07:25", "146-746-528", "24H", "6%", "62%", "828-262", "CASH", "CENTER", "CITY", "DANGER",
+    "EXIT", "Emergency", "FAMILY", "Fire", "Fresh", "Gallery", "LINE", "Love", "MARKET", "METRO",
+    "NEWS", "Open", "PARKING", "PRIVATE", "Plaza", "Plus", "SUOLQ", "SYBJ7", "T1NX3", "TRAVEL",
+    "Tech", "VALLEY", "aewn", "black", "bridge", "chh", "cuhx", "i1", "kp", "odz"}
+
+
+def test_the_demo_draws_the_shipped_videos_words_whatever_other_fonts_a_machine_has(monkeypatch):
+    """The demo picks its fonts from a fixed list: on a machine with more fonts installed (a
+    browser brings Liberation, Noto, URW) it drew other fonts, placed other words, and the
+    reading test of the demo failed."""
+    from export.synth import fonts
+    from export.synth.video import demo_words
+
+    if fonts.missing_fonts(fonts.DEMO_FONTS):
+        pytest.skip(f"the demo video's fonts are not all installed (Debian: fonts-dejavu-core, "
+                    f"fonts-dejavu-extra): {', '.join(fonts.missing_fonts(fonts.DEMO_FONTS))}")
+    assert demo_words() == SHIPPED_DEMO_WORDS
+    more = tuple(sorted(fonts._font_files() + ("/opt/fonts/Arial.ttf", "/opt/fonts/Zapf.otf")))
+    monkeypatch.setattr(fonts, "_font_files", lambda: more)
+    fonts.font_paths.cache_clear()
+    fonts.named_fonts.cache_clear()
+    try:
+        assert demo_words() == SHIPPED_DEMO_WORDS
+    finally:
+        fonts.font_paths.cache_clear()
+        fonts.named_fonts.cache_clear()

@@ -16,6 +16,7 @@ import numpy as np
 
 from .background import DEFAULT_WEIGHTS, background, random_color
 from .effects import degrade
+from .fonts import named_fonts
 from .render import LineStyle, render_line
 from .words import random_line
 
@@ -31,6 +32,7 @@ class SceneConfig:
     degrade: float = 1.0           # strength of camera effects (0: clean)
     tracking_prob: float = 0.0     # chance of widely letter-spaced lines (lightbox, shop signs)
     backgrounds: tuple = DEFAULT_WEIGHTS  # gradient, texture, wood, pattern, photo_like, street
+    fonts: tuple = ()              # font file names to pick from (fonts.named_fonts); (): all
 
 
 # Named scene mixes for training: "default" made the first stage of the shipped model,
@@ -128,7 +130,8 @@ def _place_lines(rng, img, occupied, box, config, count, scene: Scene) -> None:
         if rng.random() < 0.1:
             style.outline = (255 - style.color[0], 255 - style.color[1], 255 - style.color[2])
         words = random_line(rng, 4 if height < 30 else 2)
-        polys = render_line(rng, img, words, center, style, occupied)
+        polys = render_line(rng, img, words, center, style, occupied,
+                            named_fonts(config.fonts) if config.fonts else None)
         if polys is not None:
             scene.polygons += polys
             scene.texts += words
