@@ -47,6 +47,26 @@ def test_the_vote_is_weighted_by_confidence_not_the_last_reading():
     assert event["polygon"] == _box(12, 10)  # the sighting read with the highest confidence
 
 
+@pytest.mark.parametrize("readings, voted, confidence", [
+    # the word cut short by its box in most frames (the lightbox video's MATTER, 303 frames:
+    # MATTE won 0.77); the whole word wins with the cut readings' weight
+    ([("MATTE", 0.99)] * 10 + [("MATTER", 0.98)] * 4, "MATTER", (9.9 + 3.92) / 14),
+    ([("Fre", 1.0)] * 12 + [("Fres", 0.92)] * 3 + [("Fr", 0.9)], "Fres", (12 + 2.76 + 0.9) / 16),
+    # not a longer reading read in too few frames or unclearly, nor one that takes in the next
+    # word or a symbol
+    ([("EXIT", 0.99)] * 10 + [("EXITS", 0.99)] * 2, "EXIT", 9.9 / 12),
+    ([("Fre", 1.0)] * 12 + [("Fres", 0.6)] * 4, "Fre", 12 / 16),
+    ([("PRIVATE", 0.99)] * 10 + [("PRIVATE SY", 0.99)] * 8, "PRIVATE", 9.9 / 18),
+    ([("BLACK", 0.99)] * 10 + [("#BLACK", 0.95)] * 6, "BLACK", 9.9 / 16)])
+def test_a_word_cut_short_in_most_frames_is_voted_whole(readings, voted, confidence):
+    book = TrackBook(lost_frames=3)
+    for i, (text, score) in enumerate(readings):
+        book.update(_frame(i), _dets([_box(10, 10)], [7], [text], [score]))
+    event = book.finish()[0].to_dict()
+    assert event["text"] == voted
+    assert event["confidence"] == pytest.approx(confidence, abs=1e-5)
+
+
 def test_a_track_seen_for_days_keeps_votes_for_a_bounded_number_of_readings():
     """A sign in view day and night is one track; each new misreading added a vote entry for
     ever (memory, and a longer count at every frame). The lightest readings go; the vote and

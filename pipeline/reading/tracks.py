@@ -3,10 +3,10 @@ detections that carry a `track_id` column: first / last frame and time, frame co
 polygon, and a reading that improves over frames.
 
 The reading is a confidence-weighted vote: every frame's reading of a track adds its
-`text_score` to that text's weight, and the text with the largest weight wins, so one blurred
-frame cannot overturn twenty sharp ones. Its confidence is the winner's weight divided by the
-number of frames read: the mean confidence of the agreeing readings times the share of frames
-that agree.
+`text_score` to that text's weight, and the text with the largest weight wins (or the whole
+word a cut-off reading is part of: see votes.py), so one blurred frame cannot overturn twenty
+sharp ones. Its confidence is the winner's weight divided by the number of frames read: the
+mean confidence of the agreeing readings times the share of frames that agree.
 
 A track ends when its stream has gone `lost_frames` frames without it, when the stream comes
 back on a new connection (a reconnect: its clock may restart, its scene may have changed) or at
@@ -24,6 +24,7 @@ import numpy as np
 from ..detections import Detections, polygon_record, score_record, timestamp_record
 from ..sources import Frame
 from ..sources.base import shown_source
+from .votes import winner
 
 TRACK_ID = "track_id"
 # different readings a track keeps votes for: a sign in view for days (one track while it is
@@ -47,6 +48,7 @@ class Track:
     best_polygon: Optional[np.ndarray] = None
     best_score: float = -1.0
     votes: Dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    counts: Dict[str, int] = field(default_factory=lambda: defaultdict(int))  # readings per text
     last_tick: int = 0  # the stream's delivered-frame count at the last sighting
 
     def add(self, frame: Frame, polygon: np.ndarray, score: float, text: Optional[str],
@@ -61,17 +63,17 @@ class Track:
         if text:
             self.readings += 1
             self.votes[text] += float(text_score)
+            self.counts[text] += 1
             if len(self.votes) > MAX_TEXTS:  # the lightest cannot be the winner
-                del self.votes[min(self.votes, key=self.votes.get)]
+                lightest = min(self.votes, key=self.votes.get)
+                del self.votes[lightest], self.counts[lightest]
 
     @property
     def reading(self) -> Tuple[Optional[str], Optional[float]]:
-        """(text, confidence) of the vote so far; (None, None) before any reading (null and
-        null in every output: no text has no confidence either)."""
-        if not self.votes:
-            return None, None
-        text = max(self.votes, key=self.votes.get)
-        return text, self.votes[text] / max(self.readings, 1)
+        """(text, confidence) of the vote so far (see votes.py); (None, None) before any
+        reading (null and null in every output: no text has no confidence either)."""
+        text, weight = winner(self.votes, self.counts)
+        return (None, None) if text is None else (text, weight / max(self.readings, 1))
 
     def to_dict(self, decimals: int = 2) -> dict:
         """The track's event line, its numbers written as the result lines write theirs."""
