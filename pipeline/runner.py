@@ -77,8 +77,8 @@ class Pipeline:
                    "udp_multicast", "http"), source_timeout (seconds a stream's read waits), camera
                    (a camera's capture mode, e.g. dict(width=1920, height=1080, fps=30, fourcc="MJPG"))
     track:         follow text instances across frames (pipeline.reading.tracking.TextTracker,
-                   ByteTrack per stream): detections gain `track_id` (and, when the detector
-                   reads, the voted `track_text` / `track_text_score`); or a TextTracker
+                   ByteTrack per stream): detections gain `track_id` (and when it reads, the
+                   voted `track_text` / `track_text_score`, `track_split_from`); or a TextTracker
     stop_signals:  signals that stop a run iterated in the main thread: the first drains (like
                    `stop()`), the second stops at once (`report()["lost"]` counts the frames
                    read but never written); the run then raises `Interrupted` (a

@@ -47,6 +47,26 @@ def test_the_vote_is_weighted_by_confidence_not_the_last_reading():
     assert event["polygon"] == _box(12, 10)  # the sighting read with the highest confidence
 
 
+@pytest.mark.parametrize("readings, voted, confidence", [
+    # the word cut short by its box in most frames (the lightbox video's MATTER, 303 frames:
+    # MATTE won 0.77); the whole word wins with the cut readings' weight
+    ([("MATTE", 0.99)] * 10 + [("MATTER", 0.98)] * 4, "MATTER", (9.9 + 3.92) / 14),
+    ([("Fre", 1.0)] * 12 + [("Fres", 0.92)] * 3 + [("Fr", 0.9)], "Fres", (12 + 2.76 + 0.9) / 16),
+    # not a longer reading read in too few frames or unclearly, nor one that takes in the next
+    # word or a symbol
+    ([("EXIT", 0.99)] * 10 + [("EXITS", 0.99)] * 2, "EXIT", 9.9 / 12),
+    ([("Fre", 1.0)] * 12 + [("Fres", 0.6)] * 4, "Fre", 12 / 16),
+    ([("PRIVATE", 0.99)] * 10 + [("PRIVATE SY", 0.99)] * 8, "PRIVATE", 9.9 / 18),
+    ([("BLACK", 0.99)] * 10 + [("#BLACK", 0.95)] * 6, "BLACK", 9.9 / 16)])
+def test_a_word_cut_short_in_most_frames_is_voted_whole(readings, voted, confidence):
+    book = TrackBook(lost_frames=3)
+    for i, (text, score) in enumerate(readings):
+        book.update(_frame(i), _dets([_box(10, 10)], [7], [text], [score]))
+    event = book.finish()[0].to_dict()
+    assert event["text"] == voted
+    assert event["confidence"] == pytest.approx(confidence, abs=1e-5)
+
+
 def test_a_track_seen_for_days_keeps_votes_for_a_bounded_number_of_readings():
     """A sign in view day and night is one track; each new misreading added a vote entry for
     ever (memory, and a longer count at every frame). The lightest readings go; the vote and
@@ -300,6 +320,8 @@ def test_the_events_sink_ends_tracks_when_the_pipelines_tracker_does(tmp_path):
         _sighting_events(tmp_path, tracker, 45, sink_lost=31)
     with pytest.raises(ValueError, match="lost_frames must be an integer >= 2"):
         TextTracker(lost_frames=1)
+    with pytest.raises(ValueError, match="change_frames must be an integer >= 2, got 1.5"):
+        TextTracker(change_frames=1.5)
 
 
 def test_a_pipeline_hands_its_tracker_to_its_events_sinks(tmp_path):
@@ -545,13 +567,13 @@ def test_a_text_event_sinks_wrong_arguments_are_refused_when_made(tmp_path, kwar
     listened.close()
 
 
-def _read_at_one_place(tmp_path, readings):
-    """One box read as `readings[i]` in frame i (None: not seen), through a default tracker and
-    an events sink: the frames' track ids and the event lines."""
+def _read_at_one_place(tmp_path, readings, **tracker_args):
+    """One box read as `readings[i]` in frame i (None: not seen), through a tracker (a default
+    one, or one of `tracker_args`) and an events sink: the frames' track ids and event lines."""
     from pipeline.reading.events import TextEventSink
     from pipeline.reading.tracking import TextTracker
 
-    tracker, path = TextTracker(), tmp_path / "events.jsonl"
+    tracker, path = TextTracker(**tracker_args), tmp_path / "events.jsonl"
     sink = TextEventSink(path)
     tracker.lead([sink])
     ids = []
@@ -670,3 +692,56 @@ def test_start_lines_of_several_streams_and_of_a_stream_that_reconnects(tmp_path
     assert ended_7 == 20  # the reconnect ends 7 on the frame that starts 8
     # a frame's start lines come before its update and end lines
     assert [e["track_id"] for at, e in heard if at == 20 and e["stream"] == 1] == [8, 7]
+
+
+def test_a_new_text_shown_in_place_of_the_last_without_a_gap_gets_its_own_track(tmp_path):
+    """The next caption shown where the last one was on the very next frame: ByteTrack keeps
+    the box's track, so the first caption's vote mixed both texts and no end / start lines
+    told of the change. Its readings unlike the vote for 3 frames in a row, alike, start a
+    new track that takes those frames (the old one's end line covers its own text only)."""
+    from pipeline.reading.tracking import TextTracker
+
+    for change_frames in (3, 5):  # the events sink holds readings back as the tracker does
+        ids, lines = _read_at_one_place(tmp_path, ["SIMPLE"] * 12 + ["Fast"] * 12,
+                                        change_frames=change_frames)
+        split = 12 + change_frames - 1
+        assert len(set(ids[1:split])) == 1 and len(set(ids[split:])) == 1
+        assert ids[split] != ids[split - 1]
+        got = [(x["event"], x["text"], x["first_frame"], x["last_frame"], x["frames"])
+               for x in lines]
+        assert got == [("start", "SIMPLE", 0, 0, 1), ("start", "Fast", 12, split, change_frames),
+                       ("end", "SIMPLE", 0, 11, 12), ("end", "Fast", 12, 23, 12)]
+        assert lines[2]["confidence"] == pytest.approx(0.95)
+    tracker = TextTracker()  # the frame that splits the track says which it split from
+    said = [tracker(_frame(i), _dets([_box(20, 30, w=80, h=24)], texts=[text],
+                                     text_scores=[0.9])).data["track_split_from"].tolist()
+            for i, text in enumerate(["SIMPLE"] * 5 + ["Fast"] * 4)]
+    assert said == [[-1]] * 7 + [[1], [-1]]
+
+
+def test_a_misreading_for_a_frame_or_two_or_readings_unlike_each_other_keep_the_track(tmp_path):
+    """Readings unlike the vote for fewer frames than a change takes, or unlike each other
+    (a blurred word read as garbage), or on a track read too few times to have a text yet,
+    are the track's misreadings: one id, one end line with every frame."""
+    for readings, voted in [(["#"] * 6 + ["井"] * 2 + ["#"] * 4, "#"),
+                            (["DANGER"] * 8 + ["kn", "ZQ", "xy", "UF", "DANGER"], "DANGER"),
+                            (["kn"] * 2 + ["NEWS"] * 10, "NEWS"),
+                            (["EXIT"] * 6 + ["井", None, "井", "EXIT"], "EXIT")]:
+        ids, lines = _read_at_one_place(tmp_path, readings)
+        assert len({i for i in ids[1:] if i is not None}) == 1, readings
+        assert [(x["text"], x["frames"], x["last_frame"]) for x in lines] == [
+            (readings[0], 1, 0), (voted, len(ids) - ids.count(None), len(ids) - 1)], readings
+
+
+def test_the_events_sink_alone_counts_every_sighting_of_a_track(tmp_path):
+    """Without the pipeline's tracker, a track's readings held back as unlike its vote are
+    counted a few frames later, or at its end."""
+    from pipeline.reading.events import TextEventSink
+
+    texts = ["A"] * 5 + ["B"] * 7 + ["C", "C"]
+    path = tmp_path / "events.jsonl"
+    with TextEventSink(path, lost_frames=3) as sink:
+        for i, text in enumerate(texts):
+            sink.write(_frame(i), _dets([_box(0, 0)], [1], [text], [0.9]))
+    end = json.loads(path.read_text().splitlines()[-1])
+    assert (end["text"], end["frames"], end["readings"], end["last_frame"]) == ("B", 14, 14, 13)

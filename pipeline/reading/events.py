@@ -25,11 +25,13 @@ Each line also goes to the `listeners` (callables taking the line's dict), e.g. 
 Pipeline calls on every sink before it closes any, so their lines reach the listeners' sinks
 open in any order of `sinks` (used alone, `close()` ends them).
 
-It reads the `track_id` column the tracking stage adds (and the texts, when the run reads); a
-track ends when the tracker lets it go (frames of its stream without it: the pipeline's
-`TextTracker.horizon`), when its live stream loses its connection (`stream_lost`, as the outage
-begins; it comes back with new track ids) or its frame size changes, or when the sink closes
-(the run is over).
+It reads the `track_id` column the tracking stage adds (and the texts, when the run reads, and
+`track_split_from`: a track split from another, a new text shown in its place, starts with the
+frames the other held back, so its start line's `first_frame` is that of the first of them and
+the other's end line covers its own text's frames only; see tracking.py); a track ends when
+the tracker lets it go (frames of its stream without it: the pipeline's `TextTracker.horizon`),
+when its live stream loses its connection (`stream_lost`, as the outage begins; it comes back
+with new track ids) or its frame size changes, or when the sink closes (the run is over).
 """
 from __future__ import annotations
 
@@ -85,6 +87,7 @@ class TextEventSink(Sink):
     def follow(self, tracker) -> None:
         """End tracks when `tracker` (the pipeline's TextTracker) does: a track ended sooner
         could be picked up again after its end line. The pipeline calls it as a run starts."""
+        self.book.hold = tracker.book.hold  # its readings held back as the tracker's are
         if self.lost_frames is None:
             self.book.lost_frames = tracker.horizon
         elif self.lost_frames < tracker.horizon:

@@ -5,6 +5,8 @@ ByteTrack on the polygons' axis-aligned boxes, and adds per-instance columns:
     track_text        the track's voted reading so far (when the frame was read; see tracks.py),
                       None (JSON null) while the track has none, or for an instance no track took
     track_text_score  its confidence, NaN (JSON null) where track_text is None
+    track_split_from  (when the frame was read) the id of the track this instance's new track
+                      split from on this frame (see below), -1 otherwise
 
 ByteTrack is supervision's (0.30.x): its successor, the `trackers` package, requires
 opencv-python, which cannot be installed next to the opencv-python-headless dbrt uses. A stream
@@ -14,13 +16,19 @@ ByteTrack matches boxes only: a track it has lost keeps its place for `lost_fram
 takes whatever shows up there, e.g. the next caption of a video, or another sign after a cut.
 With reading on, a track picked up again after frames unseen whose reading is unlike every one
 it had (`same_text`) is a new text at the same place: it gets a new id, and the old one ends
-with its own frames and vote.
+with its own frames and vote. A track seen all along whose readings turn unlike every one it
+voted for, and alike, for `change_frames` frames in a row (3: the next caption shown in place of
+the last on the very next frame) splits: those frames go to a new id, which the detections of
+the frame that decides it carry with the old id in `track_split_from`, and the old track ends
+with the frames before (its books held those frames back from its vote and counts: see
+`Track.add`; the result lines of the frames before the split gave them the old id). Fewer
+frames (a misreading), readings unlike each other (a blurred word), a part of the word, a text
+the track read before, or a track read fewer than `change_frames` times keep the id.
 """
 from __future__ import annotations
 
 import numbers
 import warnings
-from difflib import SequenceMatcher
 from typing import Dict, Optional, Tuple
 
 import numpy as np
@@ -29,7 +37,7 @@ from engine.lazy import require
 
 from ..detections import Detections
 from ..sources import Frame
-from .tracks import TRACK_ID, TrackBook, epoch
+from .tracks import SPLIT_FROM, TRACK_ID, TrackBook, epoch, same_text
 
 
 class TextTracker:
@@ -43,12 +51,16 @@ class TextTracker:
                  1 - IoU x the detection's score is at most this; DBNet's box scores (about 0.4
                  to 0.7) make 0.8 an IoU of about 0.3 to 0.5 (0.6 asks for 0.6 to 1: on the
                  lightbox video 65 tracks for its 4 texts, against 8 at 0.8)
+    change_frames: readings in a row unlike a track's vote, and alike, that make another text
+                 shown in its place (a new track from the first of them)
     """
 
-    def __init__(self, lost_frames: int = 30, activation: float = 0.25, match: float = 0.8):
-        if not isinstance(lost_frames, numbers.Integral) or lost_frames < 2:
-            raise ValueError(f"TextTracker lost_frames must be an integer >= 2, got {lost_frames}")
-        lost_frames = int(lost_frames)
+    def __init__(self, lost_frames: int = 30, activation: float = 0.25, match: float = 0.8,
+                 change_frames: int = 3):
+        for name, value in (("lost_frames", lost_frames), ("change_frames", change_frames)):
+            if not isinstance(value, numbers.Integral) or value < 2:
+                raise ValueError(f"TextTracker {name} must be an integer >= 2, got {value}")
+        lost_frames, self.change_frames = int(lost_frames), int(change_frames)
         self.sv = require("supervision")
         self.lost_frames, self.activation, self.match = lost_frames, activation, match
         # unseen this many frames, a track has ended for good: its end event and vote close
@@ -63,7 +75,7 @@ class TextTracker:
         self._given: Dict[int, Dict[int, int]] = {}
         self._last_id: Dict[int, int] = {}
         self._ended: Dict[int, Dict[int, Tuple[int, int]]] = {}
-        self.book = TrackBook(self.horizon)
+        self.book = TrackBook(self.horizon, hold=self.change_frames - 1)
         self.restarts = 0  # streams that reconnected or changed frame size mid-run
 
     def lead(self, sinks) -> None:
@@ -105,12 +117,17 @@ class TextTracker:
         texts = detections.texts
         picked = (zip(tracked.data["index"].tolist(), tracked.tracker_id.tolist())
                   if len(tracked) else ())
+        split_from = np.full(len(detections), -1, np.int64)
         for k, bytetrack_id in picked:
             ids[k] = self._id_for(stream, int(bytetrack_id))
             if texts and self._another_text(stream, int(ids[k]), texts[k]):
                 ids[k] = self._new_id(stream, int(bytetrack_id))
+            elif texts and self._text_changed(stream, int(ids[k]), texts[k]):
+                split_from[k], ids[k] = ids[k], self._new_id(stream, int(bytetrack_id))
         data = dict(detections.data)
         data[TRACK_ID] = ids
+        if texts:
+            data[SPLIT_FROM] = split_from
         out = Detections(detections.polygons, detections.scores, data)
         self._note_ended(stream, self.book.update(frame, out), self.book.frames_seen(stream))
         if out.texts:
@@ -147,8 +164,18 @@ class TextTracker:
             return False
         if track.last_tick == self.book.frames_seen(stream):  # seen in the frame before this
             return False
-        likeliest = sorted(track.votes, key=track.votes.get, reverse=True)[:MAX_COMPARED]
-        return not any(same_text(text, known) for known in likeliest)
+        return not track.read_before(text)
+
+    def _text_changed(self, stream: int, track_id: int, text: str) -> bool:
+        """Whether track `track_id`, seen all along, now reads another text: its last
+        `change_frames` readings (this one too) unlike all it voted for, and alike, after
+        at least as many settled readings (a new caption shown in place of the last one)."""
+        track = self.book.track(stream, track_id)
+        if not text or track is None or track.readings < self.change_frames:
+            return False
+        held = [s.text for s in track.held if s.text]
+        return (len(track.held) + 1 >= self.change_frames and track.unlike(text)
+                and all(same_text(text, other) for other in held))
 
     def _note_ended(self, stream: int, tracks, tick: int) -> None:
         """Remember the ids that ended, and forget those ByteTrack can no longer pick up."""
@@ -163,18 +190,6 @@ class TextTracker:
             del ended[track_id]
             if given.get(bytetrack_id) == track_id:
                 del given[bytetrack_id]
-
-
-# a track's readings compared with a new one: its likeliest few (a long-lived track of a
-# blurred word gathers many misreadings, each a few characters' comparison)
-MAX_COMPARED = 8
-
-
-def same_text(a: str, b: str) -> bool:
-    """Whether two readings can be one text: half their characters or more match, in order,
-    case aside (a misread letter, a letter cut off or added by the box: `ast` / `Fast`,
-    `BL` / `BLACK`; not `Fast` / `SIMPLE`)."""
-    return SequenceMatcher(None, a.casefold(), b.casefold()).ratio() >= 0.5
 
 
 def tracker_for(track) -> Optional[TextTracker]:
