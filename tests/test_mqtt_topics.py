@@ -54,18 +54,6 @@ def test_the_status_topic_of_a_topic(topic, status):
     assert events_topic(topic, 3) == topic.replace("{stream}", "3")
 
 
-@pytest.mark.parametrize("url, message", [
-    ("mqtt://127.0.0.1/cam{stream}", "leaves none for the status topic"),
-    ("mqtt://127.0.0.1/dbrt/{name}", "unknown placeholder '{name}'"),
-    ("mqtt://127.0.0.1/dbrt/cam{stream", "unknown placeholder '{stream'"),
-    ("mqtt://127.0.0.1/dbrt/+/{stream}", "without + or # wildcards"),
-])
-def test_a_bad_topic_template_is_one_line(url, message, capsys):
-    assert main(["run", "--mqtt", url, "--quiet"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "argument --mqtt" in err[0] and message in err[0], err
-
-
 def test_mqtt_empty_without_mqtt_is_one_line(capsys, tmp_path):
     assert main(["run", "--mqtt-empty", "first", "--quiet", "-o", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
