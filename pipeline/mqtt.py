@@ -1,7 +1,11 @@
 """`--mqtt`: per-frame detection events as JSON to an MQTT broker (paho-mqtt).
 
     sink = MqttSink("mqtt://user:pass@broker:1883/dbrt/events")
+    sink = MqttSink("mqtt://broker/dbrt/cam{stream}", empty="first")  # stream N: dbrt/camN
     pipe.sinks.append(sink)
+
+`{stream}` in the topic gives each stream its own; `empty="first"` skips a stream's frames
+without detections but the first of each run of them (pipeline.mqtt_routing).
 
 QoS 1 (the broker acknowledges every event). paho's network thread connects in the background
 and reconnects with back-off (`min_delay` doubling up to `max_delay` seconds) while the run goes
@@ -10,10 +14,11 @@ reconnect; when it is full while the broker is away, new events are dropped and 
 (`counters()["dropped_total"]`); while it is connected, an event waits (up to a second) for room.
 `write` blocks the pipeline only then.
 
-Whether dbrt is there: `TOPIC/status` holds a retained `{"type": "status", "state": "online"}`
-published on each connection, and `"offline"` published at the end of the run, or by the broker
-(the connection's last will) when the connection is lost without a goodbye: a crash, a kill, a
-network cut noticed after 1.5 keep-alive periods (45 s).
+Whether dbrt is there: `TOPIC/status` (with {stream}: the levels before it, plus /status) holds
+a retained `{"type": "status", "state": "online"}` published on each connection, and `"offline"`
+published at the end of the run, or by the broker (the connection's last will) when the
+connection is lost without a goodbye: a crash, a kill, a network cut noticed after 1.5
+keep-alive periods (45 s).
 
 mqtts:// verifies the broker's certificate against the system's CAs, or against the CA in
 `?ca=FILE`; a certificate refused ends the run with one line.
@@ -45,6 +50,7 @@ from engine.errors import DbrtError
 from engine.lazy import require
 
 from .detections import Detections, frame_fields, with_detections_json
+from .mqtt_routing import EmptyFrames, check_topic, events_topic, status_topic
 from .sinks import Sink
 from .sources import Frame
 from .sources.base import shown_source, without_credentials
@@ -75,7 +81,7 @@ def parse_broker_url(text: str) -> BrokerUrl:
     ca=FILE (mqtts only): trust the broker's certificate when this CA (PEM) signed it, instead
     of the system's CAs (a private CA, a self-signed broker)."""
     if "#" in text:  # a wildcard, or a password's '#', which starts a URL's fragment
-        raise ValueError("a '#' is not taken: events go to one topic, without + or # wildcards, "
+        raise ValueError("a '#' is not taken: events go to topics without + or # wildcards, "
                          "and a '#' in a user name or password is written %23")
     try:
         parts = urlsplit(text)
@@ -87,9 +93,7 @@ def parse_broker_url(text: str) -> BrokerUrl:
     if not parts.hostname:
         raise ValueError("no broker host")
     topic = unquote(parts.path.lstrip("/"))
-    if not topic or "+" in topic:
-        raise ValueError("expected one topic after the host, without + or # wildcards, "
-                         "e.g. mqtt://broker/dbrt/events")
+    check_topic(topic)
     tls = parts.scheme == "mqtts"
     return BrokerUrl(tls, parts.hostname, port or (8883 if tls else 1883), topic,
                      unquote(parts.username) if parts.username else None,
@@ -126,11 +130,6 @@ def event(frame: Frame, detections: Detections, source_name: str, decimals: int 
     return with_detections_json(head, detections_json, ensure_ascii=False)
 
 
-def status_topic(topic: str) -> str:
-    """The retained online / offline topic beside the events' (see the module docstring)."""
-    return f"{topic}/status"
-
-
 def status_payload(state: str) -> str:
     return json.dumps({"type": "status", "state": state}, separators=(",", ":"))
 
@@ -147,7 +146,8 @@ OFFLINE_WAIT_S = 0.5  # the least the end of the run waits for the broker to tak
 
 
 class MqttSink(Sink):
-    """Publishes one event per frame to `url`'s topic (QoS 1) from paho's own thread.
+    """Publishes one event per frame to `url`'s topic (with {stream}: the frame's stream's),
+    QoS 1, from paho's own thread.
 
     max_queued: events waiting for the broker at most (in flight included); more are dropped
                 while the broker is away (while it is connected, an event waits up to
@@ -156,16 +156,20 @@ class MqttSink(Sink):
                 max is also how long events may wait once the broker is back: 8 s, as
                 --restream's)
     password: for a URL that names a user without one (the CLI's DBRT_MQTT_PASSWORD)
-    Source names lose any user:password part. `TOPIC/status` says "online" / "offline"
+    empty: "every" frame's event, or only the "first" of a stream's frames without detections
+                (pipeline.mqtt_routing.EmptyFrames; the others are counted as skipped)
+    Source names lose any user:password part. The status topic says "online" / "offline"
     (retained; "offline" also as the last will), outside the event counters and the outbox.
     """
 
     def __init__(self, url: str, max_queued: int = 1000, min_delay: int = 1, max_delay: int = 8,
-                 keepalive: int = 30, flush_s: float = 2.0, password: Optional[str] = None):
+                 keepalive: int = 30, flush_s: float = 2.0, password: Optional[str] = None,
+                 empty: str = "every"):
         try:
             self.broker = parse_broker_url(url)
+            self._empty = EmptyFrames(empty)
         except ValueError as exc:
-            raise DbrtError(f"--mqtt {url!r}: {exc}") from None
+            raise DbrtError(f"--mqtt {without_credentials(url)!r}: {exc}") from None
         if password is not None and self.broker.username is None:  # it would go unused
             raise DbrtError(f"--mqtt {self.broker.safe}: a password needs a user name in the "
                             "URL (mqtt://USER@HOST/TOPIC)")
@@ -256,16 +260,23 @@ class MqttSink(Sink):
     # -- the pipeline's sink thread -------------------------------------------------------------
     def write(self, frame: Frame, detections: Detections) -> None:
         self._raise_fatal()
-        self._publish(event(frame, detections, shown_source(frame.source)))
+        stream, count = int(frame.stream), len(detections)
+        if not self._empty.wanted(stream, count, max(0, self._connects - 1)):
+            return  # before the event is made: a skipped frame costs next to nothing
+        if self._publish(event(frame, detections, shown_source(frame.source)), stream):
+            self._empty.published(stream, count)
 
     def publish_text_event(self, line: dict) -> None:
-        """One text-event line (pipeline.reading.events) as a `"type": "text"` event; a
-        TextEventSink's listener. Lines that come after `close` are dropped and counted."""
-        self._publish(json.dumps(text_event(line), ensure_ascii=False, separators=(",", ":")))
+        """One text-event line (pipeline.reading.events) as a `"type": "text"` event, to its
+        `stream`'s topic; a TextEventSink's listener. Lines that come after `close` are
+        dropped and counted."""
+        self._publish(json.dumps(text_event(line), ensure_ascii=False, separators=(",", ":")),
+                      int(line.get("stream", 0)))
 
-    def _publish(self, payload: str) -> None:
-        client = self.client
-        rc = self._offer(client, payload) if client else None
+    def _publish(self, payload: str, stream: int) -> bool:
+        """Whether the event was handed to the client (else it is counted as dropped)."""
+        client, topic = self.client, events_topic(self.broker.topic, stream)
+        rc = self._offer(client, topic, payload) if client else None
         if rc == self._full and self.connected and not self._stalled:
             # a burst (a stream's tracks ending together) fills the outbox with events in
             # flight while the broker is there: their acknowledgements free it within
@@ -274,7 +285,7 @@ class MqttSink(Sink):
             deadline = time.monotonic() + ROOM_WAIT_S
             while rc == self._full and self.connected and time.monotonic() < deadline:
                 time.sleep(0.002)
-                rc = self._offer(client, payload)
+                rc = self._offer(client, topic, payload)
             self._stalled = rc == self._full
         elif rc in self._ok:
             self._stalled = False
@@ -282,24 +293,27 @@ class MqttSink(Sink):
             self._published += 1
         else:
             self._dropped += 1
+        return rc in self._ok
 
-    def _offer(self, client, payload: str):
+    def _offer(self, client, topic: str, payload: str):
         """paho's answer to one event; full while max_queued events await their
         acknowledgement (paho's own limit leaves the status messages room beyond them)."""
         if self._published - self._acked >= self.max_queued:
             return self._full
-        return client.publish(self.broker.topic, payload, qos=1).rc
+        return client.publish(topic, payload, qos=1).rc
 
     def counters(self) -> dict:
         """url (the broker and topic, without the password, as --restream's counters name
         theirs), published_total (handed to the client), acked_total (confirmed by the broker),
-        dropped_total (outbox full), queued (waiting), connected (after `close`: when it
-        closed), reconnects_total, last_error (why the last connection attempt failed, None
-        once connected)."""
+        dropped_total (outbox full), queued (waiting), skipped_empty_total (frames without
+        detections not published: empty="first"), connected (after `close`: when it closed),
+        reconnects_total, last_error (why the last connection attempt failed, None once
+        connected). One set for all the streams, whatever their topics."""
         acked = self._acked  # before published: both only grow, so queued is never negative
         published = self._published
         return dict(url=self.broker.safe, published_total=published, acked_total=acked,
-                    dropped_total=self._dropped, queued=published - acked, connected=self.connected,
+                    dropped_total=self._dropped, queued=published - acked,
+                    skipped_empty_total=self._empty.skipped, connected=self.connected,
                     reconnects_total=max(0, self._connects - 1), last_error=self.last_error)
 
     def _say_offline(self, client, deadline: float) -> None:

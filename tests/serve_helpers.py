@@ -152,7 +152,8 @@ class Mosquitto:
 
 
 class Subscriber:
-    """A durable (clean_session=False) QoS 1 subscriber that collects JSON payloads."""
+    """A durable (clean_session=False) QoS 1 subscriber that collects JSON payloads (and, for
+    a wildcard topic, the topic of each: `received_on`)."""
 
     def __init__(self, port: int, topic: str):
         import json
@@ -160,7 +161,7 @@ class Subscriber:
 
         import paho.mqtt.client as mqtt
 
-        self.events, self._lock = [], threading.Lock()
+        self.events, self.topics, self._lock = [], [], threading.Lock()
         self._json = json
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="dbrt-test-sub",
                                   clean_session=False)
@@ -173,10 +174,15 @@ class Subscriber:
     def _on_message(self, client, userdata, message) -> None:
         with self._lock:
             self.events.append(self._json.loads(message.payload))
+            self.topics.append(message.topic)
 
     def received(self) -> list:
         with self._lock:
             return list(self.events)
+
+    def received_on(self, topic: str) -> list:
+        with self._lock:
+            return [e for e, t in zip(self.events, self.topics) if t == topic]
 
     def close(self) -> None:
         self.client.disconnect()

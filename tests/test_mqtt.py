@@ -139,6 +139,11 @@ def test_a_burst_larger_than_the_outbox_reaches_a_connected_broker_whole(broker)
     ("mqtt://127.0.0.1/a/+", "without + or # wildcards"),
     # a '#' in a password was said to be a wildcard (it starts the URL's fragment)
     ("mqtt://alice:pa#ss@127.0.0.1/t", "is written %23"),
+    # {stream} (a topic per stream) is the one placeholder, and leaves a level for the status
+    ("mqtt://127.0.0.1/cam{stream}", "leaves none for the status topic"),
+    ("mqtt://127.0.0.1/dbrt/{name}", "unknown placeholder '{name}'"),
+    ("mqtt://127.0.0.1/dbrt/cam{stream", "unknown placeholder '{stream'"),
+    ("mqtt://127.0.0.1/dbrt/+/{stream}", "without + or # wildcards"),
 ])
 def test_bad_broker_url_is_one_line(url, message, capsys):
     assert main(["run", "--mqtt", url, "--quiet"]) == 2

@@ -4,6 +4,42 @@ from __future__ import annotations
 
 import sys
 
+MQTT_EMPTY_HELP = (
+    "which frames without detections --mqtt publishes: every one (default), or first: a "
+    "stream's first, its first after a frame with detections (subscribers learn that the text "
+    "went) and its first after a reconnect; the others are skipped and counted "
+    "(skipped_empty_total); text events are all published")
+
+
+def add_mqtt_arguments(group) -> None:
+    """--mqtt and the flags that tune it, in `group`."""
+    from ._validate import at_least, broker_url
+
+    group.add_argument(
+        "--mqtt", type=broker_url, metavar="mqtt[s]://[USER:PASS@]HOST[:PORT]/TOPIC",
+        help="publish one JSON event per frame (QoS 1) to this broker and topic, and with "
+             "--track each text event; {stream} (the source's index) in TOPIC gives each "
+             "stream its own, e.g. dbrt/cam{stream}, the retained online / offline status then "
+             "going to the levels before it plus /status (dbrt/status; without {stream}: "
+             "TOPIC/status); mqtts://...?ca=FILE trusts the broker certificate that CA (PEM) "
+             "signed; the password of a URL without one: the DBRT_MQTT_PASSWORD environment "
+             "variable (out of the process list)")
+    group.add_argument("--mqtt-queue", type=at_least(1), default=1000,
+                       help="events kept while the broker is away; more are dropped and counted "
+                            "(while it is connected, a burst waits for acknowledgements instead)")
+    group.add_argument("--mqtt-empty", choices=("every", "first"), help=MQTT_EMPTY_HELP)
+
+
+def check_mqtt_flags(args) -> None:
+    """--mqtt-empty needs --mqtt; args.mqtt_password: DBRT_MQTT_PASSWORD for --mqtt's user."""
+    from engine.errors import DbrtError
+
+    from ._passwords import mqtt_password
+
+    if args.mqtt_empty and not args.mqtt:
+        raise DbrtError("--mqtt-empty applies to --mqtt only; add --mqtt or drop --mqtt-empty")
+    args.mqtt_password = mqtt_password(args.mqtt)
+
 
 def network_sinks(pipe, args, annotators) -> list:
     """--mqtt (per-frame events, and with --track the text events), --restream and --serve
@@ -14,7 +50,7 @@ def network_sinks(pipe, args, annotators) -> list:
             from pipeline.mqtt import MqttSink
 
             sinks.append(MqttSink(args.mqtt, max_queued=args.mqtt_queue,
-                                   password=args.mqtt_password))
+                                   password=args.mqtt_password, empty=args.mqtt_empty or "every"))
         if args.restream:
             sinks.append(restream_sink(pipe, args, annotators))
         if args.serve:
@@ -95,8 +131,11 @@ def print_network_summary(report: dict) -> None:
     """The MQTT and restream lines of the summary; a warning for what did not reach its server."""
     m = report.get("mqtt")
     if m:
+        skipped = f", {m['skipped_empty_total']} frames without detections skipped" \
+            if m.get("skipped_empty_total") else ""
         print(f"mqtt: {m['acked_total']} events acknowledged, {m['queued']} undelivered, "
-              f"{m['dropped_total']} dropped (outbox full), {m['reconnects_total']} reconnects")
+              f"{m['dropped_total']} dropped (outbox full), {m['reconnects_total']} reconnects"
+              f"{skipped}")
         if m["queued"] and not m["connected"]:
             why = f" ({m['last_error']})" if m.get("last_error") else ""
             print(f"dbrt run: --mqtt: the broker was not connected at the end{why}; "

@@ -9,7 +9,8 @@ from typing import Optional
 
 from pipeline.encoder import VIDEO_CODECS
 
-from ._network import check_restream, network_sinks, print_network_summary
+from ._network import (add_mqtt_arguments, check_mqtt_flags, check_restream, network_sinks,
+                       print_network_summary)
 from ._outputs import (clear_earlier_outputs, input_files, plain_outputs, refuse_video_over_input,
                        visual_sinks)
 from ._report import add_report_argument, live_report, run_report
@@ -18,7 +19,7 @@ from ._sources import add_stream_arguments, camera_mode, check_stream_flags
 from ._starting import StartSignals  # loaded with the command: installed the moment it runs
 from ._model import (DLA_HELP, REC_MARGIN_HELP, THREADS_HELP, TRUST_ENGINE_HELP, add_direction_arguments,
                      add_ignore_argument, add_reconnect_arguments, add_triton_arguments, check_ignore_zones)
-from ._validate import (DEVICES, MAX_CPU_THREADS, MAX_SESSIONS, at_least, broker_url, fourcc, frame_size,
+from ._validate import (DEVICES, MAX_CPU_THREADS, MAX_SESSIONS, at_least, fourcc, frame_size,
                         input_size, listen_address, output_folder, region, restream_url, side_length,
                         zero_to_one)
 
@@ -166,15 +167,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "video's) in URL gives each its own; a server that is down is retried, "
                         "frames it misses are dropped and counted; the run never waits for it, but "
                         "for up to 5 s at its end while the streams finish")
-    w.add_argument("--mqtt", type=broker_url, metavar="mqtt[s]://[USER:PASS@]HOST[:PORT]/TOPIC",
-                   help="publish one JSON event per frame (QoS 1) to this broker and topic, and "
-                        "with --track each text event; mqtts://...?ca=FILE trusts the broker "
-                        "certificate that CA (PEM) signed; the password of a URL without "
-                        "one: the DBRT_MQTT_PASSWORD environment variable (out of the process "
-                        "list)")
-    w.add_argument("--mqtt-queue", type=at_least(1), default=1000,
-                   help="events kept while the broker is away; more are dropped and counted (while "
-                        "it is connected, a burst waits for acknowledgements instead)")
+    add_mqtt_arguments(w)
 
 
 def run(args) -> int:
@@ -223,9 +216,7 @@ def _check_flag_pairs(args) -> None:
     if args.serve_token is not None and not args.serve_token.strip():
         raise DbrtError("--serve-token is empty (an unset variable?); give a token, or set "
                         "DBRT_SERVE_TOKEN, which also keeps it out of the process list")
-    from ._passwords import mqtt_password
-
-    args.mqtt_password = mqtt_password(args.mqtt)
+    check_mqtt_flags(args)
     if args.serve_token and not args.serve:
         raise DbrtError("--serve-token applies to --serve only; add --serve or drop --serve-token")
     if args.video_codec != "libx264":

@@ -145,6 +145,7 @@ OUTPUT_HELP = {
     ("mqtt", "acked_total"): "events the MQTT broker acknowledged",
     ("mqtt", "dropped_total"): "events dropped: the outbox was full while the broker was away",
     ("mqtt", "queued"): "events waiting for the MQTT broker's acknowledgement",
+    ("mqtt", "skipped_empty_total"): "frames without detections not published (--mqtt-empty first)",
     ("mqtt", "connected"): "1 while connected to the MQTT broker",
     ("mqtt", "reconnects_total"): "connections to the MQTT broker after the first",
     ("restream", "frames_sent_total"): "annotated frames sent to the restream server",
