@@ -5,6 +5,7 @@ before the sources open and the model loads; the HWAccel reaches av.open for fil
 a codec NVDEC has no decoder for is decoded in software by PyAV's fallback, said once; without
 the flag nothing changes."""
 import json
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -71,6 +72,17 @@ def test_hwaccel_cuda_without_an_nvidia_gpu_is_one_line_before_the_sources_and_t
     assert err.startswith(f"dbrt run: error: --hwaccel {name} cannot decode here: ")
     assert "(NVDEC needs an NVIDIA GPU and its driver)" in err and err.count("\n") == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_a_pyav_without_hardware_decoding_is_told_an_upgrade_its_python_can_install(monkeypatch):
+    # PyAV 18 needs Python 3.11: `pip install 'av>=18'` fails on Ubuntu 22.04's and JetPack 6's
+    # 3.10, whose newest PyAV, 17, decodes on NVDEC as well
+    import av  # noqa: F401  (imported whole first: av imports av.codec.hwaccel itself)
+
+    monkeypatch.setitem(sys.modules, "av.codec.hwaccel", None)  # as if PyAV had no such module
+    problem = hwdecode.device_problem("cuda")
+    assert problem.startswith("this PyAV (") and "has no hardware decoding" in problem
+    assert "pip install -U av" in problem and "av>=18" not in problem
 
 
 def test_a_source_asked_for_nvdec_without_a_gpu_fails_to_open_in_one_line(tmp_path):

@@ -145,6 +145,7 @@ def test_keep_fp32_nodes_are_checked(fp32_model, tmp_path, calibration):
 
 
 def test_cli_export_keep_fp32_sensitive(image_dir, tmp_path, capsys):
+    pytest.importorskip("torch")
     from pipeline.cli import main
 
     out = tmp_path / "cli" / "m.onnx"
@@ -169,11 +170,11 @@ def test_keep_fp32_sensitive_counts_layers_beyond_the_other_exclusions(fp32_mode
 def test_deformable_convolutions_count_as_float_in_the_int8_share(tmp_path):
     """DeformConv stays float in INT8 exports, yet a DCN model's full INT8 export said "100% of
     conv MACs INT8" (a DCN-R18 at 736x1312: 79%)."""
+    torch = pytest.importorskip("torch")
     from export.model import DBNet
     from export.onnx_export import export_onnx
     from export.sensitivity import conv_macs, int8_mac_share
 
-    torch = pytest.importorskip("torch")
     torch.manual_seed(0)
     model = DBNet("resnet18", dcn=True, width=0.25).eval()
     export_onnx(model, tmp_path / "dcn.onnx", opset=19, example_shape=(1, 3, 64, 96))

@@ -337,6 +337,7 @@ train(TrainConfig(out_dir=sys.argv[1], width=0.25, steps=2, batch=2, crop=64, wa
 
 
 def test_loader_workers_start_after_opencv_ran_threads_in_this_process(tmp_path):
+    pytest.importorskip("torch")
     # Forked while OpenCV's thread pool was up, a worker's cv2.setNumThreads waited forever (a
     # second `dbrt train` in one process, e.g. the GPU run after its calibration run, hung).
     import subprocess
@@ -387,7 +388,7 @@ def test_ctrl_c_saves_a_resumable_checkpoint_after_the_step(tmp_path, capsys):
     import os
     import signal
 
-    import torch
+    torch = pytest.importorskip("torch")
     from export.train.loop import train
 
     def interrupt_at_validation(model):
@@ -405,6 +406,7 @@ def test_ctrl_c_saves_a_resumable_checkpoint_after_the_step(tmp_path, capsys):
 
 
 def test_a_second_run_into_the_same_folder_is_refused(tmp_path):
+    pytest.importorskip("torch")
     from engine.errors import ModelError
     from export.train.loop import train
 
@@ -429,6 +431,7 @@ def test_progress_after_a_resume_averages_its_own_steps_and_snapshots_follow_kee
 
 
 def test_a_run_resumes_from_another_working_folder(tmp_path, monkeypatch):
+    pytest.importorskip("torch")
     from pipeline.cli import main
 
     monkeypatch.chdir(tmp_path)
@@ -446,7 +449,7 @@ def test_a_run_resumes_from_another_working_folder(tmp_path, monkeypatch):
 
 
 def test_init_takes_a_mhliao_style_checkpoint_as_export_does(tmp_path):
-    import torch
+    torch = pytest.importorskip("torch")
     from export.model import DBNet
     from export.train.weights import load_weights
 
@@ -517,6 +520,7 @@ def torch_load(path):
 def test_validation_scores_at_the_thresholds_the_checkpoint_ships_with(tmp_path):
     """A fine-tune of the shipped model validated at DB's defaults while export and ship use
     the --init model's thresholds: best.pt was chosen at settings it never runs with."""
+    pytest.importorskip("torch")
     from export.synth.dataset import write_dataset
     from pipeline.cli import main
 
@@ -533,6 +537,7 @@ def test_validation_scores_at_the_thresholds_the_checkpoint_ships_with(tmp_path)
 
 
 def test_an_unreadable_validation_image_stops_the_run_before_it_trains(tmp_path, capsys):
+    pytest.importorskip("torch")
     from export.synth.dataset import write_dataset
     from pipeline.cli import main
 
@@ -560,6 +565,7 @@ def test_a_run_that_cannot_start_leaves_no_config_behind(tmp_path, capsys):
 def test_a_fine_tune_keeps_the_shrink_ratio_its_init_model_learnt(tmp_path, capsys):
     """The shipped model was trained at shrink ratio 0.3; the README's fine-tune command trained
     at the default 0.4 without a word, changing what the probability map means."""
+    pytest.importorskip("torch")
     from pipeline.cli import main
 
     shipped = Path(__file__).parents[1] / "export" / "assets" / "dbnet_default.pt"
@@ -575,6 +581,7 @@ def test_a_fine_tune_keeps_the_shrink_ratio_its_init_model_learnt(tmp_path, caps
 def test_a_validation_log_cut_short_still_resumes(tmp_path, capsys):
     """A last line cut short (killed mid-append) made --resume a JSONDecodeError traceback
     until the file was edited by hand; the next record would have joined the broken line."""
+    pytest.importorskip("torch")
     from export.train.weights import read_validation_log
 
     log = tmp_path / "val.jsonl"
@@ -607,6 +614,7 @@ def test_warm_up_leaves_room_for_the_decay(tmp_path, capsys, argv, warmup, said)
 def test_a_run_killed_while_it_rewrites_config_json_still_resumes(tmp_path, monkeypatch):
     """Every start of a run rewrites OUT/config.json, which --resume reads: a kill landing in
     that write left half a file, and the run could not be resumed."""
+    pytest.importorskip("torch")
     from export.train.loop import train
     from pipeline.cli import main
 
@@ -630,6 +638,7 @@ def test_a_run_killed_while_it_rewrites_config_json_still_resumes(tmp_path, monk
 def test_resume_refuses_an_init_it_would_not_apply(tmp_path, capsys):
     """--resume --init OTHER.pt was accepted and silently ignored (the weights come from
     last.pt): the user believed the run now started from OTHER.pt."""
+    pytest.importorskip("torch")
     from export.train.loop import train
     from pipeline.cli import main
 
@@ -644,6 +653,7 @@ def test_resume_refuses_an_init_it_would_not_apply(tmp_path, capsys):
 def test_the_time_left_counts_the_validations_still_to_come(tmp_path, capsys, monkeypatch):
     """Validation time was left out of the ETA altogether: a fine-tune validating 100 photos
     every 250 steps said 'eta 10 min' with half an hour of validations ahead."""
+    pytest.importorskip("torch")
     import re
     import time
 
@@ -667,6 +677,7 @@ def test_the_time_left_counts_the_validations_still_to_come(tmp_path, capsys, mo
 def test_a_second_sigterm_stops_at_once_and_says_it_was_terminated(tmp_path, capsys):
     """The second signal raised a bare KeyboardInterrupt: `dbrt train` exited 130
     ('interrupted') for a service manager's SIGTERM, where the first one exits 143."""
+    pytest.importorskip("torch")
     import os
     import signal
 
@@ -707,6 +718,7 @@ class _WorkerKilledAt:
 def test_a_killed_loader_worker_is_one_error_and_the_steps_done_are_saved(tmp_path, monkeypatch):
     """A worker killed for memory ended the run with two RuntimeError tracebacks, and every step
     since the last save (up to --save-every 500) was lost."""
+    pytest.importorskip("torch")
     from engine.errors import DbrtError
     from export.train import loop
 
@@ -724,6 +736,7 @@ def test_an_init_that_is_no_checkpoint_is_one_line_naming_the_flag(tmp_path, cap
     """--init my_model/dbnet.onnx said first that the fine-tune takes the ONNX's shrink ratio
     (read from the record beside it), then that the file is no checkpoint, without the flag;
     --init RUN_FOLDER was called 'not found'."""
+    pytest.importorskip("torch")
     from pipeline.cli import main
 
     model = tmp_path / "my_model"

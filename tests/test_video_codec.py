@@ -35,7 +35,10 @@ def test_every_encoder_option_is_one_this_ffmpeg_knows(codec, live):
     would change nothing, silently. NVENC's options are known without an NVIDIA GPU."""
     import av
 
-    supported = av.CodecContext.create(codec, "w").supported_options
+    context = av.CodecContext.create(codec, "w")
+    if not hasattr(context, "supported_options"):  # PyAV 18's; Python 3.10 has PyAV 17 at most
+        pytest.skip(f"PyAV {av.__version__} cannot list FFmpeg's encoder options (PyAV 18 can)")
+    supported = context.supported_options
     names = {option.name for option in [*supported.private, *supported.generic]}
     assert set(encoder_options(codec, 23, live)) <= names
 

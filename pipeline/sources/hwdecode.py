@@ -46,8 +46,8 @@ def device_problem(name: str) -> Optional[str]:
     try:
         from av.codec.hwaccel import HWAccel, hwdevices_available
     except ImportError:
-        return (f"this PyAV ({av.__version__}) has no hardware decoding (PyAV 18 has it: "
-                "pip install 'av>=18')")
+        return (f"this PyAV ({av.__version__}) has no hardware decoding (PyAV 17 and later "
+                "have it: pip install -U av)")
     if kind not in hwdevices_available():
         return f"this FFmpeg (PyAV {av.__version__}) has no {kind} hardware decoding"
     logging = require("av.logging")
