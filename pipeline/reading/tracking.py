@@ -24,6 +24,12 @@ with the frames before (its books held those frames back from its vote and count
 `Track.add`; the result lines of the frames before the split gave them the old id). Fewer
 frames (a misreading), readings unlike each other (a blurred word), a part of the word, a text
 the track read before, or a track read fewer than `change_frames` times keep the id.
+
+The other way round, ByteTrack starts a new track where a text's box changes more than it
+follows (a caption zooming or moving fast, a word whose box jumps as the detector splits or
+merges it) while it keeps the old one as lost: with reading on, a new track whose first reading
+is like one of a track of its stream lost at most `reid_frames` frames before, never seen in
+one frame with it, near its last box, continues its id (see reid.py).
 """
 from __future__ import annotations
 
@@ -37,6 +43,7 @@ from engine.lazy import require
 
 from ..detections import Detections
 from ..sources import Frame
+from .reid import REID_FRAMES, continued_track
 from .tracks import SPLIT_FROM, TRACK_ID, TrackBook, epoch, same_text
 
 
@@ -53,14 +60,19 @@ class TextTracker:
                  lightbox video 65 tracks for its 4 texts, against 8 at 0.8)
     change_frames: readings in a row unlike a track's vote, and alike, that make another text
                  shown in its place (a new track from the first of them)
+    reid_frames: frames a lost track may go unseen before a new track's first sighting and
+                 still be continued by it (reading alike, near its last box; -1: never)
     """
 
     def __init__(self, lost_frames: int = 30, activation: float = 0.25, match: float = 0.8,
-                 change_frames: int = 3):
-        for name, value in (("lost_frames", lost_frames), ("change_frames", change_frames)):
-            if not isinstance(value, numbers.Integral) or value < 2:
-                raise ValueError(f"TextTracker {name} must be an integer >= 2, got {value}")
+                 change_frames: int = 3, reid_frames: int = REID_FRAMES):
+        for name, value, least in (("lost_frames", lost_frames, 2),
+                                   ("change_frames", change_frames, 2),
+                                   ("reid_frames", reid_frames, -1)):
+            if not isinstance(value, numbers.Integral) or value < least:
+                raise ValueError(f"TextTracker {name} must be an integer >= {least}, got {value}")
         lost_frames, self.change_frames = int(lost_frames), int(change_frames)
+        self.reid_frames = int(reid_frames)
         self.sv = require("supervision")
         self.lost_frames, self.activation, self.match = lost_frames, activation, match
         # unseen this many frames, a track has ended for good: its end event and vote close
@@ -75,6 +87,9 @@ class TextTracker:
         self._given: Dict[int, Dict[int, int]] = {}
         self._last_id: Dict[int, int] = {}
         self._ended: Dict[int, Dict[int, Tuple[int, int]]] = {}
+        # per stream, ByteTrack's ids whose track another continued (-> the frame it did): one
+        # ByteTrack picks up again is new to the tracker (see `_id_for`)
+        self._retired: Dict[int, Dict[int, int]] = {}
         self.book = TrackBook(self.horizon, hold=self.change_frames - 1)
         self.restarts = 0  # streams that reconnected or changed frame size mid-run
 
@@ -92,6 +107,8 @@ class TextTracker:
         if known is not None and known != epoch(frame):
             self._trackers.pop(frame.stream, None)
             self._given[frame.stream], self._ended[frame.stream] = {}, {}
+            self._retired[frame.stream] = {}
+            self.book.end_stream(frame.stream)  # no new track continues one of before
             self.restarts += 1
         self._epochs[frame.stream] = epoch(frame)
         tracker = self._trackers.get(frame.stream)
@@ -115,15 +132,20 @@ class TextTracker:
         tracked = tracker.update_with_detections(boxes)
         stream = frame.stream
         texts = detections.texts
-        picked = (zip(tracked.data["index"].tolist(), tracked.tracker_id.tolist())
-                  if len(tracked) else ())
+        picked = (list(zip(tracked.data["index"].tolist(), tracked.tracker_id.tolist()))
+                  if len(tracked) else [])
         split_from = np.full(len(detections), -1, np.int64)
+        # the ids this frame's detections carry on from ByteTrack: no new track continues them
+        taken = {self._given.get(stream, {}).get(int(b)) for _, b in picked}
+        xyxy, now = boxes.xyxy, self.book.frames_seen(stream) + 1  # the tick this frame gets
         for k, bytetrack_id in picked:
-            ids[k] = self._id_for(stream, int(bytetrack_id))
+            ids[k] = self._id_for(stream, int(bytetrack_id), xyxy[k],
+                                  texts[k] if texts else "", now, taken)
             if texts and self._another_text(stream, int(ids[k]), texts[k]):
                 ids[k] = self._new_id(stream, int(bytetrack_id))
             elif texts and self._text_changed(stream, int(ids[k]), texts[k]):
                 split_from[k], ids[k] = ids[k], self._new_id(stream, int(bytetrack_id))
+            taken.add(int(ids[k]))
         data = dict(detections.data)
         data[TRACK_ID] = ids
         if texts:
@@ -139,14 +161,27 @@ class TextTracker:
         return out
 
 
-    def _id_for(self, stream: int, bytetrack_id: int) -> int:
-        """The id given out for ByteTrack's `bytetrack_id`: a new one for a track never seen,
-        or seen and ended."""
+    def _id_for(self, stream: int, bytetrack_id: int, box: np.ndarray, text: str, now: int,
+                taken: set) -> int:
+        """The id given out for ByteTrack's `bytetrack_id`: for a track never seen, or seen and
+        ended, that of a live track whose text it continues (see reid.py), else a new one."""
         given, ended = self._given.setdefault(stream, {}), self._ended.setdefault(stream, {})
         track_id = given.get(bytetrack_id)
-        if track_id is None or track_id in ended:
-            track_id = self._new_id(stream, bytetrack_id)
-        return track_id
+        if track_id is not None and track_id not in ended:
+            return track_id
+        # ByteTrack reports a new track on its 2nd sighting: it was first seen a frame before;
+        # one it let go of (ended, or retired when another continued its text) only now
+        retired = self._retired.setdefault(stream, {}).pop(bytetrack_id, None) is not None
+        first = now if track_id is not None or retired else now - 1
+        track = continued_track(self.book.live(stream), box, text, first, self.reid_frames,
+                                taken)
+        if track is None:
+            return self._new_id(stream, bytetrack_id)
+        for other in [b for b, t in given.items() if t == track.track_id]:
+            del given[other]  # picked up again, it is a new track (or continues one)
+            self._retired[stream][other] = now
+        given[bytetrack_id] = track.track_id
+        return track.track_id
 
     def _new_id(self, stream: int, bytetrack_id: int) -> int:
         """A new id for ByteTrack's `bytetrack_id` from now on (the one it had, if any, ends
@@ -190,6 +225,9 @@ class TextTracker:
             del ended[track_id]
             if given.get(bytetrack_id) == track_id:
                 del given[bytetrack_id]
+        retired = self._retired.setdefault(stream, {})
+        for bytetrack_id in [b for b, when in retired.items() if tick - when > 2 * self.horizon]:
+            del retired[bytetrack_id]
 
 
 def tracker_for(track) -> Optional[TextTracker]:

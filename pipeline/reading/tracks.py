@@ -81,6 +81,7 @@ class Track:
     counts: Dict[str, int] = field(default_factory=lambda: defaultdict(int))  # readings per text
     last_tick: int = 0  # the stream's delivered-frame count at the last sighting
     held: List["Sighting"] = field(default_factory=list)  # not counted yet: see `add`
+    last_box: Optional[np.ndarray] = None  # x0, y0, x1, y1 of the last sighting
 
     def add(self, frame: Frame, polygon: np.ndarray, score: float, text: Optional[str],
             text_score: float, tick: int = 0, hold: int = 0) -> None:
@@ -89,6 +90,7 @@ class Track:
         them, or one more sighting, settles them as the track's (misreadings), or the tracker
         moves them to a new track (`take_held`: another text shown in place of this one)."""
         self.last_tick = tick
+        self.last_box = np.concatenate([polygon.min(0), polygon.max(0)])
         sighting = Sighting(frame.index, frame.timestamp, polygon, score, text, text_score)
         # a sighting without a reading says nothing on which text it is: it goes with the held
         unlike = self.unlike(text) if text else bool(self.held)
