@@ -500,10 +500,10 @@ def test_the_shipped_detector_and_ppocr_read_the_demo_videos_words():
     """Frames of the demo video (export.synth) read with the shipped detector: all but a few
     confident readings are made of the demo's words (whole, or cut where the frame edge cuts the
     word), and most of the words in view are read whole."""
-    from export.synth.fonts import DEMO_FONTS, missing_fonts
+    from export.synth.fonts import FIXED_FONTS, missing_fonts
     from export.synth.video import demo_frames, demo_words
 
-    if missing_fonts(DEMO_FONTS):  # Pillow's font draws the demo then: other words, other pictures
+    if missing_fonts(FIXED_FONTS):  # Pillow's font draws the demo then: other words, other pictures
         pytest.skip("the demo video's DejaVu fonts are not all installed (Debian: fonts-dejavu-core, "
                     "fonts-dejavu-extra)")
     words = demo_words()

@@ -18,6 +18,7 @@ import numpy as np
 from dbnet.files import naming_the_file, write_image, write_text_whole
 from engine.errors import DbrtError
 
+from .fonts import FIXED_FONTS
 from .scene import SceneConfig, make_scene
 
 
@@ -46,7 +47,8 @@ def _check_writable_here(out: Path) -> None:
 
 
 def write_dataset(out_dir, count: int, seed: int = 10_000, height: int = 720, width: int = 1280,
-                  config: SceneConfig = SceneConfig(min_height=10, max_height=90),
+                  config: SceneConfig = SceneConfig(min_height=10, max_height=90,
+                                                    fonts=FIXED_FONTS),
                   min_text_size: float = 8, quality: int = 92) -> Path:
     """Write `count` scenes made from seeds (seed, i); returns the gt.json path."""
     out = Path(out_dir)

@@ -18,14 +18,14 @@ import numpy as np
 from engine.errors import DbrtError
 from engine.lazy import require
 
-from .fonts import DEMO_FONTS, named_fonts
+from .fonts import FIXED_FONTS, named_fonts
 from .render import LineStyle, render_line
 from .scene import SceneConfig, make_scene
 
 # Big, clean, high-contrast text: the demo must be readable and the default model must find it.
 # The same fonts on every machine: the same words and pictures for a seed.
 DEMO_SCENE = SceneConfig(min_height=22, max_height=70, max_lines=7, negative_prob=0.0,
-                         panel_prob=0.9, curve_prob=0.0, degrade=0.3, fonts=DEMO_FONTS)
+                         panel_prob=0.9, curve_prob=0.0, degrade=0.3, fonts=FIXED_FONTS)
 
 
 def _ticker(rng, width: int, height: int):
@@ -41,7 +41,7 @@ def _ticker(rng, width: int, height: int):
         n = int(rng.integers(1, 3))
         chosen = [words[int(i)] for i in rng.integers(len(words), size=n)]
         if render_line(rng, strip, chosen, (x + height * 2.5, height / 2), style,
-                       fonts=named_fonts(DEMO_FONTS)) is not None:
+                       fonts=named_fonts(FIXED_FONTS)) is not None:
             x += int(height * 7)
             written += chosen
         else:
