@@ -416,6 +416,7 @@ def test_a_second_run_into_the_same_folder_is_refused(tmp_path):
 
 
 def test_progress_after_a_resume_averages_its_own_steps_and_snapshots_follow_keep_every(tmp_path, capsys):
+    pytest.importorskip("torch")
     from export.train.loop import train
 
     train(_tiny_run(tmp_path, steps=4, log_every=2, save_every=1, keep_every=3, time_limit=1e-6))
@@ -465,6 +466,7 @@ def test_init_takes_a_mhliao_style_checkpoint_as_export_does(tmp_path):
 
 
 def test_an_untuned_checkpoint_ships_and_exports_with_its_init_models_thresholds(tmp_path):
+    pytest.importorskip("torch")
     import torch
     from export.checkpoint import trained_post_settings
 
@@ -481,6 +483,7 @@ def test_an_untuned_checkpoint_ships_and_exports_with_its_init_models_thresholds
 def test_a_validation_that_fails_is_redone_on_resume_and_best_pt_follows_its_validation(tmp_path):
     """The step's last.pt is saved before validating; a validation that fails (or a run killed
     during it) is run first on --resume; scores on another validation start best.pt over."""
+    pytest.importorskip("torch")
     import dataclasses
 
     from engine.errors import DbrtError
