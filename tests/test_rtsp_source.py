@@ -2,7 +2,8 @@
 (tests/rtsp_server.py, run by a Python that has GStreamer's bindings; skipped with the install
 hint where there is none), each server offering only the RTP transports named: `dbrt run
 --rtsp-transport` gets frames over the one asked for, and the default, TCP, is refused by a
-camera that serves UDP only. (Multicast is not tested: a loopback interface does not route it.)"""
+camera that serves UDP only. Multicast goes to a group on the loopback interface (the server
+joins it there), where FFmpeg's socket bound to the group's port receives it."""
 from __future__ import annotations
 
 import json
@@ -16,6 +17,7 @@ import pytest
 
 from engine.triton.ports import free_port
 from pipeline.cli import main
+from pipeline.sources import open_source
 
 SERVER = Path(__file__).with_name("rtsp_server.py")
 INSTALL = ("apt-get install python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-good; "
@@ -82,6 +84,7 @@ def _run(url: str, tmp_path: Path, tiny_onnx: Path, *flags: str) -> int:
     ("tcp", ("--rtsp-transport", "tcp")),
     ("udp", ("--rtsp-transport", "udp")),
     ("tcp", ("--rtsp-transport", "http")),  # RTSP and its RTP tunnelled in HTTP
+    ("udp_multicast", ("--rtsp-transport", "udp_multicast")),
 ])
 def test_dbrt_run_reads_an_rtsp_stream_over_the_transport_asked_for(rtsp_server, tmp_path, tiny_onnx,
                                                                     served, flags):
@@ -92,6 +95,26 @@ def test_dbrt_run_reads_an_rtsp_stream_over_the_transport_asked_for(rtsp_server,
     assert report["frames"] == 5 and (source["kind"], source["live"]) == ("network", True)
     lines = (tmp_path / "out" / "detections.jsonl").read_text().splitlines()
     assert [json.loads(line)["frame_size"] for line in lines] == [[120, 160]] * 5
+
+
+def test_frames_of_a_multicast_rtsp_stream_come_in_order(rtsp_server):
+    """6 s of the stream on one connection: past the 2-4 s at which the test server's RTCP
+    (off now) once ended it with a BYE, a reconnect that started the frames' clock afresh."""
+    server = rtsp_server("udp_multicast")
+    source = open_source(server.url, rtsp_transport="udp_multicast")
+    frames = []
+    try:
+        for frame in source:
+            frames.append(frame)
+            if frame.timestamp >= 6.0 or len(frames) == 200:
+                break
+    finally:
+        source.close()
+    indices = [frame.index for frame in frames]
+    assert indices == sorted(set(indices))  # in order (a live source may drop some)
+    times = [frame.timestamp for frame in frames]
+    assert times == sorted(set(times)) and times[-1] >= 6.0, times
+    assert all(frame.image.shape == (120, 160, 3) for frame in frames)
 
 
 def test_a_camera_serving_rtp_over_udp_only_is_refused_over_tcp_the_default(rtsp_server, tmp_path,
