@@ -7,12 +7,11 @@ instead (`continued_track`).
 """
 from __future__ import annotations
 
-from difflib import SequenceMatcher
 from typing import Container, Iterable, Optional
 
 import numpy as np
 
-from .tracks import MAX_COMPARED, Track
+from .tracks import Track, text_likeness
 
 # frames a lost track may go unseen before the new one's first sighting and still be continued
 # (on the street captions video the new tracks came 0 and 2 frames after)
@@ -55,6 +54,4 @@ def likeness(track: Track, text: str) -> float:
     characters that match, in order, case aside (1 for one it read)."""
     if text in track.votes:
         return 1.0
-    likeliest = sorted(track.votes, key=track.votes.get, reverse=True)[:MAX_COMPARED]
-    return max((SequenceMatcher(None, text.casefold(), known.casefold()).ratio()
-                for known in likeliest), default=0.0)
+    return max((text_likeness(text, known) for known in track.likeliest()), default=0.0)

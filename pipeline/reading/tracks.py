@@ -43,11 +43,16 @@ MAX_TEXTS = 64
 MAX_COMPARED = 8
 
 
+def text_likeness(a: str, b: str) -> float:
+    """The share of two readings' characters that match, in order, case aside."""
+    return SequenceMatcher(None, a.casefold(), b.casefold()).ratio()
+
+
 def same_text(a: str, b: str) -> bool:
     """Whether two readings can be one text: half their characters or more match, in order,
     case aside (a misread letter, a letter cut off or added by the box: `ast` / `Fast`,
     `BL` / `BLACK`; not `Fast` / `SIMPLE`)."""
-    return SequenceMatcher(None, a.casefold(), b.casefold()).ratio() >= 0.5
+    return text_likeness(a, b) >= 0.5
 
 
 @dataclass
@@ -104,8 +109,11 @@ class Track:
         """Whether `text` is unlike every one of the track's likeliest readings."""
         if text in self.votes:  # most readings: one it had (alike, or the same misreading)
             return False
-        likeliest = sorted(self.votes, key=self.votes.get, reverse=True)[:MAX_COMPARED]
-        return not any(same_text(text, known) for known in likeliest)
+        return not any(same_text(text, known) for known in self.likeliest())
+
+    def likeliest(self) -> List[str]:
+        """The track's `MAX_COMPARED` heaviest readings, what a new reading is compared with."""
+        return sorted(self.votes, key=self.votes.get, reverse=True)[:MAX_COMPARED]
 
     def read_before(self, text: str) -> bool:
         """Whether `text` is like one of the track's likeliest readings or one it holds."""
